@@ -1,0 +1,42 @@
+//! The `splicevi` command line: one subcommand per module.
+
+use clap::{Parser, Subcommand};
+
+pub mod check_fixture;
+pub mod info;
+pub mod simulate;
+pub mod validate;
+
+#[derive(Parser, Debug)]
+#[command(name = "splicevi", version, about = "SpliceVI: joint latent space of gene expression and alternative splicing")]
+pub struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a synthetic dataset in the SpliceVI .h5mu layout, with ground truth.
+    Simulate(simulate::SimulateArgs),
+    /// Load and check a dataset; print a summary or the first error.
+    Validate(validate::ValidateArgs),
+    /// Run conformance cases (../shared/fixtures format) and compare with the original's numbers.
+    CheckFixture(check_fixture::CheckFixtureArgs),
+    /// Print the build (kernels embedded, archs), driver and devices.
+    Info(info::InfoArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    match cli.command {
+        Command::Simulate(a) => simulate::run(a),
+        Command::Validate(a) => validate::run(a),
+        Command::CheckFixture(a) => check_fixture::run(a),
+        Command::Info(a) => info::run(a),
+    }
+}

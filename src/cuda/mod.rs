@@ -1,0 +1,1 @@
+//! CUDA backend runtime: kernel loading (fatbin embedded by build.rs), device discovery.

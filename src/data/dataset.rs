@@ -1,0 +1,152 @@
+//! Core data types shared by readers, the simulator, the model and the analyses.
+
+/// Compressed sparse rows with `u32` column indices. `indptr.len() == n_rows + 1`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Csr<T> {
+    pub n_rows: usize,
+    pub n_cols: usize,
+    pub indptr: Vec<usize>,
+    pub indices: Vec<u32>,
+    pub values: Vec<T>,
+}
+
+impl<T: Copy> Csr<T> {
+    pub fn empty(n_rows: usize, n_cols: usize) -> Self {
+        Csr { n_rows, n_cols, indptr: vec![0; n_rows + 1], indices: Vec::new(), values: Vec::new() }
+    }
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+    /// Column indices and values of row `r`.
+    pub fn row(&self, r: usize) -> (&[u32], &[T]) {
+        let (a, b) = (self.indptr[r], self.indptr[r + 1]);
+        (&self.indices[a..b], &self.values[a..b])
+    }
+}
+
+/// Splicing modality: the observed (cell, junction) entries, i.e. those whose ATSE has n > 0 in the
+/// cell (psi_mask = 1), stored per cell in CSR order (junctions ascending within a cell).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Splicing {
+    pub n_cells: usize,
+    pub n_junctions: usize,
+    /// `indptr[c]..indptr[c+1]` are cell c's observed entries.
+    pub indptr: Vec<usize>,
+    pub junction: Vec<u32>,
+    /// Junction read count k (integer-valued). Zero when the input had PSI only.
+    pub k: Vec<f32>,
+    /// ATSE total n (same for every junction of the ATSE in the cell); > 0 for every stored entry.
+    pub n: Vec<f32>,
+    /// psi = k / n (or the file's `junc_ratio` when present and consistent).
+    pub psi: Vec<f32>,
+    /// False when only PSI and a mask were given (no counts): only the BCE splicing loss is possible.
+    pub has_counts: bool,
+    /// ATSE index of each junction = position of its event id in `atse_ids` (sorted unique ids, as the
+    /// original's pandas categorical does).
+    pub junc2atse: Vec<u32>,
+    pub atse_ids: Vec<String>,
+    pub junction_names: Vec<String>,
+    /// `var/gene_name` of the splicing modality when present (else empty strings).
+    pub gene_names: Vec<String>,
+}
+
+impl Splicing {
+    pub fn n_atse(&self) -> usize {
+        self.atse_ids.len()
+    }
+    pub fn nnz(&self) -> usize {
+        self.junction.len()
+    }
+    pub fn cell_range(&self, c: usize) -> std::ops::Range<usize> {
+        self.indptr[c]..self.indptr[c + 1]
+    }
+}
+
+/// One obs column as read from the file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ObsColumn {
+    /// Categorical: `codes[i]` indexes `categories`; -1 = missing.
+    Categorical { codes: Vec<i32>, categories: Vec<String> },
+    Numeric(Vec<f64>),
+    Text(Vec<String>),
+    Bool(Vec<bool>),
+}
+
+impl ObsColumn {
+    pub fn len(&self) -> usize {
+        match self {
+            ObsColumn::Categorical { codes, .. } => codes.len(),
+            ObsColumn::Numeric(v) => v.len(),
+            ObsColumn::Text(v) => v.len(),
+            ObsColumn::Bool(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The column as strings (categorical labels, numbers formatted, text as is).
+    pub fn as_strings(&self) -> Vec<String> {
+        match self {
+            ObsColumn::Categorical { codes, categories } => codes
+                .iter()
+                .map(|&c| if c < 0 { String::from("nan") } else { categories[c as usize].clone() })
+                .collect(),
+            ObsColumn::Numeric(v) => v.iter().map(|x| format!("{x}")).collect(),
+            ObsColumn::Text(v) => v.clone(),
+            ObsColumn::Bool(v) => v.iter().map(|b| b.to_string()).collect(),
+        }
+    }
+}
+
+/// A categorical covariate resolved to codes 0..levels.len().
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Categorical {
+    pub name: String,
+    pub codes: Vec<u32>,
+    pub levels: Vec<String>,
+}
+
+/// Covariates the model consumes, resolved from obs columns named by flags.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Covariates {
+    /// Batch (one level named "0" when no batch key is given).
+    pub batch: Categorical,
+    /// Labels (one dummy level unless a labels key is given).
+    pub labels: Categorical,
+    pub categorical: Vec<Categorical>,
+    /// Continuous covariates: names and a row-major cells × C matrix.
+    pub continuous_names: Vec<String>,
+    pub continuous: Vec<f32>,
+}
+
+/// A paired expression + splicing dataset (or splicing only, `expression == None`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Dataset {
+    /// Where it came from (used in error messages and written into run directories).
+    pub source: String,
+    pub cell_names: Vec<String>,
+    pub gene_names: Vec<String>,
+    /// Expression input (cells × genes), CSR, integer-valued for count likelihoods.
+    pub expression: Option<Csr<f32>>,
+    /// Size factor s_i per cell (`obsm/X_library_size[:,0]`, or the expression row sums).
+    pub library_size: Vec<f32>,
+    pub splicing: Splicing,
+    /// All obs columns of the (first) modality / MuData, in file order.
+    pub obs: Vec<(String, ObsColumn)>,
+    pub covariates: Covariates,
+}
+
+impl Dataset {
+    pub fn n_cells(&self) -> usize {
+        self.cell_names.len()
+    }
+    pub fn n_genes(&self) -> usize {
+        self.gene_names.len()
+    }
+    pub fn n_junctions(&self) -> usize {
+        self.splicing.n_junctions
+    }
+    pub fn obs_column(&self, name: &str) -> Option<&ObsColumn> {
+        self.obs.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    }
+}

@@ -1,0 +1,9 @@
+use clap::Parser;
+
+fn main() {
+    let cli = splicevi::cmd::Cli::parse();
+    if let Err(e) = splicevi::cmd::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1 @@
+//! The SPLICEVAE model (model.md §2–§5): written once over backend ops.

@@ -1,0 +1,22 @@
+//! Small shared helpers.
+
+use std::path::Path;
+
+/// Write a file atomically: `write` fills a temporary file in the same directory, which is renamed over
+/// `path` only when `write` succeeded. Nothing half-written is ever left at `path`.
+pub fn write_atomic<F>(path: &Path, write: F) -> anyhow::Result<()>
+where
+    F: FnOnce(&Path) -> anyhow::Result<()>,
+{
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(&dir)?;
+    let tmp_path = tmp.into_temp_path();
+    write(&tmp_path)?;
+    tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
+    Ok(())
+}
