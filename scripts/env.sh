@@ -1,0 +1,4 @@
+# Sourced by the scripts: puts the project's cmake and python first on PATH.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PATH="$root/.pyvenv/bin:$PATH"
+export SPLICEVI_PYTHON="${SPLICEVI_PYTHON:-$root/.pyvenv/bin/python}"
