@@ -7,5 +7,8 @@
 pub mod cmd;
 pub mod cuda;
 pub mod data;
+pub mod device;
 pub mod model;
+pub mod optim;
+pub mod train;
 pub mod util;

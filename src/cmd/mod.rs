@@ -3,8 +3,11 @@
 use clap::{Parser, Subcommand};
 
 pub mod check_fixture;
+pub mod embed;
 pub mod info;
+pub mod option_flags;
 pub mod simulate;
+pub mod train;
 pub mod validate;
 
 #[derive(Parser, Debug)]
@@ -23,6 +26,10 @@ pub enum Command {
     Simulate(simulate::SimulateArgs),
     /// Load and check a dataset; print a summary or the first error.
     Validate(validate::ValidateArgs),
+    /// Train a model; writes a run directory (checkpoint, config, metrics).
+    Train(train::TrainArgs),
+    /// Latent representation of every cell into an .h5ad (obsm).
+    Embed(embed::EmbedArgs),
     /// Run conformance cases (../shared/fixtures format) and compare with the original's numbers.
     CheckFixture(check_fixture::CheckFixtureArgs),
     /// Print the build (kernels embedded, archs), driver and devices.
@@ -36,6 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
         Command::Validate(a) => validate::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::CheckFixture(a) => check_fixture::run(a),
         Command::Info(a) => info::run(a),
     }

@@ -5,6 +5,14 @@
 //! (junction, k, n) entries in CSR order. Cells × junctions is never densified.
 
 pub mod dataset;
+pub mod h5;
+pub mod h5ad_out;
+pub mod h5write;
+pub mod load;
+pub mod mtx;
 pub mod options;
+pub mod simulate;
+pub mod split;
+pub mod validate;
 pub use dataset::*;
 pub use options::DataOptions;

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Builds everything a GPU check needs into one folder that can be carried to a GPU machine without Rust
+# (e.g. the device tool's `run`, carrying target/gpu-bundle), and writes run-on-gpu.sh into it.
+#
+#   scripts/gpu-check.sh [OUT_DIR]          default OUT_DIR: target/gpu-bundle
+#   env GPU_TESTS="cuda_parity special"     test targets to bundle (default: these two plus every tests/*.rs
+#                                           whose name contains cuda, gpu or parity)
+#   env PROFILE=dev                         build profile (default release; dev is quicker for trying this out)
+#
+# On the GPU machine:  bash target/gpu-bundle/run-on-gpu.sh   (logs also go to $OUT when it is set)
+# It runs `splicevi info --load-kernels`, every bundled test binary (a test that cannot use the GPU prints
+# SKIPPED and counts as a failure there), then, when the binary has them and they accept --device, the
+# fixture checks (bundled copy of ../shared/fixtures) and `splicevi bench` with --device cuda.
+#
+# Kernels are compiled in strict mode (SPLICEVI_REQUIRE_NVCC=1); binaries are stripped of debug info to
+# stay well under the 64 MiB a carried folder may have.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${1:-target/gpu-bundle}"
+
+if [ -f scripts/env.sh ]; then source scripts/env.sh; fi
+if [ -z "${NVCC:-}" ] && ! command -v nvcc >/dev/null 2>&1; then
+  bash scripts/install-nvcc.sh >/dev/null
+fi
+export SPLICEVI_REQUIRE_NVCC=1
+
+PROFILE="${PROFILE:-release}"
+json="$(mktemp)"
+trap 'rm -f "$json"' EXIT
+echo "[gpu-check] building the $PROFILE binary"
+cargo build --profile "$PROFILE" --bin splicevi --message-format=json >"$json"
+bin_exe="$(grep '"reason":"compiler-artifact"' "$json" | grep '"name":"splicevi","src_path":"[^"]*main.rs"' |
+  grep -o '"executable":"[^"]*"' | sed 's/"executable":"\(.*\)"/\1/' | tail -n1)"
+[ -n "$bin_exe" ] || { echo "[gpu-check] could not find the splicevi executable in cargo's output" >&2; exit 1; }
+
+tests="${GPU_TESTS:-}"
+if [ -z "$tests" ]; then
+  tests="cuda_parity special"
+  for f in tests/*.rs; do
+    n="$(basename "$f" .rs)"
+    case "$n" in *cuda*|*gpu*|*parity*) case " $tests " in *" $n "*) ;; *) tests="$tests $n" ;; esac ;; esac
+  done
+fi
+test_args=()
+for t in $tests; do test_args+=(--test "$t"); done
+echo "[gpu-check] building test binaries: $tests"
+cargo test --profile "$PROFILE" --no-run --message-format=json "${test_args[@]}" >"$json"
+
+rm -rf "$OUT"
+mkdir -p "$OUT/bin" "$OUT/tests"
+strip_copy() { cp "$1" "$2"; strip --strip-debug "$2" 2>/dev/null || true; }
+strip_copy "$bin_exe" "$OUT/bin/splicevi"
+# Test executables: compiler-artifact lines built with the test harness (profile.test) and an executable.
+grep '"reason":"compiler-artifact"' "$json" | grep -E '"profile":\{[^}]*"test":true' |
+  grep -o '"executable":"[^"]*"' | sed 's/"executable":"\(.*\)"/\1/' | sort -u |
+  while read -r exe; do
+    name="$(basename "$exe")"
+    name="${name%-*}" # drop cargo's hash suffix
+    strip_copy "$exe" "$OUT/tests/$name"
+    echo "[gpu-check]   tests/$name"
+  done
+if [ -d ../shared/fixtures ]; then
+  cp -r ../shared/fixtures "$OUT/fixtures"
+  chmod -R u+w "$OUT/fixtures"
+fi
+
+cat >"$OUT/run-on-gpu.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs the bundled GPU checks (made by scripts/gpu-check.sh). Exit status: 0 only if every step passed.
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+LOG="${OUT:-$HERE}/gpu-check.log"
+: >"$LOG"
+status=0
+step() {
+  echo "=== $*" | tee -a "$LOG"
+  "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || { echo "=== FAILED ($rc): $*" | tee -a "$LOG"; status=1; }
+}
+command -v nvidia-smi >/dev/null && step nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
+step "$HERE/bin/splicevi" info --load-kernels
+for t in "$HERE"/tests/*; do
+  step "$t" --test-threads=1 --nocapture
+done
+# On a GPU machine nothing may skip: a SKIPPED line means the GPU path did not run.
+# (The host-compiler build of special.cuh may skip: GPU machines need not have a C++ compiler.)
+skips="$(grep '^SKIPPED:' "$LOG" | grep -v 'host build' || true)"
+if [ -n "$skips" ]; then
+  echo "=== FAILED: GPU tests were skipped:" | tee -a "$LOG"
+  echo "$skips" | tee -a "$LOG"
+  status=1
+fi
+if [ -d "$HERE/fixtures" ] && "$HERE/bin/splicevi" check-fixture --help 2>/dev/null | grep -q -- '--device'; then
+  step "$HERE/bin/splicevi" check-fixture --device cuda "$HERE"/fixtures/*/
+else
+  echo "=== (fixture checks not run: no bundled fixtures or check-fixture has no --device option yet)" | tee -a "$LOG"
+fi
+if "$HERE/bin/splicevi" bench --help 2>/dev/null | grep -q -- '--device'; then
+  step "$HERE/bin/splicevi" bench --device cuda
+else
+  echo "=== (benches not run: this build has no \`splicevi bench --device\`)" | tee -a "$LOG"
+fi
+echo "=== gpu-check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) (log: $LOG)" | tee -a "$LOG"
+exit $status
+RUN
+chmod +x "$OUT/run-on-gpu.sh"
+echo "[gpu-check] bundle: $OUT ($(du -sh "$OUT" | cut -f1)); on the GPU machine run: bash $OUT/run-on-gpu.sh"

@@ -1,0 +1,80 @@
+use crate::data::h5ad_out::{write_h5ad, DenseOut, H5adOut};
+use crate::data::h5write::UnsValue;
+use crate::data::load::load;
+use crate::model::{Batch, Mat};
+use crate::train::trainer::load_model;
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LatentKind {
+    Joint,
+    Expression,
+    Splicing,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Run directory written by `splicevi train`.
+    pub run_dir: PathBuf,
+    /// Data to embed (same genes and junctions as the training data).
+    pub data: PathBuf,
+    /// Output .h5ad: the chosen latent means in obsm["X_splicevi"], all three in obsm["X_splicevi_{joint,expression,splicing}"].
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "joint")]
+    pub modality: LatentKind,
+    /// Cells per inference block.
+    #[arg(long, default_value_t = 1024)]
+    pub batch_size: usize,
+}
+
+/// Posterior means (joint qz_m, expression mu_e, splicing mu_s) of every cell, row-major.
+pub fn latents(run_dir: &std::path::Path, ds: &crate::data::Dataset, batch_size: usize) -> Result<[Mat<f32>; 3]> {
+    let (_run, model, params) = load_model(run_dir, ds)?;
+    let n = ds.n_cells();
+    let mut parts: [Vec<f32>; 3] = Default::default();
+    let mut widths = [0usize; 3];
+    let cells: Vec<usize> = (0..n).collect();
+    for block in cells.chunks(batch_size.max(1)) {
+        let batch = Batch::from_dataset(ds, block, true)?;
+        let inf = model.inference_only(&params, &batch)?;
+        for (k, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
+            widths[k] = m.cols;
+            parts[k].extend_from_slice(&m.data);
+        }
+    }
+    let [a, b, c] = parts;
+    Ok([Mat::from_vec(n, widths[0], a), Mat::from_vec(n, widths[1], b), Mat::from_vec(n, widths[2], c)])
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    let run = crate::train::trainer::read_run_config(&args.run_dir)?;
+    let ds = load(&args.data, &run.data)?;
+    let [joint, expr, spl] = latents(&args.run_dir, &ds, args.batch_size)?;
+    let chosen = match args.modality {
+        LatentKind::Joint => &joint,
+        LatentKind::Expression => &expr,
+        LatentKind::Splicing => &spl,
+    };
+    let n = ds.n_cells();
+    let out = H5adOut {
+        obs_names: ds.cell_names.clone(),
+        obs: ds.obs.clone(),
+        obsm: vec![
+            DenseOut { name: "X_splicevi".into(), rows: n, cols: chosen.cols, data: &chosen.data },
+            DenseOut { name: "X_splicevi_joint".into(), rows: n, cols: joint.cols, data: &joint.data },
+            DenseOut { name: "X_splicevi_expression".into(), rows: n, cols: expr.cols, data: &expr.data },
+            DenseOut { name: "X_splicevi_splicing".into(), rows: n, cols: spl.cols, data: &spl.data },
+        ],
+        uns: vec![
+            ("splicevi_run".into(), UnsValue::String(args.run_dir.display().to_string())),
+            ("splicevi_modality".into(), UnsValue::String(format!("{:?}", args.modality).to_lowercase())),
+        ],
+        ..Default::default()
+    };
+    write_h5ad(&args.out, &out)?;
+    eprintln!("wrote {} ({} cells, {} latent dims in obsm[\"X_splicevi\"])", args.out.display(), n, chosen.cols);
+    Ok(())
+}

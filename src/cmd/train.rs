@@ -1,0 +1,154 @@
+use super::option_flags::OptionTable;
+use crate::data::{load::load, DataOptions};
+use crate::model::ModelConfig;
+use crate::train::trainer::{dims_of, read_run_config, RunConfig, Trainer};
+use crate::train::{presets, TrainConfig};
+use anyhow::{Context, Result};
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde_json::Value;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Input data (.h5mu, splicing-only .h5ad, or Matrix Market directory).
+    pub data: PathBuf,
+    /// Run directory: checkpoint, resolved config, metrics.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Option preset: default | paper.
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// TOML file with [model] and [train] tables (applied over the preset, under the flags).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (options come from its config.json;
+    /// only --max-epochs may change).
+    #[arg(long)]
+    pub resume: bool,
+    /// No per-epoch lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub data_options: DataOptions,
+    #[command(flatten)]
+    pub options: OptionFlags,
+}
+
+/// One flag per model and training option (see `option_flags`).
+#[derive(Debug, Clone, Default)]
+pub struct OptionFlags {
+    pub model: Value,
+    pub train: Value,
+}
+
+fn tables() -> (OptionTable, OptionTable) {
+    (OptionTable::from_default("Model options", &ModelConfig::default()), OptionTable::from_default("Training options", &TrainConfig::default()))
+}
+
+impl FromArgMatches for OptionFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let (mt, tt) = tables();
+        let mut f = OptionFlags { model: Value::Object(Default::default()), train: Value::Object(Default::default()) };
+        mt.apply(m, &mut f.model).map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e.to_string()))?;
+        tt.apply(m, &mut f.train).map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e.to_string()))?;
+        Ok(f)
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for OptionFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let (mt, tt) = tables();
+        tt.augment(mt.augment(cmd))
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+fn merge(base: &mut Value, over: &Value) {
+    if let (Some(b), Some(o)) = (base.as_object_mut(), over.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// preset → --config file → flags, each checked.
+pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
+    let (m0, t0) = presets::preset(&args.preset)?;
+    let mut model = serde_json::to_value(&m0)?;
+    let mut train = serde_json::to_value(&t0)?;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+        let file = serde_json::to_value(file)?;
+        if let Some(obj) = file.as_object() {
+            if let Some(k) = obj.keys().find(|k| *k != "model" && *k != "train") {
+                anyhow::bail!("{}: unknown table `{k}` (expected [model] and [train])", path.display());
+            }
+        }
+        merge(&mut model, &file["model"]);
+        merge(&mut train, &file["train"]);
+        // Catch misspelt keys with the file named.
+        parse::<ModelConfig>(model.clone(), &format!("{}: [model]", path.display()))?;
+        parse::<TrainConfig>(train.clone(), &format!("{}: [train]", path.display()))?;
+    }
+    merge(&mut model, &args.options.model);
+    merge(&mut train, &args.options.train);
+    let model: ModelConfig = parse(model, "model options")?;
+    let train: TrainConfig = parse(train, "training options")?;
+    train.validate()?;
+    Ok((model, train))
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    if args.resume {
+        let prev = read_run_config(&args.out)?;
+        let ds = load(&args.data, &prev.data)?;
+        let max_epochs = args.options.train.get("max_epochs").and_then(|v| v.as_u64()).map(|v| v as usize);
+        let mut t = Trainer::resume(&ds, &args.out, max_epochs)?;
+        t.verbose = !args.quiet;
+        eprintln!("resuming {} after epoch {}", args.out.display(), t.state.epochs_done);
+        return t.fit();
+    }
+    // Options are checked before any data is read.
+    let (model, train) = resolve(&args)?;
+    let ds = load(&args.data, &args.data_options)?;
+    let dims = dims_of(&ds);
+    model.validate(&dims)?;
+    let run = RunConfig {
+        splicevi_version: env!("CARGO_PKG_VERSION").to_string(),
+        preset: args.preset.clone(),
+        n_latent_joint: model.joint_latent(&dims),
+        n_latent_per_modality: model.resolved_n_latent(&dims),
+        model,
+        train,
+        data: args.data_options.clone(),
+        dims,
+        data_source: ds.source.clone(),
+        batch_levels: ds.covariates.batch.levels.clone(),
+    };
+    let mut t = Trainer::new(&ds, run, &args.out)?;
+    t.verbose = !args.quiet;
+    eprintln!(
+        "training on {} cells ({} train / {} validation), {} genes, {} junctions in {} ATSEs; run dir {}",
+        ds.n_cells(), t.train_cells.len(), t.validation_cells.len(), ds.n_genes(), ds.n_junctions(), ds.splicing.n_atse(), args.out.display()
+    );
+    t.fit()?;
+    let last = t.log.epochs.last();
+    eprintln!(
+        "done: {} epochs{}; final validation reconstruction loss {}",
+        t.state.epochs_done,
+        if t.state.stopped_early { " (early stopping)" } else { "" },
+        last.map(|m| format!("{:.4}", m.reconstruction_loss_validation)).unwrap_or_else(|| "n/a".into())
+    );
+    Ok(())
+}

@@ -1,0 +1,853 @@
+//! Reading anndata (`.h5ad`) and mudata (`.h5mu`) HDF5 files.
+//!
+//! Supported encodings (anndata ≥ 0.7 / mudata, as written by the Python packages): `anndata`, `dict`,
+//! `dataframe` (index named by the `_index` attribute, `column-order`), `array` (dense, any numeric or bool
+//! dtype, chunked and/or compressed), `csr_matrix` / `csc_matrix` (also the older `h5sparse_format`
+//! attributes), `categorical` (and the anndata 0.7 `__categories` layout), `string-array`,
+//! `nullable-integer`, `nullable-boolean`, `nullable-string-array`. Strings may be variable- or
+//! fixed-length, ASCII or UTF-8. Obs/var stored as one compound dataset (anndata < 0.7) is refused with a
+//! message saying how to convert the file.
+//!
+//! Matrices are read straight into CSR with zeros dropped: sparse groups in chunks of their arrays, dense
+//! datasets in blocks of rows, CSC through a counting-sort transpose. Memory stays proportional to the
+//! non-zeros; cells × features is never densified.
+
+use super::dataset::{Csr, ObsColumn};
+use super::load::{ObsTable, RawData};
+use super::options::DataOptions;
+use super::validate::{DataError, ValueRule, ValueTracker};
+use anyhow::{anyhow, bail, Context, Result};
+use hdf5::types::{FixedAscii, FixedUnicode, TypeDescriptor as TD, VarLenAscii, VarLenUnicode};
+use hdf5::{Container, Dataset as HDataset, File, Group, Location};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+/// Elements per read when streaming sparse arrays, and the budget of one dense row block.
+const CHUNK: usize = 1 << 20;
+const DENSE_BLOCK: usize = 1 << 22;
+/// Largest dense block (elements) accepted to keep row blocks aligned to the dataset's chunks.
+const MAX_ALIGNED_BLOCK: usize = 1 << 25;
+
+/// Open an HDF5 file read-only.
+pub fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| anyhow!("{}: cannot open as HDF5: {e}", path.display()))
+}
+
+/// True when the file is a MuData container (has a `/mod` group).
+pub fn is_mudata(f: &File) -> bool {
+    f.link_exists("mod") && f.group("mod").is_ok()
+}
+
+/// A member of a group: a subgroup or a dataset.
+pub enum Node {
+    Group(Group),
+    Dataset(HDataset),
+}
+
+/// Look up `path` (components separated by `/`) below `g`; `None` when any component is absent.
+pub fn node(g: &Group, path: &str) -> Option<Node> {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut cur = g.clone();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.link_exists(p) {
+            return None;
+        }
+        if i + 1 == parts.len() {
+            return match cur.dataset(p) {
+                Ok(d) => Some(Node::Dataset(d)),
+                Err(_) => cur.group(p).ok().map(Node::Group),
+            };
+        }
+        cur = cur.group(p).ok()?;
+    }
+    Some(Node::Group(cur))
+}
+
+/// Member names of the group at `path` (empty when it does not exist).
+pub fn members(g: &Group, path: &str) -> Vec<String> {
+    match node(g, path) {
+        Some(Node::Group(s)) => s.member_names().unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn descriptor(c: &Container) -> Result<TD> {
+    Ok(c.dtype()?.to_descriptor()?)
+}
+
+fn is_string_type(td: &TD) -> bool {
+    matches!(td, TD::VarLenUnicode | TD::VarLenAscii | TD::FixedAscii(_) | TD::FixedUnicode(_))
+}
+
+/// A string attribute (`None` when absent).
+pub fn attr_string(loc: &Location, name: &str) -> Result<Option<String>> {
+    if !loc.attr_names()?.iter().any(|n| n == name) {
+        return Ok(None);
+    }
+    let a = loc.attr(name)?;
+    Ok(read_strings(&a)?.into_iter().next())
+}
+
+/// Attribute as strings (array or scalar); an empty numeric array (how h5py stores `[]`) gives no strings.
+pub fn attr_strings(loc: &Location, name: &str) -> Result<Option<Vec<String>>> {
+    if !loc.attr_names()?.iter().any(|n| n == name) {
+        return Ok(None);
+    }
+    let a = loc.attr(name)?;
+    if a.size() == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    Ok(Some(read_strings(&a)?))
+}
+
+fn attr_ints(loc: &Location, name: &str) -> Result<Option<Vec<i64>>> {
+    if !loc.attr_names()?.iter().any(|n| n == name) {
+        return Ok(None);
+    }
+    Ok(Some(loc.attr(name)?.read_raw::<i64>()?))
+}
+
+fn fixed_ascii<const N: usize>(c: &Container) -> Result<Vec<String>> {
+    Ok(c.read_raw::<FixedAscii<N>>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect())
+}
+
+fn fixed_unicode<const N: usize>(c: &Container) -> Result<Vec<String>> {
+    Ok(c.read_raw::<FixedUnicode<N>>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect())
+}
+
+/// Fixed-length strings are read into the smallest fixed buffer that holds them (HDF5 pads on conversion).
+fn fixed_strings(c: &Container, n: usize, unicode: bool) -> Result<Vec<String>> {
+    macro_rules! pick {
+        ($($size:literal),*) => {
+            $(if n <= $size { return if unicode { fixed_unicode::<$size>(c) } else { fixed_ascii::<$size>(c) }; })*
+        };
+    }
+    pick!(8, 16, 32, 64, 128, 256, 1024, 4096, 65536);
+    bail!("fixed-length strings of {n} bytes are too long")
+}
+
+/// Format a number the way it reads as a label: integers without a fraction.
+pub fn number_label(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Read a dataset or attribute of strings (numbers are formatted as labels).
+pub fn read_strings(c: &Container) -> Result<Vec<String>> {
+    let td = descriptor(c)?;
+    Ok(match td {
+        TD::VarLenUnicode => c.read_raw::<VarLenUnicode>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
+        TD::VarLenAscii => c.read_raw::<VarLenAscii>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
+        TD::FixedAscii(n) => fixed_strings(c, n, false)?,
+        TD::FixedUnicode(n) => fixed_strings(c, n, true)?,
+        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => c.read_raw::<f64>()?.into_iter().map(number_label).collect(),
+        TD::Boolean => c.read_raw::<bool>()?.into_iter().map(|b| if b { "True" } else { "False" }.to_string()).collect(),
+        other => bail!("expected strings, found HDF5 type {other}"),
+    })
+}
+
+enum Sel {
+    All,
+    Range1(Range<usize>),
+    Rows2(Range<usize>),
+}
+
+fn read_sel<T: hdf5::H5Type>(ds: &HDataset, sel: Sel) -> Result<Vec<T>> {
+    Ok(match sel {
+        Sel::All => ds.read_raw::<T>()?,
+        Sel::Range1(r) => {
+            if r.is_empty() {
+                Vec::new()
+            } else {
+                ds.read_slice_1d::<T, _>(r)?.into_raw_vec_and_offset().0
+            }
+        }
+        Sel::Rows2(r) => {
+            if r.is_empty() || ds.shape()[1] == 0 {
+                Vec::new()
+            } else {
+                ds.read_slice_2d::<T, _>((r, ..))?.into_raw_vec_and_offset().0
+            }
+        }
+    })
+}
+
+/// Numbers of any integer, float or bool dtype as f64.
+fn read_f64_sel(ds: &HDataset, sel: Sel) -> Result<Vec<f64>> {
+    match descriptor(ds)? {
+        TD::Boolean => Ok(read_sel::<bool>(ds, sel)?.into_iter().map(|b| b as u8 as f64).collect()),
+        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => read_sel::<f64>(ds, sel),
+        other => bail!("expected numbers, found HDF5 type {other}"),
+    }
+}
+
+fn read_i64_sel(ds: &HDataset, sel: Sel) -> Result<Vec<i64>> {
+    match descriptor(ds)? {
+        TD::Integer(_) | TD::Unsigned(_) => read_sel::<i64>(ds, sel),
+        other => bail!("expected integers, found HDF5 type {other}"),
+    }
+}
+
+/// A whole 1-D numeric dataset as f64.
+pub fn read_f64(ds: &HDataset) -> Result<Vec<f64>> {
+    read_f64_sel(ds, Sel::All)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Matrices
+
+enum MatKind {
+    Dense(HDataset),
+    Sparse { group: Group, csc: bool },
+}
+
+/// A cells × features matrix stored as a dense dataset or a CSR/CSC group.
+pub struct Matrix {
+    /// Path inside the file, for messages.
+    pub field: String,
+    pub shape: (usize, usize),
+    kind: MatKind,
+}
+
+impl Matrix {
+    pub fn format(&self) -> &'static str {
+        match &self.kind {
+            MatKind::Dense(_) => "dense",
+            MatKind::Sparse { csc: false, .. } => "csr",
+            MatKind::Sparse { csc: true, .. } => "csc",
+        }
+    }
+}
+
+/// Open the matrix at `path` below `root`; `Ok(None)` when nothing is there.
+pub fn open_matrix(root: &Group, path: &str) -> Result<Option<Matrix>> {
+    let field = path.trim_start_matches('/').to_string();
+    match node(root, path) {
+        None => Ok(None),
+        Some(Node::Dataset(ds)) => {
+            let shape = ds.shape();
+            if shape.len() != 2 {
+                bail!("{field}: expected a 2-D matrix, found a dataset of shape {shape:?}");
+            }
+            if !matches!(descriptor(&ds)?, TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) | TD::Boolean) {
+                bail!("{field}: expected a numeric matrix, found HDF5 type {}", descriptor(&ds)?);
+            }
+            Ok(Some(Matrix { field, shape: (shape[0], shape[1]), kind: MatKind::Dense(ds) }))
+        }
+        Some(Node::Group(g)) => {
+            let enc = attr_string(&g, "encoding-type")?;
+            let old = attr_string(&g, "h5sparse_format")?;
+            let csc = match (enc.as_deref(), old.as_deref()) {
+                (Some("csr_matrix"), _) | (None, Some("csr")) => false,
+                (Some("csc_matrix"), _) | (None, Some("csc")) => true,
+                (e, o) => bail!(
+                    "{field}: a group that is not a sparse matrix (encoding-type {:?}); expected a dense array, \
+                     csr_matrix or csc_matrix",
+                    e.or(o).unwrap_or("none")
+                ),
+            };
+            let shape = match attr_ints(&g, "shape")? {
+                Some(s) => s,
+                None => attr_ints(&g, "h5sparse_shape")?.ok_or_else(|| anyhow!("{field}: sparse matrix without a shape attribute"))?,
+            };
+            if shape.len() != 2 || shape.iter().any(|&x| x < 0) {
+                bail!("{field}: invalid shape attribute {shape:?}");
+            }
+            for m in ["data", "indices", "indptr"] {
+                if !matches!(node(&g, m), Some(Node::Dataset(_))) {
+                    bail!("{field}: sparse matrix without its `{m}` dataset");
+                }
+            }
+            Ok(Some(Matrix { field, shape: (shape[0] as usize, shape[1] as usize), kind: MatKind::Sparse { group: g, csc } }))
+        }
+    }
+}
+
+impl Matrix {
+    /// Read as CSR (zeros dropped, columns ascending, duplicates summed). Values failing the tracker's
+    /// rule are recorded in it (first in row-major order) and left out.
+    pub fn read_csr(&self, tracker: &mut ValueTracker) -> Result<Csr<f32>> {
+        self.read_csr_chunked(tracker, CHUNK, DENSE_BLOCK)
+    }
+
+    /// [`Matrix::read_csr`] with explicit read sizes: `chunk` elements per read of a sparse group's arrays,
+    /// `block` elements per dense row block (tests use tiny values to cross every boundary).
+    pub fn read_csr_chunked(&self, tracker: &mut ValueTracker, chunk: usize, block: usize) -> Result<Csr<f32>> {
+        let (nr, nc) = self.shape;
+        let mut out = match &self.kind {
+            MatKind::Dense(ds) => {
+                let mut rows_per_block = (block / nc.max(1)).max(1);
+                // Whole chunks per block: a chunk cut by a block boundary would be decompressed twice.
+                if let Some(cr) = ds.chunk().and_then(|c| c.first().copied()).filter(|&cr| cr > 0) {
+                    if cr.saturating_mul(nc) <= block.max(MAX_ALIGNED_BLOCK) {
+                        rows_per_block = cr.max(rows_per_block / cr * cr);
+                    }
+                }
+                let mut csr = Csr { n_rows: nr, n_cols: nc, indptr: Vec::with_capacity(nr + 1), indices: Vec::new(), values: Vec::new() };
+                csr.indptr.push(0);
+                let mut r0 = 0;
+                while r0 < nr {
+                    let r1 = (r0 + rows_per_block).min(nr);
+                    let block = read_f64_sel(ds, Sel::Rows2(r0..r1)).with_context(|| format!("{}: reading rows {r0}..{r1}", self.field))?;
+                    for (bi, row) in block.chunks(nc.max(1)).enumerate().take(r1 - r0) {
+                        for (j, &v) in row.iter().enumerate() {
+                            if v != 0.0 && tracker.accept(r0 + bi, j, v) {
+                                csr.indices.push(j as u32);
+                                csr.values.push(v as f32);
+                            }
+                        }
+                        csr.indptr.push(csr.values.len());
+                    }
+                    r0 = r1;
+                }
+                csr
+            }
+            MatKind::Sparse { group, csc } => {
+                let (major, minor) = if *csc { (nc, nr) } else { (nr, nc) };
+                let m = read_compressed(group, &self.field, major, minor, *csc, tracker, chunk.max(1))?;
+                if *csc {
+                    transpose(&m)
+                } else {
+                    m
+                }
+            }
+        };
+        canonicalize(&mut out);
+        Ok(out)
+    }
+}
+
+/// Read a compressed sparse group along its major axis into a `Csr` (rows = major axis).
+fn read_compressed(
+    g: &Group,
+    field: &str,
+    major: usize,
+    minor: usize,
+    csc: bool,
+    tracker: &mut ValueTracker,
+    chunk: usize,
+) -> Result<Csr<f32>> {
+    let data = g.dataset("data")?;
+    let indices = g.dataset("indices")?;
+    let indptr_ds = g.dataset("indptr")?;
+    let indptr = read_i64_sel(&indptr_ds, Sel::All).with_context(|| format!("{field}/indptr"))?;
+    if indptr.len() != major + 1 {
+        bail!("{field}/indptr: length {} but the matrix has {} {} (+1)", indptr.len(), major, if csc { "columns" } else { "rows" });
+    }
+    let nnz = *indptr.last().unwrap();
+    if indptr[0] != 0 || indptr.windows(2).any(|w| w[0] > w[1]) {
+        bail!("{field}/indptr: must start at 0 and never decrease");
+    }
+    let nnz = nnz as usize;
+    if data.size() < nnz || indices.size() < nnz {
+        bail!("{field}: indptr ends at {nnz} but data has {} and indices {} entries", data.size(), indices.size());
+    }
+    let mut out = Csr { n_rows: major, n_cols: minor, indptr: vec![0usize; major + 1], indices: Vec::new(), values: Vec::new() };
+    let mut row = 0usize;
+    let mut start = 0usize;
+    while start < nnz {
+        let end = (start + chunk).min(nnz);
+        let vals = read_f64_sel(&data, Sel::Range1(start..end)).with_context(|| format!("{field}/data"))?;
+        let idx = read_i64_sel(&indices, Sel::Range1(start..end)).with_context(|| format!("{field}/indices"))?;
+        for (t, (&v, &c)) in vals.iter().zip(&idx).enumerate() {
+            let p = start + t;
+            while p >= indptr[row + 1] as usize {
+                row += 1;
+                out.indptr[row] = out.values.len();
+            }
+            if c < 0 || c as usize >= minor {
+                bail!("{field}/indices: index {c} at position {p} is outside 0..{minor}");
+            }
+            let (r, col) = if csc { (c as usize, row) } else { (row, c as usize) };
+            if v != 0.0 && tracker.accept(r, col, v) {
+                out.indices.push(c as u32);
+                out.values.push(v as f32);
+            }
+        }
+        start = end;
+    }
+    while row < major {
+        row += 1;
+        out.indptr[row] = out.values.len();
+    }
+    Ok(out)
+}
+
+/// Transpose by counting sort (stable: within each output row, columns come out ascending).
+pub fn transpose(m: &Csr<f32>) -> Csr<f32> {
+    let mut indptr = vec![0usize; m.n_cols + 1];
+    for &c in &m.indices {
+        indptr[c as usize + 1] += 1;
+    }
+    for c in 0..m.n_cols {
+        indptr[c + 1] += indptr[c];
+    }
+    let mut fill = indptr.clone();
+    let mut indices = vec![0u32; m.nnz()];
+    let mut values = vec![0f32; m.nnz()];
+    for r in 0..m.n_rows {
+        let (cols, vals) = m.row(r);
+        for (&c, &v) in cols.iter().zip(vals) {
+            let p = fill[c as usize];
+            indices[p] = r as u32;
+            values[p] = v;
+            fill[c as usize] += 1;
+        }
+    }
+    Csr { n_rows: m.n_cols, n_cols: m.n_rows, indptr, indices, values }
+}
+
+/// Sort columns within rows and sum duplicates (scipy allows both unsorted and duplicate indices).
+pub fn canonicalize(m: &mut Csr<f32>) {
+    let sorted = (0..m.n_rows).all(|r| m.row(r).0.windows(2).all(|w| w[0] < w[1]));
+    if sorted {
+        return;
+    }
+    let mut indptr = Vec::with_capacity(m.n_rows + 1);
+    indptr.push(0);
+    let mut indices = Vec::with_capacity(m.nnz());
+    let mut values = Vec::with_capacity(m.nnz());
+    let mut buf: Vec<(u32, f32)> = Vec::new();
+    for r in 0..m.n_rows {
+        let (c, v) = m.row(r);
+        buf.clear();
+        buf.extend(c.iter().copied().zip(v.iter().copied()));
+        buf.sort_by_key(|e| e.0);
+        for &(c, v) in &buf {
+            if indices.len() > *indptr.last().unwrap() && *indices.last().unwrap() == c {
+                *values.last_mut().unwrap() += v;
+            } else {
+                indices.push(c);
+                values.push(v);
+            }
+        }
+        indptr.push(indices.len());
+    }
+    m.indptr = indptr;
+    m.indices = indices;
+    m.values = values;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Data frames (obs / var)
+
+/// An obs or var table.
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    /// Path in the file, for messages.
+    pub field: String,
+    pub index: Vec<String>,
+    pub columns: Vec<(String, ObsColumn)>,
+    /// Columns that could not be decoded, with the reason; an error only if a flag names them.
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl Frame {
+    pub fn column(&self, name: &str) -> Option<&ObsColumn> {
+        self.columns.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    }
+    pub fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|(n, _)| n.clone()).chain(self.unreadable.iter().map(|(n, _)| n.clone())).collect()
+    }
+}
+
+/// Read the dataframe at `path` (obs or var of an AnnData, or the global obs of a MuData).
+pub fn read_frame(root: &Group, path: &str) -> Result<Frame> {
+    let field = path.trim_start_matches('/').to_string();
+    let g = match node(root, path) {
+        None => bail!("{field}: missing"),
+        Some(Node::Dataset(_)) => bail!(
+            "{field}: stored as one compound dataset (anndata < 0.7 format), which splicevi does not read; \
+             convert it with a recent anndata: `anndata.read_h5ad(old).write_h5ad(new)`"
+        ),
+        Some(Node::Group(g)) => g,
+    };
+    let index_name = attr_string(&g, "_index")?.unwrap_or_else(|| "_index".to_string());
+    let index = match node(&g, &index_name) {
+        Some(Node::Dataset(ds)) => read_strings(&ds).with_context(|| format!("{field}/{index_name}: reading the index"))?,
+        _ => bail!("{field}: no index dataset `{index_name}`"),
+    };
+    let order = match attr_strings(&g, "column-order")? {
+        Some(o) => o,
+        None => {
+            let mut m = g.member_names()?;
+            m.retain(|n| n != &index_name && n != "__categories");
+            m.sort();
+            m
+        }
+    };
+    let mut frame = Frame { field: field.clone(), index, columns: Vec::new(), unreadable: Vec::new() };
+    let n = frame.index.len();
+    for name in order {
+        match read_column(&g, &name, n) {
+            Ok(c) => frame.columns.push((name, c)),
+            Err(e) => frame.unreadable.push((name, format!("{e:#}"))),
+        }
+    }
+    Ok(frame)
+}
+
+fn codes_and_categories(codes_ds: &HDataset, cats: &Container) -> Result<ObsColumn> {
+    let codes: Vec<i32> = read_i64_sel(codes_ds, Sel::All)?.into_iter().map(|c| c.max(-1) as i32).collect();
+    let categories = read_strings(cats)?;
+    if let Some(&c) = codes.iter().find(|&&c| c >= categories.len() as i32) {
+        bail!("categorical code {c} out of range ({} categories)", categories.len());
+    }
+    Ok(ObsColumn::Categorical { codes, categories })
+}
+
+/// Categorical with sorted unique values of `vals` as categories, `None` as missing (code -1).
+fn categorical_from(vals: Vec<Option<String>>) -> ObsColumn {
+    let mut categories: Vec<String> = vals.iter().flatten().cloned().collect();
+    categories.sort();
+    categories.dedup();
+    let codes = vals.iter().map(|v| v.as_ref().map_or(-1, |s| categories.binary_search(s).unwrap() as i32)).collect();
+    ObsColumn::Categorical { codes, categories }
+}
+
+fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
+    let col = match node(g, name) {
+        None => bail!("missing"),
+        Some(Node::Dataset(ds)) => {
+            // anndata 0.7: codes here, categories in `__categories/<name>`.
+            if ds.attr_names()?.iter().any(|a| a == "categories") {
+                match node(g, &format!("__categories/{name}")) {
+                    Some(Node::Dataset(c)) => codes_and_categories(&ds, &c)?,
+                    _ => bail!("categorical codes without `__categories/{name}`"),
+                }
+            } else {
+                let td = descriptor(&ds)?;
+                if is_string_type(&td) {
+                    ObsColumn::Text(read_strings(&ds)?)
+                } else if matches!(td, TD::Boolean) {
+                    ObsColumn::Bool(read_sel::<bool>(&ds, Sel::All)?)
+                } else if matches!(td, TD::Integer(_) | TD::Unsigned(_) | TD::Float(_)) {
+                    if ds.ndim() != 1 {
+                        bail!("expected a 1-D column, found shape {:?}", ds.shape());
+                    }
+                    ObsColumn::Numeric(read_f64(&ds)?)
+                } else {
+                    bail!("unsupported column type {td}");
+                }
+            }
+        }
+        Some(Node::Group(sub)) => {
+            let enc = attr_string(&sub, "encoding-type")?.unwrap_or_default();
+            let ds = |m: &str| -> Result<HDataset> {
+                match node(&sub, m) {
+                    Some(Node::Dataset(d)) => Ok(d),
+                    _ => bail!("{enc} column without `{m}`"),
+                }
+            };
+            match enc.as_str() {
+                "categorical" => codes_and_categories(&ds("codes")?, &*ds("categories")?)?,
+                "nullable-integer" | "nullable-float" => {
+                    let v = read_f64(&ds("values")?)?;
+                    let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
+                    ObsColumn::Numeric(v.into_iter().zip(m).map(|(v, m)| if m { f64::NAN } else { v }).collect())
+                }
+                "nullable-boolean" => {
+                    let v = read_sel::<bool>(&ds("values")?, Sel::All)?;
+                    let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
+                    let codes = v.iter().zip(&m).map(|(&v, &m)| if m { -1 } else { v as i32 }).collect();
+                    ObsColumn::Categorical { codes, categories: vec!["False".into(), "True".into()] }
+                }
+                "nullable-string-array" => {
+                    let v = read_strings(&*ds("values")?)?;
+                    let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
+                    categorical_from(v.into_iter().zip(m).map(|(v, m)| (!m).then_some(v)).collect())
+                }
+                other => bail!("unsupported column encoding {other:?}"),
+            }
+        }
+    };
+    if col.len() != n {
+        bail!("{} values but the index has {n}", col.len());
+    }
+    Ok(col)
+}
+
+// ------------------------------------------------------------------------------------------------
+// obsm
+
+/// Column 0 of `obsm/<key>` (a 1-D or 2-D dense array); `None` when absent.
+pub fn read_obsm_column0(root: &Group, path: &str) -> Result<Option<Vec<f64>>> {
+    let field = path.trim_start_matches('/');
+    match node(root, path) {
+        None => Ok(None),
+        Some(Node::Group(_)) => bail!("{field}: expected a dense array (cells × k), found a group"),
+        Some(Node::Dataset(ds)) => {
+            let shape = ds.shape();
+            let v = match shape.len() {
+                1 => read_f64(&ds)?,
+                2 if shape[1] >= 1 => {
+                    if shape[0] == 0 {
+                        Vec::new()
+                    } else {
+                        read_f64_2d_col0(&ds)?
+                    }
+                }
+                _ => bail!("{field}: expected shape (cells,) or (cells, k ≥ 1), found {shape:?}"),
+            };
+            Ok(Some(v))
+        }
+    }
+}
+
+fn read_f64_2d_col0(ds: &HDataset) -> Result<Vec<f64>> {
+    let a = match descriptor(ds)? {
+        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => ds.read_slice_2d::<f64, _>((.., 0..1))?,
+        other => bail!("expected numbers, found HDF5 type {other}"),
+    };
+    Ok(a.into_raw_vec_and_offset().0)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The SpliceVI layouts
+
+/// `layers` is the path of the layers group ("layers" or "mod/<m>/layers").
+fn layer_error(file: &str, layers: &str, layer: &str, flag: &str, root: &Group) -> anyhow::Error {
+    let avail = members(root, layers);
+    DataError::new(
+        file,
+        &format!("{layers}/{layer}"),
+        format!("missing layer {layer:?} (set by {flag}); layers present: {}", list(&avail)),
+    )
+    .into()
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn check_shape(file: &str, m: &Matrix, rows: usize, cols: usize, what: &str) -> Result<()> {
+    if m.shape != (rows, cols) {
+        return Err(DataError::new(
+            file,
+            &m.field,
+            format!("shape {} × {} but there are {rows} cells and {cols} {what}", m.shape.0, m.shape.1),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Read a matrix with a value rule; value errors name the cell and feature.
+fn read_checked(
+    file: &str,
+    m: &Matrix,
+    rule: ValueRule,
+    cells: &[String],
+    kind: &'static str,
+    features: &[String],
+) -> Result<(String, Csr<f32>)> {
+    let mut tr = ValueTracker::new(rule);
+    let csr = m.read_csr(&mut tr).map_err(|e| anyhow!("{file}: {e:#}"))?;
+    tr.into_result(file, &m.field, cells, kind, features)?;
+    Ok((m.field.clone(), csr))
+}
+
+/// Event ids of the splicing var table as optional strings (`None` = missing), and whether the column is
+/// numeric (then ATSEs sort numerically, as pandas does).
+pub fn event_ids(col: &ObsColumn) -> (Vec<Option<String>>, bool) {
+    match col {
+        ObsColumn::Categorical { codes, categories } => {
+            (codes.iter().map(|&c| (c >= 0).then(|| categories[c as usize].clone())).collect(), false)
+        }
+        ObsColumn::Text(v) => (v.iter().map(|s| Some(s.clone())).collect(), false),
+        ObsColumn::Numeric(v) => (v.iter().map(|&x| x.is_finite().then(|| number_label(x))).collect(), true),
+        ObsColumn::Bool(v) => (v.iter().map(|&b| Some(if b { "True" } else { "False" }.to_string())).collect(), false),
+    }
+}
+
+/// Reorder `frame`'s columns to the cells `cells` (by name when the index differs).
+fn align_frame(file: &str, frame: &Frame, cells: &[String]) -> Result<Vec<(String, ObsColumn)>> {
+    if frame.index == cells {
+        return Ok(frame.columns.clone());
+    }
+    let pos: HashMap<&str, usize> = frame.index.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let mut rows = Vec::with_capacity(cells.len());
+    for (i, c) in cells.iter().enumerate() {
+        match pos.get(c.as_str()) {
+            Some(&r) => rows.push(r),
+            None => {
+                return Err(DataError::new(file, &frame.field, "cell of the modalities is missing from this obs index")
+                    .cell(i, cells)
+                    .into())
+            }
+        }
+    }
+    Ok(frame.columns.iter().map(|(n, c)| (n.clone(), take_rows(c, &rows))).collect())
+}
+
+fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
+    match c {
+        ObsColumn::Categorical { codes, categories } => {
+            ObsColumn::Categorical { codes: rows.iter().map(|&r| codes[r]).collect(), categories: categories.clone() }
+        }
+        ObsColumn::Numeric(v) => ObsColumn::Numeric(rows.iter().map(|&r| v[r]).collect()),
+        ObsColumn::Text(v) => ObsColumn::Text(rows.iter().map(|&r| v[r].clone()).collect()),
+        ObsColumn::Bool(v) => ObsColumn::Bool(rows.iter().map(|&r| v[r]).collect()),
+    }
+}
+
+/// The splicing part of an AnnData at `base` ("" for a root .h5ad, "mod/splicing" in a .h5mu).
+fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOptions, integer_counts: bool, cells: &[String], raw: &mut RawData) -> Result<()> {
+    let p = |rel: &str| if base.is_empty() { rel.to_string() } else { format!("{base}/{rel}") };
+    let var = read_frame(root, &p("var"))?;
+    let nj = var.index.len();
+    raw.junction_names = match var.column("junction_id") {
+        Some(c) => c.as_strings(),
+        None => var.index.clone(),
+    };
+    raw.junction_gene_names = var.column("gene_name").map(|c| c.as_strings()).unwrap_or_default();
+    let ev_field = format!("{}/{}", var.field, opts.event_id_key);
+    let ev = match var.column(&opts.event_id_key) {
+        Some(c) => c,
+        None => {
+            let why = var.unreadable.iter().find(|(n, _)| n == &opts.event_id_key).map(|(_, w)| format!(" (unreadable: {w})"));
+            return Err(DataError::new(
+                file,
+                &ev_field,
+                format!(
+                    "no ATSE id column {:?}{} (set by --event-id-key); columns present: {}",
+                    opts.event_id_key,
+                    why.unwrap_or_default(),
+                    list(&var.column_names())
+                ),
+            )
+            .into());
+        }
+    };
+    let (ids, numeric) = event_ids(ev);
+    raw.event_ids = (ev_field, ids, numeric);
+
+    let layer = |name: &str| -> Result<Option<Matrix>> {
+        let m = open_matrix(root, &p(&format!("layers/{name}"))).map_err(|e| anyhow!("{file}: {e:#}"))?;
+        if let Some(m) = &m {
+            check_shape(file, m, cells.len(), nj, "junctions (splicing var)")?;
+        }
+        Ok(m)
+    };
+    let k = layer(&opts.junc_counts_layer)?;
+    let n = layer(&opts.atse_counts_layer)?;
+    let r = layer(&opts.junc_ratio_layer)?;
+    let m = layer(&opts.psi_mask_layer)?;
+    let psi_only = k.is_none() && n.is_none() && r.is_some() && m.is_some();
+    if !psi_only {
+        if k.is_none() {
+            return Err(layer_error(file, &p("layers"), &opts.junc_counts_layer, "--junc-counts-layer", root));
+        }
+        if n.is_none() {
+            return Err(layer_error(file, &p("layers"), &opts.atse_counts_layer, "--atse-counts-layer", root));
+        }
+    }
+    let jn = raw.junction_names.clone();
+    let rd = |m: &Option<Matrix>, rule| m.as_ref().map(|m| read_checked(file, m, rule, cells, "junction", &jn)).transpose();
+    raw.k = rd(&k, ValueRule::counts(integer_counts))?;
+    raw.n = rd(&n, ValueRule::counts(integer_counts))?;
+    raw.junc_ratio = rd(&r, ValueRule::PSI)?;
+    raw.psi_mask = rd(&m, ValueRule::MASK)?;
+    Ok(())
+}
+
+/// Read a MuData file in the SpliceVI layout (model.md §1.1).
+pub fn read_h5mu(path: &Path, opts: &DataOptions, integer_expression: bool, integer_counts: bool) -> Result<RawData> {
+    let file = path.display().to_string();
+    let f = open(path)?;
+    let root: &Group = &f;
+    let mods = members(root, "mod");
+    let rna = format!("mod/{}", opts.rna_modality);
+    let spl = format!("mod/{}", opts.splicing_modality);
+    for (m, flag) in [(&opts.rna_modality, "--rna-modality"), (&opts.splicing_modality, "--splicing-modality")] {
+        if !mods.contains(m) {
+            return Err(DataError::new(&file, &format!("mod/{m}"), format!("no modality {m:?} (set by {flag}); modalities present: {}", list(&mods))).into());
+        }
+    }
+    let rna_obs = read_frame(root, &format!("{rna}/obs")).map_err(|e| anyhow!("{file}: {e:#}"))?;
+    let spl_obs = read_frame(root, &format!("{spl}/obs")).map_err(|e| anyhow!("{file}: {e:#}"))?;
+    let cells = rna_obs.index.clone();
+    if spl_obs.index.len() != cells.len() {
+        return Err(DataError::new(
+            &file,
+            &format!("{}/_index", spl_obs.field),
+            format!("{} cells but {}/_index has {}; the modalities must hold the same cells in the same order", spl_obs.index.len(), rna_obs.field, cells.len()),
+        )
+        .into());
+    }
+    if let Some(i) = (0..cells.len()).find(|&i| spl_obs.index[i] != cells[i]) {
+        return Err(DataError::new(
+            &file,
+            &format!("{}/_index", spl_obs.field),
+            format!("cell name {:?} differs from {:?} in {}/_index at the same row; the modalities must hold the same cells in the same order", spl_obs.index[i], cells[i], rna_obs.field),
+        )
+        .cell(i, &spl_obs.index)
+        .into());
+    }
+    let mut raw = RawData { file: file.clone(), cell_names: cells.clone(), ..Default::default() };
+
+    // Expression.
+    let var = read_frame(root, &format!("{rna}/var")).map_err(|e| anyhow!("{file}: {e:#}"))?;
+    raw.gene_names = var.index.clone();
+    let xpath = match &opts.rna_layer {
+        Some(l) if l != "X" => format!("{rna}/layers/{l}"),
+        _ => format!("{rna}/X"),
+    };
+    let x = match open_matrix(root, &xpath).map_err(|e| anyhow!("{file}: {e:#}"))? {
+        Some(x) => x,
+        None => match &opts.rna_layer {
+            Some(l) if l != "X" => return Err(layer_error(&file, &format!("{rna}/layers"), l, "--rna-layer", root)),
+            _ => return Err(DataError::new(&file, &xpath, "missing expression matrix X").into()),
+        },
+    };
+    check_shape(&file, &x, cells.len(), raw.gene_names.len(), "genes (rna var)")?;
+    raw.expression = Some(read_checked(&file, &x, ValueRule::expression(integer_expression), &cells, "gene", &raw.gene_names)?);
+
+    read_splicing_anndata(&file, root, &spl, opts, integer_counts, &cells, &mut raw)?;
+
+    // Size factors: the MuData's obsm first, then the rna modality's.
+    for base in ["", rna.as_str()] {
+        let p = if base.is_empty() { format!("obsm/{}", opts.size_factor_key) } else { format!("{base}/obsm/{}", opts.size_factor_key) };
+        if let Some(v) = read_obsm_column0(root, &p).map_err(|e| anyhow!("{file}: {e:#}"))? {
+            raw.library_size = Some((p, v));
+            break;
+        }
+    }
+
+    // Obs tables, in lookup order: global, rna, splicing.
+    if node(root, "obs").is_some() {
+        let g = read_frame(root, "obs").map_err(|e| anyhow!("{file}: {e:#}"))?;
+        let columns = align_frame(&file, &g, &cells)?;
+        raw.obs_tables.push(ObsTable { field: g.field.clone(), modality: None, columns, unreadable: g.unreadable.clone() });
+    }
+    for (m, fr) in [(&opts.rna_modality, rna_obs), (&opts.splicing_modality, spl_obs)] {
+        raw.obs_tables.push(ObsTable { field: fr.field.clone(), modality: Some(m.clone()), columns: fr.columns, unreadable: fr.unreadable });
+    }
+    raw.obs_fill_modality = Some(opts.rna_modality.clone());
+    Ok(raw)
+}
+
+/// Read a splicing-only AnnData (.h5ad): the splicing layers at the root, no expression.
+pub fn read_h5ad(path: &Path, opts: &DataOptions, integer_counts: bool) -> Result<RawData> {
+    let file = path.display().to_string();
+    let f = open(path)?;
+    let root: &Group = &f;
+    let obs = read_frame(root, "obs").map_err(|e| anyhow!("{file}: {e:#}"))?;
+    let cells = obs.index.clone();
+    let mut raw = RawData { file: file.clone(), cell_names: cells.clone(), ..Default::default() };
+    read_splicing_anndata(&file, root, "", opts, integer_counts, &cells, &mut raw)?;
+    let p = format!("obsm/{}", opts.size_factor_key);
+    if let Some(v) = read_obsm_column0(root, &p).map_err(|e| anyhow!("{file}: {e:#}"))? {
+        raw.library_size = Some((p, v));
+    }
+    raw.obs_tables.push(ObsTable { field: obs.field.clone(), modality: None, columns: obs.columns, unreadable: obs.unreadable });
+    Ok(raw)
+}

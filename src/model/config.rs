@@ -1,0 +1,378 @@
+//! Model options (model.md §7.1 defaults, §14 extensions) and data-derived dimensions.
+//!
+//! Option values are spelled as the original spells them ("gene-batch", "dirichlet_multinomial",
+//! "Jeffreys", …) both in serde (JSON/TOML) and on the command line.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] #[value(name = $s)] $var),+
+        }
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Expression likelihood (§3.1).
+    GeneLikelihood { Zinb = "zinb", Nb = "nb", Poisson = "poisson" }
+);
+string_enum!(
+    /// Expression dispersion θ (§2.8; gene-label and gene-cell as §14.2 defines them).
+    Dispersion { Gene = "gene", GeneBatch = "gene-batch", GeneLabel = "gene-label", GeneCell = "gene-cell" }
+);
+string_enum!(
+    /// Splicing encoder (§2.4 vanilla, §2.5 partial).
+    SplicingEncoderArch { Vanilla = "vanilla", Partial = "partial" }
+);
+string_enum!(
+    /// Splicing decoder (§2.7 c, d).
+    SplicingDecoderArch { Vanilla = "vanilla", Linear = "linear" }
+);
+string_enum!(
+    /// Expression decoder (§2.7 a, b).
+    ExpressionArch { Vanilla = "vanilla", Linear = "linear" }
+);
+string_enum!(
+    /// Partial-encoder pooling (§2.5 step 5).
+    PoolMode { Mean = "mean", Sum = "sum" }
+);
+string_enum!(
+    /// Where BatchNorm / LayerNorm are used (§2.1).
+    NormPlacement { None = "none", Encoder = "encoder", Decoder = "decoder", Both = "both" }
+);
+string_enum!(
+    /// Latent distribution (§4.5).
+    LatentDistribution { Normal = "normal", Ln = "ln" }
+);
+string_enum!(
+    /// Splicing likelihood (§3.3–3.5; bce = §14.2 fallback).
+    SplicingLoss {
+        Binomial = "binomial",
+        BetaBinomial = "beta_binomial",
+        DirichletMultinomial = "dirichlet_multinomial",
+        Bce = "bce",
+    }
+);
+string_enum!(
+    /// Dirichlet-multinomial concentration: one per ATSE or one scalar (§3.5).
+    DmConcentration { Atse = "atse", Scalar = "scalar" }
+);
+string_enum!(
+    /// Posterior mixing (§4).
+    ModalityWeights {
+        Equal = "equal",
+        Cell = "cell",
+        Universal = "universal",
+        Concatenate = "concatenate",
+        PerDimensionWeightedAverage = "per_dimension_weighted_average",
+    }
+);
+string_enum!(
+    /// Modality penalty (§5.2; JeffreysExact and MMDRbf are §14.3 options).
+    ModalityPenalty {
+        Jeffreys = "Jeffreys",
+        Mmd = "MMD",
+        None = "None",
+        JeffreysExact = "JeffreysExact",
+        MmdRbf = "MMDRbf",
+    }
+);
+string_enum!(
+    /// KL warm-up routing: the original's per-minibatch coin flip, or mixing from the first step (§14.3).
+    WarmupRouting { Coin = "coin", Mix = "mix" }
+);
+
+impl NormPlacement {
+    pub fn encoder(self) -> bool {
+        matches!(self, NormPlacement::Encoder | NormPlacement::Both)
+    }
+    pub fn decoder(self) -> bool {
+        matches!(self, NormPlacement::Decoder | NormPlacement::Both)
+    }
+}
+
+/// Every model-level option. `Default` = the SPLICEVI constructor defaults (model.md §7.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub gene_likelihood: GeneLikelihood,
+    #[serde(alias = "gene_dispersion")]
+    pub dispersion: Dispersion,
+    /// true: the library is log(size factor + 1e-6); false: the learned library encoder (§2.3).
+    pub use_size_factor_key: bool,
+    pub splicing_encoder_architecture: SplicingEncoderArch,
+    pub splicing_decoder_architecture: SplicingDecoderArch,
+    pub expression_architecture: ExpressionArch,
+    /// Partial encoder: pairs per chunk (−1 = single pass). Only bounds memory; results are the same.
+    pub max_nobs: i64,
+    pub pool_mode: PoolMode,
+    pub code_dim: usize,
+    pub h_hidden_dim: usize,
+    pub encoder_hidden_dim: usize,
+    /// Initialise the partial encoder's feature embedding from a TruncatedSVD of the training PSI
+    /// (done by the caller at model construction, see `SpliceVae::set_feature_embedding`).
+    pub initialize_embeddings_from_pca: bool,
+    /// None → min(128, ⌊√J⌋) (or ⌊√G⌋ without junctions).
+    pub n_hidden: Option<usize>,
+    /// None → ⌊√n_hidden⌋. Per-encoder latent size d.
+    pub n_latent: Option<usize>,
+    pub n_layers_encoder: usize,
+    pub n_layers_decoder: usize,
+    pub dropout_rate: f64,
+    pub use_batch_norm: NormPlacement,
+    pub use_layer_norm: NormPlacement,
+    pub latent_distribution: LatentDistribution,
+    pub deeply_inject_covariates: bool,
+    pub encode_covariates: bool,
+    #[serde(alias = "splicing_loss")]
+    pub splicing_loss_type: SplicingLoss,
+    /// Stored and ignored, as in the original (§3.4).
+    pub splicing_concentration: Option<f64>,
+    pub dm_concentration: DmConcentration,
+    pub lambda_prior: f64,
+    pub splicing_loss_weight: f64,
+    pub modality_weights: ModalityWeights,
+    pub modality_penalty: ModalityPenalty,
+    pub warmup_routing: WarmupRouting,
+    pub mask_cells_without_splicing: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            gene_likelihood: GeneLikelihood::Zinb,
+            dispersion: Dispersion::Gene,
+            use_size_factor_key: true,
+            splicing_encoder_architecture: SplicingEncoderArch::Partial,
+            splicing_decoder_architecture: SplicingDecoderArch::Linear,
+            expression_architecture: ExpressionArch::Linear,
+            max_nobs: -1,
+            pool_mode: PoolMode::Mean,
+            code_dim: 16,
+            h_hidden_dim: 64,
+            encoder_hidden_dim: 128,
+            initialize_embeddings_from_pca: false,
+            n_hidden: None,
+            n_latent: None,
+            n_layers_encoder: 2,
+            n_layers_decoder: 2,
+            dropout_rate: 0.1,
+            use_batch_norm: NormPlacement::None,
+            use_layer_norm: NormPlacement::Both,
+            latent_distribution: LatentDistribution::Normal,
+            deeply_inject_covariates: false,
+            encode_covariates: false,
+            splicing_loss_type: SplicingLoss::DirichletMultinomial,
+            splicing_concentration: None,
+            dm_concentration: DmConcentration::Atse,
+            lambda_prior: 1e-2,
+            splicing_loss_weight: 1.0,
+            modality_weights: ModalityWeights::Equal,
+            modality_penalty: ModalityPenalty::Jeffreys,
+            warmup_routing: WarmupRouting::Coin,
+            mask_cells_without_splicing: false,
+        }
+    }
+}
+
+/// Sizes that come from the data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Dims {
+    /// G
+    pub n_genes: usize,
+    /// J
+    pub n_junctions: usize,
+    /// A (number of ATSEs)
+    pub n_atse: usize,
+    pub n_batch: usize,
+    pub n_labels: usize,
+    /// Cells in the training data (rows of the per-cell weight table for `cell` weights).
+    pub n_obs: usize,
+    /// Levels of each extra categorical covariate.
+    pub n_cats_per_cov: Vec<usize>,
+    /// Number of continuous covariates.
+    pub n_cont: usize,
+}
+
+impl ModelConfig {
+    /// The authors' configuration (model.md §10, preset `paper`).
+    pub fn paper() -> Self {
+        ModelConfig {
+            modality_weights: ModalityWeights::PerDimensionWeightedAverage,
+            modality_penalty: ModalityPenalty::Jeffreys,
+            splicing_encoder_architecture: SplicingEncoderArch::Partial,
+            splicing_decoder_architecture: SplicingDecoderArch::Vanilla,
+            expression_architecture: ExpressionArch::Vanilla,
+            code_dim: 64,
+            h_hidden_dim: 128,
+            encoder_hidden_dim: 128,
+            n_latent: Some(30),
+            dropout_rate: 0.01,
+            initialize_embeddings_from_pca: true,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// H (§2.1).
+    pub fn resolved_n_hidden(&self, dims: &Dims) -> usize {
+        match self.n_hidden {
+            Some(h) => h,
+            None if dims.n_junctions > 0 => 128.min(isqrt(dims.n_junctions)),
+            None => isqrt(dims.n_genes),
+        }
+    }
+    /// d, the per-encoder latent size.
+    pub fn resolved_n_latent(&self, dims: &Dims) -> usize {
+        match self.n_latent {
+            Some(d) => d,
+            None => isqrt(self.resolved_n_hidden(dims)),
+        }
+    }
+    /// L, the joint latent size (2d for concatenate).
+    pub fn joint_latent(&self, dims: &Dims) -> usize {
+        let d = self.resolved_n_latent(dims);
+        if self.modality_weights == ModalityWeights::Concatenate {
+            2 * d
+        } else {
+            d
+        }
+    }
+
+    /// Reject option combinations the model cannot run, with a message naming the option.
+    pub fn validate(&self, dims: &Dims) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if dims.n_genes == 0 {
+            bail!("model: the expression modality has 0 genes; SpliceVI needs both expression and splicing");
+        }
+        if dims.n_junctions == 0 {
+            bail!("model: the splicing modality has 0 junctions");
+        }
+        if dims.n_batch == 0 {
+            bail!("model: n_batch must be ≥ 1 (use 1 when there is no batch key)");
+        }
+        if dims.n_labels == 0 {
+            bail!("model: n_labels must be ≥ 1 (use 1 when there is no labels key)");
+        }
+        if self.splicing_loss_type == SplicingLoss::DirichletMultinomial && dims.n_atse == 0 {
+            bail!("model: splicing_loss_type = dirichlet_multinomial needs the junction → ATSE map (0 ATSEs given)");
+        }
+        if self.n_hidden == Some(0) {
+            bail!("model: n_hidden must be ≥ 1");
+        }
+        if self.resolved_n_hidden(dims) == 0 {
+            bail!("model: n_hidden resolved to 0 (too few junctions/genes); set n_hidden explicitly");
+        }
+        if self.resolved_n_latent(dims) == 0 {
+            bail!("model: n_latent must be ≥ 1");
+        }
+        if self.n_layers_encoder == 0 || self.n_layers_decoder == 0 {
+            bail!("model: n_layers_encoder and n_layers_decoder must be ≥ 1");
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            bail!("model: dropout_rate must be in [0, 1), got {}", self.dropout_rate);
+        }
+        if self.splicing_encoder_architecture == SplicingEncoderArch::Partial {
+            if self.code_dim == 0 || self.h_hidden_dim == 0 || self.encoder_hidden_dim == 0 {
+                bail!("model: the partial encoder needs code_dim, h_hidden_dim and encoder_hidden_dim ≥ 1");
+            }
+            if self.max_nobs == 0 || self.max_nobs < -1 {
+                bail!("model: max_nobs must be −1 (single pass) or a positive chunk size, got {}", self.max_nobs);
+            }
+        }
+        if self.dm_concentration != DmConcentration::Atse
+            && self.splicing_loss_type != SplicingLoss::DirichletMultinomial
+        {
+            bail!(
+                "model: dm_concentration = {} only applies to splicing_loss_type = dirichlet_multinomial (got {})",
+                self.dm_concentration,
+                self.splicing_loss_type
+            );
+        }
+        if !(self.lambda_prior.is_finite() && self.lambda_prior >= 0.0) {
+            bail!("model: lambda_prior must be a finite number ≥ 0, got {}", self.lambda_prior);
+        }
+        if !(self.splicing_loss_weight.is_finite() && self.splicing_loss_weight >= 0.0) {
+            bail!("model: splicing_loss_weight must be a finite number ≥ 0, got {}", self.splicing_loss_weight);
+        }
+        if self.modality_weights == ModalityWeights::Cell && dims.n_obs == 0 {
+            bail!("model: modality_weights = cell needs n_obs (the number of training cells) ≥ 1");
+        }
+        if dims.n_cats_per_cov.iter().any(|&n| n == 0) {
+            bail!("model: a categorical covariate has 0 levels");
+        }
+        Ok(())
+    }
+}
+
+fn isqrt(n: usize) -> usize {
+    let mut r = (n as f64).sqrt() as usize;
+    while r * r > n {
+        r -= 1;
+    }
+    while (r + 1) * (r + 1) <= n {
+        r += 1;
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_sizes() {
+        let c = ModelConfig::default();
+        let dims = Dims { n_genes: 10572, n_junctions: 89831, n_atse: 1, n_batch: 1, n_labels: 1, ..Dims::default() };
+        assert_eq!(c.resolved_n_hidden(&dims), 128);
+        assert_eq!(c.resolved_n_latent(&dims), 11);
+        let small = Dims { n_junctions: 50, ..dims.clone() };
+        assert_eq!(c.resolved_n_hidden(&small), 7);
+        assert_eq!(c.resolved_n_latent(&small), 2);
+        c.validate(&dims).unwrap();
+    }
+
+    #[test]
+    fn serde_uses_original_spellings() {
+        let c: ModelConfig = serde_json::from_str(
+            r#"{"gene_dispersion":"gene-batch","modality_weights":"per_dimension_weighted_average",
+                "modality_penalty":"MMD","splicing_loss_type":"beta_binomial","use_layer_norm":"encoder"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.dispersion, Dispersion::GeneBatch);
+        assert_eq!(c.modality_penalty, ModalityPenalty::Mmd);
+        assert_eq!(c.splicing_loss_type, SplicingLoss::BetaBinomial);
+        let back = serde_json::to_string(&c).unwrap();
+        assert!(back.contains("\"gene-batch\"") && back.contains("\"MMD\""));
+        assert!(serde_json::from_str::<ModelConfig>(r#"{"dispersionn":"gene"}"#).is_err());
+    }
+
+    #[test]
+    fn validate_rejects_bad_combinations() {
+        let dims = Dims { n_genes: 10, n_junctions: 20, n_atse: 5, n_batch: 1, n_labels: 1, ..Dims::default() };
+        let bad = ModelConfig {
+            dm_concentration: DmConcentration::Scalar,
+            splicing_loss_type: SplicingLoss::Binomial,
+            ..ModelConfig::default()
+        };
+        assert!(bad.validate(&dims).unwrap_err().to_string().contains("dm_concentration"));
+        let bad = ModelConfig { max_nobs: 0, ..ModelConfig::default() };
+        assert!(bad.validate(&dims).unwrap_err().to_string().contains("max_nobs"));
+        let bad = ModelConfig { modality_weights: ModalityWeights::Cell, ..ModelConfig::default() };
+        assert!(bad.validate(&dims).unwrap_err().to_string().contains("n_obs"));
+        let bad = ModelConfig { dropout_rate: 1.0, ..ModelConfig::default() };
+        assert!(bad.validate(&dims).is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! The partial splicing encoder's per-pair network and pooling (model.md §2.5 steps 1–6).
+//!
+//! Per observed pair (i, j): t = [ψ, ψ·F̂_j]; the first Linear is factored as
+//! W₀t + b₀ = ψ·u_j + b₀ with u_j = W₀[:,0] + W₀[:,1:]·F̂_j computed once per junction per step.
+//! Then LayerNorm(affine) → ReLU → dropout → Linear → LayerNorm(affine) → ReLU gives the code c_ij,
+//! pooled per cell (sum or mean). Per-pair activations are never stored: the backward pass recomputes
+//! them chunk by chunk, walking the pairs junction by junction so that each junction's gradient is
+//! owned by one work item (deterministic, no atomics).
+
+use super::arch::PartialEncP;
+use super::batch::SplBatch;
+use super::ops::{ln_row, ln_row_bwd, Mode};
+use super::params::{Grads, Params};
+use super::real::Real;
+use super::rng;
+use super::tensor::{matmul_nn, matmul_nt, matmul_tn_acc, Mat};
+use rayon::prelude::*;
+
+const NORM_EPS: f64 = 1e-8;
+
+/// What the forward keeps: the pooled codes and the per-junction quantities.
+#[derive(Clone, Debug)]
+pub struct PartialCache<T> {
+    /// B × D pooled codes (input of the post-pooling MLP).
+    pub pool: Mat<T>,
+    /// Observed pairs per cell.
+    pub counts: Vec<usize>,
+    /// J × D row-normalised embedding and the row norms.
+    pub fhat: Mat<T>,
+    pub fnorm: Vec<T>,
+    /// J × Hh: u_j.
+    pub u: Mat<T>,
+}
+
+struct Net<'a, T> {
+    b0: &'a [T],
+    g1: &'a [T],
+    be1: &'a [T],
+    w4: &'a [T],
+    b4: &'a [T],
+    g5: &'a [T],
+    be5: &'a [T],
+    hh: usize,
+    dd: usize,
+    dropout: f64,
+}
+
+/// Activations of a chunk of pairs.
+struct ChunkAct<T> {
+    xhat1: Vec<T>,
+    inv1: Vec<T>,
+    a1: Vec<T>,
+    /// Post-ReLU, post-dropout (input of the second Linear).
+    d1: Vec<T>,
+    mask1: Vec<T>,
+    xhat2: Vec<T>,
+    inv2: Vec<T>,
+    a2: Vec<T>,
+}
+
+impl<T: Real> Net<'_, T> {
+    /// Forward for pairs `pairs` (global pair ids, used for the dropout stream) with ψ and u rows.
+    fn chunk_fwd(&self, pairs: &[usize], psi: &[T], jn: &[u32], u: &Mat<T>, mode: Mode, want_act: bool) -> (Vec<T>, Option<ChunkAct<T>>) {
+        let (hh, dd, n) = (self.hh, self.dd, pairs.len());
+        let mut xhat1 = vec![T::ZERO; n * hh];
+        let mut inv1 = vec![T::ZERO; n];
+        let mut a1 = vec![T::ZERO; n * hh];
+        let mut d1 = vec![T::ZERO; n * hh];
+        let mut mask1 = if mode.training && self.dropout > 0.0 { vec![T::ZERO; n * hh] } else { Vec::new() };
+        let mut h1 = vec![T::ZERO; hh];
+        let scale = T::from_f64(1.0 / (1.0 - self.dropout));
+        for q in 0..n {
+            let ur = u.row(jn[q] as usize);
+            for t in 0..hh {
+                h1[t] = psi[q] * ur[t] + self.b0[t];
+            }
+            let xh = &mut xhat1[q * hh..(q + 1) * hh];
+            inv1[q] = ln_row(&h1, xh);
+            for t in 0..hh {
+                let a = xh[t] * self.g1[t] + self.be1[t];
+                a1[q * hh + t] = a;
+                let r = if a > T::ZERO { a } else { T::ZERO };
+                d1[q * hh + t] = if mask1.is_empty() {
+                    r
+                } else {
+                    let m = if rng::keep(mode.seed, rng::streams::PARTIAL_H, (pairs[q] * hh + t) as u64, self.dropout) {
+                        scale
+                    } else {
+                        T::ZERO
+                    };
+                    mask1[q * hh + t] = m;
+                    r * m
+                };
+            }
+        }
+        let mut h2 = vec![T::ZERO; n * dd];
+        matmul_nt_serial(&d1, n, hh, self.w4, dd, &mut h2);
+        let mut xhat2 = vec![T::ZERO; n * dd];
+        let mut inv2 = vec![T::ZERO; n];
+        let mut a2 = vec![T::ZERO; n * dd];
+        let mut c = vec![T::ZERO; n * dd];
+        for q in 0..n {
+            let row = &mut h2[q * dd..(q + 1) * dd];
+            for t in 0..dd {
+                row[t] += self.b4[t];
+            }
+            inv2[q] = ln_row(row, &mut xhat2[q * dd..(q + 1) * dd]);
+            for t in 0..dd {
+                let a = xhat2[q * dd + t] * self.g5[t] + self.be5[t];
+                a2[q * dd + t] = a;
+                c[q * dd + t] = if a > T::ZERO { a } else { T::ZERO };
+            }
+        }
+        let act = want_act.then_some(ChunkAct { xhat1, inv1, a1, d1, mask1, xhat2, inv2, a2 });
+        (c, act)
+    }
+}
+
+/// Single-threaded GEMM (the callers already run in parallel): y[n×m] = x[n×k]·wᵀ (w is m×k).
+fn matmul_nt_serial<T: Real>(x: &[T], n: usize, k: usize, w: &[T], m: usize, y: &mut [T]) {
+    if n == 0 {
+        return;
+    }
+    unsafe {
+        T::gemm_raw(n, k, m, T::ONE, x.as_ptr(), k as isize, 1, w.as_ptr(), 1, k as isize, T::ZERO, y.as_mut_ptr(), m as isize, 1)
+    }
+}
+
+fn net<'a, T: Real>(pe: &PartialEncP, p: &'a Params<T>) -> Net<'a, T> {
+    Net {
+        b0: p.get(pe.h0.b.unwrap()),
+        g1: p.get(pe.ln1_w),
+        be1: p.get(pe.ln1_b),
+        w4: p.get(pe.h4.w),
+        b4: p.get(pe.h4.b.unwrap()),
+        g5: p.get(pe.ln5_w),
+        be5: p.get(pe.ln5_b),
+        hh: pe.h_hidden,
+        dd: pe.code_dim,
+        dropout: pe.dropout,
+    }
+}
+
+/// W₀[:, 1:] as a contiguous Hh × D matrix.
+fn w0_tail<T: Real>(pe: &PartialEncP, p: &Params<T>) -> Vec<T> {
+    let (hh, dd) = (pe.h_hidden, pe.code_dim);
+    let w0 = p.get(pe.h0.w);
+    let mut out = vec![T::ZERO; hh * dd];
+    for t in 0..hh {
+        out[t * dd..(t + 1) * dd].copy_from_slice(&w0[t * (dd + 1) + 1..(t + 1) * (dd + 1)]);
+    }
+    out
+}
+
+/// Pooled codes P (B × D) of the observed pairs of a minibatch.
+pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch, mode: Mode) -> PartialCache<T> {
+    let (hh, dd) = (pe.h_hidden, pe.code_dim);
+    let j = spl.n_junctions;
+    let b = spl.n_cells();
+    // F̂ and u
+    let emb = p.get(pe.emb);
+    let mut fhat = Mat::zeros(j, dd);
+    let mut fnorm = vec![T::ZERO; j];
+    for jj in 0..j {
+        let row = &emb[jj * dd..(jj + 1) * dd];
+        let nrm = row.iter().map(|&v| v * v).sum::<T>().sqrt();
+        fnorm[jj] = nrm;
+        let den = nrm.max(T::from_f64(NORM_EPS));
+        for (o, &v) in fhat.row_mut(jj).iter_mut().zip(row) {
+            *o = v / den;
+        }
+    }
+    let w0t = w0_tail(pe, p);
+    let mut u = Mat::zeros(j, hh);
+    matmul_nt(&fhat.data, j, dd, &w0t, hh, &mut u.data, T::ZERO);
+    let w0 = p.get(pe.h0.w);
+    u.data.par_chunks_mut(hh).for_each(|row| {
+        for t in 0..hh {
+            row[t] += w0[t * (dd + 1)];
+        }
+    });
+
+    let counts: Vec<usize> = (0..b).map(|c| spl.indptr[c + 1] - spl.indptr[c]).collect();
+    let psi_t: Vec<T> = spl.psi.iter().map(|&v| T::from_f32(v)).collect();
+    let nt = net(pe, p);
+    // Work items: runs of whole cells with about `chunk` pairs.
+    let chunk = pe.chunk.max(1);
+    let mut items: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    while start < b {
+        let mut end = start + 1;
+        while end < b && spl.indptr[end + 1] - spl.indptr[start] <= chunk {
+            end += 1;
+        }
+        items.push((start, end));
+        start = end;
+    }
+    let pooled: Vec<Vec<T>> = items
+        .par_iter()
+        .map(|&(c0, c1)| {
+            let mut acc = vec![T::ZERO; (c1 - c0) * dd];
+            let (e0, e1) = (spl.indptr[c0], spl.indptr[c1]);
+            let mut s = e0;
+            while s < e1 {
+                let e = (s + chunk).min(e1);
+                let pairs: Vec<usize> = (s..e).collect();
+                let (c, _) = nt.chunk_fwd(&pairs, &psi_t[s..e], &spl.junction[s..e], &u, mode, false);
+                // Add each pair's code to its cell in pair order.
+                let mut cell = c0;
+                for (q, &pe_) in pairs.iter().enumerate() {
+                    while spl.indptr[cell + 1] <= pe_ {
+                        cell += 1;
+                    }
+                    let dst = &mut acc[(cell - c0) * dd..(cell - c0 + 1) * dd];
+                    for (a, &v) in dst.iter_mut().zip(&c[q * dd..(q + 1) * dd]) {
+                        *a += v;
+                    }
+                }
+                s = e;
+            }
+            acc
+        })
+        .collect();
+    let mut pool = Mat::zeros(b, dd);
+    for (&(c0, _), acc) in items.iter().zip(pooled) {
+        pool.data[c0 * dd..c0 * dd + acc.len()].copy_from_slice(&acc);
+    }
+    if pe.pool_mean {
+        for c in 0..b {
+            let n = T::from_f64(counts[c].max(1) as f64);
+            pool.row_mut(c).iter_mut().for_each(|v| *v /= n);
+        }
+    }
+    PartialCache { pool, counts, fhat, fnorm, u }
+}
+
+/// Backward from d(pool) (B × D): accumulates the gradients of the embedding and the h network.
+pub fn partial_backward<T: Real>(
+    pe: &PartialEncP,
+    p: &Params<T>,
+    spl: &SplBatch,
+    cache: &PartialCache<T>,
+    dpool: &Mat<T>,
+    mode: Mode,
+    g: &mut Grads<T>,
+) {
+    let (hh, dd) = (pe.h_hidden, pe.code_dim);
+    let j = spl.n_junctions;
+    let b = spl.n_cells();
+    let nnz = spl.nnz();
+    // d(code) per cell
+    let mut dcell = dpool.clone();
+    if pe.pool_mean {
+        for c in 0..b {
+            let n = T::from_f64(cache.counts[c].max(1) as f64);
+            dcell.row_mut(c).iter_mut().for_each(|v| *v /= n);
+        }
+    }
+    // Pairs in junction-major order.
+    let mut cnt = vec![0usize; j + 1];
+    for &jj in &spl.junction {
+        cnt[jj as usize + 1] += 1;
+    }
+    for i in 0..j {
+        cnt[i + 1] += cnt[i];
+    }
+    let mut pos = cnt.clone();
+    let mut order = vec![0usize; nnz];
+    let mut cell_of = vec![0u32; nnz];
+    for c in 0..b {
+        for e in spl.indptr[c]..spl.indptr[c + 1] {
+            let jj = spl.junction[e] as usize;
+            order[pos[jj]] = e;
+            cell_of[e] = c as u32;
+            pos[jj] += 1;
+        }
+    }
+    let psi_t: Vec<T> = spl.psi.iter().map(|&v| T::from_f32(v)).collect();
+    let chunk = pe.chunk.max(1);
+    let mut items: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    while start < j {
+        let mut end = start + 1;
+        while end < j && cnt[end + 1] - cnt[start] <= chunk {
+            end += 1;
+        }
+        items.push((start, end));
+        start = end;
+    }
+    let nt = net(pe, p);
+    // Small per-item accumulators: [b0 | g1 | be1 | W4 | b4 | g5 | be5]
+    let small_len = hh + hh + hh + dd * hh + dd + dd + dd;
+    struct ItemOut<T> {
+        small: Vec<T>,
+        du: Vec<T>,
+    }
+    let outs: Vec<ItemOut<T>> = items
+        .par_iter()
+        .map(|&(j0, j1)| {
+            let mut small = vec![T::ZERO; small_len];
+            let mut du = vec![T::ZERO; (j1 - j0) * hh];
+            let (p0, p1) = (cnt[j0], cnt[j1]);
+            let mut s = p0;
+            while s < p1 {
+                let e = (s + chunk).min(p1);
+                let pairs: Vec<usize> = order[s..e].to_vec();
+                let n = pairs.len();
+                let psi: Vec<T> = pairs.iter().map(|&q| psi_t[q]).collect();
+                let jn: Vec<u32> = pairs.iter().map(|&q| spl.junction[q]).collect();
+                let (_, act) = nt.chunk_fwd(&pairs, &psi, &jn, &cache.u, mode, true);
+                let act = act.unwrap();
+                let (sb0, rest) = small.split_at_mut(hh);
+                let (sg1, rest) = rest.split_at_mut(hh);
+                let (sbe1, rest) = rest.split_at_mut(hh);
+                let (sw4, rest) = rest.split_at_mut(dd * hh);
+                let (sb4, rest) = rest.split_at_mut(dd);
+                let (sg5, sbe5) = rest.split_at_mut(dd);
+                // d(a2) = dcode · [a2 > 0]; LN5 affine; LN5 backward → dh2
+                let mut dh2 = vec![T::ZERO; n * dd];
+                for q in 0..n {
+                    let dc = dcell.row(cell_of[pairs[q]] as usize);
+                    let row = &mut dh2[q * dd..(q + 1) * dd];
+                    for t in 0..dd {
+                        let a = act.a2[q * dd + t];
+                        let da = if a > T::ZERO { dc[t] } else { T::ZERO };
+                        sg5[t] += da * act.xhat2[q * dd + t];
+                        sbe5[t] += da;
+                        row[t] = da * nt.g5[t];
+                    }
+                    ln_row_bwd(&act.xhat2[q * dd..(q + 1) * dd], act.inv2[q], row);
+                    for t in 0..dd {
+                        sb4[t] += row[t];
+                    }
+                }
+                // W4 gradient and d(d1)
+                unsafe {
+                    T::gemm_raw(dd, n, hh, T::ONE, dh2.as_ptr(), 1, dd as isize, act.d1.as_ptr(), hh as isize, 1, T::ONE, sw4.as_mut_ptr(), hh as isize, 1);
+                }
+                let mut dd1 = vec![T::ZERO; n * hh];
+                unsafe {
+                    T::gemm_raw(n, dd, hh, T::ONE, dh2.as_ptr(), dd as isize, 1, nt.w4.as_ptr(), hh as isize, 1, T::ZERO, dd1.as_mut_ptr(), hh as isize, 1);
+                }
+                for q in 0..n {
+                    let row = &mut dd1[q * hh..(q + 1) * hh];
+                    for t in 0..hh {
+                        let k = q * hh + t;
+                        let mut v = row[t];
+                        if !act.mask1.is_empty() {
+                            v *= act.mask1[k];
+                        }
+                        let da = if act.a1[k] > T::ZERO { v } else { T::ZERO };
+                        sg1[t] += da * act.xhat1[k];
+                        sbe1[t] += da;
+                        row[t] = da * nt.g1[t];
+                    }
+                    ln_row_bwd(&act.xhat1[q * hh..(q + 1) * hh], act.inv1[q], row);
+                    let jl = jn[q] as usize - j0;
+                    let dst = &mut du[jl * hh..(jl + 1) * hh];
+                    for t in 0..hh {
+                        sb0[t] += row[t];
+                        dst[t] += psi[q] * row[t];
+                    }
+                }
+                s = e;
+            }
+            ItemOut { small, du }
+        })
+        .collect();
+    let mut small = vec![T::ZERO; small_len];
+    let mut du = Mat::zeros(j, hh);
+    for (&(j0, _), o) in items.iter().zip(outs) {
+        small.iter_mut().zip(&o.small).for_each(|(a, &v)| *a += v);
+        du.data[j0 * hh..j0 * hh + o.du.len()].copy_from_slice(&o.du);
+    }
+    let mut off = 0;
+    let mut put = |idx: Option<usize>, len: usize, g: &mut Grads<T>| {
+        if let Some(idx) = idx {
+            if let Some(sl) = g.slot(idx) {
+                sl.iter_mut().zip(&small[off..off + len]).for_each(|(a, &v)| *a += v);
+            }
+        }
+        off += len;
+    };
+    put(pe.h0.b, hh, g);
+    put(Some(pe.ln1_w), hh, g);
+    put(Some(pe.ln1_b), hh, g);
+    put(Some(pe.h4.w), dd * hh, g);
+    put(pe.h4.b, dd, g);
+    put(Some(pe.ln5_w), dd, g);
+    put(Some(pe.ln5_b), dd, g);
+
+    // u_j = W₀[:,0] + W₀[:,1:]·F̂_j
+    if let Some(gw0) = g.slot(pe.h0.w) {
+        let mut tail = vec![T::ZERO; hh * dd];
+        matmul_tn_acc(&du.data, j, hh, &cache.fhat.data, dd, &mut tail);
+        for t in 0..hh {
+            let mut s0 = T::ZERO;
+            for jj in 0..j {
+                s0 += du.data[jj * hh + t];
+            }
+            gw0[t * (dd + 1)] += s0;
+            for c in 0..dd {
+                gw0[t * (dd + 1) + 1 + c] += tail[t * dd + c];
+            }
+        }
+    }
+    if let Some(gemb) = g.slot(pe.emb) {
+        let w0t = w0_tail(pe, p);
+        let mut dfhat = Mat::zeros(j, dd);
+        matmul_nn(&du.data, j, hh, &w0t, dd, &mut dfhat.data, T::ZERO);
+        for jj in 0..j {
+            let nrm = cache.fnorm[jj];
+            let fh = cache.fhat.row(jj);
+            let dfh = dfhat.row(jj);
+            let dst = &mut gemb[jj * dd..(jj + 1) * dd];
+            if nrm > T::from_f64(NORM_EPS) {
+                let dot = fh.iter().zip(dfh).map(|(&a, &b)| a * b).sum::<T>();
+                for c in 0..dd {
+                    dst[c] += (dfh[c] - fh[c] * dot) / nrm;
+                }
+            } else {
+                for c in 0..dd {
+                    dst[c] += dfh[c] / T::from_f64(NORM_EPS);
+                }
+            }
+        }
+    }
+}

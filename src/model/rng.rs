@@ -1,0 +1,64 @@
+//! Counter-based random numbers: every draw is a pure function of (seed, stream, index), so dropout
+//! masks can be recomputed in the backward pass, work can be split across threads in any way, and the
+//! numbers never depend on the thread count.
+
+#[inline(always)]
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[inline(always)]
+pub fn hash3(seed: u64, stream: u64, idx: u64) -> u64 {
+    mix64(mix64(seed ^ mix64(stream.wrapping_mul(0xD6E8_FEB8_6659_FD93))) ^ idx)
+}
+
+/// Uniform in [0, 1).
+#[inline(always)]
+pub fn uniform(seed: u64, stream: u64, idx: u64) -> f64 {
+    (hash3(seed, stream, idx) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Standard normal (Box–Muller on two independent uniforms).
+#[inline]
+pub fn normal(seed: u64, stream: u64, idx: u64) -> f64 {
+    let u1 = 1.0 - uniform(seed, stream, 2 * idx); // (0, 1]
+    let u2 = uniform(seed, stream, 2 * idx + 1);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Dropout keep decision for element `idx` of stream `stream` (drop with probability p).
+#[inline(always)]
+pub fn keep(seed: u64, stream: u64, idx: u64, p: f64) -> bool {
+    uniform(seed, stream, idx) >= p
+}
+
+/// Stream ids used by the model (distinct per purpose).
+pub mod streams {
+    pub const EPS_EXPR: u64 = 1;
+    pub const EPS_SPL: u64 = 2;
+    pub const EPS_JOINT: u64 = 3;
+    /// Dropout of FCLayers `id`, block `b`: DROPOUT_BASE + id·64 + b.
+    pub const DROPOUT_BASE: u64 = 1 << 20;
+    /// Partial encoder h-network dropout.
+    pub const PARTIAL_H: u64 = 17;
+    pub const ADVERSARY: u64 = 1 << 30;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_moments() {
+        let n = 200_000;
+        let xs: Vec<f64> = (0..n).map(|i| normal(7, 1, i)).collect();
+        let m = xs.iter().sum::<f64>() / n as f64;
+        let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n as f64;
+        assert!(m.abs() < 0.01 && (v - 1.0).abs() < 0.01, "mean {m} var {v}");
+        let keep_frac = (0..n).filter(|&i| keep(3, 2, i, 0.25)).count() as f64 / n as f64;
+        assert!((keep_frac - 0.75).abs() < 0.01);
+    }
+}

@@ -1,0 +1,98 @@
+//! Training options (model.md §6.1) with the original's defaults.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerKind {
+    /// No scheduler unless `reduce_lr_on_plateau` (the original's "plateau" default with the flag off).
+    Plateau,
+    /// StepLR(step_size, gamma = lr_factor).
+    Step,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub max_epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub weight_decay: f64,
+    pub eps: f64,
+    /// Fraction of cells used for training (the rest validates); 0.9 as in scvi.
+    pub train_size: f64,
+    pub early_stopping: bool,
+    pub early_stopping_patience: usize,
+    /// Validation checks ignored by early stopping; None → n_epochs_kl_warmup.
+    pub early_stopping_warmup_epochs: Option<usize>,
+    pub n_epochs_kl_warmup: Option<usize>,
+    pub adversarial_mixing: bool,
+    pub lr_scheduler_type: SchedulerKind,
+    pub reduce_lr_on_plateau: bool,
+    pub lr_patience: usize,
+    pub lr_factor: f64,
+    pub step_size: usize,
+    pub gradient_clip: Option<f64>,
+    /// §14.3: early stopping restores the weights of the best validation epoch.
+    pub restore_best: bool,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            max_epochs: 500,
+            lr: 1e-4,
+            batch_size: 128,
+            weight_decay: 1e-3,
+            eps: 1e-8,
+            train_size: 0.9,
+            early_stopping: true,
+            early_stopping_patience: 50,
+            early_stopping_warmup_epochs: None,
+            n_epochs_kl_warmup: Some(50),
+            adversarial_mixing: true,
+            lr_scheduler_type: SchedulerKind::Plateau,
+            reduce_lr_on_plateau: false,
+            lr_patience: 30,
+            lr_factor: 0.6,
+            step_size: 10,
+            gradient_clip: Some(5.0),
+            restore_best: false,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The authors' training setup (model.md §10).
+    pub fn paper() -> Self {
+        TrainConfig {
+            max_epochs: 800,
+            lr: 1e-4,
+            batch_size: 256,
+            weight_decay: 1e-4,
+            n_epochs_kl_warmup: Some(200),
+            lr_scheduler_type: SchedulerKind::Step,
+            step_size: 650,
+            lr_factor: 0.1,
+            ..TrainConfig::default()
+        }
+    }
+
+    pub fn early_stopping_warmup(&self) -> usize {
+        self.early_stopping_warmup_epochs.unwrap_or(self.n_epochs_kl_warmup.unwrap_or(0))
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.batch_size > 0, "batch_size must be > 0");
+        anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number, got {}", self.lr);
+        anyhow::ensure!(self.train_size > 0.0 && self.train_size <= 1.0, "train_size must be in (0, 1], got {}", self.train_size);
+        anyhow::ensure!(self.weight_decay >= 0.0, "weight_decay must be >= 0");
+        anyhow::ensure!(self.max_epochs > 0, "max_epochs must be > 0");
+        if self.lr_scheduler_type == SchedulerKind::Step {
+            anyhow::ensure!(self.step_size > 0, "step_size must be > 0 for the step scheduler");
+        }
+        Ok(())
+    }
+}

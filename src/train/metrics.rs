@@ -1,0 +1,187 @@
+//! Per-epoch metrics as scvi-tools logs them (model.md §5.5): sums over minibatches divided by the
+//! number of cells. Written as `metrics.tsv` and `metrics.jsonl` in the run directory after every epoch.
+
+use crate::model::StepOutput;
+use crate::util::write_atomic;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub kl_weight: f64,
+    /// Mean over steps of the minimised loss (VAE loss + adversarial fool term).
+    pub train_loss: f64,
+    pub reconstruction_loss_train: f64,
+    pub reconstruction_loss_expression_train: f64,
+    pub reconstruction_loss_splicing_train: f64,
+    pub kl_local_train: f64,
+    pub elbo_train: f64,
+    pub reconstruction_loss_validation: f64,
+    pub reconstruction_loss_expression_validation: f64,
+    pub reconstruction_loss_splicing_validation: f64,
+    pub kl_local_validation: f64,
+    pub elbo_validation: f64,
+    /// Mean adversarial classifier loss over steps (0 without the adversary).
+    pub adversary_loss: f64,
+    pub seconds: f64,
+    pub cells_per_s: f64,
+    // Accumulators (not serialised).
+    #[serde(skip)]
+    pub steps: usize,
+    #[serde(skip)]
+    pub n_train: usize,
+    #[serde(skip)]
+    pub rec_train: f64,
+    #[serde(skip)]
+    pub kl_train: f64,
+    #[serde(skip)]
+    pub rec_e: f64,
+    #[serde(skip)]
+    pub rec_s: f64,
+    #[serde(skip)]
+    pub adv_loss: f64,
+    #[serde(skip)]
+    pub n_val: usize,
+    #[serde(skip)]
+    pub rec_validation: f64,
+    #[serde(skip)]
+    pub v_kl: f64,
+    #[serde(skip)]
+    pub v_e: f64,
+    #[serde(skip)]
+    pub v_s: f64,
+}
+
+fn sum(v: &[f32]) -> f64 {
+    v.iter().map(|&x| x as f64).sum()
+}
+
+impl EpochMetrics {
+    pub fn add_train(&mut self, out: &StepOutput<f32>, total_loss: f64) {
+        self.steps += 1;
+        self.n_train += out.rl_expr.len();
+        self.rec_e += sum(&out.rl_expr);
+        self.rec_s += sum(&out.rl_spl);
+        self.rec_train += out.reconstruction_loss_sum();
+        self.kl_train += out.kl_local_sum();
+        self.train_loss += total_loss;
+    }
+
+    pub fn finish_train(&mut self) {
+        let n = self.n_train.max(1) as f64;
+        self.reconstruction_loss_train = self.rec_train / n;
+        self.reconstruction_loss_expression_train = self.rec_e / n;
+        self.reconstruction_loss_splicing_train = self.rec_s / n;
+        self.kl_local_train = self.kl_train / n;
+        self.elbo_train = self.reconstruction_loss_train + self.kl_local_train;
+        self.adversary_loss = self.adv_loss / self.steps.max(1) as f64;
+        self.train_loss /= self.steps.max(1) as f64;
+        // Keep the running value for the progress message consistent after finishing.
+        self.rec_train = self.reconstruction_loss_train * n;
+    }
+
+    pub fn add_validation(&mut self, out: &StepOutput<f32>) {
+        self.n_val += out.rl_expr.len();
+        self.v_e += sum(&out.rl_expr);
+        self.v_s += sum(&out.rl_spl);
+        self.v_kl += out.kl_local_sum();
+    }
+
+    pub fn finish_validation(&mut self) {
+        let n = self.n_val.max(1) as f64;
+        self.reconstruction_loss_expression_validation = self.v_e / n;
+        self.reconstruction_loss_splicing_validation = self.v_s / n;
+        self.reconstruction_loss_validation = (self.v_e + self.v_s) / n;
+        self.kl_local_validation = self.v_kl / n;
+        self.elbo_validation = self.reconstruction_loss_validation + self.kl_local_validation;
+        self.rec_validation = self.reconstruction_loss_validation;
+    }
+
+    pub fn summary_line(&self, max_epochs: usize) -> String {
+        let mut s = format!(
+            "epoch {}/{max_epochs}: loss {:.3} | rec expr {:.3} spl {:.3} | kl {:.3} (κ {:.2})",
+            self.epoch + 1,
+            self.train_loss,
+            self.reconstruction_loss_expression_train,
+            self.reconstruction_loss_splicing_train,
+            self.kl_local_train,
+            self.kl_weight
+        );
+        if self.n_val > 0 {
+            s += &format!(" | val rec {:.3} elbo {:.3}", self.reconstruction_loss_validation, self.elbo_validation);
+        }
+        s += &format!(" | {:.2}s, {:.0} cells/s", self.seconds, self.cells_per_s);
+        s
+    }
+}
+
+/// The metrics of every epoch of a run.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsLog {
+    pub epochs: Vec<EpochMetrics>,
+}
+
+const COLUMNS: &[&str] = &[
+    "epoch",
+    "lr",
+    "kl_weight",
+    "train_loss",
+    "reconstruction_loss_train",
+    "reconstruction_loss_expression_train",
+    "reconstruction_loss_splicing_train",
+    "kl_local_train",
+    "elbo_train",
+    "reconstruction_loss_validation",
+    "reconstruction_loss_expression_validation",
+    "reconstruction_loss_splicing_validation",
+    "kl_local_validation",
+    "elbo_validation",
+    "adversary_loss",
+    "seconds",
+    "cells_per_s",
+];
+
+impl MetricsLog {
+    pub fn push(&mut self, m: EpochMetrics) {
+        self.epochs.push(m);
+    }
+
+    pub fn truncate(&mut self, n: usize) {
+        self.epochs.truncate(n);
+    }
+
+    /// Rewrite `metrics.tsv` and `metrics.jsonl` (atomically; they are small).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut tsv = COLUMNS.join("\t");
+        tsv.push('\n');
+        let mut jsonl = String::new();
+        for m in &self.epochs {
+            let v = serde_json::to_value(m)?;
+            let row: Vec<String> = COLUMNS.iter().map(|c| v.get(*c).map(|x| x.to_string()).unwrap_or_default()).collect();
+            tsv += &row.join("\t");
+            tsv.push('\n');
+            jsonl += &serde_json::to_string(m)?;
+            jsonl.push('\n');
+        }
+        write_atomic(&dir.join("metrics.tsv"), |p| Ok(std::fs::write(p, tsv.as_bytes())?))?;
+        write_atomic(&dir.join("metrics.jsonl"), |p| Ok(std::fs::write(p, jsonl.as_bytes())?))
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(_) => return Ok(MetricsLog::default()),
+        };
+        let epochs = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MetricsLog { epochs })
+    }
+}

@@ -1,0 +1,381 @@
+//! The training loop (model.md §6.2), run directory and resume.
+//!
+//! Every random draw comes from `rng::stream(seed, purpose, epoch, step)`, so a run resumed from the
+//! checkpoint of epoch k continues exactly as the uninterrupted run did (same batches, dropout masks,
+//! noise and coin flips): the checkpoint holds parameters, buffers, optimizer moments and the
+//! schedule state, and nothing else is needed.
+
+use super::config::{SchedulerKind, TrainConfig};
+use super::metrics::{EpochMetrics, MetricsLog};
+use super::rng::{stream, Purpose};
+use super::schedule::{cross_gate, kl_weight, EarlyStopping, LrScheduler};
+use crate::data::split::{sequential_batches, train_validation_split, Minibatches, SplitConfig};
+use crate::data::{DataOptions, Dataset};
+use crate::model::adversary::Adversary;
+use crate::model::{Batch, Dims, Modality, ModalityWeights, ModelConfig, Noise, Params, SpliceVae, StepOptions, WarmupRouting};
+use crate::optim::{clip_info, Adam, AdamConfig, AdamState};
+use crate::util::write_atomic;
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const BEST_FILE: &str = "best.safetensors";
+pub const OPTIM_FILE: &str = "optimizer.safetensors";
+pub const ADV_FILE: &str = "adversary.safetensors";
+pub const ADV_OPTIM_FILE: &str = "adversary_optimizer.safetensors";
+pub const STATE_FILE: &str = "train_state.json";
+
+/// What a run directory's `config.json` holds: everything needed to rebuild the model for analyses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub splicevi_version: String,
+    pub preset: String,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub data: DataOptions,
+    pub dims: Dims,
+    pub data_source: String,
+    /// Joint latent size L and per-encoder size d, for readers of the checkpoint.
+    pub n_latent_joint: usize,
+    pub n_latent_per_modality: usize,
+    pub batch_levels: Vec<String>,
+}
+
+/// Schedule state saved after every epoch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    pub lr: f64,
+    pub early_stopping: EarlyStopping,
+    pub scheduler: LrScheduler,
+    pub stopped_early: bool,
+    pub global_step: u64,
+}
+
+/// A training failure that must stop the run (non-finite values), with where it happened.
+#[derive(Debug)]
+pub struct NonFinite {
+    pub epoch: usize,
+    pub step: u64,
+    pub term: String,
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "non-finite {} at epoch {} step {}; the last good checkpoint (end of epoch {}) is kept", self.term, self.epoch, self.step, self.epoch)
+    }
+}
+impl std::error::Error for NonFinite {}
+
+pub fn dims_of(ds: &Dataset) -> Dims {
+    Dims {
+        n_genes: ds.n_genes(),
+        n_junctions: ds.n_junctions(),
+        n_atse: ds.splicing.n_atse(),
+        n_batch: ds.covariates.batch.levels.len().max(1),
+        n_labels: ds.covariates.labels.levels.len().max(1),
+        n_obs: ds.n_cells(),
+        n_cats_per_cov: ds.covariates.categorical.iter().map(|c| c.levels.len()).collect(),
+        n_cont: ds.covariates.continuous_names.len(),
+    }
+}
+
+pub struct Trainer<'a> {
+    pub ds: &'a Dataset,
+    pub run: RunConfig,
+    pub dir: PathBuf,
+    pub model: SpliceVae,
+    pub params: Params<f32>,
+    pub opt: Adam,
+    pub adversary: Option<(Adversary, Params<f32>, Adam)>,
+    pub train_cells: Vec<usize>,
+    pub validation_cells: Vec<usize>,
+    pub state: TrainState,
+    pub log: MetricsLog,
+    /// Print one line per epoch (besides the progress bar).
+    pub verbose: bool,
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run: build and initialise the model, split the cells.
+    pub fn new(ds: &'a Dataset, run: RunConfig, dir: &Path) -> Result<Self> {
+        run.train.validate()?;
+        let model = SpliceVae::new(run.model.clone(), run.dims.clone(), ds.splicing.junc2atse.clone())?;
+        let seed = run.train.seed;
+        let mut params = model.init_params::<f32>(seed);
+        let (train_cells, validation_cells) = split(ds, &run.train)?;
+        if run.model.initialize_embeddings_from_pca && run.model.splicing_encoder_architecture == crate::model::SplicingEncoderArch::Partial {
+            let emb = super::svd::psi_embedding(ds, &train_cells, run.model.code_dim, seed)?;
+            model.set_feature_embedding(&mut params, &emb)?;
+        }
+        let opt = Adam::new(AdamConfig::adamw(run.train.lr, run.train.weight_decay, run.train.eps), params.layout.n_trainable);
+        let adversary = if run.train.adversarial_mixing && run.dims.n_batch > 1 {
+            let adv = Adversary::new(run.model.joint_latent(&run.dims), run.dims.n_batch)?;
+            let ap = adv.init_params::<f32>(seed ^ 0xAD7E_u64);
+            // Adam(lr 1e-3, eps 0.01, weight_decay = the training weight decay), §6.2 step 5.
+            let aopt = Adam::new(AdamConfig::adam_l2(1e-3, run.train.weight_decay, 0.01), ap.layout.n_trainable);
+            Some((adv, ap, aopt))
+        } else {
+            None
+        };
+        let scheduler = match (run.train.lr_scheduler_type, run.train.reduce_lr_on_plateau) {
+            (SchedulerKind::Step, _) => LrScheduler::step_lr(run.train.step_size, run.train.lr_factor),
+            (SchedulerKind::Plateau, true) => LrScheduler::plateau(run.train.lr_patience, run.train.lr_factor),
+            (SchedulerKind::Plateau, false) => LrScheduler::None,
+        };
+        let state = TrainState {
+            epochs_done: 0,
+            lr: run.train.lr,
+            early_stopping: EarlyStopping::new(run.train.early_stopping_patience, run.train.early_stopping_warmup()),
+            scheduler,
+            stopped_early: false,
+            global_step: 0,
+        };
+        Ok(Trainer { ds, run, dir: dir.to_path_buf(), model, params, opt, adversary, train_cells, validation_cells, state, log: MetricsLog::default(), verbose: true })
+    }
+
+    /// Continue a run from its directory (the checkpoint written at the end of the last completed epoch).
+    pub fn resume(ds: &'a Dataset, dir: &Path, max_epochs: Option<usize>) -> Result<Self> {
+        let run = read_run_config(dir)?;
+        let mut t = Trainer::new(ds, run, dir)?;
+        if let Some(m) = max_epochs {
+            t.run.train.max_epochs = m;
+        }
+        anyhow::ensure!(t.run.dims == dims_of(ds), "{}: the data's dimensions {:?} differ from the run's {:?}", ds.source, dims_of(ds), t.run.dims);
+        t.params.load_safetensors(&dir.join(MODEL_FILE))?;
+        t.opt = Adam::with_state(t.opt.config, AdamState::load(&dir.join(OPTIM_FILE), t.params.layout.n_trainable)?);
+        if let Some((_, ap, aopt)) = &mut t.adversary {
+            ap.load_safetensors(&dir.join(ADV_FILE))?;
+            *aopt = Adam::with_state(aopt.config, AdamState::load(&dir.join(ADV_OPTIM_FILE), ap.layout.n_trainable)?);
+        }
+        let st = std::fs::read_to_string(dir.join(STATE_FILE)).with_context(|| format!("{}: no {STATE_FILE} to resume from", dir.display()))?;
+        t.state = serde_json::from_str(&st).with_context(|| format!("{}: bad {STATE_FILE}", dir.display()))?;
+        t.opt.set_lr(t.state.lr);
+        t.log = MetricsLog::load(dir)?;
+        t.log.truncate(t.state.epochs_done);
+        Ok(t)
+    }
+
+    /// Train until max_epochs or early stopping. Returns the metrics of every epoch.
+    pub fn fit(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        write_json(&self.dir.join(CONFIG_FILE), &self.run)?;
+        let tc = self.run.train.clone();
+        let batches = Minibatches::new(self.train_cells.clone(), tc.batch_size, tc.seed)?;
+        let n_steps = batches.n_batches();
+        while self.state.epochs_done < tc.max_epochs && !self.state.stopped_early {
+            let epoch = self.state.epochs_done;
+            let t0 = Instant::now();
+            let bar = progress_bar(n_steps, epoch, tc.max_epochs);
+            let mut m = EpochMetrics { epoch, lr: self.state.lr, ..Default::default() };
+            m.kl_weight = kl_weight(epoch, tc.n_epochs_kl_warmup) as f64;
+            for (step_in_epoch, cells) in batches.epoch(epoch as u64).iter().enumerate() {
+                self.train_step(epoch, step_in_epoch as u64, cells, &mut m)?;
+                bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.steps.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            m.finish_train();
+            if !self.validation_cells.is_empty() {
+                self.validate(epoch, &mut m)?;
+            }
+            m.seconds = t0.elapsed().as_secs_f64();
+            m.cells_per_s = self.train_cells.len() as f64 / m.seconds.max(1e-9);
+            self.end_of_epoch(epoch, &m)?;
+            if self.verbose {
+                eprintln!("{}", m.summary_line(tc.max_epochs));
+            }
+            self.log.push(m);
+            self.checkpoint()?;
+        }
+        if self.state.stopped_early && tc.restore_best && self.dir.join(BEST_FILE).exists() {
+            self.params.load_safetensors(&self.dir.join(BEST_FILE))?;
+            write_safetensors(&self.dir.join(MODEL_FILE), &self.params)?;
+        }
+        Ok(())
+    }
+
+    fn train_step(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
+        let tc = &self.run.train;
+        let kl = kl_weight(epoch, tc.n_epochs_kl_warmup);
+        let gate = cross_gate(kl);
+        self.params.set_cross_gate(gate as f64);
+        // §4.1: during warm-up one coin flip per minibatch picks the posterior (not for concatenate).
+        let routing = if gate < 1.0 && self.run.model.modality_weights != ModalityWeights::Concatenate && self.run.model.warmup_routing == WarmupRouting::Coin {
+            let mut r = stream(tc.seed, Purpose::Routing, epoch as u64, step);
+            Some(if r.gen::<bool>() { Modality::Splicing } else { Modality::Expression })
+        } else {
+            None
+        };
+        let step_seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, step).gen();
+        let batch = Batch::from_dataset(self.ds, cells, true)?;
+        let opts = StepOptions { kl_weight: kl as f64, cross_gate: gate as f64, training: true, use_z_mean: false, routing, seed: step_seed, noise: Noise::Seeded };
+        let fwd = self.model.forward(&self.params, &batch, &opts)?;
+        let out = &fwd.out;
+        let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: term.to_string() };
+        check_terms(out, &bad)?;
+        let mut total = out.loss as f64;
+        let fool = match &self.adversary {
+            Some((adv, ap, _)) => {
+                let f = adv.fool(ap, &out.inference.z, &batch.batch, true, step_seed)?;
+                total += f.loss as f64;
+                Some(f)
+            }
+            None => None,
+        };
+        let grads = self.model.backward(&self.params, &batch, &fwd, fool.as_ref().map(|f| &f.dz))?;
+        self.model.apply_buffer_updates(&mut self.params, &fwd.out.buffer_updates);
+        if let Some(i) = grads.data.iter().position(|g| !g.is_finite()) {
+            let name = self.params.layout.entries.iter().find(|e| e.offset <= i && i < e.offset + e.len).map(|e| e.name.clone()).unwrap_or_default();
+            return Err(bad(&format!("gradient of `{name}`")).into());
+        }
+        let clip = match tc.gradient_clip {
+            Some(max) => clip_info(&grads.data, None, max as f32)?.scale,
+            None => 1.0,
+        };
+        self.opt.step(self.params.trainable_mut(), &grads.data, None, clip)?;
+        if let (Some((adv, ap, aopt)), Some(f)) = (&mut self.adversary, &fool) {
+            adv.apply_buffer_updates(ap, &f.buffer_updates);
+            // The classifier trains on the detached z (§6.2 step 5; its gradients are not clipped).
+            let c = adv.classifier_step(ap, &fwd.out.inference.z, &batch.batch, true, step_seed)?;
+            adv.apply_buffer_updates(ap, &c.buffer_updates);
+            if !c.loss.is_finite() {
+                return Err(bad("adversarial classifier loss").into());
+            }
+            aopt.step(ap.trainable_mut(), &c.grads.data, None, 1.0)?;
+            m.adv_loss += c.loss as f64;
+        }
+        m.add_train(out, total);
+        self.state.global_step += 1;
+        Ok(())
+    }
+
+    fn validate(&mut self, epoch: usize, m: &mut EpochMetrics) -> Result<()> {
+        let tc = &self.run.train;
+        let kl = kl_weight(epoch, tc.n_epochs_kl_warmup);
+        // Validation runs with the gate at 1 (§4.1) in eval mode; posterior samples are still drawn.
+        for (vstep, cells) in sequential_batches(&self.validation_cells, tc.batch_size).enumerate() {
+            let seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, (1u64 << 40) + vstep as u64).gen();
+            let batch = Batch::from_dataset(self.ds, cells, true)?;
+            let opts = StepOptions { kl_weight: kl as f64, cross_gate: 1.0, training: false, use_z_mean: false, routing: None, seed, noise: Noise::Seeded };
+            let fwd = self.model.forward(&self.params, &batch, &opts)?;
+            let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: format!("validation {term}") };
+            check_terms(&fwd.out, &bad)?;
+            m.add_validation(&fwd.out);
+        }
+        m.finish_validation();
+        Ok(())
+    }
+
+    fn end_of_epoch(&mut self, epoch: usize, m: &EpochMetrics) -> Result<()> {
+        self.state.epochs_done = epoch + 1;
+        if self.validation_cells.is_empty() {
+            return Ok(());
+        }
+        let tc = &self.run.train;
+        if tc.early_stopping {
+            let (improved, stop) = self.state.early_stopping.update(epoch, m.rec_validation);
+            if improved && tc.restore_best {
+                write_safetensors(&self.dir.join(BEST_FILE), &self.params)?;
+            }
+            if stop {
+                self.state.stopped_early = true;
+                if self.verbose {
+                    eprintln!(
+                        "early stopping at epoch {epoch}: reconstruction_loss_validation did not improve for {} epochs (best {:.4} at epoch {:?})",
+                        tc.early_stopping_patience, self.state.early_stopping.best, self.state.early_stopping.best_epoch
+                    );
+                }
+            }
+        }
+        // StepLR steps once per validation run; ReduceLROnPlateau watches elbo_validation (§6.1).
+        let lr = self.state.scheduler.step(self.state.lr, tc.lr, m.elbo_validation);
+        self.state.lr = lr;
+        self.opt.set_lr(lr);
+        Ok(())
+    }
+
+    /// Write the checkpoint of the epoch just finished: parameters, optimizer, schedule state, metrics.
+    pub fn checkpoint(&self) -> Result<()> {
+        write_safetensors(&self.dir.join(MODEL_FILE), &self.params)?;
+        write_atomic(&self.dir.join(OPTIM_FILE), |p| self.opt.state.save(p))?;
+        if let Some((_, ap, aopt)) = &self.adversary {
+            write_safetensors(&self.dir.join(ADV_FILE), ap)?;
+            write_atomic(&self.dir.join(ADV_OPTIM_FILE), |p| aopt.state.save(p))?;
+        }
+        self.log.save(&self.dir)?;
+        write_json(&self.dir.join(STATE_FILE), &self.state)
+    }
+}
+
+fn check_terms<F: Fn(&str) -> NonFinite>(out: &crate::model::StepOutput<f32>, bad: &F) -> Result<()> {
+    let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
+    let terms = [
+        ("reconstruction_loss_expression", sum(&out.rl_expr)),
+        ("reconstruction_loss_splicing", sum(&out.rl_spl)),
+        ("kl_divergence_z", sum(&out.kl)),
+        ("modality penalty", out.penalty as f64),
+        ("concentration prior", out.concentration_prior as f64),
+        ("loss", out.loss as f64),
+    ];
+    for (name, v) in terms {
+        if !v.is_finite() {
+            return Err(bad(name).into());
+        }
+    }
+    Ok(())
+}
+
+/// The original's split (§6.3), seeded.
+pub fn split(ds: &Dataset, tc: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>)> {
+    let cfg = SplitConfig { train_size: (tc.train_size != 0.9).then_some(tc.train_size), batch_size: tc.batch_size, ..Default::default() };
+    let s = train_validation_split(ds.n_cells(), &cfg, tc.seed)?;
+    if s.train.is_empty() {
+        bail!("{}: no training cells after the split ({} cells)", ds.source, ds.n_cells());
+    }
+    Ok((s.train, s.validation))
+}
+
+pub fn read_run_config(dir: &Path) -> Result<RunConfig> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: not a run directory (no {CONFIG_FILE})", dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: unreadable run config", path.display()))
+}
+
+/// Load the trained model of a run directory.
+pub fn load_model(dir: &Path, ds: &Dataset) -> Result<(RunConfig, SpliceVae, Params<f32>)> {
+    let run = read_run_config(dir)?;
+    let dims = dims_of(ds);
+    anyhow::ensure!(
+        dims.n_genes == run.dims.n_genes && dims.n_junctions == run.dims.n_junctions && dims.n_atse == run.dims.n_atse,
+        "{}: {} genes / {} junctions / {} ATSEs, but the run {} was trained on {} / {} / {}",
+        ds.source, dims.n_genes, dims.n_junctions, dims.n_atse, dir.display(), run.dims.n_genes, run.dims.n_junctions, run.dims.n_atse
+    );
+    let model = SpliceVae::new(run.model.clone(), run.dims.clone(), ds.splicing.junc2atse.clone())?;
+    let mut params = model.init_params::<f32>(0);
+    params.load_safetensors(&dir.join(MODEL_FILE))?;
+    Ok((run, model, params))
+}
+
+pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    write_atomic(path, |p| Ok(std::fs::write(p, text.as_bytes())?))
+}
+
+fn write_safetensors(path: &Path, p: &Params<f32>) -> Result<()> {
+    write_atomic(path, |tmp| p.save_safetensors(tmp, None))
+}
+
+fn progress_bar(n: usize, epoch: usize, max_epochs: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(n as u64), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!("epoch {}/{max_epochs} {{bar:30}} {{pos}}/{{len}} {{per_sec}} {{msg}}", epoch + 1))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
