@@ -71,7 +71,10 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(60));
     g.bench_function("medium_h5mu", |b| b.iter(|| load(&path, &opts).expect("load")));
     g.finish();
-    eprintln!("load_medium: peak RSS over all loads (VmHWM) {:.0} MB", status_kb("VmHWM:").unwrap_or(0) as f64 / 1024.0);
+    eprintln!(
+        "load_medium: peak RSS over all loads (VmHWM) {:.0} MB",
+        status_kb("VmHWM:").unwrap_or(0) as f64 / 1024.0
+    );
 }
 
 criterion_group!(benches, bench);

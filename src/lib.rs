@@ -4,6 +4,7 @@
 //! Layout: `data` (datasets, readers, validation, simulator, split), `model` (the SPLICEVAE written over
 //! backend ops), `cuda` (device runtime and kernels), `cmd` (the CLI subcommands).
 
+pub mod analysis;
 pub mod cmd;
 pub mod cuda;
 pub mod data;

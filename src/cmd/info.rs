@@ -30,6 +30,9 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         Err(reason) => println!("driver: none — {reason}"),
         Ok(d) => {
             println!("driver: CUDA {} ({}), {} device(s)", d.version_string(), d.version, d.device_count);
+            if d.device_count == 0 {
+                println!("  no CUDA devices visible (check CUDA_VISIBLE_DEVICES and that the GPU is attached)");
+            }
             if d.version < cuda::MIN_DRIVER_VERSION {
                 println!("  note: the embedded kernels need a driver for CUDA 13.0 or newer (R580+)");
             }

@@ -31,8 +31,18 @@ pub struct SimulateArgs {
     /// Target fraction of unobserved cell × junction entries.
     #[arg(long)]
     pub target_unobserved: Option<f64>,
+    /// Number of cell types (each split into two subtypes that differ only in splicing).
+    #[arg(long)]
+    pub n_cell_types: Option<usize>,
+    /// Number of batches.
+    #[arg(long)]
+    pub n_batches: Option<usize>,
+    /// Fraction of multi-junction ATSEs with a planted PSI shift between the two subtypes of a type
+    /// (lower = harder to separate the subtypes).
+    #[arg(long)]
+    pub ds_atse_fraction: Option<f64>,
     /// gzip level of the sparse datasets (0 = uncompressed).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 1)]
     pub gzip: u8,
     /// Also write the ground truth as JSON (cell labels, planted junctions) next to the file.
     #[arg(long)]
@@ -52,6 +62,15 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = a.target_unobserved {
         cfg.target_unobserved = t;
+    }
+    if let Some(t) = a.n_cell_types {
+        cfg.n_cell_types = t;
+    }
+    if let Some(b) = a.n_batches {
+        cfg.n_batches = b;
+    }
+    if let Some(f) = a.ds_atse_fraction {
+        cfg.ds_atse_fraction = f;
     }
     if a.gzip > 9 {
         anyhow::bail!("--gzip must be 0..=9, got {}", a.gzip);

@@ -44,8 +44,11 @@ impl CudaDevice {
     /// context and loads every fatbin (a load failure names the kernel file).
     pub fn open(ordinal: usize) -> Result<Self> {
         let info = cuda_usable(ordinal).map_err(|r| anyhow!("cuda:{ordinal} unavailable: {r}"))?;
-        // cuda_usable checked that libcuda loads, so CudaContext::new cannot hit cudarc's panic path.
-        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("creating a CUDA context on cuda:{ordinal}: {e:?}"))?;
+        // cuda_usable checked that libcuda loads and is new enough; cudarc panics (rather than erroring)
+        // on a missing library or symbol, so keep a panic from taking the process down all the same.
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| anyhow!("creating a CUDA context on cuda:{ordinal}: the CUDA driver library panicked"))?
+            .map_err(|e| anyhow!("creating a CUDA context on cuda:{ordinal}: {e:?}"))?;
         // SAFETY: all work goes through `stream`, the context's only stream, in order.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();

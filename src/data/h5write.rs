@@ -41,8 +41,10 @@ pub struct Compression {
 }
 
 impl Default for Compression {
+    /// gzip 1: on the medium dataset ~30% larger than level 4 for ~1/4 of the compression CPU time;
+    /// reading speed is about the same.
     fn default() -> Self {
-        Compression { gzip_level: Some(4) }
+        Compression { gzip_level: Some(1) }
     }
 }
 
@@ -234,7 +236,13 @@ pub fn column(parent: &Group, name: &str, col: &ObsColumn, c: Compression) -> Re
     }
 }
 
-pub fn dataframe(parent: &Group, name: &str, index: &[String], columns: &[(String, ObsColumn)], c: Compression) -> Result<()> {
+pub fn dataframe(
+    parent: &Group,
+    name: &str,
+    index: &[String],
+    columns: &[(String, ObsColumn)],
+    c: Compression,
+) -> Result<()> {
     let g = parent.create_group(name).with_context(|| format!("creating dataframe {name}"))?;
     encoding(&g, "dataframe", "0.2.0")?;
     str_attr(&g, "_index", "_index")?;
@@ -256,24 +264,56 @@ pub fn dataframe(parent: &Group, name: &str, index: &[String], columns: &[(Strin
 // ------------------------------------------------------------------------------------------------
 // Streaming 1-D datasets and CSR matrices
 
-/// A chunked, resizable 1-D dataset that is appended to; only whole chunks reach HDF5 before `finish`.
-pub struct Appender<T: H5Type + Copy> {
+/// A chunked, resizable 1-D dataset that is appended to. Values are buffered and handed over in whole
+/// chunks, [`FLUSH_CHUNKS`] at a time. With compression the chunks are shuffled + deflated in parallel
+/// (rayon) exactly as HDF5's shuffle and deflate filters would, and stored with `H5Dwrite_chunk`: HDF5
+/// compresses on one thread only, which would otherwise bound the write speed of big files. The file is
+/// indistinguishable from one HDF5 compressed itself (same filter pipeline in the dataset header).
+pub struct Appender<T: H5Type + bytemuck::Pod> {
     ds: hdf5::Dataset,
     buf: Vec<T>,
     written: usize,
+    gzip: Option<u8>,
 }
 
-impl<T: H5Type + Copy> Appender<T> {
+/// Chunks compressed per parallel batch.
+const FLUSH_CHUNKS: usize = 8;
+
+/// HDF5's shuffle filter (byte k of element i → position k·n + i over the whole chunk of n elements),
+/// then zlib (the deflate filter's format). `elems` shorter than a chunk is zero-padded: HDF5 stores edge
+/// chunks at full size.
+fn encode_chunk<T: bytemuck::Pod>(elems: &[T], level: u8) -> Vec<u8> {
+    use std::io::Write;
+    let size = std::mem::size_of::<T>();
+    let bytes: &[u8] = bytemuck::cast_slice(elems);
+    let mut shuffled = vec![0u8; CHUNK * size];
+    if size == 1 {
+        shuffled[..bytes.len()].copy_from_slice(bytes);
+    } else {
+        for (i, e) in bytes.chunks_exact(size).enumerate() {
+            for (k, &b) in e.iter().enumerate() {
+                shuffled[k * CHUNK + i] = b;
+            }
+        }
+    }
+    let mut z =
+        flate2::write::ZlibEncoder::new(Vec::with_capacity(shuffled.len() / 4), flate2::Compression::new(level as u32));
+    z.write_all(&shuffled).expect("in-memory zlib");
+    z.finish().expect("in-memory zlib")
+}
+
+impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
     pub fn create(parent: &Group, name: &str, c: Compression) -> Result<Self> {
         let mut b = parent.new_dataset::<T>().chunk(CHUNK);
         if let Some(level) = c.gzip_level {
+            // The pipeline encode_chunk reproduces; order matters (shuffle first).
             b = b.shuffle().deflate(level);
         }
         let ds = b
             .shape(hdf5::SimpleExtents::resizable([0]))
             .create(name)
             .with_context(|| format!("creating resizable dataset {name}"))?;
-        Ok(Appender { ds, buf: Vec::with_capacity(CHUNK), written: 0 })
+        Ok(Appender { ds, buf: Vec::with_capacity(FLUSH_CHUNKS * CHUNK), written: 0, gzip: c.gzip_level })
     }
 
     pub fn len(&self) -> usize {
@@ -286,52 +326,67 @@ impl<T: H5Type + Copy> Appender<T> {
 
     pub fn push_slice(&mut self, v: &[T]) -> Result<()> {
         let mut v = v;
-        // Fill the pending chunk first, then write whole chunks straight from the input.
-        if !self.buf.is_empty() {
-            let take = (CHUNK - self.buf.len()).min(v.len());
+        while !v.is_empty() {
+            let take = (FLUSH_CHUNKS * CHUNK - self.buf.len()).min(v.len());
             self.buf.extend_from_slice(&v[..take]);
             v = &v[take..];
-            if self.buf.len() == CHUNK {
-                let buf = std::mem::take(&mut self.buf);
-                self.write(&buf)?;
-                self.buf = buf;
-                self.buf.clear();
+            if self.buf.len() == FLUSH_CHUNKS * CHUNK {
+                self.flush()?;
             }
         }
-        let whole = v.len() / CHUNK * CHUNK;
-        if whole > 0 {
-            self.write(&v[..whole])?;
-        }
-        self.buf.extend_from_slice(&v[whole..]);
         Ok(())
     }
 
     pub fn push_iter(&mut self, it: impl Iterator<Item = T>) -> Result<()> {
         for x in it {
             self.buf.push(x);
-            if self.buf.len() == CHUNK {
-                let buf = std::mem::take(&mut self.buf);
-                self.write(&buf)?;
-                self.buf = buf;
-                self.buf.clear();
+            if self.buf.len() == FLUSH_CHUNKS * CHUNK {
+                self.flush()?;
             }
         }
         Ok(())
     }
 
-    fn write(&mut self, v: &[T]) -> Result<()> {
-        let end = self.written + v.len();
+    /// Write the buffer (whole chunks, except at `finish`), starting at a chunk boundary.
+    fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        debug_assert_eq!(self.written % CHUNK, 0);
+        let end = self.written + self.buf.len();
         self.ds.resize([end])?;
-        self.ds.write_slice(v, self.written..end)?;
+        match self.gzip {
+            None => self.ds.write_slice(&self.buf[..], self.written..end)?,
+            Some(level) => {
+                use rayon::prelude::*;
+                let encoded: Vec<Vec<u8>> = self.buf.par_chunks(CHUNK).map(|c| encode_chunk(c, level)).collect();
+                let id = self.ds.id();
+                for (i, e) in encoded.iter().enumerate() {
+                    let offset: [u64; 1] = [(self.written + i * CHUNK) as u64];
+                    // Under the hdf5 crate's global lock: the C library is not thread-safe.
+                    let rc = hdf5::sync::sync(|| unsafe {
+                        hdf5_sys::h5d::H5Dwrite_chunk(
+                            id,
+                            hdf5_sys::h5p::H5P_DEFAULT,
+                            0,
+                            offset.as_ptr(),
+                            e.len(),
+                            e.as_ptr() as *const std::ffi::c_void,
+                        )
+                    });
+                    if rc < 0 {
+                        bail!("H5Dwrite_chunk failed for {} at element {}", self.ds.name(), offset[0]);
+                    }
+                }
+            }
+        }
         self.written = end;
+        self.buf.clear();
         Ok(())
     }
 
     pub fn finish(mut self) -> Result<hdf5::Dataset> {
-        let buf = std::mem::take(&mut self.buf);
-        if !buf.is_empty() {
-            self.write(&buf)?;
-        }
+        self.flush()?;
         Ok(self.ds)
     }
 }
@@ -344,7 +399,7 @@ enum IndexArrays {
 }
 
 /// A `csr_matrix` group whose rows are appended block by block.
-pub struct CsrAppender<T: H5Type + Copy> {
+pub struct CsrAppender<T: H5Type + bytemuck::Pod + Send + Sync> {
     group: Group,
     data: Appender<T>,
     index: IndexArrays,
@@ -352,7 +407,7 @@ pub struct CsrAppender<T: H5Type + Copy> {
     n_cols: usize,
 }
 
-impl<T: H5Type + Copy> CsrAppender<T> {
+impl<T: H5Type + bytemuck::Pod + Send + Sync> CsrAppender<T> {
     /// `max_nnz`: an upper bound of the non-zeros (e.g. rows × columns); int64 indices beyond int32.
     pub fn create(parent: &Group, name: &str, n_cols: usize, max_nnz: u64, c: Compression) -> Result<Self> {
         let group = parent.create_group(name).with_context(|| format!("creating {name}"))?;
@@ -417,11 +472,7 @@ impl<T: H5Type + Copy> CsrAppender<T> {
                 indptr.finish()?;
             }
         }
-        self.group
-            .new_attr::<i64>()
-            .shape(2)
-            .create("shape")?
-            .write(&[self.n_rows as i64, self.n_cols as i64])?;
+        self.group.new_attr::<i64>().shape(2).create("shape")?.write(&[self.n_rows as i64, self.n_cols as i64])?;
         Ok(())
     }
 }
@@ -477,8 +528,20 @@ impl SpliceviWriter {
         let layers = create_dict(&spl, "layers")?;
         let (k, n) = if has_counts {
             (
-                Some(CsrAppender::create(&layers, "cell_by_junction_matrix", n_junctions, n_cells * n_junctions as u64, compression)?),
-                Some(CsrAppender::create(&layers, "cell_by_cluster_matrix", n_junctions, n_cells * n_junctions as u64, compression)?),
+                Some(CsrAppender::create(
+                    &layers,
+                    "cell_by_junction_matrix",
+                    n_junctions,
+                    n_cells * n_junctions as u64,
+                    compression,
+                )?),
+                Some(CsrAppender::create(
+                    &layers,
+                    "cell_by_cluster_matrix",
+                    n_junctions,
+                    n_cells * n_junctions as u64,
+                    compression,
+                )?),
             )
         } else {
             (None, None)
@@ -517,7 +580,10 @@ impl SpliceviWriter {
             x.append(&b.expr_indptr, &b.expr_indices, &b.expr_values)?;
         }
         let nnz = *b.spl_indptr.last().unwrap();
-        if b.spl_junction.len() != nnz || b.psi.len() != nnz || (self.k.is_some() && (b.k.len() != nnz || b.n.len() != nnz)) {
+        if b.spl_junction.len() != nnz
+            || b.psi.len() != nnz
+            || (self.k.is_some() && (b.k.len() != nnz || b.n.len() != nnz))
+        {
             bail!("cell block: splicing arrays disagree with indptr ({nnz} entries)");
         }
         if let Some(n) = &mut self.n {
@@ -555,7 +621,11 @@ impl SpliceviWriter {
         let c = self.compression;
         let n = self.n_cells;
         if meta.cell_names.len() != n || meta.library_size.len() != n {
-            bail!("finish: {} cell names / {} library sizes for {n} cells", meta.cell_names.len(), meta.library_size.len());
+            bail!(
+                "finish: {} cell names / {} library sizes for {n} cells",
+                meta.cell_names.len(),
+                meta.library_size.len()
+            );
         }
         if meta.splicing.names.len() != self.n_junctions {
             bail!("finish: {} junction names for {} junctions", meta.splicing.names.len(), self.n_junctions);
@@ -683,7 +753,10 @@ pub fn default_var_tables(ds: &Dataset) -> (Option<VarTable>, VarTable) {
     });
     let s = &ds.splicing;
     let mut cols = vec![
-        ("event_id".to_string(), ObsColumn::Text(s.junc2atse.iter().map(|&a| s.atse_ids[a as usize].clone()).collect())),
+        (
+            "event_id".to_string(),
+            ObsColumn::Text(s.junc2atse.iter().map(|&a| s.atse_ids[a as usize].clone()).collect()),
+        ),
         ("junction_id".to_string(), ObsColumn::Text(s.junction_names.clone())),
     ];
     if s.gene_names.len() == s.n_junctions {
@@ -734,7 +807,15 @@ pub fn write_h5mu(
         uns: uns.to_vec(),
     };
     crate::util::write_atomic(path, |tmp| {
-        let mut w = SpliceviWriter::create(tmp, n, ds.n_genes(), s.n_junctions, ds.expression.is_some(), s.has_counts, compression)?;
+        let mut w = SpliceviWriter::create(
+            tmp,
+            n,
+            ds.n_genes(),
+            s.n_junctions,
+            ds.expression.is_some(),
+            s.has_counts,
+            compression,
+        )?;
         // Hand the rows over in blocks so the writer's scratch stays small.
         const ROWS: usize = 4096;
         let mut r0 = 0;

@@ -131,7 +131,8 @@ impl SimConfig {
         if self.n_cell_types == 0 || self.n_batches == 0 {
             bail!("simulate: n_cell_types and n_batches must be positive");
         }
-        if self.n_cells > u32::MAX as usize || self.n_junctions > u32::MAX as usize || self.n_genes > u32::MAX as usize {
+        if self.n_cells > u32::MAX as usize || self.n_junctions > u32::MAX as usize || self.n_genes > u32::MAX as usize
+        {
             bail!("simulate: dimensions must fit in u32");
         }
         if !(self.target_unobserved > 0.0 && self.target_unobserved < 1.0) {
@@ -303,8 +304,7 @@ impl SimModel {
                 de_gene[g] = t_n > 1;
             }
         }
-        let batch_factor: Vec<f64> =
-            (0..b_n * g_n).map(|_| (cfg.batch_gene_log_sd * normal(&mut rng)).exp()).collect();
+        let batch_factor: Vec<f64> = (0..b_n * g_n).map(|_| (cfg.batch_gene_log_sd * normal(&mut rng)).exp()).collect();
         let mut rate = vec![0f64; t_n * b_n * g_n];
         for t in 0..t_n {
             for b in 0..b_n {
@@ -356,8 +356,7 @@ impl SimModel {
             let g = genes_of[a] as usize;
             let own = (0.8 * normal(&mut rng)).exp();
             for t in 0..t_n {
-                atse_abund[t * a_n + a] =
-                    (base[g] / mean_base).sqrt() * (0.5 * de_lfc[t * g_n + g] as f64).exp() * own;
+                atse_abund[t * a_n + a] = (base[g] / mean_base).sqrt() * (0.5 * de_lfc[t * g_n + g] as f64).exp() * own;
             }
             conc[a] = (15f64.ln() + 0.5 * normal(&mut rng)).exp();
         }
@@ -606,7 +605,10 @@ impl SimModel {
         let g_n = self.cfg.n_genes;
         let mut rna_cols: Vec<(String, ObsColumn)> = vec![
             ("gene_id".into(), ObsColumn::Text(self.gene_ids.clone())),
-            ("modality".into(), ObsColumn::Categorical { codes: vec![0; g_n], categories: vec!["Gene_Expression".into()] }),
+            (
+                "modality".into(),
+                ObsColumn::Categorical { codes: vec![0; g_n], categories: vec!["Gene_Expression".into()] },
+            ),
             ("mean_transcript_length".into(), ObsColumn::Numeric(self.transcript_length.clone())),
             ("de_gene".into(), ObsColumn::Bool(t.de_gene.clone())),
         ];
@@ -692,7 +694,10 @@ impl SimModel {
             ),
             (
                 "batch".into(),
-                ObsColumn::Categorical { codes: batch.iter().map(|&b| b as i32).collect(), categories: t.batch_names.clone() },
+                ObsColumn::Categorical {
+                    codes: batch.iter().map(|&b| b as i32).collect(),
+                    categories: t.batch_names.clone(),
+                },
             ),
             ("library_size".into(), ObsColumn::Numeric(library.iter().map(|&x| x as f64).collect())),
         ]
@@ -830,8 +835,9 @@ pub fn simulate_to_file(
     };
     let n_waves = n_blocks.div_ceil(wave);
     crate::util::write_atomic(path, |tmp| {
-        let mut w = h5write::SpliceviWriter::create(tmp, cfg.n_cells, cfg.n_genes, cfg.n_junctions, true, true, compression)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let mut w =
+            h5write::SpliceviWriter::create(tmp, cfg.n_cells, cfg.n_genes, cfg.n_junctions, true, true, compression)
+                .with_context(|| format!("creating {}", path.display()))?;
         let mut current = gen_wave(0);
         for wi in 0..n_waves {
             // Write wave wi on this thread while the pool generates wave wi + 1.

@@ -30,14 +30,15 @@ pub struct EarlyStopping {
     pub min_delta: f64,
     pub warmup_checks: usize,
     pub checks_seen: usize,
-    pub best: f64,
+    /// Best monitored value so far (None before the first counted check; JSON has no infinity).
+    pub best: Option<f64>,
     pub best_epoch: Option<usize>,
     pub wait: usize,
 }
 
 impl EarlyStopping {
     pub fn new(patience: usize, warmup_checks: usize) -> Self {
-        EarlyStopping { patience, min_delta: 0.0, warmup_checks, checks_seen: 0, best: f64::INFINITY, best_epoch: None, wait: 0 }
+        EarlyStopping { patience, min_delta: 0.0, warmup_checks, checks_seen: 0, best: None, best_epoch: None, wait: 0 }
     }
 
     /// Record one validation value. Returns (improved, should_stop).
@@ -46,8 +47,8 @@ impl EarlyStopping {
         if self.checks_seen <= self.warmup_checks {
             return (false, false);
         }
-        if value < self.best - self.min_delta {
-            self.best = value;
+        if value < self.best.unwrap_or(f64::INFINITY) - self.min_delta {
+            self.best = Some(value);
             self.best_epoch = Some(epoch);
             self.wait = 0;
             (true, false)
@@ -65,7 +66,7 @@ pub enum LrScheduler {
     /// torch StepLR: lr = lr0 · gamma^(floor(n_steps / step_size)).
     Step { step_size: usize, gamma: f64, steps: usize },
     /// torch ReduceLROnPlateau(mode min, threshold_mode abs, cooldown 0, eps 1e-8).
-    Plateau { patience: usize, factor: f64, threshold: f64, min_lr: f64, best: f64, bad_epochs: usize },
+    Plateau { patience: usize, factor: f64, threshold: f64, min_lr: f64, best: Option<f64>, bad_epochs: usize },
 }
 
 impl LrScheduler {
@@ -73,7 +74,7 @@ impl LrScheduler {
         LrScheduler::Step { step_size, gamma, steps: 0 }
     }
     pub fn plateau(patience: usize, factor: f64) -> Self {
-        LrScheduler::Plateau { patience, factor, threshold: 0.0, min_lr: 0.0, best: f64::INFINITY, bad_epochs: 0 }
+        LrScheduler::Plateau { patience, factor, threshold: 0.0, min_lr: 0.0, best: None, bad_epochs: 0 }
     }
 
     /// One scheduler step after validation with the monitored metric; returns the new learning rate.
@@ -85,8 +86,8 @@ impl LrScheduler {
                 lr0 * gamma.powi((*steps / (*step_size).max(1)) as i32)
             }
             LrScheduler::Plateau { patience, factor, threshold, min_lr, best, bad_epochs } => {
-                if metric < *best - *threshold {
-                    *best = metric;
+                if metric < best.unwrap_or(f64::INFINITY) - *threshold {
+                    *best = Some(metric);
                     *bad_epochs = 0;
                 } else {
                     *bad_epochs += 1;

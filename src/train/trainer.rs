@@ -175,7 +175,10 @@ impl<'a> Trainer<'a> {
             let mut m = EpochMetrics { epoch, lr: self.state.lr, ..Default::default() };
             m.kl_weight = kl_weight(epoch, tc.n_epochs_kl_warmup) as f64;
             for (step_in_epoch, cells) in batches.epoch(epoch as u64).iter().enumerate() {
-                self.train_step(epoch, step_in_epoch as u64, cells, &mut m)?;
+                let step = self.state.global_step;
+                self.train_step(epoch, step_in_epoch as u64, cells, &mut m).with_context(|| {
+                    format!("training stopped at epoch {epoch}, step {step}; the last good checkpoint (after {epoch} epochs) is kept in {}", self.dir.display())
+                })?;
                 bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.steps.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
                 bar.inc(1);
             }
@@ -263,7 +266,7 @@ impl<'a> Trainer<'a> {
             let seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, (1u64 << 40) + vstep as u64).gen();
             let batch = Batch::from_dataset(self.ds, cells, true)?;
             let opts = StepOptions { kl_weight: kl as f64, cross_gate: 1.0, training: false, use_z_mean: false, routing: None, seed, noise: Noise::Seeded };
-            let fwd = self.model.forward(&self.params, &batch, &opts)?;
+            let fwd = self.model.forward(&self.params, &batch, &opts).with_context(|| format!("validation at epoch {epoch}"))?;
             let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: format!("validation {term}") };
             check_terms(&fwd.out, &bad)?;
             m.add_validation(&fwd.out);
@@ -288,7 +291,7 @@ impl<'a> Trainer<'a> {
                 if self.verbose {
                     eprintln!(
                         "early stopping at epoch {epoch}: reconstruction_loss_validation did not improve for {} epochs (best {:.4} at epoch {:?})",
-                        tc.early_stopping_patience, self.state.early_stopping.best, self.state.early_stopping.best_epoch
+                        tc.early_stopping_patience, self.state.early_stopping.best.unwrap_or(f64::NAN), self.state.early_stopping.best_epoch
                     );
                 }
             }

@@ -1,0 +1,693 @@
+//! Hand-written backward passes vs f64 central finite differences: every op on its own, then the whole
+//! loss of small models covering each likelihood, mixing mode, penalty, encoder/decoder architecture,
+//! normalisation mode, covariate handling, the adversary's fool gradient and the classifier.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use splicevi::data::Csr;
+use splicevi::model::adversary::Adversary;
+use splicevi::model::arch::{ExprDecP, SplEncP};
+use splicevi::model::ops::{self, BufUpdates, Cov, MainIn, Mode, Sparse};
+use splicevi::model::{latent, lik, partial};
+use splicevi::model::*;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn randn(r: &mut ChaCha8Rng) -> f64 {
+    StandardNormal.sample(r)
+}
+
+fn rand_mat(r: &mut ChaCha8Rng, rows: usize, cols: usize, scale: f64) -> Mat<f64> {
+    Mat::from_vec(rows, cols, (0..rows * cols).map(|_| scale * randn(r)).collect())
+}
+
+/// Compare analytic and central-difference derivatives coordinate by coordinate.
+fn assert_close(label: &str, an: &[f64], fd: &[f64], f_scale: f64) {
+    assert_eq!(an.len(), fd.len());
+    for (i, (&a, &f)) in an.iter().zip(fd).enumerate() {
+        let tol = 1e-5 * a.abs().max(f.abs()) + 1e-7 * f_scale.max(1.0);
+        assert!((a - f).abs() <= tol, "{label}[{i}]: analytic {a:.10e} vs finite difference {f:.10e}");
+    }
+}
+
+/// Central difference of f at x along coordinates `coords`.
+fn fd(x: &[f64], coords: &[usize], f: &mut dyn FnMut(&[f64]) -> f64) -> Vec<f64> {
+    let mut xx = x.to_vec();
+    coords
+        .iter()
+        .map(|&c| {
+            let h = 1e-6 * x[c].abs().max(1.0);
+            xx[c] = x[c] + h;
+            let fp = f(&xx);
+            xx[c] = x[c] - h;
+            let fm = f(&xx);
+            xx[c] = x[c];
+            (fp - fm) / (2.0 * h)
+        })
+        .collect()
+}
+
+fn pick(r: &mut ChaCha8Rng, n: usize, k: usize) -> Vec<usize> {
+    if n <= k {
+        return (0..n).collect();
+    }
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in 0..k {
+        let j = r.gen_range(i..n);
+        v.swap(i, j);
+    }
+    v.truncate(k);
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic data
+
+/// ATSE of each of 11 junctions (interleaved; sizes 3, 1, 2, 3, 2 — one single-junction ATSE).
+const JUNC2ATSE: [u32; 11] = [0, 2, 0, 1, 3, 2, 0, 3, 3, 4, 4];
+
+fn dims(n_batch: usize, n_cats: Vec<usize>, n_cont: usize) -> Dims {
+    Dims {
+        n_genes: 7,
+        n_junctions: JUNC2ATSE.len(),
+        n_atse: 5,
+        n_batch,
+        n_labels: 3,
+        n_obs: 12,
+        n_cats_per_cov: n_cats,
+        n_cont,
+    }
+}
+
+/// A minibatch of `b` cells: cell 0 has no expression, cell 1 no observed junction, ~60% of
+/// (cell, ATSE) pairs observed with some zero junction counts.
+fn synth_batch(d: &Dims, b: usize, seed: u64) -> Batch {
+    let mut r = rng(seed);
+    let mut expr = Csr { n_rows: b, n_cols: d.n_genes, indptr: vec![0], ..Default::default() };
+    let mut library = Vec::new();
+    for c in 0..b {
+        let mut s = 0.0;
+        for g in 0..d.n_genes {
+            if c != 0 && r.gen_bool(0.6) {
+                let v = r.gen_range(1..25) as f32;
+                expr.indices.push(g as u32);
+                expr.values.push(v);
+                s += v;
+            }
+        }
+        expr.indptr.push(expr.indices.len());
+        library.push(if s > 0.0 { s } else { 1.0 });
+    }
+    let mut spl = SplBatch { n_junctions: d.n_junctions, indptr: vec![0], ..Default::default() };
+    for c in 0..b {
+        let observed: Vec<bool> = (0..d.n_atse).map(|_| c != 1 && r.gen_bool(0.6)).collect();
+        let mut tot = vec![0u32; d.n_atse];
+        let mut kk = vec![0u32; d.n_junctions];
+        for a in 0..d.n_atse {
+            if observed[a] {
+                tot[a] = r.gen_range(1..30);
+                let js: Vec<usize> = (0..d.n_junctions).filter(|&j| JUNC2ATSE[j] as usize == a).collect();
+                for _ in 0..tot[a] {
+                    // skewed split so that some junctions get 0 reads
+                    let q = if r.gen_bool(0.7) { js[0] } else { js[r.gen_range(0..js.len())] };
+                    kk[q] += 1;
+                }
+            }
+        }
+        for j in 0..d.n_junctions {
+            let a = JUNC2ATSE[j] as usize;
+            if observed[a] {
+                spl.junction.push(j as u32);
+                spl.k.push(kk[j] as f32);
+                spl.n.push(tot[a] as f32);
+                spl.psi.push(kk[j] as f32 / tot[a] as f32);
+            }
+        }
+        spl.indptr.push(spl.junction.len());
+    }
+    let mut idx: Vec<u32> = (0..d.n_obs as u32).collect();
+    for i in 0..b {
+        let j = r.gen_range(i..idx.len());
+        idx.swap(i, j);
+    }
+    idx.truncate(b);
+    Batch {
+        expr,
+        library,
+        batch: (0..b).map(|_| r.gen_range(0..d.n_batch as u32)).collect(),
+        labels: (0..b).map(|_| r.gen_range(0..d.n_labels as u32)).collect(),
+        cats: d.n_cats_per_cov.iter().map(|&n| (0..b).map(|_| r.gen_range(0..n as u32)).collect()).collect(),
+        cont: (0..b * d.n_cont).map(|_| randn(&mut r) as f32).collect(),
+        n_cont: d.n_cont,
+        cell_idx: Some(idx),
+        spl,
+    }
+}
+
+/// Initial parameters moved away from their defaults (so no LayerNorm gain is exactly 1, no running
+/// statistic exactly 0/1, weights are not symmetric…).
+fn random_params(model: &SpliceVae, seed: u64) -> Params<f64> {
+    let mut p = model.init_params::<f64>(seed);
+    let mut r = rng(seed ^ 0xABCD);
+    let layout = p.layout.clone();
+    for e in layout.entries.iter() {
+        let v = p.get_mut(layout.find(&e.name).unwrap());
+        if e.name.ends_with("running_var") {
+            v.iter_mut().for_each(|x| *x = r.gen_range(0.5..1.5));
+        } else if e.name.ends_with("num_batches_tracked") || e.name == "cross_gate" {
+        } else if e.name == "log_phi_j" {
+            v.iter_mut().for_each(|x| *x = 1.0 + 0.5 * randn(&mut r));
+        } else {
+            v.iter_mut().for_each(|x| *x += 0.15 * randn(&mut r));
+        }
+    }
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole-loss checks
+
+struct Case {
+    cfg: ModelConfig,
+    dims: Dims,
+    opts: StepOptions,
+    with_adversary: bool,
+}
+
+fn base_opts() -> StepOptions {
+    StepOptions {
+        kl_weight: 0.7,
+        cross_gate: 1.0,
+        training: true,
+        use_z_mean: false,
+        routing: None,
+        seed: 11,
+        noise: Noise::Seeded,
+    }
+}
+
+fn check_whole_loss(label: &str, case: Case, seed: u64) {
+    let junc2atse = JUNC2ATSE.to_vec();
+    let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), junc2atse).unwrap();
+    let p = random_params(&model, seed);
+    let batch = synth_batch(&case.dims, 6, seed + 1);
+    let adv = if case.with_adversary {
+        let a = Adversary::new(model.arch.l, case.dims.n_batch).unwrap();
+        let ap = a.init_params::<f64>(seed + 2);
+        Some((a, ap))
+    } else {
+        None
+    };
+    let total = |pp: &Params<f64>| -> f64 {
+        let fw = model.forward(pp, &batch, &case.opts).unwrap();
+        let mut l = fw.out.loss;
+        if let Some((a, ap)) = &adv {
+            l += a.fool(ap, &fw.out.inference.z, &batch.batch, true, 5).unwrap().loss;
+        }
+        l
+    };
+    let fw = model.forward(&p, &batch, &case.opts).unwrap();
+    let extra = adv.as_ref().map(|(a, ap)| a.fool(ap, &fw.out.inference.z, &batch.batch, true, 5).unwrap().dz);
+    let g = model.backward(&p, &batch, &fw, extra.as_ref()).unwrap();
+    let l0 = total(&p);
+    assert!(l0.is_finite());
+    let mut r = rng(seed + 3);
+    let mut n_checked = 0;
+    let mut n_nonzero = 0;
+    for (ei, e) in model.layout.entries.iter().enumerate() {
+        if !e.kind.trainable() {
+            continue;
+        }
+        let coords = pick(&mut r, e.len, 3);
+        let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
+        let base = p.get(ei).to_vec();
+        let mut f = |x: &[f64]| {
+            let mut pp = p.clone();
+            pp.get_mut(ei).copy_from_slice(x);
+            total(&pp)
+        };
+        let fdv = fd(&base, &coords, &mut f);
+        assert_close(&format!("{label}: {}", e.name), &an, &fdv, l0.abs());
+        n_checked += coords.len();
+        n_nonzero += an.iter().filter(|v| v.abs() > 1e-9).count();
+    }
+    // Guard against a vacuous check (everything zero).
+    assert!(n_nonzero * 2 > n_checked, "{label}: only {n_nonzero} of {n_checked} gradients non-zero");
+}
+
+#[test]
+fn whole_loss_default_model_with_dropout() {
+    let cfg = ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, max_nobs: 4, dropout_rate: 0.2, ..ModelConfig::default() };
+    check_whole_loss("default", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 1);
+}
+
+#[test]
+fn whole_loss_paper_config() {
+    let cfg = ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, dropout_rate: 0.1, ..ModelConfig::paper() };
+    check_whole_loss("paper", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 2);
+}
+
+#[test]
+fn whole_loss_vanilla_binomial_universal_mmd_nb_batchnorm() {
+    let cfg = ModelConfig {
+        n_hidden: Some(8),
+        n_latent: Some(3),
+        splicing_encoder_architecture: SplicingEncoderArch::Vanilla,
+        splicing_decoder_architecture: SplicingDecoderArch::Vanilla,
+        expression_architecture: ExpressionArch::Vanilla,
+        splicing_loss_type: SplicingLoss::Binomial,
+        modality_weights: ModalityWeights::Universal,
+        modality_penalty: ModalityPenalty::Mmd,
+        gene_likelihood: GeneLikelihood::Nb,
+        use_batch_norm: NormPlacement::Encoder,
+        use_layer_norm: NormPlacement::None,
+        dropout_rate: 0.15,
+        ..ModelConfig::default()
+    };
+    check_whole_loss("vanilla-binomial", Case { cfg, dims: dims(3, vec![], 0), opts: base_opts(), with_adversary: false }, 3);
+}
+
+#[test]
+fn whole_loss_betabinomial_concat_poisson_covariates() {
+    let cfg = ModelConfig {
+        n_hidden: Some(8),
+        n_latent: Some(3),
+        code_dim: 4,
+        h_hidden_dim: 6,
+        encoder_hidden_dim: 5,
+        splicing_loss_type: SplicingLoss::BetaBinomial,
+        modality_weights: ModalityWeights::Concatenate,
+        gene_likelihood: GeneLikelihood::Poisson,
+        dispersion: Dispersion::GeneBatch,
+        expression_architecture: ExpressionArch::Vanilla,
+        use_batch_norm: NormPlacement::Both,
+        deeply_inject_covariates: true,
+        encode_covariates: true,
+        dropout_rate: 0.0,
+        ..ModelConfig::default()
+    };
+    let opts = StepOptions { cross_gate: 0.4, ..base_opts() };
+    check_whole_loss("bb-concat", Case { cfg, dims: dims(2, vec![3, 2, 1], 2), opts, with_adversary: false }, 4);
+}
+
+#[test]
+fn whole_loss_dm_scalar_cell_ln_sum_pooling() {
+    let cfg = ModelConfig {
+        n_hidden: Some(8),
+        n_latent: Some(3),
+        code_dim: 4,
+        h_hidden_dim: 6,
+        encoder_hidden_dim: 5,
+        dm_concentration: DmConcentration::Scalar,
+        modality_weights: ModalityWeights::Cell,
+        latent_distribution: LatentDistribution::Ln,
+        pool_mode: PoolMode::Sum,
+        max_nobs: 3,
+        use_layer_norm: NormPlacement::None,
+        ..ModelConfig::default()
+    };
+    check_whole_loss("dmscalar-cell-ln", Case { cfg, dims: dims(1, vec![], 0), opts: base_opts(), with_adversary: false }, 5);
+}
+
+#[test]
+fn whole_loss_library_encoder_no_penalty() {
+    let cfg = ModelConfig {
+        n_hidden: Some(8),
+        n_latent: Some(3),
+        use_size_factor_key: false,
+        gene_likelihood: GeneLikelihood::Nb,
+        splicing_encoder_architecture: SplicingEncoderArch::Vanilla,
+        splicing_decoder_architecture: SplicingDecoderArch::Vanilla,
+        expression_architecture: ExpressionArch::Vanilla,
+        use_layer_norm: NormPlacement::Encoder,
+        modality_penalty: ModalityPenalty::None,
+        ..ModelConfig::default()
+    };
+    check_whole_loss("library-encoder", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 6);
+}
+
+#[test]
+fn whole_loss_bce_jeffreys_exact_gene_label_cont_without_encoding() {
+    let cfg = ModelConfig {
+        n_hidden: Some(8),
+        n_latent: Some(3),
+        code_dim: 4,
+        h_hidden_dim: 6,
+        encoder_hidden_dim: 5,
+        splicing_loss_type: SplicingLoss::Bce,
+        modality_penalty: ModalityPenalty::JeffreysExact,
+        dispersion: Dispersion::GeneLabel,
+        mask_cells_without_splicing: true,
+        splicing_loss_weight: 0.6,
+        ..ModelConfig::default()
+    };
+    check_whole_loss("bce-jexact", Case { cfg, dims: dims(2, vec![2], 2), opts: base_opts(), with_adversary: false }, 7);
+}
+
+#[test]
+fn whole_loss_mmd_rbf_gene_cell_perdim_masked_splicing() {
+    let cfg = ModelConfig {
+        n_hidden: Some(8),
+        n_latent: Some(3),
+        code_dim: 4,
+        h_hidden_dim: 6,
+        encoder_hidden_dim: 5,
+        modality_penalty: ModalityPenalty::MmdRbf,
+        modality_weights: ModalityWeights::PerDimensionWeightedAverage,
+        dispersion: Dispersion::GeneCell,
+        expression_architecture: ExpressionArch::Vanilla,
+        mask_cells_without_splicing: true,
+        ..ModelConfig::default()
+    };
+    check_whole_loss("mmdrbf-genecell", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 8);
+}
+
+#[test]
+fn whole_loss_gene_cell_linear_routing_eval_batchnorm() {
+    let cfg = ModelConfig {
+        n_hidden: Some(8),
+        n_latent: Some(3),
+        code_dim: 4,
+        h_hidden_dim: 6,
+        encoder_hidden_dim: 5,
+        dispersion: Dispersion::GeneCell,
+        use_batch_norm: NormPlacement::Both,
+        ..ModelConfig::default()
+    };
+    let opts = StepOptions { training: false, routing: Some(Modality::Splicing), ..base_opts() };
+    check_whole_loss("genecell-linear-routed", Case { cfg: cfg.clone(), dims: dims(2, vec![], 0), opts, with_adversary: false }, 9);
+    let opts = StepOptions { training: true, routing: Some(Modality::Expression), use_z_mean: true, ..base_opts() };
+    check_whole_loss("routed-expression", Case { cfg, dims: dims(2, vec![], 0), opts, with_adversary: false }, 10);
+}
+
+#[test]
+fn whole_loss_with_adversary_fool_term() {
+    let cfg = ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, ..ModelConfig::default() };
+    check_whole_loss("adversary", Case { cfg, dims: dims(3, vec![], 0), opts: base_opts(), with_adversary: true }, 12);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Op-level checks
+
+/// FCLayers (Linear, BN, LN, activation, dropout, covariate injection): parameter and input grads
+/// of a random linear functional of the output.
+fn check_fclayers(model: &SpliceVae, fc: &splicevi::model::arch::FcLayers, training: bool, sparse: bool, seed: u64) {
+    let mut r = rng(seed);
+    let p = random_params(model, seed);
+    let d = &model.dims;
+    let batch = synth_batch(d, 6, seed + 1);
+    let mut cats: Vec<&[u32]> = vec![&batch.batch];
+    cats.extend(batch.cats.iter().map(|c| c.as_slice()));
+    let cov = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats };
+    let n_in = fc.n_in();
+    let x = rand_mat(&mut r, 6, n_in, 1.0);
+    let xs = Sparse {
+        rows: 6,
+        cols: n_in,
+        indptr: (0..=6).map(|i| i * n_in.div_ceil(2)).collect(),
+        indices: (0..6).flat_map(|_| (0..n_in).step_by(2).map(|c| c as u32)).collect(),
+        values: (0..6 * n_in.div_ceil(2)).map(|_| randn(&mut r)).collect(),
+    };
+    let wout = rand_mat(&mut r, 6, fc.n_out(), 1.0);
+    let mode = Mode { training, seed: 3 };
+    let run = |pp: &Params<f64>, xx: &Mat<f64>| -> f64 {
+        let mut upd = BufUpdates::new();
+        let input = if sparse { MainIn::Sparse(&xs) } else { MainIn::Dense(xx) };
+        let (y, _) = ops::fc_forward(fc, pp, input, &cov, mode, &mut upd).unwrap();
+        y.data.iter().zip(&wout.data).map(|(a, b)| a * b).sum()
+    };
+    let mut upd = BufUpdates::new();
+    let input = if sparse { MainIn::Sparse(&xs) } else { MainIn::Dense(&x) };
+    let (_, cache) = ops::fc_forward(fc, &p, input, &cov, mode, &mut upd).unwrap();
+    let mut g = Grads::zeros(p.layout.clone());
+    let dx = ops::fc_backward(fc, &p, &cache, wout.clone(), &mut g, !sparse);
+    let f0 = run(&p, &x);
+    let mut idxs = vec![];
+    for blk in &fc.blocks {
+        idxs.push(blk.lin.w);
+        idxs.extend(blk.lin.b);
+        if let Some(bn) = &blk.bn {
+            idxs.push(bn.w);
+            idxs.push(bn.b);
+        }
+    }
+    for ei in idxs {
+        let e = &p.layout.entries[ei];
+        let coords = pick(&mut r, e.len, 5);
+        let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
+        let mut f = |v: &[f64]| {
+            let mut pp = p.clone();
+            pp.get_mut(ei).copy_from_slice(v);
+            run(&pp, &x)
+        };
+        let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
+        assert_close(&format!("fclayers {}", e.name), &an, &fdv, f0.abs());
+    }
+    if let Some(dx) = dx {
+        let coords = pick(&mut r, x.data.len(), 8);
+        let an: Vec<f64> = coords.iter().map(|&c| dx.data[c]).collect();
+        let mut f = |v: &[f64]| run(&p, &Mat::from_vec(6, n_in, v.to_vec()));
+        let fdv = fd(&x.data, &coords, &mut f);
+        assert_close("fclayers dx", &an, &fdv, f0.abs());
+    }
+}
+
+#[test]
+fn op_fclayers_bn_ln_dropout_covariates() {
+    let cfg = ModelConfig {
+        n_hidden: Some(8),
+        n_latent: Some(3),
+        expression_architecture: ExpressionArch::Vanilla,
+        splicing_encoder_architecture: SplicingEncoderArch::Vanilla,
+        use_batch_norm: NormPlacement::Both,
+        use_layer_norm: NormPlacement::Both,
+        deeply_inject_covariates: true,
+        encode_covariates: true,
+        dropout_rate: 0.25,
+        ..ModelConfig::default()
+    };
+    let model = SpliceVae::new(cfg, dims(3, vec![2, 3], 2), JUNC2ATSE.to_vec()).unwrap();
+    let ExprDecP::Vanilla { fc, .. } = &model.arch.z_dec_expr else { panic!() };
+    check_fclayers(&model, fc, true, false, 21); // BN batch stats, ReLU, injected covariates
+    check_fclayers(&model, fc, false, false, 22); // BN running stats
+    let SplEncP::Vanilla(enc) = &model.arch.z_enc_spl else { panic!() };
+    check_fclayers(&model, &enc.fc, true, false, 23); // LeakyReLU + dropout + BN + LN
+    check_fclayers(&model, &model.arch.z_enc_expr.fc, true, true, 24); // sparse first layer
+}
+
+#[test]
+fn op_partial_encoder() {
+    for (pool, chunk, training, seed) in [(PoolMode::Mean, -1, false, 31), (PoolMode::Sum, 2, true, 32), (PoolMode::Mean, 5, true, 33)] {
+        let cfg = ModelConfig { code_dim: 4, h_hidden_dim: 6, pool_mode: pool, max_nobs: chunk, dropout_rate: 0.3, ..ModelConfig::default() };
+        let model = SpliceVae::new(cfg, dims(2, vec![], 0), JUNC2ATSE.to_vec()).unwrap();
+        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
+        let p = random_params(&model, seed);
+        let batch = synth_batch(&model.dims, 6, seed + 1);
+        let mut r = rng(seed + 2);
+        let w = rand_mat(&mut r, 6, 4, 1.0);
+        let mode = Mode { training, seed: 9 };
+        let run = |pp: &Params<f64>| -> f64 {
+            let c = partial::partial_forward(pe, pp, &batch.spl, mode);
+            c.pool.data.iter().zip(&w.data).map(|(a, b)| a * b).sum()
+        };
+        let cache = partial::partial_forward(pe, &p, &batch.spl, mode);
+        // Chunking never changes the result.
+        let mut pe1 = pe.clone();
+        pe1.chunk = 1_000_000;
+        let c1 = partial::partial_forward(&pe1, &p, &batch.spl, mode);
+        for (a, b) in cache.pool.data.iter().zip(&c1.pool.data) {
+            assert!((a - b).abs() < 1e-12, "chunked vs single pass: {a} vs {b}");
+        }
+        let mut g = Grads::zeros(p.layout.clone());
+        partial::partial_backward(pe, &p, &batch.spl, &cache, &w, mode, &mut g);
+        let f0 = run(&p);
+        for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b] {
+            let e = &p.layout.entries[ei];
+            let coords = pick(&mut r, e.len, 6);
+            let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
+            let mut f = |v: &[f64]| {
+                let mut pp = p.clone();
+                pp.get_mut(ei).copy_from_slice(v);
+                run(&pp)
+            };
+            let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
+            assert_close(&format!("partial {}", e.name), &an, &fdv, f0.abs());
+        }
+    }
+}
+
+#[test]
+fn op_likelihoods() {
+    let mut r = rng(41);
+    for _ in 0..40 {
+        let x = if r.gen_bool(0.3) { 0.0 } else { r.gen_range(1..40) as f64 };
+        let mu = r.gen_range(0.05..30.0);
+        let th = r.gen_range(0.1..20.0);
+        let pi = r.gen_range(-3.0..3.0);
+        let v = [mu, th, pi];
+        for kind in 0..3 {
+            let f = |v: &[f64]| match kind {
+                0 => lik::zinb(x, v[0], v[1], v[2]).ll,
+                1 => lik::nb(x, v[0], v[1]).ll,
+                _ => lik::poisson(x, v[0]).ll,
+            };
+            let a = match kind {
+                0 => lik::zinb(x, mu, th, pi),
+                1 => lik::nb(x, mu, th),
+                _ => lik::poisson(x, mu),
+            };
+            let fdv = fd(&v, &[0, 1, 2], &mut |vv| f(vv));
+            assert_close(&format!("expr lik {kind} x={x}"), &[a.d_mu, a.d_theta, a.d_pi], &fdv, f(&v).abs());
+        }
+        let n = r.gen_range(1..30) as f64;
+        let k = (n * r.gen_range(0.0..1.0f64)).floor();
+        let p = r.gen_range(0.02..0.98);
+        let phi = r.gen_range(0.3..50.0);
+        let (l, dp) = lik::binomial(k, n, p);
+        assert_close("binomial", &[dp], &fd(&[p], &[0], &mut |v| lik::binomial(k, n, v[0]).0), l.abs());
+        let psi = k / n;
+        let (l, dp) = lik::bce(psi, p);
+        assert_close("bce", &[dp], &fd(&[p], &[0], &mut |v| lik::bce(psi, v[0]).0), l.abs());
+        let (l, dp, dphi) = lik::beta_binomial(k, n, p, phi);
+        let fdv = fd(&[p, phi], &[0, 1], &mut |v| lik::beta_binomial(k, n, v[0], v[1]).0);
+        assert_close("beta-binomial", &[dp, dphi], &fdv, l.abs());
+        let (l, da) = lik::nbetaln(n, phi);
+        assert_close("nbetaln", &[da], &fd(&[phi], &[0], &mut |v| lik::nbetaln(n, v[0]).0), l.abs());
+    }
+}
+
+fn posteriors(r: &mut ChaCha8Rng, b: usize, d: usize) -> Vec<Mat<f64>> {
+    let mu_e = rand_mat(r, b, d, 1.0);
+    let mu_s = rand_mat(r, b, d, 1.0);
+    let v_e = Mat::from_vec(b, d, (0..b * d).map(|_| r.gen_range(0.2..2.0)).collect());
+    let v_s = Mat::from_vec(b, d, (0..b * d).map(|_| r.gen_range(0.7..2.0)).collect());
+    vec![mu_e, v_e, mu_s, v_s]
+}
+
+/// Flatten the four posteriors into one vector and back.
+fn flat(ps: &[Mat<f64>]) -> Vec<f64> {
+    ps.iter().flat_map(|m| m.data.clone()).collect()
+}
+fn unflat(v: &[f64], b: usize, d: usize) -> Vec<Mat<f64>> {
+    (0..4).map(|q| Mat::from_vec(b, d, v[q * b * d..(q + 1) * b * d].to_vec())).collect()
+}
+fn pg_flat(g: &latent::PostGrads<f64>) -> Vec<f64> {
+    [&g.mu_e, &g.v_e, &g.mu_s, &g.v_s].iter().flat_map(|m| m.data.clone()).collect()
+}
+
+#[test]
+fn op_mixing_kl_penalties() {
+    let (b, d) = (5, 3);
+    let mut r = rng(51);
+    let ps = posteriors(&mut r, b, d);
+    let x0 = flat(&ps);
+    let wm = rand_mat(&mut r, b, d, 1.0);
+    let wv = rand_mat(&mut r, b, d, 1.0);
+    let mask_e = vec![true, false, true, true, true];
+    let mask_s = vec![true, true, true, false, true];
+    let paired: Vec<bool> = mask_e.iter().zip(&mask_s).map(|(a, b)| a & b).collect();
+    let raw: Vec<f64> = (0..2 * b).map(|_| randn(&mut r)).collect();
+    let coords: Vec<usize> = (0..x0.len()).collect();
+    // softmax mixing: functional Σ wm·qz_m + wv·qz_v
+    let f_soft = |x: &[f64], raw: &[f64]| -> f64 {
+        let p = unflat(x, b, d);
+        let (qm, qv, _) = latent::mix_softmax_fwd(&p[0], &p[1], &p[2], &p[3], raw, &mask_e, &mask_s);
+        qm.data.iter().zip(&wm.data).map(|(a, b)| a * b).sum::<f64>()
+            + qv.data.iter().zip(&wv.data).map(|(a, b)| a * b).sum::<f64>()
+    };
+    let (_, _, c) = latent::mix_softmax_fwd(&ps[0], &ps[1], &ps[2], &ps[3], &raw, &mask_e, &mask_s);
+    let (g, draw) = latent::mix_softmax_bwd(&c, &ps[0], &ps[1], &ps[2], &ps[3], &mask_e, &mask_s, &wm, &wv);
+    assert_close("softmax mix posteriors", &pg_flat(&g), &fd(&x0, &coords, &mut |x| f_soft(x, &raw)), 1.0);
+    let rc: Vec<usize> = (0..raw.len()).collect();
+    assert_close("softmax mix weights", &draw, &fd(&raw, &rc, &mut |rw| f_soft(&x0, rw)), 1.0);
+    // per-dimension mixing (with and without the splicing mask)
+    let rawd: Vec<f64> = (0..d).map(|_| randn(&mut r)).collect();
+    for ms in [None, Some(mask_s.as_slice())] {
+        let f_pd = |x: &[f64], rw: &[f64]| -> f64 {
+            let p = unflat(x, b, d);
+            let (qm, qv, _) = latent::mix_perdim_fwd(&p[0], &p[1], &p[2], &p[3], rw, ms);
+            qm.data.iter().zip(&wm.data).map(|(a, b)| a * b).sum::<f64>()
+                + qv.data.iter().zip(&wv.data).map(|(a, b)| a * b).sum::<f64>()
+        };
+        let (_, _, c) = latent::mix_perdim_fwd(&ps[0], &ps[1], &ps[2], &ps[3], &rawd, ms);
+        let (g, draw) = latent::mix_perdim_bwd(&c, &ps[0], &ps[1], &ps[2], &ps[3], ms, &wm, &wv);
+        assert_close("per-dim mix posteriors", &pg_flat(&g), &fd(&x0, &coords, &mut |x| f_pd(x, &rawd)), 1.0);
+        let dc: Vec<usize> = (0..d).collect();
+        assert_close("per-dim mix weights", &draw, &fd(&rawd, &dc, &mut |rw| f_pd(&x0, rw)), 1.0);
+    }
+    // KL
+    let dkl: Vec<f64> = (0..b).map(|_| randn(&mut r)).collect();
+    let f_kl = |x: &[f64]| -> f64 {
+        let p = unflat(x, b, d);
+        latent::kl_fwd(&p[0], &p[1]).iter().zip(&dkl).map(|(a, b)| a * b).sum()
+    };
+    let mut dm = Mat::zeros(b, d);
+    let mut dv = Mat::zeros(b, d);
+    latent::kl_bwd(&ps[0], &ps[1], &dkl, &mut dm, &mut dv);
+    let kc: Vec<usize> = (0..2 * b * d).collect();
+    let an: Vec<f64> = dm.data.iter().chain(&dv.data).copied().collect();
+    assert_close("kl", &an, &fd(&x0, &kc, &mut |x| f_kl(x)), 1.0);
+    // penalties
+    type Fwd = fn(&[Mat<f64>], &[bool]) -> f64;
+    type Bwd = fn(&[Mat<f64>], &[bool], &mut latent::PostGrads<f64>);
+    let pens: Vec<(&str, Fwd, Bwd)> = vec![
+        ("jeffreys", |p, m| latent::jeffreys_fwd(&p[0], &p[1], &p[2], &p[3], m), |p, m, g| latent::jeffreys_bwd(&p[0], &p[1], &p[2], &p[3], m, 1.0, g)),
+        ("jeffreys-exact", |p, m| latent::jeffreys_exact_fwd(&p[0], &p[1], &p[2], &p[3], m), |p, m, g| latent::jeffreys_exact_bwd(&p[0], &p[1], &p[2], &p[3], m, 1.0, g)),
+        ("mmd", |p, m| latent::mmd_mean_dist_fwd(&p[0], &p[2], m), |p, m, g| latent::mmd_mean_dist_bwd(&p[0], &p[2], m, 1.0, g)),
+    ];
+    for (name, f, bw) in pens {
+        let mut g = latent::PostGrads::zeros(b, d);
+        bw(&ps, &paired, &mut g);
+        let v0 = f(&ps, &paired);
+        assert_close(name, &pg_flat(&g), &fd(&x0, &coords, &mut |x| f(&unflat(x, b, d), &paired)), v0.abs());
+    }
+    // RBF MMD on samples (z_e = first block, z_s = third block)
+    let f_rbf = |x: &[f64]| {
+        let p = unflat(x, b, d);
+        latent::mmd_rbf_fwd(&p[0], &p[2], &paired).0
+    };
+    let (v0, info) = latent::mmd_rbf_fwd(&ps[0], &ps[2], &paired);
+    assert!(info.med_pair.is_some() && v0 > 0.0);
+    let mut dze = Mat::zeros(b, d);
+    let mut dzs = Mat::zeros(b, d);
+    latent::mmd_rbf_bwd(&ps[0], &ps[2], &paired, &info, 1.0, &mut dze, &mut dzs);
+    let fdv = fd(&x0, &coords, &mut |x| f_rbf(x));
+    let an: Vec<f64> = dze.data.iter().chain(&vec![0.0; b * d]).chain(&dzs.data).chain(&vec![0.0; b * d]).copied().collect();
+    assert_close("mmd-rbf", &an, &fdv, v0.abs());
+}
+
+#[test]
+fn op_adversary_classifier_and_fool() {
+    let a = Adversary::new(4, 3).unwrap();
+    let mut p = a.init_params::<f64>(61);
+    let mut r = rng(62);
+    p.data.iter_mut().for_each(|v| *v += 0.1 * randn(&mut r));
+    let z = rand_mat(&mut r, 7, 4, 1.0);
+    let bidx: Vec<u32> = (0..7).map(|i| (i % 3) as u32).collect();
+    for fool in [false, true] {
+        let run = |pp: &Params<f64>, zz: &Mat<f64>| {
+            if fool {
+                a.fool(pp, zz, &bidx, true, 4).unwrap()
+            } else {
+                a.classifier_step(pp, zz, &bidx, true, 4).unwrap()
+            }
+        };
+        let res = run(&p, &z);
+        let coords: Vec<usize> = (0..z.data.len()).collect();
+        let fdz = fd(&z.data, &coords, &mut |x| run(&p, &Mat::from_vec(7, 4, x.to_vec())).loss);
+        assert_close(&format!("adversary dz (fool={fool})"), &res.dz.data, &fdz, res.loss.abs());
+        let pc = pick(&mut r, p.layout.n_trainable, 25);
+        let an: Vec<f64> = pc.iter().map(|&c| res.grads.data[c]).collect();
+        let x0 = p.data.clone();
+        let fdp = fd(&x0, &pc, &mut |x| {
+            let mut pp = p.clone();
+            pp.data.copy_from_slice(x);
+            run(&pp, &z).loss
+        });
+        assert_close(&format!("adversary params (fool={fool})"), &an, &fdp, res.loss.abs());
+    }
+}
