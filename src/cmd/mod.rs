@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod check_fixture;
 pub mod embed;
 pub mod info;
@@ -32,6 +33,8 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Run conformance cases (../shared/fixtures format) and compare with the original's numbers.
     CheckFixture(check_fixture::CheckFixtureArgs),
+    /// Training throughput on simulated data (cells/s, s/epoch, peak memory, fraction of the floor).
+    Bench(bench::BenchArgs),
     /// Print the build (kernels embedded, archs), driver and devices.
     Info(info::InfoArgs),
 }
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Embed(a) => embed::run(a),
         Command::CheckFixture(a) => check_fixture::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Info(a) => info::run(a),
     }
 }

@@ -203,6 +203,20 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Run `n_steps` training steps at `epoch` (no validation, no checkpoint) and return the wall time in
+    /// seconds and the cells processed: what `splicevi bench` measures.
+    pub fn timed_steps(&mut self, epoch: usize, n_steps: usize) -> Result<(f64, usize)> {
+        let batches = Minibatches::new(self.train_cells.clone(), self.run.train.batch_size, self.run.train.seed)?;
+        let mut m = EpochMetrics::default();
+        let mut cells = 0;
+        let t0 = Instant::now();
+        for (i, b) in batches.epoch(epoch as u64).iter().cycle().take(n_steps).enumerate() {
+            self.train_step(epoch, i as u64, b, &mut m)?;
+            cells += b.len();
+        }
+        Ok((t0.elapsed().as_secs_f64(), cells))
+    }
+
     fn train_step(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
         let tc = &self.run.train;
         let kl = kl_weight(epoch, tc.n_epochs_kl_warmup);

@@ -1,0 +1,181 @@
+//! `splicevi bench`: training throughput on simulated data at the simulator's sizes — seconds per
+//! step and per epoch, cells/s, peak memory, the speed-up over the original's measured numbers, and
+//! the fraction of the machine's floor (estimated training FLOPs ÷ measured GEMM peak), like llm.c's MFU.
+
+use crate::data::simulate::{simulate, SimConfig, SimSize};
+use crate::data::{DataOptions, Dataset};
+use crate::model::{ExpressionArch, ModelConfig, SplicingDecoderArch, SplicingEncoderArch};
+use crate::train::trainer::{dims_of, RunConfig, Trainer};
+use crate::train::{presets, TrainConfig};
+use anyhow::{bail, Result};
+use clap::Args;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Simulator sizes to run (toy, small, medium, paper), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "small,medium")]
+    pub size: Vec<String>,
+    /// Presets to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "default,paper")]
+    pub preset: Vec<String>,
+    /// Minibatch size (the original was measured at 256).
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Timed steps per configuration (after one untimed warm-up step); 0 = one full epoch.
+    #[arg(long, default_value_t = 0)]
+    pub steps: usize,
+    /// Stop after this many seconds of timed steps per configuration (at least 2 steps run).
+    #[arg(long, default_value_t = 60.0)]
+    pub max_seconds: f64,
+    /// Write the results as TSV here as well.
+    #[arg(long)]
+    pub tsv: Option<std::path::PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<SimSize> {
+    Ok(match s {
+        "toy" => SimSize::Toy,
+        "small" => SimSize::Small,
+        "medium" => SimSize::Medium,
+        "paper" => SimSize::Paper,
+        o => bail!("unknown size `{o}` (toy, small, medium, paper)"),
+    })
+}
+
+/// The original PyTorch implementation on a 2-core machine, batch 256, default options (the numbers).
+fn original_seconds_per_step(size: SimSize, n_train: usize, batch: usize) -> Option<f64> {
+    match size {
+        SimSize::Small => Some(5.8 / n_train.div_ceil(batch) as f64),
+        SimSize::Medium => Some(3.1),
+        _ => None,
+    }
+}
+
+/// Peak resident memory of this process so far (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Measured f32 GEMM throughput of this machine with the CPU backend's GEMM (FLOP/s).
+fn cpu_gemm_peak() -> f64 {
+    let n = 768;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        unsafe {
+            matrixmultiply::sgemm(n, n, n, 1.0, a.as_ptr(), n as isize, 1, b.as_ptr(), n as isize, 1, 0.0, c.as_mut_ptr(), n as isize, 1);
+        }
+        best = best.max(2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Estimated forward FLOPs for one cell (dense-layer multiply-adds × 2; elementwise work ignored).
+fn forward_flops_per_cell(cfg: &ModelConfig, ds: &Dataset) -> f64 {
+    let dims = dims_of(ds);
+    let n = ds.n_cells().max(1) as f64;
+    let expr_nnz = ds.expression.as_ref().map(|x| x.nnz()).unwrap_or(0) as f64 / n;
+    let obs = ds.splicing.nnz() as f64 / n;
+    let (g, j) = (dims.n_genes as f64, dims.n_junctions as f64);
+    let h = cfg.resolved_n_hidden(&dims) as f64;
+    let d = cfg.resolved_n_latent(&dims) as f64;
+    let l = cfg.joint_latent(&dims) as f64;
+    let (dd, hh, e) = (cfg.code_dim as f64, cfg.h_hidden_dim as f64, cfg.encoder_hidden_dim as f64);
+    let mut f = 2.0 * expr_nnz * h + 2.0 * h * h * (cfg.n_layers_encoder as f64 - 1.0) + 4.0 * h * d;
+    f += match cfg.splicing_encoder_architecture {
+        SplicingEncoderArch::Partial => obs * 2.0 * ((1.0 + dd) * hh + hh * dd) + 2.0 * (dd * e + e * 2.0 * d),
+        SplicingEncoderArch::Vanilla => 2.0 * obs * h + 2.0 * h * h + 4.0 * h * d,
+    };
+    f += match cfg.expression_architecture {
+        ExpressionArch::Linear => 2.0 * 2.0 * l * g,
+        ExpressionArch::Vanilla => 2.0 * (l * h + h * h) + 2.0 * 2.0 * h * g,
+    };
+    f += match cfg.splicing_decoder_architecture {
+        SplicingDecoderArch::Linear => 2.0 * obs * l,
+        SplicingDecoderArch::Vanilla => 2.0 * (l * h + h * h) + 2.0 * obs * h,
+    };
+    let _ = j;
+    f
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let peak = cpu_gemm_peak();
+    println!("device: cpu ({} rayon threads); measured f32 GEMM peak {:.1} GFLOP/s", rayon::current_num_threads(), peak / 1e9);
+    let header = "size\tpreset\tcells\tgenes\tjunctions\tbatch\tsteps\ts_per_step\tcells_per_s\ts_per_epoch\tpeak_rss_mb\toriginal_s_per_step\tspeedup\test_gflop_per_cell\tfraction_of_floor";
+    println!("{header}");
+    let mut rows = vec![header.to_string()];
+    for size_name in &args.size {
+        let size = parse_size(size_name)?;
+        let (ds, _truth) = simulate(&SimConfig::preset(size, 0))?;
+        for preset_name in &args.preset {
+            let (model, train0) = presets::preset(preset_name)?;
+            let train = TrainConfig { batch_size: args.batch_size, max_epochs: 1, ..train0 };
+            let dims = dims_of(&ds);
+            model.validate(&dims)?;
+            let run = RunConfig {
+                splicevi_version: env!("CARGO_PKG_VERSION").into(),
+                preset: preset_name.clone(),
+                n_latent_joint: model.joint_latent(&dims),
+                n_latent_per_modality: model.resolved_n_latent(&dims),
+                model: model.clone(),
+                train: train.clone(),
+                data: DataOptions { batch_key: Some("batch".into()), ..Default::default() },
+                dims,
+                data_source: ds.source.clone(),
+                batch_levels: ds.covariates.batch.levels.clone(),
+            };
+            let tmp = tempfile::tempdir()?;
+            let mut t = Trainer::new(&ds, run, tmp.path())?;
+            // Steady state: past the KL warm-up (mixing on, gate 1).
+            let epoch = train.n_epochs_kl_warmup.unwrap_or(0);
+            t.timed_steps(epoch, 1)?;
+            let n_steps_epoch = t.train_cells.len().div_ceil(args.batch_size);
+            let target = if args.steps == 0 { n_steps_epoch } else { args.steps };
+            let (mut secs, mut cells, mut steps) = (0.0, 0usize, 0usize);
+            while steps < target && (steps < 2 || secs < args.max_seconds) {
+                let (s, c) = t.timed_steps(epoch, 1)?;
+                secs += s;
+                cells += c;
+                steps += 1;
+            }
+            let s_step = secs / steps as f64;
+            let cps = cells as f64 / secs;
+            let s_epoch = t.train_cells.len() as f64 / cps;
+            let orig = original_seconds_per_step(size, t.train_cells.len(), args.batch_size);
+            let flops = 3.0 * forward_flops_per_cell(&model, &ds);
+            let frac = flops * cps / peak;
+            let row = format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.4}\t{:.0}\t{:.2}\t{:.0}\t{}\t{}\t{:.4}\t{:.3}",
+                size_name,
+                preset_name,
+                ds.n_cells(),
+                ds.n_genes(),
+                ds.n_junctions(),
+                args.batch_size,
+                steps,
+                s_step,
+                cps,
+                s_epoch,
+                peak_rss_bytes().unwrap_or(0) as f64 / 1e6,
+                orig.map(|o| format!("{o:.4}")).unwrap_or_else(|| "-".into()),
+                orig.map(|o| format!("{:.1}x", o / s_step)).unwrap_or_else(|| "-".into()),
+                flops / 1e9,
+                frac
+            );
+            println!("{row}");
+            rows.push(row);
+        }
+    }
+    if let Some(p) = &args.tsv {
+        let text = rows.join("\n") + "\n";
+        crate::util::write_atomic(p, |tmp| Ok(std::fs::write(tmp, text.as_bytes())?))?;
+    }
+    println!("(original: PyTorch SpliceVI on 2 CPU cores, batch 256, default options: 5.8 s/epoch at small, 3.1 s/step at medium; fraction_of_floor = estimated training FLOP/s ÷ measured GEMM peak)");
+    Ok(())
+}
