@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prints registers / static shared memory / stack / spills of every kernel, per architecture, from the
-# ptxas logs build.rs keeps next to the fatbins (target/<profile>/build/splicevi-*/out/*.ptxas.log, the
-# newest set), or, with --rerun, by compiling kernels/*.cu again with `nvcc -Xptxas -v` (same nvcc lookup
-# as build.rs: $NVCC, $CUDA_HOME/bin/nvcc, .cuda-venv, PATH). A kernel that spills is flagged "SPILLS".
+# ptxas logs build.rs keeps next to the fatbins (the newest set of
+# ${CARGO_TARGET_DIR:-target}/<profile>/build/splicevi-*/out/*.ptxas.log), or, with --rerun, by compiling
+# kernels/*.cu again with `nvcc -Xptxas -v` (same nvcc lookup as build.rs: $NVCC, $CUDA_HOME/bin/nvcc,
+# .cuda-venv, PATH). A kernel that spills is flagged "SPILLS".
 #   usage: scripts/ptxas-report.sh [--rerun]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,9 +32,10 @@ if [ "${1:-}" = "--rerun" ]; then
   done
 else
   # The out/ directory whose logs are newest.
-  newest="$(ls -t target/*/build/splicevi-*/out/*.ptxas.log 2>/dev/null | head -n1 || true)"
+  tdir="${CARGO_TARGET_DIR:-target}"
+  newest="$(ls -t "$tdir"/*/build/splicevi-*/out/*.ptxas.log 2>/dev/null | head -n1 || true)"
   if [ -z "$newest" ]; then
-    echo "ptxas-report: no ptxas logs under target/ (build with nvcc first, e.g. SPLICEVI_REQUIRE_NVCC=1 cargo build), or use --rerun" >&2
+    echo "ptxas-report: no ptxas logs under $tdir/ (build with nvcc first, e.g. SPLICEVI_REQUIRE_NVCC=1 cargo build), or use --rerun" >&2
     exit 1
   fi
   LOGDIR="$(dirname "$newest")"

@@ -15,6 +15,15 @@ use splicevi::data::split::{
 };
 use splicevi::data::{DataOptions, Dataset};
 
+/// Tests in this binary run in parallel threads, and a spawned python child inherits every open file
+/// descriptor (HDF5 does not set close-on-exec) together with HDF5's flock on it: a file this process is
+/// writing while a sibling test spawns python stays locked until the child exits, and reopening it fails
+/// with EAGAIN. Tests that open HDF5 files or spawn python therefore take this lock.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn toy(seed: u64) -> SimConfig {
     SimConfig::preset(SimSize::Toy, seed)
 }
@@ -44,6 +53,7 @@ fn assert_same_data(a: &Dataset, b: &Dataset, what: &str) {
 
 #[test]
 fn round_trip_in_memory_and_streamed_files_load_identically() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let cfg = toy(3);
     let (ds, truth) = simulate(&cfg).unwrap();
@@ -181,6 +191,7 @@ fn presets_have_the_requested_sizes() {
 
 #[test]
 fn cli_writes_a_loadable_file() {
+    let _serial = serial();
     use clap::Parser;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cli.h5mu");
@@ -236,6 +247,7 @@ fn script(name: &str) -> String {
 
 #[test]
 fn mudata_reads_the_file_and_sees_the_planted_structure() {
+    let _serial = serial();
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     // The toy preset (layout) and a larger one (enough cells per subtype for the statistical checks).
@@ -266,6 +278,7 @@ fn mudata_reads_the_file_and_sees_the_planted_structure() {
 
 #[test]
 fn split_permutation_equals_numpy() {
+    let _serial = serial();
     let Some(py) = python() else { return };
     let cases: &[(usize, u32)] = &[(1, 0), (10, 0), (100, 42), (1000, 0), (2500, 7), (70000, 4294967295)];
     let arg = cases.iter().map(|(n, s)| format!("{n}:{s}")).collect::<Vec<_>>().join(",");
@@ -336,6 +349,7 @@ fn split_rule_and_minibatches() {
 
 #[test]
 fn appender_chunks_read_back_through_hdf5_filters() {
+    let _serial = serial();
     // Crosses chunk and flush boundaries with uneven pieces; compressed chunks are encoded by us and
     // decoded by HDF5's own shuffle + deflate filters, so this checks the encoding bit for bit.
     use splicevi::data::h5write::Appender;

@@ -51,7 +51,9 @@ impl CudaDevice {
             .map_err(|e| anyhow!("creating a CUDA context on cuda:{ordinal}: {e:?}"))?;
         // SAFETY: all work goes through `stream`, the context's only stream, in order.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A created (not the legacy default) stream: CUDA graph capture, which later training steps may
+        // use, is not allowed on the legacy default stream.
+        let stream = ctx.new_stream().map_err(|e| anyhow!("creating a CUDA stream on cuda:{ordinal}: {e:?}"))?;
         let mut modules = HashMap::new();
         for &(name, bytes) in kernel_fatbins() {
             // cuModuleLoadData accepts a fatbin image: the driver picks the SASS for this device or JITs
