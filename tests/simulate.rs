@@ -387,3 +387,48 @@ fn appender_chunks_read_back_through_hdf5_filters() {
         assert!(ru.iter().enumerate().all(|(x, &v)| v == (x % 251) as u8), "u8, gzip {gzip:?}");
     }
 }
+
+#[test]
+fn int64_indexed_files_load_too() {
+    // Files with more than 2^31 possible non-zeros (the paper size) get int64 indices/indptr; force that
+    // on the toy data and check the reader (and scipy, through mudata) take it.
+    use splicevi::data::h5write::{FileMeta, SpliceviWriter};
+    use splicevi::data::simulate::{file_extras, SimModel};
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.h5mu");
+    let cfg = toy(4);
+    let model = SimModel::new(&cfg).unwrap();
+    let mut w = SpliceviWriter::create(&path, 1 << 40, cfg.n_genes, cfg.n_junctions, true, true, Compression::default())
+        .unwrap();
+    for b in 0..model.n_blocks() {
+        w.append(&model.generate_block(b)).unwrap();
+    }
+    let (ds, _) = simulate(&cfg).unwrap();
+    let (rna, spl, uns) = file_extras(&cfg).unwrap();
+    w.finish(&FileMeta {
+        cell_names: ds.cell_names.clone(),
+        obs: ds.obs.clone(),
+        library_size: ds.library_size.clone(),
+        rna: Some(rna),
+        splicing: spl,
+        uns,
+    })
+    .unwrap();
+    {
+        let f = hdf5::File::open(&path).unwrap();
+        for m in ["mod/rna/X", "mod/splicing/layers/cell_by_cluster_matrix", "mod/splicing/layers/psi_mask"] {
+            for a in ["indices", "indptr"] {
+                let d = f.dataset(&format!("{m}/{a}")).unwrap();
+                assert_eq!(d.dtype().unwrap().size(), 8, "{m}/{a} is not int64");
+            }
+        }
+    }
+    assert_same_data(&ds, &load(&path, &DataOptions::default()).unwrap(), "int64-indexed file");
+    if let Some(py) = python() {
+        run_python(
+            &py,
+            &[&script("check_simulated.py"), path.to_str().unwrap(), "--cells", "200", "--genes", "100", "--junctions", "300"],
+        );
+    }
+}

@@ -40,3 +40,35 @@ fn perf() {
         println!("{name}: B={b} pairs={} step {:.3}s (fwd {:.3}s)", batch.spl.nnz(), t.elapsed().as_secs_f64()/n as f64, tf / n as f64);
     }
 }
+
+#[test]
+#[ignore]
+fn perf_parts() {
+    use splicevi::model::arch::SplEncP;
+    use splicevi::model::ops::Mode;
+    let (g, j) = (5000, 20000);
+    let b = 256;
+    let (batch, j2a, a) = synth(g, j, 3, b, 0.3, 1);
+    let dims = Dims { n_genes: g, n_junctions: j, n_atse: a, n_batch: 2, n_labels: 1, n_obs: b, n_cats_per_cov: vec![], n_cont: 0 };
+    for cfg in [ModelConfig::default(), ModelConfig::paper()] {
+        let model = SpliceVae::new(cfg, dims.clone(), j2a.clone()).unwrap();
+        let p = model.init_params::<f32>(0);
+        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
+        let mode = Mode { training: true, seed: 1 };
+        let t = Instant::now();
+        let c = splicevi::model::partial::partial_forward(pe, &p, &batch.spl, mode);
+        let tf = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut gr = Grads::zeros(p.layout.clone());
+        splicevi::model::partial::partial_backward(pe, &p, &batch.spl, &c, &c.pool, mode, &mut gr);
+        let tb = t.elapsed().as_secs_f64();
+        let opts = StepOptions::default();
+        let t = Instant::now();
+        let f = model.forward(&p, &batch, &opts).unwrap();
+        let tfw = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let _ = model.backward(&p, &batch, &f, None).unwrap();
+        let tbw = t.elapsed().as_secs_f64();
+        println!("partial fwd {tf:.3} bwd {tb:.3} | model fwd {tfw:.3} bwd {tbw:.3}");
+    }
+}

@@ -34,7 +34,7 @@ impl OptionTable {
             };
             let name: &'static str = Box::leak(Self::flag(key).into_boxed_str());
             let help: &'static str = Box::leak(format!("{} option `{key}` (default: {shown})", self.section).into_boxed_str());
-            cmd = cmd.arg(Arg::new(name).long(name).value_name("VALUE").help(help).help_heading(self.section));
+            cmd = cmd.arg(Arg::new(name).long(name).value_name("VALUE").allow_negative_numbers(true).help(help).help_heading(self.section));
         }
         cmd
     }

@@ -77,8 +77,23 @@ fn merge(base: &mut Value, over: &Value) {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
-    serde_json::from_value(v).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+/// Deserialize a config, naming the offending option when a value has the wrong type or spelling
+/// (serde_json's own message does not say which field it was).
+fn parse<T: serde::de::DeserializeOwned + serde::Serialize + Default>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value::<T>(v.clone()).map_err(|e| {
+        let base = serde_json::to_value(T::default()).unwrap_or(Value::Null);
+        let culprit = v.as_object().and_then(|o| {
+            o.iter().find(|(k, val)| {
+                let mut one = base.clone();
+                one.as_object_mut().map(|m| m.insert((*k).clone(), (*val).clone()));
+                serde_json::from_value::<T>(one).is_err()
+            })
+        });
+        match culprit {
+            Some((k, val)) => anyhow::anyhow!("{what}: `{k}` = {val}: {e}"),
+            None => anyhow::anyhow!("{what}: {e}"),
+        }
+    })
 }
 
 /// preset → --config file → flags, each checked.
