@@ -399,8 +399,9 @@ fn int64_indexed_files_load_too() {
     let path = dir.path().join("wide.h5mu");
     let cfg = toy(4);
     let model = SimModel::new(&cfg).unwrap();
-    let mut w = SpliceviWriter::create(&path, 1 << 40, cfg.n_genes, cfg.n_junctions, true, true, Compression::default())
-        .unwrap();
+    let mut w =
+        SpliceviWriter::create(&path, 1 << 40, cfg.n_genes, cfg.n_junctions, true, true, Compression::default())
+            .unwrap();
     for b in 0..model.n_blocks() {
         w.append(&model.generate_block(b)).unwrap();
     }
@@ -428,7 +429,16 @@ fn int64_indexed_files_load_too() {
     if let Some(py) = python() {
         run_python(
             &py,
-            &[&script("check_simulated.py"), path.to_str().unwrap(), "--cells", "200", "--genes", "100", "--junctions", "300"],
+            &[
+                &script("check_simulated.py"),
+                path.to_str().unwrap(),
+                "--cells",
+                "200",
+                "--genes",
+                "100",
+                "--junctions",
+                "300",
+            ],
         );
     }
 }

@@ -241,7 +241,7 @@ fn dirichlet(rng: &mut impl Rng, m: usize, alpha: f64) -> Vec<f64> {
 /// Negative binomial with mean `mu` and inverse dispersion `theta`: inversion for small means (one
 /// uniform, exact pmf recursion), gamma-Poisson otherwise.
 fn sample_nb(rng: &mut impl Rng, mu: f64, theta: f64) -> u32 {
-    if !(mu > 0.0) {
+    if mu.is_nan() || mu <= 0.0 {
         return 0;
     }
     if mu < 30.0 {
@@ -562,9 +562,8 @@ impl SimModel {
                     let mut remaining = n as u64;
                     let m = hi - lo;
                     for (i, &gi) in gam.iter().enumerate() {
-                        let ki = if i + 1 == m || remaining == 0 {
-                            remaining
-                        } else if rest <= 0.0 {
+                        // The last junction (or any once the remaining mass is exhausted) takes the rest.
+                        let ki = if i + 1 == m || remaining == 0 || rest <= 0.0 {
                             remaining
                         } else {
                             let p = (gi / rest).clamp(0.0, 1.0);
@@ -600,7 +599,7 @@ impl SimModel {
     }
 
     /// Splicing var table, rna var table, uns entries and varm for the file (everything not per cell).
-    fn file_tables(&self) -> (VarTable, VarTable, Vec<(String, UnsValue)>) {
+    fn file_tables(&self) -> FileExtras {
         let t = &self.truth;
         let g_n = self.cfg.n_genes;
         let mut rna_cols: Vec<(String, ObsColumn)> = vec![
@@ -795,8 +794,11 @@ fn assemble(model: &SimModel, blocks: Vec<CellBlock>, source: String) -> (Datase
     (ds, truth)
 }
 
+/// rna var table, splicing var table (with varm), uns entries.
+pub type FileExtras = (VarTable, VarTable, Vec<(String, UnsValue)>);
+
 /// Everything `write_h5mu` needs besides the Dataset: var annotations, varm and uns of a simulation.
-pub fn file_extras(cfg: &SimConfig) -> anyhow::Result<(VarTable, VarTable, Vec<(String, UnsValue)>)> {
+pub fn file_extras(cfg: &SimConfig) -> anyhow::Result<FileExtras> {
     Ok(SimModel::new(cfg)?.file_tables())
 }
 

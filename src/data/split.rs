@@ -1,8 +1,8 @@
 //! Train/validation split (model.md §6.3, scvi-tools `validate_data_split` + `DataSplitter.setup`) and the
 //! minibatch sampler.
 //!
-//! Sizes: n_train = ceil(train_size · N) computed in f64 exactly as Python does (so 0.9 · 100 =
-//! 90.00000000000001 gives 91); n_val = N − n_train (or floor(validation_size · N)). When train_size was
+//! Sizes: n_train = ceil(train_size · N) computed in f64 exactly as Python does (so 0.55 · 100 =
+//! 55.00000000000001 gives 56); n_val = N − n_train (or floor(validation_size · N)). When train_size was
 //! not given explicitly and n_train mod batch_size ∈ {1, 2} (drop_last false), those cells leave the training
 //! set and join validation (or, with an empty validation set, the unused rest) — the original avoids a
 //! training minibatch of 1–2 cells that way.
@@ -252,8 +252,10 @@ mod tests {
     #[test]
     fn sizes_follow_the_rule() {
         let c = SplitConfig { batch_size: 128, ..Default::default() };
-        // ceil(0.9 * 100) in f64 is 91, not 90.
-        assert_eq!(split_sizes(100, &c).unwrap(), (91, 9, 0));
+        assert_eq!(split_sizes(100, &c).unwrap(), (90, 10, 0));
+        // 0.55 * 100 is 55.00000000000001 in f64 (as in Python), so ceil gives 56.
+        let t = SplitConfig { train_size: Some(0.55), ..c.clone() };
+        assert_eq!(split_sizes(100, &t).unwrap(), (56, 44, 0));
         // 0.9 * 1000 = 900 → 900 % 128 = 4: nothing moved.
         assert_eq!(split_sizes(1000, &c).unwrap(), (900, 100, 0));
         // 0.9 * 2000 = 1800 → 1800 % 128 = 8; N = 1424 → 1282 % 128 = 2 → moved.
