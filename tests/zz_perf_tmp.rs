@@ -12,7 +12,7 @@ fn synth(g: usize, j: usize, a_sz: usize, b: usize, obs: f64, seed: u64) -> (Bat
     let mut lib = vec![];
     for _ in 0..b { let mut s=0.0; for gg in 0..g { if r.gen_bool(0.3) { let v=r.gen_range(1..20) as f32; expr.indices.push(gg as u32); expr.values.push(v); s+=v; } } expr.indptr.push(expr.indices.len()); lib.push(s.max(1.0)); }
     let mut spl = SplBatch { n_junctions: j, indptr: vec![0], ..Default::default() };
-    for _ in 0..b { for a in 0..n_atse { if r.gen_bool(obs) { let n = r.gen_range(1..40) as f32; let js: Vec<usize> = (0..j).filter(|&x| junc2atse[x] as usize == a).collect(); let mut rem = n; for (q,&jj) in js.iter().enumerate() { let k = if q+1==js.len() { rem } else { (rem * r.gen_range(0.0..1.0f32)).floor() }; rem -= k; spl.junction.push(jj as u32); spl.k.push(k); spl.n.push(n); spl.psi.push(k/n);} } } spl.indptr.push(spl.junction.len()); }
+    for _ in 0..b { for a in 0..n_atse { if r.gen_bool(obs) { let n = r.gen_range(1..40) as f32; let js: Vec<usize> = (a*a_sz..if a + 1 == n_atse { j } else { (a+1)*a_sz }).collect(); let mut rem = n; for (q,&jj) in js.iter().enumerate() { let k = if q+1==js.len() { rem } else { (rem * r.gen_range(0.0..1.0f32)).floor() }; rem -= k; spl.junction.push(jj as u32); spl.k.push(k); spl.n.push(n); spl.psi.push(k/n);} } } spl.indptr.push(spl.junction.len()); }
     let bt = Batch { expr, library: lib, batch: (0..b).map(|i| (i%2) as u32).collect(), labels: vec![0;b], cats: vec![], cont: vec![], n_cont:0, cell_idx: Some((0..b as u32).collect()), spl };
     (bt, junc2atse, n_atse)
 }

@@ -1,6 +1,8 @@
 //! Latent-space quality metrics (model.md §8.1–§8.2): k-NN accuracy with stratification-free k-fold
-//! cross-validation, and silhouette score. Brute-force distances, parallel over query cells: exact, and
-//! fast enough for the tens of thousands of cells an evaluation uses.
+//! cross-validation, silhouette score, held-out accuracy of a standardised multinomial logistic regression
+//! (L2 with C = 1, as sklearn's `StandardScaler` + `LogisticRegression()`), and the number of principal components explaining 90% of
+//! the variance. Brute-force distances, parallel over query cells: exact, and fast enough for the tens of
+//! thousands of cells an evaluation uses.
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -76,6 +78,249 @@ pub fn silhouette(x: &[f32], d: usize, labels: &[u32]) -> f64 {
     total / n as f64
 }
 
+/// Eigenvalues of a symmetric n × n matrix (row-major), by cyclic Jacobi rotations; descending.
+pub fn symmetric_eigenvalues(a: &[f64], n: usize) -> Vec<f64> {
+    assert_eq!(a.len(), n * n);
+    let mut m = a.to_vec();
+    let total: f64 = m.iter().map(|v| v * v).sum::<f64>().sqrt();
+    for _sweep in 0..100 {
+        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| m[i * n + j] * m[i * n + j]).sum::<f64>().sqrt();
+        if off <= 1e-14 * total.max(f64::MIN_POSITIVE) {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = m[p * n + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let (app, aqq) = (m[p * n + p], m[q * n + q]);
+                let theta = (aqq - app) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (mkp, mkq) = (m[k * n + p], m[k * n + q]);
+                    m[k * n + p] = c * mkp - s * mkq;
+                    m[k * n + q] = s * mkp + c * mkq;
+                }
+                for k in 0..n {
+                    let (mpk, mqk) = (m[p * n + k], m[q * n + k]);
+                    m[p * n + k] = c * mpk - s * mqk;
+                    m[q * n + k] = s * mpk + c * mqk;
+                }
+            }
+        }
+    }
+    let mut ev: Vec<f64> = (0..n).map(|i| m[i * n + i]).collect();
+    ev.sort_by(|a, b| b.total_cmp(a));
+    ev
+}
+
+/// Number of principal components explaining `frac` of the variance of the rows of `x` (n × d), as
+/// the original computes it: PCA on the centred data, first k with cumulative ratio ≥ frac.
+pub fn pcs_for_variance(x: &[f32], d: usize, frac: f64) -> usize {
+    let n = if d == 0 { 0 } else { x.len() / d };
+    if n < 2 || d == 0 {
+        return 0;
+    }
+    let mut mean = vec![0f64; d];
+    for r in 0..n {
+        for t in 0..d {
+            mean[t] += x[r * d + t] as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let cov: Vec<f64> = (0..d * d)
+        .into_par_iter()
+        .map(|k| {
+            let (a, b) = (k / d, k % d);
+            (0..n).map(|r| (x[r * d + a] as f64 - mean[a]) * (x[r * d + b] as f64 - mean[b])).sum::<f64>() / (n - 1) as f64
+        })
+        .collect();
+    let ev = symmetric_eigenvalues(&cov, d);
+    let total: f64 = ev.iter().map(|v| v.max(0.0)).sum();
+    if total <= 0.0 {
+        return 0;
+    }
+    let mut cum = 0.0;
+    for (k, v) in ev.iter().enumerate().take(n.min(d)) {
+        cum += v.max(0.0) / total;
+        if cum >= frac - 1e-12 {
+            return k + 1;
+        }
+    }
+    n.min(d)
+}
+
+/// Multinomial logistic regression with an L2 penalty ½‖W‖² (C = 1; intercepts not penalised), fitted by
+/// L-BFGS: sklearn's `LogisticRegression()` objective. Returns (weights K × d, intercepts K).
+pub fn fit_logistic(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = y.len();
+    let k = n_classes;
+    let np = k * d + k;
+    // Objective and gradient at theta = [W (K×d) | b (K)].
+    let eval = |theta: &[f64]| -> (f64, Vec<f64>) {
+        let (w, b) = theta.split_at(k * d);
+        let (loss, mut grad) = (0..n)
+            .into_par_iter()
+            .fold(
+                || (0.0f64, vec![0f64; np]),
+                |(mut l, mut g), i| {
+                    let xi = &x[i * d..(i + 1) * d];
+                    let z: Vec<f64> = (0..k).map(|c| b[c] + (0..d).map(|t| w[c * d + t] * xi[t] as f64).sum::<f64>()).collect();
+                    let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let se: f64 = z.iter().map(|v| (v - mx).exp()).sum();
+                    let lse = mx + se.ln();
+                    l += lse - z[y[i] as usize];
+                    for c in 0..k {
+                        let pc = (z[c] - lse).exp() - if c == y[i] as usize { 1.0 } else { 0.0 };
+                        for t in 0..d {
+                            g[c * d + t] += pc * xi[t] as f64;
+                        }
+                        g[k * d + c] += pc;
+                    }
+                    (l, g)
+                },
+            )
+            .reduce(|| (0.0, vec![0f64; np]), |(la, mut ga), (lb, gb)| {
+                ga.iter_mut().zip(&gb).for_each(|(a, b)| *a += b);
+                (la + lb, ga)
+            });
+        let reg: f64 = w.iter().map(|v| v * v).sum::<f64>() * 0.5;
+        for (g, v) in grad.iter_mut().zip(w) {
+            *g += v;
+        }
+        (loss + reg, grad)
+    };
+    let dot = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
+    let mut theta = vec![0f64; np];
+    let (mut f, mut g) = eval(&theta);
+    let mut hist: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = std::collections::VecDeque::new();
+    for _ in 0..max_iter {
+        if g.iter().fold(0.0f64, |m, v| m.max(v.abs())) < 1e-6 {
+            break;
+        }
+        // Two-loop recursion for the L-BFGS direction.
+        let mut q = g.clone();
+        let mut alphas = Vec::with_capacity(hist.len());
+        for (s, yv, rho) in hist.iter().rev() {
+            let a = rho * dot(s, &q);
+            q.iter_mut().zip(yv).for_each(|(qi, yi)| *qi -= a * yi);
+            alphas.push(a);
+        }
+        if let Some((s, yv, _)) = hist.back() {
+            let gamma = dot(s, yv) / dot(yv, yv);
+            q.iter_mut().for_each(|v| *v *= gamma);
+        } else {
+            let gn = dot(&g, &g).sqrt().max(1e-12);
+            q.iter_mut().for_each(|v| *v /= gn);
+        }
+        for ((s, yv, rho), a) in hist.iter().zip(alphas.iter().rev()) {
+            let bta = rho * dot(yv, &q);
+            q.iter_mut().zip(s).for_each(|(qi, si)| *qi += (a - bta) * si);
+        }
+        let mut dir: Vec<f64> = q.iter().map(|v| -v).collect();
+        let mut slope = dot(&g, &dir);
+        if slope >= 0.0 {
+            hist.clear();
+            dir = g.iter().map(|v| -v / dot(&g, &g).sqrt().max(1e-12)).collect();
+            slope = dot(&g, &dir);
+        }
+        // Backtracking (Armijo) line search.
+        let mut step = 1.0;
+        let mut accepted = None;
+        for _ in 0..50 {
+            let cand: Vec<f64> = theta.iter().zip(&dir).map(|(t, dv)| t + step * dv).collect();
+            let (fc, gc) = eval(&cand);
+            if fc <= f + 1e-4 * step * slope {
+                accepted = Some((cand, fc, gc));
+                break;
+            }
+            step *= 0.5;
+        }
+        let Some((cand, fc, gc)) = accepted else { break };
+        let s: Vec<f64> = cand.iter().zip(&theta).map(|(a, b)| a - b).collect();
+        let yv: Vec<f64> = gc.iter().zip(&g).map(|(a, b)| a - b).collect();
+        let sy = dot(&s, &yv);
+        if sy > 1e-12 {
+            hist.push_back((s, yv, 1.0 / sy));
+            if hist.len() > 10 {
+                hist.pop_front();
+            }
+        }
+        let done = (f - fc).abs() <= 1e-10 * f.abs().max(1.0);
+        theta = cand;
+        f = fc;
+        g = gc;
+        if done {
+            break;
+        }
+    }
+    let b = theta.split_off(k * d);
+    (theta, b)
+}
+
+/// Held-out accuracy of standardisation + `fit_logistic` on a seeded split (`test_frac` of the cells held
+/// out, rounded up, as sklearn's `train_test_split`). Classes absent from the training part are never
+/// predicted.
+pub fn logistic_accuracy(x: &[f32], d: usize, labels: &[u32], test_frac: f64, seed: u64, max_iter: usize) -> f64 {
+    let n = labels.len();
+    assert_eq!(x.len(), n * d, "logistic_accuracy: {} values for {n}×{d}", x.len());
+    let n_test = ((test_frac * n as f64).ceil() as usize).min(n);
+    if n < 2 || n_test == 0 || n_test == n {
+        return f64::NAN;
+    }
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut crate::train::rng::stream(seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::CLASSIFIER_SPLIT, 0));
+    let (test, train) = perm.split_at(n_test);
+    // Compact class codes over the training labels.
+    let mut classes: Vec<u32> = train.iter().map(|&i| labels[i]).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    if classes.len() < 2 {
+        return test.iter().filter(|&&i| labels[i] == classes[0]).count() as f64 / n_test as f64;
+    }
+    let code = |l: u32| classes.binary_search(&l).ok();
+    // StandardScaler fitted on the training part (as the §8.2 pipeline): collapsed latents have tiny
+    // scales that the L2 penalty would otherwise flatten into a majority-class predictor.
+    let mut mean = vec![0f64; d];
+    let mut sd = vec![0f64; d];
+    for &i in train {
+        for t in 0..d {
+            mean[t] += x[i * d + t] as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= train.len() as f64);
+    for &i in train {
+        for t in 0..d {
+            sd[t] += (x[i * d + t] as f64 - mean[t]).powi(2);
+        }
+    }
+    sd.iter_mut().for_each(|s| *s = (*s / train.len() as f64).sqrt());
+    let scaled = |i: usize| -> Vec<f32> {
+        (0..d).map(|t| if sd[t] > 0.0 { ((x[i * d + t] as f64 - mean[t]) / sd[t]) as f32 } else { 0.0 }).collect()
+    };
+    let xt: Vec<f32> = train.iter().flat_map(|&i| scaled(i)).collect();
+    let yt: Vec<u32> = train.iter().map(|&i| code(labels[i]).unwrap() as u32).collect();
+    let k = classes.len();
+    let (w, b) = fit_logistic(&xt, d, &yt, k, max_iter);
+    let correct = test
+        .iter()
+        .filter(|&&i| {
+            let xi = scaled(i);
+            let best = (0..k)
+                .map(|c| b[c] + (0..d).map(|t| w[c * d + t] * xi[t] as f64).sum::<f64>())
+                .enumerate()
+                .fold((0, f64::NEG_INFINITY), |acc, (c, v)| if v > acc.1 { (c, v) } else { acc })
+                .0;
+            classes[best] == labels[i]
+        })
+        .count();
+    correct as f64 / n_test as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +340,48 @@ mod tests {
         let shuffled: Vec<u32> = (0..200u32).map(|i| (i / 2) % 2).collect();
         let acc = knn_accuracy(&x, 2, &shuffled, 15, 5, 0);
         assert!((0.3..0.7).contains(&acc), "{acc}");
+        assert!(logistic_accuracy(&x, 2, &lab, 0.2, 0, 300) > 0.95);
+        let lacc = logistic_accuracy(&x, 2, &shuffled, 0.2, 0, 300);
+        assert!((0.25..0.75).contains(&lacc), "{lacc}");
+    }
+
+    #[test]
+    fn eigenvalues_and_pcs_match_hand_computation() {
+        // [[2, 1], [1, 2]] has eigenvalues 3 and 1.
+        let ev = symmetric_eigenvalues(&[2.0, 1.0, 1.0, 2.0], 2);
+        assert!((ev[0] - 3.0).abs() < 1e-12 && (ev[1] - 1.0).abs() < 1e-12, "{ev:?}");
+        let a = [4.0, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 1.0];
+        let ev = symmetric_eigenvalues(&a, 3);
+        assert!((ev.iter().sum::<f64>() - 8.0).abs() < 1e-10, "trace preserved: {ev:?}");
+        // Points on a line in 3-D (plus tiny noise in one axis): one component explains > 90%.
+        let mut x = Vec::new();
+        for i in 0..100 {
+            let t = i as f32 * 0.1;
+            x.extend_from_slice(&[t, 2.0 * t, 0.01 * ((i * 7) % 5) as f32]);
+        }
+        assert_eq!(pcs_for_variance(&x, 3, 0.9), 1);
+        // Isotropic 4-D box corners: every component carries 25%, so 4 are needed for 90%.
+        let mut y = Vec::new();
+        for i in 0..16u32 {
+            y.extend((0..4).map(|b| if i >> b & 1 == 1 { 1.0f32 } else { -1.0 }));
+        }
+        assert_eq!(pcs_for_variance(&y, 4, 0.9), 4);
+        assert_eq!(pcs_for_variance(&y, 4, 0.5), 2);
+    }
+
+    #[test]
+    fn logistic_fit_reaches_the_optimum() {
+        // Two 1-D points per class, symmetric: the optimum has b = 0 and a w satisfying the gradient
+        // equation w + Σ (p_i − y_i) x_i = 0 for the binary (K = 2) softmax parametrisation.
+        let x = [-2.0f32, -1.0, 1.0, 2.0];
+        let y = [0u32, 0, 1, 1];
+        let (w, b) = fit_logistic(&x, 1, &y, 2, 500);
+        let grad_w1: f64 = w[1] + x.iter().zip(&y).map(|(&xi, &yi)| {
+            let z = [w[0] * xi as f64 + b[0], w[1] * xi as f64 + b[1]];
+            let p1 = 1.0 / (1.0 + (z[0] - z[1]).exp());
+            (p1 - yi as f64) * xi as f64
+        }).sum::<f64>();
+        assert!(grad_w1.abs() < 1e-5, "gradient {grad_w1} at w {w:?} b {b:?}");
+        assert!((b[0] - b[1]).abs() < 1e-5 && w[1] > w[0]);
     }
 }

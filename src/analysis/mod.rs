@@ -1,3 +1,14 @@
-//! Downstream analyses (model.md §7–§8): latent metrics so far.
+//! Downstream analyses (model.md §7–§8): decoding for analyses (`posterior`), imputed PSI and normalized
+//! expression written block by block (`impute`), differential expression and splicing (`differential`,
+//! `de`, `ds`), the masked-ATSE imputation evaluation with the MeanBayes baseline (`evaluate`,
+//! `meanbayes`, `impute_metrics`) and latent metrics (`latent_metrics`).
 
+pub mod de;
+pub mod differential;
+pub mod ds;
+pub mod evaluate;
+pub mod impute;
+pub mod impute_metrics;
 pub mod latent_metrics;
+pub mod meanbayes;
+pub mod posterior;

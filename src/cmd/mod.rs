@@ -4,8 +4,13 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod check_fixture;
+pub mod diff_expression;
+pub mod diff_splicing;
 pub mod embed;
+pub mod evaluate;
+pub mod impute;
 pub mod info;
+pub mod normalize_expression;
 pub mod option_flags;
 pub mod simulate;
 pub mod train;
@@ -31,6 +36,16 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Latent representation of every cell into an .h5ad (obsm).
     Embed(embed::EmbedArgs),
+    /// Imputed PSI (cells × junctions) into an .h5ad, written block by block.
+    Impute(impute::ImputeArgs),
+    /// Normalized expression (cells × genes) into an .h5ad.
+    NormalizeExpression(normalize_expression::NormalizeExpressionArgs),
+    /// Differential splicing between groups of cells (TSV).
+    DiffSplicing(diff_splicing::DiffSplicingArgs),
+    /// Differential expression between groups of cells (TSV).
+    DiffExpression(diff_expression::DiffExpressionArgs),
+    /// Masked-ATSE imputation vs MeanBayes and latent metrics (table + TSV).
+    Evaluate(evaluate::EvaluateArgs),
     /// Run conformance cases (../shared/fixtures format) and compare with the original's numbers.
     CheckFixture(check_fixture::CheckFixtureArgs),
     /// Training throughput on simulated data (cells/s, s/epoch, peak memory, fraction of the floor).
@@ -48,6 +63,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Validate(a) => validate::run(a),
         Command::Train(a) => train::run(a),
         Command::Embed(a) => embed::run(a),
+        Command::Impute(a) => impute::run(a),
+        Command::NormalizeExpression(a) => normalize_expression::run(a),
+        Command::DiffSplicing(a) => diff_splicing::run(a),
+        Command::DiffExpression(a) => diff_expression::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
         Command::CheckFixture(a) => check_fixture::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Info(a) => info::run(a),

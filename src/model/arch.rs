@@ -101,7 +101,7 @@ pub struct PartialEncP {
     pub h_hidden: usize,
     pub dropout: f64,
     pub pool_mean: bool,
-    /// Pairs per chunk (memory bound only).
+    /// max_nobs (usize::MAX for −1): bounds the pairs processed at once; never changes results.
     pub chunk: usize,
 }
 
@@ -444,7 +444,7 @@ impl Arch {
                     h_hidden: hh,
                     dropout: cfg.dropout_rate,
                     pool_mean: cfg.pool_mode == PoolMode::Mean,
-                    chunk: if cfg.max_nobs > 0 { cfg.max_nobs as usize } else { 8192 },
+                    chunk: if cfg.max_nobs > 0 { cfg.max_nobs as usize } else { usize::MAX },
                 })
             }
         };

@@ -6,7 +6,7 @@
 
 use super::arch::{Act, BnP, FcLayers, LinearP};
 use super::params::{Grads, Params};
-use super::real::Real;
+use super::real::{dot8, sum8, Real};
 use super::rng;
 use super::tensor::{col_sums_acc, matmul_nn, matmul_nt, matmul_tn_acc, Mat};
 use anyhow::{bail, Result};
@@ -419,11 +419,14 @@ pub fn layernorm_fwd<T: Real>(x: &Mat<T>, affine: Option<(&[T], &[T])>) -> (Mat<
 #[inline]
 pub fn ln_row<T: Real>(x: &[T], out: &mut [T]) -> T {
     let n = T::from_f64(x.len() as f64);
-    let mean = x.iter().copied().sum::<T>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
-    let inv = T::ONE / (var + T::from_f64(LN_EPS)).sqrt();
+    let mean = sum8(x) / n;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v - mean) * inv;
+        *o = v - mean;
+    }
+    let var = dot8(out, out) / n;
+    let inv = T::ONE / (var + T::from_f64(LN_EPS)).sqrt();
+    for o in out.iter_mut() {
+        *o *= inv;
     }
     inv
 }
@@ -432,8 +435,8 @@ pub fn ln_row<T: Real>(x: &[T], out: &mut [T]) -> T {
 #[inline]
 pub fn ln_row_bwd<T: Real>(xhat: &[T], inv_std: T, dxhat: &mut [T]) {
     let n = T::from_f64(xhat.len() as f64);
-    let m1 = dxhat.iter().copied().sum::<T>() / n;
-    let m2 = dxhat.iter().zip(xhat).map(|(&d, &h)| d * h).sum::<T>() / n;
+    let m1 = sum8(dxhat) / n;
+    let m2 = dot8(dxhat, xhat) / n;
     for (d, &h) in dxhat.iter_mut().zip(xhat) {
         *d = inv_std * (*d - m1 - h * m2);
     }
@@ -598,12 +601,10 @@ pub fn fc_forward<T: Real>(
             None
         };
         let drop = if mode.training && blk.dropout > 0.0 {
-            let stream = rng::streams::DROPOUT_BASE + fc.id * 64 + bi as u64;
+            let ds = rng::DropStream::new(mode.seed, rng::streams::DROPOUT_BASE + fc.id * 64 + bi as u64, blk.dropout);
             let scale = T::from_f64(1.0 / (1.0 - blk.dropout));
-            let mask: Vec<T> = (0..y.data.len())
-                .into_par_iter()
-                .map(|i| if rng::keep(mode.seed, stream, i as u64, blk.dropout) { scale } else { T::ZERO })
-                .collect();
+            let mask: Vec<T> =
+                (0..y.data.len()).into_par_iter().map(|i| if ds.keep(i as u64) { scale } else { T::ZERO }).collect();
             y.data.par_iter_mut().zip(&mask).for_each(|(v, &m)| *v *= m);
             Some(mask)
         } else {

@@ -307,3 +307,82 @@ impl<T: Real> Grads<T> {
         self.data.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>().sqrt()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Dims, ModelConfig, NormPlacement, SpliceVae};
+
+    fn model() -> SpliceVae {
+        let cfg = ModelConfig { use_batch_norm: NormPlacement::Both, n_hidden: Some(4), n_latent: Some(2), ..ModelConfig::default() };
+        let dims = Dims { n_genes: 5, n_junctions: 6, n_atse: 3, n_batch: 2, n_labels: 1, n_obs: 4, ..Dims::default() };
+        SpliceVae::new(cfg, dims, vec![0, 0, 1, 1, 2, 2]).unwrap()
+    }
+
+    #[test]
+    fn trainable_region_first_and_buffers_flagged() {
+        let m = model();
+        let l = &m.layout;
+        for e in &l.entries {
+            assert_eq!(e.kind.trainable(), e.offset + e.len <= l.n_trainable, "{}", e.name);
+            if e.name.ends_with("running_mean") || e.name.ends_with("running_var") || e.name == "cross_gate" {
+                assert_eq!(e.kind, ParamKind::Buffer, "{}", e.name);
+            }
+            if e.name.ends_with("num_batches_tracked") {
+                assert_eq!(e.kind, ParamKind::Counter);
+            }
+        }
+        let covered: usize = l.entries.iter().map(|e| e.len).sum();
+        assert_eq!(covered, l.total);
+    }
+
+    #[test]
+    fn safetensors_roundtrip_keeps_names_values_and_i64_counters() {
+        let m = model();
+        let mut p = m.init_params::<f32>(3);
+        let nbt = m.layout.entries.iter().position(|e| e.kind == ParamKind::Counter).unwrap();
+        p.get_mut(nbt)[0] = 12345.0;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        p.save_safetensors(&path, None).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor(&m.layout.entries[nbt].name).unwrap();
+        assert_eq!(t.dtype(), Dtype::I64);
+        assert_eq!(i64::from_le_bytes(t.data().try_into().unwrap()), 12345);
+        let mut q = Params::<f32>::zeros(m.layout.clone());
+        let extra = q.load_safetensors(&path).unwrap();
+        assert!(extra.is_empty());
+        assert_eq!(p.data, q.data);
+        // A file from a different architecture is rejected with the tensor's name.
+        let other = SpliceVae::new(
+            ModelConfig { n_hidden: Some(5), ..m.cfg.clone() },
+            m.dims.clone(),
+            m.junc2atse.clone(),
+        )
+        .unwrap();
+        let mut r = Params::<f32>::zeros(other.layout.clone());
+        let err = r.load_safetensors(&path).unwrap_err().to_string();
+        assert!(err.contains("shape") && err.contains("z_encoder_expression"), "{err}");
+    }
+
+    #[test]
+    fn init_is_seeded_and_follows_the_spec() {
+        let m = model();
+        let a = m.init_params::<f32>(7);
+        let b = m.init_params::<f32>(7);
+        let c = m.init_params::<f32>(8);
+        assert_eq!(a.data, b.data);
+        assert_ne!(a.data, c.data);
+        let w = a.by_name("z_encoder_expression.encoder.fc_layers.Layer 0.0.weight").unwrap();
+        let bound = 1.0 / (5f32).sqrt();
+        assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|v| v.abs() > bound / 2.0));
+        assert!(a.by_name("cross_gate").unwrap() == [0.0]);
+        assert!(a.by_name("mod_weights").unwrap().iter().all(|&v| v == 1.0));
+        let rv = a.by_name("z_encoder_expression.encoder.fc_layers.Layer 0.1.running_var").unwrap();
+        assert!(rv.iter().all(|&v| v == 1.0));
+        let lp = a.by_name("log_phi_j").unwrap();
+        let mean = lp.iter().sum::<f32>() / lp.len() as f32;
+        assert!((mean - 100f32.ln()).abs() < 1.5, "log_phi mean {mean}");
+    }
+}

@@ -45,74 +45,104 @@ struct Net<'a, T> {
     dropout: f64,
 }
 
-/// Activations of a chunk of pairs.
-struct ChunkAct<T> {
+/// Pairs per work item (fixed, so the reduction order never depends on the thread count).
+const ITEM_PAIRS: usize = 32768;
+/// Pairs per micro-chunk: the activations of a micro-chunk stay in cache.
+const MICRO: usize = 256;
+
+/// Activations of a micro-chunk of pairs (buffers reused across micro-chunks).
+#[derive(Default)]
+struct Scratch<T> {
+    h1: Vec<T>,
     xhat1: Vec<T>,
     inv1: Vec<T>,
     a1: Vec<T>,
     /// Post-ReLU, post-dropout (input of the second Linear).
     d1: Vec<T>,
     mask1: Vec<T>,
+    h2: Vec<T>,
     xhat2: Vec<T>,
     inv2: Vec<T>,
     a2: Vec<T>,
+    /// Codes c (n × D).
+    c: Vec<T>,
+    dh2: Vec<T>,
+    dd1: Vec<T>,
+    pairs: Vec<usize>,
+    psi: Vec<T>,
+    jn: Vec<u32>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn new(hh: usize, dd: usize, n: usize) -> Self {
+        let z = |k: usize| vec![T::ZERO; k];
+        Scratch {
+            h1: z(hh),
+            xhat1: z(n * hh),
+            inv1: z(n),
+            a1: z(n * hh),
+            d1: z(n * hh),
+            mask1: z(n * hh),
+            h2: z(n * dd),
+            xhat2: z(n * dd),
+            inv2: z(n),
+            a2: z(n * dd),
+            c: z(n * dd),
+            dh2: z(n * dd),
+            dd1: z(n * hh),
+            pairs: Vec::with_capacity(n),
+            psi: Vec::with_capacity(n),
+            jn: Vec::with_capacity(n),
+        }
+    }
 }
 
 impl<T: Real> Net<'_, T> {
-    /// Forward for pairs `pairs` (global pair ids, used for the dropout stream) with ψ and u rows.
-    fn chunk_fwd(&self, pairs: &[usize], psi: &[T], jn: &[u32], u: &Mat<T>, mode: Mode, want_act: bool) -> (Vec<T>, Option<ChunkAct<T>>) {
-        let (hh, dd, n) = (self.hh, self.dd, pairs.len());
-        let mut xhat1 = vec![T::ZERO; n * hh];
-        let mut inv1 = vec![T::ZERO; n];
-        let mut a1 = vec![T::ZERO; n * hh];
-        let mut d1 = vec![T::ZERO; n * hh];
-        let mut mask1 = if mode.training && self.dropout > 0.0 { vec![T::ZERO; n * hh] } else { Vec::new() };
-        let mut h1 = vec![T::ZERO; hh];
+    /// Forward for the micro-chunk in `sc.pairs / sc.psi / sc.jn` (global pair ids are used for the
+    /// dropout stream); leaves the codes in `sc.c` and the activations in `sc`.
+    fn chunk_fwd(&self, u: &Mat<T>, mode: Mode, sc: &mut Scratch<T>) {
+        let (hh, dd, n) = (self.hh, self.dd, sc.pairs.len());
+        let dropout = mode.training && self.dropout > 0.0;
         let scale = T::from_f64(1.0 / (1.0 - self.dropout));
+        let ds = rng::DropStream::new(mode.seed, rng::streams::PARTIAL_H, self.dropout);
+        // Mask index space: pair·Hh_pad + t with Hh_pad a multiple of 4 (4 decisions per hash).
+        let hh_pad = hh.div_ceil(4) * 4;
         for q in 0..n {
-            let ur = u.row(jn[q] as usize);
+            let ur = u.row(sc.jn[q] as usize);
+            let psi = sc.psi[q];
             for t in 0..hh {
-                h1[t] = psi[q] * ur[t] + self.b0[t];
+                sc.h1[t] = psi * ur[t] + self.b0[t];
             }
-            let xh = &mut xhat1[q * hh..(q + 1) * hh];
-            inv1[q] = ln_row(&h1, xh);
+            let xh = &mut sc.xhat1[q * hh..(q + 1) * hh];
+            sc.inv1[q] = ln_row(&sc.h1, xh);
+            let a1r = &mut sc.a1[q * hh..(q + 1) * hh];
+            let d1r = &mut sc.d1[q * hh..(q + 1) * hh];
             for t in 0..hh {
                 let a = xh[t] * self.g1[t] + self.be1[t];
-                a1[q * hh + t] = a;
-                let r = if a > T::ZERO { a } else { T::ZERO };
-                d1[q * hh + t] = if mask1.is_empty() {
-                    r
-                } else {
-                    let m = if rng::keep(mode.seed, rng::streams::PARTIAL_H, (pairs[q] * hh + t) as u64, self.dropout) {
-                        scale
-                    } else {
-                        T::ZERO
-                    };
-                    mask1[q * hh + t] = m;
-                    r * m
-                };
+                a1r[t] = a;
+                d1r[t] = if a > T::ZERO { a } else { T::ZERO };
+            }
+            if dropout {
+                let mr = &mut sc.mask1[q * hh..(q + 1) * hh];
+                ds.fill_mask((sc.pairs[q] * hh_pad) as u64, scale, mr);
+                for (d, &m) in d1r.iter_mut().zip(mr.iter()) {
+                    *d *= m;
+                }
             }
         }
-        let mut h2 = vec![T::ZERO; n * dd];
-        matmul_nt_serial(&d1, n, hh, self.w4, dd, &mut h2);
-        let mut xhat2 = vec![T::ZERO; n * dd];
-        let mut inv2 = vec![T::ZERO; n];
-        let mut a2 = vec![T::ZERO; n * dd];
-        let mut c = vec![T::ZERO; n * dd];
+        matmul_nt_serial(&sc.d1[..n * hh], n, hh, self.w4, dd, &mut sc.h2[..n * dd]);
         for q in 0..n {
-            let row = &mut h2[q * dd..(q + 1) * dd];
+            let row = &mut sc.h2[q * dd..(q + 1) * dd];
             for t in 0..dd {
                 row[t] += self.b4[t];
             }
-            inv2[q] = ln_row(row, &mut xhat2[q * dd..(q + 1) * dd]);
+            sc.inv2[q] = ln_row(row, &mut sc.xhat2[q * dd..(q + 1) * dd]);
             for t in 0..dd {
-                let a = xhat2[q * dd + t] * self.g5[t] + self.be5[t];
-                a2[q * dd + t] = a;
-                c[q * dd + t] = if a > T::ZERO { a } else { T::ZERO };
+                let a = sc.xhat2[q * dd + t] * self.g5[t] + self.be5[t];
+                sc.a2[q * dd + t] = a;
+                sc.c[q * dd + t] = if a > T::ZERO { a } else { T::ZERO };
             }
         }
-        let act = want_act.then_some(ChunkAct { xhat1, inv1, a1, d1, mask1, xhat2, inv2, a2 });
-        (c, act)
     }
 }
 
@@ -183,13 +213,13 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
     let counts: Vec<usize> = (0..b).map(|c| spl.indptr[c + 1] - spl.indptr[c]).collect();
     let psi_t: Vec<T> = spl.psi.iter().map(|&v| T::from_f32(v)).collect();
     let nt = net(pe, p);
-    // Work items: runs of whole cells with about `chunk` pairs.
-    let chunk = pe.chunk.max(1);
+    // Work items: runs of whole cells with about ITEM_PAIRS pairs; micro-chunks inside.
+    let micro = pe.chunk.clamp(1, MICRO);
     let mut items: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
     while start < b {
         let mut end = start + 1;
-        while end < b && spl.indptr[end + 1] - spl.indptr[start] <= chunk {
+        while end < b && spl.indptr[end + 1] - spl.indptr[start] <= ITEM_PAIRS {
             end += 1;
         }
         items.push((start, end));
@@ -199,20 +229,26 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
         .par_iter()
         .map(|&(c0, c1)| {
             let mut acc = vec![T::ZERO; (c1 - c0) * dd];
+            let mut sc = Scratch::new(hh, dd, micro);
             let (e0, e1) = (spl.indptr[c0], spl.indptr[c1]);
+            let mut cell = c0;
             let mut s = e0;
             while s < e1 {
-                let e = (s + chunk).min(e1);
-                let pairs: Vec<usize> = (s..e).collect();
-                let (c, _) = nt.chunk_fwd(&pairs, &psi_t[s..e], &spl.junction[s..e], &u, mode, false);
+                let e = (s + micro).min(e1);
+                sc.pairs.clear();
+                sc.pairs.extend(s..e);
+                sc.psi.clear();
+                sc.psi.extend_from_slice(&psi_t[s..e]);
+                sc.jn.clear();
+                sc.jn.extend_from_slice(&spl.junction[s..e]);
+                nt.chunk_fwd(&u, mode, &mut sc);
                 // Add each pair's code to its cell in pair order.
-                let mut cell = c0;
-                for (q, &pe_) in pairs.iter().enumerate() {
-                    while spl.indptr[cell + 1] <= pe_ {
+                for q in 0..e - s {
+                    while spl.indptr[cell + 1] <= s + q {
                         cell += 1;
                     }
                     let dst = &mut acc[(cell - c0) * dd..(cell - c0 + 1) * dd];
-                    for (a, &v) in dst.iter_mut().zip(&c[q * dd..(q + 1) * dd]) {
+                    for (a, &v) in dst.iter_mut().zip(&sc.c[q * dd..(q + 1) * dd]) {
                         *a += v;
                     }
                 }
@@ -276,12 +312,12 @@ pub fn partial_backward<T: Real>(
         }
     }
     let psi_t: Vec<T> = spl.psi.iter().map(|&v| T::from_f32(v)).collect();
-    let chunk = pe.chunk.max(1);
+    let micro = pe.chunk.clamp(1, MICRO);
     let mut items: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
     while start < j {
         let mut end = start + 1;
-        while end < j && cnt[end + 1] - cnt[start] <= chunk {
+        while end < j && cnt[end + 1] - cnt[start] <= ITEM_PAIRS {
             end += 1;
         }
         items.push((start, end));
@@ -299,16 +335,19 @@ pub fn partial_backward<T: Real>(
         .map(|&(j0, j1)| {
             let mut small = vec![T::ZERO; small_len];
             let mut du = vec![T::ZERO; (j1 - j0) * hh];
+            let mut sc = Scratch::new(hh, dd, micro);
             let (p0, p1) = (cnt[j0], cnt[j1]);
             let mut s = p0;
             while s < p1 {
-                let e = (s + chunk).min(p1);
-                let pairs: Vec<usize> = order[s..e].to_vec();
-                let n = pairs.len();
-                let psi: Vec<T> = pairs.iter().map(|&q| psi_t[q]).collect();
-                let jn: Vec<u32> = pairs.iter().map(|&q| spl.junction[q]).collect();
-                let (_, act) = nt.chunk_fwd(&pairs, &psi, &jn, &cache.u, mode, true);
-                let act = act.unwrap();
+                let e = (s + micro).min(p1);
+                let n = e - s;
+                sc.pairs.clear();
+                sc.pairs.extend_from_slice(&order[s..e]);
+                sc.psi.clear();
+                sc.psi.extend(order[s..e].iter().map(|&q| psi_t[q]));
+                sc.jn.clear();
+                sc.jn.extend(order[s..e].iter().map(|&q| spl.junction[q]));
+                nt.chunk_fwd(&cache.u, mode, &mut sc);
                 let (sb0, rest) = small.split_at_mut(hh);
                 let (sg1, rest) = rest.split_at_mut(hh);
                 let (sbe1, rest) = rest.split_at_mut(hh);
@@ -316,49 +355,47 @@ pub fn partial_backward<T: Real>(
                 let (sb4, rest) = rest.split_at_mut(dd);
                 let (sg5, sbe5) = rest.split_at_mut(dd);
                 // d(a2) = dcode · [a2 > 0]; LN5 affine; LN5 backward → dh2
-                let mut dh2 = vec![T::ZERO; n * dd];
                 for q in 0..n {
-                    let dc = dcell.row(cell_of[pairs[q]] as usize);
-                    let row = &mut dh2[q * dd..(q + 1) * dd];
+                    let dc = dcell.row(cell_of[sc.pairs[q]] as usize);
+                    let row = &mut sc.dh2[q * dd..(q + 1) * dd];
                     for t in 0..dd {
-                        let a = act.a2[q * dd + t];
+                        let a = sc.a2[q * dd + t];
                         let da = if a > T::ZERO { dc[t] } else { T::ZERO };
-                        sg5[t] += da * act.xhat2[q * dd + t];
+                        sg5[t] += da * sc.xhat2[q * dd + t];
                         sbe5[t] += da;
                         row[t] = da * nt.g5[t];
                     }
-                    ln_row_bwd(&act.xhat2[q * dd..(q + 1) * dd], act.inv2[q], row);
+                    ln_row_bwd(&sc.xhat2[q * dd..(q + 1) * dd], sc.inv2[q], row);
                     for t in 0..dd {
                         sb4[t] += row[t];
                     }
                 }
-                // W4 gradient and d(d1)
+                // W4 gradient (dh2ᵀ·d1) and d(d1) = dh2·W4
                 unsafe {
-                    T::gemm_raw(dd, n, hh, T::ONE, dh2.as_ptr(), 1, dd as isize, act.d1.as_ptr(), hh as isize, 1, T::ONE, sw4.as_mut_ptr(), hh as isize, 1);
+                    T::gemm_raw(dd, n, hh, T::ONE, sc.dh2.as_ptr(), 1, dd as isize, sc.d1.as_ptr(), hh as isize, 1, T::ONE, sw4.as_mut_ptr(), hh as isize, 1);
+                    T::gemm_raw(n, dd, hh, T::ONE, sc.dh2.as_ptr(), dd as isize, 1, nt.w4.as_ptr(), hh as isize, 1, T::ZERO, sc.dd1.as_mut_ptr(), hh as isize, 1);
                 }
-                let mut dd1 = vec![T::ZERO; n * hh];
-                unsafe {
-                    T::gemm_raw(n, dd, hh, T::ONE, dh2.as_ptr(), dd as isize, 1, nt.w4.as_ptr(), hh as isize, 1, T::ZERO, dd1.as_mut_ptr(), hh as isize, 1);
-                }
+                let drop = mode.training && nt.dropout > 0.0;
                 for q in 0..n {
-                    let row = &mut dd1[q * hh..(q + 1) * hh];
+                    let row = &mut sc.dd1[q * hh..(q + 1) * hh];
                     for t in 0..hh {
                         let k = q * hh + t;
                         let mut v = row[t];
-                        if !act.mask1.is_empty() {
-                            v *= act.mask1[k];
+                        if drop {
+                            v *= sc.mask1[k];
                         }
-                        let da = if act.a1[k] > T::ZERO { v } else { T::ZERO };
-                        sg1[t] += da * act.xhat1[k];
+                        let da = if sc.a1[k] > T::ZERO { v } else { T::ZERO };
+                        sg1[t] += da * sc.xhat1[k];
                         sbe1[t] += da;
                         row[t] = da * nt.g1[t];
                     }
-                    ln_row_bwd(&act.xhat1[q * hh..(q + 1) * hh], act.inv1[q], row);
-                    let jl = jn[q] as usize - j0;
+                    ln_row_bwd(&sc.xhat1[q * hh..(q + 1) * hh], sc.inv1[q], row);
+                    let jl = sc.jn[q] as usize - j0;
                     let dst = &mut du[jl * hh..(jl + 1) * hh];
+                    let psi = sc.psi[q];
                     for t in 0..hh {
                         sb0[t] += row[t];
-                        dst[t] += psi[q] * row[t];
+                        dst[t] += psi * row[t];
                     }
                 }
                 s = e;

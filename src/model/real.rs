@@ -176,6 +176,43 @@ pub fn softplus_grad<T: Real>(x: T) -> T {
     }
 }
 
+/// Sum with 8 independent accumulators (vectorisable; float adds are not reassociated otherwise).
+#[inline]
+pub fn sum8<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let mut ch = x.chunks_exact(8);
+    for c in &mut ch {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    let mut s = T::ZERO;
+    for &v in ch.remainder() {
+        s += v;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+}
+
+/// Dot product with 8 independent accumulators.
+#[inline]
+pub fn dot8<T: Real>(a: &[T], b: &[T]) -> T {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [T::ZERO; 8];
+    let n8 = a.len() / 8 * 8;
+    let (a8, ar) = a.split_at(n8);
+    let (b8, br) = b.split_at(n8);
+    for (ca, cb) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let mut s = T::ZERO;
+    for (&x, &y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+}
+
 const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_8;
 
 /// log Γ(x) for real x (reflection below 0.5; recurrence up to 10, then Stirling's series).

@@ -29,10 +29,45 @@ pub fn normal(seed: u64, stream: u64, idx: u64) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
+/// Dropout decisions of one stream: element i is kept iff the i-th 16-bit lane of the hash sequence is
+/// ≥ ⌊p·65536⌉ (four decisions per hash; p is quantised to 1/65536).
+#[derive(Clone, Copy, Debug)]
+pub struct DropStream {
+    key: u64,
+    threshold: u32,
+}
+
+impl DropStream {
+    pub fn new(seed: u64, stream: u64, p: f64) -> Self {
+        let threshold = (p * 65536.0).round().clamp(0.0, 65536.0) as u32;
+        DropStream { key: mix64(seed ^ mix64(stream.wrapping_mul(0xD6E8_FEB8_6659_FD93))), threshold }
+    }
+    #[inline(always)]
+    pub fn keep(&self, idx: u64) -> bool {
+        let h = mix64(self.key ^ (idx >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        (((h >> (16 * (idx & 3))) & 0xFFFF) as u32) >= self.threshold
+    }
+}
+
+impl DropStream {
+    /// Scaled keep mask (`scale` or 0) of elements `start .. start + out.len()`; `start` must be a
+    /// multiple of 4.
+    #[inline]
+    pub fn fill_mask<T: crate::model::Real>(&self, start: u64, scale: T, out: &mut [T]) {
+        debug_assert_eq!(start % 4, 0);
+        for (g, chunk) in out.chunks_mut(4).enumerate() {
+            let h = mix64(self.key ^ ((start >> 2) + g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            for (l, o) in chunk.iter_mut().enumerate() {
+                *o = if (((h >> (16 * l)) & 0xFFFF) as u32) >= self.threshold { scale } else { T::ZERO };
+            }
+        }
+    }
+}
+
 /// Dropout keep decision for element `idx` of stream `stream` (drop with probability p).
 #[inline(always)]
 pub fn keep(seed: u64, stream: u64, idx: u64, p: f64) -> bool {
-    uniform(seed, stream, idx) >= p
+    DropStream::new(seed, stream, p).keep(idx)
 }
 
 /// Stream ids used by the model (distinct per purpose).

@@ -8,7 +8,7 @@ use super::lik;
 use super::ops::{self, BufUpdates, Cov, FcCache, MainIn, Mode, Sparse};
 use super::params::{Grads, ParamLayout, Params};
 use super::partial::{self, PartialCache};
-use super::real::{sigmoid, softplus, softplus_grad, Real};
+use super::real::{dot8, sigmoid, softplus, softplus_grad, Real};
 use super::rng;
 use super::tensor::Mat;
 use anyhow::{bail, Context, Result};
@@ -143,7 +143,7 @@ enum SplDecTape<T> {
 }
 
 /// Everything the backward pass needs.
-struct Tape<T> {
+struct EncTape<T> {
     mode: Mode,
     enc_e: FcCache<T>,
     h_e: Mat<T>,
@@ -153,6 +153,10 @@ struct Tape<T> {
     eps_s: Mat<T>,
     eps_j: Mat<T>,
     mix: MixTape<T>,
+}
+
+struct Tape<T> {
+    enc: EncTape<T>,
     expr_dec: ExprDecTape<T>,
     /// e^ℓ per cell
     lib_scale: Vec<T>,
@@ -261,8 +265,7 @@ impl SpliceVae {
         Mat::from_vec(b.n_cells(), b.n_cont, b.cont.iter().map(|&v| T::from_f32(v)).collect())
     }
 
-    /// Forward pass: inference, generative step and loss.
-    pub fn forward<T: Real>(&self, p: &Params<T>, batch: &Batch, opts: &StepOptions) -> Result<Forward<T>> {
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
         batch.check(self.dims.n_genes, self.dims.n_junctions)?;
         if batch.cats.len() != self.dims.n_cats_per_cov.len() {
             bail!("batch has {} categorical covariates, the model {}", batch.cats.len(), self.dims.n_cats_per_cov.len());
@@ -270,18 +273,27 @@ impl SpliceVae {
         if batch.n_cont != self.dims.n_cont {
             bail!("batch has {} continuous covariates, the model {}", batch.n_cont, self.dims.n_cont);
         }
-        let b = batch.n_cells();
-        if b == 0 {
+        if batch.n_cells() == 0 {
             bail!("empty minibatch");
         }
-        let mode = Mode { training: opts.training, seed: opts.seed };
-        let mut upd = BufUpdates::new();
+        Ok(())
+    }
+
+    /// Inference step (§2.2–2.5, §4): encoders, library, mixing and samples.
+    fn encode<T: Real>(
+        &self,
+        p: &Params<T>,
+        batch: &Batch,
+        opts: &StepOptions,
+        mode: Mode,
+        upd: &mut BufUpdates,
+    ) -> Result<(Inference<T>, EncTape<T>)> {
+        let b = batch.n_cells();
         let cfg = &self.cfg;
         let a = &self.arch;
         let d = a.d;
         let cats = self.cats(batch);
-        let cont_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats.clone() };
-
+        let cont_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats };
         // ---- inference -------------------------------------------------------------------------
         let mask_expr: Vec<bool> =
             (0..b).map(|i| batch.expr.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0).collect();
@@ -292,7 +304,7 @@ impl SpliceVae {
         };
         let enc_cont = if cfg.encode_covariates { batch.n_cont } else { 0 };
         let xe = sparse_input::<T>(&batch.expr.indptr, &batch.expr.indices, &batch.expr.values, batch.expr.n_cols, batch, enc_cont);
-        let (h_e, enc_e) = ops::fc_forward(&a.z_enc_expr.fc, p, MainIn::Sparse(&xe), &cont_all, mode, &mut upd)
+        let (h_e, enc_e) = ops::fc_forward(&a.z_enc_expr.fc, p, MainIn::Sparse(&xe), &cont_all, mode, upd)
             .context("expression encoder")?;
         let mu_e = ops::linear_dense_fwd(&a.z_enc_expr.mean, p, &h_e);
         let lv_e = ops::linear_dense_fwd(&a.z_enc_expr.var, p, &h_e);
@@ -301,7 +313,7 @@ impl SpliceVae {
         let (library, lib_tape) = if cfg.use_size_factor_key {
             (batch.library.iter().map(|&s| (T::from_f32(s) + T::from_f64(LIB_EPS)).ln()).collect::<Vec<T>>(), None)
         } else {
-            let (h_l, fc) = ops::fc_forward(&a.l_enc_expr.fc, p, MainIn::Sparse(&xe), &cont_all, mode, &mut upd)
+            let (h_l, fc) = ops::fc_forward(&a.l_enc_expr.fc, p, MainIn::Sparse(&xe), &cont_all, mode, upd)
                 .context("library encoder")?;
             let pre = ops::linear_dense_fwd(&a.l_enc_expr.out, p, &h_l);
             let lib: Vec<T> = pre.data.iter().map(|&v| ops::act_fwd(Act::LeakyRelu, v)).collect();
@@ -311,7 +323,7 @@ impl SpliceVae {
         let (mu_s, v_s, spl_enc) = match &a.z_enc_spl {
             SplEncP::Vanilla(enc) => {
                 let xs = sparse_input::<T>(&batch.spl.indptr, &batch.spl.junction, &batch.spl.psi, batch.spl.n_junctions, batch, enc_cont);
-                let (h, fc) = ops::fc_forward(&enc.fc, p, MainIn::Sparse(&xs), &cont_all, mode, &mut upd)
+                let (h, fc) = ops::fc_forward(&enc.fc, p, MainIn::Sparse(&xs), &cont_all, mode, upd)
                     .context("splicing encoder")?;
                 let mu = ops::linear_dense_fwd(&enc.mean, p, &h);
                 let lv = ops::linear_dense_fwd(&enc.var, p, &h);
@@ -320,7 +332,7 @@ impl SpliceVae {
             }
             SplEncP::Partial(pe) => {
                 let pc = partial::partial_forward(pe, p, &batch.spl, mode);
-                let (out, mlp) = ops::fc_forward(&pe.mlp, p, MainIn::Dense(&pc.pool), &cont_all, mode, &mut upd)
+                let (out, mlp) = ops::fc_forward(&pe.mlp, p, MainIn::Dense(&pc.pool), &cont_all, mode, upd)
                     .context("partial splicing encoder MLP")?;
                 let mu = out.cols_range(0, d);
                 let raw_v = out.cols_range(d, 2 * d);
@@ -366,6 +378,19 @@ impl SpliceVae {
             mask_expr,
             mask_spl,
         };
+
+        Ok((inference, EncTape { mode, enc_e, h_e, lib: lib_tape, spl_enc, eps_e, eps_s, eps_j, mix }))
+    }
+
+    /// Forward pass: inference, generative step and loss.
+    pub fn forward<T: Real>(&self, p: &Params<T>, batch: &Batch, opts: &StepOptions) -> Result<Forward<T>> {
+        self.check_batch(batch)?;
+        let b = batch.n_cells();
+        let mode = Mode { training: opts.training, seed: opts.seed };
+        let mut upd = BufUpdates::new();
+        let cats = self.cats(batch);
+        let cont_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats.clone() };
+        let (inference, enc) = self.encode(p, batch, opts, mode, &mut upd)?;
 
         // ---- generative ------------------------------------------------------------------------
         let latent_in = if opts.use_z_mean { &inference.qz_m } else { &inference.z };
@@ -415,15 +440,7 @@ impl SpliceVae {
             buffer_updates: upd,
         };
         let tape = Tape {
-            mode,
-            enc_e,
-            h_e,
-            lib: lib_tape,
-            spl_enc,
-            eps_e,
-            eps_s,
-            eps_j,
-            mix,
+            enc,
             expr_dec,
             lib_scale,
             g_mu,
@@ -634,7 +651,7 @@ impl SpliceVae {
                     .map(|e| {
                         let j = spl.junction[e] as usize;
                         let wj = &w[j * k..(j + 1) * k];
-                        si.iter().zip(wj).map(|(&a, &b)| a * b).sum::<T>() + bias[j]
+                        dot8(si, wj) + bias[j]
                     })
                     .collect()
             })
@@ -671,6 +688,8 @@ impl SpliceVae {
                         let mut ord: Vec<(u32, usize)> =
                             r.clone().map(|e| (self.junc2atse[spl.junction[e] as usize], e - r.start)).collect();
                         ord.sort_unstable();
+                        let mut sc = DmScratch::default();
+                        let mut idx: Vec<usize> = Vec::new();
                         let mut s = 0;
                         while s < m {
                             let a = ord[s].0;
@@ -686,9 +705,10 @@ impl SpliceVae {
                                     t - s
                                 );
                             }
-                            let idx: Vec<usize> = ord[s..t].iter().map(|x| x.1).collect();
+                            idx.clear();
+                            idx.extend(ord[s..t].iter().map(|x| x.1));
                             let c = phi[self.conc_target(spl.junction[r.start + idx[0]] as usize)];
-                            ll += dm_group(&idx, r.start, spl, logits, c, w, &mut gl, &mut gc, &mut pe);
+                            ll += dm_group(&idx, r.start, spl, logits, c, w, &mut gl, &mut gc, &mut pe, &mut sc);
                             s = t;
                         }
                     }
@@ -991,12 +1011,12 @@ impl SpliceVae {
             add_into(&mut dz, x);
         }
         let ln = cfg.latent_distribution == LatentDistribution::Ln;
-        sample_bwd(&inf.qz_v, &tp.eps_j, &inf.z, ln, &dz, &mut dqm, &mut dqv);
+        sample_bwd(&inf.qz_v, &tp.enc.eps_j, &inf.z, ln, &dz, &mut dqm, &mut dqv);
         let kls: Vec<T> = vec![kl_w * inv_b; b];
         latent::kl_bwd(&inf.qz_m, &inf.qz_v, &kls, &mut dqm, &mut dqv);
 
         let (me, ve, ms, vs) = (&inf.qzm_expr, &inf.qzv_expr, &inf.qzm_spl, &inf.qzv_spl);
-        let mut pg = match &tp.mix {
+        let mut pg = match &tp.enc.mix {
             MixTape::Concat => {
                 let mut pg = PostGrads::zeros(b, d);
                 pg.mu_e = dqm.cols_range(0, d);
@@ -1071,8 +1091,8 @@ impl SpliceVae {
                     let mut dze = Mat::zeros(b, d);
                     let mut dzs = Mat::zeros(b, d);
                     latent::mmd_rbf_bwd(&inf.z_expr, &inf.z_spl, &paired, &tp.rbf, T::ONE, &mut dze, &mut dzs);
-                    sample_bwd(ve, &tp.eps_e, &inf.z_expr, ln, &dze, &mut pg.mu_e, &mut pg.v_e);
-                    sample_bwd(vs, &tp.eps_s, &inf.z_spl, ln, &dzs, &mut pg.mu_s, &mut pg.v_s);
+                    sample_bwd(ve, &tp.enc.eps_e, &inf.z_expr, ln, &dze, &mut pg.mu_e, &mut pg.v_e);
+                    sample_bwd(vs, &tp.enc.eps_s, &inf.z_spl, ln, &dzs, &mut pg.mu_s, &mut pg.v_s);
                 }
             }
         }
@@ -1080,11 +1100,11 @@ impl SpliceVae {
         // ---- encoders --------------------------------------------------------------------------
         let mut dlv_e = pg.v_e.clone();
         dlv_e.data.iter_mut().zip(&ve.data).for_each(|(x, &v)| *x *= v);
-        let mut dh_e = ops::linear_dense_bwd(&a.z_enc_expr.mean, p, &tp.h_e, &pg.mu_e, &mut g, true).unwrap();
-        add_into(&mut dh_e, &ops::linear_dense_bwd(&a.z_enc_expr.var, p, &tp.h_e, &dlv_e, &mut g, true).unwrap());
-        ops::fc_backward(&a.z_enc_expr.fc, p, &tp.enc_e, dh_e, &mut g, false);
+        let mut dh_e = ops::linear_dense_bwd(&a.z_enc_expr.mean, p, &tp.enc.h_e, &pg.mu_e, &mut g, true).unwrap();
+        add_into(&mut dh_e, &ops::linear_dense_bwd(&a.z_enc_expr.var, p, &tp.enc.h_e, &dlv_e, &mut g, true).unwrap());
+        ops::fc_backward(&a.z_enc_expr.fc, p, &tp.enc.enc_e, dh_e, &mut g, false);
 
-        if let Some((fc, h_l, pre)) = &tp.lib {
+        if let Some((fc, h_l, pre)) = &tp.enc.lib {
             let dpre = Mat::from_vec(
                 b,
                 1,
@@ -1094,7 +1114,7 @@ impl SpliceVae {
             ops::fc_backward(&a.l_enc_expr.fc, p, fc, dh, &mut g, false);
         }
 
-        match (&a.z_enc_spl, &tp.spl_enc) {
+        match (&a.z_enc_spl, &tp.enc.spl_enc) {
             (SplEncP::Vanilla(enc), SplEncTape::Vanilla { fc, h, lv }) => {
                 let mut dlv = pg.v_s.clone();
                 dlv.data.iter_mut().zip(&lv.data).for_each(|(x, &v)| *x *= v.exp());
@@ -1111,7 +1131,7 @@ impl SpliceVae {
                     }
                 }
                 let dpool = ops::fc_backward(&pe.mlp, p, mlp, dout, &mut g, true).unwrap();
-                partial::partial_backward(pe, p, spl, pc, &dpool, tp.mode, &mut g);
+                partial::partial_backward(pe, p, spl, pc, &dpool, tp.enc.mode, &mut g);
             }
             _ => unreachable!(),
         }
@@ -1173,9 +1193,10 @@ impl SpliceVae {
         Ok((fwd.out, g))
     }
 
-    /// Inference only (eval mode, no dropout): per-modality means and the joint posterior, for
-    /// embeddings. Noise is zero, so the `z*` fields equal the (transformed) means.
+    /// Inference only (eval mode, no dropout, no decoders): per-modality means and the joint posterior,
+    /// for embeddings. Noise is zero, so the `z*` fields equal the (transformed) means.
     pub fn inference_only<T: Real>(&self, p: &Params<T>, batch: &Batch) -> Result<Inference<T>> {
+        self.check_batch(batch)?;
         let opts = StepOptions {
             training: false,
             use_z_mean: true,
@@ -1185,8 +1206,9 @@ impl SpliceVae {
             routing: None,
             seed: 0,
         };
-        // The decoders are cheap next to the encoders; reuse the full forward for one code path.
-        Ok(self.forward(p, batch, &opts)?.out.inference)
+        let mode = Mode { training: false, seed: 0 };
+        let mut upd = BufUpdates::new();
+        Ok(self.encode(p, batch, &opts, mode, &mut upd)?.0)
     }
 
     /// Dense decode for analyses (eval mode): splicing probabilities p (B × J, within-ATSE normalised for
@@ -1208,10 +1230,12 @@ impl SpliceVae {
         if self.cfg.splicing_loss_type == SplicingLoss::DirichletMultinomial {
             let j = self.dims.n_junctions;
             pm.data.par_chunks_mut(j).enumerate().for_each(|(i, row)| {
+                let (mut raw, mut probs) = (Vec::new(), Vec::new());
                 for a in 0..self.dims.n_atse {
                     let js = &self.atse_junc[self.atse_ptr[a]..self.atse_ptr[a + 1]];
-                    let raw: Vec<T> = js.iter().map(|&jj| logits.at(i, jj as usize)).collect();
-                    let probs = dm_probs(&raw);
+                    raw.clear();
+                    raw.extend(js.iter().map(|&jj| logits.at(i, jj as usize)));
+                    dm_probs(&raw, &mut probs);
                     for (q, &jj) in js.iter().enumerate() {
                         row[jj as usize] = probs[q];
                     }
@@ -1277,20 +1301,36 @@ struct SplLoss<T> {
     p: Vec<T>,
 }
 
-/// Within-ATSE probabilities from raw logits (§2.7 e).
-fn dm_probs<T: Real>(raw: &[T]) -> Vec<T> {
+/// Within-ATSE probabilities from raw logits (§2.7 e), into `out`.
+fn dm_probs<T: Real>(raw: &[T], out: &mut Vec<T>) {
     let (lo, hi) = (T::from_f64(DM_Q_EPS), T::ONE - T::from_f64(DM_Q_EPS));
-    let lg: Vec<T> = raw
-        .iter()
-        .map(|&x| {
-            let q = sigmoid(x).max(lo).min(hi);
-            (q / (T::ONE - q)).ln()
-        })
-        .collect();
-    let mx = lg.iter().copied().fold(lg[0], |a, b| a.max(b));
-    let s: T = lg.iter().map(|&v| (v - mx).exp()).sum();
+    out.clear();
+    out.extend(raw.iter().map(|&x| {
+        let q = sigmoid(x).max(lo).min(hi);
+        (q / (T::ONE - q)).ln()
+    }));
+    if out.is_empty() {
+        return;
+    }
+    let mx = out.iter().copied().fold(out[0], |a, b| a.max(b));
+    let s: T = out.iter().map(|&v| (v - mx).exp()).sum();
     let lse = mx + (s + T::from_f64(DM_LSE_EPS)).ln();
-    lg.iter().map(|&v| (v - lse).exp()).collect()
+    out.iter_mut().for_each(|v| *v = (*v - lse).exp());
+}
+
+/// Per-cell scratch of `dm_group` (reused across the cell's ATSEs).
+#[derive(Default)]
+struct DmScratch<T> {
+    praw: Vec<T>,
+    q: Vec<T>,
+    qpass: Vec<bool>,
+    lg: Vec<T>,
+    ex: Vec<T>,
+    p: Vec<T>,
+    pc: Vec<T>,
+    pcpass: Vec<bool>,
+    alpha: Vec<T>,
+    dp: Vec<T>,
 }
 
 /// One ATSE of one cell for the Dirichlet-multinomial: returns ll and writes d(RL)/d(logit),
@@ -1306,16 +1346,21 @@ fn dm_group<T: Real>(
     gl: &mut [T],
     gc: &mut [T],
     pe: &mut [T],
+    sc: &mut DmScratch<T>,
 ) -> f64 {
     let m = idx.len();
+    for v in [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.ex, &mut sc.p, &mut sc.pc, &mut sc.alpha, &mut sc.dp] {
+        v.clear();
+        v.resize(m, T::ZERO);
+    }
+    sc.qpass.clear();
+    sc.qpass.resize(m, true);
+    sc.pcpass.clear();
+    sc.pcpass.resize(m, true);
     let (lo, hi) = (T::from_f64(DM_Q_EPS), T::ONE - T::from_f64(DM_Q_EPS));
-    let mut praw = vec![T::ZERO; m];
-    let mut q = vec![T::ZERO; m];
-    let mut qpass = vec![true; m];
-    let mut lg = vec![T::ZERO; m];
     for t in 0..m {
         let pr = sigmoid(logits[base + idx[t]]);
-        praw[t] = pr;
+        sc.praw[t] = pr;
         let (qq, ps) = if pr < lo {
             (lo, false)
         } else if pr > hi {
@@ -1323,60 +1368,60 @@ fn dm_group<T: Real>(
         } else {
             (pr, true)
         };
-        q[t] = qq;
-        qpass[t] = ps;
-        lg[t] = (qq / (T::ONE - qq)).ln();
+        sc.q[t] = qq;
+        sc.qpass[t] = ps;
+        sc.lg[t] = (qq / (T::ONE - qq)).ln();
     }
     let mut amax = 0;
     for t in 1..m {
-        if lg[t] > lg[amax] {
+        if sc.lg[t] > sc.lg[amax] {
             amax = t;
         }
     }
-    let mx = lg[amax];
-    let ex: Vec<T> = lg.iter().map(|&v| (v - mx).exp()).collect();
-    let s: T = ex.iter().copied().sum();
+    let mx = sc.lg[amax];
+    let mut s = T::ZERO;
+    for t in 0..m {
+        sc.ex[t] = (sc.lg[t] - mx).exp();
+        s += sc.ex[t];
+    }
     let se = s + T::from_f64(DM_LSE_EPS);
     let lse = mx + se.ln();
-    let p: Vec<T> = lg.iter().map(|&v| (v - lse).exp()).collect();
-    // loss
-    let mut alpha = vec![T::ZERO; m];
-    let mut pc = vec![T::ZERO; m];
-    let mut pcpass = vec![true; m];
     let mut big_n = T::ZERO;
     for t in 0..m {
-        let (v, ps) = lik::clamp_p(p[t]);
-        pc[t] = v;
-        pcpass[t] = ps;
-        alpha[t] = v * c;
+        sc.p[t] = (sc.lg[t] - lse).exp();
+        let (v, ps) = lik::clamp_p(sc.p[t]);
+        sc.pc[t] = v;
+        sc.pcpass[t] = ps;
+        sc.alpha[t] = v * c;
         big_n = big_n.max(T::from_f32(spl.n[base + idx[t]]));
     }
-    let s_alpha: T = alpha.iter().copied().sum();
+    let s_alpha: T = sc.alpha.iter().copied().sum();
     let mut ll = 0f64;
     let (l_atse, d_atse) = if big_n > T::ZERO { lik::nbetaln(big_n, s_alpha) } else { (T::ZERO, T::ZERO) };
     ll += l_atse.to_f64();
-    let mut dp = vec![T::ZERO; m];
+    let mut spdp = T::ZERO;
     for t in 0..m {
         let k = T::from_f32(spl.k[base + idx[t]]);
-        let (lj, dj) = lik::nbetaln(k, alpha[t]);
+        let (lj, dj) = lik::nbetaln(k, sc.alpha[t]);
         ll -= lj.to_f64();
         // d(RL)/dα = −w (d_atse − dj)
         let dalpha = -w * (d_atse - dj);
-        gc[idx[t]] = dalpha * pc[t];
-        dp[t] = if pcpass[t] { dalpha * c } else { T::ZERO };
-        pe[idx[t]] = p[t];
+        gc[idx[t]] = dalpha * sc.pc[t];
+        sc.dp[t] = if sc.pcpass[t] { dalpha * c } else { T::ZERO };
+        pe[idx[t]] = sc.p[t];
+        spdp += sc.p[t] * sc.dp[t];
     }
-    let spdp: T = (0..m).map(|t| p[t] * dp[t]).sum();
+    // d lse / d lg_t = e_t / (s + 1e-8), plus (1 − s/(s + 1e-8)) for the arg-max (through the max).
     let tail = T::ONE - s / se;
     for t in 0..m {
-        let mut dlse = ex[t] / se;
+        let mut dlse = sc.ex[t] / se;
         if t == amax {
             dlse += tail;
         }
-        let dlg = p[t] * dp[t] - spdp * dlse;
-        let dq = dlg / (q[t] * (T::ONE - q[t]));
-        let dpr = if qpass[t] { dq } else { T::ZERO };
-        gl[idx[t]] = dpr * praw[t] * (T::ONE - praw[t]);
+        let dlg = sc.p[t] * sc.dp[t] - spdp * dlse;
+        let dq = dlg / (sc.q[t] * (T::ONE - sc.q[t]));
+        let dpr = if sc.qpass[t] { dq } else { T::ZERO };
+        gl[idx[t]] = dpr * sc.praw[t] * (T::ONE - sc.praw[t]);
     }
     ll
 }

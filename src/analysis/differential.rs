@@ -1,0 +1,313 @@
+//! The machinery shared by differential expression and splicing (model.md §7.7–§7.8): scvi-tools'
+//! `_de_core` / `DifferentialComputation.get_bayes_factors` in "change" mode, as the original calls it.
+//!
+//! For each group, `n_samples_overall` (5000) "scale" vectors are drawn: cells sampled WITH
+//! replacement from the group, each decoded once from its posterior mean (use_z_mean) with its observed
+//! batch — or, with batch correction, `n_samples_overall / n_batches` per batch, decoded under that
+//! batch. Sample i of group 1 is paired with sample i of group 2 (within the same batch when both
+//! groups use the same batches; no permutation). With the change r of each pair,
+//! P(DE) = max(P(r ≥ δ), P(r < −δ)), the Bayes factor is ln(P + 1e-8) − ln(1 − P + 1e-8), and the FDR
+//! call flags the largest prefix of features sorted by P (descending) whose running mean of 1 − P is
+//! ≤ the target. Everything is seeded (the original draws from numpy's global RNG).
+
+use super::posterior::{tags, DecodeOptions, Posterior, SplicingFn};
+use crate::data::{Dataset, ObsColumn};
+use crate::model::Mat;
+use crate::train::rng::{stream, Purpose};
+use anyhow::{bail, Result};
+use rand::Rng;
+
+/// Options of the change-mode test.
+#[derive(Clone, Debug)]
+pub struct ChangeOptions {
+    /// Minimum |effect| that counts as a change (0.25 log2 fold change for DE, 0.10 ΔPSI for DS).
+    pub delta: f64,
+    pub fdr: f64,
+    /// Scale vectors per group (5000 in the original).
+    pub n_samples_overall: usize,
+    /// Decode every sample under every batch (in turn) instead of its observed batch.
+    pub batch_correction: bool,
+    /// Batches to condition group 1 / group 2 on with batch correction (None = all batches).
+    pub batchid1: Option<Vec<u32>>,
+    pub batchid2: Option<Vec<u32>>,
+    pub seed: u64,
+    /// Cells per decoding block.
+    pub block_cells: usize,
+}
+
+impl ChangeOptions {
+    pub fn new(delta: f64) -> Self {
+        ChangeOptions { delta, fdr: 0.05, n_samples_overall: 5000, batch_correction: false, batchid1: None, batchid2: None, seed: 0, block_cells: 512 }
+    }
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(self.delta >= 0.0 && self.delta.is_finite(), "delta must be a finite number ≥ 0, got {}", self.delta);
+        anyhow::ensure!((0.0..=1.0).contains(&self.fdr), "the FDR target must be in [0, 1], got {}", self.fdr);
+        anyhow::ensure!(self.n_samples_overall > 0, "the number of samples must be > 0");
+        anyhow::ensure!(self.block_cells > 0, "the block size must be > 0");
+        if !self.batch_correction && (self.batchid1.is_some() || self.batchid2.is_some()) {
+            bail!("batchid1 / batchid2 need batch correction (the original raises \"Unconsistent batch policy\")");
+        }
+        Ok(())
+    }
+}
+
+/// One comparison: the cells of group 1 and group 2, and their names.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub group1: String,
+    pub group2: String,
+    pub idx1: Vec<usize>,
+    pub idx2: Vec<usize>,
+}
+
+/// The comparisons of `--groupby COL --group1 A [--group2 B]`: group 2 defaults to every other cell;
+/// without group 1, every category against the rest (categories in the column's order, or sorted as
+/// pandas' `astype("category")` does for non-categorical columns).
+pub fn comparisons(ds: &Dataset, groupby: &str, group1: Option<&str>, group2: Option<&str>) -> Result<Vec<Comparison>> {
+    let Some(col) = ds.obs_column(groupby) else {
+        let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
+        bail!("{}: no obs column `{groupby}` (columns: {})", ds.source, names.join(", "));
+    };
+    let values = col.as_strings();
+    let categories: Vec<String> = match col {
+        ObsColumn::Categorical { categories, codes } => {
+            categories.iter().enumerate().filter(|(i, _)| codes.contains(&(*i as i32))).map(|(_, c)| c.clone()).collect()
+        }
+        _ => {
+            let mut u: Vec<String> = values.clone();
+            u.sort();
+            u.dedup();
+            u
+        }
+    };
+    let members = |g: &str| -> Vec<usize> { values.iter().enumerate().filter(|(_, v)| v.as_str() == g).map(|(i, _)| i).collect() };
+    let check = |g: &str| -> Result<Vec<usize>> {
+        let m = members(g);
+        if m.is_empty() {
+            bail!("{}: obs column `{groupby}` has no cell in group `{g}` (groups: {})", ds.source, categories.join(", "));
+        }
+        Ok(m)
+    };
+    let firsts: Vec<String> = match group1 {
+        Some(g) => vec![g.to_string()],
+        None => {
+            if categories.len() < 2 {
+                bail!("{}: obs column `{groupby}` has a single group; nothing to compare", ds.source);
+            }
+            categories.clone()
+        }
+    };
+    let mut out = Vec::new();
+    for g1 in firsts {
+        let idx1 = check(&g1)?;
+        let (name2, idx2) = match group2 {
+            Some(g2) => (g2.to_string(), check(g2)?),
+            None => ("Rest".to_string(), (0..ds.n_cells()).filter(|&i| values[i] != g1).collect()),
+        };
+        if idx2.is_empty() {
+            bail!("{}: group 2 of `{g1}` vs `{name2}` in `{groupby}` is empty", ds.source);
+        }
+        out.push(Comparison { group1: g1, group2: name2, idx1, idx2 });
+    }
+    Ok(out)
+}
+
+/// What one group's samples decode: sample i is cell `cells[i]` under batch `batch[i]` (None = observed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplePlan {
+    pub cells: Vec<usize>,
+    pub batch: Vec<Option<u32>>,
+}
+
+impl SamplePlan {
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+}
+
+/// The scale sampler: cells drawn uniformly with replacement from `group`, `n_overall` in all, split
+/// evenly over `batches` (None = the observed batch; `int(n / n_batches)`, at least 2, per batch).
+/// `key` distinguishes the streams of different groups and comparisons.
+pub fn sample_plan(group: &[usize], batches: Option<&[u32]>, n_overall: usize, seed: u64, key: u64) -> SamplePlan {
+    let list: Vec<Option<u32>> = match batches {
+        None => vec![None],
+        Some(b) => b.iter().map(|&x| Some(x)).collect(),
+    };
+    let mut n = n_overall / list.len().max(1);
+    if n == 0 {
+        n = 2;
+    }
+    let mut plan = SamplePlan { cells: Vec::with_capacity(n * list.len()), batch: Vec::with_capacity(n * list.len()) };
+    for (k, b) in list.iter().enumerate() {
+        let mut rng = stream(seed, Purpose::Analysis, tags::DIFF_SAMPLE, key.wrapping_mul(1 << 16) + k as u64);
+        for _ in 0..n {
+            plan.cells.push(group[rng.gen_range(0..group.len())]);
+            plan.batch.push(*b);
+        }
+    }
+    plan
+}
+
+/// The two plans of a comparison, ordered so that sample i of group 1 pairs with sample i of group 2
+/// (the original's pairing: per batch when both groups are conditioned on the same batch set).
+pub fn paired_plans(cmp: &Comparison, n_batch: usize, opts: &ChangeOptions, key: u64) -> Result<(SamplePlan, SamplePlan)> {
+    if !opts.batch_correction {
+        let p1 = sample_plan(&cmp.idx1, None, opts.n_samples_overall, opts.seed, 2 * key);
+        let p2 = sample_plan(&cmp.idx2, None, opts.n_samples_overall, opts.seed, 2 * key + 1);
+        return Ok((p1, p2));
+    }
+    let all: Vec<u32> = (0..n_batch.max(1) as u32).collect();
+    let mut b1 = opts.batchid1.clone().unwrap_or_else(|| all.clone());
+    let mut b2 = opts.batchid2.clone().unwrap_or_else(|| all.clone());
+    let (mut s1, mut s2) = (b1.clone(), b2.clone());
+    s1.sort_unstable();
+    s1.dedup();
+    s2.sort_unstable();
+    s2.dedup();
+    if s1 == s2 {
+        // Same batch set: pairs are formed within each batch, so both plans use one batch order.
+        b1 = s1;
+        b2 = s2;
+    }
+    let p1 = sample_plan(&cmp.idx1, Some(&b1), opts.n_samples_overall, opts.seed, 2 * key);
+    let p2 = sample_plan(&cmp.idx2, Some(&b2), opts.n_samples_overall, opts.seed, 2 * key + 1);
+    if p1.len() != p2.len() {
+        bail!("batch correction: {} samples for group 1 but {} for group 2 (batch lists of different lengths cannot be paired)", p1.len(), p2.len());
+    }
+    Ok((p1, p2))
+}
+
+/// Decode samples `range` of a plan: rows in plan order. Consecutive samples with the same batch are
+/// decoded together in blocks of `block` cells.
+pub fn decode_plan(post: &Posterior, plan: &SamplePlan, range: std::ops::Range<usize>, psi: Option<SplicingFn>, expr: bool, block: usize) -> Result<Mat<f32>> {
+    let width = if psi.is_some() { post.ds.n_junctions() } else { post.ds.n_genes() };
+    let mut out = Mat::<f32>::zeros(range.len(), width);
+    let mut i = range.start;
+    while i < range.end {
+        let b = plan.batch[i];
+        let mut e = i + 1;
+        while e < range.end && e - i < block && plan.batch[e] == b {
+            e += 1;
+        }
+        let opts = DecodeOptions { transform_batch: b.into_iter().collect(), n_samples: 1, seed: 0 };
+        let dec = post.decode(&plan.cells[i..e], &opts, psi, expr)?;
+        let m = if psi.is_some() { dec.psi } else { dec.expr }.expect("requested output");
+        let r0 = i - range.start;
+        out.data[r0 * width..(r0 + (e - i)) * width].copy_from_slice(&m.data);
+        i = e;
+    }
+    Ok(out)
+}
+
+/// Posterior probabilities of a change: (P(r ≥ δ), P(r < −δ)) → P(DE) = max of the two ("three" test mode).
+pub fn proba_de(n_plus: f64, n_minus: f64, n: f64) -> f64 {
+    (n_plus / n).max(n_minus / n)
+}
+
+/// ln(P + 1e-8) − ln(1 − P + 1e-8).
+pub fn bayes_factor(p: f64) -> f64 {
+    (p + 1e-8).ln() - (1.0 - p + 1e-8).ln()
+}
+
+/// Indices sorted by `p` descending; ties keep their original order.
+pub fn order_desc(p: &[f64]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    idx
+}
+
+/// The original's `_fdr_de_prediction`: sort by P descending, running mean of 1 − P, flag the first d
+/// features where d = #{running mean ≤ fdr}. Returned in the input order.
+pub fn fdr_calls(p: &[f64], fdr: f64) -> Vec<bool> {
+    let order = order_desc(p);
+    let mut cum = 0.0;
+    let mut d = 0;
+    for (r, &i) in order.iter().enumerate() {
+        cum += 1.0 - p[i];
+        if cum / (r + 1) as f64 <= fdr {
+            d += 1;
+        }
+    }
+    let mut out = vec![false; p.len()];
+    for &i in &order[..d] {
+        out[i] = true;
+    }
+    out
+}
+
+/// A number for a TSV cell: plain decimals in the usual range, scientific notation outside it (both
+/// read back exactly by Python's float()).
+pub fn fmt_f64(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if x == 0.0 || (1e-4..1e15).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
+/// Python's str() of a bool, as pandas writes it.
+pub fn fmt_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+/// A TSV cell: tabs and newlines in names would break the table.
+pub fn clean_text(s: &str) -> String {
+    s.replace(['\t', '\n', '\r'], " ")
+}
+
+/// Write a TSV atomically.
+pub fn write_tsv(path: &std::path::Path, text: &str) -> Result<()> {
+    crate::util::write_atomic(path, |tmp| Ok(std::fs::write(tmp, text.as_bytes())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdr_flags_the_largest_prefix_with_running_mean_below_target() {
+        // Sorted: 1.0, 0.99, 0.9, 0.5 → running mean of 1−P: 0, 0.005, 0.0367, 0.1525.
+        let p = [0.5, 1.0, 0.9, 0.99];
+        assert_eq!(fdr_calls(&p, 0.05), vec![false, true, true, true]);
+        assert_eq!(fdr_calls(&p, 0.004), vec![false, true, false, false]);
+        assert_eq!(fdr_calls(&p, 0.2), vec![true; 4]);
+        assert_eq!(fdr_calls(&[0.3, 0.2], 0.05), vec![false, false]);
+        assert!(fdr_calls(&[], 0.05).is_empty());
+    }
+
+    #[test]
+    fn bayes_factor_and_proba() {
+        assert!((bayes_factor(0.5)).abs() < 1e-12);
+        assert!((bayes_factor(0.9) - (0.9f64 + 1e-8).ln() + (0.1f64 + 1e-8).ln()).abs() < 1e-12);
+        assert_eq!(proba_de(30.0, 60.0, 100.0), 0.6);
+        assert_eq!(fmt_f64(0.25), "0.25");
+        assert_eq!(fmt_f64(1e-10), "1e-10");
+        assert_eq!(fmt_f64(-2.5e-7), "-2.5e-7");
+        assert_eq!(fmt_f64(0.0), "0");
+    }
+
+    #[test]
+    fn plans_are_seeded_and_split_over_batches() {
+        let g: Vec<usize> = (10..20).collect();
+        let a = sample_plan(&g, None, 100, 7, 3);
+        assert_eq!(a, sample_plan(&g, None, 100, 7, 3));
+        assert_ne!(a, sample_plan(&g, None, 100, 8, 3));
+        assert_ne!(a.cells, sample_plan(&g, None, 100, 7, 4).cells);
+        assert!(a.cells.iter().all(|c| g.contains(c)) && a.len() == 100);
+        let b = sample_plan(&g, Some(&[1, 0, 2]), 100, 7, 3);
+        assert_eq!(b.len(), 99);
+        assert_eq!(b.batch.iter().filter(|x| **x == Some(0)).count(), 33);
+        assert_eq!(sample_plan(&g, Some(&[0, 1, 2]), 2, 0, 0).len(), 6, "at least 2 per batch");
+    }
+}

@@ -1,0 +1,273 @@
+//! Decoding a trained model for analyses (model.md §7.3–§7.5, §14.2): normalized expression (px_scale),
+//! decoder PSI (p) and the DM posterior-mean PSI of blocks of cells, optionally conditioned on other
+//! batches (`transform_batch`, averaged over the list) and averaged over posterior samples.
+//!
+//! n_samples = 1 decodes the posterior mean qz_m (the original's `use_z_mean=True`). n_samples = S > 1
+//! draws S samples z = qz_m + √qz_v·ε of the JOINT latent (softmax-ed for the logistic-normal latent),
+//! decodes each and averages over the samples — never over cells (§14.2; the original's n_samples > 1
+//! path averages over the cell axis, §12.15). The noise of cell c comes from its own seeded stream, so
+//! results do not depend on the block size or the thread count.
+
+use crate::data::Dataset;
+use crate::model::{Batch, DmConcentration, Inference, Mat, Params, SpliceVae, SplicingLoss};
+use crate::train::rng::{stream, Purpose};
+use anyhow::{bail, Result};
+use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
+
+/// Stream tags (the `epoch` argument of `rng::stream` under `Purpose::Analysis`).
+pub mod tags {
+    pub const NOISE: u64 = 1;
+    pub const DIFF_SAMPLE: u64 = 2;
+    pub const MASK: u64 = 3;
+    pub const SUBSAMPLE: u64 = 4;
+    pub const CLASSIFIER_SPLIT: u64 = 5;
+}
+
+/// Which PSI an analysis reads (the original's `norm_splicing_function`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplicingFn {
+    /// Decoder probabilities p (`get_normalized_splicing`, §7.4).
+    Decoder,
+    /// DM posterior mean (c·p + k)/(c + n) with the cell's own counts (`get_normalized_splicing_DM`, §7.5).
+    DmPosterior,
+}
+
+impl SplicingFn {
+    pub fn name(self) -> &'static str {
+        match self {
+            SplicingFn::Decoder => "decoder",
+            SplicingFn::DmPosterior => "dm-posterior",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DecodeOptions {
+    /// Batch codes to condition on, averaged over the list; empty = each cell's observed batch.
+    pub transform_batch: Vec<u32>,
+    /// Posterior samples per cell; 1 = decode the posterior mean.
+    pub n_samples: usize,
+    pub seed: u64,
+}
+
+/// What `decode` returns for a block of cells (rows in the order of the given cells).
+pub struct Decoded {
+    /// B × J PSI (the requested `SplicingFn`), when asked for.
+    pub psi: Option<Mat<f32>>,
+    /// B × G px_scale, when asked for.
+    pub expr: Option<Mat<f32>>,
+}
+
+/// A trained model bound to a dataset, for analyses.
+pub struct Posterior<'a> {
+    pub ds: &'a Dataset,
+    pub model: &'a SpliceVae,
+    pub params: &'a Params<f32>,
+    /// The `cross_gate` buffer of the checkpoint (1 after a normal training run).
+    pub gate: f64,
+    /// Use dataset rows as rows of the per-cell weight table (only when the data are the training data).
+    pub with_cell_idx: bool,
+    /// DM concentration per junction (empty when the splicing likelihood has none).
+    pub conc: Vec<f32>,
+}
+
+impl<'a> Posterior<'a> {
+    pub fn new(ds: &'a Dataset, model: &'a SpliceVae, params: &'a Params<f32>) -> Result<Self> {
+        if ds.n_junctions() != model.dims.n_junctions || ds.n_genes() != model.dims.n_genes {
+            bail!(
+                "{}: {} genes / {} junctions, the model {} / {}",
+                ds.source,
+                ds.n_genes(),
+                ds.n_junctions(),
+                model.dims.n_genes,
+                model.dims.n_junctions
+            );
+        }
+        let gate = params.by_name("cross_gate").map(|v| v[0] as f64).unwrap_or(1.0);
+        let conc = match model.cfg.splicing_loss_type {
+            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => per_junction_concentration(model, params, &ds.splicing.junc2atse),
+            SplicingLoss::Binomial | SplicingLoss::Bce => Vec::new(),
+        };
+        Ok(Posterior { ds, model, params, gate, with_cell_idx: ds.n_cells() == model.dims.n_obs, conc })
+    }
+
+    pub fn batch(&self, cells: &[usize]) -> Result<Batch> {
+        Batch::from_dataset(self.ds, cells, self.with_cell_idx)
+    }
+
+    /// Posterior means (eval mode) of a block of cells.
+    pub fn latents(&self, cells: &[usize]) -> Result<Inference<f32>> {
+        self.model.inference_only(self.params, &self.batch(cells)?)
+    }
+
+    /// Decode a block of cells: PSI (`psi_fn`) and/or px_scale, averaged over `opts.transform_batch`
+    /// and `opts.n_samples` posterior samples.
+    pub fn decode(&self, cells: &[usize], opts: &DecodeOptions, psi_fn: Option<SplicingFn>, expr: bool) -> Result<Decoded> {
+        if psi_fn == Some(SplicingFn::DmPosterior) && self.conc.is_empty() {
+            bail!(
+                "the DM posterior mean needs a concentration; the model's splicing likelihood `{}` has none (use --method decoder)",
+                self.model.cfg.splicing_loss_type.as_str()
+            );
+        }
+        let n_batch = self.model.dims.n_batch.max(1);
+        if let Some(&b) = opts.transform_batch.iter().find(|&&b| b as usize >= n_batch) {
+            bail!("transform batch code {b} ≥ the model's {n_batch} batches");
+        }
+        let batch = self.batch(cells)?;
+        let inf = self.model.inference_only(self.params, &batch)?;
+        let s = opts.n_samples.max(1);
+        let lats: Vec<Mat<f32>> = if s == 1 { vec![inf.qz_m.clone()] } else { self.samples(cells, &inf, s, opts.seed) };
+        let overrides: Vec<Option<u32>> = if opts.transform_batch.is_empty() { vec![None] } else { opts.transform_batch.iter().map(|&b| Some(b)).collect() };
+        let n_terms = (lats.len() * overrides.len()) as f32;
+        let (b, j, g) = (cells.len(), self.ds.n_junctions(), self.ds.n_genes());
+        let mut psi_sum = psi_fn.map(|_| Mat::<f32>::zeros(b, j));
+        let mut expr_sum = expr.then(|| Mat::<f32>::zeros(b, g));
+        for ov in &overrides {
+            let mut bt = batch.clone();
+            if let Some(code) = ov {
+                bt.batch.iter_mut().for_each(|x| *x = *code);
+            }
+            for lat in &lats {
+                let dec = self.model.decode_dense(self.params, lat, &bt, &inf.library, self.gate)?;
+                if let (Some(sum), Some(f)) = (psi_sum.as_mut(), psi_fn) {
+                    let mut p = dec.p;
+                    if f == SplicingFn::DmPosterior {
+                        dm_posterior_rows(&mut p, &batch.spl, &self.conc);
+                    }
+                    add_into(sum, &p);
+                }
+                if let Some(sum) = expr_sum.as_mut() {
+                    add_into(sum, &dec.px_scale);
+                }
+            }
+        }
+        let scale = |m: &mut Mat<f32>| {
+            if n_terms > 1.0 {
+                m.data.par_iter_mut().for_each(|v| *v /= n_terms);
+            }
+        };
+        psi_sum.iter_mut().for_each(scale);
+        expr_sum.iter_mut().for_each(scale);
+        Ok(Decoded { psi: psi_sum, expr: expr_sum })
+    }
+
+    /// S samples of the joint latent for each cell (sample-major: one B × L matrix per sample).
+    fn samples(&self, cells: &[usize], inf: &Inference<f32>, s: usize, seed: u64) -> Vec<Mat<f32>> {
+        let l = inf.qz_m.cols;
+        let ln = self.model.cfg.latent_distribution == crate::model::LatentDistribution::Ln;
+        let mut out = vec![Mat::<f32>::zeros(cells.len(), l); s];
+        for (r, &c) in cells.iter().enumerate() {
+            let mut rng = stream(seed, Purpose::Analysis, tags::NOISE, c as u64);
+            for m in out.iter_mut() {
+                let row = m.row_mut(r);
+                for t in 0..l {
+                    let e: f64 = StandardNormal.sample(&mut rng);
+                    row[t] = inf.qz_m.at(r, t) + inf.qz_v.at(r, t).sqrt() * e as f32;
+                }
+                if ln {
+                    let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = row.iter().map(|v| (v - mx).exp()).sum();
+                    row.iter_mut().for_each(|v| *v = (*v - mx).exp() / sum);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn add_into(sum: &mut Mat<f32>, x: &Mat<f32>) {
+    sum.data.par_iter_mut().zip(x.data.par_iter()).for_each(|(a, b)| *a += b);
+}
+
+/// φ per junction, as the model's `dm_posterior_mean` maps it: per ATSE (DM "atse"), per junction
+/// (beta-binomial), or one scalar.
+pub fn per_junction_concentration(model: &SpliceVae, params: &Params<f32>, junc2atse: &[u32]) -> Vec<f32> {
+    let phi = model.concentration(params);
+    let j = model.dims.n_junctions;
+    (0..j)
+        .map(|jj| match model.cfg.dm_concentration {
+            DmConcentration::Atse if phi.len() == model.dims.n_atse && !junc2atse.is_empty() => phi[junc2atse[jj] as usize],
+            _ if phi.len() == j => phi[jj],
+            _ => phi[0],
+        })
+        .collect()
+}
+
+/// In place: p (B × J dense decoder probabilities) → DM posterior-mean PSI (§7.5)
+/// clamp((c·p + k)/(c + n + 1e-8), 1e-8, 1 − 1e-8), k and n the cell's own counts (0 where unobserved).
+/// Same arithmetic as `SpliceVae::dm_posterior_mean`, parallel over cells.
+pub fn dm_posterior_rows(p: &mut Mat<f32>, spl: &crate::model::SplBatch, conc: &[f32]) {
+    let j = p.cols;
+    let (lo, hi) = (1e-8f32, 1.0 - 1e-8f32);
+    let eps = 1e-8f32;
+    let zero = 0.0f32;
+    p.data.par_chunks_mut(j.max(1)).enumerate().for_each(|(i, row)| {
+        // Observed entries first (they need p before the row is overwritten).
+        let obs: Vec<(usize, f32)> = spl
+            .cell_range(i)
+            .map(|e| {
+                let jj = spl.junction[e] as usize;
+                let c = conc[jj];
+                (jj, ((c * row[jj] + spl.k[e]) / (c + spl.n[e] + eps)).max(lo).min(hi))
+            })
+            .collect();
+        for (jj, v) in row.iter_mut().enumerate() {
+            let c = conc[jj];
+            *v = ((c * *v + zero) / (c + zero + eps)).max(lo).min(hi);
+        }
+        for (jj, v) in obs {
+            row[jj] = v;
+        }
+    });
+}
+
+/// A run directory and a dataset, ready for analyses.
+pub struct OpenRun {
+    pub run: crate::train::trainer::RunConfig,
+    pub ds: Dataset,
+    pub model: SpliceVae,
+    pub params: Params<f32>,
+}
+
+/// Load a run directory and data with the run's data options. The data's batch codes are re-expressed in
+/// the run's batch levels (the one-hot layout the model was trained with); a batch the run never saw is
+/// an error.
+pub fn open_run(run_dir: &std::path::Path, data: &std::path::Path) -> Result<OpenRun> {
+    let run = crate::train::trainer::read_run_config(run_dir)?;
+    let mut ds = crate::data::load::load(data, &run.data)?;
+    align_batches(&mut ds, &run.batch_levels, &run_dir.display().to_string())?;
+    let (run, model, params) = crate::train::trainer::load_model(run_dir, &ds)?;
+    Ok(OpenRun { run, ds, model, params })
+}
+
+/// Re-code `ds`'s batch covariate in `levels` (the training run's order).
+pub fn align_batches(ds: &mut Dataset, levels: &[String], run: &str) -> Result<()> {
+    let b = &mut ds.covariates.batch;
+    if levels.is_empty() || b.levels == levels {
+        return Ok(());
+    }
+    let map: Vec<u32> = b
+        .levels
+        .iter()
+        .map(|l| match levels.iter().position(|x| x == l) {
+            Some(p) => Ok(p as u32),
+            None => bail!("{}: batch `{l}` of `{}` was not in the training data of {run} (batches: {})", ds.source, b.name, levels.join(", ")),
+        })
+        .collect::<Result<_>>()?;
+    b.codes.iter_mut().for_each(|c| *c = map[*c as usize]);
+    b.levels = levels.to_vec();
+    Ok(())
+}
+
+/// Batch names → the run's batch codes.
+pub fn batch_codes(levels: &[String], names: &[String]) -> Result<Vec<u32>> {
+    names
+        .iter()
+        .map(|n| match levels.iter().position(|l| l == n) {
+            Some(p) => Ok(p as u32),
+            None if levels.is_empty() => bail!("batch `{n}`: the run has no batch covariate"),
+            None => bail!("unknown batch `{n}` (batches of the run: {})", levels.join(", ")),
+        })
+        .collect()
+}

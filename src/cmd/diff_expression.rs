@@ -1,0 +1,47 @@
+//! `splicevi diff-expression`: differential expression between groups of cells (model.md §7.7) into a TSV.
+
+use super::diff_splicing::GroupArgs;
+use crate::analysis::de::{de_tsv, differential_expression};
+use crate::analysis::differential::{comparisons, write_tsv};
+use crate::analysis::posterior::{open_run, Posterior};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct DiffExpressionArgs {
+    /// Run directory written by `splicevi train`.
+    pub run_dir: PathBuf,
+    /// Data (same genes and junctions as the training data).
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub groups: GroupArgs,
+    /// Minimum |log2 fold change| that counts as differential.
+    #[arg(long, default_value_t = 0.25)]
+    pub delta: f64,
+}
+
+pub fn run(args: DiffExpressionArgs) -> Result<()> {
+    let o = open_run(&args.run_dir, &args.data)?;
+    let opts = args.groups.change_options(args.delta, &o.run.batch_levels)?;
+    let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
+    let post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut results = Vec::new();
+    for (k, c) in cmps.iter().enumerate() {
+        let r = differential_expression(&post, c, &opts, k as u64)?;
+        eprintln!(
+            "{} vs {} ({} vs {} cells): {} of {} genes called at FDR {}",
+            c.group1,
+            c.group2,
+            c.idx1.len(),
+            c.idx2.len(),
+            r.is_de_fdr.iter().filter(|&&b| b).count(),
+            r.is_de_fdr.len(),
+            opts.fdr
+        );
+        results.push(r);
+    }
+    write_tsv(&args.groups.out, &de_tsv(&results))?;
+    eprintln!("wrote {}", args.groups.out.display());
+    Ok(())
+}

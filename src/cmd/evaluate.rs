@@ -1,0 +1,171 @@
+//! `splicevi evaluate`: the masked-ATSE imputation protocol against the MeanBayes baseline and latent
+//! metrics (model.md §8.1, §8.4), for a trained run directory or for a model trained here on the masked
+//! data (so the dropped entries are truly held out) with the same options as `splicevi train`.
+
+use super::train::{resolve, OptionFlags, TrainArgs};
+use crate::analysis::differential::write_tsv;
+use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses, render, rows, rows_tsv, TruthFilter};
+use crate::analysis::impute::group_codes;
+use crate::analysis::posterior::{align_batches, Posterior};
+use crate::data::{load::load, DataOptions, Dataset};
+use crate::model::{Params, SpliceVae};
+use crate::train::trainer::{dims_of, load_model, read_run_config, RunConfig, Trainer};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// RUN_DIR DATA, or with --train just DATA.
+    #[arg(num_args = 1..=2, value_name = "RUN_DIR|DATA")]
+    pub paths: Vec<PathBuf>,
+    /// Train a model on the masked data first, with the training flags below (as `splicevi train`).
+    #[arg(long)]
+    pub train: bool,
+    /// With --train: where the run directory goes (default: a temporary directory, removed afterwards).
+    #[arg(long, requires = "train")]
+    pub train_dir: Option<PathBuf>,
+    /// With --train: option preset (default | paper).
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// With --train: TOML file with [model] and [train] tables.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// No per-epoch lines while training.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Output TSV (long format: section, subset, method, metric, value).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// obs column for the silhouette score and the classifiers (latent metrics).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Fraction of each cell's observed ATSEs masked (at least one).
+    #[arg(long, default_value_t = 0.25)]
+    pub mask_fraction: f64,
+    /// Seed of the masking, subsampling and classifier split.
+    #[arg(long, default_value_t = 0)]
+    pub eval_seed: u64,
+    /// Also score truths with PSI = 0 (the original scores PSI > 0 only).
+    #[arg(long)]
+    pub include_zero_truth: bool,
+    /// Do not score truths with PSI = 1.
+    #[arg(long)]
+    pub exclude_psi_one: bool,
+    /// Score only entries whose original ATSE count is at least this.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_atse_count: f32,
+    /// obs column giving MeanBayes per-group priors (default: one global prior).
+    #[arg(long)]
+    pub meanbayes_groupby: Option<String>,
+    /// Latent metrics on at most this many cells (a seeded subsample).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_cells_latent: usize,
+    /// Neighbours of the k-NN classifier.
+    #[arg(long, default_value_t = 15)]
+    pub knn: usize,
+    /// Cells per inference block.
+    #[arg(long, default_value_t = 512)]
+    pub block_cells: usize,
+    #[command(flatten)]
+    pub data_options: DataOptions,
+    #[command(flatten)]
+    pub options: OptionFlags,
+}
+
+fn is_empty(v: &serde_json::Value) -> bool {
+    v.as_object().is_none_or(|o| o.is_empty())
+}
+
+/// Train on the masked data as `splicevi train` would (options: preset → --config → flags).
+fn train_here(args: &EvaluateArgs, data: &PathBuf, masked: &Dataset, dir: &std::path::Path) -> Result<()> {
+    let targs = TrainArgs {
+        data: data.clone(),
+        out: dir.to_path_buf(),
+        preset: args.preset.clone(),
+        config: args.config.clone(),
+        resume: false,
+        quiet: args.quiet,
+        data_options: args.data_options.clone(),
+        options: args.options.clone(),
+    };
+    let (model, train) = resolve(&targs)?;
+    let dims = dims_of(masked);
+    model.validate(&dims)?;
+    let run = RunConfig {
+        splicevi_version: env!("CARGO_PKG_VERSION").to_string(),
+        preset: args.preset.clone(),
+        n_latent_joint: model.joint_latent(&dims),
+        n_latent_per_modality: model.resolved_n_latent(&dims),
+        model,
+        train,
+        data: args.data_options.clone(),
+        dims,
+        data_source: masked.source.clone(),
+        batch_levels: masked.covariates.batch.levels.clone(),
+    };
+    let mut t = Trainer::new(masked, run, dir)?;
+    t.verbose = !args.quiet;
+    eprintln!("training on the masked data ({} cells); run dir {}", masked.n_cells(), dir.display());
+    t.fit()
+}
+
+pub fn run(args: EvaluateArgs) -> Result<()> {
+    let (run_dir, data) = match (args.train, args.paths.as_slice()) {
+        (false, [r, d]) => (Some(r.clone()), d.clone()),
+        (true, [d]) => (None, d.clone()),
+        (false, _) => bail!("evaluate: give RUN_DIR DATA, or --train DATA"),
+        (true, _) => bail!("evaluate --train: give only DATA (the model is trained here)"),
+    };
+    if run_dir.is_some() && (args.data_options != DataOptions::default() || !is_empty(&args.options.model) || !is_empty(&args.options.train) || args.config.is_some()) {
+        bail!("evaluate: data, model and training options come from the run directory's config.json; they are only accepted with --train");
+    }
+    let data_options = match &run_dir {
+        Some(r) => read_run_config(r)?.data,
+        None => args.data_options.clone(),
+    };
+    let mut ds = load(&data, &data_options)?;
+    let (masked, dropped) = mask_atses(&ds, args.mask_fraction, args.eval_seed)?;
+    eprintln!(
+        "masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})",
+        dropped.len(),
+        ds.splicing.nnz(),
+        args.mask_fraction,
+        args.eval_seed
+    );
+    let tmp;
+    let dir = match (&run_dir, &args.train_dir) {
+        (Some(r), _) => r.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => {
+            tmp = tempfile::tempdir().context("creating a temporary run directory")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    if run_dir.is_none() {
+        train_here(&args, &data, &masked, &dir)?;
+    }
+    let run = read_run_config(&dir)?;
+    let mut masked = masked;
+    align_batches(&mut masked, &run.batch_levels, &dir.display().to_string())?;
+    align_batches(&mut ds, &run.batch_levels, &dir.display().to_string())?;
+    let (_, model, params): (RunConfig, SpliceVae, Params<f32>) = load_model(&dir, &masked)?;
+    let mb_groups = match &args.meanbayes_groupby {
+        Some(c) => Some(group_codes(&masked, c)?),
+        None => None,
+    };
+    let labels = match &args.label {
+        Some(c) => Some(group_codes(&ds, c)?),
+        None => None,
+    };
+    let filter = TruthFilter { include_zero: args.include_zero_truth, exclude_one: args.exclude_psi_one, min_atse_count: args.min_atse_count };
+    let post_masked = Posterior::new(&masked, &model, &params)?;
+    let imp = evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), args.block_cells)?;
+    let post = Posterior::new(&ds, &model, &params)?;
+    let lat = evaluate_latents(&post, labels.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
+    let table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
+    write_tsv(&args.out, &rows_tsv(&table))?;
+    println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
