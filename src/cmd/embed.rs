@@ -98,10 +98,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                 },
                 None => (Colouring::None, String::new()),
             };
-            let x: Vec<f64> = chosen.data.iter().map(|&v| v as f64).collect();
             let name = args.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             let what = format!("{name} ({} latent)", format!("{:?}", args.modality).to_lowercase());
-            Embedding::pca_of(&x, chosen.cols, colouring, &label, &what)
+            Embedding::pca_of(&chosen.data, chosen.cols, colouring, &label, &what)
         })();
         super::plot::auto("embedding", fig, &crate::plot::prefix_beside(&args.out, "embedding"));
     }

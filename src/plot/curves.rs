@@ -149,7 +149,7 @@ impl Figure for Curves {
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
+                .position(legend_corner(p, (x0, x1), (y0, y1)))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(180, 180, 180))
                 .label_font(("sans-serif", 13))
@@ -160,12 +160,29 @@ impl Figure for Curves {
     }
 }
 
+/// The corner whose legend-sized box (40% of the width, 25% of the height) covers the fewest points.
+fn legend_corner(p: &Panel, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
+    let corners = [(SeriesLabelPosition::UpperRight, true, true), (SeriesLabelPosition::LowerRight, true, false), (SeriesLabelPosition::UpperLeft, false, true), (SeriesLabelPosition::LowerLeft, false, false)];
+    let inside = |&(x, y): &(f64, f64), right: bool, upper: bool| {
+        let (fx, fy) = ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0));
+        (if right { fx >= 0.6 } else { fx <= 0.4 }) && (if upper { fy >= 0.75 } else { fy <= 0.25 })
+    };
+    let mut best = (usize::MAX, SeriesLabelPosition::UpperRight);
+    for (pos, right, upper) in corners {
+        let n = p.series.iter().flat_map(|(_, s)| s.iter()).filter(|q| inside(q, right, upper)).count();
+        if n < best.0 {
+            best = (n, pos);
+        }
+    }
+    best.1
+}
+
 /// A compact tick label.
 pub(crate) fn short(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".into()
-    } else if a >= 1e5 || a < 1e-3 {
+    } else if !(1e-3..1e5).contains(&a) {
         format!("{v:.2e}")
     } else if a >= 100.0 {
         format!("{v:.0}")

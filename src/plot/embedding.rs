@@ -46,7 +46,7 @@ impl Colouring {
 
 /// The first `k` principal axes of the rows of `x` (n × d): (projections n × k, variance ratio per axis).
 pub fn pca(x: &[f64], d: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
-    let n = if d == 0 { 0 } else { x.len() / d };
+    let n = x.len().checked_div(d).unwrap_or(0);
     let mut mean = vec![0.0; d];
     for r in x.chunks_exact(d) {
         mean.iter_mut().zip(r).for_each(|(m, v)| *m += v);
@@ -130,7 +130,8 @@ pub struct Embedding {
 
 impl Embedding {
     /// PCA of a latent (n × d, row-major) to 2-D, on a seeded subsample of at most MAX_POINTS cells.
-    pub fn pca_of(x: &[f64], d: usize, colouring: Colouring, colour_label: &str, what: &str) -> Result<Embedding> {
+    /// Only the subsample is converted to f64, so an embed of millions of cells stays cheap.
+    pub fn pca_of<T: Copy + Into<f64>>(x: &[T], d: usize, colouring: Colouring, colour_label: &str, what: &str) -> Result<Embedding> {
         if d == 0 || x.len() % d != 0 {
             bail!("latent of {} values is not n × {d}", x.len());
         }
@@ -139,7 +140,7 @@ impl Embedding {
             bail!("latent with no cells");
         }
         let idx = subsample(n, MAX_POINTS, 0);
-        let sub: Vec<f64> = idx.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect();
+        let sub: Vec<f64> = idx.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().map(|&v| v.into())).collect();
         let (p, ratio) = pca(&sub, d, 2);
         let xy = (0..idx.len()).map(|i| (p[2 * i], p[2 * i + 1])).collect();
         let shown = if idx.len() < n { format!("{} of {n} cells", idx.len()) } else { format!("{n} cells") };

@@ -14,6 +14,9 @@ pub const OTHER_COLOUR: RGBColor = RGBColor(150, 150, 150);
 /// Panels drawn at most (the first comparisons of the table).
 pub const MAX_PANELS: usize = 16;
 
+/// (x, y) points.
+pub type Points = Vec<(f64, f64)>;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct VolcanoPanel {
     pub comparison: String,
@@ -92,7 +95,7 @@ impl Volcano {
     }
 
     /// The points drawn in a panel: every hit and a seeded subsample of the rest (≤ MAX_POINTS in all).
-    pub fn drawn(p: &VolcanoPanel) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    pub fn drawn(p: &VolcanoPanel) -> (Points, Points) {
         let hits: Vec<(f64, f64)> = p.points.iter().filter(|q| q.2).map(|q| (q.0, q.1)).collect();
         let others: Vec<(f64, f64)> = p.points.iter().filter(|q| !q.2).map(|q| (q.0, q.1)).collect();
         let hits: Vec<(f64, f64)> = subsample(hits.len(), MAX_POINTS, 1).into_iter().map(|i| hits[i]).collect();
