@@ -133,7 +133,7 @@ impl Figure for ImputeScatter {
                 .draw_series(std::iter::once(Text::new(format!("n = {}", m.truth.len()), (0.03, 0.95), ("sans-serif", 13).into_font().color(&BLACK))))
                 .map_err(pe)?;
         }
-        colour_bar(&bar, 0.0, vmax, "entries per bin, log10(1 + n)")?;
+        colour_bar(&bar, 0.0, vmax, "log10 (1 + entries per bin)")?;
         Ok(())
     }
 }
