@@ -11,5 +11,6 @@ pub mod data;
 pub mod device;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod train;
 pub mod util;

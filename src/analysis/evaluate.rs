@@ -116,6 +116,48 @@ pub const METHOD_MEANBAYES: &str = "mean_bayes";
 #[derive(Clone, Debug, Default)]
 pub struct ImputationReport {
     pub results: Vec<(String, String, ImputationMetrics)>,
+    /// The scored dropped entries with every method's prediction (for the density scatter).
+    pub dropped: DroppedPairs,
+}
+
+/// (truth, prediction) of the scored dropped entries, one prediction column per method.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DroppedPairs {
+    pub cell: Vec<u32>,
+    pub junction: Vec<u32>,
+    pub truth: Vec<f64>,
+    pub methods: Vec<(String, Vec<f64>)>,
+}
+
+impl DroppedPairs {
+    /// TSV with columns cell, junction, truth, then one per method; at most `max_rows` rows (a seeded
+    /// subsample in entry order above that).
+    pub fn tsv(&self, cell_names: &[String], junction_ids: &[String], max_rows: usize, seed: u64) -> String {
+        use super::differential::{clean_text, fmt_f64};
+        let n = self.truth.len();
+        let mut rows: Vec<usize> = (0..n).collect();
+        if n > max_rows {
+            rows.shuffle(&mut stream(seed, Purpose::Analysis, tags::SUBSAMPLE, 1));
+            rows.truncate(max_rows);
+            rows.sort_unstable();
+        }
+        let mut s = String::from("cell\tjunction\ttruth");
+        for (m, _) in &self.methods {
+            s.push('\t');
+            s.push_str(m);
+        }
+        s.push('\n');
+        let name = |v: &[String], i: u32| v.get(i as usize).map(|x| clean_text(x)).unwrap_or_else(|| i.to_string());
+        for i in rows {
+            s.push_str(&format!("{}\t{}\t{}", name(cell_names, self.cell[i]), name(junction_ids, self.junction[i]), fmt_f64(self.truth[i])));
+            for (_, p) in &self.methods {
+                s.push('\t');
+                s.push_str(&fmt_f64(p[i]));
+            }
+            s.push('\n');
+        }
+        s
+    }
 }
 
 impl ImputationReport {
@@ -187,6 +229,17 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
     let mb = MeanBayes::fit(spl, meanbayes_groups, 2);
     let mb_pred: Vec<f64> = dropped.iter().map(|e| mb.predict(e.cell as usize, e.junction as usize)).collect();
     report.results.push(("dropped".into(), METHOD_MEANBAYES.into(), imputation_metrics(&t_drop, &mb_pred)));
+    report.dropped = DroppedPairs {
+        cell: dropped.iter().map(|e| e.cell).collect(),
+        junction: dropped.iter().map(|e| e.junction).collect(),
+        truth: t_drop.clone(),
+        methods: Vec::new(),
+    };
+    if need_dm {
+        report.dropped.methods.push((METHOD_DM.into(), dm_drop.clone()));
+    }
+    report.dropped.methods.push((METHOD_DECODER.into(), dec_drop.clone()));
+    report.dropped.methods.push((METHOD_MEANBAYES.into(), mb_pred));
     Ok(report)
 }
 

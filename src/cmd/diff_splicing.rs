@@ -77,6 +77,9 @@ pub struct DiffSplicingArgs {
     /// PSI the test reads: dm-posterior (the original's default) or decoder.
     #[arg(long, value_enum, default_value = "dm-posterior")]
     pub method: SplicingFn,
+    /// Do not draw the volcano plot (OUT without .tsv, then .volcano.png / .svg).
+    #[arg(long)]
+    pub no_plots: bool,
 }
 
 pub fn run(args: DiffSplicingArgs) -> Result<()> {
@@ -101,5 +104,9 @@ pub fn run(args: DiffSplicingArgs) -> Result<()> {
     }
     write_tsv(&args.groups.out, &ds_tsv(&results))?;
     eprintln!("wrote {}", args.groups.out.display());
+    if !args.no_plots {
+        let out = &args.groups.out;
+        super::plot::auto("volcano", crate::plot::volcano::Volcano::from_file(out, None), &crate::plot::prefix_beside(out, "volcano"));
+    }
     Ok(())
 }

@@ -28,6 +28,12 @@ pub struct EmbedArgs {
     /// Cells per inference block.
     #[arg(long, default_value_t = 1024)]
     pub batch_size: usize,
+    /// obs column colouring the embedding picture (default: cell_type if present, else the first categorical column).
+    #[arg(long)]
+    pub color_by: Option<String>,
+    /// Do not draw the embedding picture (OUT without .h5ad, then .embedding.png / .svg: PCA of the latent).
+    #[arg(long)]
+    pub no_plots: bool,
 }
 
 /// Posterior means (joint qz_m, expression mu_e, splicing mu_s) of every cell, row-major.
@@ -52,6 +58,11 @@ pub fn latents(run_dir: &std::path::Path, ds: &crate::data::Dataset, batch_size:
 pub fn run(args: EmbedArgs) -> Result<()> {
     let run = crate::train::trainer::read_run_config(&args.run_dir)?;
     let ds = load(&args.data, &run.data)?;
+    if let Some(c) = &args.color_by {
+        if !ds.obs.iter().any(|(n, _)| n == c) {
+            anyhow::bail!("--color-by: no obs column `{c}` (obs has: {})", ds.obs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
+        }
+    }
     let [joint, expr, spl] = latents(&args.run_dir, &ds, args.batch_size)?;
     let chosen = match args.modality {
         LatentKind::Joint => &joint,
@@ -76,5 +87,22 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     };
     write_h5ad(&args.out, &out)?;
     eprintln!("wrote {} ({} cells, {} latent dims in obsm[\"X_splicevi\"])", args.out.display(), n, chosen.cols);
+    if !args.no_plots {
+        use crate::plot::embedding::{default_colour_column, Colouring, Embedding};
+        let fig = (|| {
+            let col = args.color_by.clone().or_else(|| default_colour_column(&ds.obs));
+            let (colouring, label) = match &col {
+                Some(c) => match ds.obs.iter().find(|(n, _)| n == c) {
+                    Some((_, v)) => (Colouring::from_obs(v), c.clone()),
+                    None => anyhow::bail!("no obs column `{c}`"),
+                },
+                None => (Colouring::None, String::new()),
+            };
+            let name = args.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let what = format!("{name} ({} latent)", format!("{:?}", args.modality).to_lowercase());
+            Embedding::pca_of(&chosen.data, chosen.cols, colouring, &label, &what)
+        })();
+        super::plot::auto("embedding", fig, &crate::plot::prefix_beside(&args.out, "embedding"));
+    }
     Ok(())
 }

@@ -67,6 +67,12 @@ pub struct EvaluateArgs {
     /// Cells per inference block.
     #[arg(long, default_value_t = 512)]
     pub block_cells: usize,
+    /// Most (truth, prediction) rows in the dropped-entry pairs TSV beside --out (a seeded subsample above).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_pairs: usize,
+    /// Do not draw the imputation density scatter (OUT.impute.png / .svg).
+    #[arg(long)]
+    pub no_plots: bool,
     #[command(flatten)]
     pub data_options: DataOptions,
     #[command(flatten)]
@@ -86,6 +92,7 @@ fn train_here(args: &EvaluateArgs, data: &PathBuf, masked: &Dataset, dir: &std::
         config: args.config.clone(),
         resume: false,
         quiet: args.quiet,
+        no_plots: true,
         data_options: args.data_options.clone(),
         options: args.options.clone(),
     };
@@ -167,5 +174,13 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     write_tsv(&args.out, &rows_tsv(&table))?;
     println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
     eprintln!("wrote {}", args.out.display());
+    // The dropped entries' (truth, prediction) pairs, and their density scatter.
+    let pairs = crate::plot::with_ext(&crate::plot::prefix_beside(&args.out, "pairs"), "tsv");
+    write_tsv(&pairs, &imp.dropped.tsv(&ds.cell_names, &ds.splicing.junction_names, args.max_pairs, args.eval_seed))?;
+    eprintln!("wrote {} ({} dropped entries scored)", pairs.display(), imp.dropped.truth.len());
+    if !args.no_plots {
+        let prefix = crate::plot::prefix_beside(&args.out, "impute");
+        super::plot::auto("imputation", crate::plot::impute::ImputeScatter::from_file(&pairs), &prefix);
+    }
     Ok(())
 }

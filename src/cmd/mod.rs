@@ -12,6 +12,7 @@ pub mod impute;
 pub mod info;
 pub mod normalize_expression;
 pub mod option_flags;
+pub mod plot;
 pub mod simulate;
 pub mod train;
 pub mod validate;
@@ -46,6 +47,8 @@ pub enum Command {
     DiffExpression(diff_expression::DiffExpressionArgs),
     /// Masked-ATSE imputation vs MeanBayes and latent metrics (table + TSV).
     Evaluate(evaluate::EvaluateArgs),
+    /// Redraw a picture: training curves, imputation scatter, DS volcano, latent embedding (PNG + SVG).
+    Plot(plot::PlotArgs),
     /// Run conformance cases (../shared/fixtures format) and compare with the original's numbers.
     CheckFixture(check_fixture::CheckFixtureArgs),
     /// Training throughput on simulated data (cells/s, s/epoch, peak memory, fraction of the floor).
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DiffSplicing(a) => diff_splicing::run(a),
         Command::DiffExpression(a) => diff_expression::run(a),
         Command::Evaluate(a) => evaluate::run(a),
+        Command::Plot(a) => plot::run(a),
         Command::CheckFixture(a) => check_fixture::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Info(a) => info::run(a),

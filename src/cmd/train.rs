@@ -28,6 +28,9 @@ pub struct TrainArgs {
     /// No per-epoch lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Do not draw the training curves (RUN_DIR/curves.png / .svg) at the end.
+    #[arg(long)]
+    pub no_plots: bool,
     #[command(flatten)]
     pub data_options: DataOptions,
     #[command(flatten)]
@@ -132,7 +135,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let mut t = Trainer::resume(&ds, &args.out, max_epochs)?;
         t.verbose = !args.quiet;
         eprintln!("resuming {} after epoch {}", args.out.display(), t.state.epochs_done);
-        return t.fit();
+        t.fit()?;
+        curves(&args);
+        return Ok(());
     }
     // Options are checked before any data is read.
     let (model, train) = resolve(&args)?;
@@ -165,5 +170,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if t.state.stopped_early { " (early stopping)" } else { "" },
         last.map(|m| format!("{:.4}", m.reconstruction_loss_validation)).unwrap_or_else(|| "n/a".into())
     );
+    curves(&args);
     Ok(())
+}
+
+/// Training curves beside the metrics (RUN_DIR/curves.png and .svg) unless --no-plots.
+fn curves(args: &TrainArgs) {
+    if !args.no_plots {
+        super::plot::auto("training-curves", crate::plot::curves::Curves::from_run_dir(&args.out), &args.out.join("curves"));
+    }
 }

@@ -1,0 +1,97 @@
+//! `splicevi plot`: redraw any of the pictures the other commands write beside their outputs (each as
+//! PREFIX.png and PREFIX.svg).
+
+use crate::plot::{curves::Curves, embedding::Embedding, impute::ImputeScatter, prefix_beside, save, volcano::Volcano, Figure};
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    #[command(subcommand)]
+    pub kind: PlotKind,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PlotKind {
+    /// Training curves: one panel per loss term of RUN_DIR/metrics.tsv, train vs validation per epoch.
+    Curves {
+        run_dir: PathBuf,
+        /// Output prefix (default: RUN_DIR/curves).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Imputation density scatter (true vs predicted PSI of the dropped entries, Pearson r) from the
+    /// pairs TSV `splicevi evaluate` writes (OUT.pairs.tsv).
+    Impute {
+        pairs: PathBuf,
+        /// Output prefix (default: PAIRS without .tsv, then .impute).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Volcano plot of a diff-splicing TSV: ΔPSI vs log10 Bayes factor, FDR calls highlighted.
+    Volcano {
+        ds_tsv: PathBuf,
+        /// Call hits from proba_ds at this posterior-expected FDR (default: the table's is_ds_fdr).
+        #[arg(long)]
+        fdr: Option<f64>,
+        /// Output prefix (default: DS_TSV without .tsv, then .volcano).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// 2-D embedding (PCA) of a latent .h5ad (as `splicevi embed` writes) coloured by an obs column.
+    Embedding {
+        latent_h5ad: PathBuf,
+        /// obs column to colour by (default: cell_type if present, else the first categorical column).
+        #[arg(long)]
+        color_by: Option<String>,
+        /// obsm key of the latent.
+        #[arg(long, default_value = "X_splicevi")]
+        obsm: String,
+        /// Output prefix (default: LATENT_H5AD without .h5ad, then .embedding).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn written<F: Figure>(fig: &F, prefix: &Path) -> Result<()> {
+    let [p, s] = save(fig, prefix)?;
+    eprintln!("wrote {} and {}", p.display(), s.display());
+    Ok(())
+}
+
+pub fn run(args: PlotArgs) -> Result<()> {
+    match args.kind {
+        PlotKind::Curves { run_dir, out } => written(&Curves::from_run_dir(&run_dir)?, &out.unwrap_or_else(|| run_dir.join("curves"))),
+        PlotKind::Impute { pairs, out } => {
+            let default = prefix_beside(&strip(&pairs, ".pairs.tsv"), "impute");
+            written(&ImputeScatter::from_file(&pairs)?, &out.unwrap_or(default))
+        }
+        PlotKind::Volcano { ds_tsv, fdr, out } => {
+            if let Some(f) = fdr {
+                anyhow::ensure!(f > 0.0 && f < 1.0, "--fdr must be in (0, 1), got {f}");
+            }
+            written(&Volcano::from_file(&ds_tsv, fdr)?, &out.unwrap_or_else(|| prefix_beside(&ds_tsv, "volcano")))
+        }
+        PlotKind::Embedding { latent_h5ad, color_by, obsm, out } => {
+            written(&Embedding::from_h5ad(&latent_h5ad, &obsm, color_by.as_deref())?, &out.unwrap_or_else(|| prefix_beside(&latent_h5ad, "embedding")))
+        }
+    }
+}
+
+/// `eval.pairs.tsv` → `eval.tsv`-like stem handling: drop a known suffix so the picture is `eval.impute.png`.
+fn strip(p: &Path, suffix: &str) -> PathBuf {
+    let s = p.to_string_lossy();
+    match s.strip_suffix(suffix) {
+        Some(base) => PathBuf::from(format!("{base}.tsv")),
+        None => p.to_path_buf(),
+    }
+}
+
+/// Draw a picture beside a command's output; a failure is reported, never fatal (the output is written).
+pub fn auto<F: Figure>(what: &str, fig: Result<F>, prefix: &Path) {
+    match fig.and_then(|f| save(&f, prefix)) {
+        Ok([p, s]) => eprintln!("wrote {} and {}", p.display(), s.display()),
+        Err(e) => eprintln!("warning: the {what} plot was not drawn: {e:#}"),
+    }
+}

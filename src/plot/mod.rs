@@ -1,0 +1,280 @@
+//! Pictures of the outputs (issue 5): training curves, imputation density scatter, DS volcano and a 2-D
+//! embedding of a latent. Each is drawn once per backend into a PNG (RGB buffer encoded with `png`) and an
+//! SVG (a string), both written atomically next to a prefix: `PREFIX.png` and `PREFIX.svg`.
+//!
+//! Text is rendered with plotters' `ab_glyph` support from a font compiled into the binary
+//! (`assets/fonts/DejaVuSans-subset.ttf`), so nothing depends on system fonts or fontconfig.
+
+pub mod curves;
+pub mod embedding;
+pub mod impute;
+pub mod volcano;
+
+use crate::util::write_atomic;
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// DejaVu Sans, subset (see assets/fonts/README.md for the licence).
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
+
+/// Most points drawn in one scatter (a seeded subsample above this).
+pub const MAX_POINTS: usize = 20_000;
+
+/// Register the bundled font under the family names plotters asks for (once per process).
+pub fn init_fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for family in ["sans-serif", "serif", "monospace"] {
+            for style in [FontStyle::Normal, FontStyle::Bold, FontStyle::Italic, FontStyle::Oblique] {
+                // The bytes are a valid TrueType font (checked by the tests); ignore the impossible error.
+                let _ = plotters::style::register_font(family, style, FONT);
+            }
+        }
+    });
+}
+
+/// A picture that can be drawn on any plotters backend.
+pub trait Figure {
+    /// Pixel size (width, height) of the PNG; the SVG has the same size in user units.
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
+}
+
+/// Turn a plotters error into anyhow (its error types carry the backend's lifetime).
+pub(crate) fn pe<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("drawing: {e}")
+}
+
+/// Render `fig` into an RGB buffer (width × height × 3).
+pub fn render_rgb<F: Figure>(fig: &F) -> Result<(u32, u32, Vec<u8>)> {
+    init_fonts();
+    let (w, h) = fig.size();
+    let mut buf = vec![255u8; (w as usize) * (h as usize) * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(pe)?;
+        fig.draw(&root)?;
+        root.present().map_err(pe)?;
+    }
+    Ok((w, h, buf))
+}
+
+/// Render `fig` into an SVG document.
+pub fn render_svg<F: Figure>(fig: &F) -> Result<String> {
+    init_fonts();
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, fig.size()).into_drawing_area();
+        root.fill(&WHITE).map_err(pe)?;
+        fig.draw(&root)?;
+        root.present().map_err(pe)?;
+    }
+    Ok(s)
+}
+
+/// PNG bytes of an RGB buffer.
+pub fn encode_png(w: u32, h: u32, rgb: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Best);
+        let mut wr = enc.write_header()?;
+        wr.write_image_data(rgb)?;
+    }
+    Ok(out)
+}
+
+/// `PREFIX.ext` (the extension is appended, so a prefix may contain dots).
+pub fn with_ext(prefix: &Path, ext: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_os_string();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+/// Write `PREFIX.png` and `PREFIX.svg` atomically; returns both paths.
+pub fn save<F: Figure>(fig: &F, prefix: &Path) -> Result<[PathBuf; 2]> {
+    let (w, h, rgb) = render_rgb(fig)?;
+    let png_bytes = encode_png(w, h, &rgb)?;
+    let svg = render_svg(fig)?;
+    let (p, s) = (with_ext(prefix, "png"), with_ext(prefix, "svg"));
+    write_atomic(&p, |t| Ok(std::fs::write(t, &png_bytes)?))?;
+    write_atomic(&s, |t| Ok(std::fs::write(t, svg.as_bytes())?))?;
+    Ok([p, s])
+}
+
+/// `PATH` without a trailing `.tsv` / `.h5ad` (etc.) extension, with `.suffix` appended: the default
+/// prefix of a plot drawn from `PATH`.
+pub fn prefix_beside(path: &Path, suffix: &str) -> PathBuf {
+    let stem = match path.extension() {
+        Some(_) => path.with_extension(""),
+        None => path.to_path_buf(),
+    };
+    with_ext(&stem, suffix)
+}
+
+/// A seeded subsample of `0..n` of at most `max` indices (ascending); all of them when n ≤ max.
+pub fn subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
+    if n <= max {
+        return (0..n).collect();
+    }
+    use rand::seq::index::sample;
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut v = sample(&mut rng, n, max).into_vec();
+    v.sort_unstable();
+    v
+}
+
+/// Pearson correlation of two equally long series (NaN when undefined).
+pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    if n < 2 {
+        return f64::NAN;
+    }
+    let (ma, mb) = (a[..n].iter().sum::<f64>() / n as f64, b[..n].iter().sum::<f64>() / n as f64);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        let (x, y) = (a[i] - ma, b[i] - mb);
+        sab += x * y;
+        saa += x * x;
+        sbb += y * y;
+    }
+    if saa <= 0.0 || sbb <= 0.0 {
+        return f64::NAN;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+/// Range of the finite values with a margin (a unit interval around a single value).
+pub fn padded_range(vals: impl Iterator<Item = f64>, margin: f64) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in vals.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        let d = if lo.abs() > 0.0 { lo.abs() * 0.1 } else { 0.5 };
+        return (lo - d, hi + d);
+    }
+    let m = (hi - lo) * margin;
+    (lo - m, hi + m)
+}
+
+/// The viridis colour map at t ∈ [0, 1] (a piecewise-linear fit through 9 anchors of matplotlib's table).
+pub fn viridis(t: f64) -> RGBColor {
+    const A: [(u8, u8, u8); 9] = [
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 81, 139),
+        (44, 113, 142),
+        (33, 144, 141),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ];
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+    let x = t * (A.len() - 1) as f64;
+    let i = (x.floor() as usize).min(A.len() - 2);
+    let f = x - i as f64;
+    let lerp = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
+    RGBColor(lerp(A[i].0, A[i + 1].0), lerp(A[i].1, A[i + 1].1), lerp(A[i].2, A[i + 1].2))
+}
+
+/// 20 distinguishable categorical colours (matplotlib's tab10 then its lighter tab20 partners).
+pub const CATEGORICAL: [RGBColor; 20] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
+];
+
+/// Draw a vertical colour bar for [lo, hi] in `area` with a label.
+pub(crate) fn colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, lo: f64, hi: f64, label: &str) -> Result<()> {
+    let mut chart = ChartBuilder::on(area)
+        .margin_top(40)
+        .margin_bottom(60)
+        .margin_right(10)
+        .y_label_area_size(0)
+        .x_label_area_size(0)
+        .right_y_label_area_size(50)
+        .build_cartesian_2d(0.0..1.0, lo..hi)
+        .map_err(pe)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .disable_y_mesh()
+        .disable_x_axis()
+        .y_desc(label)
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
+        .draw()
+        .map_err(pe)?;
+    let steps = 64;
+    let span = hi - lo;
+    chart
+        .draw_series((0..steps).map(|i| {
+            let (a, b) = (lo + span * i as f64 / steps as f64, lo + span * (i + 1) as f64 / steps as f64);
+            Rectangle::new([(0.0, a), (1.0, b)], viridis((i as f64 + 0.5) / steps as f64).filled())
+        }))
+        .map_err(pe)?;
+    Ok(())
+}
+
+/// Tick labels for an axis spanning `span`: as many decimals as the tick step needs.
+pub(crate) fn tick_decimals(span: f64) -> usize {
+    if !(span.is_finite() && span > 0.0) {
+        return 2;
+    }
+    (-(span / 6.0).log10()).ceil().clamp(0.0, 6.0) as usize
+}
+
+/// A tick label with `dec` decimals ("0" for zero, never "-0").
+pub(crate) fn tick(v: f64, dec: usize) -> String {
+    let s = format!("{v:.dec$}");
+    if s.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') {
+        "0".into()
+    } else {
+        s
+    }
+}
+
+/// Split a TSV text into its header and rows.
+pub(crate) fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<String> = lines.next().ok_or_else(|| anyhow!("{}: empty file", path.display()))?.split('\t').map(|s| s.trim().to_string()).collect();
+    let rows = lines.map(|l| l.split('\t').map(|s| s.to_string()).collect()).collect();
+    Ok((header, rows))
+}
+
+/// Parse a TSV number as written by splicevi (or pandas): nan / inf allowed.
+pub(crate) fn num(s: &str) -> f64 {
+    s.trim().parse::<f64>().unwrap_or(f64::NAN)
+}
