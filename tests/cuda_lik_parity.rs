@@ -1,0 +1,712 @@
+//! The likelihood kernels kernels/splicing_lik.cu (sparse splicing decode + DM / beta-binomial /
+//! binomial / BCE + dL/dlogit) and kernels/expr_lik.cu (expression decode + ZINB / NB / Poisson +
+//! gradients) against their CPU twins `model::spl_lik` and `model::expr_lik`.
+//!
+//! **These kernels have never run on a GPU**: they were written and compiled on a machine without one.
+//! The GPU tests below (`gpu_*`) print `SKIPPED: <reason>` and return when there is no usable GPU (or the
+//! binary was built without nvcc); on a GPU machine scripts/gpu-check.sh bundles and runs them, and
+//! there a skip counts as a failure. The CPU tests (`twin_*`) always run: they check the twins
+//! themselves in f64 against central finite differences, so this file is never a no-op.
+//!
+//! GPU inputs are fresh random problems: counts up to 1e4 (n ≥ k; n = the ATSE total, as in the data),
+//! ATSEs of 1–7 junctions scattered over the junction ids (so grouping is exercised), cells with no
+//! observed entry, logits both moderate and far beyond the clamps; expression rows with counts up to 1e4,
+//! all-zero rows, G not a multiple of the tile, θ per gene and per cell, and per-row gradient weights.
+//! Every output buffer is poisoned with NaN before the launch (an unwritten entry fails every
+//! comparison), and each kernel is run twice and must be bit-identical (no atomics).
+//!
+//! Comparisons (f32 kernels vs the f32 CPU twin, the twin evaluated at the kernel's own logits so that
+//! the SDDMM rounding is checked separately from the likelihood):
+//! * logits: |gpu − Σ s·w − b| ≤ (K + 2)·eps32·(Σ|s·w| + |b|) against the f64 dot of the very operands
+//!   (bf16-rounded in the bf16 case): the worst-case bound of an f32 dot product in any summation order.
+//! * per-cell / per-row losses: |gpu − twin| ≤ 32·eps32·M (+ 1e-6 |twin|), M = Σ of the magnitudes of
+//!   the terms being summed (each lgamma term counted as max(|lgamma|, 1), plus the log terms and the
+//!   first-order sensitivity to a relative rounding of the inputs). Why: the twin's f32 lgamma /
+//!   digamma are the f64 functions rounded (≤ 0.5 ulp), the device ones (kernels/special.cuh) are
+//!   within 4·eps·max(|f|, 1), expf / logf may differ by an ulp or two and nvcc contracts a·b + c into
+//!   FMAs; each of these moves a term by a few ulps of its own size, and the terms (lgamma(n+1) ≈ 8e4 for
+//!   n = 1e4) cancel to a much smaller sum. Where the terms do not cancel this is ≈ 4e-6 relative, i.e.
+//!   the "relative ~1e-5" one expects of f32 lgamma differences; where they do, a relative bound on the
+//!   small sum would be meaningless (f32 itself cannot resolve it: one count of 1e4 carries lgamma terms
+//!   of ~8e4, i.e. ~1e-2 absolute per term in any f32 implementation). 32·eps is ~8× the per-term
+//!   error budget (4.5 ulp of lgamma plus a few ulp of the f32 additions that combine the terms).
+//! * per-entry gradients, p and concentration contributions: |gpu − twin| ≤ 1e-4·|twin| + 1e-5·(max
+//!   |twin| over the cell / row). Their terms are digamma differences and products of O(1) factors:
+//!   both sides evaluate the same f32 expressions, so they agree to a few ulps of the largest term; the
+//!   bound leaves two orders of magnitude for that and still catches any wrong formula (O(1) errors).
+//! * expression d_library: 32·eps32·Σ_g (2x + μ)·|w| (+ 1e-5 relative).
+//! * bf16 operands (splicing SDDMM): the same bounds, the operands being rounded to bf16 on the host
+//!   first, so both sides see identical values. (The expression kernel takes f32 decoder outputs only:
+//!   design.md §4 keeps likelihood math in f32.)
+//! Inputs stay where f32 itself is well conditioned: logits far beyond the clamps are ±40 for the DM
+//! and −40 only for the others (above ~17 the f32 sigmoid is exactly 1 and log(1 − p) is −inf in the
+//! CPU model, the kernel and torch alike), moderate logits |x| ≲ 10.
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use splicevi::cuda::{CudaDevice, CudaExprLik, CudaSplicingLik};
+use splicevi::model::batch::SplBatch;
+use splicevi::model::config::{DmConcentration, GeneLikelihood, SplicingLoss};
+use splicevi::model::expr_lik::{expr_row, ExprRow, ExprRowOut, ScaleAct};
+use splicevi::model::real::{lgamma, softplus, softplus_grad, Real};
+use splicevi::model::spl_lik::{self, AtseGroups, ConcIndex};
+
+const EPS32: f64 = f32::EPSILON as f64;
+
+/// Prints "SKIPPED: ..." straight to stderr (libtest captures the output of passing tests).
+fn skipped(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {msg}");
+}
+
+fn device_or_skip(test: &str) -> Option<CudaDevice> {
+    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
+        skipped(&format!("{test}: {reason}"));
+        return None;
+    }
+    Some(CudaDevice::open(0).expect("cuda:0 is usable but could not be opened"))
+}
+
+/// Central difference with one Richardson step: (4 D(h/2) − D(h)) / 3, truncation error O(h⁴).
+fn richardson(f: impl Fn(f64) -> f64, h: f64) -> f64 {
+    let d = |hh: f64| (f(hh) - f(-hh)) / (2.0 * hh);
+    (4.0 * d(h / 2.0) - d(h)) / 3.0
+}
+
+/// Rounding noise of a finite difference of a sum whose changing terms have total magnitude `mag`.
+fn fd_noise(mag: f64, h: f64) -> f64 {
+    16.0 * f64::EPSILON * (mag + 1.0) / h
+}
+
+fn randn(rng: &mut ChaCha8Rng) -> f64 {
+    rng.sample::<f64, _>(StandardNormal)
+}
+
+// =====================================================================================================
+// Splicing problems
+
+struct SplCase {
+    spl: SplBatch,
+    junc2atse: Vec<u32>,
+    atse_ptr: Vec<usize>,
+    n_atse: usize,
+}
+
+/// `b` cells over `n_atse` ATSEs of 1–7 junctions (junction ids shuffled), each ATSE observed in a cell
+/// with probability `p_obs`; every sixth cell has no observed entry. n = the ATSE total (10^U(0,4),
+/// sometimes 0), the k split it.
+fn spl_case(rng: &mut ChaCha8Rng, b: usize, n_atse: usize, p_obs: f64) -> SplCase {
+    let sizes: Vec<usize> = (0..n_atse).map(|_| rng.gen_range(1..=7)).collect();
+    let mut junc2atse: Vec<u32> = sizes.iter().enumerate().flat_map(|(a, &s)| std::iter::repeat(a as u32).take(s)).collect();
+    junc2atse.shuffle(rng);
+    let j = junc2atse.len();
+    let mut members = vec![Vec::new(); n_atse];
+    for (jj, &a) in junc2atse.iter().enumerate() {
+        members[a as usize].push(jj as u32);
+    }
+    let mut atse_ptr = vec![0usize; n_atse + 1];
+    for a in 0..n_atse {
+        atse_ptr[a + 1] = atse_ptr[a] + sizes[a];
+    }
+    let mut spl = SplBatch { n_junctions: j, indptr: vec![0], ..Default::default() };
+    for i in 0..b {
+        let mut ent: Vec<(u32, f32, f32)> = Vec::new();
+        if i % 6 != 2 {
+            for m in &members {
+                if rng.gen::<f64>() >= p_obs {
+                    continue;
+                }
+                let big_n = if rng.gen::<f64>() < 0.05 { 0.0 } else { 10f64.powf(rng.gen_range(0.0..4.0)).round() };
+                let wts: Vec<f64> = m.iter().map(|_| rng.gen::<f64>().powi(2) + 1e-3).collect();
+                let ws: f64 = wts.iter().sum();
+                for (&jj, &wt) in m.iter().zip(&wts) {
+                    ent.push((jj, (big_n * wt / ws).floor() as f32, big_n as f32));
+                }
+            }
+        }
+        ent.sort_by_key(|e| e.0);
+        for (jj, k, n) in ent {
+            spl.junction.push(jj);
+            spl.k.push(k);
+            spl.n.push(n);
+            spl.psi.push(if n > 0.0 { k / n } else { 0.0 });
+        }
+        spl.indptr.push(spl.junction.len());
+    }
+    SplCase { spl, junc2atse, atse_ptr, n_atse }
+}
+
+fn kinds() -> [(SplicingLoss, ConcIndex); 5] {
+    [
+        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Atse)),
+        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Scalar)),
+        (SplicingLoss::BetaBinomial, ConcIndex::for_loss(SplicingLoss::BetaBinomial, DmConcentration::Atse)),
+        (SplicingLoss::Binomial, ConcIndex::for_loss(SplicingLoss::Binomial, DmConcentration::Atse)),
+        (SplicingLoss::Bce, ConcIndex::for_loss(SplicingLoss::Bce, DmConcentration::Atse)),
+    ]
+}
+
+fn log_phi_len(kind: SplicingLoss, conc: ConcIndex, c: &SplCase) -> usize {
+    match (kind, conc) {
+        (SplicingLoss::Binomial | SplicingLoss::Bce, _) => 1,
+        (_, ConcIndex::Scalar) => 1,
+        (_, ConcIndex::Atse) => c.n_atse,
+        (_, ConcIndex::Junction) => c.spl.n_junctions,
+    }
+}
+
+fn groups_for(kind: SplicingLoss, c: &SplCase) -> Option<AtseGroups> {
+    (kind == SplicingLoss::DirichletMultinomial).then(|| AtseGroups::build(&c.spl, &c.junc2atse, &c.atse_ptr).unwrap())
+}
+
+fn to_t<T: Real>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f64(x)).collect()
+}
+
+// =====================================================================================================
+// CPU: the splicing twin against finite differences (f64)
+
+#[test]
+fn twin_splicing_gradients_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let c = spl_case(&mut rng, 7, 40, 0.35);
+    let nnz = c.spl.nnz();
+    assert!(nnz > 50, "test problem too small ({nnz} entries)");
+    let logits: Vec<f64> = (0..nnz).map(|_| rng.gen_range(-5.0..5.0)).collect();
+    let h = 1e-3;
+    for (kind, conc) in kinds() {
+        let groups = groups_for(kind, &c);
+        let lp: Vec<f64> = (0..log_phi_len(kind, conc, &c)).map(|_| randn(&mut rng)).collect();
+        let phi_max = lp.iter().map(|&v| softplus(v)).fold(0.0, f64::max);
+        let w = 0.7;
+        let rl_at = |lg: &[f64], lp: &[f64]| spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, lg, lp, w).rl;
+        let out = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &logits, &lp, w);
+        assert!(out.rl.iter().all(|v| v.is_finite()), "{kind}: non-finite loss");
+        // magnitude of the terms that move with entry e: its own (BB / binomial / BCE) or its ATSE's (DM)
+        let group_size = |e: usize| -> f64 {
+            if kind != SplicingLoss::DirichletMultinomial {
+                return 1.0;
+            }
+            let a = c.junc2atse[c.spl.junction[e] as usize] as usize;
+            (c.atse_ptr[a + 1] - c.atse_ptr[a]) as f64
+        };
+        let mag = |e: usize| {
+            let n = c.spl.n[e] as f64;
+            10.0 * group_size(e) * (lgm(n + 2.0 + phi_max) + n * (1.0 + logits[e].abs()))
+        };
+        // d rl / d logit, entry by entry (only the entry's own cell depends on it)
+        let mut worst = 0f64;
+        for i in 0..c.spl.n_cells() {
+            for e in c.spl.cell_range(i) {
+                let fd = richardson(
+                    |d| {
+                        let mut lg = logits.clone();
+                        lg[e] += d;
+                        rl_at(&lg, &lp)[i]
+                    },
+                    h,
+                );
+                let g = out.g_logit[e];
+                let tol = 1e-6 * (1.0 + g.abs()) + fd_noise(mag(e), h);
+                assert!((fd - g).abs() <= tol, "{kind} ({conc:?}): cell {i} entry {e}: analytic {g:e} vs finite difference {fd:e}");
+                worst = worst.max((fd - g).abs() / tol);
+            }
+        }
+        // d rl / d log_phi (through softplus) for a few concentration targets
+        if matches!(kind, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
+            for t in (0..lp.len()).step_by((lp.len() / 7).max(1)) {
+                for i in 0..c.spl.n_cells() {
+                    let fd = richardson(
+                        |d| {
+                            let mut lpp = lp.clone();
+                            lpp[t] += d;
+                            rl_at(&logits, &lpp)[i]
+                        },
+                        h,
+                    );
+                    let ents: Vec<usize> = c.spl.cell_range(i).filter(|&e| conc.target(c.spl.junction[e] as usize, &c.junc2atse) == t).collect();
+                    let g: f64 = ents.iter().map(|&e| out.g_conc[e] * softplus_grad(lp[t])).sum();
+                    let m: f64 = ents.iter().map(|&e| mag(e)).sum();
+                    let tol = 1e-6 * (1.0 + g.abs()) + fd_noise(m, h);
+                    assert!((fd - g).abs() <= tol, "{kind} ({conc:?}): cell {i} log_phi[{t}]: analytic {g:e} vs finite difference {fd:e}");
+                }
+            }
+        }
+        // cells without entries contribute nothing
+        for i in 0..c.spl.n_cells() {
+            if c.spl.cell_range(i).is_empty() {
+                assert_eq!(out.rl[i], 0.0, "{kind}: empty cell {i} has a loss");
+            }
+        }
+        println!("{kind} ({conc:?}): {nnz} entries, worst |fd − analytic| / tol = {worst:.3}");
+    }
+}
+
+#[test]
+fn twin_atse_grouping_rejects_partially_observed_atses() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut c = spl_case(&mut rng, 4, 30, 0.5);
+    // drop one entry of a multi-junction ATSE
+    let e = (0..c.spl.nnz()).find(|&e| {
+        let a = c.junc2atse[c.spl.junction[e] as usize] as usize;
+        c.atse_ptr[a + 1] - c.atse_ptr[a] > 1
+    });
+    let e = e.expect("no multi-junction ATSE observed");
+    c.spl.junction.remove(e);
+    c.spl.k.remove(e);
+    c.spl.n.remove(e);
+    c.spl.psi.remove(e);
+    for p in c.spl.indptr.iter_mut() {
+        if *p > e {
+            *p -= 1;
+        }
+    }
+    let err = AtseGroups::build(&c.spl, &c.junc2atse, &c.atse_ptr).unwrap_err().to_string();
+    assert!(err.contains("junctions observed"), "{err}");
+}
+
+// =====================================================================================================
+// CPU: the expression twin against finite differences (f64)
+
+struct ExprCase {
+    g: usize,
+    raw: Vec<f64>,
+    pi: Vec<f64>,
+    log_theta: Vec<f64>,
+    theta_stride: usize,
+    library: Vec<f64>,
+    x_ptr: Vec<usize>,
+    x_idx: Vec<u32>,
+    x_val: Vec<f32>,
+    weight: Vec<f64>,
+}
+
+/// `b` rows × `g` genes; every fifth row has no counts; counts 0 (60%) or round(10^U(0,4)).
+fn expr_case(rng: &mut ChaCha8Rng, b: usize, g: usize, act: ScaleAct, per_cell_theta: bool) -> ExprCase {
+    let raw: Vec<f64> = (0..b * g)
+        .map(|_| match act {
+            ScaleAct::Softplus => -2.0 + 2.0 * randn(rng),
+            ScaleAct::Softmax => 2.0 * randn(rng),
+        })
+        .collect();
+    let library: Vec<f64> = (0..b)
+        .map(|_| match act {
+            ScaleAct::Softplus => rng.gen_range(0.0..5.0),
+            ScaleAct::Softmax => rng.gen_range(7.0..11.5),
+        })
+        .collect();
+    let theta_stride = if per_cell_theta { g } else { 0 };
+    let log_theta: Vec<f64> = (0..if per_cell_theta { b * g } else { g }).map(|_| 1.5 * randn(rng)).collect();
+    let pi: Vec<f64> = (0..b * g).map(|_| -1.0 + 2.0 * randn(rng)).collect();
+    let mut x_ptr = vec![0];
+    let (mut x_idx, mut x_val) = (Vec::new(), Vec::new());
+    for i in 0..b {
+        if i % 5 != 4 {
+            for gg in 0..g {
+                if rng.gen::<f64>() < 0.4 {
+                    x_idx.push(gg as u32);
+                    x_val.push(10f64.powf(rng.gen_range(0.0..4.0)).round() as f32);
+                }
+            }
+        }
+        x_ptr.push(x_idx.len());
+    }
+    let weight: Vec<f64> = (0..b).map(|i| if i % 7 == 3 { 0.0 } else { rng.gen_range(0.5..1.5) }).collect();
+    ExprCase { g, raw, pi, log_theta, theta_stride, library, x_ptr, x_idx, x_val, weight }
+}
+
+struct ExprTwinOut<T> {
+    rl: Vec<T>,
+    d_library: Vec<T>,
+    d_raw: Vec<T>,
+    d_log_theta: Vec<T>,
+    d_pi: Vec<T>,
+}
+
+/// The twin over all rows, θ = exp(log θ) computed in T (as the model does).
+fn expr_twin<T: Real>(lik: GeneLikelihood, act: ScaleAct, c: &ExprCase, raw: &[T], pi: &[T], theta: &[T], library: &[T], weight: &[T]) -> ExprTwinOut<T> {
+    let (b, g) = (library.len(), c.g);
+    let mut o = ExprTwinOut { rl: vec![T::ZERO; b], d_library: vec![T::ZERO; b], d_raw: vec![T::ZERO; b * g], d_log_theta: vec![T::ZERO; b * g], d_pi: vec![T::ZERO; b * g] };
+    for i in 0..b {
+        let th = &theta[i * c.theta_stride..i * c.theta_stride + g];
+        let r = c.x_ptr[i]..c.x_ptr[i + 1];
+        let inp = ExprRow {
+            raw: &raw[i * g..(i + 1) * g],
+            pi: &pi[i * g..(i + 1) * g],
+            theta: th,
+            library: library[i],
+            x_idx: &c.x_idx[r.clone()],
+            x_val: &c.x_val[r],
+            grad_weight: weight[i],
+        };
+        let mut out = ExprRowOut {
+            d_raw: &mut o.d_raw[i * g..(i + 1) * g],
+            d_log_theta: &mut o.d_log_theta[i * g..(i + 1) * g],
+            d_pi: &mut o.d_pi[i * g..(i + 1) * g],
+        };
+        let res = expr_row(lik, act, &inp, &mut out);
+        o.rl[i] = res.rl;
+        o.d_library[i] = res.d_library;
+    }
+    o
+}
+
+fn expr_configs() -> [(GeneLikelihood, ScaleAct, bool); 6] {
+    [
+        (GeneLikelihood::Zinb, ScaleAct::Softplus, false),
+        (GeneLikelihood::Zinb, ScaleAct::Softmax, true),
+        (GeneLikelihood::Nb, ScaleAct::Softmax, false),
+        (GeneLikelihood::Nb, ScaleAct::Softplus, true),
+        (GeneLikelihood::Poisson, ScaleAct::Softmax, false),
+        (GeneLikelihood::Poisson, ScaleAct::Softplus, false),
+    ]
+}
+
+#[test]
+fn twin_expression_gradients_match_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let h = 1e-3;
+    for (lik, act, per_cell) in expr_configs() {
+        let c = expr_case(&mut rng, 6, 37, act, per_cell);
+        let theta: Vec<f64> = c.log_theta.iter().map(|v| v.exp()).collect();
+        let base = expr_twin(lik, act, &c, &c.raw, &c.pi, &theta, &c.library, &c.weight);
+        // the loss the gradients belong to: weight_i · rl_i
+        let wl = |o: &ExprTwinOut<f64>, i: usize| c.weight[i] * o.rl[i];
+        let b = c.library.len();
+        let g = c.g;
+        let mut worst = 0f64;
+        let mut check = |what: &str, i: usize, an: f64, fd: f64, mag: f64| {
+            let tol = 1e-6 * (1.0 + an.abs()) + fd_noise(mag, h);
+            assert!((fd - an).abs() <= tol, "{lik} {act:?}: row {i} {what}: analytic {an:e} vs finite difference {fd:e}");
+            worst = worst.max((fd - an).abs() / tol);
+        };
+        let rl_with = |raw: &[f64], pi: &[f64], th: &[f64], lib: &[f64], i: usize| wl(&expr_twin(lik, act, &c, raw, pi, th, lib, &c.weight), i);
+        for i in 0..b {
+            // magnitude of the row's terms (all of them move with a softmax logit or the library)
+            let r = &c.raw[i * g..(i + 1) * g];
+            let rho: Vec<f64> = match act {
+                ScaleAct::Softplus => r.iter().map(|&v| softplus(v)).collect(),
+                ScaleAct::Softmax => {
+                    let mx = r.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v));
+                    let s: f64 = r.iter().map(|&v| (v - mx).exp()).sum();
+                    r.iter().map(|&v| (v - mx).exp() / s).collect()
+                }
+            };
+            let mu: Vec<f64> = rho.iter().map(|&p| c.library[i].exp() * p).collect();
+            let th_row: Vec<f64> = (0..g).map(|gg| theta[i * c.theta_stride + gg]).collect();
+            let (mag, _) = expr_magnitude(lik, &c, i, &mu, &th_row);
+            let mag = mag * c.weight[i];
+            for gg in 0..g {
+                let k = i * g + gg;
+                let fd = richardson(
+                    |d| {
+                        let mut raw = c.raw.clone();
+                        raw[k] += d;
+                        rl_with(&raw, &c.pi, &theta, &c.library, i)
+                    },
+                    h,
+                );
+                check("d_raw", i, base.d_raw[k], fd, mag);
+                if lik != GeneLikelihood::Poisson {
+                    let t = i * c.theta_stride + gg;
+                    let fd = richardson(
+                        |d| {
+                            let mut th = theta.clone();
+                            th[t] = (c.log_theta[t] + d).exp();
+                            rl_with(&c.raw, &c.pi, &th, &c.library, i)
+                        },
+                        h,
+                    );
+                    check("d_log_theta", i, base.d_log_theta[k], fd, mag);
+                }
+                if lik == GeneLikelihood::Zinb {
+                    let fd = richardson(
+                        |d| {
+                            let mut pi = c.pi.clone();
+                            pi[k] += d;
+                            rl_with(&c.raw, &pi, &theta, &c.library, i)
+                        },
+                        h,
+                    );
+                    check("d_pi", i, base.d_pi[k], fd, mag);
+                }
+            }
+            let fd = richardson(
+                |d| {
+                    let mut lib = c.library.clone();
+                    lib[i] += d;
+                    rl_with(&c.raw, &c.pi, &theta, &lib, i)
+                },
+                h,
+            );
+            check("d_library", i, base.d_library[i], fd, mag);
+        }
+        println!("{lik} {act:?} (theta per cell: {per_cell}): worst |fd − analytic| / tol = {worst:.3}");
+    }
+}
+
+// =====================================================================================================
+// Tolerance helpers for the GPU comparisons
+
+/// max(|lgamma(x)|, 1)
+fn lgm(x: f64) -> f64 {
+    lgamma(x).abs().max(1.0)
+}
+
+/// Σ of term magnitudes of cell i's splicing log-likelihood (see the file doc), from the twin's f64
+/// outputs at the same logits.
+#[allow(clippy::too_many_arguments)]
+fn spl_magnitude(kind: SplicingLoss, conc: ConcIndex, c: &SplCase, groups: Option<&AtseGroups>, i: usize, logits: &[f64], out: &spl_lik::SplLossOut<f64>, phi: &[f64], w: f64) -> f64 {
+    let clamp = |p: f64| p.clamp(1e-8, 1.0 - 1e-8);
+    let spl = &c.spl;
+    let r = spl.cell_range(i);
+    // sensitivity of the loss to relative roundings of the logit-level inputs
+    let mut m: f64 = r.clone().map(|e| out.g_logit[e].abs() / w.abs().max(1e-30) * (1.0 + logits[e].abs())).sum();
+    match kind {
+        SplicingLoss::DirichletMultinomial => {
+            let g = groups.unwrap();
+            for gg in g.cell_ptr[i]..g.cell_ptr[i + 1] {
+                let es: Vec<usize> = g.ord[g.grp_ptr[gg]..g.grp_ptr[gg + 1]].iter().map(|&e| e as usize).collect();
+                let cc = phi[conc.target(spl.junction[es[0]] as usize, &c.junc2atse)];
+                let big_n = es.iter().map(|&e| spl.n[e] as f64).fold(0.0, f64::max);
+                let s: f64 = es.iter().map(|&e| clamp(out.p[e]) * cc).sum();
+                if big_n > 0.0 {
+                    m += lgm(s) + lgm(big_n + 1.0) + lgm(s + big_n);
+                }
+                for &e in &es {
+                    let (a, k) = (clamp(out.p[e]) * cc, spl.k[e] as f64);
+                    if k > 0.0 {
+                        m += lgm(a) + lgm(k + 1.0) + lgm(a + k);
+                    }
+                    m += (out.g_conc[e] * cc / w.abs().max(1e-30)).abs();
+                }
+            }
+        }
+        SplicingLoss::BetaBinomial => {
+            for e in r {
+                let (k, n) = (spl.k[e] as f64, spl.n[e] as f64);
+                let p = clamp(out.p[e]);
+                let ph = phi[conc.target(spl.junction[e] as usize, &c.junc2atse)];
+                let (a, b) = (p * ph, (1.0 - p) * ph);
+                m += lgm(n + 1.0) + lgm(k + 1.0) + lgm(n - k + 1.0) + lgm(k + a) + lgm(n - k + b) + lgm(n + a + b) + lgm(a) + lgm(b) + lgm(a + b);
+                m += (out.g_conc[e] * ph / w.abs().max(1e-30)).abs();
+            }
+        }
+        SplicingLoss::Binomial | SplicingLoss::Bce => {
+            for e in r {
+                let p = clamp(out.p[e]);
+                let (y, ny) = if kind == SplicingLoss::Bce { (spl.psi[e] as f64, 1.0 - spl.psi[e] as f64) } else { (spl.k[e] as f64, (spl.n[e] - spl.k[e]) as f64) };
+                m += (y * p.ln()).abs() + (ny * (1.0 - p).ln()).abs() + 1.0;
+            }
+        }
+    }
+    m * w.abs()
+}
+
+/// Checks `got` against `want` entry by entry within segments (cells / rows): |got − want| ≤
+/// rtol·|want| + atol·max|want in segment|. Returns the worst error / tolerance.
+fn check_segments(what: &str, got: &[f32], want: &[f32], seg: &[usize], rtol: f64, atol: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0f64;
+    for s in 0..seg.len() - 1 {
+        let r = seg[s]..seg[s + 1];
+        let scale = want[r.clone()].iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+        for e in r {
+            let (a, b) = (got[e] as f64, want[e] as f64);
+            let tol = rtol * b.abs() + atol * scale + 1e-30;
+            let err = (a - b).abs();
+            assert!(err <= tol, "{what}: segment {s} entry {e}: gpu {a:e} vs twin {b:e} (tolerance {tol:e})");
+            worst = worst.max(err / tol);
+        }
+    }
+    worst
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+// =====================================================================================================
+// GPU: splicing kernel
+
+trait Operand: splicevi::cuda::splicing_lik::SplOperand {
+    fn round(x: f64) -> Self;
+}
+impl Operand for f32 {
+    fn round(x: f64) -> Self {
+        x as f32
+    }
+}
+impl Operand for half::bf16 {
+    fn round(x: f64) -> Self {
+        half::bf16::from_f64(x)
+    }
+}
+
+fn gpu_splicing<W: Operand>(name: &str, k: usize, seed: u64) {
+    let Some(dev) = device_or_skip(&format!("splicing_lik ({name}) vs model::spl_lik")) else { return };
+    let kern = CudaSplicingLik::new(&dev).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let c = spl_case(&mut rng, 41, 300, 0.3);
+    let (b, j, nnz) = (c.spl.n_cells(), c.spl.n_junctions, c.spl.nnz());
+    // operands: dot products with standard deviation ~1.5; 5% of the junctions pushed far beyond the clamps
+    let s_q: Vec<W> = (0..b * k).map(|_| W::round(randn(&mut rng) / (k as f64).sqrt())).collect();
+    let w_q: Vec<W> = (0..j * k).map(|_| W::round(1.5 * randn(&mut rng))).collect();
+    let extreme: Vec<f64> = (0..j).map(|_| if rng.gen::<f64>() < 0.05 { if rng.gen::<bool>() { 40.0 } else { -40.0 } } else { 0.0 }).collect();
+    let s_f: Vec<f64> = s_q.iter().map(|v| v.to_f32() as f64).collect();
+    let w_f: Vec<f64> = w_q.iter().map(|v| v.to_f32() as f64).collect();
+    for (kind, conc) in kinds() {
+        let bias: Vec<f32> = (0..j)
+            .map(|jj| {
+                let e = extreme[jj];
+                let e = if kind != SplicingLoss::DirichletMultinomial && e > 0.0 { -e } else { e };
+                (e + rng.gen_range(-3.0..3.0)) as f32
+            })
+            .collect();
+        let groups = groups_for(kind, &c);
+        let lp: Vec<f32> = (0..log_phi_len(kind, conc, &c)).map(|_| randn(&mut rng) as f32).collect();
+        let wgt = 0.8f32;
+        let got = kern.run_host(kind, conc, wgt, &s_q, k, &w_q, &bias, &c.spl, groups.as_ref(), &c.junc2atse, &lp).unwrap();
+        let again = kern.run_host(kind, conc, wgt, &s_q, k, &w_q, &bias, &c.spl, groups.as_ref(), &c.junc2atse, &lp).unwrap();
+        for (a, bb, what) in [(&got.logits, &again.logits, "logits"), (&got.rl, &again.rl, "rl"), (&got.g_logit, &again.g_logit, "g_logit"), (&got.g_conc, &again.g_conc, "g_conc"), (&got.p, &again.p, "p")] {
+            assert_eq!(bits(a), bits(bb), "{name} {kind}: {what} differs between two runs");
+        }
+        let ctx = format!("{name} {kind} ({conc:?}), K = {k}, {b} cells, {nnz} entries");
+        // logits against the f64 dot product of the same operands
+        let mut worst_logit = 0f64;
+        for i in 0..b {
+            for e in c.spl.cell_range(i) {
+                let jj = c.spl.junction[e] as usize;
+                let (mut dot, mut mag) = (bias[jj] as f64, (bias[jj] as f64).abs());
+                for t in 0..k {
+                    let pr = s_f[i * k + t] * w_f[jj * k + t];
+                    dot += pr;
+                    mag += pr.abs();
+                }
+                let tol = (k as f64 + 2.0) * EPS32 * mag;
+                let err = (got.logits[e] as f64 - dot).abs();
+                assert!(err <= tol, "{ctx}: logit of entry {e}: gpu {} vs {dot} (tolerance {tol:e})", got.logits[e]);
+                worst_logit = worst_logit.max(err / tol);
+            }
+        }
+        // the twins at the kernel's logits
+        let tw = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &got.logits, &lp, wgt);
+        let lg64: Vec<f64> = got.logits.iter().map(|&v| v as f64).collect();
+        let lp64: Vec<f64> = lp.iter().map(|&v| v as f64).collect();
+        let tw64 = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &lg64, &lp64, wgt as f64);
+        let phi64: Vec<f64> = lp64.iter().map(|&v| softplus(v)).collect();
+        let mut worst_rl = 0f64;
+        for i in 0..b {
+            let m = spl_magnitude(kind, conc, &c, groups.as_ref(), i, &lg64, &tw64, &phi64, wgt as f64);
+            let (a, t) = (got.rl[i] as f64, tw.rl[i] as f64);
+            let tol = 32.0 * EPS32 * m + 1e-6 * t.abs() + 1e-30;
+            assert!((a - t).abs() <= tol, "{ctx}: cell {i} loss: gpu {a} vs twin {t} (f64 twin {}; tolerance {tol:e})", tw64.rl[i]);
+            if c.spl.cell_range(i).is_empty() {
+                assert_eq!(a, 0.0, "{ctx}: cell {i} has no entries but a loss");
+            }
+            worst_rl = worst_rl.max((a - t).abs() / tol);
+        }
+        let seg = &c.spl.indptr;
+        let wg = check_segments(&format!("{ctx}: g_logit"), &got.g_logit, &tw.g_logit, seg, 1e-4, 1e-5);
+        let wc = check_segments(&format!("{ctx}: g_conc"), &got.g_conc, &tw.g_conc, seg, 1e-4, 1e-5);
+        let wp = check_segments(&format!("{ctx}: p"), &got.p, &tw.p, seg, 1e-4, 1e-5);
+        println!("{ctx}: worst error / tolerance: logits {worst_logit:.3}, rl {worst_rl:.3}, g_logit {wg:.3}, g_conc {wc:.3}, p {wp:.3}");
+    }
+}
+
+#[test]
+fn gpu_splicing_lik_f32_matches_twin() {
+    gpu_splicing::<f32>("f32", 45, 31);
+    gpu_splicing::<f32>("f32", 200, 32);
+}
+
+#[test]
+fn gpu_splicing_lik_bf16_matches_twin() {
+    gpu_splicing::<half::bf16>("bf16", 64, 33);
+}
+
+// =====================================================================================================
+// GPU: expression kernel
+
+/// Σ of term magnitudes of row i's expression log-likelihood (f64).
+fn expr_magnitude(lik: GeneLikelihood, c: &ExprCase, i: usize, mu: &[f64], theta: &[f64]) -> (f64, f64) {
+    let g = c.g;
+    let mut x = vec![0f64; g];
+    for e in c.x_ptr[i]..c.x_ptr[i + 1] {
+        x[c.x_idx[e] as usize] = c.x_val[e] as f64;
+    }
+    let (mut m, mut mlib) = (0f64, 0f64);
+    for gg in 0..g {
+        let (xv, mv) = (x[gg], mu[gg]);
+        mlib += 2.0 * xv + mv;
+        m += xv + mv + if xv > 0.0 { lgm(xv + 1.0) } else { 0.0 };
+        if lik != GeneLikelihood::Poisson {
+            let th = theta[gg];
+            let (lt, ltm) = ((th + 1e-8).ln(), (th + mv + 1e-8).ln());
+            m += lgm(xv + th) + lgm(th) + (th * lt).abs() + (th * ltm).abs() + (xv * (mv + 1e-8).ln()).abs() + (xv * ltm).abs();
+            if lik == GeneLikelihood::Zinb {
+                let pi = c.pi[i * g + gg];
+                m += softplus(-pi) + pi.abs() + 1.0;
+            }
+        } else {
+            m += (xv * mv.ln()).abs();
+        }
+    }
+    (m, mlib)
+}
+
+#[test]
+fn gpu_expr_lik_matches_twin() {
+    let Some(dev) = device_or_skip("expr_lik vs model::expr_lik::expr_row") else { return };
+    let kern = CudaExprLik::new(&dev).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    for (lik, act, per_cell) in expr_configs() {
+        let (b, g) = (29, 700);
+        let c = expr_case(&mut rng, b, g, act, per_cell);
+        let raw: Vec<f32> = to_t(&c.raw);
+        let pi: Vec<f32> = to_t(&c.pi);
+        let lib: Vec<f32> = to_t(&c.library);
+        let wt: Vec<f32> = to_t(&c.weight);
+        let theta: Vec<f32> = c.log_theta.iter().map(|&v| (v as f32).exp()).collect();
+        let run = || kern.run_host(lik, act, g, &raw, &pi, &theta, c.theta_stride, &lib, &c.x_ptr, &c.x_idx, &c.x_val, Some(&wt)).unwrap();
+        let got = run();
+        let again = run();
+        for (a, bb, what) in [(&got.rl, &again.rl, "rl"), (&got.d_raw, &again.d_raw, "d_raw"), (&got.d_log_theta, &again.d_log_theta, "d_log_theta"), (&got.d_pi, &again.d_pi, "d_pi"), (&got.d_library, &again.d_library, "d_library")] {
+            assert_eq!(bits(a), bits(bb), "{lik} {act:?}: {what} differs between two runs");
+        }
+        let tw = expr_twin::<f32>(lik, act, &c, &raw, &pi, &theta, &lib, &wt);
+        let ctx = format!("{lik} {act:?} (theta per cell: {per_cell}), {b} × {g}");
+        // magnitudes from f64 (μ from the f32 inputs)
+        let mut worst_rl = 0f64;
+        let mut worst_lib = 0f64;
+        for i in 0..b {
+            let r = &raw[i * g..(i + 1) * g];
+            let rho: Vec<f64> = match act {
+                ScaleAct::Softplus => r.iter().map(|&v| softplus(v as f64)).collect(),
+                ScaleAct::Softmax => {
+                    let mx = r.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+                    let s: f64 = r.iter().map(|&v| (v as f64 - mx).exp()).sum();
+                    r.iter().map(|&v| (v as f64 - mx).exp() / s).collect()
+                }
+            };
+            let mu: Vec<f64> = rho.iter().map(|&p| (lib[i] as f64).exp() * p).collect();
+            let th: Vec<f64> = (0..g).map(|gg| theta[i * c.theta_stride + gg] as f64).collect();
+            let (m, mlib) = expr_magnitude(lik, &c, i, &mu, &th);
+            let (a, t) = (got.rl[i] as f64, tw.rl[i] as f64);
+            let tol = 32.0 * EPS32 * m + 1e-6 * t.abs();
+            assert!((a - t).abs() <= tol, "{ctx}: row {i} loss: gpu {a} vs twin {t} (tolerance {tol:e})");
+            worst_rl = worst_rl.max((a - t).abs() / tol);
+            let (a, t) = (got.d_library[i] as f64, tw.d_library[i] as f64);
+            let tol = 32.0 * EPS32 * mlib * (wt[i] as f64).abs() + 1e-5 * t.abs() + 1e-30;
+            assert!((a - t).abs() <= tol, "{ctx}: row {i} d_library: gpu {a} vs twin {t} (tolerance {tol:e})");
+            worst_lib = worst_lib.max((a - t).abs() / tol);
+        }
+        let seg: Vec<usize> = (0..=b).map(|i| i * g).collect();
+        let wr = check_segments(&format!("{ctx}: d_raw"), &got.d_raw, &tw.d_raw, &seg, 1e-4, 1e-5);
+        let wt_ = check_segments(&format!("{ctx}: d_log_theta"), &got.d_log_theta, &tw.d_log_theta, &seg, 1e-4, 1e-5);
+        let wp = check_segments(&format!("{ctx}: d_pi"), &got.d_pi, &tw.d_pi, &seg, 1e-4, 1e-5);
+        println!("{ctx}: worst error / tolerance: rl {worst_rl:.3}, d_library {worst_lib:.3}, d_raw {wr:.3}, d_log_theta {wt_:.3}, d_pi {wp:.3}");
+    }
+}
