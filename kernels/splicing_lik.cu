@@ -22,6 +22,11 @@
 // Reducing g_conc into d/d log_phi (a segmented sum by target) and g_logit into dS / dW / db is left to
 // other kernels (deterministic segmented reductions).
 //
+// Rounding: where the CPU twin's result depends on exact cancellation (the softmax backward
+// p_t dp_t - sum_u p_u dp_u * dlse_t is exactly 0 for a one-junction ATSE) or on a sum the twin rounds
+// term by term, explicitly rounded intrinsics (__fmul_rn / __fadd_rn / __fsub_rn) keep nvcc from
+// contracting a*b + c into an FMA, so both sides execute the same f32 operations there.
+//
 // Operands: S and W in f32 (splicing_lik_f32) or bf16 (splicing_lik_bf16); bias, counts and all
 // likelihood math in f32 (design.md §4), sums of log-likelihood terms in f64.
 #include <cstdint>
@@ -100,7 +105,7 @@ __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long 
         const float p = expf(dm_lg(logits[e], praw, q, qpass) - lse);
         bool ps;
         const float pc = clamp_lo_hi(p, P_EPS, ps);
-        s_alpha += pc * c;
+        s_alpha = __fadd_rn(s_alpha, __fmul_rn(pc, c));
         big_n = fmaxf(big_n, nc[e]);
     }
     double ll = 0.0;
@@ -123,7 +128,7 @@ __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long 
         const float dp = pcpass ? dalpha * c : 0.0f;
         g_logit[e] = dp;
         p_out[e] = p;
-        spdp += p * dp;
+        spdp = __fadd_rn(spdp, __fmul_rn(p, dp));
     }
     // pass 5: back through the softmax, the clamp and the sigmoid
     const float tail = 1.0f - s / se;
@@ -134,7 +139,7 @@ __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long 
         const float p = expf(lg - lse);
         float dlse = ex / se;
         if (t == amax) dlse += tail;
-        const float dlg = p * g_logit[e] - spdp * dlse;
+        const float dlg = __fsub_rn(__fmul_rn(p, g_logit[e]), __fmul_rn(spdp, dlse));
         const float dq = dlg / (q * (1.0f - q));
         const float dpr = qpass ? dq : 0.0f;
         g_logit[e] = dpr * praw * (1.0f - praw);
@@ -207,7 +212,7 @@ __device__ __forceinline__ void splicing_lik_impl(
                 const float da = sv::digamma(k + a) - psi_nab - sv::digamma(a) + psi_ab;
                 const float db = sv::digamma(nk + b) - psi_nab - sv::digamma(b) + psi_ab;
                 dp = pass ? phi * (da - db) : 0.0f;
-                gc = -w * (pc * da + (1.0f - pc) * db);
+                gc = -w * __fadd_rn(__fmul_rn(pc, da), __fmul_rn(1.0f - pc, db));
             }
             g_conc[e] = gc;
             ll += (double)l1;
