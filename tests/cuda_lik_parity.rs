@@ -38,6 +38,7 @@
 //! * bf16 operands (splicing SDDMM): the same bounds, the operands being rounded to bf16 on the host
 //!   first, so both sides see identical values. (The expression kernel takes f32 decoder outputs only:
 //!   design.md §4 keeps likelihood math in f32.)
+//!
 //! Inputs stay where f32 itself is well conditioned: logits far beyond the clamps are ±40 for the DM
 //! and −40 only for the others (above ~17 the f32 sigmoid is exactly 1 and log(1 − p) is −inf in the
 //! CPU model, the kernel and torch alike), moderate logits |x| ≲ 10.
@@ -101,7 +102,7 @@ struct SplCase {
 /// sometimes 0), the k split it.
 fn spl_case(rng: &mut ChaCha8Rng, b: usize, n_atse: usize, p_obs: f64) -> SplCase {
     let sizes: Vec<usize> = (0..n_atse).map(|_| rng.gen_range(1..=7)).collect();
-    let mut junc2atse: Vec<u32> = sizes.iter().enumerate().flat_map(|(a, &s)| std::iter::repeat(a as u32).take(s)).collect();
+    let mut junc2atse: Vec<u32> = sizes.iter().enumerate().flat_map(|(a, &s)| std::iter::repeat_n(a as u32, s)).collect();
     junc2atse.shuffle(rng);
     let j = junc2atse.len();
     let mut members = vec![Vec::new(); n_atse];
@@ -328,6 +329,7 @@ struct ExprTwinOut<T> {
 }
 
 /// The twin over all rows, θ = exp(log θ) computed in T (as the model does).
+#[allow(clippy::too_many_arguments)]
 fn expr_twin<T: Real>(lik: GeneLikelihood, act: ScaleAct, c: &ExprCase, raw: &[T], pi: &[T], theta: &[T], library: &[T], weight: &[T]) -> ExprTwinOut<T> {
     let (b, g) = (library.len(), c.g);
     let mut o = ExprTwinOut { rl: vec![T::ZERO; b], d_library: vec![T::ZERO; b], d_raw: vec![T::ZERO; b * g], d_log_theta: vec![T::ZERO; b * g], d_pi: vec![T::ZERO; b * g] };
@@ -509,6 +511,7 @@ fn spl_magnitude(kind: SplicingLoss, conc: ConcIndex, c: &SplCase, groups: Optio
 
 /// Per-entry magnitudes of the terms of g_logit and g_conc (digamma values, count ratios), from the f64
 /// twin at the same logits: the absolute tolerance is 32·eps32 times these.
+#[allow(clippy::too_many_arguments)]
 fn spl_grad_magnitudes(kind: SplicingLoss, conc: ConcIndex, c: &SplCase, groups: Option<&AtseGroups>, logits: &[f64], out: &spl_lik::SplLossOut<f64>, phi: &[f64], w: f64) -> (Vec<f64>, Vec<f64>) {
     let dg = |x: f64| splicevi::model::real::digamma(x).abs();
     let clamp = |p: f64| p.clamp(1e-8, 1.0 - 1e-8);
@@ -698,6 +701,7 @@ fn splicing_parity<W: Operand>(name: &str, k: usize, seed: u64, extremes: bool, 
 /// (an independent, more accurate implementation). Running the GPU comparison against it checks, on
 /// every machine, that the comparison code works and that its tolerances admit a correct result that
 /// is rounded differently from the f32 twin.
+#[allow(clippy::type_complexity)]
 fn f64_standin<W: Operand>() -> impl FnMut(SplicingLoss, ConcIndex, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> {
     |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
         let s64: Vec<f64> = s.iter().map(|v| v.to_f32() as f64).collect();

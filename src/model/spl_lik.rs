@@ -216,6 +216,7 @@ pub fn splicing_loss<T: Real>(
     w: T,
 ) -> SplLossOut<T> {
     let phi: Vec<T> = log_phi.iter().map(|&v| softplus(v)).collect();
+    #[allow(clippy::type_complexity)]
     let per_cell: Vec<(T, Vec<T>, Vec<T>, Vec<T>)> = (0..spl.n_cells())
         .into_par_iter()
         .map(|i| {
