@@ -24,6 +24,9 @@
 // each output written by one thread, fixed-order tree reductions (max: exact; sums: f64).
 // All math in f32 (design.md §4: likelihood math in f32), sums over genes in f64.
 #include <cstdint>
+#ifndef __CUDACC__
+#include "host_emu.h"  // host build of this very source (tests/cuda_lik_parity.rs, host_emu_* tests)
+#endif
 #include "special.cuh"
 
 #define EXPR_THREADS 256

@@ -30,7 +30,12 @@
 // Operands: S and W in f32 (splicing_lik_f32) or bf16 (splicing_lik_bf16); bias, counts and all
 // likelihood math in f32 (design.md §4), sums of log-likelihood terms in f64.
 #include <cstdint>
+#ifdef __CUDACC__
 #include <cuda_bf16.h>
+#define SV_DYNAMIC_SMEM(T, name) extern __shared__ T name[]
+#else
+#include "host_emu.h"  // host build of this very source (tests/cuda_lik_parity.rs, host_emu_* tests)
+#endif
 #include "special.cuh"
 
 #define SPL_THREADS 128
@@ -157,7 +162,7 @@ __device__ __forceinline__ void splicing_lik_impl(
     const float* __restrict__ log_phi, int kind, int conc_mode, float w,
     float* __restrict__ logits, float* __restrict__ rl, float* __restrict__ g_logit,
     float* __restrict__ g_conc, float* __restrict__ p_out) {
-    extern __shared__ float s_row[];
+    SV_DYNAMIC_SMEM(float, s_row);
     __shared__ double red[SPL_THREADS];
     const int cell = blockIdx.x;
     const int tid = threadIdx.x;

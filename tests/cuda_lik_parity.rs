@@ -5,8 +5,17 @@
 //! **These kernels have never run on a GPU**: they were written and compiled on a machine without one.
 //! The GPU tests below (`gpu_*`) print `SKIPPED: <reason>` and return when there is no usable GPU (or the
 //! binary was built without nvcc); on a GPU machine scripts/gpu-check.sh bundles and runs them, and
-//! there a skip counts as a failure. The CPU tests (`twin_*`) always run: they check the twins
-//! themselves in f64 against central finite differences, so this file is never a no-op.
+//! there a skip counts as a failure. The CPU tests always run, so this file is never a no-op:
+//! * `twin_*`: the twins themselves in f64 against central finite differences (with one Richardson
+//!   step), the ATSE-completeness check, and the GPU comparison code run against a CPU stand-in (the
+//!   f64 twin rounded to f32: a correct result rounded differently from the f32 twin), which shows the
+//!   tolerances admit correct results and exercises the comparison code without a GPU;
+//! * `host_emu_*`: the kernel sources themselves compiled by the host C++20 compiler against
+//!   kernels/host_emu.h (one std::thread per CUDA thread, std::barrier for __syncthreads and the warp
+//!   shuffles) and executed on the CPU through the same comparisons as the GPU results (smaller
+//!   problems: the emulation is slow). This checks the kernels' logic — indexing, phases, barriers,
+//!   reductions, the tile scatter, the clamps — but not device code generation or device math. They
+//!   print `SKIPPED: host build ...` without a C++20 compiler.
 //!
 //! GPU inputs are fresh random problems: counts up to 1e4 (n ≥ k; n = the ATSE total, as in the data),
 //! ATSEs of 1–7 junctions scattered over the junction ids (so grouping is exercised), cells with no
@@ -619,14 +628,15 @@ fn gpu_splicing<W: Operand>(name: &str, k: usize, seed: u64) {
     let mut backend = |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
         (0..2).map(|_| kern.run_host(kind, conc, wgt, s, k, w, bias, spl, groups, j2a, lp).unwrap()).collect::<Vec<_>>()
     };
-    splicing_parity::<W>(name, k, seed, true, &mut backend);
+    splicing_parity::<W>(name, k, seed, true, false, &mut backend);
 }
 
 /// Generates the problems, runs `backend` on each loss, and checks its results against the twin.
 /// `extremes`: push 5% of the junctions' logits to ±40 (beyond every clamp).
-fn splicing_parity<W: Operand>(name: &str, k: usize, seed: u64, extremes: bool, backend: &mut SplBackend<'_, W>) {
+/// `small`: a smaller problem (for the slow host emulation).
+fn splicing_parity<W: Operand>(name: &str, k: usize, seed: u64, extremes: bool, small: bool, backend: &mut SplBackend<'_, W>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let c = spl_case(&mut rng, 41, 300, 0.3);
+    let c = if small { spl_case(&mut rng, 13, 100, 0.3) } else { spl_case(&mut rng, 41, 300, 0.3) };
     let (b, j, nnz) = (c.spl.n_cells(), c.spl.n_junctions, c.spl.nnz());
     // operands: dot products with standard deviation ~1.5; 5% of the junctions pushed far beyond the clamps
     let s_q: Vec<W> = (0..b * k).map(|_| W::round(randn(&mut rng) / (k as f64).sqrt())).collect();
@@ -718,8 +728,8 @@ fn f64_standin<W: Operand>() -> impl FnMut(SplicingLoss, ConcIndex, f32, &[W], u
 
 #[test]
 fn twin_splicing_comparison_accepts_the_f64_twin() {
-    splicing_parity::<f32>("f32 (CPU stand-in: f64 twin)", 45, 31, false, &mut f64_standin::<f32>());
-    splicing_parity::<half::bf16>("bf16 (CPU stand-in: f64 twin)", 64, 33, false, &mut f64_standin::<half::bf16>());
+    splicing_parity::<f32>("f32 (CPU stand-in: f64 twin)", 45, 31, false, false, &mut f64_standin::<f32>());
+    splicing_parity::<half::bf16>("bf16 (CPU stand-in: f64 twin)", 64, 33, false, false, &mut f64_standin::<half::bf16>());
 }
 
 #[test]
@@ -774,7 +784,7 @@ fn gpu_expr_lik_matches_twin() {
     let mut backend = |lik, act, g, raw: &[f32], pi: &[f32], theta: &[f32], ts, lib: &[f32], xp: &[usize], xi: &[u32], xv: &[f32], wt: &[f32]| {
         (0..2).map(|_| kern.run_host(lik, act, g, raw, pi, theta, ts, lib, xp, xi, xv, Some(wt)).unwrap()).collect::<Vec<_>>()
     };
-    expr_parity("gpu", &mut backend);
+    expr_parity("gpu", false, &mut backend);
 }
 
 /// The f64 twin on the same (f32) inputs, rounded to f32: a CPU stand-in for the kernel that checks
@@ -788,13 +798,14 @@ fn twin_expression_comparison_accepts_the_f64_twin() {
         let o = expr_twin::<f64>(lik, act, &c, &f(raw), &f(pi), &f(theta), &f(lib), &f(wt));
         vec![ExprLikHost { rl: r(&o.rl), d_raw: r(&o.d_raw), d_log_theta: r(&o.d_log_theta), d_pi: r(&o.d_pi), d_library: r(&o.d_library) }]
     };
-    expr_parity("CPU stand-in: f64 twin", &mut backend);
+    expr_parity("CPU stand-in: f64 twin", false, &mut backend);
 }
 
-fn expr_parity(name: &str, backend: &mut ExprBackend<'_>) {
+/// `small`: fewer rows (for the slow host emulation).
+fn expr_parity(name: &str, small: bool, backend: &mut ExprBackend<'_>) {
     let mut rng = ChaCha8Rng::seed_from_u64(41);
     for (lik, act, per_cell) in expr_configs() {
-        let (b, g) = (29, 700);
+        let (b, g) = if small { (9, 600) } else { (29, 700) };
         let c = expr_case(&mut rng, b, g, act, per_cell);
         let raw: Vec<f32> = to_t(&c.raw);
         let pi: Vec<f32> = to_t(&c.pi);
@@ -878,3 +889,254 @@ fn expr_parity(name: &str, backend: &mut ExprBackend<'_>) {
     }
 }
 
+
+// =====================================================================================================
+// Host emulation: the kernel sources themselves, compiled by the host C++ compiler against
+// kernels/host_emu.h (one std::thread per CUDA thread, std::barrier for __syncthreads and warp
+// shuffles) and run on the CPU. This executes the kernels' logic (indexing, phases, barriers,
+// reductions, the tile scatter, the clamps) on every machine with a C++20 compiler; it says nothing
+// about device code generation or device math. Compared with the same functions and tolerances as the
+// GPU results. Without a C++ compiler these tests print SKIPPED (host build ...).
+
+const EMU_H: &str = include_str!("../kernels/host_emu.h");
+const SPECIAL_CUH: &str = include_str!("../kernels/special.cuh");
+const SPLICING_CU: &str = include_str!("../kernels/splicing_lik.cu");
+const EXPR_CU: &str = include_str!("../kernels/expr_lik.cu");
+
+const SPL_HARNESS: &str = r#"
+#include "splicing_lik.cu"
+#include <cstdio>
+#include <string>
+#include <vector>
+template <class T> std::vector<T> rd(const std::string& d, const char* name) {
+    std::vector<T> v;
+    FILE* f = std::fopen((d + "/" + name + ".bin").c_str(), "rb");
+    if (!f) return v;
+    T x;
+    while (std::fread(&x, sizeof(T), 1, f) == 1) v.push_back(x);
+    std::fclose(f);
+    return v;
+}
+template <class T> void wr(const std::string& d, const char* name, const std::vector<T>& v) {
+    FILE* f = std::fopen((d + "/" + name + ".out").c_str(), "wb");
+    std::fwrite(v.data(), sizeof(T), v.size(), f);
+    std::fclose(f);
+}
+template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
+int main(int argc, char** argv) {
+    if (argc != 2) return 2;
+    const std::string d = argv[1];
+    FILE* f = std::fopen((d + "/params.txt").c_str(), "r");
+    if (!f) return 3;
+    int kind, conc, K, B, bf16;
+    float w;
+    if (std::fscanf(f, "%d %d %d %d %d %f", &kind, &conc, &K, &B, &bf16, &w) != 6) return 4;
+    std::fclose(f);
+    auto bias = rd<float>(d, "bias"); auto indptr = rd<long long>(d, "indptr");
+    auto junction = rd<unsigned>(d, "junction"); auto kc = rd<float>(d, "k"); auto nc = rd<float>(d, "n");
+    auto psi = rd<float>(d, "psi"); auto cg = rd<long long>(d, "cell_grp"); auto gp = rd<long long>(d, "grp_ptr");
+    auto ord = rd<unsigned>(d, "ord"); auto j2a = rd<unsigned>(d, "junc2atse"); auto lp = rd<float>(d, "log_phi");
+    const size_t nnz = junction.size();
+    std::vector<float> logits(nnz, NAN), rl(B, NAN), gl(nnz, NAN), gc(nnz, NAN), pe(nnz, NAN);
+    if (bf16) {
+        auto S = rd<__nv_bfloat16>(d, "s"); auto W = rd<__nv_bfloat16>(d, "w");
+        emu::launch(B, SPL_THREADS, (size_t)K * 4, [&] {
+            splicing_lik_bf16(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, logits.data(), rl.data(), gl.data(), gc.data(), pe.data());
+        });
+    } else {
+        auto S = rd<float>(d, "s"); auto W = rd<float>(d, "w");
+        emu::launch(B, SPL_THREADS, (size_t)K * 4, [&] {
+            splicing_lik_f32(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, logits.data(), rl.data(), gl.data(), gc.data(), pe.data());
+        });
+    }
+    wr(d, "logits", logits); wr(d, "rl", rl); wr(d, "g_logit", gl); wr(d, "g_conc", gc); wr(d, "p", pe);
+    return 0;
+}
+"#;
+
+const EXPR_HARNESS: &str = r#"
+#include "expr_lik.cu"
+#include <cstdio>
+#include <string>
+#include <vector>
+template <class T> std::vector<T> rd(const std::string& d, const char* name) {
+    std::vector<T> v;
+    FILE* f = std::fopen((d + "/" + name + ".bin").c_str(), "rb");
+    if (!f) return v;
+    T x;
+    while (std::fread(&x, sizeof(T), 1, f) == 1) v.push_back(x);
+    std::fclose(f);
+    return v;
+}
+template <class T> void wr(const std::string& d, const char* name, const std::vector<T>& v) {
+    FILE* f = std::fopen((d + "/" + name + ".out").c_str(), "wb");
+    std::fwrite(v.data(), sizeof(T), v.size(), f);
+    std::fclose(f);
+}
+template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
+int main(int argc, char** argv) {
+    if (argc != 2) return 2;
+    const std::string d = argv[1];
+    FILE* f = std::fopen((d + "/params.txt").c_str(), "r");
+    if (!f) return 3;
+    int lik, act, G, B;
+    long long ts;
+    if (std::fscanf(f, "%d %d %d %d %lld", &lik, &act, &G, &B, &ts) != 5) return 4;
+    std::fclose(f);
+    auto raw = rd<float>(d, "raw"); auto pi = rd<float>(d, "pi"); auto theta = rd<float>(d, "theta");
+    auto lib = rd<float>(d, "library"); auto xp = rd<long long>(d, "x_ptr"); auto xi = rd<unsigned>(d, "x_idx");
+    auto xv = rd<float>(d, "x_val"); auto wt = rd<float>(d, "weight");
+    const size_t n = (size_t)B * G;
+    std::vector<float> rl(B, NAN), draw(n, NAN), dth(n, NAN), dpi(n, NAN), dlib(B, NAN);
+    emu::launch(B, EXPR_THREADS, 0, [&] {
+        expr_lik(raw.data(), ptr(pi), ptr(theta), ts, lib.data(), xp.data(), ptr(xi), ptr(xv), ptr(wt), G, lik, act, rl.data(), draw.data(), dth.data(), dpi.data(), dlib.data());
+    });
+    wr(d, "rl", rl); wr(d, "d_raw", draw); wr(d, "d_log_theta", dth); wr(d, "d_pi", dpi); wr(d, "d_library", dlib);
+    return 0;
+}
+"#;
+
+/// Compiles `harness` (which includes the kernel source) with the host C++ compiler; Err(reason) when
+/// there is no C++20 compiler.
+fn build_emu(dir: &std::path::Path, name: &str, harness: &str) -> Result<std::path::PathBuf, String> {
+    for (f, text) in [("host_emu.h", EMU_H), ("special.cuh", SPECIAL_CUH), ("splicing_lik.cu", SPLICING_CU), ("expr_lik.cu", EXPR_CU)] {
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    let src = dir.join(format!("{name}.cpp"));
+    std::fs::write(&src, harness).unwrap();
+    let exe = dir.join(name);
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let out = std::process::Command::new(&cxx)
+        .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++", "-I"])
+        .arg(dir)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .map_err(|e| format!("no C++ compiler ({cxx}: {e})"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if err.contains("barrier") && err.contains("No such file") {
+            return Err(format!("{cxx} has no C++20 <barrier>"));
+        }
+        panic!("{cxx} failed to compile the kernel source for the host emulation:\n{err}");
+    }
+    Ok(exe)
+}
+
+fn write_bin<T: Copy>(dir: &std::path::Path, name: &str, v: &[T]) {
+    // SAFETY: plain-old-data slices (f32, u32, i64, u16) viewed as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
+    std::fs::write(dir.join(format!("{name}.bin")), bytes).unwrap();
+}
+
+fn read_f32(dir: &std::path::Path, name: &str) -> Vec<f32> {
+    let b = std::fs::read(dir.join(format!("{name}.out"))).unwrap();
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+trait EmuBits: Operand {
+    const BF16: bool;
+    fn raw_bits(v: &[Self]) -> Vec<u8>;
+}
+impl EmuBits for f32 {
+    const BF16: bool = false;
+    fn raw_bits(v: &[Self]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+}
+impl EmuBits for half::bf16 {
+    const BF16: bool = true;
+    fn raw_bits(v: &[Self]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect()
+    }
+}
+
+fn emu_splicing<W: EmuBits>(name: &str, k: usize, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = match build_emu(dir.path(), "spl_emu", SPL_HARNESS) {
+        Ok(e) => e,
+        Err(reason) => {
+            skipped(&format!("host build (emulation) of kernels/splicing_lik.cu: {reason}"));
+            return;
+        }
+    };
+    let d = dir.path().to_path_buf();
+    let mut backend = |kind, conc, wgt: f32, s: &[W], k: usize, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
+        let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
+        std::fs::write(d.join("params.txt"), format!("{} {} {k} {} {} {wgt:e}", splicevi::cuda::splicing_lik::kind_code(kind), splicevi::cuda::splicing_lik::conc_code(conc), spl.n_cells(), W::BF16 as i32)).unwrap();
+        std::fs::write(d.join("s.bin"), W::raw_bits(s)).unwrap();
+        std::fs::write(d.join("w.bin"), W::raw_bits(w)).unwrap();
+        write_bin(&d, "bias", bias);
+        write_bin(&d, "indptr", &i64s(&spl.indptr));
+        write_bin(&d, "junction", &spl.junction);
+        write_bin(&d, "k", &spl.k);
+        write_bin(&d, "n", &spl.n);
+        write_bin(&d, "psi", &spl.psi);
+        match groups {
+            Some(g) => {
+                write_bin(&d, "cell_grp", &i64s(&g.cell_ptr));
+                write_bin(&d, "grp_ptr", &i64s(&g.grp_ptr));
+                write_bin(&d, "ord", &g.ord);
+            }
+            None => {
+                for f in ["cell_grp", "grp_ptr", "ord"] {
+                    let _ = std::fs::remove_file(d.join(format!("{f}.bin")));
+                }
+            }
+        }
+        write_bin(&d, "junc2atse", j2a);
+        write_bin(&d, "log_phi", lp);
+        (0..1)
+            .map(|_| {
+                let st = std::process::Command::new(&exe).arg(&d).status().unwrap();
+                assert!(st.success(), "spl_emu exited with {st}");
+                SplLikHost { logits: read_f32(&d, "logits"), rl: read_f32(&d, "rl"), g_logit: read_f32(&d, "g_logit"), g_conc: read_f32(&d, "g_conc"), p: read_f32(&d, "p") }
+            })
+            .collect::<Vec<_>>()
+    };
+    splicing_parity::<W>(name, k, seed, true, true, &mut backend);
+}
+
+#[test]
+fn host_emu_splicing_lik_f32_matches_twin() {
+    emu_splicing::<f32>("host emulation f32", 45, 31);
+    emu_splicing::<f32>("host emulation f32", 200, 32);
+}
+
+#[test]
+fn host_emu_splicing_lik_bf16_matches_twin() {
+    emu_splicing::<half::bf16>("host emulation bf16", 64, 33);
+}
+
+#[test]
+fn host_emu_expr_lik_matches_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = match build_emu(dir.path(), "expr_emu", EXPR_HARNESS) {
+        Ok(e) => e,
+        Err(reason) => {
+            skipped(&format!("host build (emulation) of kernels/expr_lik.cu: {reason}"));
+            return;
+        }
+    };
+    let d = dir.path().to_path_buf();
+    let mut backend = |lik, act, g: usize, raw: &[f32], pi: &[f32], theta: &[f32], ts: usize, lib: &[f32], xp: &[usize], xi: &[u32], xv: &[f32], wt: &[f32]| {
+        std::fs::write(d.join("params.txt"), format!("{} {} {g} {} {ts}", splicevi::cuda::expr_lik::lik_code(lik), splicevi::cuda::expr_lik::act_code(act), lib.len())).unwrap();
+        write_bin(&d, "raw", raw);
+        write_bin(&d, "pi", if lik == GeneLikelihood::Zinb { pi } else { &[] });
+        write_bin(&d, "theta", if lik == GeneLikelihood::Poisson { &[] } else { theta });
+        write_bin(&d, "library", lib);
+        write_bin(&d, "x_ptr", &xp.iter().map(|&v| v as i64).collect::<Vec<_>>());
+        write_bin(&d, "x_idx", xi);
+        write_bin(&d, "x_val", xv);
+        write_bin(&d, "weight", wt);
+        (0..1)
+            .map(|_| {
+                let st = std::process::Command::new(&exe).arg(&d).status().unwrap();
+                assert!(st.success(), "expr_emu exited with {st}");
+                ExprLikHost { rl: read_f32(&d, "rl"), d_raw: read_f32(&d, "d_raw"), d_log_theta: read_f32(&d, "d_log_theta"), d_pi: read_f32(&d, "d_pi"), d_library: read_f32(&d, "d_library") }
+            })
+            .collect::<Vec<_>>()
+    };
+    expr_parity("host emulation", true, &mut backend);
+}
