@@ -33,6 +33,7 @@
 
 namespace {
 
+// lik: 0 = ZINB, 1 = NB, 2 = Poisson (cuda::expr_lik::lik_code)
 constexpr int LIK_ZINB = 0, LIK_NB = 1, LIK_POISSON = 2;
 constexpr int ACT_SOFTMAX = 1;  // act: 0 = softplus, 1 = softmax
 constexpr float NB_EPS = 1e-8f;  // lik::NB_EPS

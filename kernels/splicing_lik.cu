@@ -42,8 +42,10 @@
 
 namespace {
 
-constexpr int KIND_DM = 0, KIND_BETA_BINOMIAL = 1, KIND_BINOMIAL = 2, KIND_BCE = 3;
-constexpr int CONC_SCALAR = 0, CONC_ATSE = 1, CONC_JUNCTION = 2;
+// kind: 0 = Dirichlet-multinomial, 1 = beta-binomial, 2 = binomial, 3 = BCE (cuda::splicing_lik::kind_code)
+constexpr int KIND_DM = 0, KIND_BINOMIAL = 2, KIND_BCE = 3;
+// conc_mode: 0 = one scalar, 1 = per ATSE (junc2atse[j]), 2 = per junction (cuda::splicing_lik::conc_code)
+constexpr int CONC_ATSE = 1, CONC_JUNCTION = 2;
 constexpr float DM_Q_EPS = 1e-6f;    // spl_lik::DM_Q_EPS
 constexpr float DM_LSE_EPS = 1e-8f;  // spl_lik::DM_LSE_EPS
 constexpr float P_EPS = 1e-8f;       // lik::P_EPS (1 - P_EPS rounds to 1 in f32, as on the CPU)
@@ -207,7 +209,7 @@ __device__ __forceinline__ void splicing_lik_impl(
                 const float y = psi[e];
                 l1 = y * logf(pc) + (1.0f - y) * logf(1.0f - pc);
                 dp = pass ? y / pc - (1.0f - y) / (1.0f - pc) : 0.0f;
-            } else {  // lik::beta_binomial
+            } else {  // kind 1: lik::beta_binomial
                 const float phi = softplus(log_phi[conc_index(conc_mode, junction[e], junc2atse)]);
                 const float a = pc * phi, b = (1.0f - pc) * phi, nk = n - k;
                 l1 = sv::log_gamma(n + 1.0f) - sv::log_gamma(k + 1.0f) - sv::log_gamma(nk + 1.0f) +
