@@ -100,6 +100,9 @@ inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) {
     return r;
 }
 
+template <class T>
+inline T __ldcg(const T* p) { return *p; }
+
 // Compile the harness with -ffp-contract=off: these are then plain IEEE operations.
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }

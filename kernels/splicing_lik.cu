@@ -78,6 +78,12 @@ __device__ __forceinline__ int conc_index(int mode, unsigned j, const unsigned* 
     return mode == CONC_ATSE ? (int)junc2atse[j] : (mode == CONC_JUNCTION ? (int)j : 0);
 }
 
+// Phase 2 reads the logits phase 1 wrote (other warps of the block, before a __syncthreads). They are
+// loaded with ld.global.cg (L2, coherent) and through a pointer without __restrict__, so the compiler
+// can never turn them into non-coherent read-only-cache loads (ld.global.nc), which are only valid for
+// data that no thread writes during the kernel.
+__device__ __forceinline__ float ld_logit(const float* logits, long long e) { return __ldcg(logits + e); }
+
 // lg_t of spl_lik::dm_group: sigmoid, clamp to [1e-6, 1 - 1e-6], logit.
 __device__ __forceinline__ float dm_lg(float logit, float& praw, float& q, bool& qpass) {
     praw = sigm(logit);
@@ -88,7 +94,7 @@ __device__ __forceinline__ float dm_lg(float logit, float& praw, float& q, bool&
 // One ATSE group (entries ord[g0..g1)) of the Dirichlet-multinomial: spl_lik::dm_group. g_logit is used
 // as scratch for dp_t between the passes (each entry belongs to this thread only).
 __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long long g1,
-                           const float* __restrict__ logits, const float* __restrict__ kc,
+                           const float* logits, const float* __restrict__ kc,
                            const float* __restrict__ nc, float c, float w, float* __restrict__ g_logit,
                            float* __restrict__ g_conc, float* __restrict__ p_out) {
     float praw, q;
@@ -97,19 +103,19 @@ __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long 
     float mx = 0.0f;
     long long amax = g0;
     for (long long t = g0; t < g1; ++t) {
-        const float lg = dm_lg(logits[ord[t]], praw, q, qpass);
+        const float lg = dm_lg(ld_logit(logits, ord[t]), praw, q, qpass);
         if (t == g0 || lg > mx) { mx = lg; amax = t; }
     }
     // pass 2: s = sum exp(lg - mx) in f32, in entry order
     float s = 0.0f;
-    for (long long t = g0; t < g1; ++t) s += expf(dm_lg(logits[ord[t]], praw, q, qpass) - mx);
+    for (long long t = g0; t < g1; ++t) s += expf(dm_lg(ld_logit(logits, ord[t]), praw, q, qpass) - mx);
     const float se = s + DM_LSE_EPS;
     const float lse = mx + logf(se);
     // pass 3: p, clamped p, alpha = pc * c, their sum, N = max n
     float s_alpha = 0.0f, big_n = 0.0f;
     for (long long t = g0; t < g1; ++t) {
         const unsigned e = ord[t];
-        const float p = expf(dm_lg(logits[e], praw, q, qpass) - lse);
+        const float p = expf(dm_lg(ld_logit(logits, e), praw, q, qpass) - lse);
         bool ps;
         const float pc = clamp_lo_hi(p, P_EPS, ps);
         s_alpha = __fadd_rn(s_alpha, __fmul_rn(pc, c));
@@ -123,7 +129,7 @@ __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long 
     float spdp = 0.0f;
     for (long long t = g0; t < g1; ++t) {
         const unsigned e = ord[t];
-        const float p = expf(dm_lg(logits[e], praw, q, qpass) - lse);
+        const float p = expf(dm_lg(ld_logit(logits, e), praw, q, qpass) - lse);
         bool pcpass;
         const float pc = clamp_lo_hi(p, P_EPS, pcpass);
         const float alpha = pc * c;
@@ -141,7 +147,7 @@ __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long 
     const float tail = 1.0f - s / se;
     for (long long t = g0; t < g1; ++t) {
         const unsigned e = ord[t];
-        const float lg = dm_lg(logits[e], praw, q, qpass);
+        const float lg = dm_lg(ld_logit(logits, e), praw, q, qpass);
         const float ex = expf(lg - mx);
         const float p = expf(lg - lse);
         float dlse = ex / se;
@@ -196,7 +202,7 @@ __device__ __forceinline__ void splicing_lik_impl(
         }
     } else {
         for (long long e = e0 + tid; e < e1; e += SPL_THREADS) {
-            const float praw = sigm(logits[e]);
+            const float praw = sigm(ld_logit(logits, e));
             p_out[e] = praw;
             const float k = kc[e], n = nc[e];
             bool pass;
