@@ -1,6 +1,7 @@
 //! CUDA backend runtime: the kernels embedded by build.rs (one fatbin per `kernels/*.cu`), driver and
 //! device discovery that never panics on a machine without the NVIDIA driver, a context + stream with the
-//! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`]), the
+//! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`], [`CudaSplicingLik`], [`CudaExprLik`]; the
+//! likelihood kernels have never run on a GPU), the
 //! one-allocation device memory arena ([`arena`]), and optional NVTX ranges ([`nvtx`]).
 //!
 //! Nothing CUDA is linked at build time: cudarc loads `libcuda.so` at run time (dynamic-loading), so the
@@ -9,15 +10,19 @@
 //! version of the nvcc that compiled them.
 
 pub mod arena;
+pub mod expr_lik;
 pub mod nvtx;
 pub mod optim;
 pub mod runtime;
 pub mod special;
+pub mod splicing_lik;
 
 pub use arena::{ArenaPlan, DeviceArena, Region};
 pub use optim::CudaOptim;
 pub use runtime::{CudaDevice, DeviceMem};
+pub use expr_lik::CudaExprLik;
 pub use special::CudaSpecial;
+pub use splicing_lik::CudaSplicingLik;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));

@@ -46,6 +46,7 @@ pub mod adversary;
 pub mod arch;
 pub mod batch;
 pub mod config;
+pub mod expr_lik;
 pub mod latent;
 pub mod lik;
 pub mod ops;
@@ -53,6 +54,7 @@ pub mod params;
 pub mod partial;
 pub mod real;
 pub mod rng;
+pub mod spl_lik;
 pub mod tensor;
 pub mod vae;
 

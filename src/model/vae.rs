@@ -5,10 +5,11 @@ use super::batch::{Batch, SplBatch};
 use super::config::*;
 use super::latent::{self, PostGrads};
 use super::lik;
+use super::spl_lik::{self, dm_probs, AtseGroups, ConcIndex, SplLossOut};
 use super::ops::{self, BufUpdates, Cov, FcCache, MainIn, Mode, Sparse};
 use super::params::{Grads, ParamLayout, Params};
 use super::partial::{self, PartialCache};
-use super::real::{dot8, sigmoid, softplus, softplus_grad, Real};
+use super::real::{sigmoid, softplus, softplus_grad, Real};
 use super::rng;
 use super::tensor::Mat;
 use anyhow::{bail, Context, Result};
@@ -195,8 +196,6 @@ pub struct SpliceVae {
 }
 
 const LIB_EPS: f64 = 1e-6;
-const DM_Q_EPS: f64 = 1e-6;
-const DM_LSE_EPS: f64 = 1e-8;
 const PARTIAL_VAR_EPS: f64 = 1e-6;
 
 impl SpliceVae {
@@ -643,107 +642,23 @@ impl SpliceVae {
         let lin = self.spl_out_linear();
         let (w, bias, k) = (p.get(lin.w), p.get(lin.b.unwrap()), lin.n_in);
         assert_eq!(s.cols, k);
-        let per_cell: Vec<Vec<T>> = (0..spl.n_cells())
-            .into_par_iter()
-            .map(|i| {
-                let si = s.row(i);
-                spl.cell_range(i)
-                    .map(|e| {
-                        let j = spl.junction[e] as usize;
-                        let wj = &w[j * k..(j + 1) * k];
-                        dot8(si, wj) + bias[j]
-                    })
-                    .collect()
-            })
-            .collect();
-        per_cell.concat()
+        spl_lik::sparse_logits(&s.data, k, w, bias, spl)
     }
 
     /// Concentration of each entry's target: (parameter index into log_phi, φ = softplus(log_phi)).
     fn conc_target(&self, j: usize) -> usize {
-        match (self.cfg.splicing_loss_type, self.cfg.dm_concentration) {
-            (SplicingLoss::DirichletMultinomial, DmConcentration::Atse) => self.junc2atse[j] as usize,
-            (SplicingLoss::BetaBinomial, _) => j,
-            _ => 0,
-        }
+        ConcIndex::for_loss(self.cfg.splicing_loss_type, self.cfg.dm_concentration).target(j, &self.junc2atse)
     }
 
-    fn splicing_loss<T: Real>(&self, p: &Params<T>, spl: &SplBatch, logits: &[T]) -> Result<SplLoss<T>> {
+    fn splicing_loss<T: Real>(&self, p: &Params<T>, spl: &SplBatch, logits: &[T]) -> Result<SplLossOut<T>> {
         let w = T::from_f64(self.cfg.splicing_loss_weight);
         let kind = self.cfg.splicing_loss_type;
-        let log_phi = p.get(self.arch.log_phi);
-        let phi: Vec<T> = log_phi.iter().map(|&v| softplus(v)).collect();
-        let per_cell: Vec<Result<(T, Vec<T>, Vec<T>, Vec<T>)>> = (0..spl.n_cells())
-            .into_par_iter()
-            .map(|i| {
-                let r = spl.cell_range(i);
-                let m = r.len();
-                let mut gl = vec![T::ZERO; m];
-                let mut gc = vec![T::ZERO; m];
-                let mut pe = vec![T::ZERO; m];
-                let mut ll = 0f64;
-                match kind {
-                    SplicingLoss::DirichletMultinomial => {
-                        // Group the cell's entries by ATSE.
-                        let mut ord: Vec<(u32, usize)> =
-                            r.clone().map(|e| (self.junc2atse[spl.junction[e] as usize], e - r.start)).collect();
-                        ord.sort_unstable();
-                        let mut sc = DmScratch::default();
-                        let mut idx: Vec<usize> = Vec::new();
-                        let mut s = 0;
-                        while s < m {
-                            let a = ord[s].0;
-                            let mut t = s + 1;
-                            while t < m && ord[t].0 == a {
-                                t += 1;
-                            }
-                            let size = self.atse_ptr[a as usize + 1] - self.atse_ptr[a as usize];
-                            if t - s != size {
-                                bail!(
-                                    "cell {i}: ATSE {a} has {} of its {size} junctions observed; every junction of an \
-                                     observed ATSE must be an observed entry (psi_mask is constant within an ATSE)",
-                                    t - s
-                                );
-                            }
-                            idx.clear();
-                            idx.extend(ord[s..t].iter().map(|x| x.1));
-                            let c = phi[self.conc_target(spl.junction[r.start + idx[0]] as usize)];
-                            ll += dm_group(&idx, r.start, spl, logits, c, w, &mut gl, &mut gc, &mut pe, &mut sc);
-                            s = t;
-                        }
-                    }
-                    SplicingLoss::Binomial | SplicingLoss::BetaBinomial | SplicingLoss::Bce => {
-                        for (q, e) in r.clone().enumerate() {
-                            let praw = sigmoid(logits[e]);
-                            pe[q] = praw;
-                            let (k, n) = (T::from_f32(spl.k[e]), T::from_f32(spl.n[e]));
-                            let (l1, dp) = match kind {
-                                SplicingLoss::Binomial => lik::binomial(k, n, praw),
-                                SplicingLoss::Bce => lik::bce(T::from_f32(spl.psi[e]), praw),
-                                _ => {
-                                    let (l1, dp, dphi) =
-                                        lik::beta_binomial(k, n, praw, phi[self.conc_target(spl.junction[e] as usize)]);
-                                    gc[q] = -w * dphi;
-                                    (l1, dp)
-                                }
-                            };
-                            ll += l1.to_f64();
-                            gl[q] = -w * dp * praw * (T::ONE - praw);
-                        }
-                    }
-                }
-                Ok((T::from_f64(-w.to_f64() * ll), gl, gc, pe))
-            })
-            .collect();
-        let mut out = SplLoss { rl: Vec::new(), g_logit: Vec::new(), g_conc: Vec::new(), p: Vec::new() };
-        for r in per_cell {
-            let (rl, gl, gc, pe) = r?;
-            out.rl.push(rl);
-            out.g_logit.extend(gl);
-            out.g_conc.extend(gc);
-            out.p.extend(pe);
-        }
-        Ok(out)
+        let groups = match kind {
+            SplicingLoss::DirichletMultinomial => Some(AtseGroups::build(spl, &self.junc2atse, &self.atse_ptr)?),
+            _ => None,
+        };
+        let conc = ConcIndex::for_loss(kind, self.cfg.dm_concentration);
+        Ok(spl_lik::splicing_loss(kind, conc, spl, groups.as_ref(), &self.junc2atse, logits, p.get(self.arch.log_phi), w))
     }
 
     #[allow(clippy::type_complexity)]
@@ -1292,138 +1207,6 @@ pub struct DenseDecode<T> {
     pub px_rate: Mat<T>,
     pub px_dropout: Mat<T>,
     pub theta: Mat<T>,
-}
-
-struct SplLoss<T> {
-    rl: Vec<T>,
-    g_logit: Vec<T>,
-    g_conc: Vec<T>,
-    p: Vec<T>,
-}
-
-/// Within-ATSE probabilities from raw logits (§2.7 e), into `out`.
-fn dm_probs<T: Real>(raw: &[T], out: &mut Vec<T>) {
-    let (lo, hi) = (T::from_f64(DM_Q_EPS), T::ONE - T::from_f64(DM_Q_EPS));
-    out.clear();
-    out.extend(raw.iter().map(|&x| {
-        let q = sigmoid(x).max(lo).min(hi);
-        (q / (T::ONE - q)).ln()
-    }));
-    if out.is_empty() {
-        return;
-    }
-    let mx = out.iter().copied().fold(out[0], |a, b| a.max(b));
-    let s: T = out.iter().map(|&v| (v - mx).exp()).sum();
-    let lse = mx + (s + T::from_f64(DM_LSE_EPS)).ln();
-    out.iter_mut().for_each(|v| *v = (*v - lse).exp());
-}
-
-/// Per-cell scratch of `dm_group` (reused across the cell's ATSEs).
-#[derive(Default)]
-struct DmScratch<T> {
-    praw: Vec<T>,
-    q: Vec<T>,
-    qpass: Vec<bool>,
-    lg: Vec<T>,
-    ex: Vec<T>,
-    p: Vec<T>,
-    pc: Vec<T>,
-    pcpass: Vec<bool>,
-    alpha: Vec<T>,
-    dp: Vec<T>,
-}
-
-/// One ATSE of one cell for the Dirichlet-multinomial: returns ll and writes d(RL)/d(logit),
-/// d(RL)/d(c) contributions and p for the group's entries (`idx` are offsets from `base`).
-#[allow(clippy::too_many_arguments)]
-fn dm_group<T: Real>(
-    idx: &[usize],
-    base: usize,
-    spl: &SplBatch,
-    logits: &[T],
-    c: T,
-    w: T,
-    gl: &mut [T],
-    gc: &mut [T],
-    pe: &mut [T],
-    sc: &mut DmScratch<T>,
-) -> f64 {
-    let m = idx.len();
-    for v in [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.ex, &mut sc.p, &mut sc.pc, &mut sc.alpha, &mut sc.dp] {
-        v.clear();
-        v.resize(m, T::ZERO);
-    }
-    sc.qpass.clear();
-    sc.qpass.resize(m, true);
-    sc.pcpass.clear();
-    sc.pcpass.resize(m, true);
-    let (lo, hi) = (T::from_f64(DM_Q_EPS), T::ONE - T::from_f64(DM_Q_EPS));
-    for t in 0..m {
-        let pr = sigmoid(logits[base + idx[t]]);
-        sc.praw[t] = pr;
-        let (qq, ps) = if pr < lo {
-            (lo, false)
-        } else if pr > hi {
-            (hi, false)
-        } else {
-            (pr, true)
-        };
-        sc.q[t] = qq;
-        sc.qpass[t] = ps;
-        sc.lg[t] = (qq / (T::ONE - qq)).ln();
-    }
-    let mut amax = 0;
-    for t in 1..m {
-        if sc.lg[t] > sc.lg[amax] {
-            amax = t;
-        }
-    }
-    let mx = sc.lg[amax];
-    let mut s = T::ZERO;
-    for t in 0..m {
-        sc.ex[t] = (sc.lg[t] - mx).exp();
-        s += sc.ex[t];
-    }
-    let se = s + T::from_f64(DM_LSE_EPS);
-    let lse = mx + se.ln();
-    let mut big_n = T::ZERO;
-    for t in 0..m {
-        sc.p[t] = (sc.lg[t] - lse).exp();
-        let (v, ps) = lik::clamp_p(sc.p[t]);
-        sc.pc[t] = v;
-        sc.pcpass[t] = ps;
-        sc.alpha[t] = v * c;
-        big_n = big_n.max(T::from_f32(spl.n[base + idx[t]]));
-    }
-    let s_alpha: T = sc.alpha.iter().copied().sum();
-    let mut ll = 0f64;
-    let (l_atse, d_atse) = if big_n > T::ZERO { lik::nbetaln(big_n, s_alpha) } else { (T::ZERO, T::ZERO) };
-    ll += l_atse.to_f64();
-    let mut spdp = T::ZERO;
-    for t in 0..m {
-        let k = T::from_f32(spl.k[base + idx[t]]);
-        let (lj, dj) = lik::nbetaln(k, sc.alpha[t]);
-        ll -= lj.to_f64();
-        // d(RL)/dα = −w (d_atse − dj)
-        let dalpha = -w * (d_atse - dj);
-        gc[idx[t]] = dalpha * sc.pc[t];
-        sc.dp[t] = if sc.pcpass[t] { dalpha * c } else { T::ZERO };
-        pe[idx[t]] = sc.p[t];
-        spdp += sc.p[t] * sc.dp[t];
-    }
-    // d lse / d lg_t = e_t / (s + 1e-8), plus (1 − s/(s + 1e-8)) for the arg-max (through the max).
-    let tail = T::ONE - s / se;
-    for t in 0..m {
-        let mut dlse = sc.ex[t] / se;
-        if t == amax {
-            dlse += tail;
-        }
-        let dlg = sc.p[t] * sc.dp[t] - spdp * dlse;
-        let dq = dlg / (sc.q[t] * (T::ONE - sc.q[t]));
-        let dpr = if sc.qpass[t] { dq } else { T::ZERO };
-        gl[idx[t]] = dpr * sc.praw[t] * (T::ONE - sc.praw[t]);
-    }
-    ll
 }
 
 /// The sparse encoder input [values; cont (if n_cont > 0)] from CSR parts.

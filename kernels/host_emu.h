@@ -1,0 +1,119 @@
+// A minimal host emulation of the CUDA features the likelihood kernels use, so that the very kernel
+// sources (kernels/splicing_lik.cu, kernels/expr_lik.cu) can be compiled by a host C++20 compiler and
+// executed on a machine without a GPU (tests/cuda_lik_parity.rs does this: `host_emu_*` tests).
+// It checks the kernels' logic (indexing, phases, barriers, reductions, the tile scatter) - not the
+// device code generation, not device math accuracy (expf/logf here are the host libm's) and not
+// performance. Each CUDA thread of a block is one std::thread; blocks run one after another, so a
+// function-static variable is exactly a block's __shared__ memory. Slow (every barrier is a real
+// rendezvous of up to 256 OS threads): the tests use small problems.
+//   __syncthreads / __syncthreads_count : std::barrier over the block
+//   __shfl_xor_sync                      : an exchange buffer + std::barrier per warp of 32
+// Not a general emulator: 1-D grids and blocks, blockDim a multiple of 32, full-warp shuffles only.
+// (Never included by nvcc: the .cu files include it only when __CUDACC__ is not defined.)
+#pragma once
+#ifdef __CUDACC__
+#error "host_emu.h is for host builds only"
+#endif
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+#include <math.h>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(x)
+#define __shared__ static
+
+namespace emu {
+struct Dim3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+inline thread_local Dim3 thread_idx, block_idx;
+inline Dim3 block_dim, grid_dim;
+inline std::unique_ptr<std::barrier<>> block_barrier;
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+inline std::vector<float> warp_exchange;
+inline std::atomic<int> count_acc{0};
+inline std::vector<unsigned char> dynamic_smem;
+
+// Runs kernel() on grid x block threads, with `smem` bytes of dynamic shared memory. The block's
+// threads are created once and step through the blocks in order, meeting at a barrier between blocks.
+template <class F>
+void launch(unsigned grid, unsigned block, size_t smem, F kernel) {
+    block_dim = {block, 1, 1};
+    grid_dim = {grid, 1, 1};
+    block_barrier = std::make_unique<std::barrier<>>(block);
+    warp_barriers.clear();
+    for (unsigned w = 0; w < block / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+    warp_exchange.assign(block, 0.0f);
+    count_acc = 0;
+    std::vector<std::thread> ts;
+    ts.reserve(block);
+    for (unsigned t = 0; t < block; ++t)
+        ts.emplace_back([=] {
+            thread_idx = {t, 0, 0};
+            for (unsigned b = 0; b < grid; ++b) {
+                if (t == 0) dynamic_smem.assign(smem + 16, 0xff);  // garbage, like uninitialised memory
+                block_barrier->arrive_and_wait();
+                block_idx = {b, 0, 0};
+                kernel();
+                block_barrier->arrive_and_wait();
+            }
+        });
+    for (auto& th : ts) th.join();
+}
+}  // namespace emu
+
+#define threadIdx emu::thread_idx
+#define blockIdx emu::block_idx
+#define blockDim emu::block_dim
+#define gridDim emu::grid_dim
+#define SV_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_smem.data())
+
+inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+
+inline int __syncthreads_count(int pred) {
+    emu::count_acc += pred ? 1 : 0;
+    emu::block_barrier->arrive_and_wait();
+    const int c = emu::count_acc.load();
+    emu::block_barrier->arrive_and_wait();
+    if (threadIdx.x == 0) emu::count_acc = 0;
+    emu::block_barrier->arrive_and_wait();
+    return c;
+}
+
+inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) {
+    const unsigned t = threadIdx.x, w = t / 32;
+    emu::warp_exchange[t] = v;
+    emu::warp_barriers[w]->arrive_and_wait();
+    const float r = emu::warp_exchange[t ^ (unsigned)lane_mask];
+    emu::warp_barriers[w]->arrive_and_wait();
+    return r;
+}
+
+template <class T>
+inline T __ldcg(const T* p) { return *p; }
+
+// Compile the harness with -ffp-contract=off: these are then plain IEEE operations.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+inline float __bfloat162float(__nv_bfloat16 h) {
+    const uint32_t u = (uint32_t)h.bits << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}

@@ -1,0 +1,272 @@
+//! Typed launch of kernels/splicing_lik.cu: the sparse splicing decode (SDDMM over the observed
+//! entries) + Dirichlet-multinomial / beta-binomial / binomial / BCE likelihood + d(loss)/d(logit) in one
+//! pass, one block per cell. CPU twin: [`crate::model::spl_lik`] (the CPU model's own code).
+//!
+//! **This kernel has never run on a GPU**: it was written and compiled without one (nvcc 13.0, sm_80 /
+//! sm_90 SASS + compute_80 PTX); tests/cuda_lik_parity.rs compares it with the CPU twin where a GPU
+//! exists and skips (printing `SKIPPED:`) elsewhere. There are no performance numbers for it.
+
+use super::runtime::{CudaDevice, DeviceMem, KernelArg};
+use crate::model::batch::SplBatch;
+use crate::model::config::SplicingLoss;
+use crate::model::spl_lik::{AtseGroups, ConcIndex};
+use anyhow::{bail, ensure, Result};
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
+
+/// Threads per block (SPL_THREADS in kernels/splicing_lik.cu).
+pub const SPL_THREADS: u32 = 128;
+
+/// Element type of the SDDMM operands S and W: f32 or bf16 (accumulation is f32 either way).
+pub trait SplOperand: DeviceRepr + Copy + Send + Sync + 'static {
+    const KERNEL: &'static str;
+    fn to_f32(self) -> f32;
+}
+impl SplOperand for f32 {
+    const KERNEL: &'static str = "splicing_lik_f32";
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+impl SplOperand for half::bf16 {
+    const KERNEL: &'static str = "splicing_lik_bf16";
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+/// `kind` argument of the kernel.
+pub fn kind_code(kind: SplicingLoss) -> i32 {
+    match kind {
+        SplicingLoss::DirichletMultinomial => 0,
+        SplicingLoss::BetaBinomial => 1,
+        SplicingLoss::Binomial => 2,
+        SplicingLoss::Bce => 3,
+    }
+}
+
+/// `conc_mode` argument of the kernel.
+pub fn conc_code(conc: ConcIndex) -> i32 {
+    match conc {
+        ConcIndex::Scalar => 0,
+        ConcIndex::Atse => 1,
+        ConcIndex::Junction => 2,
+    }
+}
+
+/// The ATSE grouping on the device (the arrays of [`AtseGroups`]; pointers as i64, `ord` as u32).
+pub struct DevGroups<'a> {
+    pub cell_ptr: &'a dyn DeviceMem<i64>,
+    pub grp_ptr: &'a dyn DeviceMem<i64>,
+    pub ord: &'a dyn DeviceMem<u32>,
+}
+
+/// Device inputs of one launch. B cells, K = decoder input width, J junctions, nnz observed entries.
+pub struct SplLikInputs<'a, W> {
+    /// Decoder input rows S (B × K, row-major).
+    pub s: &'a dyn DeviceMem<W>,
+    pub k: usize,
+    /// Output-layer weight W (J × K, row-major) and bias (J).
+    pub w: &'a dyn DeviceMem<W>,
+    pub bias: &'a dyn DeviceMem<f32>,
+    /// CSR of the observed entries by cell (B + 1, i64), junction ids, counts k and n (nnz each).
+    pub indptr: &'a dyn DeviceMem<i64>,
+    pub junction: &'a dyn DeviceMem<u32>,
+    pub counts_k: &'a dyn DeviceMem<f32>,
+    pub counts_n: &'a dyn DeviceMem<f32>,
+    /// PSI per entry: BCE only.
+    pub psi: Option<&'a dyn DeviceMem<f32>>,
+    /// Dirichlet-multinomial only.
+    pub groups: Option<DevGroups<'a>>,
+    /// junction → ATSE (J): needed for `ConcIndex::Atse`.
+    pub junc2atse: Option<&'a dyn DeviceMem<u32>>,
+    /// log φ (pre-softplus): DM and beta-binomial.
+    pub log_phi: Option<&'a dyn DeviceMem<f32>>,
+}
+
+/// Device outputs: per entry (nnz) logits, d rl/d logit, concentration contributions, p; per cell rl.
+pub struct SplLikOutputs<'a> {
+    pub logits: &'a mut dyn DeviceMem<f32>,
+    pub rl: &'a mut dyn DeviceMem<f32>,
+    pub g_logit: &'a mut dyn DeviceMem<f32>,
+    pub g_conc: &'a mut dyn DeviceMem<f32>,
+    pub p: &'a mut dyn DeviceMem<f32>,
+}
+
+/// Results copied back to the host (for tests and checks).
+#[derive(Clone, Debug)]
+pub struct SplLikHost {
+    pub logits: Vec<f32>,
+    pub rl: Vec<f32>,
+    pub g_logit: Vec<f32>,
+    pub g_conc: Vec<f32>,
+    pub p: Vec<f32>,
+}
+
+pub struct CudaSplicingLik<'d> {
+    dev: &'d CudaDevice,
+    f32_fn: CudaFunction,
+    bf16_fn: CudaFunction,
+}
+
+fn addr<T>(m: Option<&dyn DeviceMem<T>>) -> u64 {
+    m.map(|m| m.device_address()).unwrap_or(0)
+}
+
+impl<'d> CudaSplicingLik<'d> {
+    pub fn new(dev: &'d CudaDevice) -> Result<Self> {
+        Ok(CudaSplicingLik {
+            dev,
+            f32_fn: dev.function("splicing_lik", <f32 as SplOperand>::KERNEL)?,
+            bf16_fn: dev.function("splicing_lik", <half::bf16 as SplOperand>::KERNEL)?,
+        })
+    }
+
+    /// Enqueues the kernel. Checks buffer lengths and that the optional inputs the loss needs are
+    /// present; the CSR / grouping contents are trusted (build them with [`AtseGroups::build`], or use
+    /// [`Self::run_host`], which validates them).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch<W: SplOperand>(
+        &self,
+        kind: SplicingLoss,
+        conc: ConcIndex,
+        weight: f32,
+        n_junctions: usize,
+        inp: &SplLikInputs<'_, W>,
+        out: &mut SplLikOutputs<'_>,
+    ) -> Result<()> {
+        let _r = crate::nvtx_range!("splicing_lik {}", kind.as_str());
+        let b = inp.indptr.elements().checked_sub(1).ok_or_else(|| anyhow::anyhow!("splicing_lik: indptr is empty"))?;
+        let (k, j, nnz) = (inp.k, n_junctions, inp.junction.elements());
+        ensure!(k >= 1, "splicing_lik: the decoder input width K must be at least 1");
+        ensure!(inp.s.elements() == b * k, "splicing_lik: S has {} elements for {b} cells × K = {k}", inp.s.elements());
+        ensure!(inp.w.elements() == j * k, "splicing_lik: W has {} elements for {j} junctions × K = {k}", inp.w.elements());
+        ensure!(inp.bias.elements() == j, "splicing_lik: bias has {} elements for {j} junctions", inp.bias.elements());
+        ensure!(inp.counts_k.elements() == nnz && inp.counts_n.elements() == nnz, "splicing_lik: counts do not have {nnz} entries");
+        ensure!(b <= i32::MAX as usize, "splicing_lik: {b} cells exceed one grid dimension");
+        ensure!(out.logits.elements() == nnz && out.g_logit.elements() == nnz && out.g_conc.elements() == nnz && out.p.elements() == nnz, "splicing_lik: per-entry outputs must have {nnz} entries");
+        ensure!(out.rl.elements() == b, "splicing_lik: rl must have {b} entries");
+        if kind == SplicingLoss::Bce {
+            ensure!(inp.psi.is_some_and(|p| p.elements() == nnz), "splicing_lik: BCE needs psi with {nnz} entries");
+        }
+        if kind == SplicingLoss::DirichletMultinomial {
+            let Some(g) = &inp.groups else { bail!("splicing_lik: the Dirichlet-multinomial needs the ATSE grouping") };
+            ensure!(g.cell_ptr.elements() == b + 1 && g.ord.elements() == nnz && g.grp_ptr.elements() >= 1, "splicing_lik: ATSE grouping does not match {b} cells / {nnz} entries");
+        }
+        if matches!(kind, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
+            ensure!(inp.log_phi.is_some(), "splicing_lik: {kind} needs log_phi");
+        }
+        if conc == ConcIndex::Atse && kind == SplicingLoss::DirichletMultinomial {
+            ensure!(inp.junc2atse.is_some_and(|m| m.elements() == j), "splicing_lik: per-ATSE concentration needs junc2atse with {j} entries");
+        }
+        if b == 0 {
+            return Ok(());
+        }
+        let f = if W::KERNEL == <f32 as SplOperand>::KERNEL { &self.f32_fn } else { &self.bf16_fn };
+        let smem = (k * 4) as u32;
+        ensure!(smem <= 48 * 1024, "splicing_lik: K = {k} needs {smem} bytes of shared memory (max 48 KiB)");
+        let cfg = LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (SPL_THREADS, 1, 1), shared_mem_bytes: smem };
+        let (gc, gp, go) = match &inp.groups {
+            Some(g) => (g.cell_ptr.device_address(), g.grp_ptr.device_address(), g.ord.device_address()),
+            None => (0, 0, 0),
+        };
+        let args: [&dyn KernelArg; 22] = [
+            &inp.s.device_address(),
+            &(k as i32),
+            &inp.w.device_address(),
+            &inp.bias.device_address(),
+            &inp.indptr.device_address(),
+            &inp.junction.device_address(),
+            &inp.counts_k.device_address(),
+            &inp.counts_n.device_address(),
+            &addr(inp.psi),
+            &gc,
+            &gp,
+            &go,
+            &addr(inp.junc2atse),
+            &addr(inp.log_phi),
+            &kind_code(kind),
+            &conc_code(conc),
+            &weight,
+            &out.logits.device_address(),
+            &out.rl.device_address(),
+            &out.g_logit.device_address(),
+            &out.g_conc.device_address(),
+            &out.p.device_address(),
+        ];
+        self.dev.launch(f, cfg, &args)
+    }
+
+    /// Convenience for tests: validates and uploads host data, poisons every output with NaN, launches,
+    /// and copies the results back. `s` is B × k, `w` J × k (row-major).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_host<W: SplOperand>(
+        &self,
+        kind: SplicingLoss,
+        conc: ConcIndex,
+        weight: f32,
+        s: &[W],
+        k: usize,
+        w: &[W],
+        bias: &[f32],
+        spl: &SplBatch,
+        groups: Option<&AtseGroups>,
+        junc2atse: &[u32],
+        log_phi: &[f32],
+    ) -> Result<SplLikHost> {
+        let (b, j, nnz) = (spl.n_cells(), spl.n_junctions, spl.nnz());
+        // (Device buffers cannot be empty; the kernel itself handles cells without entries.)
+        ensure!(b > 0 && nnz > 0, "splicing_lik run_host: the batch needs at least one cell and one observed entry");
+        ensure!(spl.indptr.first() == Some(&0) && spl.indptr.windows(2).all(|x| x[0] <= x[1]) && spl.indptr[b] == nnz, "splicing_lik: malformed CSR indptr");
+        ensure!(spl.junction.iter().all(|&x| (x as usize) < j), "splicing_lik: a junction id is ≥ J = {j}");
+        ensure!(junc2atse.is_empty() || junc2atse.len() == j, "splicing_lik: junc2atse has {} entries for {j} junctions", junc2atse.len());
+        if let Some(g) = groups {
+            ensure!(g.cell_ptr.len() == b + 1 && g.ord.len() == nnz && g.grp_ptr.last() == Some(&nnz), "splicing_lik: ATSE grouping does not match the batch");
+            for i in 0..b {
+                let r = spl.cell_range(i);
+                for gg in g.cell_ptr[i]..g.cell_ptr[i + 1] {
+                    ensure!(g.ord[g.grp_ptr[gg]..g.grp_ptr[gg + 1]].iter().all(|&e| r.contains(&(e as usize))), "splicing_lik: group {gg} holds entries outside cell {i}");
+                    ensure!(g.grp_ptr[gg + 1] > g.grp_ptr[gg], "splicing_lik: group {gg} is empty");
+                }
+            }
+        }
+        let conc_len = match (kind, conc) {
+            (SplicingLoss::Binomial | SplicingLoss::Bce, _) => 0,
+            (_, ConcIndex::Scalar) => 1,
+            (_, ConcIndex::Atse) => junc2atse.iter().map(|&a| a as usize + 1).max().unwrap_or(0),
+            (_, ConcIndex::Junction) => j,
+        };
+        ensure!(log_phi.len() >= conc_len, "splicing_lik: log_phi has {} entries, {conc_len} needed", log_phi.len());
+        let dev = self.dev;
+        let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
+        let (sd, wd, bd) = (dev.upload(s)?, dev.upload(w)?, dev.upload(bias)?);
+        let (ip, jd, kd, nd) = (dev.upload(&i64s(&spl.indptr))?, dev.upload(&spl.junction)?, dev.upload(&spl.k)?, dev.upload(&spl.n)?);
+        let psi = if kind == SplicingLoss::Bce { Some(dev.upload(&spl.psi)?) } else { None };
+        let gdev = match groups {
+            Some(g) => Some((dev.upload(&i64s(&g.cell_ptr))?, dev.upload(&i64s(&g.grp_ptr))?, dev.upload(&g.ord)?)),
+            None => None,
+        };
+        let j2a = if junc2atse.is_empty() { None } else { Some(dev.upload(junc2atse)?) };
+        let lp = if log_phi.is_empty() { None } else { Some(dev.upload(log_phi)?) };
+        // Outputs poisoned with NaN: an entry the kernel fails to write cannot pass as a result.
+        let nan = |n: usize| dev.upload(&vec![f32::NAN; n]);
+        let (mut lo, mut rl, mut gl, mut gc, mut pe) = (nan(nnz)?, nan(b)?, nan(nnz)?, nan(nnz)?, nan(nnz)?);
+        let inp = SplLikInputs {
+            s: &sd,
+            k,
+            w: &wd,
+            bias: &bd,
+            indptr: &ip,
+            junction: &jd,
+            counts_k: &kd,
+            counts_n: &nd,
+            psi: psi.as_ref().map(|p| p as &dyn DeviceMem<f32>),
+            groups: gdev.as_ref().map(|(a, b, c)| DevGroups { cell_ptr: a, grp_ptr: b, ord: c }),
+            junc2atse: j2a.as_ref().map(|p| p as &dyn DeviceMem<u32>),
+            log_phi: lp.as_ref().map(|p| p as &dyn DeviceMem<f32>),
+        };
+        let mut out = SplLikOutputs { logits: &mut lo, rl: &mut rl, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
+        self.launch(kind, conc, weight, j, &inp, &mut out)?;
+        dev.synchronize()?;
+        Ok(SplLikHost { logits: dev.download(&lo)?, rl: dev.download(&rl)?, g_logit: dev.download(&gl)?, g_conc: dev.download(&gc)?, p: dev.download(&pe)? })
+    }
+}

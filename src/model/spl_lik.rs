@@ -1,0 +1,364 @@
+//! The sparse splicing likelihood (model.md §2.7 e, §3.2–§3.5, §14.2 BCE) as pure functions of the
+//! observed entries of a minibatch: the model's CPU path (`SpliceVae::forward`) and the CPU twin of
+//! kernels/splicing_lik.cu (tests/cuda_lik_parity.rs) are the same code.
+//!
+//! * [`sparse_logits`]: the SDDMM, logit_e = S_i · W_j + b_j for the observed entries e = (i, j) only.
+//! * [`AtseGroups`]: per cell, the observed entries grouped by ATSE (sorted by (ATSE, entry)), with the
+//!   check that every junction of an observed ATSE is observed. Built on the host once per minibatch
+//!   (or once per dataset); the CUDA kernel takes the same arrays.
+//! * [`splicing_cell`] / [`splicing_loss`]: per cell, the loss RL^s_i (times the splicing loss weight),
+//!   d(RL^s_i)/d(logit_e), the per-entry contribution to d(RL^s_i)/d(concentration φ of the entry's
+//!   target) and the probability p_e the loss used.
+//!
+//! (The CUDA twin, kernels/splicing_lik.cu, has never run on a GPU: none was available when it was
+//! written; only this CPU side has been executed.)
+
+use super::batch::SplBatch;
+use super::config::{DmConcentration, SplicingLoss};
+use super::lik;
+use super::real::{dot8, sigmoid, softplus, Real};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// Clamp of the raw sigmoid before the within-ATSE logit (§2.7 e).
+pub const DM_Q_EPS: f64 = 1e-6;
+/// The epsilon inside the within-ATSE log-sum-exp (§2.7 e).
+pub const DM_LSE_EPS: f64 = 1e-8;
+
+/// Which concentration parameter an entry uses (the model's `conc_target`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConcIndex {
+    /// One scalar (index 0): DM with dm_concentration = "scalar"; unused by binomial / BCE.
+    Scalar,
+    /// φ of the junction's ATSE (`junc2atse[j]`): DM with dm_concentration = "atse".
+    Atse,
+    /// φ of the junction itself: beta-binomial.
+    Junction,
+}
+
+impl ConcIndex {
+    pub fn for_loss(kind: SplicingLoss, dm: DmConcentration) -> ConcIndex {
+        match (kind, dm) {
+            (SplicingLoss::DirichletMultinomial, DmConcentration::Atse) => ConcIndex::Atse,
+            (SplicingLoss::BetaBinomial, _) => ConcIndex::Junction,
+            _ => ConcIndex::Scalar,
+        }
+    }
+    /// Index into log_phi of junction `j`'s concentration.
+    #[inline]
+    pub fn target(self, j: usize, junc2atse: &[u32]) -> usize {
+        match self {
+            ConcIndex::Scalar => 0,
+            ConcIndex::Atse => junc2atse[j] as usize,
+            ConcIndex::Junction => j,
+        }
+    }
+}
+
+/// Logits of the observed entries only (SDDMM): `s` is B × k row-major, `w` J × k, `bias` J.
+pub fn sparse_logits<T: Real>(s: &[T], k: usize, w: &[T], bias: &[T], spl: &SplBatch) -> Vec<T> {
+    assert_eq!(s.len(), spl.n_cells() * k);
+    let per_cell: Vec<Vec<T>> = (0..spl.n_cells())
+        .into_par_iter()
+        .map(|i| {
+            let si = &s[i * k..(i + 1) * k];
+            spl.cell_range(i)
+                .map(|e| {
+                    let j = spl.junction[e] as usize;
+                    dot8(si, &w[j * k..(j + 1) * k]) + bias[j]
+                })
+                .collect()
+        })
+        .collect();
+    per_cell.concat()
+}
+
+/// The observed entries of each cell grouped by ATSE, CSR twice: cell i's groups are
+/// `cell_ptr[i]..cell_ptr[i+1]`, group g's entries are `ord[grp_ptr[g]..grp_ptr[g+1]]` (global entry
+/// indices into the [`SplBatch`] arrays), groups in ascending ATSE order, entries of a group in
+/// ascending entry order (the order the model's loss has always used).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AtseGroups {
+    pub cell_ptr: Vec<usize>,
+    pub grp_ptr: Vec<usize>,
+    pub ord: Vec<u32>,
+}
+
+impl AtseGroups {
+    /// Groups `spl`'s entries by `junc2atse`; `atse_ptr` (CSR of the junctions of each ATSE) gives the
+    /// ATSE sizes for the completeness check.
+    pub fn build(spl: &SplBatch, junc2atse: &[u32], atse_ptr: &[usize]) -> Result<AtseGroups> {
+        let per_cell: Vec<Result<(Vec<usize>, Vec<u32>)>> = (0..spl.n_cells())
+            .into_par_iter()
+            .map(|i| {
+                let r = spl.cell_range(i);
+                let m = r.len();
+                let mut ord: Vec<(u32, usize)> = r.clone().map(|e| (junc2atse[spl.junction[e] as usize], e)).collect();
+                ord.sort_unstable();
+                let mut sizes = Vec::new();
+                let mut s = 0;
+                while s < m {
+                    let a = ord[s].0;
+                    let mut t = s + 1;
+                    while t < m && ord[t].0 == a {
+                        t += 1;
+                    }
+                    let size = atse_ptr[a as usize + 1] - atse_ptr[a as usize];
+                    if t - s != size {
+                        bail!(
+                            "cell {i}: ATSE {a} has {} of its {size} junctions observed; every junction of an \
+                             observed ATSE must be an observed entry (psi_mask is constant within an ATSE)",
+                            t - s
+                        );
+                    }
+                    sizes.push(t - s);
+                    s = t;
+                }
+                Ok((sizes, ord.into_iter().map(|x| x.1 as u32).collect()))
+            })
+            .collect();
+        let mut g = AtseGroups { cell_ptr: vec![0], grp_ptr: vec![0], ord: Vec::with_capacity(spl.nnz()) };
+        for r in per_cell {
+            let (sizes, ord) = r?;
+            for s in sizes {
+                let last = *g.grp_ptr.last().unwrap();
+                g.grp_ptr.push(last + s);
+            }
+            g.ord.extend(ord);
+            g.cell_ptr.push(g.grp_ptr.len() - 1);
+        }
+        Ok(g)
+    }
+
+    pub fn n_groups(&self) -> usize {
+        self.grp_ptr.len() - 1
+    }
+}
+
+/// Per-cell outputs of the splicing loss, entries in the [`SplBatch`] order.
+#[derive(Clone, Debug, Default)]
+pub struct SplLossOut<T> {
+    /// RL^s_i × splicing_loss_weight, per cell.
+    pub rl: Vec<T>,
+    /// d(rl_i)/d(logit_e), per entry.
+    pub g_logit: Vec<T>,
+    /// Per-entry contribution to d(rl_i)/d(φ_target(e)) (zero for binomial / BCE).
+    pub g_conc: Vec<T>,
+    /// The probability the loss used for each entry (within-ATSE normalised for the DM).
+    pub p: Vec<T>,
+}
+
+/// The loss of one cell. `logits` are the batch's entry logits; `gl`, `gc`, `pe` are the cell's
+/// slices (length = the cell's entry count); `phi` = softplus(log_phi). Returns rl_i.
+#[allow(clippy::too_many_arguments)]
+pub fn splicing_cell<T: Real>(
+    kind: SplicingLoss,
+    conc: ConcIndex,
+    spl: &SplBatch,
+    groups: Option<&AtseGroups>,
+    junc2atse: &[u32],
+    i: usize,
+    logits: &[T],
+    phi: &[T],
+    w: T,
+    gl: &mut [T],
+    gc: &mut [T],
+    pe: &mut [T],
+) -> T {
+    let r = spl.cell_range(i);
+    let mut ll = 0f64;
+    match kind {
+        SplicingLoss::DirichletMultinomial => {
+            let groups = groups.expect("the Dirichlet-multinomial loss needs the ATSE grouping");
+            let mut sc = DmScratch::default();
+            let mut idx: Vec<usize> = Vec::new();
+            for g in groups.cell_ptr[i]..groups.cell_ptr[i + 1] {
+                idx.clear();
+                idx.extend(groups.ord[groups.grp_ptr[g]..groups.grp_ptr[g + 1]].iter().map(|&e| e as usize - r.start));
+                let c = phi[conc.target(spl.junction[r.start + idx[0]] as usize, junc2atse)];
+                ll += dm_group(&idx, r.start, spl, logits, c, w, gl, gc, pe, &mut sc);
+            }
+        }
+        SplicingLoss::Binomial | SplicingLoss::BetaBinomial | SplicingLoss::Bce => {
+            for (q, e) in r.clone().enumerate() {
+                let praw = sigmoid(logits[e]);
+                pe[q] = praw;
+                let (k, n) = (T::from_f32(spl.k[e]), T::from_f32(spl.n[e]));
+                let (l1, dp) = match kind {
+                    SplicingLoss::Binomial => lik::binomial(k, n, praw),
+                    SplicingLoss::Bce => lik::bce(T::from_f32(spl.psi[e]), praw),
+                    _ => {
+                        let (l1, dp, dphi) =
+                            lik::beta_binomial(k, n, praw, phi[conc.target(spl.junction[e] as usize, junc2atse)]);
+                        gc[q] = -w * dphi;
+                        (l1, dp)
+                    }
+                };
+                ll += l1.to_f64();
+                gl[q] = -w * dp * praw * (T::ONE - praw);
+            }
+        }
+    }
+    T::from_f64(-w.to_f64() * ll)
+}
+
+/// [`splicing_cell`] over every cell (in parallel). `log_phi` is the concentration parameter vector
+/// (may be empty for binomial / BCE); `groups` is required for the DM.
+#[allow(clippy::too_many_arguments)]
+pub fn splicing_loss<T: Real>(
+    kind: SplicingLoss,
+    conc: ConcIndex,
+    spl: &SplBatch,
+    groups: Option<&AtseGroups>,
+    junc2atse: &[u32],
+    logits: &[T],
+    log_phi: &[T],
+    w: T,
+) -> SplLossOut<T> {
+    let phi: Vec<T> = log_phi.iter().map(|&v| softplus(v)).collect();
+    #[allow(clippy::type_complexity)]
+    let per_cell: Vec<(T, Vec<T>, Vec<T>, Vec<T>)> = (0..spl.n_cells())
+        .into_par_iter()
+        .map(|i| {
+            let m = spl.cell_range(i).len();
+            let mut gl = vec![T::ZERO; m];
+            let mut gc = vec![T::ZERO; m];
+            let mut pe = vec![T::ZERO; m];
+            let rl = splicing_cell(kind, conc, spl, groups, junc2atse, i, logits, &phi, w, &mut gl, &mut gc, &mut pe);
+            (rl, gl, gc, pe)
+        })
+        .collect();
+    let mut out = SplLossOut::default();
+    for (rl, gl, gc, pe) in per_cell {
+        out.rl.push(rl);
+        out.g_logit.extend(gl);
+        out.g_conc.extend(gc);
+        out.p.extend(pe);
+    }
+    out
+}
+
+/// Within-ATSE probabilities from raw logits (§2.7 e), into `out`.
+pub fn dm_probs<T: Real>(raw: &[T], out: &mut Vec<T>) {
+    let (lo, hi) = (T::from_f64(DM_Q_EPS), T::ONE - T::from_f64(DM_Q_EPS));
+    out.clear();
+    out.extend(raw.iter().map(|&x| {
+        let q = sigmoid(x).max(lo).min(hi);
+        (q / (T::ONE - q)).ln()
+    }));
+    if out.is_empty() {
+        return;
+    }
+    let mx = out.iter().copied().fold(out[0], |a, b| a.max(b));
+    let s: T = out.iter().map(|&v| (v - mx).exp()).sum();
+    let lse = mx + (s + T::from_f64(DM_LSE_EPS)).ln();
+    out.iter_mut().for_each(|v| *v = (*v - lse).exp());
+}
+
+/// Per-cell scratch of `dm_group` (reused across the cell's ATSEs).
+#[derive(Default)]
+struct DmScratch<T> {
+    praw: Vec<T>,
+    q: Vec<T>,
+    qpass: Vec<bool>,
+    lg: Vec<T>,
+    ex: Vec<T>,
+    p: Vec<T>,
+    pc: Vec<T>,
+    pcpass: Vec<bool>,
+    alpha: Vec<T>,
+    dp: Vec<T>,
+}
+
+/// One ATSE of one cell for the Dirichlet-multinomial: returns ll and writes d(RL)/d(logit),
+/// d(RL)/d(c) contributions and p for the group's entries (`idx` are offsets from `base`).
+#[allow(clippy::too_many_arguments)]
+fn dm_group<T: Real>(
+    idx: &[usize],
+    base: usize,
+    spl: &SplBatch,
+    logits: &[T],
+    c: T,
+    w: T,
+    gl: &mut [T],
+    gc: &mut [T],
+    pe: &mut [T],
+    sc: &mut DmScratch<T>,
+) -> f64 {
+    let m = idx.len();
+    for v in [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.ex, &mut sc.p, &mut sc.pc, &mut sc.alpha, &mut sc.dp] {
+        v.clear();
+        v.resize(m, T::ZERO);
+    }
+    sc.qpass.clear();
+    sc.qpass.resize(m, true);
+    sc.pcpass.clear();
+    sc.pcpass.resize(m, true);
+    let (lo, hi) = (T::from_f64(DM_Q_EPS), T::ONE - T::from_f64(DM_Q_EPS));
+    for t in 0..m {
+        let pr = sigmoid(logits[base + idx[t]]);
+        sc.praw[t] = pr;
+        let (qq, ps) = if pr < lo {
+            (lo, false)
+        } else if pr > hi {
+            (hi, false)
+        } else {
+            (pr, true)
+        };
+        sc.q[t] = qq;
+        sc.qpass[t] = ps;
+        sc.lg[t] = (qq / (T::ONE - qq)).ln();
+    }
+    let mut amax = 0;
+    for t in 1..m {
+        if sc.lg[t] > sc.lg[amax] {
+            amax = t;
+        }
+    }
+    let mx = sc.lg[amax];
+    let mut s = T::ZERO;
+    for t in 0..m {
+        sc.ex[t] = (sc.lg[t] - mx).exp();
+        s += sc.ex[t];
+    }
+    let se = s + T::from_f64(DM_LSE_EPS);
+    let lse = mx + se.ln();
+    let mut big_n = T::ZERO;
+    for t in 0..m {
+        sc.p[t] = (sc.lg[t] - lse).exp();
+        let (v, ps) = lik::clamp_p(sc.p[t]);
+        sc.pc[t] = v;
+        sc.pcpass[t] = ps;
+        sc.alpha[t] = v * c;
+        big_n = big_n.max(T::from_f32(spl.n[base + idx[t]]));
+    }
+    let s_alpha: T = sc.alpha.iter().copied().sum();
+    let mut ll = 0f64;
+    let (l_atse, d_atse) = if big_n > T::ZERO { lik::nbetaln(big_n, s_alpha) } else { (T::ZERO, T::ZERO) };
+    ll += l_atse.to_f64();
+    let mut spdp = T::ZERO;
+    for t in 0..m {
+        let k = T::from_f32(spl.k[base + idx[t]]);
+        let (lj, dj) = lik::nbetaln(k, sc.alpha[t]);
+        ll -= lj.to_f64();
+        // d(RL)/dα = −w (d_atse − dj)
+        let dalpha = -w * (d_atse - dj);
+        gc[idx[t]] = dalpha * sc.pc[t];
+        sc.dp[t] = if sc.pcpass[t] { dalpha * c } else { T::ZERO };
+        pe[idx[t]] = sc.p[t];
+        spdp += sc.p[t] * sc.dp[t];
+    }
+    // d lse / d lg_t = e_t / (s + 1e-8), plus (1 − s/(s + 1e-8)) for the arg-max (through the max).
+    let tail = T::ONE - s / se;
+    for t in 0..m {
+        let mut dlse = sc.ex[t] / se;
+        if t == amax {
+            dlse += tail;
+        }
+        let dlg = sc.p[t] * sc.dp[t] - spdp * dlse;
+        let dq = dlg / (sc.q[t] * (T::ONE - sc.q[t]));
+        let dpr = if sc.qpass[t] { dq } else { T::ZERO };
+        gl[idx[t]] = dpr * sc.praw[t] * (T::ONE - sc.praw[t]);
+    }
+    ll
+}
