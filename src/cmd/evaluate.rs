@@ -25,7 +25,7 @@ pub struct EvaluateArgs {
     /// With --train: where the run directory goes (default: a temporary directory, removed afterwards).
     #[arg(long, requires = "train")]
     pub train_dir: Option<PathBuf>,
-    /// With --train: option preset (default | paper).
+    /// With --train: option preset (default | paper | robust).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// With --train: TOML file with [model] and [train] tables.
