@@ -259,6 +259,8 @@ impl ModelConfig {
             // Concatenated per-modality latents: the joint latent keeps the splicing-only signal that
             // averaging with the expression posterior dilutes (and there is no modality penalty).
             modality_weights: ModalityWeights::Concatenate,
+            // ⌊√H⌋ (6 at 2,000 junctions) is too small for 3 types × 2 subtypes of splicing patterns.
+            n_latent: Some(10),
             // The partial encoder learns the subtype shifts once a junction at its usual ratio
             // contributes nothing, the pooled sum grows with the evidence, the posterior can be
             // negative and sharp, and the junction embedding starts from the PSI's principal axes.
