@@ -38,6 +38,8 @@ pub struct Scorecard {
     pub ds_recall: f64,
     pub ds_called: usize,
     pub ds_planted: usize,
+    /// False DS calls (DM posterior) on junctions of a planted ATSE (not themselves planted).
+    pub ds_fp_in_planted_atse: usize,
     /// Junctions called between two random halves of subtype 0 (of J).
     pub halves_called: usize,
     /// The same with decoder PSI (`--method decoder`) instead of the DM posterior mean.
@@ -174,6 +176,12 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
                 let r = differential_splicing(&post, &cmp, method, &opts, t as u64)?;
                 called += r.is_ds_fdr.iter().filter(|&&c| c).count();
                 tp += (0..j).filter(|&jj| r.is_ds_fdr[jj] && pl[jj]).count();
+                if method == SplicingFn::DmPosterior {
+                    let a2j = &ds.splicing.junc2atse;
+                    let mut planted_atse = vec![false; ds.splicing.n_atse()];
+                    (0..j).filter(|&jj| pl[jj]).for_each(|jj| planted_atse[a2j[jj] as usize] = true);
+                    sc.ds_fp_in_planted_atse += (0..j).filter(|&jj| r.is_ds_fdr[jj] && !pl[jj] && planted_atse[a2j[jj] as usize]).count();
+                }
                 planted += pl.iter().filter(|&&p| p).count();
             }
             let prec = if called > 0 { tp as f64 / called as f64 } else { f64::NAN };
@@ -206,6 +214,7 @@ pub fn columns(s: &Scorecard) -> Vec<(&'static str, f64)> {
         ("ds_recall", s.ds_recall),
         ("ds_called", s.ds_called as f64),
         ("halves_called", s.halves_called as f64),
+        ("ds_fp_in_planted_atse", s.ds_fp_in_planted_atse as f64),
         ("dsdec_precision", s.ds_dec_precision),
         ("dsdec_recall", s.ds_dec_recall),
         ("dsdec_called", s.ds_dec_called as f64),
