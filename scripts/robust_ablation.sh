@@ -20,6 +20,7 @@ row default               default "$SIZE" "$SEEDS" $B256
 row default+14.3          default "$SIZE" "$SEEDS" $B256 modality_penalty=JeffreysExact warmup_routing=mix mask_cells_without_splicing=true restore_best=true
 row default+14.3+lr       default "$SIZE" "$SEEDS" $B256 modality_penalty=JeffreysExact warmup_routing=mix mask_cells_without_splicing=true restore_best=true lr=0.003 n_epochs_kl_warmup=20
 row robust                robust  "$SIZE" "$SEEDS"
+row robust-nlatent        robust  "$SIZE" "$SEEDS" n_latent=null   # robust(n_latent=6) in docs/robust.md
 row robust-concat         robust  "$SIZE" "$SEEDS" modality_weights=equal
 row robust-partial-levers robust  "$SIZE" "$SEEDS" partial_center_psi=false partial_linear_output=false pool_mode=mean
 row robust-pca            robust  "$SIZE" "$SEEDS" initialize_embeddings_from_pca=false
