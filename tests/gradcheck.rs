@@ -691,3 +691,71 @@ fn op_adversary_classifier_and_fool() {
         assert_close(&format!("adversary params (fool={fool})"), &an, &fdp, res.loss.abs());
     }
 }
+
+/// Robust options of the partial encoder (docs/robust.md): centred PSI with the reference code h(0)
+/// subtracted, the fixed pooling divisor; training (dropout) and eval mode.
+#[test]
+fn op_partial_encoder_centered_fixed_divisor() {
+    for (pool, training, seed) in [(PoolMode::Fixed, false, 41), (PoolMode::Fixed, true, 42), (PoolMode::Mean, true, 43), (PoolMode::Sum, false, 44)] {
+        let cfg = ModelConfig { code_dim: 4, h_hidden_dim: 6, pool_mode: pool, partial_center_psi: true, max_nobs: 3, dropout_rate: 0.3, ..ModelConfig::default() };
+        let model = SpliceVae::new(cfg, dims(2, vec![], 0), JUNC2ATSE.to_vec()).unwrap();
+        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
+        let mut p = random_params(&model, seed);
+        let mut r = rng(seed + 2);
+        let center = pe.center.unwrap();
+        p.get_mut(center).iter_mut().for_each(|v| *v = r.gen_range(0.2..0.8));
+        if let Some(d) = pe.divisor {
+            p.get_mut(d)[0] = 3.5;
+        }
+        let batch = synth_batch(&model.dims, 6, seed + 1);
+        let w = rand_mat(&mut r, 6, 4, 1.0);
+        let mode = Mode { training, seed: 9 };
+        let run = |pp: &Params<f64>| -> f64 {
+            let c = partial::partial_forward(pe, pp, &batch.spl, mode);
+            c.pool.data.iter().zip(&w.data).map(|(a, b)| a * b).sum()
+        };
+        let cache = partial::partial_forward(pe, &p, &batch.spl, mode);
+        let mut g = Grads::zeros(p.layout.clone());
+        partial::partial_backward(pe, &p, &batch.spl, &cache, &w, mode, &mut g);
+        let f0 = run(&p);
+        for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b] {
+            let e = &p.layout.entries[ei];
+            let coords = pick(&mut r, e.len, 6);
+            let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
+            let mut f = |v: &[f64]| {
+                let mut pp = p.clone();
+                pp.get_mut(ei).copy_from_slice(v);
+                run(&pp)
+            };
+            let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
+            assert_close(&format!("centred partial ({pool:?}, training {training}) {}", e.name), &an, &fdv, f0.abs());
+        }
+        // A junction at its population ratio contributes exactly zero (eval mode: no dropout).
+        let mut at_center = batch.spl.clone();
+        let cen = p.get(center).to_vec();
+        for (psi, &j) in at_center.psi.iter_mut().zip(&at_center.junction) {
+            *psi = cen[j as usize] as f32;
+        }
+        p.get_mut(center).iter_mut().zip(&cen).for_each(|(v, &c)| *v = c as f32 as f64);
+        let c = partial::partial_forward(pe, &p, &at_center, Mode { training: false, seed: 0 });
+        assert!(c.pool.data.iter().all(|v| v.abs() < 1e-12), "codes at the population PSI are not zero: {:?}", c.pool.data);
+    }
+}
+
+/// The `robust` preset (vanilla splicing encoder, concatenated latents, log1p input) and its options on
+/// the partial encoder with a weighted-average mixing (JeffreysExact, mask_cells_without_splicing,
+/// linear last block, centred input, fixed divisor, library-normalised log1p input).
+#[test]
+fn whole_loss_robust_preset_and_partial_options() {
+    let small = |c: ModelConfig| ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, dropout_rate: 0.2, ..c };
+    let cfg = small(ModelConfig::robust());
+    check_whole_loss("robust", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: true }, 51);
+    let cfg = small(ModelConfig {
+        splicing_encoder_architecture: SplicingEncoderArch::Partial,
+        modality_weights: ModalityWeights::Equal,
+        expression_input: ExpressionInput::Log1pNormalized,
+        max_nobs: 4,
+        ..ModelConfig::robust()
+    });
+    check_whole_loss("robust partial", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 52);
+}

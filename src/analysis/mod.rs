@@ -12,3 +12,4 @@ pub mod impute_metrics;
 pub mod latent_metrics;
 pub mod meanbayes;
 pub mod posterior;
+pub mod scorecard;

@@ -25,7 +25,7 @@ pub struct EvaluateArgs {
     /// With --train: where the run directory goes (default: a temporary directory, removed afterwards).
     #[arg(long, requires = "train")]
     pub train_dir: Option<PathBuf>,
-    /// With --train: option preset (default | paper).
+    /// With --train: option preset (default | paper | robust).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// With --train: TOML file with [model] and [train] tables.
@@ -40,6 +40,10 @@ pub struct EvaluateArgs {
     /// obs column for the silhouette score and the classifiers (latent metrics).
     #[arg(long)]
     pub label: Option<String>,
+    /// obs column scored within each group of --label as well (15-NN accuracy of the sub-label among the
+    /// cells of one label, averaged weighted by group size), e.g. `--label cell_type --sublabel subtype`.
+    #[arg(long, requires = "label")]
+    pub sublabel: Option<String>,
     /// Fraction of each cell's observed ATSEs masked (at least one).
     #[arg(long, default_value_t = 0.25)]
     pub mask_fraction: f64,
@@ -170,9 +174,14 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     let imp = evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), args.block_cells)?;
     let post = Posterior::new(&ds, &model, &params)?;
     let lat = evaluate_latents(&post, labels.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
-    let table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
+    let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
+    let extra = extra_latent_rows(&args, &post, labels.as_deref(), &ds)?;
+    table.extend(extra.iter().cloned());
     write_tsv(&args.out, &rows_tsv(&table))?;
     println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
+    for r in &extra {
+        println!("{:<11} {} = {:.4}", r.subset, r.metric, r.value);
+    }
     eprintln!("wrote {}", args.out.display());
     // The dropped entries' (truth, prediction) pairs, and their density scatter.
     let pairs = crate::plot::with_ext(&crate::plot::prefix_beside(&args.out, "pairs"), "tsv");
@@ -183,4 +192,53 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         super::plot::auto("imputation", crate::plot::impute::ImputeScatter::from_file(&pairs), &prefix);
     }
     Ok(())
+}
+
+/// Sub-label accuracy within each label group (`--sublabel`) and the k-NN batch entropy (mixing, when
+/// there is more than one batch) of each latent, on the same cells as the other latent metrics.
+fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32]>, ds: &Dataset) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+    use crate::analysis::scorecard::{knn_accuracy_within, knn_batch_entropy};
+    let sub = match &args.sublabel {
+        Some(c) => Some(group_codes(ds, c)?),
+        None => None,
+    };
+    let batch = &ds.covariates.batch.codes;
+    let n_batch = ds.covariates.batch.levels.len();
+    if sub.is_none() && n_batch < 2 {
+        return Ok(Vec::new());
+    }
+    let n = ds.n_cells();
+    let mut cells: Vec<usize> = (0..n).collect();
+    if n > args.max_cells_latent {
+        use rand::seq::SliceRandom;
+        cells.shuffle(&mut crate::train::rng::stream(args.eval_seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::SUBSAMPLE, 0));
+        cells.truncate(args.max_cells_latent);
+        cells.sort_unstable();
+    }
+    let mut lat: [Vec<f32>; 3] = Default::default();
+    let mut dims = [0usize; 3];
+    for block in cells.chunks(args.block_cells.max(1)) {
+        let inf = post.latents(block)?;
+        for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
+            dims[i] = m.cols;
+            lat[i].extend_from_slice(&m.data);
+        }
+    }
+    let mut out = Vec::new();
+    for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
+        let mut push = |metric: String, value: f64| {
+            out.push(crate::analysis::evaluate::EvalRow { section: "latent".into(), subset: space.into(), method: "splicevi".into(), metric, value })
+        };
+        if let (Some(sub), Some(lab)) = (&sub, labels) {
+            let s: Vec<u32> = cells.iter().map(|&c| sub[c]).collect();
+            let l: Vec<u32> = cells.iter().map(|&c| lab[c]).collect();
+            let v = knn_accuracy_within(&lat[i], dims[i], &l, &s, args.knn, args.eval_seed);
+            push(format!("knn{}_accuracy_{}_within_{}", args.knn, args.sublabel.as_deref().unwrap(), args.label.as_deref().unwrap()), v);
+        }
+        if n_batch > 1 && batch.len() == n {
+            let b: Vec<u32> = cells.iter().map(|&c| batch[c]).collect();
+            push(format!("knn{}_batch_entropy", args.knn), knn_batch_entropy(&lat[i], dims[i], &b, args.knn));
+        }
+    }
+    Ok(out)
 }

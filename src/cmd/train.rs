@@ -15,7 +15,7 @@ pub struct TrainArgs {
     /// Run directory: checkpoint, resolved config, metrics.
     #[arg(long)]
     pub out: PathBuf,
-    /// Option preset: default | paper.
+    /// Option preset: default | paper (faithful to the original) | robust (recommended for new work, docs/robust.md).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// TOML file with [model] and [train] tables (applied over the preset, under the flags).

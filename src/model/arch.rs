@@ -101,6 +101,11 @@ pub struct PartialEncP {
     pub h_hidden: usize,
     pub dropout: f64,
     pub pool_mean: bool,
+    /// `partial_center_psi`: buffer [J] with the population PSI subtracted from every observed ψ; the
+    /// pooled codes are h(t) − h(0).
+    pub center: Option<usize>,
+    /// `pool_mode = fixed`: scalar buffer, the divisor of the pooled sum.
+    pub divisor: Option<usize>,
     /// max_nobs (usize::MAX for −1): bounds the pairs processed at once; never changes results.
     pub chunk: usize,
 }
@@ -414,7 +419,7 @@ impl Arch {
                 let h4 = b.linear("z_encoder_splicing.h_layer.4", hh, dd, true);
                 let ln5_w = b.lb.add("z_encoder_splicing.h_layer.5.weight", &[dd], ParamKind::Param, Init::Const(1.0));
                 let ln5_b = b.lb.add("z_encoder_splicing.h_layer.5.bias", &[dd], ParamKind::Param, Init::Const(0.0));
-                let mlp = b.fclayers(
+                let mut mlp = b.fclayers(
                     "z_encoder_splicing.encoder_mlp",
                     FcSpec {
                         n_in: dd,
@@ -431,8 +436,22 @@ impl Arch {
                         bias: true,
                     },
                 );
+                if cfg.partial_linear_output {
+                    let last = mlp.blocks.last_mut().unwrap();
+                    last.ln = false;
+                    last.act = Act::None;
+                    last.dropout = 0.0;
+                }
+                // Data statistics (robust options): buffers, present only when their option is on.
+                let center = cfg.partial_center_psi.then(|| {
+                    b.lb.add("z_encoder_splicing.psi_center", &[j], ParamKind::Buffer, Init::Const(0.0))
+                });
+                let divisor = (cfg.pool_mode == PoolMode::Fixed)
+                    .then(|| b.lb.add("z_encoder_splicing.pool_divisor", &[], ParamKind::Buffer, Init::Const(1.0)));
                 SplEncP::Partial(PartialEncP {
                     emb,
+                    center,
+                    divisor,
                     h0,
                     ln1_w,
                     ln1_b,

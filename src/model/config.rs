@@ -47,7 +47,16 @@ string_enum!(
 );
 string_enum!(
     /// Partial-encoder pooling (§2.5 step 5).
-    PoolMode { Mean = "mean", Sum = "sum" }
+    /// `fixed` (robust option): divide the pooled sum by one data-derived constant, the median number of
+    /// observed junctions per training cell (buffer `z_encoder_splicing.pool_divisor`), instead of by the
+    /// cell's own count, so that a cell's code grows with the evidence it has.
+    PoolMode { Mean = "mean", Sum = "sum", Fixed = "fixed" }
+);
+string_enum!(
+    /// What the expression encoder (and the library encoder) sees (§2.2: raw counts). `log1p`: log(1 + x);
+    /// `log1p_normalized`: log(1 + 10⁴ · x / Σ_g x), library-normalised. Robust options; the likelihood
+    /// always uses the raw counts.
+    ExpressionInput { Raw = "raw", Log1p = "log1p", Log1pNormalized = "log1p_normalized" }
 );
 string_enum!(
     /// Where BatchNorm / LayerNorm are used (§2.1).
@@ -148,6 +157,19 @@ pub struct ModelConfig {
     pub modality_penalty: ModalityPenalty,
     pub warmup_routing: WarmupRouting,
     pub mask_cells_without_splicing: bool,
+    /// Robust option (docs/robust.md): the expression encoder's input transform (default `raw`, §2.2).
+    pub expression_input: ExpressionInput,
+    /// Robust option: the partial encoder sees centred PSI ψ − ψ̄_j (ψ̄_j = Σ_cells k / Σ_cells n over the
+    /// training cells, buffer `z_encoder_splicing.psi_center`) and pools h(t) − h(0), so a junction at its
+    /// population ratio contributes exactly zero (h(0) is evaluated without dropout).
+    pub partial_center_psi: bool,
+    /// Robust option: the last block of the partial encoder's post-pooling MLP is a plain Linear (no
+    /// LayerNorm, ReLU or dropout), so the posterior mean can be negative and its variance small.
+    pub partial_linear_output: bool,
+    /// Robust option: initialise the splicing decoder's output bias from the training data's population
+    /// PSI ψ̄_j: ln ψ̄_j for the Dirichlet-multinomial (its within-ATSE softmax then starts at ψ̄), logit ψ̄_j
+    /// otherwise (clamped to [1e-3, 1 − 1e-3]; junctions never observed keep the default init).
+    pub splicing_bias_from_data: bool,
 }
 
 impl Default for ModelConfig {
@@ -184,6 +206,10 @@ impl Default for ModelConfig {
             modality_penalty: ModalityPenalty::Jeffreys,
             warmup_routing: WarmupRouting::Coin,
             mask_cells_without_splicing: false,
+            expression_input: ExpressionInput::Raw,
+            partial_center_psi: false,
+            partial_linear_output: false,
+            splicing_bias_from_data: false,
         }
     }
 }
@@ -222,6 +248,32 @@ impl ModelConfig {
             n_latent: Some(30),
             dropout_rate: 0.01,
             initialize_embeddings_from_pca: true,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// The `robust` preset (docs/robust.md): the options of §14.3 and the robust options above, chosen by
+    /// measurement on simulated data. Not faithful to the original by design.
+    pub fn robust() -> Self {
+        ModelConfig {
+            // Concatenated per-modality latents: the joint latent keeps the splicing-only signal that
+            // averaging with the expression posterior dilutes (and there is no modality penalty).
+            modality_weights: ModalityWeights::Concatenate,
+            // ⌊√H⌋ (6 at 2,000 junctions) is too small for 3 types × 2 subtypes of splicing patterns.
+            n_latent: Some(10),
+            // The partial encoder learns the subtype shifts once a junction at its usual ratio
+            // contributes nothing, the pooled sum grows with the evidence, the posterior can be
+            // negative and sharp, and the junction embedding starts from the PSI's principal axes.
+            partial_center_psi: true,
+            partial_linear_output: true,
+            pool_mode: PoolMode::Fixed,
+            initialize_embeddings_from_pca: true,
+            splicing_bias_from_data: true,
+            expression_input: ExpressionInput::Log1p,
+            // §14.3 fixes; they act when the mixing is switched back to a weighted average.
+            modality_penalty: ModalityPenalty::JeffreysExact,
+            warmup_routing: WarmupRouting::Mix,
+            mask_cells_without_splicing: true,
             ..ModelConfig::default()
         }
     }

@@ -30,6 +30,10 @@ pub struct PartialCache<T> {
     pub fnorm: Vec<T>,
     /// J × Hh: u_j.
     pub u: Mat<T>,
+    /// Divisor of each cell's pooled sum (1 for `sum`).
+    pub den: Vec<T>,
+    /// `partial_center_psi`: the reference code h(0) (D), subtracted once per observed pair.
+    pub h0: Option<Vec<T>>,
 }
 
 struct Net<'a, T> {
@@ -144,6 +148,77 @@ impl<T: Real> Net<'_, T> {
             }
         }
     }
+
+    /// Backward for the micro-chunk whose forward activations are in `sc` (call `chunk_fwd` first), given
+    /// d(code) of pair q as `dcode(q)`. Accumulates the small parameters' gradients into `small`
+    /// ([b0 | g1 | be1 | W4 | b4 | g5 | be5]) and leaves d(h1) (the first Linear's output) of pair q in
+    /// `sc.dd1[q·Hh..]`, from which the caller takes d(u_j) = ψ · d(h1).
+    fn chunk_bwd<'c>(&self, mode: Mode, sc: &mut Scratch<T>, dcode: impl Fn(usize) -> &'c [T], small: &mut [T])
+    where
+        T: 'c,
+    {
+        // (`sc.pairs` may be moved out by the caller; `sc.psi` holds one value per pair.)
+        let (hh, dd, n) = (self.hh, self.dd, sc.psi.len());
+        let (sb0, rest) = small.split_at_mut(hh);
+        let (sg1, rest) = rest.split_at_mut(hh);
+        let (sbe1, rest) = rest.split_at_mut(hh);
+        let (sw4, rest) = rest.split_at_mut(dd * hh);
+        let (sb4, rest) = rest.split_at_mut(dd);
+        let (sg5, sbe5) = rest.split_at_mut(dd);
+        // d(a2) = dcode · [a2 > 0]; LN5 affine; LN5 backward → dh2
+        for q in 0..n {
+            let dc = dcode(q);
+            let row = &mut sc.dh2[q * dd..(q + 1) * dd];
+            for t in 0..dd {
+                let a = sc.a2[q * dd + t];
+                let da = if a > T::ZERO { dc[t] } else { T::ZERO };
+                sg5[t] += da * sc.xhat2[q * dd + t];
+                sbe5[t] += da;
+                row[t] = da * self.g5[t];
+            }
+            ln_row_bwd(&sc.xhat2[q * dd..(q + 1) * dd], sc.inv2[q], row);
+            for t in 0..dd {
+                sb4[t] += row[t];
+            }
+        }
+        // W4 gradient (dh2ᵀ·d1) and d(d1) = dh2·W4
+        unsafe {
+            T::gemm_raw(dd, n, hh, T::ONE, sc.dh2.as_ptr(), 1, dd as isize, sc.d1.as_ptr(), hh as isize, 1, T::ONE, sw4.as_mut_ptr(), hh as isize, 1);
+            T::gemm_raw(n, dd, hh, T::ONE, sc.dh2.as_ptr(), dd as isize, 1, self.w4.as_ptr(), hh as isize, 1, T::ZERO, sc.dd1.as_mut_ptr(), hh as isize, 1);
+        }
+        let drop = mode.training && self.dropout > 0.0;
+        for q in 0..n {
+            let row = &mut sc.dd1[q * hh..(q + 1) * hh];
+            for t in 0..hh {
+                let k = q * hh + t;
+                let mut v = row[t];
+                if drop {
+                    v *= sc.mask1[k];
+                }
+                let da = if sc.a1[k] > T::ZERO { v } else { T::ZERO };
+                sg1[t] += da * sc.xhat1[k];
+                sbe1[t] += da;
+                row[t] = da * self.g1[t];
+            }
+            ln_row_bwd(&sc.xhat1[q * hh..(q + 1) * hh], sc.inv1[q], row);
+            for t in 0..hh {
+                sb0[t] += row[t];
+            }
+        }
+    }
+
+    /// The reference code h(0) (ψ = 0, so the junction does not matter), without dropout; the
+    /// activations stay in `sc` for `chunk_bwd`.
+    fn reference_fwd(&self, u: &Mat<T>, sc: &mut Scratch<T>) -> Vec<T> {
+        sc.pairs.clear();
+        sc.pairs.push(0);
+        sc.psi.clear();
+        sc.psi.push(T::ZERO);
+        sc.jn.clear();
+        sc.jn.push(0);
+        self.chunk_fwd(u, Mode { training: false, seed: 0 }, sc);
+        sc.c[..self.dd].to_vec()
+    }
 }
 
 /// Single-threaded GEMM (the callers already run in parallel): y[n×m] = x[n×k]·wᵀ (w is m×k).
@@ -211,7 +286,7 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
     });
 
     let counts: Vec<usize> = (0..b).map(|c| spl.indptr[c + 1] - spl.indptr[c]).collect();
-    let psi_t: Vec<T> = spl.psi.iter().map(|&v| T::from_f32(v)).collect();
+    let psi_t = pair_inputs(pe, p, spl);
     let nt = net(pe, p);
     // Work items: runs of whole cells with about ITEM_PAIRS pairs; micro-chunks inside.
     let micro = pe.chunk.clamp(1, MICRO);
@@ -261,13 +336,47 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
     for (&(c0, _), acc) in items.iter().zip(pooled) {
         pool.data[c0 * dd..c0 * dd + acc.len()].copy_from_slice(&acc);
     }
-    if pe.pool_mean {
+    let h0 = pe.center.map(|_| {
+        let mut sc = Scratch::new(hh, dd, 1);
+        let h0 = nt.reference_fwd(&u, &mut sc);
         for c in 0..b {
-            let n = T::from_f64(counts[c].max(1) as f64);
+            let n = T::from_f64(counts[c] as f64);
+            pool.row_mut(c).iter_mut().zip(&h0).for_each(|(v, &r)| *v -= n * r);
+        }
+        h0
+    });
+    let den = pool_divisors(pe, p, &counts);
+    for c in 0..b {
+        let n = den[c];
+        if n != T::ONE {
             pool.row_mut(c).iter_mut().for_each(|v| *v /= n);
         }
     }
-    PartialCache { pool, counts, fhat, fnorm, u }
+    PartialCache { pool, counts, fhat, fnorm, u, den, h0 }
+}
+
+/// Per-pair inputs ψ (or ψ − ψ̄_j with `partial_center_psi`).
+fn pair_inputs<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch) -> Vec<T> {
+    match pe.center {
+        None => spl.psi.iter().map(|&v| T::from_f32(v)).collect(),
+        Some(ci) => {
+            let cen = p.get(ci);
+            spl.psi.iter().zip(&spl.junction).map(|(&v, &j)| T::from_f32(v) - cen[j as usize]).collect()
+        }
+    }
+}
+
+/// Divisor of each cell's pooled sum: max(#obs, 1) for `mean`, the `pool_divisor` buffer for `fixed`,
+/// 1 for `sum`.
+fn pool_divisors<T: Real>(pe: &PartialEncP, p: &Params<T>, counts: &[usize]) -> Vec<T> {
+    match (pe.divisor, pe.pool_mean) {
+        (Some(di), _) => {
+            let v = p.get(di)[0].max(T::from_f64(1e-6));
+            vec![v; counts.len()]
+        }
+        (None, true) => counts.iter().map(|&n| T::from_f64(n.max(1) as f64)).collect(),
+        (None, false) => vec![T::ONE; counts.len()],
+    }
 }
 
 /// Backward from d(pool) (B × D): accumulates the gradients of the embedding and the h network.
@@ -286,9 +395,9 @@ pub fn partial_backward<T: Real>(
     let nnz = spl.nnz();
     // d(code) per cell
     let mut dcell = dpool.clone();
-    if pe.pool_mean {
-        for c in 0..b {
-            let n = T::from_f64(cache.counts[c].max(1) as f64);
+    for c in 0..b {
+        let n = cache.den[c];
+        if n != T::ONE {
             dcell.row_mut(c).iter_mut().for_each(|v| *v /= n);
         }
     }
@@ -311,7 +420,7 @@ pub fn partial_backward<T: Real>(
             pos[jj] += 1;
         }
     }
-    let psi_t: Vec<T> = spl.psi.iter().map(|&v| T::from_f32(v)).collect();
+    let psi_t = pair_inputs(pe, p, spl);
     let micro = pe.chunk.clamp(1, MICRO);
     let mut items: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
@@ -348,53 +457,15 @@ pub fn partial_backward<T: Real>(
                 sc.jn.clear();
                 sc.jn.extend(order[s..e].iter().map(|&q| spl.junction[q]));
                 nt.chunk_fwd(&cache.u, mode, &mut sc);
-                let (sb0, rest) = small.split_at_mut(hh);
-                let (sg1, rest) = rest.split_at_mut(hh);
-                let (sbe1, rest) = rest.split_at_mut(hh);
-                let (sw4, rest) = rest.split_at_mut(dd * hh);
-                let (sb4, rest) = rest.split_at_mut(dd);
-                let (sg5, sbe5) = rest.split_at_mut(dd);
-                // d(a2) = dcode · [a2 > 0]; LN5 affine; LN5 backward → dh2
+                let pairs = std::mem::take(&mut sc.pairs);
+                nt.chunk_bwd(mode, &mut sc, |q| dcell.row(cell_of[pairs[q]] as usize), &mut small);
+                sc.pairs = pairs;
                 for q in 0..n {
-                    let dc = dcell.row(cell_of[sc.pairs[q]] as usize);
-                    let row = &mut sc.dh2[q * dd..(q + 1) * dd];
-                    for t in 0..dd {
-                        let a = sc.a2[q * dd + t];
-                        let da = if a > T::ZERO { dc[t] } else { T::ZERO };
-                        sg5[t] += da * sc.xhat2[q * dd + t];
-                        sbe5[t] += da;
-                        row[t] = da * nt.g5[t];
-                    }
-                    ln_row_bwd(&sc.xhat2[q * dd..(q + 1) * dd], sc.inv2[q], row);
-                    for t in 0..dd {
-                        sb4[t] += row[t];
-                    }
-                }
-                // W4 gradient (dh2ᵀ·d1) and d(d1) = dh2·W4
-                unsafe {
-                    T::gemm_raw(dd, n, hh, T::ONE, sc.dh2.as_ptr(), 1, dd as isize, sc.d1.as_ptr(), hh as isize, 1, T::ONE, sw4.as_mut_ptr(), hh as isize, 1);
-                    T::gemm_raw(n, dd, hh, T::ONE, sc.dh2.as_ptr(), dd as isize, 1, nt.w4.as_ptr(), hh as isize, 1, T::ZERO, sc.dd1.as_mut_ptr(), hh as isize, 1);
-                }
-                let drop = mode.training && nt.dropout > 0.0;
-                for q in 0..n {
-                    let row = &mut sc.dd1[q * hh..(q + 1) * hh];
-                    for t in 0..hh {
-                        let k = q * hh + t;
-                        let mut v = row[t];
-                        if drop {
-                            v *= sc.mask1[k];
-                        }
-                        let da = if sc.a1[k] > T::ZERO { v } else { T::ZERO };
-                        sg1[t] += da * sc.xhat1[k];
-                        sbe1[t] += da;
-                        row[t] = da * nt.g1[t];
-                    }
-                    ln_row_bwd(&sc.xhat1[q * hh..(q + 1) * hh], sc.inv1[q], row);
+                    let row = &sc.dd1[q * hh..(q + 1) * hh];
                     let jl = sc.jn[q] as usize - j0;
                     let dst = &mut du[jl * hh..(jl + 1) * hh];
                     let psi = sc.psi[q];
                     for t in 0..hh {
-                        sb0[t] += row[t];
                         dst[t] += psi * row[t];
                     }
                 }
@@ -408,6 +479,17 @@ pub fn partial_backward<T: Real>(
     for (&(j0, _), o) in items.iter().zip(outs) {
         small.iter_mut().zip(&o.small).for_each(|(a, &v)| *a += v);
         du.data[j0 * hh..j0 * hh + o.du.len()].copy_from_slice(&o.du);
+    }
+    // The reference code: pool_i −= n_i · h(0), so d h(0) = −Σ_i n_i · dcell_i (ψ = 0: no d(u)).
+    if cache.h0.is_some() {
+        let mut dh0 = vec![T::ZERO; dd];
+        for c in 0..b {
+            let n = T::from_f64(cache.counts[c] as f64);
+            dh0.iter_mut().zip(dcell.row(c)).for_each(|(a, &v)| *a -= n * v);
+        }
+        let mut sc = Scratch::new(hh, dd, 1);
+        nt.reference_fwd(&cache.u, &mut sc);
+        nt.chunk_bwd(Mode { training: false, seed: 0 }, &mut sc, |_| dh0.as_slice(), &mut small);
     }
     let mut off = 0;
     let mut put = |idx: Option<usize>, len: usize, g: &mut Grads<T>| {

@@ -247,6 +247,64 @@ impl SpliceVae {
         Ok(())
     }
 
+    /// Data statistics of the robust options, from the training cells `cells` of `spl` (never dense):
+    /// the partial encoder's `psi_center` (population PSI ψ̄_j = Σ k / Σ n) and `pool_divisor` (median
+    /// observed junctions per cell, ≥ 1), and, with `splicing_bias_from_data`, the splicing decoder's
+    /// output bias. Does nothing when none of these options is on.
+    pub fn init_data_statistics<T: Real>(&self, p: &mut Params<T>, spl: &crate::data::Splicing, cells: &[usize]) -> Result<()> {
+        let j = self.dims.n_junctions;
+        if spl.n_junctions != j {
+            bail!("init_data_statistics: {} junctions in the data, {j} in the model", spl.n_junctions);
+        }
+        let psi_bar = || -> (Vec<f64>, Vec<bool>) {
+            let (mut sk, mut sn) = (vec![0f64; j], vec![0f64; j]);
+            for &c in cells {
+                for e in spl.cell_range(c) {
+                    let jj = spl.junction[e] as usize;
+                    if spl.has_counts {
+                        sk[jj] += spl.k[e] as f64;
+                        sn[jj] += spl.n[e] as f64;
+                    } else {
+                        sk[jj] += spl.psi[e] as f64;
+                        sn[jj] += 1.0;
+                    }
+                }
+            }
+            let seen: Vec<bool> = sn.iter().map(|&n| n > 0.0).collect();
+            (sk.iter().zip(&sn).map(|(&k, &n)| if n > 0.0 { k / n } else { 0.0 }).collect(), seen)
+        };
+        if let SplEncP::Partial(pe) = &self.arch.z_enc_spl {
+            if let Some(ci) = pe.center {
+                let (pb, _) = psi_bar();
+                p.get_mut(ci).iter_mut().zip(&pb).for_each(|(d, &v)| *d = T::from_f64(v));
+            }
+            if let Some(di) = pe.divisor {
+                let mut counts: Vec<usize> = cells.iter().map(|&c| spl.cell_range(c).len()).collect();
+                counts.sort_unstable();
+                let med = if counts.is_empty() {
+                    1.0
+                } else if counts.len() % 2 == 1 {
+                    counts[counts.len() / 2] as f64
+                } else {
+                    0.5 * (counts[counts.len() / 2 - 1] + counts[counts.len() / 2]) as f64
+                };
+                p.get_mut(di)[0] = T::from_f64(med.max(1.0));
+            }
+        }
+        if self.cfg.splicing_bias_from_data {
+            let (pb, seen) = psi_bar();
+            let bi = self.spl_out_linear().b.unwrap();
+            let dm = self.cfg.splicing_loss_type == SplicingLoss::DirichletMultinomial;
+            for (jj, d) in p.get_mut(bi).iter_mut().enumerate() {
+                if seen[jj] {
+                    let v = pb[jj].clamp(1e-3, 1.0 - 1e-3);
+                    *d = T::from_f64(if dm { v.ln() } else { (v / (1.0 - v)).ln() });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Write BatchNorm running-stat updates into the buffers.
     pub fn apply_buffer_updates<T: Real>(&self, p: &mut Params<T>, upd: &BufUpdates) {
         for (idx, vals) in upd {
@@ -302,7 +360,8 @@ impl SpliceVae {
             vec![true; b]
         };
         let enc_cont = if cfg.encode_covariates { batch.n_cont } else { 0 };
-        let xe = sparse_input::<T>(&batch.expr.indptr, &batch.expr.indices, &batch.expr.values, batch.expr.n_cols, batch, enc_cont);
+        let xe_vals = expression_input_values(cfg.expression_input, &batch.expr.indptr, &batch.expr.values);
+        let xe = sparse_input::<T>(&batch.expr.indptr, &batch.expr.indices, &xe_vals, batch.expr.n_cols, batch, enc_cont);
         let (h_e, enc_e) = ops::fc_forward(&a.z_enc_expr.fc, p, MainIn::Sparse(&xe), &cont_all, mode, upd)
             .context("expression encoder")?;
         let mu_e = ops::linear_dense_fwd(&a.z_enc_expr.mean, p, &h_e);
@@ -1207,6 +1266,25 @@ pub struct DenseDecode<T> {
     pub px_rate: Mat<T>,
     pub px_dropout: Mat<T>,
     pub theta: Mat<T>,
+}
+
+/// Expression encoder input values (`expression_input`): raw counts, log1p, or log1p of the counts
+/// scaled to 10⁴ per cell. Data only (no gradient flows into it).
+fn expression_input_values<'a>(kind: ExpressionInput, indptr: &[usize], values: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    match kind {
+        ExpressionInput::Raw => std::borrow::Cow::Borrowed(values),
+        ExpressionInput::Log1p => std::borrow::Cow::Owned(values.iter().map(|&v| v.ln_1p()).collect()),
+        ExpressionInput::Log1pNormalized => {
+            let mut out = Vec::with_capacity(values.len());
+            for r in 0..indptr.len() - 1 {
+                let row = &values[indptr[r]..indptr[r + 1]];
+                let tot: f64 = row.iter().map(|&v| v as f64).sum();
+                let scale = if tot > 0.0 { 1e4 / tot } else { 0.0 };
+                out.extend(row.iter().map(|&v| ((v as f64) * scale).ln_1p() as f32));
+            }
+            std::borrow::Cow::Owned(out)
+        }
+    }
 }
 
 /// The sparse encoder input [values; cont (if n_cont > 0)] from CSR parts.

@@ -80,6 +80,18 @@ impl TrainConfig {
         }
     }
 
+    /// The `robust` preset's training setup (docs/robust.md): batch 256, at most 100 epochs.
+    pub fn robust() -> Self {
+        TrainConfig {
+            max_epochs: 100,
+            lr: 3e-3,
+            batch_size: 256,
+            n_epochs_kl_warmup: Some(20),
+            restore_best: true,
+            ..TrainConfig::default()
+        }
+    }
+
     pub fn early_stopping_warmup(&self) -> usize {
         self.early_stopping_warmup_epochs.unwrap_or(self.n_epochs_kl_warmup.unwrap_or(0))
     }

@@ -113,6 +113,7 @@ impl<'a> Trainer<'a> {
             let emb = super::svd::psi_embedding(ds, &train_cells, run.model.code_dim, seed)?;
             model.set_feature_embedding(&mut params, &emb)?;
         }
+        model.init_data_statistics(&mut params, &ds.splicing, &train_cells)?;
         let opt = Adam::new(AdamConfig::adamw(run.train.lr, run.train.weight_decay, run.train.eps), params.layout.n_trainable);
         let adversary = if run.train.adversarial_mixing && run.dims.n_batch > 1 {
             let adv = Adversary::new(run.model.joint_latent(&run.dims), run.dims.n_batch)?;

@@ -1,0 +1,90 @@
+//! Ablation runner of docs/robust.md: simulate (seeded), mask 25% of each cell's ATSEs, train with a
+//! preset plus option overrides, print the scorecard (one TSV row per seed and the mean).
+//!
+//! cargo run --release --example robust_ablation -- NAME PRESET SIZE SEEDS [KEY=VALUE ...]
+//!   SIZE: toy | small | medium | CELLSxGENESxJUNCTIONS; SEEDS: e.g. 0,1,2
+//!   KEY=VALUE: model or training option as in config.json (JSON values; bare words are strings),
+//!   e.g. modality_penalty=None max_epochs=100 lr=0.001. `skip_ds=true` skips the DS part.
+use splicevi::analysis::evaluate::mask_atses;
+use splicevi::analysis::scorecard::{columns, score, ScoreOptions};
+use splicevi::data::simulate::{simulate, SimConfig, SimSize};
+use splicevi::data::DataOptions;
+use splicevi::model::ModelConfig;
+use splicevi::train::trainer::{dims_of, RunConfig, Trainer};
+use splicevi::train::{presets, TrainConfig};
+use std::time::Instant;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    anyhow::ensure!(args.len() >= 4, "usage: robust_ablation NAME PRESET SIZE SEEDS [KEY=VALUE ...]");
+    let (name, preset, size, seeds) = (&args[0], &args[1], &args[2], &args[3]);
+    let (m0, t0) = presets::preset(preset)?;
+    let mut mv = serde_json::to_value(&m0)?;
+    let mut tv = serde_json::to_value(&t0)?;
+    let mut so = ScoreOptions::default();
+    for kv in &args[4..] {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("not KEY=VALUE: {kv}"))?;
+        let val: serde_json::Value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        if k == "skip_ds" {
+            so.skip_ds = val.as_bool().unwrap_or(false);
+        } else if mv.get(k).is_some() {
+            mv[k] = val;
+        } else if tv.get(k).is_some() {
+            tv[k] = val;
+        } else {
+            anyhow::bail!("unknown option {k}");
+        }
+    }
+    let model: ModelConfig = serde_json::from_value(mv)?;
+    let train: TrainConfig = serde_json::from_value(tv)?;
+    let mut rows: Vec<Vec<(&'static str, f64)>> = Vec::new();
+    for seed in seeds.split(',').map(|s| s.parse::<u64>()) {
+        let seed = seed?;
+        let cfg = match size.as_str() {
+            "toy" => SimConfig::preset(SimSize::Toy, seed),
+            "small" => SimConfig::preset(SimSize::Small, seed),
+            "medium" => SimConfig::preset(SimSize::Medium, seed),
+            s => {
+                let v: Vec<usize> = s.split('x').map(|x| x.parse()).collect::<Result<_, _>>()?;
+                anyhow::ensure!(v.len() == 3, "size CELLSxGENESxJUNCTIONS");
+                SimConfig { n_cells: v[0], n_genes: v[1], n_junctions: v[2], ..SimConfig::preset(SimSize::Small, seed) }
+            }
+        };
+        let (ds, truth) = simulate(&cfg)?;
+        let (masked, dropped) = mask_atses(&ds, 0.25, seed)?;
+        let dims = dims_of(&masked);
+        let tc = TrainConfig { seed, ..train.clone() };
+        let run = RunConfig {
+            splicevi_version: "ablation".into(),
+            preset: preset.clone(),
+            n_latent_joint: model.joint_latent(&dims),
+            n_latent_per_modality: model.resolved_n_latent(&dims),
+            model: model.clone(),
+            train: tc,
+            data: DataOptions { batch_key: Some("batch".into()), ..Default::default() },
+            dims,
+            data_source: masked.source.clone(),
+            batch_levels: masked.covariates.batch.levels.clone(),
+        };
+        let dir = tempfile::tempdir()?;
+        let t0 = Instant::now();
+        let mut t = Trainer::new(&masked, run, dir.path())?;
+        t.verbose = std::env::var("VERBOSE").is_ok();
+        t.fit()?;
+        let secs = t0.elapsed().as_secs_f64();
+        let epochs = t.state.epochs_done;
+        let sc = score(&ds, &truth, &masked, &dropped, &t.model, &t.params, &ScoreOptions { seed, ..so.clone() })?;
+        let mut row = columns(&sc);
+        row.push(("epochs", epochs as f64));
+        row.push(("train_s", secs));
+        if rows.is_empty() {
+            println!("name\tseed\t{}", row.iter().map(|c| c.0).collect::<Vec<_>>().join("\t"));
+        }
+        println!("{name}\t{seed}\t{}", row.iter().map(|c| format!("{:.3}", c.1)).collect::<Vec<_>>().join("\t"));
+        rows.push(row);
+    }
+    let n = rows.len() as f64;
+    let mean: Vec<String> = (0..rows[0].len()).map(|c| format!("{:.3}", rows.iter().map(|r| r[c].1).sum::<f64>() / n)).collect();
+    println!("{name}\tmean\t{}", mean.join("\t"));
+    Ok(())
+}
