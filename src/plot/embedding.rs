@@ -149,8 +149,9 @@ impl Embedding {
             colour_label: colour_label.to_string(),
             xy,
             colouring: colouring.select(&idx),
-            x_label: format!("PC1 ({:.1}% of variance)", 100.0 * ratio[0]),
-            y_label: format!("PC2 ({:.1}% of variance)", 100.0 * ratio[1]),
+            // Whole percents: plotters' rotated text (the y label) drops a '.' glyph, so "32.1%" read "321%".
+            x_label: format!("PC1 ({:.0}% of variance)", 100.0 * ratio[0]),
+            y_label: format!("PC2 ({:.0}% of variance)", 100.0 * ratio[1]),
             n_cells: n,
         })
     }
