@@ -14,8 +14,12 @@ use splicevi::data::{DataOptions, Dataset};
 use splicevi::model::{Batch, Mat, ModelConfig, Params, SpliceVae};
 use splicevi::train::trainer::{dims_of, RunConfig, Trainer};
 use splicevi::train::TrainConfig;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{bin, fails, ok, python};
 use std::sync::OnceLock;
 
 fn toy(seed: u64) -> (Dataset, GroundTruth) {
@@ -365,36 +369,6 @@ fn imputation_evaluation_on_a_trained_model() {
 
 // ------------------------------------------------------------------------------------------------
 // The commands end to end, outputs read back with Python.
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_splicevi"))
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("SPLICEVI_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".pyvenv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("running splicevi");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "command failed: {cmd:?}\n{text}");
-    text
-}
-
-fn fails(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("running splicevi");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "command should have failed: {cmd:?}\n{text}");
-    text
-}
 
 fn run_python(script: &str, args: &[&Path]) {
     let skip = std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1");

@@ -2,38 +2,11 @@
 //! embedding read back with Python anndata. Also: bad options and missing obs columns are rejected
 //! before any work starts.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_splicevi"))
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("SPLICEVI_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".pyvenv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("running splicevi");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "command failed: {cmd:?}\n{text}");
-    text
-}
-
-fn fails(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("running splicevi");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "command should have failed: {cmd:?}\n{text}");
-    text
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{bin, fails, ok, python};
 
 #[test]
 fn simulate_train_embed_and_read_with_anndata() {

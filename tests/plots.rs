@@ -11,7 +11,10 @@ use splicevi::plot::volcano::{Volcano, HIT_COLOUR};
 use splicevi::plot::{render_svg, save, Figure, CATEGORICAL, MAX_POINTS};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{bin, ok};
 
 struct Png {
     w: u32,
@@ -287,19 +290,6 @@ fn pca_finds_the_principal_axes() {
 
 // ------------------------------------------------------------------------------------------------
 // End to end through the binary.
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_splicevi"));
-    c.env("HDF5_USE_FILE_LOCKING", "FALSE");
-    c
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("running splicevi");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "command failed: {cmd:?}\n{text}");
-    text
-}
 
 fn both(prefix: &Path) -> (Png, String) {
     let p = PathBuf::from(format!("{}.png", prefix.display()));
