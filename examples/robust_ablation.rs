@@ -10,7 +10,7 @@ use splicevi::analysis::scorecard::{columns, score, ScoreOptions};
 use splicevi::data::simulate::{simulate, SimConfig, SimSize};
 use splicevi::data::DataOptions;
 use splicevi::model::ModelConfig;
-use splicevi::train::trainer::{dims_of, RunConfig, Trainer};
+use splicevi::train::trainer::{RunConfig, Trainer};
 use splicevi::train::{presets, TrainConfig};
 use std::time::Instant;
 
@@ -52,20 +52,9 @@ fn main() -> anyhow::Result<()> {
         };
         let (ds, truth) = simulate(&cfg)?;
         let (masked, dropped) = mask_atses(&ds, 0.25, seed)?;
-        let dims = dims_of(&masked);
         let tc = TrainConfig { seed, ..train.clone() };
-        let run = RunConfig {
-            splicevi_version: "ablation".into(),
-            preset: preset.clone(),
-            n_latent_joint: model.joint_latent(&dims),
-            n_latent_per_modality: model.resolved_n_latent(&dims),
-            model: model.clone(),
-            train: tc,
-            data: DataOptions { batch_key: Some("batch".into()), ..Default::default() },
-            dims,
-            data_source: masked.source.clone(),
-            batch_levels: masked.covariates.batch.levels.clone(),
-        };
+        let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
+        let run = RunConfig::for_dataset(&preset, model.clone(), tc, data, &masked);
         let dir = tempfile::tempdir()?;
         let t0 = Instant::now();
         let mut t = Trainer::new(&masked, run, dir.path())?;

@@ -263,21 +263,10 @@ fn trained() -> &'static Trained {
         let cfg = SimConfig { n_cells: 900, n_genes: 200, n_junctions: 600, ..SimConfig::preset(SimSize::Small, 11) };
         let (ds, truth) = simulate(&cfg).unwrap();
         let (masked, dropped) = mask_atses(&ds, 0.25, 0).unwrap();
-        let dims = dims_of(&masked);
         let model_cfg = ModelConfig::default();
         let tc = TrainConfig { max_epochs: 25, n_epochs_kl_warmup: Some(8), lr: 3e-3, batch_size: 128, ..Default::default() };
-        let run = RunConfig {
-            splicevi_version: "test".into(),
-            preset: "default".into(),
-            n_latent_joint: model_cfg.joint_latent(&dims),
-            n_latent_per_modality: model_cfg.resolved_n_latent(&dims),
-            model: model_cfg,
-            train: tc,
-            data: DataOptions { batch_key: Some("batch".into()), ..Default::default() },
-            dims,
-            data_source: masked.source.clone(),
-            batch_levels: masked.covariates.batch.levels.clone(),
-        };
+        let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
+        let run = RunConfig::for_dataset("default", model_cfg, tc, data, &masked);
         let dir = tempfile::tempdir().unwrap();
         let mut t = Trainer::new(&masked, run, dir.path()).unwrap();
         t.verbose = false;

@@ -7,25 +7,13 @@ use splicevi::analysis::scorecard::{score, ScoreOptions, Scorecard};
 use splicevi::data::simulate::{simulate, SimConfig, SimSize};
 use splicevi::data::{DataOptions, Dataset};
 use splicevi::model::{ModelConfig, Params};
-use splicevi::train::trainer::{dims_of, load_model, RunConfig, Trainer};
+use splicevi::train::trainer::{load_model, RunConfig, Trainer};
 use splicevi::train::{presets, TrainConfig};
 use std::path::Path;
 use std::sync::OnceLock;
 
 fn run_config(ds: &Dataset, preset: &str, model: ModelConfig, train: TrainConfig) -> RunConfig {
-    let dims = dims_of(ds);
-    RunConfig {
-        splicevi_version: "test".into(),
-        preset: preset.into(),
-        n_latent_joint: model.joint_latent(&dims),
-        n_latent_per_modality: model.resolved_n_latent(&dims),
-        model,
-        train,
-        data: DataOptions { batch_key: Some("batch".into()), ..Default::default() },
-        dims,
-        data_source: ds.source.clone(),
-        batch_levels: ds.covariates.batch.levels.clone(),
-    }
+    RunConfig::for_dataset(preset, model, train, DataOptions { batch_key: Some("batch".into()), ..Default::default() }, ds)
 }
 
 /// The `robust` preset exactly as `--preset robust` resolves it (100 epochs, batch 256), trained on a

@@ -5,7 +5,7 @@ use splicevi::analysis::latent_metrics::knn_accuracy;
 use splicevi::data::simulate::{simulate, SimConfig, SimSize};
 use splicevi::data::{DataOptions, Dataset};
 use splicevi::model::{Batch, ModalityPenalty, ModelConfig};
-use splicevi::train::trainer::{dims_of, RunConfig, Trainer};
+use splicevi::train::trainer::{RunConfig, Trainer};
 use splicevi::train::TrainConfig;
 use std::path::Path;
 
@@ -14,19 +14,7 @@ fn toy() -> Dataset {
 }
 
 fn run_config(ds: &Dataset, model: ModelConfig, train: TrainConfig) -> RunConfig {
-    let dims = dims_of(ds);
-    RunConfig {
-        splicevi_version: "test".into(),
-        preset: "default".into(),
-        n_latent_joint: model.joint_latent(&dims),
-        n_latent_per_modality: model.resolved_n_latent(&dims),
-        model,
-        train,
-        data: DataOptions { batch_key: Some("batch".into()), ..Default::default() },
-        dims,
-        data_source: ds.source.clone(),
-        batch_levels: ds.covariates.batch.levels.clone(),
-    }
+    RunConfig::for_dataset("default", model, train, DataOptions { batch_key: Some("batch".into()), ..Default::default() }, ds)
 }
 
 fn quick_train(epochs: usize) -> TrainConfig {

@@ -118,18 +118,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let train = TrainConfig { batch_size: args.batch_size, max_epochs: 1, ..train0 };
             let dims = dims_of(&ds);
             model.validate(&dims)?;
-            let run = RunConfig {
-                splicevi_version: env!("CARGO_PKG_VERSION").into(),
-                preset: preset_name.clone(),
-                n_latent_joint: model.joint_latent(&dims),
-                n_latent_per_modality: model.resolved_n_latent(&dims),
-                model: model.clone(),
-                train: train.clone(),
-                data: DataOptions { batch_key: Some("batch".into()), ..Default::default() },
-                dims,
-                data_source: ds.source.clone(),
-                batch_levels: ds.covariates.batch.levels.clone(),
-            };
+            let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
+            let run = RunConfig::for_dataset(preset_name, model.clone(), train.clone(), data, &ds);
             let tmp = tempfile::tempdir()?;
             let mut t = Trainer::new(&ds, run, tmp.path())?;
             // Steady state: past the KL warm-up (mixing on, gate 1).

@@ -103,18 +103,7 @@ fn train_here(args: &EvaluateArgs, data: &PathBuf, masked: &Dataset, dir: &std::
     let (model, train) = resolve(&targs)?;
     let dims = dims_of(masked);
     model.validate(&dims)?;
-    let run = RunConfig {
-        splicevi_version: env!("CARGO_PKG_VERSION").to_string(),
-        preset: args.preset.clone(),
-        n_latent_joint: model.joint_latent(&dims),
-        n_latent_per_modality: model.resolved_n_latent(&dims),
-        model,
-        train,
-        data: args.data_options.clone(),
-        dims,
-        data_source: masked.source.clone(),
-        batch_levels: masked.covariates.batch.levels.clone(),
-    };
+    let run = RunConfig::for_dataset(&args.preset, model, train, args.data_options.clone(), masked);
     let mut t = Trainer::new(masked, run, dir)?;
     t.verbose = !args.quiet;
     eprintln!("training on the masked data ({} cells); run dir {}", masked.n_cells(), dir.display());

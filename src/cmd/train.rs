@@ -144,18 +144,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let ds = load(&args.data, &args.data_options)?;
     let dims = dims_of(&ds);
     model.validate(&dims)?;
-    let run = RunConfig {
-        splicevi_version: env!("CARGO_PKG_VERSION").to_string(),
-        preset: args.preset.clone(),
-        n_latent_joint: model.joint_latent(&dims),
-        n_latent_per_modality: model.resolved_n_latent(&dims),
-        model,
-        train,
-        data: args.data_options.clone(),
-        dims,
-        data_source: ds.source.clone(),
-        batch_levels: ds.covariates.batch.levels.clone(),
-    };
+    let run = RunConfig::for_dataset(&args.preset, model, train, args.data_options.clone(), &ds);
     let mut t = Trainer::new(&ds, run, &args.out)?;
     t.verbose = !args.quiet;
     eprintln!(

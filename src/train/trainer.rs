@@ -45,6 +45,26 @@ pub struct RunConfig {
     pub batch_levels: Vec<String>,
 }
 
+impl RunConfig {
+    /// The run description for training `model` / `train` on `ds`: sizes, batch levels and source come
+    /// from the data, the latent sizes from the model options.
+    pub fn for_dataset(preset: &str, model: ModelConfig, train: TrainConfig, data: DataOptions, ds: &Dataset) -> Self {
+        let dims = dims_of(ds);
+        RunConfig {
+            splicevi_version: env!("CARGO_PKG_VERSION").to_string(),
+            preset: preset.to_string(),
+            n_latent_joint: model.joint_latent(&dims),
+            n_latent_per_modality: model.resolved_n_latent(&dims),
+            model,
+            train,
+            data,
+            dims,
+            data_source: ds.source.clone(),
+            batch_levels: ds.covariates.batch.levels.clone(),
+        }
+    }
+}
+
 /// Schedule state saved after every epoch.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState {
