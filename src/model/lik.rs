@@ -1,7 +1,7 @@
 //! Likelihoods (model.md §3) as elementwise functions returning the log-likelihood and its partial
 //! derivatives. Formulas follow scvi-tools 1.4.1 / torch exactly, including their epsilons.
 
-use super::real::{sigmoid, softplus, softplus_grad, Real};
+use super::real::{sigmoid, softplus_and_grad, Real};
 
 /// scvi's eps inside the NB / ZINB logs.
 pub const NB_EPS: f64 = 1e-8;
@@ -17,55 +17,152 @@ pub struct ExprLl<T> {
     pub d_pi: T,
 }
 
+/// ln(x!) for the integers below this come from a table (the same values the call gives).
+const FACT_TABLE: usize = 4096;
+
+fn ln_factorials() -> &'static [f64] {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..FACT_TABLE).map(|k| super::real::lgamma(k as f64 + 1.0)).collect())
+}
+
 #[inline]
 fn lgamma_xp1<T: Real>(x: T) -> T {
     // lgamma(1) = 0 exactly; skip the call for zero counts.
     if x == T::ZERO {
-        T::ZERO
+        return T::ZERO;
+    }
+    let xf = x.to_f64();
+    if xf > 0.0 && xf < FACT_TABLE as f64 && xf == xf.floor() {
+        // x + 1 is exact for these integers in f32 and f64, so this is (x + 1).lgamma() rounded.
+        T::from_f64(ln_factorials()[xf as usize])
     } else {
         (x + T::ONE).lgamma()
+    }
+}
+
+/// The terms of log NB / log ZINB that depend on θ alone (one per gene with gene dispersion), and
+/// lgamma(x + θ), ψ(x + θ) for the count at hand: [`nb`] and [`zinb`] compute them per entry,
+/// [`GeneTerms`] once per gene and count. Same operations either way, so the same bits.
+#[derive(Clone, Copy, Debug)]
+pub struct ThetaTerms<T> {
+    /// ln(θ + ε)
+    pub log_te: T,
+    /// θ / (θ + ε)
+    pub frac: T,
+    pub lgamma: T,
+    pub digamma: T,
+}
+
+impl<T: Real> ThetaTerms<T> {
+    #[inline]
+    pub fn new(theta: T) -> Self {
+        let eps = T::from_f64(NB_EPS);
+        ThetaTerms { log_te: (theta + eps).ln(), frac: theta / (theta + eps), lgamma: theta.lgamma(), digamma: theta.digamma() }
     }
 }
 
 /// log NB(x; μ, θ) (scvi `log_nb_positive`).
 #[inline]
 pub fn nb<T: Real>(x: T, mu: T, theta: T) -> ExprLl<T> {
+    nb_with(x, mu, theta, &ThetaTerms::new(theta), ((x + theta).lgamma(), (x + theta).digamma()))
+}
+
+/// [`nb`] with the θ terms and (lgamma, ψ)(x + θ) given.
+#[inline]
+pub fn nb_with<T: Real>(x: T, mu: T, theta: T, tt: &ThetaTerms<T>, xt: (T, T)) -> ExprLl<T> {
     let eps = T::from_f64(NB_EPS);
     let tme = theta + mu + eps;
     let log_tme = tme.ln();
-    let log_te = (theta + eps).ln();
-    let ll = theta * (log_te - log_tme) + x * ((mu + eps).ln() - log_tme) + (x + theta).lgamma()
-        - theta.lgamma()
-        - lgamma_xp1(x);
+    let log_te = tt.log_te;
+    let ll = theta * (log_te - log_tme) + x * ((mu + eps).ln() - log_tme) + xt.0 - tt.lgamma - lgamma_xp1(x);
     let d_mu = x / (mu + eps) - (theta + x) / tme;
-    let d_theta =
-        log_te - log_tme + theta / (theta + eps) - (theta + x) / tme + (x + theta).digamma() - theta.digamma();
+    let d_theta = log_te - log_tme + tt.frac - (theta + x) / tme + xt.1 - tt.digamma;
     ExprLl { ll, d_mu, d_theta, d_pi: T::ZERO }
 }
 
 /// log ZINB(x; μ, θ, π) with π the zero-inflation logits (scvi `log_zinb_positive`).
 #[inline]
 pub fn zinb<T: Real>(x: T, mu: T, theta: T, pi: T) -> ExprLl<T> {
+    let xt = if x > T::from_f64(NB_EPS) { ((x + theta).lgamma(), (x + theta).digamma()) } else { (T::ZERO, T::ZERO) };
+    zinb_with(x, mu, theta, pi, &ThetaTerms::new(theta), xt)
+}
+
+/// [`zinb`] with the θ terms and (lgamma, ψ)(x + θ) given (unused for x = 0).
+#[inline]
+pub fn zinb_with<T: Real>(x: T, mu: T, theta: T, pi: T, tt: &ThetaTerms<T>, xt: (T, T)) -> ExprLl<T> {
     let eps = T::from_f64(NB_EPS);
-    let sp = softplus(-pi);
-    let sp_g = softplus_grad(-pi); // d softplus(−π) / d(−π)
+    let (sp, sp_g) = softplus_and_grad(-pi); // softplus(−π) and d softplus(−π) / d(−π)
     let tme = theta + mu + eps;
     let log_tme = tme.ln();
-    let log_te = (theta + eps).ln();
+    let log_te = tt.log_te;
     let pth = -pi + theta * (log_te - log_tme);
-    let dpth_dtheta = log_te - log_tme + theta / (theta + eps) - theta / tme;
+    let dpth_dtheta = log_te - log_tme + tt.frac - theta / tme;
     let dpth_dmu = -theta / tme;
     if x < eps {
-        let ll = softplus(pth) - sp;
-        let s = softplus_grad(pth);
+        let (ll0, s) = softplus_and_grad(pth);
+        let ll = ll0 - sp;
         ExprLl { ll, d_mu: s * dpth_dmu, d_theta: s * dpth_dtheta, d_pi: -s + sp_g }
     } else if x > eps {
-        let ll = -sp + pth + x * ((mu + eps).ln() - log_tme) + (x + theta).lgamma() - theta.lgamma() - lgamma_xp1(x);
+        let ll = -sp + pth + x * ((mu + eps).ln() - log_tme) + xt.0 - tt.lgamma - lgamma_xp1(x);
         let d_mu = dpth_dmu + x / (mu + eps) - x / tme;
-        let d_theta = dpth_dtheta - x / tme + (x + theta).digamma() - theta.digamma();
+        let d_theta = dpth_dtheta - x / tme + xt.1 - tt.digamma;
         ExprLl { ll, d_mu, d_theta, d_pi: sp_g - T::ONE }
     } else {
         ExprLl::default()
+    }
+}
+
+/// Counts below this get their lgamma(x + θ_g), ψ(x + θ_g) from [`GeneTerms`]'s table.
+pub const COUNT_TABLE: usize = 64;
+
+/// Per-gene NB / ZINB terms for one minibatch with gene dispersion: the θ terms of each gene and
+/// lgamma(x + θ_g), ψ(x + θ_g) for every count x < [`COUNT_TABLE`] that occurs in the gene, so that
+/// the transcendental work scales with the distinct (gene, count) pairs rather than the entries.
+pub struct GeneTerms<T> {
+    pub theta: Vec<ThetaTerms<T>>,
+    /// G × COUNT_TABLE of (lgamma, ψ)(x + θ_g); filled where the count occurs.
+    table: Vec<(T, T)>,
+}
+
+impl<T: Real> GeneTerms<T> {
+    /// `theta` per gene; `present[g]` has bit x set when count x (< 64) occurs in gene g.
+    pub fn new(theta: &[T], present: &[u64]) -> Self {
+        use rayon::prelude::*;
+        let tt: Vec<ThetaTerms<T>> = theta.par_iter().map(|&t| ThetaTerms::new(t)).collect();
+        let mut table = vec![(T::ZERO, T::ZERO); theta.len() * COUNT_TABLE];
+        table.par_chunks_mut(COUNT_TABLE).enumerate().for_each(|(g, row)| {
+            let mut bits = present[g] & !1; // x = 0 is θ's own terms
+            while bits != 0 {
+                let x = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let v = T::from_f64(x as f64) + theta[g];
+                row[x] = (v.lgamma(), v.digamma());
+            }
+        });
+        GeneTerms { theta: tt, table }
+    }
+
+    /// (lgamma, ψ)(x + θ_g).
+    #[inline]
+    pub fn xt(&self, g: usize, x: T, theta: T) -> (T, T) {
+        let xf = x.to_f64();
+        if xf == 0.0 {
+            (self.theta[g].lgamma, self.theta[g].digamma) // 0 + θ = θ exactly
+        } else if xf > 0.0 && xf < COUNT_TABLE as f64 && xf == xf.floor() {
+            self.table[g * COUNT_TABLE + xf as usize]
+        } else {
+            let v = x + theta;
+            (v.lgamma(), v.digamma())
+        }
+    }
+}
+
+/// Bit x of the result is set when some entry of the batch has the count x (an integer below 64).
+pub fn count_bit(x: f32) -> u64 {
+    if x >= 0.0 && x < COUNT_TABLE as f32 && x == x.floor() {
+        1u64 << (x as u32)
+    } else {
+        0
     }
 }
 

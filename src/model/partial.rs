@@ -2,21 +2,85 @@
 //!
 //! Per observed pair (i, j): t = [ψ, ψ·F̂_j]; the first Linear is factored as
 //! W₀t + b₀ = ψ·u_j + b₀ with u_j = W₀[:,0] + W₀[:,1:]·F̂_j computed once per junction per step.
-//! Then LayerNorm(affine) → ReLU → dropout → Linear → LayerNorm(affine) → ReLU gives the code c_ij,
-//! pooled per cell (sum or mean). Per-pair activations are never stored: the backward pass recomputes
-//! them chunk by chunk, walking the pairs junction by junction so that each junction's gradient is
-//! owned by one work item (deterministic, no atomics).
+//! The LayerNorm after it is folded per junction too ([`Fold`]): its input is affine in ψ, so its
+//! mean and variance are closed-form in ψ and the affine output is α·(g₁⊙ũ_j) + β·(g₁⊙b̃) + be₁ —
+//! two FMAs per element and no per-pair reduction. Then ReLU → dropout → Linear → LayerNorm(affine)
+//! → ReLU gives the code c_ij, pooled per cell (sum or mean). Per-pair activations are never stored:
+//! the backward pass recomputes them chunk by chunk, walking the pairs junction by junction so that
+//! each junction's gradient is owned by one work item (deterministic, no atomics).
 
 use super::arch::PartialEncP;
 use super::batch::SplBatch;
-use super::ops::{ln_row, ln_row_bwd, Mode};
+use super::ops::{ln_row, ln_row_bwd, Mode, LN_EPS};
 use super::params::{Grads, Params};
-use super::real::Real;
+use super::real::{dot8, Real};
 use super::rng;
 use super::tensor::{matmul_nn, matmul_nt, matmul_tn_acc, Mat};
 use rayon::prelude::*;
 
 const NORM_EPS: f64 = 1e-8;
+
+/// The first block folded per junction. With ũ_j = u_j − mean(u_j) and b̃ = b₀ − mean(b₀), the
+/// LayerNorm input ψ·u_j + b₀ centres to ψ·ũ_j + b̃, whose variance is
+/// ψ²·s_uu(j) + 2ψ·s_ub(j) + s_bb (each s = ⟨·,·⟩/Hh, kept in f64 against cancellation), so
+/// x̂ = α·ũ_j + β·b̃ with β = 1/√(var + ε) and α = ψβ.
+#[derive(Clone, Debug)]
+pub struct Fold<T> {
+    /// J × Hh: ũ_j.
+    pub ut: Mat<T>,
+    /// J × Hh: g₁ ⊙ ũ_j.
+    pub ug: Mat<T>,
+    pub suu: Vec<f64>,
+    pub sub: Vec<f64>,
+    /// b̃ and g₁ ⊙ b̃ (Hh), ‖b̃‖²/Hh.
+    pub bt: Vec<T>,
+    pub bg: Vec<T>,
+    pub sbb: f64,
+}
+
+impl<T: Real> Fold<T> {
+    fn new(u: &Mat<T>, b0: &[T], g1: &[T]) -> Self {
+        let hh = b0.len();
+        let inv_h = 1.0 / hh as f64;
+        let bmean = b0.iter().map(|v| v.to_f64()).sum::<f64>() * inv_h;
+        let bt: Vec<T> = b0.iter().map(|&v| T::from_f64(v.to_f64() - bmean)).collect();
+        let bg: Vec<T> = bt.iter().zip(g1).map(|(&b, &g)| b * g).collect();
+        let sbb = bt.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>() * inv_h;
+        let j = u.rows;
+        let mut ut = Mat::zeros(j, hh);
+        let mut ug = Mat::zeros(j, hh);
+        let mut suu = vec![0.0; j];
+        let mut sub = vec![0.0; j];
+        ut.data
+            .par_chunks_mut(hh)
+            .zip(ug.data.par_chunks_mut(hh))
+            .zip(suu.par_iter_mut().zip(sub.par_iter_mut()))
+            .enumerate()
+            .for_each(|(jj, ((utr, ugr), (su, sb)))| {
+                let ur = u.row(jj);
+                let m = ur.iter().map(|v| v.to_f64()).sum::<f64>() * inv_h;
+                let (mut a, mut c) = (0.0, 0.0);
+                for t in 0..hh {
+                    let v = ur[t].to_f64() - m;
+                    utr[t] = T::from_f64(v);
+                    ugr[t] = utr[t] * g1[t];
+                    a += utr[t].to_f64() * utr[t].to_f64();
+                    c += utr[t].to_f64() * bt[t].to_f64();
+                }
+                *su = a * inv_h;
+                *sb = c * inv_h;
+            });
+        Fold { ut, ug, suu, sub, bt, bg, sbb }
+    }
+
+    /// (α, β) of a pair with input ψ at junction j.
+    #[inline]
+    fn coefs(&self, j: usize, psi: f64) -> (f64, f64) {
+        let var = (psi * psi * self.suu[j] + 2.0 * psi * self.sub[j] + self.sbb).max(0.0);
+        let beta = 1.0 / (var + LN_EPS).sqrt();
+        (psi * beta, beta)
+    }
+}
 
 /// What the forward keeps: the pooled codes and the per-junction quantities.
 #[derive(Clone, Debug)]
@@ -28,8 +92,8 @@ pub struct PartialCache<T> {
     /// J × D row-normalised embedding and the row norms.
     pub fhat: Mat<T>,
     pub fnorm: Vec<T>,
-    /// J × Hh: u_j.
-    pub u: Mat<T>,
+    /// The folded first block.
+    pub fold: Fold<T>,
     /// Divisor of each cell's pooled sum (1 for `sum`).
     pub den: Vec<T>,
     /// `partial_center_psi`: the reference code h(0) (D), subtracted once per observed pair.
@@ -37,9 +101,8 @@ pub struct PartialCache<T> {
 }
 
 struct Net<'a, T> {
-    b0: &'a [T],
-    g1: &'a [T],
     be1: &'a [T],
+    g1: &'a [T],
     w4: &'a [T],
     b4: &'a [T],
     g5: &'a [T],
@@ -57,10 +120,9 @@ const MICRO: usize = 256;
 /// Activations of a micro-chunk of pairs (buffers reused across micro-chunks).
 #[derive(Default)]
 struct Scratch<T> {
-    h1: Vec<T>,
-    xhat1: Vec<T>,
-    inv1: Vec<T>,
-    a1: Vec<T>,
+    /// Per pair: α and β of the folded first block.
+    alpha: Vec<f64>,
+    beta: Vec<f64>,
     /// Post-ReLU, post-dropout (input of the second Linear).
     d1: Vec<T>,
     mask1: Vec<T>,
@@ -81,12 +143,10 @@ impl<T: Real> Scratch<T> {
     fn new(hh: usize, dd: usize, n: usize) -> Self {
         let z = |k: usize| vec![T::ZERO; k];
         Scratch {
-            h1: z(hh),
-            xhat1: z(n * hh),
-            inv1: z(n),
-            a1: z(n * hh),
+            alpha: vec![0.0; n],
+            beta: vec![0.0; n],
             d1: z(n * hh),
-            mask1: z(n * hh),
+            mask1: z(hh),
             h2: z(n * dd),
             xhat2: z(n * dd),
             inv2: z(n),
@@ -101,10 +161,30 @@ impl<T: Real> Scratch<T> {
     }
 }
 
+/// Backward accumulators of one work item (junctions j0 .. j0 + q.len()/Hh).
+struct BwdAcc<T> {
+    /// [R | be1 | W4 | b4 | g5 | be5] with R = Σ β·d(a1).
+    small: Vec<T>,
+    j0: usize,
+    /// Per junction (Hh): Q_j = Σ α·d(a1).
+    q: Vec<T>,
+    /// Per junction: Σ ψβm₁, Σ ψβm₂α, Σ ψβm₂β, Σ βm₂α (m₁, m₂ the LayerNorm backward's two means).
+    c: Vec<[f64; 4]>,
+    /// Σ βm₁ and Σ βm₂β.
+    e1: f64,
+    e3: f64,
+}
+
+impl<T: Real> BwdAcc<T> {
+    fn new(hh: usize, dd: usize, j0: usize, nj: usize) -> Self {
+        BwdAcc { small: vec![T::ZERO; hh + hh + dd * hh + 3 * dd], j0, q: vec![T::ZERO; nj * hh], c: vec![[0.0; 4]; nj], e1: 0.0, e3: 0.0 }
+    }
+}
+
 impl<T: Real> Net<'_, T> {
     /// Forward for the micro-chunk in `sc.pairs / sc.psi / sc.jn` (global pair ids are used for the
     /// dropout stream); leaves the codes in `sc.c` and the activations in `sc`.
-    fn chunk_fwd(&self, u: &Mat<T>, mode: Mode, sc: &mut Scratch<T>) {
+    fn chunk_fwd(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>) {
         let (hh, dd, n) = (self.hh, self.dd, sc.pairs.len());
         let dropout = mode.training && self.dropout > 0.0;
         let scale = T::from_f64(1.0 / (1.0 - self.dropout));
@@ -112,24 +192,20 @@ impl<T: Real> Net<'_, T> {
         // Mask index space: pair·Hh_pad + t with Hh_pad a multiple of 4 (4 decisions per hash).
         let hh_pad = hh.div_ceil(4) * 4;
         for q in 0..n {
-            let ur = u.row(sc.jn[q] as usize);
-            let psi = sc.psi[q];
-            for t in 0..hh {
-                sc.h1[t] = psi * ur[t] + self.b0[t];
-            }
-            let xh = &mut sc.xhat1[q * hh..(q + 1) * hh];
-            sc.inv1[q] = ln_row(&sc.h1, xh);
-            let a1r = &mut sc.a1[q * hh..(q + 1) * hh];
+            let jj = sc.jn[q] as usize;
+            let (al, be) = fold.coefs(jj, sc.psi[q].to_f64());
+            sc.alpha[q] = al;
+            sc.beta[q] = be;
+            let (a, b) = (T::from_f64(al), T::from_f64(be));
+            let ug = fold.ug.row(jj);
             let d1r = &mut sc.d1[q * hh..(q + 1) * hh];
             for t in 0..hh {
-                let a = xh[t] * self.g1[t] + self.be1[t];
-                a1r[t] = a;
-                d1r[t] = if a > T::ZERO { a } else { T::ZERO };
+                let v = a * ug[t] + (b * fold.bg[t] + self.be1[t]);
+                d1r[t] = if v > T::ZERO { v } else { T::ZERO };
             }
             if dropout {
-                let mr = &mut sc.mask1[q * hh..(q + 1) * hh];
-                ds.fill_mask((sc.pairs[q] * hh_pad) as u64, scale, mr);
-                for (d, &m) in d1r.iter_mut().zip(mr.iter()) {
+                ds.fill_mask((sc.pairs[q] * hh_pad) as u64, scale, &mut sc.mask1);
+                for (d, &m) in d1r.iter_mut().zip(sc.mask1.iter()) {
                     *d *= m;
                 }
             }
@@ -150,17 +226,14 @@ impl<T: Real> Net<'_, T> {
     }
 
     /// Backward for the micro-chunk whose forward activations are in `sc` (call `chunk_fwd` first), given
-    /// d(code) of pair q as `dcode(q)`. Accumulates the small parameters' gradients into `small`
-    /// ([b0 | g1 | be1 | W4 | b4 | g5 | be5]) and leaves d(h1) (the first Linear's output) of pair q in
-    /// `sc.dd1[q·Hh..]`, from which the caller takes d(u_j) = ψ · d(h1).
-    fn chunk_bwd<'c>(&self, mode: Mode, sc: &mut Scratch<T>, dcode: impl Fn(usize) -> &'c [T], small: &mut [T])
+    /// d(code) of pair q as `dcode(q)`; accumulates into `acc` (whose junction range holds the chunk's).
+    fn chunk_bwd<'c>(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, dcode: impl Fn(usize) -> &'c [T], acc: &mut BwdAcc<T>)
     where
         T: 'c,
     {
         // (`sc.pairs` may be moved out by the caller; `sc.psi` holds one value per pair.)
         let (hh, dd, n) = (self.hh, self.dd, sc.psi.len());
-        let (sb0, rest) = small.split_at_mut(hh);
-        let (sg1, rest) = rest.split_at_mut(hh);
+        let (sr, rest) = acc.small.split_at_mut(hh);
         let (sbe1, rest) = rest.split_at_mut(hh);
         let (sw4, rest) = rest.split_at_mut(dd * hh);
         let (sb4, rest) = rest.split_at_mut(dd);
@@ -186,37 +259,50 @@ impl<T: Real> Net<'_, T> {
             T::gemm_raw(dd, n, hh, T::ONE, sc.dh2.as_ptr(), 1, dd as isize, sc.d1.as_ptr(), hh as isize, 1, T::ONE, sw4.as_mut_ptr(), hh as isize, 1);
             T::gemm_raw(n, dd, hh, T::ONE, sc.dh2.as_ptr(), dd as isize, 1, self.w4.as_ptr(), hh as isize, 1, T::ZERO, sc.dd1.as_mut_ptr(), hh as isize, 1);
         }
-        let drop = mode.training && self.dropout > 0.0;
+        // d(a1) = d(d1) · scale · [d1 > 0] (d1 > 0 exactly when a1 > 0 and the unit was kept).
+        let scale = if mode.training && self.dropout > 0.0 { T::from_f64(1.0 / (1.0 - self.dropout)) } else { T::ONE };
+        let inv_h = 1.0 / hh as f64;
         for q in 0..n {
-            let row = &mut sc.dd1[q * hh..(q + 1) * hh];
+            let jj = sc.jn[q] as usize;
+            let jl = jj - acc.j0;
+            let da = &mut sc.dd1[q * hh..(q + 1) * hh];
+            let d1r = &sc.d1[q * hh..(q + 1) * hh];
             for t in 0..hh {
-                let k = q * hh + t;
-                let mut v = row[t];
-                if drop {
-                    v *= sc.mask1[k];
-                }
-                let da = if sc.a1[k] > T::ZERO { v } else { T::ZERO };
-                sg1[t] += da * sc.xhat1[k];
-                sbe1[t] += da;
-                row[t] = da * self.g1[t];
+                da[t] = if d1r[t] > T::ZERO { da[t] * scale } else { T::ZERO };
             }
-            ln_row_bwd(&sc.xhat1[q * hh..(q + 1) * hh], sc.inv1[q], row);
+            let (al, be) = (sc.alpha[q], sc.beta[q]);
+            let (a, b) = (T::from_f64(al), T::from_f64(be));
+            let qj = &mut acc.q[jl * hh..(jl + 1) * hh];
             for t in 0..hh {
-                sb0[t] += row[t];
+                let d = da[t];
+                sbe1[t] += d;
+                sr[t] += b * d;
+                qj[t] += a * d;
             }
+            // LayerNorm backward means of d(x̂) = g₁⊙d(a1): m₁ = mean(d x̂), m₂ = mean(d x̂ ⊙ x̂).
+            let m1 = dot8(da, self.g1).to_f64() * inv_h;
+            let m2 = (al * dot8(da, fold.ug.row(jj)).to_f64() + be * dot8(da, &fold.bg).to_f64()) * inv_h;
+            let psi = sc.psi[q].to_f64();
+            let c = &mut acc.c[jl];
+            c[0] += psi * be * m1;
+            c[1] += psi * be * m2 * al;
+            c[2] += psi * be * m2 * be;
+            c[3] += be * m2 * al;
+            acc.e1 += be * m1;
+            acc.e3 += be * m2 * be;
         }
     }
 
     /// The reference code h(0) (ψ = 0, so the junction does not matter), without dropout; the
     /// activations stay in `sc` for `chunk_bwd`.
-    fn reference_fwd(&self, u: &Mat<T>, sc: &mut Scratch<T>) -> Vec<T> {
+    fn reference_fwd(&self, fold: &Fold<T>, sc: &mut Scratch<T>) -> Vec<T> {
         sc.pairs.clear();
         sc.pairs.push(0);
         sc.psi.clear();
         sc.psi.push(T::ZERO);
         sc.jn.clear();
         sc.jn.push(0);
-        self.chunk_fwd(u, Mode { training: false, seed: 0 }, sc);
+        self.chunk_fwd(fold, Mode { training: false, seed: 0 }, sc);
         sc.c[..self.dd].to_vec()
     }
 }
@@ -233,7 +319,6 @@ fn matmul_nt_serial<T: Real>(x: &[T], n: usize, k: usize, w: &[T], m: usize, y: 
 
 fn net<'a, T: Real>(pe: &PartialEncP, p: &'a Params<T>) -> Net<'a, T> {
     Net {
-        b0: p.get(pe.h0.b.unwrap()),
         g1: p.get(pe.ln1_w),
         be1: p.get(pe.ln1_b),
         w4: p.get(pe.h4.w),
@@ -285,9 +370,12 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
         }
     });
 
+    let nt = net(pe, p);
+    let fold = Fold::new(&u, p.get(pe.h0.b.unwrap()), nt.g1);
+    drop(u);
+
     let counts: Vec<usize> = (0..b).map(|c| spl.indptr[c + 1] - spl.indptr[c]).collect();
     let psi_t = pair_inputs(pe, p, spl);
-    let nt = net(pe, p);
     // Work items: runs of whole cells with about ITEM_PAIRS pairs; micro-chunks inside.
     let micro = pe.chunk.clamp(1, MICRO);
     let mut items: Vec<(usize, usize)> = Vec::new();
@@ -316,7 +404,7 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
                 sc.psi.extend_from_slice(&psi_t[s..e]);
                 sc.jn.clear();
                 sc.jn.extend_from_slice(&spl.junction[s..e]);
-                nt.chunk_fwd(&u, mode, &mut sc);
+                nt.chunk_fwd(&fold, mode, &mut sc);
                 // Add each pair's code to its cell in pair order.
                 for q in 0..e - s {
                     while spl.indptr[cell + 1] <= s + q {
@@ -338,7 +426,7 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
     }
     let h0 = pe.center.map(|_| {
         let mut sc = Scratch::new(hh, dd, 1);
-        let h0 = nt.reference_fwd(&u, &mut sc);
+        let h0 = nt.reference_fwd(&fold, &mut sc);
         for c in 0..b {
             let n = T::from_f64(counts[c] as f64);
             pool.row_mut(c).iter_mut().zip(&h0).for_each(|(v, &r)| *v -= n * r);
@@ -352,7 +440,7 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
             pool.row_mut(c).iter_mut().for_each(|v| *v /= n);
         }
     }
-    PartialCache { pool, counts, fhat, fnorm, u, den, h0 }
+    PartialCache { pool, counts, fhat, fnorm, fold, den, h0 }
 }
 
 /// Per-pair inputs ψ (or ψ − ψ̄_j with `partial_center_psi`).
@@ -433,54 +521,50 @@ pub fn partial_backward<T: Real>(
         start = end;
     }
     let nt = net(pe, p);
-    // Small per-item accumulators: [b0 | g1 | be1 | W4 | b4 | g5 | be5]
-    let small_len = hh + hh + hh + dd * hh + dd + dd + dd;
-    struct ItemOut<T> {
-        small: Vec<T>,
-        du: Vec<T>,
-    }
-    let outs: Vec<ItemOut<T>> = items
+    let fold = &cache.fold;
+    let accs: Vec<BwdAcc<T>> = items
         .par_iter()
         .map(|&(j0, j1)| {
-            let mut small = vec![T::ZERO; small_len];
-            let mut du = vec![T::ZERO; (j1 - j0) * hh];
+            let mut acc = BwdAcc::new(hh, dd, j0, j1 - j0);
             let mut sc = Scratch::new(hh, dd, micro);
             let (p0, p1) = (cnt[j0], cnt[j1]);
             let mut s = p0;
             while s < p1 {
                 let e = (s + micro).min(p1);
-                let n = e - s;
                 sc.pairs.clear();
                 sc.pairs.extend_from_slice(&order[s..e]);
                 sc.psi.clear();
                 sc.psi.extend(order[s..e].iter().map(|&q| psi_t[q]));
                 sc.jn.clear();
                 sc.jn.extend(order[s..e].iter().map(|&q| spl.junction[q]));
-                nt.chunk_fwd(&cache.u, mode, &mut sc);
+                nt.chunk_fwd(fold, mode, &mut sc);
                 let pairs = std::mem::take(&mut sc.pairs);
-                nt.chunk_bwd(mode, &mut sc, |q| dcell.row(cell_of[pairs[q]] as usize), &mut small);
+                nt.chunk_bwd(fold, mode, &mut sc, |q| dcell.row(cell_of[pairs[q]] as usize), &mut acc);
                 sc.pairs = pairs;
-                for q in 0..n {
-                    let row = &sc.dd1[q * hh..(q + 1) * hh];
-                    let jl = sc.jn[q] as usize - j0;
-                    let dst = &mut du[jl * hh..(jl + 1) * hh];
-                    let psi = sc.psi[q];
-                    for t in 0..hh {
-                        dst[t] += psi * row[t];
-                    }
-                }
                 s = e;
             }
-            ItemOut { small, du }
+            acc
         })
         .collect();
-    let mut small = vec![T::ZERO; small_len];
-    let mut du = Mat::zeros(j, hh);
-    for (&(j0, _), o) in items.iter().zip(outs) {
-        small.iter_mut().zip(&o.small).for_each(|(a, &v)| *a += v);
-        du.data[j0 * hh..j0 * hh + o.du.len()].copy_from_slice(&o.du);
+    // Merge in item order: [R | be1 | W4 | b4 | g5 | be5], Q_j, the per-junction and global scalars.
+    let mut small = vec![T::ZERO; hh + hh + dd * hh + 3 * dd];
+    let mut q = Mat::zeros(j, hh);
+    let mut cj = vec![[0.0f64; 4]; j];
+    let (mut e1, mut e3) = (0.0f64, 0.0f64);
+    let mut merge = |acc: &BwdAcc<T>, small: &mut Vec<T>, with_junctions: bool| {
+        small.iter_mut().zip(&acc.small).for_each(|(a, &v)| *a += v);
+        e1 += acc.e1;
+        e3 += acc.e3;
+        if with_junctions {
+            q.data[acc.j0 * hh..acc.j0 * hh + acc.q.len()].copy_from_slice(&acc.q);
+            cj[acc.j0..acc.j0 + acc.c.len()].copy_from_slice(&acc.c);
+        }
+    };
+    for acc in &accs {
+        merge(acc, &mut small, true);
     }
-    // The reference code: pool_i −= n_i · h(0), so d h(0) = −Σ_i n_i · dcell_i (ψ = 0: no d(u)).
+    // The reference code: pool_i −= n_i · h(0), so d h(0) = −Σ_i n_i · dcell_i. Its pair has ψ = 0, so it
+    // adds nothing to Q_j or the per-junction scalars.
     if cache.h0.is_some() {
         let mut dh0 = vec![T::ZERO; dd];
         for c in 0..b {
@@ -488,25 +572,60 @@ pub fn partial_backward<T: Real>(
             dh0.iter_mut().zip(dcell.row(c)).for_each(|(a, &v)| *a -= n * v);
         }
         let mut sc = Scratch::new(hh, dd, 1);
-        nt.reference_fwd(&cache.u, &mut sc);
-        nt.chunk_bwd(Mode { training: false, seed: 0 }, &mut sc, |_| dh0.as_slice(), &mut small);
+        nt.reference_fwd(fold, &mut sc);
+        let mut acc = BwdAcc::new(hh, dd, 0, 1);
+        nt.chunk_bwd(fold, Mode { training: false, seed: 0 }, &mut sc, |_| dh0.as_slice(), &mut acc);
+        merge(&acc, &mut small, false);
     }
-    let mut off = 0;
-    let mut put = |idx: Option<usize>, len: usize, g: &mut Grads<T>| {
+    drop(merge);
+    // Unfold the first block (see `Fold`):
+    //   d u_j = g₁⊙Q_j − Σψβm₁ − (Σψβm₂α)·ũ_j − (Σψβm₂β)·b̃
+    //   d b₀  = g₁⊙R − Σβm₁ − Σ_j (Σβm₂α)_j·ũ_j − (Σβm₂β)·b̃
+    //   d g₁  = Σ_j ũ_j⊙Q_j + b̃⊙R,   d be₁ = Σ d(a1)
+    let g1 = nt.g1;
+    let (sr, rest) = small.split_at(hh);
+    let mut du = Mat::zeros(j, hh);
+    du.data.par_chunks_mut(hh).enumerate().for_each(|(jj, row)| {
+        let (qj, ut, c) = (q.row(jj), fold.ut.row(jj), &cj[jj]);
+        for t in 0..hh {
+            row[t] = T::from_f64(
+                g1[t].to_f64() * qj[t].to_f64() - c[0] - c[1] * ut[t].to_f64() - c[2] * fold.bt[t].to_f64(),
+            );
+        }
+    });
+    let mut db0 = vec![0.0f64; hh];
+    let mut dg1 = vec![0.0f64; hh];
+    for jj in 0..j {
+        let (qj, ut, c3) = (q.row(jj), fold.ut.row(jj), cj[jj][3]);
+        for t in 0..hh {
+            db0[t] -= c3 * ut[t].to_f64();
+            dg1[t] += ut[t].to_f64() * qj[t].to_f64();
+        }
+    }
+    for t in 0..hh {
+        db0[t] += g1[t].to_f64() * sr[t].to_f64() - e1 - e3 * fold.bt[t].to_f64();
+        dg1[t] += fold.bt[t].to_f64() * sr[t].to_f64();
+    }
+    let put = |idx: Option<usize>, vals: &mut dyn Iterator<Item = T>, g: &mut Grads<T>| {
         if let Some(idx) = idx {
             if let Some(sl) = g.slot(idx) {
-                sl.iter_mut().zip(&small[off..off + len]).for_each(|(a, &v)| *a += v);
+                sl.iter_mut().zip(vals).for_each(|(a, v)| *a += v);
             }
         }
-        off += len;
     };
-    put(pe.h0.b, hh, g);
-    put(Some(pe.ln1_w), hh, g);
-    put(Some(pe.ln1_b), hh, g);
-    put(Some(pe.h4.w), dd * hh, g);
-    put(pe.h4.b, dd, g);
-    put(Some(pe.ln5_w), dd, g);
-    put(Some(pe.ln5_b), dd, g);
+    put(pe.h0.b, &mut db0.iter().map(|&v| T::from_f64(v)), g);
+    put(Some(pe.ln1_w), &mut dg1.iter().map(|&v| T::from_f64(v)), g);
+    let mut off = 0;
+    let mut take = |len: usize| {
+        let s = &rest[off..off + len];
+        off += len;
+        s
+    };
+    put(Some(pe.ln1_b), &mut take(hh).iter().copied(), g);
+    put(Some(pe.h4.w), &mut take(dd * hh).iter().copied(), g);
+    put(pe.h4.b, &mut take(dd).iter().copied(), g);
+    put(Some(pe.ln5_w), &mut take(dd).iter().copied(), g);
+    put(Some(pe.ln5_b), &mut take(dd).iter().copied(), g);
 
     // u_j = W₀[:,0] + W₀[:,1:]·F̂_j
     if let Some(gw0) = g.slot(pe.h0.w) {

@@ -176,6 +176,17 @@ pub fn softplus_grad<T: Real>(x: T) -> T {
     }
 }
 
+/// `softplus(x)` and `softplus_grad(x)` sharing one exp: for x ≤ 20, e = eˣ, ln(1 + e) and e / (1 + e).
+#[inline(always)]
+pub fn softplus_and_grad<T: Real>(x: T) -> (T, T) {
+    if x > T::from_f64(20.0) {
+        (x, T::ONE)
+    } else {
+        let e = x.exp();
+        (e.ln_1p(), e / (T::ONE + e))
+    }
+}
+
 /// Sum with 8 independent accumulators (vectorisable; float adds are not reassociated otherwise).
 #[inline]
 pub fn sum8<T: Real>(x: &[T]) -> T {

@@ -734,6 +734,17 @@ impl SpliceVae {
         let mut g_mu = Mat::zeros(b, g);
         let mut g_theta = Mat::zeros(b, g);
         let mut g_pi = Mat::zeros(b, g);
+        // Gene dispersion: the θ terms once per gene and lgamma/ψ(x + θ) once per (gene, count).
+        let gene_terms = (theta.rows == 1 && lik_kind != GeneLikelihood::Poisson).then(|| {
+            let mut present = vec![0u64; g];
+            for i in 0..b {
+                let (idx, vals) = batch.expr.row(i);
+                for (&c, &v) in idx.iter().zip(vals) {
+                    present[c as usize] |= lik::count_bit(v);
+                }
+            }
+            lik::GeneTerms::new(theta.row(0), &present)
+        });
         let rl: Vec<T> = g_mu
             .data
             .par_chunks_mut(g)
@@ -750,10 +761,17 @@ impl SpliceVae {
                 let (mr, pr) = (mu.row(i), pi.row(i));
                 let mut acc = 0f64;
                 for gg in 0..g {
-                    let r = match lik_kind {
-                        GeneLikelihood::Zinb => lik::zinb(x[gg], mr[gg], th[gg], pr[gg]),
-                        GeneLikelihood::Nb => lik::nb(x[gg], mr[gg], th[gg]),
-                        GeneLikelihood::Poisson => lik::poisson(x[gg], mr[gg]),
+                    let r = match (lik_kind, &gene_terms) {
+                        (GeneLikelihood::Zinb, Some(gt)) => {
+                            let xt = if x[gg] > T::ZERO { gt.xt(gg, x[gg], th[gg]) } else { (T::ZERO, T::ZERO) };
+                            lik::zinb_with(x[gg], mr[gg], th[gg], pr[gg], &gt.theta[gg], xt)
+                        }
+                        (GeneLikelihood::Nb, Some(gt)) => {
+                            lik::nb_with(x[gg], mr[gg], th[gg], &gt.theta[gg], gt.xt(gg, x[gg], th[gg]))
+                        }
+                        (GeneLikelihood::Zinb, None) => lik::zinb(x[gg], mr[gg], th[gg], pr[gg]),
+                        (GeneLikelihood::Nb, None) => lik::nb(x[gg], mr[gg], th[gg]),
+                        (GeneLikelihood::Poisson, _) => lik::poisson(x[gg], mr[gg]),
                     };
                     acc += r.ll.to_f64();
                     // Local gradients of −log p.
