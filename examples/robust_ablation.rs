@@ -27,6 +27,8 @@ fn main() -> anyhow::Result<()> {
         let val: serde_json::Value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
         if k == "skip_ds" {
             so.skip_ds = val.as_bool().unwrap_or(false);
+        } else if k == "ds_min_obs" {
+            so.ds_min_obs = val.as_u64().ok_or_else(|| anyhow::anyhow!("ds_min_obs: a whole number"))?;
         } else if mv.get(k).is_some() {
             mv[k] = val;
         } else if tv.get(k).is_some() {

@@ -758,4 +758,9 @@ fn whole_loss_robust_preset_and_partial_options() {
         ..ModelConfig::robust()
     });
     check_whole_loss("robust partial", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 52);
+    // The Gaussian prior on the splicing decoder's output weights, on both decoder architectures.
+    for (i, arch) in [SplicingDecoderArch::Linear, SplicingDecoderArch::Vanilla].into_iter().enumerate() {
+        let cfg = small(ModelConfig { splicing_decoder_prior: 0.7, splicing_decoder_architecture: arch, ..ModelConfig::robust() });
+        check_whole_loss("robust decoder prior", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 53 + i as u64);
+    }
 }

@@ -33,11 +33,15 @@ pub struct ChangeOptions {
     pub seed: u64,
     /// Cells per decoding block.
     pub block_cells: usize,
+    /// Differential splicing only: a junction observed (ψ mask 1) in fewer than this many cells of
+    /// either group is not tested: `is_ds_fdr` False and left out of the FDR set (its proba_ds and the
+    /// other columns are still reported). 0 = every junction is tested (the original).
+    pub min_obs_cells: u64,
 }
 
 impl ChangeOptions {
     pub fn new(delta: f64) -> Self {
-        ChangeOptions { delta, fdr: 0.05, n_samples_overall: 5000, batch_correction: false, batchid1: None, batchid2: None, seed: 0, block_cells: 512 }
+        ChangeOptions { delta, fdr: 0.05, n_samples_overall: 5000, batch_correction: false, batchid1: None, batchid2: None, seed: 0, block_cells: 512, min_obs_cells: 0 }
     }
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.delta >= 0.0 && self.delta.is_finite(), "delta must be a finite number ≥ 0, got {}", self.delta);

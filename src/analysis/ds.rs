@@ -64,6 +64,21 @@ pub fn empirical_psi(spl: &crate::data::Splicing, cells: &[usize]) -> (Vec<f64>,
     (mean, cnt)
 }
 
+/// The FDR calls over the tested junctions only: those observed in ≥ `min_obs` cells of both groups
+/// (all when `min_obs` = 0, then identical to `fdr_calls`).
+pub fn fdr_calls_tested(proba: &[f64], n1: &[u64], n2: &[u64], min_obs: u64, fdr: f64) -> Vec<bool> {
+    if min_obs == 0 {
+        return fdr_calls(proba, fdr);
+    }
+    let tested: Vec<usize> = (0..proba.len()).filter(|&j| n1[j] >= min_obs && n2[j] >= min_obs).collect();
+    let sub: Vec<f64> = tested.iter().map(|&j| proba[j]).collect();
+    let mut out = vec![false; proba.len()];
+    for (&j, c) in tested.iter().zip(fdr_calls(&sub, fdr)) {
+        out[j] = c;
+    }
+    out
+}
+
 /// Run one comparison. `key` seeds its sample streams (use the comparison's position).
 pub fn differential_splicing(post: &Posterior, cmp: &Comparison, method: SplicingFn, opts: &ChangeOptions, key: u64) -> Result<DsResult> {
     opts.validate()?;
@@ -108,7 +123,7 @@ pub fn differential_splicing(post: &Posterior, cmp: &Comparison, method: Splicin
         group2: cmp.group2.clone(),
         junction_id: spl.junction_names.clone(),
         gene_name: if spl.gene_names.len() == j { spl.gene_names.clone() } else { vec![String::new(); j] },
-        is_ds_fdr: fdr_calls(&proba, opts.fdr),
+        is_ds_fdr: fdr_calls_tested(&proba, &n1, &n2, opts.min_obs_cells, opts.fdr),
         bayes_factor: proba.iter().map(|&p| bayes_factor(p)).collect(),
         effect_size: est2.iter().zip(&est1).map(|(b, a)| b - a).collect(),
         emp_effect: emp2.iter().zip(&emp1).map(|(b, a)| b - a).collect(),
@@ -157,4 +172,19 @@ pub fn ds_tsv(results: &[DsResult]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_obs_leaves_sparse_junctions_out_of_the_fdr_set() {
+        let p = [1.0, 0.99, 0.9, 0.5];
+        let (n1, n2) = ([50u64, 3, 40, 40], [50u64, 60, 40, 2]);
+        assert_eq!(fdr_calls_tested(&p, &n1, &n2, 0, 0.05), fdr_calls(&p, 0.05));
+        // Junction 1 (3 cells in group 1) is not tested: the prefix then has 1.0, 0.9 (mean 1−P 0.05).
+        assert_eq!(fdr_calls_tested(&p, &n1, &n2, 10, 0.05), vec![true, false, true, false]);
+        assert_eq!(fdr_calls_tested(&p, &n1, &n2, 100, 0.05), vec![false; 4]);
+    }
 }

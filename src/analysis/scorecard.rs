@@ -5,7 +5,7 @@
 //! target) and between random halves of one subtype.
 
 use super::differential::{ChangeOptions, Comparison};
-use super::ds::differential_splicing;
+use super::ds::{differential_splicing, fdr_calls_tested};
 use super::evaluate::{evaluate_imputation, Entry, TruthFilter, METHOD_DM, METHOD_MEANBAYES};
 use super::latent_metrics::knn_accuracy;
 use super::posterior::{Posterior, SplicingFn};
@@ -42,6 +42,12 @@ pub struct Scorecard {
     pub ds_fp_in_planted_atse: usize,
     /// Junctions called between two random halves of subtype 0 (of J).
     pub halves_called: usize,
+    /// The DM-posterior test on junctions observed in ≥ `ScoreOptions::ds_min_obs` cells of each group
+    /// only (`diff-splicing --min-obs-cells`), from the same samples.
+    pub ds_mo_precision: f64,
+    pub ds_mo_recall: f64,
+    pub ds_mo_called: usize,
+    pub halves_mo_called: usize,
     /// The same with decoder PSI (`--method decoder`) instead of the DM posterior mean.
     pub ds_dec_precision: f64,
     pub ds_dec_recall: f64,
@@ -59,11 +65,13 @@ pub struct ScoreOptions {
     pub ds_delta: f64,
     pub skip_ds: bool,
     pub seed: u64,
+    /// `min_obs_cells` of the filtered DS columns (`ds_mo_*`).
+    pub ds_min_obs: u64,
 }
 
 impl Default for ScoreOptions {
     fn default() -> Self {
-        ScoreOptions { k: 15, ds_samples: 2000, ds_delta: 0.1, skip_ds: false, seed: 0 }
+        ScoreOptions { k: 15, ds_samples: 2000, ds_delta: 0.1, skip_ds: false, seed: 0, ds_min_obs: 10 }
     }
 }
 
@@ -165,6 +173,7 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
         let halves = Comparison { group1: "A".into(), group2: "B".into(), idx1: h1.to_vec(), idx2: h2.to_vec() };
         for method in [SplicingFn::DmPosterior, SplicingFn::Decoder] {
             let (mut tp, mut called, mut planted) = (0, 0, 0);
+            let (mut tp_mo, mut called_mo) = (0, 0);
             for (t, pl) in truth.planted_ds_by_type.iter().enumerate() {
                 let (a, b) = (2 * t as u32, 2 * t as u32 + 1);
                 let cmp = Comparison {
@@ -177,6 +186,9 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
                 called += r.is_ds_fdr.iter().filter(|&&c| c).count();
                 tp += (0..j).filter(|&jj| r.is_ds_fdr[jj] && pl[jj]).count();
                 if method == SplicingFn::DmPosterior {
+                    let mo = fdr_calls_tested(&r.proba_ds, &r.n_obs_group1, &r.n_obs_group2, o.ds_min_obs, opts.fdr);
+                    called_mo += mo.iter().filter(|&&c| c).count();
+                    tp_mo += (0..j).filter(|&jj| mo[jj] && pl[jj]).count();
                     let a2j = &ds.splicing.junc2atse;
                     let mut planted_atse = vec![false; ds.splicing.n_atse()];
                     (0..j).filter(|&jj| pl[jj]).for_each(|jj| planted_atse[a2j[jj] as usize] = true);
@@ -186,8 +198,13 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
             }
             let prec = if called > 0 { tp as f64 / called as f64 } else { f64::NAN };
             let rec = tp as f64 / planted.max(1) as f64;
-            let hc = differential_splicing(&post, &halves, method, &opts, 99)?.is_ds_fdr.iter().filter(|&&c| c).count();
+            let hr = differential_splicing(&post, &halves, method, &opts, 99)?;
+            let hc = hr.is_ds_fdr.iter().filter(|&&c| c).count();
             if method == SplicingFn::DmPosterior {
+                sc.ds_mo_precision = if called_mo > 0 { tp_mo as f64 / called_mo as f64 } else { f64::NAN };
+                sc.ds_mo_recall = tp_mo as f64 / planted.max(1) as f64;
+                sc.ds_mo_called = called_mo;
+                sc.halves_mo_called = fdr_calls_tested(&hr.proba_ds, &hr.n_obs_group1, &hr.n_obs_group2, o.ds_min_obs, opts.fdr).iter().filter(|&&c| c).count();
                 (sc.ds_precision, sc.ds_recall, sc.ds_called, sc.ds_planted, sc.halves_called) = (prec, rec, called, planted, hc);
             } else {
                 (sc.ds_dec_precision, sc.ds_dec_recall, sc.ds_dec_called, sc.halves_dec_called) = (prec, rec, called, hc);
@@ -215,6 +232,10 @@ pub fn columns(s: &Scorecard) -> Vec<(&'static str, f64)> {
         ("ds_called", s.ds_called as f64),
         ("halves_called", s.halves_called as f64),
         ("ds_fp_in_planted_atse", s.ds_fp_in_planted_atse as f64),
+        ("dsmo_precision", s.ds_mo_precision),
+        ("dsmo_recall", s.ds_mo_recall),
+        ("dsmo_called", s.ds_mo_called as f64),
+        ("halvesmo_called", s.halves_mo_called as f64),
         ("dsdec_precision", s.ds_dec_precision),
         ("dsdec_recall", s.ds_dec_recall),
         ("dsdec_called", s.ds_dec_called as f64),

@@ -57,6 +57,7 @@ impl GroupArgs {
             batchid2: ids(&self.batchid2)?,
             seed: self.seed,
             block_cells: self.block_cells,
+            min_obs_cells: 0,
         };
         o.validate()?;
         Ok(o)
@@ -77,6 +78,10 @@ pub struct DiffSplicingArgs {
     /// PSI the test reads: dm-posterior (the original's default) or decoder.
     #[arg(long, value_enum, default_value = "dm-posterior")]
     pub method: SplicingFn,
+    /// Test only junctions observed in at least this many cells of each group (others: is_ds_fdr
+    /// False, outside the FDR set). 0 = all, the original; docs/robust.md recommends 10.
+    #[arg(long, default_value_t = 0)]
+    pub min_obs_cells: u64,
     /// Do not draw the volcano plot (OUT without .tsv, then .volcano.png / .svg).
     #[arg(long)]
     pub no_plots: bool,
@@ -84,7 +89,7 @@ pub struct DiffSplicingArgs {
 
 pub fn run(args: DiffSplicingArgs) -> Result<()> {
     let o = open_run(&args.run_dir, &args.data)?;
-    let opts = args.groups.change_options(args.delta, &o.run.batch_levels)?;
+    let opts = ChangeOptions { min_obs_cells: args.min_obs_cells, ..args.groups.change_options(args.delta, &o.run.batch_levels)? };
     let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
     let post = Posterior::new(&o.ds, &o.model, &o.params)?;
     let mut results = Vec::new();

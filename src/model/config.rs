@@ -170,6 +170,12 @@ pub struct ModelConfig {
     /// PSI ψ̄_j: ln ψ̄_j for the Dirichlet-multinomial (its within-ATSE softmax then starts at ψ̄), logit ψ̄_j
     /// otherwise (clamped to [1e-3, 1 − 1e-3]; junctions never observed keep the default init).
     pub splicing_bias_from_data: bool,
+    /// Robust option: Gaussian prior on the weights of the splicing decoder's output layer
+    /// (`z_decoder_splicing.linear` / `.ps_output`, not the bias): the loss gains λ Σ W² / N, N the
+    /// training data's cells, so over the data the log joint carries λ Σ W² (W ~ N(0, 1/(2λ))). A
+    /// junction observed in few cells then keeps its weights near 0 (its PSI near the bias) unless the
+    /// counts support a difference; 0 = off (the original has none).
+    pub splicing_decoder_prior: f64,
 }
 
 impl Default for ModelConfig {
@@ -210,6 +216,7 @@ impl Default for ModelConfig {
             partial_center_psi: false,
             partial_linear_output: false,
             splicing_bias_from_data: false,
+            splicing_decoder_prior: 0.0,
         }
     }
 }
@@ -352,6 +359,9 @@ impl ModelConfig {
                 self.dm_concentration,
                 self.splicing_loss_type
             );
+        }
+        if !(self.splicing_decoder_prior.is_finite() && self.splicing_decoder_prior >= 0.0) {
+            bail!("model: splicing_decoder_prior must be a finite number ≥ 0, got {}", self.splicing_decoder_prior);
         }
         if !(self.lambda_prior.is_finite() && self.lambda_prior >= 0.0) {
             bail!("model: lambda_prior must be a finite number ≥ 0, got {}", self.lambda_prior);

@@ -104,7 +104,9 @@ pub struct StepOutput<T> {
     pub kl: Vec<T>,
     pub penalty: T,
     pub concentration_prior: T,
-    /// mean(RL_e + RL_s + κ KL) + penalty + prior.
+    /// λ Σ W² / N of the splicing decoder's output weights (`splicing_decoder_prior`; 0 when off).
+    pub decoder_prior: T,
+    /// mean(RL_e + RL_s + κ KL) + penalty + priors.
     pub loss: T,
     /// BatchNorm running-stat updates of this step (apply with `SpliceVae::apply_buffer_updates`).
     pub buffer_updates: BufUpdates,
@@ -466,12 +468,13 @@ impl SpliceVae {
         let kl = latent::kl_fwd(&inference.qz_m, &inference.qz_v);
         let (penalty, rbf) = self.penalty(&inference, opts.kl_weight);
         let concentration_prior = self.conc_prior(p, b);
+        let decoder_prior = self.spl_decoder_prior(p);
         let bt = b as f64;
         let mean_terms: f64 = (0..b)
             .map(|i| rl_expr[i].to_f64() + sl.rl[i].to_f64() + opts.kl_weight * kl[i].to_f64())
             .sum::<f64>()
             / bt;
-        let loss = T::from_f64(mean_terms + penalty.to_f64() + concentration_prior.to_f64());
+        let loss = T::from_f64(mean_terms + penalty.to_f64() + concentration_prior.to_f64() + decoder_prior.to_f64());
         if !loss.is_finite() {
             bail!(
                 "non-finite loss (expression {:.4e}, splicing {:.4e}, KL {:.4e}, penalty {:.4e}); \
@@ -494,6 +497,7 @@ impl SpliceVae {
             kl,
             penalty,
             concentration_prior,
+            decoder_prior,
             loss,
             buffer_updates: upd,
         };
@@ -808,6 +812,29 @@ impl SpliceVae {
         }
     }
 
+    /// The splicing decoder's output weight matrix (the one `splicing_decoder_prior` acts on).
+    fn spl_out_weight(&self) -> usize {
+        match &self.arch.z_dec_spl {
+            SplDecP::Vanilla { out, .. } => out.w,
+            SplDecP::Linear { lin } => lin.w,
+        }
+    }
+
+    /// 1 / N with N the training data's cells: the per-step share of a prior over the whole data.
+    fn prior_scale(&self) -> f64 {
+        1.0 / self.dims.n_obs.max(1) as f64
+    }
+
+    /// `splicing_decoder_prior`: λ Σ W² / N (docs/robust.md).
+    fn spl_decoder_prior<T: Real>(&self, p: &Params<T>) -> T {
+        let lam = self.cfg.splicing_decoder_prior;
+        if lam == 0.0 {
+            return T::ZERO;
+        }
+        let s: f64 = p.get(self.spl_out_weight()).iter().map(|v| v.to_f64() * v.to_f64()).sum();
+        T::from_f64(lam * s * self.prior_scale())
+    }
+
     fn conc_prior<T: Real>(&self, p: &Params<T>, b: usize) -> T {
         match self.cfg.splicing_loss_type {
             SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => {
@@ -954,6 +981,15 @@ impl SpliceVae {
             });
         }
         self.spl_out_param_grads(spl, &tp.s_in, &gl, &mut g);
+        if cfg.splicing_decoder_prior != 0.0 {
+            let w = self.spl_out_weight();
+            let lam = T::from_f64(2.0 * cfg.splicing_decoder_prior * self.prior_scale());
+            if let Some(gw) = g.slot(w) {
+                for (gv, &v) in gw.iter_mut().zip(p.get(w)) {
+                    *gv += lam * v;
+                }
+            }
+        }
         // concentration: loss terms and prior
         if let Some(gphi) = g.slot(a.log_phi) {
             let lp = p.get(a.log_phi);
