@@ -577,7 +577,6 @@ pub fn partial_backward<T: Real>(
         nt.chunk_bwd(fold, Mode { training: false, seed: 0 }, &mut sc, |_| dh0.as_slice(), &mut acc);
         merge(&acc, &mut small, false);
     }
-    drop(merge);
     // Unfold the first block (see `Fold`):
     //   d u_j = g₁⊙Q_j − Σψβm₁ − (Σψβm₂α)·ũ_j − (Σψβm₂β)·b̃
     //   d b₀  = g₁⊙R − Σβm₁ − Σ_j (Σβm₂α)_j·ũ_j − (Σβm₂β)·b̃
