@@ -20,6 +20,12 @@ pub struct ExprLl<T> {
 /// ln(x!) for the integers below this come from a table (the same values the call gives).
 const FACT_TABLE: usize = 4096;
 
+/// x as an index when it is an integer in [0, limit).
+#[inline]
+fn small_count(x: f64, limit: usize) -> Option<usize> {
+    (x >= 0.0 && x < limit as f64 && x == x.floor()).then_some(x as usize)
+}
+
 fn ln_factorials() -> &'static [f64] {
     static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| (0..FACT_TABLE).map(|k| super::real::lgamma(k as f64 + 1.0)).collect())
@@ -31,12 +37,10 @@ fn lgamma_xp1<T: Real>(x: T) -> T {
     if x == T::ZERO {
         return T::ZERO;
     }
-    let xf = x.to_f64();
-    if xf > 0.0 && xf < FACT_TABLE as f64 && xf == xf.floor() {
+    match small_count(x.to_f64(), FACT_TABLE) {
         // x + 1 is exact for these integers in f32 and f64, so this is (x + 1).lgamma() rounded.
-        T::from_f64(ln_factorials()[xf as usize])
-    } else {
-        (x + T::ONE).lgamma()
+        Some(k) => T::from_f64(ln_factorials()[k]),
+        None => (x + T::ONE).lgamma(),
     }
 }
 
@@ -145,25 +149,20 @@ impl<T: Real> GeneTerms<T> {
     /// (lgamma, ψ)(x + θ_g).
     #[inline]
     pub fn xt(&self, g: usize, x: T, theta: T) -> (T, T) {
-        let xf = x.to_f64();
-        if xf == 0.0 {
-            (self.theta[g].lgamma, self.theta[g].digamma) // 0 + θ = θ exactly
-        } else if xf > 0.0 && xf < COUNT_TABLE as f64 && xf == xf.floor() {
-            self.table[g * COUNT_TABLE + xf as usize]
-        } else {
-            let v = x + theta;
-            (v.lgamma(), v.digamma())
+        match small_count(x.to_f64(), COUNT_TABLE) {
+            Some(0) => (self.theta[g].lgamma, self.theta[g].digamma), // 0 + θ = θ exactly
+            Some(k) => self.table[g * COUNT_TABLE + k],
+            None => {
+                let v = x + theta;
+                (v.lgamma(), v.digamma())
+            }
         }
     }
 }
 
 /// Bit x of the result is set when some entry of the batch has the count x (an integer below 64).
 pub fn count_bit(x: f32) -> u64 {
-    if x >= 0.0 && x < COUNT_TABLE as f32 && x == x.floor() {
-        1u64 << (x as u32)
-    } else {
-        0
-    }
+    small_count(x as f64, COUNT_TABLE).map_or(0, |k| 1u64 << k)
 }
 
 /// log Poisson(x; μ) (torch: x·log μ − μ − lgamma(x+1), with 0·log μ = 0).

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+#[path = "../common/cli.rs"]
+mod cli;
+pub use cli::python;
+
 pub struct Generated {
     pub dir: PathBuf,
     pub expected: serde_json::Value,
@@ -18,18 +22,6 @@ pub struct Generated {
 impl Generated {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
-    }
-}
-
-pub fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("SPLICEVI_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".pyvenv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
     }
 }
 
