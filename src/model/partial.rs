@@ -5,7 +5,8 @@
 //! The LayerNorm after it is folded per junction too ([`Fold`]): its input is affine in ψ, so its
 //! mean and variance are closed-form in ψ and the affine output is α·(g₁⊙ũ_j) + β·(g₁⊙b̃) + be₁ —
 //! two FMAs per element and no per-pair reduction. Then ReLU → dropout → Linear → LayerNorm(affine)
-//! → ReLU gives the code c_ij, pooled per cell (sum or mean). Per-pair activations are never stored:
+//! → ReLU gives the code c_ij, pooled per cell (sum or mean). Per-pair activations are never stored
+//! (only the dropout keep bits, one bit per element, so the backward need not hash them again):
 //! the backward pass recomputes them chunk by chunk, walking the pairs junction by junction so that
 //! each junction's gradient is owned by one work item (deterministic, no atomics).
 
@@ -98,6 +99,20 @@ pub struct PartialCache<T> {
     pub den: Vec<T>,
     /// `partial_center_psi`: the reference code h(0) (D), subtracted once per observed pair.
     pub h0: Option<Vec<T>>,
+    /// The h network's dropout keep bits, ⌈Hh / 64⌉ words per pair in the batch's pair order (empty
+    /// without dropout). One bit per element, so the backward's recompute reads the forward's
+    /// decisions instead of hashing them again (16 hashes per pair at Hh = 64).
+    pub keep: Vec<u64>,
+}
+
+/// Where a micro-chunk's dropout keep bits come from.
+enum Keep<'a> {
+    /// Hash them.
+    Hash,
+    /// Hash them and store micro-chunk pair q's words at `[q·kw ..]` (the forward).
+    Store(&'a mut [u64]),
+    /// Read the words of global pair id p at `[p·kw ..]` (the backward's recompute).
+    Load(&'a [u64]),
 }
 
 struct Net<'a, T> {
@@ -125,7 +140,8 @@ struct Scratch<T> {
     beta: Vec<f64>,
     /// Post-ReLU, post-dropout (input of the second Linear).
     d1: Vec<T>,
-    mask1: Vec<T>,
+    /// One pair's keep bits (⌈Hh / 64⌉ words) for [`Keep::Hash`].
+    bits: Vec<u64>,
     h2: Vec<T>,
     xhat2: Vec<T>,
     inv2: Vec<T>,
@@ -146,7 +162,7 @@ impl<T: Real> Scratch<T> {
             alpha: vec![0.0; n],
             beta: vec![0.0; n],
             d1: z(n * hh),
-            mask1: z(hh),
+            bits: vec![0; hh.div_ceil(64)],
             h2: z(n * dd),
             xhat2: z(n * dd),
             inv2: z(n),
@@ -184,13 +200,14 @@ impl<T: Real> BwdAcc<T> {
 impl<T: Real> Net<'_, T> {
     /// Forward for the micro-chunk in `sc.pairs / sc.psi / sc.jn` (global pair ids are used for the
     /// dropout stream); leaves the codes in `sc.c` and the activations in `sc`.
-    fn chunk_fwd(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>) {
+    fn chunk_fwd(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, mut keep: Keep<'_>) {
         let (hh, dd, n) = (self.hh, self.dd, sc.pairs.len());
         let dropout = mode.training && self.dropout > 0.0;
         let scale = T::from_f64(1.0 / (1.0 - self.dropout));
         let ds = rng::DropStream::new(mode.seed, rng::streams::PARTIAL_H, self.dropout);
         // Mask index space: pair·Hh_pad + t with Hh_pad a multiple of 4 (4 decisions per hash).
         let hh_pad = hh.div_ceil(4) * 4;
+        let kw = hh.div_ceil(64);
         for q in 0..n {
             let jj = sc.jn[q] as usize;
             let (al, be) = fold.coefs(jj, sc.psi[q].to_f64());
@@ -204,9 +221,25 @@ impl<T: Real> Net<'_, T> {
                 d1r[t] = if v > T::ZERO { v } else { T::ZERO };
             }
             if dropout {
-                ds.fill_mask((sc.pairs[q] * hh_pad) as u64, scale, &mut sc.mask1);
-                for (d, &m) in d1r.iter_mut().zip(sc.mask1.iter()) {
-                    *d *= m;
+                let start = (sc.pairs[q] * hh_pad) as u64;
+                let words: &[u64] = match &mut keep {
+                    Keep::Load(bits) => &bits[sc.pairs[q] * kw..(sc.pairs[q] + 1) * kw],
+                    Keep::Store(out) => {
+                        let w = &mut out[q * kw..(q + 1) * kw];
+                        ds.fill_bits(start, hh, w);
+                        w
+                    }
+                    Keep::Hash => {
+                        ds.fill_bits(start, hh, &mut sc.bits);
+                        &sc.bits
+                    }
+                };
+                for (t, d) in d1r.iter_mut().enumerate() {
+                    if (words[t / 64] >> (t % 64)) & 1 == 1 {
+                        *d *= scale;
+                    } else {
+                        *d = T::ZERO;
+                    }
                 }
             }
         }
@@ -302,7 +335,7 @@ impl<T: Real> Net<'_, T> {
         sc.psi.push(T::ZERO);
         sc.jn.clear();
         sc.jn.push(0);
-        self.chunk_fwd(fold, Mode { training: false, seed: 0 }, sc);
+        self.chunk_fwd(fold, Mode { training: false, seed: 0 }, sc, Keep::Hash);
         sc.c[..self.dd].to_vec()
     }
 }
@@ -388,12 +421,15 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
         items.push((start, end));
         start = end;
     }
-    let pooled: Vec<Vec<T>> = items
+    let dropout = mode.training && pe.dropout > 0.0;
+    let kw = hh.div_ceil(64);
+    let pooled: Vec<(Vec<T>, Vec<u64>)> = items
         .par_iter()
         .map(|&(c0, c1)| {
             let mut acc = vec![T::ZERO; (c1 - c0) * dd];
             let mut sc = Scratch::new(hh, dd, micro);
             let (e0, e1) = (spl.indptr[c0], spl.indptr[c1]);
+            let mut bits = vec![0u64; if dropout { (e1 - e0) * kw } else { 0 }];
             let mut cell = c0;
             let mut s = e0;
             while s < e1 {
@@ -404,7 +440,8 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
                 sc.psi.extend_from_slice(&psi_t[s..e]);
                 sc.jn.clear();
                 sc.jn.extend_from_slice(&spl.junction[s..e]);
-                nt.chunk_fwd(&fold, mode, &mut sc);
+                let keep = if dropout { Keep::Store(&mut bits[(s - e0) * kw..(e - e0) * kw]) } else { Keep::Hash };
+                nt.chunk_fwd(&fold, mode, &mut sc, keep);
                 // Add each pair's code to its cell in pair order.
                 for q in 0..e - s {
                     while spl.indptr[cell + 1] <= s + q {
@@ -417,12 +454,14 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
                 }
                 s = e;
             }
-            acc
+            (acc, bits)
         })
         .collect();
     let mut pool = Mat::zeros(b, dd);
-    for (&(c0, _), acc) in items.iter().zip(pooled) {
+    let mut keep = Vec::with_capacity(if dropout { spl.nnz() * kw } else { 0 });
+    for (&(c0, _), (acc, bits)) in items.iter().zip(pooled) {
         pool.data[c0 * dd..c0 * dd + acc.len()].copy_from_slice(&acc);
+        keep.extend_from_slice(&bits);
     }
     let h0 = pe.center.map(|_| {
         let mut sc = Scratch::new(hh, dd, 1);
@@ -440,7 +479,7 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
             pool.row_mut(c).iter_mut().for_each(|v| *v /= n);
         }
     }
-    PartialCache { pool, counts, fhat, fnorm, fold, den, h0 }
+    PartialCache { pool, counts, fhat, fnorm, fold, den, h0, keep }
 }
 
 /// Per-pair inputs ψ (or ψ − ψ̄_j with `partial_center_psi`).
@@ -537,7 +576,8 @@ pub fn partial_backward<T: Real>(
                 sc.psi.extend(order[s..e].iter().map(|&q| psi_t[q]));
                 sc.jn.clear();
                 sc.jn.extend(order[s..e].iter().map(|&q| spl.junction[q]));
-                nt.chunk_fwd(fold, mode, &mut sc);
+                let keep = if cache.keep.is_empty() { Keep::Hash } else { Keep::Load(&cache.keep) };
+                nt.chunk_fwd(fold, mode, &mut sc, keep);
                 let pairs = std::mem::take(&mut sc.pairs);
                 nt.chunk_bwd(fold, mode, &mut sc, |q| dcell.row(cell_of[pairs[q]] as usize), &mut acc);
                 sc.pairs = pairs;
