@@ -107,8 +107,8 @@ pub struct PartialCache<T> {
 
 /// Where a micro-chunk's dropout keep bits come from.
 enum Keep<'a> {
-    /// Hash them.
-    Hash,
+    /// No dropout in this pass.
+    None,
     /// Hash them and store micro-chunk pair q's words at `[q·kw ..]` (the forward).
     Store(&'a mut [u64]),
     /// Read the words of global pair id p at `[p·kw ..]` (the backward's recompute).
@@ -140,8 +140,6 @@ struct Scratch<T> {
     beta: Vec<f64>,
     /// Post-ReLU, post-dropout (input of the second Linear).
     d1: Vec<T>,
-    /// One pair's keep bits (⌈Hh / 64⌉ words) for [`Keep::Hash`].
-    bits: Vec<u64>,
     h2: Vec<T>,
     xhat2: Vec<T>,
     inv2: Vec<T>,
@@ -162,7 +160,6 @@ impl<T: Real> Scratch<T> {
             alpha: vec![0.0; n],
             beta: vec![0.0; n],
             d1: z(n * hh),
-            bits: vec![0; hh.div_ceil(64)],
             h2: z(n * dd),
             xhat2: z(n * dd),
             inv2: z(n),
@@ -198,11 +195,16 @@ impl<T: Real> BwdAcc<T> {
 }
 
 impl<T: Real> Net<'_, T> {
+    /// Whether the h network's dropout acts in this pass.
+    fn dropout_on(&self, mode: Mode) -> bool {
+        mode.training && self.dropout > 0.0
+    }
+
     /// Forward for the micro-chunk in `sc.pairs / sc.psi / sc.jn` (global pair ids are used for the
     /// dropout stream); leaves the codes in `sc.c` and the activations in `sc`.
     fn chunk_fwd(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, mut keep: Keep<'_>) {
         let (hh, dd, n) = (self.hh, self.dd, sc.pairs.len());
-        let dropout = mode.training && self.dropout > 0.0;
+        let dropout = self.dropout_on(mode);
         let scale = T::from_f64(1.0 / (1.0 - self.dropout));
         let ds = rng::DropStream::new(mode.seed, rng::streams::PARTIAL_H, self.dropout);
         // Mask index space: pair·Hh_pad + t with Hh_pad a multiple of 4 (4 decisions per hash).
@@ -229,10 +231,7 @@ impl<T: Real> Net<'_, T> {
                         ds.fill_bits(start, hh, w);
                         w
                     }
-                    Keep::Hash => {
-                        ds.fill_bits(start, hh, &mut sc.bits);
-                        &sc.bits
-                    }
+                    Keep::None => unreachable!("dropout is on but the pass has no keep bits"),
                 };
                 for (t, d) in d1r.iter_mut().enumerate() {
                     if (words[t / 64] >> (t % 64)) & 1 == 1 {
@@ -293,7 +292,7 @@ impl<T: Real> Net<'_, T> {
             T::gemm_raw(n, dd, hh, T::ONE, sc.dh2.as_ptr(), dd as isize, 1, self.w4.as_ptr(), hh as isize, 1, T::ZERO, sc.dd1.as_mut_ptr(), hh as isize, 1);
         }
         // d(a1) = d(d1) · scale · [d1 > 0] (d1 > 0 exactly when a1 > 0 and the unit was kept).
-        let scale = if mode.training && self.dropout > 0.0 { T::from_f64(1.0 / (1.0 - self.dropout)) } else { T::ONE };
+        let scale = if self.dropout_on(mode) { T::from_f64(1.0 / (1.0 - self.dropout)) } else { T::ONE };
         let inv_h = 1.0 / hh as f64;
         for q in 0..n {
             let jj = sc.jn[q] as usize;
@@ -335,7 +334,7 @@ impl<T: Real> Net<'_, T> {
         sc.psi.push(T::ZERO);
         sc.jn.clear();
         sc.jn.push(0);
-        self.chunk_fwd(fold, Mode { training: false, seed: 0 }, sc, Keep::Hash);
+        self.chunk_fwd(fold, Mode { training: false, seed: 0 }, sc, Keep::None);
         sc.c[..self.dd].to_vec()
     }
 }
@@ -421,7 +420,7 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
         items.push((start, end));
         start = end;
     }
-    let dropout = mode.training && pe.dropout > 0.0;
+    let dropout = nt.dropout_on(mode);
     let kw = hh.div_ceil(64);
     let pooled: Vec<(Vec<T>, Vec<u64>)> = items
         .par_iter()
@@ -440,7 +439,7 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
                 sc.psi.extend_from_slice(&psi_t[s..e]);
                 sc.jn.clear();
                 sc.jn.extend_from_slice(&spl.junction[s..e]);
-                let keep = if dropout { Keep::Store(&mut bits[(s - e0) * kw..(e - e0) * kw]) } else { Keep::Hash };
+                let keep = if dropout { Keep::Store(&mut bits[(s - e0) * kw..(e - e0) * kw]) } else { Keep::None };
                 nt.chunk_fwd(&fold, mode, &mut sc, keep);
                 // Add each pair's code to its cell in pair order.
                 for q in 0..e - s {
@@ -560,6 +559,10 @@ pub fn partial_backward<T: Real>(
         start = end;
     }
     let nt = net(pe, p);
+    assert!(
+        !nt.dropout_on(mode) || nnz == 0 || !cache.keep.is_empty(),
+        "partial_backward: dropout is on but the forward ran without it (no keep bits)"
+    );
     let fold = &cache.fold;
     let accs: Vec<BwdAcc<T>> = items
         .par_iter()
@@ -576,7 +579,7 @@ pub fn partial_backward<T: Real>(
                 sc.psi.extend(order[s..e].iter().map(|&q| psi_t[q]));
                 sc.jn.clear();
                 sc.jn.extend(order[s..e].iter().map(|&q| spl.junction[q]));
-                let keep = if cache.keep.is_empty() { Keep::Hash } else { Keep::Load(&cache.keep) };
+                let keep = if nt.dropout_on(mode) { Keep::Load(&cache.keep) } else { Keep::None };
                 nt.chunk_fwd(fold, mode, &mut sc, keep);
                 let pairs = std::mem::take(&mut sc.pairs);
                 nt.chunk_bwd(fold, mode, &mut sc, |q| dcell.row(cell_of[pairs[q]] as usize), &mut acc);

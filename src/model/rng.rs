@@ -50,27 +50,12 @@ impl DropStream {
 }
 
 impl DropStream {
-    /// Scaled keep mask (`scale` or 0) of elements `start .. start + out.len()`; `start` must be a
-    /// multiple of 4.
-    #[inline]
-    pub fn fill_mask<T: crate::model::Real>(&self, start: u64, scale: T, out: &mut [T]) {
-        debug_assert_eq!(start % 4, 0);
-        for (g, chunk) in out.chunks_mut(4).enumerate() {
-            let h = mix64(self.key ^ ((start >> 2) + g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            for (l, o) in chunk.iter_mut().enumerate() {
-                *o = if (((h >> (16 * l)) & 0xFFFF) as u32) >= self.threshold { scale } else { T::ZERO };
-            }
-        }
-    }
-}
-
-impl DropStream {
-    /// Keep bits of elements `start .. start + n` (bit t of word t / 64 set = kept), the same decisions as
-    /// [`DropStream::fill_mask`]; `start` must be a multiple of 4 and `out` hold ⌈n / 64⌉ words.
+    /// Keep bits of elements `start .. start + n` (bit t of word t / 64 set = kept; the same decisions
+    /// as [`DropStream::keep`]); `start` must be a multiple of 4 and `out` hold ⌈n / 64⌉ words.
     #[inline]
     pub fn fill_bits(&self, start: u64, n: usize, out: &mut [u64]) {
         debug_assert_eq!(start % 4, 0);
-        out.iter_mut().for_each(|w| *w = 0);
+        out.fill(0);
         for g in 0..n.div_ceil(4) {
             let h = mix64(self.key ^ ((start >> 2) + g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             for l in 0..4.min(n - 4 * g) {
@@ -114,16 +99,13 @@ mod tests {
         assert!(m.abs() < 0.01 && (v - 1.0).abs() < 0.01, "mean {m} var {v}");
         let keep_frac = (0..n).filter(|&i| keep(3, 2, i, 0.25)).count() as f64 / n as f64;
         assert!((keep_frac - 0.75).abs() < 0.01);
-        // fill_bits makes the same decisions as fill_mask and keep (odd length: a partial last word).
+        // fill_bits makes the same decisions as keep (odd length: a partial last word).
         let ds = DropStream::new(5, 9, 0.3);
-        let (start, len) = (4 * 1234, 101);
-        let mut mask = vec![f64::NAN; len];
-        ds.fill_mask(start, 2.0, &mut mask);
+        let (start, len): (u64, usize) = (4 * 1234, 101);
         let mut bits = vec![u64::MAX; len.div_ceil(64)];
         ds.fill_bits(start, len, &mut bits);
         for t in 0..len {
             let bit = (bits[t / 64] >> (t % 64)) & 1 == 1;
-            assert_eq!(bit, mask[t] == 2.0, "element {t}");
             assert_eq!(bit, ds.keep(start + t as u64), "element {t}");
         }
         assert_eq!(bits[1] >> (len - 64), 0, "bits past the end stay clear");
