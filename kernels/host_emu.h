@@ -42,6 +42,7 @@ inline Dim3 block_dim, grid_dim;
 inline std::unique_ptr<std::barrier<>> block_barrier;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline std::vector<float> warp_exchange;
+inline std::vector<double> warp_exchange_d;
 inline std::atomic<int> count_acc{0};
 inline std::vector<unsigned char> dynamic_smem;
 
@@ -55,6 +56,7 @@ void launch(unsigned grid, unsigned block, size_t smem, F kernel) {
     warp_barriers.clear();
     for (unsigned w = 0; w < block / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
     warp_exchange.assign(block, 0.0f);
+    warp_exchange_d.assign(block, 0.0);
     count_acc = 0;
     std::vector<std::thread> ts;
     ts.reserve(block);
@@ -96,6 +98,15 @@ inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) {
     emu::warp_exchange[t] = v;
     emu::warp_barriers[w]->arrive_and_wait();
     const float r = emu::warp_exchange[t ^ (unsigned)lane_mask];
+    emu::warp_barriers[w]->arrive_and_wait();
+    return r;
+}
+
+inline double __shfl_xor_sync(unsigned /*mask*/, double v, int lane_mask) {
+    const unsigned t = threadIdx.x, w = t / 32;
+    emu::warp_exchange_d[t] = v;
+    emu::warp_barriers[w]->arrive_and_wait();
+    const double r = emu::warp_exchange_d[t ^ (unsigned)lane_mask];
     emu::warp_barriers[w]->arrive_and_wait();
     return r;
 }

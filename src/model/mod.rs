@@ -48,6 +48,7 @@ pub mod batch;
 pub mod config;
 pub mod expr_lik;
 pub mod latent;
+pub mod latent_step;
 pub mod lik;
 pub mod ops;
 pub mod params;

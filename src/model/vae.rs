@@ -1417,7 +1417,7 @@ pub(crate) fn softmax_rows_bwd<T: Real>(y: &Mat<T>, d: &mut Mat<T>) {
 }
 
 /// T(m + √v ⊙ ε), T = softmax over the row for "ln".
-fn sample<T: Real>(m: &Mat<T>, v: &Mat<T>, eps: &Mat<T>, ln: bool) -> Mat<T> {
+pub(crate) fn sample<T: Real>(m: &Mat<T>, v: &Mat<T>, eps: &Mat<T>, ln: bool) -> Mat<T> {
     let mut z = m.clone();
     z.data.iter_mut().zip(&v.data).zip(&eps.data).for_each(|((zz, &vv), &e)| *zz += vv.sqrt() * e);
     if ln {
@@ -1428,7 +1428,7 @@ fn sample<T: Real>(m: &Mat<T>, v: &Mat<T>, eps: &Mat<T>, ln: bool) -> Mat<T> {
 }
 
 /// Backward of `sample`: adds into dm, dv given dz (z is the forward output).
-fn sample_bwd<T: Real>(v: &Mat<T>, eps: &Mat<T>, z: &Mat<T>, ln: bool, dz: &Mat<T>, dm: &mut Mat<T>, dv: &mut Mat<T>) {
+pub(crate) fn sample_bwd<T: Real>(v: &Mat<T>, eps: &Mat<T>, z: &Mat<T>, ln: bool, dz: &Mat<T>, dm: &mut Mat<T>, dv: &mut Mat<T>) {
     let mut dpre = dz.clone();
     if ln {
         softmax_rows_bwd(z, &mut dpre);
