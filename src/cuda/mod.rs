@@ -1,7 +1,7 @@
 //! CUDA backend runtime: the kernels embedded by build.rs (one fatbin per `kernels/*.cu`), driver and
 //! device discovery that never panics on a machine without the NVIDIA driver, a context + stream with the
-//! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`], [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`]; the
-//! likelihood and latent kernels have never run on a GPU), the
+//! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`], [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`], [`CudaDenseEpilogue`]; the
+//! likelihood, latent and dense-epilogue kernels have never run on a GPU), the
 //! one-allocation device memory arena ([`arena`]), and optional NVTX ranges ([`nvtx`]).
 //!
 //! Nothing CUDA is linked at build time: cudarc loads `libcuda.so` at run time (dynamic-loading), so the
@@ -10,6 +10,7 @@
 //! version of the nvcc that compiled them.
 
 pub mod arena;
+pub mod dense_epilogue;
 pub mod expr_lik;
 pub mod latent;
 pub mod nvtx;
@@ -21,6 +22,7 @@ pub mod splicing_lik;
 pub use arena::{ArenaPlan, DeviceArena, Region};
 pub use optim::CudaOptim;
 pub use runtime::{CudaDevice, DeviceMem};
+pub use dense_epilogue::CudaDenseEpilogue;
 pub use expr_lik::CudaExprLik;
 pub use latent::CudaLatent;
 pub use special::CudaSpecial;

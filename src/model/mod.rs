@@ -46,6 +46,7 @@ pub mod adversary;
 pub mod arch;
 pub mod batch;
 pub mod config;
+pub mod dense_epilogue;
 pub mod expr_lik;
 pub mod latent;
 pub mod latent_step;

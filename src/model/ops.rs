@@ -289,53 +289,72 @@ pub fn batchnorm_fwd<T: Real>(
     training: bool,
     upd: &mut BufUpdates,
 ) -> Result<(Mat<T>, NormCache<T>)> {
-    let (b, n) = (x.rows, x.cols);
-    let eps = T::from_f64(BN_EPS);
+    let b = x.rows;
     let (gamma, beta) = (p.get(bn.w), p.get(bn.b));
-    let mut mean = vec![T::ZERO; n];
-    let mut inv_std = vec![T::ZERO; n];
-    if training {
+    let (mean, inv_std) = if training {
         if b < 2 {
             bail!("BatchNorm in training mode needs at least 2 cells in a minibatch (got {b})");
         }
-        // Statistics accumulated in f64: fewer rounding errors than the f32 reference, not more.
-        let mut m64 = vec![0f64; n];
-        for r in 0..b {
-            for (m, &v) in m64.iter_mut().zip(x.row(r)) {
-                *m += v.to_f64();
-            }
-        }
-        m64.iter_mut().for_each(|m| *m /= b as f64);
-        let mut v64 = vec![0f64; n];
-        for r in 0..b {
-            for ((s, &v), &m) in v64.iter_mut().zip(x.row(r)).zip(&m64) {
-                let dv = v.to_f64() - m;
-                *s += dv * dv;
-            }
-        }
-        v64.iter_mut().for_each(|s| *s /= b as f64);
-        for i in 0..n {
-            mean[i] = T::from_f64(m64[i]);
-            inv_std[i] = T::from_f64(1.0 / (v64[i] + BN_EPS).sqrt());
-        }
-        let var: Vec<f64> = v64;
+        let (mean, inv_std, var) = bn_batch_stats(x);
         // running = (1 − momentum)·running + momentum·batch (unbiased variance), counter + 1
-        let mom = BN_MOMENTUM;
-        let rm = p.get(bn.running_mean);
-        let rv = p.get(bn.running_var);
-        let unb = b as f64 / (b as f64 - 1.0);
-        upd.push((bn.running_mean, (0..n).map(|i| (1.0 - mom) * rm[i].to_f64() + mom * mean[i].to_f64()).collect()));
-        upd.push((
-            bn.running_var,
-            (0..n).map(|i| (1.0 - mom) * rv[i].to_f64() + mom * var[i] * unb).collect(),
-        ));
+        let (rm, rv) = bn_running_update(p.get(bn.running_mean), p.get(bn.running_var), &mean, &var, b);
+        upd.push((bn.running_mean, rm));
+        upd.push((bn.running_var, rv));
         upd.push((bn.num_batches_tracked, vec![p.get(bn.num_batches_tracked)[0].to_f64() + 1.0]));
+        (mean, inv_std)
     } else {
-        mean.copy_from_slice(p.get(bn.running_mean));
-        for (s, &v) in inv_std.iter_mut().zip(p.get(bn.running_var)) {
-            *s = T::ONE / (v + eps).sqrt();
+        bn_eval_stats(p.get(bn.running_mean), p.get(bn.running_var))
+    };
+    let (y, xhat) = bn_apply(x, &mean, &inv_std, gamma, beta);
+    Ok((y, NormCache { xhat, inv_std, batch_stats: training }))
+}
+
+/// Per-column mean, 1/√(var + ε) and biased variance of a minibatch (f64 sums: fewer rounding errors
+/// than the f32 reference, not more). Shared by `batchnorm_fwd` and the CUDA twin
+/// `dense_epilogue` (kernels/dense_epilogue.cu: dense_bn_stats).
+pub fn bn_batch_stats<T: Real>(x: &Mat<T>) -> (Vec<T>, Vec<T>, Vec<f64>) {
+    let (b, n) = (x.rows, x.cols);
+    let mut m64 = vec![0f64; n];
+    for r in 0..b {
+        for (m, &v) in m64.iter_mut().zip(x.row(r)) {
+            *m += v.to_f64();
         }
     }
+    m64.iter_mut().for_each(|m| *m /= b as f64);
+    let mut v64 = vec![0f64; n];
+    for r in 0..b {
+        for ((s, &v), &m) in v64.iter_mut().zip(x.row(r)).zip(&m64) {
+            let dv = v.to_f64() - m;
+            *s += dv * dv;
+        }
+    }
+    v64.iter_mut().for_each(|s| *s /= b as f64);
+    let mean: Vec<T> = m64.iter().map(|&m| T::from_f64(m)).collect();
+    let inv_std: Vec<T> = v64.iter().map(|&v| T::from_f64(1.0 / (v + BN_EPS).sqrt())).collect();
+    (mean, inv_std, v64)
+}
+
+/// The running statistics after one training minibatch of `b` cells (momentum BN_MOMENTUM, unbiased
+/// variance), in f64.
+pub fn bn_running_update<T: Real>(rm: &[T], rv: &[T], mean: &[T], var: &[f64], b: usize) -> (Vec<f64>, Vec<f64>) {
+    let mom = BN_MOMENTUM;
+    let unb = b as f64 / (b as f64 - 1.0);
+    let n = mean.len();
+    (
+        (0..n).map(|i| (1.0 - mom) * rm[i].to_f64() + mom * mean[i].to_f64()).collect(),
+        (0..n).map(|i| (1.0 - mom) * rv[i].to_f64() + mom * var[i] * unb).collect(),
+    )
+}
+
+/// Evaluation-mode statistics: the running mean and 1/√(running var + ε).
+pub fn bn_eval_stats<T: Real>(rm: &[T], rv: &[T]) -> (Vec<T>, Vec<T>) {
+    let eps = T::from_f64(BN_EPS);
+    (rm.to_vec(), rv.iter().map(|&v| T::ONE / (v + eps).sqrt()).collect())
+}
+
+/// y = x̂·γ + β with x̂ = (x − mean)·inv_std; returns (y, x̂).
+pub fn bn_apply<T: Real>(x: &Mat<T>, mean: &[T], inv_std: &[T], gamma: &[T], beta: &[T]) -> (Mat<T>, Mat<T>) {
+    let (b, n) = (x.rows, x.cols);
     let mut xhat = Mat::zeros(b, n);
     let mut y = Mat::zeros(b, n);
     for r in 0..b {
@@ -348,48 +367,53 @@ pub fn batchnorm_fwd<T: Real>(
             yr[i] = xhat.at(r, i) * gamma[i] + beta[i];
         }
     }
-    Ok((y, NormCache { xhat, inv_std, batch_stats: training }))
+    (y, xhat)
 }
 
 pub fn batchnorm_bwd<T: Real>(bn: &BnP, p: &Params<T>, c: &NormCache<T>, dy: &Mat<T>, g: &mut Grads<T>) -> Mat<T> {
+    let (dx, sum_dy, sum_dy_xhat) = bn_backward_core(&c.xhat, &c.inv_std, c.batch_stats, p.get(bn.w), dy);
+    if let Some(gw) = g.slot(bn.w) {
+        for i in 0..dy.cols {
+            gw[i] += sum_dy_xhat[i];
+        }
+    }
+    if let Some(gb) = g.slot(bn.b) {
+        for i in 0..dy.cols {
+            gb[i] += sum_dy[i];
+        }
+    }
+    dx
+}
+
+/// BatchNorm backward from d(y): returns (dx, Σ_rows dy = dβ, Σ_rows dy·x̂ = dγ).
+pub fn bn_backward_core<T: Real>(xhat: &Mat<T>, inv_std: &[T], batch_stats: bool, gamma: &[T], dy: &Mat<T>) -> (Mat<T>, Vec<T>, Vec<T>) {
     let (b, n) = (dy.rows, dy.cols);
-    let gamma = p.get(bn.w);
     let mut s1 = vec![0f64; n];
     let mut s2 = vec![0f64; n];
     for r in 0..b {
         for i in 0..n {
             let d = dy.at(r, i).to_f64();
             s1[i] += d;
-            s2[i] += d * c.xhat.at(r, i).to_f64();
+            s2[i] += d * xhat.at(r, i).to_f64();
         }
     }
     let sum_dy: Vec<T> = s1.iter().map(|&v| T::from_f64(v)).collect();
     let sum_dy_xhat: Vec<T> = s2.iter().map(|&v| T::from_f64(v)).collect();
-    if let Some(gw) = g.slot(bn.w) {
-        for i in 0..n {
-            gw[i] += sum_dy_xhat[i];
-        }
-    }
-    if let Some(gb) = g.slot(bn.b) {
-        for i in 0..n {
-            gb[i] += sum_dy[i];
-        }
-    }
     let mut dx = Mat::zeros(b, n);
     let bt = T::from_f64(b as f64);
     for r in 0..b {
         let row = dx.row_mut(r);
         for i in 0..n {
             let d = dy.at(r, i) * gamma[i];
-            row[i] = if c.batch_stats {
+            row[i] = if batch_stats {
                 // dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))
-                gamma[i] * c.inv_std[i] * (dy.at(r, i) - sum_dy[i] / bt - c.xhat.at(r, i) * sum_dy_xhat[i] / bt)
+                gamma[i] * inv_std[i] * (dy.at(r, i) - sum_dy[i] / bt - xhat.at(r, i) * sum_dy_xhat[i] / bt)
             } else {
-                d * c.inv_std[i]
+                d * inv_std[i]
             };
         }
     }
-    dx
+    (dx, sum_dy, sum_dy_xhat)
 }
 
 /// LayerNorm over each row, optional affine (gain, bias).

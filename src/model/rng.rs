@@ -50,6 +50,15 @@ impl DropStream {
 }
 
 impl DropStream {
+    /// The stream's hash key (for the CUDA kernels, which make the same decisions).
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+    /// Drop threshold in 1/65536 units: element kept when its 16-bit hash lane is ≥ this.
+    pub fn threshold(&self) -> u32 {
+        self.threshold
+    }
+
     /// Keep bits of elements `start .. start + n` (bit t of word t / 64 set = kept; the same decisions
     /// as [`DropStream::keep`]); `start` must be a multiple of 4 and `out` hold ⌈n / 64⌉ words.
     #[inline]
