@@ -48,15 +48,8 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
-/// The `--device` option, to `#[command(flatten)]` into a subcommand's arguments.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct DeviceArgs {
-    /// Compute device: auto (cuda:0 when usable, else cpu), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto", value_parser = parse_device_spec)]
-    pub device: DeviceSpec,
-}
-
-fn parse_device_spec(s: &str) -> Result<DeviceSpec, String> {
+/// clap value parser of `--device` (a global option of the CLI: every command takes it).
+pub fn parse_device_spec(s: &str) -> Result<DeviceSpec, String> {
     s.parse()
 }
 
@@ -127,6 +120,33 @@ pub fn resolve_with(spec: DeviceSpec, usable: impl Fn(usize) -> Result<cuda::Dev
     }
 }
 
+/// Why a command runs on the CPU even where a GPU is usable: its CUDA path is not built yet.
+fn no_cuda_path(command: &str) -> String {
+    format!(
+        "`splicevi {command}` has no CUDA path yet (kernels/*.cu hold the likelihood, latent, epilogue and \
+         optimizer kernels, but the training step and the analyses still run on the CPU backend)"
+    )
+}
+
+/// [`resolve`] for a command that runs on the CPU backend only (today: all of them). `cpu` is the CPU;
+/// `auto` is the CPU with a one-line reason; `cuda[:N]` is an error naming the command (never a silent
+/// fallback), after checking that the device itself is usable.
+pub fn resolve_for_command(spec: DeviceSpec, command: &str) -> Result<Resolved> {
+    resolve_for_command_with(spec, command, cuda::cuda_usable)
+}
+
+/// [`resolve_for_command`] with the device probe injected (for tests).
+pub fn resolve_for_command_with(spec: DeviceSpec, command: &str, usable: impl Fn(usize) -> Result<cuda::DeviceInfo, String>) -> Result<Resolved> {
+    let r = resolve_with(spec, usable)?;
+    match (&r.device, spec) {
+        (Device::Cpu, _) => Ok(r),
+        (Device::Cuda(i), DeviceSpec::Auto) => {
+            Ok(Resolved { device: Device::Cpu, fallback_reason: Some(format!("using the CPU although cuda:{} ({}) is usable: {}", i.ordinal, i.name, no_cuda_path(command))) })
+        }
+        (Device::Cuda(i), _) => bail!("--device cuda:{} cannot be honoured: {}; use --device cpu or auto", i.ordinal, no_cuda_path(command)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +186,24 @@ mod tests {
         assert!(r.fallback_reason.unwrap().contains("no NVIDIA driver"));
         assert!(resolve_with(DeviceSpec::Cuda(1), gpu).unwrap_err().to_string().contains("cuda:1"));
         assert_eq!(resolve_with(DeviceSpec::Cpu, gpu).unwrap().device, Device::Cpu);
+    }
+
+    #[test]
+    fn commands_without_a_cuda_path() {
+        // a usable GPU: auto runs on the CPU and says why; an explicit cuda request is an error
+        let r = resolve_for_command_with(DeviceSpec::Auto, "train", gpu).unwrap();
+        assert_eq!(r.device, Device::Cpu);
+        let why = r.fallback_reason.unwrap();
+        assert!(why.contains("cuda:0 (Test GPU)") && why.contains("splicevi train") && why.contains("no CUDA path"), "{why}");
+        let e = resolve_for_command_with(DeviceSpec::Cuda(0), "embed", gpu).unwrap_err().to_string();
+        assert!(e.contains("splicevi embed") && e.contains("--device cpu"), "{e}");
+        // an unusable device is reported as such, before the missing CUDA path
+        let e = resolve_for_command_with(DeviceSpec::Cuda(1), "embed", gpu).unwrap_err().to_string();
+        assert!(e.contains("unavailable") && e.contains("no device cuda:1"), "{e}");
+        let r = resolve_for_command_with(DeviceSpec::Cpu, "bench", gpu).unwrap();
+        assert!(r.device == Device::Cpu && r.fallback_reason.is_none());
+        let r = resolve_for_command_with(DeviceSpec::Auto, "bench", |_| Err("no NVIDIA driver".into())).unwrap();
+        assert!(r.fallback_reason.unwrap().contains("no NVIDIA driver"));
     }
 
     #[test]

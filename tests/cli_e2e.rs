@@ -65,12 +65,18 @@ fn bad_options_fail_before_any_work() {
         (vec!["--lr", "-1"], "lr"),
         (vec!["--preset", "fancy"], "fancy"),
         (vec!["--max-epochs", "many"], "max_epochs"),
+        (vec!["--device", "tpu"], "tpu"),
+        // no GPU here: unavailable; with one: no CUDA path for train yet. Either way an error, never a fallback.
+        (vec!["--device", "cuda"], "--device cuda:0"),
     ];
     for (flags, needle) in cases {
         let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(&flags));
         assert!(text.contains(needle), "{flags:?}: error does not name `{needle}`:\n{text}");
         assert!(!run.join("model.safetensors").exists(), "{flags:?} wrote a checkpoint");
     }
+    // `auto` runs on the CPU and says why in one line.
+    let text = ok(bin().arg("--device").arg("auto").arg("check-fixture").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/default-model")));
+    assert!(text.contains("device: cpu"), "{text}");
     // A config file with a misspelt option names the file and the key.
     let cfg = tmp.path().join("c.toml");
     std::fs::write(&cfg, "[model]\nn_latnet = 4\n").unwrap();

@@ -23,6 +23,10 @@ pub struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Compute device of every command: auto (cuda:0 when usable, else cpu, with a one-line reason),
+    /// cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto", value_parser = crate::device::parse_device_spec)]
+    pub device: crate::device::DeviceSpec,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,6 +64,23 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    // Every compute command resolves --device first, so an impossible request fails before any work.
+    let compute = match &cli.command {
+        Command::Simulate(_) | Command::Validate(_) | Command::Plot(_) | Command::Info(_) => None,
+        Command::Train(_) => Some("train"),
+        Command::Embed(_) => Some("embed"),
+        Command::Impute(_) => Some("impute"),
+        Command::NormalizeExpression(_) => Some("normalize-expression"),
+        Command::DiffSplicing(_) => Some("diff-splicing"),
+        Command::DiffExpression(_) => Some("diff-expression"),
+        Command::Evaluate(_) => Some("evaluate"),
+        Command::CheckFixture(_) => Some("check-fixture"),
+        Command::Bench(_) => Some("bench"),
+    };
+    if let Some(name) = compute {
+        let r = crate::device::resolve_for_command(cli.device, name)?;
+        eprintln!("{}", r.describe());
     }
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
