@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything a GPU check needs into one folder that can be carried to a GPU machine without Rust
-# (e.g. the device tool's `run`, carrying target/gpu-bundle), and writes run-on-gpu.sh into it.
+# (e.g. the device tool's `run`, carrying target/gpu-bundle or, smaller, target/gpu-bundle.tar.gz), and
+# writes run-on-gpu.sh into it.
 #
 #   scripts/gpu-check.sh [OUT_DIR]          default OUT_DIR: target/gpu-bundle
 #   env GPU_TESTS="cuda_parity special"     test targets to bundle (default: these two plus every tests/*.rs
@@ -119,3 +120,7 @@ exit $status
 RUN
 chmod +x "$OUT/run-on-gpu.sh"
 echo "[gpu-check] bundle: $OUT ($(du -sh "$OUT" | cut -f1)); on the GPU machine run: bash $OUT/run-on-gpu.sh"
+# The test binaries are ~8 MB each and the device tool carries at most 64 MiB: also write a gzip'd
+# tarball (about a quarter of the size) to carry instead.
+tar -czf "$OUT.tar.gz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
+echo "[gpu-check] or carry $OUT.tar.gz ($(du -sh "$OUT.tar.gz" | cut -f1)) and run: tar -xzf $(basename "$OUT").tar.gz && bash $(basename "$OUT")/run-on-gpu.sh"
