@@ -93,23 +93,20 @@ inline int __syncthreads_count(int pred) {
     return c;
 }
 
-inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) {
+namespace emu {
+// One warp-wide exchange through `buf` (one slot per thread of the block).
+template <class T>
+inline T shfl_xor(std::vector<T>& buf, T v, int lane_mask) {
     const unsigned t = threadIdx.x, w = t / 32;
-    emu::warp_exchange[t] = v;
-    emu::warp_barriers[w]->arrive_and_wait();
-    const float r = emu::warp_exchange[t ^ (unsigned)lane_mask];
-    emu::warp_barriers[w]->arrive_and_wait();
+    buf[t] = v;
+    warp_barriers[w]->arrive_and_wait();
+    const T r = buf[t ^ (unsigned)lane_mask];
+    warp_barriers[w]->arrive_and_wait();
     return r;
 }
-
-inline double __shfl_xor_sync(unsigned /*mask*/, double v, int lane_mask) {
-    const unsigned t = threadIdx.x, w = t / 32;
-    emu::warp_exchange_d[t] = v;
-    emu::warp_barriers[w]->arrive_and_wait();
-    const double r = emu::warp_exchange_d[t ^ (unsigned)lane_mask];
-    emu::warp_barriers[w]->arrive_and_wait();
-    return r;
-}
+}  // namespace emu
+inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) { return emu::shfl_xor(emu::warp_exchange, v, lane_mask); }
+inline double __shfl_xor_sync(unsigned /*mask*/, double v, int lane_mask) { return emu::shfl_xor(emu::warp_exchange_d, v, lane_mask); }
 
 template <class T>
 inline T __ldcg(const T* p) { return *p; }

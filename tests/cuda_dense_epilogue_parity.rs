@@ -25,10 +25,9 @@ use splicevi::model::real::Real;
 use splicevi::model::rng::DropStream;
 use splicevi::model::tensor::Mat;
 
-fn skipped(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {msg}");
-}
+#[path = "common/emu.rs"]
+mod emu;
+use emu::{close, f32s, skipped};
 
 #[derive(Clone)]
 struct Case {
@@ -202,22 +201,6 @@ fn twin_is_what_fc_layers_computes() {
     }
 }
 
-/// `floor`: a magnitude below which the tensor's own scale does not shrink the tolerance (for sums
-/// that cancel, e.g. d(bias) under batch-statistics BatchNorm, which is 0 up to rounding).
-fn close(what: &str, case: &str, got: &[f32], want: &[f32], floor: f64) {
-    assert_eq!(got.len(), want.len(), "{case}: {what}: {} values, twin has {}", got.len(), want.len());
-    let scale = want.iter().fold(floor, |a, &v| a.max((v as f64).abs()));
-    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g as f64, w as f64);
-        let tol = 2e-4 * w.abs() + 2e-5 * scale;
-        assert!(g.is_finite() && (g - w).abs() <= tol, "{case}: {what}[{k}] = {g:e}, twin {w:e} (tolerance {tol:e})");
-    }
-}
-
-fn f32s(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
-}
-
 fn compare(c: &Case, got: &EpilogueHost) {
     let n = name(&c.e);
     let (out, g) = c.run::<f32>();
@@ -244,28 +227,10 @@ fn parity_cases(seed: u64) -> Vec<Case> {
     all_epilogues(seed).into_iter().enumerate().map(|(k, e)| Case::random(seed + k as u64, 37, if k % 2 == 0 { 5 } else { 70 }, e)).collect()
 }
 
-const EMU_H: &str = include_str!("../kernels/host_emu.h");
 const EPI_CU: &str = include_str!("../kernels/dense_epilogue.cu");
 
+/// The harness main (the I/O preamble is common/emu.rs's).
 const HARNESS: &str = r#"
-#include "dense_epilogue.cu"
-#include <cstdio>
-#include <string>
-#include <vector>
-template <class T> std::vector<T> rd(const std::string& d, const char* name) {
-    std::vector<T> v;
-    FILE* f = std::fopen((d + "/" + name + ".bin").c_str(), "rb");
-    if (!f) return v;
-    T x;
-    while (std::fread(&x, sizeof(T), 1, f) == 1) v.push_back(x);
-    std::fclose(f);
-    return v;
-}
-template <class T> void wr(const std::string& d, const char* name, const std::vector<T>& v) {
-    FILE* f = std::fopen((d + "/" + name + ".out").c_str(), "wb");
-    std::fwrite(v.data(), sizeof(T), v.size(), f);
-    std::fclose(f);
-}
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
     const std::string d = argv[1];
@@ -300,62 +265,34 @@ int main(int argc, char** argv) {
 }
 "#;
 
-fn write_bin(dir: &std::path::Path, name: &str, v: &[f32]) {
-    std::fs::write(dir.join(format!("{name}.bin")), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-}
-
-fn read_f32(dir: &std::path::Path, name: &str) -> Vec<f32> {
-    let b = std::fs::read(dir.join(format!("{name}.out"))).unwrap();
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
 #[test]
 fn host_emu_dense_epilogue_matches_twin() {
     assert_eq!(EPI_THREADS, 128);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("host_emu.h"), EMU_H).unwrap();
-    std::fs::write(d.join("dense_epilogue.cu"), EPI_CU).unwrap();
-    std::fs::write(d.join("harness.cpp"), HARNESS).unwrap();
-    let exe = d.join("epi_emu");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let out = match std::process::Command::new(&cxx)
-        .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++", "-I"])
-        .arg(d)
-        .arg(d.join("harness.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            skipped(&format!("host build (emulation) of kernels/dense_epilogue.cu: no C++ compiler ({cxx}: {e})"));
+    let exe = match emu::build(d, "dense_epilogue.cu", EPI_CU, HARNESS) {
+        Ok(e) => e,
+        Err(reason) => {
+            skipped(&format!("host build (emulation) of kernels/dense_epilogue.cu: {reason}"));
             return;
         }
     };
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    if !out.status.success() && err.contains("barrier") && err.contains("No such file") {
-        skipped(&format!("host build (emulation) of kernels/dense_epilogue.cu: {cxx} has no C++20 <barrier>"));
-        return;
-    }
-    assert!(out.status.success(), "{cxx} failed to compile kernels/dense_epilogue.cu for the host emulation:\n{err}");
     for c in parity_cases(400) {
         let (key, thr, scale, drop) = dropout_args(&c.e);
         std::fs::write(d.join("params.txt"), format!("{} {} {} {} {} {key} {thr} {scale:e} {drop}", c.b, c.h, bn_code(c.e.bn), c.e.ln as i32, act_code(c.e.act))).unwrap();
         for (n, v) in [("y0", &c.y0), ("bias", &c.bias), ("gamma", &c.gamma), ("beta", &c.beta), ("rm", &c.rm), ("rv", &c.rv), ("dout", &c.dout)] {
-            write_bin(d, n, &f32s(v));
+            emu::write_f32(d, n, &f32s(v));
         }
-        let st = std::process::Command::new(&exe).arg(d).status().unwrap();
-        assert!(st.success(), "epi_emu exited with {st}");
+        emu::run(&exe, d);
         let got = EpilogueHost {
-            out: read_f32(d, "out"),
-            pre_act: read_f32(d, "pre"),
-            running_mean: read_f32(d, "rm"),
-            running_var: read_f32(d, "rv"),
-            dy0: read_f32(d, "dy0"),
-            d_bias: read_f32(d, "db"),
-            d_gamma: read_f32(d, "dg"),
-            d_beta: read_f32(d, "dbeta"),
+            out: emu::read_f32(d, "out"),
+            pre_act: emu::read_f32(d, "pre"),
+            running_mean: emu::read_f32(d, "rm"),
+            running_var: emu::read_f32(d, "rv"),
+            dy0: emu::read_f32(d, "dy0"),
+            d_bias: emu::read_f32(d, "db"),
+            d_gamma: emu::read_f32(d, "dg"),
+            d_beta: emu::read_f32(d, "dbeta"),
         };
         compare(&c, &got);
     }

@@ -22,10 +22,9 @@ use splicevi::model::real::Real;
 use splicevi::model::tensor::Mat;
 use splicevi::model::vae::Modality;
 
-fn skipped(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {msg}");
-}
+#[path = "common/emu.rs"]
+mod emu;
+use emu::{close, f32s, skipped};
 
 const MIXES: [Mix; 6] = [
     Mix::Concat,
@@ -194,33 +193,23 @@ fn kernel_penalty(c: &Case, h: &LatentHost) -> f64 {
     }
 }
 
-fn close(what: &str, case: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{case}: {what}: {} values, twin has {}", got.len(), want.len());
-    let scale = want.iter().fold(0f64, |a, &v| a.max((v as f64).abs()));
-    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g as f64, w as f64);
-        let tol = 2e-4 * w.abs() + 2e-5 * scale;
-        assert!(g.is_finite() && (g - w).abs() <= tol, "{case}: {what}[{k}] = {g:e}, twin {w:e} (tolerance {tol:e})");
-    }
-}
-
 fn compare(c: &Case, got: &LatentHost) {
     let name = format!("mix {:?} ln {} penalty {} dqm {}", c.mix, c.ln, c.penalty.as_str(), c.dqm.is_some());
     let want = twin_f32(c);
-    close("qz_m", &name, &got.qz_m, &want.qz_m);
-    close("qz_v", &name, &got.qz_v, &want.qz_v);
-    close("z", &name, &got.z, &want.z);
-    close("kl", &name, &got.kl_row, &want.kl_row);
+    close("qz_m", &name, &got.qz_m, &want.qz_m, 0.0);
+    close("qz_v", &name, &got.qz_v, &want.qz_v, 0.0);
+    close("z", &name, &got.z, &want.z, 0.0);
+    close("kl", &name, &got.kl_row, &want.kl_row, 0.0);
     let (p, pw) = (kernel_penalty(c, got), want.pen_row[0] as f64);
     assert!((p - pw).abs() <= 1e-4 * pw.abs() + 1e-5, "{name}: penalty {p:e}, twin {pw:e}");
     if c.mix == Mix::Concat || c.penalty == ModalityPenalty::None {
         assert!(got.pen_row.iter().all(|&v| v == 0.0), "{name}: pen_row must be 0 without a penalty");
     }
-    close("d_mu_e", &name, &got.d_mu_e, &want.d_mu_e);
-    close("d_v_e", &name, &got.d_v_e, &want.d_v_e);
-    close("d_mu_s", &name, &got.d_mu_s, &want.d_mu_s);
-    close("d_v_s", &name, &got.d_v_s, &want.d_v_s);
-    close("d_raw", &name, &got.d_raw, &want.d_raw);
+    close("d_mu_e", &name, &got.d_mu_e, &want.d_mu_e, 0.0);
+    close("d_v_e", &name, &got.d_v_e, &want.d_v_e, 0.0);
+    close("d_mu_s", &name, &got.d_mu_s, &want.d_mu_s, 0.0);
+    close("d_v_s", &name, &got.d_v_s, &want.d_v_s, 0.0);
+    close("d_raw", &name, &got.d_raw, &want.d_raw, 0.0);
 }
 
 /// Every case of the parity suites (B = 37 is not a multiple of the 4 cells per block; d = 5 and 40
@@ -302,29 +291,10 @@ fn twin_refuses_mmd_rbf_and_the_kernel_codes_do_too() {
 // =====================================================================================================
 // Host emulation of the kernel source.
 
-const EMU_H: &str = include_str!("../kernels/host_emu.h");
 const LATENT_CU: &str = include_str!("../kernels/latent.cu");
 
+/// The harness main (the I/O preamble is common/emu.rs's).
 const HARNESS: &str = r#"
-#include "latent.cu"
-#include <cstdio>
-#include <string>
-#include <vector>
-template <class T> std::vector<T> rd(const std::string& d, const char* name) {
-    std::vector<T> v;
-    FILE* f = std::fopen((d + "/" + name + ".bin").c_str(), "rb");
-    if (!f) return v;
-    T x;
-    while (std::fread(&x, sizeof(T), 1, f) == 1) v.push_back(x);
-    std::fclose(f);
-    return v;
-}
-template <class T> void wr(const std::string& d, const char* name, const std::vector<T>& v) {
-    FILE* f = std::fopen((d + "/" + name + ".out").c_str(), "wb");
-    std::fwrite(v.data(), sizeof(T), v.size(), f);
-    std::fclose(f);
-}
-template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
     const std::string d = argv[1];
@@ -356,50 +326,17 @@ int main(int argc, char** argv) {
 }
 "#;
 
-fn write_bin<T: Copy>(dir: &std::path::Path, name: &str, v: &[T]) {
-    // SAFETY: plain-old-data slices (f32, u8) viewed as bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
-    std::fs::write(dir.join(format!("{name}.bin")), bytes).unwrap();
-}
-
-fn read_f32(dir: &std::path::Path, name: &str) -> Vec<f32> {
-    let b = std::fs::read(dir.join(format!("{name}.out"))).unwrap();
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
-fn f32s(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
-}
-
 #[test]
 fn host_emu_latent_matches_twin() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("host_emu.h"), EMU_H).unwrap();
-    std::fs::write(d.join("latent.cu"), LATENT_CU).unwrap();
-    std::fs::write(d.join("harness.cpp"), HARNESS).unwrap();
-    let exe = d.join("latent_emu");
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let out = match std::process::Command::new(&cxx)
-        .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++", "-I"])
-        .arg(d)
-        .arg(d.join("harness.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            skipped(&format!("host build (emulation) of kernels/latent.cu: no C++ compiler ({cxx}: {e})"));
+    let exe = match emu::build(d, "latent.cu", LATENT_CU, HARNESS) {
+        Ok(e) => e,
+        Err(reason) => {
+            skipped(&format!("host build (emulation) of kernels/latent.cu: {reason}"));
             return;
         }
     };
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    if !out.status.success() && err.contains("barrier") && err.contains("No such file") {
-        skipped(&format!("host build (emulation) of kernels/latent.cu: {cxx} has no C++20 <barrier>"));
-        return;
-    }
-    assert!(out.status.success(), "{cxx} failed to compile kernels/latent.cu for the host emulation:\n{err}");
     for c in parity_cases(100) {
         let pscale = penalty_scale(c.penalty, c.kl_weight as f32);
         let perdim_mask = matches!(c.mix, Mix::PerDim { mask_spl: true }) as i32;
@@ -409,29 +346,28 @@ fn host_emu_latent_matches_twin() {
         )
         .unwrap();
         for (name, v) in [("mu_e", &c.mu_e), ("v_e", &c.v_e), ("mu_s", &c.mu_s), ("v_s", &c.v_s), ("raw", &c.raw), ("eps", &c.eps), ("dz", &c.dz)] {
-            write_bin(d, name, &f32s(v));
+            emu::write_f32(d, name, &f32s(v));
         }
         match &c.dqm {
-            Some(q) => write_bin(d, "dqm", &f32s(q)),
+            Some(q) => emu::write_f32(d, "dqm", &f32s(q)),
             None => {
                 let _ = std::fs::remove_file(d.join("dqm.bin"));
             }
         }
-        write_bin(d, "mask_e", &c.mask_e.iter().map(|&x| x as u8).collect::<Vec<u8>>());
-        write_bin(d, "mask_s", &c.mask_s.iter().map(|&x| x as u8).collect::<Vec<u8>>());
-        let st = std::process::Command::new(&exe).arg(d).status().unwrap();
-        assert!(st.success(), "latent_emu exited with {st}");
+        emu::write_u8(d, "mask_e", &c.mask_e.iter().map(|&x| x as u8).collect::<Vec<u8>>());
+        emu::write_u8(d, "mask_s", &c.mask_s.iter().map(|&x| x as u8).collect::<Vec<u8>>());
+        emu::run(&exe, d);
         let got = LatentHost {
-            qz_m: read_f32(d, "qz_m"),
-            qz_v: read_f32(d, "qz_v"),
-            z: read_f32(d, "z"),
-            kl_row: read_f32(d, "kl_row"),
-            pen_row: read_f32(d, "pen_row"),
-            d_mu_e: read_f32(d, "d_mu_e"),
-            d_v_e: read_f32(d, "d_v_e"),
-            d_mu_s: read_f32(d, "d_mu_s"),
-            d_v_s: read_f32(d, "d_v_s"),
-            d_raw: read_f32(d, "d_raw"),
+            qz_m: emu::read_f32(d, "qz_m"),
+            qz_v: emu::read_f32(d, "qz_v"),
+            z: emu::read_f32(d, "z"),
+            kl_row: emu::read_f32(d, "kl_row"),
+            pen_row: emu::read_f32(d, "pen_row"),
+            d_mu_e: emu::read_f32(d, "d_mu_e"),
+            d_v_e: emu::read_f32(d, "d_v_e"),
+            d_mu_s: emu::read_f32(d, "d_mu_s"),
+            d_v_s: emu::read_f32(d, "d_v_s"),
+            d_raw: emu::read_f32(d, "d_raw"),
         };
         compare(&c, &got);
     }

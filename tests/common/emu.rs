@@ -1,0 +1,97 @@
+//! Shared by the kernel parity tests that run a kernel source on the host through kernels/host_emu.h:
+//! the C++ harness's file I/O, the host build (or the reason it cannot be done), the binary files the
+//! harness reads and writes, and the per-precision comparison.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// Prints "SKIPPED: ..." straight to stderr (libtest captures the output of passing tests).
+pub fn skipped(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {msg}");
+}
+
+const EMU_H: &str = include_str!("../../kernels/host_emu.h");
+
+/// The harness preamble: `rd<T>(dir, name)` reads DIR/name.bin (empty when absent), `wr(dir, name, v)`
+/// writes DIR/name.out, `ptr(v)` is null for an empty vector.
+const HARNESS_IO: &str = r#"
+#include <cstdio>
+#include <string>
+#include <vector>
+template <class T> std::vector<T> rd(const std::string& d, const char* name) {
+    std::vector<T> v;
+    FILE* f = std::fopen((d + "/" + name + ".bin").c_str(), "rb");
+    if (!f) return v;
+    T x;
+    while (std::fread(&x, sizeof(T), 1, f) == 1) v.push_back(x);
+    std::fclose(f);
+    return v;
+}
+template <class T> void wr(const std::string& d, const char* name, const std::vector<T>& v) {
+    FILE* f = std::fopen((d + "/" + name + ".out").c_str(), "wb");
+    std::fwrite(v.data(), sizeof(T), v.size(), f);
+    std::fclose(f);
+}
+template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
+"#;
+
+/// Compiles `kernel_src` (saved as `kernel_file`) with the harness `main_src` by the host C++20
+/// compiler into `dir`. Err(reason) when there is no C++20 compiler; a compile error panics.
+pub fn build(dir: &Path, kernel_file: &str, kernel_src: &str, main_src: &str) -> Result<PathBuf, String> {
+    std::fs::write(dir.join("host_emu.h"), EMU_H).unwrap();
+    std::fs::write(dir.join(kernel_file), kernel_src).unwrap();
+    let src = dir.join("harness.cpp");
+    std::fs::write(&src, format!("#include \"{kernel_file}\"\n{HARNESS_IO}\n{main_src}")).unwrap();
+    let exe = dir.join("harness");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let out = std::process::Command::new(&cxx)
+        .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++", "-I"])
+        .arg(dir)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .map_err(|e| format!("no C++ compiler ({cxx}: {e})"))?;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    if !out.status.success() && err.contains("barrier") && err.contains("No such file") {
+        return Err(format!("{cxx} has no C++20 <barrier>"));
+    }
+    assert!(out.status.success(), "{cxx} failed to compile kernels/{kernel_file} for the host emulation:\n{err}");
+    Ok(exe)
+}
+
+/// Runs the harness on `dir` and asserts it succeeded.
+pub fn run(exe: &Path, dir: &Path) {
+    let st = std::process::Command::new(exe).arg(dir).status().unwrap();
+    assert!(st.success(), "{} exited with {st}", exe.display());
+}
+
+pub fn write_f32(dir: &Path, name: &str, v: &[f32]) {
+    std::fs::write(dir.join(format!("{name}.bin")), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+}
+
+pub fn write_u8(dir: &Path, name: &str, v: &[u8]) {
+    std::fs::write(dir.join(format!("{name}.bin")), v).unwrap();
+}
+
+pub fn read_f32(dir: &Path, name: &str) -> Vec<f32> {
+    let b = std::fs::read(dir.join(format!("{name}.out"))).unwrap();
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+pub fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// f32 kernel vs f32 twin: |kernel − twin| ≤ 2e-4·|twin| + 2e-5·max(max|twin tensor|, floor), every
+/// value finite. `floor` keeps sums that cancel from shrinking the tolerance to their own rounding.
+pub fn close(what: &str, case: &str, got: &[f32], want: &[f32], floor: f64) {
+    assert_eq!(got.len(), want.len(), "{case}: {what}: {} values, twin has {}", got.len(), want.len());
+    let scale = want.iter().fold(floor, |a, &v| a.max((v as f64).abs()));
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g as f64, w as f64);
+        let tol = 2e-4 * w.abs() + 2e-5 * scale;
+        assert!(g.is_finite() && (g - w).abs() <= tol, "{case}: {what}[{k}] = {g:e}, twin {w:e} (tolerance {tol:e})");
+    }
+}
