@@ -8,6 +8,7 @@
 // rendezvous of up to 256 OS threads): the tests use small problems.
 //   __syncthreads / __syncthreads_count : std::barrier over the block
 //   __shfl_xor_sync                      : an exchange buffer + std::barrier per warp of 32
+//   __ballot_sync / __syncwarp           : the same, per warp of 32
 // Not a general emulator: 1-D grids and blocks, blockDim a multiple of 32, full-warp shuffles only.
 // (Never included by nvcc: the .cu files include it only when __CUDACC__ is not defined.)
 #pragma once
@@ -43,6 +44,7 @@ inline std::unique_ptr<std::barrier<>> block_barrier;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline std::vector<float> warp_exchange;
 inline std::vector<double> warp_exchange_d;
+inline std::vector<unsigned> warp_ballot;
 inline std::atomic<int> count_acc{0};
 inline std::vector<unsigned char> dynamic_smem;
 
@@ -57,6 +59,7 @@ void launch(unsigned grid, unsigned block, size_t smem, F kernel) {
     for (unsigned w = 0; w < block / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
     warp_exchange.assign(block, 0.0f);
     warp_exchange_d.assign(block, 0.0);
+    warp_ballot.assign(block, 0u);
     count_acc = 0;
     std::vector<std::thread> ts;
     ts.reserve(block);
@@ -107,6 +110,19 @@ inline T shfl_xor(std::vector<T>& buf, T v, int lane_mask) {
 }  // namespace emu
 inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) { return emu::shfl_xor(emu::warp_exchange, v, lane_mask); }
 inline double __shfl_xor_sync(unsigned /*mask*/, double v, int lane_mask) { return emu::shfl_xor(emu::warp_exchange_d, v, lane_mask); }
+
+// __ballot_sync: bit l set when lane l's predicate holds (full warp).
+inline unsigned __ballot_sync(unsigned /*mask*/, int pred) {
+    const unsigned t = threadIdx.x, w = t / 32;
+    emu::warp_ballot[t] = pred ? 1u : 0u;
+    emu::warp_barriers[w]->arrive_and_wait();
+    unsigned r = 0;
+    for (unsigned l = 0; l < 32; ++l) r |= emu::warp_ballot[w * 32 + l] << l;
+    emu::warp_barriers[w]->arrive_and_wait();
+    return r;
+}
+// __syncwarp: a rendezvous of the warp's 32 threads (std::barrier also orders their memory accesses).
+inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 
 template <class T>
 inline T __ldcg(const T* p) { return *p; }

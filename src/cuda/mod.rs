@@ -1,7 +1,7 @@
 //! CUDA backend runtime: the kernels embedded by build.rs (one fatbin per `kernels/*.cu`), driver and
 //! device discovery that never panics on a machine without the NVIDIA driver, a context + stream with the
-//! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`], [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`], [`CudaDenseEpilogue`]; the
-//! likelihood, latent and dense-epilogue kernels have never run on a GPU), the
+//! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`], [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`], [`CudaDenseEpilogue`],
+//! [`CudaPartial`]; the likelihood, latent, dense-epilogue and partial-encoder kernels have never run on a GPU), the
 //! one-allocation device memory arena ([`arena`]), and optional NVTX ranges ([`nvtx`]).
 //!
 //! Nothing CUDA is linked at build time: cudarc loads `libcuda.so` at run time (dynamic-loading), so the
@@ -15,6 +15,7 @@ pub mod expr_lik;
 pub mod latent;
 pub mod nvtx;
 pub mod optim;
+pub mod partial;
 pub mod runtime;
 pub mod special;
 pub mod splicing_lik;
@@ -25,6 +26,7 @@ pub use runtime::{CudaDevice, DeviceMem};
 pub use dense_epilogue::CudaDenseEpilogue;
 pub use expr_lik::CudaExprLik;
 pub use latent::CudaLatent;
+pub use partial::CudaPartial;
 pub use special::CudaSpecial;
 pub use splicing_lik::CudaSplicingLik;
 

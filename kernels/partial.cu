@@ -1,0 +1,814 @@
+// The partial splicing encoder's per-pair network and pooling (model.md §2.5 steps 1–6), forward and
+// backward, as chunked scatter aggregation over the observed (cell, junction) pairs of a minibatch.
+// CPU twin: splicevi::model::partial (partial_forward / partial_backward); the algebra is explained
+// there (`Fold`): the first Linear + LayerNorm is folded per junction, so a pair costs two FMAs per
+// hidden unit before the second Linear.
+//   partial_fold        : one warp per junction: F̂_j = e_j/‖e_j‖, u_j = W₀[:,0] + W₀[:,1:]·F̂_j, and the
+//                         folded LayerNorm (ũ_j, g₁⊙ũ_j, s_uu, s_ub; b̃, g₁⊙b̃, s_bb); also W₄ᵀ.
+//   partial_ref_fwd     : one warp: the reference code h(0) (`partial_center_psi`).
+//   partial_pool_fwd    : one warp per cell: every observed pair of the cell through the h network and
+//                         into the cell's pooled code, in pair order; per-pair activations never leave
+//                         the warp (only the dropout keep bits, one bit per hidden unit, for the
+//                         backward's recompute). The pooled sum is divided as the pool mode says.
+//   partial_pair_bwd    : one warp per junction (junction-major walk): recompute each pair, backprop
+//                         d(pool) through it; the per-junction sums (Q_j, four scalars) are owned by the
+//                         warp, the parameter sums go to the warp's own slot (no atomics).
+//   partial_ref_bwd     : one warp: h(0)'s share, into the last slot.
+//   partial_unfold_rows : one warp per junction: d u_j, then d F̂_j → d e_j.
+//   partial_bwd_params  : one thread per parameter element: sums over junctions and slots in a fixed
+//                         order (f64) and adds into the gradient buffers.
+// Everything is deterministic: the partition into warps depends only on J and the sizes, every sum
+// has a fixed order, nothing uses float atomics.
+//
+// Lane layout. A pass processes up to G = 32 / W pairs at once, W = min(Dp, 32) lanes per pair, Dp the
+// next power of two ≥ D (D = 16: two pairs per pass; D ≥ 32: one pair, D / 32 code units per lane).
+// Lane element e = lane + 32·i (i < OPL) holds code unit t = e % Dp of pass pair g = e / Dp; hidden unit
+// k = lane + 32·i (i < HPL) is held by every lane for every pass pair.
+// Limits: h_hidden ≤ 256, code_dim ≤ 128 (the launcher checks; the CPU path has none).
+// ptxas reports a few bytes of spills for partial_pool_fwd: the IEEE division's slow-path call ABI
+// (the pooled sum ÷ the divisor, once per cell), off the per-pair loop.
+// (Never run on a GPU yet: none was available when it was written; its logic is checked on the host
+// through kernels/host_emu.h by tests/cuda_partial_parity.rs.)
+#include <cstdint>
+#ifdef __CUDACC__
+#define PART_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#else
+#include "host_emu.h"
+#define PART_SMEM(name) unsigned char* name = emu::dynamic_smem.data()
+#endif
+
+#define PART_THREADS 128
+#define PART_HMAX 256
+#define PART_DMAX 128
+#define HPL_MAX (PART_HMAX / 32)
+#define OPL_MAX (PART_DMAX / 32)
+#define PART_NORM_EPS 1e-8f
+#define PART_LN_EPS 1e-5
+#define POOL_SUM 0
+#define POOL_MEAN 1
+#define POOL_FIXED 2
+#define DROP_NONE 0
+#define DROP_STORE 1
+#define DROP_LOAD 2
+
+// Dynamic shared memory per warp of partial_pool_fwd / partial_ref_fwd (bwd = 0) and partial_pair_bwd /
+// partial_ref_bwd (bwd = 1); the host emulation harness prints it so the launcher's copy is tested.
+__host__ __device__ inline size_t partial_smem_per_warp(int Hh, int D, int bwd) {
+    int Dp = 1;
+    while (Dp < D) Dp <<= 1;
+    const int W = Dp < 32 ? Dp : 32, G = 32 / W;
+    size_t floats = (size_t)G * Hh + (size_t)G + (bwd ? (size_t)G * D + (size_t)D * Hh : 0);
+    size_t bytes = 16 * (size_t)G + 4 * floats + 4 * 3 * (size_t)G;
+    return (bytes + 15) / 16 * 16;
+}
+
+namespace {
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+// Sum over the W lanes of one pass pair (W a power of two ≤ 32).
+__device__ __forceinline__ float seg_sum(float v, int W) {
+    for (int o = W >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// model::rng::mix64 / DropStream::keep
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ bool keep_hash(uint64_t key, uint32_t threshold, uint64_t idx) {
+    const uint64_t h = mix64(key ^ ((idx >> 2) * 0x9E3779B97F4A7C15ull));
+    return (uint32_t)((h >> (16 * (idx & 3))) & 0xFFFF) >= threshold;
+}
+
+struct Geo {
+    int Hh, D, Dp, W, G, HPL, OPL, kw, hh_pad;
+};
+__device__ __forceinline__ Geo geo(int Hh, int D) {
+    Geo g;
+    g.Hh = Hh;
+    g.D = D;
+    g.Dp = 1;
+    while (g.Dp < D) g.Dp <<= 1;
+    g.W = g.Dp < 32 ? g.Dp : 32;
+    g.G = 32 / g.W;
+    g.HPL = (Hh + 31) / 32;
+    g.OPL = (g.G * g.Dp + 31) / 32;
+    g.kw = (Hh + 63) / 64;
+    g.hh_pad = (Hh + 3) / 4 * 4;  // dropout index space: pair·Hh_pad + k (4 decisions per hash)
+    return g;
+}
+
+// A warp's slice of the dynamic shared memory (the launcher's smem_per_warp computes the same size).
+struct WarpSmem {
+    double* ab;   // G × (α, β)
+    float* d1s;   // G × Hh: post-ReLU, post-dropout first block
+    float* dh2s;  // G × D: d(second Linear output) (backward)
+    float* sw4;   // D × Hh: the warp's d W₄ (backward)
+    float* psi;   // G: pass inputs
+    int* jn;
+    int* pid;
+    int* cell;
+};
+__device__ __forceinline__ WarpSmem warp_smem(unsigned char* base, const Geo& g, int bwd, int warp) {
+    unsigned char* p = base + (size_t)warp * partial_smem_per_warp(g.Hh, g.D, bwd);
+    WarpSmem s;
+    s.ab = (double*)p;
+    float* f = (float*)(p + 16 * (size_t)g.G);
+    s.d1s = f;
+    f += (size_t)g.G * g.Hh;
+    s.dh2s = f;
+    s.sw4 = f + (bwd ? (size_t)g.G * g.D : 0);
+    f = s.sw4 + (bwd ? (size_t)g.D * g.Hh : 0);
+    s.psi = f;
+    int* i = (int*)(f + g.G);
+    s.jn = i;
+    s.pid = i + g.G;
+    s.cell = i + 2 * g.G;
+    return s;
+}
+
+// The network's parameters and the fold (read-only in every kernel but partial_fold).
+struct Net {
+    Geo g;
+    const float *ug, *bg, *be1, *g1, *w4, *w4t, *b4, *g5, *be5;
+    const double *suu, *sub, *sbb;
+    uint64_t key;
+    uint32_t threshold;
+    float scale;  // 1 / (1 − p) when dropout acts, else 1
+};
+
+// Per-lane state of one pass after the forward: xhat, a2 of the second LayerNorm, its 1/std.
+struct PassAct {
+    float xhat[OPL_MAX], a2[OPL_MAX], inv;
+};
+
+// Forward of the ng ≤ G pairs staged in s.psi / s.jn / s.pid. drop: DROP_NONE, DROP_STORE (hash the
+// decisions and write the keep words of pair s.pid[g]) or DROP_LOAD (read them).
+__device__ void pass_fwd(const Net& n, const WarpSmem& s, unsigned lane, int ng, int drop, uint64_t* keep,
+                         PassAct& act) {
+    const Geo& g = n.g;
+    for (int q = 0; q < ng; ++q) {
+        const double psi = (double)s.psi[q];
+        const int j = s.jn[q];
+        double var = psi * psi * n.suu[j] + 2.0 * psi * n.sub[j] + n.sbb[0];
+        var = var > 0.0 ? var : 0.0;
+        const double beta = 1.0 / sqrt(var + PART_LN_EPS);
+        const double alpha = psi * beta;
+        if (lane == 0) {
+            s.ab[2 * q] = alpha;
+            s.ab[2 * q + 1] = beta;
+        }
+        const float a = (float)alpha, b = (float)beta;
+        const long long p = s.pid[q];
+        uint32_t lo = 0;
+#pragma unroll
+        for (int i = 0; i < HPL_MAX; ++i) {
+            if (i < g.HPL) {
+                const int k = lane + 32 * i;
+                bool kept = true;
+                if (k < g.Hh) {
+                    float v = a * n.ug[(long long)j * g.Hh + k] + (b * n.bg[k] + n.be1[k]);
+                    v = v > 0.0f ? v : 0.0f;
+                    if (drop == DROP_STORE) kept = keep_hash(n.key, n.threshold, (uint64_t)p * g.hh_pad + k);
+                    if (drop == DROP_LOAD) kept = (keep[p * g.kw + k / 64] >> (k % 64)) & 1;
+                    if (drop != DROP_NONE) v = kept ? v * n.scale : 0.0f;
+                    s.d1s[q * g.Hh + k] = v;
+                }
+                if (drop == DROP_STORE) {
+                    const uint32_t bits = __ballot_sync(0xffffffffu, k < g.Hh && kept);
+                    if (lane == 0) {
+                        if (i & 1)
+                            keep[p * g.kw + i / 2] = (uint64_t)lo | ((uint64_t)bits << 32);
+                        else
+                            lo = bits;
+                    }
+                }
+            }
+        }
+        if (drop == DROP_STORE && (g.HPL & 1) && lane == 0) keep[p * g.kw + g.HPL / 2] = (uint64_t)lo;
+    }
+    __syncwarp();
+    // Second Linear (+ b₄), LayerNorm over the pair's D units, affine.
+    float h[OPL_MAX];
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        h[i] = 0.0f;
+        if (i < g.OPL) {
+            const int e = lane + 32 * i, q = e / g.Dp, t = e % g.Dp;
+            if (q < ng && t < g.D) {
+                float acc = 0.0f;
+                for (int k = 0; k < g.Hh; ++k) acc += n.w4t[k * g.D + t] * s.d1s[q * g.Hh + k];
+                h[i] = acc + n.b4[t];
+                sum += h[i];
+            }
+        }
+    }
+    const float mean = seg_sum(sum, g.W) / (float)g.D;
+    float sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        if (i < g.OPL) {
+            const int e = lane + 32 * i, q = e / g.Dp, t = e % g.Dp;
+            if (q < ng && t < g.D) {
+                h[i] -= mean;
+                sq += h[i] * h[i];
+            }
+        }
+    }
+    act.inv = 1.0f / sqrtf(seg_sum(sq, g.W) / (float)g.D + (float)PART_LN_EPS);
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        act.xhat[i] = 0.0f;
+        act.a2[i] = 0.0f;
+        if (i < g.OPL) {
+            const int e = lane + 32 * i, q = e / g.Dp, t = e % g.Dp;
+            if (q < ng && t < g.D) {
+                act.xhat[i] = h[i] * act.inv;
+                act.a2[i] = act.xhat[i] * n.g5[t] + n.be5[t];
+            }
+        }
+    }
+}
+
+// Backward accumulators of one warp.
+struct Acc {
+    float q[HPL_MAX], sbe1[HPL_MAX], sr[HPL_MAX];  // Q_j (this junction), Σ d(a1), Σ β·d(a1)
+    float sg5[OPL_MAX], sbe5[OPL_MAX], sb4[OPL_MAX];
+    double c[4];  // this junction: Σ ψβm₁, Σ ψβm₂α, Σ ψβm₂β, Σ βm₂α
+    double e1, e3;
+};
+
+// Backward of the pass whose forward is in s / act, given d(code) of the lane's elements (dc, zero on
+// lanes without a pair); accumulates into acc and s.sw4.
+__device__ void pass_bwd(const Net& n, const WarpSmem& s, unsigned lane, int ng, const PassAct& act,
+                         const float* dc, Acc& acc) {
+    const Geo& g = n.g;
+    float dx[OPL_MAX];
+    float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        dx[i] = 0.0f;
+        if (i < g.OPL) {
+            const int e = lane + 32 * i, q = e / g.Dp, t = e % g.Dp;
+            if (q < ng && t < g.D) {
+                const float da = act.a2[i] > 0.0f ? dc[i] : 0.0f;
+                acc.sg5[i] += da * act.xhat[i];
+                acc.sbe5[i] += da;
+                dx[i] = da * n.g5[t];
+                s1 += dx[i];
+                s2 += dx[i] * act.xhat[i];
+            }
+        }
+    }
+    const float m1 = seg_sum(s1, g.W) / (float)g.D, m2 = seg_sum(s2, g.W) / (float)g.D;
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        if (i < g.OPL) {
+            const int e = lane + 32 * i, q = e / g.Dp, t = e % g.Dp;
+            if (q < ng && t < g.D) {
+                const float dh = act.inv * (dx[i] - m1 - act.xhat[i] * m2);
+                acc.sb4[i] += dh;
+                s.dh2s[q * g.D + t] = dh;
+            }
+        }
+    }
+    __syncwarp();
+    // W₄ gradient, d(d1) = dh2·W₄, the first block (folded) per pass pair.
+    const double inv_h = 1.0 / (double)g.Hh;
+    for (int q = 0; q < ng; ++q) {
+        const double alpha = s.ab[2 * q], beta = s.ab[2 * q + 1], psi = (double)s.psi[q];
+        const float a = (float)alpha, b = (float)beta;
+        const int j = s.jn[q];
+        float p1 = 0.0f, pu = 0.0f, pb = 0.0f;
+#pragma unroll
+        for (int i = 0; i < HPL_MAX; ++i) {
+            if (i < g.HPL) {
+                const int k = lane + 32 * i;
+                if (k < g.Hh) {
+                    const float d1 = s.d1s[q * g.Hh + k];
+                    float dd1 = 0.0f;
+                    for (int t = 0; t < g.D; ++t) {
+                        const float dh = s.dh2s[q * g.D + t];
+                        s.sw4[t * g.Hh + k] += dh * d1;
+                        dd1 += dh * n.w4[t * g.Hh + k];
+                    }
+                    const float da = d1 > 0.0f ? dd1 * n.scale : 0.0f;
+                    acc.sbe1[i] += da;
+                    acc.sr[i] += b * da;
+                    acc.q[i] += a * da;
+                    p1 += da * n.g1[k];
+                    pu += da * n.ug[(long long)j * g.Hh + k];
+                    pb += da * n.bg[k];
+                }
+            }
+        }
+        const double m1d = (double)warp_sum(p1) * inv_h;
+        const double m2d = (alpha * (double)warp_sum(pu) + beta * (double)warp_sum(pb)) * inv_h;
+        acc.c[0] += psi * beta * m1d;
+        acc.c[1] += psi * beta * m2d * alpha;
+        acc.c[2] += psi * beta * m2d * beta;
+        acc.c[3] += beta * m2d * alpha;
+        acc.e1 += beta * m1d;
+        acc.e3 += beta * m2d * beta;
+    }
+    __syncwarp();
+}
+
+__device__ __forceinline__ void acc_zero(Acc& a) {
+#pragma unroll
+    for (int i = 0; i < HPL_MAX; ++i) a.q[i] = a.sbe1[i] = a.sr[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) a.sg5[i] = a.sbe5[i] = a.sb4[i] = 0.0f;
+    a.c[0] = a.c[1] = a.c[2] = a.c[3] = 0.0;
+    a.e1 = a.e3 = 0.0;
+}
+
+// Writes the warp's parameter sums to its slot: [R | be1 | W4 | b4 | g5 | be5] floats, (e1, e3).
+__device__ void write_slot(const Geo& g, const WarpSmem& s, unsigned lane, Acc& acc, float* slot, double* slot_d) {
+    const int Hh = g.Hh, D = g.D;
+#pragma unroll
+    for (int i = 0; i < HPL_MAX; ++i) {
+        if (i < g.HPL) {
+            const int k = lane + 32 * i;
+            if (k < Hh) {
+                slot[k] = acc.sr[i];
+                slot[Hh + k] = acc.sbe1[i];
+            }
+        }
+    }
+    __syncwarp();
+    for (int x = lane; x < D * Hh; x += 32) slot[2 * Hh + x] = s.sw4[x];
+    // pass pairs' code-unit sums → group 0 (lanes W, 2W, … apart hold the same unit)
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        if (i < g.OPL) {
+            for (int o = g.W; o < 32; o <<= 1) {
+                acc.sg5[i] += __shfl_xor_sync(0xffffffffu, acc.sg5[i], o);
+                acc.sbe5[i] += __shfl_xor_sync(0xffffffffu, acc.sbe5[i], o);
+                acc.sb4[i] += __shfl_xor_sync(0xffffffffu, acc.sb4[i], o);
+            }
+            const int e = lane + 32 * i;
+            if (e < g.Dp && e < D) {
+                float* tail = slot + 2 * Hh + D * Hh;
+                tail[e] = acc.sb4[i];
+                tail[D + e] = acc.sg5[i];
+                tail[2 * D + e] = acc.sbe5[i];
+            }
+        }
+    }
+    if (lane == 0) {
+        slot_d[0] = acc.e1;
+        slot_d[1] = acc.e3;
+    }
+}
+
+__device__ __forceinline__ float pool_den(int mode, int n_obs, float divisor) {
+    if (mode == POOL_MEAN) return (float)(n_obs > 1 ? n_obs : 1);
+    if (mode == POOL_FIXED) return divisor > 1e-6f ? divisor : 1e-6f;
+    return 1.0f;
+}
+
+__device__ __forceinline__ Net make_net(int Hh, int D, const float* ug, const float* bg, const float* be1,
+                                        const float* g1, const float* w4, const float* w4t, const float* b4,
+                                        const float* g5, const float* be5, const double* suu, const double* sub,
+                                        const double* sbb, unsigned long long key, unsigned threshold, float scale) {
+    Net n;
+    n.g = geo(Hh, D);
+    n.ug = ug;
+    n.bg = bg;
+    n.be1 = be1;
+    n.g1 = g1;
+    n.w4 = w4;
+    n.w4t = w4t;
+    n.b4 = b4;
+    n.g5 = g5;
+    n.be5 = be5;
+    n.suu = suu;
+    n.sub = sub;
+    n.sbb = sbb;
+    n.key = key;
+    n.threshold = threshold;
+    n.scale = scale;
+    return n;
+}
+
+}  // namespace
+
+// emb: J × D; w0: Hh × (D + 1); b0, g1: Hh; w4: D × Hh. Outputs: fhat (J × D), fnorm (J), ut, ug (J × Hh),
+// suu, sub (J), bt, bg (Hh), sbb (1), w4t (Hh × D). Dynamic shared memory: D floats per warp.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_fold(const float* __restrict__ emb, const float* __restrict__ w0, const float* __restrict__ b0,
+             const float* __restrict__ g1, const float* __restrict__ w4, int J, int Hh, int D,
+             float* __restrict__ fhat, float* __restrict__ fnorm, float* __restrict__ ut, float* __restrict__ ug,
+             double* __restrict__ suu, double* __restrict__ sub, float* __restrict__ bt, float* __restrict__ bg,
+             double* __restrict__ sbb, float* __restrict__ w4t) {
+    PART_SMEM(smem_raw);
+    float* smem = (float*)smem_raw;
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wpb = blockDim.x >> 5;
+    for (long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x; x < (long long)D * Hh;
+         x += (long long)gridDim.x * blockDim.x) {
+        const int t = (int)(x / Hh), k = (int)(x % Hh);
+        w4t[k * D + t] = w4[x];
+    }
+    const int j = blockIdx.x * wpb + warp;
+    if (j >= J) return;
+    const double inv_h = 1.0 / (double)Hh;
+    // b̃ = b₀ − mean(b₀) (every warp computes it; junction 0's writes it)
+    double bs = 0.0;
+    for (int k = lane; k < Hh; k += 32) bs += (double)b0[k];
+    const double bmean = warp_sum_d(bs) * inv_h;
+    double bb = 0.0;
+    for (int k = lane; k < Hh; k += 32) {
+        const float b = (float)((double)b0[k] - bmean);
+        bb += (double)b * (double)b;
+        if (j == 0) {
+            bt[k] = b;
+            bg[k] = b * g1[k];
+        }
+    }
+    bb = warp_sum_d(bb) * inv_h;
+    if (j == 0 && lane == 0) sbb[0] = bb;
+    // F̂_j
+    float* fh = smem + (size_t)warp * D;
+    float ss = 0.0f;
+    for (int c = lane; c < D; c += 32) {
+        const float v = emb[(long long)j * D + c];
+        ss += v * v;
+    }
+    const float nrm = sqrtf(warp_sum(ss));
+    const float den = nrm > PART_NORM_EPS ? nrm : PART_NORM_EPS;
+    for (int c = lane; c < D; c += 32) {
+        const float v = emb[(long long)j * D + c] / den;
+        fh[c] = v;
+        fhat[(long long)j * D + c] = v;
+    }
+    if (lane == 0) fnorm[j] = nrm;
+    __syncwarp();
+    // u_j, its mean, ũ_j, g₁⊙ũ_j, s_uu, s_ub
+    float u[HPL_MAX];
+    double us = 0.0;
+#pragma unroll
+    for (int i = 0; i < HPL_MAX; ++i) {
+        const int k = lane + 32 * i;
+        u[i] = 0.0f;
+        if (k < Hh) {
+            const float* row = w0 + (long long)k * (D + 1);
+            float acc = 0.0f;
+            for (int c = 0; c < D; ++c) acc += fh[c] * row[1 + c];
+            u[i] = acc + row[0];
+            us += (double)u[i];
+        }
+    }
+    const double umean = warp_sum_d(us) * inv_h;
+    double a = 0.0, cb = 0.0;
+#pragma unroll
+    for (int i = 0; i < HPL_MAX; ++i) {
+        const int k = lane + 32 * i;
+        if (k < Hh) {
+            const float v = (float)((double)u[i] - umean);
+            const float b = (float)((double)b0[k] - bmean);
+            ut[(long long)j * Hh + k] = v;
+            ug[(long long)j * Hh + k] = v * g1[k];
+            a += (double)v * (double)v;
+            cb += (double)v * (double)b;
+        }
+    }
+    a = warp_sum_d(a);
+    cb = warp_sum_d(cb);
+    if (lane == 0) {
+        suu[j] = a * inv_h;
+        sub[j] = cb * inv_h;
+    }
+}
+
+// One warp: h(0), the code of a pair with ψ = 0 (no dropout), D values.
+extern "C" __global__ void __launch_bounds__(32)
+partial_ref_fwd(const float* __restrict__ ug, const float* __restrict__ bg, const float* __restrict__ be1,
+                const float* __restrict__ g1, const float* __restrict__ w4, const float* __restrict__ w4t,
+                const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
+                const double* __restrict__ suu, const double* __restrict__ sub, const double* __restrict__ sbb,
+                int Hh, int D, float* __restrict__ h0) {
+    PART_SMEM(smem);
+    const unsigned lane = threadIdx.x & 31;
+    const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, 0, 0, 1.0f);
+    const WarpSmem s = warp_smem(smem, n.g, 0, 0);
+    if (lane == 0) {
+        s.psi[0] = 0.0f;
+        s.jn[0] = 0;
+        s.pid[0] = 0;
+    }
+    __syncwarp();
+    PassAct act;
+    pass_fwd(n, s, lane, 1, DROP_NONE, nullptr, act);
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        const int e = lane + 32 * i;
+        if (i < n.g.OPL && e < n.g.Dp && e < D) h0[e] = act.a2[i] > 0.0f ? act.a2[i] : 0.0f;
+    }
+}
+
+// indptr (B + 1), junction, psi (nnz): the minibatch's observed pairs, cell-major. center (J, or null):
+// `partial_center_psi`; h0 (D): its reference code. pool (B × D) out; keep (nnz × ⌈Hh/64⌉) written when
+// dropout != 0.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, const float* __restrict__ be1,
+                 const float* __restrict__ g1, const float* __restrict__ w4, const float* __restrict__ w4t,
+                 const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
+                 const double* __restrict__ suu, const double* __restrict__ sub, const double* __restrict__ sbb,
+                 int Hh, int D, int B, const int* __restrict__ indptr, const int* __restrict__ junction,
+                 const float* __restrict__ psi, const float* __restrict__ center, const float* __restrict__ h0,
+                 int pool_mode, float divisor, int dropout, unsigned long long drop_key, unsigned drop_threshold,
+                 float dropout_scale, float* __restrict__ pool, unsigned long long* __restrict__ keep) {
+    PART_SMEM(smem);
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int cell = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (cell >= B) return;
+    const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, drop_key, drop_threshold,
+                           dropout ? dropout_scale : 1.0f);
+    const Geo& g = n.g;
+    const WarpSmem s = warp_smem(smem, g, 0, warp);
+    float acc[OPL_MAX];
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) acc[i] = 0.0f;
+    const int e0 = indptr[cell], e1 = indptr[cell + 1];
+    for (int p0 = e0; p0 < e1; p0 += g.G) {
+        const int ng = e1 - p0 < g.G ? e1 - p0 : g.G;
+        if ((int)lane < ng) {
+            const int p = p0 + lane, j = junction[p];
+            s.psi[lane] = center ? psi[p] - center[j] : psi[p];
+            s.jn[lane] = j;
+            s.pid[lane] = p;
+        }
+        __syncwarp();
+        PassAct act;
+        pass_fwd(n, s, lane, ng, dropout ? DROP_STORE : DROP_NONE, (uint64_t*)keep, act);
+#pragma unroll
+        for (int i = 0; i < OPL_MAX; ++i) acc[i] += act.a2[i] > 0.0f ? act.a2[i] : 0.0f;
+        __syncwarp();
+    }
+    const int n_obs = e1 - e0;
+    const float den = pool_den(pool_mode, n_obs, divisor);
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        if (i < g.OPL) {
+            for (int o = g.W; o < 32; o <<= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+            const int e = lane + 32 * i;
+            if (e < g.Dp && e < D) {
+                float v = acc[i];
+                if (h0) v -= (float)n_obs * h0[e];
+                if (den != 1.0f) v /= den;
+                pool[(long long)cell * D + e] = v;
+            }
+        }
+    }
+}
+
+// jptr (J + 1), order (nnz): the pairs junction-major (pair ids into the cell-major arrays); cell_of
+// (nnz, by pair id). dpool: B × D. Per junction out: q (J × Hh), cj (J × 4). Per warp out: slots
+// (n_warps × S floats, S = 2Hh + D·Hh + 3D), slot_d (n_warps × 2). Junction j belongs to warp j mod n_warps.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, const float* __restrict__ be1,
+                 const float* __restrict__ g1, const float* __restrict__ w4, const float* __restrict__ w4t,
+                 const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
+                 const double* __restrict__ suu, const double* __restrict__ sub, const double* __restrict__ sbb,
+                 int Hh, int D, int J, int n_warps, const int* __restrict__ indptr, const int* __restrict__ jptr,
+                 const int* __restrict__ order, const int* __restrict__ cell_of, const float* __restrict__ psi,
+                 const float* __restrict__ center, const float* __restrict__ dpool, int pool_mode, float divisor,
+                 int dropout, float dropout_scale, const unsigned long long* __restrict__ keep,
+                 float* __restrict__ q, double* __restrict__ cj, float* __restrict__ slots,
+                 double* __restrict__ slot_d) {
+    PART_SMEM(smem);
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gw = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (gw >= n_warps) return;
+    const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, 0, 0,
+                           dropout ? dropout_scale : 1.0f);
+    const Geo& g = n.g;
+    const WarpSmem s = warp_smem(smem, g, 1, warp);
+    for (int x = lane; x < D * Hh; x += 32) s.sw4[x] = 0.0f;
+    Acc acc;
+    acc_zero(acc);
+    for (int j = gw; j < J; j += n_warps) {
+#pragma unroll
+        for (int i = 0; i < HPL_MAX; ++i) acc.q[i] = 0.0f;
+        acc.c[0] = acc.c[1] = acc.c[2] = acc.c[3] = 0.0;
+        const int s0 = jptr[j], s1 = jptr[j + 1];
+        for (int p0 = s0; p0 < s1; p0 += g.G) {
+            const int ng = s1 - p0 < g.G ? s1 - p0 : g.G;
+            if ((int)lane < ng) {
+                const int p = order[p0 + lane];
+                s.psi[lane] = center ? psi[p] - center[j] : psi[p];
+                s.jn[lane] = j;
+                s.pid[lane] = p;
+                s.cell[lane] = cell_of[p];
+            }
+            __syncwarp();
+            PassAct act;
+            pass_fwd(n, s, lane, ng, dropout ? DROP_LOAD : DROP_NONE, (uint64_t*)keep, act);
+            float dc[OPL_MAX];
+#pragma unroll
+            for (int i = 0; i < OPL_MAX; ++i) {
+                dc[i] = 0.0f;
+                const int e = lane + 32 * i, qq = e / g.Dp, t = e % g.Dp;
+                if (i < g.OPL && qq < ng && t < D) {
+                    const int c = s.cell[qq];
+                    const float den = pool_den(pool_mode, indptr[c + 1] - indptr[c], divisor);
+                    const float v = dpool[(long long)c * D + t];
+                    dc[i] = den != 1.0f ? v / den : v;
+                }
+            }
+            pass_bwd(n, s, lane, ng, act, dc, acc);
+        }
+#pragma unroll
+        for (int i = 0; i < HPL_MAX; ++i) {
+            const int k = lane + 32 * i;
+            if (i < g.HPL && k < Hh) q[(long long)j * Hh + k] = acc.q[i];
+        }
+        if (lane == 0)
+            for (int c = 0; c < 4; ++c) cj[4 * (long long)j + c] = acc.c[c];
+    }
+    const long long S = 2LL * Hh + (long long)D * Hh + 3LL * D;
+    write_slot(g, s, lane, acc, slots + gw * S, slot_d + 2 * gw);
+}
+
+// One warp: h(0)'s share of the backward (`partial_center_psi`): d h(0) = −Σ_i n_i·d(code)_i through the
+// reference pair, into slot `slot` (its Q_j and per-junction scalars are zero: ψ = 0).
+extern "C" __global__ void __launch_bounds__(32)
+partial_ref_bwd(const float* __restrict__ ug, const float* __restrict__ bg, const float* __restrict__ be1,
+                const float* __restrict__ g1, const float* __restrict__ w4, const float* __restrict__ w4t,
+                const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
+                const double* __restrict__ suu, const double* __restrict__ sub, const double* __restrict__ sbb,
+                int Hh, int D, int B, const int* __restrict__ indptr, const float* __restrict__ dpool, int pool_mode,
+                float divisor, int slot, float* __restrict__ slots, double* __restrict__ slot_d) {
+    PART_SMEM(smem);
+    const unsigned lane = threadIdx.x & 31;
+    const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, 0, 0, 1.0f);
+    const Geo& g = n.g;
+    const WarpSmem s = warp_smem(smem, g, 1, 0);
+    for (int x = lane; x < D * Hh; x += 32) s.sw4[x] = 0.0f;
+    if (lane == 0) {
+        s.psi[0] = 0.0f;
+        s.jn[0] = 0;
+        s.pid[0] = 0;
+    }
+    __syncwarp();
+    PassAct act;
+    pass_fwd(n, s, lane, 1, DROP_NONE, nullptr, act);
+    float dc[OPL_MAX];
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        dc[i] = 0.0f;
+        const int e = lane + 32 * i;
+        if (i < g.OPL && e < g.Dp && e < D) {
+            float d = 0.0f;
+            for (int c = 0; c < B; ++c) {
+                const int n_obs = indptr[c + 1] - indptr[c];
+                const float den = pool_den(pool_mode, n_obs, divisor);
+                const float v = dpool[(long long)c * D + e];
+                d -= (float)n_obs * (den != 1.0f ? v / den : v);
+            }
+            dc[i] = d;
+        }
+    }
+    Acc acc;
+    acc_zero(acc);
+    pass_bwd(n, s, lane, 1, act, dc, acc);
+    const long long S = 2LL * Hh + (long long)D * Hh + 3LL * D;
+    write_slot(g, s, lane, acc, slots + slot * S, slot_d + 2 * slot);
+}
+
+// One warp per junction: d u_j = g₁⊙Q_j − Σψβm₁ − (Σψβm₂α)·ũ_j − (Σψβm₂β)·b̃ (kept in du, J × Hh, for
+// partial_bwd_params), then d F̂_j = d u_j·W₀[:,1:] and through the row normalisation into g_emb (+=;
+// skipped when null). Dynamic shared memory: Hh floats per warp.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_unfold_rows(const float* __restrict__ q, const double* __restrict__ cj, const float* __restrict__ ut,
+                    const float* __restrict__ bt, const float* __restrict__ g1, const float* __restrict__ w0,
+                    const float* __restrict__ fhat, const float* __restrict__ fnorm, int J, int Hh, int D,
+                    float* __restrict__ du, float* __restrict__ g_emb) {
+    PART_SMEM(smem_raw);
+    float* smem = (float*)smem_raw;
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int j = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (j >= J) return;
+    float* dus = smem + (size_t)warp * Hh;
+    const double c0 = cj[4 * (long long)j], c1 = cj[4 * (long long)j + 1], c2 = cj[4 * (long long)j + 2];
+    for (int k = lane; k < Hh; k += 32) {
+        const long long x = (long long)j * Hh + k;
+        const float v = (float)((double)g1[k] * (double)q[x] - c0 - c1 * (double)ut[x] - c2 * (double)bt[k]);
+        du[x] = v;
+        dus[k] = v;
+    }
+    __syncwarp();
+    if (!g_emb) return;
+    float dfh[OPL_MAX], fh[OPL_MAX];
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        const int c = lane + 32 * i;
+        dfh[i] = 0.0f;
+        fh[i] = 0.0f;
+        if (c < D) {
+            float acc = 0.0f;
+            for (int k = 0; k < Hh; ++k) acc += dus[k] * w0[(long long)k * (D + 1) + 1 + c];
+            dfh[i] = acc;
+            fh[i] = fhat[(long long)j * D + c];
+            dot += fh[i] * acc;
+        }
+    }
+    dot = warp_sum(dot);
+    const float nrm = fnorm[j];
+#pragma unroll
+    for (int i = 0; i < OPL_MAX; ++i) {
+        const int c = lane + 32 * i;
+        if (c < D) {
+            const float add = nrm > PART_NORM_EPS ? (dfh[i] - fh[i] * dot) / nrm : dfh[i] / PART_NORM_EPS;
+            g_emb[(long long)j * D + c] += add;
+        }
+    }
+}
+
+// One thread per parameter element, in the index space
+//   [W₀[:,0] (Hh) | W₀[:,1:] (Hh·D) | b₀ (Hh) | g₁ (Hh) | be₁ (Hh) | W₄ (D·Hh) | b₄ | g₅ | be₅ (D each)],
+// adding into the gradient buffers (each may be null: frozen). Sums over junctions (du, Q_j, the
+// per-junction scalars) and over the n_slots slots run sequentially in f64.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, const double* __restrict__ cj,
+                   const float* __restrict__ ut, const float* __restrict__ bt, const float* __restrict__ fhat,
+                   const float* __restrict__ g1, const float* __restrict__ slots, const double* __restrict__ slot_d,
+                   int n_slots, int J, int Hh, int D, float* __restrict__ g_w0, float* __restrict__ g_b0,
+                   float* __restrict__ g_g1, float* __restrict__ g_be1, float* __restrict__ g_w4,
+                   float* __restrict__ g_b4, float* __restrict__ g_g5, float* __restrict__ g_be5) {
+    const long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long HD = (long long)Hh * D, S = 2LL * Hh + HD + 3LL * D;
+    const long long total = 4LL * Hh + 2 * HD + 3LL * D;
+    if (x >= total) return;
+    auto slot_sum = [&](long long off) {
+        double v = 0.0;
+        for (int w = 0; w < n_slots; ++w) v += (double)slots[w * S + off];
+        return v;
+    };
+    if (x < Hh) {  // W₀[:,0]
+        const int k = (int)x;
+        double v = 0.0;
+        for (int j = 0; j < J; ++j) v += (double)du[(long long)j * Hh + k];
+        if (g_w0) g_w0[(long long)k * (D + 1)] += (float)v;
+        return;
+    }
+    long long y = x - Hh;
+    if (y < HD) {  // W₀[:,1:]
+        const int k = (int)(y / D), c = (int)(y % D);
+        double v = 0.0;
+        for (int j = 0; j < J; ++j) v += (double)du[(long long)j * Hh + k] * (double)fhat[(long long)j * D + c];
+        if (g_w0) g_w0[(long long)k * (D + 1) + 1 + c] += (float)v;
+        return;
+    }
+    y -= HD;
+    if (y < Hh) {  // b₀ = g₁⊙R − Σβm₁ − Σ_j (Σβm₂α)_j·ũ_j − (Σβm₂β)·b̃
+        const int k = (int)y;
+        double v = 0.0, e1 = 0.0, e3 = 0.0;
+        for (int j = 0; j < J; ++j) v -= cj[4 * (long long)j + 3] * (double)ut[(long long)j * Hh + k];
+        for (int w = 0; w < n_slots; ++w) {
+            e1 += slot_d[2 * w];
+            e3 += slot_d[2 * w + 1];
+        }
+        v += (double)g1[k] * slot_sum(k) - e1 - e3 * (double)bt[k];
+        if (g_b0) g_b0[k] += (float)v;
+        return;
+    }
+    y -= Hh;
+    if (y < Hh) {  // g₁ = Σ_j ũ_j⊙Q_j + b̃⊙R
+        const int k = (int)y;
+        double v = 0.0;
+        for (int j = 0; j < J; ++j) v += (double)ut[(long long)j * Hh + k] * (double)q[(long long)j * Hh + k];
+        v += (double)bt[k] * slot_sum(k);
+        if (g_g1) g_g1[k] += (float)v;
+        return;
+    }
+    y -= Hh;
+    // the slot tail [be₁ | W₄ | b₄ | g₅ | be₅] (slot offsets Hh ..)
+    const double v = slot_sum(Hh + y);
+    if (y < Hh) {
+        if (g_be1) g_be1[y] += (float)v;
+        return;
+    }
+    y -= Hh;
+    if (y < HD) {
+        if (g_w4) g_w4[y] += (float)v;
+        return;
+    }
+    y -= HD;
+    float* dst = y < D ? g_b4 : (y < 2 * D ? g_g5 : g_be5);
+    if (dst) dst[y % D] += (float)v;
+}

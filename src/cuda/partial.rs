@@ -1,0 +1,507 @@
+//! Typed launches of kernels/partial.cu: the partial splicing encoder's per-pair network and pooling,
+//! forward and backward, as chunked scatter aggregation over the observed pairs. CPU twin:
+//! [`crate::model::partial`] (`partial_forward` / `partial_backward`).
+//!
+//! **These kernels have never run on a GPU**: they were written and compiled without one. Their logic is
+//! checked on the host by tests/cuda_partial_parity.rs (the kernel source compiled against
+//! kernels/host_emu.h); the same test compares them on a GPU where one exists and skips elsewhere.
+//!
+//! The backward walks the pairs junction by junction; [`junction_major`] builds that order on the host
+//! from the cell-major batch (a device-side counting sort belongs with the GPU training step, which
+//! does not exist yet).
+
+use super::runtime::{CudaDevice, DeviceMem, KernelArg};
+use crate::model::arch::PartialEncP;
+use crate::model::batch::SplBatch;
+use crate::model::ops::Mode;
+use crate::model::params::Params;
+use crate::model::rng::{streams, DropStream};
+use anyhow::{ensure, Result};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
+
+/// Threads per block of the per-cell / per-junction kernels (PART_THREADS in kernels/partial.cu).
+pub const PART_THREADS: u32 = 128;
+/// Limits of the kernels (PART_HMAX, PART_DMAX): h_hidden ≤ 256, code_dim ≤ 128.
+pub const PART_HMAX: usize = 256;
+pub const PART_DMAX: usize = 128;
+/// Most warps (and parameter-sum slots) of the backward: junction j belongs to warp j mod n_warps.
+/// Fixed, so the summation order never depends on the device.
+pub const PART_BWD_WARPS: usize = 1024;
+/// Dynamic shared memory one block may use without opting in.
+const SMEM_LIMIT: usize = 48 * 1024;
+
+/// POOL_* of kernels/partial.cu.
+pub const POOL_SUM: i32 = 0;
+pub const POOL_MEAN: i32 = 1;
+pub const POOL_FIXED: i32 = 2;
+
+/// `partial_smem_per_warp` of kernels/partial.cu (tests/cuda_partial_parity.rs checks they agree).
+pub fn smem_per_warp(hh: usize, d: usize, bwd: bool) -> usize {
+    let dp = d.next_power_of_two();
+    let g = 32 / dp.min(32);
+    let floats = g * hh + g + if bwd { g * d + d * hh } else { 0 };
+    let bytes = 16 * g + 4 * floats + 4 * 3 * g;
+    bytes.div_ceil(16) * 16
+}
+
+/// Warps per block of the backward (its per-warp d W₄ lives in shared memory): up to 4, fewer for wide
+/// layers (the `paper` preset's 64 × 128 runs one warp per block).
+pub fn bwd_warps_per_block(hh: usize, d: usize) -> usize {
+    (SMEM_LIMIT / smem_per_warp(hh, d, true)).clamp(1, 4)
+}
+
+/// Number of backward warps for J junctions.
+pub fn bwd_warps(j: usize) -> usize {
+    j.clamp(1, PART_BWD_WARPS)
+}
+
+/// Floats per parameter-sum slot: [R | be₁ | W₄ | b₄ | g₅ | be₅].
+pub fn slot_len(hh: usize, d: usize) -> usize {
+    2 * hh + d * hh + 3 * d
+}
+
+/// Sizes and options of one minibatch.
+#[derive(Clone, Copy, Debug)]
+pub struct PartialShape {
+    pub j: usize,
+    pub hh: usize,
+    pub d: usize,
+    pub b: usize,
+    pub nnz: usize,
+    pub pool_mode: i32,
+    /// The `fixed` pool mode's divisor (ignored otherwise).
+    pub divisor: f32,
+    pub center: bool,
+    /// (key, threshold, 1 / (1 − p)) when the h network's dropout acts in this pass.
+    pub dropout: Option<(u64, u32, f32)>,
+}
+
+impl PartialShape {
+    /// The shape of `spl` under the encoder `pe` with parameters `p` in `mode` (as the twin sees it).
+    pub fn of(pe: &PartialEncP, p: &Params<f32>, spl: &SplBatch, mode: Mode) -> Self {
+        let (pool_mode, divisor) = match (pe.divisor, pe.pool_mean) {
+            (Some(di), _) => (POOL_FIXED, p.get(di)[0]),
+            (None, true) => (POOL_MEAN, 1.0),
+            (None, false) => (POOL_SUM, 1.0),
+        };
+        let dropout = (mode.training && pe.dropout > 0.0).then(|| {
+            let ds = DropStream::new(mode.seed, streams::PARTIAL_H, pe.dropout);
+            (ds.key(), ds.threshold(), (1.0 / (1.0 - pe.dropout)) as f32)
+        });
+        PartialShape {
+            j: spl.n_junctions,
+            hh: pe.h_hidden,
+            d: pe.code_dim,
+            b: spl.n_cells(),
+            nnz: spl.nnz(),
+            pool_mode,
+            divisor,
+            center: pe.center.is_some(),
+            dropout,
+        }
+    }
+
+    /// u64 keep words per pair.
+    pub fn keep_words(&self) -> usize {
+        self.hh.div_ceil(64)
+    }
+
+    fn check(&self) -> Result<()> {
+        ensure!(
+            self.hh >= 1 && self.hh <= PART_HMAX && self.d >= 1 && self.d <= PART_DMAX,
+            "the CUDA partial encoder supports h_hidden_dim ≤ {PART_HMAX} and code_dim ≤ {PART_DMAX} (got {} and {}); use --device cpu",
+            self.hh,
+            self.d
+        );
+        ensure!(self.j >= 1 && self.b >= 1, "partial: {} junctions, {} cells", self.j, self.b);
+        ensure!(self.nnz < i32::MAX as usize && self.j < i32::MAX as usize / self.hh.max(self.d), "partial: the minibatch is too large for 32-bit pair ids");
+        Ok(())
+    }
+}
+
+/// The pairs junction-major: jptr (J + 1), order (pair ids, cell-major positions), and each pair's cell.
+pub fn junction_major(spl: &SplBatch) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let j = spl.n_junctions;
+    let mut jptr = vec![0i32; j + 1];
+    for &jj in &spl.junction {
+        jptr[jj as usize + 1] += 1;
+    }
+    for i in 0..j {
+        jptr[i + 1] += jptr[i];
+    }
+    let mut pos: Vec<i32> = jptr[..j].to_vec();
+    let mut order = vec![0i32; spl.nnz()];
+    let mut cell_of = vec![0i32; spl.nnz()];
+    for c in 0..spl.n_cells() {
+        for e in spl.cell_range(c) {
+            let jj = spl.junction[e] as usize;
+            order[pos[jj] as usize] = e as i32;
+            cell_of[e] = c as i32;
+            pos[jj] += 1;
+        }
+    }
+    (jptr, order, cell_of)
+}
+
+/// The encoder's parameters on the device (model layout; `center` with `partial_center_psi`).
+pub struct PartialParamsDev<'a> {
+    pub emb: &'a dyn DeviceMem<f32>,
+    pub w0: &'a dyn DeviceMem<f32>,
+    pub b0: &'a dyn DeviceMem<f32>,
+    pub g1: &'a dyn DeviceMem<f32>,
+    pub be1: &'a dyn DeviceMem<f32>,
+    pub w4: &'a dyn DeviceMem<f32>,
+    pub b4: &'a dyn DeviceMem<f32>,
+    pub g5: &'a dyn DeviceMem<f32>,
+    pub be5: &'a dyn DeviceMem<f32>,
+    pub center: Option<&'a dyn DeviceMem<f32>>,
+}
+
+/// The minibatch: cell-major pairs, and their junction-major order for the backward.
+pub struct PartialBatchDev<'a> {
+    pub indptr: &'a dyn DeviceMem<i32>,
+    pub junction: &'a dyn DeviceMem<i32>,
+    pub psi: &'a dyn DeviceMem<f32>,
+    pub jptr: &'a dyn DeviceMem<i32>,
+    pub order: &'a dyn DeviceMem<i32>,
+    pub cell_of: &'a dyn DeviceMem<i32>,
+}
+
+/// Scratch of one step (sizes from [`PartialWork::alloc`]); the forward fills the fold, h(0) and the
+/// keep bits, the backward reads them.
+pub struct PartialWork {
+    pub fhat: CudaSlice<f32>,
+    pub fnorm: CudaSlice<f32>,
+    pub ut: CudaSlice<f32>,
+    pub ug: CudaSlice<f32>,
+    pub suu: CudaSlice<f64>,
+    pub sub: CudaSlice<f64>,
+    pub bt: CudaSlice<f32>,
+    pub bg: CudaSlice<f32>,
+    pub sbb: CudaSlice<f64>,
+    pub w4t: CudaSlice<f32>,
+    pub h0: CudaSlice<f32>,
+    pub keep: CudaSlice<u64>,
+    pub q: CudaSlice<f32>,
+    pub cj: CudaSlice<f64>,
+    pub du: CudaSlice<f32>,
+    pub slots: CudaSlice<f32>,
+    pub slot_d: CudaSlice<f64>,
+}
+
+impl PartialWork {
+    pub fn alloc(dev: &CudaDevice, s: &PartialShape) -> Result<Self> {
+        let (j, hh, d) = (s.j, s.hh, s.d);
+        let nslot = bwd_warps(j) + 1;
+        Ok(PartialWork {
+            fhat: dev.zeros(j * d)?,
+            fnorm: dev.zeros(j)?,
+            ut: dev.zeros(j * hh)?,
+            ug: dev.zeros(j * hh)?,
+            suu: dev.zeros(j)?,
+            sub: dev.zeros(j)?,
+            bt: dev.zeros(hh)?,
+            bg: dev.zeros(hh)?,
+            sbb: dev.zeros(1)?,
+            w4t: dev.zeros(hh * d)?,
+            h0: dev.zeros(d)?,
+            keep: dev.zeros((s.nnz * s.keep_words()).max(1))?,
+            q: dev.zeros(j * hh)?,
+            cj: dev.zeros(4 * j)?,
+            du: dev.zeros(j * hh)?,
+            slots: dev.zeros(nslot * slot_len(hh, d))?,
+            slot_d: dev.zeros(2 * nslot)?,
+        })
+    }
+}
+
+/// Gradient buffers the backward adds into (None: frozen, skipped).
+#[derive(Default)]
+pub struct PartialGradsDev<'a> {
+    pub emb: Option<&'a mut dyn DeviceMem<f32>>,
+    pub w0: Option<&'a mut dyn DeviceMem<f32>>,
+    pub b0: Option<&'a mut dyn DeviceMem<f32>>,
+    pub g1: Option<&'a mut dyn DeviceMem<f32>>,
+    pub be1: Option<&'a mut dyn DeviceMem<f32>>,
+    pub w4: Option<&'a mut dyn DeviceMem<f32>>,
+    pub b4: Option<&'a mut dyn DeviceMem<f32>>,
+    pub g5: Option<&'a mut dyn DeviceMem<f32>>,
+    pub be5: Option<&'a mut dyn DeviceMem<f32>>,
+}
+
+/// Results of [`CudaPartial::run_host`], in the twin's layouts.
+#[derive(Clone, Debug)]
+pub struct PartialHost {
+    pub pool: Vec<f32>,
+    /// nnz × ⌈Hh/64⌉ (empty without dropout).
+    pub keep: Vec<u64>,
+    pub h0: Option<Vec<f32>>,
+    /// Gradients of [emb, W₀, b₀, g₁, be₁, W₄, b₄, g₅, be₅] (model layouts).
+    pub grads: [Vec<f32>; 9],
+}
+
+pub struct CudaPartial<'d> {
+    dev: &'d CudaDevice,
+    fold: CudaFunction,
+    ref_fwd: CudaFunction,
+    pool_fwd: CudaFunction,
+    pair_bwd: CudaFunction,
+    ref_bwd: CudaFunction,
+    unfold_rows: CudaFunction,
+    bwd_params: CudaFunction,
+}
+
+fn addr(m: Option<&dyn DeviceMem<f32>>) -> u64 {
+    m.map(|m| m.device_address()).unwrap_or(0)
+}
+
+fn addr_mut(m: &Option<&mut dyn DeviceMem<f32>>) -> u64 {
+    m.as_ref().map(|m| m.device_address()).unwrap_or(0)
+}
+
+fn cfg(blocks: usize, threads: u32, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (blocks.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+impl<'d> CudaPartial<'d> {
+    pub fn new(dev: &'d CudaDevice) -> Result<Self> {
+        let f = |name: &str| dev.function("partial", name);
+        Ok(CudaPartial {
+            dev,
+            fold: f("partial_fold")?,
+            ref_fwd: f("partial_ref_fwd")?,
+            pool_fwd: f("partial_pool_fwd")?,
+            pair_bwd: f("partial_pair_bwd")?,
+            ref_bwd: f("partial_ref_bwd")?,
+            unfold_rows: f("partial_unfold_rows")?,
+            bwd_params: f("partial_bwd_params")?,
+        })
+    }
+
+    /// The 12 pointers (fold and network parameters) every kernel after the fold takes first.
+    fn net_args<'a>(p: &'a PartialParamsDev<'_>, w: &'a PartialWork, addrs: &'a mut [u64; 12]) -> &'a [u64; 12] {
+        *addrs = [
+            w.ug.device_address(),
+            w.bg.device_address(),
+            p.be1.device_address(),
+            p.g1.device_address(),
+            p.w4.device_address(),
+            w.w4t.device_address(),
+            p.b4.device_address(),
+            p.g5.device_address(),
+            p.be5.device_address(),
+            w.suu.device_address(),
+            w.sub.device_address(),
+            w.sbb.device_address(),
+        ];
+        addrs
+    }
+
+    /// Enqueues the forward: the fold, h(0) (centred), the pooled codes (B × D) and the keep bits.
+    pub fn forward(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, pool: &mut dyn DeviceMem<f32>) -> Result<()> {
+        let _r = crate::nvtx_range!("partial_fwd");
+        s.check()?;
+        let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
+        ensure!(p.emb.elements() == j * d && p.w0.elements() == hh * (d + 1) && p.w4.elements() == d * hh, "partial: parameter sizes do not match J = {j}, Hh = {hh}, D = {d}");
+        ensure!(bt.indptr.elements() == b + 1 && bt.junction.elements() == s.nnz && bt.psi.elements() == s.nnz, "partial: batch arrays do not match B = {b}, nnz = {}", s.nnz);
+        ensure!(pool.elements() == b * d, "partial: pool has {} entries for {b} × {d}", pool.elements());
+        ensure!(s.center == p.center.is_some(), "partial: the centre buffer must be given exactly when centring");
+        let wpb = (PART_THREADS / 32) as usize;
+        let args: [&dyn KernelArg; 18] = [
+            &p.emb.device_address(),
+            &p.w0.device_address(),
+            &p.b0.device_address(),
+            &p.g1.device_address(),
+            &p.w4.device_address(),
+            &(j as i32),
+            &(hh as i32),
+            &(d as i32),
+            &w.fhat.device_address(),
+            &w.fnorm.device_address(),
+            &w.ut.device_address(),
+            &w.ug.device_address(),
+            &w.suu.device_address(),
+            &w.sub.device_address(),
+            &w.bt.device_address(),
+            &w.bg.device_address(),
+            &w.sbb.device_address(),
+            &w.w4t.device_address(),
+        ];
+        self.dev.launch(&self.fold, cfg(j.div_ceil(wpb), PART_THREADS, wpb * d * 4), &args)?;
+        let mut na = [0u64; 12];
+        let n = *Self::net_args(p, w, &mut na);
+        if s.center {
+            let args: [&dyn KernelArg; 15] = [&n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11], &(hh as i32), &(d as i32), &w.h0.device_address()];
+            self.dev.launch(&self.ref_fwd, cfg(1, 32, smem_per_warp(hh, d, false)), &args)?;
+        }
+        let (drop_on, key, thr, scale) = match s.dropout {
+            Some((k, t, sc)) => (1i32, k, t, sc),
+            None => (0, 0, 0, 1.0),
+        };
+        let h0 = if s.center { w.h0.device_address() } else { 0 };
+        let args: [&dyn KernelArg; 28] = [
+            &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
+            &(hh as i32),
+            &(d as i32),
+            &(b as i32),
+            &bt.indptr.device_address(),
+            &bt.junction.device_address(),
+            &bt.psi.device_address(),
+            &addr(p.center),
+            &h0,
+            &s.pool_mode,
+            &s.divisor,
+            &drop_on,
+            &key,
+            &thr,
+            &scale,
+            &pool.device_address(),
+            &w.keep.device_address(),
+        ];
+        self.dev.launch(&self.pool_fwd, cfg(b.div_ceil(wpb), PART_THREADS, wpb * smem_per_warp(hh, d, false)), &args)
+    }
+
+    /// Enqueues the backward from d(pool) (B × D), after [`CudaPartial::forward`] filled `w`; adds into
+    /// the gradient buffers.
+    pub fn backward(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, dpool: &dyn DeviceMem<f32>, g: &mut PartialGradsDev<'_>) -> Result<()> {
+        let _r = crate::nvtx_range!("partial_bwd");
+        s.check()?;
+        let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
+        ensure!(dpool.elements() == b * d, "partial: dpool has {} entries for {b} × {d}", dpool.elements());
+        ensure!(bt.jptr.elements() == j + 1 && bt.order.elements() == s.nnz && bt.cell_of.elements() == s.nnz, "partial: junction-major arrays do not match J = {j}, nnz = {}", s.nnz);
+        let nw = bwd_warps(j);
+        let wpb = bwd_warps_per_block(hh, d);
+        let mut na = [0u64; 12];
+        let n = *Self::net_args(p, w, &mut na);
+        let (drop_on, scale) = match s.dropout {
+            Some((_, _, sc)) => (1i32, sc),
+            None => (0, 1.0),
+        };
+        let args: [&dyn KernelArg; 32] = [
+            &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
+            &(hh as i32),
+            &(d as i32),
+            &(j as i32),
+            &(nw as i32),
+            &bt.indptr.device_address(),
+            &bt.jptr.device_address(),
+            &bt.order.device_address(),
+            &bt.cell_of.device_address(),
+            &bt.psi.device_address(),
+            &addr(p.center),
+            &dpool.device_address(),
+            &s.pool_mode,
+            &s.divisor,
+            &drop_on,
+            &scale,
+            &w.keep.device_address(),
+            &w.q.device_address(),
+            &w.cj.device_address(),
+            &w.slots.device_address(),
+            &w.slot_d.device_address(),
+        ];
+        self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
+        if s.center {
+            let args: [&dyn KernelArg; 22] = [
+                &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
+                &(hh as i32),
+                &(d as i32),
+                &(b as i32),
+                &bt.indptr.device_address(),
+                &dpool.device_address(),
+                &s.pool_mode,
+                &s.divisor,
+                &(nw as i32),
+                &w.slots.device_address(),
+                &w.slot_d.device_address(),
+            ];
+            self.dev.launch(&self.ref_bwd, cfg(1, 32, smem_per_warp(hh, d, true)), &args)?;
+        }
+        let wpr = (PART_THREADS / 32) as usize;
+        let args: [&dyn KernelArg; 13] = [
+            &w.q.device_address(),
+            &w.cj.device_address(),
+            &w.ut.device_address(),
+            &w.bt.device_address(),
+            &p.g1.device_address(),
+            &p.w0.device_address(),
+            &w.fhat.device_address(),
+            &w.fnorm.device_address(),
+            &(j as i32),
+            &(hh as i32),
+            &(d as i32),
+            &w.du.device_address(),
+            &addr_mut(&g.emb),
+        ];
+        self.dev.launch(&self.unfold_rows, cfg(j.div_ceil(wpr), PART_THREADS, wpr * hh * 4), &args)?;
+        let n_slots = nw + s.center as usize;
+        let total = 4 * hh + 2 * hh * d + 3 * d;
+        let args: [&dyn KernelArg; 21] = [
+            &w.du.device_address(),
+            &w.q.device_address(),
+            &w.cj.device_address(),
+            &w.ut.device_address(),
+            &w.bt.device_address(),
+            &w.fhat.device_address(),
+            &p.g1.device_address(),
+            &w.slots.device_address(),
+            &w.slot_d.device_address(),
+            &(n_slots as i32),
+            &(j as i32),
+            &(hh as i32),
+            &(d as i32),
+            &addr_mut(&g.w0),
+            &addr_mut(&g.b0),
+            &addr_mut(&g.g1),
+            &addr_mut(&g.be1),
+            &addr_mut(&g.w4),
+            &addr_mut(&g.b4),
+            &addr_mut(&g.g5),
+            &addr_mut(&g.be5),
+        ];
+        self.dev.launch(&self.bwd_params, cfg(total.div_ceil(PART_THREADS as usize), PART_THREADS, 0), &args)
+    }
+
+    /// Convenience for tests: uploads the twin's inputs, poisons the outputs (pool with NaN; the
+    /// gradients start at zero, as the twin's), runs the forward and, given `dpool`, the backward.
+    pub fn run_host(&self, pe: &PartialEncP, p: &Params<f32>, spl: &SplBatch, mode: Mode, dpool: &[f32]) -> Result<PartialHost> {
+        let s = PartialShape::of(pe, p, spl, mode);
+        let dev = self.dev;
+        let up = |idx: usize| dev.upload(p.get(idx));
+        let (emb, w0, b0, g1, be1) = (up(pe.emb)?, up(pe.h0.w)?, up(pe.h0.b.unwrap())?, up(pe.ln1_w)?, up(pe.ln1_b)?);
+        let (w4, b4, g5, be5) = (up(pe.h4.w)?, up(pe.h4.b.unwrap())?, up(pe.ln5_w)?, up(pe.ln5_b)?);
+        let center = match pe.center {
+            Some(ci) => Some(up(ci)?),
+            None => None,
+        };
+        let pd = PartialParamsDev { emb: &emb, w0: &w0, b0: &b0, g1: &g1, be1: &be1, w4: &w4, b4: &b4, g5: &g5, be5: &be5, center: center.as_ref().map(|c| c as &dyn DeviceMem<f32>) };
+        let indptr: Vec<i32> = spl.indptr.iter().map(|&v| v as i32).collect();
+        let junction: Vec<i32> = spl.junction.iter().map(|&v| v as i32).collect();
+        let (jptr, order, cell_of) = junction_major(spl);
+        let nz = |v: &[i32]| if v.is_empty() { vec![0i32] } else { v.to_vec() };
+        let (ip, jn, ps) = (dev.upload(&indptr)?, dev.upload(&nz(&junction))?, dev.upload(if spl.psi.is_empty() { &[0.0f32][..] } else { &spl.psi[..] })?);
+        let (jp, od, co) = (dev.upload(&jptr)?, dev.upload(&nz(&order))?, dev.upload(&nz(&cell_of))?);
+        // (an empty minibatch still gets one-element buffers; the kernels never read them)
+        let bd = PartialBatchDev { indptr: &ip, junction: &jn, psi: &ps, jptr: &jp, order: &od, cell_of: &co };
+        let mut w = PartialWork::alloc(dev, &s)?;
+        let mut pool = dev.upload(&vec![f32::NAN; s.b * s.d])?;
+        let sizes = [p.get(pe.emb).len(), p.get(pe.h0.w).len(), s.hh, s.hh, s.hh, s.d * s.hh, s.d, s.d, s.d];
+        let mut gbufs: Vec<CudaSlice<f32>> = sizes.iter().map(|&n| dev.zeros(n)).collect::<Result<_>>()?;
+        self.forward(&s, &pd, &bd, &mut w, &mut pool)?;
+        let dp = dev.upload(dpool)?;
+        {
+            let mut it = gbufs.iter_mut();
+            let mut next = || it.next().map(|b| b as &mut dyn DeviceMem<f32>);
+            let mut g = PartialGradsDev { emb: next(), w0: next(), b0: next(), g1: next(), be1: next(), w4: next(), b4: next(), g5: next(), be5: next() };
+            self.backward(&s, &pd, &bd, &mut w, &dp, &mut g)?;
+        }
+        dev.synchronize()?;
+        let keep = if s.dropout.is_some() { dev.download(&w.keep)?[..s.nnz * s.keep_words()].to_vec() } else { Vec::new() };
+        let h0 = if s.center { Some(dev.download(&w.h0)?) } else { None };
+        let mut grads: [Vec<f32>; 9] = Default::default();
+        for (o, b) in grads.iter_mut().zip(&gbufs) {
+            *o = dev.download(b)?;
+        }
+        Ok(PartialHost { pool: dev.download(&pool)?, keep, h0, grads })
+    }
+}

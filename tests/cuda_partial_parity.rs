@@ -1,0 +1,281 @@
+//! The partial-encoder kernels (kernels/partial.cu) against their CPU twin `model::partial`
+//! (`partial_forward` / `partial_backward`). The twin's backward is checked against f64 central finite
+//! differences in tests/gradcheck.rs (`op_partial_encoder*`).
+//!
+//! * `host_emu_partial_matches_twin`: the kernel source compiled by the host C++20 compiler against
+//!   kernels/host_emu.h and run on the CPU (its logic: lane layout, passes, keep bits, the
+//!   junction-major backward, slots and their reduction), on fresh random inputs with the pooled codes
+//!   poisoned (NaN) first, against the f32 twin: pooled codes, h(0), dropout keep bits (exactly) and the
+//!   gradients of all nine parameters.
+//! * `gpu_partial_matches_twin`: the same comparison on a GPU; prints SKIPPED without one.
+//!   (No GPU has run it yet.)
+//!
+//! Cases cover one code unit per lane with 2, 4 or 32 pairs per pass (D = 16, 5, 1), two units per
+//! lane (D = 40), hidden widths that are not multiples of 32 or 64 (40, 24, 100: one or two keep words),
+//! the three pool modes, centring, dropout on and off, a cell without pairs and junctions without pairs.
+//!
+//! Tolerance (f32 kernel vs f32 twin, different summation orders): |kernel − twin| ≤ 2e-4·|twin| +
+//! 2e-5·max(max|twin tensor|, 1) per element; keep bits equal.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use splicevi::cuda::partial::{bwd_warps, bwd_warps_per_block, junction_major, smem_per_warp, PartialShape};
+use splicevi::cuda::{CudaDevice, CudaPartial};
+use splicevi::model::arch::{PartialEncP, SplEncP};
+use splicevi::model::ops::Mode;
+use splicevi::model::{partial, Dims, Grads, ModelConfig, Params, PoolMode, SpliceVae, SplBatch};
+
+#[path = "common/emu.rs"]
+mod emu;
+use emu::{close, skipped};
+
+struct Case {
+    name: String,
+    model: SpliceVae,
+    p: Params<f32>,
+    spl: SplBatch,
+    mode: Mode,
+    dpool: Vec<f32>,
+}
+
+impl Case {
+    fn pe(&self) -> &PartialEncP {
+        let SplEncP::Partial(pe) = &self.model.arch.z_enc_spl else { panic!("not a partial encoder") };
+        pe
+    }
+
+    /// The nine trained tensors' indices, in `PartialHost::grads` order.
+    fn param_ids(&self) -> [usize; 9] {
+        let pe = self.pe();
+        [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b]
+    }
+}
+
+const PARAM_NAMES: [&str; 9] = ["emb", "w0", "b0", "g1", "be1", "w4", "b4", "g5", "be5"];
+
+#[allow(clippy::too_many_arguments)]
+fn case(seed: u64, j: usize, b: usize, hh: usize, d: usize, pool: PoolMode, center: bool, training: bool) -> Case {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let n_atse = j.div_ceil(2);
+    let junc2atse: Vec<u32> = (0..j).map(|x| (x / 2) as u32).collect();
+    let dims = Dims { n_genes: 5, n_junctions: j, n_atse, n_batch: 1, n_labels: 2, n_obs: 50, n_cats_per_cov: vec![], n_cont: 0 };
+    let cfg = ModelConfig { code_dim: d, h_hidden_dim: hh, pool_mode: pool, partial_center_psi: center, dropout_rate: 0.3, ..ModelConfig::default() };
+    let model = SpliceVae::new(cfg, dims, junc2atse).unwrap();
+    let mut p: Params<f32> = model.init_params(seed);
+    let layout = p.layout.clone();
+    for e in layout.entries.iter() {
+        let v = p.get_mut(layout.find(&e.name).unwrap());
+        v.iter_mut().for_each(|x| *x += 0.15 * r.sample::<f32, _>(StandardNormal));
+    }
+    let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
+    if let Some(ci) = pe.center {
+        p.get_mut(ci).iter_mut().for_each(|v| *v = r.gen_range(0.2..0.8));
+    }
+    if let Some(di) = pe.divisor {
+        p.get_mut(di)[0] = 3.5;
+    }
+    // Cells: cell 1 has no pair; junctions ≥ j − 3 are never observed; psi includes exact 0 and 1.
+    let mut spl = SplBatch { n_junctions: j, indptr: vec![0], ..Default::default() };
+    for c in 0..b {
+        if c != 1 {
+            for jj in 0..j.saturating_sub(3) {
+                if r.gen_bool(0.3) {
+                    spl.junction.push(jj as u32);
+                    let psi = match r.gen_range(0..5) {
+                        0 => 0.0,
+                        1 => 1.0,
+                        _ => r.gen_range(0.0..1.0f32),
+                    };
+                    spl.psi.push(psi);
+                    spl.k.push(psi * 10.0);
+                    spl.n.push(10.0);
+                }
+            }
+        }
+        spl.indptr.push(spl.junction.len());
+    }
+    let dpool: Vec<f32> = (0..b * d).map(|_| r.sample::<f32, _>(StandardNormal)).collect();
+    let name = format!("J {j} B {b} Hh {hh} D {d} pool {pool:?} center {center} training {training}");
+    Case { name, model, p, spl, mode: Mode { training, seed: seed ^ 77 }, dpool }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case(1, 30, 10, 40, 5, PoolMode::Mean, false, true),
+        case(2, 25, 9, 64, 16, PoolMode::Sum, true, true),
+        case(3, 20, 7, 24, 40, PoolMode::Fixed, true, false),
+        case(4, 22, 8, 100, 1, PoolMode::Mean, false, true),
+        case(5, 18, 6, 33, 16, PoolMode::Fixed, false, false),
+    ]
+}
+
+/// The twin's results in the kernels' layout.
+struct Want {
+    pool: Vec<f32>,
+    keep: Vec<u64>,
+    h0: Option<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+}
+
+fn twin(c: &Case) -> Want {
+    let pe = c.pe();
+    let cache = partial::partial_forward(pe, &c.p, &c.spl, c.mode);
+    let dpool = splicevi::model::Mat::from_vec(c.spl.n_cells(), pe.code_dim, c.dpool.clone());
+    let mut g = Grads::zeros(c.p.layout.clone());
+    partial::partial_backward(pe, &c.p, &c.spl, &cache, &dpool, c.mode, &mut g);
+    let grads = c.param_ids().iter().map(|&i| g.get(i).unwrap().to_vec()).collect();
+    Want { pool: cache.pool.data.clone(), keep: cache.keep.clone(), h0: cache.h0.clone(), grads }
+}
+
+fn compare(c: &Case, pool: &[f32], keep: &[u64], h0: Option<&[f32]>, grads: &[Vec<f32>]) {
+    let want = twin(c);
+    close("pool", &c.name, pool, &want.pool, 1.0);
+    assert_eq!(keep.len(), want.keep.len(), "{}: keep words", c.name);
+    if let Some(k) = keep.iter().zip(&want.keep).position(|(a, b)| a != b) {
+        panic!("{}: keep word {k}: kernel {:#018x}, twin {:#018x}", c.name, keep[k], want.keep[k]);
+    }
+    match (h0, &want.h0) {
+        (Some(a), Some(b)) => close("h0", &c.name, a, b, 1.0),
+        (None, None) => {}
+        _ => panic!("{}: h(0) present in one of kernel / twin only", c.name),
+    }
+    for (k, name) in PARAM_NAMES.iter().enumerate() {
+        close(&format!("d {name}"), &c.name, &grads[k], &want.grads[k], 1.0);
+    }
+}
+
+// =====================================================================================================
+// Host emulation of the kernel source.
+
+const PARTIAL_CU: &str = include_str!("../kernels/partial.cu");
+
+/// The harness main (the I/O preamble is common/emu.rs's): the launcher's sequence of launches.
+const HARNESS: &str = r#"
+int main(int argc, char** argv) {
+    if (argc != 2) return 2;
+    const std::string d = argv[1];
+    FILE* f = std::fopen((d + "/params.txt").c_str(), "r");
+    if (!f) return 3;
+    int J, Hh, D, B, nnz, pool_mode, center, dropout, nw, wpb;
+    float divisor, scale;
+    unsigned long long key;
+    unsigned thr;
+    if (std::fscanf(f, "%d %d %d %d %d %d %f %d %d %llu %u %f %d %d", &J, &Hh, &D, &B, &nnz, &pool_mode, &divisor, &center,
+                    &dropout, &key, &thr, &scale, &nw, &wpb) != 14) return 4;
+    std::fclose(f);
+    auto emb = rd<float>(d, "emb"); auto w0 = rd<float>(d, "w0"); auto b0 = rd<float>(d, "b0"); auto g1 = rd<float>(d, "g1");
+    auto be1 = rd<float>(d, "be1"); auto w4 = rd<float>(d, "w4"); auto b4 = rd<float>(d, "b4"); auto g5 = rd<float>(d, "g5");
+    auto be5 = rd<float>(d, "be5"); auto cen = rd<float>(d, "center"); auto psi = rd<float>(d, "psi"); auto dpool = rd<float>(d, "dpool");
+    auto indptr = rd<int>(d, "indptr"); auto junction = rd<int>(d, "junction"); auto jptr = rd<int>(d, "jptr");
+    auto order = rd<int>(d, "order"); auto cell_of = rd<int>(d, "cell_of");
+    const size_t JH = (size_t)J * Hh, JD = (size_t)J * D, kw = (Hh + 63) / 64, S = 2 * Hh + (size_t)D * Hh + 3 * D;
+    std::vector<float> fhat(JD, NAN), fnorm(J, NAN), ut(JH, NAN), ug(JH, NAN), bt(Hh, NAN), bg(Hh, NAN), w4t((size_t)D * Hh, NAN);
+    std::vector<double> suu(J, NAN), sub(J, NAN), sbb(1, NAN);
+    std::vector<float> h0(D, NAN), pool((size_t)B * D, NAN), q(JH, NAN), du(JH, NAN), slots((nw + 1) * S, NAN);
+    std::vector<double> cj(4 * (size_t)J, NAN), slot_d(2 * (nw + 1), NAN);
+    std::vector<unsigned long long> keep((size_t)(nnz > 0 ? nnz : 1) * kw, 0xdeadbeefdeadbeefull);
+    std::vector<float> g_emb(JD, 0), g_w0((size_t)Hh * (D + 1), 0), g_b0(Hh, 0), g_g1(Hh, 0), g_be1(Hh, 0), g_w4((size_t)D * Hh, 0), g_b4(D, 0), g_g5(D, 0), g_be5(D, 0);
+    const int wpr = PART_THREADS / 32;
+    const size_t sf = partial_smem_per_warp(Hh, D, 0), sb = partial_smem_per_warp(Hh, D, 1);
+    emu::launch((J + wpr - 1) / wpr, PART_THREADS, wpr * D * 4, [&] {
+        partial_fold(emb.data(), w0.data(), b0.data(), g1.data(), w4.data(), J, Hh, D, fhat.data(), fnorm.data(), ut.data(), ug.data(), suu.data(), sub.data(), bt.data(), bg.data(), sbb.data(), w4t.data());
+    });
+#define NET ug.data(), bg.data(), be1.data(), g1.data(), w4.data(), w4t.data(), b4.data(), g5.data(), be5.data(), suu.data(), sub.data(), sbb.data()
+    if (center) emu::launch(1, 32, sf, [&] { partial_ref_fwd(NET, Hh, D, h0.data()); });
+    emu::launch((B + wpr - 1) / wpr, PART_THREADS, wpr * sf, [&] {
+        partial_pool_fwd(NET, Hh, D, B, indptr.data(), ptr(junction), ptr(psi), ptr(cen), center ? h0.data() : nullptr, pool_mode, divisor, dropout, key, thr, scale, pool.data(), keep.data());
+    });
+    emu::launch((nw + wpb - 1) / wpb, 32 * wpb, wpb * sb, [&] {
+        partial_pair_bwd(NET, Hh, D, J, nw, indptr.data(), jptr.data(), ptr(order), ptr(cell_of), ptr(psi), ptr(cen), dpool.data(), pool_mode, divisor, dropout, scale, keep.data(), q.data(), cj.data(), slots.data(), slot_d.data());
+    });
+    if (center) emu::launch(1, 32, sb, [&] { partial_ref_bwd(NET, Hh, D, B, indptr.data(), dpool.data(), pool_mode, divisor, nw, slots.data(), slot_d.data()); });
+    emu::launch((J + wpr - 1) / wpr, PART_THREADS, wpr * Hh * 4, [&] {
+        partial_unfold_rows(q.data(), cj.data(), ut.data(), bt.data(), g1.data(), w0.data(), fhat.data(), fnorm.data(), J, Hh, D, du.data(), g_emb.data());
+    });
+    const long long total = 4LL * Hh + 2LL * Hh * D + 3LL * D;
+    emu::launch((unsigned)((total + PART_THREADS - 1) / PART_THREADS), PART_THREADS, 0, [&] {
+        partial_bwd_params(du.data(), q.data(), cj.data(), ut.data(), bt.data(), fhat.data(), g1.data(), slots.data(), slot_d.data(), nw + center, J, Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
+    });
+    wr(d, "pool", pool); wr(d, "h0", h0); wr(d, "keep", dropout ? keep : std::vector<unsigned long long>());
+    wr(d, "emb", g_emb); wr(d, "w0", g_w0); wr(d, "b0", g_b0); wr(d, "g1", g_g1); wr(d, "be1", g_be1);
+    wr(d, "w4", g_w4); wr(d, "b4", g_b4); wr(d, "g5", g_g5); wr(d, "be5", g_be5);
+    wr(d, "smem", std::vector<unsigned long long>{sf, sb});
+    return 0;
+}
+"#;
+
+fn read_u64(dir: &std::path::Path, name: &str) -> Vec<u64> {
+    let b = std::fs::read(dir.join(format!("{name}.out"))).unwrap();
+    b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn write_i32(dir: &std::path::Path, name: &str, v: &[i32]) {
+    std::fs::write(dir.join(format!("{name}.bin")), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+}
+
+#[test]
+fn host_emu_partial_matches_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = match emu::build(d, "partial.cu", PARTIAL_CU, HARNESS) {
+        Ok(e) => e,
+        Err(reason) => {
+            skipped(&format!("host build (emulation) of kernels/partial.cu: {reason}"));
+            return;
+        }
+    };
+    for c in cases() {
+        let pe = c.pe();
+        let s = PartialShape::of(pe, &c.p, &c.spl, c.mode);
+        let (key, thr, scale) = s.dropout.unwrap_or((0, 0, 1.0));
+        let (nw, wpb) = (bwd_warps(s.j), bwd_warps_per_block(s.hh, s.d));
+        std::fs::write(
+            d.join("params.txt"),
+            format!(
+                "{} {} {} {} {} {} {:e} {} {} {key} {thr} {:e} {nw} {wpb}",
+                s.j, s.hh, s.d, s.b, s.nnz, s.pool_mode, s.divisor, s.center as i32, s.dropout.is_some() as i32, scale
+            ),
+        )
+        .unwrap();
+        for (k, &idx) in c.param_ids().iter().enumerate() {
+            emu::write_f32(d, PARAM_NAMES[k], c.p.get(idx));
+        }
+        match pe.center {
+            Some(ci) => emu::write_f32(d, "center", c.p.get(ci)),
+            None => {
+                let _ = std::fs::remove_file(d.join("center.bin"));
+            }
+        }
+        emu::write_f32(d, "psi", &c.spl.psi);
+        emu::write_f32(d, "dpool", &c.dpool);
+        let (jptr, order, cell_of) = junction_major(&c.spl);
+        write_i32(d, "indptr", &c.spl.indptr.iter().map(|&v| v as i32).collect::<Vec<_>>());
+        write_i32(d, "junction", &c.spl.junction.iter().map(|&v| v as i32).collect::<Vec<_>>());
+        write_i32(d, "jptr", &jptr);
+        write_i32(d, "order", &order);
+        write_i32(d, "cell_of", &cell_of);
+        emu::run(&exe, d);
+        assert_eq!(read_u64(d, "smem"), vec![smem_per_warp(s.hh, s.d, false) as u64, smem_per_warp(s.hh, s.d, true) as u64], "{}: shared memory per warp (kernel vs launcher)", c.name);
+        let grads: Vec<Vec<f32>> = PARAM_NAMES.iter().map(|n| emu::read_f32(d, n)).collect();
+        let h0 = emu::read_f32(d, "h0");
+        compare(&c, &emu::read_f32(d, "pool"), &read_u64(d, "keep"), s.center.then_some(&h0[..]), &grads);
+    }
+}
+
+// =====================================================================================================
+// GPU.
+
+#[test]
+fn gpu_partial_matches_twin() {
+    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
+        skipped(&format!("partial-encoder kernels vs model::partial: {reason}"));
+        return;
+    }
+    let dev = CudaDevice::open(0).expect("cuda:0 is usable but could not be opened");
+    let kern = CudaPartial::new(&dev).unwrap();
+    for c in cases() {
+        let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool).unwrap();
+        compare(&c, &got.pool, &got.keep, got.h0.as_deref(), &got.grads);
+    }
+}
