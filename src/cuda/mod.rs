@@ -1,7 +1,8 @@
 //! CUDA backend runtime: the kernels embedded by build.rs (one fatbin per `kernels/*.cu`), driver and
 //! device discovery that never panics on a machine without the NVIDIA driver, a context + stream with the
 //! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`], [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`], [`CudaDenseEpilogue`],
-//! [`CudaPartial`]; the likelihood, latent, dense-epilogue and partial-encoder kernels have never run on a GPU), the
+//! [`CudaPartial`], and the cuBLAS GEMMs [`CudaGemm`]; none of the model's kernels nor the GEMM wrapper has
+//! run on a GPU yet), the
 //! one-allocation device memory arena ([`arena`]), and optional NVTX ranges ([`nvtx`]).
 //!
 //! Nothing CUDA is linked at build time: cudarc loads `libcuda.so` at run time (dynamic-loading), so the
@@ -12,6 +13,7 @@
 pub mod arena;
 pub mod dense_epilogue;
 pub mod expr_lik;
+pub mod gemm;
 pub mod latent;
 pub mod nvtx;
 pub mod optim;
@@ -25,6 +27,7 @@ pub use optim::CudaOptim;
 pub use runtime::{CudaDevice, DeviceMem};
 pub use dense_epilogue::CudaDenseEpilogue;
 pub use expr_lik::CudaExprLik;
+pub use gemm::CudaGemm;
 pub use latent::CudaLatent;
 pub use partial::CudaPartial;
 pub use special::CudaSpecial;

@@ -1,0 +1,164 @@
+//! Row-major GEMMs through cuBLAS (the plain products of the dense layers: y₀ = x·Wᵀ, dW += dy₀ᵀ·x,
+//! dx = dy₀·W), in f32 or with bf16 operands (f32 accumulation and output, `--precision bf16`).
+//! CPU twin: [`crate::model::tensor`]'s matmuls. The FCLayers epilogue around them is
+//! kernels/dense_epilogue.cu ([`super::CudaDenseEpilogue`]).
+//!
+//! **Never run on a GPU yet**: written and compiled without one; tests/cuda_gemm_parity.rs compares it
+//! with the CPU matmul on a GPU where one exists and skips elsewhere.
+//!
+//! cuBLAS is column-major; a row-major C = op(A)·op(B) is the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, and a
+//! row-major matrix read column-major is its transpose, so the call swaps the operands (and m, n) and
+//! keeps each one's transposition flag.
+
+use super::runtime::{CudaDevice, DeviceMem};
+use anyhow::{anyhow, ensure, Result};
+use cudarc::cublas::{result as blas, sys, CudaBlas};
+use half::bf16;
+use std::ffi::c_void;
+
+/// One side of a product: a row-major `rows × cols` matrix with leading dimension `ld` (≥ cols), read
+/// transposed when `t`.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand {
+    pub addr: u64,
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+    pub t: bool,
+}
+
+impl Operand {
+    pub fn new<T>(m: &dyn DeviceMem<T>, rows: usize, cols: usize, t: bool) -> Result<Self> {
+        ensure!(m.elements() >= rows * cols, "gemm: operand has {} elements for {rows} × {cols}", m.elements());
+        Ok(Operand { addr: m.device_address(), rows, cols, ld: cols, t })
+    }
+    /// (rows, cols) of op(X).
+    fn op_shape(&self) -> (usize, usize) {
+        if self.t {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+    fn cublas_op(&self) -> sys::cublasOperation_t {
+        if self.t {
+            sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            sys::cublasOperation_t::CUBLAS_OP_N
+        }
+    }
+}
+
+/// Operand storage of a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPrecision {
+    F32,
+    /// bf16 A and B, f32 C and accumulation.
+    Bf16,
+}
+
+pub struct CudaGemm<'d> {
+    dev: &'d CudaDevice,
+    blas: CudaBlas,
+}
+
+fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow!("gemm: {what} = {v} does not fit cuBLAS's 32-bit sizes"))
+}
+
+impl<'d> CudaGemm<'d> {
+    /// A cuBLAS handle on the device's stream. cudarc loads libcublas at run time and panics when it
+    /// is missing; that becomes an error naming the library.
+    pub fn new(dev: &'d CudaDevice) -> Result<Self> {
+        let stream = dev.stream().clone();
+        let blas = std::panic::catch_unwind(move || CudaBlas::new(stream))
+            .map_err(|_| anyhow!("cuBLAS could not be loaded (libcublas.so.13 from CUDA 13 is needed next to the driver); use --device cpu"))?
+            .map_err(|e| anyhow!("creating a cuBLAS handle: {e:?}"))?;
+        Ok(CudaGemm { dev, blas })
+    }
+
+    /// C (m × n, row-major, ld = n) = α·op(A)·op(B) + β·C. Enqueued on the device's stream.
+    pub fn gemm(&self, prec: GemmPrecision, alpha: f32, a: &Operand, b: &Operand, beta: f32, c: &mut dyn DeviceMem<f32>, m: usize, n: usize) -> Result<()> {
+        let _r = crate::nvtx_range!("gemm");
+        let (am, ak) = a.op_shape();
+        let (bk, bn) = b.op_shape();
+        ensure!(am == m && bn == n && ak == bk, "gemm: op(A) is {am} × {ak}, op(B) {bk} × {bn}, C {m} × {n}");
+        ensure!(c.elements() >= m * n, "gemm: C has {} elements for {m} × {n}", c.elements());
+        ensure!(a.ld >= a.cols && b.ld >= b.cols, "gemm: leading dimension below the row length");
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let k = ak;
+        let (mi, ni, ki) = (int(m, "m")?, int(n, "n")?, int(k, "k")?);
+        let (lda, ldb) = (int(a.ld, "lda")?, int(b.ld, "ldb")?);
+        let h = *self.blas.handle();
+        // Column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ: B first.
+        unsafe {
+            match prec {
+                GemmPrecision::F32 => blas::sgemm(
+                    h,
+                    b.cublas_op(),
+                    a.cublas_op(),
+                    ni,
+                    mi,
+                    ki,
+                    &alpha,
+                    b.addr as *const f32,
+                    ldb,
+                    a.addr as *const f32,
+                    lda,
+                    &beta,
+                    c.device_address() as *mut f32,
+                    ni,
+                ),
+                GemmPrecision::Bf16 => blas::gemm_ex(
+                    h,
+                    b.cublas_op(),
+                    a.cublas_op(),
+                    ni,
+                    mi,
+                    ki,
+                    &alpha as *const f32 as *const c_void,
+                    b.addr as *const c_void,
+                    sys::cudaDataType::CUDA_R_16BF,
+                    ldb,
+                    a.addr as *const c_void,
+                    sys::cudaDataType::CUDA_R_16BF,
+                    lda,
+                    &beta as *const f32 as *const c_void,
+                    c.device_address() as *mut c_void,
+                    sys::cudaDataType::CUDA_R_32F,
+                    ni,
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                ),
+            }
+        }
+        .map_err(|e| anyhow!("cuBLAS gemm ({m} × {n} × {k}, {prec:?}): {e:?}"))
+    }
+
+    /// Convenience for tests: C = op(A)·op(B) of host row-major matrices (A is `ar × ac`, B `br × bc`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_host(&self, prec: GemmPrecision, a: &[f32], ar: usize, ac: usize, ta: bool, b: &[f32], br: usize, bc: usize, tb: bool) -> Result<Vec<f32>> {
+        let dev = self.dev;
+        let m = if ta { ac } else { ar };
+        let n = if tb { br } else { bc };
+        let mut c = dev.upload(&vec![f32::NAN; (m * n).max(1)])?;
+        match prec {
+            GemmPrecision::F32 => {
+                let (da, db) = (dev.upload(a)?, dev.upload(b)?);
+                self.gemm(prec, 1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
+                dev.synchronize()?;
+            }
+            GemmPrecision::Bf16 => {
+                let conv = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<bf16>>();
+                let (da, db) = (dev.upload(&conv(a))?, dev.upload(&conv(b))?);
+                self.gemm(prec, 1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
+                dev.synchronize()?;
+            }
+        }
+        let mut out = dev.download(&c)?;
+        out.truncate(m * n);
+        Ok(out)
+    }
+}
