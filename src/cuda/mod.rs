@@ -1,7 +1,7 @@
 //! CUDA backend runtime: the kernels embedded by build.rs (one fatbin per `kernels/*.cu`), driver and
 //! device discovery that never panics on a machine without the NVIDIA driver, a context + stream with the
 //! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`], [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`], [`CudaDenseEpilogue`],
-//! [`CudaPartial`], and the cuBLAS GEMMs [`CudaGemm`]; none of the model's kernels nor the GEMM wrapper has
+//! [`CudaPartial`], [`CudaSparseLinear`], and the cuBLAS GEMMs [`CudaGemm`]; none of the model's kernels nor the GEMM wrapper has
 //! run on a GPU yet), the
 //! one-allocation device memory arena ([`arena`]), and optional NVTX ranges ([`nvtx`]).
 //!
@@ -19,6 +19,7 @@ pub mod nvtx;
 pub mod optim;
 pub mod partial;
 pub mod runtime;
+pub mod sparse_linear;
 pub mod special;
 pub mod splicing_lik;
 
@@ -30,6 +31,7 @@ pub use expr_lik::CudaExprLik;
 pub use gemm::CudaGemm;
 pub use latent::CudaLatent;
 pub use partial::CudaPartial;
+pub use sparse_linear::CudaSparseLinear;
 pub use special::CudaSpecial;
 pub use splicing_lik::CudaSplicingLik;
 
