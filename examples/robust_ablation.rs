@@ -12,7 +12,44 @@ use splicevi::data::DataOptions;
 use splicevi::model::ModelConfig;
 use splicevi::train::trainer::{RunConfig, Trainer};
 use splicevi::train::{presets, TrainConfig};
+use splicevi::model::{Batch, Noise, Params, SpliceVae, StepOptions};
 use std::time::Instant;
+
+/// stderr diagnostic (docs/robust.md, the effect prior): over training-mode forwards of the trained
+/// model on minibatches of 256 cells, ρ = Σ_j W_j C W_jᵀ / Σ W² (C the minibatch covariance of the
+/// splicing output layer's input: the factor that turns `splicing_decoder_prior` into
+/// `splicing_decoder_effect_prior`) and the mean over junctions of the decoded logit's variance W_j C W_jᵀ.
+fn spread_diagnostic(ds: &splicevi::data::Dataset, model: &SpliceVae, p: &Params<f32>, seed: u64) -> anyhow::Result<()> {
+    let mut m = model.clone();
+    m.cfg.splicing_decoder_effect_prior = 1.0;
+    let name = ["z_decoder_splicing.linear.weight", "z_decoder_splicing.ps_output.weight"]
+        .iter()
+        .find_map(|n| m.layout.find(n))
+        .ok_or_else(|| anyhow::anyhow!("no splicing output weight"))?;
+    let w2: f64 = p.get(name).iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let n = ds.n_cells();
+    let (mut wcw, mut nb) = (0.0, 0usize);
+    for (i, c0) in (0..n).step_by(256).enumerate() {
+        let cells: Vec<usize> = (c0..(c0 + 256).min(n)).collect();
+        if cells.len() < 2 {
+            continue;
+        }
+        let batch = Batch::from_dataset(ds, &cells, true)?;
+        let opts = StepOptions { kl_weight: 1.0, cross_gate: 1.0, training: true, use_z_mean: false, routing: None, seed: seed ^ (i as u64 + 1), noise: Noise::Seeded };
+        let fw = m.forward(p, &batch, &opts)?;
+        let c = fw.effect_prior_metric().expect("metric");
+        wcw += m.spl_decoder_effect_prior_at(p, &c) as f64 * m.dims.n_obs.max(1) as f64;
+        nb += 1;
+    }
+    let wcw = wcw / nb.max(1) as f64;
+    eprintln!(
+        "spread seed {seed}: rho = sum WCW^T / sum W^2 = {:.3}; mean decoded logit variance per junction = {:.4}; sum W^2 = {:.2}",
+        wcw / w2.max(1e-300),
+        wcw / m.dims.n_junctions.max(1) as f64,
+        w2
+    );
+    Ok(())
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,6 +102,9 @@ fn main() -> anyhow::Result<()> {
         let secs = t0.elapsed().as_secs_f64();
         let epochs = t.state.epochs_done;
         let sc = score(&ds, &truth, &masked, &dropped, &t.model, &t.params, &ScoreOptions { seed, ..so.clone() })?;
+        if let Err(e) = spread_diagnostic(&masked, &t.model, &t.params, seed) {
+            eprintln!("spread diagnostic failed: {e:#}");
+        }
         let mut row = columns(&sc);
         row.push(("epochs", epochs as f64));
         row.push(("train_s", secs));

@@ -202,9 +202,16 @@ fn check_whole_loss(label: &str, case: Case, seed: u64) {
     } else {
         None
     };
+    // `splicing_decoder_effect_prior` uses the minibatch covariance C of the splicing output layer's
+    // input as a stop-gradient metric: the finite differences hold C at the base point, so that term is
+    // λ Σ_j W_j C₀ W_jᵀ / N for every perturbed parameter vector.
+    let metric0 = model.forward(&p, &batch, &case.opts).unwrap().effect_prior_metric();
     let total = |pp: &Params<f64>| -> f64 {
         let fw = model.forward(pp, &batch, &case.opts).unwrap();
         let mut l = fw.out.loss;
+        if let Some(c0) = &metric0 {
+            l += model.spl_decoder_effect_prior_at(pp, c0) - fw.out.decoder_effect_prior;
+        }
         if let Some((a, ap)) = &adv {
             l += a.fool(ap, &fw.out.inference.z, &batch.batch, true, 5).unwrap().loss;
         }
@@ -763,4 +770,66 @@ fn whole_loss_robust_preset_and_partial_options() {
         let cfg = small(ModelConfig { splicing_decoder_prior: 0.7, splicing_decoder_architecture: arch, ..ModelConfig::robust() });
         check_whole_loss("robust decoder prior", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 53 + i as u64);
     }
+}
+
+/// `splicing_decoder_effect_prior`: the penalty is λ / N Σ_j Var_cells(S_i · W_j) at the minibatch
+/// covariance of S, it does not change when S is scaled by a and W by 1 / a (the scale-free property the
+/// option exists for), and its gradient (W only; C is a stop-gradient metric) matches finite differences
+/// in the whole loss on both decoder architectures, with and without the L2 prior next to it.
+#[test]
+fn op_and_whole_loss_splicing_decoder_effect_prior() {
+    use splicevi::model::vae::spl_input_covariance;
+    // The covariance against a direct computation.
+    let mut r = rng(71);
+    let (b, k) = (9, 4);
+    let s = rand_mat(&mut r, b, k, 1.3);
+    let c = spl_input_covariance(&s);
+    for a in 0..k {
+        for bb in 0..k {
+            let ma = (0..b).map(|i| s.at(i, a)).sum::<f64>() / b as f64;
+            let mb = (0..b).map(|i| s.at(i, bb)).sum::<f64>() / b as f64;
+            let v = (0..b).map(|i| (s.at(i, a) - ma) * (s.at(i, bb) - mb)).sum::<f64>() / b as f64;
+            assert!((c.at(a, bb) - v).abs() < 1e-12, "C[{a},{bb}] = {} vs {v}", c.at(a, bb));
+        }
+    }
+    assert!(spl_input_covariance(&rand_mat(&mut r, 1, k, 1.0)).data.iter().all(|&v| v == 0.0));
+
+    // The penalty is the decoded logit's variance across cells, and it is scale-free.
+    let small = |c: ModelConfig| ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, dropout_rate: 0.2, ..c };
+    let lam = 0.7;
+    let d = dims(2, vec![], 0);
+    let model = SpliceVae::new(small(ModelConfig { splicing_decoder_effect_prior: lam, ..ModelConfig::robust() }), d.clone(), JUNC2ATSE.to_vec()).unwrap();
+    let mut p = random_params(&model, 72);
+    let wi = model.layout.find("z_decoder_splicing.linear.weight").expect("linear decoder weight");
+    let kk = p.get(wi).len() / JUNC2ATSE.len();
+    let s = rand_mat(&mut r, 7, kk, 0.8);
+    let c = spl_input_covariance(&s);
+    let w = p.get(wi).to_vec();
+    let mut direct = 0.0;
+    for j in 0..JUNC2ATSE.len() {
+        let eta: Vec<f64> = (0..s.rows).map(|i| (0..kk).map(|q| s.at(i, q) * w[j * kk + q]).sum()).collect();
+        let m = eta.iter().sum::<f64>() / eta.len() as f64;
+        direct += eta.iter().map(|e| (e - m) * (e - m)).sum::<f64>() / eta.len() as f64;
+    }
+    direct *= lam / d.n_obs as f64;
+    let got = model.spl_decoder_effect_prior_at(&p, &c);
+    assert!((got - direct).abs() < 1e-12 * direct.abs().max(1.0), "effect prior {got} vs direct {direct}");
+    let s3 = Mat::from_vec(s.rows, s.cols, s.data.iter().map(|v| 3.0 * v).collect());
+    p.get_mut(wi).iter_mut().for_each(|v| *v /= 3.0);
+    let scaled = model.spl_decoder_effect_prior_at(&p, &spl_input_covariance(&s3));
+    assert!((scaled - got).abs() < 1e-12 * got.abs().max(1.0), "not scale-free: {scaled} vs {got}");
+
+    // Gradients of the whole loss.
+    for (i, arch) in [SplicingDecoderArch::Linear, SplicingDecoderArch::Vanilla].into_iter().enumerate() {
+        let cfg = small(ModelConfig { splicing_decoder_effect_prior: 0.9, splicing_decoder_architecture: arch, ..ModelConfig::robust() });
+        check_whole_loss("robust decoder effect prior", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 61 + i as u64);
+    }
+    let cfg = small(ModelConfig { splicing_decoder_effect_prior: 0.9, splicing_decoder_prior: 0.4, ..ModelConfig::robust() });
+    check_whole_loss("robust decoder effect + L2 prior", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: true }, 63);
+    // The term is really there (and moves the loss) at these values.
+    let cfg = small(ModelConfig { splicing_decoder_effect_prior: 0.9, ..ModelConfig::robust() });
+    let m = SpliceVae::new(cfg, dims(2, vec![], 0), JUNC2ATSE.to_vec()).unwrap();
+    let pp = random_params(&m, 64);
+    let fw = m.forward(&pp, &synth_batch(&dims(2, vec![], 0), 6, 65), &base_opts()).unwrap();
+    assert!(fw.out.decoder_effect_prior > 1e-6, "effect prior is {}", fw.out.decoder_effect_prior);
 }

@@ -11,7 +11,7 @@ use super::params::{Grads, ParamLayout, Params};
 use super::partial::{self, PartialCache};
 use super::real::{sigmoid, softplus, softplus_grad, Real};
 use super::rng;
-use super::tensor::Mat;
+use super::tensor::{self, Mat};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -106,6 +106,9 @@ pub struct StepOutput<T> {
     pub concentration_prior: T,
     /// λ Σ W² / N of the splicing decoder's output weights (`splicing_decoder_prior`; 0 when off).
     pub decoder_prior: T,
+    /// λ Σ_j W_j C W_jᵀ / N, C the minibatch covariance of the splicing output layer's input
+    /// (`splicing_decoder_effect_prior`; 0 when off).
+    pub decoder_effect_prior: T,
     /// mean(RL_e + RL_s + κ KL) + penalty + priors.
     pub loss: T,
     /// BatchNorm running-stat updates of this step (apply with `SpliceVae::apply_buffer_updates`).
@@ -170,6 +173,8 @@ struct Tape<T> {
     spl_dec: SplDecTape<T>,
     /// Splicing head input S (B × K).
     s_in: Mat<T>,
+    /// `splicing_decoder_effect_prior`: W C (J × K), C the stop-gradient metric of this step.
+    effect_wc: Option<Mat<T>>,
     /// d(RL_s_i)/d(logit_e) and per-entry contributions to d(RL_s)/d(concentration).
     g_logit: Vec<T>,
     g_conc: Vec<T>,
@@ -181,6 +186,40 @@ pub struct Forward<T> {
     pub out: StepOutput<T>,
     tape: Tape<T>,
     opts: StepOptions,
+}
+
+impl<T: Real> Forward<T> {
+    /// The stop-gradient metric C (K × K) of `splicing_decoder_effect_prior` in this step: the
+    /// minibatch covariance of the splicing output layer's input. None when the option is off.
+    pub fn effect_prior_metric(&self) -> Option<Mat<T>> {
+        self.tape.effect_wc.as_ref().map(|_| spl_input_covariance(&self.tape.s_in))
+    }
+}
+
+/// C = (1/B) Σ_i (S_i − S̄)(S_i − S̄)ᵀ of a B × K matrix (K × K; zeros for B ≤ 1).
+pub fn spl_input_covariance<T: Real>(s: &Mat<T>) -> Mat<T> {
+    let (b, k) = (s.rows, s.cols);
+    let mut c = Mat::zeros(k, k);
+    if b <= 1 {
+        return c;
+    }
+    let mut mean = vec![T::ZERO; k];
+    for i in 0..b {
+        for (m, &v) in mean.iter_mut().zip(s.row(i)) {
+            *m += v;
+        }
+    }
+    let inv_b = T::ONE / T::from_f64(b as f64);
+    mean.iter_mut().for_each(|m| *m *= inv_b);
+    let mut sc = s.clone();
+    for i in 0..b {
+        for (v, &m) in sc.row_mut(i).iter_mut().zip(&mean) {
+            *v -= m;
+        }
+    }
+    tensor::matmul_tn_acc(&sc.data, b, k, &sc.data, k, &mut c.data);
+    c.data.iter_mut().for_each(|v| *v *= inv_b);
+    c
 }
 
 /// The model: options, dimensions, module tree, parameter name table and junction → ATSE map.
@@ -469,12 +508,25 @@ impl SpliceVae {
         let (penalty, rbf) = self.penalty(&inference, opts.kl_weight);
         let concentration_prior = self.conc_prior(p, b);
         let decoder_prior = self.spl_decoder_prior(p);
+        let (decoder_effect_prior, effect_wc) = if self.cfg.splicing_decoder_effect_prior != 0.0 {
+            let c = spl_input_covariance(&s_in);
+            let (v, wc) = self.spl_decoder_effect_prior_wc(p, &c);
+            (v, Some(wc))
+        } else {
+            (T::ZERO, None)
+        };
         let bt = b as f64;
         let mean_terms: f64 = (0..b)
             .map(|i| rl_expr[i].to_f64() + sl.rl[i].to_f64() + opts.kl_weight * kl[i].to_f64())
             .sum::<f64>()
             / bt;
-        let loss = T::from_f64(mean_terms + penalty.to_f64() + concentration_prior.to_f64() + decoder_prior.to_f64());
+        let loss = T::from_f64(
+            mean_terms
+                + penalty.to_f64()
+                + concentration_prior.to_f64()
+                + decoder_prior.to_f64()
+                + decoder_effect_prior.to_f64(),
+        );
         if !loss.is_finite() {
             bail!(
                 "non-finite loss (expression {:.4e}, splicing {:.4e}, KL {:.4e}, penalty {:.4e}); \
@@ -498,6 +550,7 @@ impl SpliceVae {
             penalty,
             concentration_prior,
             decoder_prior,
+            decoder_effect_prior,
             loss,
             buffer_updates: upd,
         };
@@ -510,6 +563,7 @@ impl SpliceVae {
             g_pi,
             spl_dec,
             s_in,
+            effect_wc,
             g_logit: sl.g_logit,
             g_conc: sl.g_conc,
             rbf,
@@ -835,6 +889,30 @@ impl SpliceVae {
         T::from_f64(lam * s * self.prior_scale())
     }
 
+    /// `splicing_decoder_effect_prior` at a given metric C (K × K, symmetric): λ Σ_j W_j C W_jᵀ / N, the
+    /// prior on the decoded logit's variation across cells (docs/robust.md). With C the minibatch
+    /// covariance of the output layer's input (`spl_input_covariance`, what `forward` uses) this is λ / N
+    /// times Σ_j Var_cells(S_i · W_j). Exposed so that a finite-difference check can hold C fixed.
+    pub fn spl_decoder_effect_prior_at<T: Real>(&self, p: &Params<T>, c: &Mat<T>) -> T {
+        if self.cfg.splicing_decoder_effect_prior == 0.0 {
+            return T::ZERO;
+        }
+        self.spl_decoder_effect_prior_wc(p, c).0
+    }
+
+    /// (λ Σ_j W_j C W_jᵀ / N, W C).
+    fn spl_decoder_effect_prior_wc<T: Real>(&self, p: &Params<T>, c: &Mat<T>) -> (T, Mat<T>) {
+        let w = p.get(self.spl_out_weight());
+        let k = self.spl_out_linear().n_in;
+        assert_eq!((c.rows, c.cols), (k, k), "effect-prior metric is not K × K");
+        let j = w.len() / k;
+        let mut wc = Mat::zeros(j, k);
+        // W Cᵀ = W C (C symmetric).
+        tensor::matmul_nt(w, j, k, &c.data, k, &mut wc.data, T::ZERO);
+        let s: f64 = w.iter().zip(&wc.data).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+        (T::from_f64(self.cfg.splicing_decoder_effect_prior * s * self.prior_scale()), wc)
+    }
+
     fn conc_prior<T: Real>(&self, p: &Params<T>, b: usize) -> T {
         match self.cfg.splicing_loss_type {
             SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => {
@@ -986,6 +1064,16 @@ impl SpliceVae {
             let lam = T::from_f64(2.0 * cfg.splicing_decoder_prior * self.prior_scale());
             if let Some(gw) = g.slot(w) {
                 for (gv, &v) in gw.iter_mut().zip(p.get(w)) {
+                    *gv += lam * v;
+                }
+            }
+        }
+        // splicing_decoder_effect_prior: d(λ Σ_j W_j C W_jᵀ / N)/dW = 2λ W C / N (C held fixed).
+        if let Some(wc) = &tp.effect_wc {
+            let w = self.spl_out_weight();
+            let lam = T::from_f64(2.0 * cfg.splicing_decoder_effect_prior * self.prior_scale());
+            if let Some(gw) = g.slot(w) {
+                for (gv, &v) in gw.iter_mut().zip(&wc.data) {
                     *gv += lam * v;
                 }
             }
