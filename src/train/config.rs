@@ -84,7 +84,8 @@ impl TrainConfig {
     pub fn robust() -> Self {
         TrainConfig {
             max_epochs: 100,
-            lr: 3e-3,
+            // 6e-3 with splicing_loss_weight 2 (docs/robust.md): about 500 steps at 1,500 cells.
+            lr: 6e-3,
             batch_size: 256,
             n_epochs_kl_warmup: Some(20),
             restore_best: true,
