@@ -22,11 +22,7 @@ use std::time::Instant;
 fn spread_diagnostic(ds: &splicevi::data::Dataset, model: &SpliceVae, p: &Params<f32>, seed: u64) -> anyhow::Result<()> {
     let mut m = model.clone();
     m.cfg.splicing_decoder_effect_prior = 1.0;
-    let name = ["z_decoder_splicing.linear.weight", "z_decoder_splicing.ps_output.weight"]
-        .iter()
-        .find_map(|n| m.layout.find(n))
-        .ok_or_else(|| anyhow::anyhow!("no splicing output weight"))?;
-    let w2: f64 = p.get(name).iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let w2: f64 = p.get(m.spl_out_weight()).iter().map(|&v| (v as f64) * (v as f64)).sum();
     let n = ds.n_cells();
     let (mut wcw, mut nb) = (0.0, 0usize);
     for (i, c0) in (0..n).step_by(256).enumerate() {

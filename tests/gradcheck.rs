@@ -205,7 +205,11 @@ fn check_whole_loss(label: &str, case: Case, seed: u64) {
     // `splicing_decoder_effect_prior` uses the minibatch covariance C of the splicing output layer's
     // input as a stop-gradient metric: the finite differences hold C at the base point, so that term is
     // λ Σ_j W_j C₀ W_jᵀ / N for every perturbed parameter vector.
-    let metric0 = model.forward(&p, &batch, &case.opts).unwrap().effect_prior_metric();
+    let metric0 = if case.cfg.splicing_decoder_effect_prior != 0.0 {
+        model.forward(&p, &batch, &case.opts).unwrap().effect_prior_metric()
+    } else {
+        None
+    };
     let total = |pp: &Params<f64>| -> f64 {
         let fw = model.forward(pp, &batch, &case.opts).unwrap();
         let mut l = fw.out.loss;

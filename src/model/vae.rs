@@ -867,11 +867,9 @@ impl SpliceVae {
     }
 
     /// The splicing decoder's output weight matrix (the one `splicing_decoder_prior` acts on).
-    fn spl_out_weight(&self) -> usize {
-        match &self.arch.z_dec_spl {
-            SplDecP::Vanilla { out, .. } => out.w,
-            SplDecP::Linear { lin } => lin.w,
-        }
+    /// Parameter index of the splicing decoder's output weight (J × K), either architecture.
+    pub fn spl_out_weight(&self) -> usize {
+        self.spl_out_linear().w
     }
 
     /// 1 / N with N the training data's cells: the per-step share of a prior over the whole data.
