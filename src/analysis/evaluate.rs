@@ -22,57 +22,127 @@ use crate::train::rng::{stream, Purpose};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 
-/// One removed (or kept) entry: its cell, junction, original PSI and original ATSE count n.
+/// One removed (or kept) entry: its cell, junction, original PSI, junction count k and ATSE count n.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Entry {
     pub cell: u32,
     pub junction: u32,
     pub psi: f32,
+    pub k: f32,
     pub n: f32,
 }
 
 /// Remove ⌊fraction · #observed ATSEs⌋ (≥ 1) observed ATSEs of every cell that has any. Returns the
-/// masked dataset and the removed entries (cell-major, junctions ascending).
+/// masked dataset and the removed entries (cell-major, junctions ascending). A copy: the input is kept
+/// (see [`mask_atses_in_place`] for the form that does not hold the dataset twice).
 pub fn mask_atses(ds: &Dataset, fraction: f64, seed: u64) -> Result<(Dataset, Vec<Entry>)> {
+    let mut out = ds.clone();
+    let dropped = mask_atses_in_place(&mut out, fraction, seed)?;
+    Ok((out, dropped))
+}
+
+/// [`mask_atses`] without a second copy of the dataset: the kept entries are compacted in place (the
+/// write cursor never passes the read cursor), so the extra memory is the removed entries only.
+/// [`unmask_atses`] puts them back.
+pub fn mask_atses_in_place(ds: &mut Dataset, fraction: f64, seed: u64) -> Result<Vec<Entry>> {
     if !(fraction > 0.0 && fraction <= 1.0) {
         bail!("the mask fraction must be in (0, 1], got {fraction}");
     }
-    let s = &ds.splicing;
-    let mut out = ds.clone();
-    let m = &mut out.splicing;
-    m.indptr = vec![0];
-    m.junction.clear();
-    m.k.clear();
-    m.n.clear();
-    m.psi.clear();
+    let m = &mut ds.splicing;
     let mut dropped = Vec::new();
-    for c in 0..s.n_cells {
-        let r = s.cell_range(c);
-        let mut atses: Vec<u32> = s.junction[r.clone()].iter().map(|&j| s.junc2atse[j as usize]).collect();
+    let mut write = 0usize;
+    let mut drop: Vec<u32> = Vec::new();
+    let mut atses: Vec<u32> = Vec::new();
+    // indptr[c] is rewritten to the compacted start before cell c is read, so keep the original one.
+    let mut read_start = m.indptr[0];
+    for c in 0..m.n_cells {
+        let read = read_start..m.indptr[c + 1];
+        read_start = m.indptr[c + 1];
+        atses.clear();
+        atses.extend(m.junction[read.clone()].iter().map(|&j| m.junc2atse[j as usize]));
         atses.sort_unstable();
         atses.dedup();
-        let mut drop = vec![];
+        drop.clear();
         if !atses.is_empty() {
             let k = ((fraction * atses.len() as f64).floor() as usize).max(1);
             let mut rng = stream(seed, Purpose::Analysis, tags::MASK, c as u64);
-            drop = atses.choose_multiple(&mut rng, k).copied().collect();
+            drop.extend(atses.choose_multiple(&mut rng, k).copied());
             drop.sort_unstable();
         }
-        for e in r {
-            let j = s.junction[e];
-            if drop.binary_search(&s.junc2atse[j as usize]).is_ok() {
-                dropped.push(Entry { cell: c as u32, junction: j, psi: s.psi[e], n: s.n[e] });
+        for e in read {
+            let j = m.junction[e];
+            if drop.binary_search(&m.junc2atse[j as usize]).is_ok() {
+                dropped.push(Entry { cell: c as u32, junction: j, psi: m.psi[e], k: m.k[e], n: m.n[e] });
             } else {
-                m.junction.push(j);
-                m.k.push(s.k[e]);
-                m.n.push(s.n[e]);
-                m.psi.push(s.psi[e]);
+                m.junction[write] = j;
+                m.k[write] = m.k[e];
+                m.n[write] = m.n[e];
+                m.psi[write] = m.psi[e];
+                write += 1;
             }
         }
-        m.indptr.push(m.junction.len());
+        m.indptr[c + 1] = write;
     }
-    out.source = format!("{} (masked: {fraction} of each cell's observed ATSEs, seed {seed})", ds.source);
-    Ok((out, dropped))
+    m.junction.truncate(write);
+    m.k.truncate(write);
+    m.n.truncate(write);
+    m.psi.truncate(write);
+    ds.source = format!("{} (masked: {fraction} of each cell's observed ATSEs, seed {seed})", ds.source);
+    Ok(dropped)
+}
+
+/// Put the entries removed by [`mask_atses_in_place`] back (merged per cell, junctions ascending as
+/// the dataset's invariant has them), restoring the dataset exactly; `source` is the unmasked name.
+/// In place: the arrays grow once and are filled from the back.
+pub fn unmask_atses(ds: &mut Dataset, dropped: &[Entry], source: &str) -> Result<()> {
+    let m = &mut ds.splicing;
+    let kept = m.junction.len();
+    let total = kept + dropped.len();
+    if dropped.windows(2).any(|w| (w[0].cell, w[0].junction) >= (w[1].cell, w[1].junction)) {
+        bail!("unmask: the removed entries are not cell-major with junctions ascending");
+    }
+    if let Some(e) = dropped.iter().find(|e| e.cell as usize >= m.n_cells) {
+        bail!("unmask: a removed entry names cell {} of {}", e.cell, m.n_cells);
+    }
+    m.junction.resize(total, 0);
+    m.k.resize(total, 0.0);
+    m.n.resize(total, 0.0);
+    m.psi.resize(total, 0.0);
+    // Walk cells from the last: write cursor w (final positions) never falls below the kept read cursor.
+    let mut w = total;
+    let mut d = dropped.len();
+    for c in (0..m.n_cells).rev() {
+        let (lo, mut r) = (m.indptr[c], m.indptr[c + 1]);
+        m.indptr[c + 1] = w;
+        loop {
+            let pending = d > 0 && dropped[d - 1].cell as usize == c;
+            if pending && r > lo && dropped[d - 1].junction == m.junction[r - 1] {
+                bail!("unmask: junction {} of cell {c} is both kept and removed", dropped[d - 1].junction);
+            }
+            let take_dropped = pending && (r == lo || dropped[d - 1].junction > m.junction[r - 1]);
+            w -= 1;
+            if take_dropped {
+                let e = &dropped[d - 1];
+                m.junction[w] = e.junction;
+                m.k[w] = e.k;
+                m.n[w] = e.n;
+                m.psi[w] = e.psi;
+                d -= 1;
+            } else if r > lo {
+                r -= 1;
+                m.junction[w] = m.junction[r];
+                m.k[w] = m.k[r];
+                m.n[w] = m.n[r];
+                m.psi[w] = m.psi[r];
+            } else {
+                w += 1;
+                break;
+            }
+        }
+    }
+    anyhow::ensure!(w == m.indptr[0] && d == 0, "unmask: {d} removed entries left over (cells out of order)");
+    ds.source = source.to_string();
+    Ok(())
 }
 
 /// Which truths are scored.
@@ -175,7 +245,7 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
     let n = ds.n_cells();
     let dropped: Vec<Entry> = dropped.iter().copied().filter(|e| filter.keep(e)).collect();
     let observed: Vec<Entry> = (0..n)
-        .flat_map(|c| spl.cell_range(c).map(move |e| Entry { cell: c as u32, junction: spl.junction[e], psi: spl.psi[e], n: spl.n[e] }))
+        .flat_map(|c| spl.cell_range(c).map(move |e| Entry { cell: c as u32, junction: spl.junction[e], psi: spl.psi[e], k: spl.k[e], n: spl.n[e] }))
         .filter(|e| filter.keep(e))
         .collect();
     // Entries per cell, so each block gathers its own.
@@ -397,5 +467,34 @@ mod tests {
         assert_eq!(mask_atses(&ds, 0.5, 3).unwrap().1, dropped);
         assert_ne!(mask_atses(&ds, 0.5, 4).unwrap().1, dropped);
         assert!(mask_atses(&ds, 0.0, 3).is_err() && mask_atses(&ds, 1.5, 3).is_err());
+    }
+
+    /// The in-place mask is the copying one, and unmasking restores the dataset bit for bit.
+    #[test]
+    fn in_place_mask_and_unmask_round_trip() {
+        let (ds, _) = simulate(&SimConfig::preset(SimSize::Toy, 2)).unwrap();
+        for (fraction, seed) in [(0.25, 0u64), (0.5, 7), (1.0, 1)] {
+            let (copy, dropped_copy) = mask_atses(&ds, fraction, seed).unwrap();
+            let mut inplace = ds.clone();
+            let dropped = mask_atses_in_place(&mut inplace, fraction, seed).unwrap();
+            assert_eq!(dropped, dropped_copy);
+            assert_eq!(inplace.splicing, copy.splicing, "fraction {fraction}");
+            assert!(!dropped.is_empty());
+            unmask_atses(&mut inplace, &dropped, &ds.source).unwrap();
+            assert_eq!(inplace.splicing, ds.splicing, "fraction {fraction}: unmask did not restore");
+            assert_eq!(inplace.source, ds.source);
+        }
+        // A removed entry that collides with a kept one, or out of order, is an error, not a silent merge.
+        let mut masked = ds.clone();
+        let mut dropped = mask_atses_in_place(&mut masked, 0.5, 3).unwrap();
+        let mut bad = masked.clone();
+        let c = (0..bad.splicing.n_cells).find(|&c| !bad.splicing.cell_range(c).is_empty()).unwrap();
+        let kept = bad.splicing.junction[bad.splicing.indptr[c]];
+        let mut clash = dropped.clone();
+        clash.push(Entry { cell: c as u32, junction: kept, psi: 0.5, k: 1.0, n: 2.0 });
+        clash.sort_by_key(|e| (e.cell, e.junction));
+        assert!(unmask_atses(&mut bad, &clash, "x").is_err());
+        dropped.swap(0, 1);
+        assert!(unmask_atses(&mut masked.clone(), &dropped, "x").is_err());
     }
 }

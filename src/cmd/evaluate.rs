@@ -4,7 +4,7 @@
 
 use super::train::{resolve, OptionFlags, TrainArgs};
 use crate::analysis::differential::write_tsv;
-use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses, render, rows, rows_tsv, TruthFilter};
+use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses_in_place, render, unmask_atses, rows, rows_tsv, TruthFilter};
 use crate::analysis::impute::group_codes;
 use crate::analysis::posterior::{align_batches, Posterior};
 use crate::data::{load::load, DataOptions, Dataset};
@@ -124,15 +124,12 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         Some(r) => read_run_config(r)?.data,
         None => args.data_options.clone(),
     };
+    // One copy of the data: masked in place for training and imputation, unmasked again for the
+    // latents (which are computed on every observed entry). The extra memory is the removed entries.
     let mut ds = load(&data, &data_options)?;
-    let (masked, dropped) = mask_atses(&ds, args.mask_fraction, args.eval_seed)?;
-    eprintln!(
-        "masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})",
-        dropped.len(),
-        ds.splicing.nnz(),
-        args.mask_fraction,
-        args.eval_seed
-    );
+    let (source, nnz) = (ds.source.clone(), ds.splicing.nnz());
+    let dropped = mask_atses_in_place(&mut ds, args.mask_fraction, args.eval_seed)?;
+    eprintln!("masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})", dropped.len(), nnz, args.mask_fraction, args.eval_seed);
     let tmp;
     let dir = match (&run_dir, &args.train_dir) {
         (Some(r), _) => r.clone(),
@@ -143,15 +140,13 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         }
     };
     if run_dir.is_none() {
-        train_here(&args, &data, &masked, &dir)?;
+        train_here(&args, &data, &ds, &dir)?;
     }
     let run = read_run_config(&dir)?;
-    let mut masked = masked;
-    align_batches(&mut masked, &run.batch_levels, &dir.display().to_string())?;
     align_batches(&mut ds, &run.batch_levels, &dir.display().to_string())?;
-    let (_, model, params): (RunConfig, SpliceVae, Params<f32>) = load_model(&dir, &masked)?;
+    let (_, model, params): (RunConfig, SpliceVae, Params<f32>) = load_model(&dir, &ds)?;
     let mb_groups = match &args.meanbayes_groupby {
-        Some(c) => Some(group_codes(&masked, c)?),
+        Some(c) => Some(group_codes(&ds, c)?),
         None => None,
     };
     let labels = match &args.label {
@@ -159,8 +154,12 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         None => None,
     };
     let filter = TruthFilter { include_zero: args.include_zero_truth, exclude_one: args.exclude_psi_one, min_atse_count: args.min_atse_count };
-    let post_masked = Posterior::new(&masked, &model, &params)?;
-    let imp = evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), args.block_cells)?;
+    let imp = {
+        let post_masked = Posterior::new(&ds, &model, &params)?;
+        evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), args.block_cells)?
+    };
+    unmask_atses(&mut ds, &dropped, &source)?;
+    drop(dropped);
     let post = Posterior::new(&ds, &model, &params)?;
     let lat = evaluate_latents(&post, labels.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
     let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
