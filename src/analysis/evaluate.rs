@@ -244,20 +244,13 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
     let spl = &ds.splicing;
     let n = ds.n_cells();
     let dropped: Vec<Entry> = dropped.iter().copied().filter(|e| filter.keep(e)).collect();
-    let observed: Vec<Entry> = (0..n)
-        .flat_map(|c| spl.cell_range(c).map(move |e| Entry { cell: c as u32, junction: spl.junction[e], psi: spl.psi[e], k: spl.k[e], n: spl.n[e] }))
-        .filter(|e| filter.keep(e))
-        .collect();
-    // Entries per cell, so each block gathers its own.
-    let by_cell = |entries: &[Entry]| -> Vec<Vec<usize>> {
-        let mut v = vec![Vec::new(); n];
-        entries.iter().enumerate().for_each(|(i, e)| v[e.cell as usize].push(i));
-        v
-    };
-    let (drop_idx, obs_idx) = (by_cell(&dropped), by_cell(&observed));
+    // The still-observed entries are the dataset's own (CSR order); they are read in place, not copied.
+    let entry = |c: usize, e: usize| Entry { cell: c as u32, junction: spl.junction[e], psi: spl.psi[e], k: spl.k[e], n: spl.n[e] };
+    let mut drop_idx = vec![Vec::new(); n];
+    dropped.iter().enumerate().for_each(|(i, e)| drop_idx[e.cell as usize].push(i));
     let (mut dec_drop, mut dm_drop) = (vec![0f64; dropped.len()], vec![0f64; dropped.len()]);
-    let (mut dec_obs, mut dm_obs) = (vec![0f64; observed.len()], vec![0f64; observed.len()]);
-    let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || !obs_idx[c].is_empty()).collect();
+    let (mut t_obs, mut dec_obs, mut dm_obs) = (Vec::new(), Vec::new(), Vec::new());
+    let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || !spl.cell_range(c).is_empty()).collect();
     let opts = DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
     let need_dm = !post.conc.is_empty();
     for block in cells.chunks(block_cells) {
@@ -270,19 +263,26 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
             None
         };
         for (r, &c) in block.iter().enumerate() {
-            for (idx, entries, dec, dmv) in [(&drop_idx[c], &dropped, &mut dec_drop, &mut dm_drop), (&obs_idx[c], &observed, &mut dec_obs, &mut dm_obs)] {
-                for &i in idx {
-                    let j = entries[i].junction as usize;
-                    dec[i] = p.at(r, j) as f64;
-                    if let Some(q) = &dm {
-                        dmv[i] = q.at(r, j) as f64;
-                    }
+            for &i in &drop_idx[c] {
+                let j = dropped[i].junction as usize;
+                dec_drop[i] = p.at(r, j) as f64;
+                if let Some(q) = &dm {
+                    dm_drop[i] = q.at(r, j) as f64;
                 }
+            }
+            for e in spl.cell_range(c) {
+                if !filter.keep(&entry(c, e)) {
+                    continue;
+                }
+                let j = spl.junction[e] as usize;
+                t_obs.push(spl.psi[e] as f64);
+                dec_obs.push(p.at(r, j) as f64);
+                dm_obs.push(dm.as_ref().map_or(0.0, |q| q.at(r, j) as f64));
             }
         }
     }
-    let truth = |v: &[Entry]| -> Vec<f64> { v.iter().map(|e| e.psi as f64).collect() };
-    let (t_drop, t_obs) = (truth(&dropped), truth(&observed));
+    drop(drop_idx);
+    let t_drop: Vec<f64> = dropped.iter().map(|e| e.psi as f64).collect();
     let cat = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().chain(b).copied().collect() };
     let t_all = cat(&t_drop, &t_obs);
     let mut report = ImputationReport::default();
