@@ -375,6 +375,52 @@ fn write_f32(path: &Path, m: &Mat<f32>) {
     std::fs::write(path, bytemuck::cast_slice::<f32, u8>(&m.data)).unwrap();
 }
 
+/// Rows of a DS table as (is_ds_fdr, min(n_obs_group1, n_obs_group2)).
+fn ds_calls_and_coverage(path: &Path) -> Vec<(bool, f64)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("{name} not in {header:?}"));
+    let (c, n1, n2) = (col("is_ds_fdr"), col("n_obs_group1"), col("n_obs_group2"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let num = |i: usize| f[i].parse::<f64>().unwrap();
+            (f[c] == "True", num(n1).min(num(n2)))
+        })
+        .collect()
+}
+
+/// A `robust` run's diff-splicing tests only junctions seen in >= 10 cells of each group unless told
+/// otherwise, and says so; `default` runs test every junction (the original) without a word.
+#[test]
+fn diff_splicing_takes_its_coverage_filter_from_the_run_preset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = d.join("toy.h5mu");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "2", "--out"]).arg(&data));
+    let ds = |run: &Path, out: &str, extra: &[&str]| {
+        ok(bin().arg("diff-splicing").arg(run).arg(&data).args(["--groupby", "subtype", "--group1", "T0_a", "--group2", "T0_b", "--n-samples-overall", "300", "--fdr", "1", "--no-plots"]).args(extra).arg("--out").arg(d.join(out)))
+    };
+    for preset in ["robust", "default"] {
+        let run = d.join(preset);
+        ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--preset", preset, "--batch-key", "batch", "--max-epochs", "2", "--batch-size", "64", "--quiet", "--no-plots"]));
+        let implicit = ds(&run, &format!("{preset}.tsv"), &[]);
+        let said = implicit.contains("the robust preset's default");
+        assert_eq!(said, preset == "robust", "{preset}: {implicit}");
+        let want = if preset == "robust" { "10" } else { "0" };
+        ds(&run, &format!("{preset}.explicit.tsv"), &["--min-obs-cells", want]);
+        assert_eq!(std::fs::read(d.join(format!("{preset}.tsv"))).unwrap(), std::fs::read(d.join(format!("{preset}.explicit.tsv"))).unwrap(), "{preset}: the default is not --min-obs-cells {want}");
+        // FDR target 1 calls every tested junction, so the table shows exactly which were tested.
+        let rows = ds_calls_and_coverage(&d.join(format!("{preset}.tsv")));
+        assert!(rows.iter().any(|r| r.1 < 10.0) && rows.iter().any(|r| r.1 >= 10.0), "toy data should have thin and well-covered junctions");
+        for (called, cov) in rows {
+            let tested = preset == "default" || cov >= 10.0;
+            assert_eq!(called, tested, "{preset}: junction seen in {cov} cells of a group");
+        }
+    }
+}
+
 #[test]
 fn commands_write_anndata_and_tsv_outputs() {
     let tmp = tempfile::tempdir().unwrap();

@@ -79,9 +79,10 @@ pub struct DiffSplicingArgs {
     #[arg(long, value_enum, default_value = "dm-posterior")]
     pub method: SplicingFn,
     /// Test only junctions observed in at least this many cells of each group (others: is_ds_fdr
-    /// False, outside the FDR set). 0 = all, the original; docs/robust.md recommends 10.
-    #[arg(long, default_value_t = 0)]
-    pub min_obs_cells: u64,
+    /// False, outside the FDR set). 0 = all, the original. Default: 10 for runs trained with the
+    /// `robust` preset, 0 (the original's test) otherwise.
+    #[arg(long)]
+    pub min_obs_cells: Option<u64>,
     /// Do not draw the volcano plot (OUT without .tsv, then .volcano.png / .svg).
     #[arg(long)]
     pub no_plots: bool,
@@ -89,7 +90,17 @@ pub struct DiffSplicingArgs {
 
 pub fn run(args: DiffSplicingArgs) -> Result<()> {
     let o = open_run(&args.run_dir, &args.data)?;
-    let opts = ChangeOptions { min_obs_cells: args.min_obs_cells, ..args.groups.change_options(args.delta, &o.run.batch_levels)? };
+    let min_obs_cells = match args.min_obs_cells {
+        Some(n) => n,
+        None => {
+            let n = crate::train::presets::ds_min_obs_cells(&o.run.preset);
+            if n > 0 {
+                eprintln!("testing junctions observed in >= {n} cells of each group (the {} preset's default; --min-obs-cells 0 tests all, as the original)", o.run.preset);
+            }
+            n
+        }
+    };
+    let opts = ChangeOptions { min_obs_cells, ..args.groups.change_options(args.delta, &o.run.batch_levels)? };
     let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
     let post = Posterior::new(&o.ds, &o.model, &o.params)?;
     let mut results = Vec::new();

@@ -16,3 +16,17 @@ pub fn preset(name: &str) -> anyhow::Result<(ModelConfig, TrainConfig)> {
         other => anyhow::bail!("unknown preset `{other}` (known: {})", PRESETS.join(", ")),
     }
 }
+
+/// `diff-splicing --min-obs-cells` when the flag is not given, by the run's preset. `robust` tests only
+/// junctions observed in at least 10 cells of each group: the change-mode test has no term for how well
+/// a thinly observed junction's decoder weights are determined, and most false calls at `small` come
+/// from junctions seen in fewer than 10 cells (docs/robust.md, "Differential splicing: the false
+/// calls"). `default` and `paper` test every junction, as the original.
+pub fn ds_min_obs_cells(preset: &str) -> u64 {
+    match preset {
+        "robust" => ROBUST_DS_MIN_OBS_CELLS,
+        _ => 0,
+    }
+}
+
+pub const ROBUST_DS_MIN_OBS_CELLS: u64 = 10;
