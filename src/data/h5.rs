@@ -346,7 +346,8 @@ fn read_compressed(
     if data.size() < nnz || indices.size() < nnz {
         bail!("{field}: indptr ends at {nnz} but data has {} and indices {} entries", data.size(), indices.size());
     }
-    let mut out = Csr { n_rows: major, n_cols: minor, indptr: vec![0usize; major + 1], indices: Vec::new(), values: Vec::new() };
+    // Sized once (explicit zeros are dropped, so nnz is an upper bound): no doubling while reading.
+    let mut out = Csr { n_rows: major, n_cols: minor, indptr: vec![0usize; major + 1], indices: Vec::with_capacity(nnz), values: Vec::with_capacity(nnz) };
     let mut row = 0usize;
     let mut start = 0usize;
     while start < nnz {
