@@ -30,7 +30,9 @@ fn scorecard() -> &'static Scorecard {
         let mut t = Trainer::new(&masked, run_config(&masked, "robust", model, train), dir.path()).unwrap();
         t.verbose = false;
         t.fit().unwrap();
-        let sc = score(&ds, &truth, &masked, &dropped, &t.model, &t.params, &ScoreOptions::default()).unwrap();
+        // The filtered DS columns use the coverage filter `diff-splicing` applies to robust runs.
+        let so = ScoreOptions { ds_min_obs: presets::ds_min_obs_cells("robust"), ..ScoreOptions::default() };
+        let sc = score(&ds, &truth, &masked, &dropped, &t.model, &t.params, &so).unwrap();
         eprintln!("robust scorecard: {sc:?}");
         sc
     })
@@ -50,6 +52,11 @@ fn robust_differential_splicing_finds_the_planted_junctions_and_not_random_halve
     assert!(s.ds_precision >= 0.8, "DS precision {:.3} ({} called)", s.ds_precision, s.ds_called);
     assert!(s.ds_recall >= 0.5, "DS recall {:.3} ({} planted)", s.ds_recall, s.ds_planted);
     assert!(s.halves_called <= 20, "random halves of one subtype: {} of 2000 junctions called", s.halves_called);
+    // What `splicevi diff-splicing` does on a robust run by default (junctions seen in >= 10 cells of
+    // each group): the same criteria.
+    assert!(s.ds_mo_precision >= 0.8, "DS precision with the coverage filter {:.3} ({} called)", s.ds_mo_precision, s.ds_mo_called);
+    assert!(s.ds_mo_recall >= 0.5, "DS recall with the coverage filter {:.3}", s.ds_mo_recall);
+    assert!(s.halves_mo_called <= 20, "random halves with the coverage filter: {} called", s.halves_mo_called);
 }
 
 #[test]
