@@ -15,7 +15,11 @@ impl<T: Copy> Csr<T> {
         Csr { n_rows, n_cols, indptr: vec![0; n_rows + 1], indices: Vec::new(), values: Vec::new() }
     }
     pub fn nnz(&self) -> usize {
-        self.values.len()
+        self.indices.len()
+    }
+    /// Column indices of row `r` (also for a pattern-only matrix whose values were dropped).
+    pub fn cols(&self, r: usize) -> &[u32] {
+        &self.indices[self.indptr[r]..self.indptr[r + 1]]
     }
     /// Column indices and values of row `r`.
     pub fn row(&self, r: usize) -> (&[u32], &[T]) {

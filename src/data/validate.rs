@@ -447,7 +447,7 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
                     })?;
                 }
                 if let Some((mf, m)) = mask {
-                    let (mc, _) = m.row(i);
+                    let mc = m.cols(i);
                     merge_cols(mc, nc, |j, pm, pn| {
                         let fail = |m: String| Err(DataError::new(file, mf, m).cell(i, cells).feature("junction", j as usize, jn));
                         match (pm, pn) {
@@ -490,7 +490,7 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
             };
             reserve(&mut out, m.nnz());
             for i in 0..n_cells {
-                let (mc, _) = m.row(i);
+                let mc = m.cols(i);
                 let ones = vec![1.0f32; mc.len()];
                 checker.check_row(mc, &ones).map_err(|issue| {
                     let (j, j0, atse) = match issue {
