@@ -365,8 +365,7 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
     let ratio = inp.junc_ratio.as_ref();
     let mask = inp.psi_mask.as_ref();
 
-    // The output arrays are sized once: growing them by doubling would hold up to 3× an array during a
-    // reallocation and leave up to 2× resident for the rest of the run (77 M entries at `medium`).
+    // The output arrays are sized once (no doubling while they grow, no slack left resident).
     let reserve = |out: &mut Splicing, nnz: usize| {
         out.junction.reserve_exact(nnz);
         out.k.reserve_exact(nnz);
