@@ -695,3 +695,45 @@ fn check_csr_structure<T: Copy>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr(indptr: Vec<usize>, indices: Vec<u32>, values: Vec<f32>) -> Csr<f32> {
+        Csr { n_rows: indptr.len() - 1, n_cols: 3, indptr, indices, values }
+    }
+
+    fn input<'a>(cells: &'a [String], k: Csr<f32>, n: Csr<f32>) -> SplicingInput<'a> {
+        SplicingInput {
+            file: "t.h5mu",
+            cell_names: cells,
+            junction_names: vec!["j0".into(), "j1".into(), "j2".into()],
+            gene_names: vec![],
+            junc2atse: vec![0, 0, 1],
+            atse_ids: vec!["a0".into(), "a1".into()],
+            k: Some(("k".into(), k)),
+            n: Some(("n".into(), n)),
+            junc_ratio: None,
+            psi_mask: None,
+        }
+    }
+
+    /// n's arrays become the dataset's (moved, not copied), also when its rows start past entry 0.
+    #[test]
+    fn entries_come_from_n_also_with_an_offset_indptr() {
+        let cells: Vec<String> = vec!["c0".into(), "c1".into()];
+        // Cell 0 observes ATSE 0 (j0, j1; n = 4), cell 1 observes ATSE 1 (j2; n = 2).
+        let k = || csr(vec![0, 2, 3], vec![0, 1, 2], vec![1.0, 3.0, 2.0]);
+        let plain = build_splicing(input(&cells, k(), csr(vec![0, 2, 3], vec![0, 1, 2], vec![4.0, 4.0, 2.0]))).unwrap();
+        assert_eq!(plain.indptr, vec![0, 2, 3]);
+        assert_eq!(plain.junction, vec![0, 1, 2]);
+        assert_eq!(plain.n, vec![4.0, 4.0, 2.0]);
+        assert_eq!(plain.k, vec![1.0, 3.0, 2.0]);
+        assert_eq!(plain.psi, vec![0.25, 0.75, 1.0]);
+        // The same rows behind two leading entries and before a trailing one that no row owns.
+        let shifted = csr(vec![2, 4, 5], vec![2, 2, 0, 1, 2, 1], vec![9.0, 9.0, 4.0, 4.0, 2.0, 7.0]);
+        let got = build_splicing(input(&cells, k(), shifted)).unwrap();
+        assert_eq!(got, plain);
+    }
+}
