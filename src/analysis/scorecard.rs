@@ -127,6 +127,8 @@ pub fn knn_batch_entropy(x: &[f32], d: usize, batch: &[u32], k: usize) -> f64 {
             }).sum::<f64>()
                 / (nb as f64).ln()
         })
+        .collect::<Vec<f64>>()
+        .iter()
         .sum();
     s / n as f64
 }
