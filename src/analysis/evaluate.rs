@@ -93,7 +93,9 @@ pub fn mask_atses_in_place(ds: &mut Dataset, fraction: f64, seed: u64) -> Result
 
 /// Put the entries removed by [`mask_atses_in_place`] back (merged per cell, junctions ascending as
 /// the dataset's invariant has them), restoring the dataset exactly; `source` is the unmasked name.
-/// In place: the arrays grow once and are filled from the back.
+/// In place: the arrays grow once and are filled from the back. The order checks run first; a removed
+/// entry that clashes with a kept one is found during the merge, leaving the dataset partly merged (the
+/// callers stop on any error).
 pub fn unmask_atses(ds: &mut Dataset, dropped: &[Entry], source: &str) -> Result<()> {
     let m = &mut ds.splicing;
     let kept = m.junction.len();
@@ -119,23 +121,22 @@ pub fn unmask_atses(ds: &mut Dataset, dropped: &[Entry], source: &str) -> Result
             if pending && r > lo && dropped[d - 1].junction == m.junction[r - 1] {
                 bail!("unmask: junction {} of cell {c} is both kept and removed", dropped[d - 1].junction);
             }
-            let take_dropped = pending && (r == lo || dropped[d - 1].junction > m.junction[r - 1]);
-            w -= 1;
-            if take_dropped {
+            if pending && (r == lo || dropped[d - 1].junction > m.junction[r - 1]) {
                 let e = &dropped[d - 1];
+                w -= 1;
+                d -= 1;
                 m.junction[w] = e.junction;
                 m.k[w] = e.k;
                 m.n[w] = e.n;
                 m.psi[w] = e.psi;
-                d -= 1;
             } else if r > lo {
+                w -= 1;
                 r -= 1;
                 m.junction[w] = m.junction[r];
                 m.k[w] = m.k[r];
                 m.n[w] = m.n[r];
                 m.psi[w] = m.psi[r];
             } else {
-                w += 1;
                 break;
             }
         }
@@ -250,7 +251,8 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
     dropped.iter().enumerate().for_each(|(i, e)| drop_idx[e.cell as usize].push(i));
     let (mut dec_drop, mut dm_drop) = (vec![0f64; dropped.len()], vec![0f64; dropped.len()]);
     let (mut t_obs, mut dec_obs, mut dm_obs) = (Vec::new(), Vec::new(), Vec::new());
-    let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || !spl.cell_range(c).is_empty()).collect();
+    // Only cells with something to score are decoded.
+    let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || spl.cell_range(c).any(|e| filter.keep(&entry(c, e)))).collect();
     let opts = DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
     let need_dm = !post.conc.is_empty();
     for block in cells.chunks(block_cells) {

@@ -365,13 +365,6 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
     let ratio = inp.junc_ratio.as_ref();
     let mask = inp.psi_mask.as_ref();
 
-    // The output arrays are sized once (no doubling while they grow, no slack left resident).
-    let reserve = |out: &mut Splicing, nnz: usize| {
-        out.junction.reserve_exact(nnz);
-        out.k.reserve_exact(nnz);
-        out.n.reserve_exact(nnz);
-        out.psi.reserve_exact(nnz);
-    };
     match (&inp.k, &inp.n) {
         (Some((kf, k)), Some((nf, n))) => {
             // The entries are n's: its indices and values become the junction and n arrays (moved after
@@ -487,7 +480,11 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
                     ))
                 }
             };
-            reserve(&mut out, m.nnz());
+            // The output arrays are sized once (no doubling while they grow, no slack left resident).
+            for v in [&mut out.k, &mut out.n, &mut out.psi] {
+                v.reserve_exact(m.nnz());
+            }
+            out.junction.reserve_exact(m.nnz());
             for i in 0..n_cells {
                 let mc = m.cols(i);
                 let ones = vec![1.0f32; mc.len()];
