@@ -255,6 +255,25 @@ fn tiny_read_chunks_give_the_same_matrices() {
 }
 
 #[test]
+fn row_blocks_of_any_size_load_the_same_dataset() {
+    let Some(g) = gen() else { return };
+    // k, junc_ratio and psi_mask are read in row blocks while the entries are built; blocks of 1, 2, 3,
+    // 7 and 16 stored entries cross every row and block boundary (a row larger than a block is one block).
+    let mut cases: Vec<(String, DataOptions)> =
+        g.expected["valid_files"].as_array().unwrap().iter().map(|f| (f["file"].as_str().unwrap().to_string(), valid_opts())).collect();
+    cases.push(("splicing_only.h5ad".into(), harness::options(&serde_json::json!({"batch_key": "batch"}))));
+    cases.push(("psi_only.h5ad".into(), DataOptions::default()));
+    for (name, opts) in &cases {
+        let whole = load(&g.path(name), opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        for entries in [1, 2, 3, 7, 16] {
+            let checks = LoadChecks { row_block_entries: entries, ..Default::default() };
+            let got = load_with(&g.path(name), opts, &checks).unwrap_or_else(|e| panic!("{name}, blocks of {entries}: {e:#}"));
+            assert!(got == whole, "{name}: blocks of {entries} entries load a different dataset");
+        }
+    }
+}
+
+#[test]
 fn first_bad_value_is_row_major_first_even_for_csc() {
     let Some(g) = gen() else { return };
     // CSC delivers values column by column; the reported offender must still be the row-major first.

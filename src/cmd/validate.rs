@@ -183,6 +183,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     let checks = LoadChecks {
         require_integer_expression: args.require_integer_expression,
         require_integer_splicing: args.require_integer_splicing,
+        ..Default::default()
     };
     let ds = load_with(&args.data, &args.data_options, &checks)?;
     // The loader guarantees these; re-checking the result costs one pass and guards the loader itself.

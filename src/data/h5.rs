@@ -10,12 +10,14 @@
 //!
 //! Matrices are read straight into CSR with zeros dropped: sparse groups in chunks of their arrays, dense
 //! datasets in blocks of rows, CSC through a counting-sort transpose. Memory stays proportional to the
-//! non-zeros; cells × features is never densified.
+//! non-zeros; cells × features is never densified. The splicing layers k, junc_ratio and psi_mask (CSR or
+//! dense) are not read whole: [`H5Rows`] hands them to the entry builder a block of rows at a time, so a
+//! load holds the dataset it builds plus one block of each.
 
 use super::dataset::{Csr, ObsColumn};
 use super::load::{ObsTable, RawData};
 use super::options::DataOptions;
-use super::validate::{DataError, ValueRule, ValueTracker};
+use super::validate::{CheckOptions, DataError, Layer, RowSource, ValueRule, ValueTracker};
 use anyhow::{anyhow, bail, Context, Result};
 use hdf5::types::{FixedAscii, FixedUnicode, TypeDescriptor as TD, VarLenAscii, VarLenUnicode};
 use hdf5::{Container, Dataset as HDataset, File, Group, Location};
@@ -280,28 +282,14 @@ impl Matrix {
         let (nr, nc) = self.shape;
         let mut out = match &self.kind {
             MatKind::Dense(ds) => {
-                let mut rows_per_block = (block / nc.max(1)).max(1);
-                // Whole chunks per block: a chunk cut by a block boundary would be decompressed twice.
-                if let Some(cr) = ds.chunk().and_then(|c| c.first().copied()).filter(|&cr| cr > 0) {
-                    if cr.saturating_mul(nc) <= block.max(MAX_ALIGNED_BLOCK) {
-                        rows_per_block = cr.max(rows_per_block / cr * cr);
-                    }
-                }
+                let rows_per_block = dense_rows_per_block(ds, nc, block);
                 let mut csr = Csr { n_rows: nr, n_cols: nc, indptr: Vec::with_capacity(nr + 1), indices: Vec::new(), values: Vec::new() };
                 csr.indptr.push(0);
                 let mut r0 = 0;
                 while r0 < nr {
                     let r1 = (r0 + rows_per_block).min(nr);
                     let block = read_f64_sel(ds, Sel::Rows2(r0..r1)).with_context(|| format!("{}: reading rows {r0}..{r1}", self.field))?;
-                    for (bi, row) in block.chunks(nc.max(1)).enumerate().take(r1 - r0) {
-                        for (j, &v) in row.iter().enumerate() {
-                            if v != 0.0 && tracker.accept(r0 + bi, j, v) {
-                                csr.indices.push(j as u32);
-                                csr.values.push(v as f32);
-                            }
-                        }
-                        csr.indptr.push(csr.values.len());
-                    }
+                    push_dense_rows(&mut csr, &block, nc, r1 - r0, r0, tracker);
                     r0 = r1;
                 }
                 csr
@@ -321,16 +309,9 @@ impl Matrix {
     }
 }
 
-/// Read a compressed sparse group along its major axis into a `Csr` (rows = major axis).
-fn read_compressed(
-    g: &Group,
-    field: &str,
-    major: usize,
-    minor: usize,
-    csc: bool,
-    tracker: &mut ValueTracker,
-    chunk: usize,
-) -> Result<Csr<f32>> {
+/// The data and indices datasets of a compressed sparse group and its checked indptr (starts at 0, never
+/// decreases, `major + 1` long, within the arrays).
+fn open_compressed(g: &Group, field: &str, major: usize, csc: bool) -> Result<(HDataset, HDataset, Vec<i64>)> {
     let data = g.dataset("data")?;
     let indices = g.dataset("indices")?;
     let indptr_ds = g.dataset("indptr")?;
@@ -346,6 +327,142 @@ fn read_compressed(
     if data.size() < nnz || indices.size() < nnz {
         bail!("{field}: indptr ends at {nnz} but data has {} and indices {} entries", data.size(), indices.size());
     }
+    Ok((data, indices, indptr))
+}
+
+/// Rows per dense read block: about `block` elements, in whole chunks of the dataset when they fit (a chunk
+/// cut by a block boundary would be decompressed twice).
+fn dense_rows_per_block(ds: &HDataset, nc: usize, block: usize) -> usize {
+    let mut rows_per_block = (block / nc.max(1)).max(1);
+    if let Some(cr) = ds.chunk().and_then(|c| c.first().copied()).filter(|&cr| cr > 0) {
+        if cr.saturating_mul(nc) <= block.max(MAX_ALIGNED_BLOCK) {
+            rows_per_block = cr.max(rows_per_block / cr * cr);
+        }
+    }
+    rows_per_block
+}
+
+/// Append the non-zero values of dense rows `r0..` (row-major, `nc` per row) to `csr`, rows numbered from
+/// `r0` for the tracker.
+fn push_dense_rows(csr: &mut Csr<f32>, block: &[f64], nc: usize, n_rows: usize, r0: usize, tracker: &mut ValueTracker) {
+    for (bi, row) in block.chunks(nc.max(1)).enumerate().take(n_rows) {
+        for (j, &v) in row.iter().enumerate() {
+            if v != 0.0 && tracker.accept(r0 + bi, j, v) {
+                csr.indices.push(j as u32);
+                csr.values.push(v as f32);
+            }
+        }
+        csr.indptr.push(csr.values.len());
+    }
+}
+
+enum RowsKind {
+    Csr { data: HDataset, indices: HDataset, indptr: Vec<i64> },
+    Dense { ds: HDataset, rows_per_block: usize },
+}
+
+/// A splicing layer stored as a CSR group or a dense dataset, read a block of rows at a time while the
+/// observed entries are built ([`Layer::Rows`]): the load then holds one block of it, not the whole layer.
+/// Its value rule is applied as each block is read.
+pub struct H5Rows {
+    file: String,
+    field: String,
+    n_rows: usize,
+    n_cols: usize,
+    rule: ValueRule,
+    kind: RowsKind,
+    block_entries: usize,
+}
+
+impl RowSource for H5Rows {
+    fn block(&mut self, r0: usize, cells: &[String], junctions: &[String]) -> Result<Csr<f32>> {
+        let (nr, nc) = (self.n_rows, self.n_cols);
+        anyhow::ensure!(r0 < nr, "{}: {}: row {r0} asked of {nr} rows", self.file, self.field);
+        let mut tracker = ValueTracker::new(self.rule);
+        let (r1, mut csr) = match &self.kind {
+            RowsKind::Csr { data, indices, indptr } => {
+                let start = indptr[r0] as usize;
+                // The most rows whose entries fit in a block, at least one.
+                let r1 = (r0 + 1).max(indptr.partition_point(|&p| p as usize <= start + self.block_entries).saturating_sub(1)).min(nr);
+                let end = indptr[r1] as usize;
+                let read = || -> Result<(Vec<f64>, Vec<i64>)> {
+                    let vals = read_f64_sel(data, Sel::Range1(start..end)).with_context(|| format!("{}/data", self.field))?;
+                    let idx = read_i64_sel(indices, Sel::Range1(start..end)).with_context(|| format!("{}/indices", self.field))?;
+                    Ok((vals, idx))
+                };
+                let (vals, idx) = read().map_err(|e| anyhow!("{}: {e:#}", self.file))?;
+                let mut csr = Csr { n_rows: r1 - r0, n_cols: nc, indptr: Vec::with_capacity(r1 - r0 + 1), indices: Vec::with_capacity(end - start), values: Vec::with_capacity(end - start) };
+                csr.indptr.push(0);
+                for r in r0..r1 {
+                    for p in indptr[r] as usize..indptr[r + 1] as usize {
+                        let (v, c) = (vals[p - start], idx[p - start]);
+                        if c < 0 || c as usize >= nc {
+                            bail!("{}: {}/indices: index {c} at position {p} is outside 0..{nc}", self.file, self.field);
+                        }
+                        if v != 0.0 && tracker.accept(r, c as usize, v) {
+                            csr.indices.push(c as u32);
+                            csr.values.push(v as f32);
+                        }
+                    }
+                    csr.indptr.push(csr.values.len());
+                }
+                (r1, csr)
+            }
+            RowsKind::Dense { ds, rows_per_block } => {
+                let r1 = (r0 + rows_per_block).min(nr);
+                let block = read_f64_sel(ds, Sel::Rows2(r0..r1)).map_err(|e| anyhow!("{}: {}: reading rows {r0}..{r1}: {e:#}", self.file, self.field))?;
+                let mut csr = Csr { n_rows: r1 - r0, n_cols: nc, indptr: Vec::with_capacity(r1 - r0 + 1), indices: Vec::new(), values: Vec::new() };
+                csr.indptr.push(0);
+                push_dense_rows(&mut csr, &block, nc, r1 - r0, r0, &mut tracker);
+                (r1, csr)
+            }
+        };
+        tracker.into_result(&self.file, &self.field, cells, "junction", junctions)?;
+        debug_assert_eq!(csr.n_rows, r1 - r0);
+        canonicalize(&mut csr);
+        Ok(csr)
+    }
+
+    fn nnz_hint(&self) -> usize {
+        match &self.kind {
+            RowsKind::Csr { indptr, .. } => *indptr.last().unwrap() as usize,
+            RowsKind::Dense { .. } => self.n_rows * self.n_cols,
+        }
+    }
+}
+
+impl Matrix {
+    /// A reader of this matrix in row blocks ([`H5Rows`]), for CSR and dense storage; `None` for CSC (its
+    /// rows are scattered over the whole file: read it whole).
+    /// A block holds about `block_entries` stored entries (CSR) or `block_entries` elements (dense, in whole
+    /// chunks of the dataset when they fit), and at least one row.
+    pub fn row_source(&self, file: &str, rule: ValueRule, block_entries: usize) -> Result<Option<H5Rows>> {
+        let block_entries = block_entries.max(1);
+        let (nr, nc) = self.shape;
+        let kind = match &self.kind {
+            MatKind::Sparse { csc: true, .. } => return Ok(None),
+            MatKind::Sparse { group, csc: false } => {
+                let (data, indices, indptr) = open_compressed(group, &self.field, nr, false).map_err(|e| anyhow!("{file}: {e:#}"))?;
+                RowsKind::Csr { data, indices, indptr }
+            }
+            MatKind::Dense(ds) => RowsKind::Dense { ds: ds.clone(), rows_per_block: dense_rows_per_block(ds, nc, block_entries) },
+        };
+        Ok(Some(H5Rows { file: file.to_string(), field: self.field.clone(), n_rows: nr, n_cols: nc, rule, kind, block_entries }))
+    }
+}
+
+/// Read a compressed sparse group along its major axis into a `Csr` (rows = major axis).
+fn read_compressed(
+    g: &Group,
+    field: &str,
+    major: usize,
+    minor: usize,
+    csc: bool,
+    tracker: &mut ValueTracker,
+    chunk: usize,
+) -> Result<Csr<f32>> {
+    let (data, indices, indptr) = open_compressed(g, field, major, csc)?;
+    let nnz = *indptr.last().unwrap() as usize;
     // Sized once (explicit zeros are dropped, so nnz is an upper bound): no doubling while reading.
     let mut out = Csr { n_rows: major, n_cols: minor, indptr: vec![0usize; major + 1], indices: Vec::with_capacity(nnz), values: Vec::with_capacity(nnz) };
     let mut row = 0usize;
@@ -701,7 +818,8 @@ fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
 }
 
 /// The splicing part of an AnnData at `base` ("" for a root .h5ad, "mod/splicing" in a .h5mu).
-fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOptions, integer_counts: bool, cells: &[String], raw: &mut RawData) -> Result<()> {
+fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOptions, checks: &CheckOptions, cells: &[String], raw: &mut RawData) -> Result<()> {
+    let integer_counts = checks.require_integer_splicing;
     let p = |rel: &str| if base.is_empty() { rel.to_string() } else { format!("{base}/{rel}") };
     let var = read_frame(root, &p("var"))?;
     let nj = var.index.len();
@@ -753,15 +871,26 @@ fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOption
     }
     let jn = raw.junction_names.clone();
     let rd = |m: &Option<Matrix>, rule| m.as_ref().map(|m| read_checked(file, m, rule, cells, "junction", &jn)).transpose();
-    raw.k = rd(&k, ValueRule::counts(integer_counts))?;
+    // k, junc_ratio and psi_mask are read in row blocks while the entries are built (CSC ones whole).
+    let rows = |m: &Option<Matrix>, rule| -> Result<Option<(String, Layer)>> {
+        let Some(mat) = m else { return Ok(None) };
+        Ok(Some(match mat.row_source(file, rule, checks.row_block_entries)? {
+            Some(src) => (mat.field.clone(), Layer::Rows(Box::new(src))),
+            None => {
+                let (f, csr) = read_checked(file, mat, rule, cells, "junction", &jn)?;
+                (f, Layer::Whole(csr))
+            }
+        }))
+    };
     raw.n = rd(&n, ValueRule::counts(integer_counts))?;
-    raw.junc_ratio = rd(&r, ValueRule::PSI)?;
-    raw.psi_mask = rd(&m, ValueRule::MASK)?;
+    raw.k = rows(&k, ValueRule::counts(integer_counts))?;
+    raw.junc_ratio = rows(&r, ValueRule::PSI)?;
+    raw.psi_mask = rows(&m, ValueRule::MASK)?;
     Ok(())
 }
 
 /// Read a MuData file in the SpliceVI layout (model.md §1.1).
-pub fn read_h5mu(path: &Path, opts: &DataOptions, integer_expression: bool, integer_counts: bool) -> Result<RawData> {
+pub fn read_h5mu(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Result<RawData> {
     let file = path.display().to_string();
     let f = open(path)?;
     let root: &Group = &f;
@@ -810,9 +939,9 @@ pub fn read_h5mu(path: &Path, opts: &DataOptions, integer_expression: bool, inte
         },
     };
     check_shape(&file, &x, cells.len(), raw.gene_names.len(), "genes (rna var)")?;
-    raw.expression = Some(read_checked(&file, &x, ValueRule::expression(integer_expression), &cells, "gene", &raw.gene_names)?);
+    raw.expression = Some(read_checked(&file, &x, ValueRule::expression(checks.require_integer_expression), &cells, "gene", &raw.gene_names)?);
 
-    read_splicing_anndata(&file, root, &spl, opts, integer_counts, &cells, &mut raw)?;
+    read_splicing_anndata(&file, root, &spl, opts, checks, &cells, &mut raw)?;
 
     // Size factors: the MuData's obsm first, then the rna modality's.
     for base in ["", rna.as_str()] {
@@ -837,14 +966,14 @@ pub fn read_h5mu(path: &Path, opts: &DataOptions, integer_expression: bool, inte
 }
 
 /// Read a splicing-only AnnData (.h5ad): the splicing layers at the root, no expression.
-pub fn read_h5ad(path: &Path, opts: &DataOptions, integer_counts: bool) -> Result<RawData> {
+pub fn read_h5ad(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Result<RawData> {
     let file = path.display().to_string();
     let f = open(path)?;
     let root: &Group = &f;
     let obs = read_frame(root, "obs").map_err(|e| anyhow!("{file}: {e:#}"))?;
     let cells = obs.index.clone();
     let mut raw = RawData { file: file.clone(), cell_names: cells.clone(), ..Default::default() };
-    read_splicing_anndata(&file, root, "", opts, integer_counts, &cells, &mut raw)?;
+    read_splicing_anndata(&file, root, "", opts, checks, &cells, &mut raw)?;
     let p = format!("obsm/{}", opts.size_factor_key);
     if let Some(v) = read_obsm_column0(root, &p).map_err(|e| anyhow!("{file}: {e:#}"))? {
         raw.library_size = Some((p, v));

@@ -6,7 +6,7 @@
 use super::dataset::{Categorical, Covariates, Csr, Dataset, ObsColumn};
 use super::h5::number_label;
 use super::options::DataOptions;
-use super::validate::{atse_index, build_splicing, CheckOptions, DataError, SplicingInput, ValueRule};
+use super::validate::{atse_index, build_splicing, CheckOptions, DataError, Layer, SplicingInput, ValueRule};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -26,7 +26,7 @@ pub struct ObsTable {
 }
 
 /// What a reader found, before the splicing entries and covariates are built.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct RawData {
     pub file: String,
     pub cell_names: Vec<String>,
@@ -39,10 +39,12 @@ pub struct RawData {
     pub junction_gene_names: Vec<String>,
     /// (field, ATSE id per junction (`None` = missing), ids are numbers).
     pub event_ids: (String, Vec<Option<String>>, bool),
-    pub k: Option<(String, Csr<f32>)>,
+    /// k, junc_ratio and psi_mask may be read in row blocks while the entries are built ([`Layer::Rows`]);
+    /// n is read whole (its arrays become the dataset's).
+    pub k: Option<(String, Layer)>,
     pub n: Option<(String, Csr<f32>)>,
-    pub junc_ratio: Option<(String, Csr<f32>)>,
-    pub psi_mask: Option<(String, Csr<f32>)>,
+    pub junc_ratio: Option<(String, Layer)>,
+    pub psi_mask: Option<(String, Layer)>,
     /// Lookup order for columns named by flags.
     pub obs_tables: Vec<ObsTable>,
     /// Modality whose obs columns are added to `Dataset::obs` after the global ones.
@@ -66,9 +68,9 @@ pub fn load_with(path: &Path, opts: &DataOptions, checks: &LoadChecks) -> Result
         let mudata = super::h5::is_mudata(&f);
         drop(f);
         if mudata {
-            super::h5::read_h5mu(path, opts, checks.require_integer_expression, checks.require_integer_splicing)?
+            super::h5::read_h5mu(path, opts, checks)?
         } else {
-            super::h5::read_h5ad(path, opts, checks.require_integer_splicing)?
+            super::h5::read_h5ad(path, opts, checks)?
         }
     };
     assemble(raw, opts)
@@ -125,7 +127,7 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
     let RawData { k, n, junc_ratio, mut psi_mask, junction_names, junction_gene_names, expression, gene_names, cell_names, .. } = raw;
     // The mask's values carry nothing once read (zeros are not stored and the reader rejected anything
     // but 0 / 1): keep its pattern only, 4 bytes per observed entry less at the load peak.
-    if let Some((_, m)) = psi_mask.as_mut() {
+    if let Some((_, Layer::Whole(m))) = psi_mask.as_mut() {
         m.values = Vec::new();
     }
     let splicing = build_splicing(SplicingInput {

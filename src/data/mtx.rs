@@ -20,7 +20,7 @@ use super::dataset::{Csr, ObsColumn};
 use super::h5::canonicalize;
 use super::load::{ObsTable, RawData};
 use super::options::DataOptions;
-use super::validate::{DataError, ValueRule, ValueTracker};
+use super::validate::{DataError, Layer, ValueRule, ValueTracker};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -238,9 +238,10 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
         Ok((field, m))
     };
     let jn = raw.junction_names.clone();
-    raw.k = Some(read(&need("junction_counts.mtx")?, ValueRule::counts(integer_counts), "junction", &jn)?);
+    let (kf, k) = read(&need("junction_counts.mtx")?, ValueRule::counts(integer_counts), "junction", &jn)?;
+    debug_assert_eq!(k.n_cols, nj);
+    raw.k = Some((kf, Layer::Whole(k)));
     raw.n = Some(read(&need("atse_counts.mtx")?, ValueRule::counts(integer_counts), "junction", &jn)?);
-    debug_assert_eq!(raw.k.as_ref().unwrap().1.n_cols, nj);
 
     if let Some(x) = find(dir, "expression.mtx") {
         raw.gene_names = first_fields(&need("genes.tsv")?)?;

@@ -302,8 +302,85 @@ impl<'a> AtseChecker<'a> {
     }
 }
 
+/// A reader that hands out a splicing layer a block of rows at a time (an HDF5 CSR group or dense dataset):
+/// [`build_splicing`] consumes each block as it goes, so only one block of k, junc_ratio and psi_mask is in
+/// memory next to the dataset being built.
+pub trait RowSource {
+    /// Rows `r0..r1` for some `r1 > r0` of the source's choosing (at most `n_rows`), as a CSR whose row 0 is
+    /// row `r0` (zeros dropped, columns ascending). A value breaking the layer's [`ValueRule`] is an error
+    /// naming the first offender of the block in row-major order (blocks come in row order, so it is the
+    /// first in the file).
+    fn block(&mut self, r0: usize, cells: &[String], junctions: &[String]) -> anyhow::Result<Csr<f32>>;
+    /// Stored entries (an upper bound of the non-zeros: explicit zeros are dropped when read).
+    fn nnz_hint(&self) -> usize;
+}
+
+/// A cells × junctions splicing layer: read whole, or read in row blocks while the entries are built.
+pub enum Layer {
+    /// Already in memory (Matrix Market, CSC storage, tests); every value passed its rule.
+    Whole(Csr<f32>),
+    /// Read on demand, a block of rows at a time.
+    Rows(Box<dyn RowSource>),
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Layer::Whole(m) => write!(f, "Layer::Whole({} × {}, {} entries)", m.n_rows, m.n_cols, m.nnz()),
+            Layer::Rows(s) => write!(f, "Layer::Rows(≤ {} entries)", s.nnz_hint()),
+        }
+    }
+}
+
+impl Layer {
+    fn nnz_hint(&self) -> usize {
+        match self {
+            Layer::Whole(m) => m.nnz(),
+            Layer::Rows(s) => s.nnz_hint(),
+        }
+    }
+}
+
+/// Walks a [`Layer`] row by row in increasing order, holding at most one block of a [`Layer::Rows`].
+struct RowCursor<'a> {
+    layer: &'a mut Layer,
+    block: Csr<f32>,
+    r0: usize,
+}
+
+impl<'a> RowCursor<'a> {
+    fn new(layer: &'a mut Layer) -> Self {
+        RowCursor { layer, block: Csr::empty(0, 0), r0: 0 }
+    }
+    /// The matrix holding row `i` and the row's index in it (reads the next block when `i` is past it).
+    fn at(&mut self, i: usize, cells: &[String], junctions: &[String]) -> anyhow::Result<(&Csr<f32>, usize)> {
+        match self.layer {
+            Layer::Whole(m) => Ok((m, i)),
+            Layer::Rows(src) => {
+                if i < self.r0 || i >= self.r0 + self.block.n_rows {
+                    self.block = src.block(i, cells, junctions)?;
+                    self.r0 = i;
+                    anyhow::ensure!(self.block.n_rows > 0, "a row source returned no rows at row {i}");
+                }
+                Ok((&self.block, i - self.r0))
+            }
+        }
+    }
+    /// Columns and values of row `i`; rows must be asked for in increasing order.
+    fn row(&mut self, i: usize, cells: &[String], junctions: &[String]) -> anyhow::Result<(&[u32], &[f32])> {
+        let (m, r) = self.at(i, cells, junctions)?;
+        Ok(m.row(r))
+    }
+    /// Columns of row `i` (also of a pattern-only matrix).
+    fn cols(&mut self, i: usize, cells: &[String], junctions: &[String]) -> anyhow::Result<&[u32]> {
+        let (m, r) = self.at(i, cells, junctions)?;
+        Ok(m.cols(r))
+    }
+}
+
 /// Inputs of [`build_splicing`]: the splicing matrices as CSR (cells × junctions, zeros dropped, columns
-/// ascending within a row; every value already passed its [`ValueRule`]), with names for messages.
+/// ascending within a row; every value of a whole matrix already passed its [`ValueRule`], a row source
+/// checks its blocks as they are read), with names for messages.
 pub struct SplicingInput<'a> {
     pub file: &'a str,
     pub cell_names: &'a [String],
@@ -311,12 +388,13 @@ pub struct SplicingInput<'a> {
     pub gene_names: Vec<String>,
     pub junc2atse: Vec<u32>,
     pub atse_ids: Vec<String>,
-    /// (field, matrix) of junction counts k.
-    pub k: Option<(String, Csr<f32>)>,
-    /// (field, matrix) of ATSE totals n.
+    /// (field, layer) of junction counts k.
+    pub k: Option<(String, Layer)>,
+    /// (field, matrix) of ATSE totals n: read whole, its arrays become the dataset's.
     pub n: Option<(String, Csr<f32>)>,
-    pub junc_ratio: Option<(String, Csr<f32>)>,
-    pub psi_mask: Option<(String, Csr<f32>)>,
+    pub junc_ratio: Option<(String, Layer)>,
+    /// Only its pattern is used (its values are all 1 once read).
+    pub psi_mask: Option<(String, Layer)>,
 }
 
 /// Walk two sorted column lists together, calling `f(j, a_pos, b_pos)` for every column in either.
@@ -344,7 +422,7 @@ fn merge_cols(a: &[u32], b: &[u32], mut f: impl FnMut(u32, Option<usize>, Option
 /// junctions of an ATSE in each cell, and, when present, junc_ratio = k / n (within [`PSI_TOLERANCE`],
 /// its value is then used as psi) and psi_mask = [n > 0]. Without counts (neither k nor n), the entries come
 /// from psi_mask and the values from junc_ratio (`has_counts = false`, k = 0 and n = 1 as placeholders).
-pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError> {
+pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
     let file = inp.file;
     let cells = inp.cell_names;
     let jn = &inp.junction_names;
@@ -362,11 +440,14 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
         ..Default::default()
     };
     out.indptr.push(0);
-    let ratio = inp.junc_ratio.as_ref();
-    let mask = inp.psi_mask.as_ref();
+    let mask_nnz = inp.psi_mask.as_ref().map(|(_, m)| m.nnz_hint());
+    let mut ratio = inp.junc_ratio.as_mut().map(|(f, l)| (f.as_str(), RowCursor::new(l)));
+    let mut mask = inp.psi_mask.as_mut().map(|(f, l)| (f.as_str(), RowCursor::new(l)));
 
-    match (&inp.k, &inp.n) {
+    match (inp.k.as_mut(), inp.n.as_ref()) {
         (Some((kf, k)), Some((nf, n))) => {
+            let kf = kf.as_str();
+            let mut k = RowCursor::new(k);
             // The entries are n's: its indices and values become the junction and n arrays (moved after
             // the checks, not copied); only k and PSI are new.
             out.k.reserve_exact(n.nnz());
@@ -375,7 +456,7 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
             let mut psi: Vec<f32> = Vec::new();
             for i in 0..n_cells {
                 let (nc, nv) = n.row(i);
-                let (kc, kv) = k.row(i);
+                let (kc, kv) = k.row(i, cells, jn)?;
                 kk.clear();
                 kk.resize(nc.len(), 0.0);
                 merge_cols(kc, nc, |j, pk, pn| match (pk, pn) {
@@ -418,8 +499,9 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
                 })?;
                 psi.clear();
                 psi.extend(kk.iter().zip(nv).map(|(&k, &n)| k / n));
-                if let Some((rf, r)) = ratio {
-                    let (rc, rv) = r.row(i);
+                if let Some((rf, r)) = ratio.as_mut() {
+                    let rf: &str = rf;
+                    let (rc, rv) = r.row(i, cells, jn)?;
                     merge_cols(rc, nc, |j, pr, pn| {
                         let fail = |m: String| Err(DataError::new(file, rf, m).cell(i, cells).feature("junction", j as usize, jn));
                         match (pr, pn) {
@@ -438,8 +520,9 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
                         }
                     })?;
                 }
-                if let Some((mf, m)) = mask {
-                    let mc = m.cols(i);
+                if let Some((mf, m)) = mask.as_mut() {
+                    let mf: &str = mf;
+                    let mc = m.cols(i, cells, jn)?;
                     merge_cols(mc, nc, |j, pm, pn| {
                         let fail = |m: String| Err(DataError::new(file, mf, m).cell(i, cells).feature("junction", j as usize, jn));
                         match (pm, pn) {
@@ -453,6 +536,7 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
                 out.psi.extend_from_slice(&psi);
                 out.indptr.push(out.k.len());
             }
+            drop((ratio, mask));
             let (_, n) = inp.n.take().expect("matched Some");
             let (lo, hi) = (n.indptr[0], n.indptr[n_cells]);
             let (mut junction, mut nv) = (n.indices, n.values);
@@ -465,28 +549,34 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
             out.junction = junction;
             out.n = nv;
         }
-        (Some((kf, _)), None) | (None, Some((kf, _))) => {
-            let missing = if inp.k.is_some() { "ATSE totals n" } else { "junction counts k" };
-            return Err(DataError::new(file, kf, format!("{missing} are missing: k and n must be given together")));
+        (Some((kf, _)), None) => {
+            return Err(DataError::new(file, kf, "ATSE totals n are missing: k and n must be given together").into());
+        }
+        (None, Some((nf, _))) => {
+            return Err(DataError::new(file, nf, "junction counts k are missing: k and n must be given together").into());
         }
         (None, None) => {
-            let ((rf, r), (mf, m)) = match (ratio, mask) {
+            let ((rf, r), (mf, m)) = match (ratio.as_mut(), mask.as_mut()) {
                 (Some(r), Some(m)) => (r, m),
                 _ => {
                     return Err(DataError::new(
                         file,
                         "splicing layers",
                         "neither junction counts k and ATSE totals n nor junc_ratio and psi_mask were found",
-                    ))
+                    )
+                    .into())
                 }
             };
-            // The output arrays are sized once (no doubling while they grow, no slack left resident).
+            let (rf, mf): (&str, &str) = (rf, mf);
+            // The output arrays are sized once (no doubling while they grow; a row source's bound counts
+            // explicit zeros, so the slack is returned at the end).
+            let cap = mask_nnz.unwrap_or(0);
             for v in [&mut out.k, &mut out.n, &mut out.psi] {
-                v.reserve_exact(m.nnz());
+                v.reserve_exact(cap);
             }
-            out.junction.reserve_exact(m.nnz());
+            out.junction.reserve_exact(cap);
             for i in 0..n_cells {
-                let mc = m.cols(i);
+                let mc = m.cols(i, cells, jn)?;
                 let ones = vec![1.0f32; mc.len()];
                 checker.check_row(mc, &ones).map_err(|issue| {
                     let (j, j0, atse) = match issue {
@@ -505,7 +595,7 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
                     .cell(i, cells)
                     .feature("junction", j as usize, jn)
                 })?;
-                let (rc, rv) = r.row(i);
+                let (rc, rv) = r.row(i, cells, jn)?;
                 let mut psi = vec![0.0f32; mc.len()];
                 merge_cols(rc, mc, |j, pr, pm| match (pr, pm) {
                     (Some(t), None) => Err(DataError::new(file, rf, format!("junc_ratio = {} but psi_mask = 0", rv[t]))
@@ -523,6 +613,10 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> Result<Splicing, DataError>
                 out.psi.extend_from_slice(&psi);
                 out.indptr.push(out.junction.len());
             }
+            for v in [&mut out.k, &mut out.n, &mut out.psi] {
+                v.shrink_to_fit();
+            }
+            out.junction.shrink_to_fit();
         }
     }
     out.junc2atse = inp.junc2atse;
@@ -540,11 +634,18 @@ pub struct CheckOptions {
     /// Junction counts k and ATSE totals n must be integers (binomial, beta-binomial and
     /// Dirichlet-multinomial likelihoods; only the BCE fallback does without).
     pub require_integer_splicing: bool,
+    /// Stored entries of k, junc_ratio and psi_mask a load reads at a time when it reads them in row
+    /// blocks (the bound of what the read holds besides the dataset; tests use tiny values to cross every
+    /// block boundary). Not a check: ignored by [`check_dataset`].
+    pub row_block_entries: usize,
 }
+
+/// Default [`CheckOptions::row_block_entries`]: 16 MB of f64 values and as much of indices in flight.
+pub const ROW_BLOCK_ENTRIES: usize = 1 << 21;
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { require_integer_expression: true, require_integer_splicing: true }
+        CheckOptions { require_integer_expression: true, require_integer_splicing: true, row_block_entries: ROW_BLOCK_ENTRIES }
     }
 }
 
@@ -709,11 +810,86 @@ mod tests {
             gene_names: vec![],
             junc2atse: vec![0, 0, 1],
             atse_ids: vec!["a0".into(), "a1".into()],
-            k: Some(("k".into(), k)),
+            k: Some(("k".into(), Layer::Whole(k))),
             n: Some(("n".into(), n)),
             junc_ratio: None,
             psi_mask: None,
         }
+    }
+
+    /// A row source over an in-memory matrix handing out `rows` rows per block.
+    struct Blocks {
+        m: Csr<f32>,
+        rows: usize,
+        /// First row of every block handed out.
+        asked: std::rc::Rc<std::cell::RefCell<Vec<usize>>>,
+    }
+
+    impl RowSource for Blocks {
+        fn block(&mut self, r0: usize, _: &[String], _: &[String]) -> anyhow::Result<Csr<f32>> {
+            self.asked.borrow_mut().push(r0);
+            let r1 = (r0 + self.rows).min(self.m.n_rows);
+            let (a, b) = (self.m.indptr[r0], self.m.indptr[r1]);
+            Ok(Csr {
+                n_rows: r1 - r0,
+                n_cols: self.m.n_cols,
+                indptr: self.m.indptr[r0..=r1].iter().map(|p| p - a).collect(),
+                indices: self.m.indices[a..b].to_vec(),
+                values: self.m.values[a..b].to_vec(),
+            })
+        }
+        fn nnz_hint(&self) -> usize {
+            self.m.nnz()
+        }
+    }
+
+    /// k, junc_ratio and psi_mask read in blocks of 1, 2 or 3 rows build the same entries as whole matrices.
+    #[test]
+    fn row_blocks_build_the_same_entries_as_whole_layers() {
+        let cells: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
+        // Cells 0 and 2 observe ATSE 0 (j0, j1), cells 1 and 2 ATSE 1 (j2), cell 3 nothing.
+        let n = || csr(vec![0, 2, 3, 6, 6], vec![0, 1, 2, 0, 1, 2], vec![4.0, 4.0, 2.0, 5.0, 5.0, 3.0]);
+        let k = || csr(vec![0, 2, 2, 4, 4], vec![0, 1, 0, 2], vec![1.0, 3.0, 5.0, 3.0]);
+        let ratio = || csr(vec![0, 2, 2, 4, 4], vec![0, 1, 0, 2], vec![0.25, 0.75, 1.0, 1.0]);
+        let mask = || csr(vec![0, 2, 3, 6, 6], vec![0, 1, 2, 0, 1, 2], vec![1.0; 6]);
+        let with = |layer: &dyn Fn(Csr<f32>) -> Layer| {
+            let mut inp = input(&cells, k(), n());
+            inp.k = Some(("k".into(), layer(k())));
+            inp.junc_ratio = Some(("r".into(), layer(ratio())));
+            inp.psi_mask = Some(("m".into(), layer(mask())));
+            build_splicing(inp).unwrap()
+        };
+        let whole = with(&Layer::Whole);
+        assert_eq!(whole.indptr, vec![0, 2, 3, 6, 6]);
+        assert_eq!(whole.k, vec![1.0, 3.0, 0.0, 5.0, 0.0, 3.0]);
+        assert_eq!(whole.psi, vec![0.25, 0.75, 0.0, 1.0, 0.0, 1.0]);
+        for rows in 1..=3 {
+            let got = with(&|m| Layer::Rows(Box::new(Blocks { m, rows, asked: Default::default() })));
+            assert_eq!(got, whole, "blocks of {rows} rows");
+        }
+        // Each block is read once, in row order.
+        let asked = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut layer = Layer::Rows(Box::new(Blocks { m: k(), rows: 3, asked: asked.clone() }));
+        let mut cur = RowCursor::new(&mut layer);
+        for i in 0..4 {
+            let (c, v) = cur.row(i, &cells, &[]).unwrap();
+            assert_eq!((c, v), k().row(i));
+        }
+        assert_eq!(*asked.borrow(), vec![0, 3]);
+        // A bad value found in a block stops the build with the source's error.
+        struct Broken;
+        impl RowSource for Broken {
+            fn block(&mut self, r0: usize, _: &[String], _: &[String]) -> anyhow::Result<Csr<f32>> {
+                anyhow::bail!("bad value in the block at row {r0}")
+            }
+            fn nnz_hint(&self) -> usize {
+                0
+            }
+        }
+        let mut inp = input(&cells, k(), n());
+        inp.junc_ratio = Some(("r".into(), Layer::Rows(Box::new(Broken))));
+        let err = build_splicing(inp).unwrap_err();
+        assert_eq!(format!("{err:#}"), "bad value in the block at row 0");
     }
 
     /// n's arrays become the dataset's (moved, not copied), also when its rows start past entry 0.
