@@ -13,7 +13,7 @@
 //! cells: number of PCs for 90% of the variance, and with a label column the silhouette score, 15-NN
 //! accuracy (5-fold) and held-out logistic-regression accuracy (80/20).
 
-use super::impute_metrics::{imputation_metrics, ImputationMetrics};
+use super::impute_metrics::{imputation_metrics_of, Chain, ImputationMetrics};
 use super::latent_metrics::{knn_accuracy, logistic_accuracy, pcs_for_variance, silhouette};
 use super::meanbayes::MeanBayes;
 use super::posterior::{dm_posterior_rows, tags, DecodeOptions, Posterior, SplicingFn};
@@ -244,17 +244,26 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
     let ds = post.ds;
     let spl = &ds.splicing;
     let n = ds.n_cells();
-    let dropped: Vec<Entry> = dropped.iter().copied().filter(|e| filter.keep(e)).collect();
+    // Without a filter the entries are scored as given (no copy).
+    let dropped: std::borrow::Cow<[Entry]> = if dropped.iter().all(|e| filter.keep(e)) {
+        std::borrow::Cow::Borrowed(dropped)
+    } else {
+        std::borrow::Cow::Owned(dropped.iter().copied().filter(|e| filter.keep(e)).collect())
+    };
     // The still-observed entries are the dataset's own (CSR order); they are read in place, not copied.
     let entry = |c: usize, e: usize| Entry { cell: c as u32, junction: spl.junction[e], psi: spl.psi[e], k: spl.k[e], n: spl.n[e] };
     let mut drop_idx = vec![Vec::new(); n];
     dropped.iter().enumerate().for_each(|(i, e)| drop_idx[e.cell as usize].push(i));
-    let (mut dec_drop, mut dm_drop) = (vec![0f64; dropped.len()], vec![0f64; dropped.len()]);
-    let (mut t_obs, mut dec_obs, mut dm_obs) = (Vec::new(), Vec::new(), Vec::new());
+    let need_dm = !post.conc.is_empty();
+    // Truths and predictions are kept as f32, as the data and the decoder give them (the metrics read
+    // them as f64 exactly), and the arrays are sized once.
+    let n_obs: usize = (0..n).map(|c| spl.cell_range(c).filter(|&e| filter.keep(&entry(c, e))).count()).sum();
+    let (mut dec_drop, mut dm_drop) = (vec![0f32; dropped.len()], vec![0f32; if need_dm { dropped.len() } else { 0 }]);
+    let (mut t_obs, mut dec_obs) = (Vec::with_capacity(n_obs), Vec::with_capacity(n_obs));
+    let mut dm_obs = Vec::with_capacity(if need_dm { n_obs } else { 0 });
     // Only cells with something to score are decoded.
     let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || spl.cell_range(c).any(|e| filter.keep(&entry(c, e)))).collect();
     let opts = DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
-    let need_dm = !post.conc.is_empty();
     for block in cells.chunks(block_cells) {
         let p = post.decode(block, &opts, Some(SplicingFn::Decoder), false)?.psi.expect("psi requested");
         let dm = if need_dm {
@@ -267,9 +276,9 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
         for (r, &c) in block.iter().enumerate() {
             for &i in &drop_idx[c] {
                 let j = dropped[i].junction as usize;
-                dec_drop[i] = p.at(r, j) as f64;
+                dec_drop[i] = p.at(r, j);
                 if let Some(q) = &dm {
-                    dm_drop[i] = q.at(r, j) as f64;
+                    dm_drop[i] = q.at(r, j);
                 }
             }
             for e in spl.cell_range(c) {
@@ -277,40 +286,44 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
                     continue;
                 }
                 let j = spl.junction[e] as usize;
-                t_obs.push(spl.psi[e] as f64);
-                dec_obs.push(p.at(r, j) as f64);
-                dm_obs.push(dm.as_ref().map_or(0.0, |q| q.at(r, j) as f64));
+                t_obs.push(spl.psi[e]);
+                dec_obs.push(p.at(r, j));
+                if let Some(q) = &dm {
+                    dm_obs.push(q.at(r, j));
+                }
             }
         }
     }
     drop(drop_idx);
-    let t_drop: Vec<f64> = dropped.iter().map(|e| e.psi as f64).collect();
-    let cat = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().chain(b).copied().collect() };
-    let t_all = cat(&t_drop, &t_obs);
+    debug_assert_eq!(t_obs.len(), n_obs);
+    let t_drop: Vec<f32> = dropped.iter().map(|e| e.psi).collect();
+    let t_all = Chain(&t_drop, &t_obs);
     let mut report = ImputationReport::default();
-    let mut methods: Vec<(&str, &[f64], &[f64])> = Vec::new();
+    let mut methods: Vec<(&str, &[f32], &[f32])> = Vec::new();
     if need_dm {
         methods.push((METHOD_DM, &dm_drop, &dm_obs));
     }
     methods.push((METHOD_DECODER, &dec_drop, &dec_obs));
     for (name, pd, po) in methods {
-        report.results.push(("dropped".into(), name.into(), imputation_metrics(&t_drop, pd)));
-        report.results.push(("observed".into(), name.into(), imputation_metrics(&t_obs, po)));
-        report.results.push(("all".into(), name.into(), imputation_metrics(&t_all, &cat(pd, po))));
+        report.results.push(("dropped".into(), name.into(), imputation_metrics_of(&t_drop[..], pd)));
+        report.results.push(("observed".into(), name.into(), imputation_metrics_of(&t_obs[..], po)));
+        report.results.push(("all".into(), name.into(), imputation_metrics_of(&t_all, &Chain(pd, po))));
     }
+    drop((t_obs, dec_obs, dm_obs));
     let mb = MeanBayes::fit(spl, meanbayes_groups, 2);
     let mb_pred: Vec<f64> = dropped.iter().map(|e| mb.predict(e.cell as usize, e.junction as usize)).collect();
-    report.results.push(("dropped".into(), METHOD_MEANBAYES.into(), imputation_metrics(&t_drop, &mb_pred)));
+    report.results.push(("dropped".into(), METHOD_MEANBAYES.into(), imputation_metrics_of(&t_drop[..], &mb_pred[..])));
+    let wide = |v: Vec<f32>| -> Vec<f64> { v.into_iter().map(|x| x as f64).collect() };
     report.dropped = DroppedPairs {
         cell: dropped.iter().map(|e| e.cell).collect(),
         junction: dropped.iter().map(|e| e.junction).collect(),
-        truth: t_drop.clone(),
+        truth: wide(t_drop),
         methods: Vec::new(),
     };
     if need_dm {
-        report.dropped.methods.push((METHOD_DM.into(), dm_drop.clone()));
+        report.dropped.methods.push((METHOD_DM.into(), wide(dm_drop)));
     }
-    report.dropped.methods.push((METHOD_DECODER.into(), dec_drop.clone()));
+    report.dropped.methods.push((METHOD_DECODER.into(), wide(dec_drop)));
     report.dropped.methods.push((METHOD_MEANBAYES.into(), mb_pred));
     Ok(report)
 }
