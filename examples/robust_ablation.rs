@@ -5,12 +5,15 @@
 //!   SIZE: toy | small | medium | CELLSxGENESxJUNCTIONS; SEEDS: e.g. 0,1,2
 //!   KEY=VALUE: model or training option as in config.json (JSON values; bare words are strings),
 //!   e.g. modality_penalty=None max_epochs=100 lr=0.001. `skip_ds=true` skips the DS part.
+//!   `from_run=DIR` scores the model of a run directory instead of training one (DIR holds a checkpoint
+//!   of this runner's training on the same size and seed, e.g. a copy of its run directory after epoch E:
+//!   the same model as `max_epochs=E`, nothing in training depends on max_epochs); one seed only.
 use splicevi::analysis::evaluate::mask_atses;
 use splicevi::analysis::scorecard::{columns, score, ScoreOptions};
 use splicevi::data::simulate::{simulate, SimConfig, SimSize};
 use splicevi::data::DataOptions;
 use splicevi::model::ModelConfig;
-use splicevi::train::trainer::{RunConfig, Trainer};
+use splicevi::train::trainer::{load_model, RunConfig, Trainer};
 use splicevi::train::{presets, TrainConfig};
 use splicevi::model::{Batch, Noise, Params, SpliceVae, StepOptions};
 use std::time::Instant;
@@ -55,10 +58,13 @@ fn main() -> anyhow::Result<()> {
     let mut mv = serde_json::to_value(&m0)?;
     let mut tv = serde_json::to_value(&t0)?;
     let mut so = ScoreOptions::default();
+    let mut from_run: Option<std::path::PathBuf> = None;
     for kv in &args[4..] {
         let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("not KEY=VALUE: {kv}"))?;
         let val: serde_json::Value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
-        if k == "skip_ds" {
+        if k == "from_run" {
+            from_run = Some(std::path::PathBuf::from(v));
+        } else if k == "skip_ds" {
             so.skip_ds = val.as_bool().unwrap_or(false);
         } else if k == "ds_min_obs" {
             so.ds_min_obs = val.as_u64().ok_or_else(|| anyhow::anyhow!("ds_min_obs: a whole number"))?;
@@ -90,15 +96,25 @@ fn main() -> anyhow::Result<()> {
         let tc = TrainConfig { seed, ..train.clone() };
         let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
         let run = RunConfig::for_dataset(&preset, model.clone(), tc, data, &masked);
-        let dir = tempfile::tempdir()?;
-        let t0 = Instant::now();
-        let mut t = Trainer::new(&masked, run, dir.path())?;
-        t.verbose = std::env::var("VERBOSE").is_ok();
-        t.fit()?;
-        let secs = t0.elapsed().as_secs_f64();
-        let epochs = t.state.epochs_done;
-        let sc = score(&ds, &truth, &masked, &dropped, &t.model, &t.params, &ScoreOptions { seed, ..so.clone() })?;
-        if let Err(e) = spread_diagnostic(&masked, &t.model, &t.params, seed) {
+        let (model, params, epochs, secs) = match &from_run {
+            Some(d) => {
+                let (r, model, params) = load_model(d, &masked)?;
+                anyhow::ensure!(r.train.seed == seed && seeds.split(',').count() == 1, "from_run: one seed, the run's ({})", r.train.seed);
+                let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("train_state.json"))?)?;
+                eprintln!("scoring {} after {} epochs", d.display(), state["epochs_done"]);
+                (model, params, state["epochs_done"].as_u64().unwrap_or(0) as usize, f64::NAN)
+            }
+            None => {
+                let dir = tempfile::tempdir()?;
+                let t0 = Instant::now();
+                let mut t = Trainer::new(&masked, run, dir.path())?;
+                t.verbose = std::env::var("VERBOSE").is_ok();
+                t.fit()?;
+                (t.model.clone(), t.params.clone(), t.state.epochs_done, t0.elapsed().as_secs_f64())
+            }
+        };
+        let sc = score(&ds, &truth, &masked, &dropped, &model, &params, &ScoreOptions { seed, ..so.clone() })?;
+        if let Err(e) = spread_diagnostic(&masked, &model, &params, seed) {
             eprintln!("spread diagnostic failed: {e:#}");
         }
         let mut row = columns(&sc);
