@@ -100,6 +100,36 @@ fn non_finite_input_stops_training_and_names_the_term() {
     assert_eq!(std::fs::read(tmp.path().join("model.safetensors")).unwrap(), good, "the last good checkpoint was overwritten");
 }
 
+/// `max_kl_weight` is the weight the KL term gets once warmed up: it is the logged weight, and on the same
+/// parameters (the first step of runs that differ only in it) the minimised loss moves by exactly the
+/// change of weight × KL while reconstruction and KL stay the same; 1 is the original.
+#[test]
+fn max_kl_weight_scales_the_kl_term() {
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    // Without the modality penalty the logged KL is the mean KL per cell alone.
+    let model = ModelConfig { modality_penalty: ModalityPenalty::None, ..ModelConfig::default() };
+    let mut first = Vec::new();
+    for w in [1.0, 0.5, 2.0] {
+        // One minibatch per epoch: epoch 0's metrics are those of the first step, on the initial parameters.
+        let tc = TrainConfig { max_kl_weight: w, n_epochs_kl_warmup: None, batch_size: 100_000, ..quick_train(2) };
+        let t = train(&ds, &tmp.path().join(format!("w{w}")), model.clone(), tc);
+        assert!(t.log.epochs.iter().all(|m| m.kl_weight == w));
+        first.push((w, t.log.epochs[0].clone(), t.params.data.clone()));
+    }
+    let (_, base, p1) = &first[0];
+    for (w, m, p) in &first[1..] {
+        assert_eq!((m.reconstruction_loss_train, m.kl_local_train), (base.reconstruction_loss_train, base.kl_local_train));
+        let want = (w - 1.0) * base.kl_local_train;
+        let got = m.train_loss - base.train_loss;
+        assert!((got - want).abs() <= 1e-5 * base.train_loss.abs(), "weight {w}: loss moved {got}, (w - 1) kl = {want}");
+        assert_ne!(p, p1, "weight {w} trained the same parameters");
+    }
+    let bad = TrainConfig { max_kl_weight: 0.0, ..quick_train(1) };
+    let e = Trainer::new(&ds, run_config(&ds, ModelConfig::default(), bad), tmp.path()).err().unwrap().to_string();
+    assert!(e.contains("max_kl_weight"), "{e}");
+}
+
 #[test]
 fn bad_options_are_rejected_before_training() {
     let ds = toy();

@@ -26,6 +26,9 @@ pub struct TrainConfig {
     /// Validation checks ignored by early stopping; None → n_epochs_kl_warmup.
     pub early_stopping_warmup_epochs: Option<usize>,
     pub n_epochs_kl_warmup: Option<usize>,
+    /// scvi's `max_kl_weight`: the KL weight the warm-up ramps to (1 in the original). The cross gate
+    /// still opens when the warm-up ends.
+    pub max_kl_weight: f64,
     pub adversarial_mixing: bool,
     pub lr_scheduler_type: SchedulerKind,
     pub reduce_lr_on_plateau: bool,
@@ -51,6 +54,7 @@ impl Default for TrainConfig {
             early_stopping_patience: 50,
             early_stopping_warmup_epochs: None,
             n_epochs_kl_warmup: Some(50),
+            max_kl_weight: 1.0,
             adversarial_mixing: true,
             lr_scheduler_type: SchedulerKind::Plateau,
             reduce_lr_on_plateau: false,
@@ -103,6 +107,7 @@ impl TrainConfig {
         anyhow::ensure!(self.train_size > 0.0 && self.train_size <= 1.0, "train_size must be in (0, 1], got {}", self.train_size);
         anyhow::ensure!(self.weight_decay >= 0.0, "weight_decay must be >= 0");
         anyhow::ensure!(self.max_epochs > 0, "max_epochs must be > 0");
+        anyhow::ensure!(self.max_kl_weight > 0.0 && self.max_kl_weight.is_finite(), "max_kl_weight must be a positive number, got {}", self.max_kl_weight);
         if self.lr_scheduler_type == SchedulerKind::Step {
             anyhow::ensure!(self.step_size > 0, "step_size must be > 0 for the step scheduler");
         }

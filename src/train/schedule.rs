@@ -13,6 +13,13 @@ pub fn kl_weight(epoch: usize, n_epochs_kl_warmup: Option<usize>) -> f32 {
     }
 }
 
+/// The step's KL weight and cross gate: the warm-up κ_KL ramps to `max_kl_weight` (scvi's option; 1 in
+/// the original), and the gate follows the warm-up alone, so it still opens when the warm-up ends.
+pub fn kl_and_gate(epoch: usize, n_epochs_kl_warmup: Option<usize>, max_kl_weight: f64) -> (f32, f32) {
+    let warm = kl_weight(epoch, n_epochs_kl_warmup);
+    (warm * max_kl_weight as f32, cross_gate(warm))
+}
+
 /// Cross gate in "hard" mode: 1 once κ_KL ≥ 0.999, else 0.
 pub fn cross_gate(kl_weight: f32) -> f32 {
     if kl_weight >= 0.999 {
@@ -112,6 +119,13 @@ mod tests {
     #[test]
     fn kl_warmup_is_linear_then_flat() {
         assert_eq!(kl_weight(0, Some(50)), 0.0);
+        // max_kl_weight scales the weight, not the gate; at 1 it changes nothing.
+        assert_eq!(kl_and_gate(1, Some(4), 0.5), (0.125, 0.0));
+        assert_eq!(kl_and_gate(4, Some(4), 0.5), (0.5, 1.0));
+        assert_eq!(kl_and_gate(7, None, 2.0), (2.0, 1.0));
+        for e in 0..6 {
+            assert_eq!(kl_and_gate(e, Some(4), 1.0), (kl_weight(e, Some(4)), cross_gate(kl_weight(e, Some(4)))));
+        }
         assert_eq!(kl_weight(25, Some(50)), 0.5);
         assert_eq!(kl_weight(49, Some(50)), 0.98);
         assert_eq!(kl_weight(50, Some(50)), 1.0);

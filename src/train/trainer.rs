@@ -8,7 +8,7 @@
 use super::config::{SchedulerKind, TrainConfig};
 use super::metrics::{EpochMetrics, MetricsLog};
 use super::rng::{stream, Purpose};
-use super::schedule::{cross_gate, kl_weight, EarlyStopping, LrScheduler};
+use super::schedule::{kl_and_gate, EarlyStopping, LrScheduler};
 use crate::data::split::{sequential_batches, train_validation_split, Minibatches, SplitConfig};
 use crate::data::{DataOptions, Dataset};
 use crate::model::adversary::Adversary;
@@ -194,7 +194,7 @@ impl<'a> Trainer<'a> {
             let t0 = Instant::now();
             let bar = progress_bar(n_steps, epoch, tc.max_epochs);
             let mut m = EpochMetrics { epoch, lr: self.state.lr, ..Default::default() };
-            m.kl_weight = kl_weight(epoch, tc.n_epochs_kl_warmup) as f64;
+            m.kl_weight = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight).0 as f64;
             for (step_in_epoch, cells) in batches.epoch(epoch as u64).iter().enumerate() {
                 let step = self.state.global_step;
                 self.train_step(epoch, step_in_epoch as u64, cells, &mut m).with_context(|| {
@@ -240,8 +240,7 @@ impl<'a> Trainer<'a> {
 
     fn train_step(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
         let tc = &self.run.train;
-        let kl = kl_weight(epoch, tc.n_epochs_kl_warmup);
-        let gate = cross_gate(kl);
+        let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
         self.params.set_cross_gate(gate as f64);
         // §4.1: during warm-up one coin flip per minibatch picks the posterior (not for concatenate).
         let routing = if gate < 1.0 && self.run.model.modality_weights != ModalityWeights::Concatenate && self.run.model.warmup_routing == WarmupRouting::Coin {
@@ -295,7 +294,7 @@ impl<'a> Trainer<'a> {
 
     fn validate(&mut self, epoch: usize, m: &mut EpochMetrics) -> Result<()> {
         let tc = &self.run.train;
-        let kl = kl_weight(epoch, tc.n_epochs_kl_warmup);
+        let (kl, _) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
         // Validation runs with the gate at 1 (§4.1) in eval mode; posterior samples are still drawn.
         for (vstep, cells) in sequential_batches(&self.validation_cells, tc.batch_size).enumerate() {
             let seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, (1u64 << 40) + vstep as u64).gen();
