@@ -423,10 +423,10 @@ impl RowSource for H5Rows {
         Ok(csr)
     }
 
-    fn nnz_hint(&self) -> usize {
+    fn nnz_hint(&self) -> Option<usize> {
         match &self.kind {
-            RowsKind::Csr { indptr, .. } => *indptr.last().unwrap() as usize,
-            RowsKind::Dense { .. } => self.n_rows * self.n_cols,
+            RowsKind::Csr { indptr, .. } => Some(*indptr.last().unwrap() as usize),
+            RowsKind::Dense { .. } => None,
         }
     }
 }

@@ -311,8 +311,9 @@ pub trait RowSource {
     /// naming the first offender of the block in row-major order (blocks come in row order, so it is the
     /// first in the file).
     fn block(&mut self, r0: usize, cells: &[String], junctions: &[String]) -> anyhow::Result<Csr<f32>>;
-    /// Stored entries (an upper bound of the non-zeros: explicit zeros are dropped when read).
-    fn nnz_hint(&self) -> usize;
+    /// Stored entries of a sparse source (an upper bound of the non-zeros: explicit zeros are dropped when
+    /// read); `None` for dense storage, whose size says nothing about the non-zeros.
+    fn nnz_hint(&self) -> Option<usize>;
 }
 
 /// A cells × junctions splicing layer: read whole, or read in row blocks while the entries are built.
@@ -327,15 +328,18 @@ impl std::fmt::Debug for Layer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Layer::Whole(m) => write!(f, "Layer::Whole({} × {}, {} entries)", m.n_rows, m.n_cols, m.nnz()),
-            Layer::Rows(s) => write!(f, "Layer::Rows(≤ {} entries)", s.nnz_hint()),
+            Layer::Rows(s) => match s.nnz_hint() {
+                Some(n) => write!(f, "Layer::Rows(≤ {n} entries)"),
+                None => write!(f, "Layer::Rows(dense)"),
+            },
         }
     }
 }
 
 impl Layer {
-    fn nnz_hint(&self) -> usize {
+    fn nnz_hint(&self) -> Option<usize> {
         match self {
-            Layer::Whole(m) => m.nnz(),
+            Layer::Whole(m) => Some(m.nnz()),
             Layer::Rows(s) => s.nnz_hint(),
         }
     }
@@ -440,7 +444,7 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
         ..Default::default()
     };
     out.indptr.push(0);
-    let mask_nnz = inp.psi_mask.as_ref().map(|(_, m)| m.nnz_hint());
+    let mask_nnz = inp.psi_mask.as_ref().and_then(|(_, m)| m.nnz_hint());
     let mut ratio = inp.junc_ratio.as_mut().map(|(f, l)| (f.as_str(), RowCursor::new(l)));
     let mut mask = inp.psi_mask.as_mut().map(|(f, l)| (f.as_str(), RowCursor::new(l)));
 
@@ -568,8 +572,9 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
                 }
             };
             let (rf, mf): (&str, &str) = (rf, mf);
-            // The output arrays are sized once (no doubling while they grow; a row source's bound counts
-            // explicit zeros, so the slack is returned at the end).
+            // The output arrays are sized once when the mask's entries are known (no doubling while they
+            // grow; a sparse source's bound counts explicit zeros, so the slack is returned at the end). A
+            // dense mask's size is cells × junctions, never reserved: the arrays grow instead.
             let cap = mask_nnz.unwrap_or(0);
             for v in [&mut out.k, &mut out.n, &mut out.psi] {
                 v.reserve_exact(cap);
@@ -823,6 +828,8 @@ mod tests {
         rows: usize,
         /// First row of every block handed out.
         asked: std::rc::Rc<std::cell::RefCell<Vec<usize>>>,
+        /// Pretend to be dense storage (no entry count known).
+        dense: bool,
     }
 
     impl RowSource for Blocks {
@@ -838,8 +845,8 @@ mod tests {
                 values: self.m.values[a..b].to_vec(),
             })
         }
-        fn nnz_hint(&self) -> usize {
-            self.m.nnz()
+        fn nnz_hint(&self) -> Option<usize> {
+            (!self.dense).then(|| self.m.nnz())
         }
     }
 
@@ -864,12 +871,27 @@ mod tests {
         assert_eq!(whole.k, vec![1.0, 3.0, 0.0, 5.0, 0.0, 3.0]);
         assert_eq!(whole.psi, vec![0.25, 0.75, 0.0, 1.0, 0.0, 1.0]);
         for rows in 1..=3 {
-            let got = with(&|m| Layer::Rows(Box::new(Blocks { m, rows, asked: Default::default() })));
+            let got = with(&|m| Layer::Rows(Box::new(Blocks { m, rows, asked: Default::default(), dense: false })));
             assert_eq!(got, whole, "blocks of {rows} rows");
+        }
+        // PSI only (no counts): the entries come from the mask, also when its entry count is unknown.
+        let psi_only = |layer: &dyn Fn(Csr<f32>) -> Layer| {
+            let mut inp = input(&cells, k(), n());
+            (inp.k, inp.n) = (None, None);
+            inp.junc_ratio = Some(("r".into(), layer(ratio())));
+            inp.psi_mask = Some(("m".into(), layer(mask())));
+            build_splicing(inp).unwrap()
+        };
+        let whole_psi = psi_only(&Layer::Whole);
+        assert!(!whole_psi.has_counts);
+        assert_eq!(whole_psi.psi, whole.psi);
+        for dense in [false, true] {
+            let got = psi_only(&|m| Layer::Rows(Box::new(Blocks { m, rows: 2, asked: Default::default(), dense })));
+            assert_eq!(got, whole_psi, "psi only, dense {dense}");
         }
         // Each block is read once, in row order.
         let asked = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-        let mut layer = Layer::Rows(Box::new(Blocks { m: k(), rows: 3, asked: asked.clone() }));
+        let mut layer = Layer::Rows(Box::new(Blocks { m: k(), rows: 3, asked: asked.clone(), dense: false }));
         let mut cur = RowCursor::new(&mut layer);
         for i in 0..4 {
             let (c, v) = cur.row(i, &cells, &[]).unwrap();
@@ -882,8 +904,8 @@ mod tests {
             fn block(&mut self, r0: usize, _: &[String], _: &[String]) -> anyhow::Result<Csr<f32>> {
                 anyhow::bail!("bad value in the block at row {r0}")
             }
-            fn nnz_hint(&self) -> usize {
-                0
+            fn nnz_hint(&self) -> Option<usize> {
+                None
             }
         }
         let mut inp = input(&cells, k(), n());
