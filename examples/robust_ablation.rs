@@ -13,7 +13,7 @@ use splicevi::analysis::scorecard::{columns, score, ScoreOptions};
 use splicevi::data::simulate::{simulate, SimConfig, SimSize};
 use splicevi::data::DataOptions;
 use splicevi::model::ModelConfig;
-use splicevi::train::trainer::{load_model, RunConfig, Trainer};
+use splicevi::train::trainer::{load_model, RunConfig, TrainState, Trainer, STATE_FILE};
 use splicevi::train::{presets, TrainConfig};
 use splicevi::model::{Batch, Noise, Params, SpliceVae, StepOptions};
 use std::time::Instant;
@@ -100,9 +100,9 @@ fn main() -> anyhow::Result<()> {
             Some(d) => {
                 let (r, model, params) = load_model(d, &masked)?;
                 anyhow::ensure!(r.train.seed == seed && seeds.split(',').count() == 1, "from_run: one seed, the run's ({})", r.train.seed);
-                let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("train_state.json"))?)?;
-                eprintln!("scoring {} after {} epochs", d.display(), state["epochs_done"]);
-                (model, params, state["epochs_done"].as_u64().unwrap_or(0) as usize, f64::NAN)
+                let state: TrainState = serde_json::from_str(&std::fs::read_to_string(d.join(STATE_FILE))?)?;
+                eprintln!("scoring {} after {} epochs", d.display(), state.epochs_done);
+                (model, params, state.epochs_done, f64::NAN)
             }
             None => {
                 let dir = tempfile::tempdir()?;

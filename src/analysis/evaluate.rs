@@ -257,12 +257,14 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
     let need_dm = !post.conc.is_empty();
     // Truths and predictions are kept as f32, as the data and the decoder give them (the metrics read
     // them as f64 exactly), and the arrays are sized once.
-    let n_obs: usize = (0..n).map(|c| spl.cell_range(c).filter(|&e| filter.keep(&entry(c, e))).count()).sum();
+    let kept_obs: Vec<usize> = (0..n).map(|c| spl.cell_range(c).filter(|&e| filter.keep(&entry(c, e))).count()).collect();
+    let n_obs: usize = kept_obs.iter().sum();
     let (mut dec_drop, mut dm_drop) = (vec![0f32; dropped.len()], vec![0f32; if need_dm { dropped.len() } else { 0 }]);
     let (mut t_obs, mut dec_obs) = (Vec::with_capacity(n_obs), Vec::with_capacity(n_obs));
     let mut dm_obs = Vec::with_capacity(if need_dm { n_obs } else { 0 });
     // Only cells with something to score are decoded.
-    let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || spl.cell_range(c).any(|e| filter.keep(&entry(c, e)))).collect();
+    let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || kept_obs[c] > 0).collect();
+    drop(kept_obs);
     let opts = DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
     for block in cells.chunks(block_cells) {
         let p = post.decode(block, &opts, Some(SplicingFn::Decoder), false)?.psi.expect("psi requested");

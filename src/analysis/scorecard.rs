@@ -71,7 +71,7 @@ pub struct ScoreOptions {
 
 impl Default for ScoreOptions {
     fn default() -> Self {
-        ScoreOptions { k: 15, ds_samples: 2000, ds_delta: 0.1, skip_ds: false, seed: 0, ds_min_obs: 10 }
+        ScoreOptions { k: 15, ds_samples: 2000, ds_delta: 0.1, skip_ds: false, seed: 0, ds_min_obs: crate::train::presets::ROBUST_DS_MIN_OBS_CELLS }
     }
 }
 

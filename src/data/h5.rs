@@ -384,28 +384,8 @@ impl RowSource for H5Rows {
                 let start = indptr[r0] as usize;
                 // The most rows whose entries fit in a block, at least one.
                 let r1 = (r0 + 1).max(indptr.partition_point(|&p| p as usize <= start + self.block_entries).saturating_sub(1)).min(nr);
-                let end = indptr[r1] as usize;
-                let read = || -> Result<(Vec<f64>, Vec<i64>)> {
-                    let vals = read_f64_sel(data, Sel::Range1(start..end)).with_context(|| format!("{}/data", self.field))?;
-                    let idx = read_i64_sel(indices, Sel::Range1(start..end)).with_context(|| format!("{}/indices", self.field))?;
-                    Ok((vals, idx))
-                };
-                let (vals, idx) = read().map_err(|e| anyhow!("{}: {e:#}", self.file))?;
-                let mut csr = Csr { n_rows: r1 - r0, n_cols: nc, indptr: Vec::with_capacity(r1 - r0 + 1), indices: Vec::with_capacity(end - start), values: Vec::with_capacity(end - start) };
-                csr.indptr.push(0);
-                for r in r0..r1 {
-                    for p in indptr[r] as usize..indptr[r + 1] as usize {
-                        let (v, c) = (vals[p - start], idx[p - start]);
-                        if c < 0 || c as usize >= nc {
-                            bail!("{}: {}/indices: index {c} at position {p} is outside 0..{nc}", self.file, self.field);
-                        }
-                        if v != 0.0 && tracker.accept(r, c as usize, v) {
-                            csr.indices.push(c as u32);
-                            csr.values.push(v as f32);
-                        }
-                    }
-                    csr.indptr.push(csr.values.len());
-                }
+                let csr = read_major_range(data, indices, indptr, r0..r1, nc, false, &self.field, &mut tracker, self.block_entries)
+                    .map_err(|e| anyhow!("{}: {e:#}", self.file))?;
                 (r1, csr)
             }
             RowsKind::Dense { ds, rows_per_block } => {
@@ -462,20 +442,39 @@ fn read_compressed(
     chunk: usize,
 ) -> Result<Csr<f32>> {
     let (data, indices, indptr) = open_compressed(g, field, major, csc)?;
-    let nnz = *indptr.last().unwrap() as usize;
-    // Sized once (explicit zeros are dropped, so nnz is an upper bound): no doubling while reading.
-    let mut out = Csr { n_rows: major, n_cols: minor, indptr: vec![0usize; major + 1], indices: Vec::with_capacity(nnz), values: Vec::with_capacity(nnz) };
-    let mut row = 0usize;
-    let mut start = 0usize;
-    while start < nnz {
-        let end = (start + chunk).min(nnz);
-        let vals = read_f64_sel(&data, Sel::Range1(start..end)).with_context(|| format!("{field}/data"))?;
-        let idx = read_i64_sel(&indices, Sel::Range1(start..end)).with_context(|| format!("{field}/indices"))?;
+    read_major_range(&data, &indices, &indptr, 0..major, minor, csc, field, tracker, chunk)
+}
+
+/// Major-axis slices `rows` of a compressed sparse group (checked `indptr`, see [`open_compressed`]) as a
+/// `Csr` whose row 0 is `rows.start`, reading `chunk` entries at a time. The tracker sees global
+/// (row, column) positions.
+#[allow(clippy::too_many_arguments)]
+fn read_major_range(
+    data: &HDataset,
+    indices: &HDataset,
+    indptr: &[i64],
+    rows: Range<usize>,
+    minor: usize,
+    csc: bool,
+    field: &str,
+    tracker: &mut ValueTracker,
+    chunk: usize,
+) -> Result<Csr<f32>> {
+    let (first, last) = (indptr[rows.start] as usize, indptr[rows.end] as usize);
+    let n_rows = rows.len();
+    // Sized once (explicit zeros are dropped, so the stored count is an upper bound): no doubling.
+    let mut out = Csr { n_rows, n_cols: minor, indptr: vec![0usize; n_rows + 1], indices: Vec::with_capacity(last - first), values: Vec::with_capacity(last - first) };
+    let mut row = rows.start;
+    let mut start = first;
+    while start < last {
+        let end = (start + chunk).min(last);
+        let vals = read_f64_sel(data, Sel::Range1(start..end)).with_context(|| format!("{field}/data"))?;
+        let idx = read_i64_sel(indices, Sel::Range1(start..end)).with_context(|| format!("{field}/indices"))?;
         for (t, (&v, &c)) in vals.iter().zip(&idx).enumerate() {
             let p = start + t;
             while p >= indptr[row + 1] as usize {
                 row += 1;
-                out.indptr[row] = out.values.len();
+                out.indptr[row - rows.start] = out.values.len();
             }
             if c < 0 || c as usize >= minor {
                 bail!("{field}/indices: index {c} at position {p} is outside 0..{minor}");
@@ -488,9 +487,9 @@ fn read_compressed(
         }
         start = end;
     }
-    while row < major {
+    while row < rows.end {
         row += 1;
-        out.indptr[row] = out.values.len();
+        out.indptr[row - rows.start] = out.values.len();
     }
     Ok(out)
 }
