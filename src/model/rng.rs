@@ -61,18 +61,27 @@ impl DropStream {
 
     /// Keep bits of elements `start .. start + n` (bit t of word t / 64 set = kept; the same decisions
     /// as [`DropStream::keep`]); `start` must be a multiple of 4 and `out` hold ⌈n / 64⌉ words.
+    /// Branchless, one word at a time: at p = 0.1 a branch per decision mispredicts one time in ten.
     #[inline]
     pub fn fill_bits(&self, start: u64, n: usize, out: &mut [u64]) {
         debug_assert_eq!(start % 4, 0);
-        out.fill(0);
-        for g in 0..n.div_ceil(4) {
-            let h = mix64(self.key ^ ((start >> 2) + g as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            for l in 0..4.min(n - 4 * g) {
-                if (((h >> (16 * l)) & 0xFFFF) as u32) >= self.threshold {
-                    let t = 4 * g + l;
-                    out[t / 64] |= 1 << (t % 64);
+        let base = start >> 2;
+        let words = n.div_ceil(64);
+        for (w, word) in out.iter_mut().enumerate() {
+            if w >= words {
+                *word = 0;
+                continue;
+            }
+            let lanes = (n - 64 * w).min(64);
+            let mut acc = 0u64;
+            for g in 0..lanes.div_ceil(4) {
+                let h = mix64(self.key ^ (base + (16 * w + g) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                for l in 0..4 {
+                    let kept = ((h >> (16 * l)) & 0xFFFF) as u32 >= self.threshold;
+                    acc |= (kept as u64) << (4 * g + l);
                 }
             }
+            *word = if lanes < 64 { acc & ((1u64 << lanes) - 1) } else { acc };
         }
     }
 }
