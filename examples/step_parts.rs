@@ -23,6 +23,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() {
+    splicevi::util::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let preset = args.get(1).map(String::as_str).unwrap_or("default");
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);

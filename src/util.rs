@@ -26,3 +26,19 @@ where
     tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
 }
+
+/// Keep freed memory in the process instead of handing it back to the kernel (glibc only).
+///
+/// A training step allocates and frees the same multi-megabyte buffers every step. By default glibc
+/// maps such blocks with mmap and unmaps them on free (and trims the heap top), so the next step pays a
+/// page fault for every 4 KiB page again: about 5% of a `small` step, in the kernel. With the mmap
+/// threshold at its maximum (32 MiB on 64-bit) and no trimming, those blocks are reused from the heap.
+/// Larger blocks (the dataset's arrays) are still mapped and unmapped as before. Call once at start-up.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
