@@ -356,19 +356,23 @@ fn fused_a1_backward<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v: [&[
     let (v0, v1, v2) = (&v[0][..hh], &v[1][..hh], &v[2][..hh]);
     let mut acc = [[T::ZERO; 8]; 3];
     let n8 = hh / 8 * 8;
-    let mut c = 0;
-    while c < n8 {
+    // Fixed-size blocks of eight: no bounds checks, so the loop body vectorises.
+    let block = |x: &[T], c: usize| -> [T; 8] { x[c..c + 8].try_into().unwrap() };
+    for c in (0..n8).step_by(8) {
+        let (x, g, w0, w1, w2) = (block(d1r, c), block(dd1, c), block(v0, c), block(v1, c), block(v2, c));
+        let (mut s1, mut s2, mut s3) = (block(sbe1, c), block(sr, c), block(qj, c));
         for l in 0..8 {
-            let t = c + l;
-            let d = if d1r[t] > T::ZERO { dd1[t] * scale } else { T::ZERO };
-            sbe1[t] += d;
-            sr[t] += b * d;
-            qj[t] += a * d;
-            acc[0][l] += d * v0[t];
-            acc[1][l] += d * v1[t];
-            acc[2][l] += d * v2[t];
+            let d = if x[l] > T::ZERO { g[l] * scale } else { T::ZERO };
+            s1[l] += d;
+            s2[l] += b * d;
+            s3[l] += a * d;
+            acc[0][l] += d * w0[l];
+            acc[1][l] += d * w1[l];
+            acc[2][l] += d * w2[l];
         }
-        c += 8;
+        sbe1[c..c + 8].copy_from_slice(&s1);
+        sr[c..c + 8].copy_from_slice(&s2);
+        qj[c..c + 8].copy_from_slice(&s3);
     }
     let mut rest = [T::ZERO; 3];
     for t in n8..hh {
