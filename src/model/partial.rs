@@ -128,7 +128,7 @@ struct Net<'a, T> {
 }
 
 /// Pairs per work item (fixed, so the reduction order never depends on the thread count).
-const ITEM_PAIRS: usize = 32768;
+const ITEM_PAIRS: usize = 8192;
 /// Pairs per micro-chunk: the activations of a micro-chunk stay in cache.
 const MICRO: usize = 256;
 
