@@ -220,10 +220,10 @@ impl<T: Real> Net<'_, T> {
             sc.alpha[q] = al;
             sc.beta[q] = be;
             let (a, b) = (T::from_f64(al), T::from_f64(be));
-            let ug = fold.ug.row(jj);
+            let (ug, bg, be1) = (&fold.ug.row(jj)[..hh], &fold.bg[..hh], &self.be1[..hh]);
             let d1r = &mut sc.d1[q * hh..(q + 1) * hh];
             for t in 0..hh {
-                let v = a * ug[t] + (b * fold.bg[t] + self.be1[t]);
+                let v = a * ug[t] + (b * bg[t] + be1[t]);
                 d1r[t] = if v > T::ZERO { v } else { T::ZERO };
             }
             if dropout {
@@ -255,16 +255,19 @@ impl<T: Real> Net<'_, T> {
             }
         }
         matmul_nt_serial(&sc.d1[..n * hh], n, hh, self.w4, dd, &mut sc.h2[..n * dd]);
+        let (b4, g5, be5) = (&self.b4[..dd], &self.g5[..dd], &self.be5[..dd]);
         for q in 0..n {
             let row = &mut sc.h2[q * dd..(q + 1) * dd];
             for t in 0..dd {
-                row[t] += self.b4[t];
+                row[t] += b4[t];
             }
-            sc.inv2[q] = ln_row(row, &mut sc.xhat2[q * dd..(q + 1) * dd]);
+            let xr = &mut sc.xhat2[q * dd..(q + 1) * dd];
+            sc.inv2[q] = ln_row(row, xr);
+            let (a2r, cr) = (&mut sc.a2[q * dd..(q + 1) * dd], &mut sc.c[q * dd..(q + 1) * dd]);
             for t in 0..dd {
-                let a = sc.xhat2[q * dd + t] * self.g5[t] + self.be5[t];
-                sc.a2[q * dd + t] = a;
-                sc.c[q * dd + t] = if a > T::ZERO { a } else { T::ZERO };
+                let a = xr[t] * g5[t] + be5[t];
+                a2r[t] = a;
+                cr[t] = if a > T::ZERO { a } else { T::ZERO };
             }
         }
     }
@@ -283,17 +286,19 @@ impl<T: Real> Net<'_, T> {
         let (sb4, rest) = rest.split_at_mut(dd);
         let (sg5, sbe5) = rest.split_at_mut(dd);
         // d(a2) = dcode · [a2 > 0]; LN5 affine; LN5 backward → dh2
+        // (Every slice cut to length dd first, so the loops carry no bounds checks and vectorise.)
+        let (sg5, sbe5, sb4, g5) = (&mut sg5[..dd], &mut sbe5[..dd], &mut sb4[..dd], &self.g5[..dd]);
         for q in 0..n {
-            let dc = dcode(q);
+            let dc = &dcode(q)[..dd];
+            let (a2r, xr) = (&sc.a2[q * dd..(q + 1) * dd], &sc.xhat2[q * dd..(q + 1) * dd]);
             let row = &mut sc.dh2[q * dd..(q + 1) * dd];
             for t in 0..dd {
-                let a = sc.a2[q * dd + t];
-                let da = if a > T::ZERO { dc[t] } else { T::ZERO };
-                sg5[t] += da * sc.xhat2[q * dd + t];
+                let da = if a2r[t] > T::ZERO { dc[t] } else { T::ZERO };
+                sg5[t] += da * xr[t];
                 sbe5[t] += da;
-                row[t] = da * self.g5[t];
+                row[t] = da * g5[t];
             }
-            ln_row_bwd(&sc.xhat2[q * dd..(q + 1) * dd], sc.inv2[q], row);
+            ln_row_bwd(xr, sc.inv2[q], row);
             for t in 0..dd {
                 sb4[t] += row[t];
             }

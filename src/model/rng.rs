@@ -73,13 +73,18 @@ impl DropStream {
                 continue;
             }
             let lanes = (n - 64 * w).min(64);
+            // The four 16-bit lanes of a hash are compared with the threshold two at a time in 32-bit
+            // fields (SWAR): lane + 2¹⁶ − threshold reaches bit 16 of its field exactly when
+            // lane ≥ threshold, and never carries into the next field (it stays below 2¹⁷).
+            const LANES_0_2: u64 = 0x0000_FFFF_0000_FFFF;
+            let bias = (0x1_0000 - self.threshold as u64) * 0x0000_0001_0000_0001;
             let mut acc = 0u64;
             for g in 0..lanes.div_ceil(4) {
                 let h = mix64(self.key ^ (base + (16 * w + g) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                for l in 0..4 {
-                    let kept = ((h >> (16 * l)) & 0xFFFF) as u32 >= self.threshold;
-                    acc |= (kept as u64) << (4 * g + l);
-                }
+                let even = (h & LANES_0_2) + bias; // lanes 0 and 2
+                let odd = ((h >> 16) & LANES_0_2) + bias; // lanes 1 and 3
+                let nibble = ((even >> 16) & 1) | ((odd >> 15) & 2) | ((even >> 46) & 4) | ((odd >> 45) & 8);
+                acc |= nibble << (4 * g);
             }
             *word = if lanes < 64 { acc & ((1u64 << lanes) - 1) } else { acc };
         }
@@ -117,15 +122,25 @@ mod tests {
         assert!(m.abs() < 0.01 && (v - 1.0).abs() < 0.01, "mean {m} var {v}");
         let keep_frac = (0..n).filter(|&i| keep(3, 2, i, 0.25)).count() as f64 / n as f64;
         assert!((keep_frac - 0.75).abs() < 0.01);
-        // fill_bits makes the same decisions as keep (odd length: a partial last word).
-        let ds = DropStream::new(5, 9, 0.3);
-        let (start, len): (u64, usize) = (4 * 1234, 101);
-        let mut bits = vec![u64::MAX; len.div_ceil(64)];
-        ds.fill_bits(start, len, &mut bits);
-        for t in 0..len {
-            let bit = (bits[t / 64] >> (t % 64)) & 1 == 1;
-            assert_eq!(bit, ds.keep(start + t as u64), "element {t}");
+        // fill_bits makes the same decisions as keep (odd length: a partial last word), at the edges
+        // of the threshold range too (p = 0 keeps all, p = 1 drops all).
+        for p in [0.0, 1e-5, 0.1, 0.3, 0.5, 0.99999, 1.0] {
+            let ds = DropStream::new(5, 9, p);
+            let (start, len): (u64, usize) = (4 * 1234, 101);
+            let mut bits = vec![u64::MAX; len.div_ceil(64)];
+            ds.fill_bits(start, len, &mut bits);
+            for t in 0..len {
+                let bit = (bits[t / 64] >> (t % 64)) & 1 == 1;
+                assert_eq!(bit, ds.keep(start + t as u64), "p = {p}, element {t}");
+            }
+            assert_eq!(bits[1] >> (len - 64), 0, "bits past the end stay clear");
+            let kept = bits.iter().map(|w| w.count_ones()).sum::<u32>();
+            if p == 0.0 {
+                assert_eq!(kept as usize, len);
+            }
+            if p == 1.0 {
+                assert_eq!(kept, 0);
+            }
         }
-        assert_eq!(bits[1] >> (len - 64), 0, "bits past the end stay clear");
     }
 }
