@@ -103,7 +103,17 @@ pub struct PartialCache<T> {
     /// without dropout). One bit per element, so the backward's recompute reads the forward's
     /// decisions instead of hashing them again (16 hashes per pair at Hh = 64).
     pub keep: Vec<u64>,
+    /// The second block's LayerNorm output and inverse deviation of every pair, [x̂₂ (D) | 1/σ₂] in the
+    /// batch's pair order, so the backward skips the per-pair GEMM and LayerNorm it would otherwise
+    /// recompute. Empty when it would exceed [`STASH_MAX_BYTES`]; the backward then recomputes them
+    /// (the same values either way).
+    pub stash: Vec<T>,
 }
+
+/// Largest stash of second-block activations kept between the forward and the backward (D + 1
+/// values per observed pair: 16.5 MB at `small` and 66 MB at `medium` with the default code_dim 16).
+/// Above it, as for the authors' configuration at full size, the backward recomputes them instead.
+pub const STASH_MAX_BYTES: usize = 256 << 20;
 
 /// Where a micro-chunk's dropout keep bits come from.
 enum Keep<'a> {
@@ -206,8 +216,35 @@ impl<T: Real> Net<'_, T> {
 
     /// Forward for the micro-chunk in `sc.pairs / sc.psi / sc.jn` (global pair ids are used for the
     /// dropout stream); leaves the codes in `sc.c` and the activations in `sc`.
-    fn chunk_fwd(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, mut keep: Keep<'_>) {
-        let (hh, dd, n) = (self.hh, self.dd, sc.pairs.len());
+    fn chunk_fwd(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, keep: Keep<'_>) {
+        self.first_block(fold, mode, sc, keep);
+        self.second_block(sc);
+    }
+
+    /// What `chunk_bwd` needs of the micro-chunk when the forward stashed its second block's
+    /// LayerNorm output (see [`PartialCache::stash`]): the first block recomputed (cheap: two FMAs
+    /// and the keep bits per element), x̂₂ and 1/σ₂ read from the stash by global pair id, and a₂
+    /// recomputed from x̂₂ by the forward's own expression. The same values as [`Net::chunk_fwd`] without
+    /// its GEMM and LayerNorm.
+    fn chunk_fwd_stashed(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, keep: Keep<'_>, stash: &[T]) {
+        self.first_block(fold, mode, sc, keep);
+        let (dd, n) = (self.dd, sc.pairs.len());
+        let (g5, be5) = (&self.g5[..dd], &self.be5[..dd]);
+        for q in 0..n {
+            let src = &stash[sc.pairs[q] * (dd + 1)..(sc.pairs[q] + 1) * (dd + 1)];
+            let xr = &mut sc.xhat2[q * dd..(q + 1) * dd];
+            xr.copy_from_slice(&src[..dd]);
+            sc.inv2[q] = src[dd];
+            let a2r = &mut sc.a2[q * dd..(q + 1) * dd];
+            for t in 0..dd {
+                a2r[t] = xr[t] * g5[t] + be5[t];
+            }
+        }
+    }
+
+    /// The folded first block, ReLU and dropout: α, β and d1 of every pair of the micro-chunk.
+    fn first_block(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, mut keep: Keep<'_>) {
+        let (hh, n) = (self.hh, sc.pairs.len());
         let dropout = self.dropout_on(mode);
         let scale = T::from_f64(1.0 / (1.0 - self.dropout));
         let ds = rng::DropStream::new(mode.seed, rng::streams::PARTIAL_H, self.dropout);
@@ -254,6 +291,11 @@ impl<T: Real> Net<'_, T> {
                 }
             }
         }
+    }
+
+    /// The second Linear, its LayerNorm (affine) and ReLU: h2, x̂₂, 1/σ₂, a₂ and the codes c.
+    fn second_block(&self, sc: &mut Scratch<T>) {
+        let (hh, dd, n) = (self.hh, self.dd, sc.pairs.len());
         matmul_nt_serial(&sc.d1[..n * hh], n, hh, self.w4, dd, &mut sc.h2[..n * dd]);
         let (b4, g5, be5) = (&self.b4[..dd], &self.g5[..dd], &self.be5[..dd]);
         for q in 0..n {
@@ -476,13 +518,29 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
     }
     let dropout = nt.dropout_on(mode);
     let kw = hh.div_ceil(64);
-    let pooled: Vec<(Vec<T>, Vec<u64>)> = items
+    let nnz = spl.nnz();
+    let stashed = nnz * (dd + 1) * std::mem::size_of::<T>() <= STASH_MAX_BYTES;
+    let mut keep = vec![0u64; if dropout { nnz * kw } else { 0 }];
+    let mut stash = vec![T::ZERO; if stashed { nnz * (dd + 1) } else { 0 }];
+    // Each work item writes its own pairs' keep bits and stash rows: disjoint slices, in item order.
+    let (mut keep_parts, mut stash_parts) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
+    let (mut keep_rest, mut stash_rest) = (keep.as_mut_slice(), stash.as_mut_slice());
+    for &(c0, c1) in &items {
+        let pairs = spl.indptr[c1] - spl.indptr[c0];
+        let (k, kr) = std::mem::take(&mut keep_rest).split_at_mut(if dropout { pairs * kw } else { 0 });
+        let (st, sr) = std::mem::take(&mut stash_rest).split_at_mut(if stashed { pairs * (dd + 1) } else { 0 });
+        keep_parts.push(k);
+        stash_parts.push(st);
+        keep_rest = kr;
+        stash_rest = sr;
+    }
+    let pooled: Vec<Vec<T>> = items
         .par_iter()
-        .map(|&(c0, c1)| {
+        .zip(keep_parts.into_par_iter().zip(stash_parts.into_par_iter()))
+        .map(|(&(c0, c1), (bits, stash))| {
             let mut acc = vec![T::ZERO; (c1 - c0) * dd];
             let mut sc = Scratch::new(hh, dd, micro);
             let (e0, e1) = (spl.indptr[c0], spl.indptr[c1]);
-            let mut bits = vec![0u64; if dropout { (e1 - e0) * kw } else { 0 }];
             let mut cell = c0;
             let mut s = e0;
             while s < e1 {
@@ -495,6 +553,13 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
                 sc.jn.extend_from_slice(&spl.junction[s..e]);
                 let keep = if dropout { Keep::Store(&mut bits[(s - e0) * kw..(e - e0) * kw]) } else { Keep::None };
                 nt.chunk_fwd(&fold, mode, &mut sc, keep);
+                if stashed {
+                    for q in 0..e - s {
+                        let dst = &mut stash[(s - e0 + q) * (dd + 1)..(s - e0 + q + 1) * (dd + 1)];
+                        dst[..dd].copy_from_slice(&sc.xhat2[q * dd..(q + 1) * dd]);
+                        dst[dd] = sc.inv2[q];
+                    }
+                }
                 // Add each pair's code to its cell in pair order.
                 for q in 0..e - s {
                     while spl.indptr[cell + 1] <= s + q {
@@ -507,14 +572,12 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
                 }
                 s = e;
             }
-            (acc, bits)
+            acc
         })
         .collect();
     let mut pool = Mat::zeros(b, dd);
-    let mut keep = Vec::with_capacity(if dropout { spl.nnz() * kw } else { 0 });
-    for (&(c0, _), (acc, bits)) in items.iter().zip(pooled) {
+    for (&(c0, _), acc) in items.iter().zip(pooled) {
         pool.data[c0 * dd..c0 * dd + acc.len()].copy_from_slice(&acc);
-        keep.extend_from_slice(&bits);
     }
     let h0 = pe.center.map(|_| {
         let mut sc = Scratch::new(hh, dd, 1);
@@ -532,7 +595,7 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
             pool.row_mut(c).iter_mut().for_each(|v| *v /= n);
         }
     }
-    PartialCache { pool, counts, fhat, fnorm, fold, den, h0, keep }
+    PartialCache { pool, counts, fhat, fnorm, fold, den, h0, keep, stash }
 }
 
 /// Per-pair inputs ψ (or ψ − ψ̄_j with `partial_center_psi`).
@@ -634,7 +697,11 @@ pub fn partial_backward<T: Real>(
                 sc.jn.clear();
                 sc.jn.extend(order[s..e].iter().map(|&q| spl.junction[q]));
                 let keep = if nt.dropout_on(mode) { Keep::Load(&cache.keep) } else { Keep::None };
-                nt.chunk_fwd(fold, mode, &mut sc, keep);
+                if cache.stash.is_empty() {
+                    nt.chunk_fwd(fold, mode, &mut sc, keep);
+                } else {
+                    nt.chunk_fwd_stashed(fold, mode, &mut sc, keep, &cache.stash);
+                }
                 let pairs = std::mem::take(&mut sc.pairs);
                 nt.chunk_bwd(fold, mode, &mut sc, |q| dcell.row(cell_of[pairs[q]] as usize), &mut acc);
                 sc.pairs = pairs;
