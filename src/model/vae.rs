@@ -944,38 +944,49 @@ impl SpliceVae {
 
         // ---- expression likelihood → decoder ---------------------------------------------------
         // dμ, dθ, dπ of mean(RL_e) (masked cells contribute nothing)
-        let mut dmu = tp.g_mu.clone();
-        let mut dtheta = tp.g_theta.clone();
-        let mut dpi = tp.g_pi.clone();
-        for i in 0..b {
-            let s = if inf.mask_expr[i] { inv_b } else { T::ZERO };
-            for m in [&mut dmu, &mut dtheta, &mut dpi] {
-                m.row_mut(i).iter_mut().for_each(|v| *v *= s);
-            }
-        }
+        // (B × G passes: rows in parallel, each row's arithmetic as in a serial loop.)
+        let scale_rows = |m: &Mat<T>| -> Mat<T> {
+            let mut m = m.clone();
+            m.data.par_chunks_mut(gdim.max(1)).zip(&inf.mask_expr).for_each(|(row, &keep)| {
+                let s = if keep { inv_b } else { T::ZERO };
+                row.iter_mut().for_each(|v| *v *= s);
+            });
+            m
+        };
+        let (dmu, dtheta, dpi) = (scale_rows(&tp.g_mu), scale_rows(&tp.g_theta), scale_rows(&tp.g_pi));
         // μ = e^ℓ ρ
         let mut dlib = vec![T::ZERO; b];
         let mut drho = dmu.clone();
-        for i in 0..b {
-            let ls = tp.lib_scale[i];
-            let mut acc = T::ZERO;
-            for gg in 0..gdim {
-                let k = i * gdim + gg;
-                acc += dmu.data[k] * out.px_rate.data[k];
-                drho.data[k] *= ls;
-            }
-            dlib[i] = acc;
-        }
+        drho.data
+            .par_chunks_mut(gdim.max(1))
+            .zip(dlib.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (row, dl))| {
+                let ls = tp.lib_scale[i];
+                let (dm, rate) = (dmu.row(i), out.px_rate.row(i));
+                let mut acc = T::ZERO;
+                for gg in 0..gdim {
+                    acc += dm[gg] * rate[gg];
+                    row[gg] *= ls;
+                }
+                *dl = acc;
+            });
         // θ
         let mut dtheta_raw: Option<Mat<T>> = None;
         match cfg.dispersion {
             Dispersion::Gene => {
                 if let Some(gr) = g.slot(a.px_r.unwrap()) {
-                    for i in 0..b {
-                        for gg in 0..gdim {
-                            gr[gg] += dtheta.data[i * gdim + gg] * out.theta.data[gg];
+                    // Blocks of genes in parallel; each gene still sums its cells in order.
+                    const GENES: usize = 256;
+                    gr.par_chunks_mut(GENES).enumerate().for_each(|(blk, grb)| {
+                        let g0 = blk * GENES;
+                        for i in 0..b {
+                            let (dt, th) = (&dtheta.data[i * gdim + g0..], &out.theta.data[g0..]);
+                            for (t, v) in grb.iter_mut().enumerate() {
+                                *v += dt[t] * th[t];
+                            }
                         }
-                    }
+                    });
                 }
             }
             Dispersion::GeneBatch | Dispersion::GeneLabel => {
