@@ -218,7 +218,7 @@ impl<T: Real> Net<'_, T> {
     /// dropout stream); leaves the codes in `sc.c` and the activations in `sc`.
     fn chunk_fwd(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, keep: Keep<'_>) {
         self.first_block(fold, mode, sc, keep);
-        self.second_block(sc);
+        self.second_block(sc, None);
     }
 
     /// What `chunk_bwd` needs of the micro-chunk when the forward stashed its second block's
@@ -232,12 +232,13 @@ impl<T: Real> Net<'_, T> {
         let (g5, be5) = (&self.g5[..dd], &self.be5[..dd]);
         for q in 0..n {
             let src = &stash[sc.pairs[q] * (dd + 1)..(sc.pairs[q] + 1) * (dd + 1)];
-            let xr = &mut sc.xhat2[q * dd..(q + 1) * dd];
-            xr.copy_from_slice(&src[..dd]);
             sc.inv2[q] = src[dd];
-            let a2r = &mut sc.a2[q * dd..(q + 1) * dd];
+            let (xr, a2r) = (&mut sc.xhat2[q * dd..(q + 1) * dd], &mut sc.a2[q * dd..(q + 1) * dd]);
+            // One loop for both (a bare copy of D values would be a memcpy call per pair).
             for t in 0..dd {
-                a2r[t] = xr[t] * g5[t] + be5[t];
+                let x = src[t];
+                xr[t] = x;
+                a2r[t] = x * g5[t] + be5[t];
             }
         }
     }
@@ -294,7 +295,8 @@ impl<T: Real> Net<'_, T> {
     }
 
     /// The second Linear, its LayerNorm (affine) and ReLU: h2, x̂₂, 1/σ₂, a₂ and the codes c.
-    fn second_block(&self, sc: &mut Scratch<T>) {
+    /// With `stash`, also writes each pair's [x̂₂ | 1/σ₂] there (D + 1 values per pair of the chunk).
+    fn second_block(&self, sc: &mut Scratch<T>, mut stash: Option<&mut [T]>) {
         let (hh, dd, n) = (self.hh, self.dd, sc.pairs.len());
         matmul_nt_serial(&sc.d1[..n * hh], n, hh, self.w4, dd, &mut sc.h2[..n * dd]);
         let (b4, g5, be5) = (&self.b4[..dd], &self.g5[..dd], &self.be5[..dd]);
@@ -306,10 +308,28 @@ impl<T: Real> Net<'_, T> {
             let xr = &mut sc.xhat2[q * dd..(q + 1) * dd];
             sc.inv2[q] = ln_row(row, xr);
             let (a2r, cr) = (&mut sc.a2[q * dd..(q + 1) * dd], &mut sc.c[q * dd..(q + 1) * dd]);
-            for t in 0..dd {
-                let a = xr[t] * g5[t] + be5[t];
-                a2r[t] = a;
-                cr[t] = if a > T::ZERO { a } else { T::ZERO };
+            match stash.as_deref_mut() {
+                None => {
+                    for t in 0..dd {
+                        let a = xr[t] * g5[t] + be5[t];
+                        a2r[t] = a;
+                        cr[t] = if a > T::ZERO { a } else { T::ZERO };
+                    }
+                }
+                Some(st) => {
+                    let dst = &mut st[q * (dd + 1)..(q + 1) * (dd + 1)];
+                    dst[dd] = sc.inv2[q];
+                    let dst = &mut dst[..dd];
+                    // The stash row is written in the same loop (a separate copy of D values would
+                    // be a memcpy call per pair).
+                    for t in 0..dd {
+                        let x = xr[t];
+                        let a = x * g5[t] + be5[t];
+                        a2r[t] = a;
+                        cr[t] = if a > T::ZERO { a } else { T::ZERO };
+                        dst[t] = x;
+                    }
+                }
             }
         }
     }
@@ -395,9 +415,31 @@ impl<T: Real> Net<'_, T> {
 /// to Σ d(a1) (`sbe1`), Σ β·d(a1) (`sr`) and the junction's Σ α·d(a1) (`qj`); returns ⟨d(a1), v⟩ for the
 /// three vectors `v`, each summed exactly as [`super::real::dot8`] sums (eight lanes, then the same combination), so
 /// the result is bit-identical to separate passes.
+///
+/// Compiled twice: for x86-64's baseline (SSE2, four f32 lanes) and for AVX2 (eight), picked at run
+/// time. Each lane does the same operations in the same order either way (no FMA contraction), so
+/// both give the same bits.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn fused_a1_backward<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v: [&[T]; 3], sbe1: &mut [T], sr: &mut [T], qj: &mut [T]) -> [T; 3] {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { fused_a1_backward_avx2(d1r, dd1, scale, a, b, v, sbe1, sr, qj) };
+    }
+    fused_a1_backward_any(d1r, dd1, scale, a, b, v, sbe1, sr, qj)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn fused_a1_backward_avx2<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v: [&[T]; 3], sbe1: &mut [T], sr: &mut [T], qj: &mut [T]) -> [T; 3] {
+    fused_a1_backward_any(d1r, dd1, scale, a, b, v, sbe1, sr, qj)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fused_a1_backward_any<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v: [&[T]; 3], sbe1: &mut [T], sr: &mut [T], qj: &mut [T]) -> [T; 3] {
     let hh = d1r.len();
     let (d1r, dd1, sbe1, sr, qj) = (&d1r[..hh], &dd1[..hh], &mut sbe1[..hh], &mut sr[..hh], &mut qj[..hh]);
     let (v0, v1, v2) = (&v[0][..hh], &v[1][..hh], &v[2][..hh]);
@@ -552,14 +594,9 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
                 sc.jn.clear();
                 sc.jn.extend_from_slice(&spl.junction[s..e]);
                 let keep = if dropout { Keep::Store(&mut bits[(s - e0) * kw..(e - e0) * kw]) } else { Keep::None };
-                nt.chunk_fwd(&fold, mode, &mut sc, keep);
-                if stashed {
-                    for q in 0..e - s {
-                        let dst = &mut stash[(s - e0 + q) * (dd + 1)..(s - e0 + q + 1) * (dd + 1)];
-                        dst[..dd].copy_from_slice(&sc.xhat2[q * dd..(q + 1) * dd]);
-                        dst[dd] = sc.inv2[q];
-                    }
-                }
+                nt.first_block(&fold, mode, &mut sc, keep);
+                let rows = if stashed { Some(&mut stash[(s - e0) * (dd + 1)..(e - e0) * (dd + 1)]) } else { None };
+                nt.second_block(&mut sc, rows);
                 // Add each pair's code to its cell in pair order.
                 for q in 0..e - s {
                     while spl.indptr[cell + 1] <= s + q {
