@@ -28,7 +28,12 @@ fn main() {
     let preset = args.get(1).map(String::as_str).unwrap_or("default");
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let only = args.get(3).cloned();
-    let (ds, _) = simulate(&SimConfig::preset(SimSize::Small, 0)).expect("simulating small");
+    // STEP_PARTS_SIZE=medium times the parts at the medium size (default small).
+    let size = match std::env::var("STEP_PARTS_SIZE").as_deref() {
+        Ok("medium") => SimSize::Medium,
+        _ => SimSize::Small,
+    };
+    let (ds, _) = simulate(&SimConfig::preset(size, 0)).expect("simulating");
     let cells: Vec<usize> = (0..256).collect();
     let batch = Batch::from_dataset(&ds, &cells, true).expect("minibatch");
     let cfg = if preset == "paper" { ModelConfig::paper() } else { ModelConfig::default() };
