@@ -252,12 +252,26 @@ impl<T: Real> Net<'_, T> {
         // Mask index space: pair·Hh_pad + t with Hh_pad a multiple of 4 (4 decisions per hash).
         let hh_pad = hh.div_ceil(4) * 4;
         let kw = hh.div_ceil(64);
+        // α and β of every pair first: the f64 square roots and divisions of independent pairs
+        // overlap instead of each waiting behind the element loops of the pair before.
         for q in 0..n {
-            let jj = sc.jn[q] as usize;
-            let (al, be) = fold.coefs(jj, sc.psi[q].to_f64());
+            let (al, be) = fold.coefs(sc.jn[q] as usize, sc.psi[q].to_f64());
             sc.alpha[q] = al;
             sc.beta[q] = be;
-            let (a, b) = (T::from_f64(al), T::from_f64(be));
+        }
+        // The forward hashes the whole micro-chunk's keep bits in one call when its pairs' words are
+        // contiguous in the mask index space (consecutive pair ids, Hh a multiple of 64): the same
+        // words as one call per pair.
+        let mut hashed = false;
+        if let (true, Keep::Store(out)) = (dropout, &mut keep) {
+            if n > 0 && hh % 64 == 0 && sc.pairs[n - 1] - sc.pairs[0] == n - 1 {
+                ds.fill_bits((sc.pairs[0] * hh_pad) as u64, n * hh, &mut out[..n * kw]);
+                hashed = true;
+            }
+        }
+        for q in 0..n {
+            let jj = sc.jn[q] as usize;
+            let (a, b) = (T::from_f64(sc.alpha[q]), T::from_f64(sc.beta[q]));
             let (ug, bg, be1) = (&fold.ug.row(jj)[..hh], &fold.bg[..hh], &self.be1[..hh]);
             let d1r = &mut sc.d1[q * hh..(q + 1) * hh];
             for t in 0..hh {
@@ -270,7 +284,9 @@ impl<T: Real> Net<'_, T> {
                     Keep::Load(bits) => &bits[sc.pairs[q] * kw..(sc.pairs[q] + 1) * kw],
                     Keep::Store(out) => {
                         let w = &mut out[q * kw..(q + 1) * kw];
-                        ds.fill_bits(start, hh, w);
+                        if !hashed {
+                            ds.fill_bits(start, hh, w);
+                        }
                         w
                     }
                     Keep::None => unreachable!("dropout is on but the pass has no keep bits"),

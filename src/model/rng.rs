@@ -167,5 +167,18 @@ mod tests {
             ds.fill_bits_any(start, len, &mut portable);
             assert_eq!(portable, bits, "p = {p}: portable fill_bits");
         }
+        // One call over consecutive rows of a multiple of 64 elements gives the words of one call
+        // per row (the partial encoder hashes a micro-chunk of pairs at once).
+        let ds = DropStream::new(3, 17, 0.1);
+        for hh in [64usize, 128] {
+            let (p0, rows) = (1000usize, 7usize);
+            let mut bulk = vec![0u64; rows * hh / 64];
+            ds.fill_bits((p0 * hh) as u64, rows * hh, &mut bulk);
+            for r in 0..rows {
+                let mut one = vec![0u64; hh / 64];
+                ds.fill_bits(((p0 + r) * hh) as u64, hh, &mut one);
+                assert_eq!(one, bulk[r * hh / 64..(r + 1) * hh / 64], "hh {hh}, row {r}");
+            }
+        }
     }
 }
