@@ -61,6 +61,18 @@ pub enum Command {
     Info(info::InfoArgs),
 }
 
+impl Command {
+    /// Whether the command runs training steps (train, bench, evaluate --train): those keep freed
+    /// memory in the process ([`crate::util::keep_freed_memory`]).
+    pub fn trains(&self) -> bool {
+        match self {
+            Command::Train(_) | Command::Bench(_) => true,
+            Command::Evaluate(a) => a.train,
+            _ => false,
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
@@ -96,5 +108,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckFixture(a) => check_fixture::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Info(a) => info::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn only_training_commands_keep_freed_memory() {
+        let trains = |args: &[&str]| Cli::try_parse_from(args).expect("parses").command.trains();
+        assert!(trains(&["splicevi", "train", "d.h5mu", "--out", "run"]));
+        assert!(trains(&["splicevi", "bench", "--size", "small"]));
+        assert!(trains(&["splicevi", "evaluate", "--train", "d.h5mu", "--out", "e.tsv"]));
+        assert!(!trains(&["splicevi", "evaluate", "run", "d.h5mu", "--out", "e.tsv"]));
+        assert!(!trains(&["splicevi", "diff-splicing", "run", "d.h5mu", "--groupby", "g", "--group1", "a", "--out", "ds.tsv"]));
+        assert!(!trains(&["splicevi", "impute", "run", "d.h5mu", "--out", "psi.h5ad"]));
     }
 }
