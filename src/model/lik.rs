@@ -238,8 +238,8 @@ pub const NBETALN_PRODUCT_MAX: usize = 32;
 /// 0 < α < 1e8 it uses Γ(α+n)/Γ(α) = P = Π_{i<n} (α+i), so lgamma(α) − lgamma(α+n) = −ln P and
 /// ψ(α) − ψ(α+n) = −P′/P, with P′ carried by the product rule: one log and one division in f64
 /// instead of three lgamma and two digamma calls, and no cancellation between large lgamma values
-/// (so it is more accurate than the general form, which the other inputs still take). P < 1e8³² ×
-/// (1 + 32/α)³² stays far below f64's range.
+/// (so it is more accurate than the general form, which the other inputs still take). With α < 1e8
+/// and n ≤ 32, P < (1e8 + 31)³² ≈ 1e256 stays inside f64's range.
 #[inline]
 pub fn nbetaln<T: Real>(n: T, a: T) -> (T, T) {
     if n == T::ZERO {

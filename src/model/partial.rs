@@ -5,9 +5,11 @@
 //! The LayerNorm after it is folded per junction too ([`Fold`]): its input is affine in ψ, so its
 //! mean and variance are closed-form in ψ and the affine output is α·(g₁⊙ũ_j) + β·(g₁⊙b̃) + be₁ —
 //! two FMAs per element and no per-pair reduction. Then ReLU → dropout → Linear → LayerNorm(affine)
-//! → ReLU gives the code c_ij, pooled per cell (sum or mean). Per-pair activations are never stored
-//! (only the dropout keep bits, one bit per element, so the backward need not hash them again):
-//! the backward pass recomputes them chunk by chunk, walking the pairs junction by junction so that
+//! → ReLU gives the code c_ij, pooled per cell (sum or mean). The forward keeps the dropout keep bits
+//! (one bit per element, so the backward need not hash them again) and, while it fits in
+//! [`STASH_MAX_BYTES`], each pair's second-block LayerNorm output (D + 1 values); the Hh-wide first
+//! block is never stored. The backward recomputes what it needs chunk by chunk (the first block
+//! always, the second block when there is no stash), walking the pairs junction by junction so that
 //! each junction's gradient is owned by one work item (deterministic, no atomics).
 
 use super::arch::PartialEncP;
