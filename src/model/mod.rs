@@ -59,6 +59,7 @@ pub mod rng;
 pub mod spl_lik;
 pub mod tensor;
 pub mod vae;
+pub mod vmath;
 
 pub use batch::{Batch, SplBatch};
 pub use config::*;

@@ -35,6 +35,12 @@ pub trait Real:
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn ln_1p(self) -> Self;
+    /// eˣ, ln x and ln(1 + x) for loops meant to vectorise: f32 uses the branch-free polynomials of
+    /// [`super::vmath`] (within 1–3 ulp of libm, see its domains), f64 the exact libm functions (the
+    /// gradient checks difference the f64 model, so it keeps full precision).
+    fn exp_v(self) -> Self;
+    fn ln_v(self) -> Self;
+    fn ln_1p_v(self) -> Self;
     fn sqrt(self) -> Self;
     fn abs(self) -> Self;
     fn is_finite(self) -> bool;
@@ -73,7 +79,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($t:ty, $name:expr, $gemm:path) => {
+    ($t:ty, $name:expr, $gemm:path, $exp_v:path, $ln_v:path, $ln_1p_v:path) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -105,6 +111,18 @@ macro_rules! impl_real {
             #[inline(always)]
             fn ln_1p(self) -> Self {
                 <$t>::ln_1p(self)
+            }
+            #[inline(always)]
+            fn exp_v(self) -> Self {
+                $exp_v(self)
+            }
+            #[inline(always)]
+            fn ln_v(self) -> Self {
+                $ln_v(self)
+            }
+            #[inline(always)]
+            fn ln_1p_v(self) -> Self {
+                $ln_1p_v(self)
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
@@ -147,8 +165,8 @@ macro_rules! impl_real {
         }
     };
 }
-impl_real!(f32, "f32", matrixmultiply::sgemm);
-impl_real!(f64, "f64", matrixmultiply::dgemm);
+impl_real!(f32, "f32", matrixmultiply::sgemm, super::vmath::exp, super::vmath::ln, super::vmath::ln_1p);
+impl_real!(f64, "f64", matrixmultiply::dgemm, f64::exp, f64::ln, f64::ln_1p);
 
 /// Small elementwise helpers matching PyTorch's definitions.
 #[inline(always)]
@@ -185,6 +203,17 @@ pub fn softplus_and_grad<T: Real>(x: T) -> (T, T) {
         let e = x.exp();
         (e.ln_1p(), e / (T::ONE + e))
     }
+}
+
+/// [`softplus_and_grad`] through [`Real::exp_v`] / [`Real::ln_1p_v`] and selects instead of a branch, for
+/// loops meant to vectorise (the same formula; for f64 the same bits).
+#[inline(always)]
+pub fn softplus_and_grad_v<T: Real>(x: T) -> (T, T) {
+    let big = x > T::from_f64(20.0);
+    let e = (if big { T::ZERO } else { x }).exp_v();
+    let sp = e.ln_1p_v();
+    let g = e / (T::ONE + e);
+    (if big { x } else { sp }, if big { T::ONE } else { g })
 }
 
 /// Sum with 8 independent accumulators (vectorisable; float adds are not reassociated otherwise).

@@ -817,6 +817,12 @@ impl SpliceVae {
                 }
                 let th = if theta.rows == 1 { theta.row(0) } else { theta.row(i) };
                 let (mr, pr) = (mu.row(i), pi.row(i));
+                if let (GeneLikelihood::Zinb, Some(terms)) = (lik_kind, &gene_terms) {
+                    // The common case: a row at a time, its transcendental terms in a vectorised pass.
+                    let mut sc = lik::ZinbScratch::default();
+                    let acc = lik::zinb_row(&x, mr, th, pr, terms, &mut sc, gm, gt, gp);
+                    return if mask[i] { T::from_f64(-acc) } else { T::ZERO };
+                }
                 let mut acc = 0f64;
                 for gg in 0..g {
                     let r = match (lik_kind, &gene_terms) {
