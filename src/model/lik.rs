@@ -98,12 +98,21 @@ pub fn zinb_with<T: Real>(x: T, mu: T, theta: T, pi: T, tt: &ThetaTerms<T>, xt: 
     let (sp, sp_g) = softplus_and_grad(-pi); // softplus(−π) and d softplus(−π) / d(−π)
     let tme = theta + mu + eps;
     let log_tme = tme.ln();
-    let log_te = tt.log_te;
-    let pth = -pi + theta * (log_te - log_tme);
-    let dpth_dtheta = log_te - log_tme + tt.frac - theta / tme;
+    let pth = -pi + theta * (tt.log_te - log_tme);
+    zinb_combine(x, mu, theta, tt, xt, [sp, sp_g, tme, log_tme, pth], softplus_and_grad)
+}
+
+/// The rest of [`zinb_with`] once its per-entry transcendental terms are known:
+/// `terms` = [softplus(−π), its derivative, θ+μ+ε, ln(θ+μ+ε), the zero-count logit pth];
+/// `zero(pth)` gives softplus(pth) and its derivative (only called for a zero count).
+#[inline(always)]
+fn zinb_combine<T: Real>(x: T, mu: T, theta: T, tt: &ThetaTerms<T>, xt: (T, T), terms: [T; 5], zero: impl FnOnce(T) -> (T, T)) -> ExprLl<T> {
+    let eps = T::from_f64(NB_EPS);
+    let [sp, sp_g, tme, log_tme, pth] = terms;
+    let dpth_dtheta = tt.log_te - log_tme + tt.frac - theta / tme;
     let dpth_dmu = -theta / tme;
     if x < eps {
-        let (ll0, s) = softplus_and_grad(pth);
+        let (ll0, s) = zero(pth);
         let ll = ll0 - sp;
         ExprLl { ll, d_mu: s * dpth_dmu, d_theta: s * dpth_dtheta, d_pi: -s + sp_g }
     } else if x > eps {
@@ -217,20 +226,8 @@ pub fn zinb_row<T: Real>(x: &[T], mu: &[T], theta: &[T], pi: &[T], gt: &GeneTerm
         let r = if !(tme >= tiny && tme.is_finite()) {
             zinb_with(xk, mu[k], th, pi[k], tt, xt)
         } else {
-            let (sp, sp_g, log_tme, pth) = (sc.sp[k], sc.sp_g[k], sc.log_tme[k], sc.pth[k]);
-            let dpth_dtheta = tt.log_te - log_tme + tt.frac - th / tme;
-            let dpth_dmu = -th / tme;
-            if xk < eps {
-                let s = sc.s[k];
-                ExprLl { ll: sc.ll0[k] - sp, d_mu: s * dpth_dmu, d_theta: s * dpth_dtheta, d_pi: -s + sp_g }
-            } else if xk > eps {
-                let ll = -sp + pth + xk * ((mu[k] + eps).ln() - log_tme) + xt.0 - tt.lgamma - lgamma_xp1(xk);
-                let d_mu = dpth_dmu + xk / (mu[k] + eps) - xk / tme;
-                let d_theta = dpth_dtheta - xk / tme + xt.1 - tt.digamma;
-                ExprLl { ll, d_mu, d_theta, d_pi: sp_g - T::ONE }
-            } else {
-                ExprLl::default()
-            }
+            let terms = [sc.sp[k], sc.sp_g[k], tme, sc.log_tme[k], sc.pth[k]];
+            zinb_combine(xk, mu[k], th, tt, xt, terms, |_| (sc.ll0[k], sc.s[k]))
         };
         acc += r.ll.to_f64();
         gm[k] = -r.d_mu;
@@ -350,9 +347,10 @@ pub fn sig<T: Real>(x: T) -> T {
 mod tests {
     use super::*;
 
+    use crate::model::real::{digamma, lgamma};
+
     /// The general form of nbetaln, in f64.
     fn nbetaln_general(n: f64, a: f64) -> (f64, f64) {
-        use crate::model::real::{digamma, lgamma};
         (lgamma(a) + lgamma(n + 1.0) - lgamma(a + n), digamma(a) - digamma(a + n))
     }
 
@@ -365,7 +363,6 @@ mod tests {
                 let (lw, dw) = nbetaln_general(k as f64, a);
                 // The general form loses digits to cancellation between lgamma values of size
                 // |lgamma(α + n)| (and ψ values of size |ψ(α)|); the product form does not.
-                use crate::model::real::{digamma, lgamma};
                 let lscale = lgamma(a + k as f64).abs().max(lgamma(a).abs()).max(1.0);
                 let dscale = digamma(a).abs().max(1.0);
                 assert!((l - lw).abs() <= 1e-13 * lscale, "value at n={k}, a={a}: {l} vs {lw}");

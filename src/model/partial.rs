@@ -16,7 +16,7 @@ use super::arch::PartialEncP;
 use super::batch::SplBatch;
 use super::ops::{ln_row, ln_row_bwd, Mode, LN_EPS};
 use super::params::{Grads, Params};
-use super::real::Real;
+use super::real::{fold8, Real};
 use super::rng;
 use super::tensor::{matmul_nn, matmul_nt, matmul_tn_acc, Mat};
 use rayon::prelude::*;
@@ -491,7 +491,6 @@ fn fused_a1_backward_any<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v:
         rest[1] += d * v1[t];
         rest[2] += d * v2[t];
     }
-    let fold8 = |a: &[T; 8], s: T| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + s;
     [fold8(&acc[0], rest[0]), fold8(&acc[1], rest[1]), fold8(&acc[2], rest[2])]
 }
 

@@ -216,6 +216,13 @@ pub fn softplus_and_grad_v<T: Real>(x: T) -> (T, T) {
     (if big { x } else { sp }, if big { T::ONE } else { g })
 }
 
+/// The combination [`sum8`] and [`dot8`] end with: eight lane accumulators, pairwise, plus the
+/// remainder `s` (shared so that fused loops reproduce their bits).
+#[inline(always)]
+pub fn fold8<T: Real>(acc: &[T; 8], s: T) -> T {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+}
+
 /// Sum with 8 independent accumulators (vectorisable; float adds are not reassociated otherwise).
 #[inline]
 pub fn sum8<T: Real>(x: &[T]) -> T {
@@ -230,7 +237,7 @@ pub fn sum8<T: Real>(x: &[T]) -> T {
     for &v in ch.remainder() {
         s += v;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+    fold8(&acc, s)
 }
 
 /// Dot product with 8 independent accumulators.
@@ -250,7 +257,7 @@ pub fn dot8<T: Real>(a: &[T], b: &[T]) -> T {
     for (&x, &y) in ar.iter().zip(br) {
         s += x * y;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+    fold8(&acc, s)
 }
 
 const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_8;

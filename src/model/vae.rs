@@ -809,7 +809,7 @@ impl SpliceVae {
             .zip(g_theta.data.par_chunks_mut(g))
             .zip(g_pi.data.par_chunks_mut(g))
             .enumerate()
-            .map(|(i, ((gm, gt), gp))| {
+            .map_init(lik::ZinbScratch::default, |sc, (i, ((gm, gt), gp))| {
                 let mut x = vec![T::ZERO; g];
                 let (idx, vals) = batch.expr.row(i);
                 for (&c, &v) in idx.iter().zip(vals) {
@@ -819,8 +819,7 @@ impl SpliceVae {
                 let (mr, pr) = (mu.row(i), pi.row(i));
                 if let (GeneLikelihood::Zinb, Some(terms)) = (lik_kind, &gene_terms) {
                     // The common case: a row at a time, its transcendental terms in a vectorised pass.
-                    let mut sc = lik::ZinbScratch::default();
-                    let acc = lik::zinb_row(&x, mr, th, pr, terms, &mut sc, gm, gt, gp);
+                    let acc = lik::zinb_row(&x, mr, th, pr, terms, sc, gm, gt, gp);
                     return if mask[i] { T::from_f64(-acc) } else { T::ZERO };
                 }
                 let mut acc = 0f64;
