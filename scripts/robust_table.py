@@ -8,6 +8,7 @@ COLS = [("joint_celltype", "joint ct"), ("joint_subtype", "joint sub"), ("spl_su
         ("mb_pearson", "MB r"), ("mb_rmse", "MB RMSE"), ("ds_precision", "DS prec"), ("ds_recall", "DS rec"),
         ("halves_called", "halves"), ("dsmo_precision", "DS≥10 prec"), ("dsmo_recall", "DS≥10 rec"),
         ("halvesmo_called", "halves≥10"), ("dsdec_precision", "DSdec prec"), ("dsdec_recall", "DSdec rec"),
+        ("dsrb_precision", "DSrb prec"), ("dsrb_recall", "DSrb rec"), ("halvesrb_called", "halves rb"),
         ("batch_entropy", "batch ent"), ("kl_per_cell", "KL/cell"), ("train_s", "train s")]
 
 def fmt(vals):

@@ -375,26 +375,29 @@ fn write_f32(path: &Path, m: &Mat<f32>) {
     std::fs::write(path, bytemuck::cast_slice::<f32, u8>(&m.data)).unwrap();
 }
 
-/// Rows of a DS table as (is_ds_fdr, min(n_obs_group1, n_obs_group2)).
-fn ds_calls_and_coverage(path: &Path) -> Vec<(bool, f64)> {
+/// Rows of a DS table as (is_ds_fdr, min(n_obs_group1, n_obs_group2), emp_pvalue or None).
+fn ds_calls_and_coverage(path: &Path) -> Vec<(bool, f64, Option<f64>)> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("{name} not in {header:?}"));
     let (c, n1, n2) = (col("is_ds_fdr"), col("n_obs_group1"), col("n_obs_group2"));
+    let p = header.iter().position(|h| *h == "emp_pvalue");
     lines
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
             let num = |i: usize| f[i].parse::<f64>().unwrap();
-            (f[c] == "True", num(n1).min(num(n2)))
+            (f[c] == "True", num(n1).min(num(n2)), p.map(num))
         })
         .collect()
 }
 
-/// A `robust` run's diff-splicing tests only junctions seen in >= 10 cells of each group unless told
-/// otherwise, and says so; `default` runs test every junction (the original) without a word.
+/// A `robust` run's diff-splicing runs `robust`'s test unless told otherwise, and says so: junctions
+/// seen in >= 10 cells of each group whose observed PSI differ (Welch p < 0.05, the `emp_pvalue`
+/// column), test mode "two", the outlier filter. `default` runs get the original's test without a word,
+/// and the flags give either test on either run.
 #[test]
-fn diff_splicing_takes_its_coverage_filter_from_the_run_preset() {
+fn diff_splicing_takes_its_test_from_the_run_preset() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let data = d.join("toy.h5mu");
@@ -402,21 +405,32 @@ fn diff_splicing_takes_its_coverage_filter_from_the_run_preset() {
     let ds = |run: &Path, out: &str, extra: &[&str]| {
         ok(bin().arg("diff-splicing").arg(run).arg(&data).args(["--groupby", "subtype", "--group1", "T0_a", "--group2", "T0_b", "--n-samples-overall", "300", "--fdr", "1", "--no-plots"]).args(extra).arg("--out").arg(d.join(out)))
     };
+    let read = |name: &str| std::fs::read(d.join(name)).unwrap();
+    let robust_flags = ["--batch-correction", "true", "--min-obs-cells", "10", "--test-mode", "two", "--filter-outlier-cells", "true", "--max-emp-pvalue", "0.05"];
+    let original_flags = ["--batch-correction", "false", "--min-obs-cells", "0", "--test-mode", "three", "--filter-outlier-cells", "false", "--max-emp-pvalue", "1"];
     for preset in ["robust", "default"] {
         let run = d.join(preset);
         ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--preset", preset, "--batch-key", "batch", "--max-epochs", "2", "--batch-size", "64", "--quiet", "--no-plots"]));
         let implicit = ds(&run, &format!("{preset}.tsv"), &[]);
-        let said = implicit.contains("the robust preset's default");
+        let said = implicit.contains("the robust preset's test");
         assert_eq!(said, preset == "robust", "{preset}: {implicit}");
-        let want = if preset == "robust" { "10" } else { "0" };
-        ds(&run, &format!("{preset}.explicit.tsv"), &["--min-obs-cells", want]);
-        assert_eq!(std::fs::read(d.join(format!("{preset}.tsv"))).unwrap(), std::fs::read(d.join(format!("{preset}.explicit.tsv"))).unwrap(), "{preset}: the default is not --min-obs-cells {want}");
+        assert_eq!(implicit.contains("sampled after the outlier filter"), preset == "robust", "{implicit}");
+        let (want, other) = if preset == "robust" { (robust_flags, original_flags) } else { (original_flags, robust_flags) };
+        ds(&run, &format!("{preset}.explicit.tsv"), &want);
+        assert_eq!(read(&format!("{preset}.tsv")), read(&format!("{preset}.explicit.tsv")), "{preset}: the default is not {want:?}");
+        ds(&run, &format!("{preset}.other.tsv"), &other);
+        assert_ne!(read(&format!("{preset}.tsv")), read(&format!("{preset}.other.tsv")), "{preset}: the flags {other:?} change nothing");
         // FDR target 1 calls every tested junction, so the table shows exactly which were tested.
         let rows = ds_calls_and_coverage(&d.join(format!("{preset}.tsv")));
         assert!(rows.iter().any(|r| r.1 < 10.0) && rows.iter().any(|r| r.1 >= 10.0), "toy data should have thin and well-covered junctions");
-        for (called, cov) in rows {
-            let tested = preset == "default" || cov >= 10.0;
-            assert_eq!(called, tested, "{preset}: junction seen in {cov} cells of a group");
+        if preset == "robust" {
+            assert!(rows.iter().any(|r| r.1 >= 10.0 && r.2.unwrap() >= 0.05), "toy data should have covered junctions without an observed difference");
+        } else {
+            assert!(rows.iter().all(|r| r.2.is_none()), "the original's table has no emp_pvalue column");
+        }
+        for (called, cov, p) in rows {
+            let tested = preset == "default" || (cov >= 10.0 && p.unwrap() < 0.05);
+            assert_eq!(called, tested, "{preset}: junction seen in {cov} cells of a group, empirical p {p:?}");
         }
     }
 }

@@ -7,7 +7,7 @@
 //! non_zeros_proportion1/2, raw_normalized_mean1/2 (counts × 1e4 / cell total), is_de_fdr_<fdr>,
 //! comparison, group1, group2; rows sorted by proba_de, descending.
 
-use super::differential::{bayes_factor, clean_text, decode_plan, fdr_calls, fmt_bool, fmt_f64, order_desc, paired_plans, proba_de, ChangeOptions, Comparison};
+use super::differential::{bayes_factor, clean_text, decode_plan, fdr_calls, fmt_bool, fmt_f64, order_desc, paired_plans, proba_de, sampled_groups, ChangeOptions, Comparison};
 use super::impute_metrics::quantile_sorted;
 use super::posterior::Posterior;
 use anyhow::{bail, Result};
@@ -83,7 +83,8 @@ pub fn differential_expression(post: &Posterior, cmp: &Comparison, opts: &Change
         bail!("{}: differential expression needs an expression modality", post.ds.source);
     };
     let g = post.ds.n_genes();
-    let (p1, p2) = paired_plans(cmp, post.model.dims.n_batch, opts, key)?;
+    let sampled = sampled_groups(post, cmp, opts)?;
+    let (p1, p2) = paired_plans(&sampled, post.model.dims.n_batch, opts, key)?;
     let n = p1.len();
     let s1 = decode_plan(post, &p1, 0..n, None, true, opts.block_cells)?;
     let s2 = decode_plan(post, &p2, 0..n, None, true, opts.block_cells)?;
@@ -123,7 +124,7 @@ pub fn differential_expression(post: &Posterior, cmp: &Comparison, opts: &Change
             let std = (lfc.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / nf).sqrt();
             lfc.sort_by(f64::total_cmp);
             GeneStats {
-                proba: proba_de(plus, minus, nf),
+                proba: proba_de(plus, minus, nf, opts.test_mode),
                 scale1: a.iter().sum::<f64>() / nf,
                 scale2: b.iter().sum::<f64>() / nf,
                 lfc: [mean, quantile_sorted(&lfc, 0.5), std, lfc[0], lfc[n - 1]],

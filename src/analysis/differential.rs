@@ -37,11 +37,44 @@ pub struct ChangeOptions {
     /// either group is not tested: `is_ds_fdr` False and left out of the FDR set (its proba_ds and the
     /// other columns are still reported). 0 = every junction is tested (the original).
     pub min_obs_cells: u64,
+    /// How P(DE) is formed from the two one-sided probabilities (scvi's `test_mode`).
+    pub test_mode: TestMode,
+    /// scvi's `filter_outlier_cells`: drop each group's cells outside a robust elliptic envelope of
+    /// their joint-latent means (contamination 0.1, `outlier`) before sampling. The empirical columns
+    /// still use every cell of the group.
+    pub filter_outlier_cells: bool,
+    /// Differential splicing only: a junction is tested only where the observed PSI of the two groups
+    /// differ with Welch's t-test p-value below this (`ds::empirical_pvalues`; the `emp_pvalue`
+    /// column). None = no such requirement (the original).
+    pub max_emp_pvalue: Option<f64>,
+}
+
+/// How P(DE) is formed from P(r ≥ δ) and P(r ≤ −δ) (scvi-tools' `test_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestMode {
+    /// max(P(r ≥ δ), P(r < −δ)): the original SpliceVI's test.
+    Three,
+    /// P(r ≥ δ) + P(r < −δ) = P(|r| ≥ δ): scvi-tools' default since 1.2. A change seen in both
+    /// directions across cell pairs (a wide spread) still counts as a change of at least δ.
+    Two,
 }
 
 impl ChangeOptions {
     pub fn new(delta: f64) -> Self {
-        ChangeOptions { delta, fdr: 0.05, n_samples_overall: 5000, batch_correction: false, batchid1: None, batchid2: None, seed: 0, block_cells: 512, min_obs_cells: 0 }
+        ChangeOptions {
+            delta,
+            fdr: 0.05,
+            n_samples_overall: 5000,
+            batch_correction: false,
+            batchid1: None,
+            batchid2: None,
+            seed: 0,
+            block_cells: 512,
+            min_obs_cells: 0,
+            test_mode: TestMode::Three,
+            filter_outlier_cells: false,
+            max_emp_pvalue: None,
+        }
     }
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.delta >= 0.0 && self.delta.is_finite(), "delta must be a finite number ≥ 0, got {}", self.delta);
@@ -50,6 +83,9 @@ impl ChangeOptions {
         anyhow::ensure!(self.block_cells > 0, "the block size must be > 0");
         if !self.batch_correction && (self.batchid1.is_some() || self.batchid2.is_some()) {
             bail!("batchid1 / batchid2 need batch correction (the original raises \"Unconsistent batch policy\")");
+        }
+        if let Some(p) = self.max_emp_pvalue {
+            anyhow::ensure!(p > 0.0 && p <= 1.0, "the empirical p-value bound must be in (0, 1], got {p}");
         }
         Ok(())
     }
@@ -206,9 +242,39 @@ pub fn decode_plan(post: &Posterior, plan: &SamplePlan, range: std::ops::Range<u
     Ok(out)
 }
 
-/// Posterior probabilities of a change: (P(r ≥ δ), P(r < −δ)) → P(DE) = max of the two ("three" test mode).
-pub fn proba_de(n_plus: f64, n_minus: f64, n: f64) -> f64 {
-    (n_plus / n).max(n_minus / n)
+/// Posterior probability of a change from the counts of pairs with r ≥ δ and r < −δ: their max
+/// ("three", the original) or their sum ("two").
+pub fn proba_de(n_plus: f64, n_minus: f64, n: f64, mode: TestMode) -> f64 {
+    match mode {
+        TestMode::Three => (n_plus / n).max(n_minus / n),
+        TestMode::Two => ((n_plus + n_minus) / n).min(1.0),
+    }
+}
+
+/// The comparison the sampler draws from: with `filter_outlier_cells`, each group without the cells
+/// outside the robust envelope of its joint-latent means (`outlier::envelope_inliers`). A group too
+/// small for a covariance is kept whole, with a note on stderr (scvi warns and does the same).
+pub fn sampled_groups(post: &Posterior, cmp: &Comparison, opts: &ChangeOptions) -> Result<Comparison> {
+    if !opts.filter_outlier_cells {
+        return Ok(cmp.clone());
+    }
+    let filter = |cells: &[usize], name: &str, key: u64| -> Result<Vec<usize>> {
+        let mut x = Vec::new();
+        let mut p = 0;
+        for block in cells.chunks(opts.block_cells.max(1)) {
+            let inf = post.latents(block)?;
+            p = inf.qz_m.cols;
+            x.extend(inf.qz_m.data.iter().map(|&v| v as f64));
+        }
+        match super::outlier::envelope_inliers(&x, p, super::outlier::CONTAMINATION, opts.seed.wrapping_mul(1 << 20) + key) {
+            Ok(keep) => Ok(cells.iter().zip(keep).filter(|(_, k)| *k).map(|(&c, _)| c).collect()),
+            Err(e) => {
+                eprintln!("filter_outlier_cells: keeping every cell of `{name}` ({e})");
+                Ok(cells.to_vec())
+            }
+        }
+    };
+    Ok(Comparison { group1: cmp.group1.clone(), group2: cmp.group2.clone(), idx1: filter(&cmp.idx1, &cmp.group1, 1)?, idx2: filter(&cmp.idx2, &cmp.group2, 2)? })
 }
 
 /// ln(P + 1e-8) − ln(1 − P + 1e-8).
@@ -294,7 +360,8 @@ mod tests {
     fn bayes_factor_and_proba() {
         assert!((bayes_factor(0.5)).abs() < 1e-12);
         assert!((bayes_factor(0.9) - (0.9f64 + 1e-8).ln() + (0.1f64 + 1e-8).ln()).abs() < 1e-12);
-        assert_eq!(proba_de(30.0, 60.0, 100.0), 0.6);
+        assert_eq!(proba_de(30.0, 60.0, 100.0, TestMode::Three), 0.6);
+        assert_eq!(proba_de(30.0, 60.0, 100.0, TestMode::Two), 0.9);
         assert_eq!(fmt_f64(0.25), "0.25");
         assert_eq!(fmt_f64(1e-10), "1e-10");
         assert_eq!(fmt_f64(-2.5e-7), "-2.5e-7");

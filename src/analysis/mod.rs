@@ -11,5 +11,6 @@ pub mod impute;
 pub mod impute_metrics;
 pub mod latent_metrics;
 pub mod meanbayes;
+pub mod outlier;
 pub mod posterior;
 pub mod scorecard;

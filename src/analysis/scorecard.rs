@@ -53,6 +53,13 @@ pub struct Scorecard {
     pub ds_dec_recall: f64,
     pub ds_dec_called: usize,
     pub halves_dec_called: usize,
+    /// `robust`'s own test (`train::presets::ROBUST_DS`: batch correction, coverage ≥ 10 cells, test
+    /// mode "two", the outlier filter, empirical support p < 0.05), DM posterior; what `diff-splicing`
+    /// runs on a `robust` run by default.
+    pub ds_rb_precision: f64,
+    pub ds_rb_recall: f64,
+    pub ds_rb_called: usize,
+    pub halves_rb_called: usize,
     /// Mean KL of the joint posterior per cell (collapse diagnostic).
     pub kl_per_cell: f64,
 }
@@ -188,7 +195,7 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
                 called += r.is_ds_fdr.iter().filter(|&&c| c).count();
                 tp += (0..j).filter(|&jj| r.is_ds_fdr[jj] && pl[jj]).count();
                 if method == SplicingFn::DmPosterior {
-                    let mo = fdr_calls_tested(&r.proba_ds, &r.n_obs_group1, &r.n_obs_group2, o.ds_min_obs, opts.fdr);
+                    let mo = fdr_calls_tested(&r.proba_ds, &r.n_obs_group1, &r.n_obs_group2, o.ds_min_obs, None, opts.fdr);
                     called_mo += mo.iter().filter(|&&c| c).count();
                     tp_mo += (0..j).filter(|&jj| mo[jj] && pl[jj]).count();
                     let a2j = &ds.splicing.junc2atse;
@@ -206,12 +213,39 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
                 sc.ds_mo_precision = if called_mo > 0 { tp_mo as f64 / called_mo as f64 } else { f64::NAN };
                 sc.ds_mo_recall = tp_mo as f64 / planted.max(1) as f64;
                 sc.ds_mo_called = called_mo;
-                sc.halves_mo_called = fdr_calls_tested(&hr.proba_ds, &hr.n_obs_group1, &hr.n_obs_group2, o.ds_min_obs, opts.fdr).iter().filter(|&&c| c).count();
+                sc.halves_mo_called = fdr_calls_tested(&hr.proba_ds, &hr.n_obs_group1, &hr.n_obs_group2, o.ds_min_obs, None, opts.fdr).iter().filter(|&&c| c).count();
                 (sc.ds_precision, sc.ds_recall, sc.ds_called, sc.ds_planted, sc.halves_called) = (prec, rec, called, planted, hc);
             } else {
                 (sc.ds_dec_precision, sc.ds_dec_recall, sc.ds_dec_called, sc.halves_dec_called) = (prec, rec, called, hc);
             }
         }
+        let rb = crate::train::presets::ROBUST_DS;
+        let ropts = ChangeOptions {
+            min_obs_cells: rb.min_obs_cells,
+            test_mode: rb.test_mode,
+            filter_outlier_cells: rb.filter_outlier_cells,
+            max_emp_pvalue: rb.max_emp_pvalue,
+            batch_correction: rb.batch_correction && model.dims.n_batch > 1,
+            ..opts.clone()
+        };
+        let (mut tp, mut called, mut planted) = (0, 0, 0);
+        for (t, pl) in truth.planted_ds_by_type.iter().enumerate() {
+            let (a, b) = (2 * t as u32, 2 * t as u32 + 1);
+            let cmp = Comparison {
+                group1: truth.subtype_names[a as usize].clone(),
+                group2: truth.subtype_names[b as usize].clone(),
+                idx1: (0..n).filter(|&i| st[i] == a).collect(),
+                idx2: (0..n).filter(|&i| st[i] == b).collect(),
+            };
+            let r = differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &ropts, t as u64)?;
+            called += r.is_ds_fdr.iter().filter(|&&c| c).count();
+            tp += (0..j).filter(|&jj| r.is_ds_fdr[jj] && pl[jj]).count();
+            planted += pl.iter().filter(|&&p| p).count();
+        }
+        sc.ds_rb_precision = if called > 0 { tp as f64 / called as f64 } else { f64::NAN };
+        sc.ds_rb_recall = tp as f64 / planted.max(1) as f64;
+        sc.ds_rb_called = called;
+        sc.halves_rb_called = differential_splicing(&post, &halves, SplicingFn::DmPosterior, &ropts, 99)?.is_ds_fdr.iter().filter(|&&c| c).count();
     }
     Ok(sc)
 }
@@ -242,6 +276,10 @@ pub fn columns(s: &Scorecard) -> Vec<(&'static str, f64)> {
         ("dsdec_recall", s.ds_dec_recall),
         ("dsdec_called", s.ds_dec_called as f64),
         ("halvesdec_called", s.halves_dec_called as f64),
+        ("dsrb_precision", s.ds_rb_precision),
+        ("dsrb_recall", s.ds_rb_recall),
+        ("dsrb_called", s.ds_rb_called as f64),
+        ("halvesrb_called", s.halves_rb_called as f64),
         ("kl_per_cell", s.kl_per_cell),
     ]
 }

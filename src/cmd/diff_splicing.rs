@@ -1,10 +1,11 @@
 //! `splicevi diff-splicing`: differential splicing between groups of cells (model.md §7.8) into a TSV.
 
-use crate::analysis::differential::{comparisons, write_tsv, ChangeOptions};
+use crate::analysis::differential::{comparisons, write_tsv, ChangeOptions, TestMode};
 use crate::analysis::ds::{differential_splicing, ds_tsv};
 use crate::analysis::posterior::{batch_codes, open_run, Posterior, SplicingFn};
+use crate::train::presets::DsDefaults;
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
 /// Group and test options shared by diff-splicing and diff-expression.
@@ -22,9 +23,11 @@ pub struct GroupArgs {
     /// Posterior-expected FDR target of the calls.
     #[arg(long, default_value_t = 0.05)]
     pub fdr: f64,
-    /// Decode every sample under each batch in turn (pairs formed within a batch) instead of its own batch.
-    #[arg(long)]
-    pub batch_correction: bool,
+    /// Decode every sample under each batch in turn (pairs formed within a batch) instead of its own
+    /// batch. `--batch-correction` alone means true. Default: true for diff-splicing on runs trained
+    /// with `robust` (when they have more than one batch), false otherwise.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub batch_correction: Option<bool>,
     /// With --batch-correction: the batches group 1 is decoded under (default: all).
     #[arg(long, num_args = 1.., requires = "batch_correction")]
     pub batchid1: Vec<String>,
@@ -40,24 +43,38 @@ pub struct GroupArgs {
     /// Cells decoded per block.
     #[arg(long, default_value_t = 512)]
     pub block_cells: usize,
+    /// How P(change) is formed from the pairs' changes: three = max(P(r ≥ δ), P(r < −δ)) (the
+    /// original), two = P(|r| ≥ δ) (scvi-tools' default). Default: two for diff-splicing on runs
+    /// trained with `robust`, three otherwise.
+    #[arg(long, value_enum)]
+    pub test_mode: Option<TestMode>,
+    /// scvi's filter_outlier_cells: before sampling, drop each group's cells outside a robust
+    /// (MCD) elliptic envelope of their joint-latent means, 10% of the group. Default: true for
+    /// diff-splicing on runs trained with `robust`, false otherwise.
+    #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub filter_outlier_cells: Option<bool>,
     /// Output TSV.
     #[arg(long)]
     pub out: PathBuf,
 }
 
 impl GroupArgs {
-    pub fn change_options(&self, delta: f64, levels: &[String]) -> Result<ChangeOptions> {
+    /// The test's options: the flags given, `base` for the rest.
+    pub fn change_options(&self, delta: f64, levels: &[String], base: &DsDefaults) -> Result<ChangeOptions> {
         let ids = |v: &[String]| -> Result<Option<Vec<u32>>> { if v.is_empty() { Ok(None) } else { batch_codes(levels, v).map(Some) } };
         let o = ChangeOptions {
             delta,
             fdr: self.fdr,
             n_samples_overall: self.n_samples_overall,
-            batch_correction: self.batch_correction,
+            batch_correction: self.batch_correction.unwrap_or(base.batch_correction && levels.len() > 1),
             batchid1: ids(&self.batchid1)?,
             batchid2: ids(&self.batchid2)?,
             seed: self.seed,
             block_cells: self.block_cells,
             min_obs_cells: 0,
+            test_mode: self.test_mode.unwrap_or(base.test_mode),
+            filter_outlier_cells: self.filter_outlier_cells.unwrap_or(base.filter_outlier_cells),
+            max_emp_pvalue: None,
         };
         o.validate()?;
         Ok(o)
@@ -83,6 +100,12 @@ pub struct DiffSplicingArgs {
     /// `robust` preset, 0 (the original's test) otherwise.
     #[arg(long)]
     pub min_obs_cells: Option<u64>,
+    /// Test only junctions whose observed PSI differ between the groups by Welch's t-test with a
+    /// p-value below this (the `emp_pvalue` column): the counts must show the change the model
+    /// reports. 1 = no such requirement (the original). Default: 0.05 for runs trained with
+    /// `robust`, 1 otherwise.
+    #[arg(long)]
+    pub max_emp_pvalue: Option<f64>,
     /// Do not draw the volcano plot (OUT without .tsv, then .volcano.png / .svg).
     #[arg(long)]
     pub no_plots: bool,
@@ -90,24 +113,34 @@ pub struct DiffSplicingArgs {
 
 pub fn run(args: DiffSplicingArgs) -> Result<()> {
     let o = open_run(&args.run_dir, &args.data)?;
-    let min_obs_cells = match args.min_obs_cells {
-        Some(n) => n,
-        None => {
-            let n = crate::train::presets::ds_min_obs_cells(&o.run.preset);
-            if n > 0 {
-                eprintln!("testing junctions observed in >= {n} cells of each group (the {} preset's default; --min-obs-cells 0 tests all, as the original)", o.run.preset);
-            }
-            n
-        }
+    let base = crate::train::presets::ds_defaults(&o.run.preset);
+    let mut opts = args.groups.change_options(args.delta, &o.run.batch_levels, &base)?;
+    opts.min_obs_cells = args.min_obs_cells.unwrap_or(base.min_obs_cells);
+    opts.max_emp_pvalue = match args.max_emp_pvalue {
+        Some(p) if p >= 1.0 => None,
+        Some(p) => Some(p),
+        None => base.max_emp_pvalue,
     };
-    let opts = ChangeOptions { min_obs_cells, ..args.groups.change_options(args.delta, &o.run.batch_levels)? };
+    opts.validate()?;
+    if base != crate::train::presets::ORIGINAL_DS {
+        eprintln!(
+            "the {} preset's test (flags override): --batch-correction {} --min-obs-cells {} --test-mode {} --filter-outlier-cells {} --max-emp-pvalue {}",
+            o.run.preset,
+            opts.batch_correction,
+            opts.min_obs_cells,
+            opts.test_mode.to_possible_value().expect("value").get_name(),
+            opts.filter_outlier_cells,
+            opts.max_emp_pvalue.unwrap_or(1.0)
+        );
+    }
     let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
     let post = Posterior::new(&o.ds, &o.model, &o.params)?;
     let mut results = Vec::new();
     for (k, c) in cmps.iter().enumerate() {
         let r = differential_splicing(&post, c, args.method, &opts, k as u64)?;
+        let sampled = if opts.filter_outlier_cells { format!(", {} vs {} sampled after the outlier filter", r.n_sampled_cells.0, r.n_sampled_cells.1) } else { String::new() };
         eprintln!(
-            "{} vs {} ({} vs {} cells): {} of {} junctions called at FDR {}",
+            "{} vs {} ({} vs {} cells{sampled}): {} of {} junctions called at FDR {}",
             c.group1,
             c.group2,
             c.idx1.len(),
