@@ -57,6 +57,11 @@ fn robust_differential_splicing_finds_the_planted_junctions_and_not_random_halve
     assert!(s.ds_mo_precision >= 0.8, "DS precision with the coverage filter {:.3} ({} called)", s.ds_mo_precision, s.ds_mo_called);
     assert!(s.ds_mo_recall >= 0.5, "DS recall with the coverage filter {:.3}", s.ds_mo_recall);
     assert!(s.halves_mo_called <= 20, "random halves with the coverage filter: {} called", s.halves_mo_called);
+    // `robust`'s own test (coverage, test mode "two", the outlier filter, empirical support), which is
+    // what `diff-splicing` runs on a robust run by default.
+    assert!(s.ds_rb_precision >= 0.8, "DS precision with robust's test {:.3} ({} called)", s.ds_rb_precision, s.ds_rb_called);
+    assert!(s.ds_rb_recall >= 0.5, "DS recall with robust's test {:.3}", s.ds_rb_recall);
+    assert!(s.halves_rb_called <= 20, "random halves with robust's test: {} called", s.halves_rb_called);
 }
 
 #[test]
@@ -116,4 +121,56 @@ fn robust_statistics_are_checkpointed_and_absent_by_default() {
     assert_eq!(loaded.by_name("z_encoder_splicing.pool_divisor").unwrap()[0] as f64, med.max(1.0));
     // The loaded model equals the trained one (buffers included).
     assert_eq!(loaded.data, rob.params.data);
+}
+
+/// The `robust` issue's acceptance shape (1,500 cells × 300 genes × 1,200 junctions; 3 cell types × 2
+/// splicing-only subtypes, 2 batches): `--preset robust` trained on the whole dataset, then
+/// `diff-splicing` between each pair of subtypes with the test a robust run gets by default
+/// (`presets::ds_defaults("robust")`) finds the planted junctions (pooled over the three pairs:
+/// precision ≥ 0.8, recall ≥ 0.5 at FDR 0.05) and almost nothing between random halves of one subtype.
+#[test]
+fn robust_differential_splicing_at_the_acceptance_shape() {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    use splicevi::analysis::differential::{ChangeOptions, Comparison};
+    use splicevi::analysis::ds::differential_splicing;
+    use splicevi::analysis::posterior::{Posterior, SplicingFn};
+    let cfg = SimConfig { n_cells: 1500, n_genes: 300, n_junctions: 1200, ..SimConfig::preset(SimSize::Small, 0) };
+    let (ds, truth) = simulate(&cfg).unwrap();
+    let (model, train) = presets::preset("robust").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(&ds, run_config(&ds, "robust", model, train), dir.path()).unwrap();
+    t.verbose = false;
+    t.fit().unwrap();
+    let post = Posterior::new(&ds, &t.model, &t.params).unwrap();
+    let d = presets::ds_defaults("robust");
+    let opts = ChangeOptions {
+        min_obs_cells: d.min_obs_cells,
+        test_mode: d.test_mode,
+        filter_outlier_cells: d.filter_outlier_cells,
+        max_emp_pvalue: d.max_emp_pvalue,
+        batch_correction: d.batch_correction,
+        ..ChangeOptions::new(0.1)
+    };
+    let st = &truth.subtype;
+    let members = |s: u32| -> Vec<usize> { (0..ds.n_cells()).filter(|&i| st[i] == s).collect() };
+    let (mut tp, mut called, mut planted) = (0, 0, 0);
+    for (ti, pl) in truth.planted_ds_by_type.iter().enumerate() {
+        let (a, b) = (2 * ti as u32, 2 * ti as u32 + 1);
+        let cmp = Comparison { group1: truth.subtype_names[a as usize].clone(), group2: truth.subtype_names[b as usize].clone(), idx1: members(a), idx2: members(b) };
+        let r = differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &opts, ti as u64).unwrap();
+        called += r.is_ds_fdr.iter().filter(|&&c| c).count();
+        tp += r.is_ds_fdr.iter().zip(pl).filter(|(c, p)| **c && **p).count();
+        planted += pl.iter().filter(|&&p| p).count();
+    }
+    let (precision, recall) = (tp as f64 / called.max(1) as f64, tp as f64 / planted as f64);
+    eprintln!("acceptance shape, robust's test: precision {precision:.3} recall {recall:.3} ({called} called, {planted} planted)");
+    assert!(precision >= 0.8, "DS precision {precision:.3} ({called} called)");
+    assert!(recall >= 0.5, "DS recall {recall:.3} ({planted} planted)");
+    let mut c0 = members(0);
+    c0.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+    let (h1, h2) = c0.split_at(c0.len() / 2);
+    let halves = Comparison { group1: "A".into(), group2: "B".into(), idx1: h1.to_vec(), idx2: h2.to_vec() };
+    let hc = differential_splicing(&post, &halves, SplicingFn::DmPosterior, &opts, 99).unwrap().is_ds_fdr.iter().filter(|&&c| c).count();
+    assert!(hc <= 12, "random halves of one subtype: {hc} of 1200 junctions called");
 }

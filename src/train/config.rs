@@ -91,7 +91,9 @@ impl TrainConfig {
             // 6e-3 with splicing_loss_weight 2 (docs/robust.md): about 500 steps at 1,500 cells.
             lr: 6e-3,
             batch_size: 256,
-            n_epochs_kl_warmup: Some(20),
+            // 10 epochs (20 before 2026-12-05), with the scalar DM concentration of
+            // `ModelConfig::robust` (docs/robust.md).
+            n_epochs_kl_warmup: Some(10),
             restore_best: true,
             ..TrainConfig::default()
         }
