@@ -143,15 +143,7 @@ fn robust_differential_splicing_at_the_acceptance_shape() {
     t.verbose = false;
     t.fit().unwrap();
     let post = Posterior::new(&ds, &t.model, &t.params).unwrap();
-    let d = presets::ds_defaults("robust");
-    let opts = ChangeOptions {
-        min_obs_cells: d.min_obs_cells,
-        test_mode: d.test_mode,
-        filter_outlier_cells: d.filter_outlier_cells,
-        max_emp_pvalue: d.max_emp_pvalue,
-        batch_correction: d.batch_correction,
-        ..ChangeOptions::new(0.1)
-    };
+    let opts = presets::ds_defaults("robust").apply(ChangeOptions::new(0.1), t.model.dims.n_batch);
     let st = &truth.subtype;
     let members = |s: u32| -> Vec<usize> { (0..ds.n_cells()).filter(|&i| st[i] == s).collect() };
     let (mut tp, mut called, mut planted) = (0, 0, 0);

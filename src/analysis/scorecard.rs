@@ -180,18 +180,22 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
         c0.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(o.seed + 1));
         let (h1, h2) = c0.split_at(c0.len() / 2);
         let halves = Comparison { group1: "A".into(), group2: "B".into(), idx1: h1.to_vec(), idx2: h2.to_vec() };
+        // Each cell type's two subtypes, with the junctions planted between them.
+        let pairs: Vec<(Comparison, &Vec<bool>)> = truth
+            .planted_ds_by_type
+            .iter()
+            .enumerate()
+            .map(|(t, pl)| {
+                let (a, b) = (2 * t as u32, 2 * t as u32 + 1);
+                let members = |s: u32| (0..n).filter(|&i| st[i] == s).collect();
+                (Comparison { group1: truth.subtype_names[a as usize].clone(), group2: truth.subtype_names[b as usize].clone(), idx1: members(a), idx2: members(b) }, pl)
+            })
+            .collect();
         for method in [SplicingFn::DmPosterior, SplicingFn::Decoder] {
             let (mut tp, mut called, mut planted) = (0, 0, 0);
             let (mut tp_mo, mut called_mo) = (0, 0);
-            for (t, pl) in truth.planted_ds_by_type.iter().enumerate() {
-                let (a, b) = (2 * t as u32, 2 * t as u32 + 1);
-                let cmp = Comparison {
-                    group1: truth.subtype_names[a as usize].clone(),
-                    group2: truth.subtype_names[b as usize].clone(),
-                    idx1: (0..n).filter(|&i| st[i] == a).collect(),
-                    idx2: (0..n).filter(|&i| st[i] == b).collect(),
-                };
-                let r = differential_splicing(&post, &cmp, method, &opts, t as u64)?;
+            for (t, (cmp, pl)) in pairs.iter().enumerate() {
+                let r = differential_splicing(&post, cmp, method, &opts, t as u64)?;
                 called += r.is_ds_fdr.iter().filter(|&&c| c).count();
                 tp += (0..j).filter(|&jj| r.is_ds_fdr[jj] && pl[jj]).count();
                 if method == SplicingFn::DmPosterior {
@@ -219,25 +223,10 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
                 (sc.ds_dec_precision, sc.ds_dec_recall, sc.ds_dec_called, sc.halves_dec_called) = (prec, rec, called, hc);
             }
         }
-        let rb = crate::train::presets::ROBUST_DS;
-        let ropts = ChangeOptions {
-            min_obs_cells: rb.min_obs_cells,
-            test_mode: rb.test_mode,
-            filter_outlier_cells: rb.filter_outlier_cells,
-            max_emp_pvalue: rb.max_emp_pvalue,
-            batch_correction: rb.batch_correction && model.dims.n_batch > 1,
-            ..opts.clone()
-        };
+        let ropts = crate::train::presets::ROBUST_DS.apply(opts.clone(), model.dims.n_batch);
         let (mut tp, mut called, mut planted) = (0, 0, 0);
-        for (t, pl) in truth.planted_ds_by_type.iter().enumerate() {
-            let (a, b) = (2 * t as u32, 2 * t as u32 + 1);
-            let cmp = Comparison {
-                group1: truth.subtype_names[a as usize].clone(),
-                group2: truth.subtype_names[b as usize].clone(),
-                idx1: (0..n).filter(|&i| st[i] == a).collect(),
-                idx2: (0..n).filter(|&i| st[i] == b).collect(),
-            };
-            let r = differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &ropts, t as u64)?;
+        for (t, (cmp, pl)) in pairs.iter().enumerate() {
+            let r = differential_splicing(&post, cmp, SplicingFn::DmPosterior, &ropts, t as u64)?;
             called += r.is_ds_fdr.iter().filter(|&&c| c).count();
             tp += (0..j).filter(|&jj| r.is_ds_fdr[jj] && pl[jj]).count();
             planted += pl.iter().filter(|&&p| p).count();

@@ -3,7 +3,7 @@
 //! options that make the model learn what small data hold (docs/robust.md); recommended for new work.
 
 use super::config::TrainConfig;
-use crate::analysis::differential::TestMode;
+use crate::analysis::differential::{ChangeOptions, TestMode};
 use crate::model::ModelConfig;
 
 pub const PRESETS: &[&str] = &["default", "paper", "robust"];
@@ -45,6 +45,20 @@ pub const ORIGINAL_DS: DsDefaults = DsDefaults { min_obs_cells: 0, test_mode: Te
 
 /// `robust`'s test.
 pub const ROBUST_DS: DsDefaults = DsDefaults { min_obs_cells: ROBUST_DS_MIN_OBS_CELLS, test_mode: TestMode::Two, filter_outlier_cells: true, max_emp_pvalue: Some(0.05), batch_correction: true };
+
+impl DsDefaults {
+    /// `opts` with this test (batch correction only where the model has more than one batch).
+    pub fn apply(&self, opts: ChangeOptions, n_batch: usize) -> ChangeOptions {
+        ChangeOptions {
+            min_obs_cells: self.min_obs_cells,
+            test_mode: self.test_mode,
+            filter_outlier_cells: self.filter_outlier_cells,
+            max_emp_pvalue: self.max_emp_pvalue,
+            batch_correction: self.batch_correction && n_batch > 1,
+            ..opts
+        }
+    }
+}
 
 pub fn ds_defaults(preset: &str) -> DsDefaults {
     match preset {
