@@ -57,8 +57,8 @@ fn robust_differential_splicing_finds_the_planted_junctions_and_not_random_halve
     assert!(s.ds_mo_precision >= 0.8, "DS precision with the coverage filter {:.3} ({} called)", s.ds_mo_precision, s.ds_mo_called);
     assert!(s.ds_mo_recall >= 0.5, "DS recall with the coverage filter {:.3}", s.ds_mo_recall);
     assert!(s.halves_mo_called <= 20, "random halves with the coverage filter: {} called", s.halves_mo_called);
-    // `robust`'s own test (coverage, test mode "two", the outlier filter, empirical support), which is
-    // what `diff-splicing` runs on a robust run by default.
+    // `robust`'s own test (batch correction, coverage, test mode "two", the outlier filter, empirical
+    // support), which is what `diff-splicing` runs on a robust run by default.
     assert!(s.ds_rb_precision >= 0.8, "DS precision with robust's test {:.3} ({} called)", s.ds_rb_precision, s.ds_rb_called);
     assert!(s.ds_rb_recall >= 0.5, "DS recall with robust's test {:.3}", s.ds_rb_recall);
     assert!(s.halves_rb_called <= 20, "random halves with robust's test: {} called", s.halves_rb_called);

@@ -293,8 +293,9 @@ impl ModelConfig {
             splicing_loss_weight: 2.0,
             // One DM concentration for every ATSE instead of one each: at 1,500 cells a per-ATSE
             // concentration is fitted from a few dozen observing cells. With the 10-epoch KL warm-up
-            // of `TrainConfig::robust`, DS recall at the acceptance shape goes 0.55 → 0.67 (4 seeds,
-            // whole data; docs/robust.md, "The differential-splicing test of `robust`").
+            // of `TrainConfig::robust`, DS recall at the acceptance shape goes 0.51 → 0.67 (6 seeds,
+            // whole data, robust's test without batch correction; docs/robust.md, "The
+            // differential-splicing test of `robust`").
             dm_concentration: DmConcentration::Scalar,
             // §14.3 fixes; they act when the mixing is switched back to a weighted average.
             modality_penalty: ModalityPenalty::JeffreysExact,
