@@ -259,13 +259,8 @@ pub fn sampled_groups(post: &Posterior, cmp: &Comparison, opts: &ChangeOptions) 
         return Ok(cmp.clone());
     }
     let filter = |cells: &[usize], name: &str, key: u64| -> Result<Vec<usize>> {
-        let mut x = Vec::new();
-        let mut p = 0;
-        for block in cells.chunks(opts.block_cells.max(1)) {
-            let inf = post.latents(block)?;
-            p = inf.qz_m.cols;
-            x.extend(inf.qz_m.data.iter().map(|&v| v as f64));
-        }
+        let ([joint, ..], [p, ..]) = post.latent_means(cells, opts.block_cells)?;
+        let x: Vec<f64> = joint.iter().map(|&v| v as f64).collect();
         match super::outlier::envelope_inliers(&x, p, super::outlier::CONTAMINATION, opts.seed.wrapping_mul(1 << 20) + key) {
             Ok(keep) => Ok(cells.iter().zip(keep).filter(|(_, k)| *k).map(|(&c, _)| c).collect()),
             Err(e) => {

@@ -54,42 +54,39 @@ pub const DS_COLUMNS: [&str; 13] = [
     "n_obs_group2",
 ];
 
-/// Mean observed PSI and number of observing cells per junction over `cells` (−1 where none observe).
-pub fn empirical_psi(spl: &crate::data::Splicing, cells: &[usize]) -> (Vec<f64>, Vec<u64>) {
-    let mut sum = vec![0f64; spl.n_junctions];
-    let mut cnt = vec![0u64; spl.n_junctions];
+/// Per junction, over the cells of `cells` that observe it: [count, Σψ, Σψ²] of the observed PSI.
+pub fn psi_moments(spl: &crate::data::Splicing, cells: &[usize]) -> Vec<[f64; 3]> {
+    let mut m = vec![[0f64; 3]; spl.n_junctions];
     for &c in cells {
         for e in spl.cell_range(c) {
-            let j = spl.junction[e] as usize;
-            sum[j] += spl.psi[e] as f64;
-            cnt[j] += 1;
+            let (j, x) = (spl.junction[e] as usize, spl.psi[e] as f64);
+            m[j][0] += 1.0;
+            m[j][1] += x;
+            m[j][2] += x * x;
         }
     }
-    let mean = sum.iter().zip(&cnt).map(|(&s, &n)| if n > 0 { s / n as f64 } else { -1.0 }).collect();
-    (mean, cnt)
+    m
 }
 
-/// Per junction, the two-sided p-value of Welch's t-test between the observed PSI of the cells of
-/// `g1` and of `g2` that observe it: whether the counts themselves show a difference. 1 where a group
-/// has fewer than 2 observing cells; where both groups' values are constant, 0 if the two constants
+/// Mean observed PSI and number of observing cells per junction, from `psi_moments` (−1 where none
+/// observe).
+fn mean_and_count(m: &[[f64; 3]]) -> (Vec<f64>, Vec<u64>) {
+    m.iter().map(|a| (if a[0] > 0.0 { a[1] / a[0] } else { -1.0 }, a[0] as u64)).unzip()
+}
+
+/// Mean observed PSI and number of observing cells per junction over `cells` (−1 where none observe).
+pub fn empirical_psi(spl: &crate::data::Splicing, cells: &[usize]) -> (Vec<f64>, Vec<u64>) {
+    mean_and_count(&psi_moments(spl, cells))
+}
+
+/// Per junction, the two-sided p-value of Welch's t-test between the observed PSI of two groups,
+/// from their `psi_moments`: whether the counts themselves show a difference. 1 where a group has
+/// fewer than 2 observing cells; where both groups' values are constant, 0 if the two constants
 /// differ and 1 if not.
-pub fn empirical_pvalues(spl: &crate::data::Splicing, g1: &[usize], g2: &[usize]) -> Vec<f64> {
+pub fn empirical_pvalues(m1: &[[f64; 3]], m2: &[[f64; 3]]) -> Vec<f64> {
     use statrs::distribution::{ContinuousCDF, StudentsT};
-    let moments = |cells: &[usize]| -> Vec<[f64; 3]> {
-        let mut m = vec![[0f64; 3]; spl.n_junctions];
-        for &c in cells {
-            for e in spl.cell_range(c) {
-                let (j, x) = (spl.junction[e] as usize, spl.psi[e] as f64);
-                m[j][0] += 1.0;
-                m[j][1] += x;
-                m[j][2] += x * x;
-            }
-        }
-        m
-    };
-    let (m1, m2) = (moments(g1), moments(g2));
     m1.par_iter()
-        .zip(&m2)
+        .zip(m2)
         .map(|(a, b)| {
             let (n1, n2) = (a[0], b[0]);
             if n1 < 2.0 || n2 < 2.0 {
@@ -167,10 +164,10 @@ pub fn differential_splicing(post: &Posterior, cmp: &Comparison, method: Splicin
     let proba: Vec<f64> = acc.iter().map(|a| proba_de(a[2], a[3], nf, opts.test_mode)).collect();
     let est1: Vec<f64> = acc.iter().map(|a| a[0] / nf).collect();
     let est2: Vec<f64> = acc.iter().map(|a| a[1] / nf).collect();
-    let (emp1, n1) = empirical_psi(&post.ds.splicing, &cmp.idx1);
-    let (emp2, n2) = empirical_psi(&post.ds.splicing, &cmp.idx2);
     let spl = &post.ds.splicing;
-    let emp_pvalue = opts.max_emp_pvalue.map(|_| empirical_pvalues(spl, &cmp.idx1, &cmp.idx2));
+    let (m1, m2) = (psi_moments(spl, &cmp.idx1), psi_moments(spl, &cmp.idx2));
+    let ((emp1, n1), (emp2, n2)) = (mean_and_count(&m1), mean_and_count(&m2));
+    let emp_pvalue = opts.max_emp_pvalue.map(|_| empirical_pvalues(&m1, &m2));
     let emp_bound = emp_pvalue.as_deref().zip(opts.max_emp_pvalue);
     Ok(DsResult {
         group1: cmp.group1.clone(),
@@ -287,11 +284,12 @@ mod tests {
             }
             spl.indptr.push(spl.junction.len());
         }
-        let p = empirical_pvalues(&spl, &[0, 1, 2, 3, 4], &[5, 6, 7, 8, 9]);
+        let (g1, g2) = (psi_moments(&spl, &[0, 1, 2, 3, 4]), psi_moments(&spl, &[5, 6, 7, 8, 9]));
+        let p = empirical_pvalues(&g1, &g2);
         assert!((p[0] - 0.014932578741524899).abs() < 1e-12, "{}", p[0]);
         assert!((p[1] - 0.27906076637811).abs() < 1e-12, "{}", p[1]);
         assert_eq!(&p[2..], &[1.0, 0.0, 1.0]);
         // Symmetric in the groups.
-        assert_eq!(p, empirical_pvalues(&spl, &[5, 6, 7, 8, 9], &[0, 1, 2, 3, 4]));
+        assert_eq!(p, empirical_pvalues(&g2, &g1));
     }
 }

@@ -353,15 +353,7 @@ pub fn evaluate_latents(post: &Posterior, labels: Option<&[u32]>, max_cells: usi
         cells.truncate(max_cells);
         cells.sort_unstable();
     }
-    let mut lat: [Vec<f32>; 3] = Default::default();
-    let mut dims = [0usize; 3];
-    for block in cells.chunks(block_cells.max(1)) {
-        let inf = post.latents(block)?;
-        for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
-            dims[i] = m.cols;
-            lat[i].extend_from_slice(&m.data);
-        }
-    }
+    let (lat, dims) = post.latent_means(&cells, block_cells)?;
     let lab: Option<Vec<u32>> = labels.map(|l| cells.iter().map(|&c| l[c]).collect());
     let mut out = Vec::new();
     for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {

@@ -101,6 +101,21 @@ impl<'a> Posterior<'a> {
         self.model.inference_only(self.params, &self.batch(cells)?)
     }
 
+    /// Posterior means of the joint, expression and splicing latents of `cells` (in that order, rows in
+    /// `cells` order), inferred `block` cells at a time; with their widths.
+    pub fn latent_means(&self, cells: &[usize], block: usize) -> Result<([Vec<f32>; 3], [usize; 3])> {
+        let mut lat: [Vec<f32>; 3] = Default::default();
+        let mut dims = [0usize; 3];
+        for b in cells.chunks(block.max(1)) {
+            let inf = self.latents(b)?;
+            for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
+                dims[i] = m.cols;
+                lat[i].extend_from_slice(&m.data);
+            }
+        }
+        Ok((lat, dims))
+    }
+
     /// Decode a block of cells: PSI (`psi_fn`) and/or px_scale, averaged over `opts.transform_batch`
     /// and `opts.n_samples` posterior samples.
     pub fn decode(&self, cells: &[usize], opts: &DecodeOptions, psi_fn: Option<SplicingFn>, expr: bool) -> Result<Decoded> {

@@ -203,15 +203,7 @@ fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32
         cells.truncate(args.max_cells_latent);
         cells.sort_unstable();
     }
-    let mut lat: [Vec<f32>; 3] = Default::default();
-    let mut dims = [0usize; 3];
-    for block in cells.chunks(args.block_cells.max(1)) {
-        let inf = post.latents(block)?;
-        for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
-            dims[i] = m.cols;
-            lat[i].extend_from_slice(&m.data);
-        }
-    }
+    let (lat, dims) = post.latent_means(&cells, args.block_cells)?;
     let mut out = Vec::new();
     for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
         let mut push = |metric: String, value: f64| {
