@@ -66,4 +66,6 @@ pub use config::*;
 pub use params::{Grads, ParamKind, ParamLayout, Params};
 pub use real::Real;
 pub use tensor::Mat;
-pub use vae::{DenseDecode, Forward, Inference, Modality, Noise, SpliceVae, StepOptions, StepOutput};
+pub use vae::{
+    DenseDecode, Forward, Inference, Modality, Noise, SpliceVae, StepOptions, StepOutput,
+};

@@ -5,18 +5,21 @@
 //! The LayerNorm after it is folded per junction too ([`Fold`]): its input is affine in ψ, so its
 //! mean and variance are closed-form in ψ and the affine output is α·(g₁⊙ũ_j) + β·(g₁⊙b̃) + be₁ —
 //! two FMAs per element and no per-pair reduction. Then ReLU → dropout → Linear → LayerNorm(affine)
-//! → ReLU gives the code c_ij, pooled per cell (sum or mean). The forward keeps the dropout keep bits
-//! (one bit per element, so the backward need not hash them again) and, while it fits in
-//! [`STASH_MAX_BYTES`], each pair's second-block LayerNorm output (D + 1 values); the Hh-wide first
-//! block is never stored. The backward recomputes what it needs chunk by chunk (the first block
-//! always, the second block when there is no stash), walking the pairs junction by junction so that
-//! each junction's gradient is owned by one work item (deterministic, no atomics).
+//! → ReLU gives the code c_ij, pooled per cell (sum or mean).
+//!
+//! The first block's output depends on the pair only through (j, ψ), and not on j when ψ = 0, so
+//! pairs are processed in [`Groups`] that share it: the Hh-wide work (the first block, the second
+//! Linear, their backward) runs once per group, and per pair only what its own dropout mask changes.
+//! The forward keeps the dropout keep bits (one bit per element) and, while it fits in
+//! [`STASH_MAX_BYTES`], each pair's second-block LayerNorm output (D + 1 values). The backward walks the
+//! pairs junction by junction so that each junction's gradient is owned by one work item
+//! (deterministic, no atomics).
 
 use super::arch::PartialEncP;
 use super::batch::SplBatch;
 use super::ops::{ln_row, ln_row_bwd, Mode, LN_EPS};
 use super::params::{Grads, Params};
-use super::real::{fold8, Real};
+use super::real::{dot8, fold8, Real};
 use super::rng;
 use super::tensor::{matmul_nn, matmul_nt, matmul_tn_acc, Mat};
 use rayon::prelude::*;
@@ -46,7 +49,10 @@ impl<T: Real> Fold<T> {
         let hh = b0.len();
         let inv_h = 1.0 / hh as f64;
         let bmean = b0.iter().map(|v| v.to_f64()).sum::<f64>() * inv_h;
-        let bt: Vec<T> = b0.iter().map(|&v| T::from_f64(v.to_f64() - bmean)).collect();
+        let bt: Vec<T> = b0
+            .iter()
+            .map(|&v| T::from_f64(v.to_f64() - bmean))
+            .collect();
         let bg: Vec<T> = bt.iter().zip(g1).map(|(&b, &g)| b * g).collect();
         let sbb = bt.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>() * inv_h;
         let j = u.rows;
@@ -73,7 +79,15 @@ impl<T: Real> Fold<T> {
                 *su = a * inv_h;
                 *sb = c * inv_h;
             });
-        Fold { ut, ug, suu, sub, bt, bg, sbb }
+        Fold {
+            ut,
+            ug,
+            suu,
+            sub,
+            bt,
+            bg,
+            sbb,
+        }
     }
 
     /// (α, β) of a pair with input ψ at junction j.
@@ -83,9 +97,252 @@ impl<T: Real> Fold<T> {
         let beta = 1.0 / (var + LN_EPS).sqrt();
         (psi * beta, beta)
     }
+
+    /// (α, β) of input 0 at any junction: the same bits as [`Fold::coefs`] gives for ψ = 0.
+    fn zero_coefs(&self) -> (f64, f64) {
+        let beta = 1.0 / (self.sbb.max(0.0) + LN_EPS).sqrt();
+        (0.0, beta)
+    }
 }
 
-/// What the forward keeps: the pooled codes and the per-junction quantities.
+/// Observed pairs grouped by what their first block computes. The folded first block of a pair depends
+/// only on its junction and its input ψ, and not on the junction at all when ψ = 0 (α = 0). So pairs
+/// with the same junction and input share the first block's output r (before dropout), and every pair
+/// with input 0 shares one. Per group the forward computes W₄·(scale·r) once, and per pair only
+/// removes the share of the units its dropout mask drops (about p·Hh of them, half of which the ReLU
+/// has zeroed already); the backward sums each group's second-Linear gradients and runs the
+/// first-block backward once per group. In the simulator's data 90% of the observed pairs have
+/// ψ = 0 or 1 (as in low-coverage single-cell data), so most of the per-pair Hh-wide work goes.
+/// Without dropout (evaluation) all pairs of a group have the same code.
+#[derive(Clone, Debug, Default)]
+pub struct Groups<T> {
+    /// The pairs in junction-major order, the order both passes walk them in ("positions"); within
+    /// a junction the pairs of one group are consecutive and in pair order.
+    pub order: Vec<u32>,
+    /// Start of each junction's positions (J + 1 entries).
+    pub jptr: Vec<usize>,
+    /// Group (0: the input-0 group) and cell of the pair at each position.
+    pub gid_at: Vec<u32>,
+    pub cell_at: Vec<u32>,
+    /// Per group: junction, input, and the folded first block's α and β. Group 0 (input 0) has
+    /// junction 0 as a stand-in: with α = 0 no junction enters.
+    pub jn: Vec<u32>,
+    pub psi: Vec<T>,
+    pub alpha: Vec<f64>,
+    pub beta: Vec<f64>,
+    /// Pairs in group 0.
+    pub n_zero: usize,
+}
+
+/// The groups of one block of junctions (local ids 1.., in junction order) and the local group id of
+/// each of its positions (0: the input-0 group).
+#[derive(Default)]
+struct ItemGroups<T> {
+    jn: Vec<u32>,
+    psi: Vec<T>,
+    alpha: Vec<f64>,
+    beta: Vec<f64>,
+    local: Vec<u32>,
+}
+
+impl<T: Real> Groups<T> {
+    fn build(spl: &SplBatch, psi_t: &[T], fold: &Fold<T>) -> Self {
+        let (j, b, nnz) = (spl.n_junctions, spl.n_cells(), spl.nnz());
+        assert!(
+            nnz < u32::MAX as usize,
+            "partial encoder: {nnz} observed pairs in one batch (at most 2³² − 2)"
+        );
+        // Junction-major order, a block of SORT_JUNCTIONS junctions at a time (in parallel; the same
+        // result on any number of threads). A cell's junctions are ascending, so a block's pairs are
+        // one contiguous range of each cell's row, found by binary search; a counting sort inside the
+        // block keeps every write stream in cache. Within a junction pairs stay in pair order.
+        let blocks: Vec<(usize, usize)> = (0..j.div_ceil(SORT_JUNCTIONS))
+            .map(|k| (k * SORT_JUNCTIONS, ((k + 1) * SORT_JUNCTIONS).min(j)))
+            .collect();
+        let ranges: Vec<(Vec<(usize, usize)>, Vec<usize>)> = blocks
+            .par_iter()
+            .map(|&(j0, j1)| {
+                let mut rows = Vec::with_capacity(b);
+                let mut count = vec![0usize; j1 - j0];
+                for c in 0..b {
+                    let (s, e) = (spl.indptr[c], spl.indptr[c + 1]);
+                    let row = &spl.junction[s..e];
+                    debug_assert!(
+                        row.windows(2).all(|w| w[0] < w[1]),
+                        "partial encoder: junctions of cell {c} not ascending"
+                    );
+                    let lo = s + row.partition_point(|&x| (x as usize) < j0);
+                    let hi = s + row.partition_point(|&x| (x as usize) < j1);
+                    for &x in &spl.junction[lo..hi] {
+                        count[x as usize - j0] += 1;
+                    }
+                    rows.push((lo, hi));
+                }
+                (rows, count)
+            })
+            .collect();
+        let mut jptr = vec![0usize; j + 1];
+        for (&(j0, _), (_, count)) in blocks.iter().zip(&ranges) {
+            for (k, &n) in count.iter().enumerate() {
+                jptr[j0 + k + 1] = jptr[j0 + k] + n;
+            }
+        }
+        let mut order = vec![0u32; nnz];
+        let mut cell_at = vec![0u32; nnz];
+        let mut slices = Vec::with_capacity(blocks.len());
+        let (mut rest_o, mut rest_c) = (order.as_mut_slice(), cell_at.as_mut_slice());
+        for &(j0, j1) in &blocks {
+            let n = jptr[j1] - jptr[j0];
+            let (o, r) = std::mem::take(&mut rest_o).split_at_mut(n);
+            let (c, rc) = std::mem::take(&mut rest_c).split_at_mut(n);
+            slices.push((o, c));
+            rest_o = r;
+            rest_c = rc;
+        }
+        // Then per block: each junction's pairs reordered so that equal non-zero inputs are adjacent
+        // (a stable counting sort by first appearance: input-0 pairs first, then one run per distinct
+        // input), and the block's groups listed.
+        let lists: Vec<ItemGroups<T>> = blocks
+            .par_iter()
+            .zip(ranges.par_iter().zip(slices.into_par_iter()))
+            .map(|(&(j0, j1), ((rows, _), (ord, cel)))| {
+                let p0 = jptr[j0];
+                let mut next: Vec<usize> = (j0..j1).map(|jj| jptr[jj] - p0).collect();
+                let mut psi = vec![T::ZERO; ord.len()];
+                for (c, &(lo, hi)) in rows.iter().enumerate() {
+                    for e in lo..hi {
+                        let k = spl.junction[e] as usize - j0;
+                        let p = next[k];
+                        next[k] += 1;
+                        ord[p] = e as u32;
+                        cel[p] = c as u32;
+                        psi[p] = psi_t[e];
+                    }
+                }
+                let mut out = ItemGroups::default();
+                let (mut keys, mut class, mut tmp, mut start): (
+                    Vec<u64>,
+                    Vec<u32>,
+                    Vec<u32>,
+                    Vec<usize>,
+                ) = Default::default();
+                for jj in j0..j1 {
+                    let r = jptr[jj] - p0..jptr[jj + 1] - p0;
+                    let (run, cells, psi) = (&mut ord[r.clone()], &mut cel[r.clone()], &psi[r]);
+                    keys.clear();
+                    class.clear();
+                    for &v in psi.iter() {
+                        if v == T::ZERO {
+                            class.push(0);
+                            continue;
+                        }
+                        let k = v.to_f64().to_bits();
+                        let c = match keys.iter().position(|&x| x == k) {
+                            Some(i) => i,
+                            None => {
+                                keys.push(k);
+                                let (a, be) = fold.coefs(jj, v.to_f64());
+                                out.jn.push(jj as u32);
+                                out.psi.push(v);
+                                out.alpha.push(a);
+                                out.beta.push(be);
+                                keys.len() - 1
+                            }
+                        };
+                        class.push(c as u32 + 1);
+                    }
+                    let base = out.jn.len() - keys.len();
+                    if keys.len() >= 2 {
+                        // Stable counting sort of the run (pairs and their cells) by class.
+                        start.clear();
+                        start.resize(keys.len() + 2, 0);
+                        for &c in &class {
+                            start[c as usize + 1] += 1;
+                        }
+                        for i in 0..=keys.len() {
+                            start[i + 1] += start[i];
+                        }
+                        let n = run.len();
+                        tmp.clear();
+                        tmp.resize(3 * n, 0);
+                        let (te, rest) = tmp.split_at_mut(n);
+                        let (tc, tl) = rest.split_at_mut(n);
+                        for i in 0..n {
+                            let c = class[i] as usize;
+                            te[start[c]] = run[i];
+                            tc[start[c]] = cells[i];
+                            tl[start[c]] = class[i];
+                            start[c] += 1;
+                        }
+                        run.copy_from_slice(te);
+                        cells.copy_from_slice(tc);
+                        class.copy_from_slice(tl);
+                    }
+                    // Local group id per position (0: the input-0 group).
+                    out.local.extend(class.iter().map(|&c| {
+                        if c == 0 {
+                            0
+                        } else {
+                            (base + c as usize) as u32
+                        }
+                    }));
+                }
+                out
+            })
+            .collect();
+        // Global ids: group 0, then each block's groups in block order.
+        let (za, zb) = fold.zero_coefs();
+        let mut g = Groups {
+            jn: vec![0],
+            psi: vec![T::ZERO],
+            alpha: vec![za],
+            beta: vec![zb],
+            ..Default::default()
+        };
+        let mut offsets = Vec::with_capacity(lists.len());
+        for l in &lists {
+            offsets.push(g.jn.len() - 1);
+            g.jn.extend_from_slice(&l.jn);
+            g.psi.extend_from_slice(&l.psi);
+            g.alpha.extend_from_slice(&l.alpha);
+            g.beta.extend_from_slice(&l.beta);
+        }
+        g.n_zero = lists
+            .iter()
+            .map(|l| l.local.iter().filter(|&&c| c == 0).count())
+            .sum();
+        let mut gid_at = vec![0u32; nnz];
+        let mut gid_parts = Vec::with_capacity(lists.len());
+        let mut rest = gid_at.as_mut_slice();
+        for l in &lists {
+            let (a, r) = std::mem::take(&mut rest).split_at_mut(l.local.len());
+            gid_parts.push(a);
+            rest = r;
+        }
+        lists
+            .par_iter()
+            .zip(offsets.par_iter())
+            .zip(gid_parts.into_par_iter())
+            .for_each(|((l, &off), gids)| {
+                for (g, &c) in gids.iter_mut().zip(&l.local) {
+                    *g = if c == 0 { 0 } else { (off + c as usize) as u32 };
+                }
+            });
+        Groups {
+            order,
+            jptr,
+            gid_at,
+            cell_at,
+            ..g
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.jn.len()
+    }
+}
+
+/// What the forward keeps: the pooled codes and the per-junction and per-group quantities.
 #[derive(Clone, Debug)]
 pub struct PartialCache<T> {
     /// B × D pooled codes (input of the post-pooling MLP).
@@ -101,31 +358,44 @@ pub struct PartialCache<T> {
     pub den: Vec<T>,
     /// `partial_center_psi`: the reference code h(0) (D), subtracted once per observed pair.
     pub h0: Option<Vec<T>>,
-    /// The h network's dropout keep bits, ⌈Hh / 64⌉ words per pair in the batch's pair order (empty
-    /// without dropout). One bit per element, so the backward's recompute reads the forward's
-    /// decisions instead of hashing them again (16 hashes per pair at Hh = 64).
+    /// The h network's dropout keep bits, ⌈Hh / 64⌉ words per pair in position order ([`Groups::order`];
+    /// [`PartialCache::keep_by_pair`] gives them in pair order), empty without dropout. One bit per
+    /// element, so the backward reads the forward's decisions instead of hashing them again.
     pub keep: Vec<u64>,
-    /// The second block's LayerNorm output and inverse deviation of every pair, [x̂₂ (D) | 1/σ₂] in the
-    /// batch's pair order, so the backward skips the per-pair GEMM and LayerNorm it would otherwise
-    /// recompute. Empty when it would exceed [`STASH_MAX_BYTES`]; the backward then recomputes them
-    /// (the same values either way).
+    /// The second block's LayerNorm output and inverse deviation of every pair, [x̂₂ (D) | 1/σ₂] in
+    /// position order, so the backward skips the LayerNorm it would otherwise recompute. Kept by
+    /// training passes only, and only up to [`STASH_MAX_BYTES`]; the backward otherwise recomputes
+    /// them (the same values either way).
     pub stash: Vec<T>,
+    /// The pairs' groups (see [`Groups`]).
+    pub groups: Groups<T>,
+    /// G × D: W₄·(scale·r_g) of each group, the second Linear's output (bias excluded) of a pair of the
+    /// group whose dropout keeps every unit.
+    pub hg: Vec<T>,
+}
+
+impl<T> PartialCache<T> {
+    /// The keep bits in the batch's pair order (pair e's ⌈Hh / 64⌉ words at e·⌈Hh / 64⌉), as the
+    /// CUDA kernel writes them.
+    pub fn keep_by_pair(&self) -> Vec<u64> {
+        let n = self.groups.order.len();
+        if n == 0 || self.keep.is_empty() {
+            return Vec::new();
+        }
+        let kw = self.keep.len() / n;
+        let mut out = vec![0u64; self.keep.len()];
+        for (p, &e) in self.groups.order.iter().enumerate() {
+            let e = e as usize;
+            out[e * kw..(e + 1) * kw].copy_from_slice(&self.keep[p * kw..(p + 1) * kw]);
+        }
+        out
+    }
 }
 
 /// Largest stash of second-block activations kept between the forward and the backward (D + 1
 /// values per observed pair: 16.5 MB at `small` and 66 MB at `medium` with the default code_dim 16).
 /// Above it, as for the authors' configuration at full size, the backward recomputes them instead.
 pub const STASH_MAX_BYTES: usize = 256 << 20;
-
-/// Where a micro-chunk's dropout keep bits come from.
-enum Keep<'a> {
-    /// No dropout in this pass.
-    None,
-    /// Hash them and store micro-chunk pair q's words at `[q·kw ..]` (the forward).
-    Store(&'a mut [u64]),
-    /// Read the words of global pair id p at `[p·kw ..]` (the backward's recompute).
-    Load(&'a [u64]),
-}
 
 struct Net<'a, T> {
     be1: &'a [T],
@@ -134,59 +404,71 @@ struct Net<'a, T> {
     b4: &'a [T],
     g5: &'a [T],
     be5: &'a [T],
+    /// W₄ transposed (Hh × D): row t is unit t's column, what a dropped unit removes.
+    w4t: Vec<T>,
     hh: usize,
     dd: usize,
     dropout: f64,
 }
 
+/// Junctions per block of the junction-major counting sort (fixed, like the work items).
+const SORT_JUNCTIONS: usize = 256;
 /// Pairs per work item (fixed, so the reduction order never depends on the thread count).
 const ITEM_PAIRS: usize = 8192;
-/// Pairs per micro-chunk: the activations of a micro-chunk stay in cache.
+/// Pairs (or groups) per micro-chunk: the activations of a micro-chunk stay in cache.
 const MICRO: usize = 256;
 
-/// Activations of a micro-chunk of pairs (buffers reused across micro-chunks).
-#[derive(Default)]
-struct Scratch<T> {
-    /// Per pair: α and β of the folded first block.
-    alpha: Vec<f64>,
-    beta: Vec<f64>,
-    /// Post-ReLU, post-dropout (input of the second Linear).
+/// Groups waiting for their batched first-block work: their ids, and for the backward the sums of
+/// their pairs' d(h2) and dropped-unit corrections.
+struct GroupBuf<T> {
+    ids: Vec<u32>,
+    /// n × Hh: scale·r_g.
     d1: Vec<T>,
-    h2: Vec<T>,
-    xhat2: Vec<T>,
-    inv2: Vec<T>,
-    a2: Vec<T>,
-    /// Codes c (n × D).
-    c: Vec<T>,
-    dh2: Vec<T>,
+    /// n × D: Σ over the group's pairs of d(h2).
+    s: Vec<T>,
+    /// n × Hh: Σ over the group's pairs of (W₄ᵀ d(h2))_t for each dropped unit t with r_t > 0.
+    dcorr: Vec<T>,
+    /// n × Hh: d(d1) summed over the kept units of the group's pairs.
     dd1: Vec<T>,
-    pairs: Vec<usize>,
-    psi: Vec<T>,
-    jn: Vec<u32>,
-    /// 256 × 8: element l of row b is 1 when bit l of byte b is set, else 0 (the dropout keep bits
-    /// as multipliers).
-    mask8: Vec<T>,
+    cap: usize,
+    hh: usize,
+    dd: usize,
 }
 
-impl<T: Real> Scratch<T> {
-    fn new(hh: usize, dd: usize, n: usize) -> Self {
+impl<T: Real> GroupBuf<T> {
+    fn new(hh: usize, dd: usize, cap: usize) -> Self {
         let z = |k: usize| vec![T::ZERO; k];
-        Scratch {
-            alpha: vec![0.0; n],
-            beta: vec![0.0; n],
-            d1: z(n * hh),
-            h2: z(n * dd),
-            xhat2: z(n * dd),
-            inv2: z(n),
-            a2: z(n * dd),
-            c: z(n * dd),
-            dh2: z(n * dd),
-            dd1: z(n * hh),
-            pairs: Vec::with_capacity(n),
-            psi: Vec::with_capacity(n),
-            jn: Vec::with_capacity(n),
-            mask8: (0..256 * 8).map(|i| if (i / 8) >> (i % 8) & 1 == 1 { T::ONE } else { T::ZERO }).collect(),
+        GroupBuf {
+            ids: Vec::with_capacity(cap),
+            d1: z(cap * hh),
+            s: z(cap * dd),
+            dcorr: z(cap * hh),
+            dd1: z(cap * hh),
+            cap,
+            hh,
+            dd,
         }
+    }
+
+    /// Start a group's sums (zeroed).
+    fn push(&mut self, id: u32) {
+        let (q, hh, dd) = (self.ids.len(), self.hh, self.dd);
+        self.ids.push(id);
+        self.s[q * dd..(q + 1) * dd]
+            .iter_mut()
+            .for_each(|v| *v = T::ZERO);
+        self.dcorr[q * hh..(q + 1) * hh]
+            .iter_mut()
+            .for_each(|v| *v = T::ZERO);
+    }
+
+    /// The last group's d(h2) sum and corrections.
+    fn last_mut(&mut self) -> (&mut [T], &mut [T]) {
+        let (q, hh, dd) = (self.ids.len() - 1, self.hh, self.dd);
+        (
+            &mut self.s[q * dd..(q + 1) * dd],
+            &mut self.dcorr[q * hh..(q + 1) * hh],
+        )
     }
 }
 
@@ -206,8 +488,25 @@ struct BwdAcc<T> {
 
 impl<T: Real> BwdAcc<T> {
     fn new(hh: usize, dd: usize, j0: usize, nj: usize) -> Self {
-        BwdAcc { small: vec![T::ZERO; hh + hh + dd * hh + 3 * dd], j0, q: vec![T::ZERO; nj * hh], c: vec![[0.0; 4]; nj], e1: 0.0, e3: 0.0 }
+        BwdAcc {
+            small: vec![T::ZERO; hh + hh + dd * hh + 3 * dd],
+            j0,
+            q: vec![T::ZERO; nj * hh],
+            c: vec![[0.0; 4]; nj],
+            e1: 0.0,
+            e3: 0.0,
+        }
     }
+}
+
+/// What a backward work item adds up for the input-0 group, whose pairs span every junction: the
+/// d(h2) sum and the dropped-unit corrections (merged over items in item order, then one group
+/// backward), and for every group the W₄ gradient of the dropped units (Hh × D, subtracted at the merge).
+struct ItemSums<T> {
+    acc: BwdAcc<T>,
+    s0: Vec<T>,
+    dcorr0: Vec<T>,
+    corr_w4t: Vec<T>,
 }
 
 impl<T: Real> Net<'_, T> {
@@ -216,195 +515,244 @@ impl<T: Real> Net<'_, T> {
         mode.training && self.dropout > 0.0
     }
 
-    /// Forward for the micro-chunk in `sc.pairs / sc.psi / sc.jn` (global pair ids are used for the
-    /// dropout stream); leaves the codes in `sc.c` and the activations in `sc`.
-    fn chunk_fwd(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, keep: Keep<'_>) {
-        self.first_block(fold, mode, sc, keep);
-        self.second_block(sc, None);
-    }
-
-    /// What `chunk_bwd` needs of the micro-chunk when the forward stashed its second block's
-    /// LayerNorm output (see [`PartialCache::stash`]): the first block recomputed (cheap: two FMAs
-    /// and the keep bits per element), x̂₂ and 1/σ₂ read from the stash by global pair id, and a₂
-    /// recomputed from x̂₂ by the forward's own expression. The same values as [`Net::chunk_fwd`] without
-    /// its GEMM and LayerNorm.
-    fn chunk_fwd_stashed(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, keep: Keep<'_>, stash: &[T]) {
-        self.first_block(fold, mode, sc, keep);
-        let (dd, n) = (self.dd, sc.pairs.len());
-        let (g5, be5) = (&self.g5[..dd], &self.be5[..dd]);
-        for q in 0..n {
-            let src = &stash[sc.pairs[q] * (dd + 1)..(sc.pairs[q] + 1) * (dd + 1)];
-            sc.inv2[q] = src[dd];
-            let (xr, a2r) = (&mut sc.xhat2[q * dd..(q + 1) * dd], &mut sc.a2[q * dd..(q + 1) * dd]);
-            // One loop for both (a bare copy of D values would be a memcpy call per pair).
-            for t in 0..dd {
-                let x = src[t];
-                xr[t] = x;
-                a2r[t] = x * g5[t] + be5[t];
-            }
+    /// Inverted-dropout scale of the kept units (1 without dropout).
+    fn scale(&self, mode: Mode) -> T {
+        if self.dropout_on(mode) {
+            T::from_f64(1.0 / (1.0 - self.dropout))
+        } else {
+            T::ONE
         }
     }
 
-    /// The folded first block, ReLU and dropout: α, β and d1 of every pair of the micro-chunk.
-    fn first_block(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, mut keep: Keep<'_>) {
-        let (hh, n) = (self.hh, sc.pairs.len());
-        let dropout = self.dropout_on(mode);
-        let scale = T::from_f64(1.0 / (1.0 - self.dropout));
-        let ds = rng::DropStream::new(mode.seed, rng::streams::PARTIAL_H, self.dropout);
-        // Mask index space: pair·Hh_pad + t with Hh_pad a multiple of 4 (4 decisions per hash).
-        let hh_pad = hh.div_ceil(4) * 4;
-        let kw = hh.div_ceil(64);
-        // α and β of every pair first: the f64 square roots and divisions of independent pairs
-        // overlap instead of each waiting behind the element loops of the pair before.
-        for q in 0..n {
-            let (al, be) = fold.coefs(sc.jn[q] as usize, sc.psi[q].to_f64());
-            sc.alpha[q] = al;
-            sc.beta[q] = be;
-        }
-        // The forward hashes the whole micro-chunk's keep bits in one call when its pairs' words are
-        // contiguous in the mask index space (consecutive pair ids, Hh a multiple of 64): the same
-        // words as one call per pair.
-        let mut hashed = false;
-        if let (true, Keep::Store(out)) = (dropout, &mut keep) {
-            if n > 0 && hh % 64 == 0 && sc.pairs[n - 1] - sc.pairs[0] == n - 1 {
-                ds.fill_bits((sc.pairs[0] * hh_pad) as u64, n * hh, &mut out[..n * kw]);
-                hashed = true;
-            }
-        }
-        for q in 0..n {
-            let jj = sc.jn[q] as usize;
-            let (a, b) = (T::from_f64(sc.alpha[q]), T::from_f64(sc.beta[q]));
-            let (ug, bg, be1) = (&fold.ug.row(jj)[..hh], &fold.bg[..hh], &self.be1[..hh]);
-            let d1r = &mut sc.d1[q * hh..(q + 1) * hh];
-            for t in 0..hh {
-                let v = a * ug[t] + (b * bg[t] + be1[t]);
-                d1r[t] = if v > T::ZERO { v } else { T::ZERO };
-            }
-            if dropout {
-                let start = (sc.pairs[q] * hh_pad) as u64;
-                let words: &[u64] = match &mut keep {
-                    Keep::Load(bits) => &bits[sc.pairs[q] * kw..(sc.pairs[q] + 1) * kw],
-                    Keep::Store(out) => {
-                        let w = &mut out[q * kw..(q + 1) * kw];
-                        if !hashed {
-                            ds.fill_bits(start, hh, w);
-                        }
-                        w
-                    }
-                    Keep::None => unreachable!("dropout is on but the pass has no keep bits"),
-                };
-                // Eight elements per keep byte through a 0/1 table: branchless and vectorised (a
-                // branch per element mispredicts one time in ten at p = 0.1). Kept: d·scale·1 = d·scale;
-                // dropped: d·scale·0 = +0 (d ≥ 0 after the ReLU), as a select would give.
-                let full = hh / 8 * 8;
-                for (g, ch) in d1r[..full].chunks_exact_mut(8).enumerate() {
-                    let byte = ((words[g / 8] >> (8 * (g % 8))) & 0xFF) as usize;
-                    let m = &sc.mask8[byte * 8..byte * 8 + 8];
-                    for l in 0..8 {
-                        ch[l] = ch[l] * scale * m[l];
-                    }
+    /// scale·ReLU(α·(g₁⊙ũ_j) + β·(g₁⊙b̃) + be₁), the folded first block of each group in `ids`, into
+    /// the rows of `d1` (the same expression the dropped-unit corrections evaluate per unit).
+    fn group_rows(&self, fold: &Fold<T>, groups: &Groups<T>, ids: &[u32], scale: T, d1: &mut [T]) {
+        let hh = self.hh;
+        let (bg, be1) = (&fold.bg[..hh], &self.be1[..hh]);
+        for (q, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            let (a, b) = (T::from_f64(groups.alpha[id]), T::from_f64(groups.beta[id]));
+            let row = &mut d1[q * hh..(q + 1) * hh];
+            if groups.alpha[id] == 0.0 {
+                // The input-0 group: α·ũ_j is +0 or −0 for every j, which leaves the sum's sign
+                // and positive values unchanged.
+                for t in 0..hh {
+                    let v = b * bg[t] + be1[t];
+                    row[t] = if v > T::ZERO { v * scale } else { T::ZERO };
                 }
-                for t in full..hh {
-                    let kept = (words[t / 64] >> (t % 64)) & 1 == 1;
-                    d1r[t] = if kept { d1r[t] * scale } else { T::ZERO };
+            } else {
+                let ug = &fold.ug.row(groups.jn[id] as usize)[..hh];
+                for t in 0..hh {
+                    let v = a * ug[t] + (b * bg[t] + be1[t]);
+                    row[t] = if v > T::ZERO { v * scale } else { T::ZERO };
                 }
             }
         }
     }
 
-    /// The second Linear, its LayerNorm (affine) and ReLU: h2, x̂₂, 1/σ₂, a₂ and the codes c.
-    /// With `stash`, also writes each pair's [x̂₂ | 1/σ₂] there (D + 1 values per pair of the chunk).
-    fn second_block(&self, sc: &mut Scratch<T>, mut stash: Option<&mut [T]>) {
-        let (hh, dd, n) = (self.hh, self.dd, sc.pairs.len());
-        matmul_nt_serial(&sc.d1[..n * hh], n, hh, self.w4, dd, &mut sc.h2[..n * dd]);
-        let (b4, g5, be5) = (&self.b4[..dd], &self.g5[..dd], &self.be5[..dd]);
-        for q in 0..n {
-            let row = &mut sc.h2[q * dd..(q + 1) * dd];
-            for t in 0..dd {
-                row[t] += b4[t];
-            }
-            let xr = &mut sc.xhat2[q * dd..(q + 1) * dd];
-            sc.inv2[q] = ln_row(row, xr);
-            let (a2r, cr) = (&mut sc.a2[q * dd..(q + 1) * dd], &mut sc.c[q * dd..(q + 1) * dd]);
-            match stash.as_deref_mut() {
-                None => {
-                    for t in 0..dd {
-                        let a = xr[t] * g5[t] + be5[t];
-                        a2r[t] = a;
-                        cr[t] = if a > T::ZERO { a } else { T::ZERO };
-                    }
-                }
-                Some(st) => {
-                    let dst = &mut st[q * (dd + 1)..(q + 1) * (dd + 1)];
-                    dst[dd] = sc.inv2[q];
-                    let dst = &mut dst[..dd];
-                    // The stash row is written in the same loop (a separate copy of D values would
-                    // be a memcpy call per pair).
-                    for t in 0..dd {
-                        let x = xr[t];
-                        let a = x * g5[t] + be5[t];
-                        a2r[t] = a;
-                        cr[t] = if a > T::ZERO { a } else { T::ZERO };
-                        dst[t] = x;
-                    }
+    /// W₄·(scale·r_g) of every group (G × D, bias excluded).
+    fn group_outputs(&self, fold: &Fold<T>, groups: &Groups<T>, scale: T) -> Vec<T> {
+        let (hh, dd, ng) = (self.hh, self.dd, groups.len());
+        let mut hg = vec![T::ZERO; ng * dd];
+        hg.par_chunks_mut(MICRO * dd)
+            .enumerate()
+            .for_each(|(ci, out)| {
+                let n = out.len() / dd;
+                let ids: Vec<u32> = (ci * MICRO..ci * MICRO + n).map(|g| g as u32).collect();
+                let mut d1 = vec![T::ZERO; n * hh];
+                self.group_rows(fold, groups, &ids, scale, &mut d1);
+                matmul_nt_serial(&d1, n, hh, self.w4, dd, out);
+            });
+        hg
+    }
+
+    /// The second Linear's output of one pair: its group's W₄·(scale·r) plus the bias, less each
+    /// dropped unit's share (scale·r_t)·W₄[:, t] for the units with r_t > 0.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn pair_h2(
+        &self,
+        hg: &[T],
+        words: &[u64],
+        a: T,
+        b: T,
+        ug: &[T],
+        bg: &[T],
+        scale: T,
+        out: &mut [T],
+    ) {
+        let (hh, dd) = (self.hh, self.dd);
+        let (out, hg, b4) = (&mut out[..dd], &hg[..dd], &self.b4[..dd]);
+        for t in 0..dd {
+            out[t] = hg[t] + b4[t];
+        }
+        for (w, &word) in words.iter().enumerate() {
+            let mut dropped = !word & valid_bits(hh, w);
+            while dropped != 0 {
+                let t = w * 64 + dropped.trailing_zeros() as usize;
+                dropped &= dropped - 1;
+                // Units the ReLU zeroed remove nothing (s = 0): no branch on the sign.
+                let s = (a * ug[t] + (b * bg[t] + self.be1[t])).max(T::ZERO) * scale;
+                let col = &self.w4t[t * dd..(t + 1) * dd];
+                for k in 0..dd {
+                    out[k] -= s * col[k];
                 }
             }
         }
     }
 
-    /// Backward for the micro-chunk whose forward activations are in `sc` (call `chunk_fwd` first), given
-    /// d(code) of pair q as `dcode(q)`; accumulates into `acc` (whose junction range holds the chunk's).
-    fn chunk_bwd<'c>(&self, fold: &Fold<T>, mode: Mode, sc: &mut Scratch<T>, dcode: impl Fn(usize) -> &'c [T], acc: &mut BwdAcc<T>)
-    where
-        T: 'c,
-    {
-        // (`sc.pairs` may be moved out by the caller; `sc.psi` holds one value per pair.)
-        let (hh, dd, n) = (self.hh, self.dd, sc.psi.len());
-        let (sr, rest) = acc.small.split_at_mut(hh);
-        let (sbe1, rest) = rest.split_at_mut(hh);
-        let (sw4, rest) = rest.split_at_mut(dd * hh);
+    /// The per-pair part of the backward: from x̂₂, 1/σ₂ and d(code), accumulates the g₅, be₅ and b₄
+    /// gradients into `small` and writes d(h2).
+    fn pair_bwd(&self, xh: &[T], inv2: T, dc: &[T], small: &mut [T], dh2: &mut [T]) {
+        let (hh, dd) = (self.hh, self.dd);
+        let rest = &mut small[2 * hh + dd * hh..];
         let (sb4, rest) = rest.split_at_mut(dd);
         let (sg5, sbe5) = rest.split_at_mut(dd);
-        // d(a2) = dcode · [a2 > 0]; LN5 affine; LN5 backward → dh2
         // (Every slice cut to length dd first, so the loops carry no bounds checks and vectorise.)
-        let (sg5, sbe5, sb4, g5) = (&mut sg5[..dd], &mut sbe5[..dd], &mut sb4[..dd], &self.g5[..dd]);
-        for q in 0..n {
-            let dc = &dcode(q)[..dd];
-            let (a2r, xr) = (&sc.a2[q * dd..(q + 1) * dd], &sc.xhat2[q * dd..(q + 1) * dd]);
-            let row = &mut sc.dh2[q * dd..(q + 1) * dd];
-            for t in 0..dd {
-                let da = if a2r[t] > T::ZERO { dc[t] } else { T::ZERO };
-                sg5[t] += da * xr[t];
-                sbe5[t] += da;
-                row[t] = da * g5[t];
-            }
-            ln_row_bwd(xr, sc.inv2[q], row);
-            for t in 0..dd {
-                sb4[t] += row[t];
+        let (sg5, sbe5, sb4, g5, be5) = (
+            &mut sg5[..dd],
+            &mut sbe5[..dd],
+            &mut sb4[..dd],
+            &self.g5[..dd],
+            &self.be5[..dd],
+        );
+        let (xh, dc, dh2) = (&xh[..dd], &dc[..dd], &mut dh2[..dd]);
+        for t in 0..dd {
+            let a2 = xh[t] * g5[t] + be5[t];
+            let da = if a2 > T::ZERO { dc[t] } else { T::ZERO };
+            sg5[t] += da * xh[t];
+            sbe5[t] += da;
+            dh2[t] = da * g5[t];
+        }
+        ln_row_bwd(xh, inv2, dh2);
+        for t in 0..dd {
+            sb4[t] += dh2[t];
+        }
+    }
+
+    /// What a pair's dropped units take from its group's sums: for each dropped unit t with r_t > 0,
+    /// (scale·r_t)·d(h2) into the W₄ correction row t and ⟨W₄[:, t], d(h2)⟩ into the group's d(d1)
+    /// correction.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn drop_bwd(
+        &self,
+        words: &[u64],
+        a: T,
+        b: T,
+        ug: &[T],
+        bg: &[T],
+        scale: T,
+        dh2: &[T],
+        corr_w4t: &mut [T],
+        dcorr: &mut [T],
+    ) {
+        let (hh, dd) = (self.hh, self.dd);
+        let dh2 = &dh2[..dd];
+        for (w, &word) in words.iter().enumerate() {
+            let mut dropped = !word & valid_bits(hh, w);
+            while dropped != 0 {
+                let t = w * 64 + dropped.trailing_zeros() as usize;
+                dropped &= dropped - 1;
+                let v = a * ug[t] + (b * bg[t] + self.be1[t]);
+                let s = v.max(T::ZERO) * scale;
+                let cw = &mut corr_w4t[t * dd..(t + 1) * dd];
+                for k in 0..dd {
+                    cw[k] += s * dh2[k];
+                }
+                // (d(a1) of a unit with r ≤ 0 is masked out later, whatever is added here.)
+                dcorr[t] += dot8(&self.w4t[t * dd..(t + 1) * dd], dh2);
             }
         }
-        // W4 gradient (dh2ᵀ·d1) and d(d1) = dh2·W4
+    }
+
+    /// The backward of the groups in `gb` given their d(h2) sums and corrections: the W₄ gradient of
+    /// their kept units, d(a1) of each group, and the folded first block's sums (see `Fold` and the
+    /// unfold in [`partial_backward`]). d(a1) is linear in d(h2) with α, β and ψ fixed within a group,
+    /// so one pass over the summed d(a1) does what one per pair would. Empties `gb`.
+    fn groups_bwd(
+        &self,
+        fold: &Fold<T>,
+        groups: &Groups<T>,
+        gb: &mut GroupBuf<T>,
+        scale: T,
+        dropout: bool,
+        acc: &mut BwdAcc<T>,
+    ) {
+        let (hh, dd, n) = (self.hh, self.dd, gb.ids.len());
+        if n == 0 {
+            return;
+        }
+        self.group_rows(fold, groups, &gb.ids, scale, &mut gb.d1);
+        let (sr, rest) = acc.small.split_at_mut(hh);
+        let (sbe1, rest) = rest.split_at_mut(hh);
+        let sw4 = &mut rest[..dd * hh];
+        // W4 gradient (Sᵀ·d1, every unit counted as kept: the dropped ones are subtracted at the
+        // merge) and d(d1) = S·W4 less the dropped units' share.
         unsafe {
-            T::gemm_raw(dd, n, hh, T::ONE, sc.dh2.as_ptr(), 1, dd as isize, sc.d1.as_ptr(), hh as isize, 1, T::ONE, sw4.as_mut_ptr(), hh as isize, 1);
-            T::gemm_raw(n, dd, hh, T::ONE, sc.dh2.as_ptr(), dd as isize, 1, self.w4.as_ptr(), hh as isize, 1, T::ZERO, sc.dd1.as_mut_ptr(), hh as isize, 1);
+            T::gemm_raw(
+                dd,
+                n,
+                hh,
+                T::ONE,
+                gb.s.as_ptr(),
+                1,
+                dd as isize,
+                gb.d1.as_ptr(),
+                hh as isize,
+                1,
+                T::ONE,
+                sw4.as_mut_ptr(),
+                hh as isize,
+                1,
+            );
+            T::gemm_raw(
+                n,
+                dd,
+                hh,
+                T::ONE,
+                gb.s.as_ptr(),
+                dd as isize,
+                1,
+                self.w4.as_ptr(),
+                hh as isize,
+                1,
+                T::ZERO,
+                gb.dd1.as_mut_ptr(),
+                hh as isize,
+                1,
+            );
         }
-        // d(a1) = d(d1) · scale · [d1 > 0] (d1 > 0 exactly when a1 > 0 and the unit was kept).
-        let scale = if self.dropout_on(mode) { T::from_f64(1.0 / (1.0 - self.dropout)) } else { T::ONE };
+        if dropout {
+            gb.dd1[..n * hh]
+                .iter_mut()
+                .zip(&gb.dcorr[..n * hh])
+                .for_each(|(d, &c)| *d -= c);
+        }
         let inv_h = 1.0 / hh as f64;
-        for q in 0..n {
-            let jj = sc.jn[q] as usize;
-            let jl = jj - acc.j0;
-            let (al, be) = (sc.alpha[q], sc.beta[q]);
+        for (q, &id) in gb.ids.iter().enumerate() {
+            let id = id as usize;
+            let jj = groups.jn[id] as usize;
+            let (al, be) = (groups.alpha[id], groups.beta[id]);
             let (a, b) = (T::from_f64(al), T::from_f64(be));
+            // (The input-0 group adds nothing to any junction's sums, α = ψ = 0: it runs with a
+            // one-junction scratch accumulator at junction 0 that the merge does not copy.)
+            let jl = jj - acc.j0;
             let qj = &mut acc.q[jl * hh..(jl + 1) * hh];
-            // One pass: d(a1), its sums, and the three dot products of the LayerNorm backward
-            // (`dot8`'s lanes and combination order, so the same bits as three separate `dot8`s).
-            let (d1r, dd1) = (&sc.d1[q * hh..(q + 1) * hh], &sc.dd1[q * hh..(q + 1) * hh]);
-            let dots = fused_a1_backward(d1r, dd1, scale, a, b, [self.g1, fold.ug.row(jj), &fold.bg], sbe1, sr, qj);
+            // d(a1) = d(d1)·scale·[r > 0] (d1 > 0 exactly when r > 0), its sums, and the three dot
+            // products of the LayerNorm backward.
+            let (d1r, dd1) = (&gb.d1[q * hh..(q + 1) * hh], &gb.dd1[q * hh..(q + 1) * hh]);
+            let ug = if al == 0.0 {
+                &fold.bg[..]
+            } else {
+                fold.ug.row(jj)
+            };
+            let dots =
+                fused_a1_backward(d1r, dd1, scale, a, b, [self.g1, ug, &fold.bg], sbe1, sr, qj);
             // LayerNorm backward means of d(x̂) = g₁⊙d(a1): m₁ = mean(d x̂), m₂ = mean(d x̂ ⊙ x̂).
             let m1 = dots[0].to_f64() * inv_h;
             let m2 = (al * dots[1].to_f64() + be * dots[2].to_f64()) * inv_h;
-            let psi = sc.psi[q].to_f64();
+            let psi = groups.psi[id].to_f64();
             let c = &mut acc.c[jl];
             c[0] += psi * be * m1;
             c[1] += psi * be * m2 * al;
@@ -413,19 +761,68 @@ impl<T: Real> Net<'_, T> {
             acc.e1 += be * m1;
             acc.e3 += be * m2 * be;
         }
+        gb.ids.clear();
     }
 
-    /// The reference code h(0) (ψ = 0, so the junction does not matter), without dropout; the
-    /// activations stay in `sc` for `chunk_bwd`.
-    fn reference_fwd(&self, fold: &Fold<T>, sc: &mut Scratch<T>) -> Vec<T> {
-        sc.pairs.clear();
-        sc.pairs.push(0);
-        sc.psi.clear();
-        sc.psi.push(T::ZERO);
-        sc.jn.clear();
-        sc.jn.push(0);
-        self.chunk_fwd(fold, Mode { training: false, seed: 0 }, sc, Keep::None);
-        sc.c[..self.dd].to_vec()
+    /// The code of every group (G × D) from its second-Linear output `hg` when no unit is dropped.
+    fn group_codes(&self, hg: &[T]) -> Vec<T> {
+        let dd = self.dd;
+        let (b4, g5, be5) = (&self.b4[..dd], &self.g5[..dd], &self.be5[..dd]);
+        let mut codes = vec![T::ZERO; hg.len()];
+        codes
+            .par_chunks_mut(dd)
+            .zip(hg.par_chunks(dd))
+            .for_each(|(code, h)| {
+                let h2: Vec<T> = (0..dd).map(|t| h[t] + b4[t]).collect();
+                let mut xh = vec![T::ZERO; dd];
+                ln_row(&h2, &mut xh);
+                for t in 0..dd {
+                    let a = xh[t] * g5[t] + be5[t];
+                    code[t] = if a > T::ZERO { a } else { T::ZERO };
+                }
+            });
+        codes
+    }
+
+    /// The reference code h(0): the code of input 0 without dropout.
+    fn reference_code(&self, fold: &Fold<T>, groups: &Groups<T>) -> Vec<T> {
+        let h2 = self.reference_h2(fold, groups);
+        let mut xh = vec![T::ZERO; self.dd];
+        ln_row(&h2, &mut xh);
+        xh.iter()
+            .zip(self.g5)
+            .zip(self.be5)
+            .map(|((&x, &g), &b)| {
+                let a = x * g + b;
+                if a > T::ZERO {
+                    a
+                } else {
+                    T::ZERO
+                }
+            })
+            .collect()
+    }
+
+    /// The second Linear's output (with bias) of the reference pair ψ = 0 without dropout.
+    fn reference_h2(&self, fold: &Fold<T>, groups: &Groups<T>) -> Vec<T> {
+        let (hh, dd) = (self.hh, self.dd);
+        let mut d1 = vec![T::ZERO; hh];
+        self.group_rows(fold, groups, &[0], T::ONE, &mut d1);
+        let mut h2 = vec![T::ZERO; dd];
+        matmul_nt_serial(&d1, 1, hh, self.w4, dd, &mut h2);
+        h2.iter_mut().zip(self.b4).for_each(|(v, &b)| *v += b);
+        h2
+    }
+}
+
+/// The bits of keep word `w` that hold units (below Hh).
+#[inline]
+fn valid_bits(hh: usize, w: usize) -> u64 {
+    let left = hh - 64 * w;
+    if left >= 64 {
+        !0
+    } else {
+        (1u64 << left) - 1
     }
 }
 
@@ -439,7 +836,17 @@ impl<T: Real> Net<'_, T> {
 /// both give the same bits.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn fused_a1_backward<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v: [&[T]; 3], sbe1: &mut [T], sr: &mut [T], qj: &mut [T]) -> [T; 3] {
+fn fused_a1_backward<T: Real>(
+    d1r: &[T],
+    dd1: &[T],
+    scale: T,
+    a: T,
+    b: T,
+    v: [&[T]; 3],
+    sbe1: &mut [T],
+    sr: &mut [T],
+    qj: &mut [T],
+) -> [T; 3] {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
@@ -451,25 +858,61 @@ fn fused_a1_backward<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v: [&[
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
-unsafe fn fused_a1_backward_avx2<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v: [&[T]; 3], sbe1: &mut [T], sr: &mut [T], qj: &mut [T]) -> [T; 3] {
+unsafe fn fused_a1_backward_avx2<T: Real>(
+    d1r: &[T],
+    dd1: &[T],
+    scale: T,
+    a: T,
+    b: T,
+    v: [&[T]; 3],
+    sbe1: &mut [T],
+    sr: &mut [T],
+    qj: &mut [T],
+) -> [T; 3] {
     fused_a1_backward_any(d1r, dd1, scale, a, b, v, sbe1, sr, qj)
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn fused_a1_backward_any<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v: [&[T]; 3], sbe1: &mut [T], sr: &mut [T], qj: &mut [T]) -> [T; 3] {
+fn fused_a1_backward_any<T: Real>(
+    d1r: &[T],
+    dd1: &[T],
+    scale: T,
+    a: T,
+    b: T,
+    v: [&[T]; 3],
+    sbe1: &mut [T],
+    sr: &mut [T],
+    qj: &mut [T],
+) -> [T; 3] {
     let hh = d1r.len();
-    let (d1r, dd1, sbe1, sr, qj) = (&d1r[..hh], &dd1[..hh], &mut sbe1[..hh], &mut sr[..hh], &mut qj[..hh]);
+    let (d1r, dd1, sbe1, sr, qj) = (
+        &d1r[..hh],
+        &dd1[..hh],
+        &mut sbe1[..hh],
+        &mut sr[..hh],
+        &mut qj[..hh],
+    );
     let (v0, v1, v2) = (&v[0][..hh], &v[1][..hh], &v[2][..hh]);
     let mut acc = [[T::ZERO; 8]; 3];
     let n8 = hh / 8 * 8;
     // Fixed-size blocks of eight: no bounds checks, so the loop body vectorises.
     let block = |x: &[T], c: usize| -> [T; 8] { x[c..c + 8].try_into().unwrap() };
     for c in (0..n8).step_by(8) {
-        let (x, g, w0, w1, w2) = (block(d1r, c), block(dd1, c), block(v0, c), block(v1, c), block(v2, c));
+        let (x, g, w0, w1, w2) = (
+            block(d1r, c),
+            block(dd1, c),
+            block(v0, c),
+            block(v1, c),
+            block(v2, c),
+        );
         let (mut s1, mut s2, mut s3) = (block(sbe1, c), block(sr, c), block(qj, c));
         for l in 0..8 {
-            let d = if x[l] > T::ZERO { g[l] * scale } else { T::ZERO };
+            let d = if x[l] > T::ZERO {
+                g[l] * scale
+            } else {
+                T::ZERO
+            };
             s1[l] += d;
             s2[l] += b * d;
             s3[l] += a * d;
@@ -483,7 +926,11 @@ fn fused_a1_backward_any<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v:
     }
     let mut rest = [T::ZERO; 3];
     for t in n8..hh {
-        let d = if d1r[t] > T::ZERO { dd1[t] * scale } else { T::ZERO };
+        let d = if d1r[t] > T::ZERO {
+            dd1[t] * scale
+        } else {
+            T::ZERO
+        };
         sbe1[t] += d;
         sr[t] += b * d;
         qj[t] += a * d;
@@ -491,7 +938,11 @@ fn fused_a1_backward_any<T: Real>(d1r: &[T], dd1: &[T], scale: T, a: T, b: T, v:
         rest[1] += d * v1[t];
         rest[2] += d * v2[t];
     }
-    [fold8(&acc[0], rest[0]), fold8(&acc[1], rest[1]), fold8(&acc[2], rest[2])]
+    [
+        fold8(&acc[0], rest[0]),
+        fold8(&acc[1], rest[1]),
+        fold8(&acc[2], rest[2]),
+    ]
 }
 
 /// Single-threaded GEMM (the callers already run in parallel): y[n×m] = x[n×k]·wᵀ (w is m×k).
@@ -500,20 +951,44 @@ fn matmul_nt_serial<T: Real>(x: &[T], n: usize, k: usize, w: &[T], m: usize, y: 
         return;
     }
     unsafe {
-        T::gemm_raw(n, k, m, T::ONE, x.as_ptr(), k as isize, 1, w.as_ptr(), 1, k as isize, T::ZERO, y.as_mut_ptr(), m as isize, 1)
+        T::gemm_raw(
+            n,
+            k,
+            m,
+            T::ONE,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr(),
+            1,
+            k as isize,
+            T::ZERO,
+            y.as_mut_ptr(),
+            m as isize,
+            1,
+        )
     }
 }
 
 fn net<'a, T: Real>(pe: &PartialEncP, p: &'a Params<T>) -> Net<'a, T> {
+    let (hh, dd) = (pe.h_hidden, pe.code_dim);
+    let w4 = p.get(pe.h4.w);
+    let mut w4t = vec![T::ZERO; hh * dd];
+    for k in 0..dd {
+        for t in 0..hh {
+            w4t[t * dd + k] = w4[k * hh + t];
+        }
+    }
     Net {
         g1: p.get(pe.ln1_w),
         be1: p.get(pe.ln1_b),
-        w4: p.get(pe.h4.w),
+        w4,
         b4: p.get(pe.h4.b.unwrap()),
         g5: p.get(pe.ln5_w),
         be5: p.get(pe.ln5_b),
-        hh: pe.h_hidden,
-        dd: pe.code_dim,
+        w4t,
+        hh,
+        dd,
         dropout: pe.dropout,
     }
 }
@@ -529,8 +1004,29 @@ fn w0_tail<T: Real>(pe: &PartialEncP, p: &Params<T>) -> Vec<T> {
     out
 }
 
+/// Runs of whole rows of a CSR-like pointer array with about `size` entries each (at least one row).
+fn work_items(ptr: &[usize], size: usize) -> Vec<(usize, usize)> {
+    let rows = ptr.len() - 1;
+    let mut items = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let mut end = start + 1;
+        while end < rows && ptr[end + 1] - ptr[start] <= size {
+            end += 1;
+        }
+        items.push((start, end));
+        start = end;
+    }
+    items
+}
+
 /// Pooled codes P (B × D) of the observed pairs of a minibatch.
-pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch, mode: Mode) -> PartialCache<T> {
+pub fn partial_forward<T: Real>(
+    pe: &PartialEncP,
+    p: &Params<T>,
+    spl: &SplBatch,
+    mode: Mode,
+) -> PartialCache<T> {
     let (hh, dd) = (pe.h_hidden, pe.code_dim);
     let j = spl.n_junctions;
     let b = spl.n_cells();
@@ -563,82 +1059,153 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
 
     let counts: Vec<usize> = (0..b).map(|c| spl.indptr[c + 1] - spl.indptr[c]).collect();
     let psi_t = pair_inputs(pe, p, spl);
-    // Work items: runs of whole cells with about ITEM_PAIRS pairs; micro-chunks inside.
-    let micro = pe.chunk.clamp(1, MICRO);
-    let mut items: Vec<(usize, usize)> = Vec::new();
-    let mut start = 0;
-    while start < b {
-        let mut end = start + 1;
-        while end < b && spl.indptr[end + 1] - spl.indptr[start] <= ITEM_PAIRS {
-            end += 1;
-        }
-        items.push((start, end));
-        start = end;
-    }
+    let groups = Groups::build(spl, &psi_t, &fold);
     let dropout = nt.dropout_on(mode);
-    let kw = hh.div_ceil(64);
+    let scale = nt.scale(mode);
+    let hg = nt.group_outputs(&fold, &groups, scale);
+
     let nnz = spl.nnz();
-    let stashed = nnz * (dd + 1) * std::mem::size_of::<T>() <= STASH_MAX_BYTES;
-    let mut keep = vec![0u64; if dropout { nnz * kw } else { 0 }];
-    let mut stash = vec![T::ZERO; if stashed { nnz * (dd + 1) } else { 0 }];
-    // Each work item writes its own pairs' keep bits and stash rows: disjoint slices, in item order.
-    let (mut keep_parts, mut stash_parts) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
-    let (mut keep_rest, mut stash_rest) = (keep.as_mut_slice(), stash.as_mut_slice());
-    for &(c0, c1) in &items {
-        let pairs = spl.indptr[c1] - spl.indptr[c0];
-        let (k, kr) = std::mem::take(&mut keep_rest).split_at_mut(if dropout { pairs * kw } else { 0 });
-        let (st, sr) = std::mem::take(&mut stash_rest).split_at_mut(if stashed { pairs * (dd + 1) } else { 0 });
-        keep_parts.push(k);
-        stash_parts.push(st);
-        keep_rest = kr;
-        stash_rest = sr;
-    }
-    let pooled: Vec<Vec<T>> = items
-        .par_iter()
-        .zip(keep_parts.into_par_iter().zip(stash_parts.into_par_iter()))
-        .map(|(&(c0, c1), (bits, stash))| {
-            let mut acc = vec![T::ZERO; (c1 - c0) * dd];
-            let mut sc = Scratch::new(hh, dd, micro);
-            let (e0, e1) = (spl.indptr[c0], spl.indptr[c1]);
-            let mut cell = c0;
-            let mut s = e0;
-            while s < e1 {
-                let e = (s + micro).min(e1);
-                sc.pairs.clear();
-                sc.pairs.extend(s..e);
-                sc.psi.clear();
-                sc.psi.extend_from_slice(&psi_t[s..e]);
-                sc.jn.clear();
-                sc.jn.extend_from_slice(&spl.junction[s..e]);
-                let keep = if dropout { Keep::Store(&mut bits[(s - e0) * kw..(e - e0) * kw]) } else { Keep::None };
-                nt.first_block(&fold, mode, &mut sc, keep);
-                let rows = if stashed { Some(&mut stash[(s - e0) * (dd + 1)..(e - e0) * (dd + 1)]) } else { None };
-                nt.second_block(&mut sc, rows);
-                // Add each pair's code to its cell in pair order.
-                for q in 0..e - s {
-                    while spl.indptr[cell + 1] <= s + q {
-                        cell += 1;
-                    }
-                    let dst = &mut acc[(cell - c0) * dd..(cell - c0 + 1) * dd];
-                    for (a, &v) in dst.iter_mut().zip(&sc.c[q * dd..(q + 1) * dd]) {
-                        *a += v;
+    let (mut pool, keep, stash) = if mode.training {
+        // Work items: runs of whole junctions, walked in the backward's order so that every per-pair
+        // array is read and written in sequence. Each item pools into its own B × D sums, added in item
+        // order; items of at least 8·B pairs bound those sums to half a value per pair.
+        let items = work_items(&groups.jptr, ITEM_PAIRS.max(8 * b));
+        let kw = hh.div_ceil(64);
+        // Mask index space: pair·Hh_pad + t with Hh_pad a multiple of 4 (4 decisions per hash).
+        let hh_pad = hh.div_ceil(4) * 4;
+        let ds = rng::DropStream::new(mode.seed, rng::streams::PARTIAL_H, nt.dropout);
+        // Only a training pass is followed by a backward.
+        let stashed = nnz * (dd + 1) * std::mem::size_of::<T>() <= STASH_MAX_BYTES;
+        let mut keep = vec![0u64; if dropout { nnz * kw } else { 0 }];
+        let mut stash = vec![T::ZERO; if stashed { nnz * (dd + 1) } else { 0 }];
+        // Each work item writes its own positions' keep words and stash rows: disjoint slices.
+        let (mut keep_parts, mut stash_parts) = (
+            Vec::with_capacity(items.len()),
+            Vec::with_capacity(items.len()),
+        );
+        let (mut keep_rest, mut stash_rest) = (keep.as_mut_slice(), stash.as_mut_slice());
+        for &(j0, j1) in &items {
+            let pairs = groups.jptr[j1] - groups.jptr[j0];
+            let (k, kr) =
+                std::mem::take(&mut keep_rest).split_at_mut(if dropout { pairs * kw } else { 0 });
+            let (st, sr) = std::mem::take(&mut stash_rest).split_at_mut(if stashed {
+                pairs * (dd + 1)
+            } else {
+                0
+            });
+            keep_parts.push(k);
+            stash_parts.push(st);
+            keep_rest = kr;
+            stash_rest = sr;
+        }
+        // The keep bits are hashed in pair order, a micro-chunk of consecutive pairs per call (one call
+        // per pair would cost more than the rest of the pair's work), then copied to positions.
+        let mut by_pair = vec![0u64; if dropout { nnz * kw } else { 0 }];
+        by_pair
+            .par_chunks_mut(MICRO * kw)
+            .enumerate()
+            .for_each(|(ci, out)| {
+                let (s, n) = (ci * MICRO, out.len() / kw);
+                if hh % 64 == 0 {
+                    // Consecutive pairs of exactly kw words each: one call.
+                    ds.fill_bits((s * hh_pad) as u64, n * hh, out);
+                } else {
+                    for q in 0..n {
+                        ds.fill_bits(
+                            ((s + q) * hh_pad) as u64,
+                            hh,
+                            &mut out[q * kw..(q + 1) * kw],
+                        );
                     }
                 }
-                s = e;
-            }
-            acc
-        })
-        .collect();
-    let mut pool = Mat::zeros(b, dd);
-    for (&(c0, _), acc) in items.iter().zip(pooled) {
-        pool.data[c0 * dd..c0 * dd + acc.len()].copy_from_slice(&acc);
-    }
+            });
+        let bg = &fold.bg[..hh];
+        let (g5, be5) = (&nt.g5[..dd], &nt.be5[..dd]);
+        let pooled: Vec<Vec<T>> = items
+            .par_iter()
+            .zip(keep_parts.into_par_iter().zip(stash_parts.into_par_iter()))
+            .map(|(&(j0, j1), (bits, st))| {
+                let mut acc = vec![T::ZERO; b * dd];
+                let (mut h2, mut xh) = (vec![T::ZERO; dd], vec![T::ZERO; dd]);
+                let p0 = groups.jptr[j0];
+                for jj in j0..j1 {
+                    let ug = fold.ug.row(jj);
+                    for p in groups.jptr[jj]..groups.jptr[jj + 1] {
+                        let id = groups.gid_at[p] as usize;
+                        let w: &[u64] = if dropout {
+                            let w = &mut bits[(p - p0) * kw..(p - p0 + 1) * kw];
+                            let e = groups.order[p] as usize;
+                            w.copy_from_slice(&by_pair[e * kw..(e + 1) * kw]);
+                            w
+                        } else {
+                            &[]
+                        };
+                        let (a, be) = (T::from_f64(groups.alpha[id]), T::from_f64(groups.beta[id]));
+                        nt.pair_h2(
+                            &hg[id * dd..(id + 1) * dd],
+                            w,
+                            a,
+                            be,
+                            ug,
+                            bg,
+                            scale,
+                            &mut h2,
+                        );
+                        let inv2 = ln_row(&h2, &mut xh);
+                        let cell = groups.cell_at[p] as usize;
+                        let dst = &mut acc[cell * dd..(cell + 1) * dd];
+                        for t in 0..dd {
+                            let a = xh[t] * g5[t] + be5[t];
+                            dst[t] += if a > T::ZERO { a } else { T::ZERO };
+                        }
+                        if stashed {
+                            let row = &mut st[(p - p0) * (dd + 1)..(p - p0 + 1) * (dd + 1)];
+                            for t in 0..dd {
+                                row[t] = xh[t];
+                            }
+                            row[dd] = inv2;
+                        }
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut pool = Mat::zeros(b, dd);
+        for acc in &pooled {
+            pool.data.iter_mut().zip(acc).for_each(|(a, &v)| *a += v);
+        }
+        drop(pooled);
+        (pool, keep, stash)
+    } else {
+        // Without dropout every pair of a group has the group's code, so a cell's pool is the sum of
+        // its pairs' group codes in pair order: the same bits whichever other cells share the batch.
+        let codes = nt.group_codes(&hg);
+        let mut of_pair = vec![0u32; nnz];
+        for (&e, &g) in groups.order.iter().zip(&groups.gid_at) {
+            of_pair[e as usize] = g;
+        }
+        let mut pool = Mat::zeros(b, dd);
+        pool.data
+            .par_chunks_mut(dd)
+            .enumerate()
+            .for_each(|(c, row)| {
+                for &g in &of_pair[spl.indptr[c]..spl.indptr[c + 1]] {
+                    let code = &codes[g as usize * dd..(g as usize + 1) * dd];
+                    for t in 0..dd {
+                        row[t] += code[t];
+                    }
+                }
+            });
+        (pool, Vec::new(), Vec::new())
+    };
     let h0 = pe.center.map(|_| {
-        let mut sc = Scratch::new(hh, dd, 1);
-        let h0 = nt.reference_fwd(&fold, &mut sc);
+        let h0 = nt.reference_code(&fold, &groups);
         for c in 0..b {
             let n = T::from_f64(counts[c] as f64);
-            pool.row_mut(c).iter_mut().zip(&h0).for_each(|(v, &r)| *v -= n * r);
+            pool.row_mut(c)
+                .iter_mut()
+                .zip(&h0)
+                .for_each(|(v, &r)| *v -= n * r);
         }
         h0
     });
@@ -649,7 +1216,19 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
             pool.row_mut(c).iter_mut().for_each(|v| *v /= n);
         }
     }
-    PartialCache { pool, counts, fhat, fnorm, fold, den, h0, keep, stash }
+    PartialCache {
+        pool,
+        counts,
+        fhat,
+        fnorm,
+        fold,
+        den,
+        h0,
+        keep,
+        stash,
+        groups,
+        hg,
+    }
 }
 
 /// Per-pair inputs ψ (or ψ − ψ̄_j with `partial_center_psi`).
@@ -658,7 +1237,11 @@ fn pair_inputs<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch) -> Vec<
         None => spl.psi.iter().map(|&v| T::from_f32(v)).collect(),
         Some(ci) => {
             let cen = p.get(ci);
-            spl.psi.iter().zip(&spl.junction).map(|(&v, &j)| T::from_f32(v) - cen[j as usize]).collect()
+            spl.psi
+                .iter()
+                .zip(&spl.junction)
+                .map(|(&v, &j)| T::from_f32(v) - cen[j as usize])
+                .collect()
         }
     }
 }
@@ -671,7 +1254,10 @@ fn pool_divisors<T: Real>(pe: &PartialEncP, p: &Params<T>, counts: &[usize]) -> 
             let v = p.get(di)[0].max(T::from_f64(1e-6));
             vec![v; counts.len()]
         }
-        (None, true) => counts.iter().map(|&n| T::from_f64(n.max(1) as f64)).collect(),
+        (None, true) => counts
+            .iter()
+            .map(|&n| T::from_f64(n.max(1) as f64))
+            .collect(),
         (None, false) => vec![T::ONE; counts.len()],
     }
 }
@@ -698,70 +1284,97 @@ pub fn partial_backward<T: Real>(
             dcell.row_mut(c).iter_mut().for_each(|v| *v /= n);
         }
     }
-    // Pairs in junction-major order.
-    let mut cnt = vec![0usize; j + 1];
-    for &jj in &spl.junction {
-        cnt[jj as usize + 1] += 1;
-    }
-    for i in 0..j {
-        cnt[i + 1] += cnt[i];
-    }
-    let mut pos = cnt.clone();
-    let mut order = vec![0usize; nnz];
-    let mut cell_of = vec![0u32; nnz];
-    for c in 0..b {
-        for e in spl.indptr[c]..spl.indptr[c + 1] {
-            let jj = spl.junction[e] as usize;
-            order[pos[jj]] = e;
-            cell_of[e] = c as u32;
-            pos[jj] += 1;
-        }
-    }
-    let psi_t = pair_inputs(pe, p, spl);
+    let groups = &cache.groups;
     let micro = pe.chunk.clamp(1, MICRO);
-    let mut items: Vec<(usize, usize)> = Vec::new();
-    let mut start = 0;
-    while start < j {
-        let mut end = start + 1;
-        while end < j && cnt[end + 1] - cnt[start] <= ITEM_PAIRS {
-            end += 1;
-        }
-        items.push((start, end));
-        start = end;
-    }
+    let items = work_items(&groups.jptr, ITEM_PAIRS);
     let nt = net(pe, p);
+    let dropout = nt.dropout_on(mode);
     assert!(
-        !nt.dropout_on(mode) || nnz == 0 || !cache.keep.is_empty(),
+        !dropout || nnz == 0 || !cache.keep.is_empty(),
         "partial_backward: dropout is on but the forward ran without it (no keep bits)"
     );
+    let scale = nt.scale(mode);
+    let kw = hh.div_ceil(64);
     let fold = &cache.fold;
-    let accs: Vec<BwdAcc<T>> = items
+    let bg = &fold.bg[..hh];
+    let stashed = !cache.stash.is_empty();
+    let sums: Vec<ItemSums<T>> = items
         .par_iter()
         .map(|&(j0, j1)| {
             let mut acc = BwdAcc::new(hh, dd, j0, j1 - j0);
-            let mut sc = Scratch::new(hh, dd, micro);
-            let (p0, p1) = (cnt[j0], cnt[j1]);
-            let mut s = p0;
-            while s < p1 {
-                let e = (s + micro).min(p1);
-                sc.pairs.clear();
-                sc.pairs.extend_from_slice(&order[s..e]);
-                sc.psi.clear();
-                sc.psi.extend(order[s..e].iter().map(|&q| psi_t[q]));
-                sc.jn.clear();
-                sc.jn.extend(order[s..e].iter().map(|&q| spl.junction[q]));
-                let keep = if nt.dropout_on(mode) { Keep::Load(&cache.keep) } else { Keep::None };
-                if cache.stash.is_empty() {
-                    nt.chunk_fwd(fold, mode, &mut sc, keep);
-                } else {
-                    nt.chunk_fwd_stashed(fold, mode, &mut sc, keep, &cache.stash);
+            let (mut s0, mut dcorr0) = (vec![T::ZERO; dd], vec![T::ZERO; hh]);
+            let mut corr_w4t = vec![T::ZERO; if dropout { hh * dd } else { 0 }];
+            let mut gb = GroupBuf::new(hh, dd, micro);
+            let (mut h2, mut xbuf, mut dh2) =
+                (vec![T::ZERO; dd], vec![T::ZERO; dd], vec![T::ZERO; dd]);
+            let mut cur = u32::MAX;
+            for jj in j0..j1 {
+                let ug = fold.ug.row(jj);
+                for p in groups.jptr[jj]..groups.jptr[jj + 1] {
+                    let id = groups.gid_at[p];
+                    let words: &[u64] = if dropout {
+                        &cache.keep[p * kw..(p + 1) * kw]
+                    } else {
+                        &[]
+                    };
+                    let (a, be) = (
+                        T::from_f64(groups.alpha[id as usize]),
+                        T::from_f64(groups.beta[id as usize]),
+                    );
+                    let inv2 = if stashed {
+                        let row = &cache.stash[p * (dd + 1)..(p + 1) * (dd + 1)];
+                        for t in 0..dd {
+                            xbuf[t] = row[t];
+                        }
+                        row[dd]
+                    } else {
+                        let id = id as usize;
+                        nt.pair_h2(
+                            &cache.hg[id * dd..(id + 1) * dd],
+                            words,
+                            a,
+                            be,
+                            ug,
+                            bg,
+                            scale,
+                            &mut h2,
+                        );
+                        ln_row(&h2, &mut xbuf)
+                    };
+                    nt.pair_bwd(
+                        &xbuf,
+                        inv2,
+                        dcell.row(groups.cell_at[p] as usize),
+                        &mut acc.small,
+                        &mut dh2,
+                    );
+                    let (srow, dcorr): (&mut [T], &mut [T]) = if id == 0 {
+                        (&mut s0, &mut dcorr0)
+                    } else {
+                        if id != cur {
+                            if gb.ids.len() == gb.cap {
+                                nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
+                            }
+                            gb.push(id);
+                            cur = id;
+                        }
+                        gb.last_mut()
+                    };
+                    for t in 0..dd {
+                        srow[t] += dh2[t];
+                    }
+                    if dropout {
+                        nt.drop_bwd(words, a, be, ug, bg, scale, &dh2, &mut corr_w4t, dcorr);
+                    }
                 }
-                let pairs = std::mem::take(&mut sc.pairs);
-                nt.chunk_bwd(fold, mode, &mut sc, |q| dcell.row(cell_of[pairs[q]] as usize), &mut acc);
-                sc.pairs = pairs;
-                s = e;
             }
-            acc
+            nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
+            ItemSums {
+                acc,
+                s0,
+                dcorr0,
+                corr_w4t,
+            }
         })
         .collect();
     // Merge in item order: [R | be1 | W4 | b4 | g5 | be5], Q_j, the per-junction and global scalars.
@@ -769,6 +1382,8 @@ pub fn partial_backward<T: Real>(
     let mut q = Mat::zeros(j, hh);
     let mut cj = vec![[0.0f64; 4]; j];
     let (mut e1, mut e3) = (0.0f64, 0.0f64);
+    let (mut s0, mut dcorr0, mut corr_w4t) =
+        (vec![T::ZERO; dd], vec![T::ZERO; hh], vec![T::ZERO; hh * dd]);
     let mut merge = |acc: &BwdAcc<T>, small: &mut Vec<T>, with_junctions: bool| {
         small.iter_mut().zip(&acc.small).for_each(|(a, &v)| *a += v);
         e1 += acc.e1;
@@ -778,21 +1393,58 @@ pub fn partial_backward<T: Real>(
             cj[acc.j0..acc.j0 + acc.c.len()].copy_from_slice(&acc.c);
         }
     };
-    for acc in &accs {
-        merge(acc, &mut small, true);
+    for it in &sums {
+        merge(&it.acc, &mut small, true);
+        s0.iter_mut().zip(&it.s0).for_each(|(a, &v)| *a += v);
+        dcorr0
+            .iter_mut()
+            .zip(&it.dcorr0)
+            .for_each(|(a, &v)| *a += v);
+        corr_w4t
+            .iter_mut()
+            .zip(&it.corr_w4t)
+            .for_each(|(a, &v)| *a += v);
     }
-    // The reference code: pool_i −= n_i · h(0), so d h(0) = −Σ_i n_i · dcell_i. Its pair has ψ = 0, so it
-    // adds nothing to Q_j or the per-junction scalars.
+    drop(sums);
+    // The dropped units' share of the W4 gradient, counted as kept in the groups' outer products.
+    if dropout {
+        let sw4 = &mut small[2 * hh..2 * hh + dd * hh];
+        for t in 0..hh {
+            for k in 0..dd {
+                sw4[k * hh + t] -= corr_w4t[t * dd + k];
+            }
+        }
+    }
+    // The input-0 group, whose pairs every item saw.
+    if groups.n_zero > 0 {
+        let mut gb = GroupBuf::new(hh, dd, 1);
+        gb.push(0);
+        let (sr, dc) = gb.last_mut();
+        sr.copy_from_slice(&s0);
+        dc.copy_from_slice(&dcorr0);
+        let mut acc = BwdAcc::new(hh, dd, 0, 1);
+        nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
+        merge(&acc, &mut small, false);
+    }
+    // The reference code: pool_i −= n_i · h(0), so d h(0) = −Σ_i n_i · dcell_i. Its pair has ψ = 0 and
+    // no dropout, so it adds nothing to Q_j or the per-junction scalars.
     if cache.h0.is_some() {
         let mut dh0 = vec![T::ZERO; dd];
         for c in 0..b {
             let n = T::from_f64(cache.counts[c] as f64);
-            dh0.iter_mut().zip(dcell.row(c)).for_each(|(a, &v)| *a -= n * v);
+            dh0.iter_mut()
+                .zip(dcell.row(c))
+                .for_each(|(a, &v)| *a -= n * v);
         }
-        let mut sc = Scratch::new(hh, dd, 1);
-        nt.reference_fwd(fold, &mut sc);
+        let h2 = nt.reference_h2(fold, groups);
+        let mut xh = vec![T::ZERO; dd];
+        let inv2 = ln_row(&h2, &mut xh);
         let mut acc = BwdAcc::new(hh, dd, 0, 1);
-        nt.chunk_bwd(fold, Mode { training: false, seed: 0 }, &mut sc, |_| dh0.as_slice(), &mut acc);
+        let mut gb = GroupBuf::new(hh, dd, 1);
+        gb.push(0);
+        let (sr, _) = gb.last_mut();
+        nt.pair_bwd(&xh, inv2, &dh0, &mut acc.small, sr);
+        nt.groups_bwd(fold, groups, &mut gb, T::ONE, false, &mut acc);
         merge(&acc, &mut small, false);
     }
     // Unfold the first block (see `Fold`):
@@ -802,14 +1454,20 @@ pub fn partial_backward<T: Real>(
     let g1 = nt.g1;
     let (sr, rest) = small.split_at(hh);
     let mut du = Mat::zeros(j, hh);
-    du.data.par_chunks_mut(hh).enumerate().for_each(|(jj, row)| {
-        let (qj, ut, c) = (q.row(jj), fold.ut.row(jj), &cj[jj]);
-        for t in 0..hh {
-            row[t] = T::from_f64(
-                g1[t].to_f64() * qj[t].to_f64() - c[0] - c[1] * ut[t].to_f64() - c[2] * fold.bt[t].to_f64(),
-            );
-        }
-    });
+    du.data
+        .par_chunks_mut(hh)
+        .enumerate()
+        .for_each(|(jj, row)| {
+            let (qj, ut, c) = (q.row(jj), fold.ut.row(jj), &cj[jj]);
+            for t in 0..hh {
+                row[t] = T::from_f64(
+                    g1[t].to_f64() * qj[t].to_f64()
+                        - c[0]
+                        - c[1] * ut[t].to_f64()
+                        - c[2] * fold.bt[t].to_f64(),
+                );
+            }
+        });
     let mut db0 = vec![0.0f64; hh];
     let mut dg1 = vec![0.0f64; hh];
     for jj in 0..j {

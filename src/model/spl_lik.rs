@@ -117,7 +117,11 @@ impl AtseGroups {
                 Ok((sizes, ord.into_iter().map(|x| x.1 as u32).collect()))
             })
             .collect();
-        let mut g = AtseGroups { cell_ptr: vec![0], grp_ptr: vec![0], ord: Vec::with_capacity(spl.nnz()) };
+        let mut g = AtseGroups {
+            cell_ptr: vec![0],
+            grp_ptr: vec![0],
+            ord: Vec::with_capacity(spl.nnz()),
+        };
         for r in per_cell {
             let (sizes, ord) = r?;
             for s in sizes {
@@ -174,7 +178,11 @@ pub fn splicing_cell<T: Real>(
             let mut idx: Vec<usize> = Vec::new();
             for g in groups.cell_ptr[i]..groups.cell_ptr[i + 1] {
                 idx.clear();
-                idx.extend(groups.ord[groups.grp_ptr[g]..groups.grp_ptr[g + 1]].iter().map(|&e| e as usize - r.start));
+                idx.extend(
+                    groups.ord[groups.grp_ptr[g]..groups.grp_ptr[g + 1]]
+                        .iter()
+                        .map(|&e| e as usize - r.start),
+                );
                 let c = phi[conc.target(spl.junction[r.start + idx[0]] as usize, junc2atse)];
                 ll += dm_group(&idx, r.start, spl, logits, c, w, gl, gc, pe, &mut sc);
             }
@@ -188,8 +196,12 @@ pub fn splicing_cell<T: Real>(
                     SplicingLoss::Binomial => lik::binomial(k, n, praw),
                     SplicingLoss::Bce => lik::bce(T::from_f32(spl.psi[e]), praw),
                     _ => {
-                        let (l1, dp, dphi) =
-                            lik::beta_binomial(k, n, praw, phi[conc.target(spl.junction[e] as usize, junc2atse)]);
+                        let (l1, dp, dphi) = lik::beta_binomial(
+                            k,
+                            n,
+                            praw,
+                            phi[conc.target(spl.junction[e] as usize, junc2atse)],
+                        );
                         gc[q] = -w * dphi;
                         (l1, dp)
                     }
@@ -224,7 +236,9 @@ pub fn splicing_loss<T: Real>(
             let mut gl = vec![T::ZERO; m];
             let mut gc = vec![T::ZERO; m];
             let mut pe = vec![T::ZERO; m];
-            let rl = splicing_cell(kind, conc, spl, groups, junc2atse, i, logits, &phi, w, &mut gl, &mut gc, &mut pe);
+            let rl = splicing_cell(
+                kind, conc, spl, groups, junc2atse, i, logits, &phi, w, &mut gl, &mut gc, &mut pe,
+            );
             (rl, gl, gc, pe)
         })
         .collect();
@@ -286,7 +300,16 @@ fn dm_group<T: Real>(
     sc: &mut DmScratch<T>,
 ) -> f64 {
     let m = idx.len();
-    for v in [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.ex, &mut sc.p, &mut sc.pc, &mut sc.alpha, &mut sc.dp] {
+    for v in [
+        &mut sc.praw,
+        &mut sc.q,
+        &mut sc.lg,
+        &mut sc.ex,
+        &mut sc.p,
+        &mut sc.pc,
+        &mut sc.alpha,
+        &mut sc.dp,
+    ] {
         v.clear();
         v.resize(m, T::ZERO);
     }
@@ -334,7 +357,11 @@ fn dm_group<T: Real>(
     }
     let s_alpha: T = sc.alpha.iter().copied().sum();
     let mut ll = 0f64;
-    let (l_atse, d_atse) = if big_n > T::ZERO { lik::nbetaln(big_n, s_alpha) } else { (T::ZERO, T::ZERO) };
+    let (l_atse, d_atse) = if big_n > T::ZERO {
+        lik::nbetaln(big_n, s_alpha)
+    } else {
+        (T::ZERO, T::ZERO)
+    };
     ll += l_atse.to_f64();
     let mut spdp = T::ZERO;
     for t in 0..m {
