@@ -369,9 +369,9 @@ pub struct PartialCache<T> {
     pub stash: Vec<T>,
     /// The pairs' groups (see [`Groups`]).
     pub groups: Groups<T>,
-    /// G × D: W₄·(scale·r_g) of each group, the second Linear's output (bias excluded) of a pair of the
-    /// group whose dropout keeps every unit.
-    pub hg: Vec<T>,
+    /// Per group: W₄·(scale·r_g), the second Linear's output (bias excluded) of a pair of the group
+    /// whose dropout keeps every unit; scale·r_g; the units with r_g > 0.
+    pub go: GroupOut<T>,
 }
 
 impl<T> PartialCache<T> {
@@ -472,6 +472,93 @@ impl<T: Real> GroupBuf<T> {
     }
 }
 
+/// Per group: W₄·(scale·r) (G × D), scale·r (G × Hh) and the units with r > 0 (G × ⌈Hh/64⌉ words).
+#[derive(Clone, Debug, Default)]
+pub struct GroupOut<T> {
+    pub hg: Vec<T>,
+    pub hr: Vec<T>,
+    pub rpos: Vec<u64>,
+}
+
+impl<T> GroupOut<T> {
+    fn row(&self, g: usize, hh: usize, dd: usize) -> GroupRow<'_, T> {
+        let kw = hh.div_ceil(64);
+        GroupRow {
+            hg: &self.hg[g * dd..(g + 1) * dd],
+            hr: &self.hr[g * hh..(g + 1) * hh],
+            rpos: &self.rpos[g * kw..(g + 1) * kw],
+        }
+    }
+}
+
+/// One group's rows of [`GroupOut`].
+#[derive(Clone, Copy)]
+struct GroupRow<'a, T> {
+    hg: &'a [T],
+    hr: &'a [T],
+    rpos: &'a [u64],
+}
+
+/// A group's pairs' d(h2) summed per dropped unit (Hh × D, only the `touched` units non-zero): what
+/// the dropped units take from the group's W₄ gradient and d(d1), applied once per group by
+/// [`DropSums::finish`] instead of once per pair.
+struct DropSums<T> {
+    sums: Vec<T>,
+    touched: Vec<u64>,
+}
+
+impl<T: Real> DropSums<T> {
+    fn new(hh: usize, dd: usize) -> Self {
+        DropSums {
+            sums: vec![T::ZERO; hh * dd],
+            touched: vec![0; hh.div_ceil(64)],
+        }
+    }
+
+    /// Adds a pair's d(h2) to each of its dropped units with r > 0.
+    #[inline]
+    fn add(&mut self, words: &[u64], rpos: &[u64], dh2: &[T]) {
+        let dd = dh2.len();
+        for (w, ((&word, &pos), tw)) in words
+            .iter()
+            .zip(rpos)
+            .zip(self.touched.iter_mut())
+            .enumerate()
+        {
+            let mut dropped = !word & pos;
+            *tw |= dropped;
+            while dropped != 0 {
+                let t = w * 64 + dropped.trailing_zeros() as usize;
+                dropped &= dropped - 1;
+                let row = &mut self.sums[t * dd..(t + 1) * dd];
+                for k in 0..dd {
+                    row[k] += dh2[k];
+                }
+            }
+        }
+    }
+
+    /// For each touched unit t with sum σ_t: ⟨W₄[:, t], σ_t⟩ into the group's d(d1) correction
+    /// `dcorr` and (scale·r_t)·σ_t into the W₄ correction row t; then clears the sums.
+    fn finish(&mut self, w4t: &[T], hr: &[T], dcorr: &mut [T], corr_w4t: &mut [T]) {
+        let dd = w4t.len() / hr.len();
+        for (w, tw) in self.touched.iter_mut().enumerate() {
+            let mut bits = std::mem::take(tw);
+            while bits != 0 {
+                let t = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let row = &mut self.sums[t * dd..(t + 1) * dd];
+                dcorr[t] += dot8(&w4t[t * dd..(t + 1) * dd], row);
+                let (s, cw) = (hr[t], &mut corr_w4t[t * dd..(t + 1) * dd]);
+                for k in 0..dd {
+                    cw[k] += s * row[k];
+                    row[k] = T::ZERO;
+                }
+            }
+        }
+    }
+}
+
 /// Backward accumulators of one work item (junctions j0 .. j0 + q.len()/Hh).
 struct BwdAcc<T> {
     /// [R | be1 | W4 | b4 | g5 | be5] with R = Σ β·d(a1).
@@ -551,48 +638,53 @@ impl<T: Real> Net<'_, T> {
     }
 
     /// W₄·(scale·r_g) of every group (G × D, bias excluded).
-    fn group_outputs(&self, fold: &Fold<T>, groups: &Groups<T>, scale: T) -> Vec<T> {
+    fn group_outputs(&self, fold: &Fold<T>, groups: &Groups<T>, scale: T) -> GroupOut<T> {
         let (hh, dd, ng) = (self.hh, self.dd, groups.len());
-        let mut hg = vec![T::ZERO; ng * dd];
-        hg.par_chunks_mut(MICRO * dd)
+        let kw = hh.div_ceil(64);
+        let mut out = GroupOut {
+            hg: vec![T::ZERO; ng * dd],
+            hr: vec![T::ZERO; ng * hh],
+            rpos: vec![0u64; ng * kw],
+        };
+        out.hg
+            .par_chunks_mut(MICRO * dd)
+            .zip(
+                out.hr
+                    .par_chunks_mut(MICRO * hh)
+                    .zip(out.rpos.par_chunks_mut(MICRO * kw)),
+            )
             .enumerate()
-            .for_each(|(ci, out)| {
-                let n = out.len() / dd;
+            .for_each(|(ci, (hg, (hr, rpos)))| {
+                let n = hg.len() / dd;
                 let ids: Vec<u32> = (ci * MICRO..ci * MICRO + n).map(|g| g as u32).collect();
-                let mut d1 = vec![T::ZERO; n * hh];
-                self.group_rows(fold, groups, &ids, scale, &mut d1);
-                matmul_nt_serial(&d1, n, hh, self.w4, dd, out);
+                self.group_rows(fold, groups, &ids, scale, hr);
+                matmul_nt_serial(hr, n, hh, self.w4, dd, hg);
+                for q in 0..n {
+                    for t in 0..hh {
+                        if hr[q * hh + t] > T::ZERO {
+                            rpos[q * kw + t / 64] |= 1 << (t % 64);
+                        }
+                    }
+                }
             });
-        hg
+        out
     }
 
-    /// The second Linear's output of one pair: its group's W₄·(scale·r) plus the bias, less each
-    /// dropped unit's share (scale·r_t)·W₄[:, t] for the units with r_t > 0.
-    #[allow(clippy::too_many_arguments)]
+    /// The second Linear's output of one pair of group g: the group's W₄·(scale·r) plus the bias,
+    /// less each dropped unit's share (scale·r_t)·W₄[:, t], for the units with r_t > 0 (`rpos`).
     #[inline]
-    fn pair_h2(
-        &self,
-        hg: &[T],
-        words: &[u64],
-        a: T,
-        b: T,
-        ug: &[T],
-        bg: &[T],
-        scale: T,
-        out: &mut [T],
-    ) {
-        let (hh, dd) = (self.hh, self.dd);
-        let (out, hg, b4) = (&mut out[..dd], &hg[..dd], &self.b4[..dd]);
+    fn pair_h2(&self, g: GroupRow<'_, T>, words: &[u64], out: &mut [T]) {
+        let dd = self.dd;
+        let (out, hg, b4) = (&mut out[..dd], &g.hg[..dd], &self.b4[..dd]);
         for t in 0..dd {
             out[t] = hg[t] + b4[t];
         }
-        for (w, &word) in words.iter().enumerate() {
-            let mut dropped = !word & valid_bits(hh, w);
+        for (w, (&word, &pos)) in words.iter().zip(g.rpos).enumerate() {
+            let mut dropped = !word & pos;
             while dropped != 0 {
                 let t = w * 64 + dropped.trailing_zeros() as usize;
                 dropped &= dropped - 1;
-                // Units the ReLU zeroed remove nothing (s = 0): no branch on the sign.
-                let s = (a * ug[t] + (b * bg[t] + self.be1[t])).max(T::ZERO) * scale;
+                let s = g.hr[t];
                 let col = &self.w4t[t * dd..(t + 1) * dd];
                 for k in 0..dd {
                     out[k] -= s * col[k];
@@ -627,42 +719,6 @@ impl<T: Real> Net<'_, T> {
         ln_row_bwd(xh, inv2, dh2);
         for t in 0..dd {
             sb4[t] += dh2[t];
-        }
-    }
-
-    /// What a pair's dropped units take from its group's sums: for each dropped unit t with r_t > 0,
-    /// (scale·r_t)·d(h2) into the W₄ correction row t and ⟨W₄[:, t], d(h2)⟩ into the group's d(d1)
-    /// correction.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn drop_bwd(
-        &self,
-        words: &[u64],
-        a: T,
-        b: T,
-        ug: &[T],
-        bg: &[T],
-        scale: T,
-        dh2: &[T],
-        corr_w4t: &mut [T],
-        dcorr: &mut [T],
-    ) {
-        let (hh, dd) = (self.hh, self.dd);
-        let dh2 = &dh2[..dd];
-        for (w, &word) in words.iter().enumerate() {
-            let mut dropped = !word & valid_bits(hh, w);
-            while dropped != 0 {
-                let t = w * 64 + dropped.trailing_zeros() as usize;
-                dropped &= dropped - 1;
-                let v = a * ug[t] + (b * bg[t] + self.be1[t]);
-                let s = v.max(T::ZERO) * scale;
-                let cw = &mut corr_w4t[t * dd..(t + 1) * dd];
-                for k in 0..dd {
-                    cw[k] += s * dh2[k];
-                }
-                // (d(a1) of a unit with r ≤ 0 is masked out later, whatever is added here.)
-                dcorr[t] += dot8(&self.w4t[t * dd..(t + 1) * dd], dh2);
-            }
         }
     }
 
@@ -812,17 +868,6 @@ impl<T: Real> Net<'_, T> {
         matmul_nt_serial(&d1, 1, hh, self.w4, dd, &mut h2);
         h2.iter_mut().zip(self.b4).for_each(|(v, &b)| *v += b);
         h2
-    }
-}
-
-/// The bits of keep word `w` that hold units (below Hh).
-#[inline]
-fn valid_bits(hh: usize, w: usize) -> u64 {
-    let left = hh - 64 * w;
-    if left >= 64 {
-        !0
-    } else {
-        (1u64 << left) - 1
     }
 }
 
@@ -1062,7 +1107,7 @@ pub fn partial_forward<T: Real>(
     let groups = Groups::build(spl, &psi_t, &fold);
     let dropout = nt.dropout_on(mode);
     let scale = nt.scale(mode);
-    let hg = nt.group_outputs(&fold, &groups, scale);
+    let go = nt.group_outputs(&fold, &groups, scale);
 
     let nnz = spl.nnz();
     let (mut pool, keep, stash) = if mode.training {
@@ -1119,7 +1164,6 @@ pub fn partial_forward<T: Real>(
                     }
                 }
             });
-        let bg = &fold.bg[..hh];
         let (g5, be5) = (&nt.g5[..dd], &nt.be5[..dd]);
         let pooled: Vec<Vec<T>> = items
             .par_iter()
@@ -1128,43 +1172,35 @@ pub fn partial_forward<T: Real>(
                 let mut acc = vec![T::ZERO; b * dd];
                 let (mut h2, mut xh) = (vec![T::ZERO; dd], vec![T::ZERO; dd]);
                 let p0 = groups.jptr[j0];
-                for jj in j0..j1 {
-                    let ug = fold.ug.row(jj);
-                    for p in groups.jptr[jj]..groups.jptr[jj + 1] {
-                        let id = groups.gid_at[p] as usize;
-                        let w: &[u64] = if dropout {
-                            let w = &mut bits[(p - p0) * kw..(p - p0 + 1) * kw];
-                            let e = groups.order[p] as usize;
-                            w.copy_from_slice(&by_pair[e * kw..(e + 1) * kw]);
-                            w
-                        } else {
-                            &[]
-                        };
-                        let (a, be) = (T::from_f64(groups.alpha[id]), T::from_f64(groups.beta[id]));
-                        nt.pair_h2(
-                            &hg[id * dd..(id + 1) * dd],
-                            w,
-                            a,
-                            be,
-                            ug,
-                            bg,
-                            scale,
-                            &mut h2,
+                for p in groups.jptr[j0]..groups.jptr[j1] {
+                    let id = groups.gid_at[p] as usize;
+                    let w: &[u64] = if dropout {
+                        let (w, e) = (
+                            &mut bits[(p - p0) * kw..(p - p0 + 1) * kw],
+                            groups.order[p] as usize,
                         );
-                        let inv2 = ln_row(&h2, &mut xh);
-                        let cell = groups.cell_at[p] as usize;
-                        let dst = &mut acc[cell * dd..(cell + 1) * dd];
+                        // (Word by word: a copy_from_slice of one word is a memcpy call.)
+                        for k in 0..kw {
+                            w[k] = by_pair[e * kw + k];
+                        }
+                        w
+                    } else {
+                        &[]
+                    };
+                    nt.pair_h2(go.row(id, hh, dd), w, &mut h2);
+                    let inv2 = ln_row(&h2, &mut xh);
+                    let cell = groups.cell_at[p] as usize;
+                    let dst = &mut acc[cell * dd..(cell + 1) * dd];
+                    for t in 0..dd {
+                        let a = xh[t] * g5[t] + be5[t];
+                        dst[t] += if a > T::ZERO { a } else { T::ZERO };
+                    }
+                    if stashed {
+                        let row = &mut st[(p - p0) * (dd + 1)..(p - p0 + 1) * (dd + 1)];
                         for t in 0..dd {
-                            let a = xh[t] * g5[t] + be5[t];
-                            dst[t] += if a > T::ZERO { a } else { T::ZERO };
+                            row[t] = xh[t];
                         }
-                        if stashed {
-                            let row = &mut st[(p - p0) * (dd + 1)..(p - p0 + 1) * (dd + 1)];
-                            for t in 0..dd {
-                                row[t] = xh[t];
-                            }
-                            row[dd] = inv2;
-                        }
+                        row[dd] = inv2;
                     }
                 }
                 acc
@@ -1179,7 +1215,7 @@ pub fn partial_forward<T: Real>(
     } else {
         // Without dropout every pair of a group has the group's code, so a cell's pool is the sum of
         // its pairs' group codes in pair order: the same bits whichever other cells share the batch.
-        let codes = nt.group_codes(&hg);
+        let codes = nt.group_codes(&go.hg);
         let mut of_pair = vec![0u32; nnz];
         for (&e, &g) in groups.order.iter().zip(&groups.gid_at) {
             of_pair[e as usize] = g;
@@ -1227,7 +1263,7 @@ pub fn partial_forward<T: Real>(
         keep,
         stash,
         groups,
-        hg,
+        go,
     }
 }
 
@@ -1296,7 +1332,6 @@ pub fn partial_backward<T: Real>(
     let scale = nt.scale(mode);
     let kw = hh.div_ceil(64);
     let fold = &cache.fold;
-    let bg = &fold.bg[..hh];
     let stashed = !cache.stash.is_empty();
     let sums: Vec<ItemSums<T>> = items
         .par_iter()
@@ -1305,70 +1340,75 @@ pub fn partial_backward<T: Real>(
             let (mut s0, mut dcorr0) = (vec![T::ZERO; dd], vec![T::ZERO; hh]);
             let mut corr_w4t = vec![T::ZERO; if dropout { hh * dd } else { 0 }];
             let mut gb = GroupBuf::new(hh, dd, micro);
+            // The dropped units' sums of the current group and of the input-0 group.
+            let (mut drop_cur, mut drop0) = (DropSums::new(hh, dd), DropSums::new(hh, dd));
             let (mut h2, mut xbuf, mut dh2) =
                 (vec![T::ZERO; dd], vec![T::ZERO; dd], vec![T::ZERO; dd]);
             let mut cur = u32::MAX;
-            for jj in j0..j1 {
-                let ug = fold.ug.row(jj);
-                for p in groups.jptr[jj]..groups.jptr[jj + 1] {
-                    let id = groups.gid_at[p];
-                    let words: &[u64] = if dropout {
-                        &cache.keep[p * kw..(p + 1) * kw]
-                    } else {
-                        &[]
-                    };
-                    let (a, be) = (
-                        T::from_f64(groups.alpha[id as usize]),
-                        T::from_f64(groups.beta[id as usize]),
-                    );
-                    let inv2 = if stashed {
-                        let row = &cache.stash[p * (dd + 1)..(p + 1) * (dd + 1)];
-                        for t in 0..dd {
-                            xbuf[t] = row[t];
-                        }
-                        row[dd]
-                    } else {
-                        let id = id as usize;
-                        nt.pair_h2(
-                            &cache.hg[id * dd..(id + 1) * dd],
-                            words,
-                            a,
-                            be,
-                            ug,
-                            bg,
-                            scale,
-                            &mut h2,
-                        );
-                        ln_row(&h2, &mut xbuf)
-                    };
-                    nt.pair_bwd(
-                        &xbuf,
-                        inv2,
-                        dcell.row(groups.cell_at[p] as usize),
-                        &mut acc.small,
-                        &mut dh2,
-                    );
-                    let (srow, dcorr): (&mut [T], &mut [T]) = if id == 0 {
-                        (&mut s0, &mut dcorr0)
-                    } else {
-                        if id != cur {
-                            if gb.ids.len() == gb.cap {
-                                nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
-                            }
-                            gb.push(id);
-                            cur = id;
-                        }
-                        gb.last_mut()
-                    };
+            for p in groups.jptr[j0]..groups.jptr[j1] {
+                let id = groups.gid_at[p];
+                let g = cache.go.row(id as usize, hh, dd);
+                let words: &[u64] = if dropout {
+                    &cache.keep[p * kw..(p + 1) * kw]
+                } else {
+                    &[]
+                };
+                let (xh, inv2): (&[T], T) = if stashed {
+                    let row = &cache.stash[p * (dd + 1)..(p + 1) * (dd + 1)];
+                    (&row[..dd], row[dd])
+                } else {
+                    nt.pair_h2(g, words, &mut h2);
+                    let inv2 = ln_row(&h2, &mut xbuf);
+                    (&xbuf, inv2)
+                };
+                nt.pair_bwd(
+                    xh,
+                    inv2,
+                    dcell.row(groups.cell_at[p] as usize),
+                    &mut acc.small,
+                    &mut dh2,
+                );
+                if id == 0 {
                     for t in 0..dd {
-                        srow[t] += dh2[t];
+                        s0[t] += dh2[t];
                     }
                     if dropout {
-                        nt.drop_bwd(words, a, be, ug, bg, scale, &dh2, &mut corr_w4t, dcorr);
+                        drop0.add(words, g.rpos, &dh2);
                     }
+                    continue;
+                }
+                if id != cur {
+                    if cur != u32::MAX && dropout {
+                        let hr = cache.go.row(cur as usize, hh, dd).hr;
+                        drop_cur.finish(&nt.w4t, hr, gb.last_mut().1, &mut corr_w4t);
+                    }
+                    if gb.ids.len() == gb.cap {
+                        nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
+                    }
+                    gb.push(id);
+                    cur = id;
+                }
+                let srow = gb.last_mut().0;
+                for t in 0..dd {
+                    srow[t] += dh2[t];
+                }
+                if dropout {
+                    drop_cur.add(words, g.rpos, &dh2);
                 }
             }
+            if cur != u32::MAX && dropout {
+                let hr = cache.go.row(cur as usize, hh, dd).hr;
+                drop_cur.finish(&nt.w4t, hr, gb.last_mut().1, &mut corr_w4t);
+            }
             nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
+            if dropout {
+                drop0.finish(
+                    &nt.w4t,
+                    cache.go.row(0, hh, dd).hr,
+                    &mut dcorr0,
+                    &mut corr_w4t,
+                );
+            }
             ItemSums {
                 acc,
                 s0,
