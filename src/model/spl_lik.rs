@@ -175,16 +175,17 @@ pub fn splicing_cell<T: Real>(
         SplicingLoss::DirichletMultinomial => {
             let groups = groups.expect("the Dirichlet-multinomial loss needs the ATSE grouping");
             let mut sc = DmScratch::default();
-            let mut idx: Vec<usize> = Vec::new();
-            for g in groups.cell_ptr[i]..groups.cell_ptr[i + 1] {
-                idx.clear();
-                idx.extend(
-                    groups.ord[groups.grp_ptr[g]..groups.grp_ptr[g + 1]]
-                        .iter()
-                        .map(|&e| e as usize - r.start),
-                );
-                let c = phi[conc.target(spl.junction[r.start + idx[0]] as usize, junc2atse)];
-                ll += dm_group(&idx, r.start, spl, logits, c, w, gl, gc, pe, &mut sc);
+            let (g0, g1) = (groups.cell_ptr[i], groups.cell_ptr[i + 1]);
+            let (o0, o1) = (groups.grp_ptr[g0], groups.grp_ptr[g1]);
+            // The cell's entries in group order, as offsets into its slices.
+            sc.idx.clear();
+            sc.idx
+                .extend(groups.ord[o0..o1].iter().map(|&e| e as usize - r.start));
+            dm_cell_probs(&groups.grp_ptr[g0..=g1], r.start, logits, &mut sc);
+            for g in g0..g1 {
+                let (s, e) = (groups.grp_ptr[g] - o0, groups.grp_ptr[g + 1] - o0);
+                let c = phi[conc.target(spl.junction[r.start + sc.idx[s]] as usize, junc2atse)];
+                ll += dm_group(s..e, r.start, spl, c, w, gl, gc, pe, &mut sc);
             }
         }
         SplicingLoss::Binomial | SplicingLoss::BetaBinomial | SplicingLoss::Bce => {
@@ -269,45 +270,40 @@ pub fn dm_probs<T: Real>(raw: &[T], out: &mut Vec<T>) {
     out.iter_mut().for_each(|v| *v = (*v - lse).exp());
 }
 
-/// Per-cell scratch of `dm_group` (reused across the cell's ATSEs).
+/// Per-cell arrays of the Dirichlet-multinomial, entries in the cell's group order.
 #[derive(Default)]
 struct DmScratch<T> {
+    /// Offsets of the entries in the cell's slices.
+    idx: Vec<usize>,
     praw: Vec<T>,
     q: Vec<T>,
     qpass: Vec<bool>,
     lg: Vec<T>,
+    /// The group's arg-max of lg (an entry offset in group order) and e^(lg − max).
+    amax: Vec<usize>,
     ex: Vec<T>,
+    /// Per entry, its group's sum of `ex` and the log-sum-exp input sum + 1e-8.
+    sum: Vec<T>,
+    se: Vec<T>,
     p: Vec<T>,
-    pc: Vec<T>,
-    pcpass: Vec<bool>,
-    alpha: Vec<T>,
     dp: Vec<T>,
 }
 
-/// One ATSE of one cell for the Dirichlet-multinomial: returns ll and writes d(RL)/d(logit),
-/// d(RL)/d(c) contributions and p for the group's entries (`idx` are offsets from `base`).
-#[allow(clippy::too_many_arguments)]
-fn dm_group<T: Real>(
-    idx: &[usize],
-    base: usize,
-    spl: &SplBatch,
-    logits: &[T],
-    c: T,
-    w: T,
-    gl: &mut [T],
-    gc: &mut [T],
-    pe: &mut [T],
-    sc: &mut DmScratch<T>,
-) -> f64 {
-    let m = idx.len();
+/// The within-ATSE probabilities of a cell's entries (§2.7 e) in passes over the whole cell, so that
+/// the exp / ln of every entry vectorise (`Real::exp_v` / `ln_v`): raw sigmoid, clamp, logit, then
+/// the per-group max and log-sum-exp, then p. `grp` are the cell's group bounds (absolute, first = the
+/// cell's first entry), `sc.idx` the entries' offsets from `base`.
+fn dm_cell_probs<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmScratch<T>) {
+    let m = sc.idx.len();
+    let o0 = grp[0];
     for v in [
         &mut sc.praw,
         &mut sc.q,
         &mut sc.lg,
         &mut sc.ex,
+        &mut sc.sum,
+        &mut sc.se,
         &mut sc.p,
-        &mut sc.pc,
-        &mut sc.alpha,
         &mut sc.dp,
     ] {
         v.clear();
@@ -315,12 +311,18 @@ fn dm_group<T: Real>(
     }
     sc.qpass.clear();
     sc.qpass.resize(m, true);
-    sc.pcpass.clear();
-    sc.pcpass.resize(m, true);
+    sc.amax.clear();
+    sc.amax.resize(m, 0);
+    for t in 0..m {
+        sc.praw[t] = logits[base + sc.idx[t]];
+    }
+    for x in sc.praw.iter_mut() {
+        *x = T::ONE / (T::ONE + (-*x).exp_v());
+    }
     let (lo, hi) = (T::from_f64(DM_Q_EPS), T::ONE - T::from_f64(DM_Q_EPS));
     for t in 0..m {
-        let pr = sigmoid(logits[base + idx[t]]);
-        sc.praw[t] = pr;
+        let pr = sc.praw[t];
+        // (Comparisons, not max/min: a NaN logit must stay NaN and reach the loss's finiteness check.)
         let (qq, ps) = if pr < lo {
             (lo, false)
         } else if pr > hi {
@@ -330,32 +332,70 @@ fn dm_group<T: Real>(
         };
         sc.q[t] = qq;
         sc.qpass[t] = ps;
-        sc.lg[t] = (qq / (T::ONE - qq)).ln();
+        sc.lg[t] = qq / (T::ONE - qq);
     }
-    let mut amax = 0;
-    for t in 1..m {
-        if sc.lg[t] > sc.lg[amax] {
-            amax = t;
+    for v in sc.lg.iter_mut() {
+        *v = v.ln_v();
+    }
+    // Per group: the arg-max and max of lg, spread over the group's entries.
+    for w in grp.windows(2) {
+        let (s, e) = (w[0] - o0, w[1] - o0);
+        let mut amax = s;
+        for t in s + 1..e {
+            if sc.lg[t] > sc.lg[amax] {
+                amax = t;
+            }
+        }
+        let mx = sc.lg[amax];
+        for t in s..e {
+            sc.amax[t] = amax;
+            sc.ex[t] = sc.lg[t] - mx;
         }
     }
-    let mx = sc.lg[amax];
-    let mut s = T::ZERO;
-    for t in 0..m {
-        sc.ex[t] = (sc.lg[t] - mx).exp();
-        s += sc.ex[t];
+    for v in sc.ex.iter_mut() {
+        *v = v.exp_v();
     }
-    let se = s + T::from_f64(DM_LSE_EPS);
-    let lse = mx + se.ln();
+    let eps = T::from_f64(DM_LSE_EPS);
+    for w in grp.windows(2) {
+        let (s, e) = (w[0] - o0, w[1] - o0);
+        let sum: T = sc.ex[s..e].iter().copied().sum();
+        let se = sum + eps;
+        for t in s..e {
+            sc.sum[t] = sum;
+            sc.se[t] = se;
+        }
+    }
+    // p = exp(lg − lse) with lse = max + ln(se): the ln per entry too, so that it vectorises.
+    for t in 0..m {
+        sc.p[t] = sc.se[t].ln_v();
+    }
+    for t in 0..m {
+        sc.p[t] = (sc.lg[t] - (sc.lg[sc.amax[t]] + sc.p[t])).exp_v();
+    }
+}
+
+/// One ATSE of one cell for the Dirichlet-multinomial, its entries at `span` of the cell's group
+/// order (probabilities from [`dm_cell_probs`]): returns ll and writes d(RL)/d(logit), d(RL)/d(c)
+/// contributions and p for the group's entries.
+#[allow(clippy::too_many_arguments)]
+fn dm_group<T: Real>(
+    span: std::ops::Range<usize>,
+    base: usize,
+    spl: &SplBatch,
+    c: T,
+    w: T,
+    gl: &mut [T],
+    gc: &mut [T],
+    pe: &mut [T],
+    sc: &mut DmScratch<T>,
+) -> f64 {
     let mut big_n = T::ZERO;
-    for t in 0..m {
-        sc.p[t] = (sc.lg[t] - lse).exp();
-        let (v, ps) = lik::clamp_p(sc.p[t]);
-        sc.pc[t] = v;
-        sc.pcpass[t] = ps;
-        sc.alpha[t] = v * c;
-        big_n = big_n.max(T::from_f32(spl.n[base + idx[t]]));
+    let mut s_alpha = T::ZERO;
+    for t in span.clone() {
+        let (v, _) = lik::clamp_p(sc.p[t]);
+        s_alpha += v * c;
+        big_n = big_n.max(T::from_f32(spl.n[base + sc.idx[t]]));
     }
-    let s_alpha: T = sc.alpha.iter().copied().sum();
     let mut ll = 0f64;
     let (l_atse, d_atse) = if big_n > T::ZERO {
         lik::nbetaln(big_n, s_alpha)
@@ -364,28 +404,31 @@ fn dm_group<T: Real>(
     };
     ll += l_atse.to_f64();
     let mut spdp = T::ZERO;
-    for t in 0..m {
-        let k = T::from_f32(spl.k[base + idx[t]]);
-        let (lj, dj) = lik::nbetaln(k, sc.alpha[t]);
+    for t in span.clone() {
+        let (pc, pcpass) = lik::clamp_p(sc.p[t]);
+        let alpha = pc * c;
+        let k = T::from_f32(spl.k[base + sc.idx[t]]);
+        let (lj, dj) = lik::nbetaln(k, alpha);
         ll -= lj.to_f64();
         // d(RL)/dα = −w (d_atse − dj)
         let dalpha = -w * (d_atse - dj);
-        gc[idx[t]] = dalpha * sc.pc[t];
-        sc.dp[t] = if sc.pcpass[t] { dalpha * c } else { T::ZERO };
-        pe[idx[t]] = sc.p[t];
+        gc[sc.idx[t]] = dalpha * pc;
+        sc.dp[t] = if pcpass { dalpha * c } else { T::ZERO };
+        pe[sc.idx[t]] = sc.p[t];
         spdp += sc.p[t] * sc.dp[t];
     }
     // d lse / d lg_t = e_t / (s + 1e-8), plus (1 − s/(s + 1e-8)) for the arg-max (through the max).
+    let (s, se) = (sc.sum[span.start], sc.se[span.start]);
     let tail = T::ONE - s / se;
-    for t in 0..m {
+    for t in span {
         let mut dlse = sc.ex[t] / se;
-        if t == amax {
+        if t == sc.amax[t] {
             dlse += tail;
         }
         let dlg = sc.p[t] * sc.dp[t] - spdp * dlse;
         let dq = dlg / (sc.q[t] * (T::ONE - sc.q[t]));
         let dpr = if sc.qpass[t] { dq } else { T::ZERO };
-        gl[idx[t]] = dpr * sc.praw[t] * (T::ONE - sc.praw[t]);
+        gl[sc.idx[t]] = dpr * sc.praw[t] * (T::ONE - sc.praw[t]);
     }
     ll
 }
