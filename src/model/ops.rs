@@ -553,7 +553,7 @@ pub fn layernorm_fwd<T: Real>(x: &Mat<T>, affine: Option<(&[T], &[T])>) -> (Mat<
 }
 
 /// Normalise one row into `out`; returns 1/std.
-#[inline]
+#[inline(always)]
 pub fn ln_row<T: Real>(x: &[T], out: &mut [T]) -> T {
     let n = T::from_f64(x.len() as f64);
     let mean = sum8(x) / n;
@@ -569,7 +569,7 @@ pub fn ln_row<T: Real>(x: &[T], out: &mut [T]) -> T {
 }
 
 /// Backward of a LayerNorm row given d(x̂) (after the affine gain has been applied): in place.
-#[inline]
+#[inline(always)]
 pub fn ln_row_bwd<T: Real>(xhat: &[T], inv_std: T, dxhat: &mut [T]) {
     let n = T::from_f64(xhat.len() as f64);
     let m1 = sum8(dxhat) / n;

@@ -229,27 +229,37 @@ pub fn splicing_loss<T: Real>(
     w: T,
 ) -> SplLossOut<T> {
     let phi: Vec<T> = log_phi.iter().map(|&v| softplus(v)).collect();
-    #[allow(clippy::type_complexity)]
-    let per_cell: Vec<(T, Vec<T>, Vec<T>, Vec<T>)> = (0..spl.n_cells())
-        .into_par_iter()
-        .map(|i| {
-            let m = spl.cell_range(i).len();
-            let mut gl = vec![T::ZERO; m];
-            let mut gc = vec![T::ZERO; m];
-            let mut pe = vec![T::ZERO; m];
-            let rl = splicing_cell(
-                kind, conc, spl, groups, junc2atse, i, logits, &phi, w, &mut gl, &mut gc, &mut pe,
-            );
-            (rl, gl, gc, pe)
-        })
-        .collect();
-    let mut out = SplLossOut::default();
-    for (rl, gl, gc, pe) in per_cell {
-        out.rl.push(rl);
-        out.g_logit.extend(gl);
-        out.g_conc.extend(gc);
-        out.p.extend(pe);
+    let (b, nnz) = (spl.n_cells(), spl.nnz());
+    let mut out = SplLossOut {
+        rl: vec![T::ZERO; b],
+        g_logit: vec![T::ZERO; nnz],
+        g_conc: vec![T::ZERO; nnz],
+        p: vec![T::ZERO; nnz],
+    };
+    // Each cell writes its own entries' slices (no per-cell vectors to gather afterwards).
+    let mut parts = Vec::with_capacity(b);
+    let (mut gl, mut gc, mut pe) = (
+        out.g_logit.as_mut_slice(),
+        out.g_conc.as_mut_slice(),
+        out.p.as_mut_slice(),
+    );
+    for i in 0..b {
+        let m = spl.cell_range(i).len();
+        let (a, ra) = std::mem::take(&mut gl).split_at_mut(m);
+        let (c, rc) = std::mem::take(&mut gc).split_at_mut(m);
+        let (d, rd) = std::mem::take(&mut pe).split_at_mut(m);
+        parts.push((a, (c, d)));
+        (gl, gc, pe) = (ra, rc, rd);
     }
+    out.rl
+        .par_iter_mut()
+        .zip(parts.into_par_iter())
+        .enumerate()
+        .for_each(|(i, (rl, (gl, (gc, pe))))| {
+            *rl = splicing_cell(
+                kind, conc, spl, groups, junc2atse, i, logits, &phi, w, gl, gc, pe,
+            );
+        });
     out
 }
 
