@@ -1,7 +1,8 @@
 //! One training step of the CPU backend on a 256-cell minibatch of the `small` simulated dataset
 //! (2,000 cells × 2,000 genes × 5,000 junctions), for the `default` and `paper` options, split into
-//! its parts: the partial encoder's forward and backward (the hot spot: one small MLP per observed
-//! cell × junction pair), the whole forward, and forward + backward.
+//! its parts: the partial encoder's forward and backward (the hot spot: a small MLP over the
+//! observed cell × junction pairs, its Hh-wide layers run once per group of pairs with the same
+//! junction and PSI), the whole forward, and forward + backward.
 //!
 //! `cargo bench --bench train_step`. Whole-epoch throughput on every size is `splicevi bench`.
 
