@@ -16,11 +16,7 @@ use std::process::{Command, Output};
 
 /// Architectures in every fatbin: SASS for A100 and H100, PTX for anything newer (JIT by the driver; the
 /// PTX ISA of nvcc 13.0 is 9.0, which driver 580 / CUDA 13.0 can JIT).
-const GENCODE: &[&str] = &[
-    "arch=compute_80,code=sm_80",
-    "arch=compute_90,code=sm_90",
-    "arch=compute_80,code=compute_80",
-];
+const GENCODE: &[&str] = &["arch=compute_80,code=sm_80", "arch=compute_90,code=sm_90", "arch=compute_80,code=compute_80"];
 const ARCHS: &str = "sm_80, sm_90 (SASS) + compute_80 (PTX)";
 
 fn find_nvcc(root: &Path) -> Option<PathBuf> {
@@ -37,20 +33,13 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
     }
     let venv = root.join(".cuda-venv");
     if let Ok(rd) = std::fs::read_dir(venv.join("lib")) {
-        let mut cands: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path().join("site-packages/nvidia/cu13/bin/nvcc"))
-            .collect();
+        let mut cands: Vec<PathBuf> = rd.flatten().map(|e| e.path().join("site-packages/nvidia/cu13/bin/nvcc")).collect();
         cands.sort();
         if let Some(p) = cands.into_iter().find(|p| p.exists()) {
             return Some(p);
         }
     }
-    let ok = Command::new("nvcc")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let ok = Command::new("nvcc").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     ok.then(|| PathBuf::from("nvcc"))
 }
 
@@ -69,24 +58,13 @@ fn kernel_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn nvcc_version(nvcc: &Path) -> Result<String, String> {
-    let o = Command::new(nvcc)
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
+    let o = Command::new(nvcc).arg("--version").output().map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
     if !o.status.success() {
-        return Err(format!(
-            "{} --version failed: {}",
-            nvcc.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
+        return Err(format!("{} --version failed: {}", nvcc.display(), String::from_utf8_lossy(&o.stderr).trim()));
     }
     let text = String::from_utf8_lossy(&o.stdout);
     // "Cuda compilation tools, release 13.0, V13.0.88"
-    Ok(text
-        .lines()
-        .filter_map(|l| l.rsplit_once(", V").map(|(_, v)| v.trim().to_string()))
-        .next()
-        .unwrap_or_else(|| "unknown".into()))
+    Ok(text.lines().filter_map(|l| l.rsplit_once(", V").map(|(_, v)| v.trim().to_string())).next().unwrap_or_else(|| "unknown".into()))
 }
 
 fn compile(nvcc: &Path, root: &Path, src: &Path, fatbin: &Path) -> std::io::Result<Output> {
@@ -100,20 +78,14 @@ fn compile(nvcc: &Path, root: &Path, src: &Path, fatbin: &Path) -> std::io::Resu
             cmd.arg("-ccbin").arg(cc);
         }
     }
-    cmd.arg("-I")
-        .arg(root.join("kernels"))
-        .arg("-o")
-        .arg(fatbin)
-        .arg(src);
+    cmd.arg("-I").arg(root.join("kernels")).arg("-o").arg(fatbin).arg(src);
     cmd.output()
 }
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let strict = std::env::var("SPLICEVI_REQUIRE_NVCC")
-        .map(|v| v == "1")
-        .unwrap_or(false);
+    let strict = std::env::var("SPLICEVI_REQUIRE_NVCC").map(|v| v == "1").unwrap_or(false);
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     for v in ["NVCC", "CUDA_HOME", "NVCC_CCBIN", "SPLICEVI_REQUIRE_NVCC"] {
@@ -127,13 +99,8 @@ fn main() {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    let sources: Vec<PathBuf> = files
-        .iter()
-        .filter(|p| {
-            p.parent() == Some(&root.join("kernels")) && p.extension().is_some_and(|x| x == "cu")
-        })
-        .cloned()
-        .collect();
+    let sources: Vec<PathBuf> =
+        files.iter().filter(|p| p.parent() == Some(&root.join("kernels")) && p.extension().is_some_and(|x| x == "cu")).cloned().collect();
 
     let mut entries: Vec<(String, PathBuf)> = Vec::new();
     let mut nvcc_ver = String::new();
@@ -202,33 +169,16 @@ fn main() {
         },
     }
 
-    let mut code = String::from(
-        "/// (kernel file stem, fatbin bytes) for every kernels/*.cu, embedded at build time.\n",
-    );
+    let mut code = String::from("/// (kernel file stem, fatbin bytes) for every kernels/*.cu, embedded at build time.\n");
     code.push_str("pub const KERNEL_FATBINS: &[(&str, &[u8])] = &[\n");
     for (name, path) in &entries {
-        code.push_str(&format!(
-            "    ({name:?}, include_bytes!({:?})),\n",
-            path.display().to_string()
-        ));
+        code.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
     }
     code.push_str("];\n");
     code.push_str("/// Architectures in every embedded fatbin (empty when none are embedded).\n");
-    code.push_str(&format!(
-        "pub const KERNEL_ARCHS: &str = {:?};\n",
-        if entries.is_empty() { "" } else { ARCHS }
-    ));
-    code.push_str(
-        "/// Version of the nvcc that compiled the kernels (empty when none are embedded).\n",
-    );
-    code.push_str(&format!(
-        "pub const KERNEL_NVCC: &str = {:?};\n",
-        if entries.is_empty() {
-            ""
-        } else {
-            nvcc_ver.as_str()
-        }
-    ));
+    code.push_str(&format!("pub const KERNEL_ARCHS: &str = {:?};\n", if entries.is_empty() { "" } else { ARCHS }));
+    code.push_str("/// Version of the nvcc that compiled the kernels (empty when none are embedded).\n");
+    code.push_str(&format!("pub const KERNEL_NVCC: &str = {:?};\n", if entries.is_empty() { "" } else { nvcc_ver.as_str() }));
     std::fs::write(out.join("kernels.rs"), code).unwrap();
     if !entries.is_empty() {
         println!("cargo:rustc-cfg=splicevi_kernels");

@@ -29,13 +29,8 @@ fn medium_file() -> PathBuf {
     if !p.exists() {
         let t = Instant::now();
         let cfg = SimConfig::preset(SimSize::Medium, 0);
-        simulate_to_file(&cfg, &p, Compression::default(), |_, _| {})
-            .expect("simulating the medium dataset");
-        eprintln!(
-            "simulated {} in {:.1} s",
-            p.display(),
-            t.elapsed().as_secs_f64()
-        );
+        simulate_to_file(&cfg, &p, Compression::default(), |_, _| {}).expect("simulating the medium dataset");
+        eprintln!("simulated {} in {:.1} s", p.display(), t.elapsed().as_secs_f64());
     }
     p
 }
@@ -43,9 +38,7 @@ fn medium_file() -> PathBuf {
 fn bench(c: &mut Criterion) {
     let path = medium_file();
     let opts = DataOptions::default();
-    let size_mb = std::fs::metadata(&path)
-        .map(|m| m.len() as f64 / 1e6)
-        .unwrap_or(f64::NAN);
+    let size_mb = std::fs::metadata(&path).map(|m| m.len() as f64 / 1e6).unwrap_or(f64::NAN);
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let before = status_kb("VmRSS:").unwrap_or(0);
     let t = Instant::now();
@@ -76,9 +69,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("load");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(60));
-    g.bench_function("medium_h5mu", |b| {
-        b.iter(|| load(&path, &opts).expect("load"))
-    });
+    g.bench_function("medium_h5mu", |b| b.iter(|| load(&path, &opts).expect("load")));
     g.finish();
     eprintln!(
         "load_medium: peak RSS over all loads (VmHWM) {:.0} MB",

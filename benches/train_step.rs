@@ -20,33 +20,17 @@ fn bench(c: &mut Criterion) {
     let (ds, _) = simulate(&SimConfig::preset(SimSize::Small, 0)).expect("simulating small");
     let cells: Vec<usize> = (0..256).collect();
     let batch = Batch::from_dataset(&ds, &cells, true).expect("minibatch");
-    eprintln!(
-        "train_step: small, 256 cells, {} observed cell × junction pairs",
-        batch.spl.nnz()
-    );
-    for (name, cfg) in [
-        ("default", ModelConfig::default()),
-        ("paper", ModelConfig::paper()),
-    ] {
-        let model =
-            SpliceVae::new(cfg, dims_of(&ds), ds.splicing.junc2atse.clone()).expect("model");
+    eprintln!("train_step: small, 256 cells, {} observed cell × junction pairs", batch.spl.nnz());
+    for (name, cfg) in [("default", ModelConfig::default()), ("paper", ModelConfig::paper())] {
+        let model = SpliceVae::new(cfg, dims_of(&ds), ds.splicing.junc2atse.clone()).expect("model");
         let p = model.init_params::<f32>(0);
-        let opts = StepOptions {
-            training: true,
-            kl_weight: 0.5,
-            ..StepOptions::default()
-        };
-        let mode = Mode {
-            training: true,
-            seed: 1,
-        };
+        let opts = StepOptions { training: true, kl_weight: 0.5, ..StepOptions::default() };
+        let mode = Mode { training: true, seed: 1 };
         let mut g = c.benchmark_group(format!("step_small_{name}"));
         g.sample_size(10);
         g.measurement_time(Duration::from_secs(10));
         if let SplEncP::Partial(pe) = &model.arch.z_enc_spl {
-            g.bench_function("partial_forward", |b| {
-                b.iter(|| partial_forward(pe, &p, &batch.spl, mode))
-            });
+            g.bench_function("partial_forward", |b| b.iter(|| partial_forward(pe, &p, &batch.spl, mode)));
             let cache = partial_forward(pe, &p, &batch.spl, mode);
             g.bench_function("partial_backward", |b| {
                 b.iter(|| {
@@ -56,13 +40,9 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
-        g.bench_function("forward", |b| {
-            b.iter(|| model.forward(&p, &batch, &opts).expect("forward"))
-        });
+        g.bench_function("forward", |b| b.iter(|| model.forward(&p, &batch, &opts).expect("forward")));
         let fwd = model.forward(&p, &batch, &opts).expect("forward");
-        g.bench_function("backward", |b| {
-            b.iter(|| model.backward(&p, &batch, &fwd, None).expect("backward"))
-        });
+        g.bench_function("backward", |b| b.iter(|| model.backward(&p, &batch, &fwd, None).expect("backward")));
         g.finish();
     }
 }

@@ -36,22 +36,11 @@ fn main() {
     let (ds, _) = simulate(&SimConfig::preset(size, 0)).expect("simulating");
     let cells: Vec<usize> = (0..256).collect();
     let batch = Batch::from_dataset(&ds, &cells, true).expect("minibatch");
-    let cfg = if preset == "paper" {
-        ModelConfig::paper()
-    } else {
-        ModelConfig::default()
-    };
+    let cfg = if preset == "paper" { ModelConfig::paper() } else { ModelConfig::default() };
     let model = SpliceVae::new(cfg, dims_of(&ds), ds.splicing.junc2atse.clone()).expect("model");
     let p = model.init_params::<f32>(0);
-    let opts = StepOptions {
-        training: true,
-        kl_weight: 0.5,
-        ..StepOptions::default()
-    };
-    let mode = Mode {
-        training: true,
-        seed: 1,
-    };
+    let opts = StepOptions { training: true, kl_weight: 0.5, ..StepOptions::default() };
+    let mode = Mode { training: true, seed: 1 };
     let want = |name: &str| only.as_deref().map_or(true, |o| o == name);
     let time = |name: &str, f: &mut dyn FnMut()| {
         if !want(name) {
@@ -63,11 +52,7 @@ fn main() {
             f();
         }
         let per = |s: f64| s * 1e3 / iters as f64;
-        println!(
-            "{name:>17}: {:8.2} ms wall {:8.2} ms cpu",
-            per(t.elapsed().as_secs_f64()),
-            per(cpu_seconds() - c)
-        );
+        println!("{name:>17}: {:8.2} ms wall {:8.2} ms cpu", per(t.elapsed().as_secs_f64()), per(cpu_seconds() - c));
     };
     if let SplEncP::Partial(pe) = &model.arch.z_enc_spl {
         time("partial_forward", &mut || {

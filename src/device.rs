@@ -31,9 +31,7 @@ impl FromStr for DeviceSpec {
                 if let Some(n) = t.strip_prefix("cuda:").or_else(|| t.strip_prefix("gpu:")) {
                     n.parse::<usize>().map(DeviceSpec::Cuda).map_err(|_| format!("invalid device `{s}`: the ordinal after `cuda:` must be a non-negative integer"))
                 } else {
-                    Err(format!(
-                        "invalid device `{s}`: expected auto, cpu, cuda or cuda:N"
-                    ))
+                    Err(format!("invalid device `{s}`: expected auto, cpu, cuda or cuda:N"))
                 }
             }
         }
@@ -108,31 +106,16 @@ pub fn resolve(spec: DeviceSpec) -> Result<Resolved> {
 }
 
 /// [`resolve`] with the device probe injected (for tests).
-pub fn resolve_with(
-    spec: DeviceSpec,
-    usable: impl Fn(usize) -> Result<cuda::DeviceInfo, String>,
-) -> Result<Resolved> {
+pub fn resolve_with(spec: DeviceSpec, usable: impl Fn(usize) -> Result<cuda::DeviceInfo, String>) -> Result<Resolved> {
     match spec {
-        DeviceSpec::Cpu => Ok(Resolved {
-            device: Device::Cpu,
-            fallback_reason: None,
-        }),
+        DeviceSpec::Cpu => Ok(Resolved { device: Device::Cpu, fallback_reason: None }),
         DeviceSpec::Cuda(n) => match usable(n) {
-            Ok(info) => Ok(Resolved {
-                device: Device::Cuda(info),
-                fallback_reason: None,
-            }),
+            Ok(info) => Ok(Resolved { device: Device::Cuda(info), fallback_reason: None }),
             Err(r) => bail!("--device cuda:{n} requested but unavailable: {r}"),
         },
         DeviceSpec::Auto => match usable(0) {
-            Ok(info) => Ok(Resolved {
-                device: Device::Cuda(info),
-                fallback_reason: None,
-            }),
-            Err(r) => Ok(Resolved {
-                device: Device::Cpu,
-                fallback_reason: Some(format!("using the CPU: {r}")),
-            }),
+            Ok(info) => Ok(Resolved { device: Device::Cuda(info), fallback_reason: None }),
+            Err(r) => Ok(Resolved { device: Device::Cpu, fallback_reason: Some(format!("using the CPU: {r}")) }),
         },
     }
 }
@@ -153,28 +136,14 @@ pub fn resolve_for_command(spec: DeviceSpec, command: &str) -> Result<Resolved> 
 }
 
 /// [`resolve_for_command`] with the device probe injected (for tests).
-pub fn resolve_for_command_with(
-    spec: DeviceSpec,
-    command: &str,
-    usable: impl Fn(usize) -> Result<cuda::DeviceInfo, String>,
-) -> Result<Resolved> {
+pub fn resolve_for_command_with(spec: DeviceSpec, command: &str, usable: impl Fn(usize) -> Result<cuda::DeviceInfo, String>) -> Result<Resolved> {
     let r = resolve_with(spec, usable)?;
     match (&r.device, spec) {
         (Device::Cpu, _) => Ok(r),
-        (Device::Cuda(i), DeviceSpec::Auto) => Ok(Resolved {
-            device: Device::Cpu,
-            fallback_reason: Some(format!(
-                "using the CPU although cuda:{} ({}) is usable: {}",
-                i.ordinal,
-                i.name,
-                no_cuda_path(command)
-            )),
-        }),
-        (Device::Cuda(i), _) => bail!(
-            "--device cuda:{} cannot be honoured: {}; use --device cpu or auto",
-            i.ordinal,
-            no_cuda_path(command)
-        ),
+        (Device::Cuda(i), DeviceSpec::Auto) => {
+            Ok(Resolved { device: Device::Cpu, fallback_reason: Some(format!("using the CPU although cuda:{} ({}) is usable: {}", i.ordinal, i.name, no_cuda_path(command))) })
+        }
+        (Device::Cuda(i), _) => bail!("--device cuda:{} cannot be honoured: {}; use --device cpu or auto", i.ordinal, no_cuda_path(command)),
     }
 }
 
@@ -203,14 +172,8 @@ mod tests {
         assert_eq!("CPU".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
         assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
-        assert!("cuda:x"
-            .parse::<DeviceSpec>()
-            .unwrap_err()
-            .contains("ordinal"));
-        assert!("tpu"
-            .parse::<DeviceSpec>()
-            .unwrap_err()
-            .contains("expected auto"));
+        assert!("cuda:x".parse::<DeviceSpec>().unwrap_err().contains("ordinal"));
+        assert!("tpu".parse::<DeviceSpec>().unwrap_err().contains("expected auto"));
         assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
     }
 
@@ -221,14 +184,8 @@ mod tests {
         let r = resolve_with(DeviceSpec::Auto, |_| Err("no NVIDIA driver".into())).unwrap();
         assert_eq!(r.device, Device::Cpu);
         assert!(r.fallback_reason.unwrap().contains("no NVIDIA driver"));
-        assert!(resolve_with(DeviceSpec::Cuda(1), gpu)
-            .unwrap_err()
-            .to_string()
-            .contains("cuda:1"));
-        assert_eq!(
-            resolve_with(DeviceSpec::Cpu, gpu).unwrap().device,
-            Device::Cpu
-        );
+        assert!(resolve_with(DeviceSpec::Cuda(1), gpu).unwrap_err().to_string().contains("cuda:1"));
+        assert_eq!(resolve_with(DeviceSpec::Cpu, gpu).unwrap().device, Device::Cpu);
     }
 
     #[test]
@@ -237,36 +194,15 @@ mod tests {
         let r = resolve_for_command_with(DeviceSpec::Auto, "train", gpu).unwrap();
         assert_eq!(r.device, Device::Cpu);
         let why = r.fallback_reason.unwrap();
-        assert!(
-            why.contains("cuda:0 (Test GPU)")
-                && why.contains("splicevi train")
-                && why.contains("no CUDA path"),
-            "{why}"
-        );
-        let e = resolve_for_command_with(DeviceSpec::Cuda(0), "embed", gpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("splicevi embed") && e.contains("--device cpu"),
-            "{e}"
-        );
+        assert!(why.contains("cuda:0 (Test GPU)") && why.contains("splicevi train") && why.contains("no CUDA path"), "{why}");
+        let e = resolve_for_command_with(DeviceSpec::Cuda(0), "embed", gpu).unwrap_err().to_string();
+        assert!(e.contains("splicevi embed") && e.contains("--device cpu"), "{e}");
         // an unusable device is reported as such, before the missing CUDA path
-        let e = resolve_for_command_with(DeviceSpec::Cuda(1), "embed", gpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("unavailable") && e.contains("no device cuda:1"),
-            "{e}"
-        );
+        let e = resolve_for_command_with(DeviceSpec::Cuda(1), "embed", gpu).unwrap_err().to_string();
+        assert!(e.contains("unavailable") && e.contains("no device cuda:1"), "{e}");
         let r = resolve_for_command_with(DeviceSpec::Cpu, "bench", gpu).unwrap();
         assert!(r.device == Device::Cpu && r.fallback_reason.is_none());
-        let r =
-            resolve_for_command_with(
-                DeviceSpec::Auto,
-                "bench",
-                |_| Err("no NVIDIA driver".into()),
-            )
-            .unwrap();
+        let r = resolve_for_command_with(DeviceSpec::Auto, "bench", |_| Err("no NVIDIA driver".into())).unwrap();
         assert!(r.fallback_reason.unwrap().contains("no NVIDIA driver"));
     }
 

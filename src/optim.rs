@@ -34,12 +34,7 @@ const CHUNK: usize = 1 << 14;
 /// sums, then the chunk sums in sequence): deterministic whatever the thread count.
 pub fn grad_sumsq(grads: &[f32], mask: Option<&[u8]>) -> Result<f64> {
     if let Some(m) = mask {
-        ensure!(
-            m.len() == grads.len(),
-            "grad norm: mask has {} entries but the gradient buffer has {}",
-            m.len(),
-            grads.len()
-        );
+        ensure!(m.len() == grads.len(), "grad norm: mask has {} entries but the gradient buffer has {}", m.len(), grads.len());
     }
     let partials: Vec<f64> = grads
         .par_chunks(CHUNK)
@@ -48,12 +43,7 @@ pub fn grad_sumsq(grads: &[f32], mask: Option<&[u8]>) -> Result<f64> {
             let start = c * CHUNK;
             match mask {
                 None => g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>(),
-                Some(m) => g
-                    .iter()
-                    .zip(&m[start..start + g.len()])
-                    .filter(|(_, &k)| k != 0)
-                    .map(|(&x, _)| (x as f64) * (x as f64))
-                    .sum(),
+                Some(m) => g.iter().zip(&m[start..start + g.len()]).filter(|(_, &k)| k != 0).map(|(&x, _)| (x as f64) * (x as f64)).sum(),
             }
         })
         .collect();
@@ -108,10 +98,7 @@ pub fn clip_grad_norm(grads: &mut [f32], mask: Option<&[u8]>, max_norm: f32) -> 
 /// The norm and clip factor of [`clip_grad_norm`] without touching the gradients.
 pub fn clip_info(grads: &[f32], mask: Option<&[u8]>, max_norm: f32) -> Result<ClipResult> {
     let norm = grad_norm(grads, mask)?;
-    Ok(ClipResult {
-        norm,
-        scale: clip_scale(norm, max_norm),
-    })
+    Ok(ClipResult { norm, scale: clip_scale(norm, max_norm) })
 }
 
 /// How weight decay enters the update.
@@ -138,27 +125,13 @@ impl AdamConfig {
     /// torch.optim.AdamW with betas (0.9, 0.999): the VAE's optimizer (SPLICEVI: lr 1e-4, eps 1e-8,
     /// weight_decay 1e-3 by default).
     pub fn adamw(lr: f64, weight_decay: f64, eps: f64) -> Self {
-        AdamConfig {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps,
-            weight_decay,
-            decay: WeightDecay::Decoupled,
-        }
+        AdamConfig { lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decay: WeightDecay::Decoupled }
     }
 
     /// torch.optim.Adam with L2 weight decay and betas (0.9, 0.999): the adversarial classifier's
     /// optimizer (lr 1e-3, eps 0.01, weight_decay = the training weight_decay).
     pub fn adam_l2(lr: f64, weight_decay: f64, eps: f64) -> Self {
-        AdamConfig {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps,
-            weight_decay,
-            decay: WeightDecay::L2,
-        }
+        AdamConfig { lr, beta1: 0.9, beta2: 0.999, eps, weight_decay, decay: WeightDecay::L2 }
     }
 
     /// The f32 scalars of step number `step` (1-based, i.e. after the increment), computed exactly once
@@ -234,11 +207,7 @@ pub struct AdamState {
 
 impl AdamState {
     pub fn zeros(n: usize) -> Self {
-        AdamState {
-            exp_avg: vec![0.0; n],
-            exp_avg_sq: vec![0.0; n],
-            step: 0,
-        }
+        AdamState { exp_avg: vec![0.0; n], exp_avg_sq: vec![0.0; n], step: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -255,29 +224,18 @@ impl AdamState {
         let v = bytemuck::cast_slice::<f32, u8>(&self.exp_avg_sq);
         let n = self.exp_avg.len();
         let views = vec![
-            (
-                "exp_avg",
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], m)?,
-            ),
-            (
-                "exp_avg_sq",
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], v)?,
-            ),
+            ("exp_avg", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], m)?),
+            ("exp_avg_sq", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], v)?),
         ];
-        let meta = HashMap::from([
-            ("step".to_string(), self.step.to_string()),
-            ("format".to_string(), "splicevi-adam-state-1".to_string()),
-        ]);
+        let meta = HashMap::from([("step".to_string(), self.step.to_string()), ("format".to_string(), "splicevi-adam-state-1".to_string())]);
         Ok(safetensors::serialize(views, &Some(meta))?)
     }
 
     /// Inverse of [`Self::to_safetensors`]; `expected_len` is the parameter count of the model being
     /// resumed (a mismatch is an error naming both sizes). `what` names the source in errors.
     pub fn from_safetensors(bytes: &[u8], expected_len: usize, what: &str) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .with_context(|| format!("{what}: not a safetensors optimizer state"))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .with_context(|| format!("{what}: not a safetensors optimizer state"))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).with_context(|| format!("{what}: not a safetensors optimizer state"))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).with_context(|| format!("{what}: not a safetensors optimizer state"))?;
         let step = header
             .metadata()
             .as_ref()
@@ -286,30 +244,17 @@ impl AdamState {
             .parse::<u64>()
             .with_context(|| format!("{what}: metadata field `step` is not an integer"))?;
         let read = |name: &str| -> Result<Vec<f32>> {
-            let t = st
-                .tensor(name)
-                .with_context(|| format!("{what}: tensor `{name}` missing"))?;
-            ensure!(
-                t.dtype() == safetensors::Dtype::F32,
-                "{what}: tensor `{name}` has dtype {:?}, expected F32",
-                t.dtype()
-            );
+            let t = st.tensor(name).with_context(|| format!("{what}: tensor `{name}` missing"))?;
+            ensure!(t.dtype() == safetensors::Dtype::F32, "{what}: tensor `{name}` has dtype {:?}, expected F32", t.dtype());
             let data = t.data();
             ensure!(
                 data.len() == expected_len * 4,
                 "{what}: tensor `{name}` has {} entries but the model has {expected_len} parameters",
                 data.len() / 4
             );
-            Ok(data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
+            Ok(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
         };
-        Ok(AdamState {
-            exp_avg: read("exp_avg")?,
-            exp_avg_sq: read("exp_avg_sq")?,
-            step,
-        })
+        Ok(AdamState { exp_avg: read("exp_avg")?, exp_avg_sq: read("exp_avg_sq")?, step })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -318,8 +263,7 @@ impl AdamState {
     }
 
     pub fn load(path: &Path, expected_len: usize) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading optimizer state {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading optimizer state {}", path.display()))?;
         Self::from_safetensors(&bytes, expected_len, &path.display().to_string())
     }
 }
@@ -333,10 +277,7 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(config: AdamConfig, n: usize) -> Self {
-        Adam {
-            config,
-            state: AdamState::zeros(n),
-        }
+        Adam { config, state: AdamState::zeros(n) }
     }
 
     /// Resume from a saved state (its length must match the buffer this optimizer will step).
@@ -352,39 +293,17 @@ impl Adam {
     /// One optimizer step. `grad_scale` multiplies every gradient first (the clipping factor from
     /// [`clip_info`]; 1.0 for none), exactly as `clip_grad_norm_` would have scaled them in place.
     /// Returns the scalars used (step number = `self.state.step` afterwards).
-    pub fn step(
-        &mut self,
-        params: &mut [f32],
-        grads: &[f32],
-        mask: Option<&[u8]>,
-        grad_scale: f32,
-    ) -> Result<StepScalars> {
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32], mask: Option<&[u8]>, grad_scale: f32) -> Result<StepScalars> {
         let n = params.len();
-        ensure!(
-            grads.len() == n,
-            "optimizer step: {} gradients for {n} parameters",
-            grads.len()
-        );
-        ensure!(
-            self.state.len() == n,
-            "optimizer step: state has {} entries for {n} parameters",
-            self.state.len()
-        );
+        ensure!(grads.len() == n, "optimizer step: {} gradients for {n} parameters", grads.len());
+        ensure!(self.state.len() == n, "optimizer step: state has {} entries for {n} parameters", self.state.len());
         if let Some(m) = mask {
-            ensure!(
-                m.len() == n,
-                "optimizer step: mask has {} entries for {n} parameters",
-                m.len()
-            );
+            ensure!(m.len() == n, "optimizer step: mask has {} entries for {n} parameters", m.len());
         }
         self.state.step += 1;
         let s = self.config.scalars(self.state.step);
         let decoupled = self.config.decay == WeightDecay::Decoupled;
-        let AdamState {
-            exp_avg,
-            exp_avg_sq,
-            ..
-        } = &mut self.state;
+        let AdamState { exp_avg, exp_avg_sq, .. } = &mut self.state;
         params
             .par_chunks_mut(CHUNK)
             .zip(exp_avg.par_chunks_mut(CHUNK))
@@ -397,14 +316,7 @@ impl Adam {
                     if mask.is_some_and(|k| k[start + i] == 0) {
                         continue;
                     }
-                    update(
-                        &mut p[i],
-                        g[i] * grad_scale,
-                        &mut m[i],
-                        &mut v[i],
-                        &s,
-                        decoupled,
-                    );
+                    update(&mut p[i], g[i] * grad_scale, &mut m[i], &mut v[i], &s, decoupled);
                 }
             });
         Ok(s)

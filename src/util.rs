@@ -13,14 +13,8 @@ where
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(&dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(&dir)?;
     let tmp_path = tmp.into_temp_path();
     write(&tmp_path)?;
     // tempfile creates 0600 files; outputs should be readable like any other file the user writes.
@@ -29,9 +23,7 @@ where
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(0o644))?;
     }
-    tmp_path
-        .persist(path)
-        .map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
+    tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
 }
 

@@ -7,10 +7,7 @@
 use splicevi::analysis::de::differential_expression;
 use splicevi::analysis::differential::{comparisons, paired_plans, ChangeOptions, Comparison};
 use splicevi::analysis::ds::{differential_splicing, empirical_psi};
-use splicevi::analysis::evaluate::{
-    evaluate_imputation, evaluate_latents, mask_atses, TruthFilter, METHOD_DECODER, METHOD_DM,
-    METHOD_MEANBAYES,
-};
+use splicevi::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses, TruthFilter, METHOD_DECODER, METHOD_DM, METHOD_MEANBAYES};
 use splicevi::analysis::posterior::{DecodeOptions, Posterior, SplicingFn};
 use splicevi::data::simulate::{simulate, GroundTruth, SimConfig, SimSize};
 use splicevi::data::{DataOptions, Dataset};
@@ -37,27 +34,14 @@ fn init_model(ds: &Dataset, cfg: ModelConfig, seed: u64) -> (SpliceVae, Params<f
 
 /// Direct decode of ONE cell through the model API (no analysis code): PSI (decoder or DM posterior)
 /// and px_scale, under `batch` (None = observed).
-fn direct(
-    model: &SpliceVae,
-    p: &Params<f32>,
-    ds: &Dataset,
-    cell: usize,
-    batch: Option<u32>,
-    dm: bool,
-) -> (Vec<f32>, Vec<f32>) {
+fn direct(model: &SpliceVae, p: &Params<f32>, ds: &Dataset, cell: usize, batch: Option<u32>, dm: bool) -> (Vec<f32>, Vec<f32>) {
     let mut b = Batch::from_dataset(ds, &[cell], ds.n_cells() == model.dims.n_obs).unwrap();
     let inf = model.inference_only(p, &b).unwrap();
     if let Some(code) = batch {
         b.batch = vec![code];
     }
-    let dec = model
-        .decode_dense(p, &inf.qz_m, &b, &inf.library, 1.0)
-        .unwrap();
-    let psi = if dm {
-        model.dm_posterior_mean(p, &dec.p, &b.spl).data
-    } else {
-        dec.p.data.clone()
-    };
+    let dec = model.decode_dense(p, &inf.qz_m, &b, &inf.library, 1.0).unwrap();
+    let psi = if dm { model.dm_posterior_mean(p, &dec.p, &b.spl).data } else { dec.p.data.clone() };
     (psi, dec.px_scale.data)
 }
 
@@ -67,132 +51,41 @@ fn decode_matches_the_model_api_and_averages_over_samples_not_cells() {
     let (model, p) = init_model(&ds, ModelConfig::default(), 1);
     let post = Posterior::new(&ds, &model, &p).unwrap();
     let cells: Vec<usize> = (0..20).collect();
-    let mean = DecodeOptions {
-        transform_batch: vec![],
-        n_samples: 1,
-        seed: 0,
-    };
-    let d = post
-        .decode(&cells, &mean, Some(SplicingFn::DmPosterior), true)
-        .unwrap();
+    let mean = DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
+    let d = post.decode(&cells, &mean, Some(SplicingFn::DmPosterior), true).unwrap();
     let batch = Batch::from_dataset(&ds, &cells, true).unwrap();
     let inf = model.inference_only(&p, &batch).unwrap();
-    let dec = model
-        .decode_dense(&p, &inf.qz_m, &batch, &inf.library, 1.0)
-        .unwrap();
-    assert_eq!(
-        d.psi.as_ref().unwrap().data,
-        model.dm_posterior_mean(&p, &dec.p, &batch.spl).data,
-        "DM posterior differs from SpliceVae::dm_posterior_mean"
-    );
+    let dec = model.decode_dense(&p, &inf.qz_m, &batch, &inf.library, 1.0).unwrap();
+    assert_eq!(d.psi.as_ref().unwrap().data, model.dm_posterior_mean(&p, &dec.p, &batch.spl).data, "DM posterior differs from SpliceVae::dm_posterior_mean");
     assert_eq!(d.expr.as_ref().unwrap().data, dec.px_scale.data);
-    let dd = post
-        .decode(&cells, &mean, Some(SplicingFn::Decoder), false)
-        .unwrap();
+    let dd = post.decode(&cells, &mean, Some(SplicingFn::Decoder), false).unwrap();
     assert_eq!(dd.psi.unwrap().data, dec.p.data);
     assert!(dd.expr.is_none());
 
     // transform_batch [0, 1] is the average of the two single-batch decodes.
-    let one = |b: u32| {
-        post.decode(
-            &cells,
-            &DecodeOptions {
-                transform_batch: vec![b],
-                ..mean.clone()
-            },
-            Some(SplicingFn::DmPosterior),
-            true,
-        )
-        .unwrap()
-    };
+    let one = |b: u32| post.decode(&cells, &DecodeOptions { transform_batch: vec![b], ..mean.clone() }, Some(SplicingFn::DmPosterior), true).unwrap();
     let (b0, b1) = (one(0), one(1));
-    let both = post
-        .decode(
-            &cells,
-            &DecodeOptions {
-                transform_batch: vec![0, 1],
-                ..mean.clone()
-            },
-            Some(SplicingFn::DmPosterior),
-            true,
-        )
-        .unwrap();
-    for (x, (u, v)) in both.expr.as_ref().unwrap().data.iter().zip(
-        b0.expr
-            .as_ref()
-            .unwrap()
-            .data
-            .iter()
-            .zip(&b1.expr.as_ref().unwrap().data),
-    ) {
-        assert!(
-            (x - 0.5 * (u + v)).abs() <= 1e-6 * x.abs().max(1e-3),
-            "{x} vs mean of {u} and {v}"
-        );
+    let both = post.decode(&cells, &DecodeOptions { transform_batch: vec![0, 1], ..mean.clone() }, Some(SplicingFn::DmPosterior), true).unwrap();
+    for (x, (u, v)) in both.expr.as_ref().unwrap().data.iter().zip(b0.expr.as_ref().unwrap().data.iter().zip(&b1.expr.as_ref().unwrap().data)) {
+        assert!((x - 0.5 * (u + v)).abs() <= 1e-6 * x.abs().max(1e-3), "{x} vs mean of {u} and {v}");
     }
-    assert_ne!(
-        b0.expr.unwrap().data,
-        b1.expr.unwrap().data,
-        "the batch override has no effect"
-    );
+    assert_ne!(b0.expr.unwrap().data, b1.expr.unwrap().data, "the batch override has no effect");
 
     // n_samples > 1: per cell (a row never depends on the other cells of the block), seeded, and
     // different from the posterior-mean decode.
-    let s4 = DecodeOptions {
-        transform_batch: vec![],
-        n_samples: 4,
-        seed: 9,
-    };
-    let full = post
-        .decode(&cells, &s4, Some(SplicingFn::Decoder), false)
-        .unwrap()
-        .psi
-        .unwrap();
-    let part = post
-        .decode(&cells[5..10], &s4, Some(SplicingFn::Decoder), false)
-        .unwrap()
-        .psi
-        .unwrap();
+    let s4 = DecodeOptions { transform_batch: vec![], n_samples: 4, seed: 9 };
+    let full = post.decode(&cells, &s4, Some(SplicingFn::Decoder), false).unwrap().psi.unwrap();
+    let part = post.decode(&cells[5..10], &s4, Some(SplicingFn::Decoder), false).unwrap().psi.unwrap();
     let j = ds.n_junctions();
-    assert_eq!(
-        &full.data[5 * j..10 * j],
-        &part.data[..],
-        "sampled decode depends on the block"
-    );
-    assert_eq!(
-        full.rows,
-        cells.len(),
-        "samples must be averaged per cell, not over cells"
-    );
+    assert_eq!(&full.data[5 * j..10 * j], &part.data[..], "sampled decode depends on the block");
+    assert_eq!(full.rows, cells.len(), "samples must be averaged per cell, not over cells");
     assert_ne!(full.data, dec.p.data);
-    let other_seed = post
-        .decode(
-            &cells,
-            &DecodeOptions {
-                seed: 10,
-                ..s4.clone()
-            },
-            Some(SplicingFn::Decoder),
-            false,
-        )
-        .unwrap()
-        .psi
-        .unwrap();
+    let other_seed = post.decode(&cells, &DecodeOptions { seed: 10, ..s4.clone() }, Some(SplicingFn::Decoder), false).unwrap().psi.unwrap();
     assert_ne!(full.data, other_seed.data);
-    assert_eq!(
-        full.data,
-        post.decode(&cells, &s4, Some(SplicingFn::Decoder), false)
-            .unwrap()
-            .psi
-            .unwrap()
-            .data
-    );
+    assert_eq!(full.data, post.decode(&cells, &s4, Some(SplicingFn::Decoder), false).unwrap().psi.unwrap().data);
     // DM probabilities of a sampled decode still sum to 1 within each ATSE.
     for a in 0..ds.splicing.n_atse() {
-        let s: f32 = (0..j)
-            .filter(|&jj| ds.splicing.junc2atse[jj] as usize == a)
-            .map(|jj| full.data[jj])
-            .sum();
+        let s: f32 = (0..j).filter(|&jj| ds.splicing.junc2atse[jj] as usize == a).map(|jj| full.data[jj]).sum();
         assert!((s - 1.0).abs() < 1e-4, "ATSE {a} sums to {s}");
     }
 }
@@ -213,15 +106,9 @@ fn batch_only_model(ds: &Dataset) -> (SpliceVae, Params<f32>) {
             w[js[0] * k + (k - nb) + 1] = 2.5;
         }
     }
-    p.by_name_mut("z_decoder_splicing.linear.bias")
-        .unwrap()
-        .iter_mut()
-        .for_each(|v| *v = 0.0);
+    p.by_name_mut("z_decoder_splicing.linear.bias").unwrap().iter_mut().for_each(|v| *v = 0.0);
     // A huge concentration makes the DM posterior mean ≈ p whatever the counts.
-    p.by_name_mut("log_phi_j")
-        .unwrap()
-        .iter_mut()
-        .for_each(|v| *v = 1e6);
+    p.by_name_mut("log_phi_j").unwrap().iter_mut().for_each(|v| *v = 1e6);
     (model, p)
 }
 
@@ -236,68 +123,32 @@ fn ds_on_a_hand_built_model_finds_exactly_the_constructed_changes() {
     let (p0, _) = direct(&model, &p, &ds, c0, None, false);
     let (p1, _) = direct(&model, &p, &ds, c1, None, false);
     let c0b = (0..ds.n_cells()).filter(|&c| batch[c] == 0).nth(3).unwrap();
-    assert_eq!(
-        direct(&model, &p, &ds, c0b, None, false).0,
-        p0,
-        "p should depend on the batch only"
-    );
-    let truth: Vec<bool> = p0
-        .iter()
-        .zip(&p1)
-        .map(|(a, b)| (b - a).abs() >= 0.1)
-        .collect();
+    assert_eq!(direct(&model, &p, &ds, c0b, None, false).0, p0, "p should depend on the batch only");
+    let truth: Vec<bool> = p0.iter().zip(&p1).map(|(a, b)| (b - a).abs() >= 0.1).collect();
     let d_true = truth.iter().filter(|&&t| t).count();
-    assert!(
-        d_true >= 20,
-        "construction produced only {d_true} changed junctions"
-    );
+    assert!(d_true >= 20, "construction produced only {d_true} changed junctions");
 
-    let cmp = comparisons(&ds, "batch", Some("batch0"), Some("batch1"))
-        .unwrap()
-        .remove(0);
-    let opts = ChangeOptions {
-        n_samples_overall: 600,
-        block_cells: 97,
-        ..ChangeOptions::new(0.1)
-    };
+    let cmp = comparisons(&ds, "batch", Some("batch0"), Some("batch1")).unwrap().remove(0);
+    let opts = ChangeOptions { n_samples_overall: 600, block_cells: 97, ..ChangeOptions::new(0.1) };
     for method in [SplicingFn::Decoder, SplicingFn::DmPosterior] {
         let r = differential_splicing(&post, &cmp, method, &opts, 0).unwrap();
         for jj in 0..ds.n_junctions() {
-            assert_eq!(
-                r.proba_ds[jj],
-                if truth[jj] { 1.0 } else { 0.0 },
-                "{method:?} junction {jj}: Δp {}",
-                p1[jj] - p0[jj]
-            );
-            assert!(
-                (r.est_prob1[jj] - p0[jj] as f64).abs() < 1e-4
-                    && (r.est_prob2[jj] - p1[jj] as f64).abs() < 1e-4
-            );
+            assert_eq!(r.proba_ds[jj], if truth[jj] { 1.0 } else { 0.0 }, "{method:?} junction {jj}: Δp {}", p1[jj] - p0[jj]);
+            assert!((r.est_prob1[jj] - p0[jj] as f64).abs() < 1e-4 && (r.est_prob2[jj] - p1[jj] as f64).abs() < 1e-4);
             assert!((r.effect_size[jj] - (p1[jj] - p0[jj]) as f64).abs() < 1e-4);
         }
         // FDR 0.05 flags every P = 1 junction plus ⌊d/19⌋ with P = 0 (the running mean of 1 − P stays ≤ 0.05).
-        let called: Vec<usize> = (0..ds.n_junctions())
-            .filter(|&jj| r.is_ds_fdr[jj])
-            .collect();
+        let called: Vec<usize> = (0..ds.n_junctions()).filter(|&jj| r.is_ds_fdr[jj]).collect();
         assert_eq!(called.len(), d_true + d_true / 19);
-        assert!(
-            truth.iter().zip(&r.is_ds_fdr).all(|(t, c)| !t || *c),
-            "a constructed change was not called"
-        );
+        assert!(truth.iter().zip(&r.is_ds_fdr).all(|(t, c)| !t || *c), "a constructed change was not called");
         let tp = called.iter().filter(|&&jj| truth[jj]).count();
-        eprintln!(
-            "hand-built DS ({method:?}): precision {:.3}, recall {:.3}",
-            tp as f64 / called.len() as f64,
-            tp as f64 / d_true as f64
-        );
+        eprintln!("hand-built DS ({method:?}): precision {:.3}, recall {:.3}", tp as f64 / called.len() as f64, tp as f64 / d_true as f64);
     }
     // Empirical columns against a direct count.
     let r = differential_splicing(&post, &cmp, SplicingFn::Decoder, &opts, 0).unwrap();
     let (emp1, n1) = empirical_psi(&ds.splicing, &cmp.idx1);
     assert_eq!((r.emp_prob1.clone(), r.n_obs_group1.clone()), (emp1, n1));
-    let jj = (0..ds.n_junctions())
-        .find(|&jj| r.n_obs_group2[jj] > 0)
-        .unwrap();
+    let jj = (0..ds.n_junctions()).find(|&jj| r.n_obs_group2[jj] > 0).unwrap();
     let (mut s, mut n) = (0.0, 0u64);
     for &c in &cmp.idx2 {
         for e in ds.splicing.cell_range(c) {
@@ -310,23 +161,14 @@ fn ds_on_a_hand_built_model_finds_exactly_the_constructed_changes() {
     assert_eq!(r.n_obs_group2[jj], n);
     assert!((r.emp_prob2[jj] - s / n as f64).abs() < 1e-12);
     assert!((r.emp_effect[jj] - (r.emp_prob2[jj] - r.emp_prob1[jj])).abs() < 1e-12);
-    assert!(r
-        .n_obs_group1
-        .iter()
-        .zip(&r.emp_prob1)
-        .all(|(&n, &e)| n > 0 || e == -1.0));
+    assert!(r.n_obs_group1.iter().zip(&r.emp_prob1).all(|(&n, &e)| n > 0 || e == -1.0));
 
     // Two random halves of batch 0: no change anywhere, nothing called.
     let mut half: Vec<usize> = cmp.idx1.clone();
     use rand::seq::SliceRandom;
     half.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(5));
     let (a, b) = half.split_at(half.len() / 2);
-    let halves = Comparison {
-        group1: "A".into(),
-        group2: "B".into(),
-        idx1: a.to_vec(),
-        idx2: b.to_vec(),
-    };
+    let halves = Comparison { group1: "A".into(), group2: "B".into(), idx1: a.to_vec(), idx2: b.to_vec() };
     let r = differential_splicing(&post, &halves, SplicingFn::Decoder, &opts, 1).unwrap();
     assert!(r.proba_ds.iter().all(|&p| p == 0.0) && r.is_ds_fdr.iter().all(|&c| !c));
 }
@@ -338,19 +180,11 @@ fn ds_and_de_equal_a_direct_computation_with_and_without_batch_correction() {
     let (ds, _) = toy(4);
     let (model, p) = init_model(&ds, ModelConfig::default(), 7);
     let post = Posterior::new(&ds, &model, &p).unwrap();
-    let cmp = comparisons(&ds, "subtype", Some("T1_a"), None)
-        .unwrap()
-        .remove(0);
+    let cmp = comparisons(&ds, "subtype", Some("T1_a"), None).unwrap().remove(0);
     assert_eq!(cmp.group2, "Rest");
     assert_eq!(cmp.idx1.len() + cmp.idx2.len(), ds.n_cells());
     for bc in [false, true] {
-        let opts = ChangeOptions {
-            n_samples_overall: 240,
-            block_cells: 50,
-            batch_correction: bc,
-            seed: 3,
-            ..ChangeOptions::new(0.02)
-        };
+        let opts = ChangeOptions { n_samples_overall: 240, block_cells: 50, batch_correction: bc, seed: 3, ..ChangeOptions::new(0.02) };
         let (p1, p2) = paired_plans(&cmp, model.dims.n_batch, &opts, 0).unwrap();
         assert_eq!(p1.len(), 240);
         if bc {
@@ -360,14 +194,8 @@ fn ds_and_de_equal_a_direct_computation_with_and_without_batch_correction() {
         } else {
             assert!(p1.batch.iter().all(|b| b.is_none()));
         }
-        let decode_all = |plan: &splicevi::analysis::differential::SamplePlan,
-                          dm: bool|
-         -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-            plan.cells
-                .iter()
-                .zip(&plan.batch)
-                .map(|(&c, &b)| direct(&model, &p, &ds, c, b, dm))
-                .unzip()
+        let decode_all = |plan: &splicevi::analysis::differential::SamplePlan, dm: bool| -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+            plan.cells.iter().zip(&plan.batch).map(|(&c, &b)| direct(&model, &p, &ds, c, b, dm)).unzip()
         };
         // DS (DM posterior): counts and means from single-cell decodes.
         let (s1, e1) = decode_all(&p1, true);
@@ -382,97 +210,40 @@ fn ds_and_de_equal_a_direct_computation_with_and_without_batch_correction() {
                 minus += (d < -0.02) as u8 as f64;
                 m1 += s1[i][jj] as f64;
             }
-            assert_eq!(
-                r.proba_ds[jj],
-                (plus / n).max(minus / n),
-                "batch correction {bc}, junction {jj}"
-            );
+            assert_eq!(r.proba_ds[jj], (plus / n).max(minus / n), "batch correction {bc}, junction {jj}");
             assert!((r.est_prob1[jj] - m1 / n).abs() < 1e-9);
         }
         // DE: scales from the same single-cell decodes (px_scale), pseudocount and LFCs recomputed.
-        let de = differential_expression(
-            &post,
-            &cmp,
-            &ChangeOptions {
-                delta: 0.25,
-                ..opts.clone()
-            },
-            0,
-        )
-        .unwrap();
+        let de = differential_expression(&post, &cmp, &ChangeOptions { delta: 0.25, ..opts.clone() }, 0).unwrap();
         let g = ds.n_genes();
         let x = ds.expression.as_ref().unwrap();
         let zero = |cells: &[usize]| -> Vec<bool> {
             let mut s = vec![0f64; g];
             for &c in cells {
                 let (idx, val) = x.row(c);
-                idx.iter()
-                    .zip(val)
-                    .for_each(|(&gg, &v)| s[gg as usize] += v as f64);
+                idx.iter().zip(val).for_each(|(&gg, &v)| s[gg as usize] += v as f64);
             }
             s.iter().map(|v| (v / cells.len() as f64) < 0.01).collect()
         };
-        let max = |e: &[Vec<f32>]| -> Vec<f64> {
-            (0..g)
-                .map(|gg| e.iter().map(|r| r[gg] as f64).fold(f64::MIN, f64::max))
-                .collect()
-        };
-        let pc = splicevi::analysis::de::pseudocount_offset(
-            &max(&e1),
-            &max(&e2),
-            &zero(&cmp.idx1),
-            &zero(&cmp.idx2),
-        );
+        let max = |e: &[Vec<f32>]| -> Vec<f64> { (0..g).map(|gg| e.iter().map(|r| r[gg] as f64).fold(f64::MIN, f64::max)).collect() };
+        let pc = splicevi::analysis::de::pseudocount_offset(&max(&e1), &max(&e2), &zero(&cmp.idx1), &zero(&cmp.idx2));
         assert_eq!(de.pseudocounts, pc);
         for gg in 0..g {
-            let lfc: Vec<f64> = (0..p1.len())
-                .map(|i| (e1[i][gg] as f64 + pc).log2() - (e2[i][gg] as f64 + pc).log2())
-                .collect();
+            let lfc: Vec<f64> = (0..p1.len()).map(|i| (e1[i][gg] as f64 + pc).log2() - (e2[i][gg] as f64 + pc).log2()).collect();
             let plus = lfc.iter().filter(|&&v| v >= 0.25).count() as f64;
             let minus = lfc.iter().filter(|&&v| v < -0.25).count() as f64;
-            assert_eq!(
-                de.proba_de[gg],
-                (plus / n).max(minus / n),
-                "batch correction {bc}, gene {gg}"
-            );
-            let small: Vec<f64> = (0..p1.len())
-                .map(|i| {
-                    (e1[i][gg] as f64 + 1e-3 * pc).log2() - (e2[i][gg] as f64 + 1e-3 * pc).log2()
-                })
-                .collect();
+            assert_eq!(de.proba_de[gg], (plus / n).max(minus / n), "batch correction {bc}, gene {gg}");
+            let small: Vec<f64> = (0..p1.len()).map(|i| (e1[i][gg] as f64 + 1e-3 * pc).log2() - (e2[i][gg] as f64 + 1e-3 * pc).log2()).collect();
             assert!((de.lfc_mean[gg] - small.iter().sum::<f64>() / n).abs() < 1e-9);
-            assert!(
-                (de.scale1[gg] - e1.iter().map(|r| r[gg] as f64).sum::<f64>() / n).abs() < 1e-12
-            );
+            assert!((de.scale1[gg] - e1.iter().map(|r| r[gg] as f64).sum::<f64>() / n).abs() < 1e-12);
         }
-        assert!(de
-            .raw_mean1
-            .iter()
-            .zip(&zero(&cmp.idx1))
-            .all(|(&m, &z)| (m < 0.01) == z));
+        assert!(de.raw_mean1.iter().zip(&zero(&cmp.idx1)).all(|(&m, &z)| (m < 0.01) == z));
     }
     // Seeded: the same seed reproduces the table, another seed changes the samples.
-    let opts = ChangeOptions {
-        n_samples_overall: 200,
-        ..ChangeOptions::new(0.1)
-    };
+    let opts = ChangeOptions { n_samples_overall: 200, ..ChangeOptions::new(0.1) };
     let a = differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &opts, 0).unwrap();
-    assert_eq!(
-        a,
-        differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &opts, 0).unwrap()
-    );
-    assert_ne!(
-        a.est_prob1,
-        differential_splicing(
-            &post,
-            &cmp,
-            SplicingFn::DmPosterior,
-            &ChangeOptions { seed: 1, ..opts },
-            0
-        )
-        .unwrap()
-        .est_prob1
-    );
+    assert_eq!(a, differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &opts, 0).unwrap());
+    assert_ne!(a.est_prob1, differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &ChangeOptions { seed: 1, ..opts }, 0).unwrap().est_prob1);
 }
 
 /// One `default`-preset model trained on masked simulated data (shorter warm-up, larger learning rate
@@ -489,40 +260,19 @@ struct Trained {
 fn trained() -> &'static Trained {
     static CELL: OnceLock<Trained> = OnceLock::new();
     CELL.get_or_init(|| {
-        let cfg = SimConfig {
-            n_cells: 900,
-            n_genes: 200,
-            n_junctions: 600,
-            ..SimConfig::preset(SimSize::Small, 11)
-        };
+        let cfg = SimConfig { n_cells: 900, n_genes: 200, n_junctions: 600, ..SimConfig::preset(SimSize::Small, 11) };
         let (ds, truth) = simulate(&cfg).unwrap();
         let (masked, dropped) = mask_atses(&ds, 0.25, 0).unwrap();
         let model_cfg = ModelConfig::default();
-        let tc = TrainConfig {
-            max_epochs: 25,
-            n_epochs_kl_warmup: Some(8),
-            lr: 3e-3,
-            batch_size: 128,
-            ..Default::default()
-        };
-        let data = DataOptions {
-            batch_key: Some("batch".into()),
-            ..Default::default()
-        };
+        let tc = TrainConfig { max_epochs: 25, n_epochs_kl_warmup: Some(8), lr: 3e-3, batch_size: 128, ..Default::default() };
+        let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
         let run = RunConfig::for_dataset("default", model_cfg, tc, data, &masked);
         let dir = tempfile::tempdir().unwrap();
         let mut t = Trainer::new(&masked, run, dir.path()).unwrap();
         t.verbose = false;
         t.fit().unwrap();
         let (model, params) = (t.model, t.params);
-        Trained {
-            ds,
-            truth,
-            masked,
-            dropped,
-            model,
-            params,
-        }
+        Trained { ds, truth, masked, dropped, model, params }
     })
 }
 
@@ -530,25 +280,17 @@ fn trained() -> &'static Trained {
 fn trained_default_model_ds_quality_is_reported_and_random_halves_call_almost_nothing() {
     let t = trained();
     let post = Posterior::new(&t.ds, &t.model, &t.params).unwrap();
-    let opts = ChangeOptions {
-        n_samples_overall: 2000,
-        ..ChangeOptions::new(0.1)
-    };
+    let opts = ChangeOptions { n_samples_overall: 2000, ..ChangeOptions::new(0.1) };
     let j = t.ds.n_junctions();
     // Planted junctions between the splicing-only subtypes of type 0 (reported; see the module docs).
-    let cmp = comparisons(&t.ds, "subtype", Some("T0_a"), Some("T0_b"))
-        .unwrap()
-        .remove(0);
+    let cmp = comparisons(&t.ds, "subtype", Some("T0_a"), Some("T0_b")).unwrap().remove(0);
     let r = differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &opts, 0).unwrap();
     let planted = &t.truth.planted_ds_by_type[0];
     let called = r.is_ds_fdr.iter().filter(|&&c| c).count();
     let tp = (0..j).filter(|&jj| r.is_ds_fdr[jj] && planted[jj]).count();
     let n_planted = planted.iter().filter(|&&p| p).count();
     let mean_p = |want: bool| -> f64 {
-        let v: Vec<f64> = (0..j)
-            .filter(|&jj| planted[jj] == want)
-            .map(|jj| r.proba_ds[jj])
-            .collect();
+        let v: Vec<f64> = (0..j).filter(|&jj| planted[jj] == want).map(|jj| r.proba_ds[jj]).collect();
         v.iter().sum::<f64>() / v.len() as f64
     };
     eprintln!(
@@ -563,20 +305,12 @@ fn trained_default_model_ds_quality_is_reported_and_random_halves_call_almost_no
     let mut cells = cmp.idx1.clone();
     cells.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
     let (a, b) = cells.split_at(cells.len() / 2);
-    let halves = Comparison {
-        group1: "A".into(),
-        group2: "B".into(),
-        idx1: a.to_vec(),
-        idx2: b.to_vec(),
-    };
+    let halves = Comparison { group1: "A".into(), group2: "B".into(), idx1: a.to_vec(), idx2: b.to_vec() };
     let h = differential_splicing(&post, &halves, SplicingFn::DmPosterior, &opts, 1).unwrap();
     let n_h = h.is_ds_fdr.iter().filter(|&&c| c).count();
     let max_p = h.proba_ds.iter().copied().fold(0.0, f64::max);
     eprintln!("random halves of T0_a: {n_h} of {j} junctions called, max proba_ds {max_p:.3}");
-    assert!(
-        n_h <= j / 100,
-        "random halves of one subtype: {n_h} of {j} junctions called"
-    );
+    assert!(n_h <= j / 100, "random halves of one subtype: {n_h} of {j} junctions called");
 }
 
 #[test]
@@ -585,11 +319,7 @@ fn imputation_evaluation_on_a_trained_model() {
     let post = Posterior::new(&t.masked, &t.model, &t.params).unwrap();
     let rep = evaluate_imputation(&post, &t.dropped, TruthFilter::default(), None, 128).unwrap();
     let get = |s: &str, m: &str| *rep.get(s, m).unwrap();
-    let (dm, dec, mb) = (
-        get("dropped", METHOD_DM),
-        get("dropped", METHOD_DECODER),
-        get("dropped", METHOD_MEANBAYES),
-    );
+    let (dm, dec, mb) = (get("dropped", METHOD_DM), get("dropped", METHOD_DECODER), get("dropped", METHOD_MEANBAYES));
     eprintln!(
         "QUALITY (default preset) dropped entries: dm-posterior Pearson {:.4} RMSE {:.4} | MeanBayes Pearson {:.4} RMSE {:.4} | n {}",
         dm.pearson, dm.rmse, mb.pearson, mb.rmse, dm.n
@@ -605,28 +335,12 @@ fn imputation_evaluation_on_a_trained_model() {
     // Observed entries: (c·p + k)/(c + n) lies between p and k/n, so it is never further from the truth.
     assert!(get("observed", METHOD_DM).l1_mean <= get("observed", METHOD_DECODER).l1_mean);
     // With PSI = 0 truths and a count filter the sets change accordingly.
-    let f = TruthFilter {
-        include_zero: true,
-        exclude_one: true,
-        min_atse_count: 3.0,
-    };
+    let f = TruthFilter { include_zero: true, exclude_one: true, min_atse_count: 3.0 };
     let rep2 = evaluate_imputation(&post, &t.dropped, f, Some(&t.truth.cell_type), 128).unwrap();
-    let n2 = t
-        .dropped
-        .iter()
-        .filter(|e| e.psi < 1.0 && e.n >= 3.0)
-        .count();
+    let n2 = t.dropped.iter().filter(|e| e.psi < 1.0 && e.n >= 3.0).count();
     assert_eq!(rep2.get("dropped", METHOD_MEANBAYES).unwrap().n, n2);
 
-    let lat = evaluate_latents(
-        &Posterior::new(&t.ds, &t.model, &t.params).unwrap(),
-        Some(&t.truth.cell_type),
-        500,
-        15,
-        0,
-        128,
-    )
-    .unwrap();
+    let lat = evaluate_latents(&Posterior::new(&t.ds, &t.model, &t.params).unwrap(), Some(&t.truth.cell_type), 500, 15, 0, 128).unwrap();
     for l in &lat {
         eprintln!(
             "QUALITY (default preset) latent {}: dim {} PCs(90%) {} silhouette {:.3} 15-NN {:.3} logistic {:.3}",
@@ -647,11 +361,7 @@ fn imputation_evaluation_on_a_trained_model() {
 
 fn run_python(script: &str, args: &[&Path]) {
     let skip = std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1");
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output();
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output();
     match out {
         Ok(o) if o.status.success() => assert!(String::from_utf8_lossy(&o.stdout).contains("ok"), "{}", String::from_utf8_lossy(&o.stdout)),
         Ok(o) if skip => eprintln!("SKIPPED python check (SPLICEVI_SKIP_PYTHON=1): {}", String::from_utf8_lossy(&o.stderr)),
@@ -670,12 +380,7 @@ fn ds_calls_and_coverage(path: &Path) -> Vec<(bool, f64, Option<f64>)> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .unwrap_or_else(|| panic!("{name} not in {header:?}"))
-    };
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("{name} not in {header:?}"));
     let (c, n1, n2) = (col("is_ds_fdr"), col("n_obs_group1"), col("n_obs_group2"));
     let p = header.iter().position(|h| *h == "emp_pvalue");
     lines
@@ -696,118 +401,36 @@ fn diff_splicing_takes_its_test_from_the_run_preset() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let data = d.join("toy.h5mu");
-    ok(bin()
-        .args(["simulate", "--size", "toy", "--seed", "2", "--out"])
-        .arg(&data));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "2", "--out"]).arg(&data));
     let ds = |run: &Path, out: &str, extra: &[&str]| {
-        ok(bin()
-            .arg("diff-splicing")
-            .arg(run)
-            .arg(&data)
-            .args([
-                "--groupby",
-                "subtype",
-                "--group1",
-                "T0_a",
-                "--group2",
-                "T0_b",
-                "--n-samples-overall",
-                "300",
-                "--fdr",
-                "1",
-                "--no-plots",
-            ])
-            .args(extra)
-            .arg("--out")
-            .arg(d.join(out)))
+        ok(bin().arg("diff-splicing").arg(run).arg(&data).args(["--groupby", "subtype", "--group1", "T0_a", "--group2", "T0_b", "--n-samples-overall", "300", "--fdr", "1", "--no-plots"]).args(extra).arg("--out").arg(d.join(out)))
     };
     let read = |name: &str| std::fs::read(d.join(name)).unwrap();
-    let robust_flags = [
-        "--batch-correction",
-        "true",
-        "--min-obs-cells",
-        "10",
-        "--test-mode",
-        "two",
-        "--filter-outlier-cells",
-        "true",
-        "--max-emp-pvalue",
-        "0.05",
-    ];
-    let original_flags = [
-        "--batch-correction",
-        "false",
-        "--min-obs-cells",
-        "0",
-        "--test-mode",
-        "three",
-        "--filter-outlier-cells",
-        "false",
-        "--max-emp-pvalue",
-        "1",
-    ];
+    let robust_flags = ["--batch-correction", "true", "--min-obs-cells", "10", "--test-mode", "two", "--filter-outlier-cells", "true", "--max-emp-pvalue", "0.05"];
+    let original_flags = ["--batch-correction", "false", "--min-obs-cells", "0", "--test-mode", "three", "--filter-outlier-cells", "false", "--max-emp-pvalue", "1"];
     for preset in ["robust", "default"] {
         let run = d.join(preset);
-        ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args([
-            "--preset",
-            preset,
-            "--batch-key",
-            "batch",
-            "--max-epochs",
-            "2",
-            "--batch-size",
-            "64",
-            "--quiet",
-            "--no-plots",
-        ]));
+        ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--preset", preset, "--batch-key", "batch", "--max-epochs", "2", "--batch-size", "64", "--quiet", "--no-plots"]));
         let implicit = ds(&run, &format!("{preset}.tsv"), &[]);
         let said = implicit.contains("the robust preset's test");
         assert_eq!(said, preset == "robust", "{preset}: {implicit}");
-        assert_eq!(
-            implicit.contains("sampled after the outlier filter"),
-            preset == "robust",
-            "{implicit}"
-        );
-        let (want, other) = if preset == "robust" {
-            (robust_flags, original_flags)
-        } else {
-            (original_flags, robust_flags)
-        };
+        assert_eq!(implicit.contains("sampled after the outlier filter"), preset == "robust", "{implicit}");
+        let (want, other) = if preset == "robust" { (robust_flags, original_flags) } else { (original_flags, robust_flags) };
         ds(&run, &format!("{preset}.explicit.tsv"), &want);
-        assert_eq!(
-            read(&format!("{preset}.tsv")),
-            read(&format!("{preset}.explicit.tsv")),
-            "{preset}: the default is not {want:?}"
-        );
+        assert_eq!(read(&format!("{preset}.tsv")), read(&format!("{preset}.explicit.tsv")), "{preset}: the default is not {want:?}");
         ds(&run, &format!("{preset}.other.tsv"), &other);
-        assert_ne!(
-            read(&format!("{preset}.tsv")),
-            read(&format!("{preset}.other.tsv")),
-            "{preset}: the flags {other:?} change nothing"
-        );
+        assert_ne!(read(&format!("{preset}.tsv")), read(&format!("{preset}.other.tsv")), "{preset}: the flags {other:?} change nothing");
         // FDR target 1 calls every tested junction, so the table shows exactly which were tested.
         let rows = ds_calls_and_coverage(&d.join(format!("{preset}.tsv")));
-        assert!(
-            rows.iter().any(|r| r.1 < 10.0) && rows.iter().any(|r| r.1 >= 10.0),
-            "toy data should have thin and well-covered junctions"
-        );
+        assert!(rows.iter().any(|r| r.1 < 10.0) && rows.iter().any(|r| r.1 >= 10.0), "toy data should have thin and well-covered junctions");
         if preset == "robust" {
-            assert!(
-                rows.iter().any(|r| r.1 >= 10.0 && r.2.unwrap() >= 0.05),
-                "toy data should have covered junctions without an observed difference"
-            );
+            assert!(rows.iter().any(|r| r.1 >= 10.0 && r.2.unwrap() >= 0.05), "toy data should have covered junctions without an observed difference");
         } else {
-            assert!(
-                rows.iter().all(|r| r.2.is_none()),
-                "the original's table has no emp_pvalue column"
-            );
+            assert!(rows.iter().all(|r| r.2.is_none()), "the original's table has no emp_pvalue column");
         }
         for (called, cov, p) in rows {
             let tested = preset == "default" || (cov >= 10.0 && p.unwrap() < 0.05);
-            assert_eq!(
-                called, tested,
-                "{preset}: junction seen in {cov} cells of a group, empirical p {p:?}"
-            );
+            assert_eq!(called, tested, "{preset}: junction seen in {cov} cells of a group, empirical p {p:?}");
         }
     }
 }
@@ -818,168 +441,32 @@ fn commands_write_anndata_and_tsv_outputs() {
     let d = tmp.path();
     let data = d.join("toy.h5mu");
     let run = d.join("run");
-    ok(bin()
-        .args(["simulate", "--size", "toy", "--seed", "6", "--out"])
-        .arg(&data));
-    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args([
-        "--batch-key",
-        "batch",
-        "--max-epochs",
-        "2",
-        "--n-epochs-kl-warmup",
-        "1",
-        "--quiet",
-    ]));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "6", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--batch-key", "batch", "--max-epochs", "2", "--n-epochs-kl-warmup", "1", "--quiet"]));
     let p = |n: &str| d.join(n);
     // Dense PSI: gzip with blocks of 7 cells, and uncompressed with blocks of 64; decoder PSI; sparse.
-    ok(bin()
-        .arg("impute")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(p("psi.h5ad"))
-        .args(["--block-cells", "7"]));
-    ok(bin()
-        .arg("impute")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(p("psi_raw.h5ad"))
-        .args(["--block-cells", "64", "--gzip", "0"]));
-    ok(bin()
-        .arg("impute")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(p("psi_dec.h5ad"))
-        .args([
-            "--method",
-            "decoder",
-            "--transform-batch",
-            "batch0",
-            "batch1",
-        ]));
-    ok(bin()
-        .arg("impute")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(p("psi_grp.h5ad"))
-        .args([
-            "--observed-only",
-            "--groupby",
-            "cell_type",
-            "--block-cells",
-            "13",
-        ]));
-    ok(bin()
-        .arg("impute")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(p("psi_cell.h5ad"))
-        .args(["--observed-only", "--n-samples", "3"]));
+    ok(bin().arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi.h5ad")).args(["--block-cells", "7"]));
+    ok(bin().arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_raw.h5ad")).args(["--block-cells", "64", "--gzip", "0"]));
+    ok(bin().arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_dec.h5ad")).args(["--method", "decoder", "--transform-batch", "batch0", "batch1"]));
+    ok(bin().arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_grp.h5ad")).args(["--observed-only", "--groupby", "cell_type", "--block-cells", "13"]));
+    ok(bin().arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_cell.h5ad")).args(["--observed-only", "--n-samples", "3"]));
     std::fs::write(p("junctions.txt"), "junc_010\n\njunc_003\n junc_299 \n").unwrap();
-    ok(bin()
-        .arg("impute")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(p("psi_sub.h5ad"))
-        .arg("--junctions")
-        .arg(p("junctions.txt")));
-    ok(bin()
-        .arg("normalize-expression")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(p("expr.h5ad"))
-        .args(["--library-size", "10000", "--block-cells", "33"]));
-    ok(bin()
-        .arg("diff-splicing")
-        .arg(&run)
-        .arg(&data)
-        .args([
-            "--groupby",
-            "subtype",
-            "--group1",
-            "T0_a",
-            "--group2",
-            "T0_b",
-            "--n-samples-overall",
-            "500",
-            "--out",
-        ])
-        .arg(p("ds.tsv")));
-    ok(bin()
-        .arg("diff-splicing")
-        .arg(&run)
-        .arg(&data)
-        .args([
-            "--groupby",
-            "cell_type",
-            "--method",
-            "decoder",
-            "--batch-correction",
-            "--n-samples-overall",
-            "300",
-            "--out",
-        ])
-        .arg(p("ds_all.tsv")));
-    ok(bin()
-        .arg("diff-expression")
-        .arg(&run)
-        .arg(&data)
-        .args([
-            "--groupby",
-            "cell_type",
-            "--group1",
-            "T1",
-            "--n-samples-overall",
-            "500",
-            "--out",
-        ])
-        .arg(p("de.tsv")));
-    let table = ok(bin()
-        .arg("evaluate")
-        .arg(&run)
-        .arg(&data)
-        .args(["--label", "cell_type", "--out"])
-        .arg(p("eval.tsv")));
-    assert!(
-        table.contains("mean_bayes") && table.contains("splicing"),
-        "{table}"
-    );
-    let log = ok(bin()
-        .args(["evaluate", "--train"])
-        .arg(&data)
-        .args([
-            "--batch-key",
-            "batch",
-            "--max-epochs",
-            "2",
-            "--n-epochs-kl-warmup",
-            "1",
-            "--quiet",
-            "--mask-fraction",
-            "0.5",
-            "--out",
-        ])
-        .arg(p("eval_train.tsv")));
+    ok(bin().arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_sub.h5ad")).arg("--junctions").arg(p("junctions.txt")));
+    ok(bin().arg("normalize-expression").arg(&run).arg(&data).arg("--out").arg(p("expr.h5ad")).args(["--library-size", "10000", "--block-cells", "33"]));
+    ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "subtype", "--group1", "T0_a", "--group2", "T0_b", "--n-samples-overall", "500", "--out"]).arg(p("ds.tsv")));
+    ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "cell_type", "--method", "decoder", "--batch-correction", "--n-samples-overall", "300", "--out"]).arg(p("ds_all.tsv")));
+    ok(bin().arg("diff-expression").arg(&run).arg(&data).args(["--groupby", "cell_type", "--group1", "T1", "--n-samples-overall", "500", "--out"]).arg(p("de.tsv")));
+    let table = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--out"]).arg(p("eval.tsv")));
+    assert!(table.contains("mean_bayes") && table.contains("splicing"), "{table}");
+    let log = ok(bin().args(["evaluate", "--train"]).arg(&data).args(["--batch-key", "batch", "--max-epochs", "2", "--n-epochs-kl-warmup", "1", "--quiet", "--mask-fraction", "0.5", "--out"]).arg(p("eval_train.tsv")));
     assert!(log.contains("training on the masked data"), "{log}");
 
     // Expected values computed in process for the dense outputs.
     let o = splicevi::analysis::posterior::open_run(&run, &data).unwrap();
     let post = Posterior::new(&o.ds, &o.model, &o.params).unwrap();
     let all: Vec<usize> = (0..o.ds.n_cells()).collect();
-    let mean = DecodeOptions {
-        transform_batch: vec![],
-        n_samples: 1,
-        seed: 0,
-    };
-    let dec = post
-        .decode(&all, &mean, Some(SplicingFn::DmPosterior), true)
-        .unwrap();
+    let mean = DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
+    let dec = post.decode(&all, &mean, Some(SplicingFn::DmPosterior), true).unwrap();
     write_f32(&p("psi.f32"), dec.psi.as_ref().unwrap());
     let mut expr = dec.expr.unwrap();
     expr.data.iter_mut().for_each(|v| *v *= 10000.0);
@@ -1057,11 +544,7 @@ print("ok")
 "#;
     run_python(script, &[d]);
     // No temporary files left next to the outputs.
-    let leftovers: Vec<_> = std::fs::read_dir(d)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(d).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -1071,91 +554,26 @@ fn commands_reject_bad_requests_with_clear_errors() {
     let d = tmp.path();
     let data = d.join("toy.h5mu");
     let run = d.join("run");
-    ok(bin()
-        .args(["simulate", "--size", "toy", "--seed", "1", "--out"])
-        .arg(&data));
-    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args([
-        "--batch-key",
-        "batch",
-        "--max-epochs",
-        "1",
-        "--quiet",
-    ]));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "1", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--batch-key", "batch", "--max-epochs", "1", "--quiet"]));
     let out = d.join("x.tsv");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (
-            vec![
-                "diff-splicing".into(),
-                "--groupby".into(),
-                "subtype".into(),
-                "--group1".into(),
-                "T9_z".into(),
-            ],
-            "T9_z",
-        ),
-        (
-            vec!["diff-splicing".into(), "--groupby".into(), "no_such".into()],
-            "no_such",
-        ),
-        (
-            vec![
-                "diff-expression".into(),
-                "--groupby".into(),
-                "cell_type".into(),
-                "--fdr".into(),
-                "2".into(),
-            ],
-            "FDR",
-        ),
-        (
-            vec!["impute".into(), "--transform-batch".into(), "batch7".into()],
-            "batch7",
-        ),
-        (
-            vec![
-                "impute".into(),
-                "--junctions".into(),
-                d.join("nope.txt").display().to_string(),
-            ],
-            "nope.txt",
-        ),
-        (
-            vec!["evaluate".into(), "--lr".into(), "0.1".into()],
-            "only accepted with --train",
-        ),
-        (
-            vec!["evaluate".into(), "--mask-fraction".into(), "0".into()],
-            "mask fraction",
-        ),
+        (vec!["diff-splicing".into(), "--groupby".into(), "subtype".into(), "--group1".into(), "T9_z".into()], "T9_z"),
+        (vec!["diff-splicing".into(), "--groupby".into(), "no_such".into()], "no_such"),
+        (vec!["diff-expression".into(), "--groupby".into(), "cell_type".into(), "--fdr".into(), "2".into()], "FDR"),
+        (vec!["impute".into(), "--transform-batch".into(), "batch7".into()], "batch7"),
+        (vec!["impute".into(), "--junctions".into(), d.join("nope.txt").display().to_string()], "nope.txt"),
+        (vec!["evaluate".into(), "--lr".into(), "0.1".into()], "only accepted with --train"),
+        (vec!["evaluate".into(), "--mask-fraction".into(), "0".into()], "mask fraction"),
     ];
     for (args, needle) in cases {
         let mut cmd = bin();
-        cmd.arg(&args[0])
-            .arg(&run)
-            .arg(&data)
-            .args(&args[1..])
-            .arg("--out")
-            .arg(&out);
+        cmd.arg(&args[0]).arg(&run).arg(&data).args(&args[1..]).arg("--out").arg(&out);
         let text = fails(&mut cmd);
-        assert!(
-            text.contains(needle),
-            "{args:?}: error does not mention `{needle}`:\n{text}"
-        );
+        assert!(text.contains(needle), "{args:?}: error does not mention `{needle}`:\n{text}");
         assert!(!out.exists(), "{args:?} wrote an output");
     }
     std::fs::write(d.join("j.txt"), "junc_000\nnot_a_junction\n").unwrap();
-    let text = fails(
-        bin()
-            .arg("impute")
-            .arg(&run)
-            .arg(&data)
-            .arg("--junctions")
-            .arg(d.join("j.txt"))
-            .arg("--out")
-            .arg(d.join("p.h5ad")),
-    );
-    assert!(
-        text.contains("j.txt:2") && text.contains("not_a_junction"),
-        "{text}"
-    );
+    let text = fails(bin().arg("impute").arg(&run).arg(&data).arg("--junctions").arg(d.join("j.txt")).arg("--out").arg(d.join("p.h5ad")));
+    assert!(text.contains("j.txt:2") && text.contains("not_a_junction"), "{text}");
 }

@@ -13,29 +13,15 @@ fn simulate_train_embed_and_read_with_anndata() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("toy.h5mu");
     let run = tmp.path().join("run");
-    ok(bin()
-        .args(["simulate", "--size", "toy", "--seed", "3", "--out"])
-        .arg(&data));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "3", "--out"]).arg(&data));
     let log = ok(bin()
         .args(["train"])
         .arg(&data)
         .arg("--out")
         .arg(&run)
-        .args([
-            "--batch-key",
-            "batch",
-            "--max-epochs",
-            "3",
-            "--n-epochs-kl-warmup",
-            "1",
-            "--dispersion",
-            "gene-batch",
-            "--n-latent",
-            "5",
-        ]));
+        .args(["--batch-key", "batch", "--max-epochs", "3", "--n-epochs-kl-warmup", "1", "--dispersion", "gene-batch", "--n-latent", "5"]));
     assert!(log.contains("epoch 3/3"), "{log}");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["model"]["dispersion"], "gene-batch");
     assert_eq!(cfg["model"]["n_latent"], 5);
     assert_eq!(cfg["train"]["max_epochs"], 3);
@@ -43,13 +29,7 @@ fn simulate_train_embed_and_read_with_anndata() {
     assert_eq!(metrics.lines().count(), 4, "{metrics}");
 
     let out = tmp.path().join("latent.h5ad");
-    ok(bin()
-        .arg("embed")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .args(["--modality", "splicing"]));
+    ok(bin().arg("embed").arg(&run).arg(&data).arg("--out").arg(&out).args(["--modality", "splicing"]));
     let script = r#"
 import sys, anndata, numpy as np
 a = anndata.read_h5ad(sys.argv[1])
@@ -61,25 +41,13 @@ assert a.obsm["X_splicevi_joint"].shape[1] == 5
 assert "subtype" in a.obs.columns and "batch" in a.obs.columns
 print("ok", a.n_obs)
 "#;
-    let py = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .arg(&out)
-        .output();
+    let py = Command::new(python()).arg("-c").arg(script).arg(&out).output();
     match py {
-        Ok(o) if o.status.success() => {
-            assert!(String::from_utf8_lossy(&o.stdout).contains("ok 200"))
-        }
+        Ok(o) if o.status.success() => assert!(String::from_utf8_lossy(&o.stdout).contains("ok 200")),
         Ok(o) if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => {
-            eprintln!(
-                "SKIPPED python check: {}",
-                String::from_utf8_lossy(&o.stderr)
-            )
+            eprintln!("SKIPPED python check: {}", String::from_utf8_lossy(&o.stderr))
         }
-        Ok(o) => panic!(
-            "anndata could not read the embedding:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
+        Ok(o) => panic!("anndata could not read the embedding:\n{}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => panic!("no python ({e}); set SPLICEVI_SKIP_PYTHON=1 to skip"),
     }
 }
@@ -88,9 +56,7 @@ print("ok", a.n_obs)
 fn bad_options_fail_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("toy.h5mu");
-    ok(bin()
-        .args(["simulate", "--size", "toy", "--seed", "0", "--out"])
-        .arg(&data));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
     let run = tmp.path().join("run");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--dispersion", "gene-everything"], "gene-everything"),
@@ -104,47 +70,16 @@ fn bad_options_fail_before_any_work() {
         (vec!["--device", "cuda"], "--device cuda:0"),
     ];
     for (flags, needle) in cases {
-        let text = fails(
-            bin()
-                .arg("train")
-                .arg(&data)
-                .arg("--out")
-                .arg(&run)
-                .args(&flags),
-        );
-        assert!(
-            text.contains(needle),
-            "{flags:?}: error does not name `{needle}`:\n{text}"
-        );
-        assert!(
-            !run.join("model.safetensors").exists(),
-            "{flags:?} wrote a checkpoint"
-        );
+        let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(&flags));
+        assert!(text.contains(needle), "{flags:?}: error does not name `{needle}`:\n{text}");
+        assert!(!run.join("model.safetensors").exists(), "{flags:?} wrote a checkpoint");
     }
     // `auto` runs on the CPU and says why in one line.
-    let text = ok(bin()
-        .arg("--device")
-        .arg("auto")
-        .arg("check-fixture")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/default-model"
-        )));
+    let text = ok(bin().arg("--device").arg("auto").arg("check-fixture").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/default-model")));
     assert!(text.contains("device: cpu"), "{text}");
     // A config file with a misspelt option names the file and the key.
     let cfg = tmp.path().join("c.toml");
     std::fs::write(&cfg, "[model]\nn_latnet = 4\n").unwrap();
-    let text = fails(
-        bin()
-            .arg("train")
-            .arg(&data)
-            .arg("--out")
-            .arg(&run)
-            .arg("--config")
-            .arg(&cfg),
-    );
-    assert!(
-        text.contains("c.toml") && text.contains("n_latnet"),
-        "{text}"
-    );
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).arg("--config").arg(&cfg));
+    assert!(text.contains("c.toml") && text.contains("n_latnet"), "{text}");
 }

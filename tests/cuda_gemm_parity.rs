@@ -51,10 +51,7 @@ fn gpu_gemm_matches_host_product() {
                             mag += p.abs();
                         }
                         let v = got[i * n + j] as f64;
-                        assert!(
-                            v.is_finite() && (v - s).abs() <= 1e-5 * mag + 1e-30,
-                            "{prec:?} {m}×{n}×{k} ta {ta} tb {tb}: C[{i}][{j}] = {v:e}, host {s:e}"
-                        );
+                        assert!(v.is_finite() && (v - s).abs() <= 1e-5 * mag + 1e-30, "{prec:?} {m}×{n}×{k} ta {ta} tb {tb}: C[{i}][{j}] = {v:e}, host {s:e}");
                     }
                 }
             }

@@ -34,12 +34,7 @@ const MIXES: [Mix; 6] = [
     Mix::Routed(Modality::Expression),
     Mix::Routed(Modality::Splicing),
 ];
-const PENALTIES: [ModalityPenalty; 4] = [
-    ModalityPenalty::None,
-    ModalityPenalty::Jeffreys,
-    ModalityPenalty::Mmd,
-    ModalityPenalty::JeffreysExact,
-];
+const PENALTIES: [ModalityPenalty; 4] = [ModalityPenalty::None, ModalityPenalty::Jeffreys, ModalityPenalty::Mmd, ModalityPenalty::JeffreysExact];
 
 /// One random problem (values in f64; converted per precision).
 #[derive(Clone)]
@@ -74,16 +69,7 @@ impl Case {
 
     /// `tiny_var`: 3% of the variances near 1e-7 (the clamp at 1e-6 acts); off for finite differences.
     #[allow(clippy::too_many_arguments)]
-    fn random(
-        seed: u64,
-        b: usize,
-        d: usize,
-        mix: Mix,
-        ln: bool,
-        penalty: ModalityPenalty,
-        with_dqm: bool,
-        tiny_var: bool,
-    ) -> Case {
+    fn random(seed: u64, b: usize, d: usize, mix: Mix, ln: bool, penalty: ModalityPenalty, with_dqm: bool, tiny_var: bool) -> Case {
         let mut r = ChaCha8Rng::seed_from_u64(seed);
         let mut normal = |s: f64| -> f64 { s * r.sample::<f64, _>(StandardNormal) };
         let mu_e: Vec<f64> = (0..b * d).map(|_| normal(1.0)).collect();
@@ -103,25 +89,7 @@ impl Case {
         let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
         let mask_e: Vec<bool> = (0..b).map(|_| r.gen::<f64>() > 0.1).collect();
         let mask_s: Vec<bool> = (0..b).map(|_| r.gen::<f64>() > 0.2).collect();
-        let mut c = Case {
-            b,
-            d,
-            mix,
-            ln,
-            penalty,
-            mu_e,
-            v_e,
-            mu_s,
-            v_s,
-            raw,
-            mask_e,
-            mask_s,
-            eps,
-            dz,
-            dqm,
-            kl_scale: 0.37 / b as f64,
-            kl_weight: 0.37,
-        };
+        let mut c = Case { b, d, mix, ln, penalty, mu_e, v_e, mu_s, v_s, raw, mask_e, mask_s, eps, dz, dqm, kl_scale: 0.37 / b as f64, kl_weight: 0.37 };
         if tiny_var {
             for k in 0..b * d {
                 if r.gen::<f64>() < 0.03 {
@@ -195,14 +163,7 @@ fn twin_f32(c: &Case) -> LatentHost {
     let out = latent_step_fwd(&inp, c.kl_weight).unwrap();
     let dz = mat::<f32>(c.b, c.l(), &c.dz);
     let dqm = c.dqm.as_ref().map(|q| mat::<f32>(c.b, c.l(), q));
-    let g = latent_step_bwd(
-        &inp,
-        &out,
-        &dz,
-        dqm.as_ref(),
-        c.kl_scale as f32,
-        c.kl_weight as f32,
-    );
+    let g = latent_step_bwd(&inp, &out, &dz, dqm.as_ref(), c.kl_scale as f32, c.kl_weight as f32);
     LatentHost {
         qz_m: out.qz_m.data.clone(),
         qz_v: out.qz_v.data.clone(),
@@ -221,12 +182,7 @@ fn twin_f32(c: &Case) -> LatentHost {
 fn kernel_penalty(c: &Case, h: &LatentHost) -> f64 {
     let s: f64 = h.pen_row.iter().map(|&v| v as f64).sum();
     if c.penalty == ModalityPenalty::JeffreysExact {
-        let np = c
-            .mask_e
-            .iter()
-            .zip(&c.mask_s)
-            .filter(|(a, b)| **a && **b)
-            .count();
+        let np = c.mask_e.iter().zip(&c.mask_s).filter(|(a, b)| **a && **b).count();
         if np == 0 {
             0.0
         } else {
@@ -238,28 +194,16 @@ fn kernel_penalty(c: &Case, h: &LatentHost) -> f64 {
 }
 
 fn compare(c: &Case, got: &LatentHost) {
-    let name = format!(
-        "mix {:?} ln {} penalty {} dqm {}",
-        c.mix,
-        c.ln,
-        c.penalty.as_str(),
-        c.dqm.is_some()
-    );
+    let name = format!("mix {:?} ln {} penalty {} dqm {}", c.mix, c.ln, c.penalty.as_str(), c.dqm.is_some());
     let want = twin_f32(c);
     close("qz_m", &name, &got.qz_m, &want.qz_m, 0.0);
     close("qz_v", &name, &got.qz_v, &want.qz_v, 0.0);
     close("z", &name, &got.z, &want.z, 0.0);
     close("kl", &name, &got.kl_row, &want.kl_row, 0.0);
     let (p, pw) = (kernel_penalty(c, got), want.pen_row[0] as f64);
-    assert!(
-        (p - pw).abs() <= 1e-4 * pw.abs() + 1e-5,
-        "{name}: penalty {p:e}, twin {pw:e}"
-    );
+    assert!((p - pw).abs() <= 1e-4 * pw.abs() + 1e-5, "{name}: penalty {p:e}, twin {pw:e}");
     if c.mix == Mix::Concat || c.penalty == ModalityPenalty::None {
-        assert!(
-            got.pen_row.iter().all(|&v| v == 0.0),
-            "{name}: pen_row must be 0 without a penalty"
-        );
+        assert!(got.pen_row.iter().all(|&v| v == 0.0), "{name}: pen_row must be 0 without a penalty");
     }
     close("d_mu_e", &name, &got.d_mu_e, &want.d_mu_e, 0.0);
     close("d_v_e", &name, &got.d_v_e, &want.d_v_e, 0.0);
@@ -278,16 +222,7 @@ fn parity_cases(seed: u64) -> Vec<Case> {
             for ln in [false, true] {
                 s += 1;
                 let d = if (mi + pi) % 2 == 0 { 5 } else { 40 };
-                cases.push(Case::random(
-                    s,
-                    37,
-                    d,
-                    mix,
-                    ln,
-                    pen,
-                    (mi + pi + ln as usize) % 2 == 0,
-                    true,
-                ));
+                cases.push(Case::random(s, 37, d, mix, ln, pen, (mi + pi + ln as usize) % 2 == 0, true));
             }
         }
     }
@@ -309,14 +244,7 @@ fn twin_backward_matches_finite_differences() {
                 let out = latent_step_fwd(&c.input(&m), c.kl_weight).unwrap();
                 let dz = mat::<f64>(c.b, c.l(), &c.dz);
                 let dqm = c.dqm.as_ref().map(|q| mat::<f64>(c.b, c.l(), q));
-                let g = latent_step_bwd(
-                    &c.input(&m),
-                    &out,
-                    &dz,
-                    dqm.as_ref(),
-                    c.kl_scale,
-                    c.kl_weight,
-                );
+                let g = latent_step_bwd(&c.input(&m), &out, &dz, dqm.as_ref(), c.kl_scale, c.kl_weight);
                 let name = format!("mix {mix:?} ln {ln} penalty {}", pen.as_str());
                 let fields: [(&str, fn(&mut Case) -> &mut Vec<f64>, &[f64]); 5] = [
                     ("mu_e", |c| &mut c.mu_e, &g.post.mu_e.data),
@@ -341,10 +269,7 @@ fn twin_backward_matches_finite_differences() {
                         };
                         let fd = (at(h) - at(-h)) / (2.0 * h);
                         let an = grad[k];
-                        assert!(
-                            (fd - an).abs() <= 1e-6 * (1.0 + fd.abs()),
-                            "{name}: d/d {fname}[{k}]: analytic {an:e}, finite differences {fd:e}"
-                        );
+                        assert!((fd - an).abs() <= 1e-6 * (1.0 + fd.abs()), "{name}: d/d {fname}[{k}]: analytic {an:e}, finite differences {fd:e}");
                     }
                 }
             }
@@ -354,21 +279,10 @@ fn twin_backward_matches_finite_differences() {
 
 #[test]
 fn twin_refuses_mmd_rbf_and_the_kernel_codes_do_too() {
-    let c = Case::random(
-        1,
-        4,
-        2,
-        Mix::Softmax,
-        false,
-        ModalityPenalty::MmdRbf,
-        false,
-        false,
-    );
+    let c = Case::random(1, 4, 2, Mix::Softmax, false, ModalityPenalty::MmdRbf, false, false);
     let m = c.mats::<f64>();
     assert!(latent_step_fwd(&c.input(&m), 1.0).is_err());
-    let e = penalty_code(ModalityPenalty::MmdRbf)
-        .unwrap_err()
-        .to_string();
+    let e = penalty_code(ModalityPenalty::MmdRbf).unwrap_err().to_string();
     assert!(e.contains("MMDRbf") && e.contains("--device cpu"), "{e}");
     assert_eq!(penalty_scale(ModalityPenalty::JeffreysExact, 0.25), 0.25);
     assert_eq!(penalty_scale(ModalityPenalty::Jeffreys, 0.25), 1.0);
@@ -419,9 +333,7 @@ fn host_emu_latent_matches_twin() {
     let exe = match emu::build(d, "latent.cu", LATENT_CU, HARNESS) {
         Ok(e) => e,
         Err(reason) => {
-            skipped(&format!(
-                "host build (emulation) of kernels/latent.cu: {reason}"
-            ));
+            skipped(&format!("host build (emulation) of kernels/latent.cu: {reason}"));
             return;
         }
     };
@@ -430,27 +342,10 @@ fn host_emu_latent_matches_twin() {
         let perdim_mask = matches!(c.mix, Mix::PerDim { mask_spl: true }) as i32;
         std::fs::write(
             d.join("params.txt"),
-            format!(
-                "{} {} {} {perdim_mask} {} {} {:e} {:e}",
-                c.b,
-                c.d,
-                mix_code(c.mix),
-                c.ln as i32,
-                penalty_code(c.penalty).unwrap(),
-                c.kl_scale as f32,
-                pscale
-            ),
+            format!("{} {} {} {perdim_mask} {} {} {:e} {:e}", c.b, c.d, mix_code(c.mix), c.ln as i32, penalty_code(c.penalty).unwrap(), c.kl_scale as f32, pscale),
         )
         .unwrap();
-        for (name, v) in [
-            ("mu_e", &c.mu_e),
-            ("v_e", &c.v_e),
-            ("mu_s", &c.mu_s),
-            ("v_s", &c.v_s),
-            ("raw", &c.raw),
-            ("eps", &c.eps),
-            ("dz", &c.dz),
-        ] {
+        for (name, v) in [("mu_e", &c.mu_e), ("v_e", &c.v_e), ("mu_s", &c.mu_s), ("v_s", &c.v_s), ("raw", &c.raw), ("eps", &c.eps), ("dz", &c.dz)] {
             emu::write_f32(d, name, &f32s(v));
         }
         match &c.dqm {
@@ -459,16 +354,8 @@ fn host_emu_latent_matches_twin() {
                 let _ = std::fs::remove_file(d.join("dqm.bin"));
             }
         }
-        emu::write_u8(
-            d,
-            "mask_e",
-            &c.mask_e.iter().map(|&x| x as u8).collect::<Vec<u8>>(),
-        );
-        emu::write_u8(
-            d,
-            "mask_s",
-            &c.mask_s.iter().map(|&x| x as u8).collect::<Vec<u8>>(),
-        );
+        emu::write_u8(d, "mask_e", &c.mask_e.iter().map(|&x| x as u8).collect::<Vec<u8>>());
+        emu::write_u8(d, "mask_s", &c.mask_s.iter().map(|&x| x as u8).collect::<Vec<u8>>());
         emu::run(&exe, d);
         let got = LatentHost {
             qz_m: emu::read_f32(d, "qz_m"),
@@ -501,15 +388,7 @@ fn gpu_latent_matches_twin() {
         let m = c.mats::<f32>();
         let dz = f32s(&c.dz);
         let dqm = c.dqm.as_ref().map(|q| f32s(q));
-        let got = kern
-            .run_host(
-                &c.input(&m),
-                &dz,
-                dqm.as_deref(),
-                c.kl_scale as f32,
-                c.kl_weight as f32,
-            )
-            .unwrap();
+        let got = kern.run_host(&c.input(&m), &dz, dqm.as_deref(), c.kl_scale as f32, c.kl_weight as f32).unwrap();
         compare(&c, &got);
     }
 }

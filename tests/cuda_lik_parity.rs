@@ -111,11 +111,7 @@ struct SplCase {
 /// sometimes 0), the k split it.
 fn spl_case(rng: &mut ChaCha8Rng, b: usize, n_atse: usize, p_obs: f64) -> SplCase {
     let sizes: Vec<usize> = (0..n_atse).map(|_| rng.gen_range(1..=7)).collect();
-    let mut junc2atse: Vec<u32> = sizes
-        .iter()
-        .enumerate()
-        .flat_map(|(a, &s)| std::iter::repeat_n(a as u32, s))
-        .collect();
+    let mut junc2atse: Vec<u32> = sizes.iter().enumerate().flat_map(|(a, &s)| std::iter::repeat_n(a as u32, s)).collect();
     junc2atse.shuffle(rng);
     let j = junc2atse.len();
     let mut members = vec![Vec::new(); n_atse];
@@ -126,11 +122,7 @@ fn spl_case(rng: &mut ChaCha8Rng, b: usize, n_atse: usize, p_obs: f64) -> SplCas
     for a in 0..n_atse {
         atse_ptr[a + 1] = atse_ptr[a] + sizes[a];
     }
-    let mut spl = SplBatch {
-        n_junctions: j,
-        indptr: vec![0],
-        ..Default::default()
-    };
+    let mut spl = SplBatch { n_junctions: j, indptr: vec![0], ..Default::default() };
     for i in 0..b {
         let mut ent: Vec<(u32, f32, f32)> = Vec::new();
         if i % 6 != 2 {
@@ -138,11 +130,7 @@ fn spl_case(rng: &mut ChaCha8Rng, b: usize, n_atse: usize, p_obs: f64) -> SplCas
                 if rng.gen::<f64>() >= p_obs {
                     continue;
                 }
-                let big_n = if rng.gen::<f64>() < 0.05 {
-                    0.0
-                } else {
-                    10f64.powf(rng.gen_range(0.0..4.0)).round()
-                };
+                let big_n = if rng.gen::<f64>() < 0.05 { 0.0 } else { 10f64.powf(rng.gen_range(0.0..4.0)).round() };
                 let wts: Vec<f64> = m.iter().map(|_| rng.gen::<f64>().powi(2) + 1e-3).collect();
                 let ws: f64 = wts.iter().sum();
                 for (&jj, &wt) in m.iter().zip(&wts) {
@@ -159,36 +147,16 @@ fn spl_case(rng: &mut ChaCha8Rng, b: usize, n_atse: usize, p_obs: f64) -> SplCas
         }
         spl.indptr.push(spl.junction.len());
     }
-    SplCase {
-        spl,
-        junc2atse,
-        atse_ptr,
-        n_atse,
-    }
+    SplCase { spl, junc2atse, atse_ptr, n_atse }
 }
 
 fn kinds() -> [(SplicingLoss, ConcIndex); 5] {
     [
-        (
-            SplicingLoss::DirichletMultinomial,
-            ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Atse),
-        ),
-        (
-            SplicingLoss::DirichletMultinomial,
-            ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Scalar),
-        ),
-        (
-            SplicingLoss::BetaBinomial,
-            ConcIndex::for_loss(SplicingLoss::BetaBinomial, DmConcentration::Atse),
-        ),
-        (
-            SplicingLoss::Binomial,
-            ConcIndex::for_loss(SplicingLoss::Binomial, DmConcentration::Atse),
-        ),
-        (
-            SplicingLoss::Bce,
-            ConcIndex::for_loss(SplicingLoss::Bce, DmConcentration::Atse),
-        ),
+        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Atse)),
+        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Scalar)),
+        (SplicingLoss::BetaBinomial, ConcIndex::for_loss(SplicingLoss::BetaBinomial, DmConcentration::Atse)),
+        (SplicingLoss::Binomial, ConcIndex::for_loss(SplicingLoss::Binomial, DmConcentration::Atse)),
+        (SplicingLoss::Bce, ConcIndex::for_loss(SplicingLoss::Bce, DmConcentration::Atse)),
     ]
 }
 
@@ -202,8 +170,7 @@ fn log_phi_len(kind: SplicingLoss, conc: ConcIndex, c: &SplCase) -> usize {
 }
 
 fn groups_for(kind: SplicingLoss, c: &SplCase) -> Option<AtseGroups> {
-    (kind == SplicingLoss::DirichletMultinomial)
-        .then(|| AtseGroups::build(&c.spl, &c.junc2atse, &c.atse_ptr).unwrap())
+    (kind == SplicingLoss::DirichletMultinomial).then(|| AtseGroups::build(&c.spl, &c.junc2atse, &c.atse_ptr).unwrap())
 }
 
 fn to_t<T: Real>(v: &[f64]) -> Vec<T> {
@@ -223,28 +190,12 @@ fn twin_splicing_gradients_match_finite_differences() {
     let h = 1e-3;
     for (kind, conc) in kinds() {
         let groups = groups_for(kind, &c);
-        let lp: Vec<f64> = (0..log_phi_len(kind, conc, &c))
-            .map(|_| randn(&mut rng))
-            .collect();
+        let lp: Vec<f64> = (0..log_phi_len(kind, conc, &c)).map(|_| randn(&mut rng)).collect();
         let phi_max = lp.iter().map(|&v| softplus(v)).fold(0.0, f64::max);
         let w = 0.7;
-        let rl_at = |lg: &[f64], lp: &[f64]| {
-            spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, lg, lp, w).rl
-        };
-        let out = spl_lik::splicing_loss(
-            kind,
-            conc,
-            &c.spl,
-            groups.as_ref(),
-            &c.junc2atse,
-            &logits,
-            &lp,
-            w,
-        );
-        assert!(
-            out.rl.iter().all(|v| v.is_finite()),
-            "{kind}: non-finite loss"
-        );
+        let rl_at = |lg: &[f64], lp: &[f64]| spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, lg, lp, w).rl;
+        let out = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &logits, &lp, w);
+        assert!(out.rl.iter().all(|v| v.is_finite()), "{kind}: non-finite loss");
         // magnitude of the terms that move with entry e: its own (BB / binomial / BCE) or its ATSE's (DM)
         let group_size = |e: usize| -> f64 {
             if kind != SplicingLoss::DirichletMultinomial {
@@ -276,10 +227,7 @@ fn twin_splicing_gradients_match_finite_differences() {
             }
         }
         // d rl / d log_phi (through softplus) for a few concentration targets
-        if matches!(
-            kind,
-            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial
-        ) {
+        if matches!(kind, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
             for t in (0..lp.len()).step_by((lp.len() / 7).max(1)) {
                 for i in 0..c.spl.n_cells() {
                     let fd = richardson(
@@ -290,15 +238,8 @@ fn twin_splicing_gradients_match_finite_differences() {
                         },
                         h,
                     );
-                    let ents: Vec<usize> = c
-                        .spl
-                        .cell_range(i)
-                        .filter(|&e| conc.target(c.spl.junction[e] as usize, &c.junc2atse) == t)
-                        .collect();
-                    let g: f64 = ents
-                        .iter()
-                        .map(|&e| out.g_conc[e] * softplus_grad(lp[t]))
-                        .sum();
+                    let ents: Vec<usize> = c.spl.cell_range(i).filter(|&e| conc.target(c.spl.junction[e] as usize, &c.junc2atse) == t).collect();
+                    let g: f64 = ents.iter().map(|&e| out.g_conc[e] * softplus_grad(lp[t])).sum();
                     let m: f64 = ents.iter().map(|&e| mag(e)).sum();
                     let tol = 1e-6 * (1.0 + g.abs()) + fd_noise(m, h);
                     assert!((fd - g).abs() <= tol, "{kind} ({conc:?}): cell {i} log_phi[{t}]: analytic {g:e} vs finite difference {fd:e}");
@@ -334,9 +275,7 @@ fn twin_atse_grouping_rejects_partially_observed_atses() {
             *p -= 1;
         }
     }
-    let err = AtseGroups::build(&c.spl, &c.junc2atse, &c.atse_ptr)
-        .unwrap_err()
-        .to_string();
+    let err = AtseGroups::build(&c.spl, &c.junc2atse, &c.atse_ptr).unwrap_err().to_string();
     assert!(err.contains("junctions observed"), "{err}");
 }
 
@@ -357,13 +296,7 @@ struct ExprCase {
 }
 
 /// `b` rows × `g` genes; every fifth row has no counts; counts 0 (60%) or round(10^U(0,4)).
-fn expr_case(
-    rng: &mut ChaCha8Rng,
-    b: usize,
-    g: usize,
-    act: ScaleAct,
-    per_cell_theta: bool,
-) -> ExprCase {
+fn expr_case(rng: &mut ChaCha8Rng, b: usize, g: usize, act: ScaleAct, per_cell_theta: bool) -> ExprCase {
     let raw: Vec<f64> = (0..b * g)
         .map(|_| match act {
             ScaleAct::Softplus => -2.0 + 2.0 * randn(rng),
@@ -377,9 +310,7 @@ fn expr_case(
         })
         .collect();
     let theta_stride = if per_cell_theta { g } else { 0 };
-    let log_theta: Vec<f64> = (0..if per_cell_theta { b * g } else { g })
-        .map(|_| 1.5 * randn(rng))
-        .collect();
+    let log_theta: Vec<f64> = (0..if per_cell_theta { b * g } else { g }).map(|_| 1.5 * randn(rng)).collect();
     let pi: Vec<f64> = (0..b * g).map(|_| -1.0 + 2.0 * randn(rng)).collect();
     let mut x_ptr = vec![0];
     let (mut x_idx, mut x_val) = (Vec::new(), Vec::new());
@@ -394,27 +325,8 @@ fn expr_case(
         }
         x_ptr.push(x_idx.len());
     }
-    let weight: Vec<f64> = (0..b)
-        .map(|i| {
-            if i % 7 == 3 {
-                0.0
-            } else {
-                rng.gen_range(0.5..1.5)
-            }
-        })
-        .collect();
-    ExprCase {
-        g,
-        raw,
-        pi,
-        log_theta,
-        theta_stride,
-        library,
-        x_ptr,
-        x_idx,
-        x_val,
-        weight,
-    }
+    let weight: Vec<f64> = (0..b).map(|i| if i % 7 == 3 { 0.0 } else { rng.gen_range(0.5..1.5) }).collect();
+    ExprCase { g, raw, pi, log_theta, theta_stride, library, x_ptr, x_idx, x_val, weight }
 }
 
 struct ExprTwinOut<T> {
@@ -427,24 +339,9 @@ struct ExprTwinOut<T> {
 
 /// The twin over all rows, θ = exp(log θ) computed in T (as the model does).
 #[allow(clippy::too_many_arguments)]
-fn expr_twin<T: Real>(
-    lik: GeneLikelihood,
-    act: ScaleAct,
-    c: &ExprCase,
-    raw: &[T],
-    pi: &[T],
-    theta: &[T],
-    library: &[T],
-    weight: &[T],
-) -> ExprTwinOut<T> {
+fn expr_twin<T: Real>(lik: GeneLikelihood, act: ScaleAct, c: &ExprCase, raw: &[T], pi: &[T], theta: &[T], library: &[T], weight: &[T]) -> ExprTwinOut<T> {
     let (b, g) = (library.len(), c.g);
-    let mut o = ExprTwinOut {
-        rl: vec![T::ZERO; b],
-        d_library: vec![T::ZERO; b],
-        d_raw: vec![T::ZERO; b * g],
-        d_log_theta: vec![T::ZERO; b * g],
-        d_pi: vec![T::ZERO; b * g],
-    };
+    let mut o = ExprTwinOut { rl: vec![T::ZERO; b], d_library: vec![T::ZERO; b], d_raw: vec![T::ZERO; b * g], d_log_theta: vec![T::ZERO; b * g], d_pi: vec![T::ZERO; b * g] };
     for i in 0..b {
         let th = &theta[i * c.theta_stride..i * c.theta_stride + g];
         let r = c.x_ptr[i]..c.x_ptr[i + 1];
@@ -495,15 +392,10 @@ fn twin_expression_gradients_match_finite_differences() {
         let mut worst = 0f64;
         let mut check = |what: &str, i: usize, an: f64, fd: f64, mag: f64| {
             let tol = 1e-6 * (1.0 + an.abs()) + fd_noise(mag, h);
-            assert!(
-                (fd - an).abs() <= tol,
-                "{lik} {act:?}: row {i} {what}: analytic {an:e} vs finite difference {fd:e}"
-            );
+            assert!((fd - an).abs() <= tol, "{lik} {act:?}: row {i} {what}: analytic {an:e} vs finite difference {fd:e}");
             worst = worst.max((fd - an).abs() / tol);
         };
-        let rl_with = |raw: &[f64], pi: &[f64], th: &[f64], lib: &[f64], i: usize| {
-            wl(&expr_twin(lik, act, &c, raw, pi, th, lib, &c.weight), i)
-        };
+        let rl_with = |raw: &[f64], pi: &[f64], th: &[f64], lib: &[f64], i: usize| wl(&expr_twin(lik, act, &c, raw, pi, th, lib, &c.weight), i);
         for i in 0..b {
             // magnitude of the row's terms (all of them move with a softmax logit or the library)
             let r = &c.raw[i * g..(i + 1) * g];
@@ -564,9 +456,7 @@ fn twin_expression_gradients_match_finite_differences() {
             );
             check("d_library", i, base.d_library[i], fd, mag);
         }
-        println!(
-            "{lik} {act:?} (theta per cell: {per_cell}): worst |fd − analytic| / tol = {worst:.3}"
-        );
+        println!("{lik} {act:?} (theta per cell: {per_cell}): worst |fd − analytic| / tol = {worst:.3}");
     }
 }
 
@@ -581,33 +471,17 @@ fn lgm(x: f64) -> f64 {
 /// Σ of term magnitudes of cell i's splicing log-likelihood (see the file doc), from the twin's f64
 /// outputs at the same logits.
 #[allow(clippy::too_many_arguments)]
-fn spl_magnitude(
-    kind: SplicingLoss,
-    conc: ConcIndex,
-    c: &SplCase,
-    groups: Option<&AtseGroups>,
-    i: usize,
-    logits: &[f64],
-    out: &spl_lik::SplLossOut<f64>,
-    phi: &[f64],
-    w: f64,
-) -> f64 {
+fn spl_magnitude(kind: SplicingLoss, conc: ConcIndex, c: &SplCase, groups: Option<&AtseGroups>, i: usize, logits: &[f64], out: &spl_lik::SplLossOut<f64>, phi: &[f64], w: f64) -> f64 {
     let clamp = |p: f64| p.clamp(1e-8, 1.0 - 1e-8);
     let spl = &c.spl;
     let r = spl.cell_range(i);
     // sensitivity of the loss to relative roundings of the logit-level inputs
-    let mut m: f64 = r
-        .clone()
-        .map(|e| out.g_logit[e].abs() / w.abs().max(1e-30) * (1.0 + logits[e].abs()))
-        .sum();
+    let mut m: f64 = r.clone().map(|e| out.g_logit[e].abs() / w.abs().max(1e-30) * (1.0 + logits[e].abs())).sum();
     match kind {
         SplicingLoss::DirichletMultinomial => {
             let g = groups.unwrap();
             for gg in g.cell_ptr[i]..g.cell_ptr[i + 1] {
-                let es: Vec<usize> = g.ord[g.grp_ptr[gg]..g.grp_ptr[gg + 1]]
-                    .iter()
-                    .map(|&e| e as usize)
-                    .collect();
+                let es: Vec<usize> = g.ord[g.grp_ptr[gg]..g.grp_ptr[gg + 1]].iter().map(|&e| e as usize).collect();
                 let cc = phi[conc.target(spl.junction[es[0]] as usize, &c.junc2atse)];
                 let big_n = es.iter().map(|&e| spl.n[e] as f64).fold(0.0, f64::max);
                 let s: f64 = es.iter().map(|&e| clamp(out.p[e]) * cc).sum();
@@ -629,26 +503,14 @@ fn spl_magnitude(
                 let p = clamp(out.p[e]);
                 let ph = phi[conc.target(spl.junction[e] as usize, &c.junc2atse)];
                 let (a, b) = (p * ph, (1.0 - p) * ph);
-                m += lgm(n + 1.0)
-                    + lgm(k + 1.0)
-                    + lgm(n - k + 1.0)
-                    + lgm(k + a)
-                    + lgm(n - k + b)
-                    + lgm(n + a + b)
-                    + lgm(a)
-                    + lgm(b)
-                    + lgm(a + b);
+                m += lgm(n + 1.0) + lgm(k + 1.0) + lgm(n - k + 1.0) + lgm(k + a) + lgm(n - k + b) + lgm(n + a + b) + lgm(a) + lgm(b) + lgm(a + b);
                 m += (out.g_conc[e] * ph / w.abs().max(1e-30)).abs();
             }
         }
         SplicingLoss::Binomial | SplicingLoss::Bce => {
             for e in r {
                 let p = clamp(out.p[e]);
-                let (y, ny) = if kind == SplicingLoss::Bce {
-                    (spl.psi[e] as f64, 1.0 - spl.psi[e] as f64)
-                } else {
-                    (spl.k[e] as f64, (spl.n[e] - spl.k[e]) as f64)
-                };
+                let (y, ny) = if kind == SplicingLoss::Bce { (spl.psi[e] as f64, 1.0 - spl.psi[e] as f64) } else { (spl.k[e] as f64, (spl.n[e] - spl.k[e]) as f64) };
                 m += (y * p.ln()).abs() + (ny * (1.0 - p).ln()).abs() + 1.0;
             }
         }
@@ -659,16 +521,7 @@ fn spl_magnitude(
 /// Per-entry magnitudes of the terms of g_logit and g_conc (digamma values, count ratios), from the f64
 /// twin at the same logits: the absolute tolerance is 32·eps32 times these.
 #[allow(clippy::too_many_arguments)]
-fn spl_grad_magnitudes(
-    kind: SplicingLoss,
-    conc: ConcIndex,
-    c: &SplCase,
-    groups: Option<&AtseGroups>,
-    logits: &[f64],
-    out: &spl_lik::SplLossOut<f64>,
-    phi: &[f64],
-    w: f64,
-) -> (Vec<f64>, Vec<f64>) {
+fn spl_grad_magnitudes(kind: SplicingLoss, conc: ConcIndex, c: &SplCase, groups: Option<&AtseGroups>, logits: &[f64], out: &spl_lik::SplLossOut<f64>, phi: &[f64], w: f64) -> (Vec<f64>, Vec<f64>) {
     let dg = |x: f64| splicevi::model::real::digamma(x).abs();
     let clamp = |p: f64| p.clamp(1e-8, 1.0 - 1e-8);
     let spl = &c.spl;
@@ -679,18 +532,11 @@ fn spl_grad_magnitudes(
         SplicingLoss::DirichletMultinomial => {
             let g = groups.unwrap();
             for gg in 0..g.n_groups() {
-                let es: Vec<usize> = g.ord[g.grp_ptr[gg]..g.grp_ptr[gg + 1]]
-                    .iter()
-                    .map(|&e| e as usize)
-                    .collect();
+                let es: Vec<usize> = g.ord[g.grp_ptr[gg]..g.grp_ptr[gg + 1]].iter().map(|&e| e as usize).collect();
                 let cc = phi[conc.target(spl.junction[es[0]] as usize, &c.junc2atse)];
                 let big_n = es.iter().map(|&e| spl.n[e] as f64).fold(0.0, f64::max);
                 let sa: f64 = es.iter().map(|&e| clamp(out.p[e]) * cc).sum();
-                let datse = if big_n > 0.0 {
-                    dg(sa) + dg(sa + big_n)
-                } else {
-                    0.0
-                };
+                let datse = if big_n > 0.0 { dg(sa) + dg(sa + big_n) } else { 0.0 };
                 let term = |e: usize| {
                     let (a, k) = (clamp(out.p[e]) * cc, spl.k[e] as f64);
                     datse + if k > 0.0 { dg(a) + dg(a + k) } else { 0.0 }
@@ -718,11 +564,7 @@ fn spl_grad_magnitudes(
         SplicingLoss::Binomial | SplicingLoss::Bce => {
             for e in 0..nnz {
                 let pc = clamp(out.p[e]);
-                let (y, ny) = if kind == SplicingLoss::Bce {
-                    (spl.psi[e] as f64, 1.0 - spl.psi[e] as f64)
-                } else {
-                    (spl.k[e] as f64, (spl.n[e] - spl.k[e]) as f64)
-                };
+                let (y, ny) = if kind == SplicingLoss::Bce { (spl.psi[e] as f64, 1.0 - spl.psi[e] as f64) } else { (spl.k[e] as f64, (spl.n[e] - spl.k[e]) as f64) };
                 let pr = sigmoid(logits[e]);
                 mgl[e] = w * (y / pc + ny / (1.0 - pc)) * pr * (1.0 - pr);
             }
@@ -733,42 +575,21 @@ fn spl_grad_magnitudes(
 
 /// Checks `got` against `want` entry by entry within segments (cells / rows): |got − want| ≤
 /// rtol·|want| + atol·max|want in segment| (+ extra[e]). Returns the worst error / tolerance.
-fn check_segments(
-    what: &str,
-    got: &[f32],
-    want: &[f32],
-    seg: &[usize],
-    rtol: f64,
-    atol: f64,
-) -> f64 {
+fn check_segments(what: &str, got: &[f32], want: &[f32], seg: &[usize], rtol: f64, atol: f64) -> f64 {
     check_segments_plus(what, got, want, seg, rtol, atol, None)
 }
 
-fn check_segments_plus(
-    what: &str,
-    got: &[f32],
-    want: &[f32],
-    seg: &[usize],
-    rtol: f64,
-    atol: f64,
-    extra: Option<&[f64]>,
-) -> f64 {
+fn check_segments_plus(what: &str, got: &[f32], want: &[f32], seg: &[usize], rtol: f64, atol: f64, extra: Option<&[f64]>) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let mut worst = 0f64;
     for s in 0..seg.len() - 1 {
         let r = seg[s]..seg[s + 1];
-        let scale = want[r.clone()]
-            .iter()
-            .map(|v| v.abs() as f64)
-            .fold(0.0, f64::max);
+        let scale = want[r.clone()].iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
         for e in r {
             let (a, b) = (got[e] as f64, want[e] as f64);
             let tol = rtol * b.abs() + atol * scale + extra.map_or(0.0, |x| x[e]) + 1e-30;
             let err = (a - b).abs();
-            assert!(
-                err <= tol,
-                "{what}: segment {s} entry {e}: gpu {a:e} vs twin {b:e} (tolerance {tol:e})"
-            );
+            assert!(err <= tol, "{what}: segment {s} entry {e}: gpu {a:e} vs twin {b:e} (tolerance {tol:e})");
             worst = worst.max(err / tol);
         }
     }
@@ -798,43 +619,14 @@ impl Operand for half::bf16 {
 
 /// What a splicing backend is given: kind, conc, weight, S, K, W, bias, batch, groups, junc2atse,
 /// log_phi. It returns one or more runs (more than one: they must be bit-identical).
-type SplBackend<'a, W> = dyn FnMut(
-        SplicingLoss,
-        ConcIndex,
-        f32,
-        &[W],
-        usize,
-        &[W],
-        &[f32],
-        &SplBatch,
-        Option<&AtseGroups>,
-        &[u32],
-        &[f32],
-    ) -> Vec<SplLikHost>
-    + 'a;
+type SplBackend<'a, W> =
+    dyn FnMut(SplicingLoss, ConcIndex, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> + 'a;
 
 fn gpu_splicing<W: Operand>(name: &str, k: usize, seed: u64) {
-    let Some(dev) = device_or_skip(&format!("splicing_lik ({name}) vs model::spl_lik")) else {
-        return;
-    };
+    let Some(dev) = device_or_skip(&format!("splicing_lik ({name}) vs model::spl_lik")) else { return };
     let kern = CudaSplicingLik::new(&dev).unwrap();
-    let mut backend = |kind,
-                       conc,
-                       wgt,
-                       s: &[W],
-                       k,
-                       w: &[W],
-                       bias: &[f32],
-                       spl: &SplBatch,
-                       groups: Option<&AtseGroups>,
-                       j2a: &[u32],
-                       lp: &[f32]| {
-        (0..2)
-            .map(|_| {
-                kern.run_host(kind, conc, wgt, s, k, w, bias, spl, groups, j2a, lp)
-                    .unwrap()
-            })
-            .collect::<Vec<_>>()
+    let mut backend = |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
+        (0..2).map(|_| kern.run_host(kind, conc, wgt, s, k, w, bias, spl, groups, j2a, lp).unwrap()).collect::<Vec<_>>()
     };
     splicing_parity::<W>(name, k, seed, true, false, &mut backend);
 }
@@ -842,87 +634,32 @@ fn gpu_splicing<W: Operand>(name: &str, k: usize, seed: u64) {
 /// Generates the problems, runs `backend` on each loss, and checks its results against the twin.
 /// `extremes`: push 5% of the junctions' logits to ±40 (beyond every clamp).
 /// `small`: a smaller problem (for the slow host emulation).
-fn splicing_parity<W: Operand>(
-    name: &str,
-    k: usize,
-    seed: u64,
-    extremes: bool,
-    small: bool,
-    backend: &mut SplBackend<'_, W>,
-) {
+fn splicing_parity<W: Operand>(name: &str, k: usize, seed: u64, extremes: bool, small: bool, backend: &mut SplBackend<'_, W>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let c = if small {
-        spl_case(&mut rng, 13, 100, 0.3)
-    } else {
-        spl_case(&mut rng, 41, 300, 0.3)
-    };
+    let c = if small { spl_case(&mut rng, 13, 100, 0.3) } else { spl_case(&mut rng, 41, 300, 0.3) };
     let (b, j, nnz) = (c.spl.n_cells(), c.spl.n_junctions, c.spl.nnz());
     // operands: dot products with standard deviation ~1.5; 5% of the junctions pushed far beyond the clamps
-    let s_q: Vec<W> = (0..b * k)
-        .map(|_| W::round(randn(&mut rng) / (k as f64).sqrt()))
-        .collect();
-    let w_q: Vec<W> = (0..j * k)
-        .map(|_| W::round(1.5 * randn(&mut rng)))
-        .collect();
-    let extreme: Vec<f64> = (0..j)
-        .map(|_| {
-            if extremes && rng.gen::<f64>() < 0.05 {
-                if rng.gen::<bool>() {
-                    40.0
-                } else {
-                    -40.0
-                }
-            } else {
-                0.0
-            }
-        })
-        .collect();
+    let s_q: Vec<W> = (0..b * k).map(|_| W::round(randn(&mut rng) / (k as f64).sqrt())).collect();
+    let w_q: Vec<W> = (0..j * k).map(|_| W::round(1.5 * randn(&mut rng))).collect();
+    let extreme: Vec<f64> = (0..j).map(|_| if extremes && rng.gen::<f64>() < 0.05 { if rng.gen::<bool>() { 40.0 } else { -40.0 } } else { 0.0 }).collect();
     let s_f: Vec<f64> = s_q.iter().map(|v| v.to_f32() as f64).collect();
     let w_f: Vec<f64> = w_q.iter().map(|v| v.to_f32() as f64).collect();
     for (kind, conc) in kinds() {
         let bias: Vec<f32> = (0..j)
             .map(|jj| {
                 let e = extreme[jj];
-                let e = if kind != SplicingLoss::DirichletMultinomial && e > 0.0 {
-                    -e
-                } else {
-                    e
-                };
+                let e = if kind != SplicingLoss::DirichletMultinomial && e > 0.0 { -e } else { e };
                 (e + rng.gen_range(-3.0..3.0)) as f32
             })
             .collect();
         let groups = groups_for(kind, &c);
-        let lp: Vec<f32> = (0..log_phi_len(kind, conc, &c))
-            .map(|_| randn(&mut rng) as f32)
-            .collect();
+        let lp: Vec<f32> = (0..log_phi_len(kind, conc, &c)).map(|_| randn(&mut rng) as f32).collect();
         let wgt = 0.8f32;
-        let runs = backend(
-            kind,
-            conc,
-            wgt,
-            &s_q,
-            k,
-            &w_q,
-            &bias,
-            &c.spl,
-            groups.as_ref(),
-            &c.junc2atse,
-            &lp,
-        );
+        let runs = backend(kind, conc, wgt, &s_q, k, &w_q, &bias, &c.spl, groups.as_ref(), &c.junc2atse, &lp);
         let got = &runs[0];
         for again in &runs[1..] {
-            for (a, bb, what) in [
-                (&got.logits, &again.logits, "logits"),
-                (&got.rl, &again.rl, "rl"),
-                (&got.g_logit, &again.g_logit, "g_logit"),
-                (&got.g_conc, &again.g_conc, "g_conc"),
-                (&got.p, &again.p, "p"),
-            ] {
-                assert_eq!(
-                    bits(a),
-                    bits(bb),
-                    "{name} {kind}: {what} differs between two runs"
-                );
+            for (a, bb, what) in [(&got.logits, &again.logits, "logits"), (&got.rl, &again.rl, "rl"), (&got.g_logit, &again.g_logit, "g_logit"), (&got.g_conc, &again.g_conc, "g_conc"), (&got.p, &again.p, "p")] {
+                assert_eq!(bits(a), bits(bb), "{name} {kind}: {what} differs between two runs");
             }
         }
         let ctx = format!("{name} {kind} ({conc:?}), K = {k}, {b} cells, {nnz} entries");
@@ -939,93 +676,32 @@ fn splicing_parity<W: Operand>(
                 }
                 let tol = (k as f64 + 2.0) * EPS32 * mag;
                 let err = (got.logits[e] as f64 - dot).abs();
-                assert!(
-                    err <= tol,
-                    "{ctx}: logit of entry {e}: gpu {} vs {dot} (tolerance {tol:e})",
-                    got.logits[e]
-                );
+                assert!(err <= tol, "{ctx}: logit of entry {e}: gpu {} vs {dot} (tolerance {tol:e})", got.logits[e]);
                 worst_logit = worst_logit.max(err / tol);
             }
         }
         // the twins at the kernel's logits
-        let tw = spl_lik::splicing_loss(
-            kind,
-            conc,
-            &c.spl,
-            groups.as_ref(),
-            &c.junc2atse,
-            &got.logits,
-            &lp,
-            wgt,
-        );
+        let tw = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &got.logits, &lp, wgt);
         let lg64: Vec<f64> = got.logits.iter().map(|&v| v as f64).collect();
         let lp64: Vec<f64> = lp.iter().map(|&v| v as f64).collect();
-        let tw64 = spl_lik::splicing_loss(
-            kind,
-            conc,
-            &c.spl,
-            groups.as_ref(),
-            &c.junc2atse,
-            &lg64,
-            &lp64,
-            wgt as f64,
-        );
+        let tw64 = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &lg64, &lp64, wgt as f64);
         let phi64: Vec<f64> = lp64.iter().map(|&v| softplus(v)).collect();
         let mut worst_rl = 0f64;
         for i in 0..b {
-            let m = spl_magnitude(
-                kind,
-                conc,
-                &c,
-                groups.as_ref(),
-                i,
-                &lg64,
-                &tw64,
-                &phi64,
-                wgt as f64,
-            );
+            let m = spl_magnitude(kind, conc, &c, groups.as_ref(), i, &lg64, &tw64, &phi64, wgt as f64);
             let (a, t) = (got.rl[i] as f64, tw.rl[i] as f64);
             let tol = 32.0 * EPS32 * m + 1e-6 * t.abs() + 1e-30;
-            assert!(
-                (a - t).abs() <= tol,
-                "{ctx}: cell {i} loss: gpu {a} vs twin {t} (f64 twin {}; tolerance {tol:e})",
-                tw64.rl[i]
-            );
+            assert!((a - t).abs() <= tol, "{ctx}: cell {i} loss: gpu {a} vs twin {t} (f64 twin {}; tolerance {tol:e})", tw64.rl[i]);
             if c.spl.cell_range(i).is_empty() {
                 assert_eq!(a, 0.0, "{ctx}: cell {i} has no entries but a loss");
             }
             worst_rl = worst_rl.max((a - t).abs() / tol);
         }
         let seg = &c.spl.indptr;
-        let (mgl, mgc) = spl_grad_magnitudes(
-            kind,
-            conc,
-            &c,
-            groups.as_ref(),
-            &lg64,
-            &tw64,
-            &phi64,
-            wgt as f64,
-        );
+        let (mgl, mgc) = spl_grad_magnitudes(kind, conc, &c, groups.as_ref(), &lg64, &tw64, &phi64, wgt as f64);
         let tol_of = |m: &[f64]| m.iter().map(|&v| 32.0 * EPS32 * v).collect::<Vec<f64>>();
-        let wg = check_segments_plus(
-            &format!("{ctx}: g_logit"),
-            &got.g_logit,
-            &tw.g_logit,
-            seg,
-            1e-4,
-            1e-5,
-            Some(&tol_of(&mgl)),
-        );
-        let wc = check_segments_plus(
-            &format!("{ctx}: g_conc"),
-            &got.g_conc,
-            &tw.g_conc,
-            seg,
-            1e-4,
-            1e-5,
-            Some(&tol_of(&mgc)),
-        );
+        let wg = check_segments_plus(&format!("{ctx}: g_logit"), &got.g_logit, &tw.g_logit, seg, 1e-4, 1e-5, Some(&tol_of(&mgl)));
+        let wc = check_segments_plus(&format!("{ctx}: g_conc"), &got.g_conc, &tw.g_conc, seg, 1e-4, 1e-5, Some(&tol_of(&mgc)));
         let wp = check_segments(&format!("{ctx}: p"), &got.p, &tw.p, seg, 1e-4, 1e-5);
         println!("{ctx}: worst error / tolerance: logits {worst_logit:.3}, rl {worst_rl:.3}, g_logit {wg:.3}, g_conc {wc:.3}, p {wp:.3}");
     }
@@ -1036,69 +712,24 @@ fn splicing_parity<W: Operand>(
 /// every machine, that the comparison code works and that its tolerances admit a correct result that
 /// is rounded differently from the f32 twin.
 #[allow(clippy::type_complexity)]
-fn f64_standin<W: Operand>() -> impl FnMut(
-    SplicingLoss,
-    ConcIndex,
-    f32,
-    &[W],
-    usize,
-    &[W],
-    &[f32],
-    &SplBatch,
-    Option<&AtseGroups>,
-    &[u32],
-    &[f32],
-) -> Vec<SplLikHost> {
-    |kind,
-     conc,
-     wgt,
-     s: &[W],
-     k,
-     w: &[W],
-     bias: &[f32],
-     spl: &SplBatch,
-     groups: Option<&AtseGroups>,
-     j2a: &[u32],
-     lp: &[f32]| {
+fn f64_standin<W: Operand>() -> impl FnMut(SplicingLoss, ConcIndex, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> {
+    |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
         let s64: Vec<f64> = s.iter().map(|v| v.to_f32() as f64).collect();
         let w64: Vec<f64> = w.iter().map(|v| v.to_f32() as f64).collect();
         let b64: Vec<f64> = bias.iter().map(|&v| v as f64).collect();
-        let lg32: Vec<f32> = spl_lik::sparse_logits(&s64, k, &w64, &b64, spl)
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
+        let lg32: Vec<f32> = spl_lik::sparse_logits(&s64, k, &w64, &b64, spl).iter().map(|&v| v as f32).collect();
         let lg: Vec<f64> = lg32.iter().map(|&v| v as f64).collect();
         let lp64: Vec<f64> = lp.iter().map(|&v| v as f64).collect();
         let o = spl_lik::splicing_loss(kind, conc, spl, groups, j2a, &lg, &lp64, wgt as f64);
         let r = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        vec![SplLikHost {
-            logits: lg32,
-            rl: r(&o.rl),
-            g_logit: r(&o.g_logit),
-            g_conc: r(&o.g_conc),
-            p: r(&o.p),
-        }]
+        vec![SplLikHost { logits: lg32, rl: r(&o.rl), g_logit: r(&o.g_logit), g_conc: r(&o.g_conc), p: r(&o.p) }]
     }
 }
 
 #[test]
 fn twin_splicing_comparison_accepts_the_f64_twin() {
-    splicing_parity::<f32>(
-        "f32 (CPU stand-in: f64 twin)",
-        45,
-        31,
-        false,
-        false,
-        &mut f64_standin::<f32>(),
-    );
-    splicing_parity::<half::bf16>(
-        "bf16 (CPU stand-in: f64 twin)",
-        64,
-        33,
-        false,
-        false,
-        &mut f64_standin::<half::bf16>(),
-    );
+    splicing_parity::<f32>("f32 (CPU stand-in: f64 twin)", 45, 31, false, false, &mut f64_standin::<f32>());
+    splicing_parity::<half::bf16>("bf16 (CPU stand-in: f64 twin)", 64, 33, false, false, &mut f64_standin::<half::bf16>());
 }
 
 #[test]
@@ -1116,13 +747,7 @@ fn gpu_splicing_lik_bf16_matches_twin() {
 // GPU: expression kernel
 
 /// Σ of term magnitudes of row i's expression log-likelihood (f64).
-fn expr_magnitude(
-    lik: GeneLikelihood,
-    c: &ExprCase,
-    i: usize,
-    mu: &[f64],
-    theta: &[f64],
-) -> (f64, f64) {
+fn expr_magnitude(lik: GeneLikelihood, c: &ExprCase, i: usize, mu: &[f64], theta: &[f64]) -> (f64, f64) {
     let g = c.g;
     let mut x = vec![0f64; g];
     for e in c.x_ptr[i]..c.x_ptr[i + 1] {
@@ -1136,12 +761,7 @@ fn expr_magnitude(
         if lik != GeneLikelihood::Poisson {
             let th = theta[gg];
             let (lt, ltm) = ((th + 1e-8).ln(), (th + mv + 1e-8).ln());
-            m += lgm(xv + th)
-                + lgm(th)
-                + (th * lt).abs()
-                + (th * ltm).abs()
-                + (xv * (mv + 1e-8).ln()).abs()
-                + (xv * ltm).abs();
+            m += lgm(xv + th) + lgm(th) + (th * lt).abs() + (th * ltm).abs() + (xv * (mv + 1e-8).ln()).abs() + (xv * ltm).abs();
             if lik == GeneLikelihood::Zinb {
                 let pi = c.pi[i * g + gg];
                 m += softplus(-pi) + pi.abs() + 1.0;
@@ -1155,46 +775,14 @@ fn expr_magnitude(
 
 /// An expression backend: lik, act, G, raw, pi, theta, theta_stride, library, x_ptr, x_idx, x_val,
 /// grad_weight → one or more runs (more than one: they must be bit-identical).
-type ExprBackend<'a> = dyn FnMut(
-        GeneLikelihood,
-        ScaleAct,
-        usize,
-        &[f32],
-        &[f32],
-        &[f32],
-        usize,
-        &[f32],
-        &[usize],
-        &[u32],
-        &[f32],
-        &[f32],
-    ) -> Vec<ExprLikHost>
-    + 'a;
+type ExprBackend<'a> = dyn FnMut(GeneLikelihood, ScaleAct, usize, &[f32], &[f32], &[f32], usize, &[f32], &[usize], &[u32], &[f32], &[f32]) -> Vec<ExprLikHost> + 'a;
 
 #[test]
 fn gpu_expr_lik_matches_twin() {
-    let Some(dev) = device_or_skip("expr_lik vs model::expr_lik::expr_row") else {
-        return;
-    };
+    let Some(dev) = device_or_skip("expr_lik vs model::expr_lik::expr_row") else { return };
     let kern = CudaExprLik::new(&dev).unwrap();
-    let mut backend = |lik,
-                       act,
-                       g,
-                       raw: &[f32],
-                       pi: &[f32],
-                       theta: &[f32],
-                       ts,
-                       lib: &[f32],
-                       xp: &[usize],
-                       xi: &[u32],
-                       xv: &[f32],
-                       wt: &[f32]| {
-        (0..2)
-            .map(|_| {
-                kern.run_host(lik, act, g, raw, pi, theta, ts, lib, xp, xi, xv, Some(wt))
-                    .unwrap()
-            })
-            .collect::<Vec<_>>()
+    let mut backend = |lik, act, g, raw: &[f32], pi: &[f32], theta: &[f32], ts, lib: &[f32], xp: &[usize], xi: &[u32], xv: &[f32], wt: &[f32]| {
+        (0..2).map(|_| kern.run_host(lik, act, g, raw, pi, theta, ts, lib, xp, xi, xv, Some(wt)).unwrap()).collect::<Vec<_>>()
     };
     expr_parity("gpu", false, &mut backend);
 }
@@ -1203,40 +791,12 @@ fn gpu_expr_lik_matches_twin() {
 /// the comparison code and that its tolerances admit a differently rounded correct result.
 #[test]
 fn twin_expression_comparison_accepts_the_f64_twin() {
-    let mut backend = |lik,
-                       act,
-                       g,
-                       raw: &[f32],
-                       pi: &[f32],
-                       theta: &[f32],
-                       ts,
-                       lib: &[f32],
-                       xp: &[usize],
-                       xi: &[u32],
-                       xv: &[f32],
-                       wt: &[f32]| {
+    let mut backend = |lik, act, g, raw: &[f32], pi: &[f32], theta: &[f32], ts, lib: &[f32], xp: &[usize], xi: &[u32], xv: &[f32], wt: &[f32]| {
         let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         let r = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let c = ExprCase {
-            g,
-            raw: vec![],
-            pi: vec![],
-            log_theta: vec![],
-            theta_stride: ts,
-            library: vec![],
-            x_ptr: xp.to_vec(),
-            x_idx: xi.to_vec(),
-            x_val: xv.to_vec(),
-            weight: vec![],
-        };
+        let c = ExprCase { g, raw: vec![], pi: vec![], log_theta: vec![], theta_stride: ts, library: vec![], x_ptr: xp.to_vec(), x_idx: xi.to_vec(), x_val: xv.to_vec(), weight: vec![] };
         let o = expr_twin::<f64>(lik, act, &c, &f(raw), &f(pi), &f(theta), &f(lib), &f(wt));
-        vec![ExprLikHost {
-            rl: r(&o.rl),
-            d_raw: r(&o.d_raw),
-            d_log_theta: r(&o.d_log_theta),
-            d_pi: r(&o.d_pi),
-            d_library: r(&o.d_library),
-        }]
+        vec![ExprLikHost { rl: r(&o.rl), d_raw: r(&o.d_raw), d_log_theta: r(&o.d_log_theta), d_pi: r(&o.d_pi), d_library: r(&o.d_library) }]
     };
     expr_parity("CPU stand-in: f64 twin", false, &mut backend);
 }
@@ -1252,34 +812,11 @@ fn expr_parity(name: &str, small: bool, backend: &mut ExprBackend<'_>) {
         let lib: Vec<f32> = to_t(&c.library);
         let wt: Vec<f32> = to_t(&c.weight);
         let theta: Vec<f32> = c.log_theta.iter().map(|&v| (v as f32).exp()).collect();
-        let runs = backend(
-            lik,
-            act,
-            g,
-            &raw,
-            &pi,
-            &theta,
-            c.theta_stride,
-            &lib,
-            &c.x_ptr,
-            &c.x_idx,
-            &c.x_val,
-            &wt,
-        );
+        let runs = backend(lik, act, g, &raw, &pi, &theta, c.theta_stride, &lib, &c.x_ptr, &c.x_idx, &c.x_val, &wt);
         let got = &runs[0];
         for again in &runs[1..] {
-            for (a, bb, what) in [
-                (&got.rl, &again.rl, "rl"),
-                (&got.d_raw, &again.d_raw, "d_raw"),
-                (&got.d_log_theta, &again.d_log_theta, "d_log_theta"),
-                (&got.d_pi, &again.d_pi, "d_pi"),
-                (&got.d_library, &again.d_library, "d_library"),
-            ] {
-                assert_eq!(
-                    bits(a),
-                    bits(bb),
-                    "{lik} {act:?}: {what} differs between two runs"
-                );
+            for (a, bb, what) in [(&got.rl, &again.rl, "rl"), (&got.d_raw, &again.d_raw, "d_raw"), (&got.d_log_theta, &again.d_log_theta, "d_log_theta"), (&got.d_pi, &again.d_pi, "d_pi"), (&got.d_library, &again.d_library, "d_library")] {
+                assert_eq!(bits(a), bits(bb), "{lik} {act:?}: {what} differs between two runs");
             }
         }
         let tw = expr_twin::<f32>(lik, act, &c, &raw, &pi, &theta, &lib, &wt);
@@ -1288,8 +825,7 @@ fn expr_parity(name: &str, small: bool, backend: &mut ExprBackend<'_>) {
         let mut worst_rl = 0f64;
         let mut worst_lib = 0f64;
         // per-entry gradient magnitudes (absolute tolerance 32·eps32·M, see the file doc)
-        let (mut m_raw, mut m_th, mut m_pi) =
-            (vec![0f64; b * g], vec![0f64; b * g], vec![0f64; b * g]);
+        let (mut m_raw, mut m_th, mut m_pi) = (vec![0f64; b * g], vec![0f64; b * g], vec![0f64; b * g]);
         for i in 0..b {
             let r = &raw[i * g..(i + 1) * g];
             let rho: Vec<f64> = match act {
@@ -1301,9 +837,7 @@ fn expr_parity(name: &str, small: bool, backend: &mut ExprBackend<'_>) {
                 }
             };
             let mu: Vec<f64> = rho.iter().map(|&p| (lib[i] as f64).exp() * p).collect();
-            let th: Vec<f64> = (0..g)
-                .map(|gg| theta[i * c.theta_stride + gg] as f64)
-                .collect();
+            let th: Vec<f64> = (0..g).map(|gg| theta[i * c.theta_stride + gg] as f64).collect();
             let (m, mlib) = expr_magnitude(lik, &c, i, &mu, &th);
             {
                 let mut x = vec![0f64; g];
@@ -1324,75 +858,37 @@ fn expr_parity(name: &str, small: bool, backend: &mut ExprBackend<'_>) {
                 let dotm: f64 = (0..g).map(|gg| rho[gg] * md[gg]).sum();
                 for gg in 0..g {
                     let k = i * g + gg;
-                    m_raw[k] = w
-                        * ls
-                        * match act {
-                            ScaleAct::Softplus => md[gg] * sigmoid(r[gg] as f64),
-                            ScaleAct::Softmax => rho[gg] * (md[gg] + dotm),
-                        };
+                    m_raw[k] = w * ls * match act {
+                        ScaleAct::Softplus => md[gg] * sigmoid(r[gg] as f64),
+                        ScaleAct::Softmax => rho[gg] * (md[gg] + dotm),
+                    };
                     if lik != GeneLikelihood::Poisson {
                         let (xv, t) = (x[gg], th[gg]);
                         let tme = t + mu[gg] + 1e-8;
                         let dg = splicevi::model::real::digamma;
-                        m_th[k] = w
-                            * t
-                            * ((t + 1e-8).ln().abs()
-                                + tme.ln().abs()
-                                + 1.0
-                                + (t + xv) / tme
-                                + dg(xv + t).abs()
-                                + dg(t).abs());
+                        m_th[k] = w * t * ((t + 1e-8).ln().abs() + tme.ln().abs() + 1.0 + (t + xv) / tme + dg(xv + t).abs() + dg(t).abs());
                     }
                     m_pi[k] = w;
                 }
             }
             let (a, t) = (got.rl[i] as f64, tw.rl[i] as f64);
             let tol = 32.0 * EPS32 * m + 1e-6 * t.abs();
-            assert!(
-                (a - t).abs() <= tol,
-                "{ctx}: row {i} loss: gpu {a} vs twin {t} (tolerance {tol:e})"
-            );
+            assert!((a - t).abs() <= tol, "{ctx}: row {i} loss: gpu {a} vs twin {t} (tolerance {tol:e})");
             worst_rl = worst_rl.max((a - t).abs() / tol);
             let (a, t) = (got.d_library[i] as f64, tw.d_library[i] as f64);
             let tol = 32.0 * EPS32 * mlib * (wt[i] as f64).abs() + 1e-5 * t.abs() + 1e-30;
-            assert!(
-                (a - t).abs() <= tol,
-                "{ctx}: row {i} d_library: gpu {a} vs twin {t} (tolerance {tol:e})"
-            );
+            assert!((a - t).abs() <= tol, "{ctx}: row {i} d_library: gpu {a} vs twin {t} (tolerance {tol:e})");
             worst_lib = worst_lib.max((a - t).abs() / tol);
         }
         let seg: Vec<usize> = (0..=b).map(|i| i * g).collect();
         let tol_of = |m: &[f64]| m.iter().map(|&v| 32.0 * EPS32 * v).collect::<Vec<f64>>();
-        let wr = check_segments_plus(
-            &format!("{ctx}: d_raw"),
-            &got.d_raw,
-            &tw.d_raw,
-            &seg,
-            1e-4,
-            1e-5,
-            Some(&tol_of(&m_raw)),
-        );
-        let wt_ = check_segments_plus(
-            &format!("{ctx}: d_log_theta"),
-            &got.d_log_theta,
-            &tw.d_log_theta,
-            &seg,
-            1e-4,
-            1e-5,
-            Some(&tol_of(&m_th)),
-        );
-        let wp = check_segments_plus(
-            &format!("{ctx}: d_pi"),
-            &got.d_pi,
-            &tw.d_pi,
-            &seg,
-            1e-4,
-            1e-5,
-            Some(&tol_of(&m_pi)),
-        );
+        let wr = check_segments_plus(&format!("{ctx}: d_raw"), &got.d_raw, &tw.d_raw, &seg, 1e-4, 1e-5, Some(&tol_of(&m_raw)));
+        let wt_ = check_segments_plus(&format!("{ctx}: d_log_theta"), &got.d_log_theta, &tw.d_log_theta, &seg, 1e-4, 1e-5, Some(&tol_of(&m_th)));
+        let wp = check_segments_plus(&format!("{ctx}: d_pi"), &got.d_pi, &tw.d_pi, &seg, 1e-4, 1e-5, Some(&tol_of(&m_pi)));
         println!("{ctx}: worst error / tolerance: rl {worst_rl:.3}, d_library {worst_lib:.3}, d_raw {wr:.3}, d_log_theta {wt_:.3}, d_pi {wp:.3}");
     }
 }
+
 
 // =====================================================================================================
 // Host emulation: the kernel sources themselves, compiled by the host C++ compiler against
@@ -1502,17 +998,8 @@ int main(int argc, char** argv) {
 
 /// Compiles `harness` (which includes the kernel source) with the host C++ compiler; Err(reason) when
 /// there is no C++20 compiler.
-fn build_emu(
-    dir: &std::path::Path,
-    name: &str,
-    harness: &str,
-) -> Result<std::path::PathBuf, String> {
-    for (f, text) in [
-        ("host_emu.h", EMU_H),
-        ("special.cuh", SPECIAL_CUH),
-        ("splicing_lik.cu", SPLICING_CU),
-        ("expr_lik.cu", EXPR_CU),
-    ] {
+fn build_emu(dir: &std::path::Path, name: &str, harness: &str) -> Result<std::path::PathBuf, String> {
+    for (f, text) in [("host_emu.h", EMU_H), ("special.cuh", SPECIAL_CUH), ("splicing_lik.cu", SPLICING_CU), ("expr_lik.cu", EXPR_CU)] {
         std::fs::write(dir.join(f), text).unwrap();
     }
     let src = dir.join(format!("{name}.cpp"));
@@ -1520,15 +1007,7 @@ fn build_emu(
     let exe = dir.join(name);
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let out = std::process::Command::new(&cxx)
-        .args([
-            "-O2",
-            "-std=c++20",
-            "-ffp-contract=off",
-            "-pthread",
-            "-x",
-            "c++",
-            "-I",
-        ])
+        .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++", "-I"])
         .arg(dir)
         .arg(&src)
         .arg("-o")
@@ -1547,16 +1026,13 @@ fn build_emu(
 
 fn write_bin<T: Copy>(dir: &std::path::Path, name: &str, v: &[T]) {
     // SAFETY: plain-old-data slices (f32, u32, i64, u16) viewed as bytes.
-    let bytes =
-        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
+    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
     std::fs::write(dir.join(format!("{name}.bin")), bytes).unwrap();
 }
 
 fn read_f32(dir: &std::path::Path, name: &str) -> Vec<f32> {
     let b = std::fs::read(dir.join(format!("{name}.out"))).unwrap();
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 trait EmuBits: Operand {
@@ -1581,36 +1057,14 @@ fn emu_splicing<W: EmuBits>(name: &str, k: usize, seed: u64) {
     let exe = match build_emu(dir.path(), "spl_emu", SPL_HARNESS) {
         Ok(e) => e,
         Err(reason) => {
-            skipped(&format!(
-                "host build (emulation) of kernels/splicing_lik.cu: {reason}"
-            ));
+            skipped(&format!("host build (emulation) of kernels/splicing_lik.cu: {reason}"));
             return;
         }
     };
     let d = dir.path().to_path_buf();
-    let mut backend = |kind,
-                       conc,
-                       wgt: f32,
-                       s: &[W],
-                       k: usize,
-                       w: &[W],
-                       bias: &[f32],
-                       spl: &SplBatch,
-                       groups: Option<&AtseGroups>,
-                       j2a: &[u32],
-                       lp: &[f32]| {
+    let mut backend = |kind, conc, wgt: f32, s: &[W], k: usize, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
-        std::fs::write(
-            d.join("params.txt"),
-            format!(
-                "{} {} {k} {} {} {wgt:e}",
-                splicevi::cuda::splicing_lik::kind_code(kind),
-                splicevi::cuda::splicing_lik::conc_code(conc),
-                spl.n_cells(),
-                W::BF16 as i32
-            ),
-        )
-        .unwrap();
+        std::fs::write(d.join("params.txt"), format!("{} {} {k} {} {} {wgt:e}", splicevi::cuda::splicing_lik::kind_code(kind), splicevi::cuda::splicing_lik::conc_code(conc), spl.n_cells(), W::BF16 as i32)).unwrap();
         std::fs::write(d.join("s.bin"), W::raw_bits(s)).unwrap();
         std::fs::write(d.join("w.bin"), W::raw_bits(w)).unwrap();
         write_bin(&d, "bias", bias);
@@ -1637,13 +1091,7 @@ fn emu_splicing<W: EmuBits>(name: &str, k: usize, seed: u64) {
             .map(|_| {
                 let st = std::process::Command::new(&exe).arg(&d).status().unwrap();
                 assert!(st.success(), "spl_emu exited with {st}");
-                SplLikHost {
-                    logits: read_f32(&d, "logits"),
-                    rl: read_f32(&d, "rl"),
-                    g_logit: read_f32(&d, "g_logit"),
-                    g_conc: read_f32(&d, "g_conc"),
-                    p: read_f32(&d, "p"),
-                }
+                SplLikHost { logits: read_f32(&d, "logits"), rl: read_f32(&d, "rl"), g_logit: read_f32(&d, "g_logit"), g_conc: read_f32(&d, "g_conc"), p: read_f32(&d, "p") }
             })
             .collect::<Vec<_>>()
     };
@@ -1667,52 +1115,18 @@ fn host_emu_expr_lik_matches_twin() {
     let exe = match build_emu(dir.path(), "expr_emu", EXPR_HARNESS) {
         Ok(e) => e,
         Err(reason) => {
-            skipped(&format!(
-                "host build (emulation) of kernels/expr_lik.cu: {reason}"
-            ));
+            skipped(&format!("host build (emulation) of kernels/expr_lik.cu: {reason}"));
             return;
         }
     };
     let d = dir.path().to_path_buf();
-    let mut backend = |lik,
-                       act,
-                       g: usize,
-                       raw: &[f32],
-                       pi: &[f32],
-                       theta: &[f32],
-                       ts: usize,
-                       lib: &[f32],
-                       xp: &[usize],
-                       xi: &[u32],
-                       xv: &[f32],
-                       wt: &[f32]| {
-        std::fs::write(
-            d.join("params.txt"),
-            format!(
-                "{} {} {g} {} {ts}",
-                splicevi::cuda::expr_lik::lik_code(lik),
-                splicevi::cuda::expr_lik::act_code(act),
-                lib.len()
-            ),
-        )
-        .unwrap();
+    let mut backend = |lik, act, g: usize, raw: &[f32], pi: &[f32], theta: &[f32], ts: usize, lib: &[f32], xp: &[usize], xi: &[u32], xv: &[f32], wt: &[f32]| {
+        std::fs::write(d.join("params.txt"), format!("{} {} {g} {} {ts}", splicevi::cuda::expr_lik::lik_code(lik), splicevi::cuda::expr_lik::act_code(act), lib.len())).unwrap();
         write_bin(&d, "raw", raw);
         write_bin(&d, "pi", if lik == GeneLikelihood::Zinb { pi } else { &[] });
-        write_bin(
-            &d,
-            "theta",
-            if lik == GeneLikelihood::Poisson {
-                &[]
-            } else {
-                theta
-            },
-        );
+        write_bin(&d, "theta", if lik == GeneLikelihood::Poisson { &[] } else { theta });
         write_bin(&d, "library", lib);
-        write_bin(
-            &d,
-            "x_ptr",
-            &xp.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-        );
+        write_bin(&d, "x_ptr", &xp.iter().map(|&v| v as i64).collect::<Vec<_>>());
         write_bin(&d, "x_idx", xi);
         write_bin(&d, "x_val", xv);
         write_bin(&d, "weight", wt);
@@ -1720,13 +1134,7 @@ fn host_emu_expr_lik_matches_twin() {
             .map(|_| {
                 let st = std::process::Command::new(&exe).arg(&d).status().unwrap();
                 assert!(st.success(), "expr_emu exited with {st}");
-                ExprLikHost {
-                    rl: read_f32(&d, "rl"),
-                    d_raw: read_f32(&d, "d_raw"),
-                    d_log_theta: read_f32(&d, "d_log_theta"),
-                    d_pi: read_f32(&d, "d_pi"),
-                    d_library: read_f32(&d, "d_library"),
-                }
+                ExprLikHost { rl: read_f32(&d, "rl"), d_raw: read_f32(&d, "d_raw"), d_log_theta: read_f32(&d, "d_log_theta"), d_pi: read_f32(&d, "d_pi"), d_library: read_f32(&d, "d_library") }
             })
             .collect::<Vec<_>>()
     };

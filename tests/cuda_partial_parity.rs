@@ -20,13 +20,11 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
-use splicevi::cuda::partial::{
-    bwd_warps, bwd_warps_per_block, junction_major, smem_per_warp, PartialShape,
-};
+use splicevi::cuda::partial::{bwd_warps, bwd_warps_per_block, junction_major, smem_per_warp, PartialShape};
 use splicevi::cuda::{CudaDevice, CudaPartial};
 use splicevi::model::arch::{PartialEncP, SplEncP};
 use splicevi::model::ops::Mode;
-use splicevi::model::{partial, Dims, Grads, ModelConfig, Params, PoolMode, SplBatch, SpliceVae};
+use splicevi::model::{partial, Dims, Grads, ModelConfig, Params, PoolMode, SpliceVae, SplBatch};
 
 #[path = "common/emu.rs"]
 mod emu;
@@ -43,88 +41,42 @@ struct Case {
 
 impl Case {
     fn pe(&self) -> &PartialEncP {
-        let SplEncP::Partial(pe) = &self.model.arch.z_enc_spl else {
-            panic!("not a partial encoder")
-        };
+        let SplEncP::Partial(pe) = &self.model.arch.z_enc_spl else { panic!("not a partial encoder") };
         pe
     }
 
     /// The nine trained tensors' indices, in `PartialHost::grads` order.
     fn param_ids(&self) -> [usize; 9] {
         let pe = self.pe();
-        [
-            pe.emb,
-            pe.h0.w,
-            pe.h0.b.unwrap(),
-            pe.ln1_w,
-            pe.ln1_b,
-            pe.h4.w,
-            pe.h4.b.unwrap(),
-            pe.ln5_w,
-            pe.ln5_b,
-        ]
+        [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b]
     }
 }
 
 const PARAM_NAMES: [&str; 9] = ["emb", "w0", "b0", "g1", "be1", "w4", "b4", "g5", "be5"];
 
 #[allow(clippy::too_many_arguments)]
-fn case(
-    seed: u64,
-    j: usize,
-    b: usize,
-    hh: usize,
-    d: usize,
-    pool: PoolMode,
-    center: bool,
-    training: bool,
-) -> Case {
+fn case(seed: u64, j: usize, b: usize, hh: usize, d: usize, pool: PoolMode, center: bool, training: bool) -> Case {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     let n_atse = j.div_ceil(2);
     let junc2atse: Vec<u32> = (0..j).map(|x| (x / 2) as u32).collect();
-    let dims = Dims {
-        n_genes: 5,
-        n_junctions: j,
-        n_atse,
-        n_batch: 1,
-        n_labels: 2,
-        n_obs: 50,
-        n_cats_per_cov: vec![],
-        n_cont: 0,
-    };
-    let cfg = ModelConfig {
-        code_dim: d,
-        h_hidden_dim: hh,
-        pool_mode: pool,
-        partial_center_psi: center,
-        dropout_rate: 0.3,
-        ..ModelConfig::default()
-    };
+    let dims = Dims { n_genes: 5, n_junctions: j, n_atse, n_batch: 1, n_labels: 2, n_obs: 50, n_cats_per_cov: vec![], n_cont: 0 };
+    let cfg = ModelConfig { code_dim: d, h_hidden_dim: hh, pool_mode: pool, partial_center_psi: center, dropout_rate: 0.3, ..ModelConfig::default() };
     let model = SpliceVae::new(cfg, dims, junc2atse).unwrap();
     let mut p: Params<f32> = model.init_params(seed);
     let layout = p.layout.clone();
     for e in layout.entries.iter() {
         let v = p.get_mut(layout.find(&e.name).unwrap());
-        v.iter_mut()
-            .for_each(|x| *x += 0.15 * r.sample::<f32, _>(StandardNormal));
+        v.iter_mut().for_each(|x| *x += 0.15 * r.sample::<f32, _>(StandardNormal));
     }
-    let SplEncP::Partial(pe) = &model.arch.z_enc_spl else {
-        panic!()
-    };
+    let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
     if let Some(ci) = pe.center {
-        p.get_mut(ci)
-            .iter_mut()
-            .for_each(|v| *v = r.gen_range(0.2..0.8));
+        p.get_mut(ci).iter_mut().for_each(|v| *v = r.gen_range(0.2..0.8));
     }
     if let Some(di) = pe.divisor {
         p.get_mut(di)[0] = 3.5;
     }
     // Cells: cell 1 has no pair; junctions ≥ j − 3 are never observed; psi includes exact 0 and 1.
-    let mut spl = SplBatch {
-        n_junctions: j,
-        indptr: vec![0],
-        ..Default::default()
-    };
+    let mut spl = SplBatch { n_junctions: j, indptr: vec![0], ..Default::default() };
     for c in 0..b {
         if c != 1 {
             for jj in 0..j.saturating_sub(3) {
@@ -143,22 +95,9 @@ fn case(
         }
         spl.indptr.push(spl.junction.len());
     }
-    let dpool: Vec<f32> = (0..b * d)
-        .map(|_| r.sample::<f32, _>(StandardNormal))
-        .collect();
-    let name =
-        format!("J {j} B {b} Hh {hh} D {d} pool {pool:?} center {center} training {training}");
-    Case {
-        name,
-        model,
-        p,
-        spl,
-        mode: Mode {
-            training,
-            seed: seed ^ 77,
-        },
-        dpool,
-    }
+    let dpool: Vec<f32> = (0..b * d).map(|_| r.sample::<f32, _>(StandardNormal)).collect();
+    let name = format!("J {j} B {b} Hh {hh} D {d} pool {pool:?} center {center} training {training}");
+    Case { name, model, p, spl, mode: Mode { training, seed: seed ^ 77 }, dpool }
 }
 
 fn cases() -> Vec<Case> {
@@ -185,17 +124,8 @@ fn twin(c: &Case) -> Want {
     let dpool = splicevi::model::Mat::from_vec(c.spl.n_cells(), pe.code_dim, c.dpool.clone());
     let mut g = Grads::zeros(c.p.layout.clone());
     partial::partial_backward(pe, &c.p, &c.spl, &cache, &dpool, c.mode, &mut g);
-    let grads = c
-        .param_ids()
-        .iter()
-        .map(|&i| g.get(i).unwrap().to_vec())
-        .collect();
-    Want {
-        pool: cache.pool.data.clone(),
-        keep: cache.keep_by_pair(),
-        h0: cache.h0.clone(),
-        grads,
-    }
+    let grads = c.param_ids().iter().map(|&i| g.get(i).unwrap().to_vec()).collect();
+    Want { pool: cache.pool.data.clone(), keep: cache.keep_by_pair(), h0: cache.h0.clone(), grads }
 }
 
 fn compare(c: &Case, pool: &[f32], keep: &[u64], h0: Option<&[f32]>, grads: &[Vec<f32>]) {
@@ -203,10 +133,7 @@ fn compare(c: &Case, pool: &[f32], keep: &[u64], h0: Option<&[f32]>, grads: &[Ve
     close("pool", &c.name, pool, &want.pool, 1.0);
     assert_eq!(keep.len(), want.keep.len(), "{}: keep words", c.name);
     if let Some(k) = keep.iter().zip(&want.keep).position(|(a, b)| a != b) {
-        panic!(
-            "{}: keep word {k}: kernel {:#018x}, twin {:#018x}",
-            c.name, keep[k], want.keep[k]
-        );
+        panic!("{}: keep word {k}: kernel {:#018x}, twin {:#018x}", c.name, keep[k], want.keep[k]);
     }
     match (h0, &want.h0) {
         (Some(a), Some(b)) => close("h0", &c.name, a, b, 1.0),
@@ -214,13 +141,7 @@ fn compare(c: &Case, pool: &[f32], keep: &[u64], h0: Option<&[f32]>, grads: &[Ve
         _ => panic!("{}: h(0) present in one of kernel / twin only", c.name),
     }
     for (k, name) in PARAM_NAMES.iter().enumerate() {
-        close(
-            &format!("d {name}"),
-            &c.name,
-            &grads[k],
-            &want.grads[k],
-            1.0,
-        );
+        close(&format!("d {name}"), &c.name, &grads[k], &want.grads[k], 1.0);
     }
 }
 
@@ -286,17 +207,11 @@ int main(int argc, char** argv) {
 
 fn read_u64(dir: &std::path::Path, name: &str) -> Vec<u64> {
     let b = std::fs::read(dir.join(format!("{name}.out"))).unwrap();
-    b.chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 fn write_i32(dir: &std::path::Path, name: &str, v: &[i32]) {
-    std::fs::write(
-        dir.join(format!("{name}.bin")),
-        v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
+    std::fs::write(dir.join(format!("{name}.bin")), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
 }
 
 #[test]
@@ -306,9 +221,7 @@ fn host_emu_partial_matches_twin() {
     let exe = match emu::build(d, "partial.cu", PARTIAL_CU, HARNESS) {
         Ok(e) => e,
         Err(reason) => {
-            skipped(&format!(
-                "host build (emulation) of kernels/partial.cu: {reason}"
-            ));
+            skipped(&format!("host build (emulation) of kernels/partial.cu: {reason}"));
             return;
         }
     };
@@ -321,16 +234,7 @@ fn host_emu_partial_matches_twin() {
             d.join("params.txt"),
             format!(
                 "{} {} {} {} {} {} {:e} {} {} {key} {thr} {:e} {nw} {wpb}",
-                s.j,
-                s.hh,
-                s.d,
-                s.b,
-                s.nnz,
-                s.pool_mode,
-                s.divisor,
-                s.center as i32,
-                s.dropout.is_some() as i32,
-                scale
+                s.j, s.hh, s.d, s.b, s.nnz, s.pool_mode, s.divisor, s.center as i32, s.dropout.is_some() as i32, scale
             ),
         )
         .unwrap();
@@ -346,38 +250,16 @@ fn host_emu_partial_matches_twin() {
         emu::write_f32(d, "psi", &c.spl.psi);
         emu::write_f32(d, "dpool", &c.dpool);
         let (jptr, order, cell_of) = junction_major(&c.spl);
-        write_i32(
-            d,
-            "indptr",
-            &c.spl.indptr.iter().map(|&v| v as i32).collect::<Vec<_>>(),
-        );
-        write_i32(
-            d,
-            "junction",
-            &c.spl.junction.iter().map(|&v| v as i32).collect::<Vec<_>>(),
-        );
+        write_i32(d, "indptr", &c.spl.indptr.iter().map(|&v| v as i32).collect::<Vec<_>>());
+        write_i32(d, "junction", &c.spl.junction.iter().map(|&v| v as i32).collect::<Vec<_>>());
         write_i32(d, "jptr", &jptr);
         write_i32(d, "order", &order);
         write_i32(d, "cell_of", &cell_of);
         emu::run(&exe, d);
-        assert_eq!(
-            read_u64(d, "smem"),
-            vec![
-                smem_per_warp(s.hh, s.d, false) as u64,
-                smem_per_warp(s.hh, s.d, true) as u64
-            ],
-            "{}: shared memory per warp (kernel vs launcher)",
-            c.name
-        );
+        assert_eq!(read_u64(d, "smem"), vec![smem_per_warp(s.hh, s.d, false) as u64, smem_per_warp(s.hh, s.d, true) as u64], "{}: shared memory per warp (kernel vs launcher)", c.name);
         let grads: Vec<Vec<f32>> = PARAM_NAMES.iter().map(|n| emu::read_f32(d, n)).collect();
         let h0 = emu::read_f32(d, "h0");
-        compare(
-            &c,
-            &emu::read_f32(d, "pool"),
-            &read_u64(d, "keep"),
-            s.center.then_some(&h0[..]),
-            &grads,
-        );
+        compare(&c, &emu::read_f32(d, "pool"), &read_u64(d, "keep"), s.center.then_some(&h0[..]), &grads);
     }
 }
 
@@ -387,17 +269,13 @@ fn host_emu_partial_matches_twin() {
 #[test]
 fn gpu_partial_matches_twin() {
     if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!(
-            "partial-encoder kernels vs model::partial: {reason}"
-        ));
+        skipped(&format!("partial-encoder kernels vs model::partial: {reason}"));
         return;
     }
     let dev = CudaDevice::open(0).expect("cuda:0 is usable but could not be opened");
     let kern = CudaPartial::new(&dev).unwrap();
     for c in cases() {
-        let got = kern
-            .run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool)
-            .unwrap();
+        let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool).unwrap();
         compare(&c, &got.pool, &got.keep, got.h0.as_deref(), &got.grads);
     }
 }

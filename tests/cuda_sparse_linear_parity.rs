@@ -35,60 +35,27 @@ struct Case {
 
 fn case(seed: u64, rows: usize, n_genes: usize, n_hidden: usize) -> Case {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
-    let dims = Dims {
-        n_genes,
-        n_junctions: 6,
-        n_atse: 3,
-        n_batch: 1,
-        n_labels: 2,
-        n_obs: 50,
-        n_cats_per_cov: vec![],
-        n_cont: 0,
-    };
-    let cfg = ModelConfig {
-        n_hidden: Some(n_hidden),
-        ..ModelConfig::default()
-    };
+    let dims = Dims { n_genes, n_junctions: 6, n_atse: 3, n_batch: 1, n_labels: 2, n_obs: 50, n_cats_per_cov: vec![], n_cont: 0 };
+    let cfg = ModelConfig { n_hidden: Some(n_hidden), ..ModelConfig::default() };
     let model = SpliceVae::new(cfg, dims, vec![0, 0, 1, 1, 2, 2]).unwrap();
     let lin = model.arch.z_enc_expr.fc.blocks[0].lin.clone();
     assert_eq!((lin.n_in, lin.n_out), (n_genes, n_hidden));
     let p: Params<f32> = model.init_params(seed);
-    let mut x = Sparse {
-        rows,
-        cols: n_genes,
-        indptr: vec![0],
-        indices: vec![],
-        values: vec![],
-    };
+    let mut x = Sparse { rows, cols: n_genes, indptr: vec![0], indices: vec![], values: vec![] };
     for c in 0..rows {
         if c != 2 {
             for g in 0..n_genes.saturating_sub(4) {
                 if r.gen_bool(0.25) {
                     x.indices.push(g as u32);
-                    x.values.push(if r.gen_bool(0.1) {
-                        r.gen_range(100.0..1e4f32).round()
-                    } else {
-                        r.gen_range(0.0..3.0f32)
-                    });
+                    x.values.push(if r.gen_bool(0.1) { r.gen_range(100.0..1e4f32).round() } else { r.gen_range(0.0..3.0f32) });
                 }
             }
         }
         x.indptr.push(x.indices.len());
     }
-    let dy: Vec<f32> = (0..rows * n_hidden)
-        .map(|_| r.gen_range(-1.0..1.0f32))
-        .collect();
-    let gw0: Vec<f32> = (0..n_hidden * n_genes)
-        .map(|_| r.gen_range(-1.0..1.0f32))
-        .collect();
-    Case {
-        name: format!("rows {rows} n_in {n_genes} n_out {n_hidden}"),
-        lin,
-        p,
-        x,
-        dy,
-        gw0,
-    }
+    let dy: Vec<f32> = (0..rows * n_hidden).map(|_| r.gen_range(-1.0..1.0f32)).collect();
+    let gw0: Vec<f32> = (0..n_hidden * n_genes).map(|_| r.gen_range(-1.0..1.0f32)).collect();
+    Case { name: format!("rows {rows} n_in {n_genes} n_out {n_hidden}"), lin, p, x, dy, gw0 }
 }
 
 fn cases() -> Vec<Case> {
@@ -104,12 +71,7 @@ fn twin(c: &Case) -> (Vec<f32>, Vec<f32>) {
     let y = linear_sparse_fwd(&c.lin, &p, &c.x);
     let mut g = Grads::zeros(p.layout.clone());
     g.slot(c.lin.w).unwrap().copy_from_slice(&c.gw0);
-    linear_sparse_bwd(
-        &c.lin,
-        &c.x,
-        &Mat::from_vec(c.x.rows, c.lin.n_out, c.dy.clone()),
-        &mut g,
-    );
+    linear_sparse_bwd(&c.lin, &c.x, &Mat::from_vec(c.x.rows, c.lin.n_out, c.dy.clone()), &mut g);
     (y.data, g.get(c.lin.w).unwrap().to_vec())
 }
 
@@ -147,11 +109,7 @@ int main(int argc, char** argv) {
 "#;
 
 fn write_bytes<T: Copy>(dir: &std::path::Path, name: &str, v: &[T], to: impl Fn(T) -> Vec<u8>) {
-    std::fs::write(
-        dir.join(format!("{name}.bin")),
-        v.iter().flat_map(|&x| to(x)).collect::<Vec<u8>>(),
-    )
-    .unwrap();
+    std::fs::write(dir.join(format!("{name}.bin")), v.iter().flat_map(|&x| to(x)).collect::<Vec<u8>>()).unwrap();
 }
 
 #[test]
@@ -161,27 +119,17 @@ fn host_emu_sparse_linear_matches_twin() {
     let exe = match emu::build(d, "sparse_linear.cu", SPARSE_LINEAR_CU, HARNESS) {
         Ok(e) => e,
         Err(reason) => {
-            skipped(&format!(
-                "host build (emulation) of kernels/sparse_linear.cu: {reason}"
-            ));
+            skipped(&format!("host build (emulation) of kernels/sparse_linear.cu: {reason}"));
             return;
         }
     };
     for c in cases() {
-        std::fs::write(
-            d.join("params.txt"),
-            format!("{} {} {}", c.x.rows, c.lin.n_in, c.lin.n_out),
-        )
-        .unwrap();
+        std::fs::write(d.join("params.txt"), format!("{} {} {}", c.x.rows, c.lin.n_in, c.lin.n_out)).unwrap();
         let (cptr, crow, cval) = c.x.to_csc();
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
-        write_bytes(d, "indptr", &i64s(&c.x.indptr), |x: i64| {
-            x.to_le_bytes().to_vec()
-        });
+        write_bytes(d, "indptr", &i64s(&c.x.indptr), |x: i64| x.to_le_bytes().to_vec());
         write_bytes(d, "cptr", &i64s(&cptr), |x: i64| x.to_le_bytes().to_vec());
-        write_bytes(d, "indices", &c.x.indices, |x: u32| {
-            x.to_le_bytes().to_vec()
-        });
+        write_bytes(d, "indices", &c.x.indices, |x: u32| x.to_le_bytes().to_vec());
         write_bytes(d, "crow", &crow, |x: u32| x.to_le_bytes().to_vec());
         emu::write_f32(d, "values", &c.x.values);
         emu::write_f32(d, "cval", &cval);
@@ -196,17 +144,13 @@ fn host_emu_sparse_linear_matches_twin() {
 #[test]
 fn gpu_sparse_linear_matches_twin() {
     if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!(
-            "sparse first-layer kernels vs ops::linear_sparse_*: {reason}"
-        ));
+        skipped(&format!("sparse first-layer kernels vs ops::linear_sparse_*: {reason}"));
         return;
     }
     let dev = CudaDevice::open(0).expect("cuda:0 is usable but could not be opened");
     let kern = CudaSparseLinear::new(&dev).unwrap();
     for c in cases() {
-        let (y, gw) = kern
-            .run_host(&c.x, c.p.get(c.lin.w), c.lin.n_out, &c.dy, &c.gw0)
-            .unwrap();
+        let (y, gw) = kern.run_host(&c.x, c.p.get(c.lin.w), c.lin.n_out, &c.dy, &c.gw0).unwrap();
         compare(&c, &y, &gw);
     }
 }

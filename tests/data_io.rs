@@ -8,7 +8,7 @@ use serde_json::Value;
 use splicevi::data::h5;
 use splicevi::data::load::{load, load_with, LoadChecks};
 use splicevi::data::validate::{check_dataset, ValueRule, ValueTracker};
-use splicevi::data::{DataOptions, Dataset};
+use splicevi::data::{Dataset, DataOptions};
 use std::process::Command;
 
 const TAG: &str = "data_io";
@@ -52,43 +52,21 @@ fn dense_splicing(ds: &Dataset) -> (Dense, Dense, Dense, Vec<Vec<bool>>) {
 fn assert_splicing(ds: &Dataset, e: &Value, what: &str) {
     let s = &ds.splicing;
     assert_eq!(ds.cell_names, harness::strs(&e["cells"]), "{what}: cells");
-    assert_eq!(
-        s.junction_names,
-        harness::strs(&e["junction_ids"]),
-        "{what}: junction names"
-    );
-    assert_eq!(
-        s.atse_ids,
-        harness::strs(&e["atse_ids"]),
-        "{what}: ATSE ids (sorted)"
-    );
-    let j2a: Vec<u32> = harness::f64s(&e["junc2atse"])
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    assert_eq!(s.junction_names, harness::strs(&e["junction_ids"]), "{what}: junction names");
+    assert_eq!(s.atse_ids, harness::strs(&e["atse_ids"]), "{what}: ATSE ids (sorted)");
+    let j2a: Vec<u32> = harness::f64s(&e["junc2atse"]).iter().map(|&x| x as u32).collect();
     assert_eq!(s.junc2atse, j2a, "{what}: junc2atse");
     let (k, n, p, m) = dense_splicing(ds);
     let en = harness::matrix(&e["n"]);
     let ep = harness::matrix(&e["psi"]);
-    let mask: Vec<Vec<bool>> = en
-        .iter()
-        .map(|r| r.iter().map(|&x| x > 0.0).collect())
-        .collect();
+    let mask: Vec<Vec<bool>> = en.iter().map(|r| r.iter().map(|&x| x > 0.0).collect()).collect();
     assert_eq!(m, mask, "{what}: observed entries = [n > 0]");
     assert!(s.indptr.windows(2).all(|w| w[0] <= w[1]));
     for i in 0..ds.n_cells() {
         let cols = &s.junction[s.cell_range(i)];
-        assert!(
-            cols.windows(2).all(|w| w[0] < w[1]),
-            "{what}: junctions ascending within a cell"
-        );
+        assert!(cols.windows(2).all(|w| w[0] < w[1]), "{what}: junctions ascending within a cell");
         for jj in 0..s.n_junctions {
-            assert!(
-                (p[i][jj] - ep[i][jj]).abs() < 1e-6,
-                "{what}: psi[{i}][{jj}] = {} vs {}",
-                p[i][jj],
-                ep[i][jj]
-            );
+            assert!((p[i][jj] - ep[i][jj]).abs() < 1e-6, "{what}: psi[{i}][{jj}] = {} vs {}", p[i][jj], ep[i][jj]);
         }
     }
     if s.has_counts {
@@ -111,81 +89,36 @@ fn assert_expression(ds: &Dataset, e: &Value, what: &str) {
             row[c as usize] = v as f64;
         }
     }
-    assert_eq!(
-        dense,
-        harness::matrix(&e["expression"]),
-        "{what}: expression"
-    );
+    assert_eq!(dense, harness::matrix(&e["expression"]), "{what}: expression");
     let lib: Vec<f64> = ds.library_size.iter().map(|&x| x as f64).collect();
-    assert_eq!(
-        lib,
-        harness::f64s(&e["library_size"]),
-        "{what}: library size"
-    );
+    assert_eq!(lib, harness::f64s(&e["library_size"]), "{what}: library size");
 }
 
 /// Per-cell labels of a categorical covariate.
 fn labels_of(c: &splicevi::data::Categorical) -> Vec<String> {
-    c.codes
-        .iter()
-        .map(|&x| c.levels[x as usize].clone())
-        .collect()
+    c.codes.iter().map(|&x| c.levels[x as usize].clone()).collect()
 }
 
 fn assert_covariates(ds: &Dataset, e: &Value, what: &str, exact_batch_levels: bool) {
     let cv = &ds.covariates;
-    assert_eq!(
-        labels_of(&cv.batch),
-        harness::strs(&e["batch"]),
-        "{what}: batch"
-    );
+    assert_eq!(labels_of(&cv.batch), harness::strs(&e["batch"]), "{what}: batch");
     if exact_batch_levels {
         // pandas categorical: the file's category order, unused categories kept
-        assert_eq!(
-            cv.batch.levels,
-            harness::strs(&e["batch_levels"]),
-            "{what}: batch levels"
-        );
+        assert_eq!(cv.batch.levels, harness::strs(&e["batch_levels"]), "{what}: batch levels");
     } else {
         let mut l = harness::strs(&e["batch"]);
         l.sort();
         l.dedup();
-        assert_eq!(
-            cv.batch.levels, l,
-            "{what}: batch levels = sorted unique values"
-        );
+        assert_eq!(cv.batch.levels, l, "{what}: batch levels = sorted unique values");
     }
-    assert_eq!(
-        cv.labels.levels,
-        harness::strs(&e["labels_levels"]),
-        "{what}: label levels"
-    );
-    assert_eq!(
-        labels_of(&cv.labels),
-        harness::strs(&e["labels"]),
-        "{what}: labels"
-    );
+    assert_eq!(cv.labels.levels, harness::strs(&e["labels_levels"]), "{what}: label levels");
+    assert_eq!(labels_of(&cv.labels), harness::strs(&e["labels"]), "{what}: labels");
     assert_eq!(cv.categorical.len(), 1);
     assert_eq!(cv.categorical[0].name, "donor");
-    assert_eq!(
-        cv.categorical[0].levels,
-        harness::strs(&e["donor_levels"]),
-        "{what}: donor levels (numeric sort)"
-    );
-    assert_eq!(
-        labels_of(&cv.categorical[0]),
-        harness::strs(&e["donor"]),
-        "{what}: donor"
-    );
-    assert_eq!(
-        cv.continuous_names,
-        vec!["age".to_string(), "qc".to_string()]
-    );
-    let want: Vec<f32> = harness::matrix(&e["continuous"])
-        .into_iter()
-        .flatten()
-        .map(|x| x as f32)
-        .collect();
+    assert_eq!(cv.categorical[0].levels, harness::strs(&e["donor_levels"]), "{what}: donor levels (numeric sort)");
+    assert_eq!(labels_of(&cv.categorical[0]), harness::strs(&e["donor"]), "{what}: donor");
+    assert_eq!(cv.continuous_names, vec!["age".to_string(), "qc".to_string()]);
+    let want: Vec<f32> = harness::matrix(&e["continuous"]).into_iter().flatten().map(|x| x as f32).collect();
     assert_eq!(cv.continuous, want, "{what}: continuous");
 }
 
@@ -202,17 +135,9 @@ fn mudata_files_in_every_storage_load_identically() {
         assert_splicing(&ds, e, &what);
         assert_expression(&ds, e, &what);
         assert_covariates(&ds, e, &what, true);
-        assert_eq!(
-            ds.splicing.gene_names,
-            harness::strs(&e["junction_genes"]),
-            "{what}: junction gene names"
-        );
+        assert_eq!(ds.splicing.gene_names, harness::strs(&e["junction_genes"]), "{what}: junction gene names");
         let obs: Vec<String> = ds.obs.iter().map(|(n, _)| n.clone()).collect();
-        assert_eq!(
-            obs,
-            harness::strs(&e["obs_columns"]),
-            "{what}: obs = global columns then rna columns"
-        );
+        assert_eq!(obs, harness::strs(&e["obs_columns"]), "{what}: obs = global columns then rna columns");
         check_dataset(&ds, &Default::default()).unwrap();
     }
 }
@@ -224,19 +149,11 @@ fn expression_defaults_to_x_and_library_size_from_obsm() {
     let ds = load(&g.path("mixed.h5mu"), &DataOptions::default()).unwrap();
     let x = ds.expression.as_ref().unwrap();
     let lib = harness::f64s(&g.expected["library_size"]);
-    assert_eq!(
-        ds.library_size
-            .iter()
-            .map(|&v| v as f64)
-            .collect::<Vec<_>>(),
-        lib
-    );
+    assert_eq!(ds.library_size.iter().map(|&v| v as f64).collect::<Vec<_>>(), lib);
     let ln = harness::matrix(&g.expected["expression"]);
     let differs = (0..x.n_rows).any(|i| {
         let (c, v) = x.row(i);
-        c.iter()
-            .zip(v)
-            .any(|(&c, &v)| v as f64 != ln[i][c as usize])
+        c.iter().zip(v).any(|(&c, &v)| v as f64 != ln[i][c as usize])
     });
     assert!(differs, "X (raw) must differ from length_norm in this data");
     assert_eq!(ds.covariates.batch.levels, vec!["0".to_string()]);
@@ -264,18 +181,9 @@ fn prefixed_and_modality_columns_resolve() {
         "batch_key": "note",
     }));
     let ds = load(&g.path("mixed.h5mu"), &o).unwrap();
-    assert_eq!(
-        labels_of(&ds.covariates.labels),
-        harness::strs(&g.expected["labels"])
-    );
-    assert_eq!(
-        labels_of(&ds.covariates.categorical[0]),
-        harness::strs(&g.expected["donor"])
-    );
-    let qc: Vec<f32> = harness::matrix(&g.expected["continuous"])
-        .iter()
-        .map(|r| r[1] as f32)
-        .collect();
+    assert_eq!(labels_of(&ds.covariates.labels), harness::strs(&g.expected["labels"]));
+    assert_eq!(labels_of(&ds.covariates.categorical[0]), harness::strs(&g.expected["donor"]));
+    let qc: Vec<f32> = harness::matrix(&g.expected["continuous"]).iter().map(|r| r[1] as f32).collect();
     assert_eq!(ds.covariates.continuous, qc);
     // a string-array column (unique values) as batch: sorted unique levels
     assert_eq!(ds.covariates.batch.levels.len(), ds.n_cells());
@@ -291,14 +199,8 @@ fn splicing_only_h5ad() {
     assert!(ds.gene_names.is_empty());
     assert!(ds.library_size.iter().all(|&x| x == 1.0));
     assert_splicing(&ds, &g.expected, "splicing_only.h5ad");
-    assert_eq!(
-        ds.covariates.batch.levels,
-        harness::strs(&g.expected["batch_levels"])
-    );
-    assert_eq!(
-        labels_of(&ds.covariates.batch),
-        harness::strs(&g.expected["batch"])
-    );
+    assert_eq!(ds.covariates.batch.levels, harness::strs(&g.expected["batch_levels"]));
+    assert_eq!(labels_of(&ds.covariates.batch), harness::strs(&g.expected["batch"]));
     check_dataset(&ds, &Default::default()).unwrap();
 }
 
@@ -319,10 +221,7 @@ fn matrix_market_directories() {
         assert_splicing(&ds, &g.expected, dir);
         assert_expression(&ds, &g.expected, dir);
         assert_covariates(&ds, &g.expected, dir, false);
-        assert_eq!(
-            ds.splicing.gene_names,
-            harness::strs(&g.expected["junction_genes"])
-        );
+        assert_eq!(ds.splicing.gene_names, harness::strs(&g.expected["junction_genes"]));
         check_dataset(&ds, &Default::default()).unwrap();
     }
 }
@@ -341,16 +240,12 @@ fn tiny_read_chunks_give_the_same_matrices() {
         "mod/splicing/layers/junc_ratio",
         "mod/splicing/layers/psi_mask",
     ] {
-        let m = h5::open_matrix(&f, path)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{path} missing"));
+        let m = h5::open_matrix(&f, path).unwrap().unwrap_or_else(|| panic!("{path} missing"));
         formats.push(m.format());
         let rule = ValueRule::counts(false);
         let whole = m.read_csr(&mut ValueTracker::new(rule)).unwrap();
         for (chunk, block) in [(1, 1), (2, 3), (3, 7), (5, 16)] {
-            let part = m
-                .read_csr_chunked(&mut ValueTracker::new(rule), chunk, block)
-                .unwrap();
+            let part = m.read_csr_chunked(&mut ValueTracker::new(rule), chunk, block).unwrap();
             assert_eq!(part, whole, "{path} with chunk {chunk}, block {block}");
         }
     }
@@ -364,30 +259,16 @@ fn row_blocks_of_any_size_load_the_same_dataset() {
     let Some(g) = gen() else { return };
     // k, junc_ratio and psi_mask are read in row blocks while the entries are built; blocks of 1, 2, 3,
     // 7 and 16 stored entries cross every row and block boundary (a row larger than a block is one block).
-    let mut cases: Vec<(String, DataOptions)> = g.expected["valid_files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| (f["file"].as_str().unwrap().to_string(), valid_opts()))
-        .collect();
-    cases.push((
-        "splicing_only.h5ad".into(),
-        harness::options(&serde_json::json!({"batch_key": "batch"})),
-    ));
+    let mut cases: Vec<(String, DataOptions)> =
+        g.expected["valid_files"].as_array().unwrap().iter().map(|f| (f["file"].as_str().unwrap().to_string(), valid_opts())).collect();
+    cases.push(("splicing_only.h5ad".into(), harness::options(&serde_json::json!({"batch_key": "batch"}))));
     cases.push(("psi_only.h5ad".into(), DataOptions::default()));
     for (name, opts) in &cases {
         let whole = load(&g.path(name), opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         for entries in [1, 2, 3, 7, 16] {
-            let checks = LoadChecks {
-                row_block_entries: entries,
-                ..Default::default()
-            };
-            let got = load_with(&g.path(name), opts, &checks)
-                .unwrap_or_else(|e| panic!("{name}, blocks of {entries}: {e:#}"));
-            assert!(
-                got == whole,
-                "{name}: blocks of {entries} entries load a different dataset"
-            );
+            let checks = LoadChecks { row_block_entries: entries, ..Default::default() };
+            let got = load_with(&g.path(name), opts, &checks).unwrap_or_else(|e| panic!("{name}, blocks of {entries}: {e:#}"));
+            assert!(got == whole, "{name}: blocks of {entries} entries load a different dataset");
         }
     }
 }
@@ -399,18 +280,11 @@ fn first_bad_value_is_row_major_first_even_for_csc() {
     // Pick a threshold t such that, among the k values > t, the row-major first and the column-major
     // first differ, and reject exactly those values.
     let f = h5::open(&g.path("csc.h5mu")).unwrap();
-    let m = h5::open_matrix(&f, "mod/splicing/layers/cell_by_junction_matrix")
-        .unwrap()
-        .unwrap();
+    let m = h5::open_matrix(&f, "mod/splicing/layers/cell_by_junction_matrix").unwrap().unwrap();
     assert_eq!(m.format(), "csc");
     let k = harness::matrix(&g.expected["k"]);
     let (c, j) = (k.len(), k[0].len());
-    let above = |t: f64| -> Vec<(usize, usize)> {
-        (0..c)
-            .flat_map(|i| (0..j).map(move |jj| (i, jj)))
-            .filter(|&(i, jj)| k[i][jj] > t)
-            .collect()
-    };
+    let above = |t: f64| -> Vec<(usize, usize)> { (0..c).flat_map(|i| (0..j).map(move |jj| (i, jj))).filter(|&(i, jj)| k[i][jj] > t).collect() };
     let mut thresholds: Vec<f64> = k.iter().flatten().copied().collect();
     thresholds.sort_by(|a, b| a.total_cmp(b));
     thresholds.dedup();
@@ -423,19 +297,11 @@ fn first_bad_value_is_row_major_first_even_for_csc() {
             (row_first != col_first).then_some((t, row_first))
         })
         .expect("data where row-major and column-major firsts differ");
-    let rule = ValueRule {
-        what: "x",
-        integer: false,
-        max: Some(t),
-        integer_hint: "",
-    };
+    let rule = ValueRule { what: "x", integer: false, max: Some(t), integer_hint: "" };
     let mut tr = ValueTracker::new(rule);
     m.read_csr(&mut tr).unwrap();
     let b = tr.first_bad.unwrap();
-    assert_eq!(
-        (b.row, b.col, b.value),
-        (first.0, first.1, k[first.0][first.1])
-    );
+    assert_eq!((b.row, b.col, b.value), (first.0, first.1, k[first.0][first.1]));
 }
 
 #[test]
@@ -454,12 +320,7 @@ fn large_sparse_file_loads_without_densifying() {
     let Some(g) = gen() else { return };
     let l = &g.expected["large"];
     let t = std::time::Instant::now();
-    let ds = load_with(
-        &g.path(l["file"].as_str().unwrap()),
-        &DataOptions::default(),
-        &LoadChecks::default(),
-    )
-    .unwrap();
+    let ds = load_with(&g.path(l["file"].as_str().unwrap()), &DataOptions::default(), &LoadChecks::default()).unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(ds.n_cells() as u64, l["cells"].as_u64().unwrap());
     assert_eq!(ds.n_junctions() as u64, l["junctions"].as_u64().unwrap());
@@ -467,23 +328,10 @@ fn large_sparse_file_loads_without_densifying() {
     assert_eq!(ds.splicing.nnz() as u64, l["observed"].as_u64().unwrap());
     // cells × junctions as f32 would be 1.6 GB; the whole test process must stay far below.
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        let hwm_kb: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(
-            hwm_kb < 800 * 1024,
-            "peak resident memory {} MB",
-            hwm_kb / 1024
-        );
+        let hwm_kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap();
+        assert!(hwm_kb < 800 * 1024, "peak resident memory {} MB", hwm_kb / 1024);
     }
-    eprintln!(
-        "large file: {} observed entries loaded in {secs:.2} s",
-        ds.splicing.nnz()
-    );
+    eprintln!("large file: {} observed entries loaded in {secs:.2} s", ds.splicing.nnz());
 }
 
 #[test]
@@ -492,20 +340,10 @@ fn cli_validate_prints_a_summary() {
     let out = Command::new(env!("CARGO_BIN_EXE_splicevi"))
         .args(["validate"])
         .arg(g.path("mixed.h5mu"))
-        .args([
-            "--rna-layer",
-            "length_norm",
-            "--batch-key",
-            "batch",
-            "--json",
-        ])
+        .args(["--rna-layer", "length_norm", "--batch-key", "batch", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     let e = &g.expected;
     let n = harness::matrix(&e["n"]);
@@ -516,35 +354,16 @@ fn cli_validate_prints_a_summary() {
     assert_eq!(s["atses"], e["atse_ids"].as_array().unwrap().len());
     assert_eq!(s["observed_entries"], observed);
     assert_eq!(s["cells_with_zero_expression"], 1);
-    let sizes: Vec<(String, u64)> = s["batch"]["sizes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_u64().unwrap()))
-        .collect();
+    let sizes: Vec<(String, u64)> = s["batch"]["sizes"].as_array().unwrap().iter().map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_u64().unwrap())).collect();
     let batch = harness::strs(&e["batch"]);
     for (level, count) in &sizes {
-        assert_eq!(
-            *count as usize,
-            batch.iter().filter(|b| *b == level).count(),
-            "batch {level}"
-        );
+        assert_eq!(*count as usize, batch.iter().filter(|b| *b == level).count(), "batch {level}");
     }
     // text output, non-zero exit on error
-    let out = Command::new(env!("CARGO_BIN_EXE_splicevi"))
-        .arg("validate")
-        .arg(g.path("mtx_dir"))
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(g.path("mtx_dir")).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("junctions per ATSE") && text.contains("OK"),
-        "{text}"
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_splicevi"))
-        .args(["validate", "/nonexistent/x.h5mu"])
-        .output()
-        .unwrap();
+    assert!(text.contains("junctions per ATSE") && text.contains("OK"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["validate", "/nonexistent/x.h5mu"]).output().unwrap();
     assert!(!out.status.success());
 }

@@ -38,15 +38,8 @@ fn all_fixture_cases_pass() {
         let r = check_case(&case_dir(name)).unwrap_or_else(|e| panic!("case {name}: {e:#}"));
         print_report(&r, false);
         // Every expected tensor (and the parameter table) was compared.
-        assert!(
-            r.checks.len() > 50,
-            "case {name}: only {} checks",
-            r.checks.len()
-        );
-        assert!(
-            r.checks.iter().any(|c| c.name.starts_with("grad.")),
-            "case {name}: no gradient compared"
-        );
+        assert!(r.checks.len() > 50, "case {name}: only {} checks", r.checks.len());
+        assert!(r.checks.iter().any(|c| c.name.starts_with("grad.")), "case {name}: no gradient compared");
         if !r.passed() {
             failed.push(name);
         }
@@ -60,45 +53,22 @@ fn all_fixture_cases_pass() {
 fn perturbed_case_fails() {
     let src = case_dir("default-model");
     let tmp = tempfile::tempdir().unwrap();
-    for f in [
-        "inputs.safetensors",
-        "params.safetensors",
-        "expected.safetensors",
-    ] {
+    for f in ["inputs.safetensors", "params.safetensors", "expected.safetensors"] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["kl_weight"] = serde_json::json!(0.5);
-    std::fs::write(
-        tmp.path().join("config.json"),
-        serde_json::to_string(&cfg).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
     let r = check_case(tmp.path()).unwrap();
     let failed: Vec<&str> = r.failures().iter().map(|c| c.name.as_str()).collect();
-    assert!(
-        failed.contains(&"loss.loss"),
-        "loss.loss should fail with kl_weight 0.5: {failed:?}"
-    );
-    assert!(
-        failed.iter().any(|n| n.starts_with("grad.")),
-        "some gradient should fail: {failed:?}"
-    );
-    assert!(
-        !failed.contains(&"inference.qz_m"),
-        "qz_m does not depend on the KL weight"
-    );
+    assert!(failed.contains(&"loss.loss"), "loss.loss should fail with kl_weight 0.5: {failed:?}");
+    assert!(failed.iter().any(|n| n.starts_with("grad.")), "some gradient should fail: {failed:?}");
+    assert!(!failed.contains(&"inference.qz_m"), "qz_m does not depend on the KL weight");
     // A different module option changes the parameter table.
     cfg["kl_weight"] = serde_json::json!(1.0);
     cfg["module_args"]["expression_architecture"] = serde_json::json!("vanilla");
-    std::fs::write(
-        tmp.path().join("config.json"),
-        serde_json::to_string(&cfg).unwrap(),
-    )
-    .unwrap();
-    let err = check_case(tmp.path())
-        .err()
-        .expect("loading params into a different architecture must fail");
+    std::fs::write(tmp.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    let err = check_case(tmp.path()).err().expect("loading params into a different architecture must fail");
     assert!(format!("{err:#}").contains("missing"), "{err:#}");
 }

@@ -9,8 +9,8 @@ use splicevi::data::Csr;
 use splicevi::model::adversary::Adversary;
 use splicevi::model::arch::{ExprDecP, SplEncP};
 use splicevi::model::ops::{self, BufUpdates, Cov, MainIn, Mode, Sparse};
-use splicevi::model::*;
 use splicevi::model::{latent, lik, partial};
+use splicevi::model::*;
 
 fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
@@ -21,11 +21,7 @@ fn randn(r: &mut ChaCha8Rng) -> f64 {
 }
 
 fn rand_mat(r: &mut ChaCha8Rng, rows: usize, cols: usize, scale: f64) -> Mat<f64> {
-    Mat::from_vec(
-        rows,
-        cols,
-        (0..rows * cols).map(|_| scale * randn(r)).collect(),
-    )
+    Mat::from_vec(rows, cols, (0..rows * cols).map(|_| scale * randn(r)).collect())
 }
 
 /// Compare analytic and central-difference derivatives coordinate by coordinate.
@@ -33,10 +29,7 @@ fn assert_close(label: &str, an: &[f64], fd: &[f64], f_scale: f64) {
     assert_eq!(an.len(), fd.len());
     for (i, (&a, &f)) in an.iter().zip(fd).enumerate() {
         let tol = 1e-5 * a.abs().max(f.abs()) + 1e-7 * f_scale.max(1.0);
-        assert!(
-            (a - f).abs() <= tol,
-            "{label}[{i}]: analytic {a:.10e} vs finite difference {f:.10e}"
-        );
+        assert!((a - f).abs() <= tol, "{label}[{i}]: analytic {a:.10e} vs finite difference {f:.10e}");
     }
 }
 
@@ -94,12 +87,7 @@ fn dims(n_batch: usize, n_cats: Vec<usize>, n_cont: usize) -> Dims {
 /// (cell, ATSE) pairs observed with some zero junction counts.
 fn synth_batch(d: &Dims, b: usize, seed: u64) -> Batch {
     let mut r = rng(seed);
-    let mut expr = Csr {
-        n_rows: b,
-        n_cols: d.n_genes,
-        indptr: vec![0],
-        ..Default::default()
-    };
+    let mut expr = Csr { n_rows: b, n_cols: d.n_genes, indptr: vec![0], ..Default::default() };
     let mut library = Vec::new();
     for c in 0..b {
         let mut s = 0.0;
@@ -114,11 +102,7 @@ fn synth_batch(d: &Dims, b: usize, seed: u64) -> Batch {
         expr.indptr.push(expr.indices.len());
         library.push(if s > 0.0 { s } else { 1.0 });
     }
-    let mut spl = SplBatch {
-        n_junctions: d.n_junctions,
-        indptr: vec![0],
-        ..Default::default()
-    };
+    let mut spl = SplBatch { n_junctions: d.n_junctions, indptr: vec![0], ..Default::default() };
     for c in 0..b {
         let observed: Vec<bool> = (0..d.n_atse).map(|_| c != 1 && r.gen_bool(0.6)).collect();
         let mut tot = vec![0u32; d.n_atse];
@@ -126,16 +110,10 @@ fn synth_batch(d: &Dims, b: usize, seed: u64) -> Batch {
         for a in 0..d.n_atse {
             if observed[a] {
                 tot[a] = r.gen_range(1..30);
-                let js: Vec<usize> = (0..d.n_junctions)
-                    .filter(|&j| JUNC2ATSE[j] as usize == a)
-                    .collect();
+                let js: Vec<usize> = (0..d.n_junctions).filter(|&j| JUNC2ATSE[j] as usize == a).collect();
                 for _ in 0..tot[a] {
                     // skewed split so that some junctions get 0 reads
-                    let q = if r.gen_bool(0.7) {
-                        js[0]
-                    } else {
-                        js[r.gen_range(0..js.len())]
-                    };
+                    let q = if r.gen_bool(0.7) { js[0] } else { js[r.gen_range(0..js.len())] };
                     kk[q] += 1;
                 }
             }
@@ -162,11 +140,7 @@ fn synth_batch(d: &Dims, b: usize, seed: u64) -> Batch {
         library,
         batch: (0..b).map(|_| r.gen_range(0..d.n_batch as u32)).collect(),
         labels: (0..b).map(|_| r.gen_range(0..d.n_labels as u32)).collect(),
-        cats: d
-            .n_cats_per_cov
-            .iter()
-            .map(|&n| (0..b).map(|_| r.gen_range(0..n as u32)).collect())
-            .collect(),
+        cats: d.n_cats_per_cov.iter().map(|&n| (0..b).map(|_| r.gen_range(0..n as u32)).collect()).collect(),
         cont: (0..b * d.n_cont).map(|_| randn(&mut r) as f32).collect(),
         n_cont: d.n_cont,
         cell_idx: Some(idx),
@@ -232,10 +206,7 @@ fn check_whole_loss(label: &str, case: Case, seed: u64) {
     // input as a stop-gradient metric: the finite differences hold C at the base point, so that term is
     // λ Σ_j W_j C₀ W_jᵀ / N for every perturbed parameter vector.
     let metric0 = if case.cfg.splicing_decoder_effect_prior != 0.0 {
-        model
-            .forward(&p, &batch, &case.opts)
-            .unwrap()
-            .effect_prior_metric()
+        model.forward(&p, &batch, &case.opts).unwrap().effect_prior_metric()
     } else {
         None
     };
@@ -246,19 +217,12 @@ fn check_whole_loss(label: &str, case: Case, seed: u64) {
             l += model.spl_decoder_effect_prior_at(pp, c0) - fw.out.decoder_effect_prior;
         }
         if let Some((a, ap)) = &adv {
-            l += a
-                .fool(ap, &fw.out.inference.z, &batch.batch, true, 5)
-                .unwrap()
-                .loss;
+            l += a.fool(ap, &fw.out.inference.z, &batch.batch, true, 5).unwrap().loss;
         }
         l
     };
     let fw = model.forward(&p, &batch, &case.opts).unwrap();
-    let extra = adv.as_ref().map(|(a, ap)| {
-        a.fool(ap, &fw.out.inference.z, &batch.batch, true, 5)
-            .unwrap()
-            .dz
-    });
+    let extra = adv.as_ref().map(|(a, ap)| a.fool(ap, &fw.out.inference.z, &batch.batch, true, 5).unwrap().dz);
     let g = model.backward(&p, &batch, &fw, extra.as_ref()).unwrap();
     let l0 = total(&p);
     assert!(l0.is_finite());
@@ -283,57 +247,19 @@ fn check_whole_loss(label: &str, case: Case, seed: u64) {
         n_nonzero += an.iter().filter(|v| v.abs() > 1e-9).count();
     }
     // Guard against a vacuous check (everything zero).
-    assert!(
-        n_nonzero * 2 > n_checked,
-        "{label}: only {n_nonzero} of {n_checked} gradients non-zero"
-    );
+    assert!(n_nonzero * 2 > n_checked, "{label}: only {n_nonzero} of {n_checked} gradients non-zero");
 }
 
 #[test]
 fn whole_loss_default_model_with_dropout() {
-    let cfg = ModelConfig {
-        n_hidden: Some(8),
-        n_latent: Some(3),
-        code_dim: 4,
-        h_hidden_dim: 6,
-        encoder_hidden_dim: 5,
-        max_nobs: 4,
-        dropout_rate: 0.2,
-        ..ModelConfig::default()
-    };
-    check_whole_loss(
-        "default",
-        Case {
-            cfg,
-            dims: dims(2, vec![], 0),
-            opts: base_opts(),
-            with_adversary: false,
-        },
-        1,
-    );
+    let cfg = ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, max_nobs: 4, dropout_rate: 0.2, ..ModelConfig::default() };
+    check_whole_loss("default", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 1);
 }
 
 #[test]
 fn whole_loss_paper_config() {
-    let cfg = ModelConfig {
-        n_hidden: Some(8),
-        n_latent: Some(3),
-        code_dim: 4,
-        h_hidden_dim: 6,
-        encoder_hidden_dim: 5,
-        dropout_rate: 0.1,
-        ..ModelConfig::paper()
-    };
-    check_whole_loss(
-        "paper",
-        Case {
-            cfg,
-            dims: dims(2, vec![], 0),
-            opts: base_opts(),
-            with_adversary: false,
-        },
-        2,
-    );
+    let cfg = ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, dropout_rate: 0.1, ..ModelConfig::paper() };
+    check_whole_loss("paper", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 2);
 }
 
 #[test]
@@ -353,16 +279,7 @@ fn whole_loss_vanilla_binomial_universal_mmd_nb_batchnorm() {
         dropout_rate: 0.15,
         ..ModelConfig::default()
     };
-    check_whole_loss(
-        "vanilla-binomial",
-        Case {
-            cfg,
-            dims: dims(3, vec![], 0),
-            opts: base_opts(),
-            with_adversary: false,
-        },
-        3,
-    );
+    check_whole_loss("vanilla-binomial", Case { cfg, dims: dims(3, vec![], 0), opts: base_opts(), with_adversary: false }, 3);
 }
 
 #[test]
@@ -384,20 +301,8 @@ fn whole_loss_betabinomial_concat_poisson_covariates() {
         dropout_rate: 0.0,
         ..ModelConfig::default()
     };
-    let opts = StepOptions {
-        cross_gate: 0.4,
-        ..base_opts()
-    };
-    check_whole_loss(
-        "bb-concat",
-        Case {
-            cfg,
-            dims: dims(2, vec![3, 2, 1], 2),
-            opts,
-            with_adversary: false,
-        },
-        4,
-    );
+    let opts = StepOptions { cross_gate: 0.4, ..base_opts() };
+    check_whole_loss("bb-concat", Case { cfg, dims: dims(2, vec![3, 2, 1], 2), opts, with_adversary: false }, 4);
 }
 
 #[test]
@@ -416,16 +321,7 @@ fn whole_loss_dm_scalar_cell_ln_sum_pooling() {
         use_layer_norm: NormPlacement::None,
         ..ModelConfig::default()
     };
-    check_whole_loss(
-        "dmscalar-cell-ln",
-        Case {
-            cfg,
-            dims: dims(1, vec![], 0),
-            opts: base_opts(),
-            with_adversary: false,
-        },
-        5,
-    );
+    check_whole_loss("dmscalar-cell-ln", Case { cfg, dims: dims(1, vec![], 0), opts: base_opts(), with_adversary: false }, 5);
 }
 
 #[test]
@@ -442,16 +338,7 @@ fn whole_loss_library_encoder_no_penalty() {
         modality_penalty: ModalityPenalty::None,
         ..ModelConfig::default()
     };
-    check_whole_loss(
-        "library-encoder",
-        Case {
-            cfg,
-            dims: dims(2, vec![], 0),
-            opts: base_opts(),
-            with_adversary: false,
-        },
-        6,
-    );
+    check_whole_loss("library-encoder", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 6);
 }
 
 #[test]
@@ -469,16 +356,7 @@ fn whole_loss_bce_jeffreys_exact_gene_label_cont_without_encoding() {
         splicing_loss_weight: 0.6,
         ..ModelConfig::default()
     };
-    check_whole_loss(
-        "bce-jexact",
-        Case {
-            cfg,
-            dims: dims(2, vec![2], 2),
-            opts: base_opts(),
-            with_adversary: false,
-        },
-        7,
-    );
+    check_whole_loss("bce-jexact", Case { cfg, dims: dims(2, vec![2], 2), opts: base_opts(), with_adversary: false }, 7);
 }
 
 #[test]
@@ -496,16 +374,7 @@ fn whole_loss_mmd_rbf_gene_cell_perdim_masked_splicing() {
         mask_cells_without_splicing: true,
         ..ModelConfig::default()
     };
-    check_whole_loss(
-        "mmdrbf-genecell",
-        Case {
-            cfg,
-            dims: dims(2, vec![], 0),
-            opts: base_opts(),
-            with_adversary: false,
-        },
-        8,
-    );
+    check_whole_loss("mmdrbf-genecell", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 8);
 }
 
 #[test]
@@ -520,59 +389,16 @@ fn whole_loss_gene_cell_linear_routing_eval_batchnorm() {
         use_batch_norm: NormPlacement::Both,
         ..ModelConfig::default()
     };
-    let opts = StepOptions {
-        training: false,
-        routing: Some(Modality::Splicing),
-        ..base_opts()
-    };
-    check_whole_loss(
-        "genecell-linear-routed",
-        Case {
-            cfg: cfg.clone(),
-            dims: dims(2, vec![], 0),
-            opts,
-            with_adversary: false,
-        },
-        9,
-    );
-    let opts = StepOptions {
-        training: true,
-        routing: Some(Modality::Expression),
-        use_z_mean: true,
-        ..base_opts()
-    };
-    check_whole_loss(
-        "routed-expression",
-        Case {
-            cfg,
-            dims: dims(2, vec![], 0),
-            opts,
-            with_adversary: false,
-        },
-        10,
-    );
+    let opts = StepOptions { training: false, routing: Some(Modality::Splicing), ..base_opts() };
+    check_whole_loss("genecell-linear-routed", Case { cfg: cfg.clone(), dims: dims(2, vec![], 0), opts, with_adversary: false }, 9);
+    let opts = StepOptions { training: true, routing: Some(Modality::Expression), use_z_mean: true, ..base_opts() };
+    check_whole_loss("routed-expression", Case { cfg, dims: dims(2, vec![], 0), opts, with_adversary: false }, 10);
 }
 
 #[test]
 fn whole_loss_with_adversary_fool_term() {
-    let cfg = ModelConfig {
-        n_hidden: Some(8),
-        n_latent: Some(3),
-        code_dim: 4,
-        h_hidden_dim: 6,
-        encoder_hidden_dim: 5,
-        ..ModelConfig::default()
-    };
-    check_whole_loss(
-        "adversary",
-        Case {
-            cfg,
-            dims: dims(3, vec![], 0),
-            opts: base_opts(),
-            with_adversary: true,
-        },
-        12,
-    );
+    let cfg = ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, ..ModelConfig::default() };
+    check_whole_loss("adversary", Case { cfg, dims: dims(3, vec![], 0), opts: base_opts(), with_adversary: true }, 12);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -580,53 +406,33 @@ fn whole_loss_with_adversary_fool_term() {
 
 /// FCLayers (Linear, BN, LN, activation, dropout, covariate injection): parameter and input grads
 /// of a random linear functional of the output.
-fn check_fclayers(
-    model: &SpliceVae,
-    fc: &splicevi::model::arch::FcLayers,
-    training: bool,
-    sparse: bool,
-    seed: u64,
-) {
+fn check_fclayers(model: &SpliceVae, fc: &splicevi::model::arch::FcLayers, training: bool, sparse: bool, seed: u64) {
     let mut r = rng(seed);
     let p = random_params(model, seed);
     let d = &model.dims;
     let batch = synth_batch(d, 6, seed + 1);
     let mut cats: Vec<&[u32]> = vec![&batch.batch];
     cats.extend(batch.cats.iter().map(|c| c.as_slice()));
-    let cov = Cov {
-        cont: &batch.cont,
-        n_cont: batch.n_cont,
-        cats,
-    };
+    let cov = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats };
     let n_in = fc.n_in();
     let x = rand_mat(&mut r, 6, n_in, 1.0);
     let xs = Sparse {
         rows: 6,
         cols: n_in,
         indptr: (0..=6).map(|i| i * n_in.div_ceil(2)).collect(),
-        indices: (0..6)
-            .flat_map(|_| (0..n_in).step_by(2).map(|c| c as u32))
-            .collect(),
+        indices: (0..6).flat_map(|_| (0..n_in).step_by(2).map(|c| c as u32)).collect(),
         values: (0..6 * n_in.div_ceil(2)).map(|_| randn(&mut r)).collect(),
     };
     let wout = rand_mat(&mut r, 6, fc.n_out(), 1.0);
     let mode = Mode { training, seed: 3 };
     let run = |pp: &Params<f64>, xx: &Mat<f64>| -> f64 {
         let mut upd = BufUpdates::new();
-        let input = if sparse {
-            MainIn::Sparse(&xs)
-        } else {
-            MainIn::Dense(xx)
-        };
+        let input = if sparse { MainIn::Sparse(&xs) } else { MainIn::Dense(xx) };
         let (y, _) = ops::fc_forward(fc, pp, input, &cov, mode, &mut upd).unwrap();
         y.data.iter().zip(&wout.data).map(|(a, b)| a * b).sum()
     };
     let mut upd = BufUpdates::new();
-    let input = if sparse {
-        MainIn::Sparse(&xs)
-    } else {
-        MainIn::Dense(&x)
-    };
+    let input = if sparse { MainIn::Sparse(&xs) } else { MainIn::Dense(&x) };
     let (_, cache) = ops::fc_forward(fc, &p, input, &cov, mode, &mut upd).unwrap();
     let mut g = Grads::zeros(p.layout.clone());
     let dx = ops::fc_backward(fc, &p, &cache, wout.clone(), &mut g, !sparse);
@@ -676,37 +482,20 @@ fn op_fclayers_bn_ln_dropout_covariates() {
         ..ModelConfig::default()
     };
     let model = SpliceVae::new(cfg, dims(3, vec![2, 3], 2), JUNC2ATSE.to_vec()).unwrap();
-    let ExprDecP::Vanilla { fc, .. } = &model.arch.z_dec_expr else {
-        panic!()
-    };
+    let ExprDecP::Vanilla { fc, .. } = &model.arch.z_dec_expr else { panic!() };
     check_fclayers(&model, fc, true, false, 21); // BN batch stats, ReLU, injected covariates
     check_fclayers(&model, fc, false, false, 22); // BN running stats
-    let SplEncP::Vanilla(enc) = &model.arch.z_enc_spl else {
-        panic!()
-    };
+    let SplEncP::Vanilla(enc) = &model.arch.z_enc_spl else { panic!() };
     check_fclayers(&model, &enc.fc, true, false, 23); // LeakyReLU + dropout + BN + LN
     check_fclayers(&model, &model.arch.z_enc_expr.fc, true, true, 24); // sparse first layer
 }
 
 #[test]
 fn op_partial_encoder() {
-    for (pool, chunk, training, seed) in [
-        (PoolMode::Mean, -1, false, 31),
-        (PoolMode::Sum, 2, true, 32),
-        (PoolMode::Mean, 5, true, 33),
-    ] {
-        let cfg = ModelConfig {
-            code_dim: 4,
-            h_hidden_dim: 6,
-            pool_mode: pool,
-            max_nobs: chunk,
-            dropout_rate: 0.3,
-            ..ModelConfig::default()
-        };
+    for (pool, chunk, training, seed) in [(PoolMode::Mean, -1, false, 31), (PoolMode::Sum, 2, true, 32), (PoolMode::Mean, 5, true, 33)] {
+        let cfg = ModelConfig { code_dim: 4, h_hidden_dim: 6, pool_mode: pool, max_nobs: chunk, dropout_rate: 0.3, ..ModelConfig::default() };
         let model = SpliceVae::new(cfg, dims(2, vec![], 0), JUNC2ATSE.to_vec()).unwrap();
-        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else {
-            panic!()
-        };
+        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
         let p = random_params(&model, seed);
         let batch = synth_batch(&model.dims, 6, seed + 1);
         let mut r = rng(seed + 2);
@@ -728,28 +517,14 @@ fn op_partial_encoder() {
         partial::partial_backward(pe, &p, &batch.spl, &cache, &w, mode, &mut g);
         // The backward from the forward's stash of second-block activations and the one that
         // recomputes them give the same bits. Only a training pass keeps a stash.
-        assert_eq!(
-            !cache.stash.is_empty(),
-            training,
-            "a small training batch keeps its stash, an eval pass none"
-        );
+        assert_eq!(!cache.stash.is_empty(), training, "a small training batch keeps its stash, an eval pass none");
         let mut recomputed = cache.clone();
         recomputed.stash.clear();
         let mut g2 = Grads::zeros(p.layout.clone());
         partial::partial_backward(pe, &p, &batch.spl, &recomputed, &w, mode, &mut g2);
         assert_eq!(g.data, g2.data, "stashed vs recomputed backward");
         let f0 = run(&p);
-        for ei in [
-            pe.emb,
-            pe.h0.w,
-            pe.h0.b.unwrap(),
-            pe.ln1_w,
-            pe.ln1_b,
-            pe.h4.w,
-            pe.h4.b.unwrap(),
-            pe.ln5_w,
-            pe.ln5_b,
-        ] {
+        for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b] {
             let e = &p.layout.entries[ei];
             let coords = pick(&mut r, e.len, 6);
             let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
@@ -768,11 +543,7 @@ fn op_partial_encoder() {
 fn op_likelihoods() {
     let mut r = rng(41);
     for _ in 0..40 {
-        let x = if r.gen_bool(0.3) {
-            0.0
-        } else {
-            r.gen_range(1..40) as f64
-        };
+        let x = if r.gen_bool(0.3) { 0.0 } else { r.gen_range(1..40) as f64 };
         let mu = r.gen_range(0.05..30.0);
         let th = r.gen_range(0.1..20.0);
         let pi = r.gen_range(-3.0..3.0);
@@ -789,44 +560,22 @@ fn op_likelihoods() {
                 _ => lik::poisson(x, mu),
             };
             let fdv = fd(&v, &[0, 1, 2], &mut |vv| f(vv));
-            assert_close(
-                &format!("expr lik {kind} x={x}"),
-                &[a.d_mu, a.d_theta, a.d_pi],
-                &fdv,
-                f(&v).abs(),
-            );
+            assert_close(&format!("expr lik {kind} x={x}"), &[a.d_mu, a.d_theta, a.d_pi], &fdv, f(&v).abs());
         }
         let n = r.gen_range(1..30) as f64;
         let k = (n * r.gen_range(0.0..1.0f64)).floor();
         let p = r.gen_range(0.02..0.98);
         let phi = r.gen_range(0.3..50.0);
         let (l, dp) = lik::binomial(k, n, p);
-        assert_close(
-            "binomial",
-            &[dp],
-            &fd(&[p], &[0], &mut |v| lik::binomial(k, n, v[0]).0),
-            l.abs(),
-        );
+        assert_close("binomial", &[dp], &fd(&[p], &[0], &mut |v| lik::binomial(k, n, v[0]).0), l.abs());
         let psi = k / n;
         let (l, dp) = lik::bce(psi, p);
-        assert_close(
-            "bce",
-            &[dp],
-            &fd(&[p], &[0], &mut |v| lik::bce(psi, v[0]).0),
-            l.abs(),
-        );
+        assert_close("bce", &[dp], &fd(&[p], &[0], &mut |v| lik::bce(psi, v[0]).0), l.abs());
         let (l, dp, dphi) = lik::beta_binomial(k, n, p, phi);
-        let fdv = fd(&[p, phi], &[0, 1], &mut |v| {
-            lik::beta_binomial(k, n, v[0], v[1]).0
-        });
+        let fdv = fd(&[p, phi], &[0, 1], &mut |v| lik::beta_binomial(k, n, v[0], v[1]).0);
         assert_close("beta-binomial", &[dp, dphi], &fdv, l.abs());
         let (l, da) = lik::nbetaln(n, phi);
-        assert_close(
-            "nbetaln",
-            &[da],
-            &fd(&[phi], &[0], &mut |v| lik::nbetaln(n, v[0]).0),
-            l.abs(),
-        );
+        assert_close("nbetaln", &[da], &fd(&[phi], &[0], &mut |v| lik::nbetaln(n, v[0]).0), l.abs());
     }
 }
 
@@ -843,15 +592,10 @@ fn flat(ps: &[Mat<f64>]) -> Vec<f64> {
     ps.iter().flat_map(|m| m.data.clone()).collect()
 }
 fn unflat(v: &[f64], b: usize, d: usize) -> Vec<Mat<f64>> {
-    (0..4)
-        .map(|q| Mat::from_vec(b, d, v[q * b * d..(q + 1) * b * d].to_vec()))
-        .collect()
+    (0..4).map(|q| Mat::from_vec(b, d, v[q * b * d..(q + 1) * b * d].to_vec())).collect()
 }
 fn pg_flat(g: &latent::PostGrads<f64>) -> Vec<f64> {
-    [&g.mu_e, &g.v_e, &g.mu_s, &g.v_s]
-        .iter()
-        .flat_map(|m| m.data.clone())
-        .collect()
+    [&g.mu_e, &g.v_e, &g.mu_s, &g.v_s].iter().flat_map(|m| m.data.clone()).collect()
 }
 
 #[test]
@@ -870,78 +614,35 @@ fn op_mixing_kl_penalties() {
     // softmax mixing: functional Σ wm·qz_m + wv·qz_v
     let f_soft = |x: &[f64], raw: &[f64]| -> f64 {
         let p = unflat(x, b, d);
-        let (qm, qv, _) =
-            latent::mix_softmax_fwd(&p[0], &p[1], &p[2], &p[3], raw, &mask_e, &mask_s);
-        qm.data
-            .iter()
-            .zip(&wm.data)
-            .map(|(a, b)| a * b)
-            .sum::<f64>()
-            + qv.data
-                .iter()
-                .zip(&wv.data)
-                .map(|(a, b)| a * b)
-                .sum::<f64>()
+        let (qm, qv, _) = latent::mix_softmax_fwd(&p[0], &p[1], &p[2], &p[3], raw, &mask_e, &mask_s);
+        qm.data.iter().zip(&wm.data).map(|(a, b)| a * b).sum::<f64>()
+            + qv.data.iter().zip(&wv.data).map(|(a, b)| a * b).sum::<f64>()
     };
     let (_, _, c) = latent::mix_softmax_fwd(&ps[0], &ps[1], &ps[2], &ps[3], &raw, &mask_e, &mask_s);
-    let (g, draw) = latent::mix_softmax_bwd(
-        &c, &ps[0], &ps[1], &ps[2], &ps[3], &mask_e, &mask_s, &wm, &wv,
-    );
-    assert_close(
-        "softmax mix posteriors",
-        &pg_flat(&g),
-        &fd(&x0, &coords, &mut |x| f_soft(x, &raw)),
-        1.0,
-    );
+    let (g, draw) = latent::mix_softmax_bwd(&c, &ps[0], &ps[1], &ps[2], &ps[3], &mask_e, &mask_s, &wm, &wv);
+    assert_close("softmax mix posteriors", &pg_flat(&g), &fd(&x0, &coords, &mut |x| f_soft(x, &raw)), 1.0);
     let rc: Vec<usize> = (0..raw.len()).collect();
-    assert_close(
-        "softmax mix weights",
-        &draw,
-        &fd(&raw, &rc, &mut |rw| f_soft(&x0, rw)),
-        1.0,
-    );
+    assert_close("softmax mix weights", &draw, &fd(&raw, &rc, &mut |rw| f_soft(&x0, rw)), 1.0);
     // per-dimension mixing (with and without the splicing mask)
     let rawd: Vec<f64> = (0..d).map(|_| randn(&mut r)).collect();
     for ms in [None, Some(mask_s.as_slice())] {
         let f_pd = |x: &[f64], rw: &[f64]| -> f64 {
             let p = unflat(x, b, d);
             let (qm, qv, _) = latent::mix_perdim_fwd(&p[0], &p[1], &p[2], &p[3], rw, ms);
-            qm.data
-                .iter()
-                .zip(&wm.data)
-                .map(|(a, b)| a * b)
-                .sum::<f64>()
-                + qv.data
-                    .iter()
-                    .zip(&wv.data)
-                    .map(|(a, b)| a * b)
-                    .sum::<f64>()
+            qm.data.iter().zip(&wm.data).map(|(a, b)| a * b).sum::<f64>()
+                + qv.data.iter().zip(&wv.data).map(|(a, b)| a * b).sum::<f64>()
         };
         let (_, _, c) = latent::mix_perdim_fwd(&ps[0], &ps[1], &ps[2], &ps[3], &rawd, ms);
         let (g, draw) = latent::mix_perdim_bwd(&c, &ps[0], &ps[1], &ps[2], &ps[3], ms, &wm, &wv);
-        assert_close(
-            "per-dim mix posteriors",
-            &pg_flat(&g),
-            &fd(&x0, &coords, &mut |x| f_pd(x, &rawd)),
-            1.0,
-        );
+        assert_close("per-dim mix posteriors", &pg_flat(&g), &fd(&x0, &coords, &mut |x| f_pd(x, &rawd)), 1.0);
         let dc: Vec<usize> = (0..d).collect();
-        assert_close(
-            "per-dim mix weights",
-            &draw,
-            &fd(&rawd, &dc, &mut |rw| f_pd(&x0, rw)),
-            1.0,
-        );
+        assert_close("per-dim mix weights", &draw, &fd(&rawd, &dc, &mut |rw| f_pd(&x0, rw)), 1.0);
     }
     // KL
     let dkl: Vec<f64> = (0..b).map(|_| randn(&mut r)).collect();
     let f_kl = |x: &[f64]| -> f64 {
         let p = unflat(x, b, d);
-        latent::kl_fwd(&p[0], &p[1])
-            .iter()
-            .zip(&dkl)
-            .map(|(a, b)| a * b)
-            .sum()
+        latent::kl_fwd(&p[0], &p[1]).iter().zip(&dkl).map(|(a, b)| a * b).sum()
     };
     let mut dm = Mat::zeros(b, d);
     let mut dv = Mat::zeros(b, d);
@@ -953,32 +654,15 @@ fn op_mixing_kl_penalties() {
     type Fwd = fn(&[Mat<f64>], &[bool]) -> f64;
     type Bwd = fn(&[Mat<f64>], &[bool], &mut latent::PostGrads<f64>);
     let pens: Vec<(&str, Fwd, Bwd)> = vec![
-        (
-            "jeffreys",
-            |p, m| latent::jeffreys_fwd(&p[0], &p[1], &p[2], &p[3], m),
-            |p, m, g| latent::jeffreys_bwd(&p[0], &p[1], &p[2], &p[3], m, 1.0, g),
-        ),
-        (
-            "jeffreys-exact",
-            |p, m| latent::jeffreys_exact_fwd(&p[0], &p[1], &p[2], &p[3], m),
-            |p, m, g| latent::jeffreys_exact_bwd(&p[0], &p[1], &p[2], &p[3], m, 1.0, g),
-        ),
-        (
-            "mmd",
-            |p, m| latent::mmd_mean_dist_fwd(&p[0], &p[2], m),
-            |p, m, g| latent::mmd_mean_dist_bwd(&p[0], &p[2], m, 1.0, g),
-        ),
+        ("jeffreys", |p, m| latent::jeffreys_fwd(&p[0], &p[1], &p[2], &p[3], m), |p, m, g| latent::jeffreys_bwd(&p[0], &p[1], &p[2], &p[3], m, 1.0, g)),
+        ("jeffreys-exact", |p, m| latent::jeffreys_exact_fwd(&p[0], &p[1], &p[2], &p[3], m), |p, m, g| latent::jeffreys_exact_bwd(&p[0], &p[1], &p[2], &p[3], m, 1.0, g)),
+        ("mmd", |p, m| latent::mmd_mean_dist_fwd(&p[0], &p[2], m), |p, m, g| latent::mmd_mean_dist_bwd(&p[0], &p[2], m, 1.0, g)),
     ];
     for (name, f, bw) in pens {
         let mut g = latent::PostGrads::zeros(b, d);
         bw(&ps, &paired, &mut g);
         let v0 = f(&ps, &paired);
-        assert_close(
-            name,
-            &pg_flat(&g),
-            &fd(&x0, &coords, &mut |x| f(&unflat(x, b, d), &paired)),
-            v0.abs(),
-        );
+        assert_close(name, &pg_flat(&g), &fd(&x0, &coords, &mut |x| f(&unflat(x, b, d), &paired)), v0.abs());
     }
     // RBF MMD on samples (z_e = first block, z_s = third block)
     let f_rbf = |x: &[f64]| {
@@ -991,14 +675,7 @@ fn op_mixing_kl_penalties() {
     let mut dzs = Mat::zeros(b, d);
     latent::mmd_rbf_bwd(&ps[0], &ps[2], &paired, &info, 1.0, &mut dze, &mut dzs);
     let fdv = fd(&x0, &coords, &mut |x| f_rbf(x));
-    let an: Vec<f64> = dze
-        .data
-        .iter()
-        .chain(&vec![0.0; b * d])
-        .chain(&dzs.data)
-        .chain(&vec![0.0; b * d])
-        .copied()
-        .collect();
+    let an: Vec<f64> = dze.data.iter().chain(&vec![0.0; b * d]).chain(&dzs.data).chain(&vec![0.0; b * d]).copied().collect();
     assert_close("mmd-rbf", &an, &fdv, v0.abs());
 }
 
@@ -1020,15 +697,8 @@ fn op_adversary_classifier_and_fool() {
         };
         let res = run(&p, &z);
         let coords: Vec<usize> = (0..z.data.len()).collect();
-        let fdz = fd(&z.data, &coords, &mut |x| {
-            run(&p, &Mat::from_vec(7, 4, x.to_vec())).loss
-        });
-        assert_close(
-            &format!("adversary dz (fool={fool})"),
-            &res.dz.data,
-            &fdz,
-            res.loss.abs(),
-        );
+        let fdz = fd(&z.data, &coords, &mut |x| run(&p, &Mat::from_vec(7, 4, x.to_vec())).loss);
+        assert_close(&format!("adversary dz (fool={fool})"), &res.dz.data, &fdz, res.loss.abs());
         let pc = pick(&mut r, p.layout.n_trainable, 25);
         let an: Vec<f64> = pc.iter().map(|&c| res.grads.data[c]).collect();
         let x0 = p.data.clone();
@@ -1037,12 +707,7 @@ fn op_adversary_classifier_and_fool() {
             pp.data.copy_from_slice(x);
             run(&pp, &z).loss
         });
-        assert_close(
-            &format!("adversary params (fool={fool})"),
-            &an,
-            &fdp,
-            res.loss.abs(),
-        );
+        assert_close(&format!("adversary params (fool={fool})"), &an, &fdp, res.loss.abs());
     }
 }
 
@@ -1052,11 +717,7 @@ fn op_adversary_classifier_and_fool() {
 /// their first block with others (`partial::Groups`), at `n_cells` cells over the 11 junctions.
 fn shared_input_batch(n_cells: usize, seed: u64) -> SplBatch {
     let mut r = rng(seed);
-    let mut spl = SplBatch {
-        n_junctions: JUNC2ATSE.len(),
-        indptr: vec![0],
-        ..Default::default()
-    };
+    let mut spl = SplBatch { n_junctions: JUNC2ATSE.len(), indptr: vec![0], ..Default::default() };
     for c in 0..n_cells {
         for j in 0..JUNC2ATSE.len() {
             if c != 2 && r.gen_bool(0.7) {
@@ -1088,19 +749,9 @@ fn naive_partial_pool(
     training: bool,
 ) -> Vec<f64> {
     let (hh, dd) = (pe.h_hidden, pe.code_dim);
-    let (emb, w0, b0, g1, be1) = (
-        p.get(pe.emb),
-        p.get(pe.h0.w),
-        p.get(pe.h0.b.unwrap()),
-        p.get(pe.ln1_w),
-        p.get(pe.ln1_b),
-    );
-    let (w4, b4, g5, be5) = (
-        p.get(pe.h4.w),
-        p.get(pe.h4.b.unwrap()),
-        p.get(pe.ln5_w),
-        p.get(pe.ln5_b),
-    );
+    let (emb, w0, b0, g1, be1) =
+        (p.get(pe.emb), p.get(pe.h0.w), p.get(pe.h0.b.unwrap()), p.get(pe.ln1_w), p.get(pe.ln1_b));
+    let (w4, b4, g5, be5) = (p.get(pe.h4.w), p.get(pe.h4.b.unwrap()), p.get(pe.ln5_w), p.get(pe.ln5_b));
     let ln = |x: &[f64]| -> Vec<f64> {
         let n = x.len() as f64;
         let m = x.iter().sum::<f64>() / n;
@@ -1117,12 +768,9 @@ fn naive_partial_pool(
             let psi = spl.psi[e] as f64;
             let f = &emb[j * dd..(j + 1) * dd];
             let nrm = f.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-8);
-            let t: Vec<f64> = std::iter::once(psi)
-                .chain(f.iter().map(|v| psi * v / nrm))
-                .collect();
-            let a1: Vec<f64> = (0..hh)
-                .map(|u| b0[u] + (0..=dd).map(|k| w0[u * (dd + 1) + k] * t[k]).sum::<f64>())
-                .collect();
+            let t: Vec<f64> = std::iter::once(psi).chain(f.iter().map(|v| psi * v / nrm)).collect();
+            let a1: Vec<f64> =
+                (0..hh).map(|u| b0[u] + (0..=dd).map(|k| w0[u * (dd + 1) + k] * t[k]).sum::<f64>()).collect();
             let d1: Vec<f64> = ln(&a1)
                 .iter()
                 .enumerate()
@@ -1130,28 +778,18 @@ fn naive_partial_pool(
                     let v = (x * g1[u] + be1[u]).max(0.0);
                     match dropout {
                         false => v,
-                        true if keep_by_pair[e * kw + u / 64] >> (u % 64) & 1 == 1 => {
-                            v / (1.0 - pe.dropout)
-                        }
+                        true if keep_by_pair[e * kw + u / 64] >> (u % 64) & 1 == 1 => v / (1.0 - pe.dropout),
                         true => 0.0,
                     }
                 })
                 .collect();
-            let h2: Vec<f64> = (0..dd)
-                .map(|k| b4[k] + (0..hh).map(|u| w4[k * hh + u] * d1[u]).sum::<f64>())
-                .collect();
+            let h2: Vec<f64> = (0..dd).map(|k| b4[k] + (0..hh).map(|u| w4[k * hh + u] * d1[u]).sum::<f64>()).collect();
             for (k, x) in ln(&h2).iter().enumerate() {
                 pool[c * dd + k] += (x * g5[k] + be5[k]).max(0.0);
             }
         }
-        let den = if pe.pool_mean {
-            range.len().max(1) as f64
-        } else {
-            1.0
-        };
-        pool[c * dd..(c + 1) * dd]
-            .iter_mut()
-            .for_each(|v| *v /= den);
+        let den = if pe.pool_mean { range.len().max(1) as f64 } else { 1.0 };
+        pool[c * dd..(c + 1) * dd].iter_mut().for_each(|v| *v /= den);
     }
     pool
 }
@@ -1160,22 +798,13 @@ fn naive_partial_pool(
 fn op_partial_encoder_shared_inputs() {
     // Hh = 70 takes two keep words per pair (the last one partial) and hashes pair by pair; Hh = 64
     // one whole word, hashed a micro-chunk at a time.
-    for (hh, pool, training, seed) in [
-        (70, PoolMode::Mean, true, 51),
-        (64, PoolMode::Sum, true, 52),
-        (6, PoolMode::Mean, false, 53),
-    ] {
-        let cfg = ModelConfig {
-            code_dim: 4,
-            h_hidden_dim: hh,
-            pool_mode: pool,
-            dropout_rate: 0.3,
-            ..ModelConfig::default()
-        };
+    for (hh, pool, training, seed) in
+        [(70, PoolMode::Mean, true, 51), (64, PoolMode::Sum, true, 52), (6, PoolMode::Mean, false, 53)]
+    {
+        let cfg =
+            ModelConfig { code_dim: 4, h_hidden_dim: hh, pool_mode: pool, dropout_rate: 0.3, ..ModelConfig::default() };
         let model = SpliceVae::new(cfg, dims(2, vec![], 0), JUNC2ATSE.to_vec()).unwrap();
-        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else {
-            panic!()
-        };
+        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
         let p = random_params(&model, seed);
         let spl = shared_input_batch(14, seed + 1);
         let mode = Mode { training, seed: 5 };
@@ -1191,10 +820,7 @@ fn op_partial_encoder_shared_inputs() {
         assert_eq!(keep.is_empty(), !training);
         let want = naive_partial_pool(pe, &p, &spl, &keep, training);
         for (k, (a, b)) in cache.pool.data.iter().zip(&want).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-11 * (1.0 + b.abs()),
-                "Hh {hh}: pool[{k}] grouped {a} vs pair by pair {b}"
-            );
+            assert!((a - b).abs() <= 1e-11 * (1.0 + b.abs()), "Hh {hh}: pool[{k}] grouped {a} vs pair by pair {b}");
         }
         let mut r = rng(seed + 2);
         let w = rand_mat(&mut r, spl.n_cells(), 4, 1.0);
@@ -1212,17 +838,8 @@ fn op_partial_encoder_shared_inputs() {
             assert_eq!(g.data, g2.data, "stashed vs recomputed backward");
         }
         let f0 = run(&p);
-        for ei in [
-            pe.emb,
-            pe.h0.w,
-            pe.h0.b.unwrap(),
-            pe.ln1_w,
-            pe.ln1_b,
-            pe.h4.w,
-            pe.h4.b.unwrap(),
-            pe.ln5_w,
-            pe.ln5_b,
-        ] {
+        for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b]
+        {
             let e = &p.layout.entries[ei];
             let coords = pick(&mut r, e.len, 8);
             let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
@@ -1232,43 +849,21 @@ fn op_partial_encoder_shared_inputs() {
                 run(&pp)
             };
             let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
-            assert_close(
-                &format!("partial, shared inputs, Hh {hh} {}", e.name),
-                &an,
-                &fdv,
-                f0.abs(),
-            );
+            assert_close(&format!("partial, shared inputs, Hh {hh} {}", e.name), &an, &fdv, f0.abs());
         }
     }
 }
 
 #[test]
 fn op_partial_encoder_centered_fixed_divisor() {
-    for (pool, training, seed) in [
-        (PoolMode::Fixed, false, 41),
-        (PoolMode::Fixed, true, 42),
-        (PoolMode::Mean, true, 43),
-        (PoolMode::Sum, false, 44),
-    ] {
-        let cfg = ModelConfig {
-            code_dim: 4,
-            h_hidden_dim: 6,
-            pool_mode: pool,
-            partial_center_psi: true,
-            max_nobs: 3,
-            dropout_rate: 0.3,
-            ..ModelConfig::default()
-        };
+    for (pool, training, seed) in [(PoolMode::Fixed, false, 41), (PoolMode::Fixed, true, 42), (PoolMode::Mean, true, 43), (PoolMode::Sum, false, 44)] {
+        let cfg = ModelConfig { code_dim: 4, h_hidden_dim: 6, pool_mode: pool, partial_center_psi: true, max_nobs: 3, dropout_rate: 0.3, ..ModelConfig::default() };
         let model = SpliceVae::new(cfg, dims(2, vec![], 0), JUNC2ATSE.to_vec()).unwrap();
-        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else {
-            panic!()
-        };
+        let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
         let mut p = random_params(&model, seed);
         let mut r = rng(seed + 2);
         let center = pe.center.unwrap();
-        p.get_mut(center)
-            .iter_mut()
-            .for_each(|v| *v = r.gen_range(0.2..0.8));
+        p.get_mut(center).iter_mut().for_each(|v| *v = r.gen_range(0.2..0.8));
         if let Some(d) = pe.divisor {
             p.get_mut(d)[0] = 3.5;
         }
@@ -1283,17 +878,7 @@ fn op_partial_encoder_centered_fixed_divisor() {
         let mut g = Grads::zeros(p.layout.clone());
         partial::partial_backward(pe, &p, &batch.spl, &cache, &w, mode, &mut g);
         let f0 = run(&p);
-        for ei in [
-            pe.emb,
-            pe.h0.w,
-            pe.h0.b.unwrap(),
-            pe.ln1_w,
-            pe.ln1_b,
-            pe.h4.w,
-            pe.h4.b.unwrap(),
-            pe.ln5_w,
-            pe.ln5_b,
-        ] {
+        for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b] {
             let e = &p.layout.entries[ei];
             let coords = pick(&mut r, e.len, 6);
             let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
@@ -1303,12 +888,7 @@ fn op_partial_encoder_centered_fixed_divisor() {
                 run(&pp)
             };
             let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
-            assert_close(
-                &format!("centred partial ({pool:?}, training {training}) {}", e.name),
-                &an,
-                &fdv,
-                f0.abs(),
-            );
+            assert_close(&format!("centred partial ({pool:?}, training {training}) {}", e.name), &an, &fdv, f0.abs());
         }
         // A junction at its population ratio contributes exactly zero (eval mode: no dropout).
         let mut at_center = batch.spl.clone();
@@ -1316,24 +896,9 @@ fn op_partial_encoder_centered_fixed_divisor() {
         for (psi, &j) in at_center.psi.iter_mut().zip(&at_center.junction) {
             *psi = cen[j as usize] as f32;
         }
-        p.get_mut(center)
-            .iter_mut()
-            .zip(&cen)
-            .for_each(|(v, &c)| *v = c as f32 as f64);
-        let c = partial::partial_forward(
-            pe,
-            &p,
-            &at_center,
-            Mode {
-                training: false,
-                seed: 0,
-            },
-        );
-        assert!(
-            c.pool.data.iter().all(|v| v.abs() < 1e-12),
-            "codes at the population PSI are not zero: {:?}",
-            c.pool.data
-        );
+        p.get_mut(center).iter_mut().zip(&cen).for_each(|(v, &c)| *v = c as f32 as f64);
+        let c = partial::partial_forward(pe, &p, &at_center, Mode { training: false, seed: 0 });
+        assert!(c.pool.data.iter().all(|v| v.abs() < 1e-12), "codes at the population PSI are not zero: {:?}", c.pool.data);
     }
 }
 
@@ -1342,26 +907,9 @@ fn op_partial_encoder_centered_fixed_divisor() {
 /// linear last block, centred input, fixed divisor, library-normalised log1p input).
 #[test]
 fn whole_loss_robust_preset_and_partial_options() {
-    let small = |c: ModelConfig| ModelConfig {
-        n_hidden: Some(8),
-        n_latent: Some(3),
-        code_dim: 4,
-        h_hidden_dim: 6,
-        encoder_hidden_dim: 5,
-        dropout_rate: 0.2,
-        ..c
-    };
+    let small = |c: ModelConfig| ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, dropout_rate: 0.2, ..c };
     let cfg = small(ModelConfig::robust());
-    check_whole_loss(
-        "robust",
-        Case {
-            cfg,
-            dims: dims(2, vec![], 0),
-            opts: base_opts(),
-            with_adversary: true,
-        },
-        51,
-    );
+    check_whole_loss("robust", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: true }, 51);
     let cfg = small(ModelConfig {
         splicing_encoder_architecture: SplicingEncoderArch::Partial,
         modality_weights: ModalityWeights::Equal,
@@ -1369,36 +917,11 @@ fn whole_loss_robust_preset_and_partial_options() {
         max_nobs: 4,
         ..ModelConfig::robust()
     });
-    check_whole_loss(
-        "robust partial",
-        Case {
-            cfg,
-            dims: dims(2, vec![], 0),
-            opts: base_opts(),
-            with_adversary: false,
-        },
-        52,
-    );
+    check_whole_loss("robust partial", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 52);
     // The Gaussian prior on the splicing decoder's output weights, on both decoder architectures.
-    for (i, arch) in [SplicingDecoderArch::Linear, SplicingDecoderArch::Vanilla]
-        .into_iter()
-        .enumerate()
-    {
-        let cfg = small(ModelConfig {
-            splicing_decoder_prior: 0.7,
-            splicing_decoder_architecture: arch,
-            ..ModelConfig::robust()
-        });
-        check_whole_loss(
-            "robust decoder prior",
-            Case {
-                cfg,
-                dims: dims(2, vec![], 0),
-                opts: base_opts(),
-                with_adversary: false,
-            },
-            53 + i as u64,
-        );
+    for (i, arch) in [SplicingDecoderArch::Linear, SplicingDecoderArch::Vanilla].into_iter().enumerate() {
+        let cfg = small(ModelConfig { splicing_decoder_prior: 0.7, splicing_decoder_architecture: arch, ..ModelConfig::robust() });
+        check_whole_loss("robust decoder prior", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 53 + i as u64);
     }
 }
 
@@ -1418,123 +941,48 @@ fn op_and_whole_loss_splicing_decoder_effect_prior() {
         for bb in 0..k {
             let ma = (0..b).map(|i| s.at(i, a)).sum::<f64>() / b as f64;
             let mb = (0..b).map(|i| s.at(i, bb)).sum::<f64>() / b as f64;
-            let v = (0..b)
-                .map(|i| (s.at(i, a) - ma) * (s.at(i, bb) - mb))
-                .sum::<f64>()
-                / b as f64;
-            assert!(
-                (c.at(a, bb) - v).abs() < 1e-12,
-                "C[{a},{bb}] = {} vs {v}",
-                c.at(a, bb)
-            );
+            let v = (0..b).map(|i| (s.at(i, a) - ma) * (s.at(i, bb) - mb)).sum::<f64>() / b as f64;
+            assert!((c.at(a, bb) - v).abs() < 1e-12, "C[{a},{bb}] = {} vs {v}", c.at(a, bb));
         }
     }
-    assert!(spl_input_covariance(&rand_mat(&mut r, 1, k, 1.0))
-        .data
-        .iter()
-        .all(|&v| v == 0.0));
+    assert!(spl_input_covariance(&rand_mat(&mut r, 1, k, 1.0)).data.iter().all(|&v| v == 0.0));
 
     // The penalty is the decoded logit's variance across cells, and it is scale-free.
-    let small = |c: ModelConfig| ModelConfig {
-        n_hidden: Some(8),
-        n_latent: Some(3),
-        code_dim: 4,
-        h_hidden_dim: 6,
-        encoder_hidden_dim: 5,
-        dropout_rate: 0.2,
-        ..c
-    };
+    let small = |c: ModelConfig| ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, dropout_rate: 0.2, ..c };
     let lam = 0.7;
     let d = dims(2, vec![], 0);
-    let model = SpliceVae::new(
-        small(ModelConfig {
-            splicing_decoder_effect_prior: lam,
-            ..ModelConfig::robust()
-        }),
-        d.clone(),
-        JUNC2ATSE.to_vec(),
-    )
-    .unwrap();
+    let model = SpliceVae::new(small(ModelConfig { splicing_decoder_effect_prior: lam, ..ModelConfig::robust() }), d.clone(), JUNC2ATSE.to_vec()).unwrap();
     let mut p = random_params(&model, 72);
-    let wi = model
-        .layout
-        .find("z_decoder_splicing.linear.weight")
-        .expect("linear decoder weight");
+    let wi = model.layout.find("z_decoder_splicing.linear.weight").expect("linear decoder weight");
     let kk = p.get(wi).len() / JUNC2ATSE.len();
     let s = rand_mat(&mut r, 7, kk, 0.8);
     let c = spl_input_covariance(&s);
     let w = p.get(wi).to_vec();
     let mut direct = 0.0;
     for j in 0..JUNC2ATSE.len() {
-        let eta: Vec<f64> = (0..s.rows)
-            .map(|i| (0..kk).map(|q| s.at(i, q) * w[j * kk + q]).sum())
-            .collect();
+        let eta: Vec<f64> = (0..s.rows).map(|i| (0..kk).map(|q| s.at(i, q) * w[j * kk + q]).sum()).collect();
         let m = eta.iter().sum::<f64>() / eta.len() as f64;
         direct += eta.iter().map(|e| (e - m) * (e - m)).sum::<f64>() / eta.len() as f64;
     }
     direct *= lam / d.n_obs as f64;
     let got = model.spl_decoder_effect_prior_at(&p, &c);
-    assert!(
-        (got - direct).abs() < 1e-12 * direct.abs().max(1.0),
-        "effect prior {got} vs direct {direct}"
-    );
+    assert!((got - direct).abs() < 1e-12 * direct.abs().max(1.0), "effect prior {got} vs direct {direct}");
     let s3 = Mat::from_vec(s.rows, s.cols, s.data.iter().map(|v| 3.0 * v).collect());
     p.get_mut(wi).iter_mut().for_each(|v| *v /= 3.0);
     let scaled = model.spl_decoder_effect_prior_at(&p, &spl_input_covariance(&s3));
-    assert!(
-        (scaled - got).abs() < 1e-12 * got.abs().max(1.0),
-        "not scale-free: {scaled} vs {got}"
-    );
+    assert!((scaled - got).abs() < 1e-12 * got.abs().max(1.0), "not scale-free: {scaled} vs {got}");
 
     // Gradients of the whole loss.
-    for (i, arch) in [SplicingDecoderArch::Linear, SplicingDecoderArch::Vanilla]
-        .into_iter()
-        .enumerate()
-    {
-        let cfg = small(ModelConfig {
-            splicing_decoder_effect_prior: 0.9,
-            splicing_decoder_architecture: arch,
-            ..ModelConfig::robust()
-        });
-        check_whole_loss(
-            "robust decoder effect prior",
-            Case {
-                cfg,
-                dims: dims(2, vec![], 0),
-                opts: base_opts(),
-                with_adversary: false,
-            },
-            61 + i as u64,
-        );
+    for (i, arch) in [SplicingDecoderArch::Linear, SplicingDecoderArch::Vanilla].into_iter().enumerate() {
+        let cfg = small(ModelConfig { splicing_decoder_effect_prior: 0.9, splicing_decoder_architecture: arch, ..ModelConfig::robust() });
+        check_whole_loss("robust decoder effect prior", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 61 + i as u64);
     }
-    let cfg = small(ModelConfig {
-        splicing_decoder_effect_prior: 0.9,
-        splicing_decoder_prior: 0.4,
-        ..ModelConfig::robust()
-    });
-    check_whole_loss(
-        "robust decoder effect + L2 prior",
-        Case {
-            cfg,
-            dims: dims(2, vec![], 0),
-            opts: base_opts(),
-            with_adversary: true,
-        },
-        63,
-    );
+    let cfg = small(ModelConfig { splicing_decoder_effect_prior: 0.9, splicing_decoder_prior: 0.4, ..ModelConfig::robust() });
+    check_whole_loss("robust decoder effect + L2 prior", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: true }, 63);
     // The term is really there (and moves the loss) at these values.
-    let cfg = small(ModelConfig {
-        splicing_decoder_effect_prior: 0.9,
-        ..ModelConfig::robust()
-    });
+    let cfg = small(ModelConfig { splicing_decoder_effect_prior: 0.9, ..ModelConfig::robust() });
     let m = SpliceVae::new(cfg, dims(2, vec![], 0), JUNC2ATSE.to_vec()).unwrap();
     let pp = random_params(&m, 64);
-    let fw = m
-        .forward(&pp, &synth_batch(&dims(2, vec![], 0), 6, 65), &base_opts())
-        .unwrap();
-    assert!(
-        fw.out.decoder_effect_prior > 1e-6,
-        "effect prior is {}",
-        fw.out.decoder_effect_prior
-    );
+    let fw = m.forward(&pp, &synth_batch(&dims(2, vec![], 0), 6, 65), &base_opts()).unwrap();
+    assert!(fw.out.decoder_effect_prior > 1e-6, "effect prior is {}", fw.out.decoder_effect_prior);
 }

@@ -48,9 +48,7 @@ const CASES: &[&str] = &[
 
 /// Load the case's file with its options and check the error against what the script recorded.
 fn expect_error(case: &str) {
-    let Some(g) = harness::generated(TAG, false) else {
-        return;
-    };
+    let Some(g) = harness::generated(TAG, false) else { return };
     let c = &g.expected["broken"][case];
     assert!(!c.is_null(), "case {case} missing from expected.json");
     let path = g.path(c["file"].as_str().unwrap());
@@ -60,100 +58,47 @@ fn expect_error(case: &str) {
     let errors = [None, Some(1), Some(3)].map(|entries| {
         let got = match entries {
             None => load(&path, &opts),
-            Some(e) => load_with(
-                &path,
-                &opts,
-                &LoadChecks {
-                    row_block_entries: e,
-                    ..Default::default()
-                },
-            ),
+            Some(e) => load_with(&path, &opts, &LoadChecks { row_block_entries: e, ..Default::default() }),
         };
         match got {
-            Ok(_) => panic!(
-                "{case}: {} loaded but must fail (row blocks {entries:?})",
-                path.display()
-            ),
+            Ok(_) => panic!("{case}: {} loaded but must fail (row blocks {entries:?})", path.display()),
             Err(e) => e,
         }
     });
     let first = format!("{:#}", errors[0]);
     for e in &errors[1..] {
-        assert_eq!(
-            format!("{e:#}"),
-            first,
-            "{case}: row blocks change the error"
-        );
+        assert_eq!(format!("{e:#}"), first, "{case}: row blocks change the error");
     }
     let err = &errors[0];
     let msg = format!("{err:#}");
     let file = path.display().to_string();
     let field = c["field"].as_str().unwrap();
     let contains = c["contains"].as_str().unwrap();
-    assert!(
-        msg.starts_with(&format!("{file}: {field}: ")),
-        "{case}: message does not start with file and field {field:?}:\n{msg}"
-    );
-    assert!(
-        msg.contains(contains),
-        "{case}: message lacks {contains:?}:\n{msg}"
-    );
-    let want_cell = c["cell"].as_array().map(|a| {
-        (
-            a[0].as_u64().unwrap() as usize,
-            a[1].as_str().unwrap().to_string(),
-        )
-    });
-    let want_feature = c["feature"].as_array().map(|a| {
-        (
-            a[0].as_str().unwrap().to_string(),
-            a[1].as_u64().unwrap() as usize,
-            a[2].as_str().unwrap().to_string(),
-        )
-    });
+    assert!(msg.starts_with(&format!("{file}: {field}: ")), "{case}: message does not start with file and field {field:?}:\n{msg}");
+    assert!(msg.contains(contains), "{case}: message lacks {contains:?}:\n{msg}");
+    let want_cell = c["cell"].as_array().map(|a| (a[0].as_u64().unwrap() as usize, a[1].as_str().unwrap().to_string()));
+    let want_feature = c["feature"].as_array().map(|a| (a[0].as_str().unwrap().to_string(), a[1].as_u64().unwrap() as usize, a[2].as_str().unwrap().to_string()));
     match err.downcast_ref::<DataError>() {
         Some(de) => {
             assert_eq!(de.file, file, "{case}");
             assert_eq!(de.field, field, "{case}");
             assert_eq!(de.cell, want_cell, "{case}: cell\n{msg}");
-            assert_eq!(
-                de.feature
-                    .as_ref()
-                    .map(|f| (f.kind.to_string(), f.index, f.name.clone())),
-                want_feature,
-                "{case}: feature\n{msg}"
-            );
+            assert_eq!(de.feature.as_ref().map(|f| (f.kind.to_string(), f.index, f.name.clone())), want_feature, "{case}: feature\n{msg}");
             if let Some((i, name)) = &want_cell {
-                assert!(
-                    msg.contains(&format!("cell {i} ({name:?})")),
-                    "{case}: {msg}"
-                );
+                assert!(msg.contains(&format!("cell {i} ({name:?})")), "{case}: {msg}");
             }
             if let Some((kind, j, name)) = &want_feature {
-                assert!(
-                    msg.contains(&format!("{kind} {j} ({name:?})")),
-                    "{case}: {msg}"
-                );
+                assert!(msg.contains(&format!("{kind} {j} ({name:?})")), "{case}: {msg}");
             }
         }
-        None => assert!(
-            want_cell.is_none() && want_feature.is_none(),
-            "{case}: expected a located DataError, got: {msg}"
-        ),
+        None => assert!(want_cell.is_none() && want_feature.is_none(), "{case}: expected a located DataError, got: {msg}"),
     }
 }
 
 #[test]
 fn every_generated_case_has_a_test() {
-    let Some(g) = harness::generated(TAG, false) else {
-        return;
-    };
-    let mut have: Vec<&str> = g.expected["broken"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|s| s.as_str())
-        .collect();
+    let Some(g) = harness::generated(TAG, false) else { return };
+    let mut have: Vec<&str> = g.expected["broken"].as_object().unwrap().keys().map(|s| s.as_str()).collect();
     have.sort();
     let mut want: Vec<&str> = CASES.to_vec();
     want.sort();
@@ -198,25 +143,16 @@ fn non_integer_expression_is_an_error_by_default() {
 }
 #[test]
 fn non_integer_expression_allowed_when_not_required() {
-    let Some(g) = harness::generated(TAG, false) else {
-        return;
-    };
+    let Some(g) = harness::generated(TAG, false) else { return };
     let c = &g.expected["broken"]["noninteger_expression"];
     let path = g.path(c["file"].as_str().unwrap());
     let opts = harness::options(&serde_json::json!({"rna_layer": "length_norm"}));
-    let checks = LoadChecks {
-        require_integer_expression: false,
-        ..Default::default()
-    };
-    let ds = load_with(&path, &opts, &checks)
-        .expect("non-integer expression must load when integers are not required");
+    let checks = LoadChecks { require_integer_expression: false, ..Default::default() };
+    let ds = load_with(&path, &opts, &checks).expect("non-integer expression must load when integers are not required");
     let v = harness::f64s(&g.expected["noninteger_expression_value"]);
     let x = ds.expression.as_ref().unwrap();
     let (cols, vals) = x.row(v[0] as usize);
-    let t = cols
-        .iter()
-        .position(|&c| c as usize == v[1] as usize)
-        .unwrap();
+    let t = cols.iter().position(|&c| c as usize == v[1] as usize).unwrap();
     assert_eq!(vals[t] as f64, v[2]);
     // Splicing counts stay strictly checked.
     let c2 = &g.expected["broken"]["noninteger_count"];
@@ -305,37 +241,23 @@ fn matrix_market_k_greater_than_n() {
 
 #[test]
 fn missing_obs_column_lists_available_columns() {
-    let Some(g) = harness::generated(TAG, false) else {
-        return;
-    };
+    let Some(g) = harness::generated(TAG, false) else { return };
     let opts = harness::options(&serde_json::json!({"batch_key": "mouse.id"}));
     let msg = format!("{:#}", load(&g.path("mixed.h5mu"), &opts).unwrap_err());
     for col in harness::strs(&g.expected["obs_columns"]) {
-        assert!(
-            msg.contains(&format!("{col:?}")) || msg.contains(&format!("\"rna:{col}\"")),
-            "{col} not listed:\n{msg}"
-        );
+        assert!(msg.contains(&format!("{col:?}")) || msg.contains(&format!("\"rna:{col}\"")), "{col} not listed:\n{msg}");
     }
 }
 
 #[test]
 fn cli_validate_reports_the_first_error_with_nonzero_exit() {
-    let Some(g) = harness::generated(TAG, false) else {
-        return;
-    };
+    let Some(g) = harness::generated(TAG, false) else { return };
     let c = &g.expected["broken"]["k_gt_n"];
     let path = g.path(c["file"].as_str().unwrap());
-    let out = Command::new(env!("CARGO_BIN_EXE_splicevi"))
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(c["contains"].as_str().unwrap()) && err.contains(c["field"].as_str().unwrap()),
-        "{err}"
-    );
+    assert!(err.contains(c["contains"].as_str().unwrap()) && err.contains(c["field"].as_str().unwrap()), "{err}");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -358,30 +280,16 @@ fn small() -> Dataset {
         junction_names: vec!["j0".into(), "j1".into(), "j2".into()],
         gene_names: vec![String::new(); 3],
     };
-    let one = |name: &str| Categorical {
-        name: name.into(),
-        codes: vec![0, 0],
-        levels: vec!["0".into()],
-    };
+    let one = |name: &str| Categorical { name: name.into(), codes: vec![0, 0], levels: vec!["0".into()] };
     Dataset {
         source: "mem".into(),
         cell_names: cells,
         gene_names: vec!["g0".into(), "g1".into()],
-        expression: Some(Csr {
-            n_rows: 2,
-            n_cols: 2,
-            indptr: vec![0, 1, 3],
-            indices: vec![1, 0, 1],
-            values: vec![3.0, 1.0, 2.0],
-        }),
+        expression: Some(Csr { n_rows: 2, n_cols: 2, indptr: vec![0, 1, 3], indices: vec![1, 0, 1], values: vec![3.0, 1.0, 2.0] }),
         library_size: vec![3.0, 3.0],
         splicing,
         obs: Vec::new(),
-        covariates: Covariates {
-            batch: one("batch"),
-            labels: one("labels"),
-            ..Default::default()
-        },
+        covariates: Covariates { batch: one("batch"), labels: one("labels"), ..Default::default() },
     }
 }
 
@@ -439,19 +347,8 @@ fn check_dataset_unsorted_junctions_and_bad_values() {
     let mut ds = small();
     ds.expression.as_mut().unwrap().values[0] = 1.5;
     let e = check_dataset(&ds, &CheckOptions::default()).unwrap_err();
-    assert_eq!(
-        e.feature.as_ref().map(|f| (f.kind, f.index)),
-        Some(("gene", 1)),
-        "{e}"
-    );
-    check_dataset(
-        &ds,
-        &CheckOptions {
-            require_integer_expression: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    assert_eq!(e.feature.as_ref().map(|f| (f.kind, f.index)), Some(("gene", 1)), "{e}");
+    check_dataset(&ds, &CheckOptions { require_integer_expression: false, ..Default::default() }).unwrap();
 }
 
 #[test]

@@ -5,14 +5,10 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
-use splicevi::optim::{
-    clip_grad_norm, clip_info, clip_scale, grad_norm, grad_sumsq, Adam, AdamConfig, AdamState,
-};
+use splicevi::optim::{clip_grad_norm, clip_info, clip_scale, grad_norm, grad_sumsq, Adam, AdamConfig, AdamState};
 
 fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| rng.sample::<f32, _>(StandardNormal) * scale)
-        .collect()
+    (0..n).map(|_| rng.sample::<f32, _>(StandardNormal) * scale).collect()
 }
 
 /// torch.optim.AdamW / Adam (single-tensor path) in f64, written from the documented algorithm.
@@ -30,17 +26,7 @@ struct RefAdam {
 
 impl RefAdam {
     fn new(n: usize, lr: f64, wd: f64, eps: f64, decoupled: bool) -> Self {
-        RefAdam {
-            lr,
-            b1: 0.9,
-            b2: 0.999,
-            eps,
-            wd,
-            decoupled,
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            t: 0,
-        }
+        RefAdam { lr, b1: 0.9, b2: 0.999, eps, wd, decoupled, m: vec![0.0; n], v: vec![0.0; n], t: 0 }
     }
     fn step(&mut self, p: &mut [f64], g: &[f64], mask: Option<&[u8]>) {
         self.t += 1;
@@ -78,12 +64,7 @@ fn adamw_matches_hand_computed_steps() {
     let expected = [0.899000002f64, 0.8714672987058463, 0.804784672376384];
     for (g, want) in [0.5f32, -0.25, 1.0].into_iter().zip(expected) {
         opt.step(&mut p, &[g], None, 1.0).unwrap();
-        assert!(
-            (p[0] as f64 - want).abs() < 2e-7,
-            "step {}: p = {} expected {want}",
-            opt.state.step,
-            p[0]
-        );
+        assert!((p[0] as f64 - want).abs() < 2e-7, "step {}: p = {} expected {want}", opt.state.step, p[0]);
     }
     assert_eq!(opt.state.step, 3);
     assert!((opt.state.exp_avg[0] - 0.118).abs() < 1e-7);
@@ -100,12 +81,7 @@ fn adam_l2_matches_hand_computed_steps() {
     let mut p = [2.0f32];
     for (g, want) in [(0.03f32, 1.9990096153846153f64), (-0.5, 1.9980932559647038)] {
         opt.step(&mut p, &[g], None, 1.0).unwrap();
-        assert!(
-            (p[0] as f64 - want).abs() < 3e-7,
-            "step {}: p = {} expected {want}",
-            opt.state.step,
-            p[0]
-        );
+        assert!((p[0] as f64 - want).abs() < 3e-7, "step {}: p = {} expected {want}", opt.state.step, p[0]);
     }
 }
 
@@ -116,16 +92,10 @@ fn first_adamw_step_moves_each_entry_by_lr() {
     let p0 = randn(&mut rng, 1000, 1.0);
     let g = randn(&mut rng, 1000, 1.0);
     let mut p = p0.clone();
-    Adam::new(AdamConfig::adamw(1e-2, 1e-3, 1e-8), p.len())
-        .step(&mut p, &g, None, 1.0)
-        .unwrap();
+    Adam::new(AdamConfig::adamw(1e-2, 1e-3, 1e-8), p.len()).step(&mut p, &g, None, 1.0).unwrap();
     for i in 0..p.len() {
         let want = p0[i] as f64 * (1.0 - 1e-5) - 1e-2 * (g[i] as f64).signum();
-        assert!(
-            (p[i] as f64 - want).abs() < 1e-6,
-            "entry {i}: {} vs {want}",
-            p[i]
-        );
+        assert!((p[i] as f64 - want).abs() < 1e-6, "entry {i}: {} vs {want}", p[i]);
     }
 }
 
@@ -152,16 +122,8 @@ fn run_against_reference(config: AdamConfig, decoupled: bool, seed: u64) {
     let mut worst = 0.0f64;
     for i in 0..n {
         if mask[i] == 0 {
-            assert_eq!(
-                p[i].to_bits(),
-                p_start[i].to_bits(),
-                "masked entry {i} changed"
-            );
-            assert_eq!(
-                (opt.state.exp_avg[i], opt.state.exp_avg_sq[i]),
-                (0.0, 0.0),
-                "masked entry {i} has moments"
-            );
+            assert_eq!(p[i].to_bits(), p_start[i].to_bits(), "masked entry {i} changed");
+            assert_eq!((opt.state.exp_avg[i], opt.state.exp_avg_sq[i]), (0.0, 0.0), "masked entry {i} has moments");
             continue;
         }
         let err = (p[i] as f64 - p64[i]).abs();
@@ -169,21 +131,10 @@ fn run_against_reference(config: AdamConfig, decoupled: bool, seed: u64) {
         // Each f32 step rounds p twice (decay, update) and the update itself by a few ulp: at most about
         // one ulp of |p| per step, accumulated linearly over the steps as a worst case.
         let tol = steps as f64 * f32::EPSILON as f64 * (p64[i].abs() + 0.1);
-        assert!(
-            err < tol,
-            "entry {i}: f32 {} vs f64 reference {} (err {err:e} > {tol:e})",
-            p[i],
-            p64[i]
-        );
-        assert!(
-            (opt.state.exp_avg[i] as f64 - reference.m[i]).abs()
-                < 1e-6 * (1.0 + reference.m[i].abs())
-        );
+        assert!(err < tol, "entry {i}: f32 {} vs f64 reference {} (err {err:e} > {tol:e})", p[i], p64[i]);
+        assert!((opt.state.exp_avg[i] as f64 - reference.m[i]).abs() < 1e-6 * (1.0 + reference.m[i].abs()));
     }
-    assert!(
-        worst > 0.0,
-        "f32 and f64 runs cannot agree exactly everywhere; the comparison is vacuous"
-    );
+    assert!(worst > 0.0, "f32 and f64 runs cannot agree exactly everywhere; the comparison is vacuous");
 }
 
 #[test]
@@ -213,10 +164,7 @@ fn clipping_follows_torch() {
     // torch.clamp propagates NaN; an infinite norm gives factor 0.
     assert!(clip_scale(f64::NAN, 5.0).is_nan());
     assert_eq!(clip_scale(f64::INFINITY, 5.0), 0.0);
-    assert!(
-        grad_norm(&[1.0], Some(&[1, 1])).is_err(),
-        "mask length mismatch must be an error"
-    );
+    assert!(grad_norm(&[1.0], Some(&[1, 1])).is_err(), "mask length mismatch must be an error");
 }
 
 #[test]
@@ -224,22 +172,9 @@ fn norm_is_f64_and_thread_count_independent() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let g = randn(&mut rng, 1_000_003, 1e-3);
     let mask: Vec<u8> = (0..g.len()).map(|i| (i % 7 != 0) as u8).collect();
-    let exact: f64 = g
-        .iter()
-        .zip(&mask)
-        .filter(|(_, &k)| k != 0)
-        .map(|(&x, _)| x as f64 * x as f64)
-        .sum();
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap()
-        .install(|| grad_sumsq(&g, Some(&mask)).unwrap());
-    let two = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap()
-        .install(|| grad_sumsq(&g, Some(&mask)).unwrap());
+    let exact: f64 = g.iter().zip(&mask).filter(|(_, &k)| k != 0).map(|(&x, _)| x as f64 * x as f64).sum();
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| grad_sumsq(&g, Some(&mask)).unwrap());
+    let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(|| grad_sumsq(&g, Some(&mask)).unwrap());
     assert_eq!(one.to_bits(), two.to_bits());
     assert!((one - exact).abs() <= 1e-12 * exact, "{one} vs {exact}");
 }
@@ -260,13 +195,8 @@ fn fused_clip_scale_equals_clipping_in_place() {
     let mut pb = p0.clone();
     let info = clip_info(&g, None, 5.0).unwrap();
     assert_eq!(info, r);
-    Adam::new(cfg, n)
-        .step(&mut pb, &g, None, info.scale)
-        .unwrap();
-    assert!(
-        pa.iter().zip(&pb).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "fused scale differs from in-place clipping"
-    );
+    Adam::new(cfg, n).step(&mut pb, &g, None, info.scale).unwrap();
+    assert!(pa.iter().zip(&pb).all(|(a, b)| a.to_bits() == b.to_bits()), "fused scale differs from in-place clipping");
 }
 
 #[test]
@@ -299,28 +229,17 @@ fn resume_from_saved_state_is_exact() {
         c.step(&mut resumed, g, None, 1.0).unwrap();
     }
     assert_eq!(c.state, a.state);
-    assert!(straight
-        .iter()
-        .zip(&resumed)
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(straight.iter().zip(&resumed).all(|(x, y)| x.to_bits() == y.to_bits()));
 
     let err = AdamState::load(&path, n + 1).unwrap_err().to_string();
-    assert!(
-        err.contains(&n.to_string()) && err.contains(&(n + 1).to_string()),
-        "{err}"
-    );
+    assert!(err.contains(&n.to_string()) && err.contains(&(n + 1).to_string()), "{err}");
 }
 
 #[test]
 fn length_mismatches_are_errors() {
     let mut opt = Adam::new(AdamConfig::adamw(1e-3, 0.0, 1e-8), 3);
     assert!(opt.step(&mut [0.0; 3], &[0.0; 2], None, 1.0).is_err());
-    assert!(opt
-        .step(&mut [0.0; 3], &[0.0; 3], Some(&[1, 1]), 1.0)
-        .is_err());
+    assert!(opt.step(&mut [0.0; 3], &[0.0; 3], Some(&[1, 1]), 1.0).is_err());
     assert!(opt.step(&mut [0.0; 4], &[0.0; 4], None, 1.0).is_err());
-    assert_eq!(
-        opt.state.step, 0,
-        "a rejected step must not advance the counter"
-    );
+    assert_eq!(opt.state.step, 0, "a rejected step must not advance the counter");
 }

@@ -28,15 +28,8 @@ fn read_png(p: &Path) -> Png {
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).expect("PNG image data");
     assert_eq!(info.color_type, png::ColorType::Rgb);
-    let rgb = buf[..info.buffer_size()]
-        .chunks_exact(3)
-        .map(|c| [c[0], c[1], c[2]])
-        .collect();
-    Png {
-        w: info.width,
-        h: info.height,
-        rgb,
-    }
+    let rgb = buf[..info.buffer_size()].chunks_exact(3).map(|c| [c[0], c[1], c[2]]).collect();
+    Png { w: info.width, h: info.height, rgb }
 }
 
 impl Png {
@@ -45,14 +38,7 @@ impl Png {
     }
     /// Pixels within `tol` of a colour.
     fn count_near(&self, c: (u8, u8, u8), tol: i32) -> usize {
-        self.rgb
-            .iter()
-            .filter(|p| {
-                (p[0] as i32 - c.0 as i32).abs() <= tol
-                    && (p[1] as i32 - c.1 as i32).abs() <= tol
-                    && (p[2] as i32 - c.2 as i32).abs() <= tol
-            })
-            .count()
+        self.rgb.iter().filter(|p| (p[0] as i32 - c.0 as i32).abs() <= tol && (p[1] as i32 - c.1 as i32).abs() <= tol && (p[2] as i32 - c.2 as i32).abs() <= tol).count()
     }
     fn non_white_fraction(&self) -> f64 {
         self.rgb.iter().filter(|p| **p != [255, 255, 255]).count() as f64 / self.rgb.len() as f64
@@ -71,31 +57,14 @@ fn saved<F: Figure>(fig: &F, dir: &Path, name: &str, title: &str) -> (Png, Strin
     assert_eq!(s, dir.join(format!("{name}.svg")));
     let png = read_png(&p);
     assert_eq!((png.w, png.h), fig.size());
-    assert!(
-        png.distinct() > 30,
-        "{name}: only {} colours",
-        png.distinct()
-    );
+    assert!(png.distinct() > 30, "{name}: only {} colours", png.distinct());
     let nw = png.non_white_fraction();
-    assert!(
-        nw > 0.01 && nw < 0.9,
-        "{name}: {nw} of the pixels are not white"
-    );
+    assert!(nw > 0.01 && nw < 0.9, "{name}: {nw} of the pixels are not white");
     let svg = std::fs::read_to_string(&s).unwrap();
-    assert!(
-        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
-        "{name}: not an SVG document"
-    );
-    assert!(
-        svg.contains(title),
-        "{name}: the SVG lacks the title {title:?}"
-    );
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{name}: not an SVG document");
+    assert!(svg.contains(title), "{name}: the SVG lacks the title {title:?}");
     // Written atomically: no temporary file is left beside them.
-    let leftovers: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect();
+    let leftovers: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     (png, svg)
 }
@@ -106,19 +75,7 @@ fn count(svg: &str, needle: &str) -> usize {
 
 /// The text elements' contents.
 fn texts(svg: &str) -> Vec<String> {
-    svg.split("<text")
-        .skip(1)
-        .filter_map(|t| {
-            Some(
-                t.split_once('>')?
-                    .1
-                    .split_once("</text>")?
-                    .0
-                    .trim()
-                    .to_string(),
-            )
-        })
-        .collect()
+    svg.split("<text").skip(1).filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string())).collect()
 }
 
 fn has_text(svg: &str, t: &str) -> bool {
@@ -127,11 +84,7 @@ fn has_text(svg: &str, t: &str) -> bool {
 
 /// Data lines of the given stroke colour and width (axes and ticks are black polylines too).
 fn lines(svg: &str, colour: plotters::style::RGBColor, width: u32) -> usize {
-    svg.matches(&format!(
-        "stroke=\"#{:02X}{:02X}{:02X}\" stroke-width=\"{width}\"",
-        colour.0, colour.1, colour.2
-    ))
-    .count()
+    svg.matches(&format!("stroke=\"#{:02X}{:02X}{:02X}\" stroke-width=\"{width}\"", colour.0, colour.1, colour.2)).count()
 }
 
 fn metrics_table(epochs: usize, with_validation: bool) -> (Vec<String>, Vec<Vec<String>>) {
@@ -143,25 +96,7 @@ fn metrics_table(epochs: usize, with_validation: bool) -> (Vec<String>, Vec<Vec<
         .map(|e| {
             let t = 100.0 / (1.0 + e as f64) + 50.0;
             let v = if with_validation { t * 1.1 } else { 0.0 };
-            let vals = [
-                e as f64,
-                1e-3,
-                1.0,
-                t + 5.0,
-                t,
-                t * 0.8,
-                t * 0.2,
-                10.0 - e as f64 * 0.5,
-                t + 10.0,
-                v,
-                v * 0.8,
-                v * 0.2,
-                if with_validation { 11.0 } else { 0.0 },
-                if with_validation { v + 11.0 } else { 0.0 },
-                0.0,
-                0.5,
-                1000.0,
-            ];
+            let vals = [e as f64, 1e-3, 1.0, t + 5.0, t, t * 0.8, t * 0.2, 10.0 - e as f64 * 0.5, t + 10.0, v, v * 0.8, v * 0.2, if with_validation { 11.0 } else { 0.0 }, if with_validation { v + 11.0 } else { 0.0 }, 0.0, 0.5, 1000.0];
             vals.iter().map(|x| x.to_string()).collect()
         })
         .collect();
@@ -175,40 +110,15 @@ fn curves_one_panel_per_loss_term_train_and_validation() {
     let c = Curves::from_table(&h, &r, "Training curves: synthetic").unwrap();
     let terms: Vec<&str> = c.panels.iter().map(|p| p.term.as_str()).collect();
     // adversary_loss is all zero (no adversary): no panel.
-    assert_eq!(
-        terms,
-        [
-            "reconstruction_loss",
-            "reconstruction_loss_expression",
-            "reconstruction_loss_splicing",
-            "kl_local",
-            "elbo",
-            "train_loss"
-        ]
-    );
-    assert!(c.panels[..5]
-        .iter()
-        .all(|p| p.series.len() == 2 && p.series[1].0 == "validation"));
-    assert_eq!(
-        c.panels[0].series[0].1[0],
-        (1.0, 150.0),
-        "epochs are shown 1-based"
-    );
+    assert_eq!(terms, ["reconstruction_loss", "reconstruction_loss_expression", "reconstruction_loss_splicing", "kl_local", "elbo", "train_loss"]);
+    assert!(c.panels[..5].iter().all(|p| p.series.len() == 2 && p.series[1].0 == "validation"));
+    assert_eq!(c.panels[0].series[0].1[0], (1.0, 150.0), "epochs are shown 1-based");
     let (png, svg) = saved(&c, dir.path(), "curves", "Training curves: synthetic");
-    assert!(
-        png.count_near(rgb(TRAIN_COLOUR), 10) > 200,
-        "train lines missing"
-    );
-    assert!(
-        png.count_near(rgb(VALIDATION_COLOUR), 10) > 200,
-        "validation lines missing"
-    );
+    assert!(png.count_near(rgb(TRAIN_COLOUR), 10) > 200, "train lines missing");
+    assert!(png.count_near(rgb(VALIDATION_COLOUR), 10) > 200, "validation lines missing");
     // One line per series, one marker per epoch of each series (12 epochs ≤ 60), legend entries.
     let n_series = 5 * 2 + 1;
-    assert_eq!(
-        lines(&svg, TRAIN_COLOUR, 2) + lines(&svg, VALIDATION_COLOUR, 2),
-        n_series
-    );
+    assert_eq!(lines(&svg, TRAIN_COLOUR, 2) + lines(&svg, VALIDATION_COLOUR, 2), n_series);
     assert_eq!(lines(&svg, VALIDATION_COLOUR, 2), 5);
     assert_eq!(count(&svg, "<circle"), n_series * 12);
     assert!(has_text(&svg, "validation") && has_text(&svg, "train") && has_text(&svg, "epoch"));
@@ -217,28 +127,14 @@ fn curves_one_panel_per_loss_term_train_and_validation() {
     // Without validation cells the validation columns are zeros: train only.
     let (h, r) = metrics_table(1, false);
     let c = Curves::from_table(&h, &r, "one epoch").unwrap();
-    assert!(c
-        .panels
-        .iter()
-        .all(|p| p.series.len() == 1 && p.series[0].0 == "train"));
+    assert!(c.panels.iter().all(|p| p.series.len() == 1 && p.series[0].0 == "train"));
     saved(&c, dir.path(), "one", "one epoch");
-    assert!(
-        Curves::from_table(&h[..1], &r, "x").is_err(),
-        "no loss column: an error"
-    );
+    assert!(Curves::from_table(&h[..1], &r, "x").is_err(), "no loss column: an error");
 }
 
 fn pairs_table(n: usize, seed: u64) -> (Vec<String>, Vec<Vec<String>>, Vec<f64>, Vec<f64>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let header = [
-        "cell",
-        "junction",
-        "truth",
-        "splicevi_decoder",
-        "mean_bayes",
-    ]
-    .map(String::from)
-    .to_vec();
+    let header = ["cell", "junction", "truth", "splicevi_decoder", "mean_bayes"].map(String::from).to_vec();
     let (mut t, mut d) = (vec![], vec![]);
     let rows = (0..n)
         .map(|i| {
@@ -247,13 +143,7 @@ fn pairs_table(n: usize, seed: u64) -> (Vec<String>, Vec<Vec<String>>, Vec<f64>,
             let mb: f64 = rng.gen();
             t.push(truth);
             d.push(dec);
-            vec![
-                format!("cell_{i}"),
-                format!("j{}", i % 7),
-                truth.to_string(),
-                dec.to_string(),
-                mb.to_string(),
-            ]
+            vec![format!("cell_{i}"), format!("j{}", i % 7), truth.to_string(), dec.to_string(), mb.to_string()]
         })
         .collect();
     (header, rows, t, d)
@@ -271,44 +161,21 @@ fn impute_density_scatter_has_r_in_the_title_and_a_heatmap() {
     let hist = s.methods[0].histogram();
     assert_eq!(hist.iter().flatten().sum::<u64>(), 5000);
     let (png, svg) = saved(&s, dir.path(), "impute", "Imputation: synthetic");
-    assert!(
-        svg.contains(&format!("SpliceVI, decoder PSI: r = {r:.3}")),
-        "r in the panel title"
-    );
+    assert!(svg.contains(&format!("SpliceVI, decoder PSI: r = {r:.3}")), "r in the panel title");
     assert!(svg.contains("MeanBayes baseline: r = "));
     // One filled rectangle per non-empty bin (plus the background, the colour bar's 64 steps and frames).
-    let nonempty: usize = s
-        .methods
-        .iter()
-        .map(|m| m.histogram().iter().flatten().filter(|&&c| c > 0).count())
-        .sum();
-    assert!(
-        count(&svg, "<rect") >= nonempty + 64,
-        "{} rects for {nonempty} bins",
-        count(&svg, "<rect")
-    );
+    let nonempty: usize = s.methods.iter().map(|m| m.histogram().iter().flatten().filter(|&&c| c > 0).count()).sum();
+    assert!(count(&svg, "<rect") >= nonempty + 64, "{} rects for {nonempty} bins", count(&svg, "<rect"));
     assert!(png.distinct() > 100, "a heatmap has many shades");
     // Rows with a non-numeric prediction are skipped, not fatal.
     let mut rows2 = rows.clone();
     rows2[0][3] = "nan".into();
-    assert_eq!(
-        ImputeScatter::from_table(&h, &rows2, "x").unwrap().methods[0]
-            .truth
-            .len(),
-        4999
-    );
-    assert!(
-        ImputeScatter::from_table(&h[..3], &rows, "x").is_err(),
-        "no prediction column: an error"
-    );
+    assert_eq!(ImputeScatter::from_table(&h, &rows2, "x").unwrap().methods[0].truth.len(), 4999);
+    assert!(ImputeScatter::from_table(&h[..3], &rows, "x").is_err(), "no prediction column: an error");
 }
 
 fn ds_table() -> (Vec<String>, Vec<Vec<String>>, usize) {
-    let header =
-        "junction_id\tgene_name\tproba_ds\tis_ds_fdr\tbayes_factor\teffect_size\tcomparison"
-            .split('\t')
-            .map(String::from)
-            .collect();
+    let header = "junction_id\tgene_name\tproba_ds\tis_ds_fdr\tbayes_factor\teffect_size\tcomparison".split('\t').map(String::from).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let mut rows = vec![];
     let mut hits = 0;
@@ -319,15 +186,7 @@ fn ds_table() -> (Vec<String>, Vec<Vec<String>>, usize) {
             let hit = p > 0.9;
             hits += hit as usize;
             let bf = (p + 1e-8).ln() - (1.0 - p + 1e-8).ln();
-            rows.push(vec![
-                format!("j{j}"),
-                format!("g{}", j / 3),
-                p.to_string(),
-                if hit { "True" } else { "False" }.to_string(),
-                bf.to_string(),
-                es.to_string(),
-                cmp.to_string(),
-            ]);
+            rows.push(vec![format!("j{j}"), format!("g{}", j / 3), p.to_string(), if hit { "True" } else { "False" }.to_string(), bf.to_string(), es.to_string(), cmp.to_string()]);
         }
     }
     (header, rows, hits)
@@ -339,13 +198,7 @@ fn volcano_highlights_fdr_hits_one_panel_per_comparison() {
     let (h, rows, hits) = ds_table();
     let v = Volcano::from_table(&h, &rows, None, "Volcano: synthetic").unwrap();
     assert_eq!(v.panels.len(), 2);
-    assert_eq!(
-        v.panels
-            .iter()
-            .map(|p| p.points.iter().filter(|q| q.2).count())
-            .sum::<usize>(),
-        hits
-    );
+    assert_eq!(v.panels.iter().map(|p| p.points.iter().filter(|q| q.2).count()).sum::<usize>(), hits);
     // log10 of the Bayes factor.
     let q = v.panels[0].points[0];
     let bf: f64 = rows[0][4].parse().unwrap();
@@ -354,41 +207,20 @@ fn volcano_highlights_fdr_hits_one_panel_per_comparison() {
     // Every junction is a marker, plus one legend marker per class per panel.
     assert_eq!(count(&svg, "<circle"), 600 + 2 * 2);
     assert!(svg.contains("A vs Rest: ") && svg.contains("B vs Rest: "));
-    assert!(svg.contains(&format!(
-        "called (is_ds_fdr) ({})",
-        v.panels[0].points.iter().filter(|q| q.2).count()
-    )));
+    assert!(svg.contains(&format!("called (is_ds_fdr) ({})", v.panels[0].points.iter().filter(|q| q.2).count())));
     assert!(png.count_near(rgb(HIT_COLOUR), 12) > 50, "hits are red");
     // Recomputed calls at another FDR target: a stricter target calls no more.
     let strict = Volcano::from_table(&h, &rows, Some(0.01), "x").unwrap();
     let loose = Volcano::from_table(&h, &rows, Some(0.2), "x").unwrap();
-    let n = |v: &Volcano| {
-        v.panels
-            .iter()
-            .map(|p| p.points.iter().filter(|q| q.2).count())
-            .sum::<usize>()
-    };
+    let n = |v: &Volcano| v.panels.iter().map(|p| p.points.iter().filter(|q| q.2).count()).sum::<usize>();
     assert!(n(&strict) <= n(&loose) && n(&loose) > 0);
-    assert!(render_svg(&loose)
-        .unwrap()
-        .contains("called at FDR 0.2 (from proba_ds)"));
+    assert!(render_svg(&loose).unwrap().contains("called at FDR 0.2 (from proba_ds)"));
 }
 
 #[test]
 fn volcano_subsamples_large_tables_but_keeps_every_hit() {
-    let header: Vec<String> = ["proba_ds", "is_ds_fdr", "bayes_factor", "effect_size"]
-        .map(String::from)
-        .to_vec();
-    let rows: Vec<Vec<String>> = (0..30_000)
-        .map(|i| {
-            vec![
-                "0.5".into(),
-                if i % 100 == 0 { "True" } else { "False" }.into(),
-                "0.1".into(),
-                format!("{}", (i as f64 / 30_000.0) - 0.5),
-            ]
-        })
-        .collect();
+    let header: Vec<String> = ["proba_ds", "is_ds_fdr", "bayes_factor", "effect_size"].map(String::from).to_vec();
+    let rows: Vec<Vec<String>> = (0..30_000).map(|i| vec!["0.5".into(), if i % 100 == 0 { "True" } else { "False" }.into(), "0.1".into(), format!("{}", (i as f64 / 30_000.0) - 0.5)]).collect();
     let v = Volcano::from_table(&header, &rows, None, "big").unwrap();
     let (hits, others) = Volcano::drawn(&v.panels[0]);
     assert_eq!(hits.len(), 300);
@@ -416,38 +248,16 @@ fn embedding_is_a_pca_coloured_by_category_with_a_legend() {
     let dir = tempfile::tempdir().unwrap();
     let (x, codes) = clusters(100, 5);
     let names = vec!["alpha".to_string(), "beta".into(), "gamma".into()];
-    let e = Embedding::pca_of(
-        &x,
-        5,
-        Colouring::Categories { codes, names },
-        "cell_type",
-        "synthetic",
-    )
-    .unwrap();
-    assert!(
-        e.x_label.starts_with("PC1 (") && e.y_label.starts_with("PC2 ("),
-        "the axes say PCA"
-    );
+    let e = Embedding::pca_of(&x, 5, Colouring::Categories { codes, names }, "cell_type", "synthetic").unwrap();
+    assert!(e.x_label.starts_with("PC1 (") && e.y_label.starts_with("PC2 ("), "the axes say PCA");
     assert!(e.title.contains("PCA"));
-    let (png, svg) = saved(
-        &e,
-        dir.path(),
-        "embedding",
-        "synthetic: PCA of the latent (300 cells, 5 dims)",
-    );
-    assert_eq!(
-        count(&svg, "<circle"),
-        300 + 3,
-        "one marker per cell and one per legend entry"
-    );
+    let (png, svg) = saved(&e, dir.path(), "embedding", "synthetic: PCA of the latent (300 cells, 5 dims)");
+    assert_eq!(count(&svg, "<circle"), 300 + 3, "one marker per cell and one per legend entry");
     for name in ["alpha (100)", "beta (100)", "gamma (100)", "cell_type"] {
         assert!(has_text(&svg, name), "legend lacks {name}");
     }
     for c in &CATEGORICAL[..3] {
-        assert!(
-            png.count_near(rgb(*c), 50) > 100,
-            "category colour {c:?} missing"
-        );
+        assert!(png.count_near(rgb(*c), 50) > 100, "category colour {c:?} missing");
     }
     // Numeric colouring: a colour bar instead of a legend.
     let vals: Vec<f64> = (0..300).map(|i| i as f64).collect();
@@ -485,15 +295,8 @@ fn both(prefix: &Path) -> (Png, String) {
     let p = PathBuf::from(format!("{}.png", prefix.display()));
     let s = PathBuf::from(format!("{}.svg", prefix.display()));
     let png = read_png(&p);
-    assert!(
-        png.distinct() > 30 && png.non_white_fraction() > 0.01,
-        "{} looks blank",
-        p.display()
-    );
-    (
-        png,
-        std::fs::read_to_string(&s).unwrap_or_else(|e| panic!("{}: {e}", s.display())),
-    )
+    assert!(png.distinct() > 30 && png.non_white_fraction() > 0.01, "{} looks blank", p.display());
+    (png, std::fs::read_to_string(&s).unwrap_or_else(|e| panic!("{}: {e}", s.display())))
 }
 
 #[test]
@@ -502,158 +305,54 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     let d = dir.path();
     let data = d.join("toy.h5mu");
     let run = d.join("run");
-    ok(bin()
-        .args(["simulate", "--size", "toy", "--seed", "4", "--out"])
-        .arg(&data));
-    ok(bin()
-        .arg("train")
-        .arg(&data)
-        .arg("--out")
-        .arg(&run)
-        .args(["--max-epochs", "3", "--quiet"]));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "4", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "3", "--quiet"]));
     let (_, svg) = both(&run.join("curves"));
     assert!(svg.contains("Training curves: run (3 epochs)"));
-    assert_eq!(
-        lines(&svg, TRAIN_COLOUR, 2),
-        6,
-        "train: five terms and the minimised loss"
-    );
-    assert_eq!(
-        lines(&svg, VALIDATION_COLOUR, 2),
-        5,
-        "validation: five terms"
-    );
+    assert_eq!(lines(&svg, TRAIN_COLOUR, 2), 6, "train: five terms and the minimised loss");
+    assert_eq!(lines(&svg, VALIDATION_COLOUR, 2), 5, "validation: five terms");
 
-    ok(bin()
-        .arg("embed")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(d.join("lat.h5ad")));
+    ok(bin().arg("embed").arg(&run).arg(&data).arg("--out").arg(d.join("lat.h5ad")));
     let (_, svg) = both(&d.join("lat.embedding"));
     assert!(svg.contains("PCA of the latent (200 cells") && has_text(&svg, "cell_type"));
-    assert_eq!(
-        count(&svg, "<circle"),
-        200 + 3,
-        "toy: 200 cells, 3 cell types"
-    );
+    assert_eq!(count(&svg, "<circle"), 200 + 3, "toy: 200 cells, 3 cell types");
 
-    ok(bin()
-        .arg("evaluate")
-        .arg(&run)
-        .arg(&data)
-        .arg("--out")
-        .arg(d.join("eval.tsv")));
+    ok(bin().arg("evaluate").arg(&run).arg(&data).arg("--out").arg(d.join("eval.tsv")));
     let pairs = std::fs::read_to_string(d.join("eval.pairs.tsv")).unwrap();
-    assert!(pairs.starts_with(
-        "cell\tjunction\ttruth\tsplicevi_dm_posterior\tsplicevi_decoder\tmean_bayes\n"
-    ));
+    assert!(pairs.starts_with("cell\tjunction\ttruth\tsplicevi_dm_posterior\tsplicevi_decoder\tmean_bayes\n"));
     // The scatter's r is the table's dropped-entry Pearson r.
     let table = std::fs::read_to_string(d.join("eval.tsv")).unwrap();
-    let r: f64 = table
-        .lines()
-        .find(|l| l.starts_with("imputation\tdropped\tsplicevi_decoder\tpearson\t"))
-        .unwrap()
-        .rsplit('\t')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let r: f64 = table.lines().find(|l| l.starts_with("imputation\tdropped\tsplicevi_decoder\tpearson\t")).unwrap().rsplit('\t').next().unwrap().parse().unwrap();
     let (_, svg) = both(&d.join("eval.impute"));
-    assert!(
-        svg.contains(&format!("SpliceVI, decoder PSI: r = {r:.3}")),
-        "r = {r:.3} not in the scatter title"
-    );
+    assert!(svg.contains(&format!("SpliceVI, decoder PSI: r = {r:.3}")), "r = {r:.3} not in the scatter title");
     let n_pairs = pairs.lines().count() - 1;
     assert!(svg.contains(&format!("({n_pairs} entries)")));
 
-    ok(bin()
-        .arg("diff-splicing")
-        .arg(&run)
-        .arg(&data)
-        .args([
-            "--groupby",
-            "cell_type",
-            "--group1",
-            "T0",
-            "--n-samples-overall",
-            "300",
-        ])
-        .arg("--out")
-        .arg(d.join("ds.tsv")));
+    ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "cell_type", "--group1", "T0", "--n-samples-overall", "300"]).arg("--out").arg(d.join("ds.tsv")));
     let (_, svg) = both(&d.join("ds.volcano"));
-    assert_eq!(
-        count(&svg, "<circle"),
-        300 + 2,
-        "300 junctions and two legend markers"
-    );
+    assert_eq!(count(&svg, "<circle"), 300 + 2, "300 junctions and two legend markers");
 
     // `splicevi plot ...` redraws each, at a chosen prefix or beside its input.
     let re = d.join("re");
-    ok(bin()
-        .args(["plot", "curves"])
-        .arg(&run)
-        .arg("--out")
-        .arg(re.join("curves")));
-    ok(bin()
-        .args(["plot", "impute"])
-        .arg(d.join("eval.pairs.tsv"))
-        .arg("--out")
-        .arg(re.join("impute")));
-    ok(bin()
-        .args(["plot", "volcano"])
-        .arg(d.join("ds.tsv"))
-        .args(["--fdr", "0.5", "--out"])
-        .arg(re.join("volcano")));
-    ok(bin()
-        .args(["plot", "embedding"])
-        .arg(d.join("lat.h5ad"))
-        .args([
-            "--color-by",
-            "library_size",
-            "--obsm",
-            "X_splicevi_expression",
-            "--out",
-        ])
-        .arg(re.join("embedding")));
+    ok(bin().args(["plot", "curves"]).arg(&run).arg("--out").arg(re.join("curves")));
+    ok(bin().args(["plot", "impute"]).arg(d.join("eval.pairs.tsv")).arg("--out").arg(re.join("impute")));
+    ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")).args(["--fdr", "0.5", "--out"]).arg(re.join("volcano")));
+    ok(bin().args(["plot", "embedding"]).arg(d.join("lat.h5ad")).args(["--color-by", "library_size", "--obsm", "X_splicevi_expression", "--out"]).arg(re.join("embedding")));
     for name in ["curves", "impute", "volcano", "embedding"] {
         both(&re.join(name));
     }
-    assert!(both(&re.join("volcano"))
-        .1
-        .contains("called at FDR 0.5 (from proba_ds)"));
-    assert!(both(&re.join("embedding"))
-        .1
-        .contains("obsm[X_splicevi_expression]"));
+    assert!(both(&re.join("volcano")).1.contains("called at FDR 0.5 (from proba_ds)"));
+    assert!(both(&re.join("embedding")).1.contains("obsm[X_splicevi_expression]"));
     std::fs::remove_file(d.join("ds.volcano.png")).unwrap();
     ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")));
     both(&d.join("ds.volcano"));
 
     // Errors name what is missing; --no-plots draws nothing.
-    let out = bin()
-        .args(["plot", "embedding"])
-        .arg(d.join("lat.h5ad"))
-        .args(["--color-by", "nope"])
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("no obs column `nope`")
-    );
+    let out = bin().args(["plot", "embedding"]).arg(d.join("lat.h5ad")).args(["--color-by", "nope"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no obs column `nope`"));
     let run2 = d.join("run2");
-    ok(bin().arg("train").arg(&data).arg("--out").arg(&run2).args([
-        "--max-epochs",
-        "1",
-        "--quiet",
-        "--no-plots",
-    ]));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run2).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
     assert!(run2.join("metrics.tsv").exists() && !run2.join("curves.png").exists());
-    ok(bin()
-        .arg("embed")
-        .arg(&run2)
-        .arg(&data)
-        .arg("--out")
-        .arg(d.join("lat2.h5ad"))
-        .arg("--no-plots"));
+    ok(bin().arg("embed").arg(&run2).arg(&data).arg("--out").arg(d.join("lat2.h5ad")).arg("--no-plots"));
     assert!(!d.join("lat2.embedding.png").exists());
 }

@@ -9,12 +9,9 @@ use std::process::Command;
 
 use splicevi::data::h5write::Compression;
 use splicevi::data::load::load;
-use splicevi::data::simulate::{
-    simulate, simulate_to_file, write_simulated, SimConfig, SimSize, SUBTYPES_PER_TYPE,
-};
+use splicevi::data::simulate::{simulate, simulate_to_file, write_simulated, SimConfig, SimSize, SUBTYPES_PER_TYPE};
 use splicevi::data::split::{
-    numpy_permutation, sequential_batches, split_sizes, train_validation_split, Minibatches,
-    SplitConfig,
+    numpy_permutation, sequential_batches, split_sizes, train_validation_split, Minibatches, SplitConfig,
 };
 use splicevi::data::{DataOptions, Dataset};
 
@@ -38,11 +35,7 @@ fn assert_same_data(a: &Dataset, b: &Dataset, what: &str) {
     assert_eq!(a.expression, b.expression, "{what}: expression CSR");
     assert_eq!(a.library_size, b.library_size, "{what}: library sizes");
     let (s, t) = (&a.splicing, &b.splicing);
-    assert_eq!(
-        (s.n_cells, s.n_junctions),
-        (t.n_cells, t.n_junctions),
-        "{what}: splicing shape"
-    );
+    assert_eq!((s.n_cells, s.n_junctions), (t.n_cells, t.n_junctions), "{what}: splicing shape");
     assert_eq!(s.indptr, t.indptr, "{what}: splicing indptr");
     assert_eq!(s.junction, t.junction, "{what}: splicing junctions");
     assert_eq!(s.k, t.k, "{what}: k");
@@ -71,12 +64,8 @@ fn round_trip_in_memory_and_streamed_files_load_identically() {
     let a = dir.path().join("in_memory.h5mu");
     write_simulated(&a, &cfg, &ds, Compression::default()).unwrap();
     let b = dir.path().join("streamed.h5mu");
-    let (truth_b, summary) =
-        simulate_to_file(&cfg, &b, Compression { gzip_level: None }, |_, _| {}).unwrap();
-    assert_eq!(
-        truth, truth_b,
-        "streamed ground truth differs from the in-memory one"
-    );
+    let (truth_b, summary) = simulate_to_file(&cfg, &b, Compression { gzip_level: None }, |_, _| {}).unwrap();
+    assert_eq!(truth, truth_b, "streamed ground truth differs from the in-memory one");
     assert_eq!(summary.splicing_observed as usize, ds.splicing.nnz());
 
     let opts = DataOptions::default();
@@ -85,56 +74,32 @@ fn round_trip_in_memory_and_streamed_files_load_identically() {
     let lb = load(&b, &opts).unwrap();
     assert_same_data(&ds, &lb, "streamed write → load");
     // With the batch key the loader resolves the same batches the simulator drew.
-    let with_batch = DataOptions {
-        batch_key: Some("batch".into()),
-        ..DataOptions::default()
-    };
+    let with_batch = DataOptions { batch_key: Some("batch".into()), ..DataOptions::default() };
     let lc = load(&b, &with_batch).unwrap();
     assert_eq!(lc.covariates.batch.codes, truth.batch);
     assert_eq!(lc.covariates.batch.levels, truth.batch_names);
     // Nothing but the final file is left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "leftover files: {names:?}");
 }
 
 #[test]
 fn output_depends_on_seed_not_on_threads() {
-    let cfg = SimConfig {
-        n_cells: 700,
-        ..toy(11)
-    }; // several blocks
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let four = rayon::ThreadPoolBuilder::new()
-        .num_threads(4)
-        .build()
-        .unwrap();
+    let cfg = SimConfig { n_cells: 700, ..toy(11) }; // several blocks
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
     let (d1, t1) = one.install(|| simulate(&cfg)).unwrap();
     let (d4, t4) = four.install(|| simulate(&cfg)).unwrap();
     assert_eq!(d1, d4);
     assert_eq!(t1, t4);
-    let (d2, _) = simulate(&SimConfig {
-        seed: 12,
-        ..cfg.clone()
-    })
-    .unwrap();
+    let (d2, _) = simulate(&SimConfig { seed: 12, ..cfg.clone() }).unwrap();
     assert_ne!(d1.expression, d2.expression);
     assert_ne!(d1.splicing.k, d2.splicing.k);
 }
 
 #[test]
 fn generative_invariants_hold() {
-    let cfg = SimConfig {
-        n_cells: 600,
-        n_genes: 200,
-        n_junctions: 1500,
-        ..toy(5)
-    };
+    let cfg = SimConfig { n_cells: 600, n_genes: 200, n_junctions: 1500, ..toy(5) };
     let (ds, truth) = simulate(&cfg).unwrap();
     let s = &ds.splicing;
     let (nj, na, ns) = (s.n_junctions, s.n_atse(), truth.n_subtypes());
@@ -144,29 +109,16 @@ fn generative_invariants_hold() {
     for (j, &a) in s.junc2atse.iter().enumerate() {
         size[a as usize] += 1;
         if j > 0 {
-            assert!(
-                a >= s.junc2atse[j - 1],
-                "ATSE order is not junction order at junction {j}"
-            );
+            assert!(a >= s.junc2atse[j - 1], "ATSE order is not junction order at junction {j}");
         }
     }
-    assert!(
-        size.iter().all(|&m| (1..=7).contains(&m)),
-        "ATSE sizes {:?}",
-        size.iter().max()
-    );
+    assert!(size.iter().all(|&m| (1..=7).contains(&m)), "ATSE sizes {:?}", size.iter().max());
     let singles = size.iter().filter(|&&m| m == 1).count() as f64 / na as f64;
-    assert!(
-        singles > 0.0 && singles < 0.2,
-        "fraction of single-junction ATSEs {singles}"
-    );
+    assert!(singles > 0.0 && singles < 0.2, "fraction of single-junction ATSEs {singles}");
 
     // Sparsity: 70–95% of cell × junction entries unobserved.
     let unobserved = 1.0 - s.nnz() as f64 / (ds.n_cells() * nj) as f64;
-    assert!(
-        (0.70..=0.95).contains(&unobserved),
-        "fraction unobserved {unobserved}"
-    );
+    assert!((0.70..=0.95).contains(&unobserved), "fraction unobserved {unobserved}");
 
     // Per cell: every junction of an observed ATSE is stored, n is shared, Σ k = n, psi = k / n.
     for c in 0..ds.n_cells() {
@@ -179,10 +131,7 @@ fn generative_invariants_hold() {
             assert!(s.n[e] > 0.0);
             assert_eq!(ksum, s.n[e], "cell {c}, ATSE {a}: Σk != n");
             for i in e..e + m {
-                assert_eq!(
-                    s.junc2atse[s.junction[i] as usize] as usize, a,
-                    "cell {c}: ATSE {a} partly observed"
-                );
+                assert_eq!(s.junc2atse[s.junction[i] as usize] as usize, a, "cell {c}: ATSE {a} partly observed");
                 assert_eq!(s.n[i], s.n[e]);
                 assert_eq!(s.psi[i], s.k[i] / s.n[i]);
             }
@@ -206,10 +155,7 @@ fn generative_invariants_hold() {
         for j in 0..nj {
             acc[s.junc2atse[j] as usize] += truth.true_psi[j * ns + sub] as f64;
         }
-        assert!(
-            acc.iter().all(|&x| (x - 1.0).abs() < 1e-5),
-            "true psi of subtype {sub} does not sum to 1"
-        );
+        assert!(acc.iter().all(|&x| (x - 1.0).abs() < 1e-5), "true psi of subtype {sub} does not sum to 1");
     }
     for (t, planted) in truth.planted_ds_by_type.iter().enumerate() {
         let (a, b) = (SUBTYPES_PER_TYPE * t, SUBTYPES_PER_TYPE * t + 1);
@@ -217,30 +163,17 @@ fn generative_invariants_hold() {
         for j in 0..nj {
             let d = (truth.true_psi[j * ns + a] - truth.true_psi[j * ns + b]).abs();
             if planted[j] {
-                assert!(
-                    (0.3 - 1e-5..=0.6 + 1e-5).contains(&d),
-                    "type {t} junction {j}: planted shift {d}"
-                );
+                assert!((0.3 - 1e-5..=0.6 + 1e-5).contains(&d), "type {t} junction {j}: planted shift {d}");
                 atses.insert(s.junc2atse[j]);
             } else {
-                assert!(
-                    d < 1e-6,
-                    "type {t} junction {j}: unplanted junction differs by {d}"
-                );
+                assert!(d < 1e-6, "type {t} junction {j}: unplanted junction differs by {d}");
             }
         }
         let frac = atses.len() as f64 / multi;
-        assert!(
-            (0.15..=0.35).contains(&frac),
-            "type {t}: {frac} of ATSEs planted"
-        );
+        assert!((0.15..=0.35).contains(&frac), "type {t}: {frac} of ATSEs planted");
     }
     // obs: all subtypes, cell types and batches present.
-    for (k, want) in [
-        ("subtype", ns),
-        ("cell_type", cfg.n_cell_types),
-        ("batch", cfg.n_batches),
-    ] {
+    for (k, want) in [("subtype", ns), ("cell_type", cfg.n_cell_types), ("batch", cfg.n_batches)] {
         let col = ds.obs_column(k).unwrap().as_strings();
         let distinct: std::collections::BTreeSet<_> = col.iter().collect();
         assert_eq!(distinct.len(), want, "obs {k}");
@@ -253,12 +186,7 @@ fn presets_have_the_requested_sizes() {
     assert_eq!(SimSize::Small.dims(), (2_000, 2_000, 5_000));
     assert_eq!(SimSize::Medium.dims(), (20_000, 5_000, 20_000));
     assert_eq!(SimSize::Paper.dims(), (100_000, 10_000, 90_000));
-    assert!(SimConfig {
-        target_unobserved: 1.0,
-        ..toy(0)
-    }
-    .validate()
-    .is_err());
+    assert!(SimConfig { target_unobserved: 1.0, ..toy(0) }.validate().is_err());
 }
 
 #[test]
@@ -280,11 +208,7 @@ fn cli_writes_a_loadable_file() {
     .unwrap();
     splicevi::cmd::run(cli).unwrap();
     let (ds, _) = simulate(&toy(3)).unwrap();
-    assert_same_data(
-        &ds,
-        &load(&out, &DataOptions::default()).unwrap(),
-        "CLI file",
-    );
+    assert_same_data(&ds, &load(&out, &DataOptions::default()).unwrap(), "CLI file");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -299,20 +223,14 @@ fn python() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".pyvenv/bin/python");
-    Some(if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    })
+    Some(if venv.exists() { venv } else { PathBuf::from("python3") })
 }
 
 fn run_python(py: &Path, args: &[&str]) -> String {
-    let out = Command::new(py).args(args).output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {} ({e}); set SPLICEVI_PYTHON or SPLICEVI_SKIP_PYTHON=1",
-            py.display()
-        )
-    });
+    let out = Command::new(py)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}); set SPLICEVI_PYTHON or SPLICEVI_SKIP_PYTHON=1", py.display()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -324,11 +242,7 @@ fn run_python(py: &Path, args: &[&str]) -> String {
 }
 
 fn script(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(name)
-        .to_string_lossy()
-        .to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name).to_string_lossy().to_string()
 }
 
 #[test]
@@ -337,21 +251,11 @@ fn mudata_reads_the_file_and_sees_the_planted_structure() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     // The toy preset (layout) and a larger one (enough cells per subtype for the statistical checks).
-    for (name, cfg) in [
-        ("toy", toy(0)),
-        (
-            "mid",
-            SimConfig {
-                n_cells: 1500,
-                n_genes: 400,
-                n_junctions: 1200,
-                ..toy(1)
-            },
-        ),
-    ] {
+    for (name, cfg) in
+        [("toy", toy(0)), ("mid", SimConfig { n_cells: 1500, n_genes: 400, n_junctions: 1200, ..toy(1) })]
+    {
         let path = dir.path().join(format!("{name}.h5mu"));
-        let (_, summary) =
-            simulate_to_file(&cfg, &path, Compression::default(), |_, _| {}).unwrap();
+        let (_, summary) = simulate_to_file(&cfg, &path, Compression::default(), |_, _| {}).unwrap();
         let out = run_python(
             &py,
             &[
@@ -366,21 +270,9 @@ fn mudata_reads_the_file_and_sees_the_planted_structure() {
             ],
         );
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        assert_eq!(
-            v["splicing_observed"].as_u64().unwrap(),
-            summary.splicing_observed,
-            "{name}"
-        );
-        assert_eq!(
-            v["expression_nnz"].as_u64().unwrap(),
-            summary.expression_nnz,
-            "{name}"
-        );
-        assert_eq!(
-            v["n_atse"].as_u64().unwrap() as usize,
-            summary.n_atse,
-            "{name}"
-        );
+        assert_eq!(v["splicing_observed"].as_u64().unwrap(), summary.splicing_observed, "{name}");
+        assert_eq!(v["expression_nnz"].as_u64().unwrap(), summary.expression_nnz, "{name}");
+        assert_eq!(v["n_atse"].as_u64().unwrap() as usize, summary.n_atse, "{name}");
     }
 }
 
@@ -388,37 +280,19 @@ fn mudata_reads_the_file_and_sees_the_planted_structure() {
 fn split_permutation_equals_numpy() {
     let _serial = serial();
     let Some(py) = python() else { return };
-    let cases: &[(usize, u32)] = &[
-        (1, 0),
-        (10, 0),
-        (100, 42),
-        (1000, 0),
-        (2500, 7),
-        (70000, 4294967295),
-    ];
-    let arg = cases
-        .iter()
-        .map(|(n, s)| format!("{n}:{s}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let cases: &[(usize, u32)] = &[(1, 0), (10, 0), (100, 42), (1000, 0), (2500, 7), (70000, 4294967295)];
+    let arg = cases.iter().map(|(n, s)| format!("{n}:{s}")).collect::<Vec<_>>().join(",");
     let out = run_python(&py, &[&script("check_simulated_split.py"), &arg]);
     let v: Vec<Vec<usize>> = serde_json::from_str(out.trim()).unwrap();
     for (&(n, seed), want) in cases.iter().zip(&v) {
-        assert_eq!(
-            &numpy_permutation(n, seed),
-            want,
-            "RandomState({seed}).permutation({n})"
-        );
+        assert_eq!(&numpy_permutation(n, seed), want, "RandomState({seed}).permutation({n})");
     }
 }
 
 #[test]
 fn split_rule_and_minibatches() {
     // Sizes (model.md §6.3), including the move of a 1–2 cell remainder to validation.
-    let cfg = SplitConfig {
-        batch_size: 128,
-        ..Default::default()
-    };
+    let cfg = SplitConfig { batch_size: 128, ..Default::default() };
     for n in [1usize, 2, 3, 10, 100, 129, 1000, 1424, 2000, 20000] {
         let (tr, va, moved) = split_sizes(n, &cfg).unwrap();
         let raw_train = (0.9 * n as f64).ceil() as usize;
@@ -437,30 +311,15 @@ fn split_rule_and_minibatches() {
     let s = train_validation_split(n, &cfg, 0).unwrap();
     assert_eq!((s.train.len(), s.validation.len(), s.moved), (1280, 144, 2));
     let perm = numpy_permutation(n, 0);
-    assert_eq!(
-        s.validation,
-        perm[..144].to_vec(),
-        "validation = first n_val of the permutation"
-    );
+    assert_eq!(s.validation, perm[..144].to_vec(), "validation = first n_val of the permutation");
     assert_eq!(s.train, perm[144..].to_vec(), "train = the next n_train");
-    let mut all: Vec<usize> = s
-        .train
-        .iter()
-        .chain(&s.validation)
-        .chain(&s.unused)
-        .copied()
-        .collect();
+    let mut all: Vec<usize> = s.train.iter().chain(&s.validation).chain(&s.unused).copied().collect();
     all.sort_unstable();
     assert_eq!(all, (0..n).collect::<Vec<_>>());
     assert_ne!(s, train_validation_split(n, &cfg, 1).unwrap());
     assert_eq!(s, train_validation_split(n, &cfg, 0).unwrap());
     // train_size + validation_size < 1 leaves cells unused; shuffle off keeps file order.
-    let part = SplitConfig {
-        train_size: Some(0.5),
-        validation_size: Some(0.2),
-        shuffle: false,
-        ..cfg.clone()
-    };
+    let part = SplitConfig { train_size: Some(0.5), validation_size: Some(0.2), shuffle: false, ..cfg.clone() };
     let p = train_validation_split(100, &part, 0).unwrap();
     assert_eq!(p.validation, (0..20).collect::<Vec<_>>());
     assert_eq!(p.train, (20..70).collect::<Vec<_>>());
@@ -472,10 +331,7 @@ fn split_rule_and_minibatches() {
     let mb = Minibatches::new(s.train.clone(), 300, 9).unwrap();
     assert_eq!(mb.n_batches(), 5);
     let e0 = mb.epoch(0);
-    assert_eq!(
-        e0.iter().map(Vec::len).collect::<Vec<_>>(),
-        vec![300, 300, 300, 300, 80]
-    );
+    assert_eq!(e0.iter().map(Vec::len).collect::<Vec<_>>(), vec![300, 300, 300, 300, 80]);
     let mut flat: Vec<usize> = e0.concat();
     flat.sort_unstable();
     let mut want = s.train.clone();
@@ -483,10 +339,7 @@ fn split_rule_and_minibatches() {
     assert_eq!(flat, want);
     assert_eq!(e0, mb.epoch(0));
     assert_ne!(e0, mb.epoch(1));
-    assert_ne!(
-        e0,
-        Minibatches::new(s.train.clone(), 300, 10).unwrap().epoch(0)
-    );
+    assert_ne!(e0, Minibatches::new(s.train.clone(), 300, 10).unwrap().epoch(0));
     assert_ne!(e0.concat(), s.train, "epoch order is not shuffled");
     // Validation: sequential, in split order.
     let v: Vec<&[usize]> = sequential_batches(&s.validation, 100).collect();
@@ -514,10 +367,8 @@ fn appender_chunks_read_back_through_hdf5_filters() {
         while i < n {
             let j = (i + step).min(n);
             a.push_iter((i..j).map(|x| (x as i64) * 3 - 7)).unwrap();
-            b.push_slice(&(i..j).map(|x| (x % 1000) as f32 * 0.5).collect::<Vec<_>>())
-                .unwrap();
-            u.push_slice(&(i..j).map(|x| (x % 251) as u8).collect::<Vec<_>>())
-                .unwrap();
+            b.push_slice(&(i..j).map(|x| (x % 1000) as f32 * 0.5).collect::<Vec<_>>()).unwrap();
+            u.push_slice(&(i..j).map(|x| (x % 251) as u8).collect::<Vec<_>>()).unwrap();
             i = j;
             step = step * 7 % 500_009 + 1;
         }
@@ -531,20 +382,9 @@ fn appender_chunks_read_back_through_hdf5_filters() {
         let rb: Vec<f32> = f.dataset("f32").unwrap().read_raw().unwrap();
         let ru: Vec<u8> = f.dataset("u8").unwrap().read_raw().unwrap();
         assert_eq!(ra.len(), n, "gzip {gzip:?}");
-        assert!(
-            ra.iter().enumerate().all(|(x, &v)| v == (x as i64) * 3 - 7),
-            "i64, gzip {gzip:?}"
-        );
-        assert!(
-            rb.iter()
-                .enumerate()
-                .all(|(x, &v)| v == (x % 1000) as f32 * 0.5),
-            "f32, gzip {gzip:?}"
-        );
-        assert!(
-            ru.iter().enumerate().all(|(x, &v)| v == (x % 251) as u8),
-            "u8, gzip {gzip:?}"
-        );
+        assert!(ra.iter().enumerate().all(|(x, &v)| v == (x as i64) * 3 - 7), "i64, gzip {gzip:?}");
+        assert!(rb.iter().enumerate().all(|(x, &v)| v == (x % 1000) as f32 * 0.5), "f32, gzip {gzip:?}");
+        assert!(ru.iter().enumerate().all(|(x, &v)| v == (x % 251) as u8), "u8, gzip {gzip:?}");
     }
 }
 
@@ -559,16 +399,9 @@ fn int64_indexed_files_load_too() {
     let path = dir.path().join("wide.h5mu");
     let cfg = toy(4);
     let model = SimModel::new(&cfg).unwrap();
-    let mut w = SpliceviWriter::create(
-        &path,
-        1 << 40,
-        cfg.n_genes,
-        cfg.n_junctions,
-        true,
-        true,
-        Compression::default(),
-    )
-    .unwrap();
+    let mut w =
+        SpliceviWriter::create(&path, 1 << 40, cfg.n_genes, cfg.n_junctions, true, true, Compression::default())
+            .unwrap();
     for b in 0..model.n_blocks() {
         w.append(&model.generate_block(b)).unwrap();
     }
@@ -585,22 +418,14 @@ fn int64_indexed_files_load_too() {
     .unwrap();
     {
         let f = hdf5::File::open(&path).unwrap();
-        for m in [
-            "mod/rna/X",
-            "mod/splicing/layers/cell_by_cluster_matrix",
-            "mod/splicing/layers/psi_mask",
-        ] {
+        for m in ["mod/rna/X", "mod/splicing/layers/cell_by_cluster_matrix", "mod/splicing/layers/psi_mask"] {
             for a in ["indices", "indptr"] {
                 let d = f.dataset(&format!("{m}/{a}")).unwrap();
                 assert_eq!(d.dtype().unwrap().size(), 8, "{m}/{a} is not int64");
             }
         }
     }
-    assert_same_data(
-        &ds,
-        &load(&path, &DataOptions::default()).unwrap(),
-        "int64-indexed file",
-    );
+    assert_same_data(&ds, &load(&path, &DataOptions::default()).unwrap(), "int64-indexed file");
     if let Some(py) = python() {
         run_python(
             &py,

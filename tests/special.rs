@@ -40,11 +40,7 @@ fn zeta_minus_one(k: u32) -> f64 {
 fn zetas() -> &'static [f64] {
     use std::sync::OnceLock;
     static Z: OnceLock<Vec<f64>> = OnceLock::new();
-    Z.get_or_init(|| {
-        (0..200)
-            .map(|k| if k < 2 { 0.0 } else { zeta_minus_one(k) })
-            .collect()
-    })
+    Z.get_or_init(|| (0..200).map(|k| if k < 2 { 0.0 } else { zeta_minus_one(k) }).collect())
 }
 
 /// lgamma(1 + t) = −γ t + Σ_{k≥2} (−1)^k ζ(k) t^k / k, |t| ≤ 0.5.
@@ -81,16 +77,7 @@ fn lgamma_2p_series(t: f64) -> f64 {
 
 /// Stirling series with 8 correction terms (x ≥ 20: truncation < 1e-25).
 fn lgamma_stirling(x: f64) -> f64 {
-    const B: [f64; 8] = [
-        1.0 / 6.0,
-        -1.0 / 30.0,
-        1.0 / 42.0,
-        -1.0 / 30.0,
-        5.0 / 66.0,
-        -691.0 / 2730.0,
-        7.0 / 6.0,
-        -3617.0 / 510.0,
-    ];
+    const B: [f64; 8] = [1.0 / 6.0, -1.0 / 30.0, 1.0 / 42.0, -1.0 / 30.0, 5.0 / 66.0, -691.0 / 2730.0, 7.0 / 6.0, -3617.0 / 510.0];
     let mut s = (x - 0.5) * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI).ln();
     for (i, b) in B.iter().enumerate() {
         let k = (i + 1) as i32;
@@ -165,16 +152,7 @@ fn ref_digamma(x: f64) -> f64 {
         return digamma_1p_series(y - 1.0) + acc;
     }
     let (y, acc) = (x, 0.0);
-    const B: [f64; 8] = [
-        1.0 / 6.0,
-        -1.0 / 30.0,
-        1.0 / 42.0,
-        -1.0 / 30.0,
-        5.0 / 66.0,
-        -691.0 / 2730.0,
-        7.0 / 6.0,
-        -3617.0 / 510.0,
-    ];
+    const B: [f64; 8] = [1.0 / 6.0, -1.0 / 30.0, 1.0 / 42.0, -1.0 / 30.0, 5.0 / 66.0, -691.0 / 2730.0, 7.0 / 6.0, -3617.0 / 510.0];
     let mut s = y.ln() - 0.5 / y;
     for (i, b) in B.iter().enumerate() {
         let k = (i + 1) as i32;
@@ -192,19 +170,11 @@ fn reference_lgamma_closed_forms_and_identities() {
     assert_eq!(ref_lgamma(1.0), 0.0);
     assert_eq!(ref_lgamma(2.0), 0.0);
     assert!(close(ref_lgamma(0.5), 0.5 * LN_PI, 1e-15));
-    assert!(close(
-        ref_lgamma(-0.5),
-        (2.0 * std::f64::consts::PI.sqrt()).ln(),
-        1e-15
-    ));
+    assert!(close(ref_lgamma(-0.5), (2.0 * std::f64::consts::PI.sqrt()).ln(), 1e-15));
     let mut log_fact = 0.0f64;
     for n in 1..40 {
         // lgamma(n) = ln (n − 1)!
-        assert!(
-            close(ref_lgamma(n as f64), log_fact, 2e-15),
-            "lgamma({n}) = {} vs {log_fact}",
-            ref_lgamma(n as f64)
-        );
+        assert!(close(ref_lgamma(n as f64), log_fact, 2e-15), "lgamma({n}) = {} vs {log_fact}", ref_lgamma(n as f64));
         log_fact += (n as f64).ln();
     }
     // lgamma(1e6) = Σ_{k<1e6} ln k (Neumaier summation).
@@ -212,28 +182,15 @@ fn reference_lgamma_closed_forms_and_identities() {
     for k in 2..1_000_000u32 {
         let v = (k as f64).ln();
         let t = s + v;
-        c += if s.abs() >= v.abs() {
-            (s - t) + v
-        } else {
-            (v - t) + s
-        };
+        c += if s.abs() >= v.abs() { (s - t) + v } else { (v - t) + s };
         s = t;
     }
-    assert!(
-        close(ref_lgamma(1e6), s + c, 1e-15),
-        "{} vs {}",
-        ref_lgamma(1e6),
-        s + c
-    );
+    assert!(close(ref_lgamma(1e6), s + c, 1e-15), "{} vs {}", ref_lgamma(1e6), s + c);
     // lgamma(x + 1) − lgamma(x) = ln x across every branch boundary.
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for _ in 0..2000 {
         let x: f64 = rng.gen_range(1e-3..30.0);
-        assert!(
-            (ref_lgamma(x + 1.0) - ref_lgamma(x) - x.ln()).abs()
-                < 1e-14 * (1.0 + ref_lgamma(x).abs()),
-            "x = {x}"
-        );
+        assert!((ref_lgamma(x + 1.0) - ref_lgamma(x) - x.ln()).abs() < 1e-14 * (1.0 + ref_lgamma(x).abs()), "x = {x}");
     }
     // Near the zero at 1: lgamma(1 + t) ≈ −γ t.
     let x = 1.0 + 1e-9;
@@ -247,12 +204,7 @@ fn reference_digamma_closed_forms_and_identities() {
     assert!(close(ref_digamma(-0.5), 0.036_489_973_978_576_52, 1e-14));
     let mut h = 0.0f64;
     for n in 1..40 {
-        assert!(
-            close(ref_digamma(n as f64), h - EULER, 2e-15),
-            "digamma({n}) = {} vs {}",
-            ref_digamma(n as f64),
-            h - EULER
-        );
+        assert!(close(ref_digamma(n as f64), h - EULER, 2e-15), "digamma({n}) = {} vs {}", ref_digamma(n as f64), h - EULER);
         h += 1.0 / n as f64;
     }
     // ψ(1e6) = H_{999999} − γ (summed smallest first).
@@ -261,10 +213,7 @@ fn reference_digamma_closed_forms_and_identities() {
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     for _ in 0..2000 {
         let x: f64 = rng.gen_range(1e-3..30.0);
-        assert!(
-            (ref_digamma(x + 1.0) - ref_digamma(x) - 1.0 / x).abs() < 1e-14 * (1.0 + 1.0 / x),
-            "x = {x}"
-        );
+        assert!((ref_digamma(x + 1.0) - ref_digamma(x) - 1.0 / x).abs() < 1e-14 * (1.0 + 1.0 / x), "x = {x}");
     }
     // The positive root.
     assert!(ref_digamma(1.461_632_144_968_362_3).abs() < 1e-15);
@@ -291,11 +240,7 @@ fn positive_inputs() -> Vec<f32> {
     }
     // Branch thresholds and their neighbours.
     for t in [0.5f32, 1.0, 1.5, 2.0, 2.5, 6.0, 8.0, 1.461_632_1] {
-        x.extend([
-            t,
-            f32::from_bits(t.to_bits() - 1),
-            f32::from_bits(t.to_bits() + 1),
-        ]);
+        x.extend([t, f32::from_bits(t.to_bits() - 1), f32::from_bits(t.to_bits() + 1)]);
     }
     x.extend([1e-30f32, 1e-10, 1e6, 1e7, 1e10, 1e20, 1e30]);
     x
@@ -303,9 +248,7 @@ fn positive_inputs() -> Vec<f32> {
 
 fn negative_inputs() -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(2025);
-    let mut x: Vec<f32> = (0..20_000)
-        .map(|_| -(rng.gen_range((1e-4f64).ln()..(1e3f64).ln())).exp() as f32)
-        .collect();
+    let mut x: Vec<f32> = (0..20_000).map(|_| -(rng.gen_range((1e-4f64).ln()..(1e3f64).ln())).exp() as f32).collect();
     x.extend([-0.5f32, -1.5, -2.5, -10.25, -100.75]);
     x.retain(|v| *v != v.floor());
     x
@@ -315,30 +258,17 @@ fn negative_inputs() -> Vec<f32> {
 /// (after printing the worst cases). `!(err <= tol)` is deliberate: a NaN result must fail.
 #[allow(clippy::neg_cmp_op_on_partial_ord)]
 fn check(what: &str, x: &[f32], lg: &[f32], dg: &[f32]) -> String {
-    assert_eq!(
-        (lg.len(), dg.len()),
-        (x.len(), x.len()),
-        "{what}: output length"
-    );
+    assert_eq!((lg.len(), dg.len()), (x.len(), x.len()), "{what}: output length");
     let mut worst = [(0.0f64, 0.0f32); 4]; // (error in eps units, x) for lgamma abs, digamma abs, lgamma rel, digamma rel
     let mut failures = Vec::new();
     for i in 0..x.len() {
         let xi = x[i] as f64;
-        for (j, (got, want)) in [
-            (lg[i] as f64, ref_lgamma(xi)),
-            (dg[i] as f64, ref_digamma(xi)),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (j, (got, want)) in [(lg[i] as f64, ref_lgamma(xi)), (dg[i] as f64, ref_digamma(xi))].into_iter().enumerate() {
             let name = if j == 0 { "lgamma" } else { "digamma" };
             if !want.is_finite() || want.abs() > f32::MAX as f64 {
                 // Beyond f32 range the result must be the matching infinity.
                 if !(got.is_infinite() && got.signum() == want.signum()) {
-                    failures.push(format!(
-                        "{name}({}) = {got}, expected ±inf like {want}",
-                        x[i]
-                    ));
+                    failures.push(format!("{name}({}) = {got}, expected ±inf like {want}", x[i]));
                 }
                 continue;
             }
@@ -348,17 +278,10 @@ fn check(what: &str, x: &[f32], lg: &[f32], dg: &[f32]) -> String {
             } else {
                 // Reflection: the error scales with the terms that are combined.
                 let terms = if j == 0 {
-                    LN_PI
-                        + ref_lgamma(-xi).abs()
-                        + (xi * (std::f64::consts::PI * (xi - xi.round())).sin())
-                            .abs()
-                            .ln()
-                            .abs()
+                    LN_PI + ref_lgamma(-xi).abs() + (xi * (std::f64::consts::PI * (xi - xi.round())).sin()).abs().ln().abs()
                 } else {
                     let r = xi - xi.round();
-                    ref_digamma(-xi).abs()
-                        + 1.0 / xi.abs()
-                        + (std::f64::consts::PI / (std::f64::consts::PI * r).tan()).abs()
+                    ref_digamma(-xi).abs() + 1.0 / xi.abs() + (std::f64::consts::PI / (std::f64::consts::PI * r).tan()).abs()
                 };
                 (terms.max(1.0), 4.0)
             };
@@ -369,21 +292,9 @@ fn check(what: &str, x: &[f32], lg: &[f32], dg: &[f32]) -> String {
             if !(units <= tol) {
                 failures.push(format!("{name}({:e}) = {got:e}, reference {want:e}: error {units:.2} eps·scale > {tol}", x[i]));
             }
-            let near_zero = if j == 0 {
-                (0.5..=2.5).contains(&xi)
-            } else {
-                (1.0..=2.0).contains(&xi)
-            };
+            let near_zero = if j == 0 { (0.5..=2.5).contains(&xi) } else { (1.0..=2.0).contains(&xi) };
             if near_zero {
-                let rel = if want == 0.0 {
-                    if got == 0.0 {
-                        0.0
-                    } else {
-                        f64::INFINITY
-                    }
-                } else {
-                    err / (EPS * want.abs())
-                };
+                let rel = if want == 0.0 { if got == 0.0 { 0.0 } else { f64::INFINITY } } else { err / (EPS * want.abs()) };
                 if rel > worst[2 + j].0 {
                     worst[2 + j] = (rel, x[i]);
                 }
@@ -404,16 +315,7 @@ fn check(what: &str, x: &[f32], lg: &[f32], dg: &[f32]) -> String {
         worst[3].0
     );
     if !failures.is_empty() {
-        panic!(
-            "{summary}\n{} failures, first ones:\n{}",
-            failures.len(),
-            failures
-                .iter()
-                .take(10)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        panic!("{summary}\n{} failures, first ones:\n{}", failures.len(), failures.iter().take(10).cloned().collect::<Vec<_>>().join("\n"));
     }
     summary
 }
@@ -467,28 +369,18 @@ fn build_harness(dir: &std::path::Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("no C++ compiler ({cxx}: {e})"))?;
     if !out.status.success() {
         // A compiler that exists but rejects special.cuh is a real failure, not a skip.
-        panic!(
-            "{cxx} failed to compile kernels/special.cuh for the host:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("{cxx} failed to compile kernels/special.cuh for the host:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(exe)
 }
 
 fn run_host(exe: &std::path::Path, dir: &std::path::Path, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (inp, outp) = (dir.join("x.bin"), dir.join("y.bin"));
-    std::fs::write(
-        &inp,
-        x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
+    std::fs::write(&inp, x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     let st = Command::new(exe).arg(&inp).arg(&outp).status().unwrap();
     assert!(st.success(), "special_host exited with {st}");
     let bytes = std::fs::read(&outp).unwrap();
-    let y: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let y: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     assert_eq!(y.len(), 2 * x.len());
     (y[..x.len()].to_vec(), y[x.len()..].to_vec())
 }
@@ -510,11 +402,7 @@ fn host_build_matches_reference() {
     let (lg, dg) = run_host(&exe, dir.path(), &xn);
     println!("{}", check("host special.cuh, x < 0", &xn, &lg, &dg));
     // Poles and specials follow torch: lgamma = +inf at 0, −1, ...; digamma(+0) = −inf, NaN at −1, −2.
-    let (lg, dg) = run_host(
-        &exe,
-        dir.path(),
-        &[0.0, -0.0, -1.0, -2.0, f32::INFINITY, f32::NAN],
-    );
+    let (lg, dg) = run_host(&exe, dir.path(), &[0.0, -0.0, -1.0, -2.0, f32::INFINITY, f32::NAN]);
     assert!(lg[..4].iter().all(|v| *v == f32::INFINITY), "{lg:?}");
     assert_eq!((dg[0], dg[1]), (f32::NEG_INFINITY, f32::INFINITY));
     assert!(dg[2].is_nan() && dg[3].is_nan() && lg[5].is_nan() && dg[5].is_nan());
@@ -536,28 +424,17 @@ fn device_or_skip(test: &str) -> Option<splicevi::cuda::CudaDevice> {
         skipped(&format!("{test}: {reason}"));
         return None;
     }
-    Some(
-        splicevi::cuda::CudaDevice::open(0)
-            .expect("a usable device must open and load the kernels"),
-    )
+    Some(splicevi::cuda::CudaDevice::open(0).expect("a usable device must open and load the kernels"))
 }
 
 #[test]
 fn device_matches_reference() {
-    let Some(dev) = device_or_skip("device lgamma/digamma (kernels/special_test.cu)") else {
-        return;
-    };
+    let Some(dev) = device_or_skip("device lgamma/digamma (kernels/special_test.cu)") else { return };
     let special = splicevi::cuda::CudaSpecial::new(&dev).unwrap();
     let x = positive_inputs();
     let (lg, dg) = special.eval_host(&x).unwrap();
-    println!(
-        "{}",
-        check(&format!("device {}, x > 0", dev.info().name), &x, &lg, &dg)
-    );
+    println!("{}", check(&format!("device {}, x > 0", dev.info().name), &x, &lg, &dg));
     let xn = negative_inputs();
     let (lg, dg) = special.eval_host(&xn).unwrap();
-    println!(
-        "{}",
-        check(&format!("device {}, x < 0", dev.info().name), &xn, &lg, &dg)
-    );
+    println!("{}", check(&format!("device {}, x < 0", dev.info().name), &xn, &lg, &dg));
 }

@@ -14,26 +14,11 @@ fn toy() -> Dataset {
 }
 
 fn run_config(ds: &Dataset, model: ModelConfig, train: TrainConfig) -> RunConfig {
-    RunConfig::for_dataset(
-        "default",
-        model,
-        train,
-        DataOptions {
-            batch_key: Some("batch".into()),
-            ..Default::default()
-        },
-        ds,
-    )
+    RunConfig::for_dataset("default", model, train, DataOptions { batch_key: Some("batch".into()), ..Default::default() }, ds)
 }
 
 fn quick_train(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        max_epochs: epochs,
-        n_epochs_kl_warmup: Some(2),
-        batch_size: 64,
-        lr: 1e-3,
-        ..Default::default()
-    }
+    TrainConfig { max_epochs: epochs, n_epochs_kl_warmup: Some(2), batch_size: 64, lr: 1e-3, ..Default::default() }
 }
 
 fn train<'a>(ds: &'a Dataset, dir: &Path, model: ModelConfig, tc: TrainConfig) -> Trainer<'a> {
@@ -46,42 +31,18 @@ fn train<'a>(ds: &'a Dataset, dir: &Path, model: ModelConfig, tc: TrainConfig) -
 /// Metrics without the wall-clock columns.
 fn metrics_without_timing(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("metrics.tsv")).unwrap();
-    text.lines()
-        .map(|l| l.split('\t').take(15).collect::<Vec<_>>().join("\t"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    text.lines().map(|l| l.split('\t').take(15).collect::<Vec<_>>().join("\t")).collect::<Vec<_>>().join("\n")
 }
 
 #[test]
 fn same_seed_twice_is_bit_identical_and_another_seed_is_not() {
     let ds = toy();
     let tmp = tempfile::tempdir().unwrap();
-    let a = train(
-        &ds,
-        &tmp.path().join("a"),
-        ModelConfig::default(),
-        quick_train(4),
-    );
-    let b = train(
-        &ds,
-        &tmp.path().join("b"),
-        ModelConfig::default(),
-        quick_train(4),
-    );
+    let a = train(&ds, &tmp.path().join("a"), ModelConfig::default(), quick_train(4));
+    let b = train(&ds, &tmp.path().join("b"), ModelConfig::default(), quick_train(4));
     assert_eq!(a.params.data, b.params.data);
-    assert_eq!(
-        metrics_without_timing(&tmp.path().join("a")),
-        metrics_without_timing(&tmp.path().join("b"))
-    );
-    let c = train(
-        &ds,
-        &tmp.path().join("c"),
-        ModelConfig::default(),
-        TrainConfig {
-            seed: 1,
-            ..quick_train(4)
-        },
-    );
+    assert_eq!(metrics_without_timing(&tmp.path().join("a")), metrics_without_timing(&tmp.path().join("b")));
+    let c = train(&ds, &tmp.path().join("c"), ModelConfig::default(), TrainConfig { seed: 1, ..quick_train(4) });
     assert_ne!(a.params.data, c.params.data);
 }
 
@@ -90,42 +51,17 @@ fn resume_after_k_epochs_equals_the_uninterrupted_run() {
     let ds = toy();
     let tmp = tempfile::tempdir().unwrap();
     // Warm-up spans the interruption, so the routing coin flips and the gate change are both resumed.
-    let tc = TrainConfig {
-        n_epochs_kl_warmup: Some(3),
-        ..quick_train(6)
-    };
-    let full = train(
-        &ds,
-        &tmp.path().join("full"),
-        ModelConfig::default(),
-        tc.clone(),
-    );
+    let tc = TrainConfig { n_epochs_kl_warmup: Some(3), ..quick_train(6) };
+    let full = train(&ds, &tmp.path().join("full"), ModelConfig::default(), tc.clone());
     let part_dir = tmp.path().join("part");
-    train(
-        &ds,
-        &part_dir,
-        ModelConfig::default(),
-        TrainConfig {
-            max_epochs: 2,
-            ..tc.clone()
-        },
-    );
+    train(&ds, &part_dir, ModelConfig::default(), TrainConfig { max_epochs: 2, ..tc.clone() });
     let mut resumed = Trainer::resume(&ds, &part_dir, Some(6)).unwrap();
     resumed.verbose = false;
     resumed.fit().unwrap();
     assert_eq!(resumed.state.epochs_done, 6);
-    assert_eq!(
-        full.params.data, resumed.params.data,
-        "parameters differ after resume"
-    );
-    assert_eq!(
-        full.opt.state, resumed.opt.state,
-        "optimizer state differs after resume"
-    );
-    assert_eq!(
-        metrics_without_timing(&tmp.path().join("full")),
-        metrics_without_timing(&part_dir)
-    );
+    assert_eq!(full.params.data, resumed.params.data, "parameters differ after resume");
+    assert_eq!(full.opt.state, resumed.opt.state, "optimizer state differs after resume");
+    assert_eq!(metrics_without_timing(&tmp.path().join("full")), metrics_without_timing(&part_dir));
 }
 
 #[test]
@@ -135,40 +71,16 @@ fn checkpoint_uses_the_original_state_dict_names() {
     let t = train(&ds, tmp.path(), ModelConfig::default(), quick_train(1));
     let bytes = std::fs::read(tmp.path().join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    for name in [
-        "px_r",
-        "log_phi_j",
-        "mod_weights",
-        "cross_gate",
-        "z_encoder_splicing.feature_embedding",
-        "z_decoder_splicing.linear.weight",
-    ] {
-        assert!(
-            st.tensor(name).is_ok(),
-            "{name} missing from the checkpoint"
-        );
+    for name in ["px_r", "log_phi_j", "mod_weights", "cross_gate", "z_encoder_splicing.feature_embedding", "z_decoder_splicing.linear.weight"] {
+        assert!(st.tensor(name).is_ok(), "{name} missing from the checkpoint");
     }
-    assert_eq!(
-        st.tensor("log_phi_j").unwrap().shape(),
-        &[ds.splicing.n_atse()]
-    );
+    assert_eq!(st.tensor("log_phi_j").unwrap().shape(), &[ds.splicing.n_atse()]);
     assert_eq!(st.names().len(), t.params.layout.entries.len());
-    for f in [
-        "config.json",
-        "metrics.tsv",
-        "metrics.jsonl",
-        "optimizer.safetensors",
-        "train_state.json",
-        "adversary.safetensors",
-    ] {
+    for f in ["config.json", "metrics.tsv", "metrics.jsonl", "optimizer.safetensors", "train_state.json", "adversary.safetensors"] {
         assert!(tmp.path().join(f).exists(), "{f} not written");
     }
     // No temporary files left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -183,19 +95,9 @@ fn non_finite_input_stops_training_and_names_the_term() {
     let mut t = Trainer::resume(&ds, tmp.path(), Some(3)).unwrap();
     t.verbose = false;
     let err = format!("{:#}", t.fit().unwrap_err());
-    assert!(
-        err.contains("non-finite") && err.contains("epoch 1"),
-        "{err}"
-    );
-    assert!(
-        err.contains("expression"),
-        "the bad term is not named: {err}"
-    );
-    assert_eq!(
-        std::fs::read(tmp.path().join("model.safetensors")).unwrap(),
-        good,
-        "the last good checkpoint was overwritten"
-    );
+    assert!(err.contains("non-finite") && err.contains("epoch 1"), "{err}");
+    assert!(err.contains("expression"), "the bad term is not named: {err}");
+    assert_eq!(std::fs::read(tmp.path().join("model.safetensors")).unwrap(), good, "the last good checkpoint was overwritten");
 }
 
 /// `max_kl_weight` is the weight the KL term gets once warmed up: it is the logged weight, and on the same
@@ -206,49 +108,25 @@ fn max_kl_weight_scales_the_kl_term() {
     let ds = toy();
     let tmp = tempfile::tempdir().unwrap();
     // Without the modality penalty the logged KL is the mean KL per cell alone.
-    let model = ModelConfig {
-        modality_penalty: ModalityPenalty::None,
-        ..ModelConfig::default()
-    };
+    let model = ModelConfig { modality_penalty: ModalityPenalty::None, ..ModelConfig::default() };
     let mut first = Vec::new();
     for w in [1.0, 0.5, 2.0] {
         // One minibatch per epoch: epoch 0's metrics are those of the first step, on the initial parameters.
-        let tc = TrainConfig {
-            max_kl_weight: w,
-            n_epochs_kl_warmup: None,
-            batch_size: 100_000,
-            ..quick_train(2)
-        };
+        let tc = TrainConfig { max_kl_weight: w, n_epochs_kl_warmup: None, batch_size: 100_000, ..quick_train(2) };
         let t = train(&ds, &tmp.path().join(format!("w{w}")), model.clone(), tc);
         assert!(t.log.epochs.iter().all(|m| m.kl_weight == w));
         first.push((w, t.log.epochs[0].clone(), t.params.data.clone()));
     }
     let (_, base, p1) = &first[0];
     for (w, m, p) in &first[1..] {
-        assert_eq!(
-            (m.reconstruction_loss_train, m.kl_local_train),
-            (base.reconstruction_loss_train, base.kl_local_train)
-        );
+        assert_eq!((m.reconstruction_loss_train, m.kl_local_train), (base.reconstruction_loss_train, base.kl_local_train));
         let want = (w - 1.0) * base.kl_local_train;
         let got = m.train_loss - base.train_loss;
-        assert!(
-            (got - want).abs() <= 1e-5 * base.train_loss.abs(),
-            "weight {w}: loss moved {got}, (w - 1) kl = {want}"
-        );
+        assert!((got - want).abs() <= 1e-5 * base.train_loss.abs(), "weight {w}: loss moved {got}, (w - 1) kl = {want}");
         assert_ne!(p, p1, "weight {w} trained the same parameters");
     }
-    let bad = TrainConfig {
-        max_kl_weight: 0.0,
-        ..quick_train(1)
-    };
-    let e = Trainer::new(
-        &ds,
-        run_config(&ds, ModelConfig::default(), bad),
-        tmp.path(),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let bad = TrainConfig { max_kl_weight: 0.0, ..quick_train(1) };
+    let e = Trainer::new(&ds, run_config(&ds, ModelConfig::default(), bad), tmp.path()).err().unwrap().to_string();
     assert!(e.contains("max_kl_weight"), "{e}");
 }
 
@@ -256,28 +134,10 @@ fn max_kl_weight_scales_the_kl_term() {
 fn bad_options_are_rejected_before_training() {
     let ds = toy();
     let tmp = tempfile::tempdir().unwrap();
-    let bad_train = TrainConfig {
-        batch_size: 0,
-        ..quick_train(1)
-    };
-    assert!(Trainer::new(
-        &ds,
-        run_config(&ds, ModelConfig::default(), bad_train),
-        tmp.path()
-    )
-    .is_err());
-    let bad_lr = TrainConfig {
-        lr: -1.0,
-        ..quick_train(1)
-    };
-    let e = Trainer::new(
-        &ds,
-        run_config(&ds, ModelConfig::default(), bad_lr),
-        tmp.path(),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let bad_train = TrainConfig { batch_size: 0, ..quick_train(1) };
+    assert!(Trainer::new(&ds, run_config(&ds, ModelConfig::default(), bad_train), tmp.path()).is_err());
+    let bad_lr = TrainConfig { lr: -1.0, ..quick_train(1) };
+    let e = Trainer::new(&ds, run_config(&ds, ModelConfig::default(), bad_lr), tmp.path()).err().unwrap().to_string();
     assert!(e.contains("lr"), "{e}");
     assert!(!tmp.path().join("model.safetensors").exists());
 }
@@ -286,43 +146,23 @@ fn bad_options_are_rejected_before_training() {
 /// afford it) separates the simulated cell types in the joint latent.
 #[test]
 fn default_model_learns_cell_types() {
-    let cfg = SimConfig {
-        n_cells: 1200,
-        n_genes: 300,
-        n_junctions: 900,
-        ..SimConfig::preset(SimSize::Small, 0)
-    };
+    let cfg = SimConfig { n_cells: 1200, n_genes: 300, n_junctions: 900, ..SimConfig::preset(SimSize::Small, 0) };
     let (ds, truth) = simulate(&cfg).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let tc = TrainConfig {
-        max_epochs: 30,
-        n_epochs_kl_warmup: Some(10),
-        lr: 3e-3,
-        batch_size: 128,
-        ..Default::default()
-    };
+    let tc = TrainConfig { max_epochs: 30, n_epochs_kl_warmup: Some(10), lr: 3e-3, batch_size: 128, ..Default::default() };
     // The original's Jeffreys penalty collapses the latent on small data (issue `robust`); without it
     // the default architecture learns cell types, as the original does (0.96 in the robust issue).
-    let model = ModelConfig {
-        modality_penalty: ModalityPenalty::None,
-        ..ModelConfig::default()
-    };
+    let model = ModelConfig { modality_penalty: ModalityPenalty::None, ..ModelConfig::default() };
     let t = train(&ds, tmp.path(), model, tc);
     let cells: Vec<usize> = (0..ds.n_cells()).collect();
     let mut joint = Vec::new();
     let mut d = 0;
     for block in cells.chunks(512) {
-        let inf = t
-            .model
-            .inference_only(&t.params, &Batch::from_dataset(&ds, block, true).unwrap())
-            .unwrap();
+        let inf = t.model.inference_only(&t.params, &Batch::from_dataset(&ds, block, true).unwrap()).unwrap();
         d = inf.qz_m.cols;
         joint.extend_from_slice(&inf.qz_m.data);
     }
     let acc = knn_accuracy(&joint, d, &truth.cell_type, 15, 5, 0);
     eprintln!("joint latent 15-NN cell-type accuracy: {acc:.3}");
-    assert!(
-        acc >= 0.95,
-        "cell types not separated: 15-NN accuracy {acc:.3}"
-    );
+    assert!(acc >= 0.95, "cell types not separated: 15-NN accuracy {acc:.3}");
 }

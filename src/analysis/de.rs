@@ -7,10 +7,7 @@
 //! non_zeros_proportion1/2, raw_normalized_mean1/2 (counts × 1e4 / cell total), is_de_fdr_<fdr>,
 //! comparison, group1, group2; rows sorted by proba_de, descending.
 
-use super::differential::{
-    bayes_factor, clean_text, decode_plan, fdr_calls, fmt_bool, fmt_f64, order_desc, paired_plans,
-    proba_de, sampled_groups, ChangeOptions, Comparison,
-};
+use super::differential::{bayes_factor, clean_text, decode_plan, fdr_calls, fmt_bool, fmt_f64, order_desc, paired_plans, proba_de, sampled_groups, ChangeOptions, Comparison};
 use super::impute_metrics::quantile_sorted;
 use super::posterior::Posterior;
 use anyhow::{bail, Result};
@@ -47,12 +44,7 @@ pub struct DeResult {
 /// scvi-tools 1.4.1 `estimate_pseudocounts_offset` on the per-gene maxima of the two groups' scales.
 pub fn pseudocount_offset(max1: &[f64], max2: &[f64], zero1: &[bool], zero2: &[bool]) -> f64 {
     let eps = |mx: &[f64], zero: &[bool]| -> f64 {
-        let mut v: Vec<f64> = mx
-            .iter()
-            .zip(zero)
-            .filter(|(_, &z)| z)
-            .map(|(&m, _)| m)
-            .collect();
+        let mut v: Vec<f64> = mx.iter().zip(zero).filter(|(_, &z)| z).map(|(&m, _)| m).collect();
         if v.is_empty() {
             return 1e-10;
         }
@@ -64,11 +56,7 @@ pub fn pseudocount_offset(max1: &[f64], max2: &[f64], zero1: &[bool], zero2: &[b
 }
 
 /// Mean, non-zero proportion and mean of counts × 1e4 / cell total of the expression input over `cells`.
-fn raw_stats(
-    x: &crate::data::Csr<f32>,
-    cells: &[usize],
-    scaling: &[f64],
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn raw_stats(x: &crate::data::Csr<f32>, cells: &[usize], scaling: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let g = x.n_cols;
     let (mut mean, mut nz, mut norm) = (vec![0f64; g], vec![0f64; g], vec![0f64; g]);
     for &c in cells {
@@ -89,18 +77,10 @@ fn raw_stats(
 }
 
 /// Run one comparison. `key` seeds its sample streams (use the comparison's position).
-pub fn differential_expression(
-    post: &Posterior,
-    cmp: &Comparison,
-    opts: &ChangeOptions,
-    key: u64,
-) -> Result<DeResult> {
+pub fn differential_expression(post: &Posterior, cmp: &Comparison, opts: &ChangeOptions, key: u64) -> Result<DeResult> {
     opts.validate()?;
     let Some(x) = &post.ds.expression else {
-        bail!(
-            "{}: differential expression needs an expression modality",
-            post.ds.source
-        );
+        bail!("{}: differential expression needs an expression modality", post.ds.source);
     };
     let g = post.ds.n_genes();
     let sampled = sampled_groups(post, cmp, opts)?;
@@ -111,15 +91,8 @@ pub fn differential_expression(
     // Genes not expressed in a group (mean input < 0.01) calibrate the pseudocount.
     let (mean1, nz1, _) = raw_stats(x, &cmp.idx1, &vec![0.0; post.ds.n_cells()]);
     let (mean2, nz2, _) = raw_stats(x, &cmp.idx2, &vec![0.0; post.ds.n_cells()]);
-    let col = |s: &crate::model::Mat<f32>, gg: usize| -> Vec<f64> {
-        (0..n).map(|i| s.data[i * g + gg] as f64).collect()
-    };
-    let max_of = |s: &crate::model::Mat<f32>| -> Vec<f64> {
-        (0..g)
-            .into_par_iter()
-            .map(|gg| col(s, gg).into_iter().fold(f64::NEG_INFINITY, f64::max))
-            .collect()
-    };
+    let col = |s: &crate::model::Mat<f32>, gg: usize| -> Vec<f64> { (0..n).map(|i| s.data[i * g + gg] as f64).collect() };
+    let max_of = |s: &crate::model::Mat<f32>| -> Vec<f64> { (0..g).into_par_iter().map(|gg| col(s, gg).into_iter().fold(f64::NEG_INFINITY, f64::max)).collect() };
     let zero1: Vec<bool> = mean1.iter().map(|&m| m < 0.01).collect();
     let zero2: Vec<bool> = mean2.iter().map(|&m| m < 0.01).collect();
     let pc = pseudocount_offset(&max_of(&s1), &max_of(&s2), &zero1, &zero2);
@@ -145,11 +118,7 @@ pub fn differential_expression(
                 }
             }
             // The reported LFC distribution uses a 1000× smaller pseudocount, as scvi does.
-            let mut lfc: Vec<f64> = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x + 1e-3 * pc).log2() - (y + 1e-3 * pc).log2())
-                .collect();
+            let mut lfc: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x + 1e-3 * pc).log2() - (y + 1e-3 * pc).log2()).collect();
             let nf = n as f64;
             let mean = lfc.iter().sum::<f64>() / nf;
             let std = (lfc.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / nf).sqrt();
@@ -166,11 +135,7 @@ pub fn differential_expression(
     let scaling: Vec<f64> = (0..post.ds.n_cells())
         .map(|c| {
             let t: f64 = x.row(c).1.iter().map(|&v| v as f64).sum();
-            if t > 0.0 {
-                1e4 / t
-            } else {
-                0.0
-            }
+            if t > 0.0 { 1e4 / t } else { 0.0 }
         })
         .collect();
     let (_, _, norm1) = raw_stats(x, &cmp.idx1, &scaling);
@@ -257,10 +222,7 @@ pub fn de_tsv(results: &[DeResult]) -> String {
                 s.push('\t');
                 s.push_str(&fmt_f64(v));
             }
-            s.push_str(&format!(
-                "\t{}\t{g1} vs {g2}\t{g1}\t{g2}\n",
-                fmt_bool(r.is_de_fdr[i])
-            ));
+            s.push_str(&format!("\t{}\t{g1} vs {g2}\t{g1}\t{g2}\n", fmt_bool(r.is_de_fdr[i])));
         }
     }
     s

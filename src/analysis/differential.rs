@@ -77,29 +77,15 @@ impl ChangeOptions {
         }
     }
     pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(
-            self.delta >= 0.0 && self.delta.is_finite(),
-            "delta must be a finite number ≥ 0, got {}",
-            self.delta
-        );
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&self.fdr),
-            "the FDR target must be in [0, 1], got {}",
-            self.fdr
-        );
-        anyhow::ensure!(
-            self.n_samples_overall > 0,
-            "the number of samples must be > 0"
-        );
+        anyhow::ensure!(self.delta >= 0.0 && self.delta.is_finite(), "delta must be a finite number ≥ 0, got {}", self.delta);
+        anyhow::ensure!((0.0..=1.0).contains(&self.fdr), "the FDR target must be in [0, 1], got {}", self.fdr);
+        anyhow::ensure!(self.n_samples_overall > 0, "the number of samples must be > 0");
         anyhow::ensure!(self.block_cells > 0, "the block size must be > 0");
         if !self.batch_correction && (self.batchid1.is_some() || self.batchid2.is_some()) {
             bail!("batchid1 / batchid2 need batch correction (the original raises \"Unconsistent batch policy\")");
         }
         if let Some(p) = self.max_emp_pvalue {
-            anyhow::ensure!(
-                p > 0.0 && p <= 1.0,
-                "the empirical p-value bound must be in (0, 1], got {p}"
-            );
+            anyhow::ensure!(p > 0.0 && p <= 1.0, "the empirical p-value bound must be in (0, 1], got {p}");
         }
         Ok(())
     }
@@ -117,28 +103,16 @@ pub struct Comparison {
 /// The comparisons of `--groupby COL --group1 A [--group2 B]`: group 2 defaults to every other cell;
 /// without group 1, every category against the rest (categories in the column's order, or sorted as
 /// pandas' `astype("category")` does for non-categorical columns).
-pub fn comparisons(
-    ds: &Dataset,
-    groupby: &str,
-    group1: Option<&str>,
-    group2: Option<&str>,
-) -> Result<Vec<Comparison>> {
+pub fn comparisons(ds: &Dataset, groupby: &str, group1: Option<&str>, group2: Option<&str>) -> Result<Vec<Comparison>> {
     let Some(col) = ds.obs_column(groupby) else {
         let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
-        bail!(
-            "{}: no obs column `{groupby}` (columns: {})",
-            ds.source,
-            names.join(", ")
-        );
+        bail!("{}: no obs column `{groupby}` (columns: {})", ds.source, names.join(", "));
     };
     let values = col.as_strings();
     let categories: Vec<String> = match col {
-        ObsColumn::Categorical { categories, codes } => categories
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| codes.contains(&(*i as i32)))
-            .map(|(_, c)| c.clone())
-            .collect(),
+        ObsColumn::Categorical { categories, codes } => {
+            categories.iter().enumerate().filter(|(i, _)| codes.contains(&(*i as i32))).map(|(_, c)| c.clone()).collect()
+        }
         _ => {
             let mut u: Vec<String> = values.clone();
             u.sort();
@@ -146,22 +120,11 @@ pub fn comparisons(
             u
         }
     };
-    let members = |g: &str| -> Vec<usize> {
-        values
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.as_str() == g)
-            .map(|(i, _)| i)
-            .collect()
-    };
+    let members = |g: &str| -> Vec<usize> { values.iter().enumerate().filter(|(_, v)| v.as_str() == g).map(|(i, _)| i).collect() };
     let check = |g: &str| -> Result<Vec<usize>> {
         let m = members(g);
         if m.is_empty() {
-            bail!(
-                "{}: obs column `{groupby}` has no cell in group `{g}` (groups: {})",
-                ds.source,
-                categories.join(", ")
-            );
+            bail!("{}: obs column `{groupby}` has no cell in group `{g}` (groups: {})", ds.source, categories.join(", "));
         }
         Ok(m)
     };
@@ -169,10 +132,7 @@ pub fn comparisons(
         Some(g) => vec![g.to_string()],
         None => {
             if categories.len() < 2 {
-                bail!(
-                    "{}: obs column `{groupby}` has a single group; nothing to compare",
-                    ds.source
-                );
+                bail!("{}: obs column `{groupby}` has a single group; nothing to compare", ds.source);
             }
             categories.clone()
         }
@@ -182,23 +142,12 @@ pub fn comparisons(
         let idx1 = check(&g1)?;
         let (name2, idx2) = match group2 {
             Some(g2) => (g2.to_string(), check(g2)?),
-            None => (
-                "Rest".to_string(),
-                (0..ds.n_cells()).filter(|&i| values[i] != g1).collect(),
-            ),
+            None => ("Rest".to_string(), (0..ds.n_cells()).filter(|&i| values[i] != g1).collect()),
         };
         if idx2.is_empty() {
-            bail!(
-                "{}: group 2 of `{g1}` vs `{name2}` in `{groupby}` is empty",
-                ds.source
-            );
+            bail!("{}: group 2 of `{g1}` vs `{name2}` in `{groupby}` is empty", ds.source);
         }
-        out.push(Comparison {
-            group1: g1,
-            group2: name2,
-            idx1,
-            idx2,
-        });
+        out.push(Comparison { group1: g1, group2: name2, idx1, idx2 });
     }
     Ok(out)
 }
@@ -222,13 +171,7 @@ impl SamplePlan {
 /// The scale sampler: cells drawn uniformly with replacement from `group`, `n_overall` in all, split
 /// evenly over `batches` (None = the observed batch; `int(n / n_batches)`, at least 2, per batch).
 /// `key` distinguishes the streams of different groups and comparisons.
-pub fn sample_plan(
-    group: &[usize],
-    batches: Option<&[u32]>,
-    n_overall: usize,
-    seed: u64,
-    key: u64,
-) -> SamplePlan {
+pub fn sample_plan(group: &[usize], batches: Option<&[u32]>, n_overall: usize, seed: u64, key: u64) -> SamplePlan {
     let list: Vec<Option<u32>> = match batches {
         None => vec![None],
         Some(b) => b.iter().map(|&x| Some(x)).collect(),
@@ -237,17 +180,9 @@ pub fn sample_plan(
     if n == 0 {
         n = 2;
     }
-    let mut plan = SamplePlan {
-        cells: Vec::with_capacity(n * list.len()),
-        batch: Vec::with_capacity(n * list.len()),
-    };
+    let mut plan = SamplePlan { cells: Vec::with_capacity(n * list.len()), batch: Vec::with_capacity(n * list.len()) };
     for (k, b) in list.iter().enumerate() {
-        let mut rng = stream(
-            seed,
-            Purpose::Analysis,
-            tags::DIFF_SAMPLE,
-            key.wrapping_mul(1 << 16) + k as u64,
-        );
+        let mut rng = stream(seed, Purpose::Analysis, tags::DIFF_SAMPLE, key.wrapping_mul(1 << 16) + k as u64);
         for _ in 0..n {
             plan.cells.push(group[rng.gen_range(0..group.len())]);
             plan.batch.push(*b);
@@ -258,21 +193,10 @@ pub fn sample_plan(
 
 /// The two plans of a comparison, ordered so that sample i of group 1 pairs with sample i of group 2
 /// (the original's pairing: per batch when both groups are conditioned on the same batch set).
-pub fn paired_plans(
-    cmp: &Comparison,
-    n_batch: usize,
-    opts: &ChangeOptions,
-    key: u64,
-) -> Result<(SamplePlan, SamplePlan)> {
+pub fn paired_plans(cmp: &Comparison, n_batch: usize, opts: &ChangeOptions, key: u64) -> Result<(SamplePlan, SamplePlan)> {
     if !opts.batch_correction {
         let p1 = sample_plan(&cmp.idx1, None, opts.n_samples_overall, opts.seed, 2 * key);
-        let p2 = sample_plan(
-            &cmp.idx2,
-            None,
-            opts.n_samples_overall,
-            opts.seed,
-            2 * key + 1,
-        );
+        let p2 = sample_plan(&cmp.idx2, None, opts.n_samples_overall, opts.seed, 2 * key + 1);
         return Ok((p1, p2));
     }
     let all: Vec<u32> = (0..n_batch.max(1) as u32).collect();
@@ -288,20 +212,8 @@ pub fn paired_plans(
         b1 = s1;
         b2 = s2;
     }
-    let p1 = sample_plan(
-        &cmp.idx1,
-        Some(&b1),
-        opts.n_samples_overall,
-        opts.seed,
-        2 * key,
-    );
-    let p2 = sample_plan(
-        &cmp.idx2,
-        Some(&b2),
-        opts.n_samples_overall,
-        opts.seed,
-        2 * key + 1,
-    );
+    let p1 = sample_plan(&cmp.idx1, Some(&b1), opts.n_samples_overall, opts.seed, 2 * key);
+    let p2 = sample_plan(&cmp.idx2, Some(&b2), opts.n_samples_overall, opts.seed, 2 * key + 1);
     if p1.len() != p2.len() {
         bail!("batch correction: {} samples for group 1 but {} for group 2 (batch lists of different lengths cannot be paired)", p1.len(), p2.len());
     }
@@ -310,19 +222,8 @@ pub fn paired_plans(
 
 /// Decode samples `range` of a plan: rows in plan order. Consecutive samples with the same batch are
 /// decoded together in blocks of `block` cells.
-pub fn decode_plan(
-    post: &Posterior,
-    plan: &SamplePlan,
-    range: std::ops::Range<usize>,
-    psi: Option<SplicingFn>,
-    expr: bool,
-    block: usize,
-) -> Result<Mat<f32>> {
-    let width = if psi.is_some() {
-        post.ds.n_junctions()
-    } else {
-        post.ds.n_genes()
-    };
+pub fn decode_plan(post: &Posterior, plan: &SamplePlan, range: std::ops::Range<usize>, psi: Option<SplicingFn>, expr: bool, block: usize) -> Result<Mat<f32>> {
+    let width = if psi.is_some() { post.ds.n_junctions() } else { post.ds.n_genes() };
     let mut out = Mat::<f32>::zeros(range.len(), width);
     let mut i = range.start;
     while i < range.end {
@@ -331,11 +232,7 @@ pub fn decode_plan(
         while e < range.end && e - i < block && plan.batch[e] == b {
             e += 1;
         }
-        let opts = DecodeOptions {
-            transform_batch: b.into_iter().collect(),
-            n_samples: 1,
-            seed: 0,
-        };
+        let opts = DecodeOptions { transform_batch: b.into_iter().collect(), n_samples: 1, seed: 0 };
         let dec = post.decode(&plan.cells[i..e], &opts, psi, expr)?;
         let m = if psi.is_some() { dec.psi } else { dec.expr }.expect("requested output");
         let r0 = i - range.start;
@@ -357,41 +254,22 @@ pub fn proba_de(n_plus: f64, n_minus: f64, n: f64, mode: TestMode) -> f64 {
 /// The comparison the sampler draws from: with `filter_outlier_cells`, each group without the cells
 /// outside the robust envelope of its joint-latent means (`outlier::envelope_inliers`). A group too
 /// small for a covariance is kept whole, with a note on stderr (scvi warns and does the same).
-pub fn sampled_groups(
-    post: &Posterior,
-    cmp: &Comparison,
-    opts: &ChangeOptions,
-) -> Result<Comparison> {
+pub fn sampled_groups(post: &Posterior, cmp: &Comparison, opts: &ChangeOptions) -> Result<Comparison> {
     if !opts.filter_outlier_cells {
         return Ok(cmp.clone());
     }
     let filter = |cells: &[usize], name: &str, key: u64| -> Result<Vec<usize>> {
         let ([joint, ..], [p, ..]) = post.latent_means(cells, opts.block_cells)?;
         let x: Vec<f64> = joint.iter().map(|&v| v as f64).collect();
-        match super::outlier::envelope_inliers(
-            &x,
-            p,
-            super::outlier::CONTAMINATION,
-            opts.seed.wrapping_mul(1 << 20) + key,
-        ) {
-            Ok(keep) => Ok(cells
-                .iter()
-                .zip(keep)
-                .filter(|(_, k)| *k)
-                .map(|(&c, _)| c)
-                .collect()),
+        match super::outlier::envelope_inliers(&x, p, super::outlier::CONTAMINATION, opts.seed.wrapping_mul(1 << 20) + key) {
+            Ok(keep) => Ok(cells.iter().zip(keep).filter(|(_, k)| *k).map(|(&c, _)| c).collect()),
             Err(e) => {
                 eprintln!("filter_outlier_cells: keeping every cell of `{name}` ({e})");
                 Ok(cells.to_vec())
             }
         }
     };
-    Ok(Comparison {
-        group1: cmp.group1.clone(),
-        group2: cmp.group2.clone(),
-        idx1: filter(&cmp.idx1, &cmp.group1, 1)?,
-        idx2: filter(&cmp.idx2, &cmp.group2, 2)?,
-    })
+    Ok(Comparison { group1: cmp.group1.clone(), group2: cmp.group2.clone(), idx1: filter(&cmp.idx1, &cmp.group1, 1)?, idx2: filter(&cmp.idx2, &cmp.group2, 2)? })
 }
 
 /// ln(P + 1e-8) − ln(1 − P + 1e-8).
@@ -431,11 +309,7 @@ pub fn fmt_f64(x: f64) -> String {
     if x.is_nan() {
         "nan".into()
     } else if x.is_infinite() {
-        if x > 0.0 {
-            "inf".into()
-        } else {
-            "-inf".into()
-        }
+        if x > 0.0 { "inf".into() } else { "-inf".into() }
     } else if x == 0.0 || (1e-4..1e15).contains(&x.abs()) {
         format!("{x}")
     } else {
@@ -500,10 +374,6 @@ mod tests {
         let b = sample_plan(&g, Some(&[1, 0, 2]), 100, 7, 3);
         assert_eq!(b.len(), 99);
         assert_eq!(b.batch.iter().filter(|x| **x == Some(0)).count(), 33);
-        assert_eq!(
-            sample_plan(&g, Some(&[0, 1, 2]), 2, 0, 0).len(),
-            6,
-            "at least 2 per batch"
-        );
+        assert_eq!(sample_plan(&g, Some(&[0, 1, 2]), 2, 0, 0).len(), 6, "at least 2 per batch");
     }
 }

@@ -7,10 +7,7 @@
 //! The samples are streamed: pairs are decoded a block at a time and only per-junction counts and sums
 //! are kept, so memory is O(block × J), never O(5000 × J).
 
-use super::differential::{
-    bayes_factor, clean_text, decode_plan, fdr_calls, fmt_bool, fmt_f64, paired_plans, proba_de,
-    sampled_groups, ChangeOptions, Comparison,
-};
+use super::differential::{bayes_factor, clean_text, decode_plan, fdr_calls, fmt_bool, fmt_f64, paired_plans, proba_de, sampled_groups, ChangeOptions, Comparison};
 use super::posterior::{Posterior, SplicingFn};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -74,9 +71,7 @@ pub fn psi_moments(spl: &crate::data::Splicing, cells: &[usize]) -> Vec<[f64; 3]
 /// Mean observed PSI and number of observing cells per junction, from `psi_moments` (−1 where none
 /// observe).
 fn mean_and_count(m: &[[f64; 3]]) -> (Vec<f64>, Vec<u64>) {
-    m.iter()
-        .map(|a| (if a[0] > 0.0 { a[1] / a[0] } else { -1.0 }, a[0] as u64))
-        .unzip()
+    m.iter().map(|a| (if a[0] > 0.0 { a[1] / a[0] } else { -1.0 }, a[0] as u64)).unzip()
 }
 
 /// Mean observed PSI and number of observing cells per junction over `cells` (−1 where none observe).
@@ -118,21 +113,12 @@ pub fn empirical_pvalues(m1: &[[f64; 3]], m2: &[[f64; 3]]) -> Vec<f64> {
 /// The FDR calls over the tested junctions only: those observed in ≥ `min_obs` cells of both groups
 /// and, with `emp_p` = (p-values, bound), whose empirical p-value is below the bound (every junction
 /// when neither applies, then identical to `fdr_calls`).
-pub fn fdr_calls_tested(
-    proba: &[f64],
-    n1: &[u64],
-    n2: &[u64],
-    min_obs: u64,
-    emp_p: Option<(&[f64], f64)>,
-    fdr: f64,
-) -> Vec<bool> {
+pub fn fdr_calls_tested(proba: &[f64], n1: &[u64], n2: &[u64], min_obs: u64, emp_p: Option<(&[f64], f64)>, fdr: f64) -> Vec<bool> {
     if min_obs == 0 && emp_p.is_none() {
         return fdr_calls(proba, fdr);
     }
     let supported = |j: usize| emp_p.map_or(true, |(p, bound)| p[j] < bound);
-    let tested: Vec<usize> = (0..proba.len())
-        .filter(|&j| n1[j] >= min_obs && n2[j] >= min_obs && supported(j))
-        .collect();
+    let tested: Vec<usize> = (0..proba.len()).filter(|&j| n1[j] >= min_obs && n2[j] >= min_obs && supported(j)).collect();
     let sub: Vec<f64> = tested.iter().map(|&j| proba[j]).collect();
     let mut out = vec![false; proba.len()];
     for (&j, c) in tested.iter().zip(fdr_calls(&sub, fdr)) {
@@ -142,13 +128,7 @@ pub fn fdr_calls_tested(
 }
 
 /// Run one comparison. `key` seeds its sample streams (use the comparison's position).
-pub fn differential_splicing(
-    post: &Posterior,
-    cmp: &Comparison,
-    method: SplicingFn,
-    opts: &ChangeOptions,
-    key: u64,
-) -> Result<DsResult> {
+pub fn differential_splicing(post: &Posterior, cmp: &Comparison, method: SplicingFn, opts: &ChangeOptions, key: u64) -> Result<DsResult> {
     opts.validate()?;
     let j = post.ds.n_junctions();
     let sampled = sampled_groups(post, cmp, opts)?;
@@ -181,10 +161,7 @@ pub fn differential_splicing(
         start = end;
     }
     let nf = n as f64;
-    let proba: Vec<f64> = acc
-        .iter()
-        .map(|a| proba_de(a[2], a[3], nf, opts.test_mode))
-        .collect();
+    let proba: Vec<f64> = acc.iter().map(|a| proba_de(a[2], a[3], nf, opts.test_mode)).collect();
     let est1: Vec<f64> = acc.iter().map(|a| a[0] / nf).collect();
     let est2: Vec<f64> = acc.iter().map(|a| a[1] / nf).collect();
     let spl = &post.ds.splicing;
@@ -196,11 +173,7 @@ pub fn differential_splicing(
         group1: cmp.group1.clone(),
         group2: cmp.group2.clone(),
         junction_id: spl.junction_names.clone(),
-        gene_name: if spl.gene_names.len() == j {
-            spl.gene_names.clone()
-        } else {
-            vec![String::new(); j]
-        },
+        gene_name: if spl.gene_names.len() == j { spl.gene_names.clone() } else { vec![String::new(); j] },
         is_ds_fdr: fdr_calls_tested(&proba, &n1, &n2, opts.min_obs_cells, emp_bound, opts.fdr),
         bayes_factor: proba.iter().map(|&p| bayes_factor(p)).collect(),
         effect_size: est2.iter().zip(&est1).map(|(b, a)| b - a).collect(),
@@ -271,30 +244,15 @@ mod tests {
     fn min_obs_leaves_sparse_junctions_out_of_the_fdr_set() {
         let p = [1.0, 0.99, 0.9, 0.5];
         let (n1, n2) = ([50u64, 3, 40, 40], [50u64, 60, 40, 2]);
-        assert_eq!(
-            fdr_calls_tested(&p, &n1, &n2, 0, None, 0.05),
-            fdr_calls(&p, 0.05)
-        );
+        assert_eq!(fdr_calls_tested(&p, &n1, &n2, 0, None, 0.05), fdr_calls(&p, 0.05));
         // Junction 1 (3 cells in group 1) is not tested: the prefix then has 1.0, 0.9 (mean 1−P 0.05).
-        assert_eq!(
-            fdr_calls_tested(&p, &n1, &n2, 10, None, 0.05),
-            vec![true, false, true, false]
-        );
-        assert_eq!(
-            fdr_calls_tested(&p, &n1, &n2, 100, None, 0.05),
-            vec![false; 4]
-        );
+        assert_eq!(fdr_calls_tested(&p, &n1, &n2, 10, None, 0.05), vec![true, false, true, false]);
+        assert_eq!(fdr_calls_tested(&p, &n1, &n2, 100, None, 0.05), vec![false; 4]);
         // Without data support (p ≥ 0.05) junction 0 leaves the set; of 0.99, 0.9, 0.5 only the first
         // prefix keeps the running mean of 1−P at ≤ 0.05 (0.01, then 0.055).
         let emp = [0.2, 0.001, 0.01, 0.0];
-        assert_eq!(
-            fdr_calls_tested(&p, &n1, &n2, 0, Some((&emp, 0.05)), 0.05),
-            vec![false, true, false, false]
-        );
-        assert_eq!(
-            fdr_calls_tested(&p, &n1, &n2, 10, Some((&emp, 0.05)), 0.05),
-            vec![false, false, false, false]
-        );
+        assert_eq!(fdr_calls_tested(&p, &n1, &n2, 0, Some((&emp, 0.05)), 0.05), vec![false, true, false, false]);
+        assert_eq!(fdr_calls_tested(&p, &n1, &n2, 10, Some((&emp, 0.05)), 0.05), vec![false, false, false, false]);
     }
 
     #[test]
@@ -316,12 +274,7 @@ mod tests {
             [None, None, None, None, None],
             [None, None, None, None, None],
         ];
-        let mut spl = crate::data::Splicing {
-            n_cells: 10,
-            n_junctions: 5,
-            indptr: vec![0],
-            ..Default::default()
-        };
+        let mut spl = crate::data::Splicing { n_cells: 10, n_junctions: 5, indptr: vec![0], ..Default::default() };
         for row in &psi {
             for (j, v) in row.iter().enumerate() {
                 if let Some(v) = v {
@@ -331,10 +284,7 @@ mod tests {
             }
             spl.indptr.push(spl.junction.len());
         }
-        let (g1, g2) = (
-            psi_moments(&spl, &[0, 1, 2, 3, 4]),
-            psi_moments(&spl, &[5, 6, 7, 8, 9]),
-        );
+        let (g1, g2) = (psi_moments(&spl, &[0, 1, 2, 3, 4]), psi_moments(&spl, &[5, 6, 7, 8, 9]));
         let p = empirical_pvalues(&g1, &g2);
         assert!((p[0] - 0.014932578741524899).abs() < 1e-12, "{}", p[0]);
         assert!((p[1] - 0.27906076637811).abs() < 1e-12, "{}", p[1]);

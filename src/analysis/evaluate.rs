@@ -59,11 +59,7 @@ pub fn mask_atses_in_place(ds: &mut Dataset, fraction: f64, seed: u64) -> Result
         let read = read_start..m.indptr[c + 1];
         read_start = m.indptr[c + 1];
         atses.clear();
-        atses.extend(
-            m.junction[read.clone()]
-                .iter()
-                .map(|&j| m.junc2atse[j as usize]),
-        );
+        atses.extend(m.junction[read.clone()].iter().map(|&j| m.junc2atse[j as usize]));
         atses.sort_unstable();
         atses.dedup();
         drop.clear();
@@ -76,13 +72,7 @@ pub fn mask_atses_in_place(ds: &mut Dataset, fraction: f64, seed: u64) -> Result
         for e in read {
             let j = m.junction[e];
             if drop.binary_search(&m.junc2atse[j as usize]).is_ok() {
-                dropped.push(Entry {
-                    cell: c as u32,
-                    junction: j,
-                    psi: m.psi[e],
-                    k: m.k[e],
-                    n: m.n[e],
-                });
+                dropped.push(Entry { cell: c as u32, junction: j, psi: m.psi[e], k: m.k[e], n: m.n[e] });
             } else {
                 m.junction[write] = j;
                 m.k[write] = m.k[e];
@@ -97,10 +87,7 @@ pub fn mask_atses_in_place(ds: &mut Dataset, fraction: f64, seed: u64) -> Result
     m.k.truncate(write);
     m.n.truncate(write);
     m.psi.truncate(write);
-    ds.source = format!(
-        "{} (masked: {fraction} of each cell's observed ATSEs, seed {seed})",
-        ds.source
-    );
+    ds.source = format!("{} (masked: {fraction} of each cell's observed ATSEs, seed {seed})", ds.source);
     Ok(dropped)
 }
 
@@ -113,18 +100,11 @@ pub fn unmask_atses(ds: &mut Dataset, dropped: &[Entry], source: &str) -> Result
     let m = &mut ds.splicing;
     let kept = m.junction.len();
     let total = kept + dropped.len();
-    if dropped
-        .windows(2)
-        .any(|w| (w[0].cell, w[0].junction) >= (w[1].cell, w[1].junction))
-    {
+    if dropped.windows(2).any(|w| (w[0].cell, w[0].junction) >= (w[1].cell, w[1].junction)) {
         bail!("unmask: the removed entries are not cell-major with junctions ascending");
     }
     if let Some(e) = dropped.iter().find(|e| e.cell as usize >= m.n_cells) {
-        bail!(
-            "unmask: a removed entry names cell {} of {}",
-            e.cell,
-            m.n_cells
-        );
+        bail!("unmask: a removed entry names cell {} of {}", e.cell, m.n_cells);
     }
     m.junction.resize(total, 0);
     m.k.resize(total, 0.0);
@@ -139,10 +119,7 @@ pub fn unmask_atses(ds: &mut Dataset, dropped: &[Entry], source: &str) -> Result
         loop {
             let pending = d > 0 && dropped[d - 1].cell as usize == c;
             if pending && r > lo && dropped[d - 1].junction == m.junction[r - 1] {
-                bail!(
-                    "unmask: junction {} of cell {c} is both kept and removed",
-                    dropped[d - 1].junction
-                );
+                bail!("unmask: junction {} of cell {c} is both kept and removed", dropped[d - 1].junction);
             }
             if pending && (r == lo || dropped[d - 1].junction > m.junction[r - 1]) {
                 let e = &dropped[d - 1];
@@ -164,10 +141,7 @@ pub fn unmask_atses(ds: &mut Dataset, dropped: &[Entry], source: &str) -> Result
             }
         }
     }
-    anyhow::ensure!(
-        w == m.indptr[0] && d == 0,
-        "unmask: {d} removed entries left over (cells out of order)"
-    );
+    anyhow::ensure!(w == m.indptr[0] && d == 0, "unmask: {d} removed entries left over (cells out of order)");
     ds.source = source.to_string();
     Ok(())
 }
@@ -185,19 +159,13 @@ pub struct TruthFilter {
 
 impl Default for TruthFilter {
     fn default() -> Self {
-        TruthFilter {
-            include_zero: false,
-            exclude_one: false,
-            min_atse_count: 0.0,
-        }
+        TruthFilter { include_zero: false, exclude_one: false, min_atse_count: 0.0 }
     }
 }
 
 impl TruthFilter {
     pub fn keep(&self, e: &Entry) -> bool {
-        (self.include_zero || e.psi > 0.0)
-            && (!self.exclude_one || e.psi < 1.0)
-            && e.n >= self.min_atse_count
+        (self.include_zero || e.psi > 0.0) && (!self.exclude_one || e.psi < 1.0) && e.n >= self.min_atse_count
     }
 }
 
@@ -235,13 +203,7 @@ pub struct DroppedPairs {
 impl DroppedPairs {
     /// TSV with columns cell, junction, truth, then one per method; at most `max_rows` rows (a seeded
     /// subsample in entry order above that).
-    pub fn tsv(
-        &self,
-        cell_names: &[String],
-        junction_ids: &[String],
-        max_rows: usize,
-        seed: u64,
-    ) -> String {
+    pub fn tsv(&self, cell_names: &[String], junction_ids: &[String], max_rows: usize, seed: u64) -> String {
         use super::differential::{clean_text, fmt_f64};
         let n = self.truth.len();
         let mut rows: Vec<usize> = (0..n).collect();
@@ -256,18 +218,9 @@ impl DroppedPairs {
             s.push_str(m);
         }
         s.push('\n');
-        let name = |v: &[String], i: u32| {
-            v.get(i as usize)
-                .map(|x| clean_text(x))
-                .unwrap_or_else(|| i.to_string())
-        };
+        let name = |v: &[String], i: u32| v.get(i as usize).map(|x| clean_text(x)).unwrap_or_else(|| i.to_string());
         for i in rows {
-            s.push_str(&format!(
-                "{}\t{}\t{}",
-                name(cell_names, self.cell[i]),
-                name(junction_ids, self.junction[i]),
-                fmt_f64(self.truth[i])
-            ));
+            s.push_str(&format!("{}\t{}\t{}", name(cell_names, self.cell[i]), name(junction_ids, self.junction[i]), fmt_f64(self.truth[i])));
             for (_, p) in &self.methods {
                 s.push('\t');
                 s.push_str(&fmt_f64(p[i]));
@@ -280,22 +233,13 @@ impl DroppedPairs {
 
 impl ImputationReport {
     pub fn get(&self, subset: &str, method: &str) -> Option<&ImputationMetrics> {
-        self.results
-            .iter()
-            .find(|(s, m, _)| s == subset && m == method)
-            .map(|(_, _, x)| x)
+        self.results.iter().find(|(s, m, _)| s == subset && m == method).map(|(_, _, x)| x)
     }
 }
 
 /// Score imputation on masked data. `post` is bound to the MASKED dataset; `dropped` are the removed
 /// entries; `meanbayes_groups` optionally gives MeanBayes a per-cell group (per-group priors).
-pub fn evaluate_imputation(
-    post: &Posterior,
-    dropped: &[Entry],
-    filter: TruthFilter,
-    meanbayes_groups: Option<&[u32]>,
-    block_cells: usize,
-) -> Result<ImputationReport> {
+pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFilter, meanbayes_groups: Option<&[u32]>, block_cells: usize) -> Result<ImputationReport> {
     anyhow::ensure!(block_cells > 0, "the block size must be > 0");
     let ds = post.ds;
     let spl = &ds.splicing;
@@ -307,50 +251,23 @@ pub fn evaluate_imputation(
         std::borrow::Cow::Owned(dropped.iter().copied().filter(|e| filter.keep(e)).collect())
     };
     // The still-observed entries are the dataset's own (CSR order); they are read in place, not copied.
-    let entry = |c: usize, e: usize| Entry {
-        cell: c as u32,
-        junction: spl.junction[e],
-        psi: spl.psi[e],
-        k: spl.k[e],
-        n: spl.n[e],
-    };
+    let entry = |c: usize, e: usize| Entry { cell: c as u32, junction: spl.junction[e], psi: spl.psi[e], k: spl.k[e], n: spl.n[e] };
     let mut drop_idx = vec![Vec::new(); n];
-    dropped
-        .iter()
-        .enumerate()
-        .for_each(|(i, e)| drop_idx[e.cell as usize].push(i));
+    dropped.iter().enumerate().for_each(|(i, e)| drop_idx[e.cell as usize].push(i));
     let need_dm = !post.conc.is_empty();
     // Truths and predictions are kept as f32, as the data and the decoder give them (the metrics read
     // them as f64 exactly), and the arrays are sized once.
-    let kept_obs: Vec<usize> = (0..n)
-        .map(|c| {
-            spl.cell_range(c)
-                .filter(|&e| filter.keep(&entry(c, e)))
-                .count()
-        })
-        .collect();
+    let kept_obs: Vec<usize> = (0..n).map(|c| spl.cell_range(c).filter(|&e| filter.keep(&entry(c, e))).count()).collect();
     let n_obs: usize = kept_obs.iter().sum();
-    let (mut dec_drop, mut dm_drop) = (
-        vec![0f32; dropped.len()],
-        vec![0f32; if need_dm { dropped.len() } else { 0 }],
-    );
+    let (mut dec_drop, mut dm_drop) = (vec![0f32; dropped.len()], vec![0f32; if need_dm { dropped.len() } else { 0 }]);
     let (mut t_obs, mut dec_obs) = (Vec::with_capacity(n_obs), Vec::with_capacity(n_obs));
     let mut dm_obs = Vec::with_capacity(if need_dm { n_obs } else { 0 });
     // Only cells with something to score are decoded.
-    let cells: Vec<usize> = (0..n)
-        .filter(|&c| !drop_idx[c].is_empty() || kept_obs[c] > 0)
-        .collect();
+    let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || kept_obs[c] > 0).collect();
     drop(kept_obs);
-    let opts = DecodeOptions {
-        transform_batch: vec![],
-        n_samples: 1,
-        seed: 0,
-    };
+    let opts = DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
     for block in cells.chunks(block_cells) {
-        let p = post
-            .decode(block, &opts, Some(SplicingFn::Decoder), false)?
-            .psi
-            .expect("psi requested");
+        let p = post.decode(block, &opts, Some(SplicingFn::Decoder), false)?.psi.expect("psi requested");
         let dm = if need_dm {
             let mut q = p.clone();
             dm_posterior_rows(&mut q, &post.batch(block)?.spl, &post.conc);
@@ -390,33 +307,14 @@ pub fn evaluate_imputation(
     }
     methods.push((METHOD_DECODER, &dec_drop, &dec_obs));
     for (name, pd, po) in methods {
-        report.results.push((
-            "dropped".into(),
-            name.into(),
-            imputation_metrics_of(&t_drop[..], pd),
-        ));
-        report.results.push((
-            "observed".into(),
-            name.into(),
-            imputation_metrics_of(&t_obs[..], po),
-        ));
-        report.results.push((
-            "all".into(),
-            name.into(),
-            imputation_metrics_of(&t_all, &Chain(pd, po)),
-        ));
+        report.results.push(("dropped".into(), name.into(), imputation_metrics_of(&t_drop[..], pd)));
+        report.results.push(("observed".into(), name.into(), imputation_metrics_of(&t_obs[..], po)));
+        report.results.push(("all".into(), name.into(), imputation_metrics_of(&t_all, &Chain(pd, po))));
     }
     drop((t_obs, dec_obs, dm_obs));
     let mb = MeanBayes::fit(spl, meanbayes_groups, 2);
-    let mb_pred: Vec<f64> = dropped
-        .iter()
-        .map(|e| mb.predict(e.cell as usize, e.junction as usize))
-        .collect();
-    report.results.push((
-        "dropped".into(),
-        METHOD_MEANBAYES.into(),
-        imputation_metrics_of(&t_drop[..], &mb_pred[..]),
-    ));
+    let mb_pred: Vec<f64> = dropped.iter().map(|e| mb.predict(e.cell as usize, e.junction as usize)).collect();
+    report.results.push(("dropped".into(), METHOD_MEANBAYES.into(), imputation_metrics_of(&t_drop[..], &mb_pred[..])));
     let wide = |v: Vec<f32>| -> Vec<f64> { v.into_iter().map(|x| x as f64).collect() };
     report.dropped = DroppedPairs {
         cell: dropped.iter().map(|e| e.cell).collect(),
@@ -425,19 +323,10 @@ pub fn evaluate_imputation(
         methods: Vec::new(),
     };
     if need_dm {
-        report
-            .dropped
-            .methods
-            .push((METHOD_DM.into(), wide(dm_drop)));
+        report.dropped.methods.push((METHOD_DM.into(), wide(dm_drop)));
     }
-    report
-        .dropped
-        .methods
-        .push((METHOD_DECODER.into(), wide(dec_drop)));
-    report
-        .dropped
-        .methods
-        .push((METHOD_MEANBAYES.into(), mb_pred));
+    report.dropped.methods.push((METHOD_DECODER.into(), wide(dec_drop)));
+    report.dropped.methods.push((METHOD_MEANBAYES.into(), mb_pred));
     Ok(report)
 }
 
@@ -456,14 +345,7 @@ pub struct LatentReport {
 
 /// Latent metrics of the joint, expression and splicing posterior means of up to `max_cells` cells
 /// (a seeded subsample when there are more). `labels`: a code per dataset cell.
-pub fn evaluate_latents(
-    post: &Posterior,
-    labels: Option<&[u32]>,
-    max_cells: usize,
-    k: usize,
-    seed: u64,
-    block_cells: usize,
-) -> Result<Vec<LatentReport>> {
+pub fn evaluate_latents(post: &Posterior, labels: Option<&[u32]>, max_cells: usize, k: usize, seed: u64, block_cells: usize) -> Result<Vec<LatentReport>> {
     let n = post.ds.n_cells();
     let mut cells: Vec<usize> = (0..n).collect();
     if n > max_cells {
@@ -483,45 +365,24 @@ pub fn evaluate_latents(
             pcs_90: pcs_for_variance(x, d, 0.9),
             silhouette: lab.as_ref().map(|l| silhouette(x, d, l)),
             knn_accuracy: lab.as_ref().map(|l| knn_accuracy(x, d, l, k, 5, seed)),
-            logistic_accuracy: lab
-                .as_ref()
-                .map(|l| logistic_accuracy(x, d, l, 0.2, seed, 300)),
+            logistic_accuracy: lab.as_ref().map(|l| logistic_accuracy(x, d, l, 0.2, seed, 300)),
         });
     }
     Ok(out)
 }
 
 /// Long-format rows of both reports.
-pub fn rows(
-    imp: Option<&ImputationReport>,
-    lat: &[LatentReport],
-    label: Option<&str>,
-    k: usize,
-) -> Vec<EvalRow> {
+pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<&str>, k: usize) -> Vec<EvalRow> {
     let mut out = Vec::new();
     if let Some(imp) = imp {
         for (subset, method, m) in &imp.results {
             for (metric, value) in m.named() {
-                out.push(EvalRow {
-                    section: "imputation".into(),
-                    subset: subset.clone(),
-                    method: method.clone(),
-                    metric: metric.into(),
-                    value,
-                });
+                out.push(EvalRow { section: "imputation".into(), subset: subset.clone(), method: method.clone(), metric: metric.into(), value });
             }
         }
     }
     for l in lat {
-        let mut push = |metric: String, value: f64| {
-            out.push(EvalRow {
-                section: "latent".into(),
-                subset: l.space.clone(),
-                method: "splicevi".into(),
-                metric,
-                value,
-            })
-        };
+        let mut push = |metric: String, value: f64| out.push(EvalRow { section: "latent".into(), subset: l.space.clone(), method: "splicevi".into(), metric, value });
         push("dim".into(), l.dim as f64);
         push("n_cells".into(), l.n_cells as f64);
         push("pcs_90pct_variance".into(), l.pcs_90 as f64);
@@ -542,62 +403,24 @@ pub fn rows(
 pub fn rows_tsv(rows: &[EvalRow]) -> String {
     let mut s = String::from("section\tsubset\tmethod\tmetric\tvalue\n");
     for r in rows {
-        s.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{}\n",
-            r.section,
-            r.subset,
-            r.method,
-            r.metric,
-            super::differential::fmt_f64(r.value)
-        ));
+        s.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", r.section, r.subset, r.method, r.metric, super::differential::fmt_f64(r.value)));
     }
     s
 }
 
 /// A human-readable table of both reports.
-pub fn render(
-    imp: Option<&ImputationReport>,
-    lat: &[LatentReport],
-    label: Option<&str>,
-    k: usize,
-) -> String {
+pub fn render(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<&str>, k: usize) -> String {
     let mut s = String::new();
-    let f = |v: f64| {
-        if v.is_nan() {
-            "nan".to_string()
-        } else {
-            format!("{v:.4}")
-        }
-    };
+    let f = |v: f64| if v.is_nan() { "nan".to_string() } else { format!("{v:.4}") };
     if let Some(imp) = imp {
         s.push_str(&format!(
             "{:<9} {:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
-            "subset",
-            "method",
-            "n",
-            "pearson",
-            "spearman",
-            "l1_mean",
-            "l1_med",
-            "l1_p90",
-            "rmse",
-            "smape",
-            "cosine"
+            "subset", "method", "n", "pearson", "spearman", "l1_mean", "l1_med", "l1_p90", "rmse", "smape", "cosine"
         ));
         for (subset, method, m) in &imp.results {
             s.push_str(&format!(
                 "{:<9} {:<22} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
-                subset,
-                method,
-                m.n,
-                f(m.pearson),
-                f(m.spearman),
-                f(m.l1_mean),
-                f(m.l1_median),
-                f(m.l1_p90),
-                f(m.rmse),
-                f(m.smape),
-                f(m.cosine_sim)
+                subset, method, m.n, f(m.pearson), f(m.spearman), f(m.l1_mean), f(m.l1_median), f(m.l1_p90), f(m.rmse), f(m.smape), f(m.cosine_sim)
             ));
         }
         s.push('\n');
@@ -605,25 +428,13 @@ pub fn render(
     let lab = label.unwrap_or("-");
     s.push_str(&format!(
         "{:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9}   (label: {lab})\n",
-        "latent",
-        "dim",
-        "cells",
-        "pcs_90",
-        "silhouette",
-        &format!("knn{k}"),
-        "logistic"
+        "latent", "dim", "cells", "pcs_90", "silhouette", &format!("knn{k}"), "logistic"
     ));
     let o = |v: Option<f64>| v.map(f).unwrap_or_else(|| "-".into());
     for l in lat {
         s.push_str(&format!(
             "{:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9}\n",
-            l.space,
-            l.dim,
-            l.n_cells,
-            l.pcs_90,
-            o(l.silhouette),
-            o(l.knn_accuracy),
-            o(l.logistic_accuracy)
+            l.space, l.dim, l.n_cells, l.pcs_90, o(l.silhouette), o(l.knn_accuracy), o(l.logistic_accuracy)
         ));
     }
     s
@@ -643,20 +454,13 @@ mod tests {
         assert_eq!(ms.nnz() + dropped.len(), s.nnz());
         for c in 0..s.n_cells {
             let atses = |sp: &crate::data::Splicing| {
-                let mut a: Vec<u32> = sp.junction[sp.cell_range(c)]
-                    .iter()
-                    .map(|&j| sp.junc2atse[j as usize])
-                    .collect();
+                let mut a: Vec<u32> = sp.junction[sp.cell_range(c)].iter().map(|&j| sp.junc2atse[j as usize]).collect();
                 a.dedup();
                 a
             };
             let (before, after) = (atses(s), atses(ms));
             let gone: Vec<u32> = {
-                let mut g: Vec<u32> = dropped
-                    .iter()
-                    .filter(|e| e.cell == c as u32)
-                    .map(|e| s.junc2atse[e.junction as usize])
-                    .collect();
+                let mut g: Vec<u32> = dropped.iter().filter(|e| e.cell == c as u32).map(|e| s.junc2atse[e.junction as usize]).collect();
                 g.dedup();
                 g
             };
@@ -664,16 +468,9 @@ mod tests {
                 assert!(gone.is_empty());
                 continue;
             }
-            assert_eq!(
-                gone.len(),
-                ((0.5 * before.len() as f64).floor() as usize).max(1),
-                "cell {c}"
-            );
+            assert_eq!(gone.len(), ((0.5 * before.len() as f64).floor() as usize).max(1), "cell {c}");
             assert_eq!(after.len() + gone.len(), before.len());
-            assert!(
-                gone.iter().all(|a| !after.contains(a)),
-                "a dropped ATSE is still partly observed in cell {c}"
-            );
+            assert!(gone.iter().all(|a| !after.contains(a)), "a dropped ATSE is still partly observed in cell {c}");
         }
         // Seeded: same seed, same mask; another seed, another mask.
         assert_eq!(mask_atses(&ds, 0.5, 3).unwrap().1, dropped);
@@ -693,28 +490,17 @@ mod tests {
             assert_eq!(inplace.splicing, copy.splicing, "fraction {fraction}");
             assert!(!dropped.is_empty());
             unmask_atses(&mut inplace, &dropped, &ds.source).unwrap();
-            assert_eq!(
-                inplace.splicing, ds.splicing,
-                "fraction {fraction}: unmask did not restore"
-            );
+            assert_eq!(inplace.splicing, ds.splicing, "fraction {fraction}: unmask did not restore");
             assert_eq!(inplace.source, ds.source);
         }
         // A removed entry that collides with a kept one, or out of order, is an error, not a silent merge.
         let mut masked = ds.clone();
         let mut dropped = mask_atses_in_place(&mut masked, 0.5, 3).unwrap();
         let mut bad = masked.clone();
-        let c = (0..bad.splicing.n_cells)
-            .find(|&c| !bad.splicing.cell_range(c).is_empty())
-            .unwrap();
+        let c = (0..bad.splicing.n_cells).find(|&c| !bad.splicing.cell_range(c).is_empty()).unwrap();
         let kept = bad.splicing.junction[bad.splicing.indptr[c]];
         let mut clash = dropped.clone();
-        clash.push(Entry {
-            cell: c as u32,
-            junction: kept,
-            psi: 0.5,
-            k: 1.0,
-            n: 2.0,
-        });
+        clash.push(Entry { cell: c as u32, junction: kept, psi: 0.5, k: 1.0, n: 2.0 });
         clash.sort_by_key(|e| (e.cell, e.junction));
         assert!(unmask_atses(&mut bad, &clash, "x").is_err());
         dropped.swap(0, 1);

@@ -45,13 +45,8 @@ pub struct WriteSummary {
 /// Names from a file, one per line (blank lines and surrounding spaces ignored), resolved against
 /// `known` (dataset order kept, duplicates removed). Unknown names are an error naming file and line.
 pub fn read_name_list(path: &Path, known: &[String], what: &str) -> Result<Vec<usize>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let pos: std::collections::HashMap<&str, usize> = known
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let pos: std::collections::HashMap<&str, usize> = known.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
     let mut keep = vec![false; known.len()];
     for (ln, line) in text.lines().enumerate() {
         let name = line.trim();
@@ -74,11 +69,7 @@ pub fn read_name_list(path: &Path, known: &[String], what: &str) -> Result<Vec<u
 pub fn group_codes(ds: &Dataset, column: &str) -> Result<Vec<u32>> {
     let Some(col) = ds.obs_column(column) else {
         let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
-        bail!(
-            "{}: no obs column `{column}` (columns: {})",
-            ds.source,
-            names.join(", ")
-        );
+        bail!("{}: no obs column `{column}` (columns: {})", ds.source, names.join(", "));
     };
     let values = col.as_strings();
     let mut seen: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
@@ -95,75 +86,32 @@ fn obs_of(ds: &Dataset) -> (Vec<String>, Vec<(String, ObsColumn)>) {
     (ds.cell_names.clone(), ds.obs.clone())
 }
 
-fn uns_common(
-    post: &Posterior,
-    decode: &DecodeOptions,
-    extra: Vec<(String, UnsValue)>,
-) -> Vec<(String, UnsValue)> {
+fn uns_common(post: &Posterior, decode: &DecodeOptions, extra: Vec<(String, UnsValue)>) -> Vec<(String, UnsValue)> {
     let levels = &post.ds.covariates.batch.levels;
-    let tb: Vec<String> = decode
-        .transform_batch
-        .iter()
-        .map(|&b| {
-            levels
-                .get(b as usize)
-                .cloned()
-                .unwrap_or_else(|| b.to_string())
-        })
-        .collect();
+    let tb: Vec<String> = decode.transform_batch.iter().map(|&b| levels.get(b as usize).cloned().unwrap_or_else(|| b.to_string())).collect();
     let mut uns = vec![
-        (
-            "splicevi_n_samples".to_string(),
-            UnsValue::Int(decode.n_samples.max(1) as i64),
-        ),
-        (
-            "splicevi_transform_batch".to_string(),
-            UnsValue::Strings(tb),
-        ),
-        (
-            "splicevi_seed".to_string(),
-            UnsValue::Int(decode.seed as i64),
-        ),
+        ("splicevi_n_samples".to_string(), UnsValue::Int(decode.n_samples.max(1) as i64)),
+        ("splicevi_transform_batch".to_string(), UnsValue::Strings(tb)),
+        ("splicevi_seed".to_string(), UnsValue::Int(decode.seed as i64)),
     ];
     uns.extend(extra);
     uns
 }
 
 /// Imputed PSI of every cell into `path`.
-pub fn write_imputed_psi(
-    post: &Posterior,
-    path: &Path,
-    opts: &ImputeOptions,
-    extra_uns: Vec<(String, UnsValue)>,
-) -> Result<WriteSummary> {
+pub fn write_imputed_psi(post: &Posterior, path: &Path, opts: &ImputeOptions, extra_uns: Vec<(String, UnsValue)>) -> Result<WriteSummary> {
     anyhow::ensure!(opts.block_cells > 0, "the block size must be > 0");
     let ds = post.ds;
     let spl = &ds.splicing;
-    let cols: Vec<usize> = opts
-        .junctions
-        .clone()
-        .unwrap_or_else(|| (0..spl.n_junctions).collect());
+    let cols: Vec<usize> = opts.junctions.clone().unwrap_or_else(|| (0..spl.n_junctions).collect());
     let n = ds.n_cells();
     let m = cols.len();
-    let mut var = vec![(
-        "event_id".to_string(),
-        ObsColumn::Text(
-            cols.iter()
-                .map(|&j| spl.atse_ids[spl.junc2atse[j] as usize].clone())
-                .collect(),
-        ),
-    )];
+    let mut var = vec![("event_id".to_string(), ObsColumn::Text(cols.iter().map(|&j| spl.atse_ids[spl.junc2atse[j] as usize].clone()).collect()))];
     if spl.gene_names.len() == spl.n_junctions {
-        var.push((
-            "gene_name".to_string(),
-            ObsColumn::Text(cols.iter().map(|&j| spl.gene_names[j].clone()).collect()),
-        ));
+        var.push(("gene_name".to_string(), ObsColumn::Text(cols.iter().map(|&j| spl.gene_names[j].clone()).collect())));
     }
     let (obs_names, obs) = obs_of(ds);
-    let mut extra = vec![(
-        "splicevi_psi".to_string(),
-        UnsValue::String(opts.method.name().to_string()),
-    )];
+    let mut extra = vec![("splicevi_psi".to_string(), UnsValue::String(opts.method.name().to_string()))];
     extra.push((
         "splicevi_psi_stored".to_string(),
         UnsValue::String(match &opts.sparse {
@@ -176,10 +124,7 @@ pub fn write_imputed_psi(
     let out = H5adOut {
         obs_names,
         obs,
-        var_names: cols
-            .iter()
-            .map(|&j| spl.junction_names[j].clone())
-            .collect(),
+        var_names: cols.iter().map(|&j| spl.junction_names[j].clone()).collect(),
         var,
         uns: uns_common(post, &opts.decode, extra),
         ..Default::default()
@@ -188,17 +133,12 @@ pub fn write_imputed_psi(
     let n_atse = spl.n_atse();
     let group_atse: Option<(Vec<u32>, Vec<Vec<bool>>)> = match &opts.sparse {
         Some(ObservedIn::Group { codes, .. }) => {
-            anyhow::ensure!(
-                codes.len() == n,
-                "{} group codes for {n} cells",
-                codes.len()
-            );
+            anyhow::ensure!(codes.len() == n, "{} group codes for {n} cells", codes.len());
             let n_groups = codes.iter().copied().max().map_or(0, |x| x as usize + 1);
             let mut seen = vec![vec![false; n_atse]; n_groups];
             for c in 0..n {
                 for e in spl.cell_range(c) {
-                    seen[codes[c] as usize][spl.junc2atse[spl.junction[e] as usize] as usize] =
-                        true;
+                    seen[codes[c] as usize][spl.junc2atse[spl.junction[e] as usize] as usize] = true;
                 }
             }
             Some((codes.clone(), seen))
@@ -207,9 +147,7 @@ pub fn write_imputed_psi(
     };
     let layout = match opts.sparse {
         None => XLayout::Dense,
-        Some(_) => XLayout::Csr {
-            max_nnz: n as u64 * m as u64,
-        },
+        Some(_) => XLayout::Csr { max_nnz: n as u64 * m as u64 },
     };
     let mut stored = 0u64;
     let all: Vec<usize> = (0..n).collect();
@@ -233,14 +171,11 @@ pub fn write_imputed_psi(
                     x.push_dense(block.len(), &data)?;
                 }
                 Some(mode) => {
-                    let (mut indptr, mut indices, mut values) =
-                        (vec![0usize], Vec::new(), Vec::new());
+                    let (mut indptr, mut indices, mut values) = (vec![0usize], Vec::new(), Vec::new());
                     let mut own = vec![false; n_atse];
                     for (r, &c) in block.iter().enumerate() {
                         let allowed: &[bool] = match (mode, &group_atse) {
-                            (ObservedIn::Group { .. }, Some((codes, seen))) => {
-                                &seen[codes[c] as usize]
-                            }
+                            (ObservedIn::Group { .. }, Some((codes, seen))) => &seen[codes[c] as usize],
                             _ => {
                                 own.iter_mut().for_each(|v| *v = false);
                                 for e in spl.cell_range(c) {
@@ -264,11 +199,7 @@ pub fn write_imputed_psi(
         }
         Ok(())
     })?;
-    Ok(WriteSummary {
-        n_cells: n,
-        n_cols: m,
-        n_stored: stored,
-    })
+    Ok(WriteSummary { n_cells: n, n_cols: m, n_stored: stored })
 }
 
 #[derive(Clone, Debug)]
@@ -283,34 +214,20 @@ pub struct ExpressionOptions {
 }
 
 /// Normalized expression (px_scale, §7.3) of every cell into `path` (dense X).
-pub fn write_normalized_expression(
-    post: &Posterior,
-    path: &Path,
-    opts: &ExpressionOptions,
-    extra_uns: Vec<(String, UnsValue)>,
-) -> Result<WriteSummary> {
+pub fn write_normalized_expression(post: &Posterior, path: &Path, opts: &ExpressionOptions, extra_uns: Vec<(String, UnsValue)>) -> Result<WriteSummary> {
     anyhow::ensure!(opts.block_cells > 0, "the block size must be > 0");
     if let Some(l) = opts.library_size {
-        anyhow::ensure!(
-            l > 0.0 && l.is_finite(),
-            "the library size must be a positive number, got {l}"
-        );
+        anyhow::ensure!(l > 0.0 && l.is_finite(), "the library size must be a positive number, got {l}");
     }
     let ds = post.ds;
     if ds.expression.is_none() {
         bail!("{}: no expression modality to normalize", ds.source);
     }
-    let cols: Vec<usize> = opts
-        .genes
-        .clone()
-        .unwrap_or_else(|| (0..ds.n_genes()).collect());
+    let cols: Vec<usize> = opts.genes.clone().unwrap_or_else(|| (0..ds.n_genes()).collect());
     let n = ds.n_cells();
     let m = cols.len();
     let (obs_names, obs) = obs_of(ds);
-    let mut extra = vec![(
-        "splicevi_expression".to_string(),
-        UnsValue::String("px_scale".into()),
-    )];
+    let mut extra = vec![("splicevi_expression".to_string(), UnsValue::String("px_scale".into()))];
     if let Some(l) = opts.library_size {
         extra.push(("splicevi_library_size".to_string(), UnsValue::Float(l)));
     }
@@ -326,10 +243,7 @@ pub fn write_normalized_expression(
     let all: Vec<usize> = (0..n).collect();
     write_h5ad_streaming(path, &out, XLayout::Dense, opts.compression, |x| {
         for block in all.chunks(opts.block_cells) {
-            let e = post
-                .decode(block, &opts.decode, None, true)?
-                .expr
-                .expect("expression requested");
+            let e = post.decode(block, &opts.decode, None, true)?.expr.expect("expression requested");
             let g = e.cols;
             let mut d = Vec::with_capacity(block.len() * m);
             for r in 0..block.len() {
@@ -339,9 +253,5 @@ pub fn write_normalized_expression(
         }
         Ok(())
     })?;
-    Ok(WriteSummary {
-        n_cells: n,
-        n_cols: m,
-        n_stored: (n * m) as u64,
-    })
+    Ok(WriteSummary { n_cells: n, n_cols: m, n_stored: (n * m) as u64 })
 }

@@ -147,11 +147,7 @@ pub fn average_ranks_of<X: Column + ?Sized>(x: &X) -> Vec<f64> {
 }
 
 /// Ranks from the stable ascending order `idx` of `x`.
-fn assign_average_ranks<X: Column + ?Sized, I: Copy + TryInto<usize>>(
-    x: &X,
-    idx: &[I],
-    ranks: &mut [f64],
-) {
+fn assign_average_ranks<X: Column + ?Sized, I: Copy + TryInto<usize>>(x: &X, idx: &[I], ranks: &mut [f64]) {
     let pos = |i: I| -> usize { i.try_into().ok().expect("a position fits usize") };
     let mut s = 0;
     while s < idx.len() {
@@ -201,17 +197,8 @@ pub fn imputation_metrics(truth: &[f64], pred: &[f64]) -> ImputationMetrics {
 }
 
 /// [`imputation_metrics`] of any two columns (f32 or f64, one slice or two chained), without copying them.
-pub fn imputation_metrics_of<T: Column + ?Sized, P: Column + ?Sized>(
-    truth: &T,
-    pred: &P,
-) -> ImputationMetrics {
-    assert_eq!(
-        truth.len(),
-        pred.len(),
-        "imputation_metrics: {} truths for {} predictions",
-        truth.len(),
-        pred.len()
-    );
+pub fn imputation_metrics_of<T: Column + ?Sized, P: Column + ?Sized>(truth: &T, pred: &P) -> ImputationMetrics {
+    assert_eq!(truth.len(), pred.len(), "imputation_metrics: {} truths for {} predictions", truth.len(), pred.len());
     let n = truth.len();
     if n == 0 {
         let nan = f64::NAN;
@@ -234,14 +221,8 @@ pub fn imputation_metrics_of<T: Column + ?Sized, P: Column + ?Sized>(
     let pairs = || truth.values().zip(pred.values());
     let mut abs: Vec<f64> = pairs().map(|(o, p)| (o - p).abs()).collect();
     let l1_mean = abs.iter().sum::<f64>() / nf;
-    let smape = pairs()
-        .map(|(o, p)| 2.0 * (o - p).abs() / (o.abs() + p.abs() + 1e-8))
-        .sum::<f64>()
-        / nf;
-    let minmax_ratio = pairs()
-        .map(|(o, p)| o.abs().min(p.abs()) / (o.abs().max(p.abs()) + 1e-8))
-        .sum::<f64>()
-        / nf;
+    let smape = pairs().map(|(o, p)| 2.0 * (o - p).abs() / (o.abs() + p.abs() + 1e-8)).sum::<f64>() / nf;
+    let minmax_ratio = pairs().map(|(o, p)| o.abs().min(p.abs()) / (o.abs().max(p.abs()) + 1e-8)).sum::<f64>() / nf;
     let rmse = (pairs().map(|(o, p)| (o - p) * (o - p)).sum::<f64>() / nf).sqrt();
     let dot: f64 = pairs().map(|(o, p)| o * p).sum();
     let no = truth.values().map(|o| o * o).sum::<f64>().sqrt();
@@ -291,8 +272,7 @@ mod tests {
         assert!((m.spearman - rs).abs() < 1e-12);
         let smape = (2.0 * 0.1 / 0.3 + 2.0 * 0.1 / 0.9 + 2.0 * 0.3 / 1.5 + 0.0) / 4.0;
         assert!((m.smape - smape).abs() < 1e-6);
-        let cos = (0.02 + 0.2 + 0.54 + 0.25)
-            / ((0.01f64 + 0.25 + 0.81 + 0.25).sqrt() * (0.04f64 + 0.16 + 0.36 + 0.25).sqrt());
+        let cos = (0.02 + 0.2 + 0.54 + 0.25) / ((0.01f64 + 0.25 + 0.81 + 0.25).sqrt() * (0.04f64 + 0.16 + 0.36 + 0.25).sqrt());
         assert!((m.cosine_sim - cos).abs() < 1e-7);
         let mm = (0.1 / 0.2 + 0.4 / 0.5 + 0.6 / 0.9 + 1.0) / 4.0;
         assert!((m.minmax_ratio - mm).abs() < 1e-6);
@@ -321,11 +301,7 @@ mod tests {
             let t = Chain(&truth[..cut], &truth[cut..]);
             let p = Chain(&pred[..cut], &pred[cut..]);
             assert_eq!(imputation_metrics_of(&t, &p), want, "cut at {cut}");
-            assert_eq!(
-                average_ranks_of(&t),
-                average_ranks(&t64),
-                "ranks, cut at {cut}"
-            );
+            assert_eq!(average_ranks_of(&t), average_ranks(&t64), "ranks, cut at {cut}");
         }
     }
 
@@ -334,9 +310,6 @@ mod tests {
         let m = imputation_metrics(&[0.3, 0.3, 0.3], &[0.1, 0.2, 0.3]);
         assert!(m.pearson.is_nan() && m.spearman.is_nan());
         assert!(imputation_metrics(&[], &[]).pearson.is_nan());
-        assert_eq!(
-            average_ranks(&[3.0, 1.0, 3.0, 2.0]),
-            vec![3.5, 1.0, 3.5, 2.0]
-        );
+        assert_eq!(average_ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
     }
 }

@@ -16,12 +16,7 @@ fn sqdist(a: &[f32], b: &[f32]) -> f32 {
 /// cross-validated over a seeded permutation. Ties in the vote go to the smallest label.
 pub fn knn_accuracy(x: &[f32], d: usize, labels: &[u32], k: usize, folds: usize, seed: u64) -> f64 {
     let n = labels.len();
-    assert_eq!(
-        x.len(),
-        n * d,
-        "knn_accuracy: {} values for {n}×{d}",
-        x.len()
-    );
+    assert_eq!(x.len(), n * d, "knn_accuracy: {} values for {n}×{d}", x.len());
     if n < 2 {
         return f64::NAN;
     }
@@ -37,22 +32,16 @@ pub fn knn_accuracy(x: &[f32], d: usize, labels: &[u32], k: usize, folds: usize,
         .into_par_iter()
         .map(|i| {
             let xi = &x[i * d..(i + 1) * d];
-            let mut cand: Vec<(f32, usize)> = (0..n)
-                .filter(|&j| fold_of[j] != fold_of[i])
-                .map(|j| (sqdist(xi, &x[j * d..(j + 1) * d]), j))
-                .collect();
+            let mut cand: Vec<(f32, usize)> =
+                (0..n).filter(|&j| fold_of[j] != fold_of[i]).map(|j| (sqdist(xi, &x[j * d..(j + 1) * d]), j)).collect();
             let kk = k.min(cand.len());
             if kk == 0 {
                 return 0;
             }
             cand.select_nth_unstable_by(kk - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             let mut votes = vec![0usize; n_labels];
-            cand[..kk]
-                .iter()
-                .for_each(|&(_, j)| votes[labels[j] as usize] += 1);
-            let best = (0..n_labels)
-                .max_by(|&a, &b| votes[a].cmp(&votes[b]).then(b.cmp(&a)))
-                .unwrap_or(0);
+            cand[..kk].iter().for_each(|&(_, j)| votes[labels[j] as usize] += 1);
+            let best = (0..n_labels).max_by(|&a, &b| votes[a].cmp(&votes[b]).then(b.cmp(&a))).unwrap_or(0);
             usize::from(best as u32 == labels[i])
         })
         .sum();
@@ -75,8 +64,7 @@ pub fn silhouette(x: &[f32], d: usize, labels: &[u32]) -> f64 {
             let mut sums = vec![0f64; n_labels];
             for j in 0..n {
                 if j != i {
-                    sums[labels[j] as usize] +=
-                        (sqdist(&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d]) as f64).sqrt();
+                    sums[labels[j] as usize] += (sqdist(&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d]) as f64).sqrt();
                 }
             }
             let li = labels[i] as usize;
@@ -84,10 +72,7 @@ pub fn silhouette(x: &[f32], d: usize, labels: &[u32]) -> f64 {
                 return 0.0;
             }
             let a = sums[li] / (sizes[li] - 1) as f64;
-            let b = (0..n_labels)
-                .filter(|&l| l != li && sizes[l] > 0)
-                .map(|l| sums[l] / sizes[l] as f64)
-                .fold(f64::INFINITY, f64::min);
+            let b = (0..n_labels).filter(|&l| l != li && sizes[l] > 0).map(|l| sums[l] / sizes[l] as f64).fold(f64::INFINITY, f64::min);
             (b - a) / a.max(b)
         })
         .collect();
@@ -100,11 +85,7 @@ pub fn symmetric_eigenvalues(a: &[f64], n: usize) -> Vec<f64> {
     let mut m = a.to_vec();
     let total: f64 = m.iter().map(|v| v * v).sum::<f64>().sqrt();
     for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| m[i * n + j] * m[i * n + j])
-            .sum::<f64>()
-            .sqrt();
+        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| m[i * n + j] * m[i * n + j]).sum::<f64>().sqrt();
         if off <= 1e-14 * total.max(f64::MIN_POSITIVE) {
             break;
         }
@@ -156,10 +137,7 @@ pub fn pcs_for_variance(x: &[f32], d: usize, frac: f64) -> usize {
         .into_par_iter()
         .map(|k| {
             let (a, b) = (k / d, k % d);
-            (0..n)
-                .map(|r| (x[r * d + a] as f64 - mean[a]) * (x[r * d + b] as f64 - mean[b]))
-                .sum::<f64>()
-                / (n - 1) as f64
+            (0..n).map(|r| (x[r * d + a] as f64 - mean[a]) * (x[r * d + b] as f64 - mean[b])).sum::<f64>() / (n - 1) as f64
         })
         .collect();
     let ev = symmetric_eigenvalues(&cov, d);
@@ -179,13 +157,7 @@ pub fn pcs_for_variance(x: &[f32], d: usize, frac: f64) -> usize {
 
 /// Multinomial logistic regression with an L2 penalty ½‖W‖² (C = 1; intercepts not penalised), fitted by
 /// L-BFGS: sklearn's `LogisticRegression()` objective. Returns (weights K × d, intercepts K).
-pub fn fit_logistic(
-    x: &[f32],
-    d: usize,
-    y: &[u32],
-    n_classes: usize,
-    max_iter: usize,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn fit_logistic(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: usize) -> (Vec<f64>, Vec<f64>) {
     let n = y.len();
     let k = n_classes;
     let np = k * d + k;
@@ -197,39 +169,28 @@ pub fn fit_logistic(
         let parts: Vec<(f64, Vec<f64>)> = (0..n.div_ceil(CHUNK))
             .into_par_iter()
             .map(|ch| {
-                (ch * CHUNK..((ch + 1) * CHUNK).min(n)).fold(
-                    (0.0f64, vec![0f64; np]),
-                    |(mut l, mut g), i| {
-                        let xi = &x[i * d..(i + 1) * d];
-                        let z: Vec<f64> = (0..k)
-                            .map(|c| {
-                                b[c] + (0..d).map(|t| w[c * d + t] * xi[t] as f64).sum::<f64>()
-                            })
-                            .collect();
-                        let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                        let se: f64 = z.iter().map(|v| (v - mx).exp()).sum();
-                        let lse = mx + se.ln();
-                        l += lse - z[y[i] as usize];
-                        for c in 0..k {
-                            let pc =
-                                (z[c] - lse).exp() - if c == y[i] as usize { 1.0 } else { 0.0 };
-                            for t in 0..d {
-                                g[c * d + t] += pc * xi[t] as f64;
-                            }
-                            g[k * d + c] += pc;
+                (ch * CHUNK..((ch + 1) * CHUNK).min(n)).fold((0.0f64, vec![0f64; np]), |(mut l, mut g), i| {
+                    let xi = &x[i * d..(i + 1) * d];
+                    let z: Vec<f64> = (0..k).map(|c| b[c] + (0..d).map(|t| w[c * d + t] * xi[t] as f64).sum::<f64>()).collect();
+                    let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let se: f64 = z.iter().map(|v| (v - mx).exp()).sum();
+                    let lse = mx + se.ln();
+                    l += lse - z[y[i] as usize];
+                    for c in 0..k {
+                        let pc = (z[c] - lse).exp() - if c == y[i] as usize { 1.0 } else { 0.0 };
+                        for t in 0..d {
+                            g[c * d + t] += pc * xi[t] as f64;
                         }
-                        (l, g)
-                    },
-                )
+                        g[k * d + c] += pc;
+                    }
+                    (l, g)
+                })
             })
             .collect();
-        let (loss, mut grad) =
-            parts
-                .into_iter()
-                .fold((0.0, vec![0f64; np]), |(la, mut ga), (lb, gb)| {
-                    ga.iter_mut().zip(&gb).for_each(|(a, b)| *a += b);
-                    (la + lb, ga)
-                });
+        let (loss, mut grad) = parts.into_iter().fold((0.0, vec![0f64; np]), |(la, mut ga), (lb, gb)| {
+            ga.iter_mut().zip(&gb).for_each(|(a, b)| *a += b);
+            (la + lb, ga)
+        });
         let reg: f64 = w.iter().map(|v| v * v).sum::<f64>() * 0.5;
         for (g, v) in grad.iter_mut().zip(w) {
             *g += v;
@@ -239,8 +200,7 @@ pub fn fit_logistic(
     let dot = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
     let mut theta = vec![0f64; np];
     let (mut f, mut g) = eval(&theta);
-    let mut hist: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> =
-        std::collections::VecDeque::new();
+    let mut hist: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = std::collections::VecDeque::new();
     for _ in 0..max_iter {
         if g.iter().fold(0.0f64, |m, v| m.max(v.abs())) < 1e-6 {
             break;
@@ -262,29 +222,20 @@ pub fn fit_logistic(
         }
         for ((s, yv, rho), a) in hist.iter().zip(alphas.iter().rev()) {
             let bta = rho * dot(yv, &q);
-            q.iter_mut()
-                .zip(s)
-                .for_each(|(qi, si)| *qi += (a - bta) * si);
+            q.iter_mut().zip(s).for_each(|(qi, si)| *qi += (a - bta) * si);
         }
         let mut dir: Vec<f64> = q.iter().map(|v| -v).collect();
         let mut slope = dot(&g, &dir);
         if slope >= 0.0 {
             hist.clear();
-            dir = g
-                .iter()
-                .map(|v| -v / dot(&g, &g).sqrt().max(1e-12))
-                .collect();
+            dir = g.iter().map(|v| -v / dot(&g, &g).sqrt().max(1e-12)).collect();
             slope = dot(&g, &dir);
         }
         // Backtracking (Armijo) line search.
         let mut step = 1.0;
         let mut accepted = None;
         for _ in 0..50 {
-            let cand: Vec<f64> = theta
-                .iter()
-                .zip(&dir)
-                .map(|(t, dv)| t + step * dv)
-                .collect();
+            let cand: Vec<f64> = theta.iter().zip(&dir).map(|(t, dv)| t + step * dv).collect();
             let (fc, gc) = eval(&cand);
             if fc <= f + 1e-4 * step * slope {
                 accepted = Some((cand, fc, gc));
@@ -292,9 +243,7 @@ pub fn fit_logistic(
             }
             step *= 0.5;
         }
-        let Some((cand, fc, gc)) = accepted else {
-            break;
-        };
+        let Some((cand, fc, gc)) = accepted else { break };
         let s: Vec<f64> = cand.iter().zip(&theta).map(|(a, b)| a - b).collect();
         let yv: Vec<f64> = gc.iter().zip(&g).map(|(a, b)| a - b).collect();
         let sy = dot(&s, &yv);
@@ -319,32 +268,15 @@ pub fn fit_logistic(
 /// Held-out accuracy of standardisation + `fit_logistic` on a seeded split (`test_frac` of the cells held
 /// out, rounded up, as sklearn's `train_test_split`). Classes absent from the training part are never
 /// predicted.
-pub fn logistic_accuracy(
-    x: &[f32],
-    d: usize,
-    labels: &[u32],
-    test_frac: f64,
-    seed: u64,
-    max_iter: usize,
-) -> f64 {
+pub fn logistic_accuracy(x: &[f32], d: usize, labels: &[u32], test_frac: f64, seed: u64, max_iter: usize) -> f64 {
     let n = labels.len();
-    assert_eq!(
-        x.len(),
-        n * d,
-        "logistic_accuracy: {} values for {n}×{d}",
-        x.len()
-    );
+    assert_eq!(x.len(), n * d, "logistic_accuracy: {} values for {n}×{d}", x.len());
     let n_test = ((test_frac * n as f64).ceil() as usize).min(n);
     if n < 2 || n_test == 0 || n_test == n {
         return f64::NAN;
     }
     let mut perm: Vec<usize> = (0..n).collect();
-    perm.shuffle(&mut crate::train::rng::stream(
-        seed,
-        crate::train::rng::Purpose::Analysis,
-        crate::analysis::posterior::tags::CLASSIFIER_SPLIT,
-        0,
-    ));
+    perm.shuffle(&mut crate::train::rng::stream(seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::CLASSIFIER_SPLIT, 0));
     let (test, train) = perm.split_at(n_test);
     // Compact class codes over the training labels.
     let mut classes: Vec<u32> = train.iter().map(|&i| labels[i]).collect();
@@ -369,24 +301,12 @@ pub fn logistic_accuracy(
             sd[t] += (x[i * d + t] as f64 - mean[t]).powi(2);
         }
     }
-    sd.iter_mut()
-        .for_each(|s| *s = (*s / train.len() as f64).sqrt());
+    sd.iter_mut().for_each(|s| *s = (*s / train.len() as f64).sqrt());
     let scaled = |i: usize| -> Vec<f32> {
-        (0..d)
-            .map(|t| {
-                if sd[t] > 0.0 {
-                    ((x[i * d + t] as f64 - mean[t]) / sd[t]) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect()
+        (0..d).map(|t| if sd[t] > 0.0 { ((x[i * d + t] as f64 - mean[t]) / sd[t]) as f32 } else { 0.0 }).collect()
     };
     let xt: Vec<f32> = train.iter().flat_map(|&i| scaled(i)).collect();
-    let yt: Vec<u32> = train
-        .iter()
-        .map(|&i| code(labels[i]).unwrap() as u32)
-        .collect();
+    let yt: Vec<u32> = train.iter().map(|&i| code(labels[i]).unwrap() as u32).collect();
     let k = classes.len();
     let (w, b) = fit_logistic(&xt, d, &yt, k, max_iter);
     let correct = test
@@ -396,10 +316,7 @@ pub fn logistic_accuracy(
             let best = (0..k)
                 .map(|c| b[c] + (0..d).map(|t| w[c * d + t] * xi[t] as f64).sum::<f64>())
                 .enumerate()
-                .fold(
-                    (0, f64::NEG_INFINITY),
-                    |acc, (c, v)| if v > acc.1 { (c, v) } else { acc },
-                )
+                .fold((0, f64::NEG_INFINITY), |acc, (c, v)| if v > acc.1 { (c, v) } else { acc })
                 .0;
             classes[best] == labels[i]
         })
@@ -419,21 +336,12 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let (n, d) = (4000, 4);
         let labels: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();
-        let x: Vec<f32> = (0..n * d)
-            .map(|t| labels[t / d] as f32 * 0.7 + rng.gen::<f32>())
-            .collect();
+        let x: Vec<f32> = (0..n * d).map(|t| labels[t / d] as f32 * 0.7 + rng.gen::<f32>()).collect();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let (w, b) = fit_logistic(&x, d, &labels, 3, 50);
-                (
-                    silhouette(&x, d, &labels).to_bits(),
-                    w.iter().chain(&b).map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    crate::analysis::scorecard::knn_batch_entropy(&x, d, &labels, 15).to_bits(),
-                )
+                (silhouette(&x, d, &labels).to_bits(), w.iter().chain(&b).map(|v| v.to_bits()).collect::<Vec<_>>(), crate::analysis::scorecard::knn_batch_entropy(&x, d, &labels, 15).to_bits())
             })
         };
         let one = run(1);
@@ -447,10 +355,7 @@ mod tests {
         let mut lab = Vec::new();
         for i in 0..200u32 {
             let c = i % 2;
-            x.extend_from_slice(&[
-                c as f32 * 10.0 + (i as f32 * 0.37).sin(),
-                (i as f32 * 0.91).cos(),
-            ]);
+            x.extend_from_slice(&[c as f32 * 10.0 + (i as f32 * 0.37).sin(), (i as f32 * 0.91).cos()]);
             lab.push(c);
         }
         assert_eq!(knn_accuracy(&x, 2, &lab, 15, 5, 0), 1.0);
@@ -468,16 +373,10 @@ mod tests {
     fn eigenvalues_and_pcs_match_hand_computation() {
         // [[2, 1], [1, 2]] has eigenvalues 3 and 1.
         let ev = symmetric_eigenvalues(&[2.0, 1.0, 1.0, 2.0], 2);
-        assert!(
-            (ev[0] - 3.0).abs() < 1e-12 && (ev[1] - 1.0).abs() < 1e-12,
-            "{ev:?}"
-        );
+        assert!((ev[0] - 3.0).abs() < 1e-12 && (ev[1] - 1.0).abs() < 1e-12, "{ev:?}");
         let a = [4.0, 1.0, 0.5, 1.0, 3.0, 0.2, 0.5, 0.2, 1.0];
         let ev = symmetric_eigenvalues(&a, 3);
-        assert!(
-            (ev.iter().sum::<f64>() - 8.0).abs() < 1e-10,
-            "trace preserved: {ev:?}"
-        );
+        assert!((ev.iter().sum::<f64>() - 8.0).abs() < 1e-10, "trace preserved: {ev:?}");
         // Points on a line in 3-D (plus tiny noise in one axis): one component explains > 90%.
         let mut x = Vec::new();
         for i in 0..100 {
@@ -501,19 +400,12 @@ mod tests {
         let x = [-2.0f32, -1.0, 1.0, 2.0];
         let y = [0u32, 0, 1, 1];
         let (w, b) = fit_logistic(&x, 1, &y, 2, 500);
-        let grad_w1: f64 = w[1]
-            + x.iter()
-                .zip(&y)
-                .map(|(&xi, &yi)| {
-                    let z = [w[0] * xi as f64 + b[0], w[1] * xi as f64 + b[1]];
-                    let p1 = 1.0 / (1.0 + (z[0] - z[1]).exp());
-                    (p1 - yi as f64) * xi as f64
-                })
-                .sum::<f64>();
-        assert!(
-            grad_w1.abs() < 1e-5,
-            "gradient {grad_w1} at w {w:?} b {b:?}"
-        );
+        let grad_w1: f64 = w[1] + x.iter().zip(&y).map(|(&xi, &yi)| {
+            let z = [w[0] * xi as f64 + b[0], w[1] * xi as f64 + b[1]];
+            let p1 = 1.0 / (1.0 + (z[0] - z[1]).exp());
+            (p1 - yi as f64) * xi as f64
+        }).sum::<f64>();
+        assert!(grad_w1.abs() < 1e-5, "gradient {grad_w1} at w {w:?} b {b:?}");
         assert!((b[0] - b[1]).abs() < 1e-5 && w[1] > w[0]);
     }
 }

@@ -24,11 +24,7 @@ pub fn fit_beta_prior(junction_means: &[f64]) -> BetaPrior {
         return BetaPrior { a: 1.0, b: 1.0 };
     }
     let m = junction_means.iter().sum::<f64>() / n;
-    let v = junction_means
-        .iter()
-        .map(|x| (x - m) * (x - m))
-        .sum::<f64>()
-        / n;
+    let v = junction_means.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n;
     let max_var = m * (1.0 - m);
     if max_var <= 1e-8 || v <= 1e-8 {
         return BetaPrior { a: 1.0, b: 1.0 };
@@ -36,17 +32,11 @@ pub fn fit_beta_prior(junction_means: &[f64]) -> BetaPrior {
     // numpy.clip semantics (max wins), which never panics.
     let v = v.max(1e-8).min(max_var - 1e-8);
     let c = max_var / v - 1.0;
-    BetaPrior {
-        a: (m * c).max(1e-6),
-        b: ((1.0 - m) * c).max(1e-6),
-    }
+    BetaPrior { a: (m * c).max(1e-6), b: ((1.0 - m) * c).max(1e-6) }
 }
 
 /// Observed-PSI sums and counts per junction over a set of cells.
-fn junction_stats<'a>(
-    spl: &Splicing,
-    cells: impl Iterator<Item = &'a usize>,
-) -> (Vec<f64>, Vec<f64>) {
+fn junction_stats<'a>(spl: &Splicing, cells: impl Iterator<Item = &'a usize>) -> (Vec<f64>, Vec<f64>) {
     let mut s = vec![0f64; spl.n_junctions];
     let mut n = vec![0f64; spl.n_junctions];
     for &c in cells {
@@ -60,17 +50,11 @@ fn junction_stats<'a>(
 }
 
 fn means(s: &[f64], n: &[f64]) -> Vec<f64> {
-    s.iter()
-        .zip(n)
-        .map(|(&s, &n)| if n > 0.0 { s / n } else { 0.5 })
-        .collect()
+    s.iter().zip(n).map(|(&s, &n)| if n > 0.0 { s / n } else { 0.5 }).collect()
 }
 
 fn posterior_means(prior: BetaPrior, s: &[f64], n: &[f64]) -> Vec<f64> {
-    s.iter()
-        .zip(n)
-        .map(|(&s, &n)| (prior.a + s) / (prior.a + prior.b + n))
-        .collect()
+    s.iter().zip(n).map(|(&s, &n)| (prior.a + s) / (prior.a + prior.b + n)).collect()
 }
 
 pub struct MeanBayes {
@@ -90,39 +74,17 @@ impl MeanBayes {
         let (s, n) = junction_stats(spl, all.iter());
         let global_prior = fit_beta_prior(&means(&s, &n));
         let global = posterior_means(global_prior, &s, &n);
-        let mut out = MeanBayes {
-            global_prior,
-            global,
-            groups: Vec::new(),
-            group_of: Vec::new(),
-        };
+        let mut out = MeanBayes { global_prior, global, groups: Vec::new(), group_of: Vec::new() };
         if let Some(codes) = groups {
-            assert_eq!(
-                codes.len(),
-                spl.n_cells,
-                "MeanBayes: {} group codes for {} cells",
-                codes.len(),
-                spl.n_cells
-            );
+            assert_eq!(codes.len(), spl.n_cells, "MeanBayes: {} group codes for {} cells", codes.len(), spl.n_cells);
             let n_groups = codes.iter().copied().max().map_or(0, |m| m as usize + 1);
             let mut members = vec![Vec::new(); n_groups];
-            codes
-                .iter()
-                .enumerate()
-                .for_each(|(c, &g)| members[g as usize].push(c));
+            codes.iter().enumerate().for_each(|(c, &g)| members[g as usize].push(c));
             for cells in &members {
                 let (gs, gn) = junction_stats(spl, cells.iter());
                 let prior = fit_beta_prior(&means(&gs, &gn));
                 let grp = posterior_means(prior, &gs, &gn);
-                let pred = (0..spl.n_junctions)
-                    .map(|j| {
-                        if gn[j] >= min_group_cells as f64 {
-                            grp[j]
-                        } else {
-                            out.global[j]
-                        }
-                    })
-                    .collect();
+                let pred = (0..spl.n_junctions).map(|j| if gn[j] >= min_group_cells as f64 { grp[j] } else { out.global[j] }).collect();
                 out.groups.push((prior, pred));
             }
             out.group_of = codes.to_vec();
@@ -177,20 +139,14 @@ mod tests {
 
     #[test]
     fn degenerate_means_give_a_uniform_prior_and_groups_fall_back() {
-        assert_eq!(
-            fit_beta_prior(&[0.5, 0.5, 0.5]),
-            BetaPrior { a: 1.0, b: 1.0 }
-        );
+        assert_eq!(fit_beta_prior(&[0.5, 0.5, 0.5]), BetaPrior { a: 1.0, b: 1.0 });
         assert_eq!(fit_beta_prior(&[1.0, 1.0]), BetaPrior { a: 1.0, b: 1.0 });
         // Groups: {0, 1} and {2}. Group 0 observes j0 twice (≥ 2 → group posterior), j1 once (→ global).
         let mb = MeanBayes::fit(&toy(), Some(&[0, 0, 1]), 2);
         let (pg, pred0) = &mb.groups[0];
         // Group 0 junction means: j0 0.375, j1 0.75, j2 0.5.
         let exp = fit_beta_prior(&[0.375, 0.75, 0.5]);
-        assert!(
-            (pg.a - exp.a).abs() < 1e-12 && (pg.b - exp.b).abs() < 1e-12,
-            "{pg:?} vs {exp:?}"
-        );
+        assert!((pg.a - exp.a).abs() < 1e-12 && (pg.b - exp.b).abs() < 1e-12, "{pg:?} vs {exp:?}");
         assert!((pred0[0] - (exp.a + 0.75) / (exp.a + exp.b + 2.0)).abs() < 1e-12);
         assert_eq!(pred0[1], mb.global[1]);
         assert_eq!(mb.predict(1, 1), mb.global[1]);

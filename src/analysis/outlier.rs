@@ -76,11 +76,7 @@ fn cholesky(a: &[f64], p: usize, ridge: f64) -> Vec<f64> {
                 s -= l[i * p + k] * l[j * p + k];
             }
             if i == j {
-                l[i * p + i] = if s > ridge {
-                    s.sqrt()
-                } else {
-                    ridge.max(f64::MIN_POSITIVE).sqrt()
-                };
+                l[i * p + i] = if s > ridge { s.sqrt() } else { ridge.max(f64::MIN_POSITIVE).sqrt() };
             } else {
                 l[i * p + j] = s / l[j * p + j];
             }
@@ -123,13 +119,7 @@ fn smallest(d: &[f64], h: usize) -> Vec<usize> {
 }
 
 /// C-steps from `support` until the determinant stops falling (or `steps` are done).
-fn c_steps(
-    x: &[f64],
-    p: usize,
-    h: usize,
-    mut support: Vec<usize>,
-    steps: usize,
-) -> (Vec<usize>, Fit) {
+fn c_steps(x: &[f64], p: usize, h: usize, mut support: Vec<usize>, steps: usize) -> (Vec<usize>, Fit) {
     let mut f = fit(x, p, &support);
     for _ in 0..steps {
         let next = smallest(&distances(x, p, &f), h);
@@ -162,14 +152,8 @@ fn median(v: &[f64]) -> f64 {
 /// `contamination` of them. Errors when the group is too small for a covariance (n ≤ p + 1); scvi then
 /// warns and keeps every cell, which is what the caller does.
 pub fn envelope_inliers(x: &[f64], p: usize, contamination: f64, seed: u64) -> Result<Vec<bool>> {
-    anyhow::ensure!(
-        p > 0 && x.len() % p == 0,
-        "latent rows of {p} values expected"
-    );
-    anyhow::ensure!(
-        (0.0..0.5).contains(&contamination),
-        "contamination must be in [0, 0.5), got {contamination}"
-    );
+    anyhow::ensure!(p > 0 && x.len() % p == 0, "latent rows of {p} values expected");
+    anyhow::ensure!((0.0..0.5).contains(&contamination), "contamination must be in [0, 0.5), got {contamination}");
     let n = x.len() / p;
     if n <= p + 1 {
         bail!("{n} cells in {p} latent dimensions: too few for a covariance");
@@ -197,18 +181,10 @@ pub fn envelope_inliers(x: &[f64], p: usize, contamination: f64, seed: u64) -> R
     let chi2 = ChiSquared::new(p as f64).expect("p > 0");
     let d_raw = distances(x, p, &raw);
     let med = median(&d_raw);
-    let scale = if med > 0.0 {
-        med / chi2.inverse_cdf(0.5)
-    } else {
-        1.0
-    };
+    let scale = if med > 0.0 { med / chi2.inverse_cdf(0.5) } else { 1.0 };
     let cut = chi2.inverse_cdf(0.975);
     let kept: Vec<usize> = (0..n).filter(|&i| d_raw[i] / scale < cut).collect();
-    let fin = if kept.len() > p {
-        fit(x, p, &kept)
-    } else {
-        raw
-    };
+    let fin = if kept.len() > p { fit(x, p, &kept) } else { raw };
     let d = distances(x, p, &fin);
     let thr = percentile(&d, 100.0 * (1.0 - contamination));
     Ok(d.iter().map(|&v| v <= thr).collect())
@@ -242,20 +218,10 @@ mod tests {
         let all: Vec<usize> = (0..n).collect();
         let plain = distances(&x, p, &fit(&x, p, &all));
         let inlier_max = plain[..270].iter().cloned().fold(0.0, f64::max);
-        assert!(
-            plain[270..].iter().any(|&d| d < inlier_max),
-            "the test needs outliers that fool the plain covariance"
-        );
+        assert!(plain[270..].iter().any(|&d| d < inlier_max), "the test needs outliers that fool the plain covariance");
         let keep = envelope_inliers(&x, p, CONTAMINATION, 0).unwrap();
-        assert_eq!(
-            keep.iter().filter(|&&k| k).count(),
-            270,
-            "the 90th percentile cut"
-        );
-        assert!(
-            keep[270..].iter().all(|&k| !k),
-            "every planted outlier is dropped"
-        );
+        assert_eq!(keep.iter().filter(|&&k| k).count(), 270, "the 90th percentile cut");
+        assert!(keep[270..].iter().all(|&k| !k), "every planted outlier is dropped");
         // Seeded: the same call gives the same answer.
         assert_eq!(keep, envelope_inliers(&x, p, CONTAMINATION, 0).unwrap());
     }
@@ -275,9 +241,7 @@ mod tests {
                 }
             }
         }
-        let det = c[0][0] * (c[1][1] * c[2][2] - c[1][2] * c[2][1])
-            - c[0][1] * (c[1][0] * c[2][2] - c[1][2] * c[2][0])
-            + c[0][2] * (c[1][0] * c[2][1] - c[1][1] * c[2][0]);
+        let det = c[0][0] * (c[1][1] * c[2][2] - c[1][2] * c[2][1]) - c[0][1] * (c[1][0] * c[2][2] - c[1][2] * c[2][0]) + c[0][2] * (c[1][0] * c[2][1] - c[1][1] * c[2][0]);
         assert!((f.logdet - det.ln()).abs() < 1e-9);
         let mut inv = [[0f64; 3]; 3];
         for a in 0..3 {
@@ -290,14 +254,8 @@ mod tests {
         let d = distances(&x, p, &f);
         for r in 0..n {
             let v: Vec<f64> = (0..3).map(|k| x[r * 3 + k] - f.mean[k]).collect();
-            let want: f64 = (0..3)
-                .map(|a| (0..3).map(|b| v[a] * inv[a][b] * v[b]).sum::<f64>())
-                .sum();
-            assert!(
-                (d[r] - want).abs() < 1e-9 * want.max(1.0),
-                "row {r}: {} vs {want}",
-                d[r]
-            );
+            let want: f64 = (0..3).map(|a| (0..3).map(|b| v[a] * inv[a][b] * v[b]).sum::<f64>()).sum();
+            assert!((d[r] - want).abs() < 1e-9 * want.max(1.0), "row {r}: {} vs {want}", d[r]);
         }
     }
 
@@ -311,19 +269,12 @@ mod tests {
         }
         let keep = envelope_inliers(&x, p, CONTAMINATION, 0).unwrap();
         assert_eq!(keep.iter().filter(|&&k| k).count(), 90);
-        assert!(
-            envelope_inliers(&x[..5 * p], p, CONTAMINATION, 0).is_err(),
-            "5 cells in 4 dimensions"
-        );
+        assert!(envelope_inliers(&x[..5 * p], p, CONTAMINATION, 0).is_err(), "5 cells in 4 dimensions");
         let mut bad = x.clone();
         bad[7] = f64::NAN;
         assert!(envelope_inliers(&bad, p, CONTAMINATION, 0).is_err());
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let y: Vec<f64> = (0..40 * 2).map(|_| r.gen::<f64>()).collect();
-        assert_eq!(
-            envelope_inliers(&y, 2, 0.0, 0).unwrap(),
-            vec![true; 40],
-            "contamination 0 keeps all"
-        );
+        assert_eq!(envelope_inliers(&y, 2, 0.0, 0).unwrap(), vec![true; 40], "contamination 0 keeps all");
     }
 }

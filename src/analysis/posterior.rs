@@ -84,24 +84,12 @@ impl<'a> Posterior<'a> {
                 model.dims.n_junctions
             );
         }
-        let gate = params
-            .by_name("cross_gate")
-            .map(|v| v[0] as f64)
-            .unwrap_or(1.0);
+        let gate = params.by_name("cross_gate").map(|v| v[0] as f64).unwrap_or(1.0);
         let conc = match model.cfg.splicing_loss_type {
-            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => {
-                per_junction_concentration(model, params, &ds.splicing.junc2atse)
-            }
+            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => per_junction_concentration(model, params, &ds.splicing.junc2atse),
             SplicingLoss::Binomial | SplicingLoss::Bce => Vec::new(),
         };
-        Ok(Posterior {
-            ds,
-            model,
-            params,
-            gate,
-            with_cell_idx: ds.n_cells() == model.dims.n_obs,
-            conc,
-        })
+        Ok(Posterior { ds, model, params, gate, with_cell_idx: ds.n_cells() == model.dims.n_obs, conc })
     }
 
     pub fn batch(&self, cells: &[usize]) -> Result<Batch> {
@@ -115,19 +103,12 @@ impl<'a> Posterior<'a> {
 
     /// Posterior means of the joint, expression and splicing latents of `cells` (in that order, rows in
     /// `cells` order), inferred `block` cells at a time; with their widths.
-    pub fn latent_means(
-        &self,
-        cells: &[usize],
-        block: usize,
-    ) -> Result<([Vec<f32>; 3], [usize; 3])> {
+    pub fn latent_means(&self, cells: &[usize], block: usize) -> Result<([Vec<f32>; 3], [usize; 3])> {
         let mut lat: [Vec<f32>; 3] = Default::default();
         let mut dims = [0usize; 3];
         for b in cells.chunks(block.max(1)) {
             let inf = self.latents(b)?;
-            for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl]
-                .into_iter()
-                .enumerate()
-            {
+            for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
                 dims[i] = m.cols;
                 lat[i].extend_from_slice(&m.data);
             }
@@ -137,13 +118,7 @@ impl<'a> Posterior<'a> {
 
     /// Decode a block of cells: PSI (`psi_fn`) and/or px_scale, averaged over `opts.transform_batch`
     /// and `opts.n_samples` posterior samples.
-    pub fn decode(
-        &self,
-        cells: &[usize],
-        opts: &DecodeOptions,
-        psi_fn: Option<SplicingFn>,
-        expr: bool,
-    ) -> Result<Decoded> {
+    pub fn decode(&self, cells: &[usize], opts: &DecodeOptions, psi_fn: Option<SplicingFn>, expr: bool) -> Result<Decoded> {
         if psi_fn == Some(SplicingFn::DmPosterior) && self.conc.is_empty() {
             bail!(
                 "the DM posterior mean needs a concentration; the model's splicing likelihood `{}` has none (use --method decoder)",
@@ -151,26 +126,14 @@ impl<'a> Posterior<'a> {
             );
         }
         let n_batch = self.model.dims.n_batch.max(1);
-        if let Some(&b) = opts
-            .transform_batch
-            .iter()
-            .find(|&&b| b as usize >= n_batch)
-        {
+        if let Some(&b) = opts.transform_batch.iter().find(|&&b| b as usize >= n_batch) {
             bail!("transform batch code {b} ≥ the model's {n_batch} batches");
         }
         let batch = self.batch(cells)?;
         let inf = self.model.inference_only(self.params, &batch)?;
         let s = opts.n_samples.max(1);
-        let lats: Vec<Mat<f32>> = if s == 1 {
-            vec![inf.qz_m.clone()]
-        } else {
-            self.samples(cells, &inf, s, opts.seed)
-        };
-        let overrides: Vec<Option<u32>> = if opts.transform_batch.is_empty() {
-            vec![None]
-        } else {
-            opts.transform_batch.iter().map(|&b| Some(b)).collect()
-        };
+        let lats: Vec<Mat<f32>> = if s == 1 { vec![inf.qz_m.clone()] } else { self.samples(cells, &inf, s, opts.seed) };
+        let overrides: Vec<Option<u32>> = if opts.transform_batch.is_empty() { vec![None] } else { opts.transform_batch.iter().map(|&b| Some(b)).collect() };
         let n_terms = (lats.len() * overrides.len()) as f32;
         let (b, j, g) = (cells.len(), self.ds.n_junctions(), self.ds.n_genes());
         let mut psi_sum = psi_fn.map(|_| Mat::<f32>::zeros(b, j));
@@ -181,9 +144,7 @@ impl<'a> Posterior<'a> {
                 bt.batch.iter_mut().for_each(|x| *x = *code);
             }
             for lat in &lats {
-                let dec =
-                    self.model
-                        .decode_dense(self.params, lat, &bt, &inf.library, self.gate)?;
+                let dec = self.model.decode_dense(self.params, lat, &bt, &inf.library, self.gate)?;
                 if let (Some(sum), Some(f)) = (psi_sum.as_mut(), psi_fn) {
                     let mut p = dec.p;
                     if f == SplicingFn::DmPosterior {
@@ -203,10 +164,7 @@ impl<'a> Posterior<'a> {
         };
         psi_sum.iter_mut().for_each(scale);
         expr_sum.iter_mut().for_each(scale);
-        Ok(Decoded {
-            psi: psi_sum,
-            expr: expr_sum,
-        })
+        Ok(Decoded { psi: psi_sum, expr: expr_sum })
     }
 
     /// S samples of the joint latent for each cell (sample-major: one B × L matrix per sample).
@@ -234,26 +192,17 @@ impl<'a> Posterior<'a> {
 }
 
 fn add_into(sum: &mut Mat<f32>, x: &Mat<f32>) {
-    sum.data
-        .par_iter_mut()
-        .zip(x.data.par_iter())
-        .for_each(|(a, b)| *a += b);
+    sum.data.par_iter_mut().zip(x.data.par_iter()).for_each(|(a, b)| *a += b);
 }
 
 /// φ per junction, as the model's `dm_posterior_mean` maps it: per ATSE (DM "atse"), per junction
 /// (beta-binomial), or one scalar.
-pub fn per_junction_concentration(
-    model: &SpliceVae,
-    params: &Params<f32>,
-    junc2atse: &[u32],
-) -> Vec<f32> {
+pub fn per_junction_concentration(model: &SpliceVae, params: &Params<f32>, junc2atse: &[u32]) -> Vec<f32> {
     let phi = model.concentration(params);
     let j = model.dims.n_junctions;
     (0..j)
         .map(|jj| match model.cfg.dm_concentration {
-            DmConcentration::Atse if phi.len() == model.dims.n_atse && !junc2atse.is_empty() => {
-                phi[junc2atse[jj] as usize]
-            }
+            DmConcentration::Atse if phi.len() == model.dims.n_atse && !junc2atse.is_empty() => phi[junc2atse[jj] as usize],
             _ if phi.len() == j => phi[jj],
             _ => phi[0],
         })
@@ -268,32 +217,24 @@ pub fn dm_posterior_rows(p: &mut Mat<f32>, spl: &crate::model::SplBatch, conc: &
     let (lo, hi) = (1e-8f32, 1.0 - 1e-8f32);
     let eps = 1e-8f32;
     let zero = 0.0f32;
-    p.data
-        .par_chunks_mut(j.max(1))
-        .enumerate()
-        .for_each(|(i, row)| {
-            // Observed entries first (they need p before the row is overwritten).
-            let obs: Vec<(usize, f32)> = spl
-                .cell_range(i)
-                .map(|e| {
-                    let jj = spl.junction[e] as usize;
-                    let c = conc[jj];
-                    (
-                        jj,
-                        ((c * row[jj] + spl.k[e]) / (c + spl.n[e] + eps))
-                            .max(lo)
-                            .min(hi),
-                    )
-                })
-                .collect();
-            for (jj, v) in row.iter_mut().enumerate() {
+    p.data.par_chunks_mut(j.max(1)).enumerate().for_each(|(i, row)| {
+        // Observed entries first (they need p before the row is overwritten).
+        let obs: Vec<(usize, f32)> = spl
+            .cell_range(i)
+            .map(|e| {
+                let jj = spl.junction[e] as usize;
                 let c = conc[jj];
-                *v = ((c * *v + zero) / (c + zero + eps)).max(lo).min(hi);
-            }
-            for (jj, v) in obs {
-                row[jj] = v;
-            }
-        });
+                (jj, ((c * row[jj] + spl.k[e]) / (c + spl.n[e] + eps)).max(lo).min(hi))
+            })
+            .collect();
+        for (jj, v) in row.iter_mut().enumerate() {
+            let c = conc[jj];
+            *v = ((c * *v + zero) / (c + zero + eps)).max(lo).min(hi);
+        }
+        for (jj, v) in obs {
+            row[jj] = v;
+        }
+    });
 }
 
 /// A run directory and a dataset, ready for analyses.
@@ -312,12 +253,7 @@ pub fn open_run(run_dir: &std::path::Path, data: &std::path::Path) -> Result<Ope
     let mut ds = crate::data::load::load(data, &run.data)?;
     align_batches(&mut ds, &run.batch_levels, &run_dir.display().to_string())?;
     let (run, model, params) = crate::train::trainer::load_model(run_dir, &ds)?;
-    Ok(OpenRun {
-        run,
-        ds,
-        model,
-        params,
-    })
+    Ok(OpenRun { run, ds, model, params })
 }
 
 /// Re-code `ds`'s batch covariate in `levels` (the training run's order).
@@ -331,12 +267,7 @@ pub fn align_batches(ds: &mut Dataset, levels: &[String], run: &str) -> Result<(
         .iter()
         .map(|l| match levels.iter().position(|x| x == l) {
             Some(p) => Ok(p as u32),
-            None => bail!(
-                "{}: batch `{l}` of `{}` was not in the training data of {run} (batches: {})",
-                ds.source,
-                b.name,
-                levels.join(", ")
-            ),
+            None => bail!("{}: batch `{l}` of `{}` was not in the training data of {run} (batches: {})", ds.source, b.name, levels.join(", ")),
         })
         .collect::<Result<_>>()?;
     b.codes.iter_mut().for_each(|c| *c = map[*c as usize]);
@@ -351,10 +282,7 @@ pub fn batch_codes(levels: &[String], names: &[String]) -> Result<Vec<u32>> {
         .map(|n| match levels.iter().position(|l| l == n) {
             Some(p) => Ok(p as u32),
             None if levels.is_empty() => bail!("batch `{n}`: the run has no batch covariate"),
-            None => bail!(
-                "unknown batch `{n}` (batches of the run: {})",
-                levels.join(", ")
-            ),
+            None => bail!("unknown batch `{n}` (batches of the run: {})", levels.join(", ")),
         })
         .collect()
 }

@@ -78,33 +78,17 @@ pub struct ScoreOptions {
 
 impl Default for ScoreOptions {
     fn default() -> Self {
-        ScoreOptions {
-            k: 15,
-            ds_samples: 2000,
-            ds_delta: 0.1,
-            skip_ds: false,
-            seed: 0,
-            ds_min_obs: crate::train::presets::ROBUST_DS_MIN_OBS_CELLS,
-        }
+        ScoreOptions { k: 15, ds_samples: 2000, ds_delta: 0.1, skip_ds: false, seed: 0, ds_min_obs: crate::train::presets::ROBUST_DS_MIN_OBS_CELLS }
     }
 }
 
 /// k-NN accuracy of `sub` computed separately within each group of `group`, averaged weighted by the
 /// group sizes (groups with < 2 cells or one sub-label are skipped).
-pub fn knn_accuracy_within(
-    x: &[f32],
-    d: usize,
-    group: &[u32],
-    sub: &[u32],
-    k: usize,
-    seed: u64,
-) -> f64 {
+pub fn knn_accuracy_within(x: &[f32], d: usize, group: &[u32], sub: &[u32], k: usize, seed: u64) -> f64 {
     let n_groups = group.iter().copied().max().map_or(0, |m| m as usize + 1);
     let (mut acc, mut tot) = (0.0, 0usize);
     for gi in 0..n_groups {
-        let cells: Vec<usize> = (0..group.len())
-            .filter(|&i| group[i] as usize == gi)
-            .collect();
+        let cells: Vec<usize> = (0..group.len()).filter(|&i| group[i] as usize == gi).collect();
         if cells.len() < 2 {
             continue;
         }
@@ -115,13 +99,8 @@ pub fn knn_accuracy_within(
         if levels.len() < 2 {
             continue;
         }
-        labels
-            .iter_mut()
-            .for_each(|l| *l = levels.binary_search(l).unwrap() as u32);
-        let xs: Vec<f32> = cells
-            .iter()
-            .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-            .collect();
+        labels.iter_mut().for_each(|l| *l = levels.binary_search(l).unwrap() as u32);
+        let xs: Vec<f32> = cells.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect();
         acc += knn_accuracy(&xs, d, &labels, k, 5, seed) * cells.len() as f64;
         tot += cells.len();
     }
@@ -144,23 +123,15 @@ pub fn knn_batch_entropy(x: &[f32], d: usize, batch: &[u32], k: usize) -> f64 {
         .into_par_iter()
         .map(|i| {
             let xi = &x[i * d..(i + 1) * d];
-            let mut cand: Vec<(f32, usize)> = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| (sq(xi, &x[j * d..(j + 1) * d]), j))
-                .collect();
+            let mut cand: Vec<(f32, usize)> = (0..n).filter(|&j| j != i).map(|j| (sq(xi, &x[j * d..(j + 1) * d]), j)).collect();
             let kk = k.min(cand.len());
             cand.select_nth_unstable_by(kk - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             let mut cnt = vec![0usize; nb];
-            cand[..kk]
-                .iter()
-                .for_each(|&(_, j)| cnt[batch[j] as usize] += 1);
-            -cnt.iter()
-                .filter(|&&c| c > 0)
-                .map(|&c| {
-                    let p = c as f64 / kk as f64;
-                    p * p.ln()
-                })
-                .sum::<f64>()
+            cand[..kk].iter().for_each(|&(_, j)| cnt[batch[j] as usize] += 1);
+            -cnt.iter().filter(|&&c| c > 0).map(|&c| {
+                let p = c as f64 / kk as f64;
+                p * p.ln()
+            }).sum::<f64>()
                 / (nb as f64).ln()
         })
         .collect::<Vec<f64>>()
@@ -170,15 +141,7 @@ pub fn knn_batch_entropy(x: &[f32], d: usize, batch: &[u32], k: usize) -> f64 {
 }
 
 /// Score a model trained on `masked` (the ATSE-masked copy of `ds`; `dropped` its held-out entries).
-pub fn score(
-    ds: &Dataset,
-    truth: &GroundTruth,
-    masked: &Dataset,
-    dropped: &[Entry],
-    model: &SpliceVae,
-    params: &Params<f32>,
-    o: &ScoreOptions,
-) -> Result<Scorecard> {
+pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Entry], model: &SpliceVae, params: &Params<f32>, o: &ScoreOptions) -> Result<Scorecard> {
     let mut sc = Scorecard::default();
     let post = Posterior::new(ds, model, params)?;
     let n = ds.n_cells();
@@ -188,10 +151,7 @@ pub fn score(
     let mut kl = 0.0;
     for block in cells.chunks(512) {
         let inf = post.latents(block)?;
-        for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
             dims[i] = m.cols;
             lat[i].extend_from_slice(&m.data);
         }
@@ -201,12 +161,7 @@ pub fn score(
     }
     sc.kl_per_cell = kl / n as f64;
     let (ct, st) = (&truth.cell_type, &truth.subtype);
-    let acc = |i: usize| {
-        (
-            knn_accuracy(&lat[i], dims[i], ct, o.k, 5, o.seed),
-            knn_accuracy_within(&lat[i], dims[i], ct, st, o.k, o.seed),
-        )
-    };
+    let acc = |i: usize| (knn_accuracy(&lat[i], dims[i], ct, o.k, 5, o.seed), knn_accuracy_within(&lat[i], dims[i], ct, st, o.k, o.seed));
     (sc.joint_celltype, sc.joint_subtype) = acc(0);
     (sc.expr_celltype, sc.expr_subtype) = acc(1);
     (sc.spl_celltype, sc.spl_subtype) = acc(2);
@@ -214,30 +169,17 @@ pub fn score(
 
     let post_m = Posterior::new(masked, model, params)?;
     let imp = evaluate_imputation(&post_m, dropped, TruthFilter::default(), None, 512)?;
-    if let (Some(dm), Some(mb)) = (
-        imp.get("dropped", METHOD_DM),
-        imp.get("dropped", METHOD_MEANBAYES),
-    ) {
-        (sc.imp_pearson, sc.imp_rmse, sc.mb_pearson, sc.mb_rmse) =
-            (dm.pearson, dm.rmse, mb.pearson, mb.rmse);
+    if let (Some(dm), Some(mb)) = (imp.get("dropped", METHOD_DM), imp.get("dropped", METHOD_MEANBAYES)) {
+        (sc.imp_pearson, sc.imp_rmse, sc.mb_pearson, sc.mb_rmse) = (dm.pearson, dm.rmse, mb.pearson, mb.rmse);
     }
 
     if !o.skip_ds {
-        let opts = ChangeOptions {
-            n_samples_overall: o.ds_samples,
-            seed: o.seed,
-            ..ChangeOptions::new(o.ds_delta)
-        };
+        let opts = ChangeOptions { n_samples_overall: o.ds_samples, seed: o.seed, ..ChangeOptions::new(o.ds_delta) };
         let j = ds.n_junctions();
         let mut c0: Vec<usize> = (0..n).filter(|&i| st[i] == 0).collect();
         c0.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(o.seed + 1));
         let (h1, h2) = c0.split_at(c0.len() / 2);
-        let halves = Comparison {
-            group1: "A".into(),
-            group2: "B".into(),
-            idx1: h1.to_vec(),
-            idx2: h2.to_vec(),
-        };
+        let halves = Comparison { group1: "A".into(), group2: "B".into(), idx1: h1.to_vec(), idx2: h2.to_vec() };
         // Each cell type's two subtypes, with the junctions planted between them.
         let pairs: Vec<(Comparison, &Vec<bool>)> = truth
             .planted_ds_by_type
@@ -246,15 +188,7 @@ pub fn score(
             .map(|(t, pl)| {
                 let (a, b) = (2 * t as u32, 2 * t as u32 + 1);
                 let members = |s: u32| (0..n).filter(|&i| st[i] == s).collect();
-                (
-                    Comparison {
-                        group1: truth.subtype_names[a as usize].clone(),
-                        group2: truth.subtype_names[b as usize].clone(),
-                        idx1: members(a),
-                        idx2: members(b),
-                    },
-                    pl,
-                )
+                (Comparison { group1: truth.subtype_names[a as usize].clone(), group2: truth.subtype_names[b as usize].clone(), idx1: members(a), idx2: members(b) }, pl)
             })
             .collect();
         for method in [SplicingFn::DmPosterior, SplicingFn::Decoder] {
@@ -265,68 +199,28 @@ pub fn score(
                 called += r.is_ds_fdr.iter().filter(|&&c| c).count();
                 tp += (0..j).filter(|&jj| r.is_ds_fdr[jj] && pl[jj]).count();
                 if method == SplicingFn::DmPosterior {
-                    let mo = fdr_calls_tested(
-                        &r.proba_ds,
-                        &r.n_obs_group1,
-                        &r.n_obs_group2,
-                        o.ds_min_obs,
-                        None,
-                        opts.fdr,
-                    );
+                    let mo = fdr_calls_tested(&r.proba_ds, &r.n_obs_group1, &r.n_obs_group2, o.ds_min_obs, None, opts.fdr);
                     called_mo += mo.iter().filter(|&&c| c).count();
                     tp_mo += (0..j).filter(|&jj| mo[jj] && pl[jj]).count();
                     let a2j = &ds.splicing.junc2atse;
                     let mut planted_atse = vec![false; ds.splicing.n_atse()];
-                    (0..j)
-                        .filter(|&jj| pl[jj])
-                        .for_each(|jj| planted_atse[a2j[jj] as usize] = true);
-                    sc.ds_fp_in_planted_atse += (0..j)
-                        .filter(|&jj| r.is_ds_fdr[jj] && !pl[jj] && planted_atse[a2j[jj] as usize])
-                        .count();
+                    (0..j).filter(|&jj| pl[jj]).for_each(|jj| planted_atse[a2j[jj] as usize] = true);
+                    sc.ds_fp_in_planted_atse += (0..j).filter(|&jj| r.is_ds_fdr[jj] && !pl[jj] && planted_atse[a2j[jj] as usize]).count();
                 }
                 planted += pl.iter().filter(|&&p| p).count();
             }
-            let prec = if called > 0 {
-                tp as f64 / called as f64
-            } else {
-                f64::NAN
-            };
+            let prec = if called > 0 { tp as f64 / called as f64 } else { f64::NAN };
             let rec = tp as f64 / planted.max(1) as f64;
             let hr = differential_splicing(&post, &halves, method, &opts, 99)?;
             let hc = hr.is_ds_fdr.iter().filter(|&&c| c).count();
             if method == SplicingFn::DmPosterior {
-                sc.ds_mo_precision = if called_mo > 0 {
-                    tp_mo as f64 / called_mo as f64
-                } else {
-                    f64::NAN
-                };
+                sc.ds_mo_precision = if called_mo > 0 { tp_mo as f64 / called_mo as f64 } else { f64::NAN };
                 sc.ds_mo_recall = tp_mo as f64 / planted.max(1) as f64;
                 sc.ds_mo_called = called_mo;
-                sc.halves_mo_called = fdr_calls_tested(
-                    &hr.proba_ds,
-                    &hr.n_obs_group1,
-                    &hr.n_obs_group2,
-                    o.ds_min_obs,
-                    None,
-                    opts.fdr,
-                )
-                .iter()
-                .filter(|&&c| c)
-                .count();
-                (
-                    sc.ds_precision,
-                    sc.ds_recall,
-                    sc.ds_called,
-                    sc.ds_planted,
-                    sc.halves_called,
-                ) = (prec, rec, called, planted, hc);
+                sc.halves_mo_called = fdr_calls_tested(&hr.proba_ds, &hr.n_obs_group1, &hr.n_obs_group2, o.ds_min_obs, None, opts.fdr).iter().filter(|&&c| c).count();
+                (sc.ds_precision, sc.ds_recall, sc.ds_called, sc.ds_planted, sc.halves_called) = (prec, rec, called, planted, hc);
             } else {
-                (
-                    sc.ds_dec_precision,
-                    sc.ds_dec_recall,
-                    sc.ds_dec_called,
-                    sc.halves_dec_called,
-                ) = (prec, rec, called, hc);
+                (sc.ds_dec_precision, sc.ds_dec_recall, sc.ds_dec_called, sc.halves_dec_called) = (prec, rec, called, hc);
             }
         }
         let ropts = crate::train::presets::ROBUST_DS.apply(opts.clone(), model.dims.n_batch);
@@ -337,19 +231,10 @@ pub fn score(
             tp += (0..j).filter(|&jj| r.is_ds_fdr[jj] && pl[jj]).count();
             planted += pl.iter().filter(|&&p| p).count();
         }
-        sc.ds_rb_precision = if called > 0 {
-            tp as f64 / called as f64
-        } else {
-            f64::NAN
-        };
+        sc.ds_rb_precision = if called > 0 { tp as f64 / called as f64 } else { f64::NAN };
         sc.ds_rb_recall = tp as f64 / planted.max(1) as f64;
         sc.ds_rb_called = called;
-        sc.halves_rb_called =
-            differential_splicing(&post, &halves, SplicingFn::DmPosterior, &ropts, 99)?
-                .is_ds_fdr
-                .iter()
-                .filter(|&&c| c)
-                .count();
+        sc.halves_rb_called = differential_splicing(&post, &halves, SplicingFn::DmPosterior, &ropts, 99)?.is_ds_fdr.iter().filter(|&&c| c).count();
     }
     Ok(sc)
 }

@@ -56,11 +56,7 @@ fn original_seconds_per_step(size: SimSize, n_train: usize, batch: usize) -> Opt
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kb| kb * 1024)
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
 /// Measured f32 GEMM throughput of this machine with the CPU backend's GEMM (FLOP/s).
@@ -73,22 +69,7 @@ fn cpu_gemm_peak() -> f64 {
     for _ in 0..3 {
         let t = Instant::now();
         unsafe {
-            matrixmultiply::sgemm(
-                n,
-                n,
-                n,
-                1.0,
-                a.as_ptr(),
-                n as isize,
-                1,
-                b.as_ptr(),
-                n as isize,
-                1,
-                0.0,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            );
+            matrixmultiply::sgemm(n, n, n, 1.0, a.as_ptr(), n as isize, 1, b.as_ptr(), n as isize, 1, 0.0, c.as_mut_ptr(), n as isize, 1);
         }
         best = best.max(2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64());
     }
@@ -105,17 +86,10 @@ fn forward_flops_per_cell(cfg: &ModelConfig, ds: &Dataset) -> f64 {
     let h = cfg.resolved_n_hidden(&dims) as f64;
     let d = cfg.resolved_n_latent(&dims) as f64;
     let l = cfg.joint_latent(&dims) as f64;
-    let (dd, hh, e) = (
-        cfg.code_dim as f64,
-        cfg.h_hidden_dim as f64,
-        cfg.encoder_hidden_dim as f64,
-    );
-    let mut f =
-        2.0 * expr_nnz * h + 2.0 * h * h * (cfg.n_layers_encoder as f64 - 1.0) + 4.0 * h * d;
+    let (dd, hh, e) = (cfg.code_dim as f64, cfg.h_hidden_dim as f64, cfg.encoder_hidden_dim as f64);
+    let mut f = 2.0 * expr_nnz * h + 2.0 * h * h * (cfg.n_layers_encoder as f64 - 1.0) + 4.0 * h * d;
     f += match cfg.splicing_encoder_architecture {
-        SplicingEncoderArch::Partial => {
-            obs * 2.0 * ((1.0 + dd) * hh + hh * dd) + 2.0 * (dd * e + e * 2.0 * d)
-        }
+        SplicingEncoderArch::Partial => obs * 2.0 * ((1.0 + dd) * hh + hh * dd) + 2.0 * (dd * e + e * 2.0 * d),
         SplicingEncoderArch::Vanilla => 2.0 * obs * h + 2.0 * h * h + 4.0 * h * d,
     };
     f += match cfg.expression_architecture {
@@ -132,11 +106,7 @@ fn forward_flops_per_cell(cfg: &ModelConfig, ds: &Dataset) -> f64 {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let peak = cpu_gemm_peak();
-    println!(
-        "device: cpu ({} rayon threads); measured f32 GEMM peak {:.1} GFLOP/s",
-        rayon::current_num_threads(),
-        peak / 1e9
-    );
+    println!("device: cpu ({} rayon threads); measured f32 GEMM peak {:.1} GFLOP/s", rayon::current_num_threads(), peak / 1e9);
     let header = "size\tpreset\tcells\tgenes\tjunctions\tbatch\tsteps\ts_per_step\tcells_per_s\ts_per_epoch\tpeak_rss_mb\toriginal_s_per_step\tspeedup\test_gflop_per_cell\tfraction_of_floor";
     println!("{header}");
     let mut rows = vec![header.to_string()];
@@ -145,17 +115,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (ds, _truth) = simulate(&SimConfig::preset(size, 0))?;
         for preset_name in &args.preset {
             let (model, train0) = presets::preset(preset_name)?;
-            let train = TrainConfig {
-                batch_size: args.batch_size,
-                max_epochs: 1,
-                ..train0
-            };
+            let train = TrainConfig { batch_size: args.batch_size, max_epochs: 1, ..train0 };
             let dims = dims_of(&ds);
             model.validate(&dims)?;
-            let data = DataOptions {
-                batch_key: Some("batch".into()),
-                ..Default::default()
-            };
+            let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
             let run = RunConfig::for_dataset(preset_name, model.clone(), train.clone(), data, &ds);
             let tmp = tempfile::tempdir()?;
             let mut t = Trainer::new(&ds, run, tmp.path())?;
@@ -163,11 +126,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let epoch = train.n_epochs_kl_warmup.unwrap_or(0);
             t.timed_steps(epoch, 1)?;
             let n_steps_epoch = t.train_cells.len().div_ceil(args.batch_size);
-            let target = if args.steps == 0 {
-                n_steps_epoch
-            } else {
-                args.steps
-            };
+            let target = if args.steps == 0 { n_steps_epoch } else { args.steps };
             let (mut secs, mut cells, mut steps) = (0.0, 0usize, 0usize);
             while steps < target && (steps < 2 || secs < args.max_seconds) {
                 let (s, c) = t.timed_steps(epoch, 1)?;
@@ -194,10 +153,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 cps,
                 s_epoch,
                 peak_rss_bytes().unwrap_or(0) as f64 / 1e6,
-                orig.map(|o| format!("{o:.4}"))
-                    .unwrap_or_else(|| "-".into()),
-                orig.map(|o| format!("{:.1}x", o / s_step))
-                    .unwrap_or_else(|| "-".into()),
+                orig.map(|o| format!("{o:.4}")).unwrap_or_else(|| "-".into()),
+                orig.map(|o| format!("{:.1}x", o / s_step)).unwrap_or_else(|| "-".into()),
                 flops / 1e9,
                 frac
             );

@@ -4,9 +4,7 @@
 
 use crate::data::Csr;
 use crate::model::params::tensor_to_f64;
-use crate::model::{
-    Batch, Dims, Mat, ModelConfig, Noise, ParamKind, SplBatch, SpliceVae, StepOptions,
-};
+use crate::model::{Batch, Dims, Mat, ModelConfig, Noise, ParamKind, SpliceVae, SplBatch, StepOptions};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::{BTreeMap, HashMap};
@@ -68,55 +66,32 @@ fn read_tensors(path: &Path) -> Result<Tensors> {
 }
 
 fn get<'a>(t: &'a Tensors, name: &str, file: &str) -> Result<&'a (Vec<usize>, Vec<f64>)> {
-    t.get(name)
-        .ok_or_else(|| anyhow::anyhow!("{file}: tensor `{name}` is missing"))
+    t.get(name).ok_or_else(|| anyhow::anyhow!("{file}: tensor `{name}` is missing"))
 }
 
 /// Model options and dims from a case's `module_args` (the original's constructor arguments).
 pub fn config_from_module_args(cfg_json: &serde_json::Value) -> Result<(ModelConfig, Dims)> {
-    let ma = cfg_json
-        .get("module_args")
-        .and_then(|v| v.as_object())
-        .context("config.json: no `module_args` object")?;
+    let ma = cfg_json.get("module_args").and_then(|v| v.as_object()).context("config.json: no `module_args` object")?;
     let num = |k: &str| -> Result<usize> {
-        ma.get(k)
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize)
-            .with_context(|| format!("config.json: module_args.{k}"))
+        ma.get(k).and_then(|v| v.as_u64()).map(|v| v as usize).with_context(|| format!("config.json: module_args.{k}"))
     };
     let dims_j = cfg_json.get("dims").context("config.json: no `dims`")?;
     let dims = Dims {
         n_genes: num("n_input_genes")?,
         n_junctions: num("n_input_junctions")?,
-        n_atse: dims_j
-            .get("A")
-            .and_then(|v| v.as_u64())
-            .context("config.json: dims.A")? as usize,
+        n_atse: dims_j.get("A").and_then(|v| v.as_u64()).context("config.json: dims.A")? as usize,
         n_batch: num("n_batch")?,
         n_labels: num("n_labels")?,
         n_obs: num("n_obs")?,
         n_cats_per_cov: ma
             .get("n_cats_per_cov")
             .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as usize)
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect())
             .unwrap_or_default(),
         n_cont: num("n_continuous_cov")?,
     };
     let mut opts = ma.clone();
-    for k in [
-        "n_input_genes",
-        "n_input_junctions",
-        "n_batch",
-        "n_obs",
-        "n_labels",
-        "n_cats_per_cov",
-        "n_continuous_cov",
-    ] {
+    for k in ["n_input_genes", "n_input_junctions", "n_batch", "n_obs", "n_labels", "n_cats_per_cov", "n_continuous_cov"] {
         opts.remove(k);
     }
     let cfg: ModelConfig = serde_json::from_value(serde_json::Value::Object(opts))
@@ -125,30 +100,20 @@ pub fn config_from_module_args(cfg_json: &serde_json::Value) -> Result<(ModelCon
 }
 
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt();
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
     let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     num / den.max(1e-12)
 }
 
 fn abs_err(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt()
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt()
 }
 
 /// Run one case and compare everything.
 pub fn check_case(dir: &Path) -> Result<CaseReport> {
     let cfg_path = dir.join("config.json");
     let cfg_json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?,
+        &std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
     )
     .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
     let (cfg, dims) = config_from_module_args(&cfg_json)?;
@@ -156,23 +121,13 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
     let expected = read_tensors(&dir.join("expected.safetensors"))?;
     let inf = "inputs.safetensors";
 
-    let junc2atse: Vec<u32> = get(&inputs, "junc2atse", inf)?
-        .1
-        .iter()
-        .map(|&v| v as u32)
-        .collect();
+    let junc2atse: Vec<u32> = get(&inputs, "junc2atse", inf)?.1.iter().map(|&v| v as u32).collect();
     let model = SpliceVae::new(cfg.clone(), dims.clone(), junc2atse)?;
-    let mut report = CaseReport {
-        case: dir.display().to_string(),
-        checks: Vec::new(),
-    };
+    let mut report = CaseReport { case: dir.display().to_string(), checks: Vec::new() };
 
     // Parameter table vs. the original's state_dict.
     {
-        let want = cfg_json
-            .get("parameters")
-            .and_then(|v| v.as_array())
-            .context("config.json: no `parameters`")?;
+        let want = cfg_json.get("parameters").and_then(|v| v.as_array()).context("config.json: no `parameters`")?;
         let ours = &model.layout.entries;
         let mut note = String::new();
         if want.len() != ours.len() {
@@ -183,25 +138,12 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
             let wshape: Vec<usize> = w
                 .get("shape")
                 .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as usize)
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect())
                 .unwrap_or_default();
             let wkind = w.get("kind").and_then(|v| v.as_str()).unwrap_or("");
             let wdtype = w.get("dtype").and_then(|v| v.as_str()).unwrap_or("");
-            let odtype = if o.kind == ParamKind::Counter {
-                "int64"
-            } else {
-                "float32"
-            };
-            if wname != o.name
-                || wshape != o.shape
-                || wkind != o.kind.torch_kind()
-                || wdtype != odtype
-            {
+            let odtype = if o.kind == ParamKind::Counter { "int64" } else { "float32" };
+            if wname != o.name || wshape != o.shape || wkind != o.kind.torch_kind() || wdtype != odtype {
                 note = format!(
                     "entry {i}: ours `{}` {:?} {} {odtype}, original `{wname}` {wshape:?} {wkind} {wdtype}",
                     o.name,
@@ -224,18 +166,12 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
     let mut params = model.init_params::<f32>(0);
     let extra = params.load_safetensors(&dir.join("params.safetensors"))?;
     if !extra.is_empty() {
-        bail!(
-            "{}: params.safetensors has tensors the model does not: {extra:?}",
-            dir.display()
-        );
+        bail!("{}: params.safetensors has tensors the model does not: {extra:?}", dir.display());
     }
 
     let batch = batch_from_inputs(&inputs, &dims)?;
     let b = batch.n_cells();
-    let bn_mode = cfg_json
-        .get("bn_mode")
-        .and_then(|v| v.as_str())
-        .unwrap_or("running_stats");
+    let bn_mode = cfg_json.get("bn_mode").and_then(|v| v.as_str()).unwrap_or("running_stats");
     let training = match bn_mode {
         "batch_stats" => true,
         "running_stats" => false,
@@ -251,10 +187,7 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
         kl_weight: f("kl_weight", 1.0),
         cross_gate: f("cross_gate", 1.0),
         training,
-        use_z_mean: cfg_json
-            .get("use_z_mean")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(true),
+        use_z_mean: cfg_json.get("use_z_mean").and_then(|v| v.as_bool()).unwrap_or(true),
         routing: None,
         seed: 0,
         noise,
@@ -264,13 +197,7 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
     let out = &fwd.out;
     let mut after = params.clone();
     model.apply_buffer_updates(&mut after, &out.buffer_updates);
-    let dense = model.decode_dense(
-        &params,
-        &out.inference.qz_m,
-        &batch,
-        &out.inference.library,
-        opts.cross_gate,
-    )?;
+    let dense = model.decode_dense(&params, &out.inference.qz_m, &batch, &out.inference.library, opts.cross_gate)?;
 
     // Our values for every expected name.
     let mut ours: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -309,26 +236,14 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
     ours.insert("generative.px_dropout".into(), m64(&out.px_dropout));
     ours.insert("generative.px_r".into(), m64(&out.theta));
     ours.insert("loss.loss".into(), vec![out.loss as f64]);
-    ours.insert(
-        "loss.reconstruction_loss_expression".into(),
-        v64(&out.rl_expr),
-    );
+    ours.insert("loss.reconstruction_loss_expression".into(), v64(&out.rl_expr));
     ours.insert("loss.reconstruction_loss_splicing".into(), v64(&out.rl_spl));
     ours.insert("loss.kl_divergence_z".into(), v64(&out.kl));
     ours.insert("loss.kl_divergence_paired".into(), vec![out.penalty as f64]);
-    ours.insert(
-        "loss.concentration_prior".into(),
-        vec![out.concentration_prior as f64],
-    );
-    ours.insert(
-        "loss.reconstruction_loss_sum".into(),
-        vec![out.reconstruction_loss_sum()],
-    );
+    ours.insert("loss.concentration_prior".into(), vec![out.concentration_prior as f64]);
+    ours.insert("loss.reconstruction_loss_sum".into(), vec![out.reconstruction_loss_sum()]);
     ours.insert("loss.kl_local_sum".into(), vec![out.kl_local_sum()]);
-    ours.insert(
-        "mask.expression".into(),
-        i.mask_expr.iter().map(|&m| m as u8 as f64).collect(),
-    );
+    ours.insert("mask.expression".into(), i.mask_expr.iter().map(|&m| m as u8 as f64).collect());
     // p of the observed entries must agree with the dense decode (sparse training path = dense path)
     {
         let mut pe_dense = Vec::with_capacity(out.p_entries.len());
@@ -348,18 +263,12 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
         });
     }
     if expected.contains_key("analysis.psi_dm_posterior_mean") {
-        ours.insert(
-            "analysis.psi_dm_posterior_mean".into(),
-            m64(&model.dm_posterior_mean(&params, &dense.p, &batch.spl)),
-        );
+        ours.insert("analysis.psi_dm_posterior_mean".into(), m64(&model.dm_posterior_mean(&params, &dense.p, &batch.spl)));
     }
     for e in model.layout.entries.iter() {
         match e.kind {
             ParamKind::Param => {
-                ours.insert(
-                    format!("grad.{}", e.name),
-                    v64(grads.get(model.layout.find(&e.name).unwrap()).unwrap()),
-                );
+                ours.insert(format!("grad.{}", e.name), v64(grads.get(model.layout.find(&e.name).unwrap()).unwrap()));
             }
             ParamKind::Frozen => {
                 ours.insert(format!("grad.{}", e.name), vec![0.0; e.len]);
@@ -375,11 +284,7 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
     let math_zero: Vec<String> = cfg_json
         .get("grads_mathematically_zero")
         .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
         .unwrap_or_default();
     let mut names: Vec<&String> = expected.keys().collect();
     names.sort();
@@ -406,11 +311,7 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
                 tol: 0.0,
                 metric: "rel",
                 pass: false,
-                note: format!(
-                    "{} values, expected {} (shape {shape:?})",
-                    got.len(),
-                    want.len()
-                ),
+                note: format!("{} values, expected {} (shape {shape:?})", got.len(), want.len()),
             });
             continue;
         }
@@ -447,12 +348,7 @@ pub fn batch_from_inputs(t: &Tensors, dims: &Dims) -> Result<Batch> {
     if xs != &vec![b, g] {
         bail!("{f}: x has shape {xs:?}, expected [{b}, {g}]");
     }
-    let mut expr = Csr {
-        n_rows: b,
-        n_cols: g,
-        indptr: vec![0],
-        ..Default::default()
-    };
+    let mut expr = Csr { n_rows: b, n_cols: g, indptr: vec![0], ..Default::default() };
     for c in 0..b {
         for k in 0..g {
             let v = x[c * g + k];
@@ -467,11 +363,7 @@ pub fn batch_from_inputs(t: &Tensors, dims: &Dims) -> Result<Batch> {
     let kk = &get(t, "junc_counts", f)?.1;
     let nn = &get(t, "atse_counts", f)?.1;
     let mask = &get(t, "psi_mask", f)?.1;
-    let mut spl = SplBatch {
-        n_junctions: j,
-        indptr: vec![0],
-        ..Default::default()
-    };
+    let mut spl = SplBatch { n_junctions: j, indptr: vec![0], ..Default::default() };
     for c in 0..b {
         for jj in 0..j {
             let q = c * j + jj;
@@ -484,15 +376,11 @@ pub fn batch_from_inputs(t: &Tensors, dims: &Dims) -> Result<Batch> {
         }
         spl.indptr.push(spl.junction.len());
     }
-    let ints = |name: &str| -> Result<Vec<u32>> {
-        Ok(get(t, name, f)?.1.iter().map(|&v| v as u32).collect())
-    };
+    let ints = |name: &str| -> Result<Vec<u32>> { Ok(get(t, name, f)?.1.iter().map(|&v| v as u32).collect()) };
     let cats = match t.get("cat_covs") {
         Some((shape, v)) => {
             let k = shape[1];
-            (0..k)
-                .map(|col| (0..b).map(|r| v[r * k + col] as u32).collect())
-                .collect()
+            (0..k).map(|col| (0..b).map(|r| v[r * k + col] as u32).collect()).collect()
         }
         None => Vec::new(),
     };
@@ -502,11 +390,7 @@ pub fn batch_from_inputs(t: &Tensors, dims: &Dims) -> Result<Batch> {
     };
     Ok(Batch {
         expr,
-        library: get(t, "size_factor", f)?
-            .1
-            .iter()
-            .map(|&v| v as f32)
-            .collect(),
+        library: get(t, "size_factor", f)?.1.iter().map(|&v| v as f32).collect(),
         batch: ints("batch_index")?,
         labels: ints("labels")?,
         cats,
@@ -519,12 +403,7 @@ pub fn batch_from_inputs(t: &Tensors, dims: &Dims) -> Result<Batch> {
 
 pub fn print_report(r: &CaseReport, verbose: bool) {
     let n_fail = r.failures().len();
-    println!(
-        "== {} : {} checks, {} failed",
-        r.case,
-        r.checks.len(),
-        n_fail
-    );
+    println!("== {} : {} checks, {} failed", r.case, r.checks.len(), n_fail);
     for c in &r.checks {
         if verbose || !c.pass {
             println!(
@@ -534,11 +413,7 @@ pub fn print_report(r: &CaseReport, verbose: bool) {
                 c.metric,
                 c.err,
                 c.tol,
-                if c.note.is_empty() {
-                    String::new()
-                } else {
-                    format!("  [{}]", c.note)
-                }
+                if c.note.is_empty() { String::new() } else { format!("  [{}]", c.note) }
             );
         }
     }

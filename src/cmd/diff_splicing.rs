@@ -60,35 +60,20 @@ pub struct GroupArgs {
 
 impl GroupArgs {
     /// The test's options: the flags given, `base` for the rest.
-    pub fn change_options(
-        &self,
-        delta: f64,
-        levels: &[String],
-        base: &DsDefaults,
-    ) -> Result<ChangeOptions> {
-        let ids = |v: &[String]| -> Result<Option<Vec<u32>>> {
-            if v.is_empty() {
-                Ok(None)
-            } else {
-                batch_codes(levels, v).map(Some)
-            }
-        };
+    pub fn change_options(&self, delta: f64, levels: &[String], base: &DsDefaults) -> Result<ChangeOptions> {
+        let ids = |v: &[String]| -> Result<Option<Vec<u32>>> { if v.is_empty() { Ok(None) } else { batch_codes(levels, v).map(Some) } };
         let o = ChangeOptions {
             delta,
             fdr: self.fdr,
             n_samples_overall: self.n_samples_overall,
-            batch_correction: self
-                .batch_correction
-                .unwrap_or(base.batch_correction && levels.len() > 1),
+            batch_correction: self.batch_correction.unwrap_or(base.batch_correction && levels.len() > 1),
             batchid1: ids(&self.batchid1)?,
             batchid2: ids(&self.batchid2)?,
             seed: self.seed,
             block_cells: self.block_cells,
             min_obs_cells: 0,
             test_mode: self.test_mode.unwrap_or(base.test_mode),
-            filter_outlier_cells: self
-                .filter_outlier_cells
-                .unwrap_or(base.filter_outlier_cells),
+            filter_outlier_cells: self.filter_outlier_cells.unwrap_or(base.filter_outlier_cells),
             max_emp_pvalue: None,
         };
         o.validate()?;
@@ -129,9 +114,7 @@ pub struct DiffSplicingArgs {
 pub fn run(args: DiffSplicingArgs) -> Result<()> {
     let o = open_run(&args.run_dir, &args.data)?;
     let base = crate::train::presets::ds_defaults(&o.run.preset);
-    let mut opts = args
-        .groups
-        .change_options(args.delta, &o.run.batch_levels, &base)?;
+    let mut opts = args.groups.change_options(args.delta, &o.run.batch_levels, &base)?;
     opts.min_obs_cells = args.min_obs_cells.unwrap_or(base.min_obs_cells);
     opts.max_emp_pvalue = match args.max_emp_pvalue {
         Some(p) if p >= 1.0 => None,
@@ -150,24 +133,12 @@ pub fn run(args: DiffSplicingArgs) -> Result<()> {
             opts.max_emp_pvalue.unwrap_or(1.0)
         );
     }
-    let cmps = comparisons(
-        &o.ds,
-        &args.groups.groupby,
-        args.groups.group1.as_deref(),
-        args.groups.group2.as_deref(),
-    )?;
+    let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
     let post = Posterior::new(&o.ds, &o.model, &o.params)?;
     let mut results = Vec::new();
     for (k, c) in cmps.iter().enumerate() {
         let r = differential_splicing(&post, c, args.method, &opts, k as u64)?;
-        let sampled = if opts.filter_outlier_cells {
-            format!(
-                ", {} vs {} sampled after the outlier filter",
-                r.n_sampled_cells.0, r.n_sampled_cells.1
-            )
-        } else {
-            String::new()
-        };
+        let sampled = if opts.filter_outlier_cells { format!(", {} vs {} sampled after the outlier filter", r.n_sampled_cells.0, r.n_sampled_cells.1) } else { String::new() };
         eprintln!(
             "{} vs {} ({} vs {} cells{sampled}): {} of {} junctions called at FDR {}",
             c.group1,
@@ -184,11 +155,7 @@ pub fn run(args: DiffSplicingArgs) -> Result<()> {
     eprintln!("wrote {}", args.groups.out.display());
     if !args.no_plots {
         let out = &args.groups.out;
-        super::plot::auto(
-            "volcano",
-            crate::plot::volcano::Volcano::from_file(out, None),
-            &crate::plot::prefix_beside(out, "volcano"),
-        );
+        super::plot::auto("volcano", crate::plot::volcano::Volcano::from_file(out, None), &crate::plot::prefix_beside(out, "volcano"));
     }
     Ok(())
 }

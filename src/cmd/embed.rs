@@ -37,11 +37,7 @@ pub struct EmbedArgs {
 }
 
 /// Posterior means (joint qz_m, expression mu_e, splicing mu_s) of every cell, row-major.
-pub fn latents(
-    run_dir: &std::path::Path,
-    ds: &crate::data::Dataset,
-    batch_size: usize,
-) -> Result<[Mat<f32>; 3]> {
+pub fn latents(run_dir: &std::path::Path, ds: &crate::data::Dataset, batch_size: usize) -> Result<[Mat<f32>; 3]> {
     let (_run, model, params) = load_model(run_dir, ds)?;
     let n = ds.n_cells();
     let mut parts: [Vec<f32>; 3] = Default::default();
@@ -50,20 +46,13 @@ pub fn latents(
     for block in cells.chunks(batch_size.max(1)) {
         let batch = Batch::from_dataset(ds, block, true)?;
         let inf = model.inference_only(&params, &batch)?;
-        for (k, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl]
-            .into_iter()
-            .enumerate()
-        {
+        for (k, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
             widths[k] = m.cols;
             parts[k].extend_from_slice(&m.data);
         }
     }
     let [a, b, c] = parts;
-    Ok([
-        Mat::from_vec(n, widths[0], a),
-        Mat::from_vec(n, widths[1], b),
-        Mat::from_vec(n, widths[2], c),
-    ])
+    Ok([Mat::from_vec(n, widths[0], a), Mat::from_vec(n, widths[1], b), Mat::from_vec(n, widths[2], c)])
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
@@ -71,14 +60,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let ds = load(&args.data, &run.data)?;
     if let Some(c) = &args.color_by {
         if !ds.obs.iter().any(|(n, _)| n == c) {
-            anyhow::bail!(
-                "--color-by: no obs column `{c}` (obs has: {})",
-                ds.obs
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            anyhow::bail!("--color-by: no obs column `{c}` (obs has: {})", ds.obs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
         }
     }
     let [joint, expr, spl] = latents(&args.run_dir, &ds, args.batch_size)?;
@@ -92,57 +74,23 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         obs_names: ds.cell_names.clone(),
         obs: ds.obs.clone(),
         obsm: vec![
-            DenseOut {
-                name: "X_splicevi".into(),
-                rows: n,
-                cols: chosen.cols,
-                data: &chosen.data,
-            },
-            DenseOut {
-                name: "X_splicevi_joint".into(),
-                rows: n,
-                cols: joint.cols,
-                data: &joint.data,
-            },
-            DenseOut {
-                name: "X_splicevi_expression".into(),
-                rows: n,
-                cols: expr.cols,
-                data: &expr.data,
-            },
-            DenseOut {
-                name: "X_splicevi_splicing".into(),
-                rows: n,
-                cols: spl.cols,
-                data: &spl.data,
-            },
+            DenseOut { name: "X_splicevi".into(), rows: n, cols: chosen.cols, data: &chosen.data },
+            DenseOut { name: "X_splicevi_joint".into(), rows: n, cols: joint.cols, data: &joint.data },
+            DenseOut { name: "X_splicevi_expression".into(), rows: n, cols: expr.cols, data: &expr.data },
+            DenseOut { name: "X_splicevi_splicing".into(), rows: n, cols: spl.cols, data: &spl.data },
         ],
         uns: vec![
-            (
-                "splicevi_run".into(),
-                UnsValue::String(args.run_dir.display().to_string()),
-            ),
-            (
-                "splicevi_modality".into(),
-                UnsValue::String(format!("{:?}", args.modality).to_lowercase()),
-            ),
+            ("splicevi_run".into(), UnsValue::String(args.run_dir.display().to_string())),
+            ("splicevi_modality".into(), UnsValue::String(format!("{:?}", args.modality).to_lowercase())),
         ],
         ..Default::default()
     };
     write_h5ad(&args.out, &out)?;
-    eprintln!(
-        "wrote {} ({} cells, {} latent dims in obsm[\"X_splicevi\"])",
-        args.out.display(),
-        n,
-        chosen.cols
-    );
+    eprintln!("wrote {} ({} cells, {} latent dims in obsm[\"X_splicevi\"])", args.out.display(), n, chosen.cols);
     if !args.no_plots {
         use crate::plot::embedding::{default_colour_column, Colouring, Embedding};
         let fig = (|| {
-            let col = args
-                .color_by
-                .clone()
-                .or_else(|| default_colour_column(&ds.obs));
+            let col = args.color_by.clone().or_else(|| default_colour_column(&ds.obs));
             let (colouring, label) = match &col {
                 Some(c) => match ds.obs.iter().find(|(n, _)| n == c) {
                     Some((_, v)) => (Colouring::from_obs(v), c.clone()),
@@ -150,22 +98,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
                 },
                 None => (Colouring::None, String::new()),
             };
-            let name = args
-                .out
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            let what = format!(
-                "{name} ({} latent)",
-                format!("{:?}", args.modality).to_lowercase()
-            );
+            let name = args.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let what = format!("{name} ({} latent)", format!("{:?}", args.modality).to_lowercase());
             Embedding::pca_of(&chosen.data, chosen.cols, colouring, &label, &what)
         })();
-        super::plot::auto(
-            "embedding",
-            fig,
-            &crate::plot::prefix_beside(&args.out, "embedding"),
-        );
+        super::plot::auto("embedding", fig, &crate::plot::prefix_beside(&args.out, "embedding"));
     }
     Ok(())
 }

@@ -4,10 +4,7 @@
 
 use super::train::{resolve, OptionFlags, TrainArgs};
 use crate::analysis::differential::write_tsv;
-use crate::analysis::evaluate::{
-    evaluate_imputation, evaluate_latents, mask_atses_in_place, render, rows, rows_tsv,
-    unmask_atses, TruthFilter,
-};
+use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses_in_place, render, unmask_atses, rows, rows_tsv, TruthFilter};
 use crate::analysis::impute::group_codes;
 use crate::analysis::posterior::{align_batches, Posterior};
 use crate::data::{load::load, DataOptions, Dataset};
@@ -91,12 +88,7 @@ fn is_empty(v: &serde_json::Value) -> bool {
 }
 
 /// Train on the masked data as `splicevi train` would (options: preset → --config → flags).
-fn train_here(
-    args: &EvaluateArgs,
-    data: &PathBuf,
-    masked: &Dataset,
-    dir: &std::path::Path,
-) -> Result<()> {
+fn train_here(args: &EvaluateArgs, data: &PathBuf, masked: &Dataset, dir: &std::path::Path) -> Result<()> {
     let targs = TrainArgs {
         data: data.clone(),
         out: dir.to_path_buf(),
@@ -111,20 +103,10 @@ fn train_here(
     let (model, train) = resolve(&targs)?;
     let dims = dims_of(masked);
     model.validate(&dims)?;
-    let run = RunConfig::for_dataset(
-        &args.preset,
-        model,
-        train,
-        args.data_options.clone(),
-        masked,
-    );
+    let run = RunConfig::for_dataset(&args.preset, model, train, args.data_options.clone(), masked);
     let mut t = Trainer::new(masked, run, dir)?;
     t.verbose = !args.quiet;
-    eprintln!(
-        "training on the masked data ({} cells); run dir {}",
-        masked.n_cells(),
-        dir.display()
-    );
+    eprintln!("training on the masked data ({} cells); run dir {}", masked.n_cells(), dir.display());
     t.fit()
 }
 
@@ -135,12 +117,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         (false, _) => bail!("evaluate: give RUN_DIR DATA, or --train DATA"),
         (true, _) => bail!("evaluate --train: give only DATA (the model is trained here)"),
     };
-    if run_dir.is_some()
-        && (args.data_options != DataOptions::default()
-            || !is_empty(&args.options.model)
-            || !is_empty(&args.options.train)
-            || args.config.is_some())
-    {
+    if run_dir.is_some() && (args.data_options != DataOptions::default() || !is_empty(&args.options.model) || !is_empty(&args.options.train) || args.config.is_some()) {
         bail!("evaluate: data, model and training options come from the run directory's config.json; they are only accepted with --train");
     }
     let data_options = match &run_dir {
@@ -152,13 +129,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     let mut ds = load(&data, &data_options)?;
     let (source, nnz) = (ds.source.clone(), ds.splicing.nnz());
     let dropped = mask_atses_in_place(&mut ds, args.mask_fraction, args.eval_seed)?;
-    eprintln!(
-        "masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})",
-        dropped.len(),
-        nnz,
-        args.mask_fraction,
-        args.eval_seed
-    );
+    eprintln!("masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})", dropped.len(), nnz, args.mask_fraction, args.eval_seed);
     let tmp;
     let dir = match (&run_dir, &args.train_dir) {
         (Some(r), _) => r.clone(),
@@ -182,79 +153,38 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         Some(c) => Some(group_codes(&ds, c)?),
         None => None,
     };
-    let filter = TruthFilter {
-        include_zero: args.include_zero_truth,
-        exclude_one: args.exclude_psi_one,
-        min_atse_count: args.min_atse_count,
-    };
+    let filter = TruthFilter { include_zero: args.include_zero_truth, exclude_one: args.exclude_psi_one, min_atse_count: args.min_atse_count };
     let imp = {
         let post_masked = Posterior::new(&ds, &model, &params)?;
-        evaluate_imputation(
-            &post_masked,
-            &dropped,
-            filter,
-            mb_groups.as_deref(),
-            args.block_cells,
-        )?
+        evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), args.block_cells)?
     };
     unmask_atses(&mut ds, &dropped, &source)?;
     drop(dropped);
     let post = Posterior::new(&ds, &model, &params)?;
-    let lat = evaluate_latents(
-        &post,
-        labels.as_deref(),
-        args.max_cells_latent,
-        args.knn,
-        args.eval_seed,
-        args.block_cells,
-    )?;
+    let lat = evaluate_latents(&post, labels.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
     let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
     let extra = extra_latent_rows(&args, &post, labels.as_deref(), &ds)?;
     table.extend(extra.iter().cloned());
     write_tsv(&args.out, &rows_tsv(&table))?;
-    println!(
-        "{}",
-        render(Some(&imp), &lat, args.label.as_deref(), args.knn)
-    );
+    println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
     for r in &extra {
         println!("{:<11} {} = {:.4}", r.subset, r.metric, r.value);
     }
     eprintln!("wrote {}", args.out.display());
     // The dropped entries' (truth, prediction) pairs, and their density scatter.
     let pairs = crate::plot::with_ext(&crate::plot::prefix_beside(&args.out, "pairs"), "tsv");
-    write_tsv(
-        &pairs,
-        &imp.dropped.tsv(
-            &ds.cell_names,
-            &ds.splicing.junction_names,
-            args.max_pairs,
-            args.eval_seed,
-        ),
-    )?;
-    eprintln!(
-        "wrote {} ({} dropped entries scored)",
-        pairs.display(),
-        imp.dropped.truth.len()
-    );
+    write_tsv(&pairs, &imp.dropped.tsv(&ds.cell_names, &ds.splicing.junction_names, args.max_pairs, args.eval_seed))?;
+    eprintln!("wrote {} ({} dropped entries scored)", pairs.display(), imp.dropped.truth.len());
     if !args.no_plots {
         let prefix = crate::plot::prefix_beside(&args.out, "impute");
-        super::plot::auto(
-            "imputation",
-            crate::plot::impute::ImputeScatter::from_file(&pairs),
-            &prefix,
-        );
+        super::plot::auto("imputation", crate::plot::impute::ImputeScatter::from_file(&pairs), &prefix);
     }
     Ok(())
 }
 
 /// Sub-label accuracy within each label group (`--sublabel`) and the k-NN batch entropy (mixing, when
 /// there is more than one batch) of each latent, on the same cells as the other latent metrics.
-fn extra_latent_rows(
-    args: &EvaluateArgs,
-    post: &Posterior,
-    labels: Option<&[u32]>,
-    ds: &Dataset,
-) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32]>, ds: &Dataset) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
     use crate::analysis::scorecard::{knn_accuracy_within, knn_batch_entropy};
     let sub = match &args.sublabel {
         Some(c) => Some(group_codes(ds, c)?),
@@ -269,12 +199,7 @@ fn extra_latent_rows(
     let mut cells: Vec<usize> = (0..n).collect();
     if n > args.max_cells_latent {
         use rand::seq::SliceRandom;
-        cells.shuffle(&mut crate::train::rng::stream(
-            args.eval_seed,
-            crate::train::rng::Purpose::Analysis,
-            crate::analysis::posterior::tags::SUBSAMPLE,
-            0,
-        ));
+        cells.shuffle(&mut crate::train::rng::stream(args.eval_seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::SUBSAMPLE, 0));
         cells.truncate(args.max_cells_latent);
         cells.sort_unstable();
     }
@@ -282,34 +207,17 @@ fn extra_latent_rows(
     let mut out = Vec::new();
     for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
         let mut push = |metric: String, value: f64| {
-            out.push(crate::analysis::evaluate::EvalRow {
-                section: "latent".into(),
-                subset: space.into(),
-                method: "splicevi".into(),
-                metric,
-                value,
-            })
+            out.push(crate::analysis::evaluate::EvalRow { section: "latent".into(), subset: space.into(), method: "splicevi".into(), metric, value })
         };
         if let (Some(sub), Some(lab)) = (&sub, labels) {
             let s: Vec<u32> = cells.iter().map(|&c| sub[c]).collect();
             let l: Vec<u32> = cells.iter().map(|&c| lab[c]).collect();
             let v = knn_accuracy_within(&lat[i], dims[i], &l, &s, args.knn, args.eval_seed);
-            push(
-                format!(
-                    "knn{}_accuracy_{}_within_{}",
-                    args.knn,
-                    args.sublabel.as_deref().unwrap(),
-                    args.label.as_deref().unwrap()
-                ),
-                v,
-            );
+            push(format!("knn{}_accuracy_{}_within_{}", args.knn, args.sublabel.as_deref().unwrap(), args.label.as_deref().unwrap()), v);
         }
         if n_batch > 1 && batch.len() == n {
             let b: Vec<u32> = cells.iter().map(|&c| batch[c]).collect();
-            push(
-                format!("knn{}_batch_entropy", args.knn),
-                knn_batch_entropy(&lat[i], dims[i], &b, args.knn),
-            );
+            push(format!("knn{}_batch_entropy", args.knn), knn_batch_entropy(&lat[i], dims[i], &b, args.knn));
         }
     }
     Ok(out)

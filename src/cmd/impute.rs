@@ -1,8 +1,6 @@
 //! `splicevi impute`: imputed PSI (cells × junctions) into an .h5ad, written block by block.
 
-use crate::analysis::impute::{
-    group_codes, read_name_list, write_imputed_psi, ImputeOptions, ObservedIn,
-};
+use crate::analysis::impute::{group_codes, read_name_list, write_imputed_psi, ImputeOptions, ObservedIn};
 use crate::analysis::posterior::{batch_codes, open_run, DecodeOptions, Posterior, SplicingFn};
 use crate::data::h5write::{Compression, UnsValue};
 use anyhow::Result;
@@ -50,9 +48,7 @@ pub struct ImputeArgs {
 }
 
 pub fn compression(level: u8) -> Compression {
-    Compression {
-        gzip_level: (level > 0).then_some(level),
-    }
+    Compression { gzip_level: (level > 0).then_some(level) }
 }
 
 pub fn run(args: ImputeArgs) -> Result<()> {
@@ -61,37 +57,23 @@ pub fn run(args: ImputeArgs) -> Result<()> {
     let post = Posterior::new(&o.ds, &o.model, &o.params)?;
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let junctions = match &args.junctions {
-        Some(p) => Some(read_name_list(
-            p,
-            &o.ds.splicing.junction_names,
-            "junction",
-        )?),
+        Some(p) => Some(read_name_list(p, &o.ds.splicing.junction_names, "junction")?),
         None => None,
     };
     let sparse = match (args.observed_only, &args.groupby) {
         (false, _) => None,
         (true, None) => Some(ObservedIn::Cell),
-        (true, Some(col)) => Some(ObservedIn::Group {
-            column: col.clone(),
-            codes: group_codes(&o.ds, col)?,
-        }),
+        (true, Some(col)) => Some(ObservedIn::Group { column: col.clone(), codes: group_codes(&o.ds, col)? }),
     };
     let opts = ImputeOptions {
         method: args.method,
         junctions,
-        decode: DecodeOptions {
-            transform_batch,
-            n_samples: args.n_samples,
-            seed: args.seed,
-        },
+        decode: DecodeOptions { transform_batch, n_samples: args.n_samples, seed: args.seed },
         block_cells: args.block_cells,
         sparse,
         compression: compression(args.gzip),
     };
-    let uns = vec![(
-        "splicevi_run".to_string(),
-        UnsValue::String(args.run_dir.display().to_string()),
-    )];
+    let uns = vec![("splicevi_run".to_string(), UnsValue::String(args.run_dir.display().to_string()))];
     let s = write_imputed_psi(&post, &args.out, &opts, uns)?;
     eprintln!(
         "wrote {} ({} cells × {} junctions, {} PSI, {} values stored)",

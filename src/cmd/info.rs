@@ -17,49 +17,24 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     if cuda::kernels_embedded() {
         let names: Vec<&str> = cuda::kernel_fatbins().iter().map(|(n, _)| *n).collect();
         let bytes: usize = cuda::kernel_fatbins().iter().map(|(_, b)| b.len()).sum();
-        println!(
-            "kernels: embedded, {} modules ({}), {} KiB",
-            names.len(),
-            names.join(", "),
-            bytes / 1024
-        );
+        println!("kernels: embedded, {} modules ({}), {} KiB", names.len(), names.join(", "), bytes / 1024);
         println!("  archs: {}", cuda::kernel_archs());
         println!("  nvcc:  {}", cuda::kernel_nvcc_version());
     } else {
         println!("kernels: not embedded — {}", cuda::NO_KERNELS);
     }
-    println!(
-        "nvtx ranges: {}",
-        if cuda::nvtx::enabled() {
-            "on (feature nvtx)"
-        } else {
-            "off (build with --features nvtx)"
-        }
-    );
-    println!(
-        "cpu: {} rayon threads ({} cores available)",
-        rayon::current_num_threads(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
+    println!("nvtx ranges: {}", if cuda::nvtx::enabled() { "on (feature nvtx)" } else { "off (build with --features nvtx)" });
+    println!("cpu: {} rayon threads ({} cores available)", rayon::current_num_threads(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
 
     match cuda::driver_info() {
         Err(reason) => println!("driver: none — {reason}"),
         Ok(d) => {
-            println!(
-                "driver: CUDA {} ({}), {} device(s)",
-                d.version_string(),
-                d.version,
-                d.device_count
-            );
+            println!("driver: CUDA {} ({}), {} device(s)", d.version_string(), d.version, d.device_count);
             if d.device_count == 0 {
                 println!("  no CUDA devices visible (check CUDA_VISIBLE_DEVICES and that the GPU is attached)");
             }
             if d.version < cuda::MIN_DRIVER_VERSION {
-                println!(
-                    "  note: the embedded kernels need a driver for CUDA 13.0 or newer (R580+)"
-                );
+                println!("  note: the embedded kernels need a driver for CUDA 13.0 or newer (R580+)");
             }
             for ordinal in 0..d.device_count {
                 match cuda::device_info(ordinal) {
@@ -67,25 +42,15 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
                     Ok(info) => {
                         let status = match info.unsupported_reason() {
                             Some(r) => format!("unsupported: {r}"),
-                            None if !cuda::kernels_embedded() => {
-                                "no kernels in this build".to_string()
-                            }
+                            None if !cuda::kernels_embedded() => "no kernels in this build".to_string(),
                             None => "supported".to_string(),
                         };
                         println!("  {info}  [{status}]");
                         if args.load_kernels && cuda::cuda_usable(ordinal).is_ok() {
                             match cuda::CudaDevice::open(ordinal) {
                                 Ok(dev) => {
-                                    let free = dev.context().mem_get_info().map(|(f, _)| {
-                                        format!("{:.1} GiB free", f as f64 / (1u64 << 30) as f64)
-                                    });
-                                    println!(
-                                        "    kernels loaded: {}; {}",
-                                        dev.module_names().join(", "),
-                                        free.unwrap_or_else(|e| format!(
-                                            "free memory unknown: {e:?}"
-                                        ))
-                                    );
+                                    let free = dev.context().mem_get_info().map(|(f, _)| format!("{:.1} GiB free", f as f64 / (1u64 << 30) as f64));
+                                    println!("    kernels loaded: {}; {}", dev.module_names().join(", "), free.unwrap_or_else(|e| format!("free memory unknown: {e:?}")));
                                 }
                                 Err(e) => println!("    kernels FAILED to load: {e:#}"),
                             }
@@ -96,9 +61,6 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         }
     }
     let r = device::resolve(DeviceSpec::Auto)?;
-    println!(
-        "--device auto → {}",
-        r.describe().trim_start_matches("device: ")
-    );
+    println!("--device auto → {}", r.describe().trim_start_matches("device: "));
     Ok(())
 }

@@ -18,11 +18,7 @@ pub mod train;
 pub mod validate;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "splicevi",
-    version,
-    about = "SpliceVI: joint latent space of gene expression and alternative splicing"
-)]
+#[command(name = "splicevi", version, about = "SpliceVI: joint latent space of gene expression and alternative splicing")]
 pub struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
@@ -79,9 +75,7 @@ impl Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     // Every compute command resolves --device first, so an impossible request fails before any work.
     let compute = match &cli.command {
@@ -127,26 +121,9 @@ mod tests {
         let trains = |args: &[&str]| Cli::try_parse_from(args).expect("parses").command.trains();
         assert!(trains(&["splicevi", "train", "d.h5mu", "--out", "run"]));
         assert!(trains(&["splicevi", "bench", "--size", "small"]));
-        assert!(trains(&[
-            "splicevi", "evaluate", "--train", "d.h5mu", "--out", "e.tsv"
-        ]));
-        assert!(!trains(&[
-            "splicevi", "evaluate", "run", "d.h5mu", "--out", "e.tsv"
-        ]));
-        assert!(!trains(&[
-            "splicevi",
-            "diff-splicing",
-            "run",
-            "d.h5mu",
-            "--groupby",
-            "g",
-            "--group1",
-            "a",
-            "--out",
-            "ds.tsv"
-        ]));
-        assert!(!trains(&[
-            "splicevi", "impute", "run", "d.h5mu", "--out", "psi.h5ad"
-        ]));
+        assert!(trains(&["splicevi", "evaluate", "--train", "d.h5mu", "--out", "e.tsv"]));
+        assert!(!trains(&["splicevi", "evaluate", "run", "d.h5mu", "--out", "e.tsv"]));
+        assert!(!trains(&["splicevi", "diff-splicing", "run", "d.h5mu", "--groupby", "g", "--group1", "a", "--out", "ds.tsv"]));
+        assert!(!trains(&["splicevi", "impute", "run", "d.h5mu", "--out", "psi.h5ad"]));
     }
 }

@@ -51,25 +51,13 @@ pub fn run(args: NormalizeExpressionArgs) -> Result<()> {
     };
     let opts = ExpressionOptions {
         genes,
-        decode: DecodeOptions {
-            transform_batch,
-            n_samples: args.n_samples,
-            seed: args.seed,
-        },
+        decode: DecodeOptions { transform_batch, n_samples: args.n_samples, seed: args.seed },
         block_cells: args.block_cells,
         library_size: args.library_size,
         compression: compression(args.gzip),
     };
-    let uns = vec![(
-        "splicevi_run".to_string(),
-        UnsValue::String(args.run_dir.display().to_string()),
-    )];
+    let uns = vec![("splicevi_run".to_string(), UnsValue::String(args.run_dir.display().to_string()))];
     let s = write_normalized_expression(&post, &args.out, &opts, uns)?;
-    eprintln!(
-        "wrote {} ({} cells × {} genes)",
-        args.out.display(),
-        s.n_cells,
-        s.n_cols
-    );
+    eprintln!("wrote {} ({} cells × {} genes)", args.out.display(), s.n_cells, s.n_cols);
     Ok(())
 }

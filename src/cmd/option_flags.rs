@@ -33,26 +33,15 @@ impl OptionTable {
                 other => other.to_string(),
             };
             let name: &'static str = Box::leak(Self::flag(key).into_boxed_str());
-            let help: &'static str = Box::leak(
-                format!("{} option `{key}` (default: {shown})", self.section).into_boxed_str(),
-            );
-            cmd = cmd.arg(
-                Arg::new(name)
-                    .long(name)
-                    .value_name("VALUE")
-                    .allow_negative_numbers(true)
-                    .help(help)
-                    .help_heading(self.section),
-            );
+            let help: &'static str = Box::leak(format!("{} option `{key}` (default: {shown})", self.section).into_boxed_str());
+            cmd = cmd.arg(Arg::new(name).long(name).value_name("VALUE").allow_negative_numbers(true).help(help).help_heading(self.section));
         }
         cmd
     }
 
     /// Merge the flags given on the command line into `target` (the serde object of the config).
     pub fn apply(&self, m: &ArgMatches, target: &mut Value) -> anyhow::Result<()> {
-        let obj: &mut Map<String, Value> = target
-            .as_object_mut()
-            .ok_or_else(|| anyhow::anyhow!("config is not an object"))?;
+        let obj: &mut Map<String, Value> = target.as_object_mut().ok_or_else(|| anyhow::anyhow!("config is not an object"))?;
         for (key, default) in &self.keys {
             if let Some(raw) = m.get_one::<String>(&Self::flag(key)) {
                 obj.insert(key.clone(), parse_value(raw, default));
@@ -100,10 +89,7 @@ mod tests {
         assert_eq!(parse_value("true", &Value::Bool(false)), Value::Bool(true));
         assert_eq!(parse_value("none", &Value::from(5)), Value::Null);
         assert_eq!(parse_value("7", &Value::Null), Value::from(7));
-        assert_eq!(
-            parse_value("gene-batch", &Value::from("gene")),
-            Value::from("gene-batch")
-        );
+        assert_eq!(parse_value("gene-batch", &Value::from("gene")), Value::from("gene-batch"));
         assert_eq!(parse_value("1", &Value::from("x")), Value::from("1"));
     }
 }

@@ -1,10 +1,7 @@
 //! `splicevi plot`: redraw any of the pictures the other commands write beside their outputs (each as
 //! PREFIX.png and PREFIX.svg).
 
-use crate::plot::{
-    curves::Curves, embedding::Embedding, impute::ImputeScatter, prefix_beside, save,
-    volcano::Volcano, Figure,
-};
+use crate::plot::{curves::Curves, embedding::Embedding, impute::ImputeScatter, prefix_beside, save, volcano::Volcano, Figure};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -65,10 +62,7 @@ fn written<F: Figure>(fig: &F, prefix: &Path) -> Result<()> {
 
 pub fn run(args: PlotArgs) -> Result<()> {
     match args.kind {
-        PlotKind::Curves { run_dir, out } => written(
-            &Curves::from_run_dir(&run_dir)?,
-            &out.unwrap_or_else(|| run_dir.join("curves")),
-        ),
+        PlotKind::Curves { run_dir, out } => written(&Curves::from_run_dir(&run_dir)?, &out.unwrap_or_else(|| run_dir.join("curves"))),
         PlotKind::Impute { pairs, out } => {
             let default = prefix_beside(&strip(&pairs, ".pairs.tsv"), "impute");
             written(&ImputeScatter::from_file(&pairs)?, &out.unwrap_or(default))
@@ -77,20 +71,11 @@ pub fn run(args: PlotArgs) -> Result<()> {
             if let Some(f) = fdr {
                 anyhow::ensure!(f > 0.0 && f < 1.0, "--fdr must be in (0, 1), got {f}");
             }
-            written(
-                &Volcano::from_file(&ds_tsv, fdr)?,
-                &out.unwrap_or_else(|| prefix_beside(&ds_tsv, "volcano")),
-            )
+            written(&Volcano::from_file(&ds_tsv, fdr)?, &out.unwrap_or_else(|| prefix_beside(&ds_tsv, "volcano")))
         }
-        PlotKind::Embedding {
-            latent_h5ad,
-            color_by,
-            obsm,
-            out,
-        } => written(
-            &Embedding::from_h5ad(&latent_h5ad, &obsm, color_by.as_deref())?,
-            &out.unwrap_or_else(|| prefix_beside(&latent_h5ad, "embedding")),
-        ),
+        PlotKind::Embedding { latent_h5ad, color_by, obsm, out } => {
+            written(&Embedding::from_h5ad(&latent_h5ad, &obsm, color_by.as_deref())?, &out.unwrap_or_else(|| prefix_beside(&latent_h5ad, "embedding")))
+        }
     }
 }
 

@@ -75,18 +75,14 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     if a.gzip > 9 {
         anyhow::bail!("--gzip must be 0..=9, got {}", a.gzip);
     }
-    let compression = Compression {
-        gzip_level: (a.gzip > 0).then_some(a.gzip),
-    };
+    let compression = Compression { gzip_level: (a.gzip > 0).then_some(a.gzip) };
     let t0 = Instant::now();
     let bar = indicatif::ProgressBar::new(cfg.n_cells as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} cells")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let (truth, s) = simulate_to_file(&cfg, &a.out, compression, |done, _| {
-        bar.set_position(done as u64)
-    })?;
+    let (truth, s) = simulate_to_file(&cfg, &a.out, compression, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);

@@ -45,23 +45,15 @@ pub struct OptionFlags {
 }
 
 fn tables() -> (OptionTable, OptionTable) {
-    (
-        OptionTable::from_default("Model options", &ModelConfig::default()),
-        OptionTable::from_default("Training options", &TrainConfig::default()),
-    )
+    (OptionTable::from_default("Model options", &ModelConfig::default()), OptionTable::from_default("Training options", &TrainConfig::default()))
 }
 
 impl FromArgMatches for OptionFlags {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         let (mt, tt) = tables();
-        let mut f = OptionFlags {
-            model: Value::Object(Default::default()),
-            train: Value::Object(Default::default()),
-        };
-        mt.apply(m, &mut f.model)
-            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e.to_string()))?;
-        tt.apply(m, &mut f.train)
-            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e.to_string()))?;
+        let mut f = OptionFlags { model: Value::Object(Default::default()), train: Value::Object(Default::default()) };
+        mt.apply(m, &mut f.model).map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e.to_string()))?;
+        tt.apply(m, &mut f.train).map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, e.to_string()))?;
         Ok(f)
     }
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
@@ -90,17 +82,13 @@ fn merge(base: &mut Value, over: &Value) {
 
 /// Deserialize a config, naming the offending option when a value has the wrong type or spelling
 /// (serde_json's own message does not say which field it was).
-fn parse<T: serde::de::DeserializeOwned + serde::Serialize + Default>(
-    v: Value,
-    what: &str,
-) -> Result<T> {
+fn parse<T: serde::de::DeserializeOwned + serde::Serialize + Default>(v: Value, what: &str) -> Result<T> {
     serde_json::from_value::<T>(v.clone()).map_err(|e| {
         let base = serde_json::to_value(T::default()).unwrap_or(Value::Null);
         let culprit = v.as_object().and_then(|o| {
             o.iter().find(|(k, val)| {
                 let mut one = base.clone();
-                one.as_object_mut()
-                    .map(|m| m.insert((*k).clone(), (*val).clone()));
+                one.as_object_mut().map(|m| m.insert((*k).clone(), (*val).clone()));
                 serde_json::from_value::<T>(one).is_err()
             })
         });
@@ -117,17 +105,12 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     let mut model = serde_json::to_value(&m0)?;
     let mut train = serde_json::to_value(&t0)?;
     if let Some(path) = &args.config {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let file: toml::Value =
-            toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
         let file = serde_json::to_value(file)?;
         if let Some(obj) = file.as_object() {
             if let Some(k) = obj.keys().find(|k| *k != "model" && *k != "train") {
-                anyhow::bail!(
-                    "{}: unknown table `{k}` (expected [model] and [train])",
-                    path.display()
-                );
+                anyhow::bail!("{}: unknown table `{k}` (expected [model] and [train])", path.display());
             }
         }
         merge(&mut model, &file["model"]);
@@ -148,19 +131,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.resume {
         let prev = read_run_config(&args.out)?;
         let ds = load(&args.data, &prev.data)?;
-        let max_epochs = args
-            .options
-            .train
-            .get("max_epochs")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize);
+        let max_epochs = args.options.train.get("max_epochs").and_then(|v| v.as_u64()).map(|v| v as usize);
         let mut t = Trainer::resume(&ds, &args.out, max_epochs)?;
         t.verbose = !args.quiet;
-        eprintln!(
-            "resuming {} after epoch {}",
-            args.out.display(),
-            t.state.epochs_done
-        );
+        eprintln!("resuming {} after epoch {}", args.out.display(), t.state.epochs_done);
         t.fit()?;
         curves(&args);
         return Ok(());
@@ -182,13 +156,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     eprintln!(
         "done: {} epochs{}; final validation reconstruction loss {}",
         t.state.epochs_done,
-        if t.state.stopped_early {
-            " (early stopping)"
-        } else {
-            ""
-        },
-        last.map(|m| format!("{:.4}", m.reconstruction_loss_validation))
-            .unwrap_or_else(|| "n/a".into())
+        if t.state.stopped_early { " (early stopping)" } else { "" },
+        last.map(|m| format!("{:.4}", m.reconstruction_loss_validation)).unwrap_or_else(|| "n/a".into())
     );
     curves(&args);
     Ok(())
@@ -197,10 +166,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// Training curves beside the metrics (RUN_DIR/curves.png and .svg) unless --no-plots.
 fn curves(args: &TrainArgs) {
     if !args.no_plots {
-        super::plot::auto(
-            "training-curves",
-            crate::plot::curves::Curves::from_run_dir(&args.out),
-            &args.out.join("curves"),
-        );
+        super::plot::auto("training-curves", crate::plot::curves::Curves::from_run_dir(&args.out), &args.out.join("curves"));
     }
 }

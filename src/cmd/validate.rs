@@ -74,16 +74,8 @@ fn range3(mut v: Vec<f64>) -> Option<Range3> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len();
-    let median = if m % 2 == 1 {
-        v[m / 2]
-    } else {
-        0.5 * (v[m / 2 - 1] + v[m / 2])
-    };
-    Some(Range3 {
-        min: v[0],
-        median,
-        max: v[m - 1],
-    })
+    let median = if m % 2 == 1 { v[m / 2] } else { 0.5 * (v[m / 2 - 1] + v[m / 2]) };
+    Some(Range3 { min: v[0], median, max: v[m - 1] })
 }
 
 fn min_max(v: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
@@ -98,10 +90,7 @@ fn levels(c: &Categorical) -> Levels {
     for &x in &c.codes {
         counts[x as usize] += 1;
     }
-    Levels {
-        name: c.name.clone(),
-        sizes: c.levels.iter().cloned().zip(counts).collect(),
-    }
+    Levels { name: c.name.clone(), sizes: c.levels.iter().cloned().zip(counts).collect() }
 }
 
 pub fn summarize(ds: &Dataset, opts: &DataOptions) -> Summary {
@@ -120,44 +109,22 @@ pub fn summarize(ds: &Dataset, opts: &DataOptions) -> Summary {
         atses: s.n_atse(),
         junctions_per_atse: range3(per_atse),
         observed_entries: s.nnz(),
-        observed_percent: if total > 0.0 {
-            100.0 * s.nnz() as f64 / total
-        } else {
-            0.0
-        },
-        cells_without_observed_junction: (0..s.n_cells)
-            .filter(|&c| s.cell_range(c).is_empty())
-            .count(),
+        observed_percent: if total > 0.0 { 100.0 * s.nnz() as f64 / total } else { 0.0 },
+        cells_without_observed_junction: (0..s.n_cells).filter(|&c| s.cell_range(c).is_empty()).count(),
         has_counts: s.has_counts,
         k_range: min_max(s.k.iter().map(|&x| x as f64)),
         n_range: min_max(s.n.iter().map(|&x| x as f64)),
         expression_nonzeros: ds.expression.as_ref().map(|x| x.nnz()),
-        expression_nonzero_range: ds
-            .expression
-            .as_ref()
-            .and_then(|x| min_max(x.values.iter().map(|&v| v as f64))),
-        cells_with_zero_expression: ds.expression.as_ref().map(|x| {
-            (0..x.n_rows)
-                .filter(|&r| x.row(r).1.iter().all(|&v| v == 0.0))
-                .count()
-        }),
+        expression_nonzero_range: ds.expression.as_ref().and_then(|x| min_max(x.values.iter().map(|&v| v as f64))),
+        cells_with_zero_expression: ds.expression.as_ref().map(|x| (0..x.n_rows).filter(|&r| x.row(r).1.iter().all(|&v| v == 0.0)).count()),
         library_size: range3(ds.library_size.iter().map(|&x| x as f64).collect()),
         batch: levels(&ds.covariates.batch),
-        labels: opts
-            .labels_key
-            .as_ref()
-            .map(|_| levels(&ds.covariates.labels)),
+        labels: opts.labels_key.as_ref().map(|_| levels(&ds.covariates.labels)),
         categorical_covariates: ds.covariates.categorical.iter().map(levels).collect(),
         continuous_covariates: (0..nc)
             .map(|c| {
-                let (lo, hi) =
-                    min_max((0..ds.n_cells()).map(|i| ds.covariates.continuous[i * nc + c] as f64))
-                        .unwrap_or((0.0, 0.0));
-                (
-                    ds.covariates.continuous_names[c].clone(),
-                    lo as f32,
-                    hi as f32,
-                )
+                let (lo, hi) = min_max((0..ds.n_cells()).map(|i| ds.covariates.continuous[i * nc + c] as f64)).unwrap_or((0.0, 0.0));
+                (ds.covariates.continuous_names[c].clone(), lo as f32, hi as f32)
             })
             .collect(),
     }
@@ -173,9 +140,7 @@ fn fmt_range(r: Option<(f64, f64)>) -> String {
 }
 
 fn fmt_range3(r: &Option<Range3>) -> String {
-    r.as_ref().map_or("-".into(), |r| {
-        format!("min {} / median {} / max {}", r.min, r.median, r.max)
-    })
+    r.as_ref().map_or("-".into(), |r| format!("min {} / median {} / max {}", r.min, r.median, r.max))
 }
 
 pub fn render(s: &Summary, opts: &DataOptions) -> String {
@@ -183,40 +148,21 @@ pub fn render(s: &Summary, opts: &DataOptions) -> String {
     let mut line = |k: &str, v: String| o.push_str(&format!("{k:<34}{v}\n"));
     line("source", s.source.clone());
     line("cells", s.cells.to_string());
-    line(
-        "genes",
-        s.genes
-            .map_or("none (splicing only)".into(), |g| g.to_string()),
-    );
+    line("genes", s.genes.map_or("none (splicing only)".into(), |g| g.to_string()));
     line("junctions", s.junctions.to_string());
     line("ATSEs", s.atses.to_string());
     line("junctions per ATSE", fmt_range3(&s.junctions_per_atse));
-    line(
-        "observed cell × junction entries",
-        format!("{} ({:.3}%)", s.observed_entries, s.observed_percent),
-    );
-    line(
-        "cells without observed junctions",
-        s.cells_without_observed_junction.to_string(),
-    );
+    line("observed cell × junction entries", format!("{} ({:.3}%)", s.observed_entries, s.observed_percent));
+    line("cells without observed junctions", s.cells_without_observed_junction.to_string());
     if s.has_counts {
         line("junction counts k (observed)", fmt_range(s.k_range));
         line("ATSE totals n (observed)", fmt_range(s.n_range));
     } else {
-        line(
-            "splicing counts",
-            "none (PSI and mask only: BCE loss only)".into(),
-        );
+        line("splicing counts", "none (PSI and mask only: BCE loss only)".into());
     }
     if let Some(nz) = s.expression_nonzeros {
-        line(
-            "expression non-zeros",
-            format!("{nz} (values {})", fmt_range(s.expression_nonzero_range)),
-        );
-        line(
-            "cells with all-zero expression",
-            s.cells_with_zero_expression.unwrap_or(0).to_string(),
-        );
+        line("expression non-zeros", format!("{nz} (values {})", fmt_range(s.expression_nonzero_range)));
+        line("cells with all-zero expression", s.cells_with_zero_expression.unwrap_or(0).to_string());
     }
     line("library size", fmt_range3(&s.library_size));
     let bname = opts.batch_key.clone().unwrap_or_else(|| "(none)".into());

@@ -52,19 +52,9 @@ impl ArenaPlan {
         }
         let elem_size = std::mem::size_of::<T>();
         let offset = self.total.next_multiple_of(REGION_ALIGN);
-        let bytes = len
-            .checked_mul(elem_size)
-            .with_context(|| format!("arena plan: region `{name}` size overflows"))?;
-        self.total = offset
-            .checked_add(bytes)
-            .with_context(|| format!("arena plan: total size overflows at `{name}`"))?;
-        self.regions.push(RegionPlan {
-            name: name.to_string(),
-            dtype: type_label::<T>(),
-            elem_size,
-            len,
-            offset,
-        });
+        let bytes = len.checked_mul(elem_size).with_context(|| format!("arena plan: region `{name}` size overflows"))?;
+        self.total = offset.checked_add(bytes).with_context(|| format!("arena plan: total size overflows at `{name}`"))?;
+        self.regions.push(RegionPlan { name: name.to_string(), dtype: type_label::<T>(), elem_size, len, offset });
         Ok(self)
     }
 
@@ -98,34 +88,11 @@ fn human(bytes: usize) -> String {
 impl std::fmt::Display for ArenaPlan {
     /// The plan as a table (printed with `--verbose`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let w = self
-            .regions
-            .iter()
-            .map(|r| r.name.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
-        writeln!(
-            f,
-            "device arena: {} in {} regions",
-            human(self.total_bytes()),
-            self.regions.len()
-        )?;
-        writeln!(
-            f,
-            "  {:<w$}  {:>5}  {:>14}  {:>11}  {:>14}",
-            "region", "dtype", "elements", "size", "offset"
-        )?;
+        let w = self.regions.iter().map(|r| r.name.len()).max().unwrap_or(6).max(6);
+        writeln!(f, "device arena: {} in {} regions", human(self.total_bytes()), self.regions.len())?;
+        writeln!(f, "  {:<w$}  {:>5}  {:>14}  {:>11}  {:>14}", "region", "dtype", "elements", "size", "offset")?;
         for r in &self.regions {
-            writeln!(
-                f,
-                "  {:<w$}  {:>5}  {:>14}  {:>11}  {:>14}",
-                r.name,
-                r.dtype,
-                r.len,
-                human(r.bytes()),
-                r.offset
-            )?;
+            writeln!(f, "  {:<w$}  {:>5}  {:>14}  {:>11}  {:>14}", r.name, r.dtype, r.len, human(r.bytes()), r.offset)?;
         }
         Ok(())
     }
@@ -144,16 +111,8 @@ impl DeviceArena {
     pub fn allocate(dev: &CudaDevice, plan: ArenaPlan) -> Result<Self> {
         let bytes = plan.total_bytes();
         let buffer = dev.zeros::<u8>(bytes).map_err(|e| {
-            let free = dev
-                .context()
-                .mem_get_info()
-                .map(|(f, _)| human(f))
-                .unwrap_or_else(|_| "unknown".into());
-            anyhow!(
-                "allocating the device arena ({}) on cuda:{} (free: {free}): {e:#}\n{plan}",
-                human(bytes),
-                dev.info().ordinal
-            )
+            let free = dev.context().mem_get_info().map(|(f, _)| human(f)).unwrap_or_else(|_| "unknown".into());
+            anyhow!("allocating the device arena ({}) on cuda:{} (free: {free}): {e:#}\n{plan}", human(bytes), dev.info().ordinal)
         })?;
         let base = {
             let (base, _guard) = buffer.device_ptr(buffer.stream());
@@ -173,23 +132,11 @@ impl DeviceArena {
 
     /// Region `name` typed as `T` (which must have the element size it was planned with).
     pub fn region<T>(&self, name: &str) -> Result<Region<'_, T>> {
-        let r = self
-            .plan
-            .get(name)
-            .with_context(|| format!("device arena has no region `{name}`"))?;
+        let r = self.plan.get(name).with_context(|| format!("device arena has no region `{name}`"))?;
         if r.elem_size != std::mem::size_of::<T>() {
-            bail!(
-                "device arena region `{name}` holds {}-byte {} elements, not {}",
-                r.elem_size,
-                r.dtype,
-                type_label::<T>()
-            );
+            bail!("device arena region `{name}` holds {}-byte {} elements, not {}", r.elem_size, r.dtype, type_label::<T>());
         }
-        Ok(Region {
-            address: self.base + r.offset as u64,
-            len: r.len,
-            _arena: PhantomData,
-        })
+        Ok(Region { address: self.base + r.offset as u64, len: r.len, _arena: PhantomData })
     }
 }
 
@@ -228,12 +175,7 @@ mod tests {
     #[test]
     fn plan_aligns_and_sums() {
         let mut p = ArenaPlan::new();
-        p.add::<f32>("params", 1000)
-            .unwrap()
-            .add::<u8>("mask", 1000)
-            .unwrap()
-            .add::<f64>("norm_partials", 3)
-            .unwrap();
+        p.add::<f32>("params", 1000).unwrap().add::<u8>("mask", 1000).unwrap().add::<f64>("norm_partials", 3).unwrap();
         let r = p.regions();
         assert_eq!((r[0].offset, r[0].bytes()), (0, 4000));
         assert_eq!(r[1].offset, 4096);
@@ -241,10 +183,7 @@ mod tests {
         assert_eq!(p.total_bytes(), 5376);
         assert!(p.regions().iter().all(|r| r.offset % REGION_ALIGN == 0));
         let table = p.to_string();
-        assert!(
-            table.contains("params") && table.contains("f32") && table.contains("mask"),
-            "{table}"
-        );
+        assert!(table.contains("params") && table.contains("f32") && table.contains("mask"), "{table}");
         assert!(p.add::<f32>("params", 1).is_err());
     }
 }

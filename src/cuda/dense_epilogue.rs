@@ -77,28 +77,14 @@ pub struct CudaDenseEpilogue<'d> {
 impl<'d> CudaDenseEpilogue<'d> {
     pub fn new(dev: &'d CudaDevice) -> Result<Self> {
         let f = |n: &str| dev.function("dense_epilogue", n);
-        Ok(CudaDenseEpilogue {
-            dev,
-            stats: f("dense_bn_stats")?,
-            fwd: f("dense_epilogue_fwd")?,
-            bwd_rows: f("dense_epilogue_bwd_rows")?,
-            bwd_cols: f("dense_epilogue_bwd_cols")?,
-        })
+        Ok(CudaDenseEpilogue { dev, stats: f("dense_bn_stats")?, fwd: f("dense_epilogue_fwd")?, bwd_rows: f("dense_epilogue_bwd_rows")?, bwd_cols: f("dense_epilogue_bwd_cols")? })
     }
 
     fn rows_cfg(b: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (b.div_ceil(EPI_ROWS_PER_BLOCK) as u32, 1, 1),
-            block_dim: (EPI_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        LaunchConfig { grid_dim: (b.div_ceil(EPI_ROWS_PER_BLOCK) as u32, 1, 1), block_dim: (EPI_THREADS, 1, 1), shared_mem_bytes: 0 }
     }
     fn cols_cfg(h: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (h.div_ceil(EPI_THREADS as usize) as u32, 1, 1),
-            block_dim: (EPI_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        LaunchConfig { grid_dim: (h.div_ceil(EPI_THREADS as usize) as u32, 1, 1), block_dim: (EPI_THREADS, 1, 1), shared_mem_bytes: 0 }
     }
 
     /// Uploads, poisons every output with NaN, runs the forward (stats, epilogue) and the backward
@@ -106,82 +92,26 @@ impl<'d> CudaDenseEpilogue<'d> {
     /// launches on arena buffers between its GEMMs.
     pub fn run_host(&self, e: &Epilogue, inp: &EpilogueHostIn<'_>) -> Result<EpilogueHost> {
         let (b, h) = (inp.b, inp.h);
-        ensure!(
-            b >= 1 && h >= 1 && b <= i32::MAX as usize && h <= i32::MAX as usize,
-            "dense epilogue: B = {b}, H = {h} out of range"
-        );
-        ensure!(
-            inp.y0.len() == b * h && inp.dout.len() == b * h,
-            "dense epilogue: y0 and dout need {b} × {h} entries"
-        );
-        for (n, v) in [
-            ("bias", inp.bias),
-            ("gamma", inp.gamma),
-            ("beta", inp.beta),
-            ("running_mean", inp.running_mean),
-            ("running_var", inp.running_var),
-        ] {
-            ensure!(
-                v.len() == h,
-                "dense epilogue: {n} needs {h} entries, got {}",
-                v.len()
-            );
+        ensure!(b >= 1 && h >= 1 && b <= i32::MAX as usize && h <= i32::MAX as usize, "dense epilogue: B = {b}, H = {h} out of range");
+        ensure!(inp.y0.len() == b * h && inp.dout.len() == b * h, "dense epilogue: y0 and dout need {b} × {h} entries");
+        for (n, v) in [("bias", inp.bias), ("gamma", inp.gamma), ("beta", inp.beta), ("running_mean", inp.running_mean), ("running_var", inp.running_var)] {
+            ensure!(v.len() == h, "dense epilogue: {n} needs {h} entries, got {}", v.len());
         }
         if e.bn == BnMode::Batch {
-            ensure!(
-                b >= 2,
-                "BatchNorm in training mode needs at least 2 cells in a minibatch (got {b})"
-            );
+            ensure!(b >= 2, "BatchNorm in training mode needs at least 2 cells in a minibatch (got {b})");
         }
         let dev = self.dev;
         let nan = |n: usize| dev.upload(&vec![f32::NAN; n.max(1)]);
-        let (y0, bias, gamma, beta, rm, rv, dout) = (
-            dev.upload(inp.y0)?,
-            dev.upload(inp.bias)?,
-            dev.upload(inp.gamma)?,
-            dev.upload(inp.beta)?,
-            dev.upload(inp.running_mean)?,
-            dev.upload(inp.running_var)?,
-            dev.upload(inp.dout)?,
-        );
-        let (mean, inv, rm_out, rv_out) = (
-            nan(h)?,
-            nan(h)?,
-            dev.upload(inp.running_mean)?,
-            dev.upload(inp.running_var)?,
-        );
-        let (out, pre, ln_inv, g, dy0, db, dg, dbeta) = (
-            nan(b * h)?,
-            nan(b * h)?,
-            nan(b)?,
-            nan(b * h)?,
-            nan(b * h)?,
-            nan(h)?,
-            nan(h)?,
-            nan(h)?,
-        );
+        let (y0, bias, gamma, beta, rm, rv, dout) =
+            (dev.upload(inp.y0)?, dev.upload(inp.bias)?, dev.upload(inp.gamma)?, dev.upload(inp.beta)?, dev.upload(inp.running_mean)?, dev.upload(inp.running_var)?, dev.upload(inp.dout)?);
+        let (mean, inv, rm_out, rv_out) = (nan(h)?, nan(h)?, dev.upload(inp.running_mean)?, dev.upload(inp.running_var)?);
+        let (out, pre, ln_inv, g, dy0, db, dg, dbeta) = (nan(b * h)?, nan(b * h)?, nan(b)?, nan(b * h)?, nan(b * h)?, nan(h)?, nan(h)?, nan(h)?);
         let (bi, hi, bn) = (b as i32, h as i32, bn_code(e.bn));
         let (key, thr, scale, drop) = dropout_args(e);
         let a = |m: &dyn DeviceMem<f32>| m.device_address();
         if e.bn != BnMode::None {
-            let upd = if e.bn == BnMode::Batch {
-                (a(&rm_out), a(&rv_out))
-            } else {
-                (0, 0)
-            };
-            let args: [&dyn KernelArg; 11] = [
-                &a(&y0),
-                &a(&bias),
-                &bi,
-                &hi,
-                &bn,
-                &a(&rm),
-                &a(&rv),
-                &a(&mean),
-                &a(&inv),
-                &upd.0,
-                &upd.1,
-            ];
+            let upd = if e.bn == BnMode::Batch { (a(&rm_out), a(&rv_out)) } else { (0, 0) };
+            let args: [&dyn KernelArg; 11] = [&a(&y0), &a(&bias), &bi, &hi, &bn, &a(&rm), &a(&rv), &a(&mean), &a(&inv), &upd.0, &upd.1];
             dev.launch(&self.stats, Self::cols_cfg(h), &args)?;
         }
         let args: [&dyn KernelArg; 18] = [
@@ -205,36 +135,9 @@ impl<'d> CudaDenseEpilogue<'d> {
             &a(&ln_inv),
         ];
         dev.launch(&self.fwd, Self::rows_cfg(b), &args)?;
-        let args: [&dyn KernelArg; 12] = [
-            &a(&dout),
-            &a(&pre),
-            &a(&ln_inv),
-            &bi,
-            &hi,
-            &(e.ln as i32),
-            &act_code(e.act),
-            &key,
-            &thr,
-            &scale,
-            &drop,
-            &a(&g),
-        ];
+        let args: [&dyn KernelArg; 12] = [&a(&dout), &a(&pre), &a(&ln_inv), &bi, &hi, &(e.ln as i32), &act_code(e.act), &key, &thr, &scale, &drop, &a(&g)];
         dev.launch(&self.bwd_rows, Self::rows_cfg(b), &args)?;
-        let args: [&dyn KernelArg; 13] = [
-            &a(&g),
-            &a(&y0),
-            &a(&bias),
-            &bi,
-            &hi,
-            &bn,
-            &a(&mean),
-            &a(&inv),
-            &a(&gamma),
-            &a(&dy0),
-            &a(&db),
-            &a(&dg),
-            &a(&dbeta),
-        ];
+        let args: [&dyn KernelArg; 13] = [&a(&g), &a(&y0), &a(&bias), &bi, &hi, &bn, &a(&mean), &a(&inv), &a(&gamma), &a(&dy0), &a(&db), &a(&dg), &a(&dbeta)];
         dev.launch(&self.bwd_cols, Self::cols_cfg(h), &args)?;
         dev.synchronize()?;
         let bn_on = e.bn != BnMode::None;
@@ -245,16 +148,8 @@ impl<'d> CudaDenseEpilogue<'d> {
             running_var: dev.download(&rv_out)?,
             dy0: dev.download(&dy0)?,
             d_bias: dev.download(&db)?,
-            d_gamma: if bn_on {
-                dev.download(&dg)?
-            } else {
-                Vec::new()
-            },
-            d_beta: if bn_on {
-                dev.download(&dbeta)?
-            } else {
-                Vec::new()
-            },
+            d_gamma: if bn_on { dev.download(&dg)? } else { Vec::new() },
+            d_beta: if bn_on { dev.download(&dbeta)? } else { Vec::new() },
         })
     }
 }

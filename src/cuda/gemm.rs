@@ -29,18 +29,8 @@ pub struct Operand {
 
 impl Operand {
     pub fn new<T>(m: &dyn DeviceMem<T>, rows: usize, cols: usize, t: bool) -> Result<Self> {
-        ensure!(
-            m.elements() >= rows * cols,
-            "gemm: operand has {} elements for {rows} × {cols}",
-            m.elements()
-        );
-        Ok(Operand {
-            addr: m.device_address(),
-            rows,
-            cols,
-            ld: cols,
-            t,
-        })
+        ensure!(m.elements() >= rows * cols, "gemm: operand has {} elements for {rows} × {cols}", m.elements());
+        Ok(Operand { addr: m.device_address(), rows, cols, ld: cols, t })
     }
     /// (rows, cols) of op(X).
     fn op_shape(&self) -> (usize, usize) {
@@ -88,33 +78,13 @@ impl<'d> CudaGemm<'d> {
     }
 
     /// C (m × n, row-major, ld = n) = α·op(A)·op(B) + β·C. Enqueued on the device's stream.
-    pub fn gemm(
-        &self,
-        prec: GemmPrecision,
-        alpha: f32,
-        a: &Operand,
-        b: &Operand,
-        beta: f32,
-        c: &mut dyn DeviceMem<f32>,
-        m: usize,
-        n: usize,
-    ) -> Result<()> {
+    pub fn gemm(&self, prec: GemmPrecision, alpha: f32, a: &Operand, b: &Operand, beta: f32, c: &mut dyn DeviceMem<f32>, m: usize, n: usize) -> Result<()> {
         let _r = crate::nvtx_range!("gemm");
         let (am, ak) = a.op_shape();
         let (bk, bn) = b.op_shape();
-        ensure!(
-            am == m && bn == n && ak == bk,
-            "gemm: op(A) is {am} × {ak}, op(B) {bk} × {bn}, C {m} × {n}"
-        );
-        ensure!(
-            c.elements() >= m * n,
-            "gemm: C has {} elements for {m} × {n}",
-            c.elements()
-        );
-        ensure!(
-            a.ld >= a.cols && b.ld >= b.cols,
-            "gemm: leading dimension below the row length"
-        );
+        ensure!(am == m && bn == n && ak == bk, "gemm: op(A) is {am} × {ak}, op(B) {bk} × {bn}, C {m} × {n}");
+        ensure!(c.elements() >= m * n, "gemm: C has {} elements for {m} × {n}", c.elements());
+        ensure!(a.ld >= a.cols && b.ld >= b.cols, "gemm: leading dimension below the row length");
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -169,18 +139,7 @@ impl<'d> CudaGemm<'d> {
 
     /// Convenience for tests: C = op(A)·op(B) of host row-major matrices (A is `ar × ac`, B `br × bc`).
     #[allow(clippy::too_many_arguments)]
-    pub fn run_host(
-        &self,
-        prec: GemmPrecision,
-        a: &[f32],
-        ar: usize,
-        ac: usize,
-        ta: bool,
-        b: &[f32],
-        br: usize,
-        bc: usize,
-        tb: bool,
-    ) -> Result<Vec<f32>> {
+    pub fn run_host(&self, prec: GemmPrecision, a: &[f32], ar: usize, ac: usize, ta: bool, b: &[f32], br: usize, bc: usize, tb: bool) -> Result<Vec<f32>> {
         let dev = self.dev;
         let m = if ta { ac } else { ar };
         let n = if tb { br } else { bc };
@@ -188,31 +147,13 @@ impl<'d> CudaGemm<'d> {
         match prec {
             GemmPrecision::F32 => {
                 let (da, db) = (dev.upload(a)?, dev.upload(b)?);
-                self.gemm(
-                    prec,
-                    1.0,
-                    &Operand::new(&da, ar, ac, ta)?,
-                    &Operand::new(&db, br, bc, tb)?,
-                    0.0,
-                    &mut c,
-                    m,
-                    n,
-                )?;
+                self.gemm(prec, 1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
                 dev.synchronize()?;
             }
             GemmPrecision::Bf16 => {
                 let conv = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<bf16>>();
                 let (da, db) = (dev.upload(&conv(a))?, dev.upload(&conv(b))?);
-                self.gemm(
-                    prec,
-                    1.0,
-                    &Operand::new(&da, ar, ac, ta)?,
-                    &Operand::new(&db, br, bc, tb)?,
-                    0.0,
-                    &mut c,
-                    m,
-                    n,
-                )?;
+                self.gemm(prec, 1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
                 dev.synchronize()?;
             }
         }

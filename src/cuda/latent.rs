@@ -144,45 +144,18 @@ fn addr(m: Option<&dyn DeviceMem<f32>>) -> u64 {
 /// Checks the buffer sizes of one launch.
 fn check_inputs(s: &LatentShape, inp: &LatentDevIn<'_>) -> Result<()> {
     let (b, d) = (s.b, s.d);
-    ensure!(
-        b >= 1 && b <= i32::MAX as usize && d >= 1 && s.l() <= i32::MAX as usize,
-        "latent: B = {b}, d = {d} out of range"
-    );
-    for (name, m) in [
-        ("mu_e", inp.mu_e),
-        ("v_e", inp.v_e),
-        ("mu_s", inp.mu_s),
-        ("v_s", inp.v_s),
-    ] {
-        ensure!(
-            m.elements() == b * d,
-            "latent: {name} has {} entries for {b} × {d}",
-            m.elements()
-        );
+    ensure!(b >= 1 && b <= i32::MAX as usize && d >= 1 && s.l() <= i32::MAX as usize, "latent: B = {b}, d = {d} out of range");
+    for (name, m) in [("mu_e", inp.mu_e), ("v_e", inp.v_e), ("mu_s", inp.mu_s), ("v_s", inp.v_s)] {
+        ensure!(m.elements() == b * d, "latent: {name} has {} entries for {b} × {d}", m.elements());
     }
-    ensure!(
-        inp.mask_e.elements() == b && inp.mask_s.elements() == b,
-        "latent: the masks need {b} entries"
-    );
-    ensure!(
-        inp.eps.elements() == b * s.l(),
-        "latent: eps has {} entries for {b} × {}",
-        inp.eps.elements(),
-        s.l()
-    );
+    ensure!(inp.mask_e.elements() == b && inp.mask_s.elements() == b, "latent: the masks need {b} entries");
+    ensure!(inp.eps.elements() == b * s.l(), "latent: eps has {} entries for {b} × {}", inp.eps.elements(), s.l());
     let want = s.raw_len();
     if want > 0 {
-        ensure!(
-            inp.raw.is_some_and(|r| r.elements() == want),
-            "latent: {:?} mixing needs {want} raw weights",
-            s.mix
-        );
+        ensure!(inp.raw.is_some_and(|r| r.elements() == want), "latent: {:?} mixing needs {want} raw weights", s.mix);
     }
     if matches!(s.mix, Mix::PerDim { .. }) {
-        ensure!(
-            d <= LAT_THREADS as usize,
-            "latent: the per-dimension mixing supports d ≤ {LAT_THREADS}, got {d}"
-        );
+        ensure!(d <= LAT_THREADS as usize, "latent: the per-dimension mixing supports d ≤ {LAT_THREADS}, got {d}");
     }
     Ok(())
 }
@@ -198,34 +171,18 @@ impl<'d> CudaLatent<'d> {
     }
 
     fn grid(b: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (b.div_ceil(LAT_ROWS_PER_BLOCK) as u32, 1, 1),
-            block_dim: (LAT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        LaunchConfig { grid_dim: (b.div_ceil(LAT_ROWS_PER_BLOCK) as u32, 1, 1), block_dim: (LAT_THREADS, 1, 1), shared_mem_bytes: 0 }
     }
 
     /// Enqueues the forward.
-    pub fn forward(
-        &self,
-        s: &LatentShape,
-        inp: &LatentDevIn<'_>,
-        out: &mut LatentDevFwd<'_>,
-    ) -> Result<()> {
+    pub fn forward(&self, s: &LatentShape, inp: &LatentDevIn<'_>, out: &mut LatentDevFwd<'_>) -> Result<()> {
         let _r = crate::nvtx_range!("latent_fwd");
         check_inputs(s, inp)?;
         let (b, l) = (s.b, s.l());
         for (name, m) in [("qz_m", &*out.qz_m), ("qz_v", &*out.qz_v), ("z", &*out.z)] {
-            ensure!(
-                m.elements() == b * l,
-                "latent: {name} has {} entries for {b} × {l}",
-                m.elements()
-            );
+            ensure!(m.elements() == b * l, "latent: {name} has {} entries for {b} × {l}", m.elements());
         }
-        ensure!(
-            out.kl_row.elements() == b && out.pen_row.elements() == b,
-            "latent: kl_row and pen_row need {b} entries"
-        );
+        ensure!(out.kl_row.elements() == b && out.pen_row.elements() == b, "latent: kl_row and pen_row need {b} entries");
         let args: [&dyn KernelArg; 19] = [
             &inp.mu_e.device_address(),
             &inp.v_e.device_address(),
@@ -270,54 +227,20 @@ impl<'d> CudaLatent<'d> {
         check_inputs(s, inp)?;
         let (b, d, l) = (s.b, s.d, s.l());
         for (name, m) in [("qz_m", qz_m), ("qz_v", qz_v), ("z", z), ("dz", dz)] {
-            ensure!(
-                m.elements() == b * l,
-                "latent: {name} has {} entries for {b} × {l}",
-                m.elements()
-            );
+            ensure!(m.elements() == b * l, "latent: {name} has {} entries for {b} × {l}", m.elements());
         }
         if let Some(m) = dqm_in {
-            ensure!(
-                m.elements() == b * l,
-                "latent: dqm_in has {} entries for {b} × {l}",
-                m.elements()
-            );
+            ensure!(m.elements() == b * l, "latent: dqm_in has {} entries for {b} × {l}", m.elements());
         }
-        for (name, m) in [
-            ("d_mu_e", &*out.d_mu_e),
-            ("d_v_e", &*out.d_v_e),
-            ("d_mu_s", &*out.d_mu_s),
-            ("d_v_s", &*out.d_v_s),
-        ] {
-            ensure!(
-                m.elements() == b * d,
-                "latent: {name} has {} entries for {b} × {d}",
-                m.elements()
-            );
+        for (name, m) in [("d_mu_e", &*out.d_mu_e), ("d_v_e", &*out.d_v_e), ("d_mu_s", &*out.d_mu_s), ("d_v_s", &*out.d_v_s)] {
+            ensure!(m.elements() == b * d, "latent: {name} has {} entries for {b} × {d}", m.elements());
         }
-        let (raw_cell, ws_rows) = (
-            out.d_raw_cell.as_ref().map(|m| m.device_address()),
-            out.d_ws_rows.as_ref().map(|m| m.device_address()),
-        );
+        let (raw_cell, ws_rows) = (out.d_raw_cell.as_ref().map(|m| m.device_address()), out.d_ws_rows.as_ref().map(|m| m.device_address()));
         match s.mix {
-            Mix::Softmax => ensure!(
-                out.d_raw_cell
-                    .as_ref()
-                    .is_some_and(|m| m.elements() == 2 * b),
-                "latent: softmax mixing needs d_raw_cell with {} entries",
-                2 * b
-            ),
+            Mix::Softmax => ensure!(out.d_raw_cell.as_ref().is_some_and(|m| m.elements() == 2 * b), "latent: softmax mixing needs d_raw_cell with {} entries", 2 * b),
             Mix::PerDim { .. } => {
-                ensure!(
-                    out.d_ws_rows
-                        .as_ref()
-                        .is_some_and(|m| m.elements() == b * d),
-                    "latent: per-dimension mixing needs d_ws_rows with {b} × {d} entries"
-                );
-                ensure!(
-                    out.d_raw_perdim.as_ref().is_some_and(|m| m.elements() == d),
-                    "latent: per-dimension mixing needs d_raw_perdim with {d} entries"
-                );
+                ensure!(out.d_ws_rows.as_ref().is_some_and(|m| m.elements() == b * d), "latent: per-dimension mixing needs d_ws_rows with {b} × {d} entries");
+                ensure!(out.d_raw_perdim.as_ref().is_some_and(|m| m.elements() == d), "latent: per-dimension mixing needs d_raw_perdim with {d} entries");
             }
             _ => {}
         }
@@ -351,21 +274,9 @@ impl<'d> CudaLatent<'d> {
             &ws_rows.unwrap_or(0),
         ];
         self.dev.launch(&self.bwd, Self::grid(b), &args)?;
-        if let (Mix::PerDim { .. }, Some(rows), Some(draw)) =
-            (s.mix, ws_rows, out.d_raw_perdim.as_ref())
-        {
-            let cfg = LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (LAT_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let args: [&dyn KernelArg; 5] = [
-                &rows,
-                &(b as i32),
-                &(d as i32),
-                &addr(inp.raw),
-                &draw.device_address(),
-            ];
+        if let (Mix::PerDim { .. }, Some(rows), Some(draw)) = (s.mix, ws_rows, out.d_raw_perdim.as_ref()) {
+            let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (LAT_THREADS, 1, 1), shared_mem_bytes: 0 };
+            let args: [&dyn KernelArg; 5] = [&rows, &(b as i32), &(d as i32), &addr(inp.raw), &draw.device_address()];
             self.dev.launch(&self.perdim, cfg, &args)?;
         }
         Ok(())
@@ -373,68 +284,25 @@ impl<'d> CudaLatent<'d> {
 
     /// Convenience for tests: uploads the twin's inputs, poisons every output with NaN, runs the
     /// forward and the backward, copies back.
-    pub fn run_host(
-        &self,
-        inp: &LatentIn<'_, f32>,
-        dz: &[f32],
-        dqm_in: Option<&[f32]>,
-        kl_scale: f32,
-        kl_weight: f32,
-    ) -> Result<LatentHost> {
-        let s = LatentShape {
-            b: inp.mu_e.rows,
-            d: inp.mu_e.cols,
-            mix: inp.mix,
-            ln: inp.ln,
-            penalty: inp.penalty,
-        };
+    pub fn run_host(&self, inp: &LatentIn<'_, f32>, dz: &[f32], dqm_in: Option<&[f32]>, kl_scale: f32, kl_weight: f32) -> Result<LatentHost> {
+        let s = LatentShape { b: inp.mu_e.rows, d: inp.mu_e.cols, mix: inp.mix, ln: inp.ln, penalty: inp.penalty };
         let (b, d, l) = (s.b, s.d, s.l());
         let dev = self.dev;
         let nan = |n: usize| dev.upload(&vec![f32::NAN; n.max(1)]);
         let u8s = |m: &[bool]| m.iter().map(|&x| x as u8).collect::<Vec<u8>>();
-        let (me, ve, ms, vs) = (
-            dev.upload(&inp.mu_e.data)?,
-            dev.upload(&inp.v_e.data)?,
-            dev.upload(&inp.mu_s.data)?,
-            dev.upload(&inp.v_s.data)?,
-        );
-        let raw = if s.raw_len() > 0 {
-            Some(dev.upload(inp.raw)?)
-        } else {
-            None
-        };
+        let (me, ve, ms, vs) = (dev.upload(&inp.mu_e.data)?, dev.upload(&inp.v_e.data)?, dev.upload(&inp.mu_s.data)?, dev.upload(&inp.v_s.data)?);
+        let raw = if s.raw_len() > 0 { Some(dev.upload(inp.raw)?) } else { None };
         let (mke, mks) = (dev.upload(&u8s(inp.mask_e))?, dev.upload(&u8s(inp.mask_s))?);
         let eps = dev.upload(&inp.eps.data)?;
-        let din = LatentDevIn {
-            mu_e: &me,
-            v_e: &ve,
-            mu_s: &ms,
-            v_s: &vs,
-            raw: raw.as_ref().map(|r| r as &dyn DeviceMem<f32>),
-            mask_e: &mke,
-            mask_s: &mks,
-            eps: &eps,
-        };
-        let (mut qm, mut qv, mut z, mut kl, mut pen) =
-            (nan(b * l)?, nan(b * l)?, nan(b * l)?, nan(b)?, nan(b)?);
-        self.forward(
-            &s,
-            &din,
-            &mut LatentDevFwd {
-                qz_m: &mut qm,
-                qz_v: &mut qv,
-                z: &mut z,
-                kl_row: &mut kl,
-                pen_row: &mut pen,
-            },
-        )?;
+        let din = LatentDevIn { mu_e: &me, v_e: &ve, mu_s: &ms, v_s: &vs, raw: raw.as_ref().map(|r| r as &dyn DeviceMem<f32>), mask_e: &mke, mask_s: &mks, eps: &eps };
+        let (mut qm, mut qv, mut z, mut kl, mut pen) = (nan(b * l)?, nan(b * l)?, nan(b * l)?, nan(b)?, nan(b)?);
+        self.forward(&s, &din, &mut LatentDevFwd { qz_m: &mut qm, qz_v: &mut qv, z: &mut z, kl_row: &mut kl, pen_row: &mut pen })?;
         let dzd = dev.upload(dz)?;
         let dqd = match dqm_in {
             Some(x) => Some(dev.upload(x)?),
             None => None,
         };
-        let (mut gme, mut gve, mut gms, mut gvs) =
-            (nan(b * d)?, nan(b * d)?, nan(b * d)?, nan(b * d)?);
+        let (mut gme, mut gve, mut gms, mut gvs) = (nan(b * d)?, nan(b * d)?, nan(b * d)?, nan(b * d)?);
         let (mut rc, mut rows, mut rp) = (nan(2 * b)?, nan(b * d)?, nan(d)?);
         let soft = s.mix == Mix::Softmax;
         let perdim = matches!(s.mix, Mix::PerDim { .. });
@@ -448,18 +316,7 @@ impl<'d> CudaLatent<'d> {
             d_raw_perdim: perdim.then_some(&mut rp as &mut dyn DeviceMem<f32>),
         };
         let pscale = penalty_scale(s.penalty, kl_weight);
-        self.backward(
-            &s,
-            &din,
-            &qm,
-            &qv,
-            &z,
-            &dzd,
-            dqd.as_ref().map(|x| x as &dyn DeviceMem<f32>),
-            kl_scale,
-            pscale,
-            &mut g,
-        )?;
+        self.backward(&s, &din, &qm, &qv, &z, &dzd, dqd.as_ref().map(|x| x as &dyn DeviceMem<f32>), kl_scale, pscale, &mut g)?;
         dev.synchronize()?;
         let d_raw = if soft {
             dev.download(&rc)?

@@ -24,13 +24,13 @@ pub mod special;
 pub mod splicing_lik;
 
 pub use arena::{ArenaPlan, DeviceArena, Region};
+pub use optim::CudaOptim;
+pub use runtime::{CudaDevice, DeviceMem};
 pub use dense_epilogue::CudaDenseEpilogue;
 pub use expr_lik::CudaExprLik;
 pub use gemm::CudaGemm;
 pub use latent::CudaLatent;
-pub use optim::CudaOptim;
 pub use partial::CudaPartial;
-pub use runtime::{CudaDevice, DeviceMem};
 pub use sparse_linear::CudaSparseLinear;
 pub use special::CudaSpecial;
 pub use splicing_lik::CudaSplicingLik;
@@ -65,8 +65,7 @@ pub fn kernel_nvcc_version() -> &'static str {
 }
 
 /// Why the CUDA backend is unusable when no kernels are embedded.
-pub const NO_KERNELS: &str =
-    "this binary was built without CUDA kernels (nvcc was not found at build time; run \
+pub const NO_KERNELS: &str = "this binary was built without CUDA kernels (nvcc was not found at build time; run \
                               scripts/install-nvcc.sh or set NVCC, then rebuild)";
 
 /// The driver as seen through libcuda.
@@ -142,14 +141,8 @@ fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, S
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(format!(
-                "{what}: the CUDA driver library failed to load: {msg}"
-            ))
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            Err(format!("{what}: the CUDA driver library failed to load: {msg}"))
         }
     }
 }
@@ -173,15 +166,10 @@ pub fn driver_info() -> Result<DriverInfo, String> {
         use cudarc::driver::{result, sys};
         let mut version = 0i32;
         // SAFETY: writes one int.
-        unsafe { sys::cuDriverGetVersion(&mut version) }
-            .result()
-            .map_err(|e| driver_err("cuDriverGetVersion", e))?;
+        unsafe { sys::cuDriverGetVersion(&mut version) }.result().map_err(|e| driver_err("cuDriverGetVersion", e))?;
         result::init().map_err(|e| driver_err("cuInit", e))?;
         let count = result::device::get_count().map_err(|e| driver_err("cuDeviceGetCount", e))?;
-        Ok(DriverInfo {
-            version,
-            device_count: count.max(0) as usize,
-        })
+        Ok(DriverInfo { version, device_count: count.max(0) as usize })
     })
 }
 
@@ -189,16 +177,10 @@ pub fn driver_info() -> Result<DriverInfo, String> {
 pub fn device_info(ordinal: usize) -> Result<DeviceInfo, String> {
     let driver = driver_info()?;
     if driver.device_count == 0 {
-        return Err(format!(
-            "the NVIDIA driver (CUDA {}) reports no devices",
-            driver.version_string()
-        ));
+        return Err(format!("the NVIDIA driver (CUDA {}) reports no devices", driver.version_string()));
     }
     if ordinal >= driver.device_count {
-        return Err(format!(
-            "no device cuda:{ordinal}: the driver reports {} device(s)",
-            driver.device_count
-        ));
+        return Err(format!("no device cuda:{ordinal}: the driver reports {} device(s)", driver.device_count));
     }
     no_panic("device query", || {
         use cudarc::driver::{result, sys::CUdevice_attribute as A};
@@ -208,22 +190,12 @@ pub fn device_info(ordinal: usize) -> Result<DeviceInfo, String> {
         let (total_mem, major, minor, sms) = unsafe {
             (
                 result::device::total_mem(dev).map_err(|e| driver_err("cuDeviceTotalMem", e))?,
-                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-                    .map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
-                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
-                    .map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
-                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                    .map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
+                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
+                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
+                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
             )
         };
-        Ok(DeviceInfo {
-            ordinal,
-            name,
-            total_mem,
-            compute_capability: (major, minor),
-            multiprocessors: sms,
-            driver_version: driver.version,
-        })
+        Ok(DeviceInfo { ordinal, name, total_mem, compute_capability: (major, minor), multiprocessors: sms, driver_version: driver.version })
     })
 }
 

@@ -22,9 +22,7 @@ impl Range {
         nvtx::range_push!("{}", args);
         #[cfg(not(feature = "nvtx"))]
         let _ = args;
-        Range {
-            _not_send: PhantomData,
-        }
+        Range { _not_send: PhantomData }
     }
 }
 

@@ -20,8 +20,7 @@ const ADAM_THREADS: u32 = 256;
 
 /// Number of pass-1 blocks for `n` gradient entries.
 pub fn grad_norm_blocks(n: usize) -> usize {
-    n.div_ceil(GN_THREADS as usize * GN_ITEMS_PER_THREAD)
-        .clamp(1, GRAD_NORM_MAX_BLOCKS)
+    n.div_ceil(GN_THREADS as usize * GN_ITEMS_PER_THREAD).clamp(1, GRAD_NORM_MAX_BLOCKS)
 }
 
 pub struct CudaOptim<'d> {
@@ -63,44 +62,19 @@ impl<'d> CudaOptim<'d> {
         let _r = crate::nvtx_range!("grad_norm");
         let n = grads.elements();
         if let Some(m) = mask {
-            ensure!(
-                m.elements() == n,
-                "grad norm: mask has {} entries for {n} gradients",
-                m.elements()
-            );
+            ensure!(m.elements() == n, "grad norm: mask has {} entries for {n} gradients", m.elements());
         }
         let blocks = grad_norm_blocks(n);
-        ensure!(
-            partials.elements() >= blocks,
-            "grad norm: scratch holds {} partial sums, {blocks} needed",
-            partials.elements()
-        );
-        ensure!(
-            out.elements() >= 2,
-            "grad norm: output needs 2 floats (norm, scale)"
-        );
+        ensure!(partials.elements() >= blocks, "grad norm: scratch holds {} partial sums, {blocks} needed", partials.elements());
+        ensure!(out.elements() >= 2, "grad norm: output needs 2 floats (norm, scale)");
         if let Some(s) = &sumsq {
             ensure!(s.elements() >= 1, "grad norm: sumsq output is empty");
         }
-        let (g, k, p, o) = (
-            grads.device_address(),
-            null_or(mask),
-            partials.device_address(),
-            out.device_address(),
-        );
+        let (g, k, p, o) = (grads.device_address(), null_or(mask), partials.device_address(), out.device_address());
         let s = sumsq.map(|s| s.device_address()).unwrap_or(0);
-        let cfg = |grid: usize| LaunchConfig {
-            grid_dim: (grid as u32, 1, 1),
-            block_dim: (GN_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        self.dev
-            .launch(&self.partial, cfg(blocks), &[&g, &k, &(n as i64), &p])?;
-        self.dev.launch(
-            &self.finalize,
-            cfg(1),
-            &[&p, &(blocks as i32), &max_norm, &o, &s],
-        )
+        let cfg = |grid: usize| LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (GN_THREADS, 1, 1), shared_mem_bytes: 0 };
+        self.dev.launch(&self.partial, cfg(blocks), &[&g, &k, &(n as i64), &p])?;
+        self.dev.launch(&self.finalize, cfg(1), &[&p, &(blocks as i32), &max_norm, &o, &s])
     }
 
     /// Enqueues one Adam/AdamW step (by `config.decay`) with the scalars of step number `step`
@@ -122,23 +96,10 @@ impl<'d> CudaOptim<'d> {
         let _r = crate::nvtx_range!("adam_step");
         ensure!(step >= 1, "optimizer step numbers start at 1");
         let n = params.elements();
-        ensure!(
-            grads.elements() == n,
-            "optimizer step: {} gradients for {n} parameters",
-            grads.elements()
-        );
-        ensure!(
-            exp_avg.elements() == n && exp_avg_sq.elements() == n,
-            "optimizer step: moments have {}/{} entries for {n} parameters",
-            exp_avg.elements(),
-            exp_avg_sq.elements()
-        );
+        ensure!(grads.elements() == n, "optimizer step: {} gradients for {n} parameters", grads.elements());
+        ensure!(exp_avg.elements() == n && exp_avg_sq.elements() == n, "optimizer step: moments have {}/{} entries for {n} parameters", exp_avg.elements(), exp_avg_sq.elements());
         if let Some(m) = mask {
-            ensure!(
-                m.elements() == n,
-                "optimizer step: mask has {} entries for {n} parameters",
-                m.elements()
-            );
+            ensure!(m.elements() == n, "optimizer step: mask has {} entries for {n} parameters", m.elements());
         }
         let s = config.scalars(step);
         let (f, first) = match config.decay {
@@ -146,52 +107,15 @@ impl<'d> CudaOptim<'d> {
             WeightDecay::L2 => (&self.adam_l2, s.l2),
         };
         let threads = ADAM_THREADS;
-        let cfg = LaunchConfig {
-            grid_dim: (
-                elementwise_grid(n, threads, self.dev.info().multiprocessors),
-                1,
-                1,
-            ),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (p, g, m, v, k) = (
-            params.device_address(),
-            grads.device_address(),
-            exp_avg.device_address(),
-            exp_avg_sq.device_address(),
-            null_or(mask),
-        );
+        let cfg = LaunchConfig { grid_dim: (elementwise_grid(n, threads, self.dev.info().multiprocessors), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let (p, g, m, v, k) = (params.device_address(), grads.device_address(), exp_avg.device_address(), exp_avg_sq.device_address(), null_or(mask));
         let scale = match grad_scale {
             None => 0u64,
             Some((buf, i)) => {
-                ensure!(
-                    i < buf.elements(),
-                    "optimizer step: grad scale index {i} outside a buffer of {}",
-                    buf.elements()
-                );
+                ensure!(i < buf.elements(), "optimizer step: grad scale index {i} outside a buffer of {}", buf.elements());
                 buf.device_address() + 4 * i as u64
             }
         };
-        self.dev.launch(
-            f,
-            cfg,
-            &[
-                &p,
-                &g,
-                &m,
-                &v,
-                &k,
-                &scale,
-                &(n as i64),
-                &first,
-                &s.w1,
-                &s.beta2,
-                &s.w2,
-                &s.eps,
-                &s.step_size,
-                &s.bc2_sqrt,
-            ],
-        )
+        self.dev.launch(f, cfg, &[&p, &g, &m, &v, &k, &scale, &(n as i64), &first, &s.w1, &s.beta2, &s.w2, &s.eps, &s.step_size, &s.bc2_sqrt])
     }
 }

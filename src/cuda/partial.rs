@@ -113,16 +113,8 @@ impl PartialShape {
             self.hh,
             self.d
         );
-        ensure!(
-            self.j >= 1 && self.b >= 1,
-            "partial: {} junctions, {} cells",
-            self.j,
-            self.b
-        );
-        ensure!(
-            self.nnz < i32::MAX as usize && self.j < i32::MAX as usize / self.hh.max(self.d),
-            "partial: the minibatch is too large for 32-bit pair ids"
-        );
+        ensure!(self.j >= 1 && self.b >= 1, "partial: {} junctions, {} cells", self.j, self.b);
+        ensure!(self.nnz < i32::MAX as usize && self.j < i32::MAX as usize / self.hh.max(self.d), "partial: the minibatch is too large for 32-bit pair ids");
         Ok(())
     }
 }
@@ -268,11 +260,7 @@ fn addr_mut(m: &Option<&mut dyn DeviceMem<f32>>) -> u64 {
 }
 
 fn cfg(blocks: usize, threads: u32, smem: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks.max(1) as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: smem as u32,
-    }
+    LaunchConfig { grid_dim: (blocks.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem as u32 }
 }
 
 impl<'d> CudaPartial<'d> {
@@ -291,11 +279,7 @@ impl<'d> CudaPartial<'d> {
     }
 
     /// The 12 pointers (fold and network parameters) every kernel after the fold takes first.
-    fn net_args<'a>(
-        p: &'a PartialParamsDev<'_>,
-        w: &'a PartialWork,
-        addrs: &'a mut [u64; 12],
-    ) -> &'a [u64; 12] {
+    fn net_args<'a>(p: &'a PartialParamsDev<'_>, w: &'a PartialWork, addrs: &'a mut [u64; 12]) -> &'a [u64; 12] {
         *addrs = [
             w.ug.device_address(),
             w.bg.device_address(),
@@ -314,39 +298,14 @@ impl<'d> CudaPartial<'d> {
     }
 
     /// Enqueues the forward: the fold, h(0) (centred), the pooled codes (B × D) and the keep bits.
-    pub fn forward(
-        &self,
-        s: &PartialShape,
-        p: &PartialParamsDev<'_>,
-        bt: &PartialBatchDev<'_>,
-        w: &mut PartialWork,
-        pool: &mut dyn DeviceMem<f32>,
-    ) -> Result<()> {
+    pub fn forward(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, pool: &mut dyn DeviceMem<f32>) -> Result<()> {
         let _r = crate::nvtx_range!("partial_fwd");
         s.check()?;
         let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
-        ensure!(
-            p.emb.elements() == j * d
-                && p.w0.elements() == hh * (d + 1)
-                && p.w4.elements() == d * hh,
-            "partial: parameter sizes do not match J = {j}, Hh = {hh}, D = {d}"
-        );
-        ensure!(
-            bt.indptr.elements() == b + 1
-                && bt.junction.elements() == s.nnz
-                && bt.psi.elements() == s.nnz,
-            "partial: batch arrays do not match B = {b}, nnz = {}",
-            s.nnz
-        );
-        ensure!(
-            pool.elements() == b * d,
-            "partial: pool has {} entries for {b} × {d}",
-            pool.elements()
-        );
-        ensure!(
-            s.center == p.center.is_some(),
-            "partial: the centre buffer must be given exactly when centring"
-        );
+        ensure!(p.emb.elements() == j * d && p.w0.elements() == hh * (d + 1) && p.w4.elements() == d * hh, "partial: parameter sizes do not match J = {j}, Hh = {hh}, D = {d}");
+        ensure!(bt.indptr.elements() == b + 1 && bt.junction.elements() == s.nnz && bt.psi.elements() == s.nnz, "partial: batch arrays do not match B = {b}, nnz = {}", s.nnz);
+        ensure!(pool.elements() == b * d, "partial: pool has {} entries for {b} × {d}", pool.elements());
+        ensure!(s.center == p.center.is_some(), "partial: the centre buffer must be given exactly when centring");
         let wpb = (PART_THREADS / 32) as usize;
         let args: [&dyn KernelArg; 18] = [
             &p.emb.device_address(),
@@ -368,36 +327,12 @@ impl<'d> CudaPartial<'d> {
             &w.sbb.device_address(),
             &w.w4t.device_address(),
         ];
-        self.dev.launch(
-            &self.fold,
-            cfg(j.div_ceil(wpb), PART_THREADS, wpb * d * 4),
-            &args,
-        )?;
+        self.dev.launch(&self.fold, cfg(j.div_ceil(wpb), PART_THREADS, wpb * d * 4), &args)?;
         let mut na = [0u64; 12];
         let n = *Self::net_args(p, w, &mut na);
         if s.center {
-            let args: [&dyn KernelArg; 15] = [
-                &n[0],
-                &n[1],
-                &n[2],
-                &n[3],
-                &n[4],
-                &n[5],
-                &n[6],
-                &n[7],
-                &n[8],
-                &n[9],
-                &n[10],
-                &n[11],
-                &(hh as i32),
-                &(d as i32),
-                &w.h0.device_address(),
-            ];
-            self.dev.launch(
-                &self.ref_fwd,
-                cfg(1, 32, smem_per_warp(hh, d, false)),
-                &args,
-            )?;
+            let args: [&dyn KernelArg; 15] = [&n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11], &(hh as i32), &(d as i32), &w.h0.device_address()];
+            self.dev.launch(&self.ref_fwd, cfg(1, 32, smem_per_warp(hh, d, false)), &args)?;
         }
         let (drop_on, key, thr, scale) = match s.dropout {
             Some((k, t, sc)) => (1i32, k, t, sc),
@@ -405,18 +340,7 @@ impl<'d> CudaPartial<'d> {
         };
         let h0 = if s.center { w.h0.device_address() } else { 0 };
         let args: [&dyn KernelArg; 28] = [
-            &n[0],
-            &n[1],
-            &n[2],
-            &n[3],
-            &n[4],
-            &n[5],
-            &n[6],
-            &n[7],
-            &n[8],
-            &n[9],
-            &n[10],
-            &n[11],
+            &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
             &(hh as i32),
             &(d as i32),
             &(b as i32),
@@ -434,43 +358,17 @@ impl<'d> CudaPartial<'d> {
             &pool.device_address(),
             &w.keep.device_address(),
         ];
-        self.dev.launch(
-            &self.pool_fwd,
-            cfg(
-                b.div_ceil(wpb),
-                PART_THREADS,
-                wpb * smem_per_warp(hh, d, false),
-            ),
-            &args,
-        )
+        self.dev.launch(&self.pool_fwd, cfg(b.div_ceil(wpb), PART_THREADS, wpb * smem_per_warp(hh, d, false)), &args)
     }
 
     /// Enqueues the backward from d(pool) (B × D), after [`CudaPartial::forward`] filled `w`; adds into
     /// the gradient buffers.
-    pub fn backward(
-        &self,
-        s: &PartialShape,
-        p: &PartialParamsDev<'_>,
-        bt: &PartialBatchDev<'_>,
-        w: &mut PartialWork,
-        dpool: &dyn DeviceMem<f32>,
-        g: &mut PartialGradsDev<'_>,
-    ) -> Result<()> {
+    pub fn backward(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, dpool: &dyn DeviceMem<f32>, g: &mut PartialGradsDev<'_>) -> Result<()> {
         let _r = crate::nvtx_range!("partial_bwd");
         s.check()?;
         let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
-        ensure!(
-            dpool.elements() == b * d,
-            "partial: dpool has {} entries for {b} × {d}",
-            dpool.elements()
-        );
-        ensure!(
-            bt.jptr.elements() == j + 1
-                && bt.order.elements() == s.nnz
-                && bt.cell_of.elements() == s.nnz,
-            "partial: junction-major arrays do not match J = {j}, nnz = {}",
-            s.nnz
-        );
+        ensure!(dpool.elements() == b * d, "partial: dpool has {} entries for {b} × {d}", dpool.elements());
+        ensure!(bt.jptr.elements() == j + 1 && bt.order.elements() == s.nnz && bt.cell_of.elements() == s.nnz, "partial: junction-major arrays do not match J = {j}, nnz = {}", s.nnz);
         let nw = bwd_warps(j);
         let wpb = bwd_warps_per_block(hh, d);
         let mut na = [0u64; 12];
@@ -480,18 +378,7 @@ impl<'d> CudaPartial<'d> {
             None => (0, 1.0),
         };
         let args: [&dyn KernelArg; 32] = [
-            &n[0],
-            &n[1],
-            &n[2],
-            &n[3],
-            &n[4],
-            &n[5],
-            &n[6],
-            &n[7],
-            &n[8],
-            &n[9],
-            &n[10],
-            &n[11],
+            &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
             &(hh as i32),
             &(d as i32),
             &(j as i32),
@@ -513,29 +400,10 @@ impl<'d> CudaPartial<'d> {
             &w.slots.device_address(),
             &w.slot_d.device_address(),
         ];
-        self.dev.launch(
-            &self.pair_bwd,
-            cfg(
-                nw.div_ceil(wpb),
-                32 * wpb as u32,
-                wpb * smem_per_warp(hh, d, true),
-            ),
-            &args,
-        )?;
+        self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
         if s.center {
             let args: [&dyn KernelArg; 22] = [
-                &n[0],
-                &n[1],
-                &n[2],
-                &n[3],
-                &n[4],
-                &n[5],
-                &n[6],
-                &n[7],
-                &n[8],
-                &n[9],
-                &n[10],
-                &n[11],
+                &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
                 &(hh as i32),
                 &(d as i32),
                 &(b as i32),
@@ -547,8 +415,7 @@ impl<'d> CudaPartial<'d> {
                 &w.slots.device_address(),
                 &w.slot_d.device_address(),
             ];
-            self.dev
-                .launch(&self.ref_bwd, cfg(1, 32, smem_per_warp(hh, d, true)), &args)?;
+            self.dev.launch(&self.ref_bwd, cfg(1, 32, smem_per_warp(hh, d, true)), &args)?;
         }
         let wpr = (PART_THREADS / 32) as usize;
         let args: [&dyn KernelArg; 13] = [
@@ -566,11 +433,7 @@ impl<'d> CudaPartial<'d> {
             &w.du.device_address(),
             &addr_mut(&g.emb),
         ];
-        self.dev.launch(
-            &self.unfold_rows,
-            cfg(j.div_ceil(wpr), PART_THREADS, wpr * hh * 4),
-            &args,
-        )?;
+        self.dev.launch(&self.unfold_rows, cfg(j.div_ceil(wpr), PART_THREADS, wpr * hh * 4), &args)?;
         let n_slots = nw + s.center as usize;
         let total = 4 * hh + 2 * hh * d + 3 * d;
         let args: [&dyn KernelArg; 21] = [
@@ -596,135 +459,49 @@ impl<'d> CudaPartial<'d> {
             &addr_mut(&g.g5),
             &addr_mut(&g.be5),
         ];
-        self.dev.launch(
-            &self.bwd_params,
-            cfg(total.div_ceil(PART_THREADS as usize), PART_THREADS, 0),
-            &args,
-        )
+        self.dev.launch(&self.bwd_params, cfg(total.div_ceil(PART_THREADS as usize), PART_THREADS, 0), &args)
     }
 
     /// Convenience for tests: uploads the twin's inputs, poisons the outputs (pool with NaN; the
     /// gradients start at zero, as the twin's), runs the forward and, given `dpool`, the backward.
-    pub fn run_host(
-        &self,
-        pe: &PartialEncP,
-        p: &Params<f32>,
-        spl: &SplBatch,
-        mode: Mode,
-        dpool: &[f32],
-    ) -> Result<PartialHost> {
+    pub fn run_host(&self, pe: &PartialEncP, p: &Params<f32>, spl: &SplBatch, mode: Mode, dpool: &[f32]) -> Result<PartialHost> {
         let s = PartialShape::of(pe, p, spl, mode);
         let dev = self.dev;
         let up = |idx: usize| dev.upload(p.get(idx));
-        let (emb, w0, b0, g1, be1) = (
-            up(pe.emb)?,
-            up(pe.h0.w)?,
-            up(pe.h0.b.unwrap())?,
-            up(pe.ln1_w)?,
-            up(pe.ln1_b)?,
-        );
-        let (w4, b4, g5, be5) = (
-            up(pe.h4.w)?,
-            up(pe.h4.b.unwrap())?,
-            up(pe.ln5_w)?,
-            up(pe.ln5_b)?,
-        );
+        let (emb, w0, b0, g1, be1) = (up(pe.emb)?, up(pe.h0.w)?, up(pe.h0.b.unwrap())?, up(pe.ln1_w)?, up(pe.ln1_b)?);
+        let (w4, b4, g5, be5) = (up(pe.h4.w)?, up(pe.h4.b.unwrap())?, up(pe.ln5_w)?, up(pe.ln5_b)?);
         let center = match pe.center {
             Some(ci) => Some(up(ci)?),
             None => None,
         };
-        let pd = PartialParamsDev {
-            emb: &emb,
-            w0: &w0,
-            b0: &b0,
-            g1: &g1,
-            be1: &be1,
-            w4: &w4,
-            b4: &b4,
-            g5: &g5,
-            be5: &be5,
-            center: center.as_ref().map(|c| c as &dyn DeviceMem<f32>),
-        };
+        let pd = PartialParamsDev { emb: &emb, w0: &w0, b0: &b0, g1: &g1, be1: &be1, w4: &w4, b4: &b4, g5: &g5, be5: &be5, center: center.as_ref().map(|c| c as &dyn DeviceMem<f32>) };
         let indptr: Vec<i32> = spl.indptr.iter().map(|&v| v as i32).collect();
         let junction: Vec<i32> = spl.junction.iter().map(|&v| v as i32).collect();
         let (jptr, order, cell_of) = junction_major(spl);
         let nz = |v: &[i32]| if v.is_empty() { vec![0i32] } else { v.to_vec() };
-        let (ip, jn, ps) = (
-            dev.upload(&indptr)?,
-            dev.upload(&nz(&junction))?,
-            dev.upload(if spl.psi.is_empty() {
-                &[0.0f32][..]
-            } else {
-                &spl.psi[..]
-            })?,
-        );
-        let (jp, od, co) = (
-            dev.upload(&jptr)?,
-            dev.upload(&nz(&order))?,
-            dev.upload(&nz(&cell_of))?,
-        );
+        let (ip, jn, ps) = (dev.upload(&indptr)?, dev.upload(&nz(&junction))?, dev.upload(if spl.psi.is_empty() { &[0.0f32][..] } else { &spl.psi[..] })?);
+        let (jp, od, co) = (dev.upload(&jptr)?, dev.upload(&nz(&order))?, dev.upload(&nz(&cell_of))?);
         // (an empty minibatch still gets one-element buffers; the kernels never read them)
-        let bd = PartialBatchDev {
-            indptr: &ip,
-            junction: &jn,
-            psi: &ps,
-            jptr: &jp,
-            order: &od,
-            cell_of: &co,
-        };
+        let bd = PartialBatchDev { indptr: &ip, junction: &jn, psi: &ps, jptr: &jp, order: &od, cell_of: &co };
         let mut w = PartialWork::alloc(dev, &s)?;
         let mut pool = dev.upload(&vec![f32::NAN; s.b * s.d])?;
-        let sizes = [
-            p.get(pe.emb).len(),
-            p.get(pe.h0.w).len(),
-            s.hh,
-            s.hh,
-            s.hh,
-            s.d * s.hh,
-            s.d,
-            s.d,
-            s.d,
-        ];
-        let mut gbufs: Vec<CudaSlice<f32>> =
-            sizes.iter().map(|&n| dev.zeros(n)).collect::<Result<_>>()?;
+        let sizes = [p.get(pe.emb).len(), p.get(pe.h0.w).len(), s.hh, s.hh, s.hh, s.d * s.hh, s.d, s.d, s.d];
+        let mut gbufs: Vec<CudaSlice<f32>> = sizes.iter().map(|&n| dev.zeros(n)).collect::<Result<_>>()?;
         self.forward(&s, &pd, &bd, &mut w, &mut pool)?;
         let dp = dev.upload(dpool)?;
         {
             let mut it = gbufs.iter_mut();
             let mut next = || it.next().map(|b| b as &mut dyn DeviceMem<f32>);
-            let mut g = PartialGradsDev {
-                emb: next(),
-                w0: next(),
-                b0: next(),
-                g1: next(),
-                be1: next(),
-                w4: next(),
-                b4: next(),
-                g5: next(),
-                be5: next(),
-            };
+            let mut g = PartialGradsDev { emb: next(), w0: next(), b0: next(), g1: next(), be1: next(), w4: next(), b4: next(), g5: next(), be5: next() };
             self.backward(&s, &pd, &bd, &mut w, &dp, &mut g)?;
         }
         dev.synchronize()?;
-        let keep = if s.dropout.is_some() {
-            dev.download(&w.keep)?[..s.nnz * s.keep_words()].to_vec()
-        } else {
-            Vec::new()
-        };
-        let h0 = if s.center {
-            Some(dev.download(&w.h0)?)
-        } else {
-            None
-        };
+        let keep = if s.dropout.is_some() { dev.download(&w.keep)?[..s.nnz * s.keep_words()].to_vec() } else { Vec::new() };
+        let h0 = if s.center { Some(dev.download(&w.h0)?) } else { None };
         let mut grads: [Vec<f32>; 9] = Default::default();
         for (o, b) in grads.iter_mut().zip(&gbufs) {
             *o = dev.download(b)?;
         }
-        Ok(PartialHost {
-            pool: dev.download(&pool)?,
-            keep,
-            h0,
-            grads,
-        })
+        Ok(PartialHost { pool: dev.download(&pool)?, keep, h0, grads })
     }
 }

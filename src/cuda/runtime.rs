@@ -8,8 +8,8 @@
 use super::{cuda_usable, kernel_fatbins, DeviceInfo};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,39 +47,23 @@ impl CudaDevice {
         // cuda_usable checked that libcuda loads and is new enough; cudarc panics (rather than erroring)
         // on a missing library or symbol, so keep a panic from taking the process down all the same.
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
-            .map_err(|_| {
-                anyhow!(
-                    "creating a CUDA context on cuda:{ordinal}: the CUDA driver library panicked"
-                )
-            })?
+            .map_err(|_| anyhow!("creating a CUDA context on cuda:{ordinal}: the CUDA driver library panicked"))?
             .map_err(|e| anyhow!("creating a CUDA context on cuda:{ordinal}: {e:?}"))?;
         // SAFETY: all work goes through `stream`, the context's only stream, in order.
         unsafe { ctx.disable_event_tracking() };
         // A created (not the legacy default) stream: CUDA graph capture, which later training steps may
         // use, is not allowed on the legacy default stream.
-        let stream = ctx
-            .new_stream()
-            .map_err(|e| anyhow!("creating a CUDA stream on cuda:{ordinal}: {e:?}"))?;
+        let stream = ctx.new_stream().map_err(|e| anyhow!("creating a CUDA stream on cuda:{ordinal}: {e:?}"))?;
         let mut modules = HashMap::new();
         for &(name, bytes) in kernel_fatbins() {
             // cuModuleLoadData accepts a fatbin image: the driver picks the SASS for this device or JITs
             // the PTX.
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()))
-                .map_err(|e| {
-                    anyhow!(
-                        "loading kernels/{name}.cu's fatbin on cuda:{ordinal} ({}): {e:?}",
-                        info.name
-                    )
-                })?;
+                .map_err(|e| anyhow!("loading kernels/{name}.cu's fatbin on cuda:{ordinal} ({}): {e:?}", info.name))?;
             modules.insert(name, module);
         }
-        Ok(CudaDevice {
-            info,
-            ctx,
-            stream,
-            modules,
-        })
+        Ok(CudaDevice { info, ctx, stream, modules })
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -103,70 +87,42 @@ impl CudaDevice {
 
     /// Kernel `function` of kernels/`module`.cu.
     pub fn function(&self, module: &str, function: &str) -> Result<CudaFunction> {
-        let m = self.modules.get(module).with_context(|| {
-            format!("no kernel module `{module}` embedded (kernels/{module}.cu)")
-        })?;
-        m.load_function(function)
-            .map_err(|e| anyhow!("kernel `{function}` not found in kernels/{module}.cu: {e:?}"))
+        let m = self.modules.get(module).with_context(|| format!("no kernel module `{module}` embedded (kernels/{module}.cu)"))?;
+        m.load_function(function).map_err(|e| anyhow!("kernel `{function}` not found in kernels/{module}.cu: {e:?}"))
     }
 
     /// Waits for all queued work; surfaces asynchronous kernel errors.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| {
-            anyhow!(
-                "CUDA stream synchronize on cuda:{}: {e:?}",
-                self.info.ordinal
-            )
-        })
+        self.stream.synchronize().map_err(|e| anyhow!("CUDA stream synchronize on cuda:{}: {e:?}", self.info.ordinal))
     }
 
     /// Copies a host slice to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
-        self.stream
-            .clone_htod(data)
-            .map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))
+        self.stream.clone_htod(data).map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))
     }
 
     /// Copies a host slice into an existing device buffer of the same length.
     pub fn upload_into<T: DeviceRepr>(&self, data: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
         if dst.len() != data.len() {
-            bail!(
-                "host-to-device copy: {} elements into a buffer of {}",
-                data.len(),
-                dst.len()
-            );
+            bail!("host-to-device copy: {} elements into a buffer of {}", data.len(), dst.len());
         }
-        self.stream
-            .memcpy_htod(data, dst)
-            .map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))
+        self.stream.memcpy_htod(data, dst).map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))
     }
 
     /// Copies a device buffer back (synchronises the stream).
     pub fn download<T: DeviceRepr>(&self, src: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.stream
-            .clone_dtoh(src)
-            .map_err(|e| anyhow!("device-to-host copy of {} elements: {e:?}", src.len()))
+        self.stream.clone_dtoh(src).map_err(|e| anyhow!("device-to-host copy of {} elements: {e:?}", src.len()))
     }
 
     /// Copies `data` into device memory `dst` (e.g. an arena region) of the same length; synchronises so
     /// `data` may be dropped right after.
     pub fn write<T: DeviceRepr>(&self, data: &[T], dst: &mut dyn DeviceMem<T>) -> Result<()> {
         if dst.elements() != data.len() {
-            bail!(
-                "host-to-device copy: {} elements into device memory of {}",
-                data.len(),
-                dst.elements()
-            );
+            bail!("host-to-device copy: {} elements into device memory of {}", data.len(), dst.elements());
         }
         // SAFETY: `dst` holds data.len() elements of T (checked) and stays alive (its lifetime or owner).
-        unsafe {
-            cudarc::driver::result::memcpy_htod_async(
-                dst.device_address(),
-                data,
-                self.stream.cu_stream(),
-            )
-        }
-        .map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))?;
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst.device_address(), data, self.stream.cu_stream()) }
+            .map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))?;
         self.synchronize()
     }
 
@@ -174,44 +130,26 @@ impl CudaDevice {
     pub fn read<T: DeviceRepr + Default + Clone>(&self, src: &dyn DeviceMem<T>) -> Result<Vec<T>> {
         let mut out = vec![T::default(); src.elements()];
         // SAFETY: `src` holds out.len() elements of T.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(
-                &mut out,
-                src.device_address(),
-                self.stream.cu_stream(),
-            )
-        }
-        .map_err(|e| anyhow!("device-to-host copy of {} elements: {e:?}", out.len()))?;
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, src.device_address(), self.stream.cu_stream()) }
+            .map_err(|e| anyhow!("device-to-host copy of {} elements: {e:?}", out.len()))?;
         self.synchronize()?;
         Ok(out)
     }
 
     /// A zero-filled device buffer.
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
-        self.stream.alloc_zeros(n).map_err(|e| {
-            anyhow!(
-                "allocating {n} elements on cuda:{}: {e:?}",
-                self.info.ordinal
-            )
-        })
+        self.stream.alloc_zeros(n).map_err(|e| anyhow!("allocating {n} elements on cuda:{}: {e:?}", self.info.ordinal))
     }
 
     /// Launches `f` with `args` pushed in order. The arguments must match the kernel's parameter list
     /// (the typed wrappers guarantee that).
-    pub(crate) fn launch(
-        &self,
-        f: &CudaFunction,
-        cfg: LaunchConfig,
-        args: &[&dyn KernelArg],
-    ) -> Result<()> {
+    pub(crate) fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> Result<()> {
         let mut b = self.stream.launch_builder(f);
         for a in args {
             a.push(&mut b);
         }
         // SAFETY: the wrapper that built `args` matches the kernel signature and keeps the buffers alive.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(|e| anyhow!("kernel launch failed: {e:?}"))
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| anyhow!("kernel launch failed: {e:?}"))
     }
 }
 

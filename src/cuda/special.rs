@@ -12,38 +12,15 @@ pub struct CudaSpecial<'d> {
 
 impl<'d> CudaSpecial<'d> {
     pub fn new(dev: &'d CudaDevice) -> Result<Self> {
-        Ok(CudaSpecial {
-            dev,
-            eval: dev.function("special_test", "special_eval")?,
-        })
+        Ok(CudaSpecial { dev, eval: dev.function("special_test", "special_eval")? })
     }
 
     /// `lgamma_out[i] = sv::log_gamma(x[i])`, `digamma_out[i] = sv::digamma(x[i])`.
-    pub fn eval(
-        &self,
-        x: &dyn DeviceMem<f32>,
-        lgamma_out: &mut dyn DeviceMem<f32>,
-        digamma_out: &mut dyn DeviceMem<f32>,
-    ) -> Result<()> {
+    pub fn eval(&self, x: &dyn DeviceMem<f32>, lgamma_out: &mut dyn DeviceMem<f32>, digamma_out: &mut dyn DeviceMem<f32>) -> Result<()> {
         let n = x.elements();
-        ensure!(
-            lgamma_out.elements() == n && digamma_out.elements() == n,
-            "special_eval: outputs must have {n} entries"
-        );
-        let cfg = LaunchConfig {
-            grid_dim: (
-                elementwise_grid(n, 256, self.dev.info().multiprocessors),
-                1,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (a, b, c) = (
-            x.device_address(),
-            lgamma_out.device_address(),
-            digamma_out.device_address(),
-        );
+        ensure!(lgamma_out.elements() == n && digamma_out.elements() == n, "special_eval: outputs must have {n} entries");
+        let cfg = LaunchConfig { grid_dim: (elementwise_grid(n, 256, self.dev.info().multiprocessors), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (a, b, c) = (x.device_address(), lgamma_out.device_address(), digamma_out.device_address());
         self.dev.launch(&self.eval, cfg, &[&a, &b, &c, &(n as i64)])
     }
 

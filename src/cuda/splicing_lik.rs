@@ -135,103 +135,38 @@ impl<'d> CudaSplicingLik<'d> {
         out: &mut SplLikOutputs<'_>,
     ) -> Result<()> {
         let _r = crate::nvtx_range!("splicing_lik {}", kind.as_str());
-        let b = inp
-            .indptr
-            .elements()
-            .checked_sub(1)
-            .ok_or_else(|| anyhow::anyhow!("splicing_lik: indptr is empty"))?;
+        let b = inp.indptr.elements().checked_sub(1).ok_or_else(|| anyhow::anyhow!("splicing_lik: indptr is empty"))?;
         let (k, j, nnz) = (inp.k, n_junctions, inp.junction.elements());
-        ensure!(
-            k >= 1,
-            "splicing_lik: the decoder input width K must be at least 1"
-        );
-        ensure!(
-            inp.s.elements() == b * k,
-            "splicing_lik: S has {} elements for {b} cells × K = {k}",
-            inp.s.elements()
-        );
-        ensure!(
-            inp.w.elements() == j * k,
-            "splicing_lik: W has {} elements for {j} junctions × K = {k}",
-            inp.w.elements()
-        );
-        ensure!(
-            inp.bias.elements() == j,
-            "splicing_lik: bias has {} elements for {j} junctions",
-            inp.bias.elements()
-        );
-        ensure!(
-            inp.counts_k.elements() == nnz && inp.counts_n.elements() == nnz,
-            "splicing_lik: counts do not have {nnz} entries"
-        );
-        ensure!(
-            b <= i32::MAX as usize,
-            "splicing_lik: {b} cells exceed one grid dimension"
-        );
-        ensure!(
-            out.logits.elements() == nnz
-                && out.g_logit.elements() == nnz
-                && out.g_conc.elements() == nnz
-                && out.p.elements() == nnz,
-            "splicing_lik: per-entry outputs must have {nnz} entries"
-        );
-        ensure!(
-            out.rl.elements() == b,
-            "splicing_lik: rl must have {b} entries"
-        );
+        ensure!(k >= 1, "splicing_lik: the decoder input width K must be at least 1");
+        ensure!(inp.s.elements() == b * k, "splicing_lik: S has {} elements for {b} cells × K = {k}", inp.s.elements());
+        ensure!(inp.w.elements() == j * k, "splicing_lik: W has {} elements for {j} junctions × K = {k}", inp.w.elements());
+        ensure!(inp.bias.elements() == j, "splicing_lik: bias has {} elements for {j} junctions", inp.bias.elements());
+        ensure!(inp.counts_k.elements() == nnz && inp.counts_n.elements() == nnz, "splicing_lik: counts do not have {nnz} entries");
+        ensure!(b <= i32::MAX as usize, "splicing_lik: {b} cells exceed one grid dimension");
+        ensure!(out.logits.elements() == nnz && out.g_logit.elements() == nnz && out.g_conc.elements() == nnz && out.p.elements() == nnz, "splicing_lik: per-entry outputs must have {nnz} entries");
+        ensure!(out.rl.elements() == b, "splicing_lik: rl must have {b} entries");
         if kind == SplicingLoss::Bce {
-            ensure!(
-                inp.psi.is_some_and(|p| p.elements() == nnz),
-                "splicing_lik: BCE needs psi with {nnz} entries"
-            );
+            ensure!(inp.psi.is_some_and(|p| p.elements() == nnz), "splicing_lik: BCE needs psi with {nnz} entries");
         }
         if kind == SplicingLoss::DirichletMultinomial {
-            let Some(g) = &inp.groups else {
-                bail!("splicing_lik: the Dirichlet-multinomial needs the ATSE grouping")
-            };
-            ensure!(
-                g.cell_ptr.elements() == b + 1
-                    && g.ord.elements() == nnz
-                    && g.grp_ptr.elements() >= 1,
-                "splicing_lik: ATSE grouping does not match {b} cells / {nnz} entries"
-            );
+            let Some(g) = &inp.groups else { bail!("splicing_lik: the Dirichlet-multinomial needs the ATSE grouping") };
+            ensure!(g.cell_ptr.elements() == b + 1 && g.ord.elements() == nnz && g.grp_ptr.elements() >= 1, "splicing_lik: ATSE grouping does not match {b} cells / {nnz} entries");
         }
-        if matches!(
-            kind,
-            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial
-        ) {
+        if matches!(kind, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
             ensure!(inp.log_phi.is_some(), "splicing_lik: {kind} needs log_phi");
         }
         if conc == ConcIndex::Atse && kind == SplicingLoss::DirichletMultinomial {
-            ensure!(
-                inp.junc2atse.is_some_and(|m| m.elements() == j),
-                "splicing_lik: per-ATSE concentration needs junc2atse with {j} entries"
-            );
+            ensure!(inp.junc2atse.is_some_and(|m| m.elements() == j), "splicing_lik: per-ATSE concentration needs junc2atse with {j} entries");
         }
         if b == 0 {
             return Ok(());
         }
-        let f = if W::KERNEL == <f32 as SplOperand>::KERNEL {
-            &self.f32_fn
-        } else {
-            &self.bf16_fn
-        };
+        let f = if W::KERNEL == <f32 as SplOperand>::KERNEL { &self.f32_fn } else { &self.bf16_fn };
         let smem = (k * 4) as u32;
-        ensure!(
-            smem <= 48 * 1024,
-            "splicing_lik: K = {k} needs {smem} bytes of shared memory (max 48 KiB)"
-        );
-        let cfg = LaunchConfig {
-            grid_dim: (b as u32, 1, 1),
-            block_dim: (SPL_THREADS, 1, 1),
-            shared_mem_bytes: smem,
-        };
+        ensure!(smem <= 48 * 1024, "splicing_lik: K = {k} needs {smem} bytes of shared memory (max 48 KiB)");
+        let cfg = LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (SPL_THREADS, 1, 1), shared_mem_bytes: smem };
         let (gc, gp, go) = match &inp.groups {
-            Some(g) => (
-                g.cell_ptr.device_address(),
-                g.grp_ptr.device_address(),
-                g.ord.device_address(),
-            ),
+            Some(g) => (g.cell_ptr.device_address(), g.grp_ptr.device_address(), g.ord.device_address()),
             None => (0, 0, 0),
         };
         let args: [&dyn KernelArg; 22] = [
@@ -280,43 +215,17 @@ impl<'d> CudaSplicingLik<'d> {
     ) -> Result<SplLikHost> {
         let (b, j, nnz) = (spl.n_cells(), spl.n_junctions, spl.nnz());
         // (Device buffers cannot be empty; the kernel itself handles cells without entries.)
-        ensure!(
-            b > 0 && nnz > 0,
-            "splicing_lik run_host: the batch needs at least one cell and one observed entry"
-        );
-        ensure!(
-            spl.indptr.first() == Some(&0)
-                && spl.indptr.windows(2).all(|x| x[0] <= x[1])
-                && spl.indptr[b] == nnz,
-            "splicing_lik: malformed CSR indptr"
-        );
-        ensure!(
-            spl.junction.iter().all(|&x| (x as usize) < j),
-            "splicing_lik: a junction id is ≥ J = {j}"
-        );
-        ensure!(
-            junc2atse.is_empty() || junc2atse.len() == j,
-            "splicing_lik: junc2atse has {} entries for {j} junctions",
-            junc2atse.len()
-        );
+        ensure!(b > 0 && nnz > 0, "splicing_lik run_host: the batch needs at least one cell and one observed entry");
+        ensure!(spl.indptr.first() == Some(&0) && spl.indptr.windows(2).all(|x| x[0] <= x[1]) && spl.indptr[b] == nnz, "splicing_lik: malformed CSR indptr");
+        ensure!(spl.junction.iter().all(|&x| (x as usize) < j), "splicing_lik: a junction id is ≥ J = {j}");
+        ensure!(junc2atse.is_empty() || junc2atse.len() == j, "splicing_lik: junc2atse has {} entries for {j} junctions", junc2atse.len());
         if let Some(g) = groups {
-            ensure!(
-                g.cell_ptr.len() == b + 1 && g.ord.len() == nnz && g.grp_ptr.last() == Some(&nnz),
-                "splicing_lik: ATSE grouping does not match the batch"
-            );
+            ensure!(g.cell_ptr.len() == b + 1 && g.ord.len() == nnz && g.grp_ptr.last() == Some(&nnz), "splicing_lik: ATSE grouping does not match the batch");
             for i in 0..b {
                 let r = spl.cell_range(i);
                 for gg in g.cell_ptr[i]..g.cell_ptr[i + 1] {
-                    ensure!(
-                        g.ord[g.grp_ptr[gg]..g.grp_ptr[gg + 1]]
-                            .iter()
-                            .all(|&e| r.contains(&(e as usize))),
-                        "splicing_lik: group {gg} holds entries outside cell {i}"
-                    );
-                    ensure!(
-                        g.grp_ptr[gg + 1] > g.grp_ptr[gg],
-                        "splicing_lik: group {gg} is empty"
-                    );
+                    ensure!(g.ord[g.grp_ptr[gg]..g.grp_ptr[gg + 1]].iter().all(|&e| r.contains(&(e as usize))), "splicing_lik: group {gg} holds entries outside cell {i}");
+                    ensure!(g.grp_ptr[gg + 1] > g.grp_ptr[gg], "splicing_lik: group {gg} is empty");
                 }
             }
         }
@@ -326,47 +235,21 @@ impl<'d> CudaSplicingLik<'d> {
             (_, ConcIndex::Atse) => junc2atse.iter().map(|&a| a as usize + 1).max().unwrap_or(0),
             (_, ConcIndex::Junction) => j,
         };
-        ensure!(
-            log_phi.len() >= conc_len,
-            "splicing_lik: log_phi has {} entries, {conc_len} needed",
-            log_phi.len()
-        );
+        ensure!(log_phi.len() >= conc_len, "splicing_lik: log_phi has {} entries, {conc_len} needed", log_phi.len());
         let dev = self.dev;
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
         let (sd, wd, bd) = (dev.upload(s)?, dev.upload(w)?, dev.upload(bias)?);
-        let (ip, jd, kd, nd) = (
-            dev.upload(&i64s(&spl.indptr))?,
-            dev.upload(&spl.junction)?,
-            dev.upload(&spl.k)?,
-            dev.upload(&spl.n)?,
-        );
-        let psi = if kind == SplicingLoss::Bce {
-            Some(dev.upload(&spl.psi)?)
-        } else {
-            None
-        };
+        let (ip, jd, kd, nd) = (dev.upload(&i64s(&spl.indptr))?, dev.upload(&spl.junction)?, dev.upload(&spl.k)?, dev.upload(&spl.n)?);
+        let psi = if kind == SplicingLoss::Bce { Some(dev.upload(&spl.psi)?) } else { None };
         let gdev = match groups {
-            Some(g) => Some((
-                dev.upload(&i64s(&g.cell_ptr))?,
-                dev.upload(&i64s(&g.grp_ptr))?,
-                dev.upload(&g.ord)?,
-            )),
+            Some(g) => Some((dev.upload(&i64s(&g.cell_ptr))?, dev.upload(&i64s(&g.grp_ptr))?, dev.upload(&g.ord)?)),
             None => None,
         };
-        let j2a = if junc2atse.is_empty() {
-            None
-        } else {
-            Some(dev.upload(junc2atse)?)
-        };
-        let lp = if log_phi.is_empty() {
-            None
-        } else {
-            Some(dev.upload(log_phi)?)
-        };
+        let j2a = if junc2atse.is_empty() { None } else { Some(dev.upload(junc2atse)?) };
+        let lp = if log_phi.is_empty() { None } else { Some(dev.upload(log_phi)?) };
         // Outputs poisoned with NaN: an entry the kernel fails to write cannot pass as a result.
         let nan = |n: usize| dev.upload(&vec![f32::NAN; n]);
-        let (mut lo, mut rl, mut gl, mut gc, mut pe) =
-            (nan(nnz)?, nan(b)?, nan(nnz)?, nan(nnz)?, nan(nnz)?);
+        let (mut lo, mut rl, mut gl, mut gc, mut pe) = (nan(nnz)?, nan(b)?, nan(nnz)?, nan(nnz)?, nan(nnz)?);
         let inp = SplLikInputs {
             s: &sd,
             k,
@@ -377,29 +260,13 @@ impl<'d> CudaSplicingLik<'d> {
             counts_k: &kd,
             counts_n: &nd,
             psi: psi.as_ref().map(|p| p as &dyn DeviceMem<f32>),
-            groups: gdev.as_ref().map(|(a, b, c)| DevGroups {
-                cell_ptr: a,
-                grp_ptr: b,
-                ord: c,
-            }),
+            groups: gdev.as_ref().map(|(a, b, c)| DevGroups { cell_ptr: a, grp_ptr: b, ord: c }),
             junc2atse: j2a.as_ref().map(|p| p as &dyn DeviceMem<u32>),
             log_phi: lp.as_ref().map(|p| p as &dyn DeviceMem<f32>),
         };
-        let mut out = SplLikOutputs {
-            logits: &mut lo,
-            rl: &mut rl,
-            g_logit: &mut gl,
-            g_conc: &mut gc,
-            p: &mut pe,
-        };
+        let mut out = SplLikOutputs { logits: &mut lo, rl: &mut rl, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
         self.launch(kind, conc, weight, j, &inp, &mut out)?;
         dev.synchronize()?;
-        Ok(SplLikHost {
-            logits: dev.download(&lo)?,
-            rl: dev.download(&rl)?,
-            g_logit: dev.download(&gl)?,
-            g_conc: dev.download(&gc)?,
-            p: dev.download(&pe)?,
-        })
+        Ok(SplLikHost { logits: dev.download(&lo)?, rl: dev.download(&rl)?, g_logit: dev.download(&gl)?, g_conc: dev.download(&gc)?, p: dev.download(&pe)? })
     }
 }

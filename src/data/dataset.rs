@@ -12,13 +12,7 @@ pub struct Csr<T> {
 
 impl<T: Copy> Csr<T> {
     pub fn empty(n_rows: usize, n_cols: usize) -> Self {
-        Csr {
-            n_rows,
-            n_cols,
-            indptr: vec![0; n_rows + 1],
-            indices: Vec::new(),
-            values: Vec::new(),
-        }
+        Csr { n_rows, n_cols, indptr: vec![0; n_rows + 1], indices: Vec::new(), values: Vec::new() }
     }
     pub fn nnz(&self) -> usize {
         self.indices.len()
@@ -76,10 +70,7 @@ impl Splicing {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ObsColumn {
     /// Categorical: `codes[i]` indexes `categories`; -1 = missing.
-    Categorical {
-        codes: Vec<i32>,
-        categories: Vec<String>,
-    },
+    Categorical { codes: Vec<i32>, categories: Vec<String> },
     Numeric(Vec<f64>),
     Text(Vec<String>),
     Bool(Vec<bool>),
@@ -102,13 +93,7 @@ impl ObsColumn {
         match self {
             ObsColumn::Categorical { codes, categories } => codes
                 .iter()
-                .map(|&c| {
-                    if c < 0 {
-                        String::from("nan")
-                    } else {
-                        categories[c as usize].clone()
-                    }
-                })
+                .map(|&c| if c < 0 { String::from("nan") } else { categories[c as usize].clone() })
                 .collect(),
             ObsColumn::Numeric(v) => v.iter().map(|x| format!("{x}")).collect(),
             ObsColumn::Text(v) => v.clone(),

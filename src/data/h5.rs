@@ -79,10 +79,7 @@ fn descriptor(c: &Container) -> Result<TD> {
 }
 
 fn is_string_type(td: &TD) -> bool {
-    matches!(
-        td,
-        TD::VarLenUnicode | TD::VarLenAscii | TD::FixedAscii(_) | TD::FixedUnicode(_)
-    )
+    matches!(td, TD::VarLenUnicode | TD::VarLenAscii | TD::FixedAscii(_) | TD::FixedUnicode(_))
 }
 
 /// A string attribute (`None` when absent).
@@ -114,17 +111,11 @@ fn attr_ints(loc: &Location, name: &str) -> Result<Option<Vec<i64>>> {
 }
 
 fn fixed_ascii<const N: usize>(c: &Container) -> Result<Vec<String>> {
-    Ok(c.read_raw::<FixedAscii<N>>()?
-        .iter()
-        .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
-        .collect())
+    Ok(c.read_raw::<FixedAscii<N>>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect())
 }
 
 fn fixed_unicode<const N: usize>(c: &Container) -> Result<Vec<String>> {
-    Ok(c.read_raw::<FixedUnicode<N>>()?
-        .iter()
-        .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
-        .collect())
+    Ok(c.read_raw::<FixedUnicode<N>>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect())
 }
 
 /// Fixed-length strings are read into the smallest fixed buffer that holds them (HDF5 pads on conversion).
@@ -151,26 +142,12 @@ pub fn number_label(v: f64) -> String {
 pub fn read_strings(c: &Container) -> Result<Vec<String>> {
     let td = descriptor(c)?;
     Ok(match td {
-        TD::VarLenUnicode => c
-            .read_raw::<VarLenUnicode>()?
-            .iter()
-            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
-            .collect(),
-        TD::VarLenAscii => c
-            .read_raw::<VarLenAscii>()?
-            .iter()
-            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
-            .collect(),
+        TD::VarLenUnicode => c.read_raw::<VarLenUnicode>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
+        TD::VarLenAscii => c.read_raw::<VarLenAscii>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
         TD::FixedAscii(n) => fixed_strings(c, n, false)?,
         TD::FixedUnicode(n) => fixed_strings(c, n, true)?,
-        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => {
-            c.read_raw::<f64>()?.into_iter().map(number_label).collect()
-        }
-        TD::Boolean => c
-            .read_raw::<bool>()?
-            .into_iter()
-            .map(|b| if b { "True" } else { "False" }.to_string())
-            .collect(),
+        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => c.read_raw::<f64>()?.into_iter().map(number_label).collect(),
+        TD::Boolean => c.read_raw::<bool>()?.into_iter().map(|b| if b { "True" } else { "False" }.to_string()).collect(),
         other => bail!("expected strings, found HDF5 type {other}"),
     })
 }
@@ -195,9 +172,7 @@ fn read_sel<T: hdf5::H5Type>(ds: &HDataset, sel: Sel) -> Result<Vec<T>> {
             if r.is_empty() || ds.shape()[1] == 0 {
                 Vec::new()
             } else {
-                ds.read_slice_2d::<T, _>((r, ..))?
-                    .into_raw_vec_and_offset()
-                    .0
+                ds.read_slice_2d::<T, _>((r, ..))?.into_raw_vec_and_offset().0
             }
         }
     })
@@ -206,10 +181,7 @@ fn read_sel<T: hdf5::H5Type>(ds: &HDataset, sel: Sel) -> Result<Vec<T>> {
 /// Numbers of any integer, float or bool dtype as f64.
 fn read_f64_sel(ds: &HDataset, sel: Sel) -> Result<Vec<f64>> {
     match descriptor(ds)? {
-        TD::Boolean => Ok(read_sel::<bool>(ds, sel)?
-            .into_iter()
-            .map(|b| b as u8 as f64)
-            .collect()),
+        TD::Boolean => Ok(read_sel::<bool>(ds, sel)?.into_iter().map(|b| b as u8 as f64).collect()),
         TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => read_sel::<f64>(ds, sel),
         other => bail!("expected numbers, found HDF5 type {other}"),
     }
@@ -263,20 +235,10 @@ pub fn open_matrix(root: &Group, path: &str) -> Result<Option<Matrix>> {
             if shape.len() != 2 {
                 bail!("{field}: expected a 2-D matrix, found a dataset of shape {shape:?}");
             }
-            if !matches!(
-                descriptor(&ds)?,
-                TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) | TD::Boolean
-            ) {
-                bail!(
-                    "{field}: expected a numeric matrix, found HDF5 type {}",
-                    descriptor(&ds)?
-                );
+            if !matches!(descriptor(&ds)?, TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) | TD::Boolean) {
+                bail!("{field}: expected a numeric matrix, found HDF5 type {}", descriptor(&ds)?);
             }
-            Ok(Some(Matrix {
-                field,
-                shape: (shape[0], shape[1]),
-                kind: MatKind::Dense(ds),
-            }))
+            Ok(Some(Matrix { field, shape: (shape[0], shape[1]), kind: MatKind::Dense(ds) }))
         }
         Some(Node::Group(g)) => {
             let enc = attr_string(&g, "encoding-type")?;
@@ -292,8 +254,7 @@ pub fn open_matrix(root: &Group, path: &str) -> Result<Option<Matrix>> {
             };
             let shape = match attr_ints(&g, "shape")? {
                 Some(s) => s,
-                None => attr_ints(&g, "h5sparse_shape")?
-                    .ok_or_else(|| anyhow!("{field}: sparse matrix without a shape attribute"))?,
+                None => attr_ints(&g, "h5sparse_shape")?.ok_or_else(|| anyhow!("{field}: sparse matrix without a shape attribute"))?,
             };
             if shape.len() != 2 || shape.iter().any(|&x| x < 0) {
                 bail!("{field}: invalid shape attribute {shape:?}");
@@ -303,11 +264,7 @@ pub fn open_matrix(root: &Group, path: &str) -> Result<Option<Matrix>> {
                     bail!("{field}: sparse matrix without its `{m}` dataset");
                 }
             }
-            Ok(Some(Matrix {
-                field,
-                shape: (shape[0] as usize, shape[1] as usize),
-                kind: MatKind::Sparse { group: g, csc },
-            }))
+            Ok(Some(Matrix { field, shape: (shape[0] as usize, shape[1] as usize), kind: MatKind::Sparse { group: g, csc } }))
         }
     }
 }
@@ -321,29 +278,17 @@ impl Matrix {
 
     /// [`Matrix::read_csr`] with explicit read sizes: `chunk` elements per read of a sparse group's arrays,
     /// `block` elements per dense row block (tests use tiny values to cross every boundary).
-    pub fn read_csr_chunked(
-        &self,
-        tracker: &mut ValueTracker,
-        chunk: usize,
-        block: usize,
-    ) -> Result<Csr<f32>> {
+    pub fn read_csr_chunked(&self, tracker: &mut ValueTracker, chunk: usize, block: usize) -> Result<Csr<f32>> {
         let (nr, nc) = self.shape;
         let mut out = match &self.kind {
             MatKind::Dense(ds) => {
                 let rows_per_block = dense_rows_per_block(ds, nc, block);
-                let mut csr = Csr {
-                    n_rows: nr,
-                    n_cols: nc,
-                    indptr: Vec::with_capacity(nr + 1),
-                    indices: Vec::new(),
-                    values: Vec::new(),
-                };
+                let mut csr = Csr { n_rows: nr, n_cols: nc, indptr: Vec::with_capacity(nr + 1), indices: Vec::new(), values: Vec::new() };
                 csr.indptr.push(0);
                 let mut r0 = 0;
                 while r0 < nr {
                     let r1 = (r0 + rows_per_block).min(nr);
-                    let block = read_f64_sel(ds, Sel::Rows2(r0..r1))
-                        .with_context(|| format!("{}: reading rows {r0}..{r1}", self.field))?;
+                    let block = read_f64_sel(ds, Sel::Rows2(r0..r1)).with_context(|| format!("{}: reading rows {r0}..{r1}", self.field))?;
                     push_dense_rows(&mut csr, &block, nc, r1 - r0, r0, tracker);
                     r0 = r1;
                 }
@@ -351,15 +296,7 @@ impl Matrix {
             }
             MatKind::Sparse { group, csc } => {
                 let (major, minor) = if *csc { (nc, nr) } else { (nr, nc) };
-                let m = read_compressed(
-                    group,
-                    &self.field,
-                    major,
-                    minor,
-                    *csc,
-                    tracker,
-                    chunk.max(1),
-                )?;
+                let m = read_compressed(group, &self.field, major, minor, *csc, tracker, chunk.max(1))?;
                 if *csc {
                     transpose(&m)
                 } else {
@@ -374,23 +311,13 @@ impl Matrix {
 
 /// The data and indices datasets of a compressed sparse group and its checked indptr (starts at 0, never
 /// decreases, `major + 1` long, within the arrays).
-fn open_compressed(
-    g: &Group,
-    field: &str,
-    major: usize,
-    csc: bool,
-) -> Result<(HDataset, HDataset, Vec<i64>)> {
+fn open_compressed(g: &Group, field: &str, major: usize, csc: bool) -> Result<(HDataset, HDataset, Vec<i64>)> {
     let data = g.dataset("data")?;
     let indices = g.dataset("indices")?;
     let indptr_ds = g.dataset("indptr")?;
     let indptr = read_i64_sel(&indptr_ds, Sel::All).with_context(|| format!("{field}/indptr"))?;
     if indptr.len() != major + 1 {
-        bail!(
-            "{field}/indptr: length {} but the matrix has {} {} (+1)",
-            indptr.len(),
-            major,
-            if csc { "columns" } else { "rows" }
-        );
+        bail!("{field}/indptr: length {} but the matrix has {} {} (+1)", indptr.len(), major, if csc { "columns" } else { "rows" });
     }
     let nnz = *indptr.last().unwrap();
     if indptr[0] != 0 || indptr.windows(2).any(|w| w[0] > w[1]) {
@@ -398,11 +325,7 @@ fn open_compressed(
     }
     let nnz = nnz as usize;
     if data.size() < nnz || indices.size() < nnz {
-        bail!(
-            "{field}: indptr ends at {nnz} but data has {} and indices {} entries",
-            data.size(),
-            indices.size()
-        );
+        bail!("{field}: indptr ends at {nnz} but data has {} and indices {} entries", data.size(), indices.size());
     }
     Ok((data, indices, indptr))
 }
@@ -411,11 +334,7 @@ fn open_compressed(
 /// cut by a block boundary would be decompressed twice).
 fn dense_rows_per_block(ds: &HDataset, nc: usize, block: usize) -> usize {
     let mut rows_per_block = (block / nc.max(1)).max(1);
-    if let Some(cr) = ds
-        .chunk()
-        .and_then(|c| c.first().copied())
-        .filter(|&cr| cr > 0)
-    {
+    if let Some(cr) = ds.chunk().and_then(|c| c.first().copied()).filter(|&cr| cr > 0) {
         if cr.saturating_mul(nc) <= block.max(MAX_ALIGNED_BLOCK) {
             rows_per_block = cr.max(rows_per_block / cr * cr);
         }
@@ -425,14 +344,7 @@ fn dense_rows_per_block(ds: &HDataset, nc: usize, block: usize) -> usize {
 
 /// Append the non-zero values of dense rows `r0..` (row-major, `nc` per row) to `csr`, rows numbered from
 /// `r0` for the tracker.
-fn push_dense_rows(
-    csr: &mut Csr<f32>,
-    block: &[f64],
-    nc: usize,
-    n_rows: usize,
-    r0: usize,
-    tracker: &mut ValueTracker,
-) {
+fn push_dense_rows(csr: &mut Csr<f32>, block: &[f64], nc: usize, n_rows: usize, r0: usize, tracker: &mut ValueTracker) {
     for (bi, row) in block.chunks(nc.max(1)).enumerate().take(n_rows) {
         for (j, &v) in row.iter().enumerate() {
             if v != 0.0 && tracker.accept(r0 + bi, j, v) {
@@ -445,15 +357,8 @@ fn push_dense_rows(
 }
 
 enum RowsKind {
-    Csr {
-        data: HDataset,
-        indices: HDataset,
-        indptr: Vec<i64>,
-    },
-    Dense {
-        ds: HDataset,
-        rows_per_block: usize,
-    },
+    Csr { data: HDataset, indices: HDataset, indptr: Vec<i64> },
+    Dense { ds: HDataset, rows_per_block: usize },
 }
 
 /// A splicing layer stored as a CSR group or a dense dataset, read a block of rows at a time while the
@@ -472,58 +377,21 @@ pub struct H5Rows {
 impl RowSource for H5Rows {
     fn block(&mut self, r0: usize, cells: &[String], junctions: &[String]) -> Result<Csr<f32>> {
         let (nr, nc) = (self.n_rows, self.n_cols);
-        anyhow::ensure!(
-            r0 < nr,
-            "{}: {}: row {r0} asked of {nr} rows",
-            self.file,
-            self.field
-        );
+        anyhow::ensure!(r0 < nr, "{}: {}: row {r0} asked of {nr} rows", self.file, self.field);
         let mut tracker = ValueTracker::new(self.rule);
         let (r1, mut csr) = match &self.kind {
-            RowsKind::Csr {
-                data,
-                indices,
-                indptr,
-            } => {
+            RowsKind::Csr { data, indices, indptr } => {
                 let start = indptr[r0] as usize;
                 // The most rows whose entries fit in a block, at least one.
-                let r1 = (r0 + 1)
-                    .max(
-                        indptr
-                            .partition_point(|&p| p as usize <= start + self.block_entries)
-                            .saturating_sub(1),
-                    )
-                    .min(nr);
-                let csr = read_major_range(
-                    data,
-                    indices,
-                    indptr,
-                    r0..r1,
-                    nc,
-                    false,
-                    &self.field,
-                    &mut tracker,
-                    self.block_entries,
-                )
-                .map_err(|e| anyhow!("{}: {e:#}", self.file))?;
+                let r1 = (r0 + 1).max(indptr.partition_point(|&p| p as usize <= start + self.block_entries).saturating_sub(1)).min(nr);
+                let csr = read_major_range(data, indices, indptr, r0..r1, nc, false, &self.field, &mut tracker, self.block_entries)
+                    .map_err(|e| anyhow!("{}: {e:#}", self.file))?;
                 (r1, csr)
             }
             RowsKind::Dense { ds, rows_per_block } => {
                 let r1 = (r0 + rows_per_block).min(nr);
-                let block = read_f64_sel(ds, Sel::Rows2(r0..r1)).map_err(|e| {
-                    anyhow!(
-                        "{}: {}: reading rows {r0}..{r1}: {e:#}",
-                        self.file,
-                        self.field
-                    )
-                })?;
-                let mut csr = Csr {
-                    n_rows: r1 - r0,
-                    n_cols: nc,
-                    indptr: Vec::with_capacity(r1 - r0 + 1),
-                    indices: Vec::new(),
-                    values: Vec::new(),
-                };
+                let block = read_f64_sel(ds, Sel::Rows2(r0..r1)).map_err(|e| anyhow!("{}: {}: reading rows {r0}..{r1}: {e:#}", self.file, self.field))?;
+                let mut csr = Csr { n_rows: r1 - r0, n_cols: nc, indptr: Vec::with_capacity(r1 - r0 + 1), indices: Vec::new(), values: Vec::new() };
                 csr.indptr.push(0);
                 push_dense_rows(&mut csr, &block, nc, r1 - r0, r0, &mut tracker);
                 (r1, csr)
@@ -548,39 +416,18 @@ impl Matrix {
     /// rows are scattered over the whole file: read it whole).
     /// A block holds about `block_entries` stored entries (CSR) or `block_entries` elements (dense, in whole
     /// chunks of the dataset when they fit), and at least one row.
-    pub fn row_source(
-        &self,
-        file: &str,
-        rule: ValueRule,
-        block_entries: usize,
-    ) -> Result<Option<H5Rows>> {
+    pub fn row_source(&self, file: &str, rule: ValueRule, block_entries: usize) -> Result<Option<H5Rows>> {
         let block_entries = block_entries.max(1);
         let (nr, nc) = self.shape;
         let kind = match &self.kind {
             MatKind::Sparse { csc: true, .. } => return Ok(None),
             MatKind::Sparse { group, csc: false } => {
-                let (data, indices, indptr) = open_compressed(group, &self.field, nr, false)
-                    .map_err(|e| anyhow!("{file}: {e:#}"))?;
-                RowsKind::Csr {
-                    data,
-                    indices,
-                    indptr,
-                }
+                let (data, indices, indptr) = open_compressed(group, &self.field, nr, false).map_err(|e| anyhow!("{file}: {e:#}"))?;
+                RowsKind::Csr { data, indices, indptr }
             }
-            MatKind::Dense(ds) => RowsKind::Dense {
-                ds: ds.clone(),
-                rows_per_block: dense_rows_per_block(ds, nc, block_entries),
-            },
+            MatKind::Dense(ds) => RowsKind::Dense { ds: ds.clone(), rows_per_block: dense_rows_per_block(ds, nc, block_entries) },
         };
-        Ok(Some(H5Rows {
-            file: file.to_string(),
-            field: self.field.clone(),
-            n_rows: nr,
-            n_cols: nc,
-            rule,
-            kind,
-            block_entries,
-        }))
+        Ok(Some(H5Rows { file: file.to_string(), field: self.field.clone(), n_rows: nr, n_cols: nc, rule, kind, block_entries }))
     }
 }
 
@@ -595,17 +442,7 @@ fn read_compressed(
     chunk: usize,
 ) -> Result<Csr<f32>> {
     let (data, indices, indptr) = open_compressed(g, field, major, csc)?;
-    read_major_range(
-        &data,
-        &indices,
-        &indptr,
-        0..major,
-        minor,
-        csc,
-        field,
-        tracker,
-        chunk,
-    )
+    read_major_range(&data, &indices, &indptr, 0..major, minor, csc, field, tracker, chunk)
 }
 
 /// Major-axis slices `rows` of a compressed sparse group (checked `indptr`, see [`open_compressed`]) as a
@@ -626,21 +463,13 @@ fn read_major_range(
     let (first, last) = (indptr[rows.start] as usize, indptr[rows.end] as usize);
     let n_rows = rows.len();
     // Sized once (explicit zeros are dropped, so the stored count is an upper bound): no doubling.
-    let mut out = Csr {
-        n_rows,
-        n_cols: minor,
-        indptr: vec![0usize; n_rows + 1],
-        indices: Vec::with_capacity(last - first),
-        values: Vec::with_capacity(last - first),
-    };
+    let mut out = Csr { n_rows, n_cols: minor, indptr: vec![0usize; n_rows + 1], indices: Vec::with_capacity(last - first), values: Vec::with_capacity(last - first) };
     let mut row = rows.start;
     let mut start = first;
     while start < last {
         let end = (start + chunk).min(last);
-        let vals =
-            read_f64_sel(data, Sel::Range1(start..end)).with_context(|| format!("{field}/data"))?;
-        let idx = read_i64_sel(indices, Sel::Range1(start..end))
-            .with_context(|| format!("{field}/indices"))?;
+        let vals = read_f64_sel(data, Sel::Range1(start..end)).with_context(|| format!("{field}/data"))?;
+        let idx = read_i64_sel(indices, Sel::Range1(start..end)).with_context(|| format!("{field}/indices"))?;
         for (t, (&v, &c)) in vals.iter().zip(&idx).enumerate() {
             let p = start + t;
             while p >= indptr[row + 1] as usize {
@@ -650,11 +479,7 @@ fn read_major_range(
             if c < 0 || c as usize >= minor {
                 bail!("{field}/indices: index {c} at position {p} is outside 0..{minor}");
             }
-            let (r, col) = if csc {
-                (c as usize, row)
-            } else {
-                (row, c as usize)
-            };
+            let (r, col) = if csc { (c as usize, row) } else { (row, c as usize) };
             if v != 0.0 && tracker.accept(r, col, v) {
                 out.indices.push(c as u32);
                 out.values.push(v as f32);
@@ -690,13 +515,7 @@ pub fn transpose(m: &Csr<f32>) -> Csr<f32> {
             fill[c as usize] += 1;
         }
     }
-    Csr {
-        n_rows: m.n_cols,
-        n_cols: m.n_rows,
-        indptr,
-        indices,
-        values,
-    }
+    Csr { n_rows: m.n_cols, n_cols: m.n_rows, indptr, indices, values }
 }
 
 /// Sort columns within rows and sum duplicates (scipy allows both unsorted and duplicate indices).
@@ -749,11 +568,7 @@ impl Frame {
         self.columns.iter().find(|(n, _)| n == name).map(|(_, c)| c)
     }
     pub fn column_names(&self) -> Vec<String> {
-        self.columns
-            .iter()
-            .map(|(n, _)| n.clone())
-            .chain(self.unreadable.iter().map(|(n, _)| n.clone()))
-            .collect()
+        self.columns.iter().map(|(n, _)| n.clone()).chain(self.unreadable.iter().map(|(n, _)| n.clone())).collect()
     }
 }
 
@@ -770,9 +585,7 @@ pub fn read_frame(root: &Group, path: &str) -> Result<Frame> {
     };
     let index_name = attr_string(&g, "_index")?.unwrap_or_else(|| "_index".to_string());
     let index = match node(&g, &index_name) {
-        Some(Node::Dataset(ds)) => {
-            read_strings(&ds).with_context(|| format!("{field}/{index_name}: reading the index"))?
-        }
+        Some(Node::Dataset(ds)) => read_strings(&ds).with_context(|| format!("{field}/{index_name}: reading the index"))?,
         _ => bail!("{field}: no index dataset `{index_name}`"),
     };
     let order = match attr_strings(&g, "column-order")? {
@@ -784,12 +597,7 @@ pub fn read_frame(root: &Group, path: &str) -> Result<Frame> {
             m
         }
     };
-    let mut frame = Frame {
-        field: field.clone(),
-        index,
-        columns: Vec::new(),
-        unreadable: Vec::new(),
-    };
+    let mut frame = Frame { field: field.clone(), index, columns: Vec::new(), unreadable: Vec::new() };
     let n = frame.index.len();
     for name in order {
         match read_column(&g, &name, n) {
@@ -801,16 +609,10 @@ pub fn read_frame(root: &Group, path: &str) -> Result<Frame> {
 }
 
 fn codes_and_categories(codes_ds: &HDataset, cats: &Container) -> Result<ObsColumn> {
-    let codes: Vec<i32> = read_i64_sel(codes_ds, Sel::All)?
-        .into_iter()
-        .map(|c| c.max(-1) as i32)
-        .collect();
+    let codes: Vec<i32> = read_i64_sel(codes_ds, Sel::All)?.into_iter().map(|c| c.max(-1) as i32).collect();
     let categories = read_strings(cats)?;
     if let Some(&c) = codes.iter().find(|&&c| c >= categories.len() as i32) {
-        bail!(
-            "categorical code {c} out of range ({} categories)",
-            categories.len()
-        );
+        bail!("categorical code {c} out of range ({} categories)", categories.len());
     }
     Ok(ObsColumn::Categorical { codes, categories })
 }
@@ -820,13 +622,7 @@ fn categorical_from(vals: Vec<Option<String>>) -> ObsColumn {
     let mut categories: Vec<String> = vals.iter().flatten().cloned().collect();
     categories.sort();
     categories.dedup();
-    let codes = vals
-        .iter()
-        .map(|v| {
-            v.as_ref()
-                .map_or(-1, |s| categories.binary_search(s).unwrap() as i32)
-        })
-        .collect();
+    let codes = vals.iter().map(|v| v.as_ref().map_or(-1, |s| categories.binary_search(s).unwrap() as i32)).collect();
     ObsColumn::Categorical { codes, categories }
 }
 
@@ -869,35 +665,18 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
                 "nullable-integer" | "nullable-float" => {
                     let v = read_f64(&ds("values")?)?;
                     let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
-                    ObsColumn::Numeric(
-                        v.into_iter()
-                            .zip(m)
-                            .map(|(v, m)| if m { f64::NAN } else { v })
-                            .collect(),
-                    )
+                    ObsColumn::Numeric(v.into_iter().zip(m).map(|(v, m)| if m { f64::NAN } else { v }).collect())
                 }
                 "nullable-boolean" => {
                     let v = read_sel::<bool>(&ds("values")?, Sel::All)?;
                     let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
-                    let codes = v
-                        .iter()
-                        .zip(&m)
-                        .map(|(&v, &m)| if m { -1 } else { v as i32 })
-                        .collect();
-                    ObsColumn::Categorical {
-                        codes,
-                        categories: vec!["False".into(), "True".into()],
-                    }
+                    let codes = v.iter().zip(&m).map(|(&v, &m)| if m { -1 } else { v as i32 }).collect();
+                    ObsColumn::Categorical { codes, categories: vec!["False".into(), "True".into()] }
                 }
                 "nullable-string-array" => {
                     let v = read_strings(&*ds("values")?)?;
                     let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
-                    categorical_from(
-                        v.into_iter()
-                            .zip(m)
-                            .map(|(v, m)| (!m).then_some(v))
-                            .collect(),
-                    )
+                    categorical_from(v.into_iter().zip(m).map(|(v, m)| (!m).then_some(v)).collect())
                 }
                 other => bail!("unsupported column encoding {other:?}"),
             }
@@ -938,9 +717,7 @@ pub fn read_obsm_column0(root: &Group, path: &str) -> Result<Option<Vec<f64>>> {
 
 fn read_f64_2d_col0(ds: &HDataset) -> Result<Vec<f64>> {
     let a = match descriptor(ds)? {
-        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => {
-            ds.read_slice_2d::<f64, _>((.., 0..1))?
-        }
+        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => ds.read_slice_2d::<f64, _>((.., 0..1))?,
         other => bail!("expected numbers, found HDF5 type {other}"),
     };
     Ok(a.into_raw_vec_and_offset().0)
@@ -955,10 +732,7 @@ fn layer_error(file: &str, layers: &str, layer: &str, flag: &str, root: &Group) 
     DataError::new(
         file,
         &format!("{layers}/{layer}"),
-        format!(
-            "missing layer {layer:?} (set by {flag}); layers present: {}",
-            list(&avail)
-        ),
+        format!("missing layer {layer:?} (set by {flag}); layers present: {}", list(&avail)),
     )
     .into()
 }
@@ -967,10 +741,7 @@ fn list(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
     } else {
-        v.iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -979,10 +750,7 @@ fn check_shape(file: &str, m: &Matrix, rows: usize, cols: usize, what: &str) -> 
         return Err(DataError::new(
             file,
             &m.field,
-            format!(
-                "shape {} × {} but there are {rows} cells and {cols} {what}",
-                m.shape.0, m.shape.1
-            ),
+            format!("shape {} × {} but there are {rows} cells and {cols} {what}", m.shape.0, m.shape.1),
         )
         .into());
     }
@@ -1008,26 +776,12 @@ fn read_checked(
 /// numeric (then ATSEs sort numerically, as pandas does).
 pub fn event_ids(col: &ObsColumn) -> (Vec<Option<String>>, bool) {
     match col {
-        ObsColumn::Categorical { codes, categories } => (
-            codes
-                .iter()
-                .map(|&c| (c >= 0).then(|| categories[c as usize].clone()))
-                .collect(),
-            false,
-        ),
+        ObsColumn::Categorical { codes, categories } => {
+            (codes.iter().map(|&c| (c >= 0).then(|| categories[c as usize].clone())).collect(), false)
+        }
         ObsColumn::Text(v) => (v.iter().map(|s| Some(s.clone())).collect(), false),
-        ObsColumn::Numeric(v) => (
-            v.iter()
-                .map(|&x| x.is_finite().then(|| number_label(x)))
-                .collect(),
-            true,
-        ),
-        ObsColumn::Bool(v) => (
-            v.iter()
-                .map(|&b| Some(if b { "True" } else { "False" }.to_string()))
-                .collect(),
-            false,
-        ),
+        ObsColumn::Numeric(v) => (v.iter().map(|&x| x.is_finite().then(|| number_label(x))).collect(), true),
+        ObsColumn::Bool(v) => (v.iter().map(|&b| Some(if b { "True" } else { "False" }.to_string())).collect(), false),
     }
 }
 
@@ -1036,40 +790,26 @@ fn align_frame(file: &str, frame: &Frame, cells: &[String]) -> Result<Vec<(Strin
     if frame.index == cells {
         return Ok(frame.columns.clone());
     }
-    let pos: HashMap<&str, usize> = frame
-        .index
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.as_str(), i))
-        .collect();
+    let pos: HashMap<&str, usize> = frame.index.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
     let mut rows = Vec::with_capacity(cells.len());
     for (i, c) in cells.iter().enumerate() {
         match pos.get(c.as_str()) {
             Some(&r) => rows.push(r),
             None => {
-                return Err(DataError::new(
-                    file,
-                    &frame.field,
-                    "cell of the modalities is missing from this obs index",
-                )
-                .cell(i, cells)
-                .into())
+                return Err(DataError::new(file, &frame.field, "cell of the modalities is missing from this obs index")
+                    .cell(i, cells)
+                    .into())
             }
         }
     }
-    Ok(frame
-        .columns
-        .iter()
-        .map(|(n, c)| (n.clone(), take_rows(c, &rows)))
-        .collect())
+    Ok(frame.columns.iter().map(|(n, c)| (n.clone(), take_rows(c, &rows))).collect())
 }
 
 fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
     match c {
-        ObsColumn::Categorical { codes, categories } => ObsColumn::Categorical {
-            codes: rows.iter().map(|&r| codes[r]).collect(),
-            categories: categories.clone(),
-        },
+        ObsColumn::Categorical { codes, categories } => {
+            ObsColumn::Categorical { codes: rows.iter().map(|&r| codes[r]).collect(), categories: categories.clone() }
+        }
         ObsColumn::Numeric(v) => ObsColumn::Numeric(rows.iter().map(|&r| v[r]).collect()),
         ObsColumn::Text(v) => ObsColumn::Text(rows.iter().map(|&r| v[r].clone()).collect()),
         ObsColumn::Bool(v) => ObsColumn::Bool(rows.iter().map(|&r| v[r]).collect()),
@@ -1077,42 +817,21 @@ fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
 }
 
 /// The splicing part of an AnnData at `base` ("" for a root .h5ad, "mod/splicing" in a .h5mu).
-fn read_splicing_anndata(
-    file: &str,
-    root: &Group,
-    base: &str,
-    opts: &DataOptions,
-    checks: &CheckOptions,
-    cells: &[String],
-    raw: &mut RawData,
-) -> Result<()> {
+fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOptions, checks: &CheckOptions, cells: &[String], raw: &mut RawData) -> Result<()> {
     let integer_counts = checks.require_integer_splicing;
-    let p = |rel: &str| {
-        if base.is_empty() {
-            rel.to_string()
-        } else {
-            format!("{base}/{rel}")
-        }
-    };
+    let p = |rel: &str| if base.is_empty() { rel.to_string() } else { format!("{base}/{rel}") };
     let var = read_frame(root, &p("var"))?;
     let nj = var.index.len();
     raw.junction_names = match var.column("junction_id") {
         Some(c) => c.as_strings(),
         None => var.index.clone(),
     };
-    raw.junction_gene_names = var
-        .column("gene_name")
-        .map(|c| c.as_strings())
-        .unwrap_or_default();
+    raw.junction_gene_names = var.column("gene_name").map(|c| c.as_strings()).unwrap_or_default();
     let ev_field = format!("{}/{}", var.field, opts.event_id_key);
     let ev = match var.column(&opts.event_id_key) {
         Some(c) => c,
         None => {
-            let why = var
-                .unreadable
-                .iter()
-                .find(|(n, _)| n == &opts.event_id_key)
-                .map(|(_, w)| format!(" (unreadable: {w})"));
+            let why = var.unreadable.iter().find(|(n, _)| n == &opts.event_id_key).map(|(_, w)| format!(" (unreadable: {w})"));
             return Err(DataError::new(
                 file,
                 &ev_field,
@@ -1130,8 +849,7 @@ fn read_splicing_anndata(
     raw.event_ids = (ev_field, ids, numeric);
 
     let layer = |name: &str| -> Result<Option<Matrix>> {
-        let m = open_matrix(root, &p(&format!("layers/{name}")))
-            .map_err(|e| anyhow!("{file}: {e:#}"))?;
+        let m = open_matrix(root, &p(&format!("layers/{name}"))).map_err(|e| anyhow!("{file}: {e:#}"))?;
         if let Some(m) = &m {
             check_shape(file, m, cells.len(), nj, "junctions (splicing var)")?;
         }
@@ -1144,42 +862,24 @@ fn read_splicing_anndata(
     let psi_only = k.is_none() && n.is_none() && r.is_some() && m.is_some();
     if !psi_only {
         if k.is_none() {
-            return Err(layer_error(
-                file,
-                &p("layers"),
-                &opts.junc_counts_layer,
-                "--junc-counts-layer",
-                root,
-            ));
+            return Err(layer_error(file, &p("layers"), &opts.junc_counts_layer, "--junc-counts-layer", root));
         }
         if n.is_none() {
-            return Err(layer_error(
-                file,
-                &p("layers"),
-                &opts.atse_counts_layer,
-                "--atse-counts-layer",
-                root,
-            ));
+            return Err(layer_error(file, &p("layers"), &opts.atse_counts_layer, "--atse-counts-layer", root));
         }
     }
     let jn = raw.junction_names.clone();
-    let rd = |m: &Option<Matrix>, rule| {
-        m.as_ref()
-            .map(|m| read_checked(file, m, rule, cells, "junction", &jn))
-            .transpose()
-    };
+    let rd = |m: &Option<Matrix>, rule| m.as_ref().map(|m| read_checked(file, m, rule, cells, "junction", &jn)).transpose();
     // k, junc_ratio and psi_mask are read in row blocks while the entries are built (CSC ones whole).
     let rows = |m: &Option<Matrix>, rule| -> Result<Option<(String, Layer)>> {
         let Some(mat) = m else { return Ok(None) };
-        Ok(Some(
-            match mat.row_source(file, rule, checks.row_block_entries)? {
-                Some(src) => (mat.field.clone(), Layer::Rows(Box::new(src))),
-                None => {
-                    let (f, csr) = read_checked(file, mat, rule, cells, "junction", &jn)?;
-                    (f, Layer::Whole(csr))
-                }
-            },
-        ))
+        Ok(Some(match mat.row_source(file, rule, checks.row_block_entries)? {
+            Some(src) => (mat.field.clone(), Layer::Rows(Box::new(src))),
+            None => {
+                let (f, csr) = read_checked(file, mat, rule, cells, "junction", &jn)?;
+                (f, Layer::Whole(csr))
+            }
+        }))
     };
     raw.n = rd(&n, ValueRule::counts(integer_counts))?;
     raw.k = rows(&k, ValueRule::counts(integer_counts))?;
@@ -1196,20 +896,9 @@ pub fn read_h5mu(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Resu
     let mods = members(root, "mod");
     let rna = format!("mod/{}", opts.rna_modality);
     let spl = format!("mod/{}", opts.splicing_modality);
-    for (m, flag) in [
-        (&opts.rna_modality, "--rna-modality"),
-        (&opts.splicing_modality, "--splicing-modality"),
-    ] {
+    for (m, flag) in [(&opts.rna_modality, "--rna-modality"), (&opts.splicing_modality, "--splicing-modality")] {
         if !mods.contains(m) {
-            return Err(DataError::new(
-                &file,
-                &format!("mod/{m}"),
-                format!(
-                    "no modality {m:?} (set by {flag}); modalities present: {}",
-                    list(&mods)
-                ),
-            )
-            .into());
+            return Err(DataError::new(&file, &format!("mod/{m}"), format!("no modality {m:?} (set by {flag}); modalities present: {}", list(&mods))).into());
         }
     }
     let rna_obs = read_frame(root, &format!("{rna}/obs")).map_err(|e| anyhow!("{file}: {e:#}"))?;
@@ -1232,11 +921,7 @@ pub fn read_h5mu(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Resu
         .cell(i, &spl_obs.index)
         .into());
     }
-    let mut raw = RawData {
-        file: file.clone(),
-        cell_names: cells.clone(),
-        ..Default::default()
-    };
+    let mut raw = RawData { file: file.clone(), cell_names: cells.clone(), ..Default::default() };
 
     // Expression.
     let var = read_frame(root, &format!("{rna}/var")).map_err(|e| anyhow!("{file}: {e:#}"))?;
@@ -1248,43 +933,18 @@ pub fn read_h5mu(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Resu
     let x = match open_matrix(root, &xpath).map_err(|e| anyhow!("{file}: {e:#}"))? {
         Some(x) => x,
         None => match &opts.rna_layer {
-            Some(l) if l != "X" => {
-                return Err(layer_error(
-                    &file,
-                    &format!("{rna}/layers"),
-                    l,
-                    "--rna-layer",
-                    root,
-                ))
-            }
+            Some(l) if l != "X" => return Err(layer_error(&file, &format!("{rna}/layers"), l, "--rna-layer", root)),
             _ => return Err(DataError::new(&file, &xpath, "missing expression matrix X").into()),
         },
     };
-    check_shape(
-        &file,
-        &x,
-        cells.len(),
-        raw.gene_names.len(),
-        "genes (rna var)",
-    )?;
-    raw.expression = Some(read_checked(
-        &file,
-        &x,
-        ValueRule::expression(checks.require_integer_expression),
-        &cells,
-        "gene",
-        &raw.gene_names,
-    )?);
+    check_shape(&file, &x, cells.len(), raw.gene_names.len(), "genes (rna var)")?;
+    raw.expression = Some(read_checked(&file, &x, ValueRule::expression(checks.require_integer_expression), &cells, "gene", &raw.gene_names)?);
 
     read_splicing_anndata(&file, root, &spl, opts, checks, &cells, &mut raw)?;
 
     // Size factors: the MuData's obsm first, then the rna modality's.
     for base in ["", rna.as_str()] {
-        let p = if base.is_empty() {
-            format!("obsm/{}", opts.size_factor_key)
-        } else {
-            format!("{base}/obsm/{}", opts.size_factor_key)
-        };
+        let p = if base.is_empty() { format!("obsm/{}", opts.size_factor_key) } else { format!("{base}/obsm/{}", opts.size_factor_key) };
         if let Some(v) = read_obsm_column0(root, &p).map_err(|e| anyhow!("{file}: {e:#}"))? {
             raw.library_size = Some((p, v));
             break;
@@ -1295,23 +955,10 @@ pub fn read_h5mu(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Resu
     if node(root, "obs").is_some() {
         let g = read_frame(root, "obs").map_err(|e| anyhow!("{file}: {e:#}"))?;
         let columns = align_frame(&file, &g, &cells)?;
-        raw.obs_tables.push(ObsTable {
-            field: g.field.clone(),
-            modality: None,
-            columns,
-            unreadable: g.unreadable.clone(),
-        });
+        raw.obs_tables.push(ObsTable { field: g.field.clone(), modality: None, columns, unreadable: g.unreadable.clone() });
     }
-    for (m, fr) in [
-        (&opts.rna_modality, rna_obs),
-        (&opts.splicing_modality, spl_obs),
-    ] {
-        raw.obs_tables.push(ObsTable {
-            field: fr.field.clone(),
-            modality: Some(m.clone()),
-            columns: fr.columns,
-            unreadable: fr.unreadable,
-        });
+    for (m, fr) in [(&opts.rna_modality, rna_obs), (&opts.splicing_modality, spl_obs)] {
+        raw.obs_tables.push(ObsTable { field: fr.field.clone(), modality: Some(m.clone()), columns: fr.columns, unreadable: fr.unreadable });
     }
     raw.obs_fill_modality = Some(opts.rna_modality.clone());
     Ok(raw)
@@ -1324,21 +971,12 @@ pub fn read_h5ad(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Resu
     let root: &Group = &f;
     let obs = read_frame(root, "obs").map_err(|e| anyhow!("{file}: {e:#}"))?;
     let cells = obs.index.clone();
-    let mut raw = RawData {
-        file: file.clone(),
-        cell_names: cells.clone(),
-        ..Default::default()
-    };
+    let mut raw = RawData { file: file.clone(), cell_names: cells.clone(), ..Default::default() };
     read_splicing_anndata(&file, root, "", opts, checks, &cells, &mut raw)?;
     let p = format!("obsm/{}", opts.size_factor_key);
     if let Some(v) = read_obsm_column0(root, &p).map_err(|e| anyhow!("{file}: {e:#}"))? {
         raw.library_size = Some((p, v));
     }
-    raw.obs_tables.push(ObsTable {
-        field: obs.field.clone(),
-        modality: None,
-        columns: obs.columns,
-        unreadable: obs.unreadable,
-    });
+    raw.obs_tables.push(ObsTable { field: obs.field.clone(), modality: None, columns: obs.columns, unreadable: obs.unreadable });
     Ok(raw)
 }

@@ -8,9 +8,7 @@
 //! `H5Dwrite_chunk`, exactly what HDF5's own shuffle and deflate filters would produce (HDF5 compresses
 //! on one thread only); sparse blocks go through the `CsrAppender` of `h5write`.
 
-use super::h5write::{
-    create_dict, dataframe, dense_array, encoding, uns_value, Compression, CsrAppender, UnsValue,
-};
+use super::h5write::{create_dict, dataframe, dense_array, encoding, uns_value, Compression, CsrAppender, UnsValue};
 use super::ObsColumn;
 use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
@@ -41,13 +39,7 @@ pub struct H5adOut<'a> {
 fn write_meta(f: &hdf5::File, out: &H5adOut, c: Compression) -> Result<()> {
     let n = out.obs_names.len();
     for m in &out.obsm {
-        anyhow::ensure!(
-            m.rows == n && m.data.len() == m.rows * m.cols,
-            "obsm/{}: {}×{} for {n} cells",
-            m.name,
-            m.rows,
-            m.cols
-        );
+        anyhow::ensure!(m.rows == n && m.data.len() == m.rows * m.cols, "obsm/{}: {}×{} for {n} cells", m.name, m.rows, m.cols);
     }
     encoding(f, "anndata", "0.1.0")?;
     dataframe(f, "obs", &out.obs_names, &out.obs, c)?;
@@ -73,12 +65,7 @@ pub fn write_h5ad(path: &Path, out: &H5adOut) -> Result<()> {
         let c = Compression::default();
         write_meta(&f, out, c)?;
         if let Some(x) = out.x {
-            anyhow::ensure!(
-                x.len() == n * out.var_names.len(),
-                "X: {} values for {n}×{}",
-                x.len(),
-                out.var_names.len()
-            );
+            anyhow::ensure!(x.len() == n * out.var_names.len(), "X: {} values for {n}×{}", x.len(), out.var_names.len());
             dense_array(&f, "X", x, &[n, out.var_names.len()], c)?;
         }
         Ok(())
@@ -109,10 +96,7 @@ fn encode_chunk(elems: &[f32], level: u8) -> Vec<u8> {
             shuffled[k * n + i] = b;
         }
     }
-    let mut z = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity(bytes.len() / 2),
-        flate2::Compression::new(level as u32),
-    );
+    let mut z = flate2::write::ZlibEncoder::new(Vec::with_capacity(bytes.len() / 2), flate2::Compression::new(level as u32));
     z.write_all(&shuffled).expect("in-memory zlib");
     z.finish().expect("in-memory zlib")
 }
@@ -130,13 +114,7 @@ struct DenseRows {
 }
 
 impl DenseRows {
-    fn create(
-        parent: &Group,
-        name: &str,
-        n_rows: usize,
-        n_cols: usize,
-        c: Compression,
-    ) -> Result<Self> {
+    fn create(parent: &Group, name: &str, n_rows: usize, n_cols: usize, c: Compression) -> Result<Self> {
         let chunk_rows = (DENSE_CHUNK_ELEMS / n_cols.max(1)).clamp(1, n_rows.max(1));
         let mut b = parent.new_dataset::<f32>();
         let chunked = n_rows > 0 && n_cols > 0;
@@ -147,19 +125,9 @@ impl DenseRows {
                 b = b.shuffle().deflate(level);
             }
         }
-        let ds = b
-            .shape([n_rows, n_cols])
-            .create(name)
-            .with_context(|| format!("creating {name}"))?;
+        let ds = b.shape([n_rows, n_cols]).create(name).with_context(|| format!("creating {name}"))?;
         encoding(&ds, "array", "0.2.0")?;
-        Ok(DenseRows {
-            ds,
-            n_cols,
-            chunk_rows,
-            gzip: c.gzip_level,
-            pending: Vec::new(),
-            written: 0,
-        })
+        Ok(DenseRows { ds, n_cols, chunk_rows, gzip: c.gzip_level, pending: Vec::new(), written: 0 })
     }
 
     fn n_rows(&self) -> usize {
@@ -168,11 +136,7 @@ impl DenseRows {
 
     fn push(&mut self, rows: usize, data: &[f32]) -> Result<()> {
         if data.len() != rows * self.n_cols {
-            bail!(
-                "X block: {} values for {rows} rows × {} columns",
-                data.len(),
-                self.n_cols
-            );
+            bail!("X block: {} values for {rows} rows × {} columns", data.len(), self.n_cols);
         }
         let total = self.written + self.pending.len() / self.n_cols.max(1) + rows;
         if total > self.n_rows() {
@@ -221,21 +185,10 @@ impl DenseRows {
             let offset: [u64; 2] = [(self.written + i * self.chunk_rows) as u64, 0];
             // Under the hdf5 crate's global lock: the C library is not thread-safe.
             let rc = hdf5::sync::sync(|| unsafe {
-                hdf5_sys::h5d::H5Dwrite_chunk(
-                    id,
-                    hdf5_sys::h5p::H5P_DEFAULT,
-                    0,
-                    offset.as_ptr(),
-                    e.len(),
-                    e.as_ptr() as *const std::ffi::c_void,
-                )
+                hdf5_sys::h5d::H5Dwrite_chunk(id, hdf5_sys::h5p::H5P_DEFAULT, 0, offset.as_ptr(), e.len(), e.as_ptr() as *const std::ffi::c_void)
             });
             if rc < 0 {
-                bail!(
-                    "H5Dwrite_chunk failed for {} at row {}",
-                    self.ds.name(),
-                    offset[0]
-                );
+                bail!("H5Dwrite_chunk failed for {} at row {}", self.ds.name(), offset[0]);
             }
         }
         Ok(())
@@ -249,11 +202,7 @@ impl DenseRows {
             self.written += rows;
         }
         if self.written != self.n_rows() {
-            bail!(
-                "X: {} rows written for {} cells",
-                self.written,
-                self.n_rows()
-            );
+            bail!("X: {} rows written for {} cells", self.written, self.n_rows());
         }
         Ok(())
     }
@@ -314,20 +263,11 @@ impl XSink {
 
 /// Write an .h5ad whose X (cells × `out.var_names`) is produced block by block by `fill`; `out.x` must
 /// be None. The file appears at `path` only when `fill` succeeded and every row was written.
-pub fn write_h5ad_streaming<F>(
-    path: &Path,
-    out: &H5adOut,
-    layout: XLayout,
-    c: Compression,
-    fill: F,
-) -> Result<()>
+pub fn write_h5ad_streaming<F>(path: &Path, out: &H5adOut, layout: XLayout, c: Compression, fill: F) -> Result<()>
 where
     F: FnOnce(&mut XSink) -> Result<()>,
 {
-    anyhow::ensure!(
-        out.x.is_none(),
-        "write_h5ad_streaming: X comes from the sink, not H5adOut::x"
-    );
+    anyhow::ensure!(out.x.is_none(), "write_h5ad_streaming: X comes from the sink, not H5adOut::x");
     let (n, m) = (out.obs_names.len(), out.var_names.len());
     write_atomic(path, |tmp| {
         let f = hdf5::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -336,12 +276,7 @@ where
             XLayout::Dense => Sink::Dense(DenseRows::create(&f, "X", n, m, c)?),
             XLayout::Csr { max_nnz } => Sink::Csr(CsrAppender::create(&f, "X", m, max_nnz, c)?),
         };
-        let mut x = XSink {
-            sink,
-            n_rows: n,
-            n_cols: m,
-            rows: 0,
-        };
+        let mut x = XSink { sink, n_rows: n, n_cols: m, rows: 0 };
         fill(&mut x)?;
         x.finish()
     })

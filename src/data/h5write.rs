@@ -44,9 +44,7 @@ impl Default for Compression {
     /// gzip 1: on the medium dataset ~30% larger than level 4 for ~1/4 of the compression CPU time;
     /// reading speed is about the same.
     fn default() -> Self {
-        Compression {
-            gzip_level: Some(1),
-        }
+        Compression { gzip_level: Some(1) }
     }
 }
 
@@ -115,8 +113,7 @@ pub struct FileMeta {
 // Elementary anndata encodings
 
 fn vlu(s: &str) -> Result<VarLenUnicode> {
-    s.parse::<VarLenUnicode>()
-        .map_err(|e| anyhow::anyhow!("string {s:?} cannot be stored in HDF5: {e}"))
+    s.parse::<VarLenUnicode>().map_err(|e| anyhow::anyhow!("string {s:?} cannot be stored in HDF5: {e}"))
 }
 
 fn vlu_vec(v: &[String]) -> Result<Vec<VarLenUnicode>> {
@@ -134,10 +131,7 @@ pub fn str_attr(loc: &Location, name: &str, value: &str) -> Result<()> {
 
 pub fn str_array_attr(loc: &Location, name: &str, values: &[String]) -> Result<()> {
     let v = vlu_vec(values)?;
-    let a = loc
-        .new_attr::<VarLenUnicode>()
-        .shape(v.len())
-        .create(name)?;
+    let a = loc.new_attr::<VarLenUnicode>().shape(v.len()).create(name)?;
     if !v.is_empty() {
         a.write(&v)?;
     }
@@ -150,19 +144,14 @@ pub fn encoding(loc: &Location, ty: &str, version: &str) -> Result<()> {
 }
 
 pub fn create_dict(parent: &Group, name: &str) -> Result<Group> {
-    let g = parent
-        .create_group(name)
-        .with_context(|| format!("creating group {name}"))?;
+    let g = parent.create_group(name).with_context(|| format!("creating group {name}"))?;
     encoding(&g, "dict", "0.1.0")?;
     Ok(g)
 }
 
 pub fn string_array(parent: &Group, name: &str, values: &[String]) -> Result<()> {
     let v = vlu_vec(values)?;
-    let ds = parent
-        .new_dataset::<VarLenUnicode>()
-        .shape(v.len())
-        .create(name)?;
+    let ds = parent.new_dataset::<VarLenUnicode>().shape(v.len()).create(name)?;
     if !v.is_empty() {
         ds.write(&v)?;
     }
@@ -170,13 +159,7 @@ pub fn string_array(parent: &Group, name: &str, values: &[String]) -> Result<()>
 }
 
 /// Dense array (any shape) with `encoding-type: array`; large ones are chunked + compressed.
-pub fn dense_array<T: H5Type>(
-    parent: &Group,
-    name: &str,
-    data: &[T],
-    shape: &[usize],
-    c: Compression,
-) -> Result<()> {
+pub fn dense_array<T: H5Type>(parent: &Group, name: &str, data: &[T], shape: &[usize], c: Compression) -> Result<()> {
     let total: usize = shape.iter().product();
     if total != data.len() {
         bail!("array {name}: {} values for shape {shape:?}", data.len());
@@ -190,10 +173,7 @@ pub fn dense_array<T: H5Type>(
             b = b.chunk(chunk).shuffle().deflate(level);
         }
     }
-    let ds = b
-        .shape(shape.to_vec())
-        .create(name)
-        .with_context(|| format!("creating {name}"))?;
+    let ds = b.shape(shape.to_vec()).create(name).with_context(|| format!("creating {name}"))?;
     if total > 0 {
         ds.write_raw(data)?;
     }
@@ -207,10 +187,7 @@ fn scalar<T: H5Type>(parent: &Group, name: &str, v: &T) -> Result<()> {
 }
 
 fn string_scalar(parent: &Group, name: &str, v: &str) -> Result<()> {
-    let ds = parent
-        .new_dataset::<VarLenUnicode>()
-        .shape(())
-        .create(name)?;
+    let ds = parent.new_dataset::<VarLenUnicode>().shape(()).create(name)?;
     ds.write_scalar(&vlu(v)?)?;
     encoding(&ds, "string", "0.2.0")
 }
@@ -237,19 +214,10 @@ pub fn column(parent: &Group, name: &str, col: &ObsColumn, c: Compression) -> Re
         ObsColumn::Categorical { codes, categories } => {
             let g = parent.create_group(name)?;
             encoding(&g, "categorical", "0.2.0")?;
-            g.new_attr::<bool>()
-                .shape(())
-                .create("ordered")?
-                .write_scalar(&false)?;
+            g.new_attr::<bool>().shape(()).create("ordered")?.write_scalar(&false)?;
             string_array(&g, "categories", categories)?;
-            if let Some(&bad) = codes
-                .iter()
-                .find(|&&x| x < -1 || x >= categories.len() as i32)
-            {
-                bail!(
-                    "categorical column {name}: code {bad} outside 0..{}",
-                    categories.len()
-                );
+            if let Some(&bad) = codes.iter().find(|&&x| x < -1 || x >= categories.len() as i32) {
+                bail!("categorical column {name}: code {bad} outside 0..{}", categories.len());
             }
             // anndata uses the smallest signed integer type holding the codes.
             if categories.len() < i8::MAX as usize {
@@ -275,9 +243,7 @@ pub fn dataframe(
     columns: &[(String, ObsColumn)],
     c: Compression,
 ) -> Result<()> {
-    let g = parent
-        .create_group(name)
-        .with_context(|| format!("creating dataframe {name}"))?;
+    let g = parent.create_group(name).with_context(|| format!("creating dataframe {name}"))?;
     encoding(&g, "dataframe", "0.2.0")?;
     str_attr(&g, "_index", "_index")?;
     let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
@@ -288,11 +254,7 @@ pub fn dataframe(
             bail!("dataframe {name}: a column may not be called _index");
         }
         if col.len() != index.len() {
-            bail!(
-                "dataframe {name}: column {n} has {} rows, the index {}",
-                col.len(),
-                index.len()
-            );
+            bail!("dataframe {name}: column {n} has {} rows, the index {}", col.len(), index.len());
         }
         column(&g, n, col, c).with_context(|| format!("dataframe {name}, column {n}"))?;
     }
@@ -334,10 +296,8 @@ fn encode_chunk<T: bytemuck::Pod>(elems: &[T], level: u8) -> Vec<u8> {
             }
         }
     }
-    let mut z = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity(shuffled.len() / 4),
-        flate2::Compression::new(level as u32),
-    );
+    let mut z =
+        flate2::write::ZlibEncoder::new(Vec::with_capacity(shuffled.len() / 4), flate2::Compression::new(level as u32));
     z.write_all(&shuffled).expect("in-memory zlib");
     z.finish().expect("in-memory zlib")
 }
@@ -353,12 +313,7 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
             .shape(hdf5::SimpleExtents::resizable([0]))
             .create(name)
             .with_context(|| format!("creating resizable dataset {name}"))?;
-        Ok(Appender {
-            ds,
-            buf: Vec::with_capacity(FLUSH_CHUNKS * CHUNK),
-            written: 0,
-            gzip: c.gzip_level,
-        })
+        Ok(Appender { ds, buf: Vec::with_capacity(FLUSH_CHUNKS * CHUNK), written: 0, gzip: c.gzip_level })
     }
 
     pub fn len(&self) -> usize {
@@ -404,11 +359,7 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
             None => self.ds.write_slice(&self.buf[..], self.written..end)?,
             Some(level) => {
                 use rayon::prelude::*;
-                let encoded: Vec<Vec<u8>> = self
-                    .buf
-                    .par_chunks(CHUNK)
-                    .map(|c| encode_chunk(c, level))
-                    .collect();
+                let encoded: Vec<Vec<u8>> = self.buf.par_chunks(CHUNK).map(|c| encode_chunk(c, level)).collect();
                 let id = self.ds.id();
                 for (i, e) in encoded.iter().enumerate() {
                     let offset: [u64; 1] = [(self.written + i * CHUNK) as u64];
@@ -424,11 +375,7 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
                         )
                     });
                     if rc < 0 {
-                        bail!(
-                            "H5Dwrite_chunk failed for {} at element {}",
-                            self.ds.name(),
-                            offset[0]
-                        );
+                        bail!("H5Dwrite_chunk failed for {} at element {}", self.ds.name(), offset[0]);
                     }
                 }
             }
@@ -447,14 +394,8 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
 /// Index arrays of a CSR group. scipy expects `indices` and `indptr` of ONE dtype (mixed int32/int64
 /// matrices break e.g. `tocoo`), so the width is fixed up front from an upper bound of the nnz.
 enum IndexArrays {
-    I32 {
-        indices: Appender<i32>,
-        indptr: Appender<i32>,
-    },
-    I64 {
-        indices: Appender<i64>,
-        indptr: Appender<i64>,
-    },
+    I32 { indices: Appender<i32>, indptr: Appender<i32> },
+    I64 { indices: Appender<i64>, indptr: Appender<i64> },
 }
 
 /// A `csr_matrix` group whose rows are appended block by block.
@@ -468,40 +409,20 @@ pub struct CsrAppender<T: H5Type + bytemuck::Pod + Send + Sync> {
 
 impl<T: H5Type + bytemuck::Pod + Send + Sync> CsrAppender<T> {
     /// `max_nnz`: an upper bound of the non-zeros (e.g. rows × columns); int64 indices beyond int32.
-    pub fn create(
-        parent: &Group,
-        name: &str,
-        n_cols: usize,
-        max_nnz: u64,
-        c: Compression,
-    ) -> Result<Self> {
-        let group = parent
-            .create_group(name)
-            .with_context(|| format!("creating {name}"))?;
+    pub fn create(parent: &Group, name: &str, n_cols: usize, max_nnz: u64, c: Compression) -> Result<Self> {
+        let group = parent.create_group(name).with_context(|| format!("creating {name}"))?;
         encoding(&group, "csr_matrix", "0.1.0")?;
         let data = Appender::create(&group, "data", c)?;
         let index = if max_nnz <= i32::MAX as u64 && n_cols <= i32::MAX as usize {
             let mut indptr = Appender::create(&group, "indptr", c)?;
             indptr.push_slice(&[0i32])?;
-            IndexArrays::I32 {
-                indices: Appender::create(&group, "indices", c)?,
-                indptr,
-            }
+            IndexArrays::I32 { indices: Appender::create(&group, "indices", c)?, indptr }
         } else {
             let mut indptr = Appender::create(&group, "indptr", c)?;
             indptr.push_slice(&[0i64])?;
-            IndexArrays::I64 {
-                indices: Appender::create(&group, "indices", c)?,
-                indptr,
-            }
+            IndexArrays::I64 { indices: Appender::create(&group, "indices", c)?, indptr }
         };
-        Ok(CsrAppender {
-            group,
-            data,
-            index,
-            n_rows: 0,
-            n_cols,
-        })
+        Ok(CsrAppender { group, data, index, n_rows: 0, n_cols })
     }
 
     pub fn nnz(&self) -> usize {
@@ -515,34 +436,22 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> CsrAppender<T> {
         }
         let (first, last) = (indptr[0], *indptr.last().unwrap());
         if indices.len() < last || values.len() < last || first > last {
-            bail!(
-                "CSR block: indptr {first}..{last} outside {} indices",
-                indices.len()
-            );
+            bail!("CSR block: indptr {first}..{last} outside {} indices", indices.len());
         }
-        if let Some(&bad) = indices[first..last]
-            .iter()
-            .find(|&&j| j as usize >= self.n_cols)
-        {
+        if let Some(&bad) = indices[first..last].iter().find(|&&j| j as usize >= self.n_cols) {
             bail!("CSR block: column index {bad} >= {} columns", self.n_cols);
         }
         let base = self.data.len() as i64 - first as i64;
         self.data.push_slice(&values[first..last])?;
         match &mut self.index {
-            IndexArrays::I32 {
-                indices: ix,
-                indptr: ip,
-            } => {
+            IndexArrays::I32 { indices: ix, indptr: ip } => {
                 if (self.data.len() as u64) > i32::MAX as u64 {
                     bail!("CSR matrix: more than 2^31 non-zeros but int32 indices were chosen");
                 }
                 ix.push_iter(indices[first..last].iter().map(|&j| j as i32))?;
                 ip.push_iter(indptr[1..].iter().map(|&p| (p as i64 + base) as i32))?;
             }
-            IndexArrays::I64 {
-                indices: ix,
-                indptr: ip,
-            } => {
+            IndexArrays::I64 { indices: ix, indptr: ip } => {
                 ix.push_iter(indices[first..last].iter().map(|&j| j as i64))?;
                 ip.push_iter(indptr[1..].iter().map(|&p| p as i64 + base))?;
             }
@@ -563,11 +472,7 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> CsrAppender<T> {
                 indptr.finish()?;
             }
         }
-        self.group
-            .new_attr::<i64>()
-            .shape(2)
-            .create("shape")?
-            .write(&[self.n_rows as i64, self.n_cols as i64])?;
+        self.group.new_attr::<i64>().shape(2).create("shape")?.write(&[self.n_rows as i64, self.n_cols as i64])?;
         Ok(())
     }
 }
@@ -617,13 +522,7 @@ impl SpliceviWriter {
         let mut rna_x = None;
         if with_rna {
             let rna = m.create_group("rna")?;
-            rna_x = Some(CsrAppender::create(
-                &rna,
-                "X",
-                n_genes,
-                n_cells * n_genes as u64,
-                compression,
-            )?);
+            rna_x = Some(CsrAppender::create(&rna, "X", n_genes, n_cells * n_genes as u64, compression)?);
         }
         let spl = m.create_group("splicing")?;
         let layers = create_dict(&spl, "layers")?;
@@ -647,20 +546,8 @@ impl SpliceviWriter {
         } else {
             (None, None)
         };
-        let psi = CsrAppender::create(
-            &layers,
-            "junc_ratio",
-            n_junctions,
-            n_cells * n_junctions as u64,
-            compression,
-        )?;
-        let mask = CsrAppender::create(
-            &layers,
-            "psi_mask",
-            n_junctions,
-            n_cells * n_junctions as u64,
-            compression,
-        )?;
+        let psi = CsrAppender::create(&layers, "junc_ratio", n_junctions, n_cells * n_junctions as u64, compression)?;
+        let mask = CsrAppender::create(&layers, "psi_mask", n_junctions, n_cells * n_junctions as u64, compression)?;
         Ok(SpliceviWriter {
             file,
             path: path.to_path_buf(),
@@ -688,10 +575,7 @@ impl SpliceviWriter {
         let cells = b.n_cells();
         if let Some(x) = &mut self.rna_x {
             if b.expr_indptr.len() != cells + 1 {
-                bail!(
-                    "cell block: {} expression rows for {cells} cells",
-                    b.expr_indptr.len().saturating_sub(1)
-                );
+                bail!("cell block: {} expression rows for {cells} cells", b.expr_indptr.len().saturating_sub(1));
             }
             x.append(&b.expr_indptr, &b.expr_indices, &b.expr_values)?;
         }
@@ -705,8 +589,7 @@ impl SpliceviWriter {
         if let Some(n) = &mut self.n {
             n.append(&b.spl_indptr, &b.spl_junction, &b.n)?;
         }
-        self.mask
-            .append(&b.spl_indptr, &b.spl_junction, &vec![1u8; nnz])?;
+        self.mask.append(&b.spl_indptr, &b.spl_junction, &vec![1u8; nnz])?;
         // k and psi: only the non-zeros are stored (sparse semantics); observed zeros are implied by n / mask.
         self.s_indptr.clear();
         self.s_idx.clear();
@@ -745,16 +628,10 @@ impl SpliceviWriter {
             );
         }
         if meta.splicing.names.len() != self.n_junctions {
-            bail!(
-                "finish: {} junction names for {} junctions",
-                meta.splicing.names.len(),
-                self.n_junctions
-            );
+            bail!("finish: {} junction names for {} junctions", meta.splicing.names.len(), self.n_junctions);
         }
         if self.rna_x.is_some() != meta.rna.is_some() {
-            bail!(
-                "finish: the rna var table must be given exactly when the rna modality is written"
-            );
+            bail!("finish: the rna var table must be given exactly when the rna modality is written");
         }
         let f = &self.file;
         let m = f.group("mod")?;
@@ -764,11 +641,7 @@ impl SpliceviWriter {
         let mut mod_order = Vec::new();
         if let (Some(x), Some(rv)) = (self.rna_x, &meta.rna) {
             if rv.names.len() != self.n_genes {
-                bail!(
-                    "finish: {} gene names for {} genes",
-                    rv.names.len(),
-                    self.n_genes
-                );
+                bail!("finish: {} gene names for {} genes", rv.names.len(), self.n_genes);
             }
             x.finish()?;
             let rna = m.group("rna")?;
@@ -800,11 +673,7 @@ impl SpliceviWriter {
         // global (MuData) level
         let root: &Group = f;
         dataframe(root, "obs", &meta.cell_names, &meta.obs, c)?;
-        let mut var_names: Vec<String> = meta
-            .rna
-            .as_ref()
-            .map(|r| r.names.clone())
-            .unwrap_or_default();
+        let mut var_names: Vec<String> = meta.rna.as_ref().map(|r| r.names.clone()).unwrap_or_default();
         var_names.extend(meta.splicing.names.iter().cloned());
         dataframe(root, "var", &var_names, &[], c)?;
         let obsm = create_dict(root, "obsm")?;
@@ -878,10 +747,7 @@ pub fn default_var_tables(ds: &Dataset) -> (Option<VarTable>, VarTable) {
         names: ds.gene_names.clone(),
         columns: vec![(
             "modality".into(),
-            ObsColumn::Categorical {
-                codes: vec![0; ds.n_genes()],
-                categories: vec!["Gene_Expression".into()],
-            },
+            ObsColumn::Categorical { codes: vec![0; ds.n_genes()], categories: vec!["Gene_Expression".into()] },
         )],
         varm: vec![],
     });
@@ -889,36 +755,18 @@ pub fn default_var_tables(ds: &Dataset) -> (Option<VarTable>, VarTable) {
     let mut cols = vec![
         (
             "event_id".to_string(),
-            ObsColumn::Text(
-                s.junc2atse
-                    .iter()
-                    .map(|&a| s.atse_ids[a as usize].clone())
-                    .collect(),
-            ),
+            ObsColumn::Text(s.junc2atse.iter().map(|&a| s.atse_ids[a as usize].clone()).collect()),
         ),
-        (
-            "junction_id".to_string(),
-            ObsColumn::Text(s.junction_names.clone()),
-        ),
+        ("junction_id".to_string(), ObsColumn::Text(s.junction_names.clone())),
     ];
     if s.gene_names.len() == s.n_junctions {
         cols.push(("gene_name".into(), ObsColumn::Text(s.gene_names.clone())));
     }
     cols.push((
         "modality".into(),
-        ObsColumn::Categorical {
-            codes: vec![0; s.n_junctions],
-            categories: vec!["Splicing".into()],
-        },
+        ObsColumn::Categorical { codes: vec![0; s.n_junctions], categories: vec!["Splicing".into()] },
     ));
-    (
-        rna,
-        VarTable {
-            names: s.junction_names.clone(),
-            columns: cols,
-            varm: vec![],
-        },
-    )
+    (rna, VarTable { names: s.junction_names.clone(), columns: cols, varm: vec![] })
 }
 
 /// Write a Dataset as a SpliceVI `.h5mu` (atomically). `rna_var` / `splicing_var` replace the default
@@ -948,10 +796,7 @@ pub fn write_h5mu(
     let s = &ds.splicing;
     let n = ds.n_cells();
     if s.indptr.len() != n + 1 {
-        bail!(
-            "write_h5mu: splicing indptr has {} entries for {n} cells",
-            s.indptr.len()
-        );
+        bail!("write_h5mu: splicing indptr has {} entries for {n} cells", s.indptr.len());
     }
     let meta = FileMeta {
         cell_names: ds.cell_names.clone(),

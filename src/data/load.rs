@@ -6,9 +6,7 @@
 use super::dataset::{Categorical, Covariates, Csr, Dataset, ObsColumn};
 use super::h5::number_label;
 use super::options::DataOptions;
-use super::validate::{
-    atse_index, build_splicing, CheckOptions, DataError, Layer, SplicingInput, ValueRule,
-};
+use super::validate::{atse_index, build_splicing, CheckOptions, DataError, Layer, SplicingInput, ValueRule};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -64,12 +62,7 @@ pub fn load_with(path: &Path, opts: &DataOptions, checks: &LoadChecks) -> Result
         bail!("{}: no such file or directory", path.display());
     }
     let raw = if path.is_dir() {
-        super::mtx::read_dir(
-            path,
-            opts,
-            checks.require_integer_expression,
-            checks.require_integer_splicing,
-        )?
+        super::mtx::read_dir(path, opts, checks.require_integer_expression, checks.require_integer_splicing)?
     } else {
         let f = super::h5::open(path)?;
         let mudata = super::h5::is_mudata(&f);
@@ -91,51 +84,25 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
     let nj = raw.junction_names.len();
     let (ev_field, ids, numeric) = &raw.event_ids;
     if ids.len() != nj {
-        return Err(DataError::new(
-            &file,
-            ev_field,
-            format!("{} ATSE ids for {nj} junctions", ids.len()),
-        )
-        .into());
+        return Err(DataError::new(&file, ev_field, format!("{} ATSE ids for {nj} junctions", ids.len())).into());
     }
     if !raw.junction_gene_names.is_empty() && raw.junction_gene_names.len() != nj {
-        return Err(DataError::new(
-            &file,
-            "gene_name",
-            format!(
-                "{} gene names for {nj} junctions",
-                raw.junction_gene_names.len()
-            ),
-        )
-        .into());
+        return Err(DataError::new(&file, "gene_name", format!("{} gene names for {nj} junctions", raw.junction_gene_names.len())).into());
     }
     let (junc2atse, atse_ids) = atse_index(ids, *numeric, &file, ev_field, &raw.junction_names)?;
 
     let library_size = match &raw.library_size {
         Some((field, v)) => {
             if v.len() != cells.len() {
-                return Err(DataError::new(
-                    &file,
-                    field,
-                    format!("{} size factors for {} cells", v.len(), cells.len()),
-                )
-                .into());
+                return Err(DataError::new(&file, field, format!("{} size factors for {} cells", v.len(), cells.len())).into());
             }
             if let Some(i) = v.iter().position(|&x| !ValueRule::SIZE_FACTOR.ok(x)) {
-                return Err(DataError::new(
-                    &file,
-                    field,
-                    ValueRule::SIZE_FACTOR.problem(v[i]).unwrap_or_default(),
-                )
-                .cell(i, cells)
-                .into());
+                return Err(DataError::new(&file, field, ValueRule::SIZE_FACTOR.problem(v[i]).unwrap_or_default()).cell(i, cells).into());
             }
             v.iter().map(|&x| x as f32).collect()
         }
         None => match &raw.expression {
-            Some((_, x)) => (0..x.n_rows)
-                .map(|i| x.row(i).1.iter().map(|&v| v as f64).sum::<f64>() as f32)
-                .collect(),
+            Some((_, x)) => (0..x.n_rows).map(|i| x.row(i).1.iter().map(|&v| v as f64).sum::<f64>() as f32).collect(),
             None => vec![1.0; cells.len()],
         },
     };
@@ -148,11 +115,7 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
         obs.extend(g.columns.iter().cloned());
     }
     if let Some(m) = &raw.obs_fill_modality {
-        if let Some(t) = raw
-            .obs_tables
-            .iter()
-            .find(|t| t.modality.as_ref() == Some(m))
-        {
+        if let Some(t) = raw.obs_tables.iter().find(|t| t.modality.as_ref() == Some(m)) {
             for (n, c) in &t.columns {
                 if !obs.iter().any(|(o, _)| o == n) {
                     obs.push((n.clone(), c.clone()));
@@ -161,18 +124,7 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
         }
     }
 
-    let RawData {
-        k,
-        n,
-        junc_ratio,
-        mut psi_mask,
-        junction_names,
-        junction_gene_names,
-        expression,
-        gene_names,
-        cell_names,
-        ..
-    } = raw;
+    let RawData { k, n, junc_ratio, mut psi_mask, junction_names, junction_gene_names, expression, gene_names, cell_names, .. } = raw;
     // The mask's values carry nothing once read (zeros are not stored and the reader rejected anything
     // but 0 / 1): keep its pattern only, 4 bytes per observed entry less at the load peak.
     if let Some((_, Layer::Whole(m))) = psi_mask.as_mut() {
@@ -204,17 +156,9 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
 
 /// Find an obs column named by a flag: the global obs first (also as `<modality>:<name>`), then the
 /// modalities' obs tables in order, then `<modality>:<column>` in that modality's table.
-pub fn find_column<'a>(
-    raw: &'a RawData,
-    name: &str,
-    flag: &str,
-) -> Result<(String, &'a ObsColumn)> {
+pub fn find_column<'a>(raw: &'a RawData, name: &str, flag: &str) -> Result<(String, &'a ObsColumn)> {
     let mut candidates: Vec<(&ObsTable, String)> = Vec::new();
-    let modalities: Vec<&String> = raw
-        .obs_tables
-        .iter()
-        .filter_map(|t| t.modality.as_ref())
-        .collect();
+    let modalities: Vec<&String> = raw.obs_tables.iter().filter_map(|t| t.modality.as_ref()).collect();
     for t in raw.obs_tables.iter().filter(|t| t.modality.is_none()) {
         candidates.push((t, name.to_string()));
         for m in &modalities {
@@ -225,11 +169,7 @@ pub fn find_column<'a>(
         candidates.push((t, name.to_string()));
     }
     if let Some((m, rest)) = name.split_once(':') {
-        for t in raw
-            .obs_tables
-            .iter()
-            .filter(|t| t.modality.as_deref() == Some(m))
-        {
+        for t in raw.obs_tables.iter().filter(|t| t.modality.as_deref() == Some(m)) {
             candidates.push((t, rest.to_string()));
         }
     }
@@ -238,88 +178,42 @@ pub fn find_column<'a>(
             return Ok((format!("{}/{}", t.field, col), c));
         }
         if let Some((_, why)) = t.unreadable.iter().find(|(n, _)| n == col) {
-            return Err(DataError::new(
-                &raw.file,
-                &format!("{}/{}", t.field, col),
-                format!("column named by {flag} cannot be read: {why}"),
-            )
-            .into());
+            return Err(DataError::new(&raw.file, &format!("{}/{}", t.field, col), format!("column named by {flag} cannot be read: {why}")).into());
         }
     }
     let mut avail: Vec<String> = Vec::new();
     for t in &raw.obs_tables {
-        for n in t
-            .columns
-            .iter()
-            .map(|(n, _)| n)
-            .chain(t.unreadable.iter().map(|(n, _)| n))
-        {
+        for n in t.columns.iter().map(|(n, _)| n).chain(t.unreadable.iter().map(|(n, _)| n)) {
             avail.push(match &t.modality {
                 None => n.clone(),
                 Some(m) => format!("{m}:{n}"),
             });
         }
     }
-    let field = raw
-        .obs_tables
-        .first()
-        .map_or("obs".to_string(), |t| t.field.clone());
-    let list = if avail.is_empty() {
-        "none".to_string()
-    } else {
-        avail
-            .iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Err(DataError::new(
-        &raw.file,
-        &field,
-        format!("no obs column {name:?} (set by {flag}); columns present: {list}"),
-    )
-    .into())
+    let field = raw.obs_tables.first().map_or("obs".to_string(), |t| t.field.clone());
+    let list = if avail.is_empty() { "none".to_string() } else { avail.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ") };
+    Err(DataError::new(&raw.file, &field, format!("no obs column {name:?} (set by {flag}); columns present: {list}")).into())
 }
 
 /// Resolve a column to a categorical covariate: a categorical keeps its categories (unused ones
 /// included, as pandas does); other columns get their sorted unique values as levels. Missing values are
 /// an error (scvi refuses them too).
-pub fn to_categorical(
-    file: &str,
-    field: &str,
-    name: &str,
-    col: &ObsColumn,
-    cells: &[String],
-) -> Result<Categorical> {
+pub fn to_categorical(file: &str, field: &str, name: &str, col: &ObsColumn, cells: &[String]) -> Result<Categorical> {
     let missing = |i: usize| -> anyhow::Error {
-        DataError::new(
-            file,
-            field,
-            "missing value (NaN) in a column used as a categorical covariate",
-        )
-        .cell(i, cells)
-        .into()
+        DataError::new(file, field, "missing value (NaN) in a column used as a categorical covariate").cell(i, cells).into()
     };
     let (codes, levels) = match col {
         ObsColumn::Categorical { codes, categories } => {
             if let Some(i) = codes.iter().position(|&c| c < 0) {
                 return Err(missing(i));
             }
-            (
-                codes.iter().map(|&c| c as u32).collect(),
-                categories.clone(),
-            )
+            (codes.iter().map(|&c| c as u32).collect(), categories.clone())
         }
         ObsColumn::Text(v) => {
             let mut levels: Vec<String> = v.clone();
             levels.sort();
             levels.dedup();
-            (
-                v.iter()
-                    .map(|s| levels.binary_search(s).unwrap() as u32)
-                    .collect(),
-                levels,
-            )
+            (v.iter().map(|s| levels.binary_search(s).unwrap() as u32).collect(), levels)
         }
         ObsColumn::Numeric(v) => {
             if let Some(i) = v.iter().position(|x| x.is_nan()) {
@@ -328,41 +222,22 @@ pub fn to_categorical(
             let mut uniq = v.clone();
             uniq.sort_by(|a, b| a.total_cmp(b));
             uniq.dedup();
-            let codes = v
-                .iter()
-                .map(|x| uniq.binary_search_by(|u| u.total_cmp(x)).unwrap() as u32)
-                .collect();
+            let codes = v.iter().map(|x| uniq.binary_search_by(|u| u.total_cmp(x)).unwrap() as u32).collect();
             (codes, uniq.into_iter().map(number_label).collect())
         }
         ObsColumn::Bool(v) => {
             let mut uniq: Vec<bool> = v.clone();
             uniq.sort();
             uniq.dedup();
-            let codes = v
-                .iter()
-                .map(|b| uniq.binary_search(b).unwrap() as u32)
-                .collect();
-            (
-                codes,
-                uniq.iter()
-                    .map(|&b| if b { "True" } else { "False" }.to_string())
-                    .collect(),
-            )
+            let codes = v.iter().map(|b| uniq.binary_search(b).unwrap() as u32).collect();
+            (codes, uniq.iter().map(|&b| if b { "True" } else { "False" }.to_string()).collect())
         }
     };
-    Ok(Categorical {
-        name: name.to_string(),
-        codes,
-        levels,
-    })
+    Ok(Categorical { name: name.to_string(), codes, levels })
 }
 
 fn single_level(name: &str, n: usize) -> Categorical {
-    Categorical {
-        name: name.to_string(),
-        codes: vec![0; n],
-        levels: vec!["0".to_string()],
-    }
+    Categorical { name: name.to_string(), codes: vec![0; n], levels: vec!["0".to_string()] }
 }
 
 fn resolve_covariates(raw: &RawData, opts: &DataOptions) -> Result<Covariates> {
@@ -395,23 +270,11 @@ fn resolve_covariates(raw: &RawData, opts: &DataOptions) -> Result<Covariates> {
             }
         };
         if let Some(i) = vals.iter().position(|x| !x.is_finite()) {
-            return Err(DataError::new(
-                &raw.file,
-                &field,
-                format!("continuous covariate value {} is not finite", vals[i]),
-            )
-            .cell(i, &raw.cell_names)
-            .into());
+            return Err(DataError::new(&raw.file, &field, format!("continuous covariate value {} is not finite", vals[i])).cell(i, &raw.cell_names).into());
         }
         for i in 0..n {
             continuous[i * nc + c] = vals[i] as f32;
         }
     }
-    Ok(Covariates {
-        batch,
-        labels,
-        categorical,
-        continuous_names: opts.continuous_covariate_keys.clone(),
-        continuous,
-    })
+    Ok(Covariates { batch, labels, categorical, continuous_names: opts.continuous_covariate_keys.clone(), continuous })
 }

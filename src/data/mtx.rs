@@ -46,9 +46,7 @@ fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Lines of a text file (trailing `\r` removed, empty trailing lines dropped).
@@ -68,10 +66,7 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
 }
 
 fn first_fields(path: &Path) -> Result<Vec<String>> {
-    Ok(read_lines(path)?
-        .into_iter()
-        .map(|l| l.split('\t').next().unwrap_or("").to_string())
-        .collect())
+    Ok(read_lines(path)?.into_iter().map(|l| l.split('\t').next().unwrap_or("").to_string()).collect())
 }
 
 /// Read a Matrix Market file into CSR (zeros dropped), checking values with `tracker`.
@@ -80,10 +75,7 @@ pub fn read_mtx(path: &Path, tracker: &mut ValueTracker) -> Result<Csr<f32>> {
     let mut lines = open_text(path)?.lines().enumerate();
     let (_, header) = lines.next().ok_or_else(|| anyhow!("{disp}: empty file"))?;
     let header = header?;
-    let h: Vec<String> = header
-        .split_whitespace()
-        .map(|s| s.to_ascii_lowercase())
-        .collect();
+    let h: Vec<String> = header.split_whitespace().map(|s| s.to_ascii_lowercase()).collect();
     if h.len() < 5 || h[0] != "%%matrixmarket" || h[1] != "matrix" {
         bail!("{disp}: line 1: not a Matrix Market header: {header:?}");
     }
@@ -98,10 +90,7 @@ pub fn read_mtx(path: &Path, tracker: &mut ValueTracker) -> Result<Csr<f32>> {
         f => bail!("{disp}: line 1: unsupported field {f:?} (real, integer or pattern)"),
     };
     if h[4] != "general" {
-        bail!(
-            "{disp}: line 1: unsupported symmetry {:?} (only general)",
-            h[4]
-        );
+        bail!("{disp}: line 1: unsupported symmetry {:?} (only general)", h[4]);
     }
     let mut size: Option<(usize, usize, usize)> = None;
     let mut rows: Vec<u32> = Vec::new();
@@ -115,25 +104,12 @@ pub fn read_mtx(path: &Path, tracker: &mut ValueTracker) -> Result<Csr<f32>> {
             continue;
         }
         let mut it = t.split_whitespace();
-        let mut num = |what: &str| -> Result<&str> {
-            it.next()
-                .ok_or_else(|| anyhow!("{disp}: line {}: missing {what}", ln + 1))
-        };
+        let mut num = |what: &str| -> Result<&str> { it.next().ok_or_else(|| anyhow!("{disp}: line {}: missing {what}", ln + 1)) };
         match size {
             None => {
-                let r: usize = num("row count")?
-                    .parse()
-                    .with_context(|| format!("{disp}: line {}: size line", ln + 1))?;
-                let c: usize = num("column count")?
-                    .parse()
-                    .with_context(|| format!("{disp}: line {}: size line", ln + 1))?;
-                let nnz = if coordinate {
-                    num("entry count")?
-                        .parse()
-                        .with_context(|| format!("{disp}: line {}: size line", ln + 1))?
-                } else {
-                    r * c
-                };
+                let r: usize = num("row count")?.parse().with_context(|| format!("{disp}: line {}: size line", ln + 1))?;
+                let c: usize = num("column count")?.parse().with_context(|| format!("{disp}: line {}: size line", ln + 1))?;
+                let nnz = if coordinate { num("entry count")?.parse().with_context(|| format!("{disp}: line {}: size line", ln + 1))? } else { r * c };
                 if r > u32::MAX as usize || c > u32::MAX as usize {
                     bail!("{disp}: matrix too large ({r} × {c})");
                 }
@@ -146,34 +122,18 @@ pub fn read_mtx(path: &Path, tracker: &mut ValueTracker) -> Result<Csr<f32>> {
             }
             Some((nr, nc, nnz)) => {
                 if seen >= nnz {
-                    bail!(
-                        "{disp}: line {}: more entries than the {nnz} announced",
-                        ln + 1
-                    );
+                    bail!("{disp}: line {}: more entries than the {nnz} announced", ln + 1);
                 }
                 let (r, c, v) = if coordinate {
-                    let r: usize = num("row")?
-                        .parse()
-                        .with_context(|| format!("{disp}: line {}: row index", ln + 1))?;
-                    let c: usize = num("column")?
-                        .parse()
-                        .with_context(|| format!("{disp}: line {}: column index", ln + 1))?;
+                    let r: usize = num("row")?.parse().with_context(|| format!("{disp}: line {}: row index", ln + 1))?;
+                    let c: usize = num("column")?.parse().with_context(|| format!("{disp}: line {}: column index", ln + 1))?;
                     if r == 0 || r > nr || c == 0 || c > nc {
-                        bail!(
-                            "{disp}: line {}: entry ({r}, {c}) outside 1..={nr} × 1..={nc}",
-                            ln + 1
-                        );
+                        bail!("{disp}: line {}: entry ({r}, {c}) outside 1..={nr} × 1..={nc}", ln + 1);
                     }
-                    let v: f64 = if pattern {
-                        1.0
-                    } else {
-                        parse_value(num("value")?)
-                            .with_context(|| format!("{disp}: line {}", ln + 1))?
-                    };
+                    let v: f64 = if pattern { 1.0 } else { parse_value(num("value")?).with_context(|| format!("{disp}: line {}", ln + 1))? };
                     (r - 1, c - 1, v)
                 } else {
-                    let v = parse_value(num("value")?)
-                        .with_context(|| format!("{disp}: line {}", ln + 1))?;
+                    let v = parse_value(num("value")?).with_context(|| format!("{disp}: line {}", ln + 1))?;
                     (seen % nr.max(1), seen / nr.max(1), v)
                 };
                 seen += 1;
@@ -206,13 +166,7 @@ pub fn read_mtx(path: &Path, tracker: &mut ValueTracker) -> Result<Csr<f32>> {
         values[*p] = vals[t];
         *p += 1;
     }
-    let mut m = Csr {
-        n_rows: nr,
-        n_cols: nc,
-        indptr,
-        indices,
-        values,
-    };
+    let mut m = Csr { n_rows: nr, n_cols: nc, indptr, indices, values };
     canonicalize(&mut m);
     Ok(m)
 }
@@ -222,9 +176,7 @@ fn parse_value(s: &str) -> Result<f64> {
         "nan" => Ok(f64::NAN),
         "inf" | "+inf" | "infinity" => Ok(f64::INFINITY),
         "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
-        _ => s
-            .parse::<f64>()
-            .map_err(|_| anyhow!("value {s:?} is not a number")),
+        _ => s.parse::<f64>().map_err(|_| anyhow!("value {s:?} is not a number")),
     }
 }
 
@@ -233,12 +185,7 @@ fn is_missing(s: &str) -> bool {
 }
 
 /// Read a Matrix Market directory (layout in the module docs).
-pub fn read_dir(
-    dir: &Path,
-    opts: &DataOptions,
-    integer_expression: bool,
-    integer_counts: bool,
-) -> Result<RawData> {
+pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, integer_counts: bool) -> Result<RawData> {
     let file = dir.display().to_string();
     let need = |name: &str| -> Result<PathBuf> {
         find(dir, name).ok_or_else(|| {
@@ -250,21 +197,14 @@ pub fn read_dir(
     let jpath = need("junctions.tsv")?;
     let jfield = file_name(&jpath);
     let jlines = read_lines(&jpath)?;
-    let header: Vec<&str> = jlines
-        .first()
-        .map(|h| h.split('\t').collect())
-        .unwrap_or_default();
+    let header: Vec<&str> = jlines.first().map(|h| h.split('\t').collect()).unwrap_or_default();
     let col_of = |name: &str| header.iter().position(|h| *h == name);
     let ev_col = col_of(&opts.event_id_key).ok_or_else(|| {
         DataError::new(&file, &jfield, format!("no ATSE id column {:?} in the header line (set by --event-id-key); columns present: {:?}", opts.event_id_key, header))
     })?;
     let id_col = col_of("junction_id");
     let gene_col = col_of("gene_name");
-    let mut raw = RawData {
-        file: file.clone(),
-        cell_names: cells.clone(),
-        ..Default::default()
-    };
+    let mut raw = RawData { file: file.clone(), cell_names: cells.clone(), ..Default::default() };
     let mut ids = Vec::new();
     for (t, l) in jlines.iter().enumerate().skip(1) {
         let f: Vec<&str> = l.split('\t').collect();
@@ -282,11 +222,7 @@ pub fn read_dir(
     raw.event_ids = (format!("{jfield}:{}", opts.event_id_key), ids, false);
     let nj = raw.junction_names.len();
 
-    let read = |path: &Path,
-                rule: ValueRule,
-                kind: &'static str,
-                features: &[String]|
-     -> Result<(String, Csr<f32>)> {
+    let read = |path: &Path, rule: ValueRule, kind: &'static str, features: &[String]| -> Result<(String, Csr<f32>)> {
         let field = file_name(path);
         let mut tr = ValueTracker::new(rule);
         let m = read_mtx(path, &mut tr)?;
@@ -294,13 +230,7 @@ pub fn read_dir(
             return Err(DataError::new(
                 &file,
                 &field,
-                format!(
-                    "shape {} × {} but there are {} cells and {} {kind}s (rows must be cells)",
-                    m.n_rows,
-                    m.n_cols,
-                    cells.len(),
-                    features.len()
-                ),
+                format!("shape {} × {} but there are {} cells and {} {kind}s (rows must be cells)", m.n_rows, m.n_cols, cells.len(), features.len()),
             )
             .into());
         }
@@ -308,102 +238,40 @@ pub fn read_dir(
         Ok((field, m))
     };
     let jn = raw.junction_names.clone();
-    let (kf, k) = read(
-        &need("junction_counts.mtx")?,
-        ValueRule::counts(integer_counts),
-        "junction",
-        &jn,
-    )?;
+    let (kf, k) = read(&need("junction_counts.mtx")?, ValueRule::counts(integer_counts), "junction", &jn)?;
     debug_assert_eq!(k.n_cols, nj);
     raw.k = Some((kf, Layer::Whole(k)));
-    raw.n = Some(read(
-        &need("atse_counts.mtx")?,
-        ValueRule::counts(integer_counts),
-        "junction",
-        &jn,
-    )?);
+    raw.n = Some(read(&need("atse_counts.mtx")?, ValueRule::counts(integer_counts), "junction", &jn)?);
 
     if let Some(x) = find(dir, "expression.mtx") {
         raw.gene_names = first_fields(&need("genes.tsv")?)?;
         let genes = raw.gene_names.clone();
-        raw.expression = Some(read(
-            &x,
-            ValueRule::expression(integer_expression),
-            "gene",
-            &genes,
-        )?);
+        raw.expression = Some(read(&x, ValueRule::expression(integer_expression), "gene", &genes)?);
     }
 
     if let Some(op) = find(dir, "obs.tsv") {
         let field = file_name(&op);
         let lines = read_lines(&op)?;
-        let header: Vec<String> = lines
-            .first()
-            .map(|h| h.split('\t').map(str::to_string).collect())
-            .unwrap_or_default();
-        let rows: Vec<Vec<&str>> = lines
-            .iter()
-            .skip(1)
-            .map(|l| l.split('\t').collect())
-            .collect();
+        let header: Vec<String> = lines.first().map(|h| h.split('\t').map(str::to_string).collect()).unwrap_or_default();
+        let rows: Vec<Vec<&str>> = lines.iter().skip(1).map(|l| l.split('\t').collect()).collect();
         if rows.len() != cells.len() {
-            bail!(
-                "{file}: {field}: {} rows but {} cells in barcodes.tsv",
-                rows.len(),
-                cells.len()
-            );
+            bail!("{file}: {field}: {} rows but {} cells in barcodes.tsv", rows.len(), cells.len());
         }
-        if let Some(i) =
-            (0..cells.len()).find(|&i| rows[i].first().copied().unwrap_or("") != cells[i])
-        {
-            return Err(DataError::new(
-                &file,
-                &field,
-                format!(
-                    "first column {:?} differs from barcodes.tsv at the same row",
-                    rows[i].first().copied().unwrap_or("")
-                ),
-            )
-            .cell(i, &cells)
-            .into());
+        if let Some(i) = (0..cells.len()).find(|&i| rows[i].first().copied().unwrap_or("") != cells[i]) {
+            return Err(DataError::new(&file, &field, format!("first column {:?} differs from barcodes.tsv at the same row", rows[i].first().copied().unwrap_or(""))).cell(i, &cells).into());
         }
-        let mut table = ObsTable {
-            field: field.clone(),
-            modality: None,
-            ..Default::default()
-        };
+        let mut table = ObsTable { field: field.clone(), modality: None, ..Default::default() };
         for (c, name) in header.iter().enumerate().skip(1) {
-            let vals: Vec<&str> = rows
-                .iter()
-                .map(|r| r.get(c).copied().unwrap_or(""))
-                .collect();
-            let nums: Option<Vec<f64>> = vals
-                .iter()
-                .map(|v| {
-                    if is_missing(v) {
-                        Some(f64::NAN)
-                    } else {
-                        v.parse::<f64>().ok()
-                    }
-                })
-                .collect();
+            let vals: Vec<&str> = rows.iter().map(|r| r.get(c).copied().unwrap_or("")).collect();
+            let nums: Option<Vec<f64>> = vals.iter().map(|v| if is_missing(v) { Some(f64::NAN) } else { v.parse::<f64>().ok() }).collect();
             let col = match nums {
                 Some(n) => ObsColumn::Numeric(n),
                 None => ObsColumn::Text(vals.iter().map(|s| s.to_string()).collect()),
             };
             if name == &opts.size_factor_key {
                 match &col {
-                    ObsColumn::Numeric(v) => {
-                        raw.library_size = Some((format!("{field}:{name}"), v.clone()))
-                    }
-                    _ => {
-                        return Err(DataError::new(
-                            &file,
-                            &format!("{field}:{name}"),
-                            "size factors must be numbers",
-                        )
-                        .into())
-                    }
+                    ObsColumn::Numeric(v) => raw.library_size = Some((format!("{field}:{name}"), v.clone())),
+                    _ => return Err(DataError::new(&file, &format!("{field}:{name}"), "size factors must be numbers").into()),
                 }
             }
             table.columns.push((name.clone(), col));

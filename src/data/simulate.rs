@@ -37,9 +37,7 @@ const ATSE_THETA: f64 = 2.0;
 /// ATSE size distribution for sizes 1..=7 (mostly 2–3, a few single-junction ATSEs as in real data).
 const ATSE_SIZE_WEIGHTS: [f64; 7] = [0.08, 0.45, 0.22, 0.11, 0.07, 0.04, 0.03];
 
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum SimSize {
     /// ≈ 200 cells × 100 genes × 300 junctions.
     Toy,
@@ -133,24 +131,16 @@ impl SimConfig {
         if self.n_cell_types == 0 || self.n_batches == 0 {
             bail!("simulate: n_cell_types and n_batches must be positive");
         }
-        if self.n_cells > u32::MAX as usize
-            || self.n_junctions > u32::MAX as usize
-            || self.n_genes > u32::MAX as usize
+        if self.n_cells > u32::MAX as usize || self.n_junctions > u32::MAX as usize || self.n_genes > u32::MAX as usize
         {
             bail!("simulate: dimensions must fit in u32");
         }
         if !(self.target_unobserved > 0.0 && self.target_unobserved < 1.0) {
-            bail!(
-                "simulate: target_unobserved must be in (0, 1), got {}",
-                self.target_unobserved
-            );
+            bail!("simulate: target_unobserved must be in (0, 1), got {}", self.target_unobserved);
         }
         for (name, v) in [
             ("de_gene_fraction", self.de_gene_fraction),
-            (
-                "type_specific_splicing_fraction",
-                self.type_specific_splicing_fraction,
-            ),
+            ("type_specific_splicing_fraction", self.type_specific_splicing_fraction),
             ("ds_atse_fraction", self.ds_atse_fraction),
         ] {
             if !(0.0..=1.0).contains(&v) {
@@ -201,10 +191,7 @@ impl GroundTruth {
     }
     /// The pair of subtypes compared for `planted_ds_by_type[t]`.
     pub fn planted_pair(&self, t: usize) -> (&str, &str) {
-        (
-            &self.subtype_names[SUBTYPES_PER_TYPE * t],
-            &self.subtype_names[SUBTYPES_PER_TYPE * t + 1],
-        )
+        (&self.subtype_names[SUBTYPES_PER_TYPE * t], &self.subtype_names[SUBTYPES_PER_TYPE * t + 1])
     }
 }
 
@@ -274,9 +261,7 @@ fn sample_nb(rng: &mut impl Rng, mu: f64, theta: f64) -> u32 {
         }
         k
     } else {
-        let lam = Gamma::new(theta, mu / theta)
-            .expect("valid gamma")
-            .sample(rng);
+        let lam = Gamma::new(theta, mu / theta).expect("valid gamma").sample(rng);
         if lam <= 0.0 {
             return 0;
         }
@@ -297,30 +282,17 @@ impl SimModel {
         let cfg = cfg.clone();
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         rng.set_stream(0);
-        let (g_n, j_n, t_n, b_n) = (
-            cfg.n_genes,
-            cfg.n_junctions,
-            cfg.n_cell_types,
-            cfg.n_batches,
-        );
+        let (g_n, j_n, t_n, b_n) = (cfg.n_genes, cfg.n_junctions, cfg.n_cell_types, cfg.n_batches);
         let s_n = cfg.n_subtypes();
 
         // ---- genes
         let gw = pad_width(g_n);
         let gene_names: Vec<String> = (0..g_n).map(|g| format!("gene_{g:0gw$}")).collect();
         let gene_ids: Vec<String> = (0..g_n).map(|g| format!("SIMG{g:08}")).collect();
-        let transcript_length: Vec<f64> = (0..g_n)
-            .map(|_| {
-                (2500f64.ln() + 0.5 * normal(&mut rng))
-                    .exp()
-                    .round()
-                    .max(200.0)
-            })
-            .collect();
+        let transcript_length: Vec<f64> =
+            (0..g_n).map(|_| (2500f64.ln() + 0.5 * normal(&mut rng)).exp().round().max(200.0)).collect();
         let base: Vec<f64> = (0..g_n).map(|_| (1.2 * normal(&mut rng)).exp()).collect();
-        let theta: Vec<f64> = (0..g_n)
-            .map(|_| (2f64.ln() + 0.5 * normal(&mut rng)).exp())
-            .collect();
+        let theta: Vec<f64> = (0..g_n).map(|_| (2f64.ln() + 0.5 * normal(&mut rng)).exp()).collect();
         let mut de_lfc = vec![0f32; t_n * g_n];
         let mut de_gene = vec![false; g_n];
         for g in 0..g_n {
@@ -332,16 +304,13 @@ impl SimModel {
                 de_gene[g] = t_n > 1;
             }
         }
-        let batch_factor: Vec<f64> = (0..b_n * g_n)
-            .map(|_| (cfg.batch_gene_log_sd * normal(&mut rng)).exp())
-            .collect();
+        let batch_factor: Vec<f64> = (0..b_n * g_n).map(|_| (cfg.batch_gene_log_sd * normal(&mut rng)).exp()).collect();
         let mut rate = vec![0f64; t_n * b_n * g_n];
         for t in 0..t_n {
             for b in 0..b_n {
                 let row = &mut rate[(t * b_n + b) * g_n..(t * b_n + b + 1) * g_n];
                 for g in 0..g_n {
-                    row[g] =
-                        base[g] * (de_lfc[t * g_n + g] as f64).exp() * batch_factor[b * g_n + g];
+                    row[g] = base[g] * (de_lfc[t * g_n + g] as f64).exp() * batch_factor[b * g_n + g];
                 }
                 let s: f64 = row.iter().sum();
                 row.iter_mut().for_each(|x| *x /= s);
@@ -387,8 +356,7 @@ impl SimModel {
             let g = genes_of[a] as usize;
             let own = (0.8 * normal(&mut rng)).exp();
             for t in 0..t_n {
-                atse_abund[t * a_n + a] =
-                    (base[g] / mean_base).sqrt() * (0.5 * de_lfc[t * g_n + g] as f64).exp() * own;
+                atse_abund[t * a_n + a] = (base[g] / mean_base).sqrt() * (0.5 * de_lfc[t * g_n + g] as f64).exp() * own;
             }
             conc[a] = (15f64.ln() + 0.5 * normal(&mut rng)).exp();
         }
@@ -420,11 +388,7 @@ impl SimModel {
                     if j2 >= j1 {
                         j2 += 1;
                     }
-                    (
-                        j1,
-                        j2,
-                        rng.gen_range(cfg.ds_shift_range.0..=cfg.ds_shift_range.1),
-                    )
+                    (j1, j2, rng.gen_range(cfg.ds_shift_range.0..=cfg.ds_shift_range.1))
                 } else {
                     (0, 0, 0.0)
                 };
@@ -447,13 +411,7 @@ impl SimModel {
 
         let cell_type_names: Vec<String> = (0..t_n).map(|t| format!("T{t}")).collect();
         let subtype_names: Vec<String> = (0..s_n)
-            .map(|s| {
-                format!(
-                    "T{}_{}",
-                    s / SUBTYPES_PER_TYPE,
-                    (b'a' + (s % SUBTYPES_PER_TYPE) as u8) as char
-                )
-            })
+            .map(|s| format!("T{}_{}", s / SUBTYPES_PER_TYPE, (b'a' + (s % SUBTYPES_PER_TYPE) as u8) as char))
             .collect();
         let batch_names: Vec<String> = (0..b_n).map(|b| format!("batch{b}")).collect();
         let mut true_psi = vec![0f32; j_n * s_n];
@@ -462,9 +420,7 @@ impl SimModel {
                 true_psi[j * s_n + s] = psi[s * j_n + j] as f32;
             }
         }
-        let planted_ds: Vec<bool> = (0..j_n)
-            .map(|j| planted_by_type.iter().any(|v| v[j]))
-            .collect();
+        let planted_ds: Vec<bool> = (0..j_n).map(|j| planted_by_type.iter().any(|v| v[j])).collect();
 
         let mut model = SimModel {
             cfg,
@@ -512,13 +468,9 @@ impl SimModel {
         let a_n = self.n_atse();
         let stride = a_n.div_ceil(2048).max(1);
         let atses: Vec<usize> = (0..a_n).step_by(stride).collect();
-        let junctions: f64 = atses
-            .iter()
-            .map(|&a| (self.atse_start[a + 1] - self.atse_start[a]) as f64)
-            .sum();
+        let junctions: f64 = atses.iter().map(|&a| (self.atse_start[a + 1] - self.atse_start[a]) as f64).sum();
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_CA1B);
-        let depth_sd =
-            ((0.5 * cfg.library_log_sd).powi(2) + cfg.splicing_depth_log_sd.powi(2)).sqrt();
+        let depth_sd = ((0.5 * cfg.library_log_sd).powi(2) + cfg.splicing_depth_log_sd.powi(2)).sqrt();
         let noise: Vec<f64> = (0..64).map(|_| depth_sd * normal(&mut rng)).collect();
         let observed = |d: f64| -> f64 {
             let mut tot = 0.0;
@@ -587,8 +539,7 @@ impl SimModel {
 
             // splicing
             let z = self.truth.depth_scale
-                * (shift + 0.5 * cfg.library_log_sd * e_lib + cfg.splicing_depth_log_sd * e_depth)
-                    .exp();
+                * (shift + 0.5 * cfg.library_log_sd * e_lib + cfg.splicing_depth_log_sd * e_depth).exp();
             let abund = &self.atse_abund[t * a_n..(t + 1) * a_n];
             let psi_s = &self.psi[s * j_n..(s + 1) * j_n];
             for a in 0..a_n {
@@ -605,11 +556,7 @@ impl SimModel {
                     gam.clear();
                     for j in lo..hi {
                         let alpha = (self.conc[a] * psi_s[j]).max(1e-3);
-                        gam.push(
-                            Gamma::new(alpha, 1.0)
-                                .expect("valid gamma")
-                                .sample(&mut rng),
-                        );
+                        gam.push(Gamma::new(alpha, 1.0).expect("valid gamma").sample(&mut rng));
                     }
                     let mut rest: f64 = gam.iter().sum();
                     let mut remaining = n as u64;
@@ -620,9 +567,7 @@ impl SimModel {
                             remaining
                         } else {
                             let p = (gi / rest).clamp(0.0, 1.0);
-                            Binomial::new(remaining, p)
-                                .expect("valid binomial")
-                                .sample(&mut rng)
+                            Binomial::new(remaining, p).expect("valid binomial").sample(&mut rng)
                         };
                         kbuf.push(ki as u32);
                         remaining -= ki;
@@ -650,9 +595,7 @@ impl SimModel {
 
     pub fn cell_names(&self) -> Vec<String> {
         let w = pad_width(self.cfg.n_cells);
-        (0..self.cfg.n_cells)
-            .map(|i| format!("cell_{i:0w$}"))
-            .collect()
+        (0..self.cfg.n_cells).map(|i| format!("cell_{i:0w$}")).collect()
     }
 
     /// Splicing var table, rna var table, uns entries and varm for the file (everything not per cell).
@@ -663,33 +606,18 @@ impl SimModel {
             ("gene_id".into(), ObsColumn::Text(self.gene_ids.clone())),
             (
                 "modality".into(),
-                ObsColumn::Categorical {
-                    codes: vec![0; g_n],
-                    categories: vec!["Gene_Expression".into()],
-                },
+                ObsColumn::Categorical { codes: vec![0; g_n], categories: vec!["Gene_Expression".into()] },
             ),
-            (
-                "mean_transcript_length".into(),
-                ObsColumn::Numeric(self.transcript_length.clone()),
-            ),
+            ("mean_transcript_length".into(), ObsColumn::Numeric(self.transcript_length.clone())),
             ("de_gene".into(), ObsColumn::Bool(t.de_gene.clone())),
         ];
         for (ti, name) in t.cell_type_names.iter().enumerate() {
             rna_cols.push((
                 format!("true_lfc_{name}"),
-                ObsColumn::Numeric(
-                    t.de_lfc[ti * g_n..(ti + 1) * g_n]
-                        .iter()
-                        .map(|&x| x as f64)
-                        .collect(),
-                ),
+                ObsColumn::Numeric(t.de_lfc[ti * g_n..(ti + 1) * g_n].iter().map(|&x| x as f64).collect()),
             ));
         }
-        let rna = VarTable {
-            names: self.gene_names.clone(),
-            columns: rna_cols,
-            varm: vec![],
-        };
+        let rna = VarTable { names: self.gene_names.clone(), columns: rna_cols, varm: vec![] };
 
         let j_n = self.cfg.n_junctions;
         let mut event = Vec::with_capacity(j_n);
@@ -702,25 +630,13 @@ impl SimModel {
         }
         let mut spl_cols: Vec<(String, ObsColumn)> = vec![
             ("event_id".into(), ObsColumn::Text(event)),
-            (
-                "junction_id".into(),
-                ObsColumn::Text(self.junction_names.clone()),
-            ),
+            ("junction_id".into(), ObsColumn::Text(self.junction_names.clone())),
             ("gene_name".into(), ObsColumn::Text(gene)),
-            (
-                "modality".into(),
-                ObsColumn::Categorical {
-                    codes: vec![0; j_n],
-                    categories: vec!["Splicing".into()],
-                },
-            ),
+            ("modality".into(), ObsColumn::Categorical { codes: vec![0; j_n], categories: vec!["Splicing".into()] }),
             ("planted_ds".into(), ObsColumn::Bool(t.planted_ds.clone())),
         ];
         for (ti, name) in t.cell_type_names.iter().enumerate() {
-            spl_cols.push((
-                format!("planted_ds_{name}"),
-                ObsColumn::Bool(t.planted_ds_by_type[ti].clone()),
-            ));
+            spl_cols.push((format!("planted_ds_{name}"), ObsColumn::Bool(t.planted_ds_by_type[ti].clone())));
         }
         let spl = VarTable {
             names: self.junction_names.clone(),
@@ -736,64 +652,35 @@ impl SimModel {
             .collect();
         let c = &self.cfg;
         let uns = vec![
-            (
-                "subtype_names".into(),
-                UnsValue::Strings(t.subtype_names.clone()),
-            ),
-            (
-                "cell_type_names".into(),
-                UnsValue::Strings(t.cell_type_names.clone()),
-            ),
+            ("subtype_names".into(), UnsValue::Strings(t.subtype_names.clone())),
+            ("cell_type_names".into(), UnsValue::Strings(t.cell_type_names.clone())),
             ("planted_pairs".into(), UnsValue::Strings(pairs)),
             (
                 "simulation".into(),
                 UnsValue::Dict(vec![
-                    (
-                        "generator".into(),
-                        UnsValue::String("splicevi simulate".into()),
-                    ),
+                    ("generator".into(), UnsValue::String("splicevi simulate".into())),
                     ("seed".into(), UnsValue::Int(c.seed as i64)),
                     ("n_cell_types".into(), UnsValue::Int(c.n_cell_types as i64)),
                     ("n_batches".into(), UnsValue::Int(c.n_batches as i64)),
                     ("n_atse".into(), UnsValue::Int(self.n_atse() as i64)),
-                    (
-                        "target_unobserved".into(),
-                        UnsValue::Float(c.target_unobserved),
-                    ),
+                    ("target_unobserved".into(), UnsValue::Float(c.target_unobserved)),
                     ("depth_scale".into(), UnsValue::Float(t.depth_scale)),
-                    (
-                        "ds_atse_fraction".into(),
-                        UnsValue::Float(c.ds_atse_fraction),
-                    ),
-                    (
-                        "de_gene_fraction".into(),
-                        UnsValue::Float(c.de_gene_fraction),
-                    ),
-                    (
-                        "config_json".into(),
-                        UnsValue::String(serde_json::to_string(c).unwrap_or_default()),
-                    ),
+                    ("ds_atse_fraction".into(), UnsValue::Float(c.ds_atse_fraction)),
+                    ("de_gene_fraction".into(), UnsValue::Float(c.de_gene_fraction)),
+                    ("config_json".into(), UnsValue::String(serde_json::to_string(c).unwrap_or_default())),
                 ]),
             ),
         ];
         (rna, spl, uns)
     }
 
-    fn obs_columns(
-        &self,
-        subtype: &[u32],
-        batch: &[u32],
-        library: &[f32],
-    ) -> Vec<(String, ObsColumn)> {
+    fn obs_columns(&self, subtype: &[u32], batch: &[u32], library: &[f32]) -> Vec<(String, ObsColumn)> {
         let t = &self.truth;
         vec![
             (
                 "cell_type".into(),
                 ObsColumn::Categorical {
-                    codes: subtype
-                        .iter()
-                        .map(|&s| (s as usize / SUBTYPES_PER_TYPE) as i32)
-                        .collect(),
+                    codes: subtype.iter().map(|&s| (s as usize / SUBTYPES_PER_TYPE) as i32).collect(),
                     categories: t.cell_type_names.clone(),
                 },
             ),
@@ -811,10 +698,7 @@ impl SimModel {
                     categories: t.batch_names.clone(),
                 },
             ),
-            (
-                "library_size".into(),
-                ObsColumn::Numeric(library.iter().map(|&x| x as f64).collect()),
-            ),
+            ("library_size".into(), ObsColumn::Numeric(library.iter().map(|&x| x as f64).collect())),
         ]
     }
 }
@@ -835,15 +719,8 @@ pub struct SimSummary {
 /// (what loading the file with `--batch-key batch` gives).
 pub fn simulate(cfg: &SimConfig) -> anyhow::Result<(Dataset, GroundTruth)> {
     let model = SimModel::new(cfg)?;
-    let blocks: Vec<CellBlock> = (0..model.n_blocks())
-        .into_par_iter()
-        .map(|b| model.generate_block(b))
-        .collect();
-    Ok(assemble(
-        &model,
-        blocks,
-        format!("simulate(n_cells={}, seed={})", cfg.n_cells, cfg.seed),
-    ))
+    let blocks: Vec<CellBlock> = (0..model.n_blocks()).into_par_iter().map(|b| model.generate_block(b)).collect();
+    Ok(assemble(&model, blocks, format!("simulate(n_cells={}, seed={})", cfg.n_cells, cfg.seed)))
 }
 
 fn assemble(model: &SimModel, blocks: Vec<CellBlock>, source: String) -> (Dataset, GroundTruth) {
@@ -878,13 +755,11 @@ fn assemble(model: &SimModel, blocks: Vec<CellBlock>, source: String) -> (Datase
     let mut library = Vec::with_capacity(n_cells);
     for blk in blocks {
         let eo = expr.indices.len();
-        expr.indptr
-            .extend(blk.expr_indptr[1..].iter().map(|&p| p + eo));
+        expr.indptr.extend(blk.expr_indptr[1..].iter().map(|&p| p + eo));
         expr.indices.extend_from_slice(&blk.expr_indices);
         expr.values.extend_from_slice(&blk.expr_values);
         let so = spl.junction.len();
-        spl.indptr
-            .extend(blk.spl_indptr[1..].iter().map(|&p| p + so));
+        spl.indptr.extend(blk.spl_indptr[1..].iter().map(|&p| p + so));
         spl.junction.extend_from_slice(&blk.spl_junction);
         spl.k.extend_from_slice(&blk.k);
         spl.n.extend_from_slice(&blk.n);
@@ -893,30 +768,17 @@ fn assemble(model: &SimModel, blocks: Vec<CellBlock>, source: String) -> (Datase
         truth.batch.extend_from_slice(&blk.batch);
         library.extend_from_slice(&blk.library_size);
     }
-    truth.cell_type = truth
-        .subtype
-        .iter()
-        .map(|&s| s / SUBTYPES_PER_TYPE as u32)
-        .collect();
+    truth.cell_type = truth.subtype.iter().map(|&s| s / SUBTYPES_PER_TYPE as u32).collect();
     for a in 0..model.n_atse() {
         for _ in model.atse_start[a]..model.atse_start[a + 1] {
             spl.junc2atse.push(a as u32);
-            spl.gene_names
-                .push(model.gene_names[model.atse_gene[a] as usize].clone());
+            spl.gene_names.push(model.gene_names[model.atse_gene[a] as usize].clone());
         }
     }
     let obs = model.obs_columns(&truth.subtype, &truth.batch, &library);
     let covariates = Covariates {
-        batch: Categorical {
-            name: "batch".into(),
-            codes: truth.batch.clone(),
-            levels: truth.batch_names.clone(),
-        },
-        labels: Categorical {
-            name: "labels".into(),
-            codes: vec![0; n_cells],
-            levels: vec!["0".into()],
-        },
+        batch: Categorical { name: "batch".into(), codes: truth.batch.clone(), levels: truth.batch_names.clone() },
+        labels: Categorical { name: "labels".into(), codes: vec![0; n_cells], levels: vec!["0".into()] },
         ..Default::default()
     };
     let ds = Dataset {
@@ -941,12 +803,7 @@ pub fn file_extras(cfg: &SimConfig) -> anyhow::Result<FileExtras> {
 }
 
 /// Write an in-memory simulation (from [`simulate`]) to `path`, identical to [`simulate_to_file`].
-pub fn write_simulated(
-    path: &Path,
-    cfg: &SimConfig,
-    ds: &Dataset,
-    compression: Compression,
-) -> anyhow::Result<()> {
+pub fn write_simulated(path: &Path, cfg: &SimConfig, ds: &Dataset, compression: Compression) -> anyhow::Result<()> {
     let (rna, spl, uns) = file_extras(cfg)?;
     h5write::write_h5mu(path, ds, Some(&rna), Some(&spl), &uns, compression)
 }
@@ -976,23 +833,13 @@ pub fn simulate_to_file(
     let gen_wave = |w: usize| -> Vec<CellBlock> {
         let lo = w * wave;
         let hi = ((w + 1) * wave).min(n_blocks);
-        (lo..hi)
-            .into_par_iter()
-            .map(|b| model.generate_block(b))
-            .collect()
+        (lo..hi).into_par_iter().map(|b| model.generate_block(b)).collect()
     };
     let n_waves = n_blocks.div_ceil(wave);
     crate::util::write_atomic(path, |tmp| {
-        let mut w = h5write::SpliceviWriter::create(
-            tmp,
-            cfg.n_cells,
-            cfg.n_genes,
-            cfg.n_junctions,
-            true,
-            true,
-            compression,
-        )
-        .with_context(|| format!("creating {}", path.display()))?;
+        let mut w =
+            h5write::SpliceviWriter::create(tmp, cfg.n_cells, cfg.n_genes, cfg.n_junctions, true, true, compression)
+                .with_context(|| format!("creating {}", path.display()))?;
         let mut current = gen_wave(0);
         for wi in 0..n_waves {
             // Write wave wi on this thread while the pool generates wave wi + 1.
@@ -1003,13 +850,7 @@ pub fn simulate_to_file(
                     }
                     Ok(())
                 },
-                || {
-                    if wi + 1 < n_waves {
-                        gen_wave(wi + 1)
-                    } else {
-                        Vec::new()
-                    }
-                },
+                || if wi + 1 < n_waves { gen_wave(wi + 1) } else { Vec::new() },
             );
             res?;
             for blk in &current {
@@ -1019,17 +860,10 @@ pub fn simulate_to_file(
                 truth.batch.extend_from_slice(&blk.batch);
                 library.extend_from_slice(&blk.library_size);
             }
-            progress(
-                (((wi + 1) * wave).min(n_blocks) * BLOCK_CELLS).min(cfg.n_cells),
-                cfg.n_cells,
-            );
+            progress((((wi + 1) * wave).min(n_blocks) * BLOCK_CELLS).min(cfg.n_cells), cfg.n_cells);
             current = next;
         }
-        truth.cell_type = truth
-            .subtype
-            .iter()
-            .map(|&s| s / SUBTYPES_PER_TYPE as u32)
-            .collect();
+        truth.cell_type = truth.subtype.iter().map(|&s| s / SUBTYPES_PER_TYPE as u32).collect();
         let (rna, spl, uns) = model.file_tables();
         let meta = FileMeta {
             cell_names: model.cell_names(),

@@ -30,13 +30,7 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        SplitConfig {
-            train_size: None,
-            validation_size: None,
-            batch_size: 128,
-            drop_last: false,
-            shuffle: true,
-        }
+        SplitConfig { train_size: None, validation_size: None, batch_size: 128, drop_last: false, shuffle: true }
     }
 }
 
@@ -63,13 +57,8 @@ pub fn split_sizes(n: usize, cfg: &SplitConfig) -> Result<(usize, usize, usize)>
     let mut n_train = (train_size * n as f64).ceil() as usize;
     let mut n_val = match cfg.validation_size {
         None => n - n_train.min(n),
-        Some(v) if !(0.0..1.0).contains(&v) => {
-            bail!("invalid validation_size {v}: must be 0 <= validation_size < 1")
-        }
-        Some(v) if train_size + v > 1.0 => bail!(
-            "train_size + validation_size = {} exceeds 1",
-            train_size + v
-        ),
+        Some(v) if !(0.0..1.0).contains(&v) => bail!("invalid validation_size {v}: must be 0 <= validation_size < 1"),
+        Some(v) if train_size + v > 1.0 => bail!("train_size + validation_size = {} exceeds 1", train_size + v),
         Some(v) => (n as f64 * v).floor() as usize,
     };
     if n_train == 0 {
@@ -92,9 +81,7 @@ pub fn train_validation_split(n: usize, cfg: &SplitConfig, seed: u64) -> Result<
     let (n_train, n_val, moved) = split_sizes(n, cfg)?;
     let perm = if cfg.shuffle {
         let s = u32::try_from(seed).map_err(|_| {
-            anyhow::anyhow!(
-                "split seed {seed} must be below 2^32 (numpy RandomState seeds are 32-bit)"
-            )
+            anyhow::anyhow!("split seed {seed} must be below 2^32 (numpy RandomState seeds are 32-bit)")
         })?;
         numpy_permutation(n, s)
     } else {
@@ -120,9 +107,7 @@ impl Mt19937 {
         let mut mt = [0u32; 624];
         mt[0] = seed;
         for i in 1..624 {
-            mt[i] = 1812433253u32
-                .wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30))
-                .wrapping_add(i as u32);
+            mt[i] = 1812433253u32.wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30)).wrapping_add(i as u32);
         }
         Mt19937 { mt, idx: 624 }
     }
@@ -210,11 +195,7 @@ impl Minibatches {
         if batch_size == 0 {
             bail!("batch_size must be positive");
         }
-        Ok(Minibatches {
-            indices,
-            batch_size,
-            seed,
-        })
+        Ok(Minibatches { indices, batch_size, seed })
     }
 
     pub fn n_cells(&self) -> usize {
@@ -242,10 +223,7 @@ impl Minibatches {
 
     /// The minibatches of `epoch` (the last may be smaller).
     pub fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
-        self.epoch_order(epoch)
-            .chunks(self.batch_size)
-            .map(|c| c.to_vec())
-            .collect()
+        self.epoch_order(epoch).chunks(self.batch_size).map(|c| c.to_vec()).collect()
     }
 }
 
@@ -273,49 +251,22 @@ mod tests {
 
     #[test]
     fn sizes_follow_the_rule() {
-        let c = SplitConfig {
-            batch_size: 128,
-            ..Default::default()
-        };
+        let c = SplitConfig { batch_size: 128, ..Default::default() };
         assert_eq!(split_sizes(100, &c).unwrap(), (90, 10, 0));
         // 0.55 * 100 is 55.00000000000001 in f64 (as in Python), so ceil gives 56.
-        let t = SplitConfig {
-            train_size: Some(0.55),
-            ..c.clone()
-        };
+        let t = SplitConfig { train_size: Some(0.55), ..c.clone() };
         assert_eq!(split_sizes(100, &t).unwrap(), (56, 44, 0));
         // 0.9 * 1000 = 900 → 900 % 128 = 4: nothing moved.
         assert_eq!(split_sizes(1000, &c).unwrap(), (900, 100, 0));
         // 0.9 * 2000 = 1800 → 1800 % 128 = 8; N = 1424 → 1282 % 128 = 2 → moved.
         assert_eq!(split_sizes(1424, &c).unwrap(), (1280, 144, 2));
         // explicit train_size: only a warning in the original, nothing moved.
-        let e = SplitConfig {
-            train_size: Some(0.9),
-            ..c.clone()
-        };
+        let e = SplitConfig { train_size: Some(0.9), ..c.clone() };
         assert_eq!(split_sizes(1424, &e).unwrap(), (1282, 142, 0));
         // drop_last: nothing moved.
-        let d = SplitConfig {
-            drop_last: true,
-            ..c.clone()
-        };
+        let d = SplitConfig { drop_last: true, ..c.clone() };
         assert_eq!(split_sizes(1424, &d).unwrap(), (1282, 142, 0));
-        assert!(split_sizes(
-            10,
-            &SplitConfig {
-                train_size: Some(0.0),
-                ..c.clone()
-            }
-        )
-        .is_err());
-        assert!(split_sizes(
-            10,
-            &SplitConfig {
-                validation_size: Some(0.5),
-                train_size: Some(0.9),
-                ..c
-            }
-        )
-        .is_err());
+        assert!(split_sizes(10, &SplitConfig { train_size: Some(0.0), ..c.clone() }).is_err());
+        assert!(split_sizes(10, &SplitConfig { validation_size: Some(0.5), train_size: Some(0.9), ..c }).is_err());
     }
 }

@@ -66,24 +66,14 @@ impl std::error::Error for DataError {}
 
 impl DataError {
     pub fn new(file: &str, field: &str, message: impl Into<String>) -> Self {
-        DataError {
-            file: file.to_string(),
-            field: field.to_string(),
-            cell: None,
-            feature: None,
-            message: message.into(),
-        }
+        DataError { file: file.to_string(), field: field.to_string(), cell: None, feature: None, message: message.into() }
     }
     pub fn cell(mut self, index: usize, names: &[String]) -> Self {
         self.cell = Some((index, name_at(names, index)));
         self
     }
     pub fn feature(mut self, kind: &'static str, index: usize, names: &[String]) -> Self {
-        self.feature = Some(Feature {
-            kind,
-            index,
-            name: name_at(names, index),
-        });
+        self.feature = Some(Feature { kind, index, name: name_at(names, index) });
         self
     }
 }
@@ -106,12 +96,7 @@ pub struct ValueRule {
 
 impl ValueRule {
     pub const fn counts(integer: bool) -> Self {
-        ValueRule {
-            what: "count",
-            integer,
-            max: None,
-            integer_hint: "",
-        }
+        ValueRule { what: "count", integer, max: None, integer_hint: "" }
     }
     pub const fn expression(integer: bool) -> Self {
         ValueRule {
@@ -122,24 +107,9 @@ impl ValueRule {
                            CLI --require-integer-expression=false, if the expression likelihood does not)",
         }
     }
-    pub const PSI: ValueRule = ValueRule {
-        what: "junc_ratio",
-        integer: false,
-        max: Some(1.0),
-        integer_hint: "",
-    };
-    pub const MASK: ValueRule = ValueRule {
-        what: "psi_mask",
-        integer: true,
-        max: Some(1.0),
-        integer_hint: "",
-    };
-    pub const SIZE_FACTOR: ValueRule = ValueRule {
-        what: "size factor",
-        integer: false,
-        max: None,
-        integer_hint: "",
-    };
+    pub const PSI: ValueRule = ValueRule { what: "junc_ratio", integer: false, max: Some(1.0), integer_hint: "" };
+    pub const MASK: ValueRule = ValueRule { what: "psi_mask", integer: true, max: Some(1.0), integer_hint: "" };
+    pub const SIZE_FACTOR: ValueRule = ValueRule { what: "size factor", integer: false, max: None, integer_hint: "" };
 
     /// `None` when `v` is allowed, else a description of the problem.
     pub fn problem(&self, v: f64) -> Option<String> {
@@ -151,9 +121,7 @@ impl ValueRule {
         } else if self.integer && v.fract() != 0.0 {
             Some(format!("{w} {v} is not an integer{}", self.integer_hint))
         } else {
-            self.max
-                .filter(|&m| v > m)
-                .map(|m| format!("{w} {v} is greater than {m}"))
+            self.max.filter(|&m| v > m).map(|m| format!("{w} {v} is greater than {m}"))
         }
     }
     #[inline]
@@ -183,10 +151,7 @@ pub struct ValueTracker {
 
 impl ValueTracker {
     pub fn new(rule: ValueRule) -> Self {
-        ValueTracker {
-            rule,
-            first_bad: None,
-        }
+        ValueTracker { rule, first_bad: None }
     }
     /// True when `v` is allowed; otherwise records it and returns false.
     #[inline]
@@ -214,13 +179,9 @@ impl ValueTracker {
     ) -> Result<(), DataError> {
         match self.first_bad {
             None => Ok(()),
-            Some(b) => {
-                Err(
-                    DataError::new(file, field, self.rule.problem(b.value).unwrap_or_default())
-                        .cell(b.row, cells)
-                        .feature(feature_kind, b.col, features),
-                )
-            }
+            Some(b) => Err(DataError::new(file, field, self.rule.problem(b.value).unwrap_or_default())
+                .cell(b.row, cells)
+                .feature(feature_kind, b.col, features)),
         }
     }
 }
@@ -235,16 +196,9 @@ pub fn atse_index(
     field: &str,
     junction_names: &[String],
 ) -> Result<(Vec<u32>, Vec<String>), DataError> {
-    if let Some(j) = ids
-        .iter()
-        .position(|x| x.as_deref().is_none_or(str::is_empty))
-    {
-        return Err(DataError::new(
-            file,
-            field,
-            "missing ATSE id (every junction must belong to an ATSE)",
-        )
-        .feature("junction", j, junction_names));
+    if let Some(j) = ids.iter().position(|x| x.as_deref().is_none_or(str::is_empty)) {
+        return Err(DataError::new(file, field, "missing ATSE id (every junction must belong to an ATSE)")
+            .feature("junction", j, junction_names));
     }
     let mut uniq: Vec<&str> = ids.iter().map(|x| x.as_deref().unwrap()).collect();
     if numeric {
@@ -255,11 +209,8 @@ pub fn atse_index(
     }
     uniq.dedup();
     let atse_ids: Vec<String> = uniq.iter().map(|s| s.to_string()).collect();
-    let lookup: std::collections::HashMap<&str, u32> = atse_ids
-        .iter()
-        .enumerate()
-        .map(|(a, s)| (s.as_str(), a as u32))
-        .collect();
+    let lookup: std::collections::HashMap<&str, u32> =
+        atse_ids.iter().enumerate().map(|(a, s)| (s.as_str(), a as u32)).collect();
     let junc2atse = ids.iter().map(|x| lookup[x.as_deref().unwrap()]).collect();
     Ok((junc2atse, atse_ids))
 }
@@ -286,13 +237,7 @@ pub fn atse_members(junc2atse: &[u32], n_atse: usize) -> (Vec<usize>, Vec<u32>) 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AtseIssue {
     /// Junction `j` has n = `n` but junction `j0` of the same ATSE has `n0`.
-    Differs {
-        j: u32,
-        n: f32,
-        j0: u32,
-        n0: f32,
-        atse: u32,
-    },
+    Differs { j: u32, n: f32, j0: u32, n0: f32, atse: u32 },
     /// Junction `j` has no entry (n = 0) while junction `j0` of its ATSE has `n0` > 0.
     Missing { j: u32, j0: u32, n0: f32, atse: u32 },
 }
@@ -311,13 +256,7 @@ pub struct AtseChecker<'a> {
 impl<'a> AtseChecker<'a> {
     pub fn new(junc2atse: &'a [u32], n_atse: usize) -> Self {
         let (members_ptr, members) = atse_members(junc2atse, n_atse);
-        AtseChecker {
-            junc2atse,
-            members_ptr,
-            members,
-            seen: vec![(0, 0.0, 0); n_atse],
-            touched: Vec::new(),
-        }
+        AtseChecker { junc2atse, members_ptr, members, seen: vec![(0, 0.0, 0); n_atse], touched: Vec::new() }
     }
 
     pub fn atse_size(&self, a: usize) -> usize {
@@ -340,13 +279,7 @@ impl<'a> AtseChecker<'a> {
             } else {
                 s.2 += 1;
                 if n != s.1 && issue.is_none() {
-                    issue = Some(AtseIssue::Differs {
-                        j,
-                        n,
-                        j0: s.0,
-                        n0: s.1,
-                        atse: a,
-                    });
+                    issue = Some(AtseIssue::Differs { j, n, j0: s.0, n0: s.1, atse: a });
                 }
             }
         }
@@ -358,22 +291,10 @@ impl<'a> AtseChecker<'a> {
         for &a in &self.touched {
             let s = self.seen[a as usize];
             if (s.2 as usize) < self.atse_size(a as usize) {
-                let m =
-                    &self.members[self.members_ptr[a as usize]..self.members_ptr[a as usize + 1]];
-                let j = *m
-                    .iter()
-                    .find(|&&j| cols.binary_search(&j).is_err())
-                    .expect("a member is missing");
-                if first_missing
-                    .as_ref()
-                    .is_none_or(|f| matches!(f, AtseIssue::Missing { j: fj, .. } if j < *fj))
-                {
-                    first_missing = Some(AtseIssue::Missing {
-                        j,
-                        j0: s.0,
-                        n0: s.1,
-                        atse: a,
-                    });
+                let m = &self.members[self.members_ptr[a as usize]..self.members_ptr[a as usize + 1]];
+                let j = *m.iter().find(|&&j| cols.binary_search(&j).is_err()).expect("a member is missing");
+                if first_missing.as_ref().is_none_or(|f| matches!(f, AtseIssue::Missing { j: fj, .. } if j < *fj)) {
+                    first_missing = Some(AtseIssue::Missing { j, j0: s.0, n0: s.1, atse: a });
                 }
             }
         }
@@ -389,12 +310,7 @@ pub trait RowSource {
     /// row `r0` (zeros dropped, columns ascending). A value breaking the layer's [`ValueRule`] is an error
     /// naming the first offender of the block in row-major order (blocks come in row order, so it is the
     /// first in the file).
-    fn block(
-        &mut self,
-        r0: usize,
-        cells: &[String],
-        junctions: &[String],
-    ) -> anyhow::Result<Csr<f32>>;
+    fn block(&mut self, r0: usize, cells: &[String], junctions: &[String]) -> anyhow::Result<Csr<f32>>;
     /// Stored entries of a sparse source (an upper bound of the non-zeros: explicit zeros are dropped when
     /// read); `None` for dense storage, whose size says nothing about the non-zeros.
     fn nnz_hint(&self) -> Option<usize>;
@@ -411,13 +327,7 @@ pub enum Layer {
 impl std::fmt::Debug for Layer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Layer::Whole(m) => write!(
-                f,
-                "Layer::Whole({} × {}, {} entries)",
-                m.n_rows,
-                m.n_cols,
-                m.nnz()
-            ),
+            Layer::Whole(m) => write!(f, "Layer::Whole({} × {}, {} entries)", m.n_rows, m.n_cols, m.nnz()),
             Layer::Rows(s) => match s.nnz_hint() {
                 Some(n) => write!(f, "Layer::Rows(≤ {n} entries)"),
                 None => write!(f, "Layer::Rows(dense)"),
@@ -444,41 +354,24 @@ struct RowCursor<'a> {
 
 impl<'a> RowCursor<'a> {
     fn new(layer: &'a mut Layer) -> Self {
-        RowCursor {
-            layer,
-            block: Csr::empty(0, 0),
-            r0: 0,
-        }
+        RowCursor { layer, block: Csr::empty(0, 0), r0: 0 }
     }
     /// The matrix holding row `i` and the row's index in it (reads the next block when `i` is past it).
-    fn at(
-        &mut self,
-        i: usize,
-        cells: &[String],
-        junctions: &[String],
-    ) -> anyhow::Result<(&Csr<f32>, usize)> {
+    fn at(&mut self, i: usize, cells: &[String], junctions: &[String]) -> anyhow::Result<(&Csr<f32>, usize)> {
         match self.layer {
             Layer::Whole(m) => Ok((m, i)),
             Layer::Rows(src) => {
                 if i < self.r0 || i >= self.r0 + self.block.n_rows {
                     self.block = src.block(i, cells, junctions)?;
                     self.r0 = i;
-                    anyhow::ensure!(
-                        self.block.n_rows > 0,
-                        "a row source returned no rows at row {i}"
-                    );
+                    anyhow::ensure!(self.block.n_rows > 0, "a row source returned no rows at row {i}");
                 }
                 Ok((&self.block, i - self.r0))
             }
         }
     }
     /// Columns and values of row `i`; rows must be asked for in increasing order.
-    fn row(
-        &mut self,
-        i: usize,
-        cells: &[String],
-        junctions: &[String],
-    ) -> anyhow::Result<(&[u32], &[f32])> {
+    fn row(&mut self, i: usize, cells: &[String], junctions: &[String]) -> anyhow::Result<(&[u32], &[f32])> {
         let (m, r) = self.at(i, cells, junctions)?;
         Ok(m.row(r))
     }
@@ -509,11 +402,7 @@ pub struct SplicingInput<'a> {
 }
 
 /// Walk two sorted column lists together, calling `f(j, a_pos, b_pos)` for every column in either.
-fn merge_cols(
-    a: &[u32],
-    b: &[u32],
-    mut f: impl FnMut(u32, Option<usize>, Option<usize>) -> Result<(), DataError>,
-) -> Result<(), DataError> {
+fn merge_cols(a: &[u32], b: &[u32], mut f: impl FnMut(u32, Option<usize>, Option<usize>) -> Result<(), DataError>) -> Result<(), DataError> {
     let (mut p, mut q) = (0, 0);
     while p < a.len() || q < b.len() {
         let ja = a.get(p).copied().unwrap_or(u32::MAX);
@@ -556,14 +445,8 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
     };
     out.indptr.push(0);
     let mask_nnz = inp.psi_mask.as_ref().and_then(|(_, m)| m.nnz_hint());
-    let mut ratio = inp
-        .junc_ratio
-        .as_mut()
-        .map(|(f, l)| (f.as_str(), RowCursor::new(l)));
-    let mut mask = inp
-        .psi_mask
-        .as_mut()
-        .map(|(f, l)| (f.as_str(), RowCursor::new(l)));
+    let mut ratio = inp.junc_ratio.as_mut().map(|(f, l)| (f.as_str(), RowCursor::new(l)));
+    let mut mask = inp.psi_mask.as_mut().map(|(f, l)| (f.as_str(), RowCursor::new(l)));
 
     match (inp.k.as_mut(), inp.n.as_ref()) {
         (Some((kf, k)), Some((nf, n))) => {
@@ -581,19 +464,13 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
                 kk.clear();
                 kk.resize(nc.len(), 0.0);
                 merge_cols(kc, nc, |j, pk, pn| match (pk, pn) {
-                    (Some(t), None) => Err(DataError::new(
-                        file,
-                        kf,
-                        format!("k = {} > 0 but n = 0 in {nf}", kv[t]),
-                    )
-                    .cell(i, cells)
-                    .feature("junction", j as usize, jn)),
+                    (Some(t), None) => Err(DataError::new(file, kf, format!("k = {} > 0 but n = 0 in {nf}", kv[t]))
+                        .cell(i, cells)
+                        .feature("junction", j as usize, jn)),
                     (Some(t), Some(p)) if kv[t] > nv[p] => {
-                        Err(
-                            DataError::new(file, kf, format!("k = {} > n = {}", kv[t], nv[p]))
-                                .cell(i, cells)
-                                .feature("junction", j as usize, jn),
-                        )
+                        Err(DataError::new(file, kf, format!("k = {} > n = {}", kv[t], nv[p]))
+                            .cell(i, cells)
+                            .feature("junction", j as usize, jn))
                     }
                     (Some(t), Some(p)) => {
                         kk[p] = kv[t];
@@ -630,24 +507,14 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
                     let rf: &str = rf;
                     let (rc, rv) = r.row(i, cells, jn)?;
                     merge_cols(rc, nc, |j, pr, pn| {
-                        let fail = |m: String| {
-                            Err(DataError::new(file, rf, m)
-                                .cell(i, cells)
-                                .feature("junction", j as usize, jn))
-                        };
+                        let fail = |m: String| Err(DataError::new(file, rf, m).cell(i, cells).feature("junction", j as usize, jn));
                         match (pr, pn) {
-                            (Some(t), None) => fail(format!(
-                                "junc_ratio = {} but n = 0 (unobserved) in {nf}",
-                                rv[t]
-                            )),
+                            (Some(t), None) => fail(format!("junc_ratio = {} but n = 0 (unobserved) in {nf}", rv[t])),
                             (pr, Some(p)) => {
                                 let rv = pr.map_or(0.0, |t| rv[t]);
                                 let want = kk[p] as f64 / nv[p] as f64;
                                 if (rv as f64 - want).abs() > PSI_TOLERANCE {
-                                    fail(format!(
-                                        "junc_ratio = {rv} but k / n = {} / {} = {want}",
-                                        kk[p], nv[p]
-                                    ))
+                                    fail(format!("junc_ratio = {rv} but k / n = {} / {} = {want}", kk[p], nv[p]))
                                 } else {
                                     psi[p] = rv;
                                     Ok(())
@@ -661,16 +528,10 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
                     let mf: &str = mf;
                     let mc = m.cols(i, cells, jn)?;
                     merge_cols(mc, nc, |j, pm, pn| {
-                        let fail = |m: String| {
-                            Err(DataError::new(file, mf, m)
-                                .cell(i, cells)
-                                .feature("junction", j as usize, jn))
-                        };
+                        let fail = |m: String| Err(DataError::new(file, mf, m).cell(i, cells).feature("junction", j as usize, jn));
                         match (pm, pn) {
                             (Some(_), None) => fail(format!("psi_mask = 1 but n = 0 in {nf}")),
-                            (None, Some(p)) => {
-                                fail(format!("psi_mask = 0 but n = {} > 0 in {nf}", nv[p]))
-                            }
+                            (None, Some(p)) => fail(format!("psi_mask = 0 but n = {} > 0 in {nf}", nv[p])),
                             _ => Ok(()),
                         }
                     })?;
@@ -693,20 +554,10 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
             out.n = nv;
         }
         (Some((kf, _)), None) => {
-            return Err(DataError::new(
-                file,
-                kf,
-                "ATSE totals n are missing: k and n must be given together",
-            )
-            .into());
+            return Err(DataError::new(file, kf, "ATSE totals n are missing: k and n must be given together").into());
         }
         (None, Some((nf, _))) => {
-            return Err(DataError::new(
-                file,
-                nf,
-                "junction counts k are missing: k and n must be given together",
-            )
-            .into());
+            return Err(DataError::new(file, nf, "junction counts k are missing: k and n must be given together").into());
         }
         (None, None) => {
             let ((rf, r), (mf, m)) = match (ratio.as_mut(), mask.as_mut()) {
@@ -752,13 +603,9 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
                 let (rc, rv) = r.row(i, cells, jn)?;
                 let mut psi = vec![0.0f32; mc.len()];
                 merge_cols(rc, mc, |j, pr, pm| match (pr, pm) {
-                    (Some(t), None) => Err(DataError::new(
-                        file,
-                        rf,
-                        format!("junc_ratio = {} but psi_mask = 0", rv[t]),
-                    )
-                    .cell(i, cells)
-                    .feature("junction", j as usize, jn)),
+                    (Some(t), None) => Err(DataError::new(file, rf, format!("junc_ratio = {} but psi_mask = 0", rv[t]))
+                        .cell(i, cells)
+                        .feature("junction", j as usize, jn)),
                     (Some(t), Some(p)) => {
                         psi[p] = rv[t];
                         Ok(())
@@ -780,11 +627,7 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
     out.junc2atse = inp.junc2atse;
     out.atse_ids = inp.atse_ids;
     out.junction_names = inp.junction_names;
-    out.gene_names = if inp.gene_names.is_empty() {
-        vec![String::new(); n_junctions]
-    } else {
-        inp.gene_names
-    };
+    out.gene_names = if inp.gene_names.is_empty() { vec![String::new(); n_junctions] } else { inp.gene_names };
     Ok(out)
 }
 
@@ -807,11 +650,7 @@ pub const ROW_BLOCK_ENTRIES: usize = 1 << 21;
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions {
-            require_integer_expression: true,
-            require_integer_splicing: true,
-            row_block_entries: ROW_BLOCK_ENTRIES,
-        }
+        CheckOptions { require_integer_expression: true, require_integer_splicing: true, row_block_entries: ROW_BLOCK_ENTRIES }
     }
 }
 
@@ -827,13 +666,7 @@ pub fn check_dataset(ds: &Dataset, opts: &CheckOptions) -> Result<(), DataError>
         if x.n_rows != nc || x.n_cols != ds.gene_names.len() || x.indptr.len() != nc + 1 {
             return Err(err(
                 "expression",
-                format!(
-                    "shape {} × {} but {} cells and {} genes",
-                    x.n_rows,
-                    x.n_cols,
-                    nc,
-                    ds.gene_names.len()
-                ),
+                format!("shape {} × {} but {} cells and {} genes", x.n_rows, x.n_cols, nc, ds.gene_names.len()),
             ));
         }
         check_csr_structure(x, file, "expression", cells, "gene", &ds.gene_names)?;
@@ -841,33 +674,18 @@ pub fn check_dataset(ds: &Dataset, opts: &CheckOptions) -> Result<(), DataError>
         for i in 0..nc {
             let (cols, vals) = x.row(i);
             if let Some(t) = vals.iter().position(|&v| !rule.ok(v as f64)) {
-                return Err(err(
-                    "expression",
-                    rule.problem(vals[t] as f64).unwrap_or_default(),
-                )
-                .cell(i, cells)
-                .feature("gene", cols[t] as usize, &ds.gene_names));
+                return Err(err("expression", rule.problem(vals[t] as f64).unwrap_or_default())
+                    .cell(i, cells)
+                    .feature("gene", cols[t] as usize, &ds.gene_names));
             }
         }
     }
     if ds.library_size.len() != nc {
-        return Err(err(
-            "library_size",
-            format!("{} values for {} cells", ds.library_size.len(), nc),
-        ));
+        return Err(err("library_size", format!("{} values for {} cells", ds.library_size.len(), nc)));
     }
-    if let Some(i) = ds
-        .library_size
-        .iter()
-        .position(|&v| !ValueRule::SIZE_FACTOR.ok(v as f64))
-    {
-        return Err(err(
-            "library_size",
-            ValueRule::SIZE_FACTOR
-                .problem(ds.library_size[i] as f64)
-                .unwrap_or_default(),
-        )
-        .cell(i, cells));
+    if let Some(i) = ds.library_size.iter().position(|&v| !ValueRule::SIZE_FACTOR.ok(v as f64)) {
+        return Err(err("library_size", ValueRule::SIZE_FACTOR.problem(ds.library_size[i] as f64).unwrap_or_default())
+            .cell(i, cells));
     }
 
     let s = &ds.splicing;
@@ -886,37 +704,15 @@ pub fn check_dataset(ds: &Dataset, opts: &CheckOptions) -> Result<(), DataError>
         ));
     }
     let m = s.junction.len();
-    if s.k.len() != m || s.n.len() != m || s.psi.len() != m || s.indptr[nc] != m || s.indptr[0] != 0
-    {
-        return Err(err(
-            "splicing",
-            "entry arrays (junction, k, n, psi) and indptr disagree in length".into(),
-        ));
+    if s.k.len() != m || s.n.len() != m || s.psi.len() != m || s.indptr[nc] != m || s.indptr[0] != 0 {
+        return Err(err("splicing", "entry arrays (junction, k, n, psi) and indptr disagree in length".into()));
     }
     if let Some(w) = s.atse_ids.windows(2).position(|w| w[0] >= w[1]) {
-        return Err(err(
-            "splicing/atse_ids",
-            format!(
-                "ATSE ids not sorted and unique at {w}: {:?} >= {:?}",
-                s.atse_ids[w],
-                s.atse_ids[w + 1]
-            ),
-        ));
+        return Err(err("splicing/atse_ids", format!("ATSE ids not sorted and unique at {w}: {:?} >= {:?}", s.atse_ids[w], s.atse_ids[w + 1])));
     }
-    if let Some(j) = s
-        .junc2atse
-        .iter()
-        .position(|&a| a as usize >= s.atse_ids.len())
-    {
-        return Err(err(
-            "splicing/junc2atse",
-            format!(
-                "ATSE index {} out of range ({} ATSEs)",
-                s.junc2atse[j],
-                s.atse_ids.len()
-            ),
-        )
-        .feature("junction", j, jn));
+    if let Some(j) = s.junc2atse.iter().position(|&a| a as usize >= s.atse_ids.len()) {
+        return Err(err("splicing/junc2atse", format!("ATSE index {} out of range ({} ATSEs)", s.junc2atse[j], s.atse_ids.len()))
+            .feature("junction", j, jn));
     }
     let mut checker = AtseChecker::new(&s.junc2atse, s.atse_ids.len());
     let count_rule = ValueRule::counts(s.has_counts && opts.require_integer_splicing);
@@ -930,22 +726,14 @@ pub fn check_dataset(ds: &Dataset, opts: &CheckOptions) -> Result<(), DataError>
             let j = cols[t] as usize;
             let at = |m: String| err("splicing", m).cell(i, cells).feature("junction", j, jn);
             if j >= nj || (t > 0 && cols[t - 1] >= cols[t]) {
-                return Err(at(
-                    "junction indices must be ascending and < n_junctions".into()
-                ));
+                return Err(at("junction indices must be ascending and < n_junctions".into()));
             }
-            let (k, n, p) = (
-                s.k[r.start + t] as f64,
-                s.n[r.start + t] as f64,
-                s.psi[r.start + t] as f64,
-            );
+            let (k, n, p) = (s.k[r.start + t] as f64, s.n[r.start + t] as f64, s.psi[r.start + t] as f64);
             if let Some(pr) = count_rule.problem(k).or_else(|| count_rule.problem(n)) {
                 return Err(at(pr));
             }
             if n <= 0.0 {
-                return Err(at(format!(
-                    "stored entry with n = {n} (only observed entries, n > 0, are stored)"
-                )));
+                return Err(at(format!("stored entry with n = {n} (only observed entries, n > 0, are stored)")));
             }
             if k > n {
                 return Err(at(format!("k = {k} > n = {n}")));
@@ -959,61 +747,29 @@ pub fn check_dataset(ds: &Dataset, opts: &CheckOptions) -> Result<(), DataError>
         }
         if let Err(issue) = checker.check_row(cols, &s.n[r]) {
             let (j, msg) = match issue {
-                AtseIssue::Differs { j, n, j0, n0, .. } => (
-                    j,
-                    format!("n = {n} differs from n = {n0} at junction {j0} of the same ATSE"),
-                ),
-                AtseIssue::Missing { j, j0, .. } => (
-                    j,
-                    format!("unobserved but junction {j0} of the same ATSE is observed"),
-                ),
+                AtseIssue::Differs { j, n, j0, n0, .. } => (j, format!("n = {n} differs from n = {n0} at junction {j0} of the same ATSE")),
+                AtseIssue::Missing { j, j0, .. } => (j, format!("unobserved but junction {j0} of the same ATSE is observed")),
             };
-            return Err(err("splicing", msg)
-                .cell(i, cells)
-                .feature("junction", j as usize, jn));
+            return Err(err("splicing", msg).cell(i, cells).feature("junction", j as usize, jn));
         }
     }
 
     let cv = &ds.covariates;
-    for c in std::iter::once(&cv.batch)
-        .chain(std::iter::once(&cv.labels))
-        .chain(cv.categorical.iter())
-    {
+    for c in std::iter::once(&cv.batch).chain(std::iter::once(&cv.labels)).chain(cv.categorical.iter()) {
         if c.codes.len() != nc {
-            return Err(err(
-                &format!("covariate {}", c.name),
-                format!("{} codes for {nc} cells", c.codes.len()),
-            ));
+            return Err(err(&format!("covariate {}", c.name), format!("{} codes for {nc} cells", c.codes.len())));
         }
         if let Some(i) = c.codes.iter().position(|&x| x as usize >= c.levels.len()) {
-            return Err(err(
-                &format!("covariate {}", c.name),
-                format!(
-                    "code {} out of range ({} levels)",
-                    c.codes[i],
-                    c.levels.len()
-                ),
-            )
-            .cell(i, cells));
+            return Err(err(&format!("covariate {}", c.name), format!("code {} out of range ({} levels)", c.codes[i], c.levels.len()))
+                .cell(i, cells));
         }
     }
     if cv.continuous.len() != nc * cv.continuous_names.len() {
-        return Err(err(
-            "continuous covariates",
-            format!(
-                "{} values for {nc} cells × {} covariates",
-                cv.continuous.len(),
-                cv.continuous_names.len()
-            ),
-        ));
+        return Err(err("continuous covariates", format!("{} values for {nc} cells × {} covariates", cv.continuous.len(), cv.continuous_names.len())));
     }
     if let Some(p) = cv.continuous.iter().position(|v| !v.is_finite()) {
         let c = cv.continuous_names.len();
-        return Err(err(
-            &format!("covariate {}", cv.continuous_names[p % c]),
-            "value is not finite".into(),
-        )
-        .cell(p / c, cells));
+        return Err(err(&format!("covariate {}", cv.continuous_names[p % c]), "value is not finite".into()).cell(p / c, cells));
     }
     Ok(())
 }
@@ -1026,31 +782,18 @@ fn check_csr_structure<T: Copy>(
     kind: &'static str,
     names: &[String],
 ) -> Result<(), DataError> {
-    if x.indptr.first() != Some(&0)
-        || x.indptr.last() != Some(&x.values.len())
-        || x.indices.len() != x.values.len()
-    {
-        return Err(DataError::new(
-            file,
-            field,
-            "indptr / indices / values disagree in length",
-        ));
+    if x.indptr.first() != Some(&0) || x.indptr.last() != Some(&x.values.len()) || x.indices.len() != x.values.len() {
+        return Err(DataError::new(file, field, "indptr / indices / values disagree in length"));
     }
     for i in 0..x.n_rows {
         if x.indptr[i] > x.indptr[i + 1] {
             return Err(DataError::new(file, field, "indptr decreases").cell(i, cells));
         }
         let (c, _) = x.row(i);
-        if let Some(t) =
-            (0..c.len()).find(|&t| c[t] as usize >= x.n_cols || (t > 0 && c[t - 1] >= c[t]))
-        {
-            return Err(DataError::new(
-                file,
-                field,
-                "column indices must be ascending and in range",
-            )
-            .cell(i, cells)
-            .feature(kind, c[t] as usize, names));
+        if let Some(t) = (0..c.len()).find(|&t| c[t] as usize >= x.n_cols || (t > 0 && c[t - 1] >= c[t])) {
+            return Err(DataError::new(file, field, "column indices must be ascending and in range")
+                .cell(i, cells)
+                .feature(kind, c[t] as usize, names));
         }
     }
     Ok(())
@@ -1061,13 +804,7 @@ mod tests {
     use super::*;
 
     fn csr(indptr: Vec<usize>, indices: Vec<u32>, values: Vec<f32>) -> Csr<f32> {
-        Csr {
-            n_rows: indptr.len() - 1,
-            n_cols: 3,
-            indptr,
-            indices,
-            values,
-        }
+        Csr { n_rows: indptr.len() - 1, n_cols: 3, indptr, indices, values }
     }
 
     fn input<'a>(cells: &'a [String], k: Csr<f32>, n: Csr<f32>) -> SplicingInput<'a> {
@@ -1118,27 +855,9 @@ mod tests {
     fn row_blocks_build_the_same_entries_as_whole_layers() {
         let cells: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
         // Cells 0 and 2 observe ATSE 0 (j0, j1), cells 1 and 2 ATSE 1 (j2), cell 3 nothing.
-        let n = || {
-            csr(
-                vec![0, 2, 3, 6, 6],
-                vec![0, 1, 2, 0, 1, 2],
-                vec![4.0, 4.0, 2.0, 5.0, 5.0, 3.0],
-            )
-        };
-        let k = || {
-            csr(
-                vec![0, 2, 2, 4, 4],
-                vec![0, 1, 0, 2],
-                vec![1.0, 3.0, 5.0, 3.0],
-            )
-        };
-        let ratio = || {
-            csr(
-                vec![0, 2, 2, 4, 4],
-                vec![0, 1, 0, 2],
-                vec![0.25, 0.75, 1.0, 1.0],
-            )
-        };
+        let n = || csr(vec![0, 2, 3, 6, 6], vec![0, 1, 2, 0, 1, 2], vec![4.0, 4.0, 2.0, 5.0, 5.0, 3.0]);
+        let k = || csr(vec![0, 2, 2, 4, 4], vec![0, 1, 0, 2], vec![1.0, 3.0, 5.0, 3.0]);
+        let ratio = || csr(vec![0, 2, 2, 4, 4], vec![0, 1, 0, 2], vec![0.25, 0.75, 1.0, 1.0]);
         let mask = || csr(vec![0, 2, 3, 6, 6], vec![0, 1, 2, 0, 1, 2], vec![1.0; 6]);
         let with = |layer: &dyn Fn(Csr<f32>) -> Layer| {
             let mut inp = input(&cells, k(), n());
@@ -1152,14 +871,7 @@ mod tests {
         assert_eq!(whole.k, vec![1.0, 3.0, 0.0, 5.0, 0.0, 3.0]);
         assert_eq!(whole.psi, vec![0.25, 0.75, 0.0, 1.0, 0.0, 1.0]);
         for rows in 1..=3 {
-            let got = with(&|m| {
-                Layer::Rows(Box::new(Blocks {
-                    m,
-                    rows,
-                    asked: Default::default(),
-                    dense: false,
-                }))
-            });
+            let got = with(&|m| Layer::Rows(Box::new(Blocks { m, rows, asked: Default::default(), dense: false })));
             assert_eq!(got, whole, "blocks of {rows} rows");
         }
         // PSI only (no counts): the entries come from the mask, also when its entry count is unknown.
@@ -1174,24 +886,12 @@ mod tests {
         assert!(!whole_psi.has_counts);
         assert_eq!(whole_psi.psi, whole.psi);
         for dense in [false, true] {
-            let got = psi_only(&|m| {
-                Layer::Rows(Box::new(Blocks {
-                    m,
-                    rows: 2,
-                    asked: Default::default(),
-                    dense,
-                }))
-            });
+            let got = psi_only(&|m| Layer::Rows(Box::new(Blocks { m, rows: 2, asked: Default::default(), dense })));
             assert_eq!(got, whole_psi, "psi only, dense {dense}");
         }
         // Each block is read once, in row order.
         let asked = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-        let mut layer = Layer::Rows(Box::new(Blocks {
-            m: k(),
-            rows: 3,
-            asked: asked.clone(),
-            dense: false,
-        }));
+        let mut layer = Layer::Rows(Box::new(Blocks { m: k(), rows: 3, asked: asked.clone(), dense: false }));
         let mut cur = RowCursor::new(&mut layer);
         for i in 0..4 {
             let (c, v) = cur.row(i, &cells, &[]).unwrap();
@@ -1220,23 +920,14 @@ mod tests {
         let cells: Vec<String> = vec!["c0".into(), "c1".into()];
         // Cell 0 observes ATSE 0 (j0, j1; n = 4), cell 1 observes ATSE 1 (j2; n = 2).
         let k = || csr(vec![0, 2, 3], vec![0, 1, 2], vec![1.0, 3.0, 2.0]);
-        let plain = build_splicing(input(
-            &cells,
-            k(),
-            csr(vec![0, 2, 3], vec![0, 1, 2], vec![4.0, 4.0, 2.0]),
-        ))
-        .unwrap();
+        let plain = build_splicing(input(&cells, k(), csr(vec![0, 2, 3], vec![0, 1, 2], vec![4.0, 4.0, 2.0]))).unwrap();
         assert_eq!(plain.indptr, vec![0, 2, 3]);
         assert_eq!(plain.junction, vec![0, 1, 2]);
         assert_eq!(plain.n, vec![4.0, 4.0, 2.0]);
         assert_eq!(plain.k, vec![1.0, 3.0, 2.0]);
         assert_eq!(plain.psi, vec![0.25, 0.75, 1.0]);
         // The same rows behind two leading entries and before a trailing one that no row owns.
-        let shifted = csr(
-            vec![2, 4, 5],
-            vec![2, 2, 0, 1, 2, 1],
-            vec![9.0, 9.0, 4.0, 4.0, 2.0, 7.0],
-        );
+        let shifted = csr(vec![2, 4, 5], vec![2, 2, 0, 1, 2, 1], vec![9.0, 9.0, 4.0, 4.0, 2.0, 7.0]);
         let got = build_splicing(input(&cells, k(), shifted)).unwrap();
         assert_eq!(got, plain);
     }

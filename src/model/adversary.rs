@@ -43,26 +43,10 @@ impl Adversary {
             bail!("the adversarial classifier needs at least 2 batches (got {n_batch})");
         }
         let lb = LayoutBuilder::default();
-        let (fc, lb) = build_fclayers(
-            lb,
-            "classifier.0",
-            n_latent,
-            ADV_HIDDEN,
-            ADV_HIDDEN,
-            2,
-            true,
-            Act::Relu,
-            ADV_DROPOUT,
-            1,
-        );
+        let (fc, lb) =
+            build_fclayers(lb, "classifier.0", n_latent, ADV_HIDDEN, ADV_HIDDEN, 2, true, Act::Relu, ADV_DROPOUT, 1);
         let (out, lb) = build_linear(lb, "classifier.1", ADV_HIDDEN, n_batch);
-        Ok(Adversary {
-            fc,
-            out,
-            layout: Arc::new(lb.finish()),
-            n_batch,
-            n_latent,
-        })
+        Ok(Adversary { fc, out, layout: Arc::new(lb.finish()), n_batch, n_latent })
     }
 
     pub fn init_params<T: Real>(&self, seed: u64) -> Params<T> {
@@ -82,24 +66,12 @@ impl Adversary {
     ) -> Result<AdvResult<T>> {
         let b = z.rows;
         if z.cols != self.n_latent || batch.len() != b {
-            bail!(
-                "adversary: z is {}×{}, expected {b}×{} with {b} batch codes",
-                z.rows,
-                z.cols,
-                self.n_latent
-            );
+            bail!("adversary: z is {}×{}, expected {b}×{} with {b} batch codes", z.rows, z.cols, self.n_latent);
         }
         if let Some(i) = batch.iter().position(|&c| c as usize >= self.n_batch) {
-            bail!(
-                "adversary: cell {i} has batch code {} ≥ {}",
-                batch[i],
-                self.n_batch
-            );
+            bail!("adversary: cell {i} has batch code {} ≥ {}", batch[i], self.n_batch);
         }
-        let mode = Mode {
-            training,
-            seed: seed ^ SEED_SALT,
-        };
+        let mode = Mode { training, seed: seed ^ SEED_SALT };
         let mut upd = BufUpdates::new();
         let cov = Cov::default();
         let (h, cache) = ops::fc_forward(&self.fc, p, MainIn::Dense(z), &cov, mode, &mut upd)?;
@@ -137,24 +109,12 @@ impl Adversary {
         let mut grads = Grads::zeros(self.layout.clone());
         let dh = ops::linear_dense_bwd(&self.out, p, &h, &dlog, &mut grads, true).unwrap();
         let dz = ops::fc_backward(&self.fc, p, &cache, dh, &mut grads, true).unwrap();
-        Ok(AdvResult {
-            loss: T::from_f64(loss),
-            dz,
-            grads,
-            buffer_updates: upd,
-        })
+        Ok(AdvResult { loss: T::from_f64(loss), dz, grads, buffer_updates: upd })
     }
 
     /// Fool term F = −(1/B) Σ_i Σ_{k≠b_i} log softmax(C(z_i))_k / (K−1) and dF/dz (add it as `extra_dz`
     /// of the VAE backward; the classifier gradients of this pass are discarded as in the original).
-    pub fn fool<T: Real>(
-        &self,
-        p: &Params<T>,
-        z: &Mat<T>,
-        batch: &[u32],
-        training: bool,
-        seed: u64,
-    ) -> Result<AdvResult<T>> {
+    pub fn fool<T: Real>(&self, p: &Params<T>, z: &Mat<T>, batch: &[u32], training: bool, seed: u64) -> Result<AdvResult<T>> {
         self.run(p, z, batch, training, seed, true)
     }
 
@@ -172,10 +132,7 @@ impl Adversary {
 
     pub fn apply_buffer_updates<T: Real>(&self, p: &mut Params<T>, upd: &BufUpdates) {
         for (idx, vals) in upd {
-            p.get_mut(*idx)
-                .iter_mut()
-                .zip(vals)
-                .for_each(|(d, &v)| *d = T::from_f64(v));
+            p.get_mut(*idx).iter_mut().zip(vals).for_each(|(d, &v)| *d = T::from_f64(v));
         }
     }
 }

@@ -120,20 +120,10 @@ pub enum SplEncP {
 pub enum ExprDecP {
     /// DecoderSCVI: hidden FCLayers, scale head (softplus with size factors, else softmax),
     /// dispersion head (used only for gene-cell), zero-inflation head.
-    Vanilla {
-        fc: FcLayers,
-        scale: LinearP,
-        r: LinearP,
-        dropout: LinearP,
-        softplus: bool,
-    },
+    Vanilla { fc: FcLayers, scale: LinearP, r: LinearP, dropout: LinearP, softplus: bool },
     /// LinearDecoderSCVI: one-block FCLayers (no bias, no activation) for scale logits and for
     /// zero-inflation logits; a third for gene-cell dispersion (§14.2).
-    Linear {
-        factor: FcLayers,
-        dropout: FcLayers,
-        r: Option<FcLayers>,
-    },
+    Linear { factor: FcLayers, dropout: FcLayers, r: Option<FcLayers> },
 }
 
 #[derive(Clone, Debug)]
@@ -188,44 +178,18 @@ pub fn build_fclayers(
     id: u64,
 ) -> (FcLayers, LayoutBuilder) {
     let cfg = ModelConfig::default();
-    let mut b = B {
-        lb,
-        cfg: &cfg,
-        next_id: id,
-    };
+    let mut b = B { lb, cfg: &cfg, next_id: id };
     let fc = b.fclayers(
         prefix,
-        FcSpec {
-            n_in,
-            n_out,
-            n_hidden,
-            n_layers,
-            n_cont: 0,
-            cats: &[],
-            inject: false,
-            bn,
-            ln: false,
-            act,
-            dropout,
-            bias: true,
-        },
+        FcSpec { n_in, n_out, n_hidden, n_layers, n_cont: 0, cats: &[], inject: false, bn, ln: false, act, dropout, bias: true },
     );
     (fc, b.lb)
 }
 
 /// nn.Linear entries (uniform ±1/√fan_in) outside the main model.
-pub fn build_linear(
-    lb: LayoutBuilder,
-    prefix: &str,
-    n_in: usize,
-    n_out: usize,
-) -> (LinearP, LayoutBuilder) {
+pub fn build_linear(lb: LayoutBuilder, prefix: &str, n_in: usize, n_out: usize) -> (LinearP, LayoutBuilder) {
     let cfg = ModelConfig::default();
-    let mut b = B {
-        lb,
-        cfg: &cfg,
-        next_id: 0,
-    };
+    let mut b = B { lb, cfg: &cfg, next_id: 0 };
     let l = b.linear(prefix, n_in, n_out, true);
     (l, b.lb)
 }
@@ -253,20 +217,8 @@ struct FcSpec<'a> {
 impl B<'_> {
     fn linear(&mut self, prefix: &str, n_in: usize, n_out: usize, bias: bool) -> LinearP {
         let bound = 1.0 / (n_in.max(1) as f64).sqrt();
-        let w = self.lb.add(
-            format!("{prefix}.weight"),
-            &[n_out, n_in],
-            ParamKind::Param,
-            Init::Uniform(bound),
-        );
-        let b = bias.then(|| {
-            self.lb.add(
-                format!("{prefix}.bias"),
-                &[n_out],
-                ParamKind::Param,
-                Init::Uniform(bound),
-            )
-        });
+        let w = self.lb.add(format!("{prefix}.weight"), &[n_out, n_in], ParamKind::Param, Init::Uniform(bound));
+        let b = bias.then(|| self.lb.add(format!("{prefix}.bias"), &[n_out], ParamKind::Param, Init::Uniform(bound)));
         LinearP { w, b, n_in, n_out }
     }
 
@@ -281,40 +233,15 @@ impl B<'_> {
             let inject = i == 0 || s.inject;
             let n_main = dims[i];
             let n_in = n_main + if inject { cov } else { 0 };
-            let lin = self.linear(
-                &format!("{prefix}.fc_layers.Layer {i}.0"),
-                n_in,
-                dims[i + 1],
-                s.bias,
-            );
+            let lin = self.linear(&format!("{prefix}.fc_layers.Layer {i}.0"), n_in, dims[i + 1], s.bias);
             let bn = s.bn.then(|| {
                 let p = format!("{prefix}.fc_layers.Layer {i}.1");
                 let n = dims[i + 1];
                 BnP {
-                    w: self.lb.add(
-                        format!("{p}.weight"),
-                        &[n],
-                        ParamKind::Param,
-                        Init::Const(1.0),
-                    ),
-                    b: self.lb.add(
-                        format!("{p}.bias"),
-                        &[n],
-                        ParamKind::Param,
-                        Init::Const(0.0),
-                    ),
-                    running_mean: self.lb.add(
-                        format!("{p}.running_mean"),
-                        &[n],
-                        ParamKind::Buffer,
-                        Init::Const(0.0),
-                    ),
-                    running_var: self.lb.add(
-                        format!("{p}.running_var"),
-                        &[n],
-                        ParamKind::Buffer,
-                        Init::Const(1.0),
-                    ),
+                    w: self.lb.add(format!("{p}.weight"), &[n], ParamKind::Param, Init::Const(1.0)),
+                    b: self.lb.add(format!("{p}.bias"), &[n], ParamKind::Param, Init::Const(0.0)),
+                    running_mean: self.lb.add(format!("{p}.running_mean"), &[n], ParamKind::Buffer, Init::Const(0.0)),
+                    running_var: self.lb.add(format!("{p}.running_var"), &[n], ParamKind::Buffer, Init::Const(1.0)),
                     num_batches_tracked: self.lb.add(
                         format!("{p}.num_batches_tracked"),
                         &[],
@@ -324,34 +251,13 @@ impl B<'_> {
                     n,
                 }
             });
-            blocks.push(FcBlock {
-                lin,
-                bn,
-                ln: s.ln,
-                act: s.act,
-                dropout: s.dropout,
-                inject,
-                n_main,
-            });
+            blocks.push(FcBlock { lin, bn, ln: s.ln, act: s.act, dropout: s.dropout, inject, n_main });
         }
         self.next_id += 1;
-        FcLayers {
-            blocks,
-            n_cont: s.n_cont,
-            cat_sizes,
-            id: self.next_id,
-        }
+        FcLayers { blocks, n_cont: s.n_cont, cat_sizes, id: self.next_id }
     }
 
-    fn encoder(
-        &mut self,
-        prefix: &str,
-        n_in: usize,
-        cats: &[usize],
-        inject: bool,
-        h: usize,
-        d: usize,
-    ) -> EncoderP {
+    fn encoder(&mut self, prefix: &str, n_in: usize, cats: &[usize], inject: bool, h: usize, d: usize) -> EncoderP {
         let cfg = self.cfg;
         let fc = self.fclayers(
             &format!("{prefix}.encoder"),
@@ -386,21 +292,9 @@ impl Arch {
         let mut all_cats = vec![dims.n_batch];
         all_cats.extend(dims.n_cats_per_cov.iter().copied());
         let dec_cats = eff_cats(&all_cats);
-        let enc_cats = if cfg.encode_covariates {
-            dec_cats.clone()
-        } else {
-            Vec::new()
-        };
-        let enc_cont = if cfg.encode_covariates {
-            dims.n_cont
-        } else {
-            0
-        };
-        let mut b = B {
-            lb: LayoutBuilder::default(),
-            cfg,
-            next_id: 0,
-        };
+        let enc_cats = if cfg.encode_covariates { dec_cats.clone() } else { Vec::new() };
+        let enc_cont = if cfg.encode_covariates { dims.n_cont } else { 0 };
+        let mut b = B { lb: LayoutBuilder::default(), cfg, next_id: 0 };
 
         // Module-level parameters, then module-level buffers (PyTorch state_dict order).
         let px_r = match cfg.dispersion {
@@ -409,75 +303,35 @@ impl Arch {
             Dispersion::GeneLabel => Some(vec![g, dims.n_labels]),
             Dispersion::GeneCell => None,
         }
-        .map(|shape| {
-            b.lb.add(
-                "px_r",
-                &shape,
-                ParamKind::Param,
-                Init::Normal {
-                    mean: 0.0,
-                    std: 1.0,
-                },
-            )
-        });
+        .map(|shape| b.lb.add("px_r", &shape, ParamKind::Param, Init::Normal { mean: 0.0, std: 1.0 }));
         let log100 = 100f64.ln();
         let log_phi = match cfg.splicing_loss_type {
             SplicingLoss::DirichletMultinomial => match cfg.dm_concentration {
-                DmConcentration::Atse => b.lb.add(
-                    "log_phi_j",
-                    &[dims.n_atse],
-                    ParamKind::Param,
-                    Init::Normal {
-                        mean: log100,
-                        std: 0.5,
-                    },
-                ),
-                DmConcentration::Scalar => {
-                    b.lb.add("log_phi_j", &[], ParamKind::Param, Init::Const(4.6))
+                DmConcentration::Atse => {
+                    b.lb.add("log_phi_j", &[dims.n_atse], ParamKind::Param, Init::Normal { mean: log100, std: 0.5 })
                 }
+                DmConcentration::Scalar => b.lb.add("log_phi_j", &[], ParamKind::Param, Init::Const(4.6)),
             },
-            SplicingLoss::BetaBinomial => b.lb.add(
-                "log_phi_j",
-                &[j],
-                ParamKind::Param,
-                Init::Normal {
-                    mean: log100,
-                    std: 0.5,
-                },
-            ),
-            SplicingLoss::Binomial | SplicingLoss::Bce => {
-                b.lb.add("log_phi_j", &[], ParamKind::Frozen, Init::Const(0.0))
+            SplicingLoss::BetaBinomial => {
+                b.lb.add("log_phi_j", &[j], ParamKind::Param, Init::Normal { mean: log100, std: 0.5 })
             }
+            SplicingLoss::Binomial | SplicingLoss::Bce => b.lb.add("log_phi_j", &[], ParamKind::Frozen, Init::Const(0.0)),
         };
         let dim_weights = (cfg.modality_weights == ModalityWeights::PerDimensionWeightedAverage)
-            .then(|| {
-                b.lb.add("dim_weights_raw", &[d], ParamKind::Param, Init::Const(0.0))
-            });
+            .then(|| b.lb.add("dim_weights_raw", &[d], ParamKind::Param, Init::Const(0.0)));
         let mod_weights_param = match cfg.modality_weights {
             ModalityWeights::Universal => Some(vec![2]),
             ModalityWeights::Cell | ModalityWeights::Concatenate => Some(vec![dims.n_obs, 2]),
             _ => None,
         };
         let mod_weights = match mod_weights_param {
-            Some(shape) => {
-                b.lb.add("mod_weights", &shape, ParamKind::Param, Init::Const(1.0))
-            }
-            None => {
-                b.lb.add("mod_weights", &[2], ParamKind::Buffer, Init::Const(1.0))
-            }
+            Some(shape) => b.lb.add("mod_weights", &shape, ParamKind::Param, Init::Const(1.0)),
+            None => b.lb.add("mod_weights", &[2], ParamKind::Buffer, Init::Const(1.0)),
         };
-        let cross_gate =
-            b.lb.add("cross_gate", &[], ParamKind::Buffer, Init::Const(0.0));
+        let cross_gate = b.lb.add("cross_gate", &[], ParamKind::Buffer, Init::Const(0.0));
 
         // Expression encoder and library encoder see [x; cont if encode_covariates].
-        let z_enc_expr = b.encoder(
-            "z_encoder_expression",
-            g + enc_cont,
-            &enc_cats,
-            cfg.deeply_inject_covariates,
-            h,
-            d,
-        );
+        let z_enc_expr = b.encoder("z_encoder_expression", g + enc_cont, &enc_cats, cfg.deeply_inject_covariates, h, d);
         let lfc = b.fclayers(
             "l_encoder_expression.px_decoder",
             FcSpec {
@@ -522,13 +376,7 @@ impl Arch {
                 let scale = b.linear("z_decoder_expression.px_scale_decoder.0", h, g, true);
                 let r = b.linear("z_decoder_expression.px_r_decoder", h, g, true);
                 let dropout = b.linear("z_decoder_expression.px_dropout_decoder", h, g, true);
-                ExprDecP::Vanilla {
-                    fc,
-                    scale,
-                    r,
-                    dropout,
-                    softplus: cfg.use_size_factor_key,
-                }
+                ExprDecP::Vanilla { fc, scale, r, dropout, softplus: cfg.use_size_factor_key }
             }
             ExpressionArch::Linear => {
                 let spec = |_: ()| FcSpec {
@@ -554,51 +402,23 @@ impl Arch {
         };
 
         let z_enc_spl = match cfg.splicing_encoder_architecture {
-            SplicingEncoderArch::Vanilla => SplEncP::Vanilla(b.encoder(
-                "z_encoder_splicing",
-                j + enc_cont,
-                &enc_cats,
-                true,
-                h,
-                d,
-            )),
+            SplicingEncoderArch::Vanilla => {
+                SplEncP::Vanilla(b.encoder("z_encoder_splicing", j + enc_cont, &enc_cats, true, h, d))
+            }
             SplicingEncoderArch::Partial => {
                 let (dd, hh) = (cfg.code_dim, cfg.h_hidden_dim);
                 let emb = b.lb.add(
                     "z_encoder_splicing.feature_embedding",
                     &[j, dd],
                     ParamKind::Param,
-                    Init::Normal {
-                        mean: 0.0,
-                        std: 1.0,
-                    },
+                    Init::Normal { mean: 0.0, std: 1.0 },
                 );
                 let h0 = b.linear("z_encoder_splicing.h_layer.0", 1 + dd, hh, true);
-                let ln1_w = b.lb.add(
-                    "z_encoder_splicing.h_layer.1.weight",
-                    &[hh],
-                    ParamKind::Param,
-                    Init::Const(1.0),
-                );
-                let ln1_b = b.lb.add(
-                    "z_encoder_splicing.h_layer.1.bias",
-                    &[hh],
-                    ParamKind::Param,
-                    Init::Const(0.0),
-                );
+                let ln1_w = b.lb.add("z_encoder_splicing.h_layer.1.weight", &[hh], ParamKind::Param, Init::Const(1.0));
+                let ln1_b = b.lb.add("z_encoder_splicing.h_layer.1.bias", &[hh], ParamKind::Param, Init::Const(0.0));
                 let h4 = b.linear("z_encoder_splicing.h_layer.4", hh, dd, true);
-                let ln5_w = b.lb.add(
-                    "z_encoder_splicing.h_layer.5.weight",
-                    &[dd],
-                    ParamKind::Param,
-                    Init::Const(1.0),
-                );
-                let ln5_b = b.lb.add(
-                    "z_encoder_splicing.h_layer.5.bias",
-                    &[dd],
-                    ParamKind::Param,
-                    Init::Const(0.0),
-                );
+                let ln5_w = b.lb.add("z_encoder_splicing.h_layer.5.weight", &[dd], ParamKind::Param, Init::Const(1.0));
+                let ln5_b = b.lb.add("z_encoder_splicing.h_layer.5.bias", &[dd], ParamKind::Param, Init::Const(0.0));
                 let mut mlp = b.fclayers(
                     "z_encoder_splicing.encoder_mlp",
                     FcSpec {
@@ -624,21 +444,10 @@ impl Arch {
                 }
                 // Data statistics (robust options): buffers, present only when their option is on.
                 let center = cfg.partial_center_psi.then(|| {
-                    b.lb.add(
-                        "z_encoder_splicing.psi_center",
-                        &[j],
-                        ParamKind::Buffer,
-                        Init::Const(0.0),
-                    )
+                    b.lb.add("z_encoder_splicing.psi_center", &[j], ParamKind::Buffer, Init::Const(0.0))
                 });
-                let divisor = (cfg.pool_mode == PoolMode::Fixed).then(|| {
-                    b.lb.add(
-                        "z_encoder_splicing.pool_divisor",
-                        &[],
-                        ParamKind::Buffer,
-                        Init::Const(1.0),
-                    )
-                });
+                let divisor = (cfg.pool_mode == PoolMode::Fixed)
+                    .then(|| b.lb.add("z_encoder_splicing.pool_divisor", &[], ParamKind::Buffer, Init::Const(1.0)));
                 SplEncP::Partial(PartialEncP {
                     emb,
                     center,
@@ -654,11 +463,7 @@ impl Arch {
                     h_hidden: hh,
                     dropout: cfg.dropout_rate,
                     pool_mean: cfg.pool_mode == PoolMode::Mean,
-                    chunk: if cfg.max_nobs > 0 {
-                        cfg.max_nobs as usize
-                    } else {
-                        usize::MAX
-                    },
+                    chunk: if cfg.max_nobs > 0 { cfg.max_nobs as usize } else { usize::MAX },
                 })
             }
         };
@@ -687,9 +492,7 @@ impl Arch {
             }
             SplicingDecoderArch::Linear => {
                 let k = l + dims.n_cont + dec_cats.iter().sum::<usize>();
-                SplDecP::Linear {
-                    lin: b.linear("z_decoder_splicing.linear", k, j, true),
-                }
+                SplDecP::Linear { lin: b.linear("z_decoder_splicing.linear", k, j, true) }
             }
         };
 

@@ -57,18 +57,9 @@ impl Batch {
         let Some(x) = &ds.expression else {
             bail!("{}: the model needs an expression modality", ds.source);
         };
-        let mut expr = Csr {
-            n_rows: cells.len(),
-            n_cols: x.n_cols,
-            indptr: vec![0],
-            ..Default::default()
-        };
+        let mut expr = Csr { n_rows: cells.len(), n_cols: x.n_cols, indptr: vec![0], ..Default::default() };
         let s = &ds.splicing;
-        let mut spl = SplBatch {
-            n_junctions: s.n_junctions,
-            indptr: vec![0],
-            ..Default::default()
-        };
+        let mut spl = SplBatch { n_junctions: s.n_junctions, indptr: vec![0], ..Default::default() };
         for &c in cells {
             let (idx, val) = x.row(c);
             expr.indices.extend_from_slice(idx);
@@ -111,30 +102,16 @@ impl Batch {
     pub fn check(&self, g: usize, j: usize) -> Result<()> {
         let b = self.n_cells();
         if self.expr.n_cols != g {
-            bail!(
-                "batch: expression has {} genes, the model {g}",
-                self.expr.n_cols
-            );
+            bail!("batch: expression has {} genes, the model {g}", self.expr.n_cols);
         }
         if self.spl.n_junctions != j {
-            bail!(
-                "batch: splicing has {} junctions, the model {j}",
-                self.spl.n_junctions
-            );
+            bail!("batch: splicing has {} junctions, the model {j}", self.spl.n_junctions);
         }
-        if self.library.len() != b
-            || self.batch.len() != b
-            || self.labels.len() != b
-            || self.spl.n_cells() != b
-        {
+        if self.library.len() != b || self.batch.len() != b || self.labels.len() != b || self.spl.n_cells() != b {
             bail!("batch: inconsistent number of cells across fields ({b} expression rows)");
         }
         if self.cont.len() != b * self.n_cont {
-            bail!(
-                "batch: continuous covariates have {} values for {b} cells × {}",
-                self.cont.len(),
-                self.n_cont
-            );
+            bail!("batch: continuous covariates have {} values for {b} cells × {}", self.cont.len(), self.n_cont);
         }
         if let Some(ci) = &self.cell_idx {
             if ci.len() != b {

@@ -352,9 +352,7 @@ impl ModelConfig {
             bail!("model: n_hidden must be ≥ 1");
         }
         if self.resolved_n_hidden(dims) == 0 {
-            bail!(
-                "model: n_hidden resolved to 0 (too few junctions/genes); set n_hidden explicitly"
-            );
+            bail!("model: n_hidden resolved to 0 (too few junctions/genes); set n_hidden explicitly");
         }
         if self.resolved_n_latent(dims) == 0 {
             bail!("model: n_latent must be ≥ 1");
@@ -363,20 +361,14 @@ impl ModelConfig {
             bail!("model: n_layers_encoder and n_layers_decoder must be ≥ 1");
         }
         if !(0.0..1.0).contains(&self.dropout_rate) {
-            bail!(
-                "model: dropout_rate must be in [0, 1), got {}",
-                self.dropout_rate
-            );
+            bail!("model: dropout_rate must be in [0, 1), got {}", self.dropout_rate);
         }
         if self.splicing_encoder_architecture == SplicingEncoderArch::Partial {
             if self.code_dim == 0 || self.h_hidden_dim == 0 || self.encoder_hidden_dim == 0 {
                 bail!("model: the partial encoder needs code_dim, h_hidden_dim and encoder_hidden_dim ≥ 1");
             }
             if self.max_nobs == 0 || self.max_nobs < -1 {
-                bail!(
-                    "model: max_nobs must be −1 (single pass) or a positive chunk size, got {}",
-                    self.max_nobs
-                );
+                bail!("model: max_nobs must be −1 (single pass) or a positive chunk size, got {}", self.max_nobs);
             }
         }
         if self.dm_concentration != DmConcentration::Atse
@@ -389,30 +381,19 @@ impl ModelConfig {
             );
         }
         if !(self.splicing_decoder_prior.is_finite() && self.splicing_decoder_prior >= 0.0) {
-            bail!(
-                "model: splicing_decoder_prior must be a finite number ≥ 0, got {}",
-                self.splicing_decoder_prior
-            );
+            bail!("model: splicing_decoder_prior must be a finite number ≥ 0, got {}", self.splicing_decoder_prior);
         }
-        if !(self.splicing_decoder_effect_prior.is_finite()
-            && self.splicing_decoder_effect_prior >= 0.0)
-        {
+        if !(self.splicing_decoder_effect_prior.is_finite() && self.splicing_decoder_effect_prior >= 0.0) {
             bail!(
                 "model: splicing_decoder_effect_prior must be a finite number ≥ 0, got {}",
                 self.splicing_decoder_effect_prior
             );
         }
         if !(self.lambda_prior.is_finite() && self.lambda_prior >= 0.0) {
-            bail!(
-                "model: lambda_prior must be a finite number ≥ 0, got {}",
-                self.lambda_prior
-            );
+            bail!("model: lambda_prior must be a finite number ≥ 0, got {}", self.lambda_prior);
         }
         if !(self.splicing_loss_weight.is_finite() && self.splicing_loss_weight >= 0.0) {
-            bail!(
-                "model: splicing_loss_weight must be a finite number ≥ 0, got {}",
-                self.splicing_loss_weight
-            );
+            bail!("model: splicing_loss_weight must be a finite number ≥ 0, got {}", self.splicing_loss_weight);
         }
         if self.modality_weights == ModalityWeights::Cell && dims.n_obs == 0 {
             bail!("model: modality_weights = cell needs n_obs (the number of training cells) ≥ 1");
@@ -442,20 +423,10 @@ mod tests {
     #[test]
     fn defaults_and_sizes() {
         let c = ModelConfig::default();
-        let dims = Dims {
-            n_genes: 10572,
-            n_junctions: 89831,
-            n_atse: 1,
-            n_batch: 1,
-            n_labels: 1,
-            ..Dims::default()
-        };
+        let dims = Dims { n_genes: 10572, n_junctions: 89831, n_atse: 1, n_batch: 1, n_labels: 1, ..Dims::default() };
         assert_eq!(c.resolved_n_hidden(&dims), 128);
         assert_eq!(c.resolved_n_latent(&dims), 11);
-        let small = Dims {
-            n_junctions: 50,
-            ..dims.clone()
-        };
+        let small = Dims { n_junctions: 50, ..dims.clone() };
         assert_eq!(c.resolved_n_hidden(&small), 7);
         assert_eq!(c.resolved_n_latent(&small), 2);
         c.validate(&dims).unwrap();
@@ -478,64 +449,24 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_combinations() {
-        let dims = Dims {
-            n_genes: 10,
-            n_junctions: 20,
-            n_atse: 5,
-            n_batch: 1,
-            n_labels: 1,
-            ..Dims::default()
-        };
+        let dims = Dims { n_genes: 10, n_junctions: 20, n_atse: 5, n_batch: 1, n_labels: 1, ..Dims::default() };
         let bad = ModelConfig {
             dm_concentration: DmConcentration::Scalar,
             splicing_loss_type: SplicingLoss::Binomial,
             ..ModelConfig::default()
         };
-        assert!(bad
-            .validate(&dims)
-            .unwrap_err()
-            .to_string()
-            .contains("dm_concentration"));
-        let bad = ModelConfig {
-            max_nobs: 0,
-            ..ModelConfig::default()
-        };
-        assert!(bad
-            .validate(&dims)
-            .unwrap_err()
-            .to_string()
-            .contains("max_nobs"));
-        let bad = ModelConfig {
-            modality_weights: ModalityWeights::Cell,
-            ..ModelConfig::default()
-        };
-        assert!(bad
-            .validate(&dims)
-            .unwrap_err()
-            .to_string()
-            .contains("n_obs"));
-        let bad = ModelConfig {
-            dropout_rate: 1.0,
-            ..ModelConfig::default()
-        };
+        assert!(bad.validate(&dims).unwrap_err().to_string().contains("dm_concentration"));
+        let bad = ModelConfig { max_nobs: 0, ..ModelConfig::default() };
+        assert!(bad.validate(&dims).unwrap_err().to_string().contains("max_nobs"));
+        let bad = ModelConfig { modality_weights: ModalityWeights::Cell, ..ModelConfig::default() };
+        assert!(bad.validate(&dims).unwrap_err().to_string().contains("n_obs"));
+        let bad = ModelConfig { dropout_rate: 1.0, ..ModelConfig::default() };
         assert!(bad.validate(&dims).is_err());
         for v in [-1.0, f64::NAN, f64::INFINITY] {
-            let bad = ModelConfig {
-                splicing_decoder_effect_prior: v,
-                ..ModelConfig::robust()
-            };
-            assert!(bad
-                .validate(&dims)
-                .unwrap_err()
-                .to_string()
-                .contains("splicing_decoder_effect_prior"));
+            let bad = ModelConfig { splicing_decoder_effect_prior: v, ..ModelConfig::robust() };
+            assert!(bad.validate(&dims).unwrap_err().to_string().contains("splicing_decoder_effect_prior"));
         }
-        ModelConfig {
-            splicing_decoder_effect_prior: 30.0,
-            ..ModelConfig::robust()
-        }
-        .validate(&dims)
-        .unwrap();
+        ModelConfig { splicing_decoder_effect_prior: 30.0, ..ModelConfig::robust() }.validate(&dims).unwrap();
         // Off in every preset unless chosen: `default` and `paper` stay faithful.
         assert_eq!(ModelConfig::default().splicing_decoder_effect_prior, 0.0);
         assert_eq!(ModelConfig::paper().splicing_decoder_effect_prior, 0.0);

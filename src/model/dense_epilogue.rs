@@ -9,10 +9,7 @@
 //! GEMM itself (x·Wᵀ, and dW, dx in the backward) is cuBLAS's on the GPU and `linear_dense_*` here.
 
 use super::arch::Act;
-use super::ops::{
-    act_fwd, act_grad, bn_apply, bn_backward_core, bn_batch_stats, bn_eval_stats, layernorm_fwd,
-    ln_row_bwd,
-};
+use super::ops::{act_fwd, act_grad, bn_apply, bn_backward_core, bn_batch_stats, bn_eval_stats, layernorm_fwd, ln_row_bwd};
 use super::real::Real;
 use super::rng::DropStream;
 use super::tensor::Mat;
@@ -58,12 +55,7 @@ pub struct EpilogueTape<T> {
 }
 
 /// Forward from the GEMM output `y0` (B × H, no bias yet).
-pub fn epilogue_fwd<T: Real>(
-    e: &Epilogue,
-    y0: &Mat<T>,
-    bias: &[T],
-    bn: &BnParams<'_, T>,
-) -> (Mat<T>, EpilogueTape<T>) {
+pub fn epilogue_fwd<T: Real>(e: &Epilogue, y0: &Mat<T>, bias: &[T], bn: &BnParams<'_, T>) -> (Mat<T>, EpilogueTape<T>) {
     let b = y0.rows;
     let mut y = y0.clone();
     for r in 0..b {
@@ -97,23 +89,10 @@ pub fn epilogue_fwd<T: Real>(
     if let Some((ds, p)) = e.dropout {
         let scale = T::from_f64(1.0 / (1.0 - p));
         for (i, v) in y.data.iter_mut().enumerate() {
-            *v = if ds.keep(i as u64) {
-                *v * scale
-            } else {
-                T::ZERO
-            };
+            *v = if ds.keep(i as u64) { *v * scale } else { T::ZERO };
         }
     }
-    (
-        y,
-        EpilogueTape {
-            pre_act,
-            bn_xhat,
-            bn_inv_std,
-            bn_mean,
-            ln_inv_std,
-        },
-    )
+    (y, EpilogueTape { pre_act, bn_xhat, bn_inv_std, bn_mean, ln_inv_std })
 }
 
 /// Gradients of the epilogue.
@@ -127,22 +106,13 @@ pub struct EpilogueGrads<T> {
 }
 
 /// Backward from d(output).
-pub fn epilogue_bwd<T: Real>(
-    e: &Epilogue,
-    tape: &EpilogueTape<T>,
-    bn: &BnParams<'_, T>,
-    dout: &Mat<T>,
-) -> EpilogueGrads<T> {
+pub fn epilogue_bwd<T: Real>(e: &Epilogue, tape: &EpilogueTape<T>, bn: &BnParams<'_, T>, dout: &Mat<T>) -> EpilogueGrads<T> {
     let (b, h) = (dout.rows, dout.cols);
     let mut g = dout.clone();
     if let Some((ds, p)) = e.dropout {
         let scale = T::from_f64(1.0 / (1.0 - p));
         for (i, v) in g.data.iter_mut().enumerate() {
-            *v = if ds.keep(i as u64) {
-                *v * scale
-            } else {
-                T::ZERO
-            };
+            *v = if ds.keep(i as u64) { *v * scale } else { T::ZERO };
         }
     }
     for (v, &a) in g.data.iter_mut().zip(&tape.pre_act.data) {
@@ -150,17 +120,12 @@ pub fn epilogue_bwd<T: Real>(
     }
     if e.ln {
         for r in 0..b {
-            ln_row_bwd(
-                tape.pre_act.row(r),
-                tape.ln_inv_std[r],
-                &mut g.data[r * h..(r + 1) * h],
-            );
+            ln_row_bwd(tape.pre_act.row(r), tape.ln_inv_std[r], &mut g.data[r * h..(r + 1) * h]);
         }
     }
     let (mut d_gamma, mut d_beta) = (Vec::new(), Vec::new());
     if let Some(xhat) = &tape.bn_xhat {
-        let (dx, s1, s2) =
-            bn_backward_core(xhat, &tape.bn_inv_std, e.bn == BnMode::Batch, bn.gamma, &g);
+        let (dx, s1, s2) = bn_backward_core(xhat, &tape.bn_inv_std, e.bn == BnMode::Batch, bn.gamma, &g);
         g = dx;
         d_beta = s1;
         d_gamma = s2;
@@ -171,10 +136,5 @@ pub fn epilogue_bwd<T: Real>(
             *s += v.to_f64();
         }
     }
-    EpilogueGrads {
-        dy0: g,
-        d_bias: d_bias.iter().map(|&v| T::from_f64(v)).collect(),
-        d_gamma,
-        d_beta,
-    }
+    EpilogueGrads { dy0: g, d_bias: d_bias.iter().map(|&v| T::from_f64(v)).collect(), d_gamma, d_beta }
 }

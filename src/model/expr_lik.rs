@@ -61,12 +61,7 @@ pub struct ExprRowRes<T> {
 }
 
 /// The fused row. `lik_kind` and `act` are the model's gene_likelihood and decoder activation.
-pub fn expr_row<T: Real>(
-    lik_kind: GeneLikelihood,
-    act: ScaleAct,
-    inp: &ExprRow<'_, T>,
-    out: &mut ExprRowOut<'_, T>,
-) -> ExprRowRes<T> {
+pub fn expr_row<T: Real>(lik_kind: GeneLikelihood, act: ScaleAct, inp: &ExprRow<'_, T>, out: &mut ExprRowOut<'_, T>) -> ExprRowRes<T> {
     let g = inp.raw.len();
     assert!(out.d_raw.len() == g && out.d_log_theta.len() == g && out.d_pi.len() == g);
     // px_scale: softmax exactly as vae::softmax_rows (max, exp, f64 sum, divide), or softplus.
@@ -120,11 +115,7 @@ pub fn expr_row<T: Real>(
             _ => T::ZERO,
         };
     }
-    assert_eq!(
-        nz,
-        inp.x_idx.len(),
-        "expr_row: count indices must be strictly ascending and < G"
-    );
+    assert_eq!(nz, inp.x_idx.len(), "expr_row: count indices must be strictly ascending and < G");
     if act == ScaleAct::Softmax {
         let dot = T::from_f64(dot);
         for gg in 0..g {
@@ -132,8 +123,5 @@ pub fn expr_row<T: Real>(
             out.d_raw[gg] = rho * (out.d_raw[gg] - dot);
         }
     }
-    ExprRowRes {
-        rl: T::from_f64(-acc),
-        d_library: T::from_f64(dlib),
-    }
+    ExprRowRes { rl: T::from_f64(-acc), d_library: T::from_f64(dlib) }
 }

@@ -18,20 +18,11 @@ pub struct PostGrads<T> {
 
 impl<T: Real> PostGrads<T> {
     pub fn zeros(b: usize, d: usize) -> Self {
-        PostGrads {
-            mu_e: Mat::zeros(b, d),
-            v_e: Mat::zeros(b, d),
-            mu_s: Mat::zeros(b, d),
-            v_s: Mat::zeros(b, d),
-        }
+        PostGrads { mu_e: Mat::zeros(b, d), v_e: Mat::zeros(b, d), mu_s: Mat::zeros(b, d), v_s: Mat::zeros(b, d) }
     }
     pub fn add(&mut self, o: &PostGrads<T>) {
-        for (a, b) in [
-            (&mut self.mu_e, &o.mu_e),
-            (&mut self.v_e, &o.v_e),
-            (&mut self.mu_s, &o.mu_s),
-            (&mut self.v_s, &o.v_s),
-        ] {
+        for (a, b) in [(&mut self.mu_e, &o.mu_e), (&mut self.v_e, &o.v_e), (&mut self.mu_s, &o.mu_s), (&mut self.v_s, &o.v_s)]
+        {
             a.data.iter_mut().zip(&b.data).for_each(|(x, &y)| *x += y);
         }
     }
@@ -113,11 +104,7 @@ pub fn mix_softmax_bwd<T: Real>(
             let k = i * d + t;
             let gm = dqm.data[k];
             // torch.clamp passes the gradient where the input is ≥ min.
-            let gv = if c.v_pre.data[k] >= T::from_f64(QZV_MIN) {
-                dqv.data[k]
-            } else {
-                T::ZERO
-            };
+            let gv = if c.v_pre.data[k] >= T::from_f64(QZV_MIN) { dqv.data[k] } else { T::ZERO };
             g.mu_e.data[k] = gm * we;
             g.mu_s.data[k] = gm * ws;
             g.v_e.data[k] = gv * sqe;
@@ -192,11 +179,7 @@ pub fn mix_perdim_fwd<T: Real>(
         let spl_ok = mask_s.map_or(true, |m| m[i]);
         for t in 0..d {
             let k = i * d + t;
-            let (wst, wet) = if spl_ok {
-                (ws[t], T::ONE - ws[t])
-            } else {
-                (T::ZERO, T::ONE)
-            };
+            let (wst, wet) = if spl_ok { (ws[t], T::ONE - ws[t]) } else { (T::ZERO, T::ONE) };
             qm.data[k] = wet * mu_e.data[k] + wst * mu_s.data[k];
             let sdv = wet * v_e.data[k].sqrt() + wst * v_s.data[k].sqrt();
             sd.data[k] = sdv;
@@ -226,18 +209,10 @@ pub fn mix_perdim_bwd<T: Real>(
         let spl_ok = mask_s.map_or(true, |m| m[i]);
         for t in 0..d {
             let k = i * d + t;
-            let (wst, wet) = if spl_ok {
-                (c.ws[t], T::ONE - c.ws[t])
-            } else {
-                (T::ZERO, T::ONE)
-            };
+            let (wst, wet) = if spl_ok { (c.ws[t], T::ONE - c.ws[t]) } else { (T::ZERO, T::ONE) };
             let sdv = c.sd.data[k];
             let gm = dqm.data[k];
-            let gsd = if sdv * sdv >= T::from_f64(QZV_MIN) {
-                dqv.data[k] * two * sdv
-            } else {
-                T::ZERO
-            };
+            let gsd = if sdv * sdv >= T::from_f64(QZV_MIN) { dqv.data[k] * two * sdv } else { T::ZERO };
             let (se, ss) = (v_e.data[k].sqrt(), v_s.data[k].sqrt());
             g.mu_e.data[k] = gm * wet;
             g.mu_s.data[k] = gm * wst;
@@ -250,15 +225,9 @@ pub fn mix_perdim_bwd<T: Real>(
     }
     // w_s = clamp(s − mean(s) + 0.5); s = sigmoid(raw)
     let dt = T::from_f64(d as f64);
-    let dws: Vec<T> = dws
-        .iter()
-        .zip(&c.ws_pass)
-        .map(|(&v, &p)| if p { v } else { T::ZERO })
-        .collect();
+    let dws: Vec<T> = dws.iter().zip(&c.ws_pass).map(|(&v, &p)| if p { v } else { T::ZERO }).collect();
     let mean_d = dws.iter().copied().sum::<T>() / dt;
-    let draw = (0..d)
-        .map(|t| (dws[t] - mean_d) * c.s[t] * (T::ONE - c.s[t]))
-        .collect();
+    let draw = (0..d).map(|t| (dws[t] - mean_d) * c.s[t] * (T::ONE - c.s[t])).collect();
     (g, draw)
 }
 
@@ -267,11 +236,7 @@ pub fn kl_fwd<T: Real>(m: &Mat<T>, v: &Mat<T>) -> Vec<T> {
     let half = T::from_f64(0.5);
     (0..m.rows)
         .map(|i| {
-            m.row(i)
-                .iter()
-                .zip(v.row(i))
-                .map(|(&mm, &vv)| half * (vv + mm * mm - T::ONE - vv.ln()))
-                .sum::<T>()
+            m.row(i).iter().zip(v.row(i)).map(|(&mm, &vv)| half * (vv + mm * mm - T::ONE - vv.ln())).sum::<T>()
         })
         .collect()
 }
@@ -291,13 +256,7 @@ pub fn kl_bwd<T: Real>(m: &Mat<T>, v: &Mat<T>, dkl: &[T], dm: &mut Mat<T>, dv: &
 
 /// The original's "Jeffreys" penalty (§5.2): symmetric KL with sqrt(v) used as the variance, summed over
 /// paired cells and dims. Returns the penalty; `bwd` adds its gradient times `scale`.
-pub fn jeffreys_fwd<T: Real>(
-    mu_e: &Mat<T>,
-    v_e: &Mat<T>,
-    mu_s: &Mat<T>,
-    v_s: &Mat<T>,
-    paired: &[bool],
-) -> T {
+pub fn jeffreys_fwd<T: Real>(mu_e: &Mat<T>, v_e: &Mat<T>, mu_s: &Mat<T>, v_s: &Mat<T>, paired: &[bool]) -> T {
     let half = T::from_f64(0.5);
     let mut acc = T::ZERO;
     for i in 0..mu_e.rows {
@@ -349,13 +308,7 @@ pub fn jeffreys_bwd<T: Real>(
 
 /// §14.3 JeffreysExact: symmetric KL between N(mu_e, v_e) and N(mu_s, v_s), summed over dims and
 /// averaged over paired cells (the caller multiplies by the KL weight).
-pub fn jeffreys_exact_fwd<T: Real>(
-    mu_e: &Mat<T>,
-    v_e: &Mat<T>,
-    mu_s: &Mat<T>,
-    v_s: &Mat<T>,
-    paired: &[bool],
-) -> T {
+pub fn jeffreys_exact_fwd<T: Real>(mu_e: &Mat<T>, v_e: &Mat<T>, mu_s: &Mat<T>, v_s: &Mat<T>, paired: &[bool]) -> T {
     let np = paired.iter().filter(|&&p| p).count();
     if np == 0 {
         return T::ZERO;
@@ -416,36 +369,18 @@ pub fn mmd_mean_dist_fwd<T: Real>(mu_e: &Mat<T>, mu_s: &Mat<T>, paired: &[bool])
     let mut acc = T::ZERO;
     for i in 0..mu_e.rows {
         if paired[i] {
-            acc += mu_e
-                .row(i)
-                .iter()
-                .zip(mu_s.row(i))
-                .map(|(&a, &b)| (a - b) * (a - b))
-                .sum::<T>()
-                .sqrt();
+            acc += mu_e.row(i).iter().zip(mu_s.row(i)).map(|(&a, &b)| (a - b) * (a - b)).sum::<T>().sqrt();
         }
     }
     acc
 }
 
-pub fn mmd_mean_dist_bwd<T: Real>(
-    mu_e: &Mat<T>,
-    mu_s: &Mat<T>,
-    paired: &[bool],
-    scale: T,
-    g: &mut PostGrads<T>,
-) {
+pub fn mmd_mean_dist_bwd<T: Real>(mu_e: &Mat<T>, mu_s: &Mat<T>, paired: &[bool], scale: T, g: &mut PostGrads<T>) {
     for i in 0..mu_e.rows {
         if !paired[i] {
             continue;
         }
-        let n = mu_e
-            .row(i)
-            .iter()
-            .zip(mu_s.row(i))
-            .map(|(&a, &b)| (a - b) * (a - b))
-            .sum::<T>()
-            .sqrt();
+        let n = mu_e.row(i).iter().zip(mu_s.row(i)).map(|(&a, &b)| (a - b) * (a - b)).sum::<T>().sqrt();
         if n == T::ZERO {
             continue; // torch's norm backward gives 0 at 0
         }
@@ -478,49 +413,28 @@ pub fn mmd_rbf_fwd<T: Real>(z_e: &Mat<T>, z_s: &Mat<T>, paired: &[bool]) -> (T, 
     let idx: Vec<usize> = (0..z_e.rows).filter(|&i| paired[i]).collect();
     let n = idx.len();
     if n < 2 {
-        return (
-            T::ZERO,
-            RbfInfo {
-                h: T::ONE,
-                med_pair: None,
-            },
-        );
+        return (T::ZERO, RbfInfo { h: T::ONE, med_pair: None });
     }
-    let pts: Vec<&[T]> = idx
-        .iter()
-        .map(|&i| z_e.row(i))
-        .chain(idx.iter().map(|&i| z_s.row(i)))
-        .collect();
+    let pts: Vec<&[T]> = idx.iter().map(|&i| z_e.row(i)).chain(idx.iter().map(|&i| z_s.row(i))).collect();
     let mut dists: Vec<(f64, usize, usize)> = Vec::with_capacity(n * (2 * n - 1));
     for a in 0..2 * n {
         for b in a + 1..2 * n {
             dists.push((sqdist(pts[a], pts[b]).to_f64(), a, b));
         }
     }
-    dists.sort_by(|x, y| {
-        x.0.partial_cmp(&y.0)
-            .unwrap()
-            .then((x.1, x.2).cmp(&(y.1, y.2)))
-    });
+    dists.sort_by(|x, y| x.0.partial_cmp(&y.0).unwrap().then((x.1, x.2).cmp(&(y.1, y.2))));
     let (med, ma, mb) = dists[dists.len() / 2];
     let info = if med > 1e-12 {
-        RbfInfo {
-            h: T::from_f64(med),
-            med_pair: Some((ma, mb)),
-        }
+        RbfInfo { h: T::from_f64(med), med_pair: Some((ma, mb)) }
     } else {
-        RbfInfo {
-            h: T::ONE,
-            med_pair: None,
-        }
+        RbfInfo { h: T::ONE, med_pair: None }
     };
     let h = info.h;
     let nt = T::from_f64(n as f64);
     let mut acc = T::ZERO;
     for a in 0..n {
         for b in 0..n {
-            acc += (-sqdist(pts[a], pts[b]) / h).exp()
-                + (-sqdist(pts[n + a], pts[n + b]) / h).exp()
+            acc += (-sqdist(pts[a], pts[b]) / h).exp() + (-sqdist(pts[n + a], pts[n + b]) / h).exp()
                 - T::from_f64(2.0) * (-sqdist(pts[a], pts[n + b]) / h).exp();
         }
     }
@@ -548,11 +462,7 @@ pub fn mmd_rbf_bwd<T: Real>(
     let c = scale / T::from_f64(n as f64);
     let two = T::from_f64(2.0);
     // Pooled points: 0..n are z_e rows, n..2n are z_s rows. Gradients per pooled point.
-    let pts: Vec<&[T]> = idx
-        .iter()
-        .map(|&i| z_e.row(i))
-        .chain(idx.iter().map(|&i| z_s.row(i)))
-        .collect();
+    let pts: Vec<&[T]> = idx.iter().map(|&i| z_e.row(i)).chain(idx.iter().map(|&i| z_s.row(i))).collect();
     let mut gp = vec![T::ZERO; 2 * n * d];
     let mut dh = T::ZERO;
     // term(u, w, s) = s·exp(−‖u−w‖²/h): d/du = −2 s (u−w)/h · k; d/dh = s k ‖u−w‖²/h²

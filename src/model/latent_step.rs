@@ -66,11 +66,7 @@ enum Tape<T> {
 }
 
 fn paired(inp: &LatentIn<'_, impl Real>) -> Vec<bool> {
-    inp.mask_e
-        .iter()
-        .zip(inp.mask_s)
-        .map(|(&a, &b)| a && b)
-        .collect()
+    inp.mask_e.iter().zip(inp.mask_s).map(|(&a, &b)| a && b).collect()
 }
 
 /// Forward of the latent step; `kl_weight` scales the JeffreysExact penalty (§14.3).
@@ -81,13 +77,11 @@ pub fn latent_step_fwd<T: Real>(inp: &LatentIn<'_, T>, kl_weight: f64) -> Result
         Mix::Routed(Modality::Expression) => (me.clone(), ve.clone(), Tape::None),
         Mix::Routed(Modality::Splicing) => (ms.clone(), vs.clone(), Tape::None),
         Mix::PerDim { mask_spl } => {
-            let (qm, qv, c) =
-                latent::mix_perdim_fwd(me, ve, ms, vs, inp.raw, mask_spl.then_some(inp.mask_s));
+            let (qm, qv, c) = latent::mix_perdim_fwd(me, ve, ms, vs, inp.raw, mask_spl.then_some(inp.mask_s));
             (qm, qv, Tape::PerDim(c))
         }
         Mix::Softmax => {
-            let (qm, qv, c) =
-                latent::mix_softmax_fwd(me, ve, ms, vs, inp.raw, inp.mask_e, inp.mask_s);
+            let (qm, qv, c) = latent::mix_softmax_fwd(me, ve, ms, vs, inp.raw, inp.mask_e, inp.mask_s);
             (qm, qv, Tape::Softmax(c))
         }
     };
@@ -101,22 +95,11 @@ pub fn latent_step_fwd<T: Real>(inp: &LatentIn<'_, T>, kl_weight: f64) -> Result
             ModalityPenalty::None => T::ZERO,
             ModalityPenalty::Jeffreys => latent::jeffreys_fwd(me, ve, ms, vs, &pr),
             ModalityPenalty::Mmd => latent::mmd_mean_dist_fwd(me, ms, &pr),
-            ModalityPenalty::JeffreysExact => {
-                latent::jeffreys_exact_fwd(me, ve, ms, vs, &pr) * T::from_f64(kl_weight)
-            }
-            ModalityPenalty::MmdRbf => {
-                bail!("latent step: MMDRbf is not part of the fused latent step")
-            }
+            ModalityPenalty::JeffreysExact => latent::jeffreys_exact_fwd(me, ve, ms, vs, &pr) * T::from_f64(kl_weight),
+            ModalityPenalty::MmdRbf => bail!("latent step: MMDRbf is not part of the fused latent step"),
         }
     };
-    Ok(LatentOut {
-        qz_m,
-        qz_v,
-        z,
-        kl,
-        penalty,
-        tape,
-    })
+    Ok(LatentOut { qz_m, qz_v, z, kl, penalty, tape })
 }
 
 /// Gradients of the latent step.
@@ -169,19 +152,10 @@ pub fn latent_step_bwd<T: Real>(
             }
             (pg, Vec::new())
         }
-        (Mix::PerDim { mask_spl }, Tape::PerDim(c)) => latent::mix_perdim_bwd(
-            c,
-            me,
-            ve,
-            ms,
-            vs,
-            mask_spl.then_some(inp.mask_s),
-            &dqm,
-            &dqv,
-        ),
-        (Mix::Softmax, Tape::Softmax(c)) => {
-            latent::mix_softmax_bwd(c, me, ve, ms, vs, inp.mask_e, inp.mask_s, &dqm, &dqv)
+        (Mix::PerDim { mask_spl }, Tape::PerDim(c)) => {
+            latent::mix_perdim_bwd(c, me, ve, ms, vs, mask_spl.then_some(inp.mask_s), &dqm, &dqv)
         }
+        (Mix::Softmax, Tape::Softmax(c)) => latent::mix_softmax_bwd(c, me, ve, ms, vs, inp.mask_e, inp.mask_s, &dqm, &dqv),
         _ => unreachable!("latent step: the forward's tape does not match the mixing"),
     };
     if inp.mix != Mix::Concat {
@@ -190,9 +164,7 @@ pub fn latent_step_bwd<T: Real>(
             ModalityPenalty::None | ModalityPenalty::MmdRbf => {}
             ModalityPenalty::Jeffreys => latent::jeffreys_bwd(me, ve, ms, vs, &pr, T::ONE, &mut pg),
             ModalityPenalty::Mmd => latent::mmd_mean_dist_bwd(me, ms, &pr, T::ONE, &mut pg),
-            ModalityPenalty::JeffreysExact => {
-                latent::jeffreys_exact_bwd(me, ve, ms, vs, &pr, kl_weight, &mut pg)
-            }
+            ModalityPenalty::JeffreysExact => latent::jeffreys_exact_bwd(me, ve, ms, vs, &pr, kl_weight, &mut pg),
         }
     }
     LatentGrads { post: pg, d_raw }

@@ -28,11 +28,7 @@ fn small_count(x: f64, limit: usize) -> Option<usize> {
 
 fn ln_factorials() -> &'static [f64] {
     static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        (0..FACT_TABLE)
-            .map(|k| super::real::lgamma(k as f64 + 1.0))
-            .collect()
-    })
+    TABLE.get_or_init(|| (0..FACT_TABLE).map(|k| super::real::lgamma(k as f64 + 1.0)).collect())
 }
 
 #[inline]
@@ -65,25 +61,14 @@ impl<T: Real> ThetaTerms<T> {
     #[inline]
     pub fn new(theta: T) -> Self {
         let eps = T::from_f64(NB_EPS);
-        ThetaTerms {
-            log_te: (theta + eps).ln(),
-            frac: theta / (theta + eps),
-            lgamma: theta.lgamma(),
-            digamma: theta.digamma(),
-        }
+        ThetaTerms { log_te: (theta + eps).ln(), frac: theta / (theta + eps), lgamma: theta.lgamma(), digamma: theta.digamma() }
     }
 }
 
 /// log NB(x; μ, θ) (scvi `log_nb_positive`).
 #[inline]
 pub fn nb<T: Real>(x: T, mu: T, theta: T) -> ExprLl<T> {
-    nb_with(
-        x,
-        mu,
-        theta,
-        &ThetaTerms::new(theta),
-        ((x + theta).lgamma(), (x + theta).digamma()),
-    )
+    nb_with(x, mu, theta, &ThetaTerms::new(theta), ((x + theta).lgamma(), (x + theta).digamma()))
 }
 
 /// [`nb`] with the θ terms and (lgamma, ψ)(x + θ) given.
@@ -93,69 +78,35 @@ pub fn nb_with<T: Real>(x: T, mu: T, theta: T, tt: &ThetaTerms<T>, xt: (T, T)) -
     let tme = theta + mu + eps;
     let log_tme = tme.ln();
     let log_te = tt.log_te;
-    let ll = theta * (log_te - log_tme) + x * ((mu + eps).ln() - log_tme) + xt.0
-        - tt.lgamma
-        - lgamma_xp1(x);
+    let ll = theta * (log_te - log_tme) + x * ((mu + eps).ln() - log_tme) + xt.0 - tt.lgamma - lgamma_xp1(x);
     let d_mu = x / (mu + eps) - (theta + x) / tme;
     let d_theta = log_te - log_tme + tt.frac - (theta + x) / tme + xt.1 - tt.digamma;
-    ExprLl {
-        ll,
-        d_mu,
-        d_theta,
-        d_pi: T::ZERO,
-    }
+    ExprLl { ll, d_mu, d_theta, d_pi: T::ZERO }
 }
 
 /// log ZINB(x; μ, θ, π) with π the zero-inflation logits (scvi `log_zinb_positive`).
 #[inline]
 pub fn zinb<T: Real>(x: T, mu: T, theta: T, pi: T) -> ExprLl<T> {
-    let xt = if x > T::from_f64(NB_EPS) {
-        ((x + theta).lgamma(), (x + theta).digamma())
-    } else {
-        (T::ZERO, T::ZERO)
-    };
+    let xt = if x > T::from_f64(NB_EPS) { ((x + theta).lgamma(), (x + theta).digamma()) } else { (T::ZERO, T::ZERO) };
     zinb_with(x, mu, theta, pi, &ThetaTerms::new(theta), xt)
 }
 
 /// [`zinb`] with the θ terms and (lgamma, ψ)(x + θ) given (unused for x = 0).
 #[inline]
-pub fn zinb_with<T: Real>(
-    x: T,
-    mu: T,
-    theta: T,
-    pi: T,
-    tt: &ThetaTerms<T>,
-    xt: (T, T),
-) -> ExprLl<T> {
+pub fn zinb_with<T: Real>(x: T, mu: T, theta: T, pi: T, tt: &ThetaTerms<T>, xt: (T, T)) -> ExprLl<T> {
     let eps = T::from_f64(NB_EPS);
     let (sp, sp_g) = softplus_and_grad(-pi); // softplus(−π) and d softplus(−π) / d(−π)
     let tme = theta + mu + eps;
     let log_tme = tme.ln();
     let pth = -pi + theta * (tt.log_te - log_tme);
-    zinb_combine(
-        x,
-        mu,
-        theta,
-        tt,
-        xt,
-        [sp, sp_g, tme, log_tme, pth],
-        softplus_and_grad,
-    )
+    zinb_combine(x, mu, theta, tt, xt, [sp, sp_g, tme, log_tme, pth], softplus_and_grad)
 }
 
 /// The rest of [`zinb_with`] once its per-entry transcendental terms are known:
 /// `terms` = [softplus(−π), its derivative, θ+μ+ε, ln(θ+μ+ε), the zero-count logit pth];
 /// `zero(pth)` gives softplus(pth) and its derivative (only called for a zero count).
 #[inline(always)]
-fn zinb_combine<T: Real>(
-    x: T,
-    mu: T,
-    theta: T,
-    tt: &ThetaTerms<T>,
-    xt: (T, T),
-    terms: [T; 5],
-    zero: impl FnOnce(T) -> (T, T),
-) -> ExprLl<T> {
+fn zinb_combine<T: Real>(x: T, mu: T, theta: T, tt: &ThetaTerms<T>, xt: (T, T), terms: [T; 5], zero: impl FnOnce(T) -> (T, T)) -> ExprLl<T> {
     let eps = T::from_f64(NB_EPS);
     let [sp, sp_g, tme, log_tme, pth] = terms;
     let dpth_dtheta = tt.log_te - log_tme + tt.frac - theta / tme;
@@ -163,22 +114,12 @@ fn zinb_combine<T: Real>(
     if x < eps {
         let (ll0, s) = zero(pth);
         let ll = ll0 - sp;
-        ExprLl {
-            ll,
-            d_mu: s * dpth_dmu,
-            d_theta: s * dpth_dtheta,
-            d_pi: -s + sp_g,
-        }
+        ExprLl { ll, d_mu: s * dpth_dmu, d_theta: s * dpth_dtheta, d_pi: -s + sp_g }
     } else if x > eps {
         let ll = -sp + pth + x * ((mu + eps).ln() - log_tme) + xt.0 - tt.lgamma - lgamma_xp1(x);
         let d_mu = dpth_dmu + x / (mu + eps) - x / tme;
         let d_theta = dpth_dtheta - x / tme + xt.1 - tt.digamma;
-        ExprLl {
-            ll,
-            d_mu,
-            d_theta,
-            d_pi: sp_g - T::ONE,
-        }
+        ExprLl { ll, d_mu, d_theta, d_pi: sp_g - T::ONE }
     } else {
         ExprLl::default()
     }
@@ -204,24 +145,17 @@ impl<T: Real> GeneTerms<T> {
         use rayon::prelude::*;
         let tt: Vec<ThetaTerms<T>> = theta.par_iter().map(|&t| ThetaTerms::new(t)).collect();
         let mut table = vec![(T::ZERO, T::ZERO); theta.len() * COUNT_TABLE];
-        table
-            .par_chunks_mut(COUNT_TABLE)
-            .enumerate()
-            .for_each(|(g, row)| {
-                let mut bits = present[g] & !1; // x = 0 is θ's own terms
-                while bits != 0 {
-                    let x = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let v = T::from_f64(x as f64) + theta[g];
-                    row[x] = (v.lgamma(), v.digamma());
-                }
-            });
+        table.par_chunks_mut(COUNT_TABLE).enumerate().for_each(|(g, row)| {
+            let mut bits = present[g] & !1; // x = 0 is θ's own terms
+            while bits != 0 {
+                let x = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let v = T::from_f64(x as f64) + theta[g];
+                row[x] = (v.lgamma(), v.digamma());
+            }
+        });
         let log_te = tt.iter().map(|t| t.log_te).collect();
-        GeneTerms {
-            theta: tt,
-            log_te,
-            table,
-        }
+        GeneTerms { theta: tt, log_te, table }
     }
 
     /// (lgamma, ψ)(x + θ_g).
@@ -257,39 +191,16 @@ pub struct ZinbScratch<T> {
 /// few ulp (tests/gradcheck.rs bounds it). An entry whose θ+μ+ε is not a finite positive normal number
 /// takes [`zinb_with`]. Returns Σ ll and writes the local gradients of −ll to `gm`, `gth`, `gp`.
 #[allow(clippy::too_many_arguments)]
-pub fn zinb_row<T: Real>(
-    x: &[T],
-    mu: &[T],
-    theta: &[T],
-    pi: &[T],
-    gt: &GeneTerms<T>,
-    sc: &mut ZinbScratch<T>,
-    gm: &mut [T],
-    gth: &mut [T],
-    gp: &mut [T],
-) -> f64 {
+pub fn zinb_row<T: Real>(x: &[T], mu: &[T], theta: &[T], pi: &[T], gt: &GeneTerms<T>, sc: &mut ZinbScratch<T>, gm: &mut [T], gth: &mut [T], gp: &mut [T]) -> f64 {
     let g = x.len();
     let eps = T::from_f64(NB_EPS);
-    for v in [
-        &mut sc.sp,
-        &mut sc.sp_g,
-        &mut sc.tme,
-        &mut sc.log_tme,
-        &mut sc.pth,
-        &mut sc.ll0,
-        &mut sc.s,
-    ] {
+    for v in [&mut sc.sp, &mut sc.sp_g, &mut sc.tme, &mut sc.log_tme, &mut sc.pth, &mut sc.ll0, &mut sc.s] {
         v.clear();
         v.resize(g, T::ZERO);
     }
     let (mu, theta, pi, log_te) = (&mu[..g], &theta[..g], &pi[..g], &gt.log_te[..g]);
     {
-        let (sp, sp_g, tme, log_tme) = (
-            &mut sc.sp[..g],
-            &mut sc.sp_g[..g],
-            &mut sc.tme[..g],
-            &mut sc.log_tme[..g],
-        );
+        let (sp, sp_g, tme, log_tme) = (&mut sc.sp[..g], &mut sc.sp_g[..g], &mut sc.tme[..g], &mut sc.log_tme[..g]);
         let (pth, ll0, s) = (&mut sc.pth[..g], &mut sc.ll0[..g], &mut sc.s[..g]);
         for k in 0..g {
             let (a, b) = softplus_and_grad_v(-pi[k]);
@@ -310,11 +221,7 @@ pub fn zinb_row<T: Real>(
     let mut acc = 0f64;
     for k in 0..g {
         let (xk, th, tt) = (x[k], theta[k], &gt.theta[k]);
-        let xt = if xk > T::ZERO {
-            gt.xt(k, xk, th)
-        } else {
-            (T::ZERO, T::ZERO)
-        };
+        let xt = if xk > T::ZERO { gt.xt(k, xk, th) } else { (T::ZERO, T::ZERO) };
         let tme = sc.tme[k];
         let r = if !(tme >= tiny && tme.is_finite()) {
             zinb_with(xk, mu[k], th, pi[k], tt, xt)
@@ -340,17 +247,8 @@ pub fn count_bit(x: f32) -> u64 {
 pub fn poisson<T: Real>(x: T, mu: T) -> ExprLl<T> {
     let xlogy = if x == T::ZERO { T::ZERO } else { x * mu.ln() };
     let ll = xlogy - mu - lgamma_xp1(x);
-    let d_mu = if x == T::ZERO {
-        -T::ONE
-    } else {
-        x / mu - T::ONE
-    };
-    ExprLl {
-        ll,
-        d_mu,
-        d_theta: T::ZERO,
-        d_pi: T::ZERO,
-    }
+    let d_mu = if x == T::ZERO { -T::ONE } else { x / mu - T::ONE };
+    ExprLl { ll, d_mu, d_theta: T::ZERO, d_pi: T::ZERO }
 }
 
 /// Clamp p to [P_EPS, 1 − P_EPS]; returns (clamped, passes-gradient).
@@ -372,11 +270,7 @@ pub fn clamp_p<T: Real>(p: T) -> (T, bool) {
 pub fn binomial<T: Real>(k: T, n: T, p: T) -> (T, T) {
     let (pc, pass) = clamp_p(p);
     let ll = k * pc.ln() + (n - k) * (T::ONE - pc).ln();
-    let d = if pass {
-        k / pc - (n - k) / (T::ONE - pc)
-    } else {
-        T::ZERO
-    };
+    let d = if pass { k / pc - (n - k) / (T::ONE - pc) } else { T::ZERO };
     (ll, d)
 }
 
@@ -385,11 +279,7 @@ pub fn binomial<T: Real>(k: T, n: T, p: T) -> (T, T) {
 pub fn bce<T: Real>(psi: T, p: T) -> (T, T) {
     let (pc, pass) = clamp_p(p);
     let ll = psi * pc.ln() + (T::ONE - psi) * (T::ONE - pc).ln();
-    let d = if pass {
-        psi / pc - (T::ONE - psi) / (T::ONE - pc)
-    } else {
-        T::ZERO
-    };
+    let d = if pass { psi / pc - (T::ONE - psi) / (T::ONE - pc) } else { T::ZERO };
     (ll, d)
 }
 
@@ -401,8 +291,7 @@ pub fn beta_binomial<T: Real>(k: T, n: T, p: T, phi: T) -> (T, T, T) {
     let a = pc * phi;
     let b = (T::ONE - pc) * phi;
     let nk = n - k;
-    let ll = (n + T::ONE).lgamma() - (k + T::ONE).lgamma() - (nk + T::ONE).lgamma()
-        + (k + a).lgamma()
+    let ll = (n + T::ONE).lgamma() - (k + T::ONE).lgamma() - (nk + T::ONE).lgamma() + (k + a).lgamma()
         + (nk + b).lgamma()
         - (n + a + b).lgamma()
         - a.lgamma()
@@ -442,16 +331,10 @@ pub fn nbetaln<T: Real>(n: T, a: T) -> (T, T) {
                 dprod = dprod * v + prod;
                 prod *= v;
             }
-            return (
-                T::from_f64(ln_factorials()[k] - prod.ln()),
-                T::from_f64(-dprod / prod),
-            );
+            return (T::from_f64(ln_factorials()[k] - prod.ln()), T::from_f64(-dprod / prod));
         }
     }
-    (
-        a.lgamma() + (n + T::ONE).lgamma() - (a + n).lgamma(),
-        a.digamma() - (a + n).digamma(),
-    )
+    (a.lgamma() + (n + T::ONE).lgamma() - (a + n).lgamma(), a.digamma() - (a + n).digamma())
 }
 
 /// sigmoid re-exported for the splicing decoders.
@@ -468,33 +351,22 @@ mod tests {
 
     /// The general form of nbetaln, in f64.
     fn nbetaln_general(n: f64, a: f64) -> (f64, f64) {
-        (
-            lgamma(a) + lgamma(n + 1.0) - lgamma(a + n),
-            digamma(a) - digamma(a + n),
-        )
+        (lgamma(a) + lgamma(n + 1.0) - lgamma(a + n), digamma(a) - digamma(a + n))
     }
 
     #[test]
     fn nbetaln_product_form_matches_the_general_form() {
         // Every count the product form takes, α across the range the DM sees (p·φ: tiny to large).
         for k in 1..=NBETALN_PRODUCT_MAX {
-            for &a in &[
-                1e-7, 3e-4, 0.05, 0.7, 1.0, 2.5, 9.99, 10.0, 37.3, 480.0, 1e4, 9.9e7,
-            ] {
+            for &a in &[1e-7, 3e-4, 0.05, 0.7, 1.0, 2.5, 9.99, 10.0, 37.3, 480.0, 1e4, 9.9e7] {
                 let (l, d) = nbetaln(k as f64, a);
                 let (lw, dw) = nbetaln_general(k as f64, a);
                 // The general form loses digits to cancellation between lgamma values of size
                 // |lgamma(α + n)| (and ψ values of size |ψ(α)|); the product form does not.
                 let lscale = lgamma(a + k as f64).abs().max(lgamma(a).abs()).max(1.0);
                 let dscale = digamma(a).abs().max(1.0);
-                assert!(
-                    (l - lw).abs() <= 1e-13 * lscale,
-                    "value at n={k}, a={a}: {l} vs {lw}"
-                );
-                assert!(
-                    (d - dw).abs() <= 1e-13 * dscale,
-                    "derivative at n={k}, a={a}: {d} vs {dw}"
-                );
+                assert!((l - lw).abs() <= 1e-13 * lscale, "value at n={k}, a={a}: {l} vs {lw}");
+                assert!((d - dw).abs() <= 1e-13 * dscale, "derivative at n={k}, a={a}: {d} vs {dw}");
             }
         }
     }
@@ -504,28 +376,10 @@ mod tests {
     fn zinb_inputs(g: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
         use rand::{Rng, SeedableRng};
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let x: Vec<f64> = (0..g)
-            .map(|k| {
-                if k % 3 == 0 {
-                    r.gen_range(1..90) as f64
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let x: Vec<f64> = (0..g).map(|k| if k % 3 == 0 { r.gen_range(1..90) as f64 } else { 0.0 }).collect();
         let mut mu: Vec<f64> = (0..g).map(|_| (r.gen_range(-8.0..6.0f64)).exp()).collect();
         let mut theta: Vec<f64> = (0..g).map(|_| (r.gen_range(-4.0..4.0f64)).exp()).collect();
-        let pi: Vec<f64> = (0..g)
-            .map(|k| {
-                if k % 17 == 5 {
-                    30.0
-                } else if k % 17 == 6 {
-                    -30.0
-                } else {
-                    r.gen_range(-6.0..6.0)
-                }
-            })
-            .collect();
+        let pi: Vec<f64> = (0..g).map(|k| if k % 17 == 5 { 30.0 } else if k % 17 == 6 { -30.0 } else { r.gen_range(-6.0..6.0) }).collect();
         mu[7] = 1e-45;
         theta[7] = 1e-45;
         (x, mu, theta, pi)
@@ -539,25 +393,11 @@ mod tests {
         let present: Vec<u64> = x.iter().map(|&v| count_bit(v.to_f32())).collect();
         let gt = GeneTerms::new(&theta, &present);
         let (mut gm, mut gth, mut gp) = (vec![T::ZERO; g], vec![T::ZERO; g], vec![T::ZERO; g]);
-        let ll = zinb_row(
-            &x,
-            &mu,
-            &theta,
-            &pi,
-            &gt,
-            &mut ZinbScratch::default(),
-            &mut gm,
-            &mut gth,
-            &mut gp,
-        );
+        let ll = zinb_row(&x, &mu, &theta, &pi, &gt, &mut ZinbScratch::default(), &mut gm, &mut gth, &mut gp);
         let mut want = Vec::new();
         let mut want_ll = 0f64;
         for k in 0..g {
-            let xt = if x[k] > T::ZERO {
-                gt.xt(k, x[k], theta[k])
-            } else {
-                (T::ZERO, T::ZERO)
-            };
+            let xt = if x[k] > T::ZERO { gt.xt(k, x[k], theta[k]) } else { (T::ZERO, T::ZERO) };
             let r = zinb_with(x[k], mu[k], theta[k], pi[k], &gt.theta[k], xt);
             want_ll += r.ll.to_f64();
             want.push([r.ll, -r.d_mu, -r.d_theta, -r.d_pi]);
@@ -573,31 +413,21 @@ mod tests {
         assert_eq!(ll.to_bits(), want_ll.to_bits(), "f64 row log-likelihood");
         for k in 0..g {
             for t in 1..4 {
-                assert_eq!(
-                    got[k][t].to_bits(),
-                    want[k][t].to_bits(),
-                    "f64 entry {k}, output {t}"
-                );
+                assert_eq!(got[k][t].to_bits(), want[k][t].to_bits(), "f64 entry {k}, output {t}");
             }
         }
         // f32: against the f64 values, the row is about as accurate as the libm path (vmath is a few
         // ulp off libm; the outputs combine terms that cancel, so both carry rounding of the terms).
         let truth = want;
         let (got, want, ll, want_ll) = zinb_row_and_reference::<f32>(g);
-        assert!(
-            (ll - want_ll).abs() <= 1e-6 * want_ll.abs().max(1.0),
-            "f32 row log-likelihood {ll} vs {want_ll}"
-        );
+        assert!((ll - want_ll).abs() <= 1e-6 * want_ll.abs().max(1.0), "f32 row log-likelihood {ll} vs {want_ll}");
         let mut worst = 0.0f64;
         for k in 0..g {
             for t in 1..4 {
                 let (a, b, w) = (got[k][t] as f64, want[k][t] as f64, truth[k][t]);
                 assert!(a.is_finite(), "f32 entry {k}, output {t} is {a}");
                 let bound = 4.0 * (b - w).abs() + 1e-6 * (1.0 + w.abs());
-                assert!(
-                    (a - w).abs() <= bound,
-                    "f32 entry {k}, output {t}: {a} vs libm path {b}, f64 {w}"
-                );
+                assert!((a - w).abs() <= bound, "f32 entry {k}, output {t}: {a} vs libm path {b}, f64 {w}");
                 worst = worst.max((a - w).abs() / bound);
             }
         }

@@ -66,6 +66,4 @@ pub use config::*;
 pub use params::{Grads, ParamKind, ParamLayout, Params};
 pub use real::Real;
 pub use tensor::Mat;
-pub use vae::{
-    DenseDecode, Forward, Inference, Modality, Noise, SpliceVae, StepOptions, StepOutput,
-};
+pub use vae::{DenseDecode, Forward, Inference, Modality, Noise, SpliceVae, StepOptions, StepOutput};

@@ -82,13 +82,7 @@ pub struct Cov<'a> {
 impl Cov<'_> {
     /// Covariate columns [cont, one-hots] for a layer with `n_cont` continuous inputs (0 or all) and
     /// categorical sizes `cat_sizes`, appended to each row by `push(row, col_offset_within_cov, value)`.
-    fn for_each<F: FnMut(usize, f32)>(
-        &self,
-        row: usize,
-        n_cont: usize,
-        cat_sizes: &[usize],
-        mut push: F,
-    ) {
+    fn for_each<F: FnMut(usize, f32)>(&self, row: usize, n_cont: usize, cat_sizes: &[usize], mut push: F) {
         if n_cont > 0 {
             for c in 0..n_cont {
                 push(c, self.cont[row * self.n_cont + c]);
@@ -107,11 +101,7 @@ impl Cov<'_> {
 
     pub fn check(&self, fc: &FcLayers, rows: usize) -> Result<()> {
         if fc.n_cont > 0 && (self.n_cont != fc.n_cont || self.cont.len() != rows * fc.n_cont) {
-            bail!(
-                "layer expects {} continuous covariates, the batch has {}",
-                fc.n_cont,
-                self.n_cont
-            );
+            bail!("layer expects {} continuous covariates, the batch has {}", fc.n_cont, self.n_cont);
         }
         for (k, &n) in fc.cat_sizes.iter().enumerate() {
             if n == 0 {
@@ -121,16 +111,10 @@ impl Cov<'_> {
                 bail!("layer expects categorical input {k} ({n} levels), the batch has none")
             };
             if codes.len() != rows {
-                bail!(
-                    "categorical input {k} has {} values for {rows} cells",
-                    codes.len()
-                );
+                bail!("categorical input {k} has {} values for {rows} cells", codes.len());
             }
             if let Some(bad) = codes.iter().position(|&c| c as usize >= n) {
-                bail!(
-                    "categorical input {k}: cell {bad} has code {} but the model has {n} levels",
-                    codes[bad]
-                );
+                bail!("categorical input {k}: cell {bad} has code {} but the model has {n} levels", codes[bad]);
             }
         }
         Ok(())
@@ -153,22 +137,12 @@ impl Cov<'_> {
     }
 
     /// Sparse [x | covariates].
-    pub fn concat_sparse<T: Real>(
-        &self,
-        x: &Sparse<T>,
-        n_cont: usize,
-        cat_sizes: &[usize],
-    ) -> Sparse<T> {
+    pub fn concat_sparse<T: Real>(&self, x: &Sparse<T>, n_cont: usize, cat_sizes: &[usize]) -> Sparse<T> {
         let w = n_cont + cat_sizes.iter().sum::<usize>();
         if w == 0 {
             return x.clone();
         }
-        let mut out = Sparse {
-            rows: x.rows,
-            cols: x.cols + w,
-            indptr: vec![0],
-            ..Default::default()
-        };
+        let mut out = Sparse { rows: x.rows, cols: x.cols + w, indptr: vec![0], ..Default::default() };
         for r in 0..x.rows {
             for e in x.indptr[r]..x.indptr[r + 1] {
                 out.indices.push(x.indices[e]);
@@ -203,15 +177,7 @@ pub type BufUpdates = Vec<(usize, Vec<f64>)>;
 pub fn linear_dense_fwd<T: Real>(lin: &LinearP, p: &Params<T>, x: &Mat<T>) -> Mat<T> {
     assert_eq!(x.cols, lin.n_in, "linear input width");
     let mut y = Mat::zeros(x.rows, lin.n_out);
-    matmul_nt(
-        &x.data,
-        x.rows,
-        lin.n_in,
-        p.get(lin.w),
-        lin.n_out,
-        &mut y.data,
-        T::ZERO,
-    );
+    matmul_nt(&x.data, x.rows, lin.n_in, p.get(lin.w), lin.n_out, &mut y.data, T::ZERO);
     if let Some(b) = lin.b {
         let b = p.get(b);
         y.data.par_chunks_mut(lin.n_out.max(1)).for_each(|row| {
@@ -242,15 +208,7 @@ pub fn linear_dense_bwd<T: Real>(
     }
     need_dx.then(|| {
         let mut dx = Mat::zeros(dy.rows, lin.n_in);
-        matmul_nn(
-            &dy.data,
-            dy.rows,
-            lin.n_out,
-            p.get(lin.w),
-            lin.n_in,
-            &mut dx.data,
-            T::ZERO,
-        );
+        matmul_nn(&dy.data, dy.rows, lin.n_out, p.get(lin.w), lin.n_in, &mut dx.data, T::ZERO);
         dx
     })
 }
@@ -269,21 +227,18 @@ pub fn linear_sparse_fwd<T: Real>(lin: &LinearP, p: &Params<T>, x: &Sparse<T>) -
     }
     let bias = lin.b.map(|b| p.get(b));
     let mut y = Mat::zeros(x.rows, n_out);
-    y.data
-        .par_chunks_mut(n_out.max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            if let Some(b) = bias {
-                row.copy_from_slice(b);
+    y.data.par_chunks_mut(n_out.max(1)).enumerate().for_each(|(r, row)| {
+        if let Some(b) = bias {
+            row.copy_from_slice(b);
+        }
+        for e in x.indptr[r]..x.indptr[r + 1] {
+            let v = x.values[e];
+            let wr = &wt[x.indices[e] as usize * n_out..][..n_out];
+            for (o, &ww) in row.iter_mut().zip(wr) {
+                *o += v * ww;
             }
-            for e in x.indptr[r]..x.indptr[r + 1] {
-                let v = x.values[e];
-                let wr = &wt[x.indices[e] as usize * n_out..][..n_out];
-                for (o, &ww) in row.iter_mut().zip(wr) {
-                    *o += v * ww;
-                }
-            }
-        });
+        }
+    });
     y
 }
 
@@ -298,24 +253,20 @@ pub fn linear_sparse_bwd<T: Real>(lin: &LinearP, x: &Sparse<T>, dy: &Mat<T>, g: 
     let Some(gw) = g.slot(lin.w) else { return };
     let (cptr, rows, vals) = x.to_csc();
     let mut dwt = vec![T::ZERO; n_in * n_out];
-    dwt.par_chunks_mut(n_out.max(1))
-        .enumerate()
-        .for_each(|(c, acc)| {
-            for e in cptr[c]..cptr[c + 1] {
-                let v = vals[e];
-                let dr = dy.row(rows[e] as usize);
-                for (a, &d) in acc.iter_mut().zip(dr) {
-                    *a += v * d;
-                }
+    dwt.par_chunks_mut(n_out.max(1)).enumerate().for_each(|(c, acc)| {
+        for e in cptr[c]..cptr[c + 1] {
+            let v = vals[e];
+            let dr = dy.row(rows[e] as usize);
+            for (a, &d) in acc.iter_mut().zip(dr) {
+                *a += v * d;
             }
-        });
-    gw.par_chunks_mut(n_in.max(1))
-        .enumerate()
-        .for_each(|(o, wrow)| {
-            for (c, w) in wrow.iter_mut().enumerate() {
-                *w += dwt[c * n_out + o];
-            }
-        });
+        }
+    });
+    gw.par_chunks_mut(n_in.max(1)).enumerate().for_each(|(o, wrow)| {
+        for (c, w) in wrow.iter_mut().enumerate() {
+            *w += dwt[c * n_out + o];
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,32 +297,16 @@ pub fn batchnorm_fwd<T: Real>(
         }
         let (mean, inv_std, var) = bn_batch_stats(x);
         // running = (1 − momentum)·running + momentum·batch (unbiased variance), counter + 1
-        let (rm, rv) = bn_running_update(
-            p.get(bn.running_mean),
-            p.get(bn.running_var),
-            &mean,
-            &var,
-            b,
-        );
+        let (rm, rv) = bn_running_update(p.get(bn.running_mean), p.get(bn.running_var), &mean, &var, b);
         upd.push((bn.running_mean, rm));
         upd.push((bn.running_var, rv));
-        upd.push((
-            bn.num_batches_tracked,
-            vec![p.get(bn.num_batches_tracked)[0].to_f64() + 1.0],
-        ));
+        upd.push((bn.num_batches_tracked, vec![p.get(bn.num_batches_tracked)[0].to_f64() + 1.0]));
         (mean, inv_std)
     } else {
         bn_eval_stats(p.get(bn.running_mean), p.get(bn.running_var))
     };
     let (y, xhat) = bn_apply(x, &mean, &inv_std, gamma, beta);
-    Ok((
-        y,
-        NormCache {
-            xhat,
-            inv_std,
-            batch_stats: training,
-        },
-    ))
+    Ok((y, NormCache { xhat, inv_std, batch_stats: training }))
 }
 
 /// Per-column mean, 1/√(var + ε) and biased variance of a minibatch (f64 sums: fewer rounding errors
@@ -395,52 +330,30 @@ pub fn bn_batch_stats<T: Real>(x: &Mat<T>) -> (Vec<T>, Vec<T>, Vec<f64>) {
     }
     v64.iter_mut().for_each(|s| *s /= b as f64);
     let mean: Vec<T> = m64.iter().map(|&m| T::from_f64(m)).collect();
-    let inv_std: Vec<T> = v64
-        .iter()
-        .map(|&v| T::from_f64(1.0 / (v + BN_EPS).sqrt()))
-        .collect();
+    let inv_std: Vec<T> = v64.iter().map(|&v| T::from_f64(1.0 / (v + BN_EPS).sqrt())).collect();
     (mean, inv_std, v64)
 }
 
 /// The running statistics after one training minibatch of `b` cells (momentum BN_MOMENTUM, unbiased
 /// variance), in f64.
-pub fn bn_running_update<T: Real>(
-    rm: &[T],
-    rv: &[T],
-    mean: &[T],
-    var: &[f64],
-    b: usize,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn bn_running_update<T: Real>(rm: &[T], rv: &[T], mean: &[T], var: &[f64], b: usize) -> (Vec<f64>, Vec<f64>) {
     let mom = BN_MOMENTUM;
     let unb = b as f64 / (b as f64 - 1.0);
     let n = mean.len();
     (
-        (0..n)
-            .map(|i| (1.0 - mom) * rm[i].to_f64() + mom * mean[i].to_f64())
-            .collect(),
-        (0..n)
-            .map(|i| (1.0 - mom) * rv[i].to_f64() + mom * var[i] * unb)
-            .collect(),
+        (0..n).map(|i| (1.0 - mom) * rm[i].to_f64() + mom * mean[i].to_f64()).collect(),
+        (0..n).map(|i| (1.0 - mom) * rv[i].to_f64() + mom * var[i] * unb).collect(),
     )
 }
 
 /// Evaluation-mode statistics: the running mean and 1/√(running var + ε).
 pub fn bn_eval_stats<T: Real>(rm: &[T], rv: &[T]) -> (Vec<T>, Vec<T>) {
     let eps = T::from_f64(BN_EPS);
-    (
-        rm.to_vec(),
-        rv.iter().map(|&v| T::ONE / (v + eps).sqrt()).collect(),
-    )
+    (rm.to_vec(), rv.iter().map(|&v| T::ONE / (v + eps).sqrt()).collect())
 }
 
 /// y = x̂·γ + β with x̂ = (x − mean)·inv_std; returns (y, x̂).
-pub fn bn_apply<T: Real>(
-    x: &Mat<T>,
-    mean: &[T],
-    inv_std: &[T],
-    gamma: &[T],
-    beta: &[T],
-) -> (Mat<T>, Mat<T>) {
+pub fn bn_apply<T: Real>(x: &Mat<T>, mean: &[T], inv_std: &[T], gamma: &[T], beta: &[T]) -> (Mat<T>, Mat<T>) {
     let (b, n) = (x.rows, x.cols);
     let mut xhat = Mat::zeros(b, n);
     let mut y = Mat::zeros(b, n);
@@ -457,15 +370,8 @@ pub fn bn_apply<T: Real>(
     (y, xhat)
 }
 
-pub fn batchnorm_bwd<T: Real>(
-    bn: &BnP,
-    p: &Params<T>,
-    c: &NormCache<T>,
-    dy: &Mat<T>,
-    g: &mut Grads<T>,
-) -> Mat<T> {
-    let (dx, sum_dy, sum_dy_xhat) =
-        bn_backward_core(&c.xhat, &c.inv_std, c.batch_stats, p.get(bn.w), dy);
+pub fn batchnorm_bwd<T: Real>(bn: &BnP, p: &Params<T>, c: &NormCache<T>, dy: &Mat<T>, g: &mut Grads<T>) -> Mat<T> {
+    let (dx, sum_dy, sum_dy_xhat) = bn_backward_core(&c.xhat, &c.inv_std, c.batch_stats, p.get(bn.w), dy);
     if let Some(gw) = g.slot(bn.w) {
         for i in 0..dy.cols {
             gw[i] += sum_dy_xhat[i];
@@ -480,13 +386,7 @@ pub fn batchnorm_bwd<T: Real>(
 }
 
 /// BatchNorm backward from d(y): returns (dx, Σ_rows dy = dβ, Σ_rows dy·x̂ = dγ).
-pub fn bn_backward_core<T: Real>(
-    xhat: &Mat<T>,
-    inv_std: &[T],
-    batch_stats: bool,
-    gamma: &[T],
-    dy: &Mat<T>,
-) -> (Mat<T>, Vec<T>, Vec<T>) {
+pub fn bn_backward_core<T: Real>(xhat: &Mat<T>, inv_std: &[T], batch_stats: bool, gamma: &[T], dy: &Mat<T>) -> (Mat<T>, Vec<T>, Vec<T>) {
     let (b, n) = (dy.rows, dy.cols);
     let mut s1 = vec![0f64; n];
     let mut s2 = vec![0f64; n];
@@ -507,9 +407,7 @@ pub fn bn_backward_core<T: Real>(
             let d = dy.at(r, i) * gamma[i];
             row[i] = if batch_stats {
                 // dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))
-                gamma[i]
-                    * inv_std[i]
-                    * (dy.at(r, i) - sum_dy[i] / bt - xhat.at(r, i) * sum_dy_xhat[i] / bt)
+                gamma[i] * inv_std[i] * (dy.at(r, i) - sum_dy[i] / bt - xhat.at(r, i) * sum_dy_xhat[i] / bt)
             } else {
                 d * inv_std[i]
             };
@@ -523,13 +421,9 @@ pub fn layernorm_fwd<T: Real>(x: &Mat<T>, affine: Option<(&[T], &[T])>) -> (Mat<
     let n = x.cols;
     let mut xhat = Mat::zeros(x.rows, n);
     let mut inv_std = vec![T::ZERO; x.rows];
-    xhat.data
-        .par_chunks_mut(n.max(1))
-        .zip(inv_std.par_iter_mut())
-        .enumerate()
-        .for_each(|(r, (h, s))| {
-            *s = ln_row(x.row(r), h);
-        });
+    xhat.data.par_chunks_mut(n.max(1)).zip(inv_std.par_iter_mut()).enumerate().for_each(|(r, (h, s))| {
+        *s = ln_row(x.row(r), h);
+    });
     let y = match affine {
         None => xhat.clone(),
         Some((gw, gb)) => {
@@ -542,14 +436,7 @@ pub fn layernorm_fwd<T: Real>(x: &Mat<T>, affine: Option<(&[T], &[T])>) -> (Mat<
             y
         }
     };
-    (
-        y,
-        NormCache {
-            xhat,
-            inv_std,
-            batch_stats: false,
-        },
-    )
+    (y, NormCache { xhat, inv_std, batch_stats: false })
 }
 
 /// Normalise one row into `out`; returns 1/std.
@@ -605,12 +492,9 @@ pub fn layernorm_bwd<T: Real>(
             }
         });
     }
-    dx.data
-        .par_chunks_mut(n.max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            ln_row_bwd(c.xhat.row(r), c.inv_std[r], row);
-        });
+    dx.data.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, row)| {
+        ln_row_bwd(c.xhat.row(r), c.inv_std[r], row);
+    });
     dx
 }
 
@@ -735,36 +619,22 @@ pub fn fc_forward<T: Real>(
         };
         let act_in = if blk.act != Act::None {
             let a = y.clone();
-            y.data
-                .par_iter_mut()
-                .for_each(|v| *v = act_fwd(blk.act, *v));
+            y.data.par_iter_mut().for_each(|v| *v = act_fwd(blk.act, *v));
             Some(a)
         } else {
             None
         };
         let drop = if mode.training && blk.dropout > 0.0 {
-            let ds = rng::DropStream::new(
-                mode.seed,
-                rng::streams::DROPOUT_BASE + fc.id * 64 + bi as u64,
-                blk.dropout,
-            );
+            let ds = rng::DropStream::new(mode.seed, rng::streams::DROPOUT_BASE + fc.id * 64 + bi as u64, blk.dropout);
             let scale = T::from_f64(1.0 / (1.0 - blk.dropout));
-            let mask: Vec<T> = (0..y.data.len())
-                .into_par_iter()
-                .map(|i| if ds.keep(i as u64) { scale } else { T::ZERO })
-                .collect();
+            let mask: Vec<T> =
+                (0..y.data.len()).into_par_iter().map(|i| if ds.keep(i as u64) { scale } else { T::ZERO }).collect();
             y.data.par_iter_mut().zip(&mask).for_each(|(v, &m)| *v *= m);
             Some(mask)
         } else {
             None
         };
-        caches.push(BlockCache {
-            input,
-            bn: bn_c,
-            ln: ln_c,
-            act_in,
-            drop,
-        });
+        caches.push(BlockCache { input, bn: bn_c, ln: ln_c, act_in, drop });
         h = Some(y);
     }
     Ok((h.unwrap(), FcCache { blocks: caches }))
@@ -786,10 +656,7 @@ pub fn fc_backward<T: Real>(
             d.data.par_iter_mut().zip(mask).for_each(|(v, &m)| *v *= m);
         }
         if let Some(a) = &c.act_in {
-            d.data
-                .par_iter_mut()
-                .zip(&a.data)
-                .for_each(|(v, &x)| *v *= act_grad(blk.act, x));
+            d.data.par_iter_mut().zip(&a.data).for_each(|(v, &x)| *v *= act_grad(blk.act, x));
         }
         if let Some(lc) = &c.ln {
             d = layernorm_bwd(lc, &d, None, g);
@@ -802,10 +669,7 @@ pub fn fc_backward<T: Real>(
             In::Dense(m) => linear_dense_bwd(&blk.lin, p, m, &d, g, want_dx),
             In::Sparse(s) => {
                 linear_sparse_bwd(&blk.lin, s, &d, g);
-                assert!(
-                    !want_dx,
-                    "input gradient of a sparse (data) input requested"
-                );
+                assert!(!want_dx, "input gradient of a sparse (data) input requested");
                 None
             }
         };
@@ -814,11 +678,7 @@ pub fn fc_backward<T: Real>(
         }
         let dx = dx.unwrap();
         // Strip the covariate columns.
-        d = if dx.cols == blk.n_main {
-            dx
-        } else {
-            dx.cols_range(0, blk.n_main)
-        };
+        d = if dx.cols == blk.n_main { dx } else { dx.cols_range(0, blk.n_main) };
     }
     Some(d)
 }

@@ -45,10 +45,7 @@ impl ParamKind {
 pub enum Init {
     /// U(−b, b) (PyTorch Linear default with b = 1/√fan_in).
     Uniform(f64),
-    Normal {
-        mean: f64,
-        std: f64,
-    },
+    Normal { mean: f64, std: f64 },
     Const(f64),
 }
 
@@ -80,18 +77,9 @@ pub struct LayoutBuilder {
 
 impl LayoutBuilder {
     /// Adds an entry and returns its index in the table.
-    pub fn add(
-        &mut self,
-        name: impl Into<String>,
-        shape: &[usize],
-        kind: ParamKind,
-        init: Init,
-    ) -> usize {
+    pub fn add(&mut self, name: impl Into<String>, shape: &[usize], kind: ParamKind, init: Init) -> usize {
         let name = name.into();
-        debug_assert!(
-            !self.entries.iter().any(|e| e.name == name),
-            "duplicate parameter {name}"
-        );
+        debug_assert!(!self.entries.iter().any(|e| e.name == name), "duplicate parameter {name}");
         self.entries.push(ParamEntry {
             name,
             shape: shape.to_vec(),
@@ -113,18 +101,8 @@ impl LayoutBuilder {
             e.offset = off;
             off += e.len;
         }
-        let index = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
-        ParamLayout {
-            entries: self.entries,
-            n_trainable,
-            total: off,
-            index,
-        }
+        let index = self.entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
+        ParamLayout { entries: self.entries, n_trainable, total: off, index }
     }
 }
 
@@ -151,10 +129,7 @@ pub struct Params<T> {
 impl<T: Real> Params<T> {
     pub fn zeros(layout: Arc<ParamLayout>) -> Self {
         let n = layout.total;
-        Params {
-            layout,
-            data: vec![T::ZERO; n],
-        }
+        Params { layout, data: vec![T::ZERO; n] }
     }
 
     /// Initialise every entry per its `Init`, in name-table order, from one seeded stream.
@@ -164,13 +139,10 @@ impl<T: Real> Params<T> {
         for e in layout.entries.iter() {
             let dst = &mut p.data[e.offset..e.offset + e.len];
             match e.init {
-                Init::Uniform(b) => dst
-                    .iter_mut()
-                    .for_each(|v| *v = T::from_f64(rng.gen_range(-b..=b))),
+                Init::Uniform(b) => dst.iter_mut().for_each(|v| *v = T::from_f64(rng.gen_range(-b..=b))),
                 Init::Normal { mean, std } => {
                     let n = Normal::new(mean, std).expect("finite normal");
-                    dst.iter_mut()
-                        .for_each(|v| *v = T::from_f64(n.sample(&mut rng)));
+                    dst.iter_mut().for_each(|v| *v = T::from_f64(n.sample(&mut rng)));
                 }
                 Init::Const(c) => dst.iter_mut().for_each(|v| *v = T::from_f64(c)),
             }
@@ -202,10 +174,7 @@ impl<T: Real> Params<T> {
         &mut self.data[..n]
     }
     pub fn cast<U: Real>(&self) -> Params<U> {
-        Params {
-            layout: self.layout.clone(),
-            data: self.data.iter().map(|v| U::from_f64(v.to_f64())).collect(),
-        }
+        Params { layout: self.layout.clone(), data: self.data.iter().map(|v| U::from_f64(v.to_f64())).collect() }
     }
     /// Set the `cross_gate` buffer (saved in checkpoints; the step itself reads `StepOptions::cross_gate`).
     pub fn set_cross_gate(&mut self, g: f64) {
@@ -226,32 +195,18 @@ impl<T: Real> Params<T> {
             .map_err(|e| anyhow::anyhow!("{what}: not a safetensors file: {e:?}"))?;
         let layout = self.layout.clone();
         for e in layout.entries.iter() {
-            let t = st.tensor(&e.name).map_err(|_| {
-                anyhow::anyhow!(
-                    "{what}: tensor `{}` (shape {:?}) is missing",
-                    e.name,
-                    e.shape
-                )
-            })?;
+            let t = st
+                .tensor(&e.name)
+                .map_err(|_| anyhow::anyhow!("{what}: tensor `{}` (shape {:?}) is missing", e.name, e.shape))?;
             if t.shape() != e.shape.as_slice() {
-                bail!(
-                    "{what}: tensor `{}` has shape {:?}, the model expects {:?}",
-                    e.name,
-                    t.shape(),
-                    e.shape
-                );
+                bail!("{what}: tensor `{}` has shape {:?}, the model expects {:?}", e.name, t.shape(), e.shape);
             }
             let vals = tensor_to_f64(&t).with_context(|| format!("{what}: tensor `{}`", e.name))?;
             for (d, v) in self.data[e.offset..e.offset + e.len].iter_mut().zip(vals) {
                 *d = T::from_f64(v);
             }
         }
-        let extra = st
-            .names()
-            .into_iter()
-            .filter(|n| layout.find(n).is_none())
-            .cloned()
-            .collect();
+        let extra = st.names().into_iter().filter(|n| layout.find(n).is_none()).cloned().collect();
         Ok(extra)
     }
 
@@ -263,10 +218,7 @@ impl<T: Real> Params<T> {
             .map(|e| {
                 let vals = &self.data[e.offset..e.offset + e.len];
                 if e.kind == ParamKind::Counter {
-                    let b: Vec<u8> = vals
-                        .iter()
-                        .flat_map(|v| (v.to_f64().round() as i64).to_le_bytes())
-                        .collect();
+                    let b: Vec<u8> = vals.iter().flat_map(|v| (v.to_f64().round() as i64).to_le_bytes()).collect();
                     (e.name.clone(), Dtype::I64, e.shape.clone(), b)
                 } else {
                     let b: Vec<u8> = vals.iter().flat_map(|v| v.to_f32().to_le_bytes()).collect();
@@ -277,11 +229,7 @@ impl<T: Real> Params<T> {
     }
 
     /// Save to a safetensors file (written atomically) with the state-dict names.
-    pub fn save_safetensors(
-        &self,
-        path: &Path,
-        metadata: Option<HashMap<String, String>>,
-    ) -> Result<()> {
+    pub fn save_safetensors(&self, path: &Path, metadata: Option<HashMap<String, String>>) -> Result<()> {
         let tensors = self.to_tensors();
         save_tensors(path, &tensors, metadata)
     }
@@ -295,15 +243,9 @@ pub fn save_tensors(
 ) -> Result<()> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, d, s, b)| {
-            Ok((
-                n.clone(),
-                TensorView::new(*d, s.clone(), b).map_err(|e| anyhow::anyhow!("{e:?}"))?,
-            ))
-        })
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| anyhow::anyhow!("{e:?}"))?)))
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, &metadata)
-        .map_err(|e| anyhow::anyhow!("serialising: {e:?}"))?;
+    let bytes = safetensors::serialize(views, &metadata).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))?;
     crate::util::write_atomic(path, |tmp| Ok(std::fs::write(tmp, &bytes)?))
 }
 
@@ -311,30 +253,16 @@ pub fn save_tensors(
 pub fn tensor_to_f64(t: &TensorView) -> Result<Vec<f64>> {
     let d = t.data();
     Ok(match t.dtype() {
-        Dtype::F32 => d
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        Dtype::F64 => d
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        Dtype::F16 => d
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f64())
-            .collect(),
-        Dtype::BF16 => d
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64())
-            .collect(),
-        Dtype::I64 => d
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        Dtype::I32 => d
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
+        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        Dtype::F16 => {
+            d.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f64()).collect()
+        }
+        Dtype::BF16 => {
+            d.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64()).collect()
+        }
+        Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
         Dtype::U8 => d.iter().map(|&v| v as f64).collect(),
         Dtype::BOOL => d.iter().map(|&v| (v != 0) as u8 as f64).collect(),
         other => bail!("unsupported dtype {other:?}"),
@@ -351,10 +279,7 @@ pub struct Grads<T> {
 impl<T: Real> Grads<T> {
     pub fn zeros(layout: Arc<ParamLayout>) -> Self {
         let n = layout.n_trainable;
-        Grads {
-            layout,
-            data: vec![T::ZERO; n],
-        }
+        Grads { layout, data: vec![T::ZERO; n] }
     }
     /// The gradient slot of entry `idx`; None for frozen parameters and buffers.
     #[inline]
@@ -368,9 +293,7 @@ impl<T: Real> Grads<T> {
     }
     pub fn get(&self, idx: usize) -> Option<&[T]> {
         let e = &self.layout.entries[idx];
-        e.kind
-            .trainable()
-            .then(|| &self.data[e.offset..e.offset + e.len])
+        e.kind.trainable().then(|| &self.data[e.offset..e.offset + e.len])
     }
     pub fn by_name(&self, name: &str) -> Option<&[T]> {
         self.layout.find(name).and_then(|i| self.get(i))
@@ -381,11 +304,7 @@ impl<T: Real> Grads<T> {
         }
     }
     pub fn norm(&self) -> f64 {
-        self.data
-            .iter()
-            .map(|v| v.to_f64() * v.to_f64())
-            .sum::<f64>()
-            .sqrt()
+        self.data.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>().sqrt()
     }
 }
 
@@ -395,21 +314,8 @@ mod tests {
     use crate::model::{Dims, ModelConfig, NormPlacement, SpliceVae};
 
     fn model() -> SpliceVae {
-        let cfg = ModelConfig {
-            use_batch_norm: NormPlacement::Both,
-            n_hidden: Some(4),
-            n_latent: Some(2),
-            ..ModelConfig::default()
-        };
-        let dims = Dims {
-            n_genes: 5,
-            n_junctions: 6,
-            n_atse: 3,
-            n_batch: 2,
-            n_labels: 1,
-            n_obs: 4,
-            ..Dims::default()
-        };
+        let cfg = ModelConfig { use_batch_norm: NormPlacement::Both, n_hidden: Some(4), n_latent: Some(2), ..ModelConfig::default() };
+        let dims = Dims { n_genes: 5, n_junctions: 6, n_atse: 3, n_batch: 2, n_labels: 1, n_obs: 4, ..Dims::default() };
         SpliceVae::new(cfg, dims, vec![0, 0, 1, 1, 2, 2]).unwrap()
     }
 
@@ -418,16 +324,8 @@ mod tests {
         let m = model();
         let l = &m.layout;
         for e in &l.entries {
-            assert_eq!(
-                e.kind.trainable(),
-                e.offset + e.len <= l.n_trainable,
-                "{}",
-                e.name
-            );
-            if e.name.ends_with("running_mean")
-                || e.name.ends_with("running_var")
-                || e.name == "cross_gate"
-            {
+            assert_eq!(e.kind.trainable(), e.offset + e.len <= l.n_trainable, "{}", e.name);
+            if e.name.ends_with("running_mean") || e.name.ends_with("running_var") || e.name == "cross_gate" {
                 assert_eq!(e.kind, ParamKind::Buffer, "{}", e.name);
             }
             if e.name.ends_with("num_batches_tracked") {
@@ -442,12 +340,7 @@ mod tests {
     fn safetensors_roundtrip_keeps_names_values_and_i64_counters() {
         let m = model();
         let mut p = m.init_params::<f32>(3);
-        let nbt = m
-            .layout
-            .entries
-            .iter()
-            .position(|e| e.kind == ParamKind::Counter)
-            .unwrap();
+        let nbt = m.layout.entries.iter().position(|e| e.kind == ParamKind::Counter).unwrap();
         p.get_mut(nbt)[0] = 12345.0;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
@@ -463,20 +356,14 @@ mod tests {
         assert_eq!(p.data, q.data);
         // A file from a different architecture is rejected with the tensor's name.
         let other = SpliceVae::new(
-            ModelConfig {
-                n_hidden: Some(5),
-                ..m.cfg.clone()
-            },
+            ModelConfig { n_hidden: Some(5), ..m.cfg.clone() },
             m.dims.clone(),
             m.junc2atse.clone(),
         )
         .unwrap();
         let mut r = Params::<f32>::zeros(other.layout.clone());
         let err = r.load_safetensors(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("shape") && err.contains("z_encoder_expression"),
-            "{err}"
-        );
+        assert!(err.contains("shape") && err.contains("z_encoder_expression"), "{err}");
     }
 
     #[test]
@@ -487,16 +374,12 @@ mod tests {
         let c = m.init_params::<f32>(8);
         assert_eq!(a.data, b.data);
         assert_ne!(a.data, c.data);
-        let w = a
-            .by_name("z_encoder_expression.encoder.fc_layers.Layer 0.0.weight")
-            .unwrap();
+        let w = a.by_name("z_encoder_expression.encoder.fc_layers.Layer 0.0.weight").unwrap();
         let bound = 1.0 / (5f32).sqrt();
         assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|v| v.abs() > bound / 2.0));
         assert!(a.by_name("cross_gate").unwrap() == [0.0]);
         assert!(a.by_name("mod_weights").unwrap().iter().all(|&v| v == 1.0));
-        let rv = a
-            .by_name("z_encoder_expression.encoder.fc_layers.Layer 0.1.running_var")
-            .unwrap();
+        let rv = a.by_name("z_encoder_expression.encoder.fc_layers.Layer 0.1.running_var").unwrap();
         assert!(rv.iter().all(|&v| v == 1.0));
         let lp = a.by_name("log_phi_j").unwrap();
         let mean = lp.iter().sum::<f32>() / lp.len() as f32;

@@ -49,10 +49,7 @@ impl<T: Real> Fold<T> {
         let hh = b0.len();
         let inv_h = 1.0 / hh as f64;
         let bmean = b0.iter().map(|v| v.to_f64()).sum::<f64>() * inv_h;
-        let bt: Vec<T> = b0
-            .iter()
-            .map(|&v| T::from_f64(v.to_f64() - bmean))
-            .collect();
+        let bt: Vec<T> = b0.iter().map(|&v| T::from_f64(v.to_f64() - bmean)).collect();
         let bg: Vec<T> = bt.iter().zip(g1).map(|(&b, &g)| b * g).collect();
         let sbb = bt.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>() * inv_h;
         let j = u.rows;
@@ -79,15 +76,7 @@ impl<T: Real> Fold<T> {
                 *su = a * inv_h;
                 *sb = c * inv_h;
             });
-        Fold {
-            ut,
-            ug,
-            suu,
-            sub,
-            bt,
-            bg,
-            sbb,
-        }
+        Fold { ut, ug, suu, sub, bt, bg, sbb }
     }
 
     /// (α, β) of a pair with input ψ at junction j.
@@ -148,17 +137,13 @@ struct ItemGroups<T> {
 impl<T: Real> Groups<T> {
     fn build(spl: &SplBatch, psi_t: &[T], fold: &Fold<T>) -> Self {
         let (j, b, nnz) = (spl.n_junctions, spl.n_cells(), spl.nnz());
-        assert!(
-            nnz < u32::MAX as usize,
-            "partial encoder: {nnz} observed pairs in one batch (at most 2³² − 2)"
-        );
+        assert!(nnz < u32::MAX as usize, "partial encoder: {nnz} observed pairs in one batch (at most 2³² − 2)");
         // Junction-major order, a block of SORT_JUNCTIONS junctions at a time (in parallel; the same
         // result on any number of threads). A cell's junctions are ascending, so a block's pairs are
         // one contiguous range of each cell's row, found by binary search; a counting sort inside the
         // block keeps every write stream in cache. Within a junction pairs stay in pair order.
-        let blocks: Vec<(usize, usize)> = (0..j.div_ceil(SORT_JUNCTIONS))
-            .map(|k| (k * SORT_JUNCTIONS, ((k + 1) * SORT_JUNCTIONS).min(j)))
-            .collect();
+        let blocks: Vec<(usize, usize)> =
+            (0..j.div_ceil(SORT_JUNCTIONS)).map(|k| (k * SORT_JUNCTIONS, ((k + 1) * SORT_JUNCTIONS).min(j))).collect();
         let ranges: Vec<(Vec<(usize, usize)>, Vec<usize>)> = blocks
             .par_iter()
             .map(|&(j0, j1)| {
@@ -220,12 +205,8 @@ impl<T: Real> Groups<T> {
                     }
                 }
                 let mut out = ItemGroups::default();
-                let (mut keys, mut class, mut tmp, mut start): (
-                    Vec<u64>,
-                    Vec<u32>,
-                    Vec<u32>,
-                    Vec<usize>,
-                ) = Default::default();
+                let (mut keys, mut class, mut tmp, mut start): (Vec<u64>, Vec<u32>, Vec<u32>, Vec<usize>) =
+                    Default::default();
                 for jj in j0..j1 {
                     let r = jptr[jj] - p0..jptr[jj + 1] - p0;
                     let (run, cells, psi) = (&mut ord[r.clone()], &mut cel[r.clone()], &psi[r]);
@@ -279,26 +260,14 @@ impl<T: Real> Groups<T> {
                         class.copy_from_slice(tl);
                     }
                     // Local group id per position (0: the input-0 group).
-                    out.local.extend(class.iter().map(|&c| {
-                        if c == 0 {
-                            0
-                        } else {
-                            (base + c as usize) as u32
-                        }
-                    }));
+                    out.local.extend(class.iter().map(|&c| if c == 0 { 0 } else { (base + c as usize) as u32 }));
                 }
                 out
             })
             .collect();
         // Global ids: group 0, then each block's groups in block order.
         let (za, zb) = fold.zero_coefs();
-        let mut g = Groups {
-            jn: vec![0],
-            psi: vec![T::ZERO],
-            alpha: vec![za],
-            beta: vec![zb],
-            ..Default::default()
-        };
+        let mut g = Groups { jn: vec![0], psi: vec![T::ZERO], alpha: vec![za], beta: vec![zb], ..Default::default() };
         let mut offsets = Vec::with_capacity(lists.len());
         for l in &lists {
             offsets.push(g.jn.len() - 1);
@@ -307,10 +276,7 @@ impl<T: Real> Groups<T> {
             g.alpha.extend_from_slice(&l.alpha);
             g.beta.extend_from_slice(&l.beta);
         }
-        g.n_zero = lists
-            .iter()
-            .map(|l| l.local.iter().filter(|&&c| c == 0).count())
-            .sum();
+        g.n_zero = lists.iter().map(|l| l.local.iter().filter(|&&c| c == 0).count()).sum();
         let mut gid_at = vec![0u32; nnz];
         let mut gid_parts = Vec::with_capacity(lists.len());
         let mut rest = gid_at.as_mut_slice();
@@ -319,22 +285,12 @@ impl<T: Real> Groups<T> {
             gid_parts.push(a);
             rest = r;
         }
-        lists
-            .par_iter()
-            .zip(offsets.par_iter())
-            .zip(gid_parts.into_par_iter())
-            .for_each(|((l, &off), gids)| {
-                for (g, &c) in gids.iter_mut().zip(&l.local) {
-                    *g = if c == 0 { 0 } else { (off + c as usize) as u32 };
-                }
-            });
-        Groups {
-            order,
-            jptr,
-            gid_at,
-            cell_at,
-            ..g
-        }
+        lists.par_iter().zip(offsets.par_iter()).zip(gid_parts.into_par_iter()).for_each(|((l, &off), gids)| {
+            for (g, &c) in gids.iter_mut().zip(&l.local) {
+                *g = if c == 0 { 0 } else { (off + c as usize) as u32 };
+            }
+        });
+        Groups { order, jptr, gid_at, cell_at, ..g }
     }
 
     fn len(&self) -> usize {
@@ -454,21 +410,14 @@ impl<T: Real> GroupBuf<T> {
     fn push(&mut self, id: u32) {
         let (q, hh, dd) = (self.ids.len(), self.hh, self.dd);
         self.ids.push(id);
-        self.s[q * dd..(q + 1) * dd]
-            .iter_mut()
-            .for_each(|v| *v = T::ZERO);
-        self.dcorr[q * hh..(q + 1) * hh]
-            .iter_mut()
-            .for_each(|v| *v = T::ZERO);
+        self.s[q * dd..(q + 1) * dd].iter_mut().for_each(|v| *v = T::ZERO);
+        self.dcorr[q * hh..(q + 1) * hh].iter_mut().for_each(|v| *v = T::ZERO);
     }
 
     /// The last group's d(h2) sum and corrections.
     fn last_mut(&mut self) -> (&mut [T], &mut [T]) {
         let (q, hh, dd) = (self.ids.len() - 1, self.hh, self.dd);
-        (
-            &mut self.s[q * dd..(q + 1) * dd],
-            &mut self.dcorr[q * hh..(q + 1) * hh],
-        )
+        (&mut self.s[q * dd..(q + 1) * dd], &mut self.dcorr[q * hh..(q + 1) * hh])
     }
 }
 
@@ -509,22 +458,14 @@ struct DropSums<T> {
 
 impl<T: Real> DropSums<T> {
     fn new(hh: usize, dd: usize) -> Self {
-        DropSums {
-            sums: vec![T::ZERO; hh * dd],
-            touched: vec![0; hh.div_ceil(64)],
-        }
+        DropSums { sums: vec![T::ZERO; hh * dd], touched: vec![0; hh.div_ceil(64)] }
     }
 
     /// Adds a pair's d(h2) to each of its dropped units with r > 0.
     #[inline]
     fn add(&mut self, words: &[u64], rpos: &[u64], dh2: &[T]) {
         let dd = dh2.len();
-        for (w, ((&word, &pos), tw)) in words
-            .iter()
-            .zip(rpos)
-            .zip(self.touched.iter_mut())
-            .enumerate()
-        {
+        for (w, ((&word, &pos), tw)) in words.iter().zip(rpos).zip(self.touched.iter_mut()).enumerate() {
             let mut dropped = !word & pos;
             *tw |= dropped;
             while dropped != 0 {
@@ -641,18 +582,10 @@ impl<T: Real> Net<'_, T> {
     fn group_outputs(&self, fold: &Fold<T>, groups: &Groups<T>, scale: T) -> GroupOut<T> {
         let (hh, dd, ng) = (self.hh, self.dd, groups.len());
         let kw = hh.div_ceil(64);
-        let mut out = GroupOut {
-            hg: vec![T::ZERO; ng * dd],
-            hr: vec![T::ZERO; ng * hh],
-            rpos: vec![0u64; ng * kw],
-        };
+        let mut out = GroupOut { hg: vec![T::ZERO; ng * dd], hr: vec![T::ZERO; ng * hh], rpos: vec![0u64; ng * kw] };
         out.hg
             .par_chunks_mut(MICRO * dd)
-            .zip(
-                out.hr
-                    .par_chunks_mut(MICRO * hh)
-                    .zip(out.rpos.par_chunks_mut(MICRO * kw)),
-            )
+            .zip(out.hr.par_chunks_mut(MICRO * hh).zip(out.rpos.par_chunks_mut(MICRO * kw)))
             .enumerate()
             .for_each(|(ci, (hg, (hr, rpos)))| {
                 let n = hg.len() / dd;
@@ -701,13 +634,8 @@ impl<T: Real> Net<'_, T> {
         let (sb4, rest) = rest.split_at_mut(dd);
         let (sg5, sbe5) = rest.split_at_mut(dd);
         // (Every slice cut to length dd first, so the loops carry no bounds checks and vectorise.)
-        let (sg5, sbe5, sb4, g5, be5) = (
-            &mut sg5[..dd],
-            &mut sbe5[..dd],
-            &mut sb4[..dd],
-            &self.g5[..dd],
-            &self.be5[..dd],
-        );
+        let (sg5, sbe5, sb4, g5, be5) =
+            (&mut sg5[..dd], &mut sbe5[..dd], &mut sb4[..dd], &self.g5[..dd], &self.be5[..dd]);
         let (xh, dc, dh2) = (&xh[..dd], &dc[..dd], &mut dh2[..dd]);
         for t in 0..dd {
             let a2 = xh[t] * g5[t] + be5[t];
@@ -780,10 +708,7 @@ impl<T: Real> Net<'_, T> {
             );
         }
         if dropout {
-            gb.dd1[..n * hh]
-                .iter_mut()
-                .zip(&gb.dcorr[..n * hh])
-                .for_each(|(d, &c)| *d -= c);
+            gb.dd1[..n * hh].iter_mut().zip(&gb.dcorr[..n * hh]).for_each(|(d, &c)| *d -= c);
         }
         let inv_h = 1.0 / hh as f64;
         for (q, &id) in gb.ids.iter().enumerate() {
@@ -798,13 +723,8 @@ impl<T: Real> Net<'_, T> {
             // d(a1) = d(d1)·scale·[r > 0] (d1 > 0 exactly when r > 0), its sums, and the three dot
             // products of the LayerNorm backward.
             let (d1r, dd1) = (&gb.d1[q * hh..(q + 1) * hh], &gb.dd1[q * hh..(q + 1) * hh]);
-            let ug = if al == 0.0 {
-                &fold.bg[..]
-            } else {
-                fold.ug.row(jj)
-            };
-            let dots =
-                fused_a1_backward(d1r, dd1, scale, a, b, [self.g1, ug, &fold.bg], sbe1, sr, qj);
+            let ug = if al == 0.0 { &fold.bg[..] } else { fold.ug.row(jj) };
+            let dots = fused_a1_backward(d1r, dd1, scale, a, b, [self.g1, ug, &fold.bg], sbe1, sr, qj);
             // LayerNorm backward means of d(x̂) = g₁⊙d(a1): m₁ = mean(d x̂), m₂ = mean(d x̂ ⊙ x̂).
             let m1 = dots[0].to_f64() * inv_h;
             let m2 = (al * dots[1].to_f64() + be * dots[2].to_f64()) * inv_h;
@@ -825,18 +745,15 @@ impl<T: Real> Net<'_, T> {
         let dd = self.dd;
         let (b4, g5, be5) = (&self.b4[..dd], &self.g5[..dd], &self.be5[..dd]);
         let mut codes = vec![T::ZERO; hg.len()];
-        codes
-            .par_chunks_mut(dd)
-            .zip(hg.par_chunks(dd))
-            .for_each(|(code, h)| {
-                let h2: Vec<T> = (0..dd).map(|t| h[t] + b4[t]).collect();
-                let mut xh = vec![T::ZERO; dd];
-                ln_row(&h2, &mut xh);
-                for t in 0..dd {
-                    let a = xh[t] * g5[t] + be5[t];
-                    code[t] = if a > T::ZERO { a } else { T::ZERO };
-                }
-            });
+        codes.par_chunks_mut(dd).zip(hg.par_chunks(dd)).for_each(|(code, h)| {
+            let h2: Vec<T> = (0..dd).map(|t| h[t] + b4[t]).collect();
+            let mut xh = vec![T::ZERO; dd];
+            ln_row(&h2, &mut xh);
+            for t in 0..dd {
+                let a = xh[t] * g5[t] + be5[t];
+                code[t] = if a > T::ZERO { a } else { T::ZERO };
+            }
+        });
         codes
     }
 
@@ -931,33 +848,17 @@ fn fused_a1_backward_any<T: Real>(
     qj: &mut [T],
 ) -> [T; 3] {
     let hh = d1r.len();
-    let (d1r, dd1, sbe1, sr, qj) = (
-        &d1r[..hh],
-        &dd1[..hh],
-        &mut sbe1[..hh],
-        &mut sr[..hh],
-        &mut qj[..hh],
-    );
+    let (d1r, dd1, sbe1, sr, qj) = (&d1r[..hh], &dd1[..hh], &mut sbe1[..hh], &mut sr[..hh], &mut qj[..hh]);
     let (v0, v1, v2) = (&v[0][..hh], &v[1][..hh], &v[2][..hh]);
     let mut acc = [[T::ZERO; 8]; 3];
     let n8 = hh / 8 * 8;
     // Fixed-size blocks of eight: no bounds checks, so the loop body vectorises.
     let block = |x: &[T], c: usize| -> [T; 8] { x[c..c + 8].try_into().unwrap() };
     for c in (0..n8).step_by(8) {
-        let (x, g, w0, w1, w2) = (
-            block(d1r, c),
-            block(dd1, c),
-            block(v0, c),
-            block(v1, c),
-            block(v2, c),
-        );
+        let (x, g, w0, w1, w2) = (block(d1r, c), block(dd1, c), block(v0, c), block(v1, c), block(v2, c));
         let (mut s1, mut s2, mut s3) = (block(sbe1, c), block(sr, c), block(qj, c));
         for l in 0..8 {
-            let d = if x[l] > T::ZERO {
-                g[l] * scale
-            } else {
-                T::ZERO
-            };
+            let d = if x[l] > T::ZERO { g[l] * scale } else { T::ZERO };
             s1[l] += d;
             s2[l] += b * d;
             s3[l] += a * d;
@@ -971,11 +872,7 @@ fn fused_a1_backward_any<T: Real>(
     }
     let mut rest = [T::ZERO; 3];
     for t in n8..hh {
-        let d = if d1r[t] > T::ZERO {
-            dd1[t] * scale
-        } else {
-            T::ZERO
-        };
+        let d = if d1r[t] > T::ZERO { dd1[t] * scale } else { T::ZERO };
         sbe1[t] += d;
         sr[t] += b * d;
         qj[t] += a * d;
@@ -983,11 +880,7 @@ fn fused_a1_backward_any<T: Real>(
         rest[1] += d * v1[t];
         rest[2] += d * v2[t];
     }
-    [
-        fold8(&acc[0], rest[0]),
-        fold8(&acc[1], rest[1]),
-        fold8(&acc[2], rest[2]),
-    ]
+    [fold8(&acc[0], rest[0]), fold8(&acc[1], rest[1]), fold8(&acc[2], rest[2])]
 }
 
 /// Single-threaded GEMM (the callers already run in parallel): y[n×m] = x[n×k]·wᵀ (w is m×k).
@@ -1066,12 +959,7 @@ fn work_items(ptr: &[usize], size: usize) -> Vec<(usize, usize)> {
 }
 
 /// Pooled codes P (B × D) of the observed pairs of a minibatch.
-pub fn partial_forward<T: Real>(
-    pe: &PartialEncP,
-    p: &Params<T>,
-    spl: &SplBatch,
-    mode: Mode,
-) -> PartialCache<T> {
+pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch, mode: Mode) -> PartialCache<T> {
     let (hh, dd) = (pe.h_hidden, pe.code_dim);
     let j = spl.n_junctions;
     let b = spl.n_cells();
@@ -1124,20 +1012,12 @@ pub fn partial_forward<T: Real>(
         let mut keep = vec![0u64; if dropout { nnz * kw } else { 0 }];
         let mut stash = vec![T::ZERO; if stashed { nnz * (dd + 1) } else { 0 }];
         // Each work item writes its own positions' keep words and stash rows: disjoint slices.
-        let (mut keep_parts, mut stash_parts) = (
-            Vec::with_capacity(items.len()),
-            Vec::with_capacity(items.len()),
-        );
+        let (mut keep_parts, mut stash_parts) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
         let (mut keep_rest, mut stash_rest) = (keep.as_mut_slice(), stash.as_mut_slice());
         for &(j0, j1) in &items {
             let pairs = groups.jptr[j1] - groups.jptr[j0];
-            let (k, kr) =
-                std::mem::take(&mut keep_rest).split_at_mut(if dropout { pairs * kw } else { 0 });
-            let (st, sr) = std::mem::take(&mut stash_rest).split_at_mut(if stashed {
-                pairs * (dd + 1)
-            } else {
-                0
-            });
+            let (k, kr) = std::mem::take(&mut keep_rest).split_at_mut(if dropout { pairs * kw } else { 0 });
+            let (st, sr) = std::mem::take(&mut stash_rest).split_at_mut(if stashed { pairs * (dd + 1) } else { 0 });
             keep_parts.push(k);
             stash_parts.push(st);
             keep_rest = kr;
@@ -1146,24 +1026,17 @@ pub fn partial_forward<T: Real>(
         // The keep bits are hashed in pair order, a micro-chunk of consecutive pairs per call (one call
         // per pair would cost more than the rest of the pair's work), then copied to positions.
         let mut by_pair = vec![0u64; if dropout { nnz * kw } else { 0 }];
-        by_pair
-            .par_chunks_mut(MICRO * kw)
-            .enumerate()
-            .for_each(|(ci, out)| {
-                let (s, n) = (ci * MICRO, out.len() / kw);
-                if hh % 64 == 0 {
-                    // Consecutive pairs of exactly kw words each: one call.
-                    ds.fill_bits((s * hh_pad) as u64, n * hh, out);
-                } else {
-                    for q in 0..n {
-                        ds.fill_bits(
-                            ((s + q) * hh_pad) as u64,
-                            hh,
-                            &mut out[q * kw..(q + 1) * kw],
-                        );
-                    }
+        by_pair.par_chunks_mut(MICRO * kw).enumerate().for_each(|(ci, out)| {
+            let (s, n) = (ci * MICRO, out.len() / kw);
+            if hh % 64 == 0 {
+                // Consecutive pairs of exactly kw words each: one call.
+                ds.fill_bits((s * hh_pad) as u64, n * hh, out);
+            } else {
+                for q in 0..n {
+                    ds.fill_bits(((s + q) * hh_pad) as u64, hh, &mut out[q * kw..(q + 1) * kw]);
                 }
-            });
+            }
+        });
         let (g5, be5) = (&nt.g5[..dd], &nt.be5[..dd]);
         let pooled: Vec<Vec<T>> = items
             .par_iter()
@@ -1175,10 +1048,7 @@ pub fn partial_forward<T: Real>(
                 for p in groups.jptr[j0]..groups.jptr[j1] {
                     let id = groups.gid_at[p] as usize;
                     let w: &[u64] = if dropout {
-                        let (w, e) = (
-                            &mut bits[(p - p0) * kw..(p - p0 + 1) * kw],
-                            groups.order[p] as usize,
-                        );
+                        let (w, e) = (&mut bits[(p - p0) * kw..(p - p0 + 1) * kw], groups.order[p] as usize);
                         // (Word by word: a copy_from_slice of one word is a memcpy call.)
                         for k in 0..kw {
                             w[k] = by_pair[e * kw + k];
@@ -1221,27 +1091,21 @@ pub fn partial_forward<T: Real>(
             of_pair[e as usize] = g;
         }
         let mut pool = Mat::zeros(b, dd);
-        pool.data
-            .par_chunks_mut(dd)
-            .enumerate()
-            .for_each(|(c, row)| {
-                for &g in &of_pair[spl.indptr[c]..spl.indptr[c + 1]] {
-                    let code = &codes[g as usize * dd..(g as usize + 1) * dd];
-                    for t in 0..dd {
-                        row[t] += code[t];
-                    }
+        pool.data.par_chunks_mut(dd).enumerate().for_each(|(c, row)| {
+            for &g in &of_pair[spl.indptr[c]..spl.indptr[c + 1]] {
+                let code = &codes[g as usize * dd..(g as usize + 1) * dd];
+                for t in 0..dd {
+                    row[t] += code[t];
                 }
-            });
+            }
+        });
         (pool, Vec::new(), Vec::new())
     };
     let h0 = pe.center.map(|_| {
         let h0 = nt.reference_code(&fold, &groups);
         for c in 0..b {
             let n = T::from_f64(counts[c] as f64);
-            pool.row_mut(c)
-                .iter_mut()
-                .zip(&h0)
-                .for_each(|(v, &r)| *v -= n * r);
+            pool.row_mut(c).iter_mut().zip(&h0).for_each(|(v, &r)| *v -= n * r);
         }
         h0
     });
@@ -1252,19 +1116,7 @@ pub fn partial_forward<T: Real>(
             pool.row_mut(c).iter_mut().for_each(|v| *v /= n);
         }
     }
-    PartialCache {
-        pool,
-        counts,
-        fhat,
-        fnorm,
-        fold,
-        den,
-        h0,
-        keep,
-        stash,
-        groups,
-        go,
-    }
+    PartialCache { pool, counts, fhat, fnorm, fold, den, h0, keep, stash, groups, go }
 }
 
 /// Per-pair inputs ψ (or ψ − ψ̄_j with `partial_center_psi`).
@@ -1273,11 +1125,7 @@ fn pair_inputs<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch) -> Vec<
         None => spl.psi.iter().map(|&v| T::from_f32(v)).collect(),
         Some(ci) => {
             let cen = p.get(ci);
-            spl.psi
-                .iter()
-                .zip(&spl.junction)
-                .map(|(&v, &j)| T::from_f32(v) - cen[j as usize])
-                .collect()
+            spl.psi.iter().zip(&spl.junction).map(|(&v, &j)| T::from_f32(v) - cen[j as usize]).collect()
         }
     }
 }
@@ -1290,10 +1138,7 @@ fn pool_divisors<T: Real>(pe: &PartialEncP, p: &Params<T>, counts: &[usize]) -> 
             let v = p.get(di)[0].max(T::from_f64(1e-6));
             vec![v; counts.len()]
         }
-        (None, true) => counts
-            .iter()
-            .map(|&n| T::from_f64(n.max(1) as f64))
-            .collect(),
+        (None, true) => counts.iter().map(|&n| T::from_f64(n.max(1) as f64)).collect(),
         (None, false) => vec![T::ONE; counts.len()],
     }
 }
@@ -1342,17 +1187,12 @@ pub fn partial_backward<T: Real>(
             let mut gb = GroupBuf::new(hh, dd, micro);
             // The dropped units' sums of the current group and of the input-0 group.
             let (mut drop_cur, mut drop0) = (DropSums::new(hh, dd), DropSums::new(hh, dd));
-            let (mut h2, mut xbuf, mut dh2) =
-                (vec![T::ZERO; dd], vec![T::ZERO; dd], vec![T::ZERO; dd]);
+            let (mut h2, mut xbuf, mut dh2) = (vec![T::ZERO; dd], vec![T::ZERO; dd], vec![T::ZERO; dd]);
             let mut cur = u32::MAX;
             for p in groups.jptr[j0]..groups.jptr[j1] {
                 let id = groups.gid_at[p];
                 let g = cache.go.row(id as usize, hh, dd);
-                let words: &[u64] = if dropout {
-                    &cache.keep[p * kw..(p + 1) * kw]
-                } else {
-                    &[]
-                };
+                let words: &[u64] = if dropout { &cache.keep[p * kw..(p + 1) * kw] } else { &[] };
                 let (xh, inv2): (&[T], T) = if stashed {
                     let row = &cache.stash[p * (dd + 1)..(p + 1) * (dd + 1)];
                     (&row[..dd], row[dd])
@@ -1361,13 +1201,7 @@ pub fn partial_backward<T: Real>(
                     let inv2 = ln_row(&h2, &mut xbuf);
                     (&xbuf, inv2)
                 };
-                nt.pair_bwd(
-                    xh,
-                    inv2,
-                    dcell.row(groups.cell_at[p] as usize),
-                    &mut acc.small,
-                    &mut dh2,
-                );
+                nt.pair_bwd(xh, inv2, dcell.row(groups.cell_at[p] as usize), &mut acc.small, &mut dh2);
                 if id == 0 {
                     for t in 0..dd {
                         s0[t] += dh2[t];
@@ -1402,19 +1236,9 @@ pub fn partial_backward<T: Real>(
             }
             nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
             if dropout {
-                drop0.finish(
-                    &nt.w4t,
-                    cache.go.row(0, hh, dd).hr,
-                    &mut dcorr0,
-                    &mut corr_w4t,
-                );
+                drop0.finish(&nt.w4t, cache.go.row(0, hh, dd).hr, &mut dcorr0, &mut corr_w4t);
             }
-            ItemSums {
-                acc,
-                s0,
-                dcorr0,
-                corr_w4t,
-            }
+            ItemSums { acc, s0, dcorr0, corr_w4t }
         })
         .collect();
     // Merge in item order: [R | be1 | W4 | b4 | g5 | be5], Q_j, the per-junction and global scalars.
@@ -1422,8 +1246,7 @@ pub fn partial_backward<T: Real>(
     let mut q = Mat::zeros(j, hh);
     let mut cj = vec![[0.0f64; 4]; j];
     let (mut e1, mut e3) = (0.0f64, 0.0f64);
-    let (mut s0, mut dcorr0, mut corr_w4t) =
-        (vec![T::ZERO; dd], vec![T::ZERO; hh], vec![T::ZERO; hh * dd]);
+    let (mut s0, mut dcorr0, mut corr_w4t) = (vec![T::ZERO; dd], vec![T::ZERO; hh], vec![T::ZERO; hh * dd]);
     let mut merge = |acc: &BwdAcc<T>, small: &mut Vec<T>, with_junctions: bool| {
         small.iter_mut().zip(&acc.small).for_each(|(a, &v)| *a += v);
         e1 += acc.e1;
@@ -1436,14 +1259,8 @@ pub fn partial_backward<T: Real>(
     for it in &sums {
         merge(&it.acc, &mut small, true);
         s0.iter_mut().zip(&it.s0).for_each(|(a, &v)| *a += v);
-        dcorr0
-            .iter_mut()
-            .zip(&it.dcorr0)
-            .for_each(|(a, &v)| *a += v);
-        corr_w4t
-            .iter_mut()
-            .zip(&it.corr_w4t)
-            .for_each(|(a, &v)| *a += v);
+        dcorr0.iter_mut().zip(&it.dcorr0).for_each(|(a, &v)| *a += v);
+        corr_w4t.iter_mut().zip(&it.corr_w4t).for_each(|(a, &v)| *a += v);
     }
     drop(sums);
     // The dropped units' share of the W4 gradient, counted as kept in the groups' outer products.
@@ -1472,9 +1289,7 @@ pub fn partial_backward<T: Real>(
         let mut dh0 = vec![T::ZERO; dd];
         for c in 0..b {
             let n = T::from_f64(cache.counts[c] as f64);
-            dh0.iter_mut()
-                .zip(dcell.row(c))
-                .for_each(|(a, &v)| *a -= n * v);
+            dh0.iter_mut().zip(dcell.row(c)).for_each(|(a, &v)| *a -= n * v);
         }
         let h2 = nt.reference_h2(fold, groups);
         let mut xh = vec![T::ZERO; dd];
@@ -1494,20 +1309,14 @@ pub fn partial_backward<T: Real>(
     let g1 = nt.g1;
     let (sr, rest) = small.split_at(hh);
     let mut du = Mat::zeros(j, hh);
-    du.data
-        .par_chunks_mut(hh)
-        .enumerate()
-        .for_each(|(jj, row)| {
-            let (qj, ut, c) = (q.row(jj), fold.ut.row(jj), &cj[jj]);
-            for t in 0..hh {
-                row[t] = T::from_f64(
-                    g1[t].to_f64() * qj[t].to_f64()
-                        - c[0]
-                        - c[1] * ut[t].to_f64()
-                        - c[2] * fold.bt[t].to_f64(),
-                );
-            }
-        });
+    du.data.par_chunks_mut(hh).enumerate().for_each(|(jj, row)| {
+        let (qj, ut, c) = (q.row(jj), fold.ut.row(jj), &cj[jj]);
+        for t in 0..hh {
+            row[t] = T::from_f64(
+                g1[t].to_f64() * qj[t].to_f64() - c[0] - c[1] * ut[t].to_f64() - c[2] * fold.bt[t].to_f64(),
+            );
+        }
+    });
     let mut db0 = vec![0.0f64; hh];
     let mut dg1 = vec![0.0f64; hh];
     for jj in 0..j {

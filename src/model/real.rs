@@ -165,22 +165,8 @@ macro_rules! impl_real {
         }
     };
 }
-impl_real!(
-    f32,
-    "f32",
-    matrixmultiply::sgemm,
-    super::vmath::exp,
-    super::vmath::ln,
-    super::vmath::ln_1p
-);
-impl_real!(
-    f64,
-    "f64",
-    matrixmultiply::dgemm,
-    f64::exp,
-    f64::ln,
-    f64::ln_1p
-);
+impl_real!(f32, "f32", matrixmultiply::sgemm, super::vmath::exp, super::vmath::ln, super::vmath::ln_1p);
+impl_real!(f64, "f64", matrixmultiply::dgemm, f64::exp, f64::ln, f64::ln_1p);
 
 /// Small elementwise helpers matching PyTorch's definitions.
 #[inline(always)]
@@ -310,8 +296,7 @@ pub fn lgamma(x: f64) -> f64 {
         * (1.0 / 12.0
             - r2 * (1.0 / 360.0
                 - r2 * (1.0 / 1260.0
-                    - r2 * (1.0 / 1680.0
-                        - r2 * (1.0 / 1188.0 - r2 * (691.0 / 360360.0 - r2 * (1.0 / 156.0)))))));
+                    - r2 * (1.0 / 1680.0 - r2 * (1.0 / 1188.0 - r2 * (691.0 / 360360.0 - r2 * (1.0 / 156.0)))))));
     (x - 0.5) * x.ln() - x + LN_SQRT_2PI + series + shift
 }
 
@@ -337,8 +322,7 @@ pub fn digamma(x: f64) -> f64 {
     let series = f
         * (1.0 / 12.0
             - f * (1.0 / 120.0
-                - f * (1.0 / 252.0
-                    - f * (1.0 / 240.0 - f * (1.0 / 132.0 - f * (691.0 / 32760.0 - f / 12.0))))));
+                - f * (1.0 / 252.0 - f * (1.0 / 240.0 - f * (1.0 / 132.0 - f * (691.0 / 32760.0 - f / 12.0))))));
     acc + x.ln() - 0.5 / x - series
 }
 
@@ -365,10 +349,7 @@ mod tests {
         for (x, want) in cases {
             let got = lgamma(x);
             let tol = 1e-13 * want.abs().max(1.0);
-            assert!(
-                (got - want).abs() <= tol,
-                "lgamma({x}) = {got}, want {want}"
-            );
+            assert!((got - want).abs() <= tol, "lgamma({x}) = {got}, want {want}");
         }
     }
 
@@ -386,10 +367,7 @@ mod tests {
         ];
         for (x, want) in cases {
             let got = digamma(x);
-            assert!(
-                (got - want).abs() <= 1e-12 * want.abs().max(1.0),
-                "digamma({x}) = {got}, want {want}"
-            );
+            assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "digamma({x}) = {got}, want {want}");
         }
     }
 
@@ -398,10 +376,7 @@ mod tests {
         for &x in &[0.03, 0.7, 1.3, 4.6, 9.99, 10.01, 57.0, 3000.5] {
             let h = 1e-5 * x.max(1.0);
             let fd = (lgamma(x + h) - lgamma(x - h)) / (2.0 * h);
-            assert!(
-                (fd - digamma(x)).abs() < 1e-7 * digamma(x).abs().max(1.0),
-                "x={x}"
-            );
+            assert!((fd - digamma(x)).abs() < 1e-7 * digamma(x).abs().max(1.0), "x={x}");
         }
     }
 }

@@ -40,10 +40,7 @@ pub struct DropStream {
 impl DropStream {
     pub fn new(seed: u64, stream: u64, p: f64) -> Self {
         let threshold = (p * 65536.0).round().clamp(0.0, 65536.0) as u32;
-        DropStream {
-            key: mix64(seed ^ mix64(stream.wrapping_mul(0xD6E8_FEB8_6659_FD93))),
-            threshold,
-        }
+        DropStream { key: mix64(seed ^ mix64(stream.wrapping_mul(0xD6E8_FEB8_6659_FD93))), threshold }
     }
     #[inline(always)]
     pub fn keep(&self, idx: u64) -> bool {
@@ -104,20 +101,13 @@ impl DropStream {
             let bias = (0x1_0000 - self.threshold as u64) * 0x0000_0001_0000_0001;
             let mut acc = 0u64;
             for g in 0..lanes.div_ceil(4) {
-                let h = mix64(
-                    self.key ^ (base + (16 * w + g) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                );
+                let h = mix64(self.key ^ (base + (16 * w + g) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let even = (h & LANES_0_2) + bias; // lanes 0 and 2
                 let odd = ((h >> 16) & LANES_0_2) + bias; // lanes 1 and 3
-                let nibble =
-                    ((even >> 16) & 1) | ((odd >> 15) & 2) | ((even >> 46) & 4) | ((odd >> 45) & 8);
+                let nibble = ((even >> 16) & 1) | ((odd >> 15) & 2) | ((even >> 46) & 4) | ((odd >> 45) & 8);
                 acc |= nibble << (4 * g);
             }
-            *word = if lanes < 64 {
-                acc & ((1u64 << lanes) - 1)
-            } else {
-                acc
-            };
+            *word = if lanes < 64 { acc & ((1u64 << lanes) - 1) } else { acc };
         }
     }
 }
@@ -187,11 +177,7 @@ mod tests {
             for r in 0..rows {
                 let mut one = vec![0u64; hh / 64];
                 ds.fill_bits(((p0 + r) * hh) as u64, hh, &mut one);
-                assert_eq!(
-                    one,
-                    bulk[r * hh / 64..(r + 1) * hh / 64],
-                    "hh {hh}, row {r}"
-                );
+                assert_eq!(one, bulk[r * hh / 64..(r + 1) * hh / 64], "hh {hh}, row {r}");
             }
         }
     }

@@ -117,11 +117,7 @@ impl AtseGroups {
                 Ok((sizes, ord.into_iter().map(|x| x.1 as u32).collect()))
             })
             .collect();
-        let mut g = AtseGroups {
-            cell_ptr: vec![0],
-            grp_ptr: vec![0],
-            ord: Vec::with_capacity(spl.nnz()),
-        };
+        let mut g = AtseGroups { cell_ptr: vec![0], grp_ptr: vec![0], ord: Vec::with_capacity(spl.nnz()) };
         for r in per_cell {
             let (sizes, ord) = r?;
             for s in sizes {
@@ -179,8 +175,7 @@ pub fn splicing_cell<T: Real>(
             let (o0, o1) = (groups.grp_ptr[g0], groups.grp_ptr[g1]);
             // The cell's entries in group order, as offsets into its slices.
             sc.idx.clear();
-            sc.idx
-                .extend(groups.ord[o0..o1].iter().map(|&e| e as usize - r.start));
+            sc.idx.extend(groups.ord[o0..o1].iter().map(|&e| e as usize - r.start));
             dm_cell_probs(&groups.grp_ptr[g0..=g1], r.start, logits, &mut sc);
             for g in g0..g1 {
                 let (s, e) = (groups.grp_ptr[g] - o0, groups.grp_ptr[g + 1] - o0);
@@ -197,12 +192,8 @@ pub fn splicing_cell<T: Real>(
                     SplicingLoss::Binomial => lik::binomial(k, n, praw),
                     SplicingLoss::Bce => lik::bce(T::from_f32(spl.psi[e]), praw),
                     _ => {
-                        let (l1, dp, dphi) = lik::beta_binomial(
-                            k,
-                            n,
-                            praw,
-                            phi[conc.target(spl.junction[e] as usize, junc2atse)],
-                        );
+                        let (l1, dp, dphi) =
+                            lik::beta_binomial(k, n, praw, phi[conc.target(spl.junction[e] as usize, junc2atse)]);
                         gc[q] = -w * dphi;
                         (l1, dp)
                     }
@@ -238,11 +229,7 @@ pub fn splicing_loss<T: Real>(
     };
     // Each cell writes its own entries' slices (no per-cell vectors to gather afterwards).
     let mut parts = Vec::with_capacity(b);
-    let (mut gl, mut gc, mut pe) = (
-        out.g_logit.as_mut_slice(),
-        out.g_conc.as_mut_slice(),
-        out.p.as_mut_slice(),
-    );
+    let (mut gl, mut gc, mut pe) = (out.g_logit.as_mut_slice(), out.g_conc.as_mut_slice(), out.p.as_mut_slice());
     for i in 0..b {
         let m = spl.cell_range(i).len();
         let (a, ra) = std::mem::take(&mut gl).split_at_mut(m);
@@ -251,15 +238,9 @@ pub fn splicing_loss<T: Real>(
         parts.push((a, (c, d)));
         (gl, gc, pe) = (ra, rc, rd);
     }
-    out.rl
-        .par_iter_mut()
-        .zip(parts.into_par_iter())
-        .enumerate()
-        .for_each(|(i, (rl, (gl, (gc, pe))))| {
-            *rl = splicing_cell(
-                kind, conc, spl, groups, junc2atse, i, logits, &phi, w, gl, gc, pe,
-            );
-        });
+    out.rl.par_iter_mut().zip(parts.into_par_iter()).enumerate().for_each(|(i, (rl, (gl, (gc, pe))))| {
+        *rl = splicing_cell(kind, conc, spl, groups, junc2atse, i, logits, &phi, w, gl, gc, pe);
+    });
     out
 }
 
@@ -306,16 +287,7 @@ struct DmScratch<T> {
 fn dm_cell_probs<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmScratch<T>) {
     let m = sc.idx.len();
     let o0 = grp[0];
-    for v in [
-        &mut sc.praw,
-        &mut sc.q,
-        &mut sc.lg,
-        &mut sc.ex,
-        &mut sc.sum,
-        &mut sc.se,
-        &mut sc.p,
-        &mut sc.dp,
-    ] {
+    for v in [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.ex, &mut sc.sum, &mut sc.se, &mut sc.p, &mut sc.dp] {
         v.clear();
         v.resize(m, T::ZERO);
     }
@@ -407,11 +379,7 @@ fn dm_group<T: Real>(
         big_n = big_n.max(T::from_f32(spl.n[base + sc.idx[t]]));
     }
     let mut ll = 0f64;
-    let (l_atse, d_atse) = if big_n > T::ZERO {
-        lik::nbetaln(big_n, s_alpha)
-    } else {
-        (T::ZERO, T::ZERO)
-    };
+    let (l_atse, d_atse) = if big_n > T::ZERO { lik::nbetaln(big_n, s_alpha) } else { (T::ZERO, T::ZERO) };
     ll += l_atse.to_f64();
     let mut spdp = T::ZERO;
     for t in span.clone() {

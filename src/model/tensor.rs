@@ -15,19 +15,10 @@ pub struct Mat<T> {
 
 impl<T: Real> Mat<T> {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Mat {
-            rows,
-            cols,
-            data: vec![T::ZERO; rows * cols],
-        }
+        Mat { rows, cols, data: vec![T::ZERO; rows * cols] }
     }
     pub fn from_vec(rows: usize, cols: usize, data: Vec<T>) -> Self {
-        assert_eq!(
-            data.len(),
-            rows * cols,
-            "Mat::from_vec: {rows}x{cols} needs {} values",
-            rows * cols
-        );
+        assert_eq!(data.len(), rows * cols, "Mat::from_vec: {rows}x{cols} needs {} values", rows * cols);
         Mat { rows, cols, data }
     }
     #[inline]
@@ -66,11 +57,7 @@ impl<T: Real> Mat<T> {
         self.data.iter().map(|v| v.to_f32()).collect()
     }
     pub fn cast<U: Real>(&self) -> Mat<U> {
-        Mat {
-            rows: self.rows,
-            cols: self.cols,
-            data: self.data.iter().map(|v| U::from_f64(v.to_f64())).collect(),
-        }
+        Mat { rows: self.rows, cols: self.cols, data: self.data.iter().map(|v| U::from_f64(v.to_f64())).collect() }
     }
 }
 
@@ -99,31 +86,28 @@ pub fn matmul_nt<T: Real>(x: &[T], m: usize, k: usize, w: &[T], n: usize, y: &mu
         return;
     }
     let rb = row_block(m, k * n);
-    y[..m * n]
-        .par_chunks_mut(rb * n)
-        .enumerate()
-        .for_each(|(bi, yb)| {
-            let r0 = bi * rb;
-            let rows = yb.len() / n;
-            unsafe {
-                T::gemm_raw(
-                    rows,
-                    k,
-                    n,
-                    T::ONE,
-                    x[r0 * k..].as_ptr(),
-                    k as isize,
-                    1,
-                    w.as_ptr(),
-                    1,
-                    k as isize,
-                    beta,
-                    yb.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            }
-        });
+    y[..m * n].par_chunks_mut(rb * n).enumerate().for_each(|(bi, yb)| {
+        let r0 = bi * rb;
+        let rows = yb.len() / n;
+        unsafe {
+            T::gemm_raw(
+                rows,
+                k,
+                n,
+                T::ONE,
+                x[r0 * k..].as_ptr(),
+                k as isize,
+                1,
+                w.as_ptr(),
+                1,
+                k as isize,
+                beta,
+                yb.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    });
 }
 
 /// dx[m×k] = dy[m×n] · w[n×k], plus `beta`·dx.
@@ -137,31 +121,28 @@ pub fn matmul_nn<T: Real>(dy: &[T], m: usize, n: usize, w: &[T], k: usize, dx: &
         return;
     }
     let rb = row_block(m, k * n);
-    dx[..m * k]
-        .par_chunks_mut(rb * k)
-        .enumerate()
-        .for_each(|(bi, xb)| {
-            let r0 = bi * rb;
-            let rows = xb.len() / k;
-            unsafe {
-                T::gemm_raw(
-                    rows,
-                    n,
-                    k,
-                    T::ONE,
-                    dy[r0 * n..].as_ptr(),
-                    n as isize,
-                    1,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    beta,
-                    xb.as_mut_ptr(),
-                    k as isize,
-                    1,
-                )
-            }
-        });
+    dx[..m * k].par_chunks_mut(rb * k).enumerate().for_each(|(bi, xb)| {
+        let r0 = bi * rb;
+        let rows = xb.len() / k;
+        unsafe {
+            T::gemm_raw(
+                rows,
+                n,
+                k,
+                T::ONE,
+                dy[r0 * n..].as_ptr(),
+                n as isize,
+                1,
+                w.as_ptr(),
+                k as isize,
+                1,
+                beta,
+                xb.as_mut_ptr(),
+                k as isize,
+                1,
+            )
+        }
+    });
 }
 
 /// dw[n×k] += dy[m×n]ᵀ · x[m×k] (weight gradient of a Linear layer).
@@ -171,31 +152,28 @@ pub fn matmul_tn_acc<T: Real>(dy: &[T], m: usize, n: usize, x: &[T], k: usize, d
         return;
     }
     let rb = row_block(n, m * k);
-    dw[..n * k]
-        .par_chunks_mut(rb * k)
-        .enumerate()
-        .for_each(|(bi, wb)| {
-            let c0 = bi * rb;
-            let rows = wb.len() / k;
-            unsafe {
-                T::gemm_raw(
-                    rows,
-                    m,
-                    k,
-                    T::ONE,
-                    dy[c0..].as_ptr(),
-                    1,
-                    n as isize,
-                    x.as_ptr(),
-                    k as isize,
-                    1,
-                    T::ONE,
-                    wb.as_mut_ptr(),
-                    k as isize,
-                    1,
-                )
-            }
-        });
+    dw[..n * k].par_chunks_mut(rb * k).enumerate().for_each(|(bi, wb)| {
+        let c0 = bi * rb;
+        let rows = wb.len() / k;
+        unsafe {
+            T::gemm_raw(
+                rows,
+                m,
+                k,
+                T::ONE,
+                dy[c0..].as_ptr(),
+                1,
+                n as isize,
+                x.as_ptr(),
+                k as isize,
+                1,
+                T::ONE,
+                wb.as_mut_ptr(),
+                k as isize,
+                1,
+            )
+        }
+    });
 }
 
 /// Column sums of a row-major m×n matrix added into `acc` (bias gradients), accumulated in f64.
@@ -228,12 +206,8 @@ mod tests {
     #[test]
     fn gemm_shapes_match_naive() {
         let (m, k, n) = (300, 37, 129);
-        let x: Vec<f64> = (0..m * k)
-            .map(|i| ((i * 7919) % 101) as f64 / 50.0 - 1.0)
-            .collect();
-        let w: Vec<f64> = (0..n * k)
-            .map(|i| ((i * 104729) % 97) as f64 / 48.0 - 1.0)
-            .collect();
+        let x: Vec<f64> = (0..m * k).map(|i| ((i * 7919) % 101) as f64 / 50.0 - 1.0).collect();
+        let w: Vec<f64> = (0..n * k).map(|i| ((i * 104729) % 97) as f64 / 48.0 - 1.0).collect();
         let mut y = vec![0.0; m * n];
         matmul_nt(&x, m, k, &w, n, &mut y, 0.0);
         let want = naive_nt(&x, m, k, &w, n);

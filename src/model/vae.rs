@@ -5,12 +5,12 @@ use super::batch::{Batch, SplBatch};
 use super::config::*;
 use super::latent::{self, PostGrads};
 use super::lik;
+use super::spl_lik::{self, dm_probs, AtseGroups, ConcIndex, SplLossOut};
 use super::ops::{self, BufUpdates, Cov, FcCache, MainIn, Mode, Sparse};
 use super::params::{Grads, ParamLayout, Params};
 use super::partial::{self, PartialCache};
 use super::real::{sigmoid, softplus, softplus_grad, Real};
 use super::rng;
-use super::spl_lik::{self, dm_probs, AtseGroups, ConcIndex, SplLossOut};
 use super::tensor::{self, Mat};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -29,11 +29,7 @@ pub enum Noise {
     /// Counter-based draws keyed by `StepOptions::seed`.
     Seeded,
     /// Given draws (row-major): eps_expr B×d, eps_spl B×d, eps_joint B×L (the fixtures' `noise.*`).
-    Given {
-        eps_expr: Vec<f64>,
-        eps_spl: Vec<f64>,
-        eps_joint: Vec<f64>,
-    },
+    Given { eps_expr: Vec<f64>, eps_spl: Vec<f64>, eps_joint: Vec<f64> },
     /// All zero: samples equal the means.
     Zero,
 }
@@ -122,53 +118,29 @@ pub struct StepOutput<T> {
 impl<T: Real> StepOutput<T> {
     /// Σ_i (RL_e + RL_s), as logged by scvi-tools.
     pub fn reconstruction_loss_sum(&self) -> f64 {
-        self.rl_expr
-            .iter()
-            .zip(&self.rl_spl)
-            .map(|(a, b)| a.to_f64() + b.to_f64())
-            .sum()
+        self.rl_expr.iter().zip(&self.rl_spl).map(|(a, b)| a.to_f64() + b.to_f64()).sum()
     }
     /// Σ_i KL + B × penalty, as logged by scvi-tools.
     pub fn kl_local_sum(&self) -> f64 {
-        self.kl.iter().map(|v| v.to_f64()).sum::<f64>()
-            + self.kl.len() as f64 * self.penalty.to_f64()
+        self.kl.iter().map(|v| v.to_f64()).sum::<f64>() + self.kl.len() as f64 * self.penalty.to_f64()
     }
 }
 
 enum SplEncTape<T> {
-    Vanilla {
-        fc: FcCache<T>,
-        h: Mat<T>,
-        lv: Mat<T>,
-    },
-    Partial {
-        pc: PartialCache<T>,
-        mlp: FcCache<T>,
-        raw_v: Mat<T>,
-    },
+    Vanilla { fc: FcCache<T>, h: Mat<T>, lv: Mat<T> },
+    Partial { pc: PartialCache<T>, mlp: FcCache<T>, raw_v: Mat<T> },
 }
 
 enum MixTape<T> {
-    Softmax {
-        c: latent::SoftmaxMix<T>,
-        raw_rows: Vec<u32>,
-    },
+    Softmax { c: latent::SoftmaxMix<T>, raw_rows: Vec<u32> },
     PerDim(latent::PerDimMix<T>),
     Concat,
     Routed(Modality),
 }
 
 enum ExprDecTape<T> {
-    Vanilla {
-        fc: FcCache<T>,
-        h: Mat<T>,
-        raw_scale: Mat<T>,
-    },
-    Linear {
-        factor: FcCache<T>,
-        dropout: FcCache<T>,
-        r: Option<FcCache<T>>,
-    },
+    Vanilla { fc: FcCache<T>, h: Mat<T>, raw_scale: Mat<T> },
+    Linear { factor: FcCache<T>, dropout: FcCache<T>, r: Option<FcCache<T>> },
 }
 
 enum SplDecTape<T> {
@@ -220,10 +192,7 @@ impl<T: Real> Forward<T> {
     /// The stop-gradient metric C (K × K) of `splicing_decoder_effect_prior` in this step: the
     /// minibatch covariance of the splicing output layer's input. None when the option is off.
     pub fn effect_prior_metric(&self) -> Option<Mat<T>> {
-        self.tape
-            .effect_wc
-            .as_ref()
-            .map(|_| spl_input_covariance(&self.tape.s_in))
+        self.tape.effect_wc.as_ref().map(|_| spl_input_covariance(&self.tape.s_in))
     }
 }
 
@@ -277,18 +246,10 @@ impl SpliceVae {
         cfg.validate(&dims)?;
         if !junc2atse.is_empty() || cfg.splicing_loss_type == SplicingLoss::DirichletMultinomial {
             if junc2atse.len() != dims.n_junctions {
-                bail!(
-                    "model: junc2atse has {} entries for {} junctions",
-                    junc2atse.len(),
-                    dims.n_junctions
-                );
+                bail!("model: junc2atse has {} entries for {} junctions", junc2atse.len(), dims.n_junctions);
             }
             if let Some(j) = junc2atse.iter().position(|&a| a as usize >= dims.n_atse) {
-                bail!(
-                    "model: junction {j} has ATSE index {} ≥ n_atse = {}",
-                    junc2atse[j],
-                    dims.n_atse
-                );
+                bail!("model: junction {j} has ATSE index {} ≥ n_atse = {}", junc2atse[j], dims.n_atse);
             }
         }
         let mut atse_ptr = vec![0usize; dims.n_atse + 1];
@@ -305,15 +266,7 @@ impl SpliceVae {
             pos[a as usize] += 1;
         }
         let (arch, layout) = Arch::build(&cfg, &dims);
-        Ok(SpliceVae {
-            cfg,
-            dims,
-            arch,
-            layout: Arc::new(layout),
-            junc2atse,
-            atse_ptr,
-            atse_junc,
-        })
+        Ok(SpliceVae { cfg, dims, arch, layout: Arc::new(layout), junc2atse, atse_ptr, atse_junc })
     }
 
     /// Initial parameters (§2.9) from a seed.
@@ -329,15 +282,9 @@ impl SpliceVae {
         };
         let dst = p.get_mut(pe.emb);
         if dst.len() != emb.len() {
-            bail!(
-                "set_feature_embedding: got {} values, the embedding has {}",
-                emb.len(),
-                dst.len()
-            );
+            bail!("set_feature_embedding: got {} values, the embedding has {}", emb.len(), dst.len());
         }
-        dst.iter_mut()
-            .zip(emb)
-            .for_each(|(d, &v)| *d = T::from_f32(v));
+        dst.iter_mut().zip(emb).for_each(|(d, &v)| *d = T::from_f32(v));
         Ok(())
     }
 
@@ -345,18 +292,10 @@ impl SpliceVae {
     /// the partial encoder's `psi_center` (population PSI ψ̄_j = Σ k / Σ n) and `pool_divisor` (median
     /// observed junctions per cell, ≥ 1), and, with `splicing_bias_from_data`, the splicing decoder's
     /// output bias. Does nothing when none of these options is on.
-    pub fn init_data_statistics<T: Real>(
-        &self,
-        p: &mut Params<T>,
-        spl: &crate::data::Splicing,
-        cells: &[usize],
-    ) -> Result<()> {
+    pub fn init_data_statistics<T: Real>(&self, p: &mut Params<T>, spl: &crate::data::Splicing, cells: &[usize]) -> Result<()> {
         let j = self.dims.n_junctions;
         if spl.n_junctions != j {
-            bail!(
-                "init_data_statistics: {} junctions in the data, {j} in the model",
-                spl.n_junctions
-            );
+            bail!("init_data_statistics: {} junctions in the data, {j} in the model", spl.n_junctions);
         }
         let psi_bar = || -> (Vec<f64>, Vec<bool>) {
             let (mut sk, mut sn) = (vec![0f64; j], vec![0f64; j]);
@@ -373,25 +312,15 @@ impl SpliceVae {
                 }
             }
             let seen: Vec<bool> = sn.iter().map(|&n| n > 0.0).collect();
-            (
-                sk.iter()
-                    .zip(&sn)
-                    .map(|(&k, &n)| if n > 0.0 { k / n } else { 0.0 })
-                    .collect(),
-                seen,
-            )
+            (sk.iter().zip(&sn).map(|(&k, &n)| if n > 0.0 { k / n } else { 0.0 }).collect(), seen)
         };
         if let SplEncP::Partial(pe) = &self.arch.z_enc_spl {
             if let Some(ci) = pe.center {
                 let (pb, _) = psi_bar();
-                p.get_mut(ci)
-                    .iter_mut()
-                    .zip(&pb)
-                    .for_each(|(d, &v)| *d = T::from_f64(v));
+                p.get_mut(ci).iter_mut().zip(&pb).for_each(|(d, &v)| *d = T::from_f64(v));
             }
             if let Some(di) = pe.divisor {
-                let mut counts: Vec<usize> =
-                    cells.iter().map(|&c| spl.cell_range(c).len()).collect();
+                let mut counts: Vec<usize> = cells.iter().map(|&c| spl.cell_range(c).len()).collect();
                 counts.sort_unstable();
                 let med = if counts.is_empty() {
                     1.0
@@ -420,10 +349,7 @@ impl SpliceVae {
     /// Write BatchNorm running-stat updates into the buffers.
     pub fn apply_buffer_updates<T: Real>(&self, p: &mut Params<T>, upd: &BufUpdates) {
         for (idx, vals) in upd {
-            p.get_mut(*idx)
-                .iter_mut()
-                .zip(vals)
-                .for_each(|(d, &v)| *d = T::from_f64(v));
+            p.get_mut(*idx).iter_mut().zip(vals).for_each(|(d, &v)| *d = T::from_f64(v));
         }
     }
 
@@ -434,28 +360,16 @@ impl SpliceVae {
     }
 
     fn cont_mat<T: Real>(b: &Batch) -> Mat<T> {
-        Mat::from_vec(
-            b.n_cells(),
-            b.n_cont,
-            b.cont.iter().map(|&v| T::from_f32(v)).collect(),
-        )
+        Mat::from_vec(b.n_cells(), b.n_cont, b.cont.iter().map(|&v| T::from_f32(v)).collect())
     }
 
     fn check_batch(&self, batch: &Batch) -> Result<()> {
         batch.check(self.dims.n_genes, self.dims.n_junctions)?;
         if batch.cats.len() != self.dims.n_cats_per_cov.len() {
-            bail!(
-                "batch has {} categorical covariates, the model {}",
-                batch.cats.len(),
-                self.dims.n_cats_per_cov.len()
-            );
+            bail!("batch has {} categorical covariates, the model {}", batch.cats.len(), self.dims.n_cats_per_cov.len());
         }
         if batch.n_cont != self.dims.n_cont {
-            bail!(
-                "batch has {} continuous covariates, the model {}",
-                batch.n_cont,
-                self.dims.n_cont
-            );
+            bail!("batch has {} continuous covariates, the model {}", batch.n_cont, self.dims.n_cont);
         }
         if batch.n_cells() == 0 {
             bail!("empty minibatch");
@@ -477,91 +391,39 @@ impl SpliceVae {
         let a = &self.arch;
         let d = a.d;
         let cats = self.cats(batch);
-        let cont_all = Cov {
-            cont: &batch.cont,
-            n_cont: batch.n_cont,
-            cats,
-        };
+        let cont_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats };
         // ---- inference -------------------------------------------------------------------------
-        let mask_expr: Vec<bool> = (0..b)
-            .map(|i| batch.expr.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0)
-            .collect();
+        let mask_expr: Vec<bool> =
+            (0..b).map(|i| batch.expr.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0).collect();
         let mask_spl: Vec<bool> = if cfg.mask_cells_without_splicing {
-            (0..b)
-                .map(|i| !batch.spl.cell_range(i).is_empty())
-                .collect()
+            (0..b).map(|i| !batch.spl.cell_range(i).is_empty()).collect()
         } else {
             vec![true; b]
         };
-        let enc_cont = if cfg.encode_covariates {
-            batch.n_cont
-        } else {
-            0
-        };
-        let xe_vals =
-            expression_input_values(cfg.expression_input, &batch.expr.indptr, &batch.expr.values);
-        let xe = sparse_input::<T>(
-            &batch.expr.indptr,
-            &batch.expr.indices,
-            &xe_vals,
-            batch.expr.n_cols,
-            batch,
-            enc_cont,
-        );
-        let (h_e, enc_e) = ops::fc_forward(
-            &a.z_enc_expr.fc,
-            p,
-            MainIn::Sparse(&xe),
-            &cont_all,
-            mode,
-            upd,
-        )
-        .context("expression encoder")?;
+        let enc_cont = if cfg.encode_covariates { batch.n_cont } else { 0 };
+        let xe_vals = expression_input_values(cfg.expression_input, &batch.expr.indptr, &batch.expr.values);
+        let xe = sparse_input::<T>(&batch.expr.indptr, &batch.expr.indices, &xe_vals, batch.expr.n_cols, batch, enc_cont);
+        let (h_e, enc_e) = ops::fc_forward(&a.z_enc_expr.fc, p, MainIn::Sparse(&xe), &cont_all, mode, upd)
+            .context("expression encoder")?;
         let mu_e = ops::linear_dense_fwd(&a.z_enc_expr.mean, p, &h_e);
         let lv_e = ops::linear_dense_fwd(&a.z_enc_expr.var, p, &h_e);
         let v_e = map(&lv_e, |v| v.exp());
 
         let (library, lib_tape) = if cfg.use_size_factor_key {
-            (
-                batch
-                    .library
-                    .iter()
-                    .map(|&s| (T::from_f32(s) + T::from_f64(LIB_EPS)).ln())
-                    .collect::<Vec<T>>(),
-                None,
-            )
+            (batch.library.iter().map(|&s| (T::from_f32(s) + T::from_f64(LIB_EPS)).ln()).collect::<Vec<T>>(), None)
         } else {
-            let (h_l, fc) = ops::fc_forward(
-                &a.l_enc_expr.fc,
-                p,
-                MainIn::Sparse(&xe),
-                &cont_all,
-                mode,
-                upd,
-            )
-            .context("library encoder")?;
+            let (h_l, fc) = ops::fc_forward(&a.l_enc_expr.fc, p, MainIn::Sparse(&xe), &cont_all, mode, upd)
+                .context("library encoder")?;
             let pre = ops::linear_dense_fwd(&a.l_enc_expr.out, p, &h_l);
-            let lib: Vec<T> = pre
-                .data
-                .iter()
-                .map(|&v| ops::act_fwd(Act::LeakyRelu, v))
-                .collect();
+            let lib: Vec<T> = pre.data.iter().map(|&v| ops::act_fwd(Act::LeakyRelu, v)).collect();
             (lib, Some((fc, h_l, pre.data)))
         };
 
         let (mu_s, v_s, spl_enc) = match &a.z_enc_spl {
             SplEncP::Vanilla(enc) => {
-                let xs = sparse_input::<T>(
-                    &batch.spl.indptr,
-                    &batch.spl.junction,
-                    &batch.spl.psi,
-                    batch.spl.n_junctions,
-                    batch,
-                    enc_cont,
-                );
-                let (h, fc) =
-                    ops::fc_forward(&enc.fc, p, MainIn::Sparse(&xs), &cont_all, mode, upd)
-                        .context("splicing encoder")?;
+                let xs = sparse_input::<T>(&batch.spl.indptr, &batch.spl.junction, &batch.spl.psi, batch.spl.n_junctions, batch, enc_cont);
+                let (h, fc) = ops::fc_forward(&enc.fc, p, MainIn::Sparse(&xs), &cont_all, mode, upd)
+                    .context("splicing encoder")?;
                 let mu = ops::linear_dense_fwd(&enc.mean, p, &h);
                 let lv = ops::linear_dense_fwd(&enc.var, p, &h);
                 let v = map(&lv, |x| x.exp());
@@ -569,9 +431,8 @@ impl SpliceVae {
             }
             SplEncP::Partial(pe) => {
                 let pc = partial::partial_forward(pe, p, &batch.spl, mode);
-                let (out, mlp) =
-                    ops::fc_forward(&pe.mlp, p, MainIn::Dense(&pc.pool), &cont_all, mode, upd)
-                        .context("partial splicing encoder MLP")?;
+                let (out, mlp) = ops::fc_forward(&pe.mlp, p, MainIn::Dense(&pc.pool), &cont_all, mode, upd)
+                    .context("partial splicing encoder MLP")?;
                 let mu = out.cols_range(0, d);
                 let raw_v = out.cols_range(d, 2 * d);
                 let v = map(&raw_v, |x| softplus(x) + T::from_f64(PARTIAL_VAR_EPS));
@@ -593,15 +454,12 @@ impl SpliceVae {
             }
         } else if cfg.modality_weights == ModalityWeights::PerDimensionWeightedAverage {
             let raw = p.get(a.dim_weights.unwrap());
-            let ms = cfg
-                .mask_cells_without_splicing
-                .then_some(mask_spl.as_slice());
+            let ms = cfg.mask_cells_without_splicing.then_some(mask_spl.as_slice());
             let (qm, qv, c) = latent::mix_perdim_fwd(&mu_e, &v_e, &mu_s, &v_s, raw, ms);
             (qm, qv, MixTape::PerDim(c))
         } else {
             let (raw, raw_rows) = self.softmax_raw(p, batch)?;
-            let (qm, qv, c) =
-                latent::mix_softmax_fwd(&mu_e, &v_e, &mu_s, &v_s, &raw, &mask_expr, &mask_spl);
+            let (qm, qv, c) = latent::mix_softmax_fwd(&mu_e, &v_e, &mu_s, &v_s, &raw, &mask_expr, &mask_spl);
             (qm, qv, MixTape::Softmax { c, raw_rows })
         };
         let z = sample(&qz_m, &qz_v, &eps_j, ln);
@@ -620,62 +478,25 @@ impl SpliceVae {
             mask_spl,
         };
 
-        Ok((
-            inference,
-            EncTape {
-                mode,
-                enc_e,
-                h_e,
-                lib: lib_tape,
-                spl_enc,
-                eps_e,
-                eps_s,
-                eps_j,
-                mix,
-            },
-        ))
+        Ok((inference, EncTape { mode, enc_e, h_e, lib: lib_tape, spl_enc, eps_e, eps_s, eps_j, mix }))
     }
 
     /// Forward pass: inference, generative step and loss.
-    pub fn forward<T: Real>(
-        &self,
-        p: &Params<T>,
-        batch: &Batch,
-        opts: &StepOptions,
-    ) -> Result<Forward<T>> {
+    pub fn forward<T: Real>(&self, p: &Params<T>, batch: &Batch, opts: &StepOptions) -> Result<Forward<T>> {
         self.check_batch(batch)?;
         let b = batch.n_cells();
-        let mode = Mode {
-            training: opts.training,
-            seed: opts.seed,
-        };
+        let mode = Mode { training: opts.training, seed: opts.seed };
         let mut upd = BufUpdates::new();
         let cats = self.cats(batch);
-        let cont_all = Cov {
-            cont: &batch.cont,
-            n_cont: batch.n_cont,
-            cats: cats.clone(),
-        };
+        let cont_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats.clone() };
         let (inference, enc) = self.encode(p, batch, opts, mode, &mut upd)?;
 
         // ---- generative ------------------------------------------------------------------------
-        let latent_in = if opts.use_z_mean {
-            &inference.qz_m
-        } else {
-            &inference.z
-        };
+        let latent_in = if opts.use_z_mean { &inference.qz_m } else { &inference.z };
         let (r_e, r_s) = self.decoder_latents(latent_in, opts.cross_gate);
         let lib_scale: Vec<T> = inference.library.iter().map(|&v| v.exp()).collect();
-        let (px_scale, px_rate, px_dropout, theta, expr_dec) = self.expr_decode(
-            p,
-            &r_e,
-            batch,
-            &cont_all,
-            &inference.library,
-            &lib_scale,
-            mode,
-            &mut upd,
-        )?;
+        let (px_scale, px_rate, px_dropout, theta, expr_dec) =
+            self.expr_decode(p, &r_e, batch, &cont_all, &inference.library, &lib_scale, mode, &mut upd)?;
         let (s_in, spl_dec) = self.spl_head_input(p, &r_s, batch, &cont_all, mode, &mut upd)?;
         let logits = self.spl_logits_sparse(p, &s_in, &batch.spl);
 
@@ -747,11 +568,7 @@ impl SpliceVae {
             g_conc: sl.g_conc,
             rbf,
         };
-        Ok(Forward {
-            out,
-            tape,
-            opts: opts.clone(),
-        })
+        Ok(Forward { out, tape, opts: opts.clone() })
     }
 
     fn noise<T: Real>(&self, b: usize, opts: &StepOptions) -> Result<(Mat<T>, Mat<T>, Mat<T>)> {
@@ -760,9 +577,7 @@ impl SpliceVae {
             Noise::Zero => (Mat::zeros(b, d), Mat::zeros(b, d), Mat::zeros(b, l)),
             Noise::Seeded => {
                 let gen = |stream: u64, n: usize| -> Vec<T> {
-                    (0..n)
-                        .map(|i| T::from_f64(rng::normal(opts.seed, stream, i as u64)))
-                        .collect()
+                    (0..n).map(|i| T::from_f64(rng::normal(opts.seed, stream, i as u64))).collect()
                 };
                 (
                     Mat::from_vec(b, d, gen(rng::streams::EPS_EXPR, b * d)),
@@ -770,20 +585,12 @@ impl SpliceVae {
                     Mat::from_vec(b, l, gen(rng::streams::EPS_JOINT, b * l)),
                 )
             }
-            Noise::Given {
-                eps_expr,
-                eps_spl,
-                eps_joint,
-            } => {
+            Noise::Given { eps_expr, eps_spl, eps_joint } => {
                 if eps_expr.len() != b * d || eps_spl.len() != b * d || eps_joint.len() != b * l {
                     bail!("given noise has the wrong size (need {b}×{d}, {b}×{d}, {b}×{l})");
                 }
                 let cv = |v: &Vec<f64>| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
-                (
-                    Mat::from_vec(b, d, cv(eps_expr)),
-                    Mat::from_vec(b, d, cv(eps_spl)),
-                    Mat::from_vec(b, l, cv(eps_joint)),
-                )
+                (Mat::from_vec(b, d, cv(eps_expr)), Mat::from_vec(b, d, cv(eps_spl)), Mat::from_vec(b, l, cv(eps_joint)))
             }
         })
     }
@@ -866,44 +673,19 @@ impl SpliceVae {
     ) -> Result<(Mat<T>, Mat<T>, Mat<T>, Mat<T>, ExprDecTape<T>)> {
         let b = r_e.rows;
         let g = self.dims.n_genes;
-        let main = if batch.n_cont > 0 {
-            r_e.hcat(&Self::cont_mat(batch))
-        } else {
-            r_e.clone()
-        };
+        let main = if batch.n_cont > 0 { r_e.hcat(&Self::cont_mat(batch)) } else { r_e.clone() };
         let (px_scale, px_dropout, r_raw, tape) = match &self.arch.z_dec_expr {
-            ExprDecP::Vanilla {
-                fc,
-                scale,
-                r,
-                dropout,
-                softplus: sp,
-            } => {
-                let (h, fcc) = ops::fc_forward(fc, p, MainIn::Dense(&main), cov, mode, upd)
-                    .context("expression decoder")?;
+            ExprDecP::Vanilla { fc, scale, r, dropout, softplus: sp } => {
+                let (h, fcc) = ops::fc_forward(fc, p, MainIn::Dense(&main), cov, mode, upd).context("expression decoder")?;
                 let raw = ops::linear_dense_fwd(scale, p, &h);
-                let rho = if *sp {
-                    map(&raw, softplus)
-                } else {
-                    softmax_rows(&raw)
-                };
+                let rho = if *sp { map(&raw, softplus) } else { softmax_rows(&raw) };
                 let pi = ops::linear_dense_fwd(dropout, p, &h);
-                let rr = (self.cfg.dispersion == Dispersion::GeneCell)
-                    .then(|| ops::linear_dense_fwd(r, p, &h));
-                (
-                    rho,
-                    pi,
-                    rr,
-                    ExprDecTape::Vanilla {
-                        fc: fcc,
-                        h,
-                        raw_scale: raw,
-                    },
-                )
+                let rr = (self.cfg.dispersion == Dispersion::GeneCell).then(|| ops::linear_dense_fwd(r, p, &h));
+                (rho, pi, rr, ExprDecTape::Vanilla { fc: fcc, h, raw_scale: raw })
             }
             ExprDecP::Linear { factor, dropout, r } => {
-                let (raw, fc_f) = ops::fc_forward(factor, p, MainIn::Dense(&main), cov, mode, upd)
-                    .context("expression decoder")?;
+                let (raw, fc_f) =
+                    ops::fc_forward(factor, p, MainIn::Dense(&main), cov, mode, upd).context("expression decoder")?;
                 let rho = softmax_rows(&raw);
                 let (pi, fc_d) = ops::fc_forward(dropout, p, MainIn::Dense(&main), cov, mode, upd)?;
                 let (rr, fc_r) = match r {
@@ -913,33 +695,13 @@ impl SpliceVae {
                     }
                     None => (None, None),
                 };
-                (
-                    rho,
-                    pi,
-                    rr,
-                    ExprDecTape::Linear {
-                        factor: fc_f,
-                        dropout: fc_d,
-                        r: fc_r,
-                    },
-                )
+                (rho, pi, rr, ExprDecTape::Linear { factor: fc_f, dropout: fc_d, r: fc_r })
             }
         };
         let mut px_rate = px_scale.clone();
-        px_rate
-            .data
-            .par_chunks_mut(g)
-            .enumerate()
-            .for_each(|(i, row)| row.iter_mut().for_each(|v| *v *= lib_scale[i]));
+        px_rate.data.par_chunks_mut(g).enumerate().for_each(|(i, row)| row.iter_mut().for_each(|v| *v *= lib_scale[i]));
         let theta = match self.cfg.dispersion {
-            Dispersion::Gene => Mat::from_vec(
-                1,
-                g,
-                p.get(self.arch.px_r.unwrap())
-                    .iter()
-                    .map(|&v| v.exp())
-                    .collect(),
-            ),
+            Dispersion::Gene => Mat::from_vec(1, g, p.get(self.arch.px_r.unwrap()).iter().map(|&v| v.exp()).collect()),
             Dispersion::GeneBatch | Dispersion::GeneLabel => {
                 let (codes, n) = if self.cfg.dispersion == Dispersion::GeneBatch {
                     (&batch.batch, self.dims.n_batch)
@@ -977,19 +739,11 @@ impl SpliceVae {
     ) -> Result<(Mat<T>, SplDecTape<T>)> {
         Ok(match &self.arch.z_dec_spl {
             SplDecP::Vanilla { fc, .. } => {
-                let main = if batch.n_cont > 0 {
-                    r_s.hcat(&Self::cont_mat(batch))
-                } else {
-                    r_s.clone()
-                };
-                let (h, c) = ops::fc_forward(fc, p, MainIn::Dense(&main), cov, mode, upd)
-                    .context("splicing decoder")?;
+                let main = if batch.n_cont > 0 { r_s.hcat(&Self::cont_mat(batch)) } else { r_s.clone() };
+                let (h, c) = ops::fc_forward(fc, p, MainIn::Dense(&main), cov, mode, upd).context("splicing decoder")?;
                 (h, SplDecTape::Vanilla { fc: c })
             }
-            SplDecP::Linear { .. } => (
-                cov.concat_dense(r_s, batch.n_cont, &self.arch.dec_cats),
-                SplDecTape::Linear,
-            ),
+            SplDecP::Linear { .. } => (cov.concat_dense(r_s, batch.n_cont, &self.arch.dec_cats), SplDecTape::Linear),
         })
     }
 
@@ -1010,35 +764,18 @@ impl SpliceVae {
 
     /// Concentration of each entry's target: (parameter index into log_phi, φ = softplus(log_phi)).
     fn conc_target(&self, j: usize) -> usize {
-        ConcIndex::for_loss(self.cfg.splicing_loss_type, self.cfg.dm_concentration)
-            .target(j, &self.junc2atse)
+        ConcIndex::for_loss(self.cfg.splicing_loss_type, self.cfg.dm_concentration).target(j, &self.junc2atse)
     }
 
-    fn splicing_loss<T: Real>(
-        &self,
-        p: &Params<T>,
-        spl: &SplBatch,
-        logits: &[T],
-    ) -> Result<SplLossOut<T>> {
+    fn splicing_loss<T: Real>(&self, p: &Params<T>, spl: &SplBatch, logits: &[T]) -> Result<SplLossOut<T>> {
         let w = T::from_f64(self.cfg.splicing_loss_weight);
         let kind = self.cfg.splicing_loss_type;
         let groups = match kind {
-            SplicingLoss::DirichletMultinomial => {
-                Some(AtseGroups::build(spl, &self.junc2atse, &self.atse_ptr)?)
-            }
+            SplicingLoss::DirichletMultinomial => Some(AtseGroups::build(spl, &self.junc2atse, &self.atse_ptr)?),
             _ => None,
         };
         let conc = ConcIndex::for_loss(kind, self.cfg.dm_concentration);
-        Ok(spl_lik::splicing_loss(
-            kind,
-            conc,
-            spl,
-            groups.as_ref(),
-            &self.junc2atse,
-            logits,
-            p.get(self.arch.log_phi),
-            w,
-        ))
+        Ok(spl_lik::splicing_loss(kind, conc, spl, groups.as_ref(), &self.junc2atse, logits, p.get(self.arch.log_phi), w))
     }
 
     #[allow(clippy::type_complexity)]
@@ -1078,11 +815,7 @@ impl SpliceVae {
                 for (&c, &v) in idx.iter().zip(vals) {
                     x[c as usize] = T::from_f32(v);
                 }
-                let th = if theta.rows == 1 {
-                    theta.row(0)
-                } else {
-                    theta.row(i)
-                };
+                let th = if theta.rows == 1 { theta.row(0) } else { theta.row(i) };
                 let (mr, pr) = (mu.row(i), pi.row(i));
                 if let (GeneLikelihood::Zinb, Some(terms)) = (lik_kind, &gene_terms) {
                     // The common case: a row at a time, its transcendental terms in a vectorised pass.
@@ -1093,20 +826,12 @@ impl SpliceVae {
                 for gg in 0..g {
                     let r = match (lik_kind, &gene_terms) {
                         (GeneLikelihood::Zinb, Some(gt)) => {
-                            let xt = if x[gg] > T::ZERO {
-                                gt.xt(gg, x[gg], th[gg])
-                            } else {
-                                (T::ZERO, T::ZERO)
-                            };
+                            let xt = if x[gg] > T::ZERO { gt.xt(gg, x[gg], th[gg]) } else { (T::ZERO, T::ZERO) };
                             lik::zinb_with(x[gg], mr[gg], th[gg], pr[gg], &gt.theta[gg], xt)
                         }
-                        (GeneLikelihood::Nb, Some(gt)) => lik::nb_with(
-                            x[gg],
-                            mr[gg],
-                            th[gg],
-                            &gt.theta[gg],
-                            gt.xt(gg, x[gg], th[gg]),
-                        ),
+                        (GeneLikelihood::Nb, Some(gt)) => {
+                            lik::nb_with(x[gg], mr[gg], th[gg], &gt.theta[gg], gt.xt(gg, x[gg], th[gg]))
+                        }
                         (GeneLikelihood::Zinb, None) => lik::zinb(x[gg], mr[gg], th[gg], pr[gg]),
                         (GeneLikelihood::Nb, None) => lik::nb(x[gg], mr[gg], th[gg]),
                         (GeneLikelihood::Poisson, _) => lik::poisson(x[gg], mr[gg]),
@@ -1129,28 +854,19 @@ impl SpliceVae {
 
     /// Modality penalty (§5.2, §14.3) and, for MMDRbf, the bandwidth used.
     fn penalty<T: Real>(&self, inf: &Inference<T>, kl_weight: f64) -> (T, latent::RbfInfo<T>) {
-        let none = latent::RbfInfo {
-            h: T::ONE,
-            med_pair: None,
-        };
+        let none = latent::RbfInfo { h: T::ONE, med_pair: None };
         if self.cfg.modality_weights == ModalityWeights::Concatenate {
             return (T::ZERO, none);
         }
-        let paired: Vec<bool> = inf
-            .mask_expr
-            .iter()
-            .zip(&inf.mask_spl)
-            .map(|(&a, &b)| a && b)
-            .collect();
+        let paired: Vec<bool> = inf.mask_expr.iter().zip(&inf.mask_spl).map(|(&a, &b)| a && b).collect();
         let (me, ve, ms, vs) = (&inf.qzm_expr, &inf.qzv_expr, &inf.qzm_spl, &inf.qzv_spl);
         match self.cfg.modality_penalty {
             ModalityPenalty::None => (T::ZERO, none),
             ModalityPenalty::Jeffreys => (latent::jeffreys_fwd(me, ve, ms, vs, &paired), none),
             ModalityPenalty::Mmd => (latent::mmd_mean_dist_fwd(me, ms, &paired), none),
-            ModalityPenalty::JeffreysExact => (
-                latent::jeffreys_exact_fwd(me, ve, ms, vs, &paired) * T::from_f64(kl_weight),
-                none,
-            ),
+            ModalityPenalty::JeffreysExact => {
+                (latent::jeffreys_exact_fwd(me, ve, ms, vs, &paired) * T::from_f64(kl_weight), none)
+            }
             ModalityPenalty::MmdRbf => latent::mmd_rbf_fwd(&inf.z_expr, &inf.z_spl, &paired),
         }
     }
@@ -1172,11 +888,7 @@ impl SpliceVae {
         if lam == 0.0 {
             return T::ZERO;
         }
-        let s: f64 = p
-            .get(self.spl_out_weight())
-            .iter()
-            .map(|v| v.to_f64() * v.to_f64())
-            .sum();
+        let s: f64 = p.get(self.spl_out_weight()).iter().map(|v| v.to_f64() * v.to_f64()).sum();
         T::from_f64(lam * s * self.prior_scale())
     }
 
@@ -1200,25 +912,14 @@ impl SpliceVae {
         let mut wc = Mat::zeros(j, k);
         // W Cᵀ = W C (C symmetric).
         tensor::matmul_nt(w, j, k, &c.data, k, &mut wc.data, T::ZERO);
-        let s: f64 = w
-            .iter()
-            .zip(&wc.data)
-            .map(|(a, b)| a.to_f64() * b.to_f64())
-            .sum();
-        (
-            T::from_f64(self.cfg.splicing_decoder_effect_prior * s * self.prior_scale()),
-            wc,
-        )
+        let s: f64 = w.iter().zip(&wc.data).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+        (T::from_f64(self.cfg.splicing_decoder_effect_prior * s * self.prior_scale()), wc)
     }
 
     fn conc_prior<T: Real>(&self, p: &Params<T>, b: usize) -> T {
         match self.cfg.splicing_loss_type {
             SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => {
-                let s: f64 = p
-                    .get(self.arch.log_phi)
-                    .iter()
-                    .map(|v| v.to_f64() * v.to_f64())
-                    .sum();
+                let s: f64 = p.get(self.arch.log_phi).iter().map(|v| v.to_f64() * v.to_f64()).sum();
                 T::from_f64(self.cfg.lambda_prior * s / b as f64)
             }
             _ => T::ZERO,
@@ -1251,20 +952,13 @@ impl SpliceVae {
         // (B × G passes: rows in parallel, each row's arithmetic as in a serial loop.)
         let scale_rows = |m: &Mat<T>| -> Mat<T> {
             let mut m = m.clone();
-            m.data
-                .par_chunks_mut(gdim.max(1))
-                .zip(&inf.mask_expr)
-                .for_each(|(row, &keep)| {
-                    let s = if keep { inv_b } else { T::ZERO };
-                    row.iter_mut().for_each(|v| *v *= s);
-                });
+            m.data.par_chunks_mut(gdim.max(1)).zip(&inf.mask_expr).for_each(|(row, &keep)| {
+                let s = if keep { inv_b } else { T::ZERO };
+                row.iter_mut().for_each(|v| *v *= s);
+            });
             m
         };
-        let (dmu, dtheta, dpi) = (
-            scale_rows(&tp.g_mu),
-            scale_rows(&tp.g_theta),
-            scale_rows(&tp.g_pi),
-        );
+        let (dmu, dtheta, dpi) = (scale_rows(&tp.g_mu), scale_rows(&tp.g_theta), scale_rows(&tp.g_pi));
         // μ = e^ℓ ρ
         let mut dlib = vec![T::ZERO; b];
         let mut drho = dmu.clone();
@@ -1318,35 +1012,16 @@ impl SpliceVae {
             }
             Dispersion::GeneCell => {
                 let mut m = dtheta.clone();
-                m.data
-                    .iter_mut()
-                    .zip(&out.theta.data)
-                    .for_each(|(v, &t)| *v *= t);
+                m.data.iter_mut().zip(&out.theta.data).for_each(|(v, &t)| *v *= t);
                 dtheta_raw = Some(m);
             }
         }
         let uses_pi = cfg.gene_likelihood == GeneLikelihood::Zinb;
         let d_main_e: Mat<T> = match (&a.z_dec_expr, &tp.expr_dec) {
-            (
-                ExprDecP::Vanilla {
-                    fc,
-                    scale,
-                    r,
-                    dropout,
-                    softplus: sp,
-                },
-                ExprDecTape::Vanilla {
-                    fc: fcc,
-                    h,
-                    raw_scale,
-                },
-            ) => {
+            (ExprDecP::Vanilla { fc, scale, r, dropout, softplus: sp }, ExprDecTape::Vanilla { fc: fcc, h, raw_scale }) => {
                 let mut draw = drho.clone();
                 if *sp {
-                    draw.data
-                        .iter_mut()
-                        .zip(&raw_scale.data)
-                        .for_each(|(v, &x)| *v *= softplus_grad(x));
+                    draw.data.iter_mut().zip(&raw_scale.data).for_each(|(v, &x)| *v *= softplus_grad(x));
                 } else {
                     softmax_rows_bwd(&out.px_scale, &mut draw);
                 }
@@ -1361,14 +1036,7 @@ impl SpliceVae {
                 }
                 ops::fc_backward(fc, p, fcc, dh, &mut g, true).unwrap()
             }
-            (
-                ExprDecP::Linear { factor, dropout, r },
-                ExprDecTape::Linear {
-                    factor: cf,
-                    dropout: cd,
-                    r: cr,
-                },
-            ) => {
+            (ExprDecP::Linear { factor, dropout, r }, ExprDecTape::Linear { factor: cf, dropout: cd, r: cr }) => {
                 let mut draw = drho.clone();
                 softmax_rows_bwd(&out.px_scale, &mut draw);
                 let mut dm = ops::fc_backward(factor, p, cf, draw, &mut g, true).unwrap();
@@ -1394,18 +1062,15 @@ impl SpliceVae {
         let mut ds = Mat::zeros(b, k_in);
         {
             let w = p.get(lin.w);
-            ds.data
-                .par_chunks_mut(k_in)
-                .enumerate()
-                .for_each(|(i, row)| {
-                    for e in spl.cell_range(i) {
-                        let j = spl.junction[e] as usize;
-                        let ge = gl[e];
-                        for (r, &ww) in row.iter_mut().zip(&w[j * k_in..(j + 1) * k_in]) {
-                            *r += ge * ww;
-                        }
+            ds.data.par_chunks_mut(k_in).enumerate().for_each(|(i, row)| {
+                for e in spl.cell_range(i) {
+                    let j = spl.junction[e] as usize;
+                    let ge = gl[e];
+                    for (r, &ww) in row.iter_mut().zip(&w[j * k_in..(j + 1) * k_in]) {
+                        *r += ge * ww;
                     }
-                });
+                }
+            });
         }
         self.spl_out_param_grads(spl, &tp.s_in, &gl, &mut g);
         if cfg.splicing_decoder_prior != 0.0 {
@@ -1430,10 +1095,7 @@ impl SpliceVae {
         // concentration: loss terms and prior
         if let Some(gphi) = g.slot(a.log_phi) {
             let lp = p.get(a.log_phi);
-            if matches!(
-                cfg.splicing_loss_type,
-                SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial
-            ) {
+            if matches!(cfg.splicing_loss_type, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
                 for (e, &c) in tp.g_conc.iter().enumerate() {
                     let t = self.conc_target(spl.junction[e] as usize);
                     gphi[t] += c * inv_b * softplus_grad(lp[t]);
@@ -1446,9 +1108,7 @@ impl SpliceVae {
         }
         let dr_s = match (&a.z_dec_spl, &tp.spl_dec) {
             (SplDecP::Vanilla { fc, .. }, SplDecTape::Vanilla { fc: c }) => {
-                ops::fc_backward(fc, p, c, ds, &mut g, true)
-                    .unwrap()
-                    .cols_range(0, l)
+                ops::fc_backward(fc, p, c, ds, &mut g, true).unwrap().cols_range(0, l)
             }
             (SplDecP::Linear { .. }, SplDecTape::Linear) => ds.cols_range(0, l),
             _ => unreachable!(),
@@ -1481,15 +1141,7 @@ impl SpliceVae {
             add_into(&mut dz, x);
         }
         let ln = cfg.latent_distribution == LatentDistribution::Ln;
-        sample_bwd(
-            &inf.qz_v,
-            &tp.enc.eps_j,
-            &inf.z,
-            ln,
-            &dz,
-            &mut dqm,
-            &mut dqv,
-        );
+        sample_bwd(&inf.qz_v, &tp.enc.eps_j, &inf.z, ln, &dz, &mut dqm, &mut dqv);
         let kls: Vec<T> = vec![kl_w * inv_b; b];
         latent::kl_bwd(&inf.qz_m, &inf.qz_v, &kls, &mut dqm, &mut dqv);
 
@@ -1518,9 +1170,7 @@ impl SpliceVae {
                 pg
             }
             MixTape::PerDim(c) => {
-                let msk = cfg
-                    .mask_cells_without_splicing
-                    .then_some(inf.mask_spl.as_slice());
+                let msk = cfg.mask_cells_without_splicing.then_some(inf.mask_spl.as_slice());
                 let (pg, draw) = latent::mix_perdim_bwd(c, me, ve, ms, vs, msk, &dqm, &dqv);
                 if let Some(gw) = g.slot(a.dim_weights.unwrap()) {
                     gw.iter_mut().zip(&draw).for_each(|(x, &v)| *x += v);
@@ -1528,17 +1178,7 @@ impl SpliceVae {
                 pg
             }
             MixTape::Softmax { c, raw_rows } => {
-                let (pg, draw) = latent::mix_softmax_bwd(
-                    c,
-                    me,
-                    ve,
-                    ms,
-                    vs,
-                    &inf.mask_expr,
-                    &inf.mask_spl,
-                    &dqm,
-                    &dqv,
-                );
+                let (pg, draw) = latent::mix_softmax_bwd(c, me, ve, ms, vs, &inf.mask_expr, &inf.mask_spl, &dqm, &dqv);
                 let n_obs = self.dims.n_obs;
                 if let Some(gw) = g.slot(a.mod_weights) {
                     match cfg.modality_weights {
@@ -1571,79 +1211,34 @@ impl SpliceVae {
         };
         // penalty
         if cfg.modality_weights != ModalityWeights::Concatenate {
-            let paired: Vec<bool> = inf
-                .mask_expr
-                .iter()
-                .zip(&inf.mask_spl)
-                .map(|(&x, &y)| x && y)
-                .collect();
+            let paired: Vec<bool> = inf.mask_expr.iter().zip(&inf.mask_spl).map(|(&x, &y)| x && y).collect();
             match cfg.modality_penalty {
                 ModalityPenalty::None => {}
-                ModalityPenalty::Jeffreys => {
-                    latent::jeffreys_bwd(me, ve, ms, vs, &paired, T::ONE, &mut pg)
-                }
+                ModalityPenalty::Jeffreys => latent::jeffreys_bwd(me, ve, ms, vs, &paired, T::ONE, &mut pg),
                 ModalityPenalty::Mmd => latent::mmd_mean_dist_bwd(me, ms, &paired, T::ONE, &mut pg),
-                ModalityPenalty::JeffreysExact => {
-                    latent::jeffreys_exact_bwd(me, ve, ms, vs, &paired, kl_w, &mut pg)
-                }
+                ModalityPenalty::JeffreysExact => latent::jeffreys_exact_bwd(me, ve, ms, vs, &paired, kl_w, &mut pg),
                 ModalityPenalty::MmdRbf => {
                     let mut dze = Mat::zeros(b, d);
                     let mut dzs = Mat::zeros(b, d);
-                    latent::mmd_rbf_bwd(
-                        &inf.z_expr,
-                        &inf.z_spl,
-                        &paired,
-                        &tp.rbf,
-                        T::ONE,
-                        &mut dze,
-                        &mut dzs,
-                    );
-                    sample_bwd(
-                        ve,
-                        &tp.enc.eps_e,
-                        &inf.z_expr,
-                        ln,
-                        &dze,
-                        &mut pg.mu_e,
-                        &mut pg.v_e,
-                    );
-                    sample_bwd(
-                        vs,
-                        &tp.enc.eps_s,
-                        &inf.z_spl,
-                        ln,
-                        &dzs,
-                        &mut pg.mu_s,
-                        &mut pg.v_s,
-                    );
+                    latent::mmd_rbf_bwd(&inf.z_expr, &inf.z_spl, &paired, &tp.rbf, T::ONE, &mut dze, &mut dzs);
+                    sample_bwd(ve, &tp.enc.eps_e, &inf.z_expr, ln, &dze, &mut pg.mu_e, &mut pg.v_e);
+                    sample_bwd(vs, &tp.enc.eps_s, &inf.z_spl, ln, &dzs, &mut pg.mu_s, &mut pg.v_s);
                 }
             }
         }
 
         // ---- encoders --------------------------------------------------------------------------
         let mut dlv_e = pg.v_e.clone();
-        dlv_e
-            .data
-            .iter_mut()
-            .zip(&ve.data)
-            .for_each(|(x, &v)| *x *= v);
-        let mut dh_e =
-            ops::linear_dense_bwd(&a.z_enc_expr.mean, p, &tp.enc.h_e, &pg.mu_e, &mut g, true)
-                .unwrap();
-        add_into(
-            &mut dh_e,
-            &ops::linear_dense_bwd(&a.z_enc_expr.var, p, &tp.enc.h_e, &dlv_e, &mut g, true)
-                .unwrap(),
-        );
+        dlv_e.data.iter_mut().zip(&ve.data).for_each(|(x, &v)| *x *= v);
+        let mut dh_e = ops::linear_dense_bwd(&a.z_enc_expr.mean, p, &tp.enc.h_e, &pg.mu_e, &mut g, true).unwrap();
+        add_into(&mut dh_e, &ops::linear_dense_bwd(&a.z_enc_expr.var, p, &tp.enc.h_e, &dlv_e, &mut g, true).unwrap());
         ops::fc_backward(&a.z_enc_expr.fc, p, &tp.enc.enc_e, dh_e, &mut g, false);
 
         if let Some((fc, h_l, pre)) = &tp.enc.lib {
             let dpre = Mat::from_vec(
                 b,
                 1,
-                (0..b)
-                    .map(|i| dlib[i] * ops::act_grad(Act::LeakyRelu, pre[i]))
-                    .collect(),
+                (0..b).map(|i| dlib[i] * ops::act_grad(Act::LeakyRelu, pre[i])).collect(),
             );
             let dh = ops::linear_dense_bwd(&a.l_enc_expr.out, p, h_l, &dpre, &mut g, true).unwrap();
             ops::fc_backward(&a.l_enc_expr.fc, p, fc, dh, &mut g, false);
@@ -1652,16 +1247,9 @@ impl SpliceVae {
         match (&a.z_enc_spl, &tp.enc.spl_enc) {
             (SplEncP::Vanilla(enc), SplEncTape::Vanilla { fc, h, lv }) => {
                 let mut dlv = pg.v_s.clone();
-                dlv.data
-                    .iter_mut()
-                    .zip(&lv.data)
-                    .for_each(|(x, &v)| *x *= v.exp());
-                let mut dh =
-                    ops::linear_dense_bwd(&enc.mean, p, h, &pg.mu_s, &mut g, true).unwrap();
-                add_into(
-                    &mut dh,
-                    &ops::linear_dense_bwd(&enc.var, p, h, &dlv, &mut g, true).unwrap(),
-                );
+                dlv.data.iter_mut().zip(&lv.data).for_each(|(x, &v)| *x *= v.exp());
+                let mut dh = ops::linear_dense_bwd(&enc.mean, p, h, &pg.mu_s, &mut g, true).unwrap();
+                add_into(&mut dh, &ops::linear_dense_bwd(&enc.var, p, h, &dlv, &mut g, true).unwrap());
                 ops::fc_backward(&enc.fc, p, fc, dh, &mut g, false);
             }
             (SplEncP::Partial(pe), SplEncTape::Partial { pc, mlp, raw_v }) => {
@@ -1669,8 +1257,7 @@ impl SpliceVae {
                 for i in 0..b {
                     for t in 0..d {
                         dout.data[i * 2 * d + t] = pg.mu_s.data[i * d + t];
-                        dout.data[i * 2 * d + d + t] =
-                            pg.v_s.data[i * d + t] * softplus_grad(raw_v.data[i * d + t]);
+                        dout.data[i * 2 * d + d + t] = pg.v_s.data[i * d + t] * softplus_grad(raw_v.data[i * d + t]);
                     }
                 }
                 let dpool = ops::fc_backward(&pe.mlp, p, mlp, dout, &mut g, true).unwrap();
@@ -1749,10 +1336,7 @@ impl SpliceVae {
             routing: None,
             seed: 0,
         };
-        let mode = Mode {
-            training: false,
-            seed: 0,
-        };
+        let mode = Mode { training: false, seed: 0 };
         let mut upd = BufUpdates::new();
         Ok(self.encode(p, batch, &opts, mode, &mut upd)?.0)
     }
@@ -1760,25 +1344,11 @@ impl SpliceVae {
     /// Dense decode for analyses (eval mode): splicing probabilities p (B × J, within-ATSE normalised for
     /// DM) and expression px_scale / px_rate / px_dropout / θ from the latent `lat` (B × L) and the
     /// covariates and library of `batch` (override `batch.batch` for transform_batch).
-    pub fn decode_dense<T: Real>(
-        &self,
-        p: &Params<T>,
-        lat: &Mat<T>,
-        batch: &Batch,
-        library: &[T],
-        cross_gate: f64,
-    ) -> Result<DenseDecode<T>> {
-        let mode = Mode {
-            training: false,
-            seed: 0,
-        };
+    pub fn decode_dense<T: Real>(&self, p: &Params<T>, lat: &Mat<T>, batch: &Batch, library: &[T], cross_gate: f64) -> Result<DenseDecode<T>> {
+        let mode = Mode { training: false, seed: 0 };
         let mut upd = BufUpdates::new();
         let cats = self.cats(batch);
-        let cov = Cov {
-            cont: &batch.cont,
-            n_cont: batch.n_cont,
-            cats,
-        };
+        let cov = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats };
         let (r_e, r_s) = self.decoder_latents(lat, cross_gate);
         let lib_scale: Vec<T> = library.iter().map(|&v| v.exp()).collect();
         let (px_scale, px_rate, px_dropout, theta, _) =
@@ -1802,38 +1372,22 @@ impl SpliceVae {
                 }
             });
         }
-        Ok(DenseDecode {
-            p: pm,
-            px_scale,
-            px_rate,
-            px_dropout,
-            theta,
-        })
+        Ok(DenseDecode { p: pm, px_scale, px_rate, px_dropout, theta })
     }
 
     /// φ = softplus(log_phi) (A, 1 or J values).
     pub fn concentration<T: Real>(&self, p: &Params<T>) -> Vec<T> {
-        p.get(self.arch.log_phi)
-            .iter()
-            .map(|&v| softplus(v))
-            .collect()
+        p.get(self.arch.log_phi).iter().map(|&v| softplus(v)).collect()
     }
 
     /// DM posterior-mean PSI (§7.5) from dense p: clamp((c p + k)/(c + n + 1e-8), 1e-8, 1 − 1e-8),
     /// with the cell's own counts (0 for unobserved junctions).
-    pub fn dm_posterior_mean<T: Real>(
-        &self,
-        p: &Params<T>,
-        pdense: &Mat<T>,
-        spl: &SplBatch,
-    ) -> Mat<T> {
+    pub fn dm_posterior_mean<T: Real>(&self, p: &Params<T>, pdense: &Mat<T>, spl: &SplBatch) -> Mat<T> {
         let phi = self.concentration(p);
         let j = self.dims.n_junctions;
         let conc = |jj: usize| -> T {
             match self.cfg.dm_concentration {
-                DmConcentration::Atse
-                    if phi.len() == self.dims.n_atse && !self.junc2atse.is_empty() =>
-                {
+                DmConcentration::Atse if phi.len() == self.dims.n_atse && !self.junc2atse.is_empty() => {
                     phi[self.junc2atse[jj] as usize]
                 }
                 _ if phi.len() == j => phi[jj],
@@ -1872,16 +1426,10 @@ pub struct DenseDecode<T> {
 
 /// Expression encoder input values (`expression_input`): raw counts, log1p, or log1p of the counts
 /// scaled to 10⁴ per cell. Data only (no gradient flows into it).
-fn expression_input_values<'a>(
-    kind: ExpressionInput,
-    indptr: &[usize],
-    values: &'a [f32],
-) -> std::borrow::Cow<'a, [f32]> {
+fn expression_input_values<'a>(kind: ExpressionInput, indptr: &[usize], values: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
     match kind {
         ExpressionInput::Raw => std::borrow::Cow::Borrowed(values),
-        ExpressionInput::Log1p => {
-            std::borrow::Cow::Owned(values.iter().map(|&v| v.ln_1p()).collect())
-        }
+        ExpressionInput::Log1p => std::borrow::Cow::Owned(values.iter().map(|&v| v.ln_1p()).collect()),
         ExpressionInput::Log1pNormalized => {
             let mut out = Vec::with_capacity(values.len());
             for r in 0..indptr.len() - 1 {
@@ -1914,12 +1462,7 @@ fn sparse_input<T: Real>(
             values: values.iter().map(|&v| T::from_f32(v)).collect(),
         };
     }
-    let mut s = Sparse {
-        rows,
-        cols: n_cols + n_cont,
-        indptr: vec![0],
-        ..Default::default()
-    };
+    let mut s = Sparse { rows, cols: n_cols + n_cont, indptr: vec![0], ..Default::default() };
     for r in 0..rows {
         for e in indptr[r]..indptr[r + 1] {
             s.indices.push(indices[e]);
@@ -1935,11 +1478,7 @@ fn sparse_input<T: Real>(
 }
 
 fn map<T: Real>(m: &Mat<T>, f: impl Fn(T) -> T + Sync) -> Mat<T> {
-    Mat {
-        rows: m.rows,
-        cols: m.cols,
-        data: m.data.iter().map(|&v| f(v)).collect(),
-    }
+    Mat { rows: m.rows, cols: m.cols, data: m.data.iter().map(|&v| f(v)).collect() }
 }
 
 fn add_into<T: Real>(a: &mut Mat<T>, b: &Mat<T>) {
@@ -1970,26 +1509,19 @@ pub(crate) fn softmax_rows_bwd<T: Real>(y: &Mat<T>, d: &mut Mat<T>) {
     if y.cols == 0 {
         return;
     }
-    d.data
-        .par_chunks_mut(y.cols)
-        .enumerate()
-        .for_each(|(i, row)| {
-            let yr = y.row(i);
-            let dot: T = row.iter().zip(yr).map(|(&a, &b)| a * b).sum();
-            for (v, &yy) in row.iter_mut().zip(yr) {
-                *v = yy * (*v - dot);
-            }
-        });
+    d.data.par_chunks_mut(y.cols).enumerate().for_each(|(i, row)| {
+        let yr = y.row(i);
+        let dot: T = row.iter().zip(yr).map(|(&a, &b)| a * b).sum();
+        for (v, &yy) in row.iter_mut().zip(yr) {
+            *v = yy * (*v - dot);
+        }
+    });
 }
 
 /// T(m + √v ⊙ ε), T = softmax over the row for "ln".
 pub(crate) fn sample<T: Real>(m: &Mat<T>, v: &Mat<T>, eps: &Mat<T>, ln: bool) -> Mat<T> {
     let mut z = m.clone();
-    z.data
-        .iter_mut()
-        .zip(&v.data)
-        .zip(&eps.data)
-        .for_each(|((zz, &vv), &e)| *zz += vv.sqrt() * e);
+    z.data.iter_mut().zip(&v.data).zip(&eps.data).for_each(|((zz, &vv), &e)| *zz += vv.sqrt() * e);
     if ln {
         softmax_rows(&z)
     } else {
@@ -1998,15 +1530,7 @@ pub(crate) fn sample<T: Real>(m: &Mat<T>, v: &Mat<T>, eps: &Mat<T>, ln: bool) ->
 }
 
 /// Backward of `sample`: adds into dm, dv given dz (z is the forward output).
-pub(crate) fn sample_bwd<T: Real>(
-    v: &Mat<T>,
-    eps: &Mat<T>,
-    z: &Mat<T>,
-    ln: bool,
-    dz: &Mat<T>,
-    dm: &mut Mat<T>,
-    dv: &mut Mat<T>,
-) {
+pub(crate) fn sample_bwd<T: Real>(v: &Mat<T>, eps: &Mat<T>, z: &Mat<T>, ln: bool, dz: &Mat<T>, dm: &mut Mat<T>, dv: &mut Mat<T>) {
     let mut dpre = dz.clone();
     if ln {
         softmax_rows_bwd(z, &mut dpre);

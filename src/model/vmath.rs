@@ -24,10 +24,7 @@ pub fn exp(x: f32) -> f32 {
     let k = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
     let r = x - k * LN2_HI - k * LN2_LO;
     let z = r * r;
-    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
         + 5.000_000_1e-1)
         * z
         + r
@@ -49,10 +46,7 @@ pub fn ln(x: f32) -> f32 {
     let f = if small { m + m - 1.0 } else { m - 1.0 };
     let e = (if small { e - 1 } else { e }) as f32;
     let z = f * f;
-    let mut y = ((((((((7.037_683_6e-2 * f - 1.151_461e-1) * f + 1.167_699_9e-1) * f
-        - 1.242_014_1e-1)
-        * f
-        + 1.424_932_3e-1)
+    let mut y = ((((((((7.037_683_6e-2 * f - 1.151_461e-1) * f + 1.167_699_9e-1) * f - 1.242_014_1e-1) * f + 1.424_932_3e-1)
         * f
         - 1.666_805_8e-1)
         * f
@@ -113,13 +107,7 @@ mod tests {
 
     /// Worst ulp distance of `f` from the f64 function `want` over `xs`; asserts `bound` at each point.
     /// Where the true value is 0 the result must be exactly 0.
-    fn check(
-        name: &str,
-        f: fn(f32) -> f32,
-        want: fn(f64) -> f64,
-        xs: impl Iterator<Item = f32>,
-        bound: f64,
-    ) -> f64 {
+    fn check(name: &str, f: fn(f32) -> f32, want: fn(f64) -> f64, xs: impl Iterator<Item = f32>, bound: f64) -> f64 {
         let mut worst = 0.0f64;
         for x in xs {
             let w = want(x as f64);
@@ -137,15 +125,7 @@ mod tests {
 
     #[test]
     fn exp_is_within_two_ulp() {
-        check(
-            "exp",
-            exp,
-            f64::exp,
-            samples(-87.0, 88.0, 2_000_000)
-                .into_iter()
-                .chain(samples(-1e-3, 1e-3, 100_000)),
-            2.0,
-        );
+        check("exp", exp, f64::exp, samples(-87.0, 88.0, 2_000_000).into_iter().chain(samples(-1e-3, 1e-3, 100_000)), 2.0);
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-200.0) > 0.0 && exp(-200.0) < 1.3e-38, "clamped below");
         assert!(exp(f32::NAN).is_nan());
@@ -153,30 +133,14 @@ mod tests {
 
     #[test]
     fn ln_is_within_two_ulp() {
-        check(
-            "ln",
-            ln,
-            f64::ln,
-            samples(1.2e-38, 3e38, 2_000_000)
-                .into_iter()
-                .chain(samples(0.5, 2.0, 1_000_000)),
-            2.0,
-        );
+        check("ln", ln, f64::ln, samples(1.2e-38, 3e38, 2_000_000).into_iter().chain(samples(0.5, 2.0, 1_000_000)), 2.0);
         assert_eq!(ln(1.0), 0.0);
         assert!(ln(f32::NAN).is_nan());
     }
 
     #[test]
     fn ln_1p_is_within_four_ulp() {
-        check(
-            "ln_1p",
-            ln_1p,
-            f64::ln_1p,
-            samples(1e-30, 1e30, 2_000_000)
-                .into_iter()
-                .chain(samples(0.0, 2.0, 1_000_000)),
-            4.0,
-        );
+        check("ln_1p", ln_1p, f64::ln_1p, samples(1e-30, 1e30, 2_000_000).into_iter().chain(samples(0.0, 2.0, 1_000_000)), 4.0);
         assert_eq!(ln_1p(0.0), 0.0);
         assert_eq!(ln_1p(1e-30), 1e-30);
     }

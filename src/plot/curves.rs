@@ -24,22 +24,14 @@ pub struct Curves {
 }
 
 /// Terms with a `_train` / `_validation` pair, then the train-only ones, in this order.
-const PAIRED: [&str; 5] = [
-    "reconstruction_loss",
-    "reconstruction_loss_expression",
-    "reconstruction_loss_splicing",
-    "kl_local",
-    "elbo",
-];
+const PAIRED: [&str; 5] = ["reconstruction_loss", "reconstruction_loss_expression", "reconstruction_loss_splicing", "kl_local", "elbo"];
 const SINGLE: [&str; 2] = ["train_loss", "adversary_loss"];
 
 impl Curves {
     /// Panels from a metrics table (header + rows as written by the trainer).
     pub fn from_table(header: &[String], rows: &[Vec<String>], title: &str) -> Result<Curves> {
         let col = |name: &str| header.iter().position(|h| h == name);
-        let Some(ep) = col("epoch") else {
-            bail!("metrics table without an `epoch` column")
-        };
+        let Some(ep) = col("epoch") else { bail!("metrics table without an `epoch` column") };
         let series = |c: usize| -> Vec<(f64, f64)> {
             rows.iter()
                 .filter_map(|r| {
@@ -52,10 +44,7 @@ impl Curves {
         let useful = |s: &Vec<(f64, f64)>| !s.is_empty() && s.iter().any(|&(_, v)| v != 0.0);
         let mut panels = Vec::new();
         for term in PAIRED {
-            let mut p = Panel {
-                term: term.to_string(),
-                series: vec![],
-            };
+            let mut p = Panel { term: term.to_string(), series: vec![] };
             for (suffix, label) in [("_train", "train"), ("_validation", "validation")] {
                 if let Some(c) = col(&format!("{term}{suffix}")) {
                     let s = series(c);
@@ -72,38 +61,22 @@ impl Curves {
             if let Some(c) = col(term) {
                 let s = series(c);
                 if useful(&s) {
-                    panels.push(Panel {
-                        term: term.to_string(),
-                        series: vec![("train".to_string(), s)],
-                    });
+                    panels.push(Panel { term: term.to_string(), series: vec![("train".to_string(), s)] });
                 }
             }
         }
         if panels.is_empty() {
-            bail!(
-                "no loss term with values in the metrics table ({} epochs)",
-                rows.len()
-            );
+            bail!("no loss term with values in the metrics table ({} epochs)", rows.len());
         }
-        Ok(Curves {
-            title: title.to_string(),
-            panels,
-        })
+        Ok(Curves { title: title.to_string(), panels })
     }
 
     /// From a run directory's `metrics.tsv`.
     pub fn from_run_dir(dir: &Path) -> Result<Curves> {
         let path = dir.join("metrics.tsv");
         let (header, rows) = read_tsv(&path)?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| dir.display().to_string());
-        Curves::from_table(
-            &header,
-            &rows,
-            &format!("Training curves: {name} ({} epochs)", rows.len()),
-        )
+        let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| dir.display().to_string());
+        Curves::from_table(&header, &rows, &format!("Training curves: {name} ({} epochs)", rows.len()))
     }
 
     fn grid(&self) -> (usize, usize) {
@@ -138,18 +111,9 @@ impl Figure for Curves {
         let cells = body.split_evenly((rows, cols));
         for (p, area) in self.panels.iter().zip(cells.iter()) {
             let xs = p.series.iter().flat_map(|(_, s)| s.iter().map(|&(x, _)| x));
-            let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-                (a.min(x), b.max(x))
-            });
-            let (x0, x1) = if x1 - x0 < 1.0 {
-                (x0 - 0.5, x1 + 0.5)
-            } else {
-                (x0, x1)
-            };
-            let (y0, y1) = padded_range(
-                p.series.iter().flat_map(|(_, s)| s.iter().map(|&(_, y)| y)),
-                0.05,
-            );
+            let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+            let (x0, x1) = if x1 - x0 < 1.0 { (x0 - 0.5, x1 + 0.5) } else { (x0, x1) };
+            let (y0, y1) = padded_range(p.series.iter().flat_map(|(_, s)| s.iter().map(|&(_, y)| y)), 0.05);
             let mut chart = ChartBuilder::on(area)
                 .caption(pretty(&p.term), ("sans-serif", 17))
                 .margin(10)
@@ -164,13 +128,7 @@ impl Figure for Curves {
                 .x_labels(8)
                 .y_labels(6)
                 .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&|y| {
-                    if y.abs() >= 1e5 || (y.abs() < 1e-3 && *y != 0.0) {
-                        short(*y)
-                    } else {
-                        super::tick(*y, super::tick_decimals(y1 - y0))
-                    }
-                })
+                .y_label_formatter(&|y| if y.abs() >= 1e5 || (y.abs() < 1e-3 && *y != 0.0) { short(*y) } else { super::tick(*y, super::tick_decimals(y1 - y0)) })
                 .max_light_lines(1)
                 .label_style(("sans-serif", 13))
                 .axis_desc_style(("sans-serif", 14))
@@ -178,26 +136,15 @@ impl Figure for Curves {
                 .draw()
                 .map_err(pe)?;
             for (label, s) in &p.series {
-                let colour = if label == "validation" {
-                    VALIDATION_COLOUR
-                } else {
-                    TRAIN_COLOUR
-                };
+                let colour = if label == "validation" { VALIDATION_COLOUR } else { TRAIN_COLOUR };
                 chart
                     .draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
                     .map_err(pe)?
                     .label(label.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
-                    });
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
                 // Markers too, so a run of a few epochs still shows its points.
                 if s.len() <= 60 {
-                    chart
-                        .draw_series(
-                            s.iter()
-                                .map(|&(x, y)| Circle::new((x, y), 3, colour.filled())),
-                        )
-                        .map_err(pe)?;
+                    chart.draw_series(s.iter().map(|&(x, y)| Circle::new((x, y), 3, colour.filled()))).map_err(pe)?;
                 }
             }
             chart
@@ -215,24 +162,14 @@ impl Figure for Curves {
 
 /// The corner whose legend-sized box (40% of the width, 25% of the height) covers the fewest points.
 fn legend_corner(p: &Panel, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
-    let corners = [
-        (SeriesLabelPosition::UpperRight, true, true),
-        (SeriesLabelPosition::LowerRight, true, false),
-        (SeriesLabelPosition::UpperLeft, false, true),
-        (SeriesLabelPosition::LowerLeft, false, false),
-    ];
+    let corners = [(SeriesLabelPosition::UpperRight, true, true), (SeriesLabelPosition::LowerRight, true, false), (SeriesLabelPosition::UpperLeft, false, true), (SeriesLabelPosition::LowerLeft, false, false)];
     let inside = |&(x, y): &(f64, f64), right: bool, upper: bool| {
         let (fx, fy) = ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0));
         (if right { fx >= 0.6 } else { fx <= 0.4 }) && (if upper { fy >= 0.75 } else { fy <= 0.25 })
     };
     let mut best = (usize::MAX, SeriesLabelPosition::UpperRight);
     for (pos, right, upper) in corners {
-        let n = p
-            .series
-            .iter()
-            .flat_map(|(_, s)| s.iter())
-            .filter(|q| inside(q, right, upper))
-            .count();
+        let n = p.series.iter().flat_map(|(_, s)| s.iter()).filter(|q| inside(q, right, upper)).count();
         if n < best.0 {
             best = (n, pos);
         }

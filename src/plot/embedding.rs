@@ -15,10 +15,7 @@ use std::path::Path;
 pub enum Colouring {
     None,
     /// Category index per point (None = missing) and the category names.
-    Categories {
-        codes: Vec<Option<usize>>,
-        names: Vec<String>,
-    },
+    Categories { codes: Vec<Option<usize>>, names: Vec<String> },
     /// A numeric value per point (NaN = missing).
     Values(Vec<f64>),
 }
@@ -26,25 +23,13 @@ pub enum Colouring {
 impl Colouring {
     pub fn from_obs(col: &ObsColumn) -> Colouring {
         match col {
-            ObsColumn::Categorical { codes, categories } => Colouring::Categories {
-                codes: codes
-                    .iter()
-                    .map(|&c| (c >= 0).then_some(c as usize))
-                    .collect(),
-                names: categories.clone(),
-            },
-            ObsColumn::Bool(v) => Colouring::Categories {
-                codes: v.iter().map(|&b| Some(b as usize)).collect(),
-                names: vec!["False".into(), "True".into()],
-            },
+            ObsColumn::Categorical { codes, categories } => Colouring::Categories { codes: codes.iter().map(|&c| (c >= 0).then_some(c as usize)).collect(), names: categories.clone() },
+            ObsColumn::Bool(v) => Colouring::Categories { codes: v.iter().map(|&b| Some(b as usize)).collect(), names: vec!["False".into(), "True".into()] },
             ObsColumn::Text(v) => {
                 let mut names: Vec<String> = v.clone();
                 names.sort();
                 names.dedup();
-                Colouring::Categories {
-                    codes: v.iter().map(|s| names.binary_search(s).ok()).collect(),
-                    names,
-                }
+                Colouring::Categories { codes: v.iter().map(|s| names.binary_search(s).ok()).collect(), names }
             }
             ObsColumn::Numeric(v) => Colouring::Values(v.clone()),
         }
@@ -53,10 +38,7 @@ impl Colouring {
     fn select(&self, idx: &[usize]) -> Colouring {
         match self {
             Colouring::None => Colouring::None,
-            Colouring::Categories { codes, names } => Colouring::Categories {
-                codes: idx.iter().map(|&i| codes[i]).collect(),
-                names: names.clone(),
-            },
+            Colouring::Categories { codes, names } => Colouring::Categories { codes: idx.iter().map(|&i| codes[i]).collect(), names: names.clone() },
             Colouring::Values(v) => Colouring::Values(idx.iter().map(|&i| v[i]).collect()),
         }
     }
@@ -91,14 +73,10 @@ pub fn pca(x: &[f64], d: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
     let mut m = cov.clone();
     for c in 0..k.min(d) {
         // Power iteration from a fixed, generic start; deflate after each axis.
-        let mut v: Vec<f64> = (0..d)
-            .map(|i| 1.0 + ((i * 7 + c * 13) % 11) as f64 / 11.0)
-            .collect();
+        let mut v: Vec<f64> = (0..d).map(|i| 1.0 + ((i * 7 + c * 13) % 11) as f64 / 11.0).collect();
         let mut lambda = 0.0;
         for _ in 0..500 {
-            let mut w: Vec<f64> = (0..d)
-                .map(|a| (0..d).map(|b| m[a * d + b] * v[b]).sum())
-                .collect();
+            let mut w: Vec<f64> = (0..d).map(|a| (0..d).map(|b| m[a * d + b] * v[b]).sum()).collect();
             let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
             if norm <= 1e-300 {
                 break;
@@ -112,10 +90,7 @@ pub fn pca(x: &[f64], d: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
             }
         }
         // Sign convention: the largest |component| positive (deterministic pictures).
-        let big = v
-            .iter()
-            .copied()
-            .fold(0.0f64, |acc, x| if x.abs() > acc.abs() { x } else { acc });
+        let big = v.iter().copied().fold(0.0f64, |acc, x| if x.abs() > acc.abs() { x } else { acc });
         if big < 0.0 {
             v.iter_mut().for_each(|x| *x = -*x);
         }
@@ -134,12 +109,7 @@ pub fn pca(x: &[f64], d: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
     let mut out = vec![0.0; n * k];
     for (i, r) in x.chunks_exact(d).enumerate() {
         for (c, ax) in axes.iter().enumerate() {
-            out[i * k + c] = r
-                .iter()
-                .zip(&mean)
-                .zip(ax)
-                .map(|((v, m), a)| (v - m) * a)
-                .sum();
+            out[i * k + c] = r.iter().zip(&mean).zip(ax).map(|((v, m), a)| (v - m) * a).sum();
         }
     }
     (out, ratios)
@@ -161,13 +131,7 @@ pub struct Embedding {
 impl Embedding {
     /// PCA of a latent (n × d, row-major) to 2-D, on a seeded subsample of at most MAX_POINTS cells.
     /// Only the subsample is converted to f64, so an embed of millions of cells stays cheap.
-    pub fn pca_of<T: Copy + Into<f64>>(
-        x: &[T],
-        d: usize,
-        colouring: Colouring,
-        colour_label: &str,
-        what: &str,
-    ) -> Result<Embedding> {
+    pub fn pca_of<T: Copy + Into<f64>>(x: &[T], d: usize, colouring: Colouring, colour_label: &str, what: &str) -> Result<Embedding> {
         if d == 0 || x.len() % d != 0 {
             bail!("latent of {} values is not n × {d}", x.len());
         }
@@ -176,17 +140,10 @@ impl Embedding {
             bail!("latent with no cells");
         }
         let idx = subsample(n, MAX_POINTS, 0);
-        let sub: Vec<f64> = idx
-            .iter()
-            .flat_map(|&i| x[i * d..(i + 1) * d].iter().map(|&v| v.into()))
-            .collect();
+        let sub: Vec<f64> = idx.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().map(|&v| v.into())).collect();
         let (p, ratio) = pca(&sub, d, 2);
         let xy = (0..idx.len()).map(|i| (p[2 * i], p[2 * i + 1])).collect();
-        let shown = if idx.len() < n {
-            format!("{} of {n} cells", idx.len())
-        } else {
-            format!("{n} cells")
-        };
+        let shown = if idx.len() < n { format!("{} of {n} cells", idx.len()) } else { format!("{n} cells") };
         Ok(Embedding {
             title: format!("{what}: PCA of the latent ({shown}, {d} dims)"),
             colour_label: colour_label.to_string(),
@@ -208,66 +165,32 @@ impl Embedding {
             Some(Node::Dataset(ds)) => {
                 let shape = ds.shape();
                 if shape.len() != 2 {
-                    bail!(
-                        "{}: obsm/{obsm} has shape {shape:?}, expected cells × dims",
-                        path.display()
-                    );
+                    bail!("{}: obsm/{obsm} has shape {shape:?}, expected cells × dims", path.display());
                 }
-                (
-                    ds.read_raw::<f64>()
-                        .with_context(|| format!("{}: reading obsm/{obsm}", path.display()))?,
-                    shape[1],
-                )
+                (ds.read_raw::<f64>().with_context(|| format!("{}: reading obsm/{obsm}", path.display()))?, shape[1])
             }
             _ => {
                 let keys = crate::data::h5::members(&f, "obsm");
-                bail!(
-                    "{}: no dense obsm/{obsm} (obsm has: {})",
-                    path.display(),
-                    keys.join(", ")
-                )
+                bail!("{}: no dense obsm/{obsm} (obsm has: {})", path.display(), keys.join(", "))
             }
         };
         let obs = read_frame(&f, "obs")?;
-        let (colouring, label) = match colour_by
-            .map(str::to_string)
-            .or_else(|| default_colour_column(&obs.columns))
-        {
+        let (colouring, label) = match colour_by.map(str::to_string).or_else(|| default_colour_column(&obs.columns)) {
             Some(c) => match obs.column(&c) {
                 Some(col) => (Colouring::from_obs(col), c),
-                None => bail!(
-                    "{}: no obs column `{c}` (obs has: {})",
-                    path.display(),
-                    obs.column_names().join(", ")
-                ),
+                None => bail!("{}: no obs column `{c}` (obs has: {})", path.display(), obs.column_names().join(", ")),
             },
             None => (Colouring::None, String::new()),
         };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        Embedding::pca_of(
-            &x.0,
-            x.1,
-            colouring,
-            &label,
-            &format!("{name} obsm[{obsm}]"),
-        )
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        Embedding::pca_of(&x.0, x.1, colouring, &label, &format!("{name} obsm[{obsm}]"))
     }
 }
 
 /// The obs column to colour by when none is named: cell_type (or a close spelling), else the first
 /// categorical column with 2..=40 categories.
 pub fn default_colour_column(cols: &[(String, ObsColumn)]) -> Option<String> {
-    for want in [
-        "cell_type",
-        "celltype",
-        "cell_types",
-        "leiden",
-        "louvain",
-        "cluster",
-    ] {
+    for want in ["cell_type", "celltype", "cell_types", "leiden", "louvain", "cluster"] {
         if let Some((n, _)) = cols.iter().find(|(n, _)| n.eq_ignore_ascii_case(want)) {
             return Some(n.clone());
         }
@@ -323,11 +246,7 @@ impl Figure for Embedding {
         let missing = RGBColor(200, 200, 200);
         match &self.colouring {
             Colouring::None => {
-                chart
-                    .draw_series(order.iter().map(|&i| {
-                        Circle::new(self.xy[i], radius, CATEGORICAL[0].mix(0.7).filled())
-                    }))
-                    .map_err(pe)?;
+                chart.draw_series(order.iter().map(|&i| Circle::new(self.xy[i], radius, CATEGORICAL[0].mix(0.7).filled()))).map_err(pe)?;
             }
             Colouring::Categories { codes, names } => {
                 chart
@@ -340,54 +259,26 @@ impl Figure for Embedding {
                 codes.iter().flatten().for_each(|&k| counts[k] += 1);
                 let present: Vec<usize> = (0..names.len()).filter(|&k| counts[k] > 0).collect();
                 let shown = present.len().min(24);
-                legend
-                    .draw(&Text::new(
-                        self.colour_label.clone(),
-                        (10, 30),
-                        ("sans-serif", 16).into_font().color(&BLACK),
-                    ))
-                    .map_err(pe)?;
+                legend.draw(&Text::new(self.colour_label.clone(), (10, 30), ("sans-serif", 16).into_font().color(&BLACK))).map_err(pe)?;
                 for (row, &k) in present.iter().take(shown).enumerate() {
                     let y = 58 + row as i32 * 22;
-                    legend
-                        .draw(&Circle::new(
-                            (18, y),
-                            6,
-                            CATEGORICAL[k % CATEGORICAL.len()].filled(),
-                        ))
-                        .map_err(pe)?;
+                    legend.draw(&Circle::new((18, y), 6, CATEGORICAL[k % CATEGORICAL.len()].filled())).map_err(pe)?;
                     let mut name = names[k].clone();
                     if name.chars().count() > 22 {
                         name = name.chars().take(21).collect::<String>() + "…";
                     }
-                    legend
-                        .draw(&Text::new(
-                            format!("{name} ({})", counts[k]),
-                            (30, y - 8),
-                            ("sans-serif", 13).into_font().color(&BLACK),
-                        ))
-                        .map_err(pe)?;
+                    legend.draw(&Text::new(format!("{name} ({})", counts[k]), (30, y - 8), ("sans-serif", 13).into_font().color(&BLACK))).map_err(pe)?;
                 }
                 if present.len() > shown {
                     let y = 58 + shown as i32 * 22;
-                    legend
-                        .draw(&Text::new(
-                            format!("… {} more", present.len() - shown),
-                            (30, y - 8),
-                            ("sans-serif", 13).into_font().color(&BLACK),
-                        ))
-                        .map_err(pe)?;
+                    legend.draw(&Text::new(format!("… {} more", present.len() - shown), (30, y - 8), ("sans-serif", 13).into_font().color(&BLACK))).map_err(pe)?;
                 }
             }
             Colouring::Values(v) => {
                 let (lo, hi) = padded_range(v.iter().copied(), 0.0);
                 chart
                     .draw_series(order.iter().map(|&i| {
-                        let c = if v[i].is_finite() {
-                            viridis((v[i] - lo) / (hi - lo))
-                        } else {
-                            missing
-                        };
+                        let c = if v[i].is_finite() { viridis((v[i] - lo) / (hi - lo)) } else { missing };
                         Circle::new(self.xy[i], radius, c.mix(0.85).filled())
                     }))
                     .map_err(pe)?;

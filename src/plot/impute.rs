@@ -56,71 +56,31 @@ pub fn method_label(m: &str) -> String {
 }
 
 impl ImputeScatter {
-    pub fn from_table(
-        header: &[String],
-        rows: &[Vec<String>],
-        title: &str,
-    ) -> Result<ImputeScatter> {
-        let Some(t) = header.iter().position(|h| h == "truth") else {
-            bail!("pairs table without a `truth` column")
-        };
-        let methods: Vec<usize> = (0..header.len())
-            .filter(|&c| c != t && header[c] != "cell" && header[c] != "junction")
-            .collect();
+    pub fn from_table(header: &[String], rows: &[Vec<String>], title: &str) -> Result<ImputeScatter> {
+        let Some(t) = header.iter().position(|h| h == "truth") else { bail!("pairs table without a `truth` column") };
+        let methods: Vec<usize> = (0..header.len()).filter(|&c| c != t && header[c] != "cell" && header[c] != "junction").collect();
         if methods.is_empty() {
-            bail!(
-                "pairs table without prediction columns (expected truth and one column per method)"
-            );
+            bail!("pairs table without prediction columns (expected truth and one column per method)");
         }
-        let truth: Vec<f64> = rows
-            .iter()
-            .map(|r| r.get(t).map_or(f64::NAN, |s| super::num(s)))
-            .collect();
+        let truth: Vec<f64> = rows.iter().map(|r| r.get(t).map_or(f64::NAN, |s| super::num(s))).collect();
         let methods = methods
             .into_iter()
             .map(|c| {
-                let pred: Vec<f64> = rows
-                    .iter()
-                    .map(|r| r.get(c).map_or(f64::NAN, |s| super::num(s)))
-                    .collect();
-                let (truth, pred): (Vec<f64>, Vec<f64>) = truth
-                    .iter()
-                    .zip(&pred)
-                    .filter(|(a, b)| a.is_finite() && b.is_finite())
-                    .map(|(&a, &b)| (a, b))
-                    .unzip();
-                MethodPairs {
-                    method: header[c].clone(),
-                    truth,
-                    pred,
-                }
+                let pred: Vec<f64> = rows.iter().map(|r| r.get(c).map_or(f64::NAN, |s| super::num(s))).collect();
+                let (truth, pred): (Vec<f64>, Vec<f64>) = truth.iter().zip(&pred).filter(|(a, b)| a.is_finite() && b.is_finite()).map(|(&a, &b)| (a, b)).unzip();
+                MethodPairs { method: header[c].clone(), truth, pred }
             })
             .collect();
-        Ok(ImputeScatter {
-            title: title.to_string(),
-            methods,
-        })
+        Ok(ImputeScatter { title: title.to_string(), methods })
     }
 
     pub fn from_file(path: &Path) -> Result<ImputeScatter> {
         let (header, rows) = read_tsv(path)?;
-        ImputeScatter::from_table(
-            &header,
-            &rows,
-            &format!(
-                "Imputation of dropped entries ({} entries): true vs predicted PSI",
-                rows.len()
-            ),
-        )
+        ImputeScatter::from_table(&header, &rows, &format!("Imputation of dropped entries ({} entries): true vs predicted PSI", rows.len()))
     }
 
     fn max_log_count(&self) -> f64 {
-        self.methods
-            .iter()
-            .flat_map(|m| m.histogram().into_iter().flatten())
-            .map(|c| (1.0 + c as f64).log10())
-            .fold(0.0, f64::max)
-            .max(1e-9)
+        self.methods.iter().flat_map(|m| m.histogram().into_iter().flatten()).map(|c| (1.0 + c as f64).log10()).fold(0.0, f64::max).max(1e-9)
     }
 }
 
@@ -137,16 +97,9 @@ impl Figure for ImputeScatter {
         let vmax = self.max_log_count();
         for (m, area) in self.methods.iter().zip(cells.iter()) {
             let r = m.r();
-            let rs = if r.is_finite() {
-                format!("{r:.3}")
-            } else {
-                "n/a".into()
-            };
+            let rs = if r.is_finite() { format!("{r:.3}") } else { "n/a".into() };
             let mut chart = ChartBuilder::on(area)
-                .caption(
-                    format!("{}: r = {rs}", method_label(&m.method)),
-                    ("sans-serif", 17),
-                )
+                .caption(format!("{}: r = {rs}", method_label(&m.method)), ("sans-serif", 17))
                 .margin(12)
                 .x_label_area_size(45)
                 .y_label_area_size(55)
@@ -169,33 +122,15 @@ impl Figure for ImputeScatter {
             let step = 1.0 / BINS as f64;
             chart
                 .draw_series(h.iter().enumerate().flat_map(|(i, row)| {
-                    row.iter()
-                        .enumerate()
-                        .filter(|(_, &c)| c > 0)
-                        .map(move |(j, &c)| {
-                            let v = (1.0 + c as f64).log10() / vmax;
-                            Rectangle::new(
-                                [
-                                    (i as f64 * step, j as f64 * step),
-                                    ((i + 1) as f64 * step, (j + 1) as f64 * step),
-                                ],
-                                viridis(v).filled(),
-                            )
-                        })
+                    row.iter().enumerate().filter(|(_, &c)| c > 0).map(move |(j, &c)| {
+                        let v = (1.0 + c as f64).log10() / vmax;
+                        Rectangle::new([(i as f64 * step, j as f64 * step), ((i + 1) as f64 * step, (j + 1) as f64 * step)], viridis(v).filled())
+                    })
                 }))
                 .map_err(pe)?;
+            chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], RGBColor(200, 30, 30).stroke_width(1))).map_err(pe)?;
             chart
-                .draw_series(LineSeries::new(
-                    [(0.0, 0.0), (1.0, 1.0)],
-                    RGBColor(200, 30, 30).stroke_width(1),
-                ))
-                .map_err(pe)?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("n = {}", m.truth.len()),
-                    (0.03, 0.95),
-                    ("sans-serif", 13).into_font().color(&BLACK),
-                )))
+                .draw_series(std::iter::once(Text::new(format!("n = {}", m.truth.len()), (0.03, 0.95), ("sans-serif", 13).into_font().color(&BLACK))))
                 .map_err(pe)?;
         }
         colour_bar(&bar, 0.0, vmax, "log10 (1 + entries per bin)")?;

@@ -28,12 +28,7 @@ pub fn init_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for family in ["sans-serif", "serif", "monospace"] {
-            for style in [
-                FontStyle::Normal,
-                FontStyle::Bold,
-                FontStyle::Italic,
-                FontStyle::Oblique,
-            ] {
+            for style in [FontStyle::Normal, FontStyle::Bold, FontStyle::Italic, FontStyle::Oblique] {
                 // The bytes are a valid TrueType font (checked by the tests); ignore the impossible error.
                 let _ = plotters::style::register_font(family, style, FONT);
             }
@@ -142,10 +137,7 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
     if n < 2 {
         return f64::NAN;
     }
-    let (ma, mb) = (
-        a[..n].iter().sum::<f64>() / n as f64,
-        b[..n].iter().sum::<f64>() / n as f64,
-    );
+    let (ma, mb) = (a[..n].iter().sum::<f64>() / n as f64, b[..n].iter().sum::<f64>() / n as f64);
     let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
     for i in 0..n {
         let (x, y) = (a[i] - ma, b[i] - mb);
@@ -190,20 +182,12 @@ pub fn viridis(t: f64) -> RGBColor {
         (170, 220, 50),
         (253, 231, 37),
     ];
-    let t = if t.is_finite() {
-        t.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
     let x = t * (A.len() - 1) as f64;
     let i = (x.floor() as usize).min(A.len() - 2);
     let f = x - i as f64;
     let lerp = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
-    RGBColor(
-        lerp(A[i].0, A[i + 1].0),
-        lerp(A[i].1, A[i + 1].1),
-        lerp(A[i].2, A[i + 1].2),
-    )
+    RGBColor(lerp(A[i].0, A[i + 1].0), lerp(A[i].1, A[i + 1].1), lerp(A[i].2, A[i + 1].2))
 }
 
 /// 20 distinguishable categorical colours (matplotlib's tab10 then its lighter tab20 partners).
@@ -231,12 +215,7 @@ pub const CATEGORICAL: [RGBColor; 20] = [
 ];
 
 /// Draw a vertical colour bar for [lo, hi] in `area` with a label.
-pub(crate) fn colour_bar<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    lo: f64,
-    hi: f64,
-    label: &str,
-) -> Result<()> {
+pub(crate) fn colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, lo: f64, hi: f64, label: &str) -> Result<()> {
     let mut chart = ChartBuilder::on(area)
         .margin_top(40)
         .margin_bottom(60)
@@ -260,14 +239,8 @@ pub(crate) fn colour_bar<DB: DrawingBackend>(
     let span = hi - lo;
     chart
         .draw_series((0..steps).map(|i| {
-            let (a, b) = (
-                lo + span * i as f64 / steps as f64,
-                lo + span * (i + 1) as f64 / steps as f64,
-            );
-            Rectangle::new(
-                [(0.0, a), (1.0, b)],
-                viridis((i as f64 + 0.5) / steps as f64).filled(),
-            )
+            let (a, b) = (lo + span * i as f64 / steps as f64, lo + span * (i + 1) as f64 / steps as f64);
+            Rectangle::new([(0.0, a), (1.0, b)], viridis((i as f64 + 0.5) / steps as f64).filled())
         }))
         .map_err(pe)?;
     Ok(())
@@ -284,10 +257,7 @@ pub(crate) fn tick_decimals(span: f64) -> usize {
 /// A tick label with `dec` decimals ("0" for zero, never "-0").
 pub(crate) fn tick(v: f64, dec: usize) -> String {
     let s = format!("{v:.dec$}");
-    if s.trim_start_matches('-')
-        .chars()
-        .all(|c| c == '0' || c == '.')
-    {
+    if s.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') {
         "0".into()
     } else {
         s
@@ -297,18 +267,10 @@ pub(crate) fn tick(v: f64, dec: usize) -> String {
 /// Split a TSV text into its header and rows.
 pub(crate) fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
     use anyhow::Context;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines
-        .next()
-        .ok_or_else(|| anyhow!("{}: empty file", path.display()))?
-        .split('\t')
-        .map(|s| s.trim().to_string())
-        .collect();
-    let rows = lines
-        .map(|l| l.split('\t').map(|s| s.to_string()).collect())
-        .collect();
+    let header: Vec<String> = lines.next().ok_or_else(|| anyhow!("{}: empty file", path.display()))?.split('\t').map(|s| s.trim().to_string()).collect();
+    let rows = lines.map(|l| l.split('\t').map(|s| s.to_string()).collect()).collect();
     Ok((header, rows))
 }
 

@@ -33,16 +33,9 @@ pub struct Volcano {
 
 impl Volcano {
     /// `fdr`: recompute the calls from proba_ds at this target instead of reading is_ds_fdr.
-    pub fn from_table(
-        header: &[String],
-        rows: &[Vec<String>],
-        fdr: Option<f64>,
-        title: &str,
-    ) -> Result<Volcano> {
+    pub fn from_table(header: &[String], rows: &[Vec<String>], fdr: Option<f64>, title: &str) -> Result<Volcano> {
         let col = |n: &str| header.iter().position(|h| h == n);
-        let (Some(es), Some(bf)) = (col("effect_size"), col("bayes_factor")) else {
-            bail!("DS table without effect_size and bayes_factor columns")
-        };
+        let (Some(es), Some(bf)) = (col("effect_size"), col("bayes_factor")) else { bail!("DS table without effect_size and bayes_factor columns") };
         let (hit, proba, cmp) = (col("is_ds_fdr"), col("proba_ds"), col("comparison"));
         if fdr.is_some() && proba.is_none() {
             bail!("--fdr needs a proba_ds column");
@@ -66,67 +59,30 @@ impl Volcano {
         let mut panels = Vec::new();
         for (name, idx) in order.into_iter().zip(groups) {
             let calls: Vec<bool> = match fdr {
-                Some(f) => fdr_calls(
-                    &idx.iter()
-                        .map(|&i| get(&rows[i], proba.unwrap()))
-                        .map(|p| if p.is_finite() { p } else { 0.0 })
-                        .collect::<Vec<_>>(),
-                    f,
-                ),
-                None => idx
-                    .iter()
-                    .map(|&i| {
-                        rows[i]
-                            .get(hit.unwrap())
-                            .is_some_and(|s| matches!(s.trim(), "True" | "true" | "1"))
-                    })
-                    .collect(),
+                Some(f) => fdr_calls(&idx.iter().map(|&i| get(&rows[i], proba.unwrap())).map(|p| if p.is_finite() { p } else { 0.0 }).collect::<Vec<_>>(), f),
+                None => idx.iter().map(|&i| rows[i].get(hit.unwrap()).is_some_and(|s| matches!(s.trim(), "True" | "true" | "1"))).collect(),
             };
             let points = idx
                 .iter()
                 .zip(calls)
-                .map(|(&i, h)| {
-                    (
-                        get(&rows[i], es),
-                        get(&rows[i], bf) / std::f64::consts::LN_10,
-                        h,
-                    )
-                })
+                .map(|(&i, h)| (get(&rows[i], es), get(&rows[i], bf) / std::f64::consts::LN_10, h))
                 .filter(|(x, y, _)| x.is_finite() && y.is_finite())
                 .collect();
-            panels.push(VolcanoPanel {
-                comparison: name,
-                points,
-            });
+            panels.push(VolcanoPanel { comparison: name, points });
         }
         let fdr_label = match fdr {
             Some(f) => format!("called at FDR {f} (from proba_ds)"),
             None => "called (is_ds_fdr)".to_string(),
         };
-        Ok(Volcano {
-            title: title.to_string(),
-            fdr_label,
-            panels,
-        })
+        Ok(Volcano { title: title.to_string(), fdr_label, panels })
     }
 
     pub fn from_file(path: &Path, fdr: Option<f64>) -> Result<Volcano> {
         let (header, rows) = read_tsv(path)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let mut v = Volcano::from_table(
-            &header,
-            &rows,
-            fdr,
-            &format!("Differential splicing: {name}"),
-        )?;
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let mut v = Volcano::from_table(&header, &rows, fdr, &format!("Differential splicing: {name}"))?;
         if v.panels.len() > MAX_PANELS {
-            eprintln!(
-                "volcano: drawing the first {MAX_PANELS} of {} comparisons",
-                v.panels.len()
-            );
+            eprintln!("volcano: drawing the first {MAX_PANELS} of {} comparisons", v.panels.len());
             v.panels.truncate(MAX_PANELS);
         }
         Ok(v)
@@ -140,27 +96,11 @@ impl Volcano {
 
     /// The points drawn in a panel: every hit and a seeded subsample of the rest (≤ MAX_POINTS in all).
     pub fn drawn(p: &VolcanoPanel) -> (Points, Points) {
-        let hits: Vec<(f64, f64)> = p
-            .points
-            .iter()
-            .filter(|q| q.2)
-            .map(|q| (q.0, q.1))
-            .collect();
-        let others: Vec<(f64, f64)> = p
-            .points
-            .iter()
-            .filter(|q| !q.2)
-            .map(|q| (q.0, q.1))
-            .collect();
-        let hits: Vec<(f64, f64)> = subsample(hits.len(), MAX_POINTS, 1)
-            .into_iter()
-            .map(|i| hits[i])
-            .collect();
+        let hits: Vec<(f64, f64)> = p.points.iter().filter(|q| q.2).map(|q| (q.0, q.1)).collect();
+        let others: Vec<(f64, f64)> = p.points.iter().filter(|q| !q.2).map(|q| (q.0, q.1)).collect();
+        let hits: Vec<(f64, f64)> = subsample(hits.len(), MAX_POINTS, 1).into_iter().map(|i| hits[i]).collect();
         let room = MAX_POINTS.saturating_sub(hits.len());
-        let others = subsample(others.len(), room, 2)
-            .into_iter()
-            .map(|i| others[i])
-            .collect();
+        let others = subsample(others.len(), room, 2).into_iter().map(|i| others[i]).collect();
         (hits, others)
     }
 }
@@ -178,19 +118,9 @@ impl Figure for Volcano {
         for (p, area) in self.panels.iter().zip(cells.iter()) {
             let (hits, others) = Volcano::drawn(p);
             let n_hits = p.points.iter().filter(|q| q.2).count();
-            let xmax = p
-                .points
-                .iter()
-                .map(|q| q.0.abs())
-                .fold(0.0, f64::max)
-                .max(0.05)
-                * 1.05;
+            let xmax = p.points.iter().map(|q| q.0.abs()).fold(0.0, f64::max).max(0.05) * 1.05;
             let (y0, y1) = padded_range(p.points.iter().map(|q| q.1), 0.05);
-            let caption = if p.comparison.is_empty() {
-                format!("{n_hits} of {} junctions called", p.points.len())
-            } else {
-                format!("{}: {n_hits} of {} called", p.comparison, p.points.len())
-            };
+            let caption = if p.comparison.is_empty() { format!("{n_hits} of {} junctions called", p.points.len()) } else { format!("{}: {n_hits} of {} called", p.comparison, p.points.len()) };
             let mut chart = ChartBuilder::on(area)
                 .caption(caption, ("sans-serif", 17))
                 .margin(12)
@@ -213,26 +143,14 @@ impl Figure for Volcano {
                 .light_line_style(RGBColor(238, 238, 238))
                 .draw()
                 .map_err(pe)?;
+            chart.draw_series(LineSeries::new([(0.0, y0), (0.0, y1)], RGBColor(120, 120, 120).stroke_width(1))).map_err(pe)?;
             chart
-                .draw_series(LineSeries::new(
-                    [(0.0, y0), (0.0, y1)],
-                    RGBColor(120, 120, 120).stroke_width(1),
-                ))
-                .map_err(pe)?;
-            chart
-                .draw_series(
-                    others
-                        .iter()
-                        .map(|&(x, y)| Circle::new((x, y), 2, OTHER_COLOUR.mix(0.6).filled())),
-                )
+                .draw_series(others.iter().map(|&(x, y)| Circle::new((x, y), 2, OTHER_COLOUR.mix(0.6).filled())))
                 .map_err(pe)?
                 .label(format!("not called ({})", p.points.len() - n_hits))
                 .legend(|(x, y)| Circle::new((x + 8, y), 4, OTHER_COLOUR.filled()));
             chart
-                .draw_series(
-                    hits.iter()
-                        .map(|&(x, y)| Circle::new((x, y), 3, HIT_COLOUR.filled())),
-                )
+                .draw_series(hits.iter().map(|&(x, y)| Circle::new((x, y), 3, HIT_COLOUR.filled())))
                 .map_err(pe)?
                 .label(format!("{} ({n_hits})", self.fdr_label))
                 .legend(|(x, y)| Circle::new((x + 8, y), 4, HIT_COLOUR.filled()));

@@ -100,34 +100,18 @@ impl TrainConfig {
     }
 
     pub fn early_stopping_warmup(&self) -> usize {
-        self.early_stopping_warmup_epochs
-            .unwrap_or(self.n_epochs_kl_warmup.unwrap_or(0))
+        self.early_stopping_warmup_epochs.unwrap_or(self.n_epochs_kl_warmup.unwrap_or(0))
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.batch_size > 0, "batch_size must be > 0");
-        anyhow::ensure!(
-            self.lr > 0.0 && self.lr.is_finite(),
-            "lr must be a positive number, got {}",
-            self.lr
-        );
-        anyhow::ensure!(
-            self.train_size > 0.0 && self.train_size <= 1.0,
-            "train_size must be in (0, 1], got {}",
-            self.train_size
-        );
+        anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number, got {}", self.lr);
+        anyhow::ensure!(self.train_size > 0.0 && self.train_size <= 1.0, "train_size must be in (0, 1], got {}", self.train_size);
         anyhow::ensure!(self.weight_decay >= 0.0, "weight_decay must be >= 0");
         anyhow::ensure!(self.max_epochs > 0, "max_epochs must be > 0");
-        anyhow::ensure!(
-            self.max_kl_weight > 0.0 && self.max_kl_weight.is_finite(),
-            "max_kl_weight must be a positive number, got {}",
-            self.max_kl_weight
-        );
+        anyhow::ensure!(self.max_kl_weight > 0.0 && self.max_kl_weight.is_finite(), "max_kl_weight must be a positive number, got {}", self.max_kl_weight);
         if self.lr_scheduler_type == SchedulerKind::Step {
-            anyhow::ensure!(
-                self.step_size > 0,
-                "step_size must be > 0 for the step scheduler"
-            );
+            anyhow::ensure!(self.step_size > 0, "step_size must be > 0 for the step scheduler");
         }
         Ok(())
     }

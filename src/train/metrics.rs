@@ -111,10 +111,7 @@ impl EpochMetrics {
             self.kl_weight
         );
         if self.n_val > 0 {
-            s += &format!(
-                " | val rec {:.3} elbo {:.3}",
-                self.reconstruction_loss_validation, self.elbo_validation
-            );
+            s += &format!(" | val rec {:.3} elbo {:.3}", self.reconstruction_loss_validation, self.elbo_validation);
         }
         s += &format!(" | {:.2}s, {:.0} cells/s", self.seconds, self.cells_per_s);
         s
@@ -163,21 +160,14 @@ impl MetricsLog {
         let mut jsonl = String::new();
         for m in &self.epochs {
             let v = serde_json::to_value(m)?;
-            let row: Vec<String> = COLUMNS
-                .iter()
-                .map(|c| v.get(*c).map(|x| x.to_string()).unwrap_or_default())
-                .collect();
+            let row: Vec<String> = COLUMNS.iter().map(|c| v.get(*c).map(|x| x.to_string()).unwrap_or_default()).collect();
             tsv += &row.join("\t");
             tsv.push('\n');
             jsonl += &serde_json::to_string(m)?;
             jsonl.push('\n');
         }
-        write_atomic(&dir.join("metrics.tsv"), |p| {
-            Ok(std::fs::write(p, tsv.as_bytes())?)
-        })?;
-        write_atomic(&dir.join("metrics.jsonl"), |p| {
-            Ok(std::fs::write(p, jsonl.as_bytes())?)
-        })
+        write_atomic(&dir.join("metrics.tsv"), |p| Ok(std::fs::write(p, tsv.as_bytes())?))?;
+        write_atomic(&dir.join("metrics.jsonl"), |p| Ok(std::fs::write(p, jsonl.as_bytes())?))
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
@@ -190,10 +180,7 @@ impl MetricsLog {
             .lines()
             .filter(|l| !l.trim().is_empty())
             .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .with_context(|| format!("{}: line {}", path.display(), i + 1))
-            })
+            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1)))
             .collect::<Result<Vec<_>>>()?;
         Ok(MetricsLog { epochs })
     }

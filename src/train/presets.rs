@@ -41,22 +41,10 @@ pub struct DsDefaults {
 }
 
 /// The original's test (`default`, `paper`).
-pub const ORIGINAL_DS: DsDefaults = DsDefaults {
-    min_obs_cells: 0,
-    test_mode: TestMode::Three,
-    filter_outlier_cells: false,
-    max_emp_pvalue: None,
-    batch_correction: false,
-};
+pub const ORIGINAL_DS: DsDefaults = DsDefaults { min_obs_cells: 0, test_mode: TestMode::Three, filter_outlier_cells: false, max_emp_pvalue: None, batch_correction: false };
 
 /// `robust`'s test.
-pub const ROBUST_DS: DsDefaults = DsDefaults {
-    min_obs_cells: ROBUST_DS_MIN_OBS_CELLS,
-    test_mode: TestMode::Two,
-    filter_outlier_cells: true,
-    max_emp_pvalue: Some(0.05),
-    batch_correction: true,
-};
+pub const ROBUST_DS: DsDefaults = DsDefaults { min_obs_cells: ROBUST_DS_MIN_OBS_CELLS, test_mode: TestMode::Two, filter_outlier_cells: true, max_emp_pvalue: Some(0.05), batch_correction: true };
 
 impl DsDefaults {
     /// `opts` with this test (batch correction only where the model has more than one batch).

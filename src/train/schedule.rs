@@ -15,11 +15,7 @@ pub fn kl_weight(epoch: usize, n_epochs_kl_warmup: Option<usize>) -> f32 {
 
 /// The step's KL weight and cross gate: the warm-up κ_KL ramps to `max_kl_weight` (scvi's option; 1 in
 /// the original), and the gate follows the warm-up alone, so it still opens when the warm-up ends.
-pub fn kl_and_gate(
-    epoch: usize,
-    n_epochs_kl_warmup: Option<usize>,
-    max_kl_weight: f64,
-) -> (f32, f32) {
+pub fn kl_and_gate(epoch: usize, n_epochs_kl_warmup: Option<usize>, max_kl_weight: f64) -> (f32, f32) {
     let warm = kl_weight(epoch, n_epochs_kl_warmup);
     (warm * max_kl_weight as f32, cross_gate(warm))
 }
@@ -49,15 +45,7 @@ pub struct EarlyStopping {
 
 impl EarlyStopping {
     pub fn new(patience: usize, warmup_checks: usize) -> Self {
-        EarlyStopping {
-            patience,
-            min_delta: 0.0,
-            warmup_checks,
-            checks_seen: 0,
-            best: None,
-            best_epoch: None,
-            wait: 0,
-        }
+        EarlyStopping { patience, min_delta: 0.0, warmup_checks, checks_seen: 0, best: None, best_epoch: None, wait: 0 }
     }
 
     /// Record one validation value. Returns (improved, should_stop).
@@ -83,61 +71,28 @@ impl EarlyStopping {
 pub enum LrScheduler {
     None,
     /// torch StepLR: lr = lr0 · gamma^(floor(n_steps / step_size)).
-    Step {
-        step_size: usize,
-        gamma: f64,
-        steps: usize,
-    },
+    Step { step_size: usize, gamma: f64, steps: usize },
     /// torch ReduceLROnPlateau(mode min, threshold_mode abs, cooldown 0, eps 1e-8).
-    Plateau {
-        patience: usize,
-        factor: f64,
-        threshold: f64,
-        min_lr: f64,
-        best: Option<f64>,
-        bad_epochs: usize,
-    },
+    Plateau { patience: usize, factor: f64, threshold: f64, min_lr: f64, best: Option<f64>, bad_epochs: usize },
 }
 
 impl LrScheduler {
     pub fn step_lr(step_size: usize, gamma: f64) -> Self {
-        LrScheduler::Step {
-            step_size,
-            gamma,
-            steps: 0,
-        }
+        LrScheduler::Step { step_size, gamma, steps: 0 }
     }
     pub fn plateau(patience: usize, factor: f64) -> Self {
-        LrScheduler::Plateau {
-            patience,
-            factor,
-            threshold: 0.0,
-            min_lr: 0.0,
-            best: None,
-            bad_epochs: 0,
-        }
+        LrScheduler::Plateau { patience, factor, threshold: 0.0, min_lr: 0.0, best: None, bad_epochs: 0 }
     }
 
     /// One scheduler step after validation with the monitored metric; returns the new learning rate.
     pub fn step(&mut self, lr: f64, lr0: f64, metric: f64) -> f64 {
         match self {
             LrScheduler::None => lr,
-            LrScheduler::Step {
-                step_size,
-                gamma,
-                steps,
-            } => {
+            LrScheduler::Step { step_size, gamma, steps } => {
                 *steps += 1;
                 lr0 * gamma.powi((*steps / (*step_size).max(1)) as i32)
             }
-            LrScheduler::Plateau {
-                patience,
-                factor,
-                threshold,
-                min_lr,
-                best,
-                bad_epochs,
-            } => {
+            LrScheduler::Plateau { patience, factor, threshold, min_lr, best, bad_epochs } => {
                 if metric < best.unwrap_or(f64::INFINITY) - *threshold {
                     *best = Some(metric);
                     *bad_epochs = 0;
@@ -169,10 +124,7 @@ mod tests {
         assert_eq!(kl_and_gate(4, Some(4), 0.5), (0.5, 1.0));
         assert_eq!(kl_and_gate(7, None, 2.0), (2.0, 1.0));
         for e in 0..6 {
-            assert_eq!(
-                kl_and_gate(e, Some(4), 1.0),
-                (kl_weight(e, Some(4)), cross_gate(kl_weight(e, Some(4))))
-            );
+            assert_eq!(kl_and_gate(e, Some(4), 1.0), (kl_weight(e, Some(4)), cross_gate(kl_weight(e, Some(4)))));
         }
         assert_eq!(kl_weight(25, Some(50)), 0.5);
         assert_eq!(kl_weight(49, Some(50)), 0.98);

@@ -13,18 +13,16 @@ use rayon::prelude::*;
 fn x_times(ds: &Dataset, cells: &[usize], m: &[f64], k: usize) -> Vec<f64> {
     let s = &ds.splicing;
     let mut out = vec![0.0; cells.len() * k];
-    out.par_chunks_mut(k)
-        .zip(cells.par_iter())
-        .for_each(|(row, &c)| {
-            for e in s.cell_range(c) {
-                let (j, v) = (s.junction[e] as usize, s.psi[e] as f64);
-                if v != 0.0 {
-                    for (o, &w) in row.iter_mut().zip(&m[j * k..(j + 1) * k]) {
-                        *o += v * w;
-                    }
+    out.par_chunks_mut(k).zip(cells.par_iter()).for_each(|(row, &c)| {
+        for e in s.cell_range(c) {
+            let (j, v) = (s.junction[e] as usize, s.psi[e] as f64);
+            if v != 0.0 {
+                for (o, &w) in row.iter_mut().zip(&m[j * k..(j + 1) * k]) {
+                    *o += v * w;
                 }
             }
-        });
+        }
+    });
     out
 }
 
@@ -79,10 +77,7 @@ fn sym_eig(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
     let mut v = vec![0.0; k * k];
     (0..k).for_each(|i| v[i * k + i] = 1.0);
     for _sweep in 0..100 {
-        let off: f64 = (0..k)
-            .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * k + j].powi(2))
-            .sum();
+        let off: f64 = (0..k).flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * k + j].powi(2)).sum();
         if off < 1e-22 {
             break;
         }
@@ -123,15 +118,10 @@ fn sym_eig(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
 pub fn psi_embedding(ds: &Dataset, cells: &[usize], d: usize, seed: u64) -> Result<Vec<f32>> {
     let j = ds.n_junctions();
     let n = cells.len();
-    anyhow::ensure!(
-        n > 0 && j > 0,
-        "SVD embedding init needs cells and junctions"
-    );
+    anyhow::ensure!(n > 0 && j > 0, "SVD embedding init needs cells and junctions");
     let k = (d + 10).min(j).min(n).max(1);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_5FD);
-    let omega: Vec<f64> = (0..j * k)
-        .map(|_| StandardNormal.sample(&mut rng))
-        .collect();
+    let omega: Vec<f64> = (0..j * k).map(|_| StandardNormal.sample(&mut rng)).collect();
     let mut y = x_times(ds, cells, &omega, k);
     orthonormalize(&mut y, n, k);
     for _ in 0..5 {
@@ -154,11 +144,7 @@ pub fn psi_embedding(ds: &Dataset, cells: &[usize], d: usize, seed: u64) -> Resu
     }
     let (evals, evecs) = sym_eig(bbt, k);
     let mut order: Vec<usize> = (0..k).collect();
-    order.sort_by(|&a, &b| {
-        evals[b]
-            .partial_cmp(&evals[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    order.sort_by(|&a, &b| evals[b].partial_cmp(&evals[a]).unwrap_or(std::cmp::Ordering::Equal));
     let mut out = vec![0f32; j * d];
     for (c, &e) in order.iter().take(d).enumerate() {
         let sigma = evals[e].max(0.0).sqrt();
@@ -166,18 +152,8 @@ pub fn psi_embedding(ds: &Dataset, cells: &[usize], d: usize, seed: u64) -> Resu
             continue;
         }
         // v = Bᵀ u / σ
-        let col: Vec<f64> = (0..j)
-            .map(|r| {
-                (0..k)
-                    .map(|a| bt[r * k + a] * evecs[a * k + e])
-                    .sum::<f64>()
-                    / sigma
-            })
-            .collect();
-        let big = col
-            .iter()
-            .copied()
-            .fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let col: Vec<f64> = (0..j).map(|r| (0..k).map(|a| bt[r * k + a] * evecs[a * k + e]).sum::<f64>() / sigma).collect();
+        let big = col.iter().copied().fold(0.0f64, |m, x| if x.abs() > m.abs() { x } else { m });
         let sign = if big < 0.0 { -1.0 } else { 1.0 };
         for r in 0..j {
             out[r * d + c] = (sign * col[r]) as f32;

@@ -12,10 +12,7 @@ use super::schedule::{kl_and_gate, EarlyStopping, LrScheduler};
 use crate::data::split::{sequential_batches, train_validation_split, Minibatches, SplitConfig};
 use crate::data::{DataOptions, Dataset};
 use crate::model::adversary::Adversary;
-use crate::model::{
-    Batch, Dims, Modality, ModalityWeights, ModelConfig, Noise, Params, SpliceVae, StepOptions,
-    WarmupRouting,
-};
+use crate::model::{Batch, Dims, Modality, ModalityWeights, ModelConfig, Noise, Params, SpliceVae, StepOptions, WarmupRouting};
 use crate::optim::{clip_info, Adam, AdamConfig, AdamState};
 use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
@@ -51,13 +48,7 @@ pub struct RunConfig {
 impl RunConfig {
     /// The run description for training `model` / `train` on `ds`: sizes, batch levels and source come
     /// from the data, the latent sizes from the model options.
-    pub fn for_dataset(
-        preset: &str,
-        model: ModelConfig,
-        train: TrainConfig,
-        data: DataOptions,
-        ds: &Dataset,
-    ) -> Self {
+    pub fn for_dataset(preset: &str, model: ModelConfig, train: TrainConfig, data: DataOptions, ds: &Dataset) -> Self {
         let dims = dims_of(ds);
         RunConfig {
             splicevi_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -96,11 +87,7 @@ pub struct NonFinite {
 
 impl std::fmt::Display for NonFinite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "non-finite {} at epoch {} step {}; the last good checkpoint (end of epoch {}) is kept",
-            self.term, self.epoch, self.step, self.epoch
-        )
+        write!(f, "non-finite {} at epoch {} step {}; the last good checkpoint (end of epoch {}) is kept", self.term, self.epoch, self.step, self.epoch)
     }
 }
 impl std::error::Error for NonFinite {}
@@ -113,12 +100,7 @@ pub fn dims_of(ds: &Dataset) -> Dims {
         n_batch: ds.covariates.batch.levels.len().max(1),
         n_labels: ds.covariates.labels.levels.len().max(1),
         n_obs: ds.n_cells(),
-        n_cats_per_cov: ds
-            .covariates
-            .categorical
-            .iter()
-            .map(|c| c.levels.len())
-            .collect(),
+        n_cats_per_cov: ds.covariates.categorical.iter().map(|c| c.levels.len()).collect(),
         n_cont: ds.covariates.continuous_names.len(),
     }
 }
@@ -143,71 +125,39 @@ impl<'a> Trainer<'a> {
     /// A fresh run: build and initialise the model, split the cells.
     pub fn new(ds: &'a Dataset, run: RunConfig, dir: &Path) -> Result<Self> {
         run.train.validate()?;
-        let model = SpliceVae::new(
-            run.model.clone(),
-            run.dims.clone(),
-            ds.splicing.junc2atse.clone(),
-        )?;
+        let model = SpliceVae::new(run.model.clone(), run.dims.clone(), ds.splicing.junc2atse.clone())?;
         let seed = run.train.seed;
         let mut params = model.init_params::<f32>(seed);
         let (train_cells, validation_cells) = split(ds, &run.train)?;
-        if run.model.initialize_embeddings_from_pca
-            && run.model.splicing_encoder_architecture == crate::model::SplicingEncoderArch::Partial
-        {
+        if run.model.initialize_embeddings_from_pca && run.model.splicing_encoder_architecture == crate::model::SplicingEncoderArch::Partial {
             let emb = super::svd::psi_embedding(ds, &train_cells, run.model.code_dim, seed)?;
             model.set_feature_embedding(&mut params, &emb)?;
         }
         model.init_data_statistics(&mut params, &ds.splicing, &train_cells)?;
-        let opt = Adam::new(
-            AdamConfig::adamw(run.train.lr, run.train.weight_decay, run.train.eps),
-            params.layout.n_trainable,
-        );
+        let opt = Adam::new(AdamConfig::adamw(run.train.lr, run.train.weight_decay, run.train.eps), params.layout.n_trainable);
         let adversary = if run.train.adversarial_mixing && run.dims.n_batch > 1 {
             let adv = Adversary::new(run.model.joint_latent(&run.dims), run.dims.n_batch)?;
             let ap = adv.init_params::<f32>(seed ^ 0xAD7E_u64);
             // Adam(lr 1e-3, eps 0.01, weight_decay = the training weight decay), §6.2 step 5.
-            let aopt = Adam::new(
-                AdamConfig::adam_l2(1e-3, run.train.weight_decay, 0.01),
-                ap.layout.n_trainable,
-            );
+            let aopt = Adam::new(AdamConfig::adam_l2(1e-3, run.train.weight_decay, 0.01), ap.layout.n_trainable);
             Some((adv, ap, aopt))
         } else {
             None
         };
         let scheduler = match (run.train.lr_scheduler_type, run.train.reduce_lr_on_plateau) {
-            (SchedulerKind::Step, _) => {
-                LrScheduler::step_lr(run.train.step_size, run.train.lr_factor)
-            }
-            (SchedulerKind::Plateau, true) => {
-                LrScheduler::plateau(run.train.lr_patience, run.train.lr_factor)
-            }
+            (SchedulerKind::Step, _) => LrScheduler::step_lr(run.train.step_size, run.train.lr_factor),
+            (SchedulerKind::Plateau, true) => LrScheduler::plateau(run.train.lr_patience, run.train.lr_factor),
             (SchedulerKind::Plateau, false) => LrScheduler::None,
         };
         let state = TrainState {
             epochs_done: 0,
             lr: run.train.lr,
-            early_stopping: EarlyStopping::new(
-                run.train.early_stopping_patience,
-                run.train.early_stopping_warmup(),
-            ),
+            early_stopping: EarlyStopping::new(run.train.early_stopping_patience, run.train.early_stopping_warmup()),
             scheduler,
             stopped_early: false,
             global_step: 0,
         };
-        Ok(Trainer {
-            ds,
-            run,
-            dir: dir.to_path_buf(),
-            model,
-            params,
-            opt,
-            adversary,
-            train_cells,
-            validation_cells,
-            state,
-            log: MetricsLog::default(),
-            verbose: true,
-        })
+        Ok(Trainer { ds, run, dir: dir.to_path_buf(), model, params, opt, adversary, train_cells, validation_cells, state, log: MetricsLog::default(), verbose: true })
     }
 
     /// Continue a run from its directory (the checkpoint written at the end of the last completed epoch).
@@ -217,29 +167,15 @@ impl<'a> Trainer<'a> {
         if let Some(m) = max_epochs {
             t.run.train.max_epochs = m;
         }
-        anyhow::ensure!(
-            t.run.dims == dims_of(ds),
-            "{}: the data's dimensions {:?} differ from the run's {:?}",
-            ds.source,
-            dims_of(ds),
-            t.run.dims
-        );
+        anyhow::ensure!(t.run.dims == dims_of(ds), "{}: the data's dimensions {:?} differ from the run's {:?}", ds.source, dims_of(ds), t.run.dims);
         t.params.load_safetensors(&dir.join(MODEL_FILE))?;
-        t.opt = Adam::with_state(
-            t.opt.config,
-            AdamState::load(&dir.join(OPTIM_FILE), t.params.layout.n_trainable)?,
-        );
+        t.opt = Adam::with_state(t.opt.config, AdamState::load(&dir.join(OPTIM_FILE), t.params.layout.n_trainable)?);
         if let Some((_, ap, aopt)) = &mut t.adversary {
             ap.load_safetensors(&dir.join(ADV_FILE))?;
-            *aopt = Adam::with_state(
-                aopt.config,
-                AdamState::load(&dir.join(ADV_OPTIM_FILE), ap.layout.n_trainable)?,
-            );
+            *aopt = Adam::with_state(aopt.config, AdamState::load(&dir.join(ADV_OPTIM_FILE), ap.layout.n_trainable)?);
         }
-        let st = std::fs::read_to_string(dir.join(STATE_FILE))
-            .with_context(|| format!("{}: no {STATE_FILE} to resume from", dir.display()))?;
-        t.state = serde_json::from_str(&st)
-            .with_context(|| format!("{}: bad {STATE_FILE}", dir.display()))?;
+        let st = std::fs::read_to_string(dir.join(STATE_FILE)).with_context(|| format!("{}: no {STATE_FILE} to resume from", dir.display()))?;
+        t.state = serde_json::from_str(&st).with_context(|| format!("{}: bad {STATE_FILE}", dir.display()))?;
         t.opt.set_lr(t.state.lr);
         t.log = MetricsLog::load(dir)?;
         t.log.truncate(t.state.epochs_done);
@@ -248,8 +184,7 @@ impl<'a> Trainer<'a> {
 
     /// Train until max_epochs or early stopping. Returns the metrics of every epoch.
     pub fn fit(&mut self) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         write_json(&self.dir.join(CONFIG_FILE), &self.run)?;
         let tc = self.run.train.clone();
         let batches = Minibatches::new(self.train_cells.clone(), tc.batch_size, tc.seed)?;
@@ -258,23 +193,14 @@ impl<'a> Trainer<'a> {
             let epoch = self.state.epochs_done;
             let t0 = Instant::now();
             let bar = progress_bar(n_steps, epoch, tc.max_epochs);
-            let mut m = EpochMetrics {
-                epoch,
-                lr: self.state.lr,
-                ..Default::default()
-            };
+            let mut m = EpochMetrics { epoch, lr: self.state.lr, ..Default::default() };
             m.kl_weight = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight).0 as f64;
             for (step_in_epoch, cells) in batches.epoch(epoch as u64).iter().enumerate() {
                 let step = self.state.global_step;
                 self.train_step(epoch, step_in_epoch as u64, cells, &mut m).with_context(|| {
                     format!("training stopped at epoch {epoch}, step {step}; the last good checkpoint (after {epoch} epochs) is kept in {}", self.dir.display())
                 })?;
-                bar.set_message(format!(
-                    "loss {:.2} (rec {:.2}, kl {:.2})",
-                    m.train_loss / m.steps.max(1) as f64,
-                    m.rec_train / m.n_train.max(1) as f64,
-                    m.kl_train / m.n_train.max(1) as f64
-                ));
+                bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.steps.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
                 bar.inc(1);
             }
             bar.finish_and_clear();
@@ -301,69 +227,34 @@ impl<'a> Trainer<'a> {
     /// Run `n_steps` training steps at `epoch` (no validation, no checkpoint) and return the wall time in
     /// seconds and the cells processed: what `splicevi bench` measures.
     pub fn timed_steps(&mut self, epoch: usize, n_steps: usize) -> Result<(f64, usize)> {
-        let batches = Minibatches::new(
-            self.train_cells.clone(),
-            self.run.train.batch_size,
-            self.run.train.seed,
-        )?;
+        let batches = Minibatches::new(self.train_cells.clone(), self.run.train.batch_size, self.run.train.seed)?;
         let mut m = EpochMetrics::default();
         let mut cells = 0;
         let t0 = Instant::now();
-        for (i, b) in batches
-            .epoch(epoch as u64)
-            .iter()
-            .cycle()
-            .take(n_steps)
-            .enumerate()
-        {
+        for (i, b) in batches.epoch(epoch as u64).iter().cycle().take(n_steps).enumerate() {
             self.train_step(epoch, i as u64, b, &mut m)?;
             cells += b.len();
         }
         Ok((t0.elapsed().as_secs_f64(), cells))
     }
 
-    fn train_step(
-        &mut self,
-        epoch: usize,
-        step: u64,
-        cells: &[usize],
-        m: &mut EpochMetrics,
-    ) -> Result<()> {
+    fn train_step(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
         let tc = &self.run.train;
         let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
         self.params.set_cross_gate(gate as f64);
         // §4.1: during warm-up one coin flip per minibatch picks the posterior (not for concatenate).
-        let routing = if gate < 1.0
-            && self.run.model.modality_weights != ModalityWeights::Concatenate
-            && self.run.model.warmup_routing == WarmupRouting::Coin
-        {
+        let routing = if gate < 1.0 && self.run.model.modality_weights != ModalityWeights::Concatenate && self.run.model.warmup_routing == WarmupRouting::Coin {
             let mut r = stream(tc.seed, Purpose::Routing, epoch as u64, step);
-            Some(if r.gen::<bool>() {
-                Modality::Splicing
-            } else {
-                Modality::Expression
-            })
+            Some(if r.gen::<bool>() { Modality::Splicing } else { Modality::Expression })
         } else {
             None
         };
         let step_seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, step).gen();
         let batch = Batch::from_dataset(self.ds, cells, true)?;
-        let opts = StepOptions {
-            kl_weight: kl as f64,
-            cross_gate: gate as f64,
-            training: true,
-            use_z_mean: false,
-            routing,
-            seed: step_seed,
-            noise: Noise::Seeded,
-        };
+        let opts = StepOptions { kl_weight: kl as f64, cross_gate: gate as f64, training: true, use_z_mean: false, routing, seed: step_seed, noise: Noise::Seeded };
         let fwd = self.model.forward(&self.params, &batch, &opts)?;
         let out = &fwd.out;
-        let bad = |term: &str| NonFinite {
-            epoch,
-            step: self.state.global_step,
-            term: term.to_string(),
-        };
+        let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: term.to_string() };
         check_terms(out, &bad)?;
         let mut total = out.loss as f64;
         let fool = match &self.adversary {
@@ -374,28 +265,17 @@ impl<'a> Trainer<'a> {
             }
             None => None,
         };
-        let grads =
-            self.model
-                .backward(&self.params, &batch, &fwd, fool.as_ref().map(|f| &f.dz))?;
-        self.model
-            .apply_buffer_updates(&mut self.params, &fwd.out.buffer_updates);
+        let grads = self.model.backward(&self.params, &batch, &fwd, fool.as_ref().map(|f| &f.dz))?;
+        self.model.apply_buffer_updates(&mut self.params, &fwd.out.buffer_updates);
         if let Some(i) = grads.data.iter().position(|g| !g.is_finite()) {
-            let name = self
-                .params
-                .layout
-                .entries
-                .iter()
-                .find(|e| e.offset <= i && i < e.offset + e.len)
-                .map(|e| e.name.clone())
-                .unwrap_or_default();
+            let name = self.params.layout.entries.iter().find(|e| e.offset <= i && i < e.offset + e.len).map(|e| e.name.clone()).unwrap_or_default();
             return Err(bad(&format!("gradient of `{name}`")).into());
         }
         let clip = match tc.gradient_clip {
             Some(max) => clip_info(&grads.data, None, max as f32)?.scale,
             None => 1.0,
         };
-        self.opt
-            .step(self.params.trainable_mut(), &grads.data, None, clip)?;
+        self.opt.step(self.params.trainable_mut(), &grads.data, None, clip)?;
         if let (Some((adv, ap, aopt)), Some(f)) = (&mut self.adversary, &fool) {
             adv.apply_buffer_updates(ap, &f.buffer_updates);
             // The classifier trains on the detached z (§6.2 step 5; its gradients are not clipped).
@@ -416,34 +296,12 @@ impl<'a> Trainer<'a> {
         let tc = &self.run.train;
         let (kl, _) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
         // Validation runs with the gate at 1 (§4.1) in eval mode; posterior samples are still drawn.
-        for (vstep, cells) in sequential_batches(&self.validation_cells, tc.batch_size).enumerate()
-        {
-            let seed: u64 = stream(
-                tc.seed,
-                Purpose::Step,
-                epoch as u64,
-                (1u64 << 40) + vstep as u64,
-            )
-            .gen();
+        for (vstep, cells) in sequential_batches(&self.validation_cells, tc.batch_size).enumerate() {
+            let seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, (1u64 << 40) + vstep as u64).gen();
             let batch = Batch::from_dataset(self.ds, cells, true)?;
-            let opts = StepOptions {
-                kl_weight: kl as f64,
-                cross_gate: 1.0,
-                training: false,
-                use_z_mean: false,
-                routing: None,
-                seed,
-                noise: Noise::Seeded,
-            };
-            let fwd = self
-                .model
-                .forward(&self.params, &batch, &opts)
-                .with_context(|| format!("validation at epoch {epoch}"))?;
-            let bad = |term: &str| NonFinite {
-                epoch,
-                step: self.state.global_step,
-                term: format!("validation {term}"),
-            };
+            let opts = StepOptions { kl_weight: kl as f64, cross_gate: 1.0, training: false, use_z_mean: false, routing: None, seed, noise: Noise::Seeded };
+            let fwd = self.model.forward(&self.params, &batch, &opts).with_context(|| format!("validation at epoch {epoch}"))?;
+            let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: format!("validation {term}") };
             check_terms(&fwd.out, &bad)?;
             m.add_validation(&fwd.out);
         }
@@ -473,10 +331,7 @@ impl<'a> Trainer<'a> {
             }
         }
         // StepLR steps once per validation run; ReduceLROnPlateau watches elbo_validation (§6.1).
-        let lr = self
-            .state
-            .scheduler
-            .step(self.state.lr, tc.lr, m.elbo_validation);
+        let lr = self.state.scheduler.step(self.state.lr, tc.lr, m.elbo_validation);
         self.state.lr = lr;
         self.opt.set_lr(lr);
         Ok(())
@@ -495,10 +350,7 @@ impl<'a> Trainer<'a> {
     }
 }
 
-fn check_terms<F: Fn(&str) -> NonFinite>(
-    out: &crate::model::StepOutput<f32>,
-    bad: &F,
-) -> Result<()> {
+fn check_terms<F: Fn(&str) -> NonFinite>(out: &crate::model::StepOutput<f32>, bad: &F) -> Result<()> {
     let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
     let terms = [
         ("reconstruction_loss_expression", sum(&out.rl_expr)),
@@ -518,28 +370,18 @@ fn check_terms<F: Fn(&str) -> NonFinite>(
 
 /// The original's split (§6.3), seeded.
 pub fn split(ds: &Dataset, tc: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>)> {
-    let cfg = SplitConfig {
-        train_size: (tc.train_size != 0.9).then_some(tc.train_size),
-        batch_size: tc.batch_size,
-        ..Default::default()
-    };
+    let cfg = SplitConfig { train_size: (tc.train_size != 0.9).then_some(tc.train_size), batch_size: tc.batch_size, ..Default::default() };
     let s = train_validation_split(ds.n_cells(), &cfg, tc.seed)?;
     if s.train.is_empty() {
-        bail!(
-            "{}: no training cells after the split ({} cells)",
-            ds.source,
-            ds.n_cells()
-        );
+        bail!("{}: no training cells after the split ({} cells)", ds.source, ds.n_cells());
     }
     Ok((s.train, s.validation))
 }
 
 pub fn read_run_config(dir: &Path) -> Result<RunConfig> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: not a run directory (no {CONFIG_FILE})", dir.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: unreadable run config", path.display()))
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: not a run directory (no {CONFIG_FILE})", dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: unreadable run config", path.display()))
 }
 
 /// Load the trained model of a run directory.
@@ -547,24 +389,11 @@ pub fn load_model(dir: &Path, ds: &Dataset) -> Result<(RunConfig, SpliceVae, Par
     let run = read_run_config(dir)?;
     let dims = dims_of(ds);
     anyhow::ensure!(
-        dims.n_genes == run.dims.n_genes
-            && dims.n_junctions == run.dims.n_junctions
-            && dims.n_atse == run.dims.n_atse,
+        dims.n_genes == run.dims.n_genes && dims.n_junctions == run.dims.n_junctions && dims.n_atse == run.dims.n_atse,
         "{}: {} genes / {} junctions / {} ATSEs, but the run {} was trained on {} / {} / {}",
-        ds.source,
-        dims.n_genes,
-        dims.n_junctions,
-        dims.n_atse,
-        dir.display(),
-        run.dims.n_genes,
-        run.dims.n_junctions,
-        run.dims.n_atse
+        ds.source, dims.n_genes, dims.n_junctions, dims.n_atse, dir.display(), run.dims.n_genes, run.dims.n_junctions, run.dims.n_atse
     );
-    let model = SpliceVae::new(
-        run.model.clone(),
-        run.dims.clone(),
-        ds.splicing.junc2atse.clone(),
-    )?;
+    let model = SpliceVae::new(run.model.clone(), run.dims.clone(), ds.splicing.junc2atse.clone())?;
     let mut params = model.init_params::<f32>(0);
     params.load_safetensors(&dir.join(MODEL_FILE))?;
     Ok((run, model, params))
@@ -580,16 +409,10 @@ fn write_safetensors(path: &Path, p: &Params<f32>) -> Result<()> {
 }
 
 fn progress_bar(n: usize, epoch: usize, max_epochs: usize) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(n as u64),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
+    let bar = indicatif::ProgressBar::with_draw_target(Some(n as u64), indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "epoch {}/{max_epochs} {{bar:30}} {{pos}}/{{len}} {{per_sec}} {{msg}}",
-            epoch + 1
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(&format!("epoch {}/{max_epochs} {{bar:30}} {{pos}}/{{len}} {{per_sec}} {{msg}}", epoch + 1))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
 }

@@ -28,11 +28,7 @@ pub fn python() -> PathBuf {
 
 fn output_text(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().expect("running splicevi");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 

@@ -38,32 +38,15 @@ template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nu
 
 /// Compiles `kernel_src` (saved as `kernel_file`) with the harness `main_src` by the host C++20
 /// compiler into `dir`. Err(reason) when there is no C++20 compiler; a compile error panics.
-pub fn build(
-    dir: &Path,
-    kernel_file: &str,
-    kernel_src: &str,
-    main_src: &str,
-) -> Result<PathBuf, String> {
+pub fn build(dir: &Path, kernel_file: &str, kernel_src: &str, main_src: &str) -> Result<PathBuf, String> {
     std::fs::write(dir.join("host_emu.h"), EMU_H).unwrap();
     std::fs::write(dir.join(kernel_file), kernel_src).unwrap();
     let src = dir.join("harness.cpp");
-    std::fs::write(
-        &src,
-        format!("#include \"{kernel_file}\"\n{HARNESS_IO}\n{main_src}"),
-    )
-    .unwrap();
+    std::fs::write(&src, format!("#include \"{kernel_file}\"\n{HARNESS_IO}\n{main_src}")).unwrap();
     let exe = dir.join("harness");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let out = std::process::Command::new(&cxx)
-        .args([
-            "-O2",
-            "-std=c++20",
-            "-ffp-contract=off",
-            "-pthread",
-            "-x",
-            "c++",
-            "-I",
-        ])
+        .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++", "-I"])
         .arg(dir)
         .arg(&src)
         .arg("-o")
@@ -74,10 +57,7 @@ pub fn build(
     if !out.status.success() && err.contains("barrier") && err.contains("No such file") {
         return Err(format!("{cxx} has no C++20 <barrier>"));
     }
-    assert!(
-        out.status.success(),
-        "{cxx} failed to compile kernels/{kernel_file} for the host emulation:\n{err}"
-    );
+    assert!(out.status.success(), "{cxx} failed to compile kernels/{kernel_file} for the host emulation:\n{err}");
     Ok(exe)
 }
 
@@ -88,11 +68,7 @@ pub fn run(exe: &Path, dir: &Path) {
 }
 
 pub fn write_f32(dir: &Path, name: &str, v: &[f32]) {
-    std::fs::write(
-        dir.join(format!("{name}.bin")),
-        v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
+    std::fs::write(dir.join(format!("{name}.bin")), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
 }
 
 pub fn write_u8(dir: &Path, name: &str, v: &[u8]) {
@@ -101,9 +77,7 @@ pub fn write_u8(dir: &Path, name: &str, v: &[u8]) {
 
 pub fn read_f32(dir: &Path, name: &str) -> Vec<f32> {
     let b = std::fs::read(dir.join(format!("{name}.out"))).unwrap();
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 pub fn f32s(v: &[f64]) -> Vec<f32> {
@@ -113,20 +87,11 @@ pub fn f32s(v: &[f64]) -> Vec<f32> {
 /// f32 kernel vs f32 twin: |kernel − twin| ≤ 2e-4·|twin| + 2e-5·max(max|twin tensor|, floor), every
 /// value finite. `floor` keeps sums that cancel from shrinking the tolerance to their own rounding.
 pub fn close(what: &str, case: &str, got: &[f32], want: &[f32], floor: f64) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{case}: {what}: {} values, twin has {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{case}: {what}: {} values, twin has {}", got.len(), want.len());
     let scale = want.iter().fold(floor, |a, &v| a.max((v as f64).abs()));
     for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
         let (g, w) = (g as f64, w as f64);
         let tol = 2e-4 * w.abs() + 2e-5 * scale;
-        assert!(
-            g.is_finite() && (g - w).abs() <= tol,
-            "{case}: {what}[{k}] = {g:e}, twin {w:e} (tolerance {tol:e})"
-        );
+        assert!(g.is_finite() && (g - w).abs() <= tol, "{case}: {what}[{k}] = {g:e}, twin {w:e} (tolerance {tol:e})");
     }
 }

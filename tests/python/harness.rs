@@ -79,9 +79,7 @@ pub fn options(v: &serde_json::Value) -> DataOptions {
     let mut o = DataOptions::default();
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     let list = |k: &str| -> Option<Vec<String>> {
-        v.get(k)
-            .and_then(|x| x.as_array())
-            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        v.get(k).and_then(|x| x.as_array()).map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
     };
     if let Some(x) = s("rna_modality") {
         o.rna_modality = x;
@@ -111,19 +109,11 @@ pub fn options(v: &serde_json::Value) -> DataOptions {
 }
 
 pub fn f64s(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 pub fn strs(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
 }
 
 pub fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
