@@ -715,18 +715,20 @@ fn op_adversary_classifier_and_fool() {
 /// subtracted, the fixed pooling divisor; training (dropout) and eval mode.
 /// A batch whose inputs repeat (0, 1, 0.5, 0.25 and a few free values), so that most pairs share
 /// their first block with others (`partial::Groups`), at `n_cells` cells over the 11 junctions.
-fn shared_input_batch(n_cells: usize, seed: u64) -> SplBatch {
+fn shared_input_batch(n_cells: usize, seed: u64, levels: Option<u32>) -> SplBatch {
     let mut r = rng(seed);
     let mut spl = SplBatch { n_junctions: JUNC2ATSE.len(), indptr: vec![0], ..Default::default() };
     for c in 0..n_cells {
         for j in 0..JUNC2ATSE.len() {
             if c != 2 && r.gen_bool(0.7) {
-                let psi: f32 = match r.gen_range(0..6) {
-                    0 | 1 => 0.0,
-                    2 => 1.0,
-                    3 => 0.5,
-                    4 => 0.25,
-                    _ => r.gen_range(0.0..1.0),
+                let psi: f32 = match (levels, r.gen_range(0..6)) {
+                    // Many distinct inputs per junction (the grouping's map path), some repeated.
+                    (Some(n), _) => r.gen_range(0..=n) as f32 / n as f32,
+                    (None, 0 | 1) => 0.0,
+                    (None, 2) => 1.0,
+                    (None, 3) => 0.5,
+                    (None, 4) => 0.25,
+                    (None, _) => r.gen_range(0.0..1.0),
                 };
                 spl.junction.push(j as u32);
                 spl.psi.push(psi);
@@ -798,24 +800,34 @@ fn naive_partial_pool(
 fn op_partial_encoder_shared_inputs() {
     // Hh = 70 takes two keep words per pair (the last one partial) and hashes pair by pair; Hh = 64
     // one whole word, hashed a micro-chunk at a time.
-    for (hh, pool, training, seed) in
-        [(70, PoolMode::Mean, true, 51), (64, PoolMode::Sum, true, 52), (6, PoolMode::Mean, false, 53)]
-    {
+    // The last case: 40 cells, up to 41 distinct inputs at a junction.
+    let cases = [
+        (70, PoolMode::Mean, true, 51, 14, None),
+        (64, PoolMode::Sum, true, 52, 14, None),
+        (6, PoolMode::Mean, false, 53, 14, None),
+        (6, PoolMode::Mean, true, 54, 40, Some(40)),
+    ];
+    for (hh, pool, training, seed, n_cells, levels) in cases {
         let cfg =
             ModelConfig { code_dim: 4, h_hidden_dim: hh, pool_mode: pool, dropout_rate: 0.3, ..ModelConfig::default() };
         let model = SpliceVae::new(cfg, dims(2, vec![], 0), JUNC2ATSE.to_vec()).unwrap();
         let SplEncP::Partial(pe) = &model.arch.z_enc_spl else { panic!() };
         let p = random_params(&model, seed);
-        let spl = shared_input_batch(14, seed + 1);
+        let spl = shared_input_batch(n_cells, seed + 1, levels);
         let mode = Mode { training, seed: 5 };
         let cache = partial::partial_forward(pe, &p, &spl, mode);
-        // Most pairs share a group; the input-0 group spans junctions.
-        assert!(
-            cache.groups.n_zero > 0 && cache.groups.jn.len() < spl.nnz() / 2,
-            "{} groups for {} pairs",
-            cache.groups.jn.len(),
-            spl.nnz()
-        );
+        // Most pairs share a group and the input-0 group spans junctions; with many levels, some
+        // junction has more distinct inputs than the grouping scans for (17).
+        let per_junction = (0..JUNC2ATSE.len()).map(|j| cache.groups.jn[1..].iter().filter(|&&x| x as usize == j).count());
+        match levels {
+            None => assert!(
+                cache.groups.n_zero > 0 && cache.groups.jn.len() < spl.nnz() / 2,
+                "{} groups for {} pairs",
+                cache.groups.jn.len(),
+                spl.nnz()
+            ),
+            Some(_) => assert!(per_junction.max().unwrap() > 16, "too few distinct inputs at every junction"),
+        }
         let keep = cache.keep_by_pair();
         assert_eq!(keep.is_empty(), !training);
         let want = naive_partial_pool(pe, &p, &spl, &keep, training);

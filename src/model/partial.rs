@@ -101,7 +101,7 @@ impl<T: Real> Fold<T> {
 /// removes the share of the units its dropout mask drops (about p·Hh of them, half of which the ReLU
 /// has zeroed already); the backward sums each group's second-Linear gradients and runs the
 /// first-block backward once per group. In the simulator's data 90% of the observed pairs have
-/// ψ = 0 or 1 (as in low-coverage single-cell data), so most of the per-pair Hh-wide work goes.
+/// ψ = 0 or 1 (the fewer reads an ATSE has, the more so), so most of the per-pair Hh-wide work goes.
 /// Without dropout (evaluation) all pairs of a group have the same code.
 #[derive(Clone, Debug, Default)]
 pub struct Groups<T> {
@@ -207,20 +207,34 @@ impl<T: Real> Groups<T> {
                 let mut out = ItemGroups::default();
                 let (mut keys, mut class, mut tmp, mut start): (Vec<u64>, Vec<u32>, Vec<u32>, Vec<usize>) =
                     Default::default();
+                // Past a few distinct inputs at a junction (deep coverage), a map instead of a scan.
+                let mut index: std::collections::HashMap<u64, usize> = Default::default();
                 for jj in j0..j1 {
                     let r = jptr[jj] - p0..jptr[jj + 1] - p0;
                     let (run, cells, psi) = (&mut ord[r.clone()], &mut cel[r.clone()], &psi[r]);
                     keys.clear();
                     class.clear();
+                    index.clear();
                     for &v in psi.iter() {
                         if v == T::ZERO {
                             class.push(0);
                             continue;
                         }
                         let k = v.to_f64().to_bits();
-                        let c = match keys.iter().position(|&x| x == k) {
+                        let found = if keys.len() <= SCAN_KEYS {
+                            keys.iter().position(|&x| x == k)
+                        } else {
+                            if index.is_empty() {
+                                index.extend(keys.iter().enumerate().map(|(i, &x)| (x, i)));
+                            }
+                            index.get(&k).copied()
+                        };
+                        let c = match found {
                             Some(i) => i,
                             None => {
+                                if !index.is_empty() {
+                                    index.insert(k, keys.len());
+                                }
                                 keys.push(k);
                                 let (a, be) = fold.coefs(jj, v.to_f64());
                                 out.jn.push(jj as u32);
@@ -367,6 +381,8 @@ struct Net<'a, T> {
     dropout: f64,
 }
 
+/// Distinct inputs at a junction found by a linear scan before `Groups::build` switches to a map.
+const SCAN_KEYS: usize = 16;
 /// Junctions per block of the junction-major counting sort (fixed, like the work items).
 const SORT_JUNCTIONS: usize = 256;
 /// Pairs per work item (fixed, so the reduction order never depends on the thread count).
