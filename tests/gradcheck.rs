@@ -490,6 +490,32 @@ fn op_fclayers_bn_ln_dropout_covariates() {
     check_fclayers(&model, &model.arch.z_enc_expr.fc, true, true, 24); // sparse first layer
 }
 
+/// The analytic gradient `g` of every partial-encoder parameter at `n` random coordinates against f64
+/// central differences of `run`.
+fn check_partial_grads(
+    label: &str,
+    pe: &splicevi::model::arch::PartialEncP,
+    p: &Params<f64>,
+    g: &Grads<f64>,
+    r: &mut ChaCha8Rng,
+    n: usize,
+    run: &dyn Fn(&Params<f64>) -> f64,
+) {
+    let f0 = run(p);
+    for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b] {
+        let e = &p.layout.entries[ei];
+        let coords = pick(r, e.len, n);
+        let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
+        let mut f = |v: &[f64]| {
+            let mut pp = p.clone();
+            pp.get_mut(ei).copy_from_slice(v);
+            run(&pp)
+        };
+        let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
+        assert_close(&format!("{label} {}", e.name), &an, &fdv, f0.abs());
+    }
+}
+
 #[test]
 fn op_partial_encoder() {
     for (pool, chunk, training, seed) in [(PoolMode::Mean, -1, false, 31), (PoolMode::Sum, 2, true, 32), (PoolMode::Mean, 5, true, 33)] {
@@ -523,19 +549,7 @@ fn op_partial_encoder() {
         let mut g2 = Grads::zeros(p.layout.clone());
         partial::partial_backward(pe, &p, &batch.spl, &recomputed, &w, mode, &mut g2);
         assert_eq!(g.data, g2.data, "stashed vs recomputed backward");
-        let f0 = run(&p);
-        for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b] {
-            let e = &p.layout.entries[ei];
-            let coords = pick(&mut r, e.len, 6);
-            let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
-            let mut f = |v: &[f64]| {
-                let mut pp = p.clone();
-                pp.get_mut(ei).copy_from_slice(v);
-                run(&pp)
-            };
-            let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
-            assert_close(&format!("partial {}", e.name), &an, &fdv, f0.abs());
-        }
+        check_partial_grads("partial", pe, &p, &g, &mut r, 6, &run);
     }
 }
 
@@ -818,12 +832,12 @@ fn op_partial_encoder_shared_inputs() {
         let cache = partial::partial_forward(pe, &p, &spl, mode);
         // Most pairs share a group and the input-0 group spans junctions; with many levels, some
         // junction has more distinct inputs than the grouping scans for (17).
-        let per_junction = (0..JUNC2ATSE.len()).map(|j| cache.groups.jn[1..].iter().filter(|&&x| x as usize == j).count());
+        let per_junction = (0..JUNC2ATSE.len()).map(|j| cache.groups.table.jn[1..].iter().filter(|&&x| x as usize == j).count());
         match levels {
             None => assert!(
-                cache.groups.n_zero > 0 && cache.groups.jn.len() < spl.nnz() / 2,
+                cache.groups.n_zero > 0 && cache.groups.table.jn.len() < spl.nnz() / 2,
                 "{} groups for {} pairs",
-                cache.groups.jn.len(),
+                cache.groups.table.jn.len(),
                 spl.nnz()
             ),
             Some(_) => assert!(per_junction.max().unwrap() > 16, "too few distinct inputs at every junction"),
@@ -849,20 +863,7 @@ fn op_partial_encoder_shared_inputs() {
             partial::partial_backward(pe, &p, &spl, &recomputed, &w, mode, &mut g2);
             assert_eq!(g.data, g2.data, "stashed vs recomputed backward");
         }
-        let f0 = run(&p);
-        for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b]
-        {
-            let e = &p.layout.entries[ei];
-            let coords = pick(&mut r, e.len, 8);
-            let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
-            let mut f = |v: &[f64]| {
-                let mut pp = p.clone();
-                pp.get_mut(ei).copy_from_slice(v);
-                run(&pp)
-            };
-            let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
-            assert_close(&format!("partial, shared inputs, Hh {hh} {}", e.name), &an, &fdv, f0.abs());
-        }
+        check_partial_grads(&format!("partial, shared inputs, Hh {hh}"), pe, &p, &g, &mut r, 8, &run);
     }
 }
 
@@ -889,19 +890,7 @@ fn op_partial_encoder_centered_fixed_divisor() {
         let cache = partial::partial_forward(pe, &p, &batch.spl, mode);
         let mut g = Grads::zeros(p.layout.clone());
         partial::partial_backward(pe, &p, &batch.spl, &cache, &w, mode, &mut g);
-        let f0 = run(&p);
-        for ei in [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b] {
-            let e = &p.layout.entries[ei];
-            let coords = pick(&mut r, e.len, 6);
-            let an: Vec<f64> = coords.iter().map(|&c| g.get(ei).unwrap()[c]).collect();
-            let mut f = |v: &[f64]| {
-                let mut pp = p.clone();
-                pp.get_mut(ei).copy_from_slice(v);
-                run(&pp)
-            };
-            let fdv = fd(&p.get(ei).to_vec(), &coords, &mut f);
-            assert_close(&format!("centred partial ({pool:?}, training {training}) {}", e.name), &an, &fdv, f0.abs());
-        }
+        check_partial_grads(&format!("centred partial ({pool:?}, training {training})"), pe, &p, &g, &mut r, 6, &run);
         // A junction at its population ratio contributes exactly zero (eval mode: no dropout).
         let mut at_center = batch.spl.clone();
         let cen = p.get(center).to_vec();

@@ -113,24 +113,50 @@ pub struct Groups<T> {
     /// Group (0: the input-0 group) and cell of the pair at each position.
     pub gid_at: Vec<u32>,
     pub cell_at: Vec<u32>,
-    /// Per group: junction, input, and the folded first block's α and β. Group 0 (input 0) has
-    /// junction 0 as a stand-in: with α = 0 no junction enters.
+    /// The groups. Group 0 (input 0) has junction 0 as a stand-in: with α = 0 no junction enters.
+    pub table: GroupTable<T>,
+    /// Pairs in group 0.
+    pub n_zero: usize,
+}
+
+/// Per group: junction, input, and the folded first block's α and β.
+#[derive(Clone, Debug, Default)]
+pub struct GroupTable<T> {
     pub jn: Vec<u32>,
     pub psi: Vec<T>,
     pub alpha: Vec<f64>,
     pub beta: Vec<f64>,
-    /// Pairs in group 0.
-    pub n_zero: usize,
+}
+
+impl<T: Copy> GroupTable<T> {
+    fn push(&mut self, jn: u32, psi: T, (alpha, beta): (f64, f64)) {
+        self.jn.push(jn);
+        self.psi.push(psi);
+        self.alpha.push(alpha);
+        self.beta.push(beta);
+    }
+
+    fn append(&mut self, o: &GroupTable<T>) {
+        self.jn.extend_from_slice(&o.jn);
+        self.psi.extend_from_slice(&o.psi);
+        self.alpha.extend_from_slice(&o.alpha);
+        self.beta.extend_from_slice(&o.beta);
+    }
+
+    pub fn len(&self) -> usize {
+        self.jn.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jn.is_empty()
+    }
 }
 
 /// The groups of one block of junctions (local ids 1.., in junction order) and the local group id of
 /// each of its positions (0: the input-0 group).
 #[derive(Default)]
 struct ItemGroups<T> {
-    jn: Vec<u32>,
-    psi: Vec<T>,
-    alpha: Vec<f64>,
-    beta: Vec<f64>,
+    table: GroupTable<T>,
     local: Vec<u32>,
 }
 
@@ -236,17 +262,13 @@ impl<T: Real> Groups<T> {
                                     index.insert(k, keys.len());
                                 }
                                 keys.push(k);
-                                let (a, be) = fold.coefs(jj, v.to_f64());
-                                out.jn.push(jj as u32);
-                                out.psi.push(v);
-                                out.alpha.push(a);
-                                out.beta.push(be);
+                                out.table.push(jj as u32, v, fold.coefs(jj, v.to_f64()));
                                 keys.len() - 1
                             }
                         };
                         class.push(c as u32 + 1);
                     }
-                    let base = out.jn.len() - keys.len();
+                    let base = out.table.len() - keys.len();
                     if keys.len() >= 2 {
                         // Stable counting sort of the run (pairs and their cells) by class.
                         start.clear();
@@ -280,15 +302,12 @@ impl<T: Real> Groups<T> {
             })
             .collect();
         // Global ids: group 0, then each block's groups in block order.
-        let (za, zb) = fold.zero_coefs();
-        let mut g = Groups { jn: vec![0], psi: vec![T::ZERO], alpha: vec![za], beta: vec![zb], ..Default::default() };
+        let mut g = Groups::<T>::default();
+        g.table.push(0, T::ZERO, fold.zero_coefs());
         let mut offsets = Vec::with_capacity(lists.len());
         for l in &lists {
-            offsets.push(g.jn.len() - 1);
-            g.jn.extend_from_slice(&l.jn);
-            g.psi.extend_from_slice(&l.psi);
-            g.alpha.extend_from_slice(&l.alpha);
-            g.beta.extend_from_slice(&l.beta);
+            offsets.push(g.table.len() - 1);
+            g.table.append(&l.table);
         }
         g.n_zero = lists.iter().map(|l| l.local.iter().filter(|&&c| c == 0).count()).sum();
         let mut gid_at = vec![0u32; nnz];
@@ -308,7 +327,7 @@ impl<T: Real> Groups<T> {
     }
 
     fn len(&self) -> usize {
-        self.jn.len()
+        self.table.len()
     }
 }
 
@@ -575,9 +594,9 @@ impl<T: Real> Net<'_, T> {
         let (bg, be1) = (&fold.bg[..hh], &self.be1[..hh]);
         for (q, &id) in ids.iter().enumerate() {
             let id = id as usize;
-            let (a, b) = (T::from_f64(groups.alpha[id]), T::from_f64(groups.beta[id]));
+            let (a, b) = (T::from_f64(groups.table.alpha[id]), T::from_f64(groups.table.beta[id]));
             let row = &mut d1[q * hh..(q + 1) * hh];
-            if groups.alpha[id] == 0.0 {
+            if groups.table.alpha[id] == 0.0 {
                 // The input-0 group: α·ũ_j is +0 or −0 for every j, which leaves the sum's sign
                 // and positive values unchanged.
                 for t in 0..hh {
@@ -585,7 +604,7 @@ impl<T: Real> Net<'_, T> {
                     row[t] = if v > T::ZERO { v * scale } else { T::ZERO };
                 }
             } else {
-                let ug = &fold.ug.row(groups.jn[id] as usize)[..hh];
+                let ug = &fold.ug.row(groups.table.jn[id] as usize)[..hh];
                 for t in 0..hh {
                     let v = a * ug[t] + (b * bg[t] + be1[t]);
                     row[t] = if v > T::ZERO { v * scale } else { T::ZERO };
@@ -669,11 +688,15 @@ impl<T: Real> Net<'_, T> {
     /// The backward of the groups in `gb` given their d(h2) sums and corrections: the W₄ gradient of
     /// their kept units, d(a1) of each group, and the folded first block's sums (see `Fold` and the
     /// unfold in [`partial_backward`]). d(a1) is linear in d(h2) with α, β and ψ fixed within a group,
-    /// so one pass over the summed d(a1) does what one per pair would. Empties `gb`.
+    /// so one pass over the summed d(a1) does what one per pair would. `hr` holds the groups' scale·r
+    /// rows as the forward computed them ([`GroupOut::hr`]); without it they are computed here. Empties
+    /// `gb`.
+    #[allow(clippy::too_many_arguments)]
     fn groups_bwd(
         &self,
         fold: &Fold<T>,
         groups: &Groups<T>,
+        hr: Option<&[T]>,
         gb: &mut GroupBuf<T>,
         scale: T,
         dropout: bool,
@@ -683,7 +706,14 @@ impl<T: Real> Net<'_, T> {
         if n == 0 {
             return;
         }
-        self.group_rows(fold, groups, &gb.ids, scale, &mut gb.d1);
+        match hr {
+            Some(hr) => {
+                for (q, &id) in gb.ids.iter().enumerate() {
+                    gb.d1[q * hh..(q + 1) * hh].copy_from_slice(&hr[id as usize * hh..(id as usize + 1) * hh]);
+                }
+            }
+            None => self.group_rows(fold, groups, &gb.ids, scale, &mut gb.d1),
+        }
         let (sr, rest) = acc.small.split_at_mut(hh);
         let (sbe1, rest) = rest.split_at_mut(hh);
         let sw4 = &mut rest[..dd * hh];
@@ -729,8 +759,8 @@ impl<T: Real> Net<'_, T> {
         let inv_h = 1.0 / hh as f64;
         for (q, &id) in gb.ids.iter().enumerate() {
             let id = id as usize;
-            let jj = groups.jn[id] as usize;
-            let (al, be) = (groups.alpha[id], groups.beta[id]);
+            let jj = groups.table.jn[id] as usize;
+            let (al, be) = (groups.table.alpha[id], groups.table.beta[id]);
             let (a, b) = (T::from_f64(al), T::from_f64(be));
             // (The input-0 group adds nothing to any junction's sums, α = ψ = 0: it runs with a
             // one-junction scratch accumulator at junction 0 that the merge does not copy.)
@@ -744,7 +774,7 @@ impl<T: Real> Net<'_, T> {
             // LayerNorm backward means of d(x̂) = g₁⊙d(a1): m₁ = mean(d x̂), m₂ = mean(d x̂ ⊙ x̂).
             let m1 = dots[0].to_f64() * inv_h;
             let m2 = (al * dots[1].to_f64() + be * dots[2].to_f64()) * inv_h;
-            let psi = groups.psi[id].to_f64();
+            let psi = groups.table.psi[id].to_f64();
             let c = &mut acc.c[jl];
             c[0] += psi * be * m1;
             c[1] += psi * be * m2 * al;
@@ -1233,7 +1263,7 @@ pub fn partial_backward<T: Real>(
                         drop_cur.finish(&nt.w4t, hr, gb.last_mut().1, &mut corr_w4t);
                     }
                     if gb.ids.len() == gb.cap {
-                        nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
+                        nt.groups_bwd(fold, groups, Some(&cache.go.hr), &mut gb, scale, dropout, &mut acc);
                     }
                     gb.push(id);
                     cur = id;
@@ -1250,7 +1280,7 @@ pub fn partial_backward<T: Real>(
                 let hr = cache.go.row(cur as usize, hh, dd).hr;
                 drop_cur.finish(&nt.w4t, hr, gb.last_mut().1, &mut corr_w4t);
             }
-            nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
+            nt.groups_bwd(fold, groups, Some(&cache.go.hr), &mut gb, scale, dropout, &mut acc);
             if dropout {
                 drop0.finish(&nt.w4t, cache.go.row(0, hh, dd).hr, &mut dcorr0, &mut corr_w4t);
             }
@@ -1296,7 +1326,7 @@ pub fn partial_backward<T: Real>(
         sr.copy_from_slice(&s0);
         dc.copy_from_slice(&dcorr0);
         let mut acc = BwdAcc::new(hh, dd, 0, 1);
-        nt.groups_bwd(fold, groups, &mut gb, scale, dropout, &mut acc);
+        nt.groups_bwd(fold, groups, Some(&cache.go.hr), &mut gb, scale, dropout, &mut acc);
         merge(&acc, &mut small, false);
     }
     // The reference code: pool_i −= n_i · h(0), so d h(0) = −Σ_i n_i · dcell_i. Its pair has ψ = 0 and
@@ -1315,7 +1345,7 @@ pub fn partial_backward<T: Real>(
         gb.push(0);
         let (sr, _) = gb.last_mut();
         nt.pair_bwd(&xh, inv2, &dh0, &mut acc.small, sr);
-        nt.groups_bwd(fold, groups, &mut gb, T::ONE, false, &mut acc);
+        nt.groups_bwd(fold, groups, None, &mut gb, T::ONE, false, &mut acc);
         merge(&acc, &mut small, false);
     }
     // Unfold the first block (see `Fold`):
