@@ -23,7 +23,8 @@ const FACT_TABLE: usize = 4096;
 /// x as an index when it is an integer in [0, limit).
 #[inline]
 fn small_count(x: f64, limit: usize) -> Option<usize> {
-    (x >= 0.0 && x < limit as f64 && x == x.floor()).then_some(x as usize)
+    // A cast and back instead of floor(), which is a libm call on baseline x86-64.
+    (x >= 0.0 && x < limit as f64 && (x as usize) as f64 == x).then_some(x as usize)
 }
 
 fn ln_factorials() -> &'static [f64] {
@@ -135,6 +136,8 @@ pub struct GeneTerms<T> {
     pub theta: Vec<ThetaTerms<T>>,
     /// ln(θ_g + ε) of every gene, contiguous (for [`zinb_row`]'s vectorised pass).
     pub log_te: Vec<T>,
+    /// θ_g / (θ_g + ε) of every gene, contiguous (likewise).
+    pub frac: Vec<T>,
     /// G × COUNT_TABLE of (lgamma, ψ)(x + θ_g); filled where the count occurs.
     table: Vec<(T, T)>,
 }
@@ -155,7 +158,8 @@ impl<T: Real> GeneTerms<T> {
             }
         });
         let log_te = tt.iter().map(|t| t.log_te).collect();
-        GeneTerms { theta: tt, log_te, table }
+        let frac = tt.iter().map(|t| t.frac).collect();
+        GeneTerms { theta: tt, log_te, frac, table }
     }
 
     /// (lgamma, ψ)(x + θ_g).
@@ -175,66 +179,128 @@ impl<T: Real> GeneTerms<T> {
 /// Per-row buffers of [`zinb_row`] (reused across rows).
 #[derive(Default)]
 pub struct ZinbScratch<T> {
+    ll: Vec<T>,
     sp: Vec<T>,
     sp_g: Vec<T>,
     tme: Vec<T>,
     log_tme: Vec<T>,
     pth: Vec<T>,
-    ll0: Vec<T>,
-    s: Vec<T>,
 }
 
-/// ZINB of one row with gene dispersion (the training loss): [`zinb_with`]'s formulas, with the
-/// transcendental terms of every entry (softplus(−π), ln(θ+μ+ε) and softplus of the zero-count logit)
-/// computed first in a loop that vectorises ([`softplus_and_grad_v`], [`Real::ln_v`]), then combined
-/// per entry. For f64 that is [`zinb_with`] bit for bit; for f32 it differs from libm's rounding by a
+/// ZINB of one row with gene dispersion (the training loss): [`zinb_with`]'s formulas in two passes.
+/// The first treats every entry as a zero count (the cheaper formula) in a loop that vectorises
+/// ([`softplus_and_grad_v`], [`Real::ln_v`]) and keeps the terms a non-zero count shares with it; the
+/// second walks only the row's non-zero counts (`idx`, `counts`: the sparse row) and overwrites their
+/// outputs. So the count-dependent lookups (lgamma, ψ, ln x!) and their branches run for the stored
+/// entries alone. For f64 that is [`zinb_with`] bit for bit; for f32 it differs from libm's rounding by a
 /// few ulp (tests/gradcheck.rs bounds it). An entry whose θ+μ+ε is not a finite positive normal number
-/// takes [`zinb_with`]. Returns Σ ll and writes the local gradients of −ll to `gm`, `gth`, `gp`.
+/// takes [`zinb_with`]. Returns Σ ll (summed in gene order) and writes the local gradients of −ll to
+/// `gm`, `gth`, `gp`.
 #[allow(clippy::too_many_arguments)]
-pub fn zinb_row<T: Real>(x: &[T], mu: &[T], theta: &[T], pi: &[T], gt: &GeneTerms<T>, sc: &mut ZinbScratch<T>, gm: &mut [T], gth: &mut [T], gp: &mut [T]) -> f64 {
-    let g = x.len();
+pub fn zinb_row<T: Real>(idx: &[u32], counts: &[f32], mu: &[T], theta: &[T], pi: &[T], gt: &GeneTerms<T>, sc: &mut ZinbScratch<T>, gm: &mut [T], gth: &mut [T], gp: &mut [T]) -> f64 {
+    let g = mu.len();
     let eps = T::from_f64(NB_EPS);
-    for v in [&mut sc.sp, &mut sc.sp_g, &mut sc.tme, &mut sc.log_tme, &mut sc.pth, &mut sc.ll0, &mut sc.s] {
+    for v in [&mut sc.ll, &mut sc.sp, &mut sc.sp_g, &mut sc.tme, &mut sc.log_tme, &mut sc.pth] {
         v.clear();
         v.resize(g, T::ZERO);
     }
-    let (mu, theta, pi, log_te) = (&mu[..g], &theta[..g], &pi[..g], &gt.log_te[..g]);
+    let (theta, pi, log_te, frac) = (&theta[..g], &pi[..g], &gt.log_te[..g], &gt.frac[..g]);
+    let (gm, gth, gp) = (&mut gm[..g], &mut gth[..g], &mut gp[..g]);
     {
-        let (sp, sp_g, tme, log_tme) = (&mut sc.sp[..g], &mut sc.sp_g[..g], &mut sc.tme[..g], &mut sc.log_tme[..g]);
-        let (pth, ll0, s) = (&mut sc.pth[..g], &mut sc.ll0[..g], &mut sc.s[..g]);
-        for k in 0..g {
-            let (a, b) = softplus_and_grad_v(-pi[k]);
-            sp[k] = a;
-            sp_g[k] = b;
-            let t = theta[k] + mu[k] + eps;
-            tme[k] = t;
-            let lt = t.ln_v();
-            log_tme[k] = lt;
-            let p = -pi[k] + theta[k] * (log_te[k] - lt);
-            pth[k] = p;
-            let (l, d) = softplus_and_grad_v(p);
-            ll0[k] = l;
-            s[k] = d;
+        let (ll, sp, sp_g) = (&mut sc.ll[..g], &mut sc.sp[..g], &mut sc.sp_g[..g]);
+        let (tme, log_tme, pth) = (&mut sc.tme[..g], &mut sc.log_tme[..g], &mut sc.pth[..g]);
+        let out = ZeroPass { ll, sp, sp_g, tme, log_tme, pth, gm, gth, gp };
+        zero_pass(&mu[..g], theta, pi, log_te, frac, out);
+    }
+    // The non-zero counts: zinb_combine's other branches, from the kept terms.
+    for (&c, &xf) in idx.iter().zip(counts) {
+        let k = c as usize;
+        let x = T::from_f32(xf);
+        if x < eps {
+            continue; // the zero-count formula, already there
+        }
+        let (th, tt) = (theta[k], &gt.theta[k]);
+        let r = if x > eps {
+            let terms = [sc.sp[k], sc.sp_g[k], sc.tme[k], sc.log_tme[k], sc.pth[k]];
+            zinb_combine(x, mu[k], th, tt, gt.xt(k, x, th), terms, |_| unreachable!("a non-zero count"))
+        } else {
+            ExprLl::default()
+        };
+        (sc.ll[k], gm[k], gth[k], gp[k]) = (r.ll, -r.d_mu, -r.d_theta, -r.d_pi);
+    }
+    // θ+μ+ε outside ln_v's domain (rare): the whole entry again through zinb_with.
+    let tiny = T::from_f64(f32::MIN_POSITIVE as f64);
+    if sc.tme.iter().any(|&t| !(t >= tiny && t.is_finite())) {
+        let mut x = vec![T::ZERO; g];
+        for (&c, &v) in idx.iter().zip(counts) {
+            x[c as usize] = T::from_f32(v);
+        }
+        for k in (0..g).filter(|&k| !(sc.tme[k] >= tiny && sc.tme[k].is_finite())) {
+            let (xk, th) = (x[k], theta[k]);
+            let xt = if xk > T::ZERO { gt.xt(k, xk, th) } else { (T::ZERO, T::ZERO) };
+            let r = zinb_with(xk, mu[k], th, pi[k], &gt.theta[k], xt);
+            (sc.ll[k], gm[k], gth[k], gp[k]) = (r.ll, -r.d_mu, -r.d_theta, -r.d_pi);
         }
     }
-    let tiny = T::from_f64(f32::MIN_POSITIVE as f64);
-    let mut acc = 0f64;
-    for k in 0..g {
-        let (xk, th, tt) = (x[k], theta[k], &gt.theta[k]);
-        let xt = if xk > T::ZERO { gt.xt(k, xk, th) } else { (T::ZERO, T::ZERO) };
-        let tme = sc.tme[k];
-        let r = if !(tme >= tiny && tme.is_finite()) {
-            zinb_with(xk, mu[k], th, pi[k], tt, xt)
-        } else {
-            let terms = [sc.sp[k], sc.sp_g[k], tme, sc.log_tme[k], sc.pth[k]];
-            zinb_combine(xk, mu[k], th, tt, xt, terms, |_| (sc.ll0[k], sc.s[k]))
-        };
-        acc += r.ll.to_f64();
-        gm[k] = -r.d_mu;
-        gth[k] = -r.d_theta;
-        gp[k] = -r.d_pi;
+    sc.ll.iter().map(|v| v.to_f64()).sum()
+}
+
+/// The outputs of [`zinb_row`]'s first pass: its per-entry terms and the zero-count results.
+struct ZeroPass<'a, T> {
+    ll: &'a mut [T],
+    sp: &'a mut [T],
+    sp_g: &'a mut [T],
+    tme: &'a mut [T],
+    log_tme: &'a mut [T],
+    pth: &'a mut [T],
+    gm: &'a mut [T],
+    gth: &'a mut [T],
+    gp: &'a mut [T],
+}
+
+/// [`zinb_row`]'s first pass, in the AVX2 instance where the CPU has it (no FMA: the same bits).
+#[inline]
+fn zero_pass<T: Real>(mu: &[T], theta: &[T], pi: &[T], log_te: &[T], frac: &[T], out: ZeroPass<'_, T>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { zero_pass_avx2(mu, theta, pi, log_te, frac, out) };
     }
-    acc
+    zero_pass_any(mu, theta, pi, log_te, frac, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn zero_pass_avx2<T: Real>(mu: &[T], theta: &[T], pi: &[T], log_te: &[T], frac: &[T], out: ZeroPass<'_, T>) {
+    zero_pass_any(mu, theta, pi, log_te, frac, out)
+}
+
+#[inline(always)]
+fn zero_pass_any<T: Real>(mu: &[T], theta: &[T], pi: &[T], log_te: &[T], frac: &[T], out: ZeroPass<'_, T>) {
+    let g = mu.len();
+    let eps = T::from_f64(NB_EPS);
+    let (theta, pi, log_te, frac) = (&theta[..g], &pi[..g], &log_te[..g], &frac[..g]);
+    let ZeroPass { ll, sp, sp_g, tme, log_tme, pth, gm, gth, gp } = out;
+    let (ll, sp, sp_g) = (&mut ll[..g], &mut sp[..g], &mut sp_g[..g]);
+    let (tme, log_tme, pth) = (&mut tme[..g], &mut log_tme[..g], &mut pth[..g]);
+    let (gm, gth, gp) = (&mut gm[..g], &mut gth[..g], &mut gp[..g]);
+    for k in 0..g {
+        let (a, b) = softplus_and_grad_v(-pi[k]);
+        let th = theta[k];
+        let t = th + mu[k] + eps;
+        let lt = t.ln_v();
+        let p = -pi[k] + th * (log_te[k] - lt);
+        let (l0, s) = softplus_and_grad_v(p);
+        // zinb_combine's zero-count branch (−θ/t is −(θ/t) exactly)
+        let q = th / t;
+        let dpth_dtheta = log_te[k] - lt + frac[k] - q;
+        let dpth_dmu = -q;
+        ll[k] = l0 - a;
+        gm[k] = -(s * dpth_dmu);
+        gth[k] = -(s * dpth_dtheta);
+        gp[k] = -(-s + b);
+        (sp[k], sp_g[k], tme[k], log_tme[k], pth[k]) = (a, b, t, lt, p);
+    }
 }
 
 /// Bit x of the result is set when some entry of the batch has the count x (an integer below 64).
@@ -393,7 +459,10 @@ mod tests {
         let present: Vec<u64> = x.iter().map(|&v| count_bit(v.to_f32())).collect();
         let gt = GeneTerms::new(&theta, &present);
         let (mut gm, mut gth, mut gp) = (vec![T::ZERO; g], vec![T::ZERO; g], vec![T::ZERO; g]);
-        let ll = zinb_row(&x, &mu, &theta, &pi, &gt, &mut ZinbScratch::default(), &mut gm, &mut gth, &mut gp);
+        // The sparse row: the non-zero counts (the zeros stay implicit, as in a CSR row).
+        let idx: Vec<u32> = (0..g as u32).filter(|&k| x[k as usize] != T::ZERO).collect();
+        let counts: Vec<f32> = idx.iter().map(|&k| x[k as usize].to_f32()).collect();
+        let ll = zinb_row(&idx, &counts, &mu, &theta, &pi, &gt, &mut ZinbScratch::default(), &mut gm, &mut gth, &mut gp);
         let mut want = Vec::new();
         let mut want_ll = 0f64;
         for k in 0..g {

@@ -149,9 +149,10 @@ pub struct SplLossOut<T> {
 }
 
 /// The loss of one cell. `logits` are the batch's entry logits; `gl`, `gc`, `pe` are the cell's
-/// slices (length = the cell's entry count); `phi` = softplus(log_phi). Returns rl_i.
+/// slices (length = the cell's entry count); `phi` = softplus(log_phi); `sc` is reused between cells.
+/// Returns rl_i.
 #[allow(clippy::too_many_arguments)]
-pub fn splicing_cell<T: Real>(
+fn splicing_cell<T: Real>(
     kind: SplicingLoss,
     conc: ConcIndex,
     spl: &SplBatch,
@@ -164,23 +165,23 @@ pub fn splicing_cell<T: Real>(
     gl: &mut [T],
     gc: &mut [T],
     pe: &mut [T],
+    sc: &mut DmScratch<T>,
 ) -> T {
     let r = spl.cell_range(i);
     let mut ll = 0f64;
     match kind {
         SplicingLoss::DirichletMultinomial => {
             let groups = groups.expect("the Dirichlet-multinomial loss needs the ATSE grouping");
-            let mut sc = DmScratch::default();
             let (g0, g1) = (groups.cell_ptr[i], groups.cell_ptr[i + 1]);
             let (o0, o1) = (groups.grp_ptr[g0], groups.grp_ptr[g1]);
             // The cell's entries in group order, as offsets into its slices.
             sc.idx.clear();
             sc.idx.extend(groups.ord[o0..o1].iter().map(|&e| e as usize - r.start));
-            dm_cell_probs(&groups.grp_ptr[g0..=g1], r.start, logits, &mut sc);
+            dm_cell_probs(&groups.grp_ptr[g0..=g1], r.start, logits, sc);
             for g in g0..g1 {
                 let (s, e) = (groups.grp_ptr[g] - o0, groups.grp_ptr[g + 1] - o0);
                 let c = phi[conc.target(spl.junction[r.start + sc.idx[s]] as usize, junc2atse)];
-                ll += dm_group(s..e, r.start, spl, c, w, gl, gc, pe, &mut sc);
+                ll += dm_group(s..e, r.start, spl, c, w, gl, gc, pe, sc);
             }
         }
         SplicingLoss::Binomial | SplicingLoss::BetaBinomial | SplicingLoss::Bce => {
@@ -238,8 +239,9 @@ pub fn splicing_loss<T: Real>(
         parts.push((a, (c, d)));
         (gl, gc, pe) = (ra, rc, rd);
     }
-    out.rl.par_iter_mut().zip(parts.into_par_iter()).enumerate().for_each(|(i, (rl, (gl, (gc, pe))))| {
-        *rl = splicing_cell(kind, conc, spl, groups, junc2atse, i, logits, &phi, w, gl, gc, pe);
+    let cells = out.rl.par_iter_mut().zip(parts.into_par_iter()).enumerate();
+    cells.for_each_init(DmScratch::default, |sc, (i, (rl, (gl, (gc, pe))))| {
+        *rl = splicing_cell(kind, conc, spl, groups, junc2atse, i, logits, &phi, w, gl, gc, pe, sc);
     });
     out
 }
@@ -270,8 +272,9 @@ struct DmScratch<T> {
     q: Vec<T>,
     qpass: Vec<bool>,
     lg: Vec<T>,
-    /// The group's arg-max of lg (an entry offset in group order) and e^(lg − max).
+    /// The group's arg-max of lg (an entry offset in group order), that max, and e^(lg − max).
     amax: Vec<usize>,
+    mx: Vec<T>,
     ex: Vec<T>,
     /// Per entry, its group's sum of `ex` and the log-sum-exp input sum + 1e-8.
     sum: Vec<T>,
@@ -285,9 +288,26 @@ struct DmScratch<T> {
 /// the per-group max and log-sum-exp, then p. `grp` are the cell's group bounds (absolute, first = the
 /// cell's first entry), `sc.idx` the entries' offsets from `base`.
 fn dm_cell_probs<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmScratch<T>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above). No FMA: the same bits.
+        return unsafe { dm_cell_probs_avx2(grp, base, logits, sc) };
+    }
+    dm_cell_probs_any(grp, base, logits, sc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dm_cell_probs_avx2<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmScratch<T>) {
+    dm_cell_probs_any(grp, base, logits, sc)
+}
+
+#[inline(always)]
+fn dm_cell_probs_any<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmScratch<T>) {
     let m = sc.idx.len();
     let o0 = grp[0];
-    for v in [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.ex, &mut sc.sum, &mut sc.se, &mut sc.p, &mut sc.dp] {
+    let lens = [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.mx, &mut sc.ex, &mut sc.sum, &mut sc.se, &mut sc.p, &mut sc.dp];
+    for v in lens {
         v.clear();
         v.resize(m, T::ZERO);
     }
@@ -331,6 +351,7 @@ fn dm_cell_probs<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmS
         let mx = sc.lg[amax];
         for t in s..e {
             sc.amax[t] = amax;
+            sc.mx[t] = mx;
             sc.ex[t] = sc.lg[t] - mx;
         }
     }
@@ -347,12 +368,10 @@ fn dm_cell_probs<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmS
             sc.se[t] = se;
         }
     }
-    // p = exp(lg − lse) with lse = max + ln(se): the ln per entry too, so that it vectorises.
+    // p = exp(lg − lse) with lse = max + ln(se): the max and ln per entry too, so that it vectorises.
+    let (lg, mx, se, p) = (&sc.lg[..m], &sc.mx[..m], &sc.se[..m], &mut sc.p[..m]);
     for t in 0..m {
-        sc.p[t] = sc.se[t].ln_v();
-    }
-    for t in 0..m {
-        sc.p[t] = (sc.lg[t] - (sc.lg[sc.amax[t]] + sc.p[t])).exp_v();
+        p[t] = (lg[t] - (mx[t] + se[t].ln_v())).exp_v();
     }
 }
 

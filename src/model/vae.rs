@@ -810,17 +810,18 @@ impl SpliceVae {
             .zip(g_pi.data.par_chunks_mut(g))
             .enumerate()
             .map_init(lik::ZinbScratch::default, |sc, (i, ((gm, gt), gp))| {
-                let mut x = vec![T::ZERO; g];
                 let (idx, vals) = batch.expr.row(i);
-                for (&c, &v) in idx.iter().zip(vals) {
-                    x[c as usize] = T::from_f32(v);
-                }
                 let th = if theta.rows == 1 { theta.row(0) } else { theta.row(i) };
                 let (mr, pr) = (mu.row(i), pi.row(i));
                 if let (GeneLikelihood::Zinb, Some(terms)) = (lik_kind, &gene_terms) {
-                    // The common case: a row at a time, its transcendental terms in a vectorised pass.
-                    let acc = lik::zinb_row(&x, mr, th, pr, terms, sc, gm, gt, gp);
+                    // The common case: a row at a time from the sparse counts, its transcendental terms
+                    // in a vectorised pass.
+                    let acc = lik::zinb_row(idx, vals, mr, th, pr, terms, sc, gm, gt, gp);
                     return if mask[i] { T::from_f64(-acc) } else { T::ZERO };
+                }
+                let mut x = vec![T::ZERO; g];
+                for (&c, &v) in idx.iter().zip(vals) {
+                    x[c as usize] = T::from_f32(v);
                 }
                 let mut acc = 0f64;
                 for gg in 0..g {

@@ -21,7 +21,8 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.336_54, 88.0);
-    let k = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let kr = x * LOG2E + ROUND_MAGIC;
+    let k = kr - ROUND_MAGIC;
     let r = x - k * LN2_HI - k * LN2_LO;
     let z = r * r;
     let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
@@ -29,8 +30,10 @@ pub fn exp(x: f32) -> f32 {
         * z
         + r
         + 1.0;
-    // 2^k through the exponent bits: k ∈ [−126, 127] after the clamp, so 2^k is a normal f32.
-    let ki = k as i32;
+    // 2^k through the exponent bits: k ∈ [−126, 127] after the clamp, so 2^k is a normal f32. k is the
+    // integer in kr's low mantissa bits (kr's ulp is 1): integer arithmetic, where `k as i32` would
+    // be a saturating conversion (compare-and-select per lane).
+    let ki = (kr.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
     p * f32::from_bits(((ki + 127) as u32) << 23)
 }
 
