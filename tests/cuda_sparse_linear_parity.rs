@@ -62,6 +62,35 @@ fn cases() -> Vec<Case> {
     vec![case(1, 9, 37, 128), case(2, 13, 20, 40), case(3, 6, 11, 5)]
 }
 
+/// The twin's backward walks blocks of input columns over rows in sorted order; rows out of order take
+/// the column-major walk instead. Both sum each column's entries in row order, so they give the same
+/// bits: checked with each row's entries reversed, on cases with several column blocks (n_in > 128).
+#[test]
+fn twin_backward_block_walk_equals_column_walk() {
+    for c in cases().into_iter().chain([case(4, 21, 300, 40), case(5, 7, 517, 3)]) {
+        let mut rev = c.x.clone();
+        for r in 0..rev.rows {
+            let span = rev.indptr[r]..rev.indptr[r + 1];
+            rev.indices[span.clone()].reverse();
+            rev.values[span].reverse();
+        }
+        assert!(splicevi::model::ops::rows_sorted(&c.x.indptr, &c.x.indices));
+        let multi = c.x.indptr.windows(2).any(|w| w[1] - w[0] > 1);
+        assert_eq!(splicevi::model::ops::rows_sorted(&rev.indptr, &rev.indices), !multi, "{}", c.name);
+        let dy = Mat::from_vec(c.x.rows, c.lin.n_out, c.dy.clone());
+        let grads = |x: &Sparse<f32>| {
+            let mut g = Grads::zeros(c.p.layout.clone());
+            g.slot(c.lin.w).unwrap().copy_from_slice(&c.gw0);
+            linear_sparse_bwd(&c.lin, x, &dy, &mut g);
+            g.data
+        };
+        let (a, b) = (grads(&c.x), grads(&rev));
+        assert!(a.iter().zip(&c.gw0).any(|(x, y)| x != y), "{}: the backward changed nothing", c.name);
+        let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{}: block walk and column walk differ", c.name);
+    }
+}
+
 /// The twin's y and gw0 + dW.
 fn twin(c: &Case) -> (Vec<f32>, Vec<f32>) {
     let mut p = c.p.clone();

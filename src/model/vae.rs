@@ -166,7 +166,7 @@ struct Tape<T> {
     expr_dec: ExprDecTape<T>,
     /// e^ℓ per cell
     lib_scale: Vec<T>,
-    /// Local gradients of −log p(x) w.r.t. μ, θ, π (B × G each).
+    /// Gradients of the batch mean of −log p(x) w.r.t. μ, θ, π (B × G each; zero for masked cells).
     g_mu: Mat<T>,
     g_theta: Mat<T>,
     g_pi: Mat<T>,
@@ -501,8 +501,9 @@ impl SpliceVae {
         let logits = self.spl_logits_sparse(p, &s_in, &batch.spl);
 
         // ---- loss ------------------------------------------------------------------------------
+        let inv_b = T::ONE / T::from_f64(b as f64);
         let (rl_expr, g_mu, g_theta, g_pi) =
-            self.expr_loss(batch, &px_rate, &theta, &px_dropout, &inference.mask_expr);
+            self.expr_loss(batch, &px_rate, &theta, &px_dropout, &inference.mask_expr, inv_b);
         let sl = self.splicing_loss(p, &batch.spl, &logits)?;
         let kl = latent::kl_fwd(&inference.qz_m, &inference.qz_v);
         let (penalty, rbf) = self.penalty(&inference, opts.kl_weight);
@@ -763,10 +764,6 @@ impl SpliceVae {
     }
 
     /// Concentration of each entry's target: (parameter index into log_phi, φ = softplus(log_phi)).
-    fn conc_target(&self, j: usize) -> usize {
-        ConcIndex::for_loss(self.cfg.splicing_loss_type, self.cfg.dm_concentration).target(j, &self.junc2atse)
-    }
-
     fn splicing_loss<T: Real>(&self, p: &Params<T>, spl: &SplBatch, logits: &[T]) -> Result<SplLossOut<T>> {
         let w = T::from_f64(self.cfg.splicing_loss_weight);
         let kind = self.cfg.splicing_loss_type;
@@ -786,6 +783,7 @@ impl SpliceVae {
         theta: &Mat<T>,
         pi: &Mat<T>,
         mask: &[bool],
+        grad_scale: T,
     ) -> (Vec<T>, Mat<T>, Mat<T>, Mat<T>) {
         let (b, g) = (mu.rows, mu.cols);
         let lik_kind = self.cfg.gene_likelihood;
@@ -813,35 +811,18 @@ impl SpliceVae {
                 let (idx, vals) = batch.expr.row(i);
                 let th = if theta.rows == 1 { theta.row(0) } else { theta.row(i) };
                 let (mr, pr) = (mu.row(i), pi.row(i));
-                if let (GeneLikelihood::Zinb, Some(terms)) = (lik_kind, &gene_terms) {
+                let acc = if let (GeneLikelihood::Zinb, Some(terms)) = (lik_kind, &gene_terms) {
                     // The common case: a row at a time from the sparse counts, its transcendental terms
                     // in a vectorised pass.
-                    let acc = lik::zinb_row(idx, vals, mr, th, pr, terms, sc, gm, gt, gp);
-                    return if mask[i] { T::from_f64(-acc) } else { T::ZERO };
-                }
-                let mut x = vec![T::ZERO; g];
-                for (&c, &v) in idx.iter().zip(vals) {
-                    x[c as usize] = T::from_f32(v);
-                }
-                let mut acc = 0f64;
-                for gg in 0..g {
-                    let r = match (lik_kind, &gene_terms) {
-                        (GeneLikelihood::Zinb, Some(gt)) => {
-                            let xt = if x[gg] > T::ZERO { gt.xt(gg, x[gg], th[gg]) } else { (T::ZERO, T::ZERO) };
-                            lik::zinb_with(x[gg], mr[gg], th[gg], pr[gg], &gt.theta[gg], xt)
-                        }
-                        (GeneLikelihood::Nb, Some(gt)) => {
-                            lik::nb_with(x[gg], mr[gg], th[gg], &gt.theta[gg], gt.xt(gg, x[gg], th[gg]))
-                        }
-                        (GeneLikelihood::Zinb, None) => lik::zinb(x[gg], mr[gg], th[gg], pr[gg]),
-                        (GeneLikelihood::Nb, None) => lik::nb(x[gg], mr[gg], th[gg]),
-                        (GeneLikelihood::Poisson, _) => lik::poisson(x[gg], mr[gg]),
-                    };
-                    acc += r.ll.to_f64();
-                    // Local gradients of −log p.
-                    gm[gg] = -r.d_mu;
-                    gt[gg] = -r.d_theta;
-                    gp[gg] = -r.d_pi;
+                    lik::zinb_row(idx, vals, mr, th, pr, terms, sc, gm, gt, gp)
+                } else {
+                    Self::expr_row_serial(lik_kind, gene_terms.as_ref(), idx, vals, mr, th, pr, gm, gt, gp)
+                };
+                // The gradients of the batch mean (a masked cell contributes nothing), as the backward
+                // takes them, while the row is in cache.
+                let s = if mask[i] { grad_scale } else { T::ZERO };
+                for row in [gm, gt, gp] {
+                    row.iter_mut().for_each(|v| *v *= s);
                 }
                 if mask[i] {
                     T::from_f64(-acc)
@@ -851,6 +832,49 @@ impl SpliceVae {
             })
             .collect();
         (rl, g_mu, g_theta, g_pi)
+    }
+
+    /// One row of the expression likelihood entry by entry (NB, Poisson, ZINB without gene dispersion):
+    /// returns Σ ll and writes the local gradients of −ll.
+    #[allow(clippy::too_many_arguments)]
+    fn expr_row_serial<T: Real>(
+        lik_kind: GeneLikelihood,
+        gene_terms: Option<&lik::GeneTerms<T>>,
+        idx: &[u32],
+        vals: &[f32],
+        mr: &[T],
+        th: &[T],
+        pr: &[T],
+        gm: &mut [T],
+        gt: &mut [T],
+        gp: &mut [T],
+    ) -> f64 {
+        let g = mr.len();
+        let mut x = vec![T::ZERO; g];
+        for (&c, &v) in idx.iter().zip(vals) {
+            x[c as usize] = T::from_f32(v);
+        }
+        let mut acc = 0f64;
+        for gg in 0..g {
+            let r = match (lik_kind, &gene_terms) {
+                (GeneLikelihood::Zinb, Some(gt)) => {
+                    let xt = if x[gg] > T::ZERO { gt.xt(gg, x[gg], th[gg]) } else { (T::ZERO, T::ZERO) };
+                    lik::zinb_with(x[gg], mr[gg], th[gg], pr[gg], &gt.theta[gg], xt)
+                }
+                (GeneLikelihood::Nb, Some(gt)) => {
+                    lik::nb_with(x[gg], mr[gg], th[gg], &gt.theta[gg], gt.xt(gg, x[gg], th[gg]))
+                }
+                (GeneLikelihood::Zinb, None) => lik::zinb(x[gg], mr[gg], th[gg], pr[gg]),
+                (GeneLikelihood::Nb, None) => lik::nb(x[gg], mr[gg], th[gg]),
+                (GeneLikelihood::Poisson, _) => lik::poisson(x[gg], mr[gg]),
+            };
+            acc += r.ll.to_f64();
+            // Local gradients of −log p.
+            gm[gg] = -r.d_mu;
+            gt[gg] = -r.d_theta;
+            gp[gg] = -r.d_pi;
+        }
+        acc
     }
 
     /// Modality penalty (§5.2, §14.3) and, for MMDRbf, the bandwidth used.
@@ -949,17 +973,9 @@ impl SpliceVae {
         let gdim = self.dims.n_genes;
 
         // ---- expression likelihood → decoder ---------------------------------------------------
-        // dμ, dθ, dπ of mean(RL_e) (masked cells contribute nothing)
+        // dμ, dθ, dπ of mean(RL_e) (masked cells contribute nothing), scaled in the forward
         // (B × G passes: rows in parallel, each row's arithmetic as in a serial loop.)
-        let scale_rows = |m: &Mat<T>| -> Mat<T> {
-            let mut m = m.clone();
-            m.data.par_chunks_mut(gdim.max(1)).zip(&inf.mask_expr).for_each(|(row, &keep)| {
-                let s = if keep { inv_b } else { T::ZERO };
-                row.iter_mut().for_each(|v| *v *= s);
-            });
-            m
-        };
-        let (dmu, dtheta, dpi) = (scale_rows(&tp.g_mu), scale_rows(&tp.g_theta), scale_rows(&tp.g_pi));
+        let (dmu, dtheta, dpi) = (&tp.g_mu, &tp.g_theta, &tp.g_pi);
         // μ = e^ℓ ρ
         let mut dlib = vec![T::ZERO; b];
         let mut drho = dmu.clone();
@@ -1097,9 +1113,11 @@ impl SpliceVae {
         if let Some(gphi) = g.slot(a.log_phi) {
             let lp = p.get(a.log_phi);
             if matches!(cfg.splicing_loss_type, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
-                for (e, &c) in tp.g_conc.iter().enumerate() {
-                    let t = self.conc_target(spl.junction[e] as usize);
-                    gphi[t] += c * inv_b * softplus_grad(lp[t]);
+                let conc = ConcIndex::for_loss(cfg.splicing_loss_type, cfg.dm_concentration);
+                let sg: Vec<T> = lp.iter().map(|&v| softplus_grad(v)).collect();
+                for (&c, &jj) in tp.g_conc.iter().zip(&spl.junction) {
+                    let t = conc.target(jj as usize, &self.junc2atse);
+                    gphi[t] += c * inv_b * sg[t];
                 }
                 let lam = T::from_f64(2.0 * cfg.lambda_prior) / bt;
                 for (gv, &v) in gphi.iter_mut().zip(lp) {
@@ -1269,44 +1287,45 @@ impl SpliceVae {
         Ok(g)
     }
 
-    /// Gradients of the splicing output Linear from the per-entry logit gradients.
+    /// Gradients of the splicing output Linear from the per-entry logit gradients. Each junction sums
+    /// its entries in cell order. Blocks of junctions run in parallel, each walking the cells in order
+    /// and taking its span of every cell by binary search (a cell's entries are in ascending junction
+    /// order: `Batch::check`).
     fn spl_out_param_grads<T: Real>(&self, spl: &SplBatch, s: &Mat<T>, gl: &[T], g: &mut Grads<T>) {
+        const JUNCS: usize = 64;
         let lin = self.spl_out_linear();
-        let k = lin.n_in;
-        let j = spl.n_junctions;
-        // entries by junction
-        let mut cnt = vec![0usize; j + 1];
-        for &jj in &spl.junction {
-            cnt[jj as usize + 1] += 1;
-        }
-        for i in 0..j {
-            cnt[i + 1] += cnt[i];
-        }
-        let mut pos = cnt.clone();
-        let mut ent = vec![(0u32, 0usize); spl.nnz()];
-        for c in 0..spl.n_cells() {
-            for e in spl.cell_range(c) {
-                let jj = spl.junction[e] as usize;
-                ent[pos[jj]] = (c as u32, e);
-                pos[jj] += 1;
-            }
-        }
-        if let Some(gb) = g.slot(lin.b.unwrap()) {
-            for jj in 0..j {
-                for &(_, e) in &ent[cnt[jj]..cnt[jj + 1]] {
-                    gb[jj] += gl[e];
-                }
-            }
-        }
-        if let Some(gw) = g.slot(lin.w) {
-            gw.par_chunks_mut(k).enumerate().for_each(|(jj, row)| {
-                for &(c, e) in &ent[cnt[jj]..cnt[jj + 1]] {
-                    let ge = gl[e];
-                    for (r, &sv) in row.iter_mut().zip(s.row(c as usize)) {
-                        *r += ge * sv;
+        let (k, j) = (lin.n_in, spl.n_junctions);
+        // The bias sums start from the slot's values and go back at the end.
+        let mut gb: Vec<T> = lin.b.and_then(|b| g.slot(b).map(|v| v.to_vec())).unwrap_or_else(|| vec![T::ZERO; j]);
+        match g.slot(lin.w).filter(|_| k > 0) {
+            Some(gw) => {
+                let blocks = gw.par_chunks_mut(JUNCS * k).zip(gb.par_chunks_mut(JUNCS)).enumerate();
+                blocks.for_each(|(bi, (blk, gbb))| {
+                    let (j0, j1) = (bi * JUNCS, bi * JUNCS + gbb.len());
+                    for c in 0..spl.n_cells() {
+                        let r = spl.cell_range(c);
+                        let js = &spl.junction[r.clone()];
+                        let s0 = js.partition_point(|&jj| (jj as usize) < j0);
+                        let e0 = s0 + js[s0..].partition_point(|&jj| (jj as usize) < j1);
+                        let srow = s.row(c);
+                        for q in s0..e0 {
+                            let (jl, ge) = (js[q] as usize - j0, gl[r.start + q]);
+                            gbb[jl] += ge;
+                            for (a, &sv) in blk[jl * k..(jl + 1) * k].iter_mut().zip(srow) {
+                                *a += ge * sv;
+                            }
+                        }
                     }
+                });
+            }
+            None => {
+                for (&jj, &ge) in spl.junction.iter().zip(gl) {
+                    gb[jj as usize] += ge;
                 }
-            });
+            }
+        }
+        if let Some(slot) = lin.b.and_then(|b| g.slot(b)) {
+            slot.copy_from_slice(&gb);
         }
     }
 
