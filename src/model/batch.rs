@@ -57,9 +57,27 @@ impl Batch {
         let Some(x) = &ds.expression else {
             bail!("{}: the model needs an expression modality", ds.source);
         };
-        let mut expr = Csr { n_rows: cells.len(), n_cols: x.n_cols, indptr: vec![0], ..Default::default() };
         let s = &ds.splicing;
-        let mut spl = SplBatch { n_junctions: s.n_junctions, indptr: vec![0], ..Default::default() };
+        // Sized up front: growing them entry by entry would copy each several times.
+        let x_nnz: usize = cells.iter().map(|&c| x.indptr[c + 1] - x.indptr[c]).sum();
+        let s_nnz: usize = cells.iter().map(|&c| s.cell_range(c).len()).sum();
+        let mut indptr = Vec::with_capacity(cells.len() + 1);
+        indptr.push(0);
+        let mut expr = Csr {
+            n_rows: cells.len(),
+            n_cols: x.n_cols,
+            indptr: indptr.clone(),
+            indices: Vec::with_capacity(x_nnz),
+            values: Vec::with_capacity(x_nnz),
+        };
+        let mut spl = SplBatch {
+            n_junctions: s.n_junctions,
+            indptr,
+            junction: Vec::with_capacity(s_nnz),
+            k: Vec::with_capacity(s_nnz),
+            n: Vec::with_capacity(s_nnz),
+            psi: Vec::with_capacity(s_nnz),
+        };
         for &c in cells {
             let (idx, val) = x.row(c);
             expr.indices.extend_from_slice(idx);

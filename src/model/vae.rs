@@ -792,13 +792,24 @@ impl SpliceVae {
         let mut g_pi = Mat::zeros(b, g);
         // Gene dispersion: the θ terms once per gene and lgamma/ψ(x + θ) once per (gene, count).
         let gene_terms = (theta.rows == 1 && lik_kind != GeneLikelihood::Poisson).then(|| {
-            let mut present = vec![0u64; g];
-            for i in 0..b {
-                let (idx, vals) = batch.expr.row(i);
-                for (&c, &v) in idx.iter().zip(vals) {
-                    present[c as usize] |= lik::count_bit(v);
-                }
-            }
+            // (Per worker, then OR-ed together: the same bits in any order.)
+            let present = (0..b)
+                .into_par_iter()
+                .fold(
+                    || vec![0u64; g],
+                    |mut acc, i| {
+                        let (idx, vals) = batch.expr.row(i);
+                        for (&c, &v) in idx.iter().zip(vals) {
+                            acc[c as usize] |= lik::count_bit(v);
+                        }
+                        acc
+                    },
+                )
+                .reduce_with(|mut a, o| {
+                    a.iter_mut().zip(&o).for_each(|(x, &y)| *x |= y);
+                    a
+                })
+                .unwrap_or_else(|| vec![0u64; g]);
             lik::GeneTerms::new(theta.row(0), &present)
         });
         let rl: Vec<T> = g_mu
