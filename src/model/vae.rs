@@ -1524,12 +1524,11 @@ pub(crate) fn softmax_rows<T: Real>(m: &Mat<T>) -> Mat<T> {
     }
     out.data.par_chunks_mut(m.cols).for_each(|row| {
         let mx = row.iter().copied().fold(row[0], |a, b| a.max(b));
-        let mut s = 0f64;
+        // The exps in a pass of their own so that they vectorise; the sum then in order, in f64.
         for v in row.iter_mut() {
-            *v = (*v - mx).exp();
-            s += v.to_f64();
+            *v = (*v - mx).exp_v();
         }
-        let s = T::from_f64(s);
+        let s = T::from_f64(row.iter().map(|v| v.to_f64()).sum::<f64>());
         row.iter_mut().for_each(|v| *v /= s);
     });
     out

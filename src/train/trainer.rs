@@ -17,6 +17,7 @@ use crate::optim::{clip_info, Adam, AdamConfig, AdamState};
 use crate::util::write_atomic;
 use anyhow::{bail, Context, Result};
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -267,7 +268,7 @@ impl<'a> Trainer<'a> {
         };
         let grads = self.model.backward(&self.params, &batch, &fwd, fool.as_ref().map(|f| &f.dz))?;
         self.model.apply_buffer_updates(&mut self.params, &fwd.out.buffer_updates);
-        if let Some(i) = grads.data.iter().position(|g| !g.is_finite()) {
+        if let Some(i) = first_non_finite(&grads.data) {
             let name = self.params.layout.entries.iter().find(|e| e.offset <= i && i < e.offset + e.len).map(|e| e.name.clone()).unwrap_or_default();
             return Err(bad(&format!("gradient of `{name}`")).into());
         }
@@ -350,6 +351,17 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// Index of the first NaN or infinite value: a vectorised pass per worker, and the position only once
+/// something is wrong.
+fn first_non_finite(v: &[f32]) -> Option<usize> {
+    let any = v.par_chunks(1 << 16).any(|c| c.iter().fold(false, |bad, x| bad | !x.is_finite()));
+    if any {
+        v.iter().position(|x| !x.is_finite())
+    } else {
+        None
+    }
+}
+
 fn check_terms<F: Fn(&str) -> NonFinite>(out: &crate::model::StepOutput<f32>, bad: &F) -> Result<()> {
     let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
     let terms = [
@@ -415,4 +427,22 @@ fn progress_bar(n: usize, epoch: usize, max_epochs: usize) -> indicatif::Progres
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_non_finite;
+
+    #[test]
+    fn first_non_finite_finds_the_first_bad_value_across_chunks() {
+        let mut v = vec![1.5f32; 300_000];
+        assert_eq!(first_non_finite(&v), None);
+        v[250_000] = f32::NEG_INFINITY;
+        assert_eq!(first_non_finite(&v), Some(250_000));
+        v[131_073] = f32::NAN;
+        assert_eq!(first_non_finite(&v), Some(131_073));
+        v[7] = f32::INFINITY;
+        assert_eq!(first_non_finite(&v), Some(7));
+        assert_eq!(first_non_finite(&[]), None);
+    }
 }
