@@ -258,14 +258,25 @@ struct ZeroPass<'a, T> {
     gp: &'a mut [T],
 }
 
-/// [`zinb_row`]'s first pass, in the AVX2 instance where the CPU has it (no FMA: the same bits).
+/// [`zinb_row`]'s first pass, in the AVX-512 or AVX2 instance where the CPU has one (no FMA: the same bits).
 #[inline]
 fn zero_pass<T: Real>(mu: &[T], theta: &[T], pi: &[T], log_te: &[T], frac: &[T], out: ZeroPass<'_, T>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { zero_pass_avx512(mu, theta, pi, log_te, frac, out) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
         return unsafe { zero_pass_avx2(mu, theta, pi, log_te, frac, out) };
     }
+    zero_pass_any(mu, theta, pi, log_te, frac, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn zero_pass_avx512<T: Real>(mu: &[T], theta: &[T], pi: &[T], log_te: &[T], frac: &[T], out: ZeroPass<'_, T>) {
     zero_pass_any(mu, theta, pi, log_te, frac, out)
 }
 

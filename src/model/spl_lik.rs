@@ -289,10 +289,21 @@ struct DmScratch<T> {
 /// cell's first entry), `sc.idx` the entries' offsets from `base`.
 fn dm_cell_probs<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmScratch<T>) {
     #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above). No FMA: the same bits.
+        return unsafe { dm_cell_probs_avx512(grp, base, logits, sc) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above). No FMA: the same bits.
         return unsafe { dm_cell_probs_avx2(grp, base, logits, sc) };
     }
+    dm_cell_probs_any(grp, base, logits, sc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dm_cell_probs_avx512<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmScratch<T>) {
     dm_cell_probs_any(grp, base, logits, sc)
 }
 
