@@ -83,3 +83,26 @@ fn bad_options_fail_before_any_work() {
     let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).arg("--config").arg(&cfg));
     assert!(text.contains("c.toml") && text.contains("n_latnet"), "{text}");
 }
+
+/// `bench` runs the epoch's minibatches in order, its last smaller one included: at `toy` (200 cells,
+/// 180 of them for training with the default split, so minibatches of 64, 64, 52 at batch 64) three
+/// steps are one epoch, and the TSV row says so (cells/s × s/step × steps = the training cells).
+#[test]
+fn bench_times_an_epoch_of_real_minibatches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tsv = tmp.path().join("bench.tsv");
+    let args = ["bench", "--size", "toy", "--preset", "default", "--batch-size", "64", "--steps", "3", "--tsv"];
+    ok(bin().args(args).arg(&tsv));
+    let text = std::fs::read_to_string(&tsv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let col = |name: &str| {
+        let k = lines[0].split('\t').position(|h| h == name).unwrap_or_else(|| panic!("no column {name}: {text}"));
+        lines[1].split('\t').nth(k).unwrap().to_string()
+    };
+    assert_eq!(col("steps"), "3");
+    let (s_step, cps) = (col("s_per_step").parse::<f64>().unwrap(), col("cells_per_s").parse::<f64>().unwrap());
+    // (Within the printed rounding; the first minibatch three times would be 192 cells.)
+    let cells = cps * s_step * 3.0;
+    assert!((cells - 180.0).abs() < 0.04 * 180.0, "3 steps processed {cells:.1} cells, not one epoch of 180: {text}");
+}

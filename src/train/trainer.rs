@@ -225,14 +225,16 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Run `n_steps` training steps at `epoch` (no validation, no checkpoint) and return the wall time in
+    /// Run `n_steps` training steps at `epoch` on its minibatches from number `first` on (cycling past
+    /// the last, which may be smaller), with no validation and no checkpoint, and return the wall time in
     /// seconds and the cells processed: what `splicevi bench` measures.
-    pub fn timed_steps(&mut self, epoch: usize, n_steps: usize) -> Result<(f64, usize)> {
+    pub fn timed_steps(&mut self, epoch: usize, first: usize, n_steps: usize) -> Result<(f64, usize)> {
         let batches = Minibatches::new(self.train_cells.clone(), self.run.train.batch_size, self.run.train.seed)?;
+        let list = batches.epoch(epoch as u64);
         let mut m = EpochMetrics::default();
         let mut cells = 0;
         let t0 = Instant::now();
-        for (i, b) in batches.epoch(epoch as u64).iter().cycle().take(n_steps).enumerate() {
+        for (i, b) in list.iter().enumerate().cycle().skip(first % list.len().max(1)).take(n_steps) {
             self.train_step(epoch, i as u64, b, &mut m)?;
             cells += b.len();
         }
