@@ -317,8 +317,8 @@ unsafe fn dm_cell_probs_avx2<T: Real>(grp: &[usize], base: usize, logits: &[T], 
 fn dm_cell_probs_any<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut DmScratch<T>) {
     let m = sc.idx.len();
     let o0 = grp[0];
-    let lens = [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.mx, &mut sc.ex, &mut sc.sum, &mut sc.se, &mut sc.p, &mut sc.dp];
-    for v in lens {
+    let bufs = [&mut sc.praw, &mut sc.q, &mut sc.lg, &mut sc.mx, &mut sc.ex, &mut sc.sum, &mut sc.se];
+    for v in bufs.into_iter().chain([&mut sc.p, &mut sc.dp]) {
         v.clear();
         v.resize(m, T::ZERO);
     }

@@ -984,8 +984,8 @@ impl SpliceVae {
         let gdim = self.dims.n_genes;
 
         // ---- expression likelihood → decoder ---------------------------------------------------
-        // dμ, dθ, dπ of mean(RL_e) (masked cells contribute nothing), scaled in the forward
-        // (B × G passes: rows in parallel, each row's arithmetic as in a serial loop.)
+        // dμ, dθ, dπ of mean(RL_e) (masked cells contribute nothing), scaled in the forward. (The B × G
+        // passes below: rows in parallel, each row's arithmetic as in a serial loop.)
         let (dmu, dtheta, dpi) = (&tp.g_mu, &tp.g_theta, &tp.g_pi);
         // μ = e^ℓ ρ
         let mut dlib = vec![T::ZERO; b];
