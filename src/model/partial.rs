@@ -1072,25 +1072,20 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
         let ds = rng::DropStream::new(mode.seed, rng::streams::PARTIAL_H, nt.dropout);
         // Only a training pass is followed by a backward.
         let stashed = nnz * (dd + 1) * std::mem::size_of::<T>() <= STASH_MAX_BYTES;
-        // Each work item writes its own positions' keep words and stash rows: disjoint slices that
-        // together cover both buffers, so they are not zeroed first (16.5 MB at `small`).
-        let (keep_len, stash_len) = (if dropout { nnz * kw } else { 0 }, if stashed { nnz * (dd + 1) } else { 0 });
-        let mut keep: Vec<u64> = Vec::with_capacity(keep_len);
+        // Each work item writes its own positions' stash rows: disjoint slices that together cover the
+        // buffer, so it is not zeroed first (16.5 MB at `small`).
+        let stash_len = if stashed { nnz * (dd + 1) } else { 0 };
         let mut stash: Vec<T> = Vec::with_capacity(stash_len);
-        let (mut keep_parts, mut stash_parts) = (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
-        let (mut keep_rest, mut stash_rest) =
-            (&mut keep.spare_capacity_mut()[..keep_len], &mut stash.spare_capacity_mut()[..stash_len]);
+        let mut stash_parts = Vec::with_capacity(items.len());
+        let mut stash_rest = &mut stash.spare_capacity_mut()[..stash_len];
         for &(j0, j1) in &items {
             let pairs = groups.jptr[j1] - groups.jptr[j0];
-            let (k, kr) = std::mem::take(&mut keep_rest).split_at_mut(if dropout { pairs * kw } else { 0 });
             let (st, sr) = std::mem::take(&mut stash_rest).split_at_mut(if stashed { pairs * (dd + 1) } else { 0 });
-            keep_parts.push(k);
             stash_parts.push(st);
-            keep_rest = kr;
             stash_rest = sr;
         }
-        // (What the set_len below relies on: the items' slices cover both buffers.)
-        assert!(keep_rest.is_empty() && stash_rest.is_empty(), "partial encoder work items do not cover every pair");
+        // (What the set_len below relies on: the items' slices cover the buffer.)
+        assert!(stash_rest.is_empty(), "partial encoder work items do not cover every pair");
         // The keep bits are hashed in pair order, a micro-chunk of consecutive pairs per call (one call
         // per pair would cost more than the rest of the pair's work), then copied to positions.
         let mut by_pair = vec![0u64; if dropout { nnz * kw } else { 0 }];
@@ -1105,26 +1100,35 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
                 }
             }
         });
+        // Then gathered into position order in a loop of their own: a random read per pair, which the
+        // walk below would stall on, while here many are in flight at once (it matters at `medium`,
+        // where the words outgrow the caches). Every chunk writes all its words, so no zeroing first.
+        let keep_len = if dropout { nnz * kw } else { 0 };
+        let mut keep: Vec<u64> = Vec::with_capacity(keep_len);
+        keep.spare_capacity_mut()[..keep_len].par_chunks_mut(MICRO * kw.max(1)).enumerate().for_each(|(ci, out)| {
+            for (q, slot) in out.chunks_mut(kw).enumerate() {
+                let e = groups.order[ci * MICRO + q] as usize;
+                // (Word by word: a copy of one word is a memcpy call.)
+                for k in 0..kw {
+                    slot[k].write(by_pair[e * kw + k]);
+                }
+            }
+        });
+        // SAFETY: the chunks cover the first keep_len words and each wrote every one of its words.
+        unsafe { keep.set_len(keep_len) };
+        drop(by_pair);
         let (g5, be5) = (&nt.g5[..dd], &nt.be5[..dd]);
         let pooled: Vec<Vec<T>> = items
             .par_iter()
-            .zip(keep_parts.into_par_iter().zip(stash_parts.into_par_iter()))
-            .map(|(&(j0, j1), (bits, st))| {
+            .zip(stash_parts.into_par_iter())
+            .map(|(&(j0, j1), st)| {
                 let mut acc = vec![T::ZERO; b * dd];
                 let (mut h2, mut xh) = (vec![T::ZERO; dd], vec![T::ZERO; dd]);
-                let mut w = vec![0u64; if dropout { kw } else { 0 }];
                 let p0 = groups.jptr[j0];
                 for p in groups.jptr[j0]..groups.jptr[j1] {
                     let id = groups.gid_at[p] as usize;
-                    if dropout {
-                        let (slot, e) = (&mut bits[(p - p0) * kw..(p - p0 + 1) * kw], groups.order[p] as usize);
-                        // (Word by word: a copy_from_slice of one word is a memcpy call.)
-                        for k in 0..kw {
-                            w[k] = by_pair[e * kw + k];
-                            slot[k].write(w[k]);
-                        }
-                    }
-                    nt.pair_h2(go.row(id, hh, dd), &w, &mut h2);
+                    let w: &[u64] = if dropout { &keep[p * kw..(p + 1) * kw] } else { &[] };
+                    nt.pair_h2(go.row(id, hh, dd), w, &mut h2);
                     let inv2 = ln_row(&h2, &mut xh);
                     let cell = groups.cell_at[p] as usize;
                     let dst = &mut acc[cell * dd..(cell + 1) * dd];
@@ -1149,12 +1153,9 @@ pub fn partial_forward<T: Real>(pe: &PartialEncP, p: &Params<T>, spl: &SplBatch,
         }
         drop(pooled);
         // SAFETY: the work items partition the positions 0..nnz (runs of whole junctions covering every
-        // junction), and each wrote all kw keep words and all dd + 1 stash values of each of its
-        // positions, so the first keep_len / stash_len elements are initialised.
-        unsafe {
-            keep.set_len(keep_len);
-            stash.set_len(stash_len);
-        }
+        // junction), and each wrote all dd + 1 stash values of each of its positions, so the first
+        // stash_len elements are initialised.
+        unsafe { stash.set_len(stash_len) };
         (pool, keep, stash)
     } else {
         // Without dropout every pair of a group has the group's code, so a cell's pool is the sum of
