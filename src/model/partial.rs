@@ -627,11 +627,15 @@ impl<T: Real> Net<'_, T> {
                 let ids: Vec<u32> = (ci * MICRO..ci * MICRO + n).map(|g| g as u32).collect();
                 self.group_rows(fold, groups, &ids, scale, hr);
                 matmul_nt_serial(hr, n, hh, self.w4, dd, hg);
+                // Word by word without a branch per unit (half of them are positive, unpredictably).
                 for q in 0..n {
-                    for t in 0..hh {
-                        if hr[q * hh + t] > T::ZERO {
-                            rpos[q * kw + t / 64] |= 1 << (t % 64);
+                    let row = &hr[q * hh..(q + 1) * hh];
+                    for (w, units) in row.chunks(64).enumerate() {
+                        let mut bits = 0u64;
+                        for (i, &v) in units.iter().enumerate() {
+                            bits |= ((v > T::ZERO) as u64) << i;
                         }
+                        rpos[q * kw + w] = bits;
                     }
                 }
             });
