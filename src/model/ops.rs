@@ -250,6 +250,13 @@ pub fn rows_sorted(indptr: &[usize], indices: &[u32]) -> bool {
     indptr.windows(2).all(|w| indices[w[0]..w[1]].windows(2).all(|c| c[0] < c[1]))
 }
 
+/// The positions of a sorted index row whose values lie in [lo, hi) (two binary searches).
+#[inline]
+pub fn sorted_span(row: &[u32], lo: usize, hi: usize) -> std::ops::Range<usize> {
+    let s = row.partition_point(|&c| (c as usize) < lo);
+    s..s + row[s..].partition_point(|&c| (c as usize) < hi)
+}
+
 /// Weight and bias gradients of a sparse-input Linear (no input gradient: the input is data).
 pub fn linear_sparse_bwd<T: Real>(lin: &LinearP, x: &Sparse<T>, dy: &Mat<T>, g: &mut Grads<T>) {
     let (n_in, n_out) = (lin.n_in, lin.n_out);
@@ -270,10 +277,8 @@ pub fn linear_sparse_bwd<T: Real>(lin: &LinearP, x: &Sparse<T>, dy: &Mat<T>, g: 
             for r in 0..x.rows {
                 let span = x.indptr[r]..x.indptr[r + 1];
                 let (idx, vals) = (&x.indices[span.clone()], &x.values[span]);
-                let s = idx.partition_point(|&c| (c as usize) < c0);
-                let e = s + idx[s..].partition_point(|&c| (c as usize) < c1);
                 let dr = dy.row(r);
-                for q in s..e {
+                for q in sorted_span(idx, c0, c1) {
                     let (c, v) = (idx[q] as usize - c0, vals[q]);
                     for (a, &d) in blk[c * n_out..(c + 1) * n_out].iter_mut().zip(dr) {
                         *a += v * d;

@@ -17,7 +17,7 @@
 
 use super::arch::PartialEncP;
 use super::batch::SplBatch;
-use super::ops::{ln_row, ln_row_bwd, Mode, LN_EPS};
+use super::ops::{ln_row, ln_row_bwd, sorted_span, Mode, LN_EPS};
 use super::params::{Grads, Params};
 use super::real::{dot8, fold8, Real};
 use super::rng;
@@ -182,8 +182,8 @@ impl<T: Real> Groups<T> {
                         row.windows(2).all(|w| w[0] < w[1]),
                         "partial encoder: junctions of cell {c} not ascending"
                     );
-                    let lo = s + row.partition_point(|&x| (x as usize) < j0);
-                    let hi = s + row.partition_point(|&x| (x as usize) < j1);
+                    let span = sorted_span(row, j0, j1);
+                    let (lo, hi) = (s + span.start, s + span.end);
                     for &x in &spl.junction[lo..hi] {
                         count[x as usize - j0] += 1;
                     }

@@ -1316,10 +1316,8 @@ impl SpliceVae {
                     for c in 0..spl.n_cells() {
                         let r = spl.cell_range(c);
                         let js = &spl.junction[r.clone()];
-                        let s0 = js.partition_point(|&jj| (jj as usize) < j0);
-                        let e0 = s0 + js[s0..].partition_point(|&jj| (jj as usize) < j1);
                         let srow = s.row(c);
-                        for q in s0..e0 {
+                        for q in ops::sorted_span(js, j0, j1) {
                             let (jl, ge) = (js[q] as usize - j0, gl[r.start + q]);
                             gbb[jl] += ge;
                             for (a, &sv) in blk[jl * k..(jl + 1) * k].iter_mut().zip(srow) {
