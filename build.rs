@@ -179,6 +179,15 @@ fn main() {
     code.push_str(&format!("pub const KERNEL_ARCHS: &str = {:?};\n", if entries.is_empty() { "" } else { ARCHS }));
     code.push_str("/// Version of the nvcc that compiled the kernels (empty when none are embedded).\n");
     code.push_str(&format!("pub const KERNEL_NVCC: &str = {:?};\n", if entries.is_empty() { "" } else { nvcc_ver.as_str() }));
+    // Every kernels/ file's text, for the host emulation (cuda::emu compiles the very sources against
+    // kernels/host_emu.h with the host C++ compiler; it needs no nvcc).
+    code.push_str("/// (file name, text) of every file directly under kernels/.\n");
+    code.push_str("pub const KERNEL_SOURCES: &[(&str, &str)] = &[\n");
+    for f in files.iter().filter(|p| p.parent() == Some(&root.join("kernels"))) {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        code.push_str(&format!("    ({name:?}, include_str!({:?})),\n", f.display().to_string()));
+    }
+    code.push_str("];\n");
     std::fs::write(out.join("kernels.rs"), code).unwrap();
     if !entries.is_empty() {
         println!("cargo:rustc-cfg=splicevi_kernels");

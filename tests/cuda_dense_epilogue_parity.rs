@@ -299,12 +299,13 @@ fn host_emu_dense_epilogue_matches_twin() {
 }
 
 #[test]
-fn gpu_dense_epilogue_matches_twin() {
-    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!("dense epilogue kernels vs model::dense_epilogue: {reason}"));
-        return;
+fn device_dense_epilogue_matches_twin() {
+    for dev in emu::devices("dense epilogue kernels vs model::dense_epilogue") {
+        device_dense_epilogue_matches_twin_on(&dev);
     }
-    let dev = CudaDevice::open(0).expect("cuda:0 is usable but could not be opened");
+}
+
+fn device_dense_epilogue_matches_twin_on(dev: &CudaDevice) {
     let kern = CudaDenseEpilogue::new(&dev).unwrap();
     for c in parity_cases(500) {
         let v = |x: &[f64]| f32s(x);

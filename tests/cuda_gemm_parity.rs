@@ -21,12 +21,13 @@ fn at(x: &[f32], c: usize, t: bool, i: usize, k: usize) -> f64 {
 }
 
 #[test]
-fn gpu_gemm_matches_host_product() {
-    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        emu::skipped(&format!("cuBLAS GEMM vs host product: {reason}"));
-        return;
+fn device_gemm_matches_host_product() {
+    for dev in emu::devices("GEMM vs host product") {
+        device_gemm_matches_host_product_on(&dev);
     }
-    let dev = CudaDevice::open(0).expect("cuda:0 is usable but could not be opened");
+}
+
+fn device_gemm_matches_host_product_on(dev: &CudaDevice) {
     let g = CudaGemm::new(&dev).expect("cuBLAS handle");
     let mut r = ChaCha8Rng::seed_from_u64(5);
     for prec in [GemmPrecision::F32, GemmPrecision::Bf16] {

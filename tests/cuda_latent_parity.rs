@@ -377,12 +377,13 @@ fn host_emu_latent_matches_twin() {
 // GPU.
 
 #[test]
-fn gpu_latent_matches_twin() {
-    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!("latent kernel vs model::latent_step: {reason}"));
-        return;
+fn device_latent_matches_twin() {
+    for dev in emu::devices("latent kernel vs model::latent_step") {
+        device_latent_matches_twin_on(&dev);
     }
-    let dev = CudaDevice::open(0).expect("cuda:0 is usable but could not be opened");
+}
+
+fn device_latent_matches_twin_on(dev: &CudaDevice) {
     let kern = CudaLatent::new(&dev).unwrap();
     for c in parity_cases(200) {
         let m = c.mats::<f32>();

@@ -56,9 +56,11 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
+#[path = "common/emu.rs"]
+mod emu_common;
 use splicevi::cuda::expr_lik::ExprLikHost;
 use splicevi::cuda::splicing_lik::SplLikHost;
-use splicevi::cuda::{CudaDevice, CudaExprLik, CudaSplicingLik};
+use splicevi::cuda::{CudaExprLik, CudaSplicingLik};
 use splicevi::model::batch::SplBatch;
 use splicevi::model::config::{DmConcentration, GeneLikelihood, SplicingLoss};
 use splicevi::model::expr_lik::{expr_row, ExprRow, ExprRowOut, ScaleAct};
@@ -73,13 +75,6 @@ fn skipped(msg: &str) {
     let _ = writeln!(std::io::stderr(), "\nSKIPPED: {msg}");
 }
 
-fn device_or_skip(test: &str) -> Option<CudaDevice> {
-    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!("{test}: {reason}"));
-        return None;
-    }
-    Some(CudaDevice::open(0).expect("cuda:0 is usable but could not be opened"))
-}
 
 /// Central difference with one Richardson step: (4 D(h/2) − D(h)) / 3, truncation error O(h⁴).
 fn richardson(f: impl Fn(f64) -> f64, h: f64) -> f64 {
@@ -622,13 +617,15 @@ impl Operand for half::bf16 {
 type SplBackend<'a, W> =
     dyn FnMut(SplicingLoss, ConcIndex, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> + 'a;
 
-fn gpu_splicing<W: Operand>(name: &str, k: usize, seed: u64) {
-    let Some(dev) = device_or_skip(&format!("splicing_lik ({name}) vs model::spl_lik")) else { return };
-    let kern = CudaSplicingLik::new(&dev).unwrap();
-    let mut backend = |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
-        (0..2).map(|_| kern.run_host(kind, conc, wgt, s, k, w, bias, spl, groups, j2a, lp).unwrap()).collect::<Vec<_>>()
-    };
-    splicing_parity::<W>(name, k, seed, true, false, &mut backend);
+fn device_splicing<W: Operand>(name: &str, k: usize, seed: u64) {
+    for dev in emu_common::devices(&format!("splicing_lik ({name}) vs model::spl_lik")) {
+        let kern = CudaSplicingLik::new(&dev).unwrap();
+        let mut backend = |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
+            (0..2).map(|_| kern.run_host(kind, conc, wgt, s, k, w, bias, spl, groups, j2a, lp).unwrap()).collect::<Vec<_>>()
+        };
+        // The emulation is slow: the smaller problem there.
+        splicing_parity::<W>(name, k, seed, true, dev.is_emulated(), &mut backend);
+    }
 }
 
 /// Generates the problems, runs `backend` on each loss, and checks its results against the twin.
@@ -733,14 +730,14 @@ fn twin_splicing_comparison_accepts_the_f64_twin() {
 }
 
 #[test]
-fn gpu_splicing_lik_f32_matches_twin() {
-    gpu_splicing::<f32>("f32", 45, 31);
-    gpu_splicing::<f32>("f32", 200, 32);
+fn device_splicing_lik_f32_matches_twin() {
+    device_splicing::<f32>("f32", 45, 31);
+    device_splicing::<f32>("f32", 200, 32);
 }
 
 #[test]
-fn gpu_splicing_lik_bf16_matches_twin() {
-    gpu_splicing::<half::bf16>("bf16", 64, 33);
+fn device_splicing_lik_bf16_matches_twin() {
+    device_splicing::<half::bf16>("bf16", 64, 33);
 }
 
 // =====================================================================================================
@@ -778,13 +775,15 @@ fn expr_magnitude(lik: GeneLikelihood, c: &ExprCase, i: usize, mu: &[f64], theta
 type ExprBackend<'a> = dyn FnMut(GeneLikelihood, ScaleAct, usize, &[f32], &[f32], &[f32], usize, &[f32], &[usize], &[u32], &[f32], &[f32]) -> Vec<ExprLikHost> + 'a;
 
 #[test]
-fn gpu_expr_lik_matches_twin() {
-    let Some(dev) = device_or_skip("expr_lik vs model::expr_lik::expr_row") else { return };
-    let kern = CudaExprLik::new(&dev).unwrap();
-    let mut backend = |lik, act, g, raw: &[f32], pi: &[f32], theta: &[f32], ts, lib: &[f32], xp: &[usize], xi: &[u32], xv: &[f32], wt: &[f32]| {
-        (0..2).map(|_| kern.run_host(lik, act, g, raw, pi, theta, ts, lib, xp, xi, xv, Some(wt)).unwrap()).collect::<Vec<_>>()
-    };
-    expr_parity("gpu", false, &mut backend);
+fn device_expr_lik_matches_twin() {
+    for dev in emu_common::devices("expr_lik vs model::expr_lik::expr_row") {
+        let kern = CudaExprLik::new(&dev).unwrap();
+        let mut backend = |lik, act, g, raw: &[f32], pi: &[f32], theta: &[f32], ts, lib: &[f32], xp: &[usize], xi: &[u32], xv: &[f32], wt: &[f32]| {
+            (0..2).map(|_| kern.run_host(lik, act, g, raw, pi, theta, ts, lib, xp, xi, xv, Some(wt)).unwrap()).collect::<Vec<_>>()
+        };
+        let small = dev.is_emulated();
+        expr_parity(if small { "host emulation" } else { "gpu" }, small, &mut backend);
+    }
 }
 
 /// The f64 twin on the same (f32) inputs, rounded to f32: a CPU stand-in for the kernel that checks

@@ -10,27 +10,15 @@
 //!   with the same host-computed scalars and no FMA contraction, so the expected result is bit-identical;
 //!   the test prints how many entries matched exactly.
 
+#[path = "common/emu.rs"]
+mod emu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use splicevi::cuda::{ArenaPlan, CudaDevice, CudaOptim, DeviceArena, DeviceMem};
 use splicevi::optim::{clip_info, grad_sumsq, Adam, AdamConfig};
 
-/// Prints "SKIPPED: ..." straight to the process's stderr: libtest captures `println!`/`eprintln!` of
-/// passing tests, and a skip must be visible in a plain `cargo test` run.
-fn skipped(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\nSKIPPED: {msg}");
-}
 
-fn device_or_skip(test: &str) -> Option<CudaDevice> {
-    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!("{test}: {reason}"));
-        return None;
-    }
-    // A device that is reported usable must open; failing here is a real failure.
-    Some(CudaDevice::open(0).expect("cuda:0 is usable but could not be opened"))
-}
 
 fn randn(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.sample::<f32, _>(StandardNormal) * scale).collect()
@@ -52,7 +40,12 @@ fn ulps(a: f32, b: f32) -> u32 {
 
 #[test]
 fn grad_norm_matches_cpu() {
-    let Some(dev) = device_or_skip("grad_norm kernels vs optim::clip_info") else { return };
+    for dev in emu::devices("grad_norm kernels vs optim::clip_info") {
+        grad_norm_matches_cpu_on(&dev);
+    }
+}
+
+fn grad_norm_matches_cpu_on(dev: &CudaDevice) {
     let opt = CudaOptim::new(&dev).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(100);
     // Sizes: one entry, a block's worth, and one that caps the grid.
@@ -89,7 +82,12 @@ fn grad_norm_matches_cpu() {
 }
 
 fn adam_parity(config: AdamConfig, name: &str, clip: Option<f32>) {
-    let Some(dev) = device_or_skip(&format!("{name} kernel vs optim::Adam::step")) else { return };
+    for dev in emu::devices(&format!("{name} kernel vs optim::Adam::step")) {
+        adam_parity_on(&dev, config, name, clip);
+    }
+}
+
+fn adam_parity_on(dev: &CudaDevice, config: AdamConfig, name: &str, clip: Option<f32>) {
     let opt = CudaOptim::new(&dev).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(200);
     let n = 1_234_567;
@@ -165,7 +163,12 @@ fn adam_l2_matches_cpu() {
 
 #[test]
 fn arena_regions_feed_the_kernels() {
-    let Some(dev) = device_or_skip("device arena + adamw_step") else { return };
+    for dev in emu::devices("device arena + adamw_step") {
+        arena_regions_feed_the_kernels_on(&dev);
+    }
+}
+
+fn arena_regions_feed_the_kernels_on(dev: &CudaDevice) {
     let n = 100_001;
     let mut plan = ArenaPlan::new();
     plan.add::<f32>("params", n).unwrap().add::<f32>("grads", n).unwrap().add::<f32>("exp_avg", n).unwrap();

@@ -267,12 +267,13 @@ fn host_emu_partial_matches_twin() {
 // GPU.
 
 #[test]
-fn gpu_partial_matches_twin() {
-    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!("partial-encoder kernels vs model::partial: {reason}"));
-        return;
+fn device_partial_matches_twin() {
+    for dev in emu::devices("partial-encoder kernels vs model::partial") {
+        device_partial_matches_twin_on(&dev);
     }
-    let dev = CudaDevice::open(0).expect("cuda:0 is usable but could not be opened");
+}
+
+fn device_partial_matches_twin_on(dev: &CudaDevice) {
     let kern = CudaPartial::new(&dev).unwrap();
     for c in cases() {
         let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool).unwrap();

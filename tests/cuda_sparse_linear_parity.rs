@@ -171,12 +171,13 @@ fn host_emu_sparse_linear_matches_twin() {
 }
 
 #[test]
-fn gpu_sparse_linear_matches_twin() {
-    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!("sparse first-layer kernels vs ops::linear_sparse_*: {reason}"));
-        return;
+fn device_sparse_linear_matches_twin() {
+    for dev in emu::devices("sparse first-layer kernels vs ops::linear_sparse_*") {
+        device_sparse_linear_matches_twin_on(&dev);
     }
-    let dev = CudaDevice::open(0).expect("cuda:0 is usable but could not be opened");
+}
+
+fn device_sparse_linear_matches_twin_on(dev: &CudaDevice) {
     let kern = CudaSparseLinear::new(&dev).unwrap();
     for c in cases() {
         let (y, gw) = kern.run_host(&c.x, c.p.get(c.lin.w), c.lin.n_out, &c.dy, &c.gw0).unwrap();

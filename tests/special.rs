@@ -12,6 +12,8 @@
 //! (lgamma on [0.5, 2.5], digamma on [1, 2]) also |f32 − ref| ≤ 8·eps·|ref| (relative accuracy); for
 //! x < 0, within 4·eps of the size of the terms of the reflection formula.
 
+#[path = "common/emu.rs"]
+mod emu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
@@ -419,17 +421,15 @@ fn skipped(msg: &str) {
     let _ = writeln!(std::io::stderr(), "\nSKIPPED: {msg}");
 }
 
-fn device_or_skip(test: &str) -> Option<splicevi::cuda::CudaDevice> {
-    if let Err(reason) = splicevi::cuda::cuda_usable(0) {
-        skipped(&format!("{test}: {reason}"));
-        return None;
-    }
-    Some(splicevi::cuda::CudaDevice::open(0).expect("a usable device must open and load the kernels"))
-}
 
 #[test]
 fn device_matches_reference() {
-    let Some(dev) = device_or_skip("device lgamma/digamma (kernels/special_test.cu)") else { return };
+    for dev in emu::devices("device lgamma/digamma (kernels/special_test.cu)") {
+        device_matches_reference_on(&dev);
+    }
+}
+
+fn device_matches_reference_on(dev: &splicevi::cuda::CudaDevice) {
     let special = splicevi::cuda::CudaSpecial::new(&dev).unwrap();
     let x = positive_inputs();
     let (lg, dg) = special.eval_host(&x).unwrap();

@@ -49,8 +49,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
                         if args.load_kernels && cuda::cuda_usable(ordinal).is_ok() {
                             match cuda::CudaDevice::open(ordinal) {
                                 Ok(dev) => {
-                                    let free = dev.context().mem_get_info().map(|(f, _)| format!("{:.1} GiB free", f as f64 / (1u64 << 30) as f64));
-                                    println!("    kernels loaded: {}; {}", dev.module_names().join(", "), free.unwrap_or_else(|e| format!("free memory unknown: {e:?}")));
+                                    let free = dev.free_memory().map(|f| format!("{:.1} GiB free", f as f64 / (1u64 << 30) as f64));
+                                    println!("    kernels loaded: {}; {}", dev.module_names().join(", "), free.unwrap_or_else(|| "free memory unknown".into()));
                                 }
                                 Err(e) => println!("    kernels FAILED to load: {e:#}"),
                             }

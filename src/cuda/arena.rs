@@ -4,9 +4,8 @@
 //! [`ArenaPlan`] is plain host data (sizes, offsets, a printable table) and is built and tested without a
 //! GPU; [`DeviceArena`] makes the one allocation and hands out typed [`Region`]s by name.
 
-use super::runtime::{CudaDevice, DeviceMem};
+use super::runtime::{CudaDevice, DevBuf, DeviceMem};
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{CudaSlice, DevicePtr};
 use std::marker::PhantomData;
 
 /// Every region starts on this boundary (covers float4 / 128-bit loads and cache-line alignment).
@@ -101,7 +100,7 @@ impl std::fmt::Display for ArenaPlan {
 /// The allocation of an [`ArenaPlan`] on a device.
 pub struct DeviceArena {
     plan: ArenaPlan,
-    buffer: CudaSlice<u8>,
+    buffer: DevBuf<u8>,
     base: u64,
 }
 
@@ -111,13 +110,10 @@ impl DeviceArena {
     pub fn allocate(dev: &CudaDevice, plan: ArenaPlan) -> Result<Self> {
         let bytes = plan.total_bytes();
         let buffer = dev.zeros::<u8>(bytes).map_err(|e| {
-            let free = dev.context().mem_get_info().map(|(f, _)| human(f)).unwrap_or_else(|_| "unknown".into());
+            let free = dev.free_memory().map(human).unwrap_or_else(|| "unknown".into());
             anyhow!("allocating the device arena ({}) on cuda:{} (free: {free}): {e:#}\n{plan}", human(bytes), dev.info().ordinal)
         })?;
-        let base = {
-            let (base, _guard) = buffer.device_ptr(buffer.stream());
-            base
-        };
+        let base = buffer.device_address();
         Ok(DeviceArena { plan, buffer, base })
     }
 

@@ -6,11 +6,11 @@
 //! checked on the host by tests/cuda_dense_epilogue_parity.rs (the kernel source compiled against
 //! kernels/host_emu.h); the same test compares it on a GPU where one exists and skips elsewhere.
 
-use super::runtime::{CudaDevice, DeviceMem, KernelArg};
+use super::runtime::{CudaDevice, DeviceMem, KernelArg, Kernel};
 use crate::model::arch::Act;
 use crate::model::dense_epilogue::{BnMode, Epilogue};
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaFunction, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Threads per block (EPI_THREADS in kernels/dense_epilogue.cu).
 pub const EPI_THREADS: u32 = 128;
@@ -68,10 +68,10 @@ pub struct EpilogueHost {
 
 pub struct CudaDenseEpilogue<'d> {
     dev: &'d CudaDevice,
-    stats: CudaFunction,
-    fwd: CudaFunction,
-    bwd_rows: CudaFunction,
-    bwd_cols: CudaFunction,
+    stats: Kernel,
+    fwd: Kernel,
+    bwd_rows: Kernel,
+    bwd_cols: Kernel,
 }
 
 impl<'d> CudaDenseEpilogue<'d> {

@@ -6,11 +6,11 @@
 //! sm_90 SASS + compute_80 PTX); tests/cuda_lik_parity.rs compares it with the CPU twin where a GPU
 //! exists and skips (printing `SKIPPED:`) elsewhere. There are no performance numbers for it.
 
-use super::runtime::{CudaDevice, DeviceMem, KernelArg};
+use super::runtime::{CudaDevice, DeviceMem, KernelArg, Kernel};
 use crate::model::config::GeneLikelihood;
 use crate::model::expr_lik::ScaleAct;
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaFunction, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Threads per block (EXPR_THREADS in kernels/expr_lik.cu).
 pub const EXPR_THREADS: u32 = 256;
@@ -75,7 +75,7 @@ pub struct ExprLikHost {
 
 pub struct CudaExprLik<'d> {
     dev: &'d CudaDevice,
-    f: CudaFunction,
+    f: Kernel,
 }
 
 impl<'d> CudaExprLik<'d> {

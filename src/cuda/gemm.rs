@@ -49,6 +49,38 @@ impl Operand {
     }
 }
 
+/// op(X)[i][p] of a host-resident operand, as f32 (bf16 storage widened).
+///
+/// # Safety
+/// `x.addr` must point at host memory holding the operand.
+unsafe fn host_at(prec: GemmPrecision, x: &Operand, i: usize, p: usize) -> f32 {
+    let (r, c) = if x.t { (p, i) } else { (i, p) };
+    let at = r * x.ld + c;
+    match prec {
+        GemmPrecision::F32 => *(x.addr as *const f32).add(at),
+        GemmPrecision::Bf16 => (*(x.addr as *const bf16).add(at)).to_f32(),
+    }
+}
+
+/// The host emulation's GEMM (cuBLAS does not run there): C = α·op(A)·op(B) + β·C with f32
+/// accumulation; β = 0 ignores C's old contents, as cuBLAS does.
+///
+/// # Safety
+/// Every address must be host memory of the sizes the operands describe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn host_gemm(prec: GemmPrecision, alpha: f32, a: &Operand, b: &Operand, beta: f32, c: *mut f32, m: usize, n: usize, k: usize) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0f32;
+            for p in 0..k {
+                acc += host_at(prec, a, i, p) * host_at(prec, b, p, j);
+            }
+            let out = c.add(i * n + j);
+            *out = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * *out };
+        }
+    }
+}
+
 /// Operand storage of a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmPrecision {
@@ -59,7 +91,8 @@ pub enum GemmPrecision {
 
 pub struct CudaGemm<'d> {
     dev: &'d CudaDevice,
-    blas: CudaBlas,
+    /// None under the host emulation: the products run on the host ([`host_gemm`]).
+    blas: Option<CudaBlas>,
 }
 
 fn int(v: usize, what: &str) -> Result<i32> {
@@ -70,11 +103,13 @@ impl<'d> CudaGemm<'d> {
     /// A cuBLAS handle on the device's stream. cudarc loads libcublas at run time and panics when it
     /// is missing; that becomes an error naming the library.
     pub fn new(dev: &'d CudaDevice) -> Result<Self> {
-        let stream = dev.stream().clone();
+        let Some(stream) = dev.stream().cloned() else {
+            return Ok(CudaGemm { dev, blas: None });
+        };
         let blas = std::panic::catch_unwind(move || CudaBlas::new(stream))
             .map_err(|_| anyhow!("cuBLAS could not be loaded (libcublas.so.13 from CUDA 13 is needed next to the driver); use --device cpu"))?
             .map_err(|e| anyhow!("creating a cuBLAS handle: {e:?}"))?;
-        Ok(CudaGemm { dev, blas })
+        Ok(CudaGemm { dev, blas: Some(blas) })
     }
 
     /// C (m × n, row-major, ld = n) = α·op(A)·op(B) + β·C. Enqueued on the device's stream.
@@ -89,9 +124,14 @@ impl<'d> CudaGemm<'d> {
             return Ok(());
         }
         let k = ak;
+        let Some(blas_handle) = &self.blas else {
+            // SAFETY: emulated device memory is host memory; the shapes were checked above.
+            unsafe { host_gemm(prec, alpha, a, b, beta, c.device_address() as *mut f32, m, n, k) };
+            return Ok(());
+        };
         let (mi, ni, ki) = (int(m, "m")?, int(n, "n")?, int(k, "k")?);
         let (lda, ldb) = (int(a.ld, "lda")?, int(b.ld, "ldb")?);
-        let h = *self.blas.handle();
+        let h = *blas_handle.handle();
         // Column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ: B first.
         unsafe {
             match prec {

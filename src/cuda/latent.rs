@@ -5,12 +5,12 @@
 //! checked on the host by tests/cuda_latent_parity.rs (the kernel source compiled against
 //! kernels/host_emu.h); the same test compares it on a GPU where one exists and skips elsewhere.
 
-use super::runtime::{CudaDevice, DeviceMem, KernelArg};
+use super::runtime::{CudaDevice, DeviceMem, KernelArg, Kernel};
 use crate::model::config::ModalityPenalty;
 use crate::model::latent_step::{LatentIn, Mix};
 use crate::model::vae::Modality;
 use anyhow::{bail, ensure, Result};
-use cudarc::driver::{CudaFunction, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Threads per block (LAT_THREADS in kernels/latent.cu); one warp per cell.
 pub const LAT_THREADS: u32 = 128;
@@ -132,9 +132,9 @@ pub struct LatentHost {
 
 pub struct CudaLatent<'d> {
     dev: &'d CudaDevice,
-    fwd: CudaFunction,
-    bwd: CudaFunction,
-    perdim: CudaFunction,
+    fwd: Kernel,
+    bwd: Kernel,
+    perdim: Kernel,
 }
 
 fn addr(m: Option<&dyn DeviceMem<f32>>) -> u64 {

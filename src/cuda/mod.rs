@@ -12,6 +12,7 @@
 
 pub mod arena;
 pub mod dense_epilogue;
+pub mod emu;
 pub mod expr_lik;
 pub mod gemm;
 pub mod latent;
@@ -25,7 +26,7 @@ pub mod splicing_lik;
 
 pub use arena::{ArenaPlan, DeviceArena, Region};
 pub use optim::CudaOptim;
-pub use runtime::{CudaDevice, DeviceMem};
+pub use runtime::{CudaDevice, DevBuf, DeviceMem, Kernel};
 pub use dense_epilogue::CudaDenseEpilogue;
 pub use expr_lik::CudaExprLik;
 pub use gemm::CudaGemm;
@@ -47,6 +48,11 @@ pub const MIN_DRIVER_VERSION: i32 = 13000;
 /// The embedded fatbins: (kernel file stem, bytes). Empty when the binary was built without nvcc.
 pub fn kernel_fatbins() -> &'static [(&'static str, &'static [u8])] {
     embedded::KERNEL_FATBINS
+}
+
+/// (file name, text) of every file under kernels/ (for the host emulation, [`emu`]).
+pub fn kernel_sources() -> &'static [(&'static str, &'static str)] {
+    embedded::KERNEL_SOURCES
 }
 
 /// Whether build.rs embedded the kernels.

@@ -4,10 +4,10 @@
 //! and then `adamw_step` reading that scale, with no host synchronisation in between; the norm is read
 //! back only when it is logged. (Compiled without a GPU here; checked by tests/cuda_parity.rs on one.)
 
-use super::runtime::{elementwise_grid, CudaDevice, DeviceMem};
+use super::runtime::{elementwise_grid, CudaDevice, DeviceMem, Kernel};
 use crate::optim::{AdamConfig, WeightDecay};
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaFunction, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Threads per block of the grad-norm kernels (GN_THREADS in kernels/grad_norm.cu).
 const GN_THREADS: u32 = 256;
@@ -25,10 +25,10 @@ pub fn grad_norm_blocks(n: usize) -> usize {
 
 pub struct CudaOptim<'d> {
     dev: &'d CudaDevice,
-    partial: CudaFunction,
-    finalize: CudaFunction,
-    adamw: CudaFunction,
-    adam_l2: CudaFunction,
+    partial: Kernel,
+    finalize: Kernel,
+    adamw: Kernel,
+    adam_l2: Kernel,
 }
 
 fn null_or<T>(m: Option<&dyn DeviceMem<T>>) -> u64 {

@@ -10,14 +10,14 @@
 //! from the cell-major batch (a device-side counting sort belongs with the GPU training step, which
 //! does not exist yet).
 
-use super::runtime::{CudaDevice, DeviceMem, KernelArg};
+use super::runtime::{CudaDevice, DeviceMem, KernelArg, Kernel, DevBuf};
 use crate::model::arch::PartialEncP;
 use crate::model::batch::SplBatch;
 use crate::model::ops::Mode;
 use crate::model::params::Params;
 use crate::model::rng::{streams, DropStream};
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Threads per block of the per-cell / per-junction kernels (PART_THREADS in kernels/partial.cu).
 pub const PART_THREADS: u32 = 128;
@@ -170,23 +170,23 @@ pub struct PartialBatchDev<'a> {
 /// Scratch of one step (sizes from [`PartialWork::alloc`]); the forward fills the fold, h(0) and the
 /// keep bits, the backward reads them.
 pub struct PartialWork {
-    pub fhat: CudaSlice<f32>,
-    pub fnorm: CudaSlice<f32>,
-    pub ut: CudaSlice<f32>,
-    pub ug: CudaSlice<f32>,
-    pub suu: CudaSlice<f64>,
-    pub sub: CudaSlice<f64>,
-    pub bt: CudaSlice<f32>,
-    pub bg: CudaSlice<f32>,
-    pub sbb: CudaSlice<f64>,
-    pub w4t: CudaSlice<f32>,
-    pub h0: CudaSlice<f32>,
-    pub keep: CudaSlice<u64>,
-    pub q: CudaSlice<f32>,
-    pub cj: CudaSlice<f64>,
-    pub du: CudaSlice<f32>,
-    pub slots: CudaSlice<f32>,
-    pub slot_d: CudaSlice<f64>,
+    pub fhat: DevBuf<f32>,
+    pub fnorm: DevBuf<f32>,
+    pub ut: DevBuf<f32>,
+    pub ug: DevBuf<f32>,
+    pub suu: DevBuf<f64>,
+    pub sub: DevBuf<f64>,
+    pub bt: DevBuf<f32>,
+    pub bg: DevBuf<f32>,
+    pub sbb: DevBuf<f64>,
+    pub w4t: DevBuf<f32>,
+    pub h0: DevBuf<f32>,
+    pub keep: DevBuf<u64>,
+    pub q: DevBuf<f32>,
+    pub cj: DevBuf<f64>,
+    pub du: DevBuf<f32>,
+    pub slots: DevBuf<f32>,
+    pub slot_d: DevBuf<f64>,
 }
 
 impl PartialWork {
@@ -242,13 +242,13 @@ pub struct PartialHost {
 
 pub struct CudaPartial<'d> {
     dev: &'d CudaDevice,
-    fold: CudaFunction,
-    ref_fwd: CudaFunction,
-    pool_fwd: CudaFunction,
-    pair_bwd: CudaFunction,
-    ref_bwd: CudaFunction,
-    unfold_rows: CudaFunction,
-    bwd_params: CudaFunction,
+    fold: Kernel,
+    ref_fwd: Kernel,
+    pool_fwd: Kernel,
+    pair_bwd: Kernel,
+    ref_bwd: Kernel,
+    unfold_rows: Kernel,
+    bwd_params: Kernel,
 }
 
 fn addr(m: Option<&dyn DeviceMem<f32>>) -> u64 {
@@ -486,7 +486,7 @@ impl<'d> CudaPartial<'d> {
         let mut w = PartialWork::alloc(dev, &s)?;
         let mut pool = dev.upload(&vec![f32::NAN; s.b * s.d])?;
         let sizes = [p.get(pe.emb).len(), p.get(pe.h0.w).len(), s.hh, s.hh, s.hh, s.d * s.hh, s.d, s.d, s.d];
-        let mut gbufs: Vec<CudaSlice<f32>> = sizes.iter().map(|&n| dev.zeros(n)).collect::<Result<_>>()?;
+        let mut gbufs: Vec<DevBuf<f32>> = sizes.iter().map(|&n| dev.zeros(n)).collect::<Result<_>>()?;
         self.forward(&s, &pd, &bd, &mut w, &mut pool)?;
         let dp = dev.upload(dpool)?;
         {

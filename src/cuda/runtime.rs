@@ -5,6 +5,7 @@
 //! with, and it would otherwise record events around every launch.
 //! (Written and compiled without a GPU; exercised by tests/cuda_parity.rs on a GPU machine.)
 
+use super::emu::{EmuFn, EmuKernels};
 use super::{cuda_usable, kernel_fatbins, DeviceInfo};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{
@@ -14,7 +15,7 @@ use cudarc::driver::{
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Device memory a kernel wrapper can take: an owned [`CudaSlice`] or an arena [`super::Region`].
+/// Device memory a kernel wrapper can take: an owned [`DevBuf`] or an arena [`super::Region`].
 pub trait DeviceMem<T> {
     /// Raw device address of the first element.
     fn device_address(&self) -> u64;
@@ -32,12 +33,107 @@ impl<T> DeviceMem<T> for CudaSlice<T> {
     }
 }
 
+/// Host memory standing in for device memory under the host emulation: one aligned allocation whose
+/// address the emulated kernels read and write (never through a Rust reference while a kernel runs:
+/// launches are synchronous there).
+pub struct HostMem<T> {
+    ptr: *mut T,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: plain memory; access is ordered by the (single, synchronous) emulated stream.
+unsafe impl<T: Send> Send for HostMem<T> {}
+unsafe impl<T: Sync> Sync for HostMem<T> {}
+
+/// Alignment of emulated allocations (the arena's region boundary, so regions keep their alignment).
+const HOST_ALIGN: usize = 256;
+
+impl<T: Copy> HostMem<T> {
+    fn zeroed(n: usize) -> Self {
+        let bytes = (n * std::mem::size_of::<T>()).max(HOST_ALIGN);
+        let layout = std::alloc::Layout::from_size_align(bytes, HOST_ALIGN.max(std::mem::align_of::<T>())).expect("host buffer layout");
+        // SAFETY: non-zero size; every T here (floats, integers, bf16) is valid as zero bits.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        HostMem { ptr, len: n, layout }
+    }
+}
+
+impl<T> Drop for HostMem<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr as *mut u8, self.layout) }
+    }
+}
+
+/// An owned device buffer: cudarc's on a GPU, aligned host memory under the host emulation.
+pub enum DevBuf<T> {
+    Driver(CudaSlice<T>),
+    Host(HostMem<T>),
+}
+
+impl<T> DevBuf<T> {
+    pub fn len(&self) -> usize {
+        match self {
+            DevBuf::Driver(s) => s.len(),
+            DevBuf::Host(h) => h.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> DeviceMem<T> for DevBuf<T> {
+    fn device_address(&self) -> u64 {
+        match self {
+            DevBuf::Driver(s) => s.device_address(),
+            DevBuf::Host(h) => h.ptr as u64,
+        }
+    }
+    fn elements(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A kernel entry point: a loaded CUDA function, or its host-emulated twin.
+#[derive(Clone)]
+pub struct Kernel {
+    name: String,
+    imp: KernelImpl,
+}
+
+#[derive(Clone)]
+enum KernelImpl {
+    Driver(CudaFunction),
+    Emu(EmuFn),
+}
+
+impl Kernel {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+enum Backend {
+    /// A CUDA context with one created stream and every embedded module loaded.
+    Driver { ctx: Arc<CudaContext>, stream: Arc<CudaStream>, modules: HashMap<&'static str, Arc<CudaModule>> },
+    /// The kernel sources compiled for the host against kernels/host_emu.h ([`super::emu`]): the same
+    /// launches, memory as host allocations, one launch at a time. For tests without a GPU.
+    Emu(&'static EmuKernels),
+}
+
 pub struct CudaDevice {
     info: DeviceInfo,
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    modules: HashMap<&'static str, Arc<CudaModule>>,
+    backend: Backend,
 }
+
+/// Emulated launches share the emulator's global state (kernels/host_emu.h): one at a time per process.
+static EMU_LAUNCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl CudaDevice {
     /// Opens device `ordinal`: checks that the kernels are embedded and can run there, creates the
@@ -63,55 +159,99 @@ impl CudaDevice {
                 .map_err(|e| anyhow!("loading kernels/{name}.cu's fatbin on cuda:{ordinal} ({}): {e:?}", info.name))?;
             modules.insert(name, module);
         }
-        Ok(CudaDevice { info, ctx, stream, modules })
+        Ok(CudaDevice { info, backend: Backend::Driver { ctx, stream, modules } })
+    }
+
+    /// The host emulation of the device ([`super::emu`]): every kernel file compiled by the host C++20
+    /// compiler (once per process, cached on disk). Err(reason) where no such compiler exists.
+    pub fn open_emulated() -> Result<Self, String> {
+        let k = super::emu::kernels()?;
+        Ok(CudaDevice { info: super::emu::device_info(), backend: Backend::Emu(k) })
+    }
+
+    /// Whether this is the host emulation rather than a GPU.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.backend, Backend::Emu(_))
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }
 
-    pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
+    /// The CUDA stream (None under the host emulation).
+    pub fn stream(&self) -> Option<&Arc<CudaStream>> {
+        match &self.backend {
+            Backend::Driver { stream, .. } => Some(stream),
+            Backend::Emu(_) => None,
+        }
     }
 
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    /// Free device memory in bytes, when the driver says.
+    pub fn free_memory(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Driver { ctx, .. } => ctx.mem_get_info().ok().map(|(f, _)| f),
+            Backend::Emu(_) => None,
+        }
     }
 
     /// Names of the loaded kernel modules (the kernels/*.cu file stems).
     pub fn module_names(&self) -> Vec<&'static str> {
-        let mut v: Vec<_> = self.modules.keys().copied().collect();
+        let mut v: Vec<_> = match &self.backend {
+            Backend::Driver { modules, .. } => modules.keys().copied().collect(),
+            Backend::Emu(k) => k.module_names(),
+        };
         v.sort();
         v
     }
 
     /// Kernel `function` of kernels/`module`.cu.
-    pub fn function(&self, module: &str, function: &str) -> Result<CudaFunction> {
-        let m = self.modules.get(module).with_context(|| format!("no kernel module `{module}` embedded (kernels/{module}.cu)"))?;
-        m.load_function(function).map_err(|e| anyhow!("kernel `{function}` not found in kernels/{module}.cu: {e:?}"))
+    pub fn function(&self, module: &str, function: &str) -> Result<Kernel> {
+        let imp = match &self.backend {
+            Backend::Driver { modules, .. } => {
+                let m = modules.get(module).with_context(|| format!("no kernel module `{module}` embedded (kernels/{module}.cu)"))?;
+                KernelImpl::Driver(m.load_function(function).map_err(|e| anyhow!("kernel `{function}` not found in kernels/{module}.cu: {e:?}"))?)
+            }
+            Backend::Emu(k) => KernelImpl::Emu(k.function(module, function)?),
+        };
+        Ok(Kernel { name: function.to_string(), imp })
     }
 
     /// Waits for all queued work; surfaces asynchronous kernel errors.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| anyhow!("CUDA stream synchronize on cuda:{}: {e:?}", self.info.ordinal))
+        match &self.backend {
+            Backend::Driver { stream, .. } => {
+                stream.synchronize().map_err(|e| anyhow!("CUDA stream synchronize on cuda:{}: {e:?}", self.info.ordinal))
+            }
+            Backend::Emu(_) => Ok(()),
+        }
     }
 
     /// Copies a host slice to a new device buffer.
-    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
-        self.stream.clone_htod(data).map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))
+    pub fn upload<T: DeviceRepr + Copy>(&self, data: &[T]) -> Result<DevBuf<T>> {
+        match &self.backend {
+            Backend::Driver { stream, .. } => Ok(DevBuf::Driver(
+                stream.clone_htod(data).map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))?,
+            )),
+            Backend::Emu(_) => {
+                let h = HostMem::zeroed(data.len());
+                // SAFETY: `h` holds data.len() elements.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), h.ptr, data.len()) };
+                Ok(DevBuf::Host(h))
+            }
+        }
     }
 
     /// Copies a host slice into an existing device buffer of the same length.
-    pub fn upload_into<T: DeviceRepr>(&self, data: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
+    pub fn upload_into<T: DeviceRepr + Copy>(&self, data: &[T], dst: &mut DevBuf<T>) -> Result<()> {
         if dst.len() != data.len() {
             bail!("host-to-device copy: {} elements into a buffer of {}", data.len(), dst.len());
         }
-        self.stream.memcpy_htod(data, dst).map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))
+        self.write(data, dst)
     }
 
     /// Copies a device buffer back (synchronises the stream).
-    pub fn download<T: DeviceRepr>(&self, src: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.stream.clone_dtoh(src).map_err(|e| anyhow!("device-to-host copy of {} elements: {e:?}", src.len()))
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, src: &DevBuf<T>) -> Result<Vec<T>> {
+        self.read(src)
     }
 
     /// Copies `data` into device memory `dst` (e.g. an arena region) of the same length; synchronises so
@@ -120,42 +260,120 @@ impl CudaDevice {
         if dst.elements() != data.len() {
             bail!("host-to-device copy: {} elements into device memory of {}", data.len(), dst.elements());
         }
-        // SAFETY: `dst` holds data.len() elements of T (checked) and stays alive (its lifetime or owner).
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst.device_address(), data, self.stream.cu_stream()) }
-            .map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))?;
-        self.synchronize()
+        match &self.backend {
+            Backend::Driver { stream, .. } => {
+                // SAFETY: `dst` holds data.len() elements of T (checked) and stays alive (its lifetime or owner).
+                unsafe { cudarc::driver::result::memcpy_htod_async(dst.device_address(), data, stream.cu_stream()) }
+                    .map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))?;
+                self.synchronize()
+            }
+            Backend::Emu(_) => {
+                // SAFETY: `dst` is emulated device memory (a host allocation) of data.len() elements.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst.device_address() as *mut T, data.len()) };
+                Ok(())
+            }
+        }
     }
 
     /// Copies device memory `src` (e.g. an arena region) to a new host vector (synchronises).
     pub fn read<T: DeviceRepr + Default + Clone>(&self, src: &dyn DeviceMem<T>) -> Result<Vec<T>> {
         let mut out = vec![T::default(); src.elements()];
-        // SAFETY: `src` holds out.len() elements of T.
-        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, src.device_address(), self.stream.cu_stream()) }
-            .map_err(|e| anyhow!("device-to-host copy of {} elements: {e:?}", out.len()))?;
-        self.synchronize()?;
+        match &self.backend {
+            Backend::Driver { stream, .. } => {
+                // SAFETY: `src` holds out.len() elements of T.
+                unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, src.device_address(), stream.cu_stream()) }
+                    .map_err(|e| anyhow!("device-to-host copy of {} elements: {e:?}", out.len()))?;
+                self.synchronize()?;
+            }
+            Backend::Emu(_) => {
+                // SAFETY: `src` is emulated device memory of out.len() elements.
+                unsafe { std::ptr::copy_nonoverlapping(src.device_address() as *const T, out.as_mut_ptr(), out.len()) };
+            }
+        }
         Ok(out)
     }
 
+    /// Copies `n` elements between device buffers (enqueued; `dst` and `src` must not overlap).
+    pub fn copy<T>(&self, src: &dyn DeviceMem<T>, dst: &mut dyn DeviceMem<T>, n: usize) -> Result<()> {
+        if n > src.elements() || n > dst.elements() {
+            bail!("device-to-device copy of {n} elements: source {}, destination {}", src.elements(), dst.elements());
+        }
+        let bytes = n * std::mem::size_of::<T>();
+        match &self.backend {
+            Backend::Driver { stream, .. } => {
+                // SAFETY: both hold at least n elements (checked).
+                unsafe { cudarc::driver::result::memcpy_dtod_async(dst.device_address(), src.device_address(), bytes, stream.cu_stream()) }
+                    .map_err(|e| anyhow!("device-to-device copy of {n} elements: {e:?}"))
+            }
+            Backend::Emu(_) => {
+                // SAFETY: both are host allocations of at least n elements.
+                unsafe { std::ptr::copy_nonoverlapping(src.device_address() as *const u8, dst.device_address() as *mut u8, bytes) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets `n` bytes at the start of `dst` to `byte` (enqueued).
+    pub fn memset<T>(&self, dst: &mut dyn DeviceMem<T>, byte: u8) -> Result<()> {
+        let bytes = dst.elements() * std::mem::size_of::<T>();
+        match &self.backend {
+            Backend::Driver { stream, .. } => {
+                // SAFETY: `dst` holds `bytes` bytes.
+                unsafe { cudarc::driver::result::memset_d8_async(dst.device_address(), byte, bytes, stream.cu_stream()) }
+                    .map_err(|e| anyhow!("memset of {bytes} bytes: {e:?}"))
+            }
+            Backend::Emu(_) => {
+                // SAFETY: a host allocation of `bytes` bytes.
+                unsafe { std::ptr::write_bytes(dst.device_address() as *mut u8, byte, bytes) };
+                Ok(())
+            }
+        }
+    }
+
     /// A zero-filled device buffer.
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
-        self.stream.alloc_zeros(n).map_err(|e| anyhow!("allocating {n} elements on cuda:{}: {e:?}", self.info.ordinal))
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits + Copy>(&self, n: usize) -> Result<DevBuf<T>> {
+        match &self.backend {
+            Backend::Driver { stream, .. } => Ok(DevBuf::Driver(
+                stream.alloc_zeros(n).map_err(|e| anyhow!("allocating {n} elements on cuda:{}: {e:?}", self.info.ordinal))?,
+            )),
+            Backend::Emu(_) => Ok(DevBuf::Host(HostMem::zeroed(n))),
+        }
     }
 
     /// Launches `f` with `args` pushed in order. The arguments must match the kernel's parameter list
     /// (the typed wrappers guarantee that).
-    pub(crate) fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> Result<()> {
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            a.push(&mut b);
+    pub(crate) fn launch(&self, f: &Kernel, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> Result<()> {
+        match &f.imp {
+            KernelImpl::Driver(func) => {
+                let Backend::Driver { stream, .. } = &self.backend else { bail!("kernel {} belongs to another device", f.name) };
+                let mut b = stream.launch_builder(func);
+                for a in args {
+                    a.push(&mut b);
+                }
+                // SAFETY: the wrapper that built `args` matches the kernel signature and keeps the buffers alive.
+                unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| anyhow!("kernel {} launch failed: {e:?}", f.name))
+            }
+            KernelImpl::Emu(func) => {
+                let (g, b) = (cfg.grid_dim, cfg.block_dim);
+                if g.1 != 1 || g.2 != 1 || b.1 != 1 || b.2 != 1 || b.0 % 32 != 0 || b.0 == 0 {
+                    bail!("kernel {}: the host emulation runs 1-D grids of whole warps only (grid {g:?}, block {b:?})", f.name);
+                }
+                let argv: Vec<*mut std::ffi::c_void> = args.iter().map(|a| a.value_ptr() as *mut std::ffi::c_void).collect();
+                let _one = EMU_LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
+                // SAFETY: the trampoline reads one value of each parameter's type from argv, in order; the
+                // wrapper guarantees the list matches and that the buffers live.
+                unsafe { func.call(g.0, b.0, cfg.shared_mem_bytes as usize, argv.as_ptr()) };
+                Ok(())
+            }
         }
-        // SAFETY: the wrapper that built `args` matches the kernel signature and keeps the buffers alive.
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(|e| anyhow!("kernel launch failed: {e:?}"))
     }
 }
 
 /// A scalar kernel argument (pushed by reference: cudarc copies the value at launch time).
 pub(crate) trait KernelArg {
     fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+    /// Address of the value (cuLaunchKernel's kernelParams entry; the host emulation's too).
+    fn value_ptr(&self) -> *const std::ffi::c_void;
 }
 
 macro_rules! kernel_arg {
@@ -163,6 +381,9 @@ macro_rules! kernel_arg {
         impl KernelArg for $t {
             fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
                 b.arg(self);
+            }
+            fn value_ptr(&self) -> *const std::ffi::c_void {
+                self as *const $t as *const std::ffi::c_void
             }
         }
     )*};

@@ -8,10 +8,10 @@
 //! The column-major copy of the minibatch the backward walks comes from [`Sparse::to_csc`] on the host
 //! (a device-side counting sort belongs with the GPU training step, which does not exist yet).
 
-use super::runtime::{elementwise_grid, CudaDevice, DeviceMem, KernelArg};
+use super::runtime::{elementwise_grid, CudaDevice, DeviceMem, KernelArg, Kernel};
 use crate::model::ops::Sparse;
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaFunction, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Threads per block (SPL_THREADS in kernels/sparse_linear.cu); one warp per row / column.
 pub const SPL_THREADS: u32 = 128;
@@ -27,9 +27,9 @@ pub struct SparseDev<'a> {
 
 pub struct CudaSparseLinear<'d> {
     dev: &'d CudaDevice,
-    transpose: CudaFunction,
-    fwd: CudaFunction,
-    bwd_w: CudaFunction,
+    transpose: Kernel,
+    fwd: Kernel,
+    bwd_w: Kernel,
 }
 
 fn warps(n: usize) -> LaunchConfig {

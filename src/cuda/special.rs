@@ -1,13 +1,13 @@
 //! Launch of kernels/special_test.cu: evaluates the device lgamma / digamma (kernels/special.cuh) over
 //! an array, for tests/special.rs to compare with an f64 reference. (Needs a GPU; compiled here without.)
 
-use super::runtime::{elementwise_grid, CudaDevice, DeviceMem};
+use super::runtime::{elementwise_grid, CudaDevice, DeviceMem, Kernel};
 use anyhow::{ensure, Result};
-use cudarc::driver::{CudaFunction, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 pub struct CudaSpecial<'d> {
     dev: &'d CudaDevice,
-    eval: CudaFunction,
+    eval: Kernel,
 }
 
 impl<'d> CudaSpecial<'d> {

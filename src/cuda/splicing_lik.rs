@@ -6,12 +6,12 @@
 //! sm_90 SASS + compute_80 PTX); tests/cuda_lik_parity.rs compares it with the CPU twin where a GPU
 //! exists and skips (printing `SKIPPED:`) elsewhere. There are no performance numbers for it.
 
-use super::runtime::{CudaDevice, DeviceMem, KernelArg};
+use super::runtime::{CudaDevice, DeviceMem, KernelArg, Kernel};
 use crate::model::batch::SplBatch;
 use crate::model::config::SplicingLoss;
 use crate::model::spl_lik::{AtseGroups, ConcIndex};
 use anyhow::{bail, ensure, Result};
-use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 /// Threads per block (SPL_THREADS in kernels/splicing_lik.cu).
 pub const SPL_THREADS: u32 = 128;
@@ -104,8 +104,8 @@ pub struct SplLikHost {
 
 pub struct CudaSplicingLik<'d> {
     dev: &'d CudaDevice,
-    f32_fn: CudaFunction,
-    bf16_fn: CudaFunction,
+    f32_fn: Kernel,
+    bf16_fn: Kernel,
 }
 
 fn addr<T>(m: Option<&dyn DeviceMem<T>>) -> u64 {

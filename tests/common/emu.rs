@@ -95,3 +95,25 @@ pub fn close(what: &str, case: &str, got: &[f32], want: &[f32], floor: f64) {
         assert!(g.is_finite() && (g - w).abs() <= tol, "{case}: {what}[{k}] = {g:e}, twin {w:e} (tolerance {tol:e})");
     }
 }
+
+/// The devices a wrapper-level parity test runs on, as candle's per-device test macros do: cuda:0 where
+/// a usable GPU exists, and always the host emulation of the device (src/cuda/emu.rs: the same
+/// wrappers and launches, the kernel sources compiled for the host). What is missing is reported as
+/// "SKIPPED: ..." (never silently); a usable GPU that fails to open is a failure.
+/// `SPLICEVI_TEST_EMU=0` leaves the emulation out (scripts/gpu-check.sh: GPU time is for the GPU).
+pub fn devices(test: &str) -> Vec<splicevi::cuda::CudaDevice> {
+    let mut v = Vec::new();
+    match splicevi::cuda::cuda_usable(0) {
+        Ok(_) => v.push(splicevi::cuda::CudaDevice::open(0).expect("cuda:0 is usable but could not be opened")),
+        Err(reason) => skipped(&format!("{test} on cuda:0: {reason}")),
+    }
+    if std::env::var("SPLICEVI_TEST_EMU").is_ok_and(|v| v == "0") {
+        skipped(&format!("{test} under the host emulation: SPLICEVI_TEST_EMU=0"));
+        return v;
+    }
+    match splicevi::cuda::CudaDevice::open_emulated() {
+        Ok(d) => v.push(d),
+        Err(reason) => skipped(&format!("{test} under the host emulation: {reason}")),
+    }
+    v
+}
