@@ -1,0 +1,116 @@
+// Small kernels that join the big ones in the CUDA training step (src/cuda/step.rs): strided column
+// copies (concatenating covariates, splitting a head's output, taking a gradient's first columns),
+// elementwise maps (exp, softplus, their chain-rule products), column sums (bias and dispersion
+// gradients), segmented sums and weighted row gathers over the minibatch's observed splicing entries
+// (the splicing output layer's gradients and the concentration gradient).
+// THESE KERNELS HAVE NEVER RUN ON A GPU: written and compiled without one; tests/cuda_glue_parity.rs
+// runs them under the host emulation (src/cuda/emu.rs) and on a GPU where one exists.
+//
+// CPU twins: splicevi::cuda::glue::twin (one function per kernel, the same loops in the same order).
+// Deterministic: no atomics; every output element is written by one thread (or one warp, whose lane
+// sums are combined in a fixed tree); sums over rows or entries run in order, in f64.
+#include <cstdint>
+#ifndef __CUDACC__
+#include "host_emu.h"
+#endif
+
+#define GLUE_THREADS 256
+
+namespace {
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// torch.nn.functional.softplus (threshold 20) and its derivative (1 above the threshold).
+__device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float softplus_gradf_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
+
+}  // namespace
+
+// dst[r, c] = alpha * src[r, c] (+ beta * dst[r, c] when beta != 0), r < rows, c < cols; row strides
+// ld_src, ld_dst (the caller offsets the pointers to the first column). With beta = 0 dst is not read.
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+glue_copy_cols(const float* __restrict__ src, long long ld_src, float* __restrict__ dst, long long ld_dst, int rows,
+               int cols, float alpha, float beta) {
+    const long long n = (long long)rows * cols;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n; t += (long long)gridDim.x * blockDim.x) {
+        const long long r = t / cols, c = t - r * cols;
+        const float v = alpha * src[r * ld_src + c];
+        float* d = dst + r * ld_dst + c;
+        *d = beta != 0.0f ? v + beta * *d : v;
+    }
+}
+
+// Elementwise y = f(x[, a]) over n entries:
+//   0 EXP            y = exp(x)
+//   1 SOFTPLUS_EPS   y = softplus(x) + eps
+//   2 MUL            y = x * a
+//   3 MUL_SOFTPLUS'  y = x * softplus'(a)
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+glue_map(int op, const float* __restrict__ x, const float* __restrict__ a, float* __restrict__ y, long long n, float eps) {
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n; t += (long long)gridDim.x * blockDim.x) {
+        const float v = x[t];
+        float r;
+        switch (op) {
+            case 0: r = expf(v); break;
+            case 1: r = softplusf_(v) + eps; break;
+            case 2: r = v * a[t]; break;
+            default: r = v * softplus_gradf_(a[t]); break;
+        }
+        y[t] = r;
+    }
+}
+
+// out[c] = alpha * Σ_r x[r * ld + c] (+ beta * out[c] when beta != 0): one thread per column, the rows in
+// order, in f64.
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+glue_col_sum(const float* __restrict__ x, long long ld, int rows, int cols, float alpha, float beta, float* __restrict__ out) {
+    const int c = blockIdx.x * GLUE_THREADS + threadIdx.x;
+    if (c >= cols) return;
+    double s = 0.0;
+    for (int r = 0; r < rows; ++r) s += (double)x[(long long)r * ld + c];
+    const float v = alpha * (float)s;
+    out[c] = beta != 0.0f ? v + beta * out[c] : v;
+}
+
+// Segmented sums: out[t] = alpha * f_t * Σ_{m = ptr[t]}^{ptr[t+1]-1} vals[ids[m]] (+ beta * out[t] when
+// beta != 0), f_t = softplus'(sg[t]) when sg is given, else 1 (ids null: ids[m] = m). One thread per
+// target, its entries in order, in f64.
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+glue_seg_sum(const int* __restrict__ ptr, const int* __restrict__ ids, const float* __restrict__ vals,
+             const float* __restrict__ sg, int n_targets, float alpha, float beta, float* __restrict__ out) {
+    const int t = blockIdx.x * GLUE_THREADS + threadIdx.x;
+    if (t >= n_targets) return;
+    double s = 0.0;
+    for (int m = ptr[t]; m < ptr[t + 1]; ++m) s += (double)vals[ids ? ids[m] : m];
+    float v = alpha * (float)s;
+    if (sg) v *= softplus_gradf_(sg[t]);
+    out[t] = beta != 0.0f ? v + beta * out[t] : v;
+}
+
+// Weighted row gathers: out[t, :] = alpha * Σ_{m = ptr[t]}^{ptr[t+1]-1} w[e] * src[rows_of[e], :]
+// (+ beta * out[t, :] when beta != 0), e = ids ? ids[m] : m, rows K wide. One warp per target; each
+// lane owns columns lane, lane + 32, ... and sums the entries in order in f64.
+//   d(decoder input) of the sparse splicing decode: t = cell, entries in CSR order, rows_of = junction,
+//   src = W (J × K); d W: t = junction, ids = the junction-major entry order, rows_of = cell, src = S.
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+glue_gather_rows(const int* __restrict__ ptr, const int* __restrict__ ids, const int* __restrict__ rows_of,
+                 const float* __restrict__ w, const float* __restrict__ src, int K, int n_targets, float alpha,
+                 float beta, float* __restrict__ out) {
+    const int t = blockIdx.x * (GLUE_THREADS / 32) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (t >= n_targets) return;
+    const int m0 = ptr[t], m1 = ptr[t + 1];
+    for (int c0 = 0; c0 < K; c0 += 32) {
+        const int c = c0 + lane;
+        double s = 0.0;
+        if (c < K) {
+            for (int m = m0; m < m1; ++m) {
+                const int e = ids ? ids[m] : m;
+                s += (double)w[e] * (double)src[(long long)rows_of[e] * K + c];
+            }
+            const float v = alpha * (float)s;
+            float* o = out + (long long)t * K + c;
+            *o = beta != 0.0f ? v + beta * *o : v;
+        }
+    }
+}

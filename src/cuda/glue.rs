@@ -1,0 +1,265 @@
+//! Typed launches of kernels/glue.cu, the small kernels between the big ones in the CUDA training step
+//! (strided column copies, elementwise maps, column sums, segmented sums, weighted row gathers), and
+//! their CPU twins ([`twin`]: the same loops in the same order).
+//!
+//! **Never run on a GPU yet**: tests/cuda_glue_parity.rs checks every launch against its twin under the
+//! host emulation (src/cuda/emu.rs) and on a GPU where one exists.
+
+use super::runtime::{elementwise_grid, CudaDevice, DeviceMem, Kernel, KernelArg};
+use anyhow::{ensure, Result};
+use cudarc::driver::LaunchConfig;
+
+/// Threads per block (GLUE_THREADS in kernels/glue.cu).
+pub const GLUE_THREADS: u32 = 256;
+const GLUE_WARPS: usize = GLUE_THREADS as usize / 32;
+
+/// The elementwise maps of `glue_map`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MapOp {
+    /// y = exp(x)
+    Exp,
+    /// y = softplus(x) + eps
+    SoftplusEps(f32),
+    /// y = x · a
+    Mul,
+    /// y = x · softplus'(a)
+    MulSoftplusGrad,
+}
+
+impl MapOp {
+    fn code(self) -> (i32, f32) {
+        match self {
+            MapOp::Exp => (0, 0.0),
+            MapOp::SoftplusEps(e) => (1, e),
+            MapOp::Mul => (2, 0.0),
+            MapOp::MulSoftplusGrad => (3, 0.0),
+        }
+    }
+    fn needs_a(self) -> bool {
+        matches!(self, MapOp::Mul | MapOp::MulSoftplusGrad)
+    }
+}
+
+/// A strided window of a row-major f32 matrix: `rows` × `cols` from element `offset`, row stride `ld`.
+#[derive(Clone, Copy)]
+pub struct Cols<'a> {
+    pub mem: &'a dyn DeviceMem<f32>,
+    pub offset: usize,
+    pub ld: usize,
+}
+
+impl<'a> Cols<'a> {
+    /// The whole of a `cols`-wide matrix.
+    pub fn all(mem: &'a dyn DeviceMem<f32>, cols: usize) -> Self {
+        Cols { mem, offset: 0, ld: cols }
+    }
+    /// Columns from `c0` of a `ld`-wide matrix.
+    pub fn from(mem: &'a dyn DeviceMem<f32>, ld: usize, c0: usize) -> Self {
+        Cols { mem, offset: c0, ld }
+    }
+    fn check(&self, rows: usize, cols: usize, what: &str) -> Result<u64> {
+        ensure!(self.offset + cols <= self.ld || rows == 0, "glue: {what}: columns {}..{} exceed the row stride {}", self.offset, self.offset + cols, self.ld);
+        if rows > 0 && cols > 0 {
+            let need = (rows - 1) * self.ld + self.offset + cols;
+            ensure!(self.mem.elements() >= need, "glue: {what} holds {} elements, {rows} × {cols} at stride {} needs {need}", self.mem.elements(), self.ld);
+        }
+        Ok(self.mem.device_address() + (self.offset * 4) as u64)
+    }
+}
+
+pub struct CudaGlue<'d> {
+    dev: &'d CudaDevice,
+    copy_cols: Kernel,
+    map: Kernel,
+    col_sum: Kernel,
+    seg_sum: Kernel,
+    gather_rows: Kernel,
+}
+
+fn grid_cfg(dev: &CudaDevice, n: usize) -> LaunchConfig {
+    let grid = elementwise_grid(n, GLUE_THREADS, dev.info().multiprocessors);
+    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (GLUE_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn per_thread(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(GLUE_THREADS as usize).max(1) as u32, 1, 1), block_dim: (GLUE_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn opt_addr<T>(m: Option<&dyn DeviceMem<T>>) -> u64 {
+    m.map(|m| m.device_address()).unwrap_or(0)
+}
+
+impl<'d> CudaGlue<'d> {
+    pub fn new(dev: &'d CudaDevice) -> Result<Self> {
+        let f = |n: &str| dev.function("glue", n);
+        Ok(CudaGlue {
+            dev,
+            copy_cols: f("glue_copy_cols")?,
+            map: f("glue_map")?,
+            col_sum: f("glue_col_sum")?,
+            seg_sum: f("glue_seg_sum")?,
+            gather_rows: f("glue_gather_rows")?,
+        })
+    }
+
+    /// dst = α·src (+ β·dst when β ≠ 0) over `rows` × `cols`.
+    pub fn copy_cols(&self, src: Cols<'_>, dst: Cols<'_>, rows: usize, cols: usize, alpha: f32, beta: f32) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_copy_cols");
+        let (s, d) = (src.check(rows, cols, "copy source")?, dst.check(rows, cols, "copy destination")?);
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        ensure!(rows <= i32::MAX as usize && cols <= i32::MAX as usize, "glue: copy of {rows} × {cols} out of range");
+        let args: [&dyn KernelArg; 8] = [&s, &(src.ld as i64), &d, &(dst.ld as i64), &(rows as i32), &(cols as i32), &alpha, &beta];
+        self.dev.launch(&self.copy_cols, grid_cfg(self.dev, rows * cols), &args)
+    }
+
+    /// y = op(x[, a]) over all of `y` (x and a at least as long).
+    pub fn map(&self, op: MapOp, x: &dyn DeviceMem<f32>, a: Option<&dyn DeviceMem<f32>>, y: &mut dyn DeviceMem<f32>) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_map");
+        let n = y.elements();
+        ensure!(x.elements() >= n, "glue map: x has {} elements for {n}", x.elements());
+        if op.needs_a() {
+            ensure!(a.is_some_and(|a| a.elements() >= n), "glue map: {op:?} needs a second operand of {n} elements");
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (code, eps) = op.code();
+        let args: [&dyn KernelArg; 6] = [&code, &x.device_address(), &opt_addr(a), &y.device_address(), &(n as i64), &eps];
+        self.dev.launch(&self.map, grid_cfg(self.dev, n), &args)
+    }
+
+    /// out[c] = α Σ_r x[r, c] (+ β out[c]) for the `rows` × `cols` window `x`.
+    pub fn col_sum(&self, x: Cols<'_>, rows: usize, cols: usize, alpha: f32, beta: f32, out: &mut dyn DeviceMem<f32>) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_col_sum");
+        let xa = x.check(rows, cols, "column-sum input")?;
+        ensure!(out.elements() >= cols, "glue col_sum: out has {} elements for {cols}", out.elements());
+        if cols == 0 {
+            return Ok(());
+        }
+        let args: [&dyn KernelArg; 7] = [&xa, &(x.ld as i64), &(rows as i32), &(cols as i32), &alpha, &beta, &out.device_address()];
+        self.dev.launch(&self.col_sum, per_thread(cols), &args)
+    }
+
+    /// out[t] = α f_t Σ_{m ∈ ptr[t]..ptr[t+1]} vals[ids[m]] (+ β out[t]); f_t = softplus'(sg[t]) or 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seg_sum(
+        &self,
+        ptr: &dyn DeviceMem<i32>,
+        ids: Option<&dyn DeviceMem<i32>>,
+        vals: &dyn DeviceMem<f32>,
+        sg: Option<&dyn DeviceMem<f32>>,
+        alpha: f32,
+        beta: f32,
+        out: &mut dyn DeviceMem<f32>,
+    ) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_seg_sum");
+        let t = ptr.elements().saturating_sub(1);
+        ensure!(out.elements() >= t && sg.is_none_or(|s| s.elements() >= t), "glue seg_sum: {t} targets, out {} elements", out.elements());
+        if t == 0 {
+            return Ok(());
+        }
+        let args: [&dyn KernelArg; 8] =
+            [&ptr.device_address(), &opt_addr(ids), &vals.device_address(), &opt_addr(sg), &(t as i32), &alpha, &beta, &out.device_address()];
+        self.dev.launch(&self.seg_sum, per_thread(t), &args)
+    }
+
+    /// out[t, :] = α Σ_{m ∈ ptr[t]..ptr[t+1]} w[e] src[rows_of[e], :] (+ β out[t, :]), e = ids[m] or m.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_rows(
+        &self,
+        ptr: &dyn DeviceMem<i32>,
+        ids: Option<&dyn DeviceMem<i32>>,
+        rows_of: &dyn DeviceMem<i32>,
+        w: &dyn DeviceMem<f32>,
+        src: &dyn DeviceMem<f32>,
+        k: usize,
+        alpha: f32,
+        beta: f32,
+        out: &mut dyn DeviceMem<f32>,
+    ) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_gather_rows");
+        let t = ptr.elements().saturating_sub(1);
+        ensure!(out.elements() >= t * k, "glue gather_rows: out has {} elements for {t} × {k}", out.elements());
+        ensure!(k >= 1 && k <= i32::MAX as usize && src.elements() % k == 0, "glue gather_rows: src of {} elements is not rows of {k}", src.elements());
+        if t == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig { grid_dim: (t.div_ceil(GLUE_WARPS) as u32, 1, 1), block_dim: (GLUE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let args: [&dyn KernelArg; 10] = [
+            &ptr.device_address(),
+            &opt_addr(ids),
+            &rows_of.device_address(),
+            &w.device_address(),
+            &src.device_address(),
+            &(k as i32),
+            &(t as i32),
+            &alpha,
+            &beta,
+            &out.device_address(),
+        ];
+        self.dev.launch(&self.gather_rows, cfg, &args)
+    }
+}
+
+/// The CPU twins of kernels/glue.cu, on host slices (offsets and strides as the launches take them).
+pub mod twin {
+    use crate::model::real::{softplus, softplus_grad};
+
+    pub fn copy_cols(src: &[f32], s_off: usize, ld_src: usize, dst: &mut [f32], d_off: usize, ld_dst: usize, rows: usize, cols: usize, alpha: f32, beta: f32) {
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = alpha * src[s_off + r * ld_src + c];
+                let d = &mut dst[d_off + r * ld_dst + c];
+                *d = if beta != 0.0 { v + beta * *d } else { v };
+            }
+        }
+    }
+
+    pub fn map(op: super::MapOp, x: &[f32], a: &[f32], y: &mut [f32]) {
+        for t in 0..y.len() {
+            y[t] = match op {
+                super::MapOp::Exp => x[t].exp(),
+                super::MapOp::SoftplusEps(e) => softplus(x[t]) + e,
+                super::MapOp::Mul => x[t] * a[t],
+                super::MapOp::MulSoftplusGrad => x[t] * softplus_grad(a[t]),
+            };
+        }
+    }
+
+    pub fn col_sum(x: &[f32], off: usize, ld: usize, rows: usize, cols: usize, alpha: f32, beta: f32, out: &mut [f32]) {
+        for c in 0..cols {
+            let s: f64 = (0..rows).map(|r| x[off + r * ld + c] as f64).sum();
+            let v = alpha * s as f32;
+            out[c] = if beta != 0.0 { v + beta * out[c] } else { v };
+        }
+    }
+
+    pub fn seg_sum(ptr: &[i32], ids: Option<&[i32]>, vals: &[f32], sg: Option<&[f32]>, alpha: f32, beta: f32, out: &mut [f32]) {
+        for t in 0..ptr.len().saturating_sub(1) {
+            let s: f64 = (ptr[t]..ptr[t + 1]).map(|m| vals[ids.map_or(m, |i| i[m as usize]) as usize] as f64).sum();
+            let mut v = alpha * s as f32;
+            if let Some(sg) = sg {
+                v *= softplus_grad(sg[t]);
+            }
+            out[t] = if beta != 0.0 { v + beta * out[t] } else { v };
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_rows(ptr: &[i32], ids: Option<&[i32]>, rows_of: &[i32], w: &[f32], src: &[f32], k: usize, alpha: f32, beta: f32, out: &mut [f32]) {
+        for t in 0..ptr.len().saturating_sub(1) {
+            for c in 0..k {
+                let mut s = 0f64;
+                for m in ptr[t]..ptr[t + 1] {
+                    let e = ids.map_or(m, |i| i[m as usize]) as usize;
+                    s += w[e] as f64 * src[rows_of[e] as usize * k + c] as f64;
+                }
+                let v = alpha * s as f32;
+                let o = &mut out[t * k + c];
+                *o = if beta != 0.0 { v + beta * *o } else { v };
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! kernels/glue.cu against its CPU twins (splicevi::cuda::glue::twin) on fresh random inputs, outputs
+//! poisoned with NaN first (or random where the launch accumulates), on every device
+//! (`emu::devices`: cuda:0 where usable, always the host emulation).
+//! Tolerance (f32): 1e-5 relative + 1e-6 × the output's scale (device expf/log1pf differ from the
+//! host's by a few ulps; sums run in f64 on both sides).
+
+#[path = "common/emu.rs"]
+mod emu;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use splicevi::cuda::glue::{twin, Cols, MapOp};
+use splicevi::cuda::{CudaDevice, CudaGlue};
+
+fn rand_vec(r: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(lo..hi)).collect()
+}
+
+fn check(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-30f64, |a, &v| a.max((v as f64).abs()));
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = 1e-5 * (w as f64).abs() + 1e-6 * scale;
+        assert!(g.is_finite() && ((g - w) as f64).abs() <= tol, "{what}[{k}] = {g:e}, twin {w:e} (tolerance {tol:e})");
+    }
+}
+
+/// A random CSR over `t` targets with up to `per` entries each (some empty), and a permutation of the
+/// entries as `ids`.
+fn segments(r: &mut ChaCha8Rng, t: usize, per: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut ptr = vec![0i32];
+    for _ in 0..t {
+        let n = if r.gen_bool(0.2) { 0 } else { r.gen_range(0..=per) };
+        ptr.push(ptr.last().unwrap() + n as i32);
+    }
+    let m = *ptr.last().unwrap() as usize;
+    let mut ids: Vec<i32> = (0..m as i32).collect();
+    for i in (1..m).rev() {
+        ids.swap(i, r.gen_range(0..=i));
+    }
+    (ptr, ids)
+}
+
+fn glue_on(dev: &CudaDevice) {
+    let g = CudaGlue::new(dev).unwrap();
+    let mut r = ChaCha8Rng::seed_from_u64(11);
+    // copy_cols: a 7-column window of a 13-wide source into columns 3.. of a 12-wide destination.
+    for beta in [0.0f32, 0.5] {
+        let (rows, cols) = (37, 7);
+        let src = rand_vec(&mut r, rows * 13, -2.0, 2.0);
+        let dst0 = if beta == 0.0 { vec![f32::NAN; rows * 12] } else { rand_vec(&mut r, rows * 12, -1.0, 1.0) };
+        let (s, mut d) = (dev.upload(&src).unwrap(), dev.upload(&dst0).unwrap());
+        g.copy_cols(Cols::from(&s, 13, 4), Cols::from(&d, 12, 3), rows, cols, -1.5, beta).unwrap();
+        let got = dev.download(&d).unwrap();
+        let mut want = dst0.clone();
+        twin::copy_cols(&src, 4, 13, &mut want, 3, 12, rows, cols, -1.5, beta);
+        // Columns outside the window are untouched (NaN stays NaN): compare the window only.
+        let pick = |v: &[f32]| (0..rows).flat_map(|i| v[i * 12 + 3..i * 12 + 10].to_vec()).collect::<Vec<f32>>();
+        check(&format!("copy_cols beta {beta}"), &pick(&got), &pick(&want));
+        let outside = (0..rows).all(|i| (0..12).filter(|c| !(3..10).contains(c)).all(|c| got[i * 12 + c].to_bits() == dst0[i * 12 + c].to_bits()));
+        assert!(outside, "copy_cols wrote outside its window");
+        let _ = &mut d;
+    }
+    // map: every op, including softplus past its threshold.
+    for op in [MapOp::Exp, MapOp::SoftplusEps(1e-4), MapOp::Mul, MapOp::MulSoftplusGrad] {
+        let n = 1000;
+        let x = rand_vec(&mut r, n, -25.0, 25.0);
+        let a = rand_vec(&mut r, n, -25.0, 25.0);
+        let x = if op == MapOp::Exp { x.iter().map(|v| v / 3.0).collect() } else { x };
+        let (xd, ad, mut yd) = (dev.upload(&x).unwrap(), dev.upload(&a).unwrap(), dev.upload(&vec![f32::NAN; n]).unwrap());
+        g.map(op, &xd, Some(&ad), &mut yd).unwrap();
+        let mut want = vec![0f32; n];
+        twin::map(op, &x, &a, &mut want);
+        check(&format!("map {op:?}"), &dev.download(&yd).unwrap(), &want);
+    }
+    // col_sum over a window, overwrite and accumulate.
+    for beta in [0.0f32, 1.0] {
+        let (rows, cols) = (53, 300);
+        let x = rand_vec(&mut r, rows * 310, -1.0, 1.0);
+        let o0 = if beta == 0.0 { vec![f32::NAN; cols] } else { rand_vec(&mut r, cols, -1.0, 1.0) };
+        let (xd, mut od) = (dev.upload(&x).unwrap(), dev.upload(&o0).unwrap());
+        g.col_sum(Cols::from(&xd, 310, 5), rows, cols, 0.25, beta, &mut od).unwrap();
+        let mut want = o0.clone();
+        twin::col_sum(&x, 5, 310, rows, cols, 0.25, beta, &mut want);
+        check(&format!("col_sum beta {beta}"), &dev.download(&od).unwrap(), &want);
+    }
+    // seg_sum with and without ids and the softplus' factor.
+    for (with_ids, with_sg, beta) in [(false, false, 0.0f32), (true, true, 0.0), (true, false, 1.0)] {
+        let t = 300;
+        let (ptr, ids) = segments(&mut r, t, 9);
+        let m = *ptr.last().unwrap() as usize;
+        let vals = rand_vec(&mut r, m.max(1), -1.0, 1.0);
+        let sg = rand_vec(&mut r, t, -30.0, 30.0);
+        let o0 = if beta == 0.0 { vec![f32::NAN; t] } else { rand_vec(&mut r, t, -1.0, 1.0) };
+        let (pd, idd, vd, sgd, mut od) =
+            (dev.upload(&ptr).unwrap(), dev.upload(&ids).unwrap(), dev.upload(&vals).unwrap(), dev.upload(&sg).unwrap(), dev.upload(&o0).unwrap());
+        g.seg_sum(&pd, with_ids.then_some(&idd as _), &vd, with_sg.then_some(&sgd as _), 0.7, beta, &mut od).unwrap();
+        let mut want = o0.clone();
+        twin::seg_sum(&ptr, with_ids.then_some(&ids[..]), &vals, with_sg.then_some(&sg[..]), 0.7, beta, &mut want);
+        check(&format!("seg_sum ids {with_ids} sg {with_sg} beta {beta}"), &dev.download(&od).unwrap(), &want);
+    }
+    // gather_rows: K below, at and above a warp's width.
+    for (k, with_ids, beta) in [(5usize, false, 0.0f32), (32, true, 0.0), (70, true, 1.0)] {
+        let (t, n_src) = (41, 29);
+        let (ptr, ids) = segments(&mut r, t, 7);
+        let m = *ptr.last().unwrap() as usize;
+        let rows_of: Vec<i32> = (0..m.max(1)).map(|_| r.gen_range(0..n_src as i32)).collect();
+        let w = rand_vec(&mut r, m.max(1), -1.0, 1.0);
+        let src = rand_vec(&mut r, n_src * k, -2.0, 2.0);
+        let o0 = if beta == 0.0 { vec![f32::NAN; t * k] } else { rand_vec(&mut r, t * k, -1.0, 1.0) };
+        let up = |v: &[i32]| dev.upload(v).unwrap();
+        let (pd, idd, rd) = (up(&ptr), up(&ids), up(&rows_of));
+        let (wd, sd, mut od) = (dev.upload(&w).unwrap(), dev.upload(&src).unwrap(), dev.upload(&o0).unwrap());
+        g.gather_rows(&pd, with_ids.then_some(&idd as _), &rd, &wd, &sd, k, 0.5, beta, &mut od).unwrap();
+        let mut want = o0.clone();
+        twin::gather_rows(&ptr, with_ids.then_some(&ids[..]), &rows_of, &w, &src, k, 0.5, beta, &mut want);
+        check(&format!("gather_rows K {k} ids {with_ids} beta {beta}"), &dev.download(&od).unwrap(), &want);
+    }
+}
+
+#[test]
+fn device_glue_matches_twin() {
+    for dev in emu::devices("glue kernels vs cuda::glue::twin") {
+        glue_on(&dev);
+    }
+}
