@@ -87,6 +87,89 @@ impl<'d> CudaDenseEpilogue<'d> {
         LaunchConfig { grid_dim: (h.div_ceil(EPI_THREADS as usize) as u32, 1, 1), block_dim: (EPI_THREADS, 1, 1), shared_mem_bytes: 0 }
     }
 
+    /// Enqueues the forward of a block without BatchNorm: out = dropout(act(LN?(y0 + bias))), with the
+    /// activation's input `pre_act` (B × H) and the LayerNorm's 1/std per row `ln_inv` (B) kept for
+    /// the backward. (BatchNorm needs the statistics launch and the running-stat buffers: see
+    /// [`Self::run_host`]; the training step does not wire it yet.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        e: &Epilogue,
+        b: usize,
+        h: usize,
+        y0: &dyn DeviceMem<f32>,
+        bias: &dyn DeviceMem<f32>,
+        out: &mut dyn DeviceMem<f32>,
+        pre_act: &mut dyn DeviceMem<f32>,
+        ln_inv: &mut dyn DeviceMem<f32>,
+    ) -> Result<()> {
+        let _r = crate::nvtx_range!("dense_epilogue_fwd");
+        ensure!(e.bn == BnMode::None, "dense epilogue: the device forward without the statistics launch takes no BatchNorm");
+        ensure!(b >= 1 && h >= 1 && b <= i32::MAX as usize && h <= i32::MAX as usize, "dense epilogue: B = {b}, H = {h} out of range");
+        for (n, m) in [("y0", y0.elements()), ("out", out.elements()), ("pre_act", pre_act.elements())] {
+            ensure!(m >= b * h, "dense epilogue: {n} has {m} entries for {b} × {h}");
+        }
+        ensure!(bias.elements() >= h && ln_inv.elements() >= b, "dense epilogue: bias needs {h} entries and ln_inv {b}");
+        let (bi, hi) = (b as i32, h as i32);
+        let (key, thr, scale, drop) = dropout_args(e);
+        let none = 0u64;
+        let args: [&dyn KernelArg; 18] = [
+            &y0.device_address(),
+            &bias.device_address(),
+            &bi,
+            &hi,
+            &bn_code(e.bn),
+            &none,
+            &none,
+            &none,
+            &none,
+            &(e.ln as i32),
+            &act_code(e.act),
+            &key,
+            &thr,
+            &scale,
+            &drop,
+            &out.device_address(),
+            &pre_act.device_address(),
+            &ln_inv.device_address(),
+        ];
+        self.dev.launch(&self.fwd, Self::rows_cfg(b), &args)
+    }
+
+    /// Enqueues the backward of [`Self::forward`]: from d(out) to d(y0) and d(bias) (overwritten),
+    /// through the scratch `g` (B × H).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        e: &Epilogue,
+        b: usize,
+        h: usize,
+        dout: &dyn DeviceMem<f32>,
+        pre_act: &dyn DeviceMem<f32>,
+        ln_inv: &dyn DeviceMem<f32>,
+        y0: &dyn DeviceMem<f32>,
+        bias: &dyn DeviceMem<f32>,
+        g: &mut dyn DeviceMem<f32>,
+        dy0: &mut dyn DeviceMem<f32>,
+        d_bias: &mut dyn DeviceMem<f32>,
+    ) -> Result<()> {
+        let _r = crate::nvtx_range!("dense_epilogue_bwd");
+        ensure!(e.bn == BnMode::None, "dense epilogue: the device backward takes no BatchNorm");
+        for (n, m) in [("dout", dout.elements()), ("pre_act", pre_act.elements()), ("g", g.elements()), ("dy0", dy0.elements())] {
+            ensure!(m >= b * h, "dense epilogue: {n} has {m} entries for {b} × {h}");
+        }
+        ensure!(d_bias.elements() >= h && ln_inv.elements() >= b, "dense epilogue: d_bias needs {h} entries and ln_inv {b}");
+        let (bi, hi) = (b as i32, h as i32);
+        let (key, thr, scale, drop) = dropout_args(e);
+        let a = |m: &dyn DeviceMem<f32>| m.device_address();
+        let args: [&dyn KernelArg; 12] = [&a(dout), &a(pre_act), &a(ln_inv), &bi, &hi, &(e.ln as i32), &act_code(e.act), &key, &thr, &scale, &drop, &g.device_address()];
+        self.dev.launch(&self.bwd_rows, Self::rows_cfg(b), &args)?;
+        let none = 0u64;
+        let args: [&dyn KernelArg; 13] =
+            [&g.device_address(), &a(y0), &a(bias), &bi, &hi, &bn_code(e.bn), &none, &none, &none, &dy0.device_address(), &d_bias.device_address(), &none, &none];
+        self.dev.launch(&self.bwd_cols, Self::cols_cfg(h), &args)
+    }
+
     /// Uploads, poisons every output with NaN, runs the forward (stats, epilogue) and the backward
     /// (rows, columns), copies back. For the parity tests; a training step would enqueue the same four
     /// launches on arena buffers between its GEMMs.

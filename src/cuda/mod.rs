@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod sparse_linear;
 pub mod special;
 pub mod splicing_lik;
+pub mod step;
 
 pub use arena::{ArenaPlan, DeviceArena, Region};
 pub use optim::CudaOptim;

@@ -236,8 +236,10 @@ pub struct SpliceVae {
     pub atse_junc: Vec<u32>,
 }
 
-const LIB_EPS: f64 = 1e-6;
-const PARTIAL_VAR_EPS: f64 = 1e-6;
+/// ℓ = ln(s + LIB_EPS) with size factors.
+pub const LIB_EPS: f64 = 1e-6;
+/// The partial encoder's variance: softplus(raw) + PARTIAL_VAR_EPS.
+pub const PARTIAL_VAR_EPS: f64 = 1e-6;
 
 impl SpliceVae {
     /// Build the model. `junc2atse[j]` is junction j's ATSE index (sorted unique event ids); required
@@ -1455,7 +1457,7 @@ pub struct DenseDecode<T> {
 
 /// Expression encoder input values (`expression_input`): raw counts, log1p, or log1p of the counts
 /// scaled to 10⁴ per cell. Data only (no gradient flows into it).
-fn expression_input_values<'a>(kind: ExpressionInput, indptr: &[usize], values: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+pub(crate) fn expression_input_values<'a>(kind: ExpressionInput, indptr: &[usize], values: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
     match kind {
         ExpressionInput::Raw => std::borrow::Cow::Borrowed(values),
         ExpressionInput::Log1p => std::borrow::Cow::Owned(values.iter().map(|&v| v.ln_1p()).collect()),

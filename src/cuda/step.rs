@@ -1,0 +1,930 @@
+//! The model's forward and backward on the CUDA backend: one minibatch through the kernels of
+//! kernels/*.cu (sparse first layers, cuBLAS GEMMs with the fused FCLayers epilogue, the partial
+//! encoder, the latent step, the fused likelihood kernels, the glue kernels), leaving the loss terms
+//! and the gradient of every trainable parameter in one flat device buffer laid out as
+//! [`crate::model::Params`] (so the optimizer kernels and checkpoints use it as is).
+//!
+//! It mirrors [`SpliceVae::forward`] and [`SpliceVae::backward`] op for op; tests/cuda_step.rs checks
+//! the loss terms and every gradient against them, under the host emulation (src/cuda/emu.rs) and on a
+//! GPU where one exists. **It has never run on a GPU.**
+//!
+//! Not built yet (each is a clear error from [`unsupported`], never a silent difference): BatchNorm,
+//! the library-size encoder (`use_size_factor_key = false`), `encode_covariates`, continuous
+//! covariates, dispersions other than `gene`, the `concatenate` / `universal` / `cell` modality weights,
+//! the MMD-RBF penalty, the log-normal latent, the splicing decoder priors, bf16 storage. The minibatch
+//! is gathered on the host and copied per step, and step buffers are allocated per step (the arena and
+//! device-resident data are the next steps of issue 4).
+
+use super::dense_epilogue::CudaDenseEpilogue;
+use super::expr_lik::{CudaExprLik, ExprLikInputs, ExprLikOutputs};
+use super::gemm::{CudaGemm, GemmPrecision, Operand};
+use super::glue::{Cols, CudaGlue, MapOp};
+use super::latent::{penalty_scale, CudaLatent, LatentDevFwd, LatentDevGrads, LatentDevIn, LatentShape};
+use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
+use super::runtime::{CudaDevice, DevBuf, DeviceMem};
+use super::sparse_linear::{CudaSparseLinear, SparseDev};
+use super::splicing_lik::{CudaSplicingLik, DevGroups, SplLikInputs, SplLikOutputs};
+use crate::model::arch::{ExprDecP, FcLayers, LinearP, SplDecP, SplEncP};
+use crate::model::config::*;
+use crate::model::dense_epilogue::{BnMode, Epilogue};
+use crate::model::expr_lik::ScaleAct;
+use crate::model::latent_step::Mix;
+use crate::model::ops::{Cov, Mode, Sparse};
+use crate::model::rng::{self, DropStream};
+use crate::model::spl_lik::{AtseGroups, ConcIndex};
+use crate::model::tensor::Mat;
+use crate::model::vae::{expression_input_values, LIB_EPS, PARTIAL_VAR_EPS};
+use crate::model::{Batch, Grads, Noise, Params, SpliceVae, StepOptions};
+use anyhow::{bail, ensure, Context, Result};
+
+/// Why the CUDA step cannot run this configuration, or None.
+pub fn unsupported(cfg: &ModelConfig, dims: &Dims) -> Option<String> {
+    let why = if cfg.use_batch_norm != NormPlacement::None {
+        "BatchNorm (use_batch_norm)"
+    } else if !cfg.use_size_factor_key {
+        "the library-size encoder (use_size_factor_key = false)"
+    } else if cfg.encode_covariates {
+        "encode_covariates"
+    } else if dims.n_cont > 0 {
+        "continuous covariates"
+    } else if cfg.dispersion != Dispersion::Gene {
+        "dispersions other than `gene`"
+    } else if !matches!(cfg.modality_weights, ModalityWeights::Equal | ModalityWeights::PerDimensionWeightedAverage) {
+        "modality weights other than `equal` and `per_dimension_weighted_average`"
+    } else if cfg.modality_penalty == ModalityPenalty::MmdRbf {
+        "the MMD-RBF penalty"
+    } else if cfg.latent_distribution != LatentDistribution::Normal {
+        "the log-normal latent"
+    } else if cfg.splicing_decoder_prior != 0.0 || cfg.splicing_decoder_effect_prior != 0.0 {
+        "the splicing decoder priors"
+    } else if cfg.expression_input == ExpressionInput::Log1pNormalized {
+        "expression_input = log1p_normalized"
+    } else {
+        return None;
+    };
+    Some(format!("the CUDA training step does not implement {why} yet; use --device cpu"))
+}
+
+/// A window of device memory (a parameter or gradient entry, or part of a buffer).
+#[derive(Clone, Copy, Debug)]
+struct View {
+    addr: u64,
+    len: usize,
+}
+
+impl DeviceMem<f32> for View {
+    fn device_address(&self) -> u64 {
+        self.addr
+    }
+    fn elements(&self) -> usize {
+        self.len
+    }
+}
+
+fn view(m: &dyn DeviceMem<f32>) -> View {
+    View { addr: m.device_address(), len: m.elements() }
+}
+
+/// What one FCLayers block kept for its backward.
+struct BlockTape {
+    /// The block's dense input [main | covariates] (None: the sparse first layer).
+    x: Option<DevBuf<f32>>,
+    n_in: usize,
+    n_main: usize,
+    n_out: usize,
+    y0: DevBuf<f32>,
+    pre: DevBuf<f32>,
+    ln_inv: DevBuf<f32>,
+    epi: Epilogue,
+}
+
+/// The input of an FCLayers.
+enum FcIn<'a> {
+    Dense(&'a DevBuf<f32>),
+    /// CSR of the first layer's sparse input (its CSC goes to the backward).
+    Sparse { csr: SparseDev<'a> },
+}
+
+/// The minibatch on the device.
+struct DevBatch {
+    b: usize,
+    // expression: CSR of the raw counts (likelihood), the encoder's input values, and its CSC
+    x_ptr: DevBuf<i64>,
+    x_idx: DevBuf<u32>,
+    x_val: DevBuf<f32>,
+    xe_val: DevBuf<f32>,
+    xe_cptr: DevBuf<i64>,
+    xe_crow: DevBuf<u32>,
+    xe_cval: DevBuf<f32>,
+    library: DevBuf<f32>,
+    mask_e: DevBuf<u8>,
+    mask_s: DevBuf<u8>,
+    expr_weight: DevBuf<f32>,
+    // splicing entries: CSR by cell (i64 and i32 pointers), junction (u32 and i32), PSI, counts
+    s_ptr64: DevBuf<i64>,
+    s_ptr32: DevBuf<i32>,
+    s_junc: DevBuf<u32>,
+    s_junc32: DevBuf<i32>,
+    s_psi: DevBuf<f32>,
+    s_k: DevBuf<f32>,
+    s_n: DevBuf<f32>,
+    // junction-major order (jptr over J, entry ids, cell of each entry)
+    jptr: DevBuf<i32>,
+    jorder: DevBuf<i32>,
+    cell_of: DevBuf<i32>,
+    // the splicing encoder's sparse input (vanilla encoder): CSC of ψ
+    ps_cptr: DevBuf<i64>,
+    ps_crow: DevBuf<u32>,
+    ps_cval: DevBuf<f32>,
+    // DM grouping
+    g_cell: Option<DevBuf<i64>>,
+    g_grp: Option<DevBuf<i64>>,
+    g_ord: Option<DevBuf<u32>>,
+    // concentration targets: CSR over log_phi entries of the batch entries
+    conc_ptr: DevBuf<i32>,
+    conc_ids: DevBuf<i32>,
+    // decoders' covariates (one-hots), B × cov_w
+    cov: Option<DevBuf<f32>>,
+    cov_w: usize,
+    eps_joint: DevBuf<f32>,
+    mask_e_host: Vec<bool>,
+    mask_s_host: Vec<bool>,
+}
+
+/// The loss terms of one step (per cell as the CPU model reports them).
+#[derive(Clone, Debug)]
+pub struct DeviceStepOutput {
+    /// Expression reconstruction loss × mask, splicing loss × weight, KL of the joint posterior.
+    pub rl_expr: Vec<f32>,
+    pub rl_spl: Vec<f32>,
+    pub kl: Vec<f32>,
+    pub penalty: f64,
+    pub concentration_prior: f64,
+    /// mean(RL_e + RL_s + κ KL) + penalty + prior, as `StepOutput::loss`.
+    pub loss: f64,
+    /// The sampled joint latent z (B × L): the adversary's input.
+    pub z: Vec<f32>,
+}
+
+/// The model's parameters and gradients on one device, and the step that fills the gradients.
+pub struct DeviceModel<'d, 'm> {
+    dev: &'d CudaDevice,
+    model: &'m SpliceVae,
+    /// Host copy of the buffers the step reads on the host (pool divisor, modality weights).
+    host: Params<f32>,
+    pub params: DevBuf<f32>,
+    pub grads: DevBuf<f32>,
+    junc2atse: DevBuf<u32>,
+    gemm: CudaGemm<'d>,
+    epi: CudaDenseEpilogue<'d>,
+    sparse: CudaSparseLinear<'d>,
+    partial: CudaPartial<'d>,
+    latent: CudaLatent<'d>,
+    expr: CudaExprLik<'d>,
+    spl: CudaSplicingLik<'d>,
+    glue: CudaGlue<'d>,
+}
+
+impl<'d, 'm> DeviceModel<'d, 'm> {
+    /// Uploads `params`; errors (with the reason) for configurations the CUDA step does not implement.
+    pub fn new(dev: &'d CudaDevice, model: &'m SpliceVae, params: &Params<f32>) -> Result<Self> {
+        if let Some(why) = unsupported(&model.cfg, &model.dims) {
+            bail!(why);
+        }
+        ensure!(params.layout.total == model.layout.total, "parameters do not match the model's layout");
+        let j2a = if model.junc2atse.is_empty() { vec![0u32] } else { model.junc2atse.clone() };
+        Ok(DeviceModel {
+            dev,
+            model,
+            host: params.clone(),
+            params: dev.upload(&params.data)?,
+            grads: dev.zeros(model.layout.n_trainable.max(1))?,
+            junc2atse: dev.upload(&j2a)?,
+            gemm: CudaGemm::new(dev)?,
+            epi: CudaDenseEpilogue::new(dev)?,
+            sparse: CudaSparseLinear::new(dev)?,
+            partial: CudaPartial::new(dev)?,
+            latent: CudaLatent::new(dev)?,
+            expr: CudaExprLik::new(dev)?,
+            spl: CudaSplicingLik::new(dev)?,
+            glue: CudaGlue::new(dev)?,
+        })
+    }
+
+    /// Replaces the device parameters by `params`.
+    pub fn upload_params(&mut self, params: &Params<f32>) -> Result<()> {
+        self.host = params.clone();
+        self.dev.write(&params.data, &mut self.params)
+    }
+
+    /// The device parameters, copied back.
+    pub fn download_params(&self) -> Result<Params<f32>> {
+        let mut p = self.host.clone();
+        p.data = self.dev.download(&self.params)?;
+        Ok(p)
+    }
+
+    /// The gradients of the last step, copied back.
+    pub fn download_grads(&self) -> Result<Grads<f32>> {
+        let mut g = Grads::zeros(self.model.layout.clone());
+        let all = self.dev.download(&self.grads)?;
+        let n = g.data.len();
+        g.data.copy_from_slice(&all[..n]);
+        Ok(g)
+    }
+
+    fn p(&self, idx: usize) -> View {
+        let e = &self.model.layout.entries[idx];
+        View { addr: self.params.device_address() + (e.offset * 4) as u64, len: e.len }
+    }
+
+    /// The gradient slot of a trainable entry.
+    fn g(&self, idx: usize) -> View {
+        let e = &self.model.layout.entries[idx];
+        debug_assert!(e.kind.trainable());
+        View { addr: self.grads.device_address() + (e.offset * 4) as u64, len: e.len }
+    }
+
+    fn nan(&self, n: usize) -> Result<DevBuf<f32>> {
+        // Step buffers start as NaN: a kernel that leaves an element unwritten shows up in the checks.
+        let mut b = self.dev.zeros::<f32>(n.max(1))?;
+        self.dev.memset(&mut b, 0xff)?;
+        Ok(b)
+    }
+
+    fn zeros(&self, n: usize) -> Result<DevBuf<f32>> {
+        self.dev.zeros::<f32>(n.max(1))
+    }
+
+    fn upload_batch(&self, batch: &Batch, opts: &StepOptions) -> Result<DevBatch> {
+        let m = self.model;
+        let cfg = &m.cfg;
+        let b = batch.n_cells();
+        let dev = self.dev;
+        let one_i64 = |v: Vec<i64>| if v.is_empty() { vec![0i64] } else { v };
+        let nz_u32 = |v: Vec<u32>| if v.is_empty() { vec![0u32] } else { v };
+        let nz_i32 = |v: Vec<i32>| if v.is_empty() { vec![0i32] } else { v };
+        let nz_f32 = |v: Vec<f32>| if v.is_empty() { vec![0f32] } else { v };
+        let e = &batch.expr;
+        let x_ptr: Vec<i64> = e.indptr.iter().map(|&v| v as i64).collect();
+        let xe_vals = expression_input_values(cfg.expression_input, &e.indptr, &e.values).into_owned();
+        let xs = Sparse { rows: b, cols: e.n_cols, indptr: e.indptr.clone(), indices: e.indices.clone(), values: xe_vals.clone() };
+        let (cptr, crow, cval) = xs.to_csc();
+        let mask_e_host: Vec<bool> = (0..b).map(|i| e.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0).collect();
+        let spl = &batch.spl;
+        let mask_s_host: Vec<bool> =
+            if cfg.mask_cells_without_splicing { (0..b).map(|i| !spl.cell_range(i).is_empty()).collect() } else { vec![true; b] };
+        let inv_b = 1.0 / b as f64;
+        let expr_weight: Vec<f32> = mask_e_host.iter().map(|&mk| if mk { inv_b as f32 } else { 0.0 }).collect();
+        let library: Vec<f32> = batch.library.iter().map(|&s| ((s as f64) + LIB_EPS).ln() as f32).collect();
+        let (jptr, jorder, cell_of) = junction_major(spl);
+        let ps = Sparse { rows: b, cols: spl.n_junctions, indptr: spl.indptr.clone(), indices: spl.junction.clone(), values: spl.psi.clone() };
+        let (pcptr, pcrow, pcval) = ps.to_csc();
+        let groups = match cfg.splicing_loss_type {
+            SplicingLoss::DirichletMultinomial => Some(AtseGroups::build(spl, &m.junc2atse, &m.atse_ptr)?),
+            _ => None,
+        };
+        // Concentration targets of the entries, grouped (counting sort, entries in order).
+        let conc = ConcIndex::for_loss(cfg.splicing_loss_type, cfg.dm_concentration);
+        let n_targets = m.layout.entries[m.arch.log_phi].len.max(1);
+        let target: Vec<usize> = spl.junction.iter().map(|&jj| conc.target(jj as usize, &m.junc2atse).min(n_targets - 1)).collect();
+        let mut conc_ptr = vec![0i32; n_targets + 1];
+        for &t in &target {
+            conc_ptr[t + 1] += 1;
+        }
+        for t in 0..n_targets {
+            conc_ptr[t + 1] += conc_ptr[t];
+        }
+        let mut fill: Vec<i32> = conc_ptr[..n_targets].to_vec();
+        let mut conc_ids = vec![0i32; target.len()];
+        for (e_i, &t) in target.iter().enumerate() {
+            conc_ids[fill[t] as usize] = e_i as i32;
+            fill[t] += 1;
+        }
+        // Decoder covariates: [one-hot of each categorical with more than one level].
+        let cov_w: usize = m.arch.dec_cats.iter().sum();
+        let cov = if cov_w > 0 {
+            let mut cats: Vec<&[u32]> = vec![&batch.batch];
+            cats.extend(batch.cats.iter().map(|c| c.as_slice()));
+            let cv = Cov { cont: &[], n_cont: 0, cats };
+            let empty = Mat::<f32>::zeros(b, 0);
+            let c = cv.concat_dense(&empty, 0, &m.arch.dec_cats);
+            ensure!(c.cols == cov_w, "decoder covariates: {} columns, expected {cov_w}", c.cols);
+            Some(dev.upload(&c.data)?)
+        } else {
+            None
+        };
+        let l = m.arch.l;
+        let eps_joint: Vec<f32> = match &opts.noise {
+            Noise::Zero => vec![0.0; b * l],
+            Noise::Seeded => (0..b * l).map(|i| rng::normal(opts.seed, rng::streams::EPS_JOINT, i as u64) as f32).collect(),
+            Noise::Given { eps_joint, .. } => {
+                ensure!(eps_joint.len() == b * l, "given noise has the wrong size (need {b}×{l})");
+                eps_joint.iter().map(|&v| v as f32).collect()
+            }
+        };
+        let u8s = |v: &[bool]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+        let i32s = |v: &[usize]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+        let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
+        Ok(DevBatch {
+            b,
+            x_ptr: dev.upload(&one_i64(x_ptr))?,
+            x_idx: dev.upload(&nz_u32(e.indices.clone()))?,
+            x_val: dev.upload(&nz_f32(e.values.clone()))?,
+            xe_val: dev.upload(&nz_f32(xe_vals))?,
+            xe_cptr: dev.upload(&i64s(&cptr))?,
+            xe_crow: dev.upload(&nz_u32(crow))?,
+            xe_cval: dev.upload(&nz_f32(cval))?,
+            library: dev.upload(&library)?,
+            mask_e: dev.upload(&u8s(&mask_e_host))?,
+            mask_s: dev.upload(&u8s(&mask_s_host))?,
+            expr_weight: dev.upload(&expr_weight)?,
+            s_ptr64: dev.upload(&i64s(&spl.indptr))?,
+            s_ptr32: dev.upload(&i32s(&spl.indptr))?,
+            s_junc: dev.upload(&nz_u32(spl.junction.clone()))?,
+            s_junc32: dev.upload(&nz_i32(spl.junction.iter().map(|&j| j as i32).collect()))?,
+            s_psi: dev.upload(&nz_f32(spl.psi.clone()))?,
+            s_k: dev.upload(&nz_f32(spl.k.clone()))?,
+            s_n: dev.upload(&nz_f32(spl.n.clone()))?,
+            jptr: dev.upload(&jptr)?,
+            jorder: dev.upload(&nz_i32(jorder))?,
+            cell_of: dev.upload(&nz_i32(cell_of))?,
+            ps_cptr: dev.upload(&i64s(&pcptr))?,
+            ps_crow: dev.upload(&nz_u32(pcrow))?,
+            ps_cval: dev.upload(&nz_f32(pcval))?,
+            g_cell: groups.as_ref().map(|g| dev.upload(&i64s(&g.cell_ptr))).transpose()?,
+            g_grp: groups.as_ref().map(|g| dev.upload(&i64s(&g.grp_ptr))).transpose()?,
+            g_ord: groups.as_ref().map(|g| dev.upload(&nz_u32(g.ord.clone()))).transpose()?,
+            conc_ptr: dev.upload(&conc_ptr)?,
+            conc_ids: dev.upload(&nz_i32(conc_ids))?,
+            cov,
+            cov_w,
+            eps_joint: dev.upload(&eps_joint)?,
+            mask_e_host,
+            mask_s_host,
+        })
+    }
+
+    /// y0 (B × n_out) = X · Wᵀ for a dense `x` (B × n_in).
+    fn gemm_xwt(&self, x: &dyn DeviceMem<f32>, b: usize, n_in: usize, w: View, n_out: usize, y0: &mut dyn DeviceMem<f32>) -> Result<()> {
+        let a = Operand::new(x, b, n_in, false)?;
+        let bw = Operand::new(&w, n_out, n_in, true)?;
+        self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &bw, 0.0, y0, b, n_out)
+    }
+
+    /// An FCLayers forward (model.md §2.1): per block, [main | covariates] → GEMM → epilogue.
+    fn fc_forward(&self, fc: &FcLayers, x: FcIn<'_>, bt: &DevBatch, cov_on: bool, mode: Mode) -> Result<(DevBuf<f32>, Vec<BlockTape>)> {
+        let b = bt.b;
+        let mut tapes = Vec::with_capacity(fc.blocks.len());
+        let mut h: Option<DevBuf<f32>> = None;
+        let cov_w = if cov_on { fc.cov_width() } else { 0 };
+        ensure!(fc.n_cont == 0, "FCLayers with continuous covariates on the CUDA step");
+        for (bi, blk) in fc.blocks.iter().enumerate() {
+            let (n_main, n_out) = (blk.n_main, blk.lin.n_out);
+            let inject = blk.inject && cov_w > 0;
+            let n_in = blk.lin.n_in;
+            ensure!(n_in == n_main + if blk.inject { fc.cov_width() } else { 0 }, "FCLayers block {bi}: input width {n_in} ≠ {n_main} + covariates");
+            let mut y0 = self.nan(b * n_out)?;
+            let w = self.p(blk.lin.w);
+            let xbuf = match (bi, &x) {
+                (0, FcIn::Sparse { csr, .. }) => {
+                    ensure!(!inject, "covariates injected into a sparse first layer");
+                    let mut wt = self.nan(n_in * n_out)?;
+                    self.sparse.forward(csr, b, n_in, n_out, &w, &mut wt, &mut y0)?;
+                    None
+                }
+                _ => {
+                    let main: &DevBuf<f32> = match (bi, &x) {
+                        (0, FcIn::Dense(m)) => m,
+                        _ => h.as_ref().unwrap(),
+                    };
+                    let xin = if inject {
+                        let cov = bt.cov.as_ref().context("decoder covariates missing")?;
+                        ensure!(bt.cov_w == fc.cov_width(), "covariate width {} ≠ the layer's {}", bt.cov_w, fc.cov_width());
+                        let mut xc = self.nan(b * n_in)?;
+                        self.glue.copy_cols(Cols::all(main, n_main), Cols::from(&xc, n_in, 0), b, n_main, 1.0, 0.0)?;
+                        self.glue.copy_cols(Cols::all(cov, cov_w), Cols::from(&xc, n_in, n_main), b, cov_w, 1.0, 0.0)?;
+                        let _ = &mut xc;
+                        xc
+                    } else {
+                        // The block keeps its own copy of its input (the previous block's output).
+                        let mut xc = self.nan(b * n_in)?;
+                        self.dev.copy(main, &mut xc, b * n_in)?;
+                        xc
+                    };
+                    self.gemm_xwt(&xin, b, n_in, w, n_out, &mut y0)?;
+                    Some(xin)
+                }
+            };
+            let dropout = (mode.training && blk.dropout > 0.0)
+                .then(|| (DropStream::new(mode.seed, rng::streams::DROPOUT_BASE + fc.id * 64 + bi as u64, blk.dropout), blk.dropout));
+            let epi = Epilogue { bn: BnMode::None, ln: blk.ln, act: blk.act, dropout };
+            let (bias_view, zero_bias);
+            let bias: &dyn DeviceMem<f32> = match blk.lin.b {
+                Some(bb) => {
+                    bias_view = self.p(bb);
+                    &bias_view
+                }
+                None => {
+                    zero_bias = self.zeros(n_out)?;
+                    &zero_bias
+                }
+            };
+            let (mut out, mut pre, mut ln_inv) = (self.nan(b * n_out)?, self.nan(b * n_out)?, self.nan(b)?);
+            self.epi.forward(&epi, b, n_out, &y0, bias, &mut out, &mut pre, &mut ln_inv)?;
+            tapes.push(BlockTape { x: xbuf, n_in, n_main, n_out, y0, pre, ln_inv, epi });
+            h = Some(out);
+        }
+        Ok((h.unwrap(), tapes))
+    }
+
+    /// An FCLayers backward from d(output); returns d(main input) of the first block when it is dense.
+    fn fc_backward(&self, fc: &FcLayers, tapes: &[BlockTape], dout: DevBuf<f32>, b: usize, sparse_csc: Option<&SparseDev<'_>>) -> Result<Option<DevBuf<f32>>> {
+        let mut d = dout;
+        for (bi, (blk, t)) in fc.blocks.iter().zip(tapes).enumerate().rev() {
+            let (n_in, n_out) = (t.n_in, t.n_out);
+            let (mut gsc, mut dy0) = (self.nan(b * n_out)?, self.nan(b * n_out)?);
+            // A layer without bias gets zeros for it and a scratch for its (unused) gradient.
+            let (mut gb_view, mut sink, bias_view, zero_bias);
+            let db: &mut dyn DeviceMem<f32> = match blk.lin.b {
+                Some(bb) => {
+                    gb_view = self.g(bb);
+                    &mut gb_view
+                }
+                None => {
+                    sink = self.nan(n_out)?;
+                    &mut sink
+                }
+            };
+            let bias: &dyn DeviceMem<f32> = match blk.lin.b {
+                Some(bb) => {
+                    bias_view = self.p(bb);
+                    &bias_view
+                }
+                None => {
+                    zero_bias = self.zeros(n_out)?;
+                    &zero_bias
+                }
+            };
+            self.epi.backward(&t.epi, b, n_out, &d, &t.pre, &t.ln_inv, &t.y0, bias, &mut gsc, &mut dy0, db)?;
+            let mut gw = self.g(blk.lin.w);
+            match &t.x {
+                None => {
+                    let csc = sparse_csc.context("the sparse first layer's CSC is missing")?;
+                    self.sparse.backward_w(csc, b, n_in, n_out, &dy0, &mut gw)?;
+                }
+                Some(x) => {
+                    // dW (n_out × n_in) += dy0ᵀ · X
+                    let a = Operand::new(&dy0, b, n_out, true)?;
+                    let xb = Operand::new(x, b, n_in, false)?;
+                    self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &xb, 1.0, &mut gw, n_out, n_in)?;
+                }
+            }
+            if bi == 0 && t.x.is_none() {
+                return Ok(None);
+            }
+            // d(main) (B × n_main) = dy0 · W[:, :n_main]
+            let w = self.p(blk.lin.w);
+            let mut dx = self.nan(b * t.n_main)?;
+            let a = Operand::new(&dy0, b, n_out, false)?;
+            let wb = Operand { addr: w.addr, rows: n_out, cols: t.n_main, ld: n_in, t: false };
+            self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &wb, 0.0, &mut dx, b, t.n_main)?;
+            d = dx;
+        }
+        Ok(Some(d))
+    }
+
+    /// A Linear head with bias: y = x · Wᵀ + b.
+    fn linear_fwd(&self, lin: &LinearP, x: &DevBuf<f32>, b: usize) -> Result<DevBuf<f32>> {
+        let mut y0 = self.nan(b * lin.n_out)?;
+        self.gemm_xwt(x, b, lin.n_in, self.p(lin.w), lin.n_out, &mut y0)?;
+        let mut y = self.nan(b * lin.n_out)?;
+        let bias = self.p(lin.b.context("a Linear head without bias")?);
+        self.glue.copy_cols(Cols::all(&y0, lin.n_out), Cols::all(&y, lin.n_out), b, lin.n_out, 1.0, 0.0)?;
+        // y += 1 · bias (row-broadcast: a GEMM of a column of ones with the bias row)
+        let ones = self.dev.upload(&vec![1f32; b])?;
+        let a = Operand::new(&ones, b, 1, false)?;
+        let bb = Operand::new(&bias, 1, lin.n_out, false)?;
+        self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &bb, 1.0, &mut y, b, lin.n_out)?;
+        Ok(y)
+    }
+
+    /// A Linear head's backward: dW += dyᵀ x, db += Σ_rows dy; d(x) (B × n_in) += dy · W into `dx`
+    /// (β = 0 overwrites).
+    fn linear_bwd(&self, lin: &LinearP, x: &DevBuf<f32>, dy: &DevBuf<f32>, b: usize, dx: &mut DevBuf<f32>, beta: f32) -> Result<()> {
+        let mut gw = self.g(lin.w);
+        let a = Operand::new(dy, b, lin.n_out, true)?;
+        let xb = Operand::new(x, b, lin.n_in, false)?;
+        self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &xb, 1.0, &mut gw, lin.n_out, lin.n_in)?;
+        if let Some(bb) = lin.b {
+            let mut gb = self.g(bb);
+            self.glue.col_sum(Cols::all(dy, lin.n_out), b, lin.n_out, 1.0, 1.0, &mut gb)?;
+        }
+        let a = Operand::new(dy, b, lin.n_out, false)?;
+        let wb = Operand::new(&self.p(lin.w), lin.n_out, lin.n_in, false)?;
+        self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &wb, beta, dx, b, lin.n_in)
+    }
+
+    /// One forward + backward: the loss terms, and the gradients in [`Self::grads`] (overwritten).
+    /// `extra_dz` (B × L) is an additional gradient w.r.t. the sampled z (the adversary's fool term).
+    pub fn forward_backward(&mut self, batch: &Batch, opts: &StepOptions, extra_dz: Option<&[f32]>) -> Result<DeviceStepOutput> {
+        let _r = crate::nvtx_range!("device step");
+        let m = self.model;
+        let (cfg, a) = (&m.cfg, &m.arch);
+        batch.check(m.dims.n_genes, m.dims.n_junctions)?;
+        ensure!(batch.n_cells() > 0, "empty minibatch");
+        ensure!(batch.cats.len() == m.dims.n_cats_per_cov.len() && batch.n_cont == m.dims.n_cont, "minibatch covariates do not match the model");
+        let dev = self.dev;
+        let b = batch.n_cells();
+        let (d, l, g_n, j_n) = (a.d, a.l, m.dims.n_genes, m.dims.n_junctions);
+        let mode = Mode { training: opts.training, seed: opts.seed };
+        let bt = self.upload_batch(batch, opts)?;
+        let inv_b = 1.0 / b as f32;
+        dev.memset(&mut self.grads, 0)?;
+
+        // ---- expression encoder --------------------------------------------------------------
+        let xe_csr = SparseDev { ptr: &bt.x_ptr, idx: &bt.x_idx, val: &bt.xe_val };
+        let xe_csc = SparseDev { ptr: &bt.xe_cptr, idx: &bt.xe_crow, val: &bt.xe_cval };
+        let enc = &a.z_enc_expr;
+        let (h_e, enc_tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr: xe_csr }, &bt, false, mode)?;
+        let mu_e = self.linear_fwd(&enc.mean, &h_e, b)?;
+        let lv_e = self.linear_fwd(&enc.var, &h_e, b)?;
+        let mut v_e = self.nan(b * d)?;
+        self.glue.map(MapOp::Exp, &lv_e, None, &mut v_e)?;
+
+        // ---- splicing encoder ----------------------------------------------------------------
+        enum SplEnc {
+            Partial { shape: PartialShape, work: PartialWork, pool: DevBuf<f32>, mlp: Vec<BlockTape>, raw_v: DevBuf<f32> },
+            Vanilla { h: DevBuf<f32>, tape: Vec<BlockTape> },
+        }
+        let (mu_s, v_s, spl_enc) = match &a.z_enc_spl {
+            SplEncP::Partial(pe) => {
+                let shape = PartialShape::of(pe, &self.host, &batch.spl, mode);
+                let mut work = PartialWork::alloc(dev, &shape)?;
+                let (pv, pc) = self.partial_views(pe);
+                let pp = partial_params(&pv, &pc);
+                let pb = PartialBatchDev { indptr: &bt.s_ptr32, junction: &bt.s_junc32, psi: &bt.s_psi, jptr: &bt.jptr, order: &bt.jorder, cell_of: &bt.cell_of };
+                let mut pool = self.nan(b * pe.code_dim)?;
+                self.partial.forward(&shape, &pp, &pb, &mut work, &mut pool)?;
+                let (out, mlp) = self.fc_forward(&pe.mlp, FcIn::Dense(&pool), &bt, false, mode)?;
+                let (mut mu, mut raw_v, mut v) = (self.nan(b * d)?, self.nan(b * d)?, self.nan(b * d)?);
+                self.glue.copy_cols(Cols::from(&out, 2 * d, 0), Cols::all(&mu, d), b, d, 1.0, 0.0)?;
+                self.glue.copy_cols(Cols::from(&out, 2 * d, d), Cols::all(&raw_v, d), b, d, 1.0, 0.0)?;
+                self.glue.map(MapOp::SoftplusEps(PARTIAL_VAR_EPS as f32), &raw_v, None, &mut v)?;
+                let _ = (&mut mu, &mut raw_v);
+                (mu, v, SplEnc::Partial { shape, work, pool, mlp, raw_v })
+            }
+            SplEncP::Vanilla(enc) => {
+                let csr = SparseDev { ptr: &bt.s_ptr64, idx: &bt.s_junc, val: &bt.s_psi };
+                let (h, tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr }, &bt, false, mode)?;
+                let mu = self.linear_fwd(&enc.mean, &h, b)?;
+                let lv = self.linear_fwd(&enc.var, &h, b)?;
+                let mut v = self.nan(b * d)?;
+                self.glue.map(MapOp::Exp, &lv, None, &mut v)?;
+                (mu, v, SplEnc::Vanilla { h, tape })
+            }
+        };
+
+        // ---- latent ----------------------------------------------------------------------------
+        let (mix, raw) = match (cfg.modality_weights, opts.routing) {
+            (_, Some(r)) => (Mix::Routed(r), None),
+            (ModalityWeights::PerDimensionWeightedAverage, None) => {
+                (Mix::PerDim { mask_spl: cfg.mask_cells_without_splicing }, Some(view(&self.p(a.dim_weights.unwrap()))))
+            }
+            _ => (Mix::Softmax, None),
+        };
+        let softmax_raw = if mix == Mix::Softmax {
+            let w = self.host.get(a.mod_weights);
+            Some(dev.upload(&(0..b).flat_map(|_| [w[0], w[1]]).collect::<Vec<f32>>())?)
+        } else {
+            None
+        };
+        let ls = LatentShape { b, d, mix, ln: false, penalty: cfg.modality_penalty };
+        ensure!(ls.l() == l, "latent width {} ≠ the model's {l}", ls.l());
+        let raw_mem: Option<&dyn DeviceMem<f32>> = match (&softmax_raw, &raw) {
+            (Some(r), _) => Some(r),
+            (None, Some(v)) => Some(v),
+            _ => None,
+        };
+        let lin = LatentDevIn { mu_e: &mu_e, v_e: &v_e, mu_s: &mu_s, v_s: &v_s, raw: raw_mem, mask_e: &bt.mask_e, mask_s: &bt.mask_s, eps: &bt.eps_joint };
+        let (mut qz_m, mut qz_v, mut z, mut kl_row, mut pen_row) = (self.nan(b * l)?, self.nan(b * l)?, self.nan(b * l)?, self.nan(b)?, self.nan(b)?);
+        self.latent.forward(&ls, &lin, &mut LatentDevFwd { qz_m: &mut qz_m, qz_v: &mut qz_v, z: &mut z, kl_row: &mut kl_row, pen_row: &mut pen_row })?;
+        let lat: &DevBuf<f32> = if opts.use_z_mean { &qz_m } else { &z };
+
+        // ---- expression decoder + likelihood -----------------------------------------------------
+        enum ExprDec {
+            Vanilla { h: DevBuf<f32>, tape: Vec<BlockTape> },
+            Linear { factor: Vec<BlockTape>, dropout: Vec<BlockTape> },
+        }
+        let (raw_scale, pi, act, expr_dec) = match &a.z_dec_expr {
+            ExprDecP::Vanilla { fc, scale, dropout, softplus, .. } => {
+                let (h, tape) = self.fc_forward(fc, FcIn::Dense(lat), &bt, true, mode)?;
+                let raw = self.linear_fwd(scale, &h, b)?;
+                let pi = self.linear_fwd(dropout, &h, b)?;
+                (raw, pi, if *softplus { ScaleAct::Softplus } else { ScaleAct::Softmax }, ExprDec::Vanilla { h, tape })
+            }
+            ExprDecP::Linear { factor, dropout, .. } => {
+                let (raw, ft) = self.fc_forward(factor, FcIn::Dense(lat), &bt, true, mode)?;
+                let (pi, dt) = self.fc_forward(dropout, FcIn::Dense(lat), &bt, true, mode)?;
+                (raw, pi, ScaleAct::Softmax, ExprDec::Linear { factor: ft, dropout: dt })
+            }
+        };
+        let mut theta = self.nan(g_n)?;
+        self.glue.map(MapOp::Exp, &self.p(a.px_r.unwrap()), None, &mut theta)?;
+        let (mut rl_e, mut d_raw, mut d_lth, mut d_pi, mut d_lib) = (self.nan(b)?, self.nan(b * g_n)?, self.nan(b * g_n)?, self.nan(b * g_n)?, self.nan(b)?);
+        let lik = cfg.gene_likelihood;
+        self.expr.launch(
+            lik,
+            act,
+            g_n,
+            &ExprLikInputs {
+                raw: &raw_scale,
+                pi: Some(&pi),
+                theta: Some(&theta),
+                theta_stride: 0,
+                library: &bt.library,
+                x_ptr: &bt.x_ptr,
+                x_idx: &bt.x_idx,
+                x_val: &bt.x_val,
+                grad_weight: Some(&bt.expr_weight),
+            },
+            &mut ExprLikOutputs { rl: &mut rl_e, d_raw: &mut d_raw, d_log_theta: Some(&mut d_lth), d_pi: Some(&mut d_pi), d_library: &mut d_lib },
+        )?;
+
+        // ---- splicing decoder + likelihood -------------------------------------------------------
+        let cov_w = bt.cov_w;
+        let (s_in, k_in, spl_tape, out_lin) = match &a.z_dec_spl {
+            SplDecP::Vanilla { fc, out } => {
+                let (h, tape) = self.fc_forward(fc, FcIn::Dense(lat), &bt, true, mode)?;
+                (h, out.n_in, Some(tape), out)
+            }
+            SplDecP::Linear { lin } => {
+                let k = lin.n_in;
+                ensure!(k == l + cov_w, "linear splicing decoder input {k} ≠ {l} + {cov_w}");
+                let s = self.nan(b * k)?;
+                self.glue.copy_cols(Cols::all(lat, l), Cols::from(&s, k, 0), b, l, 1.0, 0.0)?;
+                if let Some(c) = &bt.cov {
+                    self.glue.copy_cols(Cols::all(c, cov_w), Cols::from(&s, k, l), b, cov_w, 1.0, 0.0)?;
+                }
+                (s, k, None, lin)
+            }
+        };
+        let nnz = batch.spl.nnz();
+        let kind = cfg.splicing_loss_type;
+        let conc = ConcIndex::for_loss(kind, cfg.dm_concentration);
+        let (logits, mut rl_s, g_logit, g_conc, p_ent) = (self.nan(nnz)?, self.nan(b)?, self.nan(nnz)?, self.nan(nnz)?, self.nan(nnz)?);
+        {
+            let grp = match (&bt.g_cell, &bt.g_grp, &bt.g_ord) {
+                (Some(c), Some(g), Some(o)) => Some(DevGroups { cell_ptr: c, grp_ptr: g, ord: o }),
+                _ => None,
+            };
+            let (sk, sn, sj) = (SizedView::of(&bt.s_k, nnz), SizedView::of(&bt.s_n, nnz), SizedU32::of(&bt.s_junc, nnz));
+            let psi = SizedView::of(&bt.s_psi, nnz);
+            let (mut lo, mut gl, mut gc, mut pe) = (SizedView::of(&logits, nnz), SizedView::of(&g_logit, nnz), SizedView::of(&g_conc, nnz), SizedView::of(&p_ent, nnz));
+            let inp = SplLikInputs {
+                s: &s_in,
+                k: k_in,
+                w: &self.p(out_lin.w),
+                bias: &self.p(out_lin.b.context("splicing output layer without bias")?),
+                indptr: &bt.s_ptr64,
+                junction: &sj,
+                counts_k: &sk,
+                counts_n: &sn,
+                psi: Some(&psi),
+                groups: grp,
+                junc2atse: (conc == ConcIndex::Atse).then_some(&self.junc2atse as &dyn DeviceMem<u32>),
+                log_phi: Some(&self.p(a.log_phi)),
+            };
+            self.spl.launch::<f32>(kind, conc, cfg.splicing_loss_weight as f32, j_n, &inp, &mut SplLikOutputs { logits: &mut lo, rl: &mut rl_s, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe })?;
+        }
+
+        // ---- loss terms (host) -------------------------------------------------------------------
+        let rl_e_h = dev.download(&rl_e)?;
+        let rl_s_h = dev.download(&rl_s)?;
+        let kl_h = dev.download(&kl_row)?;
+        let pen_h = dev.download(&pen_row)?;
+        let rl_expr: Vec<f32> = rl_e_h.iter().zip(&bt.mask_e_host).map(|(&v, &mk)| if mk { v } else { 0.0 }).collect();
+        let pen_sum: f64 = pen_h.iter().map(|&v| v as f64).sum();
+        let penalty = match cfg.modality_penalty {
+            ModalityPenalty::JeffreysExact => {
+                let np = bt.mask_e_host.iter().zip(&bt.mask_s_host).filter(|(x, y)| **x && **y).count();
+                if np == 0 {
+                    0.0
+                } else {
+                    pen_sum * opts.kl_weight / np as f64
+                }
+            }
+            _ => pen_sum,
+        };
+        let lp = self.dev.read(&self.p(a.log_phi) as &dyn DeviceMem<f32>)?;
+        let concentration_prior = match kind {
+            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => cfg.lambda_prior * lp.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / b as f64,
+            _ => 0.0,
+        };
+        let mean_terms: f64 = (0..b).map(|i| rl_expr[i] as f64 + rl_s_h[i] as f64 + opts.kl_weight * kl_h[i] as f64).sum::<f64>() / b as f64;
+        let loss = mean_terms + penalty + concentration_prior;
+        if !loss.is_finite() {
+            bail!("non-finite loss on the device (expression {:.4e}, splicing {:.4e}, KL {:.4e}, penalty {penalty:.4e})", rl_expr.iter().map(|&v| v as f64).sum::<f64>(), rl_s_h.iter().map(|&v| v as f64).sum::<f64>(), kl_h.iter().map(|&v| v as f64).sum::<f64>());
+        }
+
+        // ---- backward: expression ----------------------------------------------------------------
+        let mut g_pxr = self.g(a.px_r.unwrap());
+        self.glue.col_sum(Cols::all(&d_lth, g_n), b, g_n, 1.0, 0.0, &mut g_pxr)?;
+        let uses_pi = lik == GeneLikelihood::Zinb;
+        let dr_e: DevBuf<f32> = match (&a.z_dec_expr, expr_dec) {
+            (ExprDecP::Vanilla { fc, scale, dropout, .. }, ExprDec::Vanilla { h, tape }) => {
+                let mut dh = self.nan(b * fc.n_out())?;
+                self.linear_bwd(scale, &h, &d_raw, b, &mut dh, 0.0)?;
+                if uses_pi {
+                    self.linear_bwd(dropout, &h, &d_pi, b, &mut dh, 1.0)?;
+                }
+                self.fc_backward(fc, &tape, dh, b, None)?.context("expression decoder input gradient")?
+            }
+            (ExprDecP::Linear { factor, dropout, .. }, ExprDec::Linear { factor: ft, dropout: dt }) => {
+                let dm = self.fc_backward(factor, &ft, d_raw, b, None)?.context("expression decoder input gradient")?;
+                if uses_pi {
+                    let d2 = self.fc_backward(dropout, &dt, d_pi, b, None)?.context("dropout head input gradient")?;
+                    self.glue.copy_cols(Cols::all(&d2, l), Cols::all(&dm, l), b, l, 1.0, 1.0)?;
+                }
+                dm
+            }
+            _ => unreachable!("decoder tape does not match the architecture"),
+        };
+
+        // ---- backward: splicing ------------------------------------------------------------------
+        let mut ds = self.nan(b * k_in)?;
+        self.glue.gather_rows(&bt.s_ptr32, None, &bt.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, &mut ds)?;
+        let mut gw = self.g(out_lin.w);
+        self.glue.gather_rows(&bt.jptr, Some(&bt.jorder), &bt.cell_of, &g_logit, &s_in, k_in, inv_b, 0.0, &mut gw)?;
+        let mut gbias = self.g(out_lin.b.unwrap());
+        self.glue.seg_sum(&bt.jptr, Some(&bt.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
+        if matches!(kind, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) && m.layout.entries[a.log_phi].kind.trainable() {
+            let (lpv, mut gphi) = (self.p(a.log_phi), self.g(a.log_phi));
+            self.glue.seg_sum(&bt.conc_ptr, Some(&bt.conc_ids), &g_conc, Some(&lpv), inv_b, 0.0, &mut gphi)?;
+            let lam = (2.0 * cfg.lambda_prior / b as f64) as f32;
+            self.glue.copy_cols(Cols::all(&lpv, lpv.len), Cols::all(&gphi, lpv.len), 1, lpv.len, lam, 1.0)?;
+        }
+        let dr_s: DevBuf<f32> = match (&a.z_dec_spl, spl_tape) {
+            (SplDecP::Vanilla { fc, .. }, Some(tape)) => self.fc_backward(fc, &tape, ds, b, None)?.context("splicing decoder input gradient")?,
+            (SplDecP::Linear { .. }, None) => {
+                let r = self.nan(b * l)?;
+                self.glue.copy_cols(Cols::from(&ds, k_in, 0), Cols::all(&r, l), b, l, 1.0, 0.0)?;
+                r
+            }
+            _ => unreachable!(),
+        };
+
+        // ---- backward: latent --------------------------------------------------------------------
+        let dlat = self.nan(b * l)?;
+        self.glue.copy_cols(Cols::all(&dr_e, l), Cols::all(&dlat, l), b, l, 1.0, 0.0)?;
+        self.glue.copy_cols(Cols::all(&dr_s, l), Cols::all(&dlat, l), b, l, 1.0, 1.0)?;
+        let mut dz = self.zeros(b * l)?;
+        if !opts.use_z_mean {
+            self.dev.copy(&dlat, &mut dz, b * l)?;
+        }
+        if let Some(x) = extra_dz {
+            ensure!(x.len() == b * l, "extra dz has {} values for {b} × {l}", x.len());
+            let xd = dev.upload(x)?;
+            self.glue.copy_cols(Cols::all(&xd, l), Cols::all(&dz, l), b, l, 1.0, 1.0)?;
+        }
+        let (mut gme, mut gve, mut gms, mut gvs) = (self.nan(b * d)?, self.nan(b * d)?, self.nan(b * d)?, self.nan(b * d)?);
+        let mut raw_cell = self.nan(2 * b)?;
+        let mut ws_rows = self.nan(b * d)?;
+        let mut d_dimw = match a.dim_weights {
+            Some(idx) if matches!(mix, Mix::PerDim { .. }) => Some(self.g(idx)),
+            _ => None,
+        };
+        let mut lg = LatentDevGrads {
+            d_mu_e: &mut gme,
+            d_v_e: &mut gve,
+            d_mu_s: &mut gms,
+            d_v_s: &mut gvs,
+            d_raw_cell: (mix == Mix::Softmax).then_some(&mut raw_cell as &mut dyn DeviceMem<f32>),
+            d_ws_rows: matches!(mix, Mix::PerDim { .. }).then_some(&mut ws_rows as &mut dyn DeviceMem<f32>),
+            d_raw_perdim: d_dimw.as_mut().map(|v| v as &mut dyn DeviceMem<f32>),
+        };
+        let kl_scale = (opts.kl_weight / b as f64) as f32;
+        let pscale = penalty_scale(cfg.modality_penalty, opts.kl_weight as f32);
+        let dqm_in: Option<&dyn DeviceMem<f32>> = if opts.use_z_mean { Some(&dlat) } else { None };
+        self.latent.backward(&ls, &lin, &qz_m, &qz_v, &z, &dz, dqm_in, kl_scale, pscale, &mut lg)?;
+
+        // ---- backward: encoders ------------------------------------------------------------------
+        let mut dlv_e = self.nan(b * d)?;
+        self.glue.map(MapOp::Mul, &gve, Some(&v_e), &mut dlv_e)?;
+        let h_w = enc.fc.n_out();
+        let mut dh_e = self.nan(b * h_w)?;
+        self.linear_bwd(&enc.mean, &h_e, &gme, b, &mut dh_e, 0.0)?;
+        self.linear_bwd(&enc.var, &h_e, &dlv_e, b, &mut dh_e, 1.0)?;
+        self.fc_backward(&enc.fc, &enc_tape, dh_e, b, Some(&xe_csc))?;
+
+        match (&a.z_enc_spl, spl_enc) {
+            (SplEncP::Partial(pe), SplEnc::Partial { shape, mut work, pool: _pool, mlp, raw_v }) => {
+                let dout = self.nan(b * 2 * d)?;
+                self.glue.copy_cols(Cols::all(&gms, d), Cols::from(&dout, 2 * d, 0), b, d, 1.0, 0.0)?;
+                let mut dv = self.nan(b * d)?;
+                self.glue.map(MapOp::MulSoftplusGrad, &gvs, Some(&raw_v), &mut dv)?;
+                self.glue.copy_cols(Cols::all(&dv, d), Cols::from(&dout, 2 * d, d), b, d, 1.0, 0.0)?;
+                let dpool = self.fc_backward(&pe.mlp, &mlp, dout, b, None)?.context("partial encoder pool gradient")?;
+                let (pv, pc) = self.partial_views(pe);
+                let pp = partial_params(&pv, &pc);
+                let pb = PartialBatchDev { indptr: &bt.s_ptr32, junction: &bt.s_junc32, psi: &bt.s_psi, jptr: &bt.jptr, order: &bt.jorder, cell_of: &bt.cell_of };
+                let mut gv: Vec<View> = [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b].iter().map(|&i| self.g(i)).collect();
+                let [e0, e1, e2, e3, e4, e5, e6, e7, e8] = &mut gv[..] else { unreachable!() };
+                let mut pg = PartialGradsDev {
+                    emb: Some(e0),
+                    w0: Some(e1),
+                    b0: Some(e2),
+                    g1: Some(e3),
+                    be1: Some(e4),
+                    w4: Some(e5),
+                    b4: Some(e6),
+                    g5: Some(e7),
+                    be5: Some(e8),
+                };
+                self.partial.backward(&shape, &pp, &pb, &mut work, &dpool, &mut pg)?;
+            }
+            (SplEncP::Vanilla(enc_s), SplEnc::Vanilla { h, tape }) => {
+                let mut dlv = self.nan(b * d)?;
+                self.glue.map(MapOp::Mul, &gvs, Some(&v_s), &mut dlv)?;
+                let mut dh = self.nan(b * enc_s.fc.n_out())?;
+                self.linear_bwd(&enc_s.mean, &h, &gms, b, &mut dh, 0.0)?;
+                self.linear_bwd(&enc_s.var, &h, &dlv, b, &mut dh, 1.0)?;
+                let csc = SparseDev { ptr: &bt.ps_cptr, idx: &bt.ps_crow, val: &bt.ps_cval };
+                self.fc_backward(&enc_s.fc, &tape, dh, b, Some(&csc))?;
+            }
+            _ => unreachable!(),
+        }
+        dev.synchronize()?;
+        Ok(DeviceStepOutput {
+            rl_expr,
+            rl_spl: rl_s_h,
+            kl: kl_h,
+            penalty,
+            concentration_prior,
+            loss,
+            z: dev.download(&z)?,
+        })
+    }
+
+    /// The partial encoder's parameter views: emb, h0 w/b, ln1 w/b, h4 w/b, ln5 w/b, center.
+    fn partial_views(&self, pe: &crate::model::arch::PartialEncP) -> ([View; 9], Option<View>) {
+        let ids = [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b];
+        (ids.map(|i| self.p(i)), pe.center.map(|c| self.p(c)))
+    }
+}
+
+fn partial_params<'a>(v: &'a [View; 9], center: &'a Option<View>) -> PartialParamsDev<'a> {
+    PartialParamsDev {
+        emb: &v[0],
+        w0: &v[1],
+        b0: &v[2],
+        g1: &v[3],
+        be1: &v[4],
+        w4: &v[5],
+        b4: &v[6],
+        g5: &v[7],
+        be5: &v[8],
+        center: center.as_ref().map(|c| c as &dyn DeviceMem<f32>),
+    }
+}
+
+/// A buffer seen as its first `n` elements (batch arrays hold one dummy element when empty).
+struct SizedView {
+    addr: u64,
+    len: usize,
+}
+
+impl SizedView {
+    fn of(m: &DevBuf<f32>, n: usize) -> Self {
+        SizedView { addr: m.device_address(), len: n }
+    }
+}
+
+impl DeviceMem<f32> for SizedView {
+    fn device_address(&self) -> u64 {
+        self.addr
+    }
+    fn elements(&self) -> usize {
+        self.len
+    }
+}
+
+struct SizedU32 {
+    addr: u64,
+    len: usize,
+}
+
+impl SizedU32 {
+    fn of(m: &DevBuf<u32>, n: usize) -> Self {
+        SizedU32 { addr: m.device_address(), len: n }
+    }
+}
+
+impl DeviceMem<u32> for SizedU32 {
+    fn device_address(&self) -> u64 {
+        self.addr
+    }
+    fn elements(&self) -> usize {
+        self.len
+    }
+}

@@ -1,0 +1,237 @@
+//! The CUDA training step (splicevi::cuda::step::DeviceModel) against the CPU model
+//! (SpliceVae::forward / backward, f32) on small synthetic minibatches: every per-cell loss term, the
+//! penalty, the concentration prior, the loss and the gradient of every trainable parameter, for the
+//! `default` and `paper` configurations and variants (routing, evaluation mode, z-mean decoding, an extra
+//! dz, the vanilla splicing encoder, NB / Poisson, beta-binomial, MMD, JeffreysExact, several batches,
+//! extra categorical covariates). On every device (`emu::devices`: cuda:0 where usable, always the host
+//! emulation of kernels/*.cu).
+//!
+//! Tolerance (f32 on both sides, different summation orders, device expf/logf): |device − CPU| ≤
+//! 2e-3·|CPU| + 2e-4·(largest |CPU| value of that tensor). Unsupported options are a clear error.
+
+#[path = "common/emu.rs"]
+mod emu;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use splicevi::cuda::step::{unsupported, DeviceModel};
+use splicevi::cuda::CudaDevice;
+use splicevi::data::Csr;
+use splicevi::model::*;
+
+/// ATSE of each of 11 junctions (sizes 3, 1, 2, 3, 2).
+const JUNC2ATSE: [u32; 11] = [0, 2, 0, 1, 3, 2, 0, 3, 3, 4, 4];
+
+fn dims(n_batch: usize, n_cats: Vec<usize>) -> Dims {
+    Dims { n_genes: 37, n_junctions: JUNC2ATSE.len(), n_atse: 5, n_batch, n_labels: 3, n_obs: 40, n_cats_per_cov: n_cats, n_cont: 0 }
+}
+
+/// `b` cells: cell 0 without expression, cell 1 without observed junctions.
+fn synth_batch(d: &Dims, b: usize, seed: u64) -> Batch {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let mut expr = Csr { n_rows: b, n_cols: d.n_genes, indptr: vec![0], ..Default::default() };
+    let mut library = Vec::new();
+    for c in 0..b {
+        let mut s = 0.0;
+        for g in 0..d.n_genes {
+            if c != 0 && r.gen_bool(0.4) {
+                let v = r.gen_range(1..25) as f32;
+                expr.indices.push(g as u32);
+                expr.values.push(v);
+                s += v;
+            }
+        }
+        expr.indptr.push(expr.indices.len());
+        library.push(if s > 0.0 { s } else { 1.0 });
+    }
+    let mut spl = SplBatch { n_junctions: d.n_junctions, indptr: vec![0], ..Default::default() };
+    for c in 0..b {
+        let observed: Vec<bool> = (0..d.n_atse).map(|_| c != 1 && r.gen_bool(0.6)).collect();
+        let mut tot = vec![0u32; d.n_atse];
+        let mut kk = vec![0u32; d.n_junctions];
+        for a in 0..d.n_atse {
+            if observed[a] {
+                tot[a] = r.gen_range(1..30);
+                let js: Vec<usize> = (0..d.n_junctions).filter(|&j| JUNC2ATSE[j] as usize == a).collect();
+                for _ in 0..tot[a] {
+                    let q = if r.gen_bool(0.7) { js[0] } else { js[r.gen_range(0..js.len())] };
+                    kk[q] += 1;
+                }
+            }
+        }
+        for j in 0..d.n_junctions {
+            let a = JUNC2ATSE[j] as usize;
+            if observed[a] {
+                spl.junction.push(j as u32);
+                spl.k.push(kk[j] as f32);
+                spl.n.push(tot[a] as f32);
+                spl.psi.push(kk[j] as f32 / tot[a] as f32);
+            }
+        }
+        spl.indptr.push(spl.junction.len());
+    }
+    Batch {
+        expr,
+        library,
+        batch: (0..b).map(|_| r.gen_range(0..d.n_batch as u32)).collect(),
+        labels: (0..b).map(|_| r.gen_range(0..d.n_labels as u32)).collect(),
+        cats: d.n_cats_per_cov.iter().map(|&n| (0..b).map(|_| r.gen_range(0..n as u32)).collect()).collect(),
+        cont: Vec::new(),
+        n_cont: 0,
+        cell_idx: None,
+        spl,
+    }
+}
+
+/// Initial parameters moved off their defaults (LayerNorm gains ≠ 1, asymmetric weights).
+fn random_params(model: &SpliceVae, seed: u64) -> Params<f32> {
+    let mut p = model.init_params::<f32>(seed);
+    let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0xABCD);
+    let layout = p.layout.clone();
+    for (i, e) in layout.entries.iter().enumerate() {
+        if e.kind.trainable() {
+            let v = p.get_mut(i);
+            if e.name == "log_phi_j" {
+                v.iter_mut().for_each(|x| *x = 1.0 + r.gen_range(-0.5..0.5));
+            } else {
+                v.iter_mut().for_each(|x| *x += r.gen_range(-0.2..0.2));
+            }
+        }
+    }
+    p
+}
+
+fn close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, CPU has {}", got.len(), want.len());
+    let scale = want.iter().fold(1e-12f64, |a, &v| a.max((v as f64).abs()));
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = 2e-3 * (w as f64).abs() + 2e-4 * scale;
+        assert!(g.is_finite() && ((g - w) as f64).abs() <= tol, "{what}[{k}] = {g:e}, CPU {w:e} (tolerance {tol:e})");
+    }
+}
+
+fn close_scalar(what: &str, got: f64, want: f64) {
+    assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{what}: device {got}, CPU {want}");
+}
+
+struct Case {
+    name: &'static str,
+    cfg: ModelConfig,
+    dims: Dims,
+    opts: StepOptions,
+    extra_dz: bool,
+}
+
+fn small(cfg: ModelConfig) -> ModelConfig {
+    ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, ..cfg }
+}
+
+fn opts() -> StepOptions {
+    StepOptions { kl_weight: 0.7, cross_gate: 1.0, training: true, use_z_mean: false, routing: None, seed: 11, noise: Noise::Seeded }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case { name: "default", cfg: small(ModelConfig { dropout_rate: 0.2, ..ModelConfig::default() }), dims: dims(2, vec![]), opts: opts(), extra_dz: false },
+        Case { name: "paper", cfg: small(ModelConfig { dropout_rate: 0.1, ..ModelConfig::paper() }), dims: dims(2, vec![]), opts: opts(), extra_dz: false },
+        Case {
+            name: "default, routed to splicing, extra dz, 3 batches + a categorical covariate",
+            cfg: small(ModelConfig::default()),
+            dims: dims(3, vec![4]),
+            opts: StepOptions { routing: Some(Modality::Splicing), ..opts() },
+            extra_dz: true,
+        },
+        Case {
+            name: "paper, evaluation mode, decoders on qz_m, routed to expression",
+            cfg: small(ModelConfig::paper()),
+            dims: dims(2, vec![]),
+            opts: StepOptions { training: false, use_z_mean: true, routing: Some(Modality::Expression), ..opts() },
+            extra_dz: false,
+        },
+        Case {
+            name: "vanilla splicing encoder, NB, beta-binomial, MMD, log1p input, one batch",
+            cfg: small(ModelConfig {
+                splicing_encoder_architecture: SplicingEncoderArch::Vanilla,
+                gene_likelihood: GeneLikelihood::Nb,
+                splicing_loss_type: SplicingLoss::BetaBinomial,
+                modality_penalty: ModalityPenalty::Mmd,
+                expression_input: ExpressionInput::Log1p,
+                dropout_rate: 0.15,
+                ..ModelConfig::paper()
+            }),
+            dims: dims(1, vec![]),
+            opts: opts(),
+            extra_dz: false,
+        },
+        Case {
+            name: "Poisson, binomial, JeffreysExact, masked splicing, scalar DM centre + fixed pool",
+            cfg: small(ModelConfig {
+                gene_likelihood: GeneLikelihood::Poisson,
+                splicing_loss_type: SplicingLoss::Binomial,
+                modality_penalty: ModalityPenalty::JeffreysExact,
+                mask_cells_without_splicing: true,
+                partial_center_psi: true,
+                pool_mode: PoolMode::Fixed,
+                ..ModelConfig::paper()
+            }),
+            dims: dims(2, vec![]),
+            opts: opts(),
+            extra_dz: false,
+        },
+    ]
+}
+
+fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
+    let name = case.name;
+    let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
+    let p = random_params(&model, seed);
+    let batch = synth_batch(&case.dims, 9, seed + 1);
+    let l = model.arch.l;
+    let extra: Option<Vec<f32>> = case.extra_dz.then(|| {
+        let mut r = ChaCha8Rng::seed_from_u64(seed + 2);
+        (0..batch.n_cells() * l).map(|_| r.gen_range(-0.3..0.3)).collect()
+    });
+    let fw = model.forward(&p, &batch, &case.opts).unwrap();
+    let extra_mat = extra.as_ref().map(|v| Mat::from_vec(batch.n_cells(), l, v.clone()));
+    let want = model.backward(&p, &batch, &fw, extra_mat.as_ref()).unwrap();
+    let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+    let out = dm.forward_backward(&batch, &case.opts, extra.as_deref()).unwrap();
+    close(&format!("{name}: rl_expr"), &out.rl_expr, &fw.out.rl_expr);
+    close(&format!("{name}: rl_spl"), &out.rl_spl, &fw.out.rl_spl);
+    close(&format!("{name}: kl"), &out.kl, &fw.out.kl);
+    close_scalar(&format!("{name}: penalty"), out.penalty, fw.out.penalty as f64);
+    close_scalar(&format!("{name}: concentration prior"), out.concentration_prior, fw.out.concentration_prior as f64);
+    close_scalar(&format!("{name}: loss"), out.loss, fw.out.loss as f64);
+    close(&format!("{name}: z"), &out.z, &fw.out.inference.z.data);
+    let got = dm.download_grads().unwrap();
+    let mut n_nonzero = 0;
+    for (i, e) in model.layout.entries.iter().enumerate() {
+        if let (Some(g), Some(w)) = (got.get(i), want.get(i)) {
+            close(&format!("{name}: d {}", e.name), g, w);
+            n_nonzero += w.iter().filter(|v| v.abs() > 0.0).count();
+        }
+    }
+    assert!(n_nonzero * 2 > model.layout.n_trainable, "{name}: only {n_nonzero} of {} CPU gradients non-zero", model.layout.n_trainable);
+    // The parameters went up as they were.
+    assert_eq!(dm.download_params().unwrap().data, p.data, "{name}: device parameters changed");
+}
+
+#[test]
+fn device_step_matches_cpu_model() {
+    for dev in emu::devices("CUDA training step vs SpliceVae::forward/backward") {
+        for (k, case) in cases().iter().enumerate() {
+            step_on(&dev, case, 100 + k as u64);
+        }
+    }
+}
+
+#[test]
+fn unsupported_options_are_named() {
+    let d = dims(2, vec![]);
+    assert!(unsupported(&ModelConfig::default(), &d).is_none());
+    assert!(unsupported(&ModelConfig::paper(), &d).is_none());
+    let robust = unsupported(&ModelConfig::robust(), &d).expect("robust's concatenated latent is not on the device yet");
+    assert!(robust.contains("modality weights") && robust.contains("--device cpu"), "{robust}");
+    let bn = unsupported(&ModelConfig { use_batch_norm: NormPlacement::Both, ..ModelConfig::default() }, &d).unwrap();
+    assert!(bn.contains("BatchNorm"), "{bn}");
+}
