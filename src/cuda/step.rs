@@ -20,6 +20,7 @@ use super::expr_lik::{CudaExprLik, ExprLikInputs, ExprLikOutputs};
 use super::gemm::{CudaGemm, GemmPrecision, Operand};
 use super::glue::{Cols, CudaGlue, MapOp};
 use super::latent::{penalty_scale, CudaLatent, LatentDevFwd, LatentDevGrads, LatentDevIn, LatentShape};
+use super::optim::{CudaOptim, GRAD_NORM_MAX_BLOCKS};
 use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
 use super::runtime::{CudaDevice, DevBuf, DeviceMem};
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
@@ -35,6 +36,7 @@ use crate::model::spl_lik::{AtseGroups, ConcIndex};
 use crate::model::tensor::Mat;
 use crate::model::vae::{expression_input_values, LIB_EPS, PARTIAL_VAR_EPS};
 use crate::model::{Batch, Grads, Noise, Params, SpliceVae, StepOptions};
+use crate::optim::{AdamConfig, AdamState};
 use anyhow::{bail, ensure, Context, Result};
 
 /// Why the CUDA step cannot run this configuration, or None.
@@ -167,9 +169,9 @@ pub struct DeviceStepOutput {
 }
 
 /// The model's parameters and gradients on one device, and the step that fills the gradients.
-pub struct DeviceModel<'d, 'm> {
+pub struct DeviceModel<'d> {
     dev: &'d CudaDevice,
-    model: &'m SpliceVae,
+    model: SpliceVae,
     /// Host copy of the buffers the step reads on the host (pool divisor, modality weights).
     host: Params<f32>,
     pub params: DevBuf<f32>,
@@ -183,11 +185,22 @@ pub struct DeviceModel<'d, 'm> {
     expr: CudaExprLik<'d>,
     spl: CudaSplicingLik<'d>,
     glue: CudaGlue<'d>,
+    optim: CudaOptim<'d>,
 }
 
-impl<'d, 'm> DeviceModel<'d, 'm> {
+/// AdamW moments on the device (over the trainable parameters) and the clipping scratch.
+pub struct DeviceAdam {
+    exp_avg: DevBuf<f32>,
+    exp_avg_sq: DevBuf<f32>,
+    partials: DevBuf<f64>,
+    /// (global norm, clip scale) of the last step.
+    norm: DevBuf<f32>,
+    sumsq: DevBuf<f64>,
+}
+
+impl<'d> DeviceModel<'d> {
     /// Uploads `params`; errors (with the reason) for configurations the CUDA step does not implement.
-    pub fn new(dev: &'d CudaDevice, model: &'m SpliceVae, params: &Params<f32>) -> Result<Self> {
+    pub fn new(dev: &'d CudaDevice, model: &SpliceVae, params: &Params<f32>) -> Result<Self> {
         if let Some(why) = unsupported(&model.cfg, &model.dims) {
             bail!(why);
         }
@@ -195,7 +208,7 @@ impl<'d, 'm> DeviceModel<'d, 'm> {
         let j2a = if model.junc2atse.is_empty() { vec![0u32] } else { model.junc2atse.clone() };
         Ok(DeviceModel {
             dev,
-            model,
+            model: model.clone(),
             host: params.clone(),
             params: dev.upload(&params.data)?,
             grads: dev.zeros(model.layout.n_trainable.max(1))?,
@@ -208,7 +221,66 @@ impl<'d, 'm> DeviceModel<'d, 'm> {
             expr: CudaExprLik::new(dev)?,
             spl: CudaSplicingLik::new(dev)?,
             glue: CudaGlue::new(dev)?,
+            optim: CudaOptim::new(dev)?,
         })
+    }
+
+    /// Replaces the device gradients (for tests of [`Self::optimizer_step`]).
+    pub fn upload_grads(&mut self, g: &Grads<f32>) -> Result<()> {
+        ensure!(g.data.len() == self.model.layout.n_trainable, "gradients do not match the model's layout");
+        let mut v = View { addr: self.grads.device_address(), len: g.data.len() };
+        self.dev.write(&g.data, &mut v)
+    }
+
+    /// Optimizer moments on the device, from `state` (zeros for a fresh run).
+    pub fn adam_state(&self, state: &AdamState) -> Result<DeviceAdam> {
+        let n = self.model.layout.n_trainable;
+        ensure!(state.len() == n, "optimizer state has {} entries for {n} parameters", state.len());
+        let one = |v: &[f32]| if v.is_empty() { vec![0f32] } else { v.to_vec() };
+        Ok(DeviceAdam {
+            exp_avg: self.dev.upload(&one(&state.exp_avg))?,
+            exp_avg_sq: self.dev.upload(&one(&state.exp_avg_sq))?,
+            partials: self.dev.zeros(GRAD_NORM_MAX_BLOCKS)?,
+            norm: self.dev.zeros(2)?,
+            sumsq: self.dev.zeros(1)?,
+        })
+    }
+
+    /// The device moments copied back, with step count `step`.
+    pub fn download_adam(&self, a: &DeviceAdam, step: u64) -> Result<AdamState> {
+        let n = self.model.layout.n_trainable;
+        let mut m = self.dev.download(&a.exp_avg)?;
+        let mut v = self.dev.download(&a.exp_avg_sq)?;
+        m.truncate(n);
+        v.truncate(n);
+        Ok(AdamState { exp_avg: m, exp_avg_sq: v, step })
+    }
+
+    /// One optimizer step on the device over the gradients of the last [`Self::forward_backward`]:
+    /// the global norm (and, with `clip`, the scale that brings it to at most `clip`), then AdamW with
+    /// the scalars of step number `step` (1-based). A non-finite gradient is an error naming the first
+    /// parameter that has one, before anything is updated. Returns the gradient norm.
+    pub fn optimizer_step(&mut self, adam: &mut DeviceAdam, config: &AdamConfig, step: u64, clip: Option<f32>) -> Result<f64> {
+        let _r = crate::nvtx_range!("optimizer");
+        let n = self.model.layout.n_trainable;
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let g = View { addr: self.grads.device_address(), len: n };
+        self.optim.grad_norm(&g, None, clip.unwrap_or(f32::MAX), &mut adam.partials, &mut adam.norm, Some(&mut adam.sumsq))?;
+        let sumsq = self.dev.download(&adam.sumsq)?[0];
+        if !sumsq.is_finite() {
+            let all = self.dev.download(&self.grads)?;
+            let i = all[..n].iter().position(|v| !v.is_finite()).unwrap_or(0);
+            let name = self.model.layout.entries.iter().find(|e| e.kind.trainable() && e.offset <= i && i < e.offset + e.len).map(|e| e.name.clone()).unwrap_or_default();
+            bail!("non-finite gradient of `{name}` (entry {i}) on the device");
+        }
+        let mut p = View { addr: self.params.device_address(), len: n };
+        let mut m = View { addr: adam.exp_avg.device_address(), len: n };
+        let mut v = View { addr: adam.exp_avg_sq.device_address(), len: n };
+        let scale = clip.map(|_| (&adam.norm as &dyn DeviceMem<f32>, 1usize));
+        self.optim.adam_step(config, step, &mut p, &g, &mut m, &mut v, None, scale)?;
+        Ok(sumsq.sqrt())
     }
 
     /// Replaces the device parameters by `params`.
@@ -257,7 +329,7 @@ impl<'d, 'm> DeviceModel<'d, 'm> {
     }
 
     fn upload_batch(&self, batch: &Batch, opts: &StepOptions) -> Result<DevBatch> {
-        let m = self.model;
+        let m = &self.model;
         let cfg = &m.cfg;
         let b = batch.n_cells();
         let dev = self.dev;
@@ -526,10 +598,19 @@ impl<'d, 'm> DeviceModel<'d, 'm> {
     }
 
     /// One forward + backward: the loss terms, and the gradients in [`Self::grads`] (overwritten).
-    /// `extra_dz` (B × L) is an additional gradient w.r.t. the sampled z (the adversary's fool term).
-    pub fn forward_backward(&mut self, batch: &Batch, opts: &StepOptions, extra_dz: Option<&[f32]>) -> Result<DeviceStepOutput> {
+    /// `extra_dz` is called with the sampled z (B × L) once the forward has it and may return an
+    /// additional gradient w.r.t. z (the adversary's fool term). Without `backward` only the loss
+    /// terms are computed (validation).
+    pub fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        opts: &StepOptions,
+        extra_dz: &mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>,
+        backward: bool,
+    ) -> Result<DeviceStepOutput> {
         let _r = crate::nvtx_range!("device step");
-        let m = self.model;
+        let model = self.model.clone();
+        let m = &model;
         let (cfg, a) = (&m.cfg, &m.arch);
         batch.check(m.dims.n_genes, m.dims.n_junctions)?;
         ensure!(batch.n_cells() > 0, "empty minibatch");
@@ -540,7 +621,6 @@ impl<'d, 'm> DeviceModel<'d, 'm> {
         let mode = Mode { training: opts.training, seed: opts.seed };
         let bt = self.upload_batch(batch, opts)?;
         let inv_b = 1.0 / b as f32;
-        dev.memset(&mut self.grads, 0)?;
 
         // ---- expression encoder --------------------------------------------------------------
         let xe_csr = SparseDev { ptr: &bt.x_ptr, idx: &bt.x_idx, val: &bt.xe_val };
@@ -723,9 +803,14 @@ impl<'d, 'm> DeviceModel<'d, 'm> {
         };
         let mean_terms: f64 = (0..b).map(|i| rl_expr[i] as f64 + rl_s_h[i] as f64 + opts.kl_weight * kl_h[i] as f64).sum::<f64>() / b as f64;
         let loss = mean_terms + penalty + concentration_prior;
-        if !loss.is_finite() {
-            bail!("non-finite loss on the device (expression {:.4e}, splicing {:.4e}, KL {:.4e}, penalty {penalty:.4e})", rl_expr.iter().map(|&v| v as f64).sum::<f64>(), rl_s_h.iter().map(|&v| v as f64).sum::<f64>(), kl_h.iter().map(|&v| v as f64).sum::<f64>());
+        let z_host = dev.download(&z)?;
+        let out = DeviceStepOutput { rl_expr, rl_spl: rl_s_h, kl: kl_h, penalty, concentration_prior, loss, z: z_host };
+        if !backward || !out.loss.is_finite() {
+            // (A non-finite loss is the caller's to report, with the term that went bad.)
+            return Ok(out);
         }
+        let extra = extra_dz(&out.z)?;
+        dev.memset(&mut self.grads, 0)?;
 
         // ---- backward: expression ----------------------------------------------------------------
         let mut g_pxr = self.g(a.px_r.unwrap());
@@ -782,7 +867,7 @@ impl<'d, 'm> DeviceModel<'d, 'm> {
         if !opts.use_z_mean {
             self.dev.copy(&dlat, &mut dz, b * l)?;
         }
-        if let Some(x) = extra_dz {
+        if let Some(x) = &extra {
             ensure!(x.len() == b * l, "extra dz has {} values for {b} × {l}", x.len());
             let xd = dev.upload(x)?;
             self.glue.copy_cols(Cols::all(&xd, l), Cols::all(&dz, l), b, l, 1.0, 1.0)?;
@@ -855,15 +940,7 @@ impl<'d, 'm> DeviceModel<'d, 'm> {
             _ => unreachable!(),
         }
         dev.synchronize()?;
-        Ok(DeviceStepOutput {
-            rl_expr,
-            rl_spl: rl_s_h,
-            kl: kl_h,
-            penalty,
-            concentration_prior,
-            loss,
-            z: dev.download(&z)?,
-        })
+        Ok(out)
     }
 
     /// The partial encoder's parameter views: emb, h0 w/b, ln1 w/b, h4 w/b, ln5 w/b, center.
