@@ -309,3 +309,59 @@ fn device_optimizer_step_matches_cpu() {
         optimizer_on(&dev);
     }
 }
+
+/// Two epochs of `Trainer::fit` with the steps on the device against the CPU trainer on the same
+/// simulated data (toy size, `paper` options, two batches: the adversary is on): the per-epoch metrics agree, the
+/// optimizer took the same number of steps, and the checkpoint holds the device's parameters.
+fn trainer_on(dev: &'static CudaDevice) {
+    use splicevi::data::simulate::{simulate, SimConfig, SimSize};
+    use splicevi::data::DataOptions;
+    use splicevi::train::trainer::{RunConfig, Trainer, MODEL_FILE};
+    use splicevi::train::{presets, TrainConfig};
+    let (ds, _) = simulate(&SimConfig::preset(SimSize::Toy, 3)).unwrap();
+    // One preset (the emulation is slow); tests of the step itself cover the others.
+    for preset in ["paper"] {
+        let (model, train0) = presets::preset(preset).unwrap();
+        let model = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim: 4, h_hidden_dim: 8, encoder_hidden_dim: 8, ..model };
+        let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
+        let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
+        let run = RunConfig::for_dataset(preset, model, train, data, &ds);
+        let (d_cpu, d_dev) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut cpu = Trainer::new(&ds, run.clone(), d_cpu.path()).unwrap();
+        cpu.verbose = false;
+        cpu.fit().unwrap();
+        let mut on = Trainer::new(&ds, run, d_dev.path()).unwrap();
+        on.verbose = false;
+        assert!(on.adversary.is_some(), "{preset}: two batches train the adversary");
+        on.use_device(dev).unwrap();
+        assert!(on.on_device());
+        on.fit().unwrap();
+        assert_eq!(on.state.global_step, cpu.state.global_step, "{preset}: steps");
+        assert_eq!(on.opt.state.step, cpu.opt.state.step, "{preset}: optimizer steps");
+        for (a, b) in on.log.epochs.iter().zip(&cpu.log.epochs) {
+            for (what, x, y) in [
+                ("train loss", a.train_loss, b.train_loss),
+                ("validation reconstruction", a.reconstruction_loss_validation, b.reconstruction_loss_validation),
+                ("validation KL", a.kl_local_validation, b.kl_local_validation),
+                ("adversary loss", a.adversary_loss, b.adversary_loss),
+            ] {
+                assert!((x - y).abs() <= 2e-3 * y.abs().max(1.0), "{preset} epoch {}: {what} device {x}, CPU {y}", a.epoch);
+            }
+        }
+        // The checkpoint is the device's parameters, and they moved with the CPU's.
+        let mut saved = on.params.clone();
+        saved.load_safetensors(&d_dev.path().join(MODEL_FILE)).unwrap();
+        let now = on.params.clone();
+        assert!(saved.data == now.data, "{preset}: the checkpoint is not the synced parameters");
+        let moved: f64 = now.trainable().iter().zip(cpu.params.trainable()).map(|(&a, &b)| ((a - b) as f64).abs()).fold(0.0, f64::max);
+        assert!(moved < 0.05, "{preset}: device and CPU parameters drifted apart by {moved}");
+    }
+}
+
+#[test]
+fn device_trainer_matches_cpu_trainer() {
+    for dev in emu::devices("Trainer::fit on the device vs on the CPU") {
+        let dev: &'static CudaDevice = Box::leak(Box::new(dev));
+        trainer_on(dev);
+    }
+}

@@ -4,6 +4,7 @@
 
 use crate::data::simulate::{simulate, SimConfig, SimSize};
 use crate::data::{DataOptions, Dataset};
+use crate::device::Device;
 use crate::model::{ExpressionArch, ModelConfig, SplicingDecoderArch, SplicingEncoderArch};
 use crate::train::trainer::{dims_of, RunConfig, Trainer};
 use crate::train::{presets, TrainConfig};
@@ -107,9 +108,47 @@ fn forward_flops_per_cell(cfg: &ModelConfig, ds: &Dataset) -> f64 {
     f
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
-    let peak = cpu_gemm_peak();
-    println!("device: cpu ({} rayon threads); measured f32 GEMM peak {:.1} GFLOP/s", rayon::current_num_threads(), peak / 1e9);
+/// Measured f32 GEMM throughput of the device through the step's GEMM (cuBLAS; the host product under
+/// the emulation, on a small matrix), FLOP/s.
+fn device_gemm_peak(dev: &crate::cuda::CudaDevice) -> Result<f64> {
+    use crate::cuda::gemm::{GemmPrecision, Operand};
+    let n = if dev.is_emulated() { 64 } else { 4096 };
+    let g = crate::cuda::CudaGemm::new(dev)?;
+    let a = dev.upload(&vec![1.0f32; n * n])?;
+    let b = dev.upload(&vec![0.5f32; n * n])?;
+    let mut c = dev.zeros::<f32>(n * n)?;
+    let (oa, ob) = (Operand::new(&a, n, n, false)?, Operand::new(&b, n, n, false)?);
+    g.gemm(GemmPrecision::F32, 1.0, &oa, &ob, 0.0, &mut c, n, n)?;
+    dev.synchronize()?;
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..4 {
+            g.gemm(GemmPrecision::F32, 1.0, &oa, &ob, 0.0, &mut c, n, n)?;
+        }
+        dev.synchronize()?;
+        best = best.max(4.0 * 2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+pub fn run(args: BenchArgs, device: &Device) -> Result<()> {
+    let dev: Option<&'static crate::cuda::CudaDevice> = match device {
+        Device::Cuda(info) => Some(Box::leak(Box::new(crate::cuda::CudaDevice::open(info.ordinal)?))),
+        Device::Cpu => None,
+    };
+    let peak = match dev {
+        Some(d) => {
+            let p = device_gemm_peak(d)?;
+            println!("device: {} (the CUDA step); measured f32 GEMM peak {:.1} GFLOP/s", device, p / 1e9);
+            p
+        }
+        None => {
+            let p = cpu_gemm_peak();
+            println!("device: cpu ({} rayon threads); measured f32 GEMM peak {:.1} GFLOP/s", rayon::current_num_threads(), p / 1e9);
+            p
+        }
+    };
     let header = "size\tpreset\tcells\tgenes\tjunctions\tbatch\tsteps\ts_per_step\tcells_per_s\ts_per_epoch\tpeak_rss_mb\toriginal_s_per_step\tspeedup\test_gflop_per_cell\tfraction_of_floor";
     println!("{header}");
     let mut rows = vec![header.to_string()];
@@ -124,7 +163,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
             let run = RunConfig::for_dataset(preset_name, model.clone(), train.clone(), data, &ds);
             let tmp = tempfile::tempdir()?;
+            if let (Some(_), Some(why)) = (dev, crate::cuda::step::unsupported(&model, &dims)) {
+                println!("# {size_name} {preset_name}: not run on the device: {why}");
+                continue;
+            }
             let mut t = Trainer::new(&ds, run, tmp.path())?;
+            if let Some(d) = dev {
+                t.use_device(d)?;
+            }
             // Steady state: past the KL warm-up (mixing on, gate 1).
             let epoch = train.n_epochs_kl_warmup.unwrap_or(0);
             t.timed_steps(epoch, 0, 1)?;

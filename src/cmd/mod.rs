@@ -90,14 +90,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckFixture(_) => Some("check-fixture"),
         Command::Bench(_) => Some("bench"),
     };
+    let mut resolved = None;
     if let Some(name) = compute {
-        let r = crate::device::resolve_for_command(cli.device, name)?;
+        let r = match name {
+            "train" | "bench" => crate::device::resolve_for_training(cli.device)?,
+            _ => crate::device::resolve_for_command(cli.device, name)?,
+        };
         eprintln!("{}", r.describe());
+        resolved = Some(r);
     }
+    let device = resolved.map(|r| r.device).unwrap_or(crate::device::Device::Cpu);
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
         Command::Validate(a) => validate::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(a, &device),
         Command::Embed(a) => embed::run(a),
         Command::Impute(a) => impute::run(a),
         Command::NormalizeExpression(a) => normalize_expression::run(a),
@@ -106,7 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(a) => evaluate::run(a),
         Command::Plot(a) => plot::run(a),
         Command::CheckFixture(a) => check_fixture::run(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Bench(a) => bench::run(a, &device),
         Command::Info(a) => info::run(a),
     }
 }

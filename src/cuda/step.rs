@@ -225,6 +225,11 @@ impl<'d> DeviceModel<'d> {
         })
     }
 
+    /// Waits for the device's queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
     /// Replaces the device gradients (for tests of [`Self::optimizer_step`]).
     pub fn upload_grads(&mut self, g: &Grads<f32>) -> Result<()> {
         ensure!(g.data.len() == self.model.layout.n_trainable, "gradients do not match the model's layout");

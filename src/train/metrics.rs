@@ -59,14 +59,29 @@ fn sum(v: &[f32]) -> f64 {
     v.iter().map(|&x| x as f64).sum()
 }
 
+/// Σ_i (RL_e + RL_s), as `StepOutput::reconstruction_loss_sum`.
+fn rec_sum(rl_expr: &[f32], rl_spl: &[f32]) -> f64 {
+    rl_expr.iter().zip(rl_spl).map(|(&a, &b)| a as f64 + b as f64).sum()
+}
+
+/// Σ_i KL + B × penalty, as `StepOutput::kl_local_sum`.
+fn kl_sum(kl: &[f32], penalty: f64) -> f64 {
+    sum(kl) + kl.len() as f64 * penalty
+}
+
 impl EpochMetrics {
     pub fn add_train(&mut self, out: &StepOutput<f32>, total_loss: f64) {
+        self.add_train_terms(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty as f64, total_loss);
+    }
+
+    /// [`Self::add_train`] from the per-cell terms and the penalty (the CUDA step reports these).
+    pub fn add_train_terms(&mut self, rl_expr: &[f32], rl_spl: &[f32], kl: &[f32], penalty: f64, total_loss: f64) {
         self.steps += 1;
-        self.n_train += out.rl_expr.len();
-        self.rec_e += sum(&out.rl_expr);
-        self.rec_s += sum(&out.rl_spl);
-        self.rec_train += out.reconstruction_loss_sum();
-        self.kl_train += out.kl_local_sum();
+        self.n_train += rl_expr.len();
+        self.rec_e += sum(rl_expr);
+        self.rec_s += sum(rl_spl);
+        self.rec_train += rec_sum(rl_expr, rl_spl);
+        self.kl_train += kl_sum(kl, penalty);
         self.train_loss += total_loss;
     }
 
@@ -84,10 +99,15 @@ impl EpochMetrics {
     }
 
     pub fn add_validation(&mut self, out: &StepOutput<f32>) {
-        self.n_val += out.rl_expr.len();
-        self.v_e += sum(&out.rl_expr);
-        self.v_s += sum(&out.rl_spl);
-        self.v_kl += out.kl_local_sum();
+        self.add_validation_terms(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty as f64);
+    }
+
+    /// [`Self::add_validation`] from the per-cell terms.
+    pub fn add_validation_terms(&mut self, rl_expr: &[f32], rl_spl: &[f32], kl: &[f32], penalty: f64) {
+        self.n_val += rl_expr.len();
+        self.v_e += sum(rl_expr);
+        self.v_s += sum(rl_spl);
+        self.v_kl += kl_sum(kl, penalty);
     }
 
     pub fn finish_validation(&mut self) {

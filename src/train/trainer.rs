@@ -120,6 +120,15 @@ pub struct Trainer<'a> {
     pub log: MetricsLog,
     /// Print one line per epoch (besides the progress bar).
     pub verbose: bool,
+    /// The CUDA step, when training runs on a device ([`Trainer::use_device`]). The host `params` and
+    /// `opt.state` then trail the device's and are brought back at the end of every epoch.
+    device: Option<DeviceRun>,
+}
+
+/// The model and the optimizer moments on a device.
+struct DeviceRun {
+    model: crate::cuda::step::DeviceModel<'static>,
+    adam: crate::cuda::step::DeviceAdam,
 }
 
 impl<'a> Trainer<'a> {
@@ -158,7 +167,21 @@ impl<'a> Trainer<'a> {
             stopped_early: false,
             global_step: 0,
         };
-        Ok(Trainer { ds, run, dir: dir.to_path_buf(), model, params, opt, adversary, train_cells, validation_cells, state, log: MetricsLog::default(), verbose: true })
+        Ok(Trainer {
+            ds,
+            run,
+            dir: dir.to_path_buf(),
+            model,
+            params,
+            opt,
+            adversary,
+            train_cells,
+            validation_cells,
+            state,
+            log: MetricsLog::default(),
+            verbose: true,
+            device: None,
+        })
     }
 
     /// Continue a run from its directory (the checkpoint written at the end of the last completed epoch).
@@ -181,6 +204,29 @@ impl<'a> Trainer<'a> {
         t.log = MetricsLog::load(dir)?;
         t.log.truncate(t.state.epochs_done);
         Ok(t)
+    }
+
+    /// Run the training steps (and validation) on `dev` from now on, starting from the current
+    /// parameters and optimizer state. Errors for options the CUDA step does not implement.
+    pub fn use_device(&mut self, dev: &'static crate::cuda::CudaDevice) -> Result<()> {
+        let model = crate::cuda::step::DeviceModel::new(dev, &self.model, &self.params)?;
+        let adam = model.adam_state(&self.opt.state)?;
+        self.device = Some(DeviceRun { model, adam });
+        Ok(())
+    }
+
+    /// Whether the steps run on a device.
+    pub fn on_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// Bring the device's parameters and optimizer moments back to `params` / `opt.state`.
+    pub fn sync_from_device(&mut self) -> Result<()> {
+        if let Some(d) = &self.device {
+            self.params = d.model.download_params()?;
+            self.opt.state = d.model.download_adam(&d.adam, self.opt.state.step)?;
+        }
+        Ok(())
     }
 
     /// Train until max_epochs or early stopping. Returns the metrics of every epoch.
@@ -209,6 +255,7 @@ impl<'a> Trainer<'a> {
             if !self.validation_cells.is_empty() {
                 self.validate(epoch, &mut m)?;
             }
+            self.sync_from_device()?;
             m.seconds = t0.elapsed().as_secs_f64();
             m.cells_per_s = self.train_cells.len() as f64 / m.seconds.max(1e-9);
             self.end_of_epoch(epoch, &m)?;
@@ -238,10 +285,17 @@ impl<'a> Trainer<'a> {
             self.train_step(epoch, i as u64, b, &mut m)?;
             cells += b.len();
         }
+        if let Some(d) = &self.device {
+            // Launches are asynchronous: the time includes the device's work.
+            d.model.synchronize()?;
+        }
         Ok((t0.elapsed().as_secs_f64(), cells))
     }
 
     fn train_step(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
+        if self.device.is_some() {
+            return self.train_step_device(epoch, step, cells, m);
+        }
         let tc = &self.run.train;
         let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
         self.params.set_cross_gate(gate as f64);
@@ -295,6 +349,67 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// [`Self::train_step`] on the device: the same options, minibatch and seeds; the adversary stays on
+    /// the host (its input z and its gradient are B × L).
+    fn train_step_device(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
+        let tc = self.run.train.clone();
+        let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
+        let routing = if gate < 1.0 && self.run.model.modality_weights != ModalityWeights::Concatenate && self.run.model.warmup_routing == WarmupRouting::Coin {
+            let mut r = stream(tc.seed, Purpose::Routing, epoch as u64, step);
+            Some(if r.gen::<bool>() { Modality::Splicing } else { Modality::Expression })
+        } else {
+            None
+        };
+        let step_seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, step).gen();
+        let batch = Batch::from_dataset(self.ds, cells, true)?;
+        let opts = StepOptions { kl_weight: kl as f64, cross_gate: gate as f64, training: true, use_z_mean: false, routing, seed: step_seed, noise: Noise::Seeded };
+        let global = self.state.global_step;
+        let bad = |term: &str| NonFinite { epoch, step: global, term: term.to_string() };
+        let (b, l) = (batch.n_cells(), self.model.arch.l);
+        let Trainer { device, adversary, opt, .. } = self;
+        let dr = device.as_mut().expect("device run");
+        let mut fool = None;
+        let out = dr.model.forward_backward(
+            &batch,
+            &opts,
+            &mut |z| match adversary.as_ref() {
+                Some((adv, ap, _)) => {
+                    let f = adv.fool(ap, &crate::model::Mat::from_vec(b, l, z.to_vec()), &batch.batch, true, step_seed)?;
+                    let dz = f.dz.data.clone();
+                    fool = Some(f);
+                    Ok(Some(dz))
+                }
+                None => Ok(None),
+            },
+            true,
+        )?;
+        check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty, out.concentration_prior, out.loss, &bad)?;
+        let mut total = out.loss;
+        if let Some(f) = &fool {
+            total += f.loss as f64;
+        }
+        opt.state.step += 1;
+        let clip = tc.gradient_clip.map(|c| c as f32);
+        if let Err(e) = dr.model.optimizer_step(&mut dr.adam, &opt.config, opt.state.step, clip) {
+            opt.state.step -= 1;
+            return Err(bad(&format!("gradient ({e:#})")).into());
+        }
+        if let (Some((adv, ap, aopt)), Some(f)) = (adversary.as_mut(), &fool) {
+            adv.apply_buffer_updates(ap, &f.buffer_updates);
+            let zm = crate::model::Mat::from_vec(b, l, out.z.clone());
+            let c = adv.classifier_step(ap, &zm, &batch.batch, true, step_seed)?;
+            adv.apply_buffer_updates(ap, &c.buffer_updates);
+            if !c.loss.is_finite() {
+                return Err(bad("adversarial classifier loss").into());
+            }
+            aopt.step(ap.trainable_mut(), &c.grads.data, None, 1.0)?;
+            m.adv_loss += c.loss as f64;
+        }
+        m.add_train_terms(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty, total);
+        self.state.global_step += 1;
+        Ok(())
+    }
+
     fn validate(&mut self, epoch: usize, m: &mut EpochMetrics) -> Result<()> {
         let tc = &self.run.train;
         let (kl, _) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
@@ -303,6 +418,14 @@ impl<'a> Trainer<'a> {
             let seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, (1u64 << 40) + vstep as u64).gen();
             let batch = Batch::from_dataset(self.ds, cells, true)?;
             let opts = StepOptions { kl_weight: kl as f64, cross_gate: 1.0, training: false, use_z_mean: false, routing: None, seed, noise: Noise::Seeded };
+            if let Some(dr) = self.device.as_mut() {
+                let out = dr.model.forward_backward(&batch, &opts, &mut |_| Ok(None), false).with_context(|| format!("validation at epoch {epoch}"))?;
+                let global = self.state.global_step;
+                let bad = |term: &str| NonFinite { epoch, step: global, term: format!("validation {term}") };
+                check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty, out.concentration_prior, out.loss, &bad)?;
+                m.add_validation_terms(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty);
+                continue;
+            }
             let fwd = self.model.forward(&self.params, &batch, &opts).with_context(|| format!("validation at epoch {epoch}"))?;
             let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: format!("validation {term}") };
             check_terms(&fwd.out, &bad)?;
@@ -365,14 +488,19 @@ fn first_non_finite(v: &[f32]) -> Option<usize> {
 }
 
 fn check_terms<F: Fn(&str) -> NonFinite>(out: &crate::model::StepOutput<f32>, bad: &F) -> Result<()> {
+    check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty as f64, out.concentration_prior as f64, out.loss as f64, bad)
+}
+
+/// The first non-finite loss term, named.
+fn check_sums<F: Fn(&str) -> NonFinite>(rl_expr: &[f32], rl_spl: &[f32], kl: &[f32], penalty: f64, prior: f64, loss: f64, bad: &F) -> Result<()> {
     let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
     let terms = [
-        ("reconstruction_loss_expression", sum(&out.rl_expr)),
-        ("reconstruction_loss_splicing", sum(&out.rl_spl)),
-        ("kl_divergence_z", sum(&out.kl)),
-        ("modality penalty", out.penalty as f64),
-        ("concentration prior", out.concentration_prior as f64),
-        ("loss", out.loss as f64),
+        ("reconstruction_loss_expression", sum(rl_expr)),
+        ("reconstruction_loss_splicing", sum(rl_spl)),
+        ("kl_divergence_z", sum(kl)),
+        ("modality penalty", penalty),
+        ("concentration prior", prior),
+        ("loss", loss),
     ];
     for (name, v) in terms {
         if !v.is_finite() {
