@@ -93,7 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let mut resolved = None;
     if let Some(name) = compute {
         let r = match name {
-            "train" | "bench" => crate::device::resolve_for_training(cli.device)?,
+            "train" | "bench" | "check-fixture" => crate::device::resolve_for_training(cli.device)?,
             _ => crate::device::resolve_for_command(cli.device, name)?,
         };
         eprintln!("{}", r.describe());
@@ -111,7 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DiffExpression(a) => diff_expression::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Plot(a) => plot::run(a),
-        Command::CheckFixture(a) => check_fixture::run(a),
+        Command::CheckFixture(a) => check_fixture::run(a, &device),
         Command::Bench(a) => bench::run(a, &device),
         Command::Info(a) => info::run(a),
     }
