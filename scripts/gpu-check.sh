@@ -10,8 +10,10 @@
 #
 # On the GPU machine:  bash target/gpu-bundle/run-on-gpu.sh   (logs also go to $OUT when it is set)
 # It runs `splicevi info --load-kernels`, every bundled test binary (a test that cannot use the GPU prints
-# SKIPPED and counts as a failure there), then, when the binary has them and they accept --device, the
-# fixture checks (bundled copy of ../shared/fixtures) and `splicevi bench` with --device cuda.
+# SKIPPED and counts as a failure there; the host-emulation halves are switched off), the fixture checks
+# through the CUDA step (bundled copy of ../shared/fixtures), two epochs of `train --device cuda` next to
+# the CPU's on the toy data, and `splicevi bench --device cuda` (small, medium; then the paper size,
+# BENCH_PAPER= to leave it out).
 #
 # Kernels are compiled in strict mode (SPLICEVI_REQUIRE_NVCC=1); binaries are stripped of debug info to
 # stay well under the 64 MiB a carried folder may have.
@@ -112,11 +114,18 @@ if [ -d "$HERE/fixtures" ] && "$HERE/bin/splicevi" check-fixture --help 2>/dev/n
 else
   echo "=== (fixture checks not run: no bundled fixtures or check-fixture has no --device option yet)" | tee -a "$LOG"
 fi
-if "$HERE/bin/splicevi" bench --help 2>/dev/null | grep -q -- '--device'; then
-  cuda_step "$HERE/bin/splicevi" bench --device cuda
-else
-  echo "=== (benches not run: this build has no \`splicevi bench --device\`)" | tee -a "$LOG"
-fi
+# The training step end to end: two epochs of `train --device cuda` (default preset) on the toy data,
+# then the CPU's two epochs on the same data for comparison (the metrics must agree closely).
+work="$(mktemp -d)"
+step "$HERE/bin/splicevi" simulate --size toy --seed 0 --out "$work/toy.h5mu"
+cuda_step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/run-cuda" --preset default --batch-key batch --max-epochs 2 --device cuda --no-plots
+step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/run-cpu" --preset default --batch-key batch --max-epochs 2 --device cpu --no-plots
+for r in run-cuda run-cpu; do [ -f "$work/$r/metrics.tsv" ] && { echo "--- $r/metrics.tsv"; cat "$work/$r/metrics.tsv"; } | tee -a "$LOG"; done
+# Throughput (cells/s, fraction of the floor): small and medium first, then the paper size (its
+# simulation alone takes a while); BENCH_ARGS overrides.
+cuda_step "$HERE/bin/splicevi" bench --device cuda ${BENCH_ARGS:---size small,medium --preset default,paper --max-seconds 15}
+[ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --steps 10
+rm -rf "$work"
 echo "=== gpu-check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) (log: $LOG)" | tee -a "$LOG"
 exit $status
 RUN

@@ -1,9 +1,11 @@
 //! CUDA backend runtime: the kernels embedded by build.rs (one fatbin per `kernels/*.cu`), driver and
 //! device discovery that never panics on a machine without the NVIDIA driver, a context + stream with the
-//! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`], [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`], [`CudaDenseEpilogue`],
-//! [`CudaPartial`], [`CudaSparseLinear`], and the cuBLAS GEMMs [`CudaGemm`]; none of the model's kernels nor the GEMM wrapper has
-//! run on a GPU yet), the
-//! one-allocation device memory arena ([`arena`]), and optional NVTX ranges ([`nvtx`]).
+//! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`],
+//! [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`], [`CudaDenseEpilogue`], [`CudaPartial`],
+//! [`CudaSparseLinear`], [`CudaGlue`], and the cuBLAS GEMMs [`CudaGemm`]), the model's training step
+//! chained from them ([`step`]), the one-allocation device memory arena ([`arena`]), optional NVTX ranges
+//! ([`nvtx`]) and the host emulation of the device ([`emu`]: the same wrappers and kernel sources on the
+//! CPU, for tests). **None of it has run on a GPU yet.**
 //!
 //! Nothing CUDA is linked at build time: cudarc loads `libcuda.so` at run time (dynamic-loading), so the
 //! same binary runs on CPU-only machines. The kernels need a device of compute capability 8.0 or newer
