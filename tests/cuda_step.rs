@@ -195,6 +195,8 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
     let extra_mat = extra.as_ref().map(|v| Mat::from_vec(batch.n_cells(), l, v.clone()));
     let want = model.backward(&p, &batch, &fw, extra_mat.as_ref()).unwrap();
     let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+    // Unwritten elements of step buffers would be NaN and fail the comparisons.
+    dm.poison = true;
     let mut seen_z = None;
     let out = dm
         .forward_backward(
@@ -213,6 +215,13 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
     let fo = dm.forward_backward(&batch, &case.opts, &mut |_| panic!("no backward, no callback"), false).unwrap();
     assert_eq!((fo.loss, &fo.rl_expr, &fo.kl), (out.loss, &out.rl_expr, &out.kl), "{name}: forward-only pass differs");
     assert!(dm.download_grads().unwrap().data == g_before, "{name}: the forward-only pass touched the gradients");
+    // The step again: bit-identical gradients (no float atomics anywhere), and in steady state the
+    // step arena does not grow (no device allocation inside a step).
+    let bytes = dm.arena_bytes();
+    let again = dm.forward_backward(&batch, &case.opts, &mut |_| Ok(extra.clone()), true).unwrap();
+    assert_eq!(again.loss.to_bits(), out.loss.to_bits(), "{name}: the loss of a repeated step differs");
+    assert!(dm.download_grads().unwrap().data == g_before, "{name}: a repeated step gave other gradients");
+    assert_eq!(dm.arena_bytes(), bytes, "{name}: the step arena grew in steady state");
     close(&format!("{name}: rl_expr"), &out.rl_expr, &fw.out.rl_expr);
     close(&format!("{name}: rl_spl"), &out.rl_spl, &fw.out.rl_spl);
     close(&format!("{name}: kl"), &out.kl, &fw.out.kl);

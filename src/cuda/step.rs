@@ -23,6 +23,8 @@ use super::latent::{penalty_scale, CudaLatent, LatentDevFwd, LatentDevGrads, Lat
 use super::optim::{CudaOptim, GRAD_NORM_MAX_BLOCKS};
 use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
 use super::runtime::{CudaDevice, DevBuf, DeviceMem};
+use std::cell::RefCell;
+use std::marker::PhantomData;
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
 use super::splicing_lik::{CudaSplicingLik, DevGroups, SplLikInputs, SplLikOutputs};
 use crate::model::arch::{ExprDecP, FcLayers, LinearP, SplDecP, SplEncP};
@@ -67,14 +69,29 @@ pub fn unsupported(cfg: &ModelConfig, dims: &Dims) -> Option<String> {
     Some(format!("the CUDA training step does not implement {why} yet; use --device cpu"))
 }
 
-/// A window of device memory (a parameter or gradient entry, or part of a buffer).
-#[derive(Clone, Copy, Debug)]
-struct View {
+/// A typed window of device memory: a step-arena allocation, part of the packed minibatch, or an entry
+/// of the parameter / gradient buffers. Valid until the next step rewinds the arena.
+#[derive(Debug)]
+pub struct TView<T> {
     addr: u64,
     len: usize,
+    _t: PhantomData<T>,
 }
 
-impl DeviceMem<f32> for View {
+impl<T> Clone for TView<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for TView<T> {}
+
+impl<T> TView<T> {
+    fn new(addr: u64, len: usize) -> Self {
+        TView { addr, len, _t: PhantomData }
+    }
+}
+
+impl<T> DeviceMem<T> for TView<T> {
     fn device_address(&self) -> u64 {
         self.addr
     }
@@ -83,26 +100,99 @@ impl DeviceMem<f32> for View {
     }
 }
 
-fn view(m: &dyn DeviceMem<f32>) -> View {
-    View { addr: m.device_address(), len: m.elements() }
+/// An f32 step buffer.
+type Buf = TView<f32>;
+
+fn view(m: &dyn DeviceMem<f32>) -> Buf {
+    Buf::new(m.device_address(), m.elements())
+}
+
+/// Device scratch of the step: a bump allocator over device chunks, rewound at every step. When a step
+/// needed more than one chunk, the rewind replaces them by one chunk of the total, so that steady-state
+/// steps allocate nothing on the device (design.md §4).
+#[derive(Default)]
+struct StepArena {
+    chunks: Vec<DevBuf<u8>>,
+    cur: usize,
+    off: usize,
+    /// Bytes handed out since the last rewind.
+    used: usize,
+}
+
+/// Every allocation starts on this boundary.
+const STEP_ALIGN: usize = 256;
+
+impl StepArena {
+    fn alloc<T>(&mut self, dev: &CudaDevice, n: usize) -> Result<TView<T>> {
+        let bytes = (n.max(1) * std::mem::size_of::<T>()).next_multiple_of(STEP_ALIGN);
+        self.used += bytes;
+        loop {
+            if let Some(c) = self.chunks.get(self.cur) {
+                if self.off + bytes <= c.len() {
+                    let v = TView::new(c.device_address() + self.off as u64, n);
+                    self.off += bytes;
+                    return Ok(v);
+                }
+                self.cur += 1;
+                self.off = 0;
+                continue;
+            }
+            let last = self.chunks.last().map_or(0, |c| c.len());
+            let size = bytes.max(2 * last).max(1 << 20);
+            self.chunks.push(dev.zeros::<u8>(size).context("growing the step arena")?);
+        }
+    }
+
+    /// Frees everything handed out (the previous step's work must be finished).
+    fn rewind(&mut self, dev: &CudaDevice) -> Result<()> {
+        if self.chunks.len() > 1 {
+            let total = self.used.next_multiple_of(1 << 20);
+            self.chunks.clear();
+            self.chunks.push(dev.zeros::<u8>(total).context("consolidating the step arena")?);
+        }
+        self.cur = 0;
+        self.off = 0;
+        self.used = 0;
+        Ok(())
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum()
+    }
+}
+
+/// The minibatch's host arrays packed into one buffer, copied to the device in one transfer.
+#[derive(Default)]
+struct Pack {
+    bytes: Vec<u8>,
+}
+
+impl Pack {
+    /// Appends `v`; returns its (byte offset, length).
+    fn push<T: bytemuck::Pod>(&mut self, v: &[T]) -> (usize, usize) {
+        let off = self.bytes.len().next_multiple_of(STEP_ALIGN);
+        self.bytes.resize(off, 0);
+        self.bytes.extend_from_slice(bytemuck::cast_slice(v));
+        (off, v.len())
+    }
 }
 
 /// What one FCLayers block kept for its backward.
 struct BlockTape {
     /// The block's dense input [main | covariates] (None: the sparse first layer).
-    x: Option<DevBuf<f32>>,
+    x: Option<Buf>,
     n_in: usize,
     n_main: usize,
     n_out: usize,
-    y0: DevBuf<f32>,
-    pre: DevBuf<f32>,
-    ln_inv: DevBuf<f32>,
+    y0: Buf,
+    pre: Buf,
+    ln_inv: Buf,
     epi: Epilogue,
 }
 
 /// The input of an FCLayers.
 enum FcIn<'a> {
-    Dense(&'a DevBuf<f32>),
+    Dense(&'a Buf),
     /// CSR of the first layer's sparse input (its CSC goes to the backward).
     Sparse { csr: SparseDev<'a> },
 }
@@ -111,44 +201,46 @@ enum FcIn<'a> {
 struct DevBatch {
     b: usize,
     // expression: CSR of the raw counts (likelihood), the encoder's input values, and its CSC
-    x_ptr: DevBuf<i64>,
-    x_idx: DevBuf<u32>,
-    x_val: DevBuf<f32>,
-    xe_val: DevBuf<f32>,
-    xe_cptr: DevBuf<i64>,
-    xe_crow: DevBuf<u32>,
-    xe_cval: DevBuf<f32>,
-    library: DevBuf<f32>,
-    mask_e: DevBuf<u8>,
-    mask_s: DevBuf<u8>,
-    expr_weight: DevBuf<f32>,
+    x_ptr: TView<i64>,
+    x_idx: TView<u32>,
+    x_val: Buf,
+    xe_val: Buf,
+    xe_cptr: TView<i64>,
+    xe_crow: TView<u32>,
+    xe_cval: Buf,
+    library: Buf,
+    mask_e: TView<u8>,
+    mask_s: TView<u8>,
+    expr_weight: Buf,
+    /// B ones (the bias broadcast of the Linear heads).
+    ones: Buf,
     // splicing entries: CSR by cell (i64 and i32 pointers), junction (u32 and i32), PSI, counts
-    s_ptr64: DevBuf<i64>,
-    s_ptr32: DevBuf<i32>,
-    s_junc: DevBuf<u32>,
-    s_junc32: DevBuf<i32>,
-    s_psi: DevBuf<f32>,
-    s_k: DevBuf<f32>,
-    s_n: DevBuf<f32>,
+    s_ptr64: TView<i64>,
+    s_ptr32: TView<i32>,
+    s_junc: TView<u32>,
+    s_junc32: TView<i32>,
+    s_psi: Buf,
+    s_k: Buf,
+    s_n: Buf,
     // junction-major order (jptr over J, entry ids, cell of each entry)
-    jptr: DevBuf<i32>,
-    jorder: DevBuf<i32>,
-    cell_of: DevBuf<i32>,
+    jptr: TView<i32>,
+    jorder: TView<i32>,
+    cell_of: TView<i32>,
     // the splicing encoder's sparse input (vanilla encoder): CSC of ψ
-    ps_cptr: DevBuf<i64>,
-    ps_crow: DevBuf<u32>,
-    ps_cval: DevBuf<f32>,
+    ps_cptr: TView<i64>,
+    ps_crow: TView<u32>,
+    ps_cval: Buf,
     // DM grouping
-    g_cell: Option<DevBuf<i64>>,
-    g_grp: Option<DevBuf<i64>>,
-    g_ord: Option<DevBuf<u32>>,
+    g_cell: Option<TView<i64>>,
+    g_grp: Option<TView<i64>>,
+    g_ord: Option<TView<u32>>,
     // concentration targets: CSR over log_phi entries of the batch entries
-    conc_ptr: DevBuf<i32>,
-    conc_ids: DevBuf<i32>,
+    conc_ptr: TView<i32>,
+    conc_ids: TView<i32>,
     // decoders' covariates (one-hots), B × cov_w
-    cov: Option<DevBuf<f32>>,
+    cov: Option<Buf>,
     cov_w: usize,
-    eps_joint: DevBuf<f32>,
+    eps_joint: Buf,
     mask_e_host: Vec<bool>,
     mask_s_host: Vec<bool>,
 }
@@ -186,6 +278,13 @@ pub struct DeviceModel<'d> {
     spl: CudaSplicingLik<'d>,
     glue: CudaGlue<'d>,
     optim: CudaOptim<'d>,
+    /// Every buffer of a step (activations, gradients of activations, the packed minibatch).
+    arena: RefCell<StepArena>,
+    /// The partial encoder's scratch, kept across steps (regrown when a minibatch has more entries).
+    partial_work: RefCell<Option<(PartialShape, PartialWork)>>,
+    /// Fill step buffers with NaN before use, so that an element a kernel fails to write shows up
+    /// (tests; one memset per buffer).
+    pub poison: bool,
 }
 
 /// AdamW moments on the device (over the trainable parameters) and the clipping scratch.
@@ -222,7 +321,15 @@ impl<'d> DeviceModel<'d> {
             spl: CudaSplicingLik::new(dev)?,
             glue: CudaGlue::new(dev)?,
             optim: CudaOptim::new(dev)?,
+            arena: RefCell::new(StepArena::default()),
+            partial_work: RefCell::new(None),
+            poison: false,
         })
+    }
+
+    /// Bytes the step arena holds (after a step: what a step of this size needs).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.borrow().bytes()
     }
 
     /// Waits for the device's queued work.
@@ -233,7 +340,7 @@ impl<'d> DeviceModel<'d> {
     /// Replaces the device gradients (for tests of [`Self::optimizer_step`]).
     pub fn upload_grads(&mut self, g: &Grads<f32>) -> Result<()> {
         ensure!(g.data.len() == self.model.layout.n_trainable, "gradients do not match the model's layout");
-        let mut v = View { addr: self.grads.device_address(), len: g.data.len() };
+        let mut v = Buf::new(self.grads.device_address(), g.data.len());
         self.dev.write(&g.data, &mut v)
     }
 
@@ -271,7 +378,7 @@ impl<'d> DeviceModel<'d> {
         if n == 0 {
             return Ok(0.0);
         }
-        let g = View { addr: self.grads.device_address(), len: n };
+        let g = Buf::new(self.grads.device_address(), n);
         self.optim.grad_norm(&g, None, clip.unwrap_or(f32::MAX), &mut adam.partials, &mut adam.norm, Some(&mut adam.sumsq))?;
         let sumsq = self.dev.download(&adam.sumsq)?[0];
         if !sumsq.is_finite() {
@@ -280,9 +387,9 @@ impl<'d> DeviceModel<'d> {
             let name = self.model.layout.entries.iter().find(|e| e.kind.trainable() && e.offset <= i && i < e.offset + e.len).map(|e| e.name.clone()).unwrap_or_default();
             bail!("non-finite gradient of `{name}` (entry {i}) on the device");
         }
-        let mut p = View { addr: self.params.device_address(), len: n };
-        let mut m = View { addr: adam.exp_avg.device_address(), len: n };
-        let mut v = View { addr: adam.exp_avg_sq.device_address(), len: n };
+        let mut p = Buf::new(self.params.device_address(), n);
+        let mut m = Buf::new(adam.exp_avg.device_address(), n);
+        let mut v = Buf::new(adam.exp_avg_sq.device_address(), n);
         let scale = clip.map(|_| (&adam.norm as &dyn DeviceMem<f32>, 1usize));
         self.optim.adam_step(config, step, &mut p, &g, &mut m, &mut v, None, scale)?;
         Ok(sumsq.sqrt())
@@ -310,27 +417,52 @@ impl<'d> DeviceModel<'d> {
         Ok(g)
     }
 
-    fn p(&self, idx: usize) -> View {
+    fn p(&self, idx: usize) -> Buf {
         let e = &self.model.layout.entries[idx];
-        View { addr: self.params.device_address() + (e.offset * 4) as u64, len: e.len }
+        Buf::new(self.params.device_address() + (e.offset * 4) as u64, e.len)
     }
 
     /// The gradient slot of a trainable entry.
-    fn g(&self, idx: usize) -> View {
+    fn g(&self, idx: usize) -> Buf {
         let e = &self.model.layout.entries[idx];
         debug_assert!(e.kind.trainable());
-        View { addr: self.grads.device_address() + (e.offset * 4) as u64, len: e.len }
+        Buf::new(self.grads.device_address() + (e.offset * 4) as u64, e.len)
     }
 
-    fn nan(&self, n: usize) -> Result<DevBuf<f32>> {
-        // Step buffers start as NaN: a kernel that leaves an element unwritten shows up in the checks.
-        let mut b = self.dev.zeros::<f32>(n.max(1))?;
-        self.dev.memset(&mut b, 0xff)?;
+    /// A step buffer every element of which the caller writes (NaN-filled when `poison`).
+    fn nan(&self, n: usize) -> Result<Buf> {
+        let mut b: Buf = self.arena.borrow_mut().alloc(self.dev, n)?;
+        if self.poison {
+            self.dev.memset(&mut b, 0xff)?;
+        }
         Ok(b)
     }
 
-    fn zeros(&self, n: usize) -> Result<DevBuf<f32>> {
-        self.dev.zeros::<f32>(n.max(1))
+    /// The partial encoder's scratch for `shape` and the shape it was sized for: the kept one when it is
+    /// large enough (put both back with `partial_work.replace`), else a new one with a quarter more room
+    /// for entries.
+    fn take_partial_work(&self, shape: &PartialShape) -> Result<(PartialShape, PartialWork)> {
+        if let Some((cap, w)) = self.partial_work.borrow_mut().take() {
+            if (cap.j, cap.hh, cap.d) == (shape.j, shape.hh, shape.d) && cap.nnz >= shape.nnz {
+                return Ok((cap, w));
+            }
+        }
+        let cap = PartialShape { nnz: shape.nnz + shape.nnz / 4, ..*shape };
+        Ok((cap, PartialWork::alloc(self.dev, &cap)?))
+    }
+
+    /// A zero-filled step buffer.
+    fn zeros(&self, n: usize) -> Result<Buf> {
+        let mut b: Buf = self.arena.borrow_mut().alloc(self.dev, n)?;
+        self.dev.memset(&mut b, 0)?;
+        Ok(b)
+    }
+
+    /// A step buffer holding `data`.
+    fn upload_step<T: bytemuck::Pod + cudarc::driver::DeviceRepr>(&self, data: &[T]) -> Result<TView<T>> {
+        let mut b: TView<T> = self.arena.borrow_mut().alloc(self.dev, data.len())?;
+        self.dev.write(data, &mut b)?;
+        Ok(b)
     }
 
     fn upload_batch(&self, batch: &Batch, opts: &StepOptions) -> Result<DevBatch> {
@@ -338,10 +470,6 @@ impl<'d> DeviceModel<'d> {
         let cfg = &m.cfg;
         let b = batch.n_cells();
         let dev = self.dev;
-        let one_i64 = |v: Vec<i64>| if v.is_empty() { vec![0i64] } else { v };
-        let nz_u32 = |v: Vec<u32>| if v.is_empty() { vec![0u32] } else { v };
-        let nz_i32 = |v: Vec<i32>| if v.is_empty() { vec![0i32] } else { v };
-        let nz_f32 = |v: Vec<f32>| if v.is_empty() { vec![0f32] } else { v };
         let e = &batch.expr;
         let x_ptr: Vec<i64> = e.indptr.iter().map(|&v| v as i64).collect();
         let xe_vals = expression_input_values(cfg.expression_input, &e.indptr, &e.values).into_owned();
@@ -387,7 +515,7 @@ impl<'d> DeviceModel<'d> {
             let empty = Mat::<f32>::zeros(b, 0);
             let c = cv.concat_dense(&empty, 0, &m.arch.dec_cats);
             ensure!(c.cols == cov_w, "decoder covariates: {} columns, expected {cov_w}", c.cols);
-            Some(dev.upload(&c.data)?)
+            Some(c.data)
         } else {
             None
         };
@@ -403,57 +531,95 @@ impl<'d> DeviceModel<'d> {
         let u8s = |v: &[bool]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
         let i32s = |v: &[usize]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
+        // Every array into one host buffer and one copy (the first layer of device residency).
+        let mut pk = Pack::default();
+        let x_ptr_p = pk.push(&x_ptr);
+        let x_idx_p = pk.push(&e.indices);
+        let x_val_p = pk.push(&e.values);
+        let xe_val_p = pk.push(&xe_vals);
+        let xe_cptr_p = pk.push(&i64s(&cptr));
+        let xe_crow_p = pk.push(&crow);
+        let xe_cval_p = pk.push(&cval);
+        let library_p = pk.push(&library);
+        let mask_e_p = pk.push(&u8s(&mask_e_host));
+        let mask_s_p = pk.push(&u8s(&mask_s_host));
+        let expr_weight_p = pk.push(&expr_weight);
+        let ones_p = pk.push(&vec![1f32; b]);
+        let s_ptr64_p = pk.push(&i64s(&spl.indptr));
+        let s_ptr32_p = pk.push(&i32s(&spl.indptr));
+        let s_junc_p = pk.push(&spl.junction);
+        let s_junc32_p = pk.push(&spl.junction.iter().map(|&j| j as i32).collect::<Vec<i32>>());
+        let s_psi_p = pk.push(&spl.psi);
+        let s_k_p = pk.push(&spl.k);
+        let s_n_p = pk.push(&spl.n);
+        let jptr_p = pk.push(&jptr);
+        let jorder_p = pk.push(&jorder);
+        let cell_of_p = pk.push(&cell_of);
+        let ps_cptr_p = pk.push(&i64s(&pcptr));
+        let ps_crow_p = pk.push(&pcrow);
+        let ps_cval_p = pk.push(&pcval);
+        let groups_p = groups.as_ref().map(|g| (pk.push(&i64s(&g.cell_ptr)), pk.push(&i64s(&g.grp_ptr)), pk.push(&g.ord)));
+        let conc_ptr_p = pk.push(&conc_ptr);
+        let conc_ids_p = pk.push(&conc_ids);
+        let cov_p = cov.as_ref().map(|c| pk.push(c));
+        let eps_p = pk.push(&eps_joint);
+        let mut base: TView<u8> = self.arena.borrow_mut().alloc(dev, pk.bytes.len())?;
+        dev.write(&pk.bytes, &mut base)?;
+        fn at<T>(base: &TView<u8>, (off, len): (usize, usize)) -> TView<T> {
+            TView::new(base.addr + off as u64, len)
+        }
         Ok(DevBatch {
             b,
-            x_ptr: dev.upload(&one_i64(x_ptr))?,
-            x_idx: dev.upload(&nz_u32(e.indices.clone()))?,
-            x_val: dev.upload(&nz_f32(e.values.clone()))?,
-            xe_val: dev.upload(&nz_f32(xe_vals))?,
-            xe_cptr: dev.upload(&i64s(&cptr))?,
-            xe_crow: dev.upload(&nz_u32(crow))?,
-            xe_cval: dev.upload(&nz_f32(cval))?,
-            library: dev.upload(&library)?,
-            mask_e: dev.upload(&u8s(&mask_e_host))?,
-            mask_s: dev.upload(&u8s(&mask_s_host))?,
-            expr_weight: dev.upload(&expr_weight)?,
-            s_ptr64: dev.upload(&i64s(&spl.indptr))?,
-            s_ptr32: dev.upload(&i32s(&spl.indptr))?,
-            s_junc: dev.upload(&nz_u32(spl.junction.clone()))?,
-            s_junc32: dev.upload(&nz_i32(spl.junction.iter().map(|&j| j as i32).collect()))?,
-            s_psi: dev.upload(&nz_f32(spl.psi.clone()))?,
-            s_k: dev.upload(&nz_f32(spl.k.clone()))?,
-            s_n: dev.upload(&nz_f32(spl.n.clone()))?,
-            jptr: dev.upload(&jptr)?,
-            jorder: dev.upload(&nz_i32(jorder))?,
-            cell_of: dev.upload(&nz_i32(cell_of))?,
-            ps_cptr: dev.upload(&i64s(&pcptr))?,
-            ps_crow: dev.upload(&nz_u32(pcrow))?,
-            ps_cval: dev.upload(&nz_f32(pcval))?,
-            g_cell: groups.as_ref().map(|g| dev.upload(&i64s(&g.cell_ptr))).transpose()?,
-            g_grp: groups.as_ref().map(|g| dev.upload(&i64s(&g.grp_ptr))).transpose()?,
-            g_ord: groups.as_ref().map(|g| dev.upload(&nz_u32(g.ord.clone()))).transpose()?,
-            conc_ptr: dev.upload(&conc_ptr)?,
-            conc_ids: dev.upload(&nz_i32(conc_ids))?,
-            cov,
+            x_ptr: at(&base, x_ptr_p),
+            x_idx: at(&base, x_idx_p),
+            x_val: at(&base, x_val_p),
+            xe_val: at(&base, xe_val_p),
+            xe_cptr: at(&base, xe_cptr_p),
+            xe_crow: at(&base, xe_crow_p),
+            xe_cval: at(&base, xe_cval_p),
+            library: at(&base, library_p),
+            mask_e: at(&base, mask_e_p),
+            mask_s: at(&base, mask_s_p),
+            expr_weight: at(&base, expr_weight_p),
+            ones: at(&base, ones_p),
+            s_ptr64: at(&base, s_ptr64_p),
+            s_ptr32: at(&base, s_ptr32_p),
+            s_junc: at(&base, s_junc_p),
+            s_junc32: at(&base, s_junc32_p),
+            s_psi: at(&base, s_psi_p),
+            s_k: at(&base, s_k_p),
+            s_n: at(&base, s_n_p),
+            jptr: at(&base, jptr_p),
+            jorder: at(&base, jorder_p),
+            cell_of: at(&base, cell_of_p),
+            ps_cptr: at(&base, ps_cptr_p),
+            ps_crow: at(&base, ps_crow_p),
+            ps_cval: at(&base, ps_cval_p),
+            g_cell: groups_p.map(|g| at(&base, g.0)),
+            g_grp: groups_p.map(|g| at(&base, g.1)),
+            g_ord: groups_p.map(|g| at(&base, g.2)),
+            conc_ptr: at(&base, conc_ptr_p),
+            conc_ids: at(&base, conc_ids_p),
+            cov: cov_p.map(|c| at(&base, c)),
             cov_w,
-            eps_joint: dev.upload(&eps_joint)?,
+            eps_joint: at(&base, eps_p),
             mask_e_host,
             mask_s_host,
         })
     }
 
     /// y0 (B × n_out) = X · Wᵀ for a dense `x` (B × n_in).
-    fn gemm_xwt(&self, x: &dyn DeviceMem<f32>, b: usize, n_in: usize, w: View, n_out: usize, y0: &mut dyn DeviceMem<f32>) -> Result<()> {
+    fn gemm_xwt(&self, x: &dyn DeviceMem<f32>, b: usize, n_in: usize, w: Buf, n_out: usize, y0: &mut dyn DeviceMem<f32>) -> Result<()> {
         let a = Operand::new(x, b, n_in, false)?;
         let bw = Operand::new(&w, n_out, n_in, true)?;
         self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &bw, 0.0, y0, b, n_out)
     }
 
     /// An FCLayers forward (model.md §2.1): per block, [main | covariates] → GEMM → epilogue.
-    fn fc_forward(&self, fc: &FcLayers, x: FcIn<'_>, bt: &DevBatch, cov_on: bool, mode: Mode) -> Result<(DevBuf<f32>, Vec<BlockTape>)> {
+    fn fc_forward(&self, fc: &FcLayers, x: FcIn<'_>, bt: &DevBatch, cov_on: bool, mode: Mode) -> Result<(Buf, Vec<BlockTape>)> {
         let b = bt.b;
         let mut tapes = Vec::with_capacity(fc.blocks.len());
-        let mut h: Option<DevBuf<f32>> = None;
+        let mut h: Option<Buf> = None;
         let cov_w = if cov_on { fc.cov_width() } else { 0 };
         ensure!(fc.n_cont == 0, "FCLayers with continuous covariates on the CUDA step");
         for (bi, blk) in fc.blocks.iter().enumerate() {
@@ -471,7 +637,7 @@ impl<'d> DeviceModel<'d> {
                     None
                 }
                 _ => {
-                    let main: &DevBuf<f32> = match (bi, &x) {
+                    let main: &Buf = match (bi, &x) {
                         (0, FcIn::Dense(m)) => m,
                         _ => h.as_ref().unwrap(),
                     };
@@ -516,7 +682,7 @@ impl<'d> DeviceModel<'d> {
     }
 
     /// An FCLayers backward from d(output); returns d(main input) of the first block when it is dense.
-    fn fc_backward(&self, fc: &FcLayers, tapes: &[BlockTape], dout: DevBuf<f32>, b: usize, sparse_csc: Option<&SparseDev<'_>>) -> Result<Option<DevBuf<f32>>> {
+    fn fc_backward(&self, fc: &FcLayers, tapes: &[BlockTape], dout: Buf, b: usize, sparse_csc: Option<&SparseDev<'_>>) -> Result<Option<Buf>> {
         let mut d = dout;
         for (bi, (blk, t)) in fc.blocks.iter().zip(tapes).enumerate().rev() {
             let (n_in, n_out) = (t.n_in, t.n_out);
@@ -572,14 +738,15 @@ impl<'d> DeviceModel<'d> {
     }
 
     /// A Linear head with bias: y = x · Wᵀ + b.
-    fn linear_fwd(&self, lin: &LinearP, x: &DevBuf<f32>, b: usize) -> Result<DevBuf<f32>> {
+    fn linear_fwd(&self, lin: &LinearP, x: &Buf, bt: &DevBatch) -> Result<Buf> {
+        let b = bt.b;
         let mut y0 = self.nan(b * lin.n_out)?;
         self.gemm_xwt(x, b, lin.n_in, self.p(lin.w), lin.n_out, &mut y0)?;
         let mut y = self.nan(b * lin.n_out)?;
         let bias = self.p(lin.b.context("a Linear head without bias")?);
         self.glue.copy_cols(Cols::all(&y0, lin.n_out), Cols::all(&y, lin.n_out), b, lin.n_out, 1.0, 0.0)?;
         // y += 1 · bias (row-broadcast: a GEMM of a column of ones with the bias row)
-        let ones = self.dev.upload(&vec![1f32; b])?;
+        let ones = bt.ones;
         let a = Operand::new(&ones, b, 1, false)?;
         let bb = Operand::new(&bias, 1, lin.n_out, false)?;
         self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &bb, 1.0, &mut y, b, lin.n_out)?;
@@ -588,7 +755,7 @@ impl<'d> DeviceModel<'d> {
 
     /// A Linear head's backward: dW += dyᵀ x, db += Σ_rows dy; d(x) (B × n_in) += dy · W into `dx`
     /// (β = 0 overwrites).
-    fn linear_bwd(&self, lin: &LinearP, x: &DevBuf<f32>, dy: &DevBuf<f32>, b: usize, dx: &mut DevBuf<f32>, beta: f32) -> Result<()> {
+    fn linear_bwd(&self, lin: &LinearP, x: &Buf, dy: &Buf, b: usize, dx: &mut Buf, beta: f32) -> Result<()> {
         let mut gw = self.g(lin.w);
         let a = Operand::new(dy, b, lin.n_out, true)?;
         let xb = Operand::new(x, b, lin.n_in, false)?;
@@ -624,6 +791,8 @@ impl<'d> DeviceModel<'d> {
         let b = batch.n_cells();
         let (d, l, g_n, j_n) = (a.d, a.l, m.dims.n_genes, m.dims.n_junctions);
         let mode = Mode { training: opts.training, seed: opts.seed };
+        // The previous step's work is finished (every step ends synchronised): its buffers are free.
+        self.arena.borrow_mut().rewind(dev)?;
         let bt = self.upload_batch(batch, opts)?;
         let inv_b = 1.0 / b as f32;
 
@@ -632,20 +801,20 @@ impl<'d> DeviceModel<'d> {
         let xe_csc = SparseDev { ptr: &bt.xe_cptr, idx: &bt.xe_crow, val: &bt.xe_cval };
         let enc = &a.z_enc_expr;
         let (h_e, enc_tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr: xe_csr }, &bt, false, mode)?;
-        let mu_e = self.linear_fwd(&enc.mean, &h_e, b)?;
-        let lv_e = self.linear_fwd(&enc.var, &h_e, b)?;
+        let mu_e = self.linear_fwd(&enc.mean, &h_e, &bt)?;
+        let lv_e = self.linear_fwd(&enc.var, &h_e, &bt)?;
         let mut v_e = self.nan(b * d)?;
         self.glue.map(MapOp::Exp, &lv_e, None, &mut v_e)?;
 
         // ---- splicing encoder ----------------------------------------------------------------
         enum SplEnc {
-            Partial { shape: PartialShape, work: PartialWork, pool: DevBuf<f32>, mlp: Vec<BlockTape>, raw_v: DevBuf<f32> },
-            Vanilla { h: DevBuf<f32>, tape: Vec<BlockTape> },
+            Partial { shape: PartialShape, cap: PartialShape, work: PartialWork, pool: Buf, mlp: Vec<BlockTape>, raw_v: Buf },
+            Vanilla { h: Buf, tape: Vec<BlockTape> },
         }
         let (mu_s, v_s, spl_enc) = match &a.z_enc_spl {
             SplEncP::Partial(pe) => {
                 let shape = PartialShape::of(pe, &self.host, &batch.spl, mode);
-                let mut work = PartialWork::alloc(dev, &shape)?;
+                let (cap, mut work) = self.take_partial_work(&shape)?;
                 let (pv, pc) = self.partial_views(pe);
                 let pp = partial_params(&pv, &pc);
                 let pb = PartialBatchDev { indptr: &bt.s_ptr32, junction: &bt.s_junc32, psi: &bt.s_psi, jptr: &bt.jptr, order: &bt.jorder, cell_of: &bt.cell_of };
@@ -657,13 +826,13 @@ impl<'d> DeviceModel<'d> {
                 self.glue.copy_cols(Cols::from(&out, 2 * d, d), Cols::all(&raw_v, d), b, d, 1.0, 0.0)?;
                 self.glue.map(MapOp::SoftplusEps(PARTIAL_VAR_EPS as f32), &raw_v, None, &mut v)?;
                 let _ = (&mut mu, &mut raw_v);
-                (mu, v, SplEnc::Partial { shape, work, pool, mlp, raw_v })
+                (mu, v, SplEnc::Partial { shape, cap, work, pool, mlp, raw_v })
             }
             SplEncP::Vanilla(enc) => {
                 let csr = SparseDev { ptr: &bt.s_ptr64, idx: &bt.s_junc, val: &bt.s_psi };
                 let (h, tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr }, &bt, false, mode)?;
-                let mu = self.linear_fwd(&enc.mean, &h, b)?;
-                let lv = self.linear_fwd(&enc.var, &h, b)?;
+                let mu = self.linear_fwd(&enc.mean, &h, &bt)?;
+                let lv = self.linear_fwd(&enc.var, &h, &bt)?;
                 let mut v = self.nan(b * d)?;
                 self.glue.map(MapOp::Exp, &lv, None, &mut v)?;
                 (mu, v, SplEnc::Vanilla { h, tape })
@@ -680,7 +849,7 @@ impl<'d> DeviceModel<'d> {
         };
         let softmax_raw = if mix == Mix::Softmax {
             let w = self.host.get(a.mod_weights);
-            Some(dev.upload(&(0..b).flat_map(|_| [w[0], w[1]]).collect::<Vec<f32>>())?)
+            Some(self.upload_step(&(0..b).flat_map(|_| [w[0], w[1]]).collect::<Vec<f32>>())?)
         } else {
             None
         };
@@ -694,18 +863,18 @@ impl<'d> DeviceModel<'d> {
         let lin = LatentDevIn { mu_e: &mu_e, v_e: &v_e, mu_s: &mu_s, v_s: &v_s, raw: raw_mem, mask_e: &bt.mask_e, mask_s: &bt.mask_s, eps: &bt.eps_joint };
         let (mut qz_m, mut qz_v, mut z, mut kl_row, mut pen_row) = (self.nan(b * l)?, self.nan(b * l)?, self.nan(b * l)?, self.nan(b)?, self.nan(b)?);
         self.latent.forward(&ls, &lin, &mut LatentDevFwd { qz_m: &mut qz_m, qz_v: &mut qz_v, z: &mut z, kl_row: &mut kl_row, pen_row: &mut pen_row })?;
-        let lat: &DevBuf<f32> = if opts.use_z_mean { &qz_m } else { &z };
+        let lat: &Buf = if opts.use_z_mean { &qz_m } else { &z };
 
         // ---- expression decoder + likelihood -----------------------------------------------------
         enum ExprDec {
-            Vanilla { h: DevBuf<f32>, tape: Vec<BlockTape> },
+            Vanilla { h: Buf, tape: Vec<BlockTape> },
             Linear { factor: Vec<BlockTape>, dropout: Vec<BlockTape> },
         }
         let (raw_scale, pi, act, expr_dec) = match &a.z_dec_expr {
             ExprDecP::Vanilla { fc, scale, dropout, softplus, .. } => {
                 let (h, tape) = self.fc_forward(fc, FcIn::Dense(lat), &bt, true, mode)?;
-                let raw = self.linear_fwd(scale, &h, b)?;
-                let pi = self.linear_fwd(dropout, &h, b)?;
+                let raw = self.linear_fwd(scale, &h, &bt)?;
+                let pi = self.linear_fwd(dropout, &h, &bt)?;
                 (raw, pi, if *softplus { ScaleAct::Softplus } else { ScaleAct::Softmax }, ExprDec::Vanilla { h, tape })
             }
             ExprDecP::Linear { factor, dropout, .. } => {
@@ -763,9 +932,8 @@ impl<'d> DeviceModel<'d> {
                 (Some(c), Some(g), Some(o)) => Some(DevGroups { cell_ptr: c, grp_ptr: g, ord: o }),
                 _ => None,
             };
-            let (sk, sn, sj) = (SizedView::of(&bt.s_k, nnz), SizedView::of(&bt.s_n, nnz), SizedU32::of(&bt.s_junc, nnz));
-            let psi = SizedView::of(&bt.s_psi, nnz);
-            let (mut lo, mut gl, mut gc, mut pe) = (SizedView::of(&logits, nnz), SizedView::of(&g_logit, nnz), SizedView::of(&g_conc, nnz), SizedView::of(&p_ent, nnz));
+            let (sk, sn, sj, psi) = (bt.s_k, bt.s_n, bt.s_junc, bt.s_psi);
+            let (mut lo, mut gl, mut gc, mut pe) = (logits, g_logit, g_conc, p_ent);
             let inp = SplLikInputs {
                 s: &s_in,
                 k: k_in,
@@ -784,10 +952,10 @@ impl<'d> DeviceModel<'d> {
         }
 
         // ---- loss terms (host) -------------------------------------------------------------------
-        let rl_e_h = dev.download(&rl_e)?;
-        let rl_s_h = dev.download(&rl_s)?;
-        let kl_h = dev.download(&kl_row)?;
-        let pen_h = dev.download(&pen_row)?;
+        let rl_e_h = dev.read(&rl_e)?;
+        let rl_s_h = dev.read(&rl_s)?;
+        let kl_h = dev.read(&kl_row)?;
+        let pen_h = dev.read(&pen_row)?;
         let rl_expr: Vec<f32> = rl_e_h.iter().zip(&bt.mask_e_host).map(|(&v, &mk)| if mk { v } else { 0.0 }).collect();
         let pen_sum: f64 = pen_h.iter().map(|&v| v as f64).sum();
         let penalty = match cfg.modality_penalty {
@@ -808,10 +976,13 @@ impl<'d> DeviceModel<'d> {
         };
         let mean_terms: f64 = (0..b).map(|i| rl_expr[i] as f64 + rl_s_h[i] as f64 + opts.kl_weight * kl_h[i] as f64).sum::<f64>() / b as f64;
         let loss = mean_terms + penalty + concentration_prior;
-        let z_host = dev.download(&z)?;
+        let z_host = dev.read(&z)?;
         let out = DeviceStepOutput { rl_expr, rl_spl: rl_s_h, kl: kl_h, penalty, concentration_prior, loss, z: z_host };
         if !backward || !out.loss.is_finite() {
             // (A non-finite loss is the caller's to report, with the term that went bad.)
+            if let SplEnc::Partial { cap, work, .. } = spl_enc {
+                self.partial_work.replace(Some((cap, work)));
+            }
             return Ok(out);
         }
         let extra = extra_dz(&out.z)?;
@@ -821,7 +992,7 @@ impl<'d> DeviceModel<'d> {
         let mut g_pxr = self.g(a.px_r.unwrap());
         self.glue.col_sum(Cols::all(&d_lth, g_n), b, g_n, 1.0, 0.0, &mut g_pxr)?;
         let uses_pi = lik == GeneLikelihood::Zinb;
-        let dr_e: DevBuf<f32> = match (&a.z_dec_expr, expr_dec) {
+        let dr_e: Buf = match (&a.z_dec_expr, expr_dec) {
             (ExprDecP::Vanilla { fc, scale, dropout, .. }, ExprDec::Vanilla { h, tape }) => {
                 let mut dh = self.nan(b * fc.n_out())?;
                 self.linear_bwd(scale, &h, &d_raw, b, &mut dh, 0.0)?;
@@ -854,7 +1025,7 @@ impl<'d> DeviceModel<'d> {
             let lam = (2.0 * cfg.lambda_prior / b as f64) as f32;
             self.glue.copy_cols(Cols::all(&lpv, lpv.len), Cols::all(&gphi, lpv.len), 1, lpv.len, lam, 1.0)?;
         }
-        let dr_s: DevBuf<f32> = match (&a.z_dec_spl, spl_tape) {
+        let dr_s: Buf = match (&a.z_dec_spl, spl_tape) {
             (SplDecP::Vanilla { fc, .. }, Some(tape)) => self.fc_backward(fc, &tape, ds, b, None)?.context("splicing decoder input gradient")?,
             (SplDecP::Linear { .. }, None) => {
                 let r = self.nan(b * l)?;
@@ -874,7 +1045,7 @@ impl<'d> DeviceModel<'d> {
         }
         if let Some(x) = &extra {
             ensure!(x.len() == b * l, "extra dz has {} values for {b} × {l}", x.len());
-            let xd = dev.upload(x)?;
+            let xd = self.upload_step(x)?;
             self.glue.copy_cols(Cols::all(&xd, l), Cols::all(&dz, l), b, l, 1.0, 1.0)?;
         }
         let (mut gme, mut gve, mut gms, mut gvs) = (self.nan(b * d)?, self.nan(b * d)?, self.nan(b * d)?, self.nan(b * d)?);
@@ -908,7 +1079,7 @@ impl<'d> DeviceModel<'d> {
         self.fc_backward(&enc.fc, &enc_tape, dh_e, b, Some(&xe_csc))?;
 
         match (&a.z_enc_spl, spl_enc) {
-            (SplEncP::Partial(pe), SplEnc::Partial { shape, mut work, pool: _pool, mlp, raw_v }) => {
+            (SplEncP::Partial(pe), SplEnc::Partial { shape, cap, mut work, pool: _pool, mlp, raw_v }) => {
                 let dout = self.nan(b * 2 * d)?;
                 self.glue.copy_cols(Cols::all(&gms, d), Cols::from(&dout, 2 * d, 0), b, d, 1.0, 0.0)?;
                 let mut dv = self.nan(b * d)?;
@@ -918,7 +1089,7 @@ impl<'d> DeviceModel<'d> {
                 let (pv, pc) = self.partial_views(pe);
                 let pp = partial_params(&pv, &pc);
                 let pb = PartialBatchDev { indptr: &bt.s_ptr32, junction: &bt.s_junc32, psi: &bt.s_psi, jptr: &bt.jptr, order: &bt.jorder, cell_of: &bt.cell_of };
-                let mut gv: Vec<View> = [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b].iter().map(|&i| self.g(i)).collect();
+                let mut gv: Vec<Buf> = [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b].iter().map(|&i| self.g(i)).collect();
                 let [e0, e1, e2, e3, e4, e5, e6, e7, e8] = &mut gv[..] else { unreachable!() };
                 let mut pg = PartialGradsDev {
                     emb: Some(e0),
@@ -932,6 +1103,7 @@ impl<'d> DeviceModel<'d> {
                     be5: Some(e8),
                 };
                 self.partial.backward(&shape, &pp, &pb, &mut work, &dpool, &mut pg)?;
+                self.partial_work.replace(Some((cap, work)));
             }
             (SplEncP::Vanilla(enc_s), SplEnc::Vanilla { h, tape }) => {
                 let mut dlv = self.nan(b * d)?;
@@ -949,13 +1121,13 @@ impl<'d> DeviceModel<'d> {
     }
 
     /// The partial encoder's parameter views: emb, h0 w/b, ln1 w/b, h4 w/b, ln5 w/b, center.
-    fn partial_views(&self, pe: &crate::model::arch::PartialEncP) -> ([View; 9], Option<View>) {
+    fn partial_views(&self, pe: &crate::model::arch::PartialEncP) -> ([Buf; 9], Option<Buf>) {
         let ids = [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b];
         (ids.map(|i| self.p(i)), pe.center.map(|c| self.p(c)))
     }
 }
 
-fn partial_params<'a>(v: &'a [View; 9], center: &'a Option<View>) -> PartialParamsDev<'a> {
+fn partial_params<'a>(v: &'a [Buf; 9], center: &'a Option<Buf>) -> PartialParamsDev<'a> {
     PartialParamsDev {
         emb: &v[0],
         w0: &v[1],
@@ -967,46 +1139,5 @@ fn partial_params<'a>(v: &'a [View; 9], center: &'a Option<View>) -> PartialPara
         g5: &v[7],
         be5: &v[8],
         center: center.as_ref().map(|c| c as &dyn DeviceMem<f32>),
-    }
-}
-
-/// A buffer seen as its first `n` elements (batch arrays hold one dummy element when empty).
-struct SizedView {
-    addr: u64,
-    len: usize,
-}
-
-impl SizedView {
-    fn of(m: &DevBuf<f32>, n: usize) -> Self {
-        SizedView { addr: m.device_address(), len: n }
-    }
-}
-
-impl DeviceMem<f32> for SizedView {
-    fn device_address(&self) -> u64 {
-        self.addr
-    }
-    fn elements(&self) -> usize {
-        self.len
-    }
-}
-
-struct SizedU32 {
-    addr: u64,
-    len: usize,
-}
-
-impl SizedU32 {
-    fn of(m: &DevBuf<u32>, n: usize) -> Self {
-        SizedU32 { addr: m.device_address(), len: n }
-    }
-}
-
-impl DeviceMem<u32> for SizedU32 {
-    fn device_address(&self) -> u64 {
-        self.addr
-    }
-    fn elements(&self) -> usize {
-        self.len
     }
 }
