@@ -2,7 +2,8 @@
 // copies (concatenating covariates, splitting a head's output, taking a gradient's first columns),
 // elementwise maps (exp, softplus, their chain-rule products), column sums (bias and dispersion
 // gradients), segmented sums and weighted row gathers over the minibatch's observed splicing entries
-// (the splicing output layer's gradients and the concentration gradient).
+// (the splicing output layer's gradients and the concentration gradient), and the bf16 rounding of GEMM
+// operands.
 // THESE KERNELS HAVE NEVER RUN ON A GPU: written and compiled without one; tests/cuda_glue_parity.rs
 // runs them under the host emulation (src/cuda/emu.rs) and on a GPU where one exists.
 //
@@ -24,6 +25,19 @@ __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float softplus_gradf_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
 
+// f32 → bf16 bits, rounding to nearest even (NaN stays a quiet NaN): what half::bf16::from_f32 does.
+__device__ __forceinline__ uint16_t bf16_bits(float x) {
+#ifdef __CUDACC__
+    uint32_t u = __float_as_uint(x);
+#else
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+#endif
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 }  // namespace
 
 // dst[r, c] = alpha * src[r, c] (+ beta * dst[r, c] when beta != 0), r < rows, c < cols; row strides
@@ -37,6 +51,18 @@ glue_copy_cols(const float* __restrict__ src, long long ld_src, float* __restric
         const float v = alpha * src[r * ld_src + c];
         float* d = dst + r * ld_dst + c;
         *d = beta != 0.0f ? v + beta * *d : v;
+    }
+}
+
+// dst[r, c] = bf16(src[r, c]) for a rows × cols window with row strides ld_src, ld_dst (the GEMM
+// operands of --precision bf16).
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+glue_to_bf16(const float* __restrict__ src, long long ld_src, uint16_t* __restrict__ dst, long long ld_dst, int rows,
+             int cols) {
+    const long long n = (long long)rows * cols;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n; t += (long long)gridDim.x * blockDim.x) {
+        const long long r = t / cols, c = t - r * cols;
+        dst[r * ld_dst + c] = bf16_bits(src[r * ld_src + c]);
     }
 }
 

@@ -111,6 +111,7 @@ if [ -n "$skips" ]; then
 fi
 if [ -d "$HERE/fixtures" ] && "$HERE/bin/splicevi" check-fixture --help 2>/dev/null | grep -q -- '--device'; then
   cuda_step "$HERE/bin/splicevi" check-fixture --device cuda "$HERE"/fixtures/*/
+  cuda_step "$HERE/bin/splicevi" check-fixture --device cuda --precision bf16 "$HERE"/fixtures/*/
 else
   echo "=== (fixture checks not run: no bundled fixtures or check-fixture has no --device option yet)" | tee -a "$LOG"
 fi

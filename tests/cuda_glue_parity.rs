@@ -61,6 +61,25 @@ fn glue_on(dev: &CudaDevice) {
         assert!(outside, "copy_cols wrote outside its window");
         let _ = &mut d;
     }
+    // to_bf16: the bits of half::bf16::from_f32 (ties, subnormals, infinities, NaN) in a window.
+    {
+        let (rows, cols) = (19, 23);
+        let mut src = rand_vec(&mut r, rows * 25, -3.0, 3.0);
+        let specials = [1.0f32 + f32::EPSILON * 64.0, 1.00390625, -1.01171875, 1e-40, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::NAN];
+        for (k, &v) in specials.iter().enumerate() {
+            src[k * 3 + 2] = v;
+        }
+        let s = dev.upload(&src).unwrap();
+        let mut d = dev.upload(&vec![half::bf16::from_bits(0xdead); rows * 24]).unwrap();
+        g.to_bf16(Cols::from(&s, 25, 2), &mut d, 24, rows, cols).unwrap();
+        let got = dev.download(&d).unwrap();
+        let mut want = vec![half::bf16::from_bits(0xdead); rows * 24];
+        twin::to_bf16(&src, 2, 25, &mut want, 24, rows, cols);
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            let same = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            assert!(same, "to_bf16[{k}]: {:#06x}, twin {:#06x}", a.to_bits(), b.to_bits());
+        }
+    }
     // map: every op, including softplus past its threshold.
     for op in [MapOp::Exp, MapOp::SoftplusEps(1e-4), MapOp::Mul, MapOp::MulSoftplusGrad] {
         let n = 1000;

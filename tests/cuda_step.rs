@@ -342,7 +342,7 @@ fn trainer_on(dev: &'static CudaDevice) {
         let mut on = Trainer::new(&ds, run, d_dev.path()).unwrap();
         on.verbose = false;
         assert!(on.adversary.is_some(), "{preset}: two batches train the adversary");
-        on.use_device(dev).unwrap();
+        on.use_device(dev, splicevi::cuda::gemm::GemmPrecision::F32).unwrap();
         assert!(on.on_device());
         on.fit().unwrap();
         assert_eq!(on.state.global_step, cpu.state.global_step, "{preset}: steps");
@@ -372,5 +372,61 @@ fn device_trainer_matches_cpu_trainer() {
     for dev in emu::devices("Trainer::fit on the device vs on the CPU") {
         let dev: &'static CudaDevice = Box::leak(Box::new(dev));
         trainer_on(dev);
+    }
+}
+
+/// `--precision bf16`: GEMM and SDDMM operands rounded to bf16 (f32 accumulation, everything else
+/// f32). Against the CPU model in f32, per tensor: ‖device − CPU‖ / ‖CPU‖ ≤ 3e-2 for every gradient and
+/// loss term (bf16 keeps 8 significant bits: about 4e-3 per rounded operand), and the worst tensor
+/// is printed. It must also differ from the f32 step (the rounding happened).
+fn bf16_on(dev: &CudaDevice) {
+    use splicevi::cuda::gemm::GemmPrecision;
+    let rel = |a: &[f32], b: &[f32]| {
+        let d: f64 = a.iter().zip(b).map(|(&x, &y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+        let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
+        if n == 0.0 { d } else { d / n }
+    };
+    for case in cases().iter().take(2) {
+        let name = case.name;
+        let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let p = random_params(&model, 300);
+        let batch = synth_batch(&case.dims, 9, 301);
+        let fw = model.forward(&p, &batch, &case.opts).unwrap();
+        let want = model.backward(&p, &batch, &fw, None).unwrap();
+        let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+        dm.poison = true;
+        let f32_grads = {
+            dm.forward_backward(&batch, &case.opts, &mut |_| Ok(None), true).unwrap();
+            dm.download_grads().unwrap()
+        };
+        dm.precision = GemmPrecision::Bf16;
+        let out = dm.forward_backward(&batch, &case.opts, &mut |_| Ok(None), true).unwrap();
+        let got = dm.download_grads().unwrap();
+        let mut worst = (0.0f64, String::new());
+        for (what, a, b) in [("rl_expr", &out.rl_expr, &fw.out.rl_expr), ("rl_spl", &out.rl_spl, &fw.out.rl_spl), ("kl", &out.kl, &fw.out.kl)] {
+            let e = rel(a, b);
+            if e > worst.0 {
+                worst = (e, what.to_string());
+            }
+        }
+        for (i, e) in model.layout.entries.iter().enumerate() {
+            if let (Some(g), Some(w)) = (got.get(i), want.get(i)) {
+                let r = rel(g, w);
+                if r > worst.0 {
+                    worst = (r, format!("d {}", e.name));
+                }
+            }
+        }
+        println!("{name} in bf16: worst relative difference from the f32 CPU model {:.2e} ({})", worst.0, worst.1);
+        assert!(worst.0 <= 3e-2, "{name} in bf16: {} differs by {:.2e}", worst.1, worst.0);
+        assert!((out.loss - fw.out.loss as f64).abs() <= 1e-2 * (fw.out.loss as f64).abs(), "{name} in bf16: loss {} vs {}", out.loss, fw.out.loss);
+        assert!(got.data != f32_grads.data, "{name}: the bf16 step gave the f32 step's gradients");
+    }
+}
+
+#[test]
+fn device_step_in_bf16_is_close_to_f32() {
+    for dev in emu::devices("CUDA step with --precision bf16 vs the f32 CPU model") {
+        bf16_on(&dev);
     }
 }

@@ -1,7 +1,7 @@
 //! Conformance with the original PyTorch SpliceVI: every case in ../shared/fixtures (or
 //! $SPLICEVI_FIXTURES) must reproduce every expected tensor within the README's tolerances, in f32.
 
-use splicevi::cmd::check_fixture::{check_case, check_case_on, print_report};
+use splicevi::cmd::check_fixture::{check_case, check_case_with, print_report};
 
 #[path = "common/emu.rs"]
 mod emu;
@@ -52,28 +52,34 @@ fn all_fixture_cases_pass() {
 
 /// Every case through the CUDA step on every device (`emu::devices`: cuda:0 where usable, always the
 /// host emulation): its loss terms, z and all gradients against the original's, with the same
-/// tolerances. Cases whose options the step lacks are skipped with the reason; `default-model` and
-/// `paper-config` (the faithful presets) must run.
+/// tolerances in f32 and `TOL_BF16` with `--precision bf16` (the worst error of each is printed). Cases
+/// whose options the step lacks are skipped with the reason; `default-model` and `paper-config` (the
+/// faithful presets) must run.
 #[test]
 fn fixture_cases_pass_through_the_cuda_step() {
+    use splicevi::cuda::gemm::GemmPrecision;
     for dev in emu::devices("fixture cases through the CUDA step") {
-        let mut failed = Vec::new();
-        for name in CASES {
-            let r = check_case_on(&case_dir(name), Some(&dev)).unwrap_or_else(|e| panic!("case {name}: {e:#}"));
-            print_report(&r, false);
-            if ["default-model", "paper-config"].contains(&name) {
-                assert!(r.skipped.is_none(), "case {name} must run on the device: {:?}", r.skipped);
+        for precision in [GemmPrecision::F32, GemmPrecision::Bf16] {
+            let mut failed = Vec::new();
+            for name in CASES {
+                let r = check_case_with(&case_dir(name), Some(&dev), precision).unwrap_or_else(|e| panic!("case {name}: {e:#}"));
+                let worst = r.checks.iter().filter(|c| c.metric == "rel").map(|c| c.err).fold(0.0, f64::max);
+                println!("{name} {precision:?}: worst relative error {worst:.2e}");
+                print_report(&r, false);
+                if ["default-model", "paper-config"].contains(&name) {
+                    assert!(r.skipped.is_none(), "case {name} must run on the device: {:?}", r.skipped);
+                }
+                if r.skipped.is_some() {
+                    continue;
+                }
+                assert!(r.checks.iter().filter(|c| c.name.starts_with("grad.")).count() > 10, "case {name}: too few gradients compared");
+                assert!(r.checks.iter().any(|c| c.name == "loss.loss"), "case {name}: the loss was not compared");
+                if !r.passed() {
+                    failed.push(name);
+                }
             }
-            if r.skipped.is_some() {
-                continue;
-            }
-            assert!(r.checks.iter().filter(|c| c.name.starts_with("grad.")).count() > 10, "case {name}: too few gradients compared");
-            assert!(r.checks.iter().any(|c| c.name == "loss.loss"), "case {name}: the loss was not compared");
-            if !r.passed() {
-                failed.push(name);
-            }
+            assert!(failed.is_empty(), "fixture cases failed through the CUDA step on {} in {precision:?}: {failed:?}", dev.info().name);
         }
-        assert!(failed.is_empty(), "fixture cases failed through the CUDA step on {}: {failed:?}", dev.info().name);
     }
 }
 

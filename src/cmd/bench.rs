@@ -132,7 +132,7 @@ fn device_gemm_peak(dev: &crate::cuda::CudaDevice) -> Result<f64> {
     Ok(best)
 }
 
-pub fn run(args: BenchArgs, device: &Device) -> Result<()> {
+pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     let dev: Option<&'static crate::cuda::CudaDevice> = match device {
         Device::Cuda(info) => Some(Box::leak(Box::new(crate::cuda::CudaDevice::open(info.ordinal)?))),
         Device::Cpu => None,
@@ -140,7 +140,7 @@ pub fn run(args: BenchArgs, device: &Device) -> Result<()> {
     let peak = match dev {
         Some(d) => {
             let p = device_gemm_peak(d)?;
-            println!("device: {} (the CUDA step); measured f32 GEMM peak {:.1} GFLOP/s", device, p / 1e9);
+            println!("device: {device} (the CUDA step, {precision:?}); measured f32 GEMM peak {:.1} GFLOP/s", p / 1e9);
             p
         }
         None => {
@@ -169,7 +169,7 @@ pub fn run(args: BenchArgs, device: &Device) -> Result<()> {
             }
             let mut t = Trainer::new(&ds, run, tmp.path())?;
             if let Some(d) = dev {
-                t.use_device(d)?;
+                t.use_device(d, precision)?;
             }
             // Steady state: past the KL warm-up (mixing on, gate 1).
             let epoch = train.n_epochs_kl_warmup.unwrap_or(0);

@@ -123,6 +123,17 @@ pub fn check_case(dir: &Path) -> Result<CaseReport> {
 /// terms, z and every gradient against the expected tensors (the forward intermediates it does not
 /// return are counted in `not_compared`); a case with options the step lacks is `skipped`.
 pub fn check_case_on(dir: &Path, dev: Option<&crate::cuda::CudaDevice>) -> Result<CaseReport> {
+    check_case_with(dir, dev, crate::cuda::gemm::GemmPrecision::F32)
+}
+
+/// Tolerance (relative) of every tensor through the CUDA step with `--precision bf16`: bf16 keeps 8
+/// significant bits (about 4e-3 per rounded operand); the fixtures' f32 tolerances apply in f32.
+pub const TOL_BF16: f64 = 3e-2;
+
+/// [`check_case_on`] with the device step's GEMM operands in `precision` (bf16: [`TOL_BF16`] for every
+/// tensor, and the report says so).
+pub fn check_case_with(dir: &Path, dev: Option<&crate::cuda::CudaDevice>, precision: crate::cuda::gemm::GemmPrecision) -> Result<CaseReport> {
+    let bf16 = dev.is_some() && precision == crate::cuda::gemm::GemmPrecision::Bf16;
     let cfg_path = dir.join("config.json");
     let cfg_json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
@@ -137,7 +148,7 @@ pub fn check_case_on(dir: &Path, dev: Option<&crate::cuda::CudaDevice>) -> Resul
     let model = SpliceVae::new(cfg.clone(), dims.clone(), junc2atse)?;
     let mut report = CaseReport { case: dir.display().to_string(), ..Default::default() };
     if let Some(d) = dev {
-        report.case = format!("{} on {}", dir.display(), d.info().name);
+        report.case = format!("{} on {}{}", dir.display(), d.info().name, if bf16 { " in bf16" } else { "" });
         if let Some(why) = crate::cuda::step::unsupported(&cfg, &dims) {
             report.skipped = Some(why);
             return Ok(report);
@@ -303,6 +314,7 @@ pub fn check_case_on(dir: &Path, dev: Option<&crate::cuda::CudaDevice>) -> Resul
     if let Some(d) = dev {
         // The device's values replace the CPU's; what it does not produce is left out (counted).
         let mut dm = crate::cuda::step::DeviceModel::new(d, &model, &params)?;
+        dm.precision = precision;
         let o = dm.forward_backward(&batch, &opts, &mut |_| Ok(None), true)?;
         let g = dm.download_grads()?;
         let mut dv: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -377,6 +389,7 @@ pub fn check_case_on(dir: &Path, dev: Option<&crate::cuda::CudaDevice>) -> Resul
         } else {
             (rel_err(got, want), TOL_FORWARD, "rel")
         };
+        let tol = if bf16 { TOL_BF16.max(tol) } else { tol };
         report.checks.push(TensorCheck {
             name: name.clone(),
             err,
@@ -474,14 +487,14 @@ pub fn print_report(r: &CaseReport, verbose: bool) {
     }
 }
 
-pub fn run(args: CheckFixtureArgs, device: &crate::device::Device) -> Result<()> {
+pub fn run(args: CheckFixtureArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     let dev = match device {
         crate::device::Device::Cuda(info) => Some(crate::cuda::CudaDevice::open(info.ordinal)?),
         crate::device::Device::Cpu => None,
     };
     let (mut failed, mut skipped) = (Vec::new(), 0);
     for dir in &args.cases {
-        let r = check_case_on(dir, dev.as_ref()).with_context(|| format!("case {}", dir.display()))?;
+        let r = check_case_with(dir, dev.as_ref(), precision).with_context(|| format!("case {}", dir.display()))?;
         print_report(&r, args.verbose);
         if r.skipped.is_some() {
             skipped += 1;

@@ -27,6 +27,10 @@ pub struct Cli {
     /// cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto", value_parser = crate::device::parse_device_spec)]
     pub device: crate::device::DeviceSpec,
+    /// Precision of the CUDA training step (train, bench, check-fixture with a CUDA device): f32, or
+    /// bf16 GEMM operands with f32 accumulation, parameters, optimizer state and likelihood math.
+    #[arg(long, global = true, default_value = "f32", value_parser = parse_precision)]
+    pub precision: crate::cuda::gemm::GemmPrecision,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -73,6 +77,14 @@ impl Command {
     }
 }
 
+fn parse_precision(s: &str) -> Result<crate::cuda::gemm::GemmPrecision, String> {
+    match s {
+        "f32" => Ok(crate::cuda::gemm::GemmPrecision::F32),
+        "bf16" => Ok(crate::cuda::gemm::GemmPrecision::Bf16),
+        o => Err(format!("invalid precision `{o}`: expected f32 or bf16")),
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
@@ -100,10 +112,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         resolved = Some(r);
     }
     let device = resolved.map(|r| r.device).unwrap_or(crate::device::Device::Cpu);
+    let precision = cli.precision;
+    if precision == crate::cuda::gemm::GemmPrecision::Bf16 && !device.is_cuda() {
+        anyhow::bail!("--precision bf16 is a CUDA-step option (train, bench, check-fixture with --device cuda); the CPU backend computes in f32");
+    }
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
         Command::Validate(a) => validate::run(a),
-        Command::Train(a) => train::run(a, &device),
+        Command::Train(a) => train::run(a, &device, precision),
         Command::Embed(a) => embed::run(a),
         Command::Impute(a) => impute::run(a),
         Command::NormalizeExpression(a) => normalize_expression::run(a),
@@ -111,8 +127,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DiffExpression(a) => diff_expression::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Plot(a) => plot::run(a),
-        Command::CheckFixture(a) => check_fixture::run(a, &device),
-        Command::Bench(a) => bench::run(a, &device),
+        Command::CheckFixture(a) => check_fixture::run(a, &device, precision),
+        Command::Bench(a) => bench::run(a, &device, precision),
         Command::Info(a) => info::run(a),
     }
 }

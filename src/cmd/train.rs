@@ -1,5 +1,6 @@
 use super::option_flags::OptionTable;
 use crate::data::{load::load, DataOptions};
+use crate::cuda::gemm::GemmPrecision;
 use crate::device::Device;
 use crate::model::ModelConfig;
 use crate::train::trainer::{dims_of, read_run_config, RunConfig, Trainer};
@@ -131,7 +132,7 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
 /// Moves `t`'s steps to the device when `device` is one: a clear error when the CUDA step does not
 /// implement the run's options (the user asked for the device explicitly; `auto` never gets here
 /// before the step is validated, see `device::CUDA_STEP_VALIDATED`).
-pub fn attach_device(t: &mut Trainer<'_>, device: &Device) -> Result<()> {
+pub fn attach_device(t: &mut Trainer<'_>, device: &Device, precision: GemmPrecision) -> Result<()> {
     if let Device::Cuda(info) = device {
         if let Some(why) = crate::cuda::step::unsupported(&t.run.model, &t.run.dims) {
             anyhow::bail!("--device cuda:{}: {why}", info.ordinal);
@@ -139,20 +140,20 @@ pub fn attach_device(t: &mut Trainer<'_>, device: &Device) -> Result<()> {
         let dev = crate::cuda::CudaDevice::open(info.ordinal)?;
         // One device for the life of the process: the step's kernels borrow it.
         let dev: &'static crate::cuda::CudaDevice = Box::leak(Box::new(dev));
-        t.use_device(dev)?;
-        eprintln!("training steps on {} (the CUDA step; never run on a GPU before this build's gpu-check)", device);
+        t.use_device(dev, precision)?;
+        eprintln!("training steps on {device} in {precision:?} (the CUDA step; it had not run on a GPU when this build was made)");
     }
     Ok(())
 }
 
-pub fn run(args: TrainArgs, device: &Device) -> Result<()> {
+pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result<()> {
     if args.resume {
         let prev = read_run_config(&args.out)?;
         let ds = load(&args.data, &prev.data)?;
         let max_epochs = args.options.train.get("max_epochs").and_then(|v| v.as_u64()).map(|v| v as usize);
         let mut t = Trainer::resume(&ds, &args.out, max_epochs)?;
         t.verbose = !args.quiet;
-        attach_device(&mut t, device)?;
+        attach_device(&mut t, device, precision)?;
         eprintln!("resuming {} after epoch {}", args.out.display(), t.state.epochs_done);
         t.fit()?;
         curves(&args);
@@ -166,7 +167,7 @@ pub fn run(args: TrainArgs, device: &Device) -> Result<()> {
     let run = RunConfig::for_dataset(&args.preset, model, train, args.data_options.clone(), &ds);
     let mut t = Trainer::new(&ds, run, &args.out)?;
     t.verbose = !args.quiet;
-    attach_device(&mut t, device)?;
+    attach_device(&mut t, device, precision)?;
     eprintln!(
         "training on {} cells ({} train / {} validation), {} genes, {} junctions in {} ATSEs; run dir {}",
         ds.n_cells(), t.train_cells.len(), t.validation_cells.len(), ds.n_genes(), ds.n_junctions(), ds.splicing.n_atse(), args.out.display()

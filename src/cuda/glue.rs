@@ -74,6 +74,7 @@ pub struct CudaGlue<'d> {
     col_sum: Kernel,
     seg_sum: Kernel,
     gather_rows: Kernel,
+    to_bf16: Kernel,
 }
 
 fn grid_cfg(dev: &CudaDevice, n: usize) -> LaunchConfig {
@@ -99,6 +100,7 @@ impl<'d> CudaGlue<'d> {
             col_sum: f("glue_col_sum")?,
             seg_sum: f("glue_seg_sum")?,
             gather_rows: f("glue_gather_rows")?,
+            to_bf16: f("glue_to_bf16")?,
         })
     }
 
@@ -112,6 +114,19 @@ impl<'d> CudaGlue<'d> {
         ensure!(rows <= i32::MAX as usize && cols <= i32::MAX as usize, "glue: copy of {rows} × {cols} out of range");
         let args: [&dyn KernelArg; 8] = [&s, &(src.ld as i64), &d, &(dst.ld as i64), &(rows as i32), &(cols as i32), &alpha, &beta];
         self.dev.launch(&self.copy_cols, grid_cfg(self.dev, rows * cols), &args)
+    }
+
+    /// dst = bf16(src) over `rows` × `cols` (row strides ld_src, ld_dst; round to nearest even).
+    pub fn to_bf16(&self, src: Cols<'_>, dst: &mut dyn DeviceMem<half::bf16>, ld_dst: usize, rows: usize, cols: usize) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_to_bf16");
+        let s = src.check(rows, cols, "bf16 source")?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        ensure!(cols <= ld_dst && dst.elements() >= (rows - 1) * ld_dst + cols, "glue to_bf16: destination of {} elements for {rows} × {cols} at stride {ld_dst}", dst.elements());
+        ensure!(rows <= i32::MAX as usize && cols <= i32::MAX as usize, "glue: {rows} × {cols} out of range");
+        let args: [&dyn KernelArg; 6] = [&s, &(src.ld as i64), &dst.device_address(), &(ld_dst as i64), &(rows as i32), &(cols as i32)];
+        self.dev.launch(&self.to_bf16, grid_cfg(self.dev, rows * cols), &args)
     }
 
     /// y = op(x[, a]) over all of `y` (x and a at least as long).
@@ -213,6 +228,14 @@ pub mod twin {
                 let v = alpha * src[s_off + r * ld_src + c];
                 let d = &mut dst[d_off + r * ld_dst + c];
                 *d = if beta != 0.0 { v + beta * *d } else { v };
+            }
+        }
+    }
+
+    pub fn to_bf16(src: &[f32], s_off: usize, ld_src: usize, dst: &mut [half::bf16], ld_dst: usize, rows: usize, cols: usize) {
+        for r in 0..rows {
+            for c in 0..cols {
+                dst[r * ld_dst + c] = half::bf16::from_f32(src[s_off + r * ld_src + c]);
             }
         }
     }

@@ -285,6 +285,10 @@ pub struct DeviceModel<'d> {
     /// Fill step buffers with NaN before use, so that an element a kernel fails to write shows up
     /// (tests; one memset per buffer).
     pub poison: bool,
+    /// GEMM operands (and the sparse splicing decode's S and W) in f32, or rounded to bf16 with f32
+    /// accumulation (`--precision bf16`). Everything else, parameters and optimizer state included,
+    /// stays f32.
+    pub precision: GemmPrecision,
 }
 
 /// AdamW moments on the device (over the trainable parameters) and the clipping scratch.
@@ -324,6 +328,7 @@ impl<'d> DeviceModel<'d> {
             arena: RefCell::new(StepArena::default()),
             partial_work: RefCell::new(None),
             poison: false,
+            precision: GemmPrecision::F32,
         })
     }
 
@@ -608,11 +613,33 @@ impl<'d> DeviceModel<'d> {
         })
     }
 
+    /// C = α op(A) op(B) + β C in the model's precision: f32, or with both operands rounded to bf16
+    /// (f32 accumulation and output) for `--precision bf16`.
+    #[allow(clippy::too_many_arguments)]
+    fn mm(&self, alpha: f32, a: &Operand, b: &Operand, beta: f32, c: &mut dyn DeviceMem<f32>, m: usize, n: usize) -> Result<()> {
+        match self.precision {
+            GemmPrecision::F32 => self.gemm.gemm(GemmPrecision::F32, alpha, a, b, beta, c, m, n),
+            GemmPrecision::Bf16 => {
+                let (a16, b16) = (self.bf16_operand(a)?, self.bf16_operand(b)?);
+                self.gemm.gemm(GemmPrecision::Bf16, alpha, &a16, &b16, beta, c, m, n)
+            }
+        }
+    }
+
+    /// A bf16 copy of an f32 GEMM operand (its rows × cols window, packed: ld = cols).
+    fn bf16_operand(&self, x: &Operand) -> Result<Operand> {
+        let (rows, cols) = (x.rows, x.cols);
+        let mut d: TView<half::bf16> = self.arena.borrow_mut().alloc(self.dev, rows * cols)?;
+        let src = Buf::new(x.addr, if rows == 0 { 0 } else { (rows - 1) * x.ld + cols });
+        self.glue.to_bf16(Cols { mem: &src, offset: 0, ld: x.ld }, &mut d, cols, rows, cols)?;
+        Ok(Operand { addr: d.addr, rows, cols, ld: cols, t: x.t })
+    }
+
     /// y0 (B × n_out) = X · Wᵀ for a dense `x` (B × n_in).
     fn gemm_xwt(&self, x: &dyn DeviceMem<f32>, b: usize, n_in: usize, w: Buf, n_out: usize, y0: &mut dyn DeviceMem<f32>) -> Result<()> {
         let a = Operand::new(x, b, n_in, false)?;
         let bw = Operand::new(&w, n_out, n_in, true)?;
-        self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &bw, 0.0, y0, b, n_out)
+        self.mm(1.0, &a, &bw, 0.0, y0, b, n_out)
     }
 
     /// An FCLayers forward (model.md §2.1): per block, [main | covariates] → GEMM → epilogue.
@@ -720,7 +747,7 @@ impl<'d> DeviceModel<'d> {
                     // dW (n_out × n_in) += dy0ᵀ · X
                     let a = Operand::new(&dy0, b, n_out, true)?;
                     let xb = Operand::new(x, b, n_in, false)?;
-                    self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &xb, 1.0, &mut gw, n_out, n_in)?;
+                    self.mm(1.0, &a, &xb, 1.0, &mut gw, n_out, n_in)?;
                 }
             }
             if bi == 0 && t.x.is_none() {
@@ -731,7 +758,7 @@ impl<'d> DeviceModel<'d> {
             let mut dx = self.nan(b * t.n_main)?;
             let a = Operand::new(&dy0, b, n_out, false)?;
             let wb = Operand { addr: w.addr, rows: n_out, cols: t.n_main, ld: n_in, t: false };
-            self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &wb, 0.0, &mut dx, b, t.n_main)?;
+            self.mm(1.0, &a, &wb, 0.0, &mut dx, b, t.n_main)?;
             d = dx;
         }
         Ok(Some(d))
@@ -759,14 +786,14 @@ impl<'d> DeviceModel<'d> {
         let mut gw = self.g(lin.w);
         let a = Operand::new(dy, b, lin.n_out, true)?;
         let xb = Operand::new(x, b, lin.n_in, false)?;
-        self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &xb, 1.0, &mut gw, lin.n_out, lin.n_in)?;
+        self.mm(1.0, &a, &xb, 1.0, &mut gw, lin.n_out, lin.n_in)?;
         if let Some(bb) = lin.b {
             let mut gb = self.g(bb);
             self.glue.col_sum(Cols::all(dy, lin.n_out), b, lin.n_out, 1.0, 1.0, &mut gb)?;
         }
         let a = Operand::new(dy, b, lin.n_out, false)?;
         let wb = Operand::new(&self.p(lin.w), lin.n_out, lin.n_in, false)?;
-        self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &wb, beta, dx, b, lin.n_in)
+        self.mm(1.0, &a, &wb, beta, dx, b, lin.n_in)
     }
 
     /// One forward + backward: the loss terms, and the gradients in [`Self::grads`] (overwritten).
@@ -797,6 +824,7 @@ impl<'d> DeviceModel<'d> {
         let inv_b = 1.0 / b as f32;
 
         // ---- expression encoder --------------------------------------------------------------
+        let r_phase = crate::nvtx_range!("expression encoder");
         let xe_csr = SparseDev { ptr: &bt.x_ptr, idx: &bt.x_idx, val: &bt.xe_val };
         let xe_csc = SparseDev { ptr: &bt.xe_cptr, idx: &bt.xe_crow, val: &bt.xe_cval };
         let enc = &a.z_enc_expr;
@@ -807,6 +835,8 @@ impl<'d> DeviceModel<'d> {
         self.glue.map(MapOp::Exp, &lv_e, None, &mut v_e)?;
 
         // ---- splicing encoder ----------------------------------------------------------------
+        drop(r_phase);
+        let r_phase = crate::nvtx_range!("splicing encoder");
         enum SplEnc {
             Partial { shape: PartialShape, cap: PartialShape, work: PartialWork, pool: Buf, mlp: Vec<BlockTape>, raw_v: Buf },
             Vanilla { h: Buf, tape: Vec<BlockTape> },
@@ -840,6 +870,8 @@ impl<'d> DeviceModel<'d> {
         };
 
         // ---- latent ----------------------------------------------------------------------------
+        drop(r_phase);
+        let r_phase = crate::nvtx_range!("latent");
         let (mix, raw) = match (cfg.modality_weights, opts.routing) {
             (_, Some(r)) => (Mix::Routed(r), None),
             (ModalityWeights::PerDimensionWeightedAverage, None) => {
@@ -866,6 +898,8 @@ impl<'d> DeviceModel<'d> {
         let lat: &Buf = if opts.use_z_mean { &qz_m } else { &z };
 
         // ---- expression decoder + likelihood -----------------------------------------------------
+        drop(r_phase);
+        let r_phase = crate::nvtx_range!("expression decoder + likelihood");
         enum ExprDec {
             Vanilla { h: Buf, tape: Vec<BlockTape> },
             Linear { factor: Vec<BlockTape>, dropout: Vec<BlockTape> },
@@ -906,6 +940,8 @@ impl<'d> DeviceModel<'d> {
         )?;
 
         // ---- splicing decoder + likelihood -------------------------------------------------------
+        drop(r_phase);
+        let r_phase = crate::nvtx_range!("splicing decoder + likelihood");
         let cov_w = bt.cov_w;
         let (s_in, k_in, spl_tape, out_lin) = match &a.z_dec_spl {
             SplDecP::Vanilla { fc, out } => {
@@ -934,24 +970,54 @@ impl<'d> DeviceModel<'d> {
             };
             let (sk, sn, sj, psi) = (bt.s_k, bt.s_n, bt.s_junc, bt.s_psi);
             let (mut lo, mut gl, mut gc, mut pe) = (logits, g_logit, g_conc, p_ent);
-            let inp = SplLikInputs {
-                s: &s_in,
-                k: k_in,
-                w: &self.p(out_lin.w),
-                bias: &self.p(out_lin.b.context("splicing output layer without bias")?),
-                indptr: &bt.s_ptr64,
-                junction: &sj,
-                counts_k: &sk,
-                counts_n: &sn,
-                psi: Some(&psi),
-                groups: grp,
-                junc2atse: (conc == ConcIndex::Atse).then_some(&self.junc2atse as &dyn DeviceMem<u32>),
-                log_phi: Some(&self.p(a.log_phi)),
-            };
-            self.spl.launch::<f32>(kind, conc, cfg.splicing_loss_weight as f32, j_n, &inp, &mut SplLikOutputs { logits: &mut lo, rl: &mut rl_s, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe })?;
+            let (w_spl, bias_spl, lphi) = (self.p(out_lin.w), self.p(out_lin.b.context("splicing output layer without bias")?), self.p(a.log_phi));
+            let j2a = (conc == ConcIndex::Atse).then_some(&self.junc2atse as &dyn DeviceMem<u32>);
+            let mut outs = SplLikOutputs { logits: &mut lo, rl: &mut rl_s, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
+            let wgt = cfg.splicing_loss_weight as f32;
+            match self.precision {
+                GemmPrecision::F32 => {
+                    let inp = SplLikInputs {
+                        s: &s_in,
+                        k: k_in,
+                        w: &w_spl,
+                        bias: &bias_spl,
+                        indptr: &bt.s_ptr64,
+                        junction: &sj,
+                        counts_k: &sk,
+                        counts_n: &sn,
+                        psi: Some(&psi),
+                        groups: grp,
+                        junc2atse: j2a,
+                        log_phi: Some(&lphi),
+                    };
+                    self.spl.launch::<f32>(kind, conc, wgt, j_n, &inp, &mut outs)?;
+                }
+                GemmPrecision::Bf16 => {
+                    // The SDDMM's operands in bf16 (f32 accumulation), as the dense GEMMs.
+                    let s16 = self.bf16_operand(&Operand::new(&s_in, b, k_in, false)?)?;
+                    let w16 = self.bf16_operand(&Operand::new(&w_spl, j_n, k_in, false)?)?;
+                    let (s16, w16) = (TView::<half::bf16>::new(s16.addr, b * k_in), TView::<half::bf16>::new(w16.addr, j_n * k_in));
+                    let inp = SplLikInputs {
+                        s: &s16,
+                        k: k_in,
+                        w: &w16,
+                        bias: &bias_spl,
+                        indptr: &bt.s_ptr64,
+                        junction: &sj,
+                        counts_k: &sk,
+                        counts_n: &sn,
+                        psi: Some(&psi),
+                        groups: grp,
+                        junc2atse: j2a,
+                        log_phi: Some(&lphi),
+                    };
+                    self.spl.launch::<half::bf16>(kind, conc, wgt, j_n, &inp, &mut outs)?;
+                }
+            }
         }
 
         // ---- loss terms (host) -------------------------------------------------------------------
+        drop(r_phase);
         let rl_e_h = dev.read(&rl_e)?;
         let rl_s_h = dev.read(&rl_s)?;
         let kl_h = dev.read(&kl_row)?;
@@ -989,6 +1055,7 @@ impl<'d> DeviceModel<'d> {
         dev.memset(&mut self.grads, 0)?;
 
         // ---- backward: expression ----------------------------------------------------------------
+        let r_phase = crate::nvtx_range!("backward: expression decoder");
         let mut g_pxr = self.g(a.px_r.unwrap());
         self.glue.col_sum(Cols::all(&d_lth, g_n), b, g_n, 1.0, 0.0, &mut g_pxr)?;
         let uses_pi = lik == GeneLikelihood::Zinb;
@@ -1013,6 +1080,8 @@ impl<'d> DeviceModel<'d> {
         };
 
         // ---- backward: splicing ------------------------------------------------------------------
+        drop(r_phase);
+        let r_phase = crate::nvtx_range!("backward: splicing decoder");
         let mut ds = self.nan(b * k_in)?;
         self.glue.gather_rows(&bt.s_ptr32, None, &bt.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, &mut ds)?;
         let mut gw = self.g(out_lin.w);
@@ -1036,6 +1105,8 @@ impl<'d> DeviceModel<'d> {
         };
 
         // ---- backward: latent --------------------------------------------------------------------
+        drop(r_phase);
+        let r_phase = crate::nvtx_range!("backward: latent");
         let dlat = self.nan(b * l)?;
         self.glue.copy_cols(Cols::all(&dr_e, l), Cols::all(&dlat, l), b, l, 1.0, 0.0)?;
         self.glue.copy_cols(Cols::all(&dr_s, l), Cols::all(&dlat, l), b, l, 1.0, 1.0)?;
@@ -1070,6 +1141,8 @@ impl<'d> DeviceModel<'d> {
         self.latent.backward(&ls, &lin, &qz_m, &qz_v, &z, &dz, dqm_in, kl_scale, pscale, &mut lg)?;
 
         // ---- backward: encoders ------------------------------------------------------------------
+        drop(r_phase);
+        let _r_phase = crate::nvtx_range!("backward: encoders");
         let mut dlv_e = self.nan(b * d)?;
         self.glue.map(MapOp::Mul, &gve, Some(&v_e), &mut dlv_e)?;
         let h_w = enc.fc.n_out();

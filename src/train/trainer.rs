@@ -207,9 +207,11 @@ impl<'a> Trainer<'a> {
     }
 
     /// Run the training steps (and validation) on `dev` from now on, starting from the current
-    /// parameters and optimizer state. Errors for options the CUDA step does not implement.
-    pub fn use_device(&mut self, dev: &'static crate::cuda::CudaDevice) -> Result<()> {
-        let model = crate::cuda::step::DeviceModel::new(dev, &self.model, &self.params)?;
+    /// parameters and optimizer state, with GEMM operands in `precision`. Errors for options the CUDA
+    /// step does not implement.
+    pub fn use_device(&mut self, dev: &'static crate::cuda::CudaDevice, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
+        let mut model = crate::cuda::step::DeviceModel::new(dev, &self.model, &self.params)?;
+        model.precision = precision;
         let adam = model.adam_state(&self.opt.state)?;
         self.device = Some(DeviceRun { model, adam });
         Ok(())
