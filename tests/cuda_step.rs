@@ -332,7 +332,7 @@ fn trainer_on(dev: &'static CudaDevice) {
     for preset in ["paper"] {
         let (model, train0) = presets::preset(preset).unwrap();
         let model = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim: 4, h_hidden_dim: 8, encoder_hidden_dim: 8, ..model };
-        let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
+        let train = TrainConfig { max_epochs: 2, batch_size: 100, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
         let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
         let run = RunConfig::for_dataset(preset, model, train, data, &ds);
         let (d_cpu, d_dev) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
