@@ -50,6 +50,12 @@ pub fn bwd_warps_per_block(hh: usize, d: usize) -> usize {
     (SMEM_LIMIT / smem_per_warp(hh, d, true)).clamp(1, 4)
 }
 
+/// Warps (cells) per block of the pooled forward: up to 4, fewer where their shared memory would pass
+/// the default limit.
+pub fn fwd_warps_per_block(hh: usize, d: usize) -> usize {
+    (SMEM_LIMIT / smem_per_warp(hh, d, false)).clamp(1, PART_THREADS as usize / 32)
+}
+
 /// Number of backward warps for J junctions.
 pub fn bwd_warps(j: usize) -> usize {
     j.clamp(1, PART_BWD_WARPS)
@@ -110,6 +116,13 @@ impl PartialShape {
         ensure!(
             self.hh >= 1 && self.hh <= PART_HMAX && self.d >= 1 && self.d <= PART_DMAX,
             "the CUDA partial encoder supports h_hidden_dim ≤ {PART_HMAX} and code_dim ≤ {PART_DMAX} (got {} and {}); use --device cpu",
+            self.hh,
+            self.d
+        );
+        ensure!(
+            smem_per_warp(self.hh, self.d, true) <= SMEM_LIMIT,
+            "the CUDA partial encoder's backward needs {} bytes of shared memory per warp for h_hidden_dim {} and code_dim {} (at most {SMEM_LIMIT}); use smaller layers or --device cpu",
+            smem_per_warp(self.hh, self.d, true),
             self.hh,
             self.d
         );
@@ -358,7 +371,10 @@ impl<'d> CudaPartial<'d> {
             &pool.device_address(),
             &w.keep.device_address(),
         ];
-        self.dev.launch(&self.pool_fwd, cfg(b.div_ceil(wpb), PART_THREADS, wpb * smem_per_warp(hh, d, false)), &args)
+        // Up to 4 warps (cells) per block, fewer where their shared memory would pass the 48 KiB a
+        // launch gets without opting in (small D with a wide h layer: 32 pairs per warp at a time).
+        let pw = fwd_warps_per_block(hh, d);
+        self.dev.launch(&self.pool_fwd, cfg(b.div_ceil(pw), 32 * pw as u32, pw * smem_per_warp(hh, d, false)), &args)
     }
 
     /// Enqueues the backward from d(pool) (B × D), after [`CudaPartial::forward`] filled `w`; adds into

@@ -358,6 +358,10 @@ impl CudaDevice {
                 if g.1 != 1 || g.2 != 1 || b.1 != 1 || b.2 != 1 || b.0 % 32 != 0 || b.0 == 0 {
                     bail!("kernel {}: the host emulation runs 1-D grids of whole warps only (grid {g:?}, block {b:?})", f.name);
                 }
+                // A GPU refuses more without cuFuncSetAttribute (which no wrapper calls): fail here too.
+                if cfg.shared_mem_bytes as usize > 48 * 1024 || b.0 > 1024 {
+                    bail!("kernel {}: {} bytes of dynamic shared memory / {} threads exceed a launch's default limits (48 KiB, 1024)", f.name, cfg.shared_mem_bytes, b.0);
+                }
                 let argv: Vec<*mut std::ffi::c_void> = args.iter().map(|a| a.value_ptr() as *mut std::ffi::c_void).collect();
                 let _one = EMU_LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
                 // SAFETY: the trampoline reads one value of each parameter's type from argv, in order; the
