@@ -185,6 +185,15 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                 cells += c;
                 steps += 1;
             }
+            if dev.is_some() {
+                // The host's share of a device step (gather + pack), overlapped with the device's work
+                // by the trainer's prefetch thread: if it exceeds s/step, the host is the bottleneck.
+                let cells: Vec<usize> = t.train_cells.iter().take(args.batch_size).copied().collect();
+                let t0 = Instant::now();
+                let batch = crate::model::Batch::from_dataset(&ds, &cells, true)?;
+                let hb = crate::cuda::step::HostBatch::build(&t.model, &batch, &crate::model::StepOptions::default())?;
+                println!("# {size_name} {preset_name}: host preparation {:.1} ms per step ({:.1} MB copied per step)", t0.elapsed().as_secs_f64() * 1e3, hb.bytes() as f64 / 1e6);
+            }
             let s_step = secs / steps as f64;
             let cps = cells as f64 / secs;
             let s_epoch = t.train_cells.len() as f64 / cps;

@@ -24,6 +24,7 @@ use super::optim::{CudaOptim, GRAD_NORM_MAX_BLOCKS};
 use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
 use super::runtime::{CudaDevice, DevBuf, DeviceMem};
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::marker::PhantomData;
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
 use super::splicing_lik::{CudaSplicingLik, DevGroups, SplLikInputs, SplLikOutputs};
@@ -32,7 +33,7 @@ use crate::model::config::*;
 use crate::model::dense_epilogue::{BnMode, Epilogue};
 use crate::model::expr_lik::ScaleAct;
 use crate::model::latent_step::Mix;
-use crate::model::ops::{Cov, Mode, Sparse};
+use crate::model::ops::{Cov, Mode};
 use crate::model::rng::{self, DropStream};
 use crate::model::spl_lik::{AtseGroups, ConcIndex};
 use crate::model::tensor::Mat;
@@ -245,6 +246,250 @@ struct DevBatch {
     mask_s_host: Vec<bool>,
 }
 
+/// (byte offset, length) of one array in a [`HostBatch`]'s pack.
+type Part = (usize, usize);
+
+/// A minibatch prepared on the host for the device step: every array the kernels read, packed into
+/// one buffer (one copy per step), plus what the loss terms need on the host. Built without a device,
+/// so it can be made ahead of the step that uses it.
+pub struct HostBatch {
+    b: usize,
+    nnz: usize,
+    pack: Pack,
+    x_ptr: Part,
+    x_idx: Part,
+    x_val: Part,
+    xe_val: Part,
+    xe_cptr: Part,
+    xe_crow: Part,
+    xe_cval: Part,
+    library: Part,
+    mask_e: Part,
+    mask_s: Part,
+    expr_weight: Part,
+    ones: Part,
+    s_ptr64: Part,
+    s_ptr32: Part,
+    s_junc: Part,
+    s_junc32: Part,
+    s_psi: Part,
+    s_k: Part,
+    s_n: Part,
+    jptr: Part,
+    jorder: Part,
+    cell_of: Part,
+    ps_cptr: Part,
+    ps_crow: Part,
+    ps_cval: Part,
+    conc_ptr: Part,
+    conc_ids: Part,
+    eps: Part,
+    groups: Option<(Part, Part, Part)>,
+    cov: Option<Part>,
+    cov_w: usize,
+    mask_e_host: Vec<bool>,
+    mask_s_host: Vec<bool>,
+}
+
+impl HostBatch {
+    /// Everything the device step of `model` needs from `batch` (with `opts`' noise).
+    pub fn build(m: &SpliceVae, batch: &Batch, opts: &StepOptions) -> Result<HostBatch> {
+        batch.check(m.dims.n_genes, m.dims.n_junctions)?;
+        ensure!(batch.n_cells() > 0, "empty minibatch");
+        ensure!(batch.cats.len() == m.dims.n_cats_per_cov.len() && batch.n_cont == m.dims.n_cont, "minibatch covariates do not match the model");
+        let cfg = &m.cfg;
+        let b = batch.n_cells();
+        let e = &batch.expr;
+        let x_ptr: Vec<i64> = e.indptr.iter().map(|&v| v as i64).collect();
+        let raw_input = cfg.expression_input == ExpressionInput::Raw;
+        let xe_vals: Vec<f32> = if raw_input { Vec::new() } else { expression_input_values(cfg.expression_input, &e.indptr, &e.values).into_owned() };
+        let xe_v: &[f32] = if raw_input { &e.values } else { &xe_vals };
+        let mask_e_host: Vec<bool> = (0..b).map(|i| e.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0).collect();
+        let spl = &batch.spl;
+        let mask_s_host: Vec<bool> =
+            if cfg.mask_cells_without_splicing { (0..b).map(|i| !spl.cell_range(i).is_empty()).collect() } else { vec![true; b] };
+        let inv_b = 1.0 / b as f64;
+        let expr_weight: Vec<f32> = mask_e_host.iter().map(|&mk| if mk { inv_b as f32 } else { 0.0 }).collect();
+        let library: Vec<f32> = batch.library.iter().map(|&s| ((s as f64) + LIB_EPS).ln() as f32).collect();
+        let vanilla_spl = matches!(m.arch.z_enc_spl, SplEncP::Vanilla(_));
+        let conc = ConcIndex::for_loss(cfg.splicing_loss_type, cfg.dm_concentration);
+        let n_targets = m.layout.entries[m.arch.log_phi].len.max(1);
+        let uses_conc = matches!(cfg.splicing_loss_type, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial);
+        // The index structures are independent: built side by side.
+        let ((xe_csc, (jm, ps_csc)), (groups, (conc_ptr, conc_ids))) = rayon::join(
+            || {
+                rayon::join(
+                    || csc(b, e.n_cols, &e.indptr, &e.indices, xe_v),
+                    || {
+                        // The splicing encoder's CSC of ψ only for the vanilla encoder (its sparse first layer).
+                        let ps = vanilla_spl.then(|| csc(b, spl.n_junctions, &spl.indptr, &spl.junction, &spl.psi));
+                        (junction_major(spl), ps)
+                    },
+                )
+            },
+            || {
+                rayon::join(
+                    || match cfg.splicing_loss_type {
+                        SplicingLoss::DirichletMultinomial => AtseGroups::build(spl, &m.junc2atse, &m.atse_ptr).map(Some),
+                        _ => Ok(None),
+                    },
+                    // Concentration targets of the entries, grouped (counting sort, entries in order).
+                    || if uses_conc { conc_targets(spl, conc, &m.junc2atse, n_targets) } else { (vec![0i32; n_targets + 1], Vec::new()) },
+                )
+            },
+        );
+        let groups = groups?;
+        let (cptr, crow, cval) = xe_csc;
+        let (jptr, jorder, cell_of) = jm;
+        let (pcptr, pcrow, pcval) = ps_csc.unwrap_or_else(|| (vec![0i64; spl.n_junctions + 1], Vec::new(), Vec::new()));
+        // Decoder covariates: [one-hot of each categorical with more than one level].
+        let cov_w: usize = m.arch.dec_cats.iter().sum();
+        let cov = if cov_w > 0 {
+            let mut cats: Vec<&[u32]> = vec![&batch.batch];
+            cats.extend(batch.cats.iter().map(|c| c.as_slice()));
+            let cv = Cov { cont: &[], n_cont: 0, cats };
+            let empty = Mat::<f32>::zeros(b, 0);
+            let c = cv.concat_dense(&empty, 0, &m.arch.dec_cats);
+            ensure!(c.cols == cov_w, "decoder covariates: {} columns, expected {cov_w}", c.cols);
+            Some(c.data)
+        } else {
+            None
+        };
+        let l = m.arch.l;
+        let eps_joint: Vec<f32> = match &opts.noise {
+            Noise::Zero => vec![0.0; b * l],
+            Noise::Seeded => (0..b * l).map(|i| rng::normal(opts.seed, rng::streams::EPS_JOINT, i as u64) as f32).collect(),
+            Noise::Given { eps_joint, .. } => {
+                ensure!(eps_joint.len() == b * l, "given noise has the wrong size (need {b}×{l})");
+                eps_joint.iter().map(|&v| v as f32).collect()
+            }
+        };
+        let u8s = |v: &[bool]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+        let i32s = |v: &[usize]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+        let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
+        // Every array into one host buffer and one copy (the first layer of device residency).
+        let mut pk = Pack::default();
+        let x_ptr_p = pk.push(&x_ptr);
+        let x_idx_p = pk.push(&e.indices);
+        let x_val_p = pk.push(&e.values);
+        // Raw counts in: the encoder's values are the likelihood's (one copy).
+        let xe_val_p = if raw_input { x_val_p } else { pk.push(&xe_vals) };
+        let xe_cptr_p = pk.push(&cptr);
+        let xe_crow_p = pk.push(&crow);
+        let xe_cval_p = pk.push(&cval);
+        let library_p = pk.push(&library);
+        let mask_e_p = pk.push(&u8s(&mask_e_host));
+        let mask_s_p = pk.push(&u8s(&mask_s_host));
+        let expr_weight_p = pk.push(&expr_weight);
+        let ones_p = pk.push(&vec![1f32; b]);
+        let s_ptr64_p = pk.push(&i64s(&spl.indptr));
+        let s_ptr32_p = pk.push(&i32s(&spl.indptr));
+        let s_junc_p = pk.push(&spl.junction);
+        // The same bits as i32 (junction ids < 2³¹, checked by Batch::check against J).
+        let s_junc32_p = s_junc_p;
+        let s_psi_p = pk.push(&spl.psi);
+        let s_k_p = pk.push(&spl.k);
+        let s_n_p = pk.push(&spl.n);
+        let jptr_p = pk.push(&jptr);
+        let jorder_p = pk.push(&jorder);
+        let cell_of_p = pk.push(&cell_of);
+        let ps_cptr_p = pk.push(&pcptr);
+        let ps_crow_p = pk.push(&pcrow);
+        let ps_cval_p = pk.push(&pcval);
+        let groups_p = groups.as_ref().map(|g| (pk.push(&i64s(&g.cell_ptr)), pk.push(&i64s(&g.grp_ptr)), pk.push(&g.ord)));
+        let conc_ptr_p = pk.push(&conc_ptr);
+        let conc_ids_p = pk.push(&conc_ids);
+        let cov_p = cov.as_ref().map(|c| pk.push(c));
+        let eps_p = pk.push(&eps_joint);
+        Ok(HostBatch {
+            b,
+            nnz: spl.nnz(),
+            pack: pk,
+            x_ptr: x_ptr_p,
+            x_idx: x_idx_p,
+            x_val: x_val_p,
+            xe_val: xe_val_p,
+            xe_cptr: xe_cptr_p,
+            xe_crow: xe_crow_p,
+            xe_cval: xe_cval_p,
+            library: library_p,
+            mask_e: mask_e_p,
+            mask_s: mask_s_p,
+            expr_weight: expr_weight_p,
+            ones: ones_p,
+            s_ptr64: s_ptr64_p,
+            s_ptr32: s_ptr32_p,
+            s_junc: s_junc_p,
+            s_junc32: s_junc32_p,
+            s_psi: s_psi_p,
+            s_k: s_k_p,
+            s_n: s_n_p,
+            jptr: jptr_p,
+            jorder: jorder_p,
+            cell_of: cell_of_p,
+            ps_cptr: ps_cptr_p,
+            ps_crow: ps_crow_p,
+            ps_cval: ps_cval_p,
+            conc_ptr: conc_ptr_p,
+            conc_ids: conc_ids_p,
+            eps: eps_p,
+            groups: groups_p,
+            cov: cov_p,
+            cov_w,
+            mask_e_host,
+            mask_s_host,
+        })
+    }
+
+    /// Bytes copied to the device per step.
+    pub fn bytes(&self) -> usize {
+        self.pack.bytes.len()
+    }
+}
+
+/// Column-major index of a CSR matrix: (column pointers as i64, row of each entry, value).
+fn csc(rows: usize, cols: usize, indptr: &[usize], indices: &[u32], values: &[f32]) -> (Vec<i64>, Vec<u32>, Vec<f32>) {
+    let mut ptr = vec![0i64; cols + 1];
+    for &c in indices {
+        ptr[c as usize + 1] += 1;
+    }
+    for i in 0..cols {
+        ptr[i + 1] += ptr[i];
+    }
+    let mut pos: Vec<i64> = ptr[..cols].to_vec();
+    let mut row = vec![0u32; indices.len()];
+    let mut val = vec![0f32; indices.len()];
+    for r in 0..rows {
+        for e in indptr[r]..indptr[r + 1] {
+            let c = indices[e] as usize;
+            row[pos[c] as usize] = r as u32;
+            val[pos[c] as usize] = values[e];
+            pos[c] += 1;
+        }
+    }
+    (ptr, row, val)
+}
+
+/// The batch's entries grouped by concentration target (CSR over the `n_targets` log φ entries, each
+/// target's entries in order).
+fn conc_targets(spl: &crate::model::SplBatch, conc: ConcIndex, junc2atse: &[u32], n_targets: usize) -> (Vec<i32>, Vec<i32>) {
+    let target: Vec<u32> = spl.junction.iter().map(|&jj| conc.target(jj as usize, junc2atse).min(n_targets - 1) as u32).collect();
+    let mut ptr = vec![0i32; n_targets + 1];
+    for &t in &target {
+        ptr[t as usize + 1] += 1;
+    }
+    for t in 0..n_targets {
+        ptr[t + 1] += ptr[t];
+    }
+    let mut fill: Vec<i32> = ptr[..n_targets].to_vec();
+    let mut ids = vec![0i32; target.len()];
+    for (e, &t) in target.iter().enumerate() {
+        ids[fill[t as usize] as usize] = e as i32;
+        fill[t as usize] += 1;
+    }
+    (ptr, ids)
+}
+
 /// The loss terms of one step (per cell as the CPU model reports them).
 #[derive(Clone, Debug)]
 pub struct DeviceStepOutput {
@@ -263,7 +508,7 @@ pub struct DeviceStepOutput {
 /// The model's parameters and gradients on one device, and the step that fills the gradients.
 pub struct DeviceModel<'d> {
     dev: &'d CudaDevice,
-    model: SpliceVae,
+    model: Arc<SpliceVae>,
     /// Host copy of the buffers the step reads on the host (pool divisor, modality weights).
     host: Params<f32>,
     pub params: DevBuf<f32>,
@@ -311,7 +556,7 @@ impl<'d> DeviceModel<'d> {
         let j2a = if model.junc2atse.is_empty() { vec![0u32] } else { model.junc2atse.clone() };
         Ok(DeviceModel {
             dev,
-            model: model.clone(),
+            model: Arc::new(model.clone()),
             host: params.clone(),
             params: dev.upload(&params.data)?,
             grads: dev.zeros(model.layout.n_trainable.max(1))?,
@@ -470,146 +715,51 @@ impl<'d> DeviceModel<'d> {
         Ok(b)
     }
 
-    fn upload_batch(&self, batch: &Batch, opts: &StepOptions) -> Result<DevBatch> {
-        let m = &self.model;
-        let cfg = &m.cfg;
-        let b = batch.n_cells();
-        let dev = self.dev;
-        let e = &batch.expr;
-        let x_ptr: Vec<i64> = e.indptr.iter().map(|&v| v as i64).collect();
-        let xe_vals = expression_input_values(cfg.expression_input, &e.indptr, &e.values).into_owned();
-        let xs = Sparse { rows: b, cols: e.n_cols, indptr: e.indptr.clone(), indices: e.indices.clone(), values: xe_vals.clone() };
-        let (cptr, crow, cval) = xs.to_csc();
-        let mask_e_host: Vec<bool> = (0..b).map(|i| e.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0).collect();
-        let spl = &batch.spl;
-        let mask_s_host: Vec<bool> =
-            if cfg.mask_cells_without_splicing { (0..b).map(|i| !spl.cell_range(i).is_empty()).collect() } else { vec![true; b] };
-        let inv_b = 1.0 / b as f64;
-        let expr_weight: Vec<f32> = mask_e_host.iter().map(|&mk| if mk { inv_b as f32 } else { 0.0 }).collect();
-        let library: Vec<f32> = batch.library.iter().map(|&s| ((s as f64) + LIB_EPS).ln() as f32).collect();
-        let (jptr, jorder, cell_of) = junction_major(spl);
-        let ps = Sparse { rows: b, cols: spl.n_junctions, indptr: spl.indptr.clone(), indices: spl.junction.clone(), values: spl.psi.clone() };
-        let (pcptr, pcrow, pcval) = ps.to_csc();
-        let groups = match cfg.splicing_loss_type {
-            SplicingLoss::DirichletMultinomial => Some(AtseGroups::build(spl, &m.junc2atse, &m.atse_ptr)?),
-            _ => None,
-        };
-        // Concentration targets of the entries, grouped (counting sort, entries in order).
-        let conc = ConcIndex::for_loss(cfg.splicing_loss_type, cfg.dm_concentration);
-        let n_targets = m.layout.entries[m.arch.log_phi].len.max(1);
-        let target: Vec<usize> = spl.junction.iter().map(|&jj| conc.target(jj as usize, &m.junc2atse).min(n_targets - 1)).collect();
-        let mut conc_ptr = vec![0i32; n_targets + 1];
-        for &t in &target {
-            conc_ptr[t + 1] += 1;
-        }
-        for t in 0..n_targets {
-            conc_ptr[t + 1] += conc_ptr[t];
-        }
-        let mut fill: Vec<i32> = conc_ptr[..n_targets].to_vec();
-        let mut conc_ids = vec![0i32; target.len()];
-        for (e_i, &t) in target.iter().enumerate() {
-            conc_ids[fill[t] as usize] = e_i as i32;
-            fill[t] += 1;
-        }
-        // Decoder covariates: [one-hot of each categorical with more than one level].
-        let cov_w: usize = m.arch.dec_cats.iter().sum();
-        let cov = if cov_w > 0 {
-            let mut cats: Vec<&[u32]> = vec![&batch.batch];
-            cats.extend(batch.cats.iter().map(|c| c.as_slice()));
-            let cv = Cov { cont: &[], n_cont: 0, cats };
-            let empty = Mat::<f32>::zeros(b, 0);
-            let c = cv.concat_dense(&empty, 0, &m.arch.dec_cats);
-            ensure!(c.cols == cov_w, "decoder covariates: {} columns, expected {cov_w}", c.cols);
-            Some(c.data)
-        } else {
-            None
-        };
-        let l = m.arch.l;
-        let eps_joint: Vec<f32> = match &opts.noise {
-            Noise::Zero => vec![0.0; b * l],
-            Noise::Seeded => (0..b * l).map(|i| rng::normal(opts.seed, rng::streams::EPS_JOINT, i as u64) as f32).collect(),
-            Noise::Given { eps_joint, .. } => {
-                ensure!(eps_joint.len() == b * l, "given noise has the wrong size (need {b}×{l})");
-                eps_joint.iter().map(|&v| v as f32).collect()
-            }
-        };
-        let u8s = |v: &[bool]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
-        let i32s = |v: &[usize]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
-        let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
-        // Every array into one host buffer and one copy (the first layer of device residency).
-        let mut pk = Pack::default();
-        let x_ptr_p = pk.push(&x_ptr);
-        let x_idx_p = pk.push(&e.indices);
-        let x_val_p = pk.push(&e.values);
-        let xe_val_p = pk.push(&xe_vals);
-        let xe_cptr_p = pk.push(&i64s(&cptr));
-        let xe_crow_p = pk.push(&crow);
-        let xe_cval_p = pk.push(&cval);
-        let library_p = pk.push(&library);
-        let mask_e_p = pk.push(&u8s(&mask_e_host));
-        let mask_s_p = pk.push(&u8s(&mask_s_host));
-        let expr_weight_p = pk.push(&expr_weight);
-        let ones_p = pk.push(&vec![1f32; b]);
-        let s_ptr64_p = pk.push(&i64s(&spl.indptr));
-        let s_ptr32_p = pk.push(&i32s(&spl.indptr));
-        let s_junc_p = pk.push(&spl.junction);
-        let s_junc32_p = pk.push(&spl.junction.iter().map(|&j| j as i32).collect::<Vec<i32>>());
-        let s_psi_p = pk.push(&spl.psi);
-        let s_k_p = pk.push(&spl.k);
-        let s_n_p = pk.push(&spl.n);
-        let jptr_p = pk.push(&jptr);
-        let jorder_p = pk.push(&jorder);
-        let cell_of_p = pk.push(&cell_of);
-        let ps_cptr_p = pk.push(&i64s(&pcptr));
-        let ps_crow_p = pk.push(&pcrow);
-        let ps_cval_p = pk.push(&pcval);
-        let groups_p = groups.as_ref().map(|g| (pk.push(&i64s(&g.cell_ptr)), pk.push(&i64s(&g.grp_ptr)), pk.push(&g.ord)));
-        let conc_ptr_p = pk.push(&conc_ptr);
-        let conc_ids_p = pk.push(&conc_ids);
-        let cov_p = cov.as_ref().map(|c| pk.push(c));
-        let eps_p = pk.push(&eps_joint);
-        let mut base: TView<u8> = self.arena.borrow_mut().alloc(dev, pk.bytes.len())?;
-        dev.write(&pk.bytes, &mut base)?;
+    /// The packed minibatch on the device (one copy into the step arena).
+    fn upload_batch(&self, host: &HostBatch) -> Result<DevBatch> {
+        let (dev, hb) = (self.dev, host);
+        let mut base: TView<u8> = self.arena.borrow_mut().alloc(dev, hb.pack.bytes.len())?;
+        dev.write(&hb.pack.bytes, &mut base)?;
         fn at<T>(base: &TView<u8>, (off, len): (usize, usize)) -> TView<T> {
             TView::new(base.addr + off as u64, len)
         }
         Ok(DevBatch {
-            b,
-            x_ptr: at(&base, x_ptr_p),
-            x_idx: at(&base, x_idx_p),
-            x_val: at(&base, x_val_p),
-            xe_val: at(&base, xe_val_p),
-            xe_cptr: at(&base, xe_cptr_p),
-            xe_crow: at(&base, xe_crow_p),
-            xe_cval: at(&base, xe_cval_p),
-            library: at(&base, library_p),
-            mask_e: at(&base, mask_e_p),
-            mask_s: at(&base, mask_s_p),
-            expr_weight: at(&base, expr_weight_p),
-            ones: at(&base, ones_p),
-            s_ptr64: at(&base, s_ptr64_p),
-            s_ptr32: at(&base, s_ptr32_p),
-            s_junc: at(&base, s_junc_p),
-            s_junc32: at(&base, s_junc32_p),
-            s_psi: at(&base, s_psi_p),
-            s_k: at(&base, s_k_p),
-            s_n: at(&base, s_n_p),
-            jptr: at(&base, jptr_p),
-            jorder: at(&base, jorder_p),
-            cell_of: at(&base, cell_of_p),
-            ps_cptr: at(&base, ps_cptr_p),
-            ps_crow: at(&base, ps_crow_p),
-            ps_cval: at(&base, ps_cval_p),
-            g_cell: groups_p.map(|g| at(&base, g.0)),
-            g_grp: groups_p.map(|g| at(&base, g.1)),
-            g_ord: groups_p.map(|g| at(&base, g.2)),
-            conc_ptr: at(&base, conc_ptr_p),
-            conc_ids: at(&base, conc_ids_p),
-            cov: cov_p.map(|c| at(&base, c)),
-            cov_w,
-            eps_joint: at(&base, eps_p),
-            mask_e_host,
-            mask_s_host,
+            b: hb.b,
+            x_ptr: at(&base, hb.x_ptr),
+            x_idx: at(&base, hb.x_idx),
+            x_val: at(&base, hb.x_val),
+            xe_val: at(&base, hb.xe_val),
+            xe_cptr: at(&base, hb.xe_cptr),
+            xe_crow: at(&base, hb.xe_crow),
+            xe_cval: at(&base, hb.xe_cval),
+            library: at(&base, hb.library),
+            mask_e: at(&base, hb.mask_e),
+            mask_s: at(&base, hb.mask_s),
+            expr_weight: at(&base, hb.expr_weight),
+            ones: at(&base, hb.ones),
+            s_ptr64: at(&base, hb.s_ptr64),
+            s_ptr32: at(&base, hb.s_ptr32),
+            s_junc: at(&base, hb.s_junc),
+            s_junc32: at(&base, hb.s_junc32),
+            s_psi: at(&base, hb.s_psi),
+            s_k: at(&base, hb.s_k),
+            s_n: at(&base, hb.s_n),
+            jptr: at(&base, hb.jptr),
+            jorder: at(&base, hb.jorder),
+            cell_of: at(&base, hb.cell_of),
+            ps_cptr: at(&base, hb.ps_cptr),
+            ps_crow: at(&base, hb.ps_crow),
+            ps_cval: at(&base, hb.ps_cval),
+            g_cell: hb.groups.map(|g| at(&base, g.0)),
+            g_grp: hb.groups.map(|g| at(&base, g.1)),
+            g_ord: hb.groups.map(|g| at(&base, g.2)),
+            conc_ptr: at(&base, hb.conc_ptr),
+            conc_ids: at(&base, hb.conc_ids),
+            cov: hb.cov.map(|c| at(&base, c)),
+            cov_w: hb.cov_w,
+            eps_joint: at(&base, hb.eps),
+            mask_e_host: hb.mask_e_host.clone(),
+            mask_s_host: hb.mask_s_host.clone(),
         })
     }
 
@@ -807,20 +957,32 @@ impl<'d> DeviceModel<'d> {
         extra_dz: &mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>,
         backward: bool,
     ) -> Result<DeviceStepOutput> {
+        let hb = HostBatch::build(&self.model, batch, opts)?;
+        self.forward_backward_prepared(batch, &hb, opts, extra_dz, backward)
+    }
+
+    /// [`Self::forward_backward`] with the minibatch already prepared on the host ([`HostBatch::build`]
+    /// of the same `batch` and `opts`, e.g. on another thread while the previous step ran).
+    pub fn forward_backward_prepared(
+        &mut self,
+        batch: &Batch,
+        hb: &HostBatch,
+        opts: &StepOptions,
+        extra_dz: &mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>,
+        backward: bool,
+    ) -> Result<DeviceStepOutput> {
         let _r = crate::nvtx_range!("device step");
         let model = self.model.clone();
-        let m = &model;
+        let m = &*model;
         let (cfg, a) = (&m.cfg, &m.arch);
-        batch.check(m.dims.n_genes, m.dims.n_junctions)?;
-        ensure!(batch.n_cells() > 0, "empty minibatch");
-        ensure!(batch.cats.len() == m.dims.n_cats_per_cov.len() && batch.n_cont == m.dims.n_cont, "minibatch covariates do not match the model");
+        ensure!(hb.b == batch.n_cells() && hb.nnz == batch.spl.nnz(), "the prepared minibatch is not this one");
         let dev = self.dev;
         let b = batch.n_cells();
         let (d, l, g_n, j_n) = (a.d, a.l, m.dims.n_genes, m.dims.n_junctions);
         let mode = Mode { training: opts.training, seed: opts.seed };
         // The previous step's work is finished (every step ends synchronised): its buffers are free.
         self.arena.borrow_mut().rewind(dev)?;
-        let bt = self.upload_batch(batch, opts)?;
+        let bt = self.upload_batch(hb)?;
         let inv_b = 1.0 / b as f32;
 
         // ---- expression encoder --------------------------------------------------------------

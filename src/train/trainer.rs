@@ -244,7 +244,16 @@ impl<'a> Trainer<'a> {
             let bar = progress_bar(n_steps, epoch, tc.max_epochs);
             let mut m = EpochMetrics { epoch, lr: self.state.lr, ..Default::default() };
             m.kl_weight = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight).0 as f64;
-            for (step_in_epoch, cells) in batches.epoch(epoch as u64).iter().enumerate() {
+            let list = batches.epoch(epoch as u64);
+            let on_device = self.device.is_some();
+            if on_device {
+                let steps: Vec<(u64, &[usize])> = list.iter().enumerate().map(|(i, c)| (i as u64, c.as_slice())).collect();
+                self.device_steps(epoch, &steps, &mut m, &mut |m| {
+                    bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.steps.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
+                    bar.inc(1);
+                })?;
+            }
+            for (step_in_epoch, cells) in list.iter().enumerate().filter(|_| !on_device) {
                 let step = self.state.global_step;
                 self.train_step(epoch, step_in_epoch as u64, cells, &mut m).with_context(|| {
                     format!("training stopped at epoch {epoch}, step {step}; the last good checkpoint (after {epoch} epochs) is kept in {}", self.dir.display())
@@ -283,9 +292,14 @@ impl<'a> Trainer<'a> {
         let mut m = EpochMetrics::default();
         let mut cells = 0;
         let t0 = Instant::now();
-        for (i, b) in list.iter().enumerate().cycle().skip(first % list.len().max(1)).take(n_steps) {
-            self.train_step(epoch, i as u64, b, &mut m)?;
-            cells += b.len();
+        let steps: Vec<(u64, &[usize])> = list.iter().enumerate().cycle().skip(first % list.len().max(1)).take(n_steps).map(|(i, b)| (i as u64, b.as_slice())).collect();
+        if self.device.is_some() {
+            cells = self.device_steps(epoch, &steps, &mut m, &mut |_| {})?;
+        } else {
+            for &(i, b) in &steps {
+                self.train_step(epoch, i, b, &mut m)?;
+                cells += b.len();
+            }
         }
         if let Some(d) = &self.device {
             // Launches are asynchronous: the time includes the device's work.
@@ -354,25 +368,55 @@ impl<'a> Trainer<'a> {
     /// [`Self::train_step`] on the device: the same options, minibatch and seeds; the adversary stays on
     /// the host (its input z and its gradient are B × L).
     fn train_step_device(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
+        let p = prepare_device_step(self.ds, &self.run, &self.model, epoch, step, cells)?;
+        self.run_device_step(epoch, p, m)
+    }
+
+    /// Training steps on the device for `steps` (step number in the epoch, cells), each minibatch
+    /// gathered and packed on a second thread while the device runs the one before. Returns the cells
+    /// processed. After each step, `after_step(metrics)` (the progress bar).
+    fn device_steps(&mut self, epoch: usize, steps: &[(u64, &[usize])], m: &mut EpochMetrics, after_step: &mut dyn FnMut(&EpochMetrics)) -> Result<usize> {
+        let (ds, run, model) = (self.ds, self.run.clone(), self.model.clone());
+        std::thread::scope(|sc| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<PreparedStep>>(1);
+            sc.spawn(move || {
+                for &(step, cells) in steps {
+                    let p = prepare_device_step(ds, &run, &model, epoch, step, cells);
+                    let stop = p.is_err();
+                    // A closed channel: the consumer stopped (an error); so do we.
+                    if tx.send(p).is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            let mut cells = 0;
+            for p in rx.iter() {
+                let p = p?;
+                cells += p.batch.n_cells();
+                let step = self.state.global_step;
+                self.run_device_step(epoch, p, m).with_context(|| {
+                    format!("training stopped at epoch {epoch}, step {step}; the last good checkpoint (after {epoch} epochs) is kept in {}", self.dir.display())
+                })?;
+                after_step(m);
+            }
+            Ok(cells)
+        })
+    }
+
+    /// One prepared training step on the device (see [`Self::train_step`]).
+    fn run_device_step(&mut self, epoch: usize, p: PreparedStep, m: &mut EpochMetrics) -> Result<()> {
         let tc = self.run.train.clone();
-        let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
-        let routing = if gate < 1.0 && self.run.model.modality_weights != ModalityWeights::Concatenate && self.run.model.warmup_routing == WarmupRouting::Coin {
-            let mut r = stream(tc.seed, Purpose::Routing, epoch as u64, step);
-            Some(if r.gen::<bool>() { Modality::Splicing } else { Modality::Expression })
-        } else {
-            None
-        };
-        let step_seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, step).gen();
-        let batch = Batch::from_dataset(self.ds, cells, true)?;
-        let opts = StepOptions { kl_weight: kl as f64, cross_gate: gate as f64, training: true, use_z_mean: false, routing, seed: step_seed, noise: Noise::Seeded };
+        let PreparedStep { batch, host, opts } = p;
+        let step_seed = opts.seed;
         let global = self.state.global_step;
         let bad = |term: &str| NonFinite { epoch, step: global, term: term.to_string() };
         let (b, l) = (batch.n_cells(), self.model.arch.l);
         let Trainer { device, adversary, opt, .. } = self;
         let dr = device.as_mut().expect("device run");
         let mut fool = None;
-        let out = dr.model.forward_backward(
+        let out = dr.model.forward_backward_prepared(
             &batch,
+            &host,
             &opts,
             &mut |z| match adversary.as_ref() {
                 Some((adv, ap, _)) => {
@@ -491,6 +535,31 @@ fn first_non_finite(v: &[f32]) -> Option<usize> {
 
 fn check_terms<F: Fn(&str) -> NonFinite>(out: &crate::model::StepOutput<f32>, bad: &F) -> Result<()> {
     check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty as f64, out.concentration_prior as f64, out.loss as f64, bad)
+}
+
+/// A device training step's inputs, made on the host ahead of the step.
+struct PreparedStep {
+    batch: Batch,
+    host: crate::cuda::step::HostBatch,
+    opts: StepOptions,
+}
+
+/// The options, minibatch and packed device inputs of training step `step` of `epoch` (the same
+/// schedule, coin flip and seeds as [`Trainer::train_step`]).
+fn prepare_device_step(ds: &Dataset, run: &RunConfig, model: &SpliceVae, epoch: usize, step: u64, cells: &[usize]) -> Result<PreparedStep> {
+    let tc = &run.train;
+    let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
+    let routing = if gate < 1.0 && run.model.modality_weights != ModalityWeights::Concatenate && run.model.warmup_routing == WarmupRouting::Coin {
+        let mut r = stream(tc.seed, Purpose::Routing, epoch as u64, step);
+        Some(if r.gen::<bool>() { Modality::Splicing } else { Modality::Expression })
+    } else {
+        None
+    };
+    let step_seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, step).gen();
+    let batch = Batch::from_dataset(ds, cells, true)?;
+    let opts = StepOptions { kl_weight: kl as f64, cross_gate: gate as f64, training: true, use_z_mean: false, routing, seed: step_seed, noise: Noise::Seeded };
+    let host = crate::cuda::step::HostBatch::build(model, &batch, &opts)?;
+    Ok(PreparedStep { batch, host, opts })
 }
 
 /// The first non-finite loss term, named.
