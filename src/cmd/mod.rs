@@ -23,8 +23,9 @@ pub struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
-    /// Compute device of every command: auto (cuda:0 when usable, else cpu, with a one-line reason),
-    /// cpu, cuda or cuda:N.
+    /// Compute device of every command: auto (cuda:0 where usable and the command's CUDA path has been
+    /// validated on a GPU, else cpu, with a one-line reason), cpu, cuda or cuda:N (train, bench and
+    /// check-fixture run the CUDA training step; the analyses have no CUDA path yet).
     #[arg(long, global = true, default_value = "auto", value_parser = crate::device::parse_device_spec)]
     pub device: crate::device::DeviceSpec,
     /// Precision of the CUDA training step (train, bench, check-fixture with a CUDA device): f32, or

@@ -8,12 +8,20 @@
 //! the loss terms and every gradient against them, under the host emulation (src/cuda/emu.rs) and on a
 //! GPU where one exists. **It has never run on a GPU.**
 //!
+//! Memory: parameters, gradients and optimizer moments in persistent buffers; every other buffer of a
+//! step comes from a step arena that is rewound each step (no device allocation in steady state). The
+//! minibatch is gathered and packed on the host ([`HostBatch`], made on a second thread while the
+//! previous step runs) and copied in one transfer; keeping the dataset on the device is the next step.
+//! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
+//! are stored in f32.
+//!
 //! Not built yet (each is a clear error from [`unsupported`], never a silent difference): BatchNorm,
 //! the library-size encoder (`use_size_factor_key = false`), `encode_covariates`, continuous
 //! covariates, dispersions other than `gene`, the `concatenate` / `universal` / `cell` modality weights,
-//! the MMD-RBF penalty, the log-normal latent, the splicing decoder priors, bf16 storage. The minibatch
-//! is gathered on the host and copied per step, and step buffers are allocated per step (the arena and
-//! device-resident data are the next steps of issue 4).
+//! the MMD-RBF penalty, the log-normal latent, the splicing decoder priors.
+//!
+//! Deterministic: no kernel of the step uses float atomics, so a repeated step gives the same bits
+//! (tested). There is no faster non-deterministic mode.
 
 use super::dense_epilogue::CudaDenseEpilogue;
 use super::expr_lik::{CudaExprLik, ExprLikInputs, ExprLikOutputs};
@@ -23,9 +31,6 @@ use super::latent::{penalty_scale, CudaLatent, LatentDevFwd, LatentDevGrads, Lat
 use super::optim::{CudaOptim, GRAD_NORM_MAX_BLOCKS};
 use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
 use super::runtime::{CudaDevice, DevBuf, DeviceMem};
-use std::cell::RefCell;
-use std::sync::Arc;
-use std::marker::PhantomData;
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
 use super::splicing_lik::{CudaSplicingLik, DevGroups, SplLikInputs, SplLikOutputs};
 use crate::model::arch::{ExprDecP, FcLayers, LinearP, SplDecP, SplEncP};
@@ -41,6 +46,9 @@ use crate::model::vae::{expression_input_values, LIB_EPS, PARTIAL_VAR_EPS};
 use crate::model::{Batch, Grads, Noise, Params, SpliceVae, StepOptions};
 use crate::optim::{AdamConfig, AdamState};
 use anyhow::{bail, ensure, Context, Result};
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// Why the CUDA step cannot run this configuration, or None.
 pub fn unsupported(cfg: &ModelConfig, dims: &Dims) -> Option<String> {
