@@ -320,19 +320,21 @@ fn device_optimizer_step_matches_cpu() {
 }
 
 /// Two epochs of `Trainer::fit` with the steps on the device against the CPU trainer on the same
-/// simulated data (toy size, `paper` options, two batches: the adversary is on): the per-epoch metrics agree, the
-/// optimizer took the same number of steps, and the checkpoint holds the device's parameters.
+/// simulated data (120 cells, `paper` options, two batches: the adversary is on): the per-epoch metrics agree, the
+/// optimizer took the same number of steps, and the checkpoint holds the device's parameters; a device run
+/// resumed from its checkpoint after one epoch ends bit-identical to the straight one.
 fn trainer_on(dev: &'static CudaDevice) {
     use splicevi::data::simulate::{simulate, SimConfig, SimSize};
     use splicevi::data::DataOptions;
     use splicevi::train::trainer::{RunConfig, Trainer, MODEL_FILE};
     use splicevi::train::{presets, TrainConfig};
-    let (ds, _) = simulate(&SimConfig::preset(SimSize::Toy, 3)).unwrap();
+    // Smaller than `toy` (the emulation runs every CUDA thread as an OS thread).
+    let (ds, _) = simulate(&SimConfig { n_cells: 120, n_genes: 60, n_junctions: 120, ..SimConfig::preset(SimSize::Toy, 3) }).unwrap();
     // One preset (the emulation is slow); tests of the step itself cover the others.
     for preset in ["paper"] {
         let (model, train0) = presets::preset(preset).unwrap();
         let model = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim: 4, h_hidden_dim: 8, encoder_hidden_dim: 8, ..model };
-        let train = TrainConfig { max_epochs: 2, batch_size: 100, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
+        let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
         let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
         let run = RunConfig::for_dataset(preset, model, train, data, &ds);
         let (d_cpu, d_dev) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -364,6 +366,20 @@ fn trainer_on(dev: &'static CudaDevice) {
         assert!(saved.data == now.data, "{preset}: the checkpoint is not the synced parameters");
         let moved: f64 = now.trainable().iter().zip(cpu.params.trainable()).map(|(&a, &b)| ((a - b) as f64).abs()).fold(0.0, f64::max);
         assert!(moved < 0.05, "{preset}: device and CPU parameters drifted apart by {moved}");
+        // Resume on the device: one epoch, then `Trainer::resume` for the second from the checkpoint
+        // (parameters and moments synced back from the device) ends bit-identical to the straight run.
+        let d_res = tempfile::tempdir().unwrap();
+        let mut first = Trainer::new(&ds, RunConfig { train: TrainConfig { max_epochs: 1, ..on.run.train.clone() }, ..on.run.clone() }, d_res.path()).unwrap();
+        first.verbose = false;
+        first.use_device(dev, splicevi::cuda::gemm::GemmPrecision::F32).unwrap();
+        first.fit().unwrap();
+        let mut second = Trainer::resume(&ds, d_res.path(), Some(2)).unwrap();
+        second.verbose = false;
+        second.use_device(dev, splicevi::cuda::gemm::GemmPrecision::F32).unwrap();
+        second.fit().unwrap();
+        assert_eq!(second.state.global_step, on.state.global_step, "{preset}: resumed steps");
+        assert!(second.params.data == on.params.data, "{preset}: the resumed device run differs from the straight one");
+        assert!(second.opt.state == on.opt.state, "{preset}: the resumed optimizer state differs");
     }
 }
 
