@@ -222,6 +222,8 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
     assert_eq!(again.loss.to_bits(), out.loss.to_bits(), "{name}: the loss of a repeated step differs");
     assert!(dm.download_grads().unwrap().data == g_before, "{name}: a repeated step gave other gradients");
     assert_eq!(dm.arena_bytes(), bytes, "{name}: the step arena grew in steady state");
+    let mem = dm.memory_summary(None);
+    assert!(mem.contains("step arena") && mem.contains("parameters"), "{mem}");
     close(&format!("{name}: rl_expr"), &out.rl_expr, &fw.out.rl_expr);
     close(&format!("{name}: rl_spl"), &out.rl_spl, &fw.out.rl_spl);
     close(&format!("{name}: kl"), &out.kl, &fw.out.kl);

@@ -203,6 +203,13 @@ pub struct PartialWork {
 }
 
 impl PartialWork {
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots];
+        let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d];
+        4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len()
+    }
+
     pub fn alloc(dev: &CudaDevice, s: &PartialShape) -> Result<Self> {
         let (j, hh, d) = (s.j, s.hh, s.d);
         let nslot = bwd_warps(j) + 1;

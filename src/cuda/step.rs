@@ -590,6 +590,21 @@ impl<'d> DeviceModel<'d> {
         self.arena.borrow().bytes()
     }
 
+    /// Device memory held, by use: one line for logs (the step arena's size is known after a step).
+    pub fn memory_summary(&self, adam: Option<&DeviceAdam>) -> String {
+        let mb = |b: usize| b as f64 / (1u64 << 20) as f64;
+        let moments = adam.map_or(0, |a| 4 * (a.exp_avg.len() + a.exp_avg_sq.len()));
+        let work = self.partial_work.borrow().as_ref().map_or(0, |(_, w)| w.bytes());
+        format!(
+            "device memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer moments {:.1} MiB, step arena {:.1} MiB, partial-encoder scratch {:.1} MiB",
+            mb(4 * self.params.len()),
+            mb(4 * self.grads.len()),
+            mb(moments),
+            mb(self.arena_bytes()),
+            mb(work)
+        )
+    }
+
     /// Waits for the device's queued work.
     pub fn synchronize(&self) -> Result<()> {
         self.dev.synchronize()

@@ -273,6 +273,11 @@ impl<'a> Trainer<'a> {
             if self.verbose {
                 eprintln!("{}", m.summary_line(tc.max_epochs));
             }
+            if self.verbose && epoch == 0 {
+                if let Some(d) = &self.device {
+                    eprintln!("{}", d.model.memory_summary(Some(&d.adam)));
+                }
+            }
             self.log.push(m);
             self.checkpoint()?;
         }
