@@ -366,6 +366,7 @@ fn trainer_on(dev: &'static CudaDevice) {
         saved.load_safetensors(&d_dev.path().join(MODEL_FILE)).unwrap();
         let now = on.params.clone();
         assert!(saved.data == now.data, "{preset}: the checkpoint is not the synced parameters");
+        assert_eq!(now.by_name("cross_gate"), cpu.params.by_name("cross_gate"), "{preset}: the checkpoint's cross_gate");
         let moved: f64 = now.trainable().iter().zip(cpu.params.trainable()).map(|(&a, &b)| ((a - b) as f64).abs()).fold(0.0, f64::max);
         assert!(moved < 0.05, "{preset}: device and CPU parameters drifted apart by {moved}");
         // Resume on the device: one epoch, then `Trainer::resume` for the second from the checkpoint

@@ -225,7 +225,13 @@ impl<'a> Trainer<'a> {
     /// Bring the device's parameters and optimizer moments back to `params` / `opt.state`.
     pub fn sync_from_device(&mut self) -> Result<()> {
         if let Some(d) = &self.device {
+            // The `cross_gate` buffer is the host's (the step reads the gate from its options; the
+            // checkpoint keeps the last one, as the CPU trainer's does).
+            let gate = self.params.by_name("cross_gate").map(|v| v[0]);
             self.params = d.model.download_params()?;
+            if let Some(g) = gate {
+                self.params.set_cross_gate(g as f64);
+            }
             self.opt.state = d.model.download_adam(&d.adam, self.opt.state.step)?;
         }
         Ok(())
@@ -413,6 +419,7 @@ impl<'a> Trainer<'a> {
         let tc = self.run.train.clone();
         let PreparedStep { batch, host, opts } = p;
         let step_seed = opts.seed;
+        self.params.set_cross_gate(opts.cross_gate);
         let global = self.state.global_step;
         let bad = |term: &str| NonFinite { epoch, step: global, term: term.to_string() };
         let (b, l) = (batch.n_cells(), self.model.arch.l);
