@@ -11,76 +11,24 @@
 
 #[path = "common/emu.rs"]
 mod emu;
+#[path = "common/synth.rs"]
+mod synth;
+use synth::JUNC2ATSE;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use splicevi::cuda::step::{unsupported, DeviceModel};
 use splicevi::cuda::CudaDevice;
-use splicevi::data::Csr;
 use splicevi::model::*;
-
-/// ATSE of each of 11 junctions (sizes 3, 1, 2, 3, 2).
-const JUNC2ATSE: [u32; 11] = [0, 2, 0, 1, 3, 2, 0, 3, 3, 4, 4];
 
 fn dims(n_batch: usize, n_cats: Vec<usize>) -> Dims {
     Dims { n_genes: 37, n_junctions: JUNC2ATSE.len(), n_atse: 5, n_batch, n_labels: 3, n_obs: 40, n_cats_per_cov: n_cats, n_cont: 0 }
 }
 
-/// `b` cells: cell 0 without expression, cell 1 without observed junctions.
+/// `b` cells (tests/common/synth.rs): cell 0 without expression, cell 1 without observed junctions, 40%
+/// of genes expressed.
 fn synth_batch(d: &Dims, b: usize, seed: u64) -> Batch {
-    let mut r = ChaCha8Rng::seed_from_u64(seed);
-    let mut expr = Csr { n_rows: b, n_cols: d.n_genes, indptr: vec![0], ..Default::default() };
-    let mut library = Vec::new();
-    for c in 0..b {
-        let mut s = 0.0;
-        for g in 0..d.n_genes {
-            if c != 0 && r.gen_bool(0.4) {
-                let v = r.gen_range(1..25) as f32;
-                expr.indices.push(g as u32);
-                expr.values.push(v);
-                s += v;
-            }
-        }
-        expr.indptr.push(expr.indices.len());
-        library.push(if s > 0.0 { s } else { 1.0 });
-    }
-    let mut spl = SplBatch { n_junctions: d.n_junctions, indptr: vec![0], ..Default::default() };
-    for c in 0..b {
-        let observed: Vec<bool> = (0..d.n_atse).map(|_| c != 1 && r.gen_bool(0.6)).collect();
-        let mut tot = vec![0u32; d.n_atse];
-        let mut kk = vec![0u32; d.n_junctions];
-        for a in 0..d.n_atse {
-            if observed[a] {
-                tot[a] = r.gen_range(1..30);
-                let js: Vec<usize> = (0..d.n_junctions).filter(|&j| JUNC2ATSE[j] as usize == a).collect();
-                for _ in 0..tot[a] {
-                    let q = if r.gen_bool(0.7) { js[0] } else { js[r.gen_range(0..js.len())] };
-                    kk[q] += 1;
-                }
-            }
-        }
-        for j in 0..d.n_junctions {
-            let a = JUNC2ATSE[j] as usize;
-            if observed[a] {
-                spl.junction.push(j as u32);
-                spl.k.push(kk[j] as f32);
-                spl.n.push(tot[a] as f32);
-                spl.psi.push(kk[j] as f32 / tot[a] as f32);
-            }
-        }
-        spl.indptr.push(spl.junction.len());
-    }
-    Batch {
-        expr,
-        library,
-        batch: (0..b).map(|_| r.gen_range(0..d.n_batch as u32)).collect(),
-        labels: (0..b).map(|_| r.gen_range(0..d.n_labels as u32)).collect(),
-        cats: d.n_cats_per_cov.iter().map(|&n| (0..b).map(|_| r.gen_range(0..n as u32)).collect()).collect(),
-        cont: Vec::new(),
-        n_cont: 0,
-        cell_idx: None,
-        spl,
-    }
+    synth::synth_batch(d, b, seed, 0.4)
 }
 
 /// Initial parameters moved off their defaults (LayerNorm gains ≠ 1, asymmetric weights).

@@ -87,10 +87,9 @@ impl<'d> CudaDenseEpilogue<'d> {
         LaunchConfig { grid_dim: (h.div_ceil(EPI_THREADS as usize) as u32, 1, 1), block_dim: (EPI_THREADS, 1, 1), shared_mem_bytes: 0 }
     }
 
-    /// Enqueues the forward of a block without BatchNorm: out = dropout(act(LN?(y0 + bias))), with the
-    /// activation's input `pre_act` (B × H) and the LayerNorm's 1/std per row `ln_inv` (B) kept for
-    /// the backward. (BatchNorm needs the statistics launch and the running-stat buffers: see
-    /// [`Self::run_host`]; the training step does not wire it yet.)
+    /// Enqueues the forward: out = dropout(act(LN?(BN?(y0 + bias)))), with the activation's input
+    /// `pre_act` (B × H) and the LayerNorm's 1/std per row `ln_inv` (B) kept for the backward. With
+    /// BatchNorm, `bn` holds its statistics (from [`Self::bn_stats`]) and affine parameters.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -99,30 +98,30 @@ impl<'d> CudaDenseEpilogue<'d> {
         h: usize,
         y0: &dyn DeviceMem<f32>,
         bias: &dyn DeviceMem<f32>,
+        bn: Option<&BnDev<'_>>,
         out: &mut dyn DeviceMem<f32>,
         pre_act: &mut dyn DeviceMem<f32>,
         ln_inv: &mut dyn DeviceMem<f32>,
     ) -> Result<()> {
         let _r = crate::nvtx_range!("dense_epilogue_fwd");
-        ensure!(e.bn == BnMode::None, "dense epilogue: the device forward without the statistics launch takes no BatchNorm");
-        ensure!(b >= 1 && h >= 1 && b <= i32::MAX as usize && h <= i32::MAX as usize, "dense epilogue: B = {b}, H = {h} out of range");
+        check_sizes(e, b, h, bn)?;
         for (n, m) in [("y0", y0.elements()), ("out", out.elements()), ("pre_act", pre_act.elements())] {
             ensure!(m >= b * h, "dense epilogue: {n} has {m} entries for {b} × {h}");
         }
         ensure!(bias.elements() >= h && ln_inv.elements() >= b, "dense epilogue: bias needs {h} entries and ln_inv {b}");
         let (bi, hi) = (b as i32, h as i32);
         let (key, thr, scale, drop) = dropout_args(e);
-        let none = 0u64;
+        let bn_a = |f: fn(&BnDev<'_>) -> u64| bn.map_or(0, f);
         let args: [&dyn KernelArg; 18] = [
             &y0.device_address(),
             &bias.device_address(),
             &bi,
             &hi,
             &bn_code(e.bn),
-            &none,
-            &none,
-            &none,
-            &none,
+            &bn_a(|x| x.mean.device_address()),
+            &bn_a(|x| x.inv_std.device_address()),
+            &bn_a(|x| x.gamma.device_address()),
+            &bn_a(|x| x.beta.device_address()),
             &(e.ln as i32),
             &act_code(e.act),
             &key,
@@ -136,8 +135,29 @@ impl<'d> CudaDenseEpilogue<'d> {
         self.dev.launch(&self.fwd, Self::rows_cfg(b), &args)
     }
 
-    /// Enqueues the backward of [`Self::forward`]: from d(out) to d(y0) and d(bias) (overwritten),
-    /// through the scratch `g` (B × H).
+    /// Enqueues the BatchNorm statistics of y0 + bias into `bn.mean` / `bn.inv_std`: the batch's
+    /// (training, also updating the running statistics into `running_out`) or the running ones.
+    pub fn bn_stats(&self, e: &Epilogue, b: usize, h: usize, y0: &dyn DeviceMem<f32>, bias: &dyn DeviceMem<f32>, bn: &BnDev<'_>, running_out: Option<(&dyn DeviceMem<f32>, &dyn DeviceMem<f32>)>) -> Result<()> {
+        check_sizes(e, b, h, Some(bn))?;
+        let upd = running_out.map_or((0, 0), |(m, v)| (m.device_address(), v.device_address()));
+        let args: [&dyn KernelArg; 11] = [
+            &y0.device_address(),
+            &bias.device_address(),
+            &(b as i32),
+            &(h as i32),
+            &bn_code(e.bn),
+            &bn.running_mean.device_address(),
+            &bn.running_var.device_address(),
+            &bn.mean.device_address(),
+            &bn.inv_std.device_address(),
+            &upd.0,
+            &upd.1,
+        ];
+        self.dev.launch(&self.stats, Self::cols_cfg(h), &args)
+    }
+
+    /// Enqueues the backward of [`Self::forward`]: from d(out) to d(y0) and d(bias) (and, with
+    /// BatchNorm, d(gamma), d(beta) into `bn_grads`), all overwritten, through the scratch `g` (B × H).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -149,12 +169,15 @@ impl<'d> CudaDenseEpilogue<'d> {
         ln_inv: &dyn DeviceMem<f32>,
         y0: &dyn DeviceMem<f32>,
         bias: &dyn DeviceMem<f32>,
+        bn: Option<&BnDev<'_>>,
         g: &mut dyn DeviceMem<f32>,
         dy0: &mut dyn DeviceMem<f32>,
         d_bias: &mut dyn DeviceMem<f32>,
+        bn_grads: Option<(&mut dyn DeviceMem<f32>, &mut dyn DeviceMem<f32>)>,
     ) -> Result<()> {
         let _r = crate::nvtx_range!("dense_epilogue_bwd");
-        ensure!(e.bn == BnMode::None, "dense epilogue: the device backward takes no BatchNorm");
+        check_sizes(e, b, h, bn)?;
+        ensure!(bn.is_none() || bn_grads.is_some(), "dense epilogue: BatchNorm's backward needs d(gamma) and d(beta)");
         for (n, m) in [("dout", dout.elements()), ("pre_act", pre_act.elements()), ("g", g.elements()), ("dy0", dy0.elements())] {
             ensure!(m >= b * h, "dense epilogue: {n} has {m} entries for {b} × {h}");
         }
@@ -164,64 +187,49 @@ impl<'d> CudaDenseEpilogue<'d> {
         let a = |m: &dyn DeviceMem<f32>| m.device_address();
         let args: [&dyn KernelArg; 12] = [&a(dout), &a(pre_act), &a(ln_inv), &bi, &hi, &(e.ln as i32), &act_code(e.act), &key, &thr, &scale, &drop, &g.device_address()];
         self.dev.launch(&self.bwd_rows, Self::rows_cfg(b), &args)?;
-        let none = 0u64;
-        let args: [&dyn KernelArg; 13] =
-            [&g.device_address(), &a(y0), &a(bias), &bi, &hi, &bn_code(e.bn), &none, &none, &none, &dy0.device_address(), &d_bias.device_address(), &none, &none];
+        let bn_a = |f: fn(&BnDev<'_>) -> u64| bn.map_or(0, f);
+        let (dg, dbeta) = bn_grads.map_or((0, 0), |(x, y)| (x.device_address(), y.device_address()));
+        let args: [&dyn KernelArg; 13] = [
+            &g.device_address(),
+            &a(y0),
+            &a(bias),
+            &bi,
+            &hi,
+            &bn_code(e.bn),
+            &bn_a(|x| x.mean.device_address()),
+            &bn_a(|x| x.inv_std.device_address()),
+            &bn_a(|x| x.gamma.device_address()),
+            &dy0.device_address(),
+            &d_bias.device_address(),
+            &dg,
+            &dbeta,
+        ];
         self.dev.launch(&self.bwd_cols, Self::cols_cfg(h), &args)
     }
 
     /// Uploads, poisons every output with NaN, runs the forward (stats, epilogue) and the backward
-    /// (rows, columns), copies back. For the parity tests; a training step would enqueue the same four
-    /// launches on arena buffers between its GEMMs.
+    /// (rows, columns), copies back. For the parity tests; the training step enqueues the same
+    /// launches on its buffers.
     pub fn run_host(&self, e: &Epilogue, inp: &EpilogueHostIn<'_>) -> Result<EpilogueHost> {
         let (b, h) = (inp.b, inp.h);
-        ensure!(b >= 1 && h >= 1 && b <= i32::MAX as usize && h <= i32::MAX as usize, "dense epilogue: B = {b}, H = {h} out of range");
         ensure!(inp.y0.len() == b * h && inp.dout.len() == b * h, "dense epilogue: y0 and dout need {b} × {h} entries");
         for (n, v) in [("bias", inp.bias), ("gamma", inp.gamma), ("beta", inp.beta), ("running_mean", inp.running_mean), ("running_var", inp.running_var)] {
             ensure!(v.len() == h, "dense epilogue: {n} needs {h} entries, got {}", v.len());
-        }
-        if e.bn == BnMode::Batch {
-            ensure!(b >= 2, "BatchNorm in training mode needs at least 2 cells in a minibatch (got {b})");
         }
         let dev = self.dev;
         let nan = |n: usize| dev.upload(&vec![f32::NAN; n.max(1)]);
         let (y0, bias, gamma, beta, rm, rv, dout) =
             (dev.upload(inp.y0)?, dev.upload(inp.bias)?, dev.upload(inp.gamma)?, dev.upload(inp.beta)?, dev.upload(inp.running_mean)?, dev.upload(inp.running_var)?, dev.upload(inp.dout)?);
         let (mean, inv, rm_out, rv_out) = (nan(h)?, nan(h)?, dev.upload(inp.running_mean)?, dev.upload(inp.running_var)?);
-        let (out, pre, ln_inv, g, dy0, db, dg, dbeta) = (nan(b * h)?, nan(b * h)?, nan(b)?, nan(b * h)?, nan(b * h)?, nan(h)?, nan(h)?, nan(h)?);
-        let (bi, hi, bn) = (b as i32, h as i32, bn_code(e.bn));
-        let (key, thr, scale, drop) = dropout_args(e);
-        let a = |m: &dyn DeviceMem<f32>| m.device_address();
-        if e.bn != BnMode::None {
-            let upd = if e.bn == BnMode::Batch { (a(&rm_out), a(&rv_out)) } else { (0, 0) };
-            let args: [&dyn KernelArg; 11] = [&a(&y0), &a(&bias), &bi, &hi, &bn, &a(&rm), &a(&rv), &a(&mean), &a(&inv), &upd.0, &upd.1];
-            dev.launch(&self.stats, Self::cols_cfg(h), &args)?;
+        let (mut out, mut pre, mut ln_inv, mut g, mut dy0, mut db, mut dg, mut dbeta) = (nan(b * h)?, nan(b * h)?, nan(b)?, nan(b * h)?, nan(b * h)?, nan(h)?, nan(h)?, nan(h)?);
+        let bn = (e.bn != BnMode::None).then_some(BnDev { gamma: &gamma, beta: &beta, running_mean: &rm, running_var: &rv, mean: &mean, inv_std: &inv });
+        if let Some(bn) = &bn {
+            let upd = (e.bn == BnMode::Batch).then_some((&rm_out as &dyn DeviceMem<f32>, &rv_out as &dyn DeviceMem<f32>));
+            self.bn_stats(e, b, h, &y0, &bias, bn, upd)?;
         }
-        let args: [&dyn KernelArg; 18] = [
-            &a(&y0),
-            &a(&bias),
-            &bi,
-            &hi,
-            &bn,
-            &a(&mean),
-            &a(&inv),
-            &a(&gamma),
-            &a(&beta),
-            &(e.ln as i32),
-            &act_code(e.act),
-            &key,
-            &thr,
-            &scale,
-            &drop,
-            &a(&out),
-            &a(&pre),
-            &a(&ln_inv),
-        ];
-        dev.launch(&self.fwd, Self::rows_cfg(b), &args)?;
-        let args: [&dyn KernelArg; 12] = [&a(&dout), &a(&pre), &a(&ln_inv), &bi, &hi, &(e.ln as i32), &act_code(e.act), &key, &thr, &scale, &drop, &a(&g)];
-        dev.launch(&self.bwd_rows, Self::rows_cfg(b), &args)?;
-        let args: [&dyn KernelArg; 13] = [&a(&g), &a(&y0), &a(&bias), &bi, &hi, &bn, &a(&mean), &a(&inv), &a(&gamma), &a(&dy0), &a(&db), &a(&dg), &a(&dbeta)];
-        dev.launch(&self.bwd_cols, Self::cols_cfg(h), &args)?;
+        self.forward(e, b, h, &y0, &bias, bn.as_ref(), &mut out, &mut pre, &mut ln_inv)?;
+        let bn_grads = bn.is_some().then_some((&mut dg as &mut dyn DeviceMem<f32>, &mut dbeta as &mut dyn DeviceMem<f32>));
+        self.backward(e, b, h, &dout, &pre, &ln_inv, &y0, &bias, bn.as_ref(), &mut g, &mut dy0, &mut db, bn_grads)?;
         dev.synchronize()?;
         let bn_on = e.bn != BnMode::None;
         Ok(EpilogueHost {
@@ -235,4 +243,30 @@ impl<'d> CudaDenseEpilogue<'d> {
             d_beta: if bn_on { dev.download(&dbeta)? } else { Vec::new() },
         })
     }
+}
+
+/// BatchNorm's buffers of one block on the device (H each): affine parameters, running statistics and
+/// the statistics the forward uses (written by [`CudaDenseEpilogue::bn_stats`]).
+pub struct BnDev<'a> {
+    pub gamma: &'a dyn DeviceMem<f32>,
+    pub beta: &'a dyn DeviceMem<f32>,
+    pub running_mean: &'a dyn DeviceMem<f32>,
+    pub running_var: &'a dyn DeviceMem<f32>,
+    pub mean: &'a dyn DeviceMem<f32>,
+    pub inv_std: &'a dyn DeviceMem<f32>,
+}
+
+/// Sizes of a launch, and BatchNorm's buffers exactly when the epilogue has BatchNorm.
+fn check_sizes(e: &Epilogue, b: usize, h: usize, bn: Option<&BnDev<'_>>) -> Result<()> {
+    ensure!(b >= 1 && h >= 1 && b <= i32::MAX as usize && h <= i32::MAX as usize, "dense epilogue: B = {b}, H = {h} out of range");
+    ensure!((e.bn != BnMode::None) == bn.is_some(), "dense epilogue: BatchNorm buffers given for {:?}", e.bn);
+    if e.bn == BnMode::Batch {
+        ensure!(b >= 2, "BatchNorm in training mode needs at least 2 cells in a minibatch (got {b})");
+    }
+    if let Some(bn) = bn {
+        for (n, m) in [("gamma", bn.gamma), ("beta", bn.beta), ("running_mean", bn.running_mean), ("running_var", bn.running_var), ("mean", bn.mean), ("inv_std", bn.inv_std)] {
+            ensure!(m.elements() >= h, "dense epilogue: BatchNorm {n} has {} entries for H = {h}", m.elements());
+        }
+    }
+    Ok(())
 }

@@ -250,8 +250,6 @@ struct DevBatch {
     cov: Option<Buf>,
     cov_w: usize,
     eps_joint: Buf,
-    mask_e_host: Vec<bool>,
-    mask_s_host: Vec<bool>,
 }
 
 /// (byte offset, length) of one array in a [`HostBatch`]'s pack.
@@ -781,8 +779,6 @@ impl<'d> DeviceModel<'d> {
             cov: hb.cov.map(|c| at(&base, c)),
             cov_w: hb.cov_w,
             eps_joint: at(&base, hb.eps),
-            mask_e_host: hb.mask_e_host.clone(),
-            mask_s_host: hb.mask_s_host.clone(),
         })
     }
 
@@ -844,16 +840,13 @@ impl<'d> DeviceModel<'d> {
                     let xin = if inject {
                         let cov = bt.cov.as_ref().context("decoder covariates missing")?;
                         ensure!(bt.cov_w == fc.cov_width(), "covariate width {} ≠ the layer's {}", bt.cov_w, fc.cov_width());
-                        let mut xc = self.nan(b * n_in)?;
+                        let xc = self.nan(b * n_in)?;
                         self.glue.copy_cols(Cols::all(main, n_main), Cols::from(&xc, n_in, 0), b, n_main, 1.0, 0.0)?;
                         self.glue.copy_cols(Cols::all(cov, cov_w), Cols::from(&xc, n_in, n_main), b, cov_w, 1.0, 0.0)?;
-                        let _ = &mut xc;
                         xc
                     } else {
-                        // The block keeps its own copy of its input (the previous block's output).
-                        let mut xc = self.nan(b * n_in)?;
-                        self.dev.copy(main, &mut xc, b * n_in)?;
-                        xc
+                        // The input itself (step buffers are written once and live until the next step).
+                        *main
                     };
                     self.gemm_xwt(&xin, b, n_in, w, n_out, &mut y0)?;
                     Some(xin)
@@ -874,7 +867,7 @@ impl<'d> DeviceModel<'d> {
                 }
             };
             let (mut out, mut pre, mut ln_inv) = (self.nan(b * n_out)?, self.nan(b * n_out)?, self.nan(b)?);
-            self.epi.forward(&epi, b, n_out, &y0, bias, &mut out, &mut pre, &mut ln_inv)?;
+            self.epi.forward(&epi, b, n_out, &y0, bias, None, &mut out, &mut pre, &mut ln_inv)?;
             tapes.push(BlockTape { x: xbuf, n_in, n_main, n_out, y0, pre, ln_inv, epi });
             h = Some(out);
         }
@@ -909,7 +902,7 @@ impl<'d> DeviceModel<'d> {
                     &zero_bias
                 }
             };
-            self.epi.backward(&t.epi, b, n_out, &d, &t.pre, &t.ln_inv, &t.y0, bias, &mut gsc, &mut dy0, db)?;
+            self.epi.backward(&t.epi, b, n_out, &d, &t.pre, &t.ln_inv, &t.y0, bias, None, &mut gsc, &mut dy0, db, None)?;
             let mut gw = self.g(blk.lin.w);
             match &t.x {
                 None => {
@@ -940,14 +933,11 @@ impl<'d> DeviceModel<'d> {
     /// A Linear head with bias: y = x · Wᵀ + b.
     fn linear_fwd(&self, lin: &LinearP, x: &Buf, bt: &DevBatch) -> Result<Buf> {
         let b = bt.b;
-        let mut y0 = self.nan(b * lin.n_out)?;
-        self.gemm_xwt(x, b, lin.n_in, self.p(lin.w), lin.n_out, &mut y0)?;
         let mut y = self.nan(b * lin.n_out)?;
+        self.gemm_xwt(x, b, lin.n_in, self.p(lin.w), lin.n_out, &mut y)?;
         let bias = self.p(lin.b.context("a Linear head without bias")?);
-        self.glue.copy_cols(Cols::all(&y0, lin.n_out), Cols::all(&y, lin.n_out), b, lin.n_out, 1.0, 0.0)?;
-        // y += 1 · bias (row-broadcast: a GEMM of a column of ones with the bias row)
-        let ones = bt.ones;
-        let a = Operand::new(&ones, b, 1, false)?;
+        // y += 1 · bias (row-broadcast: a GEMM of a column of ones with the bias row, kept in f32)
+        let a = Operand::new(&bt.ones, b, 1, false)?;
         let bb = Operand::new(&bias, 1, lin.n_out, false)?;
         self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &bb, 1.0, &mut y, b, lin.n_out)?;
         Ok(y)
@@ -1159,12 +1149,13 @@ impl<'d> DeviceModel<'d> {
             let j2a = (conc == ConcIndex::Atse).then_some(&self.junc2atse as &dyn DeviceMem<u32>);
             let mut outs = SplLikOutputs { logits: &mut lo, rl: &mut rl_s, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
             let wgt = cfg.splicing_loss_weight as f32;
-            match self.precision {
-                GemmPrecision::F32 => {
-                    let inp = SplLikInputs {
-                        s: &s_in,
+            // The inputs, with the SDDMM's operands S and W in f32 or bf16.
+            macro_rules! inputs {
+                ($s:expr, $w:expr) => {
+                    SplLikInputs {
+                        s: $s,
                         k: k_in,
-                        w: &w_spl,
+                        w: $w,
                         bias: &bias_spl,
                         indptr: &bt.s_ptr64,
                         junction: &sj,
@@ -1174,29 +1165,17 @@ impl<'d> DeviceModel<'d> {
                         groups: grp,
                         junc2atse: j2a,
                         log_phi: Some(&lphi),
-                    };
-                    self.spl.launch::<f32>(kind, conc, wgt, j_n, &inp, &mut outs)?;
-                }
+                    }
+                };
+            }
+            match self.precision {
+                GemmPrecision::F32 => self.spl.launch::<f32>(kind, conc, wgt, j_n, &inputs!(&s_in, &w_spl), &mut outs)?,
                 GemmPrecision::Bf16 => {
-                    // The SDDMM's operands in bf16 (f32 accumulation), as the dense GEMMs.
+                    // Rounded to bf16 (f32 accumulation), as the dense GEMMs' operands.
                     let s16 = self.bf16_operand(&Operand::new(&s_in, b, k_in, false)?)?;
                     let w16 = self.bf16_operand(&Operand::new(&w_spl, j_n, k_in, false)?)?;
                     let (s16, w16) = (TView::<half::bf16>::new(s16.addr, b * k_in), TView::<half::bf16>::new(w16.addr, j_n * k_in));
-                    let inp = SplLikInputs {
-                        s: &s16,
-                        k: k_in,
-                        w: &w16,
-                        bias: &bias_spl,
-                        indptr: &bt.s_ptr64,
-                        junction: &sj,
-                        counts_k: &sk,
-                        counts_n: &sn,
-                        psi: Some(&psi),
-                        groups: grp,
-                        junc2atse: j2a,
-                        log_phi: Some(&lphi),
-                    };
-                    self.spl.launch::<half::bf16>(kind, conc, wgt, j_n, &inp, &mut outs)?;
+                    self.spl.launch::<half::bf16>(kind, conc, wgt, j_n, &inputs!(&s16, &w16), &mut outs)?
                 }
             }
         }
@@ -1207,11 +1186,11 @@ impl<'d> DeviceModel<'d> {
         let rl_s_h = dev.read(&rl_s)?;
         let kl_h = dev.read(&kl_row)?;
         let pen_h = dev.read(&pen_row)?;
-        let rl_expr: Vec<f32> = rl_e_h.iter().zip(&bt.mask_e_host).map(|(&v, &mk)| if mk { v } else { 0.0 }).collect();
+        let rl_expr: Vec<f32> = rl_e_h.iter().zip(&hb.mask_e_host).map(|(&v, &mk)| if mk { v } else { 0.0 }).collect();
         let pen_sum: f64 = pen_h.iter().map(|&v| v as f64).sum();
         let penalty = match cfg.modality_penalty {
             ModalityPenalty::JeffreysExact => {
-                let np = bt.mask_e_host.iter().zip(&bt.mask_s_host).filter(|(x, y)| **x && **y).count();
+                let np = hb.mask_e_host.iter().zip(&hb.mask_s_host).filter(|(x, y)| **x && **y).count();
                 if np == 0 {
                     0.0
                 } else {

@@ -319,23 +319,13 @@ impl<'a> Trainer<'a> {
         Ok((t0.elapsed().as_secs_f64(), cells))
     }
 
+    /// One training step on the CPU (the device's go through [`Self::device_steps`]).
     fn train_step(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
-        if self.device.is_some() {
-            return self.train_step_device(epoch, step, cells, m);
-        }
         let tc = &self.run.train;
-        let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
-        self.params.set_cross_gate(gate as f64);
-        // §4.1: during warm-up one coin flip per minibatch picks the posterior (not for concatenate).
-        let routing = if gate < 1.0 && self.run.model.modality_weights != ModalityWeights::Concatenate && self.run.model.warmup_routing == WarmupRouting::Coin {
-            let mut r = stream(tc.seed, Purpose::Routing, epoch as u64, step);
-            Some(if r.gen::<bool>() { Modality::Splicing } else { Modality::Expression })
-        } else {
-            None
-        };
-        let step_seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, step).gen();
+        let opts = step_options(&self.run, epoch, step);
+        let step_seed = opts.seed;
+        self.params.set_cross_gate(opts.cross_gate);
         let batch = Batch::from_dataset(self.ds, cells, true)?;
-        let opts = StepOptions { kl_weight: kl as f64, cross_gate: gate as f64, training: true, use_z_mean: false, routing, seed: step_seed, noise: Noise::Seeded };
         let fwd = self.model.forward(&self.params, &batch, &opts)?;
         let out = &fwd.out;
         let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: term.to_string() };
@@ -376,13 +366,6 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// [`Self::train_step`] on the device: the same options, minibatch and seeds; the adversary stays on
-    /// the host (its input z and its gradient are B × L).
-    fn train_step_device(&mut self, epoch: usize, step: u64, cells: &[usize], m: &mut EpochMetrics) -> Result<()> {
-        let p = prepare_device_step(self.ds, &self.run, &self.model, epoch, step, cells)?;
-        self.run_device_step(epoch, p, m)
-    }
-
     /// Training steps on the device for `steps` (step number in the epoch, cells), each minibatch
     /// gathered and packed on a second thread while the device runs the one before. Returns the cells
     /// processed. After each step, `after_step(metrics)` (the progress bar).
@@ -414,7 +397,8 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// One prepared training step on the device (see [`Self::train_step`]).
+    /// One prepared training step on the device: [`Self::train_step`]'s options, minibatch and seeds; the
+    /// adversary stays on the host (its input z and its gradient are B × L).
     fn run_device_step(&mut self, epoch: usize, p: PreparedStep, m: &mut EpochMetrics) -> Result<()> {
         let tc = self.run.train.clone();
         let PreparedStep { batch, host, opts } = p;
@@ -549,6 +533,22 @@ fn check_terms<F: Fn(&str) -> NonFinite>(out: &crate::model::StepOutput<f32>, ba
     check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty as f64, out.concentration_prior as f64, out.loss as f64, bad)
 }
 
+/// The options of training step `step` of `epoch`: KL weight and cross gate of the schedule, the
+/// warm-up coin flip (§4.1: one per minibatch picks the posterior; not for concatenate) and the seed of
+/// the step's dropout masks and noise.
+fn step_options(run: &RunConfig, epoch: usize, step: u64) -> StepOptions {
+    let tc = &run.train;
+    let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
+    let routing = if gate < 1.0 && run.model.modality_weights != ModalityWeights::Concatenate && run.model.warmup_routing == WarmupRouting::Coin {
+        let mut r = stream(tc.seed, Purpose::Routing, epoch as u64, step);
+        Some(if r.gen::<bool>() { Modality::Splicing } else { Modality::Expression })
+    } else {
+        None
+    };
+    let step_seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, step).gen();
+    StepOptions { kl_weight: kl as f64, cross_gate: gate as f64, training: true, use_z_mean: false, routing, seed: step_seed, noise: Noise::Seeded }
+}
+
 /// A device training step's inputs, made on the host ahead of the step.
 struct PreparedStep {
     batch: Batch,
@@ -559,17 +559,8 @@ struct PreparedStep {
 /// The options, minibatch and packed device inputs of training step `step` of `epoch` (the same
 /// schedule, coin flip and seeds as [`Trainer::train_step`]).
 fn prepare_device_step(ds: &Dataset, run: &RunConfig, model: &SpliceVae, epoch: usize, step: u64, cells: &[usize]) -> Result<PreparedStep> {
-    let tc = &run.train;
-    let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
-    let routing = if gate < 1.0 && run.model.modality_weights != ModalityWeights::Concatenate && run.model.warmup_routing == WarmupRouting::Coin {
-        let mut r = stream(tc.seed, Purpose::Routing, epoch as u64, step);
-        Some(if r.gen::<bool>() { Modality::Splicing } else { Modality::Expression })
-    } else {
-        None
-    };
-    let step_seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, step).gen();
+    let opts = step_options(run, epoch, step);
     let batch = Batch::from_dataset(ds, cells, true)?;
-    let opts = StepOptions { kl_weight: kl as f64, cross_gate: gate as f64, training: true, use_z_mean: false, routing, seed: step_seed, noise: Noise::Seeded };
     let host = crate::cuda::step::HostBatch::build(model, &batch, &opts)?;
     Ok(PreparedStep { batch, host, opts })
 }
