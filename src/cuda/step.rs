@@ -15,15 +15,14 @@
 //! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
 //! are stored in f32.
 //!
-//! Not built yet (each is a clear error from [`unsupported`], never a silent difference): BatchNorm,
-//! the library-size encoder (`use_size_factor_key = false`), `encode_covariates`, continuous
-//! covariates, dispersions other than `gene`, the `concatenate` / `universal` / `cell` modality weights,
-//! the MMD-RBF penalty, the log-normal latent, the splicing decoder priors.
+//! Not built yet (each is a clear error from [`unsupported`], never a silent difference): the
+//! library-size encoder (`use_size_factor_key = false`), `encode_covariates`, continuous covariates,
+//! dispersions other than `gene`, the MMD-RBF penalty, the splicing decoder priors.
 //!
 //! Deterministic: no kernel of the step uses float atomics, so a repeated step gives the same bits
 //! (tested). There is no faster non-deterministic mode.
 
-use super::dense_epilogue::CudaDenseEpilogue;
+use super::dense_epilogue::{BnDev, CudaDenseEpilogue};
 use super::expr_lik::{CudaExprLik, ExprLikInputs, ExprLikOutputs};
 use super::gemm::{CudaGemm, GemmPrecision, Operand};
 use super::glue::{Cols, CudaGlue, MapOp};
@@ -33,7 +32,7 @@ use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsD
 use super::runtime::{CudaDevice, DevBuf, DeviceMem};
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
 use super::splicing_lik::{CudaSplicingLik, DevGroups, SplLikInputs, SplLikOutputs};
-use crate::model::arch::{ExprDecP, FcLayers, LinearP, SplDecP, SplEncP};
+use crate::model::arch::{BnP, ExprDecP, FcLayers, LinearP, SplDecP, SplEncP};
 use crate::model::config::*;
 use crate::model::dense_epilogue::{BnMode, Epilogue};
 use crate::model::expr_lik::ScaleAct;
@@ -52,9 +51,7 @@ use std::sync::Arc;
 
 /// Why the CUDA step cannot run this configuration, or None.
 pub fn unsupported(cfg: &ModelConfig, dims: &Dims) -> Option<String> {
-    let why = if cfg.use_batch_norm != NormPlacement::None {
-        "BatchNorm (use_batch_norm)"
-    } else if !cfg.use_size_factor_key {
+    let why = if !cfg.use_size_factor_key {
         "the library-size encoder (use_size_factor_key = false)"
     } else if cfg.encode_covariates {
         "encode_covariates"
@@ -62,12 +59,8 @@ pub fn unsupported(cfg: &ModelConfig, dims: &Dims) -> Option<String> {
         "continuous covariates"
     } else if cfg.dispersion != Dispersion::Gene {
         "dispersions other than `gene`"
-    } else if !matches!(cfg.modality_weights, ModalityWeights::Equal | ModalityWeights::PerDimensionWeightedAverage) {
-        "modality weights other than `equal` and `per_dimension_weighted_average`"
     } else if cfg.modality_penalty == ModalityPenalty::MmdRbf {
         "the MMD-RBF penalty"
-    } else if cfg.latent_distribution != LatentDistribution::Normal {
-        "the log-normal latent"
     } else if cfg.splicing_decoder_prior != 0.0 || cfg.splicing_decoder_effect_prior != 0.0 {
         "the splicing decoder priors"
     } else if cfg.expression_input == ExpressionInput::Log1pNormalized {
@@ -197,6 +190,8 @@ struct BlockTape {
     pre: Buf,
     ln_inv: Buf,
     epi: Epilogue,
+    /// BatchNorm: the statistics the forward used (mean, 1/std; H each) and the block's BnP.
+    bn: Option<(Buf, Buf, BnP)>,
 }
 
 /// The input of an FCLayers.
@@ -250,6 +245,14 @@ struct DevBatch {
     cov: Option<Buf>,
     cov_w: usize,
     eps_joint: Buf,
+    /// Softmax modality weights: the table row each cell reads (B; 0 for `equal` / `universal` and for
+    /// the mean row of unseen cells), and 0..=B (the gathers' pointers and row ids).
+    w_row: TView<i32>,
+    iota: TView<i32>,
+    /// `cell` weights: the minibatch's cells grouped by table row (CSR over the n_obs rows), or, for
+    /// unseen cells (the mean row), every table row reading entry 0 (n_obs + 1 pointers, n_obs zeros
+    /// and ones).
+    w_grad: Option<(TView<i32>, TView<i32>, Buf)>,
 }
 
 /// (byte offset, length) of one array in a [`HostBatch`]'s pack.
@@ -293,6 +296,11 @@ pub struct HostBatch {
     groups: Option<(Part, Part, Part)>,
     cov: Option<Part>,
     cov_w: usize,
+    w_row: Part,
+    iota: Part,
+    w_grad: Option<(Part, Part, Part)>,
+    /// `cell` weights of cells without a table row: the mean row.
+    w_mean: bool,
     mask_e_host: Vec<bool>,
     mask_s_host: Vec<bool>,
 }
@@ -370,6 +378,37 @@ impl HostBatch {
                 eps_joint.iter().map(|&v| v as f32).collect()
             }
         };
+        // Softmax modality weights: the table row of each cell, and the CSR that sends each cell's d(raw)
+        // back to its row (`cell`).
+        let iota: Vec<i32> = (0..=b as i32).collect();
+        let (w_row, w_grad, w_mean) = match (cfg.modality_weights, &batch.cell_idx) {
+            (ModalityWeights::Cell, Some(ci)) => {
+                let n_obs = m.dims.n_obs;
+                if let Some((i, &r)) = ci.iter().enumerate().find(|(_, &r)| r as usize >= n_obs) {
+                    bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
+                }
+                let rows: Vec<i32> = ci.iter().map(|&r| r as i32).collect();
+                let mut ptr = vec![0i32; n_obs + 1];
+                for &r in ci {
+                    ptr[r as usize + 1] += 1;
+                }
+                for t in 0..n_obs {
+                    ptr[t + 1] += ptr[t];
+                }
+                let mut fill: Vec<i32> = ptr[..n_obs].to_vec();
+                let mut ids = vec![0i32; b];
+                for (i, &r) in ci.iter().enumerate() {
+                    ids[fill[r as usize] as usize] = i as i32;
+                    fill[r as usize] += 1;
+                }
+                (rows, Some((ptr, ids, vec![1f32; b])), false)
+            }
+            (ModalityWeights::Cell, None) => {
+                let n_obs = m.dims.n_obs;
+                (vec![0i32; b], Some(((0..=n_obs as i32).collect(), vec![0i32; n_obs], vec![1f32; n_obs])), true)
+            }
+            _ => (vec![0i32; b], None, false),
+        };
         let u8s = |v: &[bool]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
         let i32s = |v: &[usize]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
@@ -407,6 +446,9 @@ impl HostBatch {
         let conc_ids_p = pk.push(&conc_ids);
         let cov_p = cov.as_ref().map(|c| pk.push(c));
         let eps_p = pk.push(&eps_joint);
+        let w_row_p = pk.push(&w_row);
+        let iota_p = pk.push(&iota);
+        let w_grad_p = w_grad.as_ref().map(|(p, i, w)| (pk.push(p), pk.push(i), pk.push(w)));
         Ok(HostBatch {
             b,
             nnz: spl.nnz(),
@@ -442,6 +484,10 @@ impl HostBatch {
             groups: groups_p,
             cov: cov_p,
             cov_w,
+            w_row: w_row_p,
+            iota: iota_p,
+            w_grad: w_grad_p,
+            w_mean,
             mask_e_host,
             mask_s_host,
         })
@@ -533,6 +579,10 @@ pub struct DeviceModel<'d> {
     arena: RefCell<StepArena>,
     /// The partial encoder's scratch, kept across steps (regrown when a minibatch has more entries).
     partial_work: RefCell<Option<(PartialShape, PartialWork)>>,
+    /// BatchNorm running-statistics updates of this step's forward (training): (new value, entry),
+    /// written into the parameters once the step goes on to its backward. A `num_batches_tracked`
+    /// entry comes with the B ones of the minibatch: its first one is added.
+    bn_pending: RefCell<Vec<(Buf, usize)>>,
     /// Fill step buffers with NaN before use, so that an element a kernel fails to write shows up
     /// (tests; one memset per buffer).
     pub poison: bool,
@@ -578,6 +628,7 @@ impl<'d> DeviceModel<'d> {
             optim: CudaOptim::new(dev)?,
             arena: RefCell::new(StepArena::default()),
             partial_work: RefCell::new(None),
+            bn_pending: RefCell::new(Vec::new()),
             poison: false,
             precision: GemmPrecision::F32,
         })
@@ -779,6 +830,9 @@ impl<'d> DeviceModel<'d> {
             cov: hb.cov.map(|c| at(&base, c)),
             cov_w: hb.cov_w,
             eps_joint: at(&base, hb.eps),
+            w_row: at(&base, hb.w_row),
+            iota: at(&base, hb.iota),
+            w_grad: hb.w_grad.map(|(p, i, w)| (at(&base, p), at(&base, i), at(&base, w))),
         })
     }
 
@@ -854,7 +908,12 @@ impl<'d> DeviceModel<'d> {
             };
             let dropout = (mode.training && blk.dropout > 0.0)
                 .then(|| (DropStream::new(mode.seed, rng::streams::DROPOUT_BASE + fc.id * 64 + bi as u64, blk.dropout), blk.dropout));
-            let epi = Epilogue { bn: BnMode::None, ln: blk.ln, act: blk.act, dropout };
+            let bn_mode = match (&blk.bn, mode.training) {
+                (None, _) => BnMode::None,
+                (Some(_), true) => BnMode::Batch,
+                (Some(_), false) => BnMode::Running,
+            };
+            let epi = Epilogue { bn: bn_mode, ln: blk.ln, act: blk.act, dropout };
             let (bias_view, zero_bias);
             let bias: &dyn DeviceMem<f32> = match blk.lin.b {
                 Some(bb) => {
@@ -866,9 +925,31 @@ impl<'d> DeviceModel<'d> {
                     &zero_bias
                 }
             };
+            let bn = match &blk.bn {
+                Some(bnp) => {
+                    // Training: the minibatch's statistics, and the running statistics' update kept
+                    // aside until the step goes on to its backward (as the CPU trainer applies it).
+                    let (mean, inv_std) = (self.nan(n_out)?, self.nan(n_out)?);
+                    let upd = if mode.training { Some((self.nan(n_out)?, self.nan(n_out)?)) } else { None };
+                    let views = self.bn_views(bnp);
+                    let bd = bn_dev(&views, &mean, &inv_std);
+                    let upd_mem = upd.as_ref().map(|(m, v)| (m as &dyn DeviceMem<f32>, v as &dyn DeviceMem<f32>));
+                    self.epi.bn_stats(&epi, b, n_out, &y0, bias, &bd, upd_mem)?;
+                    if let Some((m, v)) = upd {
+                        let mut pend = self.bn_pending.borrow_mut();
+                        pend.push((m, bnp.running_mean));
+                        pend.push((v, bnp.running_var));
+                        pend.push((bt.ones, bnp.num_batches_tracked));
+                    }
+                    Some((mean, inv_std, bnp.clone()))
+                }
+                None => None,
+            };
             let (mut out, mut pre, mut ln_inv) = (self.nan(b * n_out)?, self.nan(b * n_out)?, self.nan(b)?);
-            self.epi.forward(&epi, b, n_out, &y0, bias, None, &mut out, &mut pre, &mut ln_inv)?;
-            tapes.push(BlockTape { x: xbuf, n_in, n_main, n_out, y0, pre, ln_inv, epi });
+            let views = bn.as_ref().map(|(_, _, bnp)| self.bn_views(bnp));
+            let bd = bn.as_ref().zip(views.as_ref()).map(|((m, v, _), vw)| bn_dev(vw, m, v));
+            self.epi.forward(&epi, b, n_out, &y0, bias, bd.as_ref(), &mut out, &mut pre, &mut ln_inv)?;
+            tapes.push(BlockTape { x: xbuf, n_in, n_main, n_out, y0, pre, ln_inv, epi, bn });
             h = Some(out);
         }
         Ok((h.unwrap(), tapes))
@@ -902,7 +983,17 @@ impl<'d> DeviceModel<'d> {
                     &zero_bias
                 }
             };
-            self.epi.backward(&t.epi, b, n_out, &d, &t.pre, &t.ln_inv, &t.y0, bias, None, &mut gsc, &mut dy0, db, None)?;
+            let views = t.bn.as_ref().map(|(_, _, bnp)| self.bn_views(bnp));
+            let bd = t.bn.as_ref().zip(views.as_ref()).map(|((m, v, _), vw)| bn_dev(vw, m, v));
+            let (mut g_gamma, mut g_beta) = match &t.bn {
+                Some((_, _, bnp)) => (Some(self.g(bnp.w)), Some(self.g(bnp.b))),
+                None => (None, None),
+            };
+            let bn_grads = match (&mut g_gamma, &mut g_beta) {
+                (Some(x), Some(y)) => Some((x as &mut dyn DeviceMem<f32>, y as &mut dyn DeviceMem<f32>)),
+                _ => None,
+            };
+            self.epi.backward(&t.epi, b, n_out, &d, &t.pre, &t.ln_inv, &t.y0, bias, bd.as_ref(), &mut gsc, &mut dy0, db, bn_grads)?;
             let mut gw = self.g(blk.lin.w);
             match &t.x {
                 None => {
@@ -995,6 +1086,7 @@ impl<'d> DeviceModel<'d> {
         let mode = Mode { training: opts.training, seed: opts.seed };
         // The previous step's work is finished (every step ends synchronised): its buffers are free.
         self.arena.borrow_mut().rewind(dev)?;
+        self.bn_pending.borrow_mut().clear();
         let bt = self.upload_batch(hb)?;
         let inv_b = 1.0 / b as f32;
 
@@ -1047,7 +1139,9 @@ impl<'d> DeviceModel<'d> {
         // ---- latent ----------------------------------------------------------------------------
         drop(r_phase);
         let r_phase = crate::nvtx_range!("latent");
+        let concat = cfg.modality_weights == ModalityWeights::Concatenate;
         let (mix, raw) = match (cfg.modality_weights, opts.routing) {
+            (ModalityWeights::Concatenate, _) => (Mix::Concat, None),
             (_, Some(r)) => (Mix::Routed(r), None),
             (ModalityWeights::PerDimensionWeightedAverage, None) => {
                 (Mix::PerDim { mask_spl: cfg.mask_cells_without_splicing }, Some(view(&self.p(a.dim_weights.unwrap()))))
@@ -1055,12 +1149,27 @@ impl<'d> DeviceModel<'d> {
             _ => (Mix::Softmax, None),
         };
         let softmax_raw = if mix == Mix::Softmax {
-            let w = self.host.get(a.mod_weights);
-            Some(self.upload_step(&(0..b).flat_map(|_| [w[0], w[1]]).collect::<Vec<f32>>())?)
+            // Each cell's two raw weights, gathered from the (possibly trained) table on the device:
+            // one row (`equal`, `universal`), the cell's row, or the mean row for unseen cells (`cell`).
+            let table = self.p(a.mod_weights);
+            let src = if hb.w_mean {
+                let n_obs = table.len / 2;
+                let mut mean = self.nan(2)?;
+                self.glue.col_sum(Cols::all(&table, 2), n_obs, 2, 1.0 / n_obs as f32, 0.0, &mut mean)?;
+                mean
+            } else {
+                table
+            };
+            let mut r = self.nan(2 * b)?;
+            self.glue.gather_rows(&bt.iota, None, &bt.w_row, &bt.ones, &src, 2, 1.0, 0.0, &mut r)?;
+            Some(r)
         } else {
             None
         };
-        let ls = LatentShape { b, d, mix, ln: false, penalty: cfg.modality_penalty };
+        // Concatenated latents have no modality penalty (§4.4).
+        let penalty_kind = if concat { ModalityPenalty::None } else { cfg.modality_penalty };
+        let ln = cfg.latent_distribution == LatentDistribution::Ln;
+        let ls = LatentShape { b, d, mix, ln, penalty: penalty_kind };
         ensure!(ls.l() == l, "latent width {} ≠ the model's {l}", ls.l());
         let raw_mem: Option<&dyn DeviceMem<f32>> = match (&softmax_raw, &raw) {
             (Some(r), _) => Some(r),
@@ -1071,6 +1180,20 @@ impl<'d> DeviceModel<'d> {
         let (mut qz_m, mut qz_v, mut z, mut kl_row, mut pen_row) = (self.nan(b * l)?, self.nan(b * l)?, self.nan(b * l)?, self.nan(b)?, self.nan(b)?);
         self.latent.forward(&ls, &lin, &mut LatentDevFwd { qz_m: &mut qz_m, qz_v: &mut qz_v, z: &mut z, kl_row: &mut kl_row, pen_row: &mut pen_row })?;
         let lat: &Buf = if opts.use_z_mean { &qz_m } else { &z };
+        // The decoders' inputs: both see the latent, except concatenated latents with the cross gate g
+        // below 1 (§4.4): expression [z_e; g z_s], splicing [g z_e; z_s].
+        let gate = opts.cross_gate as f32;
+        let gated = concat && gate != 1.0;
+        let (lat_e, lat_s) = if gated {
+            let (re, rs) = (self.nan(b * l)?, self.nan(b * l)?);
+            for (dst, scale_e, scale_s) in [(&re, 1.0, gate), (&rs, gate, 1.0)] {
+                self.glue.copy_cols(Cols::from(lat, l, 0), Cols::from(dst, l, 0), b, d, scale_e, 0.0)?;
+                self.glue.copy_cols(Cols::from(lat, l, d), Cols::from(dst, l, d), b, d, scale_s, 0.0)?;
+            }
+            (re, rs)
+        } else {
+            (*lat, *lat)
+        };
 
         // ---- expression decoder + likelihood -----------------------------------------------------
         drop(r_phase);
@@ -1081,14 +1204,14 @@ impl<'d> DeviceModel<'d> {
         }
         let (raw_scale, pi, act, expr_dec) = match &a.z_dec_expr {
             ExprDecP::Vanilla { fc, scale, dropout, softplus, .. } => {
-                let (h, tape) = self.fc_forward(fc, FcIn::Dense(lat), &bt, true, mode)?;
+                let (h, tape) = self.fc_forward(fc, FcIn::Dense(&lat_e), &bt, true, mode)?;
                 let raw = self.linear_fwd(scale, &h, &bt)?;
                 let pi = self.linear_fwd(dropout, &h, &bt)?;
                 (raw, pi, if *softplus { ScaleAct::Softplus } else { ScaleAct::Softmax }, ExprDec::Vanilla { h, tape })
             }
             ExprDecP::Linear { factor, dropout, .. } => {
-                let (raw, ft) = self.fc_forward(factor, FcIn::Dense(lat), &bt, true, mode)?;
-                let (pi, dt) = self.fc_forward(dropout, FcIn::Dense(lat), &bt, true, mode)?;
+                let (raw, ft) = self.fc_forward(factor, FcIn::Dense(&lat_e), &bt, true, mode)?;
+                let (pi, dt) = self.fc_forward(dropout, FcIn::Dense(&lat_e), &bt, true, mode)?;
                 (raw, pi, ScaleAct::Softmax, ExprDec::Linear { factor: ft, dropout: dt })
             }
         };
@@ -1120,14 +1243,14 @@ impl<'d> DeviceModel<'d> {
         let cov_w = bt.cov_w;
         let (s_in, k_in, spl_tape, out_lin) = match &a.z_dec_spl {
             SplDecP::Vanilla { fc, out } => {
-                let (h, tape) = self.fc_forward(fc, FcIn::Dense(lat), &bt, true, mode)?;
+                let (h, tape) = self.fc_forward(fc, FcIn::Dense(&lat_s), &bt, true, mode)?;
                 (h, out.n_in, Some(tape), out)
             }
             SplDecP::Linear { lin } => {
                 let k = lin.n_in;
                 ensure!(k == l + cov_w, "linear splicing decoder input {k} ≠ {l} + {cov_w}");
                 let s = self.nan(b * k)?;
-                self.glue.copy_cols(Cols::all(lat, l), Cols::from(&s, k, 0), b, l, 1.0, 0.0)?;
+                self.glue.copy_cols(Cols::all(&lat_s, l), Cols::from(&s, k, 0), b, l, 1.0, 0.0)?;
                 if let Some(c) = &bt.cov {
                     self.glue.copy_cols(Cols::all(c, cov_w), Cols::from(&s, k, l), b, cov_w, 1.0, 0.0)?;
                 }
@@ -1188,7 +1311,7 @@ impl<'d> DeviceModel<'d> {
         let pen_h = dev.read(&pen_row)?;
         let rl_expr: Vec<f32> = rl_e_h.iter().zip(&hb.mask_e_host).map(|(&v, &mk)| if mk { v } else { 0.0 }).collect();
         let pen_sum: f64 = pen_h.iter().map(|&v| v as f64).sum();
-        let penalty = match cfg.modality_penalty {
+        let penalty = match penalty_kind {
             ModalityPenalty::JeffreysExact => {
                 let np = hb.mask_e_host.iter().zip(&hb.mask_s_host).filter(|(x, y)| **x && **y).count();
                 if np == 0 {
@@ -1216,6 +1339,7 @@ impl<'d> DeviceModel<'d> {
             return Ok(out);
         }
         let extra = extra_dz(&out.z)?;
+        self.apply_bn_updates()?;
         dev.memset(&mut self.grads, 0)?;
 
         // ---- backward: expression ----------------------------------------------------------------
@@ -1272,8 +1396,16 @@ impl<'d> DeviceModel<'d> {
         drop(r_phase);
         let r_phase = crate::nvtx_range!("backward: latent");
         let dlat = self.nan(b * l)?;
-        self.glue.copy_cols(Cols::all(&dr_e, l), Cols::all(&dlat, l), b, l, 1.0, 0.0)?;
-        self.glue.copy_cols(Cols::all(&dr_s, l), Cols::all(&dlat, l), b, l, 1.0, 1.0)?;
+        if gated {
+            // d lat = [d r_e + g d r_s | g d r_e + d r_s] (the two halves)
+            for (c0, ae, as_) in [(0, 1.0, gate), (d, gate, 1.0)] {
+                self.glue.copy_cols(Cols::from(&dr_e, l, c0), Cols::from(&dlat, l, c0), b, d, ae, 0.0)?;
+                self.glue.copy_cols(Cols::from(&dr_s, l, c0), Cols::from(&dlat, l, c0), b, d, as_, 1.0)?;
+            }
+        } else {
+            self.glue.copy_cols(Cols::all(&dr_e, l), Cols::all(&dlat, l), b, l, 1.0, 0.0)?;
+            self.glue.copy_cols(Cols::all(&dr_s, l), Cols::all(&dlat, l), b, l, 1.0, 1.0)?;
+        }
         let mut dz = self.zeros(b * l)?;
         if !opts.use_z_mean {
             self.dev.copy(&dlat, &mut dz, b * l)?;
@@ -1303,6 +1435,21 @@ impl<'d> DeviceModel<'d> {
         let pscale = penalty_scale(cfg.modality_penalty, opts.kl_weight as f32);
         let dqm_in: Option<&dyn DeviceMem<f32>> = if opts.use_z_mean { Some(&dlat) } else { None };
         self.latent.backward(&ls, &lin, &qz_m, &qz_v, &z, &dz, dqm_in, kl_scale, pscale, &mut lg)?;
+        if mix == Mix::Softmax && m.layout.entries[a.mod_weights].kind.trainable() {
+            // d(raw) of each cell back to the table: summed (`universal`), to each cell's row, or spread
+            // evenly over every row for the mean row of unseen cells (`cell`).
+            let mut gw = self.g(a.mod_weights);
+            match (&bt.w_grad, hb.w_mean) {
+                (None, _) => self.glue.col_sum(Cols::all(&raw_cell, 2), b, 2, 1.0, 0.0, &mut gw)?,
+                (Some((ptr, ids, ones)), false) => self.glue.gather_rows(ptr, Some(ids), &bt.iota, ones, &raw_cell, 2, 1.0, 0.0, &mut gw)?,
+                (Some((ptr, zeros, ones)), true) => {
+                    let n_obs = gw.len / 2;
+                    let mut s = self.nan(2)?;
+                    self.glue.col_sum(Cols::all(&raw_cell, 2), b, 2, 1.0 / n_obs as f32, 0.0, &mut s)?;
+                    self.glue.gather_rows(ptr, None, zeros, ones, &s, 2, 1.0, 0.0, &mut gw)?;
+                }
+            }
+        }
 
         // ---- backward: encoders ------------------------------------------------------------------
         drop(r_phase);
@@ -1357,11 +1504,37 @@ impl<'d> DeviceModel<'d> {
         Ok(out)
     }
 
+    /// Writes the BatchNorm running-statistics updates of the step's forward into the device parameters.
+    fn apply_bn_updates(&self) -> Result<()> {
+        for (src, idx) in self.bn_pending.borrow_mut().drain(..) {
+            let dst = self.p(idx);
+            if self.model.layout.entries[idx].name.ends_with("num_batches_tracked") {
+                // counter + 1
+                self.glue.copy_cols(Cols::all(&src, 1), Cols::all(&dst, 1), 1, 1, 1.0, 1.0)?;
+            } else {
+                let mut d = dst;
+                self.dev.copy(&src, &mut d, dst.len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// BatchNorm's device buffers of a block: its parameters and running statistics, and the step's
+    /// statistics `mean` / `inv_std`.
+    fn bn_views(&self, bnp: &BnP) -> [Buf; 4] {
+        [self.p(bnp.w), self.p(bnp.b), self.p(bnp.running_mean), self.p(bnp.running_var)]
+    }
+
     /// The partial encoder's parameter views: emb, h0 w/b, ln1 w/b, h4 w/b, ln5 w/b, center.
     fn partial_views(&self, pe: &crate::model::arch::PartialEncP) -> ([Buf; 9], Option<Buf>) {
         let ids = [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b];
         (ids.map(|i| self.p(i)), pe.center.map(|c| self.p(c)))
     }
+}
+
+/// BatchNorm's buffers of a block (γ, β, running mean, running variance) with the step's statistics.
+fn bn_dev<'a>(v: &'a [Buf; 4], mean: &'a Buf, inv_std: &'a Buf) -> BnDev<'a> {
+    BnDev { gamma: &v[0], beta: &v[1], running_mean: &v[2], running_var: &v[3], mean, inv_std }
 }
 
 fn partial_params<'a>(v: &'a [Buf; 9], center: &'a Option<Buf>) -> PartialParamsDev<'a> {
