@@ -382,7 +382,7 @@ fn device_optimizer_step_matches_cpu() {
 }
 
 /// Two epochs of `Trainer::fit` with the steps on the device against the CPU trainer on the same
-/// simulated data (120 cells, `paper` options, two batches: the adversary is on): the per-epoch metrics agree, the
+/// simulated data (120 cells, `paper` and `robust` options, two batches: the adversary is on): the per-epoch metrics agree, the
 /// optimizer took the same number of steps, and the checkpoint holds the device's parameters; a device run
 /// resumed from its checkpoint after one epoch ends bit-identical to the straight one.
 fn trainer_on(dev: &'static CudaDevice) {
@@ -392,8 +392,9 @@ fn trainer_on(dev: &'static CudaDevice) {
     use splicevi::train::{presets, TrainConfig};
     // Smaller than `toy` (the emulation runs every CUDA thread as an OS thread).
     let (ds, _) = simulate(&SimConfig { n_cells: 120, n_genes: 60, n_junctions: 120, ..SimConfig::preset(SimSize::Toy, 3) }).unwrap();
-    // One preset (the emulation is slow); tests of the step itself cover the others.
-    for preset in ["paper"] {
+    // paper (softmax-free per-dimension mixing, the adversary) and robust (concatenated latents, the
+    // cross gate's schedule); tests of the step itself cover the other options.
+    for preset in ["paper", "robust"] {
         let (model, train0) = presets::preset(preset).unwrap();
         let model = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim: 4, h_hidden_dim: 8, encoder_hidden_dim: 8, ..model };
         let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
