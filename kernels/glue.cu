@@ -80,7 +80,10 @@ glue_map(int op, const float* __restrict__ x, const float* __restrict__ a, float
             case 0: r = expf(v); break;
             case 1: r = softplusf_(v) + eps; break;
             case 2: r = v * a[t]; break;
-            default: r = v * softplus_gradf_(a[t]); break;
+            case 3: r = v * softplus_gradf_(a[t]); break;
+            // LeakyReLU (slope 0.01, as ops::act_fwd) and d · its derivative at a (the library encoder)
+            case 4: r = v > 0.0f ? v : v * 0.01f; break;
+            default: r = v * (a[t] > 0.0f ? 1.0f : 0.01f); break;
         }
         y[t] = r;
     }

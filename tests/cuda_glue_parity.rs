@@ -81,7 +81,7 @@ fn glue_on(dev: &CudaDevice) {
         }
     }
     // map: every op, including softplus past its threshold.
-    for op in [MapOp::Exp, MapOp::SoftplusEps(1e-4), MapOp::Mul, MapOp::MulSoftplusGrad] {
+    for op in [MapOp::Exp, MapOp::SoftplusEps(1e-4), MapOp::Mul, MapOp::MulSoftplusGrad, MapOp::LeakyRelu, MapOp::MulLeakyReluGrad] {
         let n = 1000;
         let x = rand_vec(&mut r, n, -25.0, 25.0);
         let a = rand_vec(&mut r, n, -25.0, 25.0);

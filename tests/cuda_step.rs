@@ -190,6 +190,38 @@ fn cases() -> Vec<Case> {
             no_cell_idx: false,
         },
         Case {
+            name: "library encoder (use_size_factor_key = false), gene-batch dispersion, NB",
+            cfg: small(ModelConfig { use_size_factor_key: false, dispersion: Dispersion::GeneBatch, gene_likelihood: GeneLikelihood::Nb, dropout_rate: 0.1, ..ModelConfig::paper() }),
+            dims: dims(3, vec![]),
+            opts: opts(),
+            extra_dz: false,
+            no_cell_idx: false,
+        },
+        Case {
+            name: "gene-label dispersion, linear expression decoder, library encoder with BatchNorm",
+            cfg: small(ModelConfig { dispersion: Dispersion::GeneLabel, use_size_factor_key: false, use_batch_norm: NormPlacement::Encoder, ..ModelConfig::default() }),
+            dims: dims(2, vec![]),
+            opts: opts(),
+            extra_dz: false,
+            no_cell_idx: false,
+        },
+        Case {
+            name: "gene-cell dispersion, vanilla expression decoder (dispersion head)",
+            cfg: small(ModelConfig { dispersion: Dispersion::GeneCell, ..ModelConfig::paper() }),
+            dims: dims(2, vec![3]),
+            opts: opts(),
+            extra_dz: false,
+            no_cell_idx: false,
+        },
+        Case {
+            name: "gene-cell dispersion, linear expression decoder (dispersion layers), ZINB",
+            cfg: small(ModelConfig { dispersion: Dispersion::GeneCell, ..ModelConfig::default() }),
+            dims: dims(2, vec![]),
+            opts: StepOptions { use_z_mean: true, ..opts() },
+            extra_dz: false,
+            no_cell_idx: false,
+        },
+        Case {
             name: "robust, evaluation mode on qz_m, cross gate 1",
             cfg: small(ModelConfig::robust()),
             dims: dims(3, vec![]),
@@ -320,8 +352,11 @@ fn unsupported_options_are_named() {
     assert!(unsupported(&ModelConfig::paper(), &d).is_none());
     assert!(unsupported(&ModelConfig::robust(), &d).is_none());
     assert!(unsupported(&ModelConfig { use_batch_norm: NormPlacement::Both, ..ModelConfig::default() }, &d).is_none());
-    let lib = unsupported(&ModelConfig { use_size_factor_key: false, ..ModelConfig::default() }, &d).unwrap();
-    assert!(lib.contains("library"), "{lib}");
+    assert!(unsupported(&ModelConfig { use_size_factor_key: false, dispersion: Dispersion::GeneCell, ..ModelConfig::default() }, &d).is_none());
+    let enc = unsupported(&ModelConfig { encode_covariates: true, ..ModelConfig::default() }, &d).unwrap();
+    assert!(enc.contains("encode_covariates") && enc.contains("--device cpu"), "{enc}");
+    let rbf = unsupported(&ModelConfig { modality_penalty: ModalityPenalty::MmdRbf, ..ModelConfig::default() }, &d).unwrap();
+    assert!(rbf.contains("MMD-RBF"), "{rbf}");
 }
 
 /// The device optimizer step (global norm, clip scale, AdamW over the flat buffer) against

@@ -24,6 +24,10 @@ pub enum MapOp {
     Mul,
     /// y = x · softplus'(a)
     MulSoftplusGrad,
+    /// y = LeakyReLU(x) (slope 0.01)
+    LeakyRelu,
+    /// y = x · LeakyReLU'(a)
+    MulLeakyReluGrad,
 }
 
 impl MapOp {
@@ -33,10 +37,12 @@ impl MapOp {
             MapOp::SoftplusEps(e) => (1, e),
             MapOp::Mul => (2, 0.0),
             MapOp::MulSoftplusGrad => (3, 0.0),
+            MapOp::LeakyRelu => (4, 0.0),
+            MapOp::MulLeakyReluGrad => (5, 0.0),
         }
     }
     fn needs_a(self) -> bool {
-        matches!(self, MapOp::Mul | MapOp::MulSoftplusGrad)
+        matches!(self, MapOp::Mul | MapOp::MulSoftplusGrad | MapOp::MulLeakyReluGrad)
     }
 }
 
@@ -220,6 +226,8 @@ impl<'d> CudaGlue<'d> {
 
 /// The CPU twins of kernels/glue.cu, on host slices (offsets and strides as the launches take them).
 pub mod twin {
+    use crate::model::arch::Act;
+    use crate::model::ops::{act_fwd, act_grad};
     use crate::model::real::{softplus, softplus_grad};
 
     pub fn copy_cols(src: &[f32], s_off: usize, ld_src: usize, dst: &mut [f32], d_off: usize, ld_dst: usize, rows: usize, cols: usize, alpha: f32, beta: f32) {
@@ -247,6 +255,8 @@ pub mod twin {
                 super::MapOp::SoftplusEps(e) => softplus(x[t]) + e,
                 super::MapOp::Mul => x[t] * a[t],
                 super::MapOp::MulSoftplusGrad => x[t] * softplus_grad(a[t]),
+                super::MapOp::LeakyRelu => act_fwd(Act::LeakyRelu, x[t]),
+                super::MapOp::MulLeakyReluGrad => x[t] * act_grad(Act::LeakyRelu, a[t]),
             };
         }
     }

@@ -15,9 +15,8 @@
 //! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
 //! are stored in f32.
 //!
-//! Not built yet (each is a clear error from [`unsupported`], never a silent difference): the
-//! library-size encoder (`use_size_factor_key = false`), `encode_covariates`, continuous covariates,
-//! dispersions other than `gene`, the MMD-RBF penalty, the splicing decoder priors.
+//! Not built yet (each is a clear error from [`unsupported`], never a silent difference):
+//! `encode_covariates`, continuous covariates, the MMD-RBF penalty, the splicing decoder priors.
 //!
 //! Deterministic: no kernel of the step uses float atomics, so a repeated step gives the same bits
 //! (tested). There is no faster non-deterministic mode.
@@ -51,14 +50,10 @@ use std::sync::Arc;
 
 /// Why the CUDA step cannot run this configuration, or None.
 pub fn unsupported(cfg: &ModelConfig, dims: &Dims) -> Option<String> {
-    let why = if !cfg.use_size_factor_key {
-        "the library-size encoder (use_size_factor_key = false)"
-    } else if cfg.encode_covariates {
+    let why = if cfg.encode_covariates {
         "encode_covariates"
     } else if dims.n_cont > 0 {
         "continuous covariates"
-    } else if cfg.dispersion != Dispersion::Gene {
-        "dispersions other than `gene`"
     } else if cfg.modality_penalty == ModalityPenalty::MmdRbf {
         "the MMD-RBF penalty"
     } else if cfg.splicing_decoder_prior != 0.0 || cfg.splicing_decoder_effect_prior != 0.0 {
@@ -253,6 +248,8 @@ struct DevBatch {
     /// unseen cells (the mean row), every table row reading entry 0 (n_obs + 1 pointers, n_obs zeros
     /// and ones).
     w_grad: Option<(TView<i32>, TView<i32>, Buf)>,
+    /// gene-batch / gene-label dispersion: the one-hot of each cell's code (B × levels).
+    disp_onehot: Option<(Buf, usize)>,
 }
 
 /// (byte offset, length) of one array in a [`HostBatch`]'s pack.
@@ -301,6 +298,7 @@ pub struct HostBatch {
     w_grad: Option<(Part, Part, Part)>,
     /// `cell` weights of cells without a table row: the mean row.
     w_mean: bool,
+    disp_onehot: Option<(Part, usize)>,
     mask_e_host: Vec<bool>,
     mask_s_host: Vec<bool>,
 }
@@ -409,6 +407,20 @@ impl HostBatch {
             }
             _ => (vec![0i32; b], None, false),
         };
+        // gene-batch / gene-label dispersion: θ of each cell is its code's column of px_r (G × levels),
+        // gathered by a GEMM with the codes' one-hot (exact: one non-zero product per entry).
+        let disp_onehot = match cfg.dispersion {
+            Dispersion::GeneBatch | Dispersion::GeneLabel => {
+                let (codes, n) = if cfg.dispersion == Dispersion::GeneBatch { (&batch.batch, m.dims.n_batch) } else { (&batch.labels, m.dims.n_labels) };
+                let mut oh = vec![0f32; b * n];
+                for (i, &c) in codes.iter().enumerate() {
+                    ensure!((c as usize) < n, "cell {i} has code {c} for the dispersion covariate, which has {n} levels");
+                    oh[i * n + c as usize] = 1.0;
+                }
+                Some((oh, n))
+            }
+            _ => None,
+        };
         let u8s = |v: &[bool]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
         let i32s = |v: &[usize]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
@@ -449,6 +461,7 @@ impl HostBatch {
         let w_row_p = pk.push(&w_row);
         let iota_p = pk.push(&iota);
         let w_grad_p = w_grad.as_ref().map(|(p, i, w)| (pk.push(p), pk.push(i), pk.push(w)));
+        let disp_p = disp_onehot.as_ref().map(|(oh, n)| (pk.push(oh), *n));
         Ok(HostBatch {
             b,
             nnz: spl.nnz(),
@@ -488,6 +501,7 @@ impl HostBatch {
             iota: iota_p,
             w_grad: w_grad_p,
             w_mean,
+            disp_onehot: disp_p,
             mask_e_host,
             mask_s_host,
         })
@@ -833,6 +847,7 @@ impl<'d> DeviceModel<'d> {
             w_row: at(&base, hb.w_row),
             iota: at(&base, hb.iota),
             w_grad: hb.w_grad.map(|(p, i, w)| (at(&base, p), at(&base, i), at(&base, w))),
+            disp_onehot: hb.disp_onehot.map(|(p, n)| (at(&base, p), n)),
         })
     }
 
@@ -1100,6 +1115,20 @@ impl<'d> DeviceModel<'d> {
         let lv_e = self.linear_fwd(&enc.var, &h_e, &bt)?;
         let mut v_e = self.nan(b * d)?;
         self.glue.map(MapOp::Exp, &lv_e, None, &mut v_e)?;
+        // The library: log(s + ε) of the size factors, or the library encoder's LeakyReLU(Linear(FCLayers
+        // of the same input)) (use_size_factor_key = false).
+        let lib_enc = if cfg.use_size_factor_key {
+            None
+        } else {
+            let le = &a.l_enc_expr;
+            let csr = SparseDev { ptr: &bt.x_ptr, idx: &bt.x_idx, val: &bt.xe_val };
+            let (h_l, tape_l) = self.fc_forward(&le.fc, FcIn::Sparse { csr }, &bt, false, mode)?;
+            let pre = self.linear_fwd(&le.out, &h_l, &bt)?;
+            let mut lib = self.nan(b)?;
+            self.glue.map(MapOp::LeakyRelu, &pre, None, &mut lib)?;
+            Some((h_l, tape_l, pre, lib))
+        };
+        let library: Buf = lib_enc.as_ref().map_or(bt.library, |x| x.3);
 
         // ---- splicing encoder ----------------------------------------------------------------
         drop(r_phase);
@@ -1200,23 +1229,55 @@ impl<'d> DeviceModel<'d> {
         let r_phase = crate::nvtx_range!("expression decoder + likelihood");
         enum ExprDec {
             Vanilla { h: Buf, tape: Vec<BlockTape> },
-            Linear { factor: Vec<BlockTape>, dropout: Vec<BlockTape> },
+            Linear { factor: Vec<BlockTape>, dropout: Vec<BlockTape>, r: Option<Vec<BlockTape>> },
         }
-        let (raw_scale, pi, act, expr_dec) = match &a.z_dec_expr {
-            ExprDecP::Vanilla { fc, scale, dropout, softplus, .. } => {
+        let gene_cell = cfg.dispersion == Dispersion::GeneCell;
+        // (log θ of gene-cell dispersion: the decoder's dispersion head, B × G.)
+        let (raw_scale, pi, act, expr_dec, log_theta_cell) = match &a.z_dec_expr {
+            ExprDecP::Vanilla { fc, scale, dropout, softplus, r } => {
                 let (h, tape) = self.fc_forward(fc, FcIn::Dense(&lat_e), &bt, true, mode)?;
                 let raw = self.linear_fwd(scale, &h, &bt)?;
                 let pi = self.linear_fwd(dropout, &h, &bt)?;
-                (raw, pi, if *softplus { ScaleAct::Softplus } else { ScaleAct::Softmax }, ExprDec::Vanilla { h, tape })
+                let lt = if gene_cell { Some(self.linear_fwd(r, &h, &bt)?) } else { None };
+                (raw, pi, if *softplus { ScaleAct::Softplus } else { ScaleAct::Softmax }, ExprDec::Vanilla { h, tape }, lt)
             }
-            ExprDecP::Linear { factor, dropout, .. } => {
+            ExprDecP::Linear { factor, dropout, r } => {
                 let (raw, ft) = self.fc_forward(factor, FcIn::Dense(&lat_e), &bt, true, mode)?;
                 let (pi, dt) = self.fc_forward(dropout, FcIn::Dense(&lat_e), &bt, true, mode)?;
-                (raw, pi, ScaleAct::Softmax, ExprDec::Linear { factor: ft, dropout: dt })
+                let (lt, rt) = match (gene_cell, r) {
+                    (true, Some(rf)) => {
+                        let (o, t) = self.fc_forward(rf, FcIn::Dense(&lat_e), &bt, true, mode)?;
+                        (Some(o), Some(t))
+                    }
+                    (true, None) => bail!("gene-cell dispersion without the decoder's dispersion layers"),
+                    _ => (None, None),
+                };
+                (raw, pi, ScaleAct::Softmax, ExprDec::Linear { factor: ft, dropout: dt, r: rt }, lt)
             }
         };
-        let mut theta = self.nan(g_n)?;
-        self.glue.map(MapOp::Exp, &self.p(a.px_r.unwrap()), None, &mut theta)?;
+        // θ: one row of G (gene), or B × G (gene-batch / gene-label: each cell's code's column of px_r;
+        // gene-cell: the dispersion head).
+        let (theta, theta_stride) = match (&log_theta_cell, &bt.disp_onehot) {
+            (Some(lt), _) => {
+                let mut th = self.nan(b * g_n)?;
+                self.glue.map(MapOp::Exp, lt, None, &mut th)?;
+                (th, g_n)
+            }
+            (None, Some((oh, n))) => {
+                let mut lt = self.nan(b * g_n)?;
+                let pxr = self.p(a.px_r.context("gene-batch dispersion without px_r")?);
+                // log θ (B × G) = one-hot (B × n) · px_rᵀ, in f32 whatever the precision (a gather).
+                self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(oh, b, *n, false)?, &Operand::new(&pxr, g_n, *n, true)?, 0.0, &mut lt, b, g_n)?;
+                let mut th = self.nan(b * g_n)?;
+                self.glue.map(MapOp::Exp, &lt, None, &mut th)?;
+                (th, g_n)
+            }
+            (None, None) => {
+                let mut th = self.nan(g_n)?;
+                self.glue.map(MapOp::Exp, &self.p(a.px_r.context("gene dispersion without px_r")?), None, &mut th)?;
+                (th, 0)
+            }
+        };
         let (mut rl_e, mut d_raw, mut d_lth, mut d_pi, mut d_lib) = (self.nan(b)?, self.nan(b * g_n)?, self.nan(b * g_n)?, self.nan(b * g_n)?, self.nan(b)?);
         let lik = cfg.gene_likelihood;
         self.expr.launch(
@@ -1227,8 +1288,8 @@ impl<'d> DeviceModel<'d> {
                 raw: &raw_scale,
                 pi: Some(&pi),
                 theta: Some(&theta),
-                theta_stride: 0,
-                library: &bt.library,
+                theta_stride,
+                library: &library,
                 x_ptr: &bt.x_ptr,
                 x_idx: &bt.x_idx,
                 x_val: &bt.x_val,
@@ -1344,9 +1405,22 @@ impl<'d> DeviceModel<'d> {
 
         // ---- backward: expression ----------------------------------------------------------------
         let r_phase = crate::nvtx_range!("backward: expression decoder");
-        let mut g_pxr = self.g(a.px_r.unwrap());
-        self.glue.col_sum(Cols::all(&d_lth, g_n), b, g_n, 1.0, 0.0, &mut g_pxr)?;
+        // d px_r: Σ over cells (gene), or d log θᵀ · one-hot (gene-batch / gene-label); gene-cell's goes
+        // through the dispersion head below. Poisson has no θ.
+        let uses_theta = lik != GeneLikelihood::Poisson;
+        if let (Some(idx), true) = (a.px_r, uses_theta) {
+            if m.layout.entries[idx].kind.trainable() {
+                let mut g_pxr = self.g(idx);
+                match &bt.disp_onehot {
+                    None => self.glue.col_sum(Cols::all(&d_lth, g_n), b, g_n, 1.0, 0.0, &mut g_pxr)?,
+                    Some((oh, n)) => {
+                        self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&d_lth, b, g_n, true)?, &Operand::new(oh, b, *n, false)?, 0.0, &mut g_pxr, g_n, *n)?
+                    }
+                }
+            }
+        }
         let uses_pi = lik == GeneLikelihood::Zinb;
+        let theta_head = gene_cell && uses_theta;
         let dr_e: Buf = match (&a.z_dec_expr, expr_dec) {
             (ExprDecP::Vanilla { fc, scale, dropout, .. }, ExprDec::Vanilla { h, tape }) => {
                 let mut dh = self.nan(b * fc.n_out())?;
@@ -1354,13 +1428,21 @@ impl<'d> DeviceModel<'d> {
                 if uses_pi {
                     self.linear_bwd(dropout, &h, &d_pi, b, &mut dh, 1.0)?;
                 }
+                if theta_head {
+                    let ExprDecP::Vanilla { r, .. } = &a.z_dec_expr else { unreachable!() };
+                    self.linear_bwd(r, &h, &d_lth, b, &mut dh, 1.0)?;
+                }
                 self.fc_backward(fc, &tape, dh, b, None)?.context("expression decoder input gradient")?
             }
-            (ExprDecP::Linear { factor, dropout, .. }, ExprDec::Linear { factor: ft, dropout: dt }) => {
+            (ExprDecP::Linear { factor, dropout, r }, ExprDec::Linear { factor: ft, dropout: dt, r: rt }) => {
                 let dm = self.fc_backward(factor, &ft, d_raw, b, None)?.context("expression decoder input gradient")?;
                 if uses_pi {
                     let d2 = self.fc_backward(dropout, &dt, d_pi, b, None)?.context("dropout head input gradient")?;
                     self.glue.copy_cols(Cols::all(&d2, l), Cols::all(&dm, l), b, l, 1.0, 1.0)?;
+                }
+                if let (true, Some(rf), Some(rt)) = (theta_head, r, &rt) {
+                    let d3 = self.fc_backward(rf, rt, d_lth, b, None)?.context("dispersion head input gradient")?;
+                    self.glue.copy_cols(Cols::all(&d3, l), Cols::all(&dm, l), b, l, 1.0, 1.0)?;
                 }
                 dm
             }
@@ -1461,6 +1543,14 @@ impl<'d> DeviceModel<'d> {
         self.linear_bwd(&enc.mean, &h_e, &gme, b, &mut dh_e, 0.0)?;
         self.linear_bwd(&enc.var, &h_e, &dlv_e, b, &mut dh_e, 1.0)?;
         self.fc_backward(&enc.fc, &enc_tape, dh_e, b, Some(&xe_csc))?;
+        if let Some((h_l, tape_l, pre, _)) = &lib_enc {
+            let le = &a.l_enc_expr;
+            let mut dpre = self.nan(b)?;
+            self.glue.map(MapOp::MulLeakyReluGrad, &d_lib, Some(pre), &mut dpre)?;
+            let mut dh = self.nan(b * le.fc.n_out())?;
+            self.linear_bwd(&le.out, h_l, &dpre, b, &mut dh, 0.0)?;
+            self.fc_backward(&le.fc, tape_l, dh, b, Some(&xe_csc))?;
+        }
 
         match (&a.z_enc_spl, spl_enc) {
             (SplEncP::Partial(pe), SplEnc::Partial { shape, cap, mut work, pool: _pool, mlp, raw_v }) => {
