@@ -222,6 +222,36 @@ fn cases() -> Vec<Case> {
             no_cell_idx: false,
         },
         Case {
+            name: "encode_covariates, 2 continuous covariates, 3 batches + a categorical, deeply injected, BatchNorm",
+            cfg: small(ModelConfig { encode_covariates: true, deeply_inject_covariates: true, use_batch_norm: NormPlacement::Both, ..ModelConfig::paper() }),
+            dims: Dims { n_cont: 2, ..dims(3, vec![2]) },
+            opts: opts(),
+            extra_dz: true,
+            no_cell_idx: false,
+        },
+        Case {
+            name: "continuous covariates in the decoders only, linear decoders, gene-cell dispersion",
+            cfg: small(ModelConfig { dispersion: Dispersion::GeneCell, ..ModelConfig::default() }),
+            dims: Dims { n_cont: 2, ..dims(2, vec![]) },
+            opts: opts(),
+            extra_dz: false,
+            no_cell_idx: false,
+        },
+        Case {
+            name: "encode_covariates, vanilla splicing encoder, library encoder, concatenated latents",
+            cfg: small(ModelConfig {
+                encode_covariates: true,
+                splicing_encoder_architecture: SplicingEncoderArch::Vanilla,
+                use_size_factor_key: false,
+                modality_weights: ModalityWeights::Concatenate,
+                ..ModelConfig::paper()
+            }),
+            dims: Dims { n_cont: 1, ..dims(2, vec![3]) },
+            opts: StepOptions { cross_gate: 0.5, ..opts() },
+            extra_dz: false,
+            no_cell_idx: false,
+        },
+        Case {
             name: "robust, evaluation mode on qz_m, cross gate 1",
             cfg: small(ModelConfig::robust()),
             dims: dims(3, vec![]),
@@ -353,10 +383,9 @@ fn unsupported_options_are_named() {
     assert!(unsupported(&ModelConfig::robust(), &d).is_none());
     assert!(unsupported(&ModelConfig { use_batch_norm: NormPlacement::Both, ..ModelConfig::default() }, &d).is_none());
     assert!(unsupported(&ModelConfig { use_size_factor_key: false, dispersion: Dispersion::GeneCell, ..ModelConfig::default() }, &d).is_none());
-    let enc = unsupported(&ModelConfig { encode_covariates: true, ..ModelConfig::default() }, &d).unwrap();
-    assert!(enc.contains("encode_covariates") && enc.contains("--device cpu"), "{enc}");
+    assert!(unsupported(&ModelConfig { encode_covariates: true, ..ModelConfig::default() }, &Dims { n_cont: 2, ..d.clone() }).is_none());
     let rbf = unsupported(&ModelConfig { modality_penalty: ModalityPenalty::MmdRbf, ..ModelConfig::default() }, &d).unwrap();
-    assert!(rbf.contains("MMD-RBF"), "{rbf}");
+    assert!(rbf.contains("MMD-RBF") && rbf.contains("--device cpu"), "{rbf}");
 }
 
 /// The device optimizer step (global norm, clip scale, AdamW over the flat buffer) against

@@ -57,7 +57,7 @@ fn all_fixture_cases_pass() {
 /// with the reason; the others must run (`MUST_RUN_ON_DEVICE`).
 /// The cases whose every option the CUDA step implements (BatchNorm, universal / per-cell weights, the
 /// log-normal latent included).
-const MUST_RUN_ON_DEVICE: [&str; 6] = ["default-model", "paper-config", "partial-chunked", "vanilla-binomial", "dmscalar-cell-ln", "library-encoder"];
+const MUST_RUN_ON_DEVICE: [&str; 7] = ["default-model", "paper-config", "partial-chunked", "vanilla-binomial", "dmscalar-cell-ln", "library-encoder", "betabinomial-concat"];
 
 #[test]
 fn fixture_cases_pass_through_the_cuda_step() {

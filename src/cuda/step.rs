@@ -15,8 +15,8 @@
 //! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
 //! are stored in f32.
 //!
-//! Not built yet (each is a clear error from [`unsupported`], never a silent difference):
-//! `encode_covariates`, continuous covariates, the MMD-RBF penalty, the splicing decoder priors.
+//! Not built yet (each is a clear error from [`unsupported`], never a silent difference): the MMD-RBF
+//! penalty, the splicing decoder priors, `expression_input = log1p_normalized`.
 //!
 //! Deterministic: no kernel of the step uses float atomics, so a repeated step gives the same bits
 //! (tested). There is no faster non-deterministic mode.
@@ -40,7 +40,7 @@ use crate::model::ops::{Cov, Mode};
 use crate::model::rng::{self, DropStream};
 use crate::model::spl_lik::{AtseGroups, ConcIndex};
 use crate::model::tensor::Mat;
-use crate::model::vae::{expression_input_values, LIB_EPS, PARTIAL_VAR_EPS};
+use crate::model::vae::{expression_input_values, sparse_input, LIB_EPS, PARTIAL_VAR_EPS};
 use crate::model::{Batch, Grads, Noise, Params, SpliceVae, StepOptions};
 use crate::optim::{AdamConfig, AdamState};
 use anyhow::{bail, ensure, Context, Result};
@@ -49,12 +49,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// Why the CUDA step cannot run this configuration, or None.
-pub fn unsupported(cfg: &ModelConfig, dims: &Dims) -> Option<String> {
-    let why = if cfg.encode_covariates {
-        "encode_covariates"
-    } else if dims.n_cont > 0 {
-        "continuous covariates"
-    } else if cfg.modality_penalty == ModalityPenalty::MmdRbf {
+pub fn unsupported(cfg: &ModelConfig, _dims: &Dims) -> Option<String> {
+    let why = if cfg.modality_penalty == ModalityPenalty::MmdRbf {
         "the MMD-RBF penalty"
     } else if cfg.splicing_decoder_prior != 0.0 || cfg.splicing_decoder_effect_prior != 0.0 {
         "the splicing decoder priors"
@@ -203,6 +199,10 @@ struct DevBatch {
     x_ptr: TView<i64>,
     x_idx: TView<u32>,
     x_val: Buf,
+    // the expression encoders' sparse input: the counts (transformed), with `encode_covariates` the
+    // continuous covariates and one-hots as extra columns
+    xe_ptr: TView<i64>,
+    xe_idx: TView<u32>,
     xe_val: Buf,
     xe_cptr: TView<i64>,
     xe_crow: TView<u32>,
@@ -225,7 +225,10 @@ struct DevBatch {
     jptr: TView<i32>,
     jorder: TView<i32>,
     cell_of: TView<i32>,
-    // the splicing encoder's sparse input (vanilla encoder): CSC of ψ
+    // the vanilla splicing encoder's sparse input (ψ, and the covariates as for expression): CSR, CSC
+    ps_ptr: TView<i64>,
+    ps_idx: TView<u32>,
+    ps_val: Buf,
     ps_cptr: TView<i64>,
     ps_crow: TView<u32>,
     ps_cval: Buf,
@@ -239,6 +242,10 @@ struct DevBatch {
     // decoders' covariates (one-hots), B × cov_w
     cov: Option<Buf>,
     cov_w: usize,
+    // continuous covariates (B × n_cont), and [cont | one-hots] for FCLayers that take both
+    cont: Option<Buf>,
+    cov_cont: Option<Buf>,
+    n_cont: usize,
     eps_joint: Buf,
     /// Softmax modality weights: the table row each cell reads (B; 0 for `equal` / `universal` and for
     /// the mean row of unseen cells), and 0..=B (the gathers' pointers and row ids).
@@ -265,6 +272,8 @@ pub struct HostBatch {
     x_ptr: Part,
     x_idx: Part,
     x_val: Part,
+    xe_ptr: Part,
+    xe_idx: Part,
     xe_val: Part,
     xe_cptr: Part,
     xe_crow: Part,
@@ -284,6 +293,9 @@ pub struct HostBatch {
     jptr: Part,
     jorder: Part,
     cell_of: Part,
+    ps_ptr: Part,
+    ps_idx: Part,
+    ps_val: Part,
     ps_cptr: Part,
     ps_crow: Part,
     ps_cval: Part,
@@ -293,6 +305,9 @@ pub struct HostBatch {
     groups: Option<(Part, Part, Part)>,
     cov: Option<Part>,
     cov_w: usize,
+    cont: Option<Part>,
+    cov_cont: Option<Part>,
+    n_cont: usize,
     w_row: Part,
     iota: Part,
     w_grad: Option<(Part, Part, Part)>,
@@ -317,6 +332,17 @@ impl HostBatch {
         let xe_vals: Vec<f32> = if raw_input { Vec::new() } else { expression_input_values(cfg.expression_input, &e.indptr, &e.values).into_owned() };
         let xe_v: &[f32] = if raw_input { &e.values } else { &xe_vals };
         let mask_e_host: Vec<bool> = (0..b).map(|i| e.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0).collect();
+        // encode_covariates: the encoders' sparse inputs carry [cont | one-hots] as extra columns (the CPU
+        // model's own sparse_input + concat_sparse); without, they are the likelihood's CSRs.
+        let enc_cov = cfg.encode_covariates && (batch.n_cont > 0 || m.arch.dec_cats.iter().sum::<usize>() > 0);
+        let mut cats_all: Vec<&[u32]> = vec![&batch.batch];
+        cats_all.extend(batch.cats.iter().map(|c| c.as_slice()));
+        let cov_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats_all.clone() };
+        let with_cov = |indptr: &[usize], indices: &[u32], values: &[f32], n_cols: usize| {
+            let s = sparse_input::<f32>(indptr, indices, values, n_cols, batch, batch.n_cont);
+            cov_all.concat_sparse(&s, 0, &m.arch.dec_cats)
+        };
+        let xe_cov = enc_cov.then(|| with_cov(&e.indptr, &e.indices, xe_v, e.n_cols));
         let spl = &batch.spl;
         let mask_s_host: Vec<bool> =
             if cfg.mask_cells_without_splicing { (0..b).map(|i| !spl.cell_range(i).is_empty()).collect() } else { vec![true; b] };
@@ -331,10 +357,21 @@ impl HostBatch {
         let ((xe_csc, (jm, ps_csc)), (groups, (conc_ptr, conc_ids))) = rayon::join(
             || {
                 rayon::join(
-                    || csc(b, e.n_cols, &e.indptr, &e.indices, xe_v),
+                    || match &xe_cov {
+                        Some(s) => csc(b, s.cols, &s.indptr, &s.indices, &s.values),
+                        None => csc(b, e.n_cols, &e.indptr, &e.indices, xe_v),
+                    },
                     || {
-                        // The splicing encoder's CSC of ψ only for the vanilla encoder (its sparse first layer).
-                        let ps = vanilla_spl.then(|| csc(b, spl.n_junctions, &spl.indptr, &spl.junction, &spl.psi));
+                        // The splicing encoder's CSR (with covariates) and CSC only for the vanilla
+                        // encoder (its sparse first layer).
+                        let ps = vanilla_spl.then(|| {
+                            let sc = enc_cov.then(|| with_cov(&spl.indptr, &spl.junction, &spl.psi, spl.n_junctions));
+                            let cs = match &sc {
+                                Some(s) => csc(b, s.cols, &s.indptr, &s.indices, &s.values),
+                                None => csc(b, spl.n_junctions, &spl.indptr, &spl.junction, &spl.psi),
+                            };
+                            (sc, cs)
+                        });
                         (junction_major(spl), ps)
                     },
                 )
@@ -353,20 +390,21 @@ impl HostBatch {
         let groups = groups?;
         let (cptr, crow, cval) = xe_csc;
         let (jptr, jorder, cell_of) = jm;
-        let (pcptr, pcrow, pcval) = ps_csc.unwrap_or_else(|| (vec![0i64; spl.n_junctions + 1], Vec::new(), Vec::new()));
+        let (ps_cov, (pcptr, pcrow, pcval)) = ps_csc.unwrap_or_else(|| (None, (vec![0i64; spl.n_junctions + 1], Vec::new(), Vec::new())));
         // Decoder covariates: [one-hot of each categorical with more than one level].
         let cov_w: usize = m.arch.dec_cats.iter().sum();
+        let empty = Mat::<f32>::zeros(b, 0);
         let cov = if cov_w > 0 {
-            let mut cats: Vec<&[u32]> = vec![&batch.batch];
-            cats.extend(batch.cats.iter().map(|c| c.as_slice()));
-            let cv = Cov { cont: &[], n_cont: 0, cats };
-            let empty = Mat::<f32>::zeros(b, 0);
-            let c = cv.concat_dense(&empty, 0, &m.arch.dec_cats);
+            let c = cov_all.concat_dense(&empty, 0, &m.arch.dec_cats);
             ensure!(c.cols == cov_w, "decoder covariates: {} columns, expected {cov_w}", c.cols);
             Some(c.data)
         } else {
             None
         };
+        // Continuous covariates: the decoders' inputs [latent | cont], and [cont | one-hots] for the
+        // partial encoder's MLP with encode_covariates.
+        let n_cont = batch.n_cont;
+        let cov_cont = (n_cont > 0).then(|| cov_all.concat_dense(&empty, n_cont, &m.arch.dec_cats).data);
         let l = m.arch.l;
         let eps_joint: Vec<f32> = match &opts.noise {
             Noise::Zero => vec![0.0; b * l],
@@ -429,8 +467,11 @@ impl HostBatch {
         let x_ptr_p = pk.push(&x_ptr);
         let x_idx_p = pk.push(&e.indices);
         let x_val_p = pk.push(&e.values);
-        // Raw counts in: the encoder's values are the likelihood's (one copy).
-        let xe_val_p = if raw_input { x_val_p } else { pk.push(&xe_vals) };
+        let (xe_ptr_p, xe_idx_p, xe_val_p) = match &xe_cov {
+            Some(s) => (pk.push(&i64s(&s.indptr)), pk.push(&s.indices), pk.push(&s.values)),
+            // Raw counts in: the encoder's values are the likelihood's (one copy).
+            None => (x_ptr_p, x_idx_p, if raw_input { x_val_p } else { pk.push(&xe_vals) }),
+        };
         let xe_cptr_p = pk.push(&cptr);
         let xe_crow_p = pk.push(&crow);
         let xe_cval_p = pk.push(&cval);
@@ -450,6 +491,10 @@ impl HostBatch {
         let jptr_p = pk.push(&jptr);
         let jorder_p = pk.push(&jorder);
         let cell_of_p = pk.push(&cell_of);
+        let (ps_ptr_p, ps_idx_p, ps_val_p) = match &ps_cov {
+            Some(sc) => (pk.push(&i64s(&sc.indptr)), pk.push(&sc.indices), pk.push(&sc.values)),
+            None => (s_ptr64_p, s_junc_p, s_psi_p),
+        };
         let ps_cptr_p = pk.push(&pcptr);
         let ps_crow_p = pk.push(&pcrow);
         let ps_cval_p = pk.push(&pcval);
@@ -457,6 +502,8 @@ impl HostBatch {
         let conc_ptr_p = pk.push(&conc_ptr);
         let conc_ids_p = pk.push(&conc_ids);
         let cov_p = cov.as_ref().map(|c| pk.push(c));
+        let cont_p = (n_cont > 0).then(|| pk.push(&batch.cont));
+        let cov_cont_p = cov_cont.as_ref().map(|c| pk.push(c));
         let eps_p = pk.push(&eps_joint);
         let w_row_p = pk.push(&w_row);
         let iota_p = pk.push(&iota);
@@ -469,6 +516,8 @@ impl HostBatch {
             x_ptr: x_ptr_p,
             x_idx: x_idx_p,
             x_val: x_val_p,
+            xe_ptr: xe_ptr_p,
+            xe_idx: xe_idx_p,
             xe_val: xe_val_p,
             xe_cptr: xe_cptr_p,
             xe_crow: xe_crow_p,
@@ -488,6 +537,9 @@ impl HostBatch {
             jptr: jptr_p,
             jorder: jorder_p,
             cell_of: cell_of_p,
+            ps_ptr: ps_ptr_p,
+            ps_idx: ps_idx_p,
+            ps_val: ps_val_p,
             ps_cptr: ps_cptr_p,
             ps_crow: ps_crow_p,
             ps_cval: ps_cval_p,
@@ -497,6 +549,9 @@ impl HostBatch {
             groups: groups_p,
             cov: cov_p,
             cov_w,
+            cont: cont_p,
+            cov_cont: cov_cont_p,
+            n_cont,
             w_row: w_row_p,
             iota: iota_p,
             w_grad: w_grad_p,
@@ -814,6 +869,8 @@ impl<'d> DeviceModel<'d> {
             x_ptr: at(&base, hb.x_ptr),
             x_idx: at(&base, hb.x_idx),
             x_val: at(&base, hb.x_val),
+            xe_ptr: at(&base, hb.xe_ptr),
+            xe_idx: at(&base, hb.xe_idx),
             xe_val: at(&base, hb.xe_val),
             xe_cptr: at(&base, hb.xe_cptr),
             xe_crow: at(&base, hb.xe_crow),
@@ -833,6 +890,9 @@ impl<'d> DeviceModel<'d> {
             jptr: at(&base, hb.jptr),
             jorder: at(&base, hb.jorder),
             cell_of: at(&base, hb.cell_of),
+            ps_ptr: at(&base, hb.ps_ptr),
+            ps_idx: at(&base, hb.ps_idx),
+            ps_val: at(&base, hb.ps_val),
             ps_cptr: at(&base, hb.ps_cptr),
             ps_crow: at(&base, hb.ps_crow),
             ps_cval: at(&base, hb.ps_cval),
@@ -843,6 +903,9 @@ impl<'d> DeviceModel<'d> {
             conc_ids: at(&base, hb.conc_ids),
             cov: hb.cov.map(|c| at(&base, c)),
             cov_w: hb.cov_w,
+            cont: hb.cont.map(|c| at(&base, c)),
+            cov_cont: hb.cov_cont.map(|c| at(&base, c)),
+            n_cont: hb.n_cont,
             eps_joint: at(&base, hb.eps),
             w_row: at(&base, hb.w_row),
             iota: at(&base, hb.iota),
@@ -881,12 +944,19 @@ impl<'d> DeviceModel<'d> {
     }
 
     /// An FCLayers forward (model.md §2.1): per block, [main | covariates] → GEMM → epilogue.
-    fn fc_forward(&self, fc: &FcLayers, x: FcIn<'_>, bt: &DevBatch, cov_on: bool, mode: Mode) -> Result<(Buf, Vec<BlockTape>)> {
+    fn fc_forward(&self, fc: &FcLayers, x: FcIn<'_>, bt: &DevBatch, mode: Mode) -> Result<(Buf, Vec<BlockTape>)> {
         let b = bt.b;
         let mut tapes = Vec::with_capacity(fc.blocks.len());
         let mut h: Option<Buf> = None;
-        let cov_w = if cov_on { fc.cov_width() } else { 0 };
-        ensure!(fc.n_cont == 0, "FCLayers with continuous covariates on the CUDA step");
+        // The first block always takes the layer's covariates, later ones when injected (as ops::fc_forward).
+        let cov_w = fc.cov_width();
+        // The covariates of this FCLayers: [cont (if it takes them) | one-hots (if it takes them)].
+        let with_cats = fc.cat_sizes.iter().sum::<usize>() > 0;
+        let cov_buf = match (fc.n_cont > 0, with_cats) {
+            (true, true) => bt.cov_cont.as_ref(),
+            (true, false) => bt.cont.as_ref(),
+            _ => bt.cov.as_ref(),
+        };
         for (bi, blk) in fc.blocks.iter().enumerate() {
             let (n_main, n_out) = (blk.n_main, blk.lin.n_out);
             let inject = blk.inject && cov_w > 0;
@@ -896,7 +966,8 @@ impl<'d> DeviceModel<'d> {
             let w = self.p(blk.lin.w);
             let xbuf = match (bi, &x) {
                 (0, FcIn::Sparse { csr, .. }) => {
-                    ensure!(!inject, "covariates injected into a sparse first layer");
+                    // A sparse input carries its covariates as extra columns (HostBatch, encode_covariates).
+                    ensure!(!inject || fc.n_cont == 0, "continuous covariates injected into a sparse first layer");
                     let mut wt = self.nan(n_in * n_out)?;
                     self.sparse.forward(csr, b, n_in, n_out, &w, &mut wt, &mut y0)?;
                     None
@@ -907,8 +978,9 @@ impl<'d> DeviceModel<'d> {
                         _ => h.as_ref().unwrap(),
                     };
                     let xin = if inject {
-                        let cov = bt.cov.as_ref().context("decoder covariates missing")?;
-                        ensure!(bt.cov_w == fc.cov_width(), "covariate width {} ≠ the layer's {}", bt.cov_w, fc.cov_width());
+                        let cov = cov_buf.context("covariates missing")?;
+                        let have = if with_cats { bt.cov_w } else { 0 } + if fc.n_cont > 0 { bt.n_cont } else { 0 };
+                        ensure!(have == fc.cov_width(), "covariate width {have} ≠ the layer's {}", fc.cov_width());
                         let xc = self.nan(b * n_in)?;
                         self.glue.copy_cols(Cols::all(main, n_main), Cols::from(&xc, n_in, 0), b, n_main, 1.0, 0.0)?;
                         self.glue.copy_cols(Cols::all(cov, cov_w), Cols::from(&xc, n_in, n_main), b, cov_w, 1.0, 0.0)?;
@@ -1107,10 +1179,10 @@ impl<'d> DeviceModel<'d> {
 
         // ---- expression encoder --------------------------------------------------------------
         let r_phase = crate::nvtx_range!("expression encoder");
-        let xe_csr = SparseDev { ptr: &bt.x_ptr, idx: &bt.x_idx, val: &bt.xe_val };
+        let xe_csr = SparseDev { ptr: &bt.xe_ptr, idx: &bt.xe_idx, val: &bt.xe_val };
         let xe_csc = SparseDev { ptr: &bt.xe_cptr, idx: &bt.xe_crow, val: &bt.xe_cval };
         let enc = &a.z_enc_expr;
-        let (h_e, enc_tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr: xe_csr }, &bt, false, mode)?;
+        let (h_e, enc_tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr: xe_csr }, &bt, mode)?;
         let mu_e = self.linear_fwd(&enc.mean, &h_e, &bt)?;
         let lv_e = self.linear_fwd(&enc.var, &h_e, &bt)?;
         let mut v_e = self.nan(b * d)?;
@@ -1121,8 +1193,8 @@ impl<'d> DeviceModel<'d> {
             None
         } else {
             let le = &a.l_enc_expr;
-            let csr = SparseDev { ptr: &bt.x_ptr, idx: &bt.x_idx, val: &bt.xe_val };
-            let (h_l, tape_l) = self.fc_forward(&le.fc, FcIn::Sparse { csr }, &bt, false, mode)?;
+            let csr = SparseDev { ptr: &bt.xe_ptr, idx: &bt.xe_idx, val: &bt.xe_val };
+            let (h_l, tape_l) = self.fc_forward(&le.fc, FcIn::Sparse { csr }, &bt, mode)?;
             let pre = self.linear_fwd(&le.out, &h_l, &bt)?;
             let mut lib = self.nan(b)?;
             self.glue.map(MapOp::LeakyRelu, &pre, None, &mut lib)?;
@@ -1146,7 +1218,7 @@ impl<'d> DeviceModel<'d> {
                 let pb = PartialBatchDev { indptr: &bt.s_ptr32, junction: &bt.s_junc32, psi: &bt.s_psi, jptr: &bt.jptr, order: &bt.jorder, cell_of: &bt.cell_of };
                 let mut pool = self.nan(b * pe.code_dim)?;
                 self.partial.forward(&shape, &pp, &pb, &mut work, &mut pool)?;
-                let (out, mlp) = self.fc_forward(&pe.mlp, FcIn::Dense(&pool), &bt, false, mode)?;
+                let (out, mlp) = self.fc_forward(&pe.mlp, FcIn::Dense(&pool), &bt, mode)?;
                 let (mut mu, mut raw_v, mut v) = (self.nan(b * d)?, self.nan(b * d)?, self.nan(b * d)?);
                 self.glue.copy_cols(Cols::from(&out, 2 * d, 0), Cols::all(&mu, d), b, d, 1.0, 0.0)?;
                 self.glue.copy_cols(Cols::from(&out, 2 * d, d), Cols::all(&raw_v, d), b, d, 1.0, 0.0)?;
@@ -1155,8 +1227,8 @@ impl<'d> DeviceModel<'d> {
                 (mu, v, SplEnc::Partial { shape, cap, work, pool, mlp, raw_v })
             }
             SplEncP::Vanilla(enc) => {
-                let csr = SparseDev { ptr: &bt.s_ptr64, idx: &bt.s_junc, val: &bt.s_psi };
-                let (h, tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr }, &bt, false, mode)?;
+                let csr = SparseDev { ptr: &bt.ps_ptr, idx: &bt.ps_idx, val: &bt.ps_val };
+                let (h, tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr }, &bt, mode)?;
                 let mu = self.linear_fwd(&enc.mean, &h, &bt)?;
                 let lv = self.linear_fwd(&enc.var, &h, &bt)?;
                 let mut v = self.nan(b * d)?;
@@ -1223,6 +1295,17 @@ impl<'d> DeviceModel<'d> {
         } else {
             (*lat, *lat)
         };
+        // With continuous covariates the decoders' main input is [latent | cont].
+        let n_cont = bt.n_cont;
+        let with_cont = |x: &Buf| -> Result<Buf> {
+            let Some(cont) = &bt.cont else { return Ok(*x) };
+            let w = l + n_cont;
+            let o = self.nan(b * w)?;
+            self.glue.copy_cols(Cols::all(x, l), Cols::from(&o, w, 0), b, l, 1.0, 0.0)?;
+            self.glue.copy_cols(Cols::all(cont, n_cont), Cols::from(&o, w, l), b, n_cont, 1.0, 0.0)?;
+            Ok(o)
+        };
+        let (main_e, main_s) = (with_cont(&lat_e)?, with_cont(&lat_s)?);
 
         // ---- expression decoder + likelihood -----------------------------------------------------
         drop(r_phase);
@@ -1235,18 +1318,18 @@ impl<'d> DeviceModel<'d> {
         // (log θ of gene-cell dispersion: the decoder's dispersion head, B × G.)
         let (raw_scale, pi, act, expr_dec, log_theta_cell) = match &a.z_dec_expr {
             ExprDecP::Vanilla { fc, scale, dropout, softplus, r } => {
-                let (h, tape) = self.fc_forward(fc, FcIn::Dense(&lat_e), &bt, true, mode)?;
+                let (h, tape) = self.fc_forward(fc, FcIn::Dense(&main_e), &bt, mode)?;
                 let raw = self.linear_fwd(scale, &h, &bt)?;
                 let pi = self.linear_fwd(dropout, &h, &bt)?;
                 let lt = if gene_cell { Some(self.linear_fwd(r, &h, &bt)?) } else { None };
                 (raw, pi, if *softplus { ScaleAct::Softplus } else { ScaleAct::Softmax }, ExprDec::Vanilla { h, tape }, lt)
             }
             ExprDecP::Linear { factor, dropout, r } => {
-                let (raw, ft) = self.fc_forward(factor, FcIn::Dense(&lat_e), &bt, true, mode)?;
-                let (pi, dt) = self.fc_forward(dropout, FcIn::Dense(&lat_e), &bt, true, mode)?;
+                let (raw, ft) = self.fc_forward(factor, FcIn::Dense(&main_e), &bt, mode)?;
+                let (pi, dt) = self.fc_forward(dropout, FcIn::Dense(&main_e), &bt, mode)?;
                 let (lt, rt) = match (gene_cell, r) {
                     (true, Some(rf)) => {
-                        let (o, t) = self.fc_forward(rf, FcIn::Dense(&lat_e), &bt, true, mode)?;
+                        let (o, t) = self.fc_forward(rf, FcIn::Dense(&main_e), &bt, mode)?;
                         (Some(o), Some(t))
                     }
                     (true, None) => bail!("gene-cell dispersion without the decoder's dispersion layers"),
@@ -1304,16 +1387,17 @@ impl<'d> DeviceModel<'d> {
         let cov_w = bt.cov_w;
         let (s_in, k_in, spl_tape, out_lin) = match &a.z_dec_spl {
             SplDecP::Vanilla { fc, out } => {
-                let (h, tape) = self.fc_forward(fc, FcIn::Dense(&lat_s), &bt, true, mode)?;
+                let (h, tape) = self.fc_forward(fc, FcIn::Dense(&main_s), &bt, mode)?;
                 (h, out.n_in, Some(tape), out)
             }
             SplDecP::Linear { lin } => {
+                // S = [latent | cont | one-hots]
                 let k = lin.n_in;
-                ensure!(k == l + cov_w, "linear splicing decoder input {k} ≠ {l} + {cov_w}");
+                ensure!(k == l + n_cont + cov_w, "linear splicing decoder input {k} ≠ {l} + {n_cont} + {cov_w}");
                 let s = self.nan(b * k)?;
-                self.glue.copy_cols(Cols::all(&lat_s, l), Cols::from(&s, k, 0), b, l, 1.0, 0.0)?;
+                self.glue.copy_cols(Cols::all(&main_s, l + n_cont), Cols::from(&s, k, 0), b, l + n_cont, 1.0, 0.0)?;
                 if let Some(c) = &bt.cov {
-                    self.glue.copy_cols(Cols::all(c, cov_w), Cols::from(&s, k, l), b, cov_w, 1.0, 0.0)?;
+                    self.glue.copy_cols(Cols::all(c, cov_w), Cols::from(&s, k, l + n_cont), b, cov_w, 1.0, 0.0)?;
                 }
                 (s, k, None, lin)
             }
@@ -1421,6 +1505,8 @@ impl<'d> DeviceModel<'d> {
         }
         let uses_pi = lik == GeneLikelihood::Zinb;
         let theta_head = gene_cell && uses_theta;
+        // d(main input) of the expression decoder (B × (L + n_cont)); its first L columns are d(latent).
+        let w_e = l + n_cont;
         let dr_e: Buf = match (&a.z_dec_expr, expr_dec) {
             (ExprDecP::Vanilla { fc, scale, dropout, .. }, ExprDec::Vanilla { h, tape }) => {
                 let mut dh = self.nan(b * fc.n_out())?;
@@ -1438,11 +1524,11 @@ impl<'d> DeviceModel<'d> {
                 let dm = self.fc_backward(factor, &ft, d_raw, b, None)?.context("expression decoder input gradient")?;
                 if uses_pi {
                     let d2 = self.fc_backward(dropout, &dt, d_pi, b, None)?.context("dropout head input gradient")?;
-                    self.glue.copy_cols(Cols::all(&d2, l), Cols::all(&dm, l), b, l, 1.0, 1.0)?;
+                    self.glue.copy_cols(Cols::all(&d2, w_e), Cols::all(&dm, w_e), b, w_e, 1.0, 1.0)?;
                 }
                 if let (true, Some(rf), Some(rt)) = (theta_head, r, &rt) {
                     let d3 = self.fc_backward(rf, rt, d_lth, b, None)?.context("dispersion head input gradient")?;
-                    self.glue.copy_cols(Cols::all(&d3, l), Cols::all(&dm, l), b, l, 1.0, 1.0)?;
+                    self.glue.copy_cols(Cols::all(&d3, w_e), Cols::all(&dm, w_e), b, w_e, 1.0, 1.0)?;
                 }
                 dm
             }
@@ -1464,13 +1550,10 @@ impl<'d> DeviceModel<'d> {
             let lam = (2.0 * cfg.lambda_prior / b as f64) as f32;
             self.glue.copy_cols(Cols::all(&lpv, lpv.len), Cols::all(&gphi, lpv.len), 1, lpv.len, lam, 1.0)?;
         }
-        let dr_s: Buf = match (&a.z_dec_spl, spl_tape) {
-            (SplDecP::Vanilla { fc, .. }, Some(tape)) => self.fc_backward(fc, &tape, ds, b, None)?.context("splicing decoder input gradient")?,
-            (SplDecP::Linear { .. }, None) => {
-                let r = self.nan(b * l)?;
-                self.glue.copy_cols(Cols::from(&ds, k_in, 0), Cols::all(&r, l), b, l, 1.0, 0.0)?;
-                r
-            }
+        // d(main input) of the splicing decoder and its width (its first L columns are d(latent)).
+        let (dr_s, w_s): (Buf, usize) = match (&a.z_dec_spl, spl_tape) {
+            (SplDecP::Vanilla { fc, .. }, Some(tape)) => (self.fc_backward(fc, &tape, ds, b, None)?.context("splicing decoder input gradient")?, l + n_cont),
+            (SplDecP::Linear { .. }, None) => (ds, k_in),
             _ => unreachable!(),
         };
 
@@ -1481,12 +1564,12 @@ impl<'d> DeviceModel<'d> {
         if gated {
             // d lat = [d r_e + g d r_s | g d r_e + d r_s] (the two halves)
             for (c0, ae, as_) in [(0, 1.0, gate), (d, gate, 1.0)] {
-                self.glue.copy_cols(Cols::from(&dr_e, l, c0), Cols::from(&dlat, l, c0), b, d, ae, 0.0)?;
-                self.glue.copy_cols(Cols::from(&dr_s, l, c0), Cols::from(&dlat, l, c0), b, d, as_, 1.0)?;
+                self.glue.copy_cols(Cols::from(&dr_e, w_e, c0), Cols::from(&dlat, l, c0), b, d, ae, 0.0)?;
+                self.glue.copy_cols(Cols::from(&dr_s, w_s, c0), Cols::from(&dlat, l, c0), b, d, as_, 1.0)?;
             }
         } else {
-            self.glue.copy_cols(Cols::all(&dr_e, l), Cols::all(&dlat, l), b, l, 1.0, 0.0)?;
-            self.glue.copy_cols(Cols::all(&dr_s, l), Cols::all(&dlat, l), b, l, 1.0, 1.0)?;
+            self.glue.copy_cols(Cols::from(&dr_e, w_e, 0), Cols::all(&dlat, l), b, l, 1.0, 0.0)?;
+            self.glue.copy_cols(Cols::from(&dr_s, w_s, 0), Cols::all(&dlat, l), b, l, 1.0, 1.0)?;
         }
         let mut dz = self.zeros(b * l)?;
         if !opts.use_z_mean {

@@ -1475,7 +1475,7 @@ pub(crate) fn expression_input_values<'a>(kind: ExpressionInput, indptr: &[usize
 }
 
 /// The sparse encoder input [values; cont (if n_cont > 0)] from CSR parts.
-fn sparse_input<T: Real>(
+pub fn sparse_input<T: Real>(
     indptr: &[usize],
     indices: &[u32],
     values: &[f32],
