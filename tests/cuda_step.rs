@@ -230,16 +230,23 @@ fn cases() -> Vec<Case> {
             no_cell_idx: false,
         },
         Case {
-            name: "continuous covariates in the decoders only, linear decoders, gene-cell dispersion",
-            cfg: small(ModelConfig { dispersion: Dispersion::GeneCell, ..ModelConfig::default() }),
+            name: "continuous covariates in the decoders only, linear decoders, gene-cell dispersion, log1p_normalized input, both splicing decoder priors",
+            cfg: small(ModelConfig {
+                dispersion: Dispersion::GeneCell,
+                expression_input: ExpressionInput::Log1pNormalized,
+                splicing_decoder_prior: 0.3,
+                splicing_decoder_effect_prior: 2.0,
+                ..ModelConfig::default()
+            }),
             dims: Dims { n_cont: 2, ..dims(2, vec![]) },
             opts: opts(),
             extra_dz: false,
             no_cell_idx: false,
         },
         Case {
-            name: "encode_covariates, vanilla splicing encoder, library encoder, concatenated latents",
+            name: "encode_covariates, vanilla splicing encoder, library encoder, concatenated latents, effect prior",
             cfg: small(ModelConfig {
+                splicing_decoder_effect_prior: 5.0,
                 encode_covariates: true,
                 splicing_encoder_architecture: SplicingEncoderArch::Vanilla,
                 use_size_factor_key: false,
@@ -320,6 +327,10 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
     close(&format!("{name}: kl"), &out.kl, &fw.out.kl);
     close_scalar(&format!("{name}: penalty"), out.penalty, fw.out.penalty as f64);
     close_scalar(&format!("{name}: concentration prior"), out.concentration_prior, fw.out.concentration_prior as f64);
+    close_scalar(&format!("{name}: decoder prior"), out.decoder_prior, fw.out.decoder_prior as f64);
+    close_scalar(&format!("{name}: decoder effect prior"), out.decoder_effect_prior, fw.out.decoder_effect_prior as f64);
+    assert_eq!(out.decoder_prior != 0.0, case.cfg.splicing_decoder_prior != 0.0, "{name}: decoder prior {}", out.decoder_prior);
+    assert_eq!(out.decoder_effect_prior != 0.0, case.cfg.splicing_decoder_effect_prior != 0.0, "{name}: effect prior {}", out.decoder_effect_prior);
     close_scalar(&format!("{name}: loss"), out.loss, fw.out.loss as f64);
     close(&format!("{name}: z"), &out.z, &fw.out.inference.z.data);
     let got = dm.download_grads().unwrap();

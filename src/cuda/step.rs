@@ -15,8 +15,8 @@
 //! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
 //! are stored in f32.
 //!
-//! Not built yet (each is a clear error from [`unsupported`], never a silent difference): the MMD-RBF
-//! penalty, the splicing decoder priors, `expression_input = log1p_normalized`.
+//! Not built yet (a clear error from [`unsupported`], never a silent difference): the MMD-RBF penalty
+//! (its bandwidth is a median over all pairs of cells).
 //!
 //! Deterministic: no kernel of the step uses float atomics, so a repeated step gives the same bits
 //! (tested). There is no faster non-deterministic mode.
@@ -52,10 +52,6 @@ use std::sync::Arc;
 pub fn unsupported(cfg: &ModelConfig, _dims: &Dims) -> Option<String> {
     let why = if cfg.modality_penalty == ModalityPenalty::MmdRbf {
         "the MMD-RBF penalty"
-    } else if cfg.splicing_decoder_prior != 0.0 || cfg.splicing_decoder_effect_prior != 0.0 {
-        "the splicing decoder priors"
-    } else if cfg.expression_input == ExpressionInput::Log1pNormalized {
-        "expression_input = log1p_normalized"
     } else {
         return None;
     };
@@ -620,7 +616,10 @@ pub struct DeviceStepOutput {
     pub kl: Vec<f32>,
     pub penalty: f64,
     pub concentration_prior: f64,
-    /// mean(RL_e + RL_s + κ KL) + penalty + prior, as `StepOutput::loss`.
+    /// `splicing_decoder_prior` and `splicing_decoder_effect_prior` (0 when off).
+    pub decoder_prior: f64,
+    pub decoder_effect_prior: f64,
+    /// mean(RL_e + RL_s + κ KL) + penalty + priors, as `StepOutput::loss`.
     pub loss: f64,
     /// The sampled joint latent z (B × L): the adversary's input.
     pub z: Vec<f32>,
@@ -1472,10 +1471,24 @@ impl<'d> DeviceModel<'d> {
             SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => cfg.lambda_prior * lp.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / b as f64,
             _ => 0.0,
         };
+        // The splicing decoder priors (docs/robust.md) on its output weight W (J × K), N the data's cells:
+        // λ Σ W² / N, and λ_e Σ_j W_j C W_jᵀ / N with C the minibatch covariance of S (held fixed in the
+        // gradient, as the CPU model does).
+        let inv_n = 1.0 / m.dims.n_obs.max(1) as f64;
+        let w_out = self.p(out_lin.w);
+        let decoder_prior = if cfg.splicing_decoder_prior != 0.0 { cfg.splicing_decoder_prior * inv_n * self.frob_dot(&w_out, &w_out, j_n, k_in)? } else { 0.0 };
+        let (decoder_effect_prior, effect_wc) = if cfg.splicing_decoder_effect_prior != 0.0 {
+            let c = self.input_covariance(&s_in, &bt, b, k_in)?;
+            let mut wc = self.nan(j_n * k_in)?;
+            self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w_out, j_n, k_in, false)?, &Operand::new(&c, k_in, k_in, true)?, 0.0, &mut wc, j_n, k_in)?;
+            (cfg.splicing_decoder_effect_prior * inv_n * self.frob_dot(&w_out, &wc, j_n, k_in)?, Some(wc))
+        } else {
+            (0.0, None)
+        };
         let mean_terms: f64 = (0..b).map(|i| rl_expr[i] as f64 + rl_s_h[i] as f64 + opts.kl_weight * kl_h[i] as f64).sum::<f64>() / b as f64;
-        let loss = mean_terms + penalty + concentration_prior;
+        let loss = mean_terms + penalty + concentration_prior + decoder_prior + decoder_effect_prior;
         let z_host = dev.read(&z)?;
-        let out = DeviceStepOutput { rl_expr, rl_spl: rl_s_h, kl: kl_h, penalty, concentration_prior, loss, z: z_host };
+        let out = DeviceStepOutput { rl_expr, rl_spl: rl_s_h, kl: kl_h, penalty, concentration_prior, decoder_prior, decoder_effect_prior, loss, z: z_host };
         if !backward || !out.loss.is_finite() {
             // (A non-finite loss is the caller's to report, with the term that went bad.)
             if let SplEnc::Partial { cap, work, .. } = spl_enc {
@@ -1544,6 +1557,15 @@ impl<'d> DeviceModel<'d> {
         self.glue.gather_rows(&bt.jptr, Some(&bt.jorder), &bt.cell_of, &g_logit, &s_in, k_in, inv_b, 0.0, &mut gw)?;
         let mut gbias = self.g(out_lin.b.unwrap());
         self.glue.seg_sum(&bt.jptr, Some(&bt.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
+        // The decoder priors' gradients: 2λ W / N and 2λ_e W C / N.
+        if cfg.splicing_decoder_prior != 0.0 {
+            let lam = (2.0 * cfg.splicing_decoder_prior * inv_n) as f32;
+            self.glue.copy_cols(Cols::all(&w_out, w_out.len), Cols::all(&gw, w_out.len), 1, w_out.len, lam, 1.0)?;
+        }
+        if let Some(wc) = &effect_wc {
+            let lam = (2.0 * cfg.splicing_decoder_effect_prior * inv_n) as f32;
+            self.glue.copy_cols(Cols::all(wc, wc.len), Cols::all(&gw, wc.len), 1, wc.len, lam, 1.0)?;
+        }
         if matches!(kind, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) && m.layout.entries[a.log_phi].kind.trainable() {
             let (lpv, mut gphi) = (self.p(a.log_phi), self.g(a.log_phi));
             self.glue.seg_sum(&bt.conc_ptr, Some(&bt.conc_ids), &g_conc, Some(&lpv), inv_b, 0.0, &mut gphi)?;
@@ -1675,6 +1697,33 @@ impl<'d> DeviceModel<'d> {
         }
         dev.synchronize()?;
         Ok(out)
+    }
+
+    /// Σ x∘y over two rows × cols matrices (f64 on the host over the device's f64 column sums).
+    fn frob_dot(&self, x: &Buf, y: &Buf, rows: usize, cols: usize) -> Result<f64> {
+        let mut xy = self.nan(rows * cols)?;
+        self.glue.map(MapOp::Mul, x, Some(y), &mut xy)?;
+        let mut cs = self.nan(cols)?;
+        self.glue.col_sum(Cols::all(&xy, cols), rows, cols, 1.0, 0.0, &mut cs)?;
+        Ok(self.dev.read(&cs)?.iter().map(|&v| v as f64).sum())
+    }
+
+    /// The minibatch covariance of S (B × K): (S − S̄)ᵀ (S − S̄) / B (zeros for one cell), as
+    /// `vae::spl_input_covariance`.
+    fn input_covariance(&self, s: &Buf, bt: &DevBatch, b: usize, k: usize) -> Result<Buf> {
+        let mut c = self.zeros(k * k)?;
+        if b <= 1 {
+            return Ok(c);
+        }
+        let mut mean = self.nan(k)?;
+        self.glue.col_sum(Cols::all(s, k), b, k, 1.0 / b as f32, 0.0, &mut mean)?;
+        // S − 1 S̄ᵀ (a rank-one GEMM update of a copy)
+        let mut sc = self.nan(b * k)?;
+        self.dev.copy(s, &mut sc, b * k)?;
+        self.gemm.gemm(GemmPrecision::F32, -1.0, &Operand::new(&bt.ones, b, 1, false)?, &Operand::new(&mean, 1, k, false)?, 1.0, &mut sc, b, k)?;
+        let sco = Operand::new(&sc, b, k, true)?;
+        self.gemm.gemm(GemmPrecision::F32, 1.0 / b as f32, &sco, &Operand::new(&sc, b, k, false)?, 0.0, &mut c, k, k)?;
+        Ok(c)
     }
 
     /// Writes the BatchNorm running-statistics updates of the step's forward into the device parameters.
