@@ -115,16 +115,18 @@ if [ -d "$HERE/fixtures" ] && "$HERE/bin/splicevi" check-fixture --help 2>/dev/n
 else
   echo "=== (fixture checks not run: no bundled fixtures or check-fixture has no --device option yet)" | tee -a "$LOG"
 fi
-# The training step end to end: two epochs of `train --device cuda` (default preset) on the toy data,
-# then the CPU's two epochs on the same data for comparison (the metrics must agree closely).
+# The training step end to end: two epochs of `train --device cuda` (default and robust presets) on the
+# toy data, then the CPU's two epochs on the same data for comparison (the metrics must agree closely).
 work="$(mktemp -d)"
 step "$HERE/bin/splicevi" simulate --size toy --seed 0 --out "$work/toy.h5mu"
-cuda_step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/run-cuda" --preset default --batch-key batch --max-epochs 2 --device cuda --no-plots
-step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/run-cpu" --preset default --batch-key batch --max-epochs 2 --device cpu --no-plots
-for r in run-cuda run-cpu; do [ -f "$work/$r/metrics.tsv" ] && { echo "--- $r/metrics.tsv"; cat "$work/$r/metrics.tsv"; } | tee -a "$LOG"; done
+for preset in default robust; do
+  cuda_step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cuda" --preset $preset --batch-key batch --max-epochs 2 --device cuda --no-plots
+  step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cpu" --preset $preset --batch-key batch --max-epochs 2 --device cpu --no-plots
+  for r in $preset-cuda $preset-cpu; do [ -f "$work/$r/metrics.tsv" ] && { echo "--- $r/metrics.tsv"; cat "$work/$r/metrics.tsv"; } | tee -a "$LOG"; done
+done
 # Throughput (cells/s, fraction of the floor): small and medium first, then the paper size (its
 # simulation alone takes a while); BENCH_ARGS overrides.
-cuda_step "$HERE/bin/splicevi" bench --device cuda ${BENCH_ARGS:---size small,medium --preset default,paper --max-seconds 15}
+cuda_step "$HERE/bin/splicevi" bench --device cuda ${BENCH_ARGS:---size small,medium --preset default,paper,robust --max-seconds 15}
 [ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --steps 10
 rm -rf "$work"
 echo "=== gpu-check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) (log: $LOG)" | tee -a "$LOG"
