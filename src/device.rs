@@ -125,7 +125,7 @@ pub fn resolve_with(spec: DeviceSpec, usable: impl Fn(usize) -> Result<cuda::Dev
 /// it is tested against the CPU model under the host emulation only (src/cuda/emu.rs).
 pub const CUDA_STEP_VALIDATED: bool = false;
 
-/// [`resolve`] for the commands with a CUDA training step (`train`, `bench`): `cuda[:N]` gets the device
+/// [`resolve`] for the commands with a CUDA step (`train`, `bench`, `check-fixture`, `embed`): `cuda[:N]` gets the device
 /// (the command then checks that the step implements its options); `auto` stays on the CPU, with the
 /// reason, while [`CUDA_STEP_VALIDATED`] is false.
 pub fn resolve_for_training(spec: DeviceSpec) -> Result<Resolved> {
@@ -152,7 +152,7 @@ pub fn resolve_for_training_with(spec: DeviceSpec, usable: impl Fn(usize) -> Res
 fn no_cuda_path(command: &str) -> String {
     format!(
         "`splicevi {command}` has no CUDA path yet (the training step runs on the device with `train` and \
-         `bench --device cuda`; the analyses still run on the CPU backend)"
+         `bench --device cuda`, the encoders with `embed`; the other analyses still run on the CPU backend)"
     )
 }
 
@@ -223,10 +223,10 @@ mod tests {
         assert_eq!(r.device, Device::Cpu);
         let why = r.fallback_reason.unwrap();
         assert!(why.contains("cuda:0 (Test GPU)") && why.contains("splicevi impute") && why.contains("no CUDA path"), "{why}");
-        let e = resolve_for_command_with(DeviceSpec::Cuda(0), "embed", gpu).unwrap_err().to_string();
-        assert!(e.contains("splicevi embed") && e.contains("--device cpu"), "{e}");
+        let e = resolve_for_command_with(DeviceSpec::Cuda(0), "diff-splicing", gpu).unwrap_err().to_string();
+        assert!(e.contains("splicevi diff-splicing") && e.contains("--device cpu"), "{e}");
         // an unusable device is reported as such, before the missing CUDA path
-        let e = resolve_for_command_with(DeviceSpec::Cuda(1), "embed", gpu).unwrap_err().to_string();
+        let e = resolve_for_command_with(DeviceSpec::Cuda(1), "diff-splicing", gpu).unwrap_err().to_string();
         assert!(e.contains("unavailable") && e.contains("no device cuda:1"), "{e}");
         let r = resolve_for_command_with(DeviceSpec::Cpu, "bench", gpu).unwrap();
         assert!(r.device == Device::Cpu && r.fallback_reason.is_none());

@@ -585,3 +585,38 @@ fn device_step_in_bf16_is_close_to_f32() {
         bf16_on(&dev);
     }
 }
+
+/// `DeviceModel::latents` (the `embed --device cuda` path: encoders and latent step only, evaluation
+/// mode) against `SpliceVae::inference_only`: qz_m, the expression and the splicing posterior means,
+/// for configurations that exercise BatchNorm's running statistics, covariates in the encoders, the
+/// per-cell weights' table and concatenated latents.
+fn latents_on(dev: &CudaDevice) {
+    let all = cases();
+    let pick = ["default", "paper", "BatchNorm in encoders and decoders", "per-cell modality weights (cells'", "encode_covariates, 2 continuous", "robust: concatenated"];
+    let mut n = 0;
+    for case in all.iter().filter(|c| pick.iter().any(|p| c.name.starts_with(p))) {
+        let name = case.name;
+        let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let p = random_params(&model, 400);
+        let batch = synth_batch(&case.dims, 9, 401);
+        let want = model.inference_only(&p, &batch).unwrap();
+        let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+        dm.poison = true;
+        let got = dm.latents(&batch).unwrap();
+        close(&format!("{name}: latents qz_m"), &got.qz_m, &want.qz_m.data);
+        close(&format!("{name}: latents mu_e"), &got.mu_e, &want.qzm_expr.data);
+        close(&format!("{name}: latents mu_s"), &got.mu_s, &want.qzm_spl.data);
+        // A training step afterwards is a whole step again (the latents-only mode is not left on).
+        let out = dm.forward_backward(&batch, &case.opts, &mut |_| Ok(None), true).unwrap();
+        assert!(out.loss.is_finite() && out.rl_expr.len() == 9, "{name}: the step after latents");
+        n += 1;
+    }
+    assert!(n >= pick.len(), "{n} cases ran for {} picked names", pick.len());
+}
+
+#[test]
+fn device_latents_match_inference_only() {
+    for dev in emu::devices("DeviceModel::latents vs SpliceVae::inference_only") {
+        latents_on(&dev);
+    }
+}

@@ -25,10 +25,11 @@ pub struct Cli {
     pub threads: Option<usize>,
     /// Compute device of every command: auto (cuda:0 where usable and the command's CUDA path has been
     /// validated on a GPU, else cpu, with a one-line reason), cpu, cuda or cuda:N (train, bench and
-    /// check-fixture run the CUDA training step; the analyses have no CUDA path yet).
+    /// check-fixture run the CUDA training step, embed its encoders; the other analyses have no CUDA
+    /// path yet).
     #[arg(long, global = true, default_value = "auto", value_parser = crate::device::parse_device_spec)]
     pub device: crate::device::DeviceSpec,
-    /// Precision of the CUDA training step (train, bench, check-fixture with a CUDA device): f32, or
+    /// Precision of the CUDA step (train, bench, check-fixture, embed with a CUDA device): f32, or
     /// bf16 GEMM operands with f32 accumulation, parameters, optimizer state and likelihood math.
     #[arg(long, global = true, default_value = "f32", value_parser = parse_precision)]
     pub precision: crate::cuda::gemm::GemmPrecision,
@@ -106,7 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let mut resolved = None;
     if let Some(name) = compute {
         let r = match name {
-            "train" | "bench" | "check-fixture" => crate::device::resolve_for_training(cli.device)?,
+            "train" | "bench" | "check-fixture" | "embed" => crate::device::resolve_for_training(cli.device)?,
             _ => crate::device::resolve_for_command(cli.device, name)?,
         };
         eprintln!("{}", r.describe());
@@ -115,13 +116,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let device = resolved.map(|r| r.device).unwrap_or(crate::device::Device::Cpu);
     let precision = cli.precision;
     if precision == crate::cuda::gemm::GemmPrecision::Bf16 && !device.is_cuda() {
-        anyhow::bail!("--precision bf16 is a CUDA-step option (train, bench, check-fixture with --device cuda); the CPU backend computes in f32");
+        anyhow::bail!("--precision bf16 is a CUDA-step option (train, bench, check-fixture, embed with --device cuda); the CPU backend computes in f32");
     }
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Train(a) => train::run(a, &device, precision),
-        Command::Embed(a) => embed::run(a),
+        Command::Embed(a) => embed::run(a, &device, precision),
         Command::Impute(a) => impute::run(a),
         Command::NormalizeExpression(a) => normalize_expression::run(a),
         Command::DiffSplicing(a) => diff_splicing::run(a),

@@ -607,6 +607,14 @@ fn conc_targets(spl: &crate::model::SplBatch, conc: ConcIndex, junc2atse: &[u32]
     (ptr, ids)
 }
 
+/// The posterior means of a minibatch (row-major): the joint qz_m (B × L), the expression and the
+/// splicing encoders' means (B × d each), as `SpliceVae::inference_only` gives them.
+pub struct DeviceLatents {
+    pub qz_m: Vec<f32>,
+    pub mu_e: Vec<f32>,
+    pub mu_s: Vec<f32>,
+}
+
 /// The loss terms of one step (per cell as the CPU model reports them).
 #[derive(Clone, Debug)]
 pub struct DeviceStepOutput {
@@ -623,6 +631,12 @@ pub struct DeviceStepOutput {
     pub loss: f64,
     /// The sampled joint latent z (B × L): the adversary's input.
     pub z: Vec<f32>,
+}
+
+impl DeviceStepOutput {
+    fn empty() -> Self {
+        DeviceStepOutput { rl_expr: vec![], rl_spl: vec![], kl: vec![], penalty: 0.0, concentration_prior: 0.0, decoder_prior: 0.0, decoder_effect_prior: 0.0, loss: f64::NAN, z: vec![] }
+    }
 }
 
 /// The model's parameters and gradients on one device, and the step that fills the gradients.
@@ -651,6 +665,9 @@ pub struct DeviceModel<'d> {
     /// written into the parameters once the step goes on to its backward. A `num_batches_tracked`
     /// entry comes with the B ones of the minibatch: its first one is added.
     bn_pending: RefCell<Vec<(Buf, usize)>>,
+    /// Set by [`Self::latents`]: the forward stops after the latent step and leaves the posterior means
+    /// here.
+    latents_only: Option<RefCell<Option<[Vec<f32>; 3]>>>,
     /// Fill step buffers with NaN before use, so that an element a kernel fails to write shows up
     /// (tests; one memset per buffer).
     pub poison: bool,
@@ -697,6 +714,7 @@ impl<'d> DeviceModel<'d> {
             arena: RefCell::new(StepArena::default()),
             partial_work: RefCell::new(None),
             bn_pending: RefCell::new(Vec::new()),
+            latents_only: None,
             poison: false,
             precision: GemmPrecision::F32,
         })
@@ -1151,6 +1169,19 @@ impl<'d> DeviceModel<'d> {
         self.forward_backward_prepared(batch, &hb, opts, extra_dz, backward)
     }
 
+    /// The posterior means of `batch` in evaluation mode (no dropout, BatchNorm's running statistics,
+    /// no noise), as `SpliceVae::inference_only`: the encoders and the latent step only, on the device.
+    pub fn latents(&mut self, batch: &Batch) -> Result<DeviceLatents> {
+        let opts = StepOptions { training: false, use_z_mean: true, noise: Noise::Zero, kl_weight: 1.0, cross_gate: 1.0, routing: None, seed: 0 };
+        let hb = HostBatch::build(&self.model, batch, &opts)?;
+        self.latents_only = Some(RefCell::new(None));
+        let r = self.forward_backward_prepared(batch, &hb, &opts, &mut |_| Ok(None), false);
+        let got = self.latents_only.take().and_then(|c| c.into_inner());
+        r?;
+        let [qz_m, mu_e, mu_s] = got.context("the forward did not reach the latent step")?;
+        Ok(DeviceLatents { qz_m, mu_e, mu_s })
+    }
+
     /// [`Self::forward_backward`] with the minibatch already prepared on the host ([`HostBatch::build`]
     /// of the same `batch` and `opts`, e.g. on another thread while the previous step ran).
     pub fn forward_backward_prepared(
@@ -1279,6 +1310,14 @@ impl<'d> DeviceModel<'d> {
         let lin = LatentDevIn { mu_e: &mu_e, v_e: &v_e, mu_s: &mu_s, v_s: &v_s, raw: raw_mem, mask_e: &bt.mask_e, mask_s: &bt.mask_s, eps: &bt.eps_joint };
         let (mut qz_m, mut qz_v, mut z, mut kl_row, mut pen_row) = (self.nan(b * l)?, self.nan(b * l)?, self.nan(b * l)?, self.nan(b)?, self.nan(b)?);
         self.latent.forward(&ls, &lin, &mut LatentDevFwd { qz_m: &mut qz_m, qz_v: &mut qz_v, z: &mut z, kl_row: &mut kl_row, pen_row: &mut pen_row })?;
+        if let Some(slot) = &self.latents_only {
+            // [`Self::latents`]: the posterior means are all that is wanted.
+            *slot.borrow_mut() = Some([dev.read(&qz_m)?, dev.read(&mu_e)?, dev.read(&mu_s)?]);
+            if let SplEnc::Partial { cap, work, .. } = spl_enc {
+                self.partial_work.replace(Some((cap, work)));
+            }
+            return Ok(DeviceStepOutput::empty());
+        }
         let lat: &Buf = if opts.use_z_mean { &qz_m } else { &z };
         // The decoders' inputs: both see the latent, except concatenated latents with the cross gate g
         // below 1 (§4.4): expression [z_e; g z_s], splicing [g z_e; z_s].
