@@ -15,8 +15,8 @@
 //! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
 //! are stored in f32.
 //!
-//! Not built yet (a clear error from [`unsupported`], never a silent difference): the MMD-RBF penalty
-//! (its bandwidth is a median over all pairs of cells).
+//! Every model option runs here. The MMD-RBF penalty alone is computed on the host from the B × d
+//! posteriors copied back (its bandwidth is a median over all pairs of cells), its gradient copied in.
 //!
 //! Deterministic: no kernel of the step uses float atomics, so a repeated step gives the same bits
 //! (tested). There is no faster non-deterministic mode.
@@ -48,14 +48,10 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Why the CUDA step cannot run this configuration, or None.
-pub fn unsupported(cfg: &ModelConfig, _dims: &Dims) -> Option<String> {
-    let why = if cfg.modality_penalty == ModalityPenalty::MmdRbf {
-        "the MMD-RBF penalty"
-    } else {
-        return None;
-    };
-    Some(format!("the CUDA training step does not implement {why} yet; use --device cpu"))
+/// Why the CUDA step cannot run this configuration, or None. Every model option is implemented today
+/// (callers still ask, so that an option added to the CPU model first is refused here by name).
+pub fn unsupported(_cfg: &ModelConfig, _dims: &Dims) -> Option<String> {
+    None
 }
 
 /// A typed window of device memory: a step-arena allocation, part of the packed minibatch, or an entry
@@ -310,6 +306,8 @@ pub struct HostBatch {
     /// `cell` weights of cells without a table row: the mean row.
     w_mean: bool,
     disp_onehot: Option<(Part, usize)>,
+    /// MMD-RBF: ε of the expression and the splicing samples (host only).
+    mmd_eps: Option<(Vec<f32>, Vec<f32>)>,
     mask_e_host: Vec<bool>,
     mask_s_host: Vec<bool>,
 }
@@ -409,6 +407,21 @@ impl HostBatch {
                 ensure!(eps_joint.len() == b * l, "given noise has the wrong size (need {b}×{l})");
                 eps_joint.iter().map(|&v| v as f32).collect()
             }
+        };
+        // MMD-RBF: the per-modality samples' noise (B × d each), used on the host.
+        let d = m.arch.d;
+        let mmd_eps = if cfg.modality_penalty == ModalityPenalty::MmdRbf && cfg.modality_weights != ModalityWeights::Concatenate {
+            let gen = |stream: u64| -> Vec<f32> { (0..b * d).map(|i| rng::normal(opts.seed, stream, i as u64) as f32).collect() };
+            Some(match &opts.noise {
+                Noise::Zero => (vec![0.0; b * d], vec![0.0; b * d]),
+                Noise::Seeded => (gen(rng::streams::EPS_EXPR), gen(rng::streams::EPS_SPL)),
+                Noise::Given { eps_expr, eps_spl, .. } => {
+                    ensure!(eps_expr.len() == b * d && eps_spl.len() == b * d, "given noise has the wrong size (need {b}×{d})");
+                    (eps_expr.iter().map(|&v| v as f32).collect(), eps_spl.iter().map(|&v| v as f32).collect())
+                }
+            })
+        } else {
+            None
         };
         // Softmax modality weights: the table row of each cell, and the CSR that sends each cell's d(raw)
         // back to its row (`cell`).
@@ -553,6 +566,7 @@ impl HostBatch {
             w_grad: w_grad_p,
             w_mean,
             disp_onehot: disp_p,
+            mmd_eps,
             mask_e_host,
             mask_s_host,
         })
@@ -1298,7 +1312,9 @@ impl<'d> DeviceModel<'d> {
             None
         };
         // Concatenated latents have no modality penalty (§4.4).
-        let penalty_kind = if concat { ModalityPenalty::None } else { cfg.modality_penalty };
+        // MMD-RBF is computed on the host from the B × d posteriors (its bandwidth is a median over all
+        // pairs of cells: O(B²) on B × d values), the latent kernel leaves it out.
+        let penalty_kind = if concat || cfg.modality_penalty == ModalityPenalty::MmdRbf { ModalityPenalty::None } else { cfg.modality_penalty };
         let ln = cfg.latent_distribution == LatentDistribution::Ln;
         let ls = LatentShape { b, d, mix, ln, penalty: penalty_kind };
         ensure!(ls.l() == l, "latent width {} ≠ the model's {l}", ls.l());
@@ -1505,6 +1521,21 @@ impl<'d> DeviceModel<'d> {
             }
             _ => pen_sum,
         };
+        let rbf = match &hb.mmd_eps {
+            Some((eps_e, eps_s)) => {
+                let rd = |x: &Buf| -> Result<Mat<f32>> { Ok(Mat::from_vec(b, d, dev.read(x)?)) };
+                let (ve, vs) = (rd(&v_e)?, rd(&v_s)?);
+                let (ee, es) = (Mat::from_vec(b, d, eps_e.clone()), Mat::from_vec(b, d, eps_s.clone()));
+                let ln = cfg.latent_distribution == LatentDistribution::Ln;
+                let ze = crate::model::vae::sample(&rd(&mu_e)?, &ve, &ee, ln);
+                let zs = crate::model::vae::sample(&rd(&mu_s)?, &vs, &es, ln);
+                let paired: Vec<bool> = hb.mask_e_host.iter().zip(&hb.mask_s_host).map(|(&x, &y)| x && y).collect();
+                let (value, info) = crate::model::latent::mmd_rbf_fwd(&ze, &zs, &paired);
+                Some((value as f64, info, ze, zs, ee, es, ve, vs, paired))
+            }
+            None => None,
+        };
+        let penalty = penalty + rbf.as_ref().map_or(0.0, |r| r.0);
         let lp = self.dev.read(&self.p(a.log_phi) as &dyn DeviceMem<f32>)?;
         let concentration_prior = match kind {
             SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => cfg.lambda_prior * lp.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / b as f64,
@@ -1658,9 +1689,23 @@ impl<'d> DeviceModel<'d> {
             d_raw_perdim: d_dimw.as_mut().map(|v| v as &mut dyn DeviceMem<f32>),
         };
         let kl_scale = (opts.kl_weight / b as f64) as f32;
-        let pscale = penalty_scale(cfg.modality_penalty, opts.kl_weight as f32);
+        let pscale = penalty_scale(penalty_kind, opts.kl_weight as f32);
         let dqm_in: Option<&dyn DeviceMem<f32>> = if opts.use_z_mean { Some(&dlat) } else { None };
         self.latent.backward(&ls, &lin, &qz_m, &qz_v, &z, &dz, dqm_in, kl_scale, pscale, &mut lg)?;
+        drop(lg);
+        if let Some((_, info, ze, zs, ee, es, ve, vs, paired)) = &rbf {
+            // MMD-RBF's gradient on the host, through each modality's sample to its posterior, added in.
+            let ln = cfg.latent_distribution == LatentDistribution::Ln;
+            let (mut dze, mut dzs) = (Mat::<f32>::zeros(b, d), Mat::<f32>::zeros(b, d));
+            crate::model::latent::mmd_rbf_bwd(ze, zs, paired, info, 1.0, &mut dze, &mut dzs);
+            let (mut dme, mut dve, mut dms, mut dvs) = (Mat::<f32>::zeros(b, d), Mat::<f32>::zeros(b, d), Mat::<f32>::zeros(b, d), Mat::<f32>::zeros(b, d));
+            crate::model::vae::sample_bwd(ve, ee, ze, ln, &dze, &mut dme, &mut dve);
+            crate::model::vae::sample_bwd(vs, es, zs, ln, &dzs, &mut dms, &mut dvs);
+            for (host, dst) in [(&dme, &gme), (&dve, &gve), (&dms, &gms), (&dvs, &gvs)] {
+                let up = self.upload_step(&host.data)?;
+                self.glue.copy_cols(Cols::all(&up, d), Cols::all(dst, d), b, d, 1.0, 1.0)?;
+            }
+        }
         if mix == Mix::Softmax && m.layout.entries[a.mod_weights].kind.trainable() {
             // d(raw) of each cell back to the table: summed (`universal`), to each cell's row, or spread
             // evenly over every row for the mean row of unseen cells (`cell`).
