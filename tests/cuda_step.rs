@@ -635,3 +635,52 @@ fn device_latents_match_inference_only() {
         latents_on(&dev);
     }
 }
+
+/// `DeviceModel::decode_dense` (the analyses' decode on the device) against `SpliceVae::decode_dense`:
+/// p of every junction and px_scale, from the CPU's posterior means, for the DM (within-ATSE softmax)
+/// and the other likelihoods (sigmoid), softmax and softplus scales, vanilla and linear decoders,
+/// covariates and concatenated latents under a cross gate of 0.5; and the device's latents' qz_v and
+/// library against `inference_only`'s.
+fn decode_on(dev: &CudaDevice) {
+    let all = cases();
+    let pick = [
+        "default",
+        "paper",
+        "vanilla splicing encoder, NB, beta-binomial",
+        "Poisson, binomial",
+        "BatchNorm in encoders and decoders",
+        "encode_covariates, 2 continuous",
+        "continuous covariates in the decoders only",
+        "robust: concatenated",
+        "library encoder (use_size_factor_key = false)",
+    ];
+    let mut n = 0;
+    for case in all.iter().filter(|c| pick.iter().any(|p| c.name.starts_with(p))) {
+        let name = case.name;
+        let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let p = random_params(&model, 500);
+        let batch = synth_batch(&case.dims, 9, 501);
+        let inf = model.inference_only(&p, &batch).unwrap();
+        let gate = if case.cfg.modality_weights == ModalityWeights::Concatenate { 0.5 } else { 1.0 };
+        let want = model.decode_dense(&p, &inf.qz_m, &batch, &inf.library, gate).unwrap();
+        let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+        dm.poison = true;
+        let lat = dm.latents(&batch).unwrap();
+        close(&format!("{name}: latents qz_v"), &lat.qz_v, &inf.qz_v.data);
+        close(&format!("{name}: latents library"), &lat.library, &inf.library);
+        let got = dm.decode_dense(&inf.qz_m.data, &batch, gate, true, true).unwrap();
+        close(&format!("{name}: decode p"), got.p.as_ref().unwrap(), &want.p.data);
+        close(&format!("{name}: decode px_scale"), got.px_scale.as_ref().unwrap(), &want.px_scale.data);
+        let only = dm.decode_dense(&inf.qz_m.data, &batch, gate, true, false).unwrap();
+        assert!(only.px_scale.is_none() && only.p == got.p, "{name}: p alone differs");
+        n += 1;
+    }
+    assert!(n >= pick.len(), "{n} cases ran for {} picked names", pick.len());
+}
+
+#[test]
+fn device_decode_matches_decode_dense() {
+    for dev in emu::devices("DeviceModel::decode_dense vs SpliceVae::decode_dense") {
+        decode_on(&dev);
+    }
+}

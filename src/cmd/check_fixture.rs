@@ -321,6 +321,9 @@ pub fn check_case_with(dir: &Path, dev: Option<&crate::cuda::CudaDevice>, precis
         // The device's values replace the CPU's; what it does not produce is left out (counted).
         let mut dm = crate::cuda::step::DeviceModel::new(d, &model, &params)?;
         dm.precision = precision;
+        // The analyses' dense decode on the device from the same posterior means (before the step, whose
+        // BatchNorm update would change the running statistics it decodes with).
+        let dec = dm.decode_dense(&out.inference.qz_m.data, &batch, opts.cross_gate, true, true)?;
         let o = dm.forward_backward(&batch, &opts, &mut |_| Ok(None), true)?;
         let g = dm.download_grads()?;
         let mut dv: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -335,6 +338,11 @@ pub fn check_case_with(dir: &Path, dev: Option<&crate::cuda::CudaDevice>, precis
         dv.insert("loss.reconstruction_loss_sum".into(), vec![rec]);
         dv.insert("loss.kl_local_sum".into(), vec![kls]);
         dv.insert("inference.z".into(), v64(&o.z));
+        dv.insert("generative.p".into(), v64(dec.p.as_deref().unwrap_or_default()));
+        // (The expected px_scale is the forward's: the eval-mode decode's only without batch statistics.)
+        if !opts.training {
+            dv.insert("generative.px_scale".into(), v64(dec.px_scale.as_deref().unwrap_or_default()));
+        }
         // BatchNorm's running statistics after the step (training mode), from the device parameters.
         let after_dev = dm.download_params()?;
         for (k, v) in &ours {

@@ -21,6 +21,7 @@
 //! Deterministic: no kernel of the step uses float atomics, so a repeated step gives the same bits
 //! (tested). There is no faster non-deterministic mode.
 
+use super::decode::CudaDecode;
 use super::dense_epilogue::{BnDev, CudaDenseEpilogue};
 use super::expr_lik::{CudaExprLik, ExprLikInputs, ExprLikOutputs};
 use super::gemm::{CudaGemm, GemmPrecision, Operand};
@@ -73,6 +74,10 @@ impl<T> Copy for TView<T> {}
 impl<T> TView<T> {
     fn new(addr: u64, len: usize) -> Self {
         TView { addr, len, _t: PhantomData }
+    }
+    /// A second view of `m`'s memory (for a launch whose input and output are the same buffer).
+    pub fn of(m: &dyn DeviceMem<T>) -> Self {
+        TView::new(m.device_address(), m.elements())
     }
 }
 
@@ -627,6 +632,18 @@ pub struct DeviceLatents {
     pub qz_m: Vec<f32>,
     pub mu_e: Vec<f32>,
     pub mu_s: Vec<f32>,
+    /// The joint posterior's variance (B × L) and the library (B; log size factor or the library
+    /// encoder's), for posterior samples and the decode.
+    pub qz_v: Vec<f32>,
+    pub library: Vec<f32>,
+}
+
+/// The analyses' dense decode of a minibatch (row-major), as `SpliceVae::decode_dense` gives them.
+pub struct DeviceDecode {
+    /// Splicing probabilities of every junction (B × J), when asked for.
+    pub p: Option<Vec<f32>>,
+    /// Expression scale (B × G), when asked for.
+    pub px_scale: Option<Vec<f32>>,
 }
 
 /// The loss terms of one step (per cell as the CPU model reports them).
@@ -662,7 +679,11 @@ pub struct DeviceModel<'d> {
     pub params: DevBuf<f32>,
     pub grads: DevBuf<f32>,
     junc2atse: DevBuf<u32>,
+    /// The junctions of each ATSE (CSR over A) for the dense decode.
+    atse_ptr: DevBuf<i64>,
+    atse_junc: DevBuf<u32>,
     gemm: CudaGemm<'d>,
+    decode: CudaDecode<'d>,
     epi: CudaDenseEpilogue<'d>,
     sparse: CudaSparseLinear<'d>,
     partial: CudaPartial<'d>,
@@ -681,7 +702,7 @@ pub struct DeviceModel<'d> {
     bn_pending: RefCell<Vec<(Buf, usize)>>,
     /// Set by [`Self::latents`]: the forward stops after the latent step and leaves the posterior means
     /// here.
-    latents_only: Option<RefCell<Option<[Vec<f32>; 3]>>>,
+    latents_only: Option<RefCell<Option<[Vec<f32>; 5]>>>,
     /// Fill step buffers with NaN before use, so that an element a kernel fails to write shows up
     /// (tests; one memset per buffer).
     pub poison: bool,
@@ -716,7 +737,10 @@ impl<'d> DeviceModel<'d> {
             params: dev.upload(&params.data)?,
             grads: dev.zeros(model.layout.n_trainable.max(1))?,
             junc2atse: dev.upload(&j2a)?,
+            atse_ptr: dev.upload(&model.atse_ptr.iter().map(|&v| v as i64).collect::<Vec<i64>>())?,
+            atse_junc: dev.upload(&if model.atse_junc.is_empty() { vec![0u32] } else { model.atse_junc.clone() })?,
             gemm: CudaGemm::new(dev)?,
+            decode: CudaDecode::new(dev)?,
             epi: CudaDenseEpilogue::new(dev)?,
             sparse: CudaSparseLinear::new(dev)?,
             partial: CudaPartial::new(dev)?,
@@ -1192,8 +1216,58 @@ impl<'d> DeviceModel<'d> {
         let r = self.forward_backward_prepared(batch, &hb, &opts, &mut |_| Ok(None), false);
         let got = self.latents_only.take().and_then(|c| c.into_inner());
         r?;
-        let [qz_m, mu_e, mu_s] = got.context("the forward did not reach the latent step")?;
-        Ok(DeviceLatents { qz_m, mu_e, mu_s })
+        let [qz_m, mu_e, mu_s, qz_v, library] = got.context("the forward did not reach the latent step")?;
+        Ok(DeviceLatents { qz_m, mu_e, mu_s, qz_v, library })
+    }
+
+    /// The dense decode of `batch` from the latent `lat` (B × L) in evaluation mode, as
+    /// `SpliceVae::decode_dense` with the cross gate `gate`: the splicing probabilities of every junction
+    /// (`psi`) and the expression scale (`expr`), on the device.
+    pub fn decode_dense(&mut self, lat: &[f32], batch: &Batch, gate: f64, psi: bool, expr: bool) -> Result<DeviceDecode> {
+        let _r = crate::nvtx_range!("dense decode");
+        let model = self.model.clone();
+        let (m, a) = (&*model, &model.arch);
+        let (b, l, g_n, j_n) = (batch.n_cells(), a.l, m.dims.n_genes, m.dims.n_junctions);
+        ensure!(lat.len() == b * l, "decode: the latent has {} values for {b} cells × {l}", lat.len());
+        let opts = StepOptions { training: false, use_z_mean: true, noise: Noise::Zero, kl_weight: 1.0, cross_gate: gate, routing: None, seed: 0 };
+        let mode = Mode { training: false, seed: 0 };
+        let hb = HostBatch::build(m, batch, &opts)?;
+        self.arena.borrow_mut().rewind(self.dev)?;
+        self.bn_pending.borrow_mut().clear();
+        let bt = self.upload_batch(&hb)?;
+        let latb = self.upload_step(lat)?;
+        let (main_e, main_s) = self.decoder_inputs(&latb, &bt, gate as f32)?;
+        let mut out = DeviceDecode { p: None, px_scale: None };
+        if expr {
+            let mut scale = match &a.z_dec_expr {
+                ExprDecP::Vanilla { fc, scale, softplus, .. } => {
+                    let (h, _) = self.fc_forward(fc, FcIn::Dense(&main_e), &bt, mode)?;
+                    let raw = self.linear_fwd(scale, &h, &bt)?;
+                    (raw, !*softplus)
+                }
+                ExprDecP::Linear { factor, .. } => (self.fc_forward(factor, FcIn::Dense(&main_e), &bt, mode)?.0, true),
+            };
+            let raw = TView::of(&scale.0);
+            if scale.1 {
+                self.decode.row_softmax(&raw, b, g_n, &mut scale.0)?;
+            } else {
+                self.glue.map(MapOp::SoftplusEps(0.0), &raw, None, &mut scale.0)?;
+            }
+            out.px_scale = Some(self.dev.read(&scale.0)?);
+        }
+        if psi {
+            let (s_in, out_lin) = match &a.z_dec_spl {
+                SplDecP::Vanilla { fc, out } => (self.fc_forward(fc, FcIn::Dense(&main_s), &bt, mode)?.0, out),
+                SplDecP::Linear { lin } => (self.linear_spl_input(&main_s, &bt, lin.n_in)?, lin),
+            };
+            let mut logits = self.linear_fwd(out_lin, &s_in, &bt)?;
+            let dm = m.cfg.splicing_loss_type == SplicingLoss::DirichletMultinomial;
+            let src = TView::of(&logits);
+            self.decode.psi(&src, b, j_n, &self.atse_ptr, &self.atse_junc, dm, &mut logits)?;
+            out.p = Some(self.dev.read(&logits)?);
+        }
+        self.dev.synchronize()?;
+        Ok(out)
     }
 
     /// [`Self::forward_backward`] with the minibatch already prepared on the host ([`HostBatch::build`]
@@ -1328,38 +1402,17 @@ impl<'d> DeviceModel<'d> {
         self.latent.forward(&ls, &lin, &mut LatentDevFwd { qz_m: &mut qz_m, qz_v: &mut qz_v, z: &mut z, kl_row: &mut kl_row, pen_row: &mut pen_row })?;
         if let Some(slot) = &self.latents_only {
             // [`Self::latents`]: the posterior means are all that is wanted.
-            *slot.borrow_mut() = Some([dev.read(&qz_m)?, dev.read(&mu_e)?, dev.read(&mu_s)?]);
+            *slot.borrow_mut() = Some([dev.read(&qz_m)?, dev.read(&mu_e)?, dev.read(&mu_s)?, dev.read(&qz_v)?, dev.read(&library)?]);
             if let SplEnc::Partial { cap, work, .. } = spl_enc {
                 self.partial_work.replace(Some((cap, work)));
             }
             return Ok(DeviceStepOutput::empty());
         }
         let lat: &Buf = if opts.use_z_mean { &qz_m } else { &z };
-        // The decoders' inputs: both see the latent, except concatenated latents with the cross gate g
-        // below 1 (§4.4): expression [z_e; g z_s], splicing [g z_e; z_s].
         let gate = opts.cross_gate as f32;
         let gated = concat && gate != 1.0;
-        let (lat_e, lat_s) = if gated {
-            let (re, rs) = (self.nan(b * l)?, self.nan(b * l)?);
-            for (dst, scale_e, scale_s) in [(&re, 1.0, gate), (&rs, gate, 1.0)] {
-                self.glue.copy_cols(Cols::from(lat, l, 0), Cols::from(dst, l, 0), b, d, scale_e, 0.0)?;
-                self.glue.copy_cols(Cols::from(lat, l, d), Cols::from(dst, l, d), b, d, scale_s, 0.0)?;
-            }
-            (re, rs)
-        } else {
-            (*lat, *lat)
-        };
-        // With continuous covariates the decoders' main input is [latent | cont].
         let n_cont = bt.n_cont;
-        let with_cont = |x: &Buf| -> Result<Buf> {
-            let Some(cont) = &bt.cont else { return Ok(*x) };
-            let w = l + n_cont;
-            let o = self.nan(b * w)?;
-            self.glue.copy_cols(Cols::all(x, l), Cols::from(&o, w, 0), b, l, 1.0, 0.0)?;
-            self.glue.copy_cols(Cols::all(cont, n_cont), Cols::from(&o, w, l), b, n_cont, 1.0, 0.0)?;
-            Ok(o)
-        };
-        let (main_e, main_s) = (with_cont(&lat_e)?, with_cont(&lat_s)?);
+        let (main_e, main_s) = self.decoder_inputs(lat, &bt, gate)?;
 
         // ---- expression decoder + likelihood -----------------------------------------------------
         drop(r_phase);
@@ -1438,22 +1491,14 @@ impl<'d> DeviceModel<'d> {
         // ---- splicing decoder + likelihood -------------------------------------------------------
         drop(r_phase);
         let r_phase = crate::nvtx_range!("splicing decoder + likelihood");
-        let cov_w = bt.cov_w;
         let (s_in, k_in, spl_tape, out_lin) = match &a.z_dec_spl {
             SplDecP::Vanilla { fc, out } => {
                 let (h, tape) = self.fc_forward(fc, FcIn::Dense(&main_s), &bt, mode)?;
                 (h, out.n_in, Some(tape), out)
             }
             SplDecP::Linear { lin } => {
-                // S = [latent | cont | one-hots]
                 let k = lin.n_in;
-                ensure!(k == l + n_cont + cov_w, "linear splicing decoder input {k} ≠ {l} + {n_cont} + {cov_w}");
-                let s = self.nan(b * k)?;
-                self.glue.copy_cols(Cols::all(&main_s, l + n_cont), Cols::from(&s, k, 0), b, l + n_cont, 1.0, 0.0)?;
-                if let Some(c) = &bt.cov {
-                    self.glue.copy_cols(Cols::all(c, cov_w), Cols::from(&s, k, l + n_cont), b, cov_w, 1.0, 0.0)?;
-                }
-                (s, k, None, lin)
+                (self.linear_spl_input(&main_s, &bt, k)?, k, None, lin)
             }
         };
         let nnz = batch.spl.nnz();
@@ -1781,6 +1826,46 @@ impl<'d> DeviceModel<'d> {
         }
         dev.synchronize()?;
         Ok(out)
+    }
+
+    /// The decoders' inputs from the latent (B × L): both see it, except concatenated latents with the
+    /// cross gate g below 1 (§4.4): expression [z_e; g z_s], splicing [g z_e; z_s]; and with continuous
+    /// covariates the main inputs [latent | cont]. Returns (expression's, splicing's).
+    fn decoder_inputs(&self, lat: &Buf, bt: &DevBatch, gate: f32) -> Result<(Buf, Buf)> {
+        let (b, l, d) = (bt.b, self.model.arch.l, self.model.arch.d);
+        let gated = self.model.cfg.modality_weights == ModalityWeights::Concatenate && gate != 1.0;
+        let (lat_e, lat_s) = if gated {
+            let (re, rs) = (self.nan(b * l)?, self.nan(b * l)?);
+            for (dst, scale_e, scale_s) in [(&re, 1.0, gate), (&rs, gate, 1.0)] {
+                self.glue.copy_cols(Cols::from(lat, l, 0), Cols::from(dst, l, 0), b, d, scale_e, 0.0)?;
+                self.glue.copy_cols(Cols::from(lat, l, d), Cols::from(dst, l, d), b, d, scale_s, 0.0)?;
+            }
+            (re, rs)
+        } else {
+            (*lat, *lat)
+        };
+        let n_cont = bt.n_cont;
+        let with_cont = |x: &Buf| -> Result<Buf> {
+            let Some(cont) = &bt.cont else { return Ok(*x) };
+            let w = l + n_cont;
+            let o = self.nan(b * w)?;
+            self.glue.copy_cols(Cols::all(x, l), Cols::from(&o, w, 0), b, l, 1.0, 0.0)?;
+            self.glue.copy_cols(Cols::all(cont, n_cont), Cols::from(&o, w, l), b, n_cont, 1.0, 0.0)?;
+            Ok(o)
+        };
+        Ok((with_cont(&lat_e)?, with_cont(&lat_s)?))
+    }
+
+    /// The linear splicing decoder's input S = [latent | cont | one-hots] (B × K) from its main input.
+    fn linear_spl_input(&self, main_s: &Buf, bt: &DevBatch, k: usize) -> Result<Buf> {
+        let (b, l, n_cont, cov_w) = (bt.b, self.model.arch.l, bt.n_cont, bt.cov_w);
+        ensure!(k == l + n_cont + cov_w, "linear splicing decoder input {k} ≠ {l} + {n_cont} + {cov_w}");
+        let s = self.nan(b * k)?;
+        self.glue.copy_cols(Cols::all(main_s, l + n_cont), Cols::from(&s, k, 0), b, l + n_cont, 1.0, 0.0)?;
+        if let Some(c) = &bt.cov {
+            self.glue.copy_cols(Cols::all(c, cov_w), Cols::from(&s, k, l + n_cont), b, cov_w, 1.0, 0.0)?;
+        }
+        Ok(s)
     }
 
     /// Σ x∘y over two rows × cols matrices (f64 on the host over the device's f64 column sums).
