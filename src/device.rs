@@ -125,7 +125,7 @@ pub fn resolve_with(spec: DeviceSpec, usable: impl Fn(usize) -> Result<cuda::Dev
 /// it is tested against the CPU model under the host emulation only (src/cuda/emu.rs).
 pub const CUDA_STEP_VALIDATED: bool = false;
 
-/// [`resolve`] for the commands with a CUDA step (`train`, `bench`, `check-fixture`, `embed`): `cuda[:N]` gets the device
+/// [`resolve`] for every compute command (each has a CUDA path): `cuda[:N]` gets the device
 /// (the command then checks that the step implements its options); `auto` stays on the CPU, with the
 /// reason, while [`CUDA_STEP_VALIDATED`] is false.
 pub fn resolve_for_training(spec: DeviceSpec) -> Result<Resolved> {
@@ -148,32 +148,6 @@ pub fn resolve_for_training_with(spec: DeviceSpec, usable: impl Fn(usize) -> Res
     }
 }
 
-/// Why a command runs on the CPU even where a GPU is usable: its CUDA path is not built yet.
-fn no_cuda_path(command: &str) -> String {
-    format!(
-        "`splicevi {command}` has no CUDA path yet (the training step runs on the device with `train` and \
-         `bench --device cuda`, the encoders with `embed`; the other analyses still run on the CPU backend)"
-    )
-}
-
-/// [`resolve`] for a command that runs on the CPU backend only (today: all of them). `cpu` is the CPU;
-/// `auto` is the CPU with a one-line reason; `cuda[:N]` is an error naming the command (never a silent
-/// fallback), after checking that the device itself is usable.
-pub fn resolve_for_command(spec: DeviceSpec, command: &str) -> Result<Resolved> {
-    resolve_for_command_with(spec, command, cuda::cuda_usable)
-}
-
-/// [`resolve_for_command`] with the device probe injected (for tests).
-pub fn resolve_for_command_with(spec: DeviceSpec, command: &str, usable: impl Fn(usize) -> Result<cuda::DeviceInfo, String>) -> Result<Resolved> {
-    let r = resolve_with(spec, usable)?;
-    match (&r.device, spec) {
-        (Device::Cpu, _) => Ok(r),
-        (Device::Cuda(i), DeviceSpec::Auto) => {
-            Ok(Resolved { device: Device::Cpu, fallback_reason: Some(format!("using the CPU although cuda:{} ({}) is usable: {}", i.ordinal, i.name, no_cuda_path(command))) })
-        }
-        (Device::Cuda(i), _) => bail!("--device cuda:{} cannot be honoured: {}; use --device cpu or auto", i.ordinal, no_cuda_path(command)),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -214,24 +188,6 @@ mod tests {
         assert!(r.fallback_reason.unwrap().contains("no NVIDIA driver"));
         assert!(resolve_with(DeviceSpec::Cuda(1), gpu).unwrap_err().to_string().contains("cuda:1"));
         assert_eq!(resolve_with(DeviceSpec::Cpu, gpu).unwrap().device, Device::Cpu);
-    }
-
-    #[test]
-    fn commands_without_a_cuda_path() {
-        // a usable GPU: auto runs on the CPU and says why; an explicit cuda request is an error
-        let r = resolve_for_command_with(DeviceSpec::Auto, "impute", gpu).unwrap();
-        assert_eq!(r.device, Device::Cpu);
-        let why = r.fallback_reason.unwrap();
-        assert!(why.contains("cuda:0 (Test GPU)") && why.contains("splicevi impute") && why.contains("no CUDA path"), "{why}");
-        let e = resolve_for_command_with(DeviceSpec::Cuda(0), "diff-splicing", gpu).unwrap_err().to_string();
-        assert!(e.contains("splicevi diff-splicing") && e.contains("--device cpu"), "{e}");
-        // an unusable device is reported as such, before the missing CUDA path
-        let e = resolve_for_command_with(DeviceSpec::Cuda(1), "diff-splicing", gpu).unwrap_err().to_string();
-        assert!(e.contains("unavailable") && e.contains("no device cuda:1"), "{e}");
-        let r = resolve_for_command_with(DeviceSpec::Cpu, "bench", gpu).unwrap();
-        assert!(r.device == Device::Cpu && r.fallback_reason.is_none());
-        let r = resolve_for_command_with(DeviceSpec::Auto, "bench", |_| Err("no NVIDIA driver".into())).unwrap();
-        assert!(r.fallback_reason.unwrap().contains("no NVIDIA driver"));
     }
 
     #[test]

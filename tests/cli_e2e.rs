@@ -66,7 +66,7 @@ fn bad_options_fail_before_any_work() {
         (vec!["--preset", "fancy"], "fancy"),
         (vec!["--max-epochs", "many"], "max_epochs"),
         (vec!["--device", "tpu"], "tpu"),
-        // no GPU here: unavailable; with one: no CUDA path for train yet. Either way an error, never a fallback.
+        // no GPU here: unavailable, an error (never a fallback to the CPU).
         (vec!["--device", "cuda"], "--device cuda:0"),
     ];
     for (flags, needle) in cases {

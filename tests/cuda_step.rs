@@ -684,3 +684,53 @@ fn device_decode_matches_decode_dense() {
         decode_on(&dev);
     }
 }
+
+/// The analyses on the device: a `Posterior` with `use_device` against the CPU's on simulated data with
+/// two batches (`default` and `paper`): latent means, the decoder PSI, the DM posterior PSI and px_scale
+/// under transform batches and posterior samples, and differential splicing's estimated PSI.
+fn posterior_on(dev: &'static CudaDevice) {
+    use splicevi::analysis::differential::{comparisons, ChangeOptions};
+    use splicevi::analysis::ds::differential_splicing;
+    use splicevi::analysis::posterior::{DecodeOptions, Posterior, SplicingFn};
+    use splicevi::data::simulate::{simulate, SimConfig, SimSize};
+    use splicevi::train::trainer::dims_of;
+    let (ds, _) = simulate(&SimConfig { n_cells: 60, n_genes: 50, n_junctions: 90, ..SimConfig::preset(SimSize::Toy, 4) }).unwrap();
+    for cfg in [ModelConfig::default(), ModelConfig::paper()] {
+        let cfg = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim: 4, h_hidden_dim: 8, encoder_hidden_dim: 8, ..cfg };
+        let model = SpliceVae::new(cfg, dims_of(&ds), ds.splicing.junc2atse.clone()).unwrap();
+        let p = random_params(&model, 600);
+        let cpu = Posterior::new(&ds, &model, &p).unwrap();
+        let mut on = Posterior::new(&ds, &model, &p).unwrap();
+        on.use_device(dev, splicevi::cuda::gemm::GemmPrecision::F32).unwrap();
+        assert!(on.on_device() && !cpu.on_device());
+        let cells: Vec<usize> = (3..23).collect();
+        let (lc, wc) = cpu.latent_means(&cells, 8).unwrap();
+        let (ld, wd) = on.latent_means(&cells, 8).unwrap();
+        assert_eq!(wc, wd);
+        for k in 0..3 {
+            close(&format!("latent means {k}"), &ld[k], &lc[k]);
+        }
+        for (tb, s) in [(vec![], 1usize), (vec![0, 1], 1), (vec![], 3)] {
+            let opts = DecodeOptions { transform_batch: tb.clone(), n_samples: s, seed: 5 };
+            for f in [SplicingFn::Decoder, SplicingFn::DmPosterior] {
+                let (a, b) = (on.decode(&cells, &opts, Some(f), true).unwrap(), cpu.decode(&cells, &opts, Some(f), true).unwrap());
+                close(&format!("{f:?} psi, transform {tb:?}, {s} samples"), &a.psi.unwrap().data, &b.psi.unwrap().data);
+                close(&format!("px_scale, transform {tb:?}, {s} samples"), &a.expr.unwrap().data, &b.expr.unwrap().data);
+            }
+        }
+        let cmp = comparisons(&ds, "batch", Some("batch0"), None).unwrap().remove(0);
+        let opts = ChangeOptions { n_samples_overall: 60, block_cells: 16, seed: 3, ..ChangeOptions::new(0.1) };
+        let (a, b) = (differential_splicing(&on, &cmp, SplicingFn::DmPosterior, &opts, 0).unwrap(), differential_splicing(&cpu, &cmp, SplicingFn::DmPosterior, &opts, 0).unwrap());
+        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        close("DS est_prob1", &f(&a.est_prob1), &f(&b.est_prob1));
+        close("DS est_prob2", &f(&a.est_prob2), &f(&b.est_prob2));
+    }
+}
+
+#[test]
+fn analyses_on_the_device_match_the_cpu() {
+    for dev in emu::devices("Posterior on the device vs on the CPU") {
+        let dev: &'static CudaDevice = Box::leak(Box::new(dev));
+        posterior_on(dev);
+    }
+}

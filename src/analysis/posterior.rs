@@ -70,6 +70,8 @@ pub struct Posterior<'a> {
     pub with_cell_idx: bool,
     /// DM concentration per junction (empty when the splicing likelihood has none).
     pub conc: Vec<f32>,
+    /// The CUDA step's encoders and decoders, when the analysis runs on a device ([`Self::use_device`]).
+    device: Option<std::cell::RefCell<crate::cuda::step::DeviceModel<'a>>>,
 }
 
 impl<'a> Posterior<'a> {
@@ -89,14 +91,44 @@ impl<'a> Posterior<'a> {
             SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => per_junction_concentration(model, params, &ds.splicing.junc2atse),
             SplicingLoss::Binomial | SplicingLoss::Bce => Vec::new(),
         };
-        Ok(Posterior { ds, model, params, gate, with_cell_idx: ds.n_cells() == model.dims.n_obs, conc })
+        Ok(Posterior { ds, model, params, gate, with_cell_idx: ds.n_cells() == model.dims.n_obs, conc, device: None })
+    }
+
+    /// Runs the latents and the decode of [`Self::latent_means`] and [`Self::decode`] on `dev` (the CUDA
+    /// step's encoders, latent step and decoders, `DeviceModel::{latents, decode_dense}`) with GEMM
+    /// operands in `precision`. The rest of each analysis (sampling, the tests) stays on the host.
+    pub fn use_device(&mut self, dev: &'a crate::cuda::CudaDevice, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
+        let mut dm = crate::cuda::step::DeviceModel::new(dev, self.model, self.params)?;
+        dm.precision = precision;
+        self.device = Some(std::cell::RefCell::new(dm));
+        Ok(())
+    }
+
+    pub fn on_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// (qz_m, qz_v, library, qzm_expr, qzm_spl) of a block of cells, on the device or the CPU.
+    fn means(&self, batch: &Batch) -> Result<(Mat<f32>, Mat<f32>, Vec<f32>, Mat<f32>, Mat<f32>)> {
+        let b = batch.n_cells();
+        let (l, d) = (self.model.arch.l, self.model.arch.d);
+        Ok(match &self.device {
+            Some(dm) => {
+                let x = dm.borrow_mut().latents(batch)?;
+                (Mat::from_vec(b, l, x.qz_m), Mat::from_vec(b, l, x.qz_v), x.library, Mat::from_vec(b, d, x.mu_e), Mat::from_vec(b, d, x.mu_s))
+            }
+            None => {
+                let i = self.model.inference_only(self.params, batch)?;
+                (i.qz_m, i.qz_v, i.library, i.qzm_expr, i.qzm_spl)
+            }
+        })
     }
 
     pub fn batch(&self, cells: &[usize]) -> Result<Batch> {
         Batch::from_dataset(self.ds, cells, self.with_cell_idx)
     }
 
-    /// Posterior means (eval mode) of a block of cells.
+    /// Posterior means (eval mode) of a block of cells, on the CPU backend (every field of `Inference`).
     pub fn latents(&self, cells: &[usize]) -> Result<Inference<f32>> {
         self.model.inference_only(self.params, &self.batch(cells)?)
     }
@@ -107,8 +139,8 @@ impl<'a> Posterior<'a> {
         let mut lat: [Vec<f32>; 3] = Default::default();
         let mut dims = [0usize; 3];
         for b in cells.chunks(block.max(1)) {
-            let inf = self.latents(b)?;
-            for (i, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
+            let (qz_m, _, _, mu_e, mu_s) = self.means(&self.batch(b)?)?;
+            for (i, m) in [&qz_m, &mu_e, &mu_s].into_iter().enumerate() {
                 dims[i] = m.cols;
                 lat[i].extend_from_slice(&m.data);
             }
@@ -130,9 +162,9 @@ impl<'a> Posterior<'a> {
             bail!("transform batch code {b} ≥ the model's {n_batch} batches");
         }
         let batch = self.batch(cells)?;
-        let inf = self.model.inference_only(self.params, &batch)?;
+        let (qz_m, qz_v, library, _, _) = self.means(&batch)?;
         let s = opts.n_samples.max(1);
-        let lats: Vec<Mat<f32>> = if s == 1 { vec![inf.qz_m.clone()] } else { self.samples(cells, &inf, s, opts.seed) };
+        let lats: Vec<Mat<f32>> = if s == 1 { vec![qz_m.clone()] } else { self.samples(cells, &qz_m, &qz_v, s, opts.seed) };
         let overrides: Vec<Option<u32>> = if opts.transform_batch.is_empty() { vec![None] } else { opts.transform_batch.iter().map(|&b| Some(b)).collect() };
         let n_terms = (lats.len() * overrides.len()) as f32;
         let (b, j, g) = (cells.len(), self.ds.n_junctions(), self.ds.n_genes());
@@ -144,16 +176,24 @@ impl<'a> Posterior<'a> {
                 bt.batch.iter_mut().for_each(|x| *x = *code);
             }
             for lat in &lats {
-                let dec = self.model.decode_dense(self.params, lat, &bt, &inf.library, self.gate)?;
-                if let (Some(sum), Some(f)) = (psi_sum.as_mut(), psi_fn) {
-                    let mut p = dec.p;
+                let (p, px_scale) = match &self.device {
+                    Some(dm) => {
+                        let d = dm.borrow_mut().decode_dense(&lat.data, &bt, self.gate, psi_fn.is_some(), expr)?;
+                        (d.p.map(|v| Mat::from_vec(b, j, v)), d.px_scale.map(|v| Mat::from_vec(b, g, v)))
+                    }
+                    None => {
+                        let d = self.model.decode_dense(self.params, lat, &bt, &library, self.gate)?;
+                        (Some(d.p), Some(d.px_scale))
+                    }
+                };
+                if let (Some(sum), Some(f), Some(mut p)) = (psi_sum.as_mut(), psi_fn, p) {
                     if f == SplicingFn::DmPosterior {
                         dm_posterior_rows(&mut p, &batch.spl, &self.conc);
                     }
                     add_into(sum, &p);
                 }
-                if let Some(sum) = expr_sum.as_mut() {
-                    add_into(sum, &dec.px_scale);
+                if let (Some(sum), Some(x)) = (expr_sum.as_mut(), px_scale) {
+                    add_into(sum, &x);
                 }
             }
         }
@@ -168,8 +208,8 @@ impl<'a> Posterior<'a> {
     }
 
     /// S samples of the joint latent for each cell (sample-major: one B × L matrix per sample).
-    fn samples(&self, cells: &[usize], inf: &Inference<f32>, s: usize, seed: u64) -> Vec<Mat<f32>> {
-        let l = inf.qz_m.cols;
+    fn samples(&self, cells: &[usize], qz_m: &Mat<f32>, qz_v: &Mat<f32>, s: usize, seed: u64) -> Vec<Mat<f32>> {
+        let l = qz_m.cols;
         let ln = self.model.cfg.latent_distribution == crate::model::LatentDistribution::Ln;
         let mut out = vec![Mat::<f32>::zeros(cells.len(), l); s];
         for (r, &c) in cells.iter().enumerate() {
@@ -178,7 +218,7 @@ impl<'a> Posterior<'a> {
                 let row = m.row_mut(r);
                 for t in 0..l {
                     let e: f64 = StandardNormal.sample(&mut rng);
-                    row[t] = inf.qz_m.at(r, t) + inf.qz_v.at(r, t).sqrt() * e as f32;
+                    row[t] = qz_m.at(r, t) + qz_v.at(r, t).sqrt() * e as f32;
                 }
                 if ln {
                     let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -21,12 +21,13 @@ pub struct DiffExpressionArgs {
     pub delta: f64,
 }
 
-pub fn run(args: DiffExpressionArgs) -> Result<()> {
+pub fn run(args: DiffExpressionArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     let o = open_run(&args.run_dir, &args.data)?;
     // Differential expression keeps the original's test whatever the preset (flags still apply).
     let opts = args.groups.change_options(args.delta, &o.run.batch_levels, &crate::train::presets::ORIGINAL_DS)?;
     let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
-    let post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    super::analysis_device(&mut post, device, precision, "diff-expression")?;
     let mut results = Vec::new();
     for (k, c) in cmps.iter().enumerate() {
         let r = differential_expression(&post, c, &opts, k as u64)?;

@@ -111,7 +111,7 @@ pub struct DiffSplicingArgs {
     pub no_plots: bool,
 }
 
-pub fn run(args: DiffSplicingArgs) -> Result<()> {
+pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     let o = open_run(&args.run_dir, &args.data)?;
     let base = crate::train::presets::ds_defaults(&o.run.preset);
     let mut opts = args.groups.change_options(args.delta, &o.run.batch_levels, &base)?;
@@ -134,7 +134,8 @@ pub fn run(args: DiffSplicingArgs) -> Result<()> {
         );
     }
     let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
-    let post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    super::analysis_device(&mut post, device, precision, "diff-splicing")?;
     let mut results = Vec::new();
     for (k, c) in cmps.iter().enumerate() {
         let r = differential_splicing(&post, c, args.method, &opts, k as u64)?;

@@ -110,7 +110,7 @@ fn train_here(args: &EvaluateArgs, data: &PathBuf, masked: &Dataset, dir: &std::
     t.fit()
 }
 
-pub fn run(args: EvaluateArgs) -> Result<()> {
+pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     let (run_dir, data) = match (args.train, args.paths.as_slice()) {
         (false, [r, d]) => (Some(r.clone()), d.clone()),
         (true, [d]) => (None, d.clone()),
@@ -155,12 +155,14 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     };
     let filter = TruthFilter { include_zero: args.include_zero_truth, exclude_one: args.exclude_psi_one, min_atse_count: args.min_atse_count };
     let imp = {
-        let post_masked = Posterior::new(&ds, &model, &params)?;
+        let mut post_masked = Posterior::new(&ds, &model, &params)?;
+        super::analysis_device(&mut post_masked, device, precision, "evaluate")?;
         evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), args.block_cells)?
     };
     unmask_atses(&mut ds, &dropped, &source)?;
     drop(dropped);
-    let post = Posterior::new(&ds, &model, &params)?;
+    let mut post = Posterior::new(&ds, &model, &params)?;
+    super::analysis_device(&mut post, device, precision, "evaluate")?;
     let lat = evaluate_latents(&post, labels.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
     let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
     let extra = extra_latent_rows(&args, &post, labels.as_deref(), &ds)?;

@@ -51,10 +51,11 @@ pub fn compression(level: u8) -> Compression {
     Compression { gzip_level: (level > 0).then_some(level) }
 }
 
-pub fn run(args: ImputeArgs) -> Result<()> {
+pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
     let o = open_run(&args.run_dir, &args.data)?;
-    let post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    super::analysis_device(&mut post, device, precision, "impute")?;
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let junctions = match &args.junctions {
         Some(p) => Some(read_name_list(p, &o.ds.splicing.junction_names, "junction")?),

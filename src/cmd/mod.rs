@@ -25,11 +25,11 @@ pub struct Cli {
     pub threads: Option<usize>,
     /// Compute device of every command: auto (cuda:0 where usable and the command's CUDA path has been
     /// validated on a GPU, else cpu, with a one-line reason), cpu, cuda or cuda:N (train, bench and
-    /// check-fixture run the CUDA training step, embed its encoders; the other analyses have no CUDA
-    /// path yet).
+    /// check-fixture run the CUDA training step; the analyses run the step's encoders and decoders on
+    /// the device, their tests on the host).
     #[arg(long, global = true, default_value = "auto", value_parser = crate::device::parse_device_spec)]
     pub device: crate::device::DeviceSpec,
-    /// Precision of the CUDA step (train, bench, check-fixture, embed with a CUDA device): f32, or
+    /// Precision of the CUDA step (every command with a CUDA device): f32, or
     /// bf16 GEMM operands with f32 accumulation, parameters, optimizer state and likelihood math.
     #[arg(long, global = true, default_value = "f32", value_parser = parse_precision)]
     pub precision: crate::cuda::gemm::GemmPrecision,
@@ -107,8 +107,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let mut resolved = None;
     if let Some(name) = compute {
         let r = match name {
-            "train" | "bench" | "check-fixture" | "embed" => crate::device::resolve_for_training(cli.device)?,
-            _ => crate::device::resolve_for_command(cli.device, name)?,
+            // Every compute command has a CUDA path: `cuda[:N]` runs it, `auto` stays on the CPU until
+            // the step has been validated on a GPU.
+            _ => crate::device::resolve_for_training(cli.device)?,
         };
         eprintln!("{}", r.describe());
         resolved = Some(r);
@@ -116,23 +117,42 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let device = resolved.map(|r| r.device).unwrap_or(crate::device::Device::Cpu);
     let precision = cli.precision;
     if precision == crate::cuda::gemm::GemmPrecision::Bf16 && !device.is_cuda() {
-        anyhow::bail!("--precision bf16 is a CUDA-step option (train, bench, check-fixture, embed with --device cuda); the CPU backend computes in f32");
+        anyhow::bail!("--precision bf16 is a CUDA option (with --device cuda); the CPU backend computes in f32");
     }
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Train(a) => train::run(a, &device, precision),
         Command::Embed(a) => embed::run(a, &device, precision),
-        Command::Impute(a) => impute::run(a),
-        Command::NormalizeExpression(a) => normalize_expression::run(a),
-        Command::DiffSplicing(a) => diff_splicing::run(a),
-        Command::DiffExpression(a) => diff_expression::run(a),
-        Command::Evaluate(a) => evaluate::run(a),
+        Command::Impute(a) => impute::run(a, &device, precision),
+        Command::NormalizeExpression(a) => normalize_expression::run(a, &device, precision),
+        Command::DiffSplicing(a) => diff_splicing::run(a, &device, precision),
+        Command::DiffExpression(a) => diff_expression::run(a, &device, precision),
+        Command::Evaluate(a) => evaluate::run(a, &device, precision),
         Command::Plot(a) => plot::run(a),
         Command::CheckFixture(a) => check_fixture::run(a, &device, precision),
         Command::Bench(a) => bench::run(a, &device, precision),
         Command::Info(a) => info::run(a),
     }
+}
+
+/// Runs `post`'s encoders and decoders on the device for an analysis (`--device cuda[:N]`), after
+/// checking that the CUDA step implements the run's options; nothing on the CPU.
+pub(crate) fn analysis_device<'a>(
+    post: &mut crate::analysis::posterior::Posterior<'a>,
+    device: &crate::device::Device,
+    precision: crate::cuda::gemm::GemmPrecision,
+    command: &str,
+) -> anyhow::Result<()> {
+    let crate::device::Device::Cuda(info) = device else { return Ok(()) };
+    if let Some(why) = crate::cuda::step::unsupported(&post.model.cfg, &post.model.dims) {
+        anyhow::bail!("--device cuda:{}: {why}", info.ordinal);
+    }
+    // One device for the life of the process (the posterior's device model borrows it).
+    let dev: &'static crate::cuda::CudaDevice = Box::leak(Box::new(crate::cuda::CudaDevice::open(info.ordinal)?));
+    post.use_device(dev, precision)?;
+    eprintln!("{command}: encoders and decoders on {device} in {precision:?} (the CUDA step; it had not run on a GPU when this build was made)");
+    Ok(())
 }
 
 #[cfg(test)]

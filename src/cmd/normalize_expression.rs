@@ -40,10 +40,11 @@ pub struct NormalizeExpressionArgs {
     pub gzip: u8,
 }
 
-pub fn run(args: NormalizeExpressionArgs) -> Result<()> {
+pub fn run(args: NormalizeExpressionArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
     let o = open_run(&args.run_dir, &args.data)?;
-    let post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    super::analysis_device(&mut post, device, precision, "normalize-expression")?;
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let genes = match &args.genes {
         Some(p) => Some(read_name_list(p, &o.ds.gene_names, "gene")?),

@@ -1231,7 +1231,20 @@ impl<'d> DeviceModel<'d> {
         ensure!(lat.len() == b * l, "decode: the latent has {} values for {b} cells × {l}", lat.len());
         let opts = StepOptions { training: false, use_z_mean: true, noise: Noise::Zero, kl_weight: 1.0, cross_gate: gate, routing: None, seed: 0 };
         let mode = Mode { training: false, seed: 0 };
-        let hb = HostBatch::build(m, batch, &opts)?;
+        // The decoders read only the covariates: the minibatch without its counts, so that the host packs
+        // O(B) values (the decode runs once per posterior sample and transform batch).
+        let light = Batch {
+            expr: crate::data::Csr { n_rows: b, n_cols: g_n, indptr: vec![0; b + 1], indices: Vec::new(), values: Vec::new() },
+            spl: crate::model::SplBatch { n_junctions: j_n, indptr: vec![0; b + 1], ..Default::default() },
+            library: batch.library.clone(),
+            batch: batch.batch.clone(),
+            labels: batch.labels.clone(),
+            cats: batch.cats.clone(),
+            cont: batch.cont.clone(),
+            n_cont: batch.n_cont,
+            cell_idx: batch.cell_idx.clone(),
+        };
+        let hb = HostBatch::build(m, &light, &opts)?;
         self.arena.borrow_mut().rewind(self.dev)?;
         self.bn_pending.borrow_mut().clear();
         let bt = self.upload_batch(&hb)?;
