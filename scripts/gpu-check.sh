@@ -124,6 +124,13 @@ for preset in default robust; do
   step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cpu" --preset $preset --batch-key batch --max-epochs 2 --device cpu --no-plots
   for r in $preset-cuda $preset-cpu; do [ -f "$work/$r/metrics.tsv" ] && { echo "--- $r/metrics.tsv"; cat "$work/$r/metrics.tsv"; } | tee -a "$LOG"; done
 done
+# The analyses' encoders and decoders on the device, beside the CPU's, from the device-trained run.
+if [ -f "$work/default-cuda/model.safetensors" ]; then
+  for dv in cuda cpu; do
+    cuda_step "$HERE/bin/splicevi" embed "$work/default-cuda" "$work/toy.h5mu" --out "$work/emb-$dv.h5ad" --no-plots --device $dv
+    cuda_step "$HERE/bin/splicevi" impute "$work/default-cuda" "$work/toy.h5mu" --out "$work/imp-$dv.h5ad" --device $dv
+  done
+fi
 # Throughput (cells/s, fraction of the floor): small and medium first, then the paper size (its
 # simulation alone takes a while); BENCH_ARGS overrides.
 cuda_step "$HERE/bin/splicevi" bench --device cuda ${BENCH_ARGS:---size small,medium --preset default,paper,robust --max-seconds 15}
