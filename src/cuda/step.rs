@@ -15,6 +15,9 @@
 //! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
 //! are stored in f32.
 //!
+//! The analyses use the same pieces: [`DeviceModel::latents`] (the encoders and the latent step in
+//! evaluation mode) and [`DeviceModel::decode_dense`] (the decoders and kernels/decode_dense.cu).
+//!
 //! Every model option runs here. The MMD-RBF penalty alone is computed on the host from the B × d
 //! posteriors copied back (its bandwidth is a median over all pairs of cells), its gradient copied in.
 //!
