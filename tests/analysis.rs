@@ -458,6 +458,16 @@ fn commands_write_anndata_and_tsv_outputs() {
     ok(bin().arg("diff-expression").arg(&run).arg(&data).args(["--groupby", "cell_type", "--group1", "T1", "--n-samples-overall", "500", "--out"]).arg(p("de.tsv")));
     let table = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--out"]).arg(p("eval.tsv")));
     assert!(table.contains("mean_bayes") && table.contains("splicing"), "{table}");
+    // --device cuda: the analysis runs its encoders and decoders on cuda:0 where it is usable; here (no
+    // GPU) an error naming the device, with nothing written, never a silent CPU run.
+    let imp_cuda = bin().args(["--device", "cuda"]).arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_cuda.h5ad")).output().unwrap();
+    if splicevi::cuda::cuda_usable(0).is_ok() {
+        assert!(imp_cuda.status.success(), "{}", String::from_utf8_lossy(&imp_cuda.stderr));
+    } else {
+        let err = String::from_utf8_lossy(&imp_cuda.stderr);
+        assert!(!imp_cuda.status.success() && err.contains("cuda:0"), "{err}");
+        assert!(!p("psi_cuda.h5ad").exists(), "a failed --device cuda run wrote its output");
+    }
     let log = ok(bin().args(["evaluate", "--train"]).arg(&data).args(["--batch-key", "batch", "--max-epochs", "2", "--n-epochs-kl-warmup", "1", "--quiet", "--mask-fraction", "0.5", "--out"]).arg(p("eval_train.tsv")));
     assert!(log.contains("training on the masked data"), "{log}");
 

@@ -88,7 +88,14 @@ fn is_empty(v: &serde_json::Value) -> bool {
 }
 
 /// Train on the masked data as `splicevi train` would (options: preset → --config → flags).
-fn train_here(args: &EvaluateArgs, data: &PathBuf, masked: &Dataset, dir: &std::path::Path) -> Result<()> {
+fn train_here(
+    args: &EvaluateArgs,
+    data: &PathBuf,
+    masked: &Dataset,
+    dir: &std::path::Path,
+    device: &crate::device::Device,
+    precision: crate::cuda::gemm::GemmPrecision,
+) -> Result<()> {
     let targs = TrainArgs {
         data: data.clone(),
         out: dir.to_path_buf(),
@@ -106,6 +113,7 @@ fn train_here(args: &EvaluateArgs, data: &PathBuf, masked: &Dataset, dir: &std::
     let run = RunConfig::for_dataset(&args.preset, model, train, args.data_options.clone(), masked);
     let mut t = Trainer::new(masked, run, dir)?;
     t.verbose = !args.quiet;
+    super::train::attach_device(&mut t, device, precision)?;
     eprintln!("training on the masked data ({} cells); run dir {}", masked.n_cells(), dir.display());
     t.fit()
 }
@@ -140,7 +148,7 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         }
     };
     if run_dir.is_none() {
-        train_here(&args, &data, &ds, &dir)?;
+        train_here(&args, &data, &ds, &dir, device, precision)?;
     }
     let run = read_run_config(&dir)?;
     align_batches(&mut ds, &run.batch_levels, &dir.display().to_string())?;
