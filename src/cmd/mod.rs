@@ -92,25 +92,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     // Every compute command resolves --device first, so an impossible request fails before any work.
-    let compute = match &cli.command {
-        Command::Simulate(_) | Command::Validate(_) | Command::Plot(_) | Command::Info(_) => None,
-        Command::Train(_) => Some("train"),
-        Command::Embed(_) => Some("embed"),
-        Command::Impute(_) => Some("impute"),
-        Command::NormalizeExpression(_) => Some("normalize-expression"),
-        Command::DiffSplicing(_) => Some("diff-splicing"),
-        Command::DiffExpression(_) => Some("diff-expression"),
-        Command::Evaluate(_) => Some("evaluate"),
-        Command::CheckFixture(_) => Some("check-fixture"),
-        Command::Bench(_) => Some("bench"),
-    };
+    let compute = !matches!(&cli.command, Command::Simulate(_) | Command::Validate(_) | Command::Plot(_) | Command::Info(_));
     let mut resolved = None;
-    if let Some(name) = compute {
-        let r = match name {
-            // Every compute command has a CUDA path: `cuda[:N]` runs it, `auto` stays on the CPU until
-            // the step has been validated on a GPU.
-            _ => crate::device::resolve_for_training(cli.device)?,
-        };
+    if compute {
+        // Every compute command has a CUDA path: `cuda[:N]` runs it, `auto` stays on the CPU until the
+        // step has been validated on a GPU.
+        let r = crate::device::resolve_for_training(cli.device)?;
         eprintln!("{}", r.describe());
         resolved = Some(r);
     }
