@@ -1,6 +1,7 @@
 //! Fixed-count timing of the training step's parts (the same setup as `benches/train_step.rs`), for
 //! `perf stat` comparisons on a busy machine: `cargo run --release --example step_parts -- default 20`.
-//! Prints milliseconds per call of each part, wall and CPU (Linux). Criterion (`cargo bench --bench train_step`) is the
+//! Prints milliseconds per call of each part, wall and CPU (Linux); `host_batch` is the host's share of a
+//! CUDA step (`HostBatch::build`). Criterion (`cargo bench --bench train_step`) is the
 //! benchmark of record; this is its fixed-iteration twin for counting cycles and instructions.
 
 use std::time::Instant;
@@ -36,7 +37,11 @@ fn main() {
     let (ds, _) = simulate(&SimConfig::preset(size, 0)).expect("simulating");
     let cells: Vec<usize> = (0..256).collect();
     let batch = Batch::from_dataset(&ds, &cells, true).expect("minibatch");
-    let cfg = if preset == "paper" { ModelConfig::paper() } else { ModelConfig::default() };
+    let cfg = match preset {
+        "paper" => ModelConfig::paper(),
+        "robust" => ModelConfig::robust(),
+        _ => ModelConfig::default(),
+    };
     let model = SpliceVae::new(cfg, dims_of(&ds), ds.splicing.junc2atse.clone()).expect("model");
     let p = model.init_params::<f32>(0);
     let opts = StepOptions { training: true, kl_weight: 0.5, ..StepOptions::default() };
@@ -72,4 +77,10 @@ fn main() {
     time("backward", &mut || {
         std::hint::black_box(model.backward(&p, &batch, &fwd, None).expect("backward"));
     });
+    // The host's share of a CUDA step: the minibatch's arrays and index structures packed for one copy.
+    time("host_batch", &mut || {
+        std::hint::black_box(splicevi::cuda::step::HostBatch::build(&model, &batch, &opts).expect("host batch"));
+    });
+    let hb = splicevi::cuda::step::HostBatch::build(&model, &batch, &opts).expect("host batch");
+    println!("{:>17}: {:8.1} MB copied per step, {} observed entries", "host_batch", hb.bytes() as f64 / 1e6, batch.spl.nnz());
 }
