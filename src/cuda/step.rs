@@ -1565,10 +1565,23 @@ impl<'d> DeviceModel<'d> {
 
         // ---- loss terms (host) -------------------------------------------------------------------
         drop(r_phase);
-        let rl_e_h = dev.read(&rl_e)?;
-        let rl_s_h = dev.read(&rl_s)?;
-        let kl_h = dev.read(&kl_row)?;
-        let pen_h = dev.read(&pen_row)?;
+        // Everything the host needs in one copy (one synchronisation): the per-cell terms, z, and Σ log φ²
+        // of the concentration prior.
+        let lpv = self.p(a.log_phi);
+        let n_out = 4 * b + b * l + 1;
+        let outb = self.nan(n_out)?;
+        let at = |off: usize, n: usize| Buf::new(outb.addr + (off * 4) as u64, n);
+        for (k, src) in [&rl_e, &rl_s, &kl_row, &pen_row].into_iter().enumerate() {
+            dev.copy(src, &mut at(k * b, b), b)?;
+        }
+        dev.copy(&z, &mut at(4 * b, b * l), b * l)?;
+        let mut sumsq = at(4 * b + b * l, 1);
+        let mut sq = self.nan(lpv.len)?;
+        self.glue.map(MapOp::Mul, &lpv, Some(&lpv), &mut sq)?;
+        self.glue.col_sum(Cols::all(&sq, 1), lpv.len, 1, 1.0, 0.0, &mut sumsq)?;
+        let host_out = dev.read(&outb)?;
+        let part = |k: usize, n: usize| host_out[k..k + n].to_vec();
+        let (rl_e_h, rl_s_h, kl_h, pen_h) = (part(0, b), part(b, b), part(2 * b, b), part(3 * b, b));
         let rl_expr: Vec<f32> = rl_e_h.iter().zip(&hb.mask_e_host).map(|(&v, &mk)| if mk { v } else { 0.0 }).collect();
         let pen_sum: f64 = pen_h.iter().map(|&v| v as f64).sum();
         let penalty = match penalty_kind {
@@ -1597,9 +1610,8 @@ impl<'d> DeviceModel<'d> {
             None => None,
         };
         let penalty = penalty + rbf.as_ref().map_or(0.0, |r| r.0);
-        let lp = self.dev.read(&self.p(a.log_phi) as &dyn DeviceMem<f32>)?;
         let concentration_prior = match kind {
-            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => cfg.lambda_prior * lp.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / b as f64,
+            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => cfg.lambda_prior * host_out[n_out - 1] as f64 / b as f64,
             _ => 0.0,
         };
         // The splicing decoder priors (docs/robust.md) on its output weight W (J × K), N the data's cells:
@@ -1618,7 +1630,7 @@ impl<'d> DeviceModel<'d> {
         };
         let mean_terms: f64 = (0..b).map(|i| rl_expr[i] as f64 + rl_s_h[i] as f64 + opts.kl_weight * kl_h[i] as f64).sum::<f64>() / b as f64;
         let loss = mean_terms + penalty + concentration_prior + decoder_prior + decoder_effect_prior;
-        let z_host = dev.read(&z)?;
+        let z_host = part(4 * b, b * l);
         let out = DeviceStepOutput { rl_expr, rl_spl: rl_s_h, kl: kl_h, penalty, concentration_prior, decoder_prior, decoder_effect_prior, loss, z: z_host };
         if !backward || !out.loss.is_finite() {
             // (A non-finite loss is the caller's to report, with the term that went bad.)
