@@ -96,10 +96,6 @@ impl<T> DeviceMem<T> for TView<T> {
 /// An f32 step buffer.
 type Buf = TView<f32>;
 
-fn view(m: &dyn DeviceMem<f32>) -> Buf {
-    Buf::new(m.device_address(), m.elements())
-}
-
 /// Device scratch of the step: a bump allocator over device chunks, rewound at every step. When a step
 /// needed more than one chunk, the rewind replaces them by one chunk of the total, so that steady-state
 /// steps allocate nothing on the device (design.md §4).
@@ -339,7 +335,7 @@ impl HostBatch {
         let enc_cov = cfg.encode_covariates && (batch.n_cont > 0 || m.arch.dec_cats.iter().sum::<usize>() > 0);
         let mut cats_all: Vec<&[u32]> = vec![&batch.batch];
         cats_all.extend(batch.cats.iter().map(|c| c.as_slice()));
-        let cov_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats_all.clone() };
+        let cov_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats_all };
         let with_cov = |indptr: &[usize], indices: &[u32], values: &[f32], n_cols: usize| {
             let s = sparse_input::<f32>(indptr, indices, values, n_cols, batch, batch.n_cont);
             cov_all.concat_sparse(&s, 0, &m.arch.dec_cats)
@@ -407,30 +403,11 @@ impl HostBatch {
         // partial encoder's MLP with encode_covariates.
         let n_cont = batch.n_cont;
         let cov_cont = (n_cont > 0).then(|| cov_all.concat_dense(&empty, n_cont, &m.arch.dec_cats).data);
-        let l = m.arch.l;
-        let eps_joint: Vec<f32> = match &opts.noise {
-            Noise::Zero => vec![0.0; b * l],
-            Noise::Seeded => (0..b * l).map(|i| rng::normal(opts.seed, rng::streams::EPS_JOINT, i as u64) as f32).collect(),
-            Noise::Given { eps_joint, .. } => {
-                ensure!(eps_joint.len() == b * l, "given noise has the wrong size (need {b}×{l})");
-                eps_joint.iter().map(|&v| v as f32).collect()
-            }
-        };
-        // MMD-RBF: the per-modality samples' noise (B × d each), used on the host.
-        let d = m.arch.d;
-        let mmd_eps = if cfg.modality_penalty == ModalityPenalty::MmdRbf && cfg.modality_weights != ModalityWeights::Concatenate {
-            let gen = |stream: u64| -> Vec<f32> { (0..b * d).map(|i| rng::normal(opts.seed, stream, i as u64) as f32).collect() };
-            Some(match &opts.noise {
-                Noise::Zero => (vec![0.0; b * d], vec![0.0; b * d]),
-                Noise::Seeded => (gen(rng::streams::EPS_EXPR), gen(rng::streams::EPS_SPL)),
-                Noise::Given { eps_expr, eps_spl, .. } => {
-                    ensure!(eps_expr.len() == b * d && eps_spl.len() == b * d, "given noise has the wrong size (need {b}×{d})");
-                    (eps_expr.iter().map(|&v| v as f32).collect(), eps_spl.iter().map(|&v| v as f32).collect())
-                }
-            })
-        } else {
-            None
-        };
+        // The step's noise, as the CPU model draws it: the joint sample's on the device, the per-modality
+        // samples' on the host for MMD-RBF.
+        let (eps_e, eps_s, eps_j) = m.noise::<f32>(b, opts)?;
+        let eps_joint = eps_j.data;
+        let mmd_eps = (cfg.modality_penalty == ModalityPenalty::MmdRbf && cfg.modality_weights != ModalityWeights::Concatenate).then(|| (eps_e.data, eps_s.data));
         // Softmax modality weights: the table row of each cell, and the CSR that sends each cell's d(raw)
         // back to its row (`cell`).
         let iota: Vec<i32> = (0..=b as i32).collect();
@@ -441,19 +418,7 @@ impl HostBatch {
                     bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
                 }
                 let rows: Vec<i32> = ci.iter().map(|&r| r as i32).collect();
-                let mut ptr = vec![0i32; n_obs + 1];
-                for &r in ci {
-                    ptr[r as usize + 1] += 1;
-                }
-                for t in 0..n_obs {
-                    ptr[t + 1] += ptr[t];
-                }
-                let mut fill: Vec<i32> = ptr[..n_obs].to_vec();
-                let mut ids = vec![0i32; b];
-                for (i, &r) in ci.iter().enumerate() {
-                    ids[fill[r as usize] as usize] = i as i32;
-                    fill[r as usize] += 1;
-                }
+                let (ptr, ids) = group_by(ci, n_obs);
                 (rows, Some((ptr, ids, vec![1f32; b])), false)
             }
             (ModalityWeights::Cell, None) => {
@@ -613,8 +578,14 @@ fn csc(rows: usize, cols: usize, indptr: &[usize], indices: &[u32], values: &[f3
 /// target's entries in order).
 fn conc_targets(spl: &crate::model::SplBatch, conc: ConcIndex, junc2atse: &[u32], n_targets: usize) -> (Vec<i32>, Vec<i32>) {
     let target: Vec<u32> = spl.junction.iter().map(|&jj| conc.target(jj as usize, junc2atse).min(n_targets - 1) as u32).collect();
+    group_by(&target, n_targets)
+}
+
+/// Items grouped by their target (< n_targets): a CSR over the targets (n_targets + 1 pointers) and
+/// the item ids, each target's in order (a counting sort).
+fn group_by(target: &[u32], n_targets: usize) -> (Vec<i32>, Vec<i32>) {
     let mut ptr = vec![0i32; n_targets + 1];
-    for &t in &target {
+    for &t in target {
         ptr[t as usize + 1] += 1;
     }
     for t in 0..n_targets {
@@ -677,7 +648,8 @@ impl DeviceStepOutput {
 pub struct DeviceModel<'d> {
     dev: &'d CudaDevice,
     model: Arc<SpliceVae>,
-    /// Host copy of the buffers the step reads on the host (pool divisor, modality weights).
+    /// Host copy of the parameters as uploaded: the partial encoder's pool divisor is read from it, and
+    /// `download_params` fills its layout.
     host: Params<f32>,
     pub params: DevBuf<f32>,
     pub grads: DevBuf<f32>,
@@ -1379,7 +1351,7 @@ impl<'d> DeviceModel<'d> {
             (ModalityWeights::Concatenate, _) => (Mix::Concat, None),
             (_, Some(r)) => (Mix::Routed(r), None),
             (ModalityWeights::PerDimensionWeightedAverage, None) => {
-                (Mix::PerDim { mask_spl: cfg.mask_cells_without_splicing }, Some(view(&self.p(a.dim_weights.unwrap()))))
+                (Mix::PerDim { mask_spl: cfg.mask_cells_without_splicing }, Some(self.p(a.dim_weights.unwrap())))
             }
             _ => (Mix::Softmax, None),
         };

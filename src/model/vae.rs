@@ -574,7 +574,8 @@ impl SpliceVae {
         Ok(Forward { out, tape, opts: opts.clone() })
     }
 
-    fn noise<T: Real>(&self, b: usize, opts: &StepOptions) -> Result<(Mat<T>, Mat<T>, Mat<T>)> {
+    /// The step's standard normals (expression, splicing and joint samples: B × d, B × d, B × L).
+    pub(crate) fn noise<T: Real>(&self, b: usize, opts: &StepOptions) -> Result<(Mat<T>, Mat<T>, Mat<T>)> {
         let (d, l) = (self.arch.d, self.arch.l);
         Ok(match &opts.noise {
             Noise::Zero => (Mat::zeros(b, d), Mat::zeros(b, d), Mat::zeros(b, l)),
