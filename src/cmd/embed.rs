@@ -1,7 +1,8 @@
 use crate::data::h5ad_out::{write_h5ad, DenseOut, H5adOut};
 use crate::data::h5write::UnsValue;
 use crate::data::load::load;
-use crate::model::{Batch, Mat};
+use crate::analysis::posterior::Posterior;
+use crate::model::Mat;
 use crate::train::trainer::load_model;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -36,48 +37,24 @@ pub struct EmbedArgs {
     pub no_plots: bool,
 }
 
-/// Posterior means (joint qz_m, expression mu_e, splicing mu_s) of every cell, row-major; on the CPU
-/// backend, or through the CUDA step's encoders on `dev` (`DeviceModel::latents`) with `precision`.
+/// Posterior means (joint qz_m, expression mu_e, splicing mu_s) of every cell, row-major, `batch_size`
+/// cells at a time; on `device` when it is a GPU (the CUDA step's encoders, `Posterior::use_device`).
 pub fn latents(
     run_dir: &std::path::Path,
     ds: &crate::data::Dataset,
     batch_size: usize,
-    dev: Option<&crate::cuda::CudaDevice>,
+    device: &crate::device::Device,
     precision: crate::cuda::gemm::GemmPrecision,
 ) -> Result<[Mat<f32>; 3]> {
     let (_run, model, params) = load_model(run_dir, ds)?;
+    let mut post = Posterior::new(ds, &model, &params)?;
+    // Every cell reads its own row of a per-cell weight table (the dataset's row numbers).
+    post.with_cell_idx = true;
+    super::analysis_device(&mut post, device, precision, "embed")?;
     let n = ds.n_cells();
-    let mut parts: [Vec<f32>; 3] = Default::default();
-    let (l, d) = (model.arch.l, model.arch.d);
-    let widths = [l, d, d];
     let cells: Vec<usize> = (0..n).collect();
-    let mut on_dev = match dev {
-        Some(d) => {
-            let mut dm = crate::cuda::step::DeviceModel::new(d, &model, &params)?;
-            dm.precision = precision;
-            Some(dm)
-        }
-        None => None,
-    };
-    for block in cells.chunks(batch_size.max(1)) {
-        let batch = Batch::from_dataset(ds, block, true)?;
-        match &mut on_dev {
-            Some(dm) => {
-                let lat = dm.latents(&batch)?;
-                for (k, v) in [lat.qz_m, lat.mu_e, lat.mu_s].into_iter().enumerate() {
-                    parts[k].extend(v);
-                }
-            }
-            None => {
-                let inf = model.inference_only(&params, &batch)?;
-                for (k, m) in [&inf.qz_m, &inf.qzm_expr, &inf.qzm_spl].into_iter().enumerate() {
-                    parts[k].extend_from_slice(&m.data);
-                }
-            }
-        }
-    }
-    let [a, b, c] = parts;
-    Ok([Mat::from_vec(n, widths[0], a), Mat::from_vec(n, widths[1], b), Mat::from_vec(n, widths[2], c)])
+    let ([a, b, c], [wa, wb, wc]) = post.latent_means(&cells, batch_size)?;
+    Ok([Mat::from_vec(n, wa, a), Mat::from_vec(n, wb, b), Mat::from_vec(n, wc, c)])
 }
 
 pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
@@ -88,18 +65,7 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
             anyhow::bail!("--color-by: no obs column `{c}` (obs has: {})", ds.obs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
         }
     }
-    let dev = match device {
-        crate::device::Device::Cuda(info) => {
-            let run = crate::train::trainer::read_run_config(&args.run_dir)?;
-            if let Some(why) = crate::cuda::step::unsupported(&run.model, &run.dims) {
-                anyhow::bail!("--device cuda:{}: {why}", info.ordinal);
-            }
-            eprintln!("encoding on {device} in {precision:?} (the CUDA step's encoders; it had not run on a GPU when this build was made)");
-            Some(crate::cuda::CudaDevice::open(info.ordinal)?)
-        }
-        crate::device::Device::Cpu => None,
-    };
-    let [joint, expr, spl] = latents(&args.run_dir, &ds, args.batch_size, dev.as_ref(), precision)?;
+    let [joint, expr, spl] = latents(&args.run_dir, &ds, args.batch_size, device, precision)?;
     let chosen = match args.modality {
         LatentKind::Joint => &joint,
         LatentKind::Expression => &expr,

@@ -123,6 +123,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// cuda:`ordinal`, opened once for the life of the process (device models borrow it; `evaluate --train`
+/// trains and then analyses on the same context).
+pub(crate) fn open_device(ordinal: usize) -> anyhow::Result<&'static crate::cuda::CudaDevice> {
+    thread_local! {
+        static OPEN: std::cell::RefCell<Vec<(usize, &'static crate::cuda::CudaDevice)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if let Some(d) = OPEN.with(|o| o.borrow().iter().find(|(n, _)| *n == ordinal).map(|(_, d)| *d)) {
+        return Ok(d);
+    }
+    let d: &'static crate::cuda::CudaDevice = Box::leak(Box::new(crate::cuda::CudaDevice::open(ordinal)?));
+    OPEN.with(|o| o.borrow_mut().push((ordinal, d)));
+    Ok(d)
+}
+
 /// Runs `post`'s encoders and decoders on the device for an analysis (`--device cuda[:N]`), after
 /// checking that the CUDA step implements the run's options; nothing on the CPU.
 pub(crate) fn analysis_device<'a>(
@@ -135,9 +149,7 @@ pub(crate) fn analysis_device<'a>(
     if let Some(why) = crate::cuda::step::unsupported(&post.model.cfg, &post.model.dims) {
         anyhow::bail!("--device cuda:{}: {why}", info.ordinal);
     }
-    // One device for the life of the process (the posterior's device model borrows it).
-    let dev: &'static crate::cuda::CudaDevice = Box::leak(Box::new(crate::cuda::CudaDevice::open(info.ordinal)?));
-    post.use_device(dev, precision)?;
+    post.use_device(open_device(info.ordinal)?, precision)?;
     eprintln!("{command}: encoders and decoders on {device} in {precision:?} (the CUDA step; it had not run on a GPU when this build was made)");
     Ok(())
 }

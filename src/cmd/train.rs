@@ -137,10 +137,7 @@ pub fn attach_device(t: &mut Trainer<'_>, device: &Device, precision: GemmPrecis
         if let Some(why) = crate::cuda::step::unsupported(&t.run.model, &t.run.dims) {
             anyhow::bail!("--device cuda:{}: {why}", info.ordinal);
         }
-        let dev = crate::cuda::CudaDevice::open(info.ordinal)?;
-        // One device for the life of the process: the step's kernels borrow it.
-        let dev: &'static crate::cuda::CudaDevice = Box::leak(Box::new(dev));
-        t.use_device(dev, precision)?;
+        t.use_device(super::open_device(info.ordinal)?, precision)?;
         eprintln!("training steps on {device} in {precision:?} (the CUDA step; it had not run on a GPU when this build was made)");
     }
     Ok(())
