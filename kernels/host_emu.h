@@ -9,6 +9,7 @@
 //   __syncthreads / __syncthreads_count : std::barrier over the block
 //   __shfl_xor_sync                      : an exchange buffer + std::barrier per warp of 32
 //   __ballot_sync / __syncwarp           : the same, per warp of 32
+//   atomicOr / __popc                    : std::atomic_ref / the builtin
 // Not a general emulator: 1-D grids and blocks, blockDim a multiple of 32, full-warp shuffles only.
 // (Never included by nvcc: the .cu files include it only when __CUDACC__ is not defined.)
 #pragma once
@@ -126,6 +127,10 @@ inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { emu::warp_barriers[thr
 
 template <class T>
 inline T __ldcg(const T* p) { return *p; }
+
+// Integer atomics are real atomics here: a block's threads are OS threads.
+inline unsigned atomicOr(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_or(v); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
 // Compile the harness with -ffp-contract=off: these are then plain IEEE operations.
 inline float __fmul_rn(float a, float b) { return a * b; }

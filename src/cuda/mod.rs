@@ -2,7 +2,7 @@
 //! device discovery that never panics on a machine without the NVIDIA driver, a context + stream with the
 //! modules loaded ([`CudaDevice`]), typed kernel wrappers ([`CudaOptim`], [`CudaSpecial`],
 //! [`CudaSplicingLik`], [`CudaExprLik`], [`CudaLatent`], [`CudaDenseEpilogue`], [`CudaPartial`],
-//! [`CudaSparseLinear`], [`CudaGlue`], [`CudaDecode`], and the cuBLAS GEMMs [`CudaGemm`]), the model's training step
+//! [`CudaSparseLinear`], [`CudaGlue`], [`CudaDecode`], [`CudaGather`], and the cuBLAS GEMMs [`CudaGemm`]), the model's training step
 //! chained from them ([`step`]), the one-allocation device memory arena ([`arena`]), optional NVTX ranges
 //! ([`nvtx`]) and the host emulation of the device ([`emu`]: the same wrappers and kernel sources on the
 //! CPU, for tests). **None of it has run on a GPU yet.**
@@ -17,6 +17,7 @@ pub mod decode;
 pub mod dense_epilogue;
 pub mod emu;
 pub mod expr_lik;
+pub mod gather;
 pub mod gemm;
 pub mod glue;
 pub mod latent;
@@ -35,6 +36,7 @@ pub use runtime::{CudaDevice, DevBuf, DeviceMem, Kernel};
 pub use decode::CudaDecode;
 pub use dense_epilogue::CudaDenseEpilogue;
 pub use expr_lik::CudaExprLik;
+pub use gather::CudaGather;
 pub use gemm::CudaGemm;
 pub use glue::CudaGlue;
 pub use latent::CudaLatent;
