@@ -479,6 +479,7 @@ fn trainer_on(dev: &'static CudaDevice) {
     use splicevi::data::simulate::{simulate, SimConfig, SimSize};
     use splicevi::data::DataOptions;
     use splicevi::train::trainer::{RunConfig, Trainer, MODEL_FILE};
+    use splicevi::cuda::resident::Residency;
     use splicevi::train::{presets, TrainConfig};
     // Smaller than `toy` (the emulation runs every CUDA thread as an OS thread).
     let (ds, _) = simulate(&SimConfig { n_cells: 120, n_genes: 60, n_junctions: 120, ..SimConfig::preset(SimSize::Toy, 3) }).unwrap();
@@ -497,8 +498,12 @@ fn trainer_on(dev: &'static CudaDevice) {
         let mut on = Trainer::new(&ds, run, d_dev.path()).unwrap();
         on.verbose = false;
         assert!(on.adversary.is_some(), "{preset}: two batches train the adversary");
-        on.use_device(dev, splicevi::cuda::gemm::GemmPrecision::F32).unwrap();
+        // paper streams its minibatches from the host, robust gathers them from the resident dataset.
+        let residency = if preset == "paper" { Residency::Host } else { Residency::Device };
+        on.use_device_with(dev, splicevi::cuda::gemm::GemmPrecision::F32, residency).unwrap();
         assert!(on.on_device());
+        let note = on.device_data_note().unwrap().to_string();
+        assert_eq!(note.starts_with("data resident on the device"), residency == Residency::Device, "{preset}: {note}");
         on.fit().unwrap();
         assert_eq!(on.state.global_step, cpu.state.global_step, "{preset}: steps");
         assert_eq!(on.opt.state.step, cpu.opt.state.step, "{preset}: optimizer steps");
@@ -732,5 +737,98 @@ fn analyses_on_the_device_match_the_cpu() {
     for dev in emu::devices("Posterior on the device vs on the CPU") {
         let dev: &'static CudaDevice = Box::leak(Box::new(dev));
         posterior_on(dev);
+    }
+}
+
+/// The dataset resident on the device: a minibatch gathered and indexed there (kernels/gather.cu,
+/// `HostBatch::build_resident`) holds exactly the arrays the host packs (`HostBatch::build`), bit for
+/// bit, for every configuration of `cases()` (their options over a simulated dataset with a
+/// categorical and two continuous covariates, a cell without expression and one without splicing),
+/// with and without cell indices; and a step on it gives bit-identical loss terms and gradients.
+fn resident_on(dev: &CudaDevice) {
+    use splicevi::cuda::resident::DeviceDataset;
+    use splicevi::cuda::step::HostBatch;
+    use splicevi::data::simulate::{simulate, SimConfig, SimSize};
+    use splicevi::data::Categorical;
+    use splicevi::train::trainer::dims_of;
+    let (mut ds, _) = simulate(&SimConfig { n_cells: 70, n_genes: 40, n_junctions: 60, ..SimConfig::preset(SimSize::Toy, 8) }).unwrap();
+    let n = ds.n_cells();
+    let mut r = ChaCha8Rng::seed_from_u64(77);
+    ds.covariates.categorical.push(Categorical { name: "donor".into(), codes: (0..n).map(|_| r.gen_range(0..3)).collect(), levels: vec!["a".into(), "b".into(), "c".into()] });
+    ds.covariates.continuous_names = vec!["age".into(), "depth".into()];
+    ds.covariates.continuous = (0..2 * n).map(|_| r.gen_range(-1.0..1.0)).collect();
+    // Cell 5 loses its expression, cell 7 its splicing entries.
+    let x = ds.expression.as_mut().unwrap();
+    let (lo, hi) = (x.indptr[5], x.indptr[6]);
+    x.indices.drain(lo..hi);
+    x.values.drain(lo..hi);
+    for p in x.indptr[6..].iter_mut() {
+        *p -= hi - lo;
+    }
+    let s = &mut ds.splicing;
+    let (lo, hi) = (s.indptr[7], s.indptr[8]);
+    for v in [&mut s.k, &mut s.n, &mut s.psi] {
+        v.drain(lo..hi);
+    }
+    s.junction.drain(lo..hi);
+    for p in s.indptr[8..].iter_mut() {
+        *p -= hi - lo;
+    }
+    // 40 distinct cells in random order (two 32-row tiles of the CSC's bit words), cells 5 and 7 in.
+    let mut cells: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        cells.swap(i, r.gen_range(0..=i));
+    }
+    cells.truncate(38);
+    cells.retain(|&c| c != 5 && c != 7);
+    cells.extend([7, 5]);
+    cells.swap(0, 36);
+    for (ci, case) in cases().iter().enumerate() {
+        let name = case.name;
+        let model = SpliceVae::new(case.cfg.clone(), dims_of(&ds), ds.splicing.junc2atse.clone()).unwrap();
+        let p = random_params(&model, 900 + ci as u64);
+        let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+        dm.poison = true;
+        let dd = DeviceDataset::upload(dev, &model, &ds).unwrap();
+        let need = splicevi::cuda::resident::bytes_needed(&model, &ds);
+        assert!(dd.bytes() <= need && need < 2 * dd.bytes() + 4096, "{name}: {} bytes uploaded, {need} estimated", dd.bytes());
+        dm.attach_dataset(dd);
+        let index = dm.resident_index().unwrap();
+        for with_idx in [true, false] {
+            let batch = Batch::from_dataset(&ds, &cells, with_idx).unwrap();
+            let packed = HostBatch::build(&model, &batch, &case.opts).unwrap();
+            let res = HostBatch::build_resident(&model, &ds, &index, &cells, with_idx, &case.opts).unwrap();
+            assert!(res.is_resident() && !packed.is_resident());
+            assert!(res.bytes() * 2 < packed.bytes(), "{name}: the resident minibatch copies {} bytes, the packed one {}", res.bytes(), packed.bytes());
+            let a = dm.minibatch_arrays(&packed).unwrap();
+            let b = dm.minibatch_arrays(&res).unwrap();
+            fn names(v: &[(&'static str, Vec<u8>)]) -> Vec<&'static str> {
+                v.iter().map(|x| x.0).collect()
+            }
+            assert_eq!(names(&a), names(&b), "{name}: arrays");
+            for ((what, x), (_, y)) in a.iter().zip(&b) {
+                assert!(x == y, "{name} (cell indices {with_idx}): `{what}` gathered on the device differs from the host's ({} and {} bytes)", y.len(), x.len());
+            }
+        }
+        // The step on both: the same bits.
+        if [0usize, 1, 12].contains(&ci) {
+            let batch = Batch::from_dataset(&ds, &cells, true).unwrap();
+            let packed = HostBatch::build(&model, &batch, &case.opts).unwrap();
+            let res = HostBatch::build_resident(&model, &ds, &index, &cells, true, &case.opts).unwrap();
+            let oa = dm.forward_backward_prepared(&packed, &case.opts, &mut |_| Ok(None), true).unwrap();
+            let ga = dm.download_grads().unwrap();
+            let ob = dm.forward_backward_prepared(&res, &case.opts, &mut |_| Ok(None), true).unwrap();
+            let gb = dm.download_grads().unwrap();
+            assert_eq!(oa.loss.to_bits(), ob.loss.to_bits(), "{name}: loss");
+            assert!(oa.rl_spl == ob.rl_spl && oa.rl_expr == ob.rl_expr && oa.z == ob.z, "{name}: loss terms");
+            assert!(ga.data == gb.data, "{name}: gradients");
+        }
+    }
+}
+
+#[test]
+fn resident_minibatch_matches_packed() {
+    for dev in emu::devices("minibatches gathered from the resident dataset vs packed on the host") {
+        resident_on(&dev);
     }
 }

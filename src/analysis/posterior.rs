@@ -97,9 +97,16 @@ impl<'a> Posterior<'a> {
     /// Runs the latents and the decode of [`Self::latent_means`] and [`Self::decode`] on `dev` (the CUDA
     /// step's encoders, latent step and decoders, `DeviceModel::{latents, decode_dense}`) with GEMM
     /// operands in `precision`. The rest of each analysis (sampling, the tests) stays on the host.
+    /// The dataset goes to the device too when `--data-residency` allows and it fits in half of the
+    /// free device memory: the encoders' minibatches are then gathered there.
     pub fn use_device(&mut self, dev: &'a crate::cuda::CudaDevice, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
+        use crate::cuda::resident::{bytes_needed, residency, DeviceDataset, Residency};
         let mut dm = crate::cuda::step::DeviceModel::new(dev, self.model, self.params)?;
         dm.precision = precision;
+        let fits = dev.free_memory().is_none_or(|free| bytes_needed(self.model, self.ds) <= free / 2);
+        if residency() == Residency::Device || (residency() == Residency::Auto && fits) {
+            dm.attach_dataset(DeviceDataset::upload(dev, self.model, self.ds)?);
+        }
         self.device = Some(std::cell::RefCell::new(dm));
         Ok(())
     }
@@ -108,13 +115,14 @@ impl<'a> Posterior<'a> {
         self.device.is_some()
     }
 
-    /// (qz_m, qz_v, library, qzm_expr, qzm_spl) of a block of cells, on the device or the CPU.
-    fn means(&self, batch: &Batch) -> Result<(Mat<f32>, Mat<f32>, Vec<f32>, Mat<f32>, Mat<f32>)> {
+    /// (qz_m, qz_v, library, qzm_expr, qzm_spl) of a block of cells (`batch` is theirs), on the device
+    /// or the CPU.
+    fn means(&self, cells: &[usize], batch: &Batch) -> Result<(Mat<f32>, Mat<f32>, Vec<f32>, Mat<f32>, Mat<f32>)> {
         let b = batch.n_cells();
         let (l, d) = (self.model.arch.l, self.model.arch.d);
         Ok(match &self.device {
             Some(dm) => {
-                let x = dm.borrow_mut().latents(batch)?;
+                let x = dm.borrow_mut().latents_of_cells(self.ds, cells, self.with_cell_idx)?;
                 (Mat::from_vec(b, l, x.qz_m), Mat::from_vec(b, l, x.qz_v), x.library, Mat::from_vec(b, d, x.mu_e), Mat::from_vec(b, d, x.mu_s))
             }
             None => {
@@ -139,7 +147,12 @@ impl<'a> Posterior<'a> {
         let mut lat: [Vec<f32>; 3] = Default::default();
         let mut dims = [0usize; 3];
         for b in cells.chunks(block.max(1)) {
-            let (qz_m, _, _, mu_e, mu_s) = self.means(&self.batch(b)?)?;
+            // On a device with the dataset resident, the cells alone suffice (their entries are gathered there).
+            let batch = match &self.device {
+                Some(dm) if dm.borrow().resident_index().is_some() => Batch::cells_only(self.ds, b, self.with_cell_idx)?,
+                _ => self.batch(b)?,
+            };
+            let (qz_m, _, _, mu_e, mu_s) = self.means(b, &batch)?;
             for (i, m) in [&qz_m, &mu_e, &mu_s].into_iter().enumerate() {
                 dims[i] = m.cols;
                 lat[i].extend_from_slice(&m.data);
@@ -162,7 +175,7 @@ impl<'a> Posterior<'a> {
             bail!("transform batch code {b} ≥ the model's {n_batch} batches");
         }
         let batch = self.batch(cells)?;
-        let (qz_m, qz_v, library, _, _) = self.means(&batch)?;
+        let (qz_m, qz_v, library, _, _) = self.means(cells, &batch)?;
         let s = opts.n_samples.max(1);
         let lats: Vec<Mat<f32>> = if s == 1 { vec![qz_m.clone()] } else { self.samples(cells, &qz_m, &qz_v, s, opts.seed) };
         let overrides: Vec<Option<u32>> = if opts.transform_batch.is_empty() { vec![None] } else { opts.transform_batch.iter().map(|&b| Some(b)).collect() };

@@ -170,6 +170,7 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
             let mut t = Trainer::new(&ds, run, tmp.path())?;
             if let Some(d) = dev {
                 t.use_device(d, precision)?;
+                println!("# {size_name} {preset_name}: {}", t.device_data_note().unwrap_or_default());
             }
             // Steady state: past the KL warm-up (mixing on, gate 1).
             let epoch = train.n_epochs_kl_warmup.unwrap_or(0);
@@ -190,8 +191,7 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                 // by the trainer's prefetch thread: if it exceeds s/step, the host is the bottleneck.
                 let cells: Vec<usize> = t.train_cells.iter().take(args.batch_size).copied().collect();
                 let t0 = Instant::now();
-                let batch = crate::model::Batch::from_dataset(&ds, &cells, true)?;
-                let hb = crate::cuda::step::HostBatch::build(&t.model, &batch, &crate::model::StepOptions::default())?;
+                let hb = t.device_host_batch(&cells, &crate::model::StepOptions::default())?;
                 println!("# {size_name} {preset_name}: host preparation {:.1} ms per step ({:.1} MB copied per step)", t0.elapsed().as_secs_f64() * 1e3, hb.bytes() as f64 / 1e6);
             }
             let s_step = secs / steps as f64;

@@ -33,6 +33,11 @@ pub struct Cli {
     /// bf16 GEMM operands with f32 accumulation, parameters, optimizer state and likelihood math.
     #[arg(long, global = true, default_value = "f32", value_parser = parse_precision)]
     pub precision: crate::cuda::gemm::GemmPrecision,
+    /// Where the training data lives while a CUDA device trains (train, bench, evaluate --train): auto
+    /// (on the device when it fits in half of its free memory, else streamed), device, or host (each
+    /// minibatch gathered and packed on the host, copied once per step).
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_residency)]
+    pub data_residency: crate::cuda::resident::Residency,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -79,6 +84,10 @@ impl Command {
     }
 }
 
+fn parse_residency(s: &str) -> Result<crate::cuda::resident::Residency, String> {
+    s.parse()
+}
+
 fn parse_precision(s: &str) -> Result<crate::cuda::gemm::GemmPrecision, String> {
     match s {
         "f32" => Ok(crate::cuda::gemm::GemmPrecision::F32),
@@ -103,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let device = resolved.map(|r| r.device).unwrap_or(crate::device::Device::Cpu);
     let precision = cli.precision;
+    crate::cuda::resident::set_residency(cli.data_residency);
     if precision == crate::cuda::gemm::GemmPrecision::Bf16 && !device.is_cuda() {
         anyhow::bail!("--precision bf16 is a CUDA option (with --device cuda); the CPU backend computes in f32");
     }

@@ -139,6 +139,9 @@ pub fn attach_device(t: &mut Trainer<'_>, device: &Device, precision: GemmPrecis
         }
         t.use_device(super::open_device(info.ordinal)?, precision)?;
         eprintln!("training steps on {device} in {precision:?} (the CUDA step; it had not run on a GPU when this build was made)");
+        if let Some(note) = t.device_data_note() {
+            eprintln!("{note}");
+        }
     }
     Ok(())
 }

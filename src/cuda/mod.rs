@@ -24,6 +24,7 @@ pub mod latent;
 pub mod nvtx;
 pub mod optim;
 pub mod partial;
+pub mod resident;
 pub mod runtime;
 pub mod sparse_linear;
 pub mod special;

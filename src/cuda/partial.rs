@@ -85,6 +85,11 @@ pub struct PartialShape {
 impl PartialShape {
     /// The shape of `spl` under the encoder `pe` with parameters `p` in `mode` (as the twin sees it).
     pub fn of(pe: &PartialEncP, p: &Params<f32>, spl: &SplBatch, mode: Mode) -> Self {
+        Self::of_counts(pe, p, spl.n_junctions, spl.n_cells(), spl.nnz(), mode)
+    }
+
+    /// The shape of a minibatch of `b` cells and `nnz` observed entries over `j` junctions.
+    pub fn of_counts(pe: &PartialEncP, p: &Params<f32>, j: usize, b: usize, nnz: usize, mode: Mode) -> Self {
         let (pool_mode, divisor) = match (pe.divisor, pe.pool_mean) {
             (Some(di), _) => (POOL_FIXED, p.get(di)[0]),
             (None, true) => (POOL_MEAN, 1.0),
@@ -95,11 +100,11 @@ impl PartialShape {
             (ds.key(), ds.threshold(), (1.0 / (1.0 - pe.dropout)) as f32)
         });
         PartialShape {
-            j: spl.n_junctions,
+            j,
             hh: pe.h_hidden,
             d: pe.code_dim,
-            b: spl.n_cells(),
-            nnz: spl.nnz(),
+            b,
+            nnz,
             pool_mode,
             divisor,
             center: pe.center.is_some(),

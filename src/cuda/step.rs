@@ -10,8 +10,11 @@
 //!
 //! Memory: parameters, gradients and optimizer moments in persistent buffers; every other buffer of a
 //! step comes from a step arena that is rewound each step (no device allocation in steady state). The
-//! minibatch is gathered and packed on the host ([`HostBatch`], made on a second thread while the
-//! previous step runs) and copied in one transfer; keeping the dataset on the device is the next step.
+//! minibatch is prepared on the host ([`HostBatch`], made on a second thread while the previous step
+//! runs) and copied in one transfer: with the dataset resident on the device ([`DeviceModel::attach_dataset`],
+//! [`super::resident`]) that is its cells and their covariates only, and the step gathers the entries
+//! and builds the index structures on the device (kernels/gather.cu); otherwise every per-entry array
+//! is gathered, indexed and packed on the host (streamed).
 //! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
 //! are stored in f32.
 //!
@@ -27,12 +30,14 @@
 use super::decode::CudaDecode;
 use super::dense_epilogue::{BnDev, CudaDenseEpilogue};
 use super::expr_lik::{CudaExprLik, ExprLikInputs, ExprLikOutputs};
+use super::gather::{Bits32, CscOut, CscScratch, CudaGather};
 use super::gemm::{CudaGemm, GemmPrecision, Operand};
 use super::glue::{Cols, CudaGlue, MapOp};
 use super::latent::{penalty_scale, CudaLatent, LatentDevFwd, LatentDevGrads, LatentDevIn, LatentShape};
 use super::optim::{CudaOptim, GRAD_NORM_MAX_BLOCKS};
 use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
 use super::runtime::{CudaDevice, DevBuf, DeviceMem};
+use super::resident::{DevCsr, DeviceDataset, ResidentIndex};
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
 use super::splicing_lik::{CudaSplicingLik, DevGroups, SplLikInputs, SplLikOutputs};
 use crate::model::arch::{BnP, ExprDecP, FcLayers, LinearP, SplDecP, SplEncP};
@@ -40,7 +45,8 @@ use crate::model::config::*;
 use crate::model::dense_epilogue::{BnMode, Epilogue};
 use crate::model::expr_lik::ScaleAct;
 use crate::model::latent_step::Mix;
-use crate::model::ops::{Cov, Mode};
+use crate::data::Dataset;
+use crate::model::ops::{Cov, Mode, Sparse};
 use crate::model::rng::{self, DropStream};
 use crate::model::spl_lik::{AtseGroups, ConcIndex};
 use crate::model::tensor::Mat;
@@ -255,16 +261,46 @@ struct DevBatch {
     disp_onehot: Option<(Buf, usize)>,
 }
 
+/// The per-entry arrays of a [`DevBatch`] (from the pack, or gathered on the device).
+struct EntryViews {
+    x_ptr: TView<i64>,
+    x_idx: TView<u32>,
+    x_val: Buf,
+    xe_ptr: TView<i64>,
+    xe_idx: TView<u32>,
+    xe_val: Buf,
+    xe_cptr: TView<i64>,
+    xe_crow: TView<u32>,
+    xe_cval: Buf,
+    s_ptr64: TView<i64>,
+    s_ptr32: TView<i32>,
+    s_junc: TView<u32>,
+    s_junc32: TView<i32>,
+    s_psi: Buf,
+    s_k: Buf,
+    s_n: Buf,
+    jptr: TView<i32>,
+    jorder: TView<i32>,
+    cell_of: TView<i32>,
+    ps_ptr: TView<i64>,
+    ps_idx: TView<u32>,
+    ps_val: Buf,
+    ps_cptr: TView<i64>,
+    ps_crow: TView<u32>,
+    ps_cval: Buf,
+    g_cell: Option<TView<i64>>,
+    g_grp: Option<TView<i64>>,
+    g_ord: Option<TView<u32>>,
+    conc_ptr: TView<i32>,
+    conc_ids: TView<i32>,
+}
+
 /// (byte offset, length) of one array in a [`HostBatch`]'s pack.
 type Part = (usize, usize);
 
-/// A minibatch prepared on the host for the device step: every array the kernels read, packed into
-/// one buffer (one copy per step), plus what the loss terms need on the host. Built without a device,
-/// so it can be made ahead of the step that uses it.
-pub struct HostBatch {
-    b: usize,
-    nnz: usize,
-    pack: Pack,
+/// The per-entry arrays of a minibatch packed on the host (the streamed path).
+#[derive(Clone, Copy)]
+struct EntryParts {
     x_ptr: Part,
     x_idx: Part,
     x_val: Part,
@@ -274,11 +310,6 @@ pub struct HostBatch {
     xe_cptr: Part,
     xe_crow: Part,
     xe_cval: Part,
-    library: Part,
-    mask_e: Part,
-    mask_s: Part,
-    expr_weight: Part,
-    ones: Part,
     s_ptr64: Part,
     s_ptr32: Part,
     s_junc: Part,
@@ -297,8 +328,39 @@ pub struct HostBatch {
     ps_cval: Part,
     conc_ptr: Part,
     conc_ids: Part,
-    eps: Part,
     groups: Option<(Part, Part, Part)>,
+}
+
+/// A minibatch whose entries are gathered on the device from the resident dataset: its cells (packed
+/// as u32) and the sizes of what the gather writes.
+#[derive(Clone, Copy)]
+struct ResidentCells {
+    cells: Part,
+    x_nnz: usize,
+    xe_nnz: usize,
+    ps_nnz: usize,
+    n_groups: usize,
+    /// The concentration targets' pointers when the host knows them (a scalar φ: [0, nnz]).
+    conc_ptr: Option<Part>,
+}
+
+/// A minibatch prepared on the host for the device step: every array the kernels read, packed into
+/// one buffer (one copy per step), plus what the loss terms need on the host. Built without a device,
+/// so it can be made ahead of the step that uses it. Either every per-entry array is in the pack (the
+/// streamed path, [`HostBatch::build`]) or only the cells are, and the step gathers the entries from
+/// the dataset resident on the device ([`HostBatch::build_resident`]).
+pub struct HostBatch {
+    b: usize,
+    nnz: usize,
+    pack: Pack,
+    entries: Option<EntryParts>,
+    resident: Option<ResidentCells>,
+    library: Part,
+    mask_e: Part,
+    mask_s: Part,
+    expr_weight: Part,
+    ones: Part,
+    eps: Part,
     cov: Option<Part>,
     cov_w: usize,
     cont: Option<Part>,
@@ -316,6 +378,143 @@ pub struct HostBatch {
     mask_s_host: Vec<bool>,
 }
 
+/// The encoders' sparse inputs where they are not the likelihood's CSRs: the expression encoder's
+/// values transformed by `expression_input`, and with `encode_covariates` [cont | one-hots] as extra
+/// columns of it and of the vanilla splicing encoder's ψ (the CPU model's own `sparse_input` +
+/// `concat_sparse`). None: the likelihood's CSR itself.
+pub(crate) struct EncoderInputs {
+    /// Transformed expression values (the counts' sparsity pattern), without covariate columns.
+    pub xe_vals: Option<Vec<f32>>,
+    pub xe_cov: Option<Sparse<f32>>,
+    pub ps_cov: Option<Sparse<f32>>,
+}
+
+impl EncoderInputs {
+    pub(crate) fn of(m: &SpliceVae, batch: &Batch) -> EncoderInputs {
+        let cfg = &m.cfg;
+        let e = &batch.expr;
+        let raw_input = cfg.expression_input == ExpressionInput::Raw;
+        let xe_vals: Option<Vec<f32>> = (!raw_input).then(|| expression_input_values(cfg.expression_input, &e.indptr, &e.values).into_owned());
+        let xe_v: &[f32] = xe_vals.as_deref().unwrap_or(&e.values);
+        let enc_cov = cfg.encode_covariates && (batch.n_cont > 0 || m.arch.dec_cats.iter().sum::<usize>() > 0);
+        let mut cats_all: Vec<&[u32]> = vec![&batch.batch];
+        cats_all.extend(batch.cats.iter().map(|c| c.as_slice()));
+        let cov_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats_all };
+        let with_cov = |indptr: &[usize], indices: &[u32], values: &[f32], n_cols: usize| {
+            let s = sparse_input::<f32>(indptr, indices, values, n_cols, batch, batch.n_cont);
+            cov_all.concat_sparse(&s, 0, &m.arch.dec_cats)
+        };
+        let xe_cov = enc_cov.then(|| with_cov(&e.indptr, &e.indices, xe_v, e.n_cols));
+        let vanilla_spl = matches!(m.arch.z_enc_spl, SplEncP::Vanilla(_));
+        let spl = &batch.spl;
+        let ps_cov = (enc_cov && vanilla_spl).then(|| with_cov(&spl.indptr, &spl.junction, &spl.psi, spl.n_junctions));
+        EncoderInputs { xe_vals, xe_cov, ps_cov }
+    }
+}
+
+/// The cell-level arrays of a minibatch, pushed into `pk` (shared by both paths).
+struct CellParts {
+    library: Part,
+    mask_e: Part,
+    mask_s: Part,
+    expr_weight: Part,
+    ones: Part,
+    eps: Part,
+    cov: Option<Part>,
+    cov_w: usize,
+    cont: Option<Part>,
+    cov_cont: Option<Part>,
+    n_cont: usize,
+    w_row: Part,
+    iota: Part,
+    w_grad: Option<(Part, Part, Part)>,
+    w_mean: bool,
+    disp_onehot: Option<(Part, usize)>,
+    mmd_eps: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+fn cell_parts(m: &SpliceVae, batch: &Batch, opts: &StepOptions, mask_e_host: &[bool], mask_s_host: &[bool], pk: &mut Pack) -> Result<CellParts> {
+    let cfg = &m.cfg;
+    let b = batch.n_cells();
+    let inv_b = 1.0 / b as f64;
+    let expr_weight: Vec<f32> = mask_e_host.iter().map(|&mk| if mk { inv_b as f32 } else { 0.0 }).collect();
+    let library: Vec<f32> = batch.library.iter().map(|&s| ((s as f64) + LIB_EPS).ln() as f32).collect();
+    let mut cats_all: Vec<&[u32]> = vec![&batch.batch];
+    cats_all.extend(batch.cats.iter().map(|c| c.as_slice()));
+    let cov_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats_all };
+    // Decoder covariates: [one-hot of each categorical with more than one level].
+    let cov_w: usize = m.arch.dec_cats.iter().sum();
+    let empty = Mat::<f32>::zeros(b, 0);
+    let cov = if cov_w > 0 {
+        let c = cov_all.concat_dense(&empty, 0, &m.arch.dec_cats);
+        ensure!(c.cols == cov_w, "decoder covariates: {} columns, expected {cov_w}", c.cols);
+        Some(c.data)
+    } else {
+        None
+    };
+    // Continuous covariates: the decoders' inputs [latent | cont], and [cont | one-hots] for the
+    // partial encoder's MLP with encode_covariates.
+    let n_cont = batch.n_cont;
+    let cov_cont = (n_cont > 0).then(|| cov_all.concat_dense(&empty, n_cont, &m.arch.dec_cats).data);
+    // The step's noise, as the CPU model draws it: the joint sample's on the device, the per-modality
+    // samples' on the host for MMD-RBF.
+    let (eps_e, eps_s, eps_j) = m.noise::<f32>(b, opts)?;
+    let mmd_eps = (cfg.modality_penalty == ModalityPenalty::MmdRbf && cfg.modality_weights != ModalityWeights::Concatenate).then(|| (eps_e.data, eps_s.data));
+    // Softmax modality weights: the table row of each cell, and the CSR that sends each cell's d(raw)
+    // back to its row (`cell`).
+    let iota: Vec<i32> = (0..=b as i32).collect();
+    let (w_row, w_grad, w_mean) = match (cfg.modality_weights, &batch.cell_idx) {
+        (ModalityWeights::Cell, Some(ci)) => {
+            let n_obs = m.dims.n_obs;
+            if let Some((i, &r)) = ci.iter().enumerate().find(|(_, &r)| r as usize >= n_obs) {
+                bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
+            }
+            let rows: Vec<i32> = ci.iter().map(|&r| r as i32).collect();
+            let (ptr, ids) = group_by(ci, n_obs);
+            (rows, Some((ptr, ids, vec![1f32; b])), false)
+        }
+        (ModalityWeights::Cell, None) => {
+            let n_obs = m.dims.n_obs;
+            (vec![0i32; b], Some(((0..=n_obs as i32).collect(), vec![0i32; n_obs], vec![1f32; n_obs])), true)
+        }
+        _ => (vec![0i32; b], None, false),
+    };
+    // gene-batch / gene-label dispersion: θ of each cell is its code's column of px_r (G × levels),
+    // gathered by a GEMM with the codes' one-hot (exact: one non-zero product per entry).
+    let disp_onehot = match cfg.dispersion {
+        Dispersion::GeneBatch | Dispersion::GeneLabel => {
+            let (codes, n) = if cfg.dispersion == Dispersion::GeneBatch { (&batch.batch, m.dims.n_batch) } else { (&batch.labels, m.dims.n_labels) };
+            let mut oh = vec![0f32; b * n];
+            for (i, &c) in codes.iter().enumerate() {
+                ensure!((c as usize) < n, "cell {i} has code {c} for the dispersion covariate, which has {n} levels");
+                oh[i * n + c as usize] = 1.0;
+            }
+            Some((oh, n))
+        }
+        _ => None,
+    };
+    let u8s = |v: &[bool]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+    Ok(CellParts {
+        library: pk.push(&library),
+        mask_e: pk.push(&u8s(mask_e_host)),
+        mask_s: pk.push(&u8s(mask_s_host)),
+        expr_weight: pk.push(&expr_weight),
+        ones: pk.push(&vec![1f32; b]),
+        eps: pk.push(&eps_j.data),
+        cov: cov.as_ref().map(|c| pk.push(c)),
+        cov_w,
+        cont: (n_cont > 0).then(|| pk.push(&batch.cont)),
+        cov_cont: cov_cont.as_ref().map(|c| pk.push(c)),
+        n_cont,
+        w_row: pk.push(&w_row),
+        iota: pk.push(&iota),
+        w_grad: w_grad.as_ref().map(|(p, i, w)| (pk.push(p), pk.push(i), pk.push(w))),
+        w_mean,
+        disp_onehot: disp_onehot.as_ref().map(|(oh, n)| (pk.push(oh), *n)),
+        mmd_eps,
+    })
+}
+
 impl HostBatch {
     /// Everything the device step of `model` needs from `batch` (with `opts`' noise).
     pub fn build(m: &SpliceVae, batch: &Batch, opts: &StepOptions) -> Result<HostBatch> {
@@ -327,26 +526,13 @@ impl HostBatch {
         let e = &batch.expr;
         let x_ptr: Vec<i64> = e.indptr.iter().map(|&v| v as i64).collect();
         let raw_input = cfg.expression_input == ExpressionInput::Raw;
-        let xe_vals: Vec<f32> = if raw_input { Vec::new() } else { expression_input_values(cfg.expression_input, &e.indptr, &e.values).into_owned() };
-        let xe_v: &[f32] = if raw_input { &e.values } else { &xe_vals };
         let mask_e_host: Vec<bool> = (0..b).map(|i| e.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0).collect();
-        // encode_covariates: the encoders' sparse inputs carry [cont | one-hots] as extra columns (the CPU
-        // model's own sparse_input + concat_sparse); without, they are the likelihood's CSRs.
-        let enc_cov = cfg.encode_covariates && (batch.n_cont > 0 || m.arch.dec_cats.iter().sum::<usize>() > 0);
-        let mut cats_all: Vec<&[u32]> = vec![&batch.batch];
-        cats_all.extend(batch.cats.iter().map(|c| c.as_slice()));
-        let cov_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats_all };
-        let with_cov = |indptr: &[usize], indices: &[u32], values: &[f32], n_cols: usize| {
-            let s = sparse_input::<f32>(indptr, indices, values, n_cols, batch, batch.n_cont);
-            cov_all.concat_sparse(&s, 0, &m.arch.dec_cats)
-        };
-        let xe_cov = enc_cov.then(|| with_cov(&e.indptr, &e.indices, xe_v, e.n_cols));
+        // The encoders' inputs: the likelihood's CSRs, or (transformed / with covariate columns) their own.
+        let enc = EncoderInputs::of(m, batch);
+        let xe_v: &[f32] = enc.xe_vals.as_deref().unwrap_or(&e.values);
         let spl = &batch.spl;
         let mask_s_host: Vec<bool> =
             if cfg.mask_cells_without_splicing { (0..b).map(|i| !spl.cell_range(i).is_empty()).collect() } else { vec![true; b] };
-        let inv_b = 1.0 / b as f64;
-        let expr_weight: Vec<f32> = mask_e_host.iter().map(|&mk| if mk { inv_b as f32 } else { 0.0 }).collect();
-        let library: Vec<f32> = batch.library.iter().map(|&s| ((s as f64) + LIB_EPS).ln() as f32).collect();
         let vanilla_spl = matches!(m.arch.z_enc_spl, SplEncP::Vanilla(_));
         let conc = ConcIndex::for_loss(cfg.splicing_loss_type, cfg.dm_concentration);
         let n_targets = m.layout.entries[m.arch.log_phi].len.max(1);
@@ -355,20 +541,15 @@ impl HostBatch {
         let ((xe_csc, (jm, ps_csc)), (groups, (conc_ptr, conc_ids))) = rayon::join(
             || {
                 rayon::join(
-                    || match &xe_cov {
+                    || match &enc.xe_cov {
                         Some(s) => csc(b, s.cols, &s.indptr, &s.indices, &s.values),
                         None => csc(b, e.n_cols, &e.indptr, &e.indices, xe_v),
                     },
                     || {
-                        // The splicing encoder's CSR (with covariates) and CSC only for the vanilla
-                        // encoder (its sparse first layer).
-                        let ps = vanilla_spl.then(|| {
-                            let sc = enc_cov.then(|| with_cov(&spl.indptr, &spl.junction, &spl.psi, spl.n_junctions));
-                            let cs = match &sc {
-                                Some(s) => csc(b, s.cols, &s.indptr, &s.indices, &s.values),
-                                None => csc(b, spl.n_junctions, &spl.indptr, &spl.junction, &spl.psi),
-                            };
-                            (sc, cs)
+                        // The splicing encoder's CSC only for the vanilla encoder (its sparse first layer).
+                        let ps = vanilla_spl.then(|| match &enc.ps_cov {
+                            Some(s) => csc(b, s.cols, &s.indptr, &s.indices, &s.values),
+                            None => csc(b, spl.n_junctions, &spl.indptr, &spl.junction, &spl.psi),
                         });
                         (junction_major(spl), ps)
                     },
@@ -388,113 +569,31 @@ impl HostBatch {
         let groups = groups?;
         let (cptr, crow, cval) = xe_csc;
         let (jptr, jorder, cell_of) = jm;
-        let (ps_cov, (pcptr, pcrow, pcval)) = ps_csc.unwrap_or_else(|| (None, (vec![0i64; spl.n_junctions + 1], Vec::new(), Vec::new())));
-        // Decoder covariates: [one-hot of each categorical with more than one level].
-        let cov_w: usize = m.arch.dec_cats.iter().sum();
-        let empty = Mat::<f32>::zeros(b, 0);
-        let cov = if cov_w > 0 {
-            let c = cov_all.concat_dense(&empty, 0, &m.arch.dec_cats);
-            ensure!(c.cols == cov_w, "decoder covariates: {} columns, expected {cov_w}", c.cols);
-            Some(c.data)
-        } else {
-            None
-        };
-        // Continuous covariates: the decoders' inputs [latent | cont], and [cont | one-hots] for the
-        // partial encoder's MLP with encode_covariates.
-        let n_cont = batch.n_cont;
-        let cov_cont = (n_cont > 0).then(|| cov_all.concat_dense(&empty, n_cont, &m.arch.dec_cats).data);
-        // The step's noise, as the CPU model draws it: the joint sample's on the device, the per-modality
-        // samples' on the host for MMD-RBF.
-        let (eps_e, eps_s, eps_j) = m.noise::<f32>(b, opts)?;
-        let eps_joint = eps_j.data;
-        let mmd_eps = (cfg.modality_penalty == ModalityPenalty::MmdRbf && cfg.modality_weights != ModalityWeights::Concatenate).then(|| (eps_e.data, eps_s.data));
-        // Softmax modality weights: the table row of each cell, and the CSR that sends each cell's d(raw)
-        // back to its row (`cell`).
-        let iota: Vec<i32> = (0..=b as i32).collect();
-        let (w_row, w_grad, w_mean) = match (cfg.modality_weights, &batch.cell_idx) {
-            (ModalityWeights::Cell, Some(ci)) => {
-                let n_obs = m.dims.n_obs;
-                if let Some((i, &r)) = ci.iter().enumerate().find(|(_, &r)| r as usize >= n_obs) {
-                    bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
-                }
-                let rows: Vec<i32> = ci.iter().map(|&r| r as i32).collect();
-                let (ptr, ids) = group_by(ci, n_obs);
-                (rows, Some((ptr, ids, vec![1f32; b])), false)
-            }
-            (ModalityWeights::Cell, None) => {
-                let n_obs = m.dims.n_obs;
-                (vec![0i32; b], Some(((0..=n_obs as i32).collect(), vec![0i32; n_obs], vec![1f32; n_obs])), true)
-            }
-            _ => (vec![0i32; b], None, false),
-        };
-        // gene-batch / gene-label dispersion: θ of each cell is its code's column of px_r (G × levels),
-        // gathered by a GEMM with the codes' one-hot (exact: one non-zero product per entry).
-        let disp_onehot = match cfg.dispersion {
-            Dispersion::GeneBatch | Dispersion::GeneLabel => {
-                let (codes, n) = if cfg.dispersion == Dispersion::GeneBatch { (&batch.batch, m.dims.n_batch) } else { (&batch.labels, m.dims.n_labels) };
-                let mut oh = vec![0f32; b * n];
-                for (i, &c) in codes.iter().enumerate() {
-                    ensure!((c as usize) < n, "cell {i} has code {c} for the dispersion covariate, which has {n} levels");
-                    oh[i * n + c as usize] = 1.0;
-                }
-                Some((oh, n))
-            }
-            _ => None,
-        };
-        let u8s = |v: &[bool]| v.iter().map(|&x| x as u8).collect::<Vec<u8>>();
+        let (pcptr, pcrow, pcval) = ps_csc.unwrap_or_else(|| (vec![0i64; spl.n_junctions + 1], Vec::new(), Vec::new()));
         let i32s = |v: &[usize]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
-        // Every array into one host buffer and one copy (the first layer of device residency).
+        // Every array into one host buffer and one copy.
         let mut pk = Pack::default();
         let x_ptr_p = pk.push(&x_ptr);
         let x_idx_p = pk.push(&e.indices);
         let x_val_p = pk.push(&e.values);
-        let (xe_ptr_p, xe_idx_p, xe_val_p) = match &xe_cov {
+        let (xe_ptr_p, xe_idx_p, xe_val_p) = match &enc.xe_cov {
             Some(s) => (pk.push(&i64s(&s.indptr)), pk.push(&s.indices), pk.push(&s.values)),
             // Raw counts in: the encoder's values are the likelihood's (one copy).
-            None => (x_ptr_p, x_idx_p, if raw_input { x_val_p } else { pk.push(&xe_vals) }),
+            None => (x_ptr_p, x_idx_p, if raw_input { x_val_p } else { pk.push(xe_v) }),
         };
         let xe_cptr_p = pk.push(&cptr);
         let xe_crow_p = pk.push(&crow);
         let xe_cval_p = pk.push(&cval);
-        let library_p = pk.push(&library);
-        let mask_e_p = pk.push(&u8s(&mask_e_host));
-        let mask_s_p = pk.push(&u8s(&mask_s_host));
-        let expr_weight_p = pk.push(&expr_weight);
-        let ones_p = pk.push(&vec![1f32; b]);
         let s_ptr64_p = pk.push(&i64s(&spl.indptr));
         let s_ptr32_p = pk.push(&i32s(&spl.indptr));
         let s_junc_p = pk.push(&spl.junction);
-        // The same bits as i32 (junction ids < 2³¹, checked by Batch::check against J).
-        let s_junc32_p = s_junc_p;
         let s_psi_p = pk.push(&spl.psi);
-        let s_k_p = pk.push(&spl.k);
-        let s_n_p = pk.push(&spl.n);
-        let jptr_p = pk.push(&jptr);
-        let jorder_p = pk.push(&jorder);
-        let cell_of_p = pk.push(&cell_of);
-        let (ps_ptr_p, ps_idx_p, ps_val_p) = match &ps_cov {
+        let (ps_ptr_p, ps_idx_p, ps_val_p) = match &enc.ps_cov {
             Some(sc) => (pk.push(&i64s(&sc.indptr)), pk.push(&sc.indices), pk.push(&sc.values)),
             None => (s_ptr64_p, s_junc_p, s_psi_p),
         };
-        let ps_cptr_p = pk.push(&pcptr);
-        let ps_crow_p = pk.push(&pcrow);
-        let ps_cval_p = pk.push(&pcval);
-        let groups_p = groups.as_ref().map(|g| (pk.push(&i64s(&g.cell_ptr)), pk.push(&i64s(&g.grp_ptr)), pk.push(&g.ord)));
-        let conc_ptr_p = pk.push(&conc_ptr);
-        let conc_ids_p = pk.push(&conc_ids);
-        let cov_p = cov.as_ref().map(|c| pk.push(c));
-        let cont_p = (n_cont > 0).then(|| pk.push(&batch.cont));
-        let cov_cont_p = cov_cont.as_ref().map(|c| pk.push(c));
-        let eps_p = pk.push(&eps_joint);
-        let w_row_p = pk.push(&w_row);
-        let iota_p = pk.push(&iota);
-        let w_grad_p = w_grad.as_ref().map(|(p, i, w)| (pk.push(p), pk.push(i), pk.push(w)));
-        let disp_p = disp_onehot.as_ref().map(|(oh, n)| (pk.push(oh), *n));
-        Ok(HostBatch {
-            b,
-            nnz: spl.nnz(),
-            pack: pk,
+        let entries = EntryParts {
             x_ptr: x_ptr_p,
             x_idx: x_idx_p,
             x_val: x_val_p,
@@ -504,50 +603,114 @@ impl HostBatch {
             xe_cptr: xe_cptr_p,
             xe_crow: xe_crow_p,
             xe_cval: xe_cval_p,
-            library: library_p,
-            mask_e: mask_e_p,
-            mask_s: mask_s_p,
-            expr_weight: expr_weight_p,
-            ones: ones_p,
             s_ptr64: s_ptr64_p,
             s_ptr32: s_ptr32_p,
             s_junc: s_junc_p,
-            s_junc32: s_junc32_p,
+            // The same bits as i32 (junction ids < 2³¹, checked by Batch::check against J).
+            s_junc32: s_junc_p,
             s_psi: s_psi_p,
-            s_k: s_k_p,
-            s_n: s_n_p,
-            jptr: jptr_p,
-            jorder: jorder_p,
-            cell_of: cell_of_p,
+            s_k: pk.push(&spl.k),
+            s_n: pk.push(&spl.n),
+            jptr: pk.push(&jptr),
+            jorder: pk.push(&jorder),
+            cell_of: pk.push(&cell_of),
             ps_ptr: ps_ptr_p,
             ps_idx: ps_idx_p,
             ps_val: ps_val_p,
-            ps_cptr: ps_cptr_p,
-            ps_crow: ps_crow_p,
-            ps_cval: ps_cval_p,
-            conc_ptr: conc_ptr_p,
-            conc_ids: conc_ids_p,
-            eps: eps_p,
-            groups: groups_p,
-            cov: cov_p,
-            cov_w,
-            cont: cont_p,
-            cov_cont: cov_cont_p,
-            n_cont,
-            w_row: w_row_p,
-            iota: iota_p,
-            w_grad: w_grad_p,
-            w_mean,
-            disp_onehot: disp_p,
-            mmd_eps,
+            ps_cptr: pk.push(&pcptr),
+            ps_crow: pk.push(&pcrow),
+            ps_cval: pk.push(&pcval),
+            conc_ptr: pk.push(&conc_ptr),
+            conc_ids: pk.push(&conc_ids),
+            groups: groups.as_ref().map(|g| (pk.push(&i64s(&g.cell_ptr)), pk.push(&i64s(&g.grp_ptr)), pk.push(&g.ord))),
+        };
+        let cp = cell_parts(m, batch, opts, &mask_e_host, &mask_s_host, &mut pk)?;
+        Ok(HostBatch::assemble(b, spl.nnz(), pk, Some(entries), None, cp, mask_e_host, mask_s_host))
+    }
+
+    /// The minibatch of dataset rows `cells` for a model whose dataset is resident on the device
+    /// ([`DeviceModel::attach_dataset`] with this `index`): only the cell-level arrays and the cells are
+    /// packed; the step gathers the entries on the device. `with_cell_idx` as [`Batch::from_dataset`].
+    pub fn build_resident(m: &SpliceVae, ds: &Dataset, index: &ResidentIndex, cells: &[usize], with_cell_idx: bool, opts: &StepOptions) -> Result<HostBatch> {
+        ensure!(!cells.is_empty(), "empty minibatch");
+        ensure!(index.n_cells == ds.n_cells(), "the resident dataset has {} cells, this one {}", index.n_cells, ds.n_cells());
+        if let Some(&c) = cells.iter().find(|&&c| c >= index.n_cells) {
+            bail!("cell {c} is not in the dataset ({} cells)", index.n_cells);
+        }
+        let batch = Batch::cells_only(ds, cells, with_cell_idx)?;
+        ensure!(batch.cats.len() == m.dims.n_cats_per_cov.len() && batch.n_cont == m.dims.n_cont, "minibatch covariates do not match the model");
+        let b = cells.len();
+        let len = |p: &[i64], c: usize| (p[c + 1] - p[c]) as usize;
+        let nnz: usize = cells.iter().map(|&c| len(&index.s_ptr, c)).sum();
+        let x_nnz: usize = cells.iter().map(|&c| len(&index.x_ptr, c)).sum();
+        let xe_nnz: usize = index.xe_ptr.as_ref().map_or(x_nnz, |p| cells.iter().map(|&c| len(p, c)).sum());
+        let ps_nnz: usize = index.ps_ptr.as_ref().map_or(nnz, |p| cells.iter().map(|&c| len(p, c)).sum());
+        let n_groups: usize = index.g_ptr.as_ref().map_or(0, |p| cells.iter().map(|&c| len(p, c)).sum());
+        ensure!(nnz <= i32::MAX as usize && x_nnz <= i32::MAX as usize, "a minibatch of {nnz} observed junctions / {x_nnz} expression entries (at most 2³¹ − 1)");
+        let mask_e_host: Vec<bool> = cells.iter().map(|&c| index.has_expr[c]).collect();
+        let mask_s_host: Vec<bool> = if m.cfg.mask_cells_without_splicing { cells.iter().map(|&c| index.has_spl[c]).collect() } else { vec![true; b] };
+        let mut pk = Pack::default();
+        let cells_u32: Vec<u32> = cells.iter().map(|&c| c as u32).collect();
+        let cells_p = pk.push(&cells_u32);
+        let scalar_conc = m.cfg.splicing_loss_type == SplicingLoss::DirichletMultinomial && m.cfg.dm_concentration == DmConcentration::Scalar;
+        let conc_ptr = scalar_conc.then(|| pk.push(&[0i32, nnz as i32]));
+        let res = ResidentCells { cells: cells_p, x_nnz, xe_nnz, ps_nnz, n_groups, conc_ptr };
+        let cp = cell_parts(m, &batch, opts, &mask_e_host, &mask_s_host, &mut pk)?;
+        Ok(HostBatch::assemble(b, nnz, pk, None, Some(res), cp, mask_e_host, mask_s_host))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        b: usize,
+        nnz: usize,
+        pack: Pack,
+        entries: Option<EntryParts>,
+        resident: Option<ResidentCells>,
+        cp: CellParts,
+        mask_e_host: Vec<bool>,
+        mask_s_host: Vec<bool>,
+    ) -> HostBatch {
+        HostBatch {
+            b,
+            nnz,
+            pack,
+            entries,
+            resident,
+            library: cp.library,
+            mask_e: cp.mask_e,
+            mask_s: cp.mask_s,
+            expr_weight: cp.expr_weight,
+            ones: cp.ones,
+            eps: cp.eps,
+            cov: cp.cov,
+            cov_w: cp.cov_w,
+            cont: cp.cont,
+            cov_cont: cp.cov_cont,
+            n_cont: cp.n_cont,
+            w_row: cp.w_row,
+            iota: cp.iota,
+            w_grad: cp.w_grad,
+            w_mean: cp.w_mean,
+            disp_onehot: cp.disp_onehot,
+            mmd_eps: cp.mmd_eps,
             mask_e_host,
             mask_s_host,
-        })
+        }
     }
 
     /// Bytes copied to the device per step.
     pub fn bytes(&self) -> usize {
         self.pack.bytes.len()
+    }
+
+    /// Cells in the minibatch.
+    pub fn n_cells(&self) -> usize {
+        self.b
+    }
+
+    /// Whether the entries are gathered on the device from the resident dataset.
+    pub fn is_resident(&self) -> bool {
+        self.resident.is_some()
     }
 }
 
@@ -667,6 +830,9 @@ pub struct DeviceModel<'d> {
     spl: CudaSplicingLik<'d>,
     glue: CudaGlue<'d>,
     optim: CudaOptim<'d>,
+    gather: CudaGather<'d>,
+    /// The dataset on the device ([`Self::attach_dataset`]), for resident minibatches.
+    resident: Option<DeviceDataset>,
     /// Every buffer of a step (activations, gradients of activations, the packed minibatch).
     arena: RefCell<StepArena>,
     /// The partial encoder's scratch, kept across steps (regrown when a minibatch has more entries).
@@ -724,6 +890,8 @@ impl<'d> DeviceModel<'d> {
             spl: CudaSplicingLik::new(dev)?,
             glue: CudaGlue::new(dev)?,
             optim: CudaOptim::new(dev)?,
+            gather: CudaGather::new(dev)?,
+            resident: None,
             arena: RefCell::new(StepArena::default()),
             partial_work: RefCell::new(None),
             bn_pending: RefCell::new(Vec::new()),
@@ -886,7 +1054,33 @@ impl<'d> DeviceModel<'d> {
         Ok(b)
     }
 
-    /// The packed minibatch on the device (one copy into the step arena).
+    /// A typed step buffer every element of which a kernel writes (poisoned when `poison`).
+    fn scratch<T>(&self, n: usize) -> Result<TView<T>> {
+        let mut v: TView<T> = self.arena.borrow_mut().alloc(self.dev, n)?;
+        if self.poison {
+            self.dev.memset(&mut v, 0xff)?;
+        }
+        Ok(v)
+    }
+
+    /// Keeps `ds` on the device: minibatches built by [`HostBatch::build_resident`] gather their
+    /// entries from it.
+    pub fn attach_dataset(&mut self, ds: DeviceDataset) {
+        self.resident = Some(ds);
+    }
+
+    /// The resident dataset's host index (for [`HostBatch::build_resident`]), when one is attached.
+    pub fn resident_index(&self) -> Option<Arc<ResidentIndex>> {
+        self.resident.as_ref().map(|d| d.index.clone())
+    }
+
+    /// Device bytes of the resident dataset (0 when none).
+    pub fn resident_bytes(&self) -> usize {
+        self.resident.as_ref().map_or(0, |d| d.bytes())
+    }
+
+    /// The packed minibatch on the device (one copy into the step arena); a resident one's entries
+    /// gathered from the dataset on the device.
     fn upload_batch(&self, host: &HostBatch) -> Result<DevBatch> {
         let (dev, hb) = (self.dev, host);
         let mut base: TView<u8> = self.arena.borrow_mut().alloc(dev, hb.pack.bytes.len())?;
@@ -894,43 +1088,79 @@ impl<'d> DeviceModel<'d> {
         fn at<T>(base: &TView<u8>, (off, len): (usize, usize)) -> TView<T> {
             TView::new(base.addr + off as u64, len)
         }
+        let e = match (&hb.entries, &hb.resident) {
+            (Some(p), None) => EntryViews {
+                x_ptr: at(&base, p.x_ptr),
+                x_idx: at(&base, p.x_idx),
+                x_val: at(&base, p.x_val),
+                xe_ptr: at(&base, p.xe_ptr),
+                xe_idx: at(&base, p.xe_idx),
+                xe_val: at(&base, p.xe_val),
+                xe_cptr: at(&base, p.xe_cptr),
+                xe_crow: at(&base, p.xe_crow),
+                xe_cval: at(&base, p.xe_cval),
+                s_ptr64: at(&base, p.s_ptr64),
+                s_ptr32: at(&base, p.s_ptr32),
+                s_junc: at(&base, p.s_junc),
+                s_junc32: at(&base, p.s_junc32),
+                s_psi: at(&base, p.s_psi),
+                s_k: at(&base, p.s_k),
+                s_n: at(&base, p.s_n),
+                jptr: at(&base, p.jptr),
+                jorder: at(&base, p.jorder),
+                cell_of: at(&base, p.cell_of),
+                ps_ptr: at(&base, p.ps_ptr),
+                ps_idx: at(&base, p.ps_idx),
+                ps_val: at(&base, p.ps_val),
+                ps_cptr: at(&base, p.ps_cptr),
+                ps_crow: at(&base, p.ps_crow),
+                ps_cval: at(&base, p.ps_cval),
+                g_cell: p.groups.map(|g| at(&base, g.0)),
+                g_grp: p.groups.map(|g| at(&base, g.1)),
+                g_ord: p.groups.map(|g| at(&base, g.2)),
+                conc_ptr: at(&base, p.conc_ptr),
+                conc_ids: at(&base, p.conc_ids),
+            },
+            (None, Some(rc)) => self.gather_entries(hb, rc, at(&base, rc.cells), rc.conc_ptr.map(|p| at(&base, p)))?,
+            _ => bail!("a minibatch with both or neither of packed and resident entries"),
+        };
         Ok(DevBatch {
             b: hb.b,
-            x_ptr: at(&base, hb.x_ptr),
-            x_idx: at(&base, hb.x_idx),
-            x_val: at(&base, hb.x_val),
-            xe_ptr: at(&base, hb.xe_ptr),
-            xe_idx: at(&base, hb.xe_idx),
-            xe_val: at(&base, hb.xe_val),
-            xe_cptr: at(&base, hb.xe_cptr),
-            xe_crow: at(&base, hb.xe_crow),
-            xe_cval: at(&base, hb.xe_cval),
+            x_ptr: e.x_ptr,
+            x_idx: e.x_idx,
+            x_val: e.x_val,
+            xe_ptr: e.xe_ptr,
+            xe_idx: e.xe_idx,
+            xe_val: e.xe_val,
+            xe_cptr: e.xe_cptr,
+            xe_crow: e.xe_crow,
+            xe_cval: e.xe_cval,
             library: at(&base, hb.library),
             mask_e: at(&base, hb.mask_e),
             mask_s: at(&base, hb.mask_s),
             expr_weight: at(&base, hb.expr_weight),
             ones: at(&base, hb.ones),
-            s_ptr64: at(&base, hb.s_ptr64),
-            s_ptr32: at(&base, hb.s_ptr32),
-            s_junc: at(&base, hb.s_junc),
-            s_junc32: at(&base, hb.s_junc32),
-            s_psi: at(&base, hb.s_psi),
-            s_k: at(&base, hb.s_k),
-            s_n: at(&base, hb.s_n),
-            jptr: at(&base, hb.jptr),
-            jorder: at(&base, hb.jorder),
-            cell_of: at(&base, hb.cell_of),
-            ps_ptr: at(&base, hb.ps_ptr),
-            ps_idx: at(&base, hb.ps_idx),
-            ps_val: at(&base, hb.ps_val),
-            ps_cptr: at(&base, hb.ps_cptr),
-            ps_crow: at(&base, hb.ps_crow),
-            ps_cval: at(&base, hb.ps_cval),
-            g_cell: hb.groups.map(|g| at(&base, g.0)),
-            g_grp: hb.groups.map(|g| at(&base, g.1)),
-            g_ord: hb.groups.map(|g| at(&base, g.2)),
-            conc_ptr: at(&base, hb.conc_ptr),
-            conc_ids: at(&base, hb.conc_ids),
+            s_ptr64: e.s_ptr64,
+            s_ptr32: e.s_ptr32,
+            s_junc: e.s_junc,
+            s_junc32: e.s_junc32,
+            s_psi: e.s_psi,
+            s_k: e.s_k,
+            s_n: e.s_n,
+            jptr: e.jptr,
+            jorder: e.jorder,
+            cell_of: e.cell_of,
+            ps_ptr: e.ps_ptr,
+            ps_idx: e.ps_idx,
+            ps_val: e.ps_val,
+            ps_cptr: e.ps_cptr,
+            ps_crow: e.ps_crow,
+            ps_cval: e.ps_cval,
+            g_cell: e.g_cell,
+            g_grp: e.g_grp,
+            g_ord: e.g_ord,
+            conc_ptr: e.conc_ptr,
+            conc_ids: e.conc_ids,
             cov: hb.cov.map(|c| at(&base, c)),
             cov_w: hb.cov_w,
             cont: hb.cont.map(|c| at(&base, c)),
@@ -942,6 +1172,221 @@ impl<'d> DeviceModel<'d> {
             w_grad: hb.w_grad.map(|(p, i, w)| (at(&base, p), at(&base, i), at(&base, w))),
             disp_onehot: hb.disp_onehot.map(|(p, n)| (at(&base, p), n)),
         })
+    }
+
+    /// A resident minibatch's per-entry arrays, gathered and indexed on the device (kernels/gather.cu):
+    /// the same arrays, in the same order, as [`HostBatch::build`] packs (tests/cuda_step.rs compares
+    /// them bit for bit).
+    fn gather_entries(&self, hb: &HostBatch, rc: &ResidentCells, cells: TView<u32>, conc_ptr_host: Option<TView<i32>>) -> Result<EntryViews> {
+        let _r = crate::nvtx_range!("minibatch gather");
+        let ds = self.resident.as_ref().context("a minibatch prepared for the resident dataset, but none is on the device")?;
+        let m = &*self.model;
+        let (cfg, k) = (&m.cfg, &self.gather);
+        let (b, nnz, j_n) = (hb.b, hb.nnz, m.dims.n_junctions);
+        let idx = &ds.index;
+        // A CSR gathered from the dataset: pointers, columns, values, each entry's row.
+        let gather_csr = |src: &DevCsr, n: usize| -> Result<(TView<i64>, TView<u32>, Buf, TView<i32>)> {
+            let mut ptr = self.scratch::<i64>(b + 1)?;
+            k.scan_rows(&src.ptr, &cells, b, &mut ptr, None)?;
+            let (ci, cv, mut row) = (self.scratch::<u32>(n)?, self.scratch::<f32>(n)?, self.scratch::<i32>(n)?);
+            k.gather_rows(&src.ptr, &cells, b, &ptr, n, &[(Bits32::of(&src.idx), Bits32::of(&ci)), (Bits32::of(&src.val), Bits32::of(&cv))], Some(&mut row))?;
+            Ok((ptr, ci, cv, row))
+        };
+        // The stable CSC of a gathered CSR of `cols` columns: pointers (i64), rows, values.
+        let csc_of = |row: &TView<i32>, col: &TView<u32>, val: &Buf, n: usize, cols: usize| -> Result<(TView<i64>, TView<u32>, Buf)> {
+            let (words, counts) = CscScratch::sizes(b, cols);
+            let (mut mask, mut toff, mut cnt) = (self.scratch::<u32>(words)?, self.scratch::<i32>(words)?, self.scratch::<i32>(counts)?);
+            let (mut cptr, mut crow, mut cval) = (self.scratch::<i64>(cols + 1)?, self.scratch::<u32>(n)?, self.scratch::<f32>(n)?);
+            k.csc(
+                row,
+                col,
+                Some(val),
+                n,
+                b,
+                cols,
+                CscScratch { mask: &mut mask, tile_off: &mut toff, count: &mut cnt },
+                CscOut { cptr: &mut cptr, cptr32: None, row: Some(&mut crow), val: Some(&mut cval), ord: None },
+            )?;
+            Ok((cptr, crow, cval))
+        };
+        // expression: the counts, the encoder's input (its own CSR or the counts'), its CSC
+        let (x_ptr, x_idx, x_val, x_row) = gather_csr(&ds.x, rc.x_nnz)?;
+        let (xe_ptr, xe_idx, xe_val, xe_row) = match &ds.xe {
+            Some(src) => gather_csr(src, rc.xe_nnz)?,
+            None => (x_ptr, x_idx, x_val, x_row),
+        };
+        let (xe_cptr, xe_crow, xe_cval) = csc_of(&xe_row, &xe_idx, &xe_val, rc.xe_nnz, idx.xe_cols)?;
+        // splicing entries
+        let (mut s_ptr64, mut s_ptr32) = (self.scratch::<i64>(b + 1)?, self.scratch::<i32>(b + 1)?);
+        k.scan_rows(&ds.s_ptr, &cells, b, &mut s_ptr64, Some(&mut s_ptr32))?;
+        let (s_junc, s_psi, s_k, s_n) = (self.scratch::<u32>(nnz)?, self.scratch::<f32>(nnz)?, self.scratch::<f32>(nnz)?, self.scratch::<f32>(nnz)?);
+        let mut cell_of = self.scratch::<i32>(nnz)?;
+        let pairs = [
+            (Bits32::of(&ds.s_junc), Bits32::of(&s_junc)),
+            (Bits32::of(&ds.s_psi), Bits32::of(&s_psi)),
+            (Bits32::of(&ds.s_k), Bits32::of(&s_k)),
+            (Bits32::of(&ds.s_n), Bits32::of(&s_n)),
+        ];
+        k.gather_rows(&ds.s_ptr, &cells, b, &s_ptr64, nnz, &pairs, Some(&mut cell_of))?;
+        // junction-major order: the entries' CSC by junction (entry ids)
+        let (words, counts) = CscScratch::sizes(b, j_n);
+        let (mut mask, mut toff, mut cnt) = (self.scratch::<u32>(words)?, self.scratch::<i32>(words)?, self.scratch::<i32>(counts)?);
+        let (mut jptr64, mut jptr, mut jorder) = (self.scratch::<i64>(j_n + 1)?, self.scratch::<i32>(j_n + 1)?, self.scratch::<i32>(nnz)?);
+        k.csc(
+            &cell_of,
+            &s_junc,
+            None,
+            nnz,
+            b,
+            j_n,
+            CscScratch { mask: &mut mask, tile_off: &mut toff, count: &mut cnt },
+            CscOut { cptr: &mut jptr64, cptr32: Some(&mut jptr), row: None, val: None, ord: Some(&mut jorder) },
+        )?;
+        // the vanilla splicing encoder's input (ψ, or its own CSR with covariate columns) and its CSC
+        let vanilla = matches!(m.arch.z_enc_spl, SplEncP::Vanilla(_));
+        let (ps_ptr, ps_idx, ps_val, ps_row) = match &ds.ps {
+            Some(src) => gather_csr(src, rc.ps_nnz)?,
+            None => (s_ptr64, s_junc, s_psi, cell_of),
+        };
+        let (ps_cptr, ps_crow, ps_cval) =
+            if vanilla { csc_of(&ps_row, &ps_idx, &ps_val, rc.ps_nnz, idx.ps_cols)? } else { (TView::new(0, 0), TView::new(0, 0), TView::new(0, 0)) };
+        // Dirichlet-multinomial: the ATSE groups
+        let dm = cfg.splicing_loss_type == SplicingLoss::DirichletMultinomial;
+        let conc = ConcIndex::for_loss(cfg.splicing_loss_type, cfg.dm_concentration);
+        let mut groups = None;
+        let mut by_atse = None;
+        if dm {
+            let g = ds.groups.as_ref().context("the resident dataset has no ATSE groups (uploaded for another loss)")?;
+            let ng = rc.n_groups;
+            let mut g_cell = self.scratch::<i64>(b + 1)?;
+            k.scan_rows(&g.ptr, &cells, b, &mut g_cell, None)?;
+            let (mut g_grp, mut g_ord) = (self.scratch::<i64>(ng + 1)?, self.scratch::<u32>(nnz)?);
+            let per_atse = conc == ConcIndex::Atse;
+            let (mut g_row, mut g_atse) = if per_atse { (Some(self.scratch::<i32>(ng)?), Some(self.scratch::<u32>(ng)?)) } else { (None, None) };
+            k.gather_groups(
+                &g.ptr,
+                &cells,
+                b,
+                &g_cell,
+                &ds.s_ptr,
+                &s_ptr64,
+                &g.start_rel,
+                &g.atse,
+                &g.ord_rel,
+                &mut g_grp,
+                &mut g_ord,
+                g_row.as_mut().map(|v| v as &mut dyn DeviceMem<i32>),
+                g_atse.as_mut().map(|v| v as &mut dyn DeviceMem<u32>),
+            )?;
+            if let (Some(g_row), Some(g_atse)) = (g_row, g_atse) {
+                // The entries by ATSE: the groups' CSC by ATSE, then each group's entries.
+                let n_atse = self.atse_ptr.len() - 1;
+                let (words, counts) = CscScratch::sizes(b, n_atse);
+                let (mut mask, mut toff, mut cnt) = (self.scratch::<u32>(words)?, self.scratch::<i32>(words)?, self.scratch::<i32>(counts)?);
+                let (mut gcptr, mut gorder) = (self.scratch::<i64>(n_atse + 1)?, self.scratch::<i32>(ng)?);
+                k.csc(
+                    &g_row,
+                    &g_atse,
+                    None,
+                    ng,
+                    b,
+                    n_atse,
+                    CscScratch { mask: &mut mask, tile_off: &mut toff, count: &mut cnt },
+                    CscOut { cptr: &mut gcptr, cptr32: None, row: None, val: None, ord: Some(&mut gorder) },
+                )?;
+                let (mut ecount, mut p64, mut ptr, mut ids) = (self.scratch::<i32>(n_atse.max(1))?, self.scratch::<i64>(n_atse + 1)?, self.scratch::<i32>(n_atse + 1)?, self.scratch::<i32>(nnz)?);
+                k.group_entries(&gcptr, &gorder, &g_grp, &g_ord, n_atse, &mut ecount, &mut p64, &mut ptr, &mut ids)?;
+                by_atse = Some((ptr, ids));
+            }
+            groups = Some((g_cell, g_grp, g_ord));
+        }
+        // The concentration targets (CSR over log φ of the entries, each target's entries in order).
+        let uses_conc = matches!(cfg.splicing_loss_type, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial);
+        let n_targets = m.layout.entries[m.arch.log_phi].len.max(1);
+        let (conc_ptr, conc_ids) = match (uses_conc, conc) {
+            (false, _) => (TView::new(0, 0), TView::new(0, 0)),
+            (true, ConcIndex::Scalar) => {
+                let mut ids = self.scratch::<i32>(nnz)?;
+                k.iota(nnz, &mut ids)?;
+                (conc_ptr_host.context("the scalar concentration's pointers were not packed")?, ids)
+            }
+            (true, ConcIndex::Junction) => {
+                ensure!(n_targets == j_n, "per-junction concentrations: {n_targets} values for {j_n} junctions");
+                (jptr, jorder)
+            }
+            (true, ConcIndex::Atse) => {
+                let (ptr, ids) = by_atse.context("per-ATSE concentrations without the ATSE groups")?;
+                ensure!(n_targets == ptr.len - 1, "per-ATSE concentrations: {n_targets} values for {} ATSEs", ptr.len - 1);
+                (ptr, ids)
+            }
+        };
+        Ok(EntryViews {
+            x_ptr,
+            x_idx,
+            x_val,
+            xe_ptr,
+            xe_idx,
+            xe_val,
+            xe_cptr,
+            xe_crow,
+            xe_cval,
+            s_ptr64,
+            s_ptr32,
+            s_junc,
+            s_junc32: TView::new(s_junc.addr, s_junc.len),
+            s_psi,
+            s_k,
+            s_n,
+            jptr,
+            jorder,
+            cell_of,
+            ps_ptr,
+            ps_idx,
+            ps_val,
+            ps_cptr,
+            ps_crow,
+            ps_cval,
+            g_cell: groups.map(|g| g.0),
+            g_grp: groups.map(|g| g.1),
+            g_ord: groups.map(|g| g.2),
+            conc_ptr,
+            conc_ids,
+        })
+    }
+
+    /// Every array of the minibatch as the step sees it on the device, by name (tests: the resident
+    /// gather against the host pack).
+    #[doc(hidden)]
+    pub fn minibatch_arrays(&mut self, hb: &HostBatch) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        self.arena.borrow_mut().rewind(self.dev)?;
+        let bt = self.upload_batch(hb)?;
+        let rd = |v: u64, bytes: usize| -> Result<Vec<u8>> { self.dev.read(&TView::<u8>::new(v, bytes)) };
+        macro_rules! arrays {
+            ($($f:ident),*) => { vec![$((stringify!($f), rd(bt.$f.addr, bt.$f.len * elem_size(&bt.$f))?)),*] };
+        }
+        fn elem_size<T>(_: &TView<T>) -> usize {
+            std::mem::size_of::<T>()
+        }
+        let mut out = arrays!(x_ptr, x_idx, x_val, xe_ptr, xe_idx, xe_val, xe_cptr, xe_crow, xe_cval, library, mask_e, mask_s, expr_weight, ones, s_ptr64, s_ptr32, s_junc, s_junc32, s_psi, s_k, s_n, jptr, jorder, cell_of, ps_ptr, ps_idx, ps_val, eps_joint, w_row, iota);
+        if matches!(self.model.arch.z_enc_spl, SplEncP::Vanilla(_)) {
+            out.extend(arrays!(ps_cptr, ps_crow, ps_cval));
+        }
+        let m = &self.model;
+        if matches!(m.cfg.splicing_loss_type, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
+            out.extend(arrays!(conc_ptr, conc_ids));
+        }
+        if let (Some(c), Some(g), Some(o)) = (bt.g_cell, bt.g_grp, bt.g_ord) {
+            out.push(("g_cell", rd(c.addr, c.len * 8)?));
+            out.push(("g_grp", rd(g.addr, g.len * 8)?));
+            out.push(("g_ord", rd(o.addr, o.len * 4)?));
+        }
+        for (name, v) in [("cov", bt.cov), ("cont", bt.cont), ("cov_cont", bt.cov_cont)] {
+            if let Some(v) = v {
+                out.push((name, rd(v.addr, v.len * 4)?));
+            }
+        }
+        self.dev.synchronize()?;
+        Ok(out)
     }
 
     /// C = α op(A) op(B) + β C in the model's precision: f32, or with both operands rounded to bf16
@@ -1179,16 +1624,36 @@ impl<'d> DeviceModel<'d> {
         backward: bool,
     ) -> Result<DeviceStepOutput> {
         let hb = HostBatch::build(&self.model, batch, opts)?;
-        self.forward_backward_prepared(batch, &hb, opts, extra_dz, backward)
+        self.forward_backward_prepared(&hb, opts, extra_dz, backward)
     }
 
     /// The posterior means of `batch` in evaluation mode (no dropout, BatchNorm's running statistics,
     /// no noise), as `SpliceVae::inference_only`: the encoders and the latent step only, on the device.
     pub fn latents(&mut self, batch: &Batch) -> Result<DeviceLatents> {
-        let opts = StepOptions { training: false, use_z_mean: true, noise: Noise::Zero, kl_weight: 1.0, cross_gate: 1.0, routing: None, seed: 0 };
-        let hb = HostBatch::build(&self.model, batch, &opts)?;
+        let hb = HostBatch::build(&self.model, batch, &Self::latent_options())?;
+        self.latents_prepared(&hb)
+    }
+
+    /// [`Self::latents`] of dataset rows `cells`: gathered on the device when the dataset is resident
+    /// there ([`Self::attach_dataset`]), else gathered and packed on the host.
+    pub fn latents_of_cells(&mut self, ds: &Dataset, cells: &[usize], with_cell_idx: bool) -> Result<DeviceLatents> {
+        let opts = Self::latent_options();
+        let hb = match self.resident_index() {
+            Some(index) => HostBatch::build_resident(&self.model, ds, &index, cells, with_cell_idx, &opts)?,
+            None => HostBatch::build(&self.model, &Batch::from_dataset(ds, cells, with_cell_idx)?, &opts)?,
+        };
+        self.latents_prepared(&hb)
+    }
+
+    /// Evaluation mode, no noise: the posterior means.
+    fn latent_options() -> StepOptions {
+        StepOptions { training: false, use_z_mean: true, noise: Noise::Zero, kl_weight: 1.0, cross_gate: 1.0, routing: None, seed: 0 }
+    }
+
+    fn latents_prepared(&mut self, hb: &HostBatch) -> Result<DeviceLatents> {
+        let opts = Self::latent_options();
         self.latents_only = Some(RefCell::new(None));
-        let r = self.forward_backward_prepared(batch, &hb, &opts, &mut |_| Ok(None), false);
+        let r = self.forward_backward_prepared(hb, &opts, &mut |_| Ok(None), false);
         let got = self.latents_only.take().and_then(|c| c.into_inner());
         r?;
         let [qz_m, mu_e, mu_s, qz_v, library] = got.context("the forward did not reach the latent step")?;
@@ -1262,7 +1727,6 @@ impl<'d> DeviceModel<'d> {
     /// of the same `batch` and `opts`, e.g. on another thread while the previous step ran).
     pub fn forward_backward_prepared(
         &mut self,
-        batch: &Batch,
         hb: &HostBatch,
         opts: &StepOptions,
         extra_dz: &mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>,
@@ -1272,9 +1736,8 @@ impl<'d> DeviceModel<'d> {
         let model = self.model.clone();
         let m = &*model;
         let (cfg, a) = (&m.cfg, &m.arch);
-        ensure!(hb.b == batch.n_cells() && hb.nnz == batch.spl.nnz(), "the prepared minibatch is not this one");
         let dev = self.dev;
-        let b = batch.n_cells();
+        let b = hb.b;
         let (d, l, g_n, j_n) = (a.d, a.l, m.dims.n_genes, m.dims.n_junctions);
         let mode = Mode { training: opts.training, seed: opts.seed };
         // The previous step's work is finished (every step ends synchronised): its buffers are free.
@@ -1317,7 +1780,7 @@ impl<'d> DeviceModel<'d> {
         }
         let (mu_s, v_s, spl_enc) = match &a.z_enc_spl {
             SplEncP::Partial(pe) => {
-                let shape = PartialShape::of(pe, &self.host, &batch.spl, mode);
+                let shape = PartialShape::of_counts(pe, &self.host, m.dims.n_junctions, b, hb.nnz, mode);
                 let (cap, mut work) = self.take_partial_work(&shape)?;
                 let (pv, pc) = self.partial_views(pe);
                 let pp = partial_params(&pv, &pc);
@@ -1489,7 +1952,7 @@ impl<'d> DeviceModel<'d> {
                 (self.linear_spl_input(&main_s, &bt, k)?, k, None, lin)
             }
         };
-        let nnz = batch.spl.nnz();
+        let nnz = hb.nnz;
         let kind = cfg.splicing_loss_type;
         let conc = ConcIndex::for_loss(kind, cfg.dm_concentration);
         let (logits, mut rl_s, g_logit, g_conc, p_ent) = (self.nan(nnz)?, self.nan(b)?, self.nan(nnz)?, self.nan(nnz)?, self.nan(nnz)?);

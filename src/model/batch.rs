@@ -90,6 +90,19 @@ impl Batch {
             spl.psi.extend_from_slice(&s.psi[r]);
             spl.indptr.push(spl.junction.len());
         }
+        Ok(Batch { expr, spl, ..Batch::cells_only(ds, cells, with_cell_idx)? })
+    }
+
+    /// Cells `cells` of a dataset without their counts: the covariates, library sizes and `cell_idx`,
+    /// with empty expression and splicing rows (a minibatch whose entries are gathered on the device from
+    /// the resident dataset, or one the decoders alone read).
+    pub fn cells_only(ds: &Dataset, cells: &[usize], with_cell_idx: bool) -> Result<Batch> {
+        let Some(x) = &ds.expression else {
+            bail!("{}: the model needs an expression modality", ds.source);
+        };
+        let b = cells.len();
+        let expr = Csr { n_rows: b, n_cols: x.n_cols, indptr: vec![0; b + 1], indices: Vec::new(), values: Vec::new() };
+        let spl = SplBatch { n_junctions: ds.splicing.n_junctions, indptr: vec![0; b + 1], ..Default::default() };
         let cov = &ds.covariates;
         let pick = |codes: &[u32]| -> Vec<u32> {
             if codes.is_empty() {

@@ -129,6 +129,10 @@ pub struct Trainer<'a> {
 struct DeviceRun {
     model: crate::cuda::step::DeviceModel<'static>,
     adam: crate::cuda::step::DeviceAdam,
+    /// The resident dataset's host index (None: minibatches are streamed from the host).
+    resident: Option<std::sync::Arc<crate::cuda::resident::ResidentIndex>>,
+    /// Where the training data lives, in words (for the logs).
+    data_note: String,
 }
 
 impl<'a> Trainer<'a> {
@@ -209,12 +213,57 @@ impl<'a> Trainer<'a> {
     /// Run the training steps (and validation) on `dev` from now on, starting from the current
     /// parameters and optimizer state, with GEMM operands in `precision`. Errors for options the CUDA
     /// step does not implement.
+    /// The dataset goes to the device too when `--data-residency` allows and it fits
+    /// ([`crate::cuda::resident`]); else each minibatch is streamed from the host.
     pub fn use_device(&mut self, dev: &'static crate::cuda::CudaDevice, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
+        self.use_device_with(dev, precision, crate::cuda::resident::residency())
+    }
+
+    /// [`Self::use_device`] with the data's residency given.
+    pub fn use_device_with(
+        &mut self,
+        dev: &'static crate::cuda::CudaDevice,
+        precision: crate::cuda::gemm::GemmPrecision,
+        residency: crate::cuda::resident::Residency,
+    ) -> Result<()> {
+        use crate::cuda::resident::{bytes_needed, DeviceDataset, Residency};
         let mut model = crate::cuda::step::DeviceModel::new(dev, &self.model, &self.params)?;
         model.precision = precision;
         let adam = model.adam_state(&self.opt.state)?;
-        self.device = Some(DeviceRun { model, adam });
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
+        let need = bytes_needed(&self.model, self.ds);
+        let upload = match (residency, dev.free_memory()) {
+            (Residency::Host, _) => Err("--data-residency host".to_string()),
+            (Residency::Device, _) => Ok(()),
+            (Residency::Auto, Some(free)) if need > free / 2 => {
+                Err(format!("the dataset needs about {:.0} MiB on the device, more than half of the {:.0} MiB free", mib(need), mib(free)))
+            }
+            (Residency::Auto, _) => Ok(()),
+        };
+        let (resident, data_note) = match upload {
+            Ok(()) => {
+                let dd = DeviceDataset::upload(dev, &self.model, self.ds)?;
+                let note = format!("data resident on the device ({:.1} MiB); minibatches gathered there", mib(dd.bytes()));
+                let index = dd.index.clone();
+                model.attach_dataset(dd);
+                (Some(index), note)
+            }
+            Err(why) => (None, format!("data streamed from the host, one packed minibatch per step ({why})")),
+        };
+        self.device = Some(DeviceRun { model, adam, resident, data_note });
         Ok(())
+    }
+
+    /// The host's share of a device step for `cells` (what the preparation thread makes): the packed
+    /// minibatch, or with the dataset resident its cells and covariates only.
+    pub fn device_host_batch(&self, cells: &[usize], opts: &StepOptions) -> Result<crate::cuda::step::HostBatch> {
+        let resident = self.device.as_ref().and_then(|d| d.resident.as_deref());
+        Ok(device_batch(self.ds, &self.model, resident, cells, opts)?.1)
+    }
+
+    /// Where the training data lives while the steps run on a device (None: on the CPU).
+    pub fn device_data_note(&self) -> Option<&str> {
+        self.device.as_ref().map(|d| d.data_note.as_str())
     }
 
     /// Whether the steps run on a device.
@@ -371,11 +420,12 @@ impl<'a> Trainer<'a> {
     /// processed. After each step, `after_step(metrics)` (the progress bar).
     fn device_steps(&mut self, epoch: usize, steps: &[(u64, &[usize])], m: &mut EpochMetrics, after_step: &mut dyn FnMut(&EpochMetrics)) -> Result<usize> {
         let (ds, run, model) = (self.ds, self.run.clone(), self.model.clone());
+        let resident = self.device.as_ref().and_then(|d| d.resident.clone());
         std::thread::scope(|sc| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<PreparedStep>>(1);
             sc.spawn(move || {
                 for &(step, cells) in steps {
-                    let p = prepare_device_step(ds, &run, &model, epoch, step, cells);
+                    let p = prepare_device_step(ds, &run, &model, resident.as_deref(), epoch, step, cells);
                     let stop = p.is_err();
                     // A closed channel: the consumer stopped (an error); so do we.
                     if tx.send(p).is_err() || stop {
@@ -411,7 +461,6 @@ impl<'a> Trainer<'a> {
         let dr = device.as_mut().expect("device run");
         let mut fool = None;
         let out = dr.model.forward_backward_prepared(
-            &batch,
             &host,
             &opts,
             &mut |z| match adversary.as_ref() {
@@ -458,16 +507,17 @@ impl<'a> Trainer<'a> {
         // Validation runs with the gate at 1 (§4.1) in eval mode; posterior samples are still drawn.
         for (vstep, cells) in sequential_batches(&self.validation_cells, tc.batch_size).enumerate() {
             let seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, (1u64 << 40) + vstep as u64).gen();
-            let batch = Batch::from_dataset(self.ds, cells, true)?;
             let opts = StepOptions { kl_weight: kl as f64, cross_gate: 1.0, training: false, use_z_mean: false, routing: None, seed, noise: Noise::Seeded };
             if let Some(dr) = self.device.as_mut() {
-                let out = dr.model.forward_backward(&batch, &opts, &mut |_| Ok(None), false).with_context(|| format!("validation at epoch {epoch}"))?;
+                let (_, host) = device_batch(self.ds, &self.model, dr.resident.as_deref(), cells, &opts)?;
+                let out = dr.model.forward_backward_prepared(&host, &opts, &mut |_| Ok(None), false).with_context(|| format!("validation at epoch {epoch}"))?;
                 let global = self.state.global_step;
                 let bad = |term: &str| NonFinite { epoch, step: global, term: format!("validation {term}") };
                 check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty, out.concentration_prior, out.loss, &bad)?;
                 m.add_validation_terms(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty);
                 continue;
             }
+            let batch = Batch::from_dataset(self.ds, cells, true)?;
             let fwd = self.model.forward(&self.params, &batch, &opts).with_context(|| format!("validation at epoch {epoch}"))?;
             let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: format!("validation {term}") };
             check_terms(&fwd.out, &bad)?;
@@ -558,11 +608,40 @@ struct PreparedStep {
 
 /// The options, minibatch and packed device inputs of training step `step` of `epoch` (the same
 /// schedule, coin flip and seeds as [`Trainer::train_step`]).
-fn prepare_device_step(ds: &Dataset, run: &RunConfig, model: &SpliceVae, epoch: usize, step: u64, cells: &[usize]) -> Result<PreparedStep> {
+/// With the dataset `resident` on the device only the cells and their covariates are packed (the
+/// adversary reads the batch codes of the cells-only `batch`).
+fn prepare_device_step(
+    ds: &Dataset,
+    run: &RunConfig,
+    model: &SpliceVae,
+    resident: Option<&crate::cuda::resident::ResidentIndex>,
+    epoch: usize,
+    step: u64,
+    cells: &[usize],
+) -> Result<PreparedStep> {
     let opts = step_options(run, epoch, step);
-    let batch = Batch::from_dataset(ds, cells, true)?;
-    let host = crate::cuda::step::HostBatch::build(model, &batch, &opts)?;
+    let (batch, host) = device_batch(ds, model, resident, cells, &opts)?;
     Ok(PreparedStep { batch, host, opts })
+}
+
+/// The minibatch `cells` for a device step: gathered and packed on the host, or (dataset resident)
+/// its cells and covariates only.
+fn device_batch(
+    ds: &Dataset,
+    model: &SpliceVae,
+    resident: Option<&crate::cuda::resident::ResidentIndex>,
+    cells: &[usize],
+    opts: &StepOptions,
+) -> Result<(Batch, crate::cuda::step::HostBatch)> {
+    use crate::cuda::step::HostBatch;
+    Ok(match resident {
+        Some(index) => (Batch::cells_only(ds, cells, true)?, HostBatch::build_resident(model, ds, index, cells, true, opts)?),
+        None => {
+            let batch = Batch::from_dataset(ds, cells, true)?;
+            let host = HostBatch::build(model, &batch, opts)?;
+            (batch, host)
+        }
+    })
 }
 
 /// The first non-finite loss term, named.
