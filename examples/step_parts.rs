@@ -1,7 +1,7 @@
 //! Fixed-count timing of the training step's parts (the same setup as `benches/train_step.rs`), for
 //! `perf stat` comparisons on a busy machine: `cargo run --release --example step_parts -- default 20`.
 //! Prints milliseconds per call of each part, wall and CPU (Linux); `host_batch` is the host's share of a
-//! CUDA step (`HostBatch::build`). Criterion (`cargo bench --bench train_step`) is the
+//! CUDA step (`HostBatch::build`; `host_batch_resident` with the dataset resident on the device). Criterion (`cargo bench --bench train_step`) is the
 //! benchmark of record; this is its fixed-iteration twin for counting cycles and instructions.
 
 use std::time::Instant;
@@ -83,4 +83,16 @@ fn main() {
     });
     let hb = splicevi::cuda::step::HostBatch::build(&model, &batch, &opts).expect("host batch");
     println!("{:>17}: {:8.1} MB copied per step, {} observed entries", "host_batch", hb.bytes() as f64 / 1e6, batch.spl.nnz());
+    // With the dataset resident on the device: once per dataset the per-cell inputs, then per step the
+    // cells and their covariates only.
+    if want("host_batch_resident") {
+        let t = Instant::now();
+        let host = splicevi::cuda::resident::ResidentHost::build(&model, &ds).expect("resident preparation");
+        println!("{:>17}: {:8.1} ms once per dataset ({} cells)", "resident_prep", t.elapsed().as_secs_f64() * 1e3, ds.n_cells());
+        time("host_batch_resident", &mut || {
+            std::hint::black_box(splicevi::cuda::step::HostBatch::build_resident(&model, &ds, &host.index, &cells, true, &opts).expect("resident batch"));
+        });
+        let hb = splicevi::cuda::step::HostBatch::build_resident(&model, &ds, &host.index, &cells, true, &opts).expect("resident batch");
+        println!("{:>17}: {:8.3} MB copied per step", "host_batch_resident", hb.bytes() as f64 / 1e6);
+    }
 }

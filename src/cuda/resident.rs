@@ -161,10 +161,21 @@ fn check_distinct(what: &str, source: &str, ptr: &[usize], idx: &[u32]) -> Resul
     Ok(())
 }
 
-impl DeviceDataset {
-    /// Builds the per-cell inputs of `m` over `ds` on the host (in parallel, once) and uploads them.
-    pub fn upload(dev: &CudaDevice, m: &SpliceVae, ds: &Dataset) -> Result<DeviceDataset> {
-        let _r = crate::nvtx_range!("dataset upload");
+/// What the host computes once per dataset for the upload: the per-cell inputs beyond the counts and
+/// the index.
+pub struct ResidentHost {
+    pub index: ResidentIndex,
+    xe: Option<HostCsr>,
+    ps: Option<HostCsr>,
+    /// (pointers over cells, start in the row, ATSE) per group, and the rows' (ATSE, entry) order.
+    groups: Option<(Vec<i64>, Vec<u32>, Vec<u32>, Vec<u32>)>,
+}
+
+impl ResidentHost {
+    /// The per-cell inputs of `m` over `ds`, built on the host in parallel (chunks of cells), as the host
+    /// pack computes them per minibatch.
+    pub fn build(m: &SpliceVae, ds: &Dataset) -> Result<ResidentHost> {
+        let _r = crate::nvtx_range!("dataset preparation");
         let x = ds.expression.as_ref().with_context(|| format!("{}: the model needs an expression modality", ds.source))?;
         let s = &ds.splicing;
         let n = ds.n_cells();
@@ -262,6 +273,23 @@ impl DeviceDataset {
             has_expr,
             has_spl,
         };
+        Ok(ResidentHost { index, xe: xe.map(|(c, _)| c), ps: ps.map(|(c, _)| c), groups })
+    }
+}
+
+impl DeviceDataset {
+    /// Builds the per-cell inputs of `m` over `ds` on the host (in parallel, once) and uploads them.
+    pub fn upload(dev: &CudaDevice, m: &SpliceVae, ds: &Dataset) -> Result<DeviceDataset> {
+        Self::upload_prepared(dev, ResidentHost::build(m, ds)?, ds)
+    }
+
+    /// Uploads `host` (built for `ds`) and `ds`' counts.
+    pub fn upload_prepared(dev: &CudaDevice, host: ResidentHost, ds: &Dataset) -> Result<DeviceDataset> {
+        let _r = crate::nvtx_range!("dataset upload");
+        let ResidentHost { index, xe, ps, groups } = host;
+        let x = ds.expression.as_ref().context("the dataset has no expression modality")?;
+        let s = &ds.splicing;
+        anyhow::ensure!(index.n_cells == ds.n_cells(), "the prepared dataset has {} cells, this one {}", index.n_cells, ds.n_cells());
         // Empty arrays are uploaded as one element (a device buffer is never empty).
         fn up<T: cudarc::driver::DeviceRepr + Copy + Default>(dev: &CudaDevice, v: &[T], what: &str) -> Result<DevBuf<T>> {
             let r = if v.is_empty() { dev.upload(&[T::default()]) } else { dev.upload(v) };
@@ -269,8 +297,8 @@ impl DeviceDataset {
         }
         let csr = |c: &HostCsr, what: &str| -> Result<DevCsr> { Ok(DevCsr { ptr: up(dev, &c.ptr, what)?, idx: up(dev, &c.idx, what)?, val: up(dev, &c.val, what)? }) };
         let xd = DevCsr { ptr: up(dev, &index.x_ptr, "expression")?, idx: up(dev, &x.indices, "expression")?, val: up(dev, &x.values, "expression")? };
-        let xe_d = xe.as_ref().map(|(c, _)| csr(c, "expression encoder input")).transpose()?;
-        let ps_d = ps.as_ref().map(|(c, _)| csr(c, "splicing encoder input")).transpose()?;
+        let xe_d = xe.as_ref().map(|c| csr(c, "expression encoder input")).transpose()?;
+        let ps_d = ps.as_ref().map(|c| csr(c, "splicing encoder input")).transpose()?;
         let groups_d = groups
             .as_ref()
             .map(|(p, sr, at, or)| -> Result<DevGroupsData> {
