@@ -15,7 +15,9 @@
 //                         warp, the parameter sums go to the warp's own slot (no atomics).
 //   partial_ref_bwd     : one warp: h(0)'s share, into the last slot.
 //   partial_unfold_rows : one warp per junction: d u_j, then d F̂_j → d e_j.
-//   partial_bwd_params  : one thread per parameter element: sums over junctions and slots in a fixed
+//   partial_bwd_jsums   : one thread per (chunk of PART_JCHUNK junctions, parameter element): the sums
+//                         over junctions, a chunk at a time (f64).
+//   partial_bwd_params  : one thread per parameter element: sums the chunks and the slots in a fixed
 //                         order (f64) and adds into the gradient buffers.
 // Everything is deterministic: the partition into warps depends only on J and the sizes, every sum
 // has a fixed order, nothing uses float atomics.
@@ -40,6 +42,11 @@
 #define PART_THREADS 128
 #define PART_HMAX 256
 #define PART_DMAX 128
+// Junctions per chunk of partial_bwd_jsums (fixed: the summation order must not depend on the device;
+// tests/cuda_partial_parity.rs sets a small one to span several chunks).
+#ifndef PART_JCHUNK
+#define PART_JCHUNK 1024
+#endif
 #define HPL_MAX (PART_HMAX / 32)
 #define OPL_MAX (PART_DMAX / 32)
 #define PART_NORM_EPS 1e-8f
@@ -739,21 +746,59 @@ partial_unfold_rows(const float* __restrict__ q, const double* __restrict__ cj, 
     }
 }
 
+// The sums over junctions of partial_bwd_params, by chunks of PART_JCHUNK junctions (a fixed size, so
+// the order never depends on the device): one thread per (chunk, element) of
+//   [W₀[:,0]: Σ du (Hh) | W₀[:,1:]: Σ du ⊗ F̂ (Hh·D) | b₀: −Σ c₃ ũ (Hh) | g₁: Σ ũ ⊙ Q (Hh)],
+// the chunk's junctions in order, in f64, into jpart (n_chunks × that width). A thread summing all J
+// junctions alone left a few warps walking 10⁵ junctions each.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_bwd_jsums(const float* __restrict__ du, const float* __restrict__ q, const double* __restrict__ cj,
+                  const float* __restrict__ ut, const float* __restrict__ fhat, int J, int Hh, int D,
+                  double* __restrict__ jpart) {
+    const long long HD = (long long)Hh * D, E = 3LL * Hh + HD;
+    const long long n_chunks = (J + PART_JCHUNK - 1) / PART_JCHUNK;
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n_chunks * E) return;
+    const long long ch = t / E, x = t % E;
+    const int j0 = (int)(ch * PART_JCHUNK), j1 = j0 + PART_JCHUNK < J ? j0 + PART_JCHUNK : J;
+    double v = 0.0;
+    if (x < Hh) {
+        const int k = (int)x;
+        for (int j = j0; j < j1; ++j) v += (double)du[(long long)j * Hh + k];
+    } else if (x < Hh + HD) {
+        const int k = (int)((x - Hh) / D), c = (int)((x - Hh) % D);
+        for (int j = j0; j < j1; ++j) v += (double)du[(long long)j * Hh + k] * (double)fhat[(long long)j * D + c];
+    } else if (x < 2 * Hh + HD) {
+        const int k = (int)(x - Hh - HD);
+        for (int j = j0; j < j1; ++j) v -= cj[4 * (long long)j + 3] * (double)ut[(long long)j * Hh + k];
+    } else {
+        const int k = (int)(x - 2 * Hh - HD);
+        for (int j = j0; j < j1; ++j) v += (double)ut[(long long)j * Hh + k] * (double)q[(long long)j * Hh + k];
+    }
+    jpart[ch * E + x] = v;
+}
+
 // One thread per parameter element, in the index space
 //   [W₀[:,0] (Hh) | W₀[:,1:] (Hh·D) | b₀ (Hh) | g₁ (Hh) | be₁ (Hh) | W₄ (D·Hh) | b₄ | g₅ | be₅ (D each)],
-// adding into the gradient buffers (each may be null: frozen). Sums over junctions (du, Q_j, the
-// per-junction scalars) and over the n_slots slots run sequentially in f64.
+// adding into the gradient buffers (each may be null: frozen). Sums over junctions come from
+// partial_bwd_jsums' chunks (in chunk order), over the n_slots slots sequentially, in f64.
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
 partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, const double* __restrict__ cj,
                    const float* __restrict__ ut, const float* __restrict__ bt, const float* __restrict__ fhat,
                    const float* __restrict__ g1, const float* __restrict__ slots, const double* __restrict__ slot_d,
-                   int n_slots, int J, int Hh, int D, float* __restrict__ g_w0, float* __restrict__ g_b0,
+                   const double* __restrict__ jpart, int n_slots, int J, int Hh, int D, float* __restrict__ g_w0, float* __restrict__ g_b0,
                    float* __restrict__ g_g1, float* __restrict__ g_be1, float* __restrict__ g_w4,
                    float* __restrict__ g_b4, float* __restrict__ g_g5, float* __restrict__ g_be5) {
     const long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long HD = (long long)Hh * D, S = 2LL * Hh + HD + 3LL * D;
     const long long total = 4LL * Hh + 2 * HD + 3LL * D;
     if (x >= total) return;
+    const long long E = 3LL * Hh + HD, n_chunks = (J + PART_JCHUNK - 1) / PART_JCHUNK;
+    auto j_sum = [&](long long off) {
+        double v = 0.0;
+        for (long long ch = 0; ch < n_chunks; ++ch) v += jpart[ch * E + off];
+        return v;
+    };
     auto slot_sum = [&](long long off) {
         double v = 0.0;
         for (int w = 0; w < n_slots; ++w) v += (double)slots[w * S + off];
@@ -761,24 +806,21 @@ partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, co
     };
     if (x < Hh) {  // W₀[:,0]
         const int k = (int)x;
-        double v = 0.0;
-        for (int j = 0; j < J; ++j) v += (double)du[(long long)j * Hh + k];
+        const double v = j_sum(k);
         if (g_w0) g_w0[(long long)k * (D + 1)] += (float)v;
         return;
     }
     long long y = x - Hh;
     if (y < HD) {  // W₀[:,1:]
         const int k = (int)(y / D), c = (int)(y % D);
-        double v = 0.0;
-        for (int j = 0; j < J; ++j) v += (double)du[(long long)j * Hh + k] * (double)fhat[(long long)j * D + c];
+        const double v = j_sum(Hh + y);
         if (g_w0) g_w0[(long long)k * (D + 1) + 1 + c] += (float)v;
         return;
     }
     y -= HD;
     if (y < Hh) {  // b₀ = g₁⊙R − Σβm₁ − Σ_j (Σβm₂α)_j·ũ_j − (Σβm₂β)·b̃
         const int k = (int)y;
-        double v = 0.0, e1 = 0.0, e3 = 0.0;
-        for (int j = 0; j < J; ++j) v -= cj[4 * (long long)j + 3] * (double)ut[(long long)j * Hh + k];
+        double v = j_sum(Hh + HD + k), e1 = 0.0, e3 = 0.0;
         for (int w = 0; w < n_slots; ++w) {
             e1 += slot_d[2 * w];
             e3 += slot_d[2 * w + 1];
@@ -790,8 +832,7 @@ partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, co
     y -= Hh;
     if (y < Hh) {  // g₁ = Σ_j ũ_j⊙Q_j + b̃⊙R
         const int k = (int)y;
-        double v = 0.0;
-        for (int j = 0; j < J; ++j) v += (double)ut[(long long)j * Hh + k] * (double)q[(long long)j * Hh + k];
+        double v = j_sum(2 * Hh + HD + k);
         v += (double)bt[k] * slot_sum(k);
         if (g_g1) g_g1[k] += (float)v;
         return;

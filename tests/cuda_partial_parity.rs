@@ -193,9 +193,14 @@ int main(int argc, char** argv) {
     emu::launch((J + wpr - 1) / wpr, PART_THREADS, wpr * Hh * 4, [&] {
         partial_unfold_rows(q.data(), cj.data(), ut.data(), bt.data(), g1.data(), w0.data(), fhat.data(), fnorm.data(), J, Hh, D, du.data(), g_emb.data());
     });
+    const long long n_chunks = (J + PART_JCHUNK - 1) / PART_JCHUNK, jsums = n_chunks * (3LL * Hh + (long long)Hh * D);
+    std::vector<double> jpart(jsums > 0 ? jsums : 1, NAN);
+    emu::launch((unsigned)((jsums + PART_THREADS - 1) / PART_THREADS) + 1, PART_THREADS, 0, [&] {
+        partial_bwd_jsums(du.data(), q.data(), cj.data(), ut.data(), fhat.data(), J, Hh, D, jpart.data());
+    });
     const long long total = 4LL * Hh + 2LL * Hh * D + 3LL * D;
     emu::launch((unsigned)((total + PART_THREADS - 1) / PART_THREADS), PART_THREADS, 0, [&] {
-        partial_bwd_params(du.data(), q.data(), cj.data(), ut.data(), bt.data(), fhat.data(), g1.data(), slots.data(), slot_d.data(), nw + center, J, Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
+        partial_bwd_params(du.data(), q.data(), cj.data(), ut.data(), bt.data(), fhat.data(), g1.data(), slots.data(), slot_d.data(), jpart.data(), nw + center, J, Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
     });
     wr(d, "pool", pool); wr(d, "h0", h0); wr(d, "keep", dropout ? keep : std::vector<unsigned long long>());
     wr(d, "emb", g_emb); wr(d, "w0", g_w0); wr(d, "b0", g_b0); wr(d, "g1", g_g1); wr(d, "be1", g_be1);
@@ -218,7 +223,9 @@ fn write_i32(dir: &std::path::Path, name: &str, v: &[i32]) {
 fn host_emu_partial_matches_twin() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let exe = match emu::build(d, "partial.cu", PARTIAL_CU, HARNESS) {
+    // Chunks of 7 junctions here (1024 in the build), so that the sums over junctions span several.
+    let src = format!("#define PART_JCHUNK 7\n{PARTIAL_CU}");
+    let exe = match emu::build(d, "partial.cu", &src, HARNESS) {
         Ok(e) => e,
         Err(reason) => {
             skipped(&format!("host build (emulation) of kernels/partial.cu: {reason}"));

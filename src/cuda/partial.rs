@@ -27,6 +27,14 @@ pub const PART_DMAX: usize = 128;
 /// Most warps (and parameter-sum slots) of the backward: junction j belongs to warp j mod n_warps.
 /// Fixed, so the summation order never depends on the device.
 pub const PART_BWD_WARPS: usize = 1024;
+/// Junctions per chunk of the backward's sums over junctions (PART_JCHUNK in kernels/partial.cu).
+pub const PART_JCHUNK: usize = 1024;
+
+/// f64 partial sums over junction chunks of the backward: chunks × [Hh | Hh·D | Hh | Hh].
+pub fn jpart_len(j: usize, hh: usize, d: usize) -> usize {
+    j.div_ceil(PART_JCHUNK).max(1) * (3 * hh + hh * d)
+}
+
 /// Dynamic shared memory one block may use without opting in.
 const SMEM_LIMIT: usize = 48 * 1024;
 
@@ -205,13 +213,14 @@ pub struct PartialWork {
     pub du: DevBuf<f32>,
     pub slots: DevBuf<f32>,
     pub slot_d: DevBuf<f64>,
+    pub jpart: DevBuf<f64>,
 }
 
 impl PartialWork {
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
         let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots];
-        let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d];
+        let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart];
         4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len()
     }
 
@@ -236,6 +245,7 @@ impl PartialWork {
             du: dev.zeros(j * hh)?,
             slots: dev.zeros(nslot * slot_len(hh, d))?,
             slot_d: dev.zeros(2 * nslot)?,
+            jpart: dev.zeros(jpart_len(j, hh, d))?,
         })
     }
 }
@@ -273,6 +283,7 @@ pub struct CudaPartial<'d> {
     pair_bwd: Kernel,
     ref_bwd: Kernel,
     unfold_rows: Kernel,
+    bwd_jsums: Kernel,
     bwd_params: Kernel,
 }
 
@@ -299,6 +310,7 @@ impl<'d> CudaPartial<'d> {
             pair_bwd: f("partial_pair_bwd")?,
             ref_bwd: f("partial_ref_bwd")?,
             unfold_rows: f("partial_unfold_rows")?,
+            bwd_jsums: f("partial_bwd_jsums")?,
             bwd_params: f("partial_bwd_params")?,
         })
     }
@@ -462,9 +474,23 @@ impl<'d> CudaPartial<'d> {
             &addr_mut(&g.emb),
         ];
         self.dev.launch(&self.unfold_rows, cfg(j.div_ceil(wpr), PART_THREADS, wpr * hh * 4), &args)?;
+        // The sums over junctions, a chunk of PART_JCHUNK junctions per thread and element.
+        let jsums = j.div_ceil(PART_JCHUNK) * (3 * hh + hh * d);
+        let args: [&dyn KernelArg; 9] = [
+            &w.du.device_address(),
+            &w.q.device_address(),
+            &w.cj.device_address(),
+            &w.ut.device_address(),
+            &w.fhat.device_address(),
+            &(j as i32),
+            &(hh as i32),
+            &(d as i32),
+            &w.jpart.device_address(),
+        ];
+        self.dev.launch(&self.bwd_jsums, cfg(jsums.div_ceil(PART_THREADS as usize).max(1), PART_THREADS, 0), &args)?;
         let n_slots = nw + s.center as usize;
         let total = 4 * hh + 2 * hh * d + 3 * d;
-        let args: [&dyn KernelArg; 21] = [
+        let args: [&dyn KernelArg; 22] = [
             &w.du.device_address(),
             &w.q.device_address(),
             &w.cj.device_address(),
@@ -474,6 +500,7 @@ impl<'d> CudaPartial<'d> {
             &p.g1.device_address(),
             &w.slots.device_address(),
             &w.slot_d.device_address(),
+            &w.jpart.device_address(),
             &(n_slots as i32),
             &(j as i32),
             &(hh as i32),
