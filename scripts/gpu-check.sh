@@ -117,8 +117,10 @@ work="$(mktemp -d)"
 step "$HERE/bin/splicevi" simulate --size toy --seed 0 --out "$work/toy.h5mu"
 for preset in default robust; do
   cuda_step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cuda" --preset $preset --batch-key batch --max-epochs 2 --device cuda --no-plots
+  # the same with the minibatches streamed from the host instead of gathered from the resident dataset
+  cuda_step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cuda-host" --preset $preset --batch-key batch --max-epochs 2 --device cuda --data-residency host --no-plots
   step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cpu" --preset $preset --batch-key batch --max-epochs 2 --device cpu --no-plots
-  for r in $preset-cuda $preset-cpu; do [ -f "$work/$r/metrics.tsv" ] && { echo "--- $r/metrics.tsv"; cat "$work/$r/metrics.tsv"; } | tee -a "$LOG"; done
+  for r in $preset-cuda $preset-cuda-host $preset-cpu; do [ -f "$work/$r/metrics.tsv" ] && { echo "--- $r/metrics.tsv"; cat "$work/$r/metrics.tsv"; } | tee -a "$LOG"; done
 done
 # The analyses' encoders and decoders on the device, beside the CPU's, from the device-trained run.
 if [ -f "$work/default-cuda/model.safetensors" ]; then
@@ -130,6 +132,8 @@ fi
 # Throughput (cells/s, fraction of the floor): small and medium first, then the paper size (its
 # simulation alone takes a while); BENCH_ARGS overrides.
 cuda_step "$HERE/bin/splicevi" bench --device cuda ${BENCH_ARGS:---size small,medium --preset default,paper,robust --max-seconds 15}
+# the streamed path at medium, for the difference residency makes
+cuda_step "$HERE/bin/splicevi" bench --device cuda --data-residency host --size medium --preset paper --max-seconds 15
 [ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --steps 10
 rm -rf "$work"
 echo "=== gpu-check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) (log: $LOG)" | tee -a "$LOG"
