@@ -809,6 +809,19 @@ fn resident_on(dev: &CudaDevice) {
             for ((what, x), (_, y)) in a.iter().zip(&b) {
                 assert!(x == y, "{name} (cell indices {with_idx}): `{what}` gathered on the device differs from the host's ({} and {} bytes)", y.len(), x.len());
             }
+            // The packed minibatch staged (page-locked on a GPU) and copied from there: the same arrays;
+            // its buffer goes back to the pool and is reused.
+            let pool = dm.staging_pool();
+            let mut staged = HostBatch::build(&model, &batch, &case.opts).unwrap();
+            staged.stage(&pool).unwrap();
+            assert_eq!(staged.bytes(), packed.bytes());
+            assert!(dm.minibatch_arrays(&staged).unwrap() == a, "{name}: the staged minibatch differs");
+            let buf = staged.take_staged().unwrap();
+            assert!(buf.capacity() >= packed.bytes() && !buf.is_pinned() || !dev.is_emulated());
+            pool.give(buf);
+            let again = pool.take(packed.bytes());
+            assert_eq!(pool.n_free(), 0, "{name}: the pool's buffer was not reused");
+            pool.give(again);
         }
         // The step on both: the same bits.
         if [0usize, 1, 12].contains(&ci) {

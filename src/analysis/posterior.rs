@@ -11,7 +11,7 @@
 use crate::data::Dataset;
 use crate::model::{Batch, DmConcentration, Inference, Mat, Params, SpliceVae, SplicingLoss};
 use crate::train::rng::{stream, Purpose};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
@@ -104,8 +104,15 @@ impl<'a> Posterior<'a> {
         let mut dm = crate::cuda::step::DeviceModel::new(dev, self.model, self.params)?;
         dm.precision = precision;
         let fits = dev.free_memory().is_none_or(|free| bytes_needed(self.model, self.ds) <= free / 2);
-        if residency() == Residency::Device || (residency() == Residency::Auto && fits) {
-            dm.attach_dataset(DeviceDataset::upload(dev, self.model, self.ds)?);
+        match residency() {
+            Residency::Device => dm.attach_dataset(DeviceDataset::upload(dev, self.model, self.ds).context("--data-residency device")?),
+            // auto: streamed when it does not fit, or when the upload fails
+            Residency::Auto if fits => {
+                if let Ok(dd) = DeviceDataset::upload(dev, self.model, self.ds) {
+                    dm.attach_dataset(dd);
+                }
+            }
+            _ => {}
         }
         self.device = Some(std::cell::RefCell::new(dm));
         Ok(())

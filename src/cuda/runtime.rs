@@ -7,7 +7,7 @@
 
 use super::emu::{EmuFn, EmuKernels};
 use super::{cuda_usable, kernel_fatbins, DeviceInfo};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
     ValidAsZeroBits,
@@ -275,6 +275,36 @@ impl CudaDevice {
         }
     }
 
+    /// A pool of staging buffers for copies to this device ([`StagingPool`]).
+    pub fn staging_pool(&self) -> Arc<StagingPool> {
+        let ctx = match &self.backend {
+            Backend::Driver { ctx, .. } => Some(ctx.clone()),
+            Backend::Emu(_) => None,
+        };
+        Arc::new(StagingPool { ctx, free: std::sync::Mutex::new(Vec::new()) })
+    }
+
+    /// Enqueues the copy of `src[..dst.elements()]` into `dst` without waiting for it: from page-locked
+    /// memory the DMA engine reads while the host goes on, so `src` must stay untouched (and alive) until
+    /// the stream has passed this point (the next synchronisation). Under the host emulation a memcpy.
+    pub fn write_staged(&self, src: &StagingBuf, dst: &mut dyn DeviceMem<u8>) -> Result<()> {
+        let n = dst.elements();
+        if n > src.len {
+            bail!("host-to-device copy: {n} bytes from a staging buffer of {}", src.len);
+        }
+        match (&self.backend, &src.imp) {
+            (Backend::Driver { stream, .. }, StagingImpl::Pinned(p)) => {
+                // SAFETY: the pinned buffer holds at least n bytes (checked) and outlives the copy (the
+                // caller keeps it until the stream is synchronised); `dst` holds n bytes.
+                let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr().map_err(|e| anyhow!("pinned buffer: {e:?}"))?, n) };
+                unsafe { cudarc::driver::result::memcpy_htod_async(dst.device_address(), bytes, stream.cu_stream()) }
+                    .map_err(|e| anyhow!("host-to-device copy of {n} bytes: {e:?}"))
+            }
+            (_, StagingImpl::Host(v)) => self.write(&v[..n], dst),
+            (Backend::Emu(_), StagingImpl::Pinned(_)) => bail!("a page-locked staging buffer on the host emulation"),
+        }
+    }
+
     /// Copies device memory `src` (e.g. an arena region) to a new host vector (synchronises).
     pub fn read<T: DeviceRepr + Default + Clone>(&self, src: &dyn DeviceMem<T>) -> Result<Vec<T>> {
         let mut out = vec![T::default(); src.elements()];
@@ -400,4 +430,76 @@ pub(crate) fn elementwise_grid(n: usize, threads: u32, multiprocessors: i32) -> 
     let needed = n.div_ceil(threads as usize).max(1);
     let cap = (multiprocessors.max(1) as usize) * 8;
     needed.min(cap) as u32
+}
+
+/// Host memory a copy to the device reads: page-locked on a GPU (so the copy runs asynchronously
+/// while the host goes on), a plain allocation under the host emulation (or where pinning failed).
+pub struct StagingBuf {
+    imp: StagingImpl,
+    len: usize,
+}
+
+enum StagingImpl {
+    Pinned(cudarc::driver::PinnedHostSlice<u8>),
+    Host(Vec<u8>),
+}
+
+impl StagingBuf {
+    /// Bytes it holds.
+    pub fn capacity(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is page-locked.
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.imp, StagingImpl::Pinned(_))
+    }
+
+    /// Its first `data.len()` bytes = `data`.
+    pub fn fill(&mut self, data: &[u8]) -> Result<()> {
+        ensure!(data.len() <= self.len, "{} bytes into a staging buffer of {}", data.len(), self.len);
+        match &mut self.imp {
+            StagingImpl::Pinned(p) => p.as_mut_slice().map_err(|e| anyhow!("pinned buffer: {e:?}"))?[..data.len()].copy_from_slice(data),
+            StagingImpl::Host(v) => v[..data.len()].copy_from_slice(data),
+        }
+        Ok(())
+    }
+}
+
+/// Staging buffers shared by the thread that prepares minibatches and the one that runs the steps:
+/// taken to stage a minibatch, given back once the step that copied it has finished. Page-locked
+/// allocations are slow, so they are kept and reused.
+pub struct StagingPool {
+    ctx: Option<Arc<CudaContext>>,
+    free: std::sync::Mutex<Vec<StagingBuf>>,
+}
+
+impl StagingPool {
+    /// A buffer of at least `bytes`: the smallest free one that is large enough, else a new one a
+    /// quarter larger (page-locked on a GPU; pageable if pinning fails, which only costs speed).
+    pub fn take(&self, bytes: usize) -> StagingBuf {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = (0..free.len()).filter(|&i| free[i].len >= bytes).min_by_key(|&i| free[i].len) {
+            return free.swap_remove(i);
+        }
+        drop(free);
+        let len = (bytes + bytes / 4).max(1 << 20);
+        if let Some(ctx) = &self.ctx {
+            // SAFETY: the bytes are written (`fill`) before any copy reads them.
+            if let Ok(p) = unsafe { ctx.alloc_pinned::<u8>(len) } {
+                return StagingBuf { imp: StagingImpl::Pinned(p), len };
+            }
+        }
+        StagingBuf { imp: StagingImpl::Host(vec![0u8; len]), len }
+    }
+
+    /// Back into the pool (the copy that read it must be finished).
+    pub fn give(&self, b: StagingBuf) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(b);
+    }
+
+    /// Buffers held free.
+    pub fn n_free(&self) -> usize {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }

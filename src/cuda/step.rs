@@ -36,7 +36,7 @@ use super::glue::{Cols, CudaGlue, MapOp};
 use super::latent::{penalty_scale, CudaLatent, LatentDevFwd, LatentDevGrads, LatentDevIn, LatentShape};
 use super::optim::{CudaOptim, GRAD_NORM_MAX_BLOCKS};
 use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
-use super::runtime::{CudaDevice, DevBuf, DeviceMem};
+use super::runtime::{CudaDevice, DevBuf, DeviceMem, StagingBuf, StagingPool};
 use super::resident::{DevCsr, DeviceDataset, ResidentIndex};
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
 use super::splicing_lik::{CudaSplicingLik, DevGroups, SplLikInputs, SplLikOutputs};
@@ -353,6 +353,10 @@ pub struct HostBatch {
     b: usize,
     nnz: usize,
     pack: Pack,
+    /// Bytes in the pack (also once it has moved to `staged`).
+    pack_len: usize,
+    /// The pack in a staging buffer ([`HostBatch::stage`]): copied without the host waiting.
+    staged: Option<StagingBuf>,
     entries: Option<EntryParts>,
     resident: Option<ResidentCells>,
     library: Part,
@@ -673,7 +677,9 @@ impl HostBatch {
         HostBatch {
             b,
             nnz,
+            pack_len: pack.bytes.len(),
             pack,
+            staged: None,
             entries,
             resident,
             library: cp.library,
@@ -700,7 +706,23 @@ impl HostBatch {
 
     /// Bytes copied to the device per step.
     pub fn bytes(&self) -> usize {
-        self.pack.bytes.len()
+        self.pack_len
+    }
+
+    /// Moves the pack into a staging buffer from `pool` (page-locked on a GPU), so that the step only
+    /// enqueues its copy and the host goes on launching kernels. The preparation thread does this; the
+    /// step's thread gives the buffer back ([`Self::take_staged`]) once the step has finished.
+    pub fn stage(&mut self, pool: &StagingPool) -> Result<()> {
+        let mut buf = pool.take(self.pack_len);
+        buf.fill(&self.pack.bytes)?;
+        self.pack.bytes = Vec::new();
+        self.staged = Some(buf);
+        Ok(())
+    }
+
+    /// The staging buffer, for its pool (after the step that copied it).
+    pub fn take_staged(&mut self) -> Option<StagingBuf> {
+        self.staged.take()
     }
 
     /// Cells in the minibatch.
@@ -833,6 +855,8 @@ pub struct DeviceModel<'d> {
     gather: CudaGather<'d>,
     /// The dataset on the device ([`Self::attach_dataset`]), for resident minibatches.
     resident: Option<DeviceDataset>,
+    /// Staging buffers for streamed minibatches ([`HostBatch::stage`]).
+    staging: Arc<StagingPool>,
     /// Every buffer of a step (activations, gradients of activations, the packed minibatch).
     arena: RefCell<StepArena>,
     /// The partial encoder's scratch, kept across steps (regrown when a minibatch has more entries).
@@ -892,6 +916,7 @@ impl<'d> DeviceModel<'d> {
             optim: CudaOptim::new(dev)?,
             gather: CudaGather::new(dev)?,
             resident: None,
+            staging: dev.staging_pool(),
             arena: RefCell::new(StepArena::default()),
             partial_work: RefCell::new(None),
             bn_pending: RefCell::new(Vec::new()),
@@ -1069,6 +1094,11 @@ impl<'d> DeviceModel<'d> {
         self.resident = Some(ds);
     }
 
+    /// The staging buffers of streamed minibatches (shared with the thread that prepares them).
+    pub fn staging_pool(&self) -> Arc<StagingPool> {
+        self.staging.clone()
+    }
+
     /// The resident dataset's host index (for [`HostBatch::build_resident`]), when one is attached.
     pub fn resident_index(&self) -> Option<Arc<ResidentIndex>> {
         self.resident.as_ref().map(|d| d.index.clone())
@@ -1083,8 +1113,12 @@ impl<'d> DeviceModel<'d> {
     /// gathered from the dataset on the device.
     fn upload_batch(&self, host: &HostBatch) -> Result<DevBatch> {
         let (dev, hb) = (self.dev, host);
-        let mut base: TView<u8> = self.arena.borrow_mut().alloc(dev, hb.pack.bytes.len())?;
-        dev.write(&hb.pack.bytes, &mut base)?;
+        let mut base: TView<u8> = self.arena.borrow_mut().alloc(dev, hb.pack_len)?;
+        match &hb.staged {
+            // enqueued: the step's kernels queue behind it while the host goes on
+            Some(buf) => dev.write_staged(buf, &mut base)?,
+            None => dev.write(&hb.pack.bytes, &mut base)?,
+        }
         fn at<T>(base: &TView<u8>, (off, len): (usize, usize)) -> TView<T> {
             TView::new(base.addr + off as u64, len)
         }
@@ -1726,6 +1760,22 @@ impl<'d> DeviceModel<'d> {
     /// [`Self::forward_backward`] with the minibatch already prepared on the host ([`HostBatch::build`]
     /// of the same `batch` and `opts`, e.g. on another thread while the previous step ran).
     pub fn forward_backward_prepared(
+        &mut self,
+        hb: &HostBatch,
+        opts: &StepOptions,
+        extra_dz: &mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>,
+        backward: bool,
+    ) -> Result<DeviceStepOutput> {
+        let r = self.step(hb, opts, extra_dz, backward);
+        if r.is_err() {
+            // A failed step may leave work queued (the minibatch's staged copy among it): wait for it,
+            // so that the minibatch's buffers may be freed.
+            let _ = self.dev.synchronize();
+        }
+        r
+    }
+
+    fn step(
         &mut self,
         hb: &HostBatch,
         opts: &StepOptions,

@@ -240,9 +240,17 @@ impl<'a> Trainer<'a> {
             }
             (Residency::Auto, _) => Ok(()),
         };
-        let (resident, data_note) = match upload {
-            Ok(()) => {
-                let dd = DeviceDataset::upload(dev, &self.model, self.ds)?;
+        // `auto` falls back to streaming when the upload itself fails (device memory taken meanwhile).
+        let uploaded = match upload {
+            Ok(()) => match (DeviceDataset::upload(dev, &self.model, self.ds), residency) {
+                (Ok(dd), _) => Ok(dd),
+                (Err(e), Residency::Device) => return Err(e.context("--data-residency device")),
+                (Err(e), _) => Err(format!("the upload failed: {e:#}")),
+            },
+            Err(why) => Err(why),
+        };
+        let (resident, data_note) = match uploaded {
+            Ok(dd) => {
                 let note = format!("data resident on the device ({:.1} MiB); minibatches gathered there", mib(dd.bytes()));
                 let index = dd.index.clone();
                 model.attach_dataset(dd);
@@ -421,11 +429,19 @@ impl<'a> Trainer<'a> {
     fn device_steps(&mut self, epoch: usize, steps: &[(u64, &[usize])], m: &mut EpochMetrics, after_step: &mut dyn FnMut(&EpochMetrics)) -> Result<usize> {
         let (ds, run, model) = (self.ds, self.run.clone(), self.model.clone());
         let resident = self.device.as_ref().and_then(|d| d.resident.clone());
+        // Streamed minibatches are staged (page-locked on a GPU) here, given back after their step.
+        let staging = self.device.as_ref().filter(|d| d.resident.is_none()).map(|d| d.model.staging_pool());
+        let pool = staging.clone();
         std::thread::scope(|sc| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<PreparedStep>>(1);
             sc.spawn(move || {
                 for &(step, cells) in steps {
-                    let p = prepare_device_step(ds, &run, &model, resident.as_deref(), epoch, step, cells);
+                    let p = prepare_device_step(ds, &run, &model, resident.as_deref(), epoch, step, cells).and_then(|mut p| {
+                        if let Some(pool) = &pool {
+                            p.host.stage(pool)?;
+                        }
+                        Ok(p)
+                    });
                     let stop = p.is_err();
                     // A closed channel: the consumer stopped (an error); so do we.
                     if tx.send(p).is_err() || stop {
@@ -438,7 +454,7 @@ impl<'a> Trainer<'a> {
                 let p = p?;
                 cells += p.batch.n_cells();
                 let step = self.state.global_step;
-                self.run_device_step(epoch, p, m).with_context(|| {
+                self.run_device_step(epoch, p, staging.as_deref(), m).with_context(|| {
                     format!("training stopped at epoch {epoch}, step {step}; the last good checkpoint (after {epoch} epochs) is kept in {}", self.dir.display())
                 })?;
                 after_step(m);
@@ -449,9 +465,9 @@ impl<'a> Trainer<'a> {
 
     /// One prepared training step on the device: [`Self::train_step`]'s options, minibatch and seeds; the
     /// adversary stays on the host (its input z and its gradient are B × L).
-    fn run_device_step(&mut self, epoch: usize, p: PreparedStep, m: &mut EpochMetrics) -> Result<()> {
+    fn run_device_step(&mut self, epoch: usize, p: PreparedStep, staging: Option<&crate::cuda::runtime::StagingPool>, m: &mut EpochMetrics) -> Result<()> {
         let tc = self.run.train.clone();
-        let PreparedStep { batch, host, opts } = p;
+        let PreparedStep { batch, mut host, opts } = p;
         let step_seed = opts.seed;
         self.params.set_cross_gate(opts.cross_gate);
         let global = self.state.global_step;
@@ -474,6 +490,10 @@ impl<'a> Trainer<'a> {
             },
             true,
         )?;
+        // The step has finished with the staged minibatch (it ends synchronised): its buffer is free.
+        if let (Some(pool), Some(buf)) = (staging, host.take_staged()) {
+            pool.give(buf);
+        }
         check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty, out.concentration_prior, out.loss, &bad)?;
         let mut total = out.loss;
         if let Some(f) = &fool {
