@@ -6,10 +6,13 @@
 //   partial_fold        : one warp per junction: F̂_j = e_j/‖e_j‖, u_j = W₀[:,0] + W₀[:,1:]·F̂_j, and the
 //                         folded LayerNorm (ũ_j, g₁⊙ũ_j, s_uu, s_ub; b̃, g₁⊙b̃, s_bb); also W₄ᵀ.
 //   partial_ref_fwd     : one warp: the reference code h(0) (`partial_center_psi`).
-//   partial_pool_fwd    : one warp per cell: every observed pair of the cell through the h network and
-//                         into the cell's pooled code, in pair order; per-pair activations never leave
-//                         the warp (only the dropout keep bits, one bit per hidden unit, for the
-//                         backward's recompute). The pooled sum is divided as the pool mode says.
+//   partial_pool_fwd    : one warp per chunk of PART_POOL_CHUNK pairs of a cell: its pairs through the h
+//                         network and into the chunk's share of the cell's pooled code, in pair order;
+//                         per-pair activations never leave the warp (only the dropout keep bits, one
+//                         bit per hidden unit, for the backward's recompute). (One warp per cell left a
+//                         GPU with B warps for millions of pairs.)
+//   partial_pool_combine: one thread per (cell, code unit): the chunks in order, centred and divided as
+//                         the pool mode says.
 //   partial_pair_bwd    : one warp per junction (junction-major walk): recompute each pair, backprop
 //                         d(pool) through it; the per-junction sums (Q_j, four scalars) are owned by the
 //                         warp, the parameter sums go to the warp's own slot (no atomics).
@@ -42,6 +45,11 @@
 #define PART_THREADS 128
 #define PART_HMAX 256
 #define PART_DMAX 128
+// Pairs per chunk of partial_pool_fwd (one warp per chunk of a cell's pairs; fixed, so the pooled sums'
+// order never depends on the device; tests/cuda_partial_parity.rs sets a small one).
+#ifndef PART_POOL_CHUNK
+#define PART_POOL_CHUNK 256
+#endif
 // Junctions per chunk of partial_bwd_jsums (fixed: the summation order must not depend on the device;
 // tests/cuda_partial_parity.rs sets a small one to span several chunks).
 #ifndef PART_JCHUNK
@@ -380,6 +388,10 @@ __device__ void write_slot(const Geo& g, const WarpSmem& s, unsigned lane, Acc& 
     }
 }
 
+// The first chunk id of cell i: i + ⌊indptr[i] / PART_POOL_CHUNK⌋. Cell i's chunks are the ⌈n_i / CHUNK⌉
+// ids from there; distinct cells' ids never collide, and every id is < B + ⌊nnz / CHUNK⌋ + 1.
+__device__ __forceinline__ long long chunk_base(int i, const int* indptr) { return (long long)i + indptr[i] / PART_POOL_CHUNK; }
+
 __device__ __forceinline__ float pool_den(int mode, int n_obs, float divisor) {
     if (mode == POOL_MEAN) return (float)(n_obs > 1 ? n_obs : 1);
     if (mode == POOL_FIXED) return divisor > 1e-6f ? divisor : 1e-6f;
@@ -534,14 +546,26 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
                  const float* __restrict__ g1, const float* __restrict__ w4, const float* __restrict__ w4t,
                  const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
                  const double* __restrict__ suu, const double* __restrict__ sub, const double* __restrict__ sbb,
-                 int Hh, int D, int B, const int* __restrict__ indptr, const int* __restrict__ junction,
-                 const float* __restrict__ psi, const float* __restrict__ center, const float* __restrict__ h0,
-                 int pool_mode, float divisor, int dropout, unsigned long long drop_key, unsigned drop_threshold,
-                 float dropout_scale, float* __restrict__ pool, unsigned long long* __restrict__ keep) {
+                 int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr, const int* __restrict__ junction,
+                 const float* __restrict__ psi, const float* __restrict__ center, int dropout,
+                 unsigned long long drop_key, unsigned drop_threshold, float dropout_scale, float* __restrict__ part,
+                 unsigned long long* __restrict__ keep) {
     PART_SMEM(smem);
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int cell = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (cell >= B) return;
+    const int c = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (c >= n_chunks) return;
+    // The chunk's cell: the last i with chunk_base(i) ≤ c (chunk_base is non-decreasing in i).
+    int lo = 0, hi = B - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (chunk_base(mid, indptr) <= (long long)c) lo = mid;
+        else hi = mid - 1;
+    }
+    const int cell = lo;
+    const long long k = c - chunk_base(cell, indptr);
+    const int e0 = indptr[cell] + (int)(k * PART_POOL_CHUNK), e1c = indptr[cell + 1];
+    if (e0 >= e1c) return;  // past the cell's last chunk
+    const int e1 = e0 + PART_POOL_CHUNK < e1c ? e0 + PART_POOL_CHUNK : e1c;
     const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, drop_key, drop_threshold,
                            dropout ? dropout_scale : 1.0f);
     const Geo& g = n.g;
@@ -549,7 +573,6 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
     float acc[OPL_MAX];
 #pragma unroll
     for (int i = 0; i < OPL_MAX; ++i) acc[i] = 0.0f;
-    const int e0 = indptr[cell], e1 = indptr[cell + 1];
     for (int p0 = e0; p0 < e1; p0 += g.G) {
         const int ng = e1 - p0 < g.G ? e1 - p0 : g.G;
         if ((int)lane < ng) {
@@ -565,21 +588,32 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
         for (int i = 0; i < OPL_MAX; ++i) acc[i] += act.a2[i] > 0.0f ? act.a2[i] : 0.0f;
         __syncwarp();
     }
-    const int n_obs = e1 - e0;
-    const float den = pool_den(pool_mode, n_obs, divisor);
 #pragma unroll
     for (int i = 0; i < OPL_MAX; ++i) {
         if (i < g.OPL) {
             for (int o = g.W; o < 32; o <<= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
             const int e = lane + 32 * i;
-            if (e < g.Dp && e < D) {
-                float v = acc[i];
-                if (h0) v -= (float)n_obs * h0[e];
-                if (den != 1.0f) v /= den;
-                pool[(long long)cell * D + e] = v;
-            }
+            if (e < g.Dp && e < D) part[(long long)c * D + e] = acc[i];
         }
     }
+}
+
+// One thread per (cell, code unit): the cell's chunk sums in order, minus n_obs · h(0) when centring,
+// divided as the pool mode says.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_pool_combine(const float* __restrict__ part, const int* __restrict__ indptr, int B, int D,
+                     const float* __restrict__ h0, int pool_mode, float divisor, float* __restrict__ pool) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (long long)B * D) return;
+    const int cell = (int)(t / D), e = (int)(t % D);
+    const int n_obs = indptr[cell + 1] - indptr[cell];
+    const long long base = chunk_base(cell, indptr), nk = (n_obs + PART_POOL_CHUNK - 1) / PART_POOL_CHUNK;
+    float v = 0.0f;
+    for (long long k = 0; k < nk; ++k) v += part[(base + k) * D + e];
+    if (h0) v -= (float)n_obs * h0[e];
+    const float den = pool_den(pool_mode, n_obs, divisor);
+    if (den != 1.0f) v /= den;
+    pool[(long long)cell * D + e] = v;
 }
 
 // jptr (J + 1), order (nnz): the pairs junction-major (pair ids into the cell-major arrays); cell_of

@@ -183,8 +183,13 @@ int main(int argc, char** argv) {
     });
 #define NET ug.data(), bg.data(), be1.data(), g1.data(), w4.data(), w4t.data(), b4.data(), g5.data(), be5.data(), suu.data(), sub.data(), sbb.data()
     if (center) emu::launch(1, 32, sf, [&] { partial_ref_fwd(NET, Hh, D, h0.data()); });
-    emu::launch((B + wpr - 1) / wpr, PART_THREADS, wpr * sf, [&] {
-        partial_pool_fwd(NET, Hh, D, B, indptr.data(), ptr(junction), ptr(psi), ptr(cen), center ? h0.data() : nullptr, pool_mode, divisor, dropout, key, thr, scale, pool.data(), keep.data());
+    const int pool_chunks = B + nnz / PART_POOL_CHUNK + 1;
+    std::vector<float> part((size_t)pool_chunks * D, NAN);
+    emu::launch((pool_chunks + wpr - 1) / wpr, PART_THREADS, wpr * sf, [&] {
+        partial_pool_fwd(NET, Hh, D, B, pool_chunks, indptr.data(), ptr(junction), ptr(psi), ptr(cen), dropout, key, thr, scale, part.data(), keep.data());
+    });
+    emu::launch((B * D + PART_THREADS - 1) / PART_THREADS, PART_THREADS, 0, [&] {
+        partial_pool_combine(part.data(), indptr.data(), B, D, center ? h0.data() : nullptr, pool_mode, divisor, pool.data());
     });
     emu::launch((nw + wpb - 1) / wpb, 32 * wpb, wpb * sb, [&] {
         partial_pair_bwd(NET, Hh, D, J, nw, indptr.data(), jptr.data(), ptr(order), ptr(cell_of), ptr(psi), ptr(cen), dpool.data(), pool_mode, divisor, dropout, scale, keep.data(), q.data(), cj.data(), slots.data(), slot_d.data());
@@ -223,8 +228,9 @@ fn write_i32(dir: &std::path::Path, name: &str, v: &[i32]) {
 fn host_emu_partial_matches_twin() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Chunks of 7 junctions here (1024 in the build), so that the sums over junctions span several.
-    let src = format!("#define PART_JCHUNK 7\n{PARTIAL_CU}");
+    // Chunks of 7 junctions and of 3 pairs here (1024 and 256 in the build), so that the sums over
+    // junctions and the cells' pooled sums span several.
+    let src = format!("#define PART_JCHUNK 7\n#define PART_POOL_CHUNK 3\n{PARTIAL_CU}");
     let exe = match emu::build(d, "partial.cu", &src, HARNESS) {
         Ok(e) => e,
         Err(reason) => {

@@ -27,6 +27,14 @@ pub const PART_DMAX: usize = 128;
 /// Most warps (and parameter-sum slots) of the backward: junction j belongs to warp j mod n_warps.
 /// Fixed, so the summation order never depends on the device.
 pub const PART_BWD_WARPS: usize = 1024;
+/// Pairs per warp of the forward pool (PART_POOL_CHUNK in kernels/partial.cu).
+pub const PART_POOL_CHUNK: usize = 256;
+
+/// Chunk ids of the forward pool for `b` cells and `nnz` pairs (an upper bound: B + ⌊nnz / CHUNK⌋ + 1).
+pub fn pool_chunks(b: usize, nnz: usize) -> usize {
+    b + nnz / PART_POOL_CHUNK + 1
+}
+
 /// Junctions per chunk of the backward's sums over junctions (PART_JCHUNK in kernels/partial.cu).
 pub const PART_JCHUNK: usize = 1024;
 
@@ -214,12 +222,14 @@ pub struct PartialWork {
     pub slots: DevBuf<f32>,
     pub slot_d: DevBuf<f64>,
     pub jpart: DevBuf<f64>,
+    /// The forward pool's per-chunk sums (pool_chunks × D).
+    pub pool_part: DevBuf<f32>,
 }
 
 impl PartialWork {
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots];
+        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.pool_part];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart];
         4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len()
     }
@@ -246,6 +256,7 @@ impl PartialWork {
             slots: dev.zeros(nslot * slot_len(hh, d))?,
             slot_d: dev.zeros(2 * nslot)?,
             jpart: dev.zeros(jpart_len(j, hh, d))?,
+            pool_part: dev.zeros(pool_chunks(s.b, s.nnz) * d)?,
         })
     }
 }
@@ -280,6 +291,7 @@ pub struct CudaPartial<'d> {
     fold: Kernel,
     ref_fwd: Kernel,
     pool_fwd: Kernel,
+    pool_combine: Kernel,
     pair_bwd: Kernel,
     ref_bwd: Kernel,
     unfold_rows: Kernel,
@@ -307,6 +319,7 @@ impl<'d> CudaPartial<'d> {
             fold: f("partial_fold")?,
             ref_fwd: f("partial_ref_fwd")?,
             pool_fwd: f("partial_pool_fwd")?,
+            pool_combine: f("partial_pool_combine")?,
             pair_bwd: f("partial_pair_bwd")?,
             ref_bwd: f("partial_ref_bwd")?,
             unfold_rows: f("partial_unfold_rows")?,
@@ -376,29 +389,41 @@ impl<'d> CudaPartial<'d> {
             None => (0, 0, 0, 1.0),
         };
         let h0 = if s.center { w.h0.device_address() } else { 0 };
-        let args: [&dyn KernelArg; 28] = [
+        // One warp per chunk of PART_POOL_CHUNK pairs of a cell, then the chunks summed per cell.
+        let n_chunks = pool_chunks(b, s.nnz);
+        ensure!(w.pool_part.len() >= n_chunks * d && n_chunks <= i32::MAX as usize, "partial: the pool's chunk scratch is too small for B = {b}, nnz = {}", s.nnz);
+        let args: [&dyn KernelArg; 26] = [
             &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
             &(hh as i32),
             &(d as i32),
             &(b as i32),
+            &(n_chunks as i32),
             &bt.indptr.device_address(),
             &bt.junction.device_address(),
             &bt.psi.device_address(),
             &addr(p.center),
-            &h0,
-            &s.pool_mode,
-            &s.divisor,
             &drop_on,
             &key,
             &thr,
             &scale,
-            &pool.device_address(),
+            &w.pool_part.device_address(),
             &w.keep.device_address(),
         ];
-        // Up to 4 warps (cells) per block, fewer where their shared memory would pass the 48 KiB a
+        // Up to 4 warps (chunks) per block, fewer where their shared memory would pass the 48 KiB a
         // launch gets without opting in (small D with a wide h layer: 32 pairs per warp at a time).
         let pw = fwd_warps_per_block(hh, d);
-        self.dev.launch(&self.pool_fwd, cfg(b.div_ceil(pw), 32 * pw as u32, pw * smem_per_warp(hh, d, false)), &args)
+        self.dev.launch(&self.pool_fwd, cfg(n_chunks.div_ceil(pw), 32 * pw as u32, pw * smem_per_warp(hh, d, false)), &args)?;
+        let args: [&dyn KernelArg; 8] = [
+            &w.pool_part.device_address(),
+            &bt.indptr.device_address(),
+            &(b as i32),
+            &(d as i32),
+            &h0,
+            &s.pool_mode,
+            &s.divisor,
+            &pool.device_address(),
+        ];
+        self.dev.launch(&self.pool_combine, cfg((b * d).div_ceil(PART_THREADS as usize).max(1), PART_THREADS, 0), &args)
     }
 
     /// Enqueues the backward from d(pool) (B × D), after [`CudaPartial::forward`] filled `w`; adds into

@@ -937,12 +937,13 @@ impl<'d> DeviceModel<'d> {
         let moments = adam.map_or(0, |a| 4 * (a.exp_avg.len() + a.exp_avg_sq.len()));
         let work = self.partial_work.borrow().as_ref().map_or(0, |(_, w)| w.bytes());
         format!(
-            "device memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer moments {:.1} MiB, step arena {:.1} MiB, partial-encoder scratch {:.1} MiB",
+            "device memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer moments {:.1} MiB, step arena {:.1} MiB, partial-encoder scratch {:.1} MiB, resident dataset {:.1} MiB",
             mb(4 * self.params.len()),
             mb(4 * self.grads.len()),
             mb(moments),
             mb(self.arena_bytes()),
-            mb(work)
+            mb(work),
+            mb(self.resident_bytes())
         )
     }
 
@@ -1057,7 +1058,7 @@ impl<'d> DeviceModel<'d> {
     /// for entries.
     fn take_partial_work(&self, shape: &PartialShape) -> Result<(PartialShape, PartialWork)> {
         if let Some((cap, w)) = self.partial_work.borrow_mut().take() {
-            if (cap.j, cap.hh, cap.d) == (shape.j, shape.hh, shape.d) && cap.nnz >= shape.nnz {
+            if (cap.j, cap.hh, cap.d) == (shape.j, shape.hh, shape.d) && cap.nnz >= shape.nnz && cap.b >= shape.b {
                 return Ok((cap, w));
             }
         }
