@@ -794,12 +794,14 @@ fn resident_on(dev: &CudaDevice) {
         assert!(dd.bytes() <= need && need < 2 * dd.bytes() + 4096, "{name}: {} bytes uploaded, {need} estimated", dd.bytes());
         dm.attach_dataset(dd);
         let index = dm.resident_index().unwrap();
-        for with_idx in [true, false] {
+        // Also a minibatch of the cell without splicing entries alone (nothing to gather or index), and
+        // it with the cell without expression.
+        for (cells, with_idx) in [(cells.clone(), true), (cells.clone(), false), (vec![7], true), (vec![5, 7], false)] {
             let batch = Batch::from_dataset(&ds, &cells, with_idx).unwrap();
             let packed = HostBatch::build(&model, &batch, &case.opts).unwrap();
             let res = HostBatch::build_resident(&model, &ds, &index, &cells, with_idx, &case.opts).unwrap();
             assert!(res.is_resident() && !packed.is_resident());
-            assert!(res.bytes() * 2 < packed.bytes(), "{name}: the resident minibatch copies {} bytes, the packed one {}", res.bytes(), packed.bytes());
+            assert!(res.bytes() * 2 < packed.bytes() || cells.len() < 3, "{name}: the resident minibatch copies {} bytes, the packed one {}", res.bytes(), packed.bytes());
             let a = dm.minibatch_arrays(&packed).unwrap();
             let b = dm.minibatch_arrays(&res).unwrap();
             fn names(v: &[(&'static str, Vec<u8>)]) -> Vec<&'static str> {
