@@ -6,7 +6,9 @@
 // output row per work item forward, one input column per work item backward).
 //   sparse_linear_transpose : Wᵀ (n_in × n_out) from W (n_out × n_in), so a nonzero's weights are one
 //                             contiguous row (coalesced across the warp's lanes).
-//   sparse_linear_fwd       : one warp per cell, lanes over outputs, the row's entries in order.
+//   sparse_linear_fwd       : one warp per chunk of SPL_CHUNK entries of a cell, lanes over outputs, the
+//                             chunk's entries in order; sparse_linear_combine sums a cell's chunks in
+//                             order (a cell of at most SPL_CHUNK entries: the twin's bits).
 //   sparse_linear_bwd_w     : one warp per input column, its entries (CSC order) in order, adding into
 //                             dW (each element owned by one warp: deterministic, no atomics).
 // (Never run on a GPU yet: none was available when it was written; its logic is checked on the host
@@ -18,6 +20,11 @@
 
 #define SPL_THREADS 128
 #define SPL_WARPS (SPL_THREADS / 32)
+// Entries per warp of the forward (fixed, so the sums' order never depends on the device;
+// tests/cuda_sparse_linear_parity.rs sets a small one).
+#ifndef SPL_CHUNK
+#define SPL_CHUNK 256
+#endif
 
 extern "C" __global__ void __launch_bounds__(SPL_THREADS)
 sparse_linear_transpose(const float* __restrict__ w, int n_out, int n_in, float* __restrict__ wt) {
@@ -28,20 +35,48 @@ sparse_linear_transpose(const float* __restrict__ w, int n_out, int n_in, float*
     }
 }
 
-// indptr (rows + 1), indices, values: CSR rows; wt: n_in × n_out; y (rows × n_out) is overwritten.
+// The first chunk id of row i: i + ⌊indptr[i] / SPL_CHUNK⌋; row i's chunks are the ⌈n_i / SPL_CHUNK⌉ ids
+// from there (distinct rows never collide; every id < rows + ⌊nnz / SPL_CHUNK⌋ + 1).
+__device__ __forceinline__ long long spl_chunk_base(int i, const long long* indptr) { return (long long)i + indptr[i] / SPL_CHUNK; }
+
+// indptr (rows + 1), indices, values: CSR rows; wt: n_in × n_out. One warp per chunk of SPL_CHUNK entries
+// of a row (one warp per row left a GPU with B warps for the whole minibatch): its entries in order
+// into part (n_chunks × n_out).
 extern "C" __global__ void __launch_bounds__(SPL_THREADS)
 sparse_linear_fwd(const long long* __restrict__ indptr, const unsigned* __restrict__ indices,
-                  const float* __restrict__ values, int rows, const float* __restrict__ wt, int n_out,
-                  float* __restrict__ y) {
-    const int r = blockIdx.x * SPL_WARPS + (threadIdx.x >> 5);
+                  const float* __restrict__ values, int rows, int n_chunks, const float* __restrict__ wt, int n_out,
+                  float* __restrict__ part) {
+    const int c = blockIdx.x * SPL_WARPS + (threadIdx.x >> 5);
     const unsigned lane = threadIdx.x & 31;
-    if (r >= rows) return;
-    const long long e0 = indptr[r], e1 = indptr[r + 1];
+    if (c >= n_chunks || rows == 0) return;
+    // the chunk's row: the last r with spl_chunk_base(r) ≤ c
+    int lo = 0, hi = rows - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (spl_chunk_base(mid, indptr) <= (long long)c) lo = mid;
+        else hi = mid - 1;
+    }
+    const long long e0 = indptr[lo] + (c - spl_chunk_base(lo, indptr)) * SPL_CHUNK, e1r = indptr[lo + 1];
+    if (e0 >= e1r) return;  // past the row's last chunk
+    const long long e1 = e0 + SPL_CHUNK < e1r ? e0 + SPL_CHUNK : e1r;
     for (int o = lane; o < n_out; o += 32) {
         float acc = 0.0f;
         for (long long e = e0; e < e1; ++e) acc += values[e] * wt[(long long)indices[e] * n_out + o];
-        y[(long long)r * n_out + o] = acc;
+        part[(long long)c * n_out + o] = acc;
     }
+}
+
+// y (rows × n_out, overwritten) = each row's chunks summed in order: one thread per (row, output).
+extern "C" __global__ void __launch_bounds__(SPL_THREADS)
+sparse_linear_combine(const float* __restrict__ part, const long long* __restrict__ indptr, int rows, int n_out,
+                      float* __restrict__ y) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (long long)rows * n_out) return;
+    const int r = (int)(t / n_out), o = (int)(t % n_out);
+    const long long base = spl_chunk_base(r, indptr), nk = (indptr[r + 1] - indptr[r] + SPL_CHUNK - 1) / SPL_CHUNK;
+    float v = 0.0f;
+    for (long long k = 0; k < nk; ++k) v += part[(base + k) * n_out + o];
+    y[t] = v;
 }
 
 // cptr (n_in + 1), row_of, cvalues: the same entries column-major (within a column in row order);

@@ -134,6 +134,19 @@ fn glue_on(dev: &CudaDevice) {
         let mut want = o0.clone();
         twin::gather_rows(&ptr, with_ids.then_some(&ids[..]), &rows_of, &w, &src, k, 0.5, beta, &mut want);
         check(&format!("gather_rows K {k} ids {with_ids} beta {beta}"), &dev.download(&od).unwrap(), &want);
+        // chunked (segments of up to 7 entries in chunks of 1, 3 and 7): the same sums, and with one
+        // chunk per segment the same bits
+        for chunk in [1usize, 3, 7] {
+            let mut part = dev.upload(&vec![f64::NAN; splicevi::cuda::glue::gather_rows_part_len(t, m, k, chunk)]).unwrap();
+            let mut oc = dev.upload(&o0).unwrap();
+            g.gather_rows_chunked(&pd, with_ids.then_some(&idd as _), &rd, &wd, &sd, k, 0.5, beta, m, chunk, &mut part, &mut oc).unwrap();
+            let got = dev.download(&oc).unwrap();
+            check(&format!("gather_rows_chunked K {k} ids {with_ids} beta {beta} chunk {chunk}"), &got, &want);
+            if chunk == 7 {
+                let one: Vec<u32> = dev.download(&od).unwrap().iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), one, "gather_rows_chunked with one chunk per segment");
+            }
+        }
     }
 }
 

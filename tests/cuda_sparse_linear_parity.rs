@@ -126,8 +126,13 @@ int main(int argc, char** argv) {
     auto w = rd<float>(d, "w"); auto dy = rd<float>(d, "dy"); auto gw = rd<float>(d, "gw0");
     std::vector<float> wt(w.size(), NAN), y((size_t)rows * n_out, NAN);
     emu::launch(3, SPL_THREADS, 0, [&] { sparse_linear_transpose(w.data(), n_out, n_in, wt.data()); });
-    emu::launch((rows + SPL_WARPS - 1) / SPL_WARPS, SPL_THREADS, 0, [&] {
-        sparse_linear_fwd(indptr.data(), ptr(indices), ptr(values), rows, wt.data(), n_out, y.data());
+    const int n_chunks = rows + (int)indices.size() / SPL_CHUNK + 1;
+    std::vector<float> part((size_t)n_chunks * n_out, NAN);
+    emu::launch((n_chunks + SPL_WARPS - 1) / SPL_WARPS, SPL_THREADS, 0, [&] {
+        sparse_linear_fwd(indptr.data(), ptr(indices), ptr(values), rows, n_chunks, wt.data(), n_out, part.data());
+    });
+    emu::launch((rows * n_out + SPL_THREADS - 1) / SPL_THREADS + 1, SPL_THREADS, 0, [&] {
+        sparse_linear_combine(part.data(), indptr.data(), rows, n_out, y.data());
     });
     emu::launch((n_in + SPL_WARPS - 1) / SPL_WARPS, SPL_THREADS, 0, [&] {
         sparse_linear_bwd_w(cptr.data(), ptr(crow), ptr(cval), n_in, dy.data(), n_out, gw.data());
@@ -145,7 +150,9 @@ fn write_bytes<T: Copy>(dir: &std::path::Path, name: &str, v: &[T], to: impl Fn(
 fn host_emu_sparse_linear_matches_twin() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let exe = match emu::build(d, "sparse_linear.cu", SPARSE_LINEAR_CU, HARNESS) {
+    // Chunks of 3 entries here (256 in the build), so that rows span several.
+    let src = format!("#define SPL_CHUNK 3\n{SPARSE_LINEAR_CU}");
+    let exe = match emu::build(d, "sparse_linear.cu", &src, HARNESS) {
         Ok(e) => e,
         Err(reason) => {
             skipped(&format!("host build (emulation) of kernels/sparse_linear.cu: {reason}"));

@@ -12,6 +12,15 @@ use cudarc::driver::LaunchConfig;
 /// Threads per block (GLUE_THREADS in kernels/glue.cu).
 pub const GLUE_THREADS: u32 = 256;
 const GLUE_WARPS: usize = GLUE_THREADS as usize / 32;
+/// Entries per warp of [`CudaGlue::gather_rows_chunked`] in the training step (fixed: the sums' order
+/// must not depend on the device).
+pub const GATHER_ROWS_CHUNK: usize = 256;
+
+/// f64 scratch of [`CudaGlue::gather_rows_chunked`] over `n_targets` targets, `n_entries` entries, `k`
+/// columns, chunks of `chunk`.
+pub fn gather_rows_part_len(n_targets: usize, n_entries: usize, k: usize, chunk: usize) -> usize {
+    (n_targets + n_entries / chunk.max(1) + 1) * k
+}
 
 /// The elementwise maps of `glue_map`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -80,6 +89,8 @@ pub struct CudaGlue<'d> {
     col_sum: Kernel,
     seg_sum: Kernel,
     gather_rows: Kernel,
+    gather_rows_part: Kernel,
+    gather_rows_combine: Kernel,
     to_bf16: Kernel,
 }
 
@@ -106,6 +117,8 @@ impl<'d> CudaGlue<'d> {
             col_sum: f("glue_col_sum")?,
             seg_sum: f("glue_seg_sum")?,
             gather_rows: f("glue_gather_rows")?,
+            gather_rows_part: f("glue_gather_rows_part")?,
+            gather_rows_combine: f("glue_gather_rows_combine")?,
             to_bf16: f("glue_to_bf16")?,
         })
     }
@@ -184,6 +197,55 @@ impl<'d> CudaGlue<'d> {
         let args: [&dyn KernelArg; 8] =
             [&ptr.device_address(), &opt_addr(ids), &vals.device_address(), &opt_addr(sg), &(t as i32), &alpha, &beta, &out.device_address()];
         self.dev.launch(&self.seg_sum, per_thread(t), &args)
+    }
+
+    /// [`Self::gather_rows`] for long segments (a minibatch's cells): one warp per chunk of `chunk`
+    /// entries of a target, the chunks summed per target in order. `part` is f64 scratch of
+    /// [`gather_rows_part_len`] elements; `n_entries` the segments' total (ptr[t]). With segments of at most `chunk` entries, the same bits as
+    /// `gather_rows` (an f64 sum of one chunk, then + 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_rows_chunked(
+        &self,
+        ptr: &dyn DeviceMem<i32>,
+        ids: Option<&dyn DeviceMem<i32>>,
+        rows_of: &dyn DeviceMem<i32>,
+        w: &dyn DeviceMem<f32>,
+        src: &dyn DeviceMem<f32>,
+        k: usize,
+        alpha: f32,
+        beta: f32,
+        n_entries: usize,
+        chunk: usize,
+        part: &mut dyn DeviceMem<f64>,
+        out: &mut dyn DeviceMem<f32>,
+    ) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_gather_rows_chunked");
+        let t = ptr.elements().saturating_sub(1);
+        ensure!(out.elements() >= t * k, "glue gather_rows: out has {} elements for {t} × {k}", out.elements());
+        ensure!(k >= 1 && k <= i32::MAX as usize && src.elements() % k == 0, "glue gather_rows: src of {} elements is not rows of {k}", src.elements());
+        ensure!(chunk >= 1 && chunk <= i32::MAX as usize, "glue gather_rows: chunk {chunk}");
+        if t == 0 {
+            return Ok(());
+        }
+        // (`n_entries` = ptr[t], the segments' total)
+        let n_chunks = t + n_entries / chunk + 1;
+        ensure!(part.elements() >= n_chunks * k && n_chunks <= i32::MAX as usize, "glue gather_rows: chunk scratch of {} for {n_chunks} × {k}", part.elements());
+        let cfg = LaunchConfig { grid_dim: (n_chunks.div_ceil(GLUE_WARPS) as u32, 1, 1), block_dim: (GLUE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let args: [&dyn KernelArg; 10] = [
+            &ptr.device_address(),
+            &opt_addr(ids),
+            &rows_of.device_address(),
+            &w.device_address(),
+            &src.device_address(),
+            &(k as i32),
+            &(t as i32),
+            &(chunk as i32),
+            &(n_chunks as i32),
+            &part.device_address(),
+        ];
+        self.dev.launch(&self.gather_rows_part, cfg, &args)?;
+        let args: [&dyn KernelArg; 8] = [&part.device_address(), &ptr.device_address(), &(k as i32), &(t as i32), &(chunk as i32), &alpha, &beta, &out.device_address()];
+        self.dev.launch(&self.gather_rows_combine, per_thread(t * k), &args)
     }
 
     /// out[t, :] = α Σ_{m ∈ ptr[t]..ptr[t+1]} w[e] src[rows_of[e], :] (+ β out[t, :]), e = ids[m] or m.

@@ -16,6 +16,13 @@ use cudarc::driver::LaunchConfig;
 /// Threads per block (SPL_THREADS in kernels/sparse_linear.cu); one warp per row / column.
 pub const SPL_THREADS: u32 = 128;
 const SPL_WARPS: usize = SPL_THREADS as usize / 32;
+/// Entries per warp of the forward (SPL_CHUNK in kernels/sparse_linear.cu).
+pub const SPL_CHUNK: usize = 256;
+
+/// Floats of the forward's chunk scratch for `rows` rows, `nnz` entries, `n_out` outputs.
+pub fn part_len(rows: usize, nnz: usize, n_out: usize) -> usize {
+    (rows + nnz / SPL_CHUNK + 1) * n_out
+}
 
 /// A CSR (forward) or CSC (backward) minibatch on the device: pointers (i64), minor indices (u32),
 /// values.
@@ -29,6 +36,7 @@ pub struct CudaSparseLinear<'d> {
     dev: &'d CudaDevice,
     transpose: Kernel,
     fwd: Kernel,
+    combine: Kernel,
     bwd_w: Kernel,
 }
 
@@ -39,12 +47,24 @@ fn warps(n: usize) -> LaunchConfig {
 impl<'d> CudaSparseLinear<'d> {
     pub fn new(dev: &'d CudaDevice) -> Result<Self> {
         let f = |n: &str| dev.function("sparse_linear", n);
-        Ok(CudaSparseLinear { dev, transpose: f("sparse_linear_transpose")?, fwd: f("sparse_linear_fwd")?, bwd_w: f("sparse_linear_bwd_w")? })
+        Ok(CudaSparseLinear { dev, transpose: f("sparse_linear_transpose")?, fwd: f("sparse_linear_fwd")?, combine: f("sparse_linear_combine")?, bwd_w: f("sparse_linear_bwd_w")? })
     }
 
     /// Enqueues Wᵀ (into `wt`, n_in × n_out) and y (rows × n_out) = x·Wᵀ for the CSR `x`.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&self, x: &SparseDev<'_>, rows: usize, n_in: usize, n_out: usize, w: &dyn DeviceMem<f32>, wt: &mut dyn DeviceMem<f32>, y: &mut dyn DeviceMem<f32>) -> Result<()> {
+    /// `part` is scratch of [`part_len`] floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &SparseDev<'_>,
+        rows: usize,
+        n_in: usize,
+        n_out: usize,
+        w: &dyn DeviceMem<f32>,
+        wt: &mut dyn DeviceMem<f32>,
+        part: &mut dyn DeviceMem<f32>,
+        y: &mut dyn DeviceMem<f32>,
+    ) -> Result<()> {
         let _r = crate::nvtx_range!("sparse_linear_fwd");
         ensure!(rows <= i32::MAX as usize && n_in <= i32::MAX as usize && n_out <= i32::MAX as usize, "sparse linear: sizes out of range");
         ensure!(w.elements() == n_out * n_in && wt.elements() == n_out * n_in, "sparse linear: W and Wᵀ need {n_out} × {n_in} entries");
@@ -55,8 +75,23 @@ impl<'d> CudaSparseLinear<'d> {
         let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (SPL_THREADS, 1, 1), shared_mem_bytes: 0 };
         let args: [&dyn KernelArg; 4] = [&w.device_address(), &(n_out as i32), &(n_in as i32), &wt.device_address()];
         self.dev.launch(&self.transpose, cfg, &args)?;
-        let args: [&dyn KernelArg; 7] = [&x.ptr.device_address(), &x.idx.device_address(), &x.val.device_address(), &(rows as i32), &wt.device_address(), &(n_out as i32), &y.device_address()];
-        self.dev.launch(&self.fwd, warps(rows), &args)
+        // One warp per chunk of SPL_CHUNK entries of a row, then each row's chunks summed in order.
+        let n_chunks = rows + x.idx.elements() / SPL_CHUNK + 1;
+        ensure!(part.elements() >= n_chunks * n_out && n_chunks <= i32::MAX as usize, "sparse linear: chunk scratch of {} for {n_chunks} × {n_out}", part.elements());
+        let args: [&dyn KernelArg; 8] = [
+            &x.ptr.device_address(),
+            &x.idx.device_address(),
+            &x.val.device_address(),
+            &(rows as i32),
+            &(n_chunks as i32),
+            &wt.device_address(),
+            &(n_out as i32),
+            &part.device_address(),
+        ];
+        self.dev.launch(&self.fwd, warps(n_chunks), &args)?;
+        let args: [&dyn KernelArg; 5] = [&part.device_address(), &x.ptr.device_address(), &(rows as i32), &(n_out as i32), &y.device_address()];
+        let cfg = LaunchConfig { grid_dim: ((rows * n_out).div_ceil(SPL_THREADS as usize).max(1) as u32, 1, 1), block_dim: (SPL_THREADS, 1, 1), shared_mem_bytes: 0 };
+        self.dev.launch(&self.combine, cfg, &args)
     }
 
     /// Enqueues gw (n_out × n_in) += dy₀ᵀ·x for the CSC `xc` (column pointers over n_in columns, the
@@ -85,7 +120,8 @@ impl<'d> CudaSparseLinear<'d> {
         let csc = SparseDev { ptr: &cp, idx: &ci, val: &cv };
         let (wd, mut wt, mut y) = (dev.upload(w)?, dev.upload(&vec![f32::NAN; w.len()])?, dev.upload(&vec![f32::NAN; rows * n_out])?);
         let (dyd, mut gw) = (dev.upload(dy)?, dev.upload(gw0)?);
-        self.forward(&csr, rows, n_in, n_out, &wd, &mut wt, &mut y)?;
+        let mut part = dev.upload(&vec![f32::NAN; part_len(rows, i.len(), n_out)])?;
+        self.forward(&csr, rows, n_in, n_out, &wd, &mut wt, &mut part, &mut y)?;
         self.backward_w(&csc, rows, n_in, n_out, &dyd, &mut gw)?;
         dev.synchronize()?;
         Ok((dev.download(&y)?, dev.download(&gw)?))

@@ -1479,7 +1479,8 @@ impl<'d> DeviceModel<'d> {
                     // A sparse input carries its covariates as extra columns (HostBatch, encode_covariates).
                     ensure!(!inject || fc.n_cont == 0, "continuous covariates injected into a sparse first layer");
                     let mut wt = self.nan(n_in * n_out)?;
-                    self.sparse.forward(csr, b, n_in, n_out, &w, &mut wt, &mut y0)?;
+                    let mut part = self.nan(super::sparse_linear::part_len(b, csr.idx.elements(), n_out))?;
+                    self.sparse.forward(csr, b, n_in, n_out, &w, &mut wt, &mut part, &mut y0)?;
                     None
                 }
                 _ => {
@@ -2181,7 +2182,10 @@ impl<'d> DeviceModel<'d> {
         drop(r_phase);
         let r_phase = crate::nvtx_range!("backward: splicing decoder");
         let mut ds = self.nan(b * k_in)?;
-        self.glue.gather_rows(&bt.s_ptr32, None, &bt.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, &mut ds)?;
+        // (a cell's entries in chunks: one warp per cell would leave the GPU B warps for every entry)
+        let chunk = super::glue::GATHER_ROWS_CHUNK;
+        let mut part = self.scratch::<f64>(super::glue::gather_rows_part_len(b, nnz, k_in, chunk))?;
+        self.glue.gather_rows_chunked(&bt.s_ptr32, None, &bt.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, nnz, chunk, &mut part, &mut ds)?;
         let mut gw = self.g(out_lin.w);
         self.glue.gather_rows(&bt.jptr, Some(&bt.jorder), &bt.cell_of, &g_logit, &s_in, k_in, inv_b, 0.0, &mut gw)?;
         let mut gbias = self.g(out_lin.b.unwrap());
