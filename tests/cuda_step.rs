@@ -832,8 +832,15 @@ fn resident_on(dev: &CudaDevice) {
             let res = HostBatch::build_resident(&model, &ds, &index, &cells, true, &case.opts).unwrap();
             let oa = dm.forward_backward_prepared(&packed, &case.opts, &mut |_| Ok(None), true).unwrap();
             let ga = dm.download_grads().unwrap();
+            let l0 = dev.launches();
             let ob = dm.forward_backward_prepared(&res, &case.opts, &mut |_| Ok(None), true).unwrap();
+            let per_step = dev.launches() - l0;
             let gb = dm.download_grads().unwrap();
+            let l1 = dev.launches();
+            dm.forward_backward_prepared(&packed, &case.opts, &mut |_| Ok(None), true).unwrap();
+            // the gather's launches are the difference (the pack is one copy)
+            eprintln!("{name}: {per_step} kernel launches and cuBLAS calls per resident step, {} packed", dev.launches() - l1);
+            assert!(per_step > dev.launches() - l1, "{name}: the resident step launches its gathers");
             assert_eq!(oa.loss.to_bits(), ob.loss.to_bits(), "{name}: loss");
             assert!(oa.rl_spl == ob.rl_spl && oa.rl_expr == ob.rl_expr && oa.z == ob.z, "{name}: loss terms");
             assert!(ga.data == gb.data, "{name}: gradients");

@@ -178,6 +178,7 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
             let n_steps_epoch = t.train_cells.len().div_ceil(args.batch_size);
             let target = if args.steps == 0 { n_steps_epoch } else { args.steps };
             let (mut secs, mut cells, mut steps) = (0.0, 0usize, 0usize);
+            let launches0 = dev.map(|d| d.launches());
             while steps < target && (steps < 2 || secs < args.max_seconds) {
                 // The epoch's minibatches in order, its last (smaller) one included, as an epoch of the
                 // original ran them: over a whole epoch s/step is the original's per-epoch average.
@@ -185,6 +186,10 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                 secs += s;
                 cells += c;
                 steps += 1;
+            }
+            if let (Some(d), Some(l0)) = (dev, launches0) {
+                // Each launch costs the host a few microseconds: a floor under the step's time.
+                println!("# {size_name} {preset_name}: {:.0} kernel launches and cuBLAS calls per step", (d.launches() - l0) as f64 / steps as f64);
             }
             if dev.is_some() {
                 // The host's share of a device step (gather + pack), overlapped with the device's work

@@ -115,6 +115,7 @@ impl<'d> CudaGemm<'d> {
     /// C (m × n, row-major, ld = n) = α·op(A)·op(B) + β·C. Enqueued on the device's stream.
     pub fn gemm(&self, prec: GemmPrecision, alpha: f32, a: &Operand, b: &Operand, beta: f32, c: &mut dyn DeviceMem<f32>, m: usize, n: usize) -> Result<()> {
         let _r = crate::nvtx_range!("gemm");
+        self.dev.count_launch();
         let (am, ak) = a.op_shape();
         let (bk, bn) = b.op_shape();
         ensure!(am == m && bn == n && ak == bk, "gemm: op(A) is {am} × {ak}, op(B) {bk} × {bn}, C {m} × {n}");

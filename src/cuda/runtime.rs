@@ -130,6 +130,9 @@ enum Backend {
 pub struct CudaDevice {
     info: DeviceInfo,
     backend: Backend,
+    /// Kernel launches and cuBLAS calls so far (`splicevi bench` reports them per step: each costs the
+    /// host a few microseconds, a floor under a step's time).
+    launches: std::sync::atomic::AtomicU64,
 }
 
 /// Emulated launches share the emulator's global state (kernels/host_emu.h): one at a time per process.
@@ -159,14 +162,14 @@ impl CudaDevice {
                 .map_err(|e| anyhow!("loading kernels/{name}.cu's fatbin on cuda:{ordinal} ({}): {e:?}", info.name))?;
             modules.insert(name, module);
         }
-        Ok(CudaDevice { info, backend: Backend::Driver { ctx, stream, modules } })
+        Ok(CudaDevice { info, backend: Backend::Driver { ctx, stream, modules }, launches: Default::default() })
     }
 
     /// The host emulation of the device ([`super::emu`]): every kernel file compiled by the host C++20
     /// compiler (once per process, cached on disk). Err(reason) where no such compiler exists.
     pub fn open_emulated() -> Result<Self, String> {
         let k = super::emu::kernels()?;
-        Ok(CudaDevice { info: super::emu::device_info(), backend: Backend::Emu(k) })
+        Ok(CudaDevice { info: super::emu::device_info(), backend: Backend::Emu(k), launches: Default::default() })
     }
 
     /// Whether this is the host emulation rather than a GPU.
@@ -372,7 +375,18 @@ impl CudaDevice {
 
     /// Launches `f` with `args` pushed in order. The arguments must match the kernel's parameter list
     /// (the typed wrappers guarantee that).
+    /// Kernel launches and cuBLAS calls enqueued so far.
+    pub fn launches(&self) -> u64 {
+        self.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a cuBLAS call (kernel launches count themselves).
+    pub(crate) fn count_launch(&self) {
+        self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn launch(&self, f: &Kernel, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> Result<()> {
+        self.count_launch();
         match &f.imp {
             KernelImpl::Driver(func) => {
                 let Backend::Driver { stream, .. } = &self.backend else { bail!("kernel {} belongs to another device", f.name) };
