@@ -854,3 +854,42 @@ fn resident_minibatch_matches_packed() {
         resident_on(&dev);
     }
 }
+
+/// `--precision bf16` converts each GEMM operand once per step and keeps the copy (`bf16_reuse`: the
+/// weights for forward and backward, the activations a block's backward reads). A kept copy must never
+/// go stale: for every configuration, the step with reuse gives the very bits of the step that converts
+/// every operand afresh, with fewer launches.
+fn bf16_reuse_on(dev: &CudaDevice) {
+    use splicevi::cuda::gemm::GemmPrecision;
+    for (ci, case) in cases().iter().enumerate() {
+        let name = case.name;
+        let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let p = random_params(&model, 400 + ci as u64);
+        let mut batch = synth_batch(&case.dims, 9, 401 + ci as u64);
+        if case.no_cell_idx {
+            batch.cell_idx = None;
+        }
+        let extra: Option<Vec<f32>> = case.extra_dz.then(|| (0..9 * model.arch.l).map(|k| (k as f32 * 0.37).sin() * 0.1).collect());
+        let mut run = |reuse: bool| {
+            let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+            dm.precision = GemmPrecision::Bf16;
+            dm.bf16_reuse = reuse;
+            let l0 = dev.launches();
+            let out = dm.forward_backward(&batch, &case.opts, &mut |_| Ok(extra.clone()), true).unwrap();
+            (out, dm.download_grads().unwrap(), dev.launches() - l0)
+        };
+        let (a, ga, la) = run(true);
+        let (b, gb, lb) = run(false);
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "{name}: loss with and without bf16 reuse");
+        assert!(a.rl_expr == b.rl_expr && a.rl_spl == b.rl_spl && a.kl == b.kl && a.z == b.z, "{name}: loss terms with and without bf16 reuse");
+        assert!(ga.data == gb.data, "{name}: gradients with and without bf16 reuse");
+        assert!(la < lb, "{name}: {la} launches with reuse, {lb} without");
+    }
+}
+
+#[test]
+fn bf16_operand_reuse_keeps_the_bits() {
+    for dev in emu::devices("bf16 operand copies kept across a step vs converted afresh") {
+        bf16_reuse_on(&dev);
+    }
+}

@@ -875,6 +875,10 @@ pub struct DeviceModel<'d> {
     /// accumulation (`--precision bf16`). Everything else, parameters and optimizer state included,
     /// stays f32.
     pub precision: GemmPrecision,
+    /// bf16: convert each GEMM operand once per step and keep the copy (on by default; off for tests).
+    pub bf16_reuse: bool,
+    /// The step's bf16 operand copies by (address, rows, cols, stride).
+    bf16_cache: RefCell<std::collections::HashMap<(u64, usize, usize, usize), u64>>,
 }
 
 /// AdamW moments on the device (over the trainable parameters) and the clipping scratch.
@@ -923,6 +927,8 @@ impl<'d> DeviceModel<'d> {
             latents_only: None,
             poison: false,
             precision: GemmPrecision::F32,
+            bf16_reuse: true,
+            bf16_cache: RefCell::new(std::collections::HashMap::new()),
         })
     }
 
@@ -1393,7 +1399,7 @@ impl<'d> DeviceModel<'d> {
     /// gather against the host pack).
     #[doc(hidden)]
     pub fn minibatch_arrays(&mut self, hb: &HostBatch) -> Result<Vec<(&'static str, Vec<u8>)>> {
-        self.arena.borrow_mut().rewind(self.dev)?;
+        self.rewind()?;
         let bt = self.upload_batch(hb)?;
         let rd = |v: u64, bytes: usize| -> Result<Vec<u8>> { self.dev.read(&TView::<u8>::new(v, bytes)) };
         macro_rules! arrays {
@@ -1437,13 +1443,33 @@ impl<'d> DeviceModel<'d> {
         }
     }
 
-    /// A bf16 copy of an f32 GEMM operand (its rows × cols window, packed: ld = cols).
+    /// A bf16 copy of an f32 GEMM operand (its rows × cols window, packed: ld = cols). With `bf16_reuse`
+    /// each window is converted once per step and its copy kept: the weights serve the forward and the
+    /// backward, and the activations a block's backward reads are the bf16 copies its forward made (the
+    /// stored activations of `--precision bf16`). Step buffers are written once, and parameters change
+    /// only between steps, so a kept copy never goes stale (tests/cuda_step.rs checks the step's bits
+    /// with and without reuse).
     fn bf16_operand(&self, x: &Operand) -> Result<Operand> {
         let (rows, cols) = (x.rows, x.cols);
+        let key = (x.addr, rows, cols, x.ld);
+        if self.bf16_reuse {
+            if let Some(&addr) = self.bf16_cache.borrow().get(&key) {
+                return Ok(Operand { addr, rows, cols, ld: cols, t: x.t });
+            }
+        }
         let mut d: TView<half::bf16> = self.arena.borrow_mut().alloc(self.dev, rows * cols)?;
         let src = Buf::new(x.addr, if rows == 0 { 0 } else { (rows - 1) * x.ld + cols });
         self.glue.to_bf16(Cols { mem: &src, offset: 0, ld: x.ld }, &mut d, cols, rows, cols)?;
+        if self.bf16_reuse {
+            self.bf16_cache.borrow_mut().insert(key, d.addr);
+        }
         Ok(Operand { addr: d.addr, rows, cols, ld: cols, t: x.t })
+    }
+
+    /// Frees every step buffer (the previous step's work must be finished) and the bf16 copies.
+    fn rewind(&self) -> Result<()> {
+        self.bf16_cache.borrow_mut().clear();
+        self.arena.borrow_mut().rewind(self.dev)
     }
 
     /// y0 (B × n_out) = X · Wᵀ for a dense `x` (B × n_in).
@@ -1721,7 +1747,7 @@ impl<'d> DeviceModel<'d> {
             cell_idx: batch.cell_idx.clone(),
         };
         let hb = HostBatch::build(m, &light, &opts)?;
-        self.arena.borrow_mut().rewind(self.dev)?;
+        self.rewind()?;
         self.bn_pending.borrow_mut().clear();
         let bt = self.upload_batch(&hb)?;
         let latb = self.upload_step(lat)?;
@@ -1793,7 +1819,7 @@ impl<'d> DeviceModel<'d> {
         let (d, l, g_n, j_n) = (a.d, a.l, m.dims.n_genes, m.dims.n_junctions);
         let mode = Mode { training: opts.training, seed: opts.seed };
         // The previous step's work is finished (every step ends synchronised): its buffers are free.
-        self.arena.borrow_mut().rewind(dev)?;
+        self.rewind()?;
         self.bn_pending.borrow_mut().clear();
         let bt = self.upload_batch(hb)?;
         let inv_b = 1.0 / b as f32;
