@@ -15,8 +15,8 @@
 //! [`super::resident`]) that is its cells and their covariates only, and the step gathers the entries
 //! and builds the index structures on the device (kernels/gather.cu); otherwise every per-entry array
 //! is gathered, indexed and packed on the host (streamed).
-//! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation); activations
-//! are stored in f32.
+//! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation), once per step
+//! each: a layer's backward reads the bf16 copy of its input its forward made. The epilogues write f32.
 //!
 //! The analyses use the same pieces: [`DeviceModel::latents`] (the encoders and the latent step in
 //! evaluation mode) and [`DeviceModel::decode_dense`] (the decoders and kernels/decode_dense.cu).
@@ -25,7 +25,8 @@
 //! posteriors copied back (its bandwidth is a median over all pairs of cells), its gradient copied in.
 //!
 //! Deterministic: no kernel of the step uses float atomics, so a repeated step gives the same bits
-//! (tested). There is no faster non-deterministic mode.
+//! (tested). There is no faster non-deterministic mode: the sums it would hand to float atomics run by
+//! fixed chunks, and whether atomics would beat them needs a GPU to tell.
 
 use super::decode::CudaDecode;
 use super::dense_epilogue::{BnDev, CudaDenseEpilogue};
