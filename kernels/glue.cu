@@ -14,6 +14,7 @@
 #ifndef __CUDACC__
 #include "host_emu.h"
 #endif
+#include "chunks.cuh"
 
 #define GLUE_THREADS 256
 
@@ -145,8 +146,7 @@ glue_gather_rows(const int* __restrict__ ptr, const int* __restrict__ ids, const
 }
 
 // glue_gather_rows for long segments (a minibatch's cells, thousands of entries each): one warp per
-// chunk of `chunk` entries of a target (chunk c of target t has id t + ⌊ptr[t] / chunk⌋ + its index;
-// ids of distinct targets never collide, all < n_targets + ⌊ptr[n_targets] / chunk⌋ + 1), each lane's
+// chunk of `chunk` entries of a target (ids as kernels/chunks.cuh), each lane's
 // columns summed over the chunk's entries in order in f64 into part (n_chunks × K); then
 // glue_gather_rows_combine sums each target's chunks in order (f64) and applies α, β as glue_gather_rows.
 extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
@@ -156,13 +156,8 @@ glue_gather_rows_part(const int* __restrict__ ptr, const int* __restrict__ ids, 
     const int c = blockIdx.x * (GLUE_THREADS / 32) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (c >= n_chunks || n_targets == 0) return;
-    int lo = 0, hi = n_targets - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if ((long long)mid + ptr[mid] / chunk <= (long long)c) lo = mid;
-        else hi = mid - 1;
-    }
-    const long long m0 = ptr[lo] + ((long long)c - lo - ptr[lo] / chunk) * chunk, m1t = ptr[lo + 1];
+    const int lo = chunk_owner(c, ptr, n_targets, chunk);
+    const long long m0 = ptr[lo] + ((long long)c - chunk_base(lo, ptr, chunk)) * chunk, m1t = ptr[lo + 1];
     if (m0 >= m1t) return;  // past the target's last chunk
     const long long m1 = m0 + chunk < m1t ? m0 + chunk : m1t;
     for (int c0 = 0; c0 < K; c0 += 32) {
@@ -184,7 +179,7 @@ glue_gather_rows_combine(const double* __restrict__ part, const int* __restrict_
     const long long x = (long long)blockIdx.x * GLUE_THREADS + threadIdx.x;
     if (x >= (long long)n_targets * K) return;
     const int t = (int)(x / K), col = (int)(x % K);
-    const long long base = (long long)t + ptr[t] / chunk, nk = ((long long)ptr[t + 1] - ptr[t] + chunk - 1) / chunk;
+    const long long base = chunk_base(t, ptr, chunk), nk = ((long long)ptr[t + 1] - ptr[t] + chunk - 1) / chunk;
     double s = 0.0;
     for (long long k = 0; k < nk; ++k) s += part[(base + k) * K + col];
     const float v = alpha * (float)s;

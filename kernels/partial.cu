@@ -41,6 +41,7 @@
 #include "host_emu.h"
 #define PART_SMEM(name) unsigned char* name = emu::dynamic_smem.data()
 #endif
+#include "chunks.cuh"
 
 #define PART_THREADS 128
 #define PART_HMAX 256
@@ -388,10 +389,6 @@ __device__ void write_slot(const Geo& g, const WarpSmem& s, unsigned lane, Acc& 
     }
 }
 
-// The first chunk id of cell i: i + ⌊indptr[i] / PART_POOL_CHUNK⌋. Cell i's chunks are the ⌈n_i / CHUNK⌉
-// ids from there; distinct cells' ids never collide, and every id is < B + ⌊nnz / CHUNK⌋ + 1.
-__device__ __forceinline__ long long chunk_base(int i, const int* indptr) { return (long long)i + indptr[i] / PART_POOL_CHUNK; }
-
 __device__ __forceinline__ float pool_den(int mode, int n_obs, float divisor) {
     if (mode == POOL_MEAN) return (float)(n_obs > 1 ? n_obs : 1);
     if (mode == POOL_FIXED) return divisor > 1e-6f ? divisor : 1e-6f;
@@ -554,15 +551,8 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int c = blockIdx.x * (blockDim.x >> 5) + warp;
     if (c >= n_chunks) return;
-    // The chunk's cell: the last i with chunk_base(i) ≤ c (chunk_base is non-decreasing in i).
-    int lo = 0, hi = B - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (chunk_base(mid, indptr) <= (long long)c) lo = mid;
-        else hi = mid - 1;
-    }
-    const int cell = lo;
-    const long long k = c - chunk_base(cell, indptr);
+    const int cell = chunk_owner(c, indptr, B, PART_POOL_CHUNK);
+    const long long k = c - chunk_base(cell, indptr, PART_POOL_CHUNK);
     const int e0 = indptr[cell] + (int)(k * PART_POOL_CHUNK), e1c = indptr[cell + 1];
     if (e0 >= e1c) return;  // past the cell's last chunk
     const int e1 = e0 + PART_POOL_CHUNK < e1c ? e0 + PART_POOL_CHUNK : e1c;
@@ -607,7 +597,7 @@ partial_pool_combine(const float* __restrict__ part, const int* __restrict__ ind
     if (t >= (long long)B * D) return;
     const int cell = (int)(t / D), e = (int)(t % D);
     const int n_obs = indptr[cell + 1] - indptr[cell];
-    const long long base = chunk_base(cell, indptr), nk = (n_obs + PART_POOL_CHUNK - 1) / PART_POOL_CHUNK;
+    const long long base = chunk_base(cell, indptr, PART_POOL_CHUNK), nk = (n_obs + PART_POOL_CHUNK - 1) / PART_POOL_CHUNK;
     float v = 0.0f;
     for (long long k = 0; k < nk; ++k) v += part[(base + k) * D + e];
     if (h0) v -= (float)n_obs * h0[e];

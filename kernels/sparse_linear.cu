@@ -17,6 +17,7 @@
 #ifndef __CUDACC__
 #include "host_emu.h"
 #endif
+#include "chunks.cuh"
 
 #define SPL_THREADS 128
 #define SPL_WARPS (SPL_THREADS / 32)
@@ -35,10 +36,6 @@ sparse_linear_transpose(const float* __restrict__ w, int n_out, int n_in, float*
     }
 }
 
-// The first chunk id of row i: i + ⌊indptr[i] / SPL_CHUNK⌋; row i's chunks are the ⌈n_i / SPL_CHUNK⌉ ids
-// from there (distinct rows never collide; every id < rows + ⌊nnz / SPL_CHUNK⌋ + 1).
-__device__ __forceinline__ long long spl_chunk_base(int i, const long long* indptr) { return (long long)i + indptr[i] / SPL_CHUNK; }
-
 // indptr (rows + 1), indices, values: CSR rows; wt: n_in × n_out. One warp per chunk of SPL_CHUNK entries
 // of a row (one warp per row left a GPU with B warps for the whole minibatch): its entries in order
 // into part (n_chunks × n_out).
@@ -49,14 +46,8 @@ sparse_linear_fwd(const long long* __restrict__ indptr, const unsigned* __restri
     const int c = blockIdx.x * SPL_WARPS + (threadIdx.x >> 5);
     const unsigned lane = threadIdx.x & 31;
     if (c >= n_chunks || rows == 0) return;
-    // the chunk's row: the last r with spl_chunk_base(r) ≤ c
-    int lo = 0, hi = rows - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (spl_chunk_base(mid, indptr) <= (long long)c) lo = mid;
-        else hi = mid - 1;
-    }
-    const long long e0 = indptr[lo] + (c - spl_chunk_base(lo, indptr)) * SPL_CHUNK, e1r = indptr[lo + 1];
+    const int lo = chunk_owner(c, indptr, rows, SPL_CHUNK);
+    const long long e0 = indptr[lo] + (c - chunk_base(lo, indptr, SPL_CHUNK)) * SPL_CHUNK, e1r = indptr[lo + 1];
     if (e0 >= e1r) return;  // past the row's last chunk
     const long long e1 = e0 + SPL_CHUNK < e1r ? e0 + SPL_CHUNK : e1r;
     for (int o = lane; o < n_out; o += 32) {
@@ -73,7 +64,7 @@ sparse_linear_combine(const float* __restrict__ part, const long long* __restric
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (long long)rows * n_out) return;
     const int r = (int)(t / n_out), o = (int)(t % n_out);
-    const long long base = spl_chunk_base(r, indptr), nk = (indptr[r + 1] - indptr[r] + SPL_CHUNK - 1) / SPL_CHUNK;
+    const long long base = chunk_base(r, indptr, SPL_CHUNK), nk = (indptr[r + 1] - indptr[r] + SPL_CHUNK - 1) / SPL_CHUNK;
     float v = 0.0f;
     for (long long k = 0; k < nk; ++k) v += part[(base + k) * n_out + o];
     y[t] = v;

@@ -19,7 +19,7 @@ pub const GATHER_ROWS_CHUNK: usize = 256;
 /// f64 scratch of [`CudaGlue::gather_rows_chunked`] over `n_targets` targets, `n_entries` entries, `k`
 /// columns, chunks of `chunk`.
 pub fn gather_rows_part_len(n_targets: usize, n_entries: usize, k: usize, chunk: usize) -> usize {
-    (n_targets + n_entries / chunk.max(1) + 1) * k
+    super::chunk_ids(n_targets, n_entries, chunk) * k
 }
 
 /// The elementwise maps of `glue_map`.
@@ -228,7 +228,7 @@ impl<'d> CudaGlue<'d> {
             return Ok(());
         }
         // (`n_entries` = ptr[t], the segments' total)
-        let n_chunks = t + n_entries / chunk + 1;
+        let n_chunks = super::chunk_ids(t, n_entries, chunk);
         ensure!(part.elements() >= n_chunks * k && n_chunks <= i32::MAX as usize, "glue gather_rows: chunk scratch of {} for {n_chunks} × {k}", part.elements());
         let cfg = LaunchConfig { grid_dim: (n_chunks.div_ceil(GLUE_WARPS) as u32, 1, 1), block_dim: (GLUE_THREADS, 1, 1), shared_mem_bytes: 0 };
         let args: [&dyn KernelArg; 10] = [

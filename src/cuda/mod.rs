@@ -50,6 +50,12 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
+/// Chunk ids of segmented work in chunks of `chunk` entries (kernels/chunks.cuh): an upper bound for
+/// `n_segments` segments of `n_entries` entries in all, the warps of one launch.
+pub fn chunk_ids(n_segments: usize, n_entries: usize, chunk: usize) -> usize {
+    n_segments + n_entries / chunk.max(1) + 1
+}
+
 /// Oldest compute capability the embedded fatbins can run on.
 pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 /// Oldest driver API version (`cuDriverGetVersion`) that loads code from nvcc 13.0.

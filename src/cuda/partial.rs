@@ -30,9 +30,9 @@ pub const PART_BWD_WARPS: usize = 1024;
 /// Pairs per warp of the forward pool (PART_POOL_CHUNK in kernels/partial.cu).
 pub const PART_POOL_CHUNK: usize = 256;
 
-/// Chunk ids of the forward pool for `b` cells and `nnz` pairs (an upper bound: B + ⌊nnz / CHUNK⌋ + 1).
+/// Chunk ids of the forward pool for `b` cells and `nnz` pairs.
 pub fn pool_chunks(b: usize, nnz: usize) -> usize {
-    b + nnz / PART_POOL_CHUNK + 1
+    super::chunk_ids(b, nnz, PART_POOL_CHUNK)
 }
 
 /// Junctions per chunk of the backward's sums over junctions (PART_JCHUNK in kernels/partial.cu).

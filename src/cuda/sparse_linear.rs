@@ -21,7 +21,7 @@ pub const SPL_CHUNK: usize = 256;
 
 /// Floats of the forward's chunk scratch for `rows` rows, `nnz` entries, `n_out` outputs.
 pub fn part_len(rows: usize, nnz: usize, n_out: usize) -> usize {
-    (rows + nnz / SPL_CHUNK + 1) * n_out
+    super::chunk_ids(rows, nnz, SPL_CHUNK) * n_out
 }
 
 /// A CSR (forward) or CSC (backward) minibatch on the device: pointers (i64), minor indices (u32),
@@ -76,7 +76,7 @@ impl<'d> CudaSparseLinear<'d> {
         let args: [&dyn KernelArg; 4] = [&w.device_address(), &(n_out as i32), &(n_in as i32), &wt.device_address()];
         self.dev.launch(&self.transpose, cfg, &args)?;
         // One warp per chunk of SPL_CHUNK entries of a row, then each row's chunks summed in order.
-        let n_chunks = rows + x.idx.elements() / SPL_CHUNK + 1;
+        let n_chunks = super::chunk_ids(rows, x.idx.elements(), SPL_CHUNK);
         ensure!(part.elements() >= n_chunks * n_out && n_chunks <= i32::MAX as usize, "sparse linear: chunk scratch of {} for {n_chunks} × {n_out}", part.elements());
         let args: [&dyn KernelArg; 8] = [
             &x.ptr.device_address(),
