@@ -16,6 +16,14 @@ const GLUE_WARPS: usize = GLUE_THREADS as usize / 32;
 /// must not depend on the device).
 pub const GATHER_ROWS_CHUNK: usize = 256;
 
+/// The targets of a row gather (ptr's length − 1), its shapes checked.
+fn gather_rows_targets(ptr: &dyn DeviceMem<i32>, src: &dyn DeviceMem<f32>, k: usize, out: &dyn DeviceMem<f32>) -> Result<usize> {
+    let t = ptr.elements().saturating_sub(1);
+    ensure!(out.elements() >= t * k, "glue gather_rows: out has {} elements for {t} × {k}", out.elements());
+    ensure!(k >= 1 && k <= i32::MAX as usize && src.elements() % k == 0, "glue gather_rows: src of {} elements is not rows of {k}", src.elements());
+    Ok(t)
+}
+
 /// f64 scratch of [`CudaGlue::gather_rows_chunked`] over `n_targets` targets, `n_entries` entries, `k`
 /// columns, chunks of `chunk`.
 pub fn gather_rows_part_len(n_targets: usize, n_entries: usize, k: usize, chunk: usize) -> usize {
@@ -220,9 +228,7 @@ impl<'d> CudaGlue<'d> {
         out: &mut dyn DeviceMem<f32>,
     ) -> Result<()> {
         let _r = crate::nvtx_range!("glue_gather_rows_chunked");
-        let t = ptr.elements().saturating_sub(1);
-        ensure!(out.elements() >= t * k, "glue gather_rows: out has {} elements for {t} × {k}", out.elements());
-        ensure!(k >= 1 && k <= i32::MAX as usize && src.elements() % k == 0, "glue gather_rows: src of {} elements is not rows of {k}", src.elements());
+        let t = gather_rows_targets(ptr, src, k, out)?;
         ensure!(chunk >= 1 && chunk <= i32::MAX as usize, "glue gather_rows: chunk {chunk}");
         if t == 0 {
             return Ok(());
@@ -263,9 +269,7 @@ impl<'d> CudaGlue<'d> {
         out: &mut dyn DeviceMem<f32>,
     ) -> Result<()> {
         let _r = crate::nvtx_range!("glue_gather_rows");
-        let t = ptr.elements().saturating_sub(1);
-        ensure!(out.elements() >= t * k, "glue gather_rows: out has {} elements for {t} × {k}", out.elements());
-        ensure!(k >= 1 && k <= i32::MAX as usize && src.elements() % k == 0, "glue gather_rows: src of {} elements is not rows of {k}", src.elements());
+        let t = gather_rows_targets(ptr, src, k, out)?;
         if t == 0 {
             return Ok(());
         }
