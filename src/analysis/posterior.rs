@@ -129,7 +129,7 @@ impl<'a> Posterior<'a> {
         let (l, d) = (self.model.arch.l, self.model.arch.d);
         Ok(match &self.device {
             Some(dm) => {
-                let x = dm.borrow_mut().latents_of_cells(self.ds, cells, self.with_cell_idx)?;
+                let x = dm.borrow_mut().latents_of_cells(batch, cells)?;
                 (Mat::from_vec(b, l, x.qz_m), Mat::from_vec(b, l, x.qz_v), x.library, Mat::from_vec(b, d, x.mu_e), Mat::from_vec(b, d, x.mu_s))
             }
             None => {

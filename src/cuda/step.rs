@@ -47,7 +47,7 @@ use crate::model::dense_epilogue::{BnMode, Epilogue};
 use crate::model::expr_lik::ScaleAct;
 use crate::model::latent_step::Mix;
 use crate::data::Dataset;
-use crate::model::ops::{Cov, Mode, Sparse};
+use crate::model::ops::{Mode, Sparse};
 use crate::model::rng::{self, DropStream};
 use crate::model::spl_lik::{AtseGroups, ConcIndex};
 use crate::model::tensor::Mat;
@@ -198,24 +198,48 @@ enum FcIn<'a> {
 /// The minibatch on the device.
 struct DevBatch {
     b: usize,
-    // expression: CSR of the raw counts (likelihood), the encoder's input values, and its CSC
-    x_ptr: TView<i64>,
-    x_idx: TView<u32>,
-    x_val: Buf,
-    // the expression encoders' sparse input: the counts (transformed), with `encode_covariates` the
-    // continuous covariates and one-hots as extra columns
-    xe_ptr: TView<i64>,
-    xe_idx: TView<u32>,
-    xe_val: Buf,
-    xe_cptr: TView<i64>,
-    xe_crow: TView<u32>,
-    xe_cval: Buf,
+    /// The per-entry arrays.
+    e: EntryViews,
     library: Buf,
     mask_e: TView<u8>,
     mask_s: TView<u8>,
     expr_weight: Buf,
     /// B ones (the bias broadcast of the Linear heads).
     ones: Buf,
+    // decoders' covariates (one-hots), B × cov_w
+    cov: Option<Buf>,
+    cov_w: usize,
+    // continuous covariates (B × n_cont), and [cont | one-hots] for FCLayers that take both
+    cont: Option<Buf>,
+    cov_cont: Option<Buf>,
+    n_cont: usize,
+    eps_joint: Buf,
+    /// Softmax modality weights: the table row each cell reads (B; 0 for `equal` / `universal` and for
+    /// the mean row of unseen cells), and 0..=B (the gathers' pointers and row ids).
+    w_row: TView<i32>,
+    iota: TView<i32>,
+    /// `cell` weights: the minibatch's cells grouped by table row (CSR over the n_obs rows), or, for
+    /// unseen cells (the mean row), every table row reading entry 0 (n_obs + 1 pointers, n_obs zeros
+    /// and ones).
+    w_grad: Option<(TView<i32>, TView<i32>, Buf)>,
+    /// gene-batch / gene-label dispersion: the one-hot of each cell's code (B × levels).
+    disp_onehot: Option<(Buf, usize)>,
+}
+
+/// The per-entry arrays of a [`DevBatch`] (from the pack, or gathered on the device).
+struct EntryViews {
+    // expression: CSR of the raw counts (likelihood)
+    x_ptr: TView<i64>,
+    x_idx: TView<u32>,
+    x_val: Buf,
+    // the expression encoders' sparse input: the counts (transformed), with `encode_covariates` the
+    // continuous covariates and one-hots as extra columns; CSR and CSC
+    xe_ptr: TView<i64>,
+    xe_idx: TView<u32>,
+    xe_val: Buf,
+    xe_cptr: TView<i64>,
+    xe_crow: TView<u32>,
+    xe_cval: Buf,
     // splicing entries: CSR by cell (i64 and i32 pointers), junction (u32 and i32), PSI, counts
     s_ptr64: TView<i64>,
     s_ptr32: TView<i32>,
@@ -240,58 +264,6 @@ struct DevBatch {
     g_grp: Option<TView<i64>>,
     g_ord: Option<TView<u32>>,
     // concentration targets: CSR over log_phi entries of the batch entries
-    conc_ptr: TView<i32>,
-    conc_ids: TView<i32>,
-    // decoders' covariates (one-hots), B × cov_w
-    cov: Option<Buf>,
-    cov_w: usize,
-    // continuous covariates (B × n_cont), and [cont | one-hots] for FCLayers that take both
-    cont: Option<Buf>,
-    cov_cont: Option<Buf>,
-    n_cont: usize,
-    eps_joint: Buf,
-    /// Softmax modality weights: the table row each cell reads (B; 0 for `equal` / `universal` and for
-    /// the mean row of unseen cells), and 0..=B (the gathers' pointers and row ids).
-    w_row: TView<i32>,
-    iota: TView<i32>,
-    /// `cell` weights: the minibatch's cells grouped by table row (CSR over the n_obs rows), or, for
-    /// unseen cells (the mean row), every table row reading entry 0 (n_obs + 1 pointers, n_obs zeros
-    /// and ones).
-    w_grad: Option<(TView<i32>, TView<i32>, Buf)>,
-    /// gene-batch / gene-label dispersion: the one-hot of each cell's code (B × levels).
-    disp_onehot: Option<(Buf, usize)>,
-}
-
-/// The per-entry arrays of a [`DevBatch`] (from the pack, or gathered on the device).
-struct EntryViews {
-    x_ptr: TView<i64>,
-    x_idx: TView<u32>,
-    x_val: Buf,
-    xe_ptr: TView<i64>,
-    xe_idx: TView<u32>,
-    xe_val: Buf,
-    xe_cptr: TView<i64>,
-    xe_crow: TView<u32>,
-    xe_cval: Buf,
-    s_ptr64: TView<i64>,
-    s_ptr32: TView<i32>,
-    s_junc: TView<u32>,
-    s_junc32: TView<i32>,
-    s_psi: Buf,
-    s_k: Buf,
-    s_n: Buf,
-    jptr: TView<i32>,
-    jorder: TView<i32>,
-    cell_of: TView<i32>,
-    ps_ptr: TView<i64>,
-    ps_idx: TView<u32>,
-    ps_val: Buf,
-    ps_cptr: TView<i64>,
-    ps_crow: TView<u32>,
-    ps_cval: Buf,
-    g_cell: Option<TView<i64>>,
-    g_grp: Option<TView<i64>>,
-    g_ord: Option<TView<u32>>,
     conc_ptr: TView<i32>,
     conc_ids: TView<i32>,
 }
@@ -402,9 +374,7 @@ impl EncoderInputs {
         let xe_vals: Option<Vec<f32>> = (!raw_input).then(|| expression_input_values(cfg.expression_input, &e.indptr, &e.values).into_owned());
         let xe_v: &[f32] = xe_vals.as_deref().unwrap_or(&e.values);
         let enc_cov = cfg.encode_covariates && (batch.n_cont > 0 || m.arch.dec_cats.iter().sum::<usize>() > 0);
-        let mut cats_all: Vec<&[u32]> = vec![&batch.batch];
-        cats_all.extend(batch.cats.iter().map(|c| c.as_slice()));
-        let cov_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats_all };
+        let cov_all = m.cov(batch);
         let with_cov = |indptr: &[usize], indices: &[u32], values: &[f32], n_cols: usize| {
             let s = sparse_input::<f32>(indptr, indices, values, n_cols, batch, batch.n_cont);
             cov_all.concat_sparse(&s, 0, &m.arch.dec_cats)
@@ -444,9 +414,7 @@ fn cell_parts(m: &SpliceVae, batch: &Batch, opts: &StepOptions, mask_e_host: &[b
     let inv_b = 1.0 / b as f64;
     let expr_weight: Vec<f32> = mask_e_host.iter().map(|&mk| if mk { inv_b as f32 } else { 0.0 }).collect();
     let library: Vec<f32> = batch.library.iter().map(|&s| ((s as f64) + LIB_EPS).ln() as f32).collect();
-    let mut cats_all: Vec<&[u32]> = vec![&batch.batch];
-    cats_all.extend(batch.cats.iter().map(|c| c.as_slice()));
-    let cov_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats: cats_all };
+    let cov_all = m.cov(batch);
     // Decoder covariates: [one-hot of each categorical with more than one level].
     let cov_w: usize = m.arch.dec_cats.iter().sum();
     let empty = Mat::<f32>::zeros(b, 0);
@@ -637,12 +605,18 @@ impl HostBatch {
     /// ([`DeviceModel::attach_dataset`] with this `index`): only the cell-level arrays and the cells are
     /// packed; the step gathers the entries on the device. `with_cell_idx` as [`Batch::from_dataset`].
     pub fn build_resident(m: &SpliceVae, ds: &Dataset, index: &ResidentIndex, cells: &[usize], with_cell_idx: bool, opts: &StepOptions) -> Result<HostBatch> {
-        ensure!(!cells.is_empty(), "empty minibatch");
         ensure!(index.n_cells == ds.n_cells(), "the resident dataset has {} cells, this one {}", index.n_cells, ds.n_cells());
+        Self::build_resident_from(m, &Batch::cells_only(ds, cells, with_cell_idx)?, index, cells, opts)
+    }
+
+    /// [`Self::build_resident`] from the cells-only minibatch of `cells` ([`Batch::cells_only`]), for a
+    /// caller that keeps it.
+    pub fn build_resident_from(m: &SpliceVae, batch: &Batch, index: &ResidentIndex, cells: &[usize], opts: &StepOptions) -> Result<HostBatch> {
+        ensure!(!cells.is_empty(), "empty minibatch");
+        ensure!(batch.n_cells() == cells.len(), "a cells-only minibatch of {} cells for {} cells", batch.n_cells(), cells.len());
         if let Some(&c) = cells.iter().find(|&&c| c >= index.n_cells) {
             bail!("cell {c} is not in the dataset ({} cells)", index.n_cells);
         }
-        let batch = Batch::cells_only(ds, cells, with_cell_idx)?;
         ensure!(batch.cats.len() == m.dims.n_cats_per_cov.len() && batch.n_cont == m.dims.n_cont, "minibatch covariates do not match the model");
         let b = cells.len();
         let len = |p: &[i64], c: usize| (p[c + 1] - p[c]) as usize;
@@ -660,7 +634,7 @@ impl HostBatch {
         let scalar_conc = m.cfg.splicing_loss_type == SplicingLoss::DirichletMultinomial && m.cfg.dm_concentration == DmConcentration::Scalar;
         let conc_ptr = scalar_conc.then(|| pk.push(&[0i32, nnz as i32]));
         let res = ResidentCells { cells: cells_p, x_nnz, xe_nnz, ps_nnz, n_groups, conc_ptr };
-        let cp = cell_parts(m, &batch, opts, &mask_e_host, &mask_s_host, &mut pk)?;
+        let cp = cell_parts(m, batch, opts, &mask_e_host, &mask_s_host, &mut pk)?;
         Ok(HostBatch::assemble(b, nnz, pk, None, Some(res), cp, mask_e_host, mask_s_host))
     }
 
@@ -724,11 +698,6 @@ impl HostBatch {
     /// The staging buffer, for its pool (after the step that copied it).
     pub fn take_staged(&mut self) -> Option<StagingBuf> {
         self.staged.take()
-    }
-
-    /// Cells in the minibatch.
-    pub fn n_cells(&self) -> usize {
-        self.b
     }
 
     /// Whether the entries are gathered on the device from the resident dataset.
@@ -1168,41 +1137,12 @@ impl<'d> DeviceModel<'d> {
         };
         Ok(DevBatch {
             b: hb.b,
-            x_ptr: e.x_ptr,
-            x_idx: e.x_idx,
-            x_val: e.x_val,
-            xe_ptr: e.xe_ptr,
-            xe_idx: e.xe_idx,
-            xe_val: e.xe_val,
-            xe_cptr: e.xe_cptr,
-            xe_crow: e.xe_crow,
-            xe_cval: e.xe_cval,
+            e,
             library: at(&base, hb.library),
             mask_e: at(&base, hb.mask_e),
             mask_s: at(&base, hb.mask_s),
             expr_weight: at(&base, hb.expr_weight),
             ones: at(&base, hb.ones),
-            s_ptr64: e.s_ptr64,
-            s_ptr32: e.s_ptr32,
-            s_junc: e.s_junc,
-            s_junc32: e.s_junc32,
-            s_psi: e.s_psi,
-            s_k: e.s_k,
-            s_n: e.s_n,
-            jptr: e.jptr,
-            jorder: e.jorder,
-            cell_of: e.cell_of,
-            ps_ptr: e.ps_ptr,
-            ps_idx: e.ps_idx,
-            ps_val: e.ps_val,
-            ps_cptr: e.ps_cptr,
-            ps_crow: e.ps_crow,
-            ps_cval: e.ps_cval,
-            g_cell: e.g_cell,
-            g_grp: e.g_grp,
-            g_ord: e.g_ord,
-            conc_ptr: e.conc_ptr,
-            conc_ids: e.conc_ids,
             cov: hb.cov.map(|c| at(&base, c)),
             cov_w: hb.cov_w,
             cont: hb.cont.map(|c| at(&base, c)),
@@ -1404,20 +1344,22 @@ impl<'d> DeviceModel<'d> {
         let bt = self.upload_batch(hb)?;
         let rd = |v: u64, bytes: usize| -> Result<Vec<u8>> { self.dev.read(&TView::<u8>::new(v, bytes)) };
         macro_rules! arrays {
-            ($($f:ident),*) => { vec![$((stringify!($f), rd(bt.$f.addr, bt.$f.len * elem_size(&bt.$f))?)),*] };
+            ($b:expr; $($f:ident),*) => { vec![$((stringify!($f), rd($b.$f.addr, $b.$f.len * elem_size(&$b.$f))?)),*] };
         }
         fn elem_size<T>(_: &TView<T>) -> usize {
             std::mem::size_of::<T>()
         }
-        let mut out = arrays!(x_ptr, x_idx, x_val, xe_ptr, xe_idx, xe_val, xe_cptr, xe_crow, xe_cval, library, mask_e, mask_s, expr_weight, ones, s_ptr64, s_ptr32, s_junc, s_junc32, s_psi, s_k, s_n, jptr, jorder, cell_of, ps_ptr, ps_idx, ps_val, eps_joint, w_row, iota);
+        let e = &bt.e;
+        let mut out = arrays!(e; x_ptr, x_idx, x_val, xe_ptr, xe_idx, xe_val, xe_cptr, xe_crow, xe_cval, s_ptr64, s_ptr32, s_junc, s_junc32, s_psi, s_k, s_n, jptr, jorder, cell_of, ps_ptr, ps_idx, ps_val);
+        out.extend(arrays!(bt; library, mask_e, mask_s, expr_weight, ones, eps_joint, w_row, iota));
         if matches!(self.model.arch.z_enc_spl, SplEncP::Vanilla(_)) {
-            out.extend(arrays!(ps_cptr, ps_crow, ps_cval));
+            out.extend(arrays!(e; ps_cptr, ps_crow, ps_cval));
         }
         let m = &self.model;
         if matches!(m.cfg.splicing_loss_type, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
-            out.extend(arrays!(conc_ptr, conc_ids));
+            out.extend(arrays!(e; conc_ptr, conc_ids));
         }
-        if let (Some(c), Some(g), Some(o)) = (bt.g_cell, bt.g_grp, bt.g_ord) {
+        if let (Some(c), Some(g), Some(o)) = (bt.e.g_cell, bt.e.g_grp, bt.e.g_ord) {
             out.push(("g_cell", rd(c.addr, c.len * 8)?));
             out.push(("g_grp", rd(g.addr, g.len * 8)?));
             out.push(("g_ord", rd(o.addr, o.len * 4)?));
@@ -1697,13 +1639,14 @@ impl<'d> DeviceModel<'d> {
         self.latents_prepared(&hb)
     }
 
-    /// [`Self::latents`] of dataset rows `cells`: gathered on the device when the dataset is resident
-    /// there ([`Self::attach_dataset`]), else gathered and packed on the host.
-    pub fn latents_of_cells(&mut self, ds: &Dataset, cells: &[usize], with_cell_idx: bool) -> Result<DeviceLatents> {
+    /// [`Self::latents`] of dataset rows `cells` (`batch` is theirs): their entries gathered on the
+    /// device when the dataset is resident there ([`Self::attach_dataset`]; then `batch` may be
+    /// [`Batch::cells_only`]), else packed from `batch` on the host.
+    pub fn latents_of_cells(&mut self, batch: &Batch, cells: &[usize]) -> Result<DeviceLatents> {
         let opts = Self::latent_options();
         let hb = match self.resident_index() {
-            Some(index) => HostBatch::build_resident(&self.model, ds, &index, cells, with_cell_idx, &opts)?,
-            None => HostBatch::build(&self.model, &Batch::from_dataset(ds, cells, with_cell_idx)?, &opts)?,
+            Some(index) => HostBatch::build_resident_from(&self.model, batch, &index, cells, &opts)?,
+            None => HostBatch::build(&self.model, batch, &opts)?,
         };
         self.latents_prepared(&hb)
     }
@@ -1827,8 +1770,8 @@ impl<'d> DeviceModel<'d> {
 
         // ---- expression encoder --------------------------------------------------------------
         let r_phase = crate::nvtx_range!("expression encoder");
-        let xe_csr = SparseDev { ptr: &bt.xe_ptr, idx: &bt.xe_idx, val: &bt.xe_val };
-        let xe_csc = SparseDev { ptr: &bt.xe_cptr, idx: &bt.xe_crow, val: &bt.xe_cval };
+        let xe_csr = SparseDev { ptr: &bt.e.xe_ptr, idx: &bt.e.xe_idx, val: &bt.e.xe_val };
+        let xe_csc = SparseDev { ptr: &bt.e.xe_cptr, idx: &bt.e.xe_crow, val: &bt.e.xe_cval };
         let enc = &a.z_enc_expr;
         let (h_e, enc_tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr: xe_csr }, &bt, mode)?;
         let mu_e = self.linear_fwd(&enc.mean, &h_e, &bt)?;
@@ -1841,7 +1784,7 @@ impl<'d> DeviceModel<'d> {
             None
         } else {
             let le = &a.l_enc_expr;
-            let csr = SparseDev { ptr: &bt.xe_ptr, idx: &bt.xe_idx, val: &bt.xe_val };
+            let csr = SparseDev { ptr: &bt.e.xe_ptr, idx: &bt.e.xe_idx, val: &bt.e.xe_val };
             let (h_l, tape_l) = self.fc_forward(&le.fc, FcIn::Sparse { csr }, &bt, mode)?;
             let pre = self.linear_fwd(&le.out, &h_l, &bt)?;
             let mut lib = self.nan(b)?;
@@ -1863,7 +1806,7 @@ impl<'d> DeviceModel<'d> {
                 let (cap, mut work) = self.take_partial_work(&shape)?;
                 let (pv, pc) = self.partial_views(pe);
                 let pp = partial_params(&pv, &pc);
-                let pb = PartialBatchDev { indptr: &bt.s_ptr32, junction: &bt.s_junc32, psi: &bt.s_psi, jptr: &bt.jptr, order: &bt.jorder, cell_of: &bt.cell_of };
+                let pb = PartialBatchDev { indptr: &bt.e.s_ptr32, junction: &bt.e.s_junc32, psi: &bt.e.s_psi, jptr: &bt.e.jptr, order: &bt.e.jorder, cell_of: &bt.e.cell_of };
                 let mut pool = self.nan(b * pe.code_dim)?;
                 self.partial.forward(&shape, &pp, &pb, &mut work, &mut pool)?;
                 let (out, mlp) = self.fc_forward(&pe.mlp, FcIn::Dense(&pool), &bt, mode)?;
@@ -1875,7 +1818,7 @@ impl<'d> DeviceModel<'d> {
                 (mu, v, SplEnc::Partial { shape, cap, work, pool, mlp, raw_v })
             }
             SplEncP::Vanilla(enc) => {
-                let csr = SparseDev { ptr: &bt.ps_ptr, idx: &bt.ps_idx, val: &bt.ps_val };
+                let csr = SparseDev { ptr: &bt.e.ps_ptr, idx: &bt.e.ps_idx, val: &bt.e.ps_val };
                 let (h, tape) = self.fc_forward(&enc.fc, FcIn::Sparse { csr }, &bt, mode)?;
                 let mu = self.linear_fwd(&enc.mean, &h, &bt)?;
                 let lv = self.linear_fwd(&enc.var, &h, &bt)?;
@@ -2010,9 +1953,9 @@ impl<'d> DeviceModel<'d> {
                 theta: Some(&theta),
                 theta_stride,
                 library: &library,
-                x_ptr: &bt.x_ptr,
-                x_idx: &bt.x_idx,
-                x_val: &bt.x_val,
+                x_ptr: &bt.e.x_ptr,
+                x_idx: &bt.e.x_idx,
+                x_val: &bt.e.x_val,
                 grad_weight: Some(&bt.expr_weight),
             },
             &mut ExprLikOutputs { rl: &mut rl_e, d_raw: &mut d_raw, d_log_theta: Some(&mut d_lth), d_pi: Some(&mut d_pi), d_library: &mut d_lib },
@@ -2036,11 +1979,11 @@ impl<'d> DeviceModel<'d> {
         let conc = ConcIndex::for_loss(kind, cfg.dm_concentration);
         let (logits, mut rl_s, g_logit, g_conc, p_ent) = (self.nan(nnz)?, self.nan(b)?, self.nan(nnz)?, self.nan(nnz)?, self.nan(nnz)?);
         {
-            let grp = match (&bt.g_cell, &bt.g_grp, &bt.g_ord) {
+            let grp = match (&bt.e.g_cell, &bt.e.g_grp, &bt.e.g_ord) {
                 (Some(c), Some(g), Some(o)) => Some(DevGroups { cell_ptr: c, grp_ptr: g, ord: o }),
                 _ => None,
             };
-            let (sk, sn, sj, psi) = (bt.s_k, bt.s_n, bt.s_junc, bt.s_psi);
+            let (sk, sn, sj, psi) = (bt.e.s_k, bt.e.s_n, bt.e.s_junc, bt.e.s_psi);
             let (mut lo, mut gl, mut gc, mut pe) = (logits, g_logit, g_conc, p_ent);
             let (w_spl, bias_spl, lphi) = (self.p(out_lin.w), self.p(out_lin.b.context("splicing output layer without bias")?), self.p(a.log_phi));
             let j2a = (conc == ConcIndex::Atse).then_some(&self.junc2atse as &dyn DeviceMem<u32>);
@@ -2054,7 +1997,7 @@ impl<'d> DeviceModel<'d> {
                         k: k_in,
                         w: $w,
                         bias: &bias_spl,
-                        indptr: &bt.s_ptr64,
+                        indptr: &bt.e.s_ptr64,
                         junction: &sj,
                         counts_k: &sk,
                         counts_n: &sn,
@@ -2212,11 +2155,11 @@ impl<'d> DeviceModel<'d> {
         // (a cell's entries in chunks: one warp per cell would leave the GPU B warps for every entry)
         let chunk = super::glue::GATHER_ROWS_CHUNK;
         let mut part = self.scratch::<f64>(super::glue::gather_rows_part_len(b, nnz, k_in, chunk))?;
-        self.glue.gather_rows_chunked(&bt.s_ptr32, None, &bt.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, nnz, chunk, &mut part, &mut ds)?;
+        self.glue.gather_rows_chunked(&bt.e.s_ptr32, None, &bt.e.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, nnz, chunk, &mut part, &mut ds)?;
         let mut gw = self.g(out_lin.w);
-        self.glue.gather_rows(&bt.jptr, Some(&bt.jorder), &bt.cell_of, &g_logit, &s_in, k_in, inv_b, 0.0, &mut gw)?;
+        self.glue.gather_rows(&bt.e.jptr, Some(&bt.e.jorder), &bt.e.cell_of, &g_logit, &s_in, k_in, inv_b, 0.0, &mut gw)?;
         let mut gbias = self.g(out_lin.b.unwrap());
-        self.glue.seg_sum(&bt.jptr, Some(&bt.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
+        self.glue.seg_sum(&bt.e.jptr, Some(&bt.e.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
         // The decoder priors' gradients: 2λ W / N and 2λ_e W C / N.
         if cfg.splicing_decoder_prior != 0.0 {
             let lam = (2.0 * cfg.splicing_decoder_prior * inv_n) as f32;
@@ -2228,7 +2171,7 @@ impl<'d> DeviceModel<'d> {
         }
         if matches!(kind, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) && m.layout.entries[a.log_phi].kind.trainable() {
             let (lpv, mut gphi) = (self.p(a.log_phi), self.g(a.log_phi));
-            self.glue.seg_sum(&bt.conc_ptr, Some(&bt.conc_ids), &g_conc, Some(&lpv), inv_b, 0.0, &mut gphi)?;
+            self.glue.seg_sum(&bt.e.conc_ptr, Some(&bt.e.conc_ids), &g_conc, Some(&lpv), inv_b, 0.0, &mut gphi)?;
             let lam = (2.0 * cfg.lambda_prior / b as f64) as f32;
             self.glue.copy_cols(Cols::all(&lpv, lpv.len), Cols::all(&gphi, lpv.len), 1, lpv.len, lam, 1.0)?;
         }
@@ -2341,7 +2284,7 @@ impl<'d> DeviceModel<'d> {
                 let dpool = self.fc_backward(&pe.mlp, &mlp, dout, b, None)?.context("partial encoder pool gradient")?;
                 let (pv, pc) = self.partial_views(pe);
                 let pp = partial_params(&pv, &pc);
-                let pb = PartialBatchDev { indptr: &bt.s_ptr32, junction: &bt.s_junc32, psi: &bt.s_psi, jptr: &bt.jptr, order: &bt.jorder, cell_of: &bt.cell_of };
+                let pb = PartialBatchDev { indptr: &bt.e.s_ptr32, junction: &bt.e.s_junc32, psi: &bt.e.s_psi, jptr: &bt.e.jptr, order: &bt.e.jorder, cell_of: &bt.e.cell_of };
                 let mut gv: Vec<Buf> = [pe.emb, pe.h0.w, pe.h0.b.unwrap(), pe.ln1_w, pe.ln1_b, pe.h4.w, pe.h4.b.unwrap(), pe.ln5_w, pe.ln5_b].iter().map(|&i| self.g(i)).collect();
                 let [e0, e1, e2, e3, e4, e5, e6, e7, e8] = &mut gv[..] else { unreachable!() };
                 let mut pg = PartialGradsDev {
@@ -2364,7 +2307,7 @@ impl<'d> DeviceModel<'d> {
                 let mut dh = self.nan(b * enc_s.fc.n_out())?;
                 self.linear_bwd(&enc_s.mean, &h, &gms, b, &mut dh, 0.0)?;
                 self.linear_bwd(&enc_s.var, &h, &dlv, b, &mut dh, 1.0)?;
-                let csc = SparseDev { ptr: &bt.ps_cptr, idx: &bt.ps_crow, val: &bt.ps_cval };
+                let csc = SparseDev { ptr: &bt.e.ps_cptr, idx: &bt.e.ps_crow, val: &bt.e.ps_cval };
                 self.fc_backward(&enc_s.fc, &tape, dh, b, Some(&csc))?;
             }
             _ => unreachable!(),

@@ -361,6 +361,11 @@ impl SpliceVae {
         v
     }
 
+    /// The covariates of `b`: its continuous ones and [batch, categoricals…].
+    pub(crate) fn cov<'a>(&self, b: &'a Batch) -> Cov<'a> {
+        Cov { cont: &b.cont, n_cont: b.n_cont, cats: self.cats(b) }
+    }
+
     fn cont_mat<T: Real>(b: &Batch) -> Mat<T> {
         Mat::from_vec(b.n_cells(), b.n_cont, b.cont.iter().map(|&v| T::from_f32(v)).collect())
     }
@@ -392,8 +397,7 @@ impl SpliceVae {
         let cfg = &self.cfg;
         let a = &self.arch;
         let d = a.d;
-        let cats = self.cats(batch);
-        let cont_all = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats };
+        let cont_all = self.cov(batch);
         // ---- inference -------------------------------------------------------------------------
         let mask_expr: Vec<bool> =
             (0..b).map(|i| batch.expr.row(i).1.iter().map(|&v| v as f64).sum::<f64>() > 0.0).collect();
@@ -1379,8 +1383,7 @@ impl SpliceVae {
     pub fn decode_dense<T: Real>(&self, p: &Params<T>, lat: &Mat<T>, batch: &Batch, library: &[T], cross_gate: f64) -> Result<DenseDecode<T>> {
         let mode = Mode { training: false, seed: 0 };
         let mut upd = BufUpdates::new();
-        let cats = self.cats(batch);
-        let cov = Cov { cont: &batch.cont, n_cont: batch.n_cont, cats };
+        let cov = self.cov(batch);
         let (r_e, r_s) = self.decoder_latents(lat, cross_gate);
         let lib_scale: Vec<T> = library.iter().map(|&v| v.exp()).collect();
         let (px_scale, px_rate, px_dropout, theta, _) =

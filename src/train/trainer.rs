@@ -655,7 +655,11 @@ fn device_batch(
 ) -> Result<(Batch, crate::cuda::step::HostBatch)> {
     use crate::cuda::step::HostBatch;
     Ok(match resident {
-        Some(index) => (Batch::cells_only(ds, cells, true)?, HostBatch::build_resident(model, ds, index, cells, true, opts)?),
+        Some(index) => {
+            let batch = Batch::cells_only(ds, cells, true)?;
+            let host = HostBatch::build_resident_from(model, &batch, index, cells, opts)?;
+            (batch, host)
+        }
         None => {
             let batch = Batch::from_dataset(ds, cells, true)?;
             let host = HostBatch::build(model, &batch, opts)?;
