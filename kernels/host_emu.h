@@ -10,6 +10,7 @@
 //   __shfl_xor_sync                      : an exchange buffer + std::barrier per warp of 32
 //   __ballot_sync / __syncwarp           : the same, per warp of 32
 //   atomicOr / __popc                    : std::atomic_ref / the builtin
+//   mma.m16n8k16 bf16 (kernels/mma.cuh)  : the warp's fragments posted, each lane sums its outputs
 // Not a general emulator: 1-D grids and blocks, blockDim a multiple of 32, full-warp shuffles only.
 // (Never included by nvcc: the .cu files include it only when __CUDACC__ is not defined.)
 #pragma once
@@ -46,6 +47,7 @@ inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline std::vector<float> warp_exchange;
 inline std::vector<double> warp_exchange_d;
 inline std::vector<unsigned> warp_ballot;
+inline std::vector<uint32_t> warp_frag;  // per thread: the 4 A and 2 B registers of an mma
 inline std::atomic<int> count_acc{0};
 inline std::vector<unsigned char> dynamic_smem;
 
@@ -61,6 +63,7 @@ void launch(unsigned grid, unsigned block, size_t smem, F kernel) {
     warp_exchange.assign(block, 0.0f);
     warp_exchange_d.assign(block, 0.0);
     warp_ballot.assign(block, 0u);
+    warp_frag.assign((size_t)block * 6, 0u);
     count_acc = 0;
     std::vector<std::thread> ts;
     ts.reserve(block);
@@ -127,6 +130,46 @@ inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { emu::warp_barriers[thr
 
 template <class T>
 inline T __ldcg(const T* p) { return *p; }
+
+namespace emu {
+inline float bf16_to_float(uint32_t bits) {
+    const uint32_t u = (bits & 0xffffu) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (kernels/mma.cuh has the fragment layout): every
+// lane posts its registers, then computes its four outputs from the lanes that hold their row of A and
+// column of B. The 16 products are exact in f32; they are summed in k order, then added to c.
+inline void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    const unsigned t = threadIdx.x, w = t / 32, lane = t % 32, base = w * 32;
+    uint32_t* f = warp_frag.data();
+    for (int i = 0; i < 4; ++i) f[(size_t)t * 6 + i] = a[i];
+    f[(size_t)t * 6 + 4] = b[0];
+    f[(size_t)t * 6 + 5] = b[1];
+    warp_barriers[w]->arrive_and_wait();
+    auto A = [&](int r, int k) {
+        const unsigned owner = base + (unsigned)(r % 8) * 4 + (unsigned)(k % 8) / 2;
+        const int reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return bf16_to_float(f[(size_t)owner * 6 + reg] >> (16 * (k & 1)));
+    };
+    auto B = [&](int k, int n) {
+        const unsigned owner = base + (unsigned)n * 4 + (unsigned)(k % 8) / 2;
+        const int reg = 4 + (k >= 8 ? 1 : 0);
+        return bf16_to_float(f[(size_t)owner * 6 + reg] >> (16 * (k & 1)));
+    };
+    const int g = (int)lane / 4, tg = (int)lane % 4;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int r = g + (i >= 2 ? 8 : 0), n = 2 * tg + (i & 1);
+        float s = 0.0f;
+        for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+        out[i] = c[i] + s;
+    }
+    warp_barriers[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+}  // namespace emu
 
 // Integer atomics are real atomics here: a block's threads are OS threads.
 inline unsigned atomicOr(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_or(v); }

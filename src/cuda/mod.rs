@@ -21,6 +21,7 @@ pub mod gather;
 pub mod gemm;
 pub mod glue;
 pub mod latent;
+pub mod mma;
 pub mod nvtx;
 pub mod optim;
 pub mod partial;
