@@ -42,6 +42,7 @@
 #define PART_SMEM(name) unsigned char* name = emu::dynamic_smem.data()
 #endif
 #include "chunks.cuh"
+#include "mma.cuh"
 
 #define PART_THREADS 128
 #define PART_HMAX 256
@@ -584,6 +585,190 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
             for (int o = g.W; o < 32; o <<= 1) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
             const int e = lane + 32 * i;
             if (e < g.Dp && e < D) part[(long long)c * D + e] = acc[i];
+        }
+    }
+}
+
+// Dynamic shared memory per warp of partial_pool_fwd_tc: the bf16 tile of 16 pairs' first-block
+// activations (rows padded by 8 so the fragment loads of the 8 rows fall in distinct banks), then α, β
+// (f64), junction and pair id of the 16 pairs.
+__host__ __device__ inline size_t partial_tc_smem_per_warp(int Hh) {
+    const size_t tile = ((size_t)16 * (Hh + 8) * 2 + 15) / 16 * 16;
+    return tile + 16 * 16 + 16 * 4 * 2;
+}
+
+// partial_pool_fwd on tensor cores, for --precision bf16 (same arguments, same chunks, same part
+// layout; the launcher uses it when Hh % 16 == 0 and D % 8 == 0). A pass takes 16 pairs of the chunk:
+// their first block exactly as pass_fwd computes it (f32, dropout hashed and its keep bits written
+// the same way), rounded to bf16 into a 16 × Hh tile; the second Linear as 16 × D tensor-core tiles
+// (A = the tile, B = W₄ rounded to bf16 as it is read, f32 accumulation: kernels/mma.cuh); then + b₄,
+// the LayerNorm over each pair's D units (a row is held by the four lanes of a quad), the affine, the
+// ReLU and the chunk's sum, in f32. Differs from partial_pool_fwd by the bf16 rounding of the two
+// operands (relative 2⁻⁹ each) and the summation order. The backward (partial_pair_bwd) recomputes in
+// f32 from the same keep bits. (Never run on a GPU: checked on the host by tests/cuda_partial_parity.rs.)
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, const float* __restrict__ be1,
+                    const float* __restrict__ g1, const float* __restrict__ w4, const float* __restrict__ w4t,
+                    const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
+                    const double* __restrict__ suu, const double* __restrict__ sub, const double* __restrict__ sbb,
+                    int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr, const int* __restrict__ junction,
+                    const float* __restrict__ psi, const float* __restrict__ center, int dropout,
+                    unsigned long long drop_key, unsigned drop_threshold, float dropout_scale, float* __restrict__ part,
+                    unsigned long long* __restrict__ keep) {
+    PART_SMEM(smem);
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int c = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (c >= n_chunks) return;
+    const int cell = chunk_owner(c, indptr, B, PART_POOL_CHUNK);
+    const long long kc = c - chunk_base(cell, indptr, PART_POOL_CHUNK);
+    const int e0 = indptr[cell] + (int)(kc * PART_POOL_CHUNK), e1c = indptr[cell + 1];
+    if (e0 >= e1c) return;  // past the cell's last chunk
+    const int e1 = e0 + PART_POOL_CHUNK < e1c ? e0 + PART_POOL_CHUNK : e1c;
+    const Geo g = geo(Hh, D);
+    const float scale = dropout ? dropout_scale : 1.0f;
+    const int ld = Hh + 8, NT = D / 8, KS = Hh / 16;
+    unsigned char* base = smem + (size_t)warp * partial_tc_smem_per_warp(Hh);
+    uint16_t* tile = (uint16_t*)base;
+    double* ab = (double*)(base + ((size_t)16 * ld * 2 + 15) / 16 * 16);
+    int* sjn = (int*)(ab + 32);
+    int* spid = sjn + 16;
+    const int gr = (int)lane >> 2, tq = (int)lane & 3;  // fragment row group and column pair
+    float acc[PART_DMAX / 8][2];
+#pragma unroll
+    for (int nt = 0; nt < PART_DMAX / 8; ++nt) acc[nt][0] = acc[nt][1] = 0.0f;
+    for (int p0 = e0; p0 < e1; p0 += 16) {
+        const int ng = e1 - p0 < 16 ? e1 - p0 : 16;
+        if ((int)lane < ng) {
+            const int p = p0 + lane, j = junction[p];
+            const float x = center ? psi[p] - center[j] : psi[p];
+            const double xd = (double)x;
+            double var = xd * xd * suu[j] + 2.0 * xd * sub[j] + sbb[0];
+            var = var > 0.0 ? var : 0.0;
+            const double beta = 1.0 / sqrt(var + PART_LN_EPS);
+            ab[2 * lane] = xd * beta;
+            ab[2 * lane + 1] = beta;
+            sjn[lane] = j;
+            spid[lane] = p;
+        }
+        __syncwarp();
+        // The first block of each pair (rows ≥ ng are zero), as pass_fwd.
+        for (int q = 0; q < 16; ++q) {
+            const bool live = q < ng;
+            const float a = live ? (float)ab[2 * q] : 0.0f, b = live ? (float)ab[2 * q + 1] : 0.0f;
+            const int j = live ? sjn[q] : 0;
+            const long long p = live ? spid[q] : 0;
+            uint32_t lo = 0;
+#pragma unroll
+            for (int i = 0; i < HPL_MAX; ++i) {
+                if (i < g.HPL) {
+                    const int k = (int)lane + 32 * i;
+                    bool kept = true;
+                    float v = 0.0f;
+                    if (live && k < Hh) {
+                        v = a * ug[(long long)j * Hh + k] + (b * bg[k] + be1[k]);
+                        v = v > 0.0f ? v : 0.0f;
+                        if (dropout) {
+                            kept = keep_hash(drop_key, drop_threshold, (uint64_t)p * g.hh_pad + k);
+                            v = kept ? v * scale : 0.0f;
+                        }
+                    }
+                    if (k < Hh) tile[q * ld + k] = (uint16_t)mma_bf16_bits(v);
+                    if (dropout && live) {
+                        const uint32_t bits = __ballot_sync(0xffffffffu, k < Hh && kept);
+                        if (lane == 0) {
+                            if (i & 1)
+                                keep[p * g.kw + i / 2] = (uint64_t)lo | ((uint64_t)bits << 32);
+                            else
+                                lo = bits;
+                        }
+                    }
+                }
+            }
+            if (dropout && live && (g.HPL & 1) && lane == 0) keep[p * g.kw + g.HPL / 2] = (uint64_t)lo;
+        }
+        __syncwarp();
+        // Second Linear: h (16 × D) = tile · W₄ᵀ, B[k][t] = W₄[t][k] (W₄ row-major is B column-major).
+        float h[PART_DMAX / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < PART_DMAX / 8; ++nt) h[nt][0] = h[nt][1] = h[nt][2] = h[nt][3] = 0.0f;
+        for (int ks = 0; ks < KS; ++ks) {
+            const int k0 = ks * 16 + 2 * tq;
+            const uint32_t af[4] = {*(const uint32_t*)(tile + gr * ld + k0), *(const uint32_t*)(tile + (gr + 8) * ld + k0),
+                                    *(const uint32_t*)(tile + gr * ld + k0 + 8), *(const uint32_t*)(tile + (gr + 8) * ld + k0 + 8)};
+#pragma unroll
+            for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
+                if (nt < NT) {
+                    const float* wr = w4 + (long long)(nt * 8 + gr) * Hh + k0;
+                    const uint32_t bf[2] = {mma_pack_bf16x2(wr[0], wr[1]), mma_pack_bf16x2(wr[8], wr[9])};
+                    mma_m16n8k16_bf16(h[nt], af, bf, h[nt]);
+                }
+            }
+        }
+        // + b₄ and the LayerNorm of rows gr (h[·][0..1]) and gr + 8 (h[·][2..3]) over their D units.
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
+            if (nt < NT) {
+#pragma unroll
+                for (int x = 0; x < 2; ++x) {
+                    const float bb = b4[nt * 8 + 2 * tq + x];
+                    h[nt][x] += bb;
+                    h[nt][2 + x] += bb;
+                    s0 += h[nt][x];
+                    s1 += h[nt][2 + x];
+                }
+            }
+        }
+        s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+        s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+        const float mean0 = s0 / (float)D, mean1 = s1 / (float)D;
+        float q0 = 0.0f, q1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
+            if (nt < NT) {
+#pragma unroll
+                for (int x = 0; x < 2; ++x) {
+                    h[nt][x] -= mean0;
+                    h[nt][2 + x] -= mean1;
+                    q0 += h[nt][x] * h[nt][x];
+                    q1 += h[nt][2 + x] * h[nt][2 + x];
+                }
+            }
+        }
+        q0 += __shfl_xor_sync(0xffffffffu, q0, 1);
+        q0 += __shfl_xor_sync(0xffffffffu, q0, 2);
+        q1 += __shfl_xor_sync(0xffffffffu, q1, 1);
+        q1 += __shfl_xor_sync(0xffffffffu, q1, 2);
+        const float inv0 = 1.0f / sqrtf(q0 / (float)D + (float)PART_LN_EPS);
+        const float inv1 = 1.0f / sqrtf(q1 / (float)D + (float)PART_LN_EPS);
+        const bool live0 = gr < ng, live1 = gr + 8 < ng;
+#pragma unroll
+        for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
+            if (nt < NT) {
+#pragma unroll
+                for (int x = 0; x < 2; ++x) {
+                    const int t = nt * 8 + 2 * tq + x;
+                    const float a0 = h[nt][x] * inv0 * g5[t] + be5[t], a1 = h[nt][2 + x] * inv1 * g5[t] + be5[t];
+                    if (live0) acc[nt][x] += a0 > 0.0f ? a0 : 0.0f;
+                    if (live1) acc[nt][x] += a1 > 0.0f ? a1 : 0.0f;
+                }
+            }
+        }
+        __syncwarp();
+    }
+    // The chunk's sum over its pairs: the eight row groups (lanes 4 apart) hold the same columns.
+#pragma unroll
+    for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
+        if (nt < NT) {
+            for (int x = 0; x < 2; ++x) {
+                float v = acc[nt][x];
+                v += __shfl_xor_sync(0xffffffffu, v, 4);
+                v += __shfl_xor_sync(0xffffffffu, v, 8);
+                v += __shfl_xor_sync(0xffffffffu, v, 16);
+                if (gr == 0) part[(long long)c * D + nt * 8 + 2 * tq + x] = v;
+            }
         }
     }
 }

@@ -107,6 +107,10 @@ fn cases() -> Vec<Case> {
         case(3, 20, 7, 24, 40, PoolMode::Fixed, true, false),
         case(4, 22, 8, 100, 1, PoolMode::Mean, false, true),
         case(5, 18, 6, 33, 16, PoolMode::Fixed, false, false),
+        // Tensor-core shapes (Hh % 16, D % 8) with cells of more than 16 pairs (full passes and a
+        // partial last one); the paper preset's 128 × 64.
+        case(6, 80, 6, 128, 64, PoolMode::Mean, true, true),
+        case(7, 70, 5, 32, 8, PoolMode::Sum, false, true),
     ]
 }
 
@@ -289,7 +293,45 @@ fn device_partial_matches_twin() {
 fn device_partial_matches_twin_on(dev: &CudaDevice) {
     let kern = CudaPartial::new(&dev).unwrap();
     for c in cases() {
-        let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool).unwrap();
+        let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool, false).unwrap();
         compare(&c, &got.pool, &got.keep, got.h0.as_deref(), &got.grads);
+    }
+}
+
+/// `partial_pool_fwd_tc` (--precision bf16: the second Linear on tensor cores with bf16 operands)
+/// against the f32 twin: the pooled codes within bf16 rounding (|Δ| ≤ 3e-2·max(max|twin|, 1); the
+/// operands round by 2⁻⁹ relative, and the LayerNorm brings codes to unit scale), the keep bits
+/// exactly (the same hash), the backward (f32, recomputing from those bits) as in f32. A wrong fragment
+/// row or column mixes pairs or code units and misses by the size of the codes.
+#[test]
+fn device_partial_tensor_cores_match_twin() {
+    for dev in emu::devices("partial-encoder forward on tensor cores vs model::partial") {
+        let kern = CudaPartial::new(&dev).unwrap();
+        let mut ran = 0;
+        for c in cases() {
+            let pe = c.pe();
+            if !splicevi::cuda::partial::tensor_cores_fit(pe.h_hidden, pe.code_dim) {
+                continue;
+            }
+            let got = kern.run_host(pe, &c.p, &c.spl, c.mode, &c.dpool, true).unwrap();
+            let want = twin(&c);
+            let scale = want.pool.iter().fold(1.0f64, |a, &v| a.max((v as f64).abs()));
+            let mut worst = 0.0f64;
+            for (k, (&g, &w)) in got.pool.iter().zip(&want.pool).enumerate() {
+                let err = (g as f64 - w as f64).abs();
+                assert!(g.is_finite() && err <= 3e-2 * scale, "{}: tensor-core pool[{k}] = {g:e}, twin {w:e} (tolerance {:e})", c.name, 3e-2 * scale);
+                worst = worst.max(err / scale);
+            }
+            // It must be the bf16 kernel that ran: the f32 kernel agrees with the twin to 2e-4.
+            let f32_run = kern.run_host(pe, &c.p, &c.spl, c.mode, &c.dpool, false).unwrap();
+            assert!(got.pool.iter().zip(&f32_run.pool).any(|(a, b)| a != b), "{}: the tensor-core pool equals the f32 kernel's bit for bit", c.name);
+            assert_eq!(got.keep, want.keep, "{}: keep bits", c.name);
+            for (k, name) in PARAM_NAMES.iter().enumerate() {
+                close(&format!("d {name}"), &c.name, &got.grads[k], &want.grads[k], 1.0);
+            }
+            println!("{} {}: tensor-core pool worst |Δ| {worst:.2e} of max(max|twin|, 1)", dev.info().name, c.name);
+            ran += 1;
+        }
+        assert_eq!(ran, 3, "tensor-core cases");
     }
 }

@@ -72,6 +72,18 @@ pub fn fwd_warps_per_block(hh: usize, d: usize) -> usize {
     (SMEM_LIMIT / smem_per_warp(hh, d, false)).clamp(1, PART_THREADS as usize / 32)
 }
 
+/// Whether `partial_pool_fwd_tc` takes these layers: its tiles are 16 hidden units deep and 8 code
+/// units wide.
+pub fn tensor_cores_fit(hh: usize, d: usize) -> bool {
+    hh % 16 == 0 && d % 8 == 0
+}
+
+/// `partial_tc_smem_per_warp` of kernels/partial.cu: the 16 × (Hh + 8) bf16 tile, then 16 × (α, β)
+/// and 16 × (junction, pair id).
+pub fn tc_smem_per_warp(hh: usize) -> usize {
+    (16 * (hh + 8) * 2).div_ceil(16) * 16 + 16 * 16 + 16 * 4 * 2
+}
+
 /// Number of backward warps for J junctions.
 pub fn bwd_warps(j: usize) -> usize {
     j.clamp(1, PART_BWD_WARPS)
@@ -96,6 +108,9 @@ pub struct PartialShape {
     pub center: bool,
     /// (key, threshold, 1 / (1 − p)) when the h network's dropout acts in this pass.
     pub dropout: Option<(u64, u32, f32)>,
+    /// The pooled forward's second Linear on tensor cores with bf16 operands (`partial_pool_fwd_tc`;
+    /// `--precision bf16`, where [`tensor_cores_fit`]). The backward stays f32.
+    pub tensor_cores: bool,
 }
 
 impl PartialShape {
@@ -125,6 +140,7 @@ impl PartialShape {
             divisor,
             center: pe.center.is_some(),
             dropout,
+            tensor_cores: false,
         }
     }
 
@@ -291,6 +307,7 @@ pub struct CudaPartial<'d> {
     fold: Kernel,
     ref_fwd: Kernel,
     pool_fwd: Kernel,
+    pool_fwd_tc: Kernel,
     pool_combine: Kernel,
     pair_bwd: Kernel,
     ref_bwd: Kernel,
@@ -319,6 +336,7 @@ impl<'d> CudaPartial<'d> {
             fold: f("partial_fold")?,
             ref_fwd: f("partial_ref_fwd")?,
             pool_fwd: f("partial_pool_fwd")?,
+            pool_fwd_tc: f("partial_pool_fwd_tc")?,
             pool_combine: f("partial_pool_combine")?,
             pair_bwd: f("partial_pair_bwd")?,
             ref_bwd: f("partial_ref_bwd")?,
@@ -409,10 +427,18 @@ impl<'d> CudaPartial<'d> {
             &w.pool_part.device_address(),
             &w.keep.device_address(),
         ];
-        // Up to 4 warps (chunks) per block, fewer where their shared memory would pass the 48 KiB a
-        // launch gets without opting in (small D with a wide h layer: 32 pairs per warp at a time).
-        let pw = fwd_warps_per_block(hh, d);
-        self.dev.launch(&self.pool_fwd, cfg(n_chunks.div_ceil(pw), 32 * pw as u32, pw * smem_per_warp(hh, d, false)), &args)?;
+        if s.tensor_cores {
+            // 16 pairs per pass, the second Linear as 16 × 8 × 16 tensor-core tiles; 4 warps per block
+            // (4 × 8.8 KiB of tiles at Hh = 256).
+            ensure!(tensor_cores_fit(hh, d), "partial: the tensor-core forward needs h_hidden_dim % 16 == 0 and code_dim % 8 == 0 (got {hh}, {d})");
+            let pw = PART_THREADS as usize / 32;
+            self.dev.launch(&self.pool_fwd_tc, cfg(n_chunks.div_ceil(pw), PART_THREADS, pw * tc_smem_per_warp(hh)), &args)?;
+        } else {
+            // Up to 4 warps (chunks) per block, fewer where their shared memory would pass the 48 KiB
+            // a launch gets without opting in (small D with a wide h layer: 32 pairs per warp at a time).
+            let pw = fwd_warps_per_block(hh, d);
+            self.dev.launch(&self.pool_fwd, cfg(n_chunks.div_ceil(pw), 32 * pw as u32, pw * smem_per_warp(hh, d, false)), &args)?;
+        }
         let args: [&dyn KernelArg; 8] = [
             &w.pool_part.device_address(),
             &bt.indptr.device_address(),
@@ -543,9 +569,10 @@ impl<'d> CudaPartial<'d> {
     }
 
     /// Convenience for tests: uploads the twin's inputs, poisons the outputs (pool with NaN; the
-    /// gradients start at zero, as the twin's), runs the forward and, given `dpool`, the backward.
-    pub fn run_host(&self, pe: &PartialEncP, p: &Params<f32>, spl: &SplBatch, mode: Mode, dpool: &[f32]) -> Result<PartialHost> {
-        let s = PartialShape::of(pe, p, spl, mode);
+    /// gradients start at zero, as the twin's), runs the forward (on tensor cores when asked) and,
+    /// given `dpool`, the backward.
+    pub fn run_host(&self, pe: &PartialEncP, p: &Params<f32>, spl: &SplBatch, mode: Mode, dpool: &[f32], tensor_cores: bool) -> Result<PartialHost> {
+        let s = PartialShape { tensor_cores, ..PartialShape::of(pe, p, spl, mode) };
         let dev = self.dev;
         let up = |idx: usize| dev.upload(p.get(idx));
         let (emb, w0, b0, g1, be1) = (up(pe.emb)?, up(pe.h0.w)?, up(pe.h0.b.unwrap())?, up(pe.ln1_w)?, up(pe.ln1_b)?);

@@ -36,7 +36,7 @@ use super::gemm::{CudaGemm, GemmPrecision, Operand};
 use super::glue::{Cols, CudaGlue, MapOp};
 use super::latent::{penalty_scale, CudaLatent, LatentDevFwd, LatentDevGrads, LatentDevIn, LatentShape};
 use super::optim::{CudaOptim, GRAD_NORM_MAX_BLOCKS};
-use super::partial::{junction_major, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
+use super::partial::{junction_major, tensor_cores_fit, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
 use super::runtime::{CudaDevice, DevBuf, DeviceMem, StagingBuf, StagingPool};
 use super::resident::{DevCsr, DeviceDataset, ResidentIndex};
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
@@ -1802,7 +1802,9 @@ impl<'d> DeviceModel<'d> {
         }
         let (mu_s, v_s, spl_enc) = match &a.z_enc_spl {
             SplEncP::Partial(pe) => {
-                let shape = PartialShape::of_counts(pe, &self.host, m.dims.n_junctions, b, hb.nnz, mode);
+                let mut shape = PartialShape::of_counts(pe, &self.host, m.dims.n_junctions, b, hb.nnz, mode);
+                // --precision bf16: the pooled forward's h network on tensor cores where the tiles fit.
+                shape.tensor_cores = matches!(self.precision, GemmPrecision::Bf16) && tensor_cores_fit(pe.h_hidden, pe.code_dim);
                 let (cap, mut work) = self.take_partial_work(&shape)?;
                 let (pv, pc) = self.partial_views(pe);
                 let pp = partial_params(&pv, &pc);
