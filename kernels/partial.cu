@@ -859,6 +859,466 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
     write_slot(g, s, lane, acc, slots + gw * S, slot_d + 2 * gw);
 }
 
+// partial_pair_bwd on tensor cores, for --precision bf16 (same arguments and outputs; the launcher uses
+// it where tensor_cores_bwd_fit: Hh % 16 == 0, D % 8 == 0, D ≤ PART_TC_DMAX and the shared memory
+// below within 48 KiB; where D % 16 == 8 the products over D run on D16 = D rounded up to 16, the
+// extra code units zero). A pass takes 16 pairs of the warp's junction:
+//   1. their first block (f32, the forward's keep bits), rounded to bf16 into the tile h1 (16 × Hh);
+//   2. the second Linear h1·W₄ᵀ as mma tiles, + b₄, the LayerNorm and its backward in f32 from the
+//      fragments (a row is a quad of lanes), giving d(h2), rounded to bf16 into dh (16 × D) and dhᵀ;
+//   3. d W₄ += dhᵀ·h1 (D × Hh, K = the 16 pairs) as mma tiles whose accumulator is the warp's f32
+//      d W₄ in shared memory (read, multiply-add, write back);
+//   4. d(d1) = dh·W₄ (16 × Hh, B = W₄ᵀ from the fold) as mma tiles; da = d(d1) where the pair's unit
+//      was active (the h1 tile's sign bits, read before step 5 overwrites the tile), its per-pair sums
+//      (Σ da·g₁, Σ da·u, Σ da·b̃) from the fragments, and da itself into an f32 tile that overlays
+//      h1 / dh / dhᵀ;
+//   5. the sums over the pass's pairs per hidden unit (Q_j, Σ da, Σ β·da) from that tile, lanes over
+//      units as in partial_pair_bwd.
+// Per-column sums of the LayerNorm (b₄, g₅, be₅) stay in the lanes' fragment registers until the slot
+// is written. Differs from partial_pair_bwd by the bf16 rounding of the products' operands and the
+// summation orders; deterministic (fixed partition, no atomics). (Never run on a GPU: checked on the host
+// by tests/cuda_partial_parity.rs.)
+#define PART_TC_DMAX 64
+
+// Dynamic shared memory per warp of partial_pair_bwd_tc: d W₄ (D × Hh f32), then a region holding
+// either [h1 (16 × (Hh + 8)) | dh (16 × (D16 + 8)) | dhᵀ (D16 × 24)] (bf16) or da (16 × (Hh + 4), f32),
+// then per pass pair α, β (f64), ψ, the pool divisor, cell.
+__host__ __device__ inline size_t partial_tc_bwd_tiles(int Hh, int D) {
+    const int D16 = (D + 15) / 16 * 16;
+    const size_t bf = ((size_t)16 * (Hh + 8) + (size_t)16 * (D16 + 8) + (size_t)D16 * 24) * 2;
+    const size_t da = (size_t)16 * (Hh + 4) * 4;
+    return ((bf > da ? bf : da) + 15) / 16 * 16;
+}
+__host__ __device__ inline size_t partial_tc_bwd_smem_per_warp(int Hh, int D) {
+    return (size_t)D * Hh * 4 + partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4 + 4);
+}
+
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, const float* __restrict__ be1,
+                    const float* __restrict__ g1, const float* __restrict__ w4, const float* __restrict__ w4t,
+                    const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
+                    const double* __restrict__ suu, const double* __restrict__ sub, const double* __restrict__ sbb,
+                    int Hh, int D, int J, int n_warps, const int* __restrict__ indptr, const int* __restrict__ jptr,
+                    const int* __restrict__ order, const int* __restrict__ cell_of, const float* __restrict__ psi,
+                    const float* __restrict__ center, const float* __restrict__ dpool, int pool_mode, float divisor,
+                    int dropout, float dropout_scale, const unsigned long long* __restrict__ keep,
+                    float* __restrict__ q, double* __restrict__ cj, float* __restrict__ slots,
+                    double* __restrict__ slot_d) {
+    PART_SMEM(smem);
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gw = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (gw >= n_warps) return;
+    const Geo g = geo(Hh, D);
+    const float scale = dropout ? dropout_scale : 1.0f;
+    const int gr = (int)lane >> 2, tq = (int)lane & 3;
+    const int NT = D / 8, KD = (D + 15) / 16, NH = Hh / 8;
+    const int ldh = Hh + 8, ldd = 16 * KD + 8, ldt = 24, lda = Hh + 4;
+    unsigned char* base = smem + (size_t)warp * partial_tc_bwd_smem_per_warp(Hh, D);
+    float* sw4 = (float*)base;
+    unsigned char* region = base + (size_t)D * Hh * 4;
+    uint16_t* h1 = (uint16_t*)region;
+    uint16_t* dh = h1 + 16 * ldh;
+    uint16_t* dht = dh + 16 * ldd;
+    float* da = (float*)region;
+    double* ab = (double*)(region + partial_tc_bwd_tiles(Hh, D));
+    float* spsi = (float*)(ab + 32);
+    float* sden = spsi + 16;  // the pool divisor of the pair's cell (1 for rows past the pass)
+    int* scell = (int*)(sden + 16);
+    for (int x = lane; x < D * Hh; x += 32) sw4[x] = 0.0f;
+    // Per-lane accumulators: lanes over hidden units (as partial_pair_bwd's Acc) ...
+    float aq[HPL_MAX], asbe1[HPL_MAX], asr[HPL_MAX];
+#pragma unroll
+    for (int i = 0; i < HPL_MAX; ++i) aq[i] = asbe1[i] = asr[i] = 0.0f;
+    // ... and, for the LayerNorm's columns t = nt·8 + 2·tq + x, over the lane's two rows of every pass.
+    float ab4[PART_TC_DMAX / 8][2], ag5[PART_TC_DMAX / 8][2], abe5[PART_TC_DMAX / 8][2];
+#pragma unroll
+    for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt)
+        ab4[nt][0] = ab4[nt][1] = ag5[nt][0] = ag5[nt][1] = abe5[nt][0] = abe5[nt][1] = 0.0f;
+    double e1 = 0.0, e3 = 0.0;  // lanes tq == 0, their rows
+    __syncwarp();
+    for (int j = gw; j < J; j += n_warps) {
+#pragma unroll
+        for (int i = 0; i < HPL_MAX; ++i) aq[i] = 0.0f;
+        // The junction's Σψβm₁, Σψβm₂α, Σψβm₂β, Σβm₂α (lanes tq == 0, over their rows).
+        double c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0;
+        const int s0 = jptr[j], s1 = jptr[j + 1];
+        for (int p0 = s0; p0 < s1; p0 += 16) {
+            const int ng = s1 - p0 < 16 ? s1 - p0 : 16;
+            if (lane < 16) {
+                double al = 0.0, be = 0.0;
+                float x = 0.0f, den = 1.0f;
+                int cell = 0;
+                if ((int)lane < ng) {
+                    const int p = order[p0 + lane];
+                    cell = cell_of[p];
+                    x = center ? psi[p] - center[j] : psi[p];
+                    const double xd = (double)x;
+                    double var = xd * xd * suu[j] + 2.0 * xd * sub[j] + sbb[0];
+                    var = var > 0.0 ? var : 0.0;
+                    be = 1.0 / sqrt(var + PART_LN_EPS);
+                    al = xd * be;
+                    den = pool_den(pool_mode, indptr[cell + 1] - indptr[cell], divisor);
+                }
+                ab[2 * lane] = al;
+                ab[2 * lane + 1] = be;
+                spsi[lane] = x;
+                sden[lane] = den;
+                scell[lane] = cell;
+            }
+            __syncwarp();
+            // 1. h1, rows ≥ ng zero.
+            for (int r = 0; r < 16; ++r) {
+                const bool live = r < ng;
+                const float a = (float)ab[2 * r], b = (float)ab[2 * r + 1];
+                const long long p = live ? order[p0 + r] : 0;
+#pragma unroll
+                for (int i = 0; i < HPL_MAX; ++i) {
+                    const int k = (int)lane + 32 * i;
+                    if (i < g.HPL && k < Hh) {
+                        float v = 0.0f;
+                        if (live) {
+                            v = a * ug[(long long)j * Hh + k] + (b * bg[k] + be1[k]);
+                            v = v > 0.0f ? v : 0.0f;
+                            if (dropout) v = ((keep[p * g.kw + k / 64] >> (k % 64)) & 1) ? v * scale : 0.0f;
+                        }
+                        h1[r * ldh + k] = (uint16_t)mma_bf16_bits(v);
+                    }
+                }
+            }
+            __syncwarp();
+            // 2. h2 = h1·W₄ᵀ + b₄ (rows gr: [·][0..1], gr + 8: [·][2..3]), LayerNorm, its backward.
+            float hx[PART_TC_DMAX / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) hx[nt][0] = hx[nt][1] = hx[nt][2] = hx[nt][3] = 0.0f;
+            for (int ks = 0; ks < Hh / 16; ++ks) {
+                const int k0 = ks * 16 + 2 * tq;
+                const uint32_t af[4] = {*(const uint32_t*)(h1 + gr * ldh + k0), *(const uint32_t*)(h1 + (gr + 8) * ldh + k0),
+                                        *(const uint32_t*)(h1 + gr * ldh + k0 + 8), *(const uint32_t*)(h1 + (gr + 8) * ldh + k0 + 8)};
+#pragma unroll
+                for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
+                    if (nt < NT) {
+                        const float* wr = w4 + (long long)(nt * 8 + gr) * Hh + k0;
+                        const uint32_t bf[2] = {mma_pack_bf16x2(wr[0], wr[1]), mma_pack_bf16x2(wr[8], wr[9])};
+                        mma_m16n8k16_bf16(hx[nt], af, bf, hx[nt]);
+                    }
+                }
+            }
+            float m0 = 0.0f, m1 = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
+                if (nt < NT) {
+#pragma unroll
+                    for (int x = 0; x < 2; ++x) {
+                        const float bb = b4[nt * 8 + 2 * tq + x];
+                        hx[nt][x] += bb;
+                        hx[nt][2 + x] += bb;
+                        m0 += hx[nt][x];
+                        m1 += hx[nt][2 + x];
+                    }
+                }
+            }
+            m0 += __shfl_xor_sync(0xffffffffu, m0, 1);
+            m0 += __shfl_xor_sync(0xffffffffu, m0, 2);
+            m1 += __shfl_xor_sync(0xffffffffu, m1, 1);
+            m1 += __shfl_xor_sync(0xffffffffu, m1, 2);
+            m0 /= (float)D;
+            m1 /= (float)D;
+            float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
+                if (nt < NT) {
+#pragma unroll
+                    for (int x = 0; x < 2; ++x) {
+                        hx[nt][x] -= m0;
+                        hx[nt][2 + x] -= m1;
+                        v0 += hx[nt][x] * hx[nt][x];
+                        v1 += hx[nt][2 + x] * hx[nt][2 + x];
+                    }
+                }
+            }
+            v0 += __shfl_xor_sync(0xffffffffu, v0, 1);
+            v0 += __shfl_xor_sync(0xffffffffu, v0, 2);
+            v1 += __shfl_xor_sync(0xffffffffu, v1, 1);
+            v1 += __shfl_xor_sync(0xffffffffu, v1, 2);
+            const float inv0 = 1.0f / sqrtf(v0 / (float)D + (float)PART_LN_EPS);
+            const float inv1 = 1.0f / sqrtf(v1 / (float)D + (float)PART_LN_EPS);
+            // hx becomes x̂; dx = d(a2)·g₅ (d(a2) = d(code) where the ReLU passed); row sums of dx, dx·x̂.
+            const bool live0 = gr < ng, live1 = gr + 8 < ng;
+            const int cell0 = scell[gr], cell1 = scell[gr + 8];
+            const float den0 = sden[gr], den1 = sden[gr + 8];
+            float dxv[PART_TC_DMAX / 8][4];
+            float s10 = 0.0f, s11 = 0.0f, s20 = 0.0f, s21 = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
+                if (nt < NT) {
+#pragma unroll
+                    for (int x = 0; x < 2; ++x) {
+                        const int t = nt * 8 + 2 * tq + x;
+                        hx[nt][x] *= inv0;
+                        hx[nt][2 + x] *= inv1;
+                        const float a20 = hx[nt][x] * g5[t] + be5[t], a21 = hx[nt][2 + x] * g5[t] + be5[t];
+                        float dc0 = live0 ? dpool[(long long)cell0 * D + t] : 0.0f;
+                        float dc1 = live1 ? dpool[(long long)cell1 * D + t] : 0.0f;
+                        if (den0 != 1.0f) dc0 /= den0;
+                        if (den1 != 1.0f) dc1 /= den1;
+                        const float d0 = a20 > 0.0f ? dc0 : 0.0f, d1 = a21 > 0.0f ? dc1 : 0.0f;
+                        ag5[nt][x] += d0 * hx[nt][x] + d1 * hx[nt][2 + x];
+                        abe5[nt][x] += d0 + d1;
+                        dxv[nt][x] = d0 * g5[t];
+                        dxv[nt][2 + x] = d1 * g5[t];
+                        s10 += dxv[nt][x];
+                        s11 += dxv[nt][2 + x];
+                        s20 += dxv[nt][x] * hx[nt][x];
+                        s21 += dxv[nt][2 + x] * hx[nt][2 + x];
+                    }
+                }
+            }
+            s10 += __shfl_xor_sync(0xffffffffu, s10, 1);
+            s10 += __shfl_xor_sync(0xffffffffu, s10, 2);
+            s11 += __shfl_xor_sync(0xffffffffu, s11, 1);
+            s11 += __shfl_xor_sync(0xffffffffu, s11, 2);
+            s20 += __shfl_xor_sync(0xffffffffu, s20, 1);
+            s20 += __shfl_xor_sync(0xffffffffu, s20, 2);
+            s21 += __shfl_xor_sync(0xffffffffu, s21, 1);
+            s21 += __shfl_xor_sync(0xffffffffu, s21, 2);
+            s10 /= (float)D;
+            s11 /= (float)D;
+            s20 /= (float)D;
+            s21 /= (float)D;
+#pragma unroll
+            for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
+                if (nt < NT) {
+#pragma unroll
+                    for (int x = 0; x < 2; ++x) {
+                        const int t = nt * 8 + 2 * tq + x;
+                        const float g0 = inv0 * (dxv[nt][x] - s10 - hx[nt][x] * s20);
+                        const float g1v = inv1 * (dxv[nt][2 + x] - s11 - hx[nt][2 + x] * s21);
+                        ab4[nt][x] += g0 + g1v;
+                        const uint16_t b0 = (uint16_t)mma_bf16_bits(g0), b1 = (uint16_t)mma_bf16_bits(g1v);
+                        dh[gr * ldd + t] = b0;
+                        dh[(gr + 8) * ldd + t] = b1;
+                        dht[t * ldt + gr] = b0;
+                        dht[t * ldt + gr + 8] = b1;
+                    }
+                }
+            }
+            if (D % 16) {  // the code units D .. D16 − 1 of dh and dhᵀ are zero
+                for (int x = lane; x < 16 * 8; x += 32) {
+                    dh[(x / 8) * ldd + D + x % 8] = 0;
+                    dht[(D + x % 8) * ldt + x / 8] = 0;
+                }
+            }
+            __syncwarp();
+            // 3. d W₄ (D × Hh) += dhᵀ·h1: A = dhᵀ (row-major, K = the 16 pairs), B[k][n] = h1[k][n].
+            uint32_t at[PART_TC_DMAX / 16][4];
+#pragma unroll
+            for (int mt = 0; mt < PART_TC_DMAX / 16; ++mt) {
+                if (mt < KD) {
+                    const uint16_t* r0 = dht + (mt * 16 + gr) * ldt + 2 * tq;
+                    const uint16_t* r1 = dht + (mt * 16 + gr + 8) * ldt + 2 * tq;
+                    at[mt][0] = *(const uint32_t*)r0;
+                    at[mt][1] = *(const uint32_t*)r1;
+                    at[mt][2] = *(const uint32_t*)(r0 + 8);
+                    at[mt][3] = *(const uint32_t*)(r1 + 8);
+                }
+            }
+            for (int nt = 0; nt < NH; ++nt) {
+                const int n = nt * 8 + gr;
+                const uint32_t bf[2] = {(uint32_t)h1[(2 * tq) * ldh + n] | ((uint32_t)h1[(2 * tq + 1) * ldh + n] << 16),
+                                        (uint32_t)h1[(2 * tq + 8) * ldh + n] | ((uint32_t)h1[(2 * tq + 9) * ldh + n] << 16)};
+                const int col = nt * 8 + 2 * tq;
+#pragma unroll
+                for (int mt = 0; mt < PART_TC_DMAX / 16; ++mt) {
+                    if (mt < KD) {
+                        // rows mt·16 + gr + 8 ≥ D (D % 16 == 8) are padding: not read, not written
+                        const bool hi = mt * 16 + gr + 8 < D;
+                        float* c0p = sw4 + (long long)(mt * 16 + gr) * Hh + col;
+                        float* c1p = sw4 + (long long)(mt * 16 + gr + 8) * Hh + col;
+                        float cf[4] = {c0p[0], c0p[1], hi ? c1p[0] : 0.0f, hi ? c1p[1] : 0.0f};
+                        mma_m16n8k16_bf16(cf, at[mt], bf, cf);
+                        c0p[0] = cf[0];
+                        c0p[1] = cf[1];
+                        if (hi) {
+                            c1p[0] = cf[2];
+                            c1p[1] = cf[3];
+                        }
+                    }
+                }
+            }
+            // 4. The active units of the lane's fragment positions (rows gr, gr + 8; columns nt·8 + 2tq + x),
+            // and dh's A fragments, before the da tile overwrites h1 and dh.
+            uint32_t act[PART_HMAX / 64];
+#pragma unroll
+            for (int w = 0; w < PART_HMAX / 64; ++w) act[w] = 0u;
+            for (int nt = 0; nt < NH; ++nt) {
+#pragma unroll
+                for (int y = 0; y < 4; ++y) {
+                    const int r = gr + (y >= 2 ? 8 : 0), k = nt * 8 + 2 * tq + (y & 1);
+                    if (h1[r * ldh + k] != 0 && !(h1[r * ldh + k] & 0x8000u)) act[(nt * 4 + y) / 32] |= 1u << ((nt * 4 + y) % 32);
+                }
+            }
+            uint32_t adh[PART_TC_DMAX / 16][4];
+#pragma unroll
+            for (int ks = 0; ks < PART_TC_DMAX / 16; ++ks) {
+                if (ks < KD) {
+                    const int k0 = ks * 16 + 2 * tq;
+                    adh[ks][0] = *(const uint32_t*)(dh + gr * ldd + k0);
+                    adh[ks][1] = *(const uint32_t*)(dh + (gr + 8) * ldd + k0);
+                    adh[ks][2] = *(const uint32_t*)(dh + gr * ldd + k0 + 8);
+                    adh[ks][3] = *(const uint32_t*)(dh + (gr + 8) * ldd + k0 + 8);
+                }
+            }
+            __syncwarp();
+            // d(d1) = dh·W₄ (B[t][k] = W₄[t][k]: column k of B is row k of W₄ᵀ), da, its per-pair sums.
+            float p10 = 0.0f, p11 = 0.0f, pu0 = 0.0f, pu1 = 0.0f, pb0 = 0.0f, pb1 = 0.0f;
+            for (int nt = 0; nt < NH; ++nt) {
+                const int n = nt * 8 + gr;
+                float cf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int ks = 0; ks < PART_TC_DMAX / 16; ++ks) {
+                    if (ks < KD) {
+                        const int t0 = ks * 16 + 2 * tq;
+                        const float* wr = w4t + (long long)n * D + t0;
+                        const bool hi = t0 + 8 < D;  // (D % 16 == 8: code units ≥ D are zero)
+                        const uint32_t bf[2] = {mma_pack_bf16x2(wr[0], wr[1]), hi ? mma_pack_bf16x2(wr[8], wr[9]) : 0u};
+                        mma_m16n8k16_bf16(cf, adh[ks], bf, cf);
+                    }
+                }
+#pragma unroll
+                for (int y = 0; y < 4; ++y) {
+                    const int r = gr + (y >= 2 ? 8 : 0), k = nt * 8 + 2 * tq + (y & 1);
+                    const bool on = (act[(nt * 4 + y) / 32] >> ((nt * 4 + y) % 32)) & 1u;
+                    const float v = on ? cf[y] * scale : 0.0f;
+                    da[r * lda + k] = v;
+                    const float gu = ug[(long long)j * Hh + k];
+                    if (y < 2) {
+                        p10 += v * g1[k];
+                        pu0 += v * gu;
+                        pb0 += v * bg[k];
+                    } else {
+                        p11 += v * g1[k];
+                        pu1 += v * gu;
+                        pb1 += v * bg[k];
+                    }
+                }
+            }
+            p10 += __shfl_xor_sync(0xffffffffu, p10, 1);
+            p10 += __shfl_xor_sync(0xffffffffu, p10, 2);
+            p11 += __shfl_xor_sync(0xffffffffu, p11, 1);
+            p11 += __shfl_xor_sync(0xffffffffu, p11, 2);
+            pu0 += __shfl_xor_sync(0xffffffffu, pu0, 1);
+            pu0 += __shfl_xor_sync(0xffffffffu, pu0, 2);
+            pu1 += __shfl_xor_sync(0xffffffffu, pu1, 1);
+            pu1 += __shfl_xor_sync(0xffffffffu, pu1, 2);
+            pb0 += __shfl_xor_sync(0xffffffffu, pb0, 1);
+            pb0 += __shfl_xor_sync(0xffffffffu, pb0, 2);
+            pb1 += __shfl_xor_sync(0xffffffffu, pb1, 1);
+            pb1 += __shfl_xor_sync(0xffffffffu, pb1, 2);
+            if (tq == 0) {
+                const double inv_h = 1.0 / (double)Hh;
+#pragma unroll
+                for (int y = 0; y < 2; ++y) {
+                    const int r = gr + 8 * y;
+                    const double alpha = ab[2 * r], beta = ab[2 * r + 1], ps = (double)spsi[r];
+                    const double m1d = (double)(y ? p11 : p10) * inv_h;
+                    const double m2d = (alpha * (double)(y ? pu1 : pu0) + beta * (double)(y ? pb1 : pb0)) * inv_h;
+                    c0 += ps * beta * m1d;
+                    c1 += ps * beta * m2d * alpha;
+                    c2 += ps * beta * m2d * beta;
+                    c3 += beta * m2d * alpha;
+                    e1 += beta * m1d;
+                    e3 += beta * m2d * beta;
+                }
+            }
+            __syncwarp();
+            // 5. Sums over the pass's pairs per hidden unit.
+#pragma unroll
+            for (int i = 0; i < HPL_MAX; ++i) {
+                const int k = (int)lane + 32 * i;
+                if (i < g.HPL && k < Hh) {
+                    float sq = 0.0f, sb = 0.0f, ss = 0.0f;
+                    for (int r = 0; r < ng; ++r) {
+                        const float v = da[r * lda + k];
+                        ss += v;
+                        sb += (float)ab[2 * r + 1] * v;
+                        sq += (float)ab[2 * r] * v;
+                    }
+                    asbe1[i] += ss;
+                    asr[i] += sb;
+                    aq[i] += sq;
+                }
+            }
+            __syncwarp();
+        }
+#pragma unroll
+        for (int i = 0; i < HPL_MAX; ++i) {
+            const int k = (int)lane + 32 * i;
+            if (i < g.HPL && k < Hh) q[(long long)j * Hh + k] = aq[i];
+        }
+        // the junction's scalars: lanes tq == 0 of the eight row groups
+        c0 += __shfl_xor_sync(0xffffffffu, c0, 4);
+        c0 += __shfl_xor_sync(0xffffffffu, c0, 8);
+        c0 += __shfl_xor_sync(0xffffffffu, c0, 16);
+        c1 += __shfl_xor_sync(0xffffffffu, c1, 4);
+        c1 += __shfl_xor_sync(0xffffffffu, c1, 8);
+        c1 += __shfl_xor_sync(0xffffffffu, c1, 16);
+        c2 += __shfl_xor_sync(0xffffffffu, c2, 4);
+        c2 += __shfl_xor_sync(0xffffffffu, c2, 8);
+        c2 += __shfl_xor_sync(0xffffffffu, c2, 16);
+        c3 += __shfl_xor_sync(0xffffffffu, c3, 4);
+        c3 += __shfl_xor_sync(0xffffffffu, c3, 8);
+        c3 += __shfl_xor_sync(0xffffffffu, c3, 16);
+        if (lane == 0) {
+            cj[4 * (long long)j] = c0;
+            cj[4 * (long long)j + 1] = c1;
+            cj[4 * (long long)j + 2] = c2;
+            cj[4 * (long long)j + 3] = c3;
+        }
+    }
+    // The warp's slot: [R | be₁ | W₄ | b₄ | g₅ | be₅], (e₁, e₃).
+    const long long S = 2LL * Hh + (long long)D * Hh + 3LL * D;
+    float* slot = slots + gw * S;
+#pragma unroll
+    for (int i = 0; i < HPL_MAX; ++i) {
+        const int k = (int)lane + 32 * i;
+        if (i < g.HPL && k < Hh) {
+            slot[k] = asr[i];
+            slot[Hh + k] = asbe1[i];
+        }
+    }
+    __syncwarp();
+    for (int x = lane; x < D * Hh; x += 32) slot[2 * Hh + x] = sw4[x];
+    float* tail = slot + 2 * Hh + (long long)D * Hh;
+#pragma unroll
+    for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
+        if (nt < NT) {
+#pragma unroll
+            for (int x = 0; x < 2; ++x) {
+                float vb = ab4[nt][x], vg = ag5[nt][x], ve = abe5[nt][x];
+                for (int o = 4; o < 32; o <<= 1) {
+                    vb += __shfl_xor_sync(0xffffffffu, vb, o);
+                    vg += __shfl_xor_sync(0xffffffffu, vg, o);
+                    ve += __shfl_xor_sync(0xffffffffu, ve, o);
+                }
+                const int t = nt * 8 + 2 * tq + x;
+                if (gr == 0) {
+                    tail[t] = vb;
+                    tail[D + t] = vg;
+                    tail[2 * D + t] = ve;
+                }
+            }
+        }
+    }
+    for (int o = 4; o < 32; o <<= 1) {
+        e1 += __shfl_xor_sync(0xffffffffu, e1, o);
+        e3 += __shfl_xor_sync(0xffffffffu, e3, o);
+    }
+    if (lane == 0) {
+        slot_d[2 * gw] = e1;
+        slot_d[2 * gw + 1] = e3;
+    }
+}
+
 // One warp: h(0)'s share of the backward (`partial_center_psi`): d h(0) = −Σ_i n_i·d(code)_i through the
 // reference pair, into slot `slot` (its Q_j and per-junction scalars are zero: ψ = 0).
 extern "C" __global__ void __launch_bounds__(32)

@@ -84,6 +84,25 @@ pub fn tc_smem_per_warp(hh: usize) -> usize {
     (16 * (hh + 8) * 2).div_ceil(16) * 16 + 16 * 16 + 16 * 4 * 2
 }
 
+/// `partial_tc_bwd_smem_per_warp` of kernels/partial.cu: the warp's d W₄ (D × Hh f32), the tiles (bf16
+/// h1, dh, dhᵀ, or the f32 da that overlays them) and the pass pairs' scalars.
+pub fn tc_bwd_smem_per_warp(hh: usize, d: usize) -> usize {
+    let d16 = d.div_ceil(16) * 16;
+    let bf = (16 * (hh + 8) + 16 * (d16 + 8) + d16 * 24) * 2;
+    let da = 16 * (hh + 4) * 4;
+    d * hh * 4 + bf.max(da).div_ceil(16) * 16 + 16 * (16 + 4 + 4 + 4)
+}
+
+/// Largest code_dim of `partial_pair_bwd_tc` (PART_TC_DMAX: its LayerNorm sums live in registers).
+pub const PART_TC_DMAX: usize = 64;
+
+/// Whether `partial_pair_bwd_tc` takes these layers: Hh in 16-deep tiles, D in 8-wide ones (padded to
+/// 16 where the product runs over D), D ≤ PART_TC_DMAX, and one warp's shared memory within a launch's
+/// default 48 KiB (the `paper` preset's 128 × 64 uses 43 KiB).
+pub fn tensor_cores_bwd_fit(hh: usize, d: usize) -> bool {
+    hh % 16 == 0 && d % 8 == 0 && d <= PART_TC_DMAX && hh <= PART_HMAX && tc_bwd_smem_per_warp(hh, d) <= SMEM_LIMIT
+}
+
 /// Number of backward warps for J junctions.
 pub fn bwd_warps(j: usize) -> usize {
     j.clamp(1, PART_BWD_WARPS)
@@ -108,8 +127,9 @@ pub struct PartialShape {
     pub center: bool,
     /// (key, threshold, 1 / (1 − p)) when the h network's dropout acts in this pass.
     pub dropout: Option<(u64, u32, f32)>,
-    /// The pooled forward's second Linear on tensor cores with bf16 operands (`partial_pool_fwd_tc`;
-    /// `--precision bf16`, where [`tensor_cores_fit`]). The backward stays f32.
+    /// The h network's products on tensor cores with bf16 operands (`--precision bf16`): the pooled
+    /// forward's where [`tensor_cores_fit`] (`partial_pool_fwd_tc`), the backward's where also
+    /// [`tensor_cores_bwd_fit`] (`partial_pair_bwd_tc`; otherwise the f32 `partial_pair_bwd`).
     pub tensor_cores: bool,
 }
 
@@ -310,6 +330,7 @@ pub struct CudaPartial<'d> {
     pool_fwd_tc: Kernel,
     pool_combine: Kernel,
     pair_bwd: Kernel,
+    pair_bwd_tc: Kernel,
     ref_bwd: Kernel,
     unfold_rows: Kernel,
     bwd_jsums: Kernel,
@@ -339,6 +360,7 @@ impl<'d> CudaPartial<'d> {
             pool_fwd_tc: f("partial_pool_fwd_tc")?,
             pool_combine: f("partial_pool_combine")?,
             pair_bwd: f("partial_pair_bwd")?,
+            pair_bwd_tc: f("partial_pair_bwd_tc")?,
             ref_bwd: f("partial_ref_bwd")?,
             unfold_rows: f("partial_unfold_rows")?,
             bwd_jsums: f("partial_bwd_jsums")?,
@@ -491,7 +513,14 @@ impl<'d> CudaPartial<'d> {
             &w.slots.device_address(),
             &w.slot_d.device_address(),
         ];
-        self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
+        if s.tensor_cores && tensor_cores_bwd_fit(hh, d) {
+            // 16 pairs of a junction per pass, the three products as mma tiles (d W₄ accumulated in
+            // the warp's shared memory): as many warps per block as 48 KiB holds, at most 4.
+            let wpb = (SMEM_LIMIT / tc_bwd_smem_per_warp(hh, d)).clamp(1, 4);
+            self.dev.launch(&self.pair_bwd_tc, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * tc_bwd_smem_per_warp(hh, d)), &args)?;
+        } else {
+            self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
+        }
         if s.center {
             let args: [&dyn KernelArg; 22] = [
                 &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],

@@ -13,6 +13,7 @@ pub fn skipped(msg: &str) {
 
 const EMU_H: &str = include_str!("../../kernels/host_emu.h");
 const CHUNKS_CUH: &str = include_str!("../../kernels/chunks.cuh");
+const MMA_CUH: &str = include_str!("../../kernels/mma.cuh");
 
 /// The harness preamble: `rd<T>(dir, name)` reads DIR/name.bin (empty when absent), `wr(dir, name, v)`
 /// writes DIR/name.out, `ptr(v)` is null for an empty vector.
@@ -42,6 +43,7 @@ template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nu
 pub fn build(dir: &Path, kernel_file: &str, kernel_src: &str, main_src: &str) -> Result<PathBuf, String> {
     std::fs::write(dir.join("host_emu.h"), EMU_H).unwrap();
     std::fs::write(dir.join("chunks.cuh"), CHUNKS_CUH).unwrap();
+    std::fs::write(dir.join("mma.cuh"), MMA_CUH).unwrap();
     std::fs::write(dir.join(kernel_file), kernel_src).unwrap();
     let src = dir.join("harness.cpp");
     std::fs::write(&src, format!("#include \"{kernel_file}\"\n{HARNESS_IO}\n{main_src}")).unwrap();
