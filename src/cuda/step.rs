@@ -17,6 +17,7 @@
 //! is gathered, indexed and packed on the host (streamed).
 //! `--precision bf16` rounds GEMM and sparse-decode operands to bf16 (f32 accumulation), once per step
 //! each: a layer's backward reads the bf16 copy of its input its forward made. The epilogues write f32.
+//! In bf16 the partial encoder's h network runs on tensor cores (`PartialShape::tensor_cores`).
 //!
 //! The analyses use the same pieces: [`DeviceModel::latents`] (the encoders and the latent step in
 //! evaluation mode) and [`DeviceModel::decode_dense`] (the decoders and kernels/decode_dense.cu).
