@@ -22,8 +22,14 @@
 //                         over junctions, a chunk at a time (f64).
 //   partial_bwd_params  : one thread per parameter element: sums the chunks and the slots in a fixed
 //                         order (f64) and adds into the gradient buffers.
+//   partial_pool_fwd_tc,
+//   partial_pair_bwd_tc : --precision bf16: partial_pool_fwd and partial_pair_bwd with the h network's
+//                         products on the tensor cores (kernels/mma.cuh), 16 pairs per pass, same
+//                         partition, same outputs (their comments say how).
 // Everything is deterministic: the partition into warps depends only on J and the sizes, every sum
-// has a fixed order, nothing uses float atomics.
+// has a fixed order, nothing uses float atomics. (The tensor cores' own summation inside one mma is
+// fixed on a device but not specified across architectures: bf16 bits may differ between an A100
+// and an H100; f32 bits do not.)
 //
 // Lane layout. A pass processes up to G = 32 / W pairs at once, W = min(Dp, 32) lanes per pair, Dp the
 // next power of two ≥ D (D = 16: two pairs per pass; D ≥ 32: one pair, D / 32 code units per lane).

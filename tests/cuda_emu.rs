@@ -20,7 +20,7 @@ fn emu_or_skip(test: &str) -> Option<CudaDevice> {
 fn every_kernel_file_loads_under_the_emulation() {
     let Some(dev) = emu_or_skip("every_kernel_file_loads_under_the_emulation") else { return };
     let names = dev.module_names();
-    for m in ["adamw", "dense_epilogue", "expr_lik", "grad_norm", "latent", "partial", "sparse_linear", "special_test", "splicing_lik"] {
+    for m in ["adamw", "dense_epilogue", "expr_lik", "grad_norm", "latent", "mma_test", "partial", "sparse_linear", "special_test", "splicing_lik"] {
         assert!(names.contains(&m), "module {m} missing from {names:?}");
     }
     assert!(dev.is_emulated());
