@@ -134,7 +134,7 @@ fi
 cuda_step "$HERE/bin/splicevi" bench --device cuda ${BENCH_ARGS:---size small,medium --preset default,paper,robust --max-seconds 15}
 # the streamed path at medium, for the difference residency makes
 cuda_step "$HERE/bin/splicevi" bench --device cuda --data-residency host --size medium --preset paper --max-seconds 15
-# bf16 (GEMM operands, the partial encoder's pooled forward on tensor cores) beside f32
+# bf16 (GEMM operands; the partial encoder's h network on the tensor cores) beside f32
 cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size medium --preset paper --max-seconds 15
 [ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --steps 10
 [ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --preset paper --steps 10

@@ -1804,7 +1804,7 @@ impl<'d> DeviceModel<'d> {
         let (mu_s, v_s, spl_enc) = match &a.z_enc_spl {
             SplEncP::Partial(pe) => {
                 let mut shape = PartialShape::of_counts(pe, &self.host, m.dims.n_junctions, b, hb.nnz, mode);
-                // --precision bf16: the pooled forward's h network on tensor cores where the tiles fit.
+                // --precision bf16: the h network's products on tensor cores where the tiles fit.
                 shape.tensor_cores = matches!(self.precision, GemmPrecision::Bf16) && tensor_cores_fit(pe.h_hidden, pe.code_dim);
                 let (cap, mut work) = self.take_partial_work(&shape)?;
                 let (pv, pc) = self.partial_views(pe);
