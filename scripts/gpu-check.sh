@@ -119,8 +119,10 @@ for preset in default robust; do
   cuda_step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cuda" --preset $preset --batch-key batch --max-epochs 2 --device cuda --no-plots
   # the same with the minibatches streamed from the host instead of gathered from the resident dataset
   cuda_step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cuda-host" --preset $preset --batch-key batch --max-epochs 2 --device cuda --data-residency host --no-plots
+  # bf16 (the h network on the tensor cores): its metrics must stay near the f32 runs'
+  cuda_step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cuda-bf16" --preset $preset --batch-key batch --max-epochs 2 --device cuda --precision bf16 --no-plots
   step "$HERE/bin/splicevi" train "$work/toy.h5mu" --out "$work/$preset-cpu" --preset $preset --batch-key batch --max-epochs 2 --device cpu --no-plots
-  for r in $preset-cuda $preset-cuda-host $preset-cpu; do [ -f "$work/$r/metrics.tsv" ] && { echo "--- $r/metrics.tsv"; cat "$work/$r/metrics.tsv"; } | tee -a "$LOG"; done
+  for r in $preset-cuda $preset-cuda-host $preset-cuda-bf16 $preset-cpu; do [ -f "$work/$r/metrics.tsv" ] && { echo "--- $r/metrics.tsv"; cat "$work/$r/metrics.tsv"; } | tee -a "$LOG"; done
 done
 # The analyses' encoders and decoders on the device, beside the CPU's, from the device-trained run.
 if [ -f "$work/default-cuda/model.safetensors" ]; then
