@@ -6,15 +6,20 @@
 // CPU twin: splicevi::model::spl_lik::{sparse_logits, AtseGroups, splicing_loss} (the code the CPU model
 // itself runs). Every formula, clamp and epsilon below mirrors that file line by line.
 //
-// Launch: one block of SPL_THREADS threads per cell (grid.x = B), dynamic shared memory K floats (the
-// cell's decoder input row S_i, converted to f32).
-//   phase 1 (SDDMM): warp w takes the cell's entries w, w + nwarps, ...; its lanes sum S_ik * W_jk over
-//            k = lane, lane + 32, ... in f32 and reduce with a fixed xor-butterfly; logit = sum + b_j is
-//            written to logits[e].
-//   phase 2 (likelihood): DM: thread t takes the cell's ATSE groups t, t + SPL_THREADS, ... (groups from
-//            AtseGroups: cell_grp, grp_ptr, ord); binomial / beta-binomial / BCE: thread t takes entries.
-//            Each thread accumulates its log-likelihood in f64; a fixed-order tree reduction gives the
-//            cell's rl = -w * ll, written once by thread 0.
+// Launch: one block of SPL_THREADS threads per chunk of a cell (kernels/chunks.cuh): SPL_GCHUNK ATSE
+// groups for the Dirichlet-multinomial (a group's entries stay in one block), SPL_ECHUNK entries for
+// the other losses. (One block per cell gave a GPU B blocks for millions of entries: at the paper size
+// about 14,000 entries per block, two blocks per SM.) Dynamic shared memory K floats (the cell's decoder
+// input row S_i, converted to f32).
+//   phase 1 (SDDMM): warp w takes the chunk's entries w, w + nwarps, ... (DM: the entries of its groups,
+//            through ord); its lanes sum S_ik * W_jk over k = lane, lane + 32, ... in f32 and reduce with
+//            a fixed xor-butterfly; logit = sum + b_j is written to logits[e].
+//   phase 2 (likelihood): DM: thread t takes the chunk's ATSE groups t, t + SPL_THREADS, ... (groups
+//            from AtseGroups: cell_grp, grp_ptr, ord); binomial / beta-binomial / BCE: thread t takes
+//            entries. Each thread accumulates its log-likelihood in f64; a fixed-order tree reduction
+//            gives the chunk's sum, written once by thread 0 to rl_part[chunk].
+//   splicing_lik_rl: one thread per cell: rl = -w * (the cell's chunk sums in order), f64. A cell of one
+//            chunk gets the bits one block per cell gave.
 // Deterministic: no atomics; every output element is written by exactly one thread, and all reductions
 // have a fixed order (the result does not depend on scheduling, only on blockDim, which is fixed).
 // Outputs per entry: logits, g_logit = d rl_i / d logit_e, g_conc = the entry's contribution to
@@ -38,7 +43,17 @@
 #endif
 #include "special.cuh"
 
+#include "chunks.cuh"
+
 #define SPL_THREADS 128
+// Items per block (fixed, so the summation order never depends on the device; tests/cuda_lik_parity.rs
+// sets small ones): ATSE groups for the Dirichlet-multinomial, entries otherwise.
+#ifndef SPL_GCHUNK
+#define SPL_GCHUNK 256
+#endif
+#ifndef SPL_ECHUNK
+#define SPL_ECHUNK 1024
+#endif
 
 namespace {
 
@@ -167,20 +182,31 @@ __device__ __forceinline__ void splicing_lik_impl(
     const float* __restrict__ kc, const float* __restrict__ nc, const float* __restrict__ psi,
     const long long* __restrict__ cell_grp, const long long* __restrict__ grp_ptr,
     const unsigned* __restrict__ ord, const unsigned* __restrict__ junc2atse,
-    const float* __restrict__ log_phi, int kind, int conc_mode, float w,
-    float* __restrict__ logits, float* __restrict__ rl, float* __restrict__ g_logit,
+    const float* __restrict__ log_phi, int kind, int conc_mode, float w, int B, int n_chunks,
+    float* __restrict__ logits, double* __restrict__ rl_part, float* __restrict__ g_logit,
     float* __restrict__ g_conc, float* __restrict__ p_out) {
     SV_DYNAMIC_SMEM(float, s_row);
     __shared__ double red[SPL_THREADS];
-    const int cell = blockIdx.x;
+    const int chunk = blockIdx.x;
+    if (chunk >= n_chunks || B == 0) return;
+    // The chunk's items [i0, i1) of its cell: groups (DM) or entries.
+    const bool dm = kind == KIND_DM;
+    const long long* seg = dm ? cell_grp : indptr;
+    const long long ch = dm ? SPL_GCHUNK : SPL_ECHUNK;
+    const int cell = chunk_owner(chunk, seg, B, ch);
+    const long long i0 = seg[cell] + (chunk - chunk_base(cell, seg, ch)) * ch, i1c = seg[cell + 1];
+    if (i0 >= i1c) return;  // past the cell's last chunk (the whole block: no barrier is reached)
+    const long long i1 = i0 + ch < i1c ? i0 + ch : i1c;
     const int tid = threadIdx.x;
-    const long long e0 = indptr[cell], e1 = indptr[cell + 1];
+    // phase 1's entries: [e0, e1) itself, or the positions [e0, e1) of ord (DM)
+    const long long e0 = dm ? grp_ptr[i0] : i0, e1 = dm ? grp_ptr[i1] : i1;
 
     // ---- phase 1: SDDMM for the observed entries ----
     for (int k = tid; k < K; k += SPL_THREADS) s_row[k] = to_f(S[(long long)cell * K + k]);
     __syncthreads();
     const int lane = tid & 31, warp = tid >> 5;
-    for (long long e = e0 + warp; e < e1; e += SPL_THREADS / 32) {
+    for (long long t = e0 + warp; t < e1; t += SPL_THREADS / 32) {
+        const long long e = dm ? (long long)ord[t] : t;
         const unsigned j = junction[e];
         const TW* wj = W + (long long)j * K;
         float acc = 0.0f;
@@ -193,15 +219,14 @@ __device__ __forceinline__ void splicing_lik_impl(
 
     // ---- phase 2: likelihood and gradients ----
     double ll = 0.0;
-    if (kind == KIND_DM) {
-        const long long ga = cell_grp[cell], gb = cell_grp[cell + 1];
-        for (long long g = ga + tid; g < gb; g += SPL_THREADS) {
+    if (dm) {
+        for (long long g = i0 + tid; g < i1; g += SPL_THREADS) {
             const long long g0 = grp_ptr[g], g1 = grp_ptr[g + 1];
             const float c = softplus(log_phi[conc_index(conc_mode, junction[ord[g0]], junc2atse)]);
             ll += dm_group(ord, g0, g1, logits, kc, nc, c, w, g_logit, g_conc, p_out);
         }
     } else {
-        for (long long e = e0 + tid; e < e1; e += SPL_THREADS) {
+        for (long long e = i0 + tid; e < i1; e += SPL_THREADS) {
             const float praw = sigm(ld_logit(logits, e));
             p_out[e] = praw;
             const float k = kc[e], n = nc[e];
@@ -233,14 +258,14 @@ __device__ __forceinline__ void splicing_lik_impl(
         }
     }
 
-    // ---- per-cell loss: fixed-order tree reduction ----
+    // ---- the chunk's log-likelihood: fixed-order tree reduction ----
     red[tid] = ll;
     __syncthreads();
     for (int s = SPL_THREADS / 2; s > 0; s >>= 1) {
         if (tid < s) red[tid] += red[tid + s];
         __syncthreads();
     }
-    if (tid == 0) rl[cell] = (float)(-(double)w * red[0]);
+    if (tid == 0) rl_part[chunk] = red[0];
 }
 
 }  // namespace
@@ -251,11 +276,11 @@ __device__ __forceinline__ void splicing_lik_impl(
         const float *__restrict__ kc, const float *__restrict__ nc, const float *__restrict__ psi,            \
         const long long *__restrict__ cell_grp, const long long *__restrict__ grp_ptr,                        \
         const unsigned *__restrict__ ord, const unsigned *__restrict__ junc2atse,                             \
-        const float *__restrict__ log_phi, int kind, int conc_mode, float w, float *__restrict__ logits,      \
-        float *__restrict__ rl, float *__restrict__ g_logit, float *__restrict__ g_conc,                      \
-        float *__restrict__ p_out
+        const float *__restrict__ log_phi, int kind, int conc_mode, float w, int B, int n_chunks,               \
+        float *__restrict__ logits, double *__restrict__ rl_part, float *__restrict__ g_logit,                 \
+        float *__restrict__ g_conc, float *__restrict__ p_out
 #define SPL_PASS S, K, W, bias, indptr, junction, kc, nc, psi, cell_grp, grp_ptr, ord, junc2atse, log_phi, kind, \
-                 conc_mode, w, logits, rl, g_logit, g_conc, p_out
+                 conc_mode, w, B, n_chunks, logits, rl_part, g_logit, g_conc, p_out
 
 extern "C" __global__ void __launch_bounds__(SPL_THREADS) splicing_lik_f32(SPL_ARGS(float)) {
     splicing_lik_impl<float>(SPL_PASS);
@@ -263,4 +288,19 @@ extern "C" __global__ void __launch_bounds__(SPL_THREADS) splicing_lik_f32(SPL_A
 
 extern "C" __global__ void __launch_bounds__(SPL_THREADS) splicing_lik_bf16(SPL_ARGS(__nv_bfloat16)) {
     splicing_lik_impl<__nv_bfloat16>(SPL_PASS);
+}
+
+// rl (B) = -w * each cell's chunk sums (rl_part, from the kernels above) in order, one thread per cell.
+extern "C" __global__ void __launch_bounds__(SPL_THREADS)
+splicing_lik_rl(const double* __restrict__ rl_part, const long long* __restrict__ indptr,
+                const long long* __restrict__ cell_grp, int kind, int B, float w, float* __restrict__ rl) {
+    const int cell = blockIdx.x * SPL_THREADS + threadIdx.x;
+    if (cell >= B) return;
+    const bool dm = kind == KIND_DM;
+    const long long* seg = dm ? cell_grp : indptr;
+    const long long ch = dm ? SPL_GCHUNK : SPL_ECHUNK;
+    const long long base = chunk_base(cell, seg, ch), nk = (seg[cell + 1] - seg[cell] + ch - 1) / ch;
+    double v = nk > 0 ? rl_part[base] : 0.0;
+    for (long long k = 1; k < nk; ++k) v += rl_part[base + k];
+    rl[cell] = (float)(-(double)w * v);
 }

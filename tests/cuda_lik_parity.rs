@@ -899,10 +899,15 @@ fn expr_parity(name: &str, small: bool, backend: &mut ExprBackend<'_>) {
 
 const EMU_H: &str = include_str!("../kernels/host_emu.h");
 const SPECIAL_CUH: &str = include_str!("../kernels/special.cuh");
+const CHUNKS_CUH: &str = include_str!("../kernels/chunks.cuh");
 const SPLICING_CU: &str = include_str!("../kernels/splicing_lik.cu");
 const EXPR_CU: &str = include_str!("../kernels/expr_lik.cu");
 
+// Small chunks (3 ATSE groups, 7 entries per block), so that cells span several blocks and the
+// per-cell losses come from several chunk sums.
 const SPL_HARNESS: &str = r#"
+#define SPL_GCHUNK 3
+#define SPL_ECHUNK 7
 #include "splicing_lik.cu"
 #include <cstdio>
 #include <string>
@@ -937,17 +942,23 @@ int main(int argc, char** argv) {
     auto ord = rd<unsigned>(d, "ord"); auto j2a = rd<unsigned>(d, "junc2atse"); auto lp = rd<float>(d, "log_phi");
     const size_t nnz = junction.size();
     std::vector<float> logits(nnz, NAN), rl(B, NAN), gl(nnz, NAN), gc(nnz, NAN), pe(nnz, NAN);
+    // chunk ids (kernels/chunks.cuh): groups for the Dirichlet-multinomial (kind 0), entries otherwise
+    const int n_chunks = kind == 0 ? B + (int)(gp.size() - 1) / SPL_GCHUNK + 1 : B + (int)nnz / SPL_ECHUNK + 1;
+    std::vector<double> part(n_chunks, NAN);
     if (bf16) {
         auto S = rd<__nv_bfloat16>(d, "s"); auto W = rd<__nv_bfloat16>(d, "w");
-        emu::launch(B, SPL_THREADS, (size_t)K * 4, [&] {
-            splicing_lik_bf16(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, logits.data(), rl.data(), gl.data(), gc.data(), pe.data());
+        emu::launch(n_chunks, SPL_THREADS, (size_t)K * 4, [&] {
+            splicing_lik_bf16(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data());
         });
     } else {
         auto S = rd<float>(d, "s"); auto W = rd<float>(d, "w");
-        emu::launch(B, SPL_THREADS, (size_t)K * 4, [&] {
-            splicing_lik_f32(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, logits.data(), rl.data(), gl.data(), gc.data(), pe.data());
+        emu::launch(n_chunks, SPL_THREADS, (size_t)K * 4, [&] {
+            splicing_lik_f32(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data());
         });
     }
+    emu::launch((B + SPL_THREADS - 1) / SPL_THREADS, SPL_THREADS, 0, [&] {
+        splicing_lik_rl(part.data(), indptr.data(), ptr(cg), kind, B, w, rl.data());
+    });
     wr(d, "logits", logits); wr(d, "rl", rl); wr(d, "g_logit", gl); wr(d, "g_conc", gc); wr(d, "p", pe);
     return 0;
 }
@@ -998,7 +1009,7 @@ int main(int argc, char** argv) {
 /// Compiles `harness` (which includes the kernel source) with the host C++ compiler; Err(reason) when
 /// there is no C++20 compiler.
 fn build_emu(dir: &std::path::Path, name: &str, harness: &str) -> Result<std::path::PathBuf, String> {
-    for (f, text) in [("host_emu.h", EMU_H), ("special.cuh", SPECIAL_CUH), ("splicing_lik.cu", SPLICING_CU), ("expr_lik.cu", EXPR_CU)] {
+    for (f, text) in [("host_emu.h", EMU_H), ("special.cuh", SPECIAL_CUH), ("chunks.cuh", CHUNKS_CUH), ("splicing_lik.cu", SPLICING_CU), ("expr_lik.cu", EXPR_CU)] {
         std::fs::write(dir.join(f), text).unwrap();
     }
     let src = dir.join(format!("{name}.cpp"));

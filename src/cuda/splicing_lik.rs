@@ -1,6 +1,7 @@
 //! Typed launch of kernels/splicing_lik.cu: the sparse splicing decode (SDDMM over the observed
 //! entries) + Dirichlet-multinomial / beta-binomial / binomial / BCE likelihood + d(loss)/d(logit) in one
-//! pass, one block per cell. CPU twin: [`crate::model::spl_lik`] (the CPU model's own code).
+//! pass, one block per chunk of a cell's ATSE groups (DM) or entries, then the per-cell losses from the
+//! chunks' sums in order. CPU twin: [`crate::model::spl_lik`] (the CPU model's own code).
 //!
 //! **This kernel has never run on a GPU**: it was written and compiled without one (nvcc 13.0, sm_80 /
 //! sm_90 SASS + compute_80 PTX); tests/cuda_lik_parity.rs compares it with the CPU twin where a GPU
@@ -15,6 +16,19 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 /// Threads per block (SPL_THREADS in kernels/splicing_lik.cu).
 pub const SPL_THREADS: u32 = 128;
+/// ATSE groups per block of the Dirichlet-multinomial (SPL_GCHUNK) and entries per block of the other
+/// losses (SPL_ECHUNK).
+pub const SPL_GCHUNK: usize = 256;
+pub const SPL_ECHUNK: usize = 1024;
+
+/// Blocks of one launch (and f64 chunk sums in `rl_part`) for `b` cells with `nnz` entries in
+/// `n_groups` ATSE groups.
+pub fn n_chunks(kind: SplicingLoss, b: usize, nnz: usize, n_groups: usize) -> usize {
+    match kind {
+        SplicingLoss::DirichletMultinomial => super::chunk_ids(b, n_groups, SPL_GCHUNK),
+        _ => super::chunk_ids(b, nnz, SPL_ECHUNK),
+    }
+}
 
 /// Element type of the SDDMM operands S and W: f32 or bf16 (accumulation is f32 either way).
 pub trait SplOperand: DeviceRepr + Copy + Send + Sync + 'static {
@@ -83,10 +97,12 @@ pub struct SplLikInputs<'a, W> {
     pub log_phi: Option<&'a dyn DeviceMem<f32>>,
 }
 
-/// Device outputs: per entry (nnz) logits, d rl/d logit, concentration contributions, p; per cell rl.
+/// Device outputs: per entry (nnz) logits, d rl/d logit, concentration contributions, p; per cell rl;
+/// `rl_part`, scratch of [`n_chunks`] f64 chunk sums.
 pub struct SplLikOutputs<'a> {
     pub logits: &'a mut dyn DeviceMem<f32>,
     pub rl: &'a mut dyn DeviceMem<f32>,
+    pub rl_part: &'a mut dyn DeviceMem<f64>,
     pub g_logit: &'a mut dyn DeviceMem<f32>,
     pub g_conc: &'a mut dyn DeviceMem<f32>,
     pub p: &'a mut dyn DeviceMem<f32>,
@@ -106,6 +122,7 @@ pub struct CudaSplicingLik<'d> {
     dev: &'d CudaDevice,
     f32_fn: Kernel,
     bf16_fn: Kernel,
+    rl_fn: Kernel,
 }
 
 fn addr<T>(m: Option<&dyn DeviceMem<T>>) -> u64 {
@@ -118,6 +135,7 @@ impl<'d> CudaSplicingLik<'d> {
             dev,
             f32_fn: dev.function("splicing_lik", <f32 as SplOperand>::KERNEL)?,
             bf16_fn: dev.function("splicing_lik", <half::bf16 as SplOperand>::KERNEL)?,
+            rl_fn: dev.function("splicing_lik", "splicing_lik_rl")?,
         })
     }
 
@@ -164,12 +182,15 @@ impl<'d> CudaSplicingLik<'d> {
         let f = if W::KERNEL == <f32 as SplOperand>::KERNEL { &self.f32_fn } else { &self.bf16_fn };
         let smem = (k * 4) as u32;
         ensure!(smem <= 48 * 1024, "splicing_lik: K = {k} needs {smem} bytes of shared memory (max 48 KiB)");
-        let cfg = LaunchConfig { grid_dim: (b as u32, 1, 1), block_dim: (SPL_THREADS, 1, 1), shared_mem_bytes: smem };
+        let n_groups = inp.groups.as_ref().map_or(0, |g| g.grp_ptr.elements() - 1);
+        let chunks = n_chunks(kind, b, nnz, n_groups);
+        ensure!(chunks <= i32::MAX as usize && out.rl_part.elements() >= chunks, "splicing_lik: rl_part has {} entries for {chunks} chunks", out.rl_part.elements());
+        let cfg = LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (SPL_THREADS, 1, 1), shared_mem_bytes: smem };
         let (gc, gp, go) = match &inp.groups {
             Some(g) => (g.cell_ptr.device_address(), g.grp_ptr.device_address(), g.ord.device_address()),
             None => (0, 0, 0),
         };
-        let args: [&dyn KernelArg; 22] = [
+        let args: [&dyn KernelArg; 24] = [
             &inp.s.device_address(),
             &(k as i32),
             &inp.w.device_address(),
@@ -187,13 +208,18 @@ impl<'d> CudaSplicingLik<'d> {
             &kind_code(kind),
             &conc_code(conc),
             &weight,
+            &(b as i32),
+            &(chunks as i32),
             &out.logits.device_address(),
-            &out.rl.device_address(),
+            &out.rl_part.device_address(),
             &out.g_logit.device_address(),
             &out.g_conc.device_address(),
             &out.p.device_address(),
         ];
-        self.dev.launch(f, cfg, &args)
+        self.dev.launch(f, cfg, &args)?;
+        let args: [&dyn KernelArg; 7] = [&out.rl_part.device_address(), &inp.indptr.device_address(), &gc, &kind_code(kind), &(b as i32), &weight, &out.rl.device_address()];
+        let cfg = LaunchConfig { grid_dim: (b.div_ceil(SPL_THREADS as usize) as u32, 1, 1), block_dim: (SPL_THREADS, 1, 1), shared_mem_bytes: 0 };
+        self.dev.launch(&self.rl_fn, cfg, &args)
     }
 
     /// Convenience for tests: validates and uploads host data, poisons every output with NaN, launches,
@@ -250,6 +276,7 @@ impl<'d> CudaSplicingLik<'d> {
         // Outputs poisoned with NaN: an entry the kernel fails to write cannot pass as a result.
         let nan = |n: usize| dev.upload(&vec![f32::NAN; n]);
         let (mut lo, mut rl, mut gl, mut gc, mut pe) = (nan(nnz)?, nan(b)?, nan(nnz)?, nan(nnz)?, nan(nnz)?);
+        let mut rl_part = dev.upload(&vec![f64::NAN; n_chunks(kind, b, nnz, groups.map_or(0, |g| g.grp_ptr.len() - 1))])?;
         let inp = SplLikInputs {
             s: &sd,
             k,
@@ -264,7 +291,7 @@ impl<'d> CudaSplicingLik<'d> {
             junc2atse: j2a.as_ref().map(|p| p as &dyn DeviceMem<u32>),
             log_phi: lp.as_ref().map(|p| p as &dyn DeviceMem<f32>),
         };
-        let mut out = SplLikOutputs { logits: &mut lo, rl: &mut rl, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
+        let mut out = SplLikOutputs { logits: &mut lo, rl: &mut rl, rl_part: &mut rl_part, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
         self.launch(kind, conc, weight, j, &inp, &mut out)?;
         dev.synchronize()?;
         Ok(SplLikHost { logits: dev.download(&lo)?, rl: dev.download(&rl)?, g_logit: dev.download(&gl)?, g_conc: dev.download(&gc)?, p: dev.download(&pe)? })
