@@ -15,7 +15,9 @@
 //!   shuffles) and executed on the CPU through the same comparisons as the GPU results (smaller
 //!   problems: the emulation is slow). This checks the kernels' logic — indexing, phases, barriers,
 //!   reductions, the tile scatter, the clamps — but not device code generation or device math. They
-//!   print `SKIPPED: host build ...` without a C++20 compiler.
+//!   print `SKIPPED: host build ...` without a C++20 compiler. The splicing harness compiles the kernel
+//!   with chunks of 3 ATSE groups / 7 entries per block, so each cell's loss is summed over several
+//!   blocks' chunk sums (the device tests use the real chunk sizes).
 //!
 //! GPU inputs are fresh random problems: counts up to 1e4 (n ≥ k; n = the ATSE total, as in the data),
 //! ATSEs of 1–7 junctions scattered over the junction ids (so grouping is exercised), cells with no
