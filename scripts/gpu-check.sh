@@ -137,9 +137,10 @@ cuda_step "$HERE/bin/splicevi" bench --device cuda ${BENCH_ARGS:---size small,me
 # the streamed path at medium, for the difference residency makes
 cuda_step "$HERE/bin/splicevi" bench --device cuda --data-residency host --size medium --preset paper --max-seconds 15
 # bf16 (GEMM operands; the partial encoder's h network on the tensor cores) beside f32
-cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size medium --preset paper --max-seconds 15
-[ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --steps 10
-[ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --preset paper --steps 10
+cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size medium --preset paper --max-seconds 15 --profile-steps 3
+# (--profile-steps: the device time per kernel of three more steps, timed by CUDA events)
+[ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --steps 10 --profile-steps 3
+[ -n "${BENCH_PAPER-1}" ] && cuda_step timeout 600 "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --preset paper --steps 10 --profile-steps 3
 rm -rf "$work"
 echo "=== gpu-check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) (log: $LOG)" | tee -a "$LOG"
 exit $status

@@ -550,6 +550,45 @@ fn device_trainer_matches_cpu_trainer() {
     }
 }
 
+/// The kernel profile (`bench --profile-steps`): one step of `paper` with it on names every kernel and
+/// cuBLAS call the step made, as many calls as `launches` counted; the step's results are the same
+/// bits as without it; taking the profile empties it, and with it off there is none.
+fn profile_on(dev: &CudaDevice) {
+    let case = &cases()[1];
+    let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
+    let p = random_params(&model, 40);
+    let batch = synth_batch(&case.dims, 9, 41);
+    let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+    let plain = dm.forward_backward(&batch, &case.opts, &mut |_| Ok(None), true).unwrap();
+    let g_plain = dm.download_grads().unwrap();
+    assert!(dev.take_profile().is_err(), "a profile while profiling is off");
+    dev.set_profiling(true);
+    let l0 = dev.launches();
+    let timed = dm.forward_backward(&batch, &case.opts, &mut |_| Ok(None), true).unwrap();
+    let launched = dev.launches() - l0;
+    let prof = dev.take_profile().unwrap();
+    let g_timed = dm.download_grads().unwrap();
+    assert_eq!(plain.loss.to_bits(), timed.loss.to_bits(), "profiling changed the loss");
+    assert!(g_plain.data == g_timed.data, "profiling changed the gradients");
+    let calls: u64 = prof.iter().map(|k| k.calls).sum();
+    assert_eq!(calls, launched, "profiled calls vs launches counted: {prof:?}");
+    for want in ["partial_pool_fwd", "partial_pair_bwd", "splicing_lik_f32", "splicing_lik_rl", "expr_lik", "cublas sgemm"] {
+        assert!(prof.iter().any(|k| k.name == want), "{want} missing from the profile: {:?}", prof.iter().map(|k| &k.name).collect::<Vec<_>>());
+    }
+    assert!(prof.iter().all(|k| k.ms >= 0.0 && k.ms.is_finite() && k.calls > 0));
+    assert!(prof.windows(2).all(|w| w[0].ms >= w[1].ms), "the profile is not sorted");
+    assert!(dev.take_profile().unwrap().is_empty(), "taking the profile did not empty it");
+    dev.set_profiling(false);
+    assert!(dev.take_profile().is_err());
+}
+
+#[test]
+fn device_profile_names_every_launch() {
+    for dev in emu::devices("the kernel profile of a device step") {
+        profile_on(&dev);
+    }
+}
+
 /// Two epochs of `paper` in bf16 at a tensor-core shape of the partial encoder (h_hidden 16, code_dim 8:
 /// its forward and backward on the tensor cores) against the CPU trainer in f32: every epoch's
 /// losses finite and within 3e-2 of the CPU's (bf16 operands: a few 1e-3 per step, compounded over
@@ -925,7 +964,7 @@ fn bf16_reuse_on(dev: &CudaDevice) {
             batch.cell_idx = None;
         }
         let extra: Option<Vec<f32>> = case.extra_dz.then(|| (0..9 * model.arch.l).map(|k| (k as f32 * 0.37).sin() * 0.1).collect());
-        let mut run = |reuse: bool| {
+        let run = |reuse: bool| {
             let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
             dm.precision = GemmPrecision::Bf16;
             dm.bf16_reuse = reuse;

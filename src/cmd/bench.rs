@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Write the results as TSV here as well.
     #[arg(long)]
     pub tsv: Option<std::path::PathBuf>,
+    /// With a CUDA device: after the timed steps, run this many more with every launch and cuBLAS call
+    /// bracketed by timing events, and print the device time per kernel per step (0 = off)
+    #[arg(long, default_value_t = 0)]
+    pub profile_steps: usize,
 }
 
 fn parse_size(s: &str) -> Result<SimSize> {
@@ -143,6 +147,17 @@ fn device_gemm_peak(dev: &crate::cuda::CudaDevice, precision: crate::cuda::gemm:
     }
 }
 
+/// The per-kernel profile of `steps` steps: device ms per step, calls per step and share of the kernels'
+/// total, longest first (`# profile` lines, so the TSV rows stay parseable).
+fn print_profile(what: &str, prof: &[crate::cuda::runtime::KernelTime], steps: usize) {
+    let total: f64 = prof.iter().map(|k| k.ms).sum();
+    let n = steps.max(1) as f64;
+    println!("# profile {what}: {:.3} ms of kernels per step over {steps} steps", total / n);
+    for k in prof {
+        println!("# profile {what}: {:>9.4} ms {:>6.1} calls {:>5.1}%  {}", k.ms / n, k.calls as f64 / n, 100.0 * k.ms / total.max(1e-300), k.name);
+    }
+}
+
 pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     let dev: Option<&'static crate::cuda::CudaDevice> = match device {
         Device::Cuda(info) => Some(Box::leak(Box::new(crate::cuda::CudaDevice::open(info.ordinal)?))),
@@ -201,6 +216,16 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
             if let (Some(d), Some(l0)) = (dev, launches0) {
                 // Each launch costs the host a few microseconds: a floor under the step's time.
                 println!("# {size_name} {preset_name}: {:.0} kernel launches and cuBLAS calls per step", (d.launches() - l0) as f64 / steps as f64);
+                if args.profile_steps > 0 {
+                    // Separate steps: the events perturb the timed ones.
+                    d.set_profiling(true);
+                    for i in 0..args.profile_steps {
+                        t.timed_steps(epoch, (steps + i) % n_steps_epoch.max(1), 1)?;
+                    }
+                    let prof = d.take_profile()?;
+                    d.set_profiling(false);
+                    print_profile(&format!("{size_name} {preset_name}"), &prof, args.profile_steps);
+                }
             }
             if dev.is_some() {
                 // The host's share of a device step (gather + pack), overlapped with the device's work

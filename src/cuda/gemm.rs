@@ -125,57 +125,64 @@ impl<'d> CudaGemm<'d> {
             return Ok(());
         }
         let k = ak;
-        let Some(blas_handle) = &self.blas else {
-            // SAFETY: emulated device memory is host memory; the shapes were checked above.
-            unsafe { host_gemm(prec, alpha, a, b, beta, c.device_address() as *mut f32, m, n, k) };
-            return Ok(());
+        // (timed under this name while the kernel profile is on)
+        let name = match prec {
+            GemmPrecision::F32 => "cublas sgemm",
+            GemmPrecision::Bf16 => "cublas gemm bf16",
         };
-        let (mi, ni, ki) = (int(m, "m")?, int(n, "n")?, int(k, "k")?);
-        let (lda, ldb) = (int(a.ld, "lda")?, int(b.ld, "ldb")?);
-        let h = *blas_handle.handle();
-        // Column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ: B first.
-        unsafe {
-            match prec {
-                GemmPrecision::F32 => blas::sgemm(
-                    h,
-                    b.cublas_op(),
-                    a.cublas_op(),
-                    ni,
-                    mi,
-                    ki,
-                    &alpha,
-                    b.addr as *const f32,
-                    ldb,
-                    a.addr as *const f32,
-                    lda,
-                    &beta,
-                    c.device_address() as *mut f32,
-                    ni,
-                ),
-                GemmPrecision::Bf16 => blas::gemm_ex(
-                    h,
-                    b.cublas_op(),
-                    a.cublas_op(),
-                    ni,
-                    mi,
-                    ki,
-                    &alpha as *const f32 as *const c_void,
-                    b.addr as *const c_void,
-                    sys::cudaDataType::CUDA_R_16BF,
-                    ldb,
-                    a.addr as *const c_void,
-                    sys::cudaDataType::CUDA_R_16BF,
-                    lda,
-                    &beta as *const f32 as *const c_void,
-                    c.device_address() as *mut c_void,
-                    sys::cudaDataType::CUDA_R_32F,
-                    ni,
-                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                ),
+        self.dev.timed(name, || {
+            let Some(blas_handle) = &self.blas else {
+                // SAFETY: emulated device memory is host memory; the shapes were checked above.
+                unsafe { host_gemm(prec, alpha, a, b, beta, c.device_address() as *mut f32, m, n, k) };
+                return Ok(());
+            };
+            let (mi, ni, ki) = (int(m, "m")?, int(n, "n")?, int(k, "k")?);
+            let (lda, ldb) = (int(a.ld, "lda")?, int(b.ld, "ldb")?);
+            let h = *blas_handle.handle();
+            // Column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ: B first.
+            unsafe {
+                match prec {
+                    GemmPrecision::F32 => blas::sgemm(
+                        h,
+                        b.cublas_op(),
+                        a.cublas_op(),
+                        ni,
+                        mi,
+                        ki,
+                        &alpha,
+                        b.addr as *const f32,
+                        ldb,
+                        a.addr as *const f32,
+                        lda,
+                        &beta,
+                        c.device_address() as *mut f32,
+                        ni,
+                    ),
+                    GemmPrecision::Bf16 => blas::gemm_ex(
+                        h,
+                        b.cublas_op(),
+                        a.cublas_op(),
+                        ni,
+                        mi,
+                        ki,
+                        &alpha as *const f32 as *const c_void,
+                        b.addr as *const c_void,
+                        sys::cudaDataType::CUDA_R_16BF,
+                        ldb,
+                        a.addr as *const c_void,
+                        sys::cudaDataType::CUDA_R_16BF,
+                        lda,
+                        &beta as *const f32 as *const c_void,
+                        c.device_address() as *mut c_void,
+                        sys::cudaDataType::CUDA_R_32F,
+                        ni,
+                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    ),
+                }
             }
-        }
-        .map_err(|e| anyhow!("cuBLAS gemm ({m} × {n} × {k}, {prec:?}): {e:?}"))
+            .map_err(|e| anyhow!("cuBLAS gemm ({m} × {n} × {k}, {prec:?}): {e:?}"))
+        })
     }
 
     /// Convenience for tests: C = op(A)·op(B) of host row-major matrices (A is `ar × ac`, B `br × bc`).

@@ -133,6 +133,25 @@ pub struct CudaDevice {
     /// Kernel launches and cuBLAS calls so far (`splicevi bench` reports them per step: each costs the
     /// host a few microseconds, a floor under a step's time).
     launches: std::sync::atomic::AtomicU64,
+    /// Per-kernel times while profiling is on ([`CudaDevice::set_profiling`]).
+    profile: std::sync::Mutex<Option<Profile>>,
+}
+
+/// Device time per kernel name: CUDA events (with timing) around each launch and cuBLAS call on a GPU,
+/// resolved when taken; the host's wall time of each launch under the emulation (its launches are
+/// synchronous).
+#[derive(Default)]
+struct Profile {
+    pending: Vec<(String, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
+    totals: std::collections::BTreeMap<String, (f64, u64)>,
+}
+
+/// One line of [`CudaDevice::take_profile`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    pub name: String,
+    pub ms: f64,
+    pub calls: u64,
 }
 
 /// Emulated launches share the emulator's global state (kernels/host_emu.h): one at a time per process.
@@ -162,14 +181,14 @@ impl CudaDevice {
                 .map_err(|e| anyhow!("loading kernels/{name}.cu's fatbin on cuda:{ordinal} ({}): {e:?}", info.name))?;
             modules.insert(name, module);
         }
-        Ok(CudaDevice { info, backend: Backend::Driver { ctx, stream, modules }, launches: Default::default() })
+        Ok(CudaDevice { info, backend: Backend::Driver { ctx, stream, modules }, launches: Default::default(), profile: Default::default() })
     }
 
     /// The host emulation of the device ([`super::emu`]): every kernel file compiled by the host C++20
     /// compiler (once per process, cached on disk). Err(reason) where no such compiler exists.
     pub fn open_emulated() -> Result<Self, String> {
         let k = super::emu::kernels()?;
-        Ok(CudaDevice { info: super::emu::device_info(), backend: Backend::Emu(k), launches: Default::default() })
+        Ok(CudaDevice { info: super::emu::device_info(), backend: Backend::Emu(k), launches: Default::default(), profile: Default::default() })
     }
 
     /// Whether this is the host emulation rather than a GPU.
@@ -385,8 +404,66 @@ impl CudaDevice {
         self.launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Switches the per-kernel profile on (discarding what it held) or off. While it is on, every
+    /// launch and cuBLAS call is bracketed by two timed CUDA events, which costs host time: time steps
+    /// with it off.
+    pub fn set_profiling(&self, on: bool) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Profile::default);
+    }
+
+    /// The time of each kernel (and cuBLAS call) since profiling was switched on or last taken, longest
+    /// first; waits for the device. Err when profiling is off.
+    pub fn take_profile(&self) -> Result<Vec<KernelTime>> {
+        let mut g = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = g.as_mut() else { bail!("the kernel profile is off (CudaDevice::set_profiling)") };
+        for (name, start, end) in p.pending.drain(..) {
+            let ms = start.elapsed_ms(&end).map_err(|e| anyhow!("timing kernel {name}: {e:?}"))? as f64;
+            let t = p.totals.entry(name).or_default();
+            t.0 += ms;
+            t.1 += 1;
+        }
+        let mut v: Vec<KernelTime> = std::mem::take(&mut p.totals).into_iter().map(|(name, (ms, calls))| KernelTime { name, ms, calls }).collect();
+        v.sort_by(|a, b| b.ms.total_cmp(&a.ms).then_with(|| a.name.cmp(&b.name)));
+        Ok(v)
+    }
+
+    /// Runs `f`, one launch or cuBLAS call, and times it under `name` while profiling is on.
+    pub(crate) fn timed<R>(&self, name: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let on = self.profile.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        if !on {
+            return f();
+        }
+        match &self.backend {
+            Backend::Driver { stream, .. } => {
+                let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+                let start = stream.record_event(flags).map_err(|e| anyhow!("recording a timing event: {e:?}"))?;
+                let r = f()?;
+                let end = stream.record_event(flags).map_err(|e| anyhow!("recording a timing event: {e:?}"))?;
+                if let Some(p) = self.profile.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    p.pending.push((name.to_string(), start, end));
+                }
+                Ok(r)
+            }
+            Backend::Emu(_) => {
+                let t0 = std::time::Instant::now();
+                let r = f()?;
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                if let Some(p) = self.profile.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    let t = p.totals.entry(name.to_string()).or_default();
+                    t.0 += ms;
+                    t.1 += 1;
+                }
+                Ok(r)
+            }
+        }
+    }
+
     pub(crate) fn launch(&self, f: &Kernel, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> Result<()> {
         self.count_launch();
+        self.timed(&f.name, || self.launch_now(f, cfg, args))
+    }
+
+    fn launch_now(&self, f: &Kernel, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> Result<()> {
         match &f.imp {
             KernelImpl::Driver(func) => {
                 let Backend::Driver { stream, .. } = &self.backend else { bail!("kernel {} belongs to another device", f.name) };
