@@ -19,7 +19,8 @@
 //   partial_ref_bwd     : one warp: h(0)'s share, into the last slot.
 //   partial_unfold_rows : one warp per junction: d u_j, then d F̂_j → d e_j.
 //   partial_bwd_jsums   : one thread per (chunk of PART_JCHUNK junctions, parameter element): the sums
-//                         over junctions, a chunk at a time (f64).
+//                         over junctions, a chunk at a time (f64); W₀[:,1:]'s the launcher leaves to a
+//                         cuBLAS GEMM duᵀ·F̂.
 //   partial_bwd_params  : one thread per parameter element: sums the chunks and the slots in a fixed
 //                         order (f64) and adds into the gradient buffers.
 //   partial_pool_fwd_tc,
@@ -1425,16 +1426,19 @@ partial_unfold_rows(const float* __restrict__ q, const double* __restrict__ cj, 
 // the order never depends on the device): one thread per (chunk, element) of
 //   [W₀[:,0]: Σ du (Hh) | W₀[:,1:]: Σ du ⊗ F̂ (Hh·D) | b₀: −Σ c₃ ũ (Hh) | g₁: Σ ũ ⊙ Q (Hh)],
 // the chunk's junctions in order, in f64, into jpart (n_chunks × that width). A thread summing all J
-// junctions alone left a few warps walking 10⁵ junctions each.
+// junctions alone left a few warps walking 10⁵ junctions each. with_hd == 0 skips the W₀[:,1:] block
+// (Hh·D of the E elements, and nearly all of the work: every thread re-reads its chunk of F̂ from L2),
+// which the launcher then computes as one GEMM duᵀ·F̂ (partial_bwd_params' w0_prod).
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
 partial_bwd_jsums(const float* __restrict__ du, const float* __restrict__ q, const double* __restrict__ cj,
-                  const float* __restrict__ ut, const float* __restrict__ fhat, int J, int Hh, int D,
+                  const float* __restrict__ ut, const float* __restrict__ fhat, int J, int Hh, int D, int with_hd,
                   double* __restrict__ jpart) {
     const long long HD = (long long)Hh * D, E = 3LL * Hh + HD;
     const long long n_chunks = (J + PART_JCHUNK - 1) / PART_JCHUNK;
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n_chunks * E) return;
     const long long ch = t / E, x = t % E;
+    if (!with_hd && x >= Hh && x < Hh + HD) return;
     const int j0 = (int)(ch * PART_JCHUNK), j1 = j0 + PART_JCHUNK < J ? j0 + PART_JCHUNK : J;
     double v = 0.0;
     if (x < Hh) {
@@ -1456,12 +1460,14 @@ partial_bwd_jsums(const float* __restrict__ du, const float* __restrict__ q, con
 // One thread per parameter element, in the index space
 //   [W₀[:,0] (Hh) | W₀[:,1:] (Hh·D) | b₀ (Hh) | g₁ (Hh) | be₁ (Hh) | W₄ (D·Hh) | b₄ | g₅ | be₅ (D each)],
 // adding into the gradient buffers (each may be null: frozen). Sums over junctions come from
-// partial_bwd_jsums' chunks (in chunk order), over the n_slots slots sequentially, in f64.
+// partial_bwd_jsums' chunks (in chunk order), over the n_slots slots sequentially, in f64; W₀[:,1:]'s
+// from w0_prod (Hh × D, the GEMM duᵀ·F̂) where it is not null.
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
 partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, const double* __restrict__ cj,
                    const float* __restrict__ ut, const float* __restrict__ bt, const float* __restrict__ fhat,
                    const float* __restrict__ g1, const float* __restrict__ slots, const double* __restrict__ slot_d,
-                   const double* __restrict__ jpart, int n_slots, int J, int Hh, int D, float* __restrict__ g_w0, float* __restrict__ g_b0,
+                   const double* __restrict__ jpart, const float* __restrict__ w0_prod, int n_slots, int J, int Hh, int D,
+                   float* __restrict__ g_w0, float* __restrict__ g_b0,
                    float* __restrict__ g_g1, float* __restrict__ g_be1, float* __restrict__ g_w4,
                    float* __restrict__ g_b4, float* __restrict__ g_g5, float* __restrict__ g_be5) {
     const long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -1488,7 +1494,7 @@ partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, co
     long long y = x - Hh;
     if (y < HD) {  // W₀[:,1:]
         const int k = (int)(y / D), c = (int)(y % D);
-        const double v = j_sum(Hh + y);
+        const double v = w0_prod ? (double)w0_prod[y] : j_sum(Hh + y);
         if (g_w0) g_w0[(long long)k * (D + 1) + 1 + c] += (float)v;
         return;
     }

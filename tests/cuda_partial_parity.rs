@@ -6,9 +6,12 @@
 //!   kernels/host_emu.h and run on the CPU (its logic: lane layout, passes, keep bits, the
 //!   junction-major backward, slots and their reduction), on fresh random inputs with the pooled codes
 //!   poisoned (NaN) first, against the f32 twin: pooled codes, h(0), dropout keep bits (exactly) and the
-//!   gradients of all nine parameters.
-//! * `gpu_partial_matches_twin`: the same comparison on a GPU; prints SKIPPED without one.
-//!   (No GPU has run it yet.)
+//!   gradients of all nine parameters. Its launch sequence sums W₀[:,1:]'s gradient over junctions in
+//!   the kernel's f64 chunks (`with_hd` = 1).
+//! * `device_partial_matches_twin`: the launcher's sequence (`CudaPartial`, where that sum is a GEMM
+//!   duᵀ·F̂) on a GPU where one exists, and under the host emulation of the device.
+//! * `device_partial_tensor_cores_match_twin`: the bf16 tensor-core kernels (see there).
+//!   (No GPU has run them yet.)
 //!
 //! Cases cover one code unit per lane with 2, 4 or 32 pairs per pass (D = 16, 5, 1), two units per
 //! lane (D = 40), hidden widths that are not multiples of 32 or 64 (40, 24, 100: one or two keep words),
@@ -209,11 +212,11 @@ int main(int argc, char** argv) {
     const long long n_chunks = (J + PART_JCHUNK - 1) / PART_JCHUNK, jsums = n_chunks * (3LL * Hh + (long long)Hh * D);
     std::vector<double> jpart(jsums > 0 ? jsums : 1, NAN);
     emu::launch((unsigned)((jsums + PART_THREADS - 1) / PART_THREADS) + 1, PART_THREADS, 0, [&] {
-        partial_bwd_jsums(du.data(), q.data(), cj.data(), ut.data(), fhat.data(), J, Hh, D, jpart.data());
+        partial_bwd_jsums(du.data(), q.data(), cj.data(), ut.data(), fhat.data(), J, Hh, D, 1, jpart.data());
     });
     const long long total = 4LL * Hh + 2LL * Hh * D + 3LL * D;
     emu::launch((unsigned)((total + PART_THREADS - 1) / PART_THREADS), PART_THREADS, 0, [&] {
-        partial_bwd_params(du.data(), q.data(), cj.data(), ut.data(), bt.data(), fhat.data(), g1.data(), slots.data(), slot_d.data(), jpart.data(), nw + center, J, Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
+        partial_bwd_params(du.data(), q.data(), cj.data(), ut.data(), bt.data(), fhat.data(), g1.data(), slots.data(), slot_d.data(), jpart.data(), nullptr, nw + center, J, Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
     });
     wr(d, "pool", pool); wr(d, "h0", h0); wr(d, "keep", dropout ? keep : std::vector<unsigned long long>());
     wr(d, "emb", g_emb); wr(d, "w0", g_w0); wr(d, "b0", g_b0); wr(d, "g1", g_g1); wr(d, "be1", g_be1);

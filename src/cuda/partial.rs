@@ -258,6 +258,8 @@ pub struct PartialWork {
     pub slots: DevBuf<f32>,
     pub slot_d: DevBuf<f64>,
     pub jpart: DevBuf<f64>,
+    /// W₀[:,1:]'s gradient before it is added, duᵀ·F̂ (Hh × D), from cuBLAS.
+    pub w0_prod: DevBuf<f32>,
     /// The forward pool's per-chunk sums (pool_chunks × D).
     pub pool_part: DevBuf<f32>,
 }
@@ -265,7 +267,7 @@ pub struct PartialWork {
 impl PartialWork {
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.pool_part];
+        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.pool_part];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart];
         4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len()
     }
@@ -292,6 +294,7 @@ impl PartialWork {
             slots: dev.zeros(nslot * slot_len(hh, d))?,
             slot_d: dev.zeros(2 * nslot)?,
             jpart: dev.zeros(jpart_len(j, hh, d))?,
+            w0_prod: dev.zeros(hh * d)?,
             pool_part: dev.zeros(pool_chunks(s.b, s.nnz) * d)?,
         })
     }
@@ -335,6 +338,7 @@ pub struct CudaPartial<'d> {
     unfold_rows: Kernel,
     bwd_jsums: Kernel,
     bwd_params: Kernel,
+    gemm: super::gemm::CudaGemm<'d>,
 }
 
 fn addr(m: Option<&dyn DeviceMem<f32>>) -> u64 {
@@ -365,6 +369,7 @@ impl<'d> CudaPartial<'d> {
             unfold_rows: f("partial_unfold_rows")?,
             bwd_jsums: f("partial_bwd_jsums")?,
             bwd_params: f("partial_bwd_params")?,
+            gemm: super::gemm::CudaGemm::new(dev)?,
         })
     }
 
@@ -554,9 +559,12 @@ impl<'d> CudaPartial<'d> {
             &addr_mut(&g.emb),
         ];
         self.dev.launch(&self.unfold_rows, cfg(j.div_ceil(wpr), PART_THREADS, wpr * hh * 4), &args)?;
-        // The sums over junctions, a chunk of PART_JCHUNK junctions per thread and element.
+        // The sums over junctions, a chunk of PART_JCHUNK junctions per thread and element, except
+        // W₀[:,1:]'s: Σ_j du_j ⊗ F̂_j is the GEMM duᵀ·F̂ (Hh × J · J × D), which cuBLAS does in a
+        // fraction of the time the chunked sums take re-reading F̂ (f32 accumulation instead of f64;
+        // deterministic on a device, as every cuBLAS call here).
         let jsums = j.div_ceil(PART_JCHUNK) * (3 * hh + hh * d);
-        let args: [&dyn KernelArg; 9] = [
+        let args: [&dyn KernelArg; 10] = [
             &w.du.device_address(),
             &w.q.device_address(),
             &w.cj.device_address(),
@@ -565,12 +573,18 @@ impl<'d> CudaPartial<'d> {
             &(j as i32),
             &(hh as i32),
             &(d as i32),
+            &0i32,
             &w.jpart.device_address(),
         ];
         self.dev.launch(&self.bwd_jsums, cfg(jsums.div_ceil(PART_THREADS as usize).max(1), PART_THREADS, 0), &args)?;
+        {
+            use super::gemm::{GemmPrecision, Operand};
+            let (a, b) = (Operand::new(&w.du, j, hh, true)?, Operand::new(&w.fhat, j, d, false)?);
+            self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &b, 0.0, &mut w.w0_prod, hh, d)?;
+        }
         let n_slots = nw + s.center as usize;
         let total = 4 * hh + 2 * hh * d + 3 * d;
-        let args: [&dyn KernelArg; 22] = [
+        let args: [&dyn KernelArg; 23] = [
             &w.du.device_address(),
             &w.q.device_address(),
             &w.cj.device_address(),
@@ -581,6 +595,7 @@ impl<'d> CudaPartial<'d> {
             &w.slots.device_address(),
             &w.slot_d.device_address(),
             &w.jpart.device_address(),
+            &w.w0_prod.device_address(),
             &(n_slots as i32),
             &(j as i32),
             &(hh as i32),
