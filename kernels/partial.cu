@@ -3,6 +3,7 @@
 // CPU twin: splicevi::model::partial (partial_forward / partial_backward); the algebra is explained
 // there (`Fold`): the first Linear + LayerNorm is folded per junction, so a pair costs two FMAs per
 // hidden unit before the second Linear.
+//   partial_transpose_w0: W₀ᵀ, for the fold's coalesced reads.
 //   partial_fold        : one warp per junction: F̂_j = e_j/‖e_j‖, u_j = W₀[:,0] + W₀[:,1:]·F̂_j, and the
 //                         folded LayerNorm (ũ_j, g₁⊙ũ_j, s_uu, s_ub; b̃, g₁⊙b̃, s_bb); also W₄ᵀ.
 //   partial_ref_fwd     : one warp: the reference code h(0) (`partial_center_psi`).
@@ -429,10 +430,24 @@ __device__ __forceinline__ Net make_net(int Hh, int D, const float* ug, const fl
 
 }  // namespace
 
-// emb: J × D; w0: Hh × (D + 1); b0, g1: Hh; w4: D × Hh. Outputs: fhat (J × D), fnorm (J), ut, ug (J × Hh),
-// suu, sub (J), bt, bg (Hh), sbb (1), w4t (Hh × D). Dynamic shared memory: D floats per warp.
+// w0t ((D + 1) × Hh) = W₀ᵀ (W₀: Hh × (D + 1)), so that partial_fold's lanes (hidden units) read
+// consecutive addresses: W₀'s rows are D + 1 floats apart, and a warp reading one column of them
+// touched 32 cache lines per load (at the paper size 8,192 L1 wavefronts per junction, milliseconds
+// per step).
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
-partial_fold(const float* __restrict__ emb, const float* __restrict__ w0, const float* __restrict__ b0,
+partial_transpose_w0(const float* __restrict__ w0, int Hh, int D, float* __restrict__ w0t) {
+    const long long n = (long long)Hh * (D + 1);
+    for (long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x; x < n; x += (long long)gridDim.x * blockDim.x) {
+        const long long c = x / Hh, k = x % Hh;  // w0t[c][k], written in order
+        w0t[x] = w0[k * (D + 1) + c];
+    }
+}
+
+// emb: J × D; w0t: W₀ᵀ ((D + 1) × Hh, from partial_transpose_w0); b0, g1: Hh; w4: D × Hh. Outputs: fhat
+// (J × D), fnorm (J), ut, ug (J × Hh), suu, sub (J), bt, bg (Hh), sbb (1), w4t (Hh × D). Dynamic shared
+// memory: D floats per warp.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_fold(const float* __restrict__ emb, const float* __restrict__ w0t, const float* __restrict__ b0,
              const float* __restrict__ g1, const float* __restrict__ w4, int J, int Hh, int D,
              float* __restrict__ fhat, float* __restrict__ fnorm, float* __restrict__ ut, float* __restrict__ ug,
              double* __restrict__ suu, double* __restrict__ sub, float* __restrict__ bt, float* __restrict__ bg,
@@ -488,10 +503,9 @@ partial_fold(const float* __restrict__ emb, const float* __restrict__ w0, const 
         const int k = lane + 32 * i;
         u[i] = 0.0f;
         if (k < Hh) {
-            const float* row = w0 + (long long)k * (D + 1);
             float acc = 0.0f;
-            for (int c = 0; c < D; ++c) acc += fh[c] * row[1 + c];
-            u[i] = acc + row[0];
+            for (int c = 0; c < D; ++c) acc += fh[c] * w0t[(long long)(1 + c) * Hh + k];
+            u[i] = acc + w0t[k];
             us += (double)u[i];
         }
     }

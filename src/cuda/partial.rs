@@ -260,6 +260,8 @@ pub struct PartialWork {
     pub jpart: DevBuf<f64>,
     /// W₀[:,1:]'s gradient before it is added, duᵀ·F̂ (Hh × D), from cuBLAS.
     pub w0_prod: DevBuf<f32>,
+    /// W₀ᵀ ((D + 1) × Hh), the fold's coalesced copy.
+    pub w0t: DevBuf<f32>,
     /// The forward pool's per-chunk sums (pool_chunks × D).
     pub pool_part: DevBuf<f32>,
 }
@@ -267,7 +269,7 @@ pub struct PartialWork {
 impl PartialWork {
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.pool_part];
+        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart];
         4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len()
     }
@@ -295,6 +297,7 @@ impl PartialWork {
             slot_d: dev.zeros(2 * nslot)?,
             jpart: dev.zeros(jpart_len(j, hh, d))?,
             w0_prod: dev.zeros(hh * d)?,
+            w0t: dev.zeros((d + 1) * hh)?,
             pool_part: dev.zeros(pool_chunks(s.b, s.nnz) * d)?,
         })
     }
@@ -327,6 +330,7 @@ pub struct PartialHost {
 
 pub struct CudaPartial<'d> {
     dev: &'d CudaDevice,
+    transpose_w0: Kernel,
     fold: Kernel,
     ref_fwd: Kernel,
     pool_fwd: Kernel,
@@ -358,6 +362,7 @@ impl<'d> CudaPartial<'d> {
         let f = |name: &str| dev.function("partial", name);
         Ok(CudaPartial {
             dev,
+            transpose_w0: f("partial_transpose_w0")?,
             fold: f("partial_fold")?,
             ref_fwd: f("partial_ref_fwd")?,
             pool_fwd: f("partial_pool_fwd")?,
@@ -402,9 +407,13 @@ impl<'d> CudaPartial<'d> {
         ensure!(pool.elements() == b * d, "partial: pool has {} entries for {b} × {d}", pool.elements());
         ensure!(s.center == p.center.is_some(), "partial: the centre buffer must be given exactly when centring");
         let wpb = (PART_THREADS / 32) as usize;
+        let n = hh * (d + 1);
+        let args: [&dyn KernelArg; 4] = [&p.w0.device_address(), &(hh as i32), &(d as i32), &w.w0t.device_address()];
+        let grid = super::runtime::elementwise_grid(n, PART_THREADS, self.dev.info().multiprocessors) as usize;
+        self.dev.launch(&self.transpose_w0, cfg(grid, PART_THREADS, 0), &args)?;
         let args: [&dyn KernelArg; 18] = [
             &p.emb.device_address(),
-            &p.w0.device_address(),
+            &w.w0t.device_address(),
             &p.b0.device_address(),
             &p.g1.device_address(),
             &p.w4.device_address(),
