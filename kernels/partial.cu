@@ -890,9 +890,9 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 //   3. d W₄ += dhᵀ·h1 (D × Hh, K = the 16 pairs) as mma tiles whose accumulator is the warp's f32
 //      d W₄ in shared memory (read, multiply-add, write back);
 //   4. d(d1) = dh·W₄ (16 × Hh, B = W₄ᵀ from the fold) as mma tiles; da = d(d1) where the pair's unit
-//      was active (the h1 tile's nonzero bits, read into registers before da overwrites the tile), its per-pair sums
-//      (Σ da·g₁, Σ da·u, Σ da·b̃) from the fragments, and da itself into an f32 tile that overlays
-//      h1 / dh / dhᵀ;
+//      was active (the h1 tile's nonzero bits, read into registers before da overwrites the tile),
+//      its per-pair sums (Σ da·g₁, Σ da·u, Σ da·b̃) from the fragments, and da itself into an f32 tile
+//      that overlays h1 / dh / dhᵀ;
 //   5. the sums over the pass's pairs per hidden unit (Q_j, Σ da, Σ β·da) from that tile, lanes over
 //      units as in partial_pair_bwd.
 // Per-column sums of the LayerNorm (b₄, g₅, be₅) stay in the lanes' fragment registers until the slot
