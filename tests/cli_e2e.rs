@@ -82,6 +82,9 @@ fn bad_options_fail_before_any_work() {
     std::fs::write(&cfg, "[model]\nn_latnet = 4\n").unwrap();
     let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).arg("--config").arg(&cfg));
     assert!(text.contains("c.toml") && text.contains("n_latnet"), "{text}");
+    // The kernel profile needs a CUDA device: refused on the CPU, not silently skipped.
+    let text = fails(bin().args(["--device", "cpu", "bench", "--size", "toy", "--profile-steps", "1"]));
+    assert!(text.contains("--profile-steps") && text.contains("--device cuda"), "{text}");
 }
 
 /// `bench` runs the epoch's minibatches in order, its last smaller one included: at `toy` (200 cells,

@@ -163,6 +163,7 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
         Device::Cuda(info) => Some(Box::leak(Box::new(crate::cuda::CudaDevice::open(info.ordinal)?))),
         Device::Cpu => None,
     };
+    anyhow::ensure!(args.profile_steps == 0 || dev.is_some(), "bench: --profile-steps times CUDA kernels; it needs --device cuda");
     let peak = match dev {
         Some(d) => {
             let p = device_gemm_peak(d, precision)?;
