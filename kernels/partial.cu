@@ -172,6 +172,15 @@ struct Net {
     float scale;  // 1 / (1 − p) when dropout acts, else 1
 };
 
+// A pair's folded first LayerNorm (`Fold`): β = 1 / √(ψ²·s_uu,j + 2ψ·s_ub,j + s_bb + ε), α = ψ·β.
+__device__ __forceinline__ void fold_ab(double psi, int j, const double* suu, const double* sub, const double* sbb,
+                                        double& alpha, double& beta) {
+    double var = psi * psi * suu[j] + 2.0 * psi * sub[j] + sbb[0];
+    var = var > 0.0 ? var : 0.0;
+    beta = 1.0 / sqrt(var + PART_LN_EPS);
+    alpha = psi * beta;
+}
+
 // Per-lane state of one pass after the forward: xhat, a2 of the second LayerNorm, its 1/std.
 struct PassAct {
     float xhat[OPL_MAX], a2[OPL_MAX], inv;
@@ -185,10 +194,8 @@ __device__ void pass_fwd(const Net& n, const WarpSmem& s, unsigned lane, int ng,
     for (int q = 0; q < ng; ++q) {
         const double psi = (double)s.psi[q];
         const int j = s.jn[q];
-        double var = psi * psi * n.suu[j] + 2.0 * psi * n.sub[j] + n.sbb[0];
-        var = var > 0.0 ? var : 0.0;
-        const double beta = 1.0 / sqrt(var + PART_LN_EPS);
-        const double alpha = psi * beta;
+        double alpha, beta;
+        fold_ab(psi, j, n.suu, n.sub, n.sbb, alpha, beta);
         if (lane == 0) {
             s.ab[2 * q] = alpha;
             s.ab[2 * q + 1] = beta;
@@ -610,6 +617,123 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
     }
 }
 
+// The two tensor-core kernels' forward of a pass (both call these, so the backward recomputes the
+// forward's very bits).
+// tc_h1_tile: the first block of ng ≤ 16 pairs as pass_fwd computes it (f32), rounded to bf16 into tile
+// (16 × Hh, row stride ld; rows ≥ ng zero). Row r: α, β in ab[2r], ab[2r + 1]; junction jn[r] (j0 for
+// every row when jn is null); pair id pid[r]. drop: DROP_NONE, DROP_STORE (hash the decisions and write
+// the keep words) or DROP_LOAD (read them).
+__device__ void tc_h1_tile(const Net& n, unsigned lane, int ng, const double* ab, const int* jn, int j0,
+                           const int* pid, int drop, uint64_t* keep, uint16_t* tile, int ld) {
+    const Geo& g = n.g;
+    for (int r = 0; r < 16; ++r) {
+        const bool live = r < ng;
+        const float a = live ? (float)ab[2 * r] : 0.0f, b = live ? (float)ab[2 * r + 1] : 0.0f;
+        const int j = live ? (jn ? jn[r] : j0) : 0;
+        const long long p = live ? pid[r] : 0;
+        uint32_t lo = 0;
+#pragma unroll
+        for (int i = 0; i < HPL_MAX; ++i) {
+            if (i < g.HPL) {
+                const int k = (int)lane + 32 * i;
+                bool kept = true;
+                float v = 0.0f;
+                if (live && k < g.Hh) {
+                    v = a * n.ug[(long long)j * g.Hh + k] + (b * n.bg[k] + n.be1[k]);
+                    v = v > 0.0f ? v : 0.0f;
+                    if (drop == DROP_STORE) kept = keep_hash(n.key, n.threshold, (uint64_t)p * g.hh_pad + k);
+                    if (drop == DROP_LOAD) kept = (keep[p * g.kw + k / 64] >> (k % 64)) & 1;
+                    if (drop != DROP_NONE) v = kept ? v * n.scale : 0.0f;
+                }
+                if (k < g.Hh) tile[r * ld + k] = (uint16_t)mma_bf16_bits(v);
+                if (drop == DROP_STORE && live) {
+                    const uint32_t bits = __ballot_sync(0xffffffffu, k < g.Hh && kept);
+                    if (lane == 0) {
+                        if (i & 1)
+                            keep[p * g.kw + i / 2] = (uint64_t)lo | ((uint64_t)bits << 32);
+                        else
+                            lo = bits;
+                    }
+                }
+            }
+        }
+        if (drop == DROP_STORE && live && (g.HPL & 1) && lane == 0) keep[p * g.kw + g.HPL / 2] = (uint64_t)lo;
+    }
+}
+
+// tc_h2_xhat: the second Linear h = tile·W₄ᵀ + b₄ as 16 × 8 × 16 mma tiles (B[k][t] = W₄[t][k]: W₄
+// row-major is B column-major), then the LayerNorm's x̂ over each pair's D units, in the lane's fragment
+// layout: rows gr → h[·][0..1], gr + 8 → h[·][2..3], column nt·8 + 2tq + x; a row is held by the quad
+// of lanes 4gr .. 4gr + 3. inv0, inv1: the two rows' 1 / std.
+template <int NTMAX>
+__device__ __forceinline__ void tc_h2_xhat(const uint16_t* tile, int ld, const float* w4, const float* b4, int Hh,
+                                           int D, int gr, int tq, float (&h)[NTMAX][4], float& inv0, float& inv1) {
+    const int NT = D / 8;
+#pragma unroll
+    for (int nt = 0; nt < NTMAX; ++nt) h[nt][0] = h[nt][1] = h[nt][2] = h[nt][3] = 0.0f;
+    for (int ks = 0; ks < Hh / 16; ++ks) {
+        const int k0 = ks * 16 + 2 * tq;
+        const uint32_t af[4] = {*(const uint32_t*)(tile + gr * ld + k0), *(const uint32_t*)(tile + (gr + 8) * ld + k0),
+                                *(const uint32_t*)(tile + gr * ld + k0 + 8), *(const uint32_t*)(tile + (gr + 8) * ld + k0 + 8)};
+#pragma unroll
+        for (int nt = 0; nt < NTMAX; ++nt) {
+            if (nt < NT) {
+                const float* wr = w4 + (long long)(nt * 8 + gr) * Hh + k0;
+                const uint32_t bf[2] = {mma_pack_bf16x2(wr[0], wr[1]), mma_pack_bf16x2(wr[8], wr[9])};
+                mma_m16n8k16_bf16(h[nt], af, bf, h[nt]);
+            }
+        }
+    }
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NTMAX; ++nt) {
+        if (nt < NT) {
+#pragma unroll
+            for (int x = 0; x < 2; ++x) {
+                const float bb = b4[nt * 8 + 2 * tq + x];
+                h[nt][x] += bb;
+                h[nt][2 + x] += bb;
+                s0 += h[nt][x];
+                s1 += h[nt][2 + x];
+            }
+        }
+    }
+    s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
+    s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
+    s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
+    s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+    const float mean0 = s0 / (float)D, mean1 = s1 / (float)D;
+    float q0 = 0.0f, q1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NTMAX; ++nt) {
+        if (nt < NT) {
+#pragma unroll
+            for (int x = 0; x < 2; ++x) {
+                h[nt][x] -= mean0;
+                h[nt][2 + x] -= mean1;
+                q0 += h[nt][x] * h[nt][x];
+                q1 += h[nt][2 + x] * h[nt][2 + x];
+            }
+        }
+    }
+    q0 += __shfl_xor_sync(0xffffffffu, q0, 1);
+    q0 += __shfl_xor_sync(0xffffffffu, q0, 2);
+    q1 += __shfl_xor_sync(0xffffffffu, q1, 1);
+    q1 += __shfl_xor_sync(0xffffffffu, q1, 2);
+    inv0 = 1.0f / sqrtf(q0 / (float)D + (float)PART_LN_EPS);
+    inv1 = 1.0f / sqrtf(q1 / (float)D + (float)PART_LN_EPS);
+#pragma unroll
+    for (int nt = 0; nt < NTMAX; ++nt) {
+        if (nt < NT) {
+#pragma unroll
+            for (int x = 0; x < 2; ++x) {
+                h[nt][x] *= inv0;
+                h[nt][2 + x] *= inv1;
+            }
+        }
+    }
+}
+
 // Dynamic shared memory per warp of partial_pool_fwd_tc: the bf16 tile of 16 pairs' first-block
 // activations (rows padded by 8 so the fragment loads of the 8 rows fall in distinct banks), then α, β
 // (f64), junction and pair id of the 16 pairs.
@@ -645,9 +769,9 @@ partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     const int e0 = indptr[cell] + (int)(kc * PART_POOL_CHUNK), e1c = indptr[cell + 1];
     if (e0 >= e1c) return;  // past the cell's last chunk
     const int e1 = e0 + PART_POOL_CHUNK < e1c ? e0 + PART_POOL_CHUNK : e1c;
-    const Geo g = geo(Hh, D);
-    const float scale = dropout ? dropout_scale : 1.0f;
-    const int ld = Hh + 8, NT = D / 8, KS = Hh / 16;
+    const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, drop_key, drop_threshold,
+                           dropout ? dropout_scale : 1.0f);
+    const int ld = Hh + 8, NT = D / 8;
     unsigned char* base = smem + (size_t)warp * partial_tc_smem_per_warp(Hh);
     uint16_t* tile = (uint16_t*)base;
     double* ab = (double*)(base + ((size_t)16 * ld * 2 + 15) / 16 * 16);
@@ -662,108 +786,15 @@ partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
         if ((int)lane < ng) {
             const int p = p0 + lane, j = junction[p];
             const float x = center ? psi[p] - center[j] : psi[p];
-            const double xd = (double)x;
-            double var = xd * xd * suu[j] + 2.0 * xd * sub[j] + sbb[0];
-            var = var > 0.0 ? var : 0.0;
-            const double beta = 1.0 / sqrt(var + PART_LN_EPS);
-            ab[2 * lane] = xd * beta;
-            ab[2 * lane + 1] = beta;
+            fold_ab((double)x, j, suu, sub, sbb, ab[2 * lane], ab[2 * lane + 1]);
             sjn[lane] = j;
             spid[lane] = p;
         }
         __syncwarp();
-        // The first block of each pair (rows ≥ ng are zero), as pass_fwd.
-        for (int q = 0; q < 16; ++q) {
-            const bool live = q < ng;
-            const float a = live ? (float)ab[2 * q] : 0.0f, b = live ? (float)ab[2 * q + 1] : 0.0f;
-            const int j = live ? sjn[q] : 0;
-            const long long p = live ? spid[q] : 0;
-            uint32_t lo = 0;
-#pragma unroll
-            for (int i = 0; i < HPL_MAX; ++i) {
-                if (i < g.HPL) {
-                    const int k = (int)lane + 32 * i;
-                    bool kept = true;
-                    float v = 0.0f;
-                    if (live && k < Hh) {
-                        v = a * ug[(long long)j * Hh + k] + (b * bg[k] + be1[k]);
-                        v = v > 0.0f ? v : 0.0f;
-                        if (dropout) {
-                            kept = keep_hash(drop_key, drop_threshold, (uint64_t)p * g.hh_pad + k);
-                            v = kept ? v * scale : 0.0f;
-                        }
-                    }
-                    if (k < Hh) tile[q * ld + k] = (uint16_t)mma_bf16_bits(v);
-                    if (dropout && live) {
-                        const uint32_t bits = __ballot_sync(0xffffffffu, k < Hh && kept);
-                        if (lane == 0) {
-                            if (i & 1)
-                                keep[p * g.kw + i / 2] = (uint64_t)lo | ((uint64_t)bits << 32);
-                            else
-                                lo = bits;
-                        }
-                    }
-                }
-            }
-            if (dropout && live && (g.HPL & 1) && lane == 0) keep[p * g.kw + g.HPL / 2] = (uint64_t)lo;
-        }
+        tc_h1_tile(n, lane, ng, ab, sjn, 0, spid, dropout ? DROP_STORE : DROP_NONE, (uint64_t*)keep, tile, ld);
         __syncwarp();
-        // Second Linear: h (16 × D) = tile · W₄ᵀ, B[k][t] = W₄[t][k] (W₄ row-major is B column-major).
-        float h[PART_DMAX / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < PART_DMAX / 8; ++nt) h[nt][0] = h[nt][1] = h[nt][2] = h[nt][3] = 0.0f;
-        for (int ks = 0; ks < KS; ++ks) {
-            const int k0 = ks * 16 + 2 * tq;
-            const uint32_t af[4] = {*(const uint32_t*)(tile + gr * ld + k0), *(const uint32_t*)(tile + (gr + 8) * ld + k0),
-                                    *(const uint32_t*)(tile + gr * ld + k0 + 8), *(const uint32_t*)(tile + (gr + 8) * ld + k0 + 8)};
-#pragma unroll
-            for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
-                if (nt < NT) {
-                    const float* wr = w4 + (long long)(nt * 8 + gr) * Hh + k0;
-                    const uint32_t bf[2] = {mma_pack_bf16x2(wr[0], wr[1]), mma_pack_bf16x2(wr[8], wr[9])};
-                    mma_m16n8k16_bf16(h[nt], af, bf, h[nt]);
-                }
-            }
-        }
-        // + b₄ and the LayerNorm of rows gr (h[·][0..1]) and gr + 8 (h[·][2..3]) over their D units.
-        float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
-            if (nt < NT) {
-#pragma unroll
-                for (int x = 0; x < 2; ++x) {
-                    const float bb = b4[nt * 8 + 2 * tq + x];
-                    h[nt][x] += bb;
-                    h[nt][2 + x] += bb;
-                    s0 += h[nt][x];
-                    s1 += h[nt][2 + x];
-                }
-            }
-        }
-        s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
-        s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
-        s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
-        const float mean0 = s0 / (float)D, mean1 = s1 / (float)D;
-        float q0 = 0.0f, q1 = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
-            if (nt < NT) {
-#pragma unroll
-                for (int x = 0; x < 2; ++x) {
-                    h[nt][x] -= mean0;
-                    h[nt][2 + x] -= mean1;
-                    q0 += h[nt][x] * h[nt][x];
-                    q1 += h[nt][2 + x] * h[nt][2 + x];
-                }
-            }
-        }
-        q0 += __shfl_xor_sync(0xffffffffu, q0, 1);
-        q0 += __shfl_xor_sync(0xffffffffu, q0, 2);
-        q1 += __shfl_xor_sync(0xffffffffu, q1, 1);
-        q1 += __shfl_xor_sync(0xffffffffu, q1, 2);
-        const float inv0 = 1.0f / sqrtf(q0 / (float)D + (float)PART_LN_EPS);
-        const float inv1 = 1.0f / sqrtf(q1 / (float)D + (float)PART_LN_EPS);
+        float h[PART_DMAX / 8][4], inv0, inv1;
+        tc_h2_xhat(tile, ld, w4, b4, Hh, D, gr, tq, h, inv0, inv1);
         const bool live0 = gr < ng, live1 = gr + 8 < ng;
 #pragma unroll
         for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
@@ -771,7 +802,7 @@ partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
 #pragma unroll
                 for (int x = 0; x < 2; ++x) {
                     const int t = nt * 8 + 2 * tq + x;
-                    const float a0 = h[nt][x] * inv0 * g5[t] + be5[t], a1 = h[nt][2 + x] * inv1 * g5[t] + be5[t];
+                    const float a0 = h[nt][x] * g5[t] + be5[t], a1 = h[nt][2 + x] * g5[t] + be5[t];
                     if (live0) acc[nt][x] += a0 > 0.0f ? a0 : 0.0f;
                     if (live1) acc[nt][x] += a1 > 0.0f ? a1 : 0.0f;
                 }
@@ -929,8 +960,10 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gw = blockIdx.x * (blockDim.x >> 5) + warp;
     if (gw >= n_warps) return;
-    const Geo g = geo(Hh, D);
-    const float scale = dropout ? dropout_scale : 1.0f;
+    const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, 0, 0,
+                           dropout ? dropout_scale : 1.0f);
+    const Geo& g = n.g;
+    const float scale = n.scale;
     const int gr = (int)lane >> 2, tq = (int)lane & 3;
     const int NT = D / 8, KD = (D + 15) / 16, NH = Hh / 8;
     const int ldh = Hh + 8, ldd = 16 * KD + 8, ldt = 24, lda = Hh + 4;
@@ -973,11 +1006,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     const int p = order[p0 + lane];
                     cell = cell_of[p];
                     x = center ? psi[p] - center[j] : psi[p];
-                    const double xd = (double)x;
-                    double var = xd * xd * suu[j] + 2.0 * xd * sub[j] + sbb[0];
-                    var = var > 0.0 ? var : 0.0;
-                    be = 1.0 / sqrt(var + PART_LN_EPS);
-                    al = xd * be;
+                    fold_ab((double)x, j, suu, sub, sbb, al, be);
                     den = pool_den(pool_mode, indptr[cell + 1] - indptr[cell], divisor);
                 }
                 ab[2 * lane] = al;
@@ -988,82 +1017,12 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
             }
             __syncwarp();
             // 1. h1, rows ≥ ng zero.
-            for (int r = 0; r < 16; ++r) {
-                const bool live = r < ng;
-                const float a = (float)ab[2 * r], b = (float)ab[2 * r + 1];
-                const long long p = live ? order[p0 + r] : 0;
-#pragma unroll
-                for (int i = 0; i < HPL_MAX; ++i) {
-                    const int k = (int)lane + 32 * i;
-                    if (i < g.HPL && k < Hh) {
-                        float v = 0.0f;
-                        if (live) {
-                            v = a * ug[(long long)j * Hh + k] + (b * bg[k] + be1[k]);
-                            v = v > 0.0f ? v : 0.0f;
-                            if (dropout) v = ((keep[p * g.kw + k / 64] >> (k % 64)) & 1) ? v * scale : 0.0f;
-                        }
-                        h1[r * ldh + k] = (uint16_t)mma_bf16_bits(v);
-                    }
-                }
-            }
+            tc_h1_tile(n, lane, ng, ab, nullptr, j, order + p0, dropout ? DROP_LOAD : DROP_NONE, (uint64_t*)keep, h1, ldh);
             __syncwarp();
-            // 2. h2 = h1·W₄ᵀ + b₄ (rows gr: [·][0..1], gr + 8: [·][2..3]), LayerNorm, its backward.
-            float hx[PART_TC_DMAX / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) hx[nt][0] = hx[nt][1] = hx[nt][2] = hx[nt][3] = 0.0f;
-            for (int ks = 0; ks < Hh / 16; ++ks) {
-                const int k0 = ks * 16 + 2 * tq;
-                const uint32_t af[4] = {*(const uint32_t*)(h1 + gr * ldh + k0), *(const uint32_t*)(h1 + (gr + 8) * ldh + k0),
-                                        *(const uint32_t*)(h1 + gr * ldh + k0 + 8), *(const uint32_t*)(h1 + (gr + 8) * ldh + k0 + 8)};
-#pragma unroll
-                for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
-                    if (nt < NT) {
-                        const float* wr = w4 + (long long)(nt * 8 + gr) * Hh + k0;
-                        const uint32_t bf[2] = {mma_pack_bf16x2(wr[0], wr[1]), mma_pack_bf16x2(wr[8], wr[9])};
-                        mma_m16n8k16_bf16(hx[nt], af, bf, hx[nt]);
-                    }
-                }
-            }
-            float m0 = 0.0f, m1 = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
-                if (nt < NT) {
-#pragma unroll
-                    for (int x = 0; x < 2; ++x) {
-                        const float bb = b4[nt * 8 + 2 * tq + x];
-                        hx[nt][x] += bb;
-                        hx[nt][2 + x] += bb;
-                        m0 += hx[nt][x];
-                        m1 += hx[nt][2 + x];
-                    }
-                }
-            }
-            m0 += __shfl_xor_sync(0xffffffffu, m0, 1);
-            m0 += __shfl_xor_sync(0xffffffffu, m0, 2);
-            m1 += __shfl_xor_sync(0xffffffffu, m1, 1);
-            m1 += __shfl_xor_sync(0xffffffffu, m1, 2);
-            m0 /= (float)D;
-            m1 /= (float)D;
-            float v0 = 0.0f, v1 = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
-                if (nt < NT) {
-#pragma unroll
-                    for (int x = 0; x < 2; ++x) {
-                        hx[nt][x] -= m0;
-                        hx[nt][2 + x] -= m1;
-                        v0 += hx[nt][x] * hx[nt][x];
-                        v1 += hx[nt][2 + x] * hx[nt][2 + x];
-                    }
-                }
-            }
-            v0 += __shfl_xor_sync(0xffffffffu, v0, 1);
-            v0 += __shfl_xor_sync(0xffffffffu, v0, 2);
-            v1 += __shfl_xor_sync(0xffffffffu, v1, 1);
-            v1 += __shfl_xor_sync(0xffffffffu, v1, 2);
-            const float inv0 = 1.0f / sqrtf(v0 / (float)D + (float)PART_LN_EPS);
-            const float inv1 = 1.0f / sqrtf(v1 / (float)D + (float)PART_LN_EPS);
-            // hx becomes x̂; dx = d(a2)·g₅ (d(a2) = d(code) where the ReLU passed); row sums of dx, dx·x̂.
+            // 2. h2 = h1·W₄ᵀ + b₄ as x̂ (rows gr: [·][0..1], gr + 8: [·][2..3]), then the LayerNorm's backward.
+            float hx[PART_TC_DMAX / 8][4], inv0, inv1;
+            tc_h2_xhat(h1, ldh, w4, b4, Hh, D, gr, tq, hx, inv0, inv1);
+            // dx = d(a2)·g₅ (d(a2) = d(code) where the ReLU passed); row sums of dx, dx·x̂.
             const bool live0 = gr < ng, live1 = gr + 8 < ng;
             const int cell0 = scell[gr], cell1 = scell[gr + 8];
             const float den0 = sden[gr], den1 = sden[gr + 8];
@@ -1075,8 +1034,6 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
 #pragma unroll
                     for (int x = 0; x < 2; ++x) {
                         const int t = nt * 8 + 2 * tq + x;
-                        hx[nt][x] *= inv0;
-                        hx[nt][2 + x] *= inv1;
                         const float a20 = hx[nt][x] * g5[t] + be5[t], a21 = hx[nt][2 + x] * g5[t] + be5[t];
                         float dc0 = live0 ? dpool[(long long)cell0 * D + t] : 0.0f;
                         float dc1 = live1 ? dpool[(long long)cell1 * D + t] : 0.0f;
