@@ -15,6 +15,7 @@
 #include "host_emu.h"
 #endif
 #include "chunks.cuh"
+#include "mma.cuh"  // mma_bf16_bits: the one f32 → bf16 rounding of every kernel
 
 #define GLUE_THREADS 256
 
@@ -25,19 +26,6 @@ __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf
 // torch.nn.functional.softplus (threshold 20) and its derivative (1 above the threshold).
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float softplus_gradf_(float x) { return x > 20.0f ? 1.0f : sigmoidf_(x); }
-
-// f32 → bf16 bits, rounding to nearest even (NaN stays a quiet NaN): what half::bf16::from_f32 does.
-__device__ __forceinline__ uint16_t bf16_bits(float x) {
-#ifdef __CUDACC__
-    uint32_t u = __float_as_uint(x);
-#else
-    uint32_t u;
-    std::memcpy(&u, &x, 4);
-#endif
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 }  // namespace
 
@@ -63,7 +51,7 @@ glue_to_bf16(const float* __restrict__ src, long long ld_src, uint16_t* __restri
     const long long n = (long long)rows * cols;
     for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n; t += (long long)gridDim.x * blockDim.x) {
         const long long r = t / cols, c = t - r * cols;
-        dst[r * ld_dst + c] = bf16_bits(src[r * ld_src + c]);
+        dst[r * ld_dst + c] = (uint16_t)mma_bf16_bits(src[r * ld_src + c]);
     }
 }
 

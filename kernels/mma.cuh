@@ -16,7 +16,8 @@
 #include "host_emu.h"
 #endif
 
-// f32 → bf16 bits, rounding to nearest even (NaN stays a quiet NaN): what half::bf16::from_f32 does.
+// f32 → bf16 bits, rounding to nearest even (NaN stays a quiet NaN): what half::bf16::from_f32 does
+// (also the GEMM operands' rounding, kernels/glue.cu glue_to_bf16).
 __device__ __forceinline__ uint32_t mma_bf16_bits(float x) {
 #ifdef __CUDACC__
     uint32_t u = __float_as_uint(x);
