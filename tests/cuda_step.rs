@@ -475,26 +475,40 @@ fn device_optimizer_step_matches_cpu() {
 /// simulated data (120 cells, `paper` and `robust` options, two batches: the adversary is on): the per-epoch metrics agree, the
 /// optimizer took the same number of steps, and the checkpoint holds the device's parameters; a device run
 /// resumed from its checkpoint after one epoch ends bit-identical to the straight one.
-fn trainer_on(dev: &'static CudaDevice) {
+/// The trainer tests' data: smaller than `toy` (the emulation runs every CUDA thread as an OS thread).
+fn trainer_data() -> splicevi::data::Dataset {
     use splicevi::data::simulate::{simulate, SimConfig, SimSize};
+    simulate(&SimConfig { n_cells: 120, n_genes: 60, n_junctions: 120, ..SimConfig::preset(SimSize::Toy, 3) }).unwrap().0
+}
+
+/// Two epochs of `preset` at small layers (the partial encoder's code_dim × h_hidden_dim given), and
+/// the CPU trainer's run of them (with the directory it wrote).
+fn trainer_run_and_cpu<'a>(ds: &'a splicevi::data::Dataset, preset: &str, code_dim: usize, h_hidden_dim: usize) -> (splicevi::train::trainer::RunConfig, splicevi::train::trainer::Trainer<'a>, tempfile::TempDir) {
     use splicevi::data::DataOptions;
+    use splicevi::train::trainer::{RunConfig, Trainer};
+    use splicevi::train::{presets, TrainConfig};
+    let (model, train0) = presets::preset(preset).unwrap();
+    let model = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim, h_hidden_dim, encoder_hidden_dim: 8, ..model };
+    let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
+    let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
+    let run = RunConfig::for_dataset(preset, model, train, data, ds);
+    let d_cpu = tempfile::tempdir().unwrap();
+    let mut cpu = Trainer::new(ds, run.clone(), d_cpu.path()).unwrap();
+    cpu.verbose = false;
+    cpu.fit().unwrap();
+    (run, cpu, d_cpu)
+}
+
+fn trainer_on(dev: &'static CudaDevice) {
     use splicevi::train::trainer::{RunConfig, Trainer, MODEL_FILE};
     use splicevi::cuda::resident::Residency;
-    use splicevi::train::{presets, TrainConfig};
-    // Smaller than `toy` (the emulation runs every CUDA thread as an OS thread).
-    let (ds, _) = simulate(&SimConfig { n_cells: 120, n_genes: 60, n_junctions: 120, ..SimConfig::preset(SimSize::Toy, 3) }).unwrap();
+    use splicevi::train::TrainConfig;
+    let ds = trainer_data();
     // paper (softmax-free per-dimension mixing, the adversary) and robust (concatenated latents, the
     // cross gate's schedule); tests of the step itself cover the other options.
     for preset in ["paper", "robust"] {
-        let (model, train0) = presets::preset(preset).unwrap();
-        let model = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim: 4, h_hidden_dim: 8, encoder_hidden_dim: 8, ..model };
-        let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
-        let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
-        let run = RunConfig::for_dataset(preset, model, train, data, &ds);
-        let (d_cpu, d_dev) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut cpu = Trainer::new(&ds, run.clone(), d_cpu.path()).unwrap();
-        cpu.verbose = false;
-        cpu.fit().unwrap();
+        let (run, cpu, _d_cpu) = trainer_run_and_cpu(&ds, preset, 4, 8);
+        let d_dev = tempfile::tempdir().unwrap();
         let mut on = Trainer::new(&ds, run, d_dev.path()).unwrap();
         on.verbose = false;
         assert!(on.adversary.is_some(), "{preset}: two batches train the adversary");
@@ -594,22 +608,12 @@ fn device_profile_names_every_launch() {
 /// losses finite and within 3e-2 of the CPU's (bf16 operands: a few 1e-3 per step, compounded over
 /// the steps), the parameters within 0.05 of the CPU's.
 fn trainer_bf16_on(dev: &'static CudaDevice) {
-    use splicevi::data::simulate::{simulate, SimConfig, SimSize};
-    use splicevi::data::DataOptions;
-    use splicevi::train::trainer::{RunConfig, Trainer};
+    use splicevi::train::trainer::Trainer;
     use splicevi::cuda::resident::Residency;
-    use splicevi::train::{presets, TrainConfig};
-    let (ds, _) = simulate(&SimConfig { n_cells: 120, n_genes: 60, n_junctions: 120, ..SimConfig::preset(SimSize::Toy, 3) }).unwrap();
-    let (model, train0) = presets::preset("paper").unwrap();
-    let model = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim: 8, h_hidden_dim: 16, encoder_hidden_dim: 8, ..model };
     assert!(splicevi::cuda::partial::tensor_cores_bwd_fit(16, 8));
-    let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
-    let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
-    let run = RunConfig::for_dataset("paper", model, train, data, &ds);
-    let (d_cpu, d_dev) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut cpu = Trainer::new(&ds, run.clone(), d_cpu.path()).unwrap();
-    cpu.verbose = false;
-    cpu.fit().unwrap();
+    let ds = trainer_data();
+    let (run, cpu, _d_cpu) = trainer_run_and_cpu(&ds, "paper", 8, 16);
+    let d_dev = tempfile::tempdir().unwrap();
     let mut on = Trainer::new(&ds, run, d_dev.path()).unwrap();
     on.verbose = false;
     on.use_device_with(dev, splicevi::cuda::gemm::GemmPrecision::Bf16, Residency::Device).unwrap();

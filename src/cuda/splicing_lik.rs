@@ -74,6 +74,13 @@ pub struct DevGroups<'a> {
     pub ord: &'a dyn DeviceMem<u32>,
 }
 
+impl DevGroups<'_> {
+    /// ATSE groups in the grouping (what [`n_chunks`] takes).
+    pub fn n_groups(&self) -> usize {
+        self.grp_ptr.elements().saturating_sub(1)
+    }
+}
+
 /// Device inputs of one launch. B cells, K = decoder input width, J junctions, nnz observed entries.
 pub struct SplLikInputs<'a, W> {
     /// Decoder input rows S (B × K, row-major).
@@ -182,7 +189,7 @@ impl<'d> CudaSplicingLik<'d> {
         let f = if W::KERNEL == <f32 as SplOperand>::KERNEL { &self.f32_fn } else { &self.bf16_fn };
         let smem = (k * 4) as u32;
         ensure!(smem <= 48 * 1024, "splicing_lik: K = {k} needs {smem} bytes of shared memory (max 48 KiB)");
-        let n_groups = inp.groups.as_ref().map_or(0, |g| g.grp_ptr.elements().saturating_sub(1));
+        let n_groups = inp.groups.as_ref().map_or(0, |g| g.n_groups());
         let chunks = n_chunks(kind, b, nnz, n_groups);
         ensure!(chunks <= i32::MAX as usize && out.rl_part.elements() >= chunks, "splicing_lik: rl_part has {} entries for {chunks} chunks", out.rl_part.elements());
         let cfg = LaunchConfig { grid_dim: (chunks as u32, 1, 1), block_dim: (SPL_THREADS, 1, 1), shared_mem_bytes: smem };

@@ -1990,8 +1990,7 @@ impl<'d> DeviceModel<'d> {
             let (mut lo, mut gl, mut gc, mut pe) = (logits, g_logit, g_conc, p_ent);
             let (w_spl, bias_spl, lphi) = (self.p(out_lin.w), self.p(out_lin.b.context("splicing output layer without bias")?), self.p(a.log_phi));
             let j2a = (conc == ConcIndex::Atse).then_some(&self.junc2atse as &dyn DeviceMem<u32>);
-            let n_groups = grp.as_ref().map_or(0, |g| g.grp_ptr.elements().saturating_sub(1));
-            let mut rl_part = self.scratch::<f64>(super::splicing_lik::n_chunks(kind, b, nnz, n_groups))?;
+            let mut rl_part = self.scratch::<f64>(super::splicing_lik::n_chunks(kind, b, nnz, grp.as_ref().map_or(0, |g| g.n_groups())))?;
             let mut outs = SplLikOutputs { logits: &mut lo, rl: &mut rl_s, rl_part: &mut rl_part, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
             let wgt = cfg.splicing_loss_weight as f32;
             // The inputs, with the SDDMM's operands S and W in f32 or bf16.
