@@ -9,7 +9,7 @@ use std::process::Command;
 
 use splicevi::data::h5write::Compression;
 use splicevi::data::load::load;
-use splicevi::data::simulate::{simulate, simulate_to_file, write_simulated, SimConfig, SimSize, SUBTYPES_PER_TYPE};
+use splicevi::data::simulate::{simulate, simulate_first, simulate_to_file, write_simulated, SimConfig, SimSize, SUBTYPES_PER_TYPE};
 use splicevi::data::split::{
     numpy_permutation, sequential_batches, split_sizes, train_validation_split, Minibatches, SplitConfig,
 };
@@ -81,6 +81,49 @@ fn round_trip_in_memory_and_streamed_files_load_identically() {
     // Nothing but the final file is left behind.
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "leftover files: {names:?}");
+}
+
+/// `simulate_first` (what `bench` uses at the paper size) gives exactly the full simulation's first
+/// cells, across a block boundary and within a block.
+#[test]
+fn the_first_cells_alone_equal_the_full_simulations_first_cells() {
+    let cfg = SimConfig { n_cells: 700, ..toy(5) };
+    let (full, full_truth) = simulate(&cfg).unwrap();
+    for n in [300, 128, 1] {
+        let (ds, truth) = simulate_first(&cfg, n).unwrap();
+        let what = format!("first {n}");
+        assert_eq!(ds.n_cells(), n, "{what}");
+        assert_eq!(ds.cell_names[..], full.cell_names[..n], "{what}: cell names");
+        assert_eq!(ds.gene_names, full.gene_names, "{what}: gene names");
+        let (e, fe) = (ds.expression.as_ref().unwrap(), full.expression.as_ref().unwrap());
+        let end = fe.indptr[n];
+        assert_eq!(e.indptr[..], fe.indptr[..=n], "{what}: expression indptr");
+        assert_eq!(e.indices[..], fe.indices[..end], "{what}: expression indices");
+        assert_eq!(e.values[..], fe.values[..end], "{what}: expression values");
+        assert_eq!(ds.library_size[..], full.library_size[..n], "{what}: library sizes");
+        let (s, fs) = (&ds.splicing, &full.splicing);
+        let end = fs.indptr[n];
+        assert_eq!(s.n_cells, n, "{what}: splicing cells");
+        assert_eq!(s.indptr[..], fs.indptr[..=n], "{what}: splicing indptr");
+        assert_eq!(s.junction[..], fs.junction[..end], "{what}: junctions");
+        assert_eq!(s.k[..], fs.k[..end], "{what}: k");
+        assert_eq!(s.n[..], fs.n[..end], "{what}: n");
+        assert_eq!(s.psi[..], fs.psi[..end], "{what}: psi");
+        assert_eq!((&s.junc2atse, &s.atse_ids, &s.junction_names), (&fs.junc2atse, &fs.atse_ids, &fs.junction_names));
+        assert_eq!(ds.covariates.batch.codes[..], full.covariates.batch.codes[..n], "{what}: batches");
+        assert_eq!(truth.subtype[..], full_truth.subtype[..n], "{what}: subtypes");
+        assert_eq!(truth.true_psi, full_truth.true_psi, "{what}: global truth");
+        assert_eq!(truth.depth_scale, full_truth.depth_scale, "{what}: calibrated depth");
+        for (name, col) in &ds.obs {
+            let fcol = full.obs_column(name).unwrap_or_else(|| panic!("{what}: obs {name}"));
+            assert_eq!(col.len(), n, "{what}: obs {name} length");
+            assert_eq!(col.as_strings()[..], fcol.as_strings()[..n], "{what}: obs {name}");
+        }
+    }
+    assert!(simulate_first(&cfg, 0).is_err());
+    let (mut all, _) = simulate_first(&cfg, 5_000).unwrap();
+    all.source = full.source.clone();
+    assert_eq!(all, full, "more cells than the size has: the whole dataset");
 }
 
 #[test]
