@@ -36,6 +36,14 @@
 #define __launch_bounds__(x)
 #define __shared__ static
 
+// CUDA's 8-byte vector types (the tensor-core kernels load fragments and accumulator pairs with them).
+struct alignas(8) uint2 {
+    unsigned int x, y;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+
 namespace emu {
 struct Dim3 {
     unsigned x = 0, y = 0, z = 0;

@@ -450,15 +450,28 @@ partial_transpose_w0(const float* __restrict__ w0, int Hh, int D, float* __restr
     }
 }
 
+// The tensor-core kernels' B fragments of W₄ in bf16 (u32 words; a tile's 32 lanes × 2 words lie
+// lane-major, so a warp loads a fragment as 256 consecutive bytes, one uint2 per lane, instead of four
+// scattered f32 loads from eight rows and two conversions per mma). First the forward's h1·W₄ᵀ tiles
+// (B[k][t] = W₄[t][k]; tile nt·(Hh/16) + ks for nt < D/8, ks < Hh/16), then the backward's dh·W₄ tiles
+// (B[t][k] = W₄[t][k]; tile nt·⌈D/16⌉ + ks for nt < Hh/8, ks < ⌈D/16⌉; code units ≥ D zero).
+__host__ __device__ inline long long partial_w4frag_fwd_words(int Hh, int D) {
+    return 64LL * (D / 8) * (Hh / 16);
+}
+__host__ __device__ inline long long partial_w4frag_words(int Hh, int D) {
+    return partial_w4frag_fwd_words(Hh, D) + 64LL * (Hh / 8) * ((D + 15) / 16);
+}
+
 // emb: J × D; w0t: W₀ᵀ ((D + 1) × Hh, from partial_transpose_w0); b0, g1: Hh; w4: D × Hh. Outputs: fhat
-// (J × D), fnorm (J), ut, ug (J × Hh), suu, sub (J), bt, bg (Hh), sbb (1), w4t (Hh × D). Dynamic shared
+// (J × D), fnorm (J), ut, ug (J × Hh), suu, sub (J), bt, bg (Hh), sbb (1), w4t (Hh × D), and where w4frag
+// is not null (the tensor-core kernels' runs) W₄'s bf16 fragments (partial_w4frag_words). Dynamic shared
 // memory: D floats per warp.
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
 partial_fold(const float* __restrict__ emb, const float* __restrict__ w0t, const float* __restrict__ b0,
              const float* __restrict__ g1, const float* __restrict__ w4, int J, int Hh, int D,
              float* __restrict__ fhat, float* __restrict__ fnorm, float* __restrict__ ut, float* __restrict__ ug,
              double* __restrict__ suu, double* __restrict__ sub, float* __restrict__ bt, float* __restrict__ bg,
-             double* __restrict__ sbb, float* __restrict__ w4t) {
+             double* __restrict__ sbb, float* __restrict__ w4t, uint32_t* __restrict__ w4frag) {
     PART_SMEM(smem_raw);
     float* smem = (float*)smem_raw;
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -467,6 +480,29 @@ partial_fold(const float* __restrict__ emb, const float* __restrict__ w0t, const
          x += (long long)gridDim.x * blockDim.x) {
         const int t = (int)(x / Hh), k = (int)(x % Hh);
         w4t[k * D + t] = w4[x];
+    }
+    if (w4frag) {
+        // Rounded exactly as the kernels rounded W₄ when they read it in f32 (the same values, the same
+        // mma_pack_bf16x2), so the products are the same bits.
+        const int KS = Hh / 16, KD = (D + 15) / 16;
+        const long long nf = partial_w4frag_fwd_words(Hh, D), n_all = partial_w4frag_words(Hh, D);
+        for (long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x; x < n_all;
+             x += (long long)gridDim.x * blockDim.x) {
+            const bool fwd = x < nf;
+            const long long y = fwd ? x : x - nf, tile = y >> 6;
+            const int word = (int)(y & 1), ln = (int)((y >> 1) & 31), fr = ln >> 2, fq = ln & 3;
+            uint32_t v = 0u;
+            if (fwd) {
+                const int nt = (int)(tile / KS), ks = (int)(tile % KS);
+                const float* wr = w4 + (long long)(nt * 8 + fr) * Hh + ks * 16 + 2 * fq + 8 * word;
+                v = mma_pack_bf16x2(wr[0], wr[1]);
+            } else {
+                const int nt = (int)(tile / KD), ks = (int)(tile % KD);
+                const int t0 = ks * 16 + 2 * fq + 8 * word, k = nt * 8 + fr;
+                if (t0 < D) v = mma_pack_bf16x2(w4[(long long)t0 * Hh + k], w4[(long long)(t0 + 1) * Hh + k]);
+            }
+            w4frag[x] = v;
+        }
     }
     const int j = blockIdx.x * wpb + warp;
     if (j >= J) return;
@@ -661,13 +697,15 @@ __device__ void tc_h1_tile(const Net& n, unsigned lane, int ng, const double* ab
     }
 }
 
-// tc_h2_xhat: the second Linear h = tile·W₄ᵀ + b₄ as 16 × 8 × 16 mma tiles (B[k][t] = W₄[t][k]: W₄
-// row-major is B column-major), then the LayerNorm's x̂ over each pair's D units, in the lane's fragment
-// layout: rows gr → h[·][0..1], gr + 8 → h[·][2..3], column nt·8 + 2tq + x; a row is held by the quad
-// of lanes 4gr .. 4gr + 3. inv0, inv1: the two rows' 1 / std.
+// tc_h2_xhat: the second Linear h = tile·W₄ᵀ + b₄ as 16 × 8 × 16 mma tiles (B[k][t] = W₄[t][k], from
+// the fold's bf16 fragments w4f: partial_w4frag_fwd_words), then the LayerNorm's x̂ over each pair's D
+// units, in the lane's fragment layout: rows gr → h[·][0..1], gr + 8 → h[·][2..3], column nt·8 + 2tq +
+// x; a row is held by the quad of lanes 4gr .. 4gr + 3. inv0, inv1: the two rows' 1 / std.
 template <int NTMAX>
-__device__ __forceinline__ void tc_h2_xhat(const uint16_t* tile, int ld, const float* w4, const float* b4, int Hh,
-                                           int D, int gr, int tq, float (&h)[NTMAX][4], float& inv0, float& inv1) {
+__device__ __forceinline__ void tc_h2_xhat(const uint16_t* tile, int ld, const uint2* __restrict__ w4f, const float* b4,
+                                           int Hh, int D, int gr, int tq, float (&h)[NTMAX][4], float& inv0,
+                                           float& inv1) {
+    const int lane = 4 * gr + tq, KS = Hh / 16;
     const int NT = D / 8;
 #pragma unroll
     for (int nt = 0; nt < NTMAX; ++nt) h[nt][0] = h[nt][1] = h[nt][2] = h[nt][3] = 0.0f;
@@ -678,8 +716,8 @@ __device__ __forceinline__ void tc_h2_xhat(const uint16_t* tile, int ld, const f
 #pragma unroll
         for (int nt = 0; nt < NTMAX; ++nt) {
             if (nt < NT) {
-                const float* wr = w4 + (long long)(nt * 8 + gr) * Hh + k0;
-                const uint32_t bf[2] = {mma_pack_bf16x2(wr[0], wr[1]), mma_pack_bf16x2(wr[8], wr[9])};
+                const uint2 fr = w4f[(nt * KS + ks) * 32 + lane];
+                const uint32_t bf[2] = {fr.x, fr.y};
                 mma_m16n8k16_bf16(h[nt], af, bf, h[nt]);
             }
         }
@@ -746,7 +784,7 @@ __host__ __device__ inline size_t partial_tc_smem_per_warp(int Hh) {
 // layout; the launcher uses it when Hh % 16 == 0 and D % 8 == 0). A pass takes 16 pairs of the chunk:
 // their first block exactly as pass_fwd computes it (f32, dropout hashed and its keep bits written
 // the same way), rounded to bf16 into a 16 × Hh tile; the second Linear as 16 × D tensor-core tiles
-// (A = the tile, B = W₄ rounded to bf16 as it is read, f32 accumulation: kernels/mma.cuh); then + b₄,
+// (A = the tile, B = W₄'s bf16 fragments from partial_fold, f32 accumulation: kernels/mma.cuh); then + b₄,
 // the LayerNorm over each pair's D units (a row is held by the four lanes of a quad), the affine, the
 // ReLU and the chunk's sum, in f32. Differs from partial_pool_fwd by the bf16 rounding of the two
 // operands (relative 2⁻⁹ each) and the summation order. The backward (partial_pair_bwd) recomputes in
@@ -759,7 +797,7 @@ partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr, const int* __restrict__ junction,
                     const float* __restrict__ psi, const float* __restrict__ center, int dropout,
                     unsigned long long drop_key, unsigned drop_threshold, float dropout_scale, float* __restrict__ part,
-                    unsigned long long* __restrict__ keep) {
+                    unsigned long long* __restrict__ keep, const uint2* __restrict__ w4frag) {
     PART_SMEM(smem);
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int c = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -794,7 +832,7 @@ partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
         tc_h1_tile(n, lane, ng, ab, sjn, 0, spid, dropout ? DROP_STORE : DROP_NONE, (uint64_t*)keep, tile, ld);
         __syncwarp();
         float h[PART_DMAX / 8][4], inv0, inv1;
-        tc_h2_xhat(tile, ld, w4, b4, Hh, D, gr, tq, h, inv0, inv1);
+        tc_h2_xhat(tile, ld, w4frag, b4, Hh, D, gr, tq, h, inv0, inv1);
         const bool live0 = gr < ng, live1 = gr + 8 < ng;
 #pragma unroll
         for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
@@ -920,7 +958,7 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 //      fragments (a row is a quad of lanes), giving d(h2), rounded to bf16 into dh (16 × D) and dhᵀ;
 //   3. d W₄ += dhᵀ·h1 (D × Hh, K = the 16 pairs) as mma tiles whose accumulator is the warp's f32
 //      d W₄ in shared memory (read, multiply-add, write back);
-//   4. d(d1) = dh·W₄ (16 × Hh, B = W₄ᵀ from the fold) as mma tiles; da = d(d1) where the pair's unit
+//   4. d(d1) = dh·W₄ (16 × Hh, B = W₄'s bf16 fragments from the fold) as mma tiles; da = d(d1) where the pair's unit
 //      was active (the h1 tile's nonzero bits, read into registers before da overwrites the tile),
 //      its per-pair sums (Σ da·g₁, Σ da·u, Σ da·b̃) from the fragments, and da itself into an f32 tile
 //      that overlays h1 / dh / dhᵀ;
@@ -932,9 +970,11 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 // by tests/cuda_partial_parity.rs.)
 #define PART_TC_DMAX 64
 
-// Dynamic shared memory per warp of partial_pair_bwd_tc: d W₄ (D × Hh f32), then a region holding
-// either [h1 (16 × (Hh + 8)) | dh (16 × (D16 + 8)) | dhᵀ (D16 × 24)] (bf16) or da (16 × (Hh + 4), f32),
-// then per pass pair α, β (f64), ψ, the pool divisor, cell.
+// Dynamic shared memory per warp of partial_pair_bwd_tc: d W₄ (D × Hh f32, rows Hh + 8 floats apart so
+// that the accumulator pairs an mma reads and writes back fall in distinct banks: with rows Hh apart the
+// eight row groups of a fragment hit the same banks, eight-way conflicts on every access), then a region
+// holding either [h1 (16 × (Hh + 8)) | dh (16 × (D16 + 8)) | dhᵀ (D16 × 24)] (bf16) or da (16 × (Hh + 4),
+// f32), then per pass pair α, β (f64), ψ, the pool divisor, cell.
 __host__ __device__ inline size_t partial_tc_bwd_tiles(int Hh, int D) {
     const int D16 = (D + 15) / 16 * 16;
     const size_t bf = ((size_t)16 * (Hh + 8) + (size_t)16 * (D16 + 8) + (size_t)D16 * 24) * 2;
@@ -942,7 +982,7 @@ __host__ __device__ inline size_t partial_tc_bwd_tiles(int Hh, int D) {
     return ((bf > da ? bf : da) + 15) / 16 * 16;
 }
 __host__ __device__ inline size_t partial_tc_bwd_smem_per_warp(int Hh, int D) {
-    return (size_t)D * Hh * 4 + partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4 + 4);
+    return (size_t)D * (Hh + 8) * 4 + partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4 + 4);
 }
 
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
@@ -955,7 +995,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     const float* __restrict__ center, const float* __restrict__ dpool, int pool_mode, float divisor,
                     int dropout, float dropout_scale, const unsigned long long* __restrict__ keep,
                     float* __restrict__ q, double* __restrict__ cj, float* __restrict__ slots,
-                    double* __restrict__ slot_d) {
+                    double* __restrict__ slot_d, const uint2* __restrict__ w4frag) {
     PART_SMEM(smem);
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gw = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -966,10 +1006,12 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     const float scale = n.scale;
     const int gr = (int)lane >> 2, tq = (int)lane & 3;
     const int NT = D / 8, KD = (D + 15) / 16, NH = Hh / 8;
-    const int ldh = Hh + 8, ldd = 16 * KD + 8, ldt = 24, lda = Hh + 4;
+    const int ldh = Hh + 8, ldd = 16 * KD + 8, ldt = 24, lda = Hh + 4, ldw = Hh + 8;
+    // the backward's dh·W₄ fragments, after the forward's
+    const uint2* w4frag_b = w4frag + partial_w4frag_fwd_words(Hh, D) / 2;
     unsigned char* base = smem + (size_t)warp * partial_tc_bwd_smem_per_warp(Hh, D);
     float* sw4 = (float*)base;
-    unsigned char* region = base + (size_t)D * Hh * 4;
+    unsigned char* region = base + (size_t)D * ldw * 4;
     uint16_t* h1 = (uint16_t*)region;
     uint16_t* dh = h1 + 16 * ldh;
     uint16_t* dht = dh + 16 * ldd;
@@ -978,7 +1020,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     float* spsi = (float*)(ab + 32);
     float* sden = spsi + 16;  // the pool divisor of the pair's cell (1 for rows past the pass)
     int* scell = (int*)(sden + 16);
-    for (int x = lane; x < D * Hh; x += 32) sw4[x] = 0.0f;
+    for (int x = lane; x < D * ldw; x += 32) sw4[x] = 0.0f;
     // Per-lane accumulators: lanes over hidden units (as partial_pair_bwd's Acc) ...
     float aq[HPL_MAX], asbe1[HPL_MAX], asr[HPL_MAX];
 #pragma unroll
@@ -1021,7 +1063,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
             __syncwarp();
             // 2. h2 = h1·W₄ᵀ + b₄ as x̂ (rows gr: [·][0..1], gr + 8: [·][2..3]), then the LayerNorm's backward.
             float hx[PART_TC_DMAX / 8][4], inv0, inv1;
-            tc_h2_xhat(h1, ldh, w4, b4, Hh, D, gr, tq, hx, inv0, inv1);
+            tc_h2_xhat(h1, ldh, w4frag, b4, Hh, D, gr, tq, hx, inv0, inv1);
             // dx = d(a2)·g₅ (d(a2) = d(code) where the ReLU passed); row sums of dx, dx·x̂.
             const bool live0 = gr < ng, live1 = gr + 8 < ng;
             const int cell0 = scell[gr], cell1 = scell[gr + 8];
@@ -1110,16 +1152,13 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     if (mt < KD) {
                         // rows mt·16 + gr + 8 ≥ D (D % 16 == 8) are padding: not read, not written
                         const bool hi = mt * 16 + gr + 8 < D;
-                        float* c0p = sw4 + (long long)(mt * 16 + gr) * Hh + col;
-                        float* c1p = sw4 + (long long)(mt * 16 + gr + 8) * Hh + col;
-                        float cf[4] = {c0p[0], c0p[1], hi ? c1p[0] : 0.0f, hi ? c1p[1] : 0.0f};
+                        float2* c0p = (float2*)(sw4 + (long long)(mt * 16 + gr) * ldw + col);
+                        float2* c1p = (float2*)(sw4 + (long long)(mt * 16 + gr + 8) * ldw + col);
+                        const float2 v0 = *c0p, v1 = hi ? *c1p : float2{0.0f, 0.0f};
+                        float cf[4] = {v0.x, v0.y, v1.x, v1.y};
                         mma_m16n8k16_bf16(cf, at[mt], bf, cf);
-                        c0p[0] = cf[0];
-                        c0p[1] = cf[1];
-                        if (hi) {
-                            c1p[0] = cf[2];
-                            c1p[1] = cf[3];
-                        }
+                        *c0p = float2{cf[0], cf[1]};
+                        if (hi) *c1p = float2{cf[2], cf[3]};
                     }
                 }
             }
@@ -1150,15 +1189,13 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
             // d(d1) = dh·W₄ (B[t][k] = W₄[t][k]: column k of B is row k of W₄ᵀ), da, its per-pair sums.
             float p10 = 0.0f, p11 = 0.0f, pu0 = 0.0f, pu1 = 0.0f, pb0 = 0.0f, pb1 = 0.0f;
             for (int nt = 0; nt < NH; ++nt) {
-                const int n = nt * 8 + gr;
                 float cf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
                 for (int ks = 0; ks < PART_TC_DMAX / 16; ++ks) {
                     if (ks < KD) {
-                        const int t0 = ks * 16 + 2 * tq;
-                        const float* wr = w4t + (long long)n * D + t0;
-                        const bool hi = t0 + 8 < D;  // (D % 16 == 8: code units ≥ D are zero)
-                        const uint32_t bf[2] = {mma_pack_bf16x2(wr[0], wr[1]), hi ? mma_pack_bf16x2(wr[8], wr[9]) : 0u};
+                        // (D % 16 == 8: the fragments of code units ≥ D are zero)
+                        const uint2 fr = w4frag_b[(nt * KD + ks) * 32 + lane];
+                        const uint32_t bf[2] = {fr.x, fr.y};
                         mma_m16n8k16_bf16(cf, adh[ks], bf, cf);
                     }
                 }
@@ -1265,7 +1302,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
         }
     }
     __syncwarp();
-    for (int x = lane; x < D * Hh; x += 32) slot[2 * Hh + x] = sw4[x];
+    for (int x = lane; x < D * Hh; x += 32) slot[2 * Hh + x] = sw4[(x / Hh) * ldw + x % Hh];
     float* tail = slot + 2 * Hh + (long long)D * Hh;
 #pragma unroll
     for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {

@@ -192,7 +192,7 @@ int main(int argc, char** argv) {
     std::vector<float> w0t((size_t)(D + 1) * Hh, NAN);
     emu::launch(3, PART_THREADS, 0, [&] { partial_transpose_w0(w0.data(), Hh, D, w0t.data()); });
     emu::launch((J + wpr - 1) / wpr, PART_THREADS, wpr * D * 4, [&] {
-        partial_fold(emb.data(), w0t.data(), b0.data(), g1.data(), w4.data(), J, Hh, D, fhat.data(), fnorm.data(), ut.data(), ug.data(), suu.data(), sub.data(), bt.data(), bg.data(), sbb.data(), w4t.data());
+        partial_fold(emb.data(), w0t.data(), b0.data(), g1.data(), w4.data(), J, Hh, D, fhat.data(), fnorm.data(), ut.data(), ug.data(), suu.data(), sub.data(), bt.data(), bg.data(), sbb.data(), w4t.data(), nullptr);
     });
 #define NET ug.data(), bg.data(), be1.data(), g1.data(), w4.data(), w4t.data(), b4.data(), g5.data(), be5.data(), suu.data(), sub.data(), sbb.data()
     if (center) emu::launch(1, 32, sf, [&] { partial_ref_fwd(NET, Hh, D, h0.data()); });

@@ -84,13 +84,20 @@ pub fn tc_smem_per_warp(hh: usize) -> usize {
     (16 * (hh + 8) * 2).div_ceil(16) * 16 + 16 * 16 + 16 * 4 * 2
 }
 
-/// `partial_tc_bwd_smem_per_warp` of kernels/partial.cu: the warp's d W₄ (D × Hh f32), the tiles (bf16
-/// h1, dh, dhᵀ, or the f32 da that overlays them) and the pass pairs' scalars.
+/// `partial_tc_bwd_smem_per_warp` of kernels/partial.cu: the warp's d W₄ (D × Hh f32 in rows of Hh + 8),
+/// the tiles (bf16 h1, dh, dhᵀ, or the f32 da that overlays them) and the pass pairs' scalars.
 pub fn tc_bwd_smem_per_warp(hh: usize, d: usize) -> usize {
     let d16 = d.div_ceil(16) * 16;
     let bf = (16 * (hh + 8) + 16 * (d16 + 8) + d16 * 24) * 2;
     let da = 16 * (hh + 4) * 4;
-    d * hh * 4 + bf.max(da).div_ceil(16) * 16 + 16 * (16 + 4 + 4 + 4)
+    d * (hh + 8) * 4 + bf.max(da).div_ceil(16) * 16 + 16 * (16 + 4 + 4 + 4)
+}
+
+/// `partial_w4frag_words` of kernels/partial.cu: W₄'s bf16 tensor-core fragments that `partial_fold`
+/// writes for the tensor-core kernels (u32 words: the forward's D/8 × Hh/16 tiles, then the backward's
+/// Hh/8 × ⌈D/16⌉, 64 words each).
+pub fn w4frag_words(hh: usize, d: usize) -> usize {
+    64 * ((d / 8) * (hh / 16) + (hh / 8) * d.div_ceil(16))
 }
 
 /// Largest code_dim of `partial_pair_bwd_tc` (PART_TC_DMAX: its LayerNorm sums live in registers).
@@ -98,7 +105,7 @@ pub const PART_TC_DMAX: usize = 64;
 
 /// Whether `partial_pair_bwd_tc` takes these layers: Hh in 16-deep tiles, D in 8-wide ones (padded to
 /// 16 where the product runs over D), D ≤ PART_TC_DMAX, and one warp's shared memory within a launch's
-/// default 48 KiB (the `paper` preset's 128 × 64 uses 43 KiB).
+/// default 48 KiB (the `paper` preset's 128 × 64 uses 43.9 KiB).
 pub fn tensor_cores_bwd_fit(hh: usize, d: usize) -> bool {
     hh % 16 == 0 && d % 8 == 0 && d <= PART_TC_DMAX && hh <= PART_HMAX && tc_bwd_smem_per_warp(hh, d) <= SMEM_LIMIT
 }
@@ -264,6 +271,9 @@ pub struct PartialWork {
     pub w0t: DevBuf<f32>,
     /// The forward pool's per-chunk sums (pool_chunks × D).
     pub pool_part: DevBuf<f32>,
+    /// W₄'s bf16 fragments for the tensor-core kernels ([`w4frag_words`]; written by the fold when the
+    /// shape's `tensor_cores` is set).
+    pub w4frag: DevBuf<u32>,
 }
 
 impl PartialWork {
@@ -271,7 +281,7 @@ impl PartialWork {
     pub fn bytes(&self) -> usize {
         let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart];
-        4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len()
+        4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len()
     }
 
     pub fn alloc(dev: &CudaDevice, s: &PartialShape) -> Result<Self> {
@@ -299,6 +309,7 @@ impl PartialWork {
             w0_prod: dev.zeros(hh * d)?,
             w0t: dev.zeros((d + 1) * hh)?,
             pool_part: dev.zeros(pool_chunks(s.b, s.nnz) * d)?,
+            w4frag: dev.zeros(if tensor_cores_fit(hh, d) { w4frag_words(hh, d) } else { 1 })?,
         })
     }
 }
@@ -411,7 +422,9 @@ impl<'d> CudaPartial<'d> {
         let args: [&dyn KernelArg; 4] = [&p.w0.device_address(), &(hh as i32), &(d as i32), &w.w0t.device_address()];
         let grid = super::runtime::elementwise_grid(n, PART_THREADS, self.dev.info().multiprocessors) as usize;
         self.dev.launch(&self.transpose_w0, cfg(grid, PART_THREADS, 0), &args)?;
-        let args: [&dyn KernelArg; 18] = [
+        // W₄'s bf16 fragments only where the tensor-core kernels read them
+        let w4frag = if s.tensor_cores { w.w4frag.device_address() } else { 0 };
+        let args: [&dyn KernelArg; 19] = [
             &p.emb.device_address(),
             &w.w0t.device_address(),
             &p.b0.device_address(),
@@ -430,6 +443,7 @@ impl<'d> CudaPartial<'d> {
             &w.bg.device_address(),
             &w.sbb.device_address(),
             &w.w4t.device_address(),
+            &w4frag,
         ];
         self.dev.launch(&self.fold, cfg(j.div_ceil(wpb), PART_THREADS, wpb * d * 4), &args)?;
         let mut na = [0u64; 12];
@@ -468,6 +482,7 @@ impl<'d> CudaPartial<'d> {
             // (4 × 8.8 KiB of tiles at Hh = 256).
             ensure!(tensor_cores_fit(hh, d), "partial: the tensor-core forward needs h_hidden_dim % 16 == 0 and code_dim % 8 == 0 (got {hh}, {d})");
             let pw = PART_THREADS as usize / 32;
+            let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg]).collect();
             self.dev.launch(&self.pool_fwd_tc, cfg(n_chunks.div_ceil(pw), PART_THREADS, pw * tc_smem_per_warp(hh)), &args)?;
         } else {
             // Up to 4 warps (chunks) per block, fewer where their shared memory would pass the 48 KiB
@@ -531,6 +546,9 @@ impl<'d> CudaPartial<'d> {
             // 16 pairs of a junction per pass, the three products as mma tiles (d W₄ accumulated in
             // the warp's shared memory): as many warps per block as 48 KiB holds, at most 4.
             let wpb = (SMEM_LIMIT / tc_bwd_smem_per_warp(hh, d)).clamp(1, 4);
+            // W₄'s bf16 fragments, written by the forward's fold
+            let w4frag = w.w4frag.device_address();
+            let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg]).collect();
             self.dev.launch(&self.pair_bwd_tc, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * tc_bwd_smem_per_warp(hh, d)), &args)?;
         } else {
             self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
