@@ -173,3 +173,14 @@ glue_gather_rows_combine(const double* __restrict__ part, const int* __restrict_
     const float v = alpha * (float)s;
     out[x] = beta != 0.0f ? v + beta * out[x] : v;
 }
+
+// Scatter of sparse entries into a dense row-major matrix: out[rows_of[e] · ld + cols[e]] = alpha · vals[e]
+// for e < n, one thread per entry (grid-stride). The dense splicing decode's d(logits): a minibatch's
+// (cell, junction) entries are distinct, so every element is written by at most one thread (no atomics,
+// deterministic); the elements no entry names keep what they held (zero them first).
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+glue_scatter(const int* __restrict__ rows_of, const int* __restrict__ cols, const float* __restrict__ vals,
+             long long n, long long ld, float alpha, float* __restrict__ out) {
+    for (long long e = (long long)blockIdx.x * GLUE_THREADS + threadIdx.x; e < n; e += (long long)gridDim.x * GLUE_THREADS)
+        out[(long long)rows_of[e] * ld + cols[e]] = alpha * vals[e];
+}

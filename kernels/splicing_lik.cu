@@ -13,7 +13,9 @@
 // input row S_i, converted to f32).
 //   phase 1 (SDDMM): warp w takes the chunk's entries w, w + nwarps, ... (DM: the entries of its groups,
 //            through ord); its lanes sum S_ik * W_jk over k = lane, lane + 32, ... in f32 and reduce with
-//            a fixed xor-butterfly; logit = sum + b_j is written to logits[e].
+//            a fixed xor-butterfly; logit = sum + b_j is written to logits[e]. With `dense` (the dense
+//            decode: the B × J logits S·Wᵀ + b from a GEMM, for minibatches dense enough that reading a
+//            W row per entry costs more than the product) each thread copies its entries' logits from it.
 //   phase 2 (likelihood): DM: thread t takes the chunk's ATSE groups t, t + SPL_THREADS, ... (groups
 //            from AtseGroups: cell_grp, grp_ptr, ord); binomial / beta-binomial / BCE: thread t takes
 //            entries. Each thread accumulates its log-likelihood in f64; a fixed-order tree reduction
@@ -184,7 +186,7 @@ __device__ __forceinline__ void splicing_lik_impl(
     const unsigned* __restrict__ ord, const unsigned* __restrict__ junc2atse,
     const float* __restrict__ log_phi, int kind, int conc_mode, float w, int B, int n_chunks,
     float* __restrict__ logits, double* __restrict__ rl_part, float* __restrict__ g_logit,
-    float* __restrict__ g_conc, float* __restrict__ p_out) {
+    float* __restrict__ g_conc, float* __restrict__ p_out, const float* __restrict__ dense, int J) {
     SV_DYNAMIC_SMEM(float, s_row);
     __shared__ double red[SPL_THREADS];
     const int chunk = blockIdx.x;
@@ -202,6 +204,14 @@ __device__ __forceinline__ void splicing_lik_impl(
     const long long e0 = dm ? grp_ptr[i0] : i0, e1 = dm ? grp_ptr[i1] : i1;
 
     // ---- phase 1: SDDMM for the observed entries ----
+    if (dense) {
+        // The dense decode: the logits (bias included) are the B × J GEMM's; read the entries' own.
+        for (long long t = e0 + tid; t < e1; t += SPL_THREADS) {
+            const long long e = dm ? (long long)ord[t] : t;
+            logits[e] = dense[(long long)cell * J + junction[e]];
+        }
+        __syncthreads();
+    } else {
     for (int k = tid; k < K; k += SPL_THREADS) s_row[k] = to_f(S[(long long)cell * K + k]);
     __syncthreads();
     const int lane = tid & 31, warp = tid >> 5;
@@ -216,6 +226,7 @@ __device__ __forceinline__ void splicing_lik_impl(
         if (lane == 0) logits[e] = acc + bias[j];
     }
     __syncthreads();  // the logits (global memory) are visible to the whole block from here
+    }
 
     // ---- phase 2: likelihood and gradients ----
     double ll = 0.0;
@@ -278,9 +289,9 @@ __device__ __forceinline__ void splicing_lik_impl(
         const unsigned *__restrict__ ord, const unsigned *__restrict__ junc2atse,                             \
         const float *__restrict__ log_phi, int kind, int conc_mode, float w, int B, int n_chunks,               \
         float *__restrict__ logits, double *__restrict__ rl_part, float *__restrict__ g_logit,                 \
-        float *__restrict__ g_conc, float *__restrict__ p_out
+        float *__restrict__ g_conc, float *__restrict__ p_out, const float *__restrict__ dense, int J
 #define SPL_PASS S, K, W, bias, indptr, junction, kc, nc, psi, cell_grp, grp_ptr, ord, junc2atse, log_phi, kind, \
-                 conc_mode, w, B, n_chunks, logits, rl_part, g_logit, g_conc, p_out
+                 conc_mode, w, B, n_chunks, logits, rl_part, g_logit, g_conc, p_out, dense, J
 
 extern "C" __global__ void __launch_bounds__(SPL_THREADS) splicing_lik_f32(SPL_ARGS(float)) {
     splicing_lik_impl<float>(SPL_PASS);

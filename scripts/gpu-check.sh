@@ -13,7 +13,8 @@
 # `splicevi info --load-kernels`; every bundled test binary (a test that cannot use the GPU prints
 # SKIPPED and counts as a failure there; the host-emulation halves are switched off); the fixture checks
 # through the CUDA step (bundled copy of ../shared/fixtures); `splicevi bench --device cuda` at the paper
-# size with the paper preset, bf16 then f32, each with a kernel profile (BENCH_PAPER= leaves them out);
+# size with the paper preset, bf16 (dense then sparse splicing decode) then f32, each with a kernel
+# profile (BENCH_PAPER= leaves them out);
 # two epochs of `train --device cuda` next to the CPU's on the toy data, and the analyses; the small and
 # medium benches. Each step has a time limit (STEP_TIMEOUT seconds, default 240), so one that hangs
 # cannot take the whole device lease.
@@ -124,6 +125,8 @@ fi
 # --profile-steps: the device time per kernel of three more steps, timed by CUDA events.
 if want paper && [ -n "${BENCH_PAPER-1}" ]; then
   cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --preset paper --steps 20 --profile-steps 3
+  # the SDDMM instead of the dense decode that auto picks at this density
+  cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --splicing-decode sparse --size paper --preset paper --steps 10 --profile-steps 3
   cuda_step "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --steps 10 --profile-steps 3
 fi
 # The training step end to end: two epochs of `train --device cuda` (default and robust presets) on the

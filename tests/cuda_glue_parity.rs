@@ -118,6 +118,24 @@ fn glue_on(dev: &CudaDevice) {
         twin::seg_sum(&ptr, with_ids.then_some(&ids[..]), &vals, with_sg.then_some(&sg[..]), 0.7, beta, &mut want);
         check(&format!("seg_sum ids {with_ids} sg {with_sg} beta {beta}"), &dev.download(&od).unwrap(), &want);
     }
+    // scatter: distinct (row, column) pairs of a 23 × 57 matrix in random order; the rest untouched.
+    {
+        let (rows, ld) = (23usize, 57usize);
+        let mut cells: Vec<(i32, i32)> = (0..rows as i32).flat_map(|i| (0..ld as i32).map(move |j| (i, j))).filter(|_| r.gen_bool(0.3)).collect();
+        for i in (1..cells.len()).rev() {
+            cells.swap(i, r.gen_range(0..=i));
+        }
+        let (ro, co): (Vec<i32>, Vec<i32>) = cells.iter().copied().unzip();
+        let vals = rand_vec(&mut r, cells.len(), -1.0, 1.0);
+        let o0 = rand_vec(&mut r, rows * ld, -1.0, 1.0);
+        let (rd, cd, vd, mut od) = (dev.upload(&ro).unwrap(), dev.upload(&co).unwrap(), dev.upload(&vals).unwrap(), dev.upload(&o0).unwrap());
+        g.scatter(&rd, &cd, &vd, ld, -0.25, &mut od).unwrap();
+        let mut want = o0.clone();
+        twin::scatter(&ro, &co, &vals, ld, -0.25, &mut want);
+        let got = dev.download(&od).unwrap();
+        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "scatter");
+        assert!(cells.len() > 100 && got.iter().zip(&o0).filter(|(a, b)| a != b).count() == cells.len(), "scatter: only the named elements change");
+    }
     // gather_rows: K below, at and above a warp's width.
     for (k, with_ids, beta) in [(5usize, false, 0.0f32), (32, true, 0.0), (70, true, 1.0)] {
         let (t, n_src) = (41, 29);

@@ -619,11 +619,12 @@ impl Operand for half::bf16 {
 type SplBackend<'a, W> =
     dyn FnMut(SplicingLoss, ConcIndex, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> + 'a;
 
-fn device_splicing<W: Operand>(name: &str, k: usize, seed: u64) {
+/// `dense`: the dense decode (the logits read from a B × J matrix instead of the SDDMM).
+fn device_splicing<W: Operand>(name: &str, k: usize, seed: u64, dense: bool) {
     for dev in emu_common::devices(&format!("splicing_lik ({name}) vs model::spl_lik")) {
         let kern = CudaSplicingLik::new(&dev).unwrap();
         let mut backend = |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
-            (0..2).map(|_| kern.run_host(kind, conc, wgt, s, k, w, bias, spl, groups, j2a, lp).unwrap()).collect::<Vec<_>>()
+            (0..2).map(|_| kern.run_host(kind, conc, wgt, s, k, w, bias, spl, groups, j2a, lp, dense).unwrap()).collect::<Vec<_>>()
         };
         // The emulation is slow: the smaller problem there.
         splicing_parity::<W>(name, k, seed, true, dev.is_emulated(), &mut backend);
@@ -733,13 +734,20 @@ fn twin_splicing_comparison_accepts_the_f64_twin() {
 
 #[test]
 fn device_splicing_lik_f32_matches_twin() {
-    device_splicing::<f32>("f32", 45, 31);
-    device_splicing::<f32>("f32", 200, 32);
+    device_splicing::<f32>("f32", 45, 31, false);
+    device_splicing::<f32>("f32", 200, 32, false);
 }
 
 #[test]
 fn device_splicing_lik_bf16_matches_twin() {
-    device_splicing::<half::bf16>("bf16", 64, 33);
+    device_splicing::<half::bf16>("bf16", 64, 33, false);
+}
+
+/// The dense decode's phase 1: every entry's logit read from the B × J matrix (a wrong index or a
+/// missed entry fails the logits' check against the f64 dot products).
+#[test]
+fn device_splicing_lik_dense_logits_match_twin() {
+    device_splicing::<f32>("f32, dense logits", 45, 34, true);
 }
 
 // =====================================================================================================
@@ -950,12 +958,12 @@ int main(int argc, char** argv) {
     if (bf16) {
         auto S = rd<__nv_bfloat16>(d, "s"); auto W = rd<__nv_bfloat16>(d, "w");
         emu::launch(n_chunks, SPL_THREADS, (size_t)K * 4, [&] {
-            splicing_lik_bf16(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data());
+            splicing_lik_bf16(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data(), nullptr, 0);
         });
     } else {
         auto S = rd<float>(d, "s"); auto W = rd<float>(d, "w");
         emu::launch(n_chunks, SPL_THREADS, (size_t)K * 4, [&] {
-            splicing_lik_f32(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data());
+            splicing_lik_f32(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data(), nullptr, 0);
         });
     }
     emu::launch((B + SPL_THREADS - 1) / SPL_THREADS, SPL_THREADS, 0, [&] {

@@ -17,7 +17,7 @@ use synth::JUNC2ATSE;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use splicevi::cuda::step::{unsupported, DeviceModel};
+use splicevi::cuda::step::{unsupported, DeviceModel, SplicingDecode};
 use splicevi::cuda::CudaDevice;
 use splicevi::model::*;
 
@@ -285,8 +285,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
-    let name = case.name;
+fn step_on(dev: &CudaDevice, case: &Case, seed: u64, decode: SplicingDecode) {
+    let name = &format!("{} ({decode:?} splicing decode)", case.name);
     let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
     let mut p = random_params(&model, seed);
     // Running statistics off their initial (0, 1), so that evaluation mode tests their use.
@@ -311,6 +311,9 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
     let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
     // Unwritten elements of step buffers would be NaN and fail the comparisons.
     dm.poison = true;
+    dm.splicing_decode = decode;
+    // (the profile names the kernels that ran: the path taken)
+    dev.set_profiling(true);
     let mut seen_z = None;
     let out = dm
         .forward_backward(
@@ -324,6 +327,11 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
         )
         .unwrap();
     assert_eq!(seen_z.as_ref(), Some(&out.z), "{name}: the fool callback sees the sampled z");
+    let ran: Vec<String> = dev.take_profile().unwrap().into_iter().map(|k| k.name).collect();
+    dev.set_profiling(false);
+    let dense = decode == SplicingDecode::Dense;
+    assert_eq!(ran.iter().any(|n| n == "glue_scatter"), dense, "{name}: the dense decode's scatter ran or not: {ran:?}");
+    assert_eq!(ran.iter().any(|n| n == "glue_gather_rows_part"), !dense, "{name}: the sparse decode's chunked gather ran or not: {ran:?}");
     // A forward-only pass gives the same loss terms and leaves the gradients alone.
     let g_before = dm.download_grads().unwrap().data;
     let fo = dm.forward_backward(&batch, &case.opts, &mut |_| panic!("no backward, no callback"), false).unwrap();
@@ -396,10 +404,30 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64) {
 #[test]
 fn device_step_matches_cpu_model() {
     for dev in emu::devices("CUDA training step vs SpliceVae::forward/backward") {
+        // The splicing decode alternates between the cases (the first runs both), so that each path
+        // meets several losses and decoders.
         for (k, case) in cases().iter().enumerate() {
-            step_on(&dev, case, 100 + k as u64);
+            let decode = if k % 2 == 0 { SplicingDecode::Sparse } else { SplicingDecode::Dense };
+            step_on(&dev, case, 100 + k as u64, decode);
+            if k == 0 {
+                step_on(&dev, case, 100, SplicingDecode::Dense);
+            }
         }
     }
+}
+
+/// `--splicing-decode auto`: dense where more than 7/(3K) of the minibatch's entries are observed.
+#[test]
+fn auto_splicing_decode_follows_the_density() {
+    let auto = SplicingDecode::Auto;
+    // the paper size: 256 cells × 90,000 junctions, about 18,000 entries per cell, K = 128
+    assert!(auto.dense_for(256, 90_000, 256 * 18_000, 128));
+    // 1% observed at K = 128 (threshold 1.8%): sparse; at K = 1,000 (0.23%): dense
+    assert!(!auto.dense_for(256, 90_000, 256 * 900, 128));
+    assert!(auto.dense_for(256, 90_000, 256 * 900, 1000));
+    assert!(SplicingDecode::Dense.dense_for(1, 1, 0, 1) && !SplicingDecode::Sparse.dense_for(256, 10, 2560, 128));
+    assert_eq!("dense".parse::<SplicingDecode>(), Ok(SplicingDecode::Dense));
+    assert!("fast".parse::<SplicingDecode>().unwrap_err().contains("auto, sparse or dense"));
 }
 
 #[test]

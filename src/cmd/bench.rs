@@ -220,7 +220,7 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
             let mut t = Trainer::new(&ds, run, tmp.path())?;
             if let Some(d) = dev {
                 t.use_device(d, precision)?;
-                println!("# {size_name} {preset_name}: {}", t.device_data_note().unwrap_or_default());
+                println!("# {size_name} {preset_name}: {}; splicing decode {:?}", t.device_data_note().unwrap_or_default(), crate::cuda::step::splicing_decode());
             }
             // Steady state: past the KL warm-up (mixing on, gate 1).
             let epoch = train.n_epochs_kl_warmup.unwrap_or(0);

@@ -38,6 +38,11 @@ pub struct Cli {
     /// minibatch gathered and packed on the host, copied once per step).
     #[arg(long, global = true, default_value = "auto", value_parser = parse_residency)]
     pub data_residency: crate::cuda::resident::Residency,
+    /// How the CUDA step's splicing decoder output meets the likelihood: auto (dense where more than
+    /// 7/(3K) of a minibatch's cell × junction entries are observed, K the decoder's input width), sparse
+    /// (an SDDMM over the observed entries) or dense (one B × J GEMM and its backward GEMMs).
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_splicing_decode)]
+    pub splicing_decode: crate::cuda::step::SplicingDecode,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -88,6 +93,10 @@ fn parse_residency(s: &str) -> Result<crate::cuda::resident::Residency, String> 
     s.parse()
 }
 
+fn parse_splicing_decode(s: &str) -> Result<crate::cuda::step::SplicingDecode, String> {
+    s.parse()
+}
+
 fn parse_precision(s: &str) -> Result<crate::cuda::gemm::GemmPrecision, String> {
     match s {
         "f32" => Ok(crate::cuda::gemm::GemmPrecision::F32),
@@ -113,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let device = resolved.map(|r| r.device).unwrap_or(crate::device::Device::Cpu);
     let precision = cli.precision;
     crate::cuda::resident::set_residency(cli.data_residency);
+    crate::cuda::step::set_splicing_decode(cli.splicing_decode);
     if precision == crate::cuda::gemm::GemmPrecision::Bf16 && !device.is_cuda() {
         anyhow::bail!("--precision bf16 is a CUDA option (with --device cuda); the CPU backend computes in f32");
     }

@@ -100,6 +100,7 @@ pub struct CudaGlue<'d> {
     gather_rows_part: Kernel,
     gather_rows_combine: Kernel,
     to_bf16: Kernel,
+    scatter: Kernel,
 }
 
 fn grid_cfg(dev: &CudaDevice, n: usize) -> LaunchConfig {
@@ -128,6 +129,7 @@ impl<'d> CudaGlue<'d> {
             gather_rows_part: f("glue_gather_rows_part")?,
             gather_rows_combine: f("glue_gather_rows_combine")?,
             to_bf16: f("glue_to_bf16")?,
+            scatter: f("glue_scatter")?,
         })
     }
 
@@ -288,6 +290,21 @@ impl<'d> CudaGlue<'d> {
         ];
         self.dev.launch(&self.gather_rows, cfg, &args)
     }
+
+    /// out[rows_of[e] · ld + cols[e]] = α vals[e] for every entry e; the other elements of `out` keep
+    /// their values. The entries must name distinct elements (checked by the caller's construction: a
+    /// minibatch's cell × junction pairs).
+    pub fn scatter(&self, rows_of: &dyn DeviceMem<i32>, cols: &dyn DeviceMem<i32>, vals: &dyn DeviceMem<f32>, ld: usize, alpha: f32, out: &mut dyn DeviceMem<f32>) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_scatter");
+        let n = vals.elements();
+        ensure!(rows_of.elements() >= n && cols.elements() >= n, "glue scatter: {n} values, {} rows, {} columns", rows_of.elements(), cols.elements());
+        ensure!(ld >= 1 && out.elements() % ld == 0, "glue scatter: out has {} elements, not rows of {ld}", out.elements());
+        if n == 0 {
+            return Ok(());
+        }
+        let args: [&dyn KernelArg; 7] = [&rows_of.device_address(), &cols.device_address(), &vals.device_address(), &(n as i64), &(ld as i64), &alpha, &out.device_address()];
+        self.dev.launch(&self.scatter, grid_cfg(self.dev, n), &args)
+    }
 }
 
 /// The CPU twins of kernels/glue.cu, on host slices (offsets and strides as the launches take them).
@@ -324,6 +341,12 @@ pub mod twin {
                 super::MapOp::LeakyRelu => act_fwd(Act::LeakyRelu, x[t]),
                 super::MapOp::MulLeakyReluGrad => x[t] * act_grad(Act::LeakyRelu, a[t]),
             };
+        }
+    }
+
+    pub fn scatter(rows_of: &[i32], cols: &[i32], vals: &[f32], ld: usize, alpha: f32, out: &mut [f32]) {
+        for (e, &v) in vals.iter().enumerate() {
+            out[rows_of[e] as usize * ld + cols[e] as usize] = alpha * v;
         }
     }
 

@@ -102,6 +102,9 @@ pub struct SplLikInputs<'a, W> {
     pub junc2atse: Option<&'a dyn DeviceMem<u32>>,
     /// log φ (pre-softplus): DM and beta-binomial.
     pub log_phi: Option<&'a dyn DeviceMem<f32>>,
+    /// The dense decode: the B × J logits S·Wᵀ + b from a GEMM (row-major), read per entry instead of
+    /// the SDDMM (s, w and bias are then not read).
+    pub dense: Option<&'a dyn DeviceMem<f32>>,
 }
 
 /// Device outputs: per entry (nnz) logits, d rl/d logit, concentration contributions, p; per cell rl;
@@ -183,6 +186,10 @@ impl<'d> CudaSplicingLik<'d> {
         if conc == ConcIndex::Atse && kind == SplicingLoss::DirichletMultinomial {
             ensure!(inp.junc2atse.is_some_and(|m| m.elements() == j), "splicing_lik: per-ATSE concentration needs junc2atse with {j} entries");
         }
+        if let Some(dn) = inp.dense {
+            ensure!(dn.elements() == b * j, "splicing_lik: the dense logits have {} elements for {b} cells × {j} junctions", dn.elements());
+        }
+        ensure!(j <= i32::MAX as usize, "splicing_lik: {j} junctions exceed i32");
         if b == 0 {
             return Ok(());
         }
@@ -197,7 +204,7 @@ impl<'d> CudaSplicingLik<'d> {
             Some(g) => (g.cell_ptr.device_address(), g.grp_ptr.device_address(), g.ord.device_address()),
             None => (0, 0, 0),
         };
-        let args: [&dyn KernelArg; 24] = [
+        let args: [&dyn KernelArg; 26] = [
             &inp.s.device_address(),
             &(k as i32),
             &inp.w.device_address(),
@@ -222,6 +229,8 @@ impl<'d> CudaSplicingLik<'d> {
             &out.g_logit.device_address(),
             &out.g_conc.device_address(),
             &out.p.device_address(),
+            &addr(inp.dense),
+            &(j as i32),
         ];
         self.dev.launch(f, cfg, &args)?;
         let args: [&dyn KernelArg; 7] = [&out.rl_part.device_address(), &inp.indptr.device_address(), &gc, &kind_code(kind), &(b as i32), &weight, &out.rl.device_address()];
@@ -230,7 +239,8 @@ impl<'d> CudaSplicingLik<'d> {
     }
 
     /// Convenience for tests: validates and uploads host data, poisons every output with NaN, launches,
-    /// and copies the results back. `s` is B × k, `w` J × k (row-major).
+    /// and copies the results back. `s` is B × k, `w` J × k (row-major). `dense`: the dense decode, its
+    /// B × J logits S·Wᵀ + b computed here in f64 (rounded to f32).
     #[allow(clippy::too_many_arguments)]
     pub fn run_host<W: SplOperand>(
         &self,
@@ -245,6 +255,7 @@ impl<'d> CudaSplicingLik<'d> {
         groups: Option<&AtseGroups>,
         junc2atse: &[u32],
         log_phi: &[f32],
+        dense: bool,
     ) -> Result<SplLikHost> {
         let (b, j, nnz) = (spl.n_cells(), spl.n_junctions, spl.nnz());
         // (Device buffers cannot be empty; the kernel itself handles cells without entries.)
@@ -280,6 +291,18 @@ impl<'d> CudaSplicingLik<'d> {
         };
         let j2a = if junc2atse.is_empty() { None } else { Some(dev.upload(junc2atse)?) };
         let lp = if log_phi.is_empty() { None } else { Some(dev.upload(log_phi)?) };
+        let dn = if dense {
+            let mut l = vec![0f32; b * j];
+            for i in 0..b {
+                for jj in 0..j {
+                    let dot: f64 = (0..k).map(|t| s[i * k + t].to_f32() as f64 * w[jj * k + t].to_f32() as f64).sum();
+                    l[i * j + jj] = (bias[jj] as f64 + dot) as f32;
+                }
+            }
+            Some(dev.upload(&l)?)
+        } else {
+            None
+        };
         // Outputs poisoned with NaN: an entry the kernel fails to write cannot pass as a result.
         let nan = |n: usize| dev.upload(&vec![f32::NAN; n]);
         let (mut lo, mut rl, mut gl, mut gc, mut pe) = (nan(nnz)?, nan(b)?, nan(nnz)?, nan(nnz)?, nan(nnz)?);
@@ -297,6 +320,7 @@ impl<'d> CudaSplicingLik<'d> {
             groups: gdev.as_ref().map(|(a, b, c)| DevGroups { cell_ptr: a, grp_ptr: b, ord: c }),
             junc2atse: j2a.as_ref().map(|p| p as &dyn DeviceMem<u32>),
             log_phi: lp.as_ref().map(|p| p as &dyn DeviceMem<f32>),
+            dense: dn.as_ref().map(|p| p as &dyn DeviceMem<f32>),
         };
         let mut out = SplLikOutputs { logits: &mut lo, rl: &mut rl, rl_part: &mut rl_part, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
         self.launch(kind, conc, weight, j, &inp, &mut out)?;

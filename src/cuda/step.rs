@@ -848,8 +848,69 @@ pub struct DeviceModel<'d> {
     pub precision: GemmPrecision,
     /// bf16: convert each GEMM operand once per step and keep the copy (on by default; off for tests).
     pub bf16_reuse: bool,
+    /// How the splicing decoder's output layer meets the likelihood: the SDDMM over the observed
+    /// entries, or the dense B × J GEMM ([`SplicingDecode`]; `--splicing-decode`, default auto).
+    pub splicing_decode: SplicingDecode,
     /// The step's bf16 operand copies by (address, rows, cols, stride).
     bf16_cache: RefCell<std::collections::HashMap<(u64, usize, usize, usize), u64>>,
+}
+
+/// The splicing decoder's output layer (S·Wᵀ + b, J outputs) in the training step.
+/// - `Sparse`: the SDDMM (design.md §3 kernel 3): a logit for each observed entry only, from one row of
+///   W per entry, and backward row gathers (d S: a W row per entry; d W: an S row per entry). Its
+///   traffic grows with the entries: about 3 · nnz · K · 4 bytes through L2 per step.
+/// - `Dense`: the dense logits from one GEMM (B × J, bias included) that splicing_lik reads per entry,
+///   and for the backward d(logits) scattered into a zeroed B × J matrix and the Linear's two GEMMs
+///   (d S = G·W, d W = Gᵀ·S) and a column sum (d b): about 7 · B · J · 4 bytes per step, independent of
+///   K, on the tensor cores in bf16.
+/// - `Auto`: dense where 7 · B · J < 3 · nnz · K, i.e. where more than 7 / (3K) of the minibatch's cell
+///   × junction entries are observed (2% at K = 128). An estimate of memory traffic, not a measurement:
+///   `bench --splicing-decode` and the kernel profile compare the two on a GPU.
+/// Both are deterministic; their sums run in different orders (f32 round-off apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplicingDecode {
+    Auto,
+    Sparse,
+    Dense,
+}
+
+impl std::str::FromStr for SplicingDecode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(SplicingDecode::Auto),
+            "sparse" => Ok(SplicingDecode::Sparse),
+            "dense" => Ok(SplicingDecode::Dense),
+            o => Err(format!("invalid splicing decode `{o}`: expected auto, sparse or dense")),
+        }
+    }
+}
+
+impl SplicingDecode {
+    /// Whether a minibatch of `b` cells with `nnz` entries over `j` junctions, decoder input width `k`,
+    /// takes the dense decode.
+    pub fn dense_for(self, b: usize, j: usize, nnz: usize, k: usize) -> bool {
+        match self {
+            SplicingDecode::Sparse => false,
+            SplicingDecode::Dense => true,
+            SplicingDecode::Auto => 7 * (b as u128) * (j as u128) < 3 * (nnz as u128) * (k as u128),
+        }
+    }
+}
+
+static SPLICING_DECODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The process' choice (`--splicing-decode`, a global option of the CLI); new device models take it.
+pub fn set_splicing_decode(d: SplicingDecode) {
+    SPLICING_DECODE.store(d as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn splicing_decode() -> SplicingDecode {
+    match SPLICING_DECODE.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => SplicingDecode::Sparse,
+        2 => SplicingDecode::Dense,
+        _ => SplicingDecode::Auto,
+    }
 }
 
 /// AdamW moments on the device (over the trainable parameters) and the clipping scratch.
@@ -899,6 +960,7 @@ impl<'d> DeviceModel<'d> {
             poison: false,
             precision: GemmPrecision::F32,
             bf16_reuse: true,
+            splicing_decode: splicing_decode(),
             bf16_cache: RefCell::new(std::collections::HashMap::new()),
         })
     }
@@ -1980,6 +2042,9 @@ impl<'d> DeviceModel<'d> {
         let nnz = hb.nnz;
         let kind = cfg.splicing_loss_type;
         let conc = ConcIndex::for_loss(kind, cfg.dm_concentration);
+        // The dense decode: the B × J logits (bias included) from the output layer's GEMM.
+        let dense_decode = self.splicing_decode.dense_for(b, j_n, nnz, k_in);
+        let dense_logits = if dense_decode { Some(self.linear_fwd(out_lin, &s_in, &bt)?) } else { None };
         let (logits, mut rl_s, g_logit, g_conc, p_ent) = (self.nan(nnz)?, self.nan(b)?, self.nan(nnz)?, self.nan(nnz)?, self.nan(nnz)?);
         {
             let grp = match (&bt.e.g_cell, &bt.e.g_grp, &bt.e.g_ord) {
@@ -2009,10 +2074,13 @@ impl<'d> DeviceModel<'d> {
                         groups: grp,
                         junc2atse: j2a,
                         log_phi: Some(&lphi),
+                        dense: dense_logits.as_ref().map(|d| d as &dyn DeviceMem<f32>),
                     }
                 };
             }
             match self.precision {
+                // (the dense decode reads no operand: the f32 launch, nothing converted)
+                _ if dense_decode => self.spl.launch::<f32>(kind, conc, wgt, j_n, &inputs!(&s_in, &w_spl), &mut outs)?,
                 GemmPrecision::F32 => self.spl.launch::<f32>(kind, conc, wgt, j_n, &inputs!(&s_in, &w_spl), &mut outs)?,
                 GemmPrecision::Bf16 => {
                     // Rounded to bf16 (f32 accumulation), as the dense GEMMs' operands.
@@ -2156,14 +2224,23 @@ impl<'d> DeviceModel<'d> {
         drop(r_phase);
         let r_phase = crate::nvtx_range!("backward: splicing decoder");
         let mut ds = self.nan(b * k_in)?;
-        // (a cell's entries in chunks: one warp per cell would leave the GPU B warps for every entry)
-        let chunk = super::glue::GATHER_ROWS_CHUNK;
-        let mut part = self.scratch::<f64>(super::glue::gather_rows_part_len(b, nnz, k_in, chunk))?;
-        self.glue.gather_rows_chunked(&bt.e.s_ptr32, None, &bt.e.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, nnz, chunk, &mut part, &mut ds)?;
-        let mut gw = self.g(out_lin.w);
-        self.glue.gather_rows(&bt.e.jptr, Some(&bt.e.jorder), &bt.e.cell_of, &g_logit, &s_in, k_in, inv_b, 0.0, &mut gw)?;
-        let mut gbias = self.g(out_lin.b.unwrap());
-        self.glue.seg_sum(&bt.e.jptr, Some(&bt.e.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
+        if dense_decode {
+            // d(logits) / B scattered into a zeroed B × J matrix, then the Linear's backward (its
+            // gradients were zeroed with the rest: it adds).
+            let mut g_dense = self.zeros(b * j_n)?;
+            self.glue.scatter(&bt.e.cell_of, &bt.e.s_junc32, &g_logit, j_n, inv_b, &mut g_dense)?;
+            self.linear_bwd(out_lin, &s_in, &g_dense, b, &mut ds, 0.0)?;
+        } else {
+            // (a cell's entries in chunks: one warp per cell would leave the GPU B warps for every entry)
+            let chunk = super::glue::GATHER_ROWS_CHUNK;
+            let mut part = self.scratch::<f64>(super::glue::gather_rows_part_len(b, nnz, k_in, chunk))?;
+            self.glue.gather_rows_chunked(&bt.e.s_ptr32, None, &bt.e.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, nnz, chunk, &mut part, &mut ds)?;
+            let mut gw = self.g(out_lin.w);
+            self.glue.gather_rows(&bt.e.jptr, Some(&bt.e.jorder), &bt.e.cell_of, &g_logit, &s_in, k_in, inv_b, 0.0, &mut gw)?;
+            let mut gbias = self.g(out_lin.b.unwrap());
+            self.glue.seg_sum(&bt.e.jptr, Some(&bt.e.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
+        }
+        let gw = self.g(out_lin.w);
         // The decoder priors' gradients: 2λ W / N and 2λ_e W C / N.
         if cfg.splicing_decoder_prior != 0.0 {
             let lam = (2.0 * cfg.splicing_decoder_prior * inv_n) as f32;
