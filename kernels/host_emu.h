@@ -7,7 +7,7 @@
 // function-static variable is exactly a block's __shared__ memory. Slow (every barrier is a real
 // rendezvous of up to 256 OS threads): the tests use small problems.
 //   __syncthreads / __syncthreads_count : std::barrier over the block
-//   __shfl_xor_sync                      : an exchange buffer + std::barrier per warp of 32
+//   __shfl_xor_sync, __shfl_sync (u64)   : an exchange buffer + std::barrier per warp of 32
 //   __ballot_sync / __syncwarp           : the same, per warp of 32
 //   atomicOr / __popc                    : std::atomic_ref / the builtin
 //   mma.m16n8k16 bf16 (kernels/mma.cuh)  : the warp's fragments posted, each lane sums its outputs
@@ -54,6 +54,7 @@ inline std::unique_ptr<std::barrier<>> block_barrier;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline std::vector<float> warp_exchange;
 inline std::vector<double> warp_exchange_d;
+inline std::vector<uint64_t> warp_exchange_u64;
 inline std::vector<unsigned> warp_ballot;
 inline std::vector<uint32_t> warp_frag;  // per thread: the 4 A and 2 B registers of an mma
 inline std::atomic<int> count_acc{0};
@@ -70,6 +71,7 @@ void launch(unsigned grid, unsigned block, size_t smem, F kernel) {
     for (unsigned w = 0; w < block / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
     warp_exchange.assign(block, 0.0f);
     warp_exchange_d.assign(block, 0.0);
+    warp_exchange_u64.assign(block, 0);
     warp_ballot.assign(block, 0u);
     warp_frag.assign((size_t)block * 6, 0u);
     count_acc = 0;
@@ -122,6 +124,15 @@ inline T shfl_xor(std::vector<T>& buf, T v, int lane_mask) {
 }  // namespace emu
 inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) { return emu::shfl_xor(emu::warp_exchange, v, lane_mask); }
 inline double __shfl_xor_sync(unsigned /*mask*/, double v, int lane_mask) { return emu::shfl_xor(emu::warp_exchange_d, v, lane_mask); }
+// __shfl_sync of a 64-bit word from lane `src` (full warp).
+inline uint64_t __shfl_sync(unsigned /*mask*/, uint64_t v, int src) {
+    const unsigned t = threadIdx.x, w = t / 32;
+    emu::warp_exchange_u64[t] = v;
+    emu::warp_barriers[w]->arrive_and_wait();
+    const uint64_t r = emu::warp_exchange_u64[w * 32 + ((unsigned)src & 31u)];
+    emu::warp_barriers[w]->arrive_and_wait();
+    return r;
+}
 
 // __ballot_sync: bit l set when lane l's predicate holds (full warp).
 inline unsigned __ballot_sync(unsigned /*mask*/, int pred) {

@@ -115,6 +115,33 @@ __device__ __forceinline__ bool keep_hash(uint64_t key, uint32_t threshold, uint
     return (uint32_t)((h >> (16 * (idx & 3))) & 0xFFFF) >= threshold;
 }
 
+// keep_hash's decisions for the units k = lane + 32 i of one pair p (index space p·hh_pad + k,
+// hh_pad % 4 == 0) with one mix64 per lane, two where Hh > 128, instead of one per unit: a hash holds
+// four units' decisions, so lane l hashes the pair's 4-unit groups l and l + 32, and the lanes that hold
+// a group's units read its hash by shuffle. The per-unit hashing dominated the forward's instructions
+// in training (four mix64 per lane per pair). Same bits as keep_hash. keep_groups once per pair, then
+// keep_of for each i, by every lane of the warp (convergent).
+struct KeepGroups {
+    uint64_t h0, h1;
+};
+__device__ __forceinline__ KeepGroups keep_groups(uint64_t key, long long p, int hh_pad, unsigned lane) {
+    const int n4 = hh_pad >> 2;
+    const uint64_t base = (uint64_t)p * (uint64_t)n4;
+    KeepGroups kg;
+    kg.h0 = (int)lane < n4 ? mix64(key ^ ((base + lane) * 0x9E3779B97F4A7C15ull)) : 0ull;
+    kg.h1 = (int)lane + 32 < n4 ? mix64(key ^ ((base + lane + 32) * 0x9E3779B97F4A7C15ull)) : 0ull;
+    return kg;
+}
+__device__ __forceinline__ bool keep_of(const KeepGroups& kg, uint32_t threshold, unsigned lane, int i, int hpl) {
+    const int src = (int)(lane >> 2) + 8 * i;  // the group of unit lane + 32 i
+    uint64_t h = __shfl_sync(0xffffffffu, kg.h0, src & 31);
+    if (hpl > 4) {
+        const uint64_t h1 = __shfl_sync(0xffffffffu, kg.h1, src & 31);
+        if (src >= 32) h = h1;
+    }
+    return (uint32_t)((h >> (16 * (lane & 3))) & 0xFFFF) >= threshold;
+}
+
 struct Geo {
     int Hh, D, Dp, W, G, HPL, OPL, kw, hh_pad;
 };
@@ -203,15 +230,18 @@ __device__ void pass_fwd(const Net& n, const WarpSmem& s, unsigned lane, int ng,
         const float a = (float)alpha, b = (float)beta;
         const long long p = s.pid[q];
         uint32_t lo = 0;
+        KeepGroups kg = {0ull, 0ull};
+        if (drop == DROP_STORE) kg = keep_groups(n.key, p, g.hh_pad, lane);
 #pragma unroll
         for (int i = 0; i < HPL_MAX; ++i) {
             if (i < g.HPL) {
                 const int k = lane + 32 * i;
                 bool kept = true;
+                const bool kept_h = drop == DROP_STORE ? keep_of(kg, n.threshold, lane, i, g.HPL) : true;
                 if (k < g.Hh) {
                     float v = a * n.ug[(long long)j * g.Hh + k] + (b * n.bg[k] + n.be1[k]);
                     v = v > 0.0f ? v : 0.0f;
-                    if (drop == DROP_STORE) kept = keep_hash(n.key, n.threshold, (uint64_t)p * g.hh_pad + k);
+                    if (drop == DROP_STORE) kept = kept_h;
                     if (drop == DROP_LOAD) kept = (keep[p * g.kw + k / 64] >> (k % 64)) & 1;
                     if (drop != DROP_NONE) v = kept ? v * n.scale : 0.0f;
                     s.d1s[q * g.Hh + k] = v;
@@ -668,16 +698,20 @@ __device__ void tc_h1_tile(const Net& n, unsigned lane, int ng, const double* ab
         const int j = live ? (jn ? jn[r] : j0) : 0;
         const long long p = live ? pid[r] : 0;
         uint32_t lo = 0;
+        const bool hash = drop == DROP_STORE && live;  // (the same for every lane)
+        KeepGroups kg = {0ull, 0ull};
+        if (hash) kg = keep_groups(n.key, p, g.hh_pad, lane);
 #pragma unroll
         for (int i = 0; i < HPL_MAX; ++i) {
             if (i < g.HPL) {
                 const int k = (int)lane + 32 * i;
                 bool kept = true;
                 float v = 0.0f;
+                const bool kept_h = hash ? keep_of(kg, n.threshold, lane, i, g.HPL) : true;
                 if (live && k < g.Hh) {
                     v = a * n.ug[(long long)j * g.Hh + k] + (b * n.bg[k] + n.be1[k]);
                     v = v > 0.0f ? v : 0.0f;
-                    if (drop == DROP_STORE) kept = keep_hash(n.key, n.threshold, (uint64_t)p * g.hh_pad + k);
+                    if (drop == DROP_STORE) kept = kept_h;
                     if (drop == DROP_LOAD) kept = (keep[p * g.kw + k / 64] >> (k % 64)) & 1;
                     if (drop != DROP_NONE) v = kept ? v * n.scale : 0.0f;
                 }

@@ -14,8 +14,9 @@
 //   phase 1 (SDDMM): warp w takes the chunk's entries w, w + nwarps, ... (DM: the entries of its groups,
 //            through ord); its lanes sum S_ik * W_jk over k = lane, lane + 32, ... in f32 and reduce with
 //            a fixed xor-butterfly; logit = sum + b_j is written to logits[e]. With `dense` (the dense
-//            decode: the B × J logits S·Wᵀ + b from a GEMM, for minibatches dense enough that reading a
-//            W row per entry costs more than the product) each thread copies its entries' logits from it.
+//            decode: the B × J products S·Wᵀ from a GEMM, for minibatches dense enough that reading a
+//            W row per entry costs more than the product) each thread takes its entries' products from
+//            it instead: logit = dense[cell][j] + b_j.
 //   phase 2 (likelihood): DM: thread t takes the chunk's ATSE groups t, t + SPL_THREADS, ... (groups
 //            from AtseGroups: cell_grp, grp_ptr, ord); binomial / beta-binomial / BCE: thread t takes
 //            entries. Each thread accumulates its log-likelihood in f64; a fixed-order tree reduction
@@ -205,10 +206,11 @@ __device__ __forceinline__ void splicing_lik_impl(
 
     // ---- phase 1: SDDMM for the observed entries ----
     if (dense) {
-        // The dense decode: the logits (bias included) are the B × J GEMM's; read the entries' own.
+        // The dense decode: the products S·Wᵀ are the B × J GEMM's; read the entries' own, + b_j.
         for (long long t = e0 + tid; t < e1; t += SPL_THREADS) {
             const long long e = dm ? (long long)ord[t] : t;
-            logits[e] = dense[(long long)cell * J + junction[e]];
+            const unsigned j = junction[e];
+            logits[e] = dense[(long long)cell * J + j] + bias[j];
         }
         __syncthreads();
     } else {

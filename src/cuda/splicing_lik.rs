@@ -102,8 +102,8 @@ pub struct SplLikInputs<'a, W> {
     pub junc2atse: Option<&'a dyn DeviceMem<u32>>,
     /// log φ (pre-softplus): DM and beta-binomial.
     pub log_phi: Option<&'a dyn DeviceMem<f32>>,
-    /// The dense decode: the B × J logits S·Wᵀ + b from a GEMM (row-major), read per entry instead of
-    /// the SDDMM (s, w and bias are then not read).
+    /// The dense decode: the B × J products S·Wᵀ from a GEMM (row-major), read per entry instead of the
+    /// SDDMM (+ bias; s and w are then not read).
     pub dense: Option<&'a dyn DeviceMem<f32>>,
 }
 
@@ -187,7 +187,7 @@ impl<'d> CudaSplicingLik<'d> {
             ensure!(inp.junc2atse.is_some_and(|m| m.elements() == j), "splicing_lik: per-ATSE concentration needs junc2atse with {j} entries");
         }
         if let Some(dn) = inp.dense {
-            ensure!(dn.elements() == b * j, "splicing_lik: the dense logits have {} elements for {b} cells × {j} junctions", dn.elements());
+            ensure!(dn.elements() == b * j, "splicing_lik: the dense products have {} elements for {b} cells × {j} junctions", dn.elements());
         }
         ensure!(j <= i32::MAX as usize, "splicing_lik: {j} junctions exceed i32");
         if b == 0 {
@@ -240,7 +240,7 @@ impl<'d> CudaSplicingLik<'d> {
 
     /// Convenience for tests: validates and uploads host data, poisons every output with NaN, launches,
     /// and copies the results back. `s` is B × k, `w` J × k (row-major). `dense`: the dense decode, its
-    /// B × J logits S·Wᵀ + b computed here in f64 (rounded to f32).
+    /// B × J products S·Wᵀ computed here in f64 (rounded to f32).
     #[allow(clippy::too_many_arguments)]
     pub fn run_host<W: SplOperand>(
         &self,
@@ -296,7 +296,7 @@ impl<'d> CudaSplicingLik<'d> {
             for i in 0..b {
                 for jj in 0..j {
                     let dot: f64 = (0..k).map(|t| s[i * k + t].to_f32() as f64 * w[jj * k + t].to_f32() as f64).sum();
-                    l[i * j + jj] = (bias[jj] as f64 + dot) as f32;
+                    l[i * j + jj] = dot as f32;
                 }
             }
             Some(dev.upload(&l)?)

@@ -859,10 +859,11 @@ pub struct DeviceModel<'d> {
 /// - `Sparse`: the SDDMM (design.md §3 kernel 3): a logit for each observed entry only, from one row of
 ///   W per entry, and backward row gathers (d S: a W row per entry; d W: an S row per entry). Its
 ///   traffic grows with the entries: about 3 · nnz · K · 4 bytes through L2 per step.
-/// - `Dense`: the dense logits from one GEMM (B × J, bias included) that splicing_lik reads per entry,
-///   and for the backward d(logits) scattered into a zeroed B × J matrix and the Linear's two GEMMs
-///   (d S = G·W, d W = Gᵀ·S) and a column sum (d b): about 7 · B · J · 4 bytes per step, independent of
-///   K, on the tensor cores in bf16.
+/// - `Dense`: the B × J products S·Wᵀ from one GEMM that splicing_lik reads per entry (adding the
+///   bias), and for the backward d(logits) scattered into a zeroed B × J matrix G and the Linear's two
+///   GEMMs (d S = G·W, d W = Gᵀ·S; d b from the entries as the sparse path): about 5 · B · J · 4 bytes
+///   per step (written, read, zeroed, read twice), independent of K, on the tensor cores in bf16. The
+///   rule below counts 7 to leave room for bf16's operand copies.
 /// - `Auto`: dense where 7 · B · J < 3 · nnz · K, i.e. where more than 7 / (3K) of the minibatch's cell
 ///   × junction entries are observed (2% at K = 128). An estimate of memory traffic, not a measurement:
 ///   `bench --splicing-decode` and the kernel profile compare the two on a GPU.
@@ -2042,9 +2043,16 @@ impl<'d> DeviceModel<'d> {
         let nnz = hb.nnz;
         let kind = cfg.splicing_loss_type;
         let conc = ConcIndex::for_loss(kind, cfg.dm_concentration);
-        // The dense decode: the B × J logits (bias included) from the output layer's GEMM.
+        // The dense decode: the B × J products S·Wᵀ from the output layer's GEMM (splicing_lik adds the
+        // bias per entry, as its SDDMM does, which spares a pass over the B × J matrix).
         let dense_decode = self.splicing_decode.dense_for(b, j_n, nnz, k_in);
-        let dense_logits = if dense_decode { Some(self.linear_fwd(out_lin, &s_in, &bt)?) } else { None };
+        let dense_logits = if dense_decode {
+            let mut y = self.nan(b * j_n)?;
+            self.gemm_xwt(&s_in, b, k_in, self.p(out_lin.w), j_n, &mut y)?;
+            Some(y)
+        } else {
+            None
+        };
         let (logits, mut rl_s, g_logit, g_conc, p_ent) = (self.nan(nnz)?, self.nan(b)?, self.nan(nnz)?, self.nan(nnz)?, self.nan(nnz)?);
         {
             let grp = match (&bt.e.g_cell, &bt.e.g_grp, &bt.e.g_ord) {
@@ -2225,11 +2233,15 @@ impl<'d> DeviceModel<'d> {
         let r_phase = crate::nvtx_range!("backward: splicing decoder");
         let mut ds = self.nan(b * k_in)?;
         if dense_decode {
-            // d(logits) / B scattered into a zeroed B × J matrix, then the Linear's backward (its
-            // gradients were zeroed with the rest: it adds).
+            // d(logits) / B scattered into a zeroed B × J matrix G, then the Linear's products: d W = Gᵀ·S,
+            // d S = G·W; d b from the entries, as below.
             let mut g_dense = self.zeros(b * j_n)?;
             self.glue.scatter(&bt.e.cell_of, &bt.e.s_junc32, &g_logit, j_n, inv_b, &mut g_dense)?;
-            self.linear_bwd(out_lin, &s_in, &g_dense, b, &mut ds, 0.0)?;
+            let mut gw = self.g(out_lin.w);
+            self.mm(1.0, &Operand::new(&g_dense, b, j_n, true)?, &Operand::new(&s_in, b, k_in, false)?, 0.0, &mut gw, j_n, k_in)?;
+            self.mm(1.0, &Operand::new(&g_dense, b, j_n, false)?, &Operand::new(&self.p(out_lin.w), j_n, k_in, false)?, 0.0, &mut ds, b, k_in)?;
+            let mut gbias = self.g(out_lin.b.unwrap());
+            self.glue.seg_sum(&bt.e.jptr, Some(&bt.e.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
         } else {
             // (a cell's entries in chunks: one warp per cell would leave the GPU B warps for every entry)
             let chunk = super::glue::GATHER_ROWS_CHUNK;
