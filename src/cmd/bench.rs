@@ -285,6 +285,14 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                 frac
             );
             println!("{row}");
+            if size == SimSize::Paper && preset_name == "paper" && dev.is_some() {
+                // Issue 4's speed criterion, against design.md §6's figure for the original on one GPU.
+                println!(
+                    "# criterion (paper preset, paper size, one GPU): >= 20x the original's 10,000-25,000 cells/s (200,000-500,000) and >= 0.40 of the floor; this run: {cps:.0} cells/s ({:.1}x-{:.1}x), {frac:.3} of the floor",
+                    cps / 25_000.0,
+                    cps / 10_000.0
+                );
+            }
             rows.push(row);
         }
     }
