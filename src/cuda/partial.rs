@@ -417,6 +417,8 @@ impl<'d> CudaPartial<'d> {
         ensure!(bt.indptr.elements() == b + 1 && bt.junction.elements() == s.nnz && bt.psi.elements() == s.nnz, "partial: batch arrays do not match B = {b}, nnz = {}", s.nnz);
         ensure!(pool.elements() == b * d, "partial: pool has {} entries for {b} × {d}", pool.elements());
         ensure!(s.center == p.center.is_some(), "partial: the centre buffer must be given exactly when centring");
+        // (before the fold, which writes W₄'s fragments for the tensor-core kernels)
+        ensure!(!s.tensor_cores || tensor_cores_fit(hh, d), "partial: the tensor-core forward needs h_hidden_dim % 16 == 0 and code_dim % 8 == 0 (got {hh}, {d})");
         let wpb = (PART_THREADS / 32) as usize;
         let n = hh * (d + 1);
         let args: [&dyn KernelArg; 4] = [&p.w0.device_address(), &(hh as i32), &(d as i32), &w.w0t.device_address()];
@@ -480,7 +482,6 @@ impl<'d> CudaPartial<'d> {
         if s.tensor_cores {
             // 16 pairs per pass, the second Linear as 16 × 8 × 16 tensor-core tiles; 4 warps per block
             // (4 × 8.8 KiB of tiles at Hh = 256).
-            ensure!(tensor_cores_fit(hh, d), "partial: the tensor-core forward needs h_hidden_dim % 16 == 0 and code_dim % 8 == 0 (got {hh}, {d})");
             let pw = PART_THREADS as usize / 32;
             let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg]).collect();
             self.dev.launch(&self.pool_fwd_tc, cfg(n_chunks.div_ceil(pw), PART_THREADS, pw * tc_smem_per_warp(hh)), &args)?;

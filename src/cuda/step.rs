@@ -2234,14 +2234,12 @@ impl<'d> DeviceModel<'d> {
         let mut ds = self.nan(b * k_in)?;
         if dense_decode {
             // d(logits) / B scattered into a zeroed B × J matrix G, then the Linear's products: d W = Gᵀ·S,
-            // d S = G·W; d b from the entries, as below.
+            // d S = G·W.
             let mut g_dense = self.zeros(b * j_n)?;
             self.glue.scatter(&bt.e.cell_of, &bt.e.s_junc32, &g_logit, j_n, inv_b, &mut g_dense)?;
             let mut gw = self.g(out_lin.w);
             self.mm(1.0, &Operand::new(&g_dense, b, j_n, true)?, &Operand::new(&s_in, b, k_in, false)?, 0.0, &mut gw, j_n, k_in)?;
             self.mm(1.0, &Operand::new(&g_dense, b, j_n, false)?, &Operand::new(&self.p(out_lin.w), j_n, k_in, false)?, 0.0, &mut ds, b, k_in)?;
-            let mut gbias = self.g(out_lin.b.unwrap());
-            self.glue.seg_sum(&bt.e.jptr, Some(&bt.e.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
         } else {
             // (a cell's entries in chunks: one warp per cell would leave the GPU B warps for every entry)
             let chunk = super::glue::GATHER_ROWS_CHUNK;
@@ -2249,9 +2247,10 @@ impl<'d> DeviceModel<'d> {
             self.glue.gather_rows_chunked(&bt.e.s_ptr32, None, &bt.e.s_junc32, &g_logit, &self.p(out_lin.w), k_in, inv_b, 0.0, nnz, chunk, &mut part, &mut ds)?;
             let mut gw = self.g(out_lin.w);
             self.glue.gather_rows(&bt.e.jptr, Some(&bt.e.jorder), &bt.e.cell_of, &g_logit, &s_in, k_in, inv_b, 0.0, &mut gw)?;
-            let mut gbias = self.g(out_lin.b.unwrap());
-            self.glue.seg_sum(&bt.e.jptr, Some(&bt.e.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
         }
+        // d b: the entries' d(logits) summed per junction (both decodes)
+        let mut gbias = self.g(out_lin.b.unwrap());
+        self.glue.seg_sum(&bt.e.jptr, Some(&bt.e.jorder), &g_logit, None, inv_b, 0.0, &mut gbias)?;
         let gw = self.g(out_lin.w);
         // The decoder priors' gradients: 2λ W / N and 2λ_e W C / N.
         if cfg.splicing_decoder_prior != 0.0 {
