@@ -692,6 +692,18 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 __device__ void tc_h1_tile(const Net& n, unsigned lane, int ng, const double* ab, const int* jn, int j0,
                            const int* pid, int drop, uint64_t* keep, uint16_t* tile, int ld) {
     const Geo& g = n.g;
+    // The lane's b̃·g₁ and be₁ (every row's), and u_j·g₁ too when the rows share junction j0 (the
+    // backward): loaded once, not once per row (the tile and keep stores between rows could alias them
+    // for the compiler, which then reloads).
+    float bgk[HPL_MAX], be1k[HPL_MAX], ugk[HPL_MAX];
+#pragma unroll
+    for (int i = 0; i < HPL_MAX; ++i) {
+        const int k = (int)lane + 32 * i;
+        const bool in = i < g.HPL && k < g.Hh;
+        bgk[i] = in ? n.bg[k] : 0.0f;
+        be1k[i] = in ? n.be1[k] : 0.0f;
+        ugk[i] = in && !jn && ng > 0 ? n.ug[(long long)j0 * g.Hh + k] : 0.0f;
+    }
     for (int r = 0; r < 16; ++r) {
         const bool live = r < ng;
         const float a = live ? (float)ab[2 * r] : 0.0f, b = live ? (float)ab[2 * r + 1] : 0.0f;
@@ -709,7 +721,7 @@ __device__ void tc_h1_tile(const Net& n, unsigned lane, int ng, const double* ab
                 float v = 0.0f;
                 const bool kept_h = hash ? keep_of(kg, n.threshold, lane, i, g.HPL) : true;
                 if (live && k < g.Hh) {
-                    v = a * n.ug[(long long)j * g.Hh + k] + (b * n.bg[k] + n.be1[k]);
+                    v = a * (jn ? n.ug[(long long)j * g.Hh + k] : ugk[i]) + (b * bgk[i] + be1k[i]);
                     v = v > 0.0f ? v : 0.0f;
                     if (drop == DROP_STORE) kept = kept_h;
                     if (drop == DROP_LOAD) kept = (keep[p * g.kw + k / 64] >> (k % 64)) & 1;
