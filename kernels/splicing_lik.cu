@@ -204,7 +204,7 @@ __device__ __forceinline__ void splicing_lik_impl(
     // phase 1's entries: [e0, e1) itself, or the positions [e0, e1) of ord (DM)
     const long long e0 = dm ? grp_ptr[i0] : i0, e1 = dm ? grp_ptr[i1] : i1;
 
-    // ---- phase 1: SDDMM for the observed entries ----
+    // ---- phase 1: the observed entries' logits (the SDDMM, or the dense decode's products) ----
     if (dense) {
         // The dense decode: the products S·Wᵀ are the B × J GEMM's; read the entries' own, + b_j.
         for (long long t = e0 + tid; t < e1; t += SPL_THREADS) {
@@ -214,20 +214,20 @@ __device__ __forceinline__ void splicing_lik_impl(
         }
         __syncthreads();
     } else {
-    for (int k = tid; k < K; k += SPL_THREADS) s_row[k] = to_f(S[(long long)cell * K + k]);
-    __syncthreads();
-    const int lane = tid & 31, warp = tid >> 5;
-    for (long long t = e0 + warp; t < e1; t += SPL_THREADS / 32) {
-        const long long e = dm ? (long long)ord[t] : t;
-        const unsigned j = junction[e];
-        const TW* wj = W + (long long)j * K;
-        float acc = 0.0f;
-        for (int k = lane; k < K; k += 32) acc += s_row[k] * to_f(wj[k]);
+        for (int k = tid; k < K; k += SPL_THREADS) s_row[k] = to_f(S[(long long)cell * K + k]);
+        __syncthreads();
+        const int lane = tid & 31, warp = tid >> 5;
+        for (long long t = e0 + warp; t < e1; t += SPL_THREADS / 32) {
+            const long long e = dm ? (long long)ord[t] : t;
+            const unsigned j = junction[e];
+            const TW* wj = W + (long long)j * K;
+            float acc = 0.0f;
+            for (int k = lane; k < K; k += 32) acc += s_row[k] * to_f(wj[k]);
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        if (lane == 0) logits[e] = acc + bias[j];
-    }
-    __syncthreads();  // the logits (global memory) are visible to the whole block from here
+            for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+            if (lane == 0) logits[e] = acc + bias[j];
+        }
+        __syncthreads();  // the logits (global memory) are visible to the whole block from here
     }
 
     // ---- phase 2: likelihood and gradients ----
