@@ -110,17 +110,13 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
-__device__ __forceinline__ bool keep_hash(uint64_t key, uint32_t threshold, uint64_t idx) {
-    const uint64_t h = mix64(key ^ ((idx >> 2) * 0x9E3779B97F4A7C15ull));
-    return (uint32_t)((h >> (16 * (idx & 3))) & 0xFFFF) >= threshold;
-}
-
-// keep_hash's decisions for the units k = lane + 32 i of one pair p (index space p·hh_pad + k,
-// hh_pad % 4 == 0) with one mix64 per lane, two where Hh > 128, instead of one per unit: a hash holds
-// four units' decisions, so lane l hashes the pair's 4-unit groups l and l + 32, and the lanes that hold
-// a group's units read its hash by shuffle. The per-unit hashing dominated the forward's instructions
-// in training (four mix64 per lane per pair). Same bits as keep_hash. keep_groups once per pair, then
-// keep_of for each i, by every lane of the warp (convergent).
+// Dropout decisions: unit index idx = p·hh_pad + k of pair p (hh_pad % 4 == 0) is kept when bits
+// 16·(idx & 3) .. +15 of mix64(key ^ (idx >> 2)·0x9E3779B97F4A7C15) are ≥ threshold (the CPU twin's
+// scheme). One hash holds four units' decisions, so for the units k = lane + 32 i of one pair lane l
+// hashes the pair's 4-unit groups l and l + 32 (where Hh > 128), and the lanes that hold a group's
+// units read its hash by shuffle: one mix64 per lane per pair instead of one per unit (which dominated
+// the forward's instructions in training). keep_groups once per pair, then keep_of for each i, by every
+// lane of the warp (convergent).
 struct KeepGroups {
     uint64_t h0, h1;
 };
@@ -140,6 +136,13 @@ __device__ __forceinline__ bool keep_of(const KeepGroups& kg, uint32_t threshold
         if (src >= 32) h = h1;
     }
     return (uint32_t)((h >> (16 * (lane & 3))) & 0xFFFF) >= threshold;
+}
+
+// The sum over a quad of lanes (4q .. 4q + 3: one fragment row of an mma tile), in a fixed order.
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    return v;
 }
 
 struct Geo {
@@ -782,10 +785,8 @@ __device__ __forceinline__ void tc_h2_xhat(const uint16_t* tile, int ld, const u
             }
         }
     }
-    s0 += __shfl_xor_sync(0xffffffffu, s0, 1);
-    s0 += __shfl_xor_sync(0xffffffffu, s0, 2);
-    s1 += __shfl_xor_sync(0xffffffffu, s1, 1);
-    s1 += __shfl_xor_sync(0xffffffffu, s1, 2);
+    s0 = quad_sum(s0);
+    s1 = quad_sum(s1);
     const float mean0 = s0 / (float)D, mean1 = s1 / (float)D;
     float q0 = 0.0f, q1 = 0.0f;
 #pragma unroll
@@ -800,10 +801,8 @@ __device__ __forceinline__ void tc_h2_xhat(const uint16_t* tile, int ld, const u
             }
         }
     }
-    q0 += __shfl_xor_sync(0xffffffffu, q0, 1);
-    q0 += __shfl_xor_sync(0xffffffffu, q0, 2);
-    q1 += __shfl_xor_sync(0xffffffffu, q1, 1);
-    q1 += __shfl_xor_sync(0xffffffffu, q1, 2);
+    q0 = quad_sum(q0);
+    q1 = quad_sum(q1);
     inv0 = 1.0f / sqrtf(q0 / (float)D + (float)PART_LN_EPS);
     inv1 = 1.0f / sqrtf(q1 / (float)D + (float)PART_LN_EPS);
 #pragma unroll
@@ -1139,14 +1138,10 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     }
                 }
             }
-            s10 += __shfl_xor_sync(0xffffffffu, s10, 1);
-            s10 += __shfl_xor_sync(0xffffffffu, s10, 2);
-            s11 += __shfl_xor_sync(0xffffffffu, s11, 1);
-            s11 += __shfl_xor_sync(0xffffffffu, s11, 2);
-            s20 += __shfl_xor_sync(0xffffffffu, s20, 1);
-            s20 += __shfl_xor_sync(0xffffffffu, s20, 2);
-            s21 += __shfl_xor_sync(0xffffffffu, s21, 1);
-            s21 += __shfl_xor_sync(0xffffffffu, s21, 2);
+            s10 = quad_sum(s10);
+            s11 = quad_sum(s11);
+            s20 = quad_sum(s20);
+            s21 = quad_sum(s21);
             s10 /= (float)D;
             s11 /= (float)D;
             s20 /= (float)D;
@@ -1263,18 +1258,12 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     }
                 }
             }
-            p10 += __shfl_xor_sync(0xffffffffu, p10, 1);
-            p10 += __shfl_xor_sync(0xffffffffu, p10, 2);
-            p11 += __shfl_xor_sync(0xffffffffu, p11, 1);
-            p11 += __shfl_xor_sync(0xffffffffu, p11, 2);
-            pu0 += __shfl_xor_sync(0xffffffffu, pu0, 1);
-            pu0 += __shfl_xor_sync(0xffffffffu, pu0, 2);
-            pu1 += __shfl_xor_sync(0xffffffffu, pu1, 1);
-            pu1 += __shfl_xor_sync(0xffffffffu, pu1, 2);
-            pb0 += __shfl_xor_sync(0xffffffffu, pb0, 1);
-            pb0 += __shfl_xor_sync(0xffffffffu, pb0, 2);
-            pb1 += __shfl_xor_sync(0xffffffffu, pb1, 1);
-            pb1 += __shfl_xor_sync(0xffffffffu, pb1, 2);
+            p10 = quad_sum(p10);
+            p11 = quad_sum(p11);
+            pu0 = quad_sum(pu0);
+            pu1 = quad_sum(pu1);
+            pb0 = quad_sum(pb0);
+            pb1 = quad_sum(pb1);
             if (tq == 0) {
                 const double inv_h = 1.0 / (double)Hh;
 #pragma unroll

@@ -2086,17 +2086,15 @@ impl<'d> DeviceModel<'d> {
                     }
                 };
             }
-            match self.precision {
-                // (the dense decode reads no operand: the f32 launch, nothing converted)
-                _ if dense_decode => self.spl.launch::<f32>(kind, conc, wgt, j_n, &inputs!(&s_in, &w_spl), &mut outs)?,
-                GemmPrecision::F32 => self.spl.launch::<f32>(kind, conc, wgt, j_n, &inputs!(&s_in, &w_spl), &mut outs)?,
-                GemmPrecision::Bf16 => {
-                    // Rounded to bf16 (f32 accumulation), as the dense GEMMs' operands.
-                    let s16 = self.bf16_operand(&Operand::new(&s_in, b, k_in, false)?)?;
-                    let w16 = self.bf16_operand(&Operand::new(&w_spl, j_n, k_in, false)?)?;
-                    let (s16, w16) = (TView::<half::bf16>::new(s16.addr, b * k_in), TView::<half::bf16>::new(w16.addr, j_n * k_in));
-                    self.spl.launch::<half::bf16>(kind, conc, wgt, j_n, &inputs!(&s16, &w16), &mut outs)?
-                }
+            // (the dense decode reads no operand: the f32 launch, nothing converted)
+            if self.precision == GemmPrecision::F32 || dense_decode {
+                self.spl.launch::<f32>(kind, conc, wgt, j_n, &inputs!(&s_in, &w_spl), &mut outs)?
+            } else {
+                // Rounded to bf16 (f32 accumulation), as the dense GEMMs' operands.
+                let s16 = self.bf16_operand(&Operand::new(&s_in, b, k_in, false)?)?;
+                let w16 = self.bf16_operand(&Operand::new(&w_spl, j_n, k_in, false)?)?;
+                let (s16, w16) = (TView::<half::bf16>::new(s16.addr, b * k_in), TView::<half::bf16>::new(w16.addr, j_n * k_in));
+                self.spl.launch::<half::bf16>(kind, conc, wgt, j_n, &inputs!(&s16, &w16), &mut outs)?
             }
         }
 

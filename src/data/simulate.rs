@@ -718,9 +718,7 @@ pub struct SimSummary {
 /// Generate the whole dataset in memory. `dataset.covariates.batch` is resolved from obs "batch"
 /// (what loading the file with `--batch-key batch` gives).
 pub fn simulate(cfg: &SimConfig) -> anyhow::Result<(Dataset, GroundTruth)> {
-    let model = SimModel::new(cfg)?;
-    let blocks: Vec<CellBlock> = (0..model.n_blocks()).into_par_iter().map(|b| model.generate_block(b)).collect();
-    Ok(assemble(&model, blocks, format!("simulate(n_cells={}, seed={})", cfg.n_cells, cfg.seed)))
+    simulate_first(cfg, cfg.n_cells)
 }
 
 /// The first `n_cells` cells of `cfg`'s dataset, without generating the rest: the same global
@@ -729,17 +727,23 @@ pub fn simulate(cfg: &SimConfig) -> anyhow::Result<(Dataset, GroundTruth)> {
 /// 100,000 cells hold about 1.6 billion observed cell × junction entries (tens of GB): a training step's
 /// cost depends on its minibatch, not on the cells around it.
 pub fn simulate_first(cfg: &SimConfig, n_cells: usize) -> anyhow::Result<(Dataset, GroundTruth)> {
+    let mut model = SimModel::new(cfg)?;
     if n_cells == 0 {
         bail!("simulate: the number of cells to simulate must be positive");
     }
-    let mut model = SimModel::new(cfg)?;
-    model.cfg.n_cells = n_cells.min(cfg.n_cells);
+    let n = n_cells.min(cfg.n_cells);
+    model.cfg.n_cells = n;
     let blocks: Vec<CellBlock> = (0..model.n_blocks()).into_par_iter().map(|b| model.generate_block(b)).collect();
-    let source = format!("simulate(n_cells={}, seed={}), its first {} cells", cfg.n_cells, cfg.seed, model.cfg.n_cells);
+    let mut source = format!("simulate(n_cells={}, seed={})", cfg.n_cells, cfg.seed);
+    if n < cfg.n_cells {
+        source += &format!(", its first {n} cells");
+    }
     let (mut ds, truth) = assemble(&model, blocks, source);
-    // the full dataset's names (padded for its cell count)
-    let w = pad_width(cfg.n_cells);
-    ds.cell_names = (0..model.cfg.n_cells).map(|i| format!("cell_{i:0w$}")).collect();
+    if n < cfg.n_cells {
+        // the whole dataset's names (padded for its cell count)
+        let w = pad_width(cfg.n_cells);
+        ds.cell_names = (0..n).map(|i| format!("cell_{i:0w$}")).collect();
+    }
     Ok((ds, truth))
 }
 
