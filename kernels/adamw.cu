@@ -5,7 +5,10 @@
 //                  CPU twin: splicevi::optim::Adam::step with AdamConfig::adam_l2(..).
 // Both read the gradient-clipping scale from device memory (written by grad_norm_finalize, so no host
 // round trip between the norm and the step); a null pointer means scale 1. Entries whose mask byte is 0
-// (or all entries when mask is null: none) are left untouched, moments included.
+// (or all entries when mask is null: none) are left untouched, moments included. A non-null `guard`
+// (the gradient's f64 sum of squares, written by grad_norm_finalize) that is not finite skips the whole
+// step: a training step that enqueues the optimizer before the host has seen the gradient
+// (DeviceModel::train_step) leaves parameters and moments as they were on a bad gradient.
 // Every scalar is computed on the host in f64 and rounded to f32 exactly as the CPU twin does
 // (optim::StepScalars), and the update uses explicitly rounded intrinsics (__fmul_rn/__fadd_rn: no FMA
 // contraction), so the kernel executes the same IEEE f32 operations in the same order as the Rust twin
@@ -31,8 +34,9 @@ __device__ __forceinline__ void adam_update(float& p, float g, float& m, float& 
 extern "C" __global__ void adamw_step(float* __restrict__ params, const float* __restrict__ grads,
                                       float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
                                       const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
-                                      long long n, float decay_factor, float w1, float beta2, float w2,
+                                      const double* __restrict__ guard, long long n, float decay_factor, float w1, float beta2, float w2,
                                       float eps, float step_size, float bc2_sqrt) {
+    if (guard && !isfinite(*guard)) return;
     const float scale = grad_scale ? *grad_scale : 1.0f;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -50,8 +54,9 @@ extern "C" __global__ void adamw_step(float* __restrict__ params, const float* _
 extern "C" __global__ void adam_l2_step(float* __restrict__ params, const float* __restrict__ grads,
                                         float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
                                         const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
-                                        long long n, float weight_decay, float w1, float beta2, float w2,
+                                        const double* __restrict__ guard, long long n, float weight_decay, float w1, float beta2, float w2,
                                         float eps, float step_size, float bc2_sqrt) {
+    if (guard && !isfinite(*guard)) return;
     const float scale = grad_scale ? *grad_scale : 1.0f;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {

@@ -104,6 +104,9 @@ fn adam_parity_on(dev: &CudaDevice, config: AdamConfig, name: &str, clip: Option
     let md = dev.upload(&mask).unwrap();
     let mut partials = dev.zeros::<f64>(splicevi::cuda::optim::GRAD_NORM_MAX_BLOCKS).unwrap();
     let mut norm_out = dev.zeros::<f32>(2).unwrap();
+    // A finite guard (the gradient's sum of squares, as DeviceModel::train_step passes) lets the step
+    // through: the even steps run with one.
+    let finite_guard = dev.upload(&[12.5f64]).unwrap();
 
     for step in 1..=4u64 {
         let g = randn(&mut rng, n, 0.01 * step as f32);
@@ -118,13 +121,23 @@ fn adam_parity_on(dev: &CudaDevice, config: AdamConfig, name: &str, clip: Option
         };
         cpu.step(&mut cpu_p, &g, Some(&mask), scale).unwrap();
         let scale_arg: Option<(&dyn DeviceMem<f32>, usize)> = if clip.is_some() { Some((&norm_out, 1)) } else { None };
-        opt.adam_step(&config, step, &mut p, &gd, &mut m, &mut v, Some(&md), scale_arg).unwrap();
+        let guard: Option<&dyn DeviceMem<f64>> = if step % 2 == 0 { Some(&finite_guard) } else { None };
+        opt.adam_step(&config, step, &mut p, &gd, &mut m, &mut v, Some(&md), scale_arg, guard).unwrap();
         if clip.is_some() {
             let o = dev.download(&norm_out).unwrap();
             assert_eq!(o[1].to_bits(), scale.to_bits(), "step {step}: device clip scale {} vs cpu {scale}", o[1]);
         }
     }
     let (gp, gm, gv) = (dev.download(&p).unwrap(), dev.download(&m).unwrap(), dev.download(&v).unwrap());
+    // A guard that is not finite (a bad gradient the host has not seen yet) skips the whole step, even
+    // over a gradient that is itself finite: parameters and moments keep their bits.
+    for bad in [f64::NAN, f64::INFINITY] {
+        let g = dev.upload(&randn(&mut rng, n, 0.5)).unwrap();
+        let guard = dev.upload(&[bad]).unwrap();
+        opt.adam_step(&config, 5, &mut p, &g, &mut m, &mut v, None, None, Some(&guard)).unwrap();
+        let same = dev.download(&p).unwrap() == gp && dev.download(&m).unwrap() == gm && dev.download(&v).unwrap() == gv;
+        assert!(same, "{name}: a step with guard {bad} changed the state");
+    }
     let mut exact = 0usize;
     for i in 0..n {
         let worst = ulps(gp[i], cpu_p[i]).max(ulps(gm[i], cpu.state.exp_avg[i])).max(ulps(gv[i], cpu.state.exp_avg_sq[i]));
@@ -194,7 +207,7 @@ fn arena_regions_feed_the_kernels_on(dev: &CudaDevice) {
     let (mut p, mut m, mut v) = (params, arena.region::<f32>("exp_avg").unwrap(), arena.region::<f32>("exp_avg_sq").unwrap());
     let (mut partials, mut out) = (arena.region::<f64>("norm_partials").unwrap(), arena.region::<f32>("norm_out").unwrap());
     opt.grad_norm(&grads, Some(&mask_r), 5.0, &mut partials, &mut out, None).unwrap();
-    opt.adam_step(&config, 1, &mut p, &grads, &mut m, &mut v, Some(&mask_r), Some((&out, 1))).unwrap();
+    opt.adam_step(&config, 1, &mut p, &grads, &mut m, &mut v, Some(&mask_r), Some((&out, 1)), None).unwrap();
 
     let gp = dev.read(&p).unwrap();
     assert!(ulps(dev.read(&out).unwrap()[0], clip_info(&g, Some(&mask), 5.0).unwrap().norm as f32) <= 1);

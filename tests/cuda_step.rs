@@ -499,6 +499,99 @@ fn device_optimizer_step_matches_cpu() {
     }
 }
 
+/// `DeviceModel::train_step` (forward, backward and optimizer in one call) against
+/// `forward_backward_prepared` + `optimizer_step` on the same minibatch: the same loss terms, z, gradient
+/// norm, parameters and Adam moments, to the bit, for every configuration (clipped on every other one).
+/// And the host waits for the device once per step where nothing is needed mid-step, twice where z or
+/// the posteriors go to the host (an adversary's extra dz, the MMD-RBF penalty, whose four copies come
+/// on top); the step functions alone wait three times.
+fn train_step_on(dev: &CudaDevice) {
+    use splicevi::cuda::step::{HostBatch, Update};
+    use splicevi::optim::{AdamConfig, AdamState};
+    for (ci, case) in cases().iter().enumerate() {
+        let name = case.name;
+        let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let p = random_params(&model, 500 + ci as u64);
+        let mut batch = synth_batch(&case.dims, 9, 501 + ci as u64);
+        if case.no_cell_idx {
+            batch.cell_idx = None;
+        }
+        let extra: Option<Vec<f32>> = case.extra_dz.then(|| (0..9 * model.arch.l).map(|k| (k as f32 * 0.37).cos() * 0.1).collect());
+        let hb = HostBatch::build(&model, &batch, &case.opts).unwrap();
+        let config = AdamConfig::adamw(1e-2, 1e-3, 1e-8);
+        let n = model.layout.n_trainable;
+        let clip = (ci % 2 == 0).then_some(0.5f32);
+        // The MMD-RBF penalty copies four B × d posteriors back to the host, mid-step.
+        let mmd = case.cfg.modality_penalty == ModalityPenalty::MmdRbf && case.cfg.modality_weights != ModalityWeights::Concatenate;
+        let mmd_reads = if mmd { 4 } else { 0 };
+
+        let mut d1 = DeviceModel::new(dev, &model, &p).unwrap();
+        let mut a1 = d1.adam_state(&AdamState::zeros(n)).unwrap();
+        let w0 = dev.host_waits();
+        let o1 = d1.forward_backward_prepared(&hb, &case.opts, &mut |_| Ok(extra.clone()), true).unwrap();
+        let n1 = d1.optimizer_step(&mut a1, &config, 1, clip).unwrap();
+        assert_eq!(dev.host_waits() - w0, 3 + mmd_reads, "{name}: waits of the step functions");
+
+        let mut d2 = DeviceModel::new(dev, &model, &p).unwrap();
+        let mut a2 = d2.adam_state(&AdamState::zeros(n)).unwrap();
+        let mut fool = |_: &[f32]| -> anyhow::Result<Option<Vec<f32>>> { Ok(extra.clone()) };
+        let extra_dz: Option<&mut dyn FnMut(&[f32]) -> anyhow::Result<Option<Vec<f32>>>> = if extra.is_some() { Some(&mut fool) } else { None };
+        let w0 = dev.host_waits();
+        let (o2, n2) = d2.train_step(&hb, &case.opts, extra_dz, Update { adam: &mut a2, config: &config, step: 1, clip }).unwrap();
+        let waits = dev.host_waits() - w0;
+        let mid_step = extra.is_some() || mmd;
+        assert_eq!(waits, if mid_step { 2 + mmd_reads } else { 1 }, "{name}: host waits per train_step");
+
+        assert_eq!(o1.loss.to_bits(), o2.loss.to_bits(), "{name}: loss");
+        assert!(o1.rl_expr == o2.rl_expr && o1.rl_spl == o2.rl_spl && o1.kl == o2.kl && o1.z == o2.z, "{name}: loss terms");
+        let scalars = |o: &splicevi::cuda::step::DeviceStepOutput| [o.penalty, o.concentration_prior, o.decoder_prior, o.decoder_effect_prior].map(f64::to_bits);
+        assert_eq!(scalars(&o1), scalars(&o2), "{name}: penalty and priors");
+        assert_eq!(Some(n1.to_bits()), n2.map(f64::to_bits), "{name}: gradient norm");
+        assert!(d1.download_params().unwrap().data == d2.download_params().unwrap().data, "{name}: parameters after the update");
+        assert!(d1.download_adam(&a1, 1).unwrap() == d2.download_adam(&a2, 1).unwrap(), "{name}: Adam moments");
+        assert!(d2.download_params().unwrap().data != p.data, "{name}: nothing was updated");
+    }
+}
+
+#[test]
+fn train_step_matches_the_step_functions() {
+    for dev in emu::devices("DeviceModel::train_step vs forward_backward + optimizer_step") {
+        train_step_on(&dev);
+    }
+}
+
+/// A bad parameter in a step that waits only at its end: the loss comes back non-finite with no norm,
+/// and AdamW (guarded on the gradient's sum of squares on the device) updated nothing. (The guard alone,
+/// a NaN gradient under a finite loss, is checked through optimizer_step in `optimizer_on` and on the
+/// kernel in tests/cuda_parity.rs.)
+fn train_step_nan_on(dev: &CudaDevice) {
+    use splicevi::cuda::step::{HostBatch, Update};
+    use splicevi::optim::{AdamConfig, AdamState};
+    let case = &cases()[1];
+    let model = SpliceVae::new(case.cfg.clone(), case.dims.clone(), JUNC2ATSE.to_vec()).unwrap();
+    let mut p = random_params(&model, 61);
+    let idx = model.layout.find("z_decoder_splicing.ps_output.weight").unwrap();
+    p.data[model.layout.entries[idx].offset + 3] = f32::NAN;
+    let batch = synth_batch(&case.dims, 9, 62);
+    let hb = HostBatch::build(&model, &batch, &case.opts).unwrap();
+    let n = model.layout.n_trainable;
+    let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
+    let mut adam = dm.adam_state(&AdamState::zeros(n)).unwrap();
+    let config = AdamConfig::adamw(1e-2, 1e-3, 1e-8);
+    let (out, norm) = dm.train_step(&hb, &case.opts, None, Update { adam: &mut adam, config: &config, step: 1, clip: None }).unwrap();
+    assert!(!out.loss.is_finite() && norm.is_none(), "loss {} norm {norm:?}", out.loss);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&dm.download_params().unwrap().data), bits(&p.data), "a step with a NaN gradient changed the parameters");
+    assert!(dm.download_adam(&adam, 0).unwrap() == AdamState::zeros(n), "a step with a NaN gradient changed the moments");
+}
+
+#[test]
+fn train_step_with_a_nan_updates_nothing() {
+    for dev in emu::devices("DeviceModel::train_step with a NaN parameter") {
+        train_step_nan_on(&dev);
+    }
+}
+
 /// Two epochs of `Trainer::fit` with the steps on the device against the CPU trainer on the same
 /// simulated data (120 cells, `paper` and `robust` options, two batches: the adversary is on): the per-epoch metrics agree, the
 /// optimizer took the same number of steps, and the checkpoint holds the device's parameters; a device run
@@ -510,14 +603,15 @@ fn trainer_data() -> splicevi::data::Dataset {
 }
 
 /// Two epochs of `preset` at small layers (the partial encoder's code_dim × h_hidden_dim given), and
-/// the CPU trainer's run of them (with the directory it wrote).
-fn trainer_run_and_cpu<'a>(ds: &'a splicevi::data::Dataset, preset: &str, code_dim: usize, h_hidden_dim: usize) -> (splicevi::train::trainer::RunConfig, splicevi::train::trainer::Trainer<'a>, tempfile::TempDir) {
+/// the CPU trainer's run of them (with the directory it wrote). `adversary`: whether the preset's
+/// adversarial batch classifier trains (the data has two batches), or none does.
+fn trainer_run_and_cpu<'a>(ds: &'a splicevi::data::Dataset, preset: &str, code_dim: usize, h_hidden_dim: usize, adversary: bool) -> (splicevi::train::trainer::RunConfig, splicevi::train::trainer::Trainer<'a>, tempfile::TempDir) {
     use splicevi::data::DataOptions;
     use splicevi::train::trainer::{RunConfig, Trainer};
     use splicevi::train::{presets, TrainConfig};
     let (model, train0) = presets::preset(preset).unwrap();
     let model = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim, h_hidden_dim, encoder_hidden_dim: 8, ..model };
-    let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, ..train0 };
+    let train = TrainConfig { max_epochs: 2, batch_size: 64, n_epochs_kl_warmup: Some(1), lr: 1e-3, adversarial_mixing: adversary && train0.adversarial_mixing, ..train0 };
     let data = DataOptions { batch_key: Some("batch".into()), ..Default::default() };
     let run = RunConfig::for_dataset(preset, model, train, data, ds);
     let d_cpu = tempfile::tempdir().unwrap();
@@ -535,7 +629,7 @@ fn trainer_on(dev: &'static CudaDevice) {
     // paper (softmax-free per-dimension mixing, the adversary) and robust (concatenated latents, the
     // cross gate's schedule); tests of the step itself cover the other options.
     for preset in ["paper", "robust"] {
-        let (run, cpu, _d_cpu) = trainer_run_and_cpu(&ds, preset, 4, 8);
+        let (run, cpu, _d_cpu) = trainer_run_and_cpu(&ds, preset, 4, 8, true);
         let d_dev = tempfile::tempdir().unwrap();
         let mut on = Trainer::new(&ds, run, d_dev.path()).unwrap();
         on.verbose = false;
@@ -632,7 +726,8 @@ fn device_profile_names_every_launch() {
 }
 
 /// Two epochs of `paper` in bf16 at a tensor-core shape of the partial encoder (h_hidden 16, code_dim 8:
-/// its forward and backward on the tensor cores) against the CPU trainer in f32: every epoch's
+/// its forward and backward on the tensor cores), the adversary off (one host wait per step),
+/// against the CPU trainer in f32: every epoch's
 /// losses finite and within 3e-2 of the CPU's (bf16 operands: a few 1e-3 per step, compounded over
 /// the steps), the parameters within 0.05 of the CPU's.
 fn trainer_bf16_on(dev: &'static CudaDevice) {
@@ -640,10 +735,13 @@ fn trainer_bf16_on(dev: &'static CudaDevice) {
     use splicevi::cuda::resident::Residency;
     assert!(splicevi::cuda::partial::tensor_cores_bwd_fit(16, 8));
     let ds = trainer_data();
-    let (run, cpu, _d_cpu) = trainer_run_and_cpu(&ds, "paper", 8, 16);
+    // No adversary, so each device step waits for the device once, at its end
+    // (DeviceModel::train_step's deferred path; the f32 trainer test above runs the adversary's).
+    let (run, cpu, _d_cpu) = trainer_run_and_cpu(&ds, "paper", 8, 16, false);
     let d_dev = tempfile::tempdir().unwrap();
     let mut on = Trainer::new(&ds, run, d_dev.path()).unwrap();
     on.verbose = false;
+    assert!(on.adversary.is_none(), "the adversary is off");
     on.use_device_with(dev, splicevi::cuda::gemm::GemmPrecision::Bf16, Residency::Device).unwrap();
     on.fit().unwrap();
     assert_eq!(on.state.global_step, cpu.state.global_step, "bf16: steps");
@@ -970,6 +1068,15 @@ fn resident_on(dev: &CudaDevice) {
             assert_eq!(oa.loss.to_bits(), ob.loss.to_bits(), "{name}: loss");
             assert!(oa.rl_spl == ob.rl_spl && oa.rl_expr == ob.rl_expr && oa.z == ob.z, "{name}: loss terms");
             assert!(ga.data == gb.data, "{name}: gradients");
+            // A training step from the resident minibatch (forward, backward, optimizer) waits for the
+            // device once: the cells' copy, the gathers and the launches are all enqueued.
+            let mut adam = dm.adam_state(&splicevi::optim::AdamState::zeros(model.layout.n_trainable)).unwrap();
+            let config = splicevi::optim::AdamConfig::adamw(1e-3, 1e-3, 1e-8);
+            let w0 = dev.host_waits();
+            let update = splicevi::cuda::step::Update { adam: &mut adam, config: &config, step: 1, clip: Some(1.0) };
+            let (_, norm) = dm.train_step(&res, &case.opts, None, update).unwrap();
+            assert!(norm.is_some_and(f64::is_finite), "{name}: gradient norm {norm:?}");
+            assert_eq!(dev.host_waits() - w0, 1, "{name}: host waits per resident training step");
         }
     }
 }

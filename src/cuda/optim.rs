@@ -80,6 +80,8 @@ impl<'d> CudaOptim<'d> {
     /// Enqueues one Adam/AdamW step (by `config.decay`) with the scalars of step number `step`
     /// (1-based: the optimizer's step count after incrementing). `grad_scale` = (buffer, index) of the
     /// clip scale written by [`Self::grad_norm`] (its `out`, index 1), or `None` for no scaling.
+    /// `guard`: a device f64 (the gradient's sum of squares, [`Self::grad_norm`]'s `sumsq`) that, when not
+    /// finite, makes the step change nothing.
     /// Twin: `optim::Adam::step`.
     #[allow(clippy::too_many_arguments)]
     pub fn adam_step(
@@ -92,6 +94,7 @@ impl<'d> CudaOptim<'d> {
         exp_avg_sq: &mut dyn DeviceMem<f32>,
         mask: Option<&dyn DeviceMem<u8>>,
         grad_scale: Option<(&dyn DeviceMem<f32>, usize)>,
+        guard: Option<&dyn DeviceMem<f64>>,
     ) -> Result<()> {
         let _r = crate::nvtx_range!("adam_step");
         ensure!(step >= 1, "optimizer step numbers start at 1");
@@ -116,6 +119,7 @@ impl<'d> CudaOptim<'d> {
                 buf.device_address() + 4 * i as u64
             }
         };
-        self.dev.launch(f, cfg, &[&p, &g, &m, &v, &k, &scale, &(n as i64), &first, &s.w1, &s.beta2, &s.w2, &s.eps, &s.step_size, &s.bc2_sqrt])
+        let guard = null_or(guard);
+        self.dev.launch(f, cfg, &[&p, &g, &m, &v, &k, &scale, &guard, &(n as i64), &first, &s.w1, &s.beta2, &s.w2, &s.eps, &s.step_size, &s.bc2_sqrt])
     }
 }

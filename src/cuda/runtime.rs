@@ -133,6 +133,10 @@ pub struct CudaDevice {
     /// Kernel launches and cuBLAS calls so far (`splicevi bench` reports them per step: each costs the
     /// host a few microseconds, a floor under a step's time).
     launches: std::sync::atomic::AtomicU64,
+    /// Times the host waited for the stream (synchronisations, device-to-host copies): each one drains
+    /// the queue, so the GPU idles until the host enqueues again (`tests/cuda_step.rs` counts them per
+    /// training step).
+    host_waits: std::sync::atomic::AtomicU64,
     /// Per-kernel times while profiling is on ([`CudaDevice::set_profiling`]).
     profile: std::sync::Mutex<Option<Profile>>,
 }
@@ -181,14 +185,14 @@ impl CudaDevice {
                 .map_err(|e| anyhow!("loading kernels/{name}.cu's fatbin on cuda:{ordinal} ({}): {e:?}", info.name))?;
             modules.insert(name, module);
         }
-        Ok(CudaDevice { info, backend: Backend::Driver { ctx, stream, modules }, launches: Default::default(), profile: Default::default() })
+        Ok(CudaDevice { info, backend: Backend::Driver { ctx, stream, modules }, launches: Default::default(), host_waits: Default::default(), profile: Default::default() })
     }
 
     /// The host emulation of the device ([`super::emu`]): every kernel file compiled by the host C++20
     /// compiler (once per process, cached on disk). Err(reason) where no such compiler exists.
     pub fn open_emulated() -> Result<Self, String> {
         let k = super::emu::kernels()?;
-        Ok(CudaDevice { info: super::emu::device_info(), backend: Backend::Emu(k), launches: Default::default(), profile: Default::default() })
+        Ok(CudaDevice { info: super::emu::device_info(), backend: Backend::Emu(k), launches: Default::default(), host_waits: Default::default(), profile: Default::default() })
     }
 
     /// Whether this is the host emulation rather than a GPU.
@@ -240,6 +244,7 @@ impl CudaDevice {
 
     /// Waits for all queued work; surfaces asynchronous kernel errors.
     pub fn synchronize(&self) -> Result<()> {
+        self.host_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &self.backend {
             Backend::Driver { stream, .. } => {
                 stream.synchronize().map_err(|e| anyhow!("CUDA stream synchronize on cuda:{}: {e:?}", self.info.ordinal))
@@ -276,8 +281,9 @@ impl CudaDevice {
         self.read(src)
     }
 
-    /// Copies `data` into device memory `dst` (e.g. an arena region) of the same length; synchronises so
-    /// `data` may be dropped right after.
+    /// Copies `data` into device memory `dst` (e.g. an arena region) of the same length, enqueued; `data`
+    /// may be dropped right after: an asynchronous copy from pageable memory returns once the driver has
+    /// staged the bytes (CUDA driver API, "API synchronization behavior"), so the host need not wait.
     pub fn write<T: DeviceRepr>(&self, data: &[T], dst: &mut dyn DeviceMem<T>) -> Result<()> {
         if dst.elements() != data.len() {
             bail!("host-to-device copy: {} elements into device memory of {}", data.len(), dst.elements());
@@ -286,8 +292,7 @@ impl CudaDevice {
             Backend::Driver { stream, .. } => {
                 // SAFETY: `dst` holds data.len() elements of T (checked) and stays alive (its lifetime or owner).
                 unsafe { cudarc::driver::result::memcpy_htod_async(dst.device_address(), data, stream.cu_stream()) }
-                    .map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))?;
-                self.synchronize()
+                    .map_err(|e| anyhow!("host-to-device copy of {} elements: {e:?}", data.len()))
             }
             Backend::Emu(_) => {
                 // SAFETY: `dst` is emulated device memory (a host allocation) of data.len() elements.
@@ -338,6 +343,8 @@ impl CudaDevice {
                 self.synchronize()?;
             }
             Backend::Emu(_) => {
+                // (a GPU's copy back waits for the stream: counted as one)
+                self.synchronize()?;
                 // SAFETY: `src` is emulated device memory of out.len() elements.
                 unsafe { std::ptr::copy_nonoverlapping(src.device_address() as *const T, out.as_mut_ptr(), out.len()) };
             }
@@ -397,6 +404,12 @@ impl CudaDevice {
     /// Kernel launches and cuBLAS calls enqueued so far.
     pub fn launches(&self) -> u64 {
         self.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many times the host has waited for the stream so far ([`Self::synchronize`], and every copy
+    /// back to the host, which synchronises).
+    pub fn host_waits(&self) -> u64 {
+        self.host_waits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts a cuBLAS call (kernel launches count themselves).

@@ -8,6 +8,11 @@
 //! the loss terms and every gradient against them, under the host emulation (src/cuda/emu.rs) and on a
 //! GPU where one exists. **It has never run on a GPU.**
 //!
+//! Host waits: [`DeviceModel::train_step`] enqueues forward, backward and optimizer and copies the loss
+//! terms back once, at its end (the GPU never idles mid-step for the host to launch the backward); only
+//! an adversary or the MMD-RBF penalty needs values on the host mid-step. Uploads do not wait (a copy
+//! from pageable memory returns once the driver has staged it).
+//!
 //! Memory: parameters, gradients and optimizer moments in persistent buffers; every other buffer of a
 //! step comes from a step arena that is rewound each step (no device allocation in steady state). The
 //! minibatch is prepared on the host ([`HostBatch`], made on a second thread while the previous step
@@ -915,6 +920,28 @@ pub fn splicing_decode() -> SplicingDecode {
 }
 
 /// AdamW moments on the device (over the trainable parameters) and the clipping scratch.
+/// A non-finite gradient met by the optimizer (nothing was updated): the message names the first
+/// parameter that has one. (A type of its own, so that callers tell it from a device failure.)
+#[derive(Debug)]
+pub struct NonFiniteGradient(pub String);
+
+impl std::fmt::Display for NonFiniteGradient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NonFiniteGradient {}
+
+/// The optimizer step of a [`DeviceModel::train_step`]: the state, the settings, the step number
+/// (1-based, the optimizer's count after incrementing) and the gradient clip.
+pub struct Update<'a> {
+    pub adam: &'a mut DeviceAdam,
+    pub config: &'a AdamConfig,
+    pub step: u64,
+    pub clip: Option<f32>,
+}
+
 pub struct DeviceAdam {
     exp_avg: DevBuf<f32>,
     exp_avg_sq: DevBuf<f32>,
@@ -1026,28 +1053,45 @@ impl<'d> DeviceModel<'d> {
     /// One optimizer step on the device over the gradients of the last [`Self::forward_backward`]:
     /// the global norm (and, with `clip`, the scale that brings it to at most `clip`), then AdamW with
     /// the scalars of step number `step` (1-based). A non-finite gradient is an error naming the first
-    /// parameter that has one, before anything is updated. Returns the gradient norm.
+    /// parameter that has one, and nothing is updated. Returns the gradient norm.
+    /// ([`Self::train_step`] runs it as part of the step, with one wait for the device in all.)
     pub fn optimizer_step(&mut self, adam: &mut DeviceAdam, config: &AdamConfig, step: u64, clip: Option<f32>) -> Result<f64> {
+        let sumsq = self.optimizer_enqueue(adam, config, step, clip)?;
+        let sumsq = self.dev.read(&sumsq)?[0];
+        if !sumsq.is_finite() {
+            return Err(self.non_finite_gradient()?.into());
+        }
+        Ok(sumsq.sqrt())
+    }
+
+    /// Enqueues the optimizer step of [`Self::optimizer_step`] without waiting: the norm, then AdamW,
+    /// which skips every update when the gradient's sum of squares is not finite (so a bad gradient
+    /// changes nothing, though the host learns of it only when it next reads). Returns the device
+    /// scalar holding that f64 sum of squares.
+    fn optimizer_enqueue(&mut self, adam: &mut DeviceAdam, config: &AdamConfig, step: u64, clip: Option<f32>) -> Result<TView<f64>> {
         let _r = crate::nvtx_range!("optimizer");
         let n = self.model.layout.n_trainable;
         if n == 0 {
-            return Ok(0.0);
+            self.dev.memset(&mut adam.sumsq, 0)?;
+            return Ok(TView::of(&adam.sumsq));
         }
         let g = Buf::new(self.grads.device_address(), n);
         self.optim.grad_norm(&g, None, clip.unwrap_or(f32::MAX), &mut adam.partials, &mut adam.norm, Some(&mut adam.sumsq))?;
-        let sumsq = self.dev.download(&adam.sumsq)?[0];
-        if !sumsq.is_finite() {
-            let all = self.dev.download(&self.grads)?;
-            let i = all[..n].iter().position(|v| !v.is_finite()).unwrap_or(0);
-            let name = self.model.layout.entries.iter().find(|e| e.kind.trainable() && e.offset <= i && i < e.offset + e.len).map(|e| e.name.clone()).unwrap_or_default();
-            bail!("non-finite gradient of `{name}` (entry {i}) on the device");
-        }
         let mut p = Buf::new(self.params.device_address(), n);
         let mut m = Buf::new(adam.exp_avg.device_address(), n);
         let mut v = Buf::new(adam.exp_avg_sq.device_address(), n);
         let scale = clip.map(|_| (&adam.norm as &dyn DeviceMem<f32>, 1usize));
-        self.optim.adam_step(config, step, &mut p, &g, &mut m, &mut v, None, scale)?;
-        Ok(sumsq.sqrt())
+        self.optim.adam_step(config, step, &mut p, &g, &mut m, &mut v, None, scale, Some(&adam.sumsq))?;
+        Ok(TView::of(&adam.sumsq))
+    }
+
+    /// The error for a non-finite gradient: the first parameter that has one (copies the gradients back).
+    fn non_finite_gradient(&self) -> Result<NonFiniteGradient> {
+        let n = self.model.layout.n_trainable;
+        let all = self.dev.download(&self.grads)?;
+        let i = all[..n].iter().position(|v| !v.is_finite()).unwrap_or(0);
+        let name = self.model.layout.entries.iter().find(|e| e.kind.trainable() && e.offset <= i && i < e.offset + e.len).map(|e| e.name.clone()).unwrap_or_default();
+        Ok(NonFiniteGradient(format!("non-finite gradient of `{name}` (entry {i}) on the device")))
     }
 
     /// Replaces the device parameters by `params`.
@@ -1802,22 +1846,50 @@ impl<'d> DeviceModel<'d> {
         extra_dz: &mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>,
         backward: bool,
     ) -> Result<DeviceStepOutput> {
-        let r = self.step(hb, opts, extra_dz, backward);
+        let r = self.step(hb, opts, Some(extra_dz), backward, None);
         if r.is_err() {
             // A failed step may leave work queued (the minibatch's staged copy among it): wait for it,
             // so that the minibatch's buffers may be freed.
             let _ = self.dev.synchronize();
         }
+        r.map(|(out, _)| out)
+    }
+
+    /// One training step: [`Self::forward_backward_prepared`] (backward on) and then
+    /// [`Self::optimizer_step`] with `update`'s arguments, as one call. Returns the loss terms and the
+    /// gradient norm. A non-finite gradient is the same error, and nothing is updated.
+    ///
+    /// Without `extra_dz` (no adversary) and without the MMD-RBF penalty (its value is computed on the
+    /// host), the host waits for the device once per step: the forward, the backward and the optimizer
+    /// are enqueued back to back and the loss terms come back in one copy at the end (the step functions
+    /// alone wait twice, and the optimizer once more). The results are the same bits either way. The
+    /// difference: a non-finite loss is then seen after the backward and the optimizer have run (the
+    /// update happens if the gradient is finite, the BatchNorm running statistics are updated); the
+    /// caller stops training on it either way, and its checkpoint is the last good one.
+    pub fn train_step(
+        &mut self,
+        hb: &HostBatch,
+        opts: &StepOptions,
+        extra_dz: Option<&mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>>,
+        update: Update<'_>,
+    ) -> Result<(DeviceStepOutput, Option<f64>)> {
+        let r = self.step(hb, opts, extra_dz, true, Some(update));
+        if r.is_err() {
+            let _ = self.dev.synchronize();
+        }
         r
     }
 
+    /// The step: forward, then (`backward`) the backward, then (`update`) the optimizer. Returns the loss
+    /// terms and, with `update` and a finite loss, the gradient norm.
     fn step(
         &mut self,
         hb: &HostBatch,
         opts: &StepOptions,
-        extra_dz: &mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>,
+        extra_dz: Option<&mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>>,
         backward: bool,
-    ) -> Result<DeviceStepOutput> {
+        update: Option<Update<'_>>,
+    ) -> Result<(DeviceStepOutput, Option<f64>)> {
         let _r = crate::nvtx_range!("device step");
         let model = self.model.clone();
         let m = &*model;
@@ -1945,7 +2017,7 @@ impl<'d> DeviceModel<'d> {
             if let SplEnc::Partial { cap, work, .. } = spl_enc {
                 self.partial_work.replace(Some((cap, work)));
             }
-            return Ok(DeviceStepOutput::empty());
+            return Ok((DeviceStepOutput::empty(), None));
         }
         let lat: &Buf = if opts.use_z_mean { &qz_m } else { &z };
         let gate = opts.cross_gate as f32;
@@ -2100,10 +2172,19 @@ impl<'d> DeviceModel<'d> {
 
         // ---- loss terms (host) -------------------------------------------------------------------
         drop(r_phase);
-        // Everything the host needs in one copy (one synchronisation): the per-cell terms, z, and Σ log φ²
-        // of the concentration prior.
+        // Everything the host needs in one copy (one synchronisation): the per-cell terms, z, Σ log φ² of
+        // the concentration prior, the decoder priors' column sums, and (a training step with the
+        // optimizer, `update`) the gradient's f64 sum of squares. Without an adversary or the MMD-RBF
+        // penalty nothing of it is needed before the backward: such a step (`deferred`) enqueues its
+        // forward, backward and optimizer and copies this back once, at its end, so that the GPU never
+        // idles mid-step waiting for the host to launch the backward.
+        let deferred = backward && update.is_some() && extra_dz.is_none() && hb.mmd_eps.is_none();
+        let inv_n = 1.0 / m.dims.n_obs.max(1) as f64;
+        let w_out = self.p(out_lin.w);
+        let prior_cols = if cfg.splicing_decoder_prior != 0.0 { k_in } else { 0 };
+        let effect_cols = if cfg.splicing_decoder_effect_prior != 0.0 { k_in } else { 0 };
         let lpv = self.p(a.log_phi);
-        let n_out = 4 * b + b * l + 1;
+        let n_out = 4 * b + b * l + 1 + prior_cols + effect_cols + 2;
         let outb = self.nan(n_out)?;
         let at = |off: usize, n: usize| Buf::new(outb.addr + (off * 4) as u64, n);
         for (k, src) in [&rl_e, &rl_s, &kl_row, &pen_row].into_iter().enumerate() {
@@ -2114,21 +2195,53 @@ impl<'d> DeviceModel<'d> {
         let mut sq = self.nan(lpv.len)?;
         self.glue.map(MapOp::Mul, &lpv, Some(&lpv), &mut sq)?;
         self.glue.col_sum(Cols::all(&sq, 1), lpv.len, 1, 1.0, 0.0, &mut sumsq)?;
-        let host_out = dev.read(&outb)?;
-        let part = |k: usize, n: usize| host_out[k..k + n].to_vec();
-        let (rl_e_h, rl_s_h, kl_h, pen_h) = (part(0, b), part(b, b), part(2 * b, b), part(3 * b, b));
-        let rl_expr: Vec<f32> = rl_e_h.iter().zip(&hb.mask_e_host).map(|(&v, &mk)| if mk { v } else { 0.0 }).collect();
-        let pen_sum: f64 = pen_h.iter().map(|&v| v as f64).sum();
-        let penalty = match penalty_kind {
-            ModalityPenalty::JeffreysExact => {
-                let np = hb.mask_e_host.iter().zip(&hb.mask_s_host).filter(|(x, y)| **x && **y).count();
-                if np == 0 {
-                    0.0
-                } else {
-                    pen_sum * opts.kl_weight / np as f64
+        // The decoder priors on the splicing output layer W (J × K), N the data's cells (docs/robust.md):
+        // λ Σ W² / N, and λ_e Σ_j W_j C W_jᵀ / N with C the minibatch covariance of S (held fixed in the
+        // gradient, as the CPU model does); their column sums go back with the rest, summed in f64 there.
+        let o_prior = 4 * b + b * l + 1;
+        if prior_cols > 0 {
+            self.frob_cols(&w_out, &w_out, j_n, k_in, &mut at(o_prior, k_in))?;
+        }
+        let effect_wc = if effect_cols > 0 {
+            let c = self.input_covariance(&s_in, &bt, b, k_in)?;
+            let mut wc = self.nan(j_n * k_in)?;
+            self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w_out, j_n, k_in, false)?, &Operand::new(&c, k_in, k_in, true)?, 0.0, &mut wc, j_n, k_in)?;
+            self.frob_cols(&w_out, &wc, j_n, k_in, &mut at(o_prior + prior_cols, k_in))?;
+            Some(wc)
+        } else {
+            None
+        };
+        // (the gradient's sum of squares, f64, lands in the last two floats: `deferred` only)
+        let o_sumsq = n_out - 2;
+        // The step's output from the copy: `rbf`, the MMD-RBF penalty's value when there is one.
+        let finish = |host_out: &[f32], rbf: f64| -> DeviceStepOutput {
+            let part = |k: usize, n: usize| host_out[k..k + n].to_vec();
+            let (rl_e_h, rl_s_h, kl_h, pen_h) = (part(0, b), part(b, b), part(2 * b, b), part(3 * b, b));
+            let rl_expr: Vec<f32> = rl_e_h.iter().zip(&hb.mask_e_host).map(|(&v, &mk)| if mk { v } else { 0.0 }).collect();
+            let pen_sum: f64 = pen_h.iter().map(|&v| v as f64).sum();
+            let penalty = match penalty_kind {
+                ModalityPenalty::JeffreysExact => {
+                    let np = hb.mask_e_host.iter().zip(&hb.mask_s_host).filter(|(x, y)| **x && **y).count();
+                    if np == 0 {
+                        0.0
+                    } else {
+                        pen_sum * opts.kl_weight / np as f64
+                    }
                 }
-            }
-            _ => pen_sum,
+                _ => pen_sum,
+            };
+            let penalty = penalty + rbf;
+            let concentration_prior = match kind {
+                SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => cfg.lambda_prior * host_out[4 * b + b * l] as f64 / b as f64,
+                _ => 0.0,
+            };
+            let col_sum = |off: usize, n: usize| host_out[off..off + n].iter().map(|&v| v as f64).sum::<f64>();
+            let decoder_prior = if prior_cols > 0 { cfg.splicing_decoder_prior * inv_n * col_sum(o_prior, prior_cols) } else { 0.0 };
+            let decoder_effect_prior = if effect_cols > 0 { cfg.splicing_decoder_effect_prior * inv_n * col_sum(o_prior + prior_cols, effect_cols) } else { 0.0 };
+            let mean_terms: f64 = (0..b).map(|i| rl_expr[i] as f64 + rl_s_h[i] as f64 + opts.kl_weight * kl_h[i] as f64).sum::<f64>() / b as f64;
+            let loss = mean_terms + penalty + concentration_prior + decoder_prior + decoder_effect_prior;
+            let z_host = part(4 * b, b * l);
+            DeviceStepOutput { rl_expr, rl_spl: rl_s_h, kl: kl_h, penalty, concentration_prior, decoder_prior, decoder_effect_prior, loss, z: z_host }
         };
         let rbf = match &hb.mmd_eps {
             Some((eps_e, eps_s)) => {
@@ -2144,37 +2257,24 @@ impl<'d> DeviceModel<'d> {
             }
             None => None,
         };
-        let penalty = penalty + rbf.as_ref().map_or(0.0, |r| r.0);
-        let concentration_prior = match kind {
-            SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => cfg.lambda_prior * host_out[n_out - 1] as f64 / b as f64,
-            _ => 0.0,
-        };
-        // The splicing decoder priors (docs/robust.md) on its output weight W (J × K), N the data's cells:
-        // λ Σ W² / N, and λ_e Σ_j W_j C W_jᵀ / N with C the minibatch covariance of S (held fixed in the
-        // gradient, as the CPU model does).
-        let inv_n = 1.0 / m.dims.n_obs.max(1) as f64;
-        let w_out = self.p(out_lin.w);
-        let decoder_prior = if cfg.splicing_decoder_prior != 0.0 { cfg.splicing_decoder_prior * inv_n * self.frob_dot(&w_out, &w_out, j_n, k_in)? } else { 0.0 };
-        let (decoder_effect_prior, effect_wc) = if cfg.splicing_decoder_effect_prior != 0.0 {
-            let c = self.input_covariance(&s_in, &bt, b, k_in)?;
-            let mut wc = self.nan(j_n * k_in)?;
-            self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w_out, j_n, k_in, false)?, &Operand::new(&c, k_in, k_in, true)?, 0.0, &mut wc, j_n, k_in)?;
-            (cfg.splicing_decoder_effect_prior * inv_n * self.frob_dot(&w_out, &wc, j_n, k_in)?, Some(wc))
+        // Not deferred: the copy now (the adversary needs z, and a non-finite loss stops here).
+        let out = if deferred {
+            None
         } else {
-            (0.0, None)
-        };
-        let mean_terms: f64 = (0..b).map(|i| rl_expr[i] as f64 + rl_s_h[i] as f64 + opts.kl_weight * kl_h[i] as f64).sum::<f64>() / b as f64;
-        let loss = mean_terms + penalty + concentration_prior + decoder_prior + decoder_effect_prior;
-        let z_host = part(4 * b, b * l);
-        let out = DeviceStepOutput { rl_expr, rl_spl: rl_s_h, kl: kl_h, penalty, concentration_prior, decoder_prior, decoder_effect_prior, loss, z: z_host };
-        if !backward || !out.loss.is_finite() {
-            // (A non-finite loss is the caller's to report, with the term that went bad.)
-            if let SplEnc::Partial { cap, work, .. } = spl_enc {
-                self.partial_work.replace(Some((cap, work)));
+            let out = finish(&dev.read(&outb)?, rbf.as_ref().map_or(0.0, |r| r.0));
+            if !backward || !out.loss.is_finite() {
+                // (A non-finite loss is the caller's to report, with the term that went bad.)
+                if let SplEnc::Partial { cap, work, .. } = spl_enc {
+                    self.partial_work.replace(Some((cap, work)));
+                }
+                return Ok((out, None));
             }
-            return Ok(out);
-        }
-        let extra = extra_dz(&out.z)?;
+            Some(out)
+        };
+        let extra = match (&out, extra_dz) {
+            (Some(o), Some(f)) => f(&o.z)?,
+            _ => None,
+        };
         self.apply_bn_updates()?;
         dev.memset(&mut self.grads, 0)?;
 
@@ -2347,7 +2447,7 @@ impl<'d> DeviceModel<'d> {
 
         // ---- backward: encoders ------------------------------------------------------------------
         drop(r_phase);
-        let _r_phase = crate::nvtx_range!("backward: encoders");
+        let r_phase = crate::nvtx_range!("backward: encoders");
         let mut dlv_e = self.nan(b * d)?;
         self.glue.map(MapOp::Mul, &gve, Some(&v_e), &mut dlv_e)?;
         let h_w = enc.fc.n_out();
@@ -2402,8 +2502,31 @@ impl<'d> DeviceModel<'d> {
             }
             _ => unreachable!(),
         }
-        dev.synchronize()?;
-        Ok(out)
+        drop(r_phase);
+        let Some(up) = update else {
+            dev.synchronize()?;
+            return Ok((out.expect("a step without the optimizer is not deferred"), None));
+        };
+        // ---- optimizer ---------------------------------------------------------------------------
+        let sumsq = self.optimizer_enqueue(up.adam, up.config, up.step, up.clip)?;
+        let (out, sumsq) = match out {
+            Some(out) => (out, self.dev.read(&sumsq)?[0]),
+            None => {
+                // The f64 sum of squares rides in two f32 slots of the one copy (bit for bit).
+                dev.copy(&Buf::new(sumsq.device_address(), 2), &mut at(o_sumsq, 2), 2)?;
+                let host_out = dev.read(&outb)?;
+                let bits = (host_out[o_sumsq].to_bits() as u64) | ((host_out[o_sumsq + 1].to_bits() as u64) << 32);
+                (finish(&host_out, 0.0), f64::from_bits(bits))
+            }
+        };
+        if !out.loss.is_finite() {
+            // The caller names the loss term (AdamW skipped the update if the gradient was bad too).
+            return Ok((out, None));
+        }
+        if !sumsq.is_finite() {
+            return Err(self.non_finite_gradient()?.into());
+        }
+        Ok((out, Some(sumsq.sqrt())))
     }
 
     /// The decoders' inputs from the latent (B × L): both see it, except concatenated latents with the
@@ -2446,13 +2569,12 @@ impl<'d> DeviceModel<'d> {
         Ok(s)
     }
 
-    /// Σ x∘y over two rows × cols matrices (f64 on the host over the device's f64 column sums).
-    fn frob_dot(&self, x: &Buf, y: &Buf, rows: usize, cols: usize) -> Result<f64> {
+    /// The column sums of x∘y over two rows × cols matrices into `cs` (cols values; the host sums them
+    /// in f64 for Σ x∘y).
+    fn frob_cols(&self, x: &Buf, y: &Buf, rows: usize, cols: usize, cs: &mut Buf) -> Result<()> {
         let mut xy = self.nan(rows * cols)?;
         self.glue.map(MapOp::Mul, x, Some(y), &mut xy)?;
-        let mut cs = self.nan(cols)?;
-        self.glue.col_sum(Cols::all(&xy, cols), rows, cols, 1.0, 0.0, &mut cs)?;
-        Ok(self.dev.read(&cs)?.iter().map(|&v| v as f64).sum())
+        self.glue.col_sum(Cols::all(&xy, cols), rows, cols, 1.0, 0.0, cs)
     }
 
     /// The minibatch covariance of S (B × K): (S − S̄)ᵀ (S − S̄) / B (zeros for one cell), as

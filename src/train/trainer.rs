@@ -476,35 +476,34 @@ impl<'a> Trainer<'a> {
         let Trainer { device, adversary, opt, .. } = self;
         let dr = device.as_mut().expect("device run");
         let mut fool = None;
-        let out = dr.model.forward_backward_prepared(
-            &host,
-            &opts,
-            &mut |z| match adversary.as_ref() {
-                Some((adv, ap, _)) => {
-                    let f = adv.fool(ap, &crate::model::Mat::from_vec(b, l, z.to_vec()), &batch.batch, true, step_seed)?;
-                    let dz = f.dz.data.clone();
-                    fool = Some(f);
-                    Ok(Some(dz))
-                }
-                None => Ok(None),
-            },
-            true,
-        )?;
+        // The adversary's fool term needs z on the host mid-step; without one the step waits for the
+        // device once, at its end (DeviceModel::train_step).
+        let mut fool_dz = |z: &[f32]| -> Result<Option<Vec<f32>>> {
+            let Some((adv, ap, _)) = adversary.as_ref() else { return Ok(None) };
+            let f = adv.fool(ap, &crate::model::Mat::from_vec(b, l, z.to_vec()), &batch.batch, true, step_seed)?;
+            let dz = f.dz.data.clone();
+            fool = Some(f);
+            Ok(Some(dz))
+        };
+        let extra_dz: Option<&mut dyn FnMut(&[f32]) -> Result<Option<Vec<f32>>>> = if adversary.is_some() { Some(&mut fool_dz) } else { None };
+        let clip = tc.gradient_clip.map(|c| c as f32);
+        let update = crate::cuda::step::Update { adam: &mut dr.adam, config: &opt.config, step: opt.state.step + 1, clip };
+        let r = dr.model.train_step(&host, &opts, extra_dz, update);
         // The step has finished with the staged minibatch (it ends synchronised): its buffer is free.
         if let (Some(pool), Some(buf)) = (staging, host.take_staged()) {
             pool.give(buf);
         }
+        let (out, norm) = r.map_err(|e| match e.downcast_ref::<crate::cuda::step::NonFiniteGradient>() {
+            Some(g) => bad(&format!("gradient ({g})")).into(),
+            None => e,
+        })?;
         check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty, out.concentration_prior, out.loss, &bad)?;
+        anyhow::ensure!(norm.is_some(), "the device step returned no gradient norm for a finite loss");
         let mut total = out.loss;
         if let Some(f) = &fool {
             total += f.loss as f64;
         }
         opt.state.step += 1;
-        let clip = tc.gradient_clip.map(|c| c as f32);
-        if let Err(e) = dr.model.optimizer_step(&mut dr.adam, &opt.config, opt.state.step, clip) {
-            opt.state.step -= 1;
-            return Err(bad(&format!("gradient ({e:#})")).into());
-        }
         if let (Some((adv, ap, aopt)), Some(f)) = (adversary.as_mut(), &fool) {
             adv.apply_buffer_updates(ap, &f.buffer_updates);
             let zm = crate::model::Mat::from_vec(b, l, out.z.clone());
