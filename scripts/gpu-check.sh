@@ -13,10 +13,11 @@
 # `splicevi info --load-kernels`; every bundled test binary (a test that cannot use the GPU prints
 # SKIPPED and counts as a failure there; the host-emulation halves are switched off); the fixture checks
 # through the CUDA step (bundled copy of ../shared/fixtures); `splicevi bench --device cuda` at the paper
-# size with the paper preset, bf16 (dense then sparse splicing decode) then f32, each with a kernel
-# profile (BENCH_PAPER= leaves them out);
+# size with the paper preset, bf16 (dense then sparse splicing decode) then f32 on one simulation
+# (`--variants`), each with a kernel profile (BENCH_PAPER= leaves them out; PAPER_TIMEOUT, default 420 s);
 # two epochs of `train --device cuda` next to the CPU's on the toy data, and the analyses; the small and
-# medium benches. Each step has a time limit (STEP_TIMEOUT seconds, default 240), so one that hangs
+# medium benches; and, asked for by name (`run-on-gpu.sh ncu`), Nsight Compute on the heaviest kernels.
+# cuBLAS is looked for where a GPU machine without Rust may keep it (its folder goes on LD_LIBRARY_PATH). Each step has a time limit (STEP_TIMEOUT seconds, default 240), so one that hangs
 # cannot take the whole device lease.
 #
 # Kernels are compiled in strict mode (SPLICEVI_REQUIRE_NVCC=1); binaries are stripped of debug info to
@@ -88,10 +89,31 @@ step() {
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || { echo "=== FAILED ($rc): $*" | tee -a "$LOG"; status=1; }
 }
+# cuBLAS (libcublas.so.13, which loads libcublasLt.so.13) is opened at run time from the loader's path.
+# A GPU machine without Rust may hold it elsewhere: a CUDA toolkit's lib64, or the nvidia-cublas wheel
+# PyTorch installs under site-packages/nvidia/cu13/lib. Find it and put its folder on LD_LIBRARY_PATH.
+blas_on_path() {
+  ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.13 ' && return 0
+  local d
+  for d in $(echo "${LD_LIBRARY_PATH:-}" | tr ':' ' '); do [ -e "$d/libcublas.so.13" ] && return 0; done
+  return 1
+}
+if ! blas_on_path; then
+  blas="$(find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o -name 'libcublas.so.13' -print -quit 2>/dev/null || true)"
+  if [ -n "$blas" ]; then
+    export LD_LIBRARY_PATH="$(dirname "$blas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "=== cuBLAS: $blas (its folder put on LD_LIBRARY_PATH)" | tee -a "$LOG"
+  else
+    echo "=== cuBLAS: libcublas.so.13 not found on this machine: every CUDA step will fail" | tee -a "$LOG"
+  fi
+else
+  echo "=== cuBLAS: on the loader's path" | tee -a "$LOG"
+fi
 # A command on the device (every command has a CUDA path; a failure is a failure).
 cuda_step() { step "$@"; }
-# Phases to run (arguments; default all): tests fixtures paper train bench. The device tool allows 10
-# minutes per command: `run-on-gpu.sh tests fixtures paper`, then `run-on-gpu.sh train bench`.
+# Phases to run (arguments; default all but ncu): tests fixtures paper train bench, and ncu (Nsight
+# Compute on the heaviest kernels). The device tool allows 10 minutes per command: `run-on-gpu.sh tests
+# fixtures paper`, then `run-on-gpu.sh train bench ncu`.
 PHASES=" ${*:-tests fixtures paper train bench} "
 want() { case "$PHASES" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 echo "=== phases:$PHASES" | tee -a "$LOG"
@@ -123,11 +145,11 @@ fi
 # The issue's speed criterion: the paper preset at the paper size (bench simulates the first 25,600 of its
 # 100,000 cells: the same cells; s/epoch is for all of them), bf16 (the tensor cores) first, then f32;
 # --profile-steps: the device time per kernel of three more steps, timed by CUDA events.
+# One simulation for the three variants: bf16 with auto (dense) decode, bf16 with the SDDMM, f32.
 if want paper && [ -n "${BENCH_PAPER-1}" ]; then
-  cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --preset paper --steps 20 --profile-steps 3
-  # the SDDMM instead of the dense decode that auto picks at this density
-  cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --splicing-decode sparse --size paper --preset paper --steps 10 --profile-steps 3
-  cuda_step "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --steps 10 --profile-steps 3
+  t_save="$T"; T="${PAPER_TIMEOUT:-420}"
+  cuda_step "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --variants bf16:auto,bf16:sparse,f32:auto --steps 20 --max-seconds 20 --profile-steps 3
+  T="$t_save"
 fi
 # The training step end to end: two epochs of `train --device cuda` (default and robust presets) on the
 # toy data, then the CPU's two epochs on the same data for comparison (the metrics must agree closely).
@@ -156,6 +178,19 @@ cuda_step "$HERE/bin/splicevi" bench --device cuda ${BENCH_ARGS:---size small,me
 cuda_step "$HERE/bin/splicevi" bench --device cuda --data-residency host --size medium --preset paper --max-seconds 15
 # bf16 (GEMM operands; the partial encoder's h network on the tensor cores) beside f32
 cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size medium --preset paper --max-seconds 15 --profile-steps 3
+fi
+# Nsight Compute on the heaviest kernels of a bf16 paper-preset step at the medium size (not in the default
+# phases: `run-on-gpu.sh ncu`): throughput against the roofs, occupancy, memory traffic, the warp stalls.
+if want ncu; then
+  ncu_bin="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n1 || true)"
+  if [ -z "$ncu_bin" ]; then
+    echo "=== (ncu not found: the ncu phase did not run)" | tee -a "$LOG"
+  else
+    cuda_step "$ncu_bin" --clock-control none --launch-skip 10 --launch-count 10 \
+      -k 'regex:partial_pair_bwd|partial_pool_fwd|splicing_lik|expr_lik|adamw_step|partial_bwd_jsums|glue_scatter' \
+      --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats \
+      "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size medium --preset paper --steps 3 --max-seconds 5
+  fi
 fi
 rm -rf "$work"
 echo "=== gpu-check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) after ${SECONDS}s (log: $LOG)" | tee -a "$LOG"

@@ -102,7 +102,15 @@ impl Resolved {
 
 /// Resolves `spec` against this binary and machine. Never panics (no driver is a reason, not a crash).
 pub fn resolve(spec: DeviceSpec) -> Result<Resolved> {
-    resolve_with(spec, cuda::cuda_usable)
+    resolve_with(spec, usable_with_blas)
+}
+
+/// [`cuda::cuda_usable`], and cuBLAS loadable ([`cuda::blas_loadable`]): without it no device command
+/// gets far, so `auto` falls back to the CPU with that reason and `cuda` is refused up front.
+fn usable_with_blas(ordinal: usize) -> Result<cuda::DeviceInfo, String> {
+    let info = cuda::cuda_usable(ordinal)?;
+    cuda::blas_loadable()?;
+    Ok(info)
 }
 
 /// [`resolve`] with the device probe injected (for tests).
@@ -129,7 +137,7 @@ pub const CUDA_STEP_VALIDATED: bool = false;
 /// (the command then checks that the step implements its options); `auto` stays on the CPU, with the
 /// reason, while [`CUDA_STEP_VALIDATED`] is false.
 pub fn resolve_for_training(spec: DeviceSpec) -> Result<Resolved> {
-    resolve_for_training_with(spec, cuda::cuda_usable)
+    resolve_for_training_with(spec, usable_with_blas)
 }
 
 /// [`resolve_for_training`] with the device probe injected (for tests).

@@ -42,6 +42,37 @@ pub struct BenchArgs {
     /// hold about 1.6 billion observed entries, tens of GB of host memory and minutes to simulate).
     #[arg(long)]
     pub sim_cells: Option<usize>,
+    /// With a CUDA device: the step variants to run on each size and preset, comma-separated, each
+    /// PRECISION[:DECODE] (precision f32 or bf16, splicing decode auto, sparse or dense), e.g.
+    /// `bf16,bf16:sparse,f32`. The data is simulated once for all of them. Default: the global
+    /// --precision and --splicing-decode.
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
+}
+
+/// One `--variants` entry: the GEMM precision and the splicing decode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Variant {
+    precision: crate::cuda::gemm::GemmPrecision,
+    decode: crate::cuda::step::SplicingDecode,
+}
+
+impl Variant {
+    fn parse(s: &str) -> Result<Variant> {
+        use crate::cuda::gemm::GemmPrecision;
+        let (p, d) = s.split_once(':').unwrap_or((s, "auto"));
+        let precision = match p.trim() {
+            "f32" => GemmPrecision::F32,
+            "bf16" => GemmPrecision::Bf16,
+            o => bail!("bench --variants: unknown precision `{o}` in `{s}` (f32 or bf16)"),
+        };
+        let decode = d.trim().parse().map_err(|e: String| anyhow::anyhow!("bench --variants: `{s}`: {e}"))?;
+        Ok(Variant { precision, decode })
+    }
+
+    fn name(&self) -> String {
+        format!("{:?}:{:?}", self.precision, self.decode).to_ascii_lowercase()
+    }
 }
 
 /// Cells `bench` simulates at the paper size unless `--sim-cells` says otherwise: 100 minibatches of 256.
@@ -174,19 +205,37 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
     };
     anyhow::ensure!(args.profile_steps == 0 || dev.is_some(), "bench: --profile-steps times CUDA kernels; it needs --device cuda");
     anyhow::ensure!(args.sim_cells != Some(0), "bench: --sim-cells must be positive");
-    let peak = match dev {
-        Some(d) => {
-            let p = device_gemm_peak(d, precision)?;
-            println!("device: {device} (the CUDA step, {precision:?}); measured {precision:?} GEMM peak {:.1} GFLOP/s", p / 1e9);
-            p
-        }
-        None => {
-            let p = cpu_gemm_peak();
-            println!("device: cpu ({} rayon threads); measured f32 GEMM peak {:.1} GFLOP/s", rayon::current_num_threads(), p / 1e9);
-            p
-        }
+    anyhow::ensure!(args.variants.is_empty() || dev.is_some(), "bench: --variants chooses CUDA step variants; it needs --device cuda");
+    let variants: Vec<Variant> = if args.variants.is_empty() {
+        vec![Variant { precision, decode: crate::cuda::step::splicing_decode() }]
+    } else {
+        args.variants.iter().map(|v| Variant::parse(v)).collect::<Result<_>>()?
     };
-    let header = "size\tpreset\tcells\tgenes\tjunctions\tbatch\tsteps\ts_per_step\tcells_per_s\ts_per_epoch\tpeak_rss_mb\toriginal_s_per_step\tspeedup\test_gflop_per_cell\tfraction_of_floor";
+    // The floor's peak, measured once per precision.
+    let mut peaks: Vec<(crate::cuda::gemm::GemmPrecision, f64)> = Vec::new();
+    let mut peak_of = |p: crate::cuda::gemm::GemmPrecision| -> Result<f64> {
+        if let Some(&(_, v)) = peaks.iter().find(|(q, _)| *q == p) {
+            return Ok(v);
+        }
+        let v = match dev {
+            Some(d) => {
+                let v = device_gemm_peak(d, p)?;
+                println!("device: {device} (the CUDA step, {p:?}); measured {p:?} GEMM peak {:.1} GFLOP/s", v / 1e9);
+                v
+            }
+            None => {
+                let v = cpu_gemm_peak();
+                println!("device: cpu ({} rayon threads); measured f32 GEMM peak {:.1} GFLOP/s", rayon::current_num_threads(), v / 1e9);
+                v
+            }
+        };
+        peaks.push((p, v));
+        Ok(v)
+    };
+    for v in &variants {
+        peak_of(v.precision)?;
+    }
+    let header = "size\tpreset\tvariant\tcells\tgenes\tjunctions\tbatch\tsteps\ts_per_step\tcells_per_s\ts_per_epoch\tpeak_rss_mb\toriginal_s_per_step\tspeedup\test_gflop_per_cell\tfraction_of_floor";
     println!("{header}");
     let mut rows = vec![header.to_string()];
     for size_name in &args.size {
@@ -205,7 +254,10 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                 cfg.n_cells
             );
         }
-        for preset_name in &args.preset {
+        for (preset_name, variant) in args.preset.iter().flat_map(|p| variants.iter().map(move |v| (p, *v))) {
+            let peak = peak_of(variant.precision)?;
+            let vname = if dev.is_some() { variant.name() } else { "cpu".to_string() };
+            let what = if variants.len() > 1 { format!("{size_name} {preset_name} {vname}") } else { format!("{size_name} {preset_name}") };
             let (model, train0) = presets::preset(preset_name)?;
             let train = TrainConfig { batch_size: args.batch_size, max_epochs: 1, ..train0 };
             let dims = dims_of(&ds);
@@ -214,13 +266,14 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
             let run = RunConfig::for_dataset(preset_name, model.clone(), train.clone(), data, &ds);
             let tmp = tempfile::tempdir()?;
             if let (Some(_), Some(why)) = (dev, crate::cuda::step::unsupported(&model, &dims)) {
-                println!("# {size_name} {preset_name}: not run on the device: {why}");
+                println!("# {what}: not run on the device: {why}");
                 continue;
             }
             let mut t = Trainer::new(&ds, run, tmp.path())?;
             if let Some(d) = dev {
-                t.use_device(d, precision)?;
-                println!("# {size_name} {preset_name}: {}; splicing decode {:?}", t.device_data_note().unwrap_or_default(), crate::cuda::step::splicing_decode());
+                crate::cuda::step::set_splicing_decode(variant.decode);
+                t.use_device(d, variant.precision)?;
+                println!("# {what}: {}; {:?}, splicing decode {:?}", t.device_data_note().unwrap_or_default(), variant.precision, variant.decode);
             }
             // Steady state: past the KL warm-up (mixing on, gate 1).
             let epoch = train.n_epochs_kl_warmup.unwrap_or(0);
@@ -229,17 +282,22 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
             let target = if args.steps == 0 { n_steps_epoch } else { args.steps };
             let (mut secs, mut cells, mut steps) = (0.0, 0usize, 0usize);
             let launches0 = dev.map(|d| d.launches());
+            // The epoch's minibatches in order, its last (smaller) one included, as an epoch of the
+            // original ran them: over a whole epoch s/step is the original's per-epoch average. Timed in
+            // runs of steps as training runs them (the next minibatch prepared on a second thread while
+            // the device runs the current one): two first, then as many as --max-seconds leaves room for.
+            let mut run = target.min(2);
             while steps < target && (steps < 2 || secs < args.max_seconds) {
-                // The epoch's minibatches in order, its last (smaller) one included, as an epoch of the
-                // original ran them: over a whole epoch s/step is the original's per-epoch average.
-                let (s, c) = t.timed_steps(epoch, steps, 1)?;
+                let (s, c) = t.timed_steps(epoch, steps, run)?;
                 secs += s;
                 cells += c;
-                steps += 1;
+                steps += run;
+                let room = ((args.max_seconds - secs) / (secs / steps as f64)).floor().max(1.0) as usize;
+                run = room.min(target.saturating_sub(steps)).max(1);
             }
             if let (Some(d), Some(l0)) = (dev, launches0) {
                 // Each launch costs the host a few microseconds: a floor under the step's time.
-                println!("# {size_name} {preset_name}: {:.0} kernel launches and cuBLAS calls per step", (d.launches() - l0) as f64 / steps as f64);
+                println!("# {what}: {:.0} kernel launches and cuBLAS calls per step", (d.launches() - l0) as f64 / steps as f64);
                 if args.profile_steps > 0 {
                     // Separate steps: the events perturb the timed ones.
                     d.set_profiling(true);
@@ -248,7 +306,7 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                     }
                     let prof = d.take_profile()?;
                     d.set_profiling(false);
-                    print_profile(&format!("{size_name} {preset_name}"), &prof, args.profile_steps);
+                    print_profile(&what, &prof, args.profile_steps);
                 }
             }
             if dev.is_some() {
@@ -257,7 +315,7 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                 let cells: Vec<usize> = t.train_cells.iter().take(args.batch_size).copied().collect();
                 let t0 = Instant::now();
                 let hb = t.device_host_batch(&cells, &crate::model::StepOptions::default())?;
-                println!("# {size_name} {preset_name}: host preparation {:.1} ms per step ({:.1} MB copied per step)", t0.elapsed().as_secs_f64() * 1e3, hb.bytes() as f64 / 1e6);
+                println!("# {what}: host preparation {:.1} ms per step ({:.1} MB copied per step)", t0.elapsed().as_secs_f64() * 1e3, hb.bytes() as f64 / 1e6);
             }
             let s_step = secs / steps as f64;
             let cps = cells as f64 / secs;
@@ -267,9 +325,10 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
             let flops = 3.0 * forward_flops_per_cell(&model, &ds);
             let frac = flops * cps / peak;
             let row = format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.4}\t{:.0}\t{:.2}\t{:.0}\t{}\t{}\t{:.4}\t{:.3}",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.4}\t{:.0}\t{:.2}\t{:.0}\t{}\t{}\t{:.4}\t{:.3}",
                 size_name,
                 preset_name,
+                vname,
                 cfg.n_cells,
                 ds.n_genes(),
                 ds.n_junctions(),
@@ -288,7 +347,7 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
             if size == SimSize::Paper && preset_name == "paper" && dev.is_some() {
                 // Issue 4's speed criterion, against design.md §6's figure for the original on one GPU.
                 println!(
-                    "# criterion (paper preset, paper size, one GPU): >= 20x the original's 10,000-25,000 cells/s (200,000-500,000) and >= 0.40 of the floor; this run: {cps:.0} cells/s ({:.1}x-{:.1}x), {frac:.3} of the floor",
+                    "# criterion ({vname}; paper preset, paper size, one GPU): >= 20x the original's 10,000-25,000 cells/s (200,000-500,000) and >= 0.40 of the floor; this run: {cps:.0} cells/s ({:.1}x-{:.1}x), {frac:.3} of the floor",
                     cps / 25_000.0,
                     cps / 10_000.0
                 );
@@ -302,4 +361,22 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
     }
     println!("(original: PyTorch SpliceVI on 2 CPU cores, batch 256, default options: 5.8 s/epoch at small, 3.1 s/step at medium; fraction_of_floor = estimated training FLOP/s ÷ the GEMM peak measured in the run's precision)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Variant;
+    use crate::cuda::gemm::GemmPrecision;
+    use crate::cuda::step::SplicingDecode;
+
+    #[test]
+    fn variants_name_a_precision_and_a_decode() {
+        assert_eq!(Variant::parse("bf16:sparse").unwrap(), Variant { precision: GemmPrecision::Bf16, decode: SplicingDecode::Sparse });
+        assert_eq!(Variant::parse("f32").unwrap(), Variant { precision: GemmPrecision::F32, decode: SplicingDecode::Auto });
+        assert_eq!(Variant::parse("bf16:dense").unwrap().name(), "bf16:dense");
+        let e = Variant::parse("f16:auto").unwrap_err().to_string();
+        assert!(e.contains("f16") && e.contains("f32 or bf16"), "{e}");
+        let e = Variant::parse("bf16:fast").unwrap_err().to_string();
+        assert!(e.contains("bf16:fast") && e.contains("auto, sparse or dense"), "{e}");
+    }
 }

@@ -33,6 +33,10 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             if d.device_count == 0 {
                 println!("  no CUDA devices visible (check CUDA_VISIBLE_DEVICES and that the GPU is attached)");
             }
+            match cuda::blas_loadable() {
+                Ok(()) => println!("  cuBLAS: loadable"),
+                Err(r) => println!("  cuBLAS: NOT loadable — {r}"),
+            }
             if d.version < cuda::MIN_DRIVER_VERSION {
                 println!("  note: the embedded kernels need a driver for CUDA 13.0 or newer (R580+)");
             }

@@ -246,3 +246,22 @@ pub fn cuda_usable(ordinal: usize) -> Result<DeviceInfo, String> {
         None => Ok(info),
     }
 }
+
+/// Whether cuBLAS can be loaded (the GEMMs of every device command need it): libcublas.so.13, which
+/// itself loads libcublasLt.so.13, from the loader's path. A GPU machine may hold them elsewhere (a
+/// CUDA toolkit's lib64, or the nvidia-cublas wheel PyTorch installs); the reason says what to do.
+/// Checked once per process. Never panics.
+pub fn blas_loadable() -> Result<(), String> {
+    static LOADABLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADABLE
+        .get_or_init(|| {
+            // SAFETY: opens and closes the library; nothing in it is called.
+            let present = std::panic::catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() }).unwrap_or(false);
+            if present {
+                Ok(())
+            } else {
+                Err("cuBLAS is not on the library path (libcublas.so.13 and libcublasLt.so.13 from CUDA 13: put their folder on LD_LIBRARY_PATH)".into())
+            }
+        })
+        .clone()
+}
