@@ -919,7 +919,6 @@ pub fn splicing_decode() -> SplicingDecode {
     }
 }
 
-/// AdamW moments on the device (over the trainable parameters) and the clipping scratch.
 /// A non-finite gradient met by the optimizer (nothing was updated): the message names the first
 /// parameter that has one. (A type of its own, so that callers tell it from a device failure.)
 #[derive(Debug)]
@@ -942,6 +941,7 @@ pub struct Update<'a> {
     pub clip: Option<f32>,
 }
 
+/// AdamW moments on the device (over the trainable parameters) and the clipping scratch.
 pub struct DeviceAdam {
     exp_avg: DevBuf<f32>,
     exp_avg_sq: DevBuf<f32>,
