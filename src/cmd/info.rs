@@ -55,6 +55,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
                                 Ok(dev) => {
                                     let free = dev.free_memory().map(|f| format!("{:.1} GiB free", f as f64 / (1u64 << 30) as f64));
                                     println!("    kernels loaded: {}; {}", dev.module_names().join(", "), free.unwrap_or_else(|| "free memory unknown".into()));
+                                    println!("    cuBLAS: {}", blas_smoke(&dev));
                                 }
                                 Err(e) => println!("    kernels FAILED to load: {e:#}"),
                             }
@@ -67,4 +68,24 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let r = device::resolve(DeviceSpec::Auto)?;
     println!("--device auto → {}", r.describe().trim_start_matches("device: "));
     Ok(())
+}
+
+/// One small product through cuBLAS in f32 and in bf16 (exact in both: small integers), checked
+/// against its known result: says whether the GEMMs every device command needs work here.
+fn blas_smoke(dev: &cuda::CudaDevice) -> String {
+    use cuda::gemm::GemmPrecision;
+    let run = || -> anyhow::Result<String> {
+        let g = cuda::CudaGemm::new(dev)?;
+        // [1 2; 3 4] · [5 6; 7 8] = [19 22; 43 50]
+        let (a, b) = ([1.0f32, 2.0, 3.0, 4.0], [5.0f32, 6.0, 7.0, 8.0]);
+        for prec in [GemmPrecision::F32, GemmPrecision::Bf16] {
+            let c = g.run_host(prec, &a, 2, 2, false, &b, 2, 2, false)?;
+            anyhow::ensure!(c == [19.0, 22.0, 43.0, 50.0], "{prec:?} product gave {c:?}, expected [19, 22, 43, 50]");
+        }
+        Ok("a product in f32 and in bf16 gave the right numbers".into())
+    };
+    match run() {
+        Ok(s) => s,
+        Err(e) => format!("FAILED — {e:#}"),
+    }
 }
