@@ -184,3 +184,14 @@ glue_scatter(const int* __restrict__ rows_of, const int* __restrict__ cols, cons
     for (long long e = (long long)blockIdx.x * GLUE_THREADS + threadIdx.x; e < n; e += (long long)gridDim.x * GLUE_THREADS)
         out[(long long)rows_of[e] * ld + cols[e]] = alpha * vals[e];
 }
+
+// glue_scatter into bf16: out[rows_of[e] · ld + cols[e]] = bf16(alpha · vals[e]), rounded to nearest even
+// as glue_to_bf16 rounds. The dense splicing decode's d(logits) in --precision bf16, scattered straight
+// into the bf16 operand of its two GEMMs: the bits of scattering in f32 and converting, with half the
+// bytes and no conversion pass over the B × J matrix.
+extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
+glue_scatter_bf16(const int* __restrict__ rows_of, const int* __restrict__ cols, const float* __restrict__ vals,
+                  long long n, long long ld, float alpha, uint16_t* __restrict__ out) {
+    for (long long e = (long long)blockIdx.x * GLUE_THREADS + threadIdx.x; e < n; e += (long long)gridDim.x * GLUE_THREADS)
+        out[(long long)rows_of[e] * ld + cols[e]] = (uint16_t)mma_bf16_bits(alpha * vals[e]);
+}

@@ -135,6 +135,34 @@ fn glue_on(dev: &CudaDevice) {
         let got = dev.download(&od).unwrap();
         assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "scatter");
         assert!(cells.len() > 100 && got.iter().zip(&o0).filter(|(a, b)| a != b).count() == cells.len(), "scatter: only the named elements change");
+        // into bf16 (the dense decode's d(logits) in --precision bf16): the twin's round-to-nearest-even
+        // bits, which are also the f32 scatter's converted by to_bf16; the rest untouched.
+        let o16: Vec<half::bf16> = o0.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let mut od16 = dev.upload(&o16).unwrap();
+        g.scatter_bf16(&rd, &cd, &vd, ld, -0.25, &mut od16).unwrap();
+        let mut want16 = o16.clone();
+        twin::scatter_bf16(&ro, &co, &vals, ld, -0.25, &mut want16);
+        let got16 = dev.download(&od16).unwrap();
+        assert_eq!(got16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "scatter_bf16");
+        let fd = dev.upload(&got).unwrap();
+        let mut conv = dev.upload(&vec![half::bf16::from_f32(f32::NAN); rows * ld]).unwrap();
+        g.to_bf16(Cols::all(&fd, ld), &mut conv, ld, rows, ld).unwrap();
+        let conv = dev.download(&conv).unwrap();
+        let named: std::collections::HashSet<usize> = cells.iter().map(|&(i, j)| i as usize * ld + j as usize).collect();
+        for k in 0..rows * ld {
+            if named.contains(&k) {
+                assert_eq!(got16[k].to_bits(), conv[k].to_bits(), "scatter_bf16[{k}] vs scatter then to_bf16");
+            } else {
+                assert_eq!(got16[k].to_bits(), o16[k].to_bits(), "scatter_bf16: element {k} changed");
+            }
+        }
+        // A value that rounds up and one that ties to even, at a known place.
+        let (one_r, one_c) = (dev.upload(&[3i32]).unwrap(), dev.upload(&[5i32]).unwrap());
+        for (v, bits) in [(1.0f32 + 3.0 * f32::EPSILON * 16384.0, 0x3f81u16), (f32::from_bits(0x3f80_8000), 0x3f80)] {
+            let mut m = dev.upload(&vec![half::bf16::ZERO; rows * ld]).unwrap();
+            g.scatter_bf16(&one_r, &one_c, &dev.upload(&[v]).unwrap(), ld, 1.0, &mut m).unwrap();
+            assert_eq!(dev.download(&m).unwrap()[3 * ld + 5].to_bits(), bits, "scatter_bf16 of {v:e}");
+        }
     }
     // gather_rows: K below, at and above a warp's width.
     for (k, with_ids, beta) in [(5usize, false, 0.0f32), (32, true, 0.0), (70, true, 1.0)] {

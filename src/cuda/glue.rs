@@ -101,6 +101,7 @@ pub struct CudaGlue<'d> {
     gather_rows_combine: Kernel,
     to_bf16: Kernel,
     scatter: Kernel,
+    scatter_bf16: Kernel,
 }
 
 fn grid_cfg(dev: &CudaDevice, n: usize) -> LaunchConfig {
@@ -130,6 +131,7 @@ impl<'d> CudaGlue<'d> {
             gather_rows_combine: f("glue_gather_rows_combine")?,
             to_bf16: f("glue_to_bf16")?,
             scatter: f("glue_scatter")?,
+            scatter_bf16: f("glue_scatter_bf16")?,
         })
     }
 
@@ -305,6 +307,20 @@ impl<'d> CudaGlue<'d> {
         let args: [&dyn KernelArg; 7] = [&rows_of.device_address(), &cols.device_address(), &vals.device_address(), &(n as i64), &(ld as i64), &alpha, &out.device_address()];
         self.dev.launch(&self.scatter, grid_cfg(self.dev, n), &args)
     }
+
+    /// [`Self::scatter`] into a bf16 matrix: out[rows_of[e] · ld + cols[e]] = bf16(α vals[e]) (round to
+    /// nearest even, as [`Self::to_bf16`]); the other elements keep their values.
+    pub fn scatter_bf16(&self, rows_of: &dyn DeviceMem<i32>, cols: &dyn DeviceMem<i32>, vals: &dyn DeviceMem<f32>, ld: usize, alpha: f32, out: &mut dyn DeviceMem<half::bf16>) -> Result<()> {
+        let _r = crate::nvtx_range!("glue_scatter_bf16");
+        let n = vals.elements();
+        ensure!(rows_of.elements() >= n && cols.elements() >= n, "glue scatter: {n} values, {} rows, {} columns", rows_of.elements(), cols.elements());
+        ensure!(ld >= 1 && out.elements() % ld == 0, "glue scatter: out has {} elements, not rows of {ld}", out.elements());
+        if n == 0 {
+            return Ok(());
+        }
+        let args: [&dyn KernelArg; 7] = [&rows_of.device_address(), &cols.device_address(), &vals.device_address(), &(n as i64), &(ld as i64), &alpha, &out.device_address()];
+        self.dev.launch(&self.scatter_bf16, grid_cfg(self.dev, n), &args)
+    }
 }
 
 /// The CPU twins of kernels/glue.cu, on host slices (offsets and strides as the launches take them).
@@ -347,6 +363,12 @@ pub mod twin {
     pub fn scatter(rows_of: &[i32], cols: &[i32], vals: &[f32], ld: usize, alpha: f32, out: &mut [f32]) {
         for (e, &v) in vals.iter().enumerate() {
             out[rows_of[e] as usize * ld + cols[e] as usize] = alpha * v;
+        }
+    }
+
+    pub fn scatter_bf16(rows_of: &[i32], cols: &[i32], vals: &[f32], ld: usize, alpha: f32, out: &mut [half::bf16]) {
+        for (e, &v) in vals.iter().enumerate() {
+            out[rows_of[e] as usize * ld + cols[e] as usize] = half::bf16::from_f32(alpha * v);
         }
     }
 

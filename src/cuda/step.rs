@@ -2333,11 +2333,24 @@ impl<'d> DeviceModel<'d> {
         if dense_decode {
             // d(logits) / B scattered into a zeroed B × J matrix G, then the Linear's products: d W = Gᵀ·S,
             // d S = G·W.
-            let mut g_dense = self.zeros(b * j_n)?;
-            self.glue.scatter(&bt.e.cell_of, &bt.e.s_junc32, &g_logit, j_n, inv_b, &mut g_dense)?;
             let mut gw = self.g(out_lin.w);
-            self.mm(1.0, &Operand::new(&g_dense, b, j_n, true)?, &Operand::new(&s_in, b, k_in, false)?, 0.0, &mut gw, j_n, k_in)?;
-            self.mm(1.0, &Operand::new(&g_dense, b, j_n, false)?, &Operand::new(&self.p(out_lin.w), j_n, k_in, false)?, 0.0, &mut ds, b, k_in)?;
+            let (s_op, w_op) = (Operand::new(&s_in, b, k_in, false)?, Operand::new(&self.p(out_lin.w), j_n, k_in, false)?);
+            if self.precision == GemmPrecision::Bf16 {
+                // Scattered straight into the GEMMs' bf16 operand: the bits `mm` would get from an f32 G
+                // and its conversion, without the f32 matrix or the conversion pass (B × J: 92 MB at the
+                // paper size).
+                let mut g16: TView<half::bf16> = self.arena.borrow_mut().alloc(self.dev, b * j_n)?;
+                dev.memset(&mut g16, 0)?;
+                self.glue.scatter_bf16(&bt.e.cell_of, &bt.e.s_junc32, &g_logit, j_n, inv_b, &mut g16)?;
+                let (s16, w16) = (self.bf16_operand(&s_op)?, self.bf16_operand(&w_op)?);
+                self.gemm.gemm(GemmPrecision::Bf16, 1.0, &Operand::new(&g16, b, j_n, true)?, &s16, 0.0, &mut gw, j_n, k_in)?;
+                self.gemm.gemm(GemmPrecision::Bf16, 1.0, &Operand::new(&g16, b, j_n, false)?, &w16, 0.0, &mut ds, b, k_in)?;
+            } else {
+                let mut g_dense = self.zeros(b * j_n)?;
+                self.glue.scatter(&bt.e.cell_of, &bt.e.s_junc32, &g_logit, j_n, inv_b, &mut g_dense)?;
+                self.mm(1.0, &Operand::new(&g_dense, b, j_n, true)?, &s_op, 0.0, &mut gw, j_n, k_in)?;
+                self.mm(1.0, &Operand::new(&g_dense, b, j_n, false)?, &w_op, 0.0, &mut ds, b, k_in)?;
+            }
         } else {
             // (a cell's entries in chunks: one warp per cell would leave the GPU B warps for every entry)
             let chunk = super::glue::GATHER_ROWS_CHUNK;
