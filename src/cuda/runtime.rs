@@ -284,6 +284,8 @@ impl CudaDevice {
     /// Copies `data` into device memory `dst` (e.g. an arena region) of the same length, enqueued; `data`
     /// may be dropped right after: an asynchronous copy from pageable memory returns once the driver has
     /// staged the bytes (CUDA driver API, "API synchronization behavior"), so the host need not wait.
+    /// (For pageable `data` only: a page-locked source is read later by the DMA engine and goes through
+    /// [`Self::write_staged`], which the caller keeps alive until the stream has passed it.)
     pub fn write<T: DeviceRepr>(&self, data: &[T], dst: &mut dyn DeviceMem<T>) -> Result<()> {
         if dst.elements() != data.len() {
             bail!("host-to-device copy: {} elements into device memory of {}", data.len(), dst.elements());
