@@ -183,8 +183,9 @@ cuda_step "$HERE/bin/splicevi" bench --device cuda --data-residency host --size 
 # bf16 (GEMM operands; the partial encoder's h network on the tensor cores) beside f32
 cuda_step "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size medium --preset paper --max-seconds 15 --profile-steps 3
 fi
-# Nsight Compute on the heaviest kernels of a bf16 paper-preset step at the medium size (not in the default
-# phases: `run-on-gpu.sh ncu`): throughput against the roofs, occupancy, memory traffic, the warp stalls.
+# Nsight Compute on the heaviest kernels of a bf16 paper-preset step at the paper size, its first 2,560
+# cells (not in the default phases: `run-on-gpu.sh ncu`): throughput against the roofs, occupancy, memory
+# traffic, the warp stalls.
 if want ncu; then
   ncu_bin="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n1 || true)"
   if [ -z "$ncu_bin" ]; then
@@ -193,7 +194,7 @@ if want ncu; then
     cuda_step "$ncu_bin" --clock-control none --launch-skip 10 --launch-count 10 \
       -k 'regex:partial_pair_bwd|partial_pool_fwd|splicing_lik|expr_lik|adamw_step|partial_bwd_jsums|glue_scatter' \
       --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats \
-      "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size medium --preset paper --steps 3 --max-seconds 5
+      "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --sim-cells 2560 --preset paper --steps 3 --max-seconds 5
   fi
 fi
 rm -rf "$work"
