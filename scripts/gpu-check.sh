@@ -115,7 +115,7 @@ fi
 cuda_step() { step "$@"; }
 # Phases to run (arguments; default all but ncu): tests fixtures paper train bench, and ncu (Nsight
 # Compute on the heaviest kernels). The device tool allows 10 minutes per command: `run-on-gpu.sh tests
-# fixtures paper`, then `run-on-gpu.sh train bench ncu`.
+# fixtures`, then `run-on-gpu.sh paper`, then (time left) `run-on-gpu.sh ncu train bench`.
 PHASES=" ${*:-tests fixtures paper train bench} "
 want() { case "$PHASES" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 echo "=== phases:$PHASES" | tee -a "$LOG"
