@@ -725,6 +725,41 @@ fn device_profile_names_every_launch() {
     }
 }
 
+/// A device run whose data turns bad stops and names the term, and keeps the last good checkpoint, with
+/// the step that waits for the device only at its end (no adversary): one good epoch of `paper` on the
+/// device, then every library size infinite and a resumed run, as `tests/train.rs` does on the CPU.
+fn trainer_nan_on(dev: &'static CudaDevice) {
+    use splicevi::train::trainer::{RunConfig, Trainer, MODEL_FILE};
+    use splicevi::train::TrainConfig;
+    let mut ds = trainer_data();
+    let (run, _cpu, _d_cpu) = trainer_run_and_cpu(&ds, "paper", 4, 8, false);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Trainer::new(&ds, RunConfig { train: TrainConfig { max_epochs: 1, ..run.train.clone() }, ..run.clone() }, dir.path()).unwrap();
+    first.verbose = false;
+    first.use_device(dev, splicevi::cuda::gemm::GemmPrecision::F32).unwrap();
+    assert!(first.adversary.is_none(), "the adversary is off");
+    first.fit().unwrap();
+    drop(first);
+    let good = std::fs::read(dir.path().join(MODEL_FILE)).unwrap();
+    ds.library_size.iter_mut().for_each(|s| *s = f32::INFINITY);
+    let mut t = Trainer::resume(&ds, dir.path(), Some(3)).unwrap();
+    t.verbose = false;
+    t.use_device(dev, splicevi::cuda::gemm::GemmPrecision::F32).unwrap();
+    let err = format!("{:#}", t.fit().unwrap_err());
+    assert!(err.contains("non-finite") && err.contains("epoch 1"), "{err}");
+    // the loss term, not a gradient: the step reports a non-finite loss before it looks at the gradient
+    assert!(err.contains("reconstruction_loss_expression"), "the bad term is not named: {err}");
+    assert_eq!(std::fs::read(dir.path().join(MODEL_FILE)).unwrap(), good, "the last good checkpoint was overwritten");
+}
+
+#[test]
+fn device_trainer_stops_on_a_non_finite_loss() {
+    for dev in emu::devices("Trainer::fit on the device with data that turns non-finite") {
+        let dev: &'static CudaDevice = Box::leak(Box::new(dev));
+        trainer_nan_on(dev);
+    }
+}
+
 /// Two epochs of `paper` in bf16 at a tensor-core shape of the partial encoder (h_hidden 16, code_dim 8:
 /// its forward and backward on the tensor cores), the adversary off (one host wait per step),
 /// against the CPU trainer in f32: every epoch's
