@@ -298,28 +298,27 @@ impl<'d> CudaGlue<'d> {
     /// minibatch's cell × junction pairs).
     pub fn scatter(&self, rows_of: &dyn DeviceMem<i32>, cols: &dyn DeviceMem<i32>, vals: &dyn DeviceMem<f32>, ld: usize, alpha: f32, out: &mut dyn DeviceMem<f32>) -> Result<()> {
         let _r = crate::nvtx_range!("glue_scatter");
-        let n = vals.elements();
-        ensure!(rows_of.elements() >= n && cols.elements() >= n, "glue scatter: {n} values, {} rows, {} columns", rows_of.elements(), cols.elements());
-        ensure!(ld >= 1 && out.elements() % ld == 0, "glue scatter: out has {} elements, not rows of {ld}", out.elements());
-        if n == 0 {
-            return Ok(());
-        }
-        let args: [&dyn KernelArg; 7] = [&rows_of.device_address(), &cols.device_address(), &vals.device_address(), &(n as i64), &(ld as i64), &alpha, &out.device_address()];
-        self.dev.launch(&self.scatter, grid_cfg(self.dev, n), &args)
+        self.scatter_with(&self.scatter, rows_of, cols, vals, ld, alpha, out.device_address(), out.elements())
     }
 
     /// [`Self::scatter`] into a bf16 matrix: out[rows_of[e] · ld + cols[e]] = bf16(α vals[e]) (round to
     /// nearest even, as [`Self::to_bf16`]); the other elements keep their values.
     pub fn scatter_bf16(&self, rows_of: &dyn DeviceMem<i32>, cols: &dyn DeviceMem<i32>, vals: &dyn DeviceMem<f32>, ld: usize, alpha: f32, out: &mut dyn DeviceMem<half::bf16>) -> Result<()> {
         let _r = crate::nvtx_range!("glue_scatter_bf16");
+        self.scatter_with(&self.scatter_bf16, rows_of, cols, vals, ld, alpha, out.device_address(), out.elements())
+    }
+
+    /// The checks and launch both scatters share (`out`: the destination's address and element count).
+    #[allow(clippy::too_many_arguments)]
+    fn scatter_with(&self, kernel: &Kernel, rows_of: &dyn DeviceMem<i32>, cols: &dyn DeviceMem<i32>, vals: &dyn DeviceMem<f32>, ld: usize, alpha: f32, out: u64, out_len: usize) -> Result<()> {
         let n = vals.elements();
         ensure!(rows_of.elements() >= n && cols.elements() >= n, "glue scatter: {n} values, {} rows, {} columns", rows_of.elements(), cols.elements());
-        ensure!(ld >= 1 && out.elements() % ld == 0, "glue scatter: out has {} elements, not rows of {ld}", out.elements());
+        ensure!(ld >= 1 && out_len % ld == 0, "glue scatter: out has {out_len} elements, not rows of {ld}");
         if n == 0 {
             return Ok(());
         }
-        let args: [&dyn KernelArg; 7] = [&rows_of.device_address(), &cols.device_address(), &vals.device_address(), &(n as i64), &(ld as i64), &alpha, &out.device_address()];
-        self.dev.launch(&self.scatter_bf16, grid_cfg(self.dev, n), &args)
+        let args: [&dyn KernelArg; 7] = [&rows_of.device_address(), &cols.device_address(), &vals.device_address(), &(n as i64), &(ld as i64), &alpha, &out];
+        self.dev.launch(kernel, grid_cfg(self.dev, n), &args)
     }
 }
 
