@@ -111,9 +111,40 @@ inline int __syncthreads_count(int pred) {
 }
 
 namespace emu {
+// On a GPU only __syncwarp and __syncthreads order the memory accesses of a warp's lanes; a shuffle, a
+// ballot or an mma.sync waits for the lanes but is no fence (nvcc may move a shared load above it). Here
+// all of them are barriers, which would hide a lane reading what another wrote with only a shuffle
+// between them. Under -fsanitize=thread (scripts/emu-sanitize.sh) the warp primitives other than
+// __syncwarp therefore tell libtsan to ignore their synchronisation and their own exchange buffers, so
+// such a handoff is reported as the race it is on a GPU.
+#if defined(__SANITIZE_THREAD__)
+extern "C" void AnnotateIgnoreSyncBegin(const char*, int);
+extern "C" void AnnotateIgnoreSyncEnd(const char*, int);
+extern "C" void AnnotateIgnoreReadsBegin(const char*, int);
+extern "C" void AnnotateIgnoreReadsEnd(const char*, int);
+extern "C" void AnnotateIgnoreWritesBegin(const char*, int);
+extern "C" void AnnotateIgnoreWritesEnd(const char*, int);
+struct NotAFence {
+    NotAFence() {
+        AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+        AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+        AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    }
+    ~NotAFence() {
+        AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+        AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+        AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+    }
+};
+#define EMU_NOT_A_FENCE const emu::NotAFence emu_not_a_fence_
+#else
+#define EMU_NOT_A_FENCE
+#endif
+
 // One warp-wide exchange through `buf` (one slot per thread of the block).
 template <class T>
 inline T shfl_xor(std::vector<T>& buf, T v, int lane_mask) {
+    EMU_NOT_A_FENCE;
     const unsigned t = threadIdx.x, w = t / 32;
     buf[t] = v;
     warp_barriers[w]->arrive_and_wait();
@@ -126,6 +157,7 @@ inline float __shfl_xor_sync(unsigned /*mask*/, float v, int lane_mask) { return
 inline double __shfl_xor_sync(unsigned /*mask*/, double v, int lane_mask) { return emu::shfl_xor(emu::warp_exchange_d, v, lane_mask); }
 // __shfl_sync of a 64-bit word from lane `src` (full warp).
 inline uint64_t __shfl_sync(unsigned /*mask*/, uint64_t v, int src) {
+    EMU_NOT_A_FENCE;
     const unsigned t = threadIdx.x, w = t / 32;
     emu::warp_exchange_u64[t] = v;
     emu::warp_barriers[w]->arrive_and_wait();
@@ -136,6 +168,7 @@ inline uint64_t __shfl_sync(unsigned /*mask*/, uint64_t v, int src) {
 
 // __ballot_sync: bit l set when lane l's predicate holds (full warp).
 inline unsigned __ballot_sync(unsigned /*mask*/, int pred) {
+    EMU_NOT_A_FENCE;
     const unsigned t = threadIdx.x, w = t / 32;
     emu::warp_ballot[t] = pred ? 1u : 0u;
     emu::warp_barriers[w]->arrive_and_wait();
@@ -161,6 +194,7 @@ inline float bf16_to_float(uint32_t bits) {
 // lane posts its registers, then computes its four outputs from the lanes that hold their row of A and
 // column of B. The 16 products are exact in f32; they are summed in k order, then added to c.
 inline void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    EMU_NOT_A_FENCE;
     const unsigned t = threadIdx.x, w = t / 32, lane = t % 32, base = w * 32;
     uint32_t* f = warp_frag.data();
     for (int i = 0; i < 4; ++i) f[(size_t)t * 6 + i] = a[i];

@@ -17,7 +17,8 @@
 # (`--variants`, 6,400 simulated cells), each with a kernel profile (BENCH_PAPER= leaves them out;
 # PAPER_TIMEOUT, default 300 s);
 # two epochs of `train --device cuda` next to the CPU's on the toy data, and the analyses; the small and
-# medium benches; and, asked for by name (`run-on-gpu.sh ncu`), Nsight Compute on the heaviest kernels.
+# medium benches; and, asked for by name, Nsight Compute on the heaviest kernels (`run-on-gpu.sh ncu`) and
+# compute-sanitizer over the kernel parity tests (`run-on-gpu.sh sanitize`).
 # cuBLAS is looked for where a GPU machine without Rust may keep it (its folder goes on LD_LIBRARY_PATH).
 # Each step has a time limit (STEP_TIMEOUT seconds, default 240), so one that hangs cannot take the
 # whole device lease.
@@ -113,8 +114,8 @@ else
 fi
 # A command on the device (every command has a CUDA path; a failure is a failure).
 cuda_step() { step "$@"; }
-# Phases to run (arguments; default all but ncu): tests fixtures paper train bench, and ncu (Nsight
-# Compute on the heaviest kernels). The device tool allows 10 minutes per command: `run-on-gpu.sh tests
+# Phases to run (arguments; default all but ncu and sanitize): tests fixtures paper train bench, ncu
+# (Nsight Compute on the heaviest kernels) and sanitize (compute-sanitizer over the parity tests). The device tool allows 10 minutes per command: `run-on-gpu.sh tests
 # fixtures`, then `run-on-gpu.sh paper`, then (time left) `run-on-gpu.sh ncu train bench`.
 PHASES=" ${*:-tests fixtures paper train bench} "
 want() { case "$PHASES" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -195,6 +196,22 @@ if want ncu; then
       -k 'regex:partial_pair_bwd|partial_pool_fwd|splicing_lik|expr_lik|adamw_step|partial_bwd_jsums|glue_scatter' \
       --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats \
       "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --sim-cells 2560 --preset paper --steps 3 --max-seconds 5
+  fi
+fi
+# NVIDIA's compute-sanitizer over the kernel parity tests (not in the default phases: `run-on-gpu.sh
+# sanitize`): memcheck (out-of-bounds and misaligned accesses), racecheck (shared-memory hazards between
+# threads with no barrier between them) and synccheck (barriers some threads of a block or warp miss).
+# The same classes of error scripts/emu-sanitize.sh looks for on the host, here in the real code.
+if want sanitize; then
+  san_bin="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -n1 || true)"
+  if [ -z "$san_bin" ]; then
+    echo "=== (compute-sanitizer not found: the sanitize phase did not run)" | tee -a "$LOG"
+  else
+    for tool in memcheck racecheck synccheck; do
+      for t in "$HERE"/tests/cuda_*parity; do
+        cuda_step "$san_bin" --tool "$tool" --error-exitcode 1 "$t" --test-threads=1
+      done
+    done
   fi
 fi
 rm -rf "$work"

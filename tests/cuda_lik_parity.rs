@@ -933,7 +933,7 @@ template <class T> std::vector<T> rd(const std::string& d, const char* name) {
 }
 template <class T> void wr(const std::string& d, const char* name, const std::vector<T>& v) {
     FILE* f = std::fopen((d + "/" + name + ".out").c_str(), "wb");
-    std::fwrite(v.data(), sizeof(T), v.size(), f);
+    if (!v.empty()) std::fwrite(v.data(), sizeof(T), v.size(), f);  // (fwrite's buffer must not be null)
     std::fclose(f);
 }
 template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
@@ -990,7 +990,7 @@ template <class T> std::vector<T> rd(const std::string& d, const char* name) {
 }
 template <class T> void wr(const std::string& d, const char* name, const std::vector<T>& v) {
     FILE* f = std::fopen((d + "/" + name + ".out").c_str(), "wb");
-    std::fwrite(v.data(), sizeof(T), v.size(), f);
+    if (!v.empty()) std::fwrite(v.data(), sizeof(T), v.size(), f);  // (fwrite's buffer must not be null)
     std::fclose(f);
 }
 template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
@@ -1027,7 +1027,10 @@ fn build_emu(dir: &std::path::Path, name: &str, harness: &str) -> Result<std::pa
     let exe = dir.join(name);
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let out = std::process::Command::new(&cxx)
-        .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++", "-I"])
+        .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++"])
+        // sanitizers (scripts/emu-sanitize.sh), as for the library emulation (src/cuda/emu.rs)
+        .args(std::env::var("SPLICEVI_EMU_CXXFLAGS").unwrap_or_default().split_whitespace())
+        .arg("-I")
         .arg(dir)
         .arg(&src)
         .arg("-o")

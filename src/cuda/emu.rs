@@ -148,10 +148,21 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
     }
 }
 
+/// Extra flags for the host compiler (`SPLICEVI_EMU_CXXFLAGS`, split on whitespace): sanitizers, so
+/// that what a GPU would do differently from the host shows up here. `-fsanitize=alignment` traps a
+/// vector or fragment access a GPU would fault on as misaligned; `-fsanitize=thread` (with libtsan
+/// preloaded) reports two lanes touching the same memory with no barrier between them, a race the
+/// emulation's thread timing may hide. `scripts/emu-sanitize.sh` runs the kernel tests both ways.
+fn extra_flags() -> Vec<String> {
+    std::env::var("SPLICEVI_EMU_CXXFLAGS").unwrap_or_default().split_whitespace().map(String::from).collect()
+}
+
 fn compile(cxx: &str, dir: &Path, stem: &str, tu: &Path, lib: &Path) -> Result<(), String> {
     let tmp = dir.join(format!("lib{stem}.so.{}.tmp", std::process::id()));
     let out = std::process::Command::new(cxx)
-        .args(["-O1", "-std=c++20", "-ffp-contract=off", "-pthread", "-shared", "-fPIC", "-w", "-x", "c++", "-I"])
+        .args(["-O1", "-std=c++20", "-ffp-contract=off", "-pthread", "-shared", "-fPIC", "-w", "-x", "c++"])
+        .args(extra_flags())
+        .arg("-I")
         .arg(dir)
         .arg(tu)
         .arg("-o")
@@ -173,6 +184,7 @@ fn build() -> Result<EmuKernels, String> {
     let sources = super::kernel_sources();
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     fnv(&mut h, cxx.as_bytes());
+    fnv(&mut h, extra_flags().join(" ").as_bytes());
     fnv(&mut h, TRAMPOLINE.as_bytes());
     for (name, text) in sources {
         fnv(&mut h, name.as_bytes());
