@@ -15,6 +15,9 @@
 // and the results are bit-identical.
 #include <cstdint>
 
+// Threads per block (src/cuda/optim.rs launches with this many).
+#define ADAM_THREADS 256
+
 namespace {
 
 __device__ __forceinline__ void adam_update(float& p, float g, float& m, float& v, float w1, float beta2,
@@ -31,11 +34,12 @@ __device__ __forceinline__ void adam_update(float& p, float g, float& m, float& 
 
 }  // namespace
 
-extern "C" __global__ void adamw_step(float* __restrict__ params, const float* __restrict__ grads,
-                                      float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
-                                      const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
-                                      const double* __restrict__ guard, long long n, float decay_factor, float w1, float beta2, float w2,
-                                      float eps, float step_size, float bc2_sqrt) {
+extern "C" __global__ void __launch_bounds__(ADAM_THREADS)
+adamw_step(float* __restrict__ params, const float* __restrict__ grads,
+           float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
+           const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
+           const double* __restrict__ guard, long long n, float decay_factor, float w1, float beta2, float w2,
+           float eps, float step_size, float bc2_sqrt) {
     if (guard && !isfinite(*guard)) return;
     const float scale = grad_scale ? *grad_scale : 1.0f;
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -51,11 +55,12 @@ extern "C" __global__ void adamw_step(float* __restrict__ params, const float* _
     }
 }
 
-extern "C" __global__ void adam_l2_step(float* __restrict__ params, const float* __restrict__ grads,
-                                        float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
-                                        const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
-                                        const double* __restrict__ guard, long long n, float weight_decay, float w1, float beta2, float w2,
-                                        float eps, float step_size, float bc2_sqrt) {
+extern "C" __global__ void __launch_bounds__(ADAM_THREADS)
+adam_l2_step(float* __restrict__ params, const float* __restrict__ grads,
+             float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
+             const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
+             const double* __restrict__ guard, long long n, float weight_decay, float w1, float beta2, float w2,
+             float eps, float step_size, float bc2_sqrt) {
     if (guard && !isfinite(*guard)) return;
     const float scale = grad_scale ? *grad_scale : 1.0f;
     const long long stride = (long long)gridDim.x * blockDim.x;

@@ -22,12 +22,20 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 type RawFn = unsafe extern "C" fn(u32, u32, usize, *const *mut c_void);
+type BoundsFn = unsafe extern "C" fn() -> u32;
 
-/// One emulated kernel's trampoline.
+/// One emulated kernel's trampoline, and the most threads per block its `__launch_bounds__` allows.
 #[derive(Clone, Copy)]
-pub struct EmuFn(RawFn);
+pub struct EmuFn(RawFn, u32);
 
 impl EmuFn {
+    /// The block size its `__launch_bounds__` declares: a GPU refuses a larger block (ptxas allotted
+    /// registers for that many threads), while the emulation would run it. 1,024 (the launch limit)
+    /// where it declares none.
+    pub fn max_threads(&self) -> u32 {
+        self.1
+    }
+
     /// Runs the kernel on a `grid` × `block` 1-D launch with `smem` bytes of dynamic shared memory.
     ///
     /// # Safety
@@ -85,12 +93,19 @@ pub fn kernels() -> Result<&'static EmuKernels, String> {
 
 /// The names of the `extern "C" __global__` functions defined in a kernel source.
 pub fn kernel_names(src: &str) -> Vec<String> {
+    kernel_decls(src).into_iter().map(|(name, _)| name).collect()
+}
+
+/// The `extern "C" __global__` functions defined in a kernel source: each name with the argument of
+/// its `__launch_bounds__` (the source's text, e.g. `PART_THREADS`), where it has one.
+pub fn kernel_decls(src: &str) -> Vec<(String, Option<String>)> {
     const MARK: &str = "extern \"C\" __global__ void";
     let mut names = Vec::new();
     let mut rest = src;
     while let Some(at) = rest.find(MARK) {
         rest = &rest[at + MARK.len()..];
         let mut s = rest;
+        let mut bounds = None;
         loop {
             s = s.trim_start();
             let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
@@ -113,11 +128,13 @@ pub fn kernel_names(src: &str) -> Vec<String> {
                         _ => {}
                     }
                 }
+                let arg = s[..cut].trim();
+                bounds = arg.strip_prefix('(').and_then(|a| a.strip_suffix(')')).map(|a| a.trim().to_string());
                 s = &s[cut..];
                 continue;
             }
             if !ident.is_empty() && s.trim_start().starts_with('(') {
-                names.push(ident.to_string());
+                names.push((ident.to_string(), bounds.take()));
             }
             break;
         }
@@ -199,9 +216,9 @@ fn build() -> Result<EmuKernels, String> {
             std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &p)).map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }
-    let units: Vec<(&'static str, Vec<String>)> = sources
+    let units: Vec<(&'static str, Vec<(String, Option<String>)>)> = sources
         .iter()
-        .filter_map(|(name, text)| name.strip_suffix(".cu").map(|stem| (stem, kernel_names(text))))
+        .filter_map(|(name, text)| name.strip_suffix(".cu").map(|stem| (stem, kernel_decls(text))))
         .filter(|(_, k)| !k.is_empty())
         .collect();
     // Compile the missing libraries concurrently.
@@ -216,10 +233,13 @@ fn build() -> Result<EmuKernels, String> {
                         return Ok(());
                     }
                     let mut tu = format!("#include \"host_emu.h\"\n#include \"{stem}.cu\"\n{TRAMPOLINE}");
-                    for k in kernels {
+                    for (k, bounds) in kernels {
                         tu.push_str(&format!(
                             "extern \"C\" void sv_emu_{k}(unsigned g, unsigned b, std::size_t smem, void** argv) {{ sv_emu_trampoline::call({k}, g, b, smem, argv); }}\n"
                         ));
+                        // the bound evaluated by the compiler, in the kernel file's own macros
+                        let max = bounds.as_deref().unwrap_or("1024");
+                        tu.push_str(&format!("extern \"C\" unsigned sv_emu_bounds_{k}() {{ return (unsigned)({max}); }}\n"));
                     }
                     let tu_path = dir.join(format!("emu_{stem}.{}.cpp", std::process::id()));
                     std::fs::write(&tu_path, tu).map_err(|e| format!("{}: {e}", tu_path.display()))?;
@@ -246,16 +266,22 @@ fn build() -> Result<EmuKernels, String> {
             let why = unsafe { std::ffi::CStr::from_ptr(libc::dlerror()) }.to_string_lossy().to_string();
             return Err(format!("loading {}: {why}", lib.display()));
         }
-        for k in kernels {
-            let sym = CString::new(format!("sv_emu_{k}")).unwrap();
-            // SAFETY: looks up a symbol of the library (kept loaded for the process' lifetime).
-            let f = unsafe { libc::dlsym(handle, sym.as_ptr()) };
-            if f.is_null() {
-                return Err(format!("{}: no symbol sv_emu_{k}", lib.display()));
-            }
-            // SAFETY: the trampoline has exactly this signature (TRAMPOLINE above).
-            let f: RawFn = unsafe { std::mem::transmute::<*mut c_void, RawFn>(f) };
-            functions.insert((stem.to_string(), k.clone()), EmuFn(f));
+        for (k, _) in kernels {
+            let symbol = |name: String| {
+                let sym = CString::new(name.clone()).unwrap();
+                // SAFETY: looks up a symbol of the library (kept loaded for the process' lifetime).
+                let f = unsafe { libc::dlsym(handle, sym.as_ptr()) };
+                if f.is_null() {
+                    Err(format!("{}: no symbol {name}", lib.display()))
+                } else {
+                    Ok(f)
+                }
+            };
+            // SAFETY: the trampoline and the bounds function have exactly these signatures (above).
+            let f: RawFn = unsafe { std::mem::transmute::<*mut c_void, RawFn>(symbol(format!("sv_emu_{k}"))?) };
+            let bounds: BoundsFn = unsafe { std::mem::transmute::<*mut c_void, BoundsFn>(symbol(format!("sv_emu_bounds_{k}"))?) };
+            // SAFETY: returns a constant.
+            functions.insert((stem.to_string(), k.clone()), EmuFn(f, unsafe { bounds() }));
         }
         modules.push(*stem);
     }
@@ -272,6 +298,43 @@ mod tests {
                    extern \"C\" __global__ void bar(float* x) {}\n\
                    extern \"C\" __global__ void __launch_bounds__(T) baz_f32(ARGS(float)) {}\n";
         assert_eq!(kernel_names(src), ["foo", "bar", "baz_f32"]);
+        let decls = kernel_decls(src);
+        assert_eq!(decls[0].1.as_deref(), Some("MAX(1, 2) * 32"));
+        assert_eq!(decls[1].1, None);
+        assert_eq!(decls[2].1.as_deref(), Some("T"));
+    }
+
+    /// The emulation refuses a launch its kernel's `__launch_bounds__` does not allow, as a GPU does
+    /// (kernels/mma_test.cu's is 32 threads); the bound itself is read from the compiled library.
+    #[test]
+    fn a_block_above_the_launch_bounds_is_refused() {
+        let dev = match super::super::CudaDevice::open_emulated() {
+            Ok(d) => d,
+            Err(why) => {
+                eprintln!("SKIPPED: no host emulation ({why})");
+                return;
+            }
+        };
+        let f = dev.function("mma_test", "mma_gemm_test").unwrap();
+        let (a, bt, k, n, c) = (0u64, 0u64, 16i32, 8i32, 0u64);
+        let cfg = |threads| cudarc::driver::LaunchConfig { grid_dim: (1, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // (refused before any argument is read: the null addresses are never used)
+        let err = dev.launch(&f, cfg(64), &[&a, &bt, &k, &n, &c]).unwrap_err().to_string();
+        assert!(err.contains("mma_gemm_test") && err.contains("__launch_bounds__(32)"), "{err}");
+        let (k, v) = kernels().unwrap().functions.iter().find(|(k, _)| k.1 == "adamw_step").unwrap();
+        assert_eq!((k.0.as_str(), v.max_threads()), ("adamw", 256));
+    }
+
+    /// A GPU refuses a block larger than the kernel's `__launch_bounds__`, and a kernel without one
+    /// may be given registers that no launch of many threads can have: every kernel declares one, so
+    /// that the emulation can hold each launch to it (runtime.rs) as the GPU will.
+    #[test]
+    fn every_kernel_declares_launch_bounds() {
+        for (file, text) in super::super::kernel_sources().iter().filter(|(n, _)| n.ends_with(".cu")) {
+            for (name, bounds) in kernel_decls(text) {
+                assert!(bounds.is_some(), "kernels/{file}: {name} has no __launch_bounds__");
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const GRAD_NORM_MAX_BLOCKS: usize = 1024;
 /// Entries per pass-1 thread before another block is added: the grid depends on n only (not on the
 /// device), so the summation order, and the result, is the same on every GPU.
 const GN_ITEMS_PER_THREAD: usize = 8;
+/// Threads per block: ADAM_THREADS in kernels/adamw.cu, its kernels' `__launch_bounds__`.
 const ADAM_THREADS: u32 = 256;
 
 /// Number of pass-1 blocks for `n` gradient entries.

@@ -498,6 +498,9 @@ impl CudaDevice {
                 if cfg.shared_mem_bytes as usize > 48 * 1024 || b.0 > 1024 {
                     bail!("kernel {}: {} bytes of dynamic shared memory / {} threads exceed a launch's default limits (48 KiB, 1024)", f.name, cfg.shared_mem_bytes, b.0);
                 }
+                if b.0 > func.max_threads() {
+                    bail!("kernel {}: a block of {} threads exceeds its __launch_bounds__({}): a GPU refuses the launch", f.name, b.0, func.max_threads());
+                }
                 let argv: Vec<*mut std::ffi::c_void> = args.iter().map(|a| a.value_ptr() as *mut std::ffi::c_void).collect();
                 let _one = EMU_LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
                 // SAFETY: the trampoline reads one value of each parameter's type from argv, in order; the
