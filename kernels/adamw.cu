@@ -32,21 +32,25 @@ __device__ __forceinline__ void adam_update(float& p, float g, float& m, float& 
     p = __fadd_rn(p, __fmul_rn(-step_size, __fdiv_rn(m, denom)));
 }
 
-}  // namespace
-
-extern "C" __global__ void __launch_bounds__(ADAM_THREADS)
-adamw_step(float* __restrict__ params, const float* __restrict__ grads,
-           float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
-           const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
-           const double* __restrict__ guard, long long n, float decay_factor, float w1, float beta2, float w2,
-           float eps, float step_size, float bc2_sqrt) {
+// The loop both kernels share: clip scale, then the weight decay (DECOUPLED: AdamW's p *= decay before
+// the update; else Adam's L2, g += decay · p), then adam_update.
+template <bool DECOUPLED>
+__device__ __forceinline__ void adam_steps(float* __restrict__ params, const float* __restrict__ grads,
+                                           float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
+                                           const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
+                                           const double* __restrict__ guard, long long n, float decay, float w1,
+                                           float beta2, float w2, float eps, float step_size, float bc2_sqrt) {
     if (guard && !isfinite(*guard)) return;
     const float scale = grad_scale ? *grad_scale : 1.0f;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         if (mask && mask[i] == 0) continue;
-        const float g = __fmul_rn(grads[i], scale);  // clip_grad_norm_ multiplies the gradient in place
-        float p = __fmul_rn(params[i], decay_factor);  // decoupled weight decay comes first
+        float p = params[i];
+        float g = __fmul_rn(grads[i], scale);  // clip_grad_norm_ multiplies the gradient in place
+        if (DECOUPLED)
+            p = __fmul_rn(p, decay);  // decoupled weight decay comes first
+        else
+            g = __fadd_rn(g, __fmul_rn(decay, p));  // grad.add(param, alpha = weight_decay)
         float m = exp_avg[i], v = exp_avg_sq[i];
         adam_update(p, g, m, v, w1, beta2, w2, eps, step_size, bc2_sqrt);
         params[i] = p;
@@ -55,23 +59,24 @@ adamw_step(float* __restrict__ params, const float* __restrict__ grads,
     }
 }
 
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(ADAM_THREADS)
+adamw_step(float* __restrict__ params, const float* __restrict__ grads,
+           float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
+           const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
+           const double* __restrict__ guard, long long n, float decay_factor, float w1, float beta2, float w2,
+           float eps, float step_size, float bc2_sqrt) {
+    adam_steps<true>(params, grads, exp_avg, exp_avg_sq, mask, grad_scale, guard, n, decay_factor, w1, beta2, w2, eps,
+                     step_size, bc2_sqrt);
+}
+
 extern "C" __global__ void __launch_bounds__(ADAM_THREADS)
 adam_l2_step(float* __restrict__ params, const float* __restrict__ grads,
              float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
              const uint8_t* __restrict__ mask, const float* __restrict__ grad_scale,
              const double* __restrict__ guard, long long n, float weight_decay, float w1, float beta2, float w2,
              float eps, float step_size, float bc2_sqrt) {
-    if (guard && !isfinite(*guard)) return;
-    const float scale = grad_scale ? *grad_scale : 1.0f;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        if (mask && mask[i] == 0) continue;
-        float p = params[i];
-        const float g = __fadd_rn(__fmul_rn(grads[i], scale), __fmul_rn(weight_decay, p));  // grad.add(param, alpha = weight_decay)
-        float m = exp_avg[i], v = exp_avg_sq[i];
-        adam_update(p, g, m, v, w1, beta2, w2, eps, step_size, bc2_sqrt);
-        params[i] = p;
-        exp_avg[i] = m;
-        exp_avg_sq[i] = v;
-    }
+    adam_steps<false>(params, grads, exp_avg, exp_avg_sq, mask, grad_scale, guard, n, weight_decay, w1, beta2, w2, eps,
+                      step_size, bc2_sqrt);
 }
