@@ -1151,8 +1151,8 @@ impl<'d> DeviceModel<'d> {
     }
 
     /// A zero-filled step buffer.
-    fn zeros(&self, n: usize) -> Result<Buf> {
-        let mut b: Buf = self.arena.borrow_mut().alloc(self.dev, n)?;
+    fn zeros<T>(&self, n: usize) -> Result<TView<T>> {
+        let mut b: TView<T> = self.arena.borrow_mut().alloc(self.dev, n)?;
         self.dev.memset(&mut b, 0)?;
         Ok(b)
     }
@@ -2339,8 +2339,7 @@ impl<'d> DeviceModel<'d> {
                 // Scattered straight into the GEMMs' bf16 operand: the bits `mm` would get from an f32 G
                 // and its conversion, without the f32 matrix or the conversion pass (B × J: 92 MB at the
                 // paper size).
-                let mut g16: TView<half::bf16> = self.arena.borrow_mut().alloc(self.dev, b * j_n)?;
-                dev.memset(&mut g16, 0)?;
+                let mut g16: TView<half::bf16> = self.zeros(b * j_n)?;
                 self.glue.scatter_bf16(&bt.e.cell_of, &bt.e.s_junc32, &g_logit, j_n, inv_b, &mut g16)?;
                 let (s16, w16) = (self.bf16_operand(&s_op)?, self.bf16_operand(&w_op)?);
                 self.gemm.gemm(GemmPrecision::Bf16, 1.0, &Operand::new(&g16, b, j_n, true)?, &s16, 0.0, &mut gw, j_n, k_in)?;
