@@ -1028,8 +1028,7 @@ fn build_emu(dir: &std::path::Path, name: &str, harness: &str) -> Result<std::pa
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let out = std::process::Command::new(&cxx)
         .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++"])
-        // sanitizers (scripts/emu-sanitize.sh), as for the library emulation (src/cuda/emu.rs)
-        .args(std::env::var("SPLICEVI_EMU_CXXFLAGS").unwrap_or_default().split_whitespace())
+        .args(emu_common::extra_cxx_flags())
         .arg("-I")
         .arg(dir)
         .arg(&src)

@@ -38,6 +38,12 @@ template <class T> void wr(const std::string& d, const char* name, const std::ve
 template <class T> const T* ptr(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
 "#;
 
+/// `SPLICEVI_EMU_CXXFLAGS`: sanitizers for the harnesses (scripts/emu-sanitize.sh), as for the library
+/// emulation (src/cuda/emu.rs).
+pub fn extra_cxx_flags() -> Vec<String> {
+    std::env::var("SPLICEVI_EMU_CXXFLAGS").unwrap_or_default().split_whitespace().map(String::from).collect()
+}
+
 /// Compiles `kernel_src` (saved as `kernel_file`) with the harness `main_src` by the host C++20
 /// compiler into `dir`. Err(reason) when there is no C++20 compiler; a compile error panics.
 pub fn build(dir: &Path, kernel_file: &str, kernel_src: &str, main_src: &str) -> Result<PathBuf, String> {
@@ -51,8 +57,7 @@ pub fn build(dir: &Path, kernel_file: &str, kernel_src: &str, main_src: &str) ->
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let out = std::process::Command::new(&cxx)
         .args(["-O2", "-std=c++20", "-ffp-contract=off", "-pthread", "-x", "c++"])
-        // sanitizers (scripts/emu-sanitize.sh), as for the library emulation (src/cuda/emu.rs)
-        .args(std::env::var("SPLICEVI_EMU_CXXFLAGS").unwrap_or_default().split_whitespace())
+        .args(extra_cxx_flags())
         .arg("-I")
         .arg(dir)
         .arg(&src)
