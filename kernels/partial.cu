@@ -996,13 +996,20 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 
 // partial_pair_bwd on tensor cores, for --precision bf16 (same arguments and outputs; the launcher uses
 // it where tensor_cores_bwd_fit: Hh % 16 == 0, D % 8 == 0, D ≤ PART_TC_DMAX and the shared memory
-// below within 48 KiB; where D % 16 == 8 the products over D run on D16 = D rounded up to 16, the
-// extra code units zero). A pass takes 16 pairs of the warp's junction:
+// below, for one warp per block, within 48 KiB; where D % 16 == 8 the products over D run on D16 = D
+// rounded up to 16, the extra code units zero). Junction j belongs to warp j mod n_warps, as in
+// partial_pair_bwd, but the W = blockDim / 32 warps of a block share one d W₄ accumulator: each warp
+// owns a slice of its hidden-unit columns, and the warps advance in rounds of one pass each, meeting
+// at two block barriers per round (a warp with no pass left still meets them). A pass takes 16 pairs
+// of the warp's junction:
 //   1. their first block (f32, the forward's keep bits), rounded to bf16 into the tile h1 (16 × Hh);
 //   2. the second Linear h1·W₄ᵀ as mma tiles, + b₄, the LayerNorm and its backward in f32 from the
 //      fragments (a row is a quad of lanes), giving d(h2), rounded to bf16 into dh (16 × D) and dhᵀ;
-//   3. d W₄ += dhᵀ·h1 (D × Hh, K = the 16 pairs) as mma tiles whose accumulator is the warp's f32
-//      d W₄ in shared memory (read, multiply-add, write back);
+//   3. (between the barriers) d W₄ += Σ_s dhᵀ_s·h1_s over the block's warps s that had a pass, in
+//      warp order, as mma tiles of the columns this warp owns, whose accumulator is the block's f32
+//      d W₄ in shared memory: read once, W multiply-adds, written back once. One warp per block
+//      (W = 1) reads and writes it once per pass, as this kernel did before; four share that cost by
+//      four, and the shared accumulator (35 KiB at 128 × 64) lets twice as many warps run per SM;
 //   4. d(d1) = dh·W₄ (16 × Hh, B = W₄'s bf16 fragments from the fold) as mma tiles; da = d(d1) where the pair's unit
 //      was active (the h1 tile's nonzero bits, read into registers before da overwrites the tile),
 //      its per-pair sums (Σ da·g₁, Σ da·u, Σ da·b̃) from the fragments, and da itself into an f32 tile
@@ -1010,24 +1017,100 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 //   5. the sums over the pass's pairs per hidden unit (Q_j, Σ da, Σ β·da) from that tile, lanes over
 //      units as in partial_pair_bwd.
 // Per-column sums of the LayerNorm (b₄, g₅, be₅) stay in the lanes' fragment registers until the slot
-// is written. Differs from partial_pair_bwd by the bf16 rounding of the products' operands and the
-// summation orders; deterministic (fixed partition, no atomics). (Never run on a GPU: checked on the host
+// is written; d W₄'s columns go to the slot of the warp that owns them (zero in the other warps' slots).
+// Differs from partial_pair_bwd by the bf16 rounding of the products' operands and the summation orders;
+// deterministic for a given W (fixed partition and rounds, no atomics); only d W₄'s f32 summation
+// grouping depends on W. (Never run on a GPU: checked on the host
 // by tests/cuda_partial_parity.rs.)
 #define PART_TC_DMAX 64
 
-// Dynamic shared memory per warp of partial_pair_bwd_tc: d W₄ (D × Hh f32, rows Hh + 8 floats apart so
-// that the accumulator pairs an mma reads and writes back fall in distinct banks: with rows Hh apart the
-// eight row groups of a fragment hit the same banks, eight-way conflicts on every access), then a region
-// holding either [h1 (16 × (Hh + 8)) | dh (16 × (D16 + 8)) | dhᵀ (D16 × 24)] (bf16) or da (16 × (Hh + 4),
-// f32), then per pass pair α, β (f64), ψ, the pool divisor, cell.
+// Dynamic shared memory of a partial_pair_bwd_tc block of W warps: the block's d W₄ (D × Hh f32, rows
+// Hh + 8 floats apart so that the accumulator pairs an mma reads and writes back fall in distinct banks:
+// with rows Hh apart the eight row groups of a fragment hit the same banks, eight-way conflicts on every
+// access), 16 bytes of per-warp flags, then per warp a region holding either [h1 (16 × (Hh + 8)) | dh
+// (16 × (D16 + 8)) | dhᵀ (D16 × 24)] (bf16) or da (16 × (Hh + 4), f32), then per pass pair α, β (f64), ψ,
+// the pool divisor, cell. At 128 × 64: 44 KiB for W = 1, 74 KiB for W = 4 (past 48 KiB: the launch
+// opts in, CudaDevice::opt_in_smem).
 __host__ __device__ inline size_t partial_tc_bwd_tiles(int Hh, int D) {
     const int D16 = (D + 15) / 16 * 16;
     const size_t bf = ((size_t)16 * (Hh + 8) + (size_t)16 * (D16 + 8) + (size_t)D16 * 24) * 2;
     const size_t da = (size_t)16 * (Hh + 4) * 4;
     return ((bf > da ? bf : da) + 15) / 16 * 16;
 }
-__host__ __device__ inline size_t partial_tc_bwd_smem_per_warp(int Hh, int D) {
-    return (size_t)D * (Hh + 8) * 4 + partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4 + 4);
+__host__ __device__ inline size_t partial_tc_bwd_warp_bytes(int Hh, int D) {
+    return partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4 + 4);
+}
+__host__ __device__ inline size_t partial_tc_bwd_smem(int Hh, int D, int W) {
+    return (size_t)D * (Hh + 8) * 4 + 16 + (size_t)W * partial_tc_bwd_warp_bytes(Hh, D);
+}
+
+// One round's d W₄ update of partial_pair_bwd_tc, for the tiles a warp owns (row tiles [m0, m1) of 16 code
+// units, column tiles [n0, n1) of 8 hidden units): d W₄ += Σ_s dhᵀ_s·h1_s over the block's warps s in
+// live_mask, in warp order (A = dhᵀ_s, row-major, K = the pass's 16 pairs; B[k][n] = h1_s[k][n]). The
+// accumulator, the block's f32 d W₄ in shared memory, is read and written once per tile. The A fragments
+// of WN warps × MG row tiles stay in registers while the column tiles go by (MG = 4, WN = 1: all of
+// them, as the kernel did with one warp per block, tile for tile the same operations).
+template <int WN, int MG>
+__device__ __forceinline__ void tc_dw4_round(float* sw4, int ldw, const unsigned char* regions, size_t region_bytes,
+                                             unsigned live_mask, int ldh, int ldd, int D, int m0, int m1, int n0,
+                                             int n1, int gr, int tq) {
+    const int ldt = 24;
+    for (int mg = m0; mg < m1; mg += MG) {
+        uint32_t at[WN][MG][4];
+#pragma unroll
+        for (int w = 0; w < WN; ++w) {
+            if ((live_mask >> w) & 1u) {
+                const uint16_t* dht = (const uint16_t*)(regions + (size_t)w * region_bytes) + 16 * ldh + 16 * ldd;
+#pragma unroll
+                for (int m = 0; m < MG; ++m) {
+                    if (mg + m < m1) {
+                        const uint16_t* r0 = dht + ((mg + m) * 16 + gr) * ldt + 2 * tq;
+                        const uint16_t* r1 = dht + ((mg + m) * 16 + gr + 8) * ldt + 2 * tq;
+                        at[w][m][0] = *(const uint32_t*)r0;
+                        at[w][m][1] = *(const uint32_t*)r1;
+                        at[w][m][2] = *(const uint32_t*)(r0 + 8);
+                        at[w][m][3] = *(const uint32_t*)(r1 + 8);
+                    }
+                }
+            }
+        }
+        for (int nt = n0; nt < n1; ++nt) {
+            const int n = nt * 8 + gr, col = nt * 8 + 2 * tq;
+            float cf[MG][4];
+#pragma unroll
+            for (int m = 0; m < MG; ++m) {
+                if (mg + m < m1) {
+                    // rows mt·16 + gr + 8 ≥ D (D % 16 == 8) are padding: not read, not written
+                    const int r = (mg + m) * 16 + gr;
+                    const float2 v0 = *(const float2*)(sw4 + (long long)r * ldw + col);
+                    const float2 v1 = r + 8 < D ? *(const float2*)(sw4 + (long long)(r + 8) * ldw + col) : float2{0.0f, 0.0f};
+                    cf[m][0] = v0.x;
+                    cf[m][1] = v0.y;
+                    cf[m][2] = v1.x;
+                    cf[m][3] = v1.y;
+                }
+            }
+#pragma unroll
+            for (int w = 0; w < WN; ++w) {
+                if ((live_mask >> w) & 1u) {
+                    const uint16_t* h1 = (const uint16_t*)(regions + (size_t)w * region_bytes);
+                    const uint32_t bf[2] = {(uint32_t)h1[(2 * tq) * ldh + n] | ((uint32_t)h1[(2 * tq + 1) * ldh + n] << 16),
+                                            (uint32_t)h1[(2 * tq + 8) * ldh + n] | ((uint32_t)h1[(2 * tq + 9) * ldh + n] << 16)};
+#pragma unroll
+                    for (int m = 0; m < MG; ++m)
+                        if (mg + m < m1) mma_m16n8k16_bf16(cf[m], at[w][m], bf, cf[m]);
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < MG; ++m) {
+                if (mg + m < m1) {
+                    const int r = (mg + m) * 16 + gr;
+                    *(float2*)(sw4 + (long long)r * ldw + col) = float2{cf[m][0], cf[m][1]};
+                    if (r + 8 < D) *(float2*)(sw4 + (long long)(r + 8) * ldw + col) = float2{cf[m][2], cf[m][3]};
+                }
+            }
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
@@ -1043,8 +1126,11 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     double* __restrict__ slot_d, const uint2* __restrict__ w4frag) {
     PART_SMEM(smem);
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int gw = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (gw >= n_warps) return;
+    const int W = (int)(blockDim.x >> 5);
+    const int gw = blockIdx.x * W + (int)warp;
+    // The block's warps below n_warps (n_own of them) own d W₄'s hidden-unit column tiles [nt0, nt1);
+    // a warp past n_warps (the last block's padding) has no junction and owns none, but meets the barriers.
+    const int n_own = n_warps - blockIdx.x * W < W ? n_warps - (int)blockIdx.x * W : W;
     const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, 0, 0,
                            dropout ? dropout_scale : 1.0f);
     const Geo& g = n.g;
@@ -1054,9 +1140,19 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     const int ldh = Hh + 8, ldd = 16 * KD + 8, ldt = 24, lda = Hh + 4, ldw = Hh + 8;
     // the backward's dh·W₄ fragments, after the forward's
     const uint2* w4frag_b = w4frag + partial_w4frag_fwd_words(Hh, D) / 2;
-    unsigned char* base = smem + (size_t)warp * partial_tc_bwd_smem_per_warp(Hh, D);
-    float* sw4 = (float*)base;
-    unsigned char* region = base + (size_t)D * ldw * 4;
+    // d W₄'s tiles (KD row tiles of 16 code units × NH column tiles of 8 hidden units) split over the n_own
+    // warps: a 2 × 2 grid of quarters for four (half the row tiles each, so that tc_dw4_round<4, 2>
+    // holds their A fragments in one group), column slices otherwise.
+    const int own_m = n_own == 4 && KD >= 2 ? 2 : 1, own_n = n_own / own_m;
+    const bool owner = (int)warp < n_own;
+    const int wm = owner ? (int)warp / own_n : 0, wn = owner ? (int)warp % own_n : 0;
+    const int m0 = owner ? wm * KD / own_m : 0, m1 = owner ? (wm + 1) * KD / own_m : 0;
+    const int nt0 = owner ? wn * NH / own_n : 0, nt1 = owner ? (wn + 1) * NH / own_n : 0;
+    float* sw4 = (float*)smem;  // the block's d W₄
+    int* live = (int*)(smem + (size_t)D * ldw * 4);  // per warp: whether its tiles hold a pass this round
+    unsigned char* regions = smem + (size_t)D * ldw * 4 + 16;
+    const size_t region_bytes = partial_tc_bwd_warp_bytes(Hh, D);
+    unsigned char* region = regions + (size_t)warp * region_bytes;
     uint16_t* h1 = (uint16_t*)region;
     uint16_t* dh = h1 + 16 * ldh;
     uint16_t* dht = dh + 16 * ldd;
@@ -1065,7 +1161,10 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     float* spsi = (float*)(ab + 32);
     float* sden = spsi + 16;  // the pool divisor of the pair's cell (1 for rows past the pass)
     int* scell = (int*)(sden + 16);
-    for (int x = lane; x < D * ldw; x += 32) sw4[x] = 0.0f;
+    // (the owned rows: code units m0·16 .. min(m1·16, D))
+    const int own_r0 = m0 * 16, own_r1 = m1 * 16 < D ? m1 * 16 : D, own_cols = (nt1 - nt0) * 8;
+    for (int x = lane; x < (own_r1 - own_r0) * own_cols; x += 32)
+        sw4[(own_r0 + x / own_cols) * ldw + nt0 * 8 + x % own_cols] = 0.0f;
     // Per-lane accumulators: lanes over hidden units (as partial_pair_bwd's Acc) ...
     float aq[HPL_MAX], asbe1[HPL_MAX], asr[HPL_MAX];
 #pragma unroll
@@ -1076,15 +1175,51 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt)
         ab4[nt][0] = ab4[nt][1] = ag5[nt][0] = ag5[nt][1] = abe5[nt][0] = abe5[nt][1] = 0.0f;
     double e1 = 0.0, e3 = 0.0;  // lanes tq == 0, their rows
+    // The warp walks its junctions' passes, one per round; the block's warps meet twice a round (their
+    // tiles are read by the d W₄ owners between the two barriers).
+    int j = gw < n_warps ? gw : J;  // the warp's junction (J: none left)
+    int p0 = j < J ? jptr[j] : 0, s1 = j < J ? jptr[j + 1] : 0;
+    // The junction's Σψβm₁, Σψβm₂α, Σψβm₂β, Σβm₂α (lanes tq == 0, over their rows).
+    double c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0;
     __syncwarp();
-    for (int j = gw; j < J; j += n_warps) {
+    for (;;) {
+        // Close the junctions the warp has finished (and empty ones), then open the next.
+        while (j < J && p0 >= s1) {
 #pragma unroll
-        for (int i = 0; i < HPL_MAX; ++i) aq[i] = 0.0f;
-        // The junction's Σψβm₁, Σψβm₂α, Σψβm₂β, Σβm₂α (lanes tq == 0, over their rows).
-        double c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0;
-        const int s0 = jptr[j], s1 = jptr[j + 1];
-        for (int p0 = s0; p0 < s1; p0 += 16) {
-            const int ng = s1 - p0 < 16 ? s1 - p0 : 16;
+            for (int i = 0; i < HPL_MAX; ++i) {
+                const int k = (int)lane + 32 * i;
+                if (i < g.HPL && k < Hh) q[(long long)j * Hh + k] = aq[i];
+                aq[i] = 0.0f;
+            }
+            // the junction's scalars: lanes tq == 0 of the eight row groups
+            c0 += __shfl_xor_sync(0xffffffffu, c0, 4);
+            c0 += __shfl_xor_sync(0xffffffffu, c0, 8);
+            c0 += __shfl_xor_sync(0xffffffffu, c0, 16);
+            c1 += __shfl_xor_sync(0xffffffffu, c1, 4);
+            c1 += __shfl_xor_sync(0xffffffffu, c1, 8);
+            c1 += __shfl_xor_sync(0xffffffffu, c1, 16);
+            c2 += __shfl_xor_sync(0xffffffffu, c2, 4);
+            c2 += __shfl_xor_sync(0xffffffffu, c2, 8);
+            c2 += __shfl_xor_sync(0xffffffffu, c2, 16);
+            c3 += __shfl_xor_sync(0xffffffffu, c3, 4);
+            c3 += __shfl_xor_sync(0xffffffffu, c3, 8);
+            c3 += __shfl_xor_sync(0xffffffffu, c3, 16);
+            if (lane == 0) {
+                cj[4 * (long long)j] = c0;
+                cj[4 * (long long)j + 1] = c1;
+                cj[4 * (long long)j + 2] = c2;
+                cj[4 * (long long)j + 3] = c3;
+            }
+            c0 = c1 = c2 = c3 = 0.0;
+            j += n_warps;
+            if (j < J) {
+                p0 = jptr[j];
+                s1 = jptr[j + 1];
+            }
+        }
+        const bool has = j < J;  // warp-uniform
+        const int ng = has ? (s1 - p0 < 16 ? s1 - p0 : 16) : 0;
+        if (has) {
             if (lane < 16) {
                 double al = 0.0, be = 0.0;
                 float x = 0.0f, den = 1.0f;
@@ -1170,41 +1305,20 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                 }
             }
             __syncwarp();
-            // 3. d W₄ (D × Hh) += dhᵀ·h1: A = dhᵀ (row-major, K = the 16 pairs), B[k][n] = h1[k][n].
-            uint32_t at[PART_TC_DMAX / 16][4];
-#pragma unroll
-            for (int mt = 0; mt < PART_TC_DMAX / 16; ++mt) {
-                if (mt < KD) {
-                    const uint16_t* r0 = dht + (mt * 16 + gr) * ldt + 2 * tq;
-                    const uint16_t* r1 = dht + (mt * 16 + gr + 8) * ldt + 2 * tq;
-                    at[mt][0] = *(const uint32_t*)r0;
-                    at[mt][1] = *(const uint32_t*)r1;
-                    at[mt][2] = *(const uint32_t*)(r0 + 8);
-                    at[mt][3] = *(const uint32_t*)(r1 + 8);
-                }
-            }
-            for (int nt = 0; nt < NH; ++nt) {
-                const int n = nt * 8 + gr;
-                const uint32_t bf[2] = {(uint32_t)h1[(2 * tq) * ldh + n] | ((uint32_t)h1[(2 * tq + 1) * ldh + n] << 16),
-                                        (uint32_t)h1[(2 * tq + 8) * ldh + n] | ((uint32_t)h1[(2 * tq + 9) * ldh + n] << 16)};
-                const int col = nt * 8 + 2 * tq;
-#pragma unroll
-                for (int mt = 0; mt < PART_TC_DMAX / 16; ++mt) {
-                    if (mt < KD) {
-                        // rows mt·16 + gr + 8 ≥ D (D % 16 == 8) are padding: not read, not written
-                        const bool hi = mt * 16 + gr + 8 < D;
-                        float2* c0p = (float2*)(sw4 + (long long)(mt * 16 + gr) * ldw + col);
-                        float2* c1p = (float2*)(sw4 + (long long)(mt * 16 + gr + 8) * ldw + col);
-                        const float2 v0 = *c0p, v1 = hi ? *c1p : float2{0.0f, 0.0f};
-                        float cf[4] = {v0.x, v0.y, v1.x, v1.y};
-                        mma_m16n8k16_bf16(cf, at[mt], bf, cf);
-                        *c0p = float2{cf[0], cf[1]};
-                        if (hi) *c1p = float2{cf[2], cf[3]};
-                    }
-                }
-            }
-            // 4. The active units of the lane's fragment positions (rows gr, gr + 8; columns nt·8 + 2tq + x),
-            // and dh's A fragments, before the da tile overwrites h1 and dh.
+        }
+        if (lane == 0) live[warp] = has ? 1 : 0;
+        // Barrier A: the live warps' h1 and dhᵀ tiles are written. The block stops when no warp has a pass.
+        if (__syncthreads_count(has ? 1 : 0) == 0) break;
+        // 3. d W₄ += Σ_s dhᵀ_s·h1_s over the warps s of the block that had a pass, for this warp's tiles.
+        unsigned live_mask = 0u;
+        for (int w = 0; w < W; ++w) live_mask |= live[w] ? 1u << w : 0u;
+        // (one instance for every block size: a second inlined copy makes ptxas spill)
+        tc_dw4_round<PART_THREADS / 32, 2>(sw4, ldw, regions, region_bytes, live_mask, ldh, ldd, D, m0, m1, nt0, nt1, gr, tq);
+        // Barrier B: every owner has read the tiles; the da tile may overwrite them.
+        __syncthreads();
+        if (has) {
+            // act: the active units of the lane's fragment positions (rows gr, gr + 8; columns nt·8 + 2tq
+            // + x); adh: dh's A fragments. Both read from the warp's own tiles before da overwrites them.
             uint32_t act[PART_HMAX / 64];
 #pragma unroll
             for (int w = 0; w < PART_HMAX / 64; ++w) act[w] = 0u;
@@ -1226,8 +1340,8 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     adh[ks][3] = *(const uint32_t*)(dh + (gr + 8) * ldd + k0 + 8);
                 }
             }
-            __syncwarp();
-            // d(d1) = dh·W₄ (B[t][k] = W₄[t][k]: column k of B is row k of W₄ᵀ), da, its per-pair sums.
+            __syncwarp();  // every lane has read h1 and dh before any writes da over them
+            // 4. d(d1) = dh·W₄ (B[t][k] = W₄[t][k]: column k of B is row k of W₄ᵀ), da, its per-pair sums.
             float p10 = 0.0f, p11 = 0.0f, pu0 = 0.0f, pu1 = 0.0f, pb0 = 0.0f, pb1 = 0.0f;
             for (int nt = 0; nt < NH; ++nt) {
                 float cf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -1299,32 +1413,10 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                 }
             }
             __syncwarp();
-        }
-#pragma unroll
-        for (int i = 0; i < HPL_MAX; ++i) {
-            const int k = (int)lane + 32 * i;
-            if (i < g.HPL && k < Hh) q[(long long)j * Hh + k] = aq[i];
-        }
-        // the junction's scalars: lanes tq == 0 of the eight row groups
-        c0 += __shfl_xor_sync(0xffffffffu, c0, 4);
-        c0 += __shfl_xor_sync(0xffffffffu, c0, 8);
-        c0 += __shfl_xor_sync(0xffffffffu, c0, 16);
-        c1 += __shfl_xor_sync(0xffffffffu, c1, 4);
-        c1 += __shfl_xor_sync(0xffffffffu, c1, 8);
-        c1 += __shfl_xor_sync(0xffffffffu, c1, 16);
-        c2 += __shfl_xor_sync(0xffffffffu, c2, 4);
-        c2 += __shfl_xor_sync(0xffffffffu, c2, 8);
-        c2 += __shfl_xor_sync(0xffffffffu, c2, 16);
-        c3 += __shfl_xor_sync(0xffffffffu, c3, 4);
-        c3 += __shfl_xor_sync(0xffffffffu, c3, 8);
-        c3 += __shfl_xor_sync(0xffffffffu, c3, 16);
-        if (lane == 0) {
-            cj[4 * (long long)j] = c0;
-            cj[4 * (long long)j + 1] = c1;
-            cj[4 * (long long)j + 2] = c2;
-            cj[4 * (long long)j + 3] = c3;
+            p0 += 16;
         }
     }
+    if (gw >= n_warps) return;
     // The warp's slot: [R | be₁ | W₄ | b₄ | g₅ | be₅], (e₁, e₃).
     const long long S = 2LL * Hh + (long long)D * Hh + 3LL * D;
     float* slot = slots + gw * S;
@@ -1336,8 +1428,12 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
             slot[Hh + k] = asbe1[i];
         }
     }
-    __syncwarp();
-    for (int x = lane; x < D * Hh; x += 32) slot[2 * Hh + x] = sw4[(x / Hh) * ldw + x % Hh];
+    // d W₄: the block's sums in the entries this warp owns, zero in the others (the slots are summed).
+    for (int x = lane; x < D * Hh; x += 32) {
+        const int r = x / Hh, c = x % Hh;
+        const bool own = r >= own_r0 && r < own_r1 && c >= nt0 * 8 && c < nt1 * 8;
+        slot[2 * Hh + x] = own ? sw4[r * ldw + c] : 0.0f;
+    }
     float* tail = slot + 2 * Hh + (long long)D * Hh;
 #pragma unroll
     for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {

@@ -14,8 +14,9 @@
 # SKIPPED and counts as a failure there; the host-emulation halves are switched off); the fixture checks
 # through the CUDA step (bundled copy of ../shared/fixtures); `splicevi bench --device cuda` at the paper
 # size with the paper preset, bf16 (dense then sparse splicing decode) then f32 on one simulation
-# (`--variants`, 6,400 simulated cells), each with a kernel profile (BENCH_PAPER= leaves them out;
-# PAPER_TIMEOUT, default 300 s);
+# (`--variants`, 6,400 simulated cells), each with a kernel profile, then bf16 again with one warp per
+# block in partial_pair_bwd_tc (SPLICEVI_TC_BWD_WARPS=1) (BENCH_PAPER= leaves them out; PAPER_TIMEOUT,
+# default 300 s);
 # two epochs of `train --device cuda` next to the CPU's on the toy data, and the analyses; the small and
 # medium benches; and, asked for by name, Nsight Compute on the heaviest kernels (`run-on-gpu.sh ncu`) and
 # compute-sanitizer over the kernel parity tests (`run-on-gpu.sh sanitize`).
@@ -154,6 +155,9 @@ if want paper && [ -n "${BENCH_PAPER-1}" ]; then
   # seconds to simulate and upload instead of a minute, within a 15-minute device lease.
   t_save="$T"; T="${PAPER_TIMEOUT:-300}"
   cuda_step "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --variants bf16:auto,bf16:sparse,f32:auto --sim-cells 6400 --steps 12 --max-seconds 10 --profile-steps 2
+  # partial_pair_bwd_tc with one warp per block (its d W₄ accumulator per warp, as before the blocks
+  # shared it): the same bf16 step, for the difference the shared accumulator makes on this GPU.
+  cuda_step env SPLICEVI_TC_BWD_WARPS=1 "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --variants bf16:auto --sim-cells 6400 --steps 12 --max-seconds 10 --profile-steps 2
   T="$t_save"
 fi
 # The training step end to end: two epochs of `train --device cuda` (default and robust presets) on the

@@ -170,6 +170,7 @@ mod tests {
                 compute_capability: (9, 0),
                 multiprocessors: 132,
                 driver_version: 13000,
+                smem_optin: 227 * 1024,
             })
         } else {
             Err(format!("no device cuda:{n}"))

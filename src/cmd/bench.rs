@@ -155,6 +155,27 @@ fn forward_flops_per_cell(cfg: &ModelConfig, ds: &Dataset) -> f64 {
 /// Measured GEMM throughput of the device through the step's GEMM in the step's precision (cuBLAS:
 /// f32, or bf16 operands with f32 accumulation on the tensor cores; the host product under the
 /// emulation, on a small matrix), FLOP/s. The bf16 run's floor is the bf16 peak, as design.md §6's.
+/// The CUDA bf16 backward's schedule (`partial_pair_bwd_tc`) for one minibatch, by block size: host
+/// arithmetic on the minibatch's pairs per junction, no timing. Four warps per block share d W₄ and
+/// advance together, so a warp idles while its block's busiest warp has passes left.
+fn print_tc_bwd_schedule(what: &str, spl: &crate::data::Splicing, cells: &[usize]) {
+    let mut pairs = vec![0usize; spl.n_junctions];
+    for &c in cells {
+        for &j in &spl.junction[spl.indptr[c]..spl.indptr[c + 1]] {
+            pairs[j as usize] += 1;
+        }
+    }
+    let s: Vec<String> = [1usize, 4]
+        .iter()
+        .map(|&w| {
+            let s = crate::cuda::partial::TcBwdSchedule::of(&pairs, w);
+            format!("{w} warp(s) per block: {} blocks, longest {} rounds, idle {:.1}%", s.blocks, s.longest, 100.0 * s.idle())
+        })
+        .collect();
+    let p = crate::cuda::partial::TcBwdSchedule::of(&pairs, 1).passes;
+    println!("# {what}: bf16 backward schedule of the first minibatch (host arithmetic): {p} passes of 16 pairs; {}", s.join("; "));
+}
+
 fn device_gemm_peak(dev: &crate::cuda::CudaDevice, precision: crate::cuda::gemm::GemmPrecision) -> Result<f64> {
     use crate::cuda::gemm::{GemmPrecision, Operand};
     let n = if dev.is_emulated() { 64 } else { 4096 };
@@ -274,6 +295,15 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                 crate::cuda::step::set_splicing_decode(variant.decode);
                 t.use_device(d, variant.precision)?;
                 println!("# {what}: {}; {:?}, splicing decode {:?}", t.device_data_note().unwrap_or_default(), variant.precision, variant.decode);
+                let (hh, cd) = (model.h_hidden_dim, model.code_dim);
+                let partial = model.splicing_encoder_architecture == SplicingEncoderArch::Partial;
+                if partial && matches!(variant.precision, crate::cuda::gemm::GemmPrecision::Bf16) && crate::cuda::partial::tensor_cores_bwd_fit(hh, cd) {
+                    let w = crate::cuda::partial::tc_bwd_warps_per_block(hh, cd, d.info().smem_optin, crate::cuda::partial::tc_bwd_warps_requested()?)?;
+                    println!("# {what}: partial_pair_bwd_tc at {w} warps per block ({} bytes of shared memory)", crate::cuda::partial::tc_bwd_smem(hh, cd, w));
+                }
+            }
+            if model.splicing_encoder_architecture == SplicingEncoderArch::Partial && crate::cuda::partial::tensor_cores_bwd_fit(model.h_hidden_dim, model.code_dim) {
+                print_tc_bwd_schedule(&what, &ds.splicing, &t.train_cells[..t.train_cells.len().min(args.batch_size)]);
             }
             // Steady state: past the KL warm-up (mixing on, gate 1).
             let epoch = train.n_epochs_kl_warmup.unwrap_or(0);

@@ -81,6 +81,9 @@ pub fn device_info() -> DeviceInfo {
         // Grid-stride kernels size their grid from this: few blocks keep the emulation quick.
         multiprocessors: 1,
         driver_version: 0,
+        // An A100's (sm_80, the smaller of the two architectures the kernels are built for); an H100
+        // allows 227 KiB.
+        smem_optin: 163 * 1024,
     }
 }
 

@@ -115,6 +115,8 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     pub multiprocessors: i32,
     pub driver_version: i32,
+    /// Dynamic shared memory one block may use once its kernel opts in (bytes; 48 KiB without).
+    pub smem_optin: usize,
 }
 
 impl DeviceInfo {
@@ -147,13 +149,14 @@ impl std::fmt::Display for DeviceInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "cuda:{}  {}  {:.1} GiB  compute capability {}.{}  {} SMs",
+            "cuda:{}  {}  {:.1} GiB  compute capability {}.{}  {} SMs  {} KiB shared memory per block (opted in)",
             self.ordinal,
             self.name,
             self.total_mem as f64 / (1u64 << 30) as f64,
             self.compute_capability.0,
             self.compute_capability.1,
-            self.multiprocessors
+            self.multiprocessors,
+            self.smem_optin / 1024
         )
     }
 }
@@ -210,15 +213,17 @@ pub fn device_info(ordinal: usize) -> Result<DeviceInfo, String> {
         let dev = result::device::get(ordinal as i32).map_err(|e| driver_err("cuDeviceGet", e))?;
         let name = result::device::get_name(dev).map_err(|e| driver_err("cuDeviceGetName", e))?;
         // SAFETY: `dev` comes from cuDeviceGet.
-        let (total_mem, major, minor, sms) = unsafe {
+        let (total_mem, major, minor, sms, smem_optin) = unsafe {
             (
                 result::device::total_mem(dev).map_err(|e| driver_err("cuDeviceTotalMem", e))?,
                 result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
                 result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
                 result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
+                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(|e| driver_err("cuDeviceGetAttribute", e))?,
             )
         };
-        Ok(DeviceInfo { ordinal, name, total_mem, compute_capability: (major, minor), multiprocessors: sms, driver_version: driver.version })
+        let smem_optin = (smem_optin.max(0) as usize).max(48 * 1024);
+        Ok(DeviceInfo { ordinal, name, total_mem, compute_capability: (major, minor), multiprocessors: sms, driver_version: driver.version, smem_optin })
     })
 }
 

@@ -84,13 +84,32 @@ pub fn tc_smem_per_warp(hh: usize) -> usize {
     (16 * (hh + 8) * 2).div_ceil(16) * 16 + 16 * 16 + 16 * 4 * 2
 }
 
-/// `partial_tc_bwd_smem_per_warp` of kernels/partial.cu: the warp's d W₄ (D × Hh f32 in rows of Hh + 8),
-/// the tiles (bf16 h1, dh, dhᵀ, or the f32 da that overlays them) and the pass pairs' scalars.
-pub fn tc_bwd_smem_per_warp(hh: usize, d: usize) -> usize {
+/// `partial_tc_bwd_smem` of kernels/partial.cu: a block of `warps` warps shares d W₄ (D × Hh f32 in rows
+/// of Hh + 8) and 16 bytes of flags; each warp has its tiles (bf16 h1, dh, dhᵀ, or the f32 da that
+/// overlays them) and its pass pairs' scalars.
+pub fn tc_bwd_smem(hh: usize, d: usize, warps: usize) -> usize {
     let d16 = d.div_ceil(16) * 16;
     let bf = (16 * (hh + 8) + 16 * (d16 + 8) + d16 * 24) * 2;
     let da = 16 * (hh + 4) * 4;
-    d * (hh + 8) * 4 + bf.max(da).div_ceil(16) * 16 + 16 * (16 + 4 + 4 + 4)
+    d * (hh + 8) * 4 + 16 + warps * (bf.max(da).div_ceil(16) * 16 + 16 * (16 + 4 + 4 + 4))
+}
+
+/// Warps per block of `partial_pair_bwd_tc` (they share one d W₄ accumulator): 4 where the block's
+/// shared memory fits `smem_limit` (the `paper` preset's 128 × 64 takes 74 KiB, so the launch opts in
+/// past 48 KiB), else 2, else 1 (which [`tensor_cores_bwd_fit`] guarantees fits 48 KiB). `requested`
+/// (`SPLICEVI_TC_BWD_WARPS`, or [`CudaPartial::set_tc_bwd_warps`]) picks one of 1, 2, 4 instead where
+/// it fits.
+pub fn tc_bwd_warps_per_block(hh: usize, d: usize, smem_limit: usize, requested: Option<usize>) -> Result<usize> {
+    if let Some(w) = requested {
+        ensure!(matches!(w, 1 | 2 | 4), "partial_pair_bwd_tc: {w} warps per block requested; it takes 1, 2 or 4");
+        ensure!(
+            tc_bwd_smem(hh, d, w) <= smem_limit,
+            "partial_pair_bwd_tc: {w} warps per block need {} bytes of shared memory at h_hidden_dim {hh}, code_dim {d}; the device allows {smem_limit}",
+            tc_bwd_smem(hh, d, w)
+        );
+        return Ok(w);
+    }
+    Ok([4, 2, 1].into_iter().find(|&w| tc_bwd_smem(hh, d, w) <= smem_limit).unwrap_or(1))
 }
 
 /// `partial_w4frag_words` of kernels/partial.cu: W₄'s bf16 tensor-core fragments that `partial_fold`
@@ -103,11 +122,61 @@ pub fn w4frag_words(hh: usize, d: usize) -> usize {
 /// Largest code_dim of `partial_pair_bwd_tc` (PART_TC_DMAX: its LayerNorm sums live in registers).
 pub const PART_TC_DMAX: usize = 64;
 
+/// `SPLICEVI_TC_BWD_WARPS` (1, 2 or 4), the warps per block of `partial_pair_bwd_tc` when set: to
+/// compare the shared d W₄ accumulator with one warp's on a GPU.
+pub fn tc_bwd_warps_requested() -> Result<Option<usize>> {
+    match std::env::var("SPLICEVI_TC_BWD_WARPS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(w @ (1 | 2 | 4)) => Ok(Some(w)),
+            _ => anyhow::bail!("SPLICEVI_TC_BWD_WARPS={v:?}: expected 1, 2 or 4"),
+        },
+        Err(_) => Ok(None),
+    }
+}
+
 /// Whether `partial_pair_bwd_tc` takes these layers: Hh in 16-deep tiles, D in 8-wide ones (padded to
-/// 16 where the product runs over D), D ≤ PART_TC_DMAX, and one warp's shared memory within a launch's
-/// default 48 KiB (the `paper` preset's 128 × 64 uses 43.9 KiB).
+/// 16 where the product runs over D), D ≤ PART_TC_DMAX, and a block of one warp within a launch's
+/// default 48 KiB of shared memory (the `paper` preset's 128 × 64 uses 44 KiB).
 pub fn tensor_cores_bwd_fit(hh: usize, d: usize) -> bool {
-    hh % 16 == 0 && d % 8 == 0 && d <= PART_TC_DMAX && hh <= PART_HMAX && tc_bwd_smem_per_warp(hh, d) <= SMEM_LIMIT
+    hh % 16 == 0 && d % 8 == 0 && d <= PART_TC_DMAX && hh <= PART_HMAX && tc_bwd_smem(hh, d, 1) <= SMEM_LIMIT
+}
+
+/// How `partial_pair_bwd_tc` walks a minibatch (host arithmetic, no device): junction j's
+/// ⌈pairs / 16⌉ passes go to warp j mod n_warps; a block of `wpb` warps runs as many rounds as its
+/// busiest warp has passes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TcBwdSchedule {
+    /// Passes over all warps.
+    pub passes: usize,
+    /// Σ over blocks of the block's rounds × its warps: the warp-rounds the launch occupies.
+    pub warp_rounds: usize,
+    /// Rounds of the longest block (its warps' passes, for one warp per block).
+    pub longest: usize,
+    pub blocks: usize,
+}
+
+impl TcBwdSchedule {
+    /// `pairs[j]`: junction j's observed pairs in the minibatch.
+    pub fn of(pairs: &[usize], wpb: usize) -> Self {
+        let nw = bwd_warps(pairs.len());
+        let mut per_warp = vec![0usize; nw];
+        for (j, &n) in pairs.iter().enumerate() {
+            per_warp[j % nw] += n.div_ceil(16);
+        }
+        let mut s = TcBwdSchedule { passes: per_warp.iter().sum(), warp_rounds: 0, longest: 0, blocks: nw.div_ceil(wpb) };
+        for block in per_warp.chunks(wpb) {
+            let rounds = block.iter().copied().max().unwrap_or(0);
+            s.warp_rounds += rounds * wpb;
+            s.longest = s.longest.max(rounds);
+        }
+        s
+    }
+
+    /// Share of the warp-rounds in which a warp has no pass of its own (it still meets the barriers and
+    /// updates its d W₄ tiles).
+    pub fn idle(&self) -> f64 {
+        if self.warp_rounds == 0 { 0.0 } else { 1.0 - self.passes as f64 / self.warp_rounds as f64 }
+    }
 }
 
 /// Number of backward warps for J junctions.
@@ -354,6 +423,8 @@ pub struct CudaPartial<'d> {
     bwd_jsums: Kernel,
     bwd_params: Kernel,
     gemm: super::gemm::CudaGemm<'d>,
+    /// Warps per block of `partial_pair_bwd_tc` when set (else [`tc_bwd_warps_per_block`] picks).
+    tc_bwd_warps: Option<usize>,
 }
 
 fn addr(m: Option<&dyn DeviceMem<f32>>) -> u64 {
@@ -371,6 +442,10 @@ fn cfg(blocks: usize, threads: u32, smem: usize) -> LaunchConfig {
 impl<'d> CudaPartial<'d> {
     pub fn new(dev: &'d CudaDevice) -> Result<Self> {
         let f = |name: &str| dev.function("partial", name);
+        // The tensor-core backward's blocks share d W₄ in more than 48 KiB of shared memory.
+        let mut pair_bwd_tc = f("partial_pair_bwd_tc")?;
+        dev.opt_in_smem(&mut pair_bwd_tc)?;
+        let tc_bwd_warps = tc_bwd_warps_requested()?;
         Ok(CudaPartial {
             dev,
             transpose_w0: f("partial_transpose_w0")?,
@@ -380,13 +455,25 @@ impl<'d> CudaPartial<'d> {
             pool_fwd_tc: f("partial_pool_fwd_tc")?,
             pool_combine: f("partial_pool_combine")?,
             pair_bwd: f("partial_pair_bwd")?,
-            pair_bwd_tc: f("partial_pair_bwd_tc")?,
+            pair_bwd_tc,
             ref_bwd: f("partial_ref_bwd")?,
             unfold_rows: f("partial_unfold_rows")?,
             bwd_jsums: f("partial_bwd_jsums")?,
             bwd_params: f("partial_bwd_params")?,
             gemm: super::gemm::CudaGemm::new(dev)?,
+            tc_bwd_warps,
         })
+    }
+
+    /// Fixes the warps per block of `partial_pair_bwd_tc` (1, 2 or 4; None: the largest that fits).
+    /// Only d W₄'s f32 summation grouping depends on it.
+    pub fn set_tc_bwd_warps(&mut self, warps: Option<usize>) {
+        self.tc_bwd_warps = warps;
+    }
+
+    /// The warps per block `partial_pair_bwd_tc` runs with at these layers.
+    pub fn tc_bwd_warps(&self, hh: usize, d: usize) -> Result<usize> {
+        tc_bwd_warps_per_block(hh, d, self.pair_bwd_tc.smem_limit(), self.tc_bwd_warps)
     }
 
     /// The 12 pointers (fold and network parameters) every kernel after the fold takes first.
@@ -544,13 +631,13 @@ impl<'d> CudaPartial<'d> {
             &w.slot_d.device_address(),
         ];
         if s.tensor_cores && tensor_cores_bwd_fit(hh, d) {
-            // 16 pairs of a junction per pass, the three products as mma tiles (d W₄ accumulated in
-            // the warp's shared memory): as many warps per block as 48 KiB holds, at most 4.
-            let wpb = (SMEM_LIMIT / tc_bwd_smem_per_warp(hh, d)).clamp(1, 4);
+            // 16 pairs of a junction per pass, the three products as mma tiles; the block's warps share
+            // d W₄'s accumulator in shared memory.
+            let wpb = self.tc_bwd_warps(hh, d)?;
             // W₄'s bf16 fragments, written by the forward's fold
             let w4frag = w.w4frag.device_address();
             let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg]).collect();
-            self.dev.launch(&self.pair_bwd_tc, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * tc_bwd_smem_per_warp(hh, d)), &args)?;
+            self.dev.launch(&self.pair_bwd_tc, cfg(nw.div_ceil(wpb), 32 * wpb as u32, tc_bwd_smem(hh, d, wpb)), &args)?;
         } else {
             self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
         }
@@ -682,5 +769,41 @@ impl<'d> CudaPartial<'d> {
             *o = dev.download(b)?;
         }
         Ok(PartialHost { pool: dev.download(&pool)?, keep, h0, grads })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Junction j's passes go to warp j mod n_warps; a block runs its busiest warp's passes.
+    #[test]
+    fn tc_bwd_schedule_counts_rounds() {
+        // 6 junctions, 6 warps: passes 2, 3, 0, 1, 2, 1 (17, 33, 0, 16, 20, 1 pairs).
+        let pairs = [17, 33, 0, 16, 20, 1];
+        let one = TcBwdSchedule::of(&pairs, 1);
+        assert_eq!((one.passes, one.warp_rounds, one.longest, one.blocks), (9, 9, 3, 6));
+        assert_eq!(one.idle(), 0.0);
+        // blocks [2, 3, 0, 1] and [2, 1, padding, padding]: 3 · 4 + 2 · 4 warp-rounds
+        let four = TcBwdSchedule::of(&pairs, 4);
+        assert_eq!((four.passes, four.warp_rounds, four.longest, four.blocks), (9, 20, 3, 2));
+        assert!((four.idle() - 0.55).abs() < 1e-12);
+        // more junctions than warps: warp w takes j = w, w + 1024, ...
+        let mut many = vec![16; 1030];
+        many[1029] = 40;
+        let s = TcBwdSchedule::of(&many, 4);
+        assert_eq!((s.passes, s.longest, s.blocks), (1030 - 1 + 3, 4, 256));
+    }
+
+    #[test]
+    fn tc_bwd_block_size() {
+        // the paper preset's 128 × 64: 44 KiB for one warp, 74 KiB for four
+        assert_eq!(tc_bwd_smem(128, 64, 1), 45_008);
+        assert_eq!(tc_bwd_smem(128, 64, 4), 75_536);
+        assert_eq!(tc_bwd_warps_per_block(128, 64, 48 * 1024, None).unwrap(), 1);
+        assert_eq!(tc_bwd_warps_per_block(128, 64, 100 * 1024, None).unwrap(), 4);
+        assert_eq!(tc_bwd_warps_per_block(128, 64, 64 * 1024, None).unwrap(), 2);
+        assert!(tc_bwd_warps_per_block(128, 64, 48 * 1024, Some(4)).is_err());
+        assert_eq!(tc_bwd_warps_per_block(128, 64, 227 * 1024, Some(1)).unwrap(), 1);
     }
 }

@@ -105,6 +105,8 @@ impl<T> DeviceMem<T> for DevBuf<T> {
 pub struct Kernel {
     name: String,
     imp: KernelImpl,
+    /// Dynamic shared memory a launch may use: 48 KiB, or what [`CudaDevice::opt_in_smem`] allowed.
+    smem_limit: usize,
 }
 
 #[derive(Clone)]
@@ -113,9 +115,17 @@ enum KernelImpl {
     Emu(EmuFn),
 }
 
+/// Dynamic shared memory a block may use without opting in.
+pub const SMEM_DEFAULT_LIMIT: usize = 48 * 1024;
+
 impl Kernel {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Dynamic shared memory a launch of this kernel may use (bytes).
+    pub fn smem_limit(&self) -> usize {
+        self.smem_limit
     }
 }
 
@@ -239,7 +249,24 @@ impl CudaDevice {
             }
             Backend::Emu(k) => KernelImpl::Emu(k.function(module, function)?),
         };
-        Ok(Kernel { name: function.to_string(), imp })
+        Ok(Kernel { name: function.to_string(), imp, smem_limit: SMEM_DEFAULT_LIMIT })
+    }
+
+    /// Lets launches of `k` use up to the device's opt-in limit of dynamic shared memory per block
+    /// (cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES; the host emulation enforces the same limit).
+    /// Returns the new limit.
+    pub fn opt_in_smem(&self, k: &mut Kernel) -> Result<usize> {
+        let mut limit = self.info.smem_optin.max(SMEM_DEFAULT_LIMIT);
+        if let KernelImpl::Driver(func) = &k.imp {
+            use cudarc::driver::sys::CUfunction_attribute as A;
+            // the kernel's static shared memory counts against the same limit
+            let fixed = func.get_attribute(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).map_err(|e| anyhow!("kernel {}: its static shared memory: {e:?}", k.name))?;
+            limit = limit.saturating_sub(fixed.max(0) as usize);
+            func.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit as i32)
+                .map_err(|e| anyhow!("kernel {}: allowing {limit} bytes of dynamic shared memory: {e:?}", k.name))?;
+        }
+        k.smem_limit = limit;
+        Ok(limit)
     }
 
     /// Waits for all queued work; surfaces asynchronous kernel errors.
@@ -494,9 +521,9 @@ impl CudaDevice {
                 if g.1 != 1 || g.2 != 1 || b.1 != 1 || b.2 != 1 || b.0 % 32 != 0 || b.0 == 0 {
                     bail!("kernel {}: the host emulation runs 1-D grids of whole warps only (grid {g:?}, block {b:?})", f.name);
                 }
-                // A GPU refuses more without cuFuncSetAttribute (which no wrapper calls): fail here too.
-                if cfg.shared_mem_bytes as usize > 48 * 1024 || b.0 > 1024 {
-                    bail!("kernel {}: {} bytes of dynamic shared memory / {} threads exceed a launch's default limits (48 KiB, 1024)", f.name, cfg.shared_mem_bytes, b.0);
+                // A GPU refuses more than 48 KiB unless the kernel opted in (opt_in_smem): fail here too.
+                if cfg.shared_mem_bytes as usize > f.smem_limit || b.0 > 1024 {
+                    bail!("kernel {}: {} bytes of dynamic shared memory / {} threads exceed the launch limits ({} bytes, 1024)", f.name, cfg.shared_mem_bytes, b.0, f.smem_limit);
                 }
                 if b.0 > func.max_threads() {
                     bail!("kernel {}: a block of {} threads exceeds its __launch_bounds__({}): a GPU refuses the launch", f.name, b.0, func.max_threads());
