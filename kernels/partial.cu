@@ -27,8 +27,10 @@
 //   partial_pool_fwd_tc,
 //   partial_pair_bwd_tc : --precision bf16: partial_pool_fwd and partial_pair_bwd with the h network's
 //                         products on the tensor cores (kernels/mma.cuh), 16 pairs per pass, same
-//                         partition, same outputs (their comments say how).
-// Everything is deterministic: the partition into warps depends only on J and the sizes, every sum
+//                         outputs (their comments say how); the backward's warps take contiguous
+//                         junction ranges of equal passes (partial_pass_ptr: one block, their prefix).
+// Everything is deterministic: the partition into warps depends only on the sizes and the minibatch's
+// pairs per junction, every sum
 // has a fixed order, nothing uses float atomics. (The tensor cores' own summation inside one mma is
 // fixed on a device but not specified across architectures: bf16 bits may differ between an A100
 // and an H100; f32 bits do not.)
@@ -997,8 +999,9 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 // partial_pair_bwd on tensor cores, for --precision bf16 (same arguments and outputs; the launcher uses
 // it where tensor_cores_bwd_fit: Hh % 16 == 0, D % 8 == 0, D ≤ PART_TC_DMAX and the shared memory
 // below, for one warp per block, within 48 KiB; where D % 16 == 8 the products over D run on D16 = D
-// rounded up to 16, the extra code units zero). Junction j belongs to warp j mod n_warps, as in
-// partial_pair_bwd, but the W = blockDim / 32 warps of a block share one d W₄ accumulator: each warp
+// rounded up to 16, the extra code units zero). Each warp takes a contiguous range of junctions with an
+// equal share of the passes (pass_ptr, from partial_pass_ptr; partial_pair_bwd takes junction j mod
+// n_warps), and the W = blockDim / 32 warps of a block share one d W₄ accumulator: each warp
 // owns a slice of its hidden-unit columns, and the warps advance in rounds of one pass each, meeting
 // at two block barriers per round (a warp with no pass left still meets them). A pass takes 16 pairs
 // of the warp's junction:
@@ -1042,6 +1045,46 @@ __host__ __device__ inline size_t partial_tc_bwd_warp_bytes(int Hh, int D) {
 }
 __host__ __device__ inline size_t partial_tc_bwd_smem(int Hh, int D, int W) {
     return (size_t)D * (Hh + 8) * 4 + 16 + (size_t)W * partial_tc_bwd_warp_bytes(Hh, D);
+}
+
+// One block of PART_PASS_THREADS: pass_ptr[j] = Σ_{i<j} ⌈(jptr[i + 1] − jptr[i]) / 16⌉ (J + 1 entries), the
+// 16-pair passes of partial_pair_bwd_tc before junction j, from which each of its warps finds a contiguous
+// range of junctions holding an equal share of the passes. Each thread sums a contiguous chunk; the
+// chunk sums are scanned in shared memory (integers: exact in any order).
+#define PART_PASS_THREADS 256
+extern "C" __global__ void __launch_bounds__(PART_PASS_THREADS)
+partial_pass_ptr(const int* __restrict__ jptr, int J, int* __restrict__ pass_ptr) {
+    __shared__ int sums[PART_PASS_THREADS];
+    const int t = (int)threadIdx.x, T = (int)blockDim.x;
+    const int chunk = (J + T - 1) / T;
+    const int j0 = t * chunk < J ? t * chunk : J, j1 = j0 + chunk < J ? j0 + chunk : J;
+    int sum = 0;
+    for (int j = j0; j < j1; ++j) sum += (jptr[j + 1] - jptr[j] + 15) / 16;
+    sums[t] = sum;
+    __syncthreads();
+    for (int o = 1; o < T; o <<= 1) {  // inclusive scan (Hillis–Steele)
+        const int y = t >= o ? sums[t - o] : 0;
+        __syncthreads();
+        sums[t] += y;
+        __syncthreads();
+    }
+    int run = sums[t] - sum;  // the passes before this thread's chunk
+    for (int j = j0; j < j1; ++j) {
+        pass_ptr[j] = run;
+        run += (jptr[j + 1] - jptr[j] + 15) / 16;
+    }
+    if (t == T - 1) pass_ptr[J] = run;  // every pass (the last chunks may be empty)
+}
+
+// The first j in [0, J] with pass_ptr[j] ≥ x (pass_ptr nondecreasing).
+__device__ __forceinline__ int pass_lower_bound(const int* __restrict__ pass_ptr, int J, long long x) {
+    int lo = 0, hi = J;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if ((long long)pass_ptr[mid] < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
 }
 
 // One round's d W₄ update of partial_pair_bwd_tc, for the tiles a warp owns (row tiles [m0, m1) of 16 code
@@ -1123,7 +1166,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     const float* __restrict__ center, const float* __restrict__ dpool, int pool_mode, float divisor,
                     int dropout, float dropout_scale, const unsigned long long* __restrict__ keep,
                     float* __restrict__ q, double* __restrict__ cj, float* __restrict__ slots,
-                    double* __restrict__ slot_d, const uint2* __restrict__ w4frag) {
+                    double* __restrict__ slot_d, const uint2* __restrict__ w4frag, const int* __restrict__ pass_ptr) {
     PART_SMEM(smem);
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int W = (int)(blockDim.x >> 5);
@@ -1177,14 +1220,23 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     double e1 = 0.0, e3 = 0.0;  // lanes tq == 0, their rows
     // The warp walks its junctions' passes, one per round; the block's warps meet twice a round (their
     // tiles are read by the d W₄ owners between the two barriers).
-    int j = gw < n_warps ? gw : J;  // the warp's junction (J: none left)
-    int p0 = j < J ? jptr[j] : 0, s1 = j < J ? jptr[j + 1] : 0;
+    // The warp's junctions: [j, j_end), contiguous, those whose first pass falls in the warp's share
+    // [gw·P / n_warps, (gw + 1)·P / n_warps) of the P passes (partial_pass_ptr), so that every warp has
+    // within one junction's passes of P / n_warps (junction j mod n_warps, as in partial_pair_bwd, left
+    // the busiest warp 29% above the mean at the paper size).
+    int j = J, j_end = J;
+    if (gw < n_warps) {
+        const long long P = pass_ptr[J];
+        j = pass_lower_bound(pass_ptr, J, (P * gw + n_warps - 1) / n_warps);
+        j_end = gw + 1 < n_warps ? pass_lower_bound(pass_ptr, J, (P * (gw + 1) + n_warps - 1) / n_warps) : J;
+    }
+    int p0 = j < j_end ? jptr[j] : 0, s1 = j < j_end ? jptr[j + 1] : 0;
     // The junction's Σψβm₁, Σψβm₂α, Σψβm₂β, Σβm₂α (lanes tq == 0, over their rows).
     double c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0;
     __syncwarp();
     for (;;) {
         // Close the junctions the warp has finished (and empty ones), then open the next.
-        while (j < J && p0 >= s1) {
+        while (j < j_end && p0 >= s1) {
 #pragma unroll
             for (int i = 0; i < HPL_MAX; ++i) {
                 const int k = (int)lane + 32 * i;
@@ -1211,13 +1263,13 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                 cj[4 * (long long)j + 3] = c3;
             }
             c0 = c1 = c2 = c3 = 0.0;
-            j += n_warps;
-            if (j < J) {
+            ++j;
+            if (j < j_end) {
                 p0 = jptr[j];
                 s1 = jptr[j + 1];
             }
         }
-        const bool has = j < J;  // warp-uniform
+        const bool has = j < j_end;  // warp-uniform
         const int ng = has ? (s1 - p0 < 16 ? s1 - p0 : 16) : 0;
         if (has) {
             if (lane < 16) {

@@ -165,15 +165,24 @@ fn print_tc_bwd_schedule(what: &str, spl: &crate::data::Splicing, cells: &[usize
             pairs[j as usize] += 1;
         }
     }
+    use crate::cuda::partial::TcBwdSchedule;
     let s: Vec<String> = [1usize, 4]
         .iter()
         .map(|&w| {
-            let s = crate::cuda::partial::TcBwdSchedule::of(&pairs, w);
+            let s = TcBwdSchedule::of(&pairs, w, true);
             format!("{w} warp(s) per block: {} blocks, longest {} rounds, idle {:.1}%", s.blocks, s.longest, 100.0 * s.idle())
         })
         .collect();
-    let p = crate::cuda::partial::TcBwdSchedule::of(&pairs, 1).passes;
-    println!("# {what}: bf16 backward schedule of the first minibatch (host arithmetic): {p} passes of 16 pairs; {}", s.join("; "));
+    let one = TcBwdSchedule::of(&pairs, 1, true);
+    let strided = TcBwdSchedule::of(&pairs, 4, false);
+    println!(
+        "# {what}: bf16 backward schedule of the first minibatch (host arithmetic): {} passes of 16 pairs, {:.1} per warp; {} (junction j mod n_warps instead: longest {} rounds, idle {:.1}%)",
+        one.passes,
+        one.passes as f64 / (one.blocks as f64),
+        s.join("; "),
+        strided.longest,
+        100.0 * strided.idle()
+    );
 }
 
 fn device_gemm_peak(dev: &crate::cuda::CudaDevice, precision: crate::cuda::gemm::GemmPrecision) -> Result<f64> {

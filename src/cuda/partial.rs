@@ -119,6 +119,9 @@ pub fn w4frag_words(hh: usize, d: usize) -> usize {
     64 * ((d / 8) * (hh / 16) + (hh / 8) * d.div_ceil(16))
 }
 
+/// PART_PASS_THREADS of kernels/partial.cu: the one block of `partial_pass_ptr`.
+const PART_PASS_THREADS: u32 = 256;
+
 /// Largest code_dim of `partial_pair_bwd_tc` (PART_TC_DMAX: its LayerNorm sums live in registers).
 pub const PART_TC_DMAX: usize = 64;
 
@@ -156,12 +159,19 @@ pub struct TcBwdSchedule {
 }
 
 impl TcBwdSchedule {
-    /// `pairs[j]`: junction j's observed pairs in the minibatch.
-    pub fn of(pairs: &[usize], wpb: usize) -> Self {
+    /// `pairs[j]`: junction j's observed pairs in the minibatch. `contiguous`: the kernel's partition
+    /// (each warp the junctions whose first pass falls in its equal share of the passes); otherwise
+    /// junction j mod n_warps (`partial_pair_bwd`'s, and the tensor-core kernel's before).
+    pub fn of(pairs: &[usize], wpb: usize, contiguous: bool) -> Self {
         let nw = bwd_warps(pairs.len());
+        let total: usize = pairs.iter().map(|n| n.div_ceil(16)).sum();
         let mut per_warp = vec![0usize; nw];
+        let mut before = 0usize;
         for (j, &n) in pairs.iter().enumerate() {
-            per_warp[j % nw] += n.div_ceil(16);
+            // warp w: ⌈w·P / nw⌉ ≤ passes before j < ⌈(w + 1)·P / nw⌉, i.e. w = ⌊before·nw / P⌋
+            let w = if contiguous { (before * nw / total.max(1)).min(nw - 1) } else { j % nw };
+            per_warp[w] += n.div_ceil(16);
+            before += n.div_ceil(16);
         }
         let mut s = TcBwdSchedule { passes: per_warp.iter().sum(), warp_rounds: 0, longest: 0, blocks: nw.div_ceil(wpb) };
         for block in per_warp.chunks(wpb) {
@@ -343,6 +353,8 @@ pub struct PartialWork {
     /// W₄'s bf16 fragments for the tensor-core kernels ([`w4frag_words`]; written by the fold when the
     /// shape's `tensor_cores` is set).
     pub w4frag: DevBuf<u32>,
+    /// The tensor-core backward's passes before each junction (J + 1; `partial_pass_ptr`).
+    pub pass_ptr: DevBuf<i32>,
 }
 
 impl PartialWork {
@@ -350,7 +362,7 @@ impl PartialWork {
     pub fn bytes(&self) -> usize {
         let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart];
-        4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len()
+        4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len() + 4 * self.pass_ptr.len()
     }
 
     pub fn alloc(dev: &CudaDevice, s: &PartialShape) -> Result<Self> {
@@ -379,6 +391,7 @@ impl PartialWork {
             w0t: dev.zeros((d + 1) * hh)?,
             pool_part: dev.zeros(pool_chunks(s.b, s.nnz) * d)?,
             w4frag: dev.zeros(if tensor_cores_fit(hh, d) { w4frag_words(hh, d) } else { 1 })?,
+            pass_ptr: dev.zeros(j + 1)?,
         })
     }
 }
@@ -418,6 +431,7 @@ pub struct CudaPartial<'d> {
     pool_combine: Kernel,
     pair_bwd: Kernel,
     pair_bwd_tc: Kernel,
+    pass_ptr: Kernel,
     ref_bwd: Kernel,
     unfold_rows: Kernel,
     bwd_jsums: Kernel,
@@ -456,6 +470,7 @@ impl<'d> CudaPartial<'d> {
             pool_combine: f("partial_pool_combine")?,
             pair_bwd: f("partial_pair_bwd")?,
             pair_bwd_tc,
+            pass_ptr: f("partial_pass_ptr")?,
             ref_bwd: f("partial_ref_bwd")?,
             unfold_rows: f("partial_unfold_rows")?,
             bwd_jsums: f("partial_bwd_jsums")?,
@@ -634,9 +649,12 @@ impl<'d> CudaPartial<'d> {
             // 16 pairs of a junction per pass, the three products as mma tiles; the block's warps share
             // d W₄'s accumulator in shared memory.
             let wpb = self.tc_bwd_warps(hh, d)?;
+            // each warp's junctions: a contiguous range with an equal share of the passes
+            let (jp, pp) = (bt.jptr.device_address(), w.pass_ptr.device_address());
+            self.dev.launch(&self.pass_ptr, cfg(1, PART_PASS_THREADS, 0), &[&jp, &(j as i32), &pp])?;
             // W₄'s bf16 fragments, written by the forward's fold
             let w4frag = w.w4frag.device_address();
-            let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg]).collect();
+            let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg, &pp as &dyn KernelArg]).collect();
             self.dev.launch(&self.pair_bwd_tc, cfg(nw.div_ceil(wpb), 32 * wpb as u32, tc_bwd_smem(hh, d, wpb)), &args)?;
         } else {
             self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
@@ -781,18 +799,35 @@ mod tests {
     fn tc_bwd_schedule_counts_rounds() {
         // 6 junctions, 6 warps: passes 2, 3, 0, 1, 2, 1 (17, 33, 0, 16, 20, 1 pairs).
         let pairs = [17, 33, 0, 16, 20, 1];
-        let one = TcBwdSchedule::of(&pairs, 1);
+        let one = TcBwdSchedule::of(&pairs, 1, false);
         assert_eq!((one.passes, one.warp_rounds, one.longest, one.blocks), (9, 9, 3, 6));
         assert_eq!(one.idle(), 0.0);
         // blocks [2, 3, 0, 1] and [2, 1, padding, padding]: 3 · 4 + 2 · 4 warp-rounds
-        let four = TcBwdSchedule::of(&pairs, 4);
+        let four = TcBwdSchedule::of(&pairs, 4, false);
         assert_eq!((four.passes, four.warp_rounds, four.longest, four.blocks), (9, 20, 3, 2));
         assert!((four.idle() - 0.55).abs() < 1e-12);
         // more junctions than warps: warp w takes j = w, w + 1024, ...
         let mut many = vec![16; 1030];
         many[1029] = 40;
-        let s = TcBwdSchedule::of(&many, 4);
+        let s = TcBwdSchedule::of(&many, 4, false);
         assert_eq!((s.passes, s.longest, s.blocks), (1030 - 1 + 3, 4, 256));
+    }
+
+    /// The kernel's partition: warp ⌊(passes before j)·n_warps / P⌋ takes junction j.
+    #[test]
+    fn tc_bwd_contiguous_schedule_balances() {
+        // 6 junctions, 6 warps, P = 9 passes: before = 0, 2, 5, 5, 6, 8 → warps 0, 1, 3, 3, 4, 5
+        let pairs = [17, 33, 0, 16, 20, 1];
+        let one = TcBwdSchedule::of(&pairs, 1, true);
+        assert_eq!((one.passes, one.warp_rounds, one.longest), (9, 9, 3));
+        // 2,000 junctions of one pass and one of 20: no warp above ⌈P / n_warps⌉ + 20 passes
+        let mut many = vec![16; 2000];
+        many[7] = 320;
+        let s = TcBwdSchedule::of(&many, 4, true);
+        let strided = TcBwdSchedule::of(&many, 4, false);
+        assert_eq!(s.passes, 2019);
+        assert!(s.longest <= 2019usize.div_ceil(1024) + 20, "{s:?}");
+        assert_eq!(strided.longest, 21);
     }
 
     #[test]
