@@ -1447,21 +1447,30 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                 }
             }
             __syncwarp();
-            // 5. Sums over the pass's pairs per hidden unit.
+            // 5. Sums over the pass's pairs per hidden unit, pairs outer so that each pair's α, β are read
+            // (and converted) once for all the lane's units; each unit's sums run in pair order.
+            float sq[HPL_MAX], sb[HPL_MAX], ss[HPL_MAX];
+#pragma unroll
+            for (int i = 0; i < HPL_MAX; ++i) sq[i] = sb[i] = ss[i] = 0.0f;
+            for (int r = 0; r < ng; ++r) {
+                const float al = (float)ab[2 * r], be = (float)ab[2 * r + 1];
+#pragma unroll
+                for (int i = 0; i < HPL_MAX; ++i) {
+                    const int k = (int)lane + 32 * i;
+                    if (i < g.HPL && k < Hh) {
+                        const float v = da[r * lda + k];
+                        ss[i] += v;
+                        sb[i] += be * v;
+                        sq[i] += al * v;
+                    }
+                }
+            }
 #pragma unroll
             for (int i = 0; i < HPL_MAX; ++i) {
-                const int k = (int)lane + 32 * i;
-                if (i < g.HPL && k < Hh) {
-                    float sq = 0.0f, sb = 0.0f, ss = 0.0f;
-                    for (int r = 0; r < ng; ++r) {
-                        const float v = da[r * lda + k];
-                        ss += v;
-                        sb += (float)ab[2 * r + 1] * v;
-                        sq += (float)ab[2 * r] * v;
-                    }
-                    asbe1[i] += ss;
-                    asr[i] += sb;
-                    aq[i] += sq;
+                if (i < g.HPL && (int)lane + 32 * i < Hh) {
+                    asbe1[i] += ss[i];
+                    asr[i] += sb[i];
+                    aq[i] += sq[i];
                 }
             }
             __syncwarp();
