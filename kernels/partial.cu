@@ -1002,14 +1002,14 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 // rounded up to 16, the extra code units zero). Each warp takes a contiguous range of junctions with an
 // equal share of the passes (pass_ptr, from partial_pass_ptr; partial_pair_bwd takes junction j mod
 // n_warps), and the W = blockDim / 32 warps of a block share one d W₄ accumulator: each warp
-// owns a slice of its hidden-unit columns, and the warps advance in rounds of one pass each, meeting
+// owns a quarter of its tiles, and the warps advance in rounds of one pass each, meeting
 // at two block barriers per round (a warp with no pass left still meets them). A pass takes 16 pairs
 // of the warp's junction:
 //   1. their first block (f32, the forward's keep bits), rounded to bf16 into the tile h1 (16 × Hh);
 //   2. the second Linear h1·W₄ᵀ as mma tiles, + b₄, the LayerNorm and its backward in f32 from the
 //      fragments (a row is a quad of lanes), giving d(h2), rounded to bf16 into dh (16 × D) and dhᵀ;
 //   3. (between the barriers) d W₄ += Σ_s dhᵀ_s·h1_s over the block's warps s that had a pass, in
-//      warp order, as mma tiles of the columns this warp owns, whose accumulator is the block's f32
+//      warp order, as the mma tiles this warp owns (tc_dw4_round), whose accumulator is the block's f32
 //      d W₄ in shared memory: read once, W multiply-adds, written back once. One warp per block
 //      (W = 1) reads and writes it once per pass, as this kernel did before; four share that cost by
 //      four, and the shared accumulator (35 KiB at 128 × 64) lets twice as many warps run per SM;
@@ -1091,8 +1091,8 @@ __device__ __forceinline__ int pass_lower_bound(const int* __restrict__ pass_ptr
 // units, column tiles [n0, n1) of 8 hidden units): d W₄ += Σ_s dhᵀ_s·h1_s over the block's warps s in
 // live_mask, in warp order (A = dhᵀ_s, row-major, K = the pass's 16 pairs; B[k][n] = h1_s[k][n]). The
 // accumulator, the block's f32 d W₄ in shared memory, is read and written once per tile. The A fragments
-// of WN warps × MG row tiles stay in registers while the column tiles go by (MG = 4, WN = 1: all of
-// them, as the kernel did with one warp per block, tile for tile the same operations).
+// of WN warps × MG row tiles stay in registers while the column tiles go by. With one warp per block
+// each tile gets one mma per pass between its read and its write, as in the former per-warp kernel.
 template <int WN, int MG>
 __device__ __forceinline__ void tc_dw4_round(float* sw4, int ldw, const unsigned char* regions, size_t region_bytes,
                                              unsigned live_mask, int ldh, int ldd, int D, int m0, int m1, int n0,
@@ -1171,8 +1171,8 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int W = (int)(blockDim.x >> 5);
     const int gw = blockIdx.x * W + (int)warp;
-    // The block's warps below n_warps (n_own of them) own d W₄'s hidden-unit column tiles [nt0, nt1);
-    // a warp past n_warps (the last block's padding) has no junction and owns none, but meets the barriers.
+    // The block's warps below n_warps (n_own of them) own d W₄'s tiles (below); a warp past n_warps (the
+    // last block's padding) has no junction and owns none, but meets the barriers.
     const int n_own = n_warps - blockIdx.x * W < W ? n_warps - (int)blockIdx.x * W : W;
     const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, 0, 0,
                            dropout ? dropout_scale : 1.0f);

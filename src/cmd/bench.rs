@@ -152,9 +152,6 @@ fn forward_flops_per_cell(cfg: &ModelConfig, ds: &Dataset) -> f64 {
     f
 }
 
-/// Measured GEMM throughput of the device through the step's GEMM in the step's precision (cuBLAS:
-/// f32, or bf16 operands with f32 accumulation on the tensor cores; the host product under the
-/// emulation, on a small matrix), FLOP/s. The bf16 run's floor is the bf16 peak, as design.md §6's.
 /// The CUDA bf16 backward's schedule (`partial_pair_bwd_tc`) for one minibatch, by block size: host
 /// arithmetic on the minibatch's pairs per junction, no timing. Four warps per block share d W₄ and
 /// advance together, so a warp idles while its block's busiest warp has passes left.
@@ -185,6 +182,9 @@ fn print_tc_bwd_schedule(what: &str, spl: &crate::data::Splicing, cells: &[usize
     );
 }
 
+/// Measured GEMM throughput of the device through the step's GEMM in the step's precision (cuBLAS:
+/// f32, or bf16 operands with f32 accumulation on the tensor cores; the host product under the
+/// emulation, on a small matrix), FLOP/s. The bf16 run's floor is the bf16 peak, as design.md §6's.
 fn device_gemm_peak(dev: &crate::cuda::CudaDevice, precision: crate::cuda::gemm::GemmPrecision) -> Result<f64> {
     use crate::cuda::gemm::{GemmPrecision, Operand};
     let n = if dev.is_emulated() { 64 } else { 4096 };

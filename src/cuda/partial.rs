@@ -144,8 +144,8 @@ pub fn tensor_cores_bwd_fit(hh: usize, d: usize) -> bool {
     hh % 16 == 0 && d % 8 == 0 && d <= PART_TC_DMAX && hh <= PART_HMAX && tc_bwd_smem(hh, d, 1) <= SMEM_LIMIT
 }
 
-/// How `partial_pair_bwd_tc` walks a minibatch (host arithmetic, no device): junction j's
-/// ⌈pairs / 16⌉ passes go to warp j mod n_warps; a block of `wpb` warps runs as many rounds as its
+/// How `partial_pair_bwd_tc` walks a minibatch (host arithmetic, no device): junction j's ⌈pairs / 16⌉
+/// passes go to one warp (see [`TcBwdSchedule::of`]); a block of `wpb` warps runs as many rounds as its
 /// busiest warp has passes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TcBwdSchedule {
