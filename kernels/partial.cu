@@ -68,6 +68,7 @@
 #define PART_JCHUNK 1024
 #endif
 #define HPL_MAX (PART_HMAX / 32)
+#define PART_KW_MAX (PART_HMAX / 64)  // u64 dropout keep words per pair
 #define OPL_MAX (PART_DMAX / 32)
 #define PART_NORM_EPS 1e-8f
 #define PART_LN_EPS 1e-5
@@ -693,9 +694,12 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 // tc_h1_tile: the first block of ng ≤ 16 pairs as pass_fwd computes it (f32), rounded to bf16 into tile
 // (16 × Hh, row stride ld; rows ≥ ng zero). Row r: α, β in ab[2r], ab[2r + 1]; junction jn[r] (j0 for
 // every row when jn is null); pair id pid[r]. drop: DROP_NONE, DROP_STORE (hash the decisions and write
-// the keep words) or DROP_LOAD (read them).
+// the keep words) or DROP_LOAD (read them from row_keep: row r's words at row_keep[PART_KW_MAX·r + w],
+// which the caller staged in shared memory with one round of loads for all 16 rows; read from global
+// memory row by row, each row's word waited for a separate miss: the pairs are visited junction-major,
+// the words were written cell-major).
 __device__ void tc_h1_tile(const Net& n, unsigned lane, int ng, const double* ab, const int* jn, int j0,
-                           const int* pid, int drop, uint64_t* keep, uint16_t* tile, int ld) {
+                           const int* pid, int drop, uint64_t* keep, const uint64_t* row_keep, uint16_t* tile, int ld) {
     const Geo& g = n.g;
     // The lane's b̃·g₁ and be₁ (every row's), and u_j·g₁ too when the rows share junction j0 (the
     // backward): loaded once, not once per row (the tile and keep stores between rows could alias them
@@ -713,7 +717,7 @@ __device__ void tc_h1_tile(const Net& n, unsigned lane, int ng, const double* ab
         const bool live = r < ng;
         const float a = live ? (float)ab[2 * r] : 0.0f, b = live ? (float)ab[2 * r + 1] : 0.0f;
         const int j = live ? (jn ? jn[r] : j0) : 0;
-        const long long p = live ? pid[r] : 0;
+        const long long p = live && drop == DROP_STORE ? pid[r] : 0;
         uint32_t lo = 0;
         const bool hash = drop == DROP_STORE && live;  // (the same for every lane)
         KeepGroups kg = {0ull, 0ull};
@@ -729,7 +733,7 @@ __device__ void tc_h1_tile(const Net& n, unsigned lane, int ng, const double* ab
                     v = a * (jn ? n.ug[(long long)j * g.Hh + k] : ugk[i]) + (b * bgk[i] + be1k[i]);
                     v = v > 0.0f ? v : 0.0f;
                     if (drop == DROP_STORE) kept = kept_h;
-                    if (drop == DROP_LOAD) kept = (keep[p * g.kw + k / 64] >> (k % 64)) & 1;
+                    if (drop == DROP_LOAD) kept = (row_keep[PART_KW_MAX * r + k / 64] >> (k % 64)) & 1;
                     if (drop != DROP_NONE) v = kept ? v * n.scale : 0.0f;
                 }
                 if (k < g.Hh) tile[r * ld + k] = (uint16_t)mma_bf16_bits(v);
@@ -876,7 +880,7 @@ partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
             spid[lane] = p;
         }
         __syncwarp();
-        tc_h1_tile(n, lane, ng, ab, sjn, 0, spid, dropout ? DROP_STORE : DROP_NONE, (uint64_t*)keep, tile, ld);
+        tc_h1_tile(n, lane, ng, ab, sjn, 0, spid, dropout ? DROP_STORE : DROP_NONE, (uint64_t*)keep, nullptr, tile, ld);
         __syncwarp();
         float h[PART_DMAX / 8][4], inv0, inv1;
         tc_h2_xhat(tile, ld, w4frag, b4, Hh, D, gr, tq, h, inv0, inv1);
@@ -1032,8 +1036,8 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 // with rows Hh apart the eight row groups of a fragment hit the same banks, eight-way conflicts on every
 // access), 16 bytes of per-warp flags, then per warp a region holding either [h1 (16 × (Hh + 8)) | dh
 // (16 × (D16 + 8)) | dhᵀ (D16 × 24)] (bf16) or da (16 × (Hh + 4), f32), then per pass pair α, β (f64), ψ,
-// the pool divisor, cell. At 128 × 64: 44 KiB for W = 1, 74 KiB for W = 4 (past 48 KiB: the launch
-// opts in, CudaDevice::opt_in_smem).
+// the pool divisor, cell and dropout keep words. At 128 × 64: 44 KiB for W = 1, 76 KiB for W = 4 (past
+// 48 KiB: the launch opts in, CudaDevice::opt_in_smem).
 __host__ __device__ inline size_t partial_tc_bwd_tiles(int Hh, int D) {
     const int D16 = (D + 15) / 16 * 16;
     const size_t bf = ((size_t)16 * (Hh + 8) + (size_t)16 * (D16 + 8) + (size_t)D16 * 24) * 2;
@@ -1041,7 +1045,7 @@ __host__ __device__ inline size_t partial_tc_bwd_tiles(int Hh, int D) {
     return ((bf > da ? bf : da) + 15) / 16 * 16;
 }
 __host__ __device__ inline size_t partial_tc_bwd_warp_bytes(int Hh, int D) {
-    return partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4 + 4);
+    return partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4 + 4) + 16 * PART_KW_MAX * 8;
 }
 __host__ __device__ inline size_t partial_tc_bwd_smem(int Hh, int D, int W) {
     return (size_t)D * (Hh + 8) * 4 + 16 + (size_t)W * partial_tc_bwd_warp_bytes(Hh, D);
@@ -1204,6 +1208,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     float* spsi = (float*)(ab + 32);
     float* sden = spsi + 16;  // the pool divisor of the pair's cell (1 for rows past the pass)
     int* scell = (int*)(sden + 16);
+    uint64_t* srowkeep = (uint64_t*)(scell + 16);  // the pass pairs' keep words (16 × PART_KW_MAX)
     // (the owned rows: code units m0·16 .. min(m1·16, D))
     const int own_r0 = m0 * 16, own_r1 = m1 * 16 < D ? m1 * 16 : D, own_cols = (nt1 - nt0) * 8;
     for (int x = lane; x < (own_r1 - own_r0) * own_cols; x += 32)
@@ -1278,6 +1283,9 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                 int cell = 0;
                 if ((int)lane < ng) {
                     const int p = order[p0 + lane];
+                    // the pair's dropout keep words, for tc_h1_tile (issued with the loads below)
+                    if (dropout)
+                        for (int w = 0; w < g.kw; ++w) srowkeep[PART_KW_MAX * lane + w] = (uint64_t)keep[(long long)p * g.kw + w];
                     cell = cell_of[p];
                     x = center ? psi[p] - center[j] : psi[p];
                     fold_ab((double)x, j, suu, sub, sbb, al, be);
@@ -1291,7 +1299,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
             }
             __syncwarp();
             // 1. h1, rows ≥ ng zero.
-            tc_h1_tile(n, lane, ng, ab, nullptr, j, order + p0, dropout ? DROP_LOAD : DROP_NONE, (uint64_t*)keep, h1, ldh);
+            tc_h1_tile(n, lane, ng, ab, nullptr, j, order + p0, dropout ? DROP_LOAD : DROP_NONE, nullptr, srowkeep, h1, ldh);
             __syncwarp();
             // 2. h2 = h1·W₄ᵀ + b₄ as x̂ (rows gr: [·][0..1], gr + 8: [·][2..3]), then the LayerNorm's backward.
             float hx[PART_TC_DMAX / 8][4], inv0, inv1;

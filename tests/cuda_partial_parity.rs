@@ -234,7 +234,8 @@ int main(int argc, char** argv) {
     wr(d, "pool", pool); wr(d, "h0", h0); wr(d, "keep", dropout ? keep : std::vector<unsigned long long>());
     wr(d, "emb", g_emb); wr(d, "w0", g_w0); wr(d, "b0", g_b0); wr(d, "g1", g_g1); wr(d, "be1", g_be1);
     wr(d, "w4", g_w4); wr(d, "b4", g_b4); wr(d, "g5", g_g5); wr(d, "be5", g_be5);
-    wr(d, "smem", std::vector<unsigned long long>{sf, sb});
+    wr(d, "smem", std::vector<unsigned long long>{sf, sb, partial_tc_smem_per_warp(Hh), partial_tc_bwd_smem(Hh, D, 1),
+                                                  partial_tc_bwd_smem(Hh, D, 2), partial_tc_bwd_smem(Hh, D, 4)});
     return 0;
 }
 "#;
@@ -293,7 +294,9 @@ fn host_emu_partial_matches_twin() {
         write_i32(d, "order", &order);
         write_i32(d, "cell_of", &cell_of);
         emu::run(&exe, d);
-        assert_eq!(read_u64(d, "smem"), vec![smem_per_warp(s.hh, s.d, false) as u64, smem_per_warp(s.hh, s.d, true) as u64], "{}: shared memory per warp (kernel vs launcher)", c.name);
+        use splicevi::cuda::partial::{tc_bwd_smem, tc_smem_per_warp};
+        let want = [smem_per_warp(s.hh, s.d, false), smem_per_warp(s.hh, s.d, true), tc_smem_per_warp(s.hh), tc_bwd_smem(s.hh, s.d, 1), tc_bwd_smem(s.hh, s.d, 2), tc_bwd_smem(s.hh, s.d, 4)];
+        assert_eq!(read_u64(d, "smem"), want.map(|v| v as u64).to_vec(), "{}: shared memory per warp / block (kernel vs launcher)", c.name);
         let grads: Vec<Vec<f32>> = PARAM_NAMES.iter().map(|n| emu::read_f32(d, n)).collect();
         let h0 = emu::read_f32(d, "h0");
         compare(&c, &emu::read_f32(d, "pool"), &read_u64(d, "keep"), s.center.then_some(&h0[..]), &grads);
