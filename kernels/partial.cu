@@ -148,6 +148,15 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v;
 }
 
+// The sum over the eight row groups of an mma fragment (lanes l, l + 4, .., l + 28), in a fixed order.
+template <class T>
+__device__ __forceinline__ T rowgroup_sum(T v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 4);
+    v += __shfl_xor_sync(0xffffffffu, v, 8);
+    v += __shfl_xor_sync(0xffffffffu, v, 16);
+    return v;
+}
+
 struct Geo {
     int Hh, D, Dp, W, G, HPL, OPL, kw, hh_pad;
 };
@@ -1249,18 +1258,10 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                 aq[i] = 0.0f;
             }
             // the junction's scalars: lanes tq == 0 of the eight row groups
-            c0 += __shfl_xor_sync(0xffffffffu, c0, 4);
-            c0 += __shfl_xor_sync(0xffffffffu, c0, 8);
-            c0 += __shfl_xor_sync(0xffffffffu, c0, 16);
-            c1 += __shfl_xor_sync(0xffffffffu, c1, 4);
-            c1 += __shfl_xor_sync(0xffffffffu, c1, 8);
-            c1 += __shfl_xor_sync(0xffffffffu, c1, 16);
-            c2 += __shfl_xor_sync(0xffffffffu, c2, 4);
-            c2 += __shfl_xor_sync(0xffffffffu, c2, 8);
-            c2 += __shfl_xor_sync(0xffffffffu, c2, 16);
-            c3 += __shfl_xor_sync(0xffffffffu, c3, 4);
-            c3 += __shfl_xor_sync(0xffffffffu, c3, 8);
-            c3 += __shfl_xor_sync(0xffffffffu, c3, 16);
+            c0 = rowgroup_sum(c0);
+            c1 = rowgroup_sum(c1);
+            c2 = rowgroup_sum(c2);
+            c3 = rowgroup_sum(c3);
             if (lane == 0) {
                 cj[4 * (long long)j] = c0;
                 cj[4 * (long long)j + 1] = c1;

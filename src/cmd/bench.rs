@@ -163,14 +163,11 @@ fn print_tc_bwd_schedule(what: &str, spl: &crate::data::Splicing, cells: &[usize
         }
     }
     use crate::cuda::partial::TcBwdSchedule;
-    let s: Vec<String> = [1usize, 4]
+    let (one, four) = (TcBwdSchedule::of(&pairs, 1, true), TcBwdSchedule::of(&pairs, 4, true));
+    let s: Vec<String> = [(1, one), (4, four)]
         .iter()
-        .map(|&w| {
-            let s = TcBwdSchedule::of(&pairs, w, true);
-            format!("{w} warp(s) per block: {} blocks, longest {} rounds, idle {:.1}%", s.blocks, s.longest, 100.0 * s.idle())
-        })
+        .map(|(w, s)| format!("{w} warp(s) per block: {} blocks, longest {} rounds, idle {:.1}%", s.blocks, s.longest, 100.0 * s.idle()))
         .collect();
-    let one = TcBwdSchedule::of(&pairs, 1, true);
     let strided = TcBwdSchedule::of(&pairs, 4, false);
     println!(
         "# {what}: bf16 backward schedule of the first minibatch (host arithmetic): {} passes of 16 pairs, {:.1} per warp; {} (junction j mod n_warps instead: longest {} rounds, idle {:.1}%)",
@@ -300,18 +297,20 @@ pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmP
                 continue;
             }
             let mut t = Trainer::new(&ds, run, tmp.path())?;
+            // the partial encoder's layers fit the bf16 tensor-core backward (`partial_pair_bwd_tc`)
+            let tc_bwd = model.splicing_encoder_architecture == SplicingEncoderArch::Partial
+                && crate::cuda::partial::tensor_cores_bwd_fit(model.h_hidden_dim, model.code_dim);
             if let Some(d) = dev {
                 crate::cuda::step::set_splicing_decode(variant.decode);
                 t.use_device(d, variant.precision)?;
                 println!("# {what}: {}; {:?}, splicing decode {:?}", t.device_data_note().unwrap_or_default(), variant.precision, variant.decode);
                 let (hh, cd) = (model.h_hidden_dim, model.code_dim);
-                let partial = model.splicing_encoder_architecture == SplicingEncoderArch::Partial;
-                if partial && matches!(variant.precision, crate::cuda::gemm::GemmPrecision::Bf16) && crate::cuda::partial::tensor_cores_bwd_fit(hh, cd) {
+                if tc_bwd && matches!(variant.precision, crate::cuda::gemm::GemmPrecision::Bf16) {
                     let w = crate::cuda::partial::tc_bwd_warps_per_block(hh, cd, d.info().smem_optin, crate::cuda::partial::tc_bwd_warps_requested()?)?;
                     println!("# {what}: partial_pair_bwd_tc at {w} warps per block ({} bytes of shared memory)", crate::cuda::partial::tc_bwd_smem(hh, cd, w));
                 }
             }
-            if model.splicing_encoder_architecture == SplicingEncoderArch::Partial && crate::cuda::partial::tensor_cores_bwd_fit(model.h_hidden_dim, model.code_dim) {
+            if tc_bwd {
                 print_tc_bwd_schedule(&what, &ds.splicing, &t.train_cells[..t.train_cells.len().min(args.batch_size)]);
             }
             // Steady state: past the KL warm-up (mixing on, gate 1).
