@@ -18,12 +18,13 @@
 //                         d(pool) through it; the per-junction sums (Q_j, four scalars) are owned by the
 //                         warp, the parameter sums go to the warp's own slot (no atomics).
 //   partial_ref_bwd     : one warp: h(0)'s share, into the last slot.
-//   partial_unfold_rows : one warp per junction: d u_j, then d F̂_j → d e_j.
-//   partial_bwd_jsums   : one thread per (chunk of PART_JCHUNK junctions, parameter element): the sums
-//                         over junctions, a chunk at a time (f64); W₀[:,1:]'s the launcher leaves to a
-//                         cuBLAS GEMM duᵀ·F̂.
-//   partial_bwd_params  : one thread per parameter element: sums the chunks and the slots in a fixed
-//                         order (f64) and adds into the gradient buffers.
+//   partial_unfold_du   : one thread per (chunk of PART_DU_CHUNK junctions, hidden unit): d u_j, and the
+//                         chunk's sums over junctions (f64); partial_group_sums sums the chunks by groups.
+//                         The launcher runs d F̂ = du·W₀[:,1:] and W₀[:,1:]'s gradient duᵀ·F̂ as cuBLAS
+//                         GEMMs; partial_unfold_emb takes d F̂_j → d e_j, one warp per junction.
+//   partial_slot_sums   : one thread per (group of PART_GROUP slots, slot element): the slots' sums.
+//   partial_bwd_params  : one thread per parameter element: sums the groups in a fixed order (f64) and
+//                         adds into the gradient buffers.
 //   partial_pool_fwd_tc,
 //   partial_pair_bwd_tc : --precision bf16: partial_pool_fwd and partial_pair_bwd with the h network's
 //                         products on the tensor cores (kernels/mma.cuh), 16 pairs per pass, same
@@ -62,10 +63,14 @@
 #ifndef PART_POOL_CHUNK
 #define PART_POOL_CHUNK 256
 #endif
-// Junctions per chunk of partial_bwd_jsums (fixed: the summation order must not depend on the device;
-// tests/cuda_partial_parity.rs sets a small one to span several chunks).
-#ifndef PART_JCHUNK
-#define PART_JCHUNK 1024
+// Junctions per thread of partial_unfold_du, and rows per group of partial_group_sums / slots per group
+// of partial_slot_sums (fixed: the summation order must not depend on the device;
+// tests/cuda_partial_parity.rs sets small ones to span several).
+#ifndef PART_DU_CHUNK
+#define PART_DU_CHUNK 32
+#endif
+#ifndef PART_GROUP
+#define PART_GROUP 32
 #endif
 #define HPL_MAX (PART_HMAX / 32)
 #define PART_KW_MAX (PART_HMAX / 64)  // u64 dropout keep words per pair
@@ -1498,11 +1503,12 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
             slot[Hh + k] = asbe1[i];
         }
     }
-    // d W₄: the block's sums in the entries this warp owns, zero in the others (the slots are summed).
-    for (int x = lane; x < D * Hh; x += 32) {
-        const int r = x / Hh, c = x % Hh;
-        const bool own = r >= own_r0 && r < own_r1 && c >= nt0 * 8 && c < nt1 * 8;
-        slot[2 * Hh + x] = own ? sw4[r * ldw + c] : 0.0f;
+    // d W₄: the block's sums, each entry by the warp that owns it, into the slot of the block's first
+    // warp; the other warps' slots hold no d W₄ (partial_slot_sums reads it from the first ones only).
+    float* w4slot = slots + (long long)blockIdx.x * W * S + 2 * Hh;
+    for (int x = lane; x < (own_r1 - own_r0) * own_cols; x += 32) {
+        const int r = own_r0 + x / own_cols, c = nt0 * 8 + x % own_cols;
+        w4slot[r * Hh + c] = sw4[r * ldw + c];
     }
     float* tail = slot + 2 * Hh + (long long)D * Hh;
 #pragma unroll
@@ -1581,42 +1587,82 @@ partial_ref_bwd(const float* __restrict__ ug, const float* __restrict__ bg, cons
     write_slot(g, s, lane, acc, slots + slot * S, slot_d + 2 * slot);
 }
 
-// One warp per junction: d u_j = g₁⊙Q_j − Σψβm₁ − (Σψβm₂α)·ũ_j − (Σψβm₂β)·b̃ (kept in du, J × Hh, for
-// partial_bwd_params), then d F̂_j = d u_j·W₀[:,1:] and through the row normalisation into g_emb (+=;
-// skipped when null). Dynamic shared memory: Hh floats per warp.
+// The backward's tail, after the pair walk (all deterministic, all sums in a fixed order):
+//   partial_unfold_du   : d u_j for every junction, and its sums over junctions by chunks;
+//   partial_group_sums  : those chunk sums by fixed groups of chunks;
+//   (a cuBLAS GEMM d F̂ = du·W₀[:,1:] and one duᵀ·F̂ for W₀[:,1:]'s gradient, in the launcher)
+//   partial_unfold_emb  : d F̂_j through the row normalisation into the embedding's gradient;
+//   partial_slot_sums   : the pair walk's per-warp slots by fixed groups of slots;
+//   partial_bwd_params  : the groups in order, into the gradient buffers.
+// (Before, one warp per junction also did d F̂_j = d u_j·W₀[:,1:] as a loop of two L1 loads per
+// multiply-add, and the sums over junctions and slots ran as a few thousand threads walking 10³
+// junctions or slots each: latency-bound by count, some 0.3 ms per step at the paper size.)
+
+// One thread per (chunk of PART_DU_CHUNK junctions, hidden unit k): for the chunk's junctions in order,
+// d u_j = g₁⊙Q_j − Σψβm₁ − (Σψβm₂α)·ũ_j − (Σψβm₂β)·b̃ (into du, J × Hh), and the chunk's f64 sums
+//   jpart[ch] = [W₀[:,0]: Σ du (Hh) | b₀: −Σ (Σβm₂α)_j·ũ_j (Hh) | g₁: Σ ũ_j⊙Q_j (Hh)].
+// Every element of q, ut and du is touched once, coalesced over k.
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
-partial_unfold_rows(const float* __restrict__ q, const double* __restrict__ cj, const float* __restrict__ ut,
-                    const float* __restrict__ bt, const float* __restrict__ g1, const float* __restrict__ w0,
-                    const float* __restrict__ fhat, const float* __restrict__ fnorm, int J, int Hh, int D,
-                    float* __restrict__ du, float* __restrict__ g_emb) {
-    PART_SMEM(smem_raw);
-    float* smem = (float*)smem_raw;
+partial_unfold_du(const float* __restrict__ q, const double* __restrict__ cj, const float* __restrict__ ut,
+                  const float* __restrict__ bt, const float* __restrict__ g1, int J, int Hh,
+                  float* __restrict__ du, double* __restrict__ jpart) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long n_chunks = (J + PART_DU_CHUNK - 1) / PART_DU_CHUNK;
+    if (t >= n_chunks * Hh) return;
+    const long long ch = t / Hh;
+    const int k = (int)(t % Hh);
+    const int j0 = (int)(ch * PART_DU_CHUNK), j1 = j0 + PART_DU_CHUNK < J ? j0 + PART_DU_CHUNK : J;
+    const double gk = (double)g1[k], bk = (double)bt[k];
+    double s_du = 0.0, s_b0 = 0.0, s_g1 = 0.0;
+    for (int j = j0; j < j1; ++j) {
+        const long long x = (long long)j * Hh + k;
+        const double* c = cj + 4 * (long long)j;
+        const double qv = (double)q[x], uv = (double)ut[x];
+        const float v = (float)(gk * qv - c[0] - c[1] * uv - c[2] * bk);
+        du[x] = v;
+        s_du += (double)v;
+        s_b0 -= c[3] * uv;
+        s_g1 += uv * qv;
+    }
+    double* out = jpart + ch * 3 * Hh;
+    out[k] = s_du;
+    out[Hh + k] = s_b0;
+    out[2 * Hh + k] = s_g1;
+}
+
+// Column sums of a rows × cols f64 matrix by fixed groups of PART_GROUP rows, each group's rows in order:
+// out[g·cols + x] = Σ_{r ∈ group g} in[r·cols + x]. One thread per (group, column).
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_group_sums(const double* __restrict__ in, int rows, int cols, double* __restrict__ out) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long n_groups = (rows + PART_GROUP - 1) / PART_GROUP;
+    if (t >= n_groups * cols) return;
+    const long long g = t / cols, x = t % cols;
+    const int r0 = (int)(g * PART_GROUP), r1 = r0 + PART_GROUP < rows ? r0 + PART_GROUP : rows;
+    double v = 0.0;
+    for (int r = r0; r < r1; ++r) v += in[(long long)r * cols + x];
+    out[t] = v;
+}
+
+// One warp per junction: d e_j from d F̂_j (dfh, J × D: the GEMM du·W₀[:,1:]) through the row
+// normalisation F̂_j = e_j / max(‖e_j‖, ε), added into g_emb.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_unfold_emb(const float* __restrict__ dfh, const float* __restrict__ fhat, const float* __restrict__ fnorm,
+                   int J, int D, float* __restrict__ g_emb) {
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int j = blockIdx.x * (blockDim.x >> 5) + warp;
     if (j >= J) return;
-    float* dus = smem + (size_t)warp * Hh;
-    const double c0 = cj[4 * (long long)j], c1 = cj[4 * (long long)j + 1], c2 = cj[4 * (long long)j + 2];
-    for (int k = lane; k < Hh; k += 32) {
-        const long long x = (long long)j * Hh + k;
-        const float v = (float)((double)g1[k] * (double)q[x] - c0 - c1 * (double)ut[x] - c2 * (double)bt[k]);
-        du[x] = v;
-        dus[k] = v;
-    }
-    __syncwarp();
-    if (!g_emb) return;
-    float dfh[OPL_MAX], fh[OPL_MAX];
+    float dfv[OPL_MAX], fh[OPL_MAX];
     float dot = 0.0f;
 #pragma unroll
     for (int i = 0; i < OPL_MAX; ++i) {
         const int c = lane + 32 * i;
-        dfh[i] = 0.0f;
+        dfv[i] = 0.0f;
         fh[i] = 0.0f;
         if (c < D) {
-            float acc = 0.0f;
-            for (int k = 0; k < Hh; ++k) acc += dus[k] * w0[(long long)k * (D + 1) + 1 + c];
-            dfh[i] = acc;
+            dfv[i] = dfh[(long long)j * D + c];
             fh[i] = fhat[(long long)j * D + c];
-            dot += fh[i] * acc;
+            dot += fh[i] * dfv[i];
         }
     }
     dot = warp_sum(dot);
@@ -1625,57 +1671,49 @@ partial_unfold_rows(const float* __restrict__ q, const double* __restrict__ cj, 
     for (int i = 0; i < OPL_MAX; ++i) {
         const int c = lane + 32 * i;
         if (c < D) {
-            const float add = nrm > PART_NORM_EPS ? (dfh[i] - fh[i] * dot) / nrm : dfh[i] / PART_NORM_EPS;
+            const float add = nrm > PART_NORM_EPS ? (dfv[i] - fh[i] * dot) / nrm : dfv[i] / PART_NORM_EPS;
             g_emb[(long long)j * D + c] += add;
         }
     }
 }
 
-// The sums over junctions of partial_bwd_params, by chunks of PART_JCHUNK junctions (a fixed size, so
-// the order never depends on the device): one thread per (chunk, element) of
-//   [W₀[:,0]: Σ du (Hh) | W₀[:,1:]: Σ du ⊗ F̂ (Hh·D) | b₀: −Σ c₃ ũ (Hh) | g₁: Σ ũ ⊙ Q (Hh)],
-// the chunk's junctions in order, in f64, into jpart (n_chunks × that width). A thread summing all J
-// junctions alone left a few warps walking 10⁵ junctions each. with_hd == 0 skips the W₀[:,1:] block
-// (Hh·D of the E elements, and nearly all of the work: every thread re-reads its chunk of F̂ from L2),
-// which the launcher then computes as one GEMM duᵀ·F̂ (partial_bwd_params' w0_prod).
+// The pair walk's parameter-sum slots (n_slots × S floats, S = 2Hh + D·Hh + 3D, and slot_d, n_slots × 2)
+// by fixed groups of PART_GROUP slots, each group's slots in order, in f64: slot_part[g·(S + 2) + x]
+// (x = S, S + 1: e₁, e₃). One thread per (group, element). d W₄'s entries (slot offsets 2Hh .. 2Hh + D·Hh)
+// come only from the slots w % w4_stride == 0 below n_warps and from the reference's at or past it:
+// partial_pair_bwd_tc's warps share d W₄ in blocks of w4_stride and write it into their first warp's
+// slot alone (the other slots' d W₄ is never written, so it is never read).
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
-partial_bwd_jsums(const float* __restrict__ du, const float* __restrict__ q, const double* __restrict__ cj,
-                  const float* __restrict__ ut, const float* __restrict__ fhat, int J, int Hh, int D, int with_hd,
-                  double* __restrict__ jpart) {
-    const long long HD = (long long)Hh * D, E = 3LL * Hh + HD;
-    const long long n_chunks = (J + PART_JCHUNK - 1) / PART_JCHUNK;
+partial_slot_sums(const float* __restrict__ slots, const double* __restrict__ slot_d, int n_slots, int n_warps,
+                  int w4_stride, int Hh, int D, double* __restrict__ slot_part) {
+    const long long S = 2LL * Hh + (long long)D * Hh + 3LL * D, E = S + 2;
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n_chunks * E) return;
-    const long long ch = t / E, x = t % E;
-    if (!with_hd && x >= Hh && x < Hh + HD) return;
-    const int j0 = (int)(ch * PART_JCHUNK), j1 = j0 + PART_JCHUNK < J ? j0 + PART_JCHUNK : J;
+    const long long n_groups = (n_slots + PART_GROUP - 1) / PART_GROUP;
+    if (t >= n_groups * E) return;
+    const long long g = t / E, x = t % E;
+    const int w0 = (int)(g * PART_GROUP), w1 = w0 + PART_GROUP < n_slots ? w0 + PART_GROUP : n_slots;
     double v = 0.0;
-    if (x < Hh) {
-        const int k = (int)x;
-        for (int j = j0; j < j1; ++j) v += (double)du[(long long)j * Hh + k];
-    } else if (x < Hh + HD) {
-        const int k = (int)((x - Hh) / D), c = (int)((x - Hh) % D);
-        for (int j = j0; j < j1; ++j) v += (double)du[(long long)j * Hh + k] * (double)fhat[(long long)j * D + c];
-    } else if (x < 2 * Hh + HD) {
-        const int k = (int)(x - Hh - HD);
-        for (int j = j0; j < j1; ++j) v -= cj[4 * (long long)j + 3] * (double)ut[(long long)j * Hh + k];
+    if (x >= S) {
+        for (int w = w0; w < w1; ++w) v += slot_d[2 * (long long)w + (x - S)];
+    } else if (x >= 2LL * Hh && x < 2LL * Hh + (long long)D * Hh) {
+        for (int w = w0; w < w1; ++w)
+            if (w >= n_warps || w % w4_stride == 0) v += (double)slots[w * S + x];
     } else {
-        const int k = (int)(x - 2 * Hh - HD);
-        for (int j = j0; j < j1; ++j) v += (double)ut[(long long)j * Hh + k] * (double)q[(long long)j * Hh + k];
+        for (int w = w0; w < w1; ++w) v += (double)slots[w * S + x];
     }
-    jpart[ch * E + x] = v;
+    slot_part[t] = v;
 }
 
 // One thread per parameter element, in the index space
 //   [W₀[:,0] (Hh) | W₀[:,1:] (Hh·D) | b₀ (Hh) | g₁ (Hh) | be₁ (Hh) | W₄ (D·Hh) | b₄ | g₅ | be₅ (D each)],
-// adding into the gradient buffers (each may be null: frozen). Sums over junctions come from
-// partial_bwd_jsums' chunks (in chunk order), over the n_slots slots sequentially, in f64; W₀[:,1:]'s
-// from w0_prod (Hh × D, the GEMM duᵀ·F̂) where it is not null.
+// adding into the gradient buffers (each may be null: frozen). The sums over junctions come from
+// jgroups (n_jgroups × 3Hh: partial_group_sums of partial_unfold_du's chunks), those over the slots from
+// slot_part (n_slot_groups × (S + 2): partial_slot_sums), each added group by group in order, in f64;
+// W₀[:,1:]'s is w0_prod (Hh × D, the GEMM duᵀ·F̂).
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
-partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, const double* __restrict__ cj,
-                   const float* __restrict__ ut, const float* __restrict__ bt, const float* __restrict__ fhat,
-                   const float* __restrict__ g1, const float* __restrict__ slots, const double* __restrict__ slot_d,
-                   const double* __restrict__ jpart, const float* __restrict__ w0_prod, int n_slots, int J, int Hh, int D,
+partial_bwd_params(const float* __restrict__ bt, const float* __restrict__ g1, const double* __restrict__ slot_part,
+                   int n_slot_groups, const double* __restrict__ jgroups, int n_jgroups,
+                   const float* __restrict__ w0_prod, int Hh, int D,
                    float* __restrict__ g_w0, float* __restrict__ g_b0,
                    float* __restrict__ g_g1, float* __restrict__ g_be1, float* __restrict__ g_w4,
                    float* __restrict__ g_b4, float* __restrict__ g_g5, float* __restrict__ g_be5) {
@@ -1683,15 +1721,14 @@ partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, co
     const long long HD = (long long)Hh * D, S = 2LL * Hh + HD + 3LL * D;
     const long long total = 4LL * Hh + 2 * HD + 3LL * D;
     if (x >= total) return;
-    const long long E = 3LL * Hh + HD, n_chunks = (J + PART_JCHUNK - 1) / PART_JCHUNK;
     auto j_sum = [&](long long off) {
         double v = 0.0;
-        for (long long ch = 0; ch < n_chunks; ++ch) v += jpart[ch * E + off];
+        for (int g = 0; g < n_jgroups; ++g) v += jgroups[g * 3LL * Hh + off];
         return v;
     };
     auto slot_sum = [&](long long off) {
         double v = 0.0;
-        for (int w = 0; w < n_slots; ++w) v += (double)slots[w * S + off];
+        for (int g = 0; g < n_slot_groups; ++g) v += slot_part[g * (S + 2) + off];
         return v;
     };
     if (x < Hh) {  // W₀[:,0]
@@ -1703,27 +1740,20 @@ partial_bwd_params(const float* __restrict__ du, const float* __restrict__ q, co
     long long y = x - Hh;
     if (y < HD) {  // W₀[:,1:]
         const int k = (int)(y / D), c = (int)(y % D);
-        const double v = w0_prod ? (double)w0_prod[y] : j_sum(Hh + y);
-        if (g_w0) g_w0[(long long)k * (D + 1) + 1 + c] += (float)v;
+        if (g_w0) g_w0[(long long)k * (D + 1) + 1 + c] += w0_prod[y];
         return;
     }
     y -= HD;
     if (y < Hh) {  // b₀ = g₁⊙R − Σβm₁ − Σ_j (Σβm₂α)_j·ũ_j − (Σβm₂β)·b̃
         const int k = (int)y;
-        double v = j_sum(Hh + HD + k), e1 = 0.0, e3 = 0.0;
-        for (int w = 0; w < n_slots; ++w) {
-            e1 += slot_d[2 * w];
-            e3 += slot_d[2 * w + 1];
-        }
-        v += (double)g1[k] * slot_sum(k) - e1 - e3 * (double)bt[k];
+        const double v = j_sum(Hh + k) + (double)g1[k] * slot_sum(k) - slot_sum(S) - slot_sum(S + 1) * (double)bt[k];
         if (g_b0) g_b0[k] += (float)v;
         return;
     }
     y -= Hh;
     if (y < Hh) {  // g₁ = Σ_j ũ_j⊙Q_j + b̃⊙R
         const int k = (int)y;
-        double v = j_sum(2 * Hh + HD + k);
-        v += (double)bt[k] * slot_sum(k);
+        const double v = j_sum(2 * Hh + k) + (double)bt[k] * slot_sum(k);
         if (g_g1) g_g1[k] += (float)v;
         return;
     }

@@ -197,7 +197,7 @@ if want ncu; then
     echo "=== (ncu not found: the ncu phase did not run)" | tee -a "$LOG"
   else
     cuda_step "$ncu_bin" --clock-control none --launch-skip 10 --launch-count 10 \
-      -k 'regex:partial_pair_bwd|partial_pool_fwd|splicing_lik|expr_lik|adamw_step|partial_bwd_jsums|glue_scatter' \
+      -k 'regex:partial_pair_bwd|partial_pool_fwd|splicing_lik|expr_lik|adamw_step|partial_unfold|partial_slot_sums|glue_scatter' \
       --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats \
       "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --sim-cells 2560 --preset paper --steps 3 --max-seconds 5
   fi

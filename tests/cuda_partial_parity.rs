@@ -6,10 +6,10 @@
 //!   kernels/host_emu.h and run on the CPU (its logic: lane layout, passes, keep bits, the
 //!   junction-major backward, slots and their reduction), on fresh random inputs with the pooled codes
 //!   poisoned (NaN) first, against the f32 twin: pooled codes, h(0), dropout keep bits (exactly) and the
-//!   gradients of all nine parameters. Its launch sequence sums W₀[:,1:]'s gradient over junctions in
-//!   the kernel's f64 chunks (`with_hd` = 1).
-//! * `device_partial_matches_twin`: the launcher's sequence (`CudaPartial`, where that sum is a GEMM
-//!   duᵀ·F̂) on a GPU where one exists, and under the host emulation of the device.
+//!   gradients of all nine parameters. Its launch sequence computes the launcher's two GEMMs (d F̂ =
+//!   du·W₀[:,1:], duᵀ·F̂) on the host, and sums over junctions and slots in small chunks and groups.
+//! * `device_partial_matches_twin`: the launcher's sequence (`CudaPartial`, with cuBLAS, or its host
+//!   stand-in) on a GPU where one exists, and under the host emulation of the device.
 //! * `device_partial_tensor_cores_match_twin`: the bf16 tensor-core kernels (see there).
 //! * `tensor_core_backward_block_sizes_agree`: `partial_pair_bwd_tc` with 1, 2 and 4 warps per block
 //!   sharing d W₄ (see there).
@@ -219,17 +219,39 @@ int main(int argc, char** argv) {
         partial_pair_bwd(NET, Hh, D, J, nw, indptr.data(), jptr.data(), ptr(order), ptr(cell_of), ptr(psi), ptr(cen), dpool.data(), pool_mode, divisor, dropout, scale, keep.data(), q.data(), cj.data(), slots.data(), slot_d.data());
     });
     if (center) emu::launch(1, 32, sb, [&] { partial_ref_bwd(NET, Hh, D, B, indptr.data(), dpool.data(), pool_mode, divisor, nw, slots.data(), slot_d.data()); });
-    emu::launch((J + wpr - 1) / wpr, PART_THREADS, wpr * Hh * 4, [&] {
-        partial_unfold_rows(q.data(), cj.data(), ut.data(), bt.data(), g1.data(), w0.data(), fhat.data(), fnorm.data(), J, Hh, D, du.data(), g_emb.data());
+    const int n_du = (J + PART_DU_CHUNK - 1) / PART_DU_CHUNK, n_jg = (n_du + PART_GROUP - 1) / PART_GROUP;
+    std::vector<double> jpart((size_t)(n_du > 0 ? n_du : 1) * 3 * Hh, NAN), jgroups((size_t)(n_jg > 0 ? n_jg : 1) * 3 * Hh, NAN);
+    emu::launch((n_du * Hh + PART_THREADS - 1) / PART_THREADS + 1, PART_THREADS, 0, [&] {
+        partial_unfold_du(q.data(), cj.data(), ut.data(), bt.data(), g1.data(), J, Hh, du.data(), jpart.data());
     });
-    const long long n_chunks = (J + PART_JCHUNK - 1) / PART_JCHUNK, jsums = n_chunks * (3LL * Hh + (long long)Hh * D);
-    std::vector<double> jpart(jsums > 0 ? jsums : 1, NAN);
-    emu::launch((unsigned)((jsums + PART_THREADS - 1) / PART_THREADS) + 1, PART_THREADS, 0, [&] {
-        partial_bwd_jsums(du.data(), q.data(), cj.data(), ut.data(), fhat.data(), J, Hh, D, 1, jpart.data());
+    emu::launch((n_jg * 3 * Hh + PART_THREADS - 1) / PART_THREADS + 1, PART_THREADS, 0, [&] {
+        partial_group_sums(jpart.data(), n_du, 3 * Hh, jgroups.data());
+    });
+    // The launcher's two cuBLAS GEMMs, here on the host: d F̂ = du·W₀[:,1:] and duᵀ·F̂.
+    std::vector<float> dfh(JD > 0 ? JD : 1, NAN), w0_prod((size_t)Hh * D, NAN);
+    for (int j = 0; j < J; ++j)
+        for (int c = 0; c < D; ++c) {
+            float acc = 0.0f;
+            for (int k = 0; k < Hh; ++k) acc += du[(size_t)j * Hh + k] * w0[(size_t)k * (D + 1) + 1 + c];
+            dfh[(size_t)j * D + c] = acc;
+        }
+    for (int k = 0; k < Hh; ++k)
+        for (int c = 0; c < D; ++c) {
+            double acc = 0.0;
+            for (int j = 0; j < J; ++j) acc += (double)du[(size_t)j * Hh + k] * (double)fhat[(size_t)j * D + c];
+            w0_prod[(size_t)k * D + c] = (float)acc;
+        }
+    emu::launch((J + wpr - 1) / wpr + 1, PART_THREADS, 0, [&] {
+        partial_unfold_emb(dfh.data(), fhat.data(), fnorm.data(), J, D, g_emb.data());
+    });
+    const int n_slots = nw + center, n_sg = (n_slots + PART_GROUP - 1) / PART_GROUP;
+    std::vector<double> slot_part((size_t)n_sg * (S + 2), NAN);
+    emu::launch((unsigned)((n_sg * (S + 2) + PART_THREADS - 1) / PART_THREADS), PART_THREADS, 0, [&] {
+        partial_slot_sums(slots.data(), slot_d.data(), n_slots, nw, 1, Hh, D, slot_part.data());
     });
     const long long total = 4LL * Hh + 2LL * Hh * D + 3LL * D;
     emu::launch((unsigned)((total + PART_THREADS - 1) / PART_THREADS), PART_THREADS, 0, [&] {
-        partial_bwd_params(du.data(), q.data(), cj.data(), ut.data(), bt.data(), fhat.data(), g1.data(), slots.data(), slot_d.data(), jpart.data(), nullptr, nw + center, J, Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
+        partial_bwd_params(bt.data(), g1.data(), slot_part.data(), n_sg, jgroups.data(), n_jg, w0_prod.data(), Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
     });
     wr(d, "pool", pool); wr(d, "h0", h0); wr(d, "keep", dropout ? keep : std::vector<unsigned long long>());
     wr(d, "emb", g_emb); wr(d, "w0", g_w0); wr(d, "b0", g_b0); wr(d, "g1", g_g1); wr(d, "be1", g_be1);
@@ -253,9 +275,9 @@ fn write_i32(dir: &std::path::Path, name: &str, v: &[i32]) {
 fn host_emu_partial_matches_twin() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Chunks of 7 junctions and of 3 pairs here (1024 and 256 in the build), so that the sums over
-    // junctions and the cells' pooled sums span several.
-    let src = format!("#define PART_JCHUNK 7\n#define PART_POOL_CHUNK 3\n{PARTIAL_CU}");
+    // Chunks of 3 junctions, groups of 2 chunks or slots and chunks of 3 pairs here (32, 32 and 256 in
+    // the build), so that the sums over junctions and slots and the cells' pooled sums span several.
+    let src = format!("#define PART_DU_CHUNK 3\n#define PART_GROUP 2\n#define PART_POOL_CHUNK 3\n{PARTIAL_CU}");
     let exe = match emu::build(d, "partial.cu", &src, HARNESS) {
         Ok(e) => e,
         Err(reason) => {

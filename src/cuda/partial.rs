@@ -35,12 +35,25 @@ pub fn pool_chunks(b: usize, nnz: usize) -> usize {
     super::chunk_ids(b, nnz, PART_POOL_CHUNK)
 }
 
-/// Junctions per chunk of the backward's sums over junctions (PART_JCHUNK in kernels/partial.cu).
-pub const PART_JCHUNK: usize = 1024;
+/// Junctions per thread of `partial_unfold_du` (PART_DU_CHUNK in kernels/partial.cu).
+pub const PART_DU_CHUNK: usize = 32;
 
-/// f64 partial sums over junction chunks of the backward: chunks × [Hh | Hh·D | Hh | Hh].
-pub fn jpart_len(j: usize, hh: usize, d: usize) -> usize {
-    j.div_ceil(PART_JCHUNK).max(1) * (3 * hh + hh * d)
+/// Rows per group of `partial_group_sums`, slots per group of `partial_slot_sums` (PART_GROUP).
+pub const PART_GROUP: usize = 32;
+
+/// f64 sums over junction chunks of the backward: chunks × [Hh | Hh | Hh] (`partial_unfold_du`).
+pub fn jpart_len(j: usize, hh: usize) -> usize {
+    j.div_ceil(PART_DU_CHUNK).max(1) * 3 * hh
+}
+
+/// Those chunks' sums by groups (`partial_group_sums`).
+pub fn jgroups_len(j: usize, hh: usize) -> usize {
+    j.div_ceil(PART_DU_CHUNK).div_ceil(PART_GROUP).max(1) * 3 * hh
+}
+
+/// f64 sums of the slots by groups (`partial_slot_sums`): groups × (slot floats + e₁, e₃).
+pub fn slot_part_len(n_slots: usize, hh: usize, d: usize) -> usize {
+    n_slots.div_ceil(PART_GROUP).max(1) * (slot_len(hh, d) + 2)
 }
 
 /// Dynamic shared memory one block may use without opting in.
@@ -343,7 +356,13 @@ pub struct PartialWork {
     pub du: DevBuf<f32>,
     pub slots: DevBuf<f32>,
     pub slot_d: DevBuf<f64>,
+    /// `partial_unfold_du`'s sums over chunks of junctions, and their sums by groups.
     pub jpart: DevBuf<f64>,
+    pub jgroups: DevBuf<f64>,
+    /// The slots' sums by groups.
+    pub slot_part: DevBuf<f64>,
+    /// d F̂ (J × D), the GEMM du·W₀[:,1:].
+    pub dfh: DevBuf<f32>,
     /// W₀[:,1:]'s gradient before it is added, duᵀ·F̂ (Hh × D), from cuBLAS.
     pub w0_prod: DevBuf<f32>,
     /// W₀ᵀ ((D + 1) × Hh), the fold's coalesced copy.
@@ -360,8 +379,8 @@ pub struct PartialWork {
 impl PartialWork {
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part];
-        let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart];
+        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh];
+        let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart, &self.jgroups, &self.slot_part];
         4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len() + 4 * self.pass_ptr.len()
     }
 
@@ -386,7 +405,10 @@ impl PartialWork {
             du: dev.zeros(j * hh)?,
             slots: dev.zeros(nslot * slot_len(hh, d))?,
             slot_d: dev.zeros(2 * nslot)?,
-            jpart: dev.zeros(jpart_len(j, hh, d))?,
+            jpart: dev.zeros(jpart_len(j, hh))?,
+            jgroups: dev.zeros(jgroups_len(j, hh))?,
+            slot_part: dev.zeros(slot_part_len(nslot, hh, d))?,
+            dfh: dev.zeros(j * d)?,
             w0_prod: dev.zeros(hh * d)?,
             w0t: dev.zeros((d + 1) * hh)?,
             pool_part: dev.zeros(pool_chunks(s.b, s.nnz) * d)?,
@@ -433,8 +455,10 @@ pub struct CudaPartial<'d> {
     pair_bwd_tc: Kernel,
     pass_ptr: Kernel,
     ref_bwd: Kernel,
-    unfold_rows: Kernel,
-    bwd_jsums: Kernel,
+    unfold_du: Kernel,
+    group_sums: Kernel,
+    unfold_emb: Kernel,
+    slot_sums: Kernel,
     bwd_params: Kernel,
     gemm: super::gemm::CudaGemm<'d>,
     /// Warps per block of `partial_pair_bwd_tc` when set (else [`tc_bwd_warps_per_block`] picks).
@@ -472,8 +496,10 @@ impl<'d> CudaPartial<'d> {
             pair_bwd_tc,
             pass_ptr: f("partial_pass_ptr")?,
             ref_bwd: f("partial_ref_bwd")?,
-            unfold_rows: f("partial_unfold_rows")?,
-            bwd_jsums: f("partial_bwd_jsums")?,
+            unfold_du: f("partial_unfold_du")?,
+            group_sums: f("partial_group_sums")?,
+            unfold_emb: f("partial_unfold_emb")?,
+            slot_sums: f("partial_slot_sums")?,
             bwd_params: f("partial_bwd_params")?,
             gemm: super::gemm::CudaGemm::new(dev)?,
             tc_bwd_warps,
@@ -645,10 +671,13 @@ impl<'d> CudaPartial<'d> {
             &w.slots.device_address(),
             &w.slot_d.device_address(),
         ];
+        // d W₄ is in every warp's slot, or (tensor cores) in the first slot of each block of w4_stride
+        let mut w4_stride = 1usize;
         if s.tensor_cores && tensor_cores_bwd_fit(hh, d) {
             // 16 pairs of a junction per pass, the three products as mma tiles; the block's warps share
             // d W₄'s accumulator in shared memory.
             let wpb = self.tc_bwd_warps(hh, d)?;
+            w4_stride = wpb;
             // each warp's junctions: a contiguous range with an equal share of the passes
             let (jp, pp) = (bt.jptr.device_address(), w.pass_ptr.device_address());
             self.dev.launch(&self.pass_ptr, cfg(1, PART_PASS_THREADS, 0), &[&jp, &(j as i32), &pp])?;
@@ -675,62 +704,73 @@ impl<'d> CudaPartial<'d> {
             ];
             self.dev.launch(&self.ref_bwd, cfg(1, 32, smem_per_warp(hh, d, true)), &args)?;
         }
-        let wpr = (PART_THREADS / 32) as usize;
-        let args: [&dyn KernelArg; 13] = [
+        // d u (J × Hh) and its sums over junctions: by chunks of PART_DU_CHUNK, then groups of chunks.
+        let t = PART_THREADS as usize;
+        let n_du = j.div_ceil(PART_DU_CHUNK);
+        let args: [&dyn KernelArg; 9] = [
             &w.q.device_address(),
             &w.cj.device_address(),
             &w.ut.device_address(),
             &w.bt.device_address(),
             &p.g1.device_address(),
-            &p.w0.device_address(),
-            &w.fhat.device_address(),
-            &w.fnorm.device_address(),
             &(j as i32),
             &(hh as i32),
-            &(d as i32),
             &w.du.device_address(),
-            &addr_mut(&g.emb),
-        ];
-        self.dev.launch(&self.unfold_rows, cfg(j.div_ceil(wpr), PART_THREADS, wpr * hh * 4), &args)?;
-        // The sums over junctions, a chunk of PART_JCHUNK junctions per thread and element, except
-        // W₀[:,1:]'s: Σ_j du_j ⊗ F̂_j is the GEMM duᵀ·F̂ (Hh × J · J × D), which cuBLAS does in a
-        // fraction of the time the chunked sums take re-reading F̂ (f32 accumulation instead of f64;
-        // deterministic on a device, as every cuBLAS call here).
-        let jsums = j.div_ceil(PART_JCHUNK) * (3 * hh + hh * d);
-        let args: [&dyn KernelArg; 10] = [
-            &w.du.device_address(),
-            &w.q.device_address(),
-            &w.cj.device_address(),
-            &w.ut.device_address(),
-            &w.fhat.device_address(),
-            &(j as i32),
-            &(hh as i32),
-            &(d as i32),
-            &0i32,
             &w.jpart.device_address(),
         ];
-        self.dev.launch(&self.bwd_jsums, cfg(jsums.div_ceil(PART_THREADS as usize).max(1), PART_THREADS, 0), &args)?;
+        self.dev.launch(&self.unfold_du, cfg((n_du * hh).div_ceil(t).max(1), PART_THREADS, 0), &args)?;
+        let n_jgroups = n_du.div_ceil(PART_GROUP);
+        let args: [&dyn KernelArg; 4] = [&w.jpart.device_address(), &(n_du as i32), &(3 * hh as i32), &w.jgroups.device_address()];
+        self.dev.launch(&self.group_sums, cfg((n_jgroups * 3 * hh).div_ceil(t).max(1), PART_THREADS, 0), &args)?;
         {
             use super::gemm::{GemmPrecision, Operand};
+            // W₀[:,1:]'s gradient Σ_j du_j ⊗ F̂_j = duᵀ·F̂ (Hh × J · J × D).
             let (a, b) = (Operand::new(&w.du, j, hh, true)?, Operand::new(&w.fhat, j, d, false)?);
             self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &b, 0.0, &mut w.w0_prod, hh, d)?;
+            if g.emb.is_some() {
+                // d F̂ = du·W₀[:,1:] (J × Hh · Hh × D): W₀[:,1:]ᵀ is rows 1..=D of the forward's W₀ᵀ.
+                ensure!(w.w0t.len() >= (d + 1) * hh, "partial: W₀ᵀ scratch too small");
+                let w0t_rows = Operand { addr: w.w0t.device_address() + (4 * hh) as u64, rows: d, cols: hh, ld: hh, t: true };
+                self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w.du, j, hh, false)?, &w0t_rows, 0.0, &mut w.dfh, j, d)?;
+            }
         }
+        if let Some(g_emb) = &g.emb {
+            let wpr = t / 32;
+            let args: [&dyn KernelArg; 6] = [
+                &w.dfh.device_address(),
+                &w.fhat.device_address(),
+                &w.fnorm.device_address(),
+                &(j as i32),
+                &(d as i32),
+                &g_emb.device_address(),
+            ];
+            self.dev.launch(&self.unfold_emb, cfg(j.div_ceil(wpr).max(1), PART_THREADS, 0), &args)?;
+        }
+        // The slots by groups, then every parameter element.
         let n_slots = nw + s.center as usize;
-        let total = 4 * hh + 2 * hh * d + 3 * d;
-        let args: [&dyn KernelArg; 23] = [
-            &w.du.device_address(),
-            &w.q.device_address(),
-            &w.cj.device_address(),
-            &w.ut.device_address(),
-            &w.bt.device_address(),
-            &w.fhat.device_address(),
-            &p.g1.device_address(),
+        let n_slot_groups = n_slots.div_ceil(PART_GROUP);
+        let sg = n_slot_groups * (slot_len(hh, d) + 2);
+        ensure!(w.slot_part.len() >= sg && w.jgroups.len() >= n_jgroups * 3 * hh && w.jpart.len() >= n_du * 3 * hh, "partial: the backward's sum scratch is too small for J = {j}");
+        let args: [&dyn KernelArg; 8] = [
             &w.slots.device_address(),
             &w.slot_d.device_address(),
-            &w.jpart.device_address(),
-            &w.w0_prod.device_address(),
             &(n_slots as i32),
-            &(j as i32),
+            &(nw as i32),
+            &(w4_stride as i32),
+            &(hh as i32),
+            &(d as i32),
+            &w.slot_part.device_address(),
+        ];
+        self.dev.launch(&self.slot_sums, cfg(sg.div_ceil(t), PART_THREADS, 0), &args)?;
+        let total = 4 * hh + 2 * hh * d + 3 * d;
+        let args: [&dyn KernelArg; 17] = [
+            &w.bt.device_address(),
+            &p.g1.device_address(),
+            &w.slot_part.device_address(),
+            &(n_slot_groups as i32),
+            &w.jgroups.device_address(),
+            &(n_jgroups as i32),
+            &w.w0_prod.device_address(),
             &(hh as i32),
             &(d as i32),
             &addr_mut(&g.w0),
@@ -742,7 +782,7 @@ impl<'d> CudaPartial<'d> {
             &addr_mut(&g.g5),
             &addr_mut(&g.be5),
         ];
-        self.dev.launch(&self.bwd_params, cfg(total.div_ceil(PART_THREADS as usize), PART_THREADS, 0), &args)
+        self.dev.launch(&self.bwd_params, cfg(total.div_ceil(t), PART_THREADS, 0), &args)
     }
 
     /// Convenience for tests: uploads the twin's inputs, poisons the outputs (pool with NaN; the
@@ -768,6 +808,19 @@ impl<'d> CudaPartial<'d> {
         // (an empty minibatch still gets one-element buffers; the kernels never read them)
         let bd = PartialBatchDev { indptr: &ip, junction: &jn, psi: &ps, jptr: &jp, order: &od, cell_of: &co };
         let mut w = PartialWork::alloc(dev, &s)?;
+        // The backward's scratch poisoned (all bits set: NaN in f32 and f64), as a reused step buffer
+        // may hold anything: what a kernel reads without writing first (a slot's d W₄ that only the
+        // block's first warp writes, say) shows up as NaN.
+        dev.memset(&mut w.slots, 0xff)?;
+        dev.memset(&mut w.slot_d, 0xff)?;
+        dev.memset(&mut w.slot_part, 0xff)?;
+        dev.memset(&mut w.jpart, 0xff)?;
+        dev.memset(&mut w.jgroups, 0xff)?;
+        dev.memset(&mut w.dfh, 0xff)?;
+        dev.memset(&mut w.du, 0xff)?;
+        dev.memset(&mut w.q, 0xff)?;
+        dev.memset(&mut w.cj, 0xff)?;
+        dev.memset(&mut w.w0_prod, 0xff)?;
         let mut pool = dev.upload(&vec![f32::NAN; s.b * s.d])?;
         let sizes = [p.get(pe.emb).len(), p.get(pe.h0.w).len(), s.hh, s.hh, s.hh, s.d * s.hh, s.d, s.d, s.d];
         let mut gbufs: Vec<DevBuf<f32>> = sizes.iter().map(|&n| dev.zeros(n)).collect::<Result<_>>()?;
