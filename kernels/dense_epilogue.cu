@@ -2,18 +2,19 @@
 // row-major matrix: + bias → BatchNorm → LayerNorm (no affine) → ReLU / LeakyReLU → dropout.
 // The GEMMs (y0 = x·Wᵀ; dW = dy0ᵀ·x and dx = dy0·W in the backward) are cuBLAS's; these kernels are
 // what FCLayers adds around them.
-//   dense_bn_stats      : one thread per column: batch mean, 1/√(var + ε) and the running-statistics
-//                         update (training), or the running statistics' mean and 1/std (evaluation);
-//                         sums over rows sequential in f64 (deterministic, as ops::bn_batch_stats).
+//   dense_bn_stats      : per column: batch mean, 1/√(var + ε) and the running-statistics update
+//                         (training), or the running statistics' mean and 1/std (evaluation).
 //   dense_epilogue_fwd  : one warp per row: bias, BatchNorm, LayerNorm, activation, dropout (the
 //                         hash of model::rng::DropStream, so the masks are the CPU's); keeps the
 //                         activation input and the LayerNorm 1/std for the backward.
 //   dense_epilogue_bwd_rows : one warp per row: dropout, activation and LayerNorm backward → g (B × H).
-//   dense_epilogue_bwd_cols : one thread per column: BatchNorm backward (dγ, dβ, dx) and d(bias),
-//                         sums sequential over rows in f64 (no atomics).
+//   dense_epilogue_bwd_cols : per column: BatchNorm backward (dγ, dβ, dx) and d(bias).
+// The two column kernels run a block of EPI_COL_THREADS per strip of 32 columns: each of its
+// EPI_ROW_LANES warps sums rows rl, rl + 8, ... of the strip in f64, and a fixed tree adds the lanes
+// (col_rows_sum), so the order depends on B alone, never on the device, and no float atomics. (One
+// thread per column walking all B rows made a chain of B dependent loads per column: at H = 128 one
+// block of latency-bound threads per layer.)
 // CPU twin: splicevi::model::dense_epilogue (built from ops::{bn_*, layernorm_fwd, ln_row_bwd, act_*}).
-// ptxas reports a few bytes of spills for dense_epilogue_bwd_cols on sm_90: the IEEE division's
-// slow-path call ABI, off the per-row loop's common path.
 // (Never run on a GPU yet: none was available when it was written; its logic is checked on the host
 // through kernels/host_emu.h by tests/cuda_dense_epilogue_parity.rs.)
 #include <cstdint>
@@ -23,6 +24,8 @@
 
 #define EPI_THREADS 128
 #define EPI_ROWS_PER_BLOCK (EPI_THREADS / 32)
+#define EPI_COL_THREADS 256
+#define EPI_ROW_LANES (EPI_COL_THREADS / 32)
 
 #define BN_NONE 0
 #define BN_BATCH 1
@@ -66,33 +69,55 @@ __device__ __forceinline__ float act_grad(int act, float v) {
     return 1.0f;
 }
 
+// The column's sum over the block's EPI_ROW_LANES row lanes (each thread's `v` is its lane's sum for
+// column lane & 31): a fixed tree in shared memory; every thread of the column gets it. All threads of
+// the block must call it.
+__device__ double col_rows_sum(double v, double* part) {
+    const int t = (int)threadIdx.x, rl = t >> 5;
+    part[t] = v;
+    __syncthreads();
+    for (int h = EPI_ROW_LANES / 2; h > 0; h >>= 1) {
+        if (rl < h) part[t] += part[t + 32 * h];
+        __syncthreads();
+    }
+    const double total = part[t & 31];
+    __syncthreads();  // (part is reused by the next call)
+    return total;
+}
+
 }  // namespace
 
 // y0: B × H GEMM output; bias: H. training (bn_mode BN_BATCH): mean, inv_std of y0 + bias, and, when
 // running_mean_out is given, the updated running statistics (f32, as the buffers are stored);
 // BN_RUNNING: mean = running_mean, inv_std = 1/√(running_var + ε).
-extern "C" __global__ void __launch_bounds__(EPI_THREADS)
+extern "C" __global__ void __launch_bounds__(EPI_COL_THREADS)
 dense_bn_stats(const float* __restrict__ y0, const float* __restrict__ bias, int B, int H, int bn_mode,
                const float* __restrict__ running_mean, const float* __restrict__ running_var,
                float* __restrict__ mean, float* __restrict__ inv_std, float* __restrict__ running_mean_out,
                float* __restrict__ running_var_out) {
-    const int c = blockIdx.x * EPI_THREADS + threadIdx.x;
-    if (c >= H) return;
-    if (bn_mode == BN_RUNNING) {
-        mean[c] = running_mean[c];
-        inv_std[c] = 1.0f / sqrtf(running_var[c] + (float)BN_EPS);
+    __shared__ double part[EPI_COL_THREADS];
+    const int rl = (int)threadIdx.x >> 5, c = blockIdx.x * 32 + ((int)threadIdx.x & 31);
+    const bool col = c < H;
+    if (bn_mode == BN_RUNNING) {  // (uniform over the block)
+        if (rl == 0 && col) {
+            mean[c] = running_mean[c];
+            inv_std[c] = 1.0f / sqrtf(running_var[c] + (float)BN_EPS);
+        }
         return;
     }
-    const float bc = bias[c];
+    const float bc = col ? bias[c] : 0.0f;
     double m = 0.0;
-    for (int r = 0; r < B; ++r) m += (double)(y0[(long long)r * H + c] + bc);
-    m /= (double)B;
+    if (col)
+        for (int r = rl; r < B; r += EPI_ROW_LANES) m += (double)(y0[(long long)r * H + c] + bc);
+    m = col_rows_sum(m, part) / (double)B;
     double v = 0.0;
-    for (int r = 0; r < B; ++r) {
-        const double d = (double)(y0[(long long)r * H + c] + bc) - m;
-        v += d * d;
-    }
-    v /= (double)B;
+    if (col)
+        for (int r = rl; r < B; r += EPI_ROW_LANES) {
+            const double d = (double)(y0[(long long)r * H + c] + bc) - m;
+            v += d * d;
+        }
+    v = col_rows_sum(v, part) / (double)B;
+    if (rl != 0 || !col) return;
     const float mf = (float)m;
     mean[c] = mf;
     inv_std[c] = (float)(1.0 / sqrt(v + BN_EPS));
@@ -173,47 +198,56 @@ dense_epilogue_bwd_rows(const float* __restrict__ dout, const float* __restrict_
 
 // g: B × H from dense_epilogue_bwd_rows. dy0 (out): B × H; d_bias: H; d_gamma, d_beta: H (BatchNorm).
 // y0, bias, mean, inv_std recompute the BatchNorm x̂.
-extern "C" __global__ void __launch_bounds__(EPI_THREADS)
+extern "C" __global__ void __launch_bounds__(EPI_COL_THREADS)
 dense_epilogue_bwd_cols(const float* __restrict__ g, const float* __restrict__ y0, const float* __restrict__ bias,
                         int B, int H, int bn_mode, const float* __restrict__ mean,
                         const float* __restrict__ inv_std, const float* __restrict__ gamma,
                         float* __restrict__ dy0, float* __restrict__ d_bias, float* __restrict__ d_gamma,
                         float* __restrict__ d_beta) {
-    const int c = blockIdx.x * EPI_THREADS + threadIdx.x;
-    if (c >= H) return;
-    if (bn_mode == BN_NONE) {
+    __shared__ double part[EPI_COL_THREADS];
+    const int rl = (int)threadIdx.x >> 5, c = blockIdx.x * 32 + ((int)threadIdx.x & 31);
+    const bool col = c < H;
+    if (bn_mode == BN_NONE) {  // (uniform over the block)
         double sb = 0.0;
-        for (int r = 0; r < B; ++r) {
-            const float d = g[(long long)r * H + c];
-            dy0[(long long)r * H + c] = d;
-            sb += (double)d;
-        }
-        d_bias[c] = (float)sb;
+        if (col)
+            for (int r = rl; r < B; r += EPI_ROW_LANES) {
+                const float d = g[(long long)r * H + c];
+                dy0[(long long)r * H + c] = d;
+                sb += (double)d;
+            }
+        sb = col_rows_sum(sb, part);
+        if (rl == 0 && col) d_bias[c] = (float)sb;
         return;
     }
-    const float m = mean[c], inv = inv_std[c], gm = gamma[c], bc = bias[c];
+    const float m = col ? mean[c] : 0.0f, inv = col ? inv_std[c] : 0.0f, gm = col ? gamma[c] : 0.0f, bc = col ? bias[c] : 0.0f;
     double s1 = 0.0, s2 = 0.0;
-    for (int r = 0; r < B; ++r) {
-        const long long k = (long long)r * H + c;
-        const float xh = (y0[k] + bc - m) * inv;
-        s1 += (double)g[k];
-        s2 += (double)g[k] * (double)xh;
-    }
+    if (col)
+        for (int r = rl; r < B; r += EPI_ROW_LANES) {
+            const long long k = (long long)r * H + c;
+            const float xh = (y0[k] + bc - m) * inv;
+            s1 += (double)g[k];
+            s2 += (double)g[k] * (double)xh;
+        }
+    s1 = col_rows_sum(s1, part);
+    s2 = col_rows_sum(s2, part);
     const float sdy = (float)s1, sdx = (float)s2, bt = (float)B;
+    double sb = 0.0;
+    if (col)
+        for (int r = rl; r < B; r += EPI_ROW_LANES) {
+            const long long k = (long long)r * H + c;
+            float dx;
+            if (bn_mode == BN_BATCH) {
+                const float xh = (y0[k] + bc - m) * inv;
+                dx = gm * inv * (g[k] - sdy / bt - xh * sdx / bt);
+            } else {
+                dx = g[k] * gm * inv;
+            }
+            dy0[k] = dx;
+            sb += (double)dx;
+        }
+    sb = col_rows_sum(sb, part);
+    if (rl != 0 || !col) return;
     d_gamma[c] = sdx;
     d_beta[c] = sdy;
-    double sb = 0.0;
-    for (int r = 0; r < B; ++r) {
-        const long long k = (long long)r * H + c;
-        float dx;
-        if (bn_mode == BN_BATCH) {
-            const float xh = (y0[k] + bc - m) * inv;
-            dx = gm * inv * (g[k] - sdy / bt - xh * sdx / bt);
-        } else {
-            dx = g[k] * gm * inv;
-        }
-        dy0[k] = dx;
-        sb += (double)dx;
-    }
     d_bias[c] = (float)sb;
 }

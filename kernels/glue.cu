@@ -78,15 +78,27 @@ glue_map(int op, const float* __restrict__ x, const float* __restrict__ a, float
     }
 }
 
-// out[c] = alpha * Σ_r x[r * ld + c] (+ beta * out[c] when beta != 0): one thread per column, the rows in
-// order, in f64.
+// out[c] = alpha * Σ_r x[r * ld + c] (+ beta * out[c] when beta != 0), in f64, in an order fixed by the
+// shape alone: a block takes a strip of cw columns (a power of two ≤ 32: min(32, cols rounded up), from
+// the launcher); its GLUE_THREADS / cw row lanes sum rows rl, rl + lanes, ... of each column, then a
+// fixed tree adds the lanes. (One thread per column walking every row left Σ log φ² over the ATSEs to a
+// single thread: a chain of 10⁴ dependent loads per step at the paper size.)
 extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
-glue_col_sum(const float* __restrict__ x, long long ld, int rows, int cols, float alpha, float beta, float* __restrict__ out) {
-    const int c = blockIdx.x * GLUE_THREADS + threadIdx.x;
-    if (c >= cols) return;
+glue_col_sum(const float* __restrict__ x, long long ld, int rows, int cols, int cw, float alpha, float beta, float* __restrict__ out) {
+    __shared__ double part[GLUE_THREADS];
+    const int t = (int)threadIdx.x, cl = t % cw, rl = t / cw, lanes = GLUE_THREADS / cw;
+    const int c = blockIdx.x * cw + cl;
     double s = 0.0;
-    for (int r = 0; r < rows; ++r) s += (double)x[(long long)r * ld + c];
-    const float v = alpha * (float)s;
+    if (c < cols)
+        for (int r = rl; r < rows; r += lanes) s += (double)x[(long long)r * ld + c];
+    part[t] = s;
+    __syncthreads();
+    for (int h = lanes / 2; h > 0; h >>= 1) {
+        if (rl < h) part[t] += part[t + h * cw];
+        __syncthreads();
+    }
+    if (rl != 0 || c >= cols) return;
+    const float v = alpha * (float)part[t];
     out[c] = beta != 0.0f ? v + beta * out[c] : v;
 }
 

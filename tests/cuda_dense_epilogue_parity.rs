@@ -246,8 +246,8 @@ int main(int argc, char** argv) {
     auto beta = rd<float>(d, "beta"); auto rm = rd<float>(d, "rm"); auto rv = rd<float>(d, "rv"); auto dout = rd<float>(d, "dout");
     const size_t n = (size_t)B * H;
     std::vector<float> mean(H, NAN), inv(H, NAN), rmo = rm, rvo = rv, out(n, NAN), pre(n, NAN), lni(B, NAN), g(n, NAN), dy0(n, NAN), db(H, NAN), dg(H, NAN), dbt(H, NAN);
-    const unsigned cols = (H + EPI_THREADS - 1) / EPI_THREADS, rows = (B + EPI_ROWS_PER_BLOCK - 1) / EPI_ROWS_PER_BLOCK;
-    if (bn != BN_NONE) emu::launch(cols, EPI_THREADS, 0, [&] {
+    const unsigned cols = (H + 31) / 32, rows = (B + EPI_ROWS_PER_BLOCK - 1) / EPI_ROWS_PER_BLOCK;
+    if (bn != BN_NONE) emu::launch(cols, EPI_COL_THREADS, 0, [&] {
         dense_bn_stats(y0.data(), bias.data(), B, H, bn, rm.data(), rv.data(), mean.data(), inv.data(), bn == BN_BATCH ? rmo.data() : nullptr, bn == BN_BATCH ? rvo.data() : nullptr);
     });
     emu::launch(rows, EPI_THREADS, 0, [&] {
@@ -256,7 +256,7 @@ int main(int argc, char** argv) {
     emu::launch(rows, EPI_THREADS, 0, [&] {
         dense_epilogue_bwd_rows(dout.data(), pre.data(), lni.data(), B, H, ln, act, key, thr, scale, drop, g.data());
     });
-    emu::launch(cols, EPI_THREADS, 0, [&] {
+    emu::launch(cols, EPI_COL_THREADS, 0, [&] {
         dense_epilogue_bwd_cols(g.data(), y0.data(), bias.data(), B, H, bn, mean.data(), inv.data(), gamma.data(), dy0.data(), db.data(), dg.data(), dbt.data());
     });
     wr(d, "out", out); wr(d, "pre", pre); wr(d, "rm", rmo); wr(d, "rv", rvo); wr(d, "dy0", dy0); wr(d, "db", db);

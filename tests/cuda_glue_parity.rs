@@ -92,16 +92,18 @@ fn glue_on(dev: &CudaDevice) {
         twin::map(op, &x, &a, &mut want);
         check(&format!("map {op:?}"), &dev.download(&yd).unwrap(), &want);
     }
-    // col_sum over a window, overwrite and accumulate.
-    for beta in [0.0f32, 1.0] {
-        let (rows, cols) = (53, 300);
-        let x = rand_vec(&mut r, rows * 310, -1.0, 1.0);
+    // col_sum over a window, overwrite and accumulate; strips of 32 columns (a partial last one), narrow
+    // ones whose blocks put 128 or 256 row lanes on a column, and a tall input's strips of 4
+    // (glue::col_sum_strip).
+    for (beta, rows, cols, strip) in [(0.0f32, 53, 300, 32), (1.0, 53, 300, 32), (0.0, 1000, 1, 1), (1.0, 700, 3, 4), (0.0, 37, 17, 32), (0.0, 0, 4, 4), (0.0, 1500, 40, 4)] {
+        assert_eq!(splicevi::cuda::glue::col_sum_strip(rows, cols), strip, "{rows} × {cols}");
+        let x = rand_vec(&mut r, (rows * 310).max(1), -1.0, 1.0);
         let o0 = if beta == 0.0 { vec![f32::NAN; cols] } else { rand_vec(&mut r, cols, -1.0, 1.0) };
         let (xd, mut od) = (dev.upload(&x).unwrap(), dev.upload(&o0).unwrap());
         g.col_sum(Cols::from(&xd, 310, 5), rows, cols, 0.25, beta, &mut od).unwrap();
         let mut want = o0.clone();
         twin::col_sum(&x, 5, 310, rows, cols, 0.25, beta, &mut want);
-        check(&format!("col_sum beta {beta}"), &dev.download(&od).unwrap(), &want);
+        check(&format!("col_sum {rows} × {cols} beta {beta}"), &dev.download(&od).unwrap(), &want);
     }
     // seg_sum with and without ids and the softplus' factor.
     for (with_ids, with_sg, beta) in [(false, false, 0.0f32), (true, true, 0.0), (true, false, 1.0)] {

@@ -14,6 +14,8 @@ use cudarc::driver::LaunchConfig;
 
 /// Threads per block (EPI_THREADS in kernels/dense_epilogue.cu).
 pub const EPI_THREADS: u32 = 128;
+/// Threads per block of the column kernels (EPI_COL_THREADS).
+const EPI_COL_THREADS: u32 = 256;
 const EPI_ROWS_PER_BLOCK: usize = EPI_THREADS as usize / 32;
 
 pub fn bn_code(b: BnMode) -> i32 {
@@ -83,8 +85,9 @@ impl<'d> CudaDenseEpilogue<'d> {
     fn rows_cfg(b: usize) -> LaunchConfig {
         LaunchConfig { grid_dim: (b.div_ceil(EPI_ROWS_PER_BLOCK) as u32, 1, 1), block_dim: (EPI_THREADS, 1, 1), shared_mem_bytes: 0 }
     }
+    /// The column kernels: a block of EPI_COL_THREADS (8 row lanes × 32 columns) per strip of 32 columns.
     fn cols_cfg(h: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (h.div_ceil(EPI_THREADS as usize) as u32, 1, 1), block_dim: (EPI_THREADS, 1, 1), shared_mem_bytes: 0 }
+        LaunchConfig { grid_dim: (h.div_ceil(32).max(1) as u32, 1, 1), block_dim: (EPI_COL_THREADS, 1, 1), shared_mem_bytes: 0 }
     }
 
     /// Enqueues the forward: out = dropout(act(LN?(BN?(y0 + bias)))), with the activation's input

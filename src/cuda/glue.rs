@@ -109,6 +109,17 @@ fn grid_cfg(dev: &CudaDevice, n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (GLUE_THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Columns per block of `glue_col_sum` (a function of the shape alone, so the summation order is too):
+/// min(32, cols rounded up to a power of two), halved down to 4 while a tall input (≥ 1,024 rows: sums
+/// over junctions) would get fewer than 128 blocks, so that its rows spread over more row lanes.
+pub fn col_sum_strip(rows: usize, cols: usize) -> usize {
+    let mut cw = cols.next_power_of_two().clamp(1, 32);
+    while cw > 4 && rows >= 1024 && cols.div_ceil(cw) < 128 {
+        cw /= 2;
+    }
+    cw
+}
+
 fn per_thread(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (n.div_ceil(GLUE_THREADS as usize).max(1) as u32, 1, 1), block_dim: (GLUE_THREADS, 1, 1), shared_mem_bytes: 0 }
 }
@@ -184,8 +195,11 @@ impl<'d> CudaGlue<'d> {
         if cols == 0 {
             return Ok(());
         }
-        let args: [&dyn KernelArg; 7] = [&xa, &(x.ld as i64), &(rows as i32), &(cols as i32), &alpha, &beta, &out.device_address()];
-        self.dev.launch(&self.col_sum, per_thread(cols), &args)
+        // a block per strip of cw columns, its GLUE_THREADS / cw row lanes over the rows
+        let cw = col_sum_strip(rows, cols);
+        let args: [&dyn KernelArg; 8] = [&xa, &(x.ld as i64), &(rows as i32), &(cols as i32), &(cw as i32), &alpha, &beta, &out.device_address()];
+        let cfg = LaunchConfig { grid_dim: (cols.div_ceil(cw) as u32, 1, 1), block_dim: (GLUE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        self.dev.launch(&self.col_sum, cfg, &args)
     }
 
     /// out[t] = α f_t Σ_{m ∈ ptr[t]..ptr[t+1]} vals[ids[m]] (+ β out[t]); f_t = softplus'(sg[t]) or 1.
