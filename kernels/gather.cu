@@ -3,7 +3,8 @@
 // copies B cell ids and the cell-level covariates instead of every observed entry.
 //   scan_rows     : one block. The minibatch's row pointers: the exclusive prefix of its cells' row
 //                   lengths in a dataset CSR (i64, and i32 when asked).
-//   scan_counts   : one block. Exclusive prefix of n counts (a CSC's column pointers).
+//   scan_counts   : one block. Exclusive prefix of n counts (a CSC's column pointers), by tiles of
+//                   2,048 loaded coalesced into shared memory (kernels/block_scan.cuh).
 //   gather_rows   : a block per cell. Copies the cell's row of up to four 32-bit arrays; writes each
 //                   entry's row.
 //   gather_groups : a block per cell. The Dirichlet-multinomial's ATSE groups (model::spl_lik::AtseGroups)
@@ -27,6 +28,8 @@
 #include "host_emu.h"
 #endif
 
+#include "block_scan.cuh"
+
 #define GATHER_THREADS 256
 
 namespace {
@@ -42,50 +45,16 @@ struct Count {
     __device__ long long operator()(long long i) const { return count[i]; }
 };
 
-// out[0..=n] = exclusive prefix of len(0..n), in one block of GATHER_THREADS: each thread sums a
-// contiguous chunk, thread 0 scans the chunk sums in order, each thread writes its chunk (a fixed order).
-template <class Len>
-__device__ void block_scan(long long n, Len len, long long* out64, int* out32) {
-    __shared__ long long part[GATHER_THREADS];
-    const int t = threadIdx.x;
-    const long long chunk = (n + GATHER_THREADS - 1) / GATHER_THREADS;
-    const long long lo = (long long)t * chunk < n ? (long long)t * chunk : n;
-    const long long hi = lo + chunk < n ? lo + chunk : n;
-    long long s = 0;
-    for (long long i = lo; i < hi; ++i) s += len(i);
-    part[t] = s;
-    __syncthreads();
-    if (t == 0) {
-        long long run = 0;
-        for (int q = 0; q < GATHER_THREADS; ++q) {
-            const long long v = part[q];
-            part[q] = run;
-            run += v;
-        }
-    }
-    __syncthreads();
-    long long run = part[t];
-    for (long long i = lo; i < hi; ++i) {
-        if (out64) out64[i] = run;
-        if (out32) out32[i] = (int)run;
-        run += len(i);
-    }
-    // The total: the thread holding the last element, or thread 0 when there is none.
-    if ((lo < hi && hi == n) || (n == 0 && t == 0)) {
-        if (out64) out64[n] = run;
-        if (out32) out32[n] = (int)run;
-    }
-}
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(GATHER_THREADS)
 scan_rows(const long long* __restrict__ src_ptr, const unsigned* __restrict__ cells, int B, long long* out64, int* out32) {
-    block_scan((long long)B, RowLen{src_ptr, cells}, out64, out32);
+    block_scan<GATHER_THREADS>((long long)B, RowLen{src_ptr, cells}, out64, out32);
 }
 
 extern "C" __global__ void __launch_bounds__(GATHER_THREADS)
 scan_counts(const int* __restrict__ count, int n, long long* out64, int* out32) {
-    block_scan((long long)n, Count{count}, out64, out32);
+    block_scan<GATHER_THREADS>((long long)n, Count{count}, out64, out32);
 }
 
 // dst_ptr: the minibatch's row pointers (scan_rows). s_k / d_k: 32-bit arrays (f32 or u32 bits) of the

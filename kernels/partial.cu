@@ -4,8 +4,9 @@
 // there (`Fold`): the first Linear + LayerNorm is folded per junction, so a pair costs two FMAs per
 // hidden unit before the second Linear.
 //   partial_transpose_w0: W₀ᵀ, for the fold's coalesced reads.
-//   partial_fold        : one warp per junction: F̂_j = e_j/‖e_j‖, u_j = W₀[:,0] + W₀[:,1:]·F̂_j, and the
-//                         folded LayerNorm (ũ_j, g₁⊙ũ_j, s_uu, s_ub; b̃, g₁⊙b̃, s_bb); also W₄ᵀ.
+//   partial_fold_norm   : one warp per junction: F̂_j = e_j/‖e_j‖ (b̃, g₁⊙b̃, s_bb; W₄ᵀ); the launcher's
+//                         GEMM F̂·W₀[:,1:]ᵀ, then partial_fold_ln: u_j = W₀[:,0] + W₀[:,1:]·F̂_j and the
+//                         folded LayerNorm (ũ_j, g₁⊙ũ_j, s_uu, s_ub).
 //   partial_ref_fwd     : one warp: the reference code h(0) (`partial_center_psi`).
 //   partial_pool_fwd    : one warp per chunk of PART_POOL_CHUNK pairs of a cell: its pairs through the h
 //                         network and into the chunk's share of the cell's pooled code, in pair order;
@@ -52,6 +53,7 @@
 #include "host_emu.h"
 #define PART_SMEM(name) unsigned char* name = emu::dynamic_smem.data()
 #endif
+#include "block_scan.cuh"
 #include "chunks.cuh"
 #include "mma.cuh"
 
@@ -209,7 +211,7 @@ __device__ __forceinline__ WarpSmem warp_smem(unsigned char* base, const Geo& g,
     return s;
 }
 
-// The network's parameters and the fold (read-only in every kernel but partial_fold).
+// The network's parameters and the fold (read-only in every kernel but the fold's).
 struct Net {
     Geo g;
     const float *ug, *bg, *be1, *g1, *w4, *w4t, *b4, *g5, *be5;
@@ -487,10 +489,9 @@ __device__ __forceinline__ Net make_net(int Hh, int D, const float* ug, const fl
 
 }  // namespace
 
-// w0t ((D + 1) × Hh) = W₀ᵀ (W₀: Hh × (D + 1)), so that partial_fold's lanes (hidden units) read
-// consecutive addresses: W₀'s rows are D + 1 floats apart, and a warp reading one column of them
-// touched 32 cache lines per load (at the paper size 8,192 L1 wavefronts per junction, milliseconds
-// per step).
+// w0t ((D + 1) × Hh) = W₀ᵀ (W₀: Hh × (D + 1)): its row 0 is W₀[:,0], which partial_fold_ln's lanes
+// (hidden units) read at consecutive addresses, and its rows 1..D are W₀[:,1:]ᵀ, contiguous and aligned,
+// the B operand of the launcher's GEMMs F̂·W₀[:,1:]ᵀ and du·W₀[:,1:].
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
 partial_transpose_w0(const float* __restrict__ w0, int Hh, int D, float* __restrict__ w0t) {
     const long long n = (long long)Hh * (D + 1);
@@ -512,18 +513,20 @@ __host__ __device__ inline long long partial_w4frag_words(int Hh, int D) {
     return partial_w4frag_fwd_words(Hh, D) + 64LL * (Hh / 8) * ((D + 15) / 16);
 }
 
-// emb: J × D; w0t: W₀ᵀ ((D + 1) × Hh, from partial_transpose_w0); b0, g1: Hh; w4: D × Hh. Outputs: fhat
-// (J × D), fnorm (J), ut, ug (J × Hh), suu, sub (J), bt, bg (Hh), sbb (1), w4t (Hh × D), and where w4frag
-// is not null (the tensor-core kernels' runs) W₄'s bf16 fragments (partial_w4frag_words). Dynamic shared
-// memory: D floats per warp.
+// The fold, in three steps: partial_fold_norm (one warp per junction: F̂_j = e_j / max(‖e_j‖, ε)), the
+// launcher's cuBLAS GEMM F̂·W₀[:,1:]ᵀ (J × D · D × Hh, into ut), and partial_fold_ln (one warp per
+// junction: u_j = that row + W₀[:,0] and its folded LayerNorm). (One warp per junction computing u_j
+// itself issued an L1 load of W₀ᵀ and a shared-memory load per multiply-add: 23 M warp-FMAs, about
+// 46 M L1 wavefronts per step at the paper size.)
+//
+// emb: J × D; b0, g1: Hh; w4: D × Hh. Outputs: fhat (J × D), fnorm (J), bt, bg (Hh), sbb (1) (junction
+// 0's warp), w4t (Hh × D), and where w4frag is not null (the tensor-core kernels' runs) W₄'s bf16
+// fragments (partial_w4frag_words), these two by every thread, grid-stride.
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
-partial_fold(const float* __restrict__ emb, const float* __restrict__ w0t, const float* __restrict__ b0,
-             const float* __restrict__ g1, const float* __restrict__ w4, int J, int Hh, int D,
-             float* __restrict__ fhat, float* __restrict__ fnorm, float* __restrict__ ut, float* __restrict__ ug,
-             double* __restrict__ suu, double* __restrict__ sub, float* __restrict__ bt, float* __restrict__ bg,
-             double* __restrict__ sbb, float* __restrict__ w4t, uint32_t* __restrict__ w4frag) {
-    PART_SMEM(smem_raw);
-    float* smem = (float*)smem_raw;
+partial_fold_norm(const float* __restrict__ emb, const float* __restrict__ b0, const float* __restrict__ g1,
+                  const float* __restrict__ w4, int J, int Hh, int D, float* __restrict__ fhat,
+                  float* __restrict__ fnorm, float* __restrict__ bt, float* __restrict__ bg,
+                  double* __restrict__ sbb, float* __restrict__ w4t, uint32_t* __restrict__ w4frag) {
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wpb = blockDim.x >> 5;
     for (long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x; x < (long long)D * Hh;
@@ -557,23 +560,21 @@ partial_fold(const float* __restrict__ emb, const float* __restrict__ w0t, const
     const int j = blockIdx.x * wpb + warp;
     if (j >= J) return;
     const double inv_h = 1.0 / (double)Hh;
-    // b̃ = b₀ − mean(b₀) (every warp computes it; junction 0's writes it)
-    double bs = 0.0;
-    for (int k = lane; k < Hh; k += 32) bs += (double)b0[k];
-    const double bmean = warp_sum_d(bs) * inv_h;
-    double bb = 0.0;
-    for (int k = lane; k < Hh; k += 32) {
-        const float b = (float)((double)b0[k] - bmean);
-        bb += (double)b * (double)b;
-        if (j == 0) {
+    if (j == 0) {  // b̃ = b₀ − mean(b₀), g₁⊙b̃, s_bb
+        double bs = 0.0;
+        for (int k = lane; k < Hh; k += 32) bs += (double)b0[k];
+        const double bmean = warp_sum_d(bs) * inv_h;
+        double bb = 0.0;
+        for (int k = lane; k < Hh; k += 32) {
+            const float b = (float)((double)b0[k] - bmean);
+            bb += (double)b * (double)b;
             bt[k] = b;
             bg[k] = b * g1[k];
         }
+        bb = warp_sum_d(bb) * inv_h;
+        if (lane == 0) sbb[0] = bb;
     }
-    bb = warp_sum_d(bb) * inv_h;
-    if (j == 0 && lane == 0) sbb[0] = bb;
     // F̂_j
-    float* fh = smem + (size_t)warp * D;
     float ss = 0.0f;
     for (int c = lane; c < D; c += 32) {
         const float v = emb[(long long)j * D + c];
@@ -582,12 +583,22 @@ partial_fold(const float* __restrict__ emb, const float* __restrict__ w0t, const
     const float nrm = sqrtf(warp_sum(ss));
     const float den = nrm > PART_NORM_EPS ? nrm : PART_NORM_EPS;
     for (int c = lane; c < D; c += 32) {
-        const float v = emb[(long long)j * D + c] / den;
-        fh[c] = v;
-        fhat[(long long)j * D + c] = v;
+        fhat[(long long)j * D + c] = emb[(long long)j * D + c] / den;
     }
     if (lane == 0) fnorm[j] = nrm;
-    __syncwarp();
+}
+
+// One warp per junction: u_j = (F̂·W₀[:,1:]ᵀ)_j + W₀[:,0] (ut holds the GEMM's row on entry), then the
+// folded LayerNorm: ũ_j = u_j − mean(u_j) (into ut), g₁⊙ũ_j (ug), s_uu = mean(ũ_j²), s_ub = mean(ũ_j·b̃)
+// (b̃ from partial_fold_norm). w0t: W₀ᵀ ((D + 1) × Hh, partial_transpose_w0), its row 0 W₀[:,0].
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_fold_ln(const float* __restrict__ w0t, const float* __restrict__ bt, const float* __restrict__ g1,
+                int J, int Hh, float* __restrict__ ut, float* __restrict__ ug, double* __restrict__ suu,
+                double* __restrict__ sub) {
+    const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int j = blockIdx.x * (int)(blockDim.x >> 5) + (int)warp;
+    if (j >= J) return;
+    const double inv_h = 1.0 / (double)Hh;
     // u_j, its mean, ũ_j, g₁⊙ũ_j, s_uu, s_ub
     float u[HPL_MAX];
     double us = 0.0;
@@ -596,9 +607,7 @@ partial_fold(const float* __restrict__ emb, const float* __restrict__ w0t, const
         const int k = lane + 32 * i;
         u[i] = 0.0f;
         if (k < Hh) {
-            float acc = 0.0f;
-            for (int c = 0; c < D; ++c) acc += fh[c] * w0t[(long long)(1 + c) * Hh + k];
-            u[i] = acc + w0t[k];
+            u[i] = ut[(long long)j * Hh + k] + w0t[k];
             us += (double)u[i];
         }
     }
@@ -609,7 +618,7 @@ partial_fold(const float* __restrict__ emb, const float* __restrict__ w0t, const
         const int k = lane + 32 * i;
         if (k < Hh) {
             const float v = (float)((double)u[i] - umean);
-            const float b = (float)((double)b0[k] - bmean);
+            const float b = bt[k];
             ut[(long long)j * Hh + k] = v;
             ug[(long long)j * Hh + k] = v * g1[k];
             a += (double)v * (double)v;
@@ -849,7 +858,7 @@ __host__ __device__ inline size_t partial_tc_smem_per_warp(int Hh) {
 // layout; the launcher uses it when Hh % 16 == 0 and D % 8 == 0). A pass takes 16 pairs of the chunk:
 // their first block exactly as pass_fwd computes it (f32, dropout hashed and its keep bits written
 // the same way), rounded to bf16 into a 16 × Hh tile; the second Linear as 16 × D tensor-core tiles
-// (A = the tile, B = W₄'s bf16 fragments from partial_fold, f32 accumulation: kernels/mma.cuh); then + b₄,
+// (A = the tile, B = W₄'s bf16 fragments from partial_fold_norm, f32 accumulation: kernels/mma.cuh); then + b₄,
 // the LayerNorm over each pair's D units (a row is held by the four lanes of a quad), the affine, the
 // ReLU and the chunk's sum, in f32. Differs from partial_pool_fwd by the bf16 rounding of the two
 // operands (relative 2⁻⁹ each) and the summation order. The backward (partial_pair_bwd) recomputes in
@@ -1067,31 +1076,17 @@ __host__ __device__ inline size_t partial_tc_bwd_smem(int Hh, int D, int W) {
 
 // One block of PART_PASS_THREADS: pass_ptr[j] = Σ_{i<j} ⌈(jptr[i + 1] − jptr[i]) / 16⌉ (J + 1 entries), the
 // 16-pair passes of partial_pair_bwd_tc before junction j, from which each of its warps finds a contiguous
-// range of junctions holding an equal share of the passes. Each thread sums a contiguous chunk; the
-// chunk sums are scanned in shared memory (integers: exact in any order).
+// range of junctions holding an equal share of the passes (kernels/block_scan.cuh: integers, exact).
 #define PART_PASS_THREADS 256
+namespace {
+struct JunctionPasses {
+    const int* jptr;
+    __device__ long long operator()(long long j) const { return (jptr[j + 1] - jptr[j] + 15) / 16; }
+};
+}  // namespace
 extern "C" __global__ void __launch_bounds__(PART_PASS_THREADS)
 partial_pass_ptr(const int* __restrict__ jptr, int J, int* __restrict__ pass_ptr) {
-    __shared__ int sums[PART_PASS_THREADS];
-    const int t = (int)threadIdx.x, T = (int)blockDim.x;
-    const int chunk = (J + T - 1) / T;
-    const int j0 = t * chunk < J ? t * chunk : J, j1 = j0 + chunk < J ? j0 + chunk : J;
-    int sum = 0;
-    for (int j = j0; j < j1; ++j) sum += (jptr[j + 1] - jptr[j] + 15) / 16;
-    sums[t] = sum;
-    __syncthreads();
-    for (int o = 1; o < T; o <<= 1) {  // inclusive scan (Hillis–Steele)
-        const int y = t >= o ? sums[t - o] : 0;
-        __syncthreads();
-        sums[t] += y;
-        __syncthreads();
-    }
-    int run = sums[t] - sum;  // the passes before this thread's chunk
-    for (int j = j0; j < j1; ++j) {
-        pass_ptr[j] = run;
-        run += (jptr[j + 1] - jptr[j] + 15) / 16;
-    }
-    if (t == T - 1) pass_ptr[J] = run;  // every pass (the last chunks may be empty)
+    block_scan<PART_PASS_THREADS>((long long)J, JunctionPasses{jptr}, nullptr, pass_ptr);
 }
 
 // The first j in [0, J] with pass_ptr[j] ≥ x (pass_ptr nondecreasing).

@@ -36,6 +36,20 @@ fn csr(r: &mut ChaCha8Rng, n: usize, cols: usize) -> (Vec<i64>, Vec<u32>, Vec<f3
 fn gather_on(dev: &CudaDevice) {
     let k = CudaGather::new(dev).unwrap();
     let mut r = ChaCha8Rng::seed_from_u64(11);
+    // scan_counts alone: none, one, and one tile of 2,048 entries less, exactly and more; 4.9 tiles
+    for n in [0usize, 1, 2047, 2048, 2049, 10_000] {
+        let counts: Vec<i32> = (0..n).map(|_| r.gen_range(0..50)).collect();
+        let mut want = vec![0i64; n + 1];
+        for i in 0..n {
+            want[i + 1] = want[i] + counts[i] as i64;
+        }
+        let cd = dev.upload(if n == 0 { &[0i32][..] } else { &counts[..] }).unwrap();
+        let mut o64 = dev.upload(&vec![-7i64; n + 1]).unwrap();
+        let mut o32 = dev.upload(&vec![-7i32; n + 1]).unwrap();
+        k.scan_counts(&cd, n, &mut o64, Some(&mut o32)).unwrap();
+        assert_eq!(dev.download(&o64).unwrap(), want, "scan_counts i64, n {n}");
+        assert_eq!(dev.download(&o32).unwrap(), want.iter().map(|&v| v as i32).collect::<Vec<_>>(), "scan_counts i32, n {n}");
+    }
     for (n_cells, cols, b) in [(5usize, 3usize, 1usize), (90, 400, 70), (40, 1000, 33)] {
         let (ptr, idx, val) = csr(&mut r, n_cells, cols);
         let mut cells: Vec<u32> = (0..b).map(|_| r.gen_range(0..n_cells as u32)).collect();

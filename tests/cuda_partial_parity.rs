@@ -6,8 +6,9 @@
 //!   kernels/host_emu.h and run on the CPU (its logic: lane layout, passes, keep bits, the
 //!   junction-major backward, slots and their reduction), on fresh random inputs with the pooled codes
 //!   poisoned (NaN) first, against the f32 twin: pooled codes, h(0), dropout keep bits (exactly) and the
-//!   gradients of all nine parameters. Its launch sequence computes the launcher's two GEMMs (d F̂ =
-//!   du·W₀[:,1:], duᵀ·F̂) on the host, and sums over junctions and slots in small chunks and groups.
+//!   gradients of all nine parameters. Its launch sequence computes the launcher's three GEMMs
+//!   (F̂·W₀[:,1:]ᵀ, d F̂ = du·W₀[:,1:], duᵀ·F̂) on the host, and sums over junctions and slots in small
+//!   chunks and groups.
 //! * `device_partial_matches_twin`: the launcher's sequence (`CudaPartial`, with cuBLAS, or its host
 //!   stand-in) on a GPU where one exists, and under the host emulation of the device.
 //! * `device_partial_tensor_cores_match_twin`: the bf16 tensor-core kernels (see there).
@@ -202,8 +203,18 @@ int main(int argc, char** argv) {
     const size_t sf = partial_smem_per_warp(Hh, D, 0), sb = partial_smem_per_warp(Hh, D, 1);
     std::vector<float> w0t((size_t)(D + 1) * Hh, NAN);
     emu::launch(3, PART_THREADS, 0, [&] { partial_transpose_w0(w0.data(), Hh, D, w0t.data()); });
-    emu::launch((J + wpr - 1) / wpr, PART_THREADS, wpr * D * 4, [&] {
-        partial_fold(emb.data(), w0t.data(), b0.data(), g1.data(), w4.data(), J, Hh, D, fhat.data(), fnorm.data(), ut.data(), ug.data(), suu.data(), sub.data(), bt.data(), bg.data(), sbb.data(), w4t.data(), nullptr);
+    emu::launch((J + wpr - 1) / wpr + 1, PART_THREADS, 0, [&] {
+        partial_fold_norm(emb.data(), b0.data(), g1.data(), w4.data(), J, Hh, D, fhat.data(), fnorm.data(), bt.data(), bg.data(), sbb.data(), w4t.data(), nullptr);
+    });
+    // The launcher's cuBLAS GEMM F̂·W₀[:,1:]ᵀ into ut, here on the host.
+    for (int j = 0; j < J; ++j)
+        for (int k = 0; k < Hh; ++k) {
+            float acc = 0.0f;
+            for (int c = 0; c < D; ++c) acc += fhat[(size_t)j * D + c] * w0t[(size_t)(1 + c) * Hh + k];
+            ut[(size_t)j * Hh + k] = acc;
+        }
+    emu::launch((J + wpr - 1) / wpr + 1, PART_THREADS, 0, [&] {
+        partial_fold_ln(w0t.data(), bt.data(), g1.data(), J, Hh, ut.data(), ug.data(), suu.data(), sub.data());
     });
 #define NET ug.data(), bg.data(), be1.data(), g1.data(), w4.data(), w4t.data(), b4.data(), g5.data(), be5.data(), suu.data(), sub.data(), sbb.data()
     if (center) emu::launch(1, 32, sf, [&] { partial_ref_fwd(NET, Hh, D, h0.data()); });

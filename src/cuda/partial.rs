@@ -125,7 +125,7 @@ pub fn tc_bwd_warps_per_block(hh: usize, d: usize, smem_limit: usize, requested:
     Ok([4, 2, 1].into_iter().find(|&w| tc_bwd_smem(hh, d, w) <= smem_limit).unwrap_or(1))
 }
 
-/// `partial_w4frag_words` of kernels/partial.cu: W₄'s bf16 tensor-core fragments that `partial_fold`
+/// `partial_w4frag_words` of kernels/partial.cu: W₄'s bf16 tensor-core fragments that `partial_fold_norm`
 /// writes for the tensor-core kernels (u32 words: the forward's D/8 × Hh/16 tiles, then the backward's
 /// Hh/8 × ⌈D/16⌉, 64 words each).
 pub fn w4frag_words(hh: usize, d: usize) -> usize {
@@ -446,7 +446,8 @@ pub struct PartialHost {
 pub struct CudaPartial<'d> {
     dev: &'d CudaDevice,
     transpose_w0: Kernel,
-    fold: Kernel,
+    fold_norm: Kernel,
+    fold_ln: Kernel,
     ref_fwd: Kernel,
     pool_fwd: Kernel,
     pool_fwd_tc: Kernel,
@@ -487,7 +488,8 @@ impl<'d> CudaPartial<'d> {
         Ok(CudaPartial {
             dev,
             transpose_w0: f("partial_transpose_w0")?,
-            fold: f("partial_fold")?,
+            fold_norm: f("partial_fold_norm")?,
+            fold_ln: f("partial_fold_ln")?,
             ref_fwd: f("partial_ref_fwd")?,
             pool_fwd: f("partial_pool_fwd")?,
             pool_fwd_tc: f("partial_pool_fwd_tc")?,
@@ -554,9 +556,8 @@ impl<'d> CudaPartial<'d> {
         self.dev.launch(&self.transpose_w0, cfg(grid, PART_THREADS, 0), &args)?;
         // W₄'s bf16 fragments only where the tensor-core kernels read them
         let w4frag = if s.tensor_cores { w.w4frag.device_address() } else { 0 };
-        let args: [&dyn KernelArg; 19] = [
+        let args: [&dyn KernelArg; 14] = [
             &p.emb.device_address(),
-            &w.w0t.device_address(),
             &p.b0.device_address(),
             &p.g1.device_address(),
             &p.w4.device_address(),
@@ -565,17 +566,32 @@ impl<'d> CudaPartial<'d> {
             &(d as i32),
             &w.fhat.device_address(),
             &w.fnorm.device_address(),
-            &w.ut.device_address(),
-            &w.ug.device_address(),
-            &w.suu.device_address(),
-            &w.sub.device_address(),
             &w.bt.device_address(),
             &w.bg.device_address(),
             &w.sbb.device_address(),
             &w.w4t.device_address(),
             &w4frag,
         ];
-        self.dev.launch(&self.fold, cfg(j.div_ceil(wpb), PART_THREADS, wpb * d * 4), &args)?;
+        self.dev.launch(&self.fold_norm, cfg(j.div_ceil(wpb).max(1), PART_THREADS, 0), &args)?;
+        if j > 0 {
+            // u − W₀[:,0] = F̂·W₀[:,1:]ᵀ (J × D · D × Hh) into ut: W₀[:,1:]ᵀ is rows 1..=D of W₀ᵀ.
+            use super::gemm::{GemmPrecision, Operand};
+            ensure!(w.w0t.len() >= (d + 1) * hh && w.ut.len() >= j * hh, "partial: the W₀ᵀ / ũ scratch is too small");
+            let w0t_rows = Operand { addr: w.w0t.device_address() + (4 * hh) as u64, rows: d, cols: hh, ld: hh, t: false };
+            self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w.fhat, j, d, false)?, &w0t_rows, 0.0, &mut w.ut, j, hh)?;
+            let args: [&dyn KernelArg; 9] = [
+                &w.w0t.device_address(),
+                &w.bt.device_address(),
+                &p.g1.device_address(),
+                &(j as i32),
+                &(hh as i32),
+                &w.ut.device_address(),
+                &w.ug.device_address(),
+                &w.suu.device_address(),
+                &w.sub.device_address(),
+            ];
+            self.dev.launch(&self.fold_ln, cfg(j.div_ceil(wpb), PART_THREADS, 0), &args)?;
+        }
         let mut na = [0u64; 12];
         let n = *Self::net_args(p, w, &mut na);
         if s.center {
@@ -706,7 +722,11 @@ impl<'d> CudaPartial<'d> {
         }
         // d u (J × Hh) and its sums over junctions: by chunks of PART_DU_CHUNK, then groups of chunks.
         let t = PART_THREADS as usize;
-        let n_du = j.div_ceil(PART_DU_CHUNK);
+        let (n_du, n_slots) = (j.div_ceil(PART_DU_CHUNK), nw + s.center as usize);
+        let (n_jgroups, n_slot_groups) = (n_du.div_ceil(PART_GROUP), n_slots.div_ceil(PART_GROUP));
+        let sg = n_slot_groups * (slot_len(hh, d) + 2);
+        ensure!(w.slot_part.len() >= sg && w.jgroups.len() >= n_jgroups * 3 * hh && w.jpart.len() >= n_du * 3 * hh, "partial: the backward's sum scratch is too small for J = {j}");
+        ensure!(w.w0t.len() >= (d + 1) * hh && w.dfh.len() >= j * d, "partial: the W₀ᵀ / d F̂ scratch is too small");
         let args: [&dyn KernelArg; 9] = [
             &w.q.device_address(),
             &w.cj.device_address(),
@@ -719,7 +739,6 @@ impl<'d> CudaPartial<'d> {
             &w.jpart.device_address(),
         ];
         self.dev.launch(&self.unfold_du, cfg((n_du * hh).div_ceil(t).max(1), PART_THREADS, 0), &args)?;
-        let n_jgroups = n_du.div_ceil(PART_GROUP);
         let args: [&dyn KernelArg; 4] = [&w.jpart.device_address(), &(n_du as i32), &(3 * hh as i32), &w.jgroups.device_address()];
         self.dev.launch(&self.group_sums, cfg((n_jgroups * 3 * hh).div_ceil(t).max(1), PART_THREADS, 0), &args)?;
         {
@@ -729,7 +748,6 @@ impl<'d> CudaPartial<'d> {
             self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &b, 0.0, &mut w.w0_prod, hh, d)?;
             if g.emb.is_some() {
                 // d F̂ = du·W₀[:,1:] (J × Hh · Hh × D): W₀[:,1:]ᵀ is rows 1..=D of the forward's W₀ᵀ.
-                ensure!(w.w0t.len() >= (d + 1) * hh, "partial: W₀ᵀ scratch too small");
                 let w0t_rows = Operand { addr: w.w0t.device_address() + (4 * hh) as u64, rows: d, cols: hh, ld: hh, t: true };
                 self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w.du, j, hh, false)?, &w0t_rows, 0.0, &mut w.dfh, j, d)?;
             }
@@ -747,10 +765,6 @@ impl<'d> CudaPartial<'d> {
             self.dev.launch(&self.unfold_emb, cfg(j.div_ceil(wpr).max(1), PART_THREADS, 0), &args)?;
         }
         // The slots by groups, then every parameter element.
-        let n_slots = nw + s.center as usize;
-        let n_slot_groups = n_slots.div_ceil(PART_GROUP);
-        let sg = n_slot_groups * (slot_len(hh, d) + 2);
-        ensure!(w.slot_part.len() >= sg && w.jgroups.len() >= n_jgroups * 3 * hh && w.jpart.len() >= n_du * 3 * hh, "partial: the backward's sum scratch is too small for J = {j}");
         let args: [&dyn KernelArg; 8] = [
             &w.slots.device_address(),
             &w.slot_d.device_address(),
@@ -808,9 +822,18 @@ impl<'d> CudaPartial<'d> {
         // (an empty minibatch still gets one-element buffers; the kernels never read them)
         let bd = PartialBatchDev { indptr: &ip, junction: &jn, psi: &ps, jptr: &jp, order: &od, cell_of: &co };
         let mut w = PartialWork::alloc(dev, &s)?;
-        // The backward's scratch poisoned (all bits set: NaN in f32 and f64), as a reused step buffer
-        // may hold anything: what a kernel reads without writing first (a slot's d W₄ that only the
-        // block's first warp writes, say) shows up as NaN.
+        // The scratch poisoned (all bits set: NaN in f32 and f64), as a reused step buffer may hold
+        // anything: what a kernel reads without writing first (a slot's d W₄ that only the block's
+        // first warp writes, say) shows up as NaN.
+        dev.memset(&mut w.fhat, 0xff)?;
+        dev.memset(&mut w.fnorm, 0xff)?;
+        dev.memset(&mut w.ut, 0xff)?;
+        dev.memset(&mut w.ug, 0xff)?;
+        dev.memset(&mut w.suu, 0xff)?;
+        dev.memset(&mut w.sub, 0xff)?;
+        dev.memset(&mut w.bt, 0xff)?;
+        dev.memset(&mut w.bg, 0xff)?;
+        dev.memset(&mut w.sbb, 0xff)?;
         dev.memset(&mut w.slots, 0xff)?;
         dev.memset(&mut w.slot_d, 0xff)?;
         dev.memset(&mut w.slot_part, 0xff)?;
