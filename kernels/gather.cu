@@ -16,10 +16,10 @@
 //                   (atomicOr: the words do not depend on the order of the ORs). The entry of row r in
 //                   column c lands at cptr[c] + (entries of c in earlier tiles) + popcount(the word's bits
 //                   below r): deterministic, no float atomics.
-//   group_entries : one thread per ATSE. The entries grouped by ATSE (the per-ATSE concentration
+//   group_entries : one warp per ATSE. The entries grouped by ATSE (the per-ATSE concentration
 //                   targets) from the groups' CSC: each ATSE's groups in cell order, each group's entries
 //                   in entry order.
-//   count_group_entries, iota_i32 : the sizes for that grouping; 0..n.
+//   count_group_entries : one warp per ATSE, the sizes for that grouping. iota_i32: 0..n.
 // THESE KERNELS HAVE NEVER RUN ON A GPU: written and compiled without one; tests/cuda_gather_parity.rs
 // runs them under the host emulation (src/cuda/emu.rs) and on a GPU where one exists.
 // CPU twin: splicevi::cuda::gather::twin (and, for the whole minibatch, the host's HostBatch::build).
@@ -139,27 +139,45 @@ csc_place(const int* __restrict__ row_of, const unsigned* __restrict__ col, cons
     }
 }
 
-// count[a] = entries of ATSE a's groups; gcptr / gorder: the groups' CSC by ATSE (csc_place's out_ord).
+// One warp per ATSE (the groups of a minibatch are scattered over the dataset's cells, so a thread per
+// ATSE walked ~10² groups with every warp access on 32 cache lines): count[a] = the entries of ATSE
+// a's groups (gcptr / gorder: the groups' CSC by ATSE, csc_place's out_ord; g_grp: each group's entries).
 extern "C" __global__ void __launch_bounds__(GATHER_THREADS)
 count_group_entries(const long long* __restrict__ gcptr, const int* __restrict__ gorder, const long long* __restrict__ g_grp, int n_atse,
                     int* count) {
-    const int a = blockIdx.x * GATHER_THREADS + threadIdx.x;
+    const int lane = (int)threadIdx.x & 31, a = blockIdx.x * (GATHER_THREADS / 32) + ((int)threadIdx.x >> 5);
     if (a >= n_atse) return;
     long long s = 0;
-    for (long long p = gcptr[a]; p < gcptr[a + 1]; ++p) s += g_grp[gorder[p] + 1] - g_grp[gorder[p]];
-    count[a] = (int)s;
+    for (long long p = gcptr[a] + lane; p < gcptr[a + 1]; p += 32) s += g_grp[gorder[p] + 1] - g_grp[gorder[p]];
+    for (int o = 16; o > 0; o >>= 1) s += (long long)__shfl_sync(0xffffffffu, (uint64_t)s, lane ^ o);
+    if (lane == 0) count[a] = (int)s;
 }
 
-// ids[ptr[a]..ptr[a + 1]] = ATSE a's entries: its groups in cell order, each group's in entry order.
+// One warp per ATSE: ids[ptr[a]..ptr[a + 1]] = ATSE a's entries, its groups in cell order, each group's in
+// entry order. The lanes take 32 groups at a time; an exclusive scan of their sizes places each group.
 extern "C" __global__ void __launch_bounds__(GATHER_THREADS)
 group_entries(const long long* __restrict__ gcptr, const int* __restrict__ gorder, const long long* __restrict__ g_grp,
               const unsigned* __restrict__ g_ord, const int* __restrict__ ptr, int n_atse, int* ids) {
-    const int a = blockIdx.x * GATHER_THREADS + threadIdx.x;
+    const int lane = (int)threadIdx.x & 31, a = blockIdx.x * (GATHER_THREADS / 32) + ((int)threadIdx.x >> 5);
     if (a >= n_atse) return;
-    int at = ptr[a];
-    for (long long p = gcptr[a]; p < gcptr[a + 1]; ++p) {
-        const int g = gorder[p];
-        for (long long q = g_grp[g]; q < g_grp[g + 1]; ++q) ids[at++] = (int)g_ord[q];
+    long long at = ptr[a];
+    const long long end = gcptr[a + 1];
+    for (long long base = gcptr[a]; base < end; base += 32) {
+        const long long p = base + lane;
+        long long q0 = 0, len = 0;
+        if (p < end) {
+            const int g = gorder[p];
+            q0 = g_grp[g];
+            len = g_grp[g + 1] - q0;
+        }
+        long long inc = len;  // inclusive scan of the sizes over the lanes
+        for (int o = 1; o < 32; o <<= 1) {
+            const long long v = (long long)__shfl_sync(0xffffffffu, (uint64_t)inc, lane >= o ? lane - o : lane);
+            if (lane >= o) inc += v;
+        }
+        const long long total = (long long)__shfl_sync(0xffffffffu, (uint64_t)inc, 31);
+        for (long long q = 0; q < len; ++q) ids[at + inc - len + q] = (int)g_ord[q0 + q];
+        at += total;
     }
 }
 

@@ -121,7 +121,7 @@ fn gather_on(dev: &CudaDevice) {
 fn groups_on(dev: &CudaDevice) {
     let k = CudaGather::new(dev).unwrap();
     let mut r = ChaCha8Rng::seed_from_u64(12);
-    let (n_cells, n_atse) = (60usize, 50usize);
+    let (n_cells, n_atse) = (120usize, 50usize);
     let (mut s_ptr, mut g_ptr) = (vec![0i64], vec![0i64]);
     let (mut start_rel, mut atse, mut ord_rel) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n_cells {
@@ -144,7 +144,9 @@ fn groups_on(dev: &CudaDevice) {
         s_ptr.push(s_ptr.last().unwrap() + len as i64);
         g_ptr.push(g_ptr.last().unwrap() + n_groups as i64);
     }
-    let cells: Vec<u32> = vec![3, 0, 17, 9, 42, 5, 1, 59, 33, 34, 35, 36, 37, 38, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 2];
+    // (94 cells: ATSEs with more than 32 groups, so that group_entries' warps take several rounds)
+    let mut cells: Vec<u32> = vec![3, 0, 17, 9, 42, 5, 1, 59, 33, 34, 35, 36, 37, 38, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 2];
+    cells.extend(60..120);
     let b = cells.len();
     let (wg, wo, wrow, watse) = twin::gather_groups(&g_ptr, &cells, &s_ptr, &start_rel, &atse, &ord_rel);
     let n_groups = wrow.len();
@@ -184,6 +186,8 @@ fn groups_on(dev: &CudaDevice) {
         CscOut { cptr: &mut gcp, cptr32: None, row: None, val: None, ord: Some(&mut gorder) },
     )
     .unwrap();
+    let gcp_host = dev.download(&gcp).unwrap();
+    assert!(gcp_host.windows(2).any(|w| w[1] - w[0] > 32), "some ATSE should have more than 32 groups");
     let mut ecnt = dev.upload(&vec![-3i32; n_atse]).unwrap();
     let mut p64 = dev.upload(&vec![-7i64; n_atse + 1]).unwrap();
     let mut p32 = dev.upload(&vec![-7i32; n_atse + 1]).unwrap();

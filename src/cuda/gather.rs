@@ -32,6 +32,11 @@ fn addr<T>(m: &Option<&mut dyn DeviceMem<T>>) -> u64 {
     m.as_ref().map_or(0, |m| m.device_address())
 }
 
+/// One warp per item, GATHER_THREADS / 32 items per block.
+fn per_warp(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(GATHER_THREADS as usize / 32).max(1) as u32, 1, 1), block_dim: (GATHER_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
 fn one_block() -> LaunchConfig {
     LaunchConfig { grid_dim: (1, 1, 1), block_dim: (GATHER_THREADS, 1, 1), shared_mem_bytes: 0 }
 }
@@ -299,7 +304,7 @@ impl<'d> CudaGather<'d> {
         ensure!(ids.elements() >= g_ord.elements(), "group_entries: ids shorter than the entries");
         if n_atse > 0 {
             let args: [&dyn KernelArg; 5] = [&gcptr.device_address(), &gorder.device_address(), &g_grp.device_address(), &(n_atse as i32), &count.device_address()];
-            self.dev.launch(&self.count_group_entries, per_thread(n_atse), &args)?;
+            self.dev.launch(&self.count_group_entries, per_warp(n_atse), &args)?;
         }
         self.scan_counts(&*count, n_atse, ptr64, Some(&mut *ptr))?;
         if n_atse > 0 {
@@ -312,7 +317,7 @@ impl<'d> CudaGather<'d> {
                 &(n_atse as i32),
                 &ids.device_address(),
             ];
-            self.dev.launch(&self.group_entries, per_thread(n_atse), &args)?;
+            self.dev.launch(&self.group_entries, per_warp(n_atse), &args)?;
         }
         Ok(())
     }
