@@ -79,8 +79,8 @@ glue_map(int op, const float* __restrict__ x, const float* __restrict__ a, float
 }
 
 // out[c] = alpha * Σ_r x[r * ld + c] (+ beta * out[c] when beta != 0), in f64, in an order fixed by the
-// shape alone: a block takes a strip of cw columns (a power of two ≤ 32: min(32, cols rounded up), from
-// the launcher); its GLUE_THREADS / cw row lanes sum rows rl, rl + lanes, ... of each column, then a
+// shape alone: a block takes a strip of cw columns (a power of two ≤ 32, from the launcher:
+// glue::col_sum_strip); its GLUE_THREADS / cw row lanes sum rows rl, rl + lanes, ... of each column, then a
 // fixed tree adds the lanes. (One thread per column walking every row left Σ log φ² over the ATSEs to a
 // single thread: a chain of 10⁴ dependent loads per step at the paper size.)
 extern "C" __global__ void __launch_bounds__(GLUE_THREADS)
