@@ -377,6 +377,12 @@ pub struct PartialWork {
 }
 
 impl PartialWork {
+    /// W₀[:,1:]ᵀ (D × Hh; transposed when `t`: W₀[:,1:]) as a GEMM operand: rows 1..=D of W₀ᵀ, contiguous
+    /// and aligned (the caller checks that w0t holds (D + 1) × Hh).
+    fn w0_rest(&self, hh: usize, d: usize, t: bool) -> super::gemm::Operand {
+        super::gemm::Operand { addr: self.w0t.device_address() + (4 * hh) as u64, rows: d, cols: hh, ld: hh, t }
+    }
+
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
         let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh];
@@ -577,8 +583,7 @@ impl<'d> CudaPartial<'d> {
             // u − W₀[:,0] = F̂·W₀[:,1:]ᵀ (J × D · D × Hh) into ut: W₀[:,1:]ᵀ is rows 1..=D of W₀ᵀ.
             use super::gemm::{GemmPrecision, Operand};
             ensure!(w.w0t.len() >= (d + 1) * hh && w.ut.len() >= j * hh, "partial: the W₀ᵀ / ũ scratch is too small");
-            let w0t_rows = Operand { addr: w.w0t.device_address() + (4 * hh) as u64, rows: d, cols: hh, ld: hh, t: false };
-            self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w.fhat, j, d, false)?, &w0t_rows, 0.0, &mut w.ut, j, hh)?;
+            self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w.fhat, j, d, false)?, &w.w0_rest(hh, d, false), 0.0, &mut w.ut, j, hh)?;
             let args: [&dyn KernelArg; 9] = [
                 &w.w0t.device_address(),
                 &w.bt.device_address(),
@@ -748,8 +753,7 @@ impl<'d> CudaPartial<'d> {
             self.gemm.gemm(GemmPrecision::F32, 1.0, &a, &b, 0.0, &mut w.w0_prod, hh, d)?;
             if g.emb.is_some() {
                 // d F̂ = du·W₀[:,1:] (J × Hh · Hh × D): W₀[:,1:]ᵀ is rows 1..=D of the forward's W₀ᵀ.
-                let w0t_rows = Operand { addr: w.w0t.device_address() + (4 * hh) as u64, rows: d, cols: hh, ld: hh, t: true };
-                self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w.du, j, hh, false)?, &w0t_rows, 0.0, &mut w.dfh, j, d)?;
+                self.gemm.gemm(GemmPrecision::F32, 1.0, &Operand::new(&w.du, j, hh, false)?, &w.w0_rest(hh, d, true), 0.0, &mut w.dfh, j, d)?;
             }
         }
         if let Some(g_emb) = &g.emb {
@@ -825,25 +829,12 @@ impl<'d> CudaPartial<'d> {
         // The scratch poisoned (all bits set: NaN in f32 and f64), as a reused step buffer may hold
         // anything: what a kernel reads without writing first (a slot's d W₄ that only the block's
         // first warp writes, say) shows up as NaN.
-        dev.memset(&mut w.fhat, 0xff)?;
-        dev.memset(&mut w.fnorm, 0xff)?;
-        dev.memset(&mut w.ut, 0xff)?;
-        dev.memset(&mut w.ug, 0xff)?;
-        dev.memset(&mut w.suu, 0xff)?;
-        dev.memset(&mut w.sub, 0xff)?;
-        dev.memset(&mut w.bt, 0xff)?;
-        dev.memset(&mut w.bg, 0xff)?;
-        dev.memset(&mut w.sbb, 0xff)?;
-        dev.memset(&mut w.slots, 0xff)?;
-        dev.memset(&mut w.slot_d, 0xff)?;
-        dev.memset(&mut w.slot_part, 0xff)?;
-        dev.memset(&mut w.jpart, 0xff)?;
-        dev.memset(&mut w.jgroups, 0xff)?;
-        dev.memset(&mut w.dfh, 0xff)?;
-        dev.memset(&mut w.du, 0xff)?;
-        dev.memset(&mut w.q, 0xff)?;
-        dev.memset(&mut w.cj, 0xff)?;
-        dev.memset(&mut w.w0_prod, 0xff)?;
+        for b in [&mut w.fhat, &mut w.fnorm, &mut w.ut, &mut w.ug, &mut w.bt, &mut w.bg, &mut w.slots, &mut w.dfh, &mut w.du, &mut w.q, &mut w.w0_prod] {
+            dev.memset(b, 0xff)?;
+        }
+        for b in [&mut w.suu, &mut w.sub, &mut w.sbb, &mut w.slot_d, &mut w.slot_part, &mut w.jpart, &mut w.jgroups, &mut w.cj] {
+            dev.memset(b, 0xff)?;
+        }
         let mut pool = dev.upload(&vec![f32::NAN; s.b * s.d])?;
         let sizes = [p.get(pe.emb).len(), p.get(pe.h0.w).len(), s.hh, s.hh, s.hh, s.d * s.hh, s.d, s.d, s.d];
         let mut gbufs: Vec<DevBuf<f32>> = sizes.iter().map(|&n| dev.zeros(n)).collect::<Result<_>>()?;
