@@ -1314,12 +1314,18 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
 #pragma unroll
             for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
                 if (nt < NT) {
+                    // d(code) of the two rows' cells at the lane's columns t0, t0 + 1: one 8-byte load
+                    // per row (the eight row groups' cells are eight cache lines, so a load per column
+                    // cost twice the L1 wavefronts; dpool is 8-byte aligned and D even: the launcher checks)
+                    const int t0 = nt * 8 + 2 * tq;
+                    const float2 dp0 = live0 ? *(const float2*)(dpool + (long long)cell0 * D + t0) : float2{0.0f, 0.0f};
+                    const float2 dp1 = live1 ? *(const float2*)(dpool + (long long)cell1 * D + t0) : float2{0.0f, 0.0f};
 #pragma unroll
                     for (int x = 0; x < 2; ++x) {
-                        const int t = nt * 8 + 2 * tq + x;
+                        const int t = t0 + x;
                         const float a20 = hx[nt][x] * g5[t] + be5[t], a21 = hx[nt][2 + x] * g5[t] + be5[t];
-                        float dc0 = live0 ? dpool[(long long)cell0 * D + t] : 0.0f;
-                        float dc1 = live1 ? dpool[(long long)cell1 * D + t] : 0.0f;
+                        float dc0 = x ? dp0.y : dp0.x;
+                        float dc1 = x ? dp1.y : dp1.x;
                         if (den0 != 1.0f) dc0 /= den0;
                         if (den1 != 1.0f) dc1 /= den1;
                         const float d0 = a20 > 0.0f ? dc0 : 0.0f, d1 = a21 > 0.0f ? dc1 : 0.0f;
@@ -1415,21 +1421,25 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                         mma_m16n8k16_bf16(cf, adh[ks], bf, cf);
                     }
                 }
+                // u_j·g₁ and b̃·g₁ at the lane's two columns, one 8-byte load each (fold outputs: aligned,
+                // Hh even); g₁ is a parameter, at any offset of the flat buffer, so loaded by the float
+                const int kp = nt * 8 + 2 * tq;
+                const float2 gu2 = *(const float2*)(ug + (long long)j * Hh + kp), bg2 = *(const float2*)(bg + kp);
 #pragma unroll
                 for (int y = 0; y < 4; ++y) {
-                    const int r = gr + (y >= 2 ? 8 : 0), k = nt * 8 + 2 * tq + (y & 1);
+                    const int r = gr + (y >= 2 ? 8 : 0), k = kp + (y & 1);
                     const bool on = (act[(nt * 4 + y) / 32] >> ((nt * 4 + y) % 32)) & 1u;
                     const float v = on ? cf[y] * scale : 0.0f;
                     da[r * lda + k] = v;
-                    const float gu = ug[(long long)j * Hh + k];
+                    const float gu = y & 1 ? gu2.y : gu2.x, bgk = y & 1 ? bg2.y : bg2.x;
                     if (y < 2) {
                         p10 += v * g1[k];
                         pu0 += v * gu;
-                        pb0 += v * bg[k];
+                        pb0 += v * bgk;
                     } else {
                         p11 += v * g1[k];
                         pu1 += v * gu;
-                        pb1 += v * bg[k];
+                        pb1 += v * bgk;
                     }
                 }
             }

@@ -698,6 +698,8 @@ impl<'d> CudaPartial<'d> {
             // 16 pairs of a junction per pass, the three products as mma tiles; the block's warps share
             // d W₄'s accumulator in shared memory.
             let wpb = self.tc_bwd_warps(hh, d)?;
+            // (the kernel reads d(pool) two code units at a time: 8-byte loads)
+            ensure!(dpool.device_address() % 8 == 0, "partial: d(pool) at {:#x} is not 8-byte aligned", dpool.device_address());
             w4_stride = wpb;
             // each warp's junctions: a contiguous range with an equal share of the passes
             let (jp, pp) = (bt.jptr.device_address(), w.pass_ptr.device_address());
