@@ -7,6 +7,8 @@ fn main() {
     if cli.command.trains() {
         splicevi::util::keep_freed_memory();
     }
+    // (after keep_freed_memory: this starts the thread that waits for the signals)
+    splicevi::util::remove_temp_files_on_signal();
     if let Err(e) = splicevi::cmd::run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
