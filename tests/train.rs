@@ -166,3 +166,42 @@ fn default_model_learns_cell_types() {
     eprintln!("joint latent 15-NN cell-type accuracy: {acc:.3}");
     assert!(acc >= 0.95, "cell types not separated: 15-NN accuracy {acc:.3}");
 }
+
+/// A run remembers its genes, junctions and ATSE grouping (`features.json`): the analyses (through
+/// `load_model`) and `Trainer::resume` refuse data that holds other ones although the sizes match,
+/// naming the first difference; renamed ATSE ids with the same grouping are accepted (the parameters
+/// follow the ATSE index, not its name).
+#[test]
+fn a_run_refuses_data_with_other_features() {
+    use splicevi::train::trainer::{load_model, RunFeatures, FEATURES_FILE};
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&ds, &dir, ModelConfig::default(), quick_train(1));
+    let saved: RunFeatures = serde_json::from_str(&std::fs::read_to_string(dir.join(FEATURES_FILE)).unwrap()).unwrap();
+    assert_eq!(saved, RunFeatures::of(&ds));
+    assert!(load_model(&dir, &ds).is_ok());
+    let mut genes = ds.clone();
+    genes.gene_names.swap(3, 4);
+    let mut junctions = ds.clone();
+    junctions.splicing.junction_names[7] = "junc_renamed".into();
+    // the first two ATSEs' junctions swap their ATSE (same sizes, other grouping)
+    let mut grouping = ds.clone();
+    let (a, b) = (grouping.splicing.junc2atse.iter().position(|&x| x == 0).unwrap(), grouping.splicing.junc2atse.iter().position(|&x| x == 1).unwrap());
+    grouping.splicing.junc2atse.swap(a, b);
+    let cases = [(genes, format!("gene 3 is `{}`", ds.gene_names[4])), (junctions, "junction 7 is `junc_renamed`".to_string()), (grouping, format!("junction {} (", a.min(b)))];
+    for (bad, needle) in &cases {
+        let e = format!("{:#}", load_model(&dir, bad).err().expect("load_model accepted other features"));
+        assert!(e.contains(needle.as_str()) && e.contains("the run"), "{e}");
+        let e = format!("{:#}", Trainer::resume(bad, &dir, Some(2)).err().expect("resume accepted other features"));
+        assert!(e.contains(needle.as_str()), "{e}");
+    }
+    let mut renamed = ds.clone();
+    for id in renamed.splicing.atse_ids.iter_mut() {
+        id.insert_str(0, "renamed_");
+    }
+    assert!(load_model(&dir, &renamed).is_ok(), "renamed ATSE ids with the same grouping were refused");
+    // a run written before features.json existed is checked by its sizes only
+    std::fs::remove_file(dir.join(FEATURES_FILE)).unwrap();
+    assert!(load_model(&dir, &cases[0].0).is_ok());
+}

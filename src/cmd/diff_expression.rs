@@ -9,6 +9,8 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+// (`--delta -0.1` reaches the range check instead of being read as a flag)
+#[command(allow_negative_numbers = true)]
 pub struct DiffExpressionArgs {
     /// Run directory written by `splicevi train`.
     pub run_dir: PathBuf,
@@ -22,6 +24,7 @@ pub struct DiffExpressionArgs {
 }
 
 pub fn run(args: DiffExpressionArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
+    crate::util::check_output(&args.groups.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
     // Differential expression keeps the original's test whatever the preset (flags still apply).
     let opts = args.groups.change_options(args.delta, &o.run.batch_levels, &crate::train::presets::ORIGINAL_DS)?;

@@ -82,6 +82,8 @@ impl GroupArgs {
 }
 
 #[derive(Args, Debug)]
+// (`--delta -0.1` reaches the range check instead of being read as a flag)
+#[command(allow_negative_numbers = true)]
 pub struct DiffSplicingArgs {
     /// Run directory written by `splicevi train`.
     pub run_dir: PathBuf,
@@ -112,6 +114,7 @@ pub struct DiffSplicingArgs {
 }
 
 pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
+    crate::util::check_output(&args.groups.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
     let base = crate::train::presets::ds_defaults(&o.run.preset);
     let mut opts = args.groups.change_options(args.delta, &o.run.batch_levels, &base)?;

@@ -15,6 +15,8 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+// (`--delta -0.1` reaches the range check instead of being read as a flag)
+#[command(allow_negative_numbers = true)]
 pub struct EvaluateArgs {
     /// RUN_DIR DATA, or with --train just DATA.
     #[arg(num_args = 1..=2, value_name = "RUN_DIR|DATA")]
@@ -99,9 +101,10 @@ fn train_here(
     let targs = TrainArgs {
         data: data.clone(),
         out: dir.to_path_buf(),
-        preset: args.preset.clone(),
+        preset: Some(args.preset.clone()),
         config: args.config.clone(),
         resume: false,
+        overwrite: false,
         quiet: args.quiet,
         no_plots: true,
         data_options: args.data_options.clone(),
@@ -128,6 +131,9 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     if run_dir.is_some() && (args.data_options != DataOptions::default() || !is_empty(&args.options.model) || !is_empty(&args.options.train) || args.config.is_some()) {
         bail!("evaluate: data, model and training options come from the run directory's config.json; they are only accepted with --train");
     }
+    crate::util::check_output(&args.out, &[&data], &run_dir.iter().map(|r| r.as_path()).collect::<Vec<_>>())?;
+    anyhow::ensure!(args.knn >= 1, "--knn must be at least 1, got {}", args.knn);
+    anyhow::ensure!(args.max_cells_latent >= 2, "--max-cells-latent must be at least 2 (the latent metrics compare cells), got {}", args.max_cells_latent);
     let data_options = match &run_dir {
         Some(r) => read_run_config(r)?.data,
         None => args.data_options.clone(),

@@ -8,6 +8,8 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+// (`--delta -0.1` reaches the range check instead of being read as a flag)
+#[command(allow_negative_numbers = true)]
 pub struct ImputeArgs {
     /// Run directory written by `splicevi train`.
     pub run_dir: PathBuf,
@@ -53,6 +55,7 @@ pub fn compression(level: u8) -> Compression {
 
 pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
+    crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
     let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
     super::analysis_device(&mut post, device, precision, "impute")?;

@@ -9,6 +9,8 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+// (`--delta -0.1` reaches the range check instead of being read as a flag)
+#[command(allow_negative_numbers = true)]
 pub struct NormalizeExpressionArgs {
     /// Run directory written by `splicevi train`.
     pub run_dir: PathBuf,
@@ -42,6 +44,7 @@ pub struct NormalizeExpressionArgs {
 
 pub fn run(args: NormalizeExpressionArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
+    crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
     let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
     super::analysis_device(&mut post, device, precision, "normalize-expression")?;

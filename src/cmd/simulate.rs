@@ -50,6 +50,7 @@ pub struct SimulateArgs {
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
+    crate::util::check_output(&a.out, &[], &[])?;
     let mut cfg = SimConfig::preset(a.size, a.seed);
     if let Some(n) = a.n_cells {
         cfg.n_cells = n;

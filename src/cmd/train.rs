@@ -12,21 +12,27 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Input data (.h5mu, splicing-only .h5ad, or Matrix Market directory).
+    /// Input data: a .h5mu with both modalities, or a Matrix Market directory with expression.mtx
+    /// (a splicing-only .h5ad can be validated, not trained on: the model needs both modalities).
     pub data: PathBuf,
     /// Run directory: checkpoint, resolved config, metrics.
     #[arg(long)]
     pub out: PathBuf,
-    /// Option preset: default | paper (faithful to the original) | robust (recommended for new work, docs/robust.md).
-    #[arg(long, default_value = "default")]
-    pub preset: String,
+    /// Option preset: default | paper (faithful to the original) | robust (recommended for new work,
+    /// docs/robust.md). [default: default]
+    #[arg(long)]
+    pub preset: Option<String>,
     /// TOML file with [model] and [train] tables (applied over the preset, under the flags).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint (options come from its config.json;
-    /// only --max-epochs may change).
+    /// only --max-epochs may change: any other option is an error).
     #[arg(long)]
     pub resume: bool,
+    /// Start a new run in --out although it holds one: its checkpoint, optimizer state, metrics and
+    /// curves are removed first (without this, an existing run is an error).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// No per-epoch lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -101,9 +107,90 @@ fn parse<T: serde::de::DeserializeOwned + serde::Serialize + Default>(v: Value, 
     })
 }
 
+impl TrainArgs {
+    /// The preset asked for (`default` when none was).
+    pub fn preset_name(&self) -> &str {
+        self.preset.as_deref().unwrap_or("default")
+    }
+}
+
+/// The files `splicevi train` writes into a run directory (removed by --overwrite).
+const RUN_FILES: [&str; 12] = [
+    crate::train::trainer::CONFIG_FILE,
+    crate::train::trainer::MODEL_FILE,
+    crate::train::trainer::BEST_FILE,
+    crate::train::trainer::OPTIM_FILE,
+    crate::train::trainer::ADV_FILE,
+    crate::train::trainer::ADV_OPTIM_FILE,
+    crate::train::trainer::STATE_FILE,
+    crate::train::trainer::FEATURES_FILE,
+    "metrics.tsv",
+    "metrics.jsonl",
+    "curves.png",
+    "curves.svg",
+];
+
+/// --resume takes its options from the run: a flag given beside it (other than --max-epochs) would be
+/// ignored, so it is an error instead.
+fn check_resume_flags(args: &TrainArgs) -> Result<()> {
+    let mut given: Vec<String> = Vec::new();
+    if let Some(p) = &args.preset {
+        given.push(format!("--preset {p}"));
+    }
+    if let Some(c) = &args.config {
+        given.push(format!("--config {}", c.display()));
+    }
+    if args.data_options != DataOptions::default() {
+        given.push("data options (--batch-key, layers, covariates, ...)".into());
+    }
+    let flags = |v: &Value| -> Vec<String> { v.as_object().map(|o| o.keys().map(|k| format!("--{}", OptionTable::flag(k))).collect()).unwrap_or_default() };
+    given.extend(flags(&args.options.model));
+    given.extend(flags(&args.options.train).into_iter().filter(|f| f != "--max-epochs"));
+    if !given.is_empty() {
+        anyhow::bail!(
+            "--resume continues {} with the options in its config.json; only --max-epochs may change, but {} {} given (start a new run with --overwrite, or in another directory, to change them)",
+            args.out.display(),
+            given.join(", "),
+            if given.len() == 1 { "was" } else { "were" }
+        );
+    }
+    Ok(())
+}
+
+/// A new run's directory must be absent, or a directory that holds no run, unless --overwrite.
+/// Returns whether an earlier run is there to be removed ([`remove_run_files`]).
+fn check_run_dir(args: &TrainArgs) -> Result<bool> {
+    let out = &args.out;
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("--out {}: exists and is not a directory (train writes a run directory)", out.display());
+    }
+    if !out.join(crate::train::trainer::CONFIG_FILE).exists() {
+        return Ok(false);
+    }
+    if !args.overwrite {
+        anyhow::bail!(
+            "--out {}: already holds a run (config.json); continue it with --resume, start over with --overwrite, or choose another directory",
+            out.display()
+        );
+    }
+    Ok(true)
+}
+
+/// --overwrite: the earlier run's files go (only the run's own, never other files there), so that
+/// none of them, e.g. an adversary's checkpoint, outlives it beside the new run.
+fn remove_run_files(out: &std::path::Path) -> Result<()> {
+    for f in RUN_FILES {
+        let p = out.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("--overwrite: removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// preset → --config file → flags, each checked.
 pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
-    let (m0, t0) = presets::preset(&args.preset)?;
+    let (m0, t0) = presets::preset(args.preset_name())?;
     let mut model = serde_json::to_value(&m0)?;
     let mut train = serde_json::to_value(&t0)?;
     if let Some(path) = &args.config {
@@ -148,6 +235,7 @@ pub fn attach_device(t: &mut Trainer<'_>, device: &Device, precision: GemmPrecis
 
 pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result<()> {
     if args.resume {
+        check_resume_flags(&args)?;
         let prev = read_run_config(&args.out)?;
         let ds = load(&args.data, &prev.data)?;
         let max_epochs = args.options.train.get("max_epochs").and_then(|v| v.as_u64()).map(|v| v as usize);
@@ -159,12 +247,16 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         curves(&args);
         return Ok(());
     }
-    // Options are checked before any data is read.
+    // Options and the run directory are checked before any data is read.
     let (model, train) = resolve(&args)?;
+    let replace = check_run_dir(&args)?;
     let ds = load(&args.data, &args.data_options)?;
     let dims = dims_of(&ds);
     model.validate(&dims)?;
-    let run = RunConfig::for_dataset(&args.preset, model, train, args.data_options.clone(), &ds);
+    if replace {
+        remove_run_files(&args.out)?;
+    }
+    let run = RunConfig::for_dataset(args.preset_name(), model, train, args.data_options.clone(), &ds);
     let mut t = Trainer::new(&ds, run, &args.out)?;
     t.verbose = !args.quiet;
     attach_device(&mut t, device, precision)?;
@@ -175,8 +267,9 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
     t.fit()?;
     let last = t.log.epochs.last();
     eprintln!(
-        "done: {} epochs{}; final validation reconstruction loss {}",
+        "done: {} epoch{}{}; final validation reconstruction loss {}",
         t.state.epochs_done,
+        if t.state.epochs_done == 1 { "" } else { "s" },
         if t.state.stopped_early { " (early stopping)" } else { "" },
         last.map(|m| format!("{:.4}", m.reconstruction_loss_validation)).unwrap_or_else(|| "n/a".into())
     );

@@ -29,6 +29,70 @@ pub const OPTIM_FILE: &str = "optimizer.safetensors";
 pub const ADV_FILE: &str = "adversary.safetensors";
 pub const ADV_OPTIM_FILE: &str = "adversary_optimizer.safetensors";
 pub const STATE_FILE: &str = "train_state.json";
+pub const FEATURES_FILE: &str = "features.json";
+
+/// The features a run was trained on, in order (`features.json`, written when the run starts): the
+/// analyses and --resume refuse data whose genes, junctions or grouping of junctions into ATSEs differ,
+/// since the weights are per feature and matching sizes alone would let a reordered file through. (The
+/// original saves each modality's var_names with its model, model.md §7.9.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunFeatures {
+    pub genes: Vec<String>,
+    pub junctions: Vec<String>,
+    /// The ATSE index of each junction (the per-ATSE parameters follow it; the ids may be renamed).
+    pub junc2atse: Vec<u32>,
+    /// The ATSE ids, in index order (messages).
+    pub atse_ids: Vec<String>,
+}
+
+impl RunFeatures {
+    pub fn of(ds: &Dataset) -> Self {
+        let s = &ds.splicing;
+        RunFeatures {
+            genes: ds.gene_names.clone(),
+            junctions: s.junction_names.clone(),
+            junc2atse: s.junc2atse.clone(),
+            atse_ids: s.atse_ids.clone(),
+        }
+    }
+
+    /// Err naming the first feature of `ds` that differs from the run's (position and both names).
+    pub fn check(&self, ds: &Dataset, dir: &Path) -> Result<()> {
+        let data = RunFeatures::of(ds);
+        let lists = [("gene", &self.genes, &data.genes), ("junction", &self.junctions, &data.junctions)];
+        for (what, run, got) in lists {
+            if run.len() != got.len() {
+                bail!("{}: {} {what}s, but the run {} was trained on {}", ds.source, got.len(), dir.display(), run.len());
+            }
+            if let Some(i) = (0..run.len()).find(|&i| run[i] != got[i]) {
+                bail!(
+                    "{}: {what} {i} is `{}`, but the run {} was trained with `{}` there (the data must hold the run's {what}s in the same order)",
+                    ds.source, got[i], dir.display(), run[i]
+                );
+            }
+        }
+        if let Some(i) = (0..self.junc2atse.len().min(data.junc2atse.len())).find(|&i| self.junc2atse[i] != data.junc2atse[i]) {
+            let id = |ids: &[String], a: u32| ids.get(a as usize).cloned().unwrap_or_default();
+            bail!(
+                "{}: junction {i} (`{}`) is in ATSE {} (`{}`), but in ATSE {} (`{}`) in the run {} (the junctions must be grouped into ATSEs, in ATSE order, as in training)",
+                ds.source, data.junctions[i], data.junc2atse[i], id(&data.atse_ids, data.junc2atse[i]), self.junc2atse[i], id(&self.atse_ids, self.junc2atse[i]), dir.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks `ds` against the features of the run in `dir` (runs written before `features.json` existed
+/// have none: only their sizes are checked, by the callers).
+pub fn check_run_features(dir: &Path, ds: &Dataset) -> Result<()> {
+    let path = dir.join(FEATURES_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let f: RunFeatures = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))?;
+    f.check(ds, dir)
+}
 
 /// What a run directory's `config.json` holds: everything needed to rebuild the model for analyses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -196,6 +260,7 @@ impl<'a> Trainer<'a> {
             t.run.train.max_epochs = m;
         }
         anyhow::ensure!(t.run.dims == dims_of(ds), "{}: the data's dimensions {:?} differ from the run's {:?}", ds.source, dims_of(ds), t.run.dims);
+        check_run_features(dir, ds)?;
         t.params.load_safetensors(&dir.join(MODEL_FILE))?;
         t.opt = Adam::with_state(t.opt.config, AdamState::load(&dir.join(OPTIM_FILE), t.params.layout.n_trainable)?);
         if let Some((_, ap, aopt)) = &mut t.adversary {
@@ -298,6 +363,12 @@ impl<'a> Trainer<'a> {
     pub fn fit(&mut self) -> Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         write_json(&self.dir.join(CONFIG_FILE), &self.run)?;
+        let features = self.dir.join(FEATURES_FILE);
+        if !features.exists() {
+            // (compact: a name per feature, about 4 MB at the paper size)
+            let text = serde_json::to_string(&RunFeatures::of(self.ds))?;
+            write_atomic(&features, |p| Ok(std::fs::write(p, text.as_bytes())?))?;
+        }
         let tc = self.run.train.clone();
         let batches = Minibatches::new(self.train_cells.clone(), tc.batch_size, tc.seed)?;
         let n_steps = batches.n_batches();
@@ -711,6 +782,7 @@ pub fn load_model(dir: &Path, ds: &Dataset) -> Result<(RunConfig, SpliceVae, Par
         "{}: {} genes / {} junctions / {} ATSEs, but the run {} was trained on {} / {} / {}",
         ds.source, dims.n_genes, dims.n_junctions, dims.n_atse, dir.display(), run.dims.n_genes, run.dims.n_junctions, run.dims.n_atse
     );
+    check_run_features(dir, ds)?;
     let model = SpliceVae::new(run.model.clone(), run.dims.clone(), ds.splicing.junc2atse.clone())?;
     let mut params = model.init_params::<f32>(0);
     params.load_safetensors(&dir.join(MODEL_FILE))?;
