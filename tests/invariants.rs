@@ -157,6 +157,12 @@ fn non_integer_expression_allowed_when_not_required() {
     // Splicing counts stay strictly checked.
     let c2 = &g.expected["broken"]["noninteger_count"];
     assert!(load_with(&g.path(c2["file"].as_str().unwrap()), &opts, &checks).is_err());
+    // What every command does (`load` with its data options, e.g. `train --require-integer-expression
+    // false`): refused by default, with the flag named; accepted with it off.
+    let e = format!("{:#}", load(&path, &opts).unwrap_err());
+    assert!(e.contains("--require-integer-expression false"), "{e}");
+    let relaxed = splicevi::data::DataOptions { require_integer_expression: false, ..opts.clone() };
+    assert_eq!(load(&path, &relaxed).unwrap().expression, ds.expression);
 }
 #[test]
 fn missing_event_id_column() {
@@ -359,4 +365,28 @@ fn check_dataset_sizes() {
     let mut ds = small();
     ds.covariates.batch.codes = vec![0, 1];
     fails(&ds, "out of range", Some(1), None);
+}
+
+/// ATSE ids that are numbers are sorted as numbers by the loader (`atse_index`), so `check_dataset`
+/// accepts that order (`validate` refused whole-number event ids that every other command loaded),
+/// as well as string order, and still refuses ids in neither order or repeated.
+#[test]
+fn check_dataset_atse_ids_in_numeric_or_string_order() {
+    let n = small().splicing.atse_ids.len();
+    assert!(n >= 2);
+    let with_ids = |ids: Vec<String>| {
+        let mut ds = small();
+        ds.splicing.atse_ids = ids;
+        check_dataset(&ds, &CheckOptions::default())
+    };
+    // 9, 10 (numeric order; as strings "10" < "9")
+    with_ids((0..n).map(|a| (a + 9).to_string()).collect()).unwrap();
+    with_ids((0..n).map(|a| format!("atse_{a:03}")).collect()).unwrap();
+    let mut back: Vec<String> = (0..n).map(|a| format!("atse_{a:03}")).collect();
+    back.reverse();
+    let e = with_ids(back).unwrap_err();
+    assert!(e.to_string().contains("not sorted and unique"), "{e}");
+    let mut same: Vec<String> = (0..n).map(|a| (a + 9).to_string()).collect();
+    same[1] = same[0].clone();
+    assert!(with_ids(same).is_err());
 }

@@ -189,4 +189,27 @@ mod tests {
         assert!(!trains(&["splicevi", "diff-splicing", "run", "d.h5mu", "--groupby", "g", "--group1", "a", "--out", "ds.tsv"]));
         assert!(!trains(&["splicevi", "impute", "run", "d.h5mu", "--out", "psi.h5ad"]));
     }
+
+    /// The integer checks the load errors point to are flags of every command that reads data with
+    /// its own data options (the analyses take them from the run's config.json).
+    #[test]
+    fn the_integer_checks_are_data_options() {
+        for args in [&["splicevi", "train", "d.h5mu", "--out", "r"][..], &["splicevi", "validate", "d.h5mu"], &["splicevi", "evaluate", "--train", "d.h5mu", "--out", "e.tsv"]] {
+            let mut v = args.to_vec();
+            v.extend(["--require-integer-expression", "false", "--require-integer-splicing", "false"]);
+            let cli = Cli::try_parse_from(&v).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let opts = match cli.command {
+                Command::Train(a) => a.data_options,
+                Command::Validate(a) => a.data_options,
+                Command::Evaluate(a) => a.data_options,
+                _ => unreachable!(),
+            };
+            assert!(!opts.require_integer_expression && !opts.require_integer_splicing, "{args:?}");
+        }
+        let Command::Train(a) = Cli::try_parse_from(["splicevi", "train", "d.h5mu", "--out", "r"]).unwrap().command else { unreachable!() };
+        assert!(a.data_options.require_integer_expression && a.data_options.require_integer_splicing);
+        // a run config written before the checks were options reads them as on
+        let old: crate::data::DataOptions = serde_json::from_str(r#"{"rna_modality":"rna","splicing_modality":"splicing","rna_layer":null,"junc_counts_layer":"k","atse_counts_layer":"n","junc_ratio_layer":"r","psi_mask_layer":"m","event_id_key":"event_id","size_factor_key":"s","batch_key":null,"labels_key":null,"categorical_covariate_keys":[],"continuous_covariate_keys":[]}"#).unwrap();
+        assert!(old.require_integer_expression && old.require_integer_splicing);
+    }
 }

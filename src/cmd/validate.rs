@@ -4,7 +4,7 @@
 use crate::data::load::{load_with, LoadChecks};
 use crate::data::validate::check_dataset;
 use crate::data::{Categorical, DataOptions, Dataset};
-use clap::{ArgAction, Args};
+use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -15,12 +15,6 @@ pub struct ValidateArgs {
     pub data: PathBuf,
     #[command(flatten)]
     pub data_options: DataOptions,
-    /// Require integer expression values (count likelihoods: ZINB, NB, Poisson).
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
-    pub require_integer_expression: bool,
-    /// Require integer junction counts and ATSE totals (binomial, beta-binomial, Dirichlet-multinomial).
-    #[arg(long, default_value_t = true, action = ArgAction::Set)]
-    pub require_integer_splicing: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -179,15 +173,40 @@ pub fn render(s: &Summary, opts: &DataOptions) -> String {
     o
 }
 
+/// How many names occur more than once, and the first of them with its first two positions.
+fn repeated_names(names: &[String]) -> Option<(usize, String, usize, usize)> {
+    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut found: Option<(String, usize, usize)> = None;
+    let mut n = 0;
+    for (i, name) in names.iter().enumerate() {
+        match first.get(name.as_str()) {
+            Some(&f) => {
+                n += 1;
+                found.get_or_insert((name.clone(), f, i));
+            }
+            None => {
+                first.insert(name, i);
+            }
+        }
+    }
+    found.map(|(name, i, j)| (n, name, i, j))
+}
+
 pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     let checks = LoadChecks {
-        require_integer_expression: args.require_integer_expression,
-        require_integer_splicing: args.require_integer_splicing,
+        require_integer_expression: args.data_options.require_integer_expression,
+        require_integer_splicing: args.data_options.require_integer_splicing,
         ..Default::default()
     };
     let ds = load_with(&args.data, &args.data_options, &checks)?;
     // The loader guarantees these; re-checking the result costs one pass and guards the loader itself.
     check_dataset(&ds, &checks)?;
+    // anndata allows repeated names (with a warning); selections by name (--junctions, --genes) refuse them
+    for (what, names) in [("cell", &ds.cell_names), ("gene", &ds.gene_names), ("junction", &ds.splicing.junction_names)] {
+        if let Some((n, first, i, j)) = repeated_names(names) {
+            eprintln!("warning: {n} repeated {what} name(s) (first: `{first}` at {i} and {j}); selecting {what}s by name needs unique names");
+        }
+    }
     let s = summarize(&ds, &args.data_options);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

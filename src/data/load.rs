@@ -51,9 +51,15 @@ pub struct RawData {
     pub obs_fill_modality: Option<String>,
 }
 
-/// Load a dataset with the default checks (integer expression and splicing counts required).
+/// Load a dataset with the checks `opts` asks for (integer expression and splicing counts required
+/// unless it says otherwise).
 pub fn load(path: &Path, opts: &DataOptions) -> Result<Dataset> {
-    load_with(path, opts, &LoadChecks::default())
+    let checks = LoadChecks {
+        require_integer_expression: opts.require_integer_expression,
+        require_integer_splicing: opts.require_integer_splicing,
+        ..Default::default()
+    };
+    load_with(path, opts, &checks)
 }
 
 /// Load a `.h5mu` (expression + splicing), a splicing-only `.h5ad`, or a Matrix Market directory.

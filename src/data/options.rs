@@ -45,6 +45,21 @@ pub struct DataOptions {
     /// obs columns used as continuous covariates.
     #[arg(long = "continuous-covariate", value_delimiter = ',')]
     pub continuous_covariate_keys: Vec<String>,
+    /// Require integer expression values, as the count likelihoods (ZINB, NB, Poisson) assume; the
+    /// original's `length_norm` layer is floored to integers. false accepts other values (scvi-tools
+    /// only warns on them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    #[serde(default = "yes")]
+    pub require_integer_expression: bool,
+    /// Require integer junction counts and ATSE totals (binomial, beta-binomial, Dirichlet-multinomial).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    #[serde(default = "yes")]
+    pub require_integer_splicing: bool,
+}
+
+/// (serde default of the checks: run configs written before they were options had them on)
+fn yes() -> bool {
+    true
 }
 
 impl Default for DataOptions {
@@ -63,6 +78,8 @@ impl Default for DataOptions {
             labels_key: None,
             categorical_covariate_keys: Vec::new(),
             continuous_covariate_keys: Vec::new(),
+            require_integer_expression: true,
+            require_integer_splicing: true,
         }
     }
 }

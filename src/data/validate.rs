@@ -96,15 +96,21 @@ pub struct ValueRule {
 
 impl ValueRule {
     pub const fn counts(integer: bool) -> Self {
-        ValueRule { what: "count", integer, max: None, integer_hint: "" }
+        ValueRule {
+            what: "count",
+            integer,
+            max: None,
+            integer_hint: " (the splicing likelihoods need integer counts; --require-integer-splicing false accepts others)",
+        }
     }
     pub const fn expression(integer: bool) -> Self {
         ValueRule {
             what: "expression count",
             integer,
             max: None,
-            integer_hint: " (count likelihoods need integer counts; set require_integer_expression = false, \
-                           CLI --require-integer-expression=false, if the expression likelihood does not)",
+            integer_hint: " (the count likelihoods ZINB, NB and Poisson assume integer counts, and the original's \
+                           length_norm layer is floored to integers; --require-integer-expression false accepts \
+                           other values, which scvi-tools only warns about)",
         }
     }
     pub const PSI: ValueRule = ValueRule { what: "junc_ratio", integer: false, max: Some(1.0), integer_hint: "" };
@@ -707,8 +713,13 @@ pub fn check_dataset(ds: &Dataset, opts: &CheckOptions) -> Result<(), DataError>
     if s.k.len() != m || s.n.len() != m || s.psi.len() != m || s.indptr[nc] != m || s.indptr[0] != 0 {
         return Err(err("splicing", "entry arrays (junction, k, n, psi) and indptr disagree in length".into()));
     }
-    if let Some(w) = s.atse_ids.windows(2).position(|w| w[0] >= w[1]) {
-        return Err(err("splicing/atse_ids", format!("ATSE ids not sorted and unique at {w}: {:?} >= {:?}", s.atse_ids[w], s.atse_ids[w + 1])));
+    // The loader sorts ATSE ids as numbers when the column holds numbers (`atse_index`), else as strings.
+    let num = |a: &str| a.parse::<f64>().ok();
+    let numeric_order = s.atse_ids.iter().all(|a| num(a).is_some()) && s.atse_ids.windows(2).all(|w| num(&w[0]) < num(&w[1]));
+    if !numeric_order {
+        if let Some(w) = s.atse_ids.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(err("splicing ATSE ids", format!("not sorted and unique at ATSE {w}: {:?} >= {:?}", s.atse_ids[w], s.atse_ids[w + 1])));
+        }
     }
     if let Some(j) = s.junc2atse.iter().position(|&a| a as usize >= s.atse_ids.len()) {
         return Err(err("splicing/junc2atse", format!("ATSE index {} out of range ({} ATSEs)", s.junc2atse[j], s.atse_ids.len()))
