@@ -587,3 +587,19 @@ fn commands_reject_bad_requests_with_clear_errors() {
     let text = fails(bin().arg("impute").arg(&run).arg(&data).arg("--junctions").arg(d.join("j.txt")).arg("--out").arg(d.join("p.h5ad")));
     assert!(text.contains("j.txt:2") && text.contains("not_a_junction"), "{text}");
 }
+
+/// `--junctions` / `--genes` lists: a name the data holds twice (anndata allows it) is ambiguous and
+/// refused, naming both positions, instead of silently taking one of them.
+#[test]
+fn a_name_list_refuses_a_name_the_data_repeats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("names.txt");
+    std::fs::write(&list, "b\nd\n").unwrap();
+    let known: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(splicevi::analysis::impute::read_name_list(&list, &known, "junction").unwrap(), vec![1, 3]);
+    let repeated: Vec<String> = ["a", "b", "c", "b", "d"].iter().map(|s| s.to_string()).collect();
+    let e = splicevi::analysis::impute::read_name_list(&list, &repeated, "junction").unwrap_err().to_string();
+    assert!(e.contains("names.txt:1") && e.contains("`b` is ambiguous") && e.contains("at 1 and 3"), "{e}");
+    std::fs::write(&list, "d\n").unwrap();
+    assert_eq!(splicevi::analysis::impute::read_name_list(&list, &repeated, "junction").unwrap(), vec![4]);
+}

@@ -68,6 +68,11 @@ fn bad_options_fail_before_any_work() {
         (vec!["--device", "tpu"], "tpu"),
         // no GPU here: unavailable, an error (never a fallback to the CPU).
         (vec!["--device", "cuda"], "--device cuda:0"),
+        // torch's clip_grad_norm_ would zero the gradients at 0 and reverse them below; none turns it off
+        (vec!["--gradient-clip", "0"], "gradient_clip"),
+        (vec!["--gradient-clip=-5"], "gradient_clip"),
+        (vec!["--eps", "0"], "eps"),
+        (vec!["--lr-factor", "0"], "lr_factor"),
     ];
     for (flags, needle) in cases {
         let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(&flags));
@@ -108,4 +113,102 @@ fn bench_times_an_epoch_of_real_minibatches() {
     // (Within the printed rounding; the first minibatch three times would be 192 cells.)
     let cells = cps * s_step * 3.0;
     assert!((cells - 180.0).abs() < 0.04 * 180.0, "3 steps processed {cells:.1} cells, not one epoch of 180: {text}");
+}
+
+/// No command's `--out` may overwrite the data it reads or a file of the run directory it reads, nor be
+/// a directory; each is refused before any work, and the inputs keep their bytes.
+#[test]
+fn outputs_never_overwrite_their_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
+    let (data_bytes, model_bytes) = (std::fs::read(&data).unwrap(), std::fs::read(run.join("model.safetensors")).unwrap());
+    let dir = tmp.path().join("a_dir");
+    std::fs::create_dir(&dir).unwrap();
+    // the same file through another spelling of its path
+    let data_again = tmp.path().join(".").join("toy.h5mu");
+    let groups = ["--groupby", "subtype", "--group1", "T0_a", "--no-plots"];
+    let commands: Vec<(&str, Vec<&str>)> = vec![
+        ("embed", vec!["--no-plots"]),
+        ("impute", vec![]),
+        ("normalize-expression", vec![]),
+        ("diff-splicing", groups.to_vec()),
+        ("diff-expression", groups[..4].to_vec()),
+        ("evaluate", vec!["--no-plots"]),
+    ];
+    for (cmd, extra) in &commands {
+        for (out, needle) in [(&data, "is the input data"), (&data_again, "is the input data"), (&run.join("model.safetensors"), "inside the run directory"), (&run.join("new.tsv"), "inside the run directory"), (&dir, "is a directory")] {
+            let text = fails(bin().arg(cmd).arg(&run).arg(&data).args(extra).arg("--out").arg(out));
+            assert!(text.contains(needle), "{cmd} --out {}: error does not say `{needle}`:\n{text}", out.display());
+        }
+    }
+    // train's run directory cannot be the data file
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&data).args(["--max-epochs", "1"]));
+    assert!(text.contains("not a directory"), "{text}");
+    assert_eq!(std::fs::read(&data).unwrap(), data_bytes, "the data changed");
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), model_bytes, "the checkpoint changed");
+    assert!(!run.join("new.tsv").exists());
+}
+
+/// A run directory is not trained into twice by accident: without --resume or --overwrite it is an
+/// error; --resume refuses options other than --max-epochs (they would be ignored); --overwrite
+/// removes the old run's files, so an adversary checkpoint of a run with batches does not outlive it.
+#[test]
+fn an_existing_run_is_resumed_or_overwritten_never_mixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    let quiet = ["--quiet", "--no-plots"];
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--batch-key", "batch"]).args(quiet));
+    assert!(run.join("adversary.safetensors").exists() && run.join("features.json").exists());
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1"]).args(quiet));
+    assert!(text.contains("already holds a run") && text.contains("--resume") && text.contains("--overwrite"), "{text}");
+    for (flags, needle) in [(vec!["--lr", "0.5"], "--lr"), (vec!["--preset", "robust"], "--preset robust"), (vec!["--batch-key", "subtype"], "data options")] {
+        let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "2"]).args(&flags).args(quiet));
+        assert!(text.contains("only --max-epochs may change") && text.contains(needle), "{flags:?}:\n{text}");
+    }
+    let cfg = std::fs::read_to_string(run.join("config.json")).unwrap();
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "2"]).args(quiet));
+    let resumed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(resumed["model"], before["model"]);
+    assert_eq!(resumed["train"]["lr"], before["train"]["lr"]);
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--overwrite"]).args(quiet));
+    assert!(!run.join("adversary.safetensors").exists() && !run.join("adversary_optimizer.safetensors").exists(), "the old run's adversary outlived --overwrite");
+    let metrics = std::fs::read_to_string(run.join("metrics.tsv")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "one epoch after --overwrite:\n{metrics}");
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--overwrite"]));
+    assert!(text.contains("cannot be used with"), "{text}");
+}
+
+/// An interrupted write leaves nothing behind: SIGINT while `simulate` streams its output (the
+/// temporary file seen first, so the signal lands mid-write) removes the temporary file, writes no
+/// output, and exits with 130.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_write_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("big.h5mu");
+    let mut child = bin().args(["simulate", "--size", "medium", "--n-cells", "6000", "--seed", "0", "--out"]).arg(&out).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let temps = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".big.h5mu.")).collect()
+    };
+    let t0 = std::time::Instant::now();
+    while temps().is_empty() {
+        assert!(t0.elapsed().as_secs() < 60, "no temporary file appeared");
+        assert!(child.try_wait().unwrap().is_none(), "simulate ended before its temporary file was seen");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "simulate was not interrupted mid-write (it must still be writing 200 ms after its temporary file appeared):\n{err}");
+    assert!(err.contains("unfinished output file(s) removed"), "{err}");
+    assert!(temps().is_empty(), "temporary files left: {:?}", temps());
+    assert!(!out.exists(), "a half-written output was renamed into place");
 }

@@ -46,7 +46,11 @@ pub struct WriteSummary {
 /// `known` (dataset order kept, duplicates removed). Unknown names are an error naming file and line.
 pub fn read_name_list(path: &Path, known: &[String], what: &str) -> Result<Vec<usize>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let pos: std::collections::HashMap<&str, usize> = known.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    // name → its first position, and its second where the data holds it twice (anndata allows that)
+    let mut pos: std::collections::HashMap<&str, (usize, Option<usize>)> = std::collections::HashMap::new();
+    for (i, n) in known.iter().enumerate() {
+        pos.entry(n.as_str()).and_modify(|e| e.1 = e.1.or(Some(i))).or_insert((i, None));
+    }
     let mut keep = vec![false; known.len()];
     for (ln, line) in text.lines().enumerate() {
         let name = line.trim();
@@ -54,7 +58,8 @@ pub fn read_name_list(path: &Path, known: &[String], what: &str) -> Result<Vec<u
             continue;
         }
         match pos.get(name) {
-            Some(&i) => keep[i] = true,
+            Some(&(i, None)) => keep[i] = true,
+            Some(&(i, Some(j))) => bail!("{}:{}: {what} `{name}` is ambiguous: the data has it at {i} and {j} (names must be unique to be selected)", path.display(), ln + 1),
             None => bail!("{}:{}: unknown {what} `{name}`", path.display(), ln + 1),
         }
     }

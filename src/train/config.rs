@@ -113,6 +113,16 @@ impl TrainConfig {
         if self.lr_scheduler_type == SchedulerKind::Step {
             anyhow::ensure!(self.step_size > 0, "step_size must be > 0 for the step scheduler");
         }
+        anyhow::ensure!(self.eps > 0.0 && self.eps.is_finite(), "eps (Adam's denominator term) must be a positive number, got {}", self.eps);
+        if let Some(c) = self.gradient_clip {
+            // (torch's clip_grad_norm_ would zero the gradients at 0 and reverse them below)
+            anyhow::ensure!(c > 0.0 && c.is_finite(), "gradient_clip must be a positive norm (none turns clipping off), got {c}");
+        }
+        anyhow::ensure!(self.lr_factor > 0.0 && self.lr_factor.is_finite(), "lr_factor must be a positive number, got {}", self.lr_factor);
+        if self.lr_scheduler_type == SchedulerKind::Plateau && self.reduce_lr_on_plateau {
+            // (torch's ReduceLROnPlateau refuses a factor ≥ 1)
+            anyhow::ensure!(self.lr_factor < 1.0, "lr_factor must be below 1 for ReduceLROnPlateau, got {}", self.lr_factor);
+        }
         Ok(())
     }
 }
