@@ -12,6 +12,7 @@ pub mod impute;
 pub mod info;
 pub mod normalize_expression;
 pub mod option_flags;
+mod option_help;
 pub mod plot;
 pub mod simulate;
 pub mod train;

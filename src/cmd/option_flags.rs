@@ -33,7 +33,11 @@ impl OptionTable {
                 other => other.to_string(),
             };
             let name: &'static str = Box::leak(Self::flag(key).into_boxed_str());
-            let help: &'static str = Box::leak(format!("{} option `{key}` (default: {shown})", self.section).into_boxed_str());
+            let help = match super::option_help::lookup(key) {
+                Some(h) => h.render(&shown),
+                None => format!("`{key}` [default: {shown}]"),
+            };
+            let help: &'static str = Box::leak(help.into_boxed_str());
             cmd = cmd.arg(Arg::new(name).long(name).value_name("VALUE").allow_negative_numbers(true).help(help).help_heading(self.section));
         }
         cmd
@@ -53,7 +57,7 @@ impl OptionTable {
 
 /// Interpret a flag value with the type of the default: numbers and booleans stay typed, "none"/"null"
 /// clears an optional value, everything else is a string (enums are spelled as in the original).
-fn parse_value(raw: &str, default: &Value) -> Value {
+pub(super) fn parse_value(raw: &str, default: &Value) -> Value {
     let lower = raw.to_ascii_lowercase();
     if lower == "none" || lower == "null" {
         if default.is_null() || !default.is_string() {
