@@ -11,6 +11,8 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+#[command(after_help = "The [default: …] of the model and training options are the `default` preset's; --preset paper \
+or robust changes some of them (docs/robust.md). Every resolved value is written to RUN/config.json.")]
 pub struct TrainArgs {
     /// Input data: a .h5mu with both modalities, or a Matrix Market directory with expression.mtx
     /// (a splicing-only .h5ad can be validated, not trained on: the model needs both modalities).
