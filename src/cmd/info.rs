@@ -12,7 +12,7 @@ pub struct InfoArgs {
     pub load_kernels: bool,
 }
 
-pub fn run(args: InfoArgs) -> anyhow::Result<()> {
+pub fn run(args: InfoArgs, asked: DeviceSpec) -> anyhow::Result<()> {
     println!("splicevi {}", env!("CARGO_PKG_VERSION"));
     if cuda::kernels_embedded() {
         let names: Vec<&str> = cuda::kernel_fatbins().iter().map(|(n, _)| *n).collect();
@@ -67,6 +67,13 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     }
     let r = device::resolve(DeviceSpec::Auto)?;
     println!("--device auto → {}", r.describe().trim_start_matches("device: "));
+    // what the --device given here would get (info itself never fails for lack of a GPU)
+    if let DeviceSpec::Cuda(n) = asked {
+        match device::resolve_for_training(asked) {
+            Ok(r) => println!("--device cuda:{n} → {}", r.describe().trim_start_matches("device: ")),
+            Err(e) => println!("--device cuda:{n} → unavailable: {e:#}"),
+        }
+    }
     Ok(())
 }
 

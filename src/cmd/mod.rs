@@ -127,6 +127,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if precision == crate::cuda::gemm::GemmPrecision::Bf16 && !device.is_cuda() {
         anyhow::bail!("--precision bf16 is a CUDA option (with --device cuda); the CPU backend computes in f32");
     }
+    // The other CUDA-step options, set explicitly, are errors on the CPU too (not silently ignored).
+    if compute && !device.is_cuda() {
+        if cli.data_residency != crate::cuda::resident::Residency::Auto {
+            anyhow::bail!("--data-residency is a CUDA option (with --device cuda); the CPU backend reads the data where it is");
+        }
+        if cli.splicing_decode != crate::cuda::step::SplicingDecode::Auto {
+            anyhow::bail!("--splicing-decode is a CUDA option (with --device cuda); the CPU backend decodes the observed entries");
+        }
+    }
     match cli.command {
         Command::Simulate(a) => simulate::run(a),
         Command::Validate(a) => validate::run(a),
@@ -140,7 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plot(a) => plot::run(a),
         Command::CheckFixture(a) => check_fixture::run(a, &device, precision),
         Command::Bench(a) => bench::run(a, &device, precision),
-        Command::Info(a) => info::run(a),
+        Command::Info(a) => info::run(a, cli.device),
     }
 }
 

@@ -273,7 +273,11 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         t.state.epochs_done,
         if t.state.epochs_done == 1 { "" } else { "s" },
         if t.state.stopped_early { " (early stopping)" } else { "" },
-        last.map(|m| format!("{:.4}", m.reconstruction_loss_validation)).unwrap_or_else(|| "n/a".into())
+        match last {
+            _ if t.validation_cells.is_empty() => "n/a (no validation cells: train_size 1)".to_string(),
+            Some(m) => format!("{:.4}", m.reconstruction_loss_validation),
+            None => "n/a".into(),
+        }
     );
     curves(&args);
     Ok(())
