@@ -30,7 +30,9 @@
 //   partial_pair_bwd_tc : --precision bf16: partial_pool_fwd and partial_pair_bwd with the h network's
 //                         products on the tensor cores (kernels/mma.cuh), 16 pairs per pass, same
 //                         outputs (their comments say how); the backward's warps take contiguous
-//                         junction ranges of equal passes (partial_pass_ptr: one block, their prefix).
+//                         junction ranges of equal passes (partial_pass_ptr: one block, their prefix),
+//                         and read d(pool) already divided by each cell's pool divisor
+//                         (partial_dpool_scale).
 // Everything is deterministic: the partition into warps depends only on the sizes and the minibatch's
 // pairs per junction, every sum
 // has a fixed order, nothing uses float atomics. (The tensor cores' own summation inside one mma is
@@ -1059,7 +1061,7 @@ partial_pair_bwd(const float* __restrict__ ug, const float* __restrict__ bg, con
 // with rows Hh apart the eight row groups of a fragment hit the same banks, eight-way conflicts on every
 // access), 16 bytes of per-warp flags, then per warp a region holding either [h1 (16 × (Hh + 8)) | dh
 // (16 × (D16 + 8)) | dhᵀ (D16 × 24)] (bf16) or da (16 × (Hh + 4), f32), then per pass pair α, β (f64), ψ,
-// the pool divisor, cell and dropout keep words. At 128 × 64: 44 KiB for W = 1, 76 KiB for W = 4 (past
+// cell and dropout keep words. At 128 × 64: 44 KiB for W = 1, 76 KiB for W = 4 (past
 // 48 KiB: the launch opts in, CudaDevice::opt_in_smem).
 __host__ __device__ inline size_t partial_tc_bwd_tiles(int Hh, int D) {
     const int D16 = (D + 15) / 16 * 16;
@@ -1068,7 +1070,7 @@ __host__ __device__ inline size_t partial_tc_bwd_tiles(int Hh, int D) {
     return ((bf > da ? bf : da) + 15) / 16 * 16;
 }
 __host__ __device__ inline size_t partial_tc_bwd_warp_bytes(int Hh, int D) {
-    return partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4 + 4) + 16 * PART_KW_MAX * 8;
+    return partial_tc_bwd_tiles(Hh, D) + 16 * (16 + 4 + 4) + 16 * PART_KW_MAX * 8;
 }
 __host__ __device__ inline size_t partial_tc_bwd_smem(int Hh, int D, int W) {
     return (size_t)D * (Hh + 8) * 4 + 16 + (size_t)W * partial_tc_bwd_warp_bytes(Hh, D);
@@ -1098,6 +1100,21 @@ __device__ __forceinline__ int pass_lower_bound(const int* __restrict__ pass_ptr
         else hi = mid;
     }
     return lo;
+}
+
+// d(pool) ÷ the pool divisor of each cell, for partial_pair_bwd_tc: one thread per (cell, code unit),
+// the division partial_pair_bwd does per element and pair (the same IEEE division of the same values:
+// the same bits), done once per cell instead of once per pair, and without the pair's two indptr loads.
+extern "C" __global__ void __launch_bounds__(PART_THREADS)
+partial_dpool_scale(const float* __restrict__ dpool, const int* __restrict__ indptr, int B, int D, int pool_mode,
+                    float divisor, float* __restrict__ dps) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)B * D) return;
+    const int cell = (int)(i / D);
+    const float den = pool_den(pool_mode, indptr[cell + 1] - indptr[cell], divisor);
+    float v = dpool[i];
+    if (den != 1.0f) v /= den;
+    dps[i] = v;
 }
 
 // One round's d W₄ update of partial_pair_bwd_tc, for the tiles a warp owns (row tiles [m0, m1) of 16 code
@@ -1174,9 +1191,9 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     const float* __restrict__ g1, const float* __restrict__ w4, const float* __restrict__ w4t,
                     const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
                     const double* __restrict__ suu, const double* __restrict__ sub, const double* __restrict__ sbb,
-                    int Hh, int D, int J, int n_warps, const int* __restrict__ indptr, const int* __restrict__ jptr,
+                    int Hh, int D, int J, int n_warps, const int* __restrict__ jptr,
                     const int* __restrict__ order, const int* __restrict__ cell_of, const float* __restrict__ psi,
-                    const float* __restrict__ center, const float* __restrict__ dpool, int pool_mode, float divisor,
+                    const float* __restrict__ center, const float* __restrict__ dps,
                     int dropout, float dropout_scale, const unsigned long long* __restrict__ keep,
                     float* __restrict__ q, double* __restrict__ cj, float* __restrict__ slots,
                     double* __restrict__ slot_d, const uint2* __restrict__ w4frag, const int* __restrict__ pass_ptr) {
@@ -1215,8 +1232,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     float* da = (float*)region;
     double* ab = (double*)(region + partial_tc_bwd_tiles(Hh, D));
     float* spsi = (float*)(ab + 32);
-    float* sden = spsi + 16;  // the pool divisor of the pair's cell (1 for rows past the pass)
-    int* scell = (int*)(sden + 16);
+    int* scell = (int*)(spsi + 16);
     uint64_t* srowkeep = (uint64_t*)(scell + 16);  // the pass pairs' keep words (16 × PART_KW_MAX)
     // (the owned rows: code units m0·16 .. min(m1·16, D))
     const int own_r0 = m0 * 16, own_r1 = m1 * 16 < D ? m1 * 16 : D, own_cols = (nt1 - nt0) * 8;
@@ -1280,7 +1296,7 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
         if (has) {
             if (lane < 16) {
                 double al = 0.0, be = 0.0;
-                float x = 0.0f, den = 1.0f;
+                float x = 0.0f;
                 int cell = 0;
                 if ((int)lane < ng) {
                     const int p = order[p0 + lane];
@@ -1290,12 +1306,10 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     cell = cell_of[p];
                     x = center ? psi[p] - center[j] : psi[p];
                     fold_ab((double)x, j, suu, sub, sbb, al, be);
-                    den = pool_den(pool_mode, indptr[cell + 1] - indptr[cell], divisor);
                 }
                 ab[2 * lane] = al;
                 ab[2 * lane + 1] = be;
                 spsi[lane] = x;
-                sden[lane] = den;
                 scell[lane] = cell;
             }
             __syncwarp();
@@ -1308,26 +1322,24 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
             // dx = d(a2)·g₅ (d(a2) = d(code) where the ReLU passed); row sums of dx, dx·x̂.
             const bool live0 = gr < ng, live1 = gr + 8 < ng;
             const int cell0 = scell[gr], cell1 = scell[gr + 8];
-            const float den0 = sden[gr], den1 = sden[gr + 8];
             float dxv[PART_TC_DMAX / 8][4];
             float s10 = 0.0f, s11 = 0.0f, s20 = 0.0f, s21 = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < PART_TC_DMAX / 8; ++nt) {
                 if (nt < NT) {
-                    // d(code) of the two rows' cells at the lane's columns t0, t0 + 1: one 8-byte load
-                    // per row (the eight row groups' cells are eight cache lines, so a load per column
-                    // cost twice the L1 wavefronts; dpool is 8-byte aligned and D even: the launcher checks)
+                    // d(code) ÷ the pool divisor (dps, partial_dpool_scale) of the two rows' cells at the
+                    // lane's columns t0, t0 + 1: one 8-byte load per row (the eight row groups' cells are
+                    // eight cache lines, so a load per column cost twice the L1 wavefronts; dps is 8-byte
+                    // aligned and D even)
                     const int t0 = nt * 8 + 2 * tq;
-                    const float2 dp0 = live0 ? *(const float2*)(dpool + (long long)cell0 * D + t0) : float2{0.0f, 0.0f};
-                    const float2 dp1 = live1 ? *(const float2*)(dpool + (long long)cell1 * D + t0) : float2{0.0f, 0.0f};
+                    const float2 dp0 = live0 ? *(const float2*)(dps + (long long)cell0 * D + t0) : float2{0.0f, 0.0f};
+                    const float2 dp1 = live1 ? *(const float2*)(dps + (long long)cell1 * D + t0) : float2{0.0f, 0.0f};
 #pragma unroll
                     for (int x = 0; x < 2; ++x) {
                         const int t = t0 + x;
                         const float a20 = hx[nt][x] * g5[t] + be5[t], a21 = hx[nt][2 + x] * g5[t] + be5[t];
-                        float dc0 = x ? dp0.y : dp0.x;
-                        float dc1 = x ? dp1.y : dp1.x;
-                        if (den0 != 1.0f) dc0 /= den0;
-                        if (den1 != 1.0f) dc1 /= den1;
+                        const float dc0 = x ? dp0.y : dp0.x;
+                        const float dc1 = x ? dp1.y : dp1.x;
                         const float d0 = a20 > 0.0f ? dc0 : 0.0f, d1 = a21 > 0.0f ? dc1 : 0.0f;
                         ag5[nt][x] += d0 * hx[nt][x] + d1 * hx[nt][2 + x];
                         abe5[nt][x] += d0 + d1;

@@ -104,7 +104,7 @@ pub fn tc_bwd_smem(hh: usize, d: usize, warps: usize) -> usize {
     let d16 = d.div_ceil(16) * 16;
     let bf = (16 * (hh + 8) + 16 * (d16 + 8) + d16 * 24) * 2;
     let da = 16 * (hh + 4) * 4;
-    d * (hh + 8) * 4 + 16 + warps * (bf.max(da).div_ceil(16) * 16 + 16 * (16 + 4 + 4 + 4) + 16 * (PART_HMAX / 64) * 8)
+    d * (hh + 8) * 4 + 16 + warps * (bf.max(da).div_ceil(16) * 16 + 16 * (16 + 4 + 4) + 16 * (PART_HMAX / 64) * 8)
 }
 
 /// Warps per block of `partial_pair_bwd_tc` (they share one d W₄ accumulator): 4 where the block's
@@ -374,6 +374,8 @@ pub struct PartialWork {
     pub w4frag: DevBuf<u32>,
     /// The tensor-core backward's passes before each junction (J + 1; `partial_pass_ptr`).
     pub pass_ptr: DevBuf<i32>,
+    /// d(pool) ÷ each cell's pool divisor (B × D; `partial_dpool_scale`, for the tensor-core backward).
+    pub dps: DevBuf<f32>,
 }
 
 impl PartialWork {
@@ -385,7 +387,7 @@ impl PartialWork {
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh];
+        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh, &self.dps];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart, &self.jgroups, &self.slot_part];
         4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len() + 4 * self.pass_ptr.len()
     }
@@ -420,6 +422,7 @@ impl PartialWork {
             pool_part: dev.zeros(pool_chunks(s.b, s.nnz) * d)?,
             w4frag: dev.zeros(if tensor_cores_fit(hh, d) { w4frag_words(hh, d) } else { 1 })?,
             pass_ptr: dev.zeros(j + 1)?,
+            dps: dev.zeros(if tensor_cores_bwd_fit(hh, d) { s.b * d } else { 1 })?,
         })
     }
 }
@@ -461,6 +464,7 @@ pub struct CudaPartial<'d> {
     pair_bwd: Kernel,
     pair_bwd_tc: Kernel,
     pass_ptr: Kernel,
+    dpool_scale: Kernel,
     ref_bwd: Kernel,
     unfold_du: Kernel,
     group_sums: Kernel,
@@ -503,6 +507,7 @@ impl<'d> CudaPartial<'d> {
             pair_bwd: f("partial_pair_bwd")?,
             pair_bwd_tc,
             pass_ptr: f("partial_pass_ptr")?,
+            dpool_scale: f("partial_dpool_scale")?,
             ref_bwd: f("partial_ref_bwd")?,
             unfold_du: f("partial_unfold_du")?,
             group_sums: f("partial_group_sums")?,
@@ -698,16 +703,45 @@ impl<'d> CudaPartial<'d> {
             // 16 pairs of a junction per pass, the three products as mma tiles; the block's warps share
             // d W₄'s accumulator in shared memory.
             let wpb = self.tc_bwd_warps(hh, d)?;
-            // (the kernel reads d(pool) two code units at a time: 8-byte loads)
-            ensure!(dpool.device_address() % 8 == 0, "partial: d(pool) at {:#x} is not 8-byte aligned", dpool.device_address());
             w4_stride = wpb;
             // each warp's junctions: a contiguous range with an equal share of the passes
             let (jp, pp) = (bt.jptr.device_address(), w.pass_ptr.device_address());
             self.dev.launch(&self.pass_ptr, cfg(1, PART_PASS_THREADS, 0), &[&jp, &(j as i32), &pp])?;
+            // d(pool) ÷ each cell's pool divisor, once per cell (the kernel reads two code units at a
+            // time: 8-byte loads from the aligned buffer)
+            ensure!(w.dps.len() >= b * d, "partial: the d(pool) scratch holds {} entries for {b} × {d}", w.dps.len());
+            let dps = w.dps.device_address();
+            let (ip, dp) = (bt.indptr.device_address(), dpool.device_address());
+            let scale_args: [&dyn KernelArg; 7] = [&dp, &ip, &(b as i32), &(d as i32), &s.pool_mode, &s.divisor, &dps];
+            self.dev.launch(&self.dpool_scale, cfg((b * d).div_ceil(PART_THREADS as usize), PART_THREADS, 0), &scale_args)?;
             // W₄'s bf16 fragments, written by the forward's fold
             let w4frag = w.w4frag.device_address();
-            let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg, &pp as &dyn KernelArg]).collect();
-            self.dev.launch(&self.pair_bwd_tc, cfg(nw.div_ceil(wpb), 32 * wpb as u32, tc_bwd_smem(hh, d, wpb)), &args)?;
+            let (jptr, order, cell_of, psi) = (bt.jptr.device_address(), bt.order.device_address(), bt.cell_of.device_address(), bt.psi.device_address());
+            let (keep, q, cj, slots, slot_d) = (w.keep.device_address(), w.q.device_address(), w.cj.device_address(), w.slots.device_address(), w.slot_d.device_address());
+            let center = addr(p.center);
+            let tc_args: [&dyn KernelArg; 31] = [
+                &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
+                &(hh as i32),
+                &(d as i32),
+                &(j as i32),
+                &(nw as i32),
+                &jptr,
+                &order,
+                &cell_of,
+                &psi,
+                &center,
+                &dps,
+                &drop_on,
+                &scale,
+                &keep,
+                &q,
+                &cj,
+                &slots,
+                &slot_d,
+                &w4frag,
+                &pp,
+            ];
+            self.dev.launch(&self.pair_bwd_tc, cfg(nw.div_ceil(wpb), 32 * wpb as u32, tc_bwd_smem(hh, d, wpb)), &tc_args)?;
         } else {
             self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
         }
@@ -831,7 +865,7 @@ impl<'d> CudaPartial<'d> {
         // The scratch poisoned (all bits set: NaN in f32 and f64), as a reused step buffer may hold
         // anything: what a kernel reads without writing first (a slot's d W₄ that only the block's
         // first warp writes, say) shows up as NaN.
-        for b in [&mut w.fhat, &mut w.fnorm, &mut w.ut, &mut w.ug, &mut w.bt, &mut w.bg, &mut w.slots, &mut w.dfh, &mut w.du, &mut w.q, &mut w.w0_prod] {
+        for b in [&mut w.fhat, &mut w.fnorm, &mut w.ut, &mut w.ug, &mut w.bt, &mut w.bg, &mut w.slots, &mut w.dfh, &mut w.du, &mut w.q, &mut w.w0_prod, &mut w.dps] {
             dev.memset(b, 0xff)?;
         }
         for b in [&mut w.suu, &mut w.sub, &mut w.sbb, &mut w.slot_d, &mut w.slot_part, &mut w.jpart, &mut w.jgroups, &mut w.cj] {
