@@ -38,7 +38,10 @@ pub fn remove_temp_files_on_signal() {
             let _ = std::fs::remove_file(p);
         }
         eprintln!("interrupted: {} unfinished output file(s) removed; completed outputs are kept", v.len());
-        std::process::exit(130);
+        // _exit, not exit: no atexit handlers, such as HDF5's library shutdown, which would run on this
+        // thread while the main thread may be inside an HDF5 call
+        // SAFETY: _exit ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(130) }
     });
 }
 
