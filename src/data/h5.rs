@@ -320,8 +320,12 @@ fn open_compressed(g: &Group, field: &str, major: usize, csc: bool) -> Result<(H
         bail!("{field}/indptr: length {} but the matrix has {} {} (+1)", indptr.len(), major, if csc { "columns" } else { "rows" });
     }
     let nnz = *indptr.last().unwrap();
-    if indptr[0] != 0 || indptr.windows(2).any(|w| w[0] > w[1]) {
-        bail!("{field}/indptr: must start at 0 and never decrease");
+    if indptr[0] != 0 {
+        bail!("{field}/indptr: starts at {}, not 0", indptr[0]);
+    }
+    if let Some(i) = indptr.windows(2).position(|w| w[0] > w[1]) {
+        let what = if csc { "column" } else { "row" };
+        bail!("{field}/indptr: decreases at {what} {i} ({} then {}); it must never decrease", indptr[i], indptr[i + 1]);
     }
     let nnz = nnz as usize;
     if data.size() < nnz || indices.size() < nnz {
@@ -477,7 +481,8 @@ fn read_major_range(
                 out.indptr[row - rows.start] = out.values.len();
             }
             if c < 0 || c as usize >= minor {
-                bail!("{field}/indices: index {c} at position {p} is outside 0..{minor}");
+                let (what, other) = if csc { ("column", "row") } else { ("row", "column") };
+                bail!("{field}/indices: {what} {row}: {other} index {c} (stored entry {p}) is outside 0..{minor}");
             }
             let (r, col) = if csc { (c as usize, row) } else { (row, c as usize) };
             if v != 0.0 && tracker.accept(r, col, v) {
@@ -611,8 +616,8 @@ pub fn read_frame(root: &Group, path: &str) -> Result<Frame> {
 fn codes_and_categories(codes_ds: &HDataset, cats: &Container) -> Result<ObsColumn> {
     let codes: Vec<i32> = read_i64_sel(codes_ds, Sel::All)?.into_iter().map(|c| c.max(-1) as i32).collect();
     let categories = read_strings(cats)?;
-    if let Some(&c) = codes.iter().find(|&&c| c >= categories.len() as i32) {
-        bail!("categorical code {c} out of range ({} categories)", categories.len());
+    if let Some(i) = codes.iter().position(|&c| c >= categories.len() as i32) {
+        bail!("row {i}: categorical code {} out of range ({} categories)", codes[i], categories.len());
     }
     Ok(ObsColumn::Categorical { codes, categories })
 }
