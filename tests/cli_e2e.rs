@@ -73,6 +73,8 @@ fn bad_options_fail_before_any_work() {
         (vec!["--gradient-clip=-5"], "gradient_clip"),
         (vec!["--eps", "0"], "eps"),
         (vec!["--lr-factor", "0"], "lr_factor"),
+        // JSON has no NaN: it would reach the option as null
+        (vec!["--lr", "nan"], "--lr nan: not a finite number"),
     ];
     for (flags, needle) in cases {
         let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(&flags));

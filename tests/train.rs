@@ -204,4 +204,8 @@ fn a_run_refuses_data_with_other_features() {
     // a run written before features.json existed is checked by its sizes only
     std::fs::remove_file(dir.join(FEATURES_FILE)).unwrap();
     assert!(load_model(&dir, &cases[0].0).is_ok());
+    // other sizes: named in words, before any model is built from the data
+    let other = simulate(&SimConfig { n_junctions: 250, ..SimConfig::preset(SimSize::Toy, 0) }).unwrap().0;
+    let e = format!("{:#}", Trainer::resume(&other, &dir, Some(2)).err().expect("resume accepted other sizes"));
+    assert!(e.contains("junctions: 250 in the data, 300 in the run"), "{e}");
 }

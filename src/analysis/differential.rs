@@ -139,6 +139,9 @@ pub fn comparisons(ds: &Dataset, groupby: &str, group1: Option<&str>, group2: Op
     };
     let mut out = Vec::new();
     for g1 in firsts {
+        if group2 == Some(g1.as_str()) {
+            bail!("{}: group 1 and group 2 are both `{g1}` in `{groupby}`; nothing to compare", ds.source);
+        }
         let idx1 = check(&g1)?;
         let (name2, idx2) = match group2 {
             Some(g2) => (g2.to_string(), check(g2)?),

@@ -59,6 +59,7 @@ pub fn latents(
 
 pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
+    anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
     let run = crate::train::trainer::read_run_config(&args.run_dir)?;
     let ds = load(&args.data, &run.data)?;
     if let Some(c) = &args.color_by {

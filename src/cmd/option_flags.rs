@@ -48,6 +48,10 @@ impl OptionTable {
         let obj: &mut Map<String, Value> = target.as_object_mut().ok_or_else(|| anyhow::anyhow!("config is not an object"))?;
         for (key, default) in &self.keys {
             if let Some(raw) = m.get_one::<String>(&Self::flag(key)) {
+                // (JSON has no NaN or infinity: they would reach the option as null)
+                if raw.parse::<f64>().is_ok_and(|f| !f.is_finite()) && !default.is_string() {
+                    anyhow::bail!("--{} {raw}: not a finite number", Self::flag(key));
+                }
                 obj.insert(key.clone(), parse_value(raw, default));
             }
         }

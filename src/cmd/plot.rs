@@ -2,7 +2,7 @@
 //! PREFIX.png and PREFIX.svg).
 
 use crate::plot::{curves::Curves, embedding::Embedding, impute::ImputeScatter, prefix_beside, save, volcano::Volcano, Figure};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -71,9 +71,11 @@ pub fn run(args: PlotArgs) -> Result<()> {
             if let Some(f) = fdr {
                 anyhow::ensure!(f > 0.0 && f < 1.0, "--fdr must be in (0, 1), got {f}");
             }
-            written(&Volcano::from_file(&ds_tsv, fdr)?, &out.unwrap_or_else(|| prefix_beside(&ds_tsv, "volcano")))
+            let fig = Volcano::from_file(&ds_tsv, fdr).with_context(|| format!("{}", ds_tsv.display()))?;
+            written(&fig, &out.unwrap_or_else(|| prefix_beside(&ds_tsv, "volcano")))
         }
         PlotKind::Embedding { latent_h5ad, color_by, obsm, out } => {
+            anyhow::ensure!(latent_h5ad.is_file(), "{}: no such file", latent_h5ad.display());
             written(&Embedding::from_h5ad(&latent_h5ad, &obsm, color_by.as_deref())?, &out.unwrap_or_else(|| prefix_beside(&latent_h5ad, "embedding")))
         }
     }

@@ -936,8 +936,8 @@ mod tests {
     #[test]
     fn tc_bwd_block_size() {
         // the paper preset's 128 × 64: 44 KiB for one warp, 76 KiB for four
-        assert_eq!(tc_bwd_smem(128, 64, 1), 45_520);
-        assert_eq!(tc_bwd_smem(128, 64, 4), 77_584);
+        assert_eq!(tc_bwd_smem(128, 64, 1), 45_456);
+        assert_eq!(tc_bwd_smem(128, 64, 4), 77_328);
         assert_eq!(tc_bwd_warps_per_block(128, 64, 48 * 1024, None).unwrap(), 1);
         assert_eq!(tc_bwd_warps_per_block(128, 64, 100 * 1024, None).unwrap(), 4);
         assert_eq!(tc_bwd_warps_per_block(128, 64, 64 * 1024, None).unwrap(), 2);

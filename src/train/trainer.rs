@@ -157,6 +157,28 @@ impl std::fmt::Display for NonFinite {
 }
 impl std::error::Error for NonFinite {}
 
+/// What differs between the data's sizes and a run's, in words ("genes: 100 in the data, 120 in the
+/// run; ..."), or None.
+pub fn dims_difference(data: &Dims, run: &Dims) -> Option<String> {
+    let pairs = [
+        ("genes", data.n_genes, run.n_genes),
+        ("junctions", data.n_junctions, run.n_junctions),
+        ("ATSEs", data.n_atse, run.n_atse),
+        ("batches", data.n_batch, run.n_batch),
+        ("labels", data.n_labels, run.n_labels),
+        ("cells", data.n_obs, run.n_obs),
+        ("continuous covariates", data.n_cont, run.n_cont),
+    ];
+    let mut v: Vec<String> = pairs.iter().filter(|(_, a, b)| a != b).map(|(w, a, b)| format!("{w}: {a} in the data, {b} in the run")).collect();
+    if data.n_cats_per_cov != run.n_cats_per_cov {
+        v.push(format!("categorical covariate levels: {:?} in the data, {:?} in the run", data.n_cats_per_cov, run.n_cats_per_cov));
+    }
+    if v.is_empty() && data != run {
+        v.push(format!("{data:?} vs {run:?}"));
+    }
+    (!v.is_empty()).then(|| v.join("; "))
+}
+
 pub fn dims_of(ds: &Dataset) -> Dims {
     Dims {
         n_genes: ds.n_genes(),
@@ -255,12 +277,15 @@ impl<'a> Trainer<'a> {
     /// Continue a run from its directory (the checkpoint written at the end of the last completed epoch).
     pub fn resume(ds: &'a Dataset, dir: &Path, max_epochs: Option<usize>) -> Result<Self> {
         let run = read_run_config(dir)?;
+        // (before the model is built from the data's ATSE grouping)
+        if let Some(diff) = dims_difference(&dims_of(ds), &run.dims) {
+            bail!("{}: the data differs from the run {} in {diff}", ds.source, dir.display());
+        }
+        check_run_features(dir, ds)?;
         let mut t = Trainer::new(ds, run, dir)?;
         if let Some(m) = max_epochs {
             t.run.train.max_epochs = m;
         }
-        anyhow::ensure!(t.run.dims == dims_of(ds), "{}: the data's dimensions {:?} differ from the run's {:?}", ds.source, dims_of(ds), t.run.dims);
-        check_run_features(dir, ds)?;
         t.params.load_safetensors(&dir.join(MODEL_FILE))?;
         t.opt = Adam::with_state(t.opt.config, AdamState::load(&dir.join(OPTIM_FILE), t.params.layout.n_trainable)?);
         if let Some((_, ap, aopt)) = &mut t.adversary {
