@@ -528,9 +528,20 @@ extern "C" __global__ void __launch_bounds__(PART_THREADS)
 partial_fold_norm(const float* __restrict__ emb, const float* __restrict__ b0, const float* __restrict__ g1,
                   const float* __restrict__ w4, int J, int Hh, int D, float* __restrict__ fhat,
                   float* __restrict__ fnorm, float* __restrict__ bt, float* __restrict__ bg,
-                  double* __restrict__ sbb, float* __restrict__ w4t, uint32_t* __restrict__ w4frag) {
+                  double* __restrict__ sbb, float* __restrict__ w4t, uint32_t* __restrict__ w4frag,
+                  const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
+                  float* __restrict__ lnp) {
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wpb = blockDim.x >> 5;
+    if (lnp) {
+        // [g₁ | b₄ | g₅ | be₅] copied into an aligned step buffer for the tensor-core kernels, which read
+        // them two units at a time (8-byte loads; the parameters sit at any offset of the flat buffer)
+        for (long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x; x < Hh + 3LL * D;
+             x += (long long)gridDim.x * blockDim.x) {
+            const long long y = x - Hh;
+            lnp[x] = y < 0 ? g1[x] : y < D ? b4[y] : y < 2LL * D ? g5[y - D] : be5[y - 2LL * D];
+        }
+    }
     for (long long x = (long long)blockIdx.x * blockDim.x + threadIdx.x; x < (long long)D * Hh;
          x += (long long)gridDim.x * blockDim.x) {
         const int t = (int)(x / Hh), k = (int)(x % Hh);
@@ -806,9 +817,10 @@ __device__ __forceinline__ void tc_h2_xhat(const uint16_t* tile, int ld, const u
 #pragma unroll
     for (int nt = 0; nt < NTMAX; ++nt) {
         if (nt < NT) {
+            const float2 b4v = *(const float2*)(b4 + nt * 8 + 2 * tq);  // (b4 aligned: partial_fold_norm's lnp)
 #pragma unroll
             for (int x = 0; x < 2; ++x) {
-                const float bb = b4[nt * 8 + 2 * tq + x];
+                const float bb = x ? b4v.y : b4v.x;
                 h[nt][x] += bb;
                 h[nt][2 + x] += bb;
                 s0 += h[nt][x];
@@ -913,10 +925,12 @@ partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
 #pragma unroll
         for (int nt = 0; nt < PART_DMAX / 8; ++nt) {
             if (nt < NT) {
+                // (g₅, be₅ aligned: partial_fold_norm's lnp)
+                const float2 g5v = *(const float2*)(g5 + nt * 8 + 2 * tq), be5v = *(const float2*)(be5 + nt * 8 + 2 * tq);
 #pragma unroll
                 for (int x = 0; x < 2; ++x) {
-                    const int t = nt * 8 + 2 * tq + x;
-                    const float a0 = h[nt][x] * g5[t] + be5[t], a1 = h[nt][2 + x] * g5[t] + be5[t];
+                    const float g5t = x ? g5v.y : g5v.x, be5t = x ? be5v.y : be5v.x;
+                    const float a0 = h[nt][x] * g5t + be5t, a1 = h[nt][2 + x] * g5t + be5t;
                     if (live0) acc[nt][x] += a0 > 0.0f ? a0 : 0.0f;
                     if (live1) acc[nt][x] += a1 > 0.0f ? a1 : 0.0f;
                 }
@@ -1334,17 +1348,19 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                     const int t0 = nt * 8 + 2 * tq;
                     const float2 dp0 = live0 ? *(const float2*)(dps + (long long)cell0 * D + t0) : float2{0.0f, 0.0f};
                     const float2 dp1 = live1 ? *(const float2*)(dps + (long long)cell1 * D + t0) : float2{0.0f, 0.0f};
+                    // (g₅, be₅ aligned: partial_fold_norm's lnp)
+                    const float2 g5v = *(const float2*)(g5 + t0), be5v = *(const float2*)(be5 + t0);
 #pragma unroll
                     for (int x = 0; x < 2; ++x) {
-                        const int t = t0 + x;
-                        const float a20 = hx[nt][x] * g5[t] + be5[t], a21 = hx[nt][2 + x] * g5[t] + be5[t];
+                        const float g5t = x ? g5v.y : g5v.x, be5t = x ? be5v.y : be5v.x;
+                        const float a20 = hx[nt][x] * g5t + be5t, a21 = hx[nt][2 + x] * g5t + be5t;
                         const float dc0 = x ? dp0.y : dp0.x;
                         const float dc1 = x ? dp1.y : dp1.x;
                         const float d0 = a20 > 0.0f ? dc0 : 0.0f, d1 = a21 > 0.0f ? dc1 : 0.0f;
                         ag5[nt][x] += d0 * hx[nt][x] + d1 * hx[nt][2 + x];
                         abe5[nt][x] += d0 + d1;
-                        dxv[nt][x] = d0 * g5[t];
-                        dxv[nt][2 + x] = d1 * g5[t];
+                        dxv[nt][x] = d0 * g5t;
+                        dxv[nt][2 + x] = d1 * g5t;
                         s10 += dxv[nt][x];
                         s11 += dxv[nt][2 + x];
                         s20 += dxv[nt][x] * hx[nt][x];
@@ -1433,23 +1449,24 @@ partial_pair_bwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
                         mma_m16n8k16_bf16(cf, adh[ks], bf, cf);
                     }
                 }
-                // u_j·g₁ and b̃·g₁ at the lane's two columns, one 8-byte load each (fold outputs: aligned,
-                // Hh even); g₁ is a parameter, at any offset of the flat buffer, so loaded by the float
+                // u_j·g₁, b̃·g₁ and g₁ at the lane's two columns, one 8-byte load each (fold outputs and
+                // partial_fold_norm's aligned copy of g₁; Hh even)
                 const int kp = nt * 8 + 2 * tq;
                 const float2 gu2 = *(const float2*)(ug + (long long)j * Hh + kp), bg2 = *(const float2*)(bg + kp);
+                const float2 g12 = *(const float2*)(g1 + kp);
 #pragma unroll
                 for (int y = 0; y < 4; ++y) {
                     const int r = gr + (y >= 2 ? 8 : 0), k = kp + (y & 1);
                     const bool on = (act[(nt * 4 + y) / 32] >> ((nt * 4 + y) % 32)) & 1u;
                     const float v = on ? cf[y] * scale : 0.0f;
                     da[r * lda + k] = v;
-                    const float gu = y & 1 ? gu2.y : gu2.x, bgk = y & 1 ? bg2.y : bg2.x;
+                    const float gu = y & 1 ? gu2.y : gu2.x, bgk = y & 1 ? bg2.y : bg2.x, g1k = y & 1 ? g12.y : g12.x;
                     if (y < 2) {
-                        p10 += v * g1[k];
+                        p10 += v * g1k;
                         pu0 += v * gu;
                         pb0 += v * bgk;
                     } else {
-                        p11 += v * g1[k];
+                        p11 += v * g1k;
                         pu1 += v * gu;
                         pb1 += v * bgk;
                     }

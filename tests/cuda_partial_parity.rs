@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
     std::vector<float> w0t((size_t)(D + 1) * Hh, NAN);
     emu::launch(3, PART_THREADS, 0, [&] { partial_transpose_w0(w0.data(), Hh, D, w0t.data()); });
     emu::launch((J + wpr - 1) / wpr + 1, PART_THREADS, 0, [&] {
-        partial_fold_norm(emb.data(), b0.data(), g1.data(), w4.data(), J, Hh, D, fhat.data(), fnorm.data(), bt.data(), bg.data(), sbb.data(), w4t.data(), nullptr);
+        partial_fold_norm(emb.data(), b0.data(), g1.data(), w4.data(), J, Hh, D, fhat.data(), fnorm.data(), bt.data(), bg.data(), sbb.data(), w4t.data(), nullptr, nullptr, nullptr, nullptr, nullptr);
     });
     // The launcher's cuBLAS GEMM F̂·W₀[:,1:]ᵀ into ut, here on the host.
     for (int j = 0; j < J; ++j)

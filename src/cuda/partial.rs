@@ -376,6 +376,9 @@ pub struct PartialWork {
     pub pass_ptr: DevBuf<i32>,
     /// d(pool) ÷ each cell's pool divisor (B × D; `partial_dpool_scale`, for the tensor-core backward).
     pub dps: DevBuf<f32>,
+    /// [g₁ | b₄ | g₅ | be₅] (Hh + 3D), an aligned copy `partial_fold_norm` writes for the tensor-core
+    /// kernels' 8-byte loads ([`PartialWork::tc_net`]).
+    pub lnp: DevBuf<f32>,
 }
 
 impl PartialWork {
@@ -387,7 +390,7 @@ impl PartialWork {
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh, &self.dps];
+        let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh, &self.dps, &self.lnp];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart, &self.jgroups, &self.slot_part];
         4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len() + 4 * self.pass_ptr.len()
     }
@@ -423,7 +426,18 @@ impl PartialWork {
             w4frag: dev.zeros(if tensor_cores_fit(hh, d) { w4frag_words(hh, d) } else { 1 })?,
             pass_ptr: dev.zeros(j + 1)?,
             dps: dev.zeros(if tensor_cores_bwd_fit(hh, d) { s.b * d } else { 1 })?,
+            lnp: dev.zeros(if tensor_cores_fit(hh, d) { hh + 3 * d } else { 1 })?,
         })
+    }
+
+    /// `net` (the 12 pointers of [`CudaPartial::net_args`]) with g₁, b₄, g₅, be₅ replaced by their
+    /// aligned copies in `lnp`, for the tensor-core kernels (after a fold that wrote them).
+    fn tc_net(&self, net: &[u64; 12], hh: usize, d: usize) -> Result<[u64; 12]> {
+        ensure!(self.lnp.len() >= hh + 3 * d, "partial: the aligned copy of g₁, b₄, g₅, be₅ holds {} of {} floats", self.lnp.len(), hh + 3 * d);
+        let at = |i: usize| self.lnp.device_address() + 4 * i as u64;
+        let mut n = *net;
+        (n[3], n[6], n[7], n[8]) = (at(0), at(hh), at(hh + d), at(hh + 2 * d));
+        Ok(n)
     }
 }
 
@@ -565,9 +579,11 @@ impl<'d> CudaPartial<'d> {
         let args: [&dyn KernelArg; 4] = [&p.w0.device_address(), &(hh as i32), &(d as i32), &w.w0t.device_address()];
         let grid = super::runtime::elementwise_grid(n, PART_THREADS, self.dev.info().multiprocessors) as usize;
         self.dev.launch(&self.transpose_w0, cfg(grid, PART_THREADS, 0), &args)?;
-        // W₄'s bf16 fragments only where the tensor-core kernels read them
+        // W₄'s bf16 fragments and the aligned copy of g₁, b₄, g₅, be₅ only where the tensor-core
+        // kernels read them
         let w4frag = if s.tensor_cores { w.w4frag.device_address() } else { 0 };
-        let args: [&dyn KernelArg; 14] = [
+        let lnp = if s.tensor_cores { w.lnp.device_address() } else { 0 };
+        let args: [&dyn KernelArg; 18] = [
             &p.emb.device_address(),
             &p.b0.device_address(),
             &p.g1.device_address(),
@@ -582,6 +598,10 @@ impl<'d> CudaPartial<'d> {
             &w.sbb.device_address(),
             &w.w4t.device_address(),
             &w4frag,
+            &p.b4.device_address(),
+            &p.g5.device_address(),
+            &p.be5.device_address(),
+            &lnp,
         ];
         self.dev.launch(&self.fold_norm, cfg(j.div_ceil(wpb).max(1), PART_THREADS, 0), &args)?;
         if j > 0 {
@@ -637,6 +657,11 @@ impl<'d> CudaPartial<'d> {
             // 16 pairs per pass, the second Linear as 16 × 8 × 16 tensor-core tiles; 4 warps per block
             // (4 × 8.8 KiB of tiles at Hh = 256).
             let pw = PART_THREADS as usize / 32;
+            let t = w.tc_net(&n, hh, d)?;
+            let mut args = args;
+            for (i, a) in t.iter().enumerate() {
+                args[i] = a;
+            }
             let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg]).collect();
             self.dev.launch(&self.pool_fwd_tc, cfg(n_chunks.div_ceil(pw), PART_THREADS, pw * tc_smem_per_warp(hh)), &args)?;
         } else {
@@ -719,6 +744,7 @@ impl<'d> CudaPartial<'d> {
             let (jptr, order, cell_of, psi) = (bt.jptr.device_address(), bt.order.device_address(), bt.cell_of.device_address(), bt.psi.device_address());
             let (keep, q, cj, slots, slot_d) = (w.keep.device_address(), w.q.device_address(), w.cj.device_address(), w.slots.device_address(), w.slot_d.device_address());
             let center = addr(p.center);
+            let n = w.tc_net(&n, hh, d)?;
             let tc_args: [&dyn KernelArg; 31] = [
                 &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
                 &(hh as i32),
@@ -865,7 +891,7 @@ impl<'d> CudaPartial<'d> {
         // The scratch poisoned (all bits set: NaN in f32 and f64), as a reused step buffer may hold
         // anything: what a kernel reads without writing first (a slot's d W₄ that only the block's
         // first warp writes, say) shows up as NaN.
-        for b in [&mut w.fhat, &mut w.fnorm, &mut w.ut, &mut w.ug, &mut w.bt, &mut w.bg, &mut w.slots, &mut w.dfh, &mut w.du, &mut w.q, &mut w.w0_prod, &mut w.dps] {
+        for b in [&mut w.fhat, &mut w.fnorm, &mut w.ut, &mut w.ug, &mut w.bt, &mut w.bg, &mut w.slots, &mut w.dfh, &mut w.du, &mut w.q, &mut w.w0_prod, &mut w.dps, &mut w.lnp] {
             dev.memset(b, 0xff)?;
         }
         for b in [&mut w.suu, &mut w.sub, &mut w.sbb, &mut w.slot_d, &mut w.slot_part, &mut w.jpart, &mut w.jgroups, &mut w.cj] {
