@@ -367,3 +367,27 @@ fn cli_validate_prints_a_summary() {
     let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["validate", "/nonexistent/x.h5mu"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+/// A file without cells is refused on load (it used to pass `validate`, and `embed` wrote a 0 × 0
+/// latent); the same directory with one cell loads.
+#[test]
+fn a_dataset_without_cells_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |dir: &std::path::Path, cells: &[&str]| {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("barcodes.tsv"), cells.iter().map(|c| format!("{c}\n")).collect::<String>()).unwrap();
+        std::fs::write(dir.join("junctions.tsv"), "junction_id\tevent_id\nj0\ta0\nj1\ta0\n").unwrap();
+        let entries: String = (1..=cells.len()).map(|i| format!("{i} 1 1\n{i} 2 2\n")).collect();
+        let atse: String = (1..=cells.len()).map(|i| format!("{i} 1 3\n{i} 2 3\n")).collect();
+        let header = |nnz: usize| format!("%%MatrixMarket matrix coordinate integer general\n{} 2 {nnz}\n", cells.len());
+        std::fs::write(dir.join("junction_counts.mtx"), header(2 * cells.len()) + &entries).unwrap();
+        std::fs::write(dir.join("atse_counts.mtx"), header(2 * cells.len()) + &atse).unwrap();
+    };
+    let (none, one) = (tmp.path().join("none"), tmp.path().join("one"));
+    write(&none, &[]);
+    write(&one, &["c0"]);
+    let opts = splicevi::data::DataOptions::default();
+    assert_eq!(splicevi::data::load::load(&one, &opts).unwrap().n_cells(), 1);
+    let e = format!("{:#}", splicevi::data::load::load(&none, &opts).unwrap_err());
+    assert!(e.contains("none") && e.contains("no cells"), "{e}");
+}

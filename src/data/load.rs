@@ -87,6 +87,10 @@ pub fn load_with(path: &Path, opts: &DataOptions, checks: &LoadChecks) -> Result
 pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
     let file = raw.file.clone();
     let cells = &raw.cell_names;
+    if cells.is_empty() {
+        // (every command needs cells: training splits them, the analyses write one row each)
+        return Err(DataError::new(&file, "obs", "no cells".to_string()).into());
+    }
     let nj = raw.junction_names.len();
     let (ev_field, ids, numeric) = &raw.event_ids;
     if ids.len() != nj {
@@ -253,7 +257,16 @@ fn resolve_covariates(raw: &RawData, opts: &DataOptions) -> Result<Covariates> {
             None => Ok(single_level(default, n)),
             Some(k) => {
                 let (field, col) = find_column(raw, k, flag)?;
-                to_categorical(&raw.file, &field, k, col, &raw.cell_names)
+                let c = to_categorical(&raw.file, &field, k, col, &raw.cell_names)?;
+                // (a numeric column is taken as categories, as scvi-tools does; one with a level for most
+                // cells is more likely a measurement named by mistake)
+                if matches!(col, ObsColumn::Numeric(_)) && c.levels.len() > 50 && c.levels.len() * 2 > n {
+                    eprintln!(
+                        "warning: {flag} {k}: a numeric column with {} distinct values for {n} cells, each taken as its own category",
+                        c.levels.len()
+                    );
+                }
+                Ok(c)
             }
         }
     };
