@@ -228,7 +228,7 @@ impl AdamState {
             ("exp_avg_sq", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], v)?),
         ];
         let meta = HashMap::from([("step".to_string(), self.step.to_string()), ("format".to_string(), "splicevi-adam-state-1".to_string())]);
-        Ok(safetensors::serialize(views, &Some(meta))?)
+        crate::model::params::sorted_header(safetensors::serialize(views, &Some(meta))?)
     }
 
     /// Inverse of [`Self::to_safetensors`]; `expected_len` is the parameter count of the model being

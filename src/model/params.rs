@@ -246,7 +246,26 @@ pub fn save_tensors(
         .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| anyhow::anyhow!("{e:?}"))?)))
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, &metadata).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))?;
+    let bytes = sorted_header(bytes)?;
     crate::util::write_atomic(path, |tmp| Ok(std::fs::write(tmp, &bytes)?))
+}
+
+/// safetensors bytes with the header's JSON object keys in sorted order. `safetensors::serialize`
+/// writes the metadata map in HashMap order, which changes from one map to the next, so the same state
+/// saved twice gave two byte versions (the same seed must give bit-identical runs, files included).
+/// The length is unchanged: the same keys and values, reordered, padded with spaces as before.
+pub fn sorted_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    anyhow::ensure!(bytes.len() >= 8, "safetensors: {} bytes, no header", bytes.len());
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    anyhow::ensure!(bytes.len() >= 8 + n, "safetensors: header of {n} bytes in {} bytes", bytes.len());
+    let header = std::str::from_utf8(&bytes[8..8 + n]).map_err(|e| anyhow::anyhow!("safetensors header: {e}"))?;
+    // serde_json's map is a BTreeMap (no `preserve_order` feature in this build): keys come out sorted
+    let v: serde_json::Value = serde_json::from_str(header.trim_end()).map_err(|e| anyhow::anyhow!("safetensors header: {e}"))?;
+    let sorted = serde_json::to_string(&v)?;
+    anyhow::ensure!(sorted.len() <= n, "safetensors: the sorted header is longer than the written one");
+    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    bytes[8 + sorted.len()..8 + n].fill(b' ');
+    Ok(bytes)
 }
 
 /// Any numeric safetensors tensor as f64 values.
