@@ -76,7 +76,10 @@ impl Device {
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Device::Cpu => write!(f, "cpu ({} threads)", rayon::current_num_threads()),
+            Device::Cpu => {
+                let n = rayon::current_num_threads();
+                write!(f, "cpu ({n} thread{})", if n == 1 { "" } else { "s" })
+            }
             Device::Cuda(i) => write!(f, "cuda:{} ({})", i.ordinal, i.name),
         }
     }

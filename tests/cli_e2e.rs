@@ -214,3 +214,24 @@ fn an_interrupted_write_leaves_no_file() {
     assert!(temps().is_empty(), "temporary files left: {:?}", temps());
     assert!(!out.exists(), "a half-written output was renamed into place");
 }
+
+/// A run that diverges in its first epoch leaves no checkpoint: the error says so (not "the last good
+/// checkpoint is kept"), the analyses and --resume say there is none, and training into the directory
+/// again needs no --overwrite (there is nothing to keep).
+#[test]
+fn a_run_that_diverges_says_which_checkpoint_it_keeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    let diverge = ["--lr", "10", "--gradient-clip", "none", "--max-epochs", "3", "--quiet", "--no-plots"];
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(diverge));
+    assert!(text.contains("stopped in epoch 1") && text.contains("before any checkpoint was written"), "{text}");
+    assert!(!run.join("model.safetensors").exists());
+    let text = fails(bin().arg("embed").arg(&run).arg(&data).arg("--out").arg(tmp.path().join("e.h5ad")));
+    assert!(text.contains("no checkpoint"), "{text}");
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).arg("--resume"));
+    assert!(text.contains("no checkpoint"), "{text}");
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
+    assert!(run.join("model.safetensors").exists());
+}

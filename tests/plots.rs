@@ -214,7 +214,7 @@ fn volcano_highlights_fdr_hits_one_panel_per_comparison() {
     let loose = Volcano::from_table(&h, &rows, Some(0.2), "x").unwrap();
     let n = |v: &Volcano| v.panels.iter().map(|p| p.points.iter().filter(|q| q.2).count()).sum::<usize>();
     assert!(n(&strict) <= n(&loose) && n(&loose) > 0);
-    assert!(render_svg(&loose).unwrap().contains("called at FDR 0.2 (from proba_ds)"));
+    assert!(render_svg(&loose).unwrap().contains("called at FDR 0.2 (from proba_ds only)"));
 }
 
 #[test]
@@ -341,7 +341,7 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     for name in ["curves", "impute", "volcano", "embedding"] {
         both(&re.join(name));
     }
-    assert!(both(&re.join("volcano")).1.contains("called at FDR 0.5 (from proba_ds)"));
+    assert!(both(&re.join("volcano")).1.contains("called at FDR 0.5 (from proba_ds only)"));
     assert!(both(&re.join("embedding")).1.contains("obsm[X_splicevi_expression]"));
     std::fs::remove_file(d.join("ds.volcano.png")).unwrap();
     ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")));

@@ -534,7 +534,13 @@ pub fn run(args: CheckFixtureArgs, device: &crate::device::Device, precision: cr
         crate::device::Device::Cpu => None,
     };
     let (mut failed, mut skipped) = (Vec::new(), 0);
-    for dir in &args.cases {
+    // A glob over the fixtures folder (`fixtures/*`) also names its README: files are passed over.
+    let cases: Vec<&std::path::PathBuf> = args.cases.iter().filter(|p| !p.is_file()).collect();
+    for f in args.cases.iter().filter(|p| p.is_file()) {
+        eprintln!("passing over {}: a file, not a case directory", f.display());
+    }
+    anyhow::ensure!(!cases.is_empty(), "no case directory among the {} path(s) given", args.cases.len());
+    for dir in cases.iter().copied() {
         let r = check_case_with(dir, dev.as_ref(), precision).with_context(|| format!("case {}", dir.display()))?;
         print_report(&r, args.verbose);
         if r.skipped.is_some() {
@@ -547,9 +553,9 @@ pub fn run(args: CheckFixtureArgs, device: &crate::device::Device, precision: cr
         bail!("{} case(s) failed: {}", failed.len(), failed.join(", "));
     }
     if skipped > 0 {
-        println!("{} case(s) passed, {skipped} skipped (options the device step lacks)", args.cases.len() - skipped);
+        println!("{} case(s) passed, {skipped} skipped (options the device step lacks)", cases.len() - skipped);
     } else {
-        println!("all {} case(s) passed", args.cases.len());
+        println!("all {} case(s) passed", cases.len());
     }
     Ok(())
 }

@@ -169,6 +169,10 @@ fn check_run_dir(args: &TrainArgs) -> Result<bool> {
     if !out.join(crate::train::trainer::CONFIG_FILE).exists() {
         return Ok(false);
     }
+    if !out.join(crate::train::trainer::MODEL_FILE).exists() {
+        // a run that stopped before its first checkpoint: nothing to keep (its config and features go)
+        return Ok(true);
+    }
     if !args.overwrite {
         anyhow::bail!(
             "--out {}: already holds a run (config.json); continue it with --resume, start over with --overwrite, or choose another directory",

@@ -537,7 +537,8 @@ impl SpliceVae {
         if !loss.is_finite() {
             bail!(
                 "non-finite loss (expression {:.4e}, splicing {:.4e}, KL {:.4e}, penalty {:.4e}); \
-                 check the inputs for non-finite or negative counts",
+                 check the inputs for non-finite or negative counts (in training, a learning rate too high \
+                 for the data diverges the same way: lower --lr, or keep --gradient-clip)",
                 rl_expr.iter().map(|v| v.to_f64()).sum::<f64>(),
                 sl.rl.iter().map(|v| v.to_f64()).sum::<f64>(),
                 kl.iter().map(|v| v.to_f64()).sum::<f64>(),

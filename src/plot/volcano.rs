@@ -71,7 +71,7 @@ impl Volcano {
             panels.push(VolcanoPanel { comparison: name, points });
         }
         let fdr_label = match fdr {
-            Some(f) => format!("called at FDR {f} (from proba_ds)"),
+            Some(f) => format!("called at FDR {f} (from proba_ds only)"),
             None => "called (is_ds_fdr)".to_string(),
         };
         Ok(Volcano { title: title.to_string(), fdr_label, panels })

@@ -152,7 +152,8 @@ pub struct NonFinite {
 
 impl std::fmt::Display for NonFinite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "non-finite {} at epoch {} step {}; the last good checkpoint (end of epoch {}) is kept", self.term, self.epoch, self.step, self.epoch)
+        // (epochs counted from 1, as the progress lines count them; the checkpoint is the caller's to name)
+        write!(f, "non-finite {} in epoch {}, step {}", self.term, self.epoch + 1, self.step)
     }
 }
 impl std::error::Error for NonFinite {}
@@ -277,6 +278,7 @@ impl<'a> Trainer<'a> {
     /// Continue a run from its directory (the checkpoint written at the end of the last completed epoch).
     pub fn resume(ds: &'a Dataset, dir: &Path, max_epochs: Option<usize>) -> Result<Self> {
         let run = read_run_config(dir)?;
+        require_checkpoint(dir)?;
         // (before the model is built from the data's ATSE grouping)
         if let Some(diff) = dims_difference(&dims_of(ds), &run.dims) {
             bail!("{}: the data differs from the run {} in {diff}", ds.source, dir.display());
@@ -414,16 +416,15 @@ impl<'a> Trainer<'a> {
             }
             for (step_in_epoch, cells) in list.iter().enumerate().filter(|_| !on_device) {
                 let step = self.state.global_step;
-                self.train_step(epoch, step_in_epoch as u64, cells, &mut m).with_context(|| {
-                    format!("training stopped at epoch {epoch}, step {step}; the last good checkpoint (after {epoch} epochs) is kept in {}", self.dir.display())
-                })?;
+                self.train_step(epoch, step_in_epoch as u64, cells, &mut m).with_context(|| self.stopped(epoch, step))?;
                 bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.steps.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
                 bar.inc(1);
             }
             bar.finish_and_clear();
             m.finish_train();
             if !self.validation_cells.is_empty() {
-                self.validate(epoch, &mut m)?;
+                let step = self.state.global_step;
+                self.validate(epoch, &mut m).with_context(|| self.stopped(epoch, step))?;
             }
             self.sync_from_device()?;
             m.seconds = t0.elapsed().as_secs_f64();
@@ -445,6 +446,20 @@ impl<'a> Trainer<'a> {
             write_safetensors(&self.dir.join(MODEL_FILE), &self.params)?;
         }
         Ok(())
+    }
+
+    /// What a run that stopped in `epoch` (0-based) at `step` leaves: the last checkpoint, or none when
+    /// it stopped before its first epoch ended (epochs counted from 1 here, as the progress lines do).
+    fn stopped(&self, epoch: usize, step: u64) -> String {
+        if self.dir.join(MODEL_FILE).exists() {
+            format!("training stopped in epoch {} (step {step}); the last good checkpoint, written after epoch {epoch}, is kept in {}", epoch + 1, self.dir.display())
+        } else {
+            format!(
+                "training stopped in epoch {} (step {step}), before any checkpoint was written: {} holds no model (train again there, with other options)",
+                epoch + 1,
+                self.dir.display()
+            )
+        }
     }
 
     /// Run `n_steps` training steps at `epoch` on its minibatches from number `first` on (cycling past
@@ -550,9 +565,7 @@ impl<'a> Trainer<'a> {
                 let p = p?;
                 cells += p.batch.n_cells();
                 let step = self.state.global_step;
-                self.run_device_step(epoch, p, staging.as_deref(), m).with_context(|| {
-                    format!("training stopped at epoch {epoch}, step {step}; the last good checkpoint (after {epoch} epochs) is kept in {}", self.dir.display())
-                })?;
+                self.run_device_step(epoch, p, staging.as_deref(), m).with_context(|| self.stopped(epoch, step))?;
                 after_step(m);
             }
             Ok(cells)
@@ -798,9 +811,18 @@ pub fn read_run_config(dir: &Path) -> Result<RunConfig> {
     serde_json::from_str(&text).with_context(|| format!("{}: unreadable run config", path.display()))
 }
 
+/// A run directory whose training stopped before its first epoch ended has a config but no checkpoint.
+pub fn require_checkpoint(dir: &Path) -> Result<()> {
+    if !dir.join(MODEL_FILE).exists() {
+        bail!("{}: no checkpoint ({MODEL_FILE}): its training stopped before the first epoch ended; train again there", dir.display());
+    }
+    Ok(())
+}
+
 /// Load the trained model of a run directory.
 pub fn load_model(dir: &Path, ds: &Dataset) -> Result<(RunConfig, SpliceVae, Params<f32>)> {
     let run = read_run_config(dir)?;
+    require_checkpoint(dir)?;
     let dims = dims_of(ds);
     anyhow::ensure!(
         dims.n_genes == run.dims.n_genes && dims.n_junctions == run.dims.n_junctions && dims.n_atse == run.dims.n_atse,
