@@ -636,8 +636,10 @@ impl<'d> CudaPartial<'d> {
         // One warp per chunk of PART_POOL_CHUNK pairs of a cell, then the chunks summed per cell.
         let n_chunks = pool_chunks(b, s.nnz);
         ensure!(w.pool_part.len() >= n_chunks * d && n_chunks <= i32::MAX as usize, "partial: the pool's chunk scratch is too small for B = {b}, nnz = {}", s.nnz);
+        // (the tensor-core kernel reads the aligned copies of g₁, b₄, g₅, be₅)
+        let pn = if s.tensor_cores { w.tc_net(&n, hh, d)? } else { n };
         let args: [&dyn KernelArg; 26] = [
-            &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
+            &pn[0], &pn[1], &pn[2], &pn[3], &pn[4], &pn[5], &pn[6], &pn[7], &pn[8], &pn[9], &pn[10], &pn[11],
             &(hh as i32),
             &(d as i32),
             &(b as i32),
@@ -657,11 +659,6 @@ impl<'d> CudaPartial<'d> {
             // 16 pairs per pass, the second Linear as 16 × 8 × 16 tensor-core tiles; 4 warps per block
             // (4 × 8.8 KiB of tiles at Hh = 256).
             let pw = PART_THREADS as usize / 32;
-            let t = w.tc_net(&n, hh, d)?;
-            let mut args = args;
-            for (i, a) in t.iter().enumerate() {
-                args[i] = a;
-            }
             let args: Vec<&dyn KernelArg> = args.iter().copied().chain([&w4frag as &dyn KernelArg]).collect();
             self.dev.launch(&self.pool_fwd_tc, cfg(n_chunks.div_ceil(pw), PART_THREADS, pw * tc_smem_per_warp(hh)), &args)?;
         } else {
