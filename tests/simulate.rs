@@ -125,6 +125,42 @@ fn the_first_cells_alone_equal_the_full_simulations_first_cells() {
     assert_eq!(all, full, "more cells than the size has: the whole dataset");
 }
 
+/// The same data written twice, more than a second apart, gives the same bytes: HDF5 stamps every
+/// group with its creation and modification time unless told not to, and the writers tell it not to
+/// (the .h5mu, and the .h5ad that `embed`, `impute` and `normalize-expression` write).
+#[test]
+fn the_same_data_written_twice_gives_the_same_bytes() {
+    use splicevi::data::dataset::ObsColumn;
+    use splicevi::data::h5ad_out::{write_h5ad, DenseOut, H5adOut};
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = toy(4);
+    let write_both = |tag: &str| {
+        let h5mu = dir.path().join(format!("{tag}.h5mu"));
+        simulate_to_file(&cfg, &h5mu, Compression::default(), |_, _| {}).unwrap();
+        let h5ad = dir.path().join(format!("{tag}.h5ad"));
+        let latent = [0.5f32, -1.0, 2.0, 0.25];
+        let out = H5adOut {
+            obs_names: vec!["c0".into(), "c1".into()],
+            obs: vec![("cell_type".into(), ObsColumn::Categorical { codes: vec![0, 1], categories: vec!["A".into(), "B".into()] })],
+            var_names: vec!["g0".into(), "g1".into()],
+            var: vec![],
+            x: Some(&latent),
+            obsm: vec![DenseOut { name: "X_splicevi".into(), data: &latent, rows: 2, cols: 2 }],
+            uns: vec![],
+        };
+        write_h5ad(&h5ad, &out).unwrap();
+        (std::fs::read(h5mu).unwrap(), std::fs::read(h5ad).unwrap())
+    };
+    let first = write_both("first");
+    // HDF5's object times have a resolution of one second.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let second = write_both("second");
+    let differing = |a: &[u8], b: &[u8]| a.iter().zip(b).filter(|(x, y)| x != y).count() + a.len().abs_diff(b.len());
+    assert_eq!(differing(&first.0, &second.0), 0, ".h5mu: the second write differs");
+    assert_eq!(differing(&first.1, &second.1), 0, ".h5ad: the second write differs");
+}
+
 #[test]
 fn output_depends_on_seed_not_on_threads() {
     let cfg = SimConfig { n_cells: 700, ..toy(11) }; // several blocks

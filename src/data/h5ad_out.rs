@@ -61,7 +61,7 @@ fn write_meta(f: &hdf5::File, out: &H5adOut, c: Compression) -> Result<()> {
 pub fn write_h5ad(path: &Path, out: &H5adOut) -> Result<()> {
     let n = out.obs_names.len();
     write_atomic(path, |tmp| {
-        let f = hdf5::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let f = crate::data::h5write::create_file(tmp, 0)?;
         let c = Compression::default();
         write_meta(&f, out, c)?;
         if let Some(x) = out.x {
@@ -270,7 +270,7 @@ where
     anyhow::ensure!(out.x.is_none(), "write_h5ad_streaming: X comes from the sink, not H5adOut::x");
     let (n, m) = (out.obs_names.len(), out.var_names.len());
     write_atomic(path, |tmp| {
-        let f = hdf5::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let f = crate::data::h5write::create_file(tmp, 0)?;
         write_meta(&f, out, c)?;
         let sink = match layout {
             XLayout::Dense => Sink::Dense(DenseRows::create(&f, "X", n, m, c)?),

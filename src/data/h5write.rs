@@ -143,8 +143,23 @@ pub fn encoding(loc: &Location, ty: &str, version: &str) -> Result<()> {
     str_attr(loc, "encoding-version", version)
 }
 
+/// A new group without creation and modification times, so that the same data writes the same bytes
+/// (HDF5 stamps groups by default; datasets are already untracked by hdf5-metno, as in h5py).
+pub fn new_group(parent: &Group, name: &str) -> Result<Group> {
+    Ok(parent.create_group_builder().obj_track_times(false).create(name)?)
+}
+
+/// A new HDF5 file whose root group carries no times (see `new_group`); `userblock`: bytes reserved
+/// before the HDF5 superblock (0 for none).
+pub fn create_file(path: &Path, userblock: u64) -> Result<hdf5::File> {
+    hdf5::File::with_options()
+        .with_fcpl(|p| p.userblock(userblock).obj_track_times(false))
+        .create(path)
+        .with_context(|| format!("creating HDF5 file {}", path.display()))
+}
+
 pub fn create_dict(parent: &Group, name: &str) -> Result<Group> {
-    let g = parent.create_group(name).with_context(|| format!("creating group {name}"))?;
+    let g = new_group(parent, name).with_context(|| format!("creating group {name}"))?;
     encoding(&g, "dict", "0.1.0")?;
     Ok(g)
 }
@@ -212,7 +227,7 @@ pub fn uns_value(parent: &Group, name: &str, v: &UnsValue) -> Result<()> {
 pub fn column(parent: &Group, name: &str, col: &ObsColumn, c: Compression) -> Result<()> {
     match col {
         ObsColumn::Categorical { codes, categories } => {
-            let g = parent.create_group(name)?;
+            let g = new_group(parent, name)?;
             encoding(&g, "categorical", "0.2.0")?;
             g.new_attr::<bool>().shape(()).create("ordered")?.write_scalar(&false)?;
             string_array(&g, "categories", categories)?;
@@ -243,7 +258,7 @@ pub fn dataframe(
     columns: &[(String, ObsColumn)],
     c: Compression,
 ) -> Result<()> {
-    let g = parent.create_group(name).with_context(|| format!("creating dataframe {name}"))?;
+    let g = new_group(parent, name).with_context(|| format!("creating dataframe {name}"))?;
     encoding(&g, "dataframe", "0.2.0")?;
     str_attr(&g, "_index", "_index")?;
     let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
@@ -410,7 +425,7 @@ pub struct CsrAppender<T: H5Type + bytemuck::Pod + Send + Sync> {
 impl<T: H5Type + bytemuck::Pod + Send + Sync> CsrAppender<T> {
     /// `max_nnz`: an upper bound of the non-zeros (e.g. rows × columns); int64 indices beyond int32.
     pub fn create(parent: &Group, name: &str, n_cols: usize, max_nnz: u64, c: Compression) -> Result<Self> {
-        let group = parent.create_group(name).with_context(|| format!("creating {name}"))?;
+        let group = new_group(parent, name).with_context(|| format!("creating {name}"))?;
         encoding(&group, "csr_matrix", "0.1.0")?;
         let data = Appender::create(&group, "data", c)?;
         let index = if max_nnz <= i32::MAX as u64 && n_cols <= i32::MAX as usize {
@@ -513,18 +528,15 @@ impl SpliceviWriter {
         compression: Compression,
     ) -> Result<Self> {
         // mudata writes a 512-byte userblock starting with "MuData"; read_h5mu warns without it.
-        let file = hdf5::File::with_options()
-            .with_fcpl(|p| p.userblock(512))
-            .create(path)
-            .with_context(|| format!("creating HDF5 file {}", path.display()))?;
-        let m = file.create_group("mod")?;
+        let file = create_file(path, 512)?;
+        let m = new_group(&file, "mod")?;
         let n_cells = n_cells_bound as u64;
         let mut rna_x = None;
         if with_rna {
-            let rna = m.create_group("rna")?;
+            let rna = new_group(&m, "rna")?;
             rna_x = Some(CsrAppender::create(&rna, "X", n_genes, n_cells * n_genes as u64, compression)?);
         }
-        let spl = m.create_group("splicing")?;
+        let spl = new_group(&m, "splicing")?;
         let layers = create_dict(&spl, "layers")?;
         let (k, n) = if has_counts {
             (
