@@ -10,8 +10,12 @@ use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LatentKind {
+    /// The joint posterior mean: the modality weighting's mix of the two encoders (with `robust`'s
+    /// concatenated latents, the two side by side).
     Joint,
+    /// The expression encoder's posterior mean alone.
     Expression,
+    /// The splicing (partial) encoder's posterior mean alone.
     Splicing,
 }
 
@@ -24,6 +28,7 @@ pub struct EmbedArgs {
     /// Output .h5ad: the chosen latent means in obsm["X_splicevi"], all three in obsm["X_splicevi_{joint,expression,splicing}"].
     #[arg(long)]
     pub out: PathBuf,
+    /// Which latent goes to obsm["X_splicevi"] and the picture (all three are written either way).
     #[arg(long, value_enum, default_value = "joint")]
     pub modality: LatentKind,
     /// Cells per inference block.

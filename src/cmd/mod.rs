@@ -222,4 +222,27 @@ mod tests {
         let old: crate::data::DataOptions = serde_json::from_str(r#"{"rna_modality":"rna","splicing_modality":"splicing","rna_layer":null,"junc_counts_layer":"k","atse_counts_layer":"n","junc_ratio_layer":"r","psi_mask_layer":"m","event_id_key":"event_id","size_factor_key":"s","batch_key":null,"labels_key":null,"categorical_covariate_keys":[],"continuous_covariate_keys":[]}"#).unwrap();
         assert!(old.require_integer_expression && old.require_integer_splicing);
     }
+
+    /// `--help` of every command describes every argument and flag (a flag without a line was how
+    /// `embed --modality` shipped).
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        use clap::CommandFactory;
+        let mut missing = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                let text = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
+                if text.trim().is_empty() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "arguments without a help line: {missing:?}");
+    }
 }

@@ -14,6 +14,7 @@ pub struct SimulateArgs {
     /// paper (100k × 10k × 90k); cells × genes × junctions.
     #[arg(long, value_enum, default_value = "toy")]
     pub size: SimSize,
+    /// Random seed: the same seed and size give the same file, byte for byte, on any number of threads.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output `.h5mu` path.
