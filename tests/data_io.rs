@@ -364,6 +364,15 @@ fn cli_validate_prints_a_summary() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("junctions per ATSE") && text.contains("OK"), "{text}");
+    assert!(text.contains("library size"), "{text}");
+    // splicing only: no library size (the loader's placeholder 1s are not data)
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(g.path("splicing_only.h5ad")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("none (splicing only)") && !text.contains("library size"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(g.path("splicing_only.h5ad")).arg("--json").output().unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["library_size"].is_null() && s["genes"].is_null(), "{s}");
     let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["validate", "/nonexistent/x.h5mu"]).output().unwrap();
     assert!(!out.status.success());
 }

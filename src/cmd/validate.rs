@@ -111,7 +111,8 @@ pub fn summarize(ds: &Dataset, opts: &DataOptions) -> Summary {
         expression_nonzeros: ds.expression.as_ref().map(|x| x.nnz()),
         expression_nonzero_range: ds.expression.as_ref().and_then(|x| min_max(x.values.iter().map(|&v| v as f64))),
         cells_with_zero_expression: ds.expression.as_ref().map(|x| (0..x.n_rows).filter(|&r| x.row(r).1.iter().all(|&v| v == 0.0)).count()),
-        library_size: range3(ds.library_size.iter().map(|&x| x as f64).collect()),
+        // Without expression the loader fills the library sizes with 1s that nothing reads: no range.
+        library_size: if ds.expression.is_some() { range3(ds.library_size.iter().map(|&x| x as f64).collect()) } else { None },
         batch: levels(&ds.covariates.batch),
         labels: opts.labels_key.as_ref().map(|_| levels(&ds.covariates.labels)),
         categorical_covariates: ds.covariates.categorical.iter().map(levels).collect(),
@@ -158,7 +159,9 @@ pub fn render(s: &Summary, opts: &DataOptions) -> String {
         line("expression non-zeros", format!("{nz} (values {})", fmt_range(s.expression_nonzero_range)));
         line("cells with all-zero expression", s.cells_with_zero_expression.unwrap_or(0).to_string());
     }
-    line("library size", fmt_range3(&s.library_size));
+    if s.genes.is_some() {
+        line("library size", fmt_range3(&s.library_size));
+    }
     let bname = opts.batch_key.clone().unwrap_or_else(|| "(none)".into());
     line(&format!("batch {bname}"), fmt_levels(&s.batch));
     if let Some(l) = &s.labels {
