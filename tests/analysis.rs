@@ -530,9 +530,10 @@ assert np.allclose(expr.X, np.fromfile(P("expr.f32"), dtype=np.float32).reshape(
 ds = pd.read_csv(P("ds.tsv"), sep="\t")
 cols = ["junction_id", "gene_name", "proba_ds", "is_ds_fdr", "bayes_factor", "effect_size", "emp_effect",
         "est_prob1", "est_prob2", "emp_prob1", "emp_prob2", "n_obs_group1", "n_obs_group2"]
-assert list(ds.columns) == cols, list(ds.columns)
+assert list(ds.columns) == cols + ["comparison", "group1", "group2"], list(ds.columns)
 assert len(ds) == 300 and ds["is_ds_fdr"].dtype == bool and ds["n_obs_group1"].dtype.kind == "i"
 assert np.allclose(ds["effect_size"], ds["est_prob2"] - ds["est_prob1"])
+assert (ds["comparison"] == "T0_a vs T0_b").all() and (ds["group1"] == "T0_a").all() and (ds["group2"] == "T0_b").all()
 assert ((ds["proba_ds"] >= 0) & (ds["proba_ds"] <= 1)).all()
 dsa = pd.read_csv(P("ds_all.tsv"), sep="\t")
 assert list(dsa.columns) == cols + ["comparison", "group1", "group2"] and len(dsa) == 900

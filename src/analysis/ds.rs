@@ -191,17 +191,15 @@ pub fn differential_splicing(post: &Posterior, cmp: &Comparison, method: Splicin
     })
 }
 
-/// The TSV of one or more comparisons; with several, `comparison`, `group1`, `group2` columns follow.
+/// The TSV of one or more comparisons, each row ending with its `comparison`, `group1`, `group2`.
 pub fn ds_tsv(results: &[DsResult]) -> String {
-    let multi = results.len() > 1;
     let with_p = results.iter().any(|r| r.emp_pvalue.is_some());
     let mut s = DS_COLUMNS.join("\t");
     if with_p {
         s.push_str("\temp_pvalue");
     }
-    if multi {
-        s.push_str("\tcomparison\tgroup1\tgroup2");
-    }
+    // Every table names its comparison, as scvi's `_de_core` does for a `groupby` (and as `de_tsv` does).
+    s.push_str("\tcomparison\tgroup1\tgroup2");
     s.push('\n');
     for r in results {
         for i in 0..r.proba_ds.len() {
@@ -226,10 +224,8 @@ pub fn ds_tsv(results: &[DsResult]) -> String {
                 s.push('\t');
                 s.push_str(&fmt_f64(p));
             }
-            if multi {
-                let (g1, g2) = (clean_text(&r.group1), clean_text(&r.group2));
-                s.push_str(&format!("\t{g1} vs {g2}\t{g1}\t{g2}"));
-            }
+            let (g1, g2) = (clean_text(&r.group1), clean_text(&r.group2));
+            s.push_str(&format!("\t{g1} vs {g2}\t{g1}\t{g2}"));
             s.push('\n');
         }
     }
