@@ -604,3 +604,69 @@ fn a_name_list_refuses_a_name_the_data_repeats() {
     std::fs::write(&list, "d\n").unwrap();
     assert_eq!(splicevi::analysis::impute::read_name_list(&list, &repeated, "junction").unwrap(), vec![4]);
 }
+
+/// `--modality-weights cell`: each cell reads its own row of the per-cell weight table, found by its
+/// name whatever the order of the data; a cell the run did not train on reads the mean row (§14.2), and
+/// the command says how many did. (Rows were taken by position: a permuted or subset file silently gave
+/// cells other cells' weights, and `embed` and `impute` disagreed on the same file.)
+#[test]
+fn cell_modality_weights_follow_the_cell_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let p = |n: &str| d.join(n);
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "7", "--out"]).arg(p("toy.h5mu")));
+    ok(bin().arg("train").arg(p("toy.h5mu")).arg("--out").arg(p("run")).args(["--modality-weights", "cell", "--max-epochs", "30", "--lr", "0.05", "--n-epochs-kl-warmup", "2", "--quiet", "--no-plots"]));
+    // The cells in another order, the first 30 renamed (cells the run never saw); and all renamed.
+    run_python(
+        r#"
+import sys, numpy as np, mudata, warnings
+warnings.simplefilter("ignore")
+src, other, new = sys.argv[1:4]
+m = mudata.read_h5mu(src)
+m2 = m[np.random.RandomState(0).permutation(m.n_obs)].copy()
+for path, n_new in ((other, 30), (new, m2.n_obs)):
+    names = np.array(m2.obs_names, dtype=object)
+    names[:n_new] = [f"new_{i}" for i in range(n_new)]
+    for k in m2.mod:
+        m2.mod[k].obs_names = names
+    m2.obs_names = names
+    m2.write(path)
+    m2 = m[np.random.RandomState(0).permutation(m.n_obs)].copy()
+print("ok")
+"#,
+        &[&p("toy.h5mu"), &p("other.h5mu"), &p("new.h5mu")],
+    );
+    ok(bin().arg("embed").arg(p("run")).arg(p("toy.h5mu")).arg("--out").arg(p("full.h5ad")).arg("--no-plots"));
+    let said = ok(bin().arg("embed").arg(p("run")).arg(p("other.h5mu")).arg("--out").arg(p("other.h5ad")).arg("--no-plots"));
+    assert!(said.contains("30 of 200 cells") && said.contains("mean of the learned per-cell modality weights"), "{said}");
+    let said = ok(bin().arg("embed").arg(p("run")).arg(p("new.h5mu")).arg("--out").arg(p("new.h5ad")).arg("--no-plots"));
+    assert!(said.contains("200 of 200 cells"), "{said}");
+    // --resume goes on training the same rows: it needs the training cells in their order
+    let e = fails(bin().arg("train").arg(p("other.h5mu")).arg("--out").arg(p("run")).args(["--resume", "--max-epochs", "31"]));
+    assert!(e.contains("cell 0 is `new_0`") && e.contains("same order"), "{e}");
+    for (data, out) in [("toy.h5mu", "psi_full.h5ad"), ("other.h5mu", "psi_other.h5ad"), ("new.h5mu", "psi_new.h5ad")] {
+        ok(bin().arg("impute").arg(p("run")).arg(p(data)).arg("--out").arg(p(out)).args(["--method", "decoder"]));
+    }
+    run_python(
+        r#"
+import sys, numpy as np, anndata
+d = sys.argv[1]
+for kind, key in (("", "X_splicevi_joint"), ("psi_", None)):
+    full, other, new = (anndata.read_h5ad(f"{d}/{kind}{n}.h5ad") for n in ("full", "other", "new"))
+    get = (lambda a: a.obsm[key]) if key else (lambda a: np.asarray(a.X))
+    seen = ~other.obs_names.str.startswith("new_")
+    assert seen.sum() == 170
+    # a cell seen in training gives what it gave in the training file, at its new place
+    rows = full.obs_names.get_indexer(other.obs_names[seen])
+    assert np.allclose(get(other)[seen], get(full)[rows], rtol=0, atol=1e-6), np.abs(get(other)[seen] - get(full)[rows]).max()
+    # a renamed cell reads the mean row: as in the file where every cell is new
+    assert np.allclose(get(other)[~seen], get(new)[~seen], rtol=0, atol=1e-6)
+    # and the mean row is not the cell's own (else this test could not tell them apart)
+    orig = full.obs_names[np.random.RandomState(0).permutation(full.n_obs)]
+    diff = np.abs(get(new) - get(full)[full.obs_names.get_indexer(orig)]).max()
+    assert diff > 1e-4, diff
+print("ok")
+"#,
+        &[d],
+    );
+}

@@ -959,12 +959,16 @@ fn posterior_on(dev: &'static CudaDevice) {
     use splicevi::data::simulate::{simulate, SimConfig, SimSize};
     use splicevi::train::trainer::dims_of;
     let (ds, _) = simulate(&SimConfig { n_cells: 60, n_genes: 50, n_junctions: 90, ..SimConfig::preset(SimSize::Toy, 4) }).unwrap();
-    for cfg in [ModelConfig::default(), ModelConfig::paper()] {
+    // `cell` modality weights with cells of the training data and others (the mean row) in one block
+    let cell_weights = ModelConfig { modality_weights: splicevi::model::ModalityWeights::Cell, ..ModelConfig::default() };
+    for cfg in [ModelConfig::default(), ModelConfig::paper(), cell_weights] {
         let cfg = ModelConfig { n_hidden: Some(8), n_latent: Some(4), code_dim: 4, h_hidden_dim: 8, encoder_hidden_dim: 8, ..cfg };
         let model = SpliceVae::new(cfg, dims_of(&ds), ds.splicing.junc2atse.clone()).unwrap();
         let p = random_params(&model, 600);
-        let cpu = Posterior::new(&ds, &model, &p).unwrap();
+        let mut cpu = Posterior::new(&ds, &model, &p).unwrap();
         let mut on = Posterior::new(&ds, &model, &p).unwrap();
+        let mixed: Vec<u32> = (0..ds.n_cells() as u32).map(|c| if c % 3 == 0 { u32::MAX } else { (c * 7) % ds.n_cells() as u32 }).collect();
+        (cpu.cell_rows, on.cell_rows) = (Some(mixed.clone()), Some(mixed));
         on.use_device(dev, splicevi::cuda::gemm::GemmPrecision::F32).unwrap();
         assert!(on.on_device() && !cpu.on_device());
         let cells: Vec<usize> = (3..23).collect();

@@ -66,8 +66,11 @@ pub struct Posterior<'a> {
     pub params: &'a Params<f32>,
     /// The `cross_gate` buffer of the checkpoint (1 after a normal training run).
     pub gate: f64,
-    /// Use dataset rows as rows of the per-cell weight table (only when the data are the training data).
-    pub with_cell_idx: bool,
+    /// `cell` modality weights: each dataset row's row of the per-cell weight table, u32::MAX for a cell
+    /// not seen in training (the mean row, §14.2); None: every cell reads the mean row. `new` takes the
+    /// rows by position when the data have as many cells as the training data; the commands set them
+    /// from the run's recorded cells (`weight_table_rows`).
+    pub cell_rows: Option<Vec<u32>>,
     /// DM concentration per junction (empty when the splicing likelihood has none).
     pub conc: Vec<f32>,
     /// The CUDA step's encoders and decoders, when the analysis runs on a device ([`Self::use_device`]).
@@ -91,7 +94,8 @@ impl<'a> Posterior<'a> {
             SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial => per_junction_concentration(model, params, &ds.splicing.junc2atse),
             SplicingLoss::Binomial | SplicingLoss::Bce => Vec::new(),
         };
-        Ok(Posterior { ds, model, params, gate, with_cell_idx: ds.n_cells() == model.dims.n_obs, conc, device: None })
+        let cell_rows = (ds.n_cells() == model.dims.n_obs).then(|| (0..ds.n_cells() as u32).collect());
+        Ok(Posterior { ds, model, params, gate, cell_rows, conc, device: None })
     }
 
     /// Runs the latents and the decode of [`Self::latent_means`] and [`Self::decode`] on `dev` (the CUDA
@@ -140,7 +144,14 @@ impl<'a> Posterior<'a> {
     }
 
     pub fn batch(&self, cells: &[usize]) -> Result<Batch> {
-        Batch::from_dataset(self.ds, cells, self.with_cell_idx)
+        Ok(Batch { cell_idx: self.cell_idx(cells), ..Batch::from_dataset(self.ds, cells, false)? })
+    }
+
+    /// The weight-table rows of `cells` (None when no cell has one).
+    fn cell_idx(&self, cells: &[usize]) -> Option<Vec<u32>> {
+        let rows = self.cell_rows.as_ref()?;
+        let idx: Vec<u32> = cells.iter().map(|&c| rows[c]).collect();
+        (!idx.iter().all(|&r| r == u32::MAX)).then_some(idx)
     }
 
     /// Posterior means (eval mode) of a block of cells, on the CPU backend (every field of `Inference`).
@@ -156,7 +167,7 @@ impl<'a> Posterior<'a> {
         for b in cells.chunks(block.max(1)) {
             // On a device with the dataset resident, the cells alone suffice (their entries are gathered there).
             let batch = match &self.device {
-                Some(dm) if dm.borrow().resident_index().is_some() => Batch::cells_only(self.ds, b, self.with_cell_idx)?,
+                Some(dm) if dm.borrow().resident_index().is_some() => Batch { cell_idx: self.cell_idx(b), ..Batch::cells_only(self.ds, b, false)? },
                 _ => self.batch(b)?,
             };
             let (qz_m, _, _, mu_e, mu_s) = self.means(b, &batch)?;
@@ -303,6 +314,69 @@ pub struct OpenRun {
     pub ds: Dataset,
     pub model: SpliceVae,
     pub params: Params<f32>,
+    /// [`Posterior::cell_rows`] of `ds` ([`weight_table_rows`]).
+    pub cell_rows: Option<Vec<u32>>,
+}
+
+impl OpenRun {
+    /// The posterior of the run on its data, each cell reading its own row of a `cell` weight table.
+    pub fn posterior(&self) -> Result<Posterior<'_>> {
+        let mut post = Posterior::new(&self.ds, &self.model, &self.params)?;
+        post.cell_rows = self.cell_rows.clone();
+        Ok(post)
+    }
+}
+
+/// `cell` modality weights (§14.2): the row of the run's per-cell weight table that each cell of `ds`
+/// reads, found by cell name among the training cells `features.json` records; u32::MAX (the mean
+/// learned row) for a cell the run did not train on, with a line saying how many there are. Runs that
+/// predate the recorded cells take the rows by position when the numbers of cells agree. None for the
+/// other modality weightings (nothing to look up).
+pub fn weight_table_rows(run_dir: &std::path::Path, ds: &Dataset, model: &SpliceVae) -> Result<Option<Vec<u32>>> {
+    if model.cfg.modality_weights != crate::model::ModalityWeights::Cell {
+        return Ok(None);
+    }
+    let n_obs = model.dims.n_obs;
+    let trained = crate::train::trainer::read_run_features(run_dir)?.map(|f| f.cells).unwrap_or_default();
+    let rows: Vec<u32> = if trained.is_empty() {
+        if ds.n_cells() == n_obs {
+            eprintln!(
+                "note: {} does not record its training cells (it predates that): the cells of {} read the per-cell modality weights by position",
+                run_dir.display(),
+                ds.source
+            );
+            return Ok(Some((0..n_obs as u32).collect()));
+        }
+        eprintln!(
+            "note: {} does not record its training cells, and {} has {} cells where the training data had {n_obs}: every cell reads the mean of the learned per-cell modality weights",
+            run_dir.display(),
+            ds.source,
+            ds.n_cells()
+        );
+        return Ok(Some(vec![u32::MAX; ds.n_cells()]));
+    } else if trained == ds.cell_names {
+        return Ok(Some((0..n_obs as u32).collect()));
+    } else {
+        anyhow::ensure!(trained.len() == n_obs, "{}: {} training cells for a weight table of {n_obs} rows", run_dir.display(), trained.len());
+        // a name the training data holds twice names no single row: the mean row
+        let mut row_of: std::collections::HashMap<&str, u32> = std::collections::HashMap::with_capacity(n_obs);
+        for (r, name) in trained.iter().enumerate() {
+            if row_of.insert(name.as_str(), r as u32).is_some() {
+                row_of.insert(name.as_str(), u32::MAX);
+            }
+        }
+        ds.cell_names.iter().map(|c| row_of.get(c.as_str()).copied().unwrap_or(u32::MAX)).collect()
+    };
+    let unseen = rows.iter().filter(|&&r| r == u32::MAX).count();
+    if unseen > 0 {
+        eprintln!(
+            "note: {unseen} of {} cells of {} are not among the training cells of {} (by name): they read the mean of the learned per-cell modality weights",
+            ds.n_cells(),
+            ds.source,
+            run_dir.display()
+        );
+    }
+    Ok(Some(rows))
 }
 
 /// Load a run directory and data with the run's data options. The data's batch codes are re-expressed in
@@ -313,7 +387,8 @@ pub fn open_run(run_dir: &std::path::Path, data: &std::path::Path) -> Result<Ope
     let mut ds = crate::data::load::load(data, &run.data)?;
     align_batches(&mut ds, &run.batch_levels, &run_dir.display().to_string())?;
     let (run, model, params) = crate::train::trainer::load_model(run_dir, &ds)?;
-    Ok(OpenRun { run, ds, model, params })
+    let cell_rows = weight_table_rows(run_dir, &ds, &model)?;
+    Ok(OpenRun { run, ds, model, params, cell_rows })
 }
 
 /// Re-code `ds`'s batch covariate in `levels` (the training run's order).

@@ -3,7 +3,7 @@
 use super::diff_splicing::GroupArgs;
 use crate::analysis::de::{de_tsv, differential_expression};
 use crate::analysis::differential::{comparisons, write_tsv};
-use crate::analysis::posterior::{open_run, Posterior};
+use crate::analysis::posterior::open_run;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ pub fn run(args: DiffExpressionArgs, device: &crate::device::Device, precision: 
     // Differential expression keeps the original's test whatever the preset (flags still apply).
     let opts = args.groups.change_options(args.delta, &o.run.batch_levels, &crate::train::presets::ORIGINAL_DS)?;
     let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
-    let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut post = o.posterior()?;
     super::analysis_device(&mut post, device, precision, "diff-expression")?;
     let mut results = Vec::new();
     for (k, c) in cmps.iter().enumerate() {

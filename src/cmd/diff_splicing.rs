@@ -2,7 +2,7 @@
 
 use crate::analysis::differential::{comparisons, write_tsv, ChangeOptions, TestMode};
 use crate::analysis::ds::{differential_splicing, ds_tsv};
-use crate::analysis::posterior::{batch_codes, open_run, Posterior, SplicingFn};
+use crate::analysis::posterior::{batch_codes, open_run, SplicingFn};
 use crate::train::presets::DsDefaults;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -137,7 +137,7 @@ pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: cr
         );
     }
     let cmps = comparisons(&o.ds, &args.groups.groupby, args.groups.group1.as_deref(), args.groups.group2.as_deref())?;
-    let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut post = o.posterior()?;
     super::analysis_device(&mut post, device, precision, "diff-splicing")?;
     let mut results = Vec::new();
     for (k, c) in cmps.iter().enumerate() {

@@ -1,7 +1,7 @@
 use crate::data::h5ad_out::{write_h5ad, DenseOut, H5adOut};
 use crate::data::h5write::UnsValue;
 use crate::data::load::load;
-use crate::analysis::posterior::Posterior;
+use crate::analysis::posterior::{align_batches, weight_table_rows, Posterior};
 use crate::model::Mat;
 use crate::train::trainer::load_model;
 use anyhow::Result;
@@ -53,8 +53,8 @@ pub fn latents(
 ) -> Result<[Mat<f32>; 3]> {
     let (_run, model, params) = load_model(run_dir, ds)?;
     let mut post = Posterior::new(ds, &model, &params)?;
-    // Every cell reads its own row of a per-cell weight table (the dataset's row numbers).
-    post.with_cell_idx = true;
+    // `cell` modality weights: each cell reads its own row of the table, found by name.
+    post.cell_rows = weight_table_rows(run_dir, ds, &model)?;
     super::analysis_device(&mut post, device, precision, "embed")?;
     let n = ds.n_cells();
     let cells: Vec<usize> = (0..n).collect();
@@ -66,7 +66,9 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
     let run = crate::train::trainer::read_run_config(&args.run_dir)?;
-    let ds = load(&args.data, &run.data)?;
+    let mut ds = load(&args.data, &run.data)?;
+    // the batch codes in the run's order (the encoders' covariates, with --encode-covariates)
+    align_batches(&mut ds, &run.batch_levels, &args.run_dir.display().to_string())?;
     if let Some(c) = &args.color_by {
         if !ds.obs.iter().any(|(n, _)| n == c) {
             anyhow::bail!("--color-by: no obs column `{c}` (obs has: {})", ds.obs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));

@@ -159,6 +159,7 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let run = read_run_config(&dir)?;
     align_batches(&mut ds, &run.batch_levels, &dir.display().to_string())?;
     let (_, model, params): (RunConfig, SpliceVae, Params<f32>) = load_model(&dir, &ds)?;
+    let cell_rows = crate::analysis::posterior::weight_table_rows(&dir, &ds, &model)?;
     let mb_groups = match &args.meanbayes_groupby {
         Some(c) => Some(group_codes(&ds, c)?),
         None => None,
@@ -170,12 +171,14 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let filter = TruthFilter { include_zero: args.include_zero_truth, exclude_one: args.exclude_psi_one, min_atse_count: args.min_atse_count };
     let imp = {
         let mut post_masked = Posterior::new(&ds, &model, &params)?;
+        post_masked.cell_rows = cell_rows.clone();
         super::analysis_device(&mut post_masked, device, precision, "evaluate")?;
         evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), args.block_cells)?
     };
     unmask_atses(&mut ds, &dropped, &source)?;
     drop(dropped);
     let mut post = Posterior::new(&ds, &model, &params)?;
+    post.cell_rows = cell_rows;
     super::analysis_device(&mut post, device, precision, "evaluate")?;
     let lat = evaluate_latents(&post, labels.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
     let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);

@@ -1,7 +1,7 @@
 //! `splicevi impute`: imputed PSI (cells × junctions) into an .h5ad, written block by block.
 
 use crate::analysis::impute::{group_codes, read_name_list, write_imputed_psi, ImputeOptions, ObservedIn};
-use crate::analysis::posterior::{batch_codes, open_run, DecodeOptions, Posterior, SplicingFn};
+use crate::analysis::posterior::{batch_codes, open_run, DecodeOptions, SplicingFn};
 use crate::data::h5write::{Compression, UnsValue};
 use anyhow::Result;
 use clap::Args;
@@ -57,7 +57,7 @@ pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::c
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
-    let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut post = o.posterior()?;
     super::analysis_device(&mut post, device, precision, "impute")?;
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let junctions = match &args.junctions {

@@ -2,7 +2,7 @@
 
 use super::impute::compression;
 use crate::analysis::impute::{read_name_list, write_normalized_expression, ExpressionOptions};
-use crate::analysis::posterior::{batch_codes, open_run, DecodeOptions, Posterior};
+use crate::analysis::posterior::{batch_codes, open_run, DecodeOptions};
 use crate::data::h5write::UnsValue;
 use anyhow::Result;
 use clap::Args;
@@ -46,7 +46,7 @@ pub fn run(args: NormalizeExpressionArgs, device: &crate::device::Device, precis
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
-    let mut post = Posterior::new(&o.ds, &o.model, &o.params)?;
+    let mut post = o.posterior()?;
     super::analysis_device(&mut post, device, precision, "normalize-expression")?;
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let genes = match &args.genes {

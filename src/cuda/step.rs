@@ -354,6 +354,9 @@ pub struct HostBatch {
     w_grad: Option<(Part, Part, Part)>,
     /// `cell` weights of cells without a table row: the mean row.
     w_mean: bool,
+    /// `cell` weights, some cells seen in training and some not (an analysis of other data): the unseen
+    /// cells' `w_row` is n_obs, a mean row appended to a copy of the table (forward only).
+    w_mixed: bool,
     disp_onehot: Option<(Part, usize)>,
     /// MMD-RBF: ε of the expression and the splicing samples (host only).
     mmd_eps: Option<(Vec<f32>, Vec<f32>)>,
@@ -410,6 +413,7 @@ struct CellParts {
     iota: Part,
     w_grad: Option<(Part, Part, Part)>,
     w_mean: bool,
+    w_mixed: bool,
     disp_onehot: Option<(Part, usize)>,
     mmd_eps: Option<(Vec<f32>, Vec<f32>)>,
 }
@@ -442,21 +446,30 @@ fn cell_parts(m: &SpliceVae, batch: &Batch, opts: &StepOptions, mask_e_host: &[b
     // Softmax modality weights: the table row of each cell, and the CSR that sends each cell's d(raw)
     // back to its row (`cell`).
     let iota: Vec<i32> = (0..=b as i32).collect();
-    let (w_row, w_grad, w_mean) = match (cfg.modality_weights, &batch.cell_idx) {
-        (ModalityWeights::Cell, Some(ci)) => {
+    let (w_row, w_grad, w_mean, w_mixed) = match (cfg.modality_weights, &batch.cell_idx) {
+        (ModalityWeights::Cell, Some(ci)) if ci.contains(&u32::MAX) && !ci.iter().all(|&r| r == u32::MAX) => {
+            // unseen cells (u32::MAX) read row n_obs, the mean row the forward appends
+            let n_obs = m.dims.n_obs;
+            if let Some((i, &r)) = ci.iter().enumerate().find(|(_, &r)| r != u32::MAX && r as usize >= n_obs) {
+                bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
+            }
+            (ci.iter().map(|&r| if r == u32::MAX { n_obs as i32 } else { r as i32 }).collect(), None, false, true)
+        }
+        (ModalityWeights::Cell, Some(ci)) if !ci.iter().all(|&r| r == u32::MAX) => {
             let n_obs = m.dims.n_obs;
             if let Some((i, &r)) = ci.iter().enumerate().find(|(_, &r)| r as usize >= n_obs) {
                 bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
             }
             let rows: Vec<i32> = ci.iter().map(|&r| r as i32).collect();
             let (ptr, ids) = group_by(ci, n_obs);
-            (rows, Some((ptr, ids, vec![1f32; b])), false)
+            (rows, Some((ptr, ids, vec![1f32; b])), false, false)
         }
-        (ModalityWeights::Cell, None) => {
+        // no cell seen in training (no cell_idx, or every one u32::MAX)
+        (ModalityWeights::Cell, _) => {
             let n_obs = m.dims.n_obs;
-            (vec![0i32; b], Some(((0..=n_obs as i32).collect(), vec![0i32; n_obs], vec![1f32; n_obs])), true)
+            (vec![0i32; b], Some(((0..=n_obs as i32).collect(), vec![0i32; n_obs], vec![1f32; n_obs])), true, false)
         }
-        _ => (vec![0i32; b], None, false),
+        _ => (vec![0i32; b], None, false, false),
     };
     // gene-batch / gene-label dispersion: θ of each cell is its code's column of px_r (G × levels),
     // gathered by a GEMM with the codes' one-hot (exact: one non-zero product per entry).
@@ -489,6 +502,7 @@ fn cell_parts(m: &SpliceVae, batch: &Batch, opts: &StepOptions, mask_e_host: &[b
         iota: pk.push(&iota),
         w_grad: w_grad.as_ref().map(|(p, i, w)| (pk.push(p), pk.push(i), pk.push(w))),
         w_mean,
+        w_mixed,
         disp_onehot: disp_onehot.as_ref().map(|(oh, n)| (pk.push(oh), *n)),
         mmd_eps,
     })
@@ -678,6 +692,7 @@ impl HostBatch {
             iota: cp.iota,
             w_grad: cp.w_grad,
             w_mean: cp.w_mean,
+            w_mixed: cp.w_mixed,
             disp_onehot: cp.disp_onehot,
             mmd_eps: cp.mmd_eps,
             mask_e_host,
@@ -1982,11 +1997,20 @@ impl<'d> DeviceModel<'d> {
             // Each cell's two raw weights, gathered from the (possibly trained) table on the device:
             // one row (`equal`, `universal`), the cell's row, or the mean row for unseen cells (`cell`).
             let table = self.p(a.mod_weights);
-            let src = if hb.w_mean {
+            let src = if hb.w_mean || hb.w_mixed {
                 let n_obs = table.len / 2;
                 let mut mean = self.nan(2)?;
                 self.glue.col_sum(Cols::all(&table, 2), n_obs, 2, 1.0 / n_obs as f32, 0.0, &mut mean)?;
-                mean
+                if hb.w_mean {
+                    mean
+                } else {
+                    // the table, then the mean row (row n_obs)
+                    let ext = self.nan(2 * (n_obs + 1))?;
+                    self.glue.copy_cols(Cols::all(&table, 2), Cols::all(&ext, 2), n_obs, 2, 1.0, 0.0)?;
+                    let last = Cols { mem: &ext, offset: 2 * n_obs, ld: 2 * (n_obs + 1) };
+                    self.glue.copy_cols(Cols::all(&mean, 2), last, 1, 2, 1.0, 0.0)?;
+                    ext
+                }
             } else {
                 table
             };
@@ -2444,6 +2468,7 @@ impl<'d> DeviceModel<'d> {
         if mix == Mix::Softmax && m.layout.entries[a.mod_weights].kind.trainable() {
             // d(raw) of each cell back to the table: summed (`universal`), to each cell's row, or spread
             // evenly over every row for the mean row of unseen cells (`cell`).
+            ensure!(!hb.w_mixed, "modality weights `cell`: no backward for a minibatch that mixes cells seen in training with unseen ones");
             let mut gw = self.g(a.mod_weights);
             match (&bt.w_grad, hb.w_mean) {
                 (None, _) => self.glue.col_sum(Cols::all(&raw_cell, 2), b, 2, 1.0, 0.0, &mut gw)?,

@@ -40,8 +40,8 @@ pub struct Batch {
     /// Continuous covariates, B × n_cont row-major.
     pub cont: Vec<f32>,
     pub n_cont: usize,
-    /// Row of the per-cell weight table (`modality_weights = cell`) of each cell. None: cells not seen
-    /// in training — the mean learned row is used (§14.2).
+    /// Row of the per-cell weight table (`modality_weights = cell`) of each cell; u32::MAX for a cell
+    /// not seen in training, which reads the mean learned row (§14.2). None: no cell was seen.
     pub cell_idx: Option<Vec<u32>>,
     pub spl: SplBatch,
 }

@@ -614,28 +614,37 @@ impl SpliceVae {
                 let n_obs = self.dims.n_obs;
                 let mut raw = Vec::with_capacity(2 * b);
                 let mut rows = Vec::with_capacity(b);
+                // §14.2: cells not seen in training (no cell_idx, or u32::MAX) use the mean learned row.
+                let mean_row = || {
+                    let n = T::from_f64(n_obs as f64);
+                    let (mut a0, mut a1) = (T::ZERO, T::ZERO);
+                    for r in 0..n_obs {
+                        a0 += w[2 * r];
+                        a1 += w[2 * r + 1];
+                    }
+                    [a0 / n, a1 / n]
+                };
                 match &batch.cell_idx {
                     Some(ci) => {
+                        let mean = ci.contains(&u32::MAX).then(mean_row);
                         for (i, &r) in ci.iter().enumerate() {
-                            if r as usize >= n_obs {
-                                bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
+                            match mean {
+                                Some(m) if r == u32::MAX => raw.extend(m),
+                                _ => {
+                                    if r as usize >= n_obs {
+                                        bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
+                                    }
+                                    raw.push(w[2 * r as usize]);
+                                    raw.push(w[2 * r as usize + 1]);
+                                }
                             }
-                            raw.push(w[2 * r as usize]);
-                            raw.push(w[2 * r as usize + 1]);
                             rows.push(r);
                         }
                     }
                     None => {
-                        // §14.2: cells not seen in training use the mean learned row.
-                        let n = T::from_f64(n_obs as f64);
-                        let (mut a0, mut a1) = (T::ZERO, T::ZERO);
-                        for r in 0..n_obs {
-                            a0 += w[2 * r];
-                            a1 += w[2 * r + 1];
-                        }
+                        let m = mean_row();
                         for _ in 0..b {
-                            raw.push(a0 / n);
-                            raw.push(a1 / n);
+                            raw.extend(m);
                             rows.push(u32::MAX);
                         }
                     }

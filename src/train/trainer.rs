@@ -43,6 +43,10 @@ pub struct RunFeatures {
     pub junc2atse: Vec<u32>,
     /// The ATSE ids, in index order (messages).
     pub atse_ids: Vec<String>,
+    /// With `--modality-weights cell`, the training data's cell names in order: row i of the per-cell
+    /// weight table belongs to cell i, and the analyses find a cell's row by its name. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<String>,
 }
 
 impl RunFeatures {
@@ -53,7 +57,14 @@ impl RunFeatures {
             junctions: s.junction_names.clone(),
             junc2atse: s.junc2atse.clone(),
             atse_ids: s.atse_ids.clone(),
+            cells: Vec::new(),
         }
+    }
+
+    /// The features a run trained on `ds` records: with `cell` modality weights, also its cells.
+    pub fn of_run(ds: &Dataset, cfg: &ModelConfig) -> Self {
+        let cells = if cfg.modality_weights == ModalityWeights::Cell { ds.cell_names.clone() } else { Vec::new() };
+        RunFeatures { cells, ..Self::of(ds) }
     }
 
     /// Err naming the first feature of `ds` that differs from the run's (position and both names).
@@ -82,16 +93,30 @@ impl RunFeatures {
     }
 }
 
-/// Checks `ds` against the features of the run in `dir` (runs written before `features.json` existed
-/// have none: only their sizes are checked, by the callers).
-pub fn check_run_features(dir: &Path, ds: &Dataset) -> Result<()> {
+/// The run's `features.json`; None for runs written before it existed.
+pub fn read_run_features(dir: &Path) -> Result<Option<RunFeatures>> {
     let path = dir.join(FEATURES_FILE);
     if !path.exists() {
-        return Ok(());
+        return Ok(None);
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let f: RunFeatures = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))?;
-    f.check(ds, dir)
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))?))
+}
+
+/// Checks `ds` against the features of the run in `dir`. Runs written before `features.json` existed
+/// have none: only their sizes are checked (by the callers), and a warning says so.
+pub fn check_run_features(dir: &Path, ds: &Dataset) -> Result<()> {
+    match read_run_features(dir)? {
+        Some(f) => f.check(ds, dir),
+        None => {
+            eprintln!(
+                "warning: {} has no {FEATURES_FILE} (the run predates it): only the numbers of genes, junctions and ATSEs of {} are checked against the run, not their names and order",
+                dir.display(),
+                ds.source
+            );
+            Ok(())
+        }
+    }
 }
 
 /// What a run directory's `config.json` holds: everything needed to rebuild the model for analyses.
@@ -284,6 +309,18 @@ impl<'a> Trainer<'a> {
             bail!("{}: the data differs from the run {} in {diff}", ds.source, dir.display());
         }
         check_run_features(dir, ds)?;
+        // `cell` modality weights: the table's rows are the training cells, in order.
+        if let Some(f) = read_run_features(dir)?.filter(|f| !f.cells.is_empty()) {
+            if let Some(i) = (0..f.cells.len().max(ds.n_cells())).find(|&i| f.cells.get(i) != ds.cell_names.get(i)) {
+                bail!(
+                    "{}: cell {i} is `{}`, but the run {} (modality weights `cell`: a weight row per training cell) was trained with `{}` there; --resume needs the training cells in the same order",
+                    ds.source,
+                    ds.cell_names.get(i).map_or("(none)", |s| s.as_str()),
+                    dir.display(),
+                    f.cells.get(i).map_or("(none)", |s| s.as_str())
+                );
+            }
+        }
         let mut t = Trainer::new(ds, run, dir)?;
         if let Some(m) = max_epochs {
             t.run.train.max_epochs = m;
@@ -393,7 +430,7 @@ impl<'a> Trainer<'a> {
         let features = self.dir.join(FEATURES_FILE);
         if !features.exists() {
             // (compact: a name per feature, about 4 MB at the paper size)
-            let text = serde_json::to_string(&RunFeatures::of(self.ds))?;
+            let text = serde_json::to_string(&RunFeatures::of_run(self.ds, &self.run.model))?;
             write_atomic(&features, |p| Ok(std::fs::write(p, text.as_bytes())?))?;
         }
         let tc = self.run.train.clone();
