@@ -160,15 +160,31 @@ fn expression_defaults_to_x_and_library_size_from_obsm() {
     assert!(ds.covariates.batch.codes.iter().all(|&c| c == 0));
 }
 
+/// Without size factors under the default key the row sums stand in; a key the user names must exist.
 #[test]
-fn library_size_falls_back_to_row_sums() {
+fn library_size_falls_back_to_row_sums_for_the_default_key_only() {
     let Some(g) = gen() else { return };
-    let mut o = valid_opts();
-    o.size_factor_key = "not_there".into();
-    let ds = load(&g.path("mixed.h5mu"), &o).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bare = tmp.path().join("no_size_factors.h5mu");
+    let script = r#"
+import sys, shutil, h5py
+shutil.copy(sys.argv[1], sys.argv[2])
+with h5py.File(sys.argv[2], "r+") as f:
+    for p in ("obsm/X_library_size", "mod/rna/obsm/X_library_size"):
+        if p in f:
+            del f[p]
+print("ok")
+"#;
+    let out = Command::new(harness::python()).arg("-c").arg(script).arg(g.path("mixed.h5mu")).arg(&bare).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ds = load(&bare, &valid_opts()).unwrap();
     let ln = harness::matrix(&g.expected["expression"]);
     let sums: Vec<f32> = ln.iter().map(|r| r.iter().sum::<f64>() as f32).collect();
     assert_eq!(ds.library_size, sums);
+    let mut o = valid_opts();
+    o.size_factor_key = "not_there".into();
+    let e = format!("{:#}", load(&g.path("mixed.h5mu"), &o).unwrap_err());
+    assert!(e.contains("obsm/not_there") && e.contains("--size-factor-key"), "{e}");
 }
 
 #[test]
@@ -399,4 +415,84 @@ fn a_dataset_without_cells_is_refused() {
     assert_eq!(splicevi::data::load::load(&one, &opts).unwrap().n_cells(), 1);
     let e = format!("{:#}", splicevi::data::load::load(&none, &opts).unwrap_err());
     assert!(e.contains("none") && e.contains("no cells"), "{e}");
+}
+
+/// A MuData's global obs may list its cells in another order than the modalities do (mudata matches
+/// them by name): its columns and the global obsm's size factors follow the cells by name. (The size
+/// factors were read by row position, so such a file trained with them on the wrong cells, silently.)
+/// And a size-factor key the user names must exist: a misspelled one fell back to the row sums.
+#[test]
+fn global_obs_rows_follow_the_cells_by_name_and_a_named_size_factor_key_must_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let sim = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["simulate", "--size", "toy", "--seed", "3", "--out"]).arg(p("base.h5mu")).output().unwrap();
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    // gperm: the global obs index, its columns and obsm permuted together (the same data);
+    // obsm_only: only the obsm rows permuted (other size factors for the same cells)
+    let script = r#"
+import sys, shutil, h5py, numpy as np
+base, gperm, obsm_only = sys.argv[1:4]
+for path, whole in ((gperm, True), (obsm_only, False)):
+    shutil.copy(base, path)
+    with h5py.File(path, "r+") as f:
+        n = f["obs/_index"].shape[0]
+        perm = np.random.RandomState(1).permutation(n)
+        def put(name, data):
+            attrs = dict(f[name].attrs)
+            del f[name]
+            f.create_dataset(name, data=data)
+            f[name].attrs.update(attrs)
+        put("obsm/X_library_size", f["obsm/X_library_size"][:][perm])
+        if whole:
+            put("obs/_index", f["obs/_index"][:][perm])
+            for k, v in list(f["obs"].items()):
+                if k == "_index":
+                    continue
+                if isinstance(v, h5py.Group):
+                    put(f"obs/{k}/codes", v["codes"][:][perm])
+                else:
+                    put(f"obs/{k}", v[:][perm])
+print("ok")
+"#;
+    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("base.h5mu")).arg(p("gperm.h5mu")).arg(p("obsm_only.h5mu")).output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        _ if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => return eprintln!("SKIPPED: python with h5py (SPLICEVI_SKIP_PYTHON=1)"),
+        o => panic!("python with h5py: {o:?}"),
+    }
+    let opts = DataOptions { batch_key: Some("batch".into()), ..DataOptions::default() };
+    let (base, gperm, obsm_only) = (load(&p("base.h5mu"), &opts).unwrap(), load(&p("gperm.h5mu"), &opts).unwrap(), load(&p("obsm_only.h5mu"), &opts).unwrap());
+    assert_eq!(gperm.cell_names, base.cell_names);
+    assert_eq!(gperm.library_size, base.library_size, "the global obsm follows the global obs's rows");
+    assert_eq!(gperm.obs, base.obs, "the global obs columns follow its rows");
+    assert_eq!(gperm.covariates.batch, base.covariates.batch);
+    assert_ne!(obsm_only.library_size, base.library_size, "the test cannot see where the size factors go");
+    // a named key that is not there
+    let opts = DataOptions { size_factor_key: "X_libary_size".into(), ..DataOptions::default() };
+    let e = format!("{:#}", load(&p("base.h5mu"), &opts).unwrap_err());
+    assert!(e.contains("base.h5mu") && e.contains("obsm/X_libary_size") && e.contains("--size-factor-key"), "{e}");
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(p("base.h5mu")).args(["--size-factor-key", "X_libary_size"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("X_libary_size"));
+    // a column only the modalities hold, with different values in each: the first (rna) is used, and a
+    // warning says so
+    let script = r#"
+import sys, shutil, h5py, numpy as np
+shutil.copy(sys.argv[1], sys.argv[2])
+with h5py.File(sys.argv[2], "r+") as f:
+    n = f["obs/_index"].shape[0]
+    for mod, values in (("rna", np.arange(n) % 2), ("splicing", np.arange(n) % 3)):
+        obs = f[f"mod/{mod}/obs"]
+        obs.create_dataset("b2", data=values.astype(np.int64))
+        obs["b2"].attrs["encoding-type"] = "array"
+        obs["b2"].attrs["encoding-version"] = "0.2.0"
+        obs.attrs["column-order"] = list(obs.attrs["column-order"]) + ["b2"]
+print("ok")
+"#;
+    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("base.h5mu")).arg(p("b2.h5mu")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(p("b2.h5mu")).args(["--batch-key", "b2"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("\"b2\" (--batch-key) differs between mod/rna/obs and mod/splicing/obs; using rna's"), "{stderr}");
+    assert!(stdout.contains("2 levels"), "{stdout}");
 }

@@ -791,9 +791,12 @@ pub fn event_ids(col: &ObsColumn) -> (Vec<Option<String>>, bool) {
 }
 
 /// Reorder `frame`'s columns to the cells `cells` (by name when the index differs).
-fn align_frame(file: &str, frame: &Frame, cells: &[String]) -> Result<Vec<(String, ObsColumn)>> {
+/// The row of `frame` (the MuData's global obs) holding each of `cells` (the modalities' order), by
+/// name; None when the orders agree. Whatever is indexed like the global obs (its columns, the global
+/// obsm) is reordered with these rows, as mudata matches them.
+fn frame_rows(file: &str, frame: &Frame, cells: &[String]) -> Result<Option<Vec<usize>>> {
     if frame.index == cells {
-        return Ok(frame.columns.clone());
+        return Ok(None);
     }
     let pos: HashMap<&str, usize> = frame.index.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
     let mut rows = Vec::with_capacity(cells.len());
@@ -807,7 +810,7 @@ fn align_frame(file: &str, frame: &Frame, cells: &[String]) -> Result<Vec<(Strin
             }
         }
     }
-    Ok(frame.columns.iter().map(|(n, c)| (n.clone(), take_rows(c, &rows))).collect())
+    Ok(Some(rows))
 }
 
 fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
@@ -819,6 +822,17 @@ fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
         ObsColumn::Text(v) => ObsColumn::Text(rows.iter().map(|&r| v[r].clone()).collect()),
         ObsColumn::Bool(v) => ObsColumn::Bool(rows.iter().map(|&r| v[r]).collect()),
     }
+}
+
+/// No size factors under `opts.size_factor_key` in `groups`: the row sums stand in for the default key
+/// (data without size factors), but a key the user named must exist (a misspelling would otherwise
+/// train on row sums without a word).
+pub fn size_factor_key_absent(file: &str, opts: &DataOptions, places: &[String]) -> Result<()> {
+    let default = DataOptions::default().size_factor_key;
+    if opts.size_factor_key == default {
+        return Ok(());
+    }
+    Err(DataError::new(file, &places[0], format!("no size factors {:?} (set by --size-factor-key): looked for {}; without the flag, `{default}` is used where present, else the expression row sums", opts.size_factor_key, places.join(" and "))).into())
 }
 
 /// The splicing part of an AnnData at `base` ("" for a root .h5ad, "mod/splicing" in a .h5mu).
@@ -947,19 +961,42 @@ pub fn read_h5mu(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Resu
 
     read_splicing_anndata(&file, root, &spl, opts, checks, &cells, &mut raw)?;
 
+    // The MuData's global obs: its rows may be in another order than the modalities' (mudata matches
+    // them by name), and the global obsm follows its rows.
+    let global = if node(root, "obs").is_some() { Some(read_frame(root, "obs").map_err(|e| anyhow!("{file}: {e:#}"))?) } else { None };
+    let global_rows = match &global {
+        Some(g) => frame_rows(&file, g, &cells)?,
+        None => None,
+    };
+
     // Size factors: the MuData's obsm first, then the rna modality's.
     for base in ["", rna.as_str()] {
         let p = if base.is_empty() { format!("obsm/{}", opts.size_factor_key) } else { format!("{base}/obsm/{}", opts.size_factor_key) };
         if let Some(v) = read_obsm_column0(root, &p).map_err(|e| anyhow!("{file}: {e:#}"))? {
+            let v = match (base.is_empty(), &global_rows, &global) {
+                (true, Some(rows), Some(g)) => {
+                    if v.len() != g.index.len() {
+                        return Err(DataError::new(&file, &p, format!("{} rows for the {} cells of {}", v.len(), g.index.len(), g.field)).into());
+                    }
+                    rows.iter().map(|&r| v[r]).collect()
+                }
+                _ => v,
+            };
             raw.library_size = Some((p, v));
             break;
         }
     }
+    if raw.library_size.is_none() {
+        let key = &opts.size_factor_key;
+        size_factor_key_absent(&file, opts, &[format!("obsm/{key}"), format!("{rna}/obsm/{key}")])?;
+    }
 
     // Obs tables, in lookup order: global, rna, splicing.
-    if node(root, "obs").is_some() {
-        let g = read_frame(root, "obs").map_err(|e| anyhow!("{file}: {e:#}"))?;
-        let columns = align_frame(&file, &g, &cells)?;
+    if let Some(g) = global {
+        let columns = match &global_rows {
+            None => g.columns.clone(),
+            Some(rows) => g.columns.iter().map(|(n, c)| (n.clone(), take_rows(c, rows))).collect(),
+        };
         raw.obs_tables.push(ObsTable { field: g.field.clone(), modality: None, columns, unreadable: g.unreadable.clone() });
     }
     for (m, fr) in [(&opts.rna_modality, rna_obs), (&opts.splicing_modality, spl_obs)] {
@@ -979,8 +1016,9 @@ pub fn read_h5ad(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Resu
     let mut raw = RawData { file: file.clone(), cell_names: cells.clone(), ..Default::default() };
     read_splicing_anndata(&file, root, "", opts, checks, &cells, &mut raw)?;
     let p = format!("obsm/{}", opts.size_factor_key);
-    if let Some(v) = read_obsm_column0(root, &p).map_err(|e| anyhow!("{file}: {e:#}"))? {
-        raw.library_size = Some((p, v));
+    match read_obsm_column0(root, &p).map_err(|e| anyhow!("{file}: {e:#}"))? {
+        Some(v) => raw.library_size = Some((p, v)),
+        None => size_factor_key_absent(&file, opts, &[format!("obsm/{}", opts.size_factor_key)])?,
     }
     raw.obs_tables.push(ObsTable { field: obs.field.clone(), modality: None, columns: obs.columns, unreadable: obs.unreadable });
     Ok(raw)

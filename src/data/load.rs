@@ -185,6 +185,23 @@ pub fn find_column<'a>(raw: &'a RawData, name: &str, flag: &str) -> Result<(Stri
     }
     for (t, col) in &candidates {
         if let Some((_, c)) = t.columns.iter().find(|(n, _)| n == col) {
+            if t.modality.is_some() && !name.contains(':') {
+                // found in the first modality's obs: say so if another modality's differs
+                for other in raw.obs_tables.iter().filter(|o| o.modality.is_some() && o.modality != t.modality) {
+                    if let Some((_, oc)) = other.columns.iter().find(|(n, _)| n == col) {
+                        if oc.as_strings() != c.as_strings() {
+                            eprintln!(
+                                "warning: {}: obs column {name:?} ({flag}) differs between {} and {}; using {}'s (name one with `{}:{name}`)",
+                                raw.file,
+                                t.field,
+                                other.field,
+                                t.modality.as_deref().unwrap_or_default(),
+                                other.modality.as_deref().unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+            }
             return Ok((format!("{}/{}", t.field, col), c));
         }
         if let Some((_, why)) = t.unreadable.iter().find(|(n, _)| n == col) {

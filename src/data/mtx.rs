@@ -278,5 +278,8 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
         }
         raw.obs_tables.push(table);
     }
+    if raw.library_size.is_none() {
+        super::h5::size_factor_key_absent(&file, opts, &["a column of obs.tsv".to_string()])?;
+    }
     Ok(raw)
 }

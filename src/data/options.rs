@@ -30,7 +30,8 @@ pub struct DataOptions {
     /// ATSE id column of the splicing var table.
     #[arg(long, default_value = "event_id")]
     pub event_id_key: String,
-    /// obsm key of the size factors (column 0 used); row sums of the expression input when absent.
+    /// obsm key of the size factors (column 0 used): the MuData's obsm, else the rna modality's. Without
+    /// `X_library_size` the expression row sums stand in; a key given here must exist.
     #[arg(long, default_value = "X_library_size")]
     pub size_factor_key: String,
     /// obs column holding the batch.
