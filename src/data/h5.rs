@@ -111,11 +111,11 @@ fn attr_ints(loc: &Location, name: &str) -> Result<Option<Vec<i64>>> {
 }
 
 fn fixed_ascii<const N: usize>(c: &Container) -> Result<Vec<String>> {
-    Ok(c.read_raw::<FixedAscii<N>>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect())
+    Ok(read_raw_of::<FixedAscii<N>>(c)?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect())
 }
 
 fn fixed_unicode<const N: usize>(c: &Container) -> Result<Vec<String>> {
-    Ok(c.read_raw::<FixedUnicode<N>>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect())
+    Ok(read_raw_of::<FixedUnicode<N>>(c)?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect())
 }
 
 /// Fixed-length strings are read into the smallest fixed buffer that holds them (HDF5 pads on conversion).
@@ -138,16 +138,57 @@ pub fn number_label(v: f64) -> String {
     }
 }
 
+/// The HDF5 filters splicevi can decode (this build registers lzf next to HDF5's own).
+const READABLE_FILTERS: &str = "gzip and lzf, with or without shuffle";
+
+/// A failed read in words. A dataset compressed with a filter this build lacks (blosc, zstd, lz4,
+/// bitshuffle… as `hdf5plugin` writes them) fails deep inside HDF5 with a message about its plugin
+/// directory (a path of the build machine): name the dataset and the filter, and say what to do.
+fn read_failure(c: &Container, filters: &[hdf5::filters::Filter], e: hdf5::Error) -> anyhow::Error {
+    let missing: Vec<String> = filters
+        .iter()
+        .filter(|f| !f.is_available())
+        .map(|f| {
+            let id = f.id();
+            let known = match id {
+                307 => " (bzip2)",
+                32001 => " (blosc)",
+                32004 => " (lz4)",
+                32008 => " (bitshuffle)",
+                32015 => " (zstd)",
+                32017 => " (blosc2)",
+                _ => "",
+            };
+            format!("{id}{known}")
+        })
+        .collect();
+    let text = e.to_string();
+    if !missing.is_empty() || text.contains("can't open directory") || text.contains("filter") {
+        let which = if missing.is_empty() { "an HDF5 filter".to_string() } else { format!("HDF5 filter {}", missing.join(", ")) };
+        anyhow!(
+            "{}: compressed with {which}, which splicevi cannot decode (it reads {READABLE_FILTERS}); rewrite the file with gzip, e.g. `adata.write_h5ad(path, compression=\"gzip\")` or `mdata.write(path, compression=\"gzip\")`",
+            c.name().trim_start_matches('/')
+        )
+    } else {
+        anyhow!("{}: {e}", c.name().trim_start_matches('/'))
+    }
+}
+
+/// `c.read_raw()`, failing as [`read_failure`] says.
+fn read_raw_of<T: hdf5::H5Type>(c: &Container) -> Result<Vec<T>> {
+    c.read_raw::<T>().map_err(|e| read_failure(c, &[], e))
+}
+
 /// Read a dataset or attribute of strings (numbers are formatted as labels).
 pub fn read_strings(c: &Container) -> Result<Vec<String>> {
     let td = descriptor(c)?;
     Ok(match td {
-        TD::VarLenUnicode => c.read_raw::<VarLenUnicode>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
-        TD::VarLenAscii => c.read_raw::<VarLenAscii>()?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
+        TD::VarLenUnicode => read_raw_of::<VarLenUnicode>(c)?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
+        TD::VarLenAscii => read_raw_of::<VarLenAscii>(c)?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
         TD::FixedAscii(n) => fixed_strings(c, n, false)?,
         TD::FixedUnicode(n) => fixed_strings(c, n, true)?,
-        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => c.read_raw::<f64>()?.into_iter().map(number_label).collect(),
-        TD::Boolean => c.read_raw::<bool>()?.into_iter().map(|b| if b { "True" } else { "False" }.to_string()).collect(),
+        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => read_raw_of::<f64>(c)?.into_iter().map(number_label).collect(),
+        TD::Boolean => read_raw_of::<bool>(c)?.into_iter().map(|b| if b { "True" } else { "False" }.to_string()).collect(),
         other => bail!("expected strings, found HDF5 type {other}"),
     })
 }
@@ -159,20 +200,21 @@ enum Sel {
 }
 
 fn read_sel<T: hdf5::H5Type>(ds: &HDataset, sel: Sel) -> Result<Vec<T>> {
+    let fail = |e| read_failure(ds, &ds.filters(), e);
     Ok(match sel {
-        Sel::All => ds.read_raw::<T>()?,
+        Sel::All => ds.read_raw::<T>().map_err(fail)?,
         Sel::Range1(r) => {
             if r.is_empty() {
                 Vec::new()
             } else {
-                ds.read_slice_1d::<T, _>(r)?.into_raw_vec_and_offset().0
+                ds.read_slice_1d::<T, _>(r).map_err(fail)?.into_raw_vec_and_offset().0
             }
         }
         Sel::Rows2(r) => {
             if r.is_empty() || ds.shape()[1] == 0 {
                 Vec::new()
             } else {
-                ds.read_slice_2d::<T, _>((r, ..))?.into_raw_vec_and_offset().0
+                ds.read_slice_2d::<T, _>((r, ..)).map_err(fail)?.into_raw_vec_and_offset().0
             }
         }
     })
@@ -722,7 +764,7 @@ pub fn read_obsm_column0(root: &Group, path: &str) -> Result<Option<Vec<f64>>> {
 
 fn read_f64_2d_col0(ds: &HDataset) -> Result<Vec<f64>> {
     let a = match descriptor(ds)? {
-        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => ds.read_slice_2d::<f64, _>((.., 0..1))?,
+        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => ds.read_slice_2d::<f64, _>((.., 0..1)).map_err(|e| read_failure(ds, &ds.filters(), e))?,
         other => bail!("expected numbers, found HDF5 type {other}"),
     };
     Ok(a.into_raw_vec_and_offset().0)
