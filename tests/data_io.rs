@@ -497,7 +497,8 @@ print("ok")
     assert!(stdout.contains("2 levels"), "{stdout}");
 }
 
-/// anndata and mudata write gzip or lzf (`compression="lzf"`): both load, to the same data. Filters
+/// anndata and mudata write gzip or lzf (`compression="lzf"`), and float16 arrays: all load, to the
+/// same data (float16 was refused as "Invalid size of float datatype"). Filters
 /// from `hdf5plugin` (blosc, zstd…; fixtures in tests/data, written by h5py + hdf5plugin) are refused
 /// naming the dataset, the filter where HDF5 records it, and what to do instead (the message was
 /// HDF5's, about a plugin directory of the build machine).
@@ -510,19 +511,32 @@ fn lzf_files_load_and_other_filters_are_named() {
     let script = r#"
 import sys, warnings, mudata, h5py
 warnings.simplefilter("ignore")
+import numpy as np, shutil
 mudata.read_h5mu(sys.argv[1]).write(sys.argv[2], compression="lzf")
 with h5py.File(sys.argv[2]) as f:
     assert f["mod/splicing/layers/cell_by_junction_matrix/data"].compression == "lzf"
+shutil.copy(sys.argv[1], sys.argv[3])
+with h5py.File(sys.argv[3], "r+") as f:
+    for name in ("mod/rna/X/data", "mod/splicing/layers/cell_by_junction_matrix/data", "mod/splicing/layers/cell_by_cluster_matrix/data", "obsm/X_library_size"):
+        d = f[name][()]
+        assert (d.astype(np.float16).astype(d.dtype) == d).all()
+        attrs = dict(f[name].attrs)
+        del f[name]
+        f.create_dataset(name, data=d.astype(np.float16))
+        f[name].attrs.update(attrs)
 print("ok")
 "#;
-    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("gzip.h5mu")).arg(p("lzf.h5mu")).output();
+    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("gzip.h5mu")).arg(p("lzf.h5mu")).arg(p("f16.h5mu")).output();
     match out {
         Ok(o) if o.status.success() => {
             let opts = DataOptions::default();
-            let (a, b) = (load(&p("gzip.h5mu"), &opts).unwrap(), load(&p("lzf.h5mu"), &opts).unwrap());
-            assert_eq!((&a.expression, &a.library_size, &a.cell_names, &a.gene_names), (&b.expression, &b.library_size, &b.cell_names, &b.gene_names));
-            let (s, t) = (&a.splicing, &b.splicing);
-            assert_eq!((&s.indptr, &s.junction, &s.k, &s.n, &s.psi, &s.junc2atse), (&t.indptr, &t.junction, &t.k, &t.n, &t.psi, &t.junc2atse));
+            let a = load(&p("gzip.h5mu"), &opts).unwrap();
+            for other in ["lzf.h5mu", "f16.h5mu"] {
+                let b = load(&p(other), &opts).unwrap();
+                assert_eq!((&a.expression, &a.library_size, &a.cell_names, &a.gene_names), (&b.expression, &b.library_size, &b.cell_names, &b.gene_names), "{other}");
+                let (s, t) = (&a.splicing, &b.splicing);
+                assert_eq!((&s.indptr, &s.junction, &s.k, &s.n, &s.psi, &s.junc2atse), (&t.indptr, &t.junction, &t.k, &t.n, &t.psi, &t.junc2atse), "{other}");
+            }
         }
         _ if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => eprintln!("SKIPPED the lzf half: python with mudata (SPLICEVI_SKIP_PYTHON=1)"),
         o => panic!("python with mudata: {o:?}"),
@@ -532,5 +546,62 @@ print("ok")
         let e = format!("{:#}", load(&data.join(file), &DataOptions::default()).unwrap_err());
         assert!(e.contains(file) && e.contains(field) && e.contains(filter) && e.contains("compression=\"gzip\""), "{e}");
         assert!(!e.contains("plugin"), "{e}");
+    }
+}
+
+/// Errors that used to leave out the file, the field or the flag (QA, stop 30): each names them now.
+#[test]
+fn malformed_files_name_the_file_the_field_and_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let sim = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["simulate", "--size", "toy", "--seed", "8", "--out"]).arg(p("base.h5mu")).output().unwrap();
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    let script = r#"
+import sys, shutil, h5py, numpy as np, warnings, mudata
+warnings.simplefilter("ignore")
+base, d = sys.argv[1], sys.argv[2]
+def variant(name, change):
+    shutil.copy(base, f"{d}/{name}.h5mu")
+    with h5py.File(f"{d}/{name}.h5mu", "r+") as f:
+        change(f)
+variant("novar", lambda f: f.__delitem__("mod/splicing/var"))
+def libstr(f):
+    n = f["obsm/X_library_size"].shape[0]
+    del f["obsm/X_library_size"]
+    f.create_dataset("obsm/X_library_size", data=np.array([b"x"] * n, dtype=h5py.string_dtype()))
+variant("libstr", libstr)
+def nox(f):
+    attrs = dict(f["mod/rna/X"].attrs)
+    del f["mod/rna/X"]
+    f.create_dataset("mod/rna/X", data=h5py.Empty("f4"))
+variant("nox", nox)
+def nanbatch(f):
+    codes = f["obs/batch/codes"][()]
+    codes[17] = -1
+    f["obs/batch/codes"][...] = codes
+variant("nanbatch", nanbatch)
+mudata.read_h5mu(base).mod["splicing"].write_h5ad(f"{d}/splicing_only.h5ad")
+print("ok")
+"#;
+    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("base.h5mu")).arg(tmp.path()).output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        _ if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => return eprintln!("SKIPPED: python with h5py and mudata (SPLICEVI_SKIP_PYTHON=1)"),
+        o => panic!("python with h5py and mudata: {o:?}"),
+    }
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_splicevi")).current_dir(tmp.path()).args(args).output().unwrap();
+        assert!(!o.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    for (args, must) in [
+        (&["validate", "novar.h5mu"][..], &["novar.h5mu", "mod/splicing/var"][..]),
+        (&["validate", "libstr.h5mu"], &["libstr.h5mu", "obsm/X_library_size", "expected numbers"]),
+        (&["validate", "nox.h5mu"], &["nox.h5mu", "mod/rna/X", "--rna-layer"]),
+        (&["validate", "nanbatch.h5mu", "--batch-key", "batch"], &["nanbatch.h5mu", "obs/batch", "cell 17", "--batch-key"]),
+        (&["train", "splicing_only.h5ad", "--out", "run"], &["splicing_only.h5ad", "expression"]),
+    ] {
+        let e = run(args);
+        assert!(must.iter().all(|m| e.contains(m)), "{args:?}: {e}");
     }
 }

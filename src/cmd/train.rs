@@ -258,7 +258,7 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
     let replace = check_run_dir(&args)?;
     let ds = load(&args.data, &args.data_options)?;
     let dims = dims_of(&ds);
-    model.validate(&dims)?;
+    model.validate(&dims).with_context(|| ds.source.clone())?;
     if replace {
         remove_run_files(&args.out)?;
     }

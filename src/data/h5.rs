@@ -275,7 +275,9 @@ pub fn open_matrix(root: &Group, path: &str) -> Result<Option<Matrix>> {
         Some(Node::Dataset(ds)) => {
             let shape = ds.shape();
             if shape.len() != 2 {
-                bail!("{field}: expected a 2-D matrix, found a dataset of shape {shape:?}");
+                // (anndata writes X = None as an empty scalar: the counts are in a layer)
+                let hint = if shape.is_empty() && field.ends_with("/X") { "; X holds nothing here: name the layer holding the expression counts with --rna-layer" } else { "" };
+                bail!("{field}: expected a 2-D matrix, found a dataset of shape {shape:?}{hint}");
             }
             if !matches!(descriptor(&ds)?, TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) | TD::Boolean) {
                 bail!("{field}: expected a numeric matrix, found HDF5 type {}", descriptor(&ds)?);
@@ -747,12 +749,12 @@ pub fn read_obsm_column0(root: &Group, path: &str) -> Result<Option<Vec<f64>>> {
         Some(Node::Dataset(ds)) => {
             let shape = ds.shape();
             let v = match shape.len() {
-                1 => read_f64(&ds)?,
+                1 => read_f64(&ds).with_context(|| field.to_string())?,
                 2 if shape[1] >= 1 => {
                     if shape[0] == 0 {
                         Vec::new()
                     } else {
-                        read_f64_2d_col0(&ds)?
+                        read_f64_2d_col0(&ds).with_context(|| field.to_string())?
                     }
                 }
                 _ => bail!("{field}: expected shape (cells,) or (cells, k ≥ 1), found {shape:?}"),
@@ -881,7 +883,7 @@ pub fn size_factor_key_absent(file: &str, opts: &DataOptions, places: &[String])
 fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOptions, checks: &CheckOptions, cells: &[String], raw: &mut RawData) -> Result<()> {
     let integer_counts = checks.require_integer_splicing;
     let p = |rel: &str| if base.is_empty() { rel.to_string() } else { format!("{base}/{rel}") };
-    let var = read_frame(root, &p("var"))?;
+    let var = read_frame(root, &p("var")).map_err(|e| anyhow!("{file}: {e:#}"))?;
     let nj = var.index.len();
     raw.junction_names = match var.column("junction_id") {
         Some(c) => c.as_strings(),

@@ -225,9 +225,9 @@ pub fn find_column<'a>(raw: &'a RawData, name: &str, flag: &str) -> Result<(Stri
 /// Resolve a column to a categorical covariate: a categorical keeps its categories (unused ones
 /// included, as pandas does); other columns get their sorted unique values as levels. Missing values are
 /// an error (scvi refuses them too).
-pub fn to_categorical(file: &str, field: &str, name: &str, col: &ObsColumn, cells: &[String]) -> Result<Categorical> {
+pub fn to_categorical(file: &str, field: &str, name: &str, flag: &str, col: &ObsColumn, cells: &[String]) -> Result<Categorical> {
     let missing = |i: usize| -> anyhow::Error {
-        DataError::new(file, field, "missing value (NaN) in a column used as a categorical covariate").cell(i, cells).into()
+        DataError::new(file, field, format!("missing value (NaN) in the column named by {flag}: a categorical covariate needs a level for every cell")).cell(i, cells).into()
     };
     let (codes, levels) = match col {
         ObsColumn::Categorical { codes, categories } => {
@@ -274,7 +274,7 @@ fn resolve_covariates(raw: &RawData, opts: &DataOptions) -> Result<Covariates> {
             None => Ok(single_level(default, n)),
             Some(k) => {
                 let (field, col) = find_column(raw, k, flag)?;
-                let c = to_categorical(&raw.file, &field, k, col, &raw.cell_names)?;
+                let c = to_categorical(&raw.file, &field, k, flag, col, &raw.cell_names)?;
                 // (a numeric column is taken as categories, as scvi-tools does; one with a level for most
                 // cells is more likely a measurement named by mistake)
                 if matches!(col, ObsColumn::Numeric(_)) && c.levels.len() > 50 && c.levels.len() * 2 > n {
