@@ -580,6 +580,12 @@ def nanbatch(f):
     codes[17] = -1
     f["obs/batch/codes"][...] = codes
 variant("nanbatch", nanbatch)
+def jdup(f):
+    ids = f["mod/splicing/var/junction_id"]
+    v = ids[()]
+    v[1] = v[0]
+    ids[...] = v
+variant("jdup", jdup)
 mudata.read_h5mu(base).mod["splicing"].write_h5ad(f"{d}/splicing_only.h5ad")
 print("ok")
 "#;
@@ -589,6 +595,14 @@ print("ok")
         _ if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => return eprintln!("SKIPPED: python with h5py and mudata (SPLICEVI_SKIP_PYTHON=1)"),
         o => panic!("python with h5py and mudata: {o:?}"),
     }
+    // A junction_id column that repeats a name gives way to the var index (names must be unique).
+    let base = load(&p("base.h5mu"), &DataOptions::default()).unwrap();
+    let jdup = load(&p("jdup.h5mu"), &DataOptions::default()).unwrap();
+    let var_index = splicevi::data::h5::read_frame(&h5::open(&p("jdup.h5mu")).unwrap(), "mod/splicing/var").unwrap().index;
+    assert_eq!(jdup.splicing.junction_names, var_index);
+    assert_ne!(base.splicing.junction_names[1], base.splicing.junction_names[0]);
+    let o = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(p("jdup.h5mu")).output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("junction_id repeats"), "{}", String::from_utf8_lossy(&o.stderr));
     let run = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_splicevi")).current_dir(tmp.path()).args(args).output().unwrap();
         assert!(!o.status.success(), "{args:?} should fail");

@@ -868,6 +868,18 @@ fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
     }
 }
 
+/// The first name that occurs twice: (its first row, the repeat's row).
+fn first_repeat(names: &[String]) -> Option<(usize, usize)> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(names.len());
+    for (i, n) in names.iter().enumerate() {
+        if let Some(&first) = seen.get(n.as_str()) {
+            return Some((first, i));
+        }
+        seen.insert(n, i);
+    }
+    None
+}
+
 /// No size factors under `opts.size_factor_key` in `groups`: the row sums stand in for the default key
 /// (data without size factors), but a key the user named must exist (a misspelling would otherwise
 /// train on row sums without a word).
@@ -885,8 +897,20 @@ fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOption
     let p = |rel: &str| if base.is_empty() { rel.to_string() } else { format!("{base}/{rel}") };
     let var = read_frame(root, &p("var")).map_err(|e| anyhow!("{file}: {e:#}"))?;
     let nj = var.index.len();
-    raw.junction_names = match var.column("junction_id") {
-        Some(c) => c.as_strings(),
+    // Junctions are named by var's `junction_id` (SpliceVI's coordinates; its var index may be a plain
+    // row number), else by the var index. Names must tell junctions apart (outputs are indexed by them,
+    // --junctions looks them up), so a junction_id that repeats gives way to the index.
+    raw.junction_names = match var.column("junction_id").map(|c| c.as_strings()) {
+        Some(ids) => match first_repeat(&ids) {
+            None => ids,
+            Some((a, b)) => {
+                eprintln!(
+                    "warning: {file}: {}/junction_id repeats {:?} (junctions {a} and {b}): junctions are named by the var index instead",
+                    var.field, ids[b]
+                );
+                var.index.clone()
+            }
+        },
         None => var.index.clone(),
     };
     raw.junction_gene_names = var.column("gene_name").map(|c| c.as_strings()).unwrap_or_default();
