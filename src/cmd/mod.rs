@@ -21,8 +21,8 @@ pub mod validate;
 #[derive(Parser, Debug)]
 #[command(name = "splicevi", version, about = "SpliceVI: joint latent space of gene expression and alternative splicing")]
 pub struct Cli {
-    /// Worker threads for the CPU backend (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads for the CPU backend (default: all cores; at most 1024).
+    #[arg(long, global = true, value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Compute device of every command: auto (cuda:0 where usable and the command's CUDA path has been
     /// validated on a GPU, else cpu, with a one-line reason), cpu, cuda or cuda:N (train, bench and
@@ -88,6 +88,18 @@ impl Command {
             _ => false,
         }
     }
+}
+
+/// The most --threads: above the hardware threads of the largest machines (2 × 192 cores × 2) the
+/// CPU backend gains nothing, and far above it spawning the pool crashes or hangs.
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("`{s}` is not a number of threads"))?;
+    if n > MAX_THREADS {
+        return Err(format!("{n} threads: at most {MAX_THREADS} (this machine has {} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)));
+    }
+    Ok(n)
 }
 
 fn parse_residency(s: &str) -> Result<crate::cuda::resident::Residency, String> {
@@ -198,6 +210,19 @@ mod tests {
         assert!(!trains(&["splicevi", "evaluate", "run", "d.h5mu", "--out", "e.tsv"]));
         assert!(!trains(&["splicevi", "diff-splicing", "run", "d.h5mu", "--groupby", "g", "--group1", "a", "--out", "ds.tsv"]));
         assert!(!trains(&["splicevi", "impute", "run", "d.h5mu", "--out", "psi.h5ad"]));
+    }
+
+    /// --threads has a bound: far above it the pool's threads crash (100000) or hang (20000).
+    #[test]
+    fn threads_are_bounded() {
+        let threads = |n: &str| Cli::try_parse_from(["splicevi", "--threads", n, "info"]).map(|c| c.threads);
+        assert_eq!(threads("1024").unwrap(), Some(MAX_THREADS));
+        assert_eq!(threads("2").unwrap(), Some(2));
+        for n in ["1025", "20000", "100000"] {
+            let e = threads(n).unwrap_err().to_string();
+            assert!(e.contains("--threads") && e.contains("at most 1024"), "{n}: {e}");
+        }
+        assert!(threads("many").unwrap_err().to_string().contains("not a number of threads"));
     }
 
     /// The integer checks the load errors point to are flags of every command that reads data with
