@@ -235,3 +235,20 @@ fn a_run_that_diverges_says_which_checkpoint_it_keeps() {
     ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
     assert!(run.join("model.safetensors").exists());
 }
+
+/// TOML has no null: a --config file clears an optional option with "none", as the flag does, and
+/// config.json records the cleared value; an enum's variant spelled "None" keeps its meaning.
+#[test]
+fn a_config_file_clears_optional_options_and_config_json_records_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "1", "--out"]).arg(&data));
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[model]\nn_latent = \"none\"\nmodality_penalty = \"None\"\n[train]\ngradient_clip = \"none\"\nn_epochs_kl_warmup = \"none\"\n").unwrap();
+    // robust sets n_latent 10 and a 10-epoch warm-up
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--preset", "robust", "--max-epochs", "1", "--quiet", "--no-plots", "--config"]).arg(&cfg));
+    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert!(c["model"]["n_latent"].is_null() && c["train"]["gradient_clip"].is_null() && c["train"]["n_epochs_kl_warmup"].is_null(), "{c}");
+    assert_eq!(c["model"]["modality_penalty"], "None");
+}

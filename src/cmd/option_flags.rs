@@ -59,11 +59,16 @@ impl OptionTable {
     }
 }
 
+/// How a flag (and a `--config` string, TOML having no null) spells an unset optional value.
+pub(super) fn is_none_word(raw: &str) -> bool {
+    raw.eq_ignore_ascii_case("none") || raw.eq_ignore_ascii_case("null")
+}
+
 /// Interpret a flag value with the type of the default: numbers and booleans stay typed, "none"/"null"
 /// clears an optional value, everything else is a string (enums are spelled as in the original).
 pub(super) fn parse_value(raw: &str, default: &Value) -> Value {
     let lower = raw.to_ascii_lowercase();
-    if lower == "none" || lower == "null" {
+    if is_none_word(raw) {
         if default.is_null() || !default.is_string() {
             return Value::Null;
         }

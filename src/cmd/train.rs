@@ -90,6 +90,33 @@ fn merge(base: &mut Value, over: &Value) {
     }
 }
 
+/// Whether option `key` of `T` is optional (deserializes from null), judged on `T`'s defaults.
+fn optional<T: serde::de::DeserializeOwned>(defaults: &Value, key: &str) -> bool {
+    let mut one = defaults.clone();
+    match one.as_object_mut() {
+        Some(m) if m.contains_key(key) => {
+            m.insert(key.to_string(), Value::Null);
+            serde_json::from_value::<T>(one).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// TOML has no null: in a `--config` table the flag's `none` clears an optional option. Only optional
+/// ones: an enum variant spelled "None" (modality_penalty, use_batch_norm) stays a string.
+fn config_nones<T: serde::de::DeserializeOwned + serde::Serialize + Default>(table: &Value) -> Value {
+    let defaults = serde_json::to_value(T::default()).unwrap_or(Value::Null);
+    let mut out = table.clone();
+    if let Some(o) = out.as_object_mut() {
+        for (k, v) in o.iter_mut() {
+            if v.as_str().is_some_and(super::option_flags::is_none_word) && optional::<T>(&defaults, k) {
+                *v = Value::Null;
+            }
+        }
+    }
+    out
+}
+
 /// Deserialize a config, naming the offending option when a value has the wrong type or spelling
 /// (serde_json's own message does not say which field it was).
 fn parse<T: serde::de::DeserializeOwned + serde::Serialize + Default>(v: Value, what: &str) -> Result<T> {
@@ -208,8 +235,8 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
                 anyhow::bail!("{}: unknown table `{k}` (expected [model] and [train])", path.display());
             }
         }
-        merge(&mut model, &file["model"]);
-        merge(&mut train, &file["train"]);
+        merge(&mut model, &config_nones::<ModelConfig>(&file["model"]));
+        merge(&mut train, &config_nones::<TrainConfig>(&file["train"]));
         // Catch misspelt keys with the file named.
         parse::<ModelConfig>(model.clone(), &format!("{}: [model]", path.display()))?;
         parse::<TrainConfig>(train.clone(), &format!("{}: [train]", path.display()))?;
@@ -291,5 +318,57 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
 fn curves(args: &TrainArgs) {
     if !args.no_plots {
         super::plot::auto("training-curves", crate::plot::curves::Curves::from_run_dir(&args.out), &args.out.join("curves"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModalityPenalty, NormPlacement};
+
+    fn train_args(extra: &[&str]) -> TrainArgs {
+        use clap::Parser;
+        let mut v = vec!["splicevi", "train", "d.h5mu", "--out", "run"];
+        v.extend_from_slice(extra);
+        match crate::cmd::Cli::try_parse_from(v).unwrap().command {
+            crate::cmd::Command::Train(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    /// TOML has no null, so a --config file says `"none"` as the flag does, for exactly the Option
+    /// fields; enum variants spelled "None" keep their meaning, and other options still refuse it.
+    #[test]
+    fn a_config_file_clears_optional_options_with_none() {
+        fn optional_keys<T: serde::de::DeserializeOwned + serde::Serialize + Default>() -> Vec<String> {
+            let d = serde_json::to_value(T::default()).unwrap();
+            let mut v: Vec<String> = d.as_object().unwrap().keys().filter(|k| optional::<T>(&d, k)).cloned().collect();
+            v.sort();
+            v
+        }
+        assert_eq!(optional_keys::<ModelConfig>(), ["n_hidden", "n_latent", "splicing_concentration"]);
+        assert_eq!(optional_keys::<TrainConfig>(), ["early_stopping_warmup_epochs", "gradient_clip", "n_epochs_kl_warmup"]);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("c.toml");
+        let cfg_s = cfg.to_str().unwrap();
+        std::fs::write(
+            &cfg,
+            "[model]\nn_latent = \"none\"\nn_hidden = \"None\"\nsplicing_concentration = \"null\"\nmodality_penalty = \"None\"\nuse_layer_norm = \"none\"\n\
+             [train]\ngradient_clip = \"none\"\nn_epochs_kl_warmup = \"none\"\nearly_stopping_warmup_epochs = \"none\"\n",
+        )
+        .unwrap();
+        // robust sets n_latent, the warm-up and clipping: the file clears them
+        let (m, t) = resolve(&train_args(&["--preset", "robust", "--config", cfg_s])).unwrap();
+        assert_eq!((m.n_latent, m.n_hidden, m.splicing_concentration), (None, None, None));
+        assert_eq!((m.modality_penalty, m.use_layer_norm), (ModalityPenalty::None, NormPlacement::None));
+        assert_eq!((t.gradient_clip, t.n_epochs_kl_warmup, t.early_stopping_warmup_epochs), (None, None, None));
+        // a flag still overrides the file
+        let (m, _) = resolve(&train_args(&["--config", cfg_s, "--n-latent", "4"])).unwrap();
+        assert_eq!(m.n_latent, Some(4));
+        // not optional: still an error that names the option
+        std::fs::write(&cfg, "[train]\nmax_epochs = \"none\"\n").unwrap();
+        let e = format!("{:#}", resolve(&train_args(&["--config", cfg_s])).unwrap_err());
+        assert!(e.contains("max_epochs"), "{e}");
     }
 }
