@@ -252,3 +252,24 @@ fn a_config_file_clears_optional_options_and_config_json_records_it() {
     assert!(c["model"]["n_latent"].is_null() && c["train"]["gradient_clip"].is_null() && c["train"]["n_epochs_kl_warmup"].is_null(), "{c}");
     assert_eq!(c["model"]["modality_penalty"], "None");
 }
+
+/// --resume with nothing left to train changes nothing: 0 with a message when the run already is what
+/// was asked, an error when --max-epochs asks for fewer epochs than it has; config.json keeps its
+/// max_epochs (it used to be rewritten to the lower value) and the data is not read.
+#[test]
+fn resume_with_nothing_left_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "1", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "3", "--quiet", "--no-plots"]));
+    let files = || ["config.json", "train_state.json", "model.safetensors", "metrics.tsv"].map(|f| std::fs::read(run.join(f)).unwrap());
+    let before = files();
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "2"]));
+    assert!(text.contains("already trained 3 epochs") && text.contains("cannot be shortened"), "{text}");
+    for extra in [&[][..], &["--max-epochs", "3"]] {
+        let text = ok(bin().arg("train").arg(tmp.path().join("no_such.h5mu")).arg("--out").arg(&run).arg("--resume").args(extra));
+        assert!(text.contains("nothing left to train") && text.contains("trained 3 epochs") && text.contains("--max-epochs M with M above 3"), "{extra:?}: {text}");
+    }
+    assert!(files() == before, "a resume with nothing to train changed the run");
+}

@@ -64,6 +64,24 @@ fn resume_after_k_epochs_equals_the_uninterrupted_run() {
     assert_eq!(metrics_without_timing(&tmp.path().join("full")), metrics_without_timing(&part_dir));
 }
 
+/// A resumed run with nothing left to train (max_epochs below the epochs done) trains nothing and
+/// writes nothing: config.json used to be rewritten with the lower max_epochs.
+#[test]
+fn resume_with_nothing_left_writes_nothing() {
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    train(&ds, tmp.path(), ModelConfig::default(), quick_train(3));
+    let files = || ["config.json", "train_state.json", "model.safetensors"].map(|f| std::fs::read(tmp.path().join(f)).unwrap());
+    let before = files();
+    for m in [Some(2), Some(3), None] {
+        let mut t = Trainer::resume(&ds, tmp.path(), m).unwrap();
+        t.verbose = false;
+        t.fit().unwrap();
+        assert_eq!(t.state.epochs_done, 3);
+        assert!(files() == before, "max_epochs {m:?}: the run's files changed");
+    }
+}
+
 #[test]
 fn checkpoint_uses_the_original_state_dict_names() {
     let ds = toy();

@@ -3,7 +3,7 @@ use crate::data::{load::load, DataOptions};
 use crate::cuda::gemm::GemmPrecision;
 use crate::device::Device;
 use crate::model::ModelConfig;
-use crate::train::trainer::{dims_of, read_run_config, RunConfig, Trainer};
+use crate::train::trainer::{dims_of, read_run_config, read_train_state, require_checkpoint, RunConfig, TrainState, Trainer};
 use crate::train::{presets, TrainConfig};
 use anyhow::{Context, Result};
 use clap::{ArgMatches, Args, FromArgMatches};
@@ -270,8 +270,14 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
     if args.resume {
         check_resume_flags(&args)?;
         let prev = read_run_config(&args.out)?;
-        let ds = load(&args.data, &prev.data)?;
         let max_epochs = args.options.train.get("max_epochs").and_then(|v| v.as_u64()).map(|v| v as usize);
+        // (before the data is read: a finished run needs none)
+        require_checkpoint(&args.out)?;
+        if let Some(msg) = nothing_to_resume(&args.out, &read_train_state(&args.out)?, prev.train.max_epochs, max_epochs)? {
+            eprintln!("{msg}");
+            return Ok(());
+        }
+        let ds = load(&args.data, &prev.data)?;
         let mut t = Trainer::resume(&ds, &args.out, max_epochs)?;
         t.verbose = !args.quiet;
         attach_device(&mut t, device, precision)?;
@@ -312,6 +318,32 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
     );
     curves(&args);
     Ok(())
+}
+
+/// --resume when the run has nothing left to train: Ok(Some(why)) when the run already is what was
+/// asked (exit 0, nothing written), an error when --max-epochs asks for what it cannot become.
+fn nothing_to_resume(out: &std::path::Path, state: &TrainState, run_max: usize, asked: Option<usize>) -> Result<Option<String>> {
+    let (done, dir) = (state.epochs_done, out.display());
+    if let Some(m) = asked.filter(|&m| m < done) {
+        anyhow::bail!(
+            "--resume --max-epochs {m}: {dir} has already trained {done} epochs, and a run cannot be shortened (for {m} epochs, train a new run with --overwrite or in another directory); nothing was changed"
+        );
+    }
+    if state.stopped_early {
+        let best = state.early_stopping.best_epoch.map_or(String::new(), |e| format!(", best epoch {}", e + 1));
+        let why = format!(
+            "{dir} stopped early after epoch {done}{best}; --resume continues a run as if it had not stopped, and this one stopped itself. To train further, start a new run (--overwrite or another --out) with a larger --early-stopping-patience or --early-stopping false"
+        );
+        return match asked.filter(|&m| m > done) {
+            Some(m) => Err(anyhow::anyhow!("--resume --max-epochs {m}: {why}; nothing was changed")),
+            None => Ok(Some(format!("nothing left to train: {why}"))),
+        };
+    }
+    if done >= asked.unwrap_or(run_max) {
+        let limit = asked.map_or(format!("its max_epochs is {run_max}"), |m| format!("--max-epochs {m}"));
+        return Ok(Some(format!("nothing left to train: {dir} has trained {done} epochs ({limit}); to train longer, --resume --max-epochs M with M above {done}")));
+    }
+    Ok(None)
 }
 
 /// Training curves beside the metrics (RUN_DIR/curves.png and .svg) unless --no-plots.

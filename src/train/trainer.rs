@@ -331,8 +331,7 @@ impl<'a> Trainer<'a> {
             ap.load_safetensors(&dir.join(ADV_FILE))?;
             *aopt = Adam::with_state(aopt.config, AdamState::load(&dir.join(ADV_OPTIM_FILE), ap.layout.n_trainable)?);
         }
-        let st = std::fs::read_to_string(dir.join(STATE_FILE)).with_context(|| format!("{}: no {STATE_FILE} to resume from", dir.display()))?;
-        t.state = serde_json::from_str(&st).with_context(|| format!("{}: bad {STATE_FILE}", dir.display()))?;
+        t.state = read_train_state(dir)?;
         t.opt.set_lr(t.state.lr);
         t.log = MetricsLog::load(dir)?;
         t.log.truncate(t.state.epochs_done);
@@ -425,6 +424,10 @@ impl<'a> Trainer<'a> {
 
     /// Train until max_epochs or early stopping. Returns the metrics of every epoch.
     pub fn fit(&mut self) -> Result<()> {
+        if self.state.stopped_early || self.state.epochs_done >= self.run.train.max_epochs {
+            // A resumed run with nothing left: its config.json keeps the max_epochs it trained under.
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         write_json(&self.dir.join(CONFIG_FILE), &self.run)?;
         let features = self.dir.join(FEATURES_FILE);
@@ -840,6 +843,12 @@ pub fn split(ds: &Dataset, tc: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>)>
         bail!("{}: no training cells after the split ({} cells)", ds.source, ds.n_cells());
     }
     Ok((s.train, s.validation))
+}
+
+/// The schedule state of the run's last checkpoint.
+pub fn read_train_state(dir: &Path) -> Result<TrainState> {
+    let st = std::fs::read_to_string(dir.join(STATE_FILE)).with_context(|| format!("{}: no {STATE_FILE} to resume from", dir.display()))?;
+    serde_json::from_str(&st).with_context(|| format!("{}: bad {STATE_FILE}", dir.display()))
 }
 
 pub fn read_run_config(dir: &Path) -> Result<RunConfig> {
