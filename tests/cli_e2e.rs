@@ -273,3 +273,37 @@ fn resume_with_nothing_left_changes_nothing() {
     }
     assert!(files() == before, "a resume with nothing to train changed the run");
 }
+
+/// Early stopping says after which epoch it stopped, for how many epochs the loss did not improve and
+/// which epoch was best, counted from 1 as the progress lines count (metrics.tsv's `epoch` counts from
+/// 0); with restore_best the last line names the restored epoch and its loss. --resume cannot
+/// continue a run that stopped itself: it says so (0), or fails when --max-epochs asks for more.
+#[test]
+fn early_stopping_says_when_and_which_weights_it_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "1", "--out"]).arg(&data));
+    let flags = ["--max-epochs", "200", "--early-stopping-warmup-epochs", "0", "--early-stopping-patience", "3", "--lr", "0.03", "--n-epochs-kl-warmup", "2", "--restore-best", "true", "--no-plots"];
+    let text = ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(flags));
+    assert!(!text.contains("Some("), "{text}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("train_state.json")).unwrap()).unwrap();
+    assert_eq!(state["stopped_early"], true, "{text}");
+    let (done, best) = (state["epochs_done"].as_u64().unwrap(), state["early_stopping"]["best_epoch"].as_u64().unwrap());
+    let best_loss = state["early_stopping"]["best"].as_f64().unwrap();
+    // metrics.tsv: the best row is `best` (from 0), the last `done - 1`
+    let metrics = std::fs::read_to_string(run.join("metrics.tsv")).unwrap();
+    let rows: Vec<Vec<&str>> = metrics.lines().map(|l| l.split('\t').collect()).collect();
+    let col = |name: &str| rows[0].iter().position(|h| *h == name).unwrap();
+    assert_eq!(rows.last().unwrap()[col("epoch")], (done - 1).to_string());
+    assert_eq!(rows[1 + best as usize][col("reconstruction_loss_validation")].parse::<f64>().unwrap(), best_loss);
+    let stop = format!("early stopping after epoch {done}: reconstruction_loss_validation did not improve for 3 epochs (best {best_loss:.4} at epoch {})", best + 1);
+    assert!(text.contains(&stop), "no `{stop}` in:\n{text}");
+    assert!(text.contains(&format!("done: {done} epochs (early stopping); restored the weights of epoch {}, the best (validation reconstruction loss {best_loss:.4}", best + 1)), "{text}");
+    let config = std::fs::read(run.join("config.json")).unwrap();
+    let text = ok(bin().arg("train").arg(&data).arg("--out").arg(&run).arg("--resume"));
+    assert!(text.contains(&format!("nothing left to train: {} stopped early after epoch {done}", run.display())) && text.contains("--early-stopping-patience"), "{text}");
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "300"]));
+    assert!(text.contains(&format!("stopped early after epoch {done}")), "{text}");
+    assert_eq!(std::fs::read(run.join("config.json")).unwrap(), config, "config.json rewritten");
+}

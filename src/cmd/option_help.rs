@@ -97,7 +97,7 @@ pub const TRAIN_HELP: &[OptionHelp] = &[
     o("eps", "AdamW epsilon (> 0)"),
     o("train_size", "Fraction of cells used for training, in (0, 1]; the rest validates"),
     o("early_stopping", "Stop when the validation reconstruction loss stops improving"),
-    o("early_stopping_patience", "Epochs without improvement before early stopping"),
+    o("early_stopping_patience", "Epochs without improvement before early stopping (0 acts as 1, as in Lightning)"),
     o("early_stopping_warmup_epochs", "First validation checks ignored by early stopping; none = n_epochs_kl_warmup"),
     o("n_epochs_kl_warmup", "Epochs of KL warm-up (weight 0 → max_kl_weight, then the cross gate opens); none = no warm-up"),
     o("max_kl_weight", "KL weight reached at the end of the warm-up"),

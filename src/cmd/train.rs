@@ -283,6 +283,7 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         attach_device(&mut t, device, precision)?;
         eprintln!("resuming {} after epoch {}", args.out.display(), t.state.epochs_done);
         t.fit()?;
+        eprintln!("{}", done_line(&t));
         curves(&args);
         return Ok(());
     }
@@ -304,20 +305,27 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         ds.n_cells(), t.train_cells.len(), t.validation_cells.len(), ds.n_genes(), ds.n_junctions(), ds.splicing.n_atse(), args.out.display()
     );
     t.fit()?;
-    let last = t.log.epochs.last();
-    eprintln!(
-        "done: {} epoch{}{}; final validation reconstruction loss {}",
-        t.state.epochs_done,
-        if t.state.epochs_done == 1 { "" } else { "s" },
-        if t.state.stopped_early { " (early stopping)" } else { "" },
-        match last {
-            _ if t.validation_cells.is_empty() => "n/a (no validation cells: train_size 1)".to_string(),
-            Some(m) => format!("{:.4}", m.reconstruction_loss_validation),
-            None => "n/a".into(),
-        }
-    );
+    eprintln!("{}", done_line(&t));
     curves(&args);
     Ok(())
+}
+
+/// The last line of a training: epochs, and the validation loss of the weights the checkpoint holds
+/// (the best epoch's when early stopping restored them; epochs counted from 1).
+fn done_line(t: &Trainer<'_>) -> String {
+    let n = t.state.epochs_done;
+    let head = format!("done: {n} epoch{}{}", if n == 1 { "" } else { "s" }, if t.state.stopped_early { " (early stopping)" } else { "" });
+    let last = t.log.epochs.last();
+    let es = &t.state.early_stopping;
+    match (t.restored_best, es.best, es.best_epoch) {
+        _ if t.validation_cells.is_empty() => format!("{head}; final validation reconstruction loss n/a (no validation cells: train_size 1)"),
+        (true, Some(best), Some(e)) => format!(
+            "{head}; restored the weights of epoch {}, the best (validation reconstruction loss {best:.4}; the last epoch's was {})",
+            e + 1,
+            last.map_or("n/a".to_string(), |m| format!("{:.4}", m.reconstruction_loss_validation))
+        ),
+        _ => format!("{head}; final validation reconstruction loss {}", last.map_or("n/a".to_string(), |m| format!("{:.4}", m.reconstruction_loss_validation))),
+    }
 }
 
 /// --resume when the run has nothing left to train: Ok(Some(why)) when the run already is what was

@@ -232,6 +232,8 @@ pub struct Trainer<'a> {
     pub log: MetricsLog,
     /// Print one line per epoch (besides the progress bar).
     pub verbose: bool,
+    /// `fit` ended by early stopping with `restore_best`: the checkpoint holds the best epoch's weights.
+    pub restored_best: bool,
     /// The CUDA step, when training runs on a device ([`Trainer::use_device`]). The host `params` and
     /// `opt.state` then trail the device's and are brought back at the end of every epoch.
     device: Option<DeviceRun>,
@@ -296,6 +298,7 @@ impl<'a> Trainer<'a> {
             state,
             log: MetricsLog::default(),
             verbose: true,
+            restored_best: false,
             device: None,
         })
     }
@@ -472,6 +475,9 @@ impl<'a> Trainer<'a> {
             self.end_of_epoch(epoch, &m)?;
             if self.verbose {
                 eprintln!("{}", m.summary_line(tc.max_epochs));
+                if self.state.stopped_early {
+                    eprintln!("{}", early_stopping_line(epoch, &self.state.early_stopping));
+                }
             }
             if self.verbose && epoch == 0 {
                 if let Some(d) = &self.device {
@@ -484,6 +490,7 @@ impl<'a> Trainer<'a> {
         if self.state.stopped_early && tc.restore_best && self.dir.join(BEST_FILE).exists() {
             self.params.load_safetensors(&self.dir.join(BEST_FILE))?;
             write_safetensors(&self.dir.join(MODEL_FILE), &self.params)?;
+            self.restored_best = true;
         }
         Ok(())
     }
@@ -708,12 +715,6 @@ impl<'a> Trainer<'a> {
             }
             if stop {
                 self.state.stopped_early = true;
-                if self.verbose {
-                    eprintln!(
-                        "early stopping at epoch {epoch}: reconstruction_loss_validation did not improve for {} epochs (best {:.4} at epoch {:?})",
-                        tc.early_stopping_patience, self.state.early_stopping.best.unwrap_or(f64::NAN), self.state.early_stopping.best_epoch
-                    );
-                }
             }
         }
         // StepLR steps once per validation run; ReduceLROnPlateau watches elbo_validation (§6.1).
@@ -734,6 +735,21 @@ impl<'a> Trainer<'a> {
         self.log.save(&self.dir)?;
         write_json(&self.dir.join(STATE_FILE), &self.state)
     }
+}
+
+/// Why training stopped after `epoch` (0-based; counted from 1 here, as the progress lines count).
+/// The count is the checks that did not improve (Lightning's wait count: patience 0 stops after one).
+pub fn early_stopping_line(epoch: usize, es: &EarlyStopping) -> String {
+    let best = match (es.best, es.best_epoch) {
+        (Some(b), Some(e)) => format!("best {b:.4} at epoch {}", e + 1),
+        _ => "no finite value after the warm-up".to_string(),
+    };
+    format!(
+        "early stopping after epoch {}: reconstruction_loss_validation did not improve for {} epoch{} ({best})",
+        epoch + 1,
+        es.wait,
+        if es.wait == 1 { "" } else { "s" }
+    )
 }
 
 /// Index of the first NaN or infinite value: a vectorised pass per worker, and the position only once
@@ -902,7 +918,23 @@ fn progress_bar(n: usize, epoch: usize, max_epochs: usize) -> indicatif::Progres
 
 #[cfg(test)]
 mod tests {
-    use super::first_non_finite;
+    use super::{early_stopping_line, first_non_finite, EarlyStopping};
+
+    /// Epochs from 1 as the progress lines count, no `Some(..)`, and the checks that did not improve
+    /// rather than the patience: patience 0 stops, as Lightning's does, after one such check.
+    #[test]
+    fn early_stopping_line_counts_from_one_and_says_how_long() {
+        let mut es = EarlyStopping::new(0, 1);
+        assert_eq!(es.update(0, 1.0), (false, false));
+        assert_eq!(es.update(1, 5.0), (true, false));
+        assert_eq!(es.update(2, 6.0), (false, true));
+        assert_eq!(early_stopping_line(2, &es), "early stopping after epoch 3: reconstruction_loss_validation did not improve for 1 epoch (best 5.0000 at epoch 2)");
+        let mut es = EarlyStopping::new(2, 0);
+        es.update(0, 5.0);
+        es.update(1, 5.0);
+        assert_eq!(es.update(2, 7.0), (false, true));
+        assert!(early_stopping_line(2, &es).ends_with("did not improve for 2 epochs (best 5.0000 at epoch 1)"));
+    }
 
     #[test]
     fn first_non_finite_finds_the_first_bad_value_across_chunks() {
