@@ -94,27 +94,54 @@ fn resolved_output(out: &Path) -> PathBuf {
 }
 
 /// Checks an output path before any work: `--out` must not be a directory, must not be one of the
-/// command's input files (the data it reads), and must not lie inside a run directory it reads (the
-/// checkpoint and its config). Each would otherwise be found only at the end, or overwrite the input.
+/// command's input files (the data it reads), must not lie inside a run directory it reads (the
+/// checkpoint and its config), and its directory must be writable (or creatable). Each would otherwise
+/// be found only at the end, or overwrite the input.
 pub fn check_output(out: &Path, inputs: &[&Path], run_dirs: &[&Path]) -> anyhow::Result<()> {
+    check_output_named(&format!("--out {}", out.display()), out, inputs, run_dirs)
+}
+
+/// [`check_output`] for a file a command writes beside `--out` (a pairs table, a picture): the same
+/// checks, the errors naming the file as `label` does.
+pub fn check_output_named(label: &str, out: &Path, inputs: &[&Path], run_dirs: &[&Path]) -> anyhow::Result<()> {
     if out.is_dir() {
-        bail!("--out {}: is a directory; give a file name", out.display());
+        bail!("{label}: is a directory; give a file name");
     }
     let target = resolved_output(out);
     for input in inputs {
         if let Ok(i) = std::fs::canonicalize(input) {
             if i == target {
-                bail!("--out {}: is the input data {}; write the output to another file", out.display(), input.display());
+                bail!("{label}: is the input data {}; write the output to another file", input.display());
             }
         }
     }
     for dir in run_dirs {
         if let Ok(d) = std::fs::canonicalize(dir) {
             if target.starts_with(&d) {
-                bail!("--out {}: is inside the run directory {} (its checkpoint and config); write the output elsewhere", out.display(), dir.display());
+                bail!("{label}: is inside the run directory {} (its checkpoint and config); write the output elsewhere", dir.display());
             }
         }
     }
+    check_writable(label, out)
+}
+
+/// The output's directory, or the nearest of its ancestors that exists ([`write_atomic`] creates the
+/// rest), must be a directory we can create files in. Probed with a temporary file, as
+/// [`write_atomic`] will write one: permission bits alone miss read-only file systems, and root.
+fn check_writable(label: &str, out: &Path) -> anyhow::Result<()> {
+    let parent = out.parent().unwrap_or(Path::new(""));
+    let dir = parent.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    if !dir.is_dir() {
+        bail!("{label}: {} is not a directory", dir.display());
+    }
+    let probe = tempfile::Builder::new()
+        .prefix(".splicevi-probe.")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .with_context(|| format!("{label}: cannot write in {}", dir.display()))?;
+    // (removed on a signal too, like the outputs' temporary files; dropped, it is deleted)
+    let _registered = TempRegistration::new(probe.path());
+    drop(probe);
     Ok(())
 }
 
@@ -133,5 +160,36 @@ pub fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output whose directory cannot be written is refused before any work, naming the flag, and
+    /// the check leaves nothing behind (no directory created, no probe file).
+    #[test]
+    fn check_output_refuses_unwritable_places_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("afile"), "x").unwrap();
+        let e = check_output(&d.join("afile/x.tsv"), &[], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("--out ") && e.contains("afile is not a directory"), "{e}");
+        let e = check_output(&d.join("afile/deeper/x.tsv"), &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("afile is not a directory"), "{e}");
+        std::fs::create_dir(d.join("adir")).unwrap();
+        let e = check_output_named("the pairs table adir", &d.join("adir"), &[], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("the pairs table adir: is a directory"), "{e}");
+        // a directory still to be created is fine, and is not created by the check
+        check_output(&d.join("new/sub/x.tsv"), &[], &[]).unwrap();
+        assert!(!d.join("new").exists());
+        let left: Vec<_> = std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        // /proc takes no new files, even from root (permission bits would not tell)
+        if Path::new("/proc/self").exists() {
+            let e = check_output(Path::new("/proc/splicevi_out.tsv"), &[], &[]).unwrap_err().to_string();
+            assert!(e.contains("cannot write in /proc"), "{e}");
+        }
     }
 }

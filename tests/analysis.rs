@@ -572,6 +572,9 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["diff-splicing".into(), "--groupby".into(), "subtype".into(), "--group1".into(), "T9_z".into()], "T9_z"),
         (vec!["diff-splicing".into(), "--groupby".into(), "no_such".into()], "no_such"),
         (vec!["diff-expression".into(), "--groupby".into(), "cell_type".into(), "--fdr".into(), "2".into()], "FDR"),
+        (vec!["evaluate".into(), "--label".into(), "nocol".into()], "--label nocol"),
+        (vec!["evaluate".into(), "--meanbayes-groupby".into(), "nocol".into()], "--meanbayes-groupby nocol"),
+        (vec!["evaluate".into(), "--knn".into(), "500".into()], "at most 160 neighbours"),
         (vec!["impute".into(), "--transform-batch".into(), "batch7".into()], "batch7"),
         (vec!["impute".into(), "--junctions".into(), d.join("nope.txt").display().to_string()], "nope.txt"),
         (vec!["evaluate".into(), "--lr".into(), "0.1".into()], "only accepted with --train"),
@@ -587,6 +590,57 @@ fn commands_reject_bad_requests_with_clear_errors() {
     std::fs::write(d.join("j.txt"), "junc_000\nnot_a_junction\n").unwrap();
     let text = fails(bin().arg("impute").arg(&run).arg(&data).arg("--junctions").arg(d.join("j.txt")).arg("--out").arg(d.join("p.h5ad")));
     assert!(text.contains("j.txt:2") && text.contains("not_a_junction"), "{text}");
+}
+
+/// Options and outputs are checked before the work: obs columns named by options before `evaluate
+/// --train` trains, output places (and the files written beside --out) before the analyses compute, so
+/// nothing is half written.
+#[test]
+fn analyses_check_before_working_and_explain_what_they_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let p = |n: &str| d.join(n);
+    let data = p("toy.h5mu");
+    let run = p("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "1", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--batch-key", "batch", "--max-epochs", "1", "--quiet", "--no-plots"]));
+
+    // evaluate --train: a missing obs column is found before training, not after every epoch.
+    for flag in ["--label", "--meanbayes-groupby"] {
+        let e = fails(bin().args(["evaluate", "--train"]).arg(&data).args([flag, "nocol", "--max-epochs", "50", "--early-stopping", "false", "--out"]).arg(p("e.tsv")));
+        assert!(e.contains(&format!("{flag} nocol")) && e.contains("no obs column `nocol`"), "{e}");
+        assert!(!e.contains("masked") && !e.contains("training on the masked data"), "{flag}: checked after the work:\n{e}");
+    }
+
+    // An output under a file: refused up front by every analysis, before any comparison or scoring.
+    std::fs::write(p("afile"), "x").unwrap();
+    // evaluate --train-dir is written too: not a file, and not over another run (its features.json
+    // would have stayed beside the new model)
+    for (dir, needle) in [(p("afile"), "exists and is not a directory"), (run.clone(), "already holds a run")] {
+        let e = fails(bin().args(["evaluate", "--train"]).arg(&data).arg("--train-dir").arg(&dir).args(["--max-epochs", "50", "--out"]).arg(p("e.tsv")));
+        assert!(e.contains(needle) && !e.contains("training on the masked data"), "{e}");
+    }
+    let under = p("afile/x.tsv");
+    let groups = ["--groupby", "cell_type", "--group1", "T1", "--n-samples-overall", "100"];
+    for (cmd, args) in [("diff-splicing", &groups[..]), ("diff-expression", &groups[..]), ("evaluate", &[][..]), ("embed", &[][..])] {
+        let e = fails(bin().arg(cmd).arg(&run).arg(&data).args(args).arg("--out").arg(&under));
+        assert!(e.contains("afile is not a directory"), "{cmd}: {e}");
+        assert!(!e.contains("vs Rest") && !e.contains("masked"), "{cmd}: computed before finding the output unwritable:\n{e}");
+    }
+    // The files beside --out too: evaluate wrote x.tsv, then failed on x.pairs.tsv.
+    std::fs::create_dir_all(p("o2/x.pairs.tsv")).unwrap();
+    let e = fails(bin().arg("evaluate").arg(&run).arg(&data).arg("--out").arg(p("o2/x.tsv")));
+    assert!(e.contains("x.pairs.tsv (the pairs table beside --out): is a directory") && !e.contains("masked"), "{e}");
+    assert!(!p("o2/x.tsv").exists(), "evaluate left a half-written output set");
+    std::fs::create_dir_all(p("o3/x.impute.png")).unwrap();
+    let e = fails(bin().arg("evaluate").arg(&run).arg(&data).arg("--out").arg(p("o3/x.tsv")));
+    assert!(e.contains("x.impute.png (the picture beside --out; --no-plots skips it)"), "{e}");
+    std::fs::create_dir_all(p("o4/ds.volcano.svg")).unwrap();
+    let e = fails(bin().arg("diff-splicing").arg(&run).arg(&data).args(groups).arg("--out").arg(p("o4/ds.tsv")));
+    assert!(e.contains("ds.volcano.svg (the picture beside --out") && !e.contains("vs Rest"), "{e}");
+    assert!(!p("o4/ds.tsv").exists());
+    ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(groups).arg("--no-plots").arg("--out").arg(p("o4/ds.tsv")));
+
 }
 
 /// `--junctions` / `--genes` lists: a name the data holds twice (anndata allows it) is ambiguous and

@@ -115,6 +115,9 @@ pub struct DiffSplicingArgs {
 
 pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     crate::util::check_output(&args.groups.out, &[&args.data], &[&args.run_dir])?;
+    if !args.no_plots {
+        super::plot::check_picture_outputs(&crate::plot::prefix_beside(&args.groups.out, "volcano"), &[&args.data], &[&args.run_dir])?;
+    }
     let o = open_run(&args.run_dir, &args.data)?;
     let base = crate::train::presets::ds_defaults(&o.run.preset);
     let mut opts = args.groups.change_options(args.delta, &o.run.batch_levels, &base)?;

@@ -64,6 +64,9 @@ pub fn latents(
 
 pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
+    if !args.no_plots {
+        super::plot::check_picture_outputs(&crate::plot::prefix_beside(&args.out, "embedding"), &[&args.data], &[&args.run_dir])?;
+    }
     anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
     let run = crate::train::trainer::read_run_config(&args.run_dir)?;
     let mut ds = load(&args.data, &run.data)?;

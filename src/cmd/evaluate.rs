@@ -89,18 +89,12 @@ fn is_empty(v: &serde_json::Value) -> bool {
     v.as_object().is_none_or(|o| o.is_empty())
 }
 
-/// Train on the masked data as `splicevi train` would (options: preset → --config → flags).
-fn train_here(
-    args: &EvaluateArgs,
-    data: &PathBuf,
-    masked: &Dataset,
-    dir: &std::path::Path,
-    device: &crate::device::Device,
-    precision: crate::cuda::gemm::GemmPrecision,
-) -> Result<()> {
+/// The model and training options of `--train` as `splicevi train` resolves them (preset → --config →
+/// flags), each checked.
+fn train_options(args: &EvaluateArgs, data: &std::path::Path) -> Result<(crate::model::ModelConfig, crate::train::TrainConfig)> {
     let targs = TrainArgs {
-        data: data.clone(),
-        out: dir.to_path_buf(),
+        data: data.to_path_buf(),
+        out: args.train_dir.clone().unwrap_or_default(),
         preset: Some(args.preset.clone()),
         config: args.config.clone(),
         resume: false,
@@ -110,9 +104,18 @@ fn train_here(
         data_options: args.data_options.clone(),
         options: args.options.clone(),
     };
-    let (model, train) = resolve(&targs)?;
-    let dims = dims_of(masked);
-    model.validate(&dims)?;
+    resolve(&targs)
+}
+
+/// Train on the masked data as `splicevi train` would, with the options [`train_options`] resolved.
+fn train_here(
+    args: &EvaluateArgs,
+    (model, train): (crate::model::ModelConfig, crate::train::TrainConfig),
+    masked: &Dataset,
+    dir: &std::path::Path,
+    device: &crate::device::Device,
+    precision: crate::cuda::gemm::GemmPrecision,
+) -> Result<()> {
     let run = RunConfig::for_dataset(&args.preset, model, train, args.data_options.clone(), masked);
     let mut t = Trainer::new(masked, run, dir)?;
     t.verbose = !args.quiet;
@@ -131,9 +134,25 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     if run_dir.is_some() && (args.data_options != DataOptions::default() || !is_empty(&args.options.model) || !is_empty(&args.options.train) || args.config.is_some()) {
         bail!("evaluate: data, model and training options come from the run directory's config.json; they are only accepted with --train");
     }
-    crate::util::check_output(&args.out, &[&data], &run_dir.iter().map(|r| r.as_path()).collect::<Vec<_>>())?;
+    // Every output and option is checked before the data is masked and a model trained or run: the
+    // files beside --out too (found at the end they would leave a half-written set).
+    let run_dirs: Vec<&std::path::Path> = run_dir.iter().map(|r| r.as_path()).collect();
+    crate::util::check_output(&args.out, &[&data], &run_dirs)?;
+    let pairs = crate::plot::with_ext(&crate::plot::prefix_beside(&args.out, "pairs"), "tsv");
+    crate::util::check_output_named(&format!("{} (the pairs table beside --out)", pairs.display()), &pairs, &[&data], &run_dirs)?;
+    let picture = crate::plot::prefix_beside(&args.out, "impute");
+    if !args.no_plots {
+        super::plot::check_picture_outputs(&picture, &[&data], &run_dirs)?;
+    }
+    if let Some(t) = &args.train_dir {
+        check_train_dir(t)?;
+    }
     anyhow::ensure!(args.knn >= 1, "--knn must be at least 1, got {}", args.knn);
     anyhow::ensure!(args.max_cells_latent >= 2, "--max-cells-latent must be at least 2 (the latent metrics compare cells), got {}", args.max_cells_latent);
+    anyhow::ensure!(args.block_cells >= 1, "--block-cells must be at least 1, got {}", args.block_cells);
+    anyhow::ensure!(args.mask_fraction > 0.0 && args.mask_fraction <= 1.0, "--mask-fraction (the mask fraction) must be in (0, 1], got {}", args.mask_fraction);
+    anyhow::ensure!(args.min_atse_count.is_finite() && args.min_atse_count >= 0.0, "--min-atse-count must be a finite number ≥ 0, got {}", args.min_atse_count);
+    let train_opts = if run_dir.is_none() { Some(train_options(&args, &data)?) } else { None };
     let data_options = match &run_dir {
         Some(r) => read_run_config(r)?.data,
         None => args.data_options.clone(),
@@ -141,6 +160,14 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     // One copy of the data: masked in place for training and imputation, unmasked again for the
     // latents (which are computed on every observed entry). The extra memory is the removed entries.
     let mut ds = load(&data, &data_options)?;
+    // The obs columns the options name, and the options the data bounds, before any training.
+    let mb_groups = obs_codes(&ds, "--meanbayes-groupby", args.meanbayes_groupby.as_deref())?;
+    let labels = obs_codes(&ds, "--label", args.label.as_deref())?;
+    let sublabels = obs_codes(&ds, "--sublabel", args.sublabel.as_deref())?;
+    check_knn(args.knn, ds.n_cells().min(args.max_cells_latent))?;
+    if let Some((model, _)) = &train_opts {
+        model.validate(&dims_of(&ds))?;
+    }
     let (source, nnz) = (ds.source.clone(), ds.splicing.nnz());
     let dropped = mask_atses_in_place(&mut ds, args.mask_fraction, args.eval_seed)?;
     eprintln!("masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})", dropped.len(), nnz, args.mask_fraction, args.eval_seed);
@@ -153,21 +180,13 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
             tmp.path().to_path_buf()
         }
     };
-    if run_dir.is_none() {
-        train_here(&args, &data, &ds, &dir, device, precision)?;
+    if let Some(opts) = train_opts {
+        train_here(&args, opts, &ds, &dir, device, precision)?;
     }
     let run = read_run_config(&dir)?;
     align_batches(&mut ds, &run.batch_levels, &dir.display().to_string())?;
     let (_, model, params): (RunConfig, SpliceVae, Params<f32>) = load_model(&dir, &ds)?;
     let cell_rows = crate::analysis::posterior::weight_table_rows(&dir, &ds, &model)?;
-    let mb_groups = match &args.meanbayes_groupby {
-        Some(c) => Some(group_codes(&ds, c)?),
-        None => None,
-    };
-    let labels = match &args.label {
-        Some(c) => Some(group_codes(&ds, c)?),
-        None => None,
-    };
     let filter = TruthFilter { include_zero: args.include_zero_truth, exclude_one: args.exclude_psi_one, min_atse_count: args.min_atse_count };
     let imp = {
         let mut post_masked = Posterior::new(&ds, &model, &params)?;
@@ -182,7 +201,7 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     super::analysis_device(&mut post, device, precision, "evaluate")?;
     let lat = evaluate_latents(&post, labels.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
     let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
-    let extra = extra_latent_rows(&args, &post, labels.as_deref(), &ds)?;
+    let extra = extra_latent_rows(&args, &post, labels.as_deref(), sublabels.as_deref(), &ds)?;
     table.extend(extra.iter().cloned());
     write_tsv(&args.out, &rows_tsv(&table))?;
     println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
@@ -191,24 +210,18 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     }
     eprintln!("wrote {}", args.out.display());
     // The dropped entries' (truth, prediction) pairs, and their density scatter.
-    let pairs = crate::plot::with_ext(&crate::plot::prefix_beside(&args.out, "pairs"), "tsv");
     write_tsv(&pairs, &imp.dropped.tsv(&ds.cell_names, &ds.splicing.junction_names, args.max_pairs, args.eval_seed))?;
     eprintln!("wrote {} ({} dropped entries scored)", pairs.display(), imp.dropped.truth.len());
     if !args.no_plots {
-        let prefix = crate::plot::prefix_beside(&args.out, "impute");
-        super::plot::auto("imputation", crate::plot::impute::ImputeScatter::from_file(&pairs), &prefix);
+        super::plot::auto("imputation", crate::plot::impute::ImputeScatter::from_file(&pairs), &picture);
     }
     Ok(())
 }
 
 /// Sub-label accuracy within each label group (`--sublabel`) and the k-NN batch entropy (mixing, when
 /// there is more than one batch) of each latent, on the same cells as the other latent metrics.
-fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32]>, ds: &Dataset) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32]>, sub: Option<&[u32]>, ds: &Dataset) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
     use crate::analysis::scorecard::{knn_accuracy_within, knn_batch_entropy};
-    let sub = match &args.sublabel {
-        Some(c) => Some(group_codes(ds, c)?),
-        None => None,
-    };
     let batch = &ds.covariates.batch.codes;
     let n_batch = ds.covariates.batch.levels.len();
     if sub.is_none() && n_batch < 2 {
@@ -228,7 +241,7 @@ fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32
         let mut push = |metric: String, value: f64| {
             out.push(crate::analysis::evaluate::EvalRow { section: "latent".into(), subset: space.into(), method: "splicevi".into(), metric, value })
         };
-        if let (Some(sub), Some(lab)) = (&sub, labels) {
+        if let (Some(sub), Some(lab)) = (sub, labels) {
             let s: Vec<u32> = cells.iter().map(|&c| sub[c]).collect();
             let l: Vec<u32> = cells.iter().map(|&c| lab[c]).collect();
             let v = knn_accuracy_within(&lat[i], dims[i], &l, &s, args.knn, args.eval_seed);
@@ -240,4 +253,49 @@ fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32
         }
     }
     Ok(out)
+}
+
+/// The codes of the obs column `column` names (`flag` names the option in errors).
+fn obs_codes(ds: &Dataset, flag: &str, column: Option<&str>) -> Result<Option<Vec<u32>>> {
+    column.map(|c| group_codes(ds, c).with_context(|| format!("{flag} {c}"))).transpose()
+}
+
+/// The k-NN classifier scores `n` cells by 5-fold cross-validation: each cell's neighbours come from
+/// the other folds, n − ⌈n/5⌉ cells at the fewest. A larger --knn would silently become a vote of
+/// every one of them.
+fn check_knn(k: usize, n: usize) -> Result<()> {
+    let most = n - n.div_ceil(5);
+    if k > most {
+        bail!("--knn {k}: the latent metrics score {n} cells by 5-fold cross-validation, so a cell has at most {most} neighbours to vote; give --knn {most} or fewer");
+    }
+    Ok(())
+}
+
+/// `--train-dir` is written by the training: it must be a directory (or absent) that holds no run, in a
+/// place that can be written.
+fn check_train_dir(dir: &std::path::Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("--train-dir {}: exists and is not a directory", dir.display());
+    }
+    if dir.join(crate::train::trainer::CONFIG_FILE).exists() {
+        bail!("--train-dir {}: already holds a run (config.json); give a new or empty directory", dir.display());
+    }
+    let probe = dir.join(crate::train::trainer::CONFIG_FILE);
+    crate::util::check_output_named(&format!("--train-dir {}", dir.display()), &probe, &[], &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knn_is_bounded_by_the_cells_of_the_other_folds() {
+        // 200 cells: folds of 40, 160 neighbours to vote at most
+        assert!(check_knn(160, 200).is_ok());
+        let e = check_knn(161, 200).unwrap_err().to_string();
+        assert!(e.contains("--knn 161") && e.contains("at most 160"), "{e}");
+        assert!(check_knn(1, 2).is_ok() && check_knn(2, 2).is_err());
+        // 7 cells: folds of 2, 2, 1, 1, 1 → 5 neighbours at the fewest
+        assert!(check_knn(5, 7).is_ok() && check_knn(6, 7).is_err());
+    }
 }

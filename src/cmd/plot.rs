@@ -90,6 +90,16 @@ fn strip(p: &Path, suffix: &str) -> PathBuf {
     }
 }
 
+/// Checks the two files of a picture a command draws beside its output (`PREFIX.png`, `PREFIX.svg`) as
+/// [`crate::util::check_output`] checks `--out`, before the command's work.
+pub fn check_picture_outputs(prefix: &Path, inputs: &[&Path], run_dirs: &[&Path]) -> Result<()> {
+    for ext in ["png", "svg"] {
+        let p = crate::plot::with_ext(prefix, ext);
+        crate::util::check_output_named(&format!("{} (the picture beside --out; --no-plots skips it)", p.display()), &p, inputs, run_dirs)?;
+    }
+    Ok(())
+}
+
 /// Draw a picture beside a command's output; a failure is reported, never fatal (the output is written).
 pub fn auto<F: Figure>(what: &str, fig: Result<F>, prefix: &Path) {
     match fig.and_then(|f| save(&f, prefix)) {
