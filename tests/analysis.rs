@@ -595,6 +595,7 @@ fn commands_reject_bad_requests_with_clear_errors() {
 /// Options and outputs are checked before the work: obs columns named by options before `evaluate
 /// --train` trains, output places (and the files written beside --out) before the analyses compute, so
 /// nothing is half written.
+/// A non-integer count is met with advice the command that printed it can follow.
 #[test]
 fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     let tmp = tempfile::tempdir().unwrap();
@@ -640,6 +641,26 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     assert!(e.contains("ds.volcano.svg (the picture beside --out") && !e.contains("vs Rest"), "{e}");
     assert!(!p("o4/ds.tsv").exists());
     ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(groups).arg("--no-plots").arg("--out").arg(p("o4/ds.tsv")));
+
+    // Non-integer splicing counts: the analyses take their data options from the run, so the advice
+    // is the run's setting, not a flag they do not accept; evaluate --train does accept the flag.
+    let mut ds = splicevi::data::load::load(&data, &DataOptions::default()).unwrap();
+    let s = &mut ds.splicing;
+    let atse = s.junc2atse[s.junction[s.indptr[0]] as usize];
+    for e in s.cell_range(0) {
+        if s.junc2atse[s.junction[e] as usize] == atse {
+            s.n[e] += 0.5;
+            s.psi[e] = s.k[e] / s.n[e];
+        }
+    }
+    splicevi::data::h5write::write_h5mu(&p("frac.h5mu"), &ds, None, None, &[], splicevi::data::h5write::Compression { gzip_level: None }).unwrap();
+    for cmd in ["impute", "embed", "evaluate"] {
+        let e = fails(bin().arg(cmd).arg(&run).arg(p("frac.h5mu")).arg("--out").arg(p("frac.out")));
+        assert!(e.contains("is not an integer") && e.contains("require_integer_splicing in its config.json"), "{cmd}: {e}");
+        assert!(!e.contains("--require-integer-splicing false accepts"), "{cmd} advises a flag it does not take: {e}");
+    }
+    let e = fails(bin().args(["evaluate", "--train"]).arg(p("frac.h5mu")).arg("--out").arg(p("frac.tsv")));
+    assert!(e.contains("--require-integer-splicing false accepts"), "{e}");
 
 }
 

@@ -384,11 +384,33 @@ pub fn weight_table_rows(run_dir: &std::path::Path, ds: &Dataset, model: &Splice
 /// an error.
 pub fn open_run(run_dir: &std::path::Path, data: &std::path::Path) -> Result<OpenRun> {
     let run = crate::train::trainer::read_run_config(run_dir)?;
-    let mut ds = crate::data::load::load(data, &run.data)?;
+    let mut ds = load_for_run(data, &run.data, run_dir)?;
     align_batches(&mut ds, &run.batch_levels, &run_dir.display().to_string())?;
     let (run, model, params) = crate::train::trainer::load_model(run_dir, &ds)?;
     let cell_rows = weight_table_rows(run_dir, &ds, &model)?;
     Ok(OpenRun { run, ds, model, params, cell_rows })
+}
+
+/// Load an analysis's data with `opts`, the data options of the run in `run_dir` (its config.json). The
+/// analyses take no data flags, so a load error's advice to give `--require-integer-*` false is
+/// replaced by what does apply: the run's own setting.
+pub fn load_for_run(data: &std::path::Path, opts: &crate::data::DataOptions, run_dir: &std::path::Path) -> Result<Dataset> {
+    use crate::data::validate::{DataError, INTEGER_EXPRESSION_HINT, INTEGER_SPLICING_HINT};
+    crate::data::load::load(data, opts).map_err(|e| {
+        let Some(de) = e.downcast_ref::<DataError>() else { return e };
+        for (hint, what) in [(INTEGER_SPLICING_HINT, "splicing"), (INTEGER_EXPRESSION_HINT, "expression")] {
+            if de.message.contains(hint) {
+                let advice = format!(
+                    " (the run `{}` was trained requiring integer {what} counts, require_integer_{what} in its config.json, and \
+                     the analyses read data as their run did: give data like its training data, or use a run trained with \
+                     --require-integer-{what} false)",
+                    run_dir.display()
+                );
+                return DataError { message: de.message.replace(hint, &advice), ..de.clone() }.into();
+            }
+        }
+        e
+    })
 }
 
 /// Re-code `ds`'s batch covariate in `levels` (the training run's order).

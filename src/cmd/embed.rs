@@ -1,6 +1,5 @@
 use crate::data::h5ad_out::{write_h5ad, DenseOut, H5adOut};
 use crate::data::h5write::UnsValue;
-use crate::data::load::load;
 use crate::analysis::posterior::{align_batches, weight_table_rows, Posterior};
 use crate::model::Mat;
 use crate::train::trainer::load_model;
@@ -69,7 +68,7 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
     }
     anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
     let run = crate::train::trainer::read_run_config(&args.run_dir)?;
-    let mut ds = load(&args.data, &run.data)?;
+    let mut ds = crate::analysis::posterior::load_for_run(&args.data, &run.data, &args.run_dir)?;
     // the batch codes in the run's order (the encoders' covariates, with --encode-covariates)
     align_batches(&mut ds, &run.batch_levels, &args.run_dir.display().to_string())?;
     if let Some(c) = &args.color_by {

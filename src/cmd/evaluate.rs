@@ -159,7 +159,10 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     };
     // One copy of the data: masked in place for training and imputation, unmasked again for the
     // latents (which are computed on every observed entry). The extra memory is the removed entries.
-    let mut ds = load(&data, &data_options)?;
+    let mut ds = match &run_dir {
+        Some(r) => crate::analysis::posterior::load_for_run(&data, &data_options, r)?,
+        None => load(&data, &data_options)?,
+    };
     // The obs columns the options name, and the options the data bounds, before any training.
     let mb_groups = obs_codes(&ds, "--meanbayes-groupby", args.meanbayes_groupby.as_deref())?;
     let labels = obs_codes(&ds, "--label", args.label.as_deref())?;

@@ -94,24 +94,20 @@ pub struct ValueRule {
     pub integer_hint: &'static str,
 }
 
+/// The advice of a non-integer splicing count: the flag of the commands that take data options
+/// (train, validate, evaluate --train); the analyses rewrite it (`posterior::load_for_run`).
+pub const INTEGER_SPLICING_HINT: &str = " (the splicing likelihoods need integer counts; --require-integer-splicing false accepts others)";
+/// The advice of a non-integer expression value (as [`INTEGER_SPLICING_HINT`]).
+pub const INTEGER_EXPRESSION_HINT: &str = " (the count likelihoods ZINB, NB and Poisson assume integer counts, and the original's \
+                                            length_norm layer is floored to integers; --require-integer-expression false accepts \
+                                            other values, which scvi-tools only warns about)";
+
 impl ValueRule {
     pub const fn counts(integer: bool) -> Self {
-        ValueRule {
-            what: "count",
-            integer,
-            max: None,
-            integer_hint: " (the splicing likelihoods need integer counts; --require-integer-splicing false accepts others)",
-        }
+        ValueRule { what: "count", integer, max: None, integer_hint: INTEGER_SPLICING_HINT }
     }
     pub const fn expression(integer: bool) -> Self {
-        ValueRule {
-            what: "expression count",
-            integer,
-            max: None,
-            integer_hint: " (the count likelihoods ZINB, NB and Poisson assume integer counts, and the original's \
-                           length_norm layer is floored to integers; --require-integer-expression false accepts \
-                           other values, which scvi-tools only warns about)",
-        }
+        ValueRule { what: "expression count", integer, max: None, integer_hint: INTEGER_EXPRESSION_HINT }
     }
     pub const PSI: ValueRule = ValueRule { what: "junc_ratio", integer: false, max: Some(1.0), integer_hint: "" };
     pub const MASK: ValueRule = ValueRule { what: "psi_mask", integer: true, max: Some(1.0), integer_hint: "" };
