@@ -596,6 +596,7 @@ fn commands_reject_bad_requests_with_clear_errors() {
 /// --train` trains, output places (and the files written beside --out) before the analyses compute, so
 /// nothing is half written.
 /// A non-integer count is met with advice the command that printed it can follow.
+/// Metrics that come out nan say why.
 #[test]
 fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     let tmp = tempfile::tempdir().unwrap();
@@ -662,6 +663,11 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     let e = fails(bin().args(["evaluate", "--train"]).arg(p("frac.h5mu")).arg("--out").arg(p("frac.tsv")));
     assert!(e.contains("--require-integer-splicing false accepts"), "{e}");
 
+    // Nothing scored: nan in the table, and a warning saying why.
+    let said = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--min-atse-count", "100000", "--no-plots", "--out"]).arg(p("nan.tsv")));
+    assert!(said.contains("warning: evaluate: imputation `dropped`, `observed`, `all`: every metric is nan: no entry is scored") && said.contains("--min-atse-count"), "{said}");
+    let table = std::fs::read_to_string(p("nan.tsv")).unwrap();
+    assert!(table.contains("imputation\tdropped\tmean_bayes\tpearson\tnan"), "{table}");
 }
 
 /// `--junctions` / `--genes` lists: a name the data holds twice (anndata allows it) is ambiguous and

@@ -400,6 +400,68 @@ pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<
     out
 }
 
+/// One line per group of `nan` values in the table, naming the metrics and why they are undefined. The
+/// table keeps `nan` (an undefined metric has no number); these lines go to stderr, so that it is not
+/// read as a result. `filter`: the truths scored, for the imputation rows.
+pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
+    let mut out = Vec::new();
+    // Imputation: a subset with no entry scored (every metric nan), else the metrics of a constant input.
+    let mut subsets: Vec<&str> = Vec::new();
+    table.iter().filter(|r| r.section == "imputation").for_each(|r| {
+        if !subsets.contains(&r.subset.as_str()) {
+            subsets.push(&r.subset);
+        }
+    });
+    let scored_none = |subset: &str| table.iter().any(|r| r.section == "imputation" && r.subset == subset && r.metric == "n" && r.value == 0.0);
+    let empty: Vec<String> = subsets.iter().filter(|s| scored_none(s)).map(|s| format!("`{s}`")).collect();
+    if !empty.is_empty() {
+        let mut rule = vec![if filter.include_zero { "any PSI".to_string() } else { "PSI > 0 (--include-zero-truth scores 0 too)".to_string() }];
+        if filter.exclude_one {
+            rule.push("PSI < 1 (--exclude-psi-one)".into());
+        }
+        if filter.min_atse_count > 0.0 {
+            rule.push(format!("ATSE count ≥ {} (--min-atse-count)", filter.min_atse_count));
+        }
+        out.push(format!("imputation {}: every metric is nan: no entry is scored (the truths kept: {})", empty.join(", "), rule.join(", ")));
+    }
+    for subset in subsets.into_iter().filter(|s| !scored_none(s)) {
+        let rows: Vec<&EvalRow> = table.iter().filter(|r| r.section == "imputation" && r.subset == subset).collect();
+        let mut by_method: Vec<(String, Vec<&str>)> = Vec::new();
+        for r in rows.iter().filter(|r| r.value.is_nan()) {
+            match by_method.iter_mut().find(|(m, _)| *m == r.method) {
+                Some((_, v)) => v.push(&r.metric),
+                None => by_method.push((r.method.clone(), vec![&r.metric])),
+            }
+        }
+        for (method, metrics) in by_method {
+            let why = if metrics.iter().all(|m| *m == "pearson" || *m == "spearman") { "a correlation is undefined when the truths or the predictions are all equal" } else { "undefined for these entries" };
+            out.push(format!("imputation `{subset}` {method}: {} nan ({why})", metrics.join(", ")));
+        }
+    }
+    // Latent: per metric, the spaces where it is nan.
+    let mut metrics: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in table.iter().filter(|r| r.section == "latent" && r.value.is_nan()) {
+        match metrics.iter_mut().find(|(m, _)| *m == r.metric) {
+            Some((_, v)) => v.push(&r.subset),
+            None => metrics.push((&r.metric, vec![&r.subset])),
+        }
+    }
+    for (metric, spaces) in metrics {
+        let cells = table.iter().find(|r| r.section == "latent" && r.subset == spaces[0] && r.metric == "n_cells").map(|r| r.value).unwrap_or(f64::NAN);
+        let why = if metric.contains("_within_") {
+            "no --label group holds two or more cells of two or more --sublabel groups".to_string()
+        } else if metric.starts_with("silhouette_") {
+            format!("a silhouette needs two or more --label groups among the {cells} cells scored")
+        } else if metric.starts_with("logistic_accuracy_") || metric.starts_with("knn") {
+            format!("too few cells ({cells}) to hold some out")
+        } else {
+            "undefined for these cells".to_string()
+        };
+        out.push(format!("latent {metric} is nan ({}): {why}", spaces.join(", ")));
+    }
+    out
+}
+
 pub fn rows_tsv(rows: &[EvalRow]) -> String {
     let mut s = String::from("section\tsubset\tmethod\tmetric\tvalue\n");
     for r in rows {
@@ -476,6 +538,37 @@ mod tests {
         assert_eq!(mask_atses(&ds, 0.5, 3).unwrap().1, dropped);
         assert_ne!(mask_atses(&ds, 0.5, 4).unwrap().1, dropped);
         assert!(mask_atses(&ds, 0.0, 3).is_err() && mask_atses(&ds, 1.5, 3).is_err());
+    }
+
+    /// A nan in the table comes with a line saying which metric and why: no entry scored, a constant
+    /// input, a single label group.
+    #[test]
+    fn nan_metrics_are_named_with_their_reason() {
+        let mut t: Vec<EvalRow> = Vec::new();
+        let mut push = |section: &str, subset: &str, method: &str, metric: &str, value: f64| {
+            t.push(EvalRow { section: section.into(), subset: subset.into(), method: method.into(), metric: metric.into(), value })
+        };
+        for m in [METHOD_DM, METHOD_MEANBAYES] {
+            push("imputation", "dropped", m, "n", 0.0);
+            push("imputation", "dropped", m, "pearson", f64::NAN);
+            push("imputation", "observed", m, "n", 5.0);
+            push("imputation", "observed", m, "pearson", if m == METHOD_DM { 0.5 } else { f64::NAN });
+            push("imputation", "observed", m, "rmse", 0.1);
+        }
+        for space in ["joint", "splicing"] {
+            push("latent", space, "splicevi", "n_cells", 200.0);
+            push("latent", space, "splicevi", "silhouette_batch", f64::NAN);
+            push("latent", space, "splicevi", "knn15_accuracy_batch", 0.9);
+        }
+        let filter = TruthFilter { min_atse_count: 100000.0, ..Default::default() };
+        let w = nan_warnings(&t, &filter);
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].starts_with("imputation `dropped`: every metric is nan: no entry is scored") && w[0].contains("ATSE count ≥ 100000 (--min-atse-count)"), "{}", w[0]);
+        assert!(w[1].starts_with("imputation `observed` mean_bayes: pearson nan") && w[1].contains("all equal"), "{}", w[1]);
+        assert!(w[2].starts_with("latent silhouette_batch is nan (joint, splicing)") && w[2].contains("two or more --label groups among the 200 cells"), "{}", w[2]);
+        // nothing nan, nothing said
+        t.retain(|r| !r.value.is_nan() && r.value != 0.0);
+        assert!(nan_warnings(&t, &TruthFilter::default()).is_empty());
     }
 
     /// The in-place mask is the copying one, and unmasking restores the dataset bit for bit.

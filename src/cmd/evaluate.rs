@@ -4,7 +4,7 @@
 
 use super::train::{resolve, OptionFlags, TrainArgs};
 use crate::analysis::differential::write_tsv;
-use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses_in_place, render, unmask_atses, rows, rows_tsv, TruthFilter};
+use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses_in_place, nan_warnings, render, unmask_atses, rows, rows_tsv, TruthFilter};
 use crate::analysis::impute::group_codes;
 use crate::analysis::posterior::{align_batches, Posterior};
 use crate::data::{load::load, DataOptions, Dataset};
@@ -206,6 +206,10 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
     let extra = extra_latent_rows(&args, &post, labels.as_deref(), sublabels.as_deref(), &ds)?;
     table.extend(extra.iter().cloned());
+    // (an undefined metric stays nan in the table; the lines say which and why)
+    for w in nan_warnings(&table, &filter) {
+        eprintln!("warning: evaluate: {w}");
+    }
     write_tsv(&args.out, &rows_tsv(&table))?;
     println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
     for r in &extra {
