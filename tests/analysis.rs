@@ -572,6 +572,7 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["diff-splicing".into(), "--groupby".into(), "subtype".into(), "--group1".into(), "T9_z".into()], "T9_z"),
         (vec!["diff-splicing".into(), "--groupby".into(), "no_such".into()], "no_such"),
         (vec!["diff-expression".into(), "--groupby".into(), "cell_type".into(), "--fdr".into(), "2".into()], "FDR"),
+        (vec!["normalize-expression".into(), "--library-size".into(), "1e300".into()], "--library-size 1e300"),
         (vec!["evaluate".into(), "--label".into(), "nocol".into()], "--label nocol"),
         (vec!["evaluate".into(), "--meanbayes-groupby".into(), "nocol".into()], "--meanbayes-groupby nocol"),
         (vec!["evaluate".into(), "--knn".into(), "500".into()], "at most 160 neighbours"),

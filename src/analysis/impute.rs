@@ -218,11 +218,21 @@ pub struct ExpressionOptions {
     pub compression: Compression,
 }
 
+/// `--library-size`: X is written as f32, px_scale × the library size, so the size must be a positive
+/// normal f32 (1e300 was accepted and wrote inf everywhere; 1e-300 would write zeros).
+pub fn check_library_size(l: f64) -> Result<()> {
+    let f = l as f32;
+    if !(f.is_finite() && f >= f32::MIN_POSITIVE) {
+        bail!("--library-size {l:e}: must be a positive number from {:e} to {:e} (the output is f32)", f32::MIN_POSITIVE, f32::MAX);
+    }
+    Ok(())
+}
+
 /// Normalized expression (px_scale, §7.3) of every cell into `path` (dense X).
 pub fn write_normalized_expression(post: &Posterior, path: &Path, opts: &ExpressionOptions, extra_uns: Vec<(String, UnsValue)>) -> Result<WriteSummary> {
     anyhow::ensure!(opts.block_cells > 0, "the block size must be > 0");
     if let Some(l) = opts.library_size {
-        anyhow::ensure!(l > 0.0 && l.is_finite(), "the library size must be a positive number, got {l}");
+        check_library_size(l)?;
     }
     let ds = post.ds;
     if ds.expression.is_none() {
@@ -259,4 +269,19 @@ pub fn write_normalized_expression(post: &Posterior, path: &Path, opts: &Express
         Ok(())
     })?;
     Ok(WriteSummary { n_cells: n, n_cols: m, n_stored: (n * m) as u64 })
+}
+
+#[cfg(test)]
+mod tests {
+    /// X is f32: a library size outside the positive normal f32 range wrote inf (1e300) or 0 everywhere.
+    #[test]
+    fn library_size_must_be_a_positive_normal_f32() {
+        for ok in [1.0, 1e4, 3e38, 1.2e-38] {
+            super::check_library_size(ok).unwrap();
+        }
+        for bad in [1e300, 1e39, 1e-300, 0.0, -5.0, f64::NAN, f64::INFINITY] {
+            let e = super::check_library_size(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--library-size") && e.contains("(the output is f32)"), "{bad}: {e}");
+        }
+    }
 }

@@ -55,10 +55,9 @@ pub fn compression(level: u8) -> Compression {
 
 pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
+    anyhow::ensure!(args.block_cells >= 1, "--block-cells must be ≥ 1");
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
-    let mut post = o.posterior()?;
-    super::analysis_device(&mut post, device, precision, "impute")?;
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let junctions = match &args.junctions {
         Some(p) => Some(read_name_list(p, &o.ds.splicing.junction_names, "junction")?),
@@ -69,6 +68,9 @@ pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::c
         (true, None) => Some(ObservedIn::Cell),
         (true, Some(col)) => Some(ObservedIn::Group { column: col.clone(), codes: group_codes(&o.ds, col)? }),
     };
+    // (the options are checked above, before the model is set up on its device)
+    let mut post = o.posterior()?;
+    super::analysis_device(&mut post, device, precision, "impute")?;
     let opts = ImputeOptions {
         method: args.method,
         junctions,

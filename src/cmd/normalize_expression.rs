@@ -44,15 +44,22 @@ pub struct NormalizeExpressionArgs {
 
 pub fn run(args: NormalizeExpressionArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
+    anyhow::ensure!(args.block_cells >= 1, "--block-cells must be ≥ 1");
+    if let Some(l) = args.library_size {
+        crate::analysis::impute::check_library_size(l)?;
+    }
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
-    let mut post = o.posterior()?;
-    super::analysis_device(&mut post, device, precision, "normalize-expression")?;
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let genes = match &args.genes {
         Some(p) => Some(read_name_list(p, &o.ds.gene_names, "gene")?),
         None => None,
     };
+    if o.ds.expression.is_none() {
+        anyhow::bail!("{}: no expression modality to normalize", o.ds.source);
+    }
+    let mut post = o.posterior()?;
+    super::analysis_device(&mut post, device, precision, "normalize-expression")?;
     let opts = ExpressionOptions {
         genes,
         decode: DecodeOptions { transform_batch, n_samples: args.n_samples, seed: args.seed },
