@@ -572,7 +572,10 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["diff-splicing".into(), "--groupby".into(), "subtype".into(), "--group1".into(), "T9_z".into()], "T9_z"),
         (vec!["diff-splicing".into(), "--groupby".into(), "no_such".into()], "no_such"),
         (vec!["diff-expression".into(), "--groupby".into(), "cell_type".into(), "--fdr".into(), "2".into()], "FDR"),
+        // a continuous column: one comparison per value, 128 of them, ran silently
+        (vec!["diff-splicing".into(), "--groupby".into(), "library_size".into()], "give --group1"),
         (vec!["normalize-expression".into(), "--library-size".into(), "1e300".into()], "--library-size 1e300"),
+        (vec!["impute".into(), "--observed-only".into(), "--groupby".into(), "nocol".into()], "--groupby nocol"),
         (vec!["evaluate".into(), "--label".into(), "nocol".into()], "--label nocol"),
         (vec!["evaluate".into(), "--meanbayes-groupby".into(), "nocol".into()], "--meanbayes-groupby nocol"),
         (vec!["evaluate".into(), "--knn".into(), "500".into()], "at most 160 neighbours"),
@@ -598,6 +601,7 @@ fn commands_reject_bad_requests_with_clear_errors() {
 /// nothing is half written.
 /// A non-integer count is met with advice the command that printed it can follow.
 /// Metrics that come out nan say why.
+/// `--group2` alone compares every other group with it.
 #[test]
 fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     let tmp = tempfile::tempdir().unwrap();
@@ -643,6 +647,18 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     assert!(e.contains("ds.volcano.svg (the picture beside --out") && !e.contains("vs Rest"), "{e}");
     assert!(!p("o4/ds.tsv").exists());
     ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(groups).arg("--no-plots").arg("--out").arg(p("o4/ds.tsv")));
+
+    // --group2 alone: every other group against it (it said "group 1 and group 2 are both `T2`").
+    for cmd in ["diff-splicing", "diff-expression"] {
+        let out = p(&format!("{cmd}_vs_T2.tsv"));
+        let plots: &[&str] = if cmd == "diff-splicing" { &["--no-plots"] } else { &[] };
+        let said = ok(bin().arg(cmd).arg(&run).arg(&data).args(["--groupby", "cell_type", "--group2", "T2", "--n-samples-overall", "100"]).args(plots).arg("--out").arg(&out));
+        assert!(said.contains("T0 vs T2") && said.contains("T1 vs T2") && !said.contains("T2 vs T2"), "{cmd}: {said}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        let mut cmps: Vec<&str> = text.lines().skip(1).map(|l| l.split('\t').rev().nth(2).unwrap()).collect();
+        cmps.dedup();
+        assert_eq!(cmps, ["T0 vs T2", "T1 vs T2"], "{cmd}");
+    }
 
     // Non-integer splicing counts: the analyses take their data options from the run, so the advice
     // is the run's setting, not a flag they do not accept; evaluate --train does accept the flag.

@@ -100,52 +100,153 @@ pub struct Comparison {
     pub idx2: Vec<usize>,
 }
 
-/// The comparisons of `--groupby COL --group1 A [--group2 B]`: group 2 defaults to every other cell;
-/// without group 1, every category against the rest (categories in the column's order, or sorted as
-/// pandas' `astype("category")` does for non-categorical columns).
+/// Most groups a `--groupby` column may hold when no --group1 is given (each group is then one
+/// comparison: a continuous or per-cell column would silently run hundreds).
+pub const MAX_GROUPS_WITHOUT_GROUP1: usize = 100;
+
+/// The groups of a `--groupby` column: level names in pandas' `astype("category")` order (categories
+/// in the column's order, numbers ascending, text sorted), and each cell's level (None: missing).
+struct Groups {
+    names: Vec<String>,
+    of_cell: Vec<Option<usize>>,
+    /// A numeric column's level values: a group given as `214.0` is the level `214`.
+    values: Option<Vec<f64>>,
+}
+
+impl Groups {
+    fn of(col: &ObsColumn) -> Groups {
+        match col {
+            ObsColumn::Categorical { categories, codes } => {
+                let used: Vec<usize> = (0..categories.len()).filter(|&i| codes.contains(&(i as i32))).collect();
+                let mut level = vec![None; categories.len()];
+                used.iter().enumerate().for_each(|(l, &c)| level[c] = Some(l));
+                let of_cell = codes.iter().map(|&c| if c < 0 { None } else { level[c as usize] }).collect();
+                Groups { names: used.iter().map(|&c| categories[c].clone()).collect(), of_cell, values: None }
+            }
+            ObsColumn::Numeric(v) => {
+                // (NaN is missing, as pandas leaves it out of the categories)
+                let mut u: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+                u.sort_by(f64::total_cmp);
+                u.dedup();
+                let of_cell = v.iter().map(|x| u.binary_search_by(|y| y.total_cmp(x)).ok()).collect();
+                Groups { names: u.iter().map(|x| format!("{x}")).collect(), of_cell, values: Some(u) }
+            }
+            _ => {
+                let values = col.as_strings();
+                let mut u = values.clone();
+                u.sort();
+                u.dedup();
+                let of_cell = values.iter().map(|x| u.binary_search(x).ok()).collect();
+                Groups { names: u, of_cell, values: None }
+            }
+        }
+    }
+
+    /// The level `g` names: by value in a numeric column, else by name.
+    fn find(&self, g: &str) -> Option<usize> {
+        match &self.values {
+            Some(v) => g.trim().parse::<f64>().ok().and_then(|x| v.iter().position(|&y| y == x)),
+            None => self.names.iter().position(|n| n == g),
+        }
+    }
+
+    fn members(&self, level: usize) -> Vec<usize> {
+        self.of_cell.iter().enumerate().filter(|(_, l)| **l == Some(level)).map(|(i, _)| i).collect()
+    }
+
+    /// The level names for an error message, in natural order (`T2` before `T10`, numbers by value).
+    fn listed(&self) -> String {
+        let mut v: Vec<&str> = self.names.iter().map(|s| s.as_str()).collect();
+        if self.values.is_none() {
+            v.sort_by(|a, b| natural_cmp(a, b));
+        }
+        v.join(", ")
+    }
+}
+
+/// Natural order of two names: runs of digits compare by value, everything else as text.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    // maximal runs of ASCII digits and of everything else (a digit byte is always a char boundary)
+    fn runs(s: &str) -> Vec<&str> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 1..=b.len() {
+            if i == b.len() || b[i].is_ascii_digit() != b[i - 1].is_ascii_digit() {
+                out.push(&s[start..i]);
+                start = i;
+            }
+        }
+        out
+    }
+    let (ra, rb) = (runs(a), runs(b));
+    for (x, y) in ra.iter().zip(&rb) {
+        let o = if x.as_bytes()[0].is_ascii_digit() && y.as_bytes()[0].is_ascii_digit() {
+            let (nx, ny) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+            nx.len().cmp(&ny.len()).then_with(|| nx.cmp(ny))
+        } else {
+            x.cmp(y)
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    // (then the shorter first; `01` and `1` by their text)
+    ra.len().cmp(&rb.len()).then_with(|| a.cmp(b))
+}
+
+/// The comparisons of `--groupby COL [--group1 A] [--group2 B]`: group 2 defaults to every other cell;
+/// without group 1, every group in turn (in pandas' `astype("category")` order: categories in the
+/// column's order, numbers ascending, text sorted) against group 2, or against the rest. (scvi's
+/// `_de_core` loops over every group against group 2 as well, group 2 itself included; that
+/// self-comparison is left out here.) A numeric column's groups are matched by value (`214.0` is
+/// `214`); a column with non-integer numbers is refused (a measurement, not groups), as is one with
+/// more than [`MAX_GROUPS_WITHOUT_GROUP1`] groups when --group1 is not given.
 pub fn comparisons(ds: &Dataset, groupby: &str, group1: Option<&str>, group2: Option<&str>) -> Result<Vec<Comparison>> {
     let Some(col) = ds.obs_column(groupby) else {
         let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
-        bail!("{}: no obs column `{groupby}` (columns: {})", ds.source, names.join(", "));
+        bail!("--groupby {groupby}: {}: no obs column `{groupby}` (columns: {})", ds.source, names.join(", "));
     };
-    let values = col.as_strings();
-    let categories: Vec<String> = match col {
-        ObsColumn::Categorical { categories, codes } => {
-            categories.iter().enumerate().filter(|(i, _)| codes.contains(&(*i as i32))).map(|(_, c)| c.clone()).collect()
-        }
-        _ => {
-            let mut u: Vec<String> = values.clone();
-            u.sort();
-            u.dedup();
-            u
+    if let Some(x) = col.first_non_integer() {
+        bail!("--groupby {groupby}: {}: `{groupby}` holds non-integer numbers (e.g. {x}), a measurement rather than groups of cells; group by a categorical column", ds.source);
+    }
+    let groups = Groups::of(col);
+    let find = |flag: &str, g: &str| -> Result<usize> {
+        match groups.find(g) {
+            Some(l) => Ok(l),
+            None => bail!("{flag} {g}: {}: obs column `{groupby}` has no cell in group `{g}` (groups: {})", ds.source, groups.listed()),
         }
     };
-    let members = |g: &str| -> Vec<usize> { values.iter().enumerate().filter(|(_, v)| v.as_str() == g).map(|(i, _)| i).collect() };
-    let check = |g: &str| -> Result<Vec<usize>> {
-        let m = members(g);
-        if m.is_empty() {
-            bail!("{}: obs column `{groupby}` has no cell in group `{g}` (groups: {})", ds.source, categories.join(", "));
-        }
-        Ok(m)
-    };
-    let firsts: Vec<String> = match group1 {
-        Some(g) => vec![g.to_string()],
+    let l2 = group2.map(|g| find("--group2", g)).transpose()?;
+    let firsts: Vec<usize> = match group1 {
+        Some(g) => vec![find("--group1", g)?],
         None => {
-            if categories.len() < 2 {
-                bail!("{}: obs column `{groupby}` has a single group; nothing to compare", ds.source);
+            let n = groups.names.len();
+            if n < 2 {
+                bail!("--groupby {groupby}: {}: obs column `{groupby}` has a single group; nothing to compare", ds.source);
             }
-            categories.clone()
+            if n > MAX_GROUPS_WITHOUT_GROUP1 {
+                bail!(
+                    "--groupby {groupby}: {}: `{groupby}` has {n} groups; without --group1 each would be compared in turn ({} comparisons): give --group1 (at most {MAX_GROUPS_WITHOUT_GROUP1} groups without it)",
+                    ds.source,
+                    n - usize::from(l2.is_some())
+                );
+            }
+            // with --group2: every other group against it
+            (0..n).filter(|&l| Some(l) != l2).collect()
         }
     };
     let mut out = Vec::new();
-    for g1 in firsts {
-        if group2 == Some(g1.as_str()) {
+    for l1 in firsts {
+        let g1 = groups.names[l1].clone();
+        if Some(l1) == l2 {
             bail!("{}: group 1 and group 2 are both `{g1}` in `{groupby}`; nothing to compare", ds.source);
         }
-        let idx1 = check(&g1)?;
-        let (name2, idx2) = match group2 {
-            Some(g2) => (g2.to_string(), check(g2)?),
-            None => ("Rest".to_string(), (0..ds.n_cells()).filter(|&i| values[i] != g1).collect()),
+        let idx1 = groups.members(l1);
+        let (name2, idx2) = match l2 {
+            Some(l) => (groups.names[l].clone(), groups.members(l)),
+            None => ("Rest".to_string(), (0..ds.n_cells()).filter(|&i| groups.of_cell[i] != Some(l1)).collect()),
         };
         if idx2.is_empty() {
             bail!("{}: group 2 of `{g1}` vs `{name2}` in `{groupby}` is empty", ds.source);
@@ -364,6 +465,77 @@ mod tests {
         assert_eq!(fmt_f64(1e-10), "1e-10");
         assert_eq!(fmt_f64(-2.5e-7), "-2.5e-7");
         assert_eq!(fmt_f64(0.0), "0");
+    }
+
+    fn with_obs(n: usize, obs: Vec<(&str, ObsColumn)>) -> Dataset {
+        Dataset {
+            source: "d.h5mu".into(),
+            cell_names: (0..n).map(|i| format!("c{i}")).collect(),
+            obs: obs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn pairs(c: &[Comparison]) -> Vec<(String, String, usize, usize)> {
+        c.iter().map(|c| (c.group1.clone(), c.group2.clone(), c.idx1.len(), c.idx2.len())).collect()
+    }
+
+    /// `--group2 B` without `--group1`: every other group against B (scvi loops over every group, B
+    /// itself included; it said "group 1 and group 2 are both B" here).
+    #[test]
+    fn group2_alone_compares_every_other_group_with_it() {
+        let t = |v: &[&str]| ObsColumn::Text(v.iter().map(|s| s.to_string()).collect());
+        let ds = with_obs(6, vec![("g", t(&["T0", "T1", "T2", "T2", "T1", "T0"]))]);
+        let c = comparisons(&ds, "g", None, Some("T2")).unwrap();
+        assert_eq!(pairs(&c), vec![("T0".into(), "T2".into(), 2, 2), ("T1".into(), "T2".into(), 2, 2)]);
+        assert_eq!(c[1].idx1, vec![1, 4]);
+        assert_eq!(pairs(&comparisons(&ds, "g", None, None).unwrap()).len(), 3);
+        let e = comparisons(&ds, "g", Some("T2"), Some("T2")).unwrap_err().to_string();
+        assert!(e.contains("both `T2`"), "{e}");
+        let e = comparisons(&ds, "g", None, Some("T9")).unwrap_err().to_string();
+        assert!(e.starts_with("--group2 T9") && e.contains("groups: T0, T1, T2"), "{e}");
+        let two = with_obs(2, vec![("g", t(&["a", "b"]))]);
+        assert_eq!(pairs(&comparisons(&two, "g", None, Some("b")).unwrap()), vec![("a".into(), "b".into(), 1, 1)]);
+    }
+
+    /// A numeric column: groups by value (`214.0` is `214`), listed and compared in numeric order; a
+    /// column of non-integer numbers (a measurement) is refused, and so is a column of more than
+    /// MAX_GROUPS_WITHOUT_GROUP1 groups without --group1 (it ran one comparison per value).
+    #[test]
+    fn numeric_and_many_level_groupby_columns() {
+        let ds = with_obs(5, vec![("n", ObsColumn::Numeric(vec![214.0, 9.0, 10.0, 214.0, f64::NAN]))]);
+        let c = comparisons(&ds, "n", Some("214.0"), None).unwrap();
+        assert_eq!(pairs(&c), vec![("214".into(), "Rest".into(), 2, 3)]);
+        assert_eq!(c[0].idx1, vec![0, 3]);
+        assert_eq!(pairs(&comparisons(&ds, "n", Some("9"), Some("2.14e2")).unwrap()), vec![("9".into(), "214".into(), 1, 2)]);
+        let all: Vec<String> = comparisons(&ds, "n", None, None).unwrap().into_iter().map(|c| c.group1).collect();
+        assert_eq!(all, ["9", "10", "214"], "numeric groups in numeric order, NaN in none");
+        let e = comparisons(&ds, "n", Some("11"), None).unwrap_err().to_string();
+        assert!(e.contains("groups: 9, 10, 214"), "{e}");
+        let e = comparisons(&ds, "n", Some("214"), Some("214.0")).unwrap_err().to_string();
+        assert!(e.contains("both `214`"), "{e}");
+
+        let cont = with_obs(3, vec![("library_size", ObsColumn::Numeric(vec![1234.5, 2000.0, 17.25]))]);
+        for g1 in [None, Some("2000")] {
+            let e = comparisons(&cont, "library_size", g1, None).unwrap_err().to_string();
+            assert!(e.contains("non-integer numbers (e.g. 1234.5)"), "{e}");
+        }
+        let n = MAX_GROUPS_WITHOUT_GROUP1 + 1;
+        let many = with_obs(n, vec![("id", ObsColumn::Text((0..n).map(|i| format!("cell{i}")).collect()))]);
+        let e = comparisons(&many, "id", None, None).unwrap_err().to_string();
+        assert!(e.contains(&format!("{n} groups")) && e.contains("give --group1"), "{e}");
+        assert_eq!(comparisons(&many, "id", Some("cell7"), None).unwrap().len(), 1);
+        let e = comparisons(&many, "id", Some("nope"), None).unwrap_err().to_string();
+        assert!(e.contains("groups: cell0, cell1, cell2, cell3"), "natural order: {e}");
+        let few = with_obs(n - 1, vec![("id", ObsColumn::Text((0..n - 1).map(|i| format!("cell{i}")).collect()))]);
+        assert_eq!(comparisons(&few, "id", None, None).unwrap().len(), n - 1);
+    }
+
+    #[test]
+    fn natural_order_compares_digit_runs_by_value() {
+        let mut v = vec!["T10", "T2", "T1_b", "T1_a", "b", "a10", "a9", "x01", "x1", ""];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(v, ["", "T1_a", "T1_b", "T2", "T10", "a9", "a10", "b", "x01", "x1"]);
     }
 
     #[test]

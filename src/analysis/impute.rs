@@ -76,6 +76,9 @@ pub fn group_codes(ds: &Dataset, column: &str) -> Result<Vec<u32>> {
         let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
         bail!("{}: no obs column `{column}` (columns: {})", ds.source, names.join(", "));
     };
+    if let Some(x) = col.first_non_integer() {
+        bail!("{}: `{column}` holds non-integer numbers (e.g. {x}), a measurement rather than groups of cells; give a categorical column", ds.source);
+    }
     let values = col.as_strings();
     let mut seen: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     Ok(values

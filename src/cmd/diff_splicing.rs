@@ -11,13 +11,16 @@ use std::path::PathBuf;
 /// Group and test options shared by diff-splicing and diff-expression.
 #[derive(Args, Debug, Clone)]
 pub struct GroupArgs {
-    /// obs column defining the groups.
+    /// obs column defining the groups (categorical, text or integer-valued; a group of a numeric
+    /// column is named by its value, `214` or `214.0`).
     #[arg(long)]
     pub groupby: String,
-    /// Group 1 (default: every group in turn, each against the rest).
+    /// Group 1 (default: every group in turn, each against --group2 or the rest; at most 100 groups
+    /// without it).
     #[arg(long)]
     pub group1: Option<String>,
-    /// Group 2 (default: every cell not in group 1).
+    /// Group 2 (default: every cell not in group 1). Without --group1: every other group in turn
+    /// against this one.
     #[arg(long)]
     pub group2: Option<String>,
     /// Posterior-expected FDR target of the calls.

@@ -88,6 +88,14 @@ impl ObsColumn {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// A numeric column's first finite value that is not an integer: such a column holds a measurement
+    /// (a library size, a score), not groups of cells.
+    pub fn first_non_integer(&self) -> Option<f64> {
+        match self {
+            ObsColumn::Numeric(v) => v.iter().copied().find(|x| x.is_finite() && x.fract() != 0.0),
+            _ => None,
+        }
+    }
     /// The column as strings (categorical labels, numbers formatted, text as is).
     pub fn as_strings(&self) -> Vec<String> {
         match self {
