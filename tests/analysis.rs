@@ -571,7 +571,9 @@ fn commands_reject_bad_requests_with_clear_errors() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["diff-splicing".into(), "--groupby".into(), "subtype".into(), "--group1".into(), "T9_z".into()], "T9_z"),
         (vec!["diff-splicing".into(), "--groupby".into(), "no_such".into()], "no_such"),
-        (vec!["diff-expression".into(), "--groupby".into(), "cell_type".into(), "--fdr".into(), "2".into()], "FDR"),
+        (vec!["diff-expression".into(), "--groupby".into(), "cell_type".into(), "--fdr".into(), "2".into()], "--fdr (the FDR target) must be in [0, 1]"),
+        (vec!["diff-expression".into(), "--groupby".into(), "cell_type".into(), "--n-samples-overall".into(), "0".into()], "--n-samples-overall"),
+        (vec!["diff-splicing".into(), "--groupby".into(), "cell_type".into(), "--delta".into(), "-1".into()], "--delta"),
         // a continuous column: one comparison per value, 128 of them, ran silently
         (vec!["diff-splicing".into(), "--groupby".into(), "library_size".into()], "give --group1"),
         (vec!["normalize-expression".into(), "--library-size".into(), "1e300".into()], "--library-size 1e300"),

@@ -342,6 +342,11 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
         both(&re.join(name));
     }
     assert!(both(&re.join("volcano")).1.contains("called at FDR 0.5 (from proba_ds only)"));
+    // --fdr takes diff-splicing's range: 1 calls every junction (it was refused as outside (0, 1)).
+    ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")).args(["--fdr", "1", "--out"]).arg(re.join("volcano1")));
+    assert!(both(&re.join("volcano1")).1.contains("called at FDR 1 (from proba_ds only) (300)"));
+    let out = bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")).args(["--fdr", "1.5", "--out"]).arg(re.join("volcano2")).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--fdr (the FDR target) must be in [0, 1], got 1.5"));
     assert!(both(&re.join("embedding")).1.contains("obsm[X_splicevi_expression]"));
     std::fs::remove_file(d.join("ds.volcano.png")).unwrap();
     ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")));

@@ -77,15 +77,16 @@ impl ChangeOptions {
         }
     }
     pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(self.delta >= 0.0 && self.delta.is_finite(), "delta must be a finite number ≥ 0, got {}", self.delta);
-        anyhow::ensure!((0.0..=1.0).contains(&self.fdr), "the FDR target must be in [0, 1], got {}", self.fdr);
-        anyhow::ensure!(self.n_samples_overall > 0, "the number of samples must be > 0");
-        anyhow::ensure!(self.block_cells > 0, "the block size must be > 0");
+        // (the messages name the flags of diff-splicing and diff-expression, which set these)
+        anyhow::ensure!(self.delta >= 0.0 && self.delta.is_finite(), "--delta must be a finite number ≥ 0, got {}", self.delta);
+        anyhow::ensure!((0.0..=1.0).contains(&self.fdr), "--fdr (the FDR target) must be in [0, 1], got {}", self.fdr);
+        anyhow::ensure!(self.n_samples_overall > 0, "--n-samples-overall (posterior samples per group) must be > 0");
+        anyhow::ensure!(self.block_cells > 0, "--block-cells must be > 0");
         if !self.batch_correction && (self.batchid1.is_some() || self.batchid2.is_some()) {
-            bail!("batchid1 / batchid2 need batch correction (the original raises \"Unconsistent batch policy\")");
+            bail!("--batchid1 / --batchid2 need --batch-correction (the original raises \"Unconsistent batch policy\")");
         }
         if let Some(p) = self.max_emp_pvalue {
-            anyhow::ensure!(p > 0.0 && p <= 1.0, "the empirical p-value bound must be in (0, 1], got {p}");
+            anyhow::ensure!(p > 0.0 && p <= 1.0, "--max-emp-pvalue (the empirical p-value bound) must be in (0, 1], got {p}");
         }
         Ok(())
     }

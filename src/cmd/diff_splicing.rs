@@ -23,7 +23,7 @@ pub struct GroupArgs {
     /// against this one.
     #[arg(long)]
     pub group2: Option<String>,
-    /// Posterior-expected FDR target of the calls.
+    /// Posterior-expected FDR target of the calls, in [0, 1] (1 calls every tested feature).
     #[arg(long, default_value_t = 0.05)]
     pub fdr: f64,
     /// Decode every sample under each batch in turn (pairs formed within a batch) instead of its own

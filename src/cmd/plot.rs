@@ -32,7 +32,8 @@ pub enum PlotKind {
     /// Volcano plot of a diff-splicing TSV: ΔPSI vs log10 Bayes factor, FDR calls highlighted.
     Volcano {
         ds_tsv: PathBuf,
-        /// Call hits from proba_ds at this posterior-expected FDR (default: the table's is_ds_fdr).
+        /// Call hits from proba_ds at this posterior-expected FDR, in [0, 1] as diff-splicing's --fdr
+        /// (default: the table's is_ds_fdr).
         #[arg(long)]
         fdr: Option<f64>,
         /// Output prefix (default: DS_TSV without .tsv, then .volcano).
@@ -69,7 +70,8 @@ pub fn run(args: PlotArgs) -> Result<()> {
         }
         PlotKind::Volcano { ds_tsv, fdr, out } => {
             if let Some(f) = fdr {
-                anyhow::ensure!(f > 0.0 && f < 1.0, "--fdr must be in (0, 1), got {f}");
+                // (the range of diff-splicing's --fdr: 1 calls every junction, 0 those with P = 1)
+                anyhow::ensure!((0.0..=1.0).contains(&f), "--fdr (the FDR target) must be in [0, 1], got {f}");
             }
             let fig = Volcano::from_file(&ds_tsv, fdr).with_context(|| format!("{}", ds_tsv.display()))?;
             written(&fig, &out.unwrap_or_else(|| prefix_beside(&ds_tsv, "volcano")))
