@@ -27,6 +27,25 @@ fn valid_opts() -> DataOptions {
     }))
 }
 
+/// `splicevi simulate --size toy --seed SEED --out OUT`.
+fn simulate_toy(seed: u64, out: &std::path::Path) {
+    let sim = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["simulate", "--size", "toy", "--seed", &seed.to_string(), "--out"]).arg(out).output().unwrap();
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+}
+
+/// Runs a python script (`python -c SCRIPT ARGS`): true when it succeeded; false, after a SKIPPED line,
+/// when it could not run and SPLICEVI_SKIP_PYTHON=1; a panic naming `needs` otherwise.
+fn python_script(script: &str, args: &[&std::path::Path], needs: &str) -> bool {
+    match Command::new(harness::python()).arg("-c").arg(script).args(args).output() {
+        Ok(o) if o.status.success() => true,
+        _ if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => {
+            eprintln!("SKIPPED: python with {needs} (SPLICEVI_SKIP_PYTHON=1)");
+            false
+        }
+        o => panic!("python with {needs}: {o:?}"),
+    }
+}
+
 /// Dense cells × junctions k, n, psi and the observation mask rebuilt from the entries.
 type Dense = Vec<Vec<f64>>;
 
@@ -175,8 +194,7 @@ with h5py.File(sys.argv[2], "r+") as f:
             del f[p]
 print("ok")
 "#;
-    let out = Command::new(harness::python()).arg("-c").arg(script).arg(g.path("mixed.h5mu")).arg(&bare).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(python_script(script, &[&g.path("mixed.h5mu"), &bare], "h5py"));
     let ds = load(&bare, &valid_opts()).unwrap();
     let ln = harness::matrix(&g.expected["expression"]);
     let sums: Vec<f32> = ln.iter().map(|r| r.iter().sum::<f64>() as f32).collect();
@@ -425,8 +443,7 @@ fn a_dataset_without_cells_is_refused() {
 fn global_obs_rows_follow_the_cells_by_name_and_a_named_size_factor_key_must_exist() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n);
-    let sim = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["simulate", "--size", "toy", "--seed", "3", "--out"]).arg(p("base.h5mu")).output().unwrap();
-    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    simulate_toy(3, &p("base.h5mu"));
     // gperm: the global obs index, its columns and obsm permuted together (the same data);
     // obsm_only: only the obsm rows permuted (other size factors for the same cells)
     let script = r#"
@@ -454,11 +471,8 @@ for path, whole in ((gperm, True), (obsm_only, False)):
                     put(f"obs/{k}", v[:][perm])
 print("ok")
 "#;
-    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("base.h5mu")).arg(p("gperm.h5mu")).arg(p("obsm_only.h5mu")).output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        _ if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => return eprintln!("SKIPPED: python with h5py (SPLICEVI_SKIP_PYTHON=1)"),
-        o => panic!("python with h5py: {o:?}"),
+    if !python_script(script, &[&p("base.h5mu"), &p("gperm.h5mu"), &p("obsm_only.h5mu")], "h5py") {
+        return;
     }
     let opts = DataOptions { batch_key: Some("batch".into()), ..DataOptions::default() };
     let (base, gperm, obsm_only) = (load(&p("base.h5mu"), &opts).unwrap(), load(&p("gperm.h5mu"), &opts).unwrap(), load(&p("obsm_only.h5mu"), &opts).unwrap());
@@ -488,8 +502,7 @@ with h5py.File(sys.argv[2], "r+") as f:
         obs.attrs["column-order"] = list(obs.attrs["column-order"]) + ["b2"]
 print("ok")
 "#;
-    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("base.h5mu")).arg(p("b2.h5mu")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(python_script(script, &[&p("base.h5mu"), &p("b2.h5mu")], "h5py"));
     let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(p("b2.h5mu")).args(["--batch-key", "b2"]).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
@@ -506,8 +519,7 @@ print("ok")
 fn lzf_files_load_and_other_filters_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n);
-    let sim = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["simulate", "--size", "toy", "--seed", "5", "--out"]).arg(p("gzip.h5mu")).output().unwrap();
-    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    simulate_toy(5, &p("gzip.h5mu"));
     let script = r#"
 import sys, warnings, mudata, h5py
 warnings.simplefilter("ignore")
@@ -526,20 +538,15 @@ with h5py.File(sys.argv[3], "r+") as f:
         f[name].attrs.update(attrs)
 print("ok")
 "#;
-    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("gzip.h5mu")).arg(p("lzf.h5mu")).arg(p("f16.h5mu")).output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let opts = DataOptions::default();
-            let a = load(&p("gzip.h5mu"), &opts).unwrap();
-            for other in ["lzf.h5mu", "f16.h5mu"] {
-                let b = load(&p(other), &opts).unwrap();
-                assert_eq!((&a.expression, &a.library_size, &a.cell_names, &a.gene_names), (&b.expression, &b.library_size, &b.cell_names, &b.gene_names), "{other}");
-                let (s, t) = (&a.splicing, &b.splicing);
-                assert_eq!((&s.indptr, &s.junction, &s.k, &s.n, &s.psi, &s.junc2atse), (&t.indptr, &t.junction, &t.k, &t.n, &t.psi, &t.junc2atse), "{other}");
-            }
+    if python_script(script, &[&p("gzip.h5mu"), &p("lzf.h5mu"), &p("f16.h5mu")], "mudata (the lzf and f16 half)") {
+        let opts = DataOptions::default();
+        let a = load(&p("gzip.h5mu"), &opts).unwrap();
+        for other in ["lzf.h5mu", "f16.h5mu"] {
+            let b = load(&p(other), &opts).unwrap();
+            assert_eq!((&a.expression, &a.library_size, &a.cell_names, &a.gene_names), (&b.expression, &b.library_size, &b.cell_names, &b.gene_names), "{other}");
+            let (s, t) = (&a.splicing, &b.splicing);
+            assert_eq!((&s.indptr, &s.junction, &s.k, &s.n, &s.psi, &s.junc2atse), (&t.indptr, &t.junction, &t.k, &t.n, &t.psi, &t.junc2atse), "{other}");
         }
-        _ if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => eprintln!("SKIPPED the lzf half: python with mudata (SPLICEVI_SKIP_PYTHON=1)"),
-        o => panic!("python with mudata: {o:?}"),
     }
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     for (file, field, filter) in [("blosc_layer.h5ad", "layers/cell_by_junction_matrix", "filter 32001 (blosc)"), ("zstd_index.h5ad", "obs/_index", "an HDF5 filter")] {
@@ -554,8 +561,7 @@ print("ok")
 fn malformed_files_name_the_file_the_field_and_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n);
-    let sim = Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["simulate", "--size", "toy", "--seed", "8", "--out"]).arg(p("base.h5mu")).output().unwrap();
-    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    simulate_toy(8, &p("base.h5mu"));
     let script = r#"
 import sys, shutil, h5py, numpy as np, warnings, mudata
 warnings.simplefilter("ignore")
@@ -589,11 +595,8 @@ variant("jdup", jdup)
 mudata.read_h5mu(base).mod["splicing"].write_h5ad(f"{d}/splicing_only.h5ad")
 print("ok")
 "#;
-    let out = Command::new(harness::python()).arg("-c").arg(script).arg(p("base.h5mu")).arg(tmp.path()).output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        _ if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => return eprintln!("SKIPPED: python with h5py and mudata (SPLICEVI_SKIP_PYTHON=1)"),
-        o => panic!("python with h5py and mudata: {o:?}"),
+    if !python_script(script, &[&p("base.h5mu"), tmp.path()], "h5py and mudata") {
+        return;
     }
     // A junction_id column that repeats a name gives way to the var index (names must be unique).
     let base = load(&p("base.h5mu"), &DataOptions::default()).unwrap();

@@ -338,7 +338,7 @@ pub fn weight_table_rows(run_dir: &std::path::Path, ds: &Dataset, model: &Splice
     }
     let n_obs = model.dims.n_obs;
     let trained = crate::train::trainer::read_run_features(run_dir)?.map(|f| f.cells).unwrap_or_default();
-    let rows: Vec<u32> = if trained.is_empty() {
+    if trained.is_empty() {
         if ds.n_cells() == n_obs {
             eprintln!(
                 "note: {} does not record its training cells (it predates that): the cells of {} read the per-cell modality weights by position",
@@ -354,19 +354,19 @@ pub fn weight_table_rows(run_dir: &std::path::Path, ds: &Dataset, model: &Splice
             ds.n_cells()
         );
         return Ok(Some(vec![u32::MAX; ds.n_cells()]));
-    } else if trained == ds.cell_names {
+    }
+    if trained == ds.cell_names {
         return Ok(Some((0..n_obs as u32).collect()));
-    } else {
-        anyhow::ensure!(trained.len() == n_obs, "{}: {} training cells for a weight table of {n_obs} rows", run_dir.display(), trained.len());
-        // a name the training data holds twice names no single row: the mean row
-        let mut row_of: std::collections::HashMap<&str, u32> = std::collections::HashMap::with_capacity(n_obs);
-        for (r, name) in trained.iter().enumerate() {
-            if row_of.insert(name.as_str(), r as u32).is_some() {
-                row_of.insert(name.as_str(), u32::MAX);
-            }
+    }
+    anyhow::ensure!(trained.len() == n_obs, "{}: {} training cells for a weight table of {n_obs} rows", run_dir.display(), trained.len());
+    // a name the training data holds twice names no single row: the mean row
+    let mut row_of: std::collections::HashMap<&str, u32> = std::collections::HashMap::with_capacity(n_obs);
+    for (r, name) in trained.iter().enumerate() {
+        if row_of.insert(name.as_str(), r as u32).is_some() {
+            row_of.insert(name.as_str(), u32::MAX);
         }
-        ds.cell_names.iter().map(|c| row_of.get(c.as_str()).copied().unwrap_or(u32::MAX)).collect()
-    };
+    }
+    let rows: Vec<u32> = ds.cell_names.iter().map(|c| row_of.get(c.as_str()).copied().unwrap_or(u32::MAX)).collect();
     let unseen = rows.iter().filter(|&&r| r == u32::MAX).count();
     if unseen > 0 {
         eprintln!(

@@ -447,22 +447,18 @@ fn cell_parts(m: &SpliceVae, batch: &Batch, opts: &StepOptions, mask_e_host: &[b
     // back to its row (`cell`).
     let iota: Vec<i32> = (0..=b as i32).collect();
     let (w_row, w_grad, w_mean, w_mixed) = match (cfg.modality_weights, &batch.cell_idx) {
-        (ModalityWeights::Cell, Some(ci)) if ci.contains(&u32::MAX) && !ci.iter().all(|&r| r == u32::MAX) => {
-            // unseen cells (u32::MAX) read row n_obs, the mean row the forward appends
+        (ModalityWeights::Cell, Some(ci)) if !ci.iter().all(|&r| r == u32::MAX) => {
             let n_obs = m.dims.n_obs;
             if let Some((i, &r)) = ci.iter().enumerate().find(|(_, &r)| r != u32::MAX && r as usize >= n_obs) {
                 bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
             }
-            (ci.iter().map(|&r| if r == u32::MAX { n_obs as i32 } else { r as i32 }).collect(), None, false, true)
-        }
-        (ModalityWeights::Cell, Some(ci)) if !ci.iter().all(|&r| r == u32::MAX) => {
-            let n_obs = m.dims.n_obs;
-            if let Some((i, &r)) = ci.iter().enumerate().find(|(_, &r)| r as usize >= n_obs) {
-                bail!("cell {i} has cell_idx {r} but the per-cell weight table has {n_obs} rows");
+            if ci.contains(&u32::MAX) {
+                // unseen cells (u32::MAX) read row n_obs, the mean row the forward appends
+                (ci.iter().map(|&r| if r == u32::MAX { n_obs as i32 } else { r as i32 }).collect(), None, false, true)
+            } else {
+                let (ptr, ids) = group_by(ci, n_obs);
+                (ci.iter().map(|&r| r as i32).collect(), Some((ptr, ids, vec![1f32; b])), false, false)
             }
-            let rows: Vec<i32> = ci.iter().map(|&r| r as i32).collect();
-            let (ptr, ids) = group_by(ci, n_obs);
-            (rows, Some((ptr, ids, vec![1f32; b])), false, false)
         }
         // no cell seen in training (no cell_idx, or every one u32::MAX)
         (ModalityWeights::Cell, _) => {

@@ -104,17 +104,18 @@ pub fn read_run_features(dir: &Path) -> Result<Option<RunFeatures>> {
 }
 
 /// Checks `ds` against the features of the run in `dir`. Runs written before `features.json` existed
-/// have none: only their sizes are checked (by the callers), and a warning says so.
-pub fn check_run_features(dir: &Path, ds: &Dataset) -> Result<()> {
+/// have none: only their sizes are checked (by the callers), and a warning says so. Returns the
+/// features checked.
+pub fn check_run_features(dir: &Path, ds: &Dataset) -> Result<Option<RunFeatures>> {
     match read_run_features(dir)? {
-        Some(f) => f.check(ds, dir),
+        Some(f) => f.check(ds, dir).map(|_| Some(f)),
         None => {
             eprintln!(
                 "warning: {} has no {FEATURES_FILE} (the run predates it): only the numbers of genes, junctions and ATSEs of {} are checked against the run, not their names and order",
                 dir.display(),
                 ds.source
             );
-            Ok(())
+            Ok(None)
         }
     }
 }
@@ -311,9 +312,8 @@ impl<'a> Trainer<'a> {
         if let Some(diff) = dims_difference(&dims_of(ds), &run.dims) {
             bail!("{}: the data differs from the run {} in {diff}", ds.source, dir.display());
         }
-        check_run_features(dir, ds)?;
         // `cell` modality weights: the table's rows are the training cells, in order.
-        if let Some(f) = read_run_features(dir)?.filter(|f| !f.cells.is_empty()) {
+        if let Some(f) = check_run_features(dir, ds)?.filter(|f| !f.cells.is_empty()) {
             if let Some(i) = (0..f.cells.len().max(ds.n_cells())).find(|&i| f.cells.get(i) != ds.cell_names.get(i)) {
                 bail!(
                     "{}: cell {i} is `{}`, but the run {} (modality weights `cell`: a weight row per training cell) was trained with `{}` there; --resume needs the training cells in the same order",
