@@ -223,6 +223,26 @@ fn print_profile(what: &str, prof: &[crate::cuda::runtime::KernelTime], steps: u
     for k in prof {
         println!("# profile {what}: {:>9.4} ms {:>6.1} calls {:>5.1}%  {}", k.ms / n, k.calls as f64 / n, 100.0 * k.ms / total.max(1e-300), k.name);
     }
+    let (ms, calls) = fixed_order_passes(prof);
+    println!(
+        "# profile {what}: fixed-order reduction passes {:.4} ms {:.1} calls {:.1}% per step (what a float-atomic fast mode could save at most: {})",
+        ms / n,
+        calls as f64 / n,
+        100.0 * ms / total.max(1e-300),
+        FIXED_ORDER_PASSES.join(", ")
+    );
+}
+
+/// The second passes that exist only so that sums run in a fixed order (the deterministic mode, the
+/// only one built): each sums, in order, the partial sums its first pass wrote per chunk, warp or slot.
+/// A float-atomic mode would fold them into their first passes, so their time bounds what it could save
+/// (less the atomics' own cost); README "GPU (CUDA) backend" says why no such mode is built.
+/// (partial_pool_combine also centres and divides the pooled codes, which a fast mode would still do.)
+pub const FIXED_ORDER_PASSES: [&str; 5] = ["partial_slot_sums", "partial_group_sums", "partial_pool_combine", "glue_gather_rows_combine", "sparse_linear_combine"];
+
+/// The profile's device ms and calls in [`FIXED_ORDER_PASSES`].
+fn fixed_order_passes(prof: &[crate::cuda::runtime::KernelTime]) -> (f64, u64) {
+    prof.iter().filter(|k| FIXED_ORDER_PASSES.contains(&k.name.as_str())).fold((0.0, 0), |(ms, c), k| (ms + k.ms, c + k.calls))
 }
 
 pub fn run(args: BenchArgs, device: &Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
@@ -406,6 +426,27 @@ mod tests {
     use super::Variant;
     use crate::cuda::gemm::GemmPrecision;
     use crate::cuda::step::SplicingDecode;
+
+    /// Every name in FIXED_ORDER_PASSES is a kernel of kernels/*.cu (a renamed kernel would silently
+    /// drop out of the sum), and the sum takes exactly those.
+    #[test]
+    fn fixed_order_passes_name_real_kernels() {
+        use crate::cuda::runtime::KernelTime;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut src = String::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "cu") {
+                src += &std::fs::read_to_string(&p).unwrap();
+            }
+        }
+        for k in super::FIXED_ORDER_PASSES {
+            assert!(src.contains(&format!("\n{k}(")), "{k} is not a kernel in kernels/*.cu");
+        }
+        let t = |name: &str, ms: f64, calls: u64| KernelTime { name: name.into(), ms, calls };
+        let prof = [t("partial_pair_bwd_tc", 5.0, 2), t("partial_slot_sums", 0.25, 2), t("sparse_linear_combine", 0.5, 4), t("glue_col_sum", 1.0, 6)];
+        assert_eq!(super::fixed_order_passes(&prof), (0.75, 6));
+    }
 
     #[test]
     fn variants_name_a_precision_and_a_decode() {
