@@ -29,6 +29,10 @@ impl FromStr for DeviceSpec {
             "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
             _ => {
                 if let Some(n) = t.strip_prefix("cuda:").or_else(|| t.strip_prefix("gpu:")) {
+                    if n.contains([',', '-']) && n.split([',', '-']).all(|x| x.trim().parse::<usize>().is_ok()) {
+                        // design.md §7's data-parallel training (NCCL) is not built: say so, not "invalid"
+                        return Err(format!("device `{s}`: a run uses one GPU; training on several (data-parallel, design.md §7) is not built"));
+                    }
                     n.parse::<usize>().map(DeviceSpec::Cuda).map_err(|_| format!("invalid device `{s}`: the ordinal after `cuda:` must be a non-negative integer"))
                 } else {
                     Err(format!("invalid device `{s}`: expected auto, cpu, cuda or cuda:N"))
@@ -187,6 +191,10 @@ mod tests {
         assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
         assert!("cuda:x".parse::<DeviceSpec>().unwrap_err().contains("ordinal"));
+        for several in ["cuda:0,1", "cuda:0-3", "gpu:1, 2"] {
+            assert!(several.parse::<DeviceSpec>().unwrap_err().contains("one GPU"), "{several}");
+        }
+        assert!("cuda:0,x".parse::<DeviceSpec>().unwrap_err().contains("ordinal"));
         assert!("tpu".parse::<DeviceSpec>().unwrap_err().contains("expected auto"));
         assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
     }
