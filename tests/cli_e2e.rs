@@ -117,6 +117,17 @@ fn bench_times_an_epoch_of_real_minibatches() {
     assert!((cells - 180.0).abs() < 0.04 * 180.0, "3 steps processed {cells:.1} cells, not one epoch of 180: {text}");
 }
 
+/// A misspelt size or preset is refused before the first configuration runs: no result row, no
+/// device line (which `bench` prints when it measures the floor, before its first run).
+#[test]
+fn bench_checks_every_size_and_preset_before_running() {
+    for (sizes, presets, bad) in [("toy,tiny", "default", "tiny"), ("toy", "default,nope", "nope")] {
+        let text = fails(bin().args(["--device", "cpu", "bench", "--steps", "1", "--size", sizes, "--preset", presets]));
+        assert!(text.contains(&format!("`{bad}`")), "the error does not name `{bad}`:\n{text}");
+        assert!(!text.contains("GEMM peak") && !text.contains("toy\tdefault"), "bench ran before refusing `{bad}`:\n{text}");
+    }
+}
+
 /// No command's `--out` may overwrite the data it reads or a file of the run directory it reads, nor be
 /// a directory; each is refused before any work, and the inputs keep their bytes.
 #[test]
