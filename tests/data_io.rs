@@ -8,7 +8,7 @@ use serde_json::Value;
 use splicevi::data::h5;
 use splicevi::data::load::{load, load_with, LoadChecks};
 use splicevi::data::validate::{check_dataset, ValueRule, ValueTracker};
-use splicevi::data::{Dataset, DataOptions};
+use splicevi::data::{DataOptions, Dataset, IntColumn, ObsColumn};
 use std::process::Command;
 
 const TAG: &str = "data_io";
@@ -258,6 +258,33 @@ fn matrix_market_directories() {
         assert_eq!(ds.splicing.gene_names, harness::strs(&g.expected["junction_genes"]));
         check_dataset(&ds, &Default::default()).unwrap();
     }
+}
+
+/// obs.tsv: a column of whole numbers is read as integers (as pandas reads it, and so written back as
+/// int64); with a missing value or a fraction, as floats; anything else as text.
+#[test]
+fn matrix_market_integer_obs_columns() {
+    let Some(g) = gen() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mtx");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(g.path("mtx_dir")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let obs = std::fs::read_to_string(dir.join("obs.tsv")).unwrap();
+    let lines: Vec<String> = obs
+        .lines()
+        .enumerate()
+        .map(|(i, l)| if i == 0 { format!("{l}\tn_counts\tgap\tcode") } else { format!("{l}\t{}\t{}\tx{i}", 1000 + i, if i == 2 { "NA".to_string() } else { i.to_string() }) })
+        .collect();
+    std::fs::write(dir.join("obs.tsv"), lines.join("\n") + "\n").unwrap();
+    let ds = load(&dir, &valid_opts()).unwrap();
+    let n = ds.n_cells() as i64;
+    assert_eq!(ds.obs_column("n_counts"), Some(&ObsColumn::Int(IntColumn::plain((1..=n).map(|i| 1000 + i).collect()))));
+    assert!(matches!(ds.obs_column("gap"), Some(ObsColumn::Numeric(v)) if v[1].is_nan() && v[0] == 1.0), "{:?}", ds.obs_column("gap"));
+    assert!(matches!(ds.obs_column("code"), Some(ObsColumn::Text(_))));
+    assert!(matches!(ds.obs_column("age"), Some(ObsColumn::Numeric(_))), "{:?}", ds.obs_column("age"));
 }
 
 #[test]
@@ -621,4 +648,106 @@ print("ok")
         let e = run(args);
         assert!(must.iter().all(|m| e.contains(m)), "{args:?}: {e}");
     }
+}
+
+/// Integer obs columns (int32, int64 beyond 2^53, uint8, uint64, and anndata's nullable Int64 / Int32
+/// with missing values) come out of every command that writes obs, and out of the .h5mu writer, with
+/// their dtype, values and missing values: they came back as float64, the large ones rounded and the
+/// nullable ones as NaN floats. They still serve as a batch key, a continuous covariate, a `--groupby`
+/// (groups named `214`, not `214.0`), an impute `--groupby` and a `--color-by`.
+#[test]
+fn integer_obs_columns_stay_integers_in_every_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    simulate_toy(4, &p("base.h5mu"));
+    let script = r#"
+import sys, shutil, h5py, numpy as np
+shutil.copy(sys.argv[1], sys.argv[2])
+with h5py.File(sys.argv[2], "r+") as f:
+    obs = f["obs"]
+    n = obs["_index"].shape[0]
+    def array(g, name, data):
+        g.create_dataset(name, data=data)
+        g[name].attrs["encoding-type"] = "array"
+        g[name].attrs["encoding-version"] = "0.2.0"
+    i = np.arange(n)
+    cols = {
+        "batch_id": (i % 2).astype(np.int32),
+        "grp": np.where(i % 3 == 0, 214, 9).astype(np.int32),
+        "n_counts": np.random.RandomState(0).randint(1000, 5000, n).astype(np.int64),
+        "big": (2**60 + i).astype(np.int64),
+        "small": (i % 256).astype(np.uint8),
+        "huge": (2**62 + i).astype(np.uint64),
+    }
+    for k, v in cols.items():
+        array(obs, k, v)
+    for k, dt in (("nint", np.int64), ("nint32", np.int32)):
+        g = obs.create_group(k)
+        g.attrs["encoding-type"] = "nullable-integer"
+        g.attrs["encoding-version"] = "0.1.0"
+        array(g, "values", (i * 7 - 50).astype(dt))
+        array(g, "mask", i % 5 == 1)
+    obs.attrs["column-order"] = list(obs.attrs["column-order"]) + list(cols) + ["nint", "nint32"]
+print("ok")
+"#;
+    if !python_script(script, &[&p("base.h5mu"), &p("ints.h5mu")], "h5py") {
+        return;
+    }
+    let bin = || Command::new(env!("CARGO_BIN_EXE_splicevi"));
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let (data, run) = (p("ints.h5mu"), p("run"));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--batch-key", "batch_id", "--continuous-covariate", "n_counts", "--quiet", "--no-plots"]));
+    let cfg = std::fs::read_to_string(run.join("config.json")).unwrap();
+    assert!(cfg.contains("batch_id") && cfg.contains("n_counts"), "{cfg}");
+    ok(bin().arg("embed").arg(&run).arg(&data).arg("--out").arg(p("emb.h5ad")).args(["--color-by", "nint"]));
+    assert!(p("emb.embedding.png").exists(), "no picture coloured by an integer column");
+    ok(bin().arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi.h5ad")));
+    ok(bin().arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_grp.h5ad")).args(["--observed-only", "--groupby", "grp"]));
+    ok(bin().arg("normalize-expression").arg(&run).arg(&data).arg("--out").arg(p("expr.h5ad")));
+    let said = ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "grp", "--group1", "214", "--n-samples-overall", "100", "--no-plots", "--out"]).arg(p("ds.tsv")));
+    assert!(said.contains("214 vs Rest") && !said.contains("214.0"), "{said}");
+    ok(bin().arg("diff-expression").arg(&run).arg(&data).args(["--groupby", "grp", "--group2", "9", "--n-samples-overall", "100", "--out"]).arg(p("de.tsv")));
+    // As categorical covariates: levels by value, named as integers; a missing value is refused.
+    let ds = load(&data, &DataOptions { batch_key: Some("grp".into()), ..DataOptions::default() }).unwrap();
+    assert_eq!(ds.covariates.batch.levels, ["9", "214"]);
+    assert_eq!(&ds.covariates.batch.codes[..3], [1, 0, 0]);
+    let e = format!("{:#}", load(&data, &DataOptions { batch_key: Some("nint".into()), ..DataOptions::default() }).unwrap_err());
+    assert!(e.contains("obs/nint") && e.contains("missing value") && e.contains("cell 1"), "{e}");
+    // The .h5mu writer: the loaded dataset written back.
+    splicevi::data::h5write::write_h5mu(&p("again.h5mu"), &ds, None, None, &[], splicevi::data::h5write::Compression { gzip_level: None }).unwrap();
+
+    let check = r#"
+import sys, os, h5py, numpy as np, pandas as pd, anndata
+d = sys.argv[1]
+P = lambda n: os.path.join(d, n)
+with h5py.File(P("ints.h5mu"), "r") as f:
+    want = anndata.io.read_elem(f["obs"])
+plain = {"batch_id": np.int32, "grp": np.int32, "n_counts": np.int64, "big": np.int64, "small": np.uint8, "huge": np.uint64}
+nullable = {"nint": pd.Int64Dtype(), "nint32": pd.Int32Dtype()}
+assert want["nint"].isna().sum() == 40 and want["big"].iloc[1] == 2**60 + 1, want
+def same(obs, what):
+    for k, dt in plain.items():
+        assert obs[k].dtype == dt, (what, k, obs[k].dtype)
+        assert np.array_equal(obs[k].values, want[k].values), (what, k)
+    for k, dt in nullable.items():
+        assert obs[k].dtype == dt, (what, k, obs[k].dtype)
+        assert obs[k].equals(want[k]), (what, k, obs[k], want[k])
+for out in ("emb.h5ad", "psi.h5ad", "psi_grp.h5ad", "expr.h5ad"):
+    same(anndata.read_h5ad(P(out)).obs, out)
+    with h5py.File(P(out), "r") as f:
+        assert f["obs/nint"].attrs["encoding-type"] == "nullable-integer", out
+        assert f["obs/nint32/values"].dtype == np.int32 and f["obs/small"].dtype == np.uint8, out
+with h5py.File(P("again.h5mu"), "r") as f:
+    same(anndata.io.read_elem(f["obs"]), "again.h5mu")
+ds = pd.read_csv(P("ds.tsv"), sep="\t", dtype=str)
+assert (ds["group1"] == "214").all() and (ds["comparison"] == "214 vs Rest").all(), ds["comparison"].unique()
+de = pd.read_csv(P("de.tsv"), sep="\t", dtype=str)
+assert (de["comparison"] == "214 vs 9").all(), de["comparison"].unique()
+print("ok")
+"#;
+    assert!(python_script(check, &[tmp.path()], "h5py, pandas and anndata"));
 }

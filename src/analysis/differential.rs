@@ -132,6 +132,13 @@ impl Groups {
                 let of_cell = v.iter().map(|x| u.binary_search_by(|y| y.total_cmp(x)).ok()).collect();
                 Groups { names: u.iter().map(|x| format!("{x}")).collect(), of_cell, values: Some(u) }
             }
+            ObsColumn::Int(c) => {
+                let mut u: Vec<i64> = c.iter().flatten().collect();
+                u.sort_unstable();
+                u.dedup();
+                let of_cell = c.iter().map(|x| x.and_then(|x| u.binary_search(&x).ok())).collect();
+                Groups { names: u.iter().map(|x| x.to_string()).collect(), of_cell, values: Some(u.iter().map(|&x| x as f64).collect()) }
+            }
             _ => {
                 let values = col.as_strings();
                 let mut u = values.clone();
@@ -143,11 +150,13 @@ impl Groups {
         }
     }
 
-    /// The level `g` names: by value in a numeric column, else by name.
+    /// The level `g` names: by name, or by value in a numeric column (an integer beyond 2^53 by its
+    /// exact name only).
     fn find(&self, g: &str) -> Option<usize> {
+        let by_name = self.names.iter().position(|n| n == g);
         match &self.values {
-            Some(v) => g.trim().parse::<f64>().ok().and_then(|x| v.iter().position(|&y| y == x)),
-            None => self.names.iter().position(|n| n == g),
+            Some(v) if by_name.is_none() => g.trim().parse::<f64>().ok().and_then(|x| v.iter().position(|&y| y == x)),
+            _ => by_name,
         }
     }
 
@@ -530,6 +539,28 @@ mod tests {
         assert!(e.contains("groups: cell0, cell1, cell2, cell3"), "natural order: {e}");
         let few = with_obs(n - 1, vec![("id", ObsColumn::Text((0..n - 1).map(|i| format!("cell{i}")).collect()))]);
         assert_eq!(comparisons(&few, "id", None, None).unwrap().len(), n - 1);
+    }
+
+    /// An integer column (read as such, not as floats) groups as a numeric one does: names `214`,
+    /// found by value (`214.0`), missing values in no group; integers too large for a float stay
+    /// apart and are found by their exact name.
+    #[test]
+    fn integer_groupby_columns() {
+        use crate::data::{IntColumn, IntWidth};
+        let col = IntColumn { values: vec![214, 9, 10, 214, 0], width: IntWidth::I32, mask: Some(vec![false, false, false, false, true]) };
+        let ds = with_obs(5, vec![("n", ObsColumn::Int(col))]);
+        let c = comparisons(&ds, "n", Some("214.0"), None).unwrap();
+        assert_eq!(pairs(&c), vec![("214".into(), "Rest".into(), 2, 3)]);
+        assert_eq!(pairs(&comparisons(&ds, "n", Some("9"), Some("2.14e2")).unwrap()), vec![("9".into(), "214".into(), 1, 2)]);
+        let all: Vec<String> = comparisons(&ds, "n", None, None).unwrap().into_iter().map(|c| c.group1).collect();
+        assert_eq!(all, ["9", "10", "214"], "integer groups in numeric order, the missing value in none");
+        let e = comparisons(&ds, "n", Some("0"), None).unwrap_err().to_string();
+        assert!(e.contains("groups: 9, 10, 214"), "{e}");
+        let big = 1i64 << 60;
+        let ds = with_obs(3, vec![("id", ObsColumn::Int(IntColumn::plain(vec![big, big + 1, big + 1])))]);
+        let c = comparisons(&ds, "id", Some(&(big + 1).to_string()), None).unwrap();
+        assert_eq!(pairs(&c), vec![((big + 1).to_string(), "Rest".into(), 2, 1)]);
+        assert_eq!(comparisons(&ds, "id", None, None).unwrap().len(), 2);
     }
 
     #[test]

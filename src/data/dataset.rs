@@ -71,9 +71,62 @@ impl Splicing {
 pub enum ObsColumn {
     /// Categorical: `codes[i]` indexes `categories`; -1 = missing.
     Categorical { codes: Vec<i32>, categories: Vec<String> },
+    /// Floating-point numbers (NaN = missing).
     Numeric(Vec<f64>),
+    /// Integers, kept apart from floats so the outputs write them back as integers.
+    Int(IntColumn),
     Text(Vec<String>),
     Bool(Vec<bool>),
+}
+
+/// The HDF5 integer type a column was stored with (it is written back with the same one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntWidth {
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+}
+
+/// An integer column: anndata's plain integer arrays and its nullable ones (pandas `Int64` and
+/// friends, encoding `nullable-integer`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntColumn {
+    pub values: Vec<i64>,
+    pub width: IntWidth,
+    /// A nullable array's mask: true where the value is missing (the value there means nothing).
+    /// None for a plain array, which has no missing values.
+    pub mask: Option<Vec<bool>>,
+}
+
+impl IntColumn {
+    /// An int64 column without missing values.
+    pub fn plain(values: Vec<i64>) -> Self {
+        IntColumn { values, width: IntWidth::I64, mask: None }
+    }
+    pub fn is_missing(&self, i: usize) -> bool {
+        self.mask.as_ref().is_some_and(|m| m[i])
+    }
+    /// The values, None where missing.
+    pub fn iter(&self) -> impl Iterator<Item = Option<i64>> + '_ {
+        self.values.iter().enumerate().map(|(i, &v)| (!self.is_missing(i)).then_some(v))
+    }
+    /// The values as f64, NaN where missing.
+    pub fn to_f64(&self) -> Vec<f64> {
+        self.iter().map(|v| v.map_or(f64::NAN, |v| v as f64)).collect()
+    }
+    /// Rows `rows`, in that order.
+    pub fn take(&self, rows: &[usize]) -> Self {
+        IntColumn {
+            values: rows.iter().map(|&r| self.values[r]).collect(),
+            width: self.width,
+            mask: self.mask.as_ref().map(|m| rows.iter().map(|&r| m[r]).collect()),
+        }
+    }
 }
 
 impl ObsColumn {
@@ -81,8 +134,17 @@ impl ObsColumn {
         match self {
             ObsColumn::Categorical { codes, .. } => codes.len(),
             ObsColumn::Numeric(v) => v.len(),
+            ObsColumn::Int(c) => c.values.len(),
             ObsColumn::Text(v) => v.len(),
             ObsColumn::Bool(v) => v.len(),
+        }
+    }
+    /// A numeric column's values as f64 (NaN = missing); None for other columns.
+    pub fn numbers(&self) -> Option<Vec<f64>> {
+        match self {
+            ObsColumn::Numeric(v) => Some(v.clone()),
+            ObsColumn::Int(c) => Some(c.to_f64()),
+            _ => None,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -104,6 +166,7 @@ impl ObsColumn {
                 .map(|&c| if c < 0 { String::from("nan") } else { categories[c as usize].clone() })
                 .collect(),
             ObsColumn::Numeric(v) => v.iter().map(|x| format!("{x}")).collect(),
+            ObsColumn::Int(c) => c.iter().map(|v| v.map_or_else(|| String::from("nan"), |v| v.to_string())).collect(),
             ObsColumn::Text(v) => v.clone(),
             ObsColumn::Bool(v) => v.iter().map(|b| b.to_string()).collect(),
         }

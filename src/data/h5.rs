@@ -14,7 +14,7 @@
 //! dense) are not read whole: [`H5Rows`] hands them to the entry builder a block of rows at a time, so a
 //! load holds the dataset it builds plus one block of each.
 
-use super::dataset::{Csr, ObsColumn};
+use super::dataset::{Csr, IntColumn, IntWidth, ObsColumn};
 use super::load::{ObsTable, RawData};
 use super::options::DataOptions;
 use super::validate::{CheckOptions, DataError, Layer, RowSource, ValueRule, ValueTracker};
@@ -234,6 +234,29 @@ fn read_i64_sel(ds: &HDataset, sel: Sel) -> Result<Vec<i64>> {
         TD::Integer(_) | TD::Unsigned(_) => read_sel::<i64>(ds, sel),
         other => bail!("expected integers, found HDF5 type {other}"),
     }
+}
+
+/// An integer dataset's values and stored type; None for a dataset of another type, and for uint64
+/// values above i64::MAX (such a column is read as floats, as before integers were kept).
+fn read_ints(ds: &HDataset) -> Result<Option<(Vec<i64>, IntWidth)>> {
+    use hdf5::types::IntSize::{U1, U2, U4, U8};
+    let width = match descriptor(ds)? {
+        TD::Integer(U1) => IntWidth::I8,
+        TD::Integer(U2) => IntWidth::I16,
+        TD::Integer(U4) => IntWidth::I32,
+        TD::Integer(U8) => IntWidth::I64,
+        TD::Unsigned(U1) => IntWidth::U8,
+        TD::Unsigned(U2) => IntWidth::U16,
+        TD::Unsigned(U4) => IntWidth::U32,
+        TD::Unsigned(U8) => IntWidth::U64,
+        _ => return Ok(None),
+    };
+    if width == IntWidth::U64 {
+        // (HDF5 would clamp such values to i64::MAX on conversion)
+        let v = read_sel::<u64>(ds, Sel::All)?;
+        return Ok(v.iter().map(|&x| i64::try_from(x).ok()).collect::<Option<Vec<i64>>>().map(|v| (v, width)));
+    }
+    Ok(Some((read_sel::<i64>(ds, Sel::All)?, width)))
 }
 
 /// A whole 1-D numeric dataset as f64.
@@ -695,7 +718,10 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
                     if ds.ndim() != 1 {
                         bail!("expected a 1-D column, found shape {:?}", ds.shape());
                     }
-                    ObsColumn::Numeric(read_f64(&ds)?)
+                    match read_ints(&ds)? {
+                        Some((values, width)) => ObsColumn::Int(IntColumn { values, width, mask: None }),
+                        None => ObsColumn::Numeric(read_f64(&ds)?),
+                    }
                 } else {
                     bail!("unsupported column type {td}");
                 }
@@ -712,9 +738,18 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
             match enc.as_str() {
                 "categorical" => codes_and_categories(&ds("codes")?, &*ds("categories")?)?,
                 "nullable-integer" | "nullable-float" => {
-                    let v = read_f64(&ds("values")?)?;
+                    let values = ds("values")?;
                     let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
-                    ObsColumn::Numeric(v.into_iter().zip(m).map(|(v, m)| if m { f64::NAN } else { v }).collect())
+                    if m.len() != values.size() {
+                        bail!("{} values but {} mask entries", values.size(), m.len());
+                    }
+                    match read_ints(&values)? {
+                        Some((values, width)) => ObsColumn::Int(IntColumn { values, width, mask: Some(m) }),
+                        None => {
+                            let v = read_f64(&values)?;
+                            ObsColumn::Numeric(v.into_iter().zip(m).map(|(v, m)| if m { f64::NAN } else { v }).collect())
+                        }
+                    }
                 }
                 "nullable-boolean" => {
                     let v = read_sel::<bool>(&ds("values")?, Sel::All)?;
@@ -830,6 +865,7 @@ pub fn event_ids(col: &ObsColumn) -> (Vec<Option<String>>, bool) {
         }
         ObsColumn::Text(v) => (v.iter().map(|s| Some(s.clone())).collect(), false),
         ObsColumn::Numeric(v) => (v.iter().map(|&x| x.is_finite().then(|| number_label(x))).collect(), true),
+        ObsColumn::Int(c) => (c.iter().map(|v| v.map(|v| v.to_string())).collect(), true),
         ObsColumn::Bool(v) => (v.iter().map(|&b| Some(if b { "True" } else { "False" }.to_string())).collect(), false),
     }
 }
@@ -863,6 +899,7 @@ fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
             ObsColumn::Categorical { codes: rows.iter().map(|&r| codes[r]).collect(), categories: categories.clone() }
         }
         ObsColumn::Numeric(v) => ObsColumn::Numeric(rows.iter().map(|&r| v[r]).collect()),
+        ObsColumn::Int(c) => ObsColumn::Int(c.take(rows)),
         ObsColumn::Text(v) => ObsColumn::Text(rows.iter().map(|&r| v[r].clone()).collect()),
         ObsColumn::Bool(v) => ObsColumn::Bool(rows.iter().map(|&r| v[r]).collect()),
     }

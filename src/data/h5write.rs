@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;
 use hdf5::{Group, H5Type, Location};
 
-use super::dataset::{Dataset, ObsColumn};
+use super::dataset::{Dataset, IntColumn, IntWidth, ObsColumn};
 
 /// Elements per chunk of the 1-D sparse datasets.
 const CHUNK: usize = 1 << 18;
@@ -246,8 +246,41 @@ pub fn column(parent: &Group, name: &str, col: &ObsColumn, c: Compression) -> Re
             }
         }
         ObsColumn::Numeric(v) => dense_array(parent, name, v, &[v.len()], c),
+        ObsColumn::Int(ints) => int_column(parent, name, ints, c),
         ObsColumn::Bool(v) => dense_array(parent, name, v, &[v.len()], c),
         ObsColumn::Text(v) => string_array(parent, name, v),
+    }
+}
+
+/// An integer column with the type it was read with; a nullable one as anndata writes a pandas
+/// `Int64` (…) column: a `nullable-integer` group of `values` and `mask`.
+fn int_column(parent: &Group, name: &str, col: &IntColumn, c: Compression) -> Result<()> {
+    let Some(mask) = &col.mask else {
+        return int_array(parent, name, &col.values, col.width, c);
+    };
+    let g = new_group(parent, name)?;
+    encoding(&g, "nullable-integer", "0.1.0")?;
+    int_array(&g, "values", &col.values, col.width, c)?;
+    dense_array(&g, "mask", mask, &[mask.len()], c)
+}
+
+fn int_array(parent: &Group, name: &str, v: &[i64], width: IntWidth, c: Compression) -> Result<()> {
+    fn narrow<T: H5Type + TryFrom<i64>>(parent: &Group, name: &str, v: &[i64], c: Compression) -> Result<()> {
+        let w = v
+            .iter()
+            .map(|&x| T::try_from(x).map_err(|_| anyhow::anyhow!("{name}: value {x} does not fit its stored type {}", std::any::type_name::<T>())))
+            .collect::<Result<Vec<T>>>()?;
+        dense_array(parent, name, &w, &[w.len()], c)
+    }
+    match width {
+        IntWidth::I8 => narrow::<i8>(parent, name, v, c),
+        IntWidth::I16 => narrow::<i16>(parent, name, v, c),
+        IntWidth::I32 => narrow::<i32>(parent, name, v, c),
+        IntWidth::I64 => dense_array(parent, name, v, &[v.len()], c),
+        IntWidth::U8 => narrow::<u8>(parent, name, v, c),
+        IntWidth::U16 => narrow::<u16>(parent, name, v, c),
+        IntWidth::U32 => narrow::<u32>(parent, name, v, c),
+        IntWidth::U64 => narrow::<u64>(parent, name, v, c),
     }
 }
 

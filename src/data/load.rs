@@ -252,6 +252,16 @@ pub fn to_categorical(file: &str, field: &str, name: &str, flag: &str, col: &Obs
             let codes = v.iter().map(|x| uniq.binary_search_by(|u| u.total_cmp(x)).unwrap() as u32).collect();
             (codes, uniq.into_iter().map(number_label).collect())
         }
+        ObsColumn::Int(c) => {
+            if let Some(i) = (0..c.values.len()).find(|&i| c.is_missing(i)) {
+                return Err(missing(i));
+            }
+            let mut uniq = c.values.clone();
+            uniq.sort_unstable();
+            uniq.dedup();
+            let codes = c.values.iter().map(|x| uniq.binary_search(x).unwrap() as u32).collect();
+            (codes, uniq.iter().map(|x| x.to_string()).collect())
+        }
         ObsColumn::Bool(v) => {
             let mut uniq: Vec<bool> = v.clone();
             uniq.sort();
@@ -277,7 +287,7 @@ fn resolve_covariates(raw: &RawData, opts: &DataOptions) -> Result<Covariates> {
                 let c = to_categorical(&raw.file, &field, k, flag, col, &raw.cell_names)?;
                 // (a numeric column is taken as categories, as scvi-tools does; one with a level for most
                 // cells is more likely a measurement named by mistake)
-                if matches!(col, ObsColumn::Numeric(_)) && c.levels.len() > 50 && c.levels.len() * 2 > n {
+                if matches!(col, ObsColumn::Numeric(_) | ObsColumn::Int(_)) && c.levels.len() > 50 && c.levels.len() * 2 > n {
                     eprintln!(
                         "warning: {flag} {k}: a numeric column with {} distinct values for {n} cells, each taken as its own category",
                         c.levels.len()
@@ -299,11 +309,11 @@ fn resolve_covariates(raw: &RawData, opts: &DataOptions) -> Result<Covariates> {
     for (c, k) in opts.continuous_covariate_keys.iter().enumerate() {
         let (field, col) = find_column(raw, k, "--continuous-covariate")?;
         let vals: Vec<f64> = match col {
-            ObsColumn::Numeric(v) => v.clone(),
             ObsColumn::Bool(v) => v.iter().map(|&b| b as u8 as f64).collect(),
-            _ => {
-                return Err(DataError::new(&raw.file, &field, "a continuous covariate must be a numeric column (this one holds text or categories)").into())
-            }
+            _ => match col.numbers() {
+                Some(v) => v,
+                None => return Err(DataError::new(&raw.file, &field, "a continuous covariate must be a numeric column (this one holds text or categories)").into()),
+            },
         };
         if let Some(i) = vals.iter().position(|x| !x.is_finite()) {
             return Err(DataError::new(&raw.file, &field, format!("continuous covariate value {} is not finite", vals[i])).cell(i, &raw.cell_names).into());

@@ -16,7 +16,7 @@
 //! entry order; duplicates are summed) or `%%MatrixMarket matrix array real|integer general` (dense,
 //! column-major). Without `expression.mtx` the dataset is splicing-only.
 
-use super::dataset::{Csr, ObsColumn};
+use super::dataset::{Csr, IntColumn, ObsColumn};
 use super::h5::canonicalize;
 use super::load::{ObsTable, RawData};
 use super::options::DataOptions;
@@ -263,15 +263,20 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
         let mut table = ObsTable { field: field.clone(), modality: None, ..Default::default() };
         for (c, name) in header.iter().enumerate().skip(1) {
             let vals: Vec<&str> = rows.iter().map(|r| r.get(c).copied().unwrap_or("")).collect();
-            let nums: Option<Vec<f64>> = vals.iter().map(|v| if is_missing(v) { Some(f64::NAN) } else { v.parse::<f64>().ok() }).collect();
-            let col = match nums {
-                Some(n) => ObsColumn::Numeric(n),
-                None => ObsColumn::Text(vals.iter().map(|s| s.to_string()).collect()),
+            // (whole numbers without a gap are integers, as pandas reads them; with a gap, floats)
+            let ints: Option<Vec<i64>> = vals.iter().map(|v| v.parse::<i64>().ok()).collect();
+            let nums = || -> Option<Vec<f64>> { vals.iter().map(|v| if is_missing(v) { Some(f64::NAN) } else { v.parse::<f64>().ok() }).collect() };
+            let col = if let Some(i) = ints {
+                ObsColumn::Int(IntColumn::plain(i))
+            } else if let Some(n) = nums() {
+                ObsColumn::Numeric(n)
+            } else {
+                ObsColumn::Text(vals.iter().map(|s| s.to_string()).collect())
             };
             if name == &opts.size_factor_key {
-                match &col {
-                    ObsColumn::Numeric(v) => raw.library_size = Some((format!("{field}:{name}"), v.clone())),
-                    _ => return Err(DataError::new(&file, &format!("{field}:{name}"), "size factors must be numbers").into()),
+                match col.numbers() {
+                    Some(v) => raw.library_size = Some((format!("{field}:{name}"), v)),
+                    None => return Err(DataError::new(&file, &format!("{field}:{name}"), "size factors must be numbers").into()),
                 }
             }
             table.columns.push((name.clone(), col));
