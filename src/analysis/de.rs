@@ -7,7 +7,7 @@
 //! non_zeros_proportion1/2, raw_normalized_mean1/2 (counts × 1e4 / cell total), is_de_fdr_<fdr>,
 //! comparison, group1, group2; rows sorted by proba_de, descending.
 
-use super::differential::{bayes_factor, clean_text, decode_plan, fdr_calls, fmt_bool, fmt_f64, order_desc, paired_plans, proba_de, sampled_groups, ChangeOptions, Comparison};
+use super::differential::{bayes_factor, decode_plan, fdr_calls, fmt_bool, fmt_f64, order_desc, paired_plans, proba_de, sampled_groups, tsv_field, ChangeOptions, Comparison};
 use super::impute_metrics::quantile_sorted;
 use super::posterior::Posterior;
 use anyhow::{bail, Result};
@@ -195,7 +195,8 @@ pub fn de_tsv(results: &[DeResult]) -> String {
     let mut s = head.join("\t");
     s.push_str(&format!("\tis_de_fdr_{fdr}\tcomparison\tgroup1\tgroup2\n"));
     for r in results {
-        let (g1, g2) = (clean_text(&r.group1), clean_text(&r.group2));
+        let (g1, g2) = (tsv_field(&r.group1), tsv_field(&r.group2));
+        let cmp = tsv_field(&format!("{} vs {}", r.group1, r.group2)).into_owned();
         for i in order_desc(&r.proba_de) {
             let nums = [
                 r.proba_de[i],
@@ -217,12 +218,12 @@ pub fn de_tsv(results: &[DeResult]) -> String {
                 r.raw_normalized_mean1[i],
                 r.raw_normalized_mean2[i],
             ];
-            s.push_str(&clean_text(&r.gene[i]));
+            s.push_str(&tsv_field(&r.gene[i]));
             for v in nums {
                 s.push('\t');
                 s.push_str(&fmt_f64(v));
             }
-            s.push_str(&format!("\t{}\t{g1} vs {g2}\t{g1}\t{g2}\n", fmt_bool(r.is_de_fdr[i])));
+            s.push_str(&format!("\t{}\t{cmp}\t{g1}\t{g2}\n", fmt_bool(r.is_de_fdr[i])));
         }
     }
     s

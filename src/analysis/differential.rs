@@ -206,7 +206,20 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     ra.len().cmp(&rb.len()).then_with(|| a.cmp(b))
 }
 
-/// The comparisons of `--groupby COL [--group1 A] [--group2 B]`: group 2 defaults to every other cell;
+/// Group 2's name when it is every cell outside group 1: scvi's "Rest", unless the column has a group
+/// of that name (its row would read "Rest vs Rest"); then "Rest (all other cells)", numbered on in the
+/// unlikely case that is a group too.
+pub fn rest_label(groups: &[String]) -> String {
+    let taken = |s: &str| groups.iter().any(|g| g == s);
+    if !taken("Rest") {
+        return "Rest".into();
+    }
+    let base = "Rest (all other cells)";
+    std::iter::once(base.to_string()).chain((2..).map(|i| format!("{base} {i}"))).find(|s| !taken(s)).expect("an unused name")
+}
+
+/// The comparisons of `--groupby COL [--group1 A] [--group2 B]`: group 2 defaults to every other cell
+/// (named by [`rest_label`]);
 /// without group 1, every group in turn (in pandas' `astype("category")` order: categories in the
 /// column's order, numbers ascending, text sorted) against group 2, or against the rest. (scvi's
 /// `_de_core` loops over every group against group 2 as well, group 2 itself included; that
@@ -247,6 +260,10 @@ pub fn comparisons(ds: &Dataset, groupby: &str, group1: Option<&str>, group2: Op
             (0..n).filter(|&l| Some(l) != l2).collect()
         }
     };
+    let rest = rest_label(&groups.names);
+    if l2.is_none() && rest != "Rest" {
+        eprintln!("note: `{groupby}` has a group called Rest: the other cells of each comparison are called `{rest}`");
+    }
     let mut out = Vec::new();
     for l1 in firsts {
         let g1 = groups.names[l1].clone();
@@ -256,7 +273,7 @@ pub fn comparisons(ds: &Dataset, groupby: &str, group1: Option<&str>, group2: Op
         let idx1 = groups.members(l1);
         let (name2, idx2) = match l2 {
             Some(l) => (groups.names[l].clone(), groups.members(l)),
-            None => ("Rest".to_string(), (0..ds.n_cells()).filter(|&i| groups.of_cell[i] != Some(l1)).collect()),
+            None => (rest.clone(), (0..ds.n_cells()).filter(|&i| groups.of_cell[i] != Some(l1)).collect()),
         };
         if idx2.is_empty() {
             bail!("{}: group 2 of `{g1}` vs `{name2}` in `{groupby}` is empty", ds.source);
@@ -440,9 +457,15 @@ pub fn fmt_bool(b: bool) -> &'static str {
     }
 }
 
-/// A TSV cell: tabs and newlines in names would break the table.
-pub fn clean_text(s: &str) -> String {
-    s.replace(['\t', '\n', '\r'], " ")
+/// A TSV field holding text from the data (a name): one with a tab, a line break or a `"` is quoted
+/// as pandas' `to_csv(sep="\t")` quotes it (in `"`, its `"` doubled), so `pd.read_csv(sep="\t")` and
+/// `plot`'s reader give the name back unchanged; any other is written as is.
+pub fn tsv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\t', '\n', '\r', '"']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
 }
 
 /// Write a TSV atomically.
@@ -561,6 +584,43 @@ mod tests {
         let c = comparisons(&ds, "id", Some(&(big + 1).to_string()), None).unwrap();
         assert_eq!(pairs(&c), vec![((big + 1).to_string(), "Rest".into(), 2, 1)]);
         assert_eq!(comparisons(&ds, "id", None, None).unwrap().len(), 2);
+    }
+
+    /// A group called "Rest" against every other cell read "Rest vs Rest": the other side is then
+    /// "Rest (all other cells)", in every comparison of the column, and with --group2 a group's name.
+    #[test]
+    fn the_other_cells_never_share_a_group_name() {
+        let t = |v: &[&str]| ObsColumn::Text(v.iter().map(|s| s.to_string()).collect());
+        let ds = with_obs(4, vec![("g", t(&["Rest", "A", "A", "Rest"]))]);
+        let c = comparisons(&ds, "g", None, None).unwrap();
+        assert_eq!(pairs(&c), vec![("A".into(), "Rest (all other cells)".into(), 2, 2), ("Rest".into(), "Rest (all other cells)".into(), 2, 2)]);
+        assert_eq!(pairs(&comparisons(&ds, "g", Some("A"), Some("Rest")).unwrap()), vec![("A".into(), "Rest".into(), 2, 2)]);
+        let plain = with_obs(2, vec![("g", t(&["rest", "A"]))]);
+        assert_eq!(comparisons(&plain, "g", Some("A"), None).unwrap()[0].group2, "Rest");
+        let both: Vec<String> = ["Rest", "Rest (all other cells)", "x"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(rest_label(&both), "Rest (all other cells) 2");
+    }
+
+    /// Names with a tab, a line break or `"` are quoted in the TSVs (they became spaces) and read back
+    /// unchanged by `plot`'s reader; other names are written as they are.
+    #[test]
+    fn tsv_fields_quote_what_would_break_the_table() {
+        assert_eq!(tsv_field("T0_a"), "T0_a");
+        assert_eq!(tsv_field("a b"), "a b");
+        assert_eq!(tsv_field("a\tb"), "\"a\tb\"");
+        assert_eq!(tsv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        let names = ["plain", "tab\there", "two\nlines", "cr\r\nlf", "\"quoted\"", "", "end\""];
+        let mut text = String::from("name\tn\n");
+        for (i, n) in names.iter().enumerate() {
+            text.push_str(&format!("{}\t{i}\n", tsv_field(n)));
+        }
+        let rec = crate::plot::tsv_records(&text);
+        assert_eq!(rec.len(), names.len() + 1, "{rec:?}");
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(rec[i + 1], vec![n.to_string(), i.to_string()]);
+        }
+        // CRLF line ends, no final line break, an empty last field
+        assert_eq!(crate::plot::tsv_records("a\tb\r\nc\t"), vec![vec!["a", "b"], vec!["c", ""]]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! The samples are streamed: pairs are decoded a block at a time and only per-junction counts and sums
 //! are kept, so memory is O(block × J), never O(5000 × J).
 
-use super::differential::{bayes_factor, clean_text, decode_plan, fdr_calls, fmt_bool, fmt_f64, paired_plans, proba_de, sampled_groups, ChangeOptions, Comparison};
+use super::differential::{bayes_factor, decode_plan, fdr_calls, fmt_bool, fmt_f64, paired_plans, proba_de, sampled_groups, tsv_field, ChangeOptions, Comparison};
 use super::posterior::{Posterior, SplicingFn};
 use anyhow::Result;
 use rayon::prelude::*;
@@ -204,8 +204,8 @@ pub fn ds_tsv(results: &[DsResult]) -> String {
     for r in results {
         for i in 0..r.proba_ds.len() {
             let cells = [
-                clean_text(&r.junction_id[i]),
-                clean_text(&r.gene_name[i]),
+                tsv_field(&r.junction_id[i]).into_owned(),
+                tsv_field(&r.gene_name[i]).into_owned(),
                 fmt_f64(r.proba_ds[i]),
                 fmt_bool(r.is_ds_fdr[i]).to_string(),
                 fmt_f64(r.bayes_factor[i]),
@@ -224,8 +224,8 @@ pub fn ds_tsv(results: &[DsResult]) -> String {
                 s.push('\t');
                 s.push_str(&fmt_f64(p));
             }
-            let (g1, g2) = (clean_text(&r.group1), clean_text(&r.group2));
-            s.push_str(&format!("\t{g1} vs {g2}\t{g1}\t{g2}"));
+            let (g1, g2) = (tsv_field(&r.group1), tsv_field(&r.group2));
+            s.push_str(&format!("\t{}\t{g1}\t{g2}", tsv_field(&format!("{} vs {}", r.group1, r.group2))));
             s.push('\n');
         }
     }

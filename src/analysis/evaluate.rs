@@ -204,7 +204,7 @@ impl DroppedPairs {
     /// TSV with columns cell, junction, truth, then one per method; at most `max_rows` rows (a seeded
     /// subsample in entry order above that).
     pub fn tsv(&self, cell_names: &[String], junction_ids: &[String], max_rows: usize, seed: u64) -> String {
-        use super::differential::{clean_text, fmt_f64};
+        use super::differential::{fmt_f64, tsv_field};
         let n = self.truth.len();
         let mut rows: Vec<usize> = (0..n).collect();
         if n > max_rows {
@@ -215,10 +215,10 @@ impl DroppedPairs {
         let mut s = String::from("cell\tjunction\ttruth");
         for (m, _) in &self.methods {
             s.push('\t');
-            s.push_str(m);
+            s.push_str(&tsv_field(m));
         }
         s.push('\n');
-        let name = |v: &[String], i: u32| v.get(i as usize).map(|x| clean_text(x)).unwrap_or_else(|| i.to_string());
+        let name = |v: &[String], i: u32| v.get(i as usize).map(|x| tsv_field(x).into_owned()).unwrap_or_else(|| i.to_string());
         for i in rows {
             s.push_str(&format!("{}\t{}\t{}", name(cell_names, self.cell[i]), name(junction_ids, self.junction[i]), fmt_f64(self.truth[i])));
             for (_, p) in &self.methods {
@@ -465,7 +465,9 @@ pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
 pub fn rows_tsv(rows: &[EvalRow]) -> String {
     let mut s = String::from("section\tsubset\tmethod\tmetric\tvalue\n");
     for r in rows {
-        s.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", r.section, r.subset, r.method, r.metric, super::differential::fmt_f64(r.value)));
+        // (the metric names hold the --label / --sublabel column names)
+        let f = super::differential::tsv_field;
+        s.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", f(&r.section), f(&r.subset), f(&r.method), f(&r.metric), super::differential::fmt_f64(r.value)));
     }
     s
 }

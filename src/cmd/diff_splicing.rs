@@ -19,7 +19,8 @@ pub struct GroupArgs {
     /// without it).
     #[arg(long)]
     pub group1: Option<String>,
-    /// Group 2 (default: every cell not in group 1). Without --group1: every other group in turn
+    /// Group 2 (default: every cell not in group 1, named `Rest` in the table, or `Rest (all other
+    /// cells)` when the column has a group called Rest). Without --group1: every other group in turn
     /// against this one.
     #[arg(long)]
     pub group2: Option<String>,
@@ -56,7 +57,8 @@ pub struct GroupArgs {
     /// diff-splicing on runs trained with `robust`, false otherwise.
     #[arg(long, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub filter_outlier_cells: Option<bool>,
-    /// Output TSV.
+    /// Output TSV. A field holding a tab, a line break or `"` (a group, junction or gene name) is
+    /// quoted as pandas quotes it, so `pd.read_csv(path, sep="\t")` reads the names unchanged.
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -36,7 +36,8 @@ pub struct EvaluateArgs {
     /// No per-epoch lines while training.
     #[arg(long)]
     pub quiet: bool,
-    /// Output TSV (long format: section, subset, method, metric, value).
+    /// Output TSV (long format: section, subset, method, metric, value). Names holding a tab, a line
+    /// break or `"` are quoted as pandas quotes them, here and in OUT.pairs.tsv.
     #[arg(long)]
     pub out: PathBuf,
     /// obs column for the silhouette score and the classifiers (latent metrics).

@@ -264,14 +264,58 @@ pub(crate) fn tick(v: f64, dec: usize) -> String {
     }
 }
 
-/// Split a TSV text into its header and rows.
+/// Split a TSV text into its header and rows (blank lines skipped).
 pub(crate) fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
     use anyhow::Context;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines.next().ok_or_else(|| anyhow!("{}: empty file", path.display()))?.split('\t').map(|s| s.trim().to_string()).collect();
-    let rows = lines.map(|l| l.split('\t').map(|s| s.to_string()).collect()).collect();
-    Ok((header, rows))
+    let mut records = tsv_records(&text).into_iter().filter(|r| !(r.len() == 1 && r[0].trim().is_empty()));
+    let header: Vec<String> = records.next().ok_or_else(|| anyhow!("{}: empty file", path.display()))?.iter().map(|s| s.trim().to_string()).collect();
+    Ok((header, records.collect()))
+}
+
+/// The records of a TSV text, fields quoted as splicevi and pandas write them: a field that starts
+/// with `"` runs to the next lone `"` (tabs and line breaks inside it included, `""` for a `"`).
+pub fn tsv_records(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    let (mut record, mut field) = (Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut fresh = true; // at the first character of a field
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if fresh => {
+                while let Some(q) = chars.next() {
+                    if q != '"' {
+                        field.push(q);
+                    } else if chars.peek() == Some(&'"') {
+                        chars.next();
+                        field.push('"');
+                    } else {
+                        break;
+                    }
+                }
+                fresh = false;
+            }
+            '\t' => {
+                record.push(std::mem::take(&mut field));
+                fresh = true;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+                fresh = true;
+            }
+            c => {
+                field.push(c);
+                fresh = false;
+            }
+        }
+    }
+    if !fresh || !record.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    records
 }
 
 /// Parse a TSV number as written by splicevi (or pandas): nan / inf allowed.
