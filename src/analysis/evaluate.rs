@@ -509,6 +509,19 @@ mod tests {
     use super::*;
     use crate::data::simulate::{simulate, SimConfig, SimSize};
 
+    /// Names in evaluate's TSVs (cells, junctions, a --label column inside a metric name) are quoted
+    /// when they hold a tab, a line break or `"`, as in the diff TSVs, and read back unchanged.
+    #[test]
+    fn evaluate_tables_quote_names_that_would_break_them() {
+        let row = EvalRow { section: "latent".into(), subset: "joint".into(), method: "splicevi".into(), metric: "silhouette_cell\ttype".into(), value: 0.5 };
+        let t = rows_tsv(&[row]);
+        assert_eq!(t.lines().nth(1), Some("latent\tjoint\tsplicevi\t\"silhouette_cell\ttype\"\t0.5"));
+        let pairs = DroppedPairs { cell: vec![0], junction: vec![0], truth: vec![0.25], methods: vec![("m".into(), vec![0.5])] };
+        let t = pairs.tsv(&["cell \"1\"\n".to_string()], &["j\t0".to_string()], 10, 0);
+        let rec = crate::plot::tsv_records(&t);
+        assert_eq!(rec[1], ["cell \"1\"\n", "j\t0", "0.25", "0.5"]);
+    }
+
     #[test]
     fn masking_removes_whole_atses_and_keeps_the_rest() {
         let (ds, _) = simulate(&SimConfig::preset(SimSize::Toy, 1)).unwrap();
