@@ -743,7 +743,9 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
                     if m.len() != values.size() {
                         bail!("{} values but {} mask entries", values.size(), m.len());
                     }
-                    match read_ints(&values)? {
+                    // (a nullable-float column stays floats, whatever its values' type)
+                    let ints = if enc == "nullable-integer" { read_ints(&values)? } else { None };
+                    match ints {
                         Some((values, width)) => ObsColumn::Int(IntColumn { values, width, mask: Some(m) }),
                         None => {
                             let v = read_f64(&values)?;
