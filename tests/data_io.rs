@@ -619,6 +619,13 @@ def jdup(f):
     v[1] = v[0]
     ids[...] = v
 variant("jdup", jdup)
+def celldup(f):
+    for g in ["obs", "mod/rna/obs", "mod/splicing/obs"]:
+        ds = f[g + "/" + f[g].attrs["_index"]]
+        v = ds[()]
+        v[5] = v[4]
+        ds[...] = v
+variant("celldup", celldup)
 mudata.read_h5mu(base).mod["splicing"].write_h5ad(f"{d}/splicing_only.h5ad")
 print("ok")
 "#;
@@ -633,6 +640,10 @@ print("ok")
     assert_ne!(base.splicing.junction_names[1], base.splicing.junction_names[0]);
     let o = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(p("jdup.h5mu")).output().unwrap();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("junction_id repeats"), "{}", String::from_utf8_lossy(&o.stderr));
+    // A cell name that repeats loads (anndata allows it) with a warning naming both rows.
+    let o = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(p("celldup.h5mu")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("celldup.h5mu") && err.contains("repeats") && err.contains("cells 4 and 5"), "{err}");
     let run = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_splicevi")).current_dir(tmp.path()).args(args).output().unwrap();
         assert!(!o.status.success(), "{args:?} should fail");

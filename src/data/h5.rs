@@ -908,7 +908,7 @@ fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
 }
 
 /// The first name that occurs twice: (its first row, the repeat's row).
-fn first_repeat(names: &[String]) -> Option<(usize, usize)> {
+pub(crate) fn first_repeat(names: &[String]) -> Option<(usize, usize)> {
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
         if let Some(&first) = seen.get(n.as_str()) {

@@ -91,6 +91,14 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
         // (every command needs cells: training splits them, the analyses write one row each)
         return Err(DataError::new(&file, "obs", "no cells".to_string()).into());
     }
+    if let Some((a, b)) = super::h5::first_repeat(cells) {
+        // anndata allows it (with a warning) and so do we; what is keyed by cell name cannot tell the
+        // two apart.
+        eprintln!(
+            "warning: {file}: the cell name {:?} repeats (cells {a} and {b}): outputs keep the names as they are, and a lookup by name (a `cell` run's modality weights) takes such cells as unseen",
+            cells[b]
+        );
+    }
     let nj = raw.junction_names.len();
     let (ev_field, ids, numeric) = &raw.event_ids;
     if ids.len() != nj {
