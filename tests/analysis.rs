@@ -349,7 +349,7 @@ fn imputation_evaluation_on_a_trained_model() {
             l.pcs_90,
             l.silhouette.unwrap(),
             l.knn_accuracy.unwrap(),
-            l.logistic_accuracy.unwrap()
+            l.logistic.unwrap().accuracy
         );
         assert_eq!(l.n_cells, 500);
         assert!(l.pcs_90 >= 1 && l.pcs_90 <= l.dim);
@@ -549,6 +549,7 @@ pear = ev[(ev.subset == "dropped") & (ev.metric == "pearson")]
 assert set(pear.method) == {"splicevi_dm_posterior", "splicevi_decoder", "mean_bayes"}, set(pear.method)
 assert set(ev[ev.section == "latent"].subset) == {"joint", "expression", "splicing"}
 assert "silhouette_cell_type" in set(ev.metric) and "logistic_accuracy_cell_type" in set(ev.metric)
+assert {"logistic_precision_weighted_cell_type", "logistic_recall_weighted_cell_type", "logistic_f1_weighted_cell_type"} <= set(ev.metric)
 evt = pd.read_csv(P("eval_train.tsv"), sep="\t")
 assert evt[(evt.subset == "dropped") & (evt.metric == "n")].value.iloc[0] > 0
 print("ok")

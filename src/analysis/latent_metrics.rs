@@ -1,7 +1,8 @@
 //! Latent-space quality metrics (model.md §8.1–§8.2): k-NN accuracy with stratification-free k-fold
-//! cross-validation, silhouette score, held-out accuracy of a standardised multinomial logistic regression
-//! (L2 with C = 1, as sklearn's `StandardScaler` + `LogisticRegression()`), and the number of principal components explaining 90% of
-//! the variance. Brute-force distances, parallel over query cells: exact, and fast enough for the tens of
+//! cross-validation, silhouette score, held-out scores of sklearn's `LogisticRegression(max_iter=1000)`
+//! on the latent as it is (§8.1: no scaler; L2 with C = 1, lbfgs, multinomial for three or more classes
+//! and the binary model for two), and the number of principal components explaining 90% of the
+//! variance. Brute-force distances, parallel over query cells: exact, and fast enough for the tens of
 //! thousands of cells an evaluation uses.
 
 use rand::seq::SliceRandom;
@@ -155,12 +156,24 @@ pub fn pcs_for_variance(x: &[f32], d: usize, frac: f64) -> usize {
     n.min(d)
 }
 
-/// Multinomial logistic regression with an L2 penalty ½‖W‖² (C = 1; intercepts not penalised), fitted by
-/// L-BFGS: sklearn's `LogisticRegression()` objective. Returns (weights K × d, intercepts K).
+/// Logistic regression with an L2 penalty ½‖W‖² (C = 1; intercepts not penalised), fitted by L-BFGS:
+/// sklearn's `LogisticRegression()` objective. Three or more classes: the multinomial model, every row
+/// of W penalised (sklearn's; the unpenalised intercepts stay centred, as sklearn leaves them). Two
+/// classes: sklearn's binary model, one weight vector for class 1 against class 0 (row 0 stays zero);
+/// the multinomial form would put half the penalty on each row, a weaker penalty than sklearn's.
+/// Returns (weights K × d, intercepts K).
+///
+/// Where it differs from sklearn's lbfgs: the objective is summed over cells, not averaged, and it
+/// stops at a largest gradient entry below 1e-6 (or a relative change of the objective below 1e-10),
+/// far tighter than sklearn's `tol=1e-4` on the averaged gradient: both reach the same optimum, ours
+/// closer to it. The line search is a backtracking Armijo search, not scipy's Wolfe search, so the
+/// iterates (and a fit cut short by `max_iter`) differ.
 pub fn fit_logistic(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: usize) -> (Vec<f64>, Vec<f64>) {
     let n = y.len();
     let k = n_classes;
     let np = k * d + k;
+    // (binary: class 0's weights and intercept get no gradient, so they stay at 0)
+    let fixed0 = k == 2;
     // Objective and gradient at theta = [W (K×d) | b (K)].
     let eval = |theta: &[f64]| -> (f64, Vec<f64>) {
         let (w, b) = theta.split_at(k * d);
@@ -194,6 +207,10 @@ pub fn fit_logistic(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: 
         let reg: f64 = w.iter().map(|v| v * v).sum::<f64>() * 0.5;
         for (g, v) in grad.iter_mut().zip(w) {
             *g += v;
+        }
+        if fixed0 {
+            grad[..d].iter_mut().for_each(|g| *g = 0.0);
+            grad[k * d] = 0.0;
         }
         (loss + reg, grad)
     };
@@ -265,15 +282,62 @@ pub fn fit_logistic(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: 
     (theta, b)
 }
 
-/// Held-out accuracy of standardisation + `fit_logistic` on a seeded split (`test_frac` of the cells held
-/// out, rounded up, as sklearn's `train_test_split`). Classes absent from the training part are never
-/// predicted.
-pub fn logistic_accuracy(x: &[f32], d: usize, labels: &[u32], test_frac: f64, seed: u64, max_iter: usize) -> f64 {
+/// sklearn's accuracy and `precision_score` / `recall_score` / `f1_score` with `average="weighted",
+/// zero_division=0`: per class of the truths and the predictions, precision tp/(tp+fp), recall
+/// tp/(tp+fn) and F1 2tp/(2tp+fp+fn) (0 where the denominator is 0), averaged weighted by the class's
+/// number of truths (a class only ever predicted weighs 0). NaN for no cells.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClassScores {
+    pub accuracy: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+impl ClassScores {
+    pub const NAN: ClassScores = ClassScores { accuracy: f64::NAN, precision: f64::NAN, recall: f64::NAN, f1: f64::NAN };
+
+    pub fn of(truth: &[u32], pred: &[u32]) -> ClassScores {
+        assert_eq!(truth.len(), pred.len());
+        let n = truth.len();
+        if n == 0 {
+            return ClassScores::NAN;
+        }
+        let n_classes = truth.iter().chain(pred).copied().max().unwrap() as usize + 1;
+        // (tp, fp, fn) per class
+        let mut c = vec![(0usize, 0usize, 0usize); n_classes];
+        for (&t, &p) in truth.iter().zip(pred) {
+            if t == p {
+                c[t as usize].0 += 1;
+            } else {
+                c[p as usize].1 += 1;
+                c[t as usize].2 += 1;
+            }
+        }
+        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let (mut p, mut r, mut f) = (0.0, 0.0, 0.0);
+        for &(tp, fp, fn_) in &c {
+            let support = (tp + fn_) as f64;
+            p += support * ratio(tp, tp + fp);
+            r += support * ratio(tp, tp + fn_);
+            f += support * ratio(2 * tp, 2 * tp + fp + fn_);
+        }
+        let correct: usize = c.iter().map(|x| x.0).sum();
+        let n = n as f64;
+        ClassScores { accuracy: correct as f64 / n, precision: p / n, recall: r / n, f1: f / n }
+    }
+}
+
+/// Held-out scores ([`ClassScores`]) of [`fit_logistic`] on the latent as given (§8.1 fits
+/// `LogisticRegression(max_iter=1000)` on Z, no scaler), on a seeded split: `test_frac` of the cells
+/// held out, rounded up, as sklearn's `train_test_split` (the permutation is ours, not numpy's). Classes
+/// absent from the training part are never predicted; a training part of one class predicts it.
+pub fn logistic_scores(x: &[f32], d: usize, labels: &[u32], test_frac: f64, seed: u64, max_iter: usize) -> ClassScores {
     let n = labels.len();
-    assert_eq!(x.len(), n * d, "logistic_accuracy: {} values for {n}×{d}", x.len());
+    assert_eq!(x.len(), n * d, "logistic_scores: {} values for {n}×{d}", x.len());
     let n_test = ((test_frac * n as f64).ceil() as usize).min(n);
     if n < 2 || n_test == 0 || n_test == n {
-        return f64::NAN;
+        return ClassScores::NAN;
     }
     let mut perm: Vec<usize> = (0..n).collect();
     perm.shuffle(&mut crate::train::rng::stream(seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::CLASSIFIER_SPLIT, 0));
@@ -282,46 +346,28 @@ pub fn logistic_accuracy(x: &[f32], d: usize, labels: &[u32], test_frac: f64, se
     let mut classes: Vec<u32> = train.iter().map(|&i| labels[i]).collect();
     classes.sort_unstable();
     classes.dedup();
+    let truth: Vec<u32> = test.iter().map(|&i| labels[i]).collect();
     if classes.len() < 2 {
-        return test.iter().filter(|&&i| labels[i] == classes[0]).count() as f64 / n_test as f64;
+        return ClassScores::of(&truth, &vec![classes[0]; n_test]);
     }
     let code = |l: u32| classes.binary_search(&l).ok();
-    // StandardScaler fitted on the training part (as the §8.2 pipeline): collapsed latents have tiny
-    // scales that the L2 penalty would otherwise flatten into a majority-class predictor.
-    let mut mean = vec![0f64; d];
-    let mut sd = vec![0f64; d];
-    for &i in train {
-        for t in 0..d {
-            mean[t] += x[i * d + t] as f64;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= train.len() as f64);
-    for &i in train {
-        for t in 0..d {
-            sd[t] += (x[i * d + t] as f64 - mean[t]).powi(2);
-        }
-    }
-    sd.iter_mut().for_each(|s| *s = (*s / train.len() as f64).sqrt());
-    let scaled = |i: usize| -> Vec<f32> {
-        (0..d).map(|t| if sd[t] > 0.0 { ((x[i * d + t] as f64 - mean[t]) / sd[t]) as f32 } else { 0.0 }).collect()
-    };
-    let xt: Vec<f32> = train.iter().flat_map(|&i| scaled(i)).collect();
+    let xt: Vec<f32> = train.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect();
     let yt: Vec<u32> = train.iter().map(|&i| code(labels[i]).unwrap() as u32).collect();
     let k = classes.len();
     let (w, b) = fit_logistic(&xt, d, &yt, k, max_iter);
-    let correct = test
+    let pred: Vec<u32> = test
         .iter()
-        .filter(|&&i| {
-            let xi = scaled(i);
+        .map(|&i| {
+            let xi = &x[i * d..(i + 1) * d];
             let best = (0..k)
                 .map(|c| b[c] + (0..d).map(|t| w[c * d + t] * xi[t] as f64).sum::<f64>())
                 .enumerate()
                 .fold((0, f64::NEG_INFINITY), |acc, (c, v)| if v > acc.1 { (c, v) } else { acc })
                 .0;
-            classes[best] == labels[i]
+            classes[best]
         })
-        .count();
-    correct as f64 / n_test as f64
+        .collect();
+    ClassScores::of(&truth, &pred)
 }
 
 #[cfg(test)]
@@ -364,8 +410,8 @@ mod tests {
         let shuffled: Vec<u32> = (0..200u32).map(|i| (i / 2) % 2).collect();
         let acc = knn_accuracy(&x, 2, &shuffled, 15, 5, 0);
         assert!((0.3..0.7).contains(&acc), "{acc}");
-        assert!(logistic_accuracy(&x, 2, &lab, 0.2, 0, 300) > 0.95);
-        let lacc = logistic_accuracy(&x, 2, &shuffled, 0.2, 0, 300);
+        assert!(logistic_scores(&x, 2, &lab, 0.2, 0, 1000).accuracy > 0.95);
+        let lacc = logistic_scores(&x, 2, &shuffled, 0.2, 0, 1000).accuracy;
         assert!((0.25..0.75).contains(&lacc), "{lacc}");
     }
 
@@ -391,6 +437,52 @@ mod tests {
         }
         assert_eq!(pcs_for_variance(&y, 4, 0.9), 4);
         assert_eq!(pcs_for_variance(&y, 4, 0.5), 2);
+    }
+
+    /// sklearn's weighted precision / recall / F1 (zero_division=0), by hand: class 0 (3 truths) P 1,
+    /// R 2/3, F1 0.8; class 1 (2) P R F1 0.5; class 2 (1) P 0.5, R 1, F1 2/3; class 4 (1) never
+    /// predicted: 0 0 0; class 3 only predicted: weight 0. sklearn 1.9 gives 0.6428571428571429,
+    /// 0.5714285714285714, 0.580952380952381.
+    #[test]
+    fn weighted_precision_recall_f1_as_sklearn() {
+        let s = ClassScores::of(&[0, 0, 0, 1, 1, 2, 4], &[0, 0, 1, 1, 2, 2, 3]);
+        assert!((s.precision - 4.5 / 7.0).abs() < 1e-15 && (s.precision - 0.6428571428571429).abs() < 1e-15, "{s:?}");
+        assert!((s.recall - 4.0 / 7.0).abs() < 1e-15 && s.accuracy == s.recall, "{s:?}");
+        assert!((s.f1 - (2.4 + 1.0 + 2.0 / 3.0) / 7.0).abs() < 1e-15 && (s.f1 - 0.580952380952381).abs() < 1e-14, "{s:?}");
+        let perfect = ClassScores::of(&[1, 0, 1], &[1, 0, 1]);
+        assert_eq!(perfect, ClassScores { accuracy: 1.0, precision: 1.0, recall: 1.0, f1: 1.0 });
+        assert!(ClassScores::of(&[], &[]).f1.is_nan());
+    }
+
+    /// The fitted coefficients are sklearn's `LogisticRegression(tol=1e-10).fit(x, y)` (1.9.1): the
+    /// binary model for two classes (one weight vector; the two-row multinomial form halves the
+    /// penalty and gave other weights), the multinomial one for three.
+    #[test]
+    fn logistic_coefficients_match_sklearn() {
+        let x = [-2.0f32, 0.5, -1.0, -0.3, 0.2, 1.0, 1.0, 0.1, 2.0, -0.7, 0.5, 0.4, -0.4, -1.1];
+        let (w, b) = fit_logistic(&x, 2, &[0, 0, 1, 1, 1, 0, 1], 2, 1000);
+        let close = |got: &[f64], want: &[f64]| got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5);
+        assert!(close(&w, &[0.0, 0.0, 0.821442017887299, -0.292779392274414]) && close(&b, &[0.0, 0.3133920907645959]), "{w:?} {b:?}");
+        let (w, b) = fit_logistic(&x, 2, &[0, 0, 1, 1, 2, 2, 1], 3, 1000);
+        let want_w = [-0.980902433136961, 0.05980157755649389, 0.1748544869043434, 0.010272251318712254, 0.8060479462326179, -0.07007382887520612];
+        assert!(close(&w, &want_w) && close(&b, &[-0.33895169652566265, 0.5423673571063629, -0.20341566058069951]), "{w:?} {b:?}");
+    }
+
+    /// §8.1 fits the latent as it is (no scaler): a latent of tiny scale gives L2 (C = 1) weights too
+    /// small to beat the intercept, and the classifier predicts the majority class everywhere, as
+    /// sklearn's does here (coef 0.075, intercept −1.099, predicts 0). A scaler would separate the
+    /// two classes perfectly.
+    #[test]
+    fn logistic_scores_fit_the_latent_unscaled() {
+        let (n0, n1) = (150, 50);
+        let x: Vec<f32> = (0..n0 + n1).map(|i| if i < n0 { -0.001 } else { 0.001 }).collect();
+        let y: Vec<u32> = (0..n0 + n1).map(|i| u32::from(i >= n0)).collect();
+        let (w, b) = fit_logistic(&x, 1, &y, 2, 1000);
+        assert!((w[1] - 0.07502433).abs() < 1e-4 && (b[1] + 1.0986657).abs() < 1e-4, "{w:?} {b:?}");
+        let s = logistic_scores(&x, 1, &y, 0.2, 0, 1000);
+        // every held-out cell predicted 0: recall of class 0 is 1, of class 1 is 0
+        assert!(s.accuracy < 0.95 && s.accuracy > 0.5, "{s:?}");
+        assert!((s.precision - s.accuracy * s.accuracy).abs() < 1e-12, "{s:?}");
     }
 
     #[test]
