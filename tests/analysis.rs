@@ -340,7 +340,8 @@ fn imputation_evaluation_on_a_trained_model() {
     let n2 = t.dropped.iter().filter(|e| e.psi < 1.0 && e.n >= 3.0).count();
     assert_eq!(rep2.get("dropped", METHOD_MEANBAYES).unwrap().n, n2);
 
-    let lat = evaluate_latents(&Posterior::new(&t.ds, &t.model, &t.params).unwrap(), Some(&t.truth.cell_type), 500, 15, 0, 128).unwrap();
+    let labels = splicevi::analysis::evaluate::Labels::from_codes("cell_type", &t.truth.cell_type);
+    let (lat, _) = evaluate_latents(&Posterior::new(&t.ds, &t.model, &t.params).unwrap(), Some(&labels), 500, 15, 0, 128).unwrap();
     for l in &lat {
         eprintln!(
             "QUALITY (default preset) latent {}: dim {} PCs(90%) {} silhouette {:.3} 15-NN {:.3} logistic {:.3}",
@@ -582,6 +583,9 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["evaluate".into(), "--label".into(), "nocol".into()], "--label nocol"),
         (vec!["evaluate".into(), "--meanbayes-groupby".into(), "nocol".into()], "--meanbayes-groupby nocol"),
         (vec!["evaluate".into(), "--knn".into(), "500".into()], "at most 160 neighbours"),
+        // a measurement as labels: 131 "classes" of one or two cells each, scored without a word
+        (vec!["evaluate".into(), "--label".into(), "library_size".into()], "a measurement rather than classes"),
+        (vec!["evaluate".into(), "--label".into(), "cell_type".into(), "--sublabel".into(), "library_size".into()], "--sublabel library_size"),
         (vec!["impute".into(), "--transform-batch".into(), "batch7".into()], "batch7"),
         (vec!["impute".into(), "--junctions".into(), d.join("nope.txt").display().to_string()], "nope.txt"),
         (vec!["evaluate".into(), "--lr".into(), "0.1".into()], "only accepted with --train"),
@@ -682,6 +686,23 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     }
     let e = fails(bin().args(["evaluate", "--train"]).arg(p("frac.h5mu")).arg("--out").arg(p("frac.tsv")));
     assert!(e.contains("--require-integer-splicing false accepts"), "{e}");
+
+    // Cells without a label are left out of the label metrics (they were a class `nan`), and a class
+    // of fewer than 5 cells out of the classifiers; stderr says how many and which.
+    let mut ds = splicevi::data::load::load(&data, &DataOptions::default()).unwrap();
+    let col = ds.obs.iter_mut().find(|(n, _)| n == "cell_type").map(|(_, c)| c).unwrap();
+    let splicevi::data::ObsColumn::Categorical { codes, categories } = col else { panic!("cell_type is not categorical") };
+    categories.push("rare".into());
+    codes[..7].iter_mut().for_each(|c| *c = -1);
+    codes[7..10].iter_mut().for_each(|c| *c = categories.len() as i32 - 1);
+    splicevi::data::h5write::write_h5mu(&p("unlabelled.h5mu"), &ds, None, None, &[], splicevi::data::h5write::Compression { gzip_level: None }).unwrap();
+    let said = ok(bin().arg("evaluate").arg(&run).arg(p("unlabelled.h5mu")).args(["--label", "cell_type", "--no-plots", "--out"]).arg(p("unlabelled.tsv")));
+    assert!(said.contains("--label cell_type: 7 of the 200 cells scored have no label"), "{said}");
+    assert!(said.contains("leave out the classes of fewer than 5 cells (3 cells): `rare` (3 cells)"), "{said}");
+    let table = std::fs::read_to_string(p("unlabelled.tsv")).unwrap();
+    for (metric, want) in [("n_cells", "200"), ("n_cells_labelled_cell_type", "193"), ("n_cells_classified_cell_type", "190")] {
+        assert!(table.contains(&format!("latent\tjoint\tsplicevi\t{metric}\t{want}\n")), "{metric}: {table}");
+    }
 
     // Nothing scored: nan in the table, and a warning saying why.
     let said = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--min-atse-count", "100000", "--no-plots", "--out"]).arg(p("nan.tsv")));

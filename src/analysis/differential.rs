@@ -107,11 +107,12 @@ pub const MAX_GROUPS_WITHOUT_GROUP1: usize = 100;
 
 /// The groups of a `--groupby` column: level names in pandas' `astype("category")` order (categories
 /// in the column's order, numbers ascending, text sorted), and each cell's level (None: missing).
-struct Groups {
-    names: Vec<String>,
-    of_cell: Vec<Option<usize>>,
+/// Also the classes of `evaluate --label` ([`obs_groups`]).
+pub struct Groups {
+    pub names: Vec<String>,
+    pub of_cell: Vec<Option<usize>>,
     /// A numeric column's level values: a group given as `214.0` is the level `214`.
-    values: Option<Vec<f64>>,
+    pub values: Option<Vec<f64>>,
 }
 
 impl Groups {
@@ -218,6 +219,19 @@ pub fn rest_label(groups: &[String]) -> String {
     std::iter::once(base.to_string()).chain((2..).map(|i| format!("{base} {i}"))).find(|s| !taken(s)).expect("an unused name")
 }
 
+/// The groups of the obs column `column` that `flag` names: categorical, text, boolean or
+/// integer-valued numbers; a column with non-integer numbers is refused (a measurement, not groups).
+pub fn obs_groups(ds: &Dataset, flag: &str, column: &str) -> Result<Groups> {
+    let Some(col) = ds.obs_column(column) else {
+        let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
+        bail!("{flag} {column}: {}: no obs column `{column}` (columns: {})", ds.source, names.join(", "));
+    };
+    if let Some(x) = col.first_non_integer() {
+        bail!("{flag} {column}: {}: `{column}` holds non-integer numbers (e.g. {x}), a measurement rather than groups of cells; give a categorical column", ds.source);
+    }
+    Ok(Groups::of(col))
+}
+
 /// The comparisons of `--groupby COL [--group1 A] [--group2 B]`: group 2 defaults to every other cell
 /// (named by [`rest_label`]);
 /// without group 1, every group in turn (in pandas' `astype("category")` order: categories in the
@@ -227,14 +241,7 @@ pub fn rest_label(groups: &[String]) -> String {
 /// `214`); a column with non-integer numbers is refused (a measurement, not groups), as is one with
 /// more than [`MAX_GROUPS_WITHOUT_GROUP1`] groups when --group1 is not given.
 pub fn comparisons(ds: &Dataset, groupby: &str, group1: Option<&str>, group2: Option<&str>) -> Result<Vec<Comparison>> {
-    let Some(col) = ds.obs_column(groupby) else {
-        let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
-        bail!("--groupby {groupby}: {}: no obs column `{groupby}` (columns: {})", ds.source, names.join(", "));
-    };
-    if let Some(x) = col.first_non_integer() {
-        bail!("--groupby {groupby}: {}: `{groupby}` holds non-integer numbers (e.g. {x}), a measurement rather than groups of cells; group by a categorical column", ds.source);
-    }
-    let groups = Groups::of(col);
+    let groups = obs_groups(ds, "--groupby", groupby)?;
     let find = |flag: &str, g: &str| -> Result<usize> {
         match groups.find(g) {
             Some(l) => Ok(l),

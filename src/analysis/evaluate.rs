@@ -331,6 +331,65 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
     Ok(report)
 }
 
+/// Fewest cells a class needs in the classifier scores (k-NN and logistic regression): the k-NN scores
+/// 5 folds and the logistic regression holds one fifth out, and §8.2 drops the classes with fewer
+/// members than folds. The silhouette keeps every labelled cell (sklearn scores a lone cell 0).
+pub const MIN_CLASS_CELLS: usize = 5;
+
+/// A label column of the latent metrics (`--label`, `--sublabel`): each cell's class (None: no label,
+/// a NaN or a missing category) and the class names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Labels {
+    pub column: String,
+    pub of_cell: Vec<Option<u32>>,
+    pub classes: Vec<String>,
+}
+
+impl Labels {
+    /// The obs column `column` (named by `flag`) as labels, with the groups diff-splicing's `--groupby`
+    /// takes (categorical, text, boolean or integer-valued; NaN and a missing category are no label).
+    /// A numeric column of non-integer numbers, or of more distinct values than a measurement would
+    /// have as categories (`validate --labels-key` warns of the same column), is refused: its "classes"
+    /// would be one or two cells each. (The original scores `obs[col].astype(str)`: an unlabelled cell
+    /// is a class `nan` there, and a continuous column is taken as classes without a word.)
+    pub fn of_column(ds: &Dataset, flag: &str, column: &str) -> Result<Labels> {
+        let g = super::differential::obs_groups(ds, flag, column)?;
+        let labelled = g.of_cell.iter().filter(|c| c.is_some()).count();
+        if g.values.is_some() && crate::data::load::looks_like_a_measurement(g.names.len(), labelled) {
+            bail!(
+                "{flag} {column}: {}: `{column}` is a numeric column with {} distinct values for {labelled} labelled cells, a measurement rather than classes of cells; give a categorical column",
+                ds.source,
+                g.names.len()
+            );
+        }
+        Ok(Labels { column: column.to_string(), of_cell: g.of_cell.iter().map(|c| c.map(|c| c as u32)).collect(), classes: g.names })
+    }
+
+    /// Every cell labelled by its code (class names: the codes).
+    pub fn from_codes(column: &str, codes: &[u32]) -> Labels {
+        let n = codes.iter().copied().max().map_or(0, |m| m as usize + 1);
+        Labels { column: column.to_string(), of_cell: codes.iter().map(|&c| Some(c)).collect(), classes: (0..n).map(|c| c.to_string()).collect() }
+    }
+}
+
+/// Which cells of `rows` (dataset cells) the label metrics score: positions in `rows` of the labelled
+/// cells (silhouette) and of those whose class has at least [`MIN_CLASS_CELLS`] of them (classifiers),
+/// and the classes left out of the classifiers (name, cells), in class order.
+pub fn label_rows(labels: &Labels, rows: &[usize]) -> (Vec<usize>, Vec<usize>, Vec<(String, usize)>) {
+    let labelled: Vec<usize> = (0..rows.len()).filter(|&r| labels.of_cell[rows[r]].is_some()).collect();
+    let mut size = vec![0usize; labels.classes.len()];
+    labelled.iter().for_each(|&r| size[labels.of_cell[rows[r]].unwrap() as usize] += 1);
+    let kept = |r: &&usize| size[labels.of_cell[rows[**r]].unwrap() as usize] >= MIN_CLASS_CELLS;
+    let classified: Vec<usize> = labelled.iter().filter(kept).copied().collect();
+    let dropped = (0..size.len()).filter(|&c| size[c] > 0 && size[c] < MIN_CLASS_CELLS).map(|c| (labels.classes[c].clone(), size[c])).collect();
+    (labelled, classified, dropped)
+}
+
+/// Rows `rows` of the n × d matrix `x`.
+fn take_rows(x: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
+    rows.iter().flat_map(|&r| x[r * d..(r + 1) * d].iter().copied()).collect()
+}
+
 /// Latent metrics of one latent space.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LatentReport {
@@ -338,6 +397,9 @@ pub struct LatentReport {
     pub dim: usize,
     pub n_cells: usize,
     pub pcs_90: usize,
+    /// With a label: the cells with one (silhouette) and those of the classes the classifiers keep.
+    pub n_labelled: Option<usize>,
+    pub n_classified: Option<usize>,
     /// With a label: silhouette, 15-NN accuracy (5-fold), logistic regression scores (80/20).
     pub silhouette: Option<f64>,
     pub knn_accuracy: Option<f64>,
@@ -348,8 +410,10 @@ pub struct LatentReport {
 pub const LOGISTIC_MAX_ITER: usize = 1000;
 
 /// Latent metrics of the joint, expression and splicing posterior means of up to `max_cells` cells
-/// (a seeded subsample when there are more). `labels`: a code per dataset cell.
-pub fn evaluate_latents(post: &Posterior, labels: Option<&[u32]>, max_cells: usize, k: usize, seed: u64, block_cells: usize) -> Result<Vec<LatentReport>> {
+/// (a seeded subsample when there are more). The label metrics leave out the cells without a label,
+/// and the classifiers the classes of fewer than [`MIN_CLASS_CELLS`] cells; the returned lines say how
+/// many and which.
+pub fn evaluate_latents(post: &Posterior, labels: Option<&Labels>, max_cells: usize, k: usize, seed: u64, block_cells: usize) -> Result<(Vec<LatentReport>, Vec<String>)> {
     let n = post.ds.n_cells();
     let mut cells: Vec<usize> = (0..n).collect();
     if n > max_cells {
@@ -358,21 +422,53 @@ pub fn evaluate_latents(post: &Posterior, labels: Option<&[u32]>, max_cells: usi
         cells.sort_unstable();
     }
     let (lat, dims) = post.latent_means(&cells, block_cells)?;
-    let lab: Option<Vec<u32>> = labels.map(|l| cells.iter().map(|&c| l[c]).collect());
+    let mut notes = Vec::new();
+    let rows = labels.map(|l| label_rows(l, &cells));
+    if let (Some(l), Some((labelled, classified, dropped))) = (labels, &rows) {
+        if labelled.len() < cells.len() {
+            notes.push(format!(
+                "--label {}: {} of the {} cells scored have no label (NaN or a missing category); the label metrics leave them out",
+                l.column,
+                cells.len() - labelled.len(),
+                cells.len()
+            ));
+        }
+        if !dropped.is_empty() {
+            let list: Vec<String> = dropped.iter().map(|(c, m)| format!("`{c}` ({m} cell{})", if *m == 1 { "" } else { "s" })).collect();
+            notes.push(format!(
+                "--label {}: the k-NN and logistic scores leave out the classes of fewer than {MIN_CLASS_CELLS} cells ({} cells): {}",
+                l.column,
+                labelled.len() - classified.len(),
+                list.join(", ")
+            ));
+        }
+    }
     let mut out = Vec::new();
     for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
         let (x, d) = (&lat[i], dims[i]);
-        out.push(LatentReport {
+        let mut rep = LatentReport {
             space: space.to_string(),
             dim: d,
             n_cells: cells.len(),
             pcs_90: pcs_for_variance(x, d, 0.9),
-            silhouette: lab.as_ref().map(|l| silhouette(x, d, l)),
-            knn_accuracy: lab.as_ref().map(|l| knn_accuracy(x, d, l, k, 5, seed)),
-            logistic: lab.as_ref().map(|l| logistic_scores(x, d, l, 0.2, seed, LOGISTIC_MAX_ITER)),
-        });
+            n_labelled: None,
+            n_classified: None,
+            silhouette: None,
+            knn_accuracy: None,
+            logistic: None,
+        };
+        if let (Some(l), Some((labelled, classified, _))) = (labels, &rows) {
+            let codes = |rs: &[usize]| -> Vec<u32> { rs.iter().map(|&r| l.of_cell[cells[r]].unwrap()).collect() };
+            rep.n_labelled = Some(labelled.len());
+            rep.n_classified = Some(classified.len());
+            rep.silhouette = Some(silhouette(&take_rows(x, d, labelled), d, &codes(labelled)));
+            let (xc, yc) = (take_rows(x, d, classified), codes(classified));
+            rep.knn_accuracy = Some(knn_accuracy(&xc, d, &yc, k, 5, seed));
+            rep.logistic = Some(logistic_scores(&xc, d, &yc, 0.2, seed, LOGISTIC_MAX_ITER));
+        }
+        out.push(rep);
     }
-    Ok(out)
+    Ok((out, notes))
 }
 
 /// Long-format rows of both reports.
@@ -391,6 +487,12 @@ pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<
         push("n_cells".into(), l.n_cells as f64);
         push("pcs_90pct_variance".into(), l.pcs_90 as f64);
         let lab = label.unwrap_or("label");
+        if let Some(v) = l.n_labelled {
+            push(format!("n_cells_labelled_{lab}"), v as f64);
+        }
+        if let Some(v) = l.n_classified {
+            push(format!("n_cells_classified_{lab}"), v as f64);
+        }
         if let Some(v) = l.silhouette {
             push(format!("silhouette_{lab}"), v);
         }
@@ -454,13 +556,16 @@ pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
         }
     }
     for (metric, spaces) in metrics {
+        // the cells the metric scored: the labelled ones (silhouette), those of the classes kept
+        // (classifiers), else every cell
+        let count = |prefix: &str| table.iter().find(|r| r.section == "latent" && r.subset == spaces[0] && r.metric.starts_with(prefix)).map(|r| r.value);
         let cells = table.iter().find(|r| r.section == "latent" && r.subset == spaces[0] && r.metric == "n_cells").map(|r| r.value).unwrap_or(f64::NAN);
         let why = if metric.contains("_within_") {
             "no --label group holds two or more cells of two or more --sublabel groups".to_string()
         } else if metric.starts_with("silhouette_") {
-            format!("a silhouette needs two or more --label groups among the {cells} cells scored")
+            format!("a silhouette needs two or more --label groups among the {} labelled cells scored", count("n_cells_labelled_").unwrap_or(cells))
         } else if metric.starts_with("logistic_") || metric.starts_with("knn") {
-            format!("too few cells ({cells}) to hold some out")
+            format!("too few cells ({}, in classes of {MIN_CLASS_CELLS} or more) to hold some out", count("n_cells_classified_").unwrap_or(cells))
         } else {
             "undefined for these cells".to_string()
         };
@@ -587,10 +692,57 @@ mod tests {
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].starts_with("imputation `dropped`: every metric is nan: no entry is scored") && w[0].contains("ATSE count ≥ 100000 (--min-atse-count)"), "{}", w[0]);
         assert!(w[1].starts_with("imputation `observed` mean_bayes: pearson nan") && w[1].contains("all equal"), "{}", w[1]);
-        assert!(w[2].starts_with("latent silhouette_batch is nan (joint, splicing)") && w[2].contains("two or more --label groups among the 200 cells"), "{}", w[2]);
+        assert!(w[2].starts_with("latent silhouette_batch is nan (joint, splicing)") && w[2].contains("two or more --label groups among the 200 labelled cells"), "{}", w[2]);
         // nothing nan, nothing said
         t.retain(|r| !r.value.is_nan() && r.value != 0.0);
         assert!(nan_warnings(&t, &TruthFilter::default()).is_empty());
+    }
+
+    fn with_obs(n: usize, obs: Vec<(&str, crate::data::ObsColumn)>) -> Dataset {
+        Dataset {
+            source: "d.h5mu".into(),
+            cell_names: (0..n).map(|i| format!("c{i}")).collect(),
+            obs: obs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Cells without a label (a missing category, a NaN) are no class of the label metrics (they were
+    /// a class of their own); a class of fewer than 5 cells is left out of the classifiers and named;
+    /// a numeric column of a value per cell or two (a measurement) is refused, as are non-integers.
+    #[test]
+    fn label_columns_drop_unlabelled_cells_and_rare_classes() {
+        use crate::data::ObsColumn;
+        // 14 cells: A × 6, B × 5, C × 2, missing × 1
+        let codes = vec![0, 0, 1, -1, 0, 1, 2, 1, 0, 1, 0, 2, 1, 0];
+        let ds = with_obs(14, vec![("ct", ObsColumn::Categorical { codes, categories: vec!["A".into(), "B".into(), "C".into(), "unused".into()] })]);
+        let l = Labels::of_column(&ds, "--label", "ct").unwrap();
+        assert_eq!(l.classes, ["A", "B", "C"]);
+        assert_eq!(l.of_cell[3], None);
+        assert_eq!(&l.of_cell[..3], &[Some(0), Some(0), Some(1)]);
+        let all: Vec<usize> = (0..14).collect();
+        let (labelled, classified, dropped) = label_rows(&l, &all);
+        assert_eq!(labelled, [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+        assert_eq!(classified, [0, 1, 2, 4, 5, 7, 8, 9, 10, 12, 13]);
+        assert_eq!(dropped, [("C".to_string(), 2)]);
+        // on a subset of the cells, the counts are the subset's: B has 4 of its 5 there
+        let (_, classified, dropped) = label_rows(&l, &[0, 1, 2, 4, 5, 7, 8, 9, 10]);
+        assert_eq!(classified, [0, 1, 3, 6, 8]);
+        assert_eq!(dropped, [("B".to_string(), 4)]);
+        // numbers: NaN is no label; integer values are classes; many values per cell are refused
+        let ds = with_obs(4, vec![("n", ObsColumn::Numeric(vec![3.0, f64::NAN, 18.0, 3.0]))]);
+        let l = Labels::of_column(&ds, "--label", "n").unwrap();
+        assert_eq!(l.of_cell, [Some(0), None, Some(1), Some(0)]);
+        assert_eq!(l.classes, ["3", "18"]);
+        let ds = with_obs(200, vec![("library_size", ObsColumn::Numeric((0..200).map(|i| (1000 + i % 131) as f64).collect()))]);
+        let e = Labels::of_column(&ds, "--label", "library_size").unwrap_err().to_string();
+        assert!(e.starts_with("--label library_size: d.h5mu: `library_size` is a numeric column with 131 distinct values for 200 labelled cells, a measurement"), "{e}");
+        let ds = with_obs(2, vec![("x", ObsColumn::Numeric(vec![0.5, 1.0]))]);
+        let e = Labels::of_column(&ds, "--sublabel", "x").unwrap_err().to_string();
+        assert!(e.starts_with("--sublabel x:") && e.contains("non-integer"), "{e}");
+        // text columns: every value a class
+        let ds = with_obs(3, vec![("t", ObsColumn::Text(vec!["b".into(), "a".into(), "b".into()]))]);
+        assert_eq!(Labels::of_column(&ds, "--label", "t").unwrap().of_cell, [Some(1), Some(0), Some(1)]);
     }
 
     /// The in-place mask is the copying one, and unmasking restores the dataset bit for bit.

@@ -4,7 +4,7 @@
 
 use super::train::{resolve, OptionFlags, TrainArgs};
 use crate::analysis::differential::write_tsv;
-use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses_in_place, nan_warnings, render, unmask_atses, rows, rows_tsv, TruthFilter};
+use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses_in_place, nan_warnings, render, unmask_atses, rows, rows_tsv, Labels, TruthFilter};
 use crate::analysis::impute::group_codes;
 use crate::analysis::posterior::{align_batches, Posterior};
 use crate::data::{load::load, DataOptions, Dataset};
@@ -40,7 +40,9 @@ pub struct EvaluateArgs {
     /// break or `"` are quoted as pandas quotes them, here and in OUT.pairs.tsv.
     #[arg(long)]
     pub out: PathBuf,
-    /// obs column for the silhouette score and the classifiers (latent metrics).
+    /// obs column for the silhouette score and the classifiers (latent metrics): categorical, text or
+    /// integer-valued. Cells without a label (NaN, a missing category) are left out of these metrics,
+    /// and classes of fewer than 5 cells out of the classifiers; stderr says how many and which.
     #[arg(long)]
     pub label: Option<String>,
     /// obs column scored within each group of --label as well (15-NN accuracy of the sub-label among the
@@ -166,8 +168,8 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     };
     // The obs columns the options name, and the options the data bounds, before any training.
     let mb_groups = obs_codes(&ds, "--meanbayes-groupby", args.meanbayes_groupby.as_deref())?;
-    let labels = obs_codes(&ds, "--label", args.label.as_deref())?;
-    let sublabels = obs_codes(&ds, "--sublabel", args.sublabel.as_deref())?;
+    let labels = args.label.as_deref().map(|c| Labels::of_column(&ds, "--label", c)).transpose()?;
+    let sublabels = args.sublabel.as_deref().map(|c| Labels::of_column(&ds, "--sublabel", c)).transpose()?;
     check_knn(args.knn, ds.n_cells().min(args.max_cells_latent))?;
     if let Some((model, _)) = &train_opts {
         model.validate(&dims_of(&ds))?;
@@ -203,9 +205,12 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let mut post = Posterior::new(&ds, &model, &params)?;
     post.cell_rows = cell_rows;
     super::analysis_device(&mut post, device, precision, "evaluate")?;
-    let lat = evaluate_latents(&post, labels.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
+    let (lat, notes) = evaluate_latents(&post, labels.as_ref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
+    for n in notes {
+        eprintln!("note: evaluate: {n}");
+    }
     let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
-    let extra = extra_latent_rows(&args, &post, labels.as_deref(), sublabels.as_deref(), &ds)?;
+    let extra = extra_latent_rows(&args, &post, labels.as_ref(), sublabels.as_ref(), &ds)?;
     table.extend(extra.iter().cloned());
     // (an undefined metric stays nan in the table; the lines say which and why)
     for w in nan_warnings(&table, &filter) {
@@ -226,9 +231,10 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     Ok(())
 }
 
-/// Sub-label accuracy within each label group (`--sublabel`) and the k-NN batch entropy (mixing, when
-/// there is more than one batch) of each latent, on the same cells as the other latent metrics.
-fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32]>, sub: Option<&[u32]>, ds: &Dataset) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+/// Sub-label accuracy within each label group (`--sublabel`; on the cells with both a label and a
+/// sub-label) and the k-NN batch entropy (mixing, when there is more than one batch) of each latent,
+/// on the same cells as the other latent metrics.
+fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&Labels>, sub: Option<&Labels>, ds: &Dataset) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
     use crate::analysis::scorecard::{knn_accuracy_within, knn_batch_entropy};
     let batch = &ds.covariates.batch.codes;
     let n_batch = ds.covariates.batch.levels.len();
@@ -250,9 +256,11 @@ fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&[u32
             out.push(crate::analysis::evaluate::EvalRow { section: "latent".into(), subset: space.into(), method: "splicevi".into(), metric, value })
         };
         if let (Some(sub), Some(lab)) = (sub, labels) {
-            let s: Vec<u32> = cells.iter().map(|&c| sub[c]).collect();
-            let l: Vec<u32> = cells.iter().map(|&c| lab[c]).collect();
-            let v = knn_accuracy_within(&lat[i], dims[i], &l, &s, args.knn, args.eval_seed);
+            let both: Vec<usize> = (0..cells.len()).filter(|&r| sub.of_cell[cells[r]].is_some() && lab.of_cell[cells[r]].is_some()).collect();
+            let s: Vec<u32> = both.iter().map(|&r| sub.of_cell[cells[r]].unwrap()).collect();
+            let l: Vec<u32> = both.iter().map(|&r| lab.of_cell[cells[r]].unwrap()).collect();
+            let x: Vec<f32> = both.iter().flat_map(|&r| lat[i][r * dims[i]..(r + 1) * dims[i]].iter().copied()).collect();
+            let v = knn_accuracy_within(&x, dims[i], &l, &s, args.knn, args.eval_seed);
             push(format!("knn{}_accuracy_{}_within_{}", args.knn, args.sublabel.as_deref().unwrap(), args.label.as_deref().unwrap()), v);
         }
         if n_batch > 1 && batch.len() == n {

@@ -281,6 +281,13 @@ pub fn to_categorical(file: &str, field: &str, name: &str, flag: &str, col: &Obs
     Ok(Categorical { name: name.to_string(), codes, levels })
 }
 
+/// A numeric column with more than 50 distinct values, more than one for every two cells, is more
+/// likely a measurement (a library size, a count) than categories: `--labels-key` and the other
+/// covariate keys warn, `evaluate --label` refuses it.
+pub fn looks_like_a_measurement(n_levels: usize, n_cells: usize) -> bool {
+    n_levels > 50 && n_levels * 2 > n_cells
+}
+
 fn single_level(name: &str, n: usize) -> Categorical {
     Categorical { name: name.to_string(), codes: vec![0; n], levels: vec!["0".to_string()] }
 }
@@ -295,7 +302,7 @@ fn resolve_covariates(raw: &RawData, opts: &DataOptions) -> Result<Covariates> {
                 let c = to_categorical(&raw.file, &field, k, flag, col, &raw.cell_names)?;
                 // (a numeric column is taken as categories, as scvi-tools does; one with a level for most
                 // cells is more likely a measurement named by mistake)
-                if matches!(col, ObsColumn::Numeric(_) | ObsColumn::Int(_)) && c.levels.len() > 50 && c.levels.len() * 2 > n {
+                if matches!(col, ObsColumn::Numeric(_) | ObsColumn::Int(_)) && looks_like_a_measurement(c.levels.len(), n) {
                     eprintln!(
                         "warning: {flag} {k}: a numeric column with {} distinct values for {n} cells, each taken as its own category",
                         c.levels.len()
