@@ -341,7 +341,7 @@ fn imputation_evaluation_on_a_trained_model() {
     assert_eq!(rep2.get("dropped", METHOD_MEANBAYES).unwrap().n, n2);
 
     let labels = splicevi::analysis::evaluate::Labels::from_codes("cell_type", &t.truth.cell_type);
-    let (lat, _) = evaluate_latents(&Posterior::new(&t.ds, &t.model, &t.params).unwrap(), Some(&labels), 500, 15, 0, 128).unwrap();
+    let (lat, _) = evaluate_latents(&Posterior::new(&t.ds, &t.model, &t.params).unwrap(), Some(&labels), None, 500, 15, 0, 128).unwrap();
     for l in &lat {
         eprintln!(
             "QUALITY (default preset) latent {}: dim {} PCs(90%) {} silhouette {:.3} 15-NN {:.3} logistic {:.3}",
@@ -354,6 +354,28 @@ fn imputation_evaluation_on_a_trained_model() {
         );
         assert_eq!(l.n_cells, 500);
         assert!(l.pcs_90 >= 1 && l.pcs_90 <= l.dim);
+    }
+
+    // §8.1 scores the train and test splits apart: each part as a data set of its own, `all` as before.
+    use splicevi::analysis::evaluate::Part;
+    let post = Posterior::new(&t.ds, &t.model, &t.params).unwrap();
+    let n = t.ds.n_cells();
+    let parts: Vec<Option<Part>> = (0..n).map(|c| if c % 9 == 0 { None } else if c % 4 == 0 { Some(Part::Test) } else { Some(Part::Train) }).collect();
+    let (by_split, _) = evaluate_latents(&post, Some(&labels), Some(&parts), n, 15, 0, 128).unwrap();
+    let (whole, _) = evaluate_latents(&post, Some(&labels), None, n, 15, 0, 128).unwrap();
+    assert_eq!(by_split.iter().filter(|l| l.split == "all").cloned().collect::<Vec<_>>(), whole);
+    assert_eq!(by_split.iter().map(|l| l.split.as_str()).collect::<Vec<_>>(), ["all", "all", "all", "train", "train", "train", "test", "test", "test"]);
+    for part in [Part::Train, Part::Test] {
+        let cells: Vec<usize> = (0..n).filter(|&c| parts[c] == Some(part)).collect();
+        let (lat, dims) = post.latent_means(&cells, 128).unwrap();
+        let codes: Vec<u32> = cells.iter().map(|&c| t.truth.cell_type[c]).collect();
+        for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
+            let r = by_split.iter().find(|l| l.split == part.name() && l.space == space).unwrap();
+            assert_eq!(r.n_cells, cells.len());
+            let want = splicevi::analysis::latent_metrics::silhouette(&lat[i], dims[i], &codes);
+            assert!((r.silhouette.unwrap() - want).abs() <= 1e-9 * want.abs().max(1.0), "{} {space}: {:?} vs {want}", part.name(), r.silhouette);
+            assert_eq!(r.pcs_90, splicevi::analysis::latent_metrics::pcs_for_variance(&lat[i], dims[i], 0.9));
+        }
     }
 }
 
@@ -549,6 +571,7 @@ assert list(ev.columns) == ["section", "subset", "method", "metric", "value"]
 pear = ev[(ev.subset == "dropped") & (ev.metric == "pearson")]
 assert set(pear.method) == {"splicevi_dm_posterior", "splicevi_decoder", "mean_bayes"}, set(pear.method)
 assert set(ev[ev.section == "latent"].subset) == {"joint", "expression", "splicing"}
+assert {"latent_train", "latent_test"} <= set(ev.section), set(ev.section)
 assert "silhouette_cell_type" in set(ev.metric) and "logistic_accuracy_cell_type" in set(ev.metric)
 assert {"logistic_precision_weighted_cell_type", "logistic_recall_weighted_cell_type", "logistic_f1_weighted_cell_type"} <= set(ev.metric)
 evt = pd.read_csv(P("eval_train.tsv"), sep="\t")
@@ -703,6 +726,21 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     for (metric, want) in [("n_cells", "200"), ("n_cells_labelled_cell_type", "193"), ("n_cells_classified_cell_type", "190")] {
         assert!(table.contains(&format!("latent\tjoint\tsplicevi\t{metric}\t{want}\n")), "{metric}: {table}");
     }
+    // The run records its train/validation split (180 + 20 cells, §6.3): the latent metrics of the
+    // cells it trained on and of the others are rows of their own (§8.1's train and test splits).
+    assert!(said.contains("the run's train/validation split: 180 cells it trained on (rows latent_train), 20 validation cells (latent_test)"), "{said}");
+    for (section, cells) in [("latent_train", 180), ("latent_test", 20)] {
+        for space in ["joint", "expression", "splicing"] {
+            assert!(table.contains(&format!("{section}\t{space}\tsplicevi\tn_cells\t{cells}\n")), "{section} {space}: {table}");
+            assert!(table.contains(&format!("{section}\t{space}\tsplicevi\tlogistic_f1_weighted_cell_type\t")), "{section} {space}: {table}");
+        }
+    }
+    // A run that does not record its split: all cells together, and a line saying so.
+    std::fs::remove_file(run.join("split.json")).unwrap();
+    let said = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--no-plots", "--out"]).arg(p("nosplit.tsv")));
+    assert!(said.contains("does not record its train/validation split (it predates split.json): the latent metrics score all cells together"), "{said}");
+    let table = std::fs::read_to_string(p("nosplit.tsv")).unwrap();
+    assert!(table.contains("latent\tjoint\tsplicevi\tn_cells\t200\n") && !table.contains("latent_train") && !table.contains("latent_test"), "{table}");
 
     // Nothing scored: nan in the table, and a warning saying why.
     let said = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--min-atse-count", "100000", "--no-plots", "--out"]).arg(p("nan.tsv")));

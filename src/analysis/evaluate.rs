@@ -393,6 +393,8 @@ fn take_rows(x: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
 /// Latent metrics of one latent space.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LatentReport {
+    /// `all`, `train` or `test` ([`Part`]).
+    pub split: String,
     pub space: String,
     pub dim: usize,
     pub n_cells: usize,
@@ -409,11 +411,79 @@ pub struct LatentReport {
 /// §8.1's `LogisticRegression(max_iter=1000)`.
 pub const LOGISTIC_MAX_ITER: usize = 1000;
 
+/// The part of a run's train/validation split a cell is in. §8.1 scores the train and test splits
+/// apart: here the cells the model trained on, and the others (its validation cells, which only
+/// monitored the training, and cells of the data it never saw).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Train,
+    Test,
+}
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Train => "train",
+            Part::Test => "test",
+        }
+    }
+}
+
+/// The part of each cell of `ds` in the split a run records: by position when the data's cells are the
+/// run's training cells in order, else by name (a cell the run never saw is Test; a name the run
+/// holds twice, in both parts, is in neither: None). With a line saying what was matched.
+pub fn split_parts(split: &crate::train::trainer::RunSplit, ds: &Dataset) -> (Vec<Option<Part>>, String) {
+    let mut part_of = vec![Part::Train; split.cells.len()];
+    split.validation.iter().for_each(|&v| part_of[v] = Part::Test);
+    let count = |p: &[Option<Part>], x: Part| p.iter().filter(|&&q| q == Some(x)).count();
+    if split.cells == ds.cell_names {
+        let parts: Vec<Option<Part>> = part_of.into_iter().map(Some).collect();
+        let line = format!(
+            "the run's train/validation split: {} cells it trained on (rows latent_train), {} validation cells (latent_test)",
+            count(&parts, Part::Train),
+            count(&parts, Part::Test)
+        );
+        return (parts, line);
+    }
+    let mut by_name: std::collections::HashMap<&str, Option<Part>> = std::collections::HashMap::with_capacity(split.cells.len());
+    for (name, &p) in split.cells.iter().zip(&part_of) {
+        let e = by_name.entry(name.as_str()).or_insert(Some(p));
+        if *e != Some(p) {
+            *e = None;
+        }
+    }
+    let found: Vec<Option<Option<Part>>> = ds.cell_names.iter().map(|c| by_name.get(c.as_str()).copied()).collect();
+    let unseen = found.iter().filter(|f| f.is_none()).count();
+    let ambiguous = found.iter().filter(|f| **f == Some(None)).count();
+    let parts: Vec<Option<Part>> = found.into_iter().map(|f| f.unwrap_or(Some(Part::Test))).collect();
+    let mut line = format!(
+        "{}'s cells are not the run's training cells in order; by name, {} are cells it trained on (rows latent_train) and {} are not (latent_test: {} validation cells, {unseen} cells it never saw)",
+        ds.source,
+        count(&parts, Part::Train),
+        count(&parts, Part::Test),
+        count(&parts, Part::Test) - unseen
+    );
+    if ambiguous > 0 {
+        line.push_str(&format!("; {ambiguous} cells whose name the run holds in both parts are in neither"));
+    }
+    (parts, line)
+}
+
 /// Latent metrics of the joint, expression and splicing posterior means of up to `max_cells` cells
-/// (a seeded subsample when there are more). The label metrics leave out the cells without a label,
-/// and the classifiers the classes of fewer than [`MIN_CLASS_CELLS`] cells; the returned lines say how
-/// many and which.
-pub fn evaluate_latents(post: &Posterior, labels: Option<&Labels>, max_cells: usize, k: usize, seed: u64, block_cells: usize) -> Result<(Vec<LatentReport>, Vec<String>)> {
+/// (a seeded subsample when there are more): of all of them (split `all`), and with `parts` (each
+/// dataset cell's part of the run's split) of the train and test cells apart, each scored on its own
+/// as §8.1's evaluate_split scores a split. The label metrics leave out the cells without a label,
+/// and the classifiers the classes of fewer than [`MIN_CLASS_CELLS`] cells; the returned lines say
+/// how many and which.
+pub fn evaluate_latents(
+    post: &Posterior,
+    labels: Option<&Labels>,
+    parts: Option<&[Option<Part>]>,
+    max_cells: usize,
+    k: usize,
+    seed: u64,
+    block_cells: usize,
+) -> Result<(Vec<LatentReport>, Vec<String>)> {
     let n = post.ds.n_cells();
     let mut cells: Vec<usize> = (0..n).collect();
     if n > max_cells {
@@ -423,52 +493,78 @@ pub fn evaluate_latents(post: &Posterior, labels: Option<&Labels>, max_cells: us
     }
     let (lat, dims) = post.latent_means(&cells, block_cells)?;
     let mut notes = Vec::new();
-    let rows = labels.map(|l| label_rows(l, &cells));
-    if let (Some(l), Some((labelled, classified, dropped))) = (labels, &rows) {
-        if labelled.len() < cells.len() {
-            notes.push(format!(
-                "--label {}: {} of the {} cells scored have no label (NaN or a missing category); the label metrics leave them out",
-                l.column,
-                cells.len() - labelled.len(),
-                cells.len()
-            ));
-        }
-        if !dropped.is_empty() {
-            let list: Vec<String> = dropped.iter().map(|(c, m)| format!("`{c}` ({m} cell{})", if *m == 1 { "" } else { "s" })).collect();
-            notes.push(format!(
-                "--label {}: the k-NN and logistic scores leave out the classes of fewer than {MIN_CLASS_CELLS} cells ({} cells): {}",
-                l.column,
-                labelled.len() - classified.len(),
-                list.join(", ")
-            ));
+    // (split name, its rows in `cells`)
+    let mut splits: Vec<(&str, Vec<usize>)> = vec![("all", (0..cells.len()).collect())];
+    if let Some(parts) = parts {
+        for part in [Part::Train, Part::Test] {
+            let rows: Vec<usize> = (0..cells.len()).filter(|&r| parts[cells[r]] == Some(part)).collect();
+            if rows.is_empty() {
+                notes.push(format!("no {} cell among the {} cells scored: no latent_{} rows", part.name(), cells.len(), part.name()));
+            } else {
+                splits.push((part.name(), rows));
+            }
         }
     }
     let mut out = Vec::new();
-    for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
-        let (x, d) = (&lat[i], dims[i]);
-        let mut rep = LatentReport {
-            space: space.to_string(),
-            dim: d,
-            n_cells: cells.len(),
-            pcs_90: pcs_for_variance(x, d, 0.9),
-            n_labelled: None,
-            n_classified: None,
-            silhouette: None,
-            knn_accuracy: None,
-            logistic: None,
-        };
-        if let (Some(l), Some((labelled, classified, _))) = (labels, &rows) {
-            let codes = |rs: &[usize]| -> Vec<u32> { rs.iter().map(|&r| l.of_cell[cells[r]].unwrap()).collect() };
-            rep.n_labelled = Some(labelled.len());
-            rep.n_classified = Some(classified.len());
-            rep.silhouette = Some(silhouette(&take_rows(x, d, labelled), d, &codes(labelled)));
-            let (xc, yc) = (take_rows(x, d, classified), codes(classified));
-            rep.knn_accuracy = Some(knn_accuracy(&xc, d, &yc, k, 5, seed));
-            rep.logistic = Some(logistic_scores(&xc, d, &yc, 0.2, seed, LOGISTIC_MAX_ITER));
+    for (split, rows) in &splits {
+        let lab = labels.map(|l| (l, label_rows(l, &rows.iter().map(|&r| cells[r]).collect::<Vec<_>>())));
+        let scope = if *split == "all" { String::new() } else { format!(" ({split} cells)") };
+        if let Some((l, (labelled, classified, dropped))) = &lab {
+            if *split == "all" && labelled.len() < rows.len() {
+                notes.push(format!(
+                    "--label {}: {} of the {} cells scored have no label (NaN or a missing category); the label metrics leave them out",
+                    l.column,
+                    rows.len() - labelled.len(),
+                    rows.len()
+                ));
+            }
+            if !dropped.is_empty() {
+                let list: Vec<String> = dropped.iter().map(|(c, m)| format!("`{c}` ({m} cell{})", if *m == 1 { "" } else { "s" })).collect();
+                notes.push(format!(
+                    "--label {}{scope}: the k-NN and logistic scores leave out the classes of fewer than {MIN_CLASS_CELLS} cells ({} cells): {}",
+                    l.column,
+                    labelled.len() - classified.len(),
+                    list.join(", ")
+                ));
+            }
         }
-        out.push(rep);
+        for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
+            let d = dims[i];
+            let x = take_rows(&lat[i], d, rows);
+            let mut rep = LatentReport {
+                split: split.to_string(),
+                space: space.to_string(),
+                dim: d,
+                n_cells: rows.len(),
+                pcs_90: pcs_for_variance(&x, d, 0.9),
+                n_labelled: None,
+                n_classified: None,
+                silhouette: None,
+                knn_accuracy: None,
+                logistic: None,
+            };
+            if let Some((l, (labelled, classified, _))) = &lab {
+                let codes = |rs: &[usize]| -> Vec<u32> { rs.iter().map(|&r| l.of_cell[cells[rows[r]]].unwrap()).collect() };
+                rep.n_labelled = Some(labelled.len());
+                rep.n_classified = Some(classified.len());
+                rep.silhouette = Some(silhouette(&take_rows(&x, d, labelled), d, &codes(labelled)));
+                let (xc, yc) = (take_rows(&x, d, classified), codes(classified));
+                rep.knn_accuracy = Some(knn_accuracy(&xc, d, &yc, k, 5, seed));
+                rep.logistic = Some(logistic_scores(&xc, d, &yc, 0.2, seed, LOGISTIC_MAX_ITER));
+            }
+            out.push(rep);
+        }
     }
     Ok((out, notes))
+}
+
+/// The TSV section of a split's latent rows: `latent` for all cells, `latent_train`, `latent_test`.
+pub fn latent_section(split: &str) -> String {
+    if split == "all" {
+        "latent".to_string()
+    } else {
+        format!("latent_{split}")
+    }
 }
 
 /// Long-format rows of both reports.
@@ -482,7 +578,8 @@ pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<
         }
     }
     for l in lat {
-        let mut push = |metric: String, value: f64| out.push(EvalRow { section: "latent".into(), subset: l.space.clone(), method: "splicevi".into(), metric, value });
+        let section = latent_section(&l.split);
+        let mut push = |metric: String, value: f64| out.push(EvalRow { section: section.clone(), subset: l.space.clone(), method: "splicevi".into(), metric, value });
         push("dim".into(), l.dim as f64);
         push("n_cells".into(), l.n_cells as f64);
         push("pcs_90pct_variance".into(), l.pcs_90 as f64);
@@ -547,19 +644,20 @@ pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
             out.push(format!("imputation `{subset}` {method}: {} nan ({why})", metrics.join(", ")));
         }
     }
-    // Latent: per metric, the spaces where it is nan.
-    let mut metrics: Vec<(&str, Vec<&str>)> = Vec::new();
-    for r in table.iter().filter(|r| r.section == "latent" && r.value.is_nan()) {
-        match metrics.iter_mut().find(|(m, _)| *m == r.metric) {
-            Some((_, v)) => v.push(&r.subset),
-            None => metrics.push((&r.metric, vec![&r.subset])),
+    // Latent: per split (section) and metric, the spaces where it is nan.
+    let mut metrics: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for r in table.iter().filter(|r| r.section.starts_with("latent") && r.value.is_nan()) {
+        match metrics.iter_mut().find(|(s, m, _)| *s == r.section && *m == r.metric) {
+            Some((_, _, v)) => v.push(&r.subset),
+            None => metrics.push((&r.section, &r.metric, vec![&r.subset])),
         }
     }
-    for (metric, spaces) in metrics {
+    for (section, metric, spaces) in metrics {
         // the cells the metric scored: the labelled ones (silhouette), those of the classes kept
         // (classifiers), else every cell
-        let count = |prefix: &str| table.iter().find(|r| r.section == "latent" && r.subset == spaces[0] && r.metric.starts_with(prefix)).map(|r| r.value);
-        let cells = table.iter().find(|r| r.section == "latent" && r.subset == spaces[0] && r.metric == "n_cells").map(|r| r.value).unwrap_or(f64::NAN);
+        let row = |name: &dyn Fn(&str) -> bool| table.iter().find(|r| r.section == section && r.subset == spaces[0] && name(&r.metric)).map(|r| r.value);
+        let count = |prefix: &str| row(&|m: &str| m.starts_with(prefix));
+        let cells = row(&|m: &str| m == "n_cells").unwrap_or(f64::NAN);
         let why = if metric.contains("_within_") {
             "no --label group holds two or more cells of two or more --sublabel groups".to_string()
         } else if metric.starts_with("silhouette_") {
@@ -569,7 +667,7 @@ pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
         } else {
             "undefined for these cells".to_string()
         };
-        out.push(format!("latent {metric} is nan ({}): {why}", spaces.join(", ")));
+        out.push(format!("{section} {metric} is nan ({}): {why}", spaces.join(", ")));
     }
     out
 }
@@ -603,14 +701,14 @@ pub fn render(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Optio
     }
     let lab = label.unwrap_or("-");
     s.push_str(&format!(
-        "{:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9} {:>9}   (label: {lab}; logistic: accuracy, weighted F1)\n",
-        "latent", "dim", "cells", "pcs_90", "silhouette", &format!("knn{k}"), "logistic", "f1_w"
+        "{:<6} {:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9} {:>9}   (label: {lab}; logistic: accuracy, weighted F1)\n",
+        "split", "latent", "dim", "cells", "pcs_90", "silhouette", &format!("knn{k}"), "logistic", "f1_w"
     ));
     let o = |v: Option<f64>| v.map(f).unwrap_or_else(|| "-".into());
     for l in lat {
         s.push_str(&format!(
-            "{:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9} {:>9}\n",
-            l.space, l.dim, l.n_cells, l.pcs_90, o(l.silhouette), o(l.knn_accuracy), o(l.logistic.map(|v| v.accuracy)), o(l.logistic.map(|v| v.f1))
+            "{:<6} {:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9} {:>9}\n",
+            l.split, l.space, l.dim, l.n_cells, l.pcs_90, o(l.silhouette), o(l.knn_accuracy), o(l.logistic.map(|v| v.accuracy)), o(l.logistic.map(|v| v.f1))
         ));
     }
     s
@@ -743,6 +841,25 @@ mod tests {
         // text columns: every value a class
         let ds = with_obs(3, vec![("t", ObsColumn::Text(vec!["b".into(), "a".into(), "b".into()]))]);
         assert_eq!(Labels::of_column(&ds, "--label", "t").unwrap().of_cell, [Some(1), Some(0), Some(1)]);
+    }
+
+    /// A run's split applies to the cells of the data: by position when they are the training cells
+    /// in order, else by name (cells the run never saw are test cells; a name the run holds in both
+    /// parts is in neither).
+    #[test]
+    fn split_parts_follow_the_cells() {
+        use crate::train::trainer::RunSplit;
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let split = RunSplit { cells: names(&["a", "b", "c", "d", "b"]), validation: vec![1, 3] };
+        let ds = Dataset { source: "d.h5mu".into(), cell_names: split.cells.clone(), ..Default::default() };
+        let (p, line) = split_parts(&split, &ds);
+        assert_eq!(p, [Some(Part::Train), Some(Part::Test), Some(Part::Train), Some(Part::Test), Some(Part::Train)]);
+        assert!(line.contains("3 cells it trained on") && line.contains("2 validation cells"), "{line}");
+        let ds = Dataset { source: "d.h5mu".into(), cell_names: names(&["d", "x", "a", "b", "c"]), ..Default::default() };
+        let (p, line) = split_parts(&split, &ds);
+        assert_eq!(p, [Some(Part::Test), Some(Part::Test), Some(Part::Train), None, Some(Part::Train)]);
+        assert!(line.contains("by name, 2 are cells it trained on (rows latent_train) and 2 are not (latent_test: 1 validation cells, 1 cells it never saw)"), "{line}");
+        assert!(line.contains("1 cells whose name the run holds in both parts are in neither"), "{line}");
     }
 
     /// The in-place mask is the copying one, and unmasking restores the dataset bit for bit.

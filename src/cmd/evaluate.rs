@@ -205,7 +205,23 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let mut post = Posterior::new(&ds, &model, &params)?;
     post.cell_rows = cell_rows;
     super::analysis_device(&mut post, device, precision, "evaluate")?;
-    let (lat, notes) = evaluate_latents(&post, labels.as_ref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
+    // §8.1 scores the train and test splits apart: the run's split, where it records one.
+    let parts = match crate::train::trainer::read_run_split(&dir)? {
+        Some(split) => {
+            let (parts, line) = crate::analysis::evaluate::split_parts(&split, &ds);
+            eprintln!("note: evaluate: {line}");
+            Some(parts)
+        }
+        None => {
+            eprintln!(
+                "note: evaluate: {} does not record its train/validation split (it predates {}): the latent metrics score all cells together",
+                dir.display(),
+                crate::train::trainer::SPLIT_FILE
+            );
+            None
+        }
+    };
+    let (lat, notes) = evaluate_latents(&post, labels.as_ref(), parts.as_deref(), args.max_cells_latent, args.knn, args.eval_seed, args.block_cells)?;
     for n in notes {
         eprintln!("note: evaluate: {n}");
     }

@@ -144,7 +144,7 @@ impl TrainArgs {
 }
 
 /// The files `splicevi train` writes into a run directory (removed by --overwrite).
-const RUN_FILES: [&str; 12] = [
+const RUN_FILES: [&str; 13] = [
     crate::train::trainer::CONFIG_FILE,
     crate::train::trainer::MODEL_FILE,
     crate::train::trainer::BEST_FILE,
@@ -153,6 +153,7 @@ const RUN_FILES: [&str; 12] = [
     crate::train::trainer::ADV_OPTIM_FILE,
     crate::train::trainer::STATE_FILE,
     crate::train::trainer::FEATURES_FILE,
+    crate::train::trainer::SPLIT_FILE,
     "metrics.tsv",
     "metrics.jsonl",
     "curves.png",

@@ -30,6 +30,7 @@ pub const ADV_FILE: &str = "adversary.safetensors";
 pub const ADV_OPTIM_FILE: &str = "adversary_optimizer.safetensors";
 pub const STATE_FILE: &str = "train_state.json";
 pub const FEATURES_FILE: &str = "features.json";
+pub const SPLIT_FILE: &str = "split.json";
 
 /// The features a run was trained on, in order (`features.json`, written when the run starts): the
 /// analyses and --resume refuse data whose genes, junctions or grouping of junctions into ATSEs differ,
@@ -91,6 +92,29 @@ impl RunFeatures {
         }
         Ok(())
     }
+}
+
+/// The train/validation split of a run (`split.json`, written when the run starts): the training
+/// data's cell names in order and the positions of its validation cells (§6.3), so that `evaluate`
+/// can score the cells the model trained on apart from the others (§8.1's train and test splits).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSplit {
+    pub cells: Vec<String>,
+    pub validation: Vec<usize>,
+}
+
+/// The run's `split.json`; None for runs written before it existed.
+pub fn read_run_split(dir: &Path) -> Result<Option<RunSplit>> {
+    let path = dir.join(SPLIT_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let split: RunSplit = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))?;
+    if let Some(&v) = split.validation.iter().find(|&&v| v >= split.cells.len()) {
+        bail!("{}: validation cell {v} of {} cells", path.display(), split.cells.len());
+    }
+    Ok(Some(split))
 }
 
 /// The run's `features.json`; None for runs written before it existed.
@@ -438,6 +462,13 @@ impl<'a> Trainer<'a> {
             // (compact: a name per feature, about 4 MB at the paper size)
             let text = serde_json::to_string(&RunFeatures::of_run(self.ds, &self.run.model))?;
             write_atomic(&features, |p| Ok(std::fs::write(p, text.as_bytes())?))?;
+        }
+        let split = self.dir.join(SPLIT_FILE);
+        if !split.exists() {
+            let mut validation = self.validation_cells.clone();
+            validation.sort_unstable();
+            let text = serde_json::to_string(&RunSplit { cells: self.ds.cell_names.clone(), validation })?;
+            write_atomic(&split, |p| Ok(std::fs::write(p, text.as_bytes())?))?;
         }
         let tc = self.run.train.clone();
         let batches = Minibatches::new(self.train_cells.clone(), tc.batch_size, tc.seed)?;
