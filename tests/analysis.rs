@@ -22,6 +22,11 @@ mod cli;
 use cli::{bin, fails, ok, python};
 use std::sync::OnceLock;
 
+/// Decode from the posterior mean (n_samples 1, the original's use_z_mean=True).
+fn mean_decode() -> DecodeOptions {
+    DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 }
+}
+
 fn toy(seed: u64) -> (Dataset, GroundTruth) {
     simulate(&SimConfig::preset(SimSize::Toy, seed)).unwrap()
 }
@@ -239,6 +244,23 @@ fn ds_and_de_equal_a_direct_computation_with_and_without_batch_correction() {
         }
         assert!(de.raw_mean1.iter().zip(&zero(&cmp.idx1)).all(|(&m, &z)| (m < 0.01) == z));
     }
+    // --n-samples S (§14.2): each drawn cell's PSI / scale is the average of S decodes of posterior
+    // samples of its z, not the decode of its mean (the original's use_z_mean=True, S = 1).
+    let opts = ChangeOptions { n_samples_overall: 120, block_cells: 50, seed: 3, ..ChangeOptions::new(0.1) };
+    let sampled = ChangeOptions { n_samples: 3, ..opts.clone() };
+    let (p1, _) = paired_plans(&cmp, model.dims.n_batch, &sampled, 0).unwrap();
+    let three = DecodeOptions { transform_batch: vec![], n_samples: 3, seed: 3 };
+    let dec = post.decode(&p1.cells, &three, Some(SplicingFn::DmPosterior), true).unwrap();
+    let (psi, expr) = (dec.psi.unwrap(), dec.expr.unwrap());
+    let col_mean = |m: &Mat<f32>, j: usize| (0..m.rows).map(|r| m.at(r, j) as f64).sum::<f64>() / m.rows as f64;
+    let r = differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &sampled, 0).unwrap();
+    let r1 = differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &opts, 0).unwrap();
+    assert!((0..ds.n_junctions()).all(|jj| (r.est_prob1[jj] - col_mean(&psi, jj)).abs() < 1e-9), "DS --n-samples 3 is not the mean of 3-sample decodes");
+    assert_ne!(r.est_prob1, r1.est_prob1, "--n-samples 3 changed nothing");
+    let de = differential_expression(&post, &cmp, &ChangeOptions { delta: 0.25, ..sampled.clone() }, 0).unwrap();
+    assert!((0..ds.n_genes()).all(|gg| (de.scale1[gg] - col_mean(&expr, gg)).abs() < 1e-12), "DE --n-samples 3 is not the mean of 3-sample decodes");
+    assert!(ChangeOptions { n_samples: 0, ..opts }.validate().unwrap_err().to_string().contains("--n-samples"));
+
     // Seeded: the same seed reproduces the table, another seed changes the samples.
     let opts = ChangeOptions { n_samples_overall: 200, ..ChangeOptions::new(0.1) };
     let a = differential_splicing(&post, &cmp, SplicingFn::DmPosterior, &opts, 0).unwrap();
@@ -317,7 +339,7 @@ fn trained_default_model_ds_quality_is_reported_and_random_halves_call_almost_no
 fn imputation_evaluation_on_a_trained_model() {
     let t = trained();
     let post = Posterior::new(&t.masked, &t.model, &t.params).unwrap();
-    let rep = evaluate_imputation(&post, &t.dropped, TruthFilter::default(), None, 128).unwrap();
+    let rep = evaluate_imputation(&post, &t.dropped, TruthFilter::default(), None, &mean_decode(), 128).unwrap();
     let get = |s: &str, m: &str| *rep.get(s, m).unwrap();
     let (dm, dec, mb) = (get("dropped", METHOD_DM), get("dropped", METHOD_DECODER), get("dropped", METHOD_MEANBAYES));
     eprintln!(
@@ -336,7 +358,18 @@ fn imputation_evaluation_on_a_trained_model() {
     assert!(get("observed", METHOD_DM).l1_mean <= get("observed", METHOD_DECODER).l1_mean);
     // With PSI = 0 truths and a count filter the sets change accordingly.
     let f = TruthFilter { include_zero: true, exclude_one: true, min_atse_count: 3.0 };
-    let rep2 = evaluate_imputation(&post, &t.dropped, f, Some(&t.truth.cell_type), 128).unwrap();
+    let rep2 = evaluate_imputation(&post, &t.dropped, f, Some(&t.truth.cell_type), &mean_decode(), 128).unwrap();
+    // --n-samples S (§14.2): the predictions average S decodes of posterior samples of z.
+    let three = DecodeOptions { transform_batch: vec![], n_samples: 3, seed: 5 };
+    let rep3 = evaluate_imputation(&post, &t.dropped, TruthFilter::default(), None, &three, 128).unwrap();
+    let (cells, pairs) = (&rep3.dropped.cell, &rep3.dropped);
+    let pred = |rep: &splicevi::analysis::evaluate::ImputationReport| rep.dropped.methods.iter().find(|(m, _)| m == METHOD_DM).unwrap().1.clone();
+    let c0 = cells[0] as usize;
+    let want = post.decode(&[c0], &three, Some(SplicingFn::DmPosterior), false).unwrap().psi.unwrap();
+    for i in (0..cells.len()).take_while(|&i| cells[i] as usize == c0) {
+        assert!((pred(&rep3)[i] - want.at(0, pairs.junction[i] as usize) as f64).abs() < 1e-6, "entry {i}");
+    }
+    assert_ne!(pred(&rep3), pred(&rep), "--n-samples 3 changed nothing");
     let n2 = t.dropped.iter().filter(|e| e.psi < 1.0 && e.n >= 3.0).count();
     assert_eq!(rep2.get("dropped", METHOD_MEANBAYES).unwrap().n, n2);
 
@@ -479,6 +512,10 @@ fn commands_write_anndata_and_tsv_outputs() {
     ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "subtype", "--group1", "T0_a", "--group2", "T0_b", "--n-samples-overall", "500", "--out"]).arg(p("ds.tsv")));
     ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "cell_type", "--method", "decoder", "--batch-correction", "--n-samples-overall", "300", "--out"]).arg(p("ds_all.tsv")));
     ok(bin().arg("diff-expression").arg(&run).arg(&data).args(["--groupby", "cell_type", "--group1", "T1", "--n-samples-overall", "500", "--out"]).arg(p("de.tsv")));
+    // --n-samples (§14.2): posterior samples of z per drawn cell, decoded and averaged
+    ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "subtype", "--group1", "T0_a", "--group2", "T0_b", "--n-samples-overall", "500", "--n-samples", "2", "--out"]).arg(p("ds_s2.tsv")));
+    ok(bin().arg("diff-expression").arg(&run).arg(&data).args(["--groupby", "cell_type", "--group1", "T1", "--n-samples-overall", "500", "--n-samples", "2", "--out"]).arg(p("de_s2.tsv")));
+    ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--n-samples", "2", "--no-plots", "--out"]).arg(p("eval_s2.tsv")));
     let table = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--out"]).arg(p("eval.tsv")));
     assert!(table.contains("mean_bayes") && table.contains("splicing"), "{table}");
     // --device cuda: the analysis runs its encoders and decoders on cuda:0 where it is usable; here (no
@@ -574,6 +611,15 @@ assert set(ev[ev.section == "latent"].subset) == {"joint", "expression", "splici
 assert {"latent_train", "latent_test"} <= set(ev.section), set(ev.section)
 assert "silhouette_cell_type" in set(ev.metric) and "logistic_accuracy_cell_type" in set(ev.metric)
 assert {"logistic_precision_weighted_cell_type", "logistic_recall_weighted_cell_type", "logistic_f1_weighted_cell_type"} <= set(ev.metric)
+# --n-samples 2: other PSI / scales, the same tables
+for a, b in [("ds.tsv", "ds_s2.tsv"), ("de.tsv", "de_s2.tsv")]:
+    x, y = pd.read_csv(P(a), sep="\t", index_col=0), pd.read_csv(P(b), sep="\t", index_col=0)
+    assert list(x.columns) == list(y.columns) and sorted(x.index) == sorted(y.index), (a, b)
+    col = "est_prob1" if "est_prob1" in x else "scale1"
+    assert not np.allclose(x[col], y.loc[x.index][col]), (a, b)
+e2 = pd.read_csv(P("eval_s2.tsv"), sep="\t")
+sel = lambda t: t[(t.section == "imputation") & (t.subset == "dropped") & (t.method == "splicevi_dm_posterior")].set_index("metric").value
+assert sel(ev)["n"] == sel(e2)["n"] and sel(ev)["rmse"] != sel(e2)["rmse"]
 evt = pd.read_csv(P("eval_train.tsv"), sep="\t")
 assert evt[(evt.subset == "dropped") & (evt.metric == "n")].value.iloc[0] > 0
 print("ok")
@@ -613,6 +659,8 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["impute".into(), "--junctions".into(), d.join("nope.txt").display().to_string()], "nope.txt"),
         (vec!["evaluate".into(), "--lr".into(), "0.1".into()], "only accepted with --train"),
         (vec!["evaluate".into(), "--mask-fraction".into(), "0".into()], "mask fraction"),
+        (vec!["evaluate".into(), "--n-samples".into(), "0".into()], "--n-samples must be at least 1"),
+        (vec!["diff-splicing".into(), "--groupby".into(), "cell_type".into(), "--n-samples".into(), "0".into()], "--n-samples (posterior samples of z per drawn cell)"),
     ];
     for (args, needle) in cases {
         let mut cmd = bin();

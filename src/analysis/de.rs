@@ -86,8 +86,8 @@ pub fn differential_expression(post: &Posterior, cmp: &Comparison, opts: &Change
     let sampled = sampled_groups(post, cmp, opts)?;
     let (p1, p2) = paired_plans(&sampled, post.model.dims.n_batch, opts, key)?;
     let n = p1.len();
-    let s1 = decode_plan(post, &p1, 0..n, None, true, opts.block_cells)?;
-    let s2 = decode_plan(post, &p2, 0..n, None, true, opts.block_cells)?;
+    let s1 = decode_plan(post, &p1, 0..n, None, true, opts)?;
+    let s2 = decode_plan(post, &p2, 0..n, None, true, opts)?;
     // Genes not expressed in a group (mean input < 0.01) calibrate the pseudocount.
     let (mean1, nz1, _) = raw_stats(x, &cmp.idx1, &vec![0.0; post.ds.n_cells()]);
     let (mean2, nz2, _) = raw_stats(x, &cmp.idx2, &vec![0.0; post.ds.n_cells()]);

@@ -2,8 +2,9 @@
 //! `_de_core` / `DifferentialComputation.get_bayes_factors` in "change" mode, as the original calls it.
 //!
 //! For each group, `n_samples_overall` (5000) "scale" vectors are drawn: cells sampled WITH
-//! replacement from the group, each decoded once from its posterior mean (use_z_mean) with its observed
-//! batch — or, with batch correction, `n_samples_overall / n_batches` per batch, decoded under that
+//! replacement from the group, each decoded once from its posterior mean (use_z_mean, §12.16) with its
+//! observed batch (with `n_samples` S > 1: the average of S decodes of posterior samples of its z,
+//! §14.2, instead of the decode of its mean) — or, with batch correction, `n_samples_overall / n_batches` per batch, decoded under that
 //! batch. Sample i of group 1 is paired with sample i of group 2 (within the same batch when both
 //! groups use the same batches; no permutation). With the change r of each pair,
 //! P(DE) = max(P(r ≥ δ), P(r < −δ)), the Bayes factor is ln(P + 1e-8) − ln(1 − P + 1e-8), and the FDR
@@ -25,6 +26,10 @@ pub struct ChangeOptions {
     pub fdr: f64,
     /// Scale vectors per group (5000 in the original).
     pub n_samples_overall: usize,
+    /// Posterior samples of z per drawn cell, each decoded, the cell's scale vector their average
+    /// (§14.2: over samples, never cells). 1 = the decode of the posterior mean, the original's
+    /// use_z_mean=True (§12.16: its n_samples changes nothing there).
+    pub n_samples: usize,
     /// Decode every sample under every batch (in turn) instead of its observed batch.
     pub batch_correction: bool,
     /// Batches to condition group 1 / group 2 on with batch correction (None = all batches).
@@ -65,6 +70,7 @@ impl ChangeOptions {
             delta,
             fdr: 0.05,
             n_samples_overall: 5000,
+            n_samples: 1,
             batch_correction: false,
             batchid1: None,
             batchid2: None,
@@ -81,6 +87,7 @@ impl ChangeOptions {
         anyhow::ensure!(self.delta >= 0.0 && self.delta.is_finite(), "--delta must be a finite number ≥ 0, got {}", self.delta);
         anyhow::ensure!((0.0..=1.0).contains(&self.fdr), "--fdr (the FDR target) must be in [0, 1], got {}", self.fdr);
         anyhow::ensure!(self.n_samples_overall > 0, "--n-samples-overall (posterior samples per group) must be > 0");
+        anyhow::ensure!(self.n_samples > 0, "--n-samples (posterior samples of z per drawn cell) must be > 0");
         anyhow::ensure!(self.block_cells > 0, "--block-cells must be > 0");
         if !self.batch_correction && (self.batchid1.is_some() || self.batchid2.is_some()) {
             bail!("--batchid1 / --batchid2 need --batch-correction (the original raises \"Unconsistent batch policy\")");
@@ -358,9 +365,11 @@ pub fn paired_plans(cmp: &Comparison, n_batch: usize, opts: &ChangeOptions, key:
     Ok((p1, p2))
 }
 
-/// Decode samples `range` of a plan: rows in plan order. Consecutive samples with the same batch are
-/// decoded together in blocks of `block` cells.
-pub fn decode_plan(post: &Posterior, plan: &SamplePlan, range: std::ops::Range<usize>, psi: Option<SplicingFn>, expr: bool, block: usize) -> Result<Mat<f32>> {
+/// Decode samples `range` of a plan: rows in plan order, each the decode of the cell's posterior mean or
+/// the average over `opts.n_samples` posterior samples. Consecutive samples with the same batch are
+/// decoded together in blocks of `opts.block_cells` cells.
+pub fn decode_plan(post: &Posterior, plan: &SamplePlan, range: std::ops::Range<usize>, psi: Option<SplicingFn>, expr: bool, opts: &ChangeOptions) -> Result<Mat<f32>> {
+    let block = opts.block_cells;
     let width = if psi.is_some() { post.ds.n_junctions() } else { post.ds.n_genes() };
     let mut out = Mat::<f32>::zeros(range.len(), width);
     let mut i = range.start;
@@ -370,8 +379,8 @@ pub fn decode_plan(post: &Posterior, plan: &SamplePlan, range: std::ops::Range<u
         while e < range.end && e - i < block && plan.batch[e] == b {
             e += 1;
         }
-        let opts = DecodeOptions { transform_batch: b.into_iter().collect(), n_samples: 1, seed: 0 };
-        let dec = post.decode(&plan.cells[i..e], &opts, psi, expr)?;
+        let dec_opts = DecodeOptions { transform_batch: b.into_iter().collect(), n_samples: opts.n_samples, seed: opts.seed };
+        let dec = post.decode(&plan.cells[i..e], &dec_opts, psi, expr)?;
         let m = if psi.is_some() { dec.psi } else { dec.expr }.expect("requested output");
         let r0 = i - range.start;
         out.data[r0 * width..(r0 + (e - i)) * width].copy_from_slice(&m.data);

@@ -140,8 +140,8 @@ pub fn differential_splicing(post: &Posterior, cmp: &Comparison, method: Splicin
     let mut start = 0;
     while start < n {
         let end = (start + opts.block_cells).min(n);
-        let s1 = decode_plan(post, &p1, start..end, Some(method), false, opts.block_cells)?;
-        let s2 = decode_plan(post, &p2, start..end, Some(method), false, opts.block_cells)?;
+        let s1 = decode_plan(post, &p1, start..end, Some(method), false, opts)?;
+        let s2 = decode_plan(post, &p2, start..end, Some(method), false, opts)?;
         let rows = end - start;
         acc.par_iter_mut().enumerate().for_each(|(jj, a)| {
             for r in 0..rows {

@@ -239,8 +239,11 @@ impl ImputationReport {
 }
 
 /// Score imputation on masked data. `post` is bound to the MASKED dataset; `dropped` are the removed
-/// entries; `meanbayes_groups` optionally gives MeanBayes a per-cell group (per-group priors).
-pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFilter, meanbayes_groups: Option<&[u32]>, block_cells: usize) -> Result<ImputationReport> {
+/// entries; `meanbayes_groups` optionally gives MeanBayes a per-cell group (per-group priors);
+/// `decode`: the predictions' posterior samples (n_samples 1: the posterior mean, §8.4's
+/// get_normalized_splicing_DM, which ignores n_samples, §12.15). The DM posterior mean is linear in
+/// p, so it is taken of the sample-averaged decoder p.
+pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFilter, meanbayes_groups: Option<&[u32]>, decode: &DecodeOptions, block_cells: usize) -> Result<ImputationReport> {
     anyhow::ensure!(block_cells > 0, "the block size must be > 0");
     let ds = post.ds;
     let spl = &ds.splicing;
@@ -266,9 +269,9 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
     // Only cells with something to score are decoded.
     let cells: Vec<usize> = (0..n).filter(|&c| !drop_idx[c].is_empty() || kept_obs[c] > 0).collect();
     drop(kept_obs);
-    let opts = DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
+    anyhow::ensure!(decode.transform_batch.is_empty(), "the imputation evaluation decodes each cell under its own batch");
     for block in cells.chunks(block_cells) {
-        let p = post.decode(block, &opts, Some(SplicingFn::Decoder), false)?.psi.expect("psi requested");
+        let p = post.decode(block, decode, Some(SplicingFn::Decoder), false)?.psi.expect("psi requested");
         let dm = if need_dm {
             let mut q = p.clone();
             dm_posterior_rows(&mut q, &post.batch(block)?.spl, &post.conc);

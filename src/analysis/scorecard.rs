@@ -168,7 +168,8 @@ pub fn score(ds: &Dataset, truth: &GroundTruth, masked: &Dataset, dropped: &[Ent
     sc.joint_batch_entropy = knn_batch_entropy(&lat[0], dims[0], &truth.batch, o.k);
 
     let post_m = Posterior::new(masked, model, params)?;
-    let imp = evaluate_imputation(&post_m, dropped, TruthFilter::default(), None, 512)?;
+    let mean = super::posterior::DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 };
+    let imp = evaluate_imputation(&post_m, dropped, TruthFilter::default(), None, &mean, 512)?;
     if let (Some(dm), Some(mb)) = (imp.get("dropped", METHOD_DM), imp.get("dropped", METHOD_MEANBAYES)) {
         (sc.imp_pearson, sc.imp_rmse, sc.mb_pearson, sc.mb_rmse) = (dm.pearson, dm.rmse, mb.pearson, mb.rmse);
     }

@@ -41,7 +41,11 @@ pub struct GroupArgs {
     /// Posterior samples per group (the original's 5000).
     #[arg(long, default_value_t = 5000)]
     pub n_samples_overall: usize,
-    /// Seed of the cell sampling.
+    /// Posterior samples of z per drawn cell, each decoded and averaged (model.md §14.2). 1 (the
+    /// original): each drawn cell is decoded from its posterior mean (use_z_mean=True, §12.16).
+    #[arg(long, default_value_t = 1)]
+    pub n_samples: usize,
+    /// Seed of the cell sampling (and of the posterior samples with --n-samples).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Cells decoded per block.
@@ -71,6 +75,7 @@ impl GroupArgs {
             delta,
             fdr: self.fdr,
             n_samples_overall: self.n_samples_overall,
+            n_samples: self.n_samples,
             batch_correction: self.batch_correction.unwrap_or(base.batch_correction && levels.len() > 1),
             batchid1: ids(&self.batchid1)?,
             batchid2: ids(&self.batchid2)?,

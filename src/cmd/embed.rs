@@ -1,3 +1,7 @@
+//! `splicevi embed`: the latent posterior means of every cell (model.md §7.2, give_mean=True). A mean
+//! needs no posterior samples, so embed has no --n-samples (§14.2 asks for them where a decode is
+//! averaged; the sampled z of give_mean=False is noise around this mean, not an estimate of it).
+
 use crate::data::h5ad_out::{write_h5ad, DenseOut, H5adOut};
 use crate::data::h5write::UnsValue;
 use crate::analysis::posterior::{align_batches, weight_table_rows, Posterior};

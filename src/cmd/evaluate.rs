@@ -52,9 +52,15 @@ pub struct EvaluateArgs {
     /// Fraction of each cell's observed ATSEs masked (at least one).
     #[arg(long, default_value_t = 0.25)]
     pub mask_fraction: f64,
-    /// Seed of the masking, subsampling and classifier split.
+    /// Seed of the masking, subsampling and classifier split (and of the posterior samples with
+    /// --n-samples).
     #[arg(long, default_value_t = 0)]
     pub eval_seed: u64,
+    /// Posterior samples of z per cell behind the imputation's predictions, each decoded and averaged
+    /// (model.md §14.2). 1 (the original, §8.4): decoded from the posterior mean. The latent metrics
+    /// read the posterior means (§8.1) and take no samples.
+    #[arg(long, default_value_t = 1)]
+    pub n_samples: usize,
     /// Also score truths with PSI = 0 (the original scores PSI > 0 only).
     #[arg(long)]
     pub include_zero_truth: bool,
@@ -153,6 +159,7 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     anyhow::ensure!(args.knn >= 1, "--knn must be at least 1, got {}", args.knn);
     anyhow::ensure!(args.max_cells_latent >= 2, "--max-cells-latent must be at least 2 (the latent metrics compare cells), got {}", args.max_cells_latent);
     anyhow::ensure!(args.block_cells >= 1, "--block-cells must be at least 1, got {}", args.block_cells);
+    anyhow::ensure!(args.n_samples >= 1, "--n-samples must be at least 1, got {}", args.n_samples);
     anyhow::ensure!(args.mask_fraction > 0.0 && args.mask_fraction <= 1.0, "--mask-fraction (the mask fraction) must be in (0, 1], got {}", args.mask_fraction);
     anyhow::ensure!(args.min_atse_count.is_finite() && args.min_atse_count >= 0.0, "--min-atse-count must be a finite number ≥ 0, got {}", args.min_atse_count);
     let train_opts = if run_dir.is_none() { Some(train_options(&args, &data)?) } else { None };
@@ -198,7 +205,8 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         let mut post_masked = Posterior::new(&ds, &model, &params)?;
         post_masked.cell_rows = cell_rows.clone();
         super::analysis_device(&mut post_masked, device, precision, "evaluate")?;
-        evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), args.block_cells)?
+        let decode = crate::analysis::posterior::DecodeOptions { transform_batch: vec![], n_samples: args.n_samples, seed: args.eval_seed };
+        evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), &decode, args.block_cells)?
     };
     unmask_atses(&mut ds, &dropped, &source)?;
     drop(dropped);
