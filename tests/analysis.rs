@@ -22,6 +22,11 @@ mod cli;
 use cli::{bin, fails, ok, python};
 use std::sync::OnceLock;
 
+/// The latent metrics' options: 15-NN, seed 0, blocks of 128 cells, no age column.
+fn lat_opts<'a>(labels: Option<&'a splicevi::analysis::evaluate::Labels>, parts: Option<&'a [Option<splicevi::analysis::evaluate::Part>]>, max_cells: usize) -> splicevi::analysis::evaluate::LatentOptions<'a> {
+    splicevi::analysis::evaluate::LatentOptions { labels, ages: None, parts, max_cells, k: 15, seed: 0, block_cells: 128 }
+}
+
 /// Decode from the posterior mean (n_samples 1, the original's use_z_mean=True).
 fn mean_decode() -> DecodeOptions {
     DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 }
@@ -374,7 +379,7 @@ fn imputation_evaluation_on_a_trained_model() {
     assert_eq!(rep2.get("dropped", METHOD_MEANBAYES).unwrap().n, n2);
 
     let labels = splicevi::analysis::evaluate::Labels::from_codes("cell_type", &t.truth.cell_type);
-    let (lat, _) = evaluate_latents(&Posterior::new(&t.ds, &t.model, &t.params).unwrap(), Some(&labels), None, 500, 15, 0, 128).unwrap();
+    let (lat, _) = evaluate_latents(&Posterior::new(&t.ds, &t.model, &t.params).unwrap(), &lat_opts(Some(&labels), None, 500)).unwrap();
     for l in &lat {
         eprintln!(
             "QUALITY (default preset) latent {}: dim {} PCs(90%) {} silhouette {:.3} 15-NN {:.3} logistic {:.3}",
@@ -394,8 +399,8 @@ fn imputation_evaluation_on_a_trained_model() {
     let post = Posterior::new(&t.ds, &t.model, &t.params).unwrap();
     let n = t.ds.n_cells();
     let parts: Vec<Option<Part>> = (0..n).map(|c| if c % 9 == 0 { None } else if c % 4 == 0 { Some(Part::Test) } else { Some(Part::Train) }).collect();
-    let (by_split, _) = evaluate_latents(&post, Some(&labels), Some(&parts), n, 15, 0, 128).unwrap();
-    let (whole, _) = evaluate_latents(&post, Some(&labels), None, n, 15, 0, 128).unwrap();
+    let (by_split, _) = evaluate_latents(&post, &lat_opts(Some(&labels), Some(&parts), n)).unwrap();
+    let (whole, _) = evaluate_latents(&post, &lat_opts(Some(&labels), None, n)).unwrap();
     assert_eq!(by_split.iter().filter(|l| l.split == "all").cloned().collect::<Vec<_>>(), whole);
     assert_eq!(by_split.iter().map(|l| l.split.as_str()).collect::<Vec<_>>(), ["all", "all", "all", "train", "train", "train", "test", "test", "test"]);
     for part in [Part::Train, Part::Test] {
@@ -409,6 +414,14 @@ fn imputation_evaluation_on_a_trained_model() {
             assert!((r.silhouette.unwrap() - want).abs() <= 1e-9 * want.abs().max(1.0), "{} {space}: {:?} vs {want}", part.name(), r.silhouette);
             assert_eq!(r.pcs_90, splicevi::analysis::latent_metrics::pcs_for_variance(&lat[i], dims[i], 0.9));
         }
+    }
+    // A split of one class: its classifiers would score every cell right; they are nan instead.
+    let parts: Vec<Option<Part>> = (0..n).map(|c| Some(if t.truth.cell_type[c] == 0 { Part::Test } else { Part::Train })).collect();
+    let (by_split, _) = evaluate_latents(&post, &lat_opts(Some(&labels), Some(&parts), n)).unwrap();
+    for r in &by_split {
+        let one_class = r.split == "test";
+        assert_eq!(r.knn_accuracy.unwrap().is_nan(), one_class, "{} {}", r.split, r.space);
+        assert_eq!(r.logistic.unwrap().f1.is_nan(), one_class, "{} {}", r.split, r.space);
     }
 }
 
@@ -766,8 +779,11 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     categories.push("rare".into());
     codes[..7].iter_mut().for_each(|c| *c = -1);
     codes[7..10].iter_mut().for_each(|c| *c = categories.len() as i32 - 1);
+    // an age per cell (3, 18 or 24 months; none for every tenth cell) for --age
+    let ages: Vec<f64> = (0..ds.n_cells()).map(|c| if c % 10 == 0 { f64::NAN } else { [3.0, 18.0, 24.0][c % 3] }).collect();
+    ds.obs.push(("age".into(), splicevi::data::ObsColumn::Numeric(ages)));
     splicevi::data::h5write::write_h5mu(&p("unlabelled.h5mu"), &ds, None, None, &[], splicevi::data::h5write::Compression { gzip_level: None }).unwrap();
-    let said = ok(bin().arg("evaluate").arg(&run).arg(p("unlabelled.h5mu")).args(["--label", "cell_type", "--no-plots", "--out"]).arg(p("unlabelled.tsv")));
+    let said = ok(bin().arg("evaluate").arg(&run).arg(p("unlabelled.h5mu")).args(["--label", "cell_type", "--age", "age", "--no-plots", "--out"]).arg(p("unlabelled.tsv")));
     assert!(said.contains("--label cell_type: 7 of the 200 cells scored have no label"), "{said}");
     assert!(said.contains("leave out the classes of fewer than 5 cells (3 cells): `rare` (3 cells)"), "{said}");
     let table = std::fs::read_to_string(p("unlabelled.tsv")).unwrap();
@@ -783,6 +799,19 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
             assert!(table.contains(&format!("{section}\t{space}\tsplicevi\tlogistic_f1_weighted_cell_type\t")), "{section} {space}: {table}");
         }
     }
+    // --age (§8.1's age R²): the cells with an age, per split; per label class of 25 or more aged
+    // cells; a split too small for it is nan, and a line says why.
+    assert!(said.contains("--age age: 180 of the 200 cells scored have an age"), "{said}");
+    let value = |section: &str, metric: &str| -> f64 {
+        let line = table.lines().find(|l| l.starts_with(&format!("{section}\tjoint\tsplicevi\t{metric}\t"))).unwrap_or_else(|| panic!("no {section} {metric}: {table}"));
+        line.rsplit('\t').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("latent", "age_n_cells"), 180.0);
+    assert!(value("latent", "age_r2").is_finite() && value("latent_train", "age_r2").is_finite());
+    assert!(value("latent_test", "age_r2").is_nan() && value("latent_test", "age_n_cells") < 25.0);
+    assert!(said.contains("latent_test age_r2 is nan (joint, expression, splicing): an age regression needs 25 or more cells with an age"), "{said}");
+    let t0 = value("latent", "age_n_cells:cell_type=T0");
+    assert!(t0 >= 25.0 && value("latent", "age_r2:cell_type=T0").is_finite(), "{table}");
     // A run that does not record its split: all cells together, and a line saying so.
     std::fs::remove_file(run.join("split.json")).unwrap();
     let said = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--no-plots", "--out"]).arg(p("nosplit.tsv")));

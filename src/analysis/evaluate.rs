@@ -15,7 +15,7 @@
 //! regression (80/20, max_iter 1000, on the latent as it is: §8.1 has no scaler).
 
 use super::impute_metrics::{imputation_metrics_of, Chain, ImputationMetrics};
-use super::latent_metrics::{knn_accuracy, logistic_scores, pcs_for_variance, silhouette, ClassScores};
+use super::latent_metrics::{age_r2, knn_accuracy, logistic_scores, pcs_for_variance, silhouette, standardize, ClassScores, AGE_MIN_CELLS};
 use super::meanbayes::MeanBayes;
 use super::posterior::{dm_posterior_rows, tags, DecodeOptions, Posterior, SplicingFn};
 use crate::data::Dataset;
@@ -375,6 +375,34 @@ impl Labels {
     }
 }
 
+/// An age column of the latent metrics (`--age`): each cell's age, NaN where it has none.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ages {
+    pub column: String,
+    pub of_cell: Vec<f64>,
+}
+
+impl Ages {
+    /// The obs column `column` (named by `flag`) read as numbers: numeric columns, and categories or
+    /// text that spell numbers (`18`, `24.0`; anndata often stores ages as categories). A NaN, a
+    /// missing category or an infinite value is no age; any other text is an error naming it.
+    pub fn of_column(ds: &Dataset, flag: &str, column: &str) -> Result<Ages> {
+        let Some(col) = ds.obs_column(column) else {
+            let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
+            bail!("{flag} {column}: {}: no obs column `{column}` (columns: {})", ds.source, names.join(", "));
+        };
+        let text = col.as_strings();
+        let mut of_cell = Vec::with_capacity(text.len());
+        for (c, t) in text.iter().enumerate() {
+            match t.trim().parse::<f64>() {
+                Ok(v) => of_cell.push(if v.is_finite() { v } else { f64::NAN }),
+                Err(_) => bail!("{flag} {column}: {}: cell {} has `{t}`, not a number (an age column holds numbers)", ds.source, ds.cell_names.get(c).map_or(c.to_string(), |n| format!("`{n}`"))),
+            }
+        }
+        Ok(Ages { column: column.to_string(), of_cell })
+    }
+}
+
 /// Which cells of `rows` (dataset cells) the label metrics score: positions in `rows` of the labelled
 /// cells (silhouette) and of those whose class has at least [`MIN_CLASS_CELLS`] of them (classifiers),
 /// and the classes left out of the classifiers (name, cells), in class order.
@@ -409,6 +437,27 @@ pub struct LatentReport {
     pub silhouette: Option<f64>,
     pub knn_accuracy: Option<f64>,
     pub logistic: Option<ClassScores>,
+    /// With an age column: the cells with an age and the held-out R² of their age (§8.1), and per
+    /// label class of at least 25 such cells (class, cells, R²; the authors' groups are tissue | cell
+    /// type pairs: a column of such pairs as --label gives them).
+    pub age_cells: Option<usize>,
+    pub age_r2: Option<f64>,
+    pub age_r2_by_label: Vec<(String, usize, f64)>,
+}
+
+/// What [`evaluate_latents`] scores: the label and age columns, the run's split (each dataset cell's
+/// part), and the options of the metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct LatentOptions<'a> {
+    pub labels: Option<&'a Labels>,
+    pub ages: Option<&'a Ages>,
+    pub parts: Option<&'a [Option<Part>]>,
+    /// Cells scored at most (a seeded subsample above).
+    pub max_cells: usize,
+    /// Neighbours of the k-NN classifier.
+    pub k: usize,
+    pub seed: u64,
+    pub block_cells: usize,
 }
 
 /// §8.1's `LogisticRegression(max_iter=1000)`.
@@ -478,15 +527,8 @@ pub fn split_parts(split: &crate::train::trainer::RunSplit, ds: &Dataset) -> (Ve
 /// as §8.1's evaluate_split scores a split. The label metrics leave out the cells without a label,
 /// and the classifiers the classes of fewer than [`MIN_CLASS_CELLS`] cells; the returned lines say
 /// how many and which.
-pub fn evaluate_latents(
-    post: &Posterior,
-    labels: Option<&Labels>,
-    parts: Option<&[Option<Part>]>,
-    max_cells: usize,
-    k: usize,
-    seed: u64,
-    block_cells: usize,
-) -> Result<(Vec<LatentReport>, Vec<String>)> {
+pub fn evaluate_latents(post: &Posterior, opts: &LatentOptions) -> Result<(Vec<LatentReport>, Vec<String>)> {
+    let LatentOptions { labels, ages, parts, max_cells, k, seed, block_cells } = *opts;
     let n = post.ds.n_cells();
     let mut cells: Vec<usize> = (0..n).collect();
     if n > max_cells {
@@ -512,6 +554,12 @@ pub fn evaluate_latents(
     for (split, rows) in &splits {
         let lab = labels.map(|l| (l, label_rows(l, &rows.iter().map(|&r| cells[r]).collect::<Vec<_>>())));
         let scope = if *split == "all" { String::new() } else { format!(" ({split} cells)") };
+        if let (Some(a), "all") = (ages, *split) {
+            let aged = rows.iter().filter(|&&r| a.of_cell[cells[r]].is_finite()).count();
+            if aged < rows.len() {
+                notes.push(format!("--age {}: {aged} of the {} cells scored have an age (a finite number); the age R² reads those", a.column, rows.len()));
+            }
+        }
         if let Some((l, (labelled, classified, dropped))) = &lab {
             if *split == "all" && labelled.len() < rows.len() {
                 notes.push(format!(
@@ -545,15 +593,43 @@ pub fn evaluate_latents(
                 silhouette: None,
                 knn_accuracy: None,
                 logistic: None,
+                age_cells: None,
+                age_r2: None,
+                age_r2_by_label: Vec::new(),
             };
+            if let Some(a) = ages {
+                // (StandardScaler on the Z of the cells with an age, as the authors scale before the split)
+                let aged: Vec<usize> = (0..rows.len()).filter(|&r| a.of_cell[cells[rows[r]]].is_finite()).collect();
+                let y: Vec<f64> = aged.iter().map(|&r| a.of_cell[cells[rows[r]]]).collect();
+                let z = standardize(&take_rows(&x, d, &aged), d);
+                rep.age_cells = Some(aged.len());
+                rep.age_r2 = Some(age_r2(&z, d, &y, seed));
+                if let Some(l) = labels {
+                    for (c, class) in l.classes.iter().enumerate() {
+                        let members: Vec<usize> = (0..aged.len()).filter(|&i| l.of_cell[cells[rows[aged[i]]]] == Some(c as u32)).collect();
+                        if members.len() < AGE_MIN_CELLS {
+                            continue;
+                        }
+                        let zg: Vec<f64> = members.iter().flat_map(|&i| z[i * d..(i + 1) * d].iter().copied()).collect();
+                        let yg: Vec<f64> = members.iter().map(|&i| y[i]).collect();
+                        rep.age_r2_by_label.push((class.clone(), members.len(), age_r2(&zg, d, &yg, seed)));
+                    }
+                }
+            }
             if let Some((l, (labelled, classified, _))) = &lab {
                 let codes = |rs: &[usize]| -> Vec<u32> { rs.iter().map(|&r| l.of_cell[cells[rows[r]]].unwrap()).collect() };
                 rep.n_labelled = Some(labelled.len());
                 rep.n_classified = Some(classified.len());
                 rep.silhouette = Some(silhouette(&take_rows(&x, d, labelled), d, &codes(labelled)));
                 let (xc, yc) = (take_rows(&x, d, classified), codes(classified));
-                rep.knn_accuracy = Some(knn_accuracy(&xc, d, &yc, k, 5, seed));
-                rep.logistic = Some(logistic_scores(&xc, d, &yc, 0.2, seed, LOGISTIC_MAX_ITER));
+                // one class left classifies every cell right: nan, as sklearn refuses to fit it
+                if yc.iter().any(|&c| c != yc[0]) {
+                    rep.knn_accuracy = Some(knn_accuracy(&xc, d, &yc, k, 5, seed));
+                    rep.logistic = Some(logistic_scores(&xc, d, &yc, 0.2, seed, LOGISTIC_MAX_ITER));
+                } else {
+                    rep.knn_accuracy = Some(f64::NAN);
+                    rep.logistic = Some(ClassScores::NAN);
+                }
             }
             out.push(rep);
         }
@@ -604,6 +680,17 @@ pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<
             push(format!("logistic_precision_weighted_{lab}"), v.precision);
             push(format!("logistic_recall_weighted_{lab}"), v.recall);
             push(format!("logistic_f1_weighted_{lab}"), v.f1);
+        }
+        if let Some(v) = l.age_cells {
+            push("age_n_cells".into(), v as f64);
+        }
+        if let Some(v) = l.age_r2 {
+            push("age_r2".into(), v);
+        }
+        for (class, cells, r2) in &l.age_r2_by_label {
+            let class = super::differential::clean_text(class);
+            push(format!("age_n_cells:{lab}={class}"), *cells as f64);
+            push(format!("age_r2:{lab}={class}"), *r2);
         }
     }
     out
@@ -665,8 +752,10 @@ pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
             "no --label group holds two or more cells of two or more --sublabel groups".to_string()
         } else if metric.starts_with("silhouette_") {
             format!("a silhouette needs two or more --label groups among the {} labelled cells scored", count("n_cells_labelled_").unwrap_or(cells))
+        } else if metric.starts_with("age_r2") {
+            format!("an age regression needs {AGE_MIN_CELLS} or more cells with an age ({}), with ages that vary in both its 80% and its 20%", row(&|m: &str| m == "age_n_cells").unwrap_or(f64::NAN))
         } else if metric.starts_with("logistic_") || metric.starts_with("knn") {
-            format!("too few cells ({}, in classes of {MIN_CLASS_CELLS} or more) to hold some out", count("n_cells_classified_").unwrap_or(cells))
+            format!("too few cells ({}, in classes of {MIN_CLASS_CELLS} or more) to hold some out, or fewer than two such classes", count("n_cells_classified_").unwrap_or(cells))
         } else {
             "undefined for these cells".to_string()
         };
@@ -844,6 +933,23 @@ mod tests {
         // text columns: every value a class
         let ds = with_obs(3, vec![("t", ObsColumn::Text(vec!["b".into(), "a".into(), "b".into()]))]);
         assert_eq!(Labels::of_column(&ds, "--label", "t").unwrap().of_cell, [Some(1), Some(0), Some(1)]);
+    }
+
+    /// An age column: numbers, or categories / text spelling numbers; NaN, a missing category and
+    /// infinities are no age; other text is refused, naming the cell.
+    #[test]
+    fn age_columns_read_numbers() {
+        use crate::data::ObsColumn;
+        let ds = with_obs(4, vec![("age", ObsColumn::Numeric(vec![3.0, f64::NAN, 24.0, f64::INFINITY]))]);
+        let a = Ages::of_column(&ds, "--age", "age").unwrap();
+        assert!(a.of_cell[0] == 3.0 && a.of_cell[1].is_nan() && a.of_cell[2] == 24.0 && a.of_cell[3].is_nan(), "{a:?}");
+        let ds = with_obs(3, vec![("age", ObsColumn::Categorical { codes: vec![1, -1, 0], categories: vec!["18".into(), "3.0".into()] })]);
+        let a = Ages::of_column(&ds, "--age", "age").unwrap();
+        assert!(a.of_cell[0] == 3.0 && a.of_cell[1].is_nan() && a.of_cell[2] == 18.0, "{a:?}");
+        let ds = with_obs(2, vec![("age", ObsColumn::Text(vec!["3".into(), "3m".into()]))]);
+        let e = Ages::of_column(&ds, "--age", "age").unwrap_err().to_string();
+        assert!(e.starts_with("--age age: d.h5mu: cell `c1` has `3m`, not a number"), "{e}");
+        assert!(Ages::of_column(&ds, "--age", "nocol").unwrap_err().to_string().contains("no obs column `nocol`"));
     }
 
     /// A run's split applies to the cells of the data: by position when they are the training cells

@@ -282,6 +282,150 @@ pub fn fit_logistic(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: 
     (theta, b)
 }
 
+/// The seeded permutation of `n` rows whose first ⌈test_frac·n⌉ are held out (the logistic regression's
+/// and the age regression's split; §8.1 uses `random_state=0` for both, the permutation is ours).
+fn holdout_permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.shuffle(&mut crate::train::rng::stream(seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::CLASSIFIER_SPLIT, 0));
+    perm
+}
+
+/// sklearn's `StandardScaler().fit_transform` of the rows of `x` (n × d): each column centred and
+/// divided by its population standard deviation; a constant column becomes 0.
+pub fn standardize(x: &[f32], d: usize) -> Vec<f64> {
+    let n = if d == 0 { 0 } else { x.len() / d };
+    let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    for t in 0..d {
+        let mean = (0..n).map(|r| out[r * d + t]).sum::<f64>() / n.max(1) as f64;
+        let sd = ((0..n).map(|r| (out[r * d + t] - mean).powi(2)).sum::<f64>() / n.max(1) as f64).sqrt();
+        let scale = if sd > 0.0 { sd } else { 1.0 };
+        (0..n).for_each(|r| out[r * d + t] = (out[r * d + t] - mean) / scale);
+    }
+    out
+}
+
+/// sklearn's `r2_score` (force_finite): 1 − SS_res / SS_tot around the truths' mean; constant truths
+/// give 1 when predicted exactly, else 0. NaN for no values.
+pub fn r2_score(y: &[f64], pred: &[f64]) -> f64 {
+    if y.is_empty() {
+        return f64::NAN;
+    }
+    let mean = y.iter().sum::<f64>() / y.len() as f64;
+    let ss_res: f64 = y.iter().zip(pred).map(|(a, b)| (a - b) * (a - b)).sum();
+    let ss_tot: f64 = y.iter().map(|a| (a - mean) * (a - mean)).sum();
+    if ss_tot == 0.0 {
+        return if ss_res == 0.0 { 1.0 } else { 0.0 };
+    }
+    1.0 - ss_res / ss_tot
+}
+
+/// sklearn's `Ridge(alpha)` on the rows `rows` of `x` (n × d) and their `y`: min ‖y − Xw − b‖² + α‖w‖²,
+/// the intercept unpenalised (fitted on centred data, by Cholesky as sklearn's solver for dense X).
+/// Returns (w, b).
+pub fn ridge_fit(x: &[f64], d: usize, y: &[f64], rows: &[usize], alpha: f64) -> (Vec<f64>, f64) {
+    let m = rows.len().max(1) as f64;
+    let xm: Vec<f64> = (0..d).map(|t| rows.iter().map(|&r| x[r * d + t]).sum::<f64>() / m).collect();
+    let ym = rows.iter().map(|&r| y[r]).sum::<f64>() / m;
+    // A = XcᵀXc + αI (row-major d × d), v = Xcᵀ yc
+    let mut a = vec![0f64; d * d];
+    let mut v = vec![0f64; d];
+    for &r in rows {
+        let xr: Vec<f64> = (0..d).map(|t| x[r * d + t] - xm[t]).collect();
+        for p in 0..d {
+            v[p] += xr[p] * (y[r] - ym);
+            for q in 0..d {
+                a[p * d + q] += xr[p] * xr[q];
+            }
+        }
+    }
+    (0..d).for_each(|p| a[p * d + p] += alpha);
+    // Cholesky A = LLᵀ in place (lower triangle), then the two triangular solves.
+    for j in 0..d {
+        let s = a[j * d + j] - (0..j).map(|k| a[j * d + k] * a[j * d + k]).sum::<f64>();
+        a[j * d + j] = s.max(f64::MIN_POSITIVE).sqrt();
+        for i in j + 1..d {
+            let s = a[i * d + j] - (0..j).map(|k| a[i * d + k] * a[j * d + k]).sum::<f64>();
+            a[i * d + j] = s / a[j * d + j];
+        }
+    }
+    for i in 0..d {
+        v[i] = (v[i] - (0..i).map(|k| a[i * d + k] * v[k]).sum::<f64>()) / a[i * d + i];
+    }
+    for i in (0..d).rev() {
+        v[i] = (v[i] - (i + 1..d).map(|k| a[k * d + i] * v[k]).sum::<f64>()) / a[i * d + i];
+    }
+    let b = ym - xm.iter().zip(&v).map(|(m, w)| m * w).sum::<f64>();
+    (v, b)
+}
+
+fn predict(x: &[f64], d: usize, rows: &[usize], w: &[f64], b: f64) -> Vec<f64> {
+    rows.iter().map(|&r| b + (0..d).map(|t| x[r * d + t] * w[t]).sum::<f64>()).collect()
+}
+
+/// A fitted [`ridge_cv`].
+#[derive(Clone, Debug)]
+pub struct RidgeCvFit {
+    /// Index of the chosen alpha.
+    pub best: usize,
+    /// Mean R² over the folds, per alpha.
+    pub cv_scores: Vec<f64>,
+    pub w: Vec<f64>,
+    pub b: f64,
+}
+
+/// sklearn's `RidgeCV(alphas, cv=folds)` on the rows `rows` of `x`: per alpha the mean R² over
+/// `KFold(folds)` (unshuffled: contiguous folds of `rows` in order, the first n mod folds one row
+/// larger), the first best alpha (GridSearchCV's), then `Ridge` refitted on every row.
+pub fn ridge_cv(x: &[f64], d: usize, y: &[f64], rows: &[usize], alphas: &[f64], folds: usize) -> RidgeCvFit {
+    let n = rows.len();
+    let mut bounds = vec![0usize];
+    for f in 0..folds {
+        bounds.push(bounds[f] + n / folds + usize::from(f < n % folds));
+    }
+    let cv_scores: Vec<f64> = alphas
+        .iter()
+        .map(|&alpha| {
+            (0..folds)
+                .map(|f| {
+                    let test = &rows[bounds[f]..bounds[f + 1]];
+                    let train: Vec<usize> = rows[..bounds[f]].iter().chain(&rows[bounds[f + 1]..]).copied().collect();
+                    let (w, b) = ridge_fit(x, d, y, &train, alpha);
+                    r2_score(&test.iter().map(|&r| y[r]).collect::<Vec<_>>(), &predict(x, d, test, &w, b))
+                })
+                .sum::<f64>()
+                / folds as f64
+        })
+        .collect();
+    let best = (0..alphas.len()).fold(0, |bi, i| if cv_scores[i] > cv_scores[bi] { i } else { bi });
+    let (w, b) = ridge_fit(x, d, y, rows, alphas[best]);
+    RidgeCvFit { best, cv_scores, w, b }
+}
+
+/// Fewest cells an age regression takes (the authors' MIN_GROUP_N).
+pub const AGE_MIN_CELLS: usize = 25;
+
+/// §8.1's age R²: `x` the standardised latent (n × d) of the cells with an age `y`; 80/20 split (the
+/// permutation of [`logistic_scores`]), RidgeCV over alphas logspace(−2, 3, 20) with 5 folds on the
+/// training part, R² of the held-out part. NaN, as the authors skip it, for fewer than
+/// [`AGE_MIN_CELLS`] cells or ages constant in either part.
+pub fn age_r2(x: &[f64], d: usize, y: &[f64], seed: u64) -> f64 {
+    let n = y.len();
+    assert_eq!(x.len(), n * d, "age_r2: {} values for {n}×{d}", x.len());
+    if n < AGE_MIN_CELLS {
+        return f64::NAN;
+    }
+    let n_test = (0.2 * n as f64).ceil() as usize;
+    let perm = holdout_permutation(n, seed);
+    let (test, train) = perm.split_at(n_test);
+    let varies = |rows: &[usize]| rows.iter().any(|&r| y[r] != y[rows[0]]);
+    if !varies(train) || !varies(test) {
+        return f64::NAN;
+    }
+    let alphas: Vec<f64> = (0..20).map(|i| 10f64.powf(-2.0 + 5.0 * i as f64 / 19.0)).collect();
+    let fit = ridge_cv(x, d, y, train, &alphas, 5);
+    r2_score(&test.iter().map(|&r| y[r]).collect::<Vec<_>>(), &predict(x, d, test, &fit.w, fit.b))
+}
+
 /// sklearn's accuracy and `precision_score` / `recall_score` / `f1_score` with `average="weighted",
 /// zero_division=0`: per class of the truths and the predictions, precision tp/(tp+fp), recall
 /// tp/(tp+fn) and F1 2tp/(2tp+fp+fn) (0 where the denominator is 0), averaged weighted by the class's
@@ -339,8 +483,7 @@ pub fn logistic_scores(x: &[f32], d: usize, labels: &[u32], test_frac: f64, seed
     if n < 2 || n_test == 0 || n_test == n {
         return ClassScores::NAN;
     }
-    let mut perm: Vec<usize> = (0..n).collect();
-    perm.shuffle(&mut crate::train::rng::stream(seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::CLASSIFIER_SPLIT, 0));
+    let perm = holdout_permutation(n, seed);
     let (test, train) = perm.split_at(n_test);
     // Compact class codes over the training labels.
     let mut classes: Vec<u32> = train.iter().map(|&i| labels[i]).collect();
@@ -483,6 +626,36 @@ mod tests {
         // every held-out cell predicted 0: recall of class 0 is 1, of class 1 is 0
         assert!(s.accuracy < 0.95 && s.accuracy > 0.5, "{s:?}");
         assert!((s.precision - s.accuracy * s.accuracy).abs() < 1e-12, "{s:?}");
+    }
+
+    /// Ridge, RidgeCV (5 unshuffled folds, 20 alphas) and R² are sklearn 1.9.1's on a fixed data set:
+    /// `RidgeCV(alphas=np.logspace(-2, 3, 20), cv=5).fit(X, y)` chooses alpha 7.8476 (index 11).
+    #[test]
+    fn ridge_cv_matches_sklearn() {
+        let (n, d) = (30, 3);
+        let x: Vec<f64> = (0..n * d).map(|k| ((k / d) as f64 * 1.3 + (k % d) as f64 * 0.7).sin() * ((k % d) + 1) as f64).collect();
+        let y: Vec<f64> = (0..n).map(|i| x[i * d] - 0.5 * x[i * d + 1] + 1.5 * (i as f64 * 2.1).sin() + 10.0).collect();
+        let rows: Vec<usize> = (0..n).collect();
+        let close = |got: &[f64], want: &[f64], tol: f64| got.iter().zip(want).all(|(a, b)| (a - b).abs() < tol);
+        let (w, b) = ridge_fit(&x, d, &y, &rows, 2.5);
+        assert!(close(&w, &[0.14375260174668145, 0.08375973470607764, -0.23906886914314826], 1e-12) && (b - 9.994506548211284).abs() < 1e-12, "{w:?} {b}");
+        assert!((r2_score(&y, &predict(&x, d, &rows, &w, b)) - 0.157142922427301).abs() < 1e-12);
+        let alphas: Vec<f64> = (0..20).map(|i| 10f64.powf(-2.0 + 5.0 * i as f64 / 19.0)).collect();
+        assert!((alphas[11] - 7.847599703514606).abs() < 1e-12);
+        let fit = ridge_cv(&x, d, &y, &rows, &alphas, 5);
+        assert_eq!(fit.best, 11, "{:?}", fit.cv_scores);
+        assert!((fit.cv_scores[0] - 0.10202728220246171).abs() < 1e-12 && (fit.cv_scores[19] - 0.013443707601133382).abs() < 1e-12, "{:?}", fit.cv_scores);
+        assert!(close(&fit.w, &[0.12242368821346838, 0.06421222848028903, -0.2199344007965777], 1e-12) && (fit.b - 9.993460469236878).abs() < 1e-12);
+        // constant truths: 1 when predicted exactly, else 0 (sklearn's force_finite)
+        assert_eq!((r2_score(&[2.0, 2.0], &[2.0, 2.0]), r2_score(&[2.0, 2.0], &[2.0, 1.0])), (1.0, 0.0));
+        // the standardised columns have mean 0 and variance 1; a constant column becomes 0
+        let z = standardize(&[1.0, 5.0, 3.0, 5.0, 5.0, 5.0], 2);
+        assert!(close(&z, &[-1.224744871391589, 0.0, 0.0, 0.0, 1.224744871391589, 0.0], 1e-12), "{z:?}");
+        // age R²: a latent that holds the age predicts it; too few cells or a constant age is nan
+        let ages: Vec<f64> = (0..60).map(|i| [3.0, 18.0, 24.0][i % 3]).collect();
+        let xa: Vec<f64> = ages.iter().enumerate().flat_map(|(i, &a)| [a / 10.0 + 0.01 * (i as f64).sin(), (i as f64 * 0.37).cos()]).collect();
+        assert!(age_r2(&xa, 2, &ages, 0) > 0.99);
+        assert!(age_r2(&xa[..48], 2, &ages[..24], 0).is_nan() && age_r2(&xa, 2, &[3.0; 60], 0).is_nan());
     }
 
     #[test]
