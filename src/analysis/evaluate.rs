@@ -12,7 +12,12 @@
 //! Latents (§8.1): for the joint, expression and splicing posterior means of (a seeded subsample of) the
 //! cells: number of PCs for 90% of the variance, and with a label column the silhouette score, 15-NN
 //! accuracy (5-fold) and the held-out accuracy and weighted precision / recall / F1 of a logistic
-//! regression (80/20, max_iter 1000, on the latent as it is: §8.1 has no scaler).
+//! regression (80/20, max_iter 1000, on the latent as it is: §8.1 has no scaler), and with an age
+//! column the held-out R² of a ridge regression of the age; for all cells and for the train and test
+//! parts of the run's split apart.
+//!
+//! Not here: §8.2 (cross-fold classification), §8.3 (clustering, subcluster splits), §8.4's
+//! `test_impute` and resampled-reads files. docs/evaluate.md lists what is and is not covered.
 
 use super::impute_metrics::{imputation_metrics_of, Chain, ImputationMetrics};
 use super::latent_metrics::{age_r2, knn_accuracy, logistic_scores, pcs_for_variance, silhouette, standardize, ClassScores, AGE_MIN_CELLS};

@@ -66,7 +66,8 @@ pub enum Command {
     DiffSplicing(diff_splicing::DiffSplicingArgs),
     /// Differential expression between groups of cells (TSV).
     DiffExpression(diff_expression::DiffExpressionArgs),
-    /// Masked-ATSE imputation vs MeanBayes and latent metrics (table + TSV).
+    /// Masked-ATSE imputation vs MeanBayes and the latent metrics of model.md §8.1 (table + TSV; not
+    /// §8.2 cross-fold classification nor §8.3 clustering: docs/evaluate.md).
     Evaluate(evaluate::EvaluateArgs),
     /// Redraw a picture: training curves, imputation scatter, DS volcano, latent embedding (PNG + SVG).
     Plot(plot::PlotArgs),
