@@ -693,7 +693,7 @@ pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<
             push("age_r2".into(), v);
         }
         for (class, cells, r2) in &l.age_r2_by_label {
-            let class = super::differential::clean_text(class);
+            // (the table quotes a metric name holding a tab or line break as a whole: `tsv_field`)
             push(format!("age_n_cells:{lab}={class}"), *cells as f64);
             push(format!("age_r2:{lab}={class}"), *r2);
         }
