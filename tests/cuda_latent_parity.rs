@@ -28,7 +28,7 @@ use emu::{close, f32s, skipped};
 
 const MIXES: [Mix; 6] = [
     Mix::Concat,
-    Mix::Softmax,
+    Mix::Softmax { independent: false },
     Mix::PerDim { mask_spl: false },
     Mix::PerDim { mask_spl: true },
     Mix::Routed(Modality::Expression),
@@ -77,7 +77,7 @@ impl Case {
         let v_e: Vec<f64> = (0..b * d).map(|_| normal(0.7).exp()).collect();
         let v_s: Vec<f64> = (0..b * d).map(|_| normal(0.7).exp()).collect();
         let raw_len = match mix {
-            Mix::Softmax => 2 * b,
+            Mix::Softmax { .. } => 2 * b,
             Mix::PerDim { .. } => d,
             _ => 0,
         };
@@ -255,7 +255,7 @@ fn twin_backward_matches_finite_differences() {
                 ];
                 for (fname, field, grad) in fields {
                     let n = field(&mut c.clone()).len();
-                    if fname == "raw" && mix == Mix::Softmax {
+                    if fname == "raw" && matches!(mix, Mix::Softmax { .. }) {
                         assert_eq!(grad.len(), 2 * c.b, "{name}: softmax d_raw is per cell");
                     } else {
                         assert_eq!(grad.len(), n, "{name}: d_{fname} length");
@@ -279,7 +279,7 @@ fn twin_backward_matches_finite_differences() {
 
 #[test]
 fn twin_refuses_mmd_rbf_and_the_kernel_codes_do_too() {
-    let c = Case::random(1, 4, 2, Mix::Softmax, false, ModalityPenalty::MmdRbf, false, false);
+    let c = Case::random(1, 4, 2, Mix::Softmax { independent: false }, false, ModalityPenalty::MmdRbf, false, false);
     let m = c.mats::<f64>();
     assert!(latent_step_fwd(&c.input(&m), 1.0).is_err());
     let e = penalty_code(ModalityPenalty::MmdRbf).unwrap_err().to_string();

@@ -1,6 +1,7 @@
 //! Hand-written backward passes vs f64 central finite differences: every op on its own, then the whole
 //! loss of small models covering each likelihood, mixing mode, penalty, encoder/decoder architecture,
-//! normalisation mode, covariate handling, the adversary's fool gradient and the classifier.
+//! normalisation mode, covariate handling, the adversary's fool gradient and the classifier. And what
+//! each §12 correction option (model.md §14.3) computes, against the original on the same parameters.
 
 #[path = "common/synth.rs"]
 mod synth;
@@ -565,18 +566,31 @@ fn op_mixing_kl_penalties() {
     let paired: Vec<bool> = mask_e.iter().zip(&mask_s).map(|(a, b)| a & b).collect();
     let raw: Vec<f64> = (0..2 * b).map(|_| randn(&mut r)).collect();
     let coords: Vec<usize> = (0..x0.len()).collect();
-    // softmax mixing: functional Σ wm·qz_m + wv·qz_v
-    let f_soft = |x: &[f64], raw: &[f64]| -> f64 {
-        let p = unflat(x, b, d);
-        let (qm, qv, _) = latent::mix_softmax_fwd(&p[0], &p[1], &p[2], &p[3], raw, &mask_e, &mask_s);
-        qm.data.iter().zip(&wm.data).map(|(a, b)| a * b).sum::<f64>()
-            + qv.data.iter().zip(&wv.data).map(|(a, b)| a * b).sum::<f64>()
-    };
-    let (_, _, c) = latent::mix_softmax_fwd(&ps[0], &ps[1], &ps[2], &ps[3], &raw, &mask_e, &mask_s);
-    let (g, draw) = latent::mix_softmax_bwd(&c, &ps[0], &ps[1], &ps[2], &ps[3], &mask_e, &mask_s, &wm, &wv);
-    assert_close("softmax mix posteriors", &pg_flat(&g), &fd(&x0, &coords, &mut |x| f_soft(x, &raw)), 1.0);
-    let rc: Vec<usize> = (0..raw.len()).collect();
-    assert_close("softmax mix weights", &draw, &fd(&raw, &rc, &mut |rw| f_soft(&x0, rw)), 1.0);
+    // softmax mixing (the original's √w on the variances, and `mixing_variance = independent`'s w²):
+    // functional Σ wm·qz_m + wv·qz_v
+    for independent in [false, true] {
+        let f_soft = |x: &[f64], raw: &[f64]| -> f64 {
+            let p = unflat(x, b, d);
+            let (qm, qv, _) = latent::mix_softmax_fwd(&p[0], &p[1], &p[2], &p[3], raw, &mask_e, &mask_s, independent);
+            qm.data.iter().zip(&wm.data).map(|(a, b)| a * b).sum::<f64>()
+                + qv.data.iter().zip(&wv.data).map(|(a, b)| a * b).sum::<f64>()
+        };
+        let (_, qv, c) = latent::mix_softmax_fwd(&ps[0], &ps[1], &ps[2], &ps[3], &raw, &mask_e, &mask_s, independent);
+        let (g, draw) = latent::mix_softmax_bwd(&c, &ps[0], &ps[1], &ps[2], &ps[3], &mask_e, &mask_s, &wm, &wv);
+        let label = if independent { "softmax mix (independent)" } else { "softmax mix" };
+        assert_close(&format!("{label} posteriors"), &pg_flat(&g), &fd(&x0, &coords, &mut |x| f_soft(x, &raw)), 1.0);
+        let rc: Vec<usize> = (0..raw.len()).collect();
+        assert_close(&format!("{label} weights"), &draw, &fd(&raw, &rc, &mut |rw| f_soft(&x0, rw)), 1.0);
+        // The variance against §4.2's formula (√w) and the variance of w_e·z_e + w_s·z_s (w²).
+        for i in 0..b {
+            let (we, ws) = (c.w[2 * i], c.w[2 * i + 1]);
+            let (ce, cs) = if independent { (we * we, ws * ws) } else { (we.sqrt(), ws.sqrt()) };
+            for t in 0..d {
+                let want = (ce * ps[1].at(i, t) + cs * ps[3].at(i, t)).max(latent::QZV_MIN);
+                assert!((qv.at(i, t) - want).abs() <= 1e-12 * want, "{label}: qz_v[{i},{t}] = {}, want {want}", qv.at(i, t));
+            }
+        }
+    }
     // per-dimension mixing (with and without the splicing mask)
     let rawd: Vec<f64> = (0..d).map(|_| randn(&mut r)).collect();
     for ms in [None, Some(mask_s.as_slice())] {
@@ -926,4 +940,145 @@ fn op_and_whole_loss_splicing_decoder_effect_prior() {
     let pp = random_params(&m, 64);
     let fw = m.forward(&pp, &synth_batch(&dims(2, vec![], 0), 6, 65), &base_opts()).unwrap();
     assert!(fw.out.decoder_effect_prior > 1e-6, "effect prior is {}", fw.out.decoder_effect_prior);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The §12 corrections (model.md §14.3): gradients, and what each computes.
+
+fn small(c: ModelConfig) -> ModelConfig {
+    ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, dropout_rate: 0.2, ..c }
+}
+
+/// `mixing_variance = independent` on a learned shared and a per-cell weight table, the vanilla
+/// expression decoder's softmax scale with a size factor (`expression_scale_softmax`), the linear
+/// expression decoder without LayerNorm on its three maps (`linear_expression_layer_norm = false`,
+/// gene-cell dispersion) and `concentration_init = phi_100`.
+#[test]
+fn whole_loss_quirk_corrections() {
+    let cfg = small(ModelConfig {
+        mixing_variance: MixingVariance::Independent,
+        modality_weights: ModalityWeights::Universal,
+        expression_architecture: ExpressionArch::Vanilla,
+        expression_scale_softmax: true,
+        concentration_init: ConcentrationInit::Phi100,
+        ..ModelConfig::default()
+    });
+    check_whole_loss("independent variance, softmax scale", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 81);
+    let cfg = small(ModelConfig {
+        linear_expression_layer_norm: false,
+        dispersion: Dispersion::GeneCell,
+        mixing_variance: MixingVariance::Independent,
+        modality_weights: ModalityWeights::Cell,
+        ..ModelConfig::default()
+    });
+    check_whole_loss("linear decoder without LayerNorm", Case { cfg, dims: dims(2, vec![3], 0), opts: base_opts(), with_adversary: true }, 82);
+}
+
+/// Forward outputs of `cfg` on the parameters `p` (made for a model with the same name table).
+fn eval_forward(cfg: ModelConfig, d: &Dims, p: &Params<f64>, batch: &Batch) -> StepOutput<f64> {
+    let model = SpliceVae::new(cfg, d.clone(), JUNC2ATSE.to_vec()).unwrap();
+    assert_eq!(model.layout.total, p.layout.total);
+    model.forward(p, batch, &StepOptions { training: false, ..base_opts() }).unwrap().out
+}
+
+/// Each correction computes what it says, against the original on the same parameters, and changes
+/// nothing else: the joint variance is w_e²·v_e + w_s²·v_s; the vanilla scale is the softmax of the
+/// logits the original passes through softplus; without the LayerNorm the linear expression decoder
+/// is what `use_layer_norm = encoder` gives it while a vanilla splicing decoder keeps its LayerNorm
+/// (which `use_layer_norm = encoder` would take away: why the option exists); `phi_100` maps the same
+/// draws through softplus⁻¹ ∘ exp.
+#[test]
+fn quirk_corrections_compute_what_they_say() {
+    use splicevi::model::real::{softplus, softplus_inv};
+    let d = dims(2, vec![], 0);
+    let batch = synth_batch(&d, 6, 90);
+    let same = |a: &Mat<f64>, b: &Mat<f64>| a.data == b.data;
+
+    // §12.4: §4.2's weights from the `equal` buffer (moved off (1, 1) by random_params); cell 0 has no
+    // expression (weights ≈ (0, 1)).
+    let base = small(ModelConfig::default());
+    let model = SpliceVae::new(base.clone(), d.clone(), JUNC2ATSE.to_vec()).unwrap();
+    let p = random_params(&model, 91);
+    let raw = p.by_name("mod_weights").unwrap().to_vec();
+    let mut sums = Vec::new();
+    for mv in [MixingVariance::SqrtWeights, MixingVariance::Independent] {
+        let m = SpliceVae::new(ModelConfig { mixing_variance: mv, ..base.clone() }, d.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let inf = m.inference_only(&p, &batch).unwrap();
+        assert!(!inf.mask_expr[0] && inf.mask_expr.iter().filter(|&&e| e).count() >= 3);
+        for i in 0..batch.n_cells() {
+            let ee = if inf.mask_expr[i] { raw[0].exp() } else { 1e-30 };
+            let es = raw[1].exp();
+            let (we, ws) = (ee / (ee + es + 1e-30), es / (ee + es + 1e-30));
+            let (ce, cs) = if mv == MixingVariance::Independent { (we * we, ws * ws) } else { (we.sqrt(), ws.sqrt()) };
+            for t in 0..inf.qz_v.cols {
+                let want = (ce * inf.qzv_expr.at(i, t) + cs * inf.qzv_spl.at(i, t)).max(1e-6);
+                let got = inf.qz_v.at(i, t);
+                assert!((got - want).abs() <= 1e-12 * want, "{mv}: qz_v[{i},{t}] = {got}, want {want}");
+            }
+        }
+        sums.push(inf.qz_v.data.iter().sum::<f64>());
+    }
+    // w² < √w: the original's variance is the larger (≈ 2.8 × the corrected one at equal weights; the
+    // cells without expression have the splicing posterior's in both).
+    assert!(sums[1] < 0.75 * sums[0], "joint variances: {sums:?}");
+
+    // §12.11: ρ = softmax(raw) where the original has softplus(raw).
+    let van = small(ModelConfig { expression_architecture: ExpressionArch::Vanilla, ..ModelConfig::default() });
+    let model = SpliceVae::new(van.clone(), d.clone(), JUNC2ATSE.to_vec()).unwrap();
+    let p = random_params(&model, 92);
+    let orig = eval_forward(van.clone(), &d, &p, &batch);
+    let fixed = eval_forward(ModelConfig { expression_scale_softmax: true, ..van.clone() }, &d, &p, &batch);
+    for i in 0..batch.n_cells() {
+        let raw: Vec<f64> = orig.px_scale.row(i).iter().map(|&r| softplus_inv(r)).collect();
+        let mx = raw.iter().fold(f64::MIN, |a, &v| a.max(v));
+        let s: f64 = raw.iter().map(|v| (v - mx).exp()).sum();
+        for (g, r) in raw.iter().enumerate() {
+            let want = (r - mx).exp() / s;
+            assert!((fixed.px_scale.at(i, g) - want).abs() <= 1e-9 * want, "softmax scale [{i},{g}] = {}, want {want}", fixed.px_scale.at(i, g));
+        }
+        let (so, sf) = (orig.px_scale.row(i).iter().sum::<f64>(), fixed.px_scale.row(i).iter().sum::<f64>());
+        assert!((sf - 1.0).abs() < 1e-12 && (so - 1.0).abs() > 1e-3, "row sums: softmax {sf}, softplus {so}");
+    }
+    assert!(same(&orig.inference.z, &fixed.inference.z) && orig.p_entries == fixed.p_entries);
+    // Without a size factor the original already uses softmax: the option changes nothing there.
+    let lib = ModelConfig { use_size_factor_key: false, ..van };
+    let (a, b) = (eval_forward(lib.clone(), &d, &p, &batch), eval_forward(ModelConfig { expression_scale_softmax: true, ..lib }, &d, &p, &batch));
+    assert!(same(&a.px_scale, &b.px_scale) && a.loss == b.loss);
+
+    // §12.12, with a vanilla splicing decoder (LayerNorm in its hidden layers).
+    let lin = small(ModelConfig { splicing_decoder_architecture: SplicingDecoderArch::Vanilla, ..ModelConfig::default() });
+    let model = SpliceVae::new(lin.clone(), d.clone(), JUNC2ATSE.to_vec()).unwrap();
+    let p = random_params(&model, 93);
+    let orig = eval_forward(lin.clone(), &d, &p, &batch);
+    let fixed = eval_forward(ModelConfig { linear_expression_layer_norm: false, ..lin.clone() }, &d, &p, &batch);
+    let enc_only = eval_forward(ModelConfig { use_layer_norm: NormPlacement::Encoder, ..lin }, &d, &p, &batch);
+    assert!(same(&fixed.px_scale, &enc_only.px_scale) && same(&fixed.px_dropout, &enc_only.px_dropout));
+    assert!(!same(&fixed.px_scale, &orig.px_scale) && !same(&fixed.px_dropout, &orig.px_dropout));
+    assert!(fixed.p_entries == orig.p_entries && fixed.p_entries != enc_only.p_entries);
+    // The original's logits have mean 0 and variance 1 over genes, so ln ρ does; the corrected ones not.
+    let spread = |m: &Mat<f64>, i: usize| {
+        let l: Vec<f64> = m.row(i).iter().map(|v| v.ln()).collect();
+        let mean = l.iter().sum::<f64>() / l.len() as f64;
+        l.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / l.len() as f64
+    };
+    assert!((spread(&orig.px_scale, 2) - 1.0).abs() < 1e-3 && (spread(&fixed.px_scale, 2) - 1.0).abs() > 1e-2);
+
+    // §12.9: the same draws, φ = eˣ instead of softplus(x) ≈ 4.6 (beta-binomial: one per junction).
+    for (loss, conc) in [(SplicingLoss::DirichletMultinomial, DmConcentration::Atse), (SplicingLoss::DirichletMultinomial, DmConcentration::Scalar), (SplicingLoss::BetaBinomial, DmConcentration::Atse)] {
+        let cfg = small(ModelConfig { splicing_loss_type: loss, dm_concentration: conc, ..ModelConfig::default() });
+        let m0 = SpliceVae::new(cfg.clone(), d.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let m1 = SpliceVae::new(ModelConfig { concentration_init: ConcentrationInit::Phi100, ..cfg }, d.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let (p0, p1) = (m0.init_params::<f64>(94), m1.init_params::<f64>(94));
+        let phi = m0.layout.find("log_phi_j").unwrap();
+        for (i, e) in m0.layout.entries.iter().enumerate() {
+            if i != phi {
+                assert!(p0.get(i) == p1.get(i), "{loss} {conc}: {} initialised differently", e.name);
+            }
+        }
+        for (&x, &y) in p0.get(phi).iter().zip(p1.get(phi)) {
+            assert!(softplus(x) < 8.0, "{loss} {conc}: the original's φ = {}", softplus(x));
+            let want = if conc == DmConcentration::Scalar { 100.0 } else { x.exp() };
+            assert!((softplus(y) - want).abs() <= 1e-12 * want, "{loss} {conc}: φ = {}, want {want}", softplus(y));
+        }
+    }
 }

@@ -77,6 +77,14 @@ pub const MODEL_HELP: &[OptionHelp] = &[
     e("warmup_routing", "During KL warm-up: coin (one modality's posterior per minibatch) or mix from the start", &["coin", "mix"]),
     o("mask_cells_without_splicing", "Cells with no observed junction use the expression posterior alone and leave the penalty"),
     e(
+        "mixing_variance",
+        "Joint variance of equal/universal/cell mixing: √w_e·v_e + √w_s·v_s (§12.4) or w_e²·v_e + w_s²·v_s",
+        &["sqrt_weights", "independent"],
+    ),
+    e("concentration_init", "Initial DM / beta-binomial concentration: φ ≈ 4.6 as the original (§12.9) or φ ≈ 100", &["log_100", "phi_100"]),
+    o("expression_scale_softmax", "Vanilla expression decoder: softmax scale even with size factors (not softplus, §12.11)"),
+    o("linear_expression_layer_norm", "Linear expression decoder: LayerNorm on its gene logits (§12.12); false = none"),
+    e(
         "expression_input",
         "Expression encoder input: raw counts, log1p, or log1p of counts per 10⁴ (likelihood uses counts)",
         &["raw", "log1p", "log1p_normalized"],
@@ -137,9 +145,9 @@ mod tests {
     use super::*;
     use crate::cmd::option_flags::parse_value;
     use crate::model::config::{
-        Dispersion, DmConcentration, ExpressionArch, ExpressionInput, GeneLikelihood, LatentDistribution, ModalityPenalty,
-        ModalityWeights, ModelConfig, NormPlacement, PoolMode, SplicingDecoderArch, SplicingEncoderArch, SplicingLoss,
-        WarmupRouting,
+        ConcentrationInit, Dispersion, DmConcentration, ExpressionArch, ExpressionInput, GeneLikelihood, LatentDistribution,
+        MixingVariance, ModalityPenalty, ModalityWeights, ModelConfig, NormPlacement, PoolMode, SplicingDecoderArch,
+        SplicingEncoderArch, SplicingLoss, WarmupRouting,
     };
     use crate::train::config::SchedulerKind;
     use crate::train::TrainConfig;
@@ -174,6 +182,8 @@ mod tests {
             "modality_weights" => variants::<ModalityWeights>(),
             "modality_penalty" => variants::<ModalityPenalty>(),
             "warmup_routing" => variants::<WarmupRouting>(),
+            "mixing_variance" => variants::<MixingVariance>(),
+            "concentration_init" => variants::<ConcentrationInit>(),
             "expression_input" => variants::<ExpressionInput>(),
             "lr_scheduler_type" => variants::<SchedulerKind>(),
             _ => return None,

@@ -20,7 +20,7 @@ pub const LAT_ROWS_PER_BLOCK: usize = LAT_THREADS as usize / 32;
 pub fn mix_code(m: Mix) -> i32 {
     match m {
         Mix::Concat => 0,
-        Mix::Softmax => 1,
+        Mix::Softmax { .. } => 1,
         Mix::PerDim { .. } => 2,
         Mix::Routed(Modality::Expression) => 3,
         Mix::Routed(Modality::Splicing) => 4,
@@ -69,7 +69,7 @@ impl LatentShape {
     }
     fn raw_len(&self) -> usize {
         match self.mix {
-            Mix::Softmax => 2 * self.b,
+            Mix::Softmax { .. } => 2 * self.b,
             Mix::PerDim { .. } => self.d,
             _ => 0,
         }
@@ -237,7 +237,7 @@ impl<'d> CudaLatent<'d> {
         }
         let (raw_cell, ws_rows) = (out.d_raw_cell.as_ref().map(|m| m.device_address()), out.d_ws_rows.as_ref().map(|m| m.device_address()));
         match s.mix {
-            Mix::Softmax => ensure!(out.d_raw_cell.as_ref().is_some_and(|m| m.elements() == 2 * b), "latent: softmax mixing needs d_raw_cell with {} entries", 2 * b),
+            Mix::Softmax { .. } => ensure!(out.d_raw_cell.as_ref().is_some_and(|m| m.elements() == 2 * b), "latent: softmax mixing needs d_raw_cell with {} entries", 2 * b),
             Mix::PerDim { .. } => {
                 ensure!(out.d_ws_rows.as_ref().is_some_and(|m| m.elements() == b * d), "latent: per-dimension mixing needs d_ws_rows with {b} × {d} entries");
                 ensure!(out.d_raw_perdim.as_ref().is_some_and(|m| m.elements() == d), "latent: per-dimension mixing needs d_raw_perdim with {d} entries");
@@ -304,7 +304,7 @@ impl<'d> CudaLatent<'d> {
         };
         let (mut gme, mut gve, mut gms, mut gvs) = (nan(b * d)?, nan(b * d)?, nan(b * d)?, nan(b * d)?);
         let (mut rc, mut rows, mut rp) = (nan(2 * b)?, nan(b * d)?, nan(d)?);
-        let soft = s.mix == Mix::Softmax;
+        let soft = matches!(s.mix, Mix::Softmax { .. });
         let perdim = matches!(s.mix, Mix::PerDim { .. });
         let mut g = LatentDevGrads {
             d_mu_e: &mut gme,

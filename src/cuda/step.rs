@@ -65,10 +65,11 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Why the CUDA step cannot run this configuration, or None. Every model option is implemented today
-/// (callers still ask, so that an option added to the CPU model first is refused here by name).
-pub fn unsupported(_cfg: &ModelConfig, _dims: &Dims) -> Option<String> {
-    None
+/// Why the CUDA step cannot run this configuration, or None (an option added to the CPU model first is
+/// refused here by name).
+pub fn unsupported(cfg: &ModelConfig, _dims: &Dims) -> Option<String> {
+    (cfg.mixing_variance == MixingVariance::Independent)
+        .then(|| "mixing_variance = independent is not in the CUDA latent kernel yet; use --device cpu".to_string())
 }
 
 /// A typed window of device memory: a step-arena allocation, part of the packed minibatch, or an entry
@@ -1987,9 +1988,9 @@ impl<'d> DeviceModel<'d> {
             (ModalityWeights::PerDimensionWeightedAverage, None) => {
                 (Mix::PerDim { mask_spl: cfg.mask_cells_without_splicing }, Some(self.p(a.dim_weights.unwrap())))
             }
-            _ => (Mix::Softmax, None),
+            _ => (Mix::Softmax { independent: false }, None),
         };
-        let softmax_raw = if mix == Mix::Softmax {
+        let softmax_raw = if matches!(mix, Mix::Softmax { .. }) {
             // Each cell's two raw weights, gathered from the (possibly trained) table on the device:
             // one row (`equal`, `universal`), the cell's row, or the mean row for unseen cells (`cell`).
             let table = self.p(a.mod_weights);
@@ -2439,7 +2440,7 @@ impl<'d> DeviceModel<'d> {
             d_v_e: &mut gve,
             d_mu_s: &mut gms,
             d_v_s: &mut gvs,
-            d_raw_cell: (mix == Mix::Softmax).then_some(&mut raw_cell as &mut dyn DeviceMem<f32>),
+            d_raw_cell: matches!(mix, Mix::Softmax { .. }).then_some(&mut raw_cell as &mut dyn DeviceMem<f32>),
             d_ws_rows: matches!(mix, Mix::PerDim { .. }).then_some(&mut ws_rows as &mut dyn DeviceMem<f32>),
             d_raw_perdim: d_dimw.as_mut().map(|v| v as &mut dyn DeviceMem<f32>),
         };
@@ -2461,7 +2462,7 @@ impl<'d> DeviceModel<'d> {
                 self.glue.copy_cols(Cols::all(&up, d), Cols::all(dst, d), b, d, 1.0, 1.0)?;
             }
         }
-        if mix == Mix::Softmax && m.layout.entries[a.mod_weights].kind.trainable() {
+        if matches!(mix, Mix::Softmax { .. }) && m.layout.entries[a.mod_weights].kind.trainable() {
             // d(raw) of each cell back to the table: summed (`universal`), to each cell's row, or spread
             // evenly over every row for the mean row of unseen cells (`cell`).
             ensure!(!hb.w_mixed, "modality weights `cell`: no backward for a minibatch that mixes cells seen in training with unseen ones");

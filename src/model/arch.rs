@@ -4,6 +4,7 @@
 
 use super::config::*;
 use super::params::{Init, LayoutBuilder, ParamKind, ParamLayout};
+use super::real::softplus_inv;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Act {
@@ -305,16 +306,20 @@ impl Arch {
         }
         .map(|shape| b.lb.add("px_r", &shape, ParamKind::Param, Init::Normal { mean: 0.0, std: 1.0 }));
         let log100 = 100f64.ln();
+        // §12.9: the original draws log_phi around log 100, so φ = softplus(log_phi) ≈ 4.6; `phi_100`
+        // maps the same draws through softplus⁻¹ ∘ exp, so φ ≈ 100.
+        let (per_entry, scalar) = match cfg.concentration_init {
+            ConcentrationInit::Log100 => (Init::Normal { mean: log100, std: 0.5 }, Init::Const(4.6)),
+            ConcentrationInit::Phi100 => {
+                (Init::SoftplusInvLogNormal { mean: log100, std: 0.5 }, Init::Const(softplus_inv(100.0)))
+            }
+        };
         let log_phi = match cfg.splicing_loss_type {
             SplicingLoss::DirichletMultinomial => match cfg.dm_concentration {
-                DmConcentration::Atse => {
-                    b.lb.add("log_phi_j", &[dims.n_atse], ParamKind::Param, Init::Normal { mean: log100, std: 0.5 })
-                }
-                DmConcentration::Scalar => b.lb.add("log_phi_j", &[], ParamKind::Param, Init::Const(4.6)),
+                DmConcentration::Atse => b.lb.add("log_phi_j", &[dims.n_atse], ParamKind::Param, per_entry),
+                DmConcentration::Scalar => b.lb.add("log_phi_j", &[], ParamKind::Param, scalar),
             },
-            SplicingLoss::BetaBinomial => {
-                b.lb.add("log_phi_j", &[j], ParamKind::Param, Init::Normal { mean: log100, std: 0.5 })
-            }
+            SplicingLoss::BetaBinomial => b.lb.add("log_phi_j", &[j], ParamKind::Param, per_entry),
             SplicingLoss::Binomial | SplicingLoss::Bce => b.lb.add("log_phi_j", &[], ParamKind::Frozen, Init::Const(0.0)),
         };
         let dim_weights = (cfg.modality_weights == ModalityWeights::PerDimensionWeightedAverage)
@@ -376,7 +381,9 @@ impl Arch {
                 let scale = b.linear("z_decoder_expression.px_scale_decoder.0", h, g, true);
                 let r = b.linear("z_decoder_expression.px_r_decoder", h, g, true);
                 let dropout = b.linear("z_decoder_expression.px_dropout_decoder", h, g, true);
-                ExprDecP::Vanilla { fc, scale, r, dropout, softplus: cfg.use_size_factor_key }
+                // §12.11: softplus with a size factor unless `expression_scale_softmax`.
+                let softplus = cfg.use_size_factor_key && !cfg.expression_scale_softmax;
+                ExprDecP::Vanilla { fc, scale, r, dropout, softplus }
             }
             ExpressionArch::Linear => {
                 let spec = |_: ()| FcSpec {
@@ -388,7 +395,8 @@ impl Arch {
                     cats: &dec_cats,
                     inject: true,
                     bn: cfg.use_batch_norm.decoder(),
-                    ln: cfg.use_layer_norm.decoder(),
+                    // §12.12: the LayerNorm of the gene logits, unless `linear_expression_layer_norm` is off
+                    ln: cfg.use_layer_norm.decoder() && cfg.linear_expression_layer_norm,
                     act: Act::None,
                     dropout: 0.0,
                     bias: false,

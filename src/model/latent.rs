@@ -37,8 +37,23 @@ pub struct SoftmaxMix<T> {
     pub e: Vec<T>,
     /// qz_v before the clamp (for the clamp's gradient).
     pub v_pre: Mat<T>,
+    /// `mixing_variance = independent`: the variances weigh w² instead of √w.
+    pub independent: bool,
 }
 
+/// The weight of a modality's variance in the joint variance: √w (the original, §12.4) or w² (the
+/// variance of the weighted sum of independent posteriors).
+#[inline]
+fn var_coef<T: Real>(w: T, independent: bool) -> T {
+    if independent {
+        w * w
+    } else {
+        w.sqrt()
+    }
+}
+
+/// qz_v = c(w_e)·v_e + c(w_s)·v_s clamped at 1e-6, c = √· (§4.2) or ·² with `independent`.
+#[allow(clippy::too_many_arguments)]
 pub fn mix_softmax_fwd<T: Real>(
     mu_e: &Mat<T>,
     v_e: &Mat<T>,
@@ -47,6 +62,7 @@ pub fn mix_softmax_fwd<T: Real>(
     raw: &[T],
     mask_e: &[bool],
     mask_s: &[bool],
+    independent: bool,
 ) -> (Mat<T>, Mat<T>, SoftmaxMix<T>) {
     let (b, d) = (mu_e.rows, mu_e.cols);
     let eps = T::from_f64(SOFTMAX_EPS);
@@ -64,15 +80,15 @@ pub fn mix_softmax_fwd<T: Real>(
         e[2 * i + 1] = es;
         w[2 * i] = we;
         w[2 * i + 1] = ws;
-        let (sqe, sqs) = (we.sqrt(), ws.sqrt());
+        let (ce, cs) = (var_coef(we, independent), var_coef(ws, independent));
         for t in 0..d {
             qm.data[i * d + t] = we * mu_e.at(i, t) + ws * mu_s.at(i, t);
-            let vp = sqe * v_e.at(i, t) + sqs * v_s.at(i, t);
+            let vp = ce * v_e.at(i, t) + cs * v_s.at(i, t);
             v_pre.data[i * d + t] = vp;
             qv.data[i * d + t] = vp.max(T::from_f64(QZV_MIN));
         }
     }
-    (qm, qv, SoftmaxMix { w, e, v_pre })
+    (qm, qv, SoftmaxMix { w, e, v_pre, independent })
 }
 
 /// Returns the posterior gradients and d(raw) (B × 2).
@@ -93,13 +109,14 @@ pub fn mix_softmax_bwd<T: Real>(
     let mut draw = vec![T::ZERO; 2 * b];
     let eps = T::from_f64(SOFTMAX_EPS);
     let half = T::from_f64(0.5);
+    let two = T::from_f64(2.0);
     for i in 0..b {
         let (we, ws) = (c.w[2 * i], c.w[2 * i + 1]);
-        let (sqe, sqs) = (we.sqrt(), ws.sqrt());
+        let (ce, cs) = (var_coef(we, c.independent), var_coef(ws, c.independent));
         let mut dwe = T::ZERO;
         let mut dws = T::ZERO;
-        let mut dsqe = T::ZERO;
-        let mut dsqs = T::ZERO;
+        let mut dce = T::ZERO;
+        let mut dcs = T::ZERO;
         for t in 0..d {
             let k = i * d + t;
             let gm = dqm.data[k];
@@ -107,18 +124,24 @@ pub fn mix_softmax_bwd<T: Real>(
             let gv = if c.v_pre.data[k] >= T::from_f64(QZV_MIN) { dqv.data[k] } else { T::ZERO };
             g.mu_e.data[k] = gm * we;
             g.mu_s.data[k] = gm * ws;
-            g.v_e.data[k] = gv * sqe;
-            g.v_s.data[k] = gv * sqs;
+            g.v_e.data[k] = gv * ce;
+            g.v_s.data[k] = gv * cs;
             dwe += gm * mu_e.data[k];
             dws += gm * mu_s.data[k];
-            dsqe += gv * v_e.data[k];
-            dsqs += gv * v_s.data[k];
+            dce += gv * v_e.data[k];
+            dcs += gv * v_s.data[k];
         }
-        if sqe > T::ZERO {
-            dwe += dsqe * half / sqe;
-        }
-        if sqs > T::ZERO {
-            dws += dsqs * half / sqs;
+        if c.independent {
+            // d(w²)/dw = 2w
+            dwe += dce * two * we;
+            dws += dcs * two * ws;
+        } else {
+            if ce > T::ZERO {
+                dwe += dce * half / ce;
+            }
+            if cs > T::ZERO {
+                dws += dcs * half / cs;
+            }
         }
         // w_k = e_k / S, S = e_e + e_s + eps
         let (ee, es) = (c.e[2 * i], c.e[2 * i + 1]);

@@ -20,8 +20,9 @@ use super::vae::{sample, sample_bwd, Modality};
 pub enum Mix {
     /// [expression; splicing] side by side (L = 2d).
     Concat,
-    /// The masked softmax of two raw weights per cell (equal / universal / cell), `raw` B × 2.
-    Softmax,
+    /// The masked softmax of two raw weights per cell (equal / universal / cell), `raw` B × 2;
+    /// `independent`: `mixing_variance = independent` (w² instead of √w on the variances, §12.4).
+    Softmax { independent: bool },
     /// Per-dimension weighted average, `raw` d; `mask_spl`: the mask_cells_without_splicing option.
     PerDim { mask_spl: bool },
     /// Warm-up routing: the joint posterior is one modality's.
@@ -80,8 +81,8 @@ pub fn latent_step_fwd<T: Real>(inp: &LatentIn<'_, T>, kl_weight: f64) -> Result
             let (qm, qv, c) = latent::mix_perdim_fwd(me, ve, ms, vs, inp.raw, mask_spl.then_some(inp.mask_s));
             (qm, qv, Tape::PerDim(c))
         }
-        Mix::Softmax => {
-            let (qm, qv, c) = latent::mix_softmax_fwd(me, ve, ms, vs, inp.raw, inp.mask_e, inp.mask_s);
+        Mix::Softmax { independent } => {
+            let (qm, qv, c) = latent::mix_softmax_fwd(me, ve, ms, vs, inp.raw, inp.mask_e, inp.mask_s, independent);
             (qm, qv, Tape::Softmax(c))
         }
     };
@@ -155,7 +156,7 @@ pub fn latent_step_bwd<T: Real>(
         (Mix::PerDim { mask_spl }, Tape::PerDim(c)) => {
             latent::mix_perdim_bwd(c, me, ve, ms, vs, mask_spl.then_some(inp.mask_s), &dqm, &dqv)
         }
-        (Mix::Softmax, Tape::Softmax(c)) => latent::mix_softmax_bwd(c, me, ve, ms, vs, inp.mask_e, inp.mask_s, &dqm, &dqv),
+        (Mix::Softmax { .. }, Tape::Softmax(c)) => latent::mix_softmax_bwd(c, me, ve, ms, vs, inp.mask_e, inp.mask_s, &dqm, &dqv),
         _ => unreachable!("latent step: the forward's tape does not match the mixing"),
     };
     if inp.mix != Mix::Concat {

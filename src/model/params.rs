@@ -5,7 +5,7 @@
 //! are plain slices of the same length), then frozen parameters and buffers. The name table keeps the
 //! state_dict order regardless of offsets.
 
-use super::real::Real;
+use super::real::{softplus_inv, Real};
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -46,6 +46,9 @@ pub enum Init {
     /// U(−b, b) (PyTorch Linear default with b = 1/√fan_in).
     Uniform(f64),
     Normal { mean: f64, std: f64 },
+    /// softplus⁻¹(eˣ), x ~ N(mean, std²): a softplus-parameterised value that is log-normal, drawn from
+    /// the stream as `Normal` draws (so every other entry initialises as it would with `Normal`).
+    SoftplusInvLogNormal { mean: f64, std: f64 },
     Const(f64),
 }
 
@@ -143,6 +146,10 @@ impl<T: Real> Params<T> {
                 Init::Normal { mean, std } => {
                     let n = Normal::new(mean, std).expect("finite normal");
                     dst.iter_mut().for_each(|v| *v = T::from_f64(n.sample(&mut rng)));
+                }
+                Init::SoftplusInvLogNormal { mean, std } => {
+                    let n = Normal::new(mean, std).expect("finite normal");
+                    dst.iter_mut().for_each(|v| *v = T::from_f64(softplus_inv(n.sample(&mut rng).exp())));
                 }
                 Init::Const(c) => dst.iter_mut().for_each(|v| *v = T::from_f64(c)),
             }

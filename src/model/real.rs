@@ -184,6 +184,15 @@ pub fn softplus<T: Real>(x: T) -> T {
     }
 }
 
+/// The inverse of `softplus` (threshold included): y above 20 is its own preimage, else ln(eʸ − 1).
+pub fn softplus_inv(y: f64) -> f64 {
+    if y > 20.0 {
+        y
+    } else {
+        y.exp_m1().ln()
+    }
+}
+
 /// Derivative of `softplus` as PyTorch computes it (1 above the threshold).
 #[inline(always)]
 pub fn softplus_grad<T: Real>(x: T) -> T {

@@ -465,7 +465,8 @@ impl SpliceVae {
             (qm, qv, MixTape::PerDim(c))
         } else {
             let (raw, raw_rows) = self.softmax_raw(p, batch)?;
-            let (qm, qv, c) = latent::mix_softmax_fwd(&mu_e, &v_e, &mu_s, &v_s, &raw, &mask_expr, &mask_spl);
+            let indep = cfg.mixing_variance == MixingVariance::Independent;
+            let (qm, qv, c) = latent::mix_softmax_fwd(&mu_e, &v_e, &mu_s, &v_s, &raw, &mask_expr, &mask_spl, indep);
             (qm, qv, MixTape::Softmax { c, raw_rows })
         };
         let z = sample(&qz_m, &qz_v, &eps_j, ln);
