@@ -85,10 +85,15 @@ __device__ __forceinline__ void softmax_w(const float* raw, const uint8_t* mask_
     *ws = *es / s;
 }
 
-// One element of the mixing: (qz_m, qz_v before the clamp) of dim t of joint column c.
+// The weight of a modality's variance in the softmax mixings' joint variance: √w (the original,
+// §12.4) or w² with soft_indep (mixing_variance = independent: the variance of w_e z_e + w_s z_s).
+__device__ __forceinline__ float var_coef(float w, int soft_indep) { return soft_indep ? w * w : sqrtf(w); }
+
+// One element of the mixing: (qz_m, qz_v before the clamp) of dim t of joint column c; ce, cs: the
+// softmax mixing's variance weights (var_coef).
 __device__ __forceinline__ void mix_elem(int mix, int d, int c, long long row, const float* mu_e, const float* v_e,
-                                         const float* mu_s, const float* v_s, float we, float ws, float sqe,
-                                         float sqs, bool spl_ok, float* qm, float* vp) {
+                                         const float* mu_s, const float* v_s, float we, float ws, float ce,
+                                         float cs, bool spl_ok, float* qm, float* vp) {
     if (mix == MIX_CONCAT) {
         const long long k = row * d + (c < d ? c : c - d);
         *qm = c < d ? mu_e[k] : mu_s[k];
@@ -104,7 +109,7 @@ __device__ __forceinline__ void mix_elem(int mix, int d, int c, long long row, c
         *vp = v_s[k];
     } else if (mix == MIX_SOFTMAX) {
         *qm = we * mu_e[k] + ws * mu_s[k];
-        *vp = sqe * v_e[k] + sqs * v_s[k];
+        *vp = ce * v_e[k] + cs * v_s[k];
     } else {  // MIX_PERDIM: ws is w_s[t] here, sd → variance
         const float wst = spl_ok ? ws : 0.0f, wet = spl_ok ? 1.0f - ws : 1.0f;
         *qm = wet * mu_e[k] + wst * mu_s[k];
@@ -116,12 +121,13 @@ __device__ __forceinline__ void mix_elem(int mix, int d, int c, long long row, c
 }  // namespace
 
 // mix: MIX_*; raw: B×2 per-cell raw weights (softmax) or d (perdim), else unused; perdim_mask: the
-// mask_cells_without_splicing option (perdim only). eps: B×L standard normals. kl_row, pen_row: B.
+// mask_cells_without_splicing option (perdim only); soft_indep: mixing_variance = independent (softmax
+// only). eps: B×L standard normals. kl_row, pen_row: B.
 extern "C" __global__ void __launch_bounds__(LAT_THREADS)
 latent_fwd(const float* __restrict__ mu_e, const float* __restrict__ v_e, const float* __restrict__ mu_s,
            const float* __restrict__ v_s, int B, int d, int mix, const float* __restrict__ raw,
            const uint8_t* __restrict__ mask_e, const uint8_t* __restrict__ mask_s, int perdim_mask,
-           const float* __restrict__ eps, int ln, int penalty, float* __restrict__ qz_m,
+           int soft_indep, const float* __restrict__ eps, int ln, int penalty, float* __restrict__ qz_m,
            float* __restrict__ qz_v, float* __restrict__ z, float* __restrict__ kl_row,
            float* __restrict__ pen_row) {
     const int i = blockIdx.x * LAT_ROWS_PER_BLOCK + (threadIdx.x >> 5);
@@ -132,14 +138,14 @@ latent_fwd(const float* __restrict__ mu_e, const float* __restrict__ v_e, const 
     if (i >= B) return;
     float ee = 0, es = 0, we = 0, ws = 0;
     if (mix == MIX_SOFTMAX) softmax_w(raw, mask_e, mask_s, i, &ee, &es, &we, &ws);
-    const float sqe = sqrtf(we), sqs = sqrtf(ws);
+    const float ce = var_coef(we, soft_indep), cs = var_coef(ws, soft_indep);
     const bool spl_ok = !(perdim_mask && !mask_s[i]);
     const long long r = (long long)i * L;
     float kl = 0.0f, mx = -INFINITY;
     for (int c = lane; c < L; c += 32) {
         const float wsc = mix == MIX_PERDIM ? perdim_ws(raw, c, pm) : ws;
         float qm, vp;
-        mix_elem(mix, d, c, i, mu_e, v_e, mu_s, v_s, we, wsc, sqe, sqs, spl_ok, &qm, &vp);
+        mix_elem(mix, d, c, i, mu_e, v_e, mu_s, v_s, we, wsc, ce, cs, spl_ok, &qm, &vp);
         // the averaging mixings clamp the variance at 1e-6; concatenate and routing copy it
         const float qv = (mix == MIX_SOFTMAX || mix == MIX_PERDIM) ? fmaxf(vp, QZV_MIN) : vp;
         qz_m[r + c] = qm;
@@ -193,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(LAT_THREADS)
 latent_bwd(const float* __restrict__ mu_e, const float* __restrict__ v_e, const float* __restrict__ mu_s,
            const float* __restrict__ v_s, int B, int d, int mix, const float* __restrict__ raw,
            const uint8_t* __restrict__ mask_e, const uint8_t* __restrict__ mask_s, int perdim_mask,
-           const float* __restrict__ eps, int ln, int penalty, const float* __restrict__ qz_m,
+           int soft_indep, const float* __restrict__ eps, int ln, int penalty, const float* __restrict__ qz_m,
            const float* __restrict__ qz_v, const float* __restrict__ z, const float* __restrict__ dz,
            const float* __restrict__ dqm_in, float kl_scale, float pen_scale, float* __restrict__ d_mu_e,
            float* __restrict__ d_v_e, float* __restrict__ d_mu_s, float* __restrict__ d_v_s,
@@ -220,9 +226,9 @@ latent_bwd(const float* __restrict__ mu_e, const float* __restrict__ v_e, const 
     }
     float ee = 0, es = 0, we = 0, ws = 0;
     if (mix == MIX_SOFTMAX) softmax_w(raw, mask_e, mask_s, i, &ee, &es, &we, &ws);
-    const float sqe = sqrtf(we), sqs = sqrtf(ws);
+    const float ce = var_coef(we, soft_indep), cs = var_coef(ws, soft_indep);
     const bool spl_ok = !(perdim_mask && !mask_s[i]);
-    float dwe = 0, dws = 0, dsqe = 0, dsqs = 0;
+    float dwe = 0, dws = 0, dce = 0, dcs = 0;
     for (int c = lane; c < L; c += 32) {
         const float g = ln ? z[r + c] * (dz[r + c] - zdz) : dz[r + c];
         const float qm = qz_m[r + c], qv = qz_v[r + c];
@@ -254,16 +260,16 @@ latent_bwd(const float* __restrict__ mu_e, const float* __restrict__ v_e, const 
             d_v_s[k] = e ? 0.0f : gv;
         } else if (mix == MIX_SOFTMAX) {
             // torch.clamp passes the gradient where the input is ≥ min
-            const float vp = sqe * v_e[k] + sqs * v_s[k];
+            const float vp = ce * v_e[k] + cs * v_s[k];
             const float gvc = vp >= QZV_MIN ? gv : 0.0f;
             d_mu_e[k] = gm * we;
             d_mu_s[k] = gm * ws;
-            d_v_e[k] = gvc * sqe;
-            d_v_s[k] = gvc * sqs;
+            d_v_e[k] = gvc * ce;
+            d_v_s[k] = gvc * cs;
             dwe += gm * mu_e[k];
             dws += gm * mu_s[k];
-            dsqe += gvc * v_e[k];
-            dsqs += gvc * v_s[k];
+            dce += gvc * v_e[k];
+            dcs += gvc * v_s[k];
         } else {  // MIX_PERDIM
             const float w = perdim_ws(raw, c, pm);
             const float wst = spl_ok ? w : 0.0f, wet = spl_ok ? 1.0f - w : 1.0f;
@@ -280,10 +286,15 @@ latent_bwd(const float* __restrict__ mu_e, const float* __restrict__ v_e, const 
     if (mix == MIX_SOFTMAX) {
         dwe = warp_sum(dwe);
         dws = warp_sum(dws);
-        dsqe = warp_sum(dsqe);
-        dsqs = warp_sum(dsqs);
-        if (sqe > 0.0f) dwe += dsqe * 0.5f / sqe;
-        if (sqs > 0.0f) dws += dsqs * 0.5f / sqs;
+        dce = warp_sum(dce);
+        dcs = warp_sum(dcs);
+        if (soft_indep) {  // d(w²)/dw = 2w
+            dwe += dce * 2.0f * we;
+            dws += dcs * 2.0f * ws;
+        } else {  // d√w/dw = 1 / (2√w)
+            if (ce > 0.0f) dwe += dce * 0.5f / ce;
+            if (cs > 0.0f) dws += dcs * 0.5f / cs;
+        }
         // w_k = e_k / S, S = e_e + e_s + eps
         const float s = ee + es + SOFTMAX_EPS;
         const float common = (dwe * ee + dws * es) / (s * s);

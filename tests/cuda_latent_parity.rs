@@ -26,9 +26,10 @@ use splicevi::model::vae::Modality;
 mod emu;
 use emu::{close, f32s, skipped};
 
-const MIXES: [Mix; 6] = [
+const MIXES: [Mix; 7] = [
     Mix::Concat,
     Mix::Softmax { independent: false },
+    Mix::Softmax { independent: true },
     Mix::PerDim { mask_spl: false },
     Mix::PerDim { mask_spl: true },
     Mix::Routed(Modality::Expression),
@@ -300,9 +301,9 @@ int main(int argc, char** argv) {
     const std::string d = argv[1];
     FILE* f = std::fopen((d + "/params.txt").c_str(), "r");
     if (!f) return 3;
-    int B, D, mix, pmask, ln, pen;
+    int B, D, mix, pmask, sindep, ln, pen;
     float kl_scale, pen_scale;
-    if (std::fscanf(f, "%d %d %d %d %d %d %f %f", &B, &D, &mix, &pmask, &ln, &pen, &kl_scale, &pen_scale) != 8) return 4;
+    if (std::fscanf(f, "%d %d %d %d %d %d %d %f %f", &B, &D, &mix, &pmask, &sindep, &ln, &pen, &kl_scale, &pen_scale) != 9) return 4;
     std::fclose(f);
     const int L = mix == MIX_CONCAT ? 2 * D : D;
     auto me = rd<float>(d, "mu_e"); auto ve = rd<float>(d, "v_e"); auto ms = rd<float>(d, "mu_s"); auto vs = rd<float>(d, "v_s");
@@ -313,10 +314,10 @@ int main(int argc, char** argv) {
     std::vector<float> gme(bd, NAN), gve(bd, NAN), gms(bd, NAN), gvs(bd, NAN), rc(2 * B, NAN), rows(bd, NAN), rp(D, NAN);
     const unsigned grid = (B + LAT_ROWS_PER_BLOCK - 1) / LAT_ROWS_PER_BLOCK;
     emu::launch(grid, LAT_THREADS, 0, [&] {
-        latent_fwd(me.data(), ve.data(), ms.data(), vs.data(), B, D, mix, ptr(raw), mke.data(), mks.data(), pmask, eps.data(), ln, pen, qm.data(), qv.data(), z.data(), kl.data(), pr.data());
+        latent_fwd(me.data(), ve.data(), ms.data(), vs.data(), B, D, mix, ptr(raw), mke.data(), mks.data(), pmask, sindep, eps.data(), ln, pen, qm.data(), qv.data(), z.data(), kl.data(), pr.data());
     });
     emu::launch(grid, LAT_THREADS, 0, [&] {
-        latent_bwd(me.data(), ve.data(), ms.data(), vs.data(), B, D, mix, ptr(raw), mke.data(), mks.data(), pmask, eps.data(), ln, pen, qm.data(), qv.data(), z.data(), dz.data(), ptr(dqm), kl_scale, pen_scale, gme.data(), gve.data(), gms.data(), gvs.data(), rc.data(), rows.data());
+        latent_bwd(me.data(), ve.data(), ms.data(), vs.data(), B, D, mix, ptr(raw), mke.data(), mks.data(), pmask, sindep, eps.data(), ln, pen, qm.data(), qv.data(), z.data(), dz.data(), ptr(dqm), kl_scale, pen_scale, gme.data(), gve.data(), gms.data(), gvs.data(), rc.data(), rows.data());
     });
     if (mix == MIX_PERDIM) emu::launch(1, LAT_THREADS, 0, [&] { latent_perdim_raw_bwd(rows.data(), B, D, raw.data(), rp.data()); });
     wr(d, "qz_m", qm); wr(d, "qz_v", qv); wr(d, "z", z); wr(d, "kl_row", kl); wr(d, "pen_row", pr);
@@ -340,9 +341,10 @@ fn host_emu_latent_matches_twin() {
     for c in parity_cases(100) {
         let pscale = penalty_scale(c.penalty, c.kl_weight as f32);
         let perdim_mask = matches!(c.mix, Mix::PerDim { mask_spl: true }) as i32;
+        let soft_indep = matches!(c.mix, Mix::Softmax { independent: true }) as i32;
         std::fs::write(
             d.join("params.txt"),
-            format!("{} {} {} {perdim_mask} {} {} {:e} {:e}", c.b, c.d, mix_code(c.mix), c.ln as i32, penalty_code(c.penalty).unwrap(), c.kl_scale as f32, pscale),
+            format!("{} {} {} {perdim_mask} {soft_indep} {} {} {:e} {:e}", c.b, c.d, mix_code(c.mix), c.ln as i32, penalty_code(c.penalty).unwrap(), c.kl_scale as f32, pscale),
         )
         .unwrap();
         for (name, v) in [("mu_e", &c.mu_e), ("v_e", &c.v_e), ("mu_s", &c.mu_s), ("v_s", &c.v_s), ("raw", &c.raw), ("eps", &c.eps), ("dz", &c.dz)] {

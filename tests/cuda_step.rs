@@ -440,6 +440,16 @@ fn unsupported_options_are_named() {
     assert!(unsupported(&ModelConfig { use_size_factor_key: false, dispersion: Dispersion::GeneCell, ..ModelConfig::default() }, &d).is_none());
     assert!(unsupported(&ModelConfig { encode_covariates: true, ..ModelConfig::default() }, &Dims { n_cont: 2, ..d.clone() }).is_none());
     assert!(unsupported(&ModelConfig { modality_penalty: ModalityPenalty::MmdRbf, ..ModelConfig::default() }, &d).is_none());
+    // the §12 corrections (§14.3)
+    let fixed = ModelConfig {
+        mixing_variance: MixingVariance::Independent,
+        concentration_init: ConcentrationInit::Phi100,
+        expression_scale_softmax: true,
+        linear_expression_layer_norm: false,
+        ..ModelConfig::default()
+    };
+    assert!(unsupported(&fixed, &d).is_none());
+    assert!(unsupported(&ModelConfig { expression_architecture: ExpressionArch::Vanilla, ..fixed }, &d).is_none());
 }
 
 /// The device optimizer step (global norm, clip scale, AdamW over the flat buffer) against

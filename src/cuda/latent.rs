@@ -77,6 +77,9 @@ impl LatentShape {
     fn perdim_mask(&self) -> i32 {
         matches!(self.mix, Mix::PerDim { mask_spl: true }) as i32
     }
+    fn soft_indep(&self) -> i32 {
+        matches!(self.mix, Mix::Softmax { independent: true }) as i32
+    }
 }
 
 /// Device inputs common to both passes (B × d posteriors, masks as u8).
@@ -183,7 +186,7 @@ impl<'d> CudaLatent<'d> {
             ensure!(m.elements() == b * l, "latent: {name} has {} entries for {b} × {l}", m.elements());
         }
         ensure!(out.kl_row.elements() == b && out.pen_row.elements() == b, "latent: kl_row and pen_row need {b} entries");
-        let args: [&dyn KernelArg; 19] = [
+        let args: [&dyn KernelArg; 20] = [
             &inp.mu_e.device_address(),
             &inp.v_e.device_address(),
             &inp.mu_s.device_address(),
@@ -195,6 +198,7 @@ impl<'d> CudaLatent<'d> {
             &inp.mask_e.device_address(),
             &inp.mask_s.device_address(),
             &s.perdim_mask(),
+            &s.soft_indep(),
             &inp.eps.device_address(),
             &(s.ln as i32),
             &penalty_code(s.penalty)?,
@@ -244,7 +248,7 @@ impl<'d> CudaLatent<'d> {
             }
             _ => {}
         }
-        let args: [&dyn KernelArg; 27] = [
+        let args: [&dyn KernelArg; 28] = [
             &inp.mu_e.device_address(),
             &inp.v_e.device_address(),
             &inp.mu_s.device_address(),
@@ -256,6 +260,7 @@ impl<'d> CudaLatent<'d> {
             &inp.mask_e.device_address(),
             &inp.mask_s.device_address(),
             &s.perdim_mask(),
+            &s.soft_indep(),
             &inp.eps.device_address(),
             &(s.ln as i32),
             &penalty_code(s.penalty)?,

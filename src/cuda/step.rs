@@ -65,11 +65,10 @@ use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Why the CUDA step cannot run this configuration, or None (an option added to the CPU model first is
-/// refused here by name).
-pub fn unsupported(cfg: &ModelConfig, _dims: &Dims) -> Option<String> {
-    (cfg.mixing_variance == MixingVariance::Independent)
-        .then(|| "mixing_variance = independent is not in the CUDA latent kernel yet; use --device cpu".to_string())
+/// Why the CUDA step cannot run this configuration, or None. Every model option is implemented today
+/// (callers still ask, so that an option added to the CPU model first is refused here by name).
+pub fn unsupported(_cfg: &ModelConfig, _dims: &Dims) -> Option<String> {
+    None
 }
 
 /// A typed window of device memory: a step-arena allocation, part of the packed minibatch, or an entry
@@ -1988,7 +1987,7 @@ impl<'d> DeviceModel<'d> {
             (ModalityWeights::PerDimensionWeightedAverage, None) => {
                 (Mix::PerDim { mask_spl: cfg.mask_cells_without_splicing }, Some(self.p(a.dim_weights.unwrap())))
             }
-            _ => (Mix::Softmax { independent: false }, None),
+            _ => (Mix::Softmax { independent: cfg.mixing_variance == MixingVariance::Independent }, None),
         };
         let softmax_raw = if matches!(mix, Mix::Softmax { .. }) {
             // Each cell's two raw weights, gathered from the (possibly trained) table on the device:
