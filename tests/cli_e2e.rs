@@ -318,3 +318,49 @@ fn early_stopping_says_when_and_which_weights_it_kept() {
     assert!(text.contains(&format!("stopped early after epoch {done}")), "{text}");
     assert_eq!(std::fs::read(run.join("config.json")).unwrap(), config, "config.json rewritten");
 }
+
+/// The §12 corrections (model.md §14.3) from a --config file and flags reach config.json, and a run
+/// trained with them is analysed with them (the analyses rebuild the model from config.json): φ starts
+/// near 100 and stays there after an epoch, ρ of the vanilla expression decoder sums to 1 over genes;
+/// a run without them keeps the original's φ ≈ 4.6 and unnormalised ρ. `train --help` names the items.
+#[test]
+fn quirk_corrections_reach_config_json_and_the_analyses() {
+    use splicevi::analysis::posterior::{open_run, DecodeOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "4", "--out"]).arg(&data));
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[model]\nmixing_variance = \"independent\"\nconcentration_init = \"phi_100\"\n").unwrap();
+    let common = ["--expression-architecture", "vanilla", "--max-epochs", "1", "--quiet", "--no-plots"];
+    let fixed = tmp.path().join("fixed");
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&fixed).args(common).arg("--config").arg(&cfg).args(["--expression-scale-softmax", "true", "--linear-expression-layer-norm", "false"]));
+    let orig = tmp.path().join("orig");
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&orig).args(common));
+    for (run, on) in [(&fixed, true), (&orig, false)] {
+        let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+        let m = &c["model"];
+        let want = if on { ["independent", "phi_100"] } else { ["sqrt_weights", "log_100"] };
+        assert_eq!([m["mixing_variance"].as_str().unwrap(), m["concentration_init"].as_str().unwrap()], want, "{c}");
+        assert_eq!((m["expression_scale_softmax"].as_bool(), m["linear_expression_layer_norm"].as_bool()), (Some(on), Some(!on)), "{c}");
+        let o = open_run(run, &data).unwrap();
+        assert_eq!(o.model.cfg, o.run.model);
+        assert_eq!(o.model.cfg.expression_scale_softmax, on);
+        let phi: Vec<f32> = o.params.by_name("log_phi_j").unwrap().iter().map(|&v| splicevi::model::real::softplus(v)).collect();
+        let mean = phi.iter().sum::<f32>() / phi.len() as f32;
+        assert!(if on { mean > 50.0 } else { mean < 8.0 }, "{}: mean φ {mean}", run.display());
+        let cells: Vec<usize> = (0..20).collect();
+        let dec = o.posterior().unwrap().decode(&cells, &DecodeOptions { transform_batch: vec![], n_samples: 3, seed: 1 }, None, true).unwrap();
+        let rho = dec.expr.unwrap();
+        for i in 0..cells.len() {
+            let s: f32 = rho.row(i).iter().sum();
+            assert_eq!((s - 1.0).abs() < 1e-4, on, "{}: ρ of cell {i} sums to {s}", run.display());
+        }
+    }
+    let help = ok(bin().args(["train", "--help"]));
+    for flag in ["--mixing-variance", "--concentration-init", "--expression-scale-softmax", "--linear-expression-layer-norm"] {
+        assert!(help.contains(flag), "train --help lacks {flag}");
+    }
+    for item in ["§12.4", "§12.9", "§12.11", "§12.12"] {
+        assert!(help.contains(item), "train --help does not name {item}");
+    }
+}
