@@ -364,3 +364,70 @@ fn quirk_corrections_reach_config_json_and_the_analyses() {
         assert!(help.contains(item), "train --help does not name {item}");
     }
 }
+
+/// A copy of `data` with PSI only: `junc_ratio` and `psi_mask`, no count layers (model.md §14.2).
+fn psi_only_copy(data: &std::path::Path, out: &std::path::Path) {
+    let mut ds = splicevi::data::load::load(data, &Default::default()).unwrap();
+    ds.splicing.has_counts = false;
+    splicevi::data::h5write::write_h5mu(out, &ds, None, None, &[], Default::default()).unwrap();
+}
+
+/// PSI-only data has no counts (the loader's k = 0, n = 1 are placeholders): every count likelihood and
+/// everything that reads k or n refuses it before any work, naming the file and the flag to use;
+/// `validate` says the same, and the BCE loss and `--method decoder` run.
+#[test]
+fn psi_only_data_is_refused_by_whatever_reads_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, psi) = (tmp.path().join("toy.h5mu"), tmp.path().join("psi_only.h5mu"));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    psi_only_copy(&data, &psi);
+    let quiet = ["--max-epochs", "1", "--quiet", "--no-plots"];
+    let run = tmp.path().join("r");
+    for loss in [None, Some("binomial"), Some("beta_binomial"), Some("dirichlet_multinomial")] {
+        let text = fails(bin().arg("train").arg(&psi).arg("--out").arg(&run).args(quiet).args(loss.map(|l| vec!["--splicing-loss-type", l]).unwrap_or_default()));
+        assert!(text.contains("psi_only.h5mu: has PSI only") && text.contains("--splicing-loss-type bce"), "{loss:?}:\n{text}");
+        assert!(!run.join("config.json").exists(), "{loss:?}: a run was started");
+    }
+    // robust's scalar DM concentration belongs to the DM loss: the message says to drop it too
+    let text = fails(bin().arg("train").arg(&psi).arg("--out").arg(&run).args(quiet).args(["--preset", "robust"]));
+    assert!(text.contains("--splicing-loss-type bce --dm-concentration atse"), "{text}");
+    let text = fails(bin().arg("evaluate").arg("--train").arg(&psi).arg("--out").arg(tmp.path().join("e.tsv")).args(quiet));
+    assert!(text.contains("psi_only.h5mu: has PSI only") && text.contains("--splicing-loss-type bce"), "{text}");
+    let bce = tmp.path().join("bce");
+    ok(bin().arg("train").arg(&psi).arg("--out").arg(&bce).args(quiet).args(["--splicing-loss-type", "bce"]));
+    let text = fails(bin().arg("evaluate").arg("--train").arg(&psi).arg("--out").arg(tmp.path().join("e.tsv")).args(quiet).args(["--splicing-loss-type", "bce", "--min-atse-count", "5"]));
+    assert!(text.contains("psi_only.h5mu: has PSI only") && text.contains("--min-atse-count 5"), "{text}");
+    // a run trained on counts, applied to the PSI-only copy (same features)
+    let dm = tmp.path().join("dm");
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&dm).args(quiet));
+    let out = tmp.path().join("psi.h5ad");
+    let text = fails(bin().arg("impute").arg(&dm).arg(&psi).arg("--out").arg(&out));
+    assert!(text.contains("psi_only.h5mu: has PSI only") && text.contains("--method dm-posterior") && text.contains("use --method decoder"), "{text}");
+    assert!(!out.exists());
+    ok(bin().arg("impute").arg(&dm).arg(&psi).arg("--out").arg(&out).args(["--method", "decoder"]));
+    let ds_tsv = tmp.path().join("ds.tsv");
+    let text = fails(bin().arg("diff-splicing").arg(&dm).arg(&psi).args(["--groupby", "cell_type", "--group1", "T0", "--no-plots", "--out"]).arg(&ds_tsv));
+    assert!(text.contains("psi_only.h5mu: has PSI only") && text.contains("use --method decoder"), "{text}");
+    assert!(!ds_tsv.exists());
+    let text = fails(bin().arg("evaluate").arg(&dm).arg(&psi).arg("--out").arg(tmp.path().join("e.tsv")).arg("--no-plots"));
+    assert!(text.contains("psi_only.h5mu: has PSI only") && text.contains("DM posterior mean"), "{text}");
+    assert!(!tmp.path().join("e.tsv").exists());
+    // validate says what such data can be used with, and reports no count range
+    let text = ok(bin().arg("validate").arg(&psi));
+    assert!(text.contains("none (PSI and mask only: train with --splicing-loss-type bce; analyses with --method decoder)"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&ok(bin().arg("validate").arg(&psi).arg("--json"))).unwrap();
+    assert_eq!((json["has_counts"].as_bool(), json["k_range"].is_null(), json["n_range"].is_null()), (Some(false), true, true), "{json}");
+}
+
+/// PSI-only input without its mask is refused for the missing mask (model.md §14.2: "A mask is
+/// required"), not for a missing count layer.
+#[test]
+fn psi_only_data_without_a_mask_names_the_mask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, psi) = (tmp.path().join("toy.h5mu"), tmp.path().join("psi_only.h5mu"));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    psi_only_copy(&data, &psi);
+    hdf5::File::open_rw(&psi).unwrap().unlink("mod/splicing/layers/psi_mask").unwrap();
+    let text = fails(bin().arg("validate").arg(&psi));
+    assert!(text.contains("psi_only.h5mu: mod/splicing/layers/psi_mask: PSI-only input") && text.contains("needs a mask layer") && text.contains("--psi-mask-layer"), "{text}");
+}

@@ -182,6 +182,9 @@ impl<'a> Posterior<'a> {
     /// Decode a block of cells: PSI (`psi_fn`) and/or px_scale, averaged over `opts.transform_batch`
     /// and `opts.n_samples` posterior samples.
     pub fn decode(&self, cells: &[usize], opts: &DecodeOptions, psi_fn: Option<SplicingFn>, expr: bool) -> Result<Decoded> {
+        if psi_fn == Some(SplicingFn::DmPosterior) {
+            self.ds.require_splicing_counts("the DM posterior mean (c·p + k)/(c + n)", "use --method decoder")?;
+        }
         if psi_fn == Some(SplicingFn::DmPosterior) && self.conc.is_empty() {
             bail!(
                 "the DM posterior mean needs a concentration; the model's splicing likelihood `{}` has none (use --method decoder)",

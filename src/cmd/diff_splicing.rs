@@ -129,6 +129,9 @@ pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: cr
         super::plot::check_picture_outputs(&crate::plot::prefix_beside(&args.groups.out, "volcano"), &[&args.data], &[&args.run_dir])?;
     }
     let o = open_run(&args.run_dir, &args.data)?;
+    if args.method == SplicingFn::DmPosterior {
+        o.ds.require_splicing_counts("--method dm-posterior (the DM posterior mean (c·p + k)/(c + n), the default)", "use --method decoder")?;
+    }
     let base = crate::train::presets::ds_defaults(&o.run.preset);
     let mut opts = args.groups.change_options(args.delta, &o.run.batch_levels, &base)?;
     opts.min_obs_cells = args.min_obs_cells.unwrap_or(base.min_obs_cells);

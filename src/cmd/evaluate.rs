@@ -9,8 +9,8 @@ use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atse
 use crate::analysis::impute::group_codes;
 use crate::analysis::posterior::{align_batches, Posterior};
 use crate::data::{load::load, DataOptions, Dataset};
-use crate::model::{Params, SpliceVae};
-use crate::train::trainer::{dims_of, load_model, read_run_config, RunConfig, Trainer};
+use crate::model::{Params, SpliceVae, SplicingLoss};
+use crate::train::trainer::{check_training_data, dims_of, load_model, read_run_config, RunConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -186,8 +186,23 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let sublabels = args.sublabel.as_deref().map(|c| Labels::of_column(&ds, "--sublabel", c)).transpose()?;
     let ages = args.age.as_deref().map(|c| Ages::of_column(&ds, "--age", c)).transpose()?;
     check_knn(args.knn, ds.n_cells().min(args.max_cells_latent))?;
-    if let Some((model, _)) = &train_opts {
+    if let Some((model, train)) = &train_opts {
+        check_training_data(model, train, &ds)?;
         model.validate(&dims_of(&ds))?;
+    }
+    // Nothing may read the placeholder counts of PSI-only data: the truth filter's ATSE count, and
+    // the DM posterior mean evaluate scores for a run with a concentration (the original's default).
+    if args.min_atse_count > 0.0 {
+        ds.require_splicing_counts(&format!("--min-atse-count {}", args.min_atse_count), "leave --min-atse-count at 0 for PSI-only data")?;
+    }
+    if let Some(r) = &run_dir {
+        let loss = read_run_config(r)?.model.splicing_loss_type;
+        if matches!(loss, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial) {
+            ds.require_splicing_counts(
+                &format!("the masked imputation of {} (trained with --splicing-loss-type {loss}) scores the DM posterior mean (c·p + k)/(c + n), which", r.display()),
+                "evaluate it on data with the count layers, or evaluate a run trained with --splicing-loss-type bce (evaluate --train … --splicing-loss-type bce)",
+            )?;
+        }
     }
     let (source, nnz) = (ds.source.clone(), ds.splicing.nnz());
     let dropped = mask_atses_in_place(&mut ds, args.mask_fraction, args.eval_seed)?;

@@ -58,6 +58,9 @@ pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::c
     anyhow::ensure!(args.block_cells >= 1, "--block-cells must be ≥ 1");
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
+    if args.method == SplicingFn::DmPosterior {
+        o.ds.require_splicing_counts("--method dm-posterior (the DM posterior mean (c·p + k)/(c + n), the default)", "use --method decoder")?;
+    }
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let junctions = match &args.junctions {
         Some(p) => Some(read_name_list(p, &o.ds.splicing.junction_names, "junction")?),

@@ -3,7 +3,7 @@ use crate::data::{load::load, DataOptions};
 use crate::cuda::gemm::GemmPrecision;
 use crate::device::Device;
 use crate::model::ModelConfig;
-use crate::train::trainer::{dims_of, read_run_config, read_train_state, require_checkpoint, RunConfig, TrainState, Trainer};
+use crate::train::trainer::{check_training_data, dims_of, read_run_config, read_train_state, require_checkpoint, RunConfig, TrainState, Trainer};
 use crate::train::{presets, TrainConfig};
 use anyhow::{Context, Result};
 use clap::{ArgMatches, Args, FromArgMatches};
@@ -292,6 +292,7 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
     let (model, train) = resolve(&args)?;
     let replace = check_run_dir(&args)?;
     let ds = load(&args.data, &args.data_options)?;
+    check_training_data(&model, &train, &ds)?;
     let dims = dims_of(&ds);
     model.validate(&dims).with_context(|| ds.source.clone())?;
     if replace {

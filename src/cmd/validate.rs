@@ -106,8 +106,9 @@ pub fn summarize(ds: &Dataset, opts: &DataOptions) -> Summary {
         observed_percent: if total > 0.0 { 100.0 * s.nnz() as f64 / total } else { 0.0 },
         cells_without_observed_junction: (0..s.n_cells).filter(|&c| s.cell_range(c).is_empty()).count(),
         has_counts: s.has_counts,
-        k_range: min_max(s.k.iter().map(|&x| x as f64)),
-        n_range: min_max(s.n.iter().map(|&x| x as f64)),
+        // (PSI-only data has no counts: the loader's k = 0, n = 1 are placeholders, not a range)
+        k_range: if s.has_counts { min_max(s.k.iter().map(|&x| x as f64)) } else { None },
+        n_range: if s.has_counts { min_max(s.n.iter().map(|&x| x as f64)) } else { None },
         expression_nonzeros: ds.expression.as_ref().map(|x| x.nnz()),
         expression_nonzero_range: ds.expression.as_ref().and_then(|x| min_max(x.values.iter().map(|&v| v as f64))),
         cells_with_zero_expression: ds.expression.as_ref().map(|x| (0..x.n_rows).filter(|&r| x.row(r).1.iter().all(|&v| v == 0.0)).count()),
@@ -153,7 +154,7 @@ pub fn render(s: &Summary, opts: &DataOptions) -> String {
         line("junction counts k (observed)", fmt_range(s.k_range));
         line("ATSE totals n (observed)", fmt_range(s.n_range));
     } else {
-        line("splicing counts", "none (PSI and mask only: BCE loss only)".into());
+        line("splicing counts", "none (PSI and mask only: train with --splicing-loss-type bce; analyses with --method decoder)".into());
     }
     if let Some(nz) = s.expression_nonzeros {
         line("expression non-zeros", format!("{nz} (values {})", fmt_range(s.expression_nonzero_range)));

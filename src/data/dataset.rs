@@ -224,4 +224,16 @@ impl Dataset {
     pub fn obs_column(&self, name: &str) -> Option<&ObsColumn> {
         self.obs.iter().find(|(n, _)| n == name).map(|(_, c)| c)
     }
+    /// An error naming the file when its splicing modality has PSI only (`junc_ratio` and `psi_mask`,
+    /// no junction counts k or ATSE totals n): `what` (a likelihood, an option) reads k and n, which
+    /// such data does not have (the loader's k = 0, n = 1 are placeholders); `instead` says what to do.
+    pub fn require_splicing_counts(&self, what: &str, instead: &str) -> anyhow::Result<()> {
+        if self.splicing.has_counts {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{}: has PSI only (junc_ratio and psi_mask, no junction counts k or ATSE totals n), but {what} reads the counts; {instead}",
+            self.source
+        )
+    }
 }

@@ -986,6 +986,22 @@ fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOption
     let r = layer(&opts.junc_ratio_layer)?;
     let m = layer(&opts.psi_mask_layer)?;
     let psi_only = k.is_none() && n.is_none() && r.is_some() && m.is_some();
+    if k.is_none() && n.is_none() && r.is_some() && m.is_none() {
+        // (model.md §14.2: a mask is required, an observed ψ = 0 cannot be told from a missing one)
+        return Err(DataError::new(
+            file,
+            &p(&format!("layers/{}", opts.psi_mask_layer)),
+            format!(
+                "PSI-only input ({:?} without the count layers {:?} and {:?}; trained with the BCE loss) needs a mask layer: missing {:?} (set by --psi-mask-layer), without which an observed PSI of 0 cannot be told from an unobserved one; layers present: {}",
+                opts.junc_ratio_layer,
+                opts.junc_counts_layer,
+                opts.atse_counts_layer,
+                opts.psi_mask_layer,
+                list(&members(root, &p("layers")))
+            ),
+        )
+        .into());
+    }
     if !psi_only {
         if k.is_none() {
             return Err(layer_error(file, &p("layers"), &opts.junc_counts_layer, "--junc-counts-layer", root));

@@ -564,6 +564,15 @@ pub fn build_splicing(mut inp: SplicingInput<'_>) -> anyhow::Result<Splicing> {
         (None, None) => {
             let ((rf, r), (mf, m)) = match (ratio.as_mut(), mask.as_mut()) {
                 (Some(r), Some(m)) => (r, m),
+                (Some((rf, _)), None) => {
+                    return Err(DataError::new(
+                        file,
+                        *rf,
+                        "PSI-only input (no junction counts k or ATSE totals n; trained with the BCE loss) needs a mask layer \
+                         (psi_mask): without it an observed PSI of 0 cannot be told from an unobserved one",
+                    )
+                    .into())
+                }
                 _ => {
                     return Err(DataError::new(
                         file,
@@ -919,6 +928,20 @@ mod tests {
         inp.junc_ratio = Some(("r".into(), Layer::Rows(Box::new(Broken))));
         let err = build_splicing(inp).unwrap_err();
         assert_eq!(format!("{err:#}"), "bad value in the block at row 0");
+    }
+
+    /// PSI without counts and without a mask: the error says that PSI-only input needs its mask
+    /// (model.md §14.2), naming the file and the PSI layer, not a missing count layer.
+    #[test]
+    fn psi_only_input_needs_a_mask() {
+        let cells: Vec<String> = vec!["c0".into(), "c1".into()];
+        let n = csr(vec![0, 2, 3], vec![0, 1, 2], vec![4.0, 4.0, 2.0]);
+        let mut inp = input(&cells, n.clone(), n);
+        (inp.k, inp.n) = (None, None);
+        inp.junc_ratio = Some(("mod/splicing/layers/junc_ratio".into(), Layer::Whole(csr(vec![0, 1, 2], vec![0, 2], vec![0.25, 1.0]))));
+        let e = format!("{:#}", build_splicing(inp).unwrap_err());
+        assert!(e.starts_with("t.h5mu: mod/splicing/layers/junc_ratio: PSI-only input"), "{e}");
+        assert!(e.contains("needs a mask layer (psi_mask)"), "{e}");
     }
 
     /// n's arrays become the dataset's (moved, not copied), also when its rows start past entry 0.

@@ -230,6 +230,20 @@ pub fn dims_difference(data: &Dims, run: &Dims) -> Option<String> {
     (!v.is_empty()).then(|| v.join("; "))
 }
 
+/// What is known before training starts and would otherwise make it wrong or stop it part-way,
+/// checked before any file is written: a count splicing likelihood on data with PSI only (model.md
+/// §14.2: only the BCE loss is possible there; the loader's k = 0, n = 1 are placeholders).
+pub fn check_training_data(model: &ModelConfig, _train: &TrainConfig, ds: &Dataset) -> Result<()> {
+    if model.splicing_loss_type != crate::model::SplicingLoss::Bce {
+        let fix = if model.dm_concentration == crate::model::DmConcentration::Atse { "" } else { " --dm-concentration atse" };
+        ds.require_splicing_counts(
+            &format!("the splicing likelihood {} (--splicing-loss-type) is a count likelihood that", model.splicing_loss_type),
+            &format!("train it with --splicing-loss-type bce{fix}, the loss for PSI-only data (model.md §14.2), or give the count layers"),
+        )?;
+    }
+    Ok(())
+}
+
 pub fn dims_of(ds: &Dataset) -> Dims {
     Dims {
         n_genes: ds.n_genes(),
@@ -278,6 +292,7 @@ impl<'a> Trainer<'a> {
     /// A fresh run: build and initialise the model, split the cells.
     pub fn new(ds: &'a Dataset, run: RunConfig, dir: &Path) -> Result<Self> {
         run.train.validate()?;
+        check_training_data(&run.model, &run.train, ds)?;
         let model = SpliceVae::new(run.model.clone(), run.dims.clone(), ds.splicing.junc2atse.clone())?;
         let seed = run.train.seed;
         let mut params = model.init_params::<f32>(seed);
