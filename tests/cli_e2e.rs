@@ -431,3 +431,29 @@ fn psi_only_data_without_a_mask_names_the_mask() {
     let text = fails(bin().arg("validate").arg(&psi));
     assert!(text.contains("psi_only.h5mu: mod/splicing/layers/psi_mask: PSI-only input") && text.contains("needs a mask layer") && text.contains("--psi-mask-layer"), "{text}");
 }
+
+/// A training minibatch of one cell cannot go through BatchNorm in training mode. The adversarial
+/// batch classifier has BatchNorm (and the model with --use-batch-norm): --batch-size 1, or a split
+/// that leaves one cell in the last minibatch, is refused before training starts, naming the
+/// classifier and the flags to change, instead of failing in the first epoch.
+#[test]
+fn a_one_cell_minibatch_with_batch_norm_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    let quiet = ["--max-epochs", "1", "--quiet", "--no-plots"];
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(quiet).args(["--batch-key", "batch", "--batch-size", "1"]));
+    assert!(text.contains("--batch-size 1 makes every training minibatch 1 cell") && text.contains("the adversarial batch classifier") && text.contains("--adversarial-mixing false"), "{text}");
+    assert!(!run.join("config.json").exists(), "training started");
+    // 200 cells, --train-size 0.905: 181 training cells, the last minibatch of 30 holds 1
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(quiet).args(["--batch-key", "batch", "--batch-size", "30", "--train-size", "0.905"]));
+    assert!(text.contains("the last training minibatch would hold 1 cell (181 training cells, --batch-size 30") && text.contains("adversarial batch classifier"), "{text}");
+    let text = fails(bin().arg("evaluate").arg("--train").arg(&data).arg("--out").arg(tmp.path().join("e.tsv")).args(quiet).args(["--batch-key", "batch", "--batch-size", "1"]));
+    assert!(text.contains("--batch-size 1") && text.contains("adversarial batch classifier"), "{text}");
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(quiet).args(["--use-batch-norm", "encoder", "--batch-size", "1"]));
+    assert!(text.contains("the model's BatchNorm (--use-batch-norm encoder)") && !text.contains("adversarial"), "{text}");
+    assert!(!run.join("config.json").exists(), "training started");
+    // without BatchNorm a minibatch of one cell trains
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(quiet).args(["--batch-key", "batch", "--batch-size", "30", "--train-size", "0.905", "--adversarial-mixing", "false"]));
+}

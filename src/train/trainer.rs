@@ -230,10 +230,14 @@ pub fn dims_difference(data: &Dims, run: &Dims) -> Option<String> {
     (!v.is_empty()).then(|| v.join("; "))
 }
 
-/// What is known before training starts and would otherwise make it wrong or stop it part-way,
-/// checked before any file is written: a count splicing likelihood on data with PSI only (model.md
-/// §14.2: only the BCE loss is possible there; the loader's k = 0, n = 1 are placeholders).
-pub fn check_training_data(model: &ModelConfig, _train: &TrainConfig, ds: &Dataset) -> Result<()> {
+/// What is known before training starts and would otherwise stop it part-way, checked before any
+/// file is written: a count splicing likelihood on data with PSI only (model.md §14.2: only the BCE
+/// loss is possible there; the loader's k = 0, n = 1 are placeholders), and a training minibatch of
+/// one cell when something trains with BatchNorm (the adversarial classifier, or the model with
+/// `use_batch_norm`), which needs at least two cells in training mode. The minibatch sizes are those
+/// of `train`'s split of `ds` (scvi moves a last minibatch of 1–2 cells to validation only when the
+/// training size was not given, model.md §6.3).
+pub fn check_training_data(model: &ModelConfig, train: &TrainConfig, ds: &Dataset) -> Result<()> {
     if model.splicing_loss_type != crate::model::SplicingLoss::Bce {
         let fix = if model.dm_concentration == crate::model::DmConcentration::Atse { "" } else { " --dm-concentration atse" };
         ds.require_splicing_counts(
@@ -241,7 +245,37 @@ pub fn check_training_data(model: &ModelConfig, _train: &TrainConfig, ds: &Datas
             &format!("train it with --splicing-loss-type bce{fix}, the loss for PSI-only data (model.md §14.2), or give the count layers"),
         )?;
     }
-    Ok(())
+    let dims = dims_of(ds);
+    let mut batch_norm = Vec::new();
+    if train.adversarial_mixing && dims.n_batch > 1 {
+        batch_norm.push(format!(
+            "the adversarial batch classifier (on with more than one batch: {} batches of --batch-key {}; --adversarial-mixing false turns it off)",
+            dims.n_batch,
+            ds.covariates.batch.name
+        ));
+    }
+    if model.use_batch_norm != crate::model::NormPlacement::None {
+        batch_norm.push(format!("the model's BatchNorm (--use-batch-norm {})", model.use_batch_norm));
+    }
+    if batch_norm.is_empty() {
+        return Ok(());
+    }
+    let (n_train, bs) = (split(ds, train)?.0.len(), train.batch_size);
+    let one = if bs == 1 {
+        Some("--batch-size 1 makes every training minibatch 1 cell".to_string())
+    } else if n_train % bs == 1 {
+        Some(format!("the last training minibatch would hold 1 cell ({n_train} training cells, --batch-size {bs}, --train-size {})", train.train_size))
+    } else {
+        None
+    };
+    match one {
+        Some(why) => bail!(
+            "{}: {why}, but {} trains with BatchNorm, which needs at least 2 cells in a minibatch; give a --batch-size of 2 or more that leaves no single cell over (or another --train-size)",
+            ds.source,
+            batch_norm.join(" and ")
+        ),
+        None => Ok(()),
+    }
 }
 
 pub fn dims_of(ds: &Dataset) -> Dims {
