@@ -75,6 +75,8 @@ fn bad_options_fail_before_any_work() {
         (vec!["--lr-factor", "0"], "lr_factor"),
         // JSON has no NaN: it would reach the option as null
         (vec!["--lr", "nan"], "--lr nan: not a finite number"),
+        // a dispersion per label needs labels
+        (vec!["--dispersion", "gene-label"], "--dispersion gene-label needs --labels-key"),
     ];
     for (flags, needle) in cases {
         let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(&flags));
@@ -456,4 +458,17 @@ fn a_one_cell_minibatch_with_batch_norm_is_refused_before_training() {
     assert!(!run.join("config.json").exists(), "training started");
     // without BatchNorm a minibatch of one cell trains
     ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(quiet).args(["--batch-key", "batch", "--batch-size", "30", "--train-size", "0.905", "--adversarial-mixing", "false"]));
+}
+
+/// `--dispersion gene-batch` without `--batch-key` trains the original's G × 1 table (one batch),
+/// which is the gene dispersion: it says so instead of passing in silence.
+#[test]
+fn gene_batch_dispersion_without_a_batch_key_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    let text = ok(bin().arg("train").arg(&data).arg("--out").arg(tmp.path().join("run")).args(["--dispersion", "gene-batch", "--max-epochs", "1", "--quiet", "--no-plots"]));
+    assert!(text.contains("warning: --dispersion gene-batch without --batch-key"), "{text}");
+    let text = ok(bin().arg("train").arg(&data).arg("--out").arg(tmp.path().join("run2")).args(["--dispersion", "gene-batch", "--batch-key", "batch", "--max-epochs", "1", "--quiet", "--no-plots"]));
+    assert!(!text.contains("warning: --dispersion"), "{text}");
 }

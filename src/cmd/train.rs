@@ -247,7 +247,27 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     let model: ModelConfig = parse(model, "model options")?;
     let train: TrainConfig = parse(train, "training options")?;
     train.validate()?;
+    check_dispersion_keys(&model, &args.data_options)?;
     Ok((model, train))
+}
+
+/// A dispersion per label needs labels (--labels-key): without them it has no meaning, and training
+/// the G × 1 table would silently be the gene dispersion. A dispersion per batch without a batch key is
+/// what the original trains then (scvi's px_r of G × n_batch with its one default batch), so it runs,
+/// with a warning.
+fn check_dispersion_keys(model: &ModelConfig, data: &DataOptions) -> Result<()> {
+    use crate::model::Dispersion;
+    if model.dispersion == Dispersion::GeneLabel && data.labels_key.is_none() {
+        anyhow::bail!(
+            "--dispersion gene-label needs --labels-key (a dispersion per gene and label, from the labels in that obs column); give --labels-key COL, or --dispersion gene"
+        );
+    }
+    if model.dispersion == Dispersion::GeneBatch && data.batch_key.is_none() {
+        eprintln!(
+            "warning: --dispersion gene-batch without --batch-key: all cells are one batch, so the dispersion is one per gene (a G × 1 table, as the original trains it); give --batch-key COL for one per batch"
+        );
+    }
+    Ok(())
 }
 
 /// Moves `t`'s steps to the device when `device` is one: a clear error when the CUDA step does not
@@ -376,6 +396,22 @@ mod tests {
             crate::cmd::Command::Train(a) => a,
             _ => unreachable!(),
         }
+    }
+
+    /// A dispersion per label without --labels-key has no meaning: refused, naming both flags (a
+    /// dispersion per batch without --batch-key is the original's G × 1 table: it resolves).
+    #[test]
+    fn gene_label_dispersion_needs_labels() {
+        let e = resolve(&train_args(&["--dispersion", "gene-label"])).unwrap_err().to_string();
+        assert!(e.contains("--dispersion gene-label") && e.contains("--labels-key"), "{e}");
+        let (m, _) = resolve(&train_args(&["--dispersion", "gene-label", "--labels-key", "cell_type"])).unwrap();
+        assert_eq!(m.dispersion, crate::model::Dispersion::GeneLabel);
+        // the same from a --config file
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(&cfg, "[model]\ndispersion = \"gene-label\"\n").unwrap();
+        assert!(resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err().to_string().contains("--labels-key"));
+        assert!(resolve(&train_args(&["--dispersion", "gene-batch"])).is_ok());
     }
 
     /// TOML has no null, so a --config file says `"none"` as the flag does, for exactly the Option
