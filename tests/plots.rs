@@ -361,3 +361,39 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     ok(bin().arg("embed").arg(&run2).arg(&data).arg("--out").arg(d.join("lat2.h5ad")).arg("--no-plots"));
     assert!(!d.join("lat2.embedding.png").exists());
 }
+
+/// Without validation cells (--train-size 1) and without an adversary, metrics.tsv leaves those
+/// columns empty (not 0.0; pandas reads them as missing), keeps its columns, and `plot curves` draws
+/// the train series only; --resume reads the missing values back.
+#[test]
+fn a_run_without_validation_writes_empty_fields_and_still_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("toy.h5mu");
+    let run = d.join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "4", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "2", "--train-size", "1", "--quiet", "--no-plots"]));
+    let check = |epochs: usize| {
+        let text = std::fs::read_to_string(run.join("metrics.tsv")).unwrap();
+        let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+        let (header, _) = metrics_table(0, false);
+        assert_eq!(rows[0], header, "the columns stay the same");
+        assert_eq!(rows.len(), 1 + epochs, "{text}");
+        for r in &rows[1..] {
+            assert_eq!(r.len(), header.len(), "{text}");
+            for (h, v) in header.iter().zip(r) {
+                let missing = h.ends_with("_validation") || h == "adversary_loss";
+                assert_eq!(v.is_empty(), missing, "{h} = {v:?}:\n{text}");
+            }
+        }
+        let jsonl = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        assert!(jsonl.lines().all(|l| l.contains("\"elbo_validation\":null") && l.contains("\"adversary_loss\":null")), "{jsonl}");
+    };
+    check(2);
+    ok(bin().args(["plot", "curves"]).arg(&run));
+    let (_, svg) = both(&run.join("curves"));
+    assert_eq!(lines(&svg, TRAIN_COLOUR, 2), 6, "train: five terms and the minimised loss");
+    assert_eq!(lines(&svg, VALIDATION_COLOUR, 2), 0, "no validation series");
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "3", "--quiet", "--no-plots"]));
+    check(3);
+}

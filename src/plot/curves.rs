@@ -40,7 +40,8 @@ impl Curves {
                 })
                 .collect()
         };
-        // A series that is all zeros is a term that was not computed (no validation cells, no adversary).
+        // A term that was not computed (no validation cells, no adversary) has no values (empty fields),
+        // or all zeros in runs written before it was left empty.
         let useful = |s: &Vec<(f64, f64)>| !s.is_empty() && s.iter().any(|&(_, v)| v != 0.0);
         let mut panels = Vec::new();
         for term in PAIRED {

@@ -1,5 +1,8 @@
 //! Per-epoch metrics as scvi-tools logs them (model.md §5.5): sums over minibatches divided by the
 //! number of cells. Written as `metrics.tsv` and `metrics.jsonl` in the run directory after every epoch.
+//! A term that was not computed (the validation terms without validation cells, `adversary_loss`
+//! without the adversarial classifier) is NaN here: an empty field in the TSV and null in the JSONL,
+//! which pandas reads as missing; the columns stay the same.
 
 use crate::model::StepOutput;
 use crate::util::write_atomic;
@@ -19,12 +22,18 @@ pub struct EpochMetrics {
     pub reconstruction_loss_splicing_train: f64,
     pub kl_local_train: f64,
     pub elbo_train: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub reconstruction_loss_validation: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub reconstruction_loss_expression_validation: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub reconstruction_loss_splicing_validation: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub kl_local_validation: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub elbo_validation: f64,
-    /// Mean adversarial classifier loss over steps (0 without the adversary).
+    /// Mean adversarial classifier loss over steps (NaN without the adversary).
+    #[serde(deserialize_with = "nan_if_null")]
     pub adversary_loss: f64,
     pub seconds: f64,
     pub cells_per_s: f64,
@@ -43,6 +52,9 @@ pub struct EpochMetrics {
     pub rec_s: f64,
     #[serde(skip)]
     pub adv_loss: f64,
+    /// Steps that trained the adversarial classifier.
+    #[serde(skip)]
+    pub adv_steps: usize,
     #[serde(skip)]
     pub n_val: usize,
     #[serde(skip)]
@@ -53,6 +65,11 @@ pub struct EpochMetrics {
     pub v_e: f64,
     #[serde(skip)]
     pub v_s: f64,
+}
+
+/// A missing term (null, as serde_json writes NaN) reads back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 fn sum(v: &[f32]) -> f64 {
@@ -70,6 +87,23 @@ fn kl_sum(kl: &[f32], penalty: f64) -> f64 {
 }
 
 impl EpochMetrics {
+    /// The metrics of `epoch` before its steps: the terms that may not be computed are NaN (missing)
+    /// until they are.
+    pub fn new(epoch: usize, lr: f64) -> Self {
+        let nan = f64::NAN;
+        EpochMetrics {
+            epoch,
+            lr,
+            reconstruction_loss_validation: nan,
+            reconstruction_loss_expression_validation: nan,
+            reconstruction_loss_splicing_validation: nan,
+            kl_local_validation: nan,
+            elbo_validation: nan,
+            adversary_loss: nan,
+            ..Default::default()
+        }
+    }
+
     pub fn add_train(&mut self, out: &StepOutput<f32>, total_loss: f64) {
         self.add_train_terms(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty as f64, total_loss);
     }
@@ -92,7 +126,7 @@ impl EpochMetrics {
         self.reconstruction_loss_splicing_train = self.rec_s / n;
         self.kl_local_train = self.kl_train / n;
         self.elbo_train = self.reconstruction_loss_train + self.kl_local_train;
-        self.adversary_loss = self.adv_loss / self.steps.max(1) as f64;
+        self.adversary_loss = if self.adv_steps > 0 { self.adv_loss / self.steps.max(1) as f64 } else { f64::NAN };
         self.train_loss /= self.steps.max(1) as f64;
         // Keep the running value for the progress message consistent after finishing.
         self.rec_train = self.reconstruction_loss_train * n;
@@ -180,7 +214,8 @@ impl MetricsLog {
         let mut jsonl = String::new();
         for m in &self.epochs {
             let v = serde_json::to_value(m)?;
-            let row: Vec<String> = COLUMNS.iter().map(|c| v.get(*c).map(|x| x.to_string()).unwrap_or_default()).collect();
+            // (NaN is null in JSON: an empty field, which pandas reads as missing)
+            let row: Vec<String> = COLUMNS.iter().map(|c| v.get(*c).filter(|x| !x.is_null()).map(|x| x.to_string()).unwrap_or_default()).collect();
             tsv += &row.join("\t");
             tsv.push('\n');
             jsonl += &serde_json::to_string(m)?;
@@ -203,5 +238,48 @@ impl MetricsLog {
             .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}: line {}", path.display(), i + 1)))
             .collect::<Result<Vec<_>>>()?;
         Ok(MetricsLog { epochs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A term that was not computed (no validation cells, no adversary) is an empty field in the TSV
+    /// (pandas reads it as missing) and null in the JSONL, never 0; the columns stay the same, and a
+    /// resumed run reads both back.
+    #[test]
+    fn missing_terms_are_empty_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::default();
+        let mut a = EpochMetrics::new(0, 1e-3);
+        a.add_train_terms(&[1.0, 2.0], &[0.5, 0.5], &[0.1, 0.1], 0.0, 4.0);
+        a.finish_train();
+        log.push(a);
+        let mut b = EpochMetrics::new(1, 1e-3);
+        b.add_train_terms(&[1.0, 2.0], &[0.5, 0.5], &[0.1, 0.1], 0.0, 4.0);
+        (b.adv_loss, b.adv_steps) = (0.75, 1);
+        b.finish_train();
+        b.add_validation_terms(&[1.0], &[0.25], &[0.5], 0.0);
+        b.finish_validation();
+        log.push(b.clone());
+        log.save(dir.path()).unwrap();
+        let tsv = std::fs::read_to_string(dir.path().join("metrics.tsv")).unwrap();
+        let rows: Vec<Vec<&str>> = tsv.lines().map(|l| l.split('\t').collect()).collect();
+        assert_eq!(rows[0], COLUMNS);
+        let missing: Vec<&str> = COLUMNS.iter().copied().filter(|c| c.ends_with("_validation") || *c == "adversary_loss").collect();
+        assert_eq!(missing.len(), 6);
+        for c in 0..COLUMNS.len() {
+            let (first, second) = (rows[1][c], rows[2][c]);
+            assert_eq!(first.is_empty(), missing.contains(&COLUMNS[c]), "{}: {first:?}", COLUMNS[c]);
+            assert!(!second.is_empty(), "{}", COLUMNS[c]);
+        }
+        assert_eq!(rows[2][COLUMNS.iter().position(|c| *c == "adversary_loss").unwrap()], "0.75");
+        let jsonl = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+        assert!(missing.iter().all(|c| first[*c].is_null()), "{first}");
+        let back = MetricsLog::load(dir.path()).unwrap();
+        assert!(back.epochs[0].elbo_validation.is_nan() && back.epochs[0].adversary_loss.is_nan());
+        assert_eq!((back.epochs[1].elbo_validation, back.epochs[1].adversary_loss), (b.elbo_validation, 0.75));
     }
 }

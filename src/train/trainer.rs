@@ -526,7 +526,7 @@ impl<'a> Trainer<'a> {
             let epoch = self.state.epochs_done;
             let t0 = Instant::now();
             let bar = progress_bar(n_steps, epoch, tc.max_epochs);
-            let mut m = EpochMetrics { epoch, lr: self.state.lr, ..Default::default() };
+            let mut m = EpochMetrics::new(epoch, self.state.lr);
             m.kl_weight = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight).0 as f64;
             let list = batches.epoch(epoch as u64);
             let on_device = self.device.is_some();
@@ -655,6 +655,7 @@ impl<'a> Trainer<'a> {
             }
             aopt.step(ap.trainable_mut(), &c.grads.data, None, 1.0)?;
             m.adv_loss += c.loss as f64;
+            m.adv_steps += 1;
         }
         m.add_train(out, total);
         self.state.global_step += 1;
@@ -750,6 +751,7 @@ impl<'a> Trainer<'a> {
             }
             aopt.step(ap.trainable_mut(), &c.grads.data, None, 1.0)?;
             m.adv_loss += c.loss as f64;
+            m.adv_steps += 1;
         }
         m.add_train_terms(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty, total);
         self.state.global_step += 1;
