@@ -466,6 +466,47 @@ fn appender_chunks_read_back_through_hdf5_filters() {
     }
 }
 
+/// A dataset whose values fit in the appender's buffer is made at its size (HDF5 stores every chunk
+/// whole, so a few values in an uncompressed chunk of 2^18 took 1 MiB): the values read back exactly,
+/// and an uncompressed `toy` simulation is about as small as its data (it was 15 MB for 0.3 MB).
+#[test]
+fn small_appended_datasets_take_their_size() {
+    let _serial = serial();
+    use splicevi::data::h5write::Appender;
+    let dir = tempfile::tempdir().unwrap();
+    for gzip in [None, Some(1u8)] {
+        let path = dir.path().join("small.h5");
+        let sizes = [0usize, 1, 3, 1000, (1 << 18) + 5, 3 << 18];
+        let f = hdf5::File::create(&path).unwrap();
+        for &n in &sizes {
+            let mut a = Appender::<f32>::create(&f, &format!("a{n}"), Compression { gzip_level: gzip }).unwrap();
+            a.push_slice(&(0..n).map(|x| x as f32 * 0.5).collect::<Vec<_>>()).unwrap();
+            a.finish().unwrap();
+        }
+        drop(f);
+        let f = hdf5::File::open(&path).unwrap();
+        for &n in &sizes {
+            let back: Vec<f32> = f.dataset(&format!("a{n}")).unwrap().read_raw().unwrap();
+            assert_eq!(back, (0..n).map(|x| x as f32 * 0.5).collect::<Vec<_>>(), "{n} values, gzip {gzip:?}");
+        }
+        drop(f);
+        if gzip.is_none() {
+            let bytes = std::fs::metadata(&path).unwrap().len() as usize;
+            let data: usize = sizes.iter().sum::<usize>() * 4;
+            assert!(bytes < data + (64 << 10), "{bytes} bytes for {data} bytes of values");
+        }
+    }
+    let (a, b) = (dir.path().join("gzip0.h5mu"), dir.path().join("gzip1.h5mu"));
+    for (out, level) in [(&a, "0"), (&b, "1")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_splicevi")).args(["simulate", "--size", "toy", "--seed", "2", "--gzip", level, "--out"]).arg(out).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let size = std::fs::metadata(&a).unwrap().len();
+    assert!(size < 1 << 20, "toy uncompressed: {size} bytes");
+    let opts = DataOptions::default();
+    assert_same_data(&load(&b, &opts).unwrap(), &load(&a, &opts).unwrap(), "--gzip 0 vs --gzip 1");
+}
+
 #[test]
 fn int64_indexed_files_load_too() {
     // Files with more than 2^31 possible non-zeros (the paper size) get int64 indices/indptr; force that

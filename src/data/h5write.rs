@@ -317,30 +317,39 @@ pub fn dataframe(
 /// (rayon) exactly as HDF5's shuffle and deflate filters would, and stored with `H5Dwrite_chunk`: HDF5
 /// compresses on one thread only, which would otherwise bound the write speed of big files. The file is
 /// indistinguishable from one HDF5 compressed itself (same filter pipeline in the dataset header).
+///
+/// The dataset is created at the first flush. One whose values all fit in the buffer is created at
+/// [`Appender::finish`], at its size: contiguous when uncompressed, else with one chunk of its size,
+/// since HDF5 stores every chunk whole (an uncompressed dataset of a few values in a chunk of
+/// [`CHUNK`] would take 1 MiB of the file).
 pub struct Appender<T: H5Type + bytemuck::Pod> {
-    ds: hdf5::Dataset,
+    parent: Group,
+    name: String,
+    ds: Option<hdf5::Dataset>,
     buf: Vec<T>,
     written: usize,
     gzip: Option<u8>,
+    /// Elements per chunk ([`CHUNK`], or less for a dataset created at its size).
+    chunk: usize,
 }
 
 /// Chunks compressed per parallel batch.
 const FLUSH_CHUNKS: usize = 8;
 
-/// HDF5's shuffle filter (byte k of element i → position k·n + i over the whole chunk of n elements),
-/// then zlib (the deflate filter's format). `elems` shorter than a chunk is zero-padded: HDF5 stores edge
-/// chunks at full size.
-fn encode_chunk<T: bytemuck::Pod>(elems: &[T], level: u8) -> Vec<u8> {
+/// HDF5's shuffle filter (byte k of element i → position k·n + i over the whole chunk of n = `chunk`
+/// elements), then zlib (the deflate filter's format). `elems` shorter than a chunk is zero-padded:
+/// HDF5 stores edge chunks at full size.
+fn encode_chunk<T: bytemuck::Pod>(elems: &[T], chunk: usize, level: u8) -> Vec<u8> {
     use std::io::Write;
     let size = std::mem::size_of::<T>();
     let bytes: &[u8] = bytemuck::cast_slice(elems);
-    let mut shuffled = vec![0u8; CHUNK * size];
+    let mut shuffled = vec![0u8; chunk * size];
     if size == 1 {
         shuffled[..bytes.len()].copy_from_slice(bytes);
     } else {
         for (i, e) in bytes.chunks_exact(size).enumerate() {
             for (k, &b) in e.iter().enumerate() {
-                shuffled[k * CHUNK + i] = b;
+                shuffled[k * chunk + i] = b;
             }
         }
     }
@@ -352,16 +361,27 @@ fn encode_chunk<T: bytemuck::Pod>(elems: &[T], level: u8) -> Vec<u8> {
 
 impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
     pub fn create(parent: &Group, name: &str, c: Compression) -> Result<Self> {
-        let mut b = parent.new_dataset::<T>().chunk(CHUNK);
-        if let Some(level) = c.gzip_level {
+        Ok(Appender {
+            parent: parent.clone(),
+            name: name.to_string(),
+            ds: None,
+            buf: Vec::with_capacity(FLUSH_CHUNKS * CHUNK),
+            written: 0,
+            gzip: c.gzip_level,
+            chunk: CHUNK,
+        })
+    }
+
+    /// The chunked, resizable dataset, created empty with chunks of `self.chunk`.
+    fn create_resizable(&self) -> Result<hdf5::Dataset> {
+        let mut b = self.parent.new_dataset::<T>().chunk(self.chunk);
+        if let Some(level) = self.gzip {
             // The pipeline encode_chunk reproduces; order matters (shuffle first).
             b = b.shuffle().deflate(level);
         }
-        let ds = b
-            .shape(hdf5::SimpleExtents::resizable([0]))
-            .create(name)
-            .with_context(|| format!("creating resizable dataset {name}"))?;
-        Ok(Appender { ds, buf: Vec::with_capacity(FLUSH_CHUNKS * CHUNK), written: 0, gzip: c.gzip_level })
+        b.shape(hdf5::SimpleExtents::resizable([0]))
+            .create(self.name.as_str())
+            .with_context(|| format!("creating resizable dataset {}", self.name))
     }
 
     pub fn len(&self) -> usize {
@@ -400,17 +420,22 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        debug_assert_eq!(self.written % CHUNK, 0);
+        if self.ds.is_none() {
+            self.ds = Some(self.create_resizable()?);
+        }
+        let ds = self.ds.as_ref().expect("created above");
+        let chunk = self.chunk;
+        debug_assert_eq!(self.written % chunk, 0);
         let end = self.written + self.buf.len();
-        self.ds.resize([end])?;
+        ds.resize([end])?;
         match self.gzip {
-            None => self.ds.write_slice(&self.buf[..], self.written..end)?,
+            None => ds.write_slice(&self.buf[..], self.written..end)?,
             Some(level) => {
                 use rayon::prelude::*;
-                let encoded: Vec<Vec<u8>> = self.buf.par_chunks(CHUNK).map(|c| encode_chunk(c, level)).collect();
-                let id = self.ds.id();
+                let encoded: Vec<Vec<u8>> = self.buf.par_chunks(chunk).map(|c| encode_chunk(c, chunk, level)).collect();
+                let id = ds.id();
                 for (i, e) in encoded.iter().enumerate() {
-                    let offset: [u64; 1] = [(self.written + i * CHUNK) as u64];
+                    let offset: [u64; 1] = [(self.written + i * chunk) as u64];
                     // Under the hdf5 crate's global lock: the C library is not thread-safe.
                     let rc = hdf5::sync::sync(|| unsafe {
                         hdf5_sys::h5d::H5Dwrite_chunk(
@@ -423,7 +448,7 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
                         )
                     });
                     if rc < 0 {
-                        bail!("H5Dwrite_chunk failed for {} at element {}", self.ds.name(), offset[0]);
+                        bail!("H5Dwrite_chunk failed for {} at element {}", ds.name(), offset[0]);
                     }
                 }
             }
@@ -434,8 +459,27 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
     }
 
     pub fn finish(mut self) -> Result<hdf5::Dataset> {
+        if self.ds.is_none() {
+            // Every value is in the buffer: the dataset gets its size.
+            let n = self.buf.len();
+            if self.gzip.is_none() && n > 0 {
+                let ds = self
+                    .parent
+                    .new_dataset::<T>()
+                    .shape([n])
+                    .create(self.name.as_str())
+                    .with_context(|| format!("creating dataset {}", self.name))?;
+                ds.write_raw(&self.buf[..])?;
+                return Ok(ds);
+            }
+            self.chunk = n.clamp(1, CHUNK);
+        }
         self.flush()?;
-        Ok(self.ds)
+        match self.ds {
+            Some(ds) => Ok(ds),
+            // nothing was appended: an empty dataset
+            None => self.create_resizable(),
+        }
     }
 }
 
