@@ -93,6 +93,11 @@ fn resolved_output(out: &Path) -> PathBuf {
     }
 }
 
+/// Whether two output paths name the same file once written (another spelling of a path too).
+pub fn same_output(a: &Path, b: &Path) -> bool {
+    resolved_output(a) == resolved_output(b)
+}
+
 /// Checks an output path before any work: `--out` must not be a directory, must not be one of the
 /// command's input files (the data it reads), must not lie inside a run directory it reads (the
 /// checkpoint and its config), and its directory must be writable (or creatable). Each would otherwise

@@ -472,3 +472,27 @@ fn gene_batch_dispersion_without_a_batch_key_warns() {
     let text = ok(bin().arg("train").arg(&data).arg("--out").arg(tmp.path().join("run2")).args(["--dispersion", "gene-batch", "--batch-key", "batch", "--max-epochs", "1", "--quiet", "--no-plots"]));
     assert!(!text.contains("warning: --dispersion"), "{text}");
 }
+
+/// `simulate` checks both of its outputs before it simulates: --truth-json may not be --out (it
+/// overwrote the .h5mu with JSON), nor a directory (found after the .h5mu was written); both are
+/// refused with nothing written.
+#[test]
+fn simulate_checks_its_two_outputs_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a.h5mu");
+    for truth in [out.clone(), tmp.path().join(".").join("a.h5mu")] {
+        let text = fails(bin().args(["simulate", "--size", "toy", "--out"]).arg(&out).arg("--truth-json").arg(&truth));
+        assert!(text.contains("--truth-json") && text.contains("is --out"), "{text}");
+        assert!(!out.exists(), "the .h5mu was written");
+    }
+    let text = fails(bin().args(["simulate", "--size", "toy", "--out"]).arg(&out).arg("--truth-json").arg(tmp.path()));
+    assert!(text.contains("--truth-json") && text.contains("is a directory"), "{text}");
+    assert!(!out.exists(), "the .h5mu was written before --truth-json was found wrong");
+    let truth = tmp.path().join("truth.json");
+    ok(bin().args(["simulate", "--size", "toy", "--out"]).arg(&out).arg("--truth-json").arg(&truth));
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
+    assert_eq!(j["cell_type"].as_array().map(|a| a.len()), Some(200));
+    assert!(splicevi::data::load::load(&out, &Default::default()).is_ok());
+    let help = ok(bin().args(["simulate", "--help"]));
+    assert!(help.contains("as JSON to this file") && !help.contains("next to the file"), "{help}");
+}

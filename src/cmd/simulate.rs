@@ -45,13 +45,22 @@ pub struct SimulateArgs {
     /// gzip level of the sparse datasets (0 = uncompressed).
     #[arg(long, default_value_t = 1)]
     pub gzip: u8,
-    /// Also write the ground truth as JSON (cell labels, planted junctions) next to the file.
+    /// Also write the ground truth as JSON to this file (cell types, subtypes and batches of the
+    /// cells, the planted DS junctions); it must differ from --out.
     #[arg(long)]
     pub truth_json: Option<PathBuf>,
 }
 
 pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
+    // Every output is checked before any work (found after the .h5mu was written, a bad --truth-json
+    // left one of the two outputs behind).
     crate::util::check_output(&a.out, &[], &[])?;
+    if let Some(p) = &a.truth_json {
+        if crate::util::same_output(p, &a.out) {
+            anyhow::bail!("--truth-json {}: is --out {}; give the ground truth another file", p.display(), a.out.display());
+        }
+        crate::util::check_output_named(&format!("--truth-json {}", p.display()), p, &[], &[])?;
+    }
     let mut cfg = SimConfig::preset(a.size, a.seed);
     if let Some(n) = a.n_cells {
         cfg.n_cells = n;
