@@ -496,3 +496,23 @@ fn simulate_checks_its_two_outputs_first() {
     let help = ok(bin().args(["simulate", "--help"]));
     assert!(help.contains("as JSON to this file") && !help.contains("next to the file"), "{help}");
 }
+
+/// The host commands (simulate, validate, plot, info) ignore --device, and so the CUDA step's options
+/// too: `--device cuda --precision bf16 validate` runs (it said bf16 needs --device cuda); `info`
+/// reports them. A compute command on the CPU still refuses them.
+#[test]
+fn host_commands_ignore_the_cuda_step_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let step = ["--device", "cuda", "--precision", "bf16", "--data-residency", "host", "--splicing-decode", "dense"];
+    ok(bin().args(step).args(["simulate", "--size", "toy", "--out"]).arg(&data));
+    ok(bin().args(step).arg("validate").arg(&data));
+    let run = tmp.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("metrics.tsv"), "epoch\ttrain_loss\n0\t5.0\n1\t4.0\n").unwrap();
+    ok(bin().args(step).args(["plot", "curves"]).arg(&run));
+    let text = ok(bin().args(step).arg("info"));
+    assert!(text.contains("CUDA step options given: --precision bf16 --data-residency host --splicing-decode dense"), "{text}");
+    let text = fails(bin().args(["--device", "cpu", "--precision", "bf16", "train"]).arg(&data).arg("--out").arg(tmp.path().join("r")));
+    assert!(text.contains("--precision bf16 is a CUDA option"), "{text}");
+}

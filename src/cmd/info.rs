@@ -12,7 +12,9 @@ pub struct InfoArgs {
     pub load_kernels: bool,
 }
 
-pub fn run(args: InfoArgs, asked: DeviceSpec) -> anyhow::Result<()> {
+/// `step_options`: the CUDA-step options given (`--precision bf16`, ...), which `info` reports and
+/// does not use.
+pub fn run(args: InfoArgs, asked: DeviceSpec, step_options: &[String]) -> anyhow::Result<()> {
     println!("splicevi {}", env!("CARGO_PKG_VERSION"));
     if cuda::kernels_embedded() {
         let names: Vec<&str> = cuda::kernel_fatbins().iter().map(|(n, _)| *n).collect();
@@ -73,6 +75,9 @@ pub fn run(args: InfoArgs, asked: DeviceSpec) -> anyhow::Result<()> {
             Ok(r) => println!("--device cuda:{n} → {}", r.describe().trim_start_matches("device: ")),
             Err(e) => println!("--device cuda:{n} → unavailable: {e:#}"),
         }
+    }
+    if !step_options.is_empty() {
+        println!("CUDA step options given: {} (used by the commands that run the CUDA step, with --device cuda)", step_options.join(" "));
     }
     Ok(())
 }

@@ -137,11 +137,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let precision = cli.precision;
     crate::cuda::resident::set_residency(cli.data_residency);
     crate::cuda::step::set_splicing_decode(cli.splicing_decode);
-    if precision == crate::cuda::gemm::GemmPrecision::Bf16 && !device.is_cuda() {
-        anyhow::bail!("--precision bf16 is a CUDA option (with --device cuda); the CPU backend computes in f32");
-    }
-    // The other CUDA-step options, set explicitly, are errors on the CPU too (not silently ignored).
+    // The CUDA-step options, set explicitly, are errors on the CPU (not silently ignored); the host
+    // commands (simulate, validate, plot, info) ignore them as they ignore --device.
     if compute && !device.is_cuda() {
+        if precision == crate::cuda::gemm::GemmPrecision::Bf16 {
+            anyhow::bail!("--precision bf16 is a CUDA option (with --device cuda); the CPU backend computes in f32");
+        }
         if cli.data_residency != crate::cuda::resident::Residency::Auto {
             anyhow::bail!("--data-residency is a CUDA option (with --device cuda); the CPU backend reads the data where it is");
         }
@@ -162,8 +163,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plot(a) => plot::run(a),
         Command::CheckFixture(a) => check_fixture::run(a, &device, precision),
         Command::Bench(a) => bench::run(a, &device, precision),
-        Command::Info(a) => info::run(a, cli.device),
+        Command::Info(a) => info::run(a, cli.device, &step_options_given(&cli.precision, cli.data_residency, cli.splicing_decode)),
     }
+}
+
+/// The CUDA-step options given other than their defaults, as flags (what `info` reports).
+fn step_options_given(precision: &crate::cuda::gemm::GemmPrecision, residency: crate::cuda::resident::Residency, decode: crate::cuda::step::SplicingDecode) -> Vec<String> {
+    let mut v = Vec::new();
+    if *precision == crate::cuda::gemm::GemmPrecision::Bf16 {
+        v.push("--precision bf16".to_string());
+    }
+    if residency != crate::cuda::resident::Residency::Auto {
+        v.push(format!("--data-residency {}", format!("{residency:?}").to_lowercase()));
+    }
+    if decode != crate::cuda::step::SplicingDecode::Auto {
+        v.push(format!("--splicing-decode {}", format!("{decode:?}").to_lowercase()));
+    }
+    v
 }
 
 /// cuda:`ordinal`, opened once for the life of the process (device models borrow it; `evaluate --train`
