@@ -516,3 +516,20 @@ fn host_commands_ignore_the_cuda_step_options() {
     let text = fails(bin().args(["--device", "cpu", "--precision", "bf16", "train"]).arg(&data).arg("--out").arg(tmp.path().join("r")));
     assert!(text.contains("--precision bf16 is a CUDA option"), "{text}");
 }
+
+/// A negative number after a flag reaches the flag's own check, in every command (it was clap's
+/// "unexpected argument '-0' found").
+#[test]
+fn negative_numbers_reach_the_range_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.h5mu");
+    let text = fails(bin().args(["simulate", "--size", "toy", "--target-unobserved", "-0.5", "--out"]).arg(&out));
+    assert!(text.contains("target_unobserved must be in (0, 1), got -0.5"), "{text}");
+    let text = fails(bin().args(["simulate", "--size", "toy", "--ds-atse-fraction", "-1", "--out"]).arg(&out));
+    assert!(text.contains("ds_atse_fraction must be in [0, 1], got -1"), "{text}");
+    assert!(!out.exists());
+    let text = fails(bin().args(["plot", "volcano", "ds.tsv", "--fdr", "-1"]));
+    assert!(text.contains("--fdr (the FDR target) must be in [0, 1], got -1"), "{text}");
+    let text = fails(bin().args(["--threads", "-1", "info"]));
+    assert!(text.contains("`-1` is not a number of threads"), "{text}");
+}

@@ -18,8 +18,12 @@ pub mod simulate;
 pub mod train;
 pub mod validate;
 
+// Every command and subcommand reads `-0.5` after a flag as its value, so that the flag's own range
+// check speaks instead of clap's "unexpected argument '-0'" (`allow_negative_numbers` on the root and
+// on every variant below, and on `plot`'s).
 #[derive(Parser, Debug)]
 #[command(name = "splicevi", version, about = "SpliceVI: joint latent space of gene expression and alternative splicing")]
+#[command(allow_negative_numbers = true)]
 pub struct Cli {
     /// Worker threads for the CPU backend (default: all cores; at most 1024).
     #[arg(long, global = true, value_parser = parse_threads)]
@@ -51,31 +55,44 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Write a synthetic dataset in the SpliceVI .h5mu layout, with ground truth.
+    #[command(allow_negative_numbers = true)]
     Simulate(simulate::SimulateArgs),
     /// Load and check a dataset; print a summary or the first error.
+    #[command(allow_negative_numbers = true)]
     Validate(validate::ValidateArgs),
     /// Train a model; writes a run directory (checkpoint, config, metrics).
+    #[command(allow_negative_numbers = true)]
     Train(train::TrainArgs),
     /// Latent representation of every cell into an .h5ad (obsm).
+    #[command(allow_negative_numbers = true)]
     Embed(embed::EmbedArgs),
     /// Imputed PSI (cells × junctions) into an .h5ad, written block by block.
+    #[command(allow_negative_numbers = true)]
     Impute(impute::ImputeArgs),
     /// Normalized expression (cells × genes) into an .h5ad.
+    #[command(allow_negative_numbers = true)]
     NormalizeExpression(normalize_expression::NormalizeExpressionArgs),
     /// Differential splicing between groups of cells (TSV).
+    #[command(allow_negative_numbers = true)]
     DiffSplicing(diff_splicing::DiffSplicingArgs),
     /// Differential expression between groups of cells (TSV).
+    #[command(allow_negative_numbers = true)]
     DiffExpression(diff_expression::DiffExpressionArgs),
     /// Masked-ATSE imputation vs MeanBayes and the latent metrics of model.md §8.1 (table + TSV; not
     /// §8.2 cross-fold classification nor §8.3 clustering: docs/evaluate.md).
+    #[command(allow_negative_numbers = true)]
     Evaluate(evaluate::EvaluateArgs),
     /// Redraw a picture: training curves, imputation scatter, DS volcano, latent embedding (PNG + SVG).
+    #[command(allow_negative_numbers = true)]
     Plot(plot::PlotArgs),
     /// Run conformance cases (../shared/fixtures format) and compare with the original's numbers.
+    #[command(allow_negative_numbers = true)]
     CheckFixture(check_fixture::CheckFixtureArgs),
     /// Training throughput on simulated data (cells/s, s/epoch, peak memory, fraction of the floor).
+    #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
     /// Print the build (kernels embedded, archs), driver and devices.
+    #[command(allow_negative_numbers = true)]
     Info(info::InfoArgs),
 }
 
@@ -263,6 +280,33 @@ mod tests {
         // a run config written before the checks were options reads them as on
         let old: crate::data::DataOptions = serde_json::from_str(r#"{"rna_modality":"rna","splicing_modality":"splicing","rna_layer":null,"junc_counts_layer":"k","atse_counts_layer":"n","junc_ratio_layer":"r","psi_mask_layer":"m","event_id_key":"event_id","size_factor_key":"s","batch_key":null,"labels_key":null,"categorical_covariate_keys":[],"continuous_covariate_keys":[]}"#).unwrap();
         assert!(old.require_integer_expression && old.require_integer_splicing);
+    }
+
+    /// Every argument that takes a value, in every command and subcommand, reads a negative number as
+    /// its value, so that its own check speaks (`simulate --target-unobserved -0.5` was clap's
+    /// "unexpected argument '-0' found").
+    #[test]
+    fn every_value_takes_negative_numbers() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, bad: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_action().takes_values() && !cmd.is_allow_negative_numbers_set() && !arg.is_allow_negative_numbers_set() {
+                    bad.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &format!("{path} {}", sub.get_name()), bad);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut bad = Vec::new();
+        walk(&cli, "splicevi", &mut bad);
+        assert!(bad.is_empty(), "arguments that read -1 as an unknown flag: {bad:?}");
+        let e = Cli::try_parse_from(["splicevi", "--threads", "-1", "info"]).unwrap_err().to_string();
+        assert!(e.contains("not a number of threads"), "{e}");
+        assert!(Cli::try_parse_from(["splicevi", "simulate", "--out", "x.h5mu", "--target-unobserved", "-0.5", "--ds-atse-fraction", "-1"]).is_ok());
+        assert!(Cli::try_parse_from(["splicevi", "plot", "volcano", "ds.tsv", "--fdr", "-1"]).is_ok());
     }
 
     /// `--help` of every command describes every argument and flag (a flag without a line was how

@@ -15,6 +15,7 @@ pub struct PlotArgs {
 #[derive(Subcommand, Debug)]
 pub enum PlotKind {
     /// Training curves: one panel per loss term of RUN_DIR/metrics.tsv, train vs validation per epoch.
+    #[command(allow_negative_numbers = true)]
     Curves {
         run_dir: PathBuf,
         /// Output prefix (default: RUN_DIR/curves).
@@ -23,6 +24,7 @@ pub enum PlotKind {
     },
     /// Imputation density scatter (true vs predicted PSI of the dropped entries, Pearson r) from the
     /// pairs TSV `splicevi evaluate` writes (OUT.pairs.tsv).
+    #[command(allow_negative_numbers = true)]
     Impute {
         pairs: PathBuf,
         /// Output prefix (default: PAIRS without .tsv, then .impute).
@@ -30,6 +32,7 @@ pub enum PlotKind {
         out: Option<PathBuf>,
     },
     /// Volcano plot of a diff-splicing TSV: ΔPSI vs log10 Bayes factor, FDR calls highlighted.
+    #[command(allow_negative_numbers = true)]
     Volcano {
         ds_tsv: PathBuf,
         /// Call hits from proba_ds at this posterior-expected FDR, in [0, 1] as diff-splicing's --fdr
@@ -41,6 +44,7 @@ pub enum PlotKind {
         out: Option<PathBuf>,
     },
     /// 2-D embedding (PCA) of a latent .h5ad (as `splicevi embed` writes) coloured by an obs column.
+    #[command(allow_negative_numbers = true)]
     Embedding {
         latent_h5ad: PathBuf,
         /// obs column to colour by (default: cell_type if present, else the first categorical column).
