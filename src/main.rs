@@ -1,4 +1,15 @@
 use clap::Parser;
+use std::io::Write;
+
+/// A write to a closed pipe on stdout or stderr (`splicevi … | head`): `println!`'s panic.
+fn is_closed_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+    (msg.starts_with("failed printing to stdout") || msg.starts_with("failed printing to stderr")) && msg.contains("Broken pipe")
+}
+
+/// The exit status of a command whose reader went away: 128 + SIGPIPE, what a shell reports for a
+/// program the signal ended (Rust ignores SIGPIPE, so the write fails instead).
+const CLOSED_PIPE_EXIT: i32 = 141;
 
 fn main() {
     let cli = splicevi::cmd::Cli::parse();
@@ -9,8 +20,22 @@ fn main() {
     }
     // (after keep_freed_memory: this starts the thread that waits for the signals)
     splicevi::util::remove_temp_files_on_signal();
-    if let Err(e) = splicevi::cmd::run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    // A closed stdout (`check-fixture --verbose | head`) ends the command quietly, as it ends other
+    // Unix tools: no panic message, the temporary files of unfinished outputs removed as the stack
+    // unwinds, exit status 141. Every other panic is reported as before.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_closed_pipe(info.payload()) {
+            default_hook(info)
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| splicevi::cmd::run(cli))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            std::process::exit(1);
+        }
+        Err(p) if is_closed_pipe(p.as_ref()) => std::process::exit(CLOSED_PIPE_EXIT),
+        Err(p) => std::panic::resume_unwind(p),
     }
 }

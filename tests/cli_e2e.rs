@@ -6,7 +6,7 @@ use std::process::Command;
 
 #[path = "common/cli.rs"]
 mod cli;
-use cli::{bin, fails, ok, python};
+use cli::{bin, fails, fixtures_dir, ok, python};
 
 #[test]
 fn simulate_train_embed_and_read_with_anndata() {
@@ -532,4 +532,50 @@ fn negative_numbers_reach_the_range_checks() {
     assert!(text.contains("--fdr (the FDR target) must be in [0, 1], got -1"), "{text}");
     let text = fails(bin().args(["--threads", "-1", "info"]));
     assert!(text.contains("`-1` is not a number of threads"), "{text}");
+}
+
+/// The command's stdout, a pipe whose reader is already gone (`splicevi … | head` once head exited).
+#[cfg(unix)]
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) fills the two descriptors; the read end is closed at once, the write end owned.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        std::process::Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
+/// A closed stdout ends a command quietly (exit 141, as SIGPIPE ends other tools), without a panic
+/// message: `check-fixture --verbose | head` panicked with "failed printing to stdout"; and a command
+/// that writes files writes them before its stdout table, so `evaluate … | head` keeps all of them.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
+    let case = fixtures_dir().join("default-model");
+    let eval = tmp.path().join("e.tsv");
+    let truth = tmp.path().join("truth.json");
+    let commands: Vec<Vec<std::ffi::OsString>> = vec![
+        vec!["info".into()],
+        vec!["validate".into(), data.clone().into()],
+        vec!["check-fixture".into(), "--verbose".into(), case.into()],
+        vec!["simulate".into(), "--size".into(), "toy".into(), "--out".into(), tmp.path().join("s.h5mu").into(), "--truth-json".into(), truth.clone().into()],
+        vec!["evaluate".into(), run.clone().into(), data.clone().into(), "--out".into(), eval.clone().into()],
+    ];
+    for args in &commands {
+        let o = bin().args(args).stdout(closed_pipe()).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{args:?}:\n{err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}:\n{err}");
+    }
+    assert!(truth.exists(), "simulate's --truth-json was not written");
+    for f in ["e.tsv", "e.pairs.tsv", "e.impute.png", "e.impute.svg"] {
+        assert!(tmp.path().join(f).exists(), "evaluate did not write {f}");
+    }
 }

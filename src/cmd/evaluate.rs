@@ -273,16 +273,17 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         eprintln!("warning: evaluate: {w}");
     }
     write_tsv(&args.out, &rows_tsv(&table))?;
-    println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
-    for r in &extra {
-        println!("{:<11} {} = {:.4}", r.subset, r.metric, r.value);
-    }
     eprintln!("wrote {}", args.out.display());
     // The dropped entries' (truth, prediction) pairs, and their density scatter.
     write_tsv(&pairs, &imp.dropped.tsv(&ds.cell_names, &ds.splicing.junction_names, args.max_pairs, args.eval_seed))?;
     eprintln!("wrote {} ({} dropped entries scored)", pairs.display(), imp.dropped.truth.len());
     if !args.no_plots {
         super::plot::auto("imputation", crate::plot::impute::ImputeScatter::from_file(&pairs), &picture);
+    }
+    // (the table on stdout last: a reader that went away ends the command there, its files written)
+    println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
+    for r in &extra {
+        println!("{:<11} {} = {:.4}", r.subset, r.metric, r.value);
     }
     Ok(())
 }

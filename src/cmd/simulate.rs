@@ -97,6 +97,21 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    // (the ground truth first: a reader of stdout that went away ends the command at the line)
+    if let Some(p) = a.truth_json {
+        let j = serde_json::json!({
+            "cell_type_names": truth.cell_type_names,
+            "subtype_names": truth.subtype_names,
+            "batch_names": truth.batch_names,
+            "cell_type": truth.cell_type,
+            "subtype": truth.subtype,
+            "batch": truth.batch,
+            "planted_ds": truth.planted_ds,
+            "planted_ds_by_type": truth.planted_ds_by_type,
+            "fraction_unobserved": s.fraction_unobserved,
+        });
+        crate::util::write_atomic(&p, |tmp| Ok(std::fs::write(tmp, serde_json::to_vec(&j)?)?))?;
+    }
     println!(
         "wrote {} ({:.1} MB) in {:.2} s: {} cells × {} genes × {} junctions ({} ATSEs); expression nnz {} ({:.1}%); \
          splicing observed entries {} ({:.1}% unobserved); planted DS junctions {}",
@@ -113,19 +128,5 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         100.0 * s.fraction_unobserved,
         truth.planted_ds.iter().filter(|&&b| b).count(),
     );
-    if let Some(p) = a.truth_json {
-        let j = serde_json::json!({
-            "cell_type_names": truth.cell_type_names,
-            "subtype_names": truth.subtype_names,
-            "batch_names": truth.batch_names,
-            "cell_type": truth.cell_type,
-            "subtype": truth.subtype,
-            "batch": truth.batch,
-            "planted_ds": truth.planted_ds,
-            "planted_ds_by_type": truth.planted_ds_by_type,
-            "fraction_unobserved": s.fraction_unobserved,
-        });
-        crate::util::write_atomic(&p, |tmp| Ok(std::fs::write(tmp, serde_json::to_vec(&j)?)?))?;
-    }
     Ok(())
 }

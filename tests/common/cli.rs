@@ -26,6 +26,14 @@ pub fn python() -> PathBuf {
     }
 }
 
+/// The conformance fixtures: `$SPLICEVI_FIXTURES`, else `../shared/fixtures` beside the crate.
+pub fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("SPLICEVI_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
+    }
+}
+
 fn output_text(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().expect("running splicevi");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
