@@ -397,3 +397,52 @@ fn a_run_without_validation_writes_empty_fields_and_still_draws() {
     ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "3", "--quiet", "--no-plots"]));
     check(3);
 }
+
+/// Every `plot` input error names its file (the pairs table's said "pairs table without a `truth`
+/// column" and nothing else).
+#[test]
+fn plot_input_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fail = |args: &[&std::ffi::OsStr]| -> String {
+        let o = bin().args(args).output().unwrap();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let write = |name: &str, text: &str| -> PathBuf {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let no_truth = write("no_truth.tsv", "cell\tjunction\tpred\nc\tj\t0.5\n");
+    let only_truth = write("only_truth.tsv", "cell\tjunction\ttruth\nc\tj\t0.5\n");
+    for (p, needle) in [(&no_truth, "pairs table without a `truth` column"), (&only_truth, "pairs table without prediction columns")] {
+        let e = fail(&["plot".as_ref(), "impute".as_ref(), p.as_os_str()]);
+        assert!(e.contains(&format!("{}: {needle}", p.display())), "{e}");
+    }
+    let ds = write("ds.tsv", "junction\teffect_size\n");
+    let e = fail(&["plot".as_ref(), "volcano".as_ref(), ds.as_os_str()]);
+    assert!(e.contains(&format!("{}: DS table without effect_size and bayes_factor", ds.display())), "{e}");
+    let ds2 = write("ds2.tsv", "effect_size\tbayes_factor\tis_ds_fdr\n0.1\t2\tTrue\n");
+    let e = fail(&["plot".as_ref(), "volcano".as_ref(), ds2.as_os_str(), "--fdr".as_ref(), "0.1".as_ref()]);
+    assert!(e.contains(&format!("{}: --fdr needs a proba_ds column", ds2.display())) && e.matches(&ds2.display().to_string()).count() == 1, "{e}");
+    let run = d.join("run");
+    std::fs::create_dir(&run).unwrap();
+    for (text, needle) in [("lr\ttrain_loss\n0.1\t5\n", "without an `epoch` column"), ("epoch\ttrain_loss\n0\t\n", "no loss term with values")] {
+        std::fs::write(run.join("metrics.tsv"), text).unwrap();
+        let e = fail(&["plot".as_ref(), "curves".as_ref(), run.as_os_str()]);
+        assert!(e.contains(&format!("error: {}: ", run.join("metrics.tsv").display())) && e.contains(needle), "{e}");
+    }
+    // an .h5ad with a latent of no cells, and one without obs
+    for (name, rows, with_obs, needle) in [("empty.h5ad", 0usize, true, "obsm/X_splicevi: latent with no cells"), ("no_obs.h5ad", 3, false, "obs: missing")] {
+        let p = d.join(name);
+        let f = hdf5::File::create(&p).unwrap();
+        f.create_group("obsm").unwrap().new_dataset::<f64>().shape([rows, 2]).create("X_splicevi").unwrap();
+        if with_obs {
+            f.create_group("obs").unwrap().new_dataset::<hdf5::types::VarLenUnicode>().shape([0]).create("_index").unwrap();
+        }
+        drop(f);
+        let e = fail(&["plot".as_ref(), "embedding".as_ref(), p.as_os_str()]);
+        assert!(e.contains(&format!("error: {}: {needle}", p.display())), "{name}: {e}");
+    }
+}

@@ -2,7 +2,7 @@
 //! PREFIX.png and PREFIX.svg).
 
 use crate::plot::{curves::Curves, embedding::Embedding, impute::ImputeScatter, prefix_beside, save, volcano::Volcano, Figure};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -77,7 +77,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
                 // (the range of diff-splicing's --fdr: 1 calls every junction, 0 those with P = 1)
                 anyhow::ensure!((0.0..=1.0).contains(&f), "--fdr (the FDR target) must be in [0, 1], got {f}");
             }
-            let fig = Volcano::from_file(&ds_tsv, fdr).with_context(|| format!("{}", ds_tsv.display()))?;
+            let fig = Volcano::from_file(&ds_tsv, fdr)?;
             written(&fig, &out.unwrap_or_else(|| prefix_beside(&ds_tsv, "volcano")))
         }
         PlotKind::Embedding { latent_h5ad, color_by, obsm, out } => {

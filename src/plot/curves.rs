@@ -77,7 +77,7 @@ impl Curves {
         let path = dir.join("metrics.tsv");
         let (header, rows) = read_tsv(&path)?;
         let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| dir.display().to_string());
-        Curves::from_table(&header, &rows, &format!("Training curves: {name} ({} epochs)", rows.len()))
+        Curves::from_table(&header, &rows, &format!("Training curves: {name} ({} epochs)", rows.len())).map_err(|e| super::in_file(&path, e))
     }
 
     fn grid(&self) -> (usize, usize) {

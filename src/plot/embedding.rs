@@ -175,7 +175,7 @@ impl Embedding {
                 bail!("{}: no dense obsm/{obsm} (obsm has: {})", path.display(), keys.join(", "))
             }
         };
-        let obs = read_frame(&f, "obs")?;
+        let obs = read_frame(&f, "obs").map_err(|e| super::in_file(path, e))?;
         let (colouring, label) = match colour_by.map(str::to_string).or_else(|| default_colour_column(&obs.columns)) {
             Some(c) => match obs.column(&c) {
                 Some(col) => (Colouring::from_obs(col), c),
@@ -184,7 +184,7 @@ impl Embedding {
             None => (Colouring::None, String::new()),
         };
         let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        Embedding::pca_of(&x.0, x.1, colouring, &label, &format!("{name} obsm[{obsm}]"))
+        Embedding::pca_of(&x.0, x.1, colouring, &label, &format!("{name} obsm[{obsm}]")).map_err(|e| super::in_file(path, anyhow::anyhow!("obsm/{obsm}: {e:#}")))
     }
 }
 

@@ -76,7 +76,7 @@ impl ImputeScatter {
 
     pub fn from_file(path: &Path) -> Result<ImputeScatter> {
         let (header, rows) = read_tsv(path)?;
-        ImputeScatter::from_table(&header, &rows, &format!("Imputation of dropped entries ({} entries): true vs predicted PSI", rows.len()))
+        ImputeScatter::from_table(&header, &rows, &format!("Imputation of dropped entries ({} entries): true vs predicted PSI", rows.len())).map_err(|e| super::in_file(path, e))
     }
 
     fn max_log_count(&self) -> f64 {

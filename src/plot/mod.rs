@@ -264,6 +264,18 @@ pub(crate) fn tick(v: f64, dec: usize) -> String {
     }
 }
 
+/// An input error of a picture, naming its file (once: an error that already starts with the path is
+/// left as it is).
+pub(crate) fn in_file(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    let p = path.display().to_string();
+    let text = format!("{e:#}");
+    if text.starts_with(&p) {
+        e
+    } else {
+        anyhow!("{p}: {text}")
+    }
+}
+
 /// Split a TSV text into its header and rows (blank lines skipped).
 pub(crate) fn read_tsv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
     use anyhow::Context;

@@ -80,7 +80,7 @@ impl Volcano {
     pub fn from_file(path: &Path, fdr: Option<f64>) -> Result<Volcano> {
         let (header, rows) = read_tsv(path)?;
         let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let mut v = Volcano::from_table(&header, &rows, fdr, &format!("Differential splicing: {name}"))?;
+        let mut v = Volcano::from_table(&header, &rows, fdr, &format!("Differential splicing: {name}")).map_err(|e| super::in_file(path, e))?;
         if v.panels.len() > MAX_PANELS {
             eprintln!("volcano: drawing the first {MAX_PANELS} of {} comparisons", v.panels.len());
             v.panels.truncate(MAX_PANELS);
