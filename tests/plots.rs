@@ -446,3 +446,40 @@ fn plot_input_errors_name_the_file() {
         assert!(e.contains(&format!("error: {}: {needle}", p.display())), "{name}: {e}");
     }
 }
+
+/// The x tick labels of a curves picture (centred numbers below the axis), left to right.
+fn x_tick_labels(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter(|t| t.contains("text-anchor=\"middle\"") && t.contains("dy=\"0.76em\""))
+        .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string()))
+        .filter(|t| t.parse::<f64>().is_ok())
+        .collect()
+}
+
+/// The epoch axis has whole-epoch ticks, each once: with ≤ 4 epochs it read "1 2 2 2 3" (ticks every
+/// half epoch, rounded) and with one "1 1 1 1 1"; the title counts "1 epoch".
+#[test]
+fn curves_epoch_ticks_are_whole_and_distinct() {
+    let dir = tempfile::tempdir().unwrap();
+    for epochs in [1usize, 2, 3, 4, 5, 8, 9, 12, 40, 800] {
+        let header = vec!["epoch".to_string(), "train_loss".to_string()];
+        let rows: Vec<Vec<String>> = (0..epochs).map(|e| vec![e.to_string(), (500.0 - e as f64 * 0.1).to_string()]).collect();
+        let c = Curves::from_table(&header, &rows, "ticks").unwrap();
+        let (_, svg) = saved(&c, dir.path(), &format!("e{epochs}"), "ticks");
+        let labels = x_tick_labels(&svg);
+        let values: Vec<f64> = labels.iter().map(|l| l.parse().unwrap()).collect();
+        assert!(!values.is_empty(), "{epochs} epochs: no tick labels");
+        assert!(values.iter().all(|v| v.fract() == 0.0 && *v >= 1.0 && *v <= epochs as f64), "{epochs} epochs: {labels:?}");
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{epochs} epochs: repeated or unordered ticks {labels:?}");
+        if epochs <= 8 {
+            assert_eq!(values, (1..=epochs).map(|e| e as f64).collect::<Vec<_>>(), "{epochs} epochs");
+        }
+    }
+    let run = dir.path().join("one");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(run.join("metrics.tsv"), "epoch\ttrain_loss\n0\t5.0\n").unwrap();
+    assert_eq!(Curves::from_run_dir(&run).unwrap().title, "Training curves: one (1 epoch)");
+    std::fs::write(run.join("metrics.tsv"), "epoch\ttrain_loss\n0\t5.0\n1\t4.0\n").unwrap();
+    assert_eq!(Curves::from_run_dir(&run).unwrap().title, "Training curves: one (2 epochs)");
+}

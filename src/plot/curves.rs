@@ -77,7 +77,8 @@ impl Curves {
         let path = dir.join("metrics.tsv");
         let (header, rows) = read_tsv(&path)?;
         let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| dir.display().to_string());
-        Curves::from_table(&header, &rows, &format!("Training curves: {name} ({} epochs)", rows.len())).map_err(|e| super::in_file(&path, e))
+        let n = rows.len();
+        Curves::from_table(&header, &rows, &format!("Training curves: {name} ({n} epoch{})", if n == 1 { "" } else { "s" })).map_err(|e| super::in_file(&path, e))
     }
 
     fn grid(&self) -> (usize, usize) {
@@ -114,6 +115,9 @@ impl Figure for Curves {
             let xs = p.series.iter().flat_map(|(_, s)| s.iter().map(|&(x, _)| x));
             let (x0, x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
             let (x0, x1) = if x1 - x0 < 1.0 { (x0 - 0.5, x1 + 0.5) } else { (x0, x1) };
+            // At most one label per whole epoch in the range: plotters then takes a step of 1, 2, 5, 10, …
+            // epochs (8 labels over 1–4 epochs gave a step of 0.5, printed "1 2 2 2 3").
+            let x_labels = ((x1.floor() - x0.ceil()) as usize + 1).min(8);
             let (y0, y1) = padded_range(p.series.iter().flat_map(|(_, s)| s.iter().map(|&(_, y)| y)), 0.05);
             let mut chart = ChartBuilder::on(area)
                 .caption(pretty(&p.term), ("sans-serif", 17))
@@ -126,7 +130,7 @@ impl Figure for Curves {
             chart
                 .configure_mesh()
                 .x_desc("epoch")
-                .x_labels(8)
+                .x_labels(x_labels)
                 .y_labels(6)
                 .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_label_formatter(&|y| if y.abs() >= 1e5 || (y.abs() < 1e-3 && *y != 0.0) { short(*y) } else { super::tick(*y, super::tick_decimals(y1 - y0)) })
