@@ -309,25 +309,31 @@ mod tests {
         assert!(Cli::try_parse_from(["splicevi", "plot", "volcano", "ds.tsv", "--fdr", "-1"]).is_ok());
     }
 
-    /// `--help` of every command describes every argument and flag (a flag without a line was how
-    /// `embed --modality` shipped).
+    /// `--help` of every command and subcommand (`plot curves` too) describes every argument and flag
+    /// (a flag without a line was how `embed --modality` shipped, and `plot`'s inputs had none).
     #[test]
     fn every_argument_of_every_command_has_help() {
         use clap::CommandFactory;
-        let mut missing = Vec::new();
-        let mut cli = Cli::command();
-        cli.build();
-        for sub in cli.get_subcommands() {
-            for arg in sub.get_arguments() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
                 let id = arg.get_id().as_str();
                 if id == "help" || id == "version" {
                     continue;
                 }
                 let text = arg.get_long_help().or(arg.get_help()).map(|h| h.to_string()).unwrap_or_default();
                 if text.trim().is_empty() {
-                    missing.push(format!("{} {id}", sub.get_name()));
+                    missing.push(format!("{path} {id}"));
                 }
             }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, sub.get_name(), &mut missing);
         }
         assert!(missing.is_empty(), "arguments without a help line: {missing:?}");
     }

@@ -17,6 +17,7 @@ pub enum PlotKind {
     /// Training curves: one panel per loss term of RUN_DIR/metrics.tsv, train vs validation per epoch.
     #[command(allow_negative_numbers = true)]
     Curves {
+        /// Run directory written by `splicevi train` (its metrics.tsv is read).
         run_dir: PathBuf,
         /// Output prefix (default: RUN_DIR/curves).
         #[arg(long)]
@@ -26,14 +27,17 @@ pub enum PlotKind {
     /// pairs TSV `splicevi evaluate` writes (OUT.pairs.tsv).
     #[command(allow_negative_numbers = true)]
     Impute {
+        /// Pairs TSV written by `splicevi evaluate --out E.tsv` (E.pairs.tsv).
         pairs: PathBuf,
-        /// Output prefix (default: PAIRS without .tsv, then .impute).
+        /// Output prefix (default: PAIRS without .pairs.tsv, then .impute: E.pairs.tsv → E.impute, as
+        /// evaluate draws it; another name without its extension: P.tsv → P.impute).
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Volcano plot of a diff-splicing TSV: ΔPSI vs log10 Bayes factor, FDR calls highlighted.
     #[command(allow_negative_numbers = true)]
     Volcano {
+        /// Differential splicing TSV written by `splicevi diff-splicing`.
         ds_tsv: PathBuf,
         /// Call hits from proba_ds at this posterior-expected FDR, in [0, 1] as diff-splicing's --fdr
         /// (default: the table's is_ds_fdr).
@@ -46,6 +50,7 @@ pub enum PlotKind {
     /// 2-D embedding (PCA) of a latent .h5ad (as `splicevi embed` writes) coloured by an obs column.
     #[command(allow_negative_numbers = true)]
     Embedding {
+        /// Latent .h5ad written by `splicevi embed` (or any .h5ad with the latent in obsm).
         latent_h5ad: PathBuf,
         /// obs column to colour by (default: cell_type if present, else the first categorical column).
         #[arg(long)]
@@ -68,10 +73,7 @@ fn written<F: Figure>(fig: &F, prefix: &Path) -> Result<()> {
 pub fn run(args: PlotArgs) -> Result<()> {
     match args.kind {
         PlotKind::Curves { run_dir, out } => written(&Curves::from_run_dir(&run_dir)?, &out.unwrap_or_else(|| run_dir.join("curves"))),
-        PlotKind::Impute { pairs, out } => {
-            let default = prefix_beside(&strip(&pairs, ".pairs.tsv"), "impute");
-            written(&ImputeScatter::from_file(&pairs)?, &out.unwrap_or(default))
-        }
+        PlotKind::Impute { pairs, out } => written(&ImputeScatter::from_file(&pairs)?, &out.unwrap_or_else(|| impute_prefix(&pairs))),
         PlotKind::Volcano { ds_tsv, fdr, out } => {
             if let Some(f) = fdr {
                 // (the range of diff-splicing's --fdr: 1 calls every junction, 0 those with P = 1)
@@ -87,13 +89,15 @@ pub fn run(args: PlotArgs) -> Result<()> {
     }
 }
 
-/// `eval.pairs.tsv` → `eval.tsv`-like stem handling: drop a known suffix so the picture is `eval.impute.png`.
-fn strip(p: &Path, suffix: &str) -> PathBuf {
-    let s = p.to_string_lossy();
-    match s.strip_suffix(suffix) {
+/// `plot impute`'s default prefix, where `evaluate --out E.tsv` draws it: E.pairs.tsv → E.impute (another
+/// PAIRS loses its extension: P.tsv → P.impute).
+fn impute_prefix(pairs: &Path) -> PathBuf {
+    let s = pairs.to_string_lossy();
+    let stem = match s.strip_suffix(".pairs.tsv") {
         Some(base) => PathBuf::from(format!("{base}.tsv")),
-        None => p.to_path_buf(),
-    }
+        None => pairs.to_path_buf(),
+    };
+    prefix_beside(&stem, "impute")
 }
 
 /// Checks the two files of a picture a command draws beside its output (`PREFIX.png`, `PREFIX.svg`) as
@@ -111,5 +115,25 @@ pub fn auto<F: Figure>(what: &str, fig: Result<F>, prefix: &Path) {
     match fig.and_then(|f| save(&f, prefix)) {
         Ok([p, s]) => eprintln!("wrote {} and {}", p.display(), s.display()),
         Err(e) => eprintln!("warning: the {what} plot was not drawn: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `plot impute`'s default prefix is the one evaluate draws beside its output, and --out's help
+    /// says so (it said "PAIRS without .tsv", which would be E.pairs.impute).
+    #[test]
+    fn impute_prefix_matches_its_help() {
+        use clap::CommandFactory;
+        assert_eq!(impute_prefix(Path::new("d/E.pairs.tsv")), Path::new("d/E.impute"));
+        assert_eq!(impute_prefix(Path::new("E.pairs.tsv")), crate::plot::prefix_beside(Path::new("E.tsv"), "impute"));
+        assert_eq!(impute_prefix(Path::new("P.tsv")), Path::new("P.impute"));
+        let cli = crate::cmd::Cli::command();
+        let plot = cli.find_subcommand("plot").unwrap();
+        let out = plot.find_subcommand("impute").unwrap().get_arguments().find(|a| a.get_id() == "out").unwrap();
+        let help = out.get_help().unwrap().to_string();
+        assert!(help.contains("E.pairs.tsv → E.impute") && help.contains("P.tsv → P.impute"), "{help}");
     }
 }
