@@ -84,7 +84,7 @@ fn bad_options_fail_before_any_work() {
         assert!(!run.join("model.safetensors").exists(), "{flags:?} wrote a checkpoint");
     }
     // `auto` runs on the CPU and says why in one line.
-    let text = ok(bin().arg("--device").arg("auto").arg("check-fixture").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/default-model")));
+    let text = ok(bin().arg("--device").arg("auto").arg("check-fixture").arg(fixtures_dir().join("default-model")));
     assert!(text.contains("device: cpu"), "{text}");
     // A config file with a misspelt option names the file and the key.
     let cfg = tmp.path().join("c.toml");
