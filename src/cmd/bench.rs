@@ -473,7 +473,7 @@ mod tests {
     use crate::cuda::gemm::GemmPrecision;
     use crate::cuda::step::SplicingDecode;
 
-    /// Two cells over three junctions: ψ = 0 pairs share one input whatever their junction; equal
+    /// Three cells over three junctions: ψ = 0 pairs share one input whatever their junction; equal
     /// non-zero ψ share one per junction.
     #[test]
     fn distinct_partial_inputs_counts_the_cpu_groups() {
