@@ -183,7 +183,7 @@ impl<'a> Posterior<'a> {
     /// and `opts.n_samples` posterior samples.
     pub fn decode(&self, cells: &[usize], opts: &DecodeOptions, psi_fn: Option<SplicingFn>, expr: bool) -> Result<Decoded> {
         if psi_fn == Some(SplicingFn::DmPosterior) {
-            self.ds.require_splicing_counts("the DM posterior mean (c·p + k)/(c + n)", "use --method decoder")?;
+            require_counts_for_dm_posterior(self.ds)?;
         }
         if psi_fn == Some(SplicingFn::DmPosterior) && self.conc.is_empty() {
             bail!(
@@ -328,6 +328,12 @@ impl OpenRun {
         post.cell_rows = self.cell_rows.clone();
         Ok(post)
     }
+}
+
+/// `--method dm-posterior` reads the cells' counts: refused on PSI-only data (the commands check it
+/// before any work; `Posterior::decode` again, for callers that do not).
+pub fn require_counts_for_dm_posterior(ds: &Dataset) -> Result<()> {
+    ds.require_splicing_counts("--method dm-posterior (the DM posterior mean (c·p + k)/(c + n), the default)", "use --method decoder")
 }
 
 /// `cell` modality weights (§14.2): the row of the run's per-cell weight table that each cell of `ds`

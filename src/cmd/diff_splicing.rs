@@ -130,7 +130,7 @@ pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: cr
     }
     let o = open_run(&args.run_dir, &args.data)?;
     if args.method == SplicingFn::DmPosterior {
-        o.ds.require_splicing_counts("--method dm-posterior (the DM posterior mean (c·p + k)/(c + n), the default)", "use --method decoder")?;
+        crate::analysis::posterior::require_counts_for_dm_posterior(&o.ds)?;
     }
     let base = crate::train::presets::ds_defaults(&o.run.preset);
     let mut opts = args.groups.change_options(args.delta, &o.run.batch_levels, &base)?;

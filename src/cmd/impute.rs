@@ -59,7 +59,7 @@ pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::c
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
     if args.method == SplicingFn::DmPosterior {
-        o.ds.require_splicing_counts("--method dm-posterior (the DM posterior mean (c·p + k)/(c + n), the default)", "use --method decoder")?;
+        crate::analysis::posterior::require_counts_for_dm_posterior(&o.ds)?;
     }
     let transform_batch = batch_codes(&o.run.batch_levels, &args.transform_batch)?;
     let junctions = match &args.junctions {
