@@ -56,6 +56,7 @@
 #define PART_SMEM(name) unsigned char* name = emu::dynamic_smem.data()
 #endif
 #include "block_scan.cuh"
+#include "partial_common.cuh"
 #include "chunks.cuh"
 #include "mma.cuh"
 
@@ -80,10 +81,7 @@
 #define PART_KW_MAX (PART_HMAX / 64)  // u64 dropout keep words per pair
 #define OPL_MAX (PART_DMAX / 32)
 #define PART_NORM_EPS 1e-8f
-#define PART_LN_EPS 1e-5
-#define POOL_SUM 0
-#define POOL_MEAN 1
-#define POOL_FIXED 2
+// (PART_LN_EPS and POOL_SUM / POOL_MEAN / POOL_FIXED: kernels/partial_common.cuh)
 #define DROP_NONE 0
 #define DROP_STORE 1
 #define DROP_LOAD 2
@@ -101,53 +99,10 @@ __host__ __device__ inline size_t partial_smem_per_warp(int Hh, int D, int bwd) 
 
 namespace {
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 // Sum over the W lanes of one pass pair (W a power of two ≤ 32).
 __device__ __forceinline__ float seg_sum(float v, int W) {
     for (int o = W >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
-}
-
-// model::rng::mix64 / DropStream::keep
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-// Dropout decisions: unit index idx = p·hh_pad + k of pair p (hh_pad % 4 == 0) is kept when bits
-// 16·(idx & 3) .. +15 of mix64(key ^ (idx >> 2)·0x9E3779B97F4A7C15) are ≥ threshold (the CPU twin's
-// scheme). One hash holds four units' decisions, so for the units k = lane + 32 i of one pair lane l
-// hashes the pair's 4-unit groups l and l + 32 (where Hh > 128), and the lanes that hold a group's
-// units read its hash by shuffle: one mix64 per lane per pair instead of one per unit (which dominated
-// the forward's instructions in training). keep_groups once per pair, then keep_of for each i, by every
-// lane of the warp (convergent).
-struct KeepGroups {
-    uint64_t h0, h1;
-};
-__device__ __forceinline__ KeepGroups keep_groups(uint64_t key, long long p, int hh_pad, unsigned lane) {
-    const int n4 = hh_pad >> 2;
-    const uint64_t base = (uint64_t)p * (uint64_t)n4;
-    KeepGroups kg;
-    kg.h0 = (int)lane < n4 ? mix64(key ^ ((base + lane) * 0x9E3779B97F4A7C15ull)) : 0ull;
-    kg.h1 = (int)lane + 32 < n4 ? mix64(key ^ ((base + lane + 32) * 0x9E3779B97F4A7C15ull)) : 0ull;
-    return kg;
-}
-__device__ __forceinline__ bool keep_of(const KeepGroups& kg, uint32_t threshold, unsigned lane, int i, int hpl) {
-    const int src = (int)(lane >> 2) + 8 * i;  // the group of unit lane + 32 i
-    uint64_t h = __shfl_sync(0xffffffffu, kg.h0, src & 31);
-    if (hpl > 4) {
-        const uint64_t h1 = __shfl_sync(0xffffffffu, kg.h1, src & 31);
-        if (src >= 32) h = h1;
-    }
-    return (uint32_t)((h >> (16 * (lane & 3))) & 0xFFFF) >= threshold;
 }
 
 // The sum over a quad of lanes (4q .. 4q + 3: one fragment row of an mma tile), in a fixed order.
@@ -222,15 +177,6 @@ struct Net {
     uint32_t threshold;
     float scale;  // 1 / (1 − p) when dropout acts, else 1
 };
-
-// A pair's folded first LayerNorm (`Fold`): β = 1 / √(ψ²·s_uu,j + 2ψ·s_ub,j + s_bb + ε), α = ψ·β.
-__device__ __forceinline__ void fold_ab(double psi, int j, const double* suu, const double* sub, const double* sbb,
-                                        double& alpha, double& beta) {
-    double var = psi * psi * suu[j] + 2.0 * psi * sub[j] + sbb[0];
-    var = var > 0.0 ? var : 0.0;
-    beta = 1.0 / sqrt(var + PART_LN_EPS);
-    alpha = psi * beta;
-}
 
 // Per-lane state of one pass after the forward: xhat, a2 of the second LayerNorm, its 1/std.
 struct PassAct {
@@ -457,12 +403,6 @@ __device__ void write_slot(const Geo& g, const WarpSmem& s, unsigned lane, Acc& 
         slot_d[0] = acc.e1;
         slot_d[1] = acc.e3;
     }
-}
-
-__device__ __forceinline__ float pool_den(int mode, int n_obs, float divisor) {
-    if (mode == POOL_MEAN) return (float)(n_obs > 1 ? n_obs : 1);
-    if (mode == POOL_FIXED) return divisor > 1e-6f ? divisor : 1e-6f;
-    return 1.0f;
 }
 
 __device__ __forceinline__ Net make_net(int Hh, int D, const float* ug, const float* bg, const float* be1,
@@ -1743,11 +1683,12 @@ partial_slot_sums(const float* __restrict__ slots, const double* __restrict__ sl
 // adding into the gradient buffers (each may be null: frozen). The sums over junctions come from
 // jgroups (n_jgroups × 3Hh: partial_group_sums of partial_unfold_du's chunks), those over the slots from
 // slot_part (n_slot_groups × (S + 2): partial_slot_sums), each added group by group in order, in f64;
-// W₀[:,1:]'s is w0_prod (Hh × D, the GEMM duᵀ·F̂).
+// W₀[:,1:]'s is w0_prod (Hh × D, the GEMM duᵀ·F̂); w4_prod (D × Hh, or null) is added to W₄'s (the
+// grouped kernels' GEMM Sᵀ·A over the groups, kernels/partial_grouped.cu).
 extern "C" __global__ void __launch_bounds__(PART_THREADS)
 partial_bwd_params(const float* __restrict__ bt, const float* __restrict__ g1, const double* __restrict__ slot_part,
                    int n_slot_groups, const double* __restrict__ jgroups, int n_jgroups,
-                   const float* __restrict__ w0_prod, int Hh, int D,
+                   const float* __restrict__ w0_prod, const float* __restrict__ w4_prod, int Hh, int D,
                    float* __restrict__ g_w0, float* __restrict__ g_b0,
                    float* __restrict__ g_g1, float* __restrict__ g_be1, float* __restrict__ g_w4,
                    float* __restrict__ g_b4, float* __restrict__ g_g5, float* __restrict__ g_be5) {
@@ -1800,7 +1741,7 @@ partial_bwd_params(const float* __restrict__ bt, const float* __restrict__ g1, c
     }
     y -= Hh;
     if (y < HD) {
-        if (g_w4) g_w4[y] += (float)v;
+        if (g_w4) g_w4[y] += (float)(w4_prod ? v + (double)w4_prod[y] : v);
         return;
     }
     y -= HD;

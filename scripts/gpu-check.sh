@@ -155,9 +155,9 @@ if want paper && [ -n "${BENCH_PAPER-1}" ]; then
   # seconds to simulate and upload instead of a minute, within a 15-minute device lease.
   t_save="$T"; T="${PAPER_TIMEOUT:-300}"
   cuda_step "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --variants bf16:auto,bf16:sparse,f32:auto --sim-cells 6400 --steps 12 --max-seconds 10 --profile-steps 2
-  # partial_pair_bwd_tc with one warp per block (its d W₄ accumulator per warp, as before the blocks
-  # shared it): the same bf16 step, for the difference the shared accumulator makes on this GPU.
-  cuda_step env SPLICEVI_TC_BWD_WARPS=1 "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --variants bf16:auto --sim-cells 6400 --steps 12 --max-seconds 10 --profile-steps 2
+  # The partial encoder's per-pair kernels (the tensor-core ones in bf16) instead of the grouped ones
+  # (the default): the same bf16 step, for the difference grouping makes on this GPU.
+  cuda_step env SPLICEVI_PARTIAL_KERNELS=pairs "$HERE/bin/splicevi" bench --device cuda --size paper --preset paper --variants bf16:auto --sim-cells 6400 --steps 12 --max-seconds 10 --profile-steps 2
   T="$t_save"
 fi
 # The training step end to end: two epochs of `train --device cuda` (default and robust presets) on the
@@ -197,7 +197,7 @@ if want ncu; then
     echo "=== (ncu not found: the ncu phase did not run)" | tee -a "$LOG"
   else
     cuda_step "$ncu_bin" --clock-control none --launch-skip 10 --launch-count 10 \
-      -k 'regex:partial_pair_bwd|partial_pool_fwd|splicing_lik|expr_lik|adamw_step|partial_unfold|partial_slot_sums|glue_scatter' \
+      -k 'regex:pgrp_|partial_pair_bwd|partial_pool_fwd|splicing_lik|expr_lik|adamw_step|partial_unfold|partial_slot_sums|glue_scatter' \
       --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats \
       "$HERE/bin/splicevi" bench --device cuda --precision bf16 --size paper --sim-cells 2560 --preset paper --steps 3 --max-seconds 5
   fi

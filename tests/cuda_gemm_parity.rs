@@ -59,3 +59,47 @@ fn device_gemm_matches_host_product_on(dev: &CudaDevice) {
         }
     }
 }
+
+/// The TF32 product (`gemm_tf32`, the grouped partial encoder's in bf16): with operands already on the
+/// TF32 grid (10 mantissa bits, so every rounding mode leaves them as they are) it must meet the f32
+/// tolerance above; with operands off the grid it must differ from the f32 product (the rounding
+/// happened) and stay within 2⁻¹⁰·Σₖ|aᵢₖ·bₖⱼ| of the exact one.
+#[test]
+fn device_gemm_tf32_matches_host_product() {
+    use splicevi::cuda::gemm::round_tf32;
+    for dev in emu::devices("TF32 GEMM vs host product") {
+        let g = CudaGemm::new(&dev).expect("cuBLAS handle");
+        let mut r = ChaCha8Rng::seed_from_u64(6);
+        for on_grid in [true, false] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (m, n, k) = (37, 23, 19);
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                let mut a: Vec<f32> = (0..ar * ac).map(|_| r.gen_range(-2.0..2.0f32)).collect();
+                let mut b: Vec<f32> = (0..br * bc).map(|_| r.gen_range(-2.0..2.0f32)).collect();
+                if on_grid {
+                    a.iter_mut().for_each(|v| *v = round_tf32(*v));
+                    b.iter_mut().for_each(|v| *v = round_tf32(*v));
+                }
+                let got = g.run_host_tf32(&a, ar, ac, ta, &b, br, bc, tb).unwrap();
+                let f32_run = g.run_host(GemmPrecision::F32, &a, ar, ac, ta, &b, br, bc, tb).unwrap();
+                let tol = if on_grid { 1e-5 } else { 2f64.powi(-10) };
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut s, mut mag) = (0.0f64, 0.0f64);
+                        for kk in 0..k {
+                            let p = at(&a, ac, ta, i, kk) * at(&b, bc, tb, kk, j);
+                            s += p;
+                            mag += p.abs();
+                        }
+                        let v = got[i * n + j] as f64;
+                        assert!(v.is_finite() && (v - s).abs() <= tol * mag + 1e-30, "TF32 (on the grid: {on_grid}) ta {ta} tb {tb}: C[{i}][{j}] = {v:e}, host {s:e}");
+                    }
+                }
+                if !on_grid {
+                    assert!(got != f32_run, "TF32 ta {ta} tb {tb}: the product equals the f32 one bit for bit");
+                }
+            }
+        }
+    }
+}

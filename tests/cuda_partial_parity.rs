@@ -26,7 +26,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
-use splicevi::cuda::partial::{bwd_warps, bwd_warps_per_block, junction_major, smem_per_warp, PartialShape};
+use splicevi::cuda::partial::{bwd_warps, bwd_warps_per_block, junction_major, smem_per_warp, PartialKernels, PartialShape};
 use splicevi::cuda::{CudaDevice, CudaPartial};
 use splicevi::model::arch::{PartialEncP, SplEncP};
 use splicevi::model::ops::Mode;
@@ -262,7 +262,7 @@ int main(int argc, char** argv) {
     });
     const long long total = 4LL * Hh + 2LL * Hh * D + 3LL * D;
     emu::launch((unsigned)((total + PART_THREADS - 1) / PART_THREADS), PART_THREADS, 0, [&] {
-        partial_bwd_params(bt.data(), g1.data(), slot_part.data(), n_sg, jgroups.data(), n_jg, w0_prod.data(), Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
+        partial_bwd_params(bt.data(), g1.data(), slot_part.data(), n_sg, jgroups.data(), n_jg, w0_prod.data(), nullptr, Hh, D, g_w0.data(), g_b0.data(), g_g1.data(), g_be1.data(), g_w4.data(), g_b4.data(), g_g5.data(), g_be5.data());
     });
     wr(d, "pool", pool); wr(d, "h0", h0); wr(d, "keep", dropout ? keep : std::vector<unsigned long long>());
     wr(d, "emb", g_emb); wr(d, "w0", g_w0); wr(d, "b0", g_b0); wr(d, "g1", g_g1); wr(d, "be1", g_be1);
@@ -349,9 +349,92 @@ fn device_partial_matches_twin() {
 fn device_partial_matches_twin_on(dev: &CudaDevice) {
     let kern = CudaPartial::new(&dev).unwrap();
     for c in cases() {
-        let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool, false).unwrap();
+        let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool, PartialKernels::Pairs).unwrap();
         compare(&c, &got.pool, &got.keep, got.h0.as_deref(), &got.grads);
     }
+}
+
+/// The grouped kernels (kernels/partial_grouped.cu) against the twin, which groups the same way, at
+/// the f32 tolerance: every case above, and two with few distinct inputs (ψ in tenths), so that groups
+/// hold many pairs, with junctions of more than 32 and 64 pairs (the leader search's and the id
+/// assignment's 32-position rounds), dropout on (the dropped units' corrections, group 0's partials
+/// over the backward's warps) and off. The group count must be the twin's. Then each case again with
+/// the GEMMs in TF32, at a tolerance for 10-bit operands.
+#[test]
+fn device_partial_grouped_matches_twin() {
+    for dev in emu::devices("grouped partial-encoder kernels vs model::partial") {
+        let kern = CudaPartial::new(&dev).unwrap();
+        let mut list = cases();
+        list.push(tenths_case(21, 9, 150, 32, 16, PoolMode::Mean, false, true));
+        list.push(tenths_case(22, 6, 90, 24, 8, PoolMode::Sum, true, false));
+        for c in &list {
+            let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool, PartialKernels::Grouped).unwrap();
+            compare(c, &got.pool, &got.keep, got.h0.as_deref(), &got.grads);
+            // the grouping itself: as many groups as the twin's (both count the input-0 group always)
+            let twin_groups = partial::partial_forward(c.pe(), &c.p, &c.spl, c.mode).groups.table.len();
+            assert_eq!(got.n_groups, twin_groups, "{}: groups", c.name);
+            if c.name.contains("tenths") {
+                assert!(twin_groups <= 1 + 11 * c.spl.n_junctions && c.spl.nnz() > 4 * twin_groups, "{}: {twin_groups} groups for {} pairs", c.name, c.spl.nnz());
+            }
+            // The same with the three GEMMs in TF32 (`--precision bf16`): operands rounded to 10
+            // mantissa bits (2⁻¹¹ relative). The pool within 1e-2 of the codes' scale; the gradients at
+            // the per-pair tensor-core kernels' tolerance (bf16 operands, coarser than TF32's): all
+            // together within 3e-2 of the twin's norm, each within 6e-2 (a pair whose ReLU flips under
+            // the rounding moves its whole share; d emb reaches 2.7e-2 in the 70 × 5 case); the keep
+            // bits exactly; and not the f32 run's bits.
+            let tf = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool, PartialKernels::GroupedTensorCores).unwrap();
+            let want = twin(c);
+            let scale = want.pool.iter().fold(1.0f64, |a, &v| a.max((v as f64).abs()));
+            for (k, (&g, &w)) in tf.pool.iter().zip(&want.pool).enumerate() {
+                assert!(g.is_finite() && (g as f64 - w as f64).abs() <= 1e-2 * scale, "{}: TF32 pool[{k}] = {g:e}, twin {w:e}", c.name);
+            }
+            assert_eq!(tf.keep, want.keep, "{}: TF32 keep bits", c.name);
+            let (mut whole, mut worst) = ((0.0f64, 0.0f64), (0.0f64, ""));
+            for (k, name) in PARAM_NAMES.iter().enumerate() {
+                let (g, w) = (&tf.grads[k], &want.grads[k]);
+                let d = g.iter().zip(w).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+                let n = w.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt();
+                assert!(g.iter().all(|v| v.is_finite()) && d <= 6e-2 * n.max(1e-3), "{}: TF32 d {name}: ‖Δ‖ = {d:e}, ‖twin‖ = {n:e}", c.name);
+                whole = (whole.0 + d * d, whole.1 + n * n);
+                if d / n.max(1e-3) > worst.0 {
+                    worst = (d / n.max(1e-3), name);
+                }
+            }
+            let rel = (whole.0 / whole.1.max(1e-30)).sqrt();
+            assert!(rel <= 3e-2, "{}: TF32 gradients ‖Δ‖ / ‖twin‖ = {rel:e}", c.name);
+            println!("{}: TF32 gradients {rel:.2e} of the twin's norm, worst d {} {:.2e}", c.name, worst.1, worst.0);
+            // (with one code unit the LayerNorm's output is 0 whatever the product gave)
+            if c.pe().code_dim > 1 {
+                assert!(tf.grads.iter().zip(&got.grads).any(|(a, b)| a != b), "{}: the TF32 run gave the f32 run's gradients bit for bit", c.name);
+            }
+        }
+    }
+}
+
+/// [`case`] with every ψ a multiple of 0.1 (and 0 and 1), in `b` cells over `j` junctions observed with
+/// probability 0.6: about 0.6·b pairs per junction, over at most 11 distinct inputs.
+#[allow(clippy::too_many_arguments)]
+fn tenths_case(seed: u64, j: usize, b: usize, hh: usize, d: usize, pool: PoolMode, center: bool, training: bool) -> Case {
+    let mut c = case(seed, j, b, hh, d, pool, center, training);
+    let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut spl = SplBatch { n_junctions: j, indptr: vec![0], ..Default::default() };
+    for _ in 0..b {
+        for jj in 0..j {
+            if r.gen_bool(0.6) {
+                let psi = r.gen_range(0..=10) as f32 / 10.0;
+                spl.junction.push(jj as u32);
+                spl.psi.push(psi);
+                spl.k.push(psi * 10.0);
+                spl.n.push(10.0);
+            }
+        }
+        spl.indptr.push(spl.junction.len());
+    }
+    let most = (0..j).map(|jj| spl.junction.iter().filter(|&&x| x as usize == jj).count()).max().unwrap();
+    assert!(most > 64 || b < 100, "{}: at most {most} pairs per junction", c.name);
+    c.spl = spl;
+    c.name = format!("{} (ψ in tenths)", c.name);
+    c
 }
 
 /// The tensor-core kernels of --precision bf16 against the f32 twin: `partial_pool_fwd_tc` (the
@@ -376,7 +459,7 @@ fn device_partial_tensor_cores_match_twin() {
             if !splicevi::cuda::partial::tensor_cores_fit(pe.h_hidden, pe.code_dim) {
                 continue;
             }
-            let got = kern.run_host(pe, &c.p, &c.spl, c.mode, &c.dpool, true).unwrap();
+            let got = kern.run_host(pe, &c.p, &c.spl, c.mode, &c.dpool, PartialKernels::PairsTensorCores).unwrap();
             let want = twin(&c);
             let scale = want.pool.iter().fold(1.0f64, |a, &v| a.max((v as f64).abs()));
             let mut worst = 0.0f64;
@@ -386,7 +469,7 @@ fn device_partial_tensor_cores_match_twin() {
                 worst = worst.max(err / scale);
             }
             // It must be the bf16 kernel that ran: the f32 kernel agrees with the twin to 2e-4.
-            let f32_run = kern.run_host(pe, &c.p, &c.spl, c.mode, &c.dpool, false).unwrap();
+            let f32_run = kern.run_host(pe, &c.p, &c.spl, c.mode, &c.dpool, PartialKernels::Pairs).unwrap();
             assert!(got.pool.iter().zip(&f32_run.pool).any(|(a, b)| a != b), "{}: the tensor-core pool equals the f32 kernel's bit for bit", c.name);
             assert_eq!(got.keep, want.keep, "{}: keep bits", c.name);
             let tc_bwd = splicevi::cuda::partial::tensor_cores_bwd_fit(pe.h_hidden, pe.code_dim);
@@ -445,7 +528,7 @@ fn tensor_core_backward_block_sizes_agree() {
             for w in [1usize, 2, 4] {
                 kern.set_tc_bwd_warps(Some(w));
                 assert_eq!(kern.tc_bwd_warps(pe.h_hidden, pe.code_dim).unwrap(), w);
-                runs.push(kern.run_host(pe, &c.p, &c.spl, c.mode, &c.dpool, true).unwrap());
+                runs.push(kern.run_host(pe, &c.p, &c.spl, c.mode, &c.dpool, PartialKernels::PairsTensorCores).unwrap());
             }
             let w4 = PARAM_NAMES.iter().position(|&n| n == "w4").unwrap();
             for (run, w) in runs.iter().zip([1, 2, 4]).skip(1) {

@@ -6,6 +6,12 @@
 //! checked on the host by tests/cuda_partial_parity.rs (the kernel source compiled against
 //! kernels/host_emu.h); the same test compares them on a GPU where one exists and skips elsewhere.
 //!
+//! Two sets of kernels run the h network ([`PartialKernels`]): once per pair (kernels/partial.cu, on
+//! CUDA cores or, in bf16, on tensor cores), or once per group of pairs with the same input
+//! (kernels/partial_grouped.cu, the CPU twin's own scheme: its products as cuBLAS GEMMs over the
+//! groups, about 18× fewer at the paper size; see that file). The step runs the grouped ones unless
+//! `SPLICEVI_PARTIAL_KERNELS=pairs`.
+//!
 //! The backward walks the pairs junction by junction; [`junction_major`] builds that order on the host
 //! from the cell-major batch (a device-side counting sort belongs with the GPU training step, which
 //! does not exist yet).
@@ -230,6 +236,70 @@ pub struct PartialShape {
     /// forward's where [`tensor_cores_fit`] (`partial_pool_fwd_tc`), the backward's where also
     /// [`tensor_cores_bwd_fit`] (`partial_pair_bwd_tc`; otherwise the f32 `partial_pair_bwd`).
     pub tensor_cores: bool,
+    /// The grouped kernels (kernels/partial_grouped.cu) instead of the per-pair ones; `tensor_cores`
+    /// then runs their three GEMMs in TF32 (f32 operands, 10-bit mantissas) instead of f32.
+    pub grouped: bool,
+}
+
+/// Which kernels run the partial encoder's h network (tests choose; the step takes
+/// [`PartialKernels::for_step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartialKernels {
+    /// Once per observed pair, f32 on CUDA cores (`partial_pool_fwd`, `partial_pair_bwd`).
+    Pairs,
+    /// Once per pair with the h network's products on tensor cores in bf16, where the layers fit
+    /// (`partial_pool_fwd_tc`, `partial_pair_bwd_tc`).
+    PairsTensorCores,
+    /// Once per group of pairs with the same (junction, input) (kernels/partial_grouped.cu), its
+    /// products f32 GEMMs.
+    Grouped,
+    /// The same, its GEMMs on tensor cores in TF32 (`--precision bf16`).
+    GroupedTensorCores,
+}
+
+impl PartialKernels {
+    /// Whether the training step runs the grouped kernels: `SPLICEVI_PARTIAL_KERNELS` is `grouped` (the
+    /// default) or `pairs` (per pair, as before the grouped kernels existed).
+    pub fn grouped_by_default() -> Result<bool> {
+        match std::env::var("SPLICEVI_PARTIAL_KERNELS") {
+            Err(_) => Ok(true),
+            Ok(v) => match v.trim() {
+                "grouped" => Ok(true),
+                "pairs" => Ok(false),
+                _ => anyhow::bail!("SPLICEVI_PARTIAL_KERNELS={v:?}: expected grouped or pairs"),
+            },
+        }
+    }
+
+    /// The step's kernels: grouped when `grouped`, else per pair; on tensor cores in bf16.
+    pub fn for_step(grouped: bool, bf16: bool) -> Self {
+        match (grouped, bf16) {
+            (true, true) => PartialKernels::GroupedTensorCores,
+            (true, false) => PartialKernels::Grouped,
+            (false, true) => PartialKernels::PairsTensorCores,
+            (false, false) => PartialKernels::Pairs,
+        }
+    }
+
+    /// `shape` set up for these kernels (tensor cores only where the layers fit).
+    pub fn apply(self, shape: PartialShape) -> PartialShape {
+        let grouped = matches!(self, PartialKernels::Grouped | PartialKernels::GroupedTensorCores);
+        let tensor_cores = match self {
+            PartialKernels::PairsTensorCores => tensor_cores_fit(shape.hh, shape.d),
+            PartialKernels::GroupedTensorCores => true,
+            _ => false,
+        };
+        PartialShape { tensor_cores, grouped, ..shape }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PartialKernels::Pairs => "per pair (f32)",
+            PartialKernels::PairsTensorCores => "per pair (bf16 tensor cores)",
+            PartialKernels::Grouped => "grouped (f32 GEMMs over the distinct inputs)",
+            PartialKernels::GroupedTensorCores => "grouped (TF32 tensor-core GEMMs over the distinct inputs)",
+        }
+    }
 }
 
 impl PartialShape {
@@ -260,7 +330,13 @@ impl PartialShape {
             center: pe.center.is_some(),
             dropout,
             tensor_cores: false,
+            grouped: false,
         }
+    }
+
+    /// Whether the per-pair tensor-core kernels run (not the grouped ones).
+    fn tc(&self) -> bool {
+        self.tensor_cores && !self.grouped
     }
 
     /// u64 keep words per pair.
@@ -379,9 +455,57 @@ pub struct PartialWork {
     /// [g₁ | b₄ | g₅ | be₅] (Hh + 3D), an aligned copy `partial_fold_norm` writes for the tensor-core
     /// kernels' 8-byte loads ([`PartialWork::tc_net`]).
     pub lnp: DevBuf<f32>,
+    /// The grouped kernels' per-minibatch arrays (one element each for the per-pair kernels): each
+    /// position's group leader (nnz), the junctions' group counts (J) and their prefix (J + 1), the
+    /// group id of each position (junction-major) and of each pair (cell-major), the group count.
+    pub lead: DevBuf<i32>,
+    pub gcount: DevBuf<i32>,
+    pub gptr: DevBuf<i32>,
+    pub gid_at: DevBuf<i32>,
+    pub gid_of_pair: DevBuf<i32>,
+    pub n_groups: DevBuf<i32>,
+    /// Per group, room for [`PartialWork::group_capacity`] groups (grown by the forward when a minibatch
+    /// has more): junction, input, (α, β), a_g (Hh), y_g = W₄·a_g (D), S = Σ d h2 (D), d a_g (Hh).
+    pub g_jn: DevBuf<i32>,
+    pub g_x: DevBuf<f32>,
+    pub g_ab: DevBuf<f64>,
+    pub ga: DevBuf<f32>,
+    pub gy: DevBuf<f32>,
+    pub gs: DevBuf<f32>,
+    pub gda: DevBuf<f32>,
+    /// The backward warps' partial sums for group 0 (n_warps × (D + Hh)), and Sᵀ·A (D × Hh).
+    pub g0part: DevBuf<f32>,
+    pub w4_prod: DevBuf<f32>,
+    /// Groups of the last grouped forward (0 before one ran).
+    pub n_groups_host: usize,
+}
+
+/// [g_jn, g_x, g_ab, [ga, gy, gs, gda]] of [`PartialWork`].
+type GroupBufs = (DevBuf<i32>, DevBuf<f32>, DevBuf<f64>, [DevBuf<f32>; 4]);
+
+/// The group buffers for `g` groups (at least one).
+fn group_bufs(dev: &CudaDevice, g: usize, hh: usize, d: usize) -> Result<GroupBufs> {
+    let g = g.max(1);
+    Ok((dev.zeros(g)?, dev.zeros(g)?, dev.zeros(2 * g)?, [dev.zeros(g * hh)?, dev.zeros(g * d)?, dev.zeros(g * d)?, dev.zeros(g * hh)?]))
 }
 
 impl PartialWork {
+    /// Groups the group buffers hold.
+    pub fn group_capacity(&self) -> usize {
+        self.g_jn.len()
+    }
+
+    /// Makes room for `g` groups (a quarter more, so that a slightly larger minibatch does not
+    /// reallocate again); the old contents are not kept.
+    fn grow_groups(&mut self, dev: &CudaDevice, g: usize, hh: usize, d: usize) -> Result<()> {
+        if g <= self.group_capacity() {
+            return Ok(());
+        }
+        let (jn, x, ab, [a, y, s, da]) = group_bufs(dev, g + g / 4, hh, d)?;
+        (self.g_jn, self.g_x, self.g_ab, self.ga, self.gy, self.gs, self.gda) = (jn, x, ab, a, y, s, da);
+        Ok(())
+    }
+
     /// W₀[:,1:]ᵀ (D × Hh; transposed when `t`: W₀[:,1:]) as a GEMM operand: rows 1..=D of W₀ᵀ, contiguous
     /// and aligned (the caller checks that w0t holds (D + 1) × Hh).
     fn w0_rest(&self, hh: usize, d: usize, t: bool) -> super::gemm::Operand {
@@ -391,13 +515,19 @@ impl PartialWork {
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
         let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh, &self.dps, &self.lnp];
-        let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart, &self.jgroups, &self.slot_part];
-        4 * f32s.iter().map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len() + 4 * self.pass_ptr.len()
+        let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart, &self.jgroups, &self.slot_part, &self.g_ab];
+        let i32s = [&self.pass_ptr, &self.lead, &self.gcount, &self.gptr, &self.gid_at, &self.gid_of_pair, &self.n_groups, &self.g_jn];
+        let group_f32s = [&self.g_x, &self.ga, &self.gy, &self.gs, &self.gda, &self.g0part, &self.w4_prod];
+        4 * f32s.iter().chain(group_f32s.iter()).map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len() + 4 * i32s.iter().map(|b| b.len()).sum::<usize>()
     }
 
     pub fn alloc(dev: &CudaDevice, s: &PartialShape) -> Result<Self> {
         let (j, hh, d) = (s.j, s.hh, s.d);
-        let nslot = bwd_warps(j) + 1;
+        // the backward's warps, then group 0's (grouped kernels), then the reference code's
+        let nslot = bwd_warps(j) + 2;
+        let (nnz1, grouped) = (s.nnz.max(1), s.grouped);
+        let per = |n: usize| if grouped { n } else { 1 };
+        let (g_jn, g_x, g_ab, [ga, gy, gs, gda]) = group_bufs(dev, 0, hh, d)?;
         Ok(PartialWork {
             fhat: dev.zeros(j * d)?,
             fnorm: dev.zeros(j)?,
@@ -425,8 +555,24 @@ impl PartialWork {
             pool_part: dev.zeros(pool_chunks(s.b, s.nnz) * d)?,
             w4frag: dev.zeros(if tensor_cores_fit(hh, d) { w4frag_words(hh, d) } else { 1 })?,
             pass_ptr: dev.zeros(j + 1)?,
-            dps: dev.zeros(if tensor_cores_bwd_fit(hh, d) { s.b * d } else { 1 })?,
+            dps: dev.zeros(if tensor_cores_bwd_fit(hh, d) || grouped { s.b * d } else { 1 })?,
             lnp: dev.zeros(if tensor_cores_fit(hh, d) { hh + 3 * d } else { 1 })?,
+            lead: dev.zeros(per(nnz1))?,
+            gcount: dev.zeros(per(j))?,
+            gptr: dev.zeros(per(j + 1))?,
+            gid_at: dev.zeros(per(nnz1))?,
+            gid_of_pair: dev.zeros(per(nnz1))?,
+            n_groups: dev.zeros(1)?,
+            g_jn,
+            g_x,
+            g_ab,
+            ga,
+            gy,
+            gs,
+            gda,
+            g0part: dev.zeros(per(bwd_warps(j) * (d + hh)))?,
+            w4_prod: dev.zeros(per(d * hh))?,
+            n_groups_host: 0,
         })
     }
 
@@ -464,6 +610,28 @@ pub struct PartialHost {
     pub h0: Option<Vec<f32>>,
     /// Gradients of [emb, W₀, b₀, g₁, be₁, W₄, b₄, g₅, be₅] (model layouts).
     pub grads: [Vec<f32>; 9],
+    /// Groups the grouped kernels formed (0 for the per-pair kernels).
+    pub n_groups: usize,
+}
+
+/// kernels/partial_grouped.cu.
+struct GroupedKernels {
+    find: Kernel,
+    ptr: Kernel,
+    assign: Kernel,
+    rows: Kernel,
+    pool_fwd: Kernel,
+    pair_bwd: Kernel,
+    zero_sums: Kernel,
+    group_bwd: Kernel,
+}
+
+/// PGRP_SCAN_THREADS of kernels/partial_grouped.cu: the one block of `pgrp_ptr`.
+const PGRP_SCAN_THREADS: u32 = 256;
+
+/// A launch of one warp per item, PART_THREADS / 32 warps per block (the grouped kernels' shape).
+fn warps(n: usize) -> LaunchConfig {
+    cfg(n.div_ceil(PART_THREADS as usize / 32), PART_THREADS, 0)
 }
 
 pub struct CudaPartial<'d> {
@@ -485,6 +653,7 @@ pub struct CudaPartial<'d> {
     unfold_emb: Kernel,
     slot_sums: Kernel,
     bwd_params: Kernel,
+    grouped: GroupedKernels,
     gemm: super::gemm::CudaGemm<'d>,
     /// Warps per block of `partial_pair_bwd_tc` when set (else [`tc_bwd_warps_per_block`] picks).
     tc_bwd_warps: Option<usize>,
@@ -528,6 +697,19 @@ impl<'d> CudaPartial<'d> {
             unfold_emb: f("partial_unfold_emb")?,
             slot_sums: f("partial_slot_sums")?,
             bwd_params: f("partial_bwd_params")?,
+            grouped: {
+                let g = |name: &str| dev.function("partial_grouped", name);
+                GroupedKernels {
+                    find: g("pgrp_find")?,
+                    ptr: g("pgrp_ptr")?,
+                    assign: g("pgrp_assign")?,
+                    rows: g("pgrp_rows")?,
+                    pool_fwd: g("pgrp_pool_fwd")?,
+                    pair_bwd: g("pgrp_pair_bwd")?,
+                    zero_sums: g("pgrp_zero_sums")?,
+                    group_bwd: g("pgrp_group_bwd")?,
+                }
+            },
             gemm: super::gemm::CudaGemm::new(dev)?,
             tc_bwd_warps,
         })
@@ -573,7 +755,7 @@ impl<'d> CudaPartial<'d> {
         ensure!(pool.elements() == b * d, "partial: pool has {} entries for {b} × {d}", pool.elements());
         ensure!(s.center == p.center.is_some(), "partial: the centre buffer must be given exactly when centring");
         // (before the fold, which writes W₄'s fragments for the tensor-core kernels)
-        ensure!(!s.tensor_cores || tensor_cores_fit(hh, d), "partial: the tensor-core forward needs h_hidden_dim % 16 == 0 and code_dim % 8 == 0 (got {hh}, {d})");
+        ensure!(!s.tc() || tensor_cores_fit(hh, d), "partial: the tensor-core forward needs h_hidden_dim % 16 == 0 and code_dim % 8 == 0 (got {hh}, {d})");
         let wpb = (PART_THREADS / 32) as usize;
         let n = hh * (d + 1);
         let args: [&dyn KernelArg; 4] = [&p.w0.device_address(), &(hh as i32), &(d as i32), &w.w0t.device_address()];
@@ -581,8 +763,8 @@ impl<'d> CudaPartial<'d> {
         self.dev.launch(&self.transpose_w0, cfg(grid, PART_THREADS, 0), &args)?;
         // W₄'s bf16 fragments and the aligned copy of g₁, b₄, g₅, be₅ only where the tensor-core
         // kernels read them
-        let w4frag = if s.tensor_cores { w.w4frag.device_address() } else { 0 };
-        let lnp = if s.tensor_cores { w.lnp.device_address() } else { 0 };
+        let w4frag = if s.tc() { w.w4frag.device_address() } else { 0 };
+        let lnp = if s.tc() { w.lnp.device_address() } else { 0 };
         let args: [&dyn KernelArg; 18] = [
             &p.emb.device_address(),
             &p.b0.device_address(),
@@ -637,7 +819,7 @@ impl<'d> CudaPartial<'d> {
         let n_chunks = pool_chunks(b, s.nnz);
         ensure!(w.pool_part.len() >= n_chunks * d && n_chunks <= i32::MAX as usize, "partial: the pool's chunk scratch is too small for B = {b}, nnz = {}", s.nnz);
         // (the tensor-core kernel reads the aligned copies of g₁, b₄, g₅, be₅)
-        let pn = if s.tensor_cores { w.tc_net(&n, hh, d)? } else { n };
+        let pn = if s.tc() { w.tc_net(&n, hh, d)? } else { n };
         let args: [&dyn KernelArg; 26] = [
             &pn[0], &pn[1], &pn[2], &pn[3], &pn[4], &pn[5], &pn[6], &pn[7], &pn[8], &pn[9], &pn[10], &pn[11],
             &(hh as i32),
@@ -655,7 +837,9 @@ impl<'d> CudaPartial<'d> {
             &w.pool_part.device_address(),
             &w.keep.device_address(),
         ];
-        if s.tensor_cores {
+        if s.grouped {
+            self.grouped_pool(s, p, bt, w, n_chunks)?;
+        } else if s.tc() {
             // 16 pairs per pass, the second Linear as 16 × 8 × 16 tensor-core tiles; 4 warps per block
             // (4 × 8.8 KiB of tiles at Hh = 256).
             let pw = PART_THREADS as usize / 32;
@@ -721,7 +905,9 @@ impl<'d> CudaPartial<'d> {
         ];
         // d W₄ is in every warp's slot, or (tensor cores) in the first slot of each block of w4_stride
         let mut w4_stride = 1usize;
-        if s.tensor_cores && tensor_cores_bwd_fit(hh, d) {
+        if s.grouped {
+            self.grouped_backward(s, p, bt, w, dpool)?;
+        } else if s.tc() && tensor_cores_bwd_fit(hh, d) {
             // 16 pairs of a junction per pass, the three products as mma tiles; the block's warps share
             // d W₄'s accumulator in shared memory.
             let wpb = self.tc_bwd_warps(hh, d)?;
@@ -768,6 +954,8 @@ impl<'d> CudaPartial<'d> {
         } else {
             self.dev.launch(&self.pair_bwd, cfg(nw.div_ceil(wpb), 32 * wpb as u32, wpb * smem_per_warp(hh, d, true)), &args)?;
         }
+        // (the grouped kernels' group 0 takes slot nw, the reference code the next)
+        let ref_slot = nw + s.grouped as usize;
         if s.center {
             let args: [&dyn KernelArg; 22] = [
                 &n[0], &n[1], &n[2], &n[3], &n[4], &n[5], &n[6], &n[7], &n[8], &n[9], &n[10], &n[11],
@@ -778,7 +966,7 @@ impl<'d> CudaPartial<'d> {
                 &dpool.device_address(),
                 &s.pool_mode,
                 &s.divisor,
-                &(nw as i32),
+                &(ref_slot as i32),
                 &w.slots.device_address(),
                 &w.slot_d.device_address(),
             ];
@@ -786,7 +974,7 @@ impl<'d> CudaPartial<'d> {
         }
         // d u (J × Hh) and its sums over junctions: by chunks of PART_DU_CHUNK, then groups of chunks.
         let t = PART_THREADS as usize;
-        let (n_du, n_slots) = (j.div_ceil(PART_DU_CHUNK), nw + s.center as usize);
+        let (n_du, n_slots) = (j.div_ceil(PART_DU_CHUNK), ref_slot + s.center as usize);
         let (n_jgroups, n_slot_groups) = (n_du.div_ceil(PART_GROUP), n_slots.div_ceil(PART_GROUP));
         let sg = n_slot_groups * (slot_len(hh, d) + 2);
         ensure!(w.slot_part.len() >= sg && w.jgroups.len() >= n_jgroups * 3 * hh && w.jpart.len() >= n_du * 3 * hh, "partial: the backward's sum scratch is too small for J = {j}");
@@ -840,7 +1028,9 @@ impl<'d> CudaPartial<'d> {
         ];
         self.dev.launch(&self.slot_sums, cfg(sg.div_ceil(t), PART_THREADS, 0), &args)?;
         let total = 4 * hh + 2 * hh * d + 3 * d;
-        let args: [&dyn KernelArg; 17] = [
+        // (the grouped kernels' d W₄ over the groups, Sᵀ·A; the slots hold the dropped units' share)
+        let w4_prod = if s.grouped { w.w4_prod.device_address() } else { 0 };
+        let args: [&dyn KernelArg; 18] = [
             &w.bt.device_address(),
             &p.g1.device_address(),
             &w.slot_part.device_address(),
@@ -848,6 +1038,7 @@ impl<'d> CudaPartial<'d> {
             &w.jgroups.device_address(),
             &(n_jgroups as i32),
             &w.w0_prod.device_address(),
+            &w4_prod,
             &(hh as i32),
             &(d as i32),
             &addr_mut(&g.w0),
@@ -862,11 +1053,103 @@ impl<'d> CudaPartial<'d> {
         self.dev.launch(&self.bwd_params, cfg(total.div_ceil(t), PART_THREADS, 0), &args)
     }
 
+    /// The grouped forward after the fold (kernels/partial_grouped.cu): the groups, their first block and
+    /// y = A·W₄ᵀ, then each chunk's pooled sum into `w.pool_part`. Reads the group count back from the
+    /// device (one wait: cuBLAS takes the GEMM's size from the host) and grows the group buffers to it.
+    fn grouped_pool(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, n_chunks: usize) -> Result<()> {
+        let _r = crate::nvtx_range!("partial_grouped_fwd");
+        let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
+        let k = &self.grouped;
+        ensure!(bt.jptr.elements() == j + 1 && bt.order.elements() == s.nnz.max(1), "partial: junction-major arrays do not match J = {j}, nnz = {}", s.nnz);
+        ensure!(
+            w.lead.len() >= s.nnz && w.gid_at.len() >= s.nnz && w.gid_of_pair.len() >= s.nnz && w.gcount.len() >= j && w.gptr.len() > j,
+            "partial: the scratch was not sized for the grouped kernels (PartialShape::grouped) at nnz = {}",
+            s.nnz
+        );
+        ensure!(hh <= PART_HMAX && d <= PART_DMAX, "partial: the grouped kernels take h_hidden_dim ≤ {PART_HMAX}, code_dim ≤ {PART_DMAX}");
+        let (jptr, order, psi, center) = (bt.jptr.device_address(), bt.order.device_address(), bt.psi.device_address(), addr(p.center));
+        let (lead, gcount, gptr) = (w.lead.device_address(), w.gcount.device_address(), w.gptr.device_address());
+        let (ji, hi, di) = (j as i32, hh as i32, d as i32);
+        self.dev.launch(&k.find, warps(j), &[&jptr, &order, &psi, &center, &ji, &lead, &gcount])?;
+        let n_groups = w.n_groups.device_address();
+        self.dev.launch(&k.ptr, cfg(1, PGRP_SCAN_THREADS, 0), &[&gcount, &ji, &gptr, &n_groups])?;
+        let g = self.dev.read(&w.n_groups)?[0];
+        ensure!(g >= 1 && g as usize <= s.nnz + 1, "partial: {g} groups for {} pairs", s.nnz);
+        let g = g as usize;
+        w.grow_groups(self.dev, g, hh, d)?;
+        w.n_groups_host = g;
+        let (gid_at, gid_of_pair, g_jn, g_x) = (w.gid_at.device_address(), w.gid_of_pair.device_address(), w.g_jn.device_address(), w.g_x.device_address());
+        self.dev.launch(&k.assign, warps(j), &[&jptr, &order, &psi, &center, &ji, &lead, &gptr, &gid_at, &gid_of_pair, &g_jn, &g_x])?;
+        let (drop_on, key, thr, scale) = match s.dropout {
+            Some((key, thr, sc)) => (1i32, key, thr, sc),
+            None => (0, 0, 0, 1.0f32),
+        };
+        let (ug, bg, suu, sub, sbb) = (w.ug.device_address(), w.bg.device_address(), w.suu.device_address(), w.sub.device_address(), w.sbb.device_address());
+        let (g_ab, ga) = (w.g_ab.device_address(), w.ga.device_address());
+        let be1 = p.be1.device_address();
+        self.dev.launch(&k.rows, warps(g), &[&(g as i32), &hi, &g_jn, &g_x, &ug, &bg, &be1, &suu, &sub, &sbb, &scale, &g_ab, &ga])?;
+        // Y (G × D) = A (G × Hh) · W₄ᵀ (W₄: D × Hh)
+        use super::gemm::Operand;
+        self.group_gemm(s, &Operand::new(&w.ga, g, hh, false)?, &Operand::new(p.w4, d, hh, true)?, 0.0, &mut w.gy, g, d)?;
+        let (ip, gy, w4t) = (bt.indptr.device_address(), w.gy.device_address(), w.w4t.device_address());
+        let (b4, g5, be5) = (p.b4.device_address(), p.g5.device_address(), p.be5.device_address());
+        let (part, keep) = (w.pool_part.device_address(), w.keep.device_address());
+        let args: [&dyn KernelArg; 17] = [&hi, &di, &(b as i32), &(n_chunks as i32), &ip, &gid_of_pair, &ga, &gy, &w4t, &b4, &g5, &be5, &drop_on, &key, &thr, &part, &keep];
+        self.dev.launch(&k.pool_fwd, warps(n_chunks), &args)
+    }
+
+    /// One of the grouped kernels' three products: f32, or TF32 on tensor cores (`s.tensor_cores`).
+    #[allow(clippy::too_many_arguments)]
+    fn group_gemm(&self, s: &PartialShape, a: &super::gemm::Operand, b: &super::gemm::Operand, beta: f32, c: &mut dyn DeviceMem<f32>, m: usize, n: usize) -> Result<()> {
+        if s.tensor_cores {
+            self.gemm.gemm_tf32(1.0, a, b, beta, c, m, n)
+        } else {
+            self.gemm.gemm(super::gemm::GemmPrecision::F32, 1.0, a, b, beta, c, m, n)
+        }
+    }
+
+    /// The grouped backward up to the slots, Q and the junction scalars (kernels/partial_grouped.cu):
+    /// the pair walk into S and the corrections, group 0's sums, d W₄ = Sᵀ·A and d A += S·W₄ as cuBLAS
+    /// GEMMs, then each group's first block. The rest (the unfold, the sums over slots) is the per-pair
+    /// kernels' own.
+    fn grouped_backward(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, dpool: &dyn DeviceMem<f32>) -> Result<()> {
+        let _r = crate::nvtx_range!("partial_grouped_bwd");
+        let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
+        let k = &self.grouped;
+        let g = w.n_groups_host;
+        ensure!(g >= 1 && w.group_capacity() >= g, "partial: the grouped backward runs after a grouped forward (none ran on this scratch)");
+        let nw = bwd_warps(j);
+        ensure!(w.g0part.len() >= nw * (d + hh) && w.w4_prod.len() >= d * hh && w.dps.len() >= b * d, "partial: the grouped backward's scratch is too small");
+        let (drop_on, scale) = match s.dropout {
+            Some((_, _, sc)) => (1i32, sc),
+            None => (0, 1.0f32),
+        };
+        let (ip, dp, dps) = (bt.indptr.device_address(), dpool.device_address(), w.dps.device_address());
+        let scale_args: [&dyn KernelArg; 7] = [&dp, &ip, &(b as i32), &(d as i32), &s.pool_mode, &s.divisor, &dps];
+        self.dev.launch(&self.dpool_scale, cfg((b * d).div_ceil(PART_THREADS as usize), PART_THREADS, 0), &scale_args)?;
+        let (hi, di, ji, nwi) = (hh as i32, d as i32, j as i32, nw as i32);
+        let (jptr, order, cell_of) = (bt.jptr.device_address(), bt.order.device_address(), bt.cell_of.device_address());
+        let (gid_at, gptr, ga, gy, w4t) = (w.gid_at.device_address(), w.gptr.device_address(), w.ga.device_address(), w.gy.device_address(), w.w4t.device_address());
+        let (b4, g5, be5) = (p.b4.device_address(), p.g5.device_address(), p.be5.device_address());
+        let (keep, gs, gda, slots, g0part) = (w.keep.device_address(), w.gs.device_address(), w.gda.device_address(), w.slots.device_address(), w.g0part.device_address());
+        let args: [&dyn KernelArg; 22] = [&hi, &di, &ji, &nwi, &jptr, &order, &cell_of, &gid_at, &gptr, &ga, &gy, &w4t, &b4, &g5, &be5, &dps, &drop_on, &keep, &gs, &gda, &slots, &g0part];
+        self.dev.launch(&k.pair_bwd, warps(nw), &args)?;
+        self.dev.launch(&k.zero_sums, warps(d + hh), &[&hi, &di, &nwi, &g0part, &gs, &gda])?;
+        // d W₄ over the groups, Sᵀ·A (D × G · G × Hh), and d A += S·W₄ (G × D · D × Hh)
+        use super::gemm::Operand;
+        self.group_gemm(s, &Operand::new(&w.gs, g, d, true)?, &Operand::new(&w.ga, g, hh, false)?, 0.0, &mut w.w4_prod, d, hh)?;
+        self.group_gemm(s, &Operand::new(&w.gs, g, d, false)?, &Operand::new(p.w4, d, hh, false)?, 1.0, &mut w.gda, g, hh)?;
+        let (g_x, g_ab, ug, bg, g1) = (w.g_x.device_address(), w.g_ab.device_address(), w.ug.device_address(), w.bg.device_address(), p.g1.device_address());
+        let (q, cj, slot_d) = (w.q.device_address(), w.cj.device_address(), w.slot_d.device_address());
+        let args: [&dyn KernelArg; 17] = [&hi, &di, &ji, &nwi, &gptr, &g_x, &g_ab, &ga, &gda, &ug, &bg, &g1, &scale, &q, &cj, &slots, &slot_d];
+        self.dev.launch(&k.group_bwd, warps(nw + 1), &args)
+    }
+
     /// Convenience for tests: uploads the twin's inputs, poisons the outputs (pool with NaN; the
-    /// gradients start at zero, as the twin's), runs the forward (on tensor cores when asked) and,
-    /// given `dpool`, the backward.
-    pub fn run_host(&self, pe: &PartialEncP, p: &Params<f32>, spl: &SplBatch, mode: Mode, dpool: &[f32], tensor_cores: bool) -> Result<PartialHost> {
-        let s = PartialShape { tensor_cores, ..PartialShape::of(pe, p, spl, mode) };
+    /// gradients start at zero, as the twin's), runs the forward (with `kernels`) and, given `dpool`,
+    /// the backward.
+    pub fn run_host(&self, pe: &PartialEncP, p: &Params<f32>, spl: &SplBatch, mode: Mode, dpool: &[f32], kernels: PartialKernels) -> Result<PartialHost> {
+        let s = kernels.apply(PartialShape::of(pe, p, spl, mode));
         let dev = self.dev;
         let up = |idx: usize| dev.upload(p.get(idx));
         let (emb, w0, b0, g1, be1) = (up(pe.emb)?, up(pe.h0.w)?, up(pe.h0.b.unwrap())?, up(pe.ln1_w)?, up(pe.ln1_b)?);
@@ -885,6 +1168,17 @@ impl<'d> CudaPartial<'d> {
         // (an empty minibatch still gets one-element buffers; the kernels never read them)
         let bd = PartialBatchDev { indptr: &ip, junction: &jn, psi: &ps, jptr: &jp, order: &od, cell_of: &co };
         let mut w = PartialWork::alloc(dev, &s)?;
+        if s.grouped {
+            // room for every pair in its own group, so that the buffers poisoned below are the ones used
+            w.grow_groups(dev, s.nnz + 1, s.hh, s.d)?;
+            for b in [&mut w.ga, &mut w.gy, &mut w.gs, &mut w.gda, &mut w.g_x, &mut w.g0part, &mut w.w4_prod] {
+                dev.memset(b, 0xff)?;
+            }
+            dev.memset(&mut w.g_ab, 0xff)?;
+            for b in [&mut w.lead, &mut w.gcount, &mut w.gptr, &mut w.gid_at, &mut w.gid_of_pair, &mut w.g_jn] {
+                dev.memset(b, 0xff)?;
+            }
+        }
         // The scratch poisoned (all bits set: NaN in f32 and f64), as a reused step buffer may hold
         // anything: what a kernel reads without writing first (a slot's d W₄ that only the block's
         // first warp writes, say) shows up as NaN.
@@ -912,7 +1206,7 @@ impl<'d> CudaPartial<'d> {
         for (o, b) in grads.iter_mut().zip(&gbufs) {
             *o = dev.download(b)?;
         }
-        Ok(PartialHost { pool: dev.download(&pool)?, keep, h0, grads })
+        Ok(PartialHost { pool: dev.download(&pool)?, keep, h0, grads, n_groups: w.n_groups_host })
     }
 }
 

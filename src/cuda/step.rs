@@ -42,7 +42,7 @@ use super::gemm::{CudaGemm, GemmPrecision, Operand};
 use super::glue::{Cols, CudaGlue, MapOp};
 use super::latent::{penalty_scale, CudaLatent, LatentDevFwd, LatentDevGrads, LatentDevIn, LatentShape};
 use super::optim::{CudaOptim, GRAD_NORM_MAX_BLOCKS};
-use super::partial::{junction_major, tensor_cores_fit, CudaPartial, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
+use super::partial::{junction_major, CudaPartial, PartialKernels, PartialBatchDev, PartialGradsDev, PartialParamsDev, PartialShape, PartialWork};
 use super::runtime::{CudaDevice, DevBuf, DeviceMem, StagingBuf, StagingPool};
 use super::resident::{DevCsr, DeviceDataset, ResidentIndex};
 use super::sparse_linear::{CudaSparseLinear, SparseDev};
@@ -862,6 +862,10 @@ pub struct DeviceModel<'d> {
     /// accumulation (`--precision bf16`). Everything else, parameters and optimizer state included,
     /// stays f32.
     pub precision: GemmPrecision,
+    /// The partial encoder's h network once per group of pairs with the same input (kernels/
+    /// partial_grouped.cu: one more wait for the device per forward, for the group count) rather than
+    /// once per pair. From `SPLICEVI_PARTIAL_KERNELS` ([`PartialKernels::grouped_by_default`]).
+    pub partial_grouped: bool,
     /// bf16: convert each GEMM operand once per step and keep the copy (on by default; off for tests).
     pub bf16_reuse: bool,
     /// How the splicing decoder's output layer meets the likelihood: the SDDMM over the observed
@@ -998,6 +1002,7 @@ impl<'d> DeviceModel<'d> {
             latents_only: None,
             poison: false,
             precision: GemmPrecision::F32,
+            partial_grouped: PartialKernels::grouped_by_default()?,
             bf16_reuse: true,
             splicing_decode: splicing_decode(),
             bf16_cache: RefCell::new(std::collections::HashMap::new()),
@@ -1153,7 +1158,7 @@ impl<'d> DeviceModel<'d> {
     /// for entries.
     fn take_partial_work(&self, shape: &PartialShape) -> Result<(PartialShape, PartialWork)> {
         if let Some((cap, w)) = self.partial_work.borrow_mut().take() {
-            if (cap.j, cap.hh, cap.d) == (shape.j, shape.hh, shape.d) && cap.nnz >= shape.nnz && cap.b >= shape.b {
+            if (cap.j, cap.hh, cap.d, cap.grouped) == (shape.j, shape.hh, shape.d, shape.grouped) && cap.nnz >= shape.nnz && cap.b >= shape.b {
                 return Ok((cap, w));
             }
         }
@@ -1950,8 +1955,9 @@ impl<'d> DeviceModel<'d> {
         let (mu_s, v_s, spl_enc) = match &a.z_enc_spl {
             SplEncP::Partial(pe) => {
                 let mut shape = PartialShape::of_counts(pe, &self.host, m.dims.n_junctions, b, hb.nnz, mode);
-                // --precision bf16: the h network's products on tensor cores where the tiles fit.
-                shape.tensor_cores = matches!(self.precision, GemmPrecision::Bf16) && tensor_cores_fit(pe.h_hidden, pe.code_dim);
+                // Grouped kernels by default; per pair otherwise, their products on tensor cores in bf16
+                // where the tiles fit.
+                shape = PartialKernels::for_step(self.partial_grouped, matches!(self.precision, GemmPrecision::Bf16)).apply(shape);
                 let (cap, mut work) = self.take_partial_work(&shape)?;
                 let (pv, pc) = self.partial_views(pe);
                 let pp = partial_params(&pv, &pc);

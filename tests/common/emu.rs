@@ -15,6 +15,7 @@ const EMU_H: &str = include_str!("../../kernels/host_emu.h");
 const CHUNKS_CUH: &str = include_str!("../../kernels/chunks.cuh");
 const MMA_CUH: &str = include_str!("../../kernels/mma.cuh");
 const BLOCK_SCAN_CUH: &str = include_str!("../../kernels/block_scan.cuh");
+const PARTIAL_COMMON_CUH: &str = include_str!("../../kernels/partial_common.cuh");
 
 /// The harness preamble: `rd<T>(dir, name)` reads DIR/name.bin (empty when absent), `wr(dir, name, v)`
 /// writes DIR/name.out, `ptr(v)` is null for an empty vector.
@@ -52,6 +53,7 @@ pub fn build(dir: &Path, kernel_file: &str, kernel_src: &str, main_src: &str) ->
     std::fs::write(dir.join("chunks.cuh"), CHUNKS_CUH).unwrap();
     std::fs::write(dir.join("mma.cuh"), MMA_CUH).unwrap();
     std::fs::write(dir.join("block_scan.cuh"), BLOCK_SCAN_CUH).unwrap();
+    std::fs::write(dir.join("partial_common.cuh"), PARTIAL_COMMON_CUH).unwrap();
     std::fs::write(dir.join(kernel_file), kernel_src).unwrap();
     let src = dir.join("harness.cpp");
     std::fs::write(&src, format!("#include \"{kernel_file}\"\n{HARNESS_IO}\n{main_src}")).unwrap();
