@@ -19,15 +19,16 @@
 //   pgrp_ptr       : one block: the leader counts' exclusive prefix (group ids 1.. in junction order,
 //                    then first appearance, as the twin numbers them), the group count, group 0's row.
 //   pgrp_assign    : one warp per junction: the group id of every position (junction-major) and pair
-//                    (cell-major), and each group's junction and input.
+//                    (cell-major), each group's junction and input, the positions ordered by group.
 //   (the launcher reads the group count back: cuBLAS takes the GEMM's size from the host)
 //   pgrp_rows      : one warp per group: its (α, β) and a_g.
 //   pgrp_pool_fwd  : one warp per chunk of PART_POOL_CHUNK pairs of a cell (the chunks of
 //                    partial_pool_fwd): the keep bits (hashed exactly as there), h2, the LayerNorm, ReLU,
 //                    the chunk's pooled sum; partial_pool_combine (kernels/partial.cu) finishes the pool.
 //   pgrp_pair_bwd  : one warp per junction j ≡ w (mod n_warps), the junction-major walk of
-//                    partial_pair_bwd: per pair d h2 into its group's S row (group 0's into the warp's
-//                    own partial), the dropped units' corrections, the warp's b₄, g₅, be₅ sums in its slot.
+//                    partial_pair_bwd with each junction's pairs by group: per pair d h2, summed into its
+//                    group's S row (group 0's into the warp's own partial), the dropped units'
+//                    corrections, the warp's b₄, g₅, be₅ sums in its slot.
 //   pgrp_zero_sums : one warp per element of group 0's S row and d A row: the warps' partials, in order.
 //   pgrp_group_bwd : one warp per junction (the same partition) and one for group 0: d(a1) of each group,
 //                    Q_j and the junction's four scalars, the warp's R, be₁, e₁, e₃ in its slot. The
@@ -116,19 +117,26 @@ __device__ __forceinline__ void lane_units(const float* __restrict__ v, int D, u
     }
 }
 
-// h2 of a pair of group grp (y_g + b₄ less its dropped units' shares, ascending units, as the twin's
-// pair_h2), then its LayerNorm: x̂ into xh (the lane's code units t = lane + 32i, zero past D); returns
-// 1/σ. b4: the lane's units of b₄ (lane_units). `words`: the pair's keep words when dropout acts, else
-// null.
-__device__ __forceinline__ float pair_xhat(int Hh, int D, unsigned lane, long long grp, const float* __restrict__ A,
-                                           const float* __restrict__ Y, const float* __restrict__ w4t,
-                                           const float* b4, const uint64_t* words, float* xh) {
-    float h[PGRP_OPL];
+// y_g + b₄ at the lane's code units t = lane + 32i (zero past D): a pair's h2 before its dropped units,
+// loaded once per group by a walk over the group's pairs. b4: the lane's units of b₄ (lane_units).
+__device__ __forceinline__ void group_h2(int D, unsigned lane, long long grp, const float* __restrict__ Y,
+                                         const float* b4, float* h) {
 #pragma unroll
     for (int i = 0; i < PGRP_OPL; ++i) {
         const int t = (int)lane + 32 * i;
         h[i] = t < D ? Y[grp * D + t] + b4[i] : 0.0f;
     }
+}
+
+// A pair's h2 from its group's (group_h2's `base`) less its dropped units' shares a_gk·W₄[:,k] for the
+// units with a_gk > 0, in ascending k as the twin's pair_h2, then its LayerNorm: x̂ into xh (the lane's
+// code units, zero past D); returns 1/σ. `words`: the pair's keep words when dropout acts, else null.
+__device__ __forceinline__ float pair_xhat_from(int Hh, int D, unsigned lane, long long grp, const float* __restrict__ A,
+                                                const float* __restrict__ w4t, const float* base, const uint64_t* words,
+                                                float* xh) {
+    float h[PGRP_OPL];
+#pragma unroll
+    for (int i = 0; i < PGRP_OPL; ++i) h[i] = base[i];
     if (words) {
         const int kw = (Hh + 63) / 64;
         for (int w = 0; w < kw; ++w) {
@@ -162,6 +170,15 @@ __device__ __forceinline__ float pair_xhat(int Hh, int D, unsigned lane, long lo
 #pragma unroll
     for (int i = 0; i < PGRP_OPL; ++i) xh[i] = h[i] * inv;
     return inv;
+}
+
+// group_h2, then pair_xhat_from: one pair on its own (the forward's cell-major walk).
+__device__ __forceinline__ float pair_xhat(int Hh, int D, unsigned lane, long long grp, const float* __restrict__ A,
+                                           const float* __restrict__ Y, const float* __restrict__ w4t,
+                                           const float* b4, const uint64_t* words, float* xh) {
+    float base[PGRP_OPL];
+    group_h2(D, lane, grp, Y, b4, base);
+    return pair_xhat_from(Hh, D, lane, grp, A, w4t, base, words, xh);
 }
 
 // The index of this warp across the grid.
@@ -222,12 +239,14 @@ pgrp_ptr(const int* __restrict__ gcount, int J, int* __restrict__ gptr, int* __r
 
 // One warp per junction: group ids 1 + gptr[j] + (rank of the leader among the junction's leaders, in
 // position order); every position's id (gid_at, junction-major) and pair's (gid_of_pair, cell-major);
-// each group's junction and input (group 0's: junction 0 as a stand-in, input 0, by junction 0's warp).
+// each group's junction and input (group 0's: junction 0 as a stand-in, input 0, by junction 0's warp);
+// the junction's positions ordered by (group, position) into sorted, for the backward's walk (a group's
+// pairs in a row: its y loaded once, its d h2 summed in registers and written once).
 extern "C" __global__ void __launch_bounds__(PGRP_THREADS)
 pgrp_assign(const int* __restrict__ jptr, const int* __restrict__ order, const float* __restrict__ psi,
             const float* __restrict__ center, int J, const int* __restrict__ lead, const int* __restrict__ gptr,
             int* __restrict__ gid_at, int* __restrict__ gid_of_pair, int* __restrict__ g_jn,
-            float* __restrict__ g_x) {
+            float* __restrict__ g_x, int* __restrict__ sorted) {
     const unsigned lane = threadIdx.x & 31;
     const int j = grid_warp();
     if (j >= J) return;
@@ -257,6 +276,23 @@ pgrp_assign(const int* __restrict__ jptr, const int* __restrict__ order, const f
         const int g = l < 0 ? 0 : gid_at[l];
         if (l != p) gid_at[p] = g;
         gid_of_pair[order[p]] = g;
+    }
+    __syncwarp();
+    // each position's rank by (group, position) among the junction's, 32 against 32 at a time
+    for (int base = p0; base < p1; base += 32) {
+        const int p = base + (int)lane;
+        const bool live = p < p1;
+        const int gp = live ? gid_at[p] : 0;
+        int rank = 0;
+        for (int qb = p0; qb < p1; qb += 32) {
+            const int q = qb + (int)lane;
+            const int gq = q < p1 ? gid_at[q] : 0;
+            for (int s = 0; s < 32; ++s) {
+                const int v = (int)(int64_t)__shfl_sync(0xffffffffu, (uint64_t)(int64_t)gq, s);
+                if (qb + s < p1 && (v < gp || (v == gp && qb + s < p))) ++rank;
+            }
+        }
+        if (live) sorted[p0 + rank] = p;
     }
 }
 
@@ -335,17 +371,18 @@ pgrp_pool_fwd(int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr
     }
 }
 
-// One warp w < n_warps per junction j ≡ w (mod n_warps), the junction's positions in order: each pair's
-// h2 and LayerNorm recomputed (keep bits from the forward), d(code) = dps[cell] (d(pool) ÷ the cell's
-// divisor, partial_dpool_scale) back through ReLU, affine and LayerNorm to d h2, added to its group's
-// S row (G × D; the junction's groups' rows, and d A's, zeroed first by this warp), group 0's to the
-// warp's partial g0part[w] = [Σ d h2 (D) | Σ corrections (Hh)]. For each dropped unit k with a_gk > 0:
+// One warp w < n_warps per junction j ≡ w (mod n_warps), the junction's positions by (group, position)
+// (pgrp_assign's sorted): each pair's h2 and LayerNorm recomputed (y_g loaded once per group, keep bits
+// from the forward), d(code) = dps[cell] (d(pool) ÷ the cell's divisor, partial_dpool_scale) back
+// through ReLU, affine and LayerNorm to d h2, summed over the group's pairs in registers and written to
+// its S row (G × D) once; group 0's to the warp's partial g0part[w] = [Σ d h2 (D) | Σ corrections (Hh)].
+// With dropout the junction's groups' d A rows are zeroed first by this warp. For each dropped unit k with a_gk > 0:
 // ⟨W₄[:,k], d h2⟩ taken from d A[g,k] (group 0: added to the partial, negated later) and a_gk·d h2 from
 // the warp's slot's d W₄ (the GEMM Sᵀ·A counts every unit as kept). The slot's b₄, g₅, be₅ sums too.
 extern "C" __global__ void __launch_bounds__(PGRP_THREADS)
 pgrp_pair_bwd(int Hh, int D, int J, int n_warps, const int* __restrict__ jptr, const int* __restrict__ order,
-              const int* __restrict__ cell_of, const int* __restrict__ gid_at, const int* __restrict__ gptr,
-              const float* __restrict__ A, const float* __restrict__ Y, const float* __restrict__ w4t,
+              const int* __restrict__ cell_of, const int* __restrict__ gid_at, const int* __restrict__ sorted,
+              const int* __restrict__ gptr, const float* __restrict__ A, const float* __restrict__ Y, const float* __restrict__ w4t,
               const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
               const float* __restrict__ dps, int dropout, const unsigned long long* __restrict__ keep,
               float* __restrict__ S, float* __restrict__ dA, float* __restrict__ slots, float* __restrict__ g0part) {
@@ -366,18 +403,34 @@ pgrp_pair_bwd(int Hh, int D, int J, int n_warps, const int* __restrict__ jptr, c
     lane_units(g5, D, lane, g5r);
     lane_units(be5, D, lane, be5r);
     for (int j = w; j < J; j += n_warps) {
-        const long long g_lo = 1 + gptr[j], g_hi = 1 + gptr[j + 1];
-        for (long long x = g_lo * D + lane; x < g_hi * D; x += 32) S[x] = 0.0f;
-        for (long long x = g_lo * Hh + lane; x < g_hi * Hh; x += 32) dA[x] = 0.0f;
+        if (dropout) {
+            // (the dropped units' corrections are added to d A's rows; without dropout the GEMM writes them)
+            const long long g_lo = 1 + gptr[j], g_hi = 1 + gptr[j + 1];
+            for (long long x = g_lo * Hh + lane; x < g_hi * Hh; x += 32) dA[x] = 0.0f;
+        }
         __syncwarp();
-        for (int p = jptr[j]; p < jptr[j + 1]; ++p) {
+        // the junction's positions by (group, position): group 0's first, then each group's in a row
+        long long cur = -1;
+        float base[PGRP_OPL], sacc[PGRP_OPL];
+        for (int q = jptr[j]; q < jptr[j + 1]; ++q) {
+            const int p = sorted[q];
             const int e = order[p], cell = cell_of[e];
             const long long grp = gid_at[p];
+            if (grp != cur) {
+                if (cur > 0)
+#pragma unroll
+                    for (int i = 0; i < PGRP_OPL; ++i)
+                        if ((int)lane + 32 * i < D) S[cur * D + lane + 32 * i] = sacc[i];
+                cur = grp;
+                group_h2(D, lane, grp, Y, b4r, base);
+#pragma unroll
+                for (int i = 0; i < PGRP_OPL; ++i) sacc[i] = 0.0f;
+            }
             uint64_t words[PGRP_KW];
             if (dropout)
                 for (int x = 0; x < kw; ++x) words[x] = keep[(long long)e * kw + x];
             float xh[PGRP_OPL];
-            const float inv = pair_xhat(Hh, D, lane, grp, A, Y, w4t, b4r, dropout ? words : nullptr, xh);
+            const float inv = pair_xhat_from(Hh, D, lane, grp, A, w4t, base, dropout ? words : nullptr, xh);
             float dx[PGRP_OPL], s1 = 0.0f, s2 = 0.0f;
 #pragma unroll
             for (int i = 0; i < PGRP_OPL; ++i) {
@@ -403,7 +456,7 @@ pgrp_pair_bwd(int Hh, int D, int J, int n_warps, const int* __restrict__ jptr, c
                     dh[i] = inv * (dx[i] - m1 - xh[i] * m2);
                     sb4[i] += dh[i];
                     if (grp == 0) s0[i] += dh[i];
-                    else S[grp * D + t] += dh[i];
+                    else sacc[i] += dh[i];
                 }
             }
             if (!dropout) continue;
@@ -431,6 +484,10 @@ pgrp_pair_bwd(int Hh, int D, int J, int n_warps, const int* __restrict__ jptr, c
                 }
             }
         }
+        if (cur > 0)
+#pragma unroll
+            for (int i = 0; i < PGRP_OPL; ++i)
+                if ((int)lane + 32 * i < D) S[cur * D + lane + 32 * i] = sacc[i];
     }
     // the slot's [b₄ | g₅ | be₅] (R, be₁ and e₁, e₃ are pgrp_group_bwd's), group 0's Σ d h2
     float* tail = slot + 2 * Hh + (long long)D * Hh;

@@ -370,6 +370,7 @@ fn device_partial_grouped_matches_twin() {
         for c in &list {
             let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool, PartialKernels::Grouped).unwrap();
             compare(c, &got.pool, &got.keep, got.h0.as_deref(), &got.grads);
+            assert!(got.grouped_ran, "{}: the grouped kernels fell back to the per-pair ones", c.name);
             // the grouping itself: as many groups as the twin's (both count the input-0 group always)
             let twin_groups = partial::partial_forward(c.pe(), &c.p, &c.spl, c.mode).groups.table.len();
             assert_eq!(got.n_groups, twin_groups, "{}: groups", c.name);
@@ -406,6 +407,36 @@ fn device_partial_grouped_matches_twin() {
             // (with one code unit the LayerNorm's output is 0 whatever the product gave)
             if c.pe().code_dim > 1 {
                 assert!(tf.grads.iter().zip(&got.grads).any(|(a, b)| a != b), "{}: the TF32 run gave the f32 run's gradients bit for bit", c.name);
+            }
+        }
+    }
+}
+
+/// A grouped shape whose minibatch has too few repeated inputs runs the per-pair kernels
+/// (`GroupedFallback`), forward and backward: forced here (every minibatch falls back), the results
+/// are the per-pair kernels' bit for bit, f32 and, where the layers fit, on tensor cores (bf16), while
+/// the group count is still the twin's.
+#[test]
+fn grouped_shapes_fall_back_to_the_per_pair_kernels() {
+    use splicevi::cuda::partial::GroupedFallback;
+    for dev in emu::devices("the grouped kernels' per-pair fallback") {
+        let mut kern = CudaPartial::new(&dev).unwrap();
+        kern.fallback = GroupedFallback { max_share: 0.0, min_pairs: 0 };
+        let mut list = cases();
+        list.truncate(7);
+        for c in &list {
+            for (grouped, pairs) in [(PartialKernels::Grouped, PartialKernels::Pairs), (PartialKernels::GroupedTensorCores, PartialKernels::PairsTensorCores)] {
+                let got = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool, grouped).unwrap();
+                let want = kern.run_host(c.pe(), &c.p, &c.spl, c.mode, &c.dpool, pairs).unwrap();
+                assert!(!got.grouped_ran, "{}: {grouped:?} did not fall back", c.name);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&got.pool), bits(&want.pool), "{}: {grouped:?} fallback pool", c.name);
+                assert_eq!(got.keep, want.keep, "{}: {grouped:?} fallback keep bits", c.name);
+                for (k, name) in PARAM_NAMES.iter().enumerate() {
+                    assert_eq!(bits(&got.grads[k]), bits(&want.grads[k]), "{}: {grouped:?} fallback d {name}", c.name);
+                }
+                let twin_groups = partial::partial_forward(c.pe(), &c.p, &c.spl, c.mode).groups.table.len();
+                assert_eq!(got.n_groups, twin_groups, "{}: groups", c.name);
             }
         }
     }

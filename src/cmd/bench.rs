@@ -272,8 +272,9 @@ fn print_profile(what: &str, prof: &[crate::cuda::runtime::KernelTime], steps: u
 /// only one built): each sums, in order, the partial sums its first pass wrote per chunk, warp or slot.
 /// A float-atomic mode would fold them into their first passes, so their time bounds what it could save
 /// (less the atomics' own cost); README "GPU (CUDA) backend" says why no such mode is built.
-/// (partial_pool_combine also centres and divides the pooled codes, which a fast mode would still do.)
-pub const FIXED_ORDER_PASSES: [&str; 5] = ["partial_slot_sums", "partial_group_sums", "partial_pool_combine", "glue_gather_rows_combine", "sparse_linear_combine"];
+/// (partial_pool_combine also centres and divides the pooled codes, which a fast mode would still do;
+/// pgrp_zero_sums is the grouped partial encoder's sum of group 0's per-warp partials.)
+pub const FIXED_ORDER_PASSES: [&str; 6] = ["partial_slot_sums", "partial_group_sums", "partial_pool_combine", "pgrp_zero_sums", "glue_gather_rows_combine", "sparse_linear_combine"];
 
 /// The profile's device ms and calls in [`FIXED_ORDER_PASSES`].
 fn fixed_order_passes(prof: &[crate::cuda::runtime::KernelTime]) -> (f64, u64) {

@@ -464,6 +464,8 @@ pub struct PartialWork {
     pub gid_at: DevBuf<i32>,
     pub gid_of_pair: DevBuf<i32>,
     pub n_groups: DevBuf<i32>,
+    /// Each junction's positions ordered by (group, position) (nnz), the backward's walk.
+    pub gsorted: DevBuf<i32>,
     /// Per group, room for [`PartialWork::group_capacity`] groups (grown by the forward when a minibatch
     /// has more): junction, input, (α, β), a_g (Hh), y_g = W₄·a_g (D), S = Σ d h2 (D), d a_g (Hh).
     pub g_jn: DevBuf<i32>,
@@ -478,6 +480,9 @@ pub struct PartialWork {
     pub w4_prod: DevBuf<f32>,
     /// Groups of the last grouped forward (0 before one ran).
     pub n_groups_host: usize,
+    /// Whether the last forward ran the grouped kernels (a grouped shape falls back to the per-pair ones
+    /// for a minibatch with too few repeated inputs: [`GroupedFallback`]); its backward does the same.
+    pub grouped_ran: bool,
 }
 
 /// [g_jn, g_x, g_ab, [ga, gy, gs, gda]] of [`PartialWork`].
@@ -516,7 +521,7 @@ impl PartialWork {
     pub fn bytes(&self) -> usize {
         let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh, &self.dps, &self.lnp];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart, &self.jgroups, &self.slot_part, &self.g_ab];
-        let i32s = [&self.pass_ptr, &self.lead, &self.gcount, &self.gptr, &self.gid_at, &self.gid_of_pair, &self.n_groups, &self.g_jn];
+        let i32s = [&self.pass_ptr, &self.lead, &self.gcount, &self.gptr, &self.gid_at, &self.gid_of_pair, &self.n_groups, &self.g_jn, &self.gsorted];
         let group_f32s = [&self.g_x, &self.ga, &self.gy, &self.gs, &self.gda, &self.g0part, &self.w4_prod];
         4 * f32s.iter().chain(group_f32s.iter()).map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len() + 4 * i32s.iter().map(|b| b.len()).sum::<usize>()
     }
@@ -563,6 +568,7 @@ impl PartialWork {
             gid_at: dev.zeros(per(nnz1))?,
             gid_of_pair: dev.zeros(per(nnz1))?,
             n_groups: dev.zeros(1)?,
+            gsorted: dev.zeros(per(nnz1))?,
             g_jn,
             g_x,
             g_ab,
@@ -573,6 +579,7 @@ impl PartialWork {
             g0part: dev.zeros(per(bwd_warps(j) * (d + hh)))?,
             w4_prod: dev.zeros(per(d * hh))?,
             n_groups_host: 0,
+            grouped_ran: false,
         })
     }
 
@@ -610,8 +617,45 @@ pub struct PartialHost {
     pub h0: Option<Vec<f32>>,
     /// Gradients of [emb, W₀, b₀, g₁, be₁, W₄, b₄, g₅, be₅] (model layouts).
     pub grads: [Vec<f32>; 9],
-    /// Groups the grouped kernels formed (0 for the per-pair kernels).
+    /// Groups the grouping found (0 for the per-pair kernels), and whether the grouped kernels ran
+    /// (not the per-pair fallback).
     pub n_groups: usize,
+    pub grouped_ran: bool,
+}
+
+/// When a grouped shape runs the per-pair kernels instead: for a minibatch of at least `min_pairs`
+/// observed pairs whose groups number more than `max_share` of them. Data whose inputs rarely repeat
+/// (PSI-only input, a continuous ψ) would otherwise pay the grouping for little sharing, and hold
+/// G × (2Hh + 2D) floats of group buffers (about 1.5 KB a group at the `paper` preset). Small
+/// minibatches always group (cheap either way, and the step tests exercise the grouped kernels).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupedFallback {
+    pub max_share: f64,
+    pub min_pairs: usize,
+}
+
+impl Default for GroupedFallback {
+    fn default() -> Self {
+        GroupedFallback { max_share: 0.5, min_pairs: 65_536 }
+    }
+}
+
+impl GroupedFallback {
+    /// Whether `groups` groups of `pairs` pairs run the per-pair kernels.
+    pub fn falls_back(&self, groups: usize, pairs: usize) -> bool {
+        pairs >= self.min_pairs && groups as f64 > self.max_share * pairs as f64
+    }
+}
+
+/// The shape the kernels run with: `s`, or for a grouped shape whose forward fell back
+/// (`!w.grouped_ran`), the per-pair kernels', on tensor cores where `s` asked for them (bf16) and the
+/// layers fit.
+fn ran_shape(s: &PartialShape, w: &PartialWork) -> PartialShape {
+    if s.grouped && !w.grouped_ran {
+        PartialShape { grouped: false, tensor_cores: s.tensor_cores && tensor_cores_fit(s.hh, s.d), ..*s }
+    } else {
+        *s
+    }
 }
 
 /// kernels/partial_grouped.cu.
@@ -657,6 +701,8 @@ pub struct CudaPartial<'d> {
     gemm: super::gemm::CudaGemm<'d>,
     /// Warps per block of `partial_pair_bwd_tc` when set (else [`tc_bwd_warps_per_block`] picks).
     tc_bwd_warps: Option<usize>,
+    /// When grouped shapes run the per-pair kernels.
+    pub fallback: GroupedFallback,
 }
 
 fn addr(m: Option<&dyn DeviceMem<f32>>) -> u64 {
@@ -712,6 +758,7 @@ impl<'d> CudaPartial<'d> {
             },
             gemm: super::gemm::CudaGemm::new(dev)?,
             tc_bwd_warps,
+            fallback: GroupedFallback::default(),
         })
     }
 
@@ -749,6 +796,13 @@ impl<'d> CudaPartial<'d> {
     pub fn forward(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, pool: &mut dyn DeviceMem<f32>) -> Result<()> {
         let _r = crate::nvtx_range!("partial_fwd");
         s.check()?;
+        // The grouping first (it needs only the batch): its group count picks the kernels.
+        w.grouped_ran = false;
+        if s.grouped {
+            let g = self.grouped_count(s, p, bt, w)?;
+            w.grouped_ran = !self.fallback.falls_back(g, s.nnz);
+        }
+        let s = &ran_shape(s, w);
         let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
         ensure!(p.emb.elements() == j * d && p.w0.elements() == hh * (d + 1) && p.w4.elements() == d * hh, "partial: parameter sizes do not match J = {j}, Hh = {hh}, D = {d}");
         ensure!(bt.indptr.elements() == b + 1 && bt.junction.elements() == s.nnz && bt.psi.elements() == s.nnz, "partial: batch arrays do not match B = {b}, nnz = {}", s.nnz);
@@ -869,6 +923,8 @@ impl<'d> CudaPartial<'d> {
     pub fn backward(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, dpool: &dyn DeviceMem<f32>, g: &mut PartialGradsDev<'_>) -> Result<()> {
         let _r = crate::nvtx_range!("partial_bwd");
         s.check()?;
+        // (the kernels the forward ran)
+        let s = &ran_shape(s, w);
         let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
         ensure!(dpool.elements() == b * d, "partial: dpool has {} entries for {b} × {d}", dpool.elements());
         ensure!(bt.jptr.elements() == j + 1 && bt.order.elements() == s.nnz && bt.cell_of.elements() == s.nnz, "partial: junction-major arrays do not match J = {j}, nnz = {}", s.nnz);
@@ -1053,33 +1109,47 @@ impl<'d> CudaPartial<'d> {
         self.dev.launch(&self.bwd_params, cfg(total.div_ceil(t), PART_THREADS, 0), &args)
     }
 
-    /// The grouped forward after the fold (kernels/partial_grouped.cu): the groups, their first block and
-    /// y = A·W₄ᵀ, then each chunk's pooled sum into `w.pool_part`. Reads the group count back from the
-    /// device (one wait: cuBLAS takes the GEMM's size from the host) and grows the group buffers to it.
-    fn grouped_pool(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, n_chunks: usize) -> Result<()> {
-        let _r = crate::nvtx_range!("partial_grouped_fwd");
-        let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
+    /// The grouping's first half (kernels/partial_grouped.cu): each position's leader, the junctions'
+    /// group counts and their prefix, and the group count, read back from the device (one wait: cuBLAS
+    /// takes the GEMM's size from the host, and the count picks the kernels). Sets `w.n_groups_host`.
+    fn grouped_count(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork) -> Result<usize> {
+        let _r = crate::nvtx_range!("partial_grouping");
+        let (j, hh, d) = (s.j, s.hh, s.d);
         let k = &self.grouped;
-        ensure!(bt.jptr.elements() == j + 1 && bt.order.elements() == s.nnz.max(1), "partial: junction-major arrays do not match J = {j}, nnz = {}", s.nnz);
+        ensure!(bt.jptr.elements() == j + 1 && bt.order.elements() >= s.nnz, "partial: junction-major arrays do not match J = {j}, nnz = {}", s.nnz);
         ensure!(
-            w.lead.len() >= s.nnz && w.gid_at.len() >= s.nnz && w.gid_of_pair.len() >= s.nnz && w.gcount.len() >= j && w.gptr.len() > j,
+            w.lead.len() >= s.nnz && w.gid_at.len() >= s.nnz && w.gid_of_pair.len() >= s.nnz && w.gsorted.len() >= s.nnz && w.gcount.len() >= j && w.gptr.len() > j,
             "partial: the scratch was not sized for the grouped kernels (PartialShape::grouped) at nnz = {}",
             s.nnz
         );
         ensure!(hh <= PART_HMAX && d <= PART_DMAX, "partial: the grouped kernels take h_hidden_dim ≤ {PART_HMAX}, code_dim ≤ {PART_DMAX}");
         let (jptr, order, psi, center) = (bt.jptr.device_address(), bt.order.device_address(), bt.psi.device_address(), addr(p.center));
         let (lead, gcount, gptr) = (w.lead.device_address(), w.gcount.device_address(), w.gptr.device_address());
-        let (ji, hi, di) = (j as i32, hh as i32, d as i32);
+        let ji = j as i32;
         self.dev.launch(&k.find, warps(j), &[&jptr, &order, &psi, &center, &ji, &lead, &gcount])?;
         let n_groups = w.n_groups.device_address();
         self.dev.launch(&k.ptr, cfg(1, PGRP_SCAN_THREADS, 0), &[&gcount, &ji, &gptr, &n_groups])?;
         let g = self.dev.read(&w.n_groups)?[0];
         ensure!(g >= 1 && g as usize <= s.nnz + 1, "partial: {g} groups for {} pairs", s.nnz);
-        let g = g as usize;
+        w.n_groups_host = g as usize;
+        Ok(g as usize)
+    }
+
+    /// The grouped forward after the fold and [`CudaPartial::grouped_count`]: the group ids, the groups'
+    /// first block and y = A·W₄ᵀ, then each chunk's pooled sum into `w.pool_part`. Grows the group
+    /// buffers to the group count.
+    fn grouped_pool(&self, s: &PartialShape, p: &PartialParamsDev<'_>, bt: &PartialBatchDev<'_>, w: &mut PartialWork, n_chunks: usize) -> Result<()> {
+        let _r = crate::nvtx_range!("partial_grouped_fwd");
+        let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
+        let k = &self.grouped;
+        let g = w.n_groups_host;
         w.grow_groups(self.dev, g, hh, d)?;
-        w.n_groups_host = g;
+        let (jptr, order, psi, center) = (bt.jptr.device_address(), bt.order.device_address(), bt.psi.device_address(), addr(p.center));
+        let (lead, gptr) = (w.lead.device_address(), w.gptr.device_address());
+        let (ji, hi, di) = (j as i32, hh as i32, d as i32);
         let (gid_at, gid_of_pair, g_jn, g_x) = (w.gid_at.device_address(), w.gid_of_pair.device_address(), w.g_jn.device_address(), w.g_x.device_address());
-        self.dev.launch(&k.assign, warps(j), &[&jptr, &order, &psi, &center, &ji, &lead, &gptr, &gid_at, &gid_of_pair, &g_jn, &g_x])?;
+        let sorted = w.gsorted.device_address();
+        self.dev.launch(&k.assign, warps(j), &[&jptr, &order, &psi, &center, &ji, &lead, &gptr, &gid_at, &gid_of_pair, &g_jn, &g_x, &sorted])?;
         let (drop_on, key, thr, scale) = match s.dropout {
             Some((key, thr, sc)) => (1i32, key, thr, sc),
             None => (0, 0, 0, 1.0f32),
@@ -1117,7 +1187,7 @@ impl<'d> CudaPartial<'d> {
         let (j, hh, d, b) = (s.j, s.hh, s.d, s.b);
         let k = &self.grouped;
         let g = w.n_groups_host;
-        ensure!(g >= 1 && w.group_capacity() >= g, "partial: the grouped backward runs after a grouped forward (none ran on this scratch)");
+        ensure!(w.grouped_ran && g >= 1 && w.group_capacity() >= g, "partial: the grouped backward runs after a grouped forward (none ran on this scratch)");
         let nw = bwd_warps(j);
         ensure!(w.g0part.len() >= nw * (d + hh) && w.w4_prod.len() >= d * hh && w.dps.len() >= b * d, "partial: the grouped backward's scratch is too small");
         let (drop_on, scale) = match s.dropout {
@@ -1129,16 +1199,18 @@ impl<'d> CudaPartial<'d> {
         self.dev.launch(&self.dpool_scale, cfg((b * d).div_ceil(PART_THREADS as usize), PART_THREADS, 0), &scale_args)?;
         let (hi, di, ji, nwi) = (hh as i32, d as i32, j as i32, nw as i32);
         let (jptr, order, cell_of) = (bt.jptr.device_address(), bt.order.device_address(), bt.cell_of.device_address());
-        let (gid_at, gptr, ga, gy, w4t) = (w.gid_at.device_address(), w.gptr.device_address(), w.ga.device_address(), w.gy.device_address(), w.w4t.device_address());
+        let (gid_at, sorted, gptr, ga, gy, w4t) = (w.gid_at.device_address(), w.gsorted.device_address(), w.gptr.device_address(), w.ga.device_address(), w.gy.device_address(), w.w4t.device_address());
         let (b4, g5, be5) = (p.b4.device_address(), p.g5.device_address(), p.be5.device_address());
         let (keep, gs, gda, slots, g0part) = (w.keep.device_address(), w.gs.device_address(), w.gda.device_address(), w.slots.device_address(), w.g0part.device_address());
-        let args: [&dyn KernelArg; 22] = [&hi, &di, &ji, &nwi, &jptr, &order, &cell_of, &gid_at, &gptr, &ga, &gy, &w4t, &b4, &g5, &be5, &dps, &drop_on, &keep, &gs, &gda, &slots, &g0part];
+        let args: [&dyn KernelArg; 23] = [&hi, &di, &ji, &nwi, &jptr, &order, &cell_of, &gid_at, &sorted, &gptr, &ga, &gy, &w4t, &b4, &g5, &be5, &dps, &drop_on, &keep, &gs, &gda, &slots, &g0part];
         self.dev.launch(&k.pair_bwd, warps(nw), &args)?;
         self.dev.launch(&k.zero_sums, warps(d + hh), &[&hi, &di, &nwi, &g0part, &gs, &gda])?;
-        // d W₄ over the groups, Sᵀ·A (D × G · G × Hh), and d A += S·W₄ (G × D · D × Hh)
+        // d W₄ over the groups, Sᵀ·A (D × G · G × Hh), and d A (+)= S·W₄ (G × D · D × Hh): added to the
+        // dropped units' corrections with dropout, else written
         use super::gemm::Operand;
         self.group_gemm(s, &Operand::new(&w.gs, g, d, true)?, &Operand::new(&w.ga, g, hh, false)?, 0.0, &mut w.w4_prod, d, hh)?;
-        self.group_gemm(s, &Operand::new(&w.gs, g, d, false)?, &Operand::new(p.w4, d, hh, false)?, 1.0, &mut w.gda, g, hh)?;
+        let beta = if s.dropout.is_some() { 1.0 } else { 0.0 };
+        self.group_gemm(s, &Operand::new(&w.gs, g, d, false)?, &Operand::new(p.w4, d, hh, false)?, beta, &mut w.gda, g, hh)?;
         let (g_x, g_ab, ug, bg, g1) = (w.g_x.device_address(), w.g_ab.device_address(), w.ug.device_address(), w.bg.device_address(), p.g1.device_address());
         let (q, cj, slot_d) = (w.q.device_address(), w.cj.device_address(), w.slot_d.device_address());
         let args: [&dyn KernelArg; 17] = [&hi, &di, &ji, &nwi, &gptr, &g_x, &g_ab, &ga, &gda, &ug, &bg, &g1, &scale, &q, &cj, &slots, &slot_d];
@@ -1175,7 +1247,7 @@ impl<'d> CudaPartial<'d> {
                 dev.memset(b, 0xff)?;
             }
             dev.memset(&mut w.g_ab, 0xff)?;
-            for b in [&mut w.lead, &mut w.gcount, &mut w.gptr, &mut w.gid_at, &mut w.gid_of_pair, &mut w.g_jn] {
+            for b in [&mut w.lead, &mut w.gcount, &mut w.gptr, &mut w.gid_at, &mut w.gid_of_pair, &mut w.g_jn, &mut w.gsorted] {
                 dev.memset(b, 0xff)?;
             }
         }
@@ -1206,7 +1278,7 @@ impl<'d> CudaPartial<'d> {
         for (o, b) in grads.iter_mut().zip(&gbufs) {
             *o = dev.download(b)?;
         }
-        Ok(PartialHost { pool: dev.download(&pool)?, keep, h0, grads, n_groups: w.n_groups_host })
+        Ok(PartialHost { pool: dev.download(&pool)?, keep, h0, grads, n_groups: w.n_groups_host, grouped_ran: w.grouped_ran })
     }
 }
 
