@@ -3,6 +3,10 @@
 // CPU twin: splicevi::model::partial (partial_forward / partial_backward); the algebra is explained
 // there (`Fold`): the first Linear + LayerNorm is folded per junction, so a pair costs two FMAs per
 // hidden unit before the second Linear.
+// These run the h network once per pair. The step's default is kernels/partial_grouped.cu (once per
+// group of pairs with the same input); these run with SPLICEVI_PARTIAL_KERNELS=pairs, and for a
+// minibatch whose inputs rarely repeat. The grouped kernels share this file's fold and tail (the
+// unfold and the parameter sums, from partial_unfold_du on) and the helpers in partial_common.cuh.
 //   partial_transpose_w0: W₀ᵀ, for the fold's coalesced reads.
 //   partial_fold_norm   : one warp per junction: F̂_j = e_j/‖e_j‖ (b̃, g₁⊙b̃, s_bb; W₄ᵀ); the launcher's
 //                         GEMM F̂·W₀[:,1:]ᵀ, then partial_fold_ln: u_j = W₀[:,0] + W₀[:,1:]·F̂_j and the

@@ -17,11 +17,16 @@
 //   pgrp_find      : one warp per junction: each position's group leader (the first position of the
 //                    junction with the same input; −1 for input 0), and the junction's leader count.
 //   pgrp_ptr       : one block: the leader counts' exclusive prefix (group ids 1.. in junction order,
-//                    then first appearance, as the twin numbers them), the group count, group 0's row.
+//                    then first appearance, as the twin numbers them) and the group count.
 //   pgrp_assign    : one warp per junction: the group id of every position (junction-major) and pair
 //                    (cell-major), each group's junction and input, the positions ordered by group.
 //   (the launcher reads the group count back: cuBLAS takes the GEMM's size from the host)
-//   pgrp_rows      : one warp per group: its (α, β) and a_g.
+//   pgrp_rows      : one warp per group: its (α, β), a_g and the units with a_gk > 0.
+//   pgrp_codes     : one warp per group (after the GEMM): its code without dropped units. A pair that
+//                    drops none of the group's positive units ("clean": every pair without dropout,
+//                    about half at the paper preset's p = 0.01) has exactly that code, so the forward
+//                    adds it, and the backward sums such pairs' d(code) and runs the code's backward
+//                    once per group (it is linear in d(code) at a shared x̂).
 //   pgrp_pool_fwd  : one warp per chunk of PART_POOL_CHUNK pairs of a cell (the chunks of
 //                    partial_pool_fwd): the keep bits (hashed exactly as there), h2, the LayerNorm, ReLU,
 //                    the chunk's pooled sum; partial_pool_combine (kernels/partial.cu) finishes the pool.
@@ -181,6 +186,51 @@ __device__ __forceinline__ float pair_xhat(int Hh, int D, unsigned lane, long lo
     return pair_xhat_from(Hh, D, lane, grp, A, w4t, base, words, xh);
 }
 
+// Whether a pair of group grp drops none of the units with a_gk > 0 (rpos: the group's, ⌈Hh/64⌉ words):
+// its h2 is then y_g + b₄ and its code the group's. Every pair without dropout; about half at p = 0.01
+// and Hh = 128. Warp-uniform.
+__device__ __forceinline__ bool pair_is_clean(int Hh, long long grp, const uint64_t* __restrict__ rpos,
+                                              const uint64_t* words) {
+    if (!words) return true;
+    const int kw = (Hh + 63) / 64;
+    uint64_t hit = 0ull;
+    for (int w = 0; w < kw; ++w) hit |= ~words[w] & unit_mask(Hh, w) & rpos[grp * kw + w];
+    return hit == 0ull;
+}
+
+// The backward of a code = ReLU(x̂·g₅ + be₅), x̂ = LayerNorm(h2), given d(code) `dc` at the lane's code
+// units: adds to the g₅, be₅, b₄ sums and returns d h2 in dh. Linear in dc, so the d(code) of pairs
+// with the same x̂ may be summed first.
+__device__ __forceinline__ void code_bwd(int D, unsigned lane, const float* xh, float inv, const float* dc,
+                                         const float* g5r, const float* be5r, float* sg5, float* sbe5, float* sb4,
+                                         float* dh) {
+    float dx[PGRP_OPL], s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PGRP_OPL; ++i) {
+        const int t = (int)lane + 32 * i;
+        dx[i] = 0.0f;
+        if (t < D) {
+            const float a2 = xh[i] * g5r[i] + be5r[i];
+            const float da = a2 > 0.0f ? dc[i] : 0.0f;
+            sg5[i] += da * xh[i];
+            sbe5[i] += da;
+            dx[i] = da * g5r[i];
+            s1 += dx[i];
+            s2 += dx[i] * xh[i];
+        }
+    }
+    const float m1 = warp_sum(s1) / (float)D, m2 = warp_sum(s2) / (float)D;
+#pragma unroll
+    for (int i = 0; i < PGRP_OPL; ++i) {
+        const int t = (int)lane + 32 * i;
+        dh[i] = 0.0f;
+        if (t < D) {
+            dh[i] = inv * (dx[i] - m1 - xh[i] * m2);
+            sb4[i] += dh[i];
+        }
+    }
+}
+
 // The index of this warp across the grid.
 __device__ __forceinline__ int grid_warp() { return (int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)); }
 
@@ -297,12 +347,13 @@ pgrp_assign(const int* __restrict__ jptr, const int* __restrict__ order, const f
 }
 
 // One warp per group g < G: (α, β) of its input at its junction (the folded first LayerNorm) into g_ab,
-// and a_g = scale·ReLU(α·(g₁⊙ũ_j) + β·(g₁⊙b̃) + be₁) into A (G × Hh). Group 0 (α = 0) reads no junction.
+// a_g = scale·ReLU(α·(g₁⊙ũ_j) + β·(g₁⊙b̃) + be₁) into A (G × Hh), and the units with a_gk > 0 into rpos
+// (G × ⌈Hh/64⌉ words). Group 0 (α = 0) reads no junction.
 extern "C" __global__ void __launch_bounds__(PGRP_THREADS)
 pgrp_rows(int G, int Hh, const int* __restrict__ g_jn, const float* __restrict__ g_x, const float* __restrict__ ug,
           const float* __restrict__ bg, const float* __restrict__ be1, const double* __restrict__ suu,
           const double* __restrict__ sub, const double* __restrict__ sbb, float scale, double* __restrict__ g_ab,
-          float* __restrict__ A) {
+          float* __restrict__ A, unsigned long long* __restrict__ rpos) {
     const unsigned lane = threadIdx.x & 31;
     const int g = grid_warp();
     if (g >= G) return;
@@ -314,19 +365,53 @@ pgrp_rows(int G, int Hh, const int* __restrict__ g_jn, const float* __restrict__
         g_ab[2 * (long long)g + 1] = beta;
     }
     const float a = (float)alpha, b = (float)beta;
-    for (int k = (int)lane; k < Hh; k += 32) {
-        const float base = b * bg[k] + be1[k];
-        const float v = alpha == 0.0 ? base : a * ug[(long long)j * Hh + k] + base;
-        A[(long long)g * Hh + k] = v > 0.0f ? v * scale : 0.0f;
+    const int hpl = (Hh + 31) / 32, kw = (Hh + 63) / 64;
+    uint64_t words[PGRP_KW] = {0ull, 0ull, 0ull, 0ull};
+    for (int i = 0; i < hpl; ++i) {
+        const int k = (int)lane + 32 * i;
+        bool pos = false;
+        if (k < Hh) {
+            const float base = b * bg[k] + be1[k];
+            const float v = alpha == 0.0 ? base : a * ug[(long long)j * Hh + k] + base;
+            A[(long long)g * Hh + k] = v > 0.0f ? v * scale : 0.0f;
+            pos = v > 0.0f;
+        }
+        words[i / 2] |= (uint64_t)__ballot_sync(0xffffffffu, pos) << (32 * (i & 1));
+    }
+    if (lane == 0)
+        for (int w = 0; w < kw; ++w) rpos[(long long)g * kw + w] = words[w];
+}
+
+// One warp per group g < G: its code without dropped units, ReLU(LayerNorm(y_g + b₄)·g₅ + be₅), into
+// code (G × D): every clean pair's (pair_is_clean).
+extern "C" __global__ void __launch_bounds__(PGRP_THREADS)
+pgrp_codes(int G, int Hh, int D, const float* __restrict__ Y, const float* __restrict__ b4, const float* __restrict__ g5,
+           const float* __restrict__ be5, float* __restrict__ code) {
+    const unsigned lane = threadIdx.x & 31;
+    const int g = grid_warp();
+    if (g >= G) return;
+    float b4r[PGRP_OPL], base[PGRP_OPL], xh[PGRP_OPL];
+    lane_units(b4, D, lane, b4r);
+    group_h2(D, lane, g, Y, b4r, base);
+    pair_xhat_from(Hh, D, lane, g, nullptr, nullptr, base, nullptr, xh);
+#pragma unroll
+    for (int i = 0; i < PGRP_OPL; ++i) {
+        const int t = (int)lane + 32 * i;
+        if (t < D) {
+            const float a2 = xh[i] * g5[t] + be5[t];
+            code[(long long)g * D + t] = a2 > 0.0f ? a2 : 0.0f;
+        }
     }
 }
 
 // One warp per chunk of PART_POOL_CHUNK pairs of a cell (partial_pool_fwd's chunk ids): each pair's keep
-// bits (written to keep, nnz × ⌈Hh/64⌉, when dropout acts), h2 from its group's y (Y = A·W₄ᵀ, G × D),
-// the LayerNorm, affine, ReLU, summed in pair order into part[chunk] (D).
+// bits (written to keep, nnz × ⌈Hh/64⌉, when dropout acts); its code, the group's (pgrp_codes) for a
+// clean pair, else from h2 = its group's y (Y = A·W₄ᵀ, G × D) less its dropped units, the LayerNorm,
+// affine and ReLU; summed in pair order into part[chunk] (D).
 extern "C" __global__ void __launch_bounds__(PGRP_THREADS)
 pgrp_pool_fwd(int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr, const int* __restrict__ gid_of_pair,
-              const float* __restrict__ A, const float* __restrict__ Y, const float* __restrict__ w4t,
+              const float* __restrict__ A, const unsigned long long* __restrict__ rpos, const float* __restrict__ code,
+              const float* __restrict__ Y, const float* __restrict__ w4t,
               const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5, int dropout,
               unsigned long long drop_key, unsigned drop_threshold, float* __restrict__ part,
               unsigned long long* __restrict__ keep) {
@@ -353,8 +438,16 @@ pgrp_pool_fwd(int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr
             if (lane == 0)
                 for (int w = 0; w < kw; ++w) keep[(long long)e * kw + w] = words[w];
         }
+        if (pair_is_clean(Hh, grp, (const uint64_t*)rpos, dropout ? words : nullptr)) {
+#pragma unroll
+            for (int i = 0; i < PGRP_OPL; ++i) {
+                const int t = (int)lane + 32 * i;
+                if (t < D) acc[i] += code[grp * D + t];
+            }
+            continue;
+        }
         float xh[PGRP_OPL];
-        pair_xhat(Hh, D, lane, grp, A, Y, w4t, b4r, dropout ? words : nullptr, xh);
+        pair_xhat(Hh, D, lane, grp, A, Y, w4t, b4r, words, xh);
 #pragma unroll
         for (int i = 0; i < PGRP_OPL; ++i) {
             const int t = (int)lane + 32 * i;
@@ -371,18 +464,45 @@ pgrp_pool_fwd(int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr
     }
 }
 
+namespace {
+// The end of group cur's run in pgrp_pair_bwd: its n_clean clean pairs' summed d(code) (dsum) through
+// one code backward at the group's x̂ (from base = y_g + b₄), added to the group's d h2 sum (s0 for group
+// 0, else sacc), then the group's S row written (not group 0's).
+__device__ __forceinline__ void finish_group(int Hh, int D, unsigned lane, long long cur, int n_clean, const float* base,
+                                             const float* dsum, const float* g5r, const float* be5r, float* sg5,
+                                             float* sbe5, float* sb4, float* s0, float* sacc, float* __restrict__ S) {
+    if (n_clean > 0) {
+        float xh[PGRP_OPL], dh[PGRP_OPL];
+        const float inv = pair_xhat_from(Hh, D, lane, cur, nullptr, nullptr, base, nullptr, xh);
+        code_bwd(D, lane, xh, inv, dsum, g5r, be5r, sg5, sbe5, sb4, dh);
+#pragma unroll
+        for (int i = 0; i < PGRP_OPL; ++i) {
+            if (cur == 0) s0[i] += dh[i];
+            else sacc[i] += dh[i];
+        }
+    }
+    if (cur > 0)
+#pragma unroll
+        for (int i = 0; i < PGRP_OPL; ++i)
+            if ((int)lane + 32 * i < D) S[cur * D + lane + 32 * i] = sacc[i];
+}
+}  // namespace
+
 // One warp w < n_warps per junction j ≡ w (mod n_warps), the junction's positions by (group, position)
 // (pgrp_assign's sorted): each pair's h2 and LayerNorm recomputed (y_g loaded once per group, keep bits
 // from the forward), d(code) = dps[cell] (d(pool) ÷ the cell's divisor, partial_dpool_scale) back
 // through ReLU, affine and LayerNorm to d h2, summed over the group's pairs in registers and written to
 // its S row (G × D) once; group 0's to the warp's partial g0part[w] = [Σ d h2 (D) | Σ corrections (Hh)].
+// A clean pair (pair_is_clean: its code is the group's) only adds its d(code) to the group's sum, which
+// goes through the code backward once per group (finish_group): linear in d(code) at a shared x̂.
 // With dropout the junction's groups' d A rows are zeroed first by this warp. For each dropped unit k with a_gk > 0:
 // ⟨W₄[:,k], d h2⟩ taken from d A[g,k] (group 0: added to the partial, negated later) and a_gk·d h2 from
 // the warp's slot's d W₄ (the GEMM Sᵀ·A counts every unit as kept). The slot's b₄, g₅, be₅ sums too.
 extern "C" __global__ void __launch_bounds__(PGRP_THREADS)
 pgrp_pair_bwd(int Hh, int D, int J, int n_warps, const int* __restrict__ jptr, const int* __restrict__ order,
               const int* __restrict__ cell_of, const int* __restrict__ gid_at, const int* __restrict__ sorted,
-              const int* __restrict__ gptr, const float* __restrict__ A, const float* __restrict__ Y, const float* __restrict__ w4t,
+              const int* __restrict__ gptr, const float* __restrict__ A, const unsigned long long* __restrict__ rpos,
+              const float* __restrict__ Y, const float* __restrict__ w4t,
               const float* __restrict__ b4, const float* __restrict__ g5, const float* __restrict__ be5,
               const float* __restrict__ dps, int dropout, const unsigned long long* __restrict__ keep,
               float* __restrict__ S, float* __restrict__ dA, float* __restrict__ slots, float* __restrict__ g0part) {
@@ -411,55 +531,41 @@ pgrp_pair_bwd(int Hh, int D, int J, int n_warps, const int* __restrict__ jptr, c
         __syncwarp();
         // the junction's positions by (group, position): group 0's first, then each group's in a row
         long long cur = -1;
-        float base[PGRP_OPL], sacc[PGRP_OPL];
+        int n_clean = 0;
+        float base[PGRP_OPL], sacc[PGRP_OPL], dsum[PGRP_OPL];
         for (int q = jptr[j]; q < jptr[j + 1]; ++q) {
             const int p = sorted[q];
             const int e = order[p], cell = cell_of[e];
             const long long grp = gid_at[p];
             if (grp != cur) {
-                if (cur > 0)
-#pragma unroll
-                    for (int i = 0; i < PGRP_OPL; ++i)
-                        if ((int)lane + 32 * i < D) S[cur * D + lane + 32 * i] = sacc[i];
+                if (cur >= 0) finish_group(Hh, D, lane, cur, n_clean, base, dsum, g5r, be5r, sg5, sbe5, sb4, s0, sacc, S);
                 cur = grp;
                 group_h2(D, lane, grp, Y, b4r, base);
+                n_clean = 0;
 #pragma unroll
-                for (int i = 0; i < PGRP_OPL; ++i) sacc[i] = 0.0f;
+                for (int i = 0; i < PGRP_OPL; ++i) sacc[i] = dsum[i] = 0.0f;
             }
             uint64_t words[PGRP_KW];
             if (dropout)
                 for (int x = 0; x < kw; ++x) words[x] = keep[(long long)e * kw + x];
-            float xh[PGRP_OPL];
-            const float inv = pair_xhat_from(Hh, D, lane, grp, A, w4t, base, dropout ? words : nullptr, xh);
-            float dx[PGRP_OPL], s1 = 0.0f, s2 = 0.0f;
+            float dc[PGRP_OPL];
+            lane_units(dps + (long long)cell * D, D, lane, dc);
+            if (pair_is_clean(Hh, grp, (const uint64_t*)rpos, dropout ? words : nullptr)) {
+                // the group's code: its d(code) joins the group's one backward (finish_group)
+#pragma unroll
+                for (int i = 0; i < PGRP_OPL; ++i) dsum[i] += dc[i];
+                ++n_clean;
+                continue;
+            }
+            float xh[PGRP_OPL], dh[PGRP_OPL];
+            const float inv = pair_xhat_from(Hh, D, lane, grp, A, w4t, base, words, xh);
+            code_bwd(D, lane, xh, inv, dc, g5r, be5r, sg5, sbe5, sb4, dh);
 #pragma unroll
             for (int i = 0; i < PGRP_OPL; ++i) {
-                const int t = (int)lane + 32 * i;
-                dx[i] = 0.0f;
-                if (t < D) {
-                    const float a2 = xh[i] * g5r[i] + be5r[i];
-                    const float da = a2 > 0.0f ? dps[(long long)cell * D + t] : 0.0f;
-                    sg5[i] += da * xh[i];
-                    sbe5[i] += da;
-                    dx[i] = da * g5r[i];
-                    s1 += dx[i];
-                    s2 += dx[i] * xh[i];
-                }
+                if (grp == 0) s0[i] += dh[i];
+                else sacc[i] += dh[i];
             }
-            const float m1 = warp_sum(s1) / (float)D, m2 = warp_sum(s2) / (float)D;
-            float dh[PGRP_OPL];
-#pragma unroll
-            for (int i = 0; i < PGRP_OPL; ++i) {
-                const int t = (int)lane + 32 * i;
-                dh[i] = 0.0f;
-                if (t < D) {
-                    dh[i] = inv * (dx[i] - m1 - xh[i] * m2);
-                    sb4[i] += dh[i];
-                    if (grp == 0) s0[i] += dh[i];
-                    else sacc[i] += dh[i];
-                }
-            }
-            if (!dropout) continue;
+            // (a pair that is not clean drops units: dropout acts)
             for (int x = 0; x < kw; ++x) {
                 uint64_t dropped = ~words[x] & unit_mask(Hh, x);
                 while (dropped) {
@@ -484,10 +590,7 @@ pgrp_pair_bwd(int Hh, int D, int J, int n_warps, const int* __restrict__ jptr, c
                 }
             }
         }
-        if (cur > 0)
-#pragma unroll
-            for (int i = 0; i < PGRP_OPL; ++i)
-                if ((int)lane + 32 * i < D) S[cur * D + lane + 32 * i] = sacc[i];
+        if (cur >= 0) finish_group(Hh, D, lane, cur, n_clean, base, dsum, g5r, be5r, sg5, sbe5, sb4, s0, sacc, S);
     }
     // the slot's [b₄ | g₅ | be₅] (R, be₁ and e₁, e₃ are pgrp_group_bwd's), group 0's Σ d h2
     float* tail = slot + 2 * Hh + (long long)D * Hh;

@@ -435,15 +435,15 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64, decode: SplicingDecode) {
     assert_eq!(n_updated > 0, has_bn && case.opts.training, "{name}: {n_updated} running statistics updated");
 }
 
-/// `SPLICEVI_STEP_CASES=a|b`: only the configurations whose name contains `a` or `b` (the whole list
-/// takes minutes under the emulation); unset, every one.
 /// Host waits per forward that the partial encoder adds: 1 with the grouped kernels (the group count
-/// read back for the GEMM's size), else 0.
+/// read back for the GEMM's size and the choice of kernels), else 0.
 fn partial_group_reads(model: &SpliceVae, dm: &DeviceModel<'_>) -> u64 {
     let partial = matches!(model.arch.z_enc_spl, splicevi::model::arch::SplEncP::Partial(_));
     (partial && dm.partial_grouped) as u64
 }
 
+/// `SPLICEVI_STEP_CASES=a|b`: only the configurations whose name contains `a` or `b` (the whole list
+/// takes minutes under the emulation); unset, every one.
 fn selected(name: &str) -> bool {
     match std::env::var("SPLICEVI_STEP_CASES") {
         Ok(f) if !f.is_empty() => f.split('|').any(|part| name.contains(part)),
@@ -824,7 +824,7 @@ fn device_trainer_stops_on_a_non_finite_loss() {
 }
 
 /// Two epochs of `paper` in bf16 at a tensor-core shape of the partial encoder (h_hidden 16, code_dim 8;
-/// the trainer runs the grouped kernels, the default: f32 GEMMs over the groups, while `bf16_on` runs
+/// the trainer runs the grouped kernels, the default, with their GEMMs in TF32, while `bf16_on` runs
 /// the per-pair tensor-core ones), the adversary off,
 /// against the CPU trainer in f32: every epoch's
 /// losses finite and within 3e-2 of the CPU's (bf16 operands: a few 1e-3 per step, compounded over
@@ -893,8 +893,8 @@ fn bf16_on(dev: &CudaDevice) {
         let want = model.backward(&p, &batch, &fw, None).unwrap();
         let mut dm = DeviceModel::new(dev, &model, &p).unwrap();
         dm.poison = true;
-        // (the per-pair kernels, whose products run on tensor cores in bf16; the grouped ones, the
-        // default, keep f32 GEMMs)
+        // (the per-pair kernels, whose products run on tensor cores in bf16; the other cases run the
+        // grouped ones, the default, with their GEMMs in TF32)
         dm.partial_grouped = !name.contains("tensor-core");
         let f32_grads = {
             dm.forward_backward(&batch, &case.opts, &mut |_| Ok(None), true).unwrap();

@@ -127,10 +127,10 @@ impl<'d> CudaGemm<'d> {
     }
 
     /// [`CudaGemm::gemm`] of f32 operands on the tensor cores in TF32 (cuBLAS's
-    /// `CUBLAS_COMPUTE_32F_FAST_TF32`: each operand rounded to 10 mantissa bits, f32 accumulation). No
-    /// conversion pass, about 8× the f32 rate on an A100 or H100. The host emulation rounds the operands
-    /// to nearest (ties away from zero, as `cvt.rna.tf32.f32`); cuBLAS may round differently, within
-    /// the same 2⁻¹¹ relative.
+    /// `CUBLAS_COMPUTE_32F_FAST_TF32`: each operand reduced to 10 mantissa bits, f32 accumulation). No
+    /// conversion pass; 7–8× the f32 peak on an A100 or H100. The host emulation rounds the operands
+    /// to nearest (ties away from zero, as `cvt.rna.tf32.f32`); cuBLAS may round or truncate, within
+    /// 2⁻¹⁰ relative either way.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_tf32(&self, alpha: f32, a: &Operand, b: &Operand, beta: f32, c: &mut dyn DeviceMem<f32>, m: usize, n: usize) -> Result<()> {
         self.gemm_any(GemmPrecision::F32, true, alpha, a, b, beta, c, m, n)

@@ -467,12 +467,15 @@ pub struct PartialWork {
     /// Each junction's positions ordered by (group, position) (nnz), the backward's walk.
     pub gsorted: DevBuf<i32>,
     /// Per group, room for [`PartialWork::group_capacity`] groups (grown by the forward when a minibatch
-    /// has more): junction, input, (α, β), a_g (Hh), y_g = W₄·a_g (D), S = Σ d h2 (D), d a_g (Hh).
+    /// has more): junction, input, (α, β), the units with a_gk > 0 (⌈Hh/64⌉ words), a_g (Hh), y_g =
+    /// W₄·a_g (D), the code without dropped units (D), S = Σ d h2 (D), d a_g (Hh).
     pub g_jn: DevBuf<i32>,
     pub g_x: DevBuf<f32>,
     pub g_ab: DevBuf<f64>,
+    pub g_rpos: DevBuf<u64>,
     pub ga: DevBuf<f32>,
     pub gy: DevBuf<f32>,
+    pub gcode: DevBuf<f32>,
     pub gs: DevBuf<f32>,
     pub gda: DevBuf<f32>,
     /// The backward warps' partial sums for group 0 (n_warps × (D + Hh)), and Sᵀ·A (D × Hh).
@@ -485,13 +488,14 @@ pub struct PartialWork {
     pub grouped_ran: bool,
 }
 
-/// [g_jn, g_x, g_ab, [ga, gy, gs, gda]] of [`PartialWork`].
-type GroupBufs = (DevBuf<i32>, DevBuf<f32>, DevBuf<f64>, [DevBuf<f32>; 4]);
+/// [g_jn, g_x, g_ab, g_rpos, [ga, gy, gcode, gs, gda]] of [`PartialWork`].
+type GroupBufs = (DevBuf<i32>, DevBuf<f32>, DevBuf<f64>, DevBuf<u64>, [DevBuf<f32>; 5]);
 
 /// The group buffers for `g` groups (at least one).
 fn group_bufs(dev: &CudaDevice, g: usize, hh: usize, d: usize) -> Result<GroupBufs> {
     let g = g.max(1);
-    Ok((dev.zeros(g)?, dev.zeros(g)?, dev.zeros(2 * g)?, [dev.zeros(g * hh)?, dev.zeros(g * d)?, dev.zeros(g * d)?, dev.zeros(g * hh)?]))
+    let f = |n: usize| dev.zeros::<f32>(g * n);
+    Ok((dev.zeros(g)?, dev.zeros(g)?, dev.zeros(2 * g)?, dev.zeros(g * hh.div_ceil(64))?, [f(hh)?, f(d)?, f(d)?, f(d)?, f(hh)?]))
 }
 
 impl PartialWork {
@@ -506,8 +510,9 @@ impl PartialWork {
         if g <= self.group_capacity() {
             return Ok(());
         }
-        let (jn, x, ab, [a, y, s, da]) = group_bufs(dev, g + g / 4, hh, d)?;
-        (self.g_jn, self.g_x, self.g_ab, self.ga, self.gy, self.gs, self.gda) = (jn, x, ab, a, y, s, da);
+        let (jn, x, ab, rpos, [a, y, code, s, da]) = group_bufs(dev, g + g / 4, hh, d)?;
+        (self.g_jn, self.g_x, self.g_ab, self.g_rpos) = (jn, x, ab, rpos);
+        (self.ga, self.gy, self.gcode, self.gs, self.gda) = (a, y, code, s, da);
         Ok(())
     }
 
@@ -522,8 +527,8 @@ impl PartialWork {
         let f32s = [&self.fhat, &self.fnorm, &self.ut, &self.ug, &self.bt, &self.bg, &self.w4t, &self.h0, &self.q, &self.du, &self.slots, &self.w0_prod, &self.w0t, &self.pool_part, &self.dfh, &self.dps, &self.lnp];
         let f64s = [&self.suu, &self.sub, &self.sbb, &self.cj, &self.slot_d, &self.jpart, &self.jgroups, &self.slot_part, &self.g_ab];
         let i32s = [&self.pass_ptr, &self.lead, &self.gcount, &self.gptr, &self.gid_at, &self.gid_of_pair, &self.n_groups, &self.g_jn, &self.gsorted];
-        let group_f32s = [&self.g_x, &self.ga, &self.gy, &self.gs, &self.gda, &self.g0part, &self.w4_prod];
-        4 * f32s.iter().chain(group_f32s.iter()).map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * self.keep.len() + 4 * self.w4frag.len() + 4 * i32s.iter().map(|b| b.len()).sum::<usize>()
+        let group_f32s = [&self.g_x, &self.ga, &self.gy, &self.gcode, &self.gs, &self.gda, &self.g0part, &self.w4_prod];
+        4 * f32s.iter().chain(group_f32s.iter()).map(|b| b.len()).sum::<usize>() + 8 * f64s.iter().map(|b| b.len()).sum::<usize>() + 8 * (self.keep.len() + self.g_rpos.len()) + 4 * self.w4frag.len() + 4 * i32s.iter().map(|b| b.len()).sum::<usize>()
     }
 
     pub fn alloc(dev: &CudaDevice, s: &PartialShape) -> Result<Self> {
@@ -532,7 +537,7 @@ impl PartialWork {
         let nslot = bwd_warps(j) + 2;
         let (nnz1, grouped) = (s.nnz.max(1), s.grouped);
         let per = |n: usize| if grouped { n } else { 1 };
-        let (g_jn, g_x, g_ab, [ga, gy, gs, gda]) = group_bufs(dev, 0, hh, d)?;
+        let (g_jn, g_x, g_ab, g_rpos, [ga, gy, gcode, gs, gda]) = group_bufs(dev, 0, hh, d)?;
         Ok(PartialWork {
             fhat: dev.zeros(j * d)?,
             fnorm: dev.zeros(j)?,
@@ -572,8 +577,10 @@ impl PartialWork {
             g_jn,
             g_x,
             g_ab,
+            g_rpos,
             ga,
             gy,
+            gcode,
             gs,
             gda,
             g0part: dev.zeros(per(bwd_warps(j) * (d + hh)))?,
@@ -664,6 +671,7 @@ struct GroupedKernels {
     ptr: Kernel,
     assign: Kernel,
     rows: Kernel,
+    codes: Kernel,
     pool_fwd: Kernel,
     pair_bwd: Kernel,
     zero_sums: Kernel,
@@ -750,6 +758,7 @@ impl<'d> CudaPartial<'d> {
                     ptr: g("pgrp_ptr")?,
                     assign: g("pgrp_assign")?,
                     rows: g("pgrp_rows")?,
+                    codes: g("pgrp_codes")?,
                     pool_fwd: g("pgrp_pool_fwd")?,
                     pair_bwd: g("pgrp_pair_bwd")?,
                     zero_sums: g("pgrp_zero_sums")?,
@@ -1155,16 +1164,18 @@ impl<'d> CudaPartial<'d> {
             None => (0, 0, 0, 1.0f32),
         };
         let (ug, bg, suu, sub, sbb) = (w.ug.device_address(), w.bg.device_address(), w.suu.device_address(), w.sub.device_address(), w.sbb.device_address());
-        let (g_ab, ga) = (w.g_ab.device_address(), w.ga.device_address());
+        let (g_ab, ga, rpos) = (w.g_ab.device_address(), w.ga.device_address(), w.g_rpos.device_address());
         let be1 = p.be1.device_address();
-        self.dev.launch(&k.rows, warps(g), &[&(g as i32), &hi, &g_jn, &g_x, &ug, &bg, &be1, &suu, &sub, &sbb, &scale, &g_ab, &ga])?;
+        self.dev.launch(&k.rows, warps(g), &[&(g as i32), &hi, &g_jn, &g_x, &ug, &bg, &be1, &suu, &sub, &sbb, &scale, &g_ab, &ga, &rpos])?;
         // Y (G × D) = A (G × Hh) · W₄ᵀ (W₄: D × Hh)
         use super::gemm::Operand;
         self.group_gemm(s, &Operand::new(&w.ga, g, hh, false)?, &Operand::new(p.w4, d, hh, true)?, 0.0, &mut w.gy, g, d)?;
-        let (ip, gy, w4t) = (bt.indptr.device_address(), w.gy.device_address(), w.w4t.device_address());
+        let (ip, gy, w4t, code) = (bt.indptr.device_address(), w.gy.device_address(), w.w4t.device_address(), w.gcode.device_address());
         let (b4, g5, be5) = (p.b4.device_address(), p.g5.device_address(), p.be5.device_address());
+        // each group's code without dropped units: every clean pair's
+        self.dev.launch(&k.codes, warps(g), &[&(g as i32), &hi, &di, &gy, &b4, &g5, &be5, &code])?;
         let (part, keep) = (w.pool_part.device_address(), w.keep.device_address());
-        let args: [&dyn KernelArg; 17] = [&hi, &di, &(b as i32), &(n_chunks as i32), &ip, &gid_of_pair, &ga, &gy, &w4t, &b4, &g5, &be5, &drop_on, &key, &thr, &part, &keep];
+        let args: [&dyn KernelArg; 19] = [&hi, &di, &(b as i32), &(n_chunks as i32), &ip, &gid_of_pair, &ga, &rpos, &code, &gy, &w4t, &b4, &g5, &be5, &drop_on, &key, &thr, &part, &keep];
         self.dev.launch(&k.pool_fwd, warps(n_chunks), &args)
     }
 
@@ -1202,7 +1213,8 @@ impl<'d> CudaPartial<'d> {
         let (gid_at, sorted, gptr, ga, gy, w4t) = (w.gid_at.device_address(), w.gsorted.device_address(), w.gptr.device_address(), w.ga.device_address(), w.gy.device_address(), w.w4t.device_address());
         let (b4, g5, be5) = (p.b4.device_address(), p.g5.device_address(), p.be5.device_address());
         let (keep, gs, gda, slots, g0part) = (w.keep.device_address(), w.gs.device_address(), w.gda.device_address(), w.slots.device_address(), w.g0part.device_address());
-        let args: [&dyn KernelArg; 23] = [&hi, &di, &ji, &nwi, &jptr, &order, &cell_of, &gid_at, &sorted, &gptr, &ga, &gy, &w4t, &b4, &g5, &be5, &dps, &drop_on, &keep, &gs, &gda, &slots, &g0part];
+        let rpos = w.g_rpos.device_address();
+        let args: [&dyn KernelArg; 24] = [&hi, &di, &ji, &nwi, &jptr, &order, &cell_of, &gid_at, &sorted, &gptr, &ga, &rpos, &gy, &w4t, &b4, &g5, &be5, &dps, &drop_on, &keep, &gs, &gda, &slots, &g0part];
         self.dev.launch(&k.pair_bwd, warps(nw), &args)?;
         self.dev.launch(&k.zero_sums, warps(d + hh), &[&hi, &di, &nwi, &g0part, &gs, &gda])?;
         // d W₄ over the groups, Sᵀ·A (D × G · G × Hh), and d A (+)= S·W₄ (G × D · D × Hh): added to the
@@ -1243,10 +1255,11 @@ impl<'d> CudaPartial<'d> {
         if s.grouped {
             // room for every pair in its own group, so that the buffers poisoned below are the ones used
             w.grow_groups(dev, s.nnz + 1, s.hh, s.d)?;
-            for b in [&mut w.ga, &mut w.gy, &mut w.gs, &mut w.gda, &mut w.g_x, &mut w.g0part, &mut w.w4_prod] {
+            for b in [&mut w.ga, &mut w.gy, &mut w.gcode, &mut w.gs, &mut w.gda, &mut w.g_x, &mut w.g0part, &mut w.w4_prod] {
                 dev.memset(b, 0xff)?;
             }
             dev.memset(&mut w.g_ab, 0xff)?;
+            dev.memset(&mut w.g_rpos, 0xff)?;
             for b in [&mut w.lead, &mut w.gcount, &mut w.gptr, &mut w.gid_at, &mut w.gid_of_pair, &mut w.g_jn, &mut w.gsorted] {
                 dev.memset(b, 0xff)?;
             }
