@@ -166,29 +166,15 @@ impl<'d> CudaGemm<'d> {
             let h = *blas_handle.handle();
             // Column-major Cᵀ (n × m) = op(B)ᵀ · op(A)ᵀ: B first.
             unsafe {
-                match prec {
-                    GemmPrecision::F32 if tf32 => blas::gemm_ex(
-                        h,
-                        b.cublas_op(),
-                        a.cublas_op(),
-                        ni,
-                        mi,
-                        ki,
-                        &alpha as *const f32 as *const c_void,
-                        b.addr as *const c_void,
-                        sys::cudaDataType::CUDA_R_32F,
-                        ldb,
-                        a.addr as *const c_void,
-                        sys::cudaDataType::CUDA_R_32F,
-                        lda,
-                        &beta as *const f32 as *const c_void,
-                        c.device_address() as *mut c_void,
-                        sys::cudaDataType::CUDA_R_32F,
-                        ni,
-                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    ),
-                    GemmPrecision::F32 => blas::sgemm(
+                // f32 operands with f32 compute are cuBLAS's sgemm; bf16 operands, or f32 ones in
+                // TF32, go through gemm_ex (f32 C and accumulation either way).
+                let ex = match (prec, tf32) {
+                    (GemmPrecision::F32, false) => None,
+                    (GemmPrecision::F32, true) => Some((sys::cudaDataType::CUDA_R_32F, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32)),
+                    (GemmPrecision::Bf16, _) => Some((sys::cudaDataType::CUDA_R_16BF, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F)),
+                };
+                match ex {
+                    None => blas::sgemm(
                         h,
                         b.cublas_op(),
                         a.cublas_op(),
@@ -204,7 +190,7 @@ impl<'d> CudaGemm<'d> {
                         c.device_address() as *mut f32,
                         ni,
                     ),
-                    GemmPrecision::Bf16 => blas::gemm_ex(
+                    Some((operand_type, compute)) => blas::gemm_ex(
                         h,
                         b.cublas_op(),
                         a.cublas_op(),
@@ -213,16 +199,16 @@ impl<'d> CudaGemm<'d> {
                         ki,
                         &alpha as *const f32 as *const c_void,
                         b.addr as *const c_void,
-                        sys::cudaDataType::CUDA_R_16BF,
+                        operand_type,
                         ldb,
                         a.addr as *const c_void,
-                        sys::cudaDataType::CUDA_R_16BF,
+                        operand_type,
                         lda,
                         &beta as *const f32 as *const c_void,
                         c.device_address() as *mut c_void,
                         sys::cudaDataType::CUDA_R_32F,
                         ni,
-                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        compute,
                         sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                     ),
                 }
@@ -234,6 +220,17 @@ impl<'d> CudaGemm<'d> {
     /// Convenience for tests: C = op(A)·op(B) of host row-major matrices (A is `ar × ac`, B `br × bc`).
     #[allow(clippy::too_many_arguments)]
     pub fn run_host(&self, prec: GemmPrecision, a: &[f32], ar: usize, ac: usize, ta: bool, b: &[f32], br: usize, bc: usize, tb: bool) -> Result<Vec<f32>> {
+        self.run_host_any(prec, false, a, ar, ac, ta, b, br, bc, tb)
+    }
+
+    /// [`CudaGemm::run_host`] through [`CudaGemm::gemm_tf32`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_host_tf32(&self, a: &[f32], ar: usize, ac: usize, ta: bool, b: &[f32], br: usize, bc: usize, tb: bool) -> Result<Vec<f32>> {
+        self.run_host_any(GemmPrecision::F32, true, a, ar, ac, ta, b, br, bc, tb)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_host_any(&self, prec: GemmPrecision, tf32: bool, a: &[f32], ar: usize, ac: usize, ta: bool, b: &[f32], br: usize, bc: usize, tb: bool) -> Result<Vec<f32>> {
         let dev = self.dev;
         let m = if ta { ac } else { ar };
         let n = if tb { br } else { bc };
@@ -241,30 +238,16 @@ impl<'d> CudaGemm<'d> {
         match prec {
             GemmPrecision::F32 => {
                 let (da, db) = (dev.upload(a)?, dev.upload(b)?);
-                self.gemm(prec, 1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
+                self.gemm_any(prec, tf32, 1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
                 dev.synchronize()?;
             }
             GemmPrecision::Bf16 => {
                 let conv = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<bf16>>();
                 let (da, db) = (dev.upload(&conv(a))?, dev.upload(&conv(b))?);
-                self.gemm(prec, 1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
+                self.gemm_any(prec, tf32, 1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
                 dev.synchronize()?;
             }
         }
-        let mut out = dev.download(&c)?;
-        out.truncate(m * n);
-        Ok(out)
-    }
-
-    /// [`CudaGemm::run_host`] through [`CudaGemm::gemm_tf32`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_host_tf32(&self, a: &[f32], ar: usize, ac: usize, ta: bool, b: &[f32], br: usize, bc: usize, tb: bool) -> Result<Vec<f32>> {
-        let dev = self.dev;
-        let m = if ta { ac } else { ar };
-        let n = if tb { br } else { bc };
-        let mut c = dev.upload(&vec![f32::NAN; (m * n).max(1)])?;
-        let (da, db) = (dev.upload(a)?, dev.upload(b)?);
-        self.gemm_tf32(1.0, &Operand::new(&da, ar, ac, ta)?, &Operand::new(&db, br, bc, tb)?, 0.0, &mut c, m, n)?;
         let mut out = dev.download(&c)?;
         out.truncate(m * n);
         Ok(out)
