@@ -156,10 +156,9 @@ glue_gather_rows_part(const int* __restrict__ ptr, const int* __restrict__ ids, 
     const int c = blockIdx.x * (GLUE_THREADS / 32) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (c >= n_chunks || n_targets == 0) return;
-    const int lo = chunk_owner(c, ptr, n_targets, chunk);
-    const long long m0 = ptr[lo] + ((long long)c - chunk_base(lo, ptr, chunk)) * chunk, m1t = ptr[lo + 1];
-    if (m0 >= m1t) return;  // past the target's last chunk
-    const long long m1 = m0 + chunk < m1t ? m0 + chunk : m1t;
+    const ChunkRange r = chunk_range(c, ptr, n_targets, chunk);
+    if (r.empty()) return;  // past the target's last chunk
+    const long long m0 = r.lo, m1 = r.hi;
     for (int c0 = 0; c0 < K; c0 += 32) {
         const int col = c0 + lane;
         if (col < K) {

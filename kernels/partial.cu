@@ -632,11 +632,9 @@ partial_pool_fwd(const float* __restrict__ ug, const float* __restrict__ bg, con
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int c = blockIdx.x * (blockDim.x >> 5) + warp;
     if (c >= n_chunks) return;
-    const int cell = chunk_owner(c, indptr, B, PART_POOL_CHUNK);
-    const long long k = c - chunk_base(cell, indptr, PART_POOL_CHUNK);
-    const int e0 = indptr[cell] + (int)(k * PART_POOL_CHUNK), e1c = indptr[cell + 1];
-    if (e0 >= e1c) return;  // past the cell's last chunk
-    const int e1 = e0 + PART_POOL_CHUNK < e1c ? e0 + PART_POOL_CHUNK : e1c;
+    const ChunkRange r = chunk_range(c, indptr, B, PART_POOL_CHUNK);
+    if (r.empty()) return;  // past the cell's last chunk
+    const int e0 = (int)r.lo, e1 = (int)r.hi;
     const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, drop_key, drop_threshold,
                            dropout ? dropout_scale : 1.0f);
     const Geo& g = n.g;
@@ -834,11 +832,9 @@ partial_pool_fwd_tc(const float* __restrict__ ug, const float* __restrict__ bg, 
     const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int c = blockIdx.x * (blockDim.x >> 5) + warp;
     if (c >= n_chunks) return;
-    const int cell = chunk_owner(c, indptr, B, PART_POOL_CHUNK);
-    const long long kc = c - chunk_base(cell, indptr, PART_POOL_CHUNK);
-    const int e0 = indptr[cell] + (int)(kc * PART_POOL_CHUNK), e1c = indptr[cell + 1];
-    if (e0 >= e1c) return;  // past the cell's last chunk
-    const int e1 = e0 + PART_POOL_CHUNK < e1c ? e0 + PART_POOL_CHUNK : e1c;
+    const ChunkRange r = chunk_range(c, indptr, B, PART_POOL_CHUNK);
+    if (r.empty()) return;  // past the cell's last chunk
+    const int e0 = (int)r.lo, e1 = (int)r.hi;
     const Net n = make_net(Hh, D, ug, bg, be1, g1, w4, w4t, b4, g5, be5, suu, sub, sbb, drop_key, drop_threshold,
                            dropout ? dropout_scale : 1.0f);
     const int ld = Hh + 8, NT = D / 8;

@@ -418,11 +418,9 @@ pgrp_pool_fwd(int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr
     const unsigned lane = threadIdx.x & 31;
     const int c = grid_warp();
     if (c >= n_chunks) return;
-    const int cell = chunk_owner(c, indptr, B, PART_POOL_CHUNK);
-    const long long k = c - chunk_base(cell, indptr, PART_POOL_CHUNK);
-    const int e0 = indptr[cell] + (int)(k * PART_POOL_CHUNK), e1c = indptr[cell + 1];
-    if (e0 >= e1c) return;  // past the cell's last chunk
-    const int e1 = e0 + PART_POOL_CHUNK < e1c ? e0 + PART_POOL_CHUNK : e1c;
+    const ChunkRange r = chunk_range(c, indptr, B, PART_POOL_CHUNK);
+    if (r.empty()) return;  // past the cell's last chunk
+    const int e0 = (int)r.lo, e1 = (int)r.hi;
     const int kw = (Hh + 63) / 64;
     float acc[PGRP_OPL], b4r[PGRP_OPL], g5r[PGRP_OPL], be5r[PGRP_OPL];
 #pragma unroll
@@ -465,6 +463,16 @@ pgrp_pool_fwd(int Hh, int D, int B, int n_chunks, const int* __restrict__ indptr
 }
 
 namespace {
+// A pair's d h2 into its group's sum: group 0's (s0) runs over all of the warp's junctions, another
+// group's (sacc) over its run of one junction's positions only.
+__device__ __forceinline__ void add_to_group_sum(long long grp, const float* dh, float* s0, float* sacc) {
+#pragma unroll
+    for (int i = 0; i < PGRP_OPL; ++i) {
+        if (grp == 0) s0[i] += dh[i];
+        else sacc[i] += dh[i];
+    }
+}
+
 // The end of group cur's run in pgrp_pair_bwd: its n_clean clean pairs' summed d(code) (dsum) through
 // one code backward at the group's x̂ (from base = y_g + b₄), added to the group's d h2 sum (s0 for group
 // 0, else sacc), then the group's S row written (not group 0's).
@@ -475,11 +483,7 @@ __device__ __forceinline__ void finish_group(int Hh, int D, unsigned lane, long 
         float xh[PGRP_OPL], dh[PGRP_OPL];
         const float inv = pair_xhat_from(Hh, D, lane, cur, nullptr, nullptr, base, nullptr, xh);
         code_bwd(D, lane, xh, inv, dsum, g5r, be5r, sg5, sbe5, sb4, dh);
-#pragma unroll
-        for (int i = 0; i < PGRP_OPL; ++i) {
-            if (cur == 0) s0[i] += dh[i];
-            else sacc[i] += dh[i];
-        }
+        add_to_group_sum(cur, dh, s0, sacc);
     }
     if (cur > 0)
 #pragma unroll
@@ -560,11 +564,7 @@ pgrp_pair_bwd(int Hh, int D, int J, int n_warps, const int* __restrict__ jptr, c
             float xh[PGRP_OPL], dh[PGRP_OPL];
             const float inv = pair_xhat_from(Hh, D, lane, grp, A, w4t, base, words, xh);
             code_bwd(D, lane, xh, inv, dc, g5r, be5r, sg5, sbe5, sb4, dh);
-#pragma unroll
-            for (int i = 0; i < PGRP_OPL; ++i) {
-                if (grp == 0) s0[i] += dh[i];
-                else sacc[i] += dh[i];
-            }
+            add_to_group_sum(grp, dh, s0, sacc);
             // (a pair that is not clean drops units: dropout acts)
             for (int x = 0; x < kw; ++x) {
                 uint64_t dropped = ~words[x] & unit_mask(Hh, x);

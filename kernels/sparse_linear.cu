@@ -46,10 +46,9 @@ sparse_linear_fwd(const long long* __restrict__ indptr, const unsigned* __restri
     const int c = blockIdx.x * SPL_WARPS + (threadIdx.x >> 5);
     const unsigned lane = threadIdx.x & 31;
     if (c >= n_chunks || rows == 0) return;
-    const int lo = chunk_owner(c, indptr, rows, SPL_CHUNK);
-    const long long e0 = indptr[lo] + (c - chunk_base(lo, indptr, SPL_CHUNK)) * SPL_CHUNK, e1r = indptr[lo + 1];
-    if (e0 >= e1r) return;  // past the row's last chunk
-    const long long e1 = e0 + SPL_CHUNK < e1r ? e0 + SPL_CHUNK : e1r;
+    const ChunkRange r = chunk_range(c, indptr, rows, SPL_CHUNK);
+    if (r.empty()) return;  // past the row's last chunk
+    const long long e0 = r.lo, e1 = r.hi;
     for (int o = lane; o < n_out; o += 32) {
         float acc = 0.0f;
         for (long long e = e0; e < e1; ++e) acc += values[e] * wt[(long long)indices[e] * n_out + o];

@@ -196,10 +196,10 @@ __device__ __forceinline__ void splicing_lik_impl(
     const bool dm = kind == KIND_DM;
     const long long* seg = dm ? cell_grp : indptr;
     const long long ch = dm ? SPL_GCHUNK : SPL_ECHUNK;
-    const int cell = chunk_owner(chunk, seg, B, ch);
-    const long long i0 = seg[cell] + (chunk - chunk_base(cell, seg, ch)) * ch, i1c = seg[cell + 1];
-    if (i0 >= i1c) return;  // past the cell's last chunk (the whole block: no barrier is reached)
-    const long long i1 = i0 + ch < i1c ? i0 + ch : i1c;
+    const ChunkRange r = chunk_range(chunk, seg, B, ch);
+    if (r.empty()) return;  // past the cell's last chunk (the whole block: no barrier is reached)
+    const int cell = r.seg;
+    const long long i0 = r.lo, i1 = r.hi;
     const int tid = threadIdx.x;
     // phase 1's entries: [e0, e1) itself, or the positions [e0, e1) of ord (DM)
     const long long e0 = dm ? grp_ptr[i0] : i0, e1 = dm ? grp_ptr[i1] : i1;

@@ -524,9 +524,14 @@ fn negative_numbers_reach_the_range_checks() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.h5mu");
     let text = fails(bin().args(["simulate", "--size", "toy", "--target-unobserved", "-0.5", "--out"]).arg(&out));
-    assert!(text.contains("target_unobserved must be in (0, 1), got -0.5"), "{text}");
+    assert!(text.contains("--target-unobserved must be in (0, 1), got -0.5"), "{text}");
     let text = fails(bin().args(["simulate", "--size", "toy", "--ds-atse-fraction", "-1", "--out"]).arg(&out));
-    assert!(text.contains("ds_atse_fraction must be in [0, 1], got -1"), "{text}");
+    assert!(text.contains("--ds-atse-fraction must be in [0, 1], got -1"), "{text}");
+    // (each count flag by its own name, not the config field's)
+    for flag in ["--n-cells", "--n-genes", "--n-junctions", "--n-cell-types", "--n-batches"] {
+        let text = fails(bin().args(["simulate", "--size", "toy", flag, "0", "--out"]).arg(&out));
+        assert!(text.contains(&format!("simulate: {flag} must be positive, got 0")), "{flag}: {text}");
+    }
     assert!(!out.exists());
     let text = fails(bin().args(["plot", "volcano", "ds.tsv", "--fdr", "-1"]));
     assert!(text.contains("--fdr (the FDR target) must be in [0, 1], got -1"), "{text}");

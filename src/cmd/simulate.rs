@@ -51,6 +51,26 @@ pub struct SimulateArgs {
     pub truth_json: Option<PathBuf>,
 }
 
+/// The overriding flags' ranges, named as the user typed them (`SimConfig::validate` names the config
+/// fields, for library callers, and still checks what the presets set).
+fn check_flags(a: &SimulateArgs) -> anyhow::Result<()> {
+    let counts = [("--n-cells", a.n_cells), ("--n-genes", a.n_genes), ("--n-junctions", a.n_junctions), ("--n-cell-types", a.n_cell_types), ("--n-batches", a.n_batches)];
+    for (flag, v) in counts {
+        match v {
+            Some(0) => anyhow::bail!("simulate: {flag} must be positive, got 0"),
+            Some(n) if n > u32::MAX as usize => anyhow::bail!("simulate: {flag} must be at most {}, got {n}", u32::MAX),
+            _ => {}
+        }
+    }
+    if let Some(t) = a.target_unobserved {
+        anyhow::ensure!(t > 0.0 && t < 1.0, "simulate: --target-unobserved must be in (0, 1), got {t}");
+    }
+    if let Some(f) = a.ds_atse_fraction {
+        anyhow::ensure!((0.0..=1.0).contains(&f), "simulate: --ds-atse-fraction must be in [0, 1], got {f}");
+    }
+    Ok(())
+}
+
 pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
     // Every output is checked before any work (found after the .h5mu was written, a bad --truth-json
     // left one of the two outputs behind).
@@ -61,6 +81,7 @@ pub fn run(a: SimulateArgs) -> anyhow::Result<()> {
         }
         crate::util::check_output_named(&format!("--truth-json {}", p.display()), p, &[], &[])?;
     }
+    check_flags(&a)?;
     let mut cfg = SimConfig::preset(a.size, a.seed);
     if let Some(n) = a.n_cells {
         cfg.n_cells = n;
