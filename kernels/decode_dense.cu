@@ -18,7 +18,6 @@
 
 #define DEC_THREADS 256
 #define DM_Q_EPS 1e-6f
-#define DM_LSE_EPS 1e-8f
 
 namespace {
 __device__ __forceinline__ float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -34,7 +33,7 @@ __device__ __forceinline__ float dm_logit(float x) {
 // (cell, ATSE) still, over the ATSE's junctions). atse_ptr: A + 1 offsets into atse_junc.
 extern "C" __global__ void __launch_bounds__(DEC_THREADS)
 decode_psi_dense(const float* __restrict__ logits, int B, int J, int A, const long long* __restrict__ atse_ptr,
-                 const unsigned* __restrict__ atse_junc, int dm, float* p) {
+                 const unsigned* __restrict__ atse_junc, int dm, float lse_eps, float* p) {
     const long long t = (long long)blockIdx.x * DEC_THREADS + threadIdx.x;
     if (t >= (long long)B * A) return;
     const long long i = t / A;
@@ -52,7 +51,7 @@ decode_psi_dense(const float* __restrict__ logits, int B, int J, int A, const lo
     for (long long q = g0 + 1; q < g1; ++q) mx = fmaxf(mx, dm_logit(row[atse_junc[q]]));
     float s = 0.0f;
     for (long long q = g0; q < g1; ++q) s += expf(dm_logit(row[atse_junc[q]]) - mx);
-    const float lse = mx + logf(s + DM_LSE_EPS);
+    const float lse = mx + logf(s + lse_eps);  // the original's 1e-8, or 0 (dm_exact_softmax)
     // (the outputs last: p may alias logits)
     for (long long q = g0; q < g1; ++q) {
         const unsigned j = atse_junc[q];

@@ -65,7 +65,6 @@ constexpr int KIND_DM = 0, KIND_BINOMIAL = 2, KIND_BCE = 3;
 // conc_mode: 0 = one scalar, 1 = per ATSE (junc2atse[j]), 2 = per junction (cuda::splicing_lik::conc_code)
 constexpr int CONC_ATSE = 1, CONC_JUNCTION = 2;
 constexpr float DM_Q_EPS = 1e-6f;    // spl_lik::DM_Q_EPS
-constexpr float DM_LSE_EPS = 1e-8f;  // spl_lik::DM_LSE_EPS
 constexpr float P_EPS = 1e-8f;       // lik::P_EPS (1 - P_EPS rounds to 1 in f32, as on the CPU)
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -113,7 +112,7 @@ __device__ __forceinline__ float dm_lg(float logit, float& praw, float& q, bool&
 // as scratch for dp_t between the passes (each entry belongs to this thread only).
 __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long long g1,
                            const float* logits, const float* __restrict__ kc,
-                           const float* __restrict__ nc, float c, float w, float* __restrict__ g_logit,
+                           const float* __restrict__ nc, float c, float w, float lse_eps, float* __restrict__ g_logit,
                            float* __restrict__ g_conc, float* __restrict__ p_out) {
     float praw, q;
     bool qpass;
@@ -127,7 +126,7 @@ __device__ double dm_group(const unsigned* __restrict__ ord, long long g0, long 
     // pass 2: s = sum exp(lg - mx) in f32, in entry order
     float s = 0.0f;
     for (long long t = g0; t < g1; ++t) s += expf(dm_lg(ld_logit(logits, ord[t]), praw, q, qpass) - mx);
-    const float se = s + DM_LSE_EPS;
+    const float se = s + lse_eps;  // the original's 1e-8 (spl_lik::DM_LSE_EPS), or 0 (dm_exact_softmax)
     const float lse = mx + logf(se);
     // pass 3: p, clamped p, alpha = pc * c, their sum, N = max n
     float s_alpha = 0.0f, big_n = 0.0f;
@@ -185,7 +184,7 @@ __device__ __forceinline__ void splicing_lik_impl(
     const float* __restrict__ kc, const float* __restrict__ nc, const float* __restrict__ psi,
     const long long* __restrict__ cell_grp, const long long* __restrict__ grp_ptr,
     const unsigned* __restrict__ ord, const unsigned* __restrict__ junc2atse,
-    const float* __restrict__ log_phi, int kind, int conc_mode, float w, int B, int n_chunks,
+    const float* __restrict__ log_phi, int kind, int conc_mode, float w, float lse_eps, int B, int n_chunks,
     float* __restrict__ logits, double* __restrict__ rl_part, float* __restrict__ g_logit,
     float* __restrict__ g_conc, float* __restrict__ p_out, const float* __restrict__ dense, int J) {
     SV_DYNAMIC_SMEM(float, s_row);
@@ -236,7 +235,7 @@ __device__ __forceinline__ void splicing_lik_impl(
         for (long long g = i0 + tid; g < i1; g += SPL_THREADS) {
             const long long g0 = grp_ptr[g], g1 = grp_ptr[g + 1];
             const float c = softplus(log_phi[conc_index(conc_mode, junction[ord[g0]], junc2atse)]);
-            ll += dm_group(ord, g0, g1, logits, kc, nc, c, w, g_logit, g_conc, p_out);
+            ll += dm_group(ord, g0, g1, logits, kc, nc, c, w, lse_eps, g_logit, g_conc, p_out);
         }
     } else {
         for (long long e = i0 + tid; e < i1; e += SPL_THREADS) {
@@ -289,11 +288,11 @@ __device__ __forceinline__ void splicing_lik_impl(
         const float *__restrict__ kc, const float *__restrict__ nc, const float *__restrict__ psi,            \
         const long long *__restrict__ cell_grp, const long long *__restrict__ grp_ptr,                        \
         const unsigned *__restrict__ ord, const unsigned *__restrict__ junc2atse,                             \
-        const float *__restrict__ log_phi, int kind, int conc_mode, float w, int B, int n_chunks,               \
+        const float *__restrict__ log_phi, int kind, int conc_mode, float w, float lse_eps, int B, int n_chunks, \
         float *__restrict__ logits, double *__restrict__ rl_part, float *__restrict__ g_logit,                 \
         float *__restrict__ g_conc, float *__restrict__ p_out, const float *__restrict__ dense, int J
 #define SPL_PASS S, K, W, bias, indptr, junction, kc, nc, psi, cell_grp, grp_ptr, ord, junc2atse, log_phi, kind, \
-                 conc_mode, w, B, n_chunks, logits, rl_part, g_logit, g_conc, p_out, dense, J
+                 conc_mode, w, lse_eps, B, n_chunks, logits, rl_part, g_logit, g_conc, p_out, dense, J
 
 extern "C" __global__ void __launch_bounds__(SPL_THREADS) splicing_lik_f32(SPL_ARGS(float)) {
     splicing_lik_impl<float>(SPL_PASS);

@@ -11,6 +11,7 @@ mod emu;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use splicevi::cuda::decode::twin;
+use splicevi::model::spl_lik::DM_LSE_EPS;
 use splicevi::cuda::{CudaDecode, CudaDevice};
 
 fn check(what: &str, got: &[f32], want: &[f32]) {
@@ -45,11 +46,12 @@ fn decode_on(dev: &CudaDevice) {
         let logits: Vec<f32> = (0..b * j).map(|_| if r.gen_bool(0.1) { r.gen_range(-25.0..25.0) } else { r.gen_range(-4.0..4.0) }).collect();
         let ptr64: Vec<i64> = ptr.iter().map(|&v| v as i64).collect();
         let (lg, pd, jd) = (dev.upload(&logits).unwrap(), dev.upload(&ptr64).unwrap(), dev.upload(&junc).unwrap());
-        for dm in [false, true] {
+        // (the DM with the original's 1e-8 in its log-sum-exp, §12.26, and without: dm_exact_softmax)
+        for (dm, eps) in [(false, DM_LSE_EPS), (true, DM_LSE_EPS), (true, 0.0)] {
             let mut p = dev.upload(&vec![f32::NAN; b * j]).unwrap();
-            k.psi(&lg, b, j, &pd, &jd, dm, &mut p).unwrap();
-            let want = twin::psi(&logits, b, j, &ptr, &junc, dm);
-            check(&format!("psi B {b} J {j} dm {dm}"), &dev.download(&p).unwrap(), &want);
+            k.psi(&lg, b, j, &pd, &jd, dm, eps as f32, &mut p).unwrap();
+            let want = twin::psi(&logits, b, j, &ptr, &junc, dm, eps);
+            check(&format!("psi B {b} J {j} dm {dm} ε {eps:e}"), &dev.download(&p).unwrap(), &want);
             if dm {
                 // Each ATSE's probabilities sum to 1 (less the 1e-8 inside the log).
                 let got = dev.download(&p).unwrap();
@@ -64,8 +66,8 @@ fn decode_on(dev: &CudaDevice) {
         // In place (p is the logits' buffer), as the step decodes.
         let mut inplace = dev.upload(&logits).unwrap();
         let src = splicevi::cuda::step::TView::<f32>::of(&inplace);
-        k.psi(&src, b, j, &pd, &jd, true, &mut inplace).unwrap();
-        check(&format!("psi in place B {b}"), &dev.download(&inplace).unwrap(), &twin::psi(&logits, b, j, &ptr, &junc, true));
+        k.psi(&src, b, j, &pd, &jd, true, DM_LSE_EPS as f32, &mut inplace).unwrap();
+        check(&format!("psi in place B {b}"), &dev.download(&inplace).unwrap(), &twin::psi(&logits, b, j, &ptr, &junc, true, DM_LSE_EPS));
     }
     for (b, n) in [(1usize, 1usize), (5, 37), (9, 2500)] {
         let x: Vec<f32> = (0..b * n).map(|_| r.gen_range(-30.0..30.0)).collect();

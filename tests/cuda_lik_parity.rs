@@ -147,13 +147,17 @@ fn spl_case(rng: &mut ChaCha8Rng, b: usize, n_atse: usize, p_obs: f64) -> SplCas
     SplCase { spl, junc2atse, atse_ptr, n_atse }
 }
 
-fn kinds() -> [(SplicingLoss, ConcIndex); 5] {
+/// The losses, each with the DM log-sum-exp's epsilon: the original's 1e-8 (§12.26), and once 0
+/// (`dm_exact_softmax`).
+fn kinds() -> [(SplicingLoss, ConcIndex, f64); 6] {
+    let eps = spl_lik::DM_LSE_EPS;
     [
-        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Atse)),
-        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Scalar)),
-        (SplicingLoss::BetaBinomial, ConcIndex::for_loss(SplicingLoss::BetaBinomial, DmConcentration::Atse)),
-        (SplicingLoss::Binomial, ConcIndex::for_loss(SplicingLoss::Binomial, DmConcentration::Atse)),
-        (SplicingLoss::Bce, ConcIndex::for_loss(SplicingLoss::Bce, DmConcentration::Atse)),
+        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Atse), eps),
+        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Scalar), eps),
+        (SplicingLoss::DirichletMultinomial, ConcIndex::for_loss(SplicingLoss::DirichletMultinomial, DmConcentration::Atse), 0.0),
+        (SplicingLoss::BetaBinomial, ConcIndex::for_loss(SplicingLoss::BetaBinomial, DmConcentration::Atse), eps),
+        (SplicingLoss::Binomial, ConcIndex::for_loss(SplicingLoss::Binomial, DmConcentration::Atse), eps),
+        (SplicingLoss::Bce, ConcIndex::for_loss(SplicingLoss::Bce, DmConcentration::Atse), eps),
     ]
 }
 
@@ -185,14 +189,24 @@ fn twin_splicing_gradients_match_finite_differences() {
     assert!(nnz > 50, "test problem too small ({nnz} entries)");
     let logits: Vec<f64> = (0..nnz).map(|_| rng.gen_range(-5.0..5.0)).collect();
     let h = 1e-3;
-    for (kind, conc) in kinds() {
+    for (kind, conc, eps) in kinds() {
         let groups = groups_for(kind, &c);
         let lp: Vec<f64> = (0..log_phi_len(kind, conc, &c)).map(|_| randn(&mut rng)).collect();
         let phi_max = lp.iter().map(|&v| softplus(v)).fold(0.0, f64::max);
         let w = 0.7;
-        let rl_at = |lg: &[f64], lp: &[f64]| spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, lg, lp, w).rl;
-        let out = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &logits, &lp, w);
+        let rl_at = |lg: &[f64], lp: &[f64]| spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, lg, lp, w, eps).rl;
+        let out = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &logits, &lp, w, eps);
         assert!(out.rl.iter().all(|v| v.is_finite()), "{kind}: non-finite loss");
+        if let Some(g) = &groups {
+            // §12.26: an ATSE's probabilities sum to s / (s + ε), s = Σ e^(lg − max) ∈ [1, m] for m
+            // junctions: short of 1 by ε/(m + ε) .. ε/(1 + ε); exactly 1 (to rounding) with ε = 0.
+            for q in 0..g.n_groups() {
+                let ents = &g.ord[g.grp_ptr[q]..g.grp_ptr[q + 1]];
+                let short = 1.0 - ents.iter().map(|&e| out.p[e as usize]).sum::<f64>();
+                let (lo, hi) = (eps / (ents.len() as f64 + eps), eps / (1.0 + eps));
+                assert!(short >= lo - 1e-14 && short <= hi + 1e-14, "{kind} (ε {eps:e}): ATSE group {q}'s probabilities sum to 1 − {short:e}, not within [1 − {hi:e}, 1 − {lo:e}]");
+            }
+        }
         // magnitude of the terms that move with entry e: its own (BB / binomial / BCE) or its ATSE's (DM)
         let group_size = |e: usize| -> f64 {
             if kind != SplicingLoss::DirichletMultinomial {
@@ -614,17 +628,17 @@ impl Operand for half::bf16 {
     }
 }
 
-/// What a splicing backend is given: kind, conc, weight, S, K, W, bias, batch, groups, junc2atse,
+/// What a splicing backend is given: kind, conc, weight, the DM log-sum-exp's epsilon, S, K, W, bias, batch, groups, junc2atse,
 /// log_phi. It returns one or more runs (more than one: they must be bit-identical).
 type SplBackend<'a, W> =
-    dyn FnMut(SplicingLoss, ConcIndex, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> + 'a;
+    dyn FnMut(SplicingLoss, ConcIndex, f32, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> + 'a;
 
 /// `dense`: the dense decode (the logits read from a B × J matrix instead of the SDDMM).
 fn device_splicing<W: Operand>(name: &str, k: usize, seed: u64, dense: bool) {
     for dev in emu_common::devices(&format!("splicing_lik ({name}) vs model::spl_lik")) {
         let kern = CudaSplicingLik::new(&dev).unwrap();
-        let mut backend = |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
-            (0..2).map(|_| kern.run_host(kind, conc, wgt, s, k, w, bias, spl, groups, j2a, lp, dense).unwrap()).collect::<Vec<_>>()
+        let mut backend = |kind, conc, wgt, eps, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
+            (0..2).map(|_| kern.run_host(kind, conc, wgt, eps, s, k, w, bias, spl, groups, j2a, lp, dense).unwrap()).collect::<Vec<_>>()
         };
         // The emulation is slow: the smaller problem there.
         splicing_parity::<W>(name, k, seed, true, dev.is_emulated(), &mut backend);
@@ -644,7 +658,7 @@ fn splicing_parity<W: Operand>(name: &str, k: usize, seed: u64, extremes: bool, 
     let extreme: Vec<f64> = (0..j).map(|_| if extremes && rng.gen::<f64>() < 0.05 { if rng.gen::<bool>() { 40.0 } else { -40.0 } } else { 0.0 }).collect();
     let s_f: Vec<f64> = s_q.iter().map(|v| v.to_f32() as f64).collect();
     let w_f: Vec<f64> = w_q.iter().map(|v| v.to_f32() as f64).collect();
-    for (kind, conc) in kinds() {
+    for (kind, conc, eps) in kinds() {
         let bias: Vec<f32> = (0..j)
             .map(|jj| {
                 let e = extreme[jj];
@@ -655,14 +669,14 @@ fn splicing_parity<W: Operand>(name: &str, k: usize, seed: u64, extremes: bool, 
         let groups = groups_for(kind, &c);
         let lp: Vec<f32> = (0..log_phi_len(kind, conc, &c)).map(|_| randn(&mut rng) as f32).collect();
         let wgt = 0.8f32;
-        let runs = backend(kind, conc, wgt, &s_q, k, &w_q, &bias, &c.spl, groups.as_ref(), &c.junc2atse, &lp);
+        let runs = backend(kind, conc, wgt, eps as f32, &s_q, k, &w_q, &bias, &c.spl, groups.as_ref(), &c.junc2atse, &lp);
         let got = &runs[0];
         for again in &runs[1..] {
             for (a, bb, what) in [(&got.logits, &again.logits, "logits"), (&got.rl, &again.rl, "rl"), (&got.g_logit, &again.g_logit, "g_logit"), (&got.g_conc, &again.g_conc, "g_conc"), (&got.p, &again.p, "p")] {
                 assert_eq!(bits(a), bits(bb), "{name} {kind}: {what} differs between two runs");
             }
         }
-        let ctx = format!("{name} {kind} ({conc:?}), K = {k}, {b} cells, {nnz} entries");
+        let ctx = format!("{name} {kind} ({conc:?}, ε {eps:e}), K = {k}, {b} cells, {nnz} entries");
         // logits against the f64 dot product of the same operands
         let mut worst_logit = 0f64;
         for i in 0..b {
@@ -681,10 +695,10 @@ fn splicing_parity<W: Operand>(name: &str, k: usize, seed: u64, extremes: bool, 
             }
         }
         // the twins at the kernel's logits
-        let tw = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &got.logits, &lp, wgt);
+        let tw = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &got.logits, &lp, wgt, eps);
         let lg64: Vec<f64> = got.logits.iter().map(|&v| v as f64).collect();
         let lp64: Vec<f64> = lp.iter().map(|&v| v as f64).collect();
-        let tw64 = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &lg64, &lp64, wgt as f64);
+        let tw64 = spl_lik::splicing_loss(kind, conc, &c.spl, groups.as_ref(), &c.junc2atse, &lg64, &lp64, wgt as f64, eps);
         let phi64: Vec<f64> = lp64.iter().map(|&v| softplus(v)).collect();
         let mut worst_rl = 0f64;
         for i in 0..b {
@@ -712,15 +726,15 @@ fn splicing_parity<W: Operand>(name: &str, k: usize, seed: u64, extremes: bool, 
 /// every machine, that the comparison code works and that its tolerances admit a correct result that
 /// is rounded differently from the f32 twin.
 #[allow(clippy::type_complexity)]
-fn f64_standin<W: Operand>() -> impl FnMut(SplicingLoss, ConcIndex, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> {
-    |kind, conc, wgt, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
+fn f64_standin<W: Operand>() -> impl FnMut(SplicingLoss, ConcIndex, f32, f32, &[W], usize, &[W], &[f32], &SplBatch, Option<&AtseGroups>, &[u32], &[f32]) -> Vec<SplLikHost> {
+    |kind, conc, wgt, eps, s: &[W], k, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
         let s64: Vec<f64> = s.iter().map(|v| v.to_f32() as f64).collect();
         let w64: Vec<f64> = w.iter().map(|v| v.to_f32() as f64).collect();
         let b64: Vec<f64> = bias.iter().map(|&v| v as f64).collect();
         let lg32: Vec<f32> = spl_lik::sparse_logits(&s64, k, &w64, &b64, spl).iter().map(|&v| v as f32).collect();
         let lg: Vec<f64> = lg32.iter().map(|&v| v as f64).collect();
         let lp64: Vec<f64> = lp.iter().map(|&v| v as f64).collect();
-        let o = spl_lik::splicing_loss(kind, conc, spl, groups, j2a, &lg, &lp64, wgt as f64);
+        let o = spl_lik::splicing_loss(kind, conc, spl, groups, j2a, &lg, &lp64, wgt as f64, eps as f64);
         let r = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         vec![SplLikHost { logits: lg32, rl: r(&o.rl), g_logit: r(&o.g_logit), g_conc: r(&o.g_conc), p: r(&o.p) }]
     }
@@ -943,8 +957,8 @@ int main(int argc, char** argv) {
     FILE* f = std::fopen((d + "/params.txt").c_str(), "r");
     if (!f) return 3;
     int kind, conc, K, B, bf16;
-    float w;
-    if (std::fscanf(f, "%d %d %d %d %d %f", &kind, &conc, &K, &B, &bf16, &w) != 6) return 4;
+    float w, lse_eps;
+    if (std::fscanf(f, "%d %d %d %d %d %f %f", &kind, &conc, &K, &B, &bf16, &w, &lse_eps) != 7) return 4;
     std::fclose(f);
     auto bias = rd<float>(d, "bias"); auto indptr = rd<long long>(d, "indptr");
     auto junction = rd<unsigned>(d, "junction"); auto kc = rd<float>(d, "k"); auto nc = rd<float>(d, "n");
@@ -958,12 +972,12 @@ int main(int argc, char** argv) {
     if (bf16) {
         auto S = rd<__nv_bfloat16>(d, "s"); auto W = rd<__nv_bfloat16>(d, "w");
         emu::launch(n_chunks, SPL_THREADS, (size_t)K * 4, [&] {
-            splicing_lik_bf16(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data(), nullptr, 0);
+            splicing_lik_bf16(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, lse_eps, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data(), nullptr, 0);
         });
     } else {
         auto S = rd<float>(d, "s"); auto W = rd<float>(d, "w");
         emu::launch(n_chunks, SPL_THREADS, (size_t)K * 4, [&] {
-            splicing_lik_f32(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data(), nullptr, 0);
+            splicing_lik_f32(S.data(), K, W.data(), bias.data(), indptr.data(), junction.data(), kc.data(), nc.data(), ptr(psi), ptr(cg), ptr(gp), ptr(ord), ptr(j2a), ptr(lp), kind, conc, w, lse_eps, B, n_chunks, logits.data(), part.data(), gl.data(), gc.data(), pe.data(), nullptr, 0);
         });
     }
     emu::launch((B + SPL_THREADS - 1) / SPL_THREADS, SPL_THREADS, 0, [&] {
@@ -1084,9 +1098,9 @@ fn emu_splicing<W: EmuBits>(name: &str, k: usize, seed: u64) {
         }
     };
     let d = dir.path().to_path_buf();
-    let mut backend = |kind, conc, wgt: f32, s: &[W], k: usize, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
+    let mut backend = |kind, conc, wgt: f32, eps: f32, s: &[W], k: usize, w: &[W], bias: &[f32], spl: &SplBatch, groups: Option<&AtseGroups>, j2a: &[u32], lp: &[f32]| {
         let i64s = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<i64>>();
-        std::fs::write(d.join("params.txt"), format!("{} {} {k} {} {} {wgt:e}", splicevi::cuda::splicing_lik::kind_code(kind), splicevi::cuda::splicing_lik::conc_code(conc), spl.n_cells(), W::BF16 as i32)).unwrap();
+        std::fs::write(d.join("params.txt"), format!("{} {} {k} {} {} {wgt:e} {eps:e}", splicevi::cuda::splicing_lik::kind_code(kind), splicevi::cuda::splicing_lik::conc_code(conc), spl.n_cells(), W::BF16 as i32)).unwrap();
         std::fs::write(d.join("s.bin"), W::raw_bits(s)).unwrap();
         std::fs::write(d.join("w.bin"), W::raw_bits(w)).unwrap();
         write_bin(&d, "bias", bias);

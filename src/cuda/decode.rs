@@ -27,9 +27,10 @@ impl<'d> CudaDecode<'d> {
 
     /// p (B × J) from the splicing logits (B × J, bias included; `p` may be the logits' buffer): the
     /// sigmoid, or with `dm` the within-ATSE softmax of the clamped sigmoids' logits. ATSE a's junctions
-    /// are `atse_junc[atse_ptr[a]..atse_ptr[a + 1]]`, every junction in one ATSE.
+    /// are `atse_junc[atse_ptr[a]..atse_ptr[a + 1]]`, every junction in one ATSE. `lse_eps`: the DM
+    /// log-sum-exp's epsilon (`ModelConfig::dm_lse_eps`).
     #[allow(clippy::too_many_arguments)]
-    pub fn psi(&self, logits: &dyn DeviceMem<f32>, b: usize, j: usize, atse_ptr: &dyn DeviceMem<i64>, atse_junc: &dyn DeviceMem<u32>, dm: bool, p: &mut dyn DeviceMem<f32>) -> Result<()> {
+    pub fn psi(&self, logits: &dyn DeviceMem<f32>, b: usize, j: usize, atse_ptr: &dyn DeviceMem<i64>, atse_junc: &dyn DeviceMem<u32>, dm: bool, lse_eps: f32, p: &mut dyn DeviceMem<f32>) -> Result<()> {
         let _r = crate::nvtx_range!("decode_psi_dense");
         let a = atse_ptr.elements().saturating_sub(1);
         ensure!(logits.elements() >= b * j && p.elements() >= b * j, "decode psi: logits / p need {b} × {j} entries");
@@ -40,8 +41,8 @@ impl<'d> CudaDecode<'d> {
         }
         let n = b * a;
         let cfg = LaunchConfig { grid_dim: (n.div_ceil(DEC_THREADS as usize) as u32, 1, 1), block_dim: (DEC_THREADS, 1, 1), shared_mem_bytes: 0 };
-        let args: [&dyn KernelArg; 8] =
-            [&logits.device_address(), &(b as i32), &(j as i32), &(a as i32), &atse_ptr.device_address(), &atse_junc.device_address(), &(dm as i32), &p.device_address()];
+        let args: [&dyn KernelArg; 9] =
+            [&logits.device_address(), &(b as i32), &(j as i32), &(a as i32), &atse_ptr.device_address(), &atse_junc.device_address(), &(dm as i32), &lse_eps, &p.device_address()];
         self.dev.launch(&self.psi, cfg, &args)
     }
 
@@ -67,7 +68,7 @@ pub mod twin {
     use crate::model::Mat;
 
     /// `SpliceVae::decode_dense`'s p from B × J logits.
-    pub fn psi(logits: &[f32], b: usize, j: usize, atse_ptr: &[usize], atse_junc: &[u32], dm: bool) -> Vec<f32> {
+    pub fn psi(logits: &[f32], b: usize, j: usize, atse_ptr: &[usize], atse_junc: &[u32], dm: bool, lse_eps: f64) -> Vec<f32> {
         let mut p: Vec<f32> = logits.iter().map(|&x| sigmoid(x)).collect();
         if dm {
             let (mut raw, mut probs) = (Vec::new(), Vec::new());
@@ -76,7 +77,7 @@ pub mod twin {
                     let js = &atse_junc[atse_ptr[a]..atse_ptr[a + 1]];
                     raw.clear();
                     raw.extend(js.iter().map(|&jj| logits[i * j + jj as usize]));
-                    dm_probs(&raw, &mut probs);
+                    dm_probs(&raw, lse_eps, &mut probs);
                     for (q, &jj) in js.iter().enumerate() {
                         p[i * j + jj as usize] = probs[q];
                     }

@@ -149,7 +149,8 @@ impl<'d> CudaSplicingLik<'d> {
         })
     }
 
-    /// Enqueues the kernel. Checks buffer lengths and that the optional inputs the loss needs are
+    /// Enqueues the kernel. `lse_eps`: the DM log-sum-exp's epsilon (`ModelConfig::dm_lse_eps`; unused by
+    /// the other losses). Checks buffer lengths and that the optional inputs the loss needs are
     /// present; the CSR / grouping contents are trusted (build them with [`AtseGroups::build`], or use
     /// [`Self::run_host`], which validates them).
     #[allow(clippy::too_many_arguments)]
@@ -158,6 +159,7 @@ impl<'d> CudaSplicingLik<'d> {
         kind: SplicingLoss,
         conc: ConcIndex,
         weight: f32,
+        lse_eps: f32,
         n_junctions: usize,
         inp: &SplLikInputs<'_, W>,
         out: &mut SplLikOutputs<'_>,
@@ -206,7 +208,7 @@ impl<'d> CudaSplicingLik<'d> {
             Some(g) => (g.cell_ptr.device_address(), g.grp_ptr.device_address(), g.ord.device_address()),
             None => (0, 0, 0),
         };
-        let args: [&dyn KernelArg; 26] = [
+        let args: [&dyn KernelArg; 27] = [
             &inp.s.device_address(),
             &(k as i32),
             &inp.w.device_address(),
@@ -224,6 +226,7 @@ impl<'d> CudaSplicingLik<'d> {
             &kind_code(kind),
             &conc_code(conc),
             &weight,
+            &lse_eps,
             &(b as i32),
             &(chunks as i32),
             &out.logits.device_address(),
@@ -249,6 +252,7 @@ impl<'d> CudaSplicingLik<'d> {
         kind: SplicingLoss,
         conc: ConcIndex,
         weight: f32,
+        lse_eps: f32,
         s: &[W],
         k: usize,
         w: &[W],
@@ -325,7 +329,7 @@ impl<'d> CudaSplicingLik<'d> {
             dense: dn.as_ref().map(|p| p as &dyn DeviceMem<f32>),
         };
         let mut out = SplLikOutputs { logits: &mut lo, rl: &mut rl, rl_part: &mut rl_part, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
-        self.launch(kind, conc, weight, j, &inp, &mut out)?;
+        self.launch(kind, conc, weight, lse_eps, j, &inp, &mut out)?;
         dev.synchronize()?;
         Ok(SplLikHost { logits: dev.download(&lo)?, rl: dev.download(&rl)?, g_logit: dev.download(&gl)?, g_conc: dev.download(&gc)?, p: dev.download(&pe)? })
     }

@@ -1846,7 +1846,7 @@ impl<'d> DeviceModel<'d> {
             let mut logits = self.linear_fwd(out_lin, &s_in, &bt)?;
             let dm = m.cfg.splicing_loss_type == SplicingLoss::DirichletMultinomial;
             let src = TView::of(&logits);
-            self.decode.psi(&src, b, j_n, &self.atse_ptr, &self.atse_junc, dm, &mut logits)?;
+            self.decode.psi(&src, b, j_n, &self.atse_ptr, &self.atse_junc, dm, m.cfg.dm_lse_eps() as f32, &mut logits)?;
             out.p = Some(self.dev.read(&logits)?);
         }
         self.dev.synchronize()?;
@@ -2163,7 +2163,7 @@ impl<'d> DeviceModel<'d> {
             let j2a = (conc == ConcIndex::Atse).then_some(&self.junc2atse as &dyn DeviceMem<u32>);
             let mut rl_part = self.scratch::<f64>(super::splicing_lik::n_chunks(kind, b, nnz, grp.as_ref().map_or(0, |g| g.n_groups())))?;
             let mut outs = SplLikOutputs { logits: &mut lo, rl: &mut rl_s, rl_part: &mut rl_part, g_logit: &mut gl, g_conc: &mut gc, p: &mut pe };
-            let wgt = cfg.splicing_loss_weight as f32;
+            let (wgt, lse_eps) = (cfg.splicing_loss_weight as f32, cfg.dm_lse_eps() as f32);
             // The inputs, with the SDDMM's operands S and W in f32 or bf16.
             macro_rules! inputs {
                 ($s:expr, $w:expr) => {
@@ -2186,13 +2186,13 @@ impl<'d> DeviceModel<'d> {
             }
             // (the dense decode reads no operand: the f32 launch, nothing converted)
             if self.precision == GemmPrecision::F32 || dense_decode {
-                self.spl.launch::<f32>(kind, conc, wgt, j_n, &inputs!(&s_in, &w_spl), &mut outs)?
+                self.spl.launch::<f32>(kind, conc, wgt, lse_eps, j_n, &inputs!(&s_in, &w_spl), &mut outs)?
             } else {
                 // Rounded to bf16 (f32 accumulation), as the dense GEMMs' operands.
                 let s16 = self.bf16_operand(&Operand::new(&s_in, b, k_in, false)?)?;
                 let w16 = self.bf16_operand(&Operand::new(&w_spl, j_n, k_in, false)?)?;
                 let (s16, w16) = (TView::<half::bf16>::new(s16.addr, b * k_in), TView::<half::bf16>::new(w16.addr, j_n * k_in));
-                self.spl.launch::<half::bf16>(kind, conc, wgt, j_n, &inputs!(&s16, &w16), &mut outs)?
+                self.spl.launch::<half::bf16>(kind, conc, wgt, lse_eps, j_n, &inputs!(&s16, &w16), &mut outs)?
             }
         }
 

@@ -183,6 +183,13 @@ pub struct ModelConfig {
     /// decoders, as in the original; false leaves them plain linear maps of the latent (LDVAE's loadings)
     /// without touching the vanilla decoders' LayerNorm.
     pub linear_expression_layer_norm: bool,
+    /// §12.26 correction: the Dirichlet-multinomial's within-ATSE softmax without the original's 1e-8
+    /// inside its log-sum-exp, so that each ATSE's probabilities sum to 1 (the original's sum to
+    /// s / (s + 1e-8), s ∈ [1, junctions] the sum of e^(lg − max)). Every DM path reads it: the loss
+    /// and its gradient, the decoded PSI, the analyses, CPU and CUDA. In f32 (training, the analyses)
+    /// the two give the same bits: s ≥ 1 and 1e-8 is below half an f32 ulp of 1, so s + 1e-8 rounds
+    /// to s, in the original's PyTorch as here. It acts in f64 (the model run in f64, as the gradient checks run it).
+    pub dm_exact_softmax: bool,
     /// Robust option (docs/robust.md): the expression encoder's input transform (default `raw`, §2.2).
     pub expression_input: ExpressionInput,
     /// Robust option: the partial encoder sees centred PSI ψ − ψ̄_j (ψ̄_j = Σ_cells k / Σ_cells n over the
@@ -251,6 +258,7 @@ impl Default for ModelConfig {
             concentration_init: ConcentrationInit::Log100,
             expression_scale_softmax: false,
             linear_expression_layer_norm: true,
+            dm_exact_softmax: false,
             expression_input: ExpressionInput::Raw,
             partial_center_psi: false,
             partial_linear_output: false,
@@ -332,6 +340,16 @@ impl ModelConfig {
             warmup_routing: WarmupRouting::Mix,
             mask_cells_without_splicing: true,
             ..ModelConfig::default()
+        }
+    }
+
+    /// The epsilon inside the Dirichlet-multinomial's within-ATSE log-sum-exp: the original's 1e-8
+    /// (§12.26), or 0 with `dm_exact_softmax`.
+    pub fn dm_lse_eps(&self) -> f64 {
+        if self.dm_exact_softmax {
+            0.0
+        } else {
+            crate::model::spl_lik::DM_LSE_EPS
         }
     }
 
@@ -486,14 +504,16 @@ mod tests {
             assert_eq!(c.mixing_variance, MixingVariance::SqrtWeights);
             assert_eq!(c.concentration_init, ConcentrationInit::Log100);
             assert!(!c.expression_scale_softmax && c.linear_expression_layer_norm);
+            assert!(!c.dm_exact_softmax && c.dm_lse_eps() == 1e-8);
         }
         let c: ModelConfig = serde_json::from_str(
             r#"{"mixing_variance":"independent","concentration_init":"phi_100","expression_scale_softmax":true,
-                "linear_expression_layer_norm":false}"#,
+                "linear_expression_layer_norm":false,"dm_exact_softmax":true}"#,
         )
         .unwrap();
         assert_eq!((c.mixing_variance, c.concentration_init), (MixingVariance::Independent, ConcentrationInit::Phi100));
         assert!(c.expression_scale_softmax && !c.linear_expression_layer_norm);
+        assert!(c.dm_exact_softmax && c.dm_lse_eps() == 0.0);
         let back = serde_json::to_value(&c).unwrap();
         assert_eq!((back["mixing_variance"].as_str(), back["concentration_init"].as_str()), (Some("independent"), Some("phi_100")));
         assert!(serde_json::from_str::<ModelConfig>(r#"{"mixing_variance":"squared"}"#).is_err());

@@ -208,7 +208,7 @@ fn splicing_cell<T: Real>(
 }
 
 /// [`splicing_cell`] over every cell (in parallel). `log_phi` is the concentration parameter vector
-/// (may be empty for binomial / BCE); `groups` is required for the DM.
+/// (may be empty for binomial / BCE); `groups` is required for the DM; `lse_eps` is [`dm_probs`]'.
 #[allow(clippy::too_many_arguments)]
 pub fn splicing_loss<T: Real>(
     kind: SplicingLoss,
@@ -219,6 +219,7 @@ pub fn splicing_loss<T: Real>(
     logits: &[T],
     log_phi: &[T],
     w: T,
+    lse_eps: f64,
 ) -> SplLossOut<T> {
     let phi: Vec<T> = log_phi.iter().map(|&v| softplus(v)).collect();
     let (b, nnz) = (spl.n_cells(), spl.nnz());
@@ -240,14 +241,16 @@ pub fn splicing_loss<T: Real>(
         (gl, gc, pe) = (ra, rc, rd);
     }
     let cells = out.rl.par_iter_mut().zip(parts.into_par_iter()).enumerate();
-    cells.for_each_init(DmScratch::default, |sc, (i, (rl, (gl, (gc, pe))))| {
+    let scratch = || DmScratch { lse_eps: T::from_f64(lse_eps), ..DmScratch::default() };
+    cells.for_each_init(scratch, |sc, (i, (rl, (gl, (gc, pe))))| {
         *rl = splicing_cell(kind, conc, spl, groups, junc2atse, i, logits, &phi, w, gl, gc, pe, sc);
     });
     out
 }
 
-/// Within-ATSE probabilities from raw logits (§2.7 e), into `out`.
-pub fn dm_probs<T: Real>(raw: &[T], out: &mut Vec<T>) {
+/// Within-ATSE probabilities from raw logits (§2.7 e), into `out`. `lse_eps`: the epsilon inside the
+/// log-sum-exp (`ModelConfig::dm_lse_eps`: the original's [`DM_LSE_EPS`], or 0).
+pub fn dm_probs<T: Real>(raw: &[T], lse_eps: f64, out: &mut Vec<T>) {
     let (lo, hi) = (T::from_f64(DM_Q_EPS), T::ONE - T::from_f64(DM_Q_EPS));
     out.clear();
     out.extend(raw.iter().map(|&x| {
@@ -259,13 +262,15 @@ pub fn dm_probs<T: Real>(raw: &[T], out: &mut Vec<T>) {
     }
     let mx = out.iter().copied().fold(out[0], |a, b| a.max(b));
     let s: T = out.iter().map(|&v| (v - mx).exp()).sum();
-    let lse = mx + (s + T::from_f64(DM_LSE_EPS)).ln();
+    let lse = mx + (s + T::from_f64(lse_eps)).ln();
     out.iter_mut().for_each(|v| *v = (*v - lse).exp());
 }
 
 /// Per-cell arrays of the Dirichlet-multinomial, entries in the cell's group order.
 #[derive(Default)]
 struct DmScratch<T> {
+    /// The epsilon inside the log-sum-exp ([`dm_probs`]' `lse_eps`).
+    lse_eps: T,
     /// Offsets of the entries in the cell's slices.
     idx: Vec<usize>,
     praw: Vec<T>,
@@ -276,7 +281,7 @@ struct DmScratch<T> {
     amax: Vec<usize>,
     mx: Vec<T>,
     ex: Vec<T>,
-    /// Per entry, its group's sum of `ex` and the log-sum-exp input sum + 1e-8.
+    /// Per entry, its group's sum of `ex` and the log-sum-exp input sum + lse_eps.
     sum: Vec<T>,
     se: Vec<T>,
     p: Vec<T>,
@@ -369,7 +374,7 @@ fn dm_cell_probs_any<T: Real>(grp: &[usize], base: usize, logits: &[T], sc: &mut
     for v in sc.ex.iter_mut() {
         *v = v.exp_v();
     }
-    let eps = T::from_f64(DM_LSE_EPS);
+    let eps = sc.lse_eps;
     for w in grp.windows(2) {
         let (s, e) = (w[0] - o0, w[1] - o0);
         let sum: T = sc.ex[s..e].iter().copied().sum();
@@ -425,7 +430,7 @@ fn dm_group<T: Real>(
         pe[sc.idx[t]] = sc.p[t];
         spdp += sc.p[t] * sc.dp[t];
     }
-    // d lse / d lg_t = e_t / (s + 1e-8), plus (1 − s/(s + 1e-8)) for the arg-max (through the max).
+    // d lse / d lg_t = e_t / (s + ε), plus (1 − s/(s + ε)) for the arg-max (through the max); ε = lse_eps.
     let (s, se) = (sc.sum[span.start], sc.se[span.start]);
     let tail = T::ONE - s / se;
     for t in span {

@@ -790,7 +790,7 @@ impl SpliceVae {
             _ => None,
         };
         let conc = ConcIndex::for_loss(kind, self.cfg.dm_concentration);
-        Ok(spl_lik::splicing_loss(kind, conc, spl, groups.as_ref(), &self.junc2atse, logits, p.get(self.arch.log_phi), w))
+        Ok(spl_lik::splicing_loss(kind, conc, spl, groups.as_ref(), &self.junc2atse, logits, p.get(self.arch.log_phi), w, self.cfg.dm_lse_eps()))
     }
 
     #[allow(clippy::type_complexity)]
@@ -1411,7 +1411,7 @@ impl SpliceVae {
                     let js = &self.atse_junc[self.atse_ptr[a]..self.atse_ptr[a + 1]];
                     raw.clear();
                     raw.extend(js.iter().map(|&jj| logits.at(i, jj as usize)));
-                    dm_probs(&raw, &mut probs);
+                    dm_probs(&raw, self.cfg.dm_lse_eps(), &mut probs);
                     for (q, &jj) in js.iter().enumerate() {
                         row[jj as usize] = probs[q];
                     }
