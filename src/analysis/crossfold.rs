@@ -688,6 +688,11 @@ mod tests {
         // two classes, 6 against 2 (weights 2/3 and 2): the binary model
         let (w, b) = balanced(&[0.0, 0.3, 0.5, 0.8, 1.1, 1.3, 1.4, 2.0], 1, &[0, 0, 0, 0, 0, 0, 1, 1], 2);
         assert!(close(&w, &[0.0, 1.2246397]) && close(&b, &[0.0, -0.56179537]), "{w:?} {b:?}");
+        // the classifier of the folds: sklearn's balanced pipeline predicts 0 1 1 1 for these four
+        // points, without the class weights 0 0 0 1
+        let xs = [0.0f32, 0.3, 0.5, 0.8, 1.1, 1.3, 1.4, 2.0, 1.0, 1.3, 1.6, 1.8];
+        let ys = [0u32, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0];
+        assert_eq!(fit_predict(Classifier::Logistic, &xs, 1, &ys, 2, &(0..8).collect::<Vec<_>>(), &[8, 9, 10, 11], 1, 0), vec![0, 1, 1, 1]);
         // three classes: multinomial
         let (w, b) = balanced(&x, 2, &y, 3);
         let want = [-0.99224708, 0.03046847, 0.17289985, 0.0161252, 0.81934723, -0.04659367];
