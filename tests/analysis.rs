@@ -531,6 +531,29 @@ fn commands_write_anndata_and_tsv_outputs() {
     ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--n-samples", "2", "--no-plots", "--out"]).arg(p("eval_s2.tsv")));
     let table = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--out"]).arg(p("eval.tsv")));
     assert!(table.contains("mean_bayes") && table.contains("splicing"), "{table}");
+    // §8.2's cross-fold classification (opt-in): rows per target, latent and classifier, t-tests
+    // between latents; the table without --cross-fold has none
+    let said = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--cross-fold", "cell_type,subtype", "--cross-fold-permuted", "--no-plots", "--out"]).arg(p("eval_xfold.tsv")));
+    assert!(said.contains("cross-fold classification of `subtype`") && said.contains("cross_fold joint"), "{said}");
+    let xf = std::fs::read_to_string(p("eval_xfold.tsv")).unwrap();
+    let xrows: Vec<Vec<&str>> = xf.lines().map(|l| l.split('\t').collect::<Vec<_>>()).filter(|r| r[0] == "cross_fold").collect();
+    let value = |subset: &str, method: &str, metric: &str| -> f64 {
+        xrows.iter().find(|r| r[1] == subset && r[2] == method && r[3] == metric).unwrap_or_else(|| panic!("no row {subset} {method} {metric}:\n{xf}"))[4].parse().unwrap()
+    };
+    assert_eq!(value("all", "data", "n_cells_cell_type"), 200.0);
+    for col in ["cell_type", "subtype"] {
+        for space in ["joint", "expression", "splicing"] {
+            for m in ["logistic", "random_forest", "dummy_prior", "permuted_logistic", "permuted_random_forest"] {
+                let (a, sd) = (value(space, m, &format!("accuracy_mean_{col}")), value(space, m, &format!("accuracy_sd_{col}")));
+                assert!((0.0..=1.0).contains(&a) && (0.0..0.5).contains(&sd), "{space} {m} {col}: {a} ± {sd}");
+            }
+        }
+        for pair in ["joint_vs_expression", "joint_vs_splicing", "expression_vs_splicing"] {
+            let pv = value(pair, "random_forest", &format!("ttest_p_f1_weighted_{col}"));
+            assert!(pv.is_nan() || (0.0..=1.0).contains(&pv), "{pair} {col}: {pv}");
+        }
+    }
+    assert!(!std::fs::read_to_string(p("eval.tsv")).unwrap().contains("cross_fold"));
     // --device cuda: the analysis runs its encoders and decoders on cuda:0 where it is usable; here (no
     // GPU) an error naming the device, with nothing written, never a silent CPU run.
     let imp_cuda = bin().args(["--device", "cuda"]).arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_cuda.h5ad")).output().unwrap();
@@ -670,6 +693,10 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["evaluate".into(), "--label".into(), "cell_type".into(), "--sublabel".into(), "library_size".into()], "--sublabel library_size"),
         (vec!["impute".into(), "--transform-batch".into(), "batch7".into()], "batch7"),
         (vec!["impute".into(), "--junctions".into(), d.join("nope.txt").display().to_string()], "nope.txt"),
+        (vec!["evaluate".into(), "--cross-fold".into(), "cell_type,nocol".into()], "--cross-fold nocol"),
+        (vec!["evaluate".into(), "--cross-fold".into(), "library_size".into()], "a measurement rather than classes"),
+        (vec!["evaluate".into(), "--cross-fold".into(), "cell_type,cell_type".into()], "names `cell_type` twice"),
+        (vec!["evaluate".into(), "--cross-fold-permuted".into()], "go with --cross-fold COL"),
         (vec!["evaluate".into(), "--lr".into(), "0.1".into()], "only accepted with --train"),
         (vec!["evaluate".into(), "--mask-fraction".into(), "0".into()], "mask fraction"),
         (vec!["evaluate".into(), "--n-samples".into(), "0".into()], "--n-samples must be at least 1"),

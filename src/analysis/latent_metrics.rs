@@ -169,7 +169,18 @@ pub fn pcs_for_variance(x: &[f32], d: usize, frac: f64) -> usize {
 /// closer to it. The line search is a backtracking Armijo search, not scipy's Wolfe search, so the
 /// iterates (and a fit cut short by `max_iter`) differ.
 pub fn fit_logistic(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: usize) -> (Vec<f64>, Vec<f64>) {
+    fit_logistic_weighted(x, d, y, n_classes, max_iter, None)
+}
+
+/// [`fit_logistic`] with sample weights (sklearn's `sample_weight`, and `class_weight` multiplied into
+/// it): the objective Σᵢ wᵢ·lossᵢ + ½‖W‖². sklearn divides the data term and the penalty by Σᵢ wᵢ alike,
+/// which leaves the optimum where it is. `None`: every weight 1.
+pub fn fit_logistic_weighted(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: usize, weights: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
     let n = y.len();
+    if let Some(w) = weights {
+        assert_eq!(w.len(), n, "fit_logistic_weighted: {} weights for {n} cells", w.len());
+    }
+    let weight = |i: usize| weights.map_or(1.0, |w| w[i]);
     let k = n_classes;
     let np = k * d + k;
     // (binary: class 0's weights and intercept get no gradient, so they stay at 0)
@@ -188,9 +199,10 @@ pub fn fit_logistic(x: &[f32], d: usize, y: &[u32], n_classes: usize, max_iter: 
                     let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let se: f64 = z.iter().map(|v| (v - mx).exp()).sum();
                     let lse = mx + se.ln();
-                    l += lse - z[y[i] as usize];
+                    let wi = weight(i);
+                    l += wi * (lse - z[y[i] as usize]);
                     for c in 0..k {
-                        let pc = (z[c] - lse).exp() - if c == y[i] as usize { 1.0 } else { 0.0 };
+                        let pc = wi * ((z[c] - lse).exp() - if c == y[i] as usize { 1.0 } else { 0.0 });
                         for t in 0..d {
                             g[c * d + t] += pc * xi[t] as f64;
                         }

@@ -1,8 +1,10 @@
 //! Downstream analyses (model.md §7–§8): decoding for analyses (`posterior`), imputed PSI and normalized
 //! expression written block by block (`impute`), differential expression and splicing (`differential`,
 //! `de`, `ds`), the masked-ATSE imputation evaluation with the MeanBayes baseline (`evaluate`,
-//! `meanbayes`, `impute_metrics`) and latent metrics (`latent_metrics`).
+//! `meanbayes`, `impute_metrics`), latent metrics (`latent_metrics`) and the cross-fold classification
+//! of §8.2 (`crossfold`).
 
+pub mod crossfold;
 pub mod de;
 pub mod differential;
 pub mod ds;

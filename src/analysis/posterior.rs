@@ -22,6 +22,11 @@ pub mod tags {
     pub const MASK: u64 = 3;
     pub const SUBSAMPLE: u64 = 4;
     pub const CLASSIFIER_SPLIT: u64 = 5;
+    /// §8.2's cross-fold classification (`crossfold`): the folds' shuffle, the forest's trees, the
+    /// permutation baseline's labels.
+    pub const CV_FOLDS: u64 = 20;
+    pub const FOREST: u64 = 21;
+    pub const PERMUTE: u64 = 22;
 }
 
 /// Which PSI an analysis reads (the original's `norm_splicing_function`).

@@ -56,6 +56,24 @@ pub struct EvaluateArgs {
     /// cells of one label, averaged weighted by group size), e.g. `--label cell_type --sublabel subtype`.
     #[arg(long, requires = "label")]
     pub sublabel: Option<String>,
+    /// obs columns to classify by 5-fold cross-validation on each latent (model.md §8.2; comma-separated
+    /// or repeated): StratifiedKFold, StandardScaler + LogisticRegression(max_iter=2000,
+    /// class_weight="balanced") and a RandomForest(--cross-fold-trees, class_weight="balanced_subsample"),
+    /// with a Dummy(prior) baseline; accuracy and weighted precision / recall / F1 as mean and sd (ddof 0)
+    /// over the folds, per-class scores of the out-of-fold predictions, and paired t-tests of the fold
+    /// scores between the latents. On the cells of the other latent metrics (--max-cells-latent); cells
+    /// without a label and classes of fewer than 5 cells are left out (stderr names them). Rows of
+    /// section `cross_fold`; folds, trees and permutation seeded by --eval-seed.
+    #[arg(long, value_delimiter = ',', value_name = "COL[,COL...]")]
+    pub cross_fold: Vec<String>,
+    /// With --cross-fold: also the label-permutation baseline (the labels shuffled, seeded, then the
+    /// same folds-and-classifiers pipeline; methods `permuted_logistic`, `permuted_random_forest`). It
+    /// doubles the cross-fold time.
+    #[arg(long)]
+    pub cross_fold_permuted: bool,
+    /// With --cross-fold: trees of the random forest (§8.2: 300).
+    #[arg(long, default_value_t = crate::analysis::crossfold::N_TREES)]
+    pub cross_fold_trees: usize,
     /// Fraction of each cell's observed ATSEs masked (at least one).
     #[arg(long, default_value_t = 0.25)]
     pub mask_fraction: f64,
@@ -167,6 +185,13 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     anyhow::ensure!(args.max_cells_latent >= 2, "--max-cells-latent must be at least 2 (the latent metrics compare cells), got {}", args.max_cells_latent);
     anyhow::ensure!(args.block_cells >= 1, "--block-cells must be at least 1, got {}", args.block_cells);
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be at least 1, got {}", args.n_samples);
+    anyhow::ensure!(args.cross_fold_trees >= 1, "--cross-fold-trees must be at least 1, got {}", args.cross_fold_trees);
+    if args.cross_fold.is_empty() && (args.cross_fold_permuted || args.cross_fold_trees != crate::analysis::crossfold::N_TREES) {
+        bail!("--cross-fold-permuted and --cross-fold-trees go with --cross-fold COL");
+    }
+    if let Some(c) = args.cross_fold.iter().enumerate().find_map(|(i, c)| args.cross_fold[..i].contains(c).then_some(c)) {
+        bail!("--cross-fold names `{c}` twice");
+    }
     anyhow::ensure!(args.mask_fraction > 0.0 && args.mask_fraction <= 1.0, "--mask-fraction (the mask fraction) must be in (0, 1], got {}", args.mask_fraction);
     anyhow::ensure!(args.min_atse_count.is_finite() && args.min_atse_count >= 0.0, "--min-atse-count must be a finite number ≥ 0, got {}", args.min_atse_count);
     let train_opts = if run_dir.is_none() { Some(train_options(&args, &data)?) } else { None };
@@ -185,6 +210,7 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let labels = args.label.as_deref().map(|c| Labels::of_column(&ds, "--label", c)).transpose()?;
     let sublabels = args.sublabel.as_deref().map(|c| Labels::of_column(&ds, "--sublabel", c)).transpose()?;
     let ages = args.age.as_deref().map(|c| Ages::of_column(&ds, "--age", c)).transpose()?;
+    let targets: Vec<Labels> = args.cross_fold.iter().map(|c| Labels::of_column(&ds, "--cross-fold", c)).collect::<Result<_>>()?;
     check_knn(args.knn, ds.n_cells().min(args.max_cells_latent))?;
     if let Some((model, train)) = &train_opts {
         check_training_data(model, train, &ds)?;
@@ -268,6 +294,8 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
     let extra = extra_latent_rows(&args, &post, labels.as_ref(), sublabels.as_ref(), &ds)?;
     table.extend(extra.iter().cloned());
+    let xfold = cross_fold_table(&args, &post, &targets)?;
+    table.extend(xfold.iter().cloned());
     // (an undefined metric stays nan in the table; the lines say which and why)
     for w in nan_warnings(&table, &filter) {
         eprintln!("warning: evaluate: {w}");
@@ -285,7 +313,46 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     for r in &extra {
         println!("{:<11} {} = {:.4}", r.subset, r.metric, r.value);
     }
+    for r in xfold.iter().filter(|r| r.metric.starts_with("accuracy_mean_") || r.metric.starts_with("f1_weighted_mean_")) {
+        let sd = xfold.iter().find(|s| s.subset == r.subset && s.method == r.method && s.metric == r.metric.replacen("_mean_", "_sd_", 1)).map_or(f64::NAN, |s| s.value);
+        println!("cross_fold {:<11} {:<22} {} = {:.4} ± {:.4}", r.subset, r.method, r.metric, r.value, sd);
+    }
     Ok(())
+}
+
+/// The cells the latent metrics score: all, or a seeded subsample of `max` (ascending).
+fn latent_cells(n: usize, max: usize, seed: u64) -> Vec<usize> {
+    let mut cells: Vec<usize> = (0..n).collect();
+    if n > max {
+        use rand::seq::SliceRandom;
+        cells.shuffle(&mut crate::train::rng::stream(seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::SUBSAMPLE, 0));
+        cells.truncate(max);
+        cells.sort_unstable();
+    }
+    cells
+}
+
+/// §8.2's cross-fold classification of each `--cross-fold` column on the joint, expression and
+/// splicing posterior means of the cells the other latent metrics score.
+fn cross_fold_table(args: &EvaluateArgs, post: &Posterior, targets: &[Labels]) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+    use crate::analysis::crossfold::{cross_fold_rows, CrossFoldOptions, Target, N_FOLDS};
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cells = latent_cells(post.ds.n_cells(), args.max_cells_latent, args.eval_seed);
+    let (lat, dims) = post.latent_means(&cells, args.block_cells)?;
+    let spaces: Vec<(&str, &[f32], usize)> = ["joint", "expression", "splicing"].into_iter().enumerate().map(|(i, s)| (s, &lat[i][..], dims[i])).collect();
+    let opts = CrossFoldOptions { folds: N_FOLDS, n_trees: args.cross_fold_trees, permuted: args.cross_fold_permuted, seed: args.eval_seed };
+    let mut out = Vec::new();
+    for t in targets {
+        let started = std::time::Instant::now();
+        let (rows, notes, warnings) = cross_fold_rows(&spaces, &Target::of(t, &cells, N_FOLDS), &opts);
+        notes.iter().for_each(|n| eprintln!("note: evaluate: {n}"));
+        warnings.iter().for_each(|w| eprintln!("warning: evaluate: {w}"));
+        eprintln!("cross-fold classification of `{}`: {} cells, {:.1} s", t.column, cells.len(), started.elapsed().as_secs_f64());
+        out.extend(rows);
+    }
+    Ok(out)
 }
 
 /// Sub-label accuracy within each label group (`--sublabel`; on the cells with both a label and a
@@ -299,13 +366,7 @@ fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&Labe
         return Ok(Vec::new());
     }
     let n = ds.n_cells();
-    let mut cells: Vec<usize> = (0..n).collect();
-    if n > args.max_cells_latent {
-        use rand::seq::SliceRandom;
-        cells.shuffle(&mut crate::train::rng::stream(args.eval_seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::SUBSAMPLE, 0));
-        cells.truncate(args.max_cells_latent);
-        cells.sort_unstable();
-    }
+    let cells = latent_cells(n, args.max_cells_latent, args.eval_seed);
     let (lat, dims) = post.latent_means(&cells, args.block_cells)?;
     let mut out = Vec::new();
     for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
