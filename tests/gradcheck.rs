@@ -255,6 +255,8 @@ fn whole_loss_dm_scalar_cell_ln_sum_pooling() {
         h_hidden_dim: 6,
         encoder_hidden_dim: 5,
         dm_concentration: DmConcentration::Scalar,
+        // (§12.26's correction: the softmax's ε = 0 through the whole model; default and paper keep 1e-8)
+        dm_exact_softmax: true,
         modality_weights: ModalityWeights::Cell,
         latent_distribution: LatentDistribution::Ln,
         pool_mode: PoolMode::Sum,
