@@ -22,6 +22,7 @@ pub mod tags {
     pub const MASK: u64 = 3;
     pub const SUBSAMPLE: u64 = 4;
     pub const CLASSIFIER_SPLIT: u64 = 5;
+    pub const RESAMPLE: u64 = 6;
 }
 
 /// Which PSI an analysis reads (the original's `norm_splicing_function`).
