@@ -748,7 +748,7 @@ pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<
 /// read as a result. `filter`: the truths scored, for the imputation rows.
 pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
     let mut out = imputation_nan_warnings(table, "imputation", filter, &[]);
-    latent_nan_warnings(table, &mut out);
+    out.extend(latent_nan_warnings(table));
     out
 }
 
@@ -794,7 +794,8 @@ pub fn imputation_nan_warnings(table: &[EvalRow], section: &str, filter: &TruthF
 }
 
 /// [`nan_warnings`]' lines for the latent rows.
-fn latent_nan_warnings(table: &[EvalRow], out: &mut Vec<String>) {
+pub fn latent_nan_warnings(table: &[EvalRow]) -> Vec<String> {
+    let mut out = Vec::new();
     // Latent: per split (section) and metric, the spaces where it is nan.
     let mut metrics: Vec<(&str, &str, Vec<&str>)> = Vec::new();
     for r in table.iter().filter(|r| r.section.starts_with("latent") && r.value.is_nan()) {
@@ -822,6 +823,7 @@ fn latent_nan_warnings(table: &[EvalRow], out: &mut Vec<String>) {
         };
         out.push(format!("{section} {metric} is nan ({}): {why}", spaces.join(", ")));
     }
+    out
 }
 
 pub fn rows_tsv(rows: &[EvalRow]) -> String {

@@ -25,6 +25,11 @@ use crate::train::rng::{stream, Purpose};
 use anyhow::{bail, Result};
 use rand_distr::{Binomial, Distribution};
 
+/// The authors' ATSE-count filter of the resampled-reads evaluation (eval_splicevi.sh MIN_ATSE_COUNT).
+pub const RESAMPLED_MIN_ATSE_COUNT: f32 = 30.0;
+/// The authors' top variable junctions of it (IMPUTE_TOP_N_HVJ).
+pub const RESAMPLED_TOP_JUNCTIONS: usize = 10_000;
+
 /// Down-sample the reads of `spl` (binomial thinning with keep probability 1 − `fraction`, seeded per
 /// cell; see the module comment). The result has the same cells, junctions and ATSEs; an entry stays
 /// observed when its ATSE keeps a read (n' > 0). Needs counts (not PSI-only data).
