@@ -643,4 +643,10 @@ fn evaluate_scores_resampled_reads_and_test_impute() {
     assert!(text.contains("toy.h5mu") && text.contains("\"junc_ratio_original\""), "{text}");
     let text = fails(bin().arg("evaluate").arg(&run).arg(&file).arg("--out").arg(&f).args(["--no-plots", "--resampled-input", "--test-impute"]));
     assert!(text.contains("--test-impute"), "{text}");
+    // the authors' PSI < 1 default of this block is turned off with `=false`; a bare flag before the
+    // positional arguments takes none of them as its value
+    ok(bin().arg("evaluate").arg(&run).arg(&file).arg("--out").arg(&f).args(["--no-plots", "--resampled-input", "--min-atse-count", "3", "--top-variable-junctions", "0", "--exclude-psi-one=false"]));
+    let with_one = val(&table(&f), ["resampled", "all", dm, "n"]);
+    assert_eq!(with_one, w("dropped") + w("observed") + w("psi_one"));
+    ok(bin().arg("evaluate").arg("--exclude-psi-one").arg(&run).arg(&data).arg("--out").arg(&f).arg("--no-plots"));
 }

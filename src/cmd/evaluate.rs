@@ -78,9 +78,9 @@ pub struct EvaluateArgs {
     /// (its original-PSI layer stores the entries with PSI > 0 only).
     #[arg(long)]
     pub include_zero_truth: bool,
-    /// Do not score truths with PSI = 1 (`--exclude-psi-one false`: do score them). Default: scored,
+    /// Do not score truths with PSI = 1 (`--exclude-psi-one=false`: do score them). Default: scored,
     /// except in the resampled-reads block (the authors' setting there).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub exclude_psi_one: Option<bool>,
     /// Score only entries whose original ATSE count is at least this. Default: 0, except 30 in the
     /// resampled-reads block (the authors' setting there; read from the original counts).

@@ -61,6 +61,8 @@ e = {
     "top": int(top),
     "top_dropped": int((truth & ~still & keep).sum()),
     "top_observed": int((truth & still & keep).sum()),
+    # the truths of PSI = 1 the default leaves out (with the count filter)
+    "psi_one": int(((R32 == 1) & (N >= 3)).sum()),
     # test_impute on the source file: its observed entries with PSI > 0
     "test_impute": int((R32 > 0).sum()),
 }
