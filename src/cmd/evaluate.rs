@@ -62,7 +62,8 @@ pub struct EvaluateArgs {
     /// cells of one label, averaged weighted by group size), e.g. `--label cell_type --sublabel subtype`.
     #[arg(long, requires = "label")]
     pub sublabel: Option<String>,
-    /// Fraction of each cell's observed ATSEs masked (at least one).
+    /// Fraction of each cell's observed ATSEs masked (at least one). Not read with --resample-fraction
+    /// or --resampled-input (the down-sampling replaces the masking).
     #[arg(long, default_value_t = 0.25)]
     pub mask_fraction: f64,
     /// Seed of the masking, subsampling and classifier split (and of the posterior samples with
