@@ -7,7 +7,8 @@
 use splicevi::analysis::de::differential_expression;
 use splicevi::analysis::differential::{comparisons, paired_plans, ChangeOptions, Comparison};
 use splicevi::analysis::ds::{differential_splicing, empirical_psi};
-use splicevi::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses, TruthFilter, METHOD_DECODER, METHOD_DM, METHOD_MEANBAYES};
+use splicevi::analysis::evaluate::{evaluate_imputation, evaluate_imputation_with, evaluate_latents, mask_atses, Entry, Truths, TruthFilter, METHOD_DECODER, METHOD_DM, METHOD_MEANBAYES};
+use splicevi::analysis::resample::original_entries;
 use splicevi::analysis::posterior::{DecodeOptions, Posterior, SplicingFn};
 use splicevi::data::simulate::{simulate, GroundTruth, SimConfig, SimSize};
 use splicevi::data::{DataOptions, Dataset};
@@ -338,6 +339,39 @@ fn trained_default_model_ds_quality_is_reported_and_random_halves_call_almost_no
     let max_p = h.proba_ds.iter().copied().fold(0.0, f64::max);
     eprintln!("random halves of T0_a: {n_h} of {j} junctions called, max proba_ds {max_p:.3}");
     assert!(n_h <= j / 100, "random halves of one subtype: {n_h} of {j} junctions called");
+}
+
+/// The resampled-reads protocol's scoring: listed still-observed entries are scored against their
+/// listed truth (the original PSI), not the PSI the model reads; listing the data's own entries is the
+/// same as not listing them; a junction filter restricts both subsets to its junctions.
+#[test]
+fn listed_truths_and_the_junction_filter_are_what_is_scored() {
+    let t = trained();
+    let post = Posterior::new(&t.masked, &t.model, &t.params).unwrap();
+    let every = TruthFilter { include_zero: true, ..Default::default() };
+    let own = original_entries(&t.masked.splicing);
+    // the predictions at the observed entries (scored as "dropped" entries, which take any position)
+    let probe = evaluate_imputation_with(&post, &Truths { dropped: &own, observed: Some(&[]), junctions: None }, every, None, &mean_decode(), 128).unwrap();
+    let dm: &Vec<f64> = &probe.dropped.methods.iter().find(|(m, _)| m == METHOD_DM).unwrap().1;
+    assert_eq!(dm.len(), own.len());
+    // a listed truth equal to the prediction scores perfectly; the data's PSI would not
+    let listed: Vec<Entry> = own.iter().zip(dm).map(|(e, &p)| Entry { psi: p as f32, ..*e }).collect();
+    let rep = evaluate_imputation_with(&post, &Truths { dropped: &[], observed: Some(&listed), junctions: None }, every, None, &mean_decode(), 128).unwrap();
+    let o = rep.get("observed", METHOD_DM).unwrap();
+    assert!(o.n == own.len() && o.l1_mean < 1e-7 && o.pearson > 0.999_999, "{o:?}");
+    let data_truth = evaluate_imputation(&post, &[], every, None, &mean_decode(), 128).unwrap();
+    assert!(data_truth.get("observed", METHOD_DM).unwrap().l1_mean > 1e-3);
+    // the data's own entries listed: the same numbers as reading them in place
+    let a = evaluate_imputation_with(&post, &Truths { dropped: &t.dropped, observed: Some(&own), junctions: None }, TruthFilter::default(), None, &mean_decode(), 128).unwrap();
+    let b = evaluate_imputation(&post, &t.dropped, TruthFilter::default(), None, &mean_decode(), 128).unwrap();
+    assert_eq!(format!("{:?}", a.results), format!("{:?}", b.results));
+    // a junction filter (the even junctions): both subsets hold exactly its junctions' entries
+    let even: Vec<bool> = (0..t.masked.n_junctions()).map(|j| j % 2 == 0).collect();
+    let r = evaluate_imputation_with(&post, &Truths { dropped: &t.dropped, observed: None, junctions: Some(&even) }, TruthFilter::default(), None, &mean_decode(), 128).unwrap();
+    let n_drop = t.dropped.iter().filter(|e| e.psi > 0.0 && e.junction % 2 == 0).count();
+    let n_obs = own.iter().filter(|e| e.psi > 0.0 && e.junction % 2 == 0).count();
+    assert!(n_drop > 0 && n_obs > 0);
+    assert_eq!((r.get("dropped", METHOD_DM).unwrap().n, r.get("observed", METHOD_DM).unwrap().n, r.get("dropped", METHOD_MEANBAYES).unwrap().n), (n_drop, n_obs, n_drop));
 }
 
 #[test]

@@ -584,3 +584,74 @@ fn a_closed_stdout_ends_quietly() {
         assert!(tmp.path().join(f).exists(), "evaluate did not write {f}");
     }
 }
+
+/// model.md §8.4's resampled-reads protocol and `test_impute`, end to end on a toy run: in-engine
+/// down-sampling (rows `resampled`, none `imputation`) with test_impute rows; an authors'-style
+/// resampled file written by tests/python/make_resampled_file.py, whose truths numpy counts there (the
+/// ATSE-count filter reads the original counts, PSI = 1 is left out by default, the top variable
+/// junctions); and the errors naming the file and the missing layer.
+#[test]
+fn evaluate_scores_resampled_reads_and_test_impute() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |f: &str| tmp.path().join(f);
+    let (data, run) = (p("toy.h5mu"), p("run"));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
+    let table = |f: &std::path::Path| -> Vec<Vec<String>> { std::fs::read_to_string(f).unwrap().lines().skip(1).map(|l| l.split('\t').map(String::from).collect()).collect() };
+    let val = |t: &[Vec<String>], key: [&str; 4]| -> f64 {
+        let r = t.iter().find(|r| r[..4] == key).unwrap_or_else(|| panic!("no row {key:?}"));
+        r[4].parse().unwrap()
+    };
+    let sections = |t: &[Vec<String>]| -> std::collections::BTreeSet<String> { t.iter().map(|r| r[0].clone()).filter(|s| !s.starts_with("latent")).collect() };
+    let dm = "splicevi_dm_posterior";
+    // in-engine: half of every cell's reads removed
+    let e = p("e.tsv");
+    ok(bin().arg("evaluate").arg(&run).arg(&data).arg("--out").arg(&e).args(["--no-plots", "--resample-fraction", "0.5", "--min-atse-count", "0", "--test-impute"]));
+    let t = table(&e);
+    assert_eq!(sections(&t).into_iter().collect::<Vec<_>>(), ["resampled", "test_impute"]);
+    let n = |s: &str, m: &str| val(&t, ["resampled", s, m, "n"]);
+    assert!(n("dropped", dm) > 0.0 && n("observed", dm) > 0.0);
+    assert_eq!(n("dropped", dm) + n("observed", dm), n("all", dm));
+    assert_eq!(n("dropped", "mean_bayes"), n("dropped", dm));
+    // an entry no longer observed has n = 0: its DM posterior mean is the decoder's PSI
+    let l1 = |m: &str| val(&t, ["resampled", "dropped", m, "l1_mean"]);
+    assert!((l1(dm) - l1("splicevi_decoder")).abs() < 1e-6, "{} vs {}", l1(dm), l1("splicevi_decoder"));
+    assert!(val(&t, ["test_impute", "observed", dm, "n"]) > 0.0);
+    assert!(!t.iter().any(|r| r[0] == "test_impute" && r[1] != "observed"));
+    // the authors' files
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/make_resampled_file.py");
+    let (file, nocounts, expected) = (p("RESAMPLED_50_PERCENT_toy.h5mu"), p("nocounts.h5mu"), p("expected.json"));
+    let py = Command::new(python()).arg(script).arg(&data).arg(&file).arg(&nocounts).arg(&expected).output();
+    match py {
+        Ok(o) if o.status.success() => {}
+        Ok(o) if std::env::var("SPLICEVI_SKIP_PYTHON").is_ok_and(|v| v == "1") => return eprintln!("SKIPPED python part: {}", String::from_utf8_lossy(&o.stderr)),
+        Ok(o) => panic!("make_resampled_file.py failed:\n{}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("no python ({e}); set SPLICEVI_SKIP_PYTHON=1 to skip"),
+    }
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&expected).unwrap()).unwrap();
+    let w = |k: &str| want[k].as_f64().unwrap();
+    assert_eq!(val(&t, ["test_impute", "observed", dm, "n"]), w("test_impute"));
+    let f = p("f.tsv");
+    ok(bin().arg("evaluate").arg(&run).arg(&file).arg("--out").arg(&f).args(["--no-plots", "--resampled-input", "--min-atse-count", "3", "--top-variable-junctions", "0"]));
+    let t = table(&f);
+    assert_eq!((val(&t, ["resampled", "dropped", dm, "n"]), val(&t, ["resampled", "observed", dm, "n"])), (w("dropped"), w("observed")));
+    assert_eq!(val(&t, ["resampled", "dropped", "mean_bayes", "n"]), w("dropped"));
+    let top = want["top"].as_u64().unwrap().to_string();
+    ok(bin().arg("evaluate").arg(&run).arg(&file).arg("--out").arg(&f).args(["--no-plots", "--resampled-input", "--min-atse-count", "3", "--top-variable-junctions", &top]));
+    let t = table(&f);
+    assert_eq!((val(&t, ["resampled", "dropped", dm, "n"]), val(&t, ["resampled", "observed", dm, "n"])), (w("top_dropped"), w("top_observed")));
+    // a missing layer: the file and the layer named
+    let text = fails(bin().arg("evaluate").arg(&run).arg(&nocounts).arg("--out").arg(&f).args(["--no-plots", "--resampled-input"]));
+    assert!(text.contains("nocounts.h5mu") && text.contains("\"cell_by_cluster_matrix_original\"") && text.contains("--min-atse-count 0"), "{text}");
+    ok(bin().arg("evaluate").arg(&run).arg(&nocounts).arg("--out").arg(&f).args(["--no-plots", "--resampled-input", "--min-atse-count", "0"]));
+    let text = fails(bin().arg("evaluate").arg(&run).arg(&data).arg("--out").arg(&f).args(["--no-plots", "--resampled-input"]));
+    assert!(text.contains("toy.h5mu") && text.contains("\"junc_ratio_original\""), "{text}");
+    let text = fails(bin().arg("evaluate").arg(&run).arg(&file).arg("--out").arg(&f).args(["--no-plots", "--resampled-input", "--test-impute"]));
+    assert!(text.contains("--test-impute"), "{text}");
+    // the authors' PSI < 1 default of this block is turned off with `=false`; a bare flag before the
+    // positional arguments takes none of them as its value
+    ok(bin().arg("evaluate").arg(&run).arg(&file).arg("--out").arg(&f).args(["--no-plots", "--resampled-input", "--min-atse-count", "3", "--top-variable-junctions", "0", "--exclude-psi-one=false"]));
+    let with_one = val(&table(&f), ["resampled", "all", dm, "n"]);
+    assert_eq!(with_one, w("dropped") + w("observed") + w("psi_one"));
+    ok(bin().arg("evaluate").arg("--exclude-psi-one").arg(&run).arg(&data).arg("--out").arg(&f).arg("--no-plots"));
+}

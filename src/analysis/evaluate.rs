@@ -16,9 +16,11 @@
 //! column the held-out R² of a ridge regression of the age; for all cells and for the train and test
 //! parts of the run's split apart.
 //!
-//! §8.2's cross-fold classification is in `crossfold` (`evaluate --cross-fold`). Not here: §8.3
-//! (clustering, subcluster splits), §8.4's `test_impute` and resampled-reads files. docs/evaluate.md
-//! lists what is and is not covered.
+//! §8.2's cross-fold classification is in `crossfold` (`evaluate --cross-fold`). §8.4's `test_impute`
+//! and resampled-reads protocol (read down-sampling, in-engine or the authors' resampled files) are in
+//! [`super::resample`], scored here ([`evaluate_imputation_with`]).
+//!
+//! Not here: §8.3 (clustering, subcluster splits). docs/evaluate.md lists what is and is not covered.
 
 use super::impute_metrics::{imputation_metrics_of, Chain, ImputationMetrics};
 use super::latent_metrics::{age_r2, knn_accuracy, logistic_scores, pcs_for_variance, silhouette, standardize, ClassScores, AGE_MIN_CELLS};
@@ -250,24 +252,58 @@ impl ImputationReport {
 /// get_normalized_splicing_DM, which ignores n_samples, §12.15). The DM posterior mean is linear in
 /// p, so it is taken of the sample-averaged decoder p.
 pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFilter, meanbayes_groups: Option<&[u32]>, decode: &DecodeOptions, block_cells: usize) -> Result<ImputationReport> {
+    evaluate_imputation_with(post, &Truths { dropped, observed: None, junctions: None }, filter, meanbayes_groups, decode, block_cells)
+}
+
+/// The entries [`evaluate_imputation_with`] scores.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Truths<'a> {
+    /// Entries the data bound to the posterior no longer observes, with their truth (subset `dropped`).
+    pub dropped: &'a [Entry],
+    /// Still-observed entries with their truth (subset `observed`), cell-major. None: the dataset's own
+    /// observed entries, their truth the PSI the model reads (the masked protocol, `test_impute`); the
+    /// resampled-reads protocol gives the original PSI and ATSE count of the entries still observed.
+    pub observed: Option<&'a [Entry]>,
+    /// Junctions scored (e.g. the top variable ones, [`super::resample::top_variable_junctions`]);
+    /// None: every junction.
+    pub junctions: Option<&'a [bool]>,
+}
+
+/// [`evaluate_imputation`] on any [`Truths`]: the dropped and the observed entries each given with
+/// their truth (or the dataset's own observed entries), optionally restricted to some junctions.
+pub fn evaluate_imputation_with(post: &Posterior, truths: &Truths, filter: TruthFilter, meanbayes_groups: Option<&[u32]>, decode: &DecodeOptions, block_cells: usize) -> Result<ImputationReport> {
     anyhow::ensure!(block_cells > 0, "the block size must be > 0");
     let ds = post.ds;
     let spl = &ds.splicing;
     let n = ds.n_cells();
+    if let Some(m) = truths.junctions {
+        anyhow::ensure!(m.len() == spl.n_junctions, "the junction filter has {} junctions, the data {}", m.len(), spl.n_junctions);
+    }
+    let keep = |e: &Entry| filter.keep(e) && truths.junctions.is_none_or(|m| m[e.junction as usize]);
     // Without a filter the entries are scored as given (no copy).
-    let dropped: std::borrow::Cow<[Entry]> = if dropped.iter().all(|e| filter.keep(e)) {
-        std::borrow::Cow::Borrowed(dropped)
-    } else {
-        std::borrow::Cow::Owned(dropped.iter().copied().filter(|e| filter.keep(e)).collect())
-    };
-    // The still-observed entries are the dataset's own (CSR order); they are read in place, not copied.
+    let kept = |list: &'_ [Entry]| -> Vec<Entry> { list.iter().copied().filter(|e| keep(e)).collect() };
+    let dropped: std::borrow::Cow<[Entry]> = if truths.dropped.iter().all(|e| keep(e)) { std::borrow::Cow::Borrowed(truths.dropped) } else { std::borrow::Cow::Owned(kept(truths.dropped)) };
+    let listed: Option<std::borrow::Cow<[Entry]>> =
+        truths.observed.map(|o| if o.iter().all(|e| keep(e)) { std::borrow::Cow::Borrowed(o) } else { std::borrow::Cow::Owned(kept(o)) });
+    if let Some(e) = dropped.iter().chain(listed.iter().flat_map(|l| l.iter())).find(|e| e.cell as usize >= n || e.junction as usize >= spl.n_junctions) {
+        bail!("an entry to score names cell {} / junction {} of {} × {}", e.cell, e.junction, n, spl.n_junctions);
+    }
+    // The still-observed entries are the dataset's own (CSR order) unless listed; they are read in
+    // place, not copied.
     let entry = |c: usize, e: usize| Entry { cell: c as u32, junction: spl.junction[e], psi: spl.psi[e], k: spl.k[e], n: spl.n[e] };
     let mut drop_idx = vec![Vec::new(); n];
     dropped.iter().enumerate().for_each(|(i, e)| drop_idx[e.cell as usize].push(i));
+    let mut obs_idx: Vec<Vec<usize>> = vec![Vec::new(); if listed.is_some() { n } else { 0 }];
+    if let Some(l) = &listed {
+        l.iter().enumerate().for_each(|(i, e)| obs_idx[e.cell as usize].push(i));
+    }
     let need_dm = !post.conc.is_empty();
     // Truths and predictions are kept as f32, as the data and the decoder give them (the metrics read
     // them as f64 exactly), and the arrays are sized once.
-    let kept_obs: Vec<usize> = (0..n).map(|c| spl.cell_range(c).filter(|&e| filter.keep(&entry(c, e))).count()).collect();
+    let kept_obs: Vec<usize> = match &listed {
+        Some(_) => obs_idx.iter().map(|v| v.len()).collect(),
+        None => (0..n).map(|c| spl.cell_range(c).filter(|&e| keep(&entry(c, e))).count()).collect(),
+    };
     let n_obs: usize = kept_obs.iter().sum();
     let (mut dec_drop, mut dm_drop) = (vec![0f32; dropped.len()], vec![0f32; if need_dm { dropped.len() } else { 0 }]);
     let (mut t_obs, mut dec_obs) = (Vec::with_capacity(n_obs), Vec::with_capacity(n_obs));
@@ -293,20 +329,20 @@ pub fn evaluate_imputation(post: &Posterior, dropped: &[Entry], filter: TruthFil
                     dm_drop[i] = q.at(r, j);
                 }
             }
-            for e in spl.cell_range(c) {
-                if !filter.keep(&entry(c, e)) {
-                    continue;
-                }
-                let j = spl.junction[e] as usize;
-                t_obs.push(spl.psi[e]);
+            let mut score = |j: usize, truth: f32| {
+                t_obs.push(truth);
                 dec_obs.push(p.at(r, j));
                 if let Some(q) = &dm {
                     dm_obs.push(q.at(r, j));
                 }
+            };
+            match &listed {
+                Some(l) => obs_idx[c].iter().for_each(|&i| score(l[i].junction as usize, l[i].psi)),
+                None => spl.cell_range(c).filter(|&e| keep(&entry(c, e))).for_each(|e| score(spl.junction[e] as usize, spl.psi[e])),
             }
         }
     }
-    drop(drop_idx);
+    drop((drop_idx, obs_idx, listed));
     debug_assert_eq!(t_obs.len(), n_obs);
     let t_drop: Vec<f32> = dropped.iter().map(|e| e.psi).collect();
     let t_all = Chain(&t_drop, &t_obs);
@@ -652,16 +688,21 @@ pub fn latent_section(split: &str) -> String {
     }
 }
 
-/// Long-format rows of both reports.
-pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<&str>, k: usize) -> Vec<EvalRow> {
+/// Long-format rows of an imputation report under `section` (`imputation`: the masked protocol;
+/// `resampled`, `test_impute`: [`super::resample`]).
+pub fn imputation_rows(section: &str, imp: &ImputationReport) -> Vec<EvalRow> {
     let mut out = Vec::new();
-    if let Some(imp) = imp {
-        for (subset, method, m) in &imp.results {
-            for (metric, value) in m.named() {
-                out.push(EvalRow { section: "imputation".into(), subset: subset.clone(), method: method.clone(), metric: metric.into(), value });
-            }
+    for (subset, method, m) in &imp.results {
+        for (metric, value) in m.named() {
+            out.push(EvalRow { section: section.into(), subset: subset.clone(), method: method.clone(), metric: metric.into(), value });
         }
     }
+    out
+}
+
+/// Long-format rows of both reports.
+pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<&str>, k: usize) -> Vec<EvalRow> {
+    let mut out = imp.map(|i| imputation_rows("imputation", i)).unwrap_or_default();
     for l in lat {
         let section = latent_section(&l.split);
         let mut push = |metric: String, value: f64| out.push(EvalRow { section: section.clone(), subset: l.space.clone(), method: "splicevi".into(), metric, value });
@@ -706,15 +747,23 @@ pub fn rows(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Option<
 /// table keeps `nan` (an undefined metric has no number); these lines go to stderr, so that it is not
 /// read as a result. `filter`: the truths scored, for the imputation rows.
 pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
+    let mut out = imputation_nan_warnings(table, "imputation", filter, &[]);
+    out.extend(latent_nan_warnings(table));
+    out
+}
+
+/// [`nan_warnings`]' lines for the imputation rows of `section`; `extra_rules` name the restrictions
+/// beyond `filter` (the top variable junctions) in the line of a subset with no entry scored.
+pub fn imputation_nan_warnings(table: &[EvalRow], section: &str, filter: &TruthFilter, extra_rules: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     // Imputation: a subset with no entry scored (every metric nan), else the metrics of a constant input.
     let mut subsets: Vec<&str> = Vec::new();
-    table.iter().filter(|r| r.section == "imputation").for_each(|r| {
+    table.iter().filter(|r| r.section == section).for_each(|r| {
         if !subsets.contains(&r.subset.as_str()) {
             subsets.push(&r.subset);
         }
     });
-    let scored_none = |subset: &str| table.iter().any(|r| r.section == "imputation" && r.subset == subset && r.metric == "n" && r.value == 0.0);
+    let scored_none = |subset: &str| table.iter().any(|r| r.section == section && r.subset == subset && r.metric == "n" && r.value == 0.0);
     let empty: Vec<String> = subsets.iter().filter(|s| scored_none(s)).map(|s| format!("`{s}`")).collect();
     if !empty.is_empty() {
         let mut rule = vec![if filter.include_zero { "any PSI".to_string() } else { "PSI > 0 (--include-zero-truth scores 0 too)".to_string() }];
@@ -724,10 +773,11 @@ pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
         if filter.min_atse_count > 0.0 {
             rule.push(format!("ATSE count ≥ {} (--min-atse-count)", filter.min_atse_count));
         }
-        out.push(format!("imputation {}: every metric is nan: no entry is scored (the truths kept: {})", empty.join(", "), rule.join(", ")));
+        rule.extend(extra_rules.iter().cloned());
+        out.push(format!("{section} {}: every metric is nan: no entry is scored (the truths kept: {})", empty.join(", "), rule.join(", ")));
     }
     for subset in subsets.into_iter().filter(|s| !scored_none(s)) {
-        let rows: Vec<&EvalRow> = table.iter().filter(|r| r.section == "imputation" && r.subset == subset).collect();
+        let rows: Vec<&EvalRow> = table.iter().filter(|r| r.section == section && r.subset == subset).collect();
         let mut by_method: Vec<(String, Vec<&str>)> = Vec::new();
         for r in rows.iter().filter(|r| r.value.is_nan()) {
             match by_method.iter_mut().find(|(m, _)| *m == r.method) {
@@ -737,9 +787,15 @@ pub fn nan_warnings(table: &[EvalRow], filter: &TruthFilter) -> Vec<String> {
         }
         for (method, metrics) in by_method {
             let why = if metrics.iter().all(|m| *m == "pearson" || *m == "spearman") { "a correlation is undefined when the truths or the predictions are all equal" } else { "undefined for these entries" };
-            out.push(format!("imputation `{subset}` {method}: {} nan ({why})", metrics.join(", ")));
+            out.push(format!("{section} `{subset}` {method}: {} nan ({why})", metrics.join(", ")));
         }
     }
+    out
+}
+
+/// [`nan_warnings`]' lines for the latent rows.
+pub fn latent_nan_warnings(table: &[EvalRow]) -> Vec<String> {
+    let mut out = Vec::new();
     // Latent: per split (section) and metric, the spaces where it is nan.
     let mut metrics: Vec<(&str, &str, Vec<&str>)> = Vec::new();
     for r in table.iter().filter(|r| r.section.starts_with("latent") && r.value.is_nan()) {

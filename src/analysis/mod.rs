@@ -15,4 +15,5 @@ pub mod latent_metrics;
 pub mod meanbayes;
 pub mod outlier;
 pub mod posterior;
+pub mod resample;
 pub mod scorecard;

@@ -22,6 +22,8 @@ pub mod tags {
     pub const MASK: u64 = 3;
     pub const SUBSAMPLE: u64 = 4;
     pub const CLASSIFIER_SPLIT: u64 = 5;
+    /// §8.4's read down-sampling (`resample`).
+    pub const RESAMPLE: u64 = 6;
     /// §8.2's cross-fold classification (`crossfold`): the folds' shuffle, the forest's trees, the
     /// permutation baseline's labels.
     pub const CV_FOLDS: u64 = 20;

@@ -1,14 +1,19 @@
-//! `splicevi evaluate`: the masked-ATSE imputation protocol against the MeanBayes baseline and latent
+//! `splicevi evaluate`: the masked-ATSE imputation protocol (or the resampled-reads one, and
+//! `test_impute`: analysis::resample) against the MeanBayes baseline and latent
 //! metrics (model.md §8.1, §8.4), for a trained run directory or for a model trained here on the masked
 //! data (so the dropped entries are truly held out) with the same options as `splicevi train`.
 //! Which of the original's evaluation blocks this covers, and where it differs: docs/evaluate.md.
 
 use super::train::{resolve, OptionFlags, TrainArgs};
 use crate::analysis::differential::write_tsv;
-use crate::analysis::evaluate::{evaluate_imputation, evaluate_latents, mask_atses_in_place, nan_warnings, render, unmask_atses, rows, rows_tsv, Ages, LatentOptions, Labels, TruthFilter};
+use crate::analysis::evaluate::{
+    evaluate_imputation_with, evaluate_latents, imputation_nan_warnings, imputation_rows, latent_nan_warnings, mask_atses_in_place, render, rows, rows_tsv, unmask_atses, Ages, LatentOptions, Labels, Truths,
+    TruthFilter,
+};
+use crate::analysis::resample::{original_entries, read_resampled_truth, resample_splicing, split_truths, top_variable_junctions, ResampledLayers, VariableJunctions, RESAMPLED_MIN_ATSE_COUNT, RESAMPLED_TOP_JUNCTIONS};
 use crate::analysis::impute::group_codes;
 use crate::analysis::posterior::{align_batches, Posterior};
-use crate::data::{load::load, DataOptions, Dataset};
+use crate::data::{load::load, DataOptions, Dataset, Splicing};
 use crate::model::{Params, SpliceVae, SplicingLoss};
 use crate::train::trainer::{check_training_data, dims_of, load_model, read_run_config, RunConfig, Trainer};
 use anyhow::{bail, Context, Result};
@@ -22,7 +27,8 @@ pub struct EvaluateArgs {
     /// RUN_DIR DATA, or with --train just DATA.
     #[arg(num_args = 1..=2, value_name = "RUN_DIR|DATA")]
     pub paths: Vec<PathBuf>,
-    /// Train a model on the masked data first, with the training flags below (as `splicevi train`).
+    /// Train a model on the masked (or down-sampled: --resample-fraction, --resampled-input) data
+    /// first, with the training flags below (as `splicevi train`).
     #[arg(long)]
     pub train: bool,
     /// With --train: where the run directory goes (default: a temporary directory, removed afterwards).
@@ -74,7 +80,8 @@ pub struct EvaluateArgs {
     /// With --cross-fold: trees of the random forest (§8.2: 300).
     #[arg(long, default_value_t = crate::analysis::crossfold::N_TREES)]
     pub cross_fold_trees: usize,
-    /// Fraction of each cell's observed ATSEs masked (at least one).
+    /// Fraction of each cell's observed ATSEs masked (at least one). Not read with --resample-fraction
+    /// or --resampled-input (the down-sampling replaces the masking).
     #[arg(long, default_value_t = 0.25)]
     pub mask_fraction: f64,
     /// Seed of the masking, subsampling and classifier split (and of the posterior samples with
@@ -86,15 +93,49 @@ pub struct EvaluateArgs {
     /// read the posterior means (§8.1) and take no samples.
     #[arg(long, default_value_t = 1)]
     pub n_samples: usize,
-    /// Also score truths with PSI = 0 (the original scores PSI > 0 only).
+    /// Also score truths with PSI = 0 (the original scores PSI > 0 only). Not with --resampled-input
+    /// (its original-PSI layer stores the entries with PSI > 0 only).
     #[arg(long)]
     pub include_zero_truth: bool,
-    /// Do not score truths with PSI = 1.
+    /// Do not score truths with PSI = 1 (`--exclude-psi-one=false`: do score them). Default: scored,
+    /// except in the resampled-reads block (the authors' setting there).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub exclude_psi_one: Option<bool>,
+    /// Score only entries whose original ATSE count is at least this. Default: 0, except 30 in the
+    /// resampled-reads block (the authors' setting there; read from the original counts).
     #[arg(long)]
-    pub exclude_psi_one: bool,
-    /// Score only entries whose original ATSE count is at least this.
-    #[arg(long, default_value_t = 0.0)]
-    pub min_atse_count: f32,
+    pub min_atse_count: Option<f32>,
+    /// Also score the model on the data as given (model.md §8.4's `test_impute`, the "upper bound"):
+    /// the DM posterior mean and the decoder PSI against the PSI of the observed entries (section
+    /// `test_impute`, subset `observed`), with the truth filters above. Not with --resampled-input
+    /// (the file holds the down-sampled data): run it on the unmasked file.
+    #[arg(long)]
+    pub test_impute: bool,
+    /// The resampled-reads protocol (model.md §8.4, the authors' current setting) instead of the
+    /// masked-ATSE one: remove this fraction of each cell's reads (each read kept with probability
+    /// 1 − F, seeded by --eval-seed; an ATSE left with no read becomes unobserved), predict on (and
+    /// with --train, train on) the down-sampled data, and score against the original PSI (section
+    /// `resampled`: subsets dropped, observed, all).
+    #[arg(long, conflicts_with = "resampled_input")]
+    pub resample_fraction: Option<f64>,
+    /// DATA is an authors' resampled file (`RESAMPLED_*_PERCENT_…`): its usual layers hold the
+    /// down-sampled data, --original-psi-layer the truth; scored as --resample-fraction's data.
+    #[arg(long)]
+    pub resampled_input: bool,
+    /// With --resampled-input: the layer of the original PSI (the truth).
+    #[arg(long, default_value = "junc_ratio_original", requires = "resampled_input")]
+    pub original_psi_layer: String,
+    /// With --resampled-input: the layer of the original ATSE counts (read by --min-atse-count).
+    #[arg(long, default_value = "cell_by_cluster_matrix_original", requires = "resampled_input")]
+    pub original_atse_counts_layer: String,
+    /// Score only the N junctions of largest PSI variance over the cells where their PSI > 0 in the
+    /// unmasked data (ties to the lower junction index); 0: every junction. Default: every junction,
+    /// except 10000 in the resampled-reads block (the authors' setting there).
+    #[arg(long, value_name = "N")]
+    pub top_variable_junctions: Option<usize>,
+    /// With the top variable junctions: also score every other junction of their ATSEs.
+    #[arg(long)]
+    pub expand_variable_junctions: bool,
     /// obs column giving MeanBayes per-group priors (default: one global prior).
     #[arg(long)]
     pub meanbayes_groupby: Option<String>,
@@ -146,6 +187,7 @@ fn train_here(
     args: &EvaluateArgs,
     (model, train): (crate::model::ModelConfig, crate::train::TrainConfig),
     masked: &Dataset,
+    what: &str,
     dir: &std::path::Path,
     device: &crate::device::Device,
     precision: crate::cuda::gemm::GemmPrecision,
@@ -154,7 +196,7 @@ fn train_here(
     let mut t = Trainer::new(masked, run, dir)?;
     t.verbose = !args.quiet;
     super::train::attach_device(&mut t, device, precision)?;
-    eprintln!("training on the masked data ({} cells); run dir {}", masked.n_cells(), dir.display());
+    eprintln!("training on the {what} data ({} cells); run dir {}", masked.n_cells(), dir.display());
     t.fit()
 }
 
@@ -193,7 +235,32 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         bail!("--cross-fold names `{c}` twice");
     }
     anyhow::ensure!(args.mask_fraction > 0.0 && args.mask_fraction <= 1.0, "--mask-fraction (the mask fraction) must be in (0, 1], got {}", args.mask_fraction);
-    anyhow::ensure!(args.min_atse_count.is_finite() && args.min_atse_count >= 0.0, "--min-atse-count must be a finite number ≥ 0, got {}", args.min_atse_count);
+    if let Some(m) = args.min_atse_count {
+        anyhow::ensure!(m.is_finite() && m >= 0.0, "--min-atse-count must be a finite number ≥ 0, got {m}");
+    }
+    if let Some(f) = args.resample_fraction {
+        anyhow::ensure!(f > 0.0 && f < 1.0, "--resample-fraction (the share of each cell's reads removed) must be in (0, 1), got {f}");
+    }
+    if args.resampled_input && args.test_impute {
+        bail!("--test-impute scores the unmasked data, and a --resampled-input file holds the down-sampled reads (its original counts are not all there): run `evaluate --test-impute` on the unmasked file");
+    }
+    if args.resampled_input && args.include_zero_truth {
+        bail!("--include-zero-truth: a --resampled-input file's original PSI layer ({}) stores the entries with PSI > 0 only (the authors' truths), so a PSI of 0 cannot be told from no observation", args.original_psi_layer);
+    }
+    // The truths each imputation block scores: the masked block and test_impute by the flags (the
+    // original's defaults), the resampled-reads block with the authors' filters unless a flag says otherwise.
+    let resampling = args.resample_fraction.is_some() || args.resampled_input;
+    let base_filter = TruthFilter { include_zero: args.include_zero_truth, exclude_one: args.exclude_psi_one.unwrap_or(false), min_atse_count: args.min_atse_count.unwrap_or(0.0) };
+    let (imp_filter, imp_top) = if resampling {
+        (
+            TruthFilter { exclude_one: args.exclude_psi_one.unwrap_or(true), min_atse_count: args.min_atse_count.unwrap_or(RESAMPLED_MIN_ATSE_COUNT), ..base_filter },
+            args.top_variable_junctions.unwrap_or(RESAMPLED_TOP_JUNCTIONS),
+        )
+    } else {
+        (base_filter, args.top_variable_junctions.unwrap_or(0))
+    };
+    let ti_top = args.top_variable_junctions.unwrap_or(0);
+    let section = if resampling { "resampled" } else { "imputation" };
     let train_opts = if run_dir.is_none() { Some(train_options(&args, &data)?) } else { None };
     let data_options = match &run_dir {
         Some(r) => read_run_config(r)?.data,
@@ -218,8 +285,11 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     }
     // Nothing may read the placeholder counts of PSI-only data: the truth filter's ATSE count, and
     // the DM posterior mean evaluate scores for a run with a concentration (the original's default).
-    if args.min_atse_count > 0.0 {
-        ds.require_splicing_counts(&format!("--min-atse-count {}", args.min_atse_count), "leave --min-atse-count at 0 for PSI-only data")?;
+    // (a resampled file's count filter reads its original-counts layer)
+    if args.resample_fraction.is_some() {
+        ds.require_splicing_counts("--resample-fraction (read down-sampling)", "down-sample data with the count layers")?;
+    } else if !args.resampled_input && base_filter.min_atse_count > 0.0 {
+        ds.require_splicing_counts(&format!("--min-atse-count {}", base_filter.min_atse_count), "leave --min-atse-count at 0 for PSI-only data")?;
     }
     if let Some(r) = &run_dir {
         let loss = read_run_config(r)?.model.splicing_loss_type;
@@ -231,8 +301,52 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         }
     }
     let (source, nnz) = (ds.source.clone(), ds.splicing.nnz());
-    let dropped = mask_atses_in_place(&mut ds, args.mask_fraction, args.eval_seed)?;
-    eprintln!("masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})", dropped.len(), nnz, args.mask_fraction, args.eval_seed);
+    // The junctions scored (top variable ones, from the unmasked data) and the truths: the masked
+    // ATSEs, or the original PSI of the entries the down-sampled data no longer / still observes.
+    let variable = |entries: &mut dyn Iterator<Item = (u32, f32)>, top: usize, block: &str| -> Option<VariableJunctions> {
+        if top == 0 {
+            return None;
+        }
+        let e: Vec<(u32, f32)> = entries.collect();
+        let v = top_variable_junctions(e.iter().copied(), ds.n_junctions(), top, args.expand_variable_junctions.then_some(&ds.splicing.junc2atse[..]));
+        eprintln!(
+            "note: evaluate: {block} scores the {} junctions of largest PSI variance (top {top} of the {} with a variance > 0 over the cells where PSI > 0){}",
+            v.seeds,
+            v.with_variance,
+            if args.expand_variable_junctions { format!(", {} with the other junctions of their ATSEs", v.scored) } else { String::new() }
+        );
+        Some(v)
+    };
+    let all_entries = |s: &Splicing| -> Vec<(u32, f32)> { s.junction.iter().copied().zip(s.psi.iter().copied()).collect() };
+    let ti_hvj = if args.test_impute { variable(&mut all_entries(&ds.splicing).into_iter(), ti_top, "test_impute") } else { None };
+    let (dropped, observed_truth, original_splicing, imp_hvj) = if let Some(f) = args.resample_fraction {
+        let hvj = variable(&mut all_entries(&ds.splicing).into_iter(), imp_top, section);
+        let down = resample_splicing(&ds.splicing, f, args.eval_seed)?;
+        let (d, o) = split_truths(&original_entries(&ds.splicing), &down)?;
+        eprintln!(
+            "resampled: removed {f} of each cell's reads (seed {}): {} of {nnz} observed entries are no longer observed, {} still are",
+            args.eval_seed,
+            d.len(),
+            o.len()
+        );
+        let original = std::mem::replace(&mut ds.splicing, down);
+        ds.source = format!("{source} (resampled: {f} of each cell's reads removed, seed {})", args.eval_seed);
+        (d, Some(o), Some(original), hvj)
+    } else if args.resampled_input {
+        let layers = ResampledLayers { psi: args.original_psi_layer.clone(), atse_counts: args.original_atse_counts_layer.clone() };
+        let (truth, line) = read_resampled_truth(&data, &data_options, &ds, &layers, imp_filter.min_atse_count > 0.0)?;
+        eprintln!("note: evaluate: {line}");
+        // (the authors' variable junctions are those of the unmasked test file: its PSI is this truth)
+        let hvj = variable(&mut truth.iter().map(|e| (e.junction, e.psi)), imp_top, section);
+        let (d, o) = split_truths(&truth, &ds.splicing)?;
+        eprintln!("{}: {} of the {} truths are no longer observed, {} still are", data.display(), d.len(), truth.len(), o.len());
+        (d, Some(o), None, hvj)
+    } else {
+        let hvj = variable(&mut all_entries(&ds.splicing).into_iter(), imp_top, section);
+        let dropped = mask_atses_in_place(&mut ds, args.mask_fraction, args.eval_seed)?;
+        eprintln!("masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})", dropped.len(), nnz, args.mask_fraction, args.eval_seed);
+        (dropped, None, None, hvj)
+    };
     let tmp;
     let dir = match (&run_dir, &args.train_dir) {
         (Some(r), _) => r.clone(),
@@ -243,22 +357,31 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         }
     };
     if let Some(opts) = train_opts {
-        train_here(&args, opts, &ds, &dir, device, precision)?;
+        train_here(&args, opts, &ds, if resampling { "down-sampled" } else { "masked" }, &dir, device, precision)?;
     }
     let run = read_run_config(&dir)?;
     align_batches(&mut ds, &run.batch_levels, &dir.display().to_string())?;
     let (_, model, params): (RunConfig, SpliceVae, Params<f32>) = load_model(&dir, &ds)?;
     let cell_rows = crate::analysis::posterior::weight_table_rows(&dir, &ds, &model)?;
-    let filter = TruthFilter { include_zero: args.include_zero_truth, exclude_one: args.exclude_psi_one, min_atse_count: args.min_atse_count };
+    let decode = crate::analysis::posterior::DecodeOptions { transform_batch: vec![], n_samples: args.n_samples, seed: args.eval_seed };
     let imp = {
         let mut post_masked = Posterior::new(&ds, &model, &params)?;
         post_masked.cell_rows = cell_rows.clone();
         super::analysis_device(&mut post_masked, device, precision, "evaluate")?;
-        let decode = crate::analysis::posterior::DecodeOptions { transform_batch: vec![], n_samples: args.n_samples, seed: args.eval_seed };
-        evaluate_imputation(&post_masked, &dropped, filter, mb_groups.as_deref(), &decode, args.block_cells)?
+        let truths = Truths { dropped: &dropped, observed: observed_truth.as_deref(), junctions: imp_hvj.as_ref().map(|v| &v.keep[..]) };
+        evaluate_imputation_with(&post_masked, &truths, imp_filter, mb_groups.as_deref(), &decode, args.block_cells)?
     };
-    unmask_atses(&mut ds, &dropped, &source)?;
-    drop(dropped);
+    // The latents (and test_impute) read the data as given: unmasked, or the reads before the
+    // down-sampling; a resampled file has only its down-sampled reads.
+    if let Some(original) = original_splicing {
+        ds.splicing = original;
+        ds.source = source.clone();
+    } else if args.resampled_input {
+        eprintln!("note: evaluate: the latent metrics read {} as given, its down-sampled reads", data.display());
+    } else {
+        unmask_atses(&mut ds, &dropped, &source)?;
+    }
+    drop((dropped, observed_truth));
     let mut post = Posterior::new(&ds, &model, &params)?;
     post.cell_rows = cell_rows;
     super::analysis_device(&mut post, device, precision, "evaluate")?;
@@ -291,13 +414,32 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     for n in notes {
         eprintln!("note: evaluate: {n}");
     }
-    let mut table = rows(Some(&imp), &lat, args.label.as_deref(), args.knn);
+    // test_impute (§8.4, the "upper bound"): the observed entries of the data as given.
+    let ti = if args.test_impute {
+        let truths = Truths { dropped: &[], observed: None, junctions: ti_hvj.as_ref().map(|v| &v.keep[..]) };
+        let mut r = evaluate_imputation_with(&post, &truths, base_filter, None, &decode, args.block_cells)?;
+        r.results.retain(|(subset, _, _)| subset == "observed");
+        Some(r)
+    } else {
+        None
+    };
+    let mut table = imputation_rows(section, &imp);
+    table.extend(rows(None, &lat, args.label.as_deref(), args.knn));
     let extra = extra_latent_rows(&args, &post, labels.as_ref(), sublabels.as_ref(), &ds)?;
     table.extend(extra.iter().cloned());
+    if let Some(ti) = &ti {
+        table.extend(imputation_rows("test_impute", ti));
+    }
     let xfold = cross_fold_table(&args, &post, &targets)?;
     table.extend(xfold.iter().cloned());
     // (an undefined metric stays nan in the table; the lines say which and why)
-    for w in nan_warnings(&table, &filter) {
+    let top_rule = |v: &Option<VariableJunctions>| -> Vec<String> {
+        v.iter().map(|v| format!("the {} most variable junctions (--top-variable-junctions){}", v.seeds, if args.expand_variable_junctions { " and their ATSEs' others" } else { "" })).collect()
+    };
+    let mut warnings = imputation_nan_warnings(&table, section, &imp_filter, &top_rule(&imp_hvj));
+    warnings.extend(imputation_nan_warnings(&table, "test_impute", &base_filter, &top_rule(&ti_hvj)));
+    warnings.extend(latent_nan_warnings(&table));
+    for w in warnings {
         eprintln!("warning: evaluate: {w}");
     }
     write_tsv(&args.out, &rows_tsv(&table))?;
@@ -310,6 +452,11 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     }
     // (the table on stdout last: a reader that went away ends the command there, its files written)
     println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));
+    if let Some(ti) = &ti {
+        for (_, method, m) in &ti.results {
+            println!("test_impute observed {method:<22} n = {}, pearson = {:.4}, l1_mean = {:.4}, rmse = {:.4}", m.n, m.pearson, m.l1_mean, m.rmse);
+        }
+    }
     for r in &extra {
         println!("{:<11} {} = {:.4}", r.subset, r.metric, r.value);
     }

@@ -1030,6 +1030,26 @@ fn read_splicing_anndata(file: &str, root: &Group, base: &str, opts: &DataOption
     Ok(())
 }
 
+/// A layer of the splicing modality beyond the ones the dataset is built from (a .h5mu's
+/// `mod/<splicing>/layers/NAME`, a splicing-only .h5ad's `layers/NAME`; e.g. the resampled files'
+/// `junc_ratio_original`), as CSR over the dataset's `cells` and `junctions`, its values checked by
+/// `rule`. `Ok(Err(layers present))` when the file has no such layer; a Matrix Market directory
+/// holds none.
+pub fn read_splicing_layer(path: &Path, opts: &DataOptions, name: &str, rule: ValueRule, cells: &[String], junctions: &[String]) -> Result<std::result::Result<(String, Csr<f32>), Vec<String>>> {
+    let file = path.display().to_string();
+    if path.is_dir() {
+        bail!("{file}: a Matrix Market directory holds no splicing layer `{name}`; give an .h5mu or .h5ad file that has it");
+    }
+    let f = open(path)?;
+    let root: &Group = &f;
+    let layers = if is_mudata(&f) { format!("mod/{}/layers", opts.splicing_modality) } else { "layers".to_string() };
+    let Some(m) = open_matrix(root, &format!("{layers}/{name}")).map_err(|e| anyhow!("{file}: {e:#}"))? else {
+        return Ok(Err(members(root, &layers)));
+    };
+    check_shape(&file, &m, cells.len(), junctions.len(), "junctions (splicing var)")?;
+    read_checked(&file, &m, rule, cells, "junction", junctions).map(Ok)
+}
+
 /// Read a MuData file in the SpliceVI layout (model.md §1.1).
 pub fn read_h5mu(path: &Path, opts: &DataOptions, checks: &CheckOptions) -> Result<RawData> {
     let file = path.display().to_string();
