@@ -3,6 +3,7 @@
 //! `de`, `ds`), the masked-ATSE imputation evaluation with the MeanBayes baseline (`evaluate`,
 //! `meanbayes`, `impute_metrics`) and latent metrics (`latent_metrics`).
 
+pub mod clustering;
 pub mod de;
 pub mod differential;
 pub mod ds;
@@ -10,6 +11,7 @@ pub mod evaluate;
 pub mod impute;
 pub mod impute_metrics;
 pub mod latent_metrics;
+pub mod leiden;
 pub mod meanbayes;
 pub mod outlier;
 pub mod posterior;
