@@ -11,6 +11,7 @@
 //! n_init=10)` (k-means++, Lloyd) on half A; half B labelled by its nearest centre; a logistic
 //! regression fitted on (standardised B, those labels) predicts A, scored against A's KMeans labels.
 
+use super::evaluate::EvalRow;
 use super::latent_metrics::{fit_logistic, ClassScores};
 use super::leiden::{leiden, modularity, Graph};
 use rand::seq::SliceRandom;
@@ -409,7 +410,7 @@ pub fn subcluster_split(x: &[f32], d: usize, k: usize, seed: u64) -> Option<Clas
     let (b, a) = perm.split_at(n_b);
     let take = |rows: &[usize]| -> Vec<f32> { rows.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect() };
     let (xa, xb) = (take(a), take(b));
-    let fit = kmeans(&xa, d, k, 10, seed);
+    let fit = kmeans(&xa, d, k, 10, seed.wrapping_add(1));
     let lb: Vec<u32> = nearest_center(&xb, d, &fit.centers).iter().map(|e| e.0).collect();
     let mut classes = lb.clone();
     classes.sort_unstable();
@@ -441,6 +442,121 @@ pub fn subcluster_split(x: &[f32], d: usize, k: usize, seed: u64) -> Option<Clas
         })
         .collect();
     Some(ClassScores::of(&fit.labels, &pred))
+}
+
+/// The latents, in the order of their rows' `subset`.
+pub const SPACES: [&str; 3] = ["joint", "expression", "splicing"];
+/// The pairs of latents compared, as the original compares them.
+pub const PAIRS: [(usize, usize); 3] = [(1, 0), (2, 0), (1, 2)];
+
+/// The `clustering` block's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterOptions {
+    /// Neighbours of the graph, the cell itself counted (scanpy's `n_neighbors`).
+    pub n_neighbors: usize,
+    pub resolution: f64,
+    pub seed: u64,
+}
+
+fn row(section: &str, subset: &str, method: &str, metric: String, value: f64) -> EvalRow {
+    EvalRow { section: section.into(), subset: subset.into(), method: method.into(), metric, value }
+}
+
+/// The `clustering` rows of the latents `lat` (each n × `dims[s]`, in [`SPACES`] order) of n cells:
+/// per latent `n_cells`, `n_clusters`, `modularity`, and with a label column (`labels`, one per cell,
+/// named `column`) `n_clusters_one_COL`, `n_clusters_several_COL`, `purity_COL`, `ari_COL`, `ami_COL`;
+/// per pair of latents (`A_vs_B`) the mean and median same-cluster overlap (`n_cells_overlap`: the
+/// cells not alone in their cluster of A) and the AMI. Returns the rows and notes for stderr.
+pub fn clustering_rows(lat: &[Vec<f32>], dims: &[usize], labels: Option<(&str, &[Option<u32>])>, o: &ClusterOptions) -> (Vec<EvalRow>, Vec<String>) {
+    let (sec, method) = ("clustering", "leiden");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut clusters = Vec::new();
+    for (s, space) in SPACES.iter().enumerate() {
+        let n = lat[s].len() / dims[s].max(1);
+        let (c, q) = leiden_clusters(&lat[s], dims[s], o.n_neighbors, o.resolution, o.seed);
+        let n_clusters = c.iter().copied().max().map_or(0, |m| m + 1);
+        rows.push(row(sec, space, method, "n_cells".into(), n as f64));
+        rows.push(row(sec, space, method, "n_clusters".into(), n_clusters as f64));
+        rows.push(row(sec, space, method, "modularity".into(), q));
+        if let Some((col, l)) = labels {
+            let (one, several, purity) = label_cluster_counts(&c, l);
+            let unl = l.iter().flatten().copied().max().map_or(0, |m| m + 1);
+            let lab: Vec<usize> = l.iter().map(|x| x.unwrap_or(unl) as usize).collect();
+            rows.push(row(sec, space, method, format!("n_clusters_one_{col}"), one as f64));
+            rows.push(row(sec, space, method, format!("n_clusters_several_{col}"), several as f64));
+            rows.push(row(sec, space, method, format!("purity_{col}"), purity));
+            rows.push(row(sec, space, method, format!("ari_{col}"), ari(&c, &lab)));
+            rows.push(row(sec, space, method, format!("ami_{col}"), ami(&c, &lab)));
+        }
+        clusters.push(c);
+    }
+    for (a, b) in PAIRS {
+        let subset = format!("{}_vs_{}", SPACES[a], SPACES[b]);
+        let ov = same_cluster_overlap(&clusters[a], &clusters[b]);
+        let kept: Vec<f64> = ov.iter().copied().filter(|v| !v.is_nan()).collect();
+        let mean = if kept.is_empty() { f64::NAN } else { kept.iter().sum::<f64>() / kept.len() as f64 };
+        if kept.is_empty() {
+            notes.push(format!("clustering {subset} samecluster_overlap_mean, samecluster_overlap_median are nan: every cell is alone in its {} cluster", SPACES[a]));
+        } else if kept.len() < ov.len() {
+            notes.push(format!("clustering {subset}: {} of {} cells are alone in their {} cluster and left out of the same-cluster overlap", ov.len() - kept.len(), ov.len(), SPACES[a]));
+        }
+        rows.push(row(sec, &subset, method, "n_cells_overlap".into(), kept.len() as f64));
+        rows.push(row(sec, &subset, method, "samecluster_overlap_mean".into(), mean));
+        rows.push(row(sec, &subset, method, "samecluster_overlap_median".into(), nanmedian(&ov)));
+        rows.push(row(sec, &subset, method, "ami".into(), ami(&clusters[a], &clusters[b])));
+    }
+    (rows, notes)
+}
+
+/// The `subcluster_split` rows: for each class of `labels` (named `column`, class names `classes`)
+/// chosen by `only` (all when empty) and each latent, `n_cells:COL=CLASS` and per k of `ks`
+/// `kK_accuracy:COL=CLASS` and `kK_f1_weighted:COL=CLASS` ([`subcluster_split`]). A class of fewer
+/// than [`SUBCLUSTER_MIN_CELLS`] cells, and a k of at least half the class's cells, are skipped with a
+/// note (a named class gets `nan` rows).
+pub fn subcluster_rows(lat: &[Vec<f32>], dims: &[usize], column: &str, classes: &[String], labels: &[Option<u32>], only: &[u32], ks: &[usize], seed: u64) -> (Vec<EvalRow>, Vec<String>) {
+    let (sec, method) = ("subcluster_split", "kmeans_logistic");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let chosen: Vec<u32> = if only.is_empty() { (0..classes.len() as u32).collect() } else { only.to_vec() };
+    for cls in chosen {
+        let cells: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == Some(cls)).collect();
+        let name = &classes[cls as usize];
+        let tag = format!("{column}={name}");
+        if cells.len() < SUBCLUSTER_MIN_CELLS {
+            if !only.is_empty() {
+                notes.push(format!("subcluster_split {tag}: {} cells, fewer than {SUBCLUSTER_MIN_CELLS}: its scores are nan", cells.len()));
+                for space in SPACES {
+                    rows.push(row(sec, space, method, format!("n_cells:{tag}"), cells.len() as f64));
+                    for &k in ks {
+                        rows.push(row(sec, space, method, format!("k{k}_accuracy:{tag}"), f64::NAN));
+                        rows.push(row(sec, space, method, format!("k{k}_f1_weighted:{tag}"), f64::NAN));
+                    }
+                }
+            } else if !cells.is_empty() {
+                notes.push(format!("subcluster_split: {tag} skipped: {} cells, fewer than {SUBCLUSTER_MIN_CELLS}", cells.len()));
+            }
+            continue;
+        }
+        let skipped: Vec<String> = ks.iter().filter(|&&k| 2 * k >= cells.len()).map(|k| k.to_string()).collect();
+        if !skipped.is_empty() {
+            notes.push(format!("subcluster_split {tag}: k = {} skipped: at least half of its {} cells", skipped.join(", "), cells.len()));
+        }
+        for (s, space) in SPACES.iter().enumerate() {
+            let d = dims[s];
+            let x: Vec<f32> = cells.iter().flat_map(|&i| lat[s][i * d..(i + 1) * d].iter().copied()).collect();
+            rows.push(row(sec, space, method, format!("n_cells:{tag}"), cells.len() as f64));
+            for &k in ks.iter().filter(|&&k| 2 * k < cells.len()) {
+                let sc = subcluster_split(&x, d, k, seed).unwrap_or_else(|| {
+                    notes.push(format!("subcluster_split {space} {tag} k{k}: nan: the held-out half falls in one KMeans cluster (the logistic regression needs two)"));
+                    ClassScores::NAN
+                });
+                rows.push(row(sec, space, method, format!("k{k}_accuracy:{tag}"), sc.accuracy));
+                rows.push(row(sec, space, method, format!("k{k}_f1_weighted:{tag}"), sc.f1));
+            }
+        }
+    }
+    (rows, notes)
 }
 
 #[cfg(test)]

@@ -16,8 +16,10 @@
 //! column the held-out R² of a ridge regression of the age; for all cells and for the train and test
 //! parts of the run's split apart.
 //!
-//! Not here: §8.2 (cross-fold classification), §8.3 (clustering, subcluster splits), §8.4's
-//! `test_impute` and resampled-reads files. docs/evaluate.md lists what is and is not covered.
+//! §8.3 (Leiden clustering, subcluster splits) is in [`super::clustering`], opt-in flags of `evaluate`.
+//!
+//! Not here: §8.2 (cross-fold classification), §8.4's `test_impute` and resampled-reads files.
+//! docs/evaluate.md lists what is and is not covered.
 
 use super::impute_metrics::{imputation_metrics_of, Chain, ImputationMetrics};
 use super::latent_metrics::{age_r2, knn_accuracy, logistic_scores, pcs_for_variance, silhouette, standardize, ClassScores, AGE_MIN_CELLS};
