@@ -137,14 +137,16 @@ fn renumber(comm: &mut [usize]) -> usize {
 struct NbrWeights {
     w: Vec<f64>,
     seen: Vec<usize>,
+    listed: Vec<bool>,
 }
 
 impl NbrWeights {
     fn new(n: usize) -> Self {
-        NbrWeights { w: vec![0.0; n], seen: Vec::new() }
+        NbrWeights { w: vec![0.0; n], seen: Vec::new(), listed: vec![false; n] }
     }
     fn add(&mut self, c: usize, x: f64) {
-        if self.w[c] == 0.0 && !self.seen.contains(&c) {
+        if !self.listed[c] {
+            self.listed[c] = true;
             self.seen.push(c);
         }
         self.w[c] += x;
@@ -152,6 +154,7 @@ impl NbrWeights {
     fn clear(&mut self) {
         for &c in &self.seen {
             self.w[c] = 0.0;
+            self.listed[c] = false;
         }
         self.seen.clear();
     }
@@ -289,8 +292,14 @@ fn leiden_iteration(g0: &Graph, gamma: f64, comm: &mut [usize], rng: &mut ChaCha
         if n_comm == g.n() {
             break;
         }
-        let refined = refine(&g, &k, two_m, gamma, &level_comm, rng);
-        let n_ref = refined.iter().copied().max().map_or(0, |c| c + 1);
+        let mut refined = refine(&g, &k, two_m, gamma, &level_comm, rng);
+        let mut n_ref = refined.iter().copied().max().map_or(0, |c| c + 1);
+        if n_ref == g.n() {
+            // (refinement merged nothing, e.g. where every gain is 0: aggregate on the unrefined
+            // partition, as leidenalg does, so that every level has fewer nodes and the loop ends)
+            refined = level_comm.clone();
+            n_ref = n_comm;
+        }
         // each refined community starts in the (unrefined) community that holds it
         let mut start = vec![0usize; n_ref];
         for v in 0..g.n() {
@@ -464,6 +473,58 @@ mod tests {
             q_louvain += modularity(&g, &louvain(&g, 1.0, seed), 1.0);
         }
         assert!(q_leiden >= q_louvain - 1e-9, "Leiden {q_leiden} < Louvain {q_louvain}");
+    }
+
+    /// At the end no single node gains by moving to a neighbouring community or to an empty one (the
+    /// last iteration's local moving changed nothing).
+    #[test]
+    fn the_result_is_node_optimal() {
+        for seed in 0..3 {
+            let (g, _) = sbm(8, 40, 0.08, 0.02, 20 + seed);
+            let c = leiden(&g, 1.0, seed);
+            let k = g.degrees();
+            let two_m: f64 = k.iter().sum();
+            let mut tot = vec![0.0; g.n()];
+            (0..g.n()).for_each(|v| tot[c[v]] += k[v]);
+            for v in 0..g.n() {
+                let mut w = std::collections::HashMap::new();
+                g.edges(v).for_each(|(u, x)| *w.entry(c[u]).or_insert(0.0) += x);
+                let gain = |cc: usize, own: bool| w.get(&cc).copied().unwrap_or(0.0) - k[v] * (tot[cc] - if own { k[v] } else { 0.0 }) / two_m;
+                let stay = gain(c[v], true);
+                assert!(stay >= -1e-12, "seed {seed}: node {v} would gain alone");
+                for &cc in w.keys() {
+                    assert!(cc == c[v] || gain(cc, false) <= stay + 1e-12, "seed {seed}: node {v} would gain in community {cc}");
+                }
+            }
+        }
+    }
+
+    /// Refinement splits a community into parts that are each connected: two cliques with no edge
+    /// between them given as one community never share a refined community.
+    #[test]
+    fn refinement_keeps_disconnected_parts_apart() {
+        let mut edges = Vec::new();
+        for base in [0u32, 5, 10] {
+            for i in 0..5 {
+                for j in i + 1..5 {
+                    edges.push((base + i, base + j, 1.0));
+                }
+            }
+        }
+        edges.push((4, 10, 1.0));
+        let g = Graph::from_edges(15, &edges);
+        let k = g.degrees();
+        let two_m: f64 = k.iter().sum();
+        // cliques 0 and 1 (no edge between them) as one community, clique 2 another
+        let comm: Vec<usize> = (0..15).map(|v| usize::from(v >= 10)).collect();
+        let r = refine(&g, &k, two_m, 1.0, &comm, &mut ChaCha8Rng::seed_from_u64(0));
+        for v in 0..5 {
+            assert!((5..10).all(|u| r[u] != r[v]), "{r:?}");
+        }
+        // it merges (within a clique), and never across the given communities
+        assert!(r.iter().max().unwrap() + 1 < 15, "{r:?}");
+        assert!((0..10).all(|v| (10..15).all(|u| r[u] != r[v])), "{r:?}");
+        assert!(communities_connected(&g, &r));
     }
 
     #[test]
