@@ -588,6 +588,27 @@ fn commands_write_anndata_and_tsv_outputs() {
         }
     }
     assert!(!std::fs::read_to_string(p("eval.tsv")).unwrap().contains("cross_fold"));
+    // §8.3 (opt-in): Leiden clustering of each latent and KMeans subcluster splits within cell types
+    assert!(!std::fs::read_to_string(p("eval.tsv")).unwrap().contains("clustering"), "clustering rows without --clustering");
+    ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--clustering", "--subcluster-label", "cell_type", "--subcluster-of", "T1", "--subcluster-k", "2,4", "--no-plots", "--out"]).arg(p("eval_cl.tsv")));
+    let cl = std::fs::read_to_string(p("eval_cl.tsv")).unwrap();
+    let val = |sec: &str, subset: &str, metric: &str| -> f64 {
+        let l = cl.lines().find(|l| l.starts_with(&format!("{sec}\t{subset}\t")) && l.split('\t').nth(3) == Some(metric)).unwrap_or_else(|| panic!("no {sec} {subset} {metric} in\n{cl}"));
+        l.split('\t').nth(4).unwrap().parse().unwrap()
+    };
+    for space in ["joint", "expression", "splicing"] {
+        let n = val("clustering", space, "n_clusters");
+        assert!(n >= 1.0 && n <= 200.0 && val("clustering", space, "n_cells") == 200.0);
+        assert_eq!(val("clustering", space, "n_clusters_one_cell_type") + val("clustering", space, "n_clusters_several_cell_type"), n);
+        let acc = val("subcluster_split", space, "k2_accuracy:cell_type=T1");
+        assert!(acc.is_nan() || (0.0..=1.0).contains(&acc), "{acc}");
+        assert!(val("subcluster_split", space, "n_cells:cell_type=T1") > 20.0);
+    }
+    for pair in ["expression_vs_joint", "splicing_vs_joint", "expression_vs_splicing"] {
+        let (ami, ov) = (val("clustering", pair, "ami"), val("clustering", pair, "samecluster_overlap_mean"));
+        assert!(ami <= 1.0 + 1e-9 && ami >= -1.0 && (ov.is_nan() || (0.0..=1.0).contains(&ov)), "{pair}: {ami} {ov}");
+    }
+    assert!(!cl.contains("cell_type=T0"), "--subcluster-of T1 scored T0");
     // --device cuda: the analysis runs its encoders and decoders on cuda:0 where it is usable; here (no
     // GPU) an error naming the device, with nothing written, never a silent CPU run.
     let imp_cuda = bin().args(["--device", "cuda"]).arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_cuda.h5ad")).output().unwrap();
@@ -734,6 +755,11 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["evaluate".into(), "--lr".into(), "0.1".into()], "only accepted with --train"),
         (vec!["evaluate".into(), "--mask-fraction".into(), "0".into()], "mask fraction"),
         (vec!["evaluate".into(), "--n-samples".into(), "0".into()], "--n-samples must be at least 1"),
+        (vec!["evaluate".into(), "--clustering".into(), "--cluster-neighbors".into(), "500".into()], "--cluster-neighbors 500"),
+        (vec!["evaluate".into(), "--subcluster-label".into(), "nocol".into()], "--subcluster-label nocol"),
+        (vec!["evaluate".into(), "--subcluster-label".into(), "cell_type".into(), "--subcluster-of".into(), "T9".into()], "no class `T9`"),
+        (vec!["evaluate".into(), "--subcluster-label".into(), "cell_type".into(), "--subcluster-k".into(), "1,4".into()], "--subcluster-k"),
+        (vec!["evaluate".into(), "--clustering".into(), "--leiden-resolution".into(), "0".into()], "--leiden-resolution"),
         (vec!["diff-splicing".into(), "--groupby".into(), "cell_type".into(), "--n-samples".into(), "0".into()], "--n-samples (posterior samples of z per drawn cell)"),
     ];
     for (args, needle) in cases {

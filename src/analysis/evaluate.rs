@@ -16,11 +16,11 @@
 //! column the held-out R² of a ridge regression of the age; for all cells and for the train and test
 //! parts of the run's split apart.
 //!
-//! §8.2's cross-fold classification is in `crossfold` (`evaluate --cross-fold`). §8.4's `test_impute`
-//! and resampled-reads protocol (read down-sampling, in-engine or the authors' resampled files) are in
-//! [`super::resample`], scored here ([`evaluate_imputation_with`]).
-//!
-//! Not here: §8.3 (clustering, subcluster splits). docs/evaluate.md lists what is and is not covered.
+//! §8.2's cross-fold classification is in `crossfold` (`evaluate --cross-fold`), §8.3 (Leiden
+//! clustering, subcluster splits) in [`super::clustering`] (`--clustering`, `--subcluster-label`).
+//! §8.4's `test_impute` and resampled-reads protocol (read down-sampling, in-engine or the authors'
+//! resampled files) are in [`super::resample`], scored here ([`evaluate_imputation_with`]).
+//! docs/evaluate.md lists what is and is not covered.
 
 use super::impute_metrics::{imputation_metrics_of, Chain, ImputationMetrics};
 use super::latent_metrics::{age_r2, knn_accuracy, logistic_scores, pcs_for_variance, silhouette, standardize, ClassScores, AGE_MIN_CELLS};

@@ -5,6 +5,7 @@
 //! of §8.2 (`crossfold`).
 
 pub mod crossfold;
+pub mod clustering;
 pub mod de;
 pub mod differential;
 pub mod ds;
@@ -12,6 +13,7 @@ pub mod evaluate;
 pub mod impute;
 pub mod impute_metrics;
 pub mod latent_metrics;
+pub mod leiden;
 pub mod meanbayes;
 pub mod outlier;
 pub mod posterior;

@@ -80,6 +80,32 @@ pub struct EvaluateArgs {
     /// With --cross-fold: trees of the random forest (§8.2: 300).
     #[arg(long, default_value_t = crate::analysis::crossfold::N_TREES)]
     pub cross_fold_trees: usize,
+    /// Also the original's `clustering` block (model.md §8.3), section `clustering`: per latent, Leiden
+    /// on scanpy's neighbours graph (exact Euclidean kNN, --cluster-neighbors, UMAP connectivities) of
+    /// the cells the latent metrics score (--max-cells-latent); the number of clusters, their
+    /// modularity and, with --label, the clusters holding one class vs several; between latents, the
+    /// per-cell same-cluster overlap and the AMI (docs/evaluate.md).
+    #[arg(long)]
+    pub clustering: bool,
+    /// Leiden resolution of --clustering (the original: 1.0).
+    #[arg(long, default_value_t = 1.0)]
+    pub leiden_resolution: f64,
+    /// Neighbours of --clustering's graph, the cell itself counted (scanpy's n_neighbors; the original: 15).
+    #[arg(long, default_value_t = 15)]
+    pub cluster_neighbors: usize,
+    /// obs column of the original's `subcluster_split_eval` (model.md §8.3), section `subcluster_split`:
+    /// within each class of 20 or more cells (or those of --subcluster-of), a seeded 50/50 split,
+    /// KMeans on one half, a logistic regression fitted on the other half's predicted clusters, scored
+    /// on the first half against its KMeans labels, per latent and --subcluster-k.
+    #[arg(long, value_name = "COL")]
+    pub subcluster_label: Option<String>,
+    /// Classes of --subcluster-label to score (repeat the flag; default: every class of 20 or more cells).
+    #[arg(long, value_name = "CLASS", requires = "subcluster_label")]
+    pub subcluster_of: Vec<String>,
+    /// KMeans cluster counts of --subcluster-label (comma-separated; each at least 2; a k of half a
+    /// class's cells or more is skipped for that class).
+    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4, 8, 16])]
+    pub subcluster_k: Vec<usize>,
     /// Fraction of each cell's observed ATSEs masked (at least one). Not read with --resample-fraction
     /// or --resampled-input (the down-sampling replaces the masking).
     #[arg(long, default_value_t = 0.25)]
@@ -261,6 +287,9 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     };
     let ti_top = args.top_variable_junctions.unwrap_or(0);
     let section = if resampling { "resampled" } else { "imputation" };
+    anyhow::ensure!(args.leiden_resolution.is_finite() && args.leiden_resolution > 0.0, "--leiden-resolution must be a finite number > 0, got {}", args.leiden_resolution);
+    anyhow::ensure!(args.cluster_neighbors >= 2, "--cluster-neighbors must be at least 2 (the cell itself and one other), got {}", args.cluster_neighbors);
+    anyhow::ensure!(args.subcluster_k.iter().all(|&k| k >= 2), "--subcluster-k: each k must be at least 2 (the logistic regression needs two clusters), got {:?}", args.subcluster_k);
     let train_opts = if run_dir.is_none() { Some(train_options(&args, &data)?) } else { None };
     let data_options = match &run_dir {
         Some(r) => read_run_config(r)?.data,
@@ -279,6 +308,14 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let ages = args.age.as_deref().map(|c| Ages::of_column(&ds, "--age", c)).transpose()?;
     let targets: Vec<Labels> = args.cross_fold.iter().map(|c| Labels::of_column(&ds, "--cross-fold", c)).collect::<Result<_>>()?;
     check_knn(args.knn, ds.n_cells().min(args.max_cells_latent))?;
+    if args.clustering && args.cluster_neighbors > ds.n_cells().min(args.max_cells_latent) {
+        bail!("--cluster-neighbors {}: --clustering scores {} cells; give at most that many neighbours", args.cluster_neighbors, ds.n_cells().min(args.max_cells_latent));
+    }
+    let subcluster = args.subcluster_label.as_deref().map(|c| Labels::of_column(&ds, "--subcluster-label", c)).transpose()?;
+    let subcluster_of = match &subcluster {
+        Some(l) => subcluster_classes(l, &args.subcluster_of)?,
+        None => Vec::new(),
+    };
     if let Some((model, train)) = &train_opts {
         check_training_data(model, train, &ds)?;
         model.validate(&dims_of(&ds))?;
@@ -425,7 +462,8 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     };
     let mut table = imputation_rows(section, &imp);
     table.extend(rows(None, &lat, args.label.as_deref(), args.knn));
-    let extra = extra_latent_rows(&args, &post, labels.as_ref(), sublabels.as_ref(), &ds)?;
+    let mut extra = extra_latent_rows(&args, &post, labels.as_ref(), sublabels.as_ref(), &ds)?;
+    extra.extend(cluster_rows(&args, &post, labels.as_ref(), subcluster.as_ref(), &subcluster_of)?);
     table.extend(extra.iter().cloned());
     if let Some(ti) = &ti {
         table.extend(imputation_rows("test_impute", ti));
@@ -534,6 +572,43 @@ fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&Labe
         }
     }
     Ok(out)
+}
+
+/// The `clustering` (--clustering) and `subcluster_split` (--subcluster-label) rows of each latent, on
+/// the cells [`latent_cells`] chooses; their notes go to stderr.
+fn cluster_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&Labels>, sub: Option<&Labels>, sub_of: &[u32]) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+    use crate::analysis::clustering::{clustering_rows, subcluster_rows, ClusterOptions};
+    if !args.clustering && sub.is_none() {
+        return Ok(Vec::new());
+    }
+    let cells = latent_cells(post.ds.n_cells(), args.max_cells_latent, args.eval_seed);
+    let (lat, dims) = post.latent_means(&cells, args.block_cells)?;
+    let mut out = Vec::new();
+    if args.clustering {
+        let opts = ClusterOptions { n_neighbors: args.cluster_neighbors, resolution: args.leiden_resolution, seed: args.eval_seed };
+        let l: Option<Vec<Option<u32>>> = labels.map(|l| cells.iter().map(|&c| l.of_cell[c]).collect());
+        let (rows, notes) = clustering_rows(&lat, &dims, labels.map(|x| x.column.as_str()).zip(l.as_deref()), &opts);
+        notes.iter().for_each(|n| eprintln!("note: evaluate: {n}"));
+        out.extend(rows);
+    }
+    if let Some(sub) = sub {
+        let l: Vec<Option<u32>> = cells.iter().map(|&c| sub.of_cell[c]).collect();
+        let (rows, notes) = subcluster_rows(&lat, &dims, &sub.column, &sub.classes, &l, sub_of, &args.subcluster_k, args.eval_seed);
+        notes.iter().for_each(|n| eprintln!("note: evaluate: {n}"));
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// The codes of the --subcluster-of classes in `labels` (an unknown name is an error listing the classes).
+fn subcluster_classes(labels: &Labels, names: &[String]) -> Result<Vec<u32>> {
+    names
+        .iter()
+        .map(|n| match labels.classes.iter().position(|c| c == n) {
+            Some(i) => Ok(i as u32),
+            None => bail!("--subcluster-of {n}: no class `{n}` in --subcluster-label {} (classes: {})", labels.column, labels.classes.join(", ")),
+        })
+        .collect()
 }
 
 /// The codes of the obs column `column` names (`flag` names the option in errors).

@@ -78,8 +78,9 @@ pub enum Command {
     /// Differential expression between groups of cells (TSV).
     #[command(allow_negative_numbers = true)]
     DiffExpression(diff_expression::DiffExpressionArgs),
-    /// Masked-ATSE imputation vs MeanBayes and the latent metrics of model.md §8.1 (table + TSV; not
-    /// §8.2 cross-fold classification nor §8.3 clustering: docs/evaluate.md).
+    /// Masked-ATSE imputation vs MeanBayes and the latent metrics of model.md §8.1, with --clustering
+    /// and --subcluster-label §8.3's Leiden clustering and subcluster splits (table + TSV; not §8.2
+    /// cross-fold classification: docs/evaluate.md).
     #[command(allow_negative_numbers = true)]
     Evaluate(evaluate::EvaluateArgs),
     /// Redraw a picture: training curves, imputation scatter, DS volcano, latent embedding (PNG + SVG).
