@@ -1,6 +1,7 @@
 //! `splicevi evaluate`: the masked-ATSE imputation protocol (or the resampled-reads one, and
-//! `test_impute`: analysis::resample) against the MeanBayes baseline and latent
-//! metrics (model.md §8.1, §8.4), for a trained run directory or for a model trained here on the masked
+//! `test_impute`: analysis::resample) against the MeanBayes baseline and latent metrics (model.md
+//! §8.1, §8.4), and opt-in the cross-fold classification (§8.2, analysis::crossfold) and clustering
+//! (§8.3, analysis::clustering), for a trained run directory or for a model trained here on the masked
 //! data (so the dropped entries are truly held out) with the same options as `splicevi train`.
 //! Which of the original's evaluation blocks this covers, and where it differs: docs/evaluate.md.
 

@@ -78,9 +78,9 @@ pub enum Command {
     /// Differential expression between groups of cells (TSV).
     #[command(allow_negative_numbers = true)]
     DiffExpression(diff_expression::DiffExpressionArgs),
-    /// Masked-ATSE imputation vs MeanBayes and the latent metrics of model.md §8.1, with --clustering
-    /// and --subcluster-label §8.3's Leiden clustering and subcluster splits (table + TSV; not §8.2
-    /// cross-fold classification: docs/evaluate.md).
+    /// The original's evaluation (model.md §8): imputation (masked ATSEs, resampled reads, test_impute)
+    /// vs MeanBayes, the latent metrics of §8.1, and opt-in §8.2 cross-fold classification and §8.3
+    /// Leiden clustering and subcluster splits (table + TSV; docs/evaluate.md).
     #[command(allow_negative_numbers = true)]
     Evaluate(evaluate::EvaluateArgs),
     /// Redraw a picture: training curves, imputation scatter, DS volcano, latent embedding (PNG + SVG).
