@@ -84,7 +84,7 @@ pub const MODEL_HELP: &[OptionHelp] = &[
     e("concentration_init", "Initial DM / beta-binomial concentration: φ ≈ 4.6 as the original (§12.9) or φ ≈ 100", &["log_100", "phi_100"]),
     o("expression_scale_softmax", "Vanilla expression decoder: softmax scale even with size factors (not softplus, §12.11)"),
     o("linear_expression_layer_norm", "Linear expression decoder: LayerNorm on its gene logits (§12.12); false = none"),
-    o("dm_exact_softmax", "Dirichlet-multinomial: within-ATSE softmax without the original's +1e-8 in its log-sum-exp (§12.26; same bits in f32)"),
+    o("dm_exact_softmax", "DM within-ATSE softmax without the original's +1e-8 in its log-sum-exp (§12.26; same bits in f32)"),
     e(
         "expression_input",
         "Expression encoder input: raw counts, log1p, or log1p of counts per 10⁴ (likelihood uses counts)",
