@@ -13,7 +13,7 @@
 
 use super::evaluate::EvalRow;
 use super::crossfold::balanced_class_weights;
-use super::latent_metrics::{fit_logistic_weighted, ClassScores};
+use super::latent_metrics::{fit_logistic_weighted, logistic_predict, ClassScores};
 use super::leiden::{leiden, modularity, Graph};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -434,17 +434,7 @@ pub fn subcluster_split(x: &[f32], d: usize, k: usize, seed: u64) -> Option<Clas
     let cw = balanced_class_weights(&code, kc);
     let sample_w: Vec<f64> = code.iter().map(|&c| cw[c as usize]).collect();
     let (w, bias) = fit_logistic_weighted(&sb, d, &code, kc, 2000, Some(&sample_w));
-    let pred: Vec<u32> = sa
-        .chunks(d)
-        .map(|xi| {
-            let best = (0..kc)
-                .map(|c| bias[c] + (0..d).map(|t| w[c * d + t] * xi[t] as f64).sum::<f64>())
-                .enumerate()
-                .fold((0, f64::NEG_INFINITY), |acc, (c, v)| if v > acc.1 { (c, v) } else { acc })
-                .0;
-            classes[best]
-        })
-        .collect();
+    let pred: Vec<u32> = sa.chunks(d).map(|xi| classes[logistic_predict(&w, &bias, kc, xi)]).collect();
     Some(ClassScores::of(&fit.labels, &pred))
 }
 

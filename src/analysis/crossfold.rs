@@ -11,7 +11,7 @@
 //! numbers differ from sklearn's by the folds' and the trees' chance, not in kind.
 
 use super::evaluate::{EvalRow, Labels};
-use super::latent_metrics::{fit_logistic_weighted, ClassScores};
+use super::latent_metrics::{confusion_counts, fit_logistic_weighted, logistic_predict, ratio, ClassScores};
 use super::posterior::tags;
 use crate::train::rng::{stream, Purpose};
 use rand::seq::SliceRandom;
@@ -145,17 +145,7 @@ pub fn fit_predict(c: Classifier, x: &[f32], d: usize, y: &[u32], n_classes: usi
             let xt = scale_rows(x, d, train, train);
             let (wt, b) = fit_logistic_weighted(&xt, d, &code, k, LOGISTIC_MAX_ITER, Some(&sw));
             let xs = scale_rows(x, d, train, test);
-            (0..test.len())
-                .map(|r| {
-                    let xi = &xs[r * d..(r + 1) * d];
-                    let best = (0..k)
-                        .map(|c| b[c] + (0..d).map(|t| wt[c * d + t] * xi[t] as f64).sum::<f64>())
-                        .enumerate()
-                        .fold((0, f64::NEG_INFINITY), |acc, (c, v)| if v > acc.1 { (c, v) } else { acc })
-                        .0;
-                    classes[best]
-                })
-                .collect()
+            xs.chunks(d).map(|xi| classes[logistic_predict(&wt, &b, k, xi)]).collect()
         }
         Classifier::RandomForest => {
             let forest = Forest::fit(&take(x, d, train), d, &yt, n_classes, n_trees, seed);
@@ -398,17 +388,8 @@ pub struct PerClass {
 /// sklearn's `precision_recall_fscore_support(truth, pred, average=None, zero_division=0)` for the
 /// classes 0..n_classes.
 pub fn per_class_scores(truth: &[u32], pred: &[u32], n_classes: usize) -> Vec<PerClass> {
-    let mut c = vec![(0usize, 0usize, 0usize); n_classes];
-    for (&t, &p) in truth.iter().zip(pred) {
-        if t == p {
-            c[t as usize].0 += 1;
-        } else {
-            c[p as usize].1 += 1;
-            c[t as usize].2 += 1;
-        }
-    }
-    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    c.iter().map(|&(tp, fp, fn_)| PerClass { precision: ratio(tp, tp + fp), recall: ratio(tp, tp + fn_), f1: ratio(2 * tp, 2 * tp + fp + fn_), support: tp + fn_ }).collect()
+    confusion_counts(truth, pred, n_classes)
+        .iter().map(|&(tp, fp, fn_)| PerClass { precision: ratio(tp, tp + fp), recall: ratio(tp, tp + fn_), f1: ratio(2 * tp, 2 * tp + fp + fn_), support: tp + fn_ }).collect()
 }
 
 /// Mean and standard deviation (numpy's default ddof = 0) of `v`.

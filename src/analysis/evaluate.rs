@@ -563,6 +563,17 @@ pub fn split_parts(split: &crate::train::trainer::RunSplit, ds: &Dataset) -> (Ve
     (parts, line)
 }
 
+/// The cells the latent metrics score: all `n`, or a seeded subsample of `max` (ascending).
+pub fn latent_subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
+    let mut cells: Vec<usize> = (0..n).collect();
+    if n > max {
+        cells.shuffle(&mut stream(seed, Purpose::Analysis, tags::SUBSAMPLE, 0));
+        cells.truncate(max);
+        cells.sort_unstable();
+    }
+    cells
+}
+
 /// Latent metrics of the joint, expression and splicing posterior means of up to `max_cells` cells
 /// (a seeded subsample when there are more): of all of them (split `all`), and with `parts` (each
 /// dataset cell's part of the run's split) of the train and test cells apart, each scored on its own
@@ -571,13 +582,7 @@ pub fn split_parts(split: &crate::train::trainer::RunSplit, ds: &Dataset) -> (Ve
 /// how many and which.
 pub fn evaluate_latents(post: &Posterior, opts: &LatentOptions) -> Result<(Vec<LatentReport>, Vec<String>)> {
     let LatentOptions { labels, ages, parts, max_cells, k, seed, block_cells } = *opts;
-    let n = post.ds.n_cells();
-    let mut cells: Vec<usize> = (0..n).collect();
-    if n > max_cells {
-        cells.shuffle(&mut stream(seed, Purpose::Analysis, tags::SUBSAMPLE, 0));
-        cells.truncate(max_cells);
-        cells.sort_unstable();
-    }
+    let cells = latent_subsample(post.ds.n_cells(), max_cells, seed);
     let (lat, dims) = post.latent_means(&cells, block_cells)?;
     let mut notes = Vec::new();
     // (split name, its rows in `cells`)

@@ -450,6 +450,29 @@ pub struct ClassScores {
     pub f1: f64,
 }
 
+/// (true positives, false positives, false negatives) of each class 0..n_classes.
+pub fn confusion_counts(truth: &[u32], pred: &[u32], n_classes: usize) -> Vec<(usize, usize, usize)> {
+    let mut c = vec![(0usize, 0usize, 0usize); n_classes];
+    for (&t, &p) in truth.iter().zip(pred) {
+        if t == p {
+            c[t as usize].0 += 1;
+        } else {
+            c[p as usize].1 += 1;
+            c[t as usize].2 += 1;
+        }
+    }
+    c
+}
+
+/// a / b, 0 when b = 0 (sklearn's zero_division=0).
+pub fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
 impl ClassScores {
     pub const NAN: ClassScores = ClassScores { accuracy: f64::NAN, precision: f64::NAN, recall: f64::NAN, f1: f64::NAN };
 
@@ -460,17 +483,7 @@ impl ClassScores {
             return ClassScores::NAN;
         }
         let n_classes = truth.iter().chain(pred).copied().max().unwrap() as usize + 1;
-        // (tp, fp, fn) per class
-        let mut c = vec![(0usize, 0usize, 0usize); n_classes];
-        for (&t, &p) in truth.iter().zip(pred) {
-            if t == p {
-                c[t as usize].0 += 1;
-            } else {
-                c[p as usize].1 += 1;
-                c[t as usize].2 += 1;
-            }
-        }
-        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let c = confusion_counts(truth, pred, n_classes);
         let (mut p, mut r, mut f) = (0.0, 0.0, 0.0);
         for &(tp, fp, fn_) in &c {
             let support = (tp + fn_) as f64;
@@ -482,6 +495,17 @@ impl ClassScores {
         let n = n as f64;
         ClassScores { accuracy: correct as f64 / n, precision: p / n, recall: r / n, f1: f / n }
     }
+}
+
+/// The class (0..k) of largest logit b_c + w_c · x under a fitted logistic model (`w`: k × d), the
+/// first on ties.
+pub fn logistic_predict(w: &[f64], b: &[f64], k: usize, x: &[f32]) -> usize {
+    let d = x.len();
+    (0..k)
+        .map(|c| b[c] + (0..d).map(|t| w[c * d + t] * x[t] as f64).sum::<f64>())
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |acc, (c, v)| if v > acc.1 { (c, v) } else { acc })
+        .0
 }
 
 /// Held-out scores ([`ClassScores`]) of [`fit_logistic`] on the latent as given (§8.1 fits
@@ -512,15 +536,7 @@ pub fn logistic_scores(x: &[f32], d: usize, labels: &[u32], test_frac: f64, seed
     let (w, b) = fit_logistic(&xt, d, &yt, k, max_iter);
     let pred: Vec<u32> = test
         .iter()
-        .map(|&i| {
-            let xi = &x[i * d..(i + 1) * d];
-            let best = (0..k)
-                .map(|c| b[c] + (0..d).map(|t| w[c * d + t] * xi[t] as f64).sum::<f64>())
-                .enumerate()
-                .fold((0, f64::NEG_INFINITY), |acc, (c, v)| if v > acc.1 { (c, v) } else { acc })
-                .0;
-            classes[best]
-        })
+        .map(|&i| classes[logistic_predict(&w, &b, k, &x[i * d..(i + 1) * d])])
         .collect();
     ClassScores::of(&truth, &pred)
 }

@@ -506,17 +506,7 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     Ok(())
 }
 
-/// The cells the latent metrics score: all, or a seeded subsample of `max` (ascending).
-fn latent_cells(n: usize, max: usize, seed: u64) -> Vec<usize> {
-    let mut cells: Vec<usize> = (0..n).collect();
-    if n > max {
-        use rand::seq::SliceRandom;
-        cells.shuffle(&mut crate::train::rng::stream(seed, crate::train::rng::Purpose::Analysis, crate::analysis::posterior::tags::SUBSAMPLE, 0));
-        cells.truncate(max);
-        cells.sort_unstable();
-    }
-    cells
-}
+use crate::analysis::evaluate::latent_subsample as latent_cells;
 
 /// §8.2's cross-fold classification of each `--cross-fold` column on the joint, expression and
 /// splicing posterior means of the cells the other latent metrics score.
