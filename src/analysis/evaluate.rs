@@ -581,9 +581,35 @@ pub fn latent_subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
 /// and the classifiers the classes of fewer than [`MIN_CLASS_CELLS`] cells; the returned lines say
 /// how many and which.
 pub fn evaluate_latents(post: &Posterior, opts: &LatentOptions) -> Result<(Vec<LatentReport>, Vec<String>)> {
-    let LatentOptions { labels, ages, parts, max_cells, k, seed, block_cells } = *opts;
-    let cells = latent_subsample(post.ds.n_cells(), max_cells, seed);
-    let (lat, dims) = post.latent_means(&cells, block_cells)?;
+    Ok(evaluate_latent_sample(&LatentSample::of(post, opts.max_cells, opts.seed, opts.block_cells)?, opts))
+}
+
+/// The joint, expression and splicing posterior means of the cells the latent metrics score
+/// ([`latent_subsample`]): encoded once, read by §8.1's metrics and by `evaluate`'s other latent blocks.
+pub struct LatentSample {
+    /// Dataset rows, ascending.
+    pub cells: Vec<usize>,
+    /// Row-major cells × dims[i], for the joint, expression and splicing latents.
+    pub lat: [Vec<f32>; 3],
+    pub dims: [usize; 3],
+}
+
+impl LatentSample {
+    pub const SPACES: [&'static str; 3] = ["joint", "expression", "splicing"];
+
+    /// At most `max_cells` cells of `post`'s data (a subsample seeded by `seed` above), encoded in
+    /// blocks of `block_cells`.
+    pub fn of(post: &Posterior, max_cells: usize, seed: u64, block_cells: usize) -> Result<Self> {
+        let cells = latent_subsample(post.ds.n_cells(), max_cells, seed);
+        let (lat, dims) = post.latent_means(&cells, block_cells)?;
+        Ok(LatentSample { cells, lat, dims })
+    }
+}
+
+/// [`evaluate_latents`] on latents already encoded (`opts.max_cells` and `block_cells` chose them).
+pub fn evaluate_latent_sample(sample: &LatentSample, opts: &LatentOptions) -> (Vec<LatentReport>, Vec<String>) {
+    let LatentOptions { labels, ages, parts, seed, k, .. } = *opts;
+    let LatentSample { cells, lat, dims } = sample;
     let mut notes = Vec::new();
     // (split name, its rows in `cells`)
     let mut splits: Vec<(&str, Vec<usize>)> = vec![("all", (0..cells.len()).collect())];
@@ -626,7 +652,7 @@ pub fn evaluate_latents(post: &Posterior, opts: &LatentOptions) -> Result<(Vec<L
                 ));
             }
         }
-        for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
+        for (i, space) in LatentSample::SPACES.into_iter().enumerate() {
             let d = dims[i];
             let x = take_rows(&lat[i], d, rows);
             let mut rep = LatentReport {
@@ -681,7 +707,7 @@ pub fn evaluate_latents(post: &Posterior, opts: &LatentOptions) -> Result<(Vec<L
             out.push(rep);
         }
     }
-    Ok((out, notes))
+    (out, notes)
 }
 
 /// The TSV section of a split's latent rows: `latent` for all cells, `latent_train`, `latent_test`.

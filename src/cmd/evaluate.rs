@@ -8,8 +8,8 @@
 use super::train::{resolve, OptionFlags, TrainArgs};
 use crate::analysis::differential::write_tsv;
 use crate::analysis::evaluate::{
-    evaluate_imputation_with, evaluate_latents, imputation_nan_warnings, imputation_rows, latent_nan_warnings, mask_atses_in_place, render, rows, rows_tsv, unmask_atses, Ages, LatentOptions, Labels, Truths,
-    TruthFilter,
+    evaluate_imputation_with, evaluate_latent_sample, imputation_nan_warnings, imputation_rows, latent_nan_warnings, mask_atses_in_place, render, rows, rows_tsv, unmask_atses, Ages, LatentOptions, Labels, Truths,
+    TruthFilter, LatentSample,
 };
 use crate::analysis::resample::{original_entries, read_resampled_truth, resample_splicing, split_truths, top_variable_junctions, ResampledLayers, VariableJunctions, RESAMPLED_MIN_ATSE_COUNT, RESAMPLED_TOP_JUNCTIONS};
 use crate::analysis::impute::group_codes;
@@ -448,7 +448,9 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         seed: args.eval_seed,
         block_cells: args.block_cells,
     };
-    let (lat, notes) = evaluate_latents(&post, &lat_opts)?;
+    // The latent means of the cells scored, encoded once for §8.1's metrics and the blocks below.
+    let sample = LatentSample::of(&post, args.max_cells_latent, args.eval_seed, args.block_cells)?;
+    let (lat, notes) = evaluate_latent_sample(&sample, &lat_opts);
     for n in notes {
         eprintln!("note: evaluate: {n}");
     }
@@ -463,13 +465,13 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     };
     let mut table = imputation_rows(section, &imp);
     table.extend(rows(None, &lat, args.label.as_deref(), args.knn));
-    let mut extra = extra_latent_rows(&args, &post, labels.as_ref(), sublabels.as_ref(), &ds)?;
-    extra.extend(cluster_rows(&args, &post, labels.as_ref(), subcluster.as_ref(), &subcluster_of)?);
+    let mut extra = extra_latent_rows(&args, &sample, labels.as_ref(), sublabels.as_ref(), &ds);
+    extra.extend(cluster_rows(&args, &sample, labels.as_ref(), subcluster.as_ref(), &subcluster_of));
     table.extend(extra.iter().cloned());
     if let Some(ti) = &ti {
         table.extend(imputation_rows("test_impute", ti));
     }
-    let xfold = cross_fold_table(&args, &post, &targets)?;
+    let xfold = cross_fold_table(&args, &sample, &targets);
     table.extend(xfold.iter().cloned());
     // (an undefined metric stays nan in the table; the lines say which and why)
     let top_rule = |v: &Option<VariableJunctions>| -> Vec<String> {
@@ -506,46 +508,36 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     Ok(())
 }
 
-use crate::analysis::evaluate::latent_subsample as latent_cells;
-
 /// §8.2's cross-fold classification of each `--cross-fold` column on the joint, expression and
 /// splicing posterior means of the cells the other latent metrics score.
-fn cross_fold_table(args: &EvaluateArgs, post: &Posterior, targets: &[Labels]) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+fn cross_fold_table(args: &EvaluateArgs, sample: &LatentSample, targets: &[Labels]) -> Vec<crate::analysis::evaluate::EvalRow> {
     use crate::analysis::crossfold::{cross_fold_rows, CrossFoldOptions, Target, N_FOLDS};
-    if targets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let cells = latent_cells(post.ds.n_cells(), args.max_cells_latent, args.eval_seed);
-    let (lat, dims) = post.latent_means(&cells, args.block_cells)?;
-    let spaces: Vec<(&str, &[f32], usize)> = ["joint", "expression", "splicing"].into_iter().enumerate().map(|(i, s)| (s, &lat[i][..], dims[i])).collect();
+    let LatentSample { cells, lat, dims } = sample;
+    let spaces: Vec<(&str, &[f32], usize)> = LatentSample::SPACES.into_iter().enumerate().map(|(i, s)| (s, &lat[i][..], dims[i])).collect();
     let opts = CrossFoldOptions { folds: N_FOLDS, n_trees: args.cross_fold_trees, permuted: args.cross_fold_permuted, seed: args.eval_seed };
     let mut out = Vec::new();
     for t in targets {
         let started = std::time::Instant::now();
-        let (rows, notes, warnings) = cross_fold_rows(&spaces, &Target::of(t, &cells, N_FOLDS), &opts);
+        let (rows, notes, warnings) = cross_fold_rows(&spaces, &Target::of(t, cells, N_FOLDS), &opts);
         notes.iter().for_each(|n| eprintln!("note: evaluate: {n}"));
         warnings.iter().for_each(|w| eprintln!("warning: evaluate: {w}"));
         eprintln!("cross-fold classification of `{}`: {} cells, {:.1} s", t.column, cells.len(), started.elapsed().as_secs_f64());
         out.extend(rows);
     }
-    Ok(out)
+    out
 }
 
 /// Sub-label accuracy within each label group (`--sublabel`; on the cells with both a label and a
 /// sub-label) and the k-NN batch entropy (mixing, when there is more than one batch) of each latent,
 /// on the same cells as the other latent metrics.
-fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&Labels>, sub: Option<&Labels>, ds: &Dataset) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+fn extra_latent_rows(args: &EvaluateArgs, sample: &LatentSample, labels: Option<&Labels>, sub: Option<&Labels>, ds: &Dataset) -> Vec<crate::analysis::evaluate::EvalRow> {
     use crate::analysis::scorecard::{knn_accuracy_within, knn_batch_entropy};
     let batch = &ds.covariates.batch.codes;
     let n_batch = ds.covariates.batch.levels.len();
-    if sub.is_none() && n_batch < 2 {
-        return Ok(Vec::new());
-    }
     let n = ds.n_cells();
-    let cells = latent_cells(n, args.max_cells_latent, args.eval_seed);
-    let (lat, dims) = post.latent_means(&cells, args.block_cells)?;
+    let LatentSample { cells, lat, dims } = sample;
     let mut out = Vec::new();
-    for (i, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
+    for (i, space) in LatentSample::SPACES.into_iter().enumerate() {
         let mut push = |metric: String, value: f64| {
             out.push(crate::analysis::evaluate::EvalRow { section: "latent".into(), subset: space.into(), method: "splicevi".into(), metric, value })
         };
@@ -562,33 +554,29 @@ fn extra_latent_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&Labe
             push(format!("knn{}_batch_entropy", args.knn), knn_batch_entropy(&lat[i], dims[i], &b, args.knn));
         }
     }
-    Ok(out)
+    out
 }
 
 /// The `clustering` (--clustering) and `subcluster_split` (--subcluster-label) rows of each latent, on
-/// the cells [`latent_cells`] chooses; their notes go to stderr.
-fn cluster_rows(args: &EvaluateArgs, post: &Posterior, labels: Option<&Labels>, sub: Option<&Labels>, sub_of: &[u32]) -> Result<Vec<crate::analysis::evaluate::EvalRow>> {
+/// the cells of `sample`; their notes go to stderr.
+fn cluster_rows(args: &EvaluateArgs, sample: &LatentSample, labels: Option<&Labels>, sub: Option<&Labels>, sub_of: &[u32]) -> Vec<crate::analysis::evaluate::EvalRow> {
     use crate::analysis::clustering::{clustering_rows, subcluster_rows, ClusterOptions};
-    if !args.clustering && sub.is_none() {
-        return Ok(Vec::new());
-    }
-    let cells = latent_cells(post.ds.n_cells(), args.max_cells_latent, args.eval_seed);
-    let (lat, dims) = post.latent_means(&cells, args.block_cells)?;
+    let LatentSample { cells, lat, dims } = sample;
     let mut out = Vec::new();
     if args.clustering {
         let opts = ClusterOptions { n_neighbors: args.cluster_neighbors, resolution: args.leiden_resolution, seed: args.eval_seed };
         let l: Option<Vec<Option<u32>>> = labels.map(|l| cells.iter().map(|&c| l.of_cell[c]).collect());
-        let (rows, notes) = clustering_rows(&lat, &dims, labels.map(|x| x.column.as_str()).zip(l.as_deref()), &opts);
+        let (rows, notes) = clustering_rows(lat, dims, labels.map(|x| x.column.as_str()).zip(l.as_deref()), &opts);
         notes.iter().for_each(|n| eprintln!("note: evaluate: {n}"));
         out.extend(rows);
     }
     if let Some(sub) = sub {
         let l: Vec<Option<u32>> = cells.iter().map(|&c| sub.of_cell[c]).collect();
-        let (rows, notes) = subcluster_rows(&lat, &dims, &sub.column, &sub.classes, &l, sub_of, &args.subcluster_k, args.eval_seed);
+        let (rows, notes) = subcluster_rows(lat, dims, &sub.column, &sub.classes, &l, sub_of, &args.subcluster_k, args.eval_seed);
         notes.iter().for_each(|n| eprintln!("note: evaluate: {n}"));
         out.extend(rows);
     }
-    Ok(out)
+    out
 }
 
 /// The codes of the --subcluster-of classes in `labels` (an unknown name is an error listing the classes).
