@@ -223,18 +223,37 @@ fn remove_run_files(out: &std::path::Path) -> Result<()> {
 }
 
 /// preset → --config file → flags, each checked.
+/// ModelConfig's serde aliases (alias, field): the original's other spellings, accepted in --config.
+const MODEL_ALIASES: &[(&str, &str)] = &[("gene_dispersion", "dispersion"), ("splicing_loss", "splicing_loss_type")];
+
 pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     let (m0, t0) = presets::preset(args.preset_name())?;
     let mut model = serde_json::to_value(&m0)?;
     let mut train = serde_json::to_value(&t0)?;
+    // The model options given explicitly, and where: refused below when they would do nothing.
+    let mut given: Vec<(String, String)> = Vec::new();
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
-        let file = serde_json::to_value(file)?;
+        let mut file = serde_json::to_value(file)?;
+        // serde's aliases, spelled as the fields before the merge (else the key and the field collide)
+        if let Some(obj) = file.get_mut("model").and_then(|m| m.as_object_mut()) {
+            for (alias, field) in MODEL_ALIASES {
+                if let Some(v) = obj.remove(*alias) {
+                    if obj.contains_key(*field) {
+                        anyhow::bail!("{}: [model] gives both {alias} and {field} (the same option)", path.display());
+                    }
+                    obj.insert(field.to_string(), v);
+                }
+            }
+        }
         if let Some(obj) = file.as_object() {
             if let Some(k) = obj.keys().find(|k| *k != "model" && *k != "train") {
                 anyhow::bail!("{}: unknown table `{k}` (expected [model] and [train])", path.display());
             }
+        }
+        if let Some(obj) = file["model"].as_object() {
+            given.extend(obj.keys().map(|k| (k.clone(), format!("{}: [model] {k}", path.display()))));
         }
         merge(&mut model, &config_nones::<ModelConfig>(&file["model"]));
         merge(&mut train, &config_nones::<TrainConfig>(&file["train"]));
@@ -244,11 +263,33 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     }
     merge(&mut model, &args.options.model);
     merge(&mut train, &args.options.train);
+    if let Some(obj) = args.options.model.as_object() {
+        given.extend(obj.keys().map(|k| (k.clone(), format!("--{}", k.replace('_', "-")))));
+    }
     let model: ModelConfig = parse(model, "model options")?;
     let train: TrainConfig = parse(train, "training options")?;
     train.validate()?;
+    check_inert_options(&model, &given)?;
     check_dispersion_keys(&model, &args.data_options)?;
     Ok((model, train))
+}
+
+/// An option given explicitly (`given`: field, where; a flag after the --config file, so the last
+/// says) that the model would ignore ([`ModelConfig::inert_options`]) is refused: a run that quietly
+/// does not do what it was asked is worse than an error. The same option set by a preset is left to
+/// be ignored: `robust` keeps its §14.3 fixes for when the mixing is switched back to an average.
+fn check_inert_options(model: &ModelConfig, given: &[(String, String)]) -> Result<()> {
+    let value = serde_json::to_value(model)?;
+    for (field, why) in model.inert_options() {
+        if let Some((_, place)) = given.iter().rev().find(|(f, _)| f == field) {
+            let v = match &value[field] {
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            anyhow::bail!("{place} = {v} has no effect here: {why}. Leave it out, or change the option it depends on");
+        }
+    }
+    Ok(())
 }
 
 /// A dispersion per label needs labels (--labels-key): without them it has no meaning, and training
@@ -412,6 +453,34 @@ mod tests {
         std::fs::write(&cfg, "[model]\ndispersion = \"gene-label\"\n").unwrap();
         assert!(resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err().to_string().contains("--labels-key"));
         assert!(resolve(&train_args(&["--dispersion", "gene-batch"])).is_ok());
+    }
+
+    /// An option given explicitly that the model would ignore is refused, naming where it was given
+    /// and why; the same option from a preset is left to rest, as are options at their defaults.
+    #[test]
+    fn explicit_options_that_would_do_nothing_are_refused() {
+        let e = format!("{:#}", resolve(&train_args(&["--code-dim", "32", "--splicing-encoder-architecture", "vanilla"])).unwrap_err());
+        assert!(e.contains("--code-dim = 32") && e.contains("partial splicing encoder"), "{e}");
+        let e = format!("{:#}", resolve(&train_args(&["--modality-weights", "concatenate", "--mixing-variance", "independent"])).unwrap_err());
+        assert!(e.contains("--mixing-variance = independent") && e.contains("concatenate"), "{e}");
+        // at the default value, or where the option acts: accepted
+        assert!(resolve(&train_args(&["--code-dim", "16", "--splicing-encoder-architecture", "vanilla"])).is_ok());
+        assert!(resolve(&train_args(&["--modality-weights", "concatenate", "--modality-penalty", "None"])).is_ok());
+        assert!(resolve(&train_args(&["--mixing-variance", "independent"])).is_ok());
+        // robust's partial-encoder options and its DM concentration rest when the user changes the part
+        let (m, _) = resolve(&train_args(&["--preset", "robust", "--splicing-encoder-architecture", "vanilla", "--splicing-loss-type", "binomial"])).unwrap();
+        assert!(m.partial_center_psi && m.dm_concentration == crate::model::DmConcentration::Scalar);
+        // from a --config file: the file and the key are named
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(&cfg, "[model]\nsplicing_loss = \"binomial\"\ndm_exact_softmax = true\n").unwrap();
+        let e = format!("{:#}", resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err());
+        assert!(e.contains("c.toml: [model] dm_exact_softmax = true") && e.contains("binomial"), "{e}");
+        // (the file spells the loss by its alias, which the merge reads as the field)
+        let (m, _) = resolve(&train_args(&["--config", cfg.to_str().unwrap(), "--dm-exact-softmax", "false"])).unwrap();
+        assert_eq!(m.splicing_loss_type, crate::model::SplicingLoss::Binomial);
+        // a flag that switches the part back on makes the file's key act
+        assert!(resolve(&train_args(&["--config", cfg.to_str().unwrap(), "--splicing-loss-type", "dirichlet_multinomial"])).is_ok());
     }
 
     /// TOML has no null, so a --config file says `"none"` as the flag does, for exactly the Option

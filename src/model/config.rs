@@ -419,15 +419,6 @@ impl ModelConfig {
                 bail!("model: max_nobs must be −1 (single pass) or a positive chunk size, got {}", self.max_nobs);
             }
         }
-        if self.dm_concentration != DmConcentration::Atse
-            && self.splicing_loss_type != SplicingLoss::DirichletMultinomial
-        {
-            bail!(
-                "model: dm_concentration = {} only applies to splicing_loss_type = dirichlet_multinomial (got {})",
-                self.dm_concentration,
-                self.splicing_loss_type
-            );
-        }
         if !(self.splicing_decoder_prior.is_finite() && self.splicing_decoder_prior >= 0.0) {
             bail!("model: splicing_decoder_prior must be a finite number ≥ 0, got {}", self.splicing_decoder_prior);
         }
@@ -453,6 +444,68 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// The options set to ask for something this configuration has no part for: (field, why), in field
+    /// order. Each is an option away from its default (for `modality_penalty`: away from `None`) whose
+    /// part of the model another option leaves out, e.g. `code_dim` with the vanilla splicing encoder
+    /// or `mixing_variance` with the concatenated latent. The model ignores them, as the original
+    /// ignores its own (`modality_penalty` under concatenate); `splicevi train` refuses one given
+    /// explicitly (a flag or --config), since it would silently do nothing (cmd::train::resolve).
+    pub fn inert_options(&self) -> Vec<(&'static str, String)> {
+        let d = ModelConfig::default();
+        let mut out = Vec::new();
+        let mut check = |field: &'static str, set: bool, acts: bool, why: &dyn Fn() -> String| {
+            if set && !acts {
+                out.push((field, why()));
+            }
+        };
+        let partial = self.splicing_encoder_architecture == SplicingEncoderArch::Partial;
+        let no_partial = || format!("only the partial splicing encoder has it (splicing_encoder_architecture = {})", self.splicing_encoder_architecture);
+        let loss = self.splicing_loss_type;
+        let concentration = matches!(loss, SplicingLoss::DirichletMultinomial | SplicingLoss::BetaBinomial);
+        let mixing = self.modality_weights;
+        let concat = mixing == ModalityWeights::Concatenate;
+        let no_mixing = || "the concatenated latent (modality_weights = concatenate) mixes no modality posteriors".to_string();
+        check("dispersion", self.dispersion != d.dispersion, self.gene_likelihood != GeneLikelihood::Poisson, &|| "the Poisson likelihood (gene_likelihood = poisson) has no dispersion".into());
+        check("max_nobs", self.max_nobs != d.max_nobs, partial, &no_partial);
+        check("pool_mode", self.pool_mode != d.pool_mode, partial, &no_partial);
+        check("code_dim", self.code_dim != d.code_dim, partial, &no_partial);
+        check("h_hidden_dim", self.h_hidden_dim != d.h_hidden_dim, partial, &no_partial);
+        check("encoder_hidden_dim", self.encoder_hidden_dim != d.encoder_hidden_dim, partial, &no_partial);
+        check("initialize_embeddings_from_pca", self.initialize_embeddings_from_pca, partial, &no_partial);
+        check("dm_concentration", self.dm_concentration != d.dm_concentration, loss == SplicingLoss::DirichletMultinomial, &|| {
+            format!("only the Dirichlet-multinomial has it (splicing_loss_type = {loss})")
+        });
+        let no_concentration = || format!("the splicing likelihood has no concentration (splicing_loss_type = {loss})");
+        check("lambda_prior", self.lambda_prior != d.lambda_prior, concentration, &no_concentration);
+        check("modality_penalty", self.modality_penalty != ModalityPenalty::None, !concat, &no_mixing);
+        check("warmup_routing", self.warmup_routing != d.warmup_routing, !concat, &no_mixing);
+        check("mask_cells_without_splicing", self.mask_cells_without_splicing, !concat, &no_mixing);
+        check("mixing_variance", self.mixing_variance != d.mixing_variance, !concat && mixing != ModalityWeights::PerDimensionWeightedAverage, &|| {
+            format!("it is the variance of the equal, universal and cell mixings (modality_weights = {mixing})")
+        });
+        check("concentration_init", self.concentration_init != d.concentration_init, concentration, &no_concentration);
+        check(
+            "expression_scale_softmax",
+            self.expression_scale_softmax,
+            self.expression_architecture == ExpressionArch::Vanilla && self.use_size_factor_key,
+            &|| "the expression scale is a softmax already: in the linear decoder, and in the vanilla one without a size factor".into(),
+        );
+        check(
+            "linear_expression_layer_norm",
+            self.linear_expression_layer_norm != d.linear_expression_layer_norm,
+            self.expression_architecture == ExpressionArch::Linear && self.use_layer_norm.decoder(),
+            &|| format!("it is the linear expression decoder's LayerNorm (expression_architecture = {}, use_layer_norm = {})", self.expression_architecture, self.use_layer_norm),
+        );
+        check("dm_exact_softmax", self.dm_exact_softmax, loss == SplicingLoss::DirichletMultinomial, &|| {
+            format!("only the Dirichlet-multinomial has the within-ATSE softmax (splicing_loss_type = {loss})")
+        });
+        check("partial_center_psi", self.partial_center_psi, partial, &no_partial);
+        check("partial_linear_output", self.partial_linear_output, partial, &no_partial);
+        out
+    }
+}
+
 fn isqrt(n: usize) -> usize {
     let mut r = (n as f64).sqrt() as usize;
     while r * r > n {
@@ -467,6 +520,61 @@ fn isqrt(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each option is listed exactly when another option leaves out its part, and only when it asks
+    /// for something (away from its default): one case each way per option.
+    #[test]
+    fn inert_options_are_those_another_option_leaves_out() {
+        let d = ModelConfig::default();
+        let inert = |c: &ModelConfig| -> Vec<&'static str> { c.inert_options().into_iter().map(|(f, _)| f).collect() };
+        for c in [ModelConfig::default(), ModelConfig::paper()] {
+            assert!(inert(&c).is_empty(), "{:?}", inert(&c));
+        }
+        // robust keeps its §14.3 fixes for a weighted average: under its concatenated latent they rest
+        assert_eq!(inert(&ModelConfig::robust()), ["modality_penalty", "warmup_routing", "mask_cells_without_splicing"]);
+        let vanilla = ModelConfig { splicing_encoder_architecture: SplicingEncoderArch::Vanilla, ..d.clone() };
+        let binomial = ModelConfig { splicing_loss_type: SplicingLoss::Binomial, ..d.clone() };
+        let beta_binomial = ModelConfig { splicing_loss_type: SplicingLoss::BetaBinomial, ..d.clone() };
+        let concat = ModelConfig { modality_weights: ModalityWeights::Concatenate, modality_penalty: ModalityPenalty::None, ..d.clone() };
+        let perdim = ModelConfig { modality_weights: ModalityWeights::PerDimensionWeightedAverage, ..d.clone() };
+        let vanilla_expr = ModelConfig { expression_architecture: ExpressionArch::Vanilla, ..d.clone() };
+        type Set = fn(&mut ModelConfig);
+        // (field, the setting, a base where it acts, a base where it does not)
+        let cases: Vec<(&str, Set, &ModelConfig, ModelConfig)> = vec![
+            ("dispersion", |c| c.dispersion = Dispersion::GeneBatch, &d, ModelConfig { gene_likelihood: GeneLikelihood::Poisson, ..d.clone() }),
+            ("max_nobs", |c| c.max_nobs = 64, &d, vanilla.clone()),
+            ("pool_mode", |c| c.pool_mode = PoolMode::Sum, &d, vanilla.clone()),
+            ("code_dim", |c| c.code_dim = 8, &d, vanilla.clone()),
+            ("h_hidden_dim", |c| c.h_hidden_dim = 8, &d, vanilla.clone()),
+            ("encoder_hidden_dim", |c| c.encoder_hidden_dim = 8, &d, vanilla.clone()),
+            ("initialize_embeddings_from_pca", |c| c.initialize_embeddings_from_pca = true, &d, vanilla.clone()),
+            ("dm_concentration", |c| c.dm_concentration = DmConcentration::Scalar, &d, beta_binomial.clone()),
+            ("lambda_prior", |c| c.lambda_prior = 0.5, &beta_binomial, binomial.clone()),
+            ("modality_penalty", |c| c.modality_penalty = ModalityPenalty::Mmd, &d, concat.clone()),
+            ("warmup_routing", |c| c.warmup_routing = WarmupRouting::Mix, &perdim, concat.clone()),
+            ("mask_cells_without_splicing", |c| c.mask_cells_without_splicing = true, &perdim, concat.clone()),
+            ("mixing_variance", |c| c.mixing_variance = MixingVariance::Independent, &d, perdim.clone()),
+            ("mixing_variance", |c| c.mixing_variance = MixingVariance::Independent, &d, concat.clone()),
+            ("concentration_init", |c| c.concentration_init = ConcentrationInit::Phi100, &beta_binomial, ModelConfig { splicing_loss_type: SplicingLoss::Bce, ..d.clone() }),
+            ("expression_scale_softmax", |c| c.expression_scale_softmax = true, &vanilla_expr, d.clone()),
+            ("expression_scale_softmax", |c| c.expression_scale_softmax = true, &vanilla_expr, ModelConfig { use_size_factor_key: false, ..vanilla_expr.clone() }),
+            ("linear_expression_layer_norm", |c| c.linear_expression_layer_norm = false, &d, vanilla_expr.clone()),
+            ("linear_expression_layer_norm", |c| c.linear_expression_layer_norm = false, &d, ModelConfig { use_layer_norm: NormPlacement::Encoder, ..d.clone() }),
+            ("dm_exact_softmax", |c| c.dm_exact_softmax = true, &d, beta_binomial.clone()),
+            ("partial_center_psi", |c| c.partial_center_psi = true, &d, vanilla.clone()),
+            ("partial_linear_output", |c| c.partial_linear_output = true, &d, vanilla.clone()),
+        ];
+        for (field, set, acts, rests) in cases {
+            let (mut a, mut r) = (acts.clone(), rests.clone());
+            assert!(inert(&r).is_empty() && inert(&a).is_empty(), "{field}: the bases list nothing");
+            set(&mut a);
+            set(&mut r);
+            assert!(inert(&a).is_empty(), "{field} acts here: {:?}", inert(&a));
+            assert_eq!(inert(&r), [field]);
+            let why = &r.inert_options()[0].1;
+            assert!(!why.is_empty() && !why.contains("{"), "{field}: {why}");
+        }
+    }
 
     #[test]
     fn defaults_and_sizes() {
@@ -522,12 +630,9 @@ mod tests {
     #[test]
     fn validate_rejects_bad_combinations() {
         let dims = Dims { n_genes: 10, n_junctions: 20, n_atse: 5, n_batch: 1, n_labels: 1, ..Dims::default() };
-        let bad = ModelConfig {
-            dm_concentration: DmConcentration::Scalar,
-            splicing_loss_type: SplicingLoss::Binomial,
-            ..ModelConfig::default()
-        };
-        assert!(bad.validate(&dims).unwrap_err().to_string().contains("dm_concentration"));
+        // (a DM concentration with another loss rests: inert_options, refused when given explicitly)
+        let rests = ModelConfig { dm_concentration: DmConcentration::Scalar, splicing_loss_type: SplicingLoss::Binomial, ..ModelConfig::default() };
+        assert!(rests.validate(&dims).is_ok());
         let bad = ModelConfig { max_nobs: 0, ..ModelConfig::default() };
         assert!(bad.validate(&dims).unwrap_err().to_string().contains("max_nobs"));
         let bad = ModelConfig { modality_weights: ModalityWeights::Cell, ..ModelConfig::default() };

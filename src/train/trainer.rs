@@ -239,10 +239,9 @@ pub fn dims_difference(data: &Dims, run: &Dims) -> Option<String> {
 /// training size was not given, model.md §6.3).
 pub fn check_training_data(model: &ModelConfig, train: &TrainConfig, ds: &Dataset) -> Result<()> {
     if model.splicing_loss_type != crate::model::SplicingLoss::Bce {
-        let fix = if model.dm_concentration == crate::model::DmConcentration::Atse { "" } else { " --dm-concentration atse" };
         ds.require_splicing_counts(
             &format!("the splicing likelihood {} (--splicing-loss-type) is a count likelihood that", model.splicing_loss_type),
-            &format!("train it with --splicing-loss-type bce{fix}, the loss for PSI-only data (model.md §14.2), or give the count layers"),
+            "train it with --splicing-loss-type bce, the loss for PSI-only data (model.md §14.2), or give the count layers",
         )?;
     }
     let dims = dims_of(ds);
