@@ -261,7 +261,8 @@ fn matrix_market_directories() {
 }
 
 /// obs.tsv: a column of whole numbers is read as integers (as pandas reads it, and so written back as
-/// int64); with a missing value or a fraction, as floats; anything else as text.
+/// int64, or uint64 with a value above i64::MAX); with a missing value or a fraction, or whole numbers
+/// beyond both types, as floats; anything else as text.
 #[test]
 fn matrix_market_integer_obs_columns() {
     let Some(g) = gen() else { return };
@@ -276,7 +277,14 @@ fn matrix_market_integer_obs_columns() {
     let lines: Vec<String> = obs
         .lines()
         .enumerate()
-        .map(|(i, l)| if i == 0 { format!("{l}\tn_counts\tgap\tcode") } else { format!("{l}\t{}\t{}\tx{i}", 1000 + i, if i == 2 { "NA".to_string() } else { i.to_string() }) })
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l}\tn_counts\tgap\tcode\tid64\tover")
+            } else {
+                let gap = if i == 2 { "NA".to_string() } else { i.to_string() };
+                format!("{l}\t{}\t{gap}\tx{i}\t{}\t{}", 1000 + i, (1u64 << 63) + i as u64, if i == 1 { "-1".to_string() } else { u64::MAX.to_string() })
+            }
+        })
         .collect();
     std::fs::write(dir.join("obs.tsv"), lines.join("\n") + "\n").unwrap();
     let ds = load(&dir, &valid_opts()).unwrap();
@@ -284,6 +292,10 @@ fn matrix_market_integer_obs_columns() {
     assert_eq!(ds.obs_column("n_counts"), Some(&ObsColumn::Int(IntColumn::plain((1..=n).map(|i| 1000 + i).collect()))));
     assert!(matches!(ds.obs_column("gap"), Some(ObsColumn::Numeric(v)) if v[1].is_nan() && v[0] == 1.0), "{:?}", ds.obs_column("gap"));
     assert!(matches!(ds.obs_column("code"), Some(ObsColumn::Text(_))));
+    let id64 = IntColumn { values: (1..=n).map(|i| (1i128 << 63) + i as i128).collect(), width: splicevi::data::IntWidth::U64, mask: None };
+    assert_eq!(ds.obs_column("id64"), Some(&ObsColumn::Int(id64)));
+    // −1 and u64::MAX fit no one integer type: floats
+    assert!(matches!(ds.obs_column("over"), Some(ObsColumn::Numeric(v)) if v[0] == -1.0), "{:?}", ds.obs_column("over"));
     assert!(matches!(ds.obs_column("age"), Some(ObsColumn::Numeric(_))), "{:?}", ds.obs_column("age"));
 }
 
@@ -661,7 +673,7 @@ print("ok")
     }
 }
 
-/// Integer obs columns (int32, int64 beyond 2^53, uint8, uint64, and anndata's nullable Int64 / Int32
+/// Integer obs columns (int32, int64 beyond 2^53, uint8, uint64 beyond i64::MAX, and anndata's nullable Int64 / Int32
 /// with missing values) come out of every command that writes obs, and out of the .h5mu writer, with
 /// their dtype, values and missing values: they came back as float64, the large ones rounded and the
 /// nullable ones as NaN floats. They still serve as a batch key, a continuous covariate, a `--groupby`
@@ -688,7 +700,7 @@ with h5py.File(sys.argv[2], "r+") as f:
         "n_counts": np.random.RandomState(0).randint(1000, 5000, n).astype(np.int64),
         "big": (2**60 + i).astype(np.int64),
         "small": (i % 256).astype(np.uint8),
-        "huge": (2**62 + i).astype(np.uint64),
+        "huge": np.uint64(2**63) + i.astype(np.uint64),
     }
     for k, v in cols.items():
         array(obs, k, v)
@@ -726,6 +738,14 @@ print("ok")
     let ds = load(&data, &DataOptions { batch_key: Some("grp".into()), ..DataOptions::default() }).unwrap();
     assert_eq!(ds.covariates.batch.levels, ["9", "214"]);
     assert_eq!(&ds.covariates.batch.codes[..3], [1, 0, 0]);
+    // uint64 above i64::MAX: integers, exactly (they came back as floats)
+    match ds.obs_column("huge") {
+        Some(ObsColumn::Int(c)) => {
+            assert_eq!(c.width, splicevi::data::IntWidth::U64);
+            assert_eq!(&c.values[..2], [1i128 << 63, (1i128 << 63) + 1]);
+        }
+        other => panic!("huge: {other:?}"),
+    }
     let e = format!("{:#}", load(&data, &DataOptions { batch_key: Some("nint".into()), ..DataOptions::default() }).unwrap_err());
     assert!(e.contains("obs/nint") && e.contains("missing value") && e.contains("cell 1"), "{e}");
     // The .h5mu writer: the loaded dataset written back.
@@ -739,7 +759,7 @@ with h5py.File(P("ints.h5mu"), "r") as f:
     want = anndata.io.read_elem(f["obs"])
 plain = {"batch_id": np.int32, "grp": np.int32, "n_counts": np.int64, "big": np.int64, "small": np.uint8, "huge": np.uint64}
 nullable = {"nint": pd.Int64Dtype(), "nint32": pd.Int32Dtype()}
-assert want["nint"].isna().sum() == 40 and want["big"].iloc[1] == 2**60 + 1, want
+assert want["nint"].isna().sum() == 40 and want["big"].iloc[1] == 2**60 + 1 and want["huge"].iloc[1] == 2**63 + 1, want
 def same(obs, what):
     for k, dt in plain.items():
         assert obs[k].dtype == dt, (what, k, obs[k].dtype)

@@ -141,7 +141,7 @@ impl Groups {
                 Groups { names: u.iter().map(|x| format!("{x}")).collect(), of_cell, values: Some(u) }
             }
             ObsColumn::Int(c) => {
-                let mut u: Vec<i64> = c.iter().flatten().collect();
+                let mut u: Vec<i128> = c.iter().flatten().collect();
                 u.sort_unstable();
                 u.dedup();
                 let of_cell = c.iter().map(|x| x.and_then(|x| u.binary_search(&x).ok())).collect();

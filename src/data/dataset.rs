@@ -96,7 +96,8 @@ pub enum IntWidth {
 /// friends, encoding `nullable-integer`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct IntColumn {
-    pub values: Vec<i64>,
+    /// Every int64 and uint64 value fits an i128 (a uint64 above i64::MAX, e.g. a hashed id, too).
+    pub values: Vec<i128>,
     pub width: IntWidth,
     /// A nullable array's mask: true where the value is missing (the value there means nothing).
     /// None for a plain array, which has no missing values.
@@ -106,13 +107,13 @@ pub struct IntColumn {
 impl IntColumn {
     /// An int64 column without missing values.
     pub fn plain(values: Vec<i64>) -> Self {
-        IntColumn { values, width: IntWidth::I64, mask: None }
+        IntColumn { values: values.into_iter().map(i128::from).collect(), width: IntWidth::I64, mask: None }
     }
     pub fn is_missing(&self, i: usize) -> bool {
         self.mask.as_ref().is_some_and(|m| m[i])
     }
     /// The values, None where missing.
-    pub fn iter(&self) -> impl Iterator<Item = Option<i64>> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Option<i128>> + '_ {
         self.values.iter().enumerate().map(|(i, &v)| (!self.is_missing(i)).then_some(v))
     }
     /// The values as f64, NaN where missing.

@@ -236,9 +236,8 @@ fn read_i64_sel(ds: &HDataset, sel: Sel) -> Result<Vec<i64>> {
     }
 }
 
-/// An integer dataset's values and stored type; None for a dataset of another type, and for uint64
-/// values above i64::MAX (such a column is read as floats, as before integers were kept).
-fn read_ints(ds: &HDataset) -> Result<Option<(Vec<i64>, IntWidth)>> {
+/// An integer dataset's values and stored type; None for a dataset of another type.
+fn read_ints(ds: &HDataset) -> Result<Option<(Vec<i128>, IntWidth)>> {
     use hdf5::types::IntSize::{U1, U2, U4, U8};
     let width = match descriptor(ds)? {
         TD::Integer(U1) => IntWidth::I8,
@@ -252,11 +251,10 @@ fn read_ints(ds: &HDataset) -> Result<Option<(Vec<i64>, IntWidth)>> {
         _ => return Ok(None),
     };
     if width == IntWidth::U64 {
-        // (HDF5 would clamp such values to i64::MAX on conversion)
-        let v = read_sel::<u64>(ds, Sel::All)?;
-        return Ok(v.iter().map(|&x| i64::try_from(x).ok()).collect::<Option<Vec<i64>>>().map(|v| (v, width)));
+        // (read as i64, HDF5 would clamp the values above i64::MAX)
+        return Ok(Some((read_sel::<u64>(ds, Sel::All)?.into_iter().map(i128::from).collect(), width)));
     }
-    Ok(Some((read_sel::<i64>(ds, Sel::All)?, width)))
+    Ok(Some((read_sel::<i64>(ds, Sel::All)?.into_iter().map(i128::from).collect(), width)))
 }
 
 /// A whole 1-D numeric dataset as f64.

@@ -264,8 +264,8 @@ fn int_column(parent: &Group, name: &str, col: &IntColumn, c: Compression) -> Re
     dense_array(&g, "mask", mask, &[mask.len()], c)
 }
 
-fn int_array(parent: &Group, name: &str, v: &[i64], width: IntWidth, c: Compression) -> Result<()> {
-    fn narrow<T: H5Type + TryFrom<i64>>(parent: &Group, name: &str, v: &[i64], c: Compression) -> Result<()> {
+fn int_array(parent: &Group, name: &str, v: &[i128], width: IntWidth, c: Compression) -> Result<()> {
+    fn narrow<T: H5Type + TryFrom<i128>>(parent: &Group, name: &str, v: &[i128], c: Compression) -> Result<()> {
         let w = v
             .iter()
             .map(|&x| T::try_from(x).map_err(|_| anyhow::anyhow!("{name}: value {x} does not fit its stored type {}", std::any::type_name::<T>())))
@@ -276,7 +276,7 @@ fn int_array(parent: &Group, name: &str, v: &[i64], width: IntWidth, c: Compress
         IntWidth::I8 => narrow::<i8>(parent, name, v, c),
         IntWidth::I16 => narrow::<i16>(parent, name, v, c),
         IntWidth::I32 => narrow::<i32>(parent, name, v, c),
-        IntWidth::I64 => dense_array(parent, name, v, &[v.len()], c),
+        IntWidth::I64 => narrow::<i64>(parent, name, v, c),
         IntWidth::U8 => narrow::<u8>(parent, name, v, c),
         IntWidth::U16 => narrow::<u16>(parent, name, v, c),
         IntWidth::U32 => narrow::<u32>(parent, name, v, c),

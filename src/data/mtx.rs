@@ -16,7 +16,7 @@
 //! entry order; duplicates are summed) or `%%MatrixMarket matrix array real|integer general` (dense,
 //! column-major). Without `expression.mtx` the dataset is splicing-only.
 
-use super::dataset::{Csr, IntColumn, ObsColumn};
+use super::dataset::{Csr, IntColumn, IntWidth, ObsColumn};
 use super::h5::canonicalize;
 use super::load::{ObsTable, RawData};
 use super::options::DataOptions;
@@ -263,11 +263,14 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
         let mut table = ObsTable { field: field.clone(), modality: None, ..Default::default() };
         for (c, name) in header.iter().enumerate().skip(1) {
             let vals: Vec<&str> = rows.iter().map(|r| r.get(c).copied().unwrap_or("")).collect();
-            // (whole numbers without a gap are integers, as pandas reads them; with a gap, floats)
-            let ints: Option<Vec<i64>> = vals.iter().map(|v| v.parse::<i64>().ok()).collect();
+            // (whole numbers without a gap are integers, as pandas reads them, int64 or, with a value
+            // above i64::MAX, uint64; with a gap, or beyond both, floats)
+            let ints: Option<Vec<i128>> = vals.iter().map(|v| v.parse::<i128>().ok().filter(|&x| x >= i64::MIN as i128 && x <= u64::MAX as i128)).collect();
+            let ints = ints.filter(|i| i.iter().all(|&x| x <= i64::MAX as i128) || i.iter().all(|&x| x >= 0));
             let nums = || -> Option<Vec<f64>> { vals.iter().map(|v| if is_missing(v) { Some(f64::NAN) } else { v.parse::<f64>().ok() }).collect() };
             let col = if let Some(i) = ints {
-                ObsColumn::Int(IntColumn::plain(i))
+                let width = if i.iter().all(|&x| x <= i64::MAX as i128) { IntWidth::I64 } else { IntWidth::U64 };
+                ObsColumn::Int(IntColumn { values: i, width, mask: None })
             } else if let Some(n) = nums() {
                 ObsColumn::Numeric(n)
             } else {
