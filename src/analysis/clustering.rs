@@ -699,6 +699,31 @@ mod tests {
         assert!(s.accuracy > 0.8, "{s:?}");
     }
 
+    /// k-means++ seeding draws each next centre ∝ the squared distance to the nearest chosen one: with
+    /// 1000 rows near the origin and three tiny blobs of 3 rows far away, k = 4 puts a centre on every
+    /// far blob for (nearly) every seed; k uniformly drawn rows would hit the three blobs with
+    /// probability ≈ 4!·(3/1009)³ ≈ 6e-7.
+    #[test]
+    fn kmeans_pp_seeds_a_centre_on_every_far_tiny_blob() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let far = [[100.0f32, 0.0], [0.0, 100.0], [100.0, 100.0]];
+        let mut x: Vec<f32> = (0..2000).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        for c in far {
+            for _ in 0..3 {
+                x.extend([c[0] + rng.gen_range(-0.5f32..0.5), c[1] + rng.gen_range(-0.5f32..0.5)]);
+            }
+        }
+        let seeds = 50;
+        let hit = (0..seeds)
+            .filter(|&seed| {
+                let centers = kmeans_pp(&x, 2, 4, &mut ChaCha8Rng::seed_from_u64(seed));
+                assert_eq!(centers.len(), 8);
+                far.iter().all(|c| centers.chunks(2).any(|m| (m[0] - c[0] as f64).abs() < 1.0 && (m[1] - c[1] as f64).abs() < 1.0))
+            })
+            .count();
+        assert!(hit * 10 >= seeds as usize * 9, "every far blob got a centre for {hit} of {seeds} seeds");
+    }
+
     #[test]
     fn leiden_on_the_knn_graph_finds_the_blobs() {
         let (x, truth) = blobs(&[[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]], 50, 2.0, 2);

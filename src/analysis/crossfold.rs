@@ -642,6 +642,19 @@ mod tests {
         assert!((per_sample - 6.0).abs() < 1e-12);
     }
 
+    /// The scaler is fitted on the training rows only: training rows (1, 5), (3, 5) give means (2, 5)
+    /// and sds (1, 1) (the second column is constant there, so scaled by 1), and the far test rows
+    /// (10, 7), (12, 9) are scaled with those, not with the statistics of all four rows.
+    #[test]
+    fn scale_rows_uses_the_training_rows_statistics_only() {
+        let x = [1.0f32, 5.0, 3.0, 5.0, 10.0, 7.0, 12.0, 9.0];
+        assert_eq!(scale_rows(&x, 2, &[0, 1], &[0, 1]), vec![-1.0, 0.0, 1.0, 0.0]);
+        assert_eq!(scale_rows(&x, 2, &[0, 1], &[2, 3]), vec![8.0, 2.0, 10.0, 4.0]);
+        assert_eq!(scale_rows(&x, 2, &[0, 1], &[3, 0]), vec![10.0, 4.0, -1.0, 0.0]);
+        // fitted on the test rows instead: means (11, 8), sds (1, 1)
+        assert_eq!(scale_rows(&x, 2, &[2, 3], &[0, 3]), vec![-10.0, -3.0, 1.0, 1.0]);
+    }
+
     /// A sample of weight 2 is the sample twice; and the balanced, scaled fit is sklearn 1.9.1's
     /// `make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
     /// tol=1e-10))` on the same cells (its `coef_` and `intercept_`; without the class weights sklearn
