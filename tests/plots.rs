@@ -4,11 +4,12 @@
 //! carry the title and the expected number of markers.
 
 use rand::{Rng, SeedableRng};
+use splicevi::plot::age_r2::{cell_colour, cell_text, AgeR2Heatmap, MISSING_COLOUR};
 use splicevi::plot::curves::{Curves, TRAIN_COLOUR, VALIDATION_COLOUR};
 use splicevi::plot::embedding::{pca, Colouring, Embedding};
 use splicevi::plot::impute::ImputeScatter;
 use splicevi::plot::volcano::{Volcano, HIT_COLOUR};
-use splicevi::plot::{render_svg, save, Figure, CATEGORICAL, MAX_POINTS};
+use splicevi::plot::{render_svg, save, viridis, Figure, CATEGORICAL, MAX_POINTS};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -174,6 +175,105 @@ fn impute_density_scatter_has_r_in_the_title_and_a_heatmap() {
     assert!(ImputeScatter::from_table(&h[..3], &rows, "x").is_err(), "no prediction column: an error");
 }
 
+/// An evaluate table with --age and --label `label`: per space the global and per-class R² (a NaN
+/// for the last class in splicing), latent_train rows with other values, and unrelated rows.
+fn age_table(label: &str, classes: &[(&str, usize)]) -> (Vec<String>, Vec<Vec<String>>, Vec<Vec<f64>>) {
+    let header = ["section", "subset", "method", "metric", "value"].map(String::from).to_vec();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut rows: Vec<Vec<String>> = vec![];
+    let row = |section: &str, space: &str, metric: String, v: f64| vec![section.to_string(), space.to_string(), "splicevi".into(), metric, v.to_string()];
+    rows.push(vec!["imputation".into(), "dropped".into(), "mean_bayes".into(), "pearson".into(), "0.3".into()]);
+    // want[row][space]: all cells first, then the classes
+    let mut want = vec![vec![f64::NAN; 3]; 1 + classes.len()];
+    for section in ["latent", "latent_train"] {
+        for (j, space) in ["joint", "expression", "splicing"].into_iter().enumerate() {
+            rows.push(row(section, space, "dim".into(), 10.0));
+            rows.push(row(section, space, format!("n_cells_labelled_{label}"), 200.0));
+            rows.push(row(section, space, "age_n_cells".into(), 180.0));
+            let g: f64 = if section == "latent" { rng.gen_range(0.0..1.0) } else { 0.5 };
+            rows.push(row(section, space, "age_r2".into(), g));
+            if section == "latent" {
+                want[0][j] = g;
+            }
+            for (i, (class, n)) in classes.iter().enumerate() {
+                rows.push(row(section, space, format!("age_n_cells:{label}={class}"), *n as f64));
+                let v = match (i, space) {
+                    (0, "joint") => 0.93,
+                    (1, "joint") => -0.4,
+                    (i, "splicing") if i + 1 == classes.len() => f64::NAN,
+                    _ if section == "latent" => rng.gen_range(0.0..1.0),
+                    _ => 0.5,
+                };
+                rows.push(row(section, space, format!("age_r2:{label}={class}"), v));
+                if section == "latent" {
+                    want[i + 1][j] = v;
+                }
+            }
+        }
+    }
+    (header, rows, want)
+}
+
+#[test]
+fn age_r2_heatmap_has_a_cell_per_class_and_space_coloured_by_viridis() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes = [("T cell", 60), ("B cell", 55), ("liver | hepatocyte", 40)];
+    let (h, rows, want) = age_table("cell_type", &classes);
+    let f = AgeR2Heatmap::from_table(&h, &rows, "Age R²: synthetic").unwrap();
+    assert_eq!(f.spaces, ["joint", "expression", "splicing"]);
+    assert_eq!(f.label.as_deref(), Some("cell_type"));
+    let names: Vec<&str> = f.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["all cells", "T cell", "B cell", "liver | hepatocyte"], "all cells, then the classes in table order");
+    // The `latent` rows (all cells) only: latent_train's 0.5 is not drawn.
+    for (row, w) in f.rows.iter().zip(&want) {
+        for (got, w) in row.r2.iter().zip(w) {
+            assert!(got == w || (got.is_nan() && w.is_nan()), "{}: {:?} vs {w:?}", row.name, row.r2);
+        }
+    }
+    let (png, svg) = saved(&f, dir.path(), "age_r2", "Age R²: synthetic");
+    // One text per (row, space), two decimals, "n/a" for the NaN; n cells in the row labels.
+    for w in &want {
+        for v in w {
+            assert!(has_text(&svg, &cell_text(*v)), "no cell text {}", cell_text(*v));
+        }
+    }
+    assert_eq!(texts(&svg).iter().filter(|t| *t == "n/a").count(), 1);
+    assert!(has_text(&svg, "0.93") && has_text(&svg, "-0.40"));
+    for label in ["all cells (n = 180)", "T cell (n = 60)", "B cell (n = 55)", "liver | hepatocyte (n = 40)", "cell_type", "joint", "expression", "splicing"] {
+        assert!(has_text(&svg, label), "no text {label:?}");
+    }
+    // A 130 × 40 cell is thousands of pixels of its colour: R² 0.93 a light viridis yellow-green,
+    // −0.4 clamped to the dark purple of 0, the NaN light grey.
+    let (high, low) = (cell_colour(0.93), cell_colour(-0.4));
+    assert_eq!(high, viridis(0.93));
+    assert_eq!(low, viridis(0.0));
+    assert_eq!(cell_colour(f64::NAN), MISSING_COLOUR);
+    let light = |c: plotters::style::RGBColor| c.0 as u32 + c.1 as u32 + c.2 as u32;
+    assert!(light(high) > light(low) + 250 && high.1 > 200 && low.2 > low.1, "{high:?} vs {low:?}");
+    for c in [high, low, MISSING_COLOUR] {
+        assert!(png.count_near(rgb(c), 2) > 2000, "{c:?}: {} pixels", png.count_near(rgb(c), 2));
+    }
+
+    // Without --label: the global row alone. A label or class holding `=` is read whole (the label is
+    // the one n_cells_labelled_LABEL names).
+    let only: Vec<Vec<String>> = rows.iter().filter(|r| !r[3].contains(':') && !r[3].starts_with("n_cells_labelled")).cloned().collect();
+    let f = AgeR2Heatmap::from_table(&h, &only, "x").unwrap();
+    assert_eq!((f.rows.len(), f.label.as_deref()), (1, None));
+    let (h2, rows2, _) = age_table("a=b", &[("c=d", 30)]);
+    let f = AgeR2Heatmap::from_table(&h2, &rows2, "x").unwrap();
+    assert_eq!(f.label.as_deref(), Some("a=b"));
+    assert_eq!(f.rows[1].label(), "c=d (n = 30)");
+
+    // A table without age rows (evaluate without --age), or not an evaluate table: errors that say so.
+    let no_age: Vec<Vec<String>> = rows.iter().filter(|r| !r[3].starts_with("age_")).cloned().collect();
+    let e = AgeR2Heatmap::from_table(&h, &no_age, "x").unwrap_err().to_string();
+    assert!(e.contains("evaluate was run without --age"), "{e}");
+    let train_only: Vec<Vec<String>> = rows.iter().filter(|r| r[0] != "latent").cloned().collect();
+    assert!(AgeR2Heatmap::from_table(&h, &train_only, "x").is_err(), "latent_train rows alone are not drawn");
+    let e = AgeR2Heatmap::from_table(&h[1..], &rows, "x").unwrap_err().to_string();
+    assert!(e.contains("not an evaluate table"), "{e}");
+}
+
 fn ds_table() -> (Vec<String>, Vec<Vec<String>>, usize) {
     let header = "junction_id\tgene_name\tproba_ds\tis_ds_fdr\tbayes_factor\teffect_size\tcomparison".split('\t').map(String::from).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
@@ -317,7 +417,8 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     assert!(svg.contains("PCA of the latent (200 cells") && has_text(&svg, "cell_type"));
     assert_eq!(count(&svg, "<circle"), 200 + 3, "toy: 200 cells, 3 cell types");
 
-    ok(bin().arg("evaluate").arg(&run).arg(&data).arg("--out").arg(d.join("eval.tsv")));
+    // (library_size is the toy data's numeric obs column: an age for --age's R² and its heatmap)
+    ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--age", "library_size", "--out"]).arg(d.join("eval.tsv")));
     let pairs = std::fs::read_to_string(d.join("eval.pairs.tsv")).unwrap();
     assert!(pairs.starts_with("cell\tjunction\ttruth\tsplicevi_dm_posterior\tsplicevi_decoder\tmean_bayes\n"));
     // The scatter's r is the table's dropped-entry Pearson r.
@@ -327,6 +428,12 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     assert!(svg.contains(&format!("SpliceVI, decoder PSI: r = {r:.3}")), "r = {r:.3} not in the scatter title");
     let n_pairs = pairs.lines().count() - 1;
     assert!(svg.contains(&format!("({n_pairs} entries)")));
+    // The age R² heatmap: all cells and the three cell types (about 67 cells each) by three latents.
+    let (_, age_svg) = both(&d.join("eval.age_r2"));
+    assert!(age_svg.contains("Age R² per latent, all cells and by cell_type: eval.tsv"));
+    assert!(has_text(&age_svg, "all cells (n = 200)") && ["T0", "T1", "T2"].iter().all(|t| texts(&age_svg).iter().any(|x| x.starts_with(&format!("{t} (n = ")))), "{:?}", texts(&age_svg));
+    let r2: f64 = table.lines().find(|l| l.starts_with("latent\tjoint\tsplicevi\tage_r2\t")).unwrap().rsplit('\t').next().unwrap().parse().unwrap();
+    assert!(has_text(&age_svg, &cell_text(r2)), "the joint R² {r2} is not in the heatmap");
 
     ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "cell_type", "--group1", "T0", "--n-samples-overall", "300"]).arg("--out").arg(d.join("ds.tsv")));
     let (_, svg) = both(&d.join("ds.volcano"));
@@ -337,10 +444,13 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     ok(bin().args(["plot", "curves"]).arg(&run).arg("--out").arg(re.join("curves")));
     ok(bin().args(["plot", "impute"]).arg(d.join("eval.pairs.tsv")).arg("--out").arg(re.join("impute")));
     ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")).args(["--fdr", "0.5", "--out"]).arg(re.join("volcano")));
+    ok(bin().args(["plot", "age-r2"]).arg(d.join("eval.tsv")).arg("--out").arg(re.join("age_r2")));
     ok(bin().args(["plot", "embedding"]).arg(d.join("lat.h5ad")).args(["--color-by", "library_size", "--obsm", "X_splicevi_expression", "--out"]).arg(re.join("embedding")));
-    for name in ["curves", "impute", "volcano", "embedding"] {
+    for name in ["curves", "impute", "volcano", "embedding", "age_r2"] {
         both(&re.join(name));
     }
+    // evaluate drew its heatmap from the table it wrote: the redraw is the same picture.
+    assert_eq!(both(&re.join("age_r2")).1, age_svg);
     assert!(both(&re.join("volcano")).1.contains("called at FDR 0.5 (from proba_ds only)"));
     // --fdr takes diff-splicing's range: 1 calls every junction (it was refused as outside (0, 1)).
     ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")).args(["--fdr", "1", "--out"]).arg(re.join("volcano1")));
@@ -351,6 +461,9 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     std::fs::remove_file(d.join("ds.volcano.png")).unwrap();
     ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")));
     both(&d.join("ds.volcano"));
+    std::fs::remove_file(d.join("eval.age_r2.svg")).unwrap();
+    ok(bin().args(["plot", "age-r2"]).arg(d.join("eval.tsv")));
+    assert_eq!(both(&d.join("eval.age_r2")).1, age_svg, "plot age-r2 E.tsv draws at E.age_r2");
 
     // Errors name what is missing; --no-plots draws nothing.
     let out = bin().args(["plot", "embedding"]).arg(d.join("lat.h5ad")).args(["--color-by", "nope"]).output().unwrap();
@@ -360,6 +473,13 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     assert!(run2.join("metrics.tsv").exists() && !run2.join("curves.png").exists());
     ok(bin().arg("embed").arg(&run2).arg(&data).arg("--out").arg(d.join("lat2.h5ad")).arg("--no-plots"));
     assert!(!d.join("lat2.embedding.png").exists());
+    // evaluate --age checks its heatmap's files before any work, and --no-plots skips both pictures.
+    std::fs::create_dir_all(d.join("o/e.age_r2.svg")).unwrap();
+    let out = bin().arg("evaluate").arg(&run).arg(&data).args(["--age", "library_size", "--out"]).arg(d.join("o/e.tsv")).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("e.age_r2.svg (the picture beside --out; --no-plots skips it)") && !e.contains("masked"), "{e}");
+    ok(bin().arg("evaluate").arg(&run2).arg(&data).args(["--age", "library_size", "--no-plots", "--out"]).arg(d.join("e2.tsv")));
+    assert!(d.join("e2.tsv").exists() && !d.join("e2.age_r2.png").exists() && !d.join("e2.impute.png").exists());
 }
 
 /// Without validation cells (--train-size 1) and without an adversary, metrics.tsv leaves those
@@ -426,6 +546,9 @@ fn plot_input_errors_name_the_file() {
     let ds2 = write("ds2.tsv", "effect_size\tbayes_factor\tis_ds_fdr\n0.1\t2\tTrue\n");
     let e = fail(&["plot".as_ref(), "volcano".as_ref(), ds2.as_os_str(), "--fdr".as_ref(), "0.1".as_ref()]);
     assert!(e.contains(&format!("{}: --fdr needs a proba_ds column", ds2.display())) && e.matches(&ds2.display().to_string()).count() == 1, "{e}");
+    let ev = write("eval.tsv", "section\tsubset\tmethod\tmetric\tvalue\nlatent\tjoint\tsplicevi\tdim\t10\n");
+    let e = fail(&["plot".as_ref(), "age-r2".as_ref(), ev.as_os_str()]);
+    assert!(e.contains(&format!("{}: no age_r2 row in section `latent`: evaluate was run without --age", ev.display())), "{e}");
     let run = d.join("run");
     std::fs::create_dir(&run).unwrap();
     for (text, needle) in [("lr\ttrain_loss\n0.1\t5\n", "without an `epoch` column"), ("epoch\ttrain_loss\n0\t\n", "no loss term with values")] {

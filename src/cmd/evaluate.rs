@@ -178,7 +178,8 @@ pub struct EvaluateArgs {
     /// Most (truth, prediction) rows in the dropped-entry pairs TSV beside --out (a seeded subsample above).
     #[arg(long, default_value_t = 1_000_000)]
     pub max_pairs: usize,
-    /// Do not draw the imputation density scatter (OUT.impute.png / .svg).
+    /// Draw no picture: neither the imputation density scatter (OUT.impute.png / .svg) nor, with --age,
+    /// the age R² heatmap (OUT.age_r2.png / .svg).
     #[arg(long)]
     pub no_plots: bool,
     #[command(flatten)]
@@ -244,8 +245,13 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let pairs = crate::plot::with_ext(&crate::plot::prefix_beside(&args.out, "pairs"), "tsv");
     crate::util::check_output_named(&format!("{} (the pairs table beside --out)", pairs.display()), &pairs, &[&data], &run_dirs)?;
     let picture = crate::plot::prefix_beside(&args.out, "impute");
+    // (the age R² heatmap only with --age: without it the table has no age rows to draw)
+    let age_picture = args.age.as_ref().map(|_| crate::plot::prefix_beside(&args.out, "age_r2"));
     if !args.no_plots {
         super::plot::check_picture_outputs(&picture, &[&data], &run_dirs)?;
+        if let Some(p) = &age_picture {
+            super::plot::check_picture_outputs(p, &[&data], &run_dirs)?;
+        }
     }
     if let Some(t) = &args.train_dir {
         check_train_dir(t)?;
@@ -490,6 +496,10 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     eprintln!("wrote {} ({} dropped entries scored)", pairs.display(), imp.dropped.truth.len());
     if !args.no_plots {
         super::plot::auto("imputation", crate::plot::impute::ImputeScatter::from_file(&pairs), &picture);
+        // (read back from the written table, so that `plot age-r2 E.tsv` redraws the same picture)
+        if let Some(p) = &age_picture {
+            super::plot::auto("age R²", crate::plot::age_r2::AgeR2Heatmap::from_file(&args.out), p);
+        }
     }
     // (the table on stdout last: a reader that went away ends the command there, its files written)
     println!("{}", render(Some(&imp), &lat, args.label.as_deref(), args.knn));

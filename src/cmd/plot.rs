@@ -1,7 +1,7 @@
 //! `splicevi plot`: redraw any of the pictures the other commands write beside their outputs (each as
 //! PREFIX.png and PREFIX.svg).
 
-use crate::plot::{curves::Curves, embedding::Embedding, impute::ImputeScatter, prefix_beside, save, volcano::Volcano, Figure};
+use crate::plot::{age_r2::AgeR2Heatmap, curves::Curves, embedding::Embedding, impute::ImputeScatter, prefix_beside, save, volcano::Volcano, Figure};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -31,6 +31,16 @@ pub enum PlotKind {
         pairs: PathBuf,
         /// Output prefix (default: PAIRS without .pairs.tsv, then .impute: E.pairs.tsv → E.impute, as
         /// evaluate draws it; another name without its extension: P.tsv → P.impute).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Age R² heatmap (held-out R² of age per latent, all cells and per --label class) from the TSV
+    /// `splicevi evaluate --age COL` writes.
+    #[command(allow_negative_numbers = true)]
+    AgeR2 {
+        /// Evaluate TSV written with --age (E.tsv; its `latent` rows are read).
+        eval_tsv: PathBuf,
+        /// Output prefix (default: EVAL_TSV without .tsv, then .age_r2: E.tsv → E.age_r2, as evaluate draws it).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -74,6 +84,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
     match args.kind {
         PlotKind::Curves { run_dir, out } => written(&Curves::from_run_dir(&run_dir)?, &out.unwrap_or_else(|| run_dir.join("curves"))),
         PlotKind::Impute { pairs, out } => written(&ImputeScatter::from_file(&pairs)?, &out.unwrap_or_else(|| impute_prefix(&pairs))),
+        PlotKind::AgeR2 { eval_tsv, out } => written(&AgeR2Heatmap::from_file(&eval_tsv)?, &out.unwrap_or_else(|| prefix_beside(&eval_tsv, "age_r2"))),
         PlotKind::Volcano { ds_tsv, fdr, out } => {
             if let Some(f) = fdr {
                 // (the range of diff-splicing's --fdr: 1 calls every junction, 0 those with P = 1)

@@ -1,10 +1,11 @@
-//! Pictures of the outputs (issue 5): training curves, imputation density scatter, DS volcano and a 2-D
-//! embedding of a latent. Each is drawn once per backend into a PNG (RGB buffer encoded with `png`) and an
+//! Pictures of the outputs (issue 5): training curves, imputation density scatter, age R² heatmap, DS
+//! volcano and a 2-D embedding of a latent. Each is drawn once per backend into a PNG (RGB buffer encoded with `png`) and an
 //! SVG (a string), both written atomically next to a prefix: `PREFIX.png` and `PREFIX.svg`.
 //!
 //! Text is rendered with plotters' `ab_glyph` support from a font compiled into the binary
 //! (`assets/fonts/DejaVuSans-subset.ttf`), so nothing depends on system fonts or fontconfig.
 
+pub mod age_r2;
 pub mod curves;
 pub mod embedding;
 pub mod impute;
