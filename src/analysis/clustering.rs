@@ -460,8 +460,11 @@ fn row(section: &str, subset: &str, method: &str, metric: String, value: f64) ->
 /// per latent `n_cells`, `n_clusters`, `modularity`, and with a label column (`labels`, one per cell,
 /// named `column`) `n_clusters_one_COL`, `n_clusters_several_COL`, `purity_COL`, `ari_COL`, `ami_COL`;
 /// per pair of latents (`A_vs_B`) the mean and median same-cluster overlap (`n_cells_overlap`: the
-/// cells not alone in their cluster of A) and the AMI. Returns the rows and notes for stderr.
-pub fn clustering_rows(lat: &[Vec<f32>], dims: &[usize], labels: Option<(&str, &[Option<u32>])>, o: &ClusterOptions) -> (Vec<EvalRow>, Vec<String>) {
+/// cells not alone in their cluster of A) and the AMI, and with a label column per class
+/// (`n_cells_overlap:COL=CLASS`, `samecluster_overlap_mean:COL=CLASS`: the numbers of the original's
+/// per tissue | cell type overlap heatmap; `labels` = (column, class names, each cell's class)).
+/// Returns the rows and notes for stderr.
+pub fn clustering_rows(lat: &[Vec<f32>], dims: &[usize], labels: Option<(&str, &[String], &[Option<u32>])>, o: &ClusterOptions) -> (Vec<EvalRow>, Vec<String>) {
     let (sec, method) = ("clustering", "leiden");
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -473,7 +476,7 @@ pub fn clustering_rows(lat: &[Vec<f32>], dims: &[usize], labels: Option<(&str, &
         rows.push(row(sec, space, method, "n_cells".into(), n as f64));
         rows.push(row(sec, space, method, "n_clusters".into(), n_clusters as f64));
         rows.push(row(sec, space, method, "modularity".into(), q));
-        if let Some((col, l)) = labels {
+        if let Some((col, _, l)) = labels {
             let (one, several, purity) = label_cluster_counts(&c, l);
             let unl = l.iter().flatten().copied().max().map_or(0, |m| m + 1);
             let lab: Vec<usize> = l.iter().map(|x| x.unwrap_or(unl) as usize).collect();
@@ -499,6 +502,17 @@ pub fn clustering_rows(lat: &[Vec<f32>], dims: &[usize], labels: Option<(&str, &
         rows.push(row(sec, &subset, method, "samecluster_overlap_mean".into(), mean));
         rows.push(row(sec, &subset, method, "samecluster_overlap_median".into(), nanmedian(&ov)));
         rows.push(row(sec, &subset, method, "ami".into(), ami(&clusters[a], &clusters[b])));
+        if let Some((col, classes, l)) = labels {
+            for (k, class) in classes.iter().enumerate() {
+                let v: Vec<f64> = ov.iter().zip(l).filter(|(o, c)| **c == Some(k as u32) && !o.is_nan()).map(|(o, _)| *o).collect();
+                if l.iter().all(|c| *c != Some(k as u32)) {
+                    continue;
+                }
+                let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+                rows.push(row(sec, &subset, method, format!("n_cells_overlap:{col}={class}"), v.len() as f64));
+                rows.push(row(sec, &subset, method, format!("samecluster_overlap_mean:{col}={class}"), mean));
+            }
+        }
     }
     (rows, notes)
 }
@@ -722,6 +736,40 @@ mod tests {
             })
             .count();
         assert!(hit * 10 >= seeds as usize * 9, "every far blob got a centre for {hit} of {seeds} seeds");
+    }
+
+    /// The per-class overlap rows are the overall overlap restricted to each class's cells (those not
+    /// alone in their cluster), for classes with cells only; they average back to the overall mean.
+    #[test]
+    fn clustering_rows_give_the_overlap_per_label_class() {
+        let (x, truth) = blobs(&[[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]], 40, 2.0, 7);
+        let (y, _) = blobs(&[[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]], 40, 6.0, 8);
+        let lat = vec![x.clone(), y, x];
+        let classes: Vec<String> = ["a", "b", "c", "unused"].iter().map(|s| s.to_string()).collect();
+        let l: Vec<Option<u32>> = truth.iter().enumerate().map(|(i, &t)| (i % 10 != 0).then_some(t as u32)).collect();
+        let opts = ClusterOptions { n_neighbors: 10, resolution: 1.0, seed: 0 };
+        let (rows, _) = clustering_rows(&lat, &[2, 2, 2], Some(("ct", &classes, &l)), &opts);
+        let get = |subset: &str, metric: &str| rows.iter().find(|r| r.subset == subset && r.metric == metric).map(|r| r.value);
+        for (a, b) in PAIRS {
+            let subset = format!("{}_vs_{}", SPACES[a], SPACES[b]);
+            let (ca, cb) = (leiden_clusters(&lat[a], 2, 10, 1.0, 0).0, leiden_clusters(&lat[b], 2, 10, 1.0, 0).0);
+            let ov = same_cluster_overlap(&ca, &cb);
+            let (mut total, mut cells) = (0.0, 0.0);
+            for (k, class) in ["a", "b", "c"].iter().enumerate() {
+                let v: Vec<f64> = (0..ov.len()).filter(|&i| l[i] == Some(k as u32) && !ov[i].is_nan()).map(|i| ov[i]).collect();
+                let mean = get(&subset, &format!("samecluster_overlap_mean:ct={class}")).unwrap();
+                assert!((mean - v.iter().sum::<f64>() / v.len() as f64).abs() < 1e-12, "{subset} {class}");
+                assert_eq!(get(&subset, &format!("n_cells_overlap:ct={class}")), Some(v.len() as f64));
+                total += mean * v.len() as f64;
+                cells += v.len() as f64;
+            }
+            assert!(get(&subset, "samecluster_overlap_mean:ct=unused").is_none());
+            // the labelled cells' overall mean (the unlabelled tenth left out)
+            let lab: Vec<f64> = (0..ov.len()).filter(|&i| l[i].is_some() && !ov[i].is_nan()).map(|i| ov[i]).collect();
+            assert!((total / cells - lab.iter().sum::<f64>() / lab.len() as f64).abs() < 1e-12);
+        }
+        // the same-space pair (joint and splicing are the same latent here) overlaps fully
+        assert_eq!(get("splicing_vs_joint", "samecluster_overlap_mean:ct=a"), Some(1.0));
     }
 
     #[test]

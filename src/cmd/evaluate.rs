@@ -576,7 +576,7 @@ fn cluster_rows(args: &EvaluateArgs, sample: &LatentSample, labels: Option<&Labe
     if args.clustering {
         let opts = ClusterOptions { n_neighbors: args.cluster_neighbors, resolution: args.leiden_resolution, seed: args.eval_seed };
         let l: Option<Vec<Option<u32>>> = labels.map(|l| cells.iter().map(|&c| l.of_cell[c]).collect());
-        let (rows, notes) = clustering_rows(lat, dims, labels.map(|x| x.column.as_str()).zip(l.as_deref()), &opts);
+        let (rows, notes) = clustering_rows(lat, dims, labels.zip(l.as_deref()).map(|(x, l)| (x.column.as_str(), &x.classes[..], l)), &opts);
         notes.iter().for_each(|n| eprintln!("note: evaluate: {n}"));
         out.extend(rows);
     }
