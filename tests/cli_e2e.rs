@@ -337,7 +337,7 @@ fn quirk_corrections_reach_config_json_and_the_analyses() {
     let fixed = tmp.path().join("fixed");
     // (§12.12's option belongs to the linear expression decoder: with the vanilla one it is refused)
     let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&fixed).args(common).args(["--linear-expression-layer-norm", "false"]));
-    assert!(text.contains("--linear-expression-layer-norm = false has no effect here") && !fixed.join("config.json").exists(), "{text}");
+    assert!(text.contains("--linear-expression-layer-norm false has no effect here") && !fixed.join("config.json").exists(), "{text}");
     ok(bin().arg("train").arg(&data).arg("--out").arg(&fixed).args(common).arg("--config").arg(&cfg).args(["--expression-scale-softmax", "true"]));
     let orig = tmp.path().join("orig");
     ok(bin().arg("train").arg(&data).arg("--out").arg(&orig).args(common));

@@ -236,7 +236,13 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
         let mut file = serde_json::to_value(file)?;
-        // serde's aliases, spelled as the fields before the merge (else the key and the field collide)
+        for t in ["model", "train"] {
+            if let Some(v) = file.get(t).filter(|v| !v.is_object()) {
+                anyhow::bail!("{}: `{t}` must be a table ([{t}] with its options as keys), found {v}", path.display());
+            }
+        }
+        // serde's aliases, spelled as the fields before the merge (else the key and the field collide);
+        // the messages name the key as written
         if let Some(obj) = file.get_mut("model").and_then(|m| m.as_object_mut()) {
             for (alias, field) in MODEL_ALIASES {
                 if let Some(v) = obj.remove(*alias) {
@@ -244,6 +250,7 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
                         anyhow::bail!("{}: [model] gives both {alias} and {field} (the same option)", path.display());
                     }
                     obj.insert(field.to_string(), v);
+                    given.push((field.to_string(), format!("{}: [model] {alias}", path.display())));
                 }
             }
         }
@@ -253,7 +260,8 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
             }
         }
         if let Some(obj) = file["model"].as_object() {
-            given.extend(obj.keys().map(|k| (k.clone(), format!("{}: [model] {k}", path.display()))));
+            let renamed: Vec<String> = given.iter().map(|(f, _)| f.clone()).collect();
+            given.extend(obj.keys().filter(|k| !renamed.contains(k)).map(|k| (k.clone(), format!("{}: [model] {k}", path.display()))));
         }
         merge(&mut model, &config_nones::<ModelConfig>(&file["model"]));
         merge(&mut train, &config_nones::<TrainConfig>(&file["train"]));
@@ -270,7 +278,7 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     let train: TrainConfig = parse(train, "training options")?;
     train.validate()?;
     check_inert_options(&model, &given)?;
-    check_dispersion_keys(&model, &args.data_options)?;
+    check_dispersion_keys(&model, &args.data_options, &given)?;
     Ok((model, train))
 }
 
@@ -281,12 +289,13 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
 fn check_inert_options(model: &ModelConfig, given: &[(String, String)]) -> Result<()> {
     let value = serde_json::to_value(model)?;
     for (field, why) in model.inert_options() {
-        if let Some((_, place)) = given.iter().rev().find(|(f, _)| f == field) {
+        if given.iter().any(|(f, _)| f == field) {
             let v = match &value[field] {
                 Value::String(s) => s.clone(),
                 v => v.to_string(),
             };
-            anyhow::bail!("{place} = {v} has no effect here: {why}. Leave it out, or change the option it depends on");
+            let said = given_as(given, field, &format!("--{}", field.replace('_', "-")), &v);
+            anyhow::bail!("{said} has no effect here: {why}. Leave it out, or change the option it depends on");
         }
     }
     Ok(())
@@ -296,19 +305,31 @@ fn check_inert_options(model: &ModelConfig, given: &[(String, String)]) -> Resul
 /// the G × 1 table would silently be the gene dispersion. A dispersion per batch without a batch key is
 /// what the original trains then (scvi's px_r of G × n_batch with its one default batch), so it runs,
 /// with a warning.
-fn check_dispersion_keys(model: &ModelConfig, data: &DataOptions) -> Result<()> {
+fn check_dispersion_keys(model: &ModelConfig, data: &DataOptions, given: &[(String, String)]) -> Result<()> {
     use crate::model::Dispersion;
+    let said = || given_as(given, "dispersion", "--dispersion", model.dispersion.as_str());
     if model.dispersion == Dispersion::GeneLabel && data.labels_key.is_none() {
         anyhow::bail!(
-            "--dispersion gene-label needs --labels-key (a dispersion per gene and label, from the labels in that obs column); give --labels-key COL, or --dispersion gene"
+            "{} needs --labels-key (a dispersion per gene and label, from the labels in that obs column); give --labels-key COL, or --dispersion gene",
+            said()
         );
     }
     if model.dispersion == Dispersion::GeneBatch && data.batch_key.is_none() {
         eprintln!(
-            "warning: --dispersion gene-batch without --batch-key: all cells are one batch, so the dispersion is one per gene (a G × 1 table, as the original trains it); give --batch-key COL for one per batch"
+            "warning: {} without --batch-key: all cells are one batch, so the dispersion is one per gene (a G × 1 table, as the original trains it); give --batch-key COL for one per batch",
+            said()
         );
     }
     Ok(())
+}
+
+/// How the user gave option `field` with value `v`, for a message: `--flag v` or `FILE: [model] key = v`
+/// (the last place in `given` says), else `flag v`.
+fn given_as(given: &[(String, String)], field: &str, flag: &str, v: &str) -> String {
+    match given.iter().rev().find(|(f, _)| f == field) {
+        Some((_, place)) if !place.starts_with("--") => format!("{place} = {v}"),
+        _ => format!("{flag} {v}"),
+    }
 }
 
 /// Moves `t`'s steps to the device when `device` is one: a clear error when the CUDA step does not
@@ -460,12 +481,13 @@ mod tests {
     #[test]
     fn explicit_options_that_would_do_nothing_are_refused() {
         let e = format!("{:#}", resolve(&train_args(&["--code-dim", "32", "--splicing-encoder-architecture", "vanilla"])).unwrap_err());
-        assert!(e.contains("--code-dim = 32") && e.contains("partial splicing encoder"), "{e}");
+        assert!(e.contains("--code-dim 32 has no effect") && e.contains("partial splicing encoder"), "{e}");
         let e = format!("{:#}", resolve(&train_args(&["--modality-weights", "concatenate", "--mixing-variance", "independent"])).unwrap_err());
-        assert!(e.contains("--mixing-variance = independent") && e.contains("concatenate"), "{e}");
+        assert!(e.contains("--mixing-variance independent") && e.contains("concatenate"), "{e}");
         // at the default value, or where the option acts: accepted
         assert!(resolve(&train_args(&["--code-dim", "16", "--splicing-encoder-architecture", "vanilla"])).is_ok());
         assert!(resolve(&train_args(&["--modality-weights", "concatenate", "--modality-penalty", "None"])).is_ok());
+        assert!(resolve(&train_args(&["--modality-weights", "concatenate", "--modality-penalty", "Jeffreys"])).is_ok());
         assert!(resolve(&train_args(&["--mixing-variance", "independent"])).is_ok());
         // robust's partial-encoder options and its DM concentration rest when the user changes the part
         let (m, _) = resolve(&train_args(&["--preset", "robust", "--splicing-encoder-architecture", "vanilla", "--splicing-loss-type", "binomial"])).unwrap();
@@ -481,6 +503,17 @@ mod tests {
         assert_eq!(m.splicing_loss_type, crate::model::SplicingLoss::Binomial);
         // a flag that switches the part back on makes the file's key act
         assert!(resolve(&train_args(&["--config", cfg.to_str().unwrap(), "--splicing-loss-type", "dirichlet_multinomial"])).is_ok());
+        // an alias is named as written
+        std::fs::write(&cfg, "[model]\ngene_dispersion = \"gene-batch\"\ngene_likelihood = \"poisson\"\n").unwrap();
+        let e = format!("{:#}", resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err());
+        assert!(e.contains("c.toml: [model] gene_dispersion = gene-batch has no effect") && e.contains("Poisson"), "{e}");
+        std::fs::write(&cfg, "[model]\ngene_dispersion = \"gene-label\"\n").unwrap();
+        let e = format!("{:#}", resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err());
+        assert!(e.contains("c.toml: [model] gene_dispersion = gene-label needs --labels-key"), "{e}");
+        // a table's name that is not a table
+        std::fs::write(&cfg, "model = 3\n").unwrap();
+        let e = format!("{:#}", resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err());
+        assert!(e.contains("`model` must be a table"), "{e}");
     }
 
     /// TOML has no null, so a --config file says `"none"` as the flag does, for exactly the Option

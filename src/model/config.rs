@@ -446,8 +446,10 @@ impl ModelConfig {
 
 impl ModelConfig {
     /// The options set to ask for something this configuration has no part for: (field, why), in field
-    /// order. Each is an option away from its default (for `modality_penalty`: away from `None`) whose
-    /// part of the model another option leaves out, e.g. `code_dim` with the vanilla splicing encoder
+    /// order. Each is an option away from its default (for `modality_penalty`: away from both its
+    /// default and `None`) whose part of the model another option leaves out (whatever the data: an
+    /// option that rests only for some data, e.g. deep injection without covariates, is not listed),
+    /// e.g. `code_dim` with the vanilla splicing encoder
     /// or `mixing_variance` with the concatenated latent. The model ignores them, as the original
     /// ignores its own (`modality_penalty` under concatenate); `splicevi train` refuses one given
     /// explicitly (a flag or --config), since it would silently do nothing (cmd::train::resolve).
@@ -473,12 +475,24 @@ impl ModelConfig {
         check("h_hidden_dim", self.h_hidden_dim != d.h_hidden_dim, partial, &no_partial);
         check("encoder_hidden_dim", self.encoder_hidden_dim != d.encoder_hidden_dim, partial, &no_partial);
         check("initialize_embeddings_from_pca", self.initialize_embeddings_from_pca, partial, &no_partial);
+        let vanilla_expr = self.expression_architecture == ExpressionArch::Vanilla;
+        let hidden_decoder = vanilla_expr || self.splicing_decoder_architecture == SplicingDecoderArch::Vanilla;
+        check("n_layers_decoder", self.n_layers_decoder != d.n_layers_decoder, hidden_decoder, &|| {
+            "only the vanilla decoders have hidden layers (expression_architecture and splicing_decoder_architecture are linear)".into()
+        });
+        // (the vanilla splicing decoder always injects its covariates into every layer, model.md §12.10)
+        check(
+            "deeply_inject_covariates",
+            self.deeply_inject_covariates,
+            (self.encode_covariates && self.n_layers_encoder > 1) || (vanilla_expr && self.n_layers_decoder > 1),
+            &|| "no layer past the first would get the covariates: they reach the encoders only with encode_covariates and n_layers_encoder > 1, the decoders only in the vanilla expression decoder with n_layers_decoder > 1".into(),
+        );
         check("dm_concentration", self.dm_concentration != d.dm_concentration, loss == SplicingLoss::DirichletMultinomial, &|| {
             format!("only the Dirichlet-multinomial has it (splicing_loss_type = {loss})")
         });
         let no_concentration = || format!("the splicing likelihood has no concentration (splicing_loss_type = {loss})");
         check("lambda_prior", self.lambda_prior != d.lambda_prior, concentration, &no_concentration);
-        check("modality_penalty", self.modality_penalty != ModalityPenalty::None, !concat, &no_mixing);
+        check("modality_penalty", self.modality_penalty != ModalityPenalty::None && self.modality_penalty != d.modality_penalty, !concat, &no_mixing);
         check("warmup_routing", self.warmup_routing != d.warmup_routing, !concat, &no_mixing);
         check("mask_cells_without_splicing", self.mask_cells_without_splicing, !concat, &no_mixing);
         check("mixing_variance", self.mixing_variance != d.mixing_variance, !concat && mixing != ModalityWeights::PerDimensionWeightedAverage, &|| {
@@ -532,12 +546,18 @@ mod tests {
         }
         // robust keeps its §14.3 fixes for a weighted average: under its concatenated latent they rest
         assert_eq!(inert(&ModelConfig::robust()), ["modality_penalty", "warmup_routing", "mask_cells_without_splicing"]);
+        // the penalty at its default or None asks for nothing under concatenate
+        for p in [ModalityPenalty::Jeffreys, ModalityPenalty::None] {
+            assert!(inert(&ModelConfig { modality_weights: ModalityWeights::Concatenate, modality_penalty: p, ..d.clone() }).is_empty());
+        }
         let vanilla = ModelConfig { splicing_encoder_architecture: SplicingEncoderArch::Vanilla, ..d.clone() };
         let binomial = ModelConfig { splicing_loss_type: SplicingLoss::Binomial, ..d.clone() };
         let beta_binomial = ModelConfig { splicing_loss_type: SplicingLoss::BetaBinomial, ..d.clone() };
-        let concat = ModelConfig { modality_weights: ModalityWeights::Concatenate, modality_penalty: ModalityPenalty::None, ..d.clone() };
+        let concat = ModelConfig { modality_weights: ModalityWeights::Concatenate, ..d.clone() };
         let perdim = ModelConfig { modality_weights: ModalityWeights::PerDimensionWeightedAverage, ..d.clone() };
         let vanilla_expr = ModelConfig { expression_architecture: ExpressionArch::Vanilla, ..d.clone() };
+        let vanilla_spl_dec = ModelConfig { splicing_decoder_architecture: SplicingDecoderArch::Vanilla, ..d.clone() };
+        let encode_cov = ModelConfig { encode_covariates: true, ..d.clone() };
         type Set = fn(&mut ModelConfig);
         // (field, the setting, a base where it acts, a base where it does not)
         let cases: Vec<(&str, Set, &ModelConfig, ModelConfig)> = vec![
@@ -550,6 +570,11 @@ mod tests {
             ("initialize_embeddings_from_pca", |c| c.initialize_embeddings_from_pca = true, &d, vanilla.clone()),
             ("dm_concentration", |c| c.dm_concentration = DmConcentration::Scalar, &d, beta_binomial.clone()),
             ("lambda_prior", |c| c.lambda_prior = 0.5, &beta_binomial, binomial.clone()),
+            ("n_layers_decoder", |c| c.n_layers_decoder = 3, &vanilla_expr, d.clone()),
+            ("n_layers_decoder", |c| c.n_layers_decoder = 3, &vanilla_spl_dec, d.clone()),
+            ("deeply_inject_covariates", |c| c.deeply_inject_covariates = true, &vanilla_expr, d.clone()),
+            ("deeply_inject_covariates", |c| c.deeply_inject_covariates = true, &encode_cov, ModelConfig { n_layers_encoder: 1, ..encode_cov.clone() }),
+            ("deeply_inject_covariates", |c| c.deeply_inject_covariates = true, &vanilla_expr, ModelConfig { n_layers_decoder: 1, ..vanilla_expr.clone() }),
             ("modality_penalty", |c| c.modality_penalty = ModalityPenalty::Mmd, &d, concat.clone()),
             ("warmup_routing", |c| c.warmup_routing = WarmupRouting::Mix, &perdim, concat.clone()),
             ("mask_cells_without_splicing", |c| c.mask_cells_without_splicing = true, &perdim, concat.clone()),
