@@ -187,7 +187,10 @@ pub fn read_strings(c: &Container) -> Result<Vec<String>> {
         TD::VarLenAscii => read_raw_of::<VarLenAscii>(c)?.iter().map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned()).collect(),
         TD::FixedAscii(n) => fixed_strings(c, n, false)?,
         TD::FixedUnicode(n) => fixed_strings(c, n, true)?,
-        TD::Integer(_) | TD::Unsigned(_) | TD::Float(_) => read_raw_of::<f64>(c)?.into_iter().map(number_label).collect(),
+        // (integers exactly: through f64, categories above 2^53 would round and could merge)
+        TD::Integer(_) => read_raw_of::<i64>(c)?.iter().map(i64::to_string).collect(),
+        TD::Unsigned(_) => read_raw_of::<u64>(c)?.iter().map(u64::to_string).collect(),
+        TD::Float(_) => read_raw_of::<f64>(c)?.into_iter().map(number_label).collect(),
         TD::Boolean => read_raw_of::<bool>(c)?.into_iter().map(|b| if b { "True" } else { "False" }.to_string()).collect(),
         other => bail!("expected strings, found HDF5 type {other}"),
     })
