@@ -608,7 +608,13 @@ fn commands_write_anndata_and_tsv_outputs() {
         let (ami, ov) = (val("clustering", pair, "ami"), val("clustering", pair, "samecluster_overlap_mean"));
         assert!(ami <= 1.0 + 1e-9 && ami >= -1.0 && (ov.is_nan() || (0.0..=1.0).contains(&ov)), "{pair}: {ami} {ov}");
     }
-    assert!(!cl.contains("cell_type=T0"), "--subcluster-of T1 scored T0");
+    assert!(!cl.lines().any(|l| l.starts_with("subcluster_split\t") && l.contains("cell_type=T0")), "--subcluster-of T1 scored T0");
+    // the per-class same-cluster overlap (every class, not only --subcluster-of's)
+    for class in ["T0", "T1", "T2"] {
+        let ov = val("clustering", "splicing_vs_joint", &format!("samecluster_overlap_mean:cell_type={class}"));
+        assert!(ov.is_nan() || (0.0..=1.0).contains(&ov), "{class}: {ov}");
+        assert!(val("clustering", "splicing_vs_joint", &format!("n_cells_overlap:cell_type={class}")) <= 200.0);
+    }
     // --device cuda: the analysis runs its encoders and decoders on cuda:0 where it is usable; here (no
     // GPU) an error naming the device, with nothing written, never a silent CPU run.
     let imp_cuda = bin().args(["--device", "cuda"]).arg("impute").arg(&run).arg(&data).arg("--out").arg(p("psi_cuda.h5ad")).output().unwrap();
@@ -899,6 +905,11 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     assert!(said.contains("latent_test age_r2 is nan (joint, expression, splicing): an age regression needs 25 or more cells with an age"), "{said}");
     let t0 = value("latent", "age_n_cells:cell_type=T0");
     assert!(t0 >= 25.0 && value("latent", "age_r2:cell_type=T0").is_finite(), "{table}");
+    // stdout's latent table has the age R² column, the TSV's value to 4 decimals
+    let head = said.lines().find(|l| l.starts_with("split ")).unwrap_or_else(|| panic!("{said}"));
+    assert!(head.contains(" age_r2"), "{head}");
+    let joint = said.lines().find(|l| l.starts_with("all ") && l.contains(" joint ")).unwrap();
+    assert!(joint.trim_end().ends_with(&format!(" {:.4}", value("latent", "age_r2"))), "{joint}");
     // A run that does not record its split: all cells together, and a line saying so.
     std::fs::remove_file(run.join("split.json")).unwrap();
     let said = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--no-plots", "--out"]).arg(p("nosplit.tsv")));

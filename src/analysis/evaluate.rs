@@ -846,7 +846,9 @@ pub fn latent_nan_warnings(table: &[EvalRow]) -> Vec<String> {
         } else if metric.starts_with("silhouette_") {
             format!("a silhouette needs two or more --label groups among the {} labelled cells scored", count("n_cells_labelled_").unwrap_or(cells))
         } else if metric.starts_with("age_r2") {
-            format!("an age regression needs {AGE_MIN_CELLS} or more cells with an age ({}), with ages that vary in both its 80% and its 20%", row(&|m: &str| m == "age_n_cells").unwrap_or(f64::NAN))
+            // (a class's R², age_r2:COL=CLASS, counts its own aged cells, age_n_cells:COL=CLASS)
+            let n_aged = metric.replacen("age_r2", "age_n_cells", 1);
+            format!("an age regression needs {AGE_MIN_CELLS} or more cells with an age ({}), with ages that vary in both its 80% and its 20%", row(&|m: &str| m == n_aged).unwrap_or(f64::NAN))
         } else if metric.starts_with("logistic_") || metric.starts_with("knn") {
             format!("too few cells ({}, in classes of {MIN_CLASS_CELLS} or more) to hold some out, or fewer than two such classes", count("n_cells_classified_").unwrap_or(cells))
         } else {
@@ -885,14 +887,18 @@ pub fn render(imp: Option<&ImputationReport>, lat: &[LatentReport], label: Optio
         s.push('\n');
     }
     let lab = label.unwrap_or("-");
+    // (the age R² column with --age; its per-class values are in the TSV and the age R² heatmap)
+    let ages = lat.iter().any(|l| l.age_r2.is_some());
+    let age_head = if ages { format!(" {:>8}", "age_r2") } else { String::new() };
     s.push_str(&format!(
-        "{:<6} {:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9} {:>9}   (label: {lab}; logistic: accuracy, weighted F1)\n",
+        "{:<6} {:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9} {:>9}{age_head}   (label: {lab}; logistic: accuracy, weighted F1)\n",
         "split", "latent", "dim", "cells", "pcs_90", "silhouette", &format!("knn{k}"), "logistic", "f1_w"
     ));
     let o = |v: Option<f64>| v.map(f).unwrap_or_else(|| "-".into());
     for l in lat {
+        let age = if ages { format!(" {:>8}", o(l.age_r2)) } else { String::new() };
         s.push_str(&format!(
-            "{:<6} {:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9} {:>9}\n",
+            "{:<6} {:<11} {:>4} {:>7} {:>7} {:>11} {:>9} {:>9} {:>9}{age}\n",
             l.split, l.space, l.dim, l.n_cells, l.pcs_90, o(l.silhouette), o(l.knn_accuracy), o(l.logistic.map(|v| v.accuracy)), o(l.logistic.map(|v| v.f1))
         ));
     }
@@ -915,6 +921,16 @@ mod tests {
         let t = pairs.tsv(&["cell \"1\"\n".to_string()], &["j\t0".to_string()], 10, 0);
         let rec = crate::plot::tsv_records(&t);
         assert_eq!(rec[1], ["cell \"1\"\n", "j\t0", "0.25", "0.5"]);
+    }
+
+    /// A class's nan age R² says how many aged cells that class has, not the whole latent's count.
+    #[test]
+    fn a_class_age_r2_warning_counts_the_class_cells() {
+        let r = |metric: &str, value: f64| EvalRow { section: "latent".into(), subset: "joint".into(), method: "splicevi".into(), metric: metric.into(), value };
+        let table = [r("n_cells", 200.0), r("age_n_cells", 200.0), r("age_r2", 0.1), r("age_n_cells:ct=T0", 60.0), r("age_r2:ct=T0", f64::NAN)];
+        let w = latent_nan_warnings(&table);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("age_r2:ct=T0 is nan") && w[0].contains("with an age (60)"), "{w:?}");
     }
 
     #[test]

@@ -509,7 +509,9 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         }
     }
     for r in &extra {
-        println!("{:<16} {:<22} {} = {:.4}", r.section, r.subset, r.metric, r.value);
+        // (counts as integers)
+        let v = if r.metric.starts_with("n_") && r.value.fract() == 0.0 { format!("{}", r.value) } else { format!("{:.4}", r.value) };
+        println!("{:<16} {:<22} {} = {v}", r.section, r.subset, r.metric);
     }
     for r in xfold.iter().filter(|r| r.metric.starts_with("accuracy_mean_") || r.metric.starts_with("f1_weighted_mean_")) {
         let sd = xfold.iter().find(|s| s.subset == r.subset && s.method == r.method && s.metric == r.metric.replacen("_mean_", "_sd_", 1)).map_or(f64::NAN, |s| s.value);
