@@ -61,10 +61,15 @@ pub struct AgeR2Heatmap {
     pub rows: Vec<AgeRow>,
 }
 
-/// The text printed in a cell: two decimals, "n/a" for NaN.
+/// The text printed in a cell: two decimals ("0.00", not "-0.00", for a tiny negative R²), "n/a" for NaN.
 pub fn cell_text(v: f64) -> String {
     if v.is_finite() {
-        format!("{v:.2}")
+        let t = format!("{v:.2}");
+        if t == "-0.00" {
+            "0.00".into()
+        } else {
+            t
+        }
     } else {
         "n/a".into()
     }

@@ -90,8 +90,15 @@ pub fn encode_png(w: u32, h: u32, rgb: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// `PREFIX.ext` (the extension is appended, so a prefix may contain dots).
+/// `PREFIX.ext` (the extension is appended, so a prefix may contain dots). For a picture (png, svg) a
+/// prefix that already ends in `.png` or `.svg` loses it first: `--out fig.png` writes fig.png and
+/// fig.svg, not fig.png.png.
 pub fn with_ext(prefix: &Path, ext: &str) -> PathBuf {
+    let picture = |e: &str| e == "png" || e == "svg";
+    let prefix = match prefix.extension().and_then(|e| e.to_str()) {
+        Some(e) if picture(ext) && picture(&e.to_ascii_lowercase()) => prefix.with_extension(""),
+        _ => prefix.to_path_buf(),
+    };
     let mut s = prefix.as_os_str().to_os_string();
     s.push(".");
     s.push(ext);
@@ -334,4 +341,31 @@ pub fn tsv_records(text: &str) -> Vec<Vec<String>> {
 /// Parse a TSV number as written by splicevi (or pandas): nan / inf allowed.
 pub(crate) fn num(s: &str) -> f64 {
     s.trim().parse::<f64>().unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A picture's prefix given with its extension is not doubled; other extensions and dots stay.
+    #[test]
+    fn with_ext_does_not_double_a_picture_extension() {
+        let p = |s: &str, e: &str| with_ext(Path::new(s), e).to_string_lossy().into_owned();
+        assert_eq!(p("out/fig.png", "png"), "out/fig.png");
+        assert_eq!(p("out/fig.png", "svg"), "out/fig.svg");
+        assert_eq!(p("out/fig.SVG", "png"), "out/fig.png");
+        assert_eq!(p("out/E.impute", "png"), "out/E.impute.png");
+        assert_eq!(p("out/E.pairs", "tsv"), "out/E.pairs.tsv");
+        assert_eq!(p("out/x.png", "tsv"), "out/x.png.tsv");
+    }
+
+    /// A tiny negative R² prints as 0.00, not -0.00; other values keep their sign.
+    #[test]
+    fn age_r2_cell_text_has_no_negative_zero() {
+        use super::age_r2::cell_text;
+        assert_eq!(cell_text(-0.001), "0.00");
+        assert_eq!(cell_text(-0.4), "-0.40");
+        assert_eq!(cell_text(0.934), "0.93");
+        assert_eq!(cell_text(f64::NAN), "n/a");
+    }
 }
