@@ -232,6 +232,7 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     let mut train = serde_json::to_value(&t0)?;
     // The model options given explicitly, and where: refused below when they would do nothing.
     let mut given: Vec<(String, String)> = Vec::new();
+    let mut given_train: Vec<(String, String)> = Vec::new();
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file: toml::Value = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
@@ -263,6 +264,9 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
             let renamed: Vec<String> = given.iter().map(|(f, _)| f.clone()).collect();
             given.extend(obj.keys().filter(|k| !renamed.contains(k)).map(|k| (k.clone(), format!("{}: [model] {k}", path.display()))));
         }
+        if let Some(obj) = file["train"].as_object() {
+            given_train.extend(obj.keys().map(|k| (k.clone(), format!("{}: [train] {k}", path.display()))));
+        }
         merge(&mut model, &config_nones::<ModelConfig>(&file["model"]));
         merge(&mut train, &config_nones::<TrainConfig>(&file["train"]));
         // Catch misspelt keys with the file named.
@@ -271,24 +275,32 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     }
     merge(&mut model, &args.options.model);
     merge(&mut train, &args.options.train);
-    if let Some(obj) = args.options.model.as_object() {
-        given.extend(obj.keys().map(|k| (k.clone(), format!("--{}", k.replace('_', "-")))));
+    for (flags, g) in [(&args.options.model, &mut given), (&args.options.train, &mut given_train)] {
+        if let Some(obj) = flags.as_object() {
+            g.extend(obj.keys().map(|k| (k.clone(), format!("--{}", k.replace('_', "-")))));
+        }
     }
     let model: ModelConfig = parse(model, "model options")?;
     let train: TrainConfig = parse(train, "training options")?;
     train.validate()?;
-    check_inert_options(&model, &given)?;
+    let mut model_inert = model.inert_options();
+    // (warmup_routing acts only during the KL warm-up, which a training option decides)
+    if train.n_epochs_kl_warmup.unwrap_or(0) == 0 && model.warmup_routing != ModelConfig::default().warmup_routing && model_inert.iter().all(|(f, _)| *f != "warmup_routing") {
+        model_inert.push(("warmup_routing", "there is no KL warm-up (n_epochs_kl_warmup is none or 0), and it routes the latent during the warm-up".into()));
+    }
+    check_inert_options(&serde_json::to_value(&model)?, model_inert, &given)?;
+    check_inert_options(&serde_json::to_value(&train)?, train.inert_options(), &given_train)?;
     check_dispersion_keys(&model, &args.data_options, &given)?;
     Ok((model, train))
 }
 
 /// An option given explicitly (`given`: field, where; a flag after the --config file, so the last
-/// says) that the model would ignore ([`ModelConfig::inert_options`]) is refused: a run that quietly
+/// says) that the run would ignore (`inert`: [`ModelConfig::inert_options`],
+/// [`crate::train::TrainConfig::inert_options`]; `value`: the config as JSON) is refused: a run that quietly
 /// does not do what it was asked is worse than an error. The same option set by a preset is left to
 /// be ignored: `robust` keeps its §14.3 fixes for when the mixing is switched back to an average.
-fn check_inert_options(model: &ModelConfig, given: &[(String, String)]) -> Result<()> {
-    let value = serde_json::to_value(model)?;
-    for (field, why) in model.inert_options() {
+fn check_inert_options(value: &Value, inert: Vec<(&'static str, String)>, given: &[(String, String)]) -> Result<()> {
+    for (field, why) in inert {
         if given.iter().any(|(f, _)| f == field) {
             let v = match &value[field] {
                 Value::String(s) => s.clone(),
@@ -489,6 +501,19 @@ mod tests {
         assert!(resolve(&train_args(&["--modality-weights", "concatenate", "--modality-penalty", "None"])).is_ok());
         assert!(resolve(&train_args(&["--modality-weights", "concatenate", "--modality-penalty", "Jeffreys"])).is_ok());
         assert!(resolve(&train_args(&["--mixing-variance", "independent"])).is_ok());
+        // training options, and a model option a training option leaves out
+        let e = format!("{:#}", resolve(&train_args(&["--lr-patience", "3"])).unwrap_err());
+        assert!(e.contains("--lr-patience 3 has no effect here") && e.contains("reduce_lr_on_plateau = false"), "{e}");
+        assert!(resolve(&train_args(&["--lr-patience", "3", "--reduce-lr-on-plateau", "true"])).is_ok());
+        let e = format!("{:#}", resolve(&train_args(&["--early-stopping", "false", "--early-stopping-patience", "3"])).unwrap_err());
+        assert!(e.contains("--early-stopping-patience 3") && e.contains("early stopping is off"), "{e}");
+        let e = format!("{:#}", resolve(&train_args(&["--train-size", "1", "--restore-best", "true"])).unwrap_err());
+        assert!(e.contains("--restore-best true") && e.contains("no validation cells"), "{e}");
+        let e = format!("{:#}", resolve(&train_args(&["--warmup-routing", "mix", "--n-epochs-kl-warmup", "none"])).unwrap_err());
+        assert!(e.contains("--warmup-routing mix") && e.contains("no KL warm-up"), "{e}");
+        // paper's StepLR options and robust's restore_best act where they are
+        assert!(resolve(&train_args(&["--preset", "paper", "--step-size", "100", "--lr-factor", "0.5"])).is_ok());
+        assert!(resolve(&train_args(&["--preset", "robust", "--train-size", "1"])).is_ok());
         // robust's partial-encoder options and its DM concentration rest when the user changes the part
         let (m, _) = resolve(&train_args(&["--preset", "robust", "--splicing-encoder-architecture", "vanilla", "--splicing-loss-type", "binomial"])).unwrap();
         assert!(m.partial_center_psi && m.dm_concentration == crate::model::DmConcentration::Scalar);

@@ -99,6 +99,37 @@ impl TrainConfig {
         }
     }
 
+    /// The options set to ask for something this configuration leaves out: (field, why), as
+    /// [`crate::model::ModelConfig::inert_options`] (away from the default, whatever the data). Early
+    /// stopping and the schedulers act at the end of a validation run (model.md §12.20): with
+    /// `train_size = 1` there is none.
+    pub fn inert_options(&self) -> Vec<(&'static str, String)> {
+        let d = TrainConfig::default();
+        let mut out = Vec::new();
+        let validates = self.train_size < 1.0;
+        let no_validation = || "there are no validation cells (train_size = 1), and it acts after each validation run".to_string();
+        let mut check = |field: &'static str, set: bool, acts: bool, why: &dyn Fn() -> String| {
+            if set && !acts {
+                out.push((field, why()));
+            }
+        };
+        let stopping = self.early_stopping;
+        let not_stopping = || if stopping { no_validation() } else { "early stopping is off (early_stopping = false)".to_string() };
+        check("early_stopping_patience", self.early_stopping_patience != d.early_stopping_patience, stopping && validates, &not_stopping);
+        check("early_stopping_warmup_epochs", self.early_stopping_warmup_epochs != d.early_stopping_warmup_epochs, stopping && validates, &not_stopping);
+        let kind = self.lr_scheduler_type;
+        let plateau = kind == SchedulerKind::Plateau;
+        let sched = |what: &'static str| {
+            move || if validates { format!("{what} (lr_scheduler_type = {}, reduce_lr_on_plateau = {})", if plateau { "plateau" } else { "step" }, self.reduce_lr_on_plateau) } else { no_validation() }
+        };
+        check("reduce_lr_on_plateau", self.reduce_lr_on_plateau, plateau && validates, &sched("it belongs to the plateau scheduler"));
+        check("lr_patience", self.lr_patience != d.lr_patience, plateau && self.reduce_lr_on_plateau && validates, &sched("only ReduceLROnPlateau has a patience"));
+        check("lr_factor", self.lr_factor != d.lr_factor, (!plateau || self.reduce_lr_on_plateau) && validates, &sched("no scheduler runs"));
+        check("step_size", self.step_size != d.step_size, !plateau && validates, &sched("only StepLR has a step size"));
+        check("restore_best", self.restore_best, stopping && validates, &not_stopping);
+        out
+    }
+
     pub fn early_stopping_warmup(&self) -> usize {
         self.early_stopping_warmup_epochs.unwrap_or(self.n_epochs_kl_warmup.unwrap_or(0))
     }
@@ -124,5 +155,35 @@ impl TrainConfig {
             anyhow::ensure!(self.lr_factor < 1.0, "lr_factor must be below 1 for ReduceLROnPlateau, got {}", self.lr_factor);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The presets list nothing; each listed option is one another option leaves out, one case each.
+    #[test]
+    fn inert_training_options() {
+        let inert = |c: &TrainConfig| -> Vec<&'static str> { c.inert_options().into_iter().map(|(f, _)| f).collect() };
+        for c in [TrainConfig::default(), TrainConfig::paper(), TrainConfig::robust()] {
+            assert!(inert(&c).is_empty(), "{:?}", inert(&c));
+        }
+        let d = TrainConfig::default();
+        let all_train = TrainConfig { train_size: 1.0, ..d.clone() };
+        let no_stop = TrainConfig { early_stopping: false, ..d.clone() };
+        let step = TrainConfig { lr_scheduler_type: SchedulerKind::Step, ..d.clone() };
+        let plateau = TrainConfig { reduce_lr_on_plateau: true, ..d.clone() };
+        assert_eq!(inert(&TrainConfig { early_stopping_patience: 3, ..no_stop.clone() }), ["early_stopping_patience"]);
+        assert_eq!(inert(&TrainConfig { early_stopping_warmup_epochs: Some(3), ..all_train.clone() }), ["early_stopping_warmup_epochs"]);
+        assert_eq!(inert(&TrainConfig { reduce_lr_on_plateau: true, ..step.clone() }), ["reduce_lr_on_plateau"]);
+        assert_eq!(inert(&TrainConfig { lr_patience: 3, ..d.clone() }), ["lr_patience"]);
+        assert!(inert(&TrainConfig { lr_patience: 3, ..plateau.clone() }).is_empty());
+        assert_eq!(inert(&TrainConfig { lr_factor: 0.5, ..d.clone() }), ["lr_factor"]);
+        assert!(inert(&TrainConfig { lr_factor: 0.5, ..step.clone() }).is_empty() && inert(&TrainConfig { lr_factor: 0.5, ..plateau.clone() }).is_empty());
+        assert_eq!(inert(&TrainConfig { step_size: 3, ..plateau.clone() }), ["step_size"]);
+        assert!(inert(&TrainConfig { step_size: 3, ..step.clone() }).is_empty());
+        assert_eq!(inert(&TrainConfig { restore_best: true, ..no_stop }), ["restore_best"]);
+        assert_eq!(inert(&TrainConfig { restore_best: true, lr_factor: 0.5, ..TrainConfig { train_size: 1.0, ..step } }), ["lr_factor", "restore_best"]);
     }
 }
