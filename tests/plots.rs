@@ -6,7 +6,7 @@
 use rand::{Rng, SeedableRng};
 use splicevi::plot::age_r2::{cell_colour, cell_text, AgeR2Heatmap, MISSING_COLOUR};
 use splicevi::plot::curves::{Curves, TRAIN_COLOUR, VALIDATION_COLOUR};
-use splicevi::plot::embedding::{pca, Colouring, Embedding};
+use splicevi::plot::embedding::{pca, Colouring, Embedding, Projection};
 use splicevi::plot::impute::ImputeScatter;
 use splicevi::plot::volcano::{Volcano, HIT_COLOUR};
 use splicevi::plot::{render_svg, save, viridis, Figure, CATEGORICAL, MAX_POINTS};
@@ -372,6 +372,24 @@ fn embedding_is_a_pca_coloured_by_category_with_a_legend() {
 }
 
 #[test]
+fn embedding_umap_says_umap_and_lays_out_the_drawn_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, codes) = clusters(100, 5);
+    let names = vec!["alpha".to_string(), "beta".into(), "gamma".into()];
+    let e = Embedding::of(&x, 5, Projection::Umap, Colouring::Categories { codes, names }, "cell_type", "synthetic").unwrap();
+    assert_eq!((e.x_label.as_str(), e.y_label.as_str()), ("UMAP1", "UMAP2"), "no share of variance on UMAP axes");
+    // (three far clusters: the kNN graph has three components, so the layout starts from PCA and says so)
+    let (_, svg) = saved(&e, dir.path(), "umap", "synthetic: UMAP of the latent (300 cells, 5 dims; n_neighbors 15, min_dist 0.5, PCA start)");
+    assert!(has_text(&svg, "UMAP1") && has_text(&svg, "UMAP2") && !svg.contains("PC1"));
+    assert_eq!(count(&svg, "<circle"), 300 + 3);
+    // More cells than MAX_POINTS: only the drawn subsample is laid out (the same cells as the PCA's).
+    let (big, _) = clusters(7000, 4);
+    let u = Embedding::of(&big, 4, Projection::Umap, Colouring::None, "", "big").unwrap();
+    assert_eq!(u.xy.len(), MAX_POINTS);
+    assert!(u.title.contains(&format!("UMAP of the latent ({MAX_POINTS} of 21000 cells")), "{}", u.title);
+}
+
+#[test]
 fn pca_finds_the_principal_axes() {
     // Points on a line along (3, 4)/5 plus small noise along (−4, 3)/5.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
@@ -416,6 +434,17 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     let (_, svg) = both(&d.join("lat.embedding"));
     assert!(svg.contains("PCA of the latent (200 cells") && has_text(&svg, "cell_type"));
     assert_eq!(count(&svg, "<circle"), 200 + 3, "toy: 200 cells, 3 cell types");
+    // --projection umap: a seeded UMAP of the same latent, its axes UMAP1 / UMAP2, its coordinates in
+    // obsm["X_umap"] (float32, cells × 2); the PCA embed writes none.
+    ok(bin().arg("embed").arg(&run).arg(&data).args(["--projection", "umap", "--out"]).arg(d.join("lat_umap.h5ad")));
+    let (_, umap_svg) = both(&d.join("lat_umap.embedding"));
+    assert!(has_text(&umap_svg, "UMAP1") && has_text(&umap_svg, "UMAP2") && !umap_svg.contains("PC1"), "the axes say UMAP");
+    assert!(umap_svg.contains("UMAP of the latent (200 cells") && umap_svg.contains("n_neighbors 15, min_dist 0.5"));
+    assert_eq!(count(&umap_svg, "<circle"), 200 + 3);
+    let x_umap = hdf5::File::open(d.join("lat_umap.h5ad")).unwrap().dataset("obsm/X_umap").unwrap();
+    assert_eq!(x_umap.shape(), vec![200, 2]);
+    assert!(x_umap.dtype().unwrap().is::<f32>() && x_umap.read_raw::<f32>().unwrap().iter().all(|v| v.is_finite()));
+    assert!(hdf5::File::open(d.join("lat.h5ad")).unwrap().dataset("obsm/X_umap").is_err());
 
     // (library_size is the toy data's numeric obs column: an age for --age's R² and its heatmap)
     ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--age", "library_size", "--out"]).arg(d.join("eval.tsv")));
@@ -458,6 +487,11 @@ fn commands_draw_their_pictures_and_plot_redraws_them() {
     let out = bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")).args(["--fdr", "1.5", "--out"]).arg(re.join("volcano2")).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--fdr (the FDR target) must be in [0, 1], got 1.5"));
     assert!(both(&re.join("embedding")).1.contains("obsm[X_splicevi_expression]"));
+    // `plot embedding --projection umap` of the written latent redraws embed's UMAP point for point (x
+    // only: the titles differ, and a long title is set smaller, which moves the plot area vertically).
+    ok(bin().args(["plot", "embedding"]).arg(d.join("lat_umap.h5ad")).args(["--projection", "umap", "--out"]).arg(re.join("umap")));
+    let xs = |svg: &str| svg.split("<circle cx=\"").skip(1).map(|t| t.split('"').next().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(xs(&both(&re.join("umap")).1), xs(&umap_svg), "the same latent and seed, another layout");
     std::fs::remove_file(d.join("ds.volcano.png")).unwrap();
     ok(bin().args(["plot", "volcano"]).arg(d.join("ds.tsv")));
     both(&d.join("ds.volcano"));

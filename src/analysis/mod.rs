@@ -2,7 +2,7 @@
 //! expression written block by block (`impute`), differential expression and splicing (`differential`,
 //! `de`, `ds`), the masked-ATSE imputation evaluation with the MeanBayes baseline (`evaluate`,
 //! `meanbayes`, `impute_metrics`), latent metrics (`latent_metrics`) and the cross-fold classification
-//! of §8.2 (`crossfold`).
+//! of §8.2 (`crossfold`); the UMAP layout of the latent pictures (`umap`).
 
 pub mod crossfold;
 pub mod clustering;
@@ -19,3 +19,4 @@ pub mod outlier;
 pub mod posterior;
 pub mod resample;
 pub mod scorecard;
+pub mod umap;

@@ -6,6 +6,7 @@ use crate::data::h5ad_out::{write_h5ad, DenseOut, H5adOut};
 use crate::data::h5write::UnsValue;
 use crate::analysis::posterior::{align_batches, weight_table_rows, Posterior};
 use crate::model::Mat;
+use crate::plot::embedding::Projection;
 use crate::train::trainer::load_model;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -40,9 +41,12 @@ pub struct EmbedArgs {
     /// obs column colouring the embedding picture (default: cell_type if present, else the first categorical column).
     #[arg(long)]
     pub color_by: Option<String>,
-    /// Do not draw the embedding picture (OUT without .h5ad, then .embedding.png / .svg: PCA of the latent).
+    /// Do not draw the embedding picture (OUT without .h5ad, then .embedding.png / .svg).
     #[arg(long)]
     pub no_plots: bool,
+    /// The picture's 2-D projection: pca, or umap (seeded, scanpy's defaults; also obsm["X_umap"]).
+    #[arg(long, value_enum, default_value = "pca")]
+    pub projection: Projection,
 }
 
 /// Posterior means (joint qz_m, expression mu_e, splicing mu_s) of every cell, row-major, `batch_size`
@@ -87,15 +91,46 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
         LatentKind::Splicing => &spl,
     };
     let n = ds.n_cells();
+    // The picture is made before the .h5ad is written: a UMAP's coordinates also go to obsm["X_umap"].
+    let fig = (!args.no_plots || args.projection == Projection::Umap).then(|| {
+        use crate::plot::embedding::{default_colour_column, Colouring, Embedding};
+        let col = args.color_by.clone().or_else(|| default_colour_column(&ds.obs));
+        let (colouring, label) = match &col {
+            Some(c) => match ds.obs.iter().find(|(n, _)| n == c) {
+                Some((_, v)) => (Colouring::from_obs(v), c.clone()),
+                None => anyhow::bail!("no obs column `{c}`"),
+            },
+            None => (Colouring::None, String::new()),
+        };
+        let name = args.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let what = format!("{name} ({} latent)", format!("{:?}", args.modality).to_lowercase());
+        Embedding::of(&chosen.data, chosen.cols, args.projection, colouring, &label, &what)
+    });
+    let x_umap: Option<Vec<f32>> = match (&fig, args.projection) {
+        (Some(Ok(e)), Projection::Umap) if e.xy.len() == n => Some(e.xy.iter().flat_map(|&(a, b)| [a as f32, b as f32]).collect()),
+        (Some(Ok(e)), Projection::Umap) => {
+            eprintln!("note: obsm[\"X_umap\"] not written: the UMAP lays out the {} drawn cells only, of {n}", e.xy.len());
+            None
+        }
+        (Some(Err(e)), Projection::Umap) if args.no_plots => {
+            eprintln!("warning: the UMAP was not computed: {e:#}");
+            None
+        }
+        _ => None,
+    };
+    let mut obsm = vec![
+        DenseOut { name: "X_splicevi".into(), rows: n, cols: chosen.cols, data: &chosen.data },
+        DenseOut { name: "X_splicevi_joint".into(), rows: n, cols: joint.cols, data: &joint.data },
+        DenseOut { name: "X_splicevi_expression".into(), rows: n, cols: expr.cols, data: &expr.data },
+        DenseOut { name: "X_splicevi_splicing".into(), rows: n, cols: spl.cols, data: &spl.data },
+    ];
+    if let Some(u) = &x_umap {
+        obsm.push(DenseOut { name: "X_umap".into(), rows: n, cols: 2, data: u });
+    }
     let out = H5adOut {
         obs_names: ds.cell_names.clone(),
         obs: ds.obs.clone(),
-        obsm: vec![
-            DenseOut { name: "X_splicevi".into(), rows: n, cols: chosen.cols, data: &chosen.data },
-            DenseOut { name: "X_splicevi_joint".into(), rows: n, cols: joint.cols, data: &joint.data },
-            DenseOut { name: "X_splicevi_expression".into(), rows: n, cols: expr.cols, data: &expr.data },
-            DenseOut { name: "X_splicevi_splicing".into(), rows: n, cols: spl.cols, data: &spl.data },
-        ],
+        obsm,
         uns: vec![
             ("splicevi_run".into(), UnsValue::String(args.run_dir.display().to_string())),
             ("splicevi_modality".into(), UnsValue::String(format!("{:?}", args.modality).to_lowercase())),
@@ -103,22 +138,9 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
         ..Default::default()
     };
     write_h5ad(&args.out, &out)?;
-    eprintln!("wrote {} ({} cells, {} latent dims in obsm[\"X_splicevi\"])", args.out.display(), n, chosen.cols);
-    if !args.no_plots {
-        use crate::plot::embedding::{default_colour_column, Colouring, Embedding};
-        let fig = (|| {
-            let col = args.color_by.clone().or_else(|| default_colour_column(&ds.obs));
-            let (colouring, label) = match &col {
-                Some(c) => match ds.obs.iter().find(|(n, _)| n == c) {
-                    Some((_, v)) => (Colouring::from_obs(v), c.clone()),
-                    None => anyhow::bail!("no obs column `{c}`"),
-                },
-                None => (Colouring::None, String::new()),
-            };
-            let name = args.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let what = format!("{name} ({} latent)", format!("{:?}", args.modality).to_lowercase());
-            Embedding::pca_of(&chosen.data, chosen.cols, colouring, &label, &what)
-        })();
+    let umap_note = if x_umap.is_some() { ", its UMAP in obsm[\"X_umap\"]" } else { "" };
+    eprintln!("wrote {} ({} cells, {} latent dims in obsm[\"X_splicevi\"]{umap_note})", args.out.display(), n, chosen.cols);
+    if let (false, Some(fig)) = (args.no_plots, fig) {
         super::plot::auto("embedding", fig, &crate::plot::prefix_beside(&args.out, "embedding"));
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `splicevi plot`: redraw any of the pictures the other commands write beside their outputs (each as
 //! PREFIX.png and PREFIX.svg).
 
-use crate::plot::{age_r2::AgeR2Heatmap, curves::Curves, embedding::Embedding, impute::ImputeScatter, prefix_beside, save, volcano::Volcano, Figure};
+use crate::plot::{age_r2::AgeR2Heatmap, curves::Curves, embedding::{Embedding, Projection}, impute::ImputeScatter, prefix_beside, save, volcano::Volcano, Figure};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -57,7 +57,8 @@ pub enum PlotKind {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// 2-D embedding (PCA) of a latent .h5ad (as `splicevi embed` writes) coloured by an obs column.
+    /// 2-D embedding (PCA, or UMAP with --projection umap) of a latent .h5ad (as `splicevi embed` writes)
+    /// coloured by an obs column.
     #[command(allow_negative_numbers = true)]
     Embedding {
         /// Latent .h5ad written by `splicevi embed` (or any .h5ad with the latent in obsm).
@@ -68,6 +69,9 @@ pub enum PlotKind {
         /// obsm key of the latent.
         #[arg(long, default_value = "X_splicevi")]
         obsm: String,
+        /// 2-D projection: pca, or umap (scanpy's sc.tl.umap defaults, seeded; lays out the drawn cells).
+        #[arg(long, value_enum, default_value = "pca")]
+        projection: Projection,
         /// Output prefix (default: LATENT_H5AD without .h5ad, then .embedding).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -93,9 +97,9 @@ pub fn run(args: PlotArgs) -> Result<()> {
             let fig = Volcano::from_file(&ds_tsv, fdr)?;
             written(&fig, &out.unwrap_or_else(|| prefix_beside(&ds_tsv, "volcano")))
         }
-        PlotKind::Embedding { latent_h5ad, color_by, obsm, out } => {
+        PlotKind::Embedding { latent_h5ad, color_by, obsm, projection, out } => {
             anyhow::ensure!(latent_h5ad.is_file(), "{}: no such file", latent_h5ad.display());
-            written(&Embedding::from_h5ad(&latent_h5ad, &obsm, color_by.as_deref())?, &out.unwrap_or_else(|| prefix_beside(&latent_h5ad, "embedding")))
+            written(&Embedding::from_h5ad(&latent_h5ad, &obsm, color_by.as_deref(), projection)?, &out.unwrap_or_else(|| prefix_beside(&latent_h5ad, "embedding")))
         }
     }
 }

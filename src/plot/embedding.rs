@@ -1,7 +1,7 @@
-//! 2-D picture of a latent space coloured by an obs column. The projection is PCA (the first two
-//! principal components of the centred latent means, by power iteration on the d × d covariance): no
-//! UMAP crate fitted (see docs/plots.md), and the axis labels say "PC1" / "PC2" with the share of
-//! variance, so the picture never passes for a UMAP.
+//! 2-D picture of a latent space coloured by an obs column. The projection is PCA by default (the first
+//! two principal components of the centred latent means, by power iteration on the d × d covariance;
+//! the axis labels say "PC1" / "PC2" with the share of variance, so the picture never passes for a
+//! UMAP), or on request a seeded UMAP ([`crate::analysis::umap`]; axes "UMAP1" / "UMAP2").
 
 use super::{colour_bar, padded_range, pe, subsample, viridis, Figure, CATEGORICAL, MAX_POINTS};
 use crate::data::ObsColumn;
@@ -9,6 +9,16 @@ use anyhow::{bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
+
+/// The picture's 2-D projection of the latent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Projection {
+    /// The first two principal components (deterministic, milliseconds).
+    #[default]
+    Pca,
+    /// umap-learn's layout with scanpy's defaults (15 neighbours, min_dist 0.5), seeded; seconds.
+    Umap,
+}
 
 /// How points are coloured.
 #[derive(Clone, Debug, PartialEq)]
@@ -129,22 +139,37 @@ pub struct Embedding {
     pub n_cells: usize,
 }
 
+/// The cells drawn of a latent (n × d, row-major): a seeded subsample of at most MAX_POINTS, their rows
+/// in f64 (only the subsample is converted, so an embed of millions of cells stays cheap), and the
+/// title's count ("200 cells", "20000 of 50000 cells").
+fn drawn_cells<T: Copy + Into<f64>>(x: &[T], d: usize) -> Result<(usize, Vec<usize>, Vec<f64>, String)> {
+    if d == 0 || x.len() % d != 0 {
+        bail!("latent of {} values is not n × {d}", x.len());
+    }
+    let n = x.len() / d;
+    if n == 0 {
+        bail!("latent with no cells");
+    }
+    let idx = subsample(n, MAX_POINTS, 0);
+    let sub: Vec<f64> = idx.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().map(|&v| v.into())).collect();
+    let shown = if idx.len() < n { format!("{} of {n} cells", idx.len()) } else { format!("{n} cells") };
+    Ok((n, idx, sub, shown))
+}
+
 impl Embedding {
+    /// The latent (n × d, row-major) projected to 2-D as `projection` says (UMAP with scanpy's defaults).
+    pub fn of<T: Copy + Into<f64>>(x: &[T], d: usize, projection: Projection, colouring: Colouring, colour_label: &str, what: &str) -> Result<Embedding> {
+        match projection {
+            Projection::Pca => Embedding::pca_of(x, d, colouring, colour_label, what),
+            Projection::Umap => Embedding::umap_of(x, d, colouring, colour_label, what, &crate::analysis::umap::UmapOptions::default()),
+        }
+    }
+
     /// PCA of a latent (n × d, row-major) to 2-D, on a seeded subsample of at most MAX_POINTS cells.
-    /// Only the subsample is converted to f64, so an embed of millions of cells stays cheap.
     pub fn pca_of<T: Copy + Into<f64>>(x: &[T], d: usize, colouring: Colouring, colour_label: &str, what: &str) -> Result<Embedding> {
-        if d == 0 || x.len() % d != 0 {
-            bail!("latent of {} values is not n × {d}", x.len());
-        }
-        let n = x.len() / d;
-        if n == 0 {
-            bail!("latent with no cells");
-        }
-        let idx = subsample(n, MAX_POINTS, 0);
-        let sub: Vec<f64> = idx.iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().map(|&v| v.into())).collect();
+        let (n, idx, sub, shown) = drawn_cells(x, d)?;
         let (p, ratio) = pca(&sub, d, 2);
         let xy = (0..idx.len()).map(|i| (p[2 * i], p[2 * i + 1])).collect();
-        let shown = if idx.len() < n { format!("{} of {n} cells", idx.len()) } else { format!("{n} cells") };
         Ok(Embedding {
             title: format!("{what}: PCA of the latent ({shown}, {d} dims)"),
             colour_label: colour_label.to_string(),
@@ -157,9 +182,31 @@ impl Embedding {
         })
     }
 
-    /// From an .h5ad written by `splicevi embed`: obsm[`obsm`] coloured by obs[`colour_by`] (or, without
-    /// one, `cell_type` when present).
-    pub fn from_h5ad(path: &Path, obsm: &str, colour_by: Option<&str>) -> Result<Embedding> {
+    /// UMAP of a latent (n × d, row-major) to 2-D: only the drawn cells (the PCA's seeded subsample of at
+    /// most MAX_POINTS) are laid out, so its exact kNN stays O(MAX_POINTS²). With every cell drawn, `xy`
+    /// is the layout of all n cells in order.
+    pub fn umap_of<T: Copy + Into<f64>>(x: &[T], d: usize, colouring: Colouring, colour_label: &str, what: &str, o: &crate::analysis::umap::UmapOptions) -> Result<Embedding> {
+        use crate::analysis::umap::{umap_layout_init, Init};
+        let (n, idx, sub, shown) = drawn_cells(x, d)?;
+        let sub: Vec<f32> = sub.iter().map(|&v| v as f32).collect();
+        let (p, init) = umap_layout_init(&sub, d, o);
+        let xy = (0..idx.len()).map(|i| (p[2 * i], p[2 * i + 1])).collect();
+        // (a graph of several components starts from PCA, not umap-learn's per-component layout: say so)
+        let start = if init == Init::Pca { ", PCA start" } else { "" };
+        Ok(Embedding {
+            title: format!("{what}: UMAP of the latent ({shown}, {d} dims; n_neighbors {}, min_dist {}{start})", o.n_neighbors, o.min_dist),
+            colour_label: colour_label.to_string(),
+            xy,
+            colouring: colouring.select(&idx),
+            x_label: "UMAP1".into(),
+            y_label: "UMAP2".into(),
+            n_cells: n,
+        })
+    }
+
+    /// From an .h5ad written by `splicevi embed`: obsm[`obsm`] projected as `projection` says, coloured
+    /// by obs[`colour_by`] (or, without one, `cell_type` when present).
+    pub fn from_h5ad(path: &Path, obsm: &str, colour_by: Option<&str>, projection: Projection) -> Result<Embedding> {
         use crate::data::h5::{node, open, read_frame, Node};
         let f = open(path)?;
         let x = match node(&f, &format!("obsm/{obsm}")) {
@@ -184,7 +231,7 @@ impl Embedding {
             None => (Colouring::None, String::new()),
         };
         let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        Embedding::pca_of(&x.0, x.1, colouring, &label, &format!("{name} obsm[{obsm}]")).map_err(|e| super::in_file(path, anyhow::anyhow!("obsm/{obsm}: {e:#}")))
+        Embedding::of(&x.0, x.1, projection, colouring, &label, &format!("{name} obsm[{obsm}]")).map_err(|e| super::in_file(path, anyhow::anyhow!("obsm/{obsm}: {e:#}")))
     }
 }
 
@@ -205,7 +252,10 @@ impl Figure for Embedding {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let body = root.titled(&self.title, ("sans-serif", 20)).map_err(pe)?;
+        // A long title (a UMAP's parameters, "20000 of … cells", a long file name) shrinks to stay inside
+        // the 900 px: about half an em per character.
+        let title_size = (1720 / self.title.chars().count().max(1) as u32).clamp(12, 20);
+        let body = root.titled(&self.title, ("sans-serif", title_size)).map_err(pe)?;
         let (w, _) = body.dim_in_pixel();
         let side = match &self.colouring {
             Colouring::None => 0,
