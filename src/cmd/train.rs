@@ -230,7 +230,8 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     let (m0, t0) = presets::preset(args.preset_name())?;
     let mut model = serde_json::to_value(&m0)?;
     let mut train = serde_json::to_value(&t0)?;
-    // The model options given explicitly, and where: refused below when they would do nothing.
+    // The model and training options given explicitly (field, where): refused below when they would
+    // do nothing.
     let mut given: Vec<(String, String)> = Vec::new();
     let mut given_train: Vec<(String, String)> = Vec::new();
     if let Some(path) = &args.config {
