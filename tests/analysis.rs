@@ -590,7 +590,7 @@ fn commands_write_anndata_and_tsv_outputs() {
     assert!(!std::fs::read_to_string(p("eval.tsv")).unwrap().contains("cross_fold"));
     // §8.3 (opt-in): Leiden clustering of each latent and KMeans subcluster splits within cell types
     assert!(!std::fs::read_to_string(p("eval.tsv")).unwrap().contains("clustering"), "clustering rows without --clustering");
-    ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--clustering", "--subcluster-label", "cell_type", "--subcluster-of", "T1", "--subcluster-k", "2,4", "--no-plots", "--out"]).arg(p("eval_cl.tsv")));
+    let said = ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "cell_type", "--clustering", "--subcluster-label", "cell_type", "--subcluster-of", "T1", "--subcluster-k", "2,4", "--no-plots", "--out"]).arg(p("eval_cl.tsv")));
     let cl = std::fs::read_to_string(p("eval_cl.tsv")).unwrap();
     let val = |sec: &str, subset: &str, metric: &str| -> f64 {
         let l = cl.lines().find(|l| l.starts_with(&format!("{sec}\t{subset}\t")) && l.split('\t').nth(3) == Some(metric)).unwrap_or_else(|| panic!("no {sec} {subset} {metric} in\n{cl}"));
@@ -609,7 +609,8 @@ fn commands_write_anndata_and_tsv_outputs() {
         assert!(ami <= 1.0 + 1e-9 && ami >= -1.0 && (ov.is_nan() || (0.0..=1.0).contains(&ov)), "{pair}: {ami} {ov}");
     }
     assert!(!cl.lines().any(|l| l.starts_with("subcluster_split\t") && l.contains("cell_type=T0")), "--subcluster-of T1 scored T0");
-    // the per-class same-cluster overlap (every class, not only --subcluster-of's)
+    // the per-class same-cluster overlap (every class, not only --subcluster-of's), in the TSV only
+    assert!(said.contains("samecluster_overlap_mean") && !said.contains("samecluster_overlap_mean:"), "{said}");
     for class in ["T0", "T1", "T2"] {
         let ov = val("clustering", "splicing_vs_joint", &format!("samecluster_overlap_mean:cell_type={class}"));
         assert!(ov.is_nan() || (0.0..=1.0).contains(&ov), "{class}: {ov}");

@@ -508,7 +508,8 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
             println!("test_impute observed {method:<22} n = {}, pearson = {:.4}, l1_mean = {:.4}, rmse = {:.4}", m.n, m.pearson, m.l1_mean, m.rmse);
         }
     }
-    for r in &extra {
+    // (the per-class same-cluster overlaps, three latent pairs × two rows per class, stay in the TSV)
+    for r in extra.iter().filter(|r| !(r.section == "clustering" && r.metric.contains(':'))) {
         // (counts as integers)
         let v = if r.metric.starts_with("n_") && r.value.fract() == 0.0 { format!("{}", r.value) } else { format!("{:.4}", r.value) };
         println!("{:<16} {:<22} {} = {v}", r.section, r.subset, r.metric);
