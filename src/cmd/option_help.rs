@@ -60,7 +60,7 @@ pub const MODEL_HELP: &[OptionHelp] = &[
         "Splicing likelihood of the junction counts; bce fits PSI alone (no counts needed)",
         &["binomial", "beta_binomial", "dirichlet_multinomial", "bce"],
     ),
-    o("splicing_concentration", "No effect: stored and ignored, as in the original (model.md §3.4)"),
+    o("splicing_concentration", "No effect: the original stores and ignores it (model.md §3.4); refused when given"),
     e("dm_concentration", "Dirichlet-multinomial concentration: one per ATSE or one shared scalar (DM loss only)", &["atse", "scalar"]),
     o("lambda_prior", "Weight λ of the L2 prior on the log concentration (beta-binomial, DM): λ Σ log_phi² / batch"),
     o("splicing_loss_weight", "Multiplier of the splicing reconstruction loss (≥ 0)"),

@@ -161,7 +161,7 @@ pub struct ModelConfig {
     pub encode_covariates: bool,
     #[serde(alias = "splicing_loss")]
     pub splicing_loss_type: SplicingLoss,
-    /// Stored and ignored, as in the original (§3.4).
+    /// Stored and ignored, as in the original (§3.4); `train` refuses it when given (`inert_options`).
     pub splicing_concentration: Option<f64>,
     pub dm_concentration: DmConcentration,
     pub lambda_prior: f64,
@@ -487,6 +487,8 @@ impl ModelConfig {
             (self.encode_covariates && self.n_layers_encoder > 1) || (vanilla_expr && self.n_layers_decoder > 1),
             &|| "no layer past the first would get the covariates: they reach the encoders only with encode_covariates and n_layers_encoder > 1, the decoders only in the vanilla expression decoder with n_layers_decoder > 1".into(),
         );
+        // (kept for the original's argument list: its SPLICEVI stores it and reads it nowhere, §3.4)
+        check("splicing_concentration", self.splicing_concentration.is_some(), false, &|| "the original stores it and reads it nowhere (model.md §3.4), and so does splicevi".into());
         check("dm_concentration", self.dm_concentration != d.dm_concentration, loss == SplicingLoss::DirichletMultinomial, &|| {
             format!("only the Dirichlet-multinomial has it (splicing_loss_type = {loss})")
         });
@@ -589,6 +591,8 @@ mod tests {
             ("partial_center_psi", |c| c.partial_center_psi = true, &d, vanilla.clone()),
             ("partial_linear_output", |c| c.partial_linear_output = true, &d, vanilla.clone()),
         ];
+        // splicing_concentration never acts: set, it is listed whatever the rest
+        assert_eq!(inert(&ModelConfig { splicing_concentration: Some(5.0), ..d.clone() }), ["splicing_concentration"]);
         for (field, set, acts, rests) in cases {
             let (mut a, mut r) = (acts.clone(), rests.clone());
             assert!(inert(&r).is_empty() && inert(&a).is_empty(), "{field}: the bases list nothing");
