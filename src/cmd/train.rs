@@ -308,7 +308,7 @@ fn check_inert_options(value: &Value, inert: Vec<(&'static str, String)>, given:
                 v => v.to_string(),
             };
             let said = given_as(given, field, &format!("--{}", field.replace('_', "-")), &v);
-            anyhow::bail!("{said} has no effect here: {why}. Leave it out, or change the option it depends on");
+            anyhow::bail!("{said} has no effect here: {why}; leave it out");
         }
     }
     Ok(())
