@@ -869,7 +869,7 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     // of fewer than 5 cells out of the classifiers; stderr says how many and which.
     let mut ds = splicevi::data::load::load(&data, &DataOptions::default()).unwrap();
     let col = ds.obs.iter_mut().find(|(n, _)| n == "cell_type").map(|(_, c)| c).unwrap();
-    let splicevi::data::ObsColumn::Categorical { codes, categories } = col else { panic!("cell_type is not categorical") };
+    let splicevi::data::ObsColumn::Categorical { codes, categories, .. } = col else { panic!("cell_type is not categorical") };
     categories.push("rare".into());
     codes[..7].iter_mut().for_each(|c| *c = -1);
     codes[7..10].iter_mut().for_each(|c| *c = categories.len() as i32 - 1);

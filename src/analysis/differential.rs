@@ -125,7 +125,7 @@ pub struct Groups {
 impl Groups {
     fn of(col: &ObsColumn) -> Groups {
         match col {
-            ObsColumn::Categorical { categories, codes } => {
+            ObsColumn::Categorical { categories, codes, .. } => {
                 let used: Vec<usize> = (0..categories.len()).filter(|&i| codes.contains(&(i as i32))).collect();
                 let mut level = vec![None; categories.len()];
                 used.iter().enumerate().for_each(|(l, &c)| level[c] = Some(l));

@@ -70,7 +70,9 @@ impl Splicing {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ObsColumn {
     /// Categorical: `codes[i]` indexes `categories`; -1 = missing.
-    Categorical { codes: Vec<i32>, categories: Vec<String> },
+    /// `int_categories`: the categories were integers of this stored type (held here as their exact
+    /// decimal strings) and are written back as such; None for string categories.
+    Categorical { codes: Vec<i32>, categories: Vec<String>, int_categories: Option<IntWidth> },
     /// Floating-point numbers (NaN = missing).
     Numeric(Vec<f64>),
     /// Integers, kept apart from floats so the outputs write them back as integers.
@@ -162,7 +164,7 @@ impl ObsColumn {
     /// The column as strings (categorical labels, numbers formatted, text as is).
     pub fn as_strings(&self) -> Vec<String> {
         match self {
-            ObsColumn::Categorical { codes, categories } => codes
+            ObsColumn::Categorical { codes, categories, .. } => codes
                 .iter()
                 .map(|&c| if c < 0 { String::from("nan") } else { categories[c as usize].clone() })
                 .collect(),

@@ -239,10 +239,10 @@ fn read_i64_sel(ds: &HDataset, sel: Sel) -> Result<Vec<i64>> {
     }
 }
 
-/// An integer dataset's values and stored type; None for a dataset of another type.
-fn read_ints(ds: &HDataset) -> Result<Option<(Vec<i128>, IntWidth)>> {
+/// The integer type an HDF5 type descriptor names; None for another type.
+fn int_width(td: &TD) -> Option<IntWidth> {
     use hdf5::types::IntSize::{U1, U2, U4, U8};
-    let width = match descriptor(ds)? {
+    Some(match td {
         TD::Integer(U1) => IntWidth::I8,
         TD::Integer(U2) => IntWidth::I16,
         TD::Integer(U4) => IntWidth::I32,
@@ -251,8 +251,13 @@ fn read_ints(ds: &HDataset) -> Result<Option<(Vec<i128>, IntWidth)>> {
         TD::Unsigned(U2) => IntWidth::U16,
         TD::Unsigned(U4) => IntWidth::U32,
         TD::Unsigned(U8) => IntWidth::U64,
-        _ => return Ok(None),
-    };
+        _ => return None,
+    })
+}
+
+/// An integer dataset's values and stored type; None for a dataset of another type.
+fn read_ints(ds: &HDataset) -> Result<Option<(Vec<i128>, IntWidth)>> {
+    let Some(width) = int_width(&descriptor(ds)?) else { return Ok(None) };
     if width == IntWidth::U64 {
         // (read as i64, HDF5 would clamp the values above i64::MAX)
         return Ok(Some((read_sel::<u64>(ds, Sel::All)?.into_iter().map(i128::from).collect(), width)));
@@ -687,7 +692,12 @@ fn codes_and_categories(codes_ds: &HDataset, cats: &Container) -> Result<ObsColu
     if let Some(i) = codes.iter().position(|&c| c >= categories.len() as i32) {
         bail!("row {i}: categorical code {} out of range ({} categories)", codes[i], categories.len());
     }
-    Ok(ObsColumn::Categorical { codes, categories })
+    // (integer categories keep their stored type for the writers; read_strings gave their exact digits)
+    let int_categories = match descriptor(cats)? {
+        TD::Integer(_) | TD::Unsigned(_) => int_width(&descriptor(cats)?),
+        _ => None,
+    };
+    Ok(ObsColumn::Categorical { codes, categories, int_categories })
 }
 
 /// Categorical with sorted unique values of `vals` as categories, `None` as missing (code -1).
@@ -696,7 +706,7 @@ fn categorical_from(vals: Vec<Option<String>>) -> ObsColumn {
     categories.sort();
     categories.dedup();
     let codes = vals.iter().map(|v| v.as_ref().map_or(-1, |s| categories.binary_search(s).unwrap() as i32)).collect();
-    ObsColumn::Categorical { codes, categories }
+    ObsColumn::Categorical { codes, categories, int_categories: None }
 }
 
 fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
@@ -758,7 +768,7 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
                     let v = read_sel::<bool>(&ds("values")?, Sel::All)?;
                     let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
                     let codes = v.iter().zip(&m).map(|(&v, &m)| if m { -1 } else { v as i32 }).collect();
-                    ObsColumn::Categorical { codes, categories: vec!["False".into(), "True".into()] }
+                    ObsColumn::Categorical { codes, categories: vec!["False".into(), "True".into()], int_categories: None }
                 }
                 "nullable-string-array" => {
                     let v = read_strings(&*ds("values")?)?;
@@ -863,7 +873,7 @@ fn read_checked(
 /// numeric (then ATSEs sort numerically, as pandas does).
 pub fn event_ids(col: &ObsColumn) -> (Vec<Option<String>>, bool) {
     match col {
-        ObsColumn::Categorical { codes, categories } => {
+        ObsColumn::Categorical { codes, categories, .. } => {
             (codes.iter().map(|&c| (c >= 0).then(|| categories[c as usize].clone())).collect(), false)
         }
         ObsColumn::Text(v) => (v.iter().map(|s| Some(s.clone())).collect(), false),
@@ -898,8 +908,8 @@ fn frame_rows(file: &str, frame: &Frame, cells: &[String]) -> Result<Option<Vec<
 
 fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
     match c {
-        ObsColumn::Categorical { codes, categories } => {
-            ObsColumn::Categorical { codes: rows.iter().map(|&r| codes[r]).collect(), categories: categories.clone() }
+        ObsColumn::Categorical { codes, categories, int_categories } => {
+            ObsColumn::Categorical { codes: rows.iter().map(|&r| codes[r]).collect(), categories: categories.clone(), int_categories: *int_categories }
         }
         ObsColumn::Numeric(v) => ObsColumn::Numeric(rows.iter().map(|&r| v[r]).collect()),
         ObsColumn::Int(c) => ObsColumn::Int(c.take(rows)),

@@ -226,11 +226,17 @@ pub fn uns_value(parent: &Group, name: &str, v: &UnsValue) -> Result<()> {
 /// A dataframe column in the anndata encoding.
 pub fn column(parent: &Group, name: &str, col: &ObsColumn, c: Compression) -> Result<()> {
     match col {
-        ObsColumn::Categorical { codes, categories } => {
+        ObsColumn::Categorical { codes, categories, int_categories } => {
             let g = new_group(parent, name)?;
             encoding(&g, "categorical", "0.2.0")?;
             g.new_attr::<bool>().shape(()).create("ordered")?.write_scalar(&false)?;
-            string_array(&g, "categories", categories)?;
+            match int_categories {
+                Some(width) => {
+                    let v = categories.iter().map(|s| s.parse::<i128>().map_err(|_| anyhow::anyhow!("categorical column {name}: category {s:?} is not an integer"))).collect::<Result<Vec<i128>>>()?;
+                    int_array(&g, "categories", &v, *width, c)?;
+                }
+                None => string_array(&g, "categories", categories)?,
+            }
             if let Some(&bad) = codes.iter().find(|&&x| x < -1 || x >= categories.len() as i32) {
                 bail!("categorical column {name}: code {bad} outside 0..{}", categories.len());
             }
@@ -836,7 +842,7 @@ pub fn default_var_tables(ds: &Dataset) -> (Option<VarTable>, VarTable) {
         names: ds.gene_names.clone(),
         columns: vec![(
             "modality".into(),
-            ObsColumn::Categorical { codes: vec![0; ds.n_genes()], categories: vec!["Gene_Expression".into()] },
+            ObsColumn::Categorical { codes: vec![0; ds.n_genes()], categories: vec!["Gene_Expression".into()], int_categories: None },
         )],
         varm: vec![],
     });
@@ -853,7 +859,7 @@ pub fn default_var_tables(ds: &Dataset) -> (Option<VarTable>, VarTable) {
     }
     cols.push((
         "modality".into(),
-        ObsColumn::Categorical { codes: vec![0; s.n_junctions], categories: vec!["Splicing".into()] },
+        ObsColumn::Categorical { codes: vec![0; s.n_junctions], categories: vec!["Splicing".into()], int_categories: None },
     ));
     (rna, VarTable { names: s.junction_names.clone(), columns: cols, varm: vec![] })
 }

@@ -238,7 +238,7 @@ pub fn to_categorical(file: &str, field: &str, name: &str, flag: &str, col: &Obs
         DataError::new(file, field, format!("missing value (NaN) in the column named by {flag}: a categorical covariate needs a level for every cell")).cell(i, cells).into()
     };
     let (codes, levels) = match col {
-        ObsColumn::Categorical { codes, categories } => {
+        ObsColumn::Categorical { codes, categories, .. } => {
             if let Some(i) = codes.iter().position(|&c| c < 0) {
                 return Err(missing(i));
             }

@@ -33,7 +33,7 @@ pub enum Colouring {
 impl Colouring {
     pub fn from_obs(col: &ObsColumn) -> Colouring {
         match col {
-            ObsColumn::Categorical { codes, categories } => Colouring::Categories { codes: codes.iter().map(|&c| (c >= 0).then_some(c as usize)).collect(), names: categories.clone() },
+            ObsColumn::Categorical { codes, categories, .. } => Colouring::Categories { codes: codes.iter().map(|&c| (c >= 0).then_some(c as usize)).collect(), names: categories.clone() },
             ObsColumn::Bool(v) => Colouring::Categories { codes: v.iter().map(|&b| Some(b as usize)).collect(), names: vec!["False".into(), "True".into()] },
             ObsColumn::Text(v) => {
                 let mut names: Vec<String> = v.clone();
