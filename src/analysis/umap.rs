@@ -176,53 +176,18 @@ fn axpy(y: &mut [f64], s: f64, x: &[f64]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += s * x);
 }
 
-/// Eigen-decomposition of a symmetric m × m matrix (row-major) by cyclic Jacobi rotations: eigenvalues in
-/// decreasing order and the matching eigenvectors (column c of the returned row-major m × m matrix).
-fn symmetric_eigen(mut a: Vec<f64>, m: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut v = vec![0.0; m * m];
-    (0..m).for_each(|i| v[i * m + i] = 1.0);
-    let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().max(1e-300);
-    for _sweep in 0..100 {
-        let off: f64 = (0..m).flat_map(|p| (p + 1..m).map(move |q| (p, q))).map(|(p, q)| a[p * m + q] * a[p * m + q]).sum();
-        if off <= 1e-30 * scale {
-            break;
-        }
-        for p in 0..m {
-            for q in p + 1..m {
-                let apq = a[p * m + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let theta = (a[q * m + q] - a[p * m + p]) / (2.0 * apq);
-                let t = if theta >= 0.0 { 1.0 } else { -1.0 } / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..m {
-                    let (akp, akq) = (a[k * m + p], a[k * m + q]);
-                    a[k * m + p] = c * akp - s * akq;
-                    a[k * m + q] = s * akp + c * akq;
-                }
-                for k in 0..m {
-                    let (apk, aqk) = (a[p * m + k], a[q * m + k]);
-                    a[p * m + k] = c * apk - s * aqk;
-                    a[q * m + k] = s * apk + c * aqk;
-                }
-                for k in 0..m {
-                    let (vkp, vkq) = (v[k * m + p], v[k * m + q]);
-                    v[k * m + p] = c * vkp - s * vkq;
-                    v[k * m + q] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
+/// Eigen-decomposition of a symmetric m × m matrix (row-major): [`crate::train::svd::sym_eig`]'s
+/// cyclic Jacobi, its eigenvalues in decreasing order and the matching eigenvectors (column c of the
+/// returned row-major m × m matrix).
+fn symmetric_eigen(a: Vec<f64>, m: usize) -> (Vec<f64>, Vec<f64>) {
+    let (vals, v) = crate::train::svd::sym_eig(a, m);
     let mut order: Vec<usize> = (0..m).collect();
-    order.sort_by(|&i, &j| a[j * m + j].total_cmp(&a[i * m + i]).then(i.cmp(&j)));
-    let vals = order.iter().map(|&i| a[i * m + i]).collect();
+    order.sort_by(|&i, &j| vals[j].total_cmp(&vals[i]).then(i.cmp(&j)));
     let mut vecs = vec![0.0; m * m];
     for (c, &i) in order.iter().enumerate() {
         (0..m).for_each(|k| vecs[k * m + c] = v[k * m + i]);
     }
-    (vals, vecs)
+    (order.iter().map(|&i| vals[i]).collect(), vecs)
 }
 
 /// umap's spectral initialisation: the 2 eigenvectors of N = D^-1/2 W D^-1/2 after the trivial one

@@ -73,7 +73,7 @@ fn orthonormalize(a: &mut [f64], rows: usize, k: usize) {
 
 /// Eigen-decomposition of a small symmetric matrix (cyclic Jacobi). Returns (eigenvalues, eigenvectors
 /// as columns of a row-major k × k matrix).
-fn sym_eig(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn sym_eig(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
     let mut v = vec![0.0; k * k];
     (0..k).for_each(|i| v[i * k + i] = 1.0);
     for _sweep in 0..100 {
