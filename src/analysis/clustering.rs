@@ -504,10 +504,10 @@ pub fn clustering_rows(lat: &[Vec<f32>], dims: &[usize], labels: Option<(&str, &
         rows.push(row(sec, &subset, method, "ami".into(), ami(&clusters[a], &clusters[b])));
         if let Some((col, classes, l)) = labels {
             for (k, class) in classes.iter().enumerate() {
-                let v: Vec<f64> = ov.iter().zip(l).filter(|(o, c)| **c == Some(k as u32) && !o.is_nan()).map(|(o, _)| *o).collect();
                 if l.iter().all(|c| *c != Some(k as u32)) {
                     continue;
                 }
+                let v: Vec<f64> = ov.iter().zip(l).filter(|(o, c)| **c == Some(k as u32) && !o.is_nan()).map(|(o, _)| *o).collect();
                 let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
                 rows.push(row(sec, &subset, method, format!("n_cells_overlap:{col}={class}"), v.len() as f64));
                 rows.push(row(sec, &subset, method, format!("samecluster_overlap_mean:{col}={class}"), mean));

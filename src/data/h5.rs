@@ -693,10 +693,7 @@ fn codes_and_categories(codes_ds: &HDataset, cats: &Container) -> Result<ObsColu
         bail!("row {i}: categorical code {} out of range ({} categories)", codes[i], categories.len());
     }
     // (integer categories keep their stored type for the writers; read_strings gave their exact digits)
-    let int_categories = match descriptor(cats)? {
-        TD::Integer(_) | TD::Unsigned(_) => int_width(&descriptor(cats)?),
-        _ => None,
-    };
+    let int_categories = int_width(&descriptor(cats)?);
     Ok(ObsColumn::Categorical { codes, categories, int_categories })
 }
 
