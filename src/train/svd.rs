@@ -72,13 +72,16 @@ fn orthonormalize(a: &mut [f64], rows: usize, k: usize) {
 }
 
 /// Eigen-decomposition of a small symmetric matrix (cyclic Jacobi). Returns (eigenvalues, eigenvectors
-/// as columns of a row-major k × k matrix).
+/// as columns of a row-major k × k matrix). Converged when the off-diagonal norm is 1e-14 of the
+/// matrix's (relative, so a matrix of tiny or huge entries is resolved as well as one of unit scale).
 pub(crate) fn sym_eig(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!(a.len(), k * k);
     let mut v = vec![0.0; k * k];
     (0..k).for_each(|i| v[i * k + i] = 1.0);
+    let total_sq: f64 = a.iter().map(|x| x * x).sum();
     for _sweep in 0..100 {
         let off: f64 = (0..k).flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * k + j].powi(2)).sum();
-        if off < 1e-22 {
+        if off <= 1e-28 * total_sq.max(f64::MIN_POSITIVE) {
             break;
         }
         for p in 0..k {
