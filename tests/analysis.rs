@@ -768,6 +768,16 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["evaluate".into(), "--subcluster-label".into(), "cell_type".into(), "--subcluster-k".into(), "1,4".into()], "--subcluster-k"),
         (vec!["evaluate".into(), "--clustering".into(), "--leiden-resolution".into(), "0".into()], "--leiden-resolution"),
         (vec!["diff-splicing".into(), "--groupby".into(), "cell_type".into(), "--n-samples".into(), "0".into()], "--n-samples (posterior samples of z per drawn cell)"),
+        // |ΔPSI| is at most 1: a δ of 1.5 called nothing, silently; a p-value bound of 2 filtered nothing
+        (vec!["diff-splicing".into(), "--groupby".into(), "cell_type".into(), "--delta".into(), "1.5".into()], "--delta (the minimum |ΔPSI|) must be below 1"),
+        (vec!["diff-splicing".into(), "--groupby".into(), "cell_type".into(), "--max-emp-pvalue".into(), "2".into()], "--max-emp-pvalue (the empirical p-value bound) must be in (0, 1]"),
+        // an option of a block (or of --train) that is not asked for would do nothing: refused, not ignored
+        (vec!["evaluate".into(), "--preset".into(), "paper".into()], "--train"),
+        (vec!["evaluate".into(), "--quiet".into()], "--train"),
+        (vec!["evaluate".into(), "--leiden-resolution".into(), "2".into()], "--clustering"),
+        (vec!["evaluate".into(), "--cluster-neighbors".into(), "10".into()], "--clustering"),
+        (vec!["evaluate".into(), "--subcluster-k".into(), "2,4".into()], "--subcluster-label"),
+        (vec!["evaluate".into(), "--resample-fraction".into(), "0.5".into(), "--mask-fraction".into(), "0.5".into()], "--mask-fraction"),
     ];
     for (args, needle) in cases {
         let mut cmd = bin();

@@ -50,6 +50,14 @@ print("ok", a.n_obs)
         Ok(o) => panic!("anndata could not read the embedding:\n{}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => panic!("no python ({e}); set SPLICEVI_SKIP_PYTHON=1 to skip"),
     }
+    // The block size is --block-cells, as in the other analyses (--batch-size, its old name, still
+    // works); the means do not depend on it.
+    for (flag, name) in [("--block-cells", "b7.h5ad"), ("--batch-size", "b9.h5ad")] {
+        let size = if flag == "--block-cells" { "7" } else { "9" };
+        ok(bin().arg("embed").arg(&run).arg(&data).arg("--out").arg(tmp.path().join(name)).args(["--modality", "splicing", "--no-plots", flag, size]));
+    }
+    let text = fails(bin().arg("embed").arg(&run).arg(&data).arg("--out").arg(tmp.path().join("b0.h5ad")).args(["--block-cells", "0"]));
+    assert!(text.contains("--block-cells must be at least 1"), "{text}");
 }
 
 #[test]
@@ -247,6 +255,19 @@ fn a_run_that_diverges_says_which_checkpoint_it_keeps() {
     assert!(text.contains("no checkpoint"), "{text}");
     ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
     assert!(run.join("model.safetensors").exists());
+}
+
+/// A data set too small to leave a validation cell at the default train_size says so in the last line
+/// (it used to blame train_size 1), and the divergence message counts epochs from 1 throughout.
+#[test]
+fn a_run_without_validation_cells_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("nine.h5mu");
+    ok(bin().args(["simulate", "--size", "toy", "--n-cells", "9", "--seed", "0", "--out"]).arg(&data));
+    let text = ok(bin().arg("train").arg(&data).arg("--out").arg(tmp.path().join("r9")).args(["--max-epochs", "1", "--no-plots"]));
+    assert!(text.contains("no validation cells: train_size 0.9 of 9 cells, rounded up, leaves none (9 train)"), "{text}");
+    let text = ok(bin().arg("train").arg(&data).arg("--out").arg(tmp.path().join("r1")).args(["--max-epochs", "1", "--train-size", "1", "--no-plots"]));
+    assert!(text.contains("no validation cells: train_size 1)"), "{text}");
 }
 
 /// TOML has no null: a --config file clears an optional option with "none", as the flag does, and

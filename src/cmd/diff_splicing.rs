@@ -124,6 +124,12 @@ pub struct DiffSplicingArgs {
 }
 
 pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
+    // ΔPSI lies in [-1, 1]: a δ of 1 or more can call nothing. (diff-expression's δ, a log fold
+    // change, has no such bound: ChangeOptions::validate checks only δ ≥ 0.)
+    anyhow::ensure!(args.delta < 1.0 || args.delta.is_nan(), "--delta (the minimum |ΔPSI|) must be below 1, got {}: |ΔPSI| is at most 1", args.delta);
+    if let Some(p) = args.max_emp_pvalue {
+        anyhow::ensure!(p > 0.0 && p <= 1.0, "--max-emp-pvalue (the empirical p-value bound) must be in (0, 1], got {p}");
+    }
     crate::util::check_output(&args.groups.out, &[&args.data], &[&args.run_dir])?;
     if !args.no_plots {
         super::plot::check_picture_outputs(&crate::plot::prefix_beside(&args.groups.out, "volcano"), &[&args.data], &[&args.run_dir])?;
@@ -136,7 +142,7 @@ pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: cr
     let mut opts = args.groups.change_options(args.delta, &o.run.batch_levels, &base)?;
     opts.min_obs_cells = args.min_obs_cells.unwrap_or(base.min_obs_cells);
     opts.max_emp_pvalue = match args.max_emp_pvalue {
-        Some(p) if p >= 1.0 => None,
+        Some(p) if p == 1.0 => None, // (1 filters nothing)
         Some(p) => Some(p),
         None => base.max_emp_pvalue,
     };

@@ -35,9 +35,9 @@ pub struct EmbedArgs {
     /// Which latent goes to obsm["X_splicevi"] and the picture (all three are written either way).
     #[arg(long, value_enum, default_value = "joint")]
     pub modality: LatentKind,
-    /// Cells per inference block.
-    #[arg(long, default_value_t = 1024)]
-    pub batch_size: usize,
+    /// Cells encoded per block (the other analyses' name; `--batch-size`, its old name here, still works).
+    #[arg(long, alias = "batch-size", default_value_t = 1024)]
+    pub block_cells: usize,
     /// obs column colouring the embedding picture (default: cell_type if present, else the first categorical column).
     #[arg(long)]
     pub color_by: Option<String>,
@@ -49,12 +49,12 @@ pub struct EmbedArgs {
     pub projection: Projection,
 }
 
-/// Posterior means (joint qz_m, expression mu_e, splicing mu_s) of every cell, row-major, `batch_size`
+/// Posterior means (joint qz_m, expression mu_e, splicing mu_s) of every cell, row-major, `block_cells`
 /// cells at a time; on `device` when it is a GPU (the CUDA step's encoders, `Posterior::use_device`).
 pub fn latents(
     run_dir: &std::path::Path,
     ds: &crate::data::Dataset,
-    batch_size: usize,
+    block_cells: usize,
     device: &crate::device::Device,
     precision: crate::cuda::gemm::GemmPrecision,
 ) -> Result<[Mat<f32>; 3]> {
@@ -65,7 +65,7 @@ pub fn latents(
     super::analysis_device(&mut post, device, precision, "embed")?;
     let n = ds.n_cells();
     let cells: Vec<usize> = (0..n).collect();
-    let ([a, b, c], [wa, wb, wc]) = post.latent_means(&cells, batch_size)?;
+    let ([a, b, c], [wa, wb, wc]) = post.latent_means(&cells, block_cells)?;
     Ok([Mat::from_vec(n, wa, a), Mat::from_vec(n, wb, b), Mat::from_vec(n, wc, c)])
 }
 
@@ -74,7 +74,7 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
     if !args.no_plots {
         super::plot::check_picture_outputs(&crate::plot::prefix_beside(&args.out, "embedding"), &[&args.data], &[&args.run_dir])?;
     }
-    anyhow::ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
+    anyhow::ensure!(args.block_cells >= 1, "--block-cells must be at least 1");
     let run = crate::train::trainer::read_run_config(&args.run_dir)?;
     let mut ds = crate::analysis::posterior::load_for_run(&args.data, &run.data, &args.run_dir)?;
     // the batch codes in the run's order (the encoders' covariates, with --encode-covariates)
@@ -84,7 +84,7 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
             anyhow::bail!("--color-by: no obs column `{c}` (obs has: {})", ds.obs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
         }
     }
-    let [joint, expr, spl] = latents(&args.run_dir, &ds, args.batch_size, device, precision)?;
+    let [joint, expr, spl] = latents(&args.run_dir, &ds, args.block_cells, device, precision)?;
     let chosen = match args.modality {
         LatentKind::Joint => &joint,
         LatentKind::Expression => &expr,

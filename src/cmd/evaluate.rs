@@ -36,13 +36,13 @@ pub struct EvaluateArgs {
     #[arg(long, requires = "train")]
     pub train_dir: Option<PathBuf>,
     /// With --train: option preset (default | paper | robust).
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", requires = "train")]
     pub preset: String,
     /// With --train: TOML file with [model] and [train] tables.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// No per-epoch lines while training.
-    #[arg(long)]
+    /// With --train: no per-epoch lines while training.
+    #[arg(long, requires = "train")]
     pub quiet: bool,
     /// Output TSV (long format: section, subset, method, metric, value). Names holding a tab, a line
     /// break or `"` are quoted as pandas quotes them, here and in OUT.pairs.tsv.
@@ -89,10 +89,10 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub clustering: bool,
     /// Leiden resolution of --clustering (the original: 1.0).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, requires = "clustering")]
     pub leiden_resolution: f64,
     /// Neighbours of --clustering's graph, the cell itself counted (scanpy's n_neighbors; the original: 15).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, requires = "clustering")]
     pub cluster_neighbors: usize,
     /// obs column of the original's `subcluster_split_eval` (model.md §8.3), section `subcluster_split`:
     /// within each class of 20 or more cells (or those of --subcluster-of), a seeded 50/50 split,
@@ -105,11 +105,11 @@ pub struct EvaluateArgs {
     pub subcluster_of: Vec<String>,
     /// KMeans cluster counts of --subcluster-label (comma-separated; each at least 2; a k of half a
     /// class's cells or more is skipped for that class).
-    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4, 8, 16])]
+    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4, 8, 16], requires = "subcluster_label")]
     pub subcluster_k: Vec<usize>,
-    /// Fraction of each cell's observed ATSEs masked (at least one). Not read with --resample-fraction
-    /// or --resampled-input (the down-sampling replaces the masking).
-    #[arg(long, default_value_t = 0.25)]
+    /// Fraction of each cell's observed ATSEs masked (at least one). Not with --resample-fraction or
+    /// --resampled-input (the down-sampling replaces the masking).
+    #[arg(long, default_value_t = 0.25, conflicts_with_all = ["resample_fraction", "resampled_input"])]
     pub mask_fraction: f64,
     /// Seed of the masking, subsampling and classifier split (and of the posterior samples with
     /// --n-samples).

@@ -171,7 +171,7 @@ fn check_resume_flags(args: &TrainArgs) -> Result<()> {
         given.push(format!("--config {}", c.display()));
     }
     if args.data_options != DataOptions::default() {
-        given.push("data options (--batch-key, layers, covariates, ...)".into());
+        given.push("a data option (--batch-key, layers, covariates, ...)".into());
     }
     let flags = |v: &Value| -> Vec<String> { v.as_object().map(|o| o.keys().map(|k| format!("--{}", OptionTable::flag(k))).collect()).unwrap_or_default() };
     given.extend(flags(&args.options.model));
@@ -407,6 +407,17 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
     Ok(())
 }
 
+/// Why a run has no validation cells: train_size 1, or a data set so small that train_size's share
+/// (rounded up, as scvi rounds it) takes every cell.
+fn no_validation_reason(t: &Trainer<'_>) -> String {
+    let ts = t.run.train.train_size;
+    if ts >= 1.0 {
+        return "no validation cells: train_size 1".to_string();
+    }
+    let n = t.ds.n_cells();
+    format!("no validation cells: train_size {ts} of {n} cells, rounded up, leaves none ({} train)", t.train_cells.len())
+}
+
 /// The last line of a training: epochs, and the validation loss of the weights the checkpoint holds
 /// (the best epoch's when early stopping restored them; epochs counted from 1).
 fn done_line(t: &Trainer<'_>) -> String {
@@ -415,7 +426,7 @@ fn done_line(t: &Trainer<'_>) -> String {
     let last = t.log.epochs.last();
     let es = &t.state.early_stopping;
     match (t.restored_best, es.best, es.best_epoch) {
-        _ if t.validation_cells.is_empty() => format!("{head}; final validation reconstruction loss n/a (no validation cells: train_size 1)"),
+        _ if t.validation_cells.is_empty() => format!("{head}; final validation reconstruction loss n/a ({})", no_validation_reason(t)),
         (true, Some(best), Some(e)) => format!(
             "{head}; restored the weights of epoch {}, the best (validation reconstruction loss {best:.4}; the last epoch's was {})",
             e + 1,

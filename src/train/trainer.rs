@@ -766,7 +766,7 @@ impl<'a> Trainer<'a> {
             let opts = StepOptions { kl_weight: kl as f64, cross_gate: 1.0, training: false, use_z_mean: false, routing: None, seed, noise: Noise::Seeded };
             if let Some(dr) = self.device.as_mut() {
                 let (_, host) = device_batch(self.ds, &self.model, dr.resident.as_deref(), cells, &opts)?;
-                let out = dr.model.forward_backward_prepared(&host, &opts, &mut |_| Ok(None), false).with_context(|| format!("validation at epoch {epoch}"))?;
+                let out = dr.model.forward_backward_prepared(&host, &opts, &mut |_| Ok(None), false).with_context(|| format!("validation in epoch {}", epoch + 1))?;
                 let global = self.state.global_step;
                 let bad = |term: &str| NonFinite { epoch, step: global, term: format!("validation {term}") };
                 check_sums(&out.rl_expr, &out.rl_spl, &out.kl, out.penalty, out.concentration_prior, out.loss, &bad)?;
@@ -774,7 +774,7 @@ impl<'a> Trainer<'a> {
                 continue;
             }
             let batch = Batch::from_dataset(self.ds, cells, true)?;
-            let fwd = self.model.forward(&self.params, &batch, &opts).with_context(|| format!("validation at epoch {epoch}"))?;
+            let fwd = self.model.forward(&self.params, &batch, &opts).with_context(|| format!("validation in epoch {}", epoch + 1))?;
             let bad = |term: &str| NonFinite { epoch, step: self.state.global_step, term: format!("validation {term}") };
             check_terms(&fwd.out, &bad)?;
             m.add_validation(&fwd.out);
