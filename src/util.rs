@@ -32,6 +32,10 @@ impl Drop for TempRegistration {
 /// before any destructor runs and leaves `.NAME.XXXXXX.tmp` files beside the outputs. (Completed
 /// outputs and checkpoints are not touched: they were renamed into place whole.) Call once at start-up.
 pub fn remove_temp_files_on_signal() {
+    // A file-size limit (`ulimit -f`) would end the process by SIGXFSZ, leaving the temporary files
+    // and no message; ignored, the write fails with EFBIG instead, reported and cleaned up as any error.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no handler to race with.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let _ = ctrlc::set_handler(|| {
         let v = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
         for p in v.iter() {
@@ -68,7 +72,8 @@ where
         .with_context(|| format!("{}: cannot write in {}", path.display(), dir.display()))?;
     let tmp_path = tmp.into_temp_path();
     let _registered = TempRegistration::new(&tmp_path);
-    write(&tmp_path)?;
+    // (the writers' own errors - a full disk, HDF5's - rarely name the file)
+    write(&tmp_path).with_context(|| format!("writing {}", path.display()))?;
     // tempfile creates 0600 files; outputs should be readable like any other file the user writes.
     #[cfg(unix)]
     {

@@ -236,6 +236,28 @@ fn an_interrupted_write_leaves_no_file() {
     assert!(!out.exists(), "a half-written output was renamed into place");
 }
 
+/// A file-size limit (`ulimit -f`) makes the write fail with an error naming the output, and its
+/// temporary file is removed (SIGXFSZ used to end the process silently, leaving it behind).
+#[test]
+fn a_file_size_limit_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("toy.h5mu");
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -f 50; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_splicevi"))
+        .args(["simulate", "--size", "toy", "--seed", "0", "--out"])
+        .arg(&out)
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "not an error exit (a signal?): {:?}\n{err}", o.status);
+    assert!(err.contains(&format!("writing {}", out.display())), "{err}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// A run that diverges in its first epoch leaves no checkpoint: the error says so (not "the last good
 /// checkpoint is kept"), the analyses and --resume say there is none, and training into the directory
 /// again needs no --overwrite (there is nothing to keep).
