@@ -289,20 +289,61 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     if train.n_epochs_kl_warmup.unwrap_or(0) == 0 && model.warmup_routing != ModelConfig::default().warmup_routing && model_inert.iter().all(|(f, _)| *f != "warmup_routing") {
         model_inert.push(("warmup_routing", "there is no KL warm-up (n_epochs_kl_warmup is none or 0), and it routes the latent during the warm-up".into()));
     }
-    check_inert_options(&serde_json::to_value(&model)?, model_inert, &given)?;
-    check_inert_options(&serde_json::to_value(&train)?, train.inert_options(), &given_train)?;
+    check_inert_options(&serde_json::to_value(&model)?, &serde_json::to_value(&m0)?, model_inert, &given)?;
+    check_inert_options(&serde_json::to_value(&train)?, &serde_json::to_value(&t0)?, train.inert_options(), &given_train)?;
     check_dispersion_keys(&model, &args.data_options, &given)?;
+    check_data_inert_options(&model, &m0, &train, &t0, &args.data_options, &given, &given_train)?;
     Ok((model, train))
+}
+
+/// Options that the data options leave with nothing to act on, refused as [`check_inert_options`]
+/// refuses the others (given explicitly, away from the preset's value): the covariate options without
+/// any covariate (a batch of one level adds nothing to a layer, as in scvi's FCLayers), the adversary's
+/// switch without batches, labels without the dispersion that reads them.
+fn check_data_inert_options(
+    model: &ModelConfig,
+    m0: &ModelConfig,
+    train: &TrainConfig,
+    t0: &TrainConfig,
+    data: &DataOptions,
+    given: &[(String, String)],
+    given_train: &[(String, String)],
+) -> Result<()> {
+    let no_covariates = data.batch_key.is_none() && data.categorical_covariate_keys.is_empty() && data.continuous_covariate_keys.is_empty();
+    let refuse = |given: &[(String, String)], field: &str, v: String, why: &str| -> Result<()> {
+        let said = given_as(given, field, &format!("--{}", field.replace('_', "-")), &v);
+        anyhow::bail!("{said} has no effect here: {why}; leave it out")
+    };
+    let is_given = |given: &[(String, String)], field: &str| given.iter().any(|(f, _)| f == field);
+    let why_cov = "there are no covariates (no --batch-key, --categorical-covariate or --continuous-covariate)";
+    if no_covariates && is_given(given, "encode_covariates") && model.encode_covariates != m0.encode_covariates {
+        refuse(given, "encode_covariates", model.encode_covariates.to_string(), why_cov)?;
+    }
+    if no_covariates && is_given(given, "deeply_inject_covariates") && model.deeply_inject_covariates != m0.deeply_inject_covariates {
+        refuse(given, "deeply_inject_covariates", model.deeply_inject_covariates.to_string(), why_cov)?;
+    }
+    if data.batch_key.is_none() && is_given(given_train, "adversarial_mixing") && train.adversarial_mixing != t0.adversarial_mixing {
+        refuse(given_train, "adversarial_mixing", train.adversarial_mixing.to_string(), "there is no adversarial batch classifier without --batch-key")?;
+    }
+    if let Some(l) = &data.labels_key {
+        if model.dispersion != crate::model::Dispersion::GeneLabel {
+            anyhow::bail!("--labels-key {l} has no effect here: labels are read only by --dispersion gene-label (this run's is {}); leave it out", model.dispersion.as_str());
+        }
+    }
+    Ok(())
 }
 
 /// An option given explicitly (`given`: field, where; a flag after the --config file, so the last
 /// says) that the run would ignore (`inert`: [`ModelConfig::inert_options`],
 /// [`crate::train::TrainConfig::inert_options`]; `value`: the config as JSON) is refused: a run that quietly
-/// does not do what it was asked is worse than an error. The same option set by a preset is left to
-/// be ignored: `robust` keeps its §14.3 fixes for when the mixing is switched back to an average.
-fn check_inert_options(value: &Value, inert: Vec<(&'static str, String)>, given: &[(String, String)]) -> Result<()> {
+/// does not do what it was asked is worse than an error. The same option set by a preset (or given
+/// again with the preset's value) is left to be ignored: `robust` keeps its §14.3 fixes for when the
+/// mixing is switched back to an average.
+fn check_inert_options(value: &Value, preset: &Value, inert: Vec<(&'static str, String)>, given: &[(String, String)]) -> Result<()> {
     for (field, why) in inert {
-        if given.iter().any(|(f, _)| f == field) {
+        // (restating the preset's own value changes nothing: a run's config.json, fed back as --config
+        // with its preset, must train)
+        if given.iter().any(|(f, _)| f == field) && value[field] != preset[field] {
             let v = match &value[field] {
                 Value::String(s) => s.clone(),
                 v => v.to_string(),
@@ -519,6 +560,8 @@ mod tests {
         assert!(resolve(&train_args(&["--lr-patience", "3", "--reduce-lr-on-plateau", "true"])).is_ok());
         let e = format!("{:#}", resolve(&train_args(&["--early-stopping", "false", "--early-stopping-patience", "3"])).unwrap_err());
         assert!(e.contains("--early-stopping-patience 3") && e.contains("early stopping is off"), "{e}");
+        let e = format!("{:#}", resolve(&train_args(&["--train-size", "1", "--lr-scheduler-type", "step"])).unwrap_err());
+        assert!(e.contains("--lr-scheduler-type step has no effect here") && e.contains("no validation cells"), "{e}");
         let e = format!("{:#}", resolve(&train_args(&["--train-size", "1", "--restore-best", "true"])).unwrap_err());
         assert!(e.contains("--restore-best true") && e.contains("no validation cells"), "{e}");
         let e = format!("{:#}", resolve(&train_args(&["--warmup-routing", "mix", "--n-epochs-kl-warmup", "none"])).unwrap_err());
@@ -547,6 +590,31 @@ mod tests {
         std::fs::write(&cfg, "[model]\ngene_dispersion = \"gene-label\"\n").unwrap();
         let e = format!("{:#}", resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err());
         assert!(e.contains("c.toml: [model] gene_dispersion = gene-label needs --labels-key"), "{e}");
+        // restating the preset's own value changes nothing: robust's whole config fed back with its
+        // preset trains (JeffreysExact and mix rest under its concatenated latent), another value does not
+        let (rm, rt) = presets::preset("robust").unwrap();
+        let mut table = toml::map::Map::new();
+        table.insert("model".into(), toml::Value::try_from(&rm).unwrap());
+        table.insert("train".into(), toml::Value::try_from(&rt).unwrap());
+        std::fs::write(&cfg, toml::to_string(&toml::Value::Table(table)).unwrap()).unwrap();
+        let (m, t) = resolve(&train_args(&["--preset", "robust", "--config", cfg.to_str().unwrap()])).unwrap();
+        assert_eq!((serde_json::to_value(&m).unwrap(), serde_json::to_value(&t).unwrap()), (serde_json::to_value(&rm).unwrap(), serde_json::to_value(&rt).unwrap()));
+        assert!(resolve(&train_args(&["--preset", "robust", "--modality-penalty", "JeffreysExact"])).is_ok());
+        let e = format!("{:#}", resolve(&train_args(&["--preset", "robust", "--modality-penalty", "MMD"])).unwrap_err());
+        assert!(e.contains("--modality-penalty MMD has no effect here"), "{e}");
+        // options the data options leave with nothing to act on
+        for (flags, needle) in [
+            (&["--encode-covariates", "true"][..], "--encode-covariates true has no effect here: there are no covariates"),
+            (&["--deeply-inject-covariates", "true", "--expression-architecture", "vanilla"][..], "--deeply-inject-covariates true has no effect here: there are no covariates"),
+            (&["--adversarial-mixing", "false"][..], "--adversarial-mixing false has no effect here: there is no adversarial batch classifier"),
+            (&["--labels-key", "cell_type"][..], "--labels-key cell_type has no effect here: labels are read only by --dispersion gene-label"),
+        ] {
+            let e = format!("{:#}", resolve(&train_args(flags)).unwrap_err());
+            assert!(e.contains(needle), "{flags:?}: {e}");
+        }
+        for flags in [&["--encode-covariates", "true", "--batch-key", "batch"][..], &["--encode-covariates", "true", "--continuous-covariate", "age"][..], &["--adversarial-mixing", "false", "--batch-key", "batch"][..], &["--adversarial-mixing", "true"][..]] {
+            assert!(resolve(&train_args(flags)).is_ok(), "{flags:?}");
+        }
         // a table's name that is not a table
         std::fs::write(&cfg, "model = 3\n").unwrap();
         let e = format!("{:#}", resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err());

@@ -122,6 +122,8 @@ impl TrainConfig {
         let sched = |what: &'static str| {
             move || if validates { format!("{what} (lr_scheduler_type = {}, reduce_lr_on_plateau = {})", if plateau { "plateau" } else { "step" }, self.reduce_lr_on_plateau) } else { no_validation() }
         };
+        // (StepLR steps once per validation run, §12.20: without validation cells it never steps)
+        check("lr_scheduler_type", kind != d.lr_scheduler_type, validates, &no_validation);
         check("reduce_lr_on_plateau", self.reduce_lr_on_plateau, plateau && validates, &sched("it belongs to the plateau scheduler"));
         check("lr_patience", self.lr_patience != d.lr_patience, plateau && self.reduce_lr_on_plateau && validates, &sched("only ReduceLROnPlateau has a patience"));
         check("lr_factor", self.lr_factor != d.lr_factor, (!plateau || self.reduce_lr_on_plateau) && validates, &sched("no scheduler runs"));
@@ -184,6 +186,6 @@ mod tests {
         assert_eq!(inert(&TrainConfig { step_size: 3, ..plateau.clone() }), ["step_size"]);
         assert!(inert(&TrainConfig { step_size: 3, ..step.clone() }).is_empty());
         assert_eq!(inert(&TrainConfig { restore_best: true, ..no_stop }), ["restore_best"]);
-        assert_eq!(inert(&TrainConfig { restore_best: true, lr_factor: 0.5, ..TrainConfig { train_size: 1.0, ..step } }), ["lr_factor", "restore_best"]);
+        assert_eq!(inert(&TrainConfig { restore_best: true, lr_factor: 0.5, ..TrainConfig { train_size: 1.0, ..step } }), ["lr_scheduler_type", "lr_factor", "restore_best"]);
     }
 }
