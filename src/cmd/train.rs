@@ -283,7 +283,13 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     }
     let model: ModelConfig = parse(model, "model options")?;
     let train: TrainConfig = parse(train, "training options")?;
-    train.validate()?;
+    // (checked here, before the data is read, so that an error names the options' sources, not the data file)
+    let sources = match &args.config {
+        Some(p) => format!("the options (preset {}, {}, flags)", args.preset_name(), p.display()),
+        None => format!("the options (preset {}, flags)", args.preset_name()),
+    };
+    model.validate_options().with_context(|| sources.clone())?;
+    train.validate().with_context(|| sources.clone())?;
     let mut model_inert = model.inert_options();
     // (warmup_routing acts only during the KL warm-up, which a training option decides)
     if train.n_epochs_kl_warmup.unwrap_or(0) == 0 && model.warmup_routing != ModelConfig::default().warmup_routing && model_inert.iter().all(|(f, _)| *f != "warmup_routing") {
@@ -615,6 +621,10 @@ mod tests {
         for flags in [&["--encode-covariates", "true", "--batch-key", "batch"][..], &["--encode-covariates", "true", "--continuous-covariate", "age"][..], &["--adversarial-mixing", "false", "--batch-key", "batch"][..], &["--adversarial-mixing", "true"][..]] {
             assert!(resolve(&train_args(flags)).is_ok(), "{flags:?}");
         }
+        // an option out of range is refused before the data is read, naming where the options came from
+        std::fs::write(&cfg, "[model]\nn_latent = 0\n").unwrap();
+        let e = format!("{:#}", resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err());
+        assert!(e.contains("the options (preset default, ") && e.contains("c.toml, flags): model: n_latent must be ≥ 1"), "{e}");
         // a table's name that is not a table
         std::fs::write(&cfg, "model = 3\n").unwrap();
         let e = format!("{:#}", resolve(&train_args(&["--config", cfg.to_str().unwrap()])).unwrap_err());

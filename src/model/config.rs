@@ -378,31 +378,14 @@ impl ModelConfig {
         }
     }
 
-    /// Reject option combinations the model cannot run, with a message naming the option.
-    pub fn validate(&self, dims: &Dims) -> anyhow::Result<()> {
+    /// The checks that need no data (ranges of the options themselves): run when the options are
+    /// resolved, before any data is read, and again by [`Self::validate`].
+    pub fn validate_options(&self) -> anyhow::Result<()> {
         use anyhow::bail;
-        if dims.n_genes == 0 {
-            bail!("model: the expression modality has 0 genes; SpliceVI needs both expression and splicing");
-        }
-        if dims.n_junctions == 0 {
-            bail!("model: the splicing modality has 0 junctions");
-        }
-        if dims.n_batch == 0 {
-            bail!("model: n_batch must be ≥ 1 (use 1 when there is no batch key)");
-        }
-        if dims.n_labels == 0 {
-            bail!("model: n_labels must be ≥ 1 (use 1 when there is no labels key)");
-        }
-        if self.splicing_loss_type == SplicingLoss::DirichletMultinomial && dims.n_atse == 0 {
-            bail!("model: splicing_loss_type = dirichlet_multinomial needs the junction → ATSE map (0 ATSEs given)");
-        }
         if self.n_hidden == Some(0) {
             bail!("model: n_hidden must be ≥ 1");
         }
-        if self.resolved_n_hidden(dims) == 0 {
-            bail!("model: n_hidden resolved to 0 (too few junctions/genes); set n_hidden explicitly");
-        }
-        if self.resolved_n_latent(dims) == 0 {
+        if self.n_latent == Some(0) {
             bail!("model: n_latent must be ≥ 1");
         }
         if self.n_layers_encoder == 0 || self.n_layers_decoder == 0 {
@@ -433,6 +416,34 @@ impl ModelConfig {
         }
         if !(self.splicing_loss_weight.is_finite() && self.splicing_loss_weight >= 0.0) {
             bail!("model: splicing_loss_weight must be a finite number ≥ 0, got {}", self.splicing_loss_weight);
+        }
+        Ok(())
+    }
+
+    /// Reject option combinations the model cannot run, with a message naming the option.
+    pub fn validate(&self, dims: &Dims) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if dims.n_genes == 0 {
+            bail!("model: the expression modality has 0 genes; SpliceVI needs both expression and splicing");
+        }
+        if dims.n_junctions == 0 {
+            bail!("model: the splicing modality has 0 junctions");
+        }
+        if dims.n_batch == 0 {
+            bail!("model: n_batch must be ≥ 1 (use 1 when there is no batch key)");
+        }
+        if dims.n_labels == 0 {
+            bail!("model: n_labels must be ≥ 1 (use 1 when there is no labels key)");
+        }
+        if self.splicing_loss_type == SplicingLoss::DirichletMultinomial && dims.n_atse == 0 {
+            bail!("model: splicing_loss_type = dirichlet_multinomial needs the junction → ATSE map (0 ATSEs given)");
+        }
+        self.validate_options()?;
+        if self.resolved_n_hidden(dims) == 0 {
+            bail!("model: n_hidden resolved to 0 (too few junctions/genes); set n_hidden explicitly");
+        }
+        if self.resolved_n_latent(dims) == 0 {
+            bail!("model: n_latent must be ≥ 1");
         }
         if self.modality_weights == ModalityWeights::Cell && dims.n_obs == 0 {
             bail!("model: modality_weights = cell needs n_obs (the number of training cells) ≥ 1");
