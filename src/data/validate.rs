@@ -94,6 +94,12 @@ pub struct ValueRule {
     pub integer_hint: &'static str,
 }
 
+/// The largest count accepted: 2²⁴, up to which every integer is exact in f32, the precision the
+/// engine holds counts in. (Single-cell counts are far below; a larger one is a unit or scaling error,
+/// and past it the likelihoods read rounded counts: k ≠ Σ of its parts, negative losses.)
+pub const MAX_COUNT: f64 = 16_777_216.0;
+const MAX_COUNT_HINT: &str = " (2^24, the largest count held exactly in f32, the engine's precision for counts)";
+
 /// The advice of a non-integer splicing count: the flag of the commands that take data options
 /// (train, validate, evaluate --train); the analyses rewrite it (`posterior::load_for_run`).
 pub const INTEGER_SPLICING_HINT: &str = " (the splicing likelihoods need integer counts; --require-integer-splicing false accepts others)";
@@ -104,10 +110,10 @@ pub const INTEGER_EXPRESSION_HINT: &str = " (the count likelihoods ZINB, NB and 
 
 impl ValueRule {
     pub const fn counts(integer: bool) -> Self {
-        ValueRule { what: "count", integer, max: None, integer_hint: INTEGER_SPLICING_HINT }
+        ValueRule { what: "count", integer, max: Some(MAX_COUNT), integer_hint: INTEGER_SPLICING_HINT }
     }
     pub const fn expression(integer: bool) -> Self {
-        ValueRule { what: "expression count", integer, max: None, integer_hint: INTEGER_EXPRESSION_HINT }
+        ValueRule { what: "expression count", integer, max: Some(MAX_COUNT), integer_hint: INTEGER_EXPRESSION_HINT }
     }
     pub const PSI: ValueRule = ValueRule { what: "junc_ratio", integer: false, max: Some(1.0), integer_hint: "" };
     pub const MASK: ValueRule = ValueRule { what: "psi_mask", integer: true, max: Some(1.0), integer_hint: "" };
@@ -123,7 +129,8 @@ impl ValueRule {
         } else if self.integer && v.fract() != 0.0 {
             Some(format!("{w} {v} is not an integer{}", self.integer_hint))
         } else {
-            self.max.filter(|&m| v > m).map(|m| format!("{w} {v} is greater than {m}"))
+            let why = if self.max == Some(MAX_COUNT) { MAX_COUNT_HINT } else { "" };
+            self.max.filter(|&m| v > m).map(|m| format!("{w} {v} is greater than {m}{why}"))
         }
     }
     #[inline]
@@ -818,6 +825,20 @@ fn check_csr_structure<T: Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts past 2²⁴ are not exact in f32: refused, with the reason, whether integers are required
+    /// or not; 2²⁴ itself is accepted.
+    #[test]
+    fn counts_above_two_to_the_24_are_refused() {
+        for rule in [ValueRule::counts(true), ValueRule::counts(false), ValueRule::expression(true), ValueRule::expression(false)] {
+            assert!(rule.ok(MAX_COUNT) && rule.problem(MAX_COUNT).is_none());
+            assert!(!rule.ok(MAX_COUNT + 2.0));
+            let p = rule.problem(3e38).unwrap();
+            assert!(p.contains("is greater than 16777216") && p.contains("2^24"), "{p}");
+        }
+        // PSI keeps its own bound and message
+        assert_eq!(ValueRule::PSI.problem(1.5).unwrap(), "junc_ratio 1.5 is greater than 1");
+    }
 
     fn csr(indptr: Vec<usize>, indices: Vec<u32>, values: Vec<f32>) -> Csr<f32> {
         Csr { n_rows: indptr.len() - 1, n_cols: 3, indptr, indices, values }
