@@ -127,6 +127,45 @@ fn bench_times_an_epoch_of_real_minibatches() {
     assert!((cells - 180.0).abs() < 0.04 * 180.0, "3 steps processed {cells:.1} cells, not one epoch of 180: {text}");
 }
 
+/// `bench --size small --preset PRESETS --steps 2` (a few seconds): its TSV rows as (preset, column → value).
+fn bench_small_rows(presets: &str) -> (Vec<std::collections::HashMap<String, String>>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let tsv = tmp.path().join("bench.tsv");
+    let out = ok(bin().args(["--device", "cpu", "bench", "--size", "small", "--preset", presets, "--steps", "2", "--max-seconds", "1", "--tsv"]).arg(&tsv));
+    let text = std::fs::read_to_string(&tsv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let rows = lines.map(|l| header.iter().map(|h| h.to_string()).zip(l.split('\t').map(String::from)).collect()).collect();
+    (rows, out)
+}
+
+/// Each configuration reports its own peak memory, not the process's peak so far: `paper` (hidden 128,
+/// code_dim 64) needs more than `default`, so `default` run after it must report less (VmHWM never
+/// falls unless reset, so before the reset the second row repeated the first's).
+#[test]
+fn bench_reports_each_configurations_own_peak_memory() {
+    let (rows, out) = bench_small_rows("paper,default");
+    assert_eq!(rows.len(), 2, "{out}");
+    let peak = |i: usize| rows[i]["peak_rss_mb"].parse::<f64>().unwrap();
+    assert!(peak(1) < peak(0), "default after paper reports {} MB, paper {} MB: not its own peak\n{out}", peak(1), peak(0));
+    assert!(out.contains("each configuration's own peak"), "{out}");
+}
+
+/// The original's timing (default options, batch 256) is compared only with the default preset's row:
+/// paper and robust get "-", not a speed-up over another configuration's time.
+#[test]
+fn bench_compares_only_the_preset_the_original_was_timed_with() {
+    let (rows, out) = bench_small_rows("default,paper,robust");
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[0]["preset"], "default");
+    assert_eq!(rows[0]["original_s_per_step"], "0.7250", "{out}");
+    assert!(rows[0]["speedup"].ends_with('x'), "{out}");
+    for r in &rows[1..] {
+        assert_eq!((r["original_s_per_step"].as_str(), r["speedup"].as_str()), ("-", "-"), "{} is compared with the default preset's timing:\n{out}", r["preset"]);
+    }
+    assert!(out.contains("timed only with the default preset"), "{out}");
+}
+
 /// A misspelt size or preset is refused before the first configuration runs: no result row, no
 /// device line (which `bench` prints when it measures the floor, before its first run).
 #[test]

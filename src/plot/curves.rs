@@ -104,7 +104,7 @@ fn pretty(term: &str) -> String {
 impl Figure for Curves {
     fn size(&self) -> (u32, u32) {
         let (c, r) = self.grid();
-        (420 * c as u32, 60 + 320 * r as u32)
+        (420 * c as u32, 60 + 350 * r as u32)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
@@ -119,7 +119,12 @@ impl Figure for Curves {
             // epochs (8 labels over 1–4 epochs gave a step of 0.5, printed "1 2 2 2 3").
             let x_labels = ((x1.floor() - x0.ceil()) as usize + 1).min(8);
             let (y0, y1) = padded_range(p.series.iter().flat_map(|(_, s)| s.iter().map(|&(_, y)| y)), 0.05);
-            let mut chart = ChartBuilder::on(area)
+            // The legend below the chart, outside the axes: inside, it covered points in every corner.
+            let entries = p.series.iter().map(|(label, _)| (super::Mark::Line(colour_of(label)), label.clone())).collect();
+            let legend = super::Legend::new(area, entries)?;
+            let (area, strip) = area.split_vertically(area.dim_in_pixel().1.saturating_sub(legend.height()));
+            legend.draw(&strip)?;
+            let mut chart = ChartBuilder::on(&area)
                 .caption(pretty(&p.term), ("sans-serif", 17))
                 .margin(10)
                 .margin_right(18)
@@ -141,45 +146,24 @@ impl Figure for Curves {
                 .draw()
                 .map_err(pe)?;
             for (label, s) in &p.series {
-                let colour = if label == "validation" { VALIDATION_COLOUR } else { TRAIN_COLOUR };
-                chart
-                    .draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
-                    .map_err(pe)?
-                    .label(label.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
+                let colour = colour_of(label);
+                chart.draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2))).map_err(pe)?;
                 // Markers too, so a run of a few epochs still shows its points.
                 if s.len() <= 60 {
                     chart.draw_series(s.iter().map(|&(x, y)| Circle::new((x, y), 3, colour.filled()))).map_err(pe)?;
                 }
             }
-            chart
-                .configure_series_labels()
-                .position(legend_corner(p, (x0, x1), (y0, y1)))
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .label_font(("sans-serif", 13))
-                .draw()
-                .map_err(pe)?;
         }
         Ok(())
     }
 }
 
-/// The corner whose legend-sized box (40% of the width, 25% of the height) covers the fewest points.
-fn legend_corner(p: &Panel, (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> SeriesLabelPosition {
-    let corners = [(SeriesLabelPosition::UpperRight, true, true), (SeriesLabelPosition::LowerRight, true, false), (SeriesLabelPosition::UpperLeft, false, true), (SeriesLabelPosition::LowerLeft, false, false)];
-    let inside = |&(x, y): &(f64, f64), right: bool, upper: bool| {
-        let (fx, fy) = ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0));
-        (if right { fx >= 0.6 } else { fx <= 0.4 }) && (if upper { fy >= 0.75 } else { fy <= 0.25 })
-    };
-    let mut best = (usize::MAX, SeriesLabelPosition::UpperRight);
-    for (pos, right, upper) in corners {
-        let n = p.series.iter().flat_map(|(_, s)| s.iter()).filter(|q| inside(q, right, upper)).count();
-        if n < best.0 {
-            best = (n, pos);
-        }
+fn colour_of(label: &str) -> RGBColor {
+    if label == "validation" {
+        VALIDATION_COLOUR
+    } else {
+        TRAIN_COLOUR
     }
-    best.1
 }
 
 /// A compact tick label.
@@ -195,5 +179,38 @@ pub(crate) fn short(v: f64) -> String {
         format!("{v:.2}")
     } else {
         format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plot::record::{circle_in_box, record};
+
+    /// A loss that swings between its extremes every epoch has points in every corner, where a legend
+    /// inside the axes had to cover some: no marker and no stretch of a curve may lie under the legend.
+    #[test]
+    fn the_legend_covers_no_point_or_line() {
+        let zigzag = |lo: f64, hi: f64| (1..=12).map(|e| (e as f64, if e % 2 == 0 { hi } else { lo })).collect::<Vec<_>>();
+        let panel = Panel { term: "elbo".into(), series: vec![("train".into(), zigzag(0.0, 10.0)), ("validation".into(), zigzag(10.0, 0.5))] };
+        let log = record(&Curves { title: "t".into(), panels: vec![panel] });
+        let boxes = log.boxes(crate::plot::LEGEND_BORDER);
+        assert_eq!(boxes.len(), 1, "one legend box: {:?}", log.rects);
+        let markers: Vec<_> = log.circles.iter().filter(|c| c.1 == 3).collect();
+        assert_eq!(markers.len(), 24);
+        let under: Vec<_> = markers.iter().filter(|c| circle_in_box(c.0, c.1, boxes[0])).collect();
+        assert!(under.is_empty(), "{} markers under the legend {:?}: {under:?}", under.len(), boxes[0]);
+        // The curves (12 vertices each), sampled every pixel or so along each segment.
+        let curves: Vec<_> = log.paths.iter().filter(|p| p.0.len() == 12).collect();
+        assert_eq!(curves.len(), 2);
+        for (path, _) in curves {
+            for w in path.windows(2) {
+                for k in 0..=100 {
+                    let t = k as f64 / 100.0;
+                    let q = ((w[0].0 as f64 + t * (w[1].0 - w[0].0) as f64) as i32, (w[0].1 as f64 + t * (w[1].1 - w[0].1) as f64) as i32);
+                    assert!(!circle_in_box(q, 1, boxes[0]), "a curve passes under the legend {:?} at {q:?}", boxes[0]);
+                }
+            }
+        }
     }
 }

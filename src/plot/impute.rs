@@ -108,7 +108,7 @@ impl Figure for ImputeScatter {
             chart
                 .configure_mesh()
                 .disable_mesh()
-                .x_desc("true PSI (dropped entries)")
+                .x_desc(format!("true PSI ({} dropped entries)", m.truth.len()))
                 .y_desc("predicted PSI")
                 .x_labels(6)
                 .y_labels(6)
@@ -129,11 +129,31 @@ impl Figure for ImputeScatter {
                 }))
                 .map_err(pe)?;
             chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], RGBColor(200, 30, 30).stroke_width(1))).map_err(pe)?;
-            chart
-                .draw_series(std::iter::once(Text::new(format!("n = {}", m.truth.len()), (0.03, 0.95), ("sans-serif", 13).into_font().color(&BLACK))))
-                .map_err(pe)?;
         }
         colour_bar(&bar, 0.0, vmax, "log10 (1 + entries per bin)")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plot::record::record;
+
+    /// No text is drawn over the heatmap: the entry count sat in its upper-left corner, over the bins of
+    /// truth ≈ 0 predicted ≈ 1. The plotting area is where the y = x diagonal runs, corner to corner.
+    #[test]
+    fn no_text_over_the_bins() {
+        let truth: Vec<f64> = (0..400).map(|i| (i % 20) as f64 / 19.0).collect();
+        let pred: Vec<f64> = (0..400).map(|i| (i / 20) as f64 / 19.0).collect();
+        let fig = ImputeScatter { title: "t".into(), methods: vec![MethodPairs { method: "mean_bayes".into(), truth, pred }] };
+        let log = record(&fig);
+        let diag: Vec<_> = log.paths.iter().filter(|p| p.1 == (200, 30, 30)).collect();
+        assert_eq!(diag.len(), 1, "{:?}", log.paths);
+        let (a, b) = (diag[0].0[0], *diag[0].0.last().unwrap());
+        let (x0, x1, y0, y1) = (a.0.min(b.0), a.0.max(b.0), a.1.min(b.1), a.1.max(b.1));
+        let inside: Vec<_> = log.texts.iter().filter(|(_, p)| p.0 > x0 && p.0 < x1 && p.1 > y0 && p.1 < y1).collect();
+        assert!(inside.is_empty(), "text over the heatmap [{x0}, {x1}] × [{y0}, {y1}]: {inside:?}");
+        assert!(log.texts.iter().any(|(t, _)| t.contains("400 dropped entries")), "the entry count is not shown: {:?}", log.texts);
     }
 }

@@ -15,11 +15,15 @@ use crate::util::write_atomic;
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 /// DejaVu Sans, subset (see assets/fonts/README.md for the licence).
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
+
+/// Border of a legend's box (the geometry tests find the box by it).
+pub const LEGEND_BORDER: RGBColor = RGBColor(180, 180, 180);
 
 /// Most points drawn in one scatter (a seeded subsample above this).
 pub const MAX_POINTS: usize = 20_000;
@@ -254,6 +258,79 @@ pub(crate) fn colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, lo: 
     Ok(())
 }
 
+/// A legend entry's mark: a dot (a scatter's point) or a short line (a curve).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Mark {
+    Dot(RGBColor),
+    Line(RGBColor),
+}
+
+/// A legend drawn in a strip of its own below the chart, outside the plotting area, so it never covers a
+/// point or a line (a box inside the axes hid 38 junctions of a volcano, whatever corner it took).
+/// Entries run left to right and wrap onto another row when the strip is too narrow.
+pub(crate) struct Legend {
+    /// (mark, text, x offset in the box, row)
+    entries: Vec<(Mark, String, i32, i32)>,
+    /// The box's width and height in pixels.
+    size: (i32, i32),
+}
+
+const LEGEND_FONT: u32 = 13;
+const LEGEND_ROW: i32 = 20;
+const LEGEND_PAD: i32 = 6;
+/// The mark and the space before its text.
+const LEGEND_MARK_W: i32 = 28;
+/// Space between two entries of a row.
+const LEGEND_GAP: i32 = 18;
+
+impl Legend {
+    /// Lay out `entries` for a strip as wide as `area`.
+    pub(crate) fn new<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, entries: Vec<(Mark, String)>) -> Result<Legend> {
+        let room = area.dim_in_pixel().0 as i32 - 2 * LEGEND_PAD - 20;
+        let font: TextStyle = ("sans-serif", LEGEND_FONT).into();
+        let (mut placed, mut x, mut row, mut widest) = (Vec::new(), 0, 0, 0);
+        for (mark, text) in entries {
+            let w = LEGEND_MARK_W + area.estimate_text_size(&text, &font).map_err(pe)?.0 as i32;
+            if x > 0 && x + w > room {
+                (x, row) = (0, row + 1);
+            }
+            placed.push((mark, text, x, row));
+            widest = widest.max(x + w);
+            x += w + LEGEND_GAP;
+        }
+        let rows = if placed.is_empty() { 0 } else { row + 1 };
+        Ok(Legend { entries: placed, size: (widest + 2 * LEGEND_PAD, rows * LEGEND_ROW + 2 * LEGEND_PAD) })
+    }
+
+    /// Height of the strip the legend needs below a chart (its box and a margin under it).
+    pub(crate) fn height(&self) -> u32 {
+        if self.entries.is_empty() {
+            0
+        } else {
+            (self.size.1 + 10) as u32
+        }
+    }
+
+    /// Draw the legend centred at the top of `strip` (the area below the chart).
+    pub(crate) fn draw<DB: DrawingBackend>(&self, strip: &DrawingArea<DB, Shift>) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let (x0, y0) = ((strip.dim_in_pixel().0 as i32 - self.size.0) / 2, 0);
+        strip.draw(&Rectangle::new([(x0, y0), (x0 + self.size.0, y0 + self.size.1)], LEGEND_BORDER)).map_err(pe)?;
+        let font = ("sans-serif", LEGEND_FONT).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
+        for (mark, text, x, row) in &self.entries {
+            let (x, y) = (x0 + LEGEND_PAD + x, y0 + LEGEND_PAD + row * LEGEND_ROW + LEGEND_ROW / 2);
+            match *mark {
+                Mark::Dot(c) => strip.draw(&Circle::new((x + 10, y), 4, c.filled())).map_err(pe)?,
+                Mark::Line(c) => strip.draw(&PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))).map_err(pe)?,
+            }
+            strip.draw(&Text::new(text.clone(), (x + LEGEND_MARK_W, y), font.clone())).map_err(pe)?;
+        }
+        Ok(())
+    }
+}
+
 /// Tick labels for an axis spanning `span`: as many decimals as the tick step needs.
 pub(crate) fn tick_decimals(span: f64) -> usize {
     if !(span.is_finite() && span > 0.0) {
@@ -341,6 +418,92 @@ pub fn tsv_records(text: &str) -> Vec<Vec<String>> {
 /// Parse a TSV number as written by splicevi (or pandas): nan / inf allowed.
 pub(crate) fn num(s: &str) -> f64 {
     s.trim().parse::<f64>().unwrap_or(f64::NAN)
+}
+
+/// A backend that draws nothing and records the shapes it is given (pixel coordinates), for tests of a
+/// figure's geometry: where the points, lines, boxes and texts land.
+#[cfg(test)]
+pub(crate) mod record {
+    use plotters::prelude::*;
+    use plotters_backend::{BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingErrorKind};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    #[derive(Debug, Default)]
+    pub struct Log {
+        /// (centre, radius, rgb, filled)
+        pub circles: Vec<(BackendCoord, u32, (u8, u8, u8), bool)>,
+        /// (upper left, bottom right, rgb, filled)
+        pub rects: Vec<(BackendCoord, BackendCoord, (u8, u8, u8), bool)>,
+        /// (points, rgb)
+        pub paths: Vec<(Vec<BackendCoord>, (u8, u8, u8))>,
+        /// (text, anchor)
+        pub texts: Vec<(String, BackendCoord)>,
+    }
+
+    impl Log {
+        /// The boxes stroked in `colour` (unfilled rectangles).
+        pub fn boxes(&self, colour: RGBColor) -> Vec<(BackendCoord, BackendCoord)> {
+            self.rects.iter().filter(|r| !r.3 && r.2 == colour.rgb()).map(|r| (r.0, r.1)).collect()
+        }
+    }
+
+    /// Whether a circle (centre, radius) reaches into the box (upper left, bottom right).
+    pub fn circle_in_box(c: BackendCoord, r: u32, b: (BackendCoord, BackendCoord)) -> bool {
+        let r = r as i32;
+        c.0 + r >= b.0 .0 && c.0 - r <= b.1 .0 && c.1 + r >= b.0 .1 && c.1 - r <= b.1 .1
+    }
+
+    pub struct Recorder {
+        pub size: (u32, u32),
+        pub log: Rc<RefCell<Log>>,
+    }
+
+    /// Draw `fig` on a recorder; returns what was drawn.
+    pub fn record<F: super::Figure>(fig: &F) -> Log {
+        super::init_fonts();
+        let log = Rc::new(RefCell::new(Log::default()));
+        let root = Recorder { size: fig.size(), log: log.clone() }.into_drawing_area();
+        fig.draw(&root).unwrap();
+        drop(root);
+        Rc::try_unwrap(log).unwrap().into_inner()
+    }
+
+    impl DrawingBackend for Recorder {
+        type ErrorType = std::io::Error;
+        fn get_size(&self) -> (u32, u32) {
+            self.size
+        }
+        fn ensure_prepared(&mut self) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            Ok(())
+        }
+        fn present(&mut self) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            Ok(())
+        }
+        fn draw_pixel(&mut self, _: BackendCoord, _: BackendColor) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            Ok(())
+        }
+        fn draw_line<S: BackendStyle>(&mut self, from: BackendCoord, to: BackendCoord, style: &S) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            self.log.borrow_mut().paths.push((vec![from, to], style.color().rgb));
+            Ok(())
+        }
+        fn draw_rect<S: BackendStyle>(&mut self, ul: BackendCoord, br: BackendCoord, style: &S, fill: bool) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            self.log.borrow_mut().rects.push((ul, br, style.color().rgb, fill));
+            Ok(())
+        }
+        fn draw_path<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(&mut self, path: I, style: &S) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            self.log.borrow_mut().paths.push((path.into_iter().collect(), style.color().rgb));
+            Ok(())
+        }
+        fn draw_circle<S: BackendStyle>(&mut self, c: BackendCoord, r: u32, style: &S, fill: bool) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            self.log.borrow_mut().circles.push((c, r, style.color().rgb, fill));
+            Ok(())
+        }
+        fn draw_text<T: BackendTextStyle>(&mut self, text: &str, _: &T, pos: BackendCoord) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            self.log.borrow_mut().texts.push((text.to_string(), pos));
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

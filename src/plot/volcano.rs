@@ -108,7 +108,7 @@ impl Volcano {
 impl Figure for Volcano {
     fn size(&self) -> (u32, u32) {
         let (c, r) = self.grid();
-        (520 * c as u32, 60 + 460 * r as u32)
+        (520 * c as u32, 60 + 500 * r as u32)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
@@ -121,7 +121,14 @@ impl Figure for Volcano {
             let xmax = p.points.iter().map(|q| q.0.abs()).fold(0.0, f64::max).max(0.05) * 1.05;
             let (y0, y1) = padded_range(p.points.iter().map(|q| q.1), 0.05);
             let caption = if p.comparison.is_empty() { format!("{n_hits} of {} junctions called", p.points.len()) } else { format!("{}: {n_hits} of {} called", p.comparison, p.points.len()) };
-            let mut chart = ChartBuilder::on(area)
+            // The legend below the chart, outside the axes: inside, it hid points whatever corner it took.
+            let legend = super::Legend::new(
+                area,
+                vec![(super::Mark::Dot(OTHER_COLOUR), format!("not called ({})", p.points.len() - n_hits)), (super::Mark::Dot(HIT_COLOUR), format!("{} ({n_hits})", self.fdr_label))],
+            )?;
+            let (area, strip) = area.split_vertically(area.dim_in_pixel().1.saturating_sub(legend.height()));
+            legend.draw(&strip)?;
+            let mut chart = ChartBuilder::on(&area)
                 .caption(caption, ("sans-serif", 17))
                 .margin(12)
                 .margin_right(20)
@@ -144,25 +151,33 @@ impl Figure for Volcano {
                 .draw()
                 .map_err(pe)?;
             chart.draw_series(LineSeries::new([(0.0, y0), (0.0, y1)], RGBColor(120, 120, 120).stroke_width(1))).map_err(pe)?;
-            chart
-                .draw_series(others.iter().map(|&(x, y)| Circle::new((x, y), 2, OTHER_COLOUR.mix(0.6).filled())))
-                .map_err(pe)?
-                .label(format!("not called ({})", p.points.len() - n_hits))
-                .legend(|(x, y)| Circle::new((x + 8, y), 4, OTHER_COLOUR.filled()));
-            chart
-                .draw_series(hits.iter().map(|&(x, y)| Circle::new((x, y), 3, HIT_COLOUR.filled())))
-                .map_err(pe)?
-                .label(format!("{} ({n_hits})", self.fdr_label))
-                .legend(|(x, y)| Circle::new((x + 8, y), 4, HIT_COLOUR.filled()));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(180, 180, 180))
-                .label_font(("sans-serif", 13))
-                .draw()
-                .map_err(pe)?;
+            chart.draw_series(others.iter().map(|&(x, y)| Circle::new((x, y), 2, OTHER_COLOUR.mix(0.6).filled()))).map_err(pe)?;
+            chart.draw_series(hits.iter().map(|&(x, y)| Circle::new((x, y), 3, HIT_COLOUR.filled()))).map_err(pe)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plot::record::{circle_in_box, record};
+
+    /// The QA case (robust preset, toy data): junctions with proba_ds 0 (log10 BF -8) at ΔPSI near 0, under
+    /// a cloud of others; no drawn point may lie under the legend's box.
+    #[test]
+    fn the_legend_covers_no_point() {
+        let mut points: Vec<(f64, f64, bool)> = (0..38).map(|i| (-0.004 + 0.0003 * i as f64, -8.0, false)).collect();
+        points.extend((0..250).map(|i| (0.09 * ((i as f64 * 0.37).sin()), -0.1 - 2.0 * ((i as f64 * 0.11).cos()).abs(), i % 17 == 0)));
+        points.extend([(0.1, 0.0, true), (-0.09, -8.0, false), (0.1, -8.0, false)]);
+        let v = Volcano { title: "t".into(), fdr_label: "called at FDR 0.05 (from proba_ds only)".into(), panels: vec![VolcanoPanel { comparison: "T0 vs Rest".into(), points }] };
+        let log = record(&v);
+        let boxes = log.boxes(crate::plot::LEGEND_BORDER);
+        assert_eq!(boxes.len(), 1, "one legend box: {:?}", log.rects);
+        // The data points: radius 2 (not called) and 3 (called); the legend's own marks are radius 4.
+        let drawn: Vec<_> = log.circles.iter().filter(|c| c.1 < 4).collect();
+        assert_eq!(drawn.len(), 291);
+        let under: Vec<_> = drawn.iter().filter(|c| circle_in_box(c.0, c.1, boxes[0])).collect();
+        assert!(under.is_empty(), "{} points under the legend {:?}: {:?}", under.len(), boxes[0], &under[..under.len().min(5)]);
     }
 }
