@@ -220,6 +220,11 @@ impl AdamState {
 
     /// safetensors bytes: tensors `exp_avg` and `exp_avg_sq` (F32, `[n]`), metadata `step`.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        self.to_safetensors_with(HashMap::new())
+    }
+
+    /// [`Self::to_safetensors`] with `extra` metadata (a checkpoint's stamp).
+    pub fn to_safetensors_with(&self, extra: HashMap<String, String>) -> Result<Vec<u8>> {
         let m = bytemuck::cast_slice::<f32, u8>(&self.exp_avg);
         let v = bytemuck::cast_slice::<f32, u8>(&self.exp_avg_sq);
         let n = self.exp_avg.len();
@@ -227,7 +232,8 @@ impl AdamState {
             ("exp_avg", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], m)?),
             ("exp_avg_sq", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n], v)?),
         ];
-        let meta = HashMap::from([("step".to_string(), self.step.to_string()), ("format".to_string(), "splicevi-adam-state-1".to_string())]);
+        let mut meta = extra;
+        meta.extend([("step".to_string(), self.step.to_string()), ("format".to_string(), "splicevi-adam-state-1".to_string())]);
         crate::model::params::sorted_header(safetensors::serialize(views, &Some(meta))?)
     }
 

@@ -84,6 +84,77 @@ where
     Ok(())
 }
 
+/// A file-writing function for [`write_atomic_set`]: fills the temporary file it is given.
+pub type FileWriter<'a> = Box<dyn FnOnce(&Path) -> anyhow::Result<()> + 'a>;
+
+/// Write several files as one unit (a checkpoint): each is written in full under a temporary name in
+/// its directory and flushed to disk, and only once all are staged are they renamed into place, in
+/// the order given (the last one marks the set complete). A failure while staging (disk full, an
+/// error) removes the staged files and leaves the files in place untouched. The renames run under
+/// the lock [`remove_temp_files_on_signal`]'s handler takes, so an interrupting signal waits for the
+/// whole sequence instead of leaving a mix of old and new files.
+pub fn write_atomic_set(files: Vec<(PathBuf, FileWriter<'_>)>) -> anyhow::Result<()> {
+    /// The staged files: unregistered (and, unless renamed, removed) when dropped.
+    struct Staged(Vec<(tempfile::TempPath, PathBuf)>);
+    impl Drop for Staged {
+        fn drop(&mut self) {
+            // removed first, then unregistered: a signal in between finds nothing left to remove
+            let paths: Vec<PathBuf> = self.0.drain(..).map(|(t, _)| t.to_path_buf()).collect();
+            TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner()).retain(|q| !paths.contains(q));
+        }
+    }
+    let mut staged = Staged(Vec::new());
+    for (path, write) in files {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if path.is_dir() {
+            bail!("{}: is a directory; the output needs a file name", path.display());
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        // created and registered under the lock: a signal never finds it created but unregistered
+        let mut registered = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .with_context(|| format!("{}: cannot write in {}", path.display(), dir.display()))?
+            .into_temp_path();
+        registered.push(tmp.to_path_buf());
+        drop(registered);
+        staged.0.push((tmp, path.clone()));
+        let tmp = &staged.0.last().expect("just pushed").0;
+        write(tmp).with_context(|| format!("writing {}", path.display()))?;
+        let f = std::fs::File::open(tmp).with_context(|| format!("writing {}", path.display()))?;
+        f.sync_all().with_context(|| format!("writing {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    let dirs: Vec<PathBuf> = staged.0.iter().filter_map(|(_, p)| p.parent().map(Path::to_path_buf)).collect();
+    let mut result = Ok(());
+    {
+        let mut registered = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        for (tmp, path) in std::mem::take(&mut staged.0) {
+            registered.retain(|q| *q != *tmp);
+            if result.is_ok() {
+                // (on an error the temporary file is removed as the error drops)
+                result = tmp.persist(&path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error));
+            }
+        }
+    }
+    // the renames themselves reach the disk (best effort: not every file system syncs a directory)
+    for d in dirs {
+        if let Ok(f) = std::fs::File::open(if d.as_os_str().is_empty() { Path::new(".") } else { &d }) {
+            let _ = f.sync_all();
+        }
+    }
+    result
+}
+
 /// Where `out` would be once written: its parent directory resolved (it must exist or be creatable, so
 /// an absent one resolves as written) joined with its file name.
 fn resolved_output(out: &Path) -> PathBuf {
@@ -176,6 +247,37 @@ pub fn keep_freed_memory() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A set is staged whole before any file is replaced: a writer that fails, or a directory where a
+    /// later file goes, leaves every file as it was and no temporary file (none registered either).
+    #[test]
+    fn write_atomic_set_replaces_all_files_or_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("a"), "old a").unwrap();
+        std::fs::write(d.join("b"), "old b").unwrap();
+        let set = |third: PathBuf, fail: bool| -> Vec<(PathBuf, FileWriter<'static>)> {
+            vec![
+                (d.join("a"), Box::new(|p: &Path| Ok(std::fs::write(p, "new a")?))),
+                (d.join("b"), Box::new(move |p: &Path| if fail { bail!("disk full") } else { Ok(std::fs::write(p, "new b")?) })),
+                (third, Box::new(|p: &Path| Ok(std::fs::write(p, "new c")?))),
+            ]
+        };
+        let left = || -> Vec<String> { std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".tmp")).collect() };
+        let e = format!("{:#}", write_atomic_set(set(d.join("c"), true)).unwrap_err());
+        assert!(e.contains("writing") && e.contains("disk full"), "{e}");
+        std::fs::create_dir(d.join("c_dir")).unwrap();
+        let e = format!("{:#}", write_atomic_set(set(d.join("c_dir"), false)).unwrap_err());
+        assert!(e.contains("c_dir: is a directory"), "{e}");
+        assert_eq!((std::fs::read_to_string(d.join("a")).unwrap(), std::fs::read_to_string(d.join("b")).unwrap()), ("old a".into(), "old b".into()));
+        assert!(left().is_empty() && !d.join("c").exists(), "{:?}", left());
+        let registered = || TEMP_FILES.lock().unwrap().iter().filter(|p| p.starts_with(d)).count();
+        assert_eq!(registered(), 0);
+        write_atomic_set(set(d.join("c"), false)).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("c")).unwrap(), "new c");
+        assert_eq!(std::fs::read_to_string(d.join("a")).unwrap(), "new a");
+        assert!(left().is_empty() && registered() == 0);
+    }
 
     /// An output whose directory cannot be written is refused before any work, naming the flag, and
     /// the check leaves nothing behind (no directory created, no probe file).

@@ -83,6 +83,8 @@ fn bad_options_fail_before_any_work() {
         (vec!["--lr-factor", "0"], "lr_factor"),
         // JSON has no NaN: it would reach the option as null
         (vec!["--lr", "nan"], "--lr nan: not a finite number"),
+        // finite as f64, infinite in Adam's f32
+        (vec!["--lr", "1e39"], "lr must be a positive number that a 32-bit float holds"),
         // a dispersion per label needs labels
         (vec!["--dispersion", "gene-label"], "--dispersion gene-label needs --labels-key"),
     ];
@@ -228,7 +230,7 @@ fn an_existing_run_is_resumed_or_overwritten_never_mixed() {
     assert!(run.join("adversary.safetensors").exists() && run.join("features.json").exists());
     let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1"]).args(quiet));
     assert!(text.contains("already holds a run") && text.contains("--resume") && text.contains("--overwrite"), "{text}");
-    for (flags, needle) in [(vec!["--lr", "0.5"], "--lr"), (vec!["--preset", "robust"], "--preset robust"), (vec!["--batch-key", "subtype"], "data options")] {
+    for (flags, needle) in [(vec!["--lr", "0.5"], "--lr"), (vec!["--preset", "robust"], "--preset robust"), (vec!["--batch-key", "subtype"], "a data option (--batch-key")] {
         let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "2"]).args(&flags).args(quiet));
         assert!(text.contains("only --max-epochs may change") && text.contains(needle), "{flags:?}:\n{text}");
     }
@@ -741,4 +743,82 @@ fn evaluate_scores_resampled_reads_and_test_impute() {
     let with_one = val(&table(&f), ["resampled", "all", dm, "n"]);
     assert_eq!(with_one, w("dropped") + w("observed") + w("psi_one"));
     ok(bin().arg("evaluate").arg("--exclude-psi-one").arg(&run).arg(&data).arg("--out").arg(&f).arg("--no-plots"));
+}
+
+/// The QA's divergence without validation cells: the last step's NaN parameters used to be saved and
+/// the run reported success; now it fails naming a parameter and leaves no model for the analyses.
+#[test]
+fn a_run_without_validation_that_diverges_saves_no_nan_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("divx");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--lr", "1e38", "--train-size", "1", "--batch-size", "256", "--max-epochs", "1", "--no-plots"]));
+    assert!(text.contains("non-finite parameter `") && text.contains("before any checkpoint was written"), "{text}");
+    assert!(!run.join("model.safetensors").exists());
+    let text = fails(bin().arg("embed").arg(&run).arg(&data).arg("--out").arg(tmp.path().join("e.h5ad")));
+    assert!(text.contains("no checkpoint"), "{text}");
+}
+
+/// --overwrite removes the old run only once every check has passed: a 2-cell file, whose training
+/// cells the small-last-batch rule moves out, is refused with the rule explained and the old run kept.
+#[test]
+fn overwrite_keeps_the_old_run_when_the_new_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, two) = (tmp.path().join("toy.h5mu"), tmp.path().join("cells2.h5mu"));
+    let run = tmp.path().join("existing_run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    ok(bin().args(["simulate", "--size", "toy", "--n-cells", "2", "--seed", "0", "--out"]).arg(&two));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
+    let names = ["config.json", "model.safetensors", "train_state.json", "features.json", "split.json", "metrics.jsonl"];
+    let before = names.map(|f| std::fs::read(run.join(f)).unwrap());
+    let text = fails(bin().arg("train").arg(&two).arg("--out").arg(&run).args(["--overwrite", "--max-epochs", "1", "--no-plots"]));
+    assert!(text.contains("no training cells after the split (2 cells)") && text.contains("small-last-batch rule") && text.contains("--train-size 1"), "{text}");
+    assert!(names.map(|f| std::fs::read(run.join(f)).unwrap()) == before, "--overwrite removed the old run before refusing the new one");
+    ok(bin().arg("train").arg(&two).arg("--out").arg(tmp.path().join("r2")).args(["--train-size", "1", "--max-epochs", "1", "--no-plots"]));
+}
+
+/// Two trainings never write one run directory at once: while one holds its lock, a second (new run,
+/// --overwrite or --resume) is refused naming the directory, and the run is left as it was. The lock's
+/// holder removes the temporary files a killed training left.
+#[test]
+fn a_second_training_into_a_locked_run_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    let run = tmp.path().join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
+    let model = std::fs::read(run.join("model.safetensors")).unwrap();
+    let lock = splicevi::train::trainer::lock_run_dir(&run).unwrap();
+    for flags in [&["--overwrite", "--max-epochs", "1"][..], &["--resume", "--max-epochs", "2"]] {
+        let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&run).args(flags).args(["--quiet", "--no-plots"]));
+        assert!(text.contains(&format!("--out {}: another training is writing this run directory", run.display())), "{flags:?}: {text}");
+    }
+    let fresh = tmp.path().join("fresh");
+    let _other = splicevi::train::trainer::lock_run_dir(&fresh).unwrap();
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(&fresh).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
+    assert!(text.contains("another training is writing"), "{text}");
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), model);
+    drop(lock);
+    // what a SIGKILL mid-checkpoint leaves is removed by the next training there (only the run's own)
+    std::fs::write(run.join(".model.safetensors.Ab12Cd.tmp"), "half").unwrap();
+    std::fs::write(run.join(".notes.txt.Ab12Cd.tmp"), "mine").unwrap();
+    let text = ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "2", "--quiet", "--no-plots"]));
+    assert!(text.contains("removed 1 temporary file(s) left by an interrupted training"), "{text}");
+    assert!(!run.join(".model.safetensors.Ab12Cd.tmp").exists() && run.join(".notes.txt.Ab12Cd.tmp").exists());
+}
+
+/// `train` finds out that --out cannot be a run directory before it reads the data (a missing data
+/// file here, which it would otherwise report first).
+#[test]
+fn train_checks_its_run_directory_before_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("afile"), "x").unwrap();
+    let missing = tmp.path().join("no_such.h5mu");
+    let text = fails(bin().arg("train").arg(&missing).arg("--out").arg(tmp.path().join("afile/sub")).args(["--max-epochs", "1"]));
+    assert!(text.contains("afile is not a directory") && !text.contains("no_such"), "{text}");
+    if std::path::Path::new("/proc/self").exists() {
+        let text = fails(bin().arg("train").arg(&missing).arg("--out").arg("/proc/splicevi_run").args(["--max-epochs", "1"]));
+        assert!(text.contains("cannot write in /proc") && !text.contains("no_such"), "{text}");
+    }
 }

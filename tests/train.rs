@@ -227,3 +227,180 @@ fn a_run_refuses_data_with_other_features() {
     let e = format!("{:#}", Trainer::resume(&other, &dir, Some(2)).err().expect("resume accepted other sizes"));
     assert!(e.contains("junctions: 250 in the data, 300 in the run"), "{e}");
 }
+
+/// The files of a (flat) run directory copied into `to`.
+fn copy_run(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".tmp")).collect()
+}
+
+/// A checkpoint is one unit: when writing it fails part-way (a directory stands where metrics.tsv goes,
+/// so its staging fails after the model's, the optimizer's and the adversary's), every file of the
+/// previous epoch is kept as it was, nothing staged is left behind, and resuming once the obstacle is
+/// gone gives the uninterrupted run exactly.
+#[test]
+fn a_checkpoint_that_fails_part_way_keeps_the_previous_one_whole() {
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    let full = train(&ds, &tmp.path().join("full"), ModelConfig::default(), quick_train(3));
+    let dir = tmp.path().join("part");
+    train(&ds, &dir, ModelConfig::default(), quick_train(2));
+    std::fs::remove_file(dir.join("metrics.tsv")).unwrap();
+    std::fs::create_dir(dir.join("metrics.tsv")).unwrap();
+    let names = ["model.safetensors", "optimizer.safetensors", "adversary.safetensors", "adversary_optimizer.safetensors", "metrics.jsonl", "train_state.json"];
+    let files = || names.map(|f| std::fs::read(dir.join(f)).unwrap());
+    let before = files();
+    let mut t = Trainer::resume(&ds, &dir, Some(3)).unwrap();
+    t.verbose = false;
+    let e = format!("{:#}", t.fit().unwrap_err());
+    assert!(e.contains("metrics.tsv") && e.contains("last good checkpoint, written after epoch 2"), "{e}");
+    assert!(files() == before, "a checkpoint that failed part-way replaced some of the previous one's files");
+    assert!(temp_files(&dir).is_empty(), "{:?}", temp_files(&dir));
+    std::fs::remove_dir(dir.join("metrics.tsv")).unwrap();
+    let mut t = Trainer::resume(&ds, &dir, Some(3)).unwrap();
+    t.verbose = false;
+    t.fit().unwrap();
+    assert_eq!(full.params.data, t.params.data, "parameters differ after resume");
+    assert_eq!(full.opt.state, t.opt.state, "optimizer state differs after resume");
+}
+
+/// What an interrupted rename (SIGKILL, power loss) can leave, built by hand: `--resume` refuses a
+/// checkpoint whose files are of different epochs and names them; the analyses (`load_model`) refuse a
+/// model of another epoch than train_state.json, and a model without train_state.json as incomplete.
+/// A run written before the stamps (none in its files) loads and resumes as before.
+#[test]
+fn a_mixed_or_incomplete_checkpoint_is_refused() {
+    use splicevi::train::trainer::load_model;
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    train(&ds, &one, ModelConfig::default(), quick_train(1));
+    copy_run(&one, &two);
+    let mut t = Trainer::resume(&ds, &two, Some(2)).unwrap();
+    t.verbose = false;
+    t.fit().unwrap();
+    let resume_err = |dir: &Path| format!("{:#}", Trainer::resume(&ds, dir, Some(3)).err().expect("resume accepted the run"));
+    // killed after the model's rename: epoch 2's model beside epoch 1's optimizer and state
+    let m = tmp.path().join("model_only");
+    copy_run(&one, &m);
+    std::fs::copy(two.join("model.safetensors"), m.join("model.safetensors")).unwrap();
+    let e = resume_err(&m);
+    assert!(e.contains("mixes files of different epochs") && e.contains("model.safetensors: after epoch 2") && e.contains("optimizer.safetensors: after epoch 1") && e.contains("train_state.json: after epoch 1"), "{e}");
+    let e = format!("{:#}", load_model(&m, &ds).err().expect("load_model accepted a model of another epoch than train_state.json"));
+    assert!(e.contains("model.safetensors: after epoch 2") && e.contains("train_state.json: after epoch 1"), "{e}");
+    // killed before the state's rename: everything of epoch 2 but train_state.json
+    let s = tmp.path().join("all_but_state");
+    copy_run(&two, &s);
+    std::fs::copy(one.join("train_state.json"), s.join("train_state.json")).unwrap();
+    let e = resume_err(&s);
+    assert!(e.contains("adversary_optimizer.safetensors: after epoch 2") && e.contains("train_state.json: after epoch 1"), "{e}");
+    // epoch 1's optimizer beside epoch 2's model and state: the analyses need neither
+    let o = tmp.path().join("old_optimizer");
+    copy_run(&two, &o);
+    std::fs::copy(one.join("optimizer.safetensors"), o.join("optimizer.safetensors")).unwrap();
+    let e = resume_err(&o);
+    assert!(e.contains("optimizer.safetensors: after epoch 1") && e.contains("model.safetensors: after epoch 2"), "{e}");
+    assert!(load_model(&o, &ds).is_ok());
+    // no train_state.json: incomplete, for both
+    let n = tmp.path().join("no_state");
+    copy_run(&two, &n);
+    std::fs::remove_file(n.join("train_state.json")).unwrap();
+    for e in [resume_err(&n), format!("{:#}", load_model(&n, &ds).err().unwrap())] {
+        assert!(e.contains("incomplete checkpoint") && e.contains("model.safetensors without train_state.json"), "{e}");
+    }
+    // a run from before the stamps: its files carry none
+    let old = tmp.path().join("old");
+    copy_run(&two, &old);
+    let mut p = t.params.clone();
+    p.load_safetensors(&old.join("model.safetensors")).unwrap();
+    p.save_safetensors(&old.join("model.safetensors"), None).unwrap();
+    t.opt.state.save(&old.join("optimizer.safetensors")).unwrap();
+    let (_, ap, aopt) = t.adversary.as_ref().unwrap();
+    ap.save_safetensors(&old.join("adversary.safetensors"), None).unwrap();
+    aopt.state.save(&old.join("adversary_optimizer.safetensors")).unwrap();
+    assert_eq!(splicevi::train::trainer::read_stamp(&old.join("model.safetensors")).unwrap(), None);
+    assert!(load_model(&old, &ds).is_ok());
+    assert!(Trainer::resume(&ds, &old, Some(3)).is_ok());
+}
+
+/// Without validation cells nothing looks at the last step's parameters, so they are checked before
+/// every checkpoint: a learning rate that blows them up stops the run naming a parameter, and no NaN
+/// model is saved. The analyses refuse a model with a non-finite value, naming the tensor.
+#[test]
+fn a_non_finite_model_is_never_saved_nor_analysed() {
+    use splicevi::train::trainer::load_model;
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("div");
+    let tc = TrainConfig { lr: 1e38, train_size: 1.0, batch_size: 256, ..quick_train(1) };
+    let mut t = Trainer::new(&ds, run_config(&ds, ModelConfig::default(), tc), &dir).unwrap();
+    t.verbose = false;
+    let e = format!("{:#}", t.fit().unwrap_err());
+    assert!(e.contains("non-finite") && e.contains("parameter `") && e.contains("epoch 1") && e.contains("before any checkpoint was written"), "{e}");
+    assert!(!dir.join("model.safetensors").exists(), "a NaN model was saved");
+    // a NaN written into a good model's px_r (its stamp kept)
+    let good = tmp.path().join("good");
+    train(&ds, &good, ModelConfig::default(), quick_train(1));
+    let path = good.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let at = 8 + n + header["px_r"]["data_offsets"][0].as_u64().unwrap() as usize + 4 * 3;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let e = format!("{:#}", load_model(&good, &ds).err().expect("load_model accepted a NaN model"));
+    assert!(e.contains("tensor `px_r`") && e.contains("NaN at index 3"), "{e}");
+    let e = format!("{:#}", Trainer::resume(&ds, &good, Some(2)).err().expect("resume accepted a NaN model"));
+    assert!(e.contains("tensor `px_r`"), "{e}");
+}
+
+/// `--resume` checks the data's cells against split.json (the split and the minibatches follow the
+/// cells' positions): the same cells in another order, or one renamed, are refused naming the first
+/// that differs; a damaged split.json is a clear error.
+#[test]
+fn resume_refuses_other_cells_and_a_damaged_split() {
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&ds, &dir, ModelConfig::default(), quick_train(2));
+    let mut swapped = ds.clone();
+    swapped.cell_names.swap(4, 5);
+    let e = format!("{:#}", Trainer::resume(&swapped, &dir, Some(3)).err().expect("resume accepted reordered cells"));
+    assert!(e.contains(&format!("cell 4 is `{}`", ds.cell_names[5])) && e.contains(&format!("`{}` there (split.json)", ds.cell_names[4])), "{e}");
+    let mut renamed = ds.clone();
+    renamed.cell_names[7] = "someone_else".into();
+    let e = format!("{:#}", Trainer::resume(&renamed, &dir, Some(3)).err().expect("resume accepted a renamed cell"));
+    assert!(e.contains("cell 7 is `someone_else`"), "{e}");
+    let split = std::fs::read(dir.join("split.json")).unwrap();
+    for damaged in [&b""[..], &split[..split.len() / 2]] {
+        std::fs::write(dir.join("split.json"), damaged).unwrap();
+        let e = format!("{:#}", Trainer::resume(&ds, &dir, Some(3)).err().expect("resume accepted a damaged split.json"));
+        assert!(e.contains("split.json: damaged"), "{e}");
+    }
+    std::fs::write(dir.join("split.json"), &split).unwrap();
+    assert!(Trainer::resume(&ds, &dir, Some(3)).is_ok());
+}
+
+/// A metrics history shorter than the epochs train_state.json says were done is an error (resuming used
+/// to drop it silently and exit 0).
+#[test]
+fn resume_refuses_a_lost_history() {
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&ds, &dir, ModelConfig::default(), quick_train(2));
+    let metrics = std::fs::read(dir.join("metrics.jsonl")).unwrap();
+    std::fs::write(dir.join("metrics.jsonl"), "").unwrap();
+    let e = format!("{:#}", Trainer::resume(&ds, &dir, Some(3)).err().expect("resume accepted an empty history"));
+    assert!(e.contains("metrics.jsonl: holds 0 epochs, but train_state.json says 2 were done"), "{e}");
+    std::fs::write(dir.join("metrics.jsonl"), &metrics).unwrap();
+    assert!(Trainer::resume(&ds, &dir, Some(3)).is_ok());
+}

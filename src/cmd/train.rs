@@ -3,7 +3,7 @@ use crate::data::{load::load, DataOptions};
 use crate::cuda::gemm::GemmPrecision;
 use crate::device::Device;
 use crate::model::ModelConfig;
-use crate::train::trainer::{check_training_data, dims_of, read_run_config, read_train_state, require_checkpoint, RunConfig, TrainState, Trainer};
+use crate::train::trainer::{check_checkpoint, check_training_data, dims_of, lock_run_dir, read_run_config, RunConfig, TrainState, Trainer};
 use crate::train::{presets, TrainConfig};
 use anyhow::{Context, Result};
 use clap::{ArgMatches, Args, FromArgMatches};
@@ -143,21 +143,23 @@ impl TrainArgs {
     }
 }
 
-/// The files `splicevi train` writes into a run directory (removed by --overwrite).
+/// The files `splicevi train` writes into a run directory (removed by --overwrite, in this order: the
+/// checkpoint's mark train_state.json first and config.json last, so that a removal cut short leaves a
+/// run the checks call incomplete, never one that looks whole).
 const RUN_FILES: [&str; 13] = [
-    crate::train::trainer::CONFIG_FILE,
+    crate::train::trainer::STATE_FILE,
     crate::train::trainer::MODEL_FILE,
     crate::train::trainer::BEST_FILE,
     crate::train::trainer::OPTIM_FILE,
     crate::train::trainer::ADV_FILE,
     crate::train::trainer::ADV_OPTIM_FILE,
-    crate::train::trainer::STATE_FILE,
-    crate::train::trainer::FEATURES_FILE,
-    crate::train::trainer::SPLIT_FILE,
-    "metrics.tsv",
-    "metrics.jsonl",
+    crate::train::trainer::METRICS_TSV,
+    crate::train::trainer::METRICS_JSONL,
     "curves.png",
     "curves.svg",
+    crate::train::trainer::SPLIT_FILE,
+    crate::train::trainer::FEATURES_FILE,
+    crate::train::trainer::CONFIG_FILE,
 ];
 
 /// --resume takes its options from the run: a flag given beside it (other than --max-epochs) would be
@@ -414,9 +416,11 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         check_resume_flags(&args)?;
         let prev = read_run_config(&args.out)?;
         let max_epochs = args.options.train.get("max_epochs").and_then(|v| v.as_u64()).map(|v| v as usize);
+        // (held until the end: no other training writes the run meanwhile)
+        let _lock = lock_run_dir(&args.out)?;
         // (before the data is read: a finished run needs none)
-        require_checkpoint(&args.out)?;
-        if let Some(msg) = nothing_to_resume(&args.out, &read_train_state(&args.out)?, prev.train.max_epochs, max_epochs)? {
+        let state = check_checkpoint(&args.out, true)?;
+        if let Some(msg) = nothing_to_resume(&args.out, &state, prev.train.max_epochs, max_epochs)? {
             eprintln!("{msg}");
             return Ok(());
         }
@@ -430,20 +434,24 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         curves(&args);
         return Ok(());
     }
-    // Options and the run directory are checked before any data is read.
+    // Options and the run directory (that it can be written too) are checked before any data is read.
     let (model, train) = resolve(&args)?;
-    let replace = check_run_dir(&args)?;
+    check_run_dir(&args)?;
+    crate::util::check_output_named(&format!("--out {}", args.out.display()), &args.out.join(crate::train::trainer::CONFIG_FILE), &[], &[])?;
     let ds = load(&args.data, &args.data_options)?;
     check_training_data(&model, &train, &ds)?;
     let dims = dims_of(&ds);
     model.validate(&dims).with_context(|| ds.source.clone())?;
-    if replace {
-        remove_run_files(&args.out)?;
-    }
     let run = RunConfig::for_dataset(args.preset_name(), model, train, args.data_options.clone(), &ds);
     let mut t = Trainer::new(&ds, run, &args.out)?;
     t.verbose = !args.quiet;
     attach_device(&mut t, device, precision)?;
+    // Every check has passed (the split included): only now is the directory taken and an earlier
+    // run's files removed. (Checked again under the lock: another training may have written a run.)
+    let _lock = lock_run_dir(&args.out)?;
+    if check_run_dir(&args)? {
+        remove_run_files(&args.out)?;
+    }
     eprintln!(
         "training on {} cells ({} train / {} validation), {} genes, {} junctions in {} ATSEs; run dir {}",
         ds.n_cells(), t.train_cells.len(), t.validation_cells.len(), ds.n_genes(), ds.n_junctions(), ds.splicing.n_atse(), args.out.display()

@@ -237,8 +237,13 @@ impl<T: Real> Params<T> {
 
     /// Save to a safetensors file (written atomically) with the state-dict names.
     pub fn save_safetensors(&self, path: &Path, metadata: Option<HashMap<String, String>>) -> Result<()> {
-        let tensors = self.to_tensors();
-        save_tensors(path, &tensors, metadata)
+        let bytes = self.to_safetensors_bytes(metadata)?;
+        crate::util::write_atomic(path, |tmp| Ok(std::fs::write(tmp, &bytes)?))
+    }
+
+    /// The bytes [`Self::save_safetensors`] writes.
+    pub fn to_safetensors_bytes(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+        tensors_to_bytes(&self.to_tensors(), metadata)
     }
 }
 
@@ -248,13 +253,17 @@ pub fn save_tensors(
     tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    let bytes = tensors_to_bytes(tensors, metadata)?;
+    crate::util::write_atomic(path, |tmp| Ok(std::fs::write(tmp, &bytes)?))
+}
+
+fn tensors_to_bytes(tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| anyhow::anyhow!("{e:?}"))?)))
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(views, &metadata).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))?;
-    let bytes = sorted_header(bytes)?;
-    crate::util::write_atomic(path, |tmp| Ok(std::fs::write(tmp, &bytes)?))
+    sorted_header(bytes)
 }
 
 /// safetensors bytes with the header's JSON object keys in sorted order. `safetensors::serialize`

@@ -138,7 +138,13 @@ impl TrainConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.batch_size > 0, "batch_size must be > 0");
-        anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number, got {}", self.lr);
+        // (Adam computes in f32: 1e39 would be infinite there, 1e-46 zero)
+        anyhow::ensure!(
+            self.lr > 0.0 && (self.lr as f32).is_finite() && self.lr as f32 > 0.0,
+            "lr must be a positive number that a 32-bit float holds (at most {:e}; Adam steps in f32), got {}",
+            f32::MAX,
+            self.lr
+        );
         anyhow::ensure!(self.train_size > 0.0 && self.train_size <= 1.0, "train_size must be in (0, 1], got {}", self.train_size);
         anyhow::ensure!(self.weight_decay >= 0.0, "weight_decay must be >= 0");
         anyhow::ensure!(self.max_epochs > 0, "max_epochs must be > 0");

@@ -209,6 +209,13 @@ impl MetricsLog {
 
     /// Rewrite `metrics.tsv` and `metrics.jsonl` (atomically; they are small).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        let (tsv, jsonl) = self.to_text()?;
+        write_atomic(&dir.join("metrics.tsv"), |p| Ok(std::fs::write(p, tsv.as_bytes())?))?;
+        write_atomic(&dir.join("metrics.jsonl"), |p| Ok(std::fs::write(p, jsonl.as_bytes())?))
+    }
+
+    /// The texts of `metrics.tsv` and `metrics.jsonl`.
+    pub fn to_text(&self) -> Result<(String, String)> {
         let mut tsv = COLUMNS.join("\t");
         tsv.push('\n');
         let mut jsonl = String::new();
@@ -221,8 +228,7 @@ impl MetricsLog {
             jsonl += &serde_json::to_string(m)?;
             jsonl.push('\n');
         }
-        write_atomic(&dir.join("metrics.tsv"), |p| Ok(std::fs::write(p, tsv.as_bytes())?))?;
-        write_atomic(&dir.join("metrics.jsonl"), |p| Ok(std::fs::write(p, jsonl.as_bytes())?))
+        Ok((tsv, jsonl))
     }
 
     pub fn load(dir: &Path) -> Result<Self> {

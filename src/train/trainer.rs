@@ -14,11 +14,12 @@ use crate::data::{DataOptions, Dataset};
 use crate::model::adversary::Adversary;
 use crate::model::{Batch, Dims, Modality, ModalityWeights, ModelConfig, Noise, Params, SpliceVae, StepOptions, WarmupRouting};
 use crate::optim::{clip_info, Adam, AdamConfig, AdamState};
-use crate::util::write_atomic;
+use crate::util::{write_atomic, write_atomic_set, FileWriter};
 use anyhow::{bail, Context, Result};
 use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -31,6 +32,17 @@ pub const ADV_OPTIM_FILE: &str = "adversary_optimizer.safetensors";
 pub const STATE_FILE: &str = "train_state.json";
 pub const FEATURES_FILE: &str = "features.json";
 pub const SPLIT_FILE: &str = "split.json";
+pub const METRICS_TSV: &str = "metrics.tsv";
+pub const METRICS_JSONL: &str = "metrics.jsonl";
+/// Held (flock) by the training writing the run directory; never removed (a lock file that goes can be
+/// locked twice).
+pub const LOCK_FILE: &str = ".splicevi-train.lock";
+
+/// The safetensors metadata that stamps each file of a checkpoint with the epochs done and the global
+/// step it was written after (train_state.json records the same): a set that an interrupted rename
+/// (SIGKILL, power loss) left mixed is refused instead of silently resumed or analysed.
+const STAMP_EPOCHS: &str = "splicevi_epochs_done";
+const STAMP_STEP: &str = "splicevi_global_step";
 
 /// The features a run was trained on, in order (`features.json`, written when the run starts): the
 /// analyses and --resume refuse data whose genes, junctions or grouping of junctions into ATSEs differ,
@@ -110,7 +122,7 @@ pub fn read_run_split(dir: &Path) -> Result<Option<RunSplit>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let split: RunSplit = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", path.display()))?;
+    let split: RunSplit = serde_json::from_str(&text).with_context(|| format!("{}: damaged (empty or cut short?), not the run's train/validation split", path.display()))?;
     if let Some(&v) = split.validation.iter().find(|&&v| v >= split.cells.len()) {
         bail!("{}: validation cell {v} of {} cells", path.display(), split.cells.len());
     }
@@ -306,6 +318,8 @@ pub struct Trainer<'a> {
     pub verbose: bool,
     /// `fit` ended by early stopping with `restore_best`: the checkpoint holds the best epoch's weights.
     pub restored_best: bool,
+    /// The epoch just finished is the best so far (`restore_best`): its checkpoint writes best.safetensors.
+    save_best: bool,
     /// The CUDA step, when training runs on a device ([`Trainer::use_device`]). The host `params` and
     /// `opt.state` then trail the device's and are brought back at the end of every epoch.
     device: Option<DeviceRun>,
@@ -372,6 +386,7 @@ impl<'a> Trainer<'a> {
             log: MetricsLog::default(),
             verbose: true,
             restored_best: false,
+            save_best: false,
             device: None,
         })
     }
@@ -379,7 +394,7 @@ impl<'a> Trainer<'a> {
     /// Continue a run from its directory (the checkpoint written at the end of the last completed epoch).
     pub fn resume(ds: &'a Dataset, dir: &Path, max_epochs: Option<usize>) -> Result<Self> {
         let run = read_run_config(dir)?;
-        require_checkpoint(dir)?;
+        let state = check_checkpoint(dir, true)?;
         // (before the model is built from the data's ATSE grouping)
         if let Some(diff) = dims_difference(&dims_of(ds), &run.dims) {
             bail!("{}: the data differs from the run {} in {diff}", ds.source, dir.display());
@@ -396,17 +411,44 @@ impl<'a> Trainer<'a> {
                 );
             }
         }
+        // The split and the minibatches follow the cells' positions: the data must hold the run's cells
+        // in the same order (split.json; runs from before it have none).
+        let split = read_run_split(dir).context("--resume checks the data's cells against the run's split")?;
+        if let Some(sp) = &split {
+            if let Some(i) = (0..sp.cells.len().max(ds.n_cells())).find(|&i| sp.cells.get(i) != ds.cell_names.get(i)) {
+                bail!(
+                    "{}: cell {i} is `{}`, but the run {} was trained with `{}` there ({SPLIT_FILE}); --resume needs the training data's cells in the same order (the split and the minibatches follow the cells' positions)",
+                    ds.source,
+                    ds.cell_names.get(i).map_or("(none)", |s| s.as_str()),
+                    dir.display(),
+                    sp.cells.get(i).map_or("(none)", |s| s.as_str())
+                );
+            }
+        }
         let mut t = Trainer::new(ds, run, dir)?;
+        if let Some(sp) = &split {
+            let mut validation = t.validation_cells.clone();
+            validation.sort_unstable();
+            if validation != sp.validation {
+                bail!(
+                    "{}: {SPLIT_FILE} holds {} validation cells, but the run's options split {} off now (another splicevi version?); --resume would not continue it exactly",
+                    dir.display(),
+                    sp.validation.len(),
+                    validation.len()
+                );
+            }
+        }
         if let Some(m) = max_epochs {
             t.run.train.max_epochs = m;
         }
         t.params.load_safetensors(&dir.join(MODEL_FILE))?;
+        check_params_finite(&t.params, &dir.join(MODEL_FILE))?;
         t.opt = Adam::with_state(t.opt.config, AdamState::load(&dir.join(OPTIM_FILE), t.params.layout.n_trainable)?);
         if let Some((_, ap, aopt)) = &mut t.adversary {
             ap.load_safetensors(&dir.join(ADV_FILE))?;
             *aopt = Adam::with_state(aopt.config, AdamState::load(&dir.join(ADV_OPTIM_FILE), ap.layout.n_trainable)?);
         }
-        t.state = read_train_state(dir)?;
+        t.state = state;
         t.opt.set_lr(t.state.lr);
         t.log = MetricsLog::load(dir)?;
         t.log.truncate(t.state.epochs_done);
@@ -505,14 +547,16 @@ impl<'a> Trainer<'a> {
         }
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
         write_json(&self.dir.join(CONFIG_FILE), &self.run)?;
+        // (a fresh run writes its own: a file left by an earlier run is not this one's)
+        let fresh = self.state.epochs_done == 0;
         let features = self.dir.join(FEATURES_FILE);
-        if !features.exists() {
+        if fresh || !features.exists() {
             // (compact: a name per feature, about 4 MB at the paper size)
             let text = serde_json::to_string(&RunFeatures::of_run(self.ds, &self.run.model))?;
             write_atomic(&features, |p| Ok(std::fs::write(p, text.as_bytes())?))?;
         }
         let split = self.dir.join(SPLIT_FILE);
-        if !split.exists() {
+        if fresh || !split.exists() {
             let mut validation = self.validation_cells.clone();
             validation.sort_unstable();
             let text = serde_json::to_string(&RunSplit { cells: self.ds.cell_names.clone(), validation })?;
@@ -549,6 +593,9 @@ impl<'a> Trainer<'a> {
                 self.validate(epoch, &mut m).with_context(|| self.stopped(epoch, step))?;
             }
             self.sync_from_device()?;
+            // (without validation nothing else sees the last step's parameters before they are saved)
+            let step = self.state.global_step.saturating_sub(1);
+            self.check_finite(epoch).with_context(|| self.stopped(epoch, step))?;
             m.seconds = t0.elapsed().as_secs_f64();
             m.cells_per_s = self.train_cells.len() as f64 / m.seconds.max(1e-9);
             self.end_of_epoch(epoch, &m)?;
@@ -564,11 +611,13 @@ impl<'a> Trainer<'a> {
                 }
             }
             self.log.push(m);
-            self.checkpoint()?;
+            let step = self.state.global_step;
+            self.checkpoint().with_context(|| self.stopped(epoch, step))?;
         }
         if self.state.stopped_early && tc.restore_best && self.dir.join(BEST_FILE).exists() {
             self.params.load_safetensors(&self.dir.join(BEST_FILE))?;
-            write_safetensors(&self.dir.join(MODEL_FILE), &self.params)?;
+            let bytes = self.params.to_safetensors_bytes(Some(stamp(&self.state)))?;
+            write_atomic(&self.dir.join(MODEL_FILE), |p| Ok(std::fs::write(p, &bytes)?))?;
             self.restored_best = true;
         }
         Ok(())
@@ -785,15 +834,15 @@ impl<'a> Trainer<'a> {
 
     fn end_of_epoch(&mut self, epoch: usize, m: &EpochMetrics) -> Result<()> {
         self.state.epochs_done = epoch + 1;
+        self.save_best = false;
         if self.validation_cells.is_empty() {
             return Ok(());
         }
         let tc = &self.run.train;
         if tc.early_stopping {
             let (improved, stop) = self.state.early_stopping.update(epoch, m.rec_validation);
-            if improved && tc.restore_best {
-                write_safetensors(&self.dir.join(BEST_FILE), &self.params)?;
-            }
+            // (written with the epoch's checkpoint, as one of its files)
+            self.save_best = improved && tc.restore_best;
             if stop {
                 self.state.stopped_early = true;
             }
@@ -805,16 +854,56 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Write the checkpoint of the epoch just finished: parameters, optimizer, schedule state, metrics.
+    /// Write the checkpoint of the epoch just finished: parameters, optimizer, schedule state, metrics,
+    /// as one unit ([`write_atomic_set`]): every file is staged before any replaces the previous
+    /// epoch's, train_state.json last, so a failure leaves the previous checkpoint whole. Each
+    /// safetensors file is stamped with the epoch ([`check_checkpoint`] refuses a mixed set).
     pub fn checkpoint(&self) -> Result<()> {
-        write_safetensors(&self.dir.join(MODEL_FILE), &self.params)?;
-        write_atomic(&self.dir.join(OPTIM_FILE), |p| self.opt.state.save(p))?;
-        if let Some((_, ap, aopt)) = &self.adversary {
-            write_safetensors(&self.dir.join(ADV_FILE), ap)?;
-            write_atomic(&self.dir.join(ADV_OPTIM_FILE), |p| aopt.state.save(p))?;
+        fn params<'b>(p: &'b Params<f32>, meta: &'b HashMap<String, String>) -> FileWriter<'b> {
+            Box::new(move |t: &Path| Ok(std::fs::write(t, p.to_safetensors_bytes(Some(meta.clone()))?)?))
         }
-        self.log.save(&self.dir)?;
-        write_json(&self.dir.join(STATE_FILE), &self.state)
+        fn moments<'b>(a: &'b AdamState, meta: &'b HashMap<String, String>) -> FileWriter<'b> {
+            Box::new(move |t: &Path| Ok(std::fs::write(t, a.to_safetensors_with(meta.clone())?)?))
+        }
+        fn text(s: String) -> FileWriter<'static> {
+            Box::new(move |t: &Path| Ok(std::fs::write(t, s.as_bytes())?))
+        }
+        let meta = stamp(&self.state);
+        let d = |f: &str| self.dir.join(f);
+        let mut files: Vec<(PathBuf, FileWriter)> = vec![(d(MODEL_FILE), params(&self.params, &meta)), (d(OPTIM_FILE), moments(&self.opt.state, &meta))];
+        if let Some((_, ap, aopt)) = &self.adversary {
+            files.push((d(ADV_FILE), params(ap, &meta)));
+            files.push((d(ADV_OPTIM_FILE), moments(&aopt.state, &meta)));
+        }
+        if self.save_best {
+            files.push((d(BEST_FILE), params(&self.params, &meta)));
+        }
+        let (tsv, jsonl) = self.log.to_text()?;
+        files.push((d(METRICS_TSV), text(tsv)));
+        files.push((d(METRICS_JSONL), text(jsonl)));
+        files.push((d(STATE_FILE), text(serde_json::to_string_pretty(&self.state)?)));
+        write_atomic_set(files)
+    }
+
+    /// Before a checkpoint: every parameter and optimizer moment finite (a NaN model is never saved).
+    fn check_finite(&self, epoch: usize) -> Result<()> {
+        let bad = |term: String| -> anyhow::Error { NonFinite { epoch, step: self.state.global_step.saturating_sub(1), term }.into() };
+        let name = |p: &Params<f32>, i: usize| p.layout.entries.iter().find(|e| e.offset <= i && i < e.offset + e.len).map(|e| e.name.clone()).unwrap_or_default();
+        let mut sets = vec![("", &self.params, &self.opt.state)];
+        if let Some((_, ap, aopt)) = &self.adversary {
+            sets.push(("adversary ", ap, &aopt.state));
+        }
+        for (who, p, a) in sets {
+            if let Some(i) = first_non_finite(&p.data) {
+                return Err(bad(format!("{who}parameter `{}`", name(p, i))));
+            }
+            for (what, v) in [("exp_avg", &a.exp_avg), ("exp_avg_sq", &a.exp_avg_sq)] {
+                if let Some(i) = first_non_finite(v) {
+                    return Err(bad(format!("{who}optimizer moment {what} of `{}`", name(p, i))));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -936,16 +1025,167 @@ fn check_sums<F: Fn(&str) -> NonFinite>(rl_expr: &[f32], rl_spl: &[f32], kl: &[f
 pub fn split(ds: &Dataset, tc: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>)> {
     let cfg = SplitConfig { train_size: (tc.train_size != 0.9).then_some(tc.train_size), batch_size: tc.batch_size, ..Default::default() };
     let s = train_validation_split(ds.n_cells(), &cfg, tc.seed)?;
+    if s.train.is_empty() && s.moved > 0 {
+        bail!(
+            "{}: no training cells after the split ({} cells): when --train-size is not given, scvi's small-last-batch rule moves a last training minibatch of 1 or 2 cells out of training (model.md §6.3), and here that minibatch ({} of --batch-size {}) held every training cell; give --train-size 1 to train on all of them",
+            ds.source,
+            ds.n_cells(),
+            s.moved,
+            tc.batch_size
+        );
+    }
     if s.train.is_empty() {
         bail!("{}: no training cells after the split ({} cells)", ds.source, ds.n_cells());
     }
     Ok((s.train, s.validation))
 }
 
-/// The schedule state of the run's last checkpoint.
+/// The schedule state of the run's last checkpoint (read through [`check_checkpoint`], which also
+/// checks that the checkpoint is whole).
 pub fn read_train_state(dir: &Path) -> Result<TrainState> {
     let st = std::fs::read_to_string(dir.join(STATE_FILE)).with_context(|| format!("{}: no {STATE_FILE} to resume from", dir.display()))?;
-    serde_json::from_str(&st).with_context(|| format!("{}: bad {STATE_FILE}", dir.display()))
+    serde_json::from_str(&st).with_context(|| format!("{}: damaged {STATE_FILE} (empty or cut short?)", dir.display()))
+}
+
+/// The stamp of a checkpoint written with `state`: safetensors metadata (all values are strings).
+fn stamp(state: &TrainState) -> HashMap<String, String> {
+    HashMap::from([(STAMP_EPOCHS.to_string(), state.epochs_done.to_string()), (STAMP_STEP.to_string(), state.global_step.to_string())])
+}
+
+/// The (epochs done, global step) stamp of a checkpoint's safetensors file, read from its header
+/// alone; None for a file written before the stamps existed.
+pub fn read_stamp(path: &Path) -> Result<Option<(usize, u64)>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let size = f.metadata()?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).with_context(|| format!("{}: not a safetensors file (empty or cut short?)", path.display()))?;
+    let n = u64::from_le_bytes(n);
+    anyhow::ensure!(n <= size.saturating_sub(8) && n <= 1 << 30, "{}: not a safetensors file (a header of {n} bytes in {size})", path.display());
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)?;
+    let v: serde_json::Value = serde_json::from_slice(&header).with_context(|| format!("{}: not a safetensors file (unreadable header)", path.display()))?;
+    let get = |k: &str| v.get("__metadata__").and_then(|m| m.get(k)).and_then(|x| x.as_str()).and_then(|x| x.parse::<u64>().ok());
+    Ok(match (get(STAMP_EPOCHS), get(STAMP_STEP)) {
+        (Some(e), Some(s)) => Some((e as usize, s)),
+        _ => None,
+    })
+}
+
+/// The run's last checkpoint, checked whole before it is used; returns its schedule state. The
+/// analyses (`resume` false) need model.safetensors and train_state.json of the same epoch; --resume
+/// also the optimizer (and the adversary's files) of that epoch, and the metrics of every epoch done.
+/// Different stamps mean the checkpoint was interrupted while its files were renamed into place
+/// (killed, or the machine stopped): refused, naming each file's epoch. Runs written before the stamps
+/// existed have none and are taken as they are.
+pub fn check_checkpoint(dir: &Path, resume: bool) -> Result<TrainState> {
+    let redo = "train again there with --overwrite (or into another --out)";
+    match (dir.join(MODEL_FILE).exists(), dir.join(STATE_FILE).exists()) {
+        (false, false) => bail!("{}: no checkpoint ({MODEL_FILE}): its training stopped before the first epoch ended; train again there", dir.display()),
+        (true, false) => bail!(
+            "{}: incomplete checkpoint: {MODEL_FILE} without {STATE_FILE} (the run was interrupted while writing a checkpoint, or the file was removed), so which epoch the model is from is unknown; {redo}",
+            dir.display()
+        ),
+        (false, true) => bail!("{}: incomplete checkpoint: {STATE_FILE} without {MODEL_FILE} (removed?); {redo}", dir.display()),
+        (true, true) => {}
+    }
+    let state = read_train_state(dir)?;
+    let mut files = vec![MODEL_FILE];
+    if resume {
+        let run = read_run_config(dir)?;
+        files.push(OPTIM_FILE);
+        if run.train.adversarial_mixing && run.dims.n_batch > 1 {
+            files.extend([ADV_FILE, ADV_OPTIM_FILE]);
+        }
+        let missing: Vec<&str> = files.iter().copied().filter(|f| !dir.join(f).exists()).collect();
+        if !missing.is_empty() {
+            bail!("{}: incomplete checkpoint: no {} (--resume needs the optimizer state to continue the run exactly); {redo}", dir.display(), missing.join(", "));
+        }
+    }
+    let stamps = files.iter().map(|f| Ok((*f, read_stamp(&dir.join(f))?))).collect::<Result<Vec<_>>>()?;
+    let want = (state.epochs_done, state.global_step);
+    if stamps.iter().any(|(_, s)| s.is_some()) && stamps.iter().any(|(_, s)| *s != Some(want)) {
+        let mut list = vec![format!("{STATE_FILE}: after epoch {} (step {})", want.0, want.1)];
+        list.extend(stamps.iter().map(|(f, s)| match s {
+            Some((e, st)) => format!("{f}: after epoch {e} (step {st})"),
+            None => format!("{f}: no epoch stamp (an older splicevi's)"),
+        }));
+        bail!(
+            "{}: the checkpoint mixes files of different epochs ({}): its writing was interrupted (killed, or the machine stopped) while the files were renamed into place, so {}; {redo}",
+            dir.display(),
+            list.join(", "),
+            if resume { "--resume cannot continue it exactly" } else { "the model is not the one train_state.json and the metrics describe" }
+        );
+    }
+    if resume {
+        let path = dir.join(METRICS_JSONL);
+        anyhow::ensure!(path.exists(), "{}: missing, but {STATE_FILE} says {} epochs were done: --resume would lose their history; {redo}", path.display(), state.epochs_done);
+        let log = MetricsLog::load(dir)?;
+        if log.epochs.len() < state.epochs_done {
+            bail!(
+                "{}: holds {} epochs, but {STATE_FILE} says {} were done: --resume would lose their history (restore the file, or {redo})",
+                path.display(),
+                log.epochs.len(),
+                state.epochs_done
+            );
+        }
+        if let Some(i) = (0..state.epochs_done).find(|&i| log.epochs[i].epoch != i) {
+            bail!("{}: line {} is epoch {}, expected {} (the epochs in order, from 0)", path.display(), i + 1, log.epochs[i].epoch, i);
+        }
+    }
+    Ok(state)
+}
+
+/// Err naming the first tensor of `p` (read from `path`) that holds a NaN or an infinite value.
+pub fn check_params_finite(p: &Params<f32>, path: &Path) -> Result<()> {
+    if let Some(i) = first_non_finite(&p.data) {
+        let e = p.layout.entries.iter().find(|e| e.offset <= i && i < e.offset + e.len);
+        let (name, at) = e.map_or((String::new(), i), |e| (e.name.clone(), i - e.offset));
+        bail!(
+            "{}: tensor `{name}` holds a non-finite value ({} at index {at}): the model is unusable (its training diverged); train again, e.g. with a lower --lr",
+            path.display(),
+            p.data[i]
+        );
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a run directory, held by the training that writes it (released when dropped,
+/// or when the process ends however it ends).
+pub struct RunLock(#[allow(dead_code)] std::fs::File);
+
+/// Creates `dir` if need be and locks it for one training ([`LOCK_FILE`], flock): a second training
+/// into the same directory is refused, naming it, instead of mixing its files with the first's.
+pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all(dir).with_context(|| format!("--out {}: cannot create the run directory", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("--out {}: cannot write in the run directory", dir.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!("--out {}: another training is writing this run directory now (it holds {}); wait for it to end, or train into another --out", dir.display(), path.display());
+        }
+        return Err(e).with_context(|| format!("--out {}: locking {}", dir.display(), path.display()));
+    }
+    // Only the training holding the lock writes the run's files: temporary ones found now were left
+    // by a training killed while writing (SIGKILL, power loss).
+    let run_files = [CONFIG_FILE, MODEL_FILE, BEST_FILE, OPTIM_FILE, ADV_FILE, ADV_OPTIM_FILE, STATE_FILE, FEATURES_FILE, SPLIT_FILE, METRICS_TSV, METRICS_JSONL, "curves.png", "curves.svg"];
+    let left: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("--out {}: reading the run directory", dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".tmp") && run_files.iter().any(|f| n.starts_with(&format!(".{f}."))))
+        .map(|n| dir.join(n))
+        .collect();
+    for p in &left {
+        std::fs::remove_file(p).with_context(|| format!("removing {}, left by an interrupted training", p.display()))?;
+    }
+    if !left.is_empty() {
+        eprintln!("{}: removed {} temporary file(s) left by an interrupted training", dir.display(), left.len());
+    }
+    Ok(RunLock(f))
 }
 
 pub fn read_run_config(dir: &Path) -> Result<RunConfig> {
@@ -954,18 +1194,16 @@ pub fn read_run_config(dir: &Path) -> Result<RunConfig> {
     serde_json::from_str(&text).with_context(|| format!("{}: unreadable run config", path.display()))
 }
 
-/// A run directory whose training stopped before its first epoch ended has a config but no checkpoint.
+/// A run directory whose training stopped before its first epoch ended has a config but no checkpoint;
+/// one interrupted while writing a checkpoint has an incomplete or mixed one ([`check_checkpoint`]).
 pub fn require_checkpoint(dir: &Path) -> Result<()> {
-    if !dir.join(MODEL_FILE).exists() {
-        bail!("{}: no checkpoint ({MODEL_FILE}): its training stopped before the first epoch ended; train again there", dir.display());
-    }
-    Ok(())
+    check_checkpoint(dir, false).map(|_| ())
 }
 
 /// Load the trained model of a run directory.
 pub fn load_model(dir: &Path, ds: &Dataset) -> Result<(RunConfig, SpliceVae, Params<f32>)> {
     let run = read_run_config(dir)?;
-    require_checkpoint(dir)?;
+    check_checkpoint(dir, false)?;
     let dims = dims_of(ds);
     anyhow::ensure!(
         dims.n_genes == run.dims.n_genes && dims.n_junctions == run.dims.n_junctions && dims.n_atse == run.dims.n_atse,
@@ -976,16 +1214,13 @@ pub fn load_model(dir: &Path, ds: &Dataset) -> Result<(RunConfig, SpliceVae, Par
     let model = SpliceVae::new(run.model.clone(), run.dims.clone(), ds.splicing.junc2atse.clone())?;
     let mut params = model.init_params::<f32>(0);
     params.load_safetensors(&dir.join(MODEL_FILE))?;
+    check_params_finite(&params, &dir.join(MODEL_FILE))?;
     Ok((run, model, params))
 }
 
 pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v)?;
     write_atomic(path, |p| Ok(std::fs::write(p, text.as_bytes())?))
-}
-
-fn write_safetensors(path: &Path, p: &Params<f32>) -> Result<()> {
-    write_atomic(path, |tmp| p.save_safetensors(tmp, None))
 }
 
 fn progress_bar(n: usize, epoch: usize, max_epochs: usize) -> indicatif::ProgressBar {
