@@ -289,14 +289,14 @@ fn matrix_market_integer_obs_columns() {
     std::fs::write(dir.join("obs.tsv"), lines.join("\n") + "\n").unwrap();
     let ds = load(&dir, &valid_opts()).unwrap();
     let n = ds.n_cells() as i64;
-    assert_eq!(ds.obs_column("n_counts"), Some(&ObsColumn::Int(IntColumn::plain((1..=n).map(|i| 1000 + i).collect()))));
-    assert!(matches!(ds.obs_column("gap"), Some(ObsColumn::Numeric(v)) if v[1].is_nan() && v[0] == 1.0), "{:?}", ds.obs_column("gap"));
-    assert!(matches!(ds.obs_column("code"), Some(ObsColumn::Text(_))));
+    assert_eq!(ds.obs_column("n_counts", "test").ok().map(|c| c.1), Some(&ObsColumn::Int(IntColumn::plain((1..=n).map(|i| 1000 + i).collect()))));
+    assert!(matches!(ds.obs_column("gap", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(v)) if v[1].is_nan() && v[0] == 1.0), "{:?}", ds.obs_column("gap", "test").ok().map(|c| c.1));
+    assert!(matches!(ds.obs_column("code", "test").ok().map(|c| c.1), Some(ObsColumn::Text(_))));
     let id64 = IntColumn { values: (1..=n).map(|i| (1i128 << 63) + i as i128).collect(), width: splicevi::data::IntWidth::U64, mask: None };
-    assert_eq!(ds.obs_column("id64"), Some(&ObsColumn::Int(id64)));
+    assert_eq!(ds.obs_column("id64", "test").ok().map(|c| c.1), Some(&ObsColumn::Int(id64)));
     // −1 and u64::MAX fit no one integer type: floats
-    assert!(matches!(ds.obs_column("over"), Some(ObsColumn::Numeric(v)) if v[0] == -1.0), "{:?}", ds.obs_column("over"));
-    assert!(matches!(ds.obs_column("age"), Some(ObsColumn::Numeric(_))), "{:?}", ds.obs_column("age"));
+    assert!(matches!(ds.obs_column("over", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(v)) if v[0] == -1.0), "{:?}", ds.obs_column("over", "test").ok().map(|c| c.1));
+    assert!(matches!(ds.obs_column("age", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(_))), "{:?}", ds.obs_column("age", "test").ok().map(|c| c.1));
 }
 
 #[test]
@@ -746,12 +746,12 @@ print("ok")
     let ds = load(&data, &DataOptions { batch_key: Some("grp".into()), ..DataOptions::default() }).unwrap();
     assert_eq!(ds.covariates.batch.levels, ["9", "214"]);
     assert_eq!(&ds.covariates.batch.codes[..3], [1, 0, 0]);
-    match ds.obs_column("icat") {
+    match ds.obs_column("icat", "test").ok().map(|c| c.1) {
         Some(ObsColumn::Categorical { categories, .. }) => assert_eq!(categories, &["18446744073709551615", "9223372036854775809", "9223372036854775808"]),
         other => panic!("icat: {other:?}"),
     }
     // uint64 above i64::MAX: integers, exactly (they came back as floats)
-    match ds.obs_column("huge") {
+    match ds.obs_column("huge", "test").ok().map(|c| c.1) {
         Some(ObsColumn::Int(c)) => {
             assert_eq!(c.width, splicevi::data::IntWidth::U64);
             assert_eq!(&c.values[..2], [1i128 << 63, (1i128 << 63) + 1]);
