@@ -450,6 +450,41 @@ fn cli_validate_prints_a_summary() {
     assert!(!out.status.success());
 }
 
+/// Without --batch-key the JSON summary has no batch (null, as the text says none), not the model's
+/// placeholder level "0" under the name "batch"; with it, the column's levels.
+#[test]
+fn validate_json_reports_no_batch_without_batch_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    simulate_toy(0, &data);
+    let validate = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(&data).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let s: Value = serde_json::from_str(&validate(&["--json"])).unwrap();
+    assert!(s["batch"].is_null() && s["labels"].is_null(), "{s}");
+    let text = validate(&[]);
+    assert!(text.contains("none (no --batch-key") && !text.contains("levels"), "{text}");
+    let s: Value = serde_json::from_str(&validate(&["--json", "--batch-key", "batch"])).unwrap();
+    assert_eq!(s["batch"]["name"], "batch", "{s}");
+    let total: u64 = s["batch"]["sizes"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
+    assert!(s["batch"]["sizes"].as_array().unwrap().len() == 2 && total == 200, "{s}");
+    assert!(s["observed_percent"].as_f64().is_some_and(|p| p > 0.0 && p < 100.0), "{s}");
+    // no junctions: no percentage of no entries (it said 0)
+    let z = tmp.path().join("nojunctions");
+    std::fs::create_dir(&z).unwrap();
+    std::fs::write(z.join("barcodes.tsv"), "c1\nc2\n").unwrap();
+    std::fs::write(z.join("junctions.tsv"), "junction_id\tevent_id\n").unwrap();
+    for m in ["junction_counts.mtx", "atse_counts.mtx"] {
+        std::fs::write(z.join(m), "%%MatrixMarket matrix coordinate integer general\n2 0 0\n").unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(&z).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["observed_percent"].is_null() && s["batch"].is_null(), "{s}");
+}
+
 /// A file without cells is refused on load (it used to pass `validate`, and `embed` wrote a 0 × 0
 /// latent); the same directory with one cell loads.
 #[test]
