@@ -509,6 +509,50 @@ fn a_dataset_without_cells_is_refused() {
     assert!(e.contains("none") && e.contains("no cells"), "{e}");
 }
 
+/// Matrix Market text tables: a line with a field more or less than its header line is an error naming
+/// the file, the line and both counts (the extra field was dropped, a missing one read as missing);
+/// an empty size factor is named as empty at its line (it said "size factor NaN is not finite"); an
+/// empty text field is a missing value (NA, as pandas reads it), not a batch "" of its own.
+#[test]
+fn matrix_market_tables_check_their_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, junctions: &str, obs: &str| -> std::path::PathBuf {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("barcodes.tsv"), "c0\nc1\nc2\n").unwrap();
+        std::fs::write(dir.join("junctions.tsv"), junctions).unwrap();
+        let header = "%%MatrixMarket matrix coordinate integer general\n3 2 6\n";
+        std::fs::write(dir.join("junction_counts.mtx"), format!("{header}1 1 1\n1 2 2\n2 1 1\n2 2 2\n3 1 1\n3 2 2\n")).unwrap();
+        std::fs::write(dir.join("atse_counts.mtx"), format!("{header}1 1 3\n1 2 3\n2 1 3\n2 2 3\n3 1 3\n3 2 3\n")).unwrap();
+        std::fs::write(dir.join("obs.tsv"), obs).unwrap();
+        dir
+    };
+    let junctions = "junction_id\tevent_id\nj0\ta0\nj1\ta0\n";
+    let obs = |row2: &str| format!("cell\tbatch\tX_library_size\nc0\tb1\t10\n{row2}\nc2\tb2\t30\n");
+    let load_err = |dir: &std::path::Path, batch: bool| {
+        let opts = DataOptions { batch_key: batch.then(|| "batch".into()), ..DataOptions::default() };
+        format!("{:#}", load(dir, &opts).unwrap_err())
+    };
+    let good = write("good", junctions, &obs("c1\tb1\t20"));
+    let ds = load(&good, &DataOptions { batch_key: Some("batch".into()), ..DataOptions::default() }).unwrap();
+    assert_eq!(ds.covariates.batch.levels, ["b1", "b2"]);
+    let e = load_err(&write("extra", junctions, &obs("c1\tb1\t20\textra")), false);
+    assert!(e.contains("extra: obs.tsv: line 3 has 4 tab-separated fields, the header line 3"), "{e}");
+    let e = load_err(&write("fewer", junctions, &obs("c1\tb1")), false);
+    assert!(e.contains("fewer: obs.tsv: line 3 has 2 tab-separated fields, the header line 3"), "{e}");
+    let e = load_err(&write("jextra", "junction_id\tevent_id\nj0\ta0\tGENE\nj1\ta0\n", &obs("c1\tb1\t20")), false);
+    assert!(e.contains("jextra: junctions.tsv: line 2 has 3 tab-separated fields, the header line 2"), "{e}");
+    // an empty batch and size factor: the size factor is required, and named as empty at its line
+    let blank = write("blank", junctions, &obs("c1\t\t"));
+    let e = load_err(&blank, true);
+    assert!(e.contains("obs.tsv:X_library_size: cell 1 (\"c1\"): line 3: the size factor is empty") && !e.contains("NaN"), "{e}");
+    let e = load_err(&write("nasf", junctions, &obs("c1\tb1\tNA")), false);
+    assert!(e.contains("line 3: the size factor is \"NA\" (missing)"), "{e}");
+    // the empty batch alone: a missing value of the batch key, not a level ""
+    let e = load_err(&write("blank_batch", junctions, &obs("c1\t\t20")), true);
+    assert!(e.contains("obs.tsv/batch: cell 1 (\"c1\"): missing value") && e.contains("--batch-key"), "{e}");
+}
+
 /// A MuData's global obs may list its cells in another order than the modalities do (mudata matches
 /// them by name): its columns and the global obsm's size factors follow the cells by name. (The size
 /// factors were read by row position, so such a file trained with them on the wrong cells, silently.)
