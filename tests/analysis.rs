@@ -746,16 +746,16 @@ fn commands_reject_bad_requests_with_clear_errors() {
         // a continuous column: one comparison per value, 128 of them, ran silently
         (vec!["diff-splicing".into(), "--groupby".into(), "library_size".into()], "give --group1"),
         (vec!["normalize-expression".into(), "--library-size".into(), "1e300".into()], "--library-size 1e300"),
-        (vec!["impute".into(), "--observed-only".into(), "--groupby".into(), "nocol".into()], "--groupby nocol"),
-        (vec!["evaluate".into(), "--label".into(), "nocol".into()], "--label nocol"),
-        (vec!["evaluate".into(), "--meanbayes-groupby".into(), "nocol".into()], "--meanbayes-groupby nocol"),
+        (vec!["impute".into(), "--observed-only".into(), "--groupby".into(), "nocol".into()], "no obs column \"nocol\" (set by --groupby)"),
+        (vec!["evaluate".into(), "--label".into(), "nocol".into()], "no obs column \"nocol\" (set by --label)"),
+        (vec!["evaluate".into(), "--meanbayes-groupby".into(), "nocol".into()], "no obs column \"nocol\" (set by --meanbayes-groupby)"),
         (vec!["evaluate".into(), "--knn".into(), "500".into()], "at most 160 neighbours"),
         // a measurement as labels: 131 "classes" of one or two cells each, scored without a word
         (vec!["evaluate".into(), "--label".into(), "library_size".into()], "a measurement rather than classes"),
         (vec!["evaluate".into(), "--label".into(), "cell_type".into(), "--sublabel".into(), "library_size".into()], "--sublabel library_size"),
         (vec!["impute".into(), "--transform-batch".into(), "batch7".into()], "batch7"),
         (vec!["impute".into(), "--junctions".into(), d.join("nope.txt").display().to_string()], "nope.txt"),
-        (vec!["evaluate".into(), "--cross-fold".into(), "cell_type,nocol".into()], "--cross-fold nocol"),
+        (vec!["evaluate".into(), "--cross-fold".into(), "cell_type,nocol".into()], "no obs column \"nocol\" (set by --cross-fold)"),
         (vec!["evaluate".into(), "--cross-fold".into(), "library_size".into()], "a measurement rather than classes"),
         (vec!["evaluate".into(), "--cross-fold".into(), "cell_type,cell_type".into()], "names `cell_type` twice"),
         (vec!["evaluate".into(), "--cross-fold-permuted".into()], "go with --cross-fold COL"),
@@ -763,7 +763,7 @@ fn commands_reject_bad_requests_with_clear_errors() {
         (vec!["evaluate".into(), "--mask-fraction".into(), "0".into()], "mask fraction"),
         (vec!["evaluate".into(), "--n-samples".into(), "0".into()], "--n-samples must be at least 1"),
         (vec!["evaluate".into(), "--clustering".into(), "--cluster-neighbors".into(), "500".into()], "--cluster-neighbors 500"),
-        (vec!["evaluate".into(), "--subcluster-label".into(), "nocol".into()], "--subcluster-label nocol"),
+        (vec!["evaluate".into(), "--subcluster-label".into(), "nocol".into()], "no obs column \"nocol\" (set by --subcluster-label)"),
         (vec!["evaluate".into(), "--subcluster-label".into(), "cell_type".into(), "--subcluster-of".into(), "T9".into()], "no class `T9`"),
         (vec!["evaluate".into(), "--subcluster-label".into(), "cell_type".into(), "--subcluster-k".into(), "1,4".into()], "--subcluster-k"),
         (vec!["evaluate".into(), "--clustering".into(), "--leiden-resolution".into(), "0".into()], "--leiden-resolution"),
@@ -791,6 +791,53 @@ fn commands_reject_bad_requests_with_clear_errors() {
     assert!(text.contains("j.txt:2") && text.contains("not_a_junction"), "{text}");
 }
 
+/// The analyses find the obs columns their flags name as training does (global obs, then rna's, then
+/// splicing's; `rna:COL` / `splicing:COL` one modality's): here columns the global obs lacks, one in
+/// both modalities with other values, one in splicing's only.
+#[test]
+fn analyses_find_modality_obs_columns_as_training_does() {
+    use splicevi::data::h5write::{column, str_array_attr, Compression};
+    use splicevi::data::ObsColumn;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let (data, run) = (p("toy.h5mu"), p("run"));
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "1", "--out"]).arg(&data));
+    {
+        let f = hdf5::File::open_rw(&data).unwrap();
+        let n = f.dataset("obs/_index").unwrap().size();
+        let text = |f: &dyn Fn(usize) -> &'static str| ObsColumn::Text((0..n).map(|i| f(i).to_string()).collect());
+        // rna: A/B alternate (100 vs 100); splicing: every fourth cell A (50 vs 150)
+        let add = [("rna", vec![("tissue", text(&|i| if i % 2 == 0 { "A" } else { "B" }))]), ("splicing", vec![("tissue", text(&|i| if i % 4 == 0 { "A" } else { "B" })), ("spl_group", text(&|i| if i % 3 == 0 { "g0" } else { "g1" }))])];
+        for (m, cols) in add {
+            let g = f.group(&format!("mod/{m}/obs")).unwrap();
+            let mut order: Vec<String> = g.attr("column-order").unwrap().read_raw::<hdf5::types::VarLenUnicode>().unwrap().iter().map(|s| s.to_string()).collect();
+            for (name, col) in &cols {
+                column(&g, name, col, Compression { gzip_level: None }).unwrap();
+                order.push(name.to_string());
+            }
+            g.delete_attr("column-order").unwrap();
+            str_array_attr(&g, "column-order", &order).unwrap();
+        }
+    }
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--batch-key", "batch", "--max-epochs", "1", "--quiet", "--no-plots"]));
+    let de = |groupby: &str, out: &str| ok(bin().arg("diff-expression").arg(&run).arg(&data).args(["--groupby", groupby, "--group1", "A", "--n-samples-overall", "100", "--out"]).arg(p(out)));
+    let said = de("rna:tissue", "de_rna.tsv");
+    assert!(said.contains("A vs Rest (100 vs 100 cells)") && !said.contains("differs"), "{said}");
+    assert!(de("splicing:tissue", "de_spl.tsv").contains("A vs Rest (50 vs 150 cells)"));
+    // unprefixed: rna's, with the warning training gives
+    let said = de("tissue", "de_any.tsv");
+    assert!(said.contains("A vs Rest (100 vs 100 cells)") && said.contains("obs column \"tissue\" (--groupby) differs between mod/rna/obs and mod/splicing/obs"), "{said}");
+    let said = ok(bin().arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "spl_group", "--group1", "g0", "--n-samples-overall", "100", "--no-plots", "--out"]).arg(p("ds.tsv")));
+    assert!(said.contains("g0 vs Rest (67 vs 133 cells)"), "{said}");
+    ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "splicing:tissue", "--sublabel", "spl_group", "--no-plots", "--out"]).arg(p("eval.tsv")));
+    ok(bin().arg("embed").arg(&run).arg(&data).args(["--color-by", "splicing:spl_group", "--out"]).arg(p("emb.h5ad")));
+    assert!(p("emb.embedding.png").exists());
+    ok(bin().arg("impute").arg(&run).arg(&data).args(["--observed-only", "--groupby", "splicing:spl_group", "--out"]).arg(p("psi.h5ad")));
+    // a missing column: the list is training's, the modalities' columns included
+    let e = fails(bin().arg("embed").arg(&run).arg(&data).args(["--color-by", "nocol", "--out"]).arg(p("emb2.h5ad")));
+    assert!(e.contains("no obs column \"nocol\" (set by --color-by)") && e.contains("\"rna:tissue\"") && e.contains("\"splicing:spl_group\""), "{e}");
+}
+
 /// Options and outputs are checked before the work: obs columns named by options before `evaluate
 /// --train` trains, output places (and the files written beside --out) before the analyses compute, so
 /// nothing is half written.
@@ -810,7 +857,7 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     // evaluate --train: a missing obs column is found before training, not after every epoch.
     for flag in ["--label", "--meanbayes-groupby"] {
         let e = fails(bin().args(["evaluate", "--train"]).arg(&data).args([flag, "nocol", "--max-epochs", "50", "--early-stopping", "false", "--out"]).arg(p("e.tsv")));
-        assert!(e.contains(&format!("{flag} nocol")) && e.contains("no obs column `nocol`"), "{e}");
+        assert!(e.contains(&format!("no obs column \"nocol\" (set by {flag})")), "{e}");
         assert!(!e.contains("masked") && !e.contains("training on the masked data"), "{flag}: checked after the work:\n{e}");
     }
 

@@ -289,14 +289,14 @@ fn matrix_market_integer_obs_columns() {
     std::fs::write(dir.join("obs.tsv"), lines.join("\n") + "\n").unwrap();
     let ds = load(&dir, &valid_opts()).unwrap();
     let n = ds.n_cells() as i64;
-    assert_eq!(ds.obs_column("n_counts"), Some(&ObsColumn::Int(IntColumn::plain((1..=n).map(|i| 1000 + i).collect()))));
-    assert!(matches!(ds.obs_column("gap"), Some(ObsColumn::Numeric(v)) if v[1].is_nan() && v[0] == 1.0), "{:?}", ds.obs_column("gap"));
-    assert!(matches!(ds.obs_column("code"), Some(ObsColumn::Text(_))));
+    assert_eq!(ds.obs_column("n_counts", "test").ok().map(|c| c.1), Some(&ObsColumn::Int(IntColumn::plain((1..=n).map(|i| 1000 + i).collect()))));
+    assert!(matches!(ds.obs_column("gap", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(v)) if v[1].is_nan() && v[0] == 1.0), "{:?}", ds.obs_column("gap", "test").ok().map(|c| c.1));
+    assert!(matches!(ds.obs_column("code", "test").ok().map(|c| c.1), Some(ObsColumn::Text(_))));
     let id64 = IntColumn { values: (1..=n).map(|i| (1i128 << 63) + i as i128).collect(), width: splicevi::data::IntWidth::U64, mask: None };
-    assert_eq!(ds.obs_column("id64"), Some(&ObsColumn::Int(id64)));
+    assert_eq!(ds.obs_column("id64", "test").ok().map(|c| c.1), Some(&ObsColumn::Int(id64)));
     // −1 and u64::MAX fit no one integer type: floats
-    assert!(matches!(ds.obs_column("over"), Some(ObsColumn::Numeric(v)) if v[0] == -1.0), "{:?}", ds.obs_column("over"));
-    assert!(matches!(ds.obs_column("age"), Some(ObsColumn::Numeric(_))), "{:?}", ds.obs_column("age"));
+    assert!(matches!(ds.obs_column("over", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(v)) if v[0] == -1.0), "{:?}", ds.obs_column("over", "test").ok().map(|c| c.1));
+    assert!(matches!(ds.obs_column("age", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(_))), "{:?}", ds.obs_column("age", "test").ok().map(|c| c.1));
 }
 
 #[test]
@@ -450,6 +450,41 @@ fn cli_validate_prints_a_summary() {
     assert!(!out.status.success());
 }
 
+/// Without --batch-key the JSON summary has no batch (null, as the text says none), not the model's
+/// placeholder level "0" under the name "batch"; with it, the column's levels.
+#[test]
+fn validate_json_reports_no_batch_without_batch_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    simulate_toy(0, &data);
+    let validate = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(&data).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let s: Value = serde_json::from_str(&validate(&["--json"])).unwrap();
+    assert!(s["batch"].is_null() && s["labels"].is_null(), "{s}");
+    let text = validate(&[]);
+    assert!(text.contains("none (no --batch-key") && !text.contains("levels"), "{text}");
+    let s: Value = serde_json::from_str(&validate(&["--json", "--batch-key", "batch"])).unwrap();
+    assert_eq!(s["batch"]["name"], "batch", "{s}");
+    let total: u64 = s["batch"]["sizes"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
+    assert!(s["batch"]["sizes"].as_array().unwrap().len() == 2 && total == 200, "{s}");
+    assert!(s["observed_percent"].as_f64().is_some_and(|p| p > 0.0 && p < 100.0), "{s}");
+    // no junctions: no percentage of no entries (it said 0)
+    let z = tmp.path().join("nojunctions");
+    std::fs::create_dir(&z).unwrap();
+    std::fs::write(z.join("barcodes.tsv"), "c1\nc2\n").unwrap();
+    std::fs::write(z.join("junctions.tsv"), "junction_id\tevent_id\n").unwrap();
+    for m in ["junction_counts.mtx", "atse_counts.mtx"] {
+        std::fs::write(z.join(m), "%%MatrixMarket matrix coordinate integer general\n2 0 0\n").unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(&z).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["observed_percent"].is_null() && s["batch"].is_null(), "{s}");
+}
+
 /// A file without cells is refused on load (it used to pass `validate`, and `embed` wrote a 0 × 0
 /// latent); the same directory with one cell loads.
 #[test]
@@ -472,6 +507,50 @@ fn a_dataset_without_cells_is_refused() {
     assert_eq!(splicevi::data::load::load(&one, &opts).unwrap().n_cells(), 1);
     let e = format!("{:#}", splicevi::data::load::load(&none, &opts).unwrap_err());
     assert!(e.contains("none") && e.contains("no cells"), "{e}");
+}
+
+/// Matrix Market text tables: a line with a field more or less than its header line is an error naming
+/// the file, the line and both counts (the extra field was dropped, a missing one read as missing);
+/// an empty size factor is named as empty at its line (it said "size factor NaN is not finite"); an
+/// empty text field is a missing value (NA, as pandas reads it), not a batch "" of its own.
+#[test]
+fn matrix_market_tables_check_their_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, junctions: &str, obs: &str| -> std::path::PathBuf {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("barcodes.tsv"), "c0\nc1\nc2\n").unwrap();
+        std::fs::write(dir.join("junctions.tsv"), junctions).unwrap();
+        let header = "%%MatrixMarket matrix coordinate integer general\n3 2 6\n";
+        std::fs::write(dir.join("junction_counts.mtx"), format!("{header}1 1 1\n1 2 2\n2 1 1\n2 2 2\n3 1 1\n3 2 2\n")).unwrap();
+        std::fs::write(dir.join("atse_counts.mtx"), format!("{header}1 1 3\n1 2 3\n2 1 3\n2 2 3\n3 1 3\n3 2 3\n")).unwrap();
+        std::fs::write(dir.join("obs.tsv"), obs).unwrap();
+        dir
+    };
+    let junctions = "junction_id\tevent_id\nj0\ta0\nj1\ta0\n";
+    let obs = |row2: &str| format!("cell\tbatch\tX_library_size\nc0\tb1\t10\n{row2}\nc2\tb2\t30\n");
+    let load_err = |dir: &std::path::Path, batch: bool| {
+        let opts = DataOptions { batch_key: batch.then(|| "batch".into()), ..DataOptions::default() };
+        format!("{:#}", load(dir, &opts).unwrap_err())
+    };
+    let good = write("good", junctions, &obs("c1\tb1\t20"));
+    let ds = load(&good, &DataOptions { batch_key: Some("batch".into()), ..DataOptions::default() }).unwrap();
+    assert_eq!(ds.covariates.batch.levels, ["b1", "b2"]);
+    let e = load_err(&write("extra", junctions, &obs("c1\tb1\t20\textra")), false);
+    assert!(e.contains("extra: obs.tsv: line 3 has 4 tab-separated fields, the header line 3"), "{e}");
+    let e = load_err(&write("fewer", junctions, &obs("c1\tb1")), false);
+    assert!(e.contains("fewer: obs.tsv: line 3 has 2 tab-separated fields, the header line 3"), "{e}");
+    let e = load_err(&write("jextra", "junction_id\tevent_id\nj0\ta0\tGENE\nj1\ta0\n", &obs("c1\tb1\t20")), false);
+    assert!(e.contains("jextra: junctions.tsv: line 2 has 3 tab-separated fields, the header line 2"), "{e}");
+    // an empty batch and size factor: the size factor is required, and named as empty at its line
+    let blank = write("blank", junctions, &obs("c1\t\t"));
+    let e = load_err(&blank, true);
+    assert!(e.contains("obs.tsv:X_library_size: cell 1 (\"c1\"): line 3: the size factor is empty") && !e.contains("NaN"), "{e}");
+    let e = load_err(&write("nasf", junctions, &obs("c1\tb1\tNA")), false);
+    assert!(e.contains("line 3: the size factor is \"NA\" (missing)"), "{e}");
+    // the empty batch alone: a missing value of the batch key, not a level ""
+    let e = load_err(&write("blank_batch", junctions, &obs("c1\t\t20")), true);
+    assert!(e.contains("obs.tsv/batch: cell 1 (\"c1\"): missing value") && e.contains("--batch-key"), "{e}");
 }
 
 /// A MuData's global obs may list its cells in another order than the modalities do (mudata matches
@@ -746,12 +825,12 @@ print("ok")
     let ds = load(&data, &DataOptions { batch_key: Some("grp".into()), ..DataOptions::default() }).unwrap();
     assert_eq!(ds.covariates.batch.levels, ["9", "214"]);
     assert_eq!(&ds.covariates.batch.codes[..3], [1, 0, 0]);
-    match ds.obs_column("icat") {
+    match ds.obs_column("icat", "test").ok().map(|c| c.1) {
         Some(ObsColumn::Categorical { categories, .. }) => assert_eq!(categories, &["18446744073709551615", "9223372036854775809", "9223372036854775808"]),
         other => panic!("icat: {other:?}"),
     }
     // uint64 above i64::MAX: integers, exactly (they came back as floats)
-    match ds.obs_column("huge") {
+    match ds.obs_column("huge", "test").ok().map(|c| c.1) {
         Some(ObsColumn::Int(c)) => {
             assert_eq!(c.width, splicevi::data::IntWidth::U64);
             assert_eq!(&c.values[..2], [1i128 << 63, (1i128 << 63) + 1]);

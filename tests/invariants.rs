@@ -295,6 +295,7 @@ fn small() -> Dataset {
         library_size: vec![3.0, 3.0],
         splicing,
         obs: Vec::new(),
+        obs_tables: Vec::new(),
         covariates: Covariates { batch: one("batch"), labels: one("labels"), ..Default::default() },
     }
 }

@@ -47,7 +47,7 @@ fn assert_same_data(a: &Dataset, b: &Dataset, what: &str) {
     assert_eq!(s.junction_names, t.junction_names, "{what}: junction names");
     assert_eq!(s.gene_names, t.gene_names, "{what}: junction gene names");
     for (name, col) in &a.obs {
-        assert_eq!(b.obs_column(name), Some(col), "{what}: obs column {name}");
+        assert_eq!(b.obs_column(name, "test").ok().map(|c| c.1), Some(col), "{what}: obs column {name}");
     }
 }
 
@@ -115,7 +115,7 @@ fn the_first_cells_alone_equal_the_full_simulations_first_cells() {
         assert_eq!(truth.true_psi, full_truth.true_psi, "{what}: global truth");
         assert_eq!(truth.depth_scale, full_truth.depth_scale, "{what}: calibrated depth");
         for (name, col) in &ds.obs {
-            let fcol = full.obs_column(name).unwrap_or_else(|| panic!("{what}: obs {name}"));
+            let fcol = full.obs_column(name, "test").unwrap_or_else(|e| panic!("{what}: obs {name}: {e}")).1;
             assert_eq!(col.len(), n, "{what}: obs {name} length");
             assert_eq!(col.as_strings()[..], fcol.as_strings()[..n], "{what}: obs {name}");
         }
@@ -252,7 +252,7 @@ fn generative_invariants_hold() {
     }
     // obs: all subtypes, cell types and batches present.
     for (k, want) in [("subtype", ns), ("cell_type", cfg.n_cell_types), ("batch", cfg.n_batches)] {
-        let col = ds.obs_column(k).unwrap().as_strings();
+        let col = ds.obs_column(k, "test").unwrap().1.as_strings();
         let distinct: std::collections::BTreeSet<_> = col.iter().collect();
         assert_eq!(distinct.len(), want, "obs {k}");
     }

@@ -229,10 +229,7 @@ pub fn rest_label(groups: &[String]) -> String {
 /// The groups of the obs column `column` that `flag` names: categorical, text, boolean or
 /// integer-valued numbers; a column with non-integer numbers is refused (a measurement, not groups).
 pub fn obs_groups(ds: &Dataset, flag: &str, column: &str) -> Result<Groups> {
-    let Some(col) = ds.obs_column(column) else {
-        let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
-        bail!("{flag} {column}: {}: no obs column `{column}` (columns: {})", ds.source, names.join(", "));
-    };
+    let (_, col) = ds.obs_column(column, flag)?;
     if let Some(x) = col.first_non_integer() {
         bail!("{flag} {column}: {}: `{column}` holds non-integer numbers (e.g. {x}), a measurement rather than groups of cells; give a categorical column", ds.source);
     }
@@ -520,7 +517,7 @@ mod tests {
         Dataset {
             source: "d.h5mu".into(),
             cell_names: (0..n).map(|i| format!("c{i}")).collect(),
-            obs: obs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            obs_tables: vec![crate::data::ObsTable { field: "obs".into(), columns: obs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), ..Default::default() }],
             ..Default::default()
         }
     }

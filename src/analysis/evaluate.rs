@@ -429,10 +429,7 @@ impl Ages {
     /// text that spell numbers (`18`, `24.0`; anndata often stores ages as categories). A NaN, a
     /// missing category or an infinite value is no age; any other text is an error naming it.
     pub fn of_column(ds: &Dataset, flag: &str, column: &str) -> Result<Ages> {
-        let Some(col) = ds.obs_column(column) else {
-            let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
-            bail!("{flag} {column}: {}: no obs column `{column}` (columns: {})", ds.source, names.join(", "));
-        };
+        let (_, col) = ds.obs_column(column, flag)?;
         let text = col.as_strings();
         let mut of_cell = Vec::with_capacity(text.len());
         for (c, t) in text.iter().enumerate() {
@@ -1001,7 +998,7 @@ mod tests {
         Dataset {
             source: "d.h5mu".into(),
             cell_names: (0..n).map(|i| format!("c{i}")).collect(),
-            obs: obs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            obs_tables: vec![crate::data::ObsTable { field: "obs".into(), columns: obs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), ..Default::default() }],
             ..Default::default()
         }
     }
@@ -1058,7 +1055,7 @@ mod tests {
         let ds = with_obs(2, vec![("age", ObsColumn::Text(vec!["3".into(), "3m".into()]))]);
         let e = Ages::of_column(&ds, "--age", "age").unwrap_err().to_string();
         assert!(e.starts_with("--age age: d.h5mu: cell `c1` has `3m`, not a number"), "{e}");
-        assert!(Ages::of_column(&ds, "--age", "nocol").unwrap_err().to_string().contains("no obs column `nocol`"));
+        assert!(Ages::of_column(&ds, "--age", "nocol").unwrap_err().to_string().contains("no obs column \"nocol\" (set by --age)"));
     }
 
     /// A run's split applies to the cells of the data: by position when they are the training cells

@@ -70,14 +70,12 @@ pub fn read_name_list(path: &Path, known: &[String], what: &str) -> Result<Vec<u
     Ok(out)
 }
 
-/// Codes of an obs column (categories in first-appearance order for non-categorical columns).
-pub fn group_codes(ds: &Dataset, column: &str) -> Result<Vec<u32>> {
-    let Some(col) = ds.obs_column(column) else {
-        let names: Vec<&str> = ds.obs.iter().map(|(n, _)| n.as_str()).collect();
-        bail!("{}: no obs column `{column}` (columns: {})", ds.source, names.join(", "));
-    };
+/// Codes of the obs column `column` (named by `flag`; categories in first-appearance order for
+/// non-categorical columns).
+pub fn group_codes(ds: &Dataset, flag: &str, column: &str) -> Result<Vec<u32>> {
+    let (_, col) = ds.obs_column(column, flag)?;
     if let Some(x) = col.first_non_integer() {
-        bail!("{}: `{column}` holds non-integer numbers (e.g. {x}), a measurement rather than groups of cells; give a categorical column", ds.source);
+        bail!("{flag} {column}: {}: `{column}` holds non-integer numbers (e.g. {x}), a measurement rather than groups of cells; give a categorical column", ds.source);
     }
     let values = col.as_strings();
     let mut seen: std::collections::HashMap<String, u32> = std::collections::HashMap::new();

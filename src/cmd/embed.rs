@@ -79,11 +79,11 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
     let mut ds = crate::analysis::posterior::load_for_run(&args.data, &run.data, &args.run_dir)?;
     // the batch codes in the run's order (the encoders' covariates, with --encode-covariates)
     align_batches(&mut ds, &run.batch_levels, &args.run_dir.display().to_string())?;
-    if let Some(c) = &args.color_by {
-        if !ds.obs.iter().any(|(n, _)| n == c) {
-            anyhow::bail!("--color-by: no obs column `{c}` (obs has: {})", ds.obs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
-        }
-    }
+    // found as training finds its columns (`rna:COL`, a modality's own), before the work
+    let color_by = match &args.color_by {
+        Some(c) => Some((c.clone(), ds.obs_column(c, "--color-by")?.1)),
+        None => None,
+    };
     let [joint, expr, spl] = latents(&args.run_dir, &ds, args.block_cells, device, precision)?;
     let chosen = match args.modality {
         LatentKind::Joint => &joint,
@@ -94,12 +94,9 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
     // The picture is made before the .h5ad is written: a UMAP's coordinates also go to obsm["X_umap"].
     let fig = (!args.no_plots || args.projection == Projection::Umap).then(|| {
         use crate::plot::embedding::{default_colour_column, Colouring, Embedding};
-        let col = args.color_by.clone().or_else(|| default_colour_column(&ds.obs));
-        let (colouring, label) = match &col {
-            Some(c) => match ds.obs.iter().find(|(n, _)| n == c) {
-                Some((_, v)) => (Colouring::from_obs(v), c.clone()),
-                None => anyhow::bail!("no obs column `{c}`"),
-            },
+        let col = color_by.clone().or_else(|| default_colour_column(&ds.obs).and_then(|c| ds.obs.iter().find(|(n, _)| *n == c).map(|(_, v)| (c, v))));
+        let (colouring, label) = match col {
+            Some((c, v)) => (Colouring::from_obs(v), c),
             None => (Colouring::None, String::new()),
         };
         let name = args.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();

@@ -605,7 +605,7 @@ fn subcluster_classes(labels: &Labels, names: &[String]) -> Result<Vec<u32>> {
 
 /// The codes of the obs column `column` names (`flag` names the option in errors).
 fn obs_codes(ds: &Dataset, flag: &str, column: Option<&str>) -> Result<Option<Vec<u32>>> {
-    column.map(|c| group_codes(ds, c).with_context(|| format!("{flag} {c}"))).transpose()
+    column.map(|c| group_codes(ds, flag, c)).transpose()
 }
 
 /// The k-NN classifier scores `n` cells by 5-fold cross-validation: each cell's neighbours come from

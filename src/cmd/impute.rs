@@ -3,7 +3,7 @@
 use crate::analysis::impute::{group_codes, read_name_list, write_imputed_psi, ImputeOptions, ObservedIn};
 use crate::analysis::posterior::{batch_codes, open_run, DecodeOptions, SplicingFn};
 use crate::data::h5write::{Compression, UnsValue};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -69,7 +69,7 @@ pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::c
     let sparse = match (args.observed_only, &args.groupby) {
         (false, _) => None,
         (true, None) => Some(ObservedIn::Cell),
-        (true, Some(col)) => Some(ObservedIn::Group { column: col.clone(), codes: group_codes(&o.ds, col).with_context(|| format!("--groupby {col}"))? }),
+        (true, Some(col)) => Some(ObservedIn::Group { column: col.clone(), codes: group_codes(&o.ds, "--groupby", col)? }),
     };
     // (the options are checked above, before the model is set up on its device)
     let mut post = o.posterior()?;

@@ -45,8 +45,8 @@ pub struct Summary {
     pub atses: usize,
     pub junctions_per_atse: Option<Range3>,
     pub observed_entries: usize,
-    /// Percentage of cell × junction entries observed (n > 0).
-    pub observed_percent: f64,
+    /// Percentage of cell × junction entries observed (n > 0); `None` without junctions (no entries).
+    pub observed_percent: Option<f64>,
     pub cells_without_observed_junction: usize,
     pub has_counts: bool,
     /// Over observed entries.
@@ -56,7 +56,8 @@ pub struct Summary {
     pub expression_nonzero_range: Option<(f64, f64)>,
     pub cells_with_zero_expression: Option<usize>,
     pub library_size: Option<Range3>,
-    pub batch: Levels,
+    /// `None` without --batch-key (the model's one placeholder batch is no column of the data).
+    pub batch: Option<Levels>,
     pub labels: Option<Levels>,
     pub categorical_covariates: Vec<Levels>,
     pub continuous_covariates: Vec<(String, f32, f32)>,
@@ -103,7 +104,7 @@ pub fn summarize(ds: &Dataset, opts: &DataOptions) -> Summary {
         atses: s.n_atse(),
         junctions_per_atse: range3(per_atse),
         observed_entries: s.nnz(),
-        observed_percent: if total > 0.0 { 100.0 * s.nnz() as f64 / total } else { 0.0 },
+        observed_percent: (total > 0.0).then(|| 100.0 * s.nnz() as f64 / total),
         cells_without_observed_junction: (0..s.n_cells).filter(|&c| s.cell_range(c).is_empty()).count(),
         has_counts: s.has_counts,
         // (PSI-only data has no counts: the loader's k = 0, n = 1 are placeholders, not a range)
@@ -114,7 +115,7 @@ pub fn summarize(ds: &Dataset, opts: &DataOptions) -> Summary {
         cells_with_zero_expression: ds.expression.as_ref().map(|x| (0..x.n_rows).filter(|&r| x.row(r).1.iter().all(|&v| v == 0.0)).count()),
         // Without expression the loader fills the library sizes with 1s that nothing reads: no range.
         library_size: if ds.expression.is_some() { range3(ds.library_size.iter().map(|&x| x as f64).collect()) } else { None },
-        batch: levels(&ds.covariates.batch),
+        batch: opts.batch_key.as_ref().map(|_| levels(&ds.covariates.batch)),
         labels: opts.labels_key.as_ref().map(|_| levels(&ds.covariates.labels)),
         categorical_covariates: ds.covariates.categorical.iter().map(levels).collect(),
         continuous_covariates: (0..nc)
@@ -139,7 +140,7 @@ fn fmt_range3(r: &Option<Range3>) -> String {
     r.as_ref().map_or("-".into(), |r| format!("min {} / median {} / max {}", r.min, r.median, r.max))
 }
 
-pub fn render(s: &Summary, opts: &DataOptions) -> String {
+pub fn render(s: &Summary) -> String {
     let mut o = String::new();
     let mut line = |k: &str, v: String| o.push_str(&format!("{k:<34}{v}\n"));
     line("source", s.source.clone());
@@ -148,7 +149,7 @@ pub fn render(s: &Summary, opts: &DataOptions) -> String {
     line("junctions", s.junctions.to_string());
     line("ATSEs", s.atses.to_string());
     line("junctions per ATSE", fmt_range3(&s.junctions_per_atse));
-    line("observed cell × junction entries", format!("{} ({:.3}%)", s.observed_entries, s.observed_percent));
+    line("observed cell × junction entries", format!("{} ({})", s.observed_entries, s.observed_percent.map_or("no junctions".into(), |p| format!("{p:.3}%"))));
     line("cells without observed junctions", s.cells_without_observed_junction.to_string());
     if s.has_counts {
         line("junction counts k (observed)", fmt_range(s.k_range));
@@ -163,8 +164,10 @@ pub fn render(s: &Summary, opts: &DataOptions) -> String {
     if s.genes.is_some() {
         line("library size", fmt_range3(&s.library_size));
     }
-    let bname = opts.batch_key.clone().unwrap_or_else(|| "(none)".into());
-    line(&format!("batch {bname}"), fmt_levels(&s.batch));
+    match &s.batch {
+        Some(b) => line(&format!("batch {}", b.name), fmt_levels(b)),
+        None => line("batch", "none (no --batch-key: every cell in one batch)".into()),
+    }
     if let Some(l) = &s.labels {
         line(&format!("labels {}", l.name), fmt_levels(l));
     }
@@ -215,7 +218,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        print!("{}", render(&s, &args.data_options));
+        print!("{}", render(&s));
         println!("OK: every check passed");
     }
     Ok(())

@@ -211,7 +211,22 @@ pub struct Dataset {
     pub splicing: Splicing,
     /// All obs columns of the (first) modality / MuData, in file order.
     pub obs: Vec<(String, ObsColumn)>,
+    /// The obs tables columns named by flags are looked up in ([`Dataset::obs_column`]), in lookup
+    /// order: the global obs, then each modality's (a dataset built in memory lists `obs` here too).
+    pub obs_tables: Vec<ObsTable>,
     pub covariates: Covariates,
+}
+
+/// An obs table aligned to the dataset's cells.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObsTable {
+    /// Where it is in the file (messages).
+    pub field: String,
+    /// `None` for the MuData's global obs (or the only obs of an AnnData / directory).
+    pub modality: Option<String>,
+    pub columns: Vec<(String, ObsColumn)>,
+    /// Columns present but not decodable, with the reason.
+    pub unreadable: Vec<(String, String)>,
 }
 
 impl Dataset {
@@ -224,8 +239,10 @@ impl Dataset {
     pub fn n_junctions(&self) -> usize {
         self.splicing.n_junctions
     }
-    pub fn obs_column(&self, name: &str) -> Option<&ObsColumn> {
-        self.obs.iter().find(|(n, _)| n == name).map(|(_, c)| c)
+    /// The obs column `name` (named by `flag`) and its field, found as training finds its covariates
+    /// ([`super::load::lookup_column`]): an error lists the columns present.
+    pub fn obs_column(&self, name: &str, flag: &str) -> anyhow::Result<(String, &ObsColumn)> {
+        super::load::lookup_column(&self.source, &self.obs_tables, name, flag)
     }
     /// An error naming the file when its splicing modality has PSI only (`junc_ratio` and `psi_mask`,
     /// no junction counts k or ATSE totals n): `what` (a likelihood, an option) reads k and n, which

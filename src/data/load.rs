@@ -3,6 +3,7 @@
 //! Market (see `mtx`). Readers produce [`RawData`] (matrices already value-checked); [`assemble`] builds the
 //! observed splicing entries (checking the cross-matrix invariants), size factors and covariates.
 
+pub use super::dataset::ObsTable;
 use super::dataset::{Categorical, Covariates, Csr, Dataset, ObsColumn};
 use super::h5::number_label;
 use super::options::DataOptions;
@@ -12,18 +13,6 @@ use std::path::Path;
 
 /// Knobs of the load-time checks (see [`CheckOptions`]).
 pub type LoadChecks = CheckOptions;
-
-/// An obs table aligned to the dataset's cells.
-#[derive(Clone, Debug, Default)]
-pub struct ObsTable {
-    /// Where it is in the file (messages).
-    pub field: String,
-    /// `None` for the MuData's global obs (or the only obs of an AnnData / directory).
-    pub modality: Option<String>,
-    pub columns: Vec<(String, ObsColumn)>,
-    /// Columns present but not decodable, with the reason.
-    pub unreadable: Vec<(String, String)>,
-}
 
 /// What a reader found, before the splicing entries and covariates are built.
 #[derive(Debug, Default)]
@@ -142,7 +131,7 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
         }
     }
 
-    let RawData { k, n, junc_ratio, mut psi_mask, junction_names, junction_gene_names, expression, gene_names, cell_names, .. } = raw;
+    let RawData { k, n, junc_ratio, mut psi_mask, junction_names, junction_gene_names, expression, gene_names, cell_names, obs_tables, .. } = raw;
     // The mask's values carry nothing once read (zeros are not stored and the reader rejected anything
     // but 0 / 1): keep its pattern only, 4 bytes per observed entry less at the load peak.
     if let Some((_, Layer::Whole(m))) = psi_mask.as_mut() {
@@ -168,26 +157,33 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
         library_size,
         splicing,
         obs,
+        obs_tables,
         covariates,
     })
 }
 
-/// Find an obs column named by a flag: the global obs first (also as `<modality>:<name>`), then the
-/// modalities' obs tables in order, then `<modality>:<column>` in that modality's table.
+/// Find an obs column named by a flag ([`lookup_column`] in the reader's tables).
 pub fn find_column<'a>(raw: &'a RawData, name: &str, flag: &str) -> Result<(String, &'a ObsColumn)> {
+    lookup_column(&raw.file, &raw.obs_tables, name, flag)
+}
+
+/// Find an obs column named by a flag: the global obs first (also as `<modality>:<name>`), then the
+/// modalities' obs tables in order, then `<modality>:<column>` in that modality's table. Training and
+/// every analysis look columns up here. Returns the column's field (`<table>/<column>`).
+pub fn lookup_column<'a>(file: &str, tables: &'a [ObsTable], name: &str, flag: &str) -> Result<(String, &'a ObsColumn)> {
     let mut candidates: Vec<(&ObsTable, String)> = Vec::new();
-    let modalities: Vec<&String> = raw.obs_tables.iter().filter_map(|t| t.modality.as_ref()).collect();
-    for t in raw.obs_tables.iter().filter(|t| t.modality.is_none()) {
+    let modalities: Vec<&String> = tables.iter().filter_map(|t| t.modality.as_ref()).collect();
+    for t in tables.iter().filter(|t| t.modality.is_none()) {
         candidates.push((t, name.to_string()));
         for m in &modalities {
             candidates.push((t, format!("{m}:{name}")));
         }
     }
-    for t in raw.obs_tables.iter().filter(|t| t.modality.is_some()) {
+    for t in tables.iter().filter(|t| t.modality.is_some()) {
         candidates.push((t, name.to_string()));
     }
     if let Some((m, rest)) = name.split_once(':') {
-        for t in raw.obs_tables.iter().filter(|t| t.modality.as_deref() == Some(m)) {
+        for t in tables.iter().filter(|t| t.modality.as_deref() == Some(m)) {
             candidates.push((t, rest.to_string()));
         }
     }
@@ -195,12 +191,12 @@ pub fn find_column<'a>(raw: &'a RawData, name: &str, flag: &str) -> Result<(Stri
         if let Some((_, c)) = t.columns.iter().find(|(n, _)| n == col) {
             if t.modality.is_some() && !name.contains(':') {
                 // found in the first modality's obs: say so if another modality's differs
-                for other in raw.obs_tables.iter().filter(|o| o.modality.is_some() && o.modality != t.modality) {
+                for other in tables.iter().filter(|o| o.modality.is_some() && o.modality != t.modality) {
                     if let Some((_, oc)) = other.columns.iter().find(|(n, _)| n == col) {
                         if oc.as_strings() != c.as_strings() {
                             eprintln!(
                                 "warning: {}: obs column {name:?} ({flag}) differs between {} and {}; using {}'s (name one with `{}:{name}`)",
-                                raw.file,
+                                file,
                                 t.field,
                                 other.field,
                                 t.modality.as_deref().unwrap_or_default(),
@@ -213,11 +209,11 @@ pub fn find_column<'a>(raw: &'a RawData, name: &str, flag: &str) -> Result<(Stri
             return Ok((format!("{}/{}", t.field, col), c));
         }
         if let Some((_, why)) = t.unreadable.iter().find(|(n, _)| n == col) {
-            return Err(DataError::new(&raw.file, &format!("{}/{}", t.field, col), format!("column named by {flag} cannot be read: {why}")).into());
+            return Err(DataError::new(file, &format!("{}/{}", t.field, col), format!("column named by {flag} cannot be read: {why}")).into());
         }
     }
     let mut avail: Vec<String> = Vec::new();
-    for t in &raw.obs_tables {
+    for t in tables {
         for n in t.columns.iter().map(|(n, _)| n).chain(t.unreadable.iter().map(|(n, _)| n)) {
             avail.push(match &t.modality {
                 None => n.clone(),
@@ -225,9 +221,9 @@ pub fn find_column<'a>(raw: &'a RawData, name: &str, flag: &str) -> Result<(Stri
             });
         }
     }
-    let field = raw.obs_tables.first().map_or("obs".to_string(), |t| t.field.clone());
+    let field = tables.first().map_or("obs".to_string(), |t| t.field.clone());
     let list = if avail.is_empty() { "none".to_string() } else { avail.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ") };
-    Err(DataError::new(&raw.file, &field, format!("no obs column {name:?} (set by {flag}); columns present: {list}")).into())
+    Err(DataError::new(file, &field, format!("no obs column {name:?} (set by {flag}); columns present: {list}")).into())
 }
 
 /// Resolve a column to a categorical covariate: a categorical keeps its categories (unused ones
@@ -235,7 +231,7 @@ pub fn find_column<'a>(raw: &'a RawData, name: &str, flag: &str) -> Result<(Stri
 /// an error (scvi refuses them too).
 pub fn to_categorical(file: &str, field: &str, name: &str, flag: &str, col: &ObsColumn, cells: &[String]) -> Result<Categorical> {
     let missing = |i: usize| -> anyhow::Error {
-        DataError::new(file, field, format!("missing value (NaN) in the column named by {flag}: a categorical covariate needs a level for every cell")).cell(i, cells).into()
+        DataError::new(file, field, format!("missing value (NaN; in obs.tsv an empty or NA field) in the column named by {flag}: a categorical covariate needs a level for every cell")).cell(i, cells).into()
     };
     let (codes, levels) = match col {
         ObsColumn::Categorical { codes, categories, .. } => {

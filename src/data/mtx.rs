@@ -10,11 +10,12 @@
 //! | `barcodes.tsv` | yes | cell names, one per line (first tab-separated field), no header |
 //! | `junctions.tsv` | yes | header line, then one line per junction; columns `junction_id`, the ATSE id column (`event_id`, or `--event-id-key`), optionally `gene_name` |
 //! | `genes.tsv` | with `expression.mtx` | gene names, one per line (first field), no header |
-//! | `obs.tsv` | no | header line; first column = cell name (same cells, same order as `barcodes.tsv`); other columns are numeric when every value parses as a number (`NA`, `nan` and empty = missing), else text. A column named like `--size-factor-key` (default `X_library_size`) gives the size factors |
+//! | `obs.tsv` | no | header line; first column = cell name (same cells, same order as `barcodes.tsv`); other columns are numeric when every value parses as a number (`NA`, `nan` and empty = missing), else text (categorical when one is missing). A column named like `--size-factor-key` (default `X_library_size`) gives the size factors (a number on every line) |
 //!
 //! The `.mtx` files are `%%MatrixMarket matrix coordinate real|integer|pattern general` (1-based indices, any
 //! entry order; duplicates are summed) or `%%MatrixMarket matrix array real|integer general` (dense,
-//! column-major). Without `expression.mtx` the dataset is splicing-only.
+//! column-major). Without `expression.mtx` the dataset is splicing-only. Every line of `junctions.tsv` and
+//! `obs.tsv` has as many tab-separated fields as its header line.
 
 use super::dataset::{Csr, IntColumn, IntWidth, ObsColumn};
 use super::h5::canonicalize;
@@ -184,6 +185,21 @@ fn is_missing(s: &str) -> bool {
     matches!(s, "" | "NA" | "na" | "NaN" | "nan")
 }
 
+/// The tab-separated fields of the lines after the header line (`lines[0]`), each line checked to
+/// have as many as the header: a field more or less would drop or shift a column's values unseen.
+fn table_rows<'a>(file: &str, field: &str, lines: &'a [String]) -> Result<Vec<Vec<&'a str>>> {
+    let width = lines.first().map_or(0, |h| h.split('\t').count());
+    let mut rows = Vec::with_capacity(lines.len().saturating_sub(1));
+    for (i, l) in lines.iter().enumerate().skip(1) {
+        let f: Vec<&str> = l.split('\t').collect();
+        if f.len() != width {
+            return Err(DataError::new(file, field, format!("line {} has {} tab-separated fields, the header line {width}", i + 1, f.len())).into());
+        }
+        rows.push(f);
+    }
+    Ok(rows)
+}
+
 /// Read a Matrix Market directory (layout in the module docs).
 pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, integer_counts: bool) -> Result<RawData> {
     let file = dir.display().to_string();
@@ -206,17 +222,15 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
     let gene_col = col_of("gene_name");
     let mut raw = RawData { file: file.clone(), cell_names: cells.clone(), ..Default::default() };
     let mut ids = Vec::new();
-    for (t, l) in jlines.iter().enumerate().skip(1) {
-        let f: Vec<&str> = l.split('\t').collect();
-        let get = |c: usize| f.get(c).copied().unwrap_or("");
+    for (t, f) in table_rows(&file, &jfield, &jlines)?.iter().enumerate() {
         raw.junction_names.push(match id_col {
-            Some(c) => get(c).to_string(),
-            None => format!("{}", t - 1),
+            Some(c) => f[c].to_string(),
+            None => format!("{t}"),
         });
-        let e = get(ev_col);
+        let e = f[ev_col];
         ids.push((!is_missing(e)).then(|| e.to_string()));
         if let Some(c) = gene_col {
-            raw.junction_gene_names.push(get(c).to_string());
+            raw.junction_gene_names.push(f[c].to_string());
         }
     }
     raw.event_ids = (format!("{jfield}:{}", opts.event_id_key), ids, false);
@@ -253,7 +267,7 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
         let field = file_name(&op);
         let lines = read_lines(&op)?;
         let header: Vec<String> = lines.first().map(|h| h.split('\t').map(str::to_string).collect()).unwrap_or_default();
-        let rows: Vec<Vec<&str>> = lines.iter().skip(1).map(|l| l.split('\t').collect()).collect();
+        let rows = table_rows(&file, &field, &lines)?;
         if rows.len() != cells.len() {
             bail!("{file}: {field}: {} rows but {} cells in barcodes.tsv", rows.len(), cells.len());
         }
@@ -262,7 +276,7 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
         }
         let mut table = ObsTable { field: field.clone(), modality: None, ..Default::default() };
         for (c, name) in header.iter().enumerate().skip(1) {
-            let vals: Vec<&str> = rows.iter().map(|r| r.get(c).copied().unwrap_or("")).collect();
+            let vals: Vec<&str> = rows.iter().map(|r| r[c]).collect();
             // (whole numbers without a gap are integers, as pandas reads them, int64 or, with a value
             // above i64::MAX, uint64; with a gap, or beyond both, floats)
             let ints: Option<Vec<i128>> = vals.iter().map(|v| v.parse::<i128>().ok().filter(|&x| x >= i64::MIN as i128 && x <= u64::MAX as i128)).collect();
@@ -273,14 +287,26 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
                 ObsColumn::Int(IntColumn { values: i, width, mask: None })
             } else if let Some(n) = nums() {
                 ObsColumn::Numeric(n)
+            } else if vals.iter().any(|v| is_missing(v)) {
+                // text with a missing value: NaN there, as pandas reads it (a categorical, as anndata
+                // writes it), not a value "" that would be a batch or a group of its own
+                let mut categories: Vec<String> = vals.iter().filter(|v| !is_missing(v)).map(|s| s.to_string()).collect();
+                categories.sort();
+                categories.dedup();
+                let codes = vals.iter().map(|v| if is_missing(v) { -1 } else { categories.binary_search_by(|c| c.as_str().cmp(v)).unwrap() as i32 }).collect();
+                ObsColumn::Categorical { codes, categories, int_categories: None }
             } else {
                 ObsColumn::Text(vals.iter().map(|s| s.to_string()).collect())
             };
             if name == &opts.size_factor_key {
-                match col.numbers() {
-                    Some(v) => raw.library_size = Some((format!("{field}:{name}"), v)),
-                    None => return Err(DataError::new(&file, &format!("{field}:{name}"), "size factors must be numbers").into()),
+                // (required for every cell: a missing one is named here, with its line, not as a NaN)
+                let sf = format!("{field}:{name}");
+                if let Some(i) = vals.iter().position(|v| is_missing(v) || v.parse::<f64>().is_err()) {
+                    let v = vals[i];
+                    let what = if v.is_empty() { "empty".to_string() } else if is_missing(v) { format!("{v:?} (missing)") } else { format!("{v:?}, not a number") };
+                    return Err(DataError::new(&file, &sf, format!("line {}: the size factor is {what}; the column needs a number for every cell", i + 2)).cell(i, &cells).into());
                 }
+                raw.library_size = Some((sf, col.numbers().expect("every value a number")));
             }
             table.columns.push((name.clone(), col));
         }

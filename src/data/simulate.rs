@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Binomial, Distribution, Gamma, Poisson, StandardNormal};
 use rayon::prelude::*;
 
-use super::dataset::{Categorical, Covariates, Csr, Dataset, ObsColumn, Splicing};
+use super::dataset::{Categorical, Covariates, Csr, Dataset, ObsColumn, ObsTable, Splicing};
 use super::h5write::{self, CellBlock, Compression, FileMeta, UnsValue, VarTable};
 
 /// Cells per generation block. Fixed: changing it changes the output for a given seed.
@@ -815,6 +815,7 @@ fn assemble(model: &SimModel, blocks: Vec<CellBlock>, source: String) -> (Datase
         expression: Some(expr),
         library_size: library,
         splicing: spl,
+        obs_tables: vec![ObsTable { field: "obs".into(), modality: None, columns: obs.clone(), unreadable: Vec::new() }],
         obs,
         covariates,
     };
