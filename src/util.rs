@@ -65,13 +65,19 @@ where
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: creating the output's directory", path.display()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    // created and registered under the lock the signal handler takes: a signal never finds the file
+    // created but not yet registered (it would be left behind)
+    let mut registry = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempfile_in(&dir)
         .with_context(|| format!("{}: cannot write in {}", path.display(), dir.display()))?;
     let tmp_path = tmp.into_temp_path();
-    let _registered = TempRegistration::new(&tmp_path);
+    registry.push(tmp_path.to_path_buf());
+    drop(registry);
+    // (unregisters when dropped)
+    let _registered = TempRegistration(tmp_path.to_path_buf());
     // (the writers' own errors - a full disk, HDF5's - rarely name the file)
     write(&tmp_path).with_context(|| format!("writing {}", path.display()))?;
     // tempfile creates 0600 files; outputs should be readable like any other file the user writes.
