@@ -832,6 +832,9 @@ fn analyses_find_modality_obs_columns_as_training_does() {
     ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--label", "splicing:tissue", "--sublabel", "spl_group", "--no-plots", "--out"]).arg(p("eval.tsv")));
     ok(bin().arg("embed").arg(&run).arg(&data).args(["--color-by", "splicing:spl_group", "--out"]).arg(p("emb.h5ad")));
     assert!(p("emb.embedding.png").exists());
+    // the column travels with the embedding under the name given, so the picture can be redrawn
+    ok(bin().args(["plot", "embedding"]).arg(p("emb.h5ad")).args(["--color-by", "splicing:spl_group", "--out"]).arg(p("redrawn")));
+    assert!(p("redrawn.png").exists());
     ok(bin().arg("impute").arg(&run).arg(&data).args(["--observed-only", "--groupby", "splicing:spl_group", "--out"]).arg(p("psi.h5ad")));
     // a missing column: the list is training's, the modalities' columns included
     let e = fails(bin().arg("embed").arg(&run).arg(&data).args(["--color-by", "nocol", "--out"]).arg(p("emb2.h5ad")));

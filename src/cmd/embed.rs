@@ -124,9 +124,17 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
     if let Some(u) = &x_umap {
         obsm.push(DenseOut { name: "X_umap".into(), rows: n, cols: 2, data: u });
     }
+    // The --color-by column goes into the output's obs under the name it was given (`splicing:X`, or a
+    // column of the splicing obs only), so `plot embedding L.h5ad --color-by NAME` can redraw the picture.
+    let mut obs = ds.obs.clone();
+    if let Some((c, col)) = &color_by {
+        if !obs.iter().any(|(n, _)| n == c) {
+            obs.push((c.clone(), (*col).clone()));
+        }
+    }
     let out = H5adOut {
         obs_names: ds.cell_names.clone(),
-        obs: ds.obs.clone(),
+        obs,
         obsm,
         uns: vec![
             ("splicevi_run".into(), UnsValue::String(args.run_dir.display().to_string())),
