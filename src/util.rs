@@ -56,6 +56,20 @@ pub fn write_atomic<F>(path: &Path, write: F) -> anyhow::Result<()>
 where
     F: FnOnce(&Path) -> anyhow::Result<()>,
 {
+    let tmp_path = registered_temp(path)?;
+    // (unregisters when dropped)
+    let _registered = TempRegistration(tmp_path.to_path_buf());
+    // (the writers' own errors - a full disk, HDF5's - rarely name the file)
+    write(&tmp_path).with_context(|| format!("writing {}", path.display()))?;
+    make_readable(&tmp_path)?;
+    tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+/// A new temporary file beside `path` (its directory created if need be), registered for removal on a
+/// signal. Created and registered under the lock the signal handler takes: a signal never finds the
+/// file created but not yet registered (it would be left behind). The caller unregisters it.
+fn registered_temp(path: &Path) -> anyhow::Result<tempfile::TempPath> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -65,28 +79,24 @@ where
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: creating the output's directory", path.display()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    // created and registered under the lock the signal handler takes: a signal never finds the file
-    // created but not yet registered (it would be left behind)
     let mut registry = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempfile_in(&dir)
-        .with_context(|| format!("{}: cannot write in {}", path.display(), dir.display()))?;
-    let tmp_path = tmp.into_temp_path();
-    registry.push(tmp_path.to_path_buf());
-    drop(registry);
-    // (unregisters when dropped)
-    let _registered = TempRegistration(tmp_path.to_path_buf());
-    // (the writers' own errors - a full disk, HDF5's - rarely name the file)
-    write(&tmp_path).with_context(|| format!("writing {}", path.display()))?;
-    // tempfile creates 0600 files; outputs should be readable like any other file the user writes.
+        .with_context(|| format!("{}: cannot write in {}", path.display(), dir.display()))?
+        .into_temp_path();
+    registry.push(tmp.to_path_buf());
+    Ok(tmp)
+}
+
+/// tempfile creates 0600 files; outputs should be readable like any other file the user writes.
+fn make_readable(_tmp: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::set_permissions(_tmp, std::fs::Permissions::from_mode(0o644))?;
     }
-    tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
@@ -111,34 +121,12 @@ pub fn write_atomic_set(files: Vec<(PathBuf, FileWriter<'_>)>) -> anyhow::Result
     }
     let mut staged = Staged(Vec::new());
     for (path, write) in files {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if path.is_dir() {
-            bail!("{}: is a directory; the output needs a file name", path.display());
-        }
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        // created and registered under the lock: a signal never finds it created but unregistered
-        let mut registered = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .with_context(|| format!("{}: cannot write in {}", path.display(), dir.display()))?
-            .into_temp_path();
-        registered.push(tmp.to_path_buf());
-        drop(registered);
-        staged.0.push((tmp, path.clone()));
+        staged.0.push((registered_temp(&path)?, path.clone()));
         let tmp = &staged.0.last().expect("just pushed").0;
         write(tmp).with_context(|| format!("writing {}", path.display()))?;
         let f = std::fs::File::open(tmp).with_context(|| format!("writing {}", path.display()))?;
         f.sync_all().with_context(|| format!("writing {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))?;
-        }
+        make_readable(tmp)?;
     }
     let dirs: Vec<PathBuf> = staged.0.iter().filter_map(|(_, p)| p.parent().map(Path::to_path_buf)).collect();
     let mut result = Ok(());
