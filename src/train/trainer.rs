@@ -401,13 +401,11 @@ impl<'a> Trainer<'a> {
         }
         // `cell` modality weights: the table's rows are the training cells, in order.
         if let Some(f) = check_run_features(dir, ds)?.filter(|f| !f.cells.is_empty()) {
-            if let Some(i) = (0..f.cells.len().max(ds.n_cells())).find(|&i| f.cells.get(i) != ds.cell_names.get(i)) {
+            if let Some((i, ours, theirs)) = first_cell_difference(&f.cells, &ds.cell_names) {
                 bail!(
-                    "{}: cell {i} is `{}`, but the run {} (modality weights `cell`: a weight row per training cell) was trained with `{}` there; --resume needs the training cells in the same order",
+                    "{}: cell {i} is `{ours}`, but the run {} (modality weights `cell`: a weight row per training cell) was trained with `{theirs}` there; --resume needs the training cells in the same order",
                     ds.source,
-                    ds.cell_names.get(i).map_or("(none)", |s| s.as_str()),
-                    dir.display(),
-                    f.cells.get(i).map_or("(none)", |s| s.as_str())
+                    dir.display()
                 );
             }
         }
@@ -415,13 +413,11 @@ impl<'a> Trainer<'a> {
         // in the same order (split.json; runs from before it have none).
         let split = read_run_split(dir).context("--resume checks the data's cells against the run's split")?;
         if let Some(sp) = &split {
-            if let Some(i) = (0..sp.cells.len().max(ds.n_cells())).find(|&i| sp.cells.get(i) != ds.cell_names.get(i)) {
+            if let Some((i, ours, theirs)) = first_cell_difference(&sp.cells, &ds.cell_names) {
                 bail!(
-                    "{}: cell {i} is `{}`, but the run {} was trained with `{}` there ({SPLIT_FILE}); --resume needs the training data's cells in the same order (the split and the minibatches follow the cells' positions)",
+                    "{}: cell {i} is `{ours}`, but the run {} was trained with `{theirs}` there ({SPLIT_FILE}); --resume needs the training data's cells in the same order (the split and the minibatches follow the cells' positions)",
                     ds.source,
-                    ds.cell_names.get(i).map_or("(none)", |s| s.as_str()),
-                    dir.display(),
-                    sp.cells.get(i).map_or("(none)", |s| s.as_str())
+                    dir.display()
                 );
             }
         }
@@ -1038,6 +1034,13 @@ pub fn split(ds: &Dataset, tc: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>)>
         bail!("{}: no training cells after the split ({} cells)", ds.source, ds.n_cells());
     }
     Ok((s.train, s.validation))
+}
+
+/// The first position where the data's cells differ from a run's: (position, the data's cell, the
+/// run's), "(none)" past the end of the shorter list.
+fn first_cell_difference<'c>(run: &'c [String], data: &'c [String]) -> Option<(usize, &'c str, &'c str)> {
+    let at = |v: &'c [String], i: usize| v.get(i).map_or("(none)", |s| s.as_str());
+    (0..run.len().max(data.len())).find(|&i| run.get(i) != data.get(i)).map(|i| (i, at(data, i), at(run, i)))
 }
 
 /// The schedule state of the run's last checkpoint (read through [`check_checkpoint`], which also
