@@ -297,48 +297,35 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     if train.n_epochs_kl_warmup.unwrap_or(0) == 0 && model.warmup_routing != ModelConfig::default().warmup_routing && model_inert.iter().all(|(f, _)| *f != "warmup_routing") {
         model_inert.push(("warmup_routing", "there is no KL warm-up (n_epochs_kl_warmup is none or 0), and it routes the latent during the warm-up".into()));
     }
+    let mut train_inert = train.inert_options();
+    data_inert_options(&args.data_options, &mut model_inert, &mut train_inert);
     check_inert_options(&serde_json::to_value(&model)?, &serde_json::to_value(&m0)?, model_inert, &given)?;
-    check_inert_options(&serde_json::to_value(&train)?, &serde_json::to_value(&t0)?, train.inert_options(), &given_train)?;
+    check_inert_options(&serde_json::to_value(&train)?, &serde_json::to_value(&t0)?, train_inert, &given_train)?;
     check_dispersion_keys(&model, &args.data_options, &given)?;
-    check_data_inert_options(&model, &m0, &train, &t0, &args.data_options, &given, &given_train)?;
-    Ok((model, train))
-}
-
-/// Options that the data options leave with nothing to act on, refused as [`check_inert_options`]
-/// refuses the others (given explicitly, away from the preset's value): the covariate options without
-/// any covariate (a batch of one level adds nothing to a layer, as in scvi's FCLayers), the adversary's
-/// switch without batches, labels without the dispersion that reads them.
-fn check_data_inert_options(
-    model: &ModelConfig,
-    m0: &ModelConfig,
-    train: &TrainConfig,
-    t0: &TrainConfig,
-    data: &DataOptions,
-    given: &[(String, String)],
-    given_train: &[(String, String)],
-) -> Result<()> {
-    let no_covariates = data.batch_key.is_none() && data.categorical_covariate_keys.is_empty() && data.continuous_covariate_keys.is_empty();
-    let refuse = |given: &[(String, String)], field: &str, v: String, why: &str| -> Result<()> {
-        let said = given_as(given, field, &format!("--{}", field.replace('_', "-")), &v);
-        anyhow::bail!("{said} has no effect here: {why}; leave it out")
-    };
-    let is_given = |given: &[(String, String)], field: &str| given.iter().any(|(f, _)| f == field);
-    let why_cov = "there are no covariates (no --batch-key, --categorical-covariate or --continuous-covariate)";
-    if no_covariates && is_given(given, "encode_covariates") && model.encode_covariates != m0.encode_covariates {
-        refuse(given, "encode_covariates", model.encode_covariates.to_string(), why_cov)?;
-    }
-    if no_covariates && is_given(given, "deeply_inject_covariates") && model.deeply_inject_covariates != m0.deeply_inject_covariates {
-        refuse(given, "deeply_inject_covariates", model.deeply_inject_covariates.to_string(), why_cov)?;
-    }
-    if data.batch_key.is_none() && is_given(given_train, "adversarial_mixing") && train.adversarial_mixing != t0.adversarial_mixing {
-        refuse(given_train, "adversarial_mixing", train.adversarial_mixing.to_string(), "there is no adversarial batch classifier without --batch-key")?;
-    }
-    if let Some(l) = &data.labels_key {
+    if let Some(l) = &args.data_options.labels_key {
         if model.dispersion != crate::model::Dispersion::GeneLabel {
             anyhow::bail!("--labels-key {l} has no effect here: labels are read only by --dispersion gene-label (this run's is {}); leave it out", model.dispersion.as_str());
         }
     }
-    Ok(())
+    Ok((model, train))
+}
+
+/// Options that the data options leave with nothing to act on, added to the inert lists (refused by
+/// [`check_inert_options`] when given away from the preset's value): the covariate options without
+/// any covariate (a batch of one level adds nothing to a layer, as in scvi's FCLayers), the adversary's
+/// switch without batches.
+fn data_inert_options(data: &DataOptions, model_inert: &mut Vec<(&'static str, String)>, train_inert: &mut Vec<(&'static str, String)>) {
+    if data.batch_key.is_none() && data.categorical_covariate_keys.is_empty() && data.continuous_covariate_keys.is_empty() {
+        let why = "there are no covariates (no --batch-key, --categorical-covariate or --continuous-covariate)";
+        for field in ["encode_covariates", "deeply_inject_covariates"] {
+            if model_inert.iter().all(|(f, _)| *f != field) {
+                model_inert.push((field, why.into()));
+            }
+        }
+    }
+    if data.batch_key.is_none() {
+        train_inert.push(("adversarial_mixing", "there is no adversarial batch classifier without --batch-key".into()));
+    }
 }
 
 /// An option given explicitly (`given`: field, where; a flag after the --config file, so the last
