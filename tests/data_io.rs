@@ -471,7 +471,13 @@ fn validate_json_reports_no_batch_without_batch_key() {
     let total: u64 = s["batch"]["sizes"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
     assert!(s["batch"]["sizes"].as_array().unwrap().len() == 2 && total == 200, "{s}");
     assert!(s["observed_percent"].as_f64().is_some_and(|p| p > 0.0 && p < 100.0), "{s}");
-    // no junctions: no percentage of no entries (it said 0)
+}
+
+/// A dataset without junctions is refused on load, naming the file (it passed `validate`, and then
+/// `train` refused it as "model: the splicing modality has 0 junctions").
+#[test]
+fn a_dataset_without_junctions_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
     let z = tmp.path().join("nojunctions");
     std::fs::create_dir(&z).unwrap();
     std::fs::write(z.join("barcodes.tsv"), "c1\nc2\n").unwrap();
@@ -479,10 +485,23 @@ fn validate_json_reports_no_batch_without_batch_key() {
     for m in ["junction_counts.mtx", "atse_counts.mtx"] {
         std::fs::write(z.join(m), "%%MatrixMarket matrix coordinate integer general\n2 0 0\n").unwrap();
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(&z).arg("--json").output().unwrap();
+    for cmd in ["validate", "train"] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_splicevi"));
+        c.arg(cmd).arg(&z);
+        if cmd == "train" {
+            c.arg("--out").arg(tmp.path().join("run"));
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}: {err}");
+        assert!(err.contains("nojunctions") && err.contains("no junctions"), "{cmd}: {err}");
+    }
+    // one junction observed in one cell loads
+    std::fs::write(z.join("junctions.tsv"), "junction_id\tevent_id\nj0\ta0\n").unwrap();
+    std::fs::write(z.join("junction_counts.mtx"), "%%MatrixMarket matrix coordinate integer general\n2 1 1\n1 1 1\n").unwrap();
+    std::fs::write(z.join("atse_counts.mtx"), "%%MatrixMarket matrix coordinate integer general\n2 1 1\n1 1 2\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_splicevi")).arg("validate").arg(&z).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(s["observed_percent"].is_null() && s["batch"].is_null(), "{s}");
 }
 
 /// A file without cells is refused on load (it used to pass `validate`, and `embed` wrote a 0 × 0

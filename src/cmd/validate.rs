@@ -45,8 +45,9 @@ pub struct Summary {
     pub atses: usize,
     pub junctions_per_atse: Option<Range3>,
     pub observed_entries: usize,
-    /// Percentage of cell × junction entries observed (n > 0); `None` without junctions (no entries).
-    pub observed_percent: Option<f64>,
+    /// Percentage of cell × junction entries observed (n > 0; the loader refuses data without cells or
+    /// junctions).
+    pub observed_percent: f64,
     pub cells_without_observed_junction: usize,
     pub has_counts: bool,
     /// Over observed entries.
@@ -104,7 +105,7 @@ pub fn summarize(ds: &Dataset, opts: &DataOptions) -> Summary {
         atses: s.n_atse(),
         junctions_per_atse: range3(per_atse),
         observed_entries: s.nnz(),
-        observed_percent: (total > 0.0).then(|| 100.0 * s.nnz() as f64 / total),
+        observed_percent: 100.0 * s.nnz() as f64 / total,
         cells_without_observed_junction: (0..s.n_cells).filter(|&c| s.cell_range(c).is_empty()).count(),
         has_counts: s.has_counts,
         // (PSI-only data has no counts: the loader's k = 0, n = 1 are placeholders, not a range)
@@ -149,7 +150,7 @@ pub fn render(s: &Summary) -> String {
     line("junctions", s.junctions.to_string());
     line("ATSEs", s.atses.to_string());
     line("junctions per ATSE", fmt_range3(&s.junctions_per_atse));
-    line("observed cell × junction entries", format!("{} ({})", s.observed_entries, s.observed_percent.map_or("no junctions".into(), |p| format!("{p:.3}%"))));
+    line("observed cell × junction entries", format!("{} ({:.3}%)", s.observed_entries, s.observed_percent));
     line("cells without observed junctions", s.cells_without_observed_junction.to_string());
     if s.has_counts {
         line("junction counts k (observed)", fmt_range(s.k_range));

@@ -89,6 +89,10 @@ pub fn assemble(raw: RawData, opts: &DataOptions) -> Result<Dataset> {
         );
     }
     let nj = raw.junction_names.len();
+    if nj == 0 {
+        // (training refuses it, and an analysis needs the junctions of its model: it passed `validate`)
+        return Err(DataError::new(&file, "var", "no junctions: SpliceVI models junction counts, so every command needs at least one".to_string()).into());
+    }
     let (ev_field, ids, numeric) = &raw.event_ids;
     if ids.len() != nj {
         return Err(DataError::new(&file, ev_field, format!("{} ATSE ids for {nj} junctions", ids.len())).into());
