@@ -454,6 +454,24 @@ fn quirk_corrections_reach_config_json_and_the_analyses() {
     }
 }
 
+/// `--cross-decoding` acts with concatenated latents only: given without them it is refused; `robust`
+/// switched to an averaged latent keeps its preset value without a word; with `concatenate` it trains
+/// and is recorded in `config.json`.
+#[test]
+fn cross_decoding_needs_concatenated_latents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    let quiet = ["--max-epochs", "1", "--quiet", "--no-plots"];
+    let text = fails(bin().arg("train").arg(&data).arg("--out").arg(tmp.path().join("a")).args(quiet).args(["--cross-decoding", "none"]));
+    assert!(text.contains("--cross-decoding none has no effect here") && text.contains("modality_weights = equal"), "{text}");
+    ok(bin().arg("train").arg(&data).arg("--out").arg(tmp.path().join("b")).args(quiet).args(["--preset", "robust", "--modality-weights", "equal"]));
+    let run = tmp.path().join("c");
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(quiet).args(["--modality-weights", "concatenate", "--cross-decoding", "splicing"]));
+    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(c["model"]["cross_decoding"], "splicing", "{c}");
+}
+
 /// A copy of `data` with PSI only: `junc_ratio` and `psi_mask`, no count layers (model.md §14.2).
 fn psi_only_copy(data: &std::path::Path, out: &std::path::Path) {
     let mut ds = splicevi::data::load::load(data, &Default::default()).unwrap();

@@ -54,10 +54,15 @@ fn random_params(model: &SpliceVae, seed: u64) -> Params<f32> {
 }
 
 fn close(what: &str, got: &[f32], want: &[f32]) {
+    close_floor(what, got, want, 0.0)
+}
+
+/// [`close`] with an absolute floor `floor` on the tolerance.
+fn close_floor(what: &str, got: &[f32], want: &[f32], floor: f64) {
     assert_eq!(got.len(), want.len(), "{what}: {} values, CPU has {}", got.len(), want.len());
     let scale = want.iter().fold(1e-12f64, |a, &v| a.max((v as f64).abs()));
     for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let tol = 2e-3 * (w as f64).abs() + 2e-4 * scale;
+        let tol = 2e-3 * (w as f64).abs() + 2e-4 * scale + floor;
         assert!(g.is_finite() && ((g - w) as f64).abs() <= tol, "{what}[{k}] = {g:e}, CPU {w:e} (tolerance {tol:e})");
     }
 }
@@ -316,6 +321,14 @@ fn cases() -> Vec<Case> {
             extra_dz: false,
             no_cell_idx: false,
         },
+        Case {
+            name: "robust with cross_decoding splicing, vanilla splicing decoder, cross gate 0.7",
+            cfg: small(ModelConfig { dropout_rate: 0.1, cross_decoding: CrossDecoding::Splicing, splicing_decoder_architecture: SplicingDecoderArch::Vanilla, ..ModelConfig::robust() }),
+            dims: dims(2, vec![]),
+            opts: StepOptions { cross_gate: 0.7, ..opts() },
+            extra_dz: false,
+            no_cell_idx: false,
+        },
     ]
 }
 
@@ -405,7 +418,10 @@ fn step_on(dev: &CudaDevice, case: &Case, seed: u64, decode: SplicingDecode) {
                 }
                 continue;
             }
-            close(&format!("{name}: d {}", e.name), g, w);
+            // A gradient that cancels (the last h LayerNorm's bias under centred PSI: h(t) − h(0) in
+            // evaluation mode, 1e-7 against a largest gradient of 7) is the round-off of f32 sums of
+            // terms as large as the others: a floor of 1e-6 of the largest gradient, not of its own.
+            close_floor(&format!("{name}: d {}", e.name), g, w, 1e-6 * g_scale as f64);
             n_nonzero += w.iter().filter(|v| v.abs() > 0.0).count();
         }
     }
@@ -983,6 +999,7 @@ fn decode_on(dev: &CudaDevice) {
         "encode_covariates, 2 continuous",
         "continuous covariates in the decoders only",
         "robust: concatenated",
+        "robust with cross_decoding splicing",
         "library encoder (use_size_factor_key = false)",
         "§12 corrections: independent",
         "§12 corrections: linear",

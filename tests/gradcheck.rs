@@ -880,6 +880,49 @@ fn whole_loss_robust_preset_and_partial_options() {
         let cfg = small(ModelConfig { splicing_decoder_prior: 0.7, splicing_decoder_architecture: arch, ..ModelConfig::robust() });
         check_whole_loss("robust decoder prior", Case { cfg, dims: dims(2, vec![], 0), opts: base_opts(), with_adversary: false }, 53 + i as u64);
     }
+    // Every cross_decoding under a partly open gate, on both splicing decoder architectures.
+    for (i, cross) in [CrossDecoding::Both, CrossDecoding::Splicing, CrossDecoding::None].into_iter().enumerate() {
+        for (a, arch) in [SplicingDecoderArch::Linear, SplicingDecoderArch::Vanilla].into_iter().enumerate() {
+            let cfg = small(ModelConfig { cross_decoding: cross, splicing_decoder_architecture: arch, ..ModelConfig::robust() });
+            let opts = StepOptions { cross_gate: 0.6, ..base_opts() };
+            check_whole_loss(&format!("robust cross_decoding {cross} {arch}"), Case { cfg, dims: dims(2, vec![], 0), opts, with_adversary: false }, 55 + 2 * i as u64 + a as u64);
+        }
+    }
+}
+
+/// `cross_decoding` (concatenated latents): with the gate open, the expression decoder reads the splicing
+/// half only under `both`, and the splicing decoder reads the expression half under `both` and
+/// `splicing`, not under `none`. Each decoded output is compared for a latent and the same latent with
+/// the other modality's half moved.
+#[test]
+fn cross_decoding_decides_which_decoder_reads_the_other_half() {
+    let small = |c: ModelConfig| ModelConfig { n_hidden: Some(8), n_latent: Some(3), code_dim: 4, h_hidden_dim: 6, encoder_hidden_dim: 5, ..c };
+    let d = dims(2, vec![], 0);
+    let batch = synth_batch(&d, 5, 81);
+    let mut r = rng(82);
+    for (cross, expr_reads, spl_reads) in [(CrossDecoding::Both, true, true), (CrossDecoding::Splicing, false, true), (CrossDecoding::None, false, false)] {
+        let model = SpliceVae::new(small(ModelConfig { cross_decoding: cross, ..ModelConfig::robust() }), d.clone(), JUNC2ATSE.to_vec()).unwrap();
+        let p = random_params(&model, 83);
+        let (l, half) = (model.arch.l, model.arch.d);
+        assert_eq!(l, 2 * half);
+        let lat = rand_mat(&mut r, 5, l, 1.0);
+        let library: Vec<f64> = (0..5).map(|i| 2.0 + 0.1 * i as f64).collect();
+        let moved = |cols: std::ops::Range<usize>| {
+            let mut m = lat.clone();
+            (0..5).for_each(|i| cols.clone().for_each(|t| m.data[i * l + t] += 0.8));
+            m
+        };
+        let at = |m: &Mat<f64>, gate: f64| model.decode_dense(&p, m, &batch, &library, gate).unwrap();
+        let base = at(&lat, 1.0);
+        let (spl_moved, expr_moved) = (at(&moved(half..l), 1.0), at(&moved(0..half), 1.0));
+        assert_eq!(base.px_scale.data != spl_moved.px_scale.data, expr_reads, "{cross}: the expression decoder and the splicing half");
+        assert_eq!(base.p.data != expr_moved.p.data, spl_reads, "{cross}: the splicing decoder and the expression half");
+        // each decoder always reads its own half
+        assert!(base.px_scale.data != expr_moved.px_scale.data && base.p.data != spl_moved.p.data, "{cross}: own halves");
+        // with the gate closed (the warm-up) neither reads across, whatever the option
+        assert_eq!(at(&lat, 0.0).px_scale.data, at(&moved(half..l), 0.0).px_scale.data, "{cross}: gate 0");
+        assert_eq!(at(&lat, 0.0).p.data, at(&moved(0..half), 0.0).p.data, "{cross}: gate 0");
+    }
 }
 
 /// `splicing_decoder_effect_prior`: the penalty is λ / N Σ_j Var_cells(S_i · W_j) at the minibatch

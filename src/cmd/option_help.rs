@@ -76,6 +76,7 @@ pub const MODEL_HELP: &[OptionHelp] = &[
     ),
     e("warmup_routing", "During KL warm-up: coin (one modality's posterior per minibatch) or mix from the start", &["coin", "mix"]),
     o("mask_cells_without_splicing", "Cells with no observed junction use the expression posterior alone and leave the penalty"),
+    e("cross_decoding", "concatenate: decoders that read the other modality's half (the original: both)", &["both", "splicing", "none"]),
     e(
         "mixing_variance",
         "Joint variance of equal/universal/cell mixing: √w_e·v_e + √w_s·v_s (§12.4) or w_e²·v_e + w_s²·v_s",
@@ -146,7 +147,7 @@ mod tests {
     use super::*;
     use crate::cmd::option_flags::parse_value;
     use crate::model::config::{
-        ConcentrationInit, Dispersion, DmConcentration, ExpressionArch, ExpressionInput, GeneLikelihood, LatentDistribution,
+        ConcentrationInit, CrossDecoding, Dispersion, DmConcentration, ExpressionArch, ExpressionInput, GeneLikelihood, LatentDistribution,
         MixingVariance, ModalityPenalty, ModalityWeights, ModelConfig, NormPlacement, PoolMode, SplicingDecoderArch,
         SplicingEncoderArch, SplicingLoss, WarmupRouting,
     };
@@ -183,6 +184,7 @@ mod tests {
             "modality_weights" => variants::<ModalityWeights>(),
             "modality_penalty" => variants::<ModalityPenalty>(),
             "warmup_routing" => variants::<WarmupRouting>(),
+            "cross_decoding" => variants::<CrossDecoding>(),
             "mixing_variance" => variants::<MixingVariance>(),
             "concentration_init" => variants::<ConcentrationInit>(),
             "expression_input" => variants::<ExpressionInput>(),

@@ -1819,7 +1819,7 @@ impl<'d> DeviceModel<'d> {
         self.bn_pending.borrow_mut().clear();
         let bt = self.upload_batch(&hb)?;
         let latb = self.upload_step(lat)?;
-        let (main_e, main_s) = self.decoder_inputs(&latb, &bt, gate as f32)?;
+        let (main_e, main_s) = self.decoder_inputs(&latb, &bt, gate)?;
         let mut out = DeviceDecode { p: None, px_scale: None };
         if expr {
             let mut scale = match &a.z_dec_expr {
@@ -2046,10 +2046,11 @@ impl<'d> DeviceModel<'d> {
             return Ok((DeviceStepOutput::empty(), None));
         }
         let lat: &Buf = if opts.use_z_mean { &qz_m } else { &z };
-        let gate = opts.cross_gate as f32;
-        let gated = concat && gate != 1.0;
+        let (into_e, into_s) = self.model.cross_gates(opts.cross_gate);
+        let (into_e, into_s) = (into_e as f32, into_s as f32);
+        let gated = concat && (into_e != 1.0 || into_s != 1.0);
         let n_cont = bt.n_cont;
-        let (main_e, main_s) = self.decoder_inputs(lat, &bt, gate)?;
+        let (main_e, main_s) = self.decoder_inputs(lat, &bt, opts.cross_gate)?;
 
         // ---- expression decoder + likelihood -----------------------------------------------------
         drop(r_phase);
@@ -2415,8 +2416,9 @@ impl<'d> DeviceModel<'d> {
         let r_phase = crate::nvtx_range!("backward: latent");
         let dlat = self.nan(b * l)?;
         if gated {
-            // d lat = [d r_e + g d r_s | g d r_e + d r_s] (the two halves)
-            for (c0, ae, as_) in [(0, 1.0, gate), (d, gate, 1.0)] {
+            // d lat = [d r_e + g_s d r_s | g_e d r_e + d r_s] (the two halves; g_e gates the splicing
+            // half into the expression decoder, g_s the expression half into the splicing decoder)
+            for (c0, ae, as_) in [(0, 1.0, into_s), (d, into_e, 1.0)] {
                 self.glue.copy_cols(Cols::from(&dr_e, w_e, c0), Cols::from(&dlat, l, c0), b, d, ae, 0.0)?;
                 self.glue.copy_cols(Cols::from(&dr_s, w_s, c0), Cols::from(&dlat, l, c0), b, d, as_, 1.0)?;
             }
@@ -2568,15 +2570,17 @@ impl<'d> DeviceModel<'d> {
         Ok((out, Some(sumsq.sqrt())))
     }
 
-    /// The decoders' inputs from the latent (B × L): both see it, except concatenated latents with the
-    /// cross gate g below 1 (§4.4): expression [z_e; g z_s], splicing [g z_e; z_s]; and with continuous
+    /// The decoders' inputs from the latent (B × L): both see it, except concatenated latents with a
+    /// gate below 1 (§4.4; `SpliceVae::cross_gates`): expression [z_e; g_e z_s], splicing [g_s z_e; z_s]; and with continuous
     /// covariates the main inputs [latent | cont]. Returns (expression's, splicing's).
-    fn decoder_inputs(&self, lat: &Buf, bt: &DevBatch, gate: f32) -> Result<(Buf, Buf)> {
+    fn decoder_inputs(&self, lat: &Buf, bt: &DevBatch, gate: f64) -> Result<(Buf, Buf)> {
         let (b, l, d) = (bt.b, self.model.arch.l, self.model.arch.d);
-        let gated = self.model.cfg.modality_weights == ModalityWeights::Concatenate && gate != 1.0;
+        let (into_e, into_s) = self.model.cross_gates(gate);
+        let (into_e, into_s) = (into_e as f32, into_s as f32);
+        let gated = self.model.cfg.modality_weights == ModalityWeights::Concatenate && (into_e != 1.0 || into_s != 1.0);
         let (lat_e, lat_s) = if gated {
             let (re, rs) = (self.nan(b * l)?, self.nan(b * l)?);
-            for (dst, scale_e, scale_s) in [(&re, 1.0, gate), (&rs, gate, 1.0)] {
+            for (dst, scale_e, scale_s) in [(&re, 1.0, into_e), (&rs, into_s, 1.0)] {
                 self.glue.copy_cols(Cols::from(lat, l, 0), Cols::from(dst, l, 0), b, d, scale_e, 0.0)?;
                 self.glue.copy_cols(Cols::from(lat, l, d), Cols::from(dst, l, d), b, d, scale_s, 0.0)?;
             }

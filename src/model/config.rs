@@ -104,6 +104,12 @@ string_enum!(
     WarmupRouting { Coin = "coin", Mix = "mix" }
 );
 string_enum!(
+    /// With `concatenate` (§4.4), which decoders read the other modality's half of the latent once the
+    /// cross gate opens: `both` as the original, only the `splicing` decoder (the expression decoder then
+    /// has only the expression half, so that half must carry what the expression needs), or `none`.
+    CrossDecoding { Both = "both", Splicing = "splicing", None = "none" }
+);
+string_enum!(
     /// Joint variance of the equal / universal / cell mixings (§4.2): the original's √w_e·v_e + √w_s·v_s
     /// (§12.4), or `independent`: w_e²·v_e + w_s²·v_s, the variance of w_e·z_e + w_s·z_s for independent
     /// modality posteriors (§14.3). The per-dimension mixing (§4.3) keeps its (w_e·σ_e + w_s·σ_s)².
@@ -170,6 +176,9 @@ pub struct ModelConfig {
     pub modality_penalty: ModalityPenalty,
     pub warmup_routing: WarmupRouting,
     pub mask_cells_without_splicing: bool,
+    /// Robust option: which decoders read the other modality's half with `concatenate` (see
+    /// [`CrossDecoding`]).
+    pub cross_decoding: CrossDecoding,
     /// §12.4 correction: the variance of the softmax mixings (see [`MixingVariance`]).
     pub mixing_variance: MixingVariance,
     /// §12.9 correction: the concentration's initial value (see [`ConcentrationInit`]).
@@ -254,6 +263,7 @@ impl Default for ModelConfig {
             modality_penalty: ModalityPenalty::Jeffreys,
             warmup_routing: WarmupRouting::Coin,
             mask_cells_without_splicing: false,
+            cross_decoding: CrossDecoding::Both,
             mixing_variance: MixingVariance::SqrtWeights,
             concentration_init: ConcentrationInit::Log100,
             expression_scale_softmax: false,
@@ -508,6 +518,9 @@ impl ModelConfig {
         check("modality_penalty", self.modality_penalty != ModalityPenalty::None && self.modality_penalty != d.modality_penalty, !concat, &no_mixing);
         check("warmup_routing", self.warmup_routing != d.warmup_routing, !concat, &no_mixing);
         check("mask_cells_without_splicing", self.mask_cells_without_splicing, !concat, &no_mixing);
+        check("cross_decoding", self.cross_decoding != d.cross_decoding, concat, &|| {
+            format!("only the concatenated latent has halves for the decoders to share (modality_weights = {mixing})")
+        });
         check("mixing_variance", self.mixing_variance != d.mixing_variance, !concat && mixing != ModalityWeights::PerDimensionWeightedAverage, &|| {
             format!("it is the variance of the equal, universal and cell mixings (modality_weights = {mixing})")
         });
@@ -591,6 +604,7 @@ mod tests {
             ("modality_penalty", |c| c.modality_penalty = ModalityPenalty::Mmd, &d, concat.clone()),
             ("warmup_routing", |c| c.warmup_routing = WarmupRouting::Mix, &perdim, concat.clone()),
             ("mask_cells_without_splicing", |c| c.mask_cells_without_splicing = true, &perdim, concat.clone()),
+            ("cross_decoding", |c| c.cross_decoding = CrossDecoding::Splicing, &concat, d.clone()),
             ("mixing_variance", |c| c.mixing_variance = MixingVariance::Independent, &d, perdim.clone()),
             ("mixing_variance", |c| c.mixing_variance = MixingVariance::Independent, &d, concat.clone()),
             ("concentration_init", |c| c.concentration_init = ConcentrationInit::Phi100, &beta_binomial, ModelConfig { splicing_loss_type: SplicingLoss::Bce, ..d.clone() }),

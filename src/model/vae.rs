@@ -666,16 +666,28 @@ impl SpliceVae {
             return (lat.clone(), lat.clone());
         }
         let d = self.arch.d;
-        let g = T::from_f64(gate);
+        let (into_e, into_s) = self.cross_gates(gate);
+        let (ge, gs) = (T::from_f64(into_e), T::from_f64(into_s));
         let mut re = lat.clone();
         let mut rs = lat.clone();
         for i in 0..lat.rows {
             for t in 0..d {
-                re.data[i * 2 * d + d + t] *= g;
-                rs.data[i * 2 * d + t] *= g;
+                re.data[i * 2 * d + d + t] *= ge;
+                rs.data[i * 2 * d + t] *= gs;
             }
         }
         (re, rs)
+    }
+
+    /// With `concatenate` (§4.4), the factors on the other modality's half in each decoder's input for
+    /// the cross gate `gate`: (the splicing half into the expression decoder, the expression half into
+    /// the splicing decoder). `cross_decoding` closes either for good.
+    pub fn cross_gates(&self, gate: f64) -> (f64, f64) {
+        match self.cfg.cross_decoding {
+            CrossDecoding::Both => (gate, gate),
+            CrossDecoding::Splicing => (0.0, gate),
+            CrossDecoding::None => (0.0, 0.0),
+        }
     }
 
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -1163,14 +1175,15 @@ impl SpliceVae {
         };
 
         // ---- latent ----------------------------------------------------------------------------
-        let gate = T::from_f64(opts.cross_gate);
+        let (into_e, into_s) = self.cross_gates(opts.cross_gate);
+        let (ge, gs) = (T::from_f64(into_e), T::from_f64(into_s));
         let mut dlat = Mat::zeros(b, l);
         if cfg.modality_weights == ModalityWeights::Concatenate {
             for i in 0..b {
                 for t in 0..d {
                     let (k1, k2) = (i * l + t, i * l + d + t);
-                    dlat.data[k1] = dr_e.data[k1] + gate * dr_s.data[k1];
-                    dlat.data[k2] = gate * dr_e.data[k2] + dr_s.data[k2];
+                    dlat.data[k1] = dr_e.data[k1] + gs * dr_s.data[k1];
+                    dlat.data[k2] = ge * dr_e.data[k2] + dr_s.data[k2];
                 }
             }
         } else {
