@@ -28,3 +28,4 @@ row robust+vanilla-enc    robust  "$SIZE" "$SEEDS" splicing_encoder_architecture
 row robust-bias           robust  "$SIZE" "$SEEDS" splicing_bias_from_data=false
 row robust-log1p          robust  "$SIZE" "$SEEDS" expression_input=raw
 row robust-lr             robust  "$SIZE" "$SEEDS" lr=0.001
+row robust-xdec           robust  "$SIZE" "$SEEDS" cross_decoding=both   # both decoders read across (before 2026-12-08)

@@ -345,6 +345,10 @@ impl ModelConfig {
             // whole data, robust's test without batch correction; docs/robust.md, "The
             // differential-splicing test of `robust`").
             dm_concentration: DmConcentration::Scalar,
+            // Each decoder reads its own half only: with `both` the expression decoder took the cell
+            // type from the splicing half and the expression half collapsed onto the prior (its 15-NN
+            // cell type 0.47 at `small`, 1.00 with `none`; docs/robust.md, "The expression half").
+            cross_decoding: CrossDecoding::None,
             // §14.3 fixes; they act when the mixing is switched back to a weighted average.
             modality_penalty: ModalityPenalty::JeffreysExact,
             warmup_routing: WarmupRouting::Mix,
