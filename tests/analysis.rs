@@ -1123,3 +1123,82 @@ print("ok")
         &[d],
     );
 }
+
+/// The analyses match a categorical covariate's categories to the run's by name, as they do batches: a
+/// file that lists them in another order, or only some of them, decodes and embeds each cell as the
+/// training data did; a category the run never saw is refused by name. (They were taken by their
+/// position in each file's own list: a subset of T1's cells decoded T1_a as T0_a.)
+#[test]
+fn categorical_covariates_are_matched_to_the_run_by_name() {
+    use splicevi::analysis::posterior::open_run;
+    use splicevi::data::h5write::{write_h5mu, Compression};
+    use splicevi::data::ObsColumn;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let data = p("d.h5mu");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "3", "--out"]).arg(&data));
+    let run = p("run");
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--batch-key", "batch", "--categorical-covariate", "subtype", "--encode-covariates", "true", "--max-epochs", "2", "--quiet", "--no-plots"]));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["categorical_levels"][0].as_array().map(|a| a.len()), Some(6), "{}", cfg["categorical_levels"]);
+    // (latent means, decoder PSI) of the cells `names` from the data file `f`
+    let outputs = |f: &Path, names: &[String]| -> (Vec<f32>, Vec<f32>) {
+        let o = open_run(&run, f).unwrap();
+        let cells: Vec<usize> = names.iter().map(|n| o.ds.cell_names.iter().position(|c| c == n).unwrap()).collect();
+        let post = Posterior::new(&o.ds, &o.model, &o.params).unwrap();
+        let lat = post.latents(&cells).unwrap().qz_m.data;
+        let psi = post.decode(&cells, &DecodeOptions { transform_batch: vec![], n_samples: 1, seed: 0 }, Some(SplicingFn::Decoder), false).unwrap().psi.unwrap().data;
+        (lat, psi)
+    };
+    let ds = splicevi::data::load::load(&data, &DataOptions::default()).unwrap();
+    fn subtype(ds: &mut Dataset) -> (&mut Vec<i32>, &mut Vec<String>) {
+        let col = ds.obs.iter_mut().find(|(n, _)| n == "subtype").map(|(_, c)| c).unwrap();
+        let ObsColumn::Categorical { codes, categories, .. } = col else { panic!("subtype is not categorical") };
+        (codes, categories)
+    }
+    // the same cells with the categories listed in reverse
+    let mut rev = ds.clone();
+    let (codes, cats) = subtype(&mut rev);
+    let k = cats.len() as i32;
+    cats.reverse();
+    codes.iter_mut().for_each(|c| *c = k - 1 - *c);
+    write_h5mu(&p("rev.h5mu"), &rev, None, None, &[], Compression { gzip_level: None }).unwrap();
+    // T1's cells only, listing only T1's two subtypes (written by mudata, as a user would cut it)
+    let t1 = p("t1.h5mu");
+    let script = r#"
+import sys, mudata as md
+m = md.read_h5mu(sys.argv[1])
+s = m[m.obs.cell_type == "T1"].copy()
+for o in (s.obs, s["rna"].obs, s["splicing"].obs):
+    if "subtype" in o:
+        o["subtype"] = o["subtype"].cat.remove_unused_categories()
+s.write(sys.argv[2])
+print("\n".join(s.obs_names))
+"#;
+    let out = Command::new(python()).arg("-c").arg(script).arg(&data).arg(&t1).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t1_names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert!(t1_names.len() > 10, "{t1_names:?}");
+    let sub = splicevi::data::load::load(&t1, &DataOptions { categorical_covariate_keys: vec!["subtype".into()], ..Default::default() }).unwrap();
+    assert_eq!(sub.covariates.categorical[0].levels, ["T1_a", "T1_b"], "the subset lists two categories");
+
+    let all = ds.cell_names.clone();
+    // (compared whole, reported briefly: the vectors run to thousands of values)
+    assert!(outputs(&data, &all) == outputs(&p("rev.h5mu"), &all), "categories listed in reverse: other latents or PSI");
+    assert!(outputs(&data, &t1_names) == outputs(&t1, &t1_names), "a subset listing two categories: other latents or PSI");
+    // the covariate matters (so the comparisons above can fail): other categories give other outputs
+    let mut shifted = ds.clone();
+    let (codes, _) = subtype(&mut shifted);
+    codes.iter_mut().for_each(|c| *c = (*c + 1) % k);
+    write_h5mu(&p("shifted.h5mu"), &shifted, None, None, &[], Compression { gzip_level: None }).unwrap();
+    let (a, b) = (outputs(&data, &all), outputs(&p("shifted.h5mu"), &all));
+    assert!(a.0 != b.0 && a.1 != b.1, "the categorical covariate changes neither the latent nor the decode");
+    // a category the run never saw
+    let mut unseen = ds.clone();
+    subtype(&mut unseen).1[0] = "T9_z".into();
+    write_h5mu(&p("unseen.h5mu"), &unseen, None, None, &[], Compression { gzip_level: None }).unwrap();
+    for cmd in ["impute", "embed"] {
+        let e = fails(bin().arg(cmd).arg(&run).arg(p("unseen.h5mu")).arg("--out").arg(p("unseen.out.h5ad")));
+        assert!(e.contains("unseen.h5mu") && e.contains("category `T9_z` of `subtype` was not in the training data"), "{cmd}: {e}");
+    }
+}

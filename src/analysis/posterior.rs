@@ -11,6 +11,7 @@
 use crate::data::Dataset;
 use crate::model::{Batch, DmConcentration, Inference, Mat, Params, SpliceVae, SplicingLoss};
 use crate::train::rng::{stream, Purpose};
+use crate::train::trainer::RunConfig;
 use anyhow::{bail, Context, Result};
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
@@ -395,13 +396,13 @@ pub fn weight_table_rows(run_dir: &std::path::Path, ds: &Dataset, model: &Splice
     Ok(Some(rows))
 }
 
-/// Load a run directory and data with the run's data options. The data's batch codes are re-expressed in
-/// the run's batch levels (the one-hot layout the model was trained with); a batch the run never saw is
-/// an error.
+/// Load a run directory and data with the run's data options. The data's batches, labels and categorical
+/// covariates are re-expressed in the run's levels (the one-hot layouts the model was trained with); a
+/// level the run never saw is an error.
 pub fn open_run(run_dir: &std::path::Path, data: &std::path::Path) -> Result<OpenRun> {
     let run = crate::train::trainer::read_run_config(run_dir)?;
     let mut ds = load_for_run(data, &run.data, run_dir)?;
-    align_batches(&mut ds, &run.batch_levels, &run_dir.display().to_string())?;
+    align_covariates(&mut ds, &run, run_dir)?;
     let (run, model, params) = crate::train::trainer::load_model(run_dir, &ds)?;
     let cell_rows = weight_table_rows(run_dir, &ds, &model)?;
     Ok(OpenRun { run, ds, model, params, cell_rows })
@@ -429,22 +430,51 @@ pub fn load_for_run(data: &std::path::Path, opts: &crate::data::DataOptions, run
     })
 }
 
-/// Re-code `ds`'s batch covariate in `levels` (the training run's order).
-pub fn align_batches(ds: &mut Dataset, levels: &[String], run: &str) -> Result<()> {
-    let b = &mut ds.covariates.batch;
-    if levels.is_empty() || b.levels == levels {
+/// Re-code `ds`'s batches, labels and categorical covariates in the levels of the run `run` (trained in
+/// `run_dir`), matched by name: data whose file lists a column's categories in another order, or only
+/// some of them, is decoded as the training data was (codes are positions in a file's own category
+/// list, and the model's one-hot inputs are positions in the training data's).
+pub fn align_covariates(ds: &mut Dataset, run: &RunConfig, run_dir: &std::path::Path) -> Result<()> {
+    let (source, dir) = (ds.source.clone(), run_dir.display().to_string());
+    let cov = &mut ds.covariates;
+    align_levels(&mut cov.batch, &run.batch_levels, "batch", &source, &dir)?;
+    align_levels(&mut cov.labels, &run.label_levels, "label", &source, &dir)?;
+    if run.categorical_levels.is_empty() {
+        if !cov.categorical.is_empty() {
+            eprintln!(
+                "warning: {dir} was trained before runs stored their categorical covariates' levels: the categories of {} are taken by their position in the file, as its training data listed them",
+                cov.categorical.iter().map(|c| format!("`{}`", c.name)).collect::<Vec<_>>().join(", ")
+            );
+        }
         return Ok(());
     }
-    let map: Vec<u32> = b
+    anyhow::ensure!(
+        run.categorical_levels.len() == cov.categorical.len(),
+        "{dir}: config.json has the levels of {} categorical covariates for {} keys",
+        run.categorical_levels.len(),
+        cov.categorical.len()
+    );
+    for (c, levels) in cov.categorical.iter_mut().zip(&run.categorical_levels) {
+        align_levels(c, levels, "category", &source, &dir)?;
+    }
+    Ok(())
+}
+
+/// Re-code one categorical column in `levels` (the training run's order; empty = not stored, left alone).
+fn align_levels(c: &mut crate::data::Categorical, levels: &[String], what: &str, source: &str, run: &str) -> Result<()> {
+    if levels.is_empty() || c.levels == levels {
+        return Ok(());
+    }
+    let map: Vec<u32> = c
         .levels
         .iter()
         .map(|l| match levels.iter().position(|x| x == l) {
             Some(p) => Ok(p as u32),
-            None => bail!("{}: batch `{l}` of `{}` was not in the training data of {run} (batches: {})", ds.source, b.name, levels.join(", ")),
+            None => bail!("{source}: {what} `{l}` of `{}` was not in the training data of {run} ({what} levels: {})", c.name, levels.join(", ")),
         })
         .collect::<Result<_>>()?;
-    b.codes.iter_mut().for_each(|c| *c = map[*c as usize]);
-    b.levels = levels.to_vec();
+    c.codes.iter_mut().for_each(|x| *x = map[*x as usize]);
+    c.levels = levels.to_vec();
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use crate::data::h5ad_out::{write_h5ad, DenseOut, H5adOut};
 use crate::data::h5write::UnsValue;
-use crate::analysis::posterior::{align_batches, weight_table_rows, Posterior};
+use crate::analysis::posterior::{align_covariates, weight_table_rows, Posterior};
 use crate::model::Mat;
 use crate::plot::embedding::Projection;
 use crate::train::trainer::load_model;
@@ -77,8 +77,8 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
     anyhow::ensure!(args.block_cells >= 1, "--block-cells must be at least 1");
     let run = crate::train::trainer::read_run_config(&args.run_dir)?;
     let mut ds = crate::analysis::posterior::load_for_run(&args.data, &run.data, &args.run_dir)?;
-    // the batch codes in the run's order (the encoders' covariates, with --encode-covariates)
-    align_batches(&mut ds, &run.batch_levels, &args.run_dir.display().to_string())?;
+    // the covariates' codes in the run's order (the encoders' covariates, with --encode-covariates)
+    align_covariates(&mut ds, &run, &args.run_dir)?;
     // found as training finds its columns (`rna:COL`, a modality's own), before the work
     let color_by = match &args.color_by {
         Some(c) => Some((c.clone(), ds.obs_column(c, "--color-by")?.1)),

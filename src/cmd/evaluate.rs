@@ -13,7 +13,7 @@ use crate::analysis::evaluate::{
 };
 use crate::analysis::resample::{original_entries, read_resampled_truth, resample_splicing, split_truths, top_variable_junctions, ResampledLayers, VariableJunctions, RESAMPLED_MIN_ATSE_COUNT, RESAMPLED_TOP_JUNCTIONS};
 use crate::analysis::impute::group_codes;
-use crate::analysis::posterior::{align_batches, Posterior};
+use crate::analysis::posterior::{align_covariates, Posterior};
 use crate::data::{load::load, DataOptions, Dataset, Splicing};
 use crate::model::{Params, SpliceVae, SplicingLoss};
 use crate::train::trainer::{check_training_data, dims_of, load_model, read_run_config, RunConfig, Trainer};
@@ -404,7 +404,7 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         train_here(&args, opts, &ds, if resampling { "down-sampled" } else { "masked" }, &dir, device, precision)?;
     }
     let run = read_run_config(&dir)?;
-    align_batches(&mut ds, &run.batch_levels, &dir.display().to_string())?;
+    align_covariates(&mut ds, &run, &dir)?;
     let (_, model, params): (RunConfig, SpliceVae, Params<f32>) = load_model(&dir, &ds)?;
     let cell_rows = crate::analysis::posterior::weight_table_rows(&dir, &ds, &model)?;
     let decode = crate::analysis::posterior::DecodeOptions { transform_batch: vec![], n_samples: args.n_samples, seed: args.eval_seed };

@@ -170,6 +170,13 @@ pub struct RunConfig {
     pub n_latent_joint: usize,
     pub n_latent_per_modality: usize,
     pub batch_levels: Vec<String>,
+    /// The levels of each categorical covariate (`data.categorical_covariate_keys`, in that order) and
+    /// of the labels, in the order the model's one-hot inputs and label tables use; the analyses match
+    /// their data's categories to them by name. Empty in runs written before they were stored.
+    #[serde(default)]
+    pub categorical_levels: Vec<Vec<String>>,
+    #[serde(default)]
+    pub label_levels: Vec<String>,
 }
 
 impl RunConfig {
@@ -188,6 +195,8 @@ impl RunConfig {
             dims,
             data_source: ds.source.clone(),
             batch_levels: ds.covariates.batch.levels.clone(),
+            categorical_levels: ds.covariates.categorical.iter().map(|c| c.levels.clone()).collect(),
+            label_levels: ds.covariates.labels.levels.clone(),
         }
     }
 }
