@@ -523,6 +523,16 @@ fn diff_splicing_takes_its_test_from_the_run_preset() {
         assert_eq!(read(&format!("{preset}.tsv")), read(&format!("{preset}.explicit.tsv")), "{preset}: the default is not {want:?}");
         ds(&run, &format!("{preset}.other.tsv"), &other);
         assert_ne!(read(&format!("{preset}.tsv")), read(&format!("{preset}.other.tsv")), "{preset}: the flags {other:?} change nothing");
+        // --batchid1 needs batch correction: on by default for robust (it used to be refused by clap
+        // unless --batch-correction was given), off for default
+        let mut c = bin();
+        c.arg("diff-splicing").arg(&run).arg(&data).args(["--groupby", "subtype", "--group1", "T0_a", "--n-samples-overall", "50", "--no-plots", "--batchid1", "batch0", "--out"]).arg(d.join("bid.tsv"));
+        if preset == "robust" {
+            ok(&mut c);
+        } else {
+            let e = fails(&mut c);
+            assert!(e.contains("need batch correction, which is off here: give --batch-correction"), "{e}");
+        }
         // FDR target 1 calls every tested junction, so the table shows exactly which were tested.
         let rows = ds_calls_and_coverage(&d.join(format!("{preset}.tsv")));
         assert!(rows.iter().any(|r| r.1 < 10.0) && rows.iter().any(|r| r.1 >= 10.0), "toy data should have thin and well-covered junctions");

@@ -90,7 +90,7 @@ impl ChangeOptions {
         anyhow::ensure!(self.n_samples > 0, "--n-samples (posterior samples of z per drawn cell) must be > 0");
         anyhow::ensure!(self.block_cells > 0, "--block-cells must be > 0");
         if !self.batch_correction && (self.batchid1.is_some() || self.batchid2.is_some()) {
-            bail!("--batchid1 / --batchid2 need --batch-correction (the original raises \"Unconsistent batch policy\")");
+            bail!("--batchid1 / --batchid2 need batch correction, which is off here: give --batch-correction (the original raises \"Unconsistent batch policy\")");
         }
         if let Some(p) = self.max_emp_pvalue {
             anyhow::ensure!(p > 0.0 && p <= 1.0, "--max-emp-pvalue (the empirical p-value bound) must be in (0, 1], got {p}");

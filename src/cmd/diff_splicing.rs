@@ -32,11 +32,11 @@ pub struct GroupArgs {
     /// with `robust` (when they have more than one batch), false otherwise.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, value_name = "BOOL")]
     pub batch_correction: Option<bool>,
-    /// With --batch-correction: the batches group 1 is decoded under (default: all).
-    #[arg(long, num_args = 1.., requires = "batch_correction")]
+    /// With batch correction (on by default on robust runs): the batches group 1 is decoded under (default: all).
+    #[arg(long, num_args = 1..)]
     pub batchid1: Vec<String>,
-    /// With --batch-correction: the batches group 2 is decoded under (default: all).
-    #[arg(long, num_args = 1.., requires = "batch_correction")]
+    /// With batch correction (on by default on robust runs): the batches group 2 is decoded under (default: all).
+    #[arg(long, num_args = 1..)]
     pub batchid2: Vec<String>,
     /// Posterior samples per group (the original's 5000).
     #[arg(long, default_value_t = 5000)]
