@@ -824,6 +824,11 @@ pub fn imputation_nan_warnings(table: &[EvalRow], section: &str, filter: &TruthF
 /// [`nan_warnings`]' lines for the latent rows.
 pub fn latent_nan_warnings(table: &[EvalRow]) -> Vec<String> {
     let mut out = Vec::new();
+    // A latent with no variance (every cell's posterior mean at one point): its metrics are those of a
+    // constant, which the numbers alone do not say.
+    for r in table.iter().filter(|r| r.section.starts_with("latent") && r.metric == "pcs_90pct_variance" && r.value == 0.0) {
+        out.push(format!("{} {}: every cell's posterior mean is the same point (no variance; a collapsed posterior), so its metrics describe no structure", r.section, r.subset));
+    }
     // Latent: per split (section) and metric, the spaces where it is nan.
     let mut metrics: Vec<(&str, &str, Vec<&str>)> = Vec::new();
     for r in table.iter().filter(|r| r.section.starts_with("latent") && r.value.is_nan()) {
@@ -928,6 +933,16 @@ mod tests {
         let w = latent_nan_warnings(&table);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("age_r2:ct=T0 is nan") && w[0].contains("with an age (60)"), "{w:?}");
+    }
+
+    /// A latent without variance (every cell at one point: pcs_90pct_variance 0) is named, and only it.
+    #[test]
+    fn a_constant_latent_is_named() {
+        let r = |subset: &str, metric: &str, value: f64| EvalRow { section: "latent".into(), subset: subset.into(), method: "splicevi".into(), metric: metric.into(), value };
+        let table = [r("joint", "pcs_90pct_variance", 3.0), r("splicing", "pcs_90pct_variance", 0.0), r("splicing", "silhouette_ct", 0.0)];
+        let w = latent_nan_warnings(&table);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("latent splicing: every cell's posterior mean is the same point"), "{w:?}");
     }
 
     #[test]

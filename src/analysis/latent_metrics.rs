@@ -74,7 +74,12 @@ pub fn silhouette(x: &[f32], d: usize, labels: &[u32]) -> f64 {
             }
             let a = sums[li] / (sizes[li] - 1) as f64;
             let b = (0..n_labels).filter(|&l| l != li && sizes[l] > 0).map(|l| sums[l] / sizes[l] as f64).fold(f64::INFINITY, f64::min);
-            (b - a) / a.max(b)
+            // a cell with every other at its own point (a = b = 0): 0, as sklearn's nan_to_num gives
+            if a.max(b) == 0.0 {
+                0.0
+            } else {
+                (b - a) / a.max(b)
+            }
         })
         .collect();
     per_cell.iter().sum::<f64>() / n as f64
@@ -551,6 +556,13 @@ mod tests {
         assert!(logistic_scores(&x, 2, &lab, 0.2, 0, 1000).accuracy > 0.95);
         let lacc = logistic_scores(&x, 2, &shuffled, 0.2, 0, 1000).accuracy;
         assert!((0.25..0.75).contains(&lacc), "{lacc}");
+        // a constant latent (a collapsed posterior): 0, as sklearn (0/0 per cell, turned into 0), not nan
+        assert_eq!(silhouette(&vec![0.5f32; 400], 2, &lab), 0.0);
+        // one cell apart from the rest, which sit at one point: only that cell's coefficient counts
+        let mut y = vec![0f32; 400];
+        y[0] = 1.0;
+        let s = silhouette(&y, 2, &lab);
+        assert!(s.is_finite() && s != 0.0, "{s}");
     }
 
     #[test]
