@@ -59,11 +59,23 @@ where
     let tmp_path = registered_temp(path)?;
     // (unregisters when dropped)
     let _registered = TempRegistration(tmp_path.to_path_buf());
-    // (the writers' own errors - a full disk, HDF5's - rarely name the file)
-    write(&tmp_path).with_context(|| format!("writing {}", path.display()))?;
+    write(&tmp_path).map_err(|e| name_output(e, path))?;
     make_readable(&tmp_path)?;
     tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
+}
+
+/// An error of a writer that fills `path`, naming it: the writers' own errors (a full disk, HDF5's)
+/// rarely name the file, and outputs computed while they are written (an analysis's blocks) fail inside
+/// the writer for reasons that are not writing's: "writing PATH" for an I/O or HDF5 error, else "PATH
+/// not written".
+fn name_output(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    let io = e.chain().any(|c| c.is::<std::io::Error>() || c.is::<hdf5::Error>());
+    if io {
+        e.context(format!("writing {}", path.display()))
+    } else {
+        e.context(format!("{} not written", path.display()))
+    }
 }
 
 /// A new temporary file beside `path` (its directory created if need be), registered for removal on a
@@ -123,7 +135,7 @@ pub fn write_atomic_set(files: Vec<(PathBuf, FileWriter<'_>)>) -> anyhow::Result
     for (path, write) in files {
         staged.0.push((registered_temp(&path)?, path.clone()));
         let tmp = &staged.0.last().expect("just pushed").0;
-        write(tmp).with_context(|| format!("writing {}", path.display()))?;
+        write(tmp).map_err(|e| name_output(e, &path))?;
         let f = std::fs::File::open(tmp).with_context(|| format!("writing {}", path.display()))?;
         f.sync_all().with_context(|| format!("writing {}", path.display()))?;
         make_readable(tmp)?;
@@ -253,13 +265,13 @@ mod tests {
         let set = |third: PathBuf, fail: bool| -> Vec<(PathBuf, FileWriter<'static>)> {
             vec![
                 (d.join("a"), Box::new(|p: &Path| Ok(std::fs::write(p, "new a")?))),
-                (d.join("b"), Box::new(move |p: &Path| if fail { bail!("disk full") } else { Ok(std::fs::write(p, "new b")?) })),
+                (d.join("b"), Box::new(move |p: &Path| if fail { Err(std::io::Error::other("disk full").into()) } else { Ok(std::fs::write(p, "new b")?) })),
                 (third, Box::new(|p: &Path| Ok(std::fs::write(p, "new c")?))),
             ]
         };
         let left = || -> Vec<String> { std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".tmp")).collect() };
         let e = format!("{:#}", write_atomic_set(set(d.join("c"), true)).unwrap_err());
-        assert!(e.contains("writing") && e.contains("disk full"), "{e}");
+        assert!(e.contains(&format!("writing {}", d.join("b").display())) && e.contains("disk full"), "{e}");
         std::fs::create_dir(d.join("c_dir")).unwrap();
         let e = format!("{:#}", write_atomic_set(set(d.join("c_dir"), false)).unwrap_err());
         assert!(e.contains("c_dir: is a directory"), "{e}");
@@ -271,6 +283,20 @@ mod tests {
         assert_eq!(std::fs::read_to_string(d.join("c")).unwrap(), "new c");
         assert_eq!(std::fs::read_to_string(d.join("a")).unwrap(), "new a");
         assert!(left().is_empty() && registered() == 0);
+    }
+
+    /// A writer's error names the output: "writing PATH" for an I/O error, "PATH not written" for an
+    /// error of what the writer computes (an analysis failing between blocks is no write error); nothing
+    /// is left behind either way.
+    #[test]
+    fn a_writer_error_names_the_output_and_says_whether_writing_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("o.h5ad");
+        let io = format!("{:#}", write_atomic(&out, |_| Err(std::io::Error::other("No space left on device").into())).unwrap_err());
+        assert!(io.starts_with(&format!("writing {}: No space left", out.display())), "{io}");
+        let computed = format!("{:#}", write_atomic(&out, |_| bail!("the DM posterior mean needs a concentration")).unwrap_err());
+        assert!(computed.starts_with(&format!("{} not written: the DM posterior", out.display())) && !computed.contains("writing"), "{computed}");
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "something was left behind");
     }
 
     /// An output whose directory cannot be written is refused before any work, naming the flag, and

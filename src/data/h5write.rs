@@ -454,7 +454,8 @@ impl<T: H5Type + bytemuck::Pod + Send + Sync> Appender<T> {
                         )
                     });
                     if rc < 0 {
-                        bail!("H5Dwrite_chunk failed for {} at element {}", ds.name(), offset[0]);
+                        // (a write failure, as an I/O error: `write_atomic` then says "writing PATH")
+                        return Err(std::io::Error::other(format!("H5Dwrite_chunk failed for {} at element {}", ds.name(), offset[0])).into());
                     }
                 }
             }
