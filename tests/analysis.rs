@@ -1203,6 +1203,20 @@ print("\n".join(s.obs_names))
     write_h5mu(&p("shifted.h5mu"), &shifted, None, None, &[], Compression { gzip_level: None }).unwrap();
     let (a, b) = (outputs(&data, &all), outputs(&p("shifted.h5mu"), &all));
     assert!(a.0 != b.0 && a.1 != b.1, "the categorical covariate changes neither the latent nor the decode");
+    // --resume reads them the same way: resumed on either file, the same model
+    let copy = |to: &Path| {
+        std::fs::create_dir(to).unwrap();
+        for e in std::fs::read_dir(&run).unwrap().flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    let resumed = |name: &str, f: &Path| -> Vec<u8> {
+        let r = p(name);
+        copy(&r);
+        ok(bin().arg("train").arg(f).arg("--out").arg(&r).args(["--resume", "--max-epochs", "3", "--quiet", "--no-plots"]));
+        std::fs::read(r.join("model.safetensors")).unwrap()
+    };
+    assert!(resumed("res_a", &data) == resumed("res_b", &p("rev.h5mu")), "resumed on the reversed categories, another model");
     // a category the run never saw
     let mut unseen = ds.clone();
     subtype(&mut unseen).1[0] = "T9_z".into();

@@ -411,7 +411,9 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
             eprintln!("{msg}");
             return Ok(());
         }
-        let ds = load(&args.data, &prev.data)?;
+        let mut ds = load(&args.data, &prev.data)?;
+        // the covariates' codes in the run's levels, matched by name (as the analyses read them)
+        crate::analysis::posterior::align_covariates(&mut ds, &prev, &args.out)?;
         let mut t = Trainer::resume(&ds, &args.out, max_epochs)?;
         t.verbose = !args.quiet;
         attach_device(&mut t, device, precision)?;
