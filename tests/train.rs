@@ -102,6 +102,28 @@ fn checkpoint_uses_the_original_state_dict_names() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// The `cross_gate` buffer in a checkpoint (§5.7): validation forces it to 1 and it stays 1 until the
+/// next training step, so a run that stops during the KL warm-up saves 1 (the analyses then decode with
+/// the gate open, as the original's do); without validation it keeps the last step's gate.
+#[test]
+fn a_checkpoint_after_validation_holds_an_open_cross_gate() {
+    let ds = toy();
+    let gate = |dir: &Path| -> f32 {
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("cross_gate").unwrap();
+        f32::from_le_bytes(t.data()[..4].try_into().unwrap())
+    };
+    let concat = ModelConfig { modality_weights: splicevi::model::ModalityWeights::Concatenate, ..ModelConfig::default() };
+    for (train_size, want) in [(0.9, 1.0), (1.0, 0.0)] {
+        let tmp = tempfile::tempdir().unwrap();
+        // 2 epochs of a 5-epoch warm-up: every training step ran with the gate closed
+        let t = train(&ds, tmp.path(), concat.clone(), TrainConfig { n_epochs_kl_warmup: Some(5), train_size, ..quick_train(2) });
+        assert_eq!(gate(tmp.path()), want, "train_size {train_size}");
+        assert_eq!(t.params.by_name("cross_gate").unwrap()[0], want);
+    }
+}
+
 #[test]
 fn non_finite_input_stops_training_and_names_the_term() {
     let mut ds = toy();

@@ -814,7 +814,10 @@ impl<'a> Trainer<'a> {
     fn validate(&mut self, epoch: usize, m: &mut EpochMetrics) -> Result<()> {
         let tc = &self.run.train;
         let (kl, _) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
-        // Validation runs with the gate at 1 (§4.1) in eval mode; posterior samples are still drawn.
+        // Validation runs with the gate at 1 (§4.1) in eval mode; posterior samples are still drawn. The
+        // buffer is 1 from here to the next training step (§5.7), so a checkpoint written after a
+        // validation run holds 1 even during the KL warm-up, and the analyses decode with the gate open.
+        self.params.set_cross_gate(1.0);
         for (vstep, cells) in sequential_batches(&self.validation_cells, tc.batch_size).enumerate() {
             let seed: u64 = stream(tc.seed, Purpose::Step, epoch as u64, (1u64 << 40) + vstep as u64).gen();
             let opts = StepOptions { kl_weight: kl as f64, cross_gate: 1.0, training: false, use_z_mean: false, routing: None, seed, noise: Noise::Seeded };
