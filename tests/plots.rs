@@ -89,7 +89,7 @@ fn lines(svg: &str, colour: plotters::style::RGBColor, width: u32) -> usize {
 }
 
 fn metrics_table(epochs: usize, with_validation: bool) -> (Vec<String>, Vec<Vec<String>>) {
-    let header: Vec<String> = "epoch\tlr\tkl_weight\ttrain_loss\treconstruction_loss_train\treconstruction_loss_expression_train\treconstruction_loss_splicing_train\tkl_local_train\telbo_train\treconstruction_loss_validation\treconstruction_loss_expression_validation\treconstruction_loss_splicing_validation\tkl_local_validation\telbo_validation\tadversary_loss\tseconds\tcells_per_s"
+    let header: Vec<String> = "epoch\tlr\tkl_weight\tcross_gate\ttrain_loss\treconstruction_loss_train\treconstruction_loss_expression_train\treconstruction_loss_splicing_train\tkl_local_train\telbo_train\treconstruction_loss_validation\treconstruction_loss_expression_validation\treconstruction_loss_splicing_validation\tkl_local_validation\telbo_validation\tadversary_loss\tseconds\tcells_per_s"
         .split('\t')
         .map(String::from)
         .collect();
@@ -97,7 +97,7 @@ fn metrics_table(epochs: usize, with_validation: bool) -> (Vec<String>, Vec<Vec<
         .map(|e| {
             let t = 100.0 / (1.0 + e as f64) + 50.0;
             let v = if with_validation { t * 1.1 } else { 0.0 };
-            let vals = [e as f64, 1e-3, 1.0, t + 5.0, t, t * 0.8, t * 0.2, 10.0 - e as f64 * 0.5, t + 10.0, v, v * 0.8, v * 0.2, if with_validation { 11.0 } else { 0.0 }, if with_validation { v + 11.0 } else { 0.0 }, 0.0, 0.5, 1000.0];
+            let vals = [e as f64, 1e-3, 1.0, 1.0, t + 5.0, t, t * 0.8, t * 0.2, 10.0 - e as f64 * 0.5, t + 10.0, v, v * 0.8, v * 0.2, if with_validation { 11.0 } else { 0.0 }, if with_validation { v + 11.0 } else { 0.0 }, 0.0, 0.5, 1000.0];
             vals.iter().map(|x| x.to_string()).collect()
         })
         .collect();

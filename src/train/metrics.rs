@@ -15,7 +15,12 @@ pub struct EpochMetrics {
     pub epoch: usize,
     pub lr: f64,
     pub kl_weight: f64,
-    /// Mean over steps of the minimised loss (VAE loss + adversarial fool term).
+    /// The cross gate of the epoch's training steps (§5.7; validation runs at 1). Missing (NaN) in the
+    /// metrics of runs written before it was logged.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    pub cross_gate: f64,
+    /// The minimised loss (VAE loss + adversarial fool term) averaged over the epoch's cells: each
+    /// step's minibatch mean weighted by its cells, as Lightning averages a logged value over an epoch.
     pub train_loss: f64,
     pub reconstruction_loss_train: f64,
     pub reconstruction_loss_expression_train: f64,
@@ -67,6 +72,10 @@ pub struct EpochMetrics {
     pub v_s: f64,
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
 /// A missing term (null, as serde_json writes NaN) reads back as NaN.
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
@@ -116,7 +125,7 @@ impl EpochMetrics {
         self.rec_s += sum(rl_spl);
         self.rec_train += rec_sum(rl_expr, rl_spl);
         self.kl_train += kl_sum(kl, penalty);
-        self.train_loss += total_loss;
+        self.train_loss += total_loss * rl_expr.len() as f64;
     }
 
     pub fn finish_train(&mut self) {
@@ -127,7 +136,7 @@ impl EpochMetrics {
         self.kl_local_train = self.kl_train / n;
         self.elbo_train = self.reconstruction_loss_train + self.kl_local_train;
         self.adversary_loss = if self.adv_steps > 0 { self.adv_loss / self.steps.max(1) as f64 } else { f64::NAN };
-        self.train_loss /= self.steps.max(1) as f64;
+        self.train_loss /= n;
         // Keep the running value for the progress message consistent after finishing.
         self.rec_train = self.reconstruction_loss_train * n;
     }
@@ -182,6 +191,7 @@ const COLUMNS: &[&str] = &[
     "epoch",
     "lr",
     "kl_weight",
+    "cross_gate",
     "train_loss",
     "reconstruction_loss_train",
     "reconstruction_loss_expression_train",
@@ -250,6 +260,29 @@ impl MetricsLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `train_loss` averages the steps' minibatch means over the epoch's cells (a small last minibatch
+    /// counts for its cells, as Lightning weights a logged value by the batch size), and `cross_gate` is
+    /// a column of both files.
+    #[test]
+    fn train_loss_is_weighted_by_the_minibatch_cells() {
+        let mut m = EpochMetrics::new(0, 1e-3);
+        m.add_train_terms(&[1.0; 4], &[1.0; 4], &[0.0; 4], 0.0, 10.0);
+        m.add_train_terms(&[1.0; 1], &[1.0; 1], &[0.0; 1], 0.0, 20.0);
+        m.finish_train();
+        assert_eq!(m.train_loss, (4.0 * 10.0 + 20.0) / 5.0);
+        m.cross_gate = 0.0;
+        let log = MetricsLog { epochs: vec![m] };
+        let (tsv, jsonl) = log.to_text().unwrap();
+        let head: Vec<&str> = tsv.lines().next().unwrap().split('\t').collect();
+        let row: Vec<&str> = tsv.lines().nth(1).unwrap().split('\t').collect();
+        let at = head.iter().position(|c| *c == "cross_gate").expect("a cross_gate column");
+        assert_eq!(row[at], "0.0");
+        assert!(jsonl.contains("\"cross_gate\":0.0"), "{jsonl}");
+        // metrics written before the column read back with it missing
+        let old: EpochMetrics = serde_json::from_str(&jsonl.replace("\"cross_gate\":0.0,", "")).unwrap();
+        assert!(old.cross_gate.is_nan());
+    }
 
     /// A term that was not computed (no validation cells, no adversary) is an empty field in the TSV
     /// (pandas reads it as missing) and null in the JSONL, never 0; the columns stay the same, and a

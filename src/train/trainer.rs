@@ -575,20 +575,21 @@ impl<'a> Trainer<'a> {
             let t0 = Instant::now();
             let bar = progress_bar(n_steps, epoch, tc.max_epochs);
             let mut m = EpochMetrics::new(epoch, self.state.lr);
-            m.kl_weight = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight).0 as f64;
+            let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
+            (m.kl_weight, m.cross_gate) = (kl as f64, gate as f64);
             let list = batches.epoch(epoch as u64);
             let on_device = self.device.is_some();
             if on_device {
                 let steps: Vec<(u64, &[usize])> = list.iter().enumerate().map(|(i, c)| (i as u64, c.as_slice())).collect();
                 self.device_steps(epoch, &steps, &mut m, &mut |m| {
-                    bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.steps.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
+                    bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.n_train.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
                     bar.inc(1);
                 })?;
             }
             for (step_in_epoch, cells) in list.iter().enumerate().filter(|_| !on_device) {
                 let step = self.state.global_step;
                 self.train_step(epoch, step_in_epoch as u64, cells, &mut m).with_context(|| self.stopped(epoch, step))?;
-                bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.steps.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
+                bar.set_message(format!("loss {:.2} (rec {:.2}, kl {:.2})", m.train_loss / m.n_train.max(1) as f64, m.rec_train / m.n_train.max(1) as f64, m.kl_train / m.n_train.max(1) as f64));
                 bar.inc(1);
             }
             bar.finish_and_clear();
