@@ -1225,4 +1225,22 @@ print("\n".join(s.obs_names))
         let e = fails(bin().arg(cmd).arg(&run).arg(p("unseen.h5mu")).arg("--out").arg(p("unseen.out.h5ad")));
         assert!(e.contains("unseen.h5mu") && e.contains("category `T9_z` of `subtype` was not in the training data"), "{cmd}: {e}");
     }
+    // a run written before the levels were stored: categories by position, with a warning; a category
+    // past the model's count is refused by name (it failed inside the decoder)
+    let old = p("old");
+    copy(&old);
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(old.join("config.json")).unwrap()).unwrap();
+    let o = c.as_object_mut().unwrap();
+    o.remove("categorical_levels");
+    o.remove("label_levels");
+    std::fs::write(old.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+    let said = ok(bin().arg("impute").arg(&old).arg(&data).arg("--out").arg(p("old.h5ad")));
+    assert!(said.contains("trained before runs stored") && said.contains("`subtype`"), "{said}");
+    let mut seventh = ds.clone();
+    let (codes, cats) = subtype(&mut seventh);
+    cats.push("T9_z".into());
+    codes[0] = 6;
+    write_h5mu(&p("seventh.h5mu"), &seventh, None, None, &[], Compression { gzip_level: None }).unwrap();
+    let e = fails(bin().arg("impute").arg(&old).arg(p("seventh.h5mu")).arg("--out").arg(p("seventh.h5ad")));
+    assert!(e.contains("seventh.h5mu: `subtype` has 7 categories, but the model of") && e.contains("`T9_z` has no column in it"), "{e}");
 }

@@ -438,16 +438,27 @@ pub fn align_covariates(ds: &mut Dataset, run: &RunConfig, run_dir: &std::path::
     let (source, dir) = (ds.source.clone(), run_dir.display().to_string());
     let cov = &mut ds.covariates;
     align_levels(&mut cov.batch, &run.batch_levels, "batch", &source, &dir)?;
-    align_levels(&mut cov.labels, &run.label_levels, "label", &source, &dir)?;
-    if run.categorical_levels.is_empty() {
-        if !cov.categorical.is_empty() {
+    if run.categorical_levels.is_empty() && run.label_levels.is_empty() {
+        // A run written before the levels were stored: the codes are taken by position, as its training
+        // data listed them; a level past the model's count is refused here, naming it.
+        let mut legacy: Vec<(&crate::data::Categorical, usize)> = cov.categorical.iter().zip(run.dims.n_cats_per_cov.iter().copied()).collect();
+        if run.data.labels_key.is_some() {
+            legacy.push((&cov.labels, run.dims.n_labels));
+        }
+        for (c, n) in &legacy {
+            if let Some(extra) = c.levels.get(*n) {
+                bail!("{source}: `{}` has {} categories, but the model of {dir} was trained with {n}: `{extra}` has no column in it", c.name, c.levels.len());
+            }
+        }
+        if !legacy.is_empty() {
             eprintln!(
-                "warning: {dir} was trained before runs stored their categorical covariates' levels: the categories of {} are taken by their position in the file, as its training data listed them",
-                cov.categorical.iter().map(|c| format!("`{}`", c.name)).collect::<Vec<_>>().join(", ")
+                "warning: {dir} was trained before runs stored their categorical covariates' and labels' levels: the categories of {} are taken by their position in the file, as its training data listed them",
+                legacy.iter().map(|(c, _)| format!("`{}`", c.name)).collect::<Vec<_>>().join(", ")
             );
         }
         return Ok(());
     }
+    align_levels(&mut cov.labels, &run.label_levels, "label", &source, &dir)?;
     anyhow::ensure!(
         run.categorical_levels.len() == cov.categorical.len(),
         "{dir}: config.json has the levels of {} categorical covariates for {} keys",
