@@ -472,6 +472,20 @@ fn cross_decoding_needs_concatenated_latents() {
     assert_eq!(c["model"]["cross_decoding"], "splicing", "{c}");
 }
 
+/// A covariate named twice is refused before the data is read (it trained two identical one-hot
+/// blocks or inputs).
+#[test]
+fn a_covariate_named_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("toy.h5mu");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    for (flag, col) in [("--categorical-covariate", "cell_type"), ("--continuous-covariate", "library_size")] {
+        let text = fails(bin().arg("train").arg(&data).arg("--out").arg(tmp.path().join("r")).args(["--max-epochs", "1", "--quiet", "--no-plots", flag, col, flag, col]));
+        assert!(text.contains(&format!("{flag} {col} is given twice")), "{text}");
+        assert!(!tmp.path().join("r").join("config.json").exists());
+    }
+}
+
 /// A copy of `data` with PSI only: `junc_ratio` and `psi_mask`, no count layers (model.md §14.2).
 fn psi_only_copy(data: &std::path::Path, out: &std::path::Path) {
     let mut ds = splicevi::data::load::load(data, &Default::default()).unwrap();

@@ -302,6 +302,12 @@ pub fn resolve(args: &TrainArgs) -> Result<(ModelConfig, TrainConfig)> {
     check_inert_options(&serde_json::to_value(&model)?, &serde_json::to_value(&m0)?, model_inert, &given)?;
     check_inert_options(&serde_json::to_value(&train)?, &serde_json::to_value(&t0)?, train_inert, &given_train)?;
     check_dispersion_keys(&model, &args.data_options, &given)?;
+    // (a column named twice would be two identical one-hot blocks or inputs)
+    for (flag, keys) in [("--categorical-covariate", &args.data_options.categorical_covariate_keys), ("--continuous-covariate", &args.data_options.continuous_covariate_keys)] {
+        if let Some(k) = keys.iter().enumerate().find(|(i, k)| keys[..*i].contains(k)).map(|(_, k)| k) {
+            anyhow::bail!("{flag} {k} is given twice: each obs column is one covariate");
+        }
+    }
     if let Some(l) = &args.data_options.labels_key {
         if model.dispersion != crate::model::Dispersion::GeneLabel {
             anyhow::bail!("--labels-key {l} has no effect here: labels are read only by --dispersion gene-label (this run's is {}); leave it out", model.dispersion.as_str());

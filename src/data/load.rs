@@ -235,7 +235,7 @@ pub fn lookup_column<'a>(file: &str, tables: &'a [ObsTable], name: &str, flag: &
 /// an error (scvi refuses them too).
 pub fn to_categorical(file: &str, field: &str, name: &str, flag: &str, col: &ObsColumn, cells: &[String]) -> Result<Categorical> {
     let missing = |i: usize| -> anyhow::Error {
-        DataError::new(file, field, format!("missing value (NaN; in obs.tsv an empty or NA field) in the column named by {flag}: a categorical covariate needs a level for every cell")).cell(i, cells).into()
+        DataError::new(file, field, format!("missing value (a missing category, NaN, or in obs.tsv an empty or NA field) in the column named by {flag}: a categorical covariate needs a level for every cell")).cell(i, cells).into()
     };
     let (codes, levels) = match col {
         ObsColumn::Categorical { codes, categories, .. } => {
