@@ -76,7 +76,8 @@ fn raw_stats(x: &crate::data::Csr<f32>, cells: &[usize], scaling: &[f64]) -> (Ve
     (mean, nz, norm)
 }
 
-/// Run one comparison. `key` seeds its sample streams (use the comparison's position).
+/// Run one comparison. `key` seeds its sample streams (the commands use 0 for every comparison, so
+/// that a comparison's numbers do not depend on the others).
 pub fn differential_expression(post: &Posterior, cmp: &Comparison, opts: &ChangeOptions, key: u64) -> Result<DeResult> {
     opts.validate()?;
     let Some(x) = &post.ds.expression else {

@@ -127,7 +127,8 @@ pub fn fdr_calls_tested(proba: &[f64], n1: &[u64], n2: &[u64], min_obs: u64, emp
     out
 }
 
-/// Run one comparison. `key` seeds its sample streams (use the comparison's position).
+/// Run one comparison. `key` seeds its sample streams (the commands use 0 for every comparison, so
+/// that a comparison's numbers do not depend on the others).
 pub fn differential_splicing(post: &Posterior, cmp: &Comparison, method: SplicingFn, opts: &ChangeOptions, key: u64) -> Result<DsResult> {
     opts.validate()?;
     let j = post.ds.n_junctions();

@@ -162,8 +162,10 @@ pub fn run(args: DiffSplicingArgs, device: &crate::device::Device, precision: cr
     let mut post = o.posterior()?;
     super::analysis_device(&mut post, device, precision, "diff-splicing")?;
     let mut results = Vec::new();
-    for (k, c) in cmps.iter().enumerate() {
-        let r = differential_splicing(&post, c, args.method, &opts, k as u64)?;
+    for c in &cmps {
+        // (one key for every comparison: a group's numbers are those of its own --group1 run, whatever
+        // the order of the groupby column's categories; the comparisons sample different cells)
+        let r = differential_splicing(&post, c, args.method, &opts, 0)?;
         let sampled = if opts.filter_outlier_cells { format!(", {} vs {} sampled after the outlier filter", r.n_sampled_cells.0, r.n_sampled_cells.1) } else { String::new() };
         eprintln!(
             "{} vs {} ({} vs {} cells{sampled}): {} of {} junctions called at FDR {}",
