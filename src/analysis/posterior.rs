@@ -436,8 +436,9 @@ pub fn load_for_run(data: &std::path::Path, opts: &crate::data::DataOptions, run
 /// list, and the model's one-hot inputs are positions in the training data's).
 pub fn align_covariates(ds: &mut Dataset, run: &RunConfig, run_dir: &std::path::Path) -> Result<()> {
     let (source, dir) = (ds.source.clone(), run_dir.display().to_string());
+    let cells = &ds.cell_names;
     let cov = &mut ds.covariates;
-    align_levels(&mut cov.batch, &run.batch_levels, "batch", &source, &dir)?;
+    align_levels(&mut cov.batch, &run.batch_levels, "batch", &source, &dir, cells)?;
     if run.categorical_levels.is_empty() && run.label_levels.is_empty() {
         // A run written before the levels were stored: the codes are taken by position, as its training
         // data listed them; a level past the model's count is refused here, naming it.
@@ -446,8 +447,15 @@ pub fn align_covariates(ds: &mut Dataset, run: &RunConfig, run_dir: &std::path::
             legacy.push((&cov.labels, run.dims.n_labels));
         }
         for (c, n) in &legacy {
-            if let Some(extra) = c.levels.get(*n) {
-                bail!("{source}: `{}` has {} categories, but the model of {dir} was trained with {n}: `{extra}` has no column in it", c.name, c.levels.len());
+            // (a category past the count that no cell has is harmless: a sliced file keeps its categories)
+            if let Some(i) = c.codes.iter().position(|&x| x as usize >= *n) {
+                let extra = &c.levels[c.codes[i] as usize];
+                bail!(
+                    "{source}: `{}` has {} categories, but the model of {dir} was trained with {n}: `{extra}` (cell {i}, `{}`) has no column in it",
+                    c.name,
+                    c.levels.len(),
+                    cells.get(i).map_or("?", |s| s.as_str())
+                );
             }
         }
         if !legacy.is_empty() {
@@ -458,7 +466,7 @@ pub fn align_covariates(ds: &mut Dataset, run: &RunConfig, run_dir: &std::path::
         }
         return Ok(());
     }
-    align_levels(&mut cov.labels, &run.label_levels, "label", &source, &dir)?;
+    align_levels(&mut cov.labels, &run.label_levels, "label", &source, &dir, cells)?;
     anyhow::ensure!(
         run.categorical_levels.len() == cov.categorical.len(),
         "{dir}: config.json has the levels of {} categorical covariates for {} keys",
@@ -466,25 +474,29 @@ pub fn align_covariates(ds: &mut Dataset, run: &RunConfig, run_dir: &std::path::
         cov.categorical.len()
     );
     for (c, levels) in cov.categorical.iter_mut().zip(&run.categorical_levels) {
-        align_levels(c, levels, "category", &source, &dir)?;
+        align_levels(c, levels, "category", &source, &dir, cells)?;
     }
     Ok(())
 }
 
 /// Re-code one categorical column in `levels` (the training run's order; empty = not stored, left alone).
-fn align_levels(c: &mut crate::data::Categorical, levels: &[String], what: &str, source: &str, run: &str) -> Result<()> {
+/// A level the run never saw is refused where a cell has it (`cells`: the names, for the message); one
+/// that no cell has (mudata's slices keep every category) is left out.
+fn align_levels(c: &mut crate::data::Categorical, levels: &[String], what: &str, source: &str, run: &str, cells: &[String]) -> Result<()> {
     if levels.is_empty() || c.levels == levels {
         return Ok(());
     }
-    let map: Vec<u32> = c
-        .levels
-        .iter()
-        .map(|l| match levels.iter().position(|x| x == l) {
-            Some(p) => Ok(p as u32),
-            None => bail!("{source}: {what} `{l}` of `{}` was not in the training data of {run} ({what} levels: {})", c.name, levels.join(", ")),
-        })
-        .collect::<Result<_>>()?;
-    c.codes.iter_mut().for_each(|x| *x = map[*x as usize]);
+    let map: Vec<Option<u32>> = c.levels.iter().map(|l| levels.iter().position(|x| x == l).map(|p| p as u32)).collect();
+    if let Some(i) = c.codes.iter().position(|&x| map[x as usize].is_none()) {
+        let l = &c.levels[c.codes[i] as usize];
+        bail!(
+            "{source}: {what} `{l}` of `{}` (cell {i}, `{}`) was not in the training data of {run} ({what} levels: {})",
+            c.name,
+            cells.get(i).map_or("?", |s| s.as_str()),
+            levels.join(", ")
+        );
+    }
+    c.codes.iter_mut().for_each(|x| *x = map[*x as usize].expect("checked above"));
     c.levels = levels.to_vec();
     Ok(())
 }
