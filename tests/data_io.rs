@@ -895,3 +895,79 @@ print("ok")
 "#;
     assert!(python_script(check, &[tmp.path()], "h5py, pandas and anndata"));
 }
+
+/// Columns pandas users write (QA pass E): a nullable boolean (with a missing value) and an ordered
+/// categorical come out of `embed` with their type (they came back as a string category and
+/// unordered); a numpy bool column's groups are `True` / `False` as pandas prints them (they were
+/// `true` / `false`, and `--group1 True` was refused); a categorical of integers finds `1.0` by value;
+/// a category no cell has, which the run never saw (mudata's slices keep every category), is not
+/// refused and changes nothing; `obsm/X_library_size` stored as a pandas DataFrame is read.
+#[test]
+fn pandas_column_types_round_trip_and_are_found_as_pandas_names_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    simulate_toy(5, &p("base.h5mu"));
+    let script = r#"
+import sys, os, warnings, numpy as np, pandas as pd, mudata as md
+warnings.simplefilter("ignore")
+d = sys.argv[1]
+P = lambda n: os.path.join(d, n)
+m = md.read_h5mu(P("base.h5mu")); n = m.n_obs
+m.obs["nb"] = pd.array([[True, False, None][i % 3] for i in range(n)], dtype="boolean")
+m.obs["ord"] = pd.Categorical([["lo", "hi"][i % 2] for i in range(n)], categories=["lo", "hi"], ordered=True)
+m.obs["b"] = np.arange(n) % 2 == 0
+m.obs["ci"] = pd.Categorical([i % 3 for i in range(n)])
+m.write(P("cols.h5mu"))
+m.obs["batch"] = m.obs["batch"].cat.add_categories(["batch_unused"])
+m.write(P("unused.h5mu"))
+m = md.read_h5mu(P("base.h5mu"))
+for x in [m] + list(m.mod.values()):
+    if "X_library_size" in x.obsm:
+        a = np.asarray(x.obsm["X_library_size"])
+        x.obsm["X_library_size"] = pd.DataFrame(a[:, :1] * 2, index=x.obs_names, columns=["size"])
+m.write(P("libdf.h5mu"))
+print("ok")
+"#;
+    if !python_script(script, &[tmp.path()], "mudata and pandas") {
+        return;
+    }
+    let bin = || Command::new(env!("CARGO_BIN_EXE_splicevi"));
+    let run_ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let run = p("run");
+    run_ok(bin().arg("train").arg(p("base.h5mu")).arg("--out").arg(&run).args(["--max-epochs", "1", "--batch-key", "batch", "--quiet", "--no-plots"]));
+    run_ok(bin().arg("embed").arg(&run).arg(p("cols.h5mu")).arg("--out").arg(p("cols.h5ad")).arg("--no-plots"));
+    run_ok(bin().arg("embed").arg(&run).arg(p("base.h5mu")).arg("--out").arg(p("base.h5ad")).arg("--no-plots"));
+    run_ok(bin().arg("embed").arg(&run).arg(p("unused.h5mu")).arg("--out").arg(p("unused.h5ad")).arg("--no-plots"));
+    let ds_args = ["--n-samples-overall", "50", "--no-plots", "--out"];
+    let said = run_ok(bin().arg("diff-splicing").arg(&run).arg(p("cols.h5mu")).args(["--groupby", "b", "--group1", "True"]).args(ds_args).arg(p("b.tsv")));
+    assert!(said.contains("True vs Rest"), "{said}");
+    let said = run_ok(bin().arg("diff-splicing").arg(&run).arg(p("cols.h5mu")).args(["--groupby", "ci", "--group1", "1.0"]).args(ds_args).arg(p("ci.tsv")));
+    assert!(said.contains("1 vs Rest"), "{said}");
+    // The DataFrame's column is read (twice the array's there).
+    let base = load(&p("base.h5mu"), &DataOptions::default()).unwrap();
+    let libdf = load(&p("libdf.h5mu"), &DataOptions::default()).unwrap();
+    assert!(base.library_size.iter().any(|&s| s != 0.0));
+    assert_eq!(base.library_size.iter().map(|&s| 2.0 * s).collect::<Vec<f32>>(), libdf.library_size);
+    let check = r#"
+import sys, os, warnings, numpy as np, pandas as pd, anndata
+warnings.simplefilter("ignore")
+d = sys.argv[1]
+P = lambda n: os.path.join(d, n)
+o = anndata.read_h5ad(P("cols.h5ad")).obs
+assert str(o["nb"].dtype) == "boolean", o["nb"].dtype
+assert o["nb"].isna().sum() > 0 and list(o["nb"].iloc[:3].astype(object)) == [True, False, pd.NA], o["nb"].iloc[:3]
+assert o["ord"].cat.ordered and list(o["ord"].cat.categories) == ["lo", "hi"], o["ord"].dtype
+assert o["b"].dtype == bool, o["b"].dtype
+assert list(o["ci"].cat.categories) == [0, 1, 2], o["ci"].cat.categories
+t = pd.read_csv(P("b.tsv"), sep="\t", dtype=str)
+assert (t["group1"] == "True").all(), t["group1"].unique()
+a, b = anndata.read_h5ad(P("base.h5ad")), anndata.read_h5ad(P("unused.h5ad"))
+assert np.array_equal(a.X, b.X), "an unused category changed the embedding"
+print("ok")
+"#;
+    assert!(python_script(check, &[tmp.path()], "anndata and pandas"));
+}

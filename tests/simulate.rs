@@ -142,7 +142,7 @@ fn the_same_data_written_twice_gives_the_same_bytes() {
         let latent = [0.5f32, -1.0, 2.0, 0.25];
         let out = H5adOut {
             obs_names: vec!["c0".into(), "c1".into()],
-            obs: vec![("cell_type".into(), ObsColumn::Categorical { codes: vec![0, 1], categories: vec!["A".into(), "B".into()], int_categories: None })],
+            obs: vec![("cell_type".into(), ObsColumn::Categorical { codes: vec![0, 1], categories: vec!["A".into(), "B".into()], int_categories: None, store: splicevi::data::CatStore::Unordered })],
             var_names: vec!["g0".into(), "g1".into()],
             var: vec![],
             x: Some(&latent),

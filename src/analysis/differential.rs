@@ -125,12 +125,14 @@ pub struct Groups {
 impl Groups {
     fn of(col: &ObsColumn) -> Groups {
         match col {
-            ObsColumn::Categorical { categories, codes, .. } => {
+            ObsColumn::Categorical { categories, codes, int_categories, .. } => {
                 let used: Vec<usize> = (0..categories.len()).filter(|&i| codes.contains(&(i as i32))).collect();
                 let mut level = vec![None; categories.len()];
                 used.iter().enumerate().for_each(|(l, &c)| level[c] = Some(l));
                 let of_cell = codes.iter().map(|&c| if c < 0 { None } else { level[c as usize] }).collect();
-                Groups { names: used.iter().map(|&c| categories[c].clone()).collect(), of_cell, values: None }
+                // Integer categories are numbers too: `1.0` finds the category 1.
+                let values = int_categories.and_then(|_| used.iter().map(|&c| categories[c].parse::<f64>().ok()).collect::<Option<Vec<f64>>>());
+                Groups { names: used.iter().map(|&c| categories[c].clone()).collect(), of_cell, values }
             }
             ObsColumn::Numeric(v) => {
                 // (NaN is missing, as pandas leaves it out of the categories)

@@ -1026,7 +1026,7 @@ mod tests {
         use crate::data::ObsColumn;
         // 14 cells: A × 6, B × 5, C × 2, missing × 1
         let codes = vec![0, 0, 1, -1, 0, 1, 2, 1, 0, 1, 0, 2, 1, 0];
-        let ds = with_obs(14, vec![("ct", ObsColumn::Categorical { codes, categories: vec!["A".into(), "B".into(), "C".into(), "unused".into()], int_categories: None })]);
+        let ds = with_obs(14, vec![("ct", ObsColumn::Categorical { codes, categories: vec!["A".into(), "B".into(), "C".into(), "unused".into()], int_categories: None, store: crate::data::CatStore::Unordered })]);
         let l = Labels::of_column(&ds, "--label", "ct").unwrap();
         assert_eq!(l.classes, ["A", "B", "C"]);
         assert_eq!(l.of_cell[3], None);
@@ -1064,7 +1064,7 @@ mod tests {
         let ds = with_obs(4, vec![("age", ObsColumn::Numeric(vec![3.0, f64::NAN, 24.0, f64::INFINITY]))]);
         let a = Ages::of_column(&ds, "--age", "age").unwrap();
         assert!(a.of_cell[0] == 3.0 && a.of_cell[1].is_nan() && a.of_cell[2] == 24.0 && a.of_cell[3].is_nan(), "{a:?}");
-        let ds = with_obs(3, vec![("age", ObsColumn::Categorical { codes: vec![1, -1, 0], categories: vec!["18".into(), "3.0".into()], int_categories: None })]);
+        let ds = with_obs(3, vec![("age", ObsColumn::Categorical { codes: vec![1, -1, 0], categories: vec!["18".into(), "3.0".into()], int_categories: None, store: crate::data::CatStore::Unordered })]);
         let a = Ages::of_column(&ds, "--age", "age").unwrap();
         assert!(a.of_cell[0] == 3.0 && a.of_cell[1].is_nan() && a.of_cell[2] == 18.0, "{a:?}");
         let ds = with_obs(2, vec![("age", ObsColumn::Text(vec!["3".into(), "3m".into()]))]);

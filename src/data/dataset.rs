@@ -71,14 +71,27 @@ impl Splicing {
 pub enum ObsColumn {
     /// Categorical: `codes[i]` indexes `categories`; -1 = missing.
     /// `int_categories`: the categories were integers of this stored type (held here as their exact
-    /// decimal strings) and are written back as such; None for string categories.
-    Categorical { codes: Vec<i32>, categories: Vec<String>, int_categories: Option<IntWidth> },
+    /// decimal strings) and are written back as such; None for string categories. `store`: how the
+    /// column was stored, so that the outputs write it back the same way.
+    Categorical { codes: Vec<i32>, categories: Vec<String>, int_categories: Option<IntWidth>, store: CatStore },
     /// Floating-point numbers (NaN = missing).
     Numeric(Vec<f64>),
     /// Integers, kept apart from floats so the outputs write them back as integers.
     Int(IntColumn),
     Text(Vec<String>),
     Bool(Vec<bool>),
+}
+
+/// How a categorical column was stored (the outputs write it back the same way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CatStore {
+    /// anndata's `categorical` (pandas `category`), unordered; also what splicevi makes of text.
+    #[default]
+    Unordered,
+    /// `categorical` with `ordered` true (pandas `Categorical(..., ordered=True)`).
+    Ordered,
+    /// `nullable-boolean` (pandas `boolean`): categories `False`, `True`; a missing value is code -1.
+    NullableBool,
 }
 
 /// The HDF5 integer type a column was stored with (it is written back with the same one).
@@ -161,7 +174,8 @@ impl ObsColumn {
             _ => None,
         }
     }
-    /// The column as strings (categorical labels, numbers formatted, text as is).
+    /// The column as strings (categorical labels, numbers formatted, text as is, booleans as pandas
+    /// prints them: `True`, `False`).
     pub fn as_strings(&self) -> Vec<String> {
         match self {
             ObsColumn::Categorical { codes, categories, .. } => codes
@@ -171,7 +185,7 @@ impl ObsColumn {
             ObsColumn::Numeric(v) => v.iter().map(|x| format!("{x}")).collect(),
             ObsColumn::Int(c) => c.iter().map(|v| v.map_or_else(|| String::from("nan"), |v| v.to_string())).collect(),
             ObsColumn::Text(v) => v.clone(),
-            ObsColumn::Bool(v) => v.iter().map(|b| b.to_string()).collect(),
+            ObsColumn::Bool(v) => v.iter().map(|&b| if b { "True" } else { "False" }.to_string()).collect(),
         }
     }
 }

@@ -14,7 +14,7 @@
 //! dense) are not read whole: [`H5Rows`] hands them to the entry builder a block of rows at a time, so a
 //! load holds the dataset it builds plus one block of each.
 
-use super::dataset::{Csr, IntColumn, IntWidth, ObsColumn};
+use super::dataset::{CatStore, Csr, IntColumn, IntWidth, ObsColumn};
 use super::load::{ObsTable, RawData};
 use super::options::DataOptions;
 use super::validate::{CheckOptions, DataError, Layer, RowSource, ValueRule, ValueTracker};
@@ -694,7 +694,7 @@ fn codes_and_categories(codes_ds: &HDataset, cats: &Container) -> Result<ObsColu
     }
     // (integer categories keep their stored type for the writers; read_strings gave their exact digits)
     let int_categories = int_width(&descriptor(cats)?);
-    Ok(ObsColumn::Categorical { codes, categories, int_categories })
+    Ok(ObsColumn::Categorical { codes, categories, int_categories, store: CatStore::Unordered })
 }
 
 /// Categorical with sorted unique values of `vals` as categories, `None` as missing (code -1).
@@ -703,7 +703,7 @@ fn categorical_from(vals: Vec<Option<String>>) -> ObsColumn {
     categories.sort();
     categories.dedup();
     let codes = vals.iter().map(|v| v.as_ref().map_or(-1, |s| categories.binary_search(s).unwrap() as i32)).collect();
-    ObsColumn::Categorical { codes, categories, int_categories: None }
+    ObsColumn::Categorical { codes, categories, int_categories: None, store: CatStore::Unordered }
 }
 
 fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
@@ -744,7 +744,16 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
                 }
             };
             match enc.as_str() {
-                "categorical" => codes_and_categories(&ds("codes")?, &*ds("categories")?)?,
+                "categorical" => {
+                    let mut col = codes_and_categories(&ds("codes")?, &*ds("categories")?)?;
+                    // (pandas' ordered flag, written back by the outputs; a flag that does not read is unordered)
+                    let has = sub.attr_names()?.iter().any(|a| a == "ordered");
+                    let ordered = has && sub.attr("ordered").and_then(|a| a.read_scalar::<bool>()).unwrap_or(false);
+                    if let (true, ObsColumn::Categorical { store, .. }) = (ordered, &mut col) {
+                        *store = CatStore::Ordered;
+                    }
+                    col
+                }
                 "nullable-integer" | "nullable-float" => {
                     let values = ds("values")?;
                     let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
@@ -765,7 +774,7 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
                     let v = read_sel::<bool>(&ds("values")?, Sel::All)?;
                     let m = read_sel::<bool>(&ds("mask")?, Sel::All)?;
                     let codes = v.iter().zip(&m).map(|(&v, &m)| if m { -1 } else { v as i32 }).collect();
-                    ObsColumn::Categorical { codes, categories: vec!["False".into(), "True".into()], int_categories: None }
+                    ObsColumn::Categorical { codes, categories: vec!["False".into(), "True".into()], int_categories: None, store: CatStore::NullableBool }
                 }
                 "nullable-string-array" => {
                     let v = read_strings(&*ds("values")?)?;
@@ -785,12 +794,28 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
 // ------------------------------------------------------------------------------------------------
 // obsm
 
-/// Column 0 of `obsm/<key>` (a 1-D or 2-D dense array); `None` when absent.
+/// Column 0 of `obsm/<key>` (a 1-D or 2-D dense array, or the first column of a dataframe, as
+/// anndata stores a pandas DataFrame put in obsm); `None` when absent.
 pub fn read_obsm_column0(root: &Group, path: &str) -> Result<Option<Vec<f64>>> {
     let field = path.trim_start_matches('/');
     match node(root, path) {
         None => Ok(None),
-        Some(Node::Group(_)) => bail!("{field}: expected a dense array (cells × k), found a group"),
+        Some(Node::Group(g)) => {
+            if attr_string(&g, "encoding-type")?.as_deref() != Some("dataframe") {
+                bail!("{field}: expected a dense array (cells × k) or a dataframe, found a group");
+            }
+            let frame = read_frame(root, path)?;
+            let Some(first) = attr_strings(&g, "column-order")?.and_then(|o| o.into_iter().next()) else {
+                bail!("{field}: a dataframe without columns");
+            };
+            if let Some((_, why)) = frame.unreadable.iter().find(|(n, _)| *n == first) {
+                bail!("{field}/{first}: {why}");
+            }
+            match frame.column(&first).and_then(|c| c.numbers()) {
+                Some(v) => Ok(Some(v)),
+                None => bail!("{field}/{first}: expected numbers in the dataframe's first column"),
+            }
+        }
         Some(Node::Dataset(ds)) => {
             let shape = ds.shape();
             let v = match shape.len() {
@@ -905,9 +930,12 @@ fn frame_rows(file: &str, frame: &Frame, cells: &[String]) -> Result<Option<Vec<
 
 fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
     match c {
-        ObsColumn::Categorical { codes, categories, int_categories } => {
-            ObsColumn::Categorical { codes: rows.iter().map(|&r| codes[r]).collect(), categories: categories.clone(), int_categories: *int_categories }
-        }
+        ObsColumn::Categorical { codes, categories, int_categories, store } => ObsColumn::Categorical {
+            codes: rows.iter().map(|&r| codes[r]).collect(),
+            categories: categories.clone(),
+            int_categories: *int_categories,
+            store: *store,
+        },
         ObsColumn::Numeric(v) => ObsColumn::Numeric(rows.iter().map(|&r| v[r]).collect()),
         ObsColumn::Int(c) => ObsColumn::Int(c.take(rows)),
         ObsColumn::Text(v) => ObsColumn::Text(rows.iter().map(|&r| v[r].clone()).collect()),

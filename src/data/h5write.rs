@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;
 use hdf5::{Group, H5Type, Location};
 
-use super::dataset::{Dataset, IntColumn, IntWidth, ObsColumn};
+use super::dataset::{CatStore, Dataset, IntColumn, IntWidth, ObsColumn};
 
 /// Elements per chunk of the 1-D sparse datasets.
 const CHUNK: usize = 1 << 18;
@@ -226,10 +226,27 @@ pub fn uns_value(parent: &Group, name: &str, v: &UnsValue) -> Result<()> {
 /// A dataframe column in the anndata encoding.
 pub fn column(parent: &Group, name: &str, col: &ObsColumn, c: Compression) -> Result<()> {
     match col {
-        ObsColumn::Categorical { codes, categories, int_categories } => {
+        ObsColumn::Categorical { codes, categories, store: CatStore::NullableBool, .. } => {
+            // pandas `boolean`, as anndata writes it: values and a mask of the missing ones.
+            let mut values = Vec::with_capacity(codes.len());
+            for &x in codes {
+                values.push(match categories.get(x.max(0) as usize).map(String::as_str) {
+                    _ if x < 0 => false,
+                    Some("True") => true,
+                    Some("False") => false,
+                    other => bail!("boolean column {name}: category {other:?} is neither True nor False"),
+                });
+            }
+            let mask: Vec<bool> = codes.iter().map(|&x| x < 0).collect();
+            let g = new_group(parent, name)?;
+            encoding(&g, "nullable-boolean", "0.1.0")?;
+            dense_array(&g, "values", &values, &[values.len()], c)?;
+            dense_array(&g, "mask", &mask, &[mask.len()], c)
+        }
+        ObsColumn::Categorical { codes, categories, int_categories, store } => {
             let g = new_group(parent, name)?;
             encoding(&g, "categorical", "0.2.0")?;
-            g.new_attr::<bool>().shape(()).create("ordered")?.write_scalar(&false)?;
+            g.new_attr::<bool>().shape(()).create("ordered")?.write_scalar(&(*store == CatStore::Ordered))?;
             match int_categories {
                 Some(width) => {
                     let v = categories.iter().map(|s| s.parse::<i128>().map_err(|_| anyhow::anyhow!("categorical column {name}: category {s:?} is not an integer"))).collect::<Result<Vec<i128>>>()?;
@@ -843,7 +860,7 @@ pub fn default_var_tables(ds: &Dataset) -> (Option<VarTable>, VarTable) {
         names: ds.gene_names.clone(),
         columns: vec![(
             "modality".into(),
-            ObsColumn::Categorical { codes: vec![0; ds.n_genes()], categories: vec!["Gene_Expression".into()], int_categories: None },
+            ObsColumn::Categorical { codes: vec![0; ds.n_genes()], categories: vec!["Gene_Expression".into()], int_categories: None, store: crate::data::CatStore::Unordered },
         )],
         varm: vec![],
     });
@@ -860,7 +877,7 @@ pub fn default_var_tables(ds: &Dataset) -> (Option<VarTable>, VarTable) {
     }
     cols.push((
         "modality".into(),
-        ObsColumn::Categorical { codes: vec![0; s.n_junctions], categories: vec!["Splicing".into()], int_categories: None },
+        ObsColumn::Categorical { codes: vec![0; s.n_junctions], categories: vec!["Splicing".into()], int_categories: None, store: crate::data::CatStore::Unordered },
     ));
     (rna, VarTable { names: s.junction_names.clone(), columns: cols, varm: vec![] })
 }

@@ -294,7 +294,7 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
                 categories.sort();
                 categories.dedup();
                 let codes = vals.iter().map(|v| if is_missing(v) { -1 } else { categories.binary_search_by(|c| c.as_str().cmp(v)).unwrap() as i32 }).collect();
-                ObsColumn::Categorical { codes, categories, int_categories: None }
+                ObsColumn::Categorical { codes, categories, int_categories: None, store: crate::data::CatStore::Unordered }
             } else {
                 ObsColumn::Text(vals.iter().map(|s| s.to_string()).collect())
             };

@@ -606,7 +606,7 @@ impl SimModel {
             ("gene_id".into(), ObsColumn::Text(self.gene_ids.clone())),
             (
                 "modality".into(),
-                ObsColumn::Categorical { codes: vec![0; g_n], categories: vec!["Gene_Expression".into()], int_categories: None },
+                ObsColumn::Categorical { codes: vec![0; g_n], categories: vec!["Gene_Expression".into()], int_categories: None, store: crate::data::CatStore::Unordered },
             ),
             ("mean_transcript_length".into(), ObsColumn::Numeric(self.transcript_length.clone())),
             ("de_gene".into(), ObsColumn::Bool(t.de_gene.clone())),
@@ -632,7 +632,7 @@ impl SimModel {
             ("event_id".into(), ObsColumn::Text(event)),
             ("junction_id".into(), ObsColumn::Text(self.junction_names.clone())),
             ("gene_name".into(), ObsColumn::Text(gene)),
-            ("modality".into(), ObsColumn::Categorical { codes: vec![0; j_n], categories: vec!["Splicing".into()], int_categories: None }),
+            ("modality".into(), ObsColumn::Categorical { codes: vec![0; j_n], categories: vec!["Splicing".into()], int_categories: None, store: crate::data::CatStore::Unordered }),
             ("planted_ds".into(), ObsColumn::Bool(t.planted_ds.clone())),
         ];
         for (ti, name) in t.cell_type_names.iter().enumerate() {
@@ -682,7 +682,7 @@ impl SimModel {
                 ObsColumn::Categorical {
                     codes: subtype.iter().map(|&s| (s as usize / SUBTYPES_PER_TYPE) as i32).collect(),
                     categories: t.cell_type_names.clone(),
-                    int_categories: None,
+                    int_categories: None, store: crate::data::CatStore::Unordered,
                 },
             ),
             (
@@ -690,7 +690,7 @@ impl SimModel {
                 ObsColumn::Categorical {
                     codes: subtype.iter().map(|&s| s as i32).collect(),
                     categories: t.subtype_names.clone(),
-                    int_categories: None,
+                    int_categories: None, store: crate::data::CatStore::Unordered,
                 },
             ),
             (
@@ -698,7 +698,7 @@ impl SimModel {
                 ObsColumn::Categorical {
                     codes: batch.iter().map(|&b| b as i32).collect(),
                     categories: t.batch_names.clone(),
-                    int_categories: None,
+                    int_categories: None, store: crate::data::CatStore::Unordered,
                 },
             ),
             ("library_size".into(), ObsColumn::Numeric(library.iter().map(|&x| x as f64).collect())),
