@@ -175,6 +175,28 @@ fn resolved_output(out: &Path) -> PathBuf {
     }
 }
 
+/// `p` made absolute with its longest existing ancestor resolved (links, `..`) and the rest appended as
+/// written: two spellings of a place that does not exist yet compare equal.
+pub fn resolved_path(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()) };
+    for at in abs.ancestors() {
+        if let Ok(mut out) = std::fs::canonicalize(at) {
+            // (the part that does not exist yet holds no links: its `..` are taken as written)
+            for c in abs.strip_prefix(at).unwrap_or(Path::new("")).components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    c => out.push(c),
+                }
+            }
+            return out;
+        }
+    }
+    abs
+}
+
 /// Whether two output paths name the same file once written (another spelling of a path too).
 pub fn same_output(a: &Path, b: &Path) -> bool {
     resolved_output(a) == resolved_output(b)

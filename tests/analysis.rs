@@ -1254,3 +1254,44 @@ print("\n".join(s.obs_names))
     write_h5mu(&p("unused.h5mu"), &unused, None, None, &[], Compression { gzip_level: None }).unwrap();
     ok(bin().arg("impute").arg(&old).arg(p("unused.h5mu")).arg("--out").arg(p("unused.h5ad")));
 }
+
+/// Options that would change nothing are refused, naming why (QA pass F found each accepted silently,
+/// with byte-identical outputs): `--seed` with one sample (the posterior mean is decoded),
+/// `--batch-correction true` on a one-batch run, `evaluate --knn` with nothing k-NN scores,
+/// `--expand-variable-junctions` without a selection to widen, `embed --color-by` of a column the
+/// output has anyway with `--no-plots`. And `evaluate --train` refuses, before training, outputs
+/// inside `--train-dir` (it replaced the kept run's config.json) or a `--train-dir` at an output's path.
+#[test]
+fn options_that_would_change_nothing_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = d.join("toy.h5mu");
+    let run = d.join("run");
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "3", "--out"]).arg(&data));
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--quiet", "--no-plots"]));
+    let out = |n: &str| d.join(n).display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["impute".into(), "--seed".into(), "5".into(), "--out".into(), out("i.h5ad")], "--seed 5 has no effect here: with --n-samples 1"),
+        (vec!["normalize-expression".into(), "--seed".into(), "5".into(), "--out".into(), out("n.h5ad")], "--seed 5 has no effect here: with --n-samples 1"),
+        (vec!["diff-splicing".into(), "--groupby".into(), "cell_type".into(), "--batch-correction".into(), "true".into(), "--out".into(), out("ds.tsv")], "--batch-correction true has no effect here"),
+        (vec!["diff-expression".into(), "--groupby".into(), "cell_type".into(), "--batch-correction".into(), "true".into(), "--out".into(), out("de.tsv")], "--batch-correction true has no effect here"),
+        (vec!["evaluate".into(), "--knn".into(), "5".into(), "--no-plots".into(), "--out".into(), out("e.tsv")], "--knn 5 has no effect here"),
+        (vec!["evaluate".into(), "--expand-variable-junctions".into(), "--no-plots".into(), "--out".into(), out("e.tsv")], "--expand-variable-junctions widens"),
+        (vec!["embed".into(), "--no-plots".into(), "--color-by".into(), "cell_type".into(), "--out".into(), out("l.h5ad")], "--color-by cell_type has no effect with --no-plots"),
+    ];
+    for (args, want) in cases {
+        let e = fails(bin().arg(&args[0]).arg(&run).arg(&data).args(&args[1..]));
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert!(!d.join(args.last().unwrap()).exists(), "{args:?} wrote its output");
+    }
+    // the same options where they do something
+    ok(bin().arg("impute").arg(&run).arg(&data).args(["--seed", "5", "--n-samples", "2", "--out"]).arg(d.join("i2.h5ad")));
+    ok(bin().arg("evaluate").arg(&run).arg(&data).args(["--knn", "5", "--label", "cell_type", "--no-plots", "--out"]).arg(d.join("e2.tsv")));
+    // evaluate --train: the outputs and the kept run apart, checked before any training
+    let td = d.join("td");
+    for (o, t, want) in [(td.join("config.json"), td.clone(), "is inside --train-dir"), (d.join("e3.tsv"), d.join("e3.tsv"), "is the path of --out"), (d.join("e4.tsv"), d.join("e4.pairs.tsv"), "is the path of")] {
+        let e = fails(bin().args(["evaluate", "--train"]).arg(&data).arg("--train-dir").arg(&t).args(["--max-epochs", "1", "--quiet", "--no-plots", "--out"]).arg(&o));
+        assert!(e.contains(want), "{}: {e}", o.display());
+        assert!(!t.exists() && !o.exists(), "{}: something was trained or written", o.display());
+    }
+}

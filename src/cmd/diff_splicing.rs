@@ -71,6 +71,9 @@ impl GroupArgs {
     /// The test's options: the flags given, `base` for the rest.
     pub fn change_options(&self, delta: f64, levels: &[String], base: &DsDefaults) -> Result<ChangeOptions> {
         let ids = |v: &[String]| -> Result<Option<Vec<u32>>> { if v.is_empty() { Ok(None) } else { batch_codes(levels, v).map(Some) } };
+        if self.batch_correction == Some(true) && levels.len() <= 1 {
+            anyhow::bail!("--batch-correction true has no effect here: the run was trained with one batch (no --batch-key, or one value); leave it out");
+        }
         let o = ChangeOptions {
             delta,
             fdr: self.fdr,

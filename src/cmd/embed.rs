@@ -84,6 +84,12 @@ pub fn run(args: EmbedArgs, device: &crate::device::Device, precision: crate::cu
         Some(c) => Some((c.clone(), ds.obs_column(c, "--color-by")?.1)),
         None => None,
     };
+    // Without the picture, --color-by only carries a modality's column into the output's obs.
+    if let (true, Some((c, _))) = (args.no_plots, &color_by) {
+        if ds.obs.iter().any(|(n, _)| n == c) {
+            anyhow::bail!("--color-by {c} has no effect with --no-plots: it colours the picture, which --no-plots leaves out, and `{c}` is in the output's obs already; leave it out");
+        }
+    }
     let [joint, expr, spl] = latents(&args.run_dir, &ds, args.block_cells, device, precision)?;
     let chosen = match args.modality {
         LatentKind::Joint => &joint,

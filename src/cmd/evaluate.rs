@@ -170,7 +170,7 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 20_000)]
     pub max_cells_latent: usize,
     /// Neighbours of the k-NN classifier.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = DEFAULT_KNN)]
     pub knn: usize,
     /// Cells per inference block.
     #[arg(long, default_value_t = 512)]
@@ -255,6 +255,18 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     }
     if let Some(t) = &args.train_dir {
         check_train_dir(t)?;
+        // The kept run and the outputs may not overlap: an output inside it would replace one of its
+        // files (config.json, metrics.tsv), and an output's path as the run directory fails after training.
+        let mut outputs = vec![(format!("--out {}", args.out.display()), args.out.clone()), (format!("{} (the pairs table beside --out)", pairs.display()), pairs.clone())];
+        if !args.no_plots {
+            for p in std::iter::once(&picture).chain(age_picture.iter()) {
+                for ext in ["png", "svg"] {
+                    let f = crate::plot::with_ext(p, ext);
+                    outputs.push((format!("{} (the picture beside --out; --no-plots skips it)", f.display()), f));
+                }
+            }
+        }
+        check_train_dir_apart(t, &outputs)?;
     }
     anyhow::ensure!(args.knn >= 1, "--knn must be at least 1, got {}", args.knn);
     anyhow::ensure!(args.max_cells_latent >= 2, "--max-cells-latent must be at least 2 (the latent metrics compare cells), got {}", args.max_cells_latent);
@@ -315,6 +327,12 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let ages = args.age.as_deref().map(|c| Ages::of_column(&ds, "--age", c)).transpose()?;
     let targets: Vec<Labels> = args.cross_fold.iter().map(|c| Labels::of_column(&ds, "--cross-fold", c)).collect::<Result<_>>()?;
     check_knn(args.knn, ds.n_cells().min(args.max_cells_latent))?;
+    if args.knn != DEFAULT_KNN && args.label.is_none() && ds.covariates.batch.levels.len() <= 1 {
+        bail!("--knn {} has no effect here: the k-NN metrics score the --label classes (none given) and the batch mixing (one batch here); leave it out", args.knn);
+    }
+    if args.expand_variable_junctions && imp_top == 0 && ti_top == 0 {
+        bail!("--expand-variable-junctions widens the --top-variable-junctions selection, and none is made here (give --top-variable-junctions N)");
+    }
     if args.clustering && args.cluster_neighbors > ds.n_cells().min(args.max_cells_latent) {
         bail!("--cluster-neighbors {}: --clustering scores {} cells; give at most that many neighbours", args.cluster_neighbors, ds.n_cells().min(args.max_cells_latent));
     }
@@ -632,9 +650,46 @@ fn check_train_dir(dir: &std::path::Path) -> Result<()> {
     crate::util::check_output_named(&format!("--train-dir {}", dir.display()), &probe, &[], &[])
 }
 
+/// `--knn`'s default (the original's k-NN classifier).
+const DEFAULT_KNN: usize = 15;
+
+/// `--train-dir` apart from every output (label, path): none inside it, and it not an output's path or
+/// inside one.
+fn check_train_dir_apart(dir: &std::path::Path, outputs: &[(String, std::path::PathBuf)]) -> Result<()> {
+    let d = crate::util::resolved_path(dir);
+    for (label, f) in outputs {
+        let o = crate::util::resolved_path(f);
+        if d.starts_with(&o) {
+            bail!("--train-dir {}: is the path of {label}; give the run another directory", dir.display());
+        }
+        if o.starts_with(&d) {
+            bail!("{label}: is inside --train-dir {} (the run evaluate trains and keeps); write it elsewhere", dir.display());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn train_dir_and_outputs_do_not_overlap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |s: &str| tmp.path().join(s);
+        let out = |f: std::path::PathBuf| vec![("--out X".to_string(), f)];
+        // an output inside the kept run (also spelled through `..` and with the run absent)
+        let e = check_train_dir_apart(&p("run"), &out(p("run/config.json"))).unwrap_err().to_string();
+        assert!(e.contains("--out X: is inside --train-dir"), "{e}");
+        assert!(check_train_dir_apart(&p("run"), &out(p("other/../run/metrics.tsv"))).is_err());
+        // the run directory at an output's path, or inside it
+        let e = check_train_dir_apart(&p("e.tsv"), &out(p("e.tsv"))).unwrap_err().to_string();
+        assert!(e.contains("is the path of --out X"), "{e}");
+        assert!(check_train_dir_apart(&p("e.pairs.tsv/run"), &out(p("e.pairs.tsv"))).is_err());
+        // apart: fine, a sibling whose name starts alike too
+        check_train_dir_apart(&p("run"), &out(p("run2/e.tsv"))).unwrap();
+        check_train_dir_apart(&p("run"), &out(p("e.tsv"))).unwrap();
+    }
 
     #[test]
     fn knn_is_bounded_by_the_cells_of_the_other_folds() {

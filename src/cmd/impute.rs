@@ -56,6 +56,9 @@ pub fn compression(level: u8) -> Compression {
 pub fn run(args: ImputeArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
     anyhow::ensure!(args.block_cells >= 1, "--block-cells must be ≥ 1");
+    if args.seed != 0 && args.n_samples == 1 {
+        anyhow::bail!("--seed {} has no effect here: with --n-samples 1 each cell is decoded from its posterior mean, and no sample is drawn; leave it out, or give --n-samples S > 1", args.seed);
+    }
     crate::util::check_output(&args.out, &[&args.data], &[&args.run_dir])?;
     let o = open_run(&args.run_dir, &args.data)?;
     if args.method == SplicingFn::DmPosterior {

@@ -45,6 +45,9 @@ pub struct NormalizeExpressionArgs {
 pub fn run(args: NormalizeExpressionArgs, device: &crate::device::Device, precision: crate::cuda::gemm::GemmPrecision) -> Result<()> {
     anyhow::ensure!(args.n_samples >= 1, "--n-samples must be ≥ 1");
     anyhow::ensure!(args.block_cells >= 1, "--block-cells must be ≥ 1");
+    if args.seed != 0 && args.n_samples == 1 {
+        anyhow::bail!("--seed {} has no effect here: with --n-samples 1 each cell is decoded from its posterior mean, and no sample is drawn; leave it out, or give --n-samples S > 1", args.seed);
+    }
     if let Some(l) = args.library_size {
         crate::analysis::impute::check_library_size(l)?;
     }
