@@ -1278,6 +1278,8 @@ fn options_that_would_change_nothing_are_refused() {
         (vec!["evaluate".into(), "--knn".into(), "5".into(), "--no-plots".into(), "--out".into(), out("e.tsv")], "--knn 5 has no effect here"),
         (vec!["evaluate".into(), "--expand-variable-junctions".into(), "--no-plots".into(), "--out".into(), out("e.tsv")], "--expand-variable-junctions widens"),
         (vec!["embed".into(), "--no-plots".into(), "--color-by".into(), "cell_type".into(), "--out".into(), out("l.h5ad")], "--color-by cell_type has no effect with --no-plots"),
+        // (not a no-op, a message: the switch's value given with a space became a third path)
+        (vec!["evaluate".into(), "--exclude-psi-one".into(), "false".into(), "--out".into(), out("e.tsv")], "`false` looks like a switch's value: give it with `=`"),
     ];
     for (args, want) in cases {
         let e = fails(bin().arg(&args[0]).arg(&run).arg(&data).args(&args[1..]));

@@ -232,8 +232,8 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     let (run_dir, data) = match (args.train, args.paths.as_slice()) {
         (false, [r, d]) => (Some(r.clone()), d.clone()),
         (true, [d]) => (None, d.clone()),
-        (false, _) => bail!("evaluate: give RUN_DIR DATA, or --train DATA"),
-        (true, _) => bail!("evaluate --train: give only DATA (the model is trained here)"),
+        (false, p) => bail!("evaluate: give RUN_DIR DATA, or --train DATA (got {}){}", paths_said(p), stray_value_hint(p)),
+        (true, p) => bail!("evaluate --train: give only DATA (the model is trained here; got {}){}", paths_said(p), stray_value_hint(p)),
     };
     if run_dir.is_some() && (args.data_options != DataOptions::default() || !is_empty(&args.options.model) || !is_empty(&args.options.train) || args.config.is_some()) {
         bail!("evaluate: data, model and training options come from the run directory's config.json; they are only accepted with --train");
@@ -648,6 +648,23 @@ fn check_train_dir(dir: &std::path::Path) -> Result<()> {
     }
     let probe = dir.join(crate::train::trainer::CONFIG_FILE);
     crate::util::check_output_named(&format!("--train-dir {}", dir.display()), &probe, &[], &[])
+}
+
+/// The positional arguments given, for a message.
+fn paths_said(p: &[std::path::PathBuf]) -> String {
+    match p.len() {
+        0 => "none".into(),
+        _ => format!("{}: {}", p.len(), p.iter().map(|x| format!("`{}`", x.display())).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// A stray `true` / `false` among them is the value of a switch given with a space (`--exclude-psi-one
+/// false`); those take it with `=`.
+fn stray_value_hint(p: &[std::path::PathBuf]) -> String {
+    match p.iter().find(|x| matches!(x.to_str(), Some("true" | "false"))) {
+        Some(v) => format!("; `{}` looks like a switch's value: give it with `=` (e.g. --exclude-psi-one={})", v.display(), v.display()),
+        None => String::new(),
+    }
 }
 
 /// `--knn`'s default (the original's k-NN classifier).
