@@ -950,7 +950,7 @@ fn analyses_check_before_working_and_explain_what_they_cannot_do() {
     codes[7..10].iter_mut().for_each(|c| *c = categories.len() as i32 - 1);
     // an age per cell (3, 18 or 24 months; none for every tenth cell) for --age
     let ages: Vec<f64> = (0..ds.n_cells()).map(|c| if c % 10 == 0 { f64::NAN } else { [3.0, 18.0, 24.0][c % 3] }).collect();
-    ds.obs.push(("age".into(), splicevi::data::ObsColumn::Numeric(ages)));
+    ds.obs.push(("age".into(), splicevi::data::ObsColumn::numeric(ages)));
     splicevi::data::h5write::write_h5mu(&p("unlabelled.h5mu"), &ds, None, None, &[], splicevi::data::h5write::Compression { gzip_level: None }).unwrap();
     let said = ok(bin().arg("evaluate").arg(&run).arg(p("unlabelled.h5mu")).args(["--label", "cell_type", "--age", "age", "--no-plots", "--out"]).arg(p("unlabelled.tsv")));
     assert!(said.contains("--label cell_type: 7 of the 200 cells scored have no label"), "{said}");

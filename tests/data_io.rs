@@ -290,13 +290,13 @@ fn matrix_market_integer_obs_columns() {
     let ds = load(&dir, &valid_opts()).unwrap();
     let n = ds.n_cells() as i64;
     assert_eq!(ds.obs_column("n_counts", "test").ok().map(|c| c.1), Some(&ObsColumn::Int(IntColumn::plain((1..=n).map(|i| 1000 + i).collect()))));
-    assert!(matches!(ds.obs_column("gap", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(v)) if v[1].is_nan() && v[0] == 1.0), "{:?}", ds.obs_column("gap", "test").ok().map(|c| c.1));
+    assert!(matches!(ds.obs_column("gap", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(v, _)) if v[1].is_nan() && v[0] == 1.0), "{:?}", ds.obs_column("gap", "test").ok().map(|c| c.1));
     assert!(matches!(ds.obs_column("code", "test").ok().map(|c| c.1), Some(ObsColumn::Text(_))));
     let id64 = IntColumn { values: (1..=n).map(|i| (1i128 << 63) + i as i128).collect(), width: splicevi::data::IntWidth::U64, mask: None };
     assert_eq!(ds.obs_column("id64", "test").ok().map(|c| c.1), Some(&ObsColumn::Int(id64)));
     // −1 and u64::MAX fit no one integer type: floats
-    assert!(matches!(ds.obs_column("over", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(v)) if v[0] == -1.0), "{:?}", ds.obs_column("over", "test").ok().map(|c| c.1));
-    assert!(matches!(ds.obs_column("age", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(_))), "{:?}", ds.obs_column("age", "test").ok().map(|c| c.1));
+    assert!(matches!(ds.obs_column("over", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(v, _)) if v[0] == -1.0), "{:?}", ds.obs_column("over", "test").ok().map(|c| c.1));
+    assert!(matches!(ds.obs_column("age", "test").ok().map(|c| c.1), Some(ObsColumn::Numeric(..))), "{:?}", ds.obs_column("age", "test").ok().map(|c| c.1));
 }
 
 #[test]
@@ -896,9 +896,9 @@ print("ok")
     assert!(python_script(check, &[tmp.path()], "h5py, pandas and anndata"));
 }
 
-/// Columns pandas users write (QA pass E): a nullable boolean (with a missing value) and an ordered
-/// categorical come out of `embed` with their type (they came back as a string category and
-/// unordered); a numpy bool column's groups are `True` / `False` as pandas prints them (they were
+/// Columns pandas users write (QA pass E): a nullable boolean (with a missing value), an ordered
+/// categorical and a float32 column come out of `embed` with their type (they came back as a string
+/// category, unordered, float64); a numpy bool column's groups are `True` / `False` as pandas prints them (they were
 /// `true` / `false`, and `--group1 True` was refused); a categorical of integers finds `1.0` by value;
 /// a category no cell has, which the run never saw (mudata's slices keep every category), is not
 /// refused and changes nothing; `obsm/X_library_size` stored as a pandas DataFrame is read.
@@ -917,6 +917,7 @@ m.obs["nb"] = pd.array([[True, False, None][i % 3] for i in range(n)], dtype="bo
 m.obs["ord"] = pd.Categorical([["lo", "hi"][i % 2] for i in range(n)], categories=["lo", "hi"], ordered=True)
 m.obs["b"] = np.arange(n) % 2 == 0
 m.obs["ci"] = pd.Categorical([i % 3 for i in range(n)])
+m.obs["f32"] = (np.arange(n) / 3).astype("float32")
 m.write(P("cols.h5mu"))
 m.obs["batch"] = m.obs["batch"].cat.add_categories(["batch_unused"])
 m.write(P("unused.h5mu"))
@@ -963,6 +964,7 @@ assert o["nb"].isna().sum() > 0 and list(o["nb"].iloc[:3].astype(object)) == [Tr
 assert o["ord"].cat.ordered and list(o["ord"].cat.categories) == ["lo", "hi"], o["ord"].dtype
 assert o["b"].dtype == bool, o["b"].dtype
 assert list(o["ci"].cat.categories) == [0, 1, 2], o["ci"].cat.categories
+assert o["f32"].dtype == np.float32 and np.array_equal(o["f32"].values, (np.arange(len(o)) / 3).astype("float32")), o["f32"]
 t = pd.read_csv(P("b.tsv"), sep="\t", dtype=str)
 assert (t["group1"] == "True").all(), t["group1"].unique()
 a, b = anndata.read_h5ad(P("base.h5ad")), anndata.read_h5ad(P("unused.h5ad"))

@@ -134,7 +134,7 @@ impl Groups {
                 let values = int_categories.and_then(|_| used.iter().map(|&c| categories[c].parse::<f64>().ok()).collect::<Option<Vec<f64>>>());
                 Groups { names: used.iter().map(|&c| categories[c].clone()).collect(), of_cell, values }
             }
-            ObsColumn::Numeric(v) => {
+            ObsColumn::Numeric(v, _) => {
                 // (NaN is missing, as pandas leaves it out of the categories)
                 let mut u: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
                 u.sort_by(f64::total_cmp);
@@ -551,7 +551,7 @@ mod tests {
     /// MAX_GROUPS_WITHOUT_GROUP1 groups without --group1 (it ran one comparison per value).
     #[test]
     fn numeric_and_many_level_groupby_columns() {
-        let ds = with_obs(5, vec![("n", ObsColumn::Numeric(vec![214.0, 9.0, 10.0, 214.0, f64::NAN]))]);
+        let ds = with_obs(5, vec![("n", ObsColumn::numeric(vec![214.0, 9.0, 10.0, 214.0, f64::NAN]))]);
         let c = comparisons(&ds, "n", Some("214.0"), None).unwrap();
         assert_eq!(pairs(&c), vec![("214".into(), "Rest".into(), 2, 3)]);
         assert_eq!(c[0].idx1, vec![0, 3]);
@@ -563,7 +563,7 @@ mod tests {
         let e = comparisons(&ds, "n", Some("214"), Some("214.0")).unwrap_err().to_string();
         assert!(e.contains("both `214`"), "{e}");
 
-        let cont = with_obs(3, vec![("library_size", ObsColumn::Numeric(vec![1234.5, 2000.0, 17.25]))]);
+        let cont = with_obs(3, vec![("library_size", ObsColumn::numeric(vec![1234.5, 2000.0, 17.25]))]);
         for g1 in [None, Some("2000")] {
             let e = comparisons(&cont, "library_size", g1, None).unwrap_err().to_string();
             assert!(e.contains("non-integer numbers (e.g. 1234.5)"), "{e}");

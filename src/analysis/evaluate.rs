@@ -1041,14 +1041,14 @@ mod tests {
         assert_eq!(classified, [0, 1, 3, 6, 8]);
         assert_eq!(dropped, [("B".to_string(), 4)]);
         // numbers: NaN is no label; integer values are classes; many values per cell are refused
-        let ds = with_obs(4, vec![("n", ObsColumn::Numeric(vec![3.0, f64::NAN, 18.0, 3.0]))]);
+        let ds = with_obs(4, vec![("n", ObsColumn::numeric(vec![3.0, f64::NAN, 18.0, 3.0]))]);
         let l = Labels::of_column(&ds, "--label", "n").unwrap();
         assert_eq!(l.of_cell, [Some(0), None, Some(1), Some(0)]);
         assert_eq!(l.classes, ["3", "18"]);
-        let ds = with_obs(200, vec![("library_size", ObsColumn::Numeric((0..200).map(|i| (1000 + i % 131) as f64).collect()))]);
+        let ds = with_obs(200, vec![("library_size", ObsColumn::numeric((0..200).map(|i| (1000 + i % 131) as f64).collect()))]);
         let e = Labels::of_column(&ds, "--label", "library_size").unwrap_err().to_string();
         assert!(e.starts_with("--label library_size: d.h5mu: `library_size` is a numeric column with 131 distinct values for 200 labelled cells, a measurement"), "{e}");
-        let ds = with_obs(2, vec![("x", ObsColumn::Numeric(vec![0.5, 1.0]))]);
+        let ds = with_obs(2, vec![("x", ObsColumn::numeric(vec![0.5, 1.0]))]);
         let e = Labels::of_column(&ds, "--sublabel", "x").unwrap_err().to_string();
         assert!(e.starts_with("--sublabel x:") && e.contains("non-integer"), "{e}");
         // text columns: every value a class
@@ -1061,7 +1061,7 @@ mod tests {
     #[test]
     fn age_columns_read_numbers() {
         use crate::data::ObsColumn;
-        let ds = with_obs(4, vec![("age", ObsColumn::Numeric(vec![3.0, f64::NAN, 24.0, f64::INFINITY]))]);
+        let ds = with_obs(4, vec![("age", ObsColumn::numeric(vec![3.0, f64::NAN, 24.0, f64::INFINITY]))]);
         let a = Ages::of_column(&ds, "--age", "age").unwrap();
         assert!(a.of_cell[0] == 3.0 && a.of_cell[1].is_nan() && a.of_cell[2] == 24.0 && a.of_cell[3].is_nan(), "{a:?}");
         let ds = with_obs(3, vec![("age", ObsColumn::Categorical { codes: vec![1, -1, 0], categories: vec!["18".into(), "3.0".into()], int_categories: None, store: crate::data::CatStore::Unordered })]);

@@ -74,12 +74,21 @@ pub enum ObsColumn {
     /// decimal strings) and are written back as such; None for string categories. `store`: how the
     /// column was stored, so that the outputs write it back the same way.
     Categorical { codes: Vec<i32>, categories: Vec<String>, int_categories: Option<IntWidth>, store: CatStore },
-    /// Floating-point numbers (NaN = missing).
-    Numeric(Vec<f64>),
+    /// Floating-point numbers (NaN = missing), and the width they were stored with (written back so:
+    /// a float32 column, as scanpy's QC metrics are, stays float32; its values are exact in f64).
+    Numeric(Vec<f64>, FloatWidth),
     /// Integers, kept apart from floats so the outputs write them back as integers.
     Int(IntColumn),
     Text(Vec<String>),
     Bool(Vec<bool>),
+}
+
+/// The HDF5 float type a numeric column was stored with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FloatWidth {
+    F32,
+    #[default]
+    F64,
 }
 
 /// How a categorical column was stored (the outputs write it back the same way).
@@ -146,10 +155,14 @@ impl IntColumn {
 }
 
 impl ObsColumn {
+    /// A float64 column.
+    pub fn numeric(v: Vec<f64>) -> Self {
+        ObsColumn::Numeric(v, FloatWidth::F64)
+    }
     pub fn len(&self) -> usize {
         match self {
             ObsColumn::Categorical { codes, .. } => codes.len(),
-            ObsColumn::Numeric(v) => v.len(),
+            ObsColumn::Numeric(v, _) => v.len(),
             ObsColumn::Int(c) => c.values.len(),
             ObsColumn::Text(v) => v.len(),
             ObsColumn::Bool(v) => v.len(),
@@ -158,7 +171,7 @@ impl ObsColumn {
     /// A numeric column's values as f64 (NaN = missing); None for other columns.
     pub fn numbers(&self) -> Option<Vec<f64>> {
         match self {
-            ObsColumn::Numeric(v) => Some(v.clone()),
+            ObsColumn::Numeric(v, _) => Some(v.clone()),
             ObsColumn::Int(c) => Some(c.to_f64()),
             _ => None,
         }
@@ -170,7 +183,7 @@ impl ObsColumn {
     /// (a library size, a score), not groups of cells.
     pub fn first_non_integer(&self) -> Option<f64> {
         match self {
-            ObsColumn::Numeric(v) => v.iter().copied().find(|x| x.is_finite() && x.fract() != 0.0),
+            ObsColumn::Numeric(v, _) => v.iter().copied().find(|x| x.is_finite() && x.fract() != 0.0),
             _ => None,
         }
     }
@@ -182,7 +195,7 @@ impl ObsColumn {
                 .iter()
                 .map(|&c| if c < 0 { String::from("nan") } else { categories[c as usize].clone() })
                 .collect(),
-            ObsColumn::Numeric(v) => v.iter().map(|x| format!("{x}")).collect(),
+            ObsColumn::Numeric(v, _) => v.iter().map(|x| format!("{x}")).collect(),
             ObsColumn::Int(c) => c.iter().map(|v| v.map_or_else(|| String::from("nan"), |v| v.to_string())).collect(),
             ObsColumn::Text(v) => v.clone(),
             ObsColumn::Bool(v) => v.iter().map(|&b| if b { "True" } else { "False" }.to_string()).collect(),

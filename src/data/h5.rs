@@ -14,7 +14,7 @@
 //! dense) are not read whole: [`H5Rows`] hands them to the entry builder a block of rows at a time, so a
 //! load holds the dataset it builds plus one block of each.
 
-use super::dataset::{CatStore, Csr, IntColumn, IntWidth, ObsColumn};
+use super::dataset::{CatStore, Csr, FloatWidth, IntColumn, IntWidth, ObsColumn};
 use super::load::{ObsTable, RawData};
 use super::options::DataOptions;
 use super::validate::{CheckOptions, DataError, Layer, RowSource, ValueRule, ValueTracker};
@@ -706,6 +706,14 @@ fn categorical_from(vals: Vec<Option<String>>) -> ObsColumn {
     ObsColumn::Categorical { codes, categories, int_categories: None, store: CatStore::Unordered }
 }
 
+/// A float column's stored width (f16 and integers read as floats are written back as float64).
+fn float_width(td: &TD) -> FloatWidth {
+    match td {
+        TD::Float(hdf5::types::FloatSize::U4) => FloatWidth::F32,
+        _ => FloatWidth::F64,
+    }
+}
+
 fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
     let col = match node(g, name) {
         None => bail!("missing"),
@@ -728,7 +736,7 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
                     }
                     match read_ints(&ds)? {
                         Some((values, width)) => ObsColumn::Int(IntColumn { values, width, mask: None }),
-                        None => ObsColumn::Numeric(read_f64(&ds)?),
+                        None => ObsColumn::Numeric(read_f64(&ds)?, float_width(&td)),
                     }
                 } else {
                     bail!("unsupported column type {td}");
@@ -766,7 +774,8 @@ fn read_column(g: &Group, name: &str, n: usize) -> Result<ObsColumn> {
                         Some((values, width)) => ObsColumn::Int(IntColumn { values, width, mask: Some(m) }),
                         None => {
                             let v = read_f64(&values)?;
-                            ObsColumn::Numeric(v.into_iter().zip(m).map(|(v, m)| if m { f64::NAN } else { v }).collect())
+                            let width = float_width(&descriptor(&values)?);
+                            ObsColumn::Numeric(v.into_iter().zip(m).map(|(v, m)| if m { f64::NAN } else { v }).collect(), width)
                         }
                     }
                 }
@@ -899,7 +908,7 @@ pub fn event_ids(col: &ObsColumn) -> (Vec<Option<String>>, bool) {
             (codes.iter().map(|&c| (c >= 0).then(|| categories[c as usize].clone())).collect(), false)
         }
         ObsColumn::Text(v) => (v.iter().map(|s| Some(s.clone())).collect(), false),
-        ObsColumn::Numeric(v) => (v.iter().map(|&x| x.is_finite().then(|| number_label(x))).collect(), true),
+        ObsColumn::Numeric(v, _) => (v.iter().map(|&x| x.is_finite().then(|| number_label(x))).collect(), true),
         ObsColumn::Int(c) => (c.iter().map(|v| v.map(|v| v.to_string())).collect(), true),
         ObsColumn::Bool(v) => (v.iter().map(|&b| Some(if b { "True" } else { "False" }.to_string())).collect(), false),
     }
@@ -936,7 +945,7 @@ fn take_rows(c: &ObsColumn, rows: &[usize]) -> ObsColumn {
             int_categories: *int_categories,
             store: *store,
         },
-        ObsColumn::Numeric(v) => ObsColumn::Numeric(rows.iter().map(|&r| v[r]).collect()),
+        ObsColumn::Numeric(v, w) => ObsColumn::Numeric(rows.iter().map(|&r| v[r]).collect(), *w),
         ObsColumn::Int(c) => ObsColumn::Int(c.take(rows)),
         ObsColumn::Text(v) => ObsColumn::Text(rows.iter().map(|&r| v[r].clone()).collect()),
         ObsColumn::Bool(v) => ObsColumn::Bool(rows.iter().map(|&r| v[r]).collect()),

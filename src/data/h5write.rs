@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use hdf5::types::VarLenUnicode;
 use hdf5::{Group, H5Type, Location};
 
-use super::dataset::{CatStore, Dataset, IntColumn, IntWidth, ObsColumn};
+use super::dataset::{CatStore, Dataset, FloatWidth, IntColumn, IntWidth, ObsColumn};
 
 /// Elements per chunk of the 1-D sparse datasets.
 const CHUNK: usize = 1 << 18;
@@ -268,7 +268,12 @@ pub fn column(parent: &Group, name: &str, col: &ObsColumn, c: Compression) -> Re
                 dense_array(&g, "codes", codes, &[codes.len()], c)
             }
         }
-        ObsColumn::Numeric(v) => dense_array(parent, name, v, &[v.len()], c),
+        ObsColumn::Numeric(v, FloatWidth::F64) => dense_array(parent, name, v, &[v.len()], c),
+        ObsColumn::Numeric(v, FloatWidth::F32) => {
+            // (read from float32: every value is exact there)
+            let v32: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            dense_array(parent, name, &v32, &[v32.len()], c)
+        }
         ObsColumn::Int(ints) => int_column(parent, name, ints, c),
         ObsColumn::Bool(v) => dense_array(parent, name, v, &[v.len()], c),
         ObsColumn::Text(v) => string_array(parent, name, v),

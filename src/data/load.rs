@@ -250,7 +250,7 @@ pub fn to_categorical(file: &str, field: &str, name: &str, flag: &str, col: &Obs
             levels.dedup();
             (v.iter().map(|s| levels.binary_search(s).unwrap() as u32).collect(), levels)
         }
-        ObsColumn::Numeric(v) => {
+        ObsColumn::Numeric(v, _) => {
             if let Some(i) = v.iter().position(|x| x.is_nan()) {
                 return Err(missing(i));
             }
@@ -302,7 +302,7 @@ fn resolve_covariates(raw: &RawData, opts: &DataOptions) -> Result<Covariates> {
                 let c = to_categorical(&raw.file, &field, k, flag, col, &raw.cell_names)?;
                 // (a numeric column is taken as categories, as scvi-tools does; one with a level for most
                 // cells is more likely a measurement named by mistake)
-                if matches!(col, ObsColumn::Numeric(_) | ObsColumn::Int(_)) && looks_like_a_measurement(c.levels.len(), n) {
+                if matches!(col, ObsColumn::Numeric(..) | ObsColumn::Int(_)) && looks_like_a_measurement(c.levels.len(), n) {
                     eprintln!(
                         "warning: {flag} {k}: a numeric column with {} distinct values for {n} cells, each taken as its own category",
                         c.levels.len()

@@ -286,7 +286,7 @@ pub fn read_dir(dir: &Path, opts: &DataOptions, integer_expression: bool, intege
                 let width = if i.iter().all(|&x| x <= i64::MAX as i128) { IntWidth::I64 } else { IntWidth::U64 };
                 ObsColumn::Int(IntColumn { values: i, width, mask: None })
             } else if let Some(n) = nums() {
-                ObsColumn::Numeric(n)
+                ObsColumn::numeric(n)
             } else if vals.iter().any(|v| is_missing(v)) {
                 // text with a missing value: NaN there, as pandas reads it (a categorical, as anndata
                 // writes it), not a value "" that would be a batch or a group of its own

@@ -608,13 +608,13 @@ impl SimModel {
                 "modality".into(),
                 ObsColumn::Categorical { codes: vec![0; g_n], categories: vec!["Gene_Expression".into()], int_categories: None, store: crate::data::CatStore::Unordered },
             ),
-            ("mean_transcript_length".into(), ObsColumn::Numeric(self.transcript_length.clone())),
+            ("mean_transcript_length".into(), ObsColumn::numeric(self.transcript_length.clone())),
             ("de_gene".into(), ObsColumn::Bool(t.de_gene.clone())),
         ];
         for (ti, name) in t.cell_type_names.iter().enumerate() {
             rna_cols.push((
                 format!("true_lfc_{name}"),
-                ObsColumn::Numeric(t.de_lfc[ti * g_n..(ti + 1) * g_n].iter().map(|&x| x as f64).collect()),
+                ObsColumn::numeric(t.de_lfc[ti * g_n..(ti + 1) * g_n].iter().map(|&x| x as f64).collect()),
             ));
         }
         let rna = VarTable { names: self.gene_names.clone(), columns: rna_cols, varm: vec![] };
@@ -701,7 +701,7 @@ impl SimModel {
                     int_categories: None, store: crate::data::CatStore::Unordered,
                 },
             ),
-            ("library_size".into(), ObsColumn::Numeric(library.iter().map(|&x| x as f64).collect())),
+            ("library_size".into(), ObsColumn::numeric(library.iter().map(|&x| x as f64).collect())),
         ]
     }
 }

@@ -41,7 +41,7 @@ impl Colouring {
                 names.dedup();
                 Colouring::Categories { codes: v.iter().map(|s| names.binary_search(s).ok()).collect(), names }
             }
-            ObsColumn::Numeric(v) => Colouring::Values(v.clone()),
+            ObsColumn::Numeric(v, _) => Colouring::Values(v.clone()),
             ObsColumn::Int(c) => Colouring::Values(c.to_f64()),
         }
     }
