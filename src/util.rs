@@ -8,6 +8,51 @@ use std::sync::Mutex;
 /// handler ([`remove_temp_files_on_signal`]) when the process is interrupted.
 static TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// Temporary directories to remove whole on a signal (`evaluate --train`'s run without `--train-dir`).
+static TEMP_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The run a training writes and the command that continues it: on a signal the handler names the
+/// checkpoint kept, read from the run's train_state.json then (after any renames in flight: they
+/// hold the lock the handler takes first), and the command.
+static INTERRUPT_RUN: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
+
+/// Sets (or clears) the run the signal handler reports on.
+pub fn set_interrupt_run(run: Option<(PathBuf, String)>) {
+    *INTERRUPT_RUN.lock().unwrap_or_else(|e| e.into_inner()) = run;
+}
+
+/// The signal handler's line about a training's run directory.
+fn interrupt_note(dir: &Path, resume: &str) -> String {
+    let epochs = std::fs::read_to_string(dir.join("train_state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("epochs_done").and_then(|e| e.as_u64()));
+    match epochs {
+        Some(e) => format!("{}: the checkpoint after epoch {e} is kept; continue with: {resume}", dir.display()),
+        None => format!("{}: no checkpoint was written yet (the first is written when epoch 1 ends)", dir.display()),
+    }
+}
+
+/// Registers a temporary directory for removal on a signal while it lives; dropping it unregisters it
+/// (the directory itself is removed by its owner, e.g. `tempfile::TempDir`).
+pub struct TempDirRegistration(PathBuf);
+
+impl TempDirRegistration {
+    pub fn new(p: &Path) -> Self {
+        TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_path_buf());
+        TempDirRegistration(p.to_path_buf())
+    }
+}
+
+impl Drop for TempDirRegistration {
+    fn drop(&mut self) {
+        let mut v = TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = v.iter().position(|q| *q == self.0) {
+            v.swap_remove(i);
+        }
+    }
+}
+
 /// Registers a temporary file while it is being written; dropping it unregisters it.
 struct TempRegistration(PathBuf);
 
@@ -41,7 +86,14 @@ pub fn remove_temp_files_on_signal() {
         for p in v.iter() {
             let _ = std::fs::remove_file(p);
         }
+        let dirs = TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
         eprintln!("interrupted: {} unfinished output file(s) removed; completed outputs are kept", v.len());
+        if let Some((dir, resume)) = INTERRUPT_RUN.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            eprintln!("{}", interrupt_note(dir, resume));
+        }
         // _exit, not exit: no atexit handlers, such as HDF5's library shutdown, which would run on this
         // thread while the main thread may be inside an HDF5 call
         // SAFETY: _exit ends the process at once; nothing runs after it.

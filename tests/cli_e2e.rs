@@ -854,3 +854,47 @@ fn train_checks_its_run_directory_before_the_data() {
         assert!(text.contains("cannot write in /proc") && !text.contains("no_such"), "{text}");
     }
 }
+
+/// A training stopped by a signal (a batch job's time limit) says which checkpoint is kept and the
+/// command that continues it; `evaluate --train`'s temporary run directory goes too (QA pass G: it
+/// stayed in the temporary directory, a full checkpoint, and the message named neither).
+#[cfg(unix)]
+#[test]
+fn a_signal_names_the_checkpoint_kept_and_leaves_no_temporary_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (data, run, scratch) = (d.join("d.h5mu"), d.join("run"), d.join("scratch"));
+    std::fs::create_dir(&scratch).unwrap();
+    ok(bin().args(["simulate", "--n-cells", "3000", "--n-genes", "200", "--n-junctions", "1500", "--seed", "0", "--out"]).arg(&data));
+    let wait_for = |what: &str, child: &mut std::process::Child, found: &dyn Fn() -> bool| {
+        let t0 = std::time::Instant::now();
+        while !found() {
+            assert!(t0.elapsed().as_secs() < 120, "{what} did not appear");
+            assert!(child.try_wait().unwrap().is_none(), "the command ended before {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let stop = |child: std::process::Child| -> String {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(130));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let mut child = bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "500", "--no-plots", "--quiet", "--threads", "1"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let state = run.join("train_state.json");
+    wait_for("the first checkpoint", &mut child, &|| state.exists());
+    let err = stop(child);
+    let done = splicevi::train::trainer::read_train_state(&run).unwrap().epochs_done;
+    assert!(err.contains(&format!("the checkpoint after epoch {done} is kept")) && err.contains("--resume"), "{err}");
+    // evaluate --train without --train-dir: its run lives in the temporary directory
+    let mut child = bin().args(["evaluate", "--train"]).arg(&data).args(["--max-epochs", "500", "--no-plots", "--quiet", "--threads", "1", "--out"]).arg(d.join("e.tsv")).env("TMPDIR", &scratch).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let runs = || std::fs::read_dir(&scratch).unwrap().flatten().filter(|e| e.path().join("train_state.json").exists()).count();
+    wait_for("the temporary run's first checkpoint", &mut child, &|| runs() > 0);
+    stop(child);
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // a requeued job's --resume before the run exists is told what to do
+    let e = fails(bin().arg("train").arg(&data).arg("--out").arg(d.join("none")).arg("--resume"));
+    assert!(e.contains("holds no run to continue") && e.contains("leave --resume out"), "{e}");
+}

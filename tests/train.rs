@@ -426,3 +426,102 @@ fn resume_refuses_a_lost_history() {
     std::fs::write(dir.join("metrics.jsonl"), &metrics).unwrap();
     assert!(Trainer::resume(&ds, &dir, Some(3)).is_ok());
 }
+
+/// A run that early stopping ended with `--restore-best` copies the best epoch's weights into
+/// model.safetensors after its last checkpoint. Interrupted in between (QA pass G: SIGTERM there), it
+/// kept the last epoch's weights under a valid stamp: `--resume` said "nothing left to train" and the
+/// analyses used them without a word. Now the analyses refuse it, naming the fix, and `--resume`
+/// makes the copy. A requeued job's own `--max-epochs` on an early-stopped run is no error either.
+#[test]
+fn an_interrupted_restore_of_the_best_epoch_is_finished_by_resume() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, run) = (tmp.path().join("toy.h5mu"), tmp.path().join("run"));
+    let bin = || Command::new(env!("CARGO_BIN_EXE_splicevi"));
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    ok(bin().args(["simulate", "--size", "toy", "--seed", "0", "--out"]).arg(&data));
+    let flags = ["--max-epochs", "300", "--early-stopping-patience", "3", "--restore-best", "true", "--lr", "0.01", "--no-plots", "--quiet"];
+    ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(flags));
+    let state = splicevi::train::trainer::read_train_state(&run).unwrap();
+    assert!(state.stopped_early, "the run did not stop early");
+    let model_file = run.join("model.safetensors");
+    let best = std::fs::read(run.join("best.safetensors")).unwrap();
+    let finished = std::fs::read(&model_file).unwrap();
+    let tensors = |b: &[u8]| -> Vec<(String, Vec<u8>)> {
+        let st = safetensors::SafeTensors::deserialize(b).unwrap();
+        let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(tensors(&finished), tensors(&best), "a finished run holds the best epoch's weights");
+    // The interruption: the last epoch's weights (here: the best's with one tensor changed) under the
+    // final stamp.
+    let st = safetensors::SafeTensors::deserialize(&finished).unwrap();
+    let meta = safetensors::SafeTensors::read_metadata(&finished).unwrap().1.metadata().clone();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec())).collect();
+    owned[0].3[0] ^= 0x40;
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(&model_file, safetensors::serialize(views, &meta).unwrap()).unwrap();
+    let ds = splicevi::data::load::load(&data, &DataOptions { batch_key: None, ..Default::default() }).unwrap();
+    let e = format!("{:#}", splicevi::train::trainer::load_model(&run, &ds).err().expect("the analyses read the last epoch's weights"));
+    assert!(e.contains("interrupted before the best epoch's weights") && e.contains("--resume"), "{e}");
+    // --resume with the run's own --max-epochs (a requeued job's command line) finishes the copy
+    let said = ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "300"]));
+    assert!(said.contains("now replace the last epoch's") && said.contains("nothing left to train"), "{said}");
+    let restored = std::fs::read(&model_file).unwrap();
+    assert_eq!(tensors(&restored), tensors(&best));
+    assert_eq!(splicevi::train::trainer::read_stamp(&model_file).unwrap(), Some((state.epochs_done, state.global_step)));
+    splicevi::train::trainer::load_model(&run, &ds).unwrap();
+    // once done, --resume changes nothing; more epochs than the run's own are still refused
+    let said = ok(bin().arg("train").arg(&data).arg("--out").arg(&run).arg("--resume"));
+    assert!(!said.contains("now replace"), "{said}");
+    assert_eq!(std::fs::read(&model_file).unwrap(), restored);
+    let o = bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--resume", "--max-epochs", "301"]).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("stopped early"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// An analysis that reads a run while its training replaces the checkpoint (QA pass G: `embed` beside
+/// a running `train` failed 9 times in 30 with "the checkpoint mixes files of different epochs … train
+/// again there with --overwrite") reads again while the training holds the lock, and says a training
+/// is writing the run if the files stay mixed.
+#[test]
+fn reading_a_run_while_its_training_writes_it_waits_for_the_renames() {
+    use splicevi::train::trainer::{check_checkpoint, lock_run_dir, training_active};
+    let ds = toy();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&ds, &dir, ModelConfig::default(), quick_train(2));
+    let model = dir.join("model.safetensors");
+    let good = std::fs::read(&model).unwrap();
+    // model.safetensors from another epoch: what a reader sees between two renames
+    let bytes = std::fs::read(&model).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut meta = safetensors::SafeTensors::read_metadata(&bytes).unwrap().1.metadata().clone().unwrap();
+    meta.insert("splicevi_epochs_done".into(), "3".into());
+    let other = safetensors::serialize(st.tensors(), &Some(meta)).unwrap();
+    std::fs::write(&model, &other).unwrap();
+    // no training: the mixed checkpoint is an interrupted one
+    assert!(!training_active(&dir));
+    let e = format!("{:#}", check_checkpoint(&dir, false).unwrap_err());
+    assert!(e.contains("mixes files of different epochs"), "{e}");
+    // a training holds the lock and finishes its renames 0.3 s later: read again, fine
+    let lock = lock_run_dir(&dir).unwrap();
+    assert!(training_active(&dir));
+    let (m2, g2) = (model.clone(), good.clone());
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::fs::write(&m2, &g2).unwrap();
+    });
+    check_checkpoint(&dir, false).unwrap();
+    writer.join().unwrap();
+    // ... and if they stay mixed, the message names the training, not --overwrite
+    std::fs::write(&model, &other).unwrap();
+    let e = format!("{:#}", check_checkpoint(&dir, false).unwrap_err());
+    assert!(e.contains("a training is writing this run now") && !e.contains("--overwrite"), "{e}");
+    drop(lock);
+    assert!(!training_active(&dir));
+}

@@ -409,12 +409,14 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         eprintln!("masked {} of {} observed entries ({} of each cell's observed ATSEs, seed {})", dropped.len(), nnz, args.mask_fraction, args.eval_seed);
         (dropped, None, None, hvj)
     };
-    let tmp;
+    let (tmp, _tmp_registered);
     let dir = match (&run_dir, &args.train_dir) {
         (Some(r), _) => r.clone(),
         (None, Some(d)) => d.clone(),
         (None, None) => {
             tmp = tempfile::tempdir().context("creating a temporary run directory")?;
+            // (a signal removes it too: it ends the process before the TempDir's drop)
+            _tmp_registered = crate::util::TempDirRegistration::new(tmp.path());
             tmp.path().to_path_buf()
         }
     };

@@ -180,7 +180,7 @@ fn check_resume_flags(args: &TrainArgs) -> Result<()> {
     given.extend(flags(&args.options.train).into_iter().filter(|f| f != "--max-epochs"));
     if !given.is_empty() {
         anyhow::bail!(
-            "--resume continues {} with the options in its config.json; only --max-epochs may change, but {} {} given (start a new run with --overwrite, or in another directory, to change them)",
+            "--resume continues {} with the options in its config.json; only --max-epochs may change, but {} {} given: leave them out (to change them, start a new run with --overwrite, or in another directory)",
             args.out.display(),
             given.join(", "),
             if given.len() == 1 { "was" } else { "were" }
@@ -406,6 +406,9 @@ pub fn attach_device(t: &mut Trainer<'_>, device: &Device, precision: GemmPrecis
 
 pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result<()> {
     if args.resume {
+        if !args.out.join(crate::train::trainer::CONFIG_FILE).exists() {
+            anyhow::bail!("--resume: {} holds no run to continue (no config.json); leave --resume out to start one there", args.out.display());
+        }
         check_resume_flags(&args)?;
         let prev = read_run_config(&args.out)?;
         let max_epochs = args.options.train.get("max_epochs").and_then(|v| v.as_u64()).map(|v| v as usize);
@@ -414,6 +417,11 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         // (before the data is read: a finished run needs none)
         let state = check_checkpoint(&args.out, true)?;
         if let Some(msg) = nothing_to_resume(&args.out, &state, prev.train.max_epochs, max_epochs)? {
+            if crate::train::trainer::restore_best_pending(&args.out, &state, prev.train.restore_best)? {
+                crate::train::trainer::finish_restore_best(&args.out, &state)?;
+                let best = state.early_stopping.best_epoch.map_or(String::new(), |e| format!(" (epoch {})", e + 1));
+                eprintln!("{}: the best epoch's weights{best} now replace the last epoch's in model.safetensors (the run was interrupted before it did so)", args.out.display());
+            }
             eprintln!("{msg}");
             return Ok(());
         }
@@ -424,6 +432,7 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         t.verbose = !args.quiet;
         attach_device(&mut t, device, precision)?;
         eprintln!("resuming {} after epoch {}", args.out.display(), t.state.epochs_done);
+        crate::util::set_interrupt_run(Some((args.out.clone(), resume_command(&args))));
         t.fit()?;
         eprintln!("{}", done_line(&t));
         curves(&args);
@@ -451,6 +460,7 @@ pub fn run(args: TrainArgs, device: &Device, precision: GemmPrecision) -> Result
         "training on {} cells ({} train / {} validation), {} genes, {} junctions in {} ATSEs; run dir {}",
         ds.n_cells(), t.train_cells.len(), t.validation_cells.len(), ds.n_genes(), ds.n_junctions(), ds.splicing.n_atse(), args.out.display()
     );
+    crate::util::set_interrupt_run(Some((args.out.clone(), resume_command(&args))));
     t.fit()?;
     eprintln!("{}", done_line(&t));
     curves(&args);
@@ -486,6 +496,11 @@ fn done_line(t: &Trainer<'_>) -> String {
     }
 }
 
+/// The command line that continues a run (the signal handler's message).
+fn resume_command(args: &TrainArgs) -> String {
+    format!("splicevi train {} --out {} --resume", args.data.display(), args.out.display())
+}
+
 /// --resume when the run has nothing left to train: Ok(Some(why)) when the run already is what was
 /// asked (exit 0, nothing written), an error when --max-epochs asks for what it cannot become.
 fn nothing_to_resume(out: &std::path::Path, state: &TrainState, run_max: usize, asked: Option<usize>) -> Result<Option<String>> {
@@ -500,7 +515,8 @@ fn nothing_to_resume(out: &std::path::Path, state: &TrainState, run_max: usize, 
         let why = format!(
             "{dir} stopped early after epoch {done}{best}; --resume continues a run as if it had not stopped, and this one stopped itself. To train further, start a new run (--overwrite or another --out) with a larger --early-stopping-patience or --early-stopping false"
         );
-        return match asked.filter(|&m| m > done) {
+        // (the run's own max_epochs, or fewer, asks for nothing more: a requeued job's command line)
+        return match asked.filter(|&m| m > done && m > run_max) {
             Some(m) => Err(anyhow::anyhow!("--resume --max-epochs {m}: {why}; nothing was changed")),
             None => Ok(Some(format!("nothing left to train: {why}"))),
         };

@@ -1105,7 +1105,7 @@ pub fn check_checkpoint(dir: &Path, resume: bool) -> Result<TrainState> {
         (false, true) => bail!("{}: incomplete checkpoint: {STATE_FILE} without {MODEL_FILE} (removed?); {redo}", dir.display()),
         (true, true) => {}
     }
-    let state = read_train_state(dir)?;
+    let mut state = read_train_state(dir)?;
     let mut files = vec![MODEL_FILE];
     if resume {
         let run = read_run_config(dir)?;
@@ -1118,9 +1118,24 @@ pub fn check_checkpoint(dir: &Path, resume: bool) -> Result<TrainState> {
             bail!("{}: incomplete checkpoint: no {} (--resume needs the optimizer state to continue the run exactly); {redo}", dir.display(), missing.join(", "));
         }
     }
-    let stamps = files.iter().map(|f| Ok((*f, read_stamp(&dir.join(f))?))).collect::<Result<Vec<_>>>()?;
+    let mut stamps = files.iter().map(|f| Ok((*f, read_stamp(&dir.join(f))?))).collect::<Result<Vec<_>>>()?;
+    let mixed = |state: &TrainState, stamps: &[(&str, Option<(usize, u64)>)]| {
+        stamps.iter().any(|(_, s)| s.is_some()) && stamps.iter().any(|(_, s)| *s != Some((state.epochs_done, state.global_step)))
+    };
+    // An analysis reading a run while its training replaces the checkpoint can see the files mid-rename:
+    // it reads again (the renames take milliseconds) while the training holds the lock.
+    let mut tries = 0;
+    while !resume && mixed(&state, &stamps) && training_active(dir) && tries < 50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        tries += 1;
+        state = read_train_state(dir)?;
+        stamps = files.iter().map(|f| Ok((*f, read_stamp(&dir.join(f))?))).collect::<Result<Vec<_>>>()?;
+    }
     let want = (state.epochs_done, state.global_step);
-    if stamps.iter().any(|(_, s)| s.is_some()) && stamps.iter().any(|(_, s)| *s != Some(want)) {
+    if !resume && mixed(&state, &stamps) && training_active(dir) {
+        bail!("{}: a training is writing this run now (it holds {LOCK_FILE}) and its checkpoint was being replaced for 5 s; run this again once its epoch has ended", dir.display());
+    }
+    if mixed(&state, &stamps) {
         let mut list = vec![format!("{STATE_FILE}: after epoch {} (step {})", want.0, want.1)];
         list.extend(stamps.iter().map(|(f, s)| match s {
             Some((e, st)) => format!("{f}: after epoch {e} (step {st})"),
@@ -1164,6 +1179,45 @@ pub fn check_params_finite(p: &Params<f32>, path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A run that early stopping ended with `restore_best` gets the best epoch's weights copied into
+/// model.safetensors by `fit`, after the last checkpoint: one interrupted in between holds the last
+/// epoch's. Whether that copy is still to be made (best.safetensors' tensors differ from the model's).
+pub fn restore_best_pending(dir: &Path, state: &TrainState, restore_best: bool) -> Result<bool> {
+    let best = dir.join(BEST_FILE);
+    if !(state.stopped_early && restore_best && best.exists()) {
+        return Ok(false);
+    }
+    let (m, b) = (std::fs::read(dir.join(MODEL_FILE))?, std::fs::read(&best)?);
+    let (m, b) = (parse_safetensors(&m, &dir.join(MODEL_FILE))?, parse_safetensors(&b, &best)?);
+    let mut names = b.names();
+    names.sort();
+    let mut model_names = m.names();
+    model_names.sort();
+    Ok(names != model_names || names.iter().any(|n| m.tensor(n).ok().map(|t| t.data().to_vec()) != b.tensor(n).ok().map(|t| t.data().to_vec())))
+}
+
+fn parse_safetensors<'b>(bytes: &'b [u8], path: &Path) -> Result<safetensors::SafeTensors<'b>> {
+    safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e:?}", path.display()))
+}
+
+/// Makes the copy [`restore_best_pending`] finds missing: model.safetensors = best.safetensors' tensors,
+/// stamped with the final state (as `fit` writes it).
+pub fn finish_restore_best(dir: &Path, state: &TrainState) -> Result<()> {
+    let b = std::fs::read(dir.join(BEST_FILE))?;
+    let st = parse_safetensors(&b, &dir.join(BEST_FILE))?;
+    let bytes = safetensors::serialize(st.tensors(), &Some(stamp(state))).map_err(|e| anyhow::anyhow!("{}: {e:?}", dir.join(MODEL_FILE).display()))?;
+    write_atomic(&dir.join(MODEL_FILE), |p| Ok(std::fs::write(p, &bytes)?))
+}
+
+/// Whether a training holds the run directory's lock now (a shared lock cannot be had).
+pub fn training_active(dir: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(f) = std::fs::File::open(dir.join(LOCK_FILE)) else { return false };
+    // SAFETY: flock on a descriptor owned here; the shared lock goes with the file.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 /// An exclusive lock on a run directory, held by the training that writes it (released when dropped,
@@ -1219,7 +1273,14 @@ pub fn require_checkpoint(dir: &Path) -> Result<()> {
 /// Load the trained model of a run directory.
 pub fn load_model(dir: &Path, ds: &Dataset) -> Result<(RunConfig, SpliceVae, Params<f32>)> {
     let run = read_run_config(dir)?;
-    check_checkpoint(dir, false)?;
+    let state = check_checkpoint(dir, false)?;
+    if restore_best_pending(dir, &state, run.train.restore_best)? {
+        bail!(
+            "{}: early stopping ended this run with restore_best, but it was interrupted before the best epoch's weights replaced the last epoch's in {MODEL_FILE}; `splicevi train DATA --out {} --resume` finishes that (nothing is trained)",
+            dir.display(),
+            dir.display()
+        );
+    }
     let dims = dims_of(ds);
     anyhow::ensure!(
         dims.n_genes == run.dims.n_genes && dims.n_junctions == run.dims.n_junctions && dims.n_atse == run.dims.n_atse,
