@@ -193,6 +193,9 @@ pub fn write_atomic_set(files: Vec<(PathBuf, FileWriter<'_>)>) -> anyhow::Result
         make_readable(tmp)?;
     }
     let dirs: Vec<PathBuf> = staged.0.iter().filter_map(|(_, p)| p.parent().map(Path::to_path_buf)).collect();
+    // A journal of the renames, on disk before the first: a SIGKILL or power loss between two renames
+    // leaves it, and [`finish_interrupted_commit`] completes them from it (the staged files are whole).
+    let journal = commit_journal(&staged.0)?;
     let mut result = Ok(());
     {
         let mut registered = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
@@ -205,12 +208,66 @@ pub fn write_atomic_set(files: Vec<(PathBuf, FileWriter<'_>)>) -> anyhow::Result
         }
     }
     // the renames themselves reach the disk (best effort: not every file system syncs a directory)
+    sync_dirs(&dirs);
+    if let (Some(j), true) = (&journal, result.is_ok()) {
+        std::fs::remove_file(j).with_context(|| format!("removing {}", j.display()))?;
+        sync_dirs(&dirs);
+    }
+    result
+}
+
+/// The journal of a set's renames (in the set's one directory; no journal for a set over several).
+pub const COMMIT_JOURNAL: &str = ".splicevi-commit.json";
+
+fn sync_dirs(dirs: &[PathBuf]) {
     for d in dirs {
-        if let Ok(f) = std::fs::File::open(if d.as_os_str().is_empty() { Path::new(".") } else { &d }) {
+        if let Ok(f) = std::fs::File::open(if d.as_os_str().is_empty() { Path::new(".") } else { d }) {
             let _ = f.sync_all();
         }
     }
-    result
+}
+
+/// Writes the journal of `staged`'s renames ([staged file name, final file name] in order), itself
+/// whole on disk before it is in place.
+fn commit_journal(staged: &[(tempfile::TempPath, PathBuf)]) -> anyhow::Result<Option<PathBuf>> {
+    let Some(dir) = staged.first().map(|(_, p)| p.parent().unwrap_or(Path::new("")).to_path_buf()) else { return Ok(None) };
+    if staged.iter().any(|(t, p)| p.parent().unwrap_or(Path::new("")) != dir || t.parent().unwrap_or(Path::new("")) != dir) {
+        return Ok(None);
+    }
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let pairs: Vec<[String; 2]> = staged.iter().map(|(t, p)| [name(t), name(p)]).collect();
+    let journal = dir.join(COMMIT_JOURNAL);
+    let tmp = dir.join(format!("{COMMIT_JOURNAL}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", journal.display()))?;
+        std::io::Write::write_all(&mut f, serde_json::to_string(&pairs)?.as_bytes()).with_context(|| format!("writing {}", journal.display()))?;
+        f.sync_all().with_context(|| format!("writing {}", journal.display()))?;
+    }
+    std::fs::rename(&tmp, &journal).with_context(|| format!("writing {}", journal.display()))?;
+    sync_dirs(&[dir]);
+    Ok(Some(journal))
+}
+
+/// Completes a set of renames that was interrupted part way (SIGKILL, power loss): the journal
+/// [`write_atomic_set`] leaves in `dir` names each staged file and its place; those still staged are
+/// renamed into place, in order, and the journal goes. Returns how many were renamed. A journal
+/// whose every staged file is gone (the set had completed) is removed.
+pub fn finish_interrupted_commit(dir: &Path) -> anyhow::Result<usize> {
+    let journal = dir.join(COMMIT_JOURNAL);
+    let _ = std::fs::remove_file(dir.join(format!("{COMMIT_JOURNAL}.tmp")));
+    let Ok(text) = std::fs::read_to_string(&journal) else { return Ok(0) };
+    let pairs: Vec<[String; 2]> = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", journal.display()))?;
+    let mut n = 0;
+    for [tmp, path] in &pairs {
+        let (tmp, path) = (dir.join(tmp), dir.join(path));
+        if tmp.exists() {
+            std::fs::rename(&tmp, &path).with_context(|| format!("completing an interrupted checkpoint: renaming {} into {}", tmp.display(), path.display()))?;
+            n += 1;
+        }
+    }
+    sync_dirs(&[dir.to_path_buf()]);
+    std::fs::remove_file(&journal).with_context(|| format!("removing {}", journal.display()))?;
+    Ok(n)
 }
 
 /// Where `out` would be once written: its parent directory resolved (it must exist or be creatable, so

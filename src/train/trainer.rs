@@ -1135,6 +1135,14 @@ pub fn check_checkpoint(dir: &Path, resume: bool) -> Result<TrainState> {
     if !resume && mixed(&state, &stamps) && training_active(dir) {
         bail!("{}: a training is writing this run now (it holds {LOCK_FILE}) and its checkpoint was being replaced for 5 s; run this again once its epoch has ended", dir.display());
     }
+    if mixed(&state, &stamps) && dir.join(crate::util::COMMIT_JOURNAL).exists() {
+        bail!(
+            "{}: the checkpoint's writing was interrupted between its renames (killed, or the machine stopped); its journal ({}) holds the rest: `splicevi train DATA --out {} --resume` completes it",
+            dir.display(),
+            crate::util::COMMIT_JOURNAL,
+            dir.display()
+        );
+    }
     if mixed(&state, &stamps) {
         let mut list = vec![format!("{STATE_FILE}: after epoch {} (step {})", want.0, want.1)];
         list.extend(stamps.iter().map(|(f, s)| match s {
@@ -1239,8 +1247,13 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         }
         return Err(e).with_context(|| format!("--out {}: locking {}", dir.display(), path.display()));
     }
-    // Only the training holding the lock writes the run's files: temporary ones found now were left
-    // by a training killed while writing (SIGKILL, power loss).
+    // Only the training holding the lock writes the run's files: a checkpoint whose renames were cut
+    // short is completed from its journal (every file was staged whole first), and temporary files
+    // found then were left by a training killed while writing (SIGKILL, power loss).
+    let completed = crate::util::finish_interrupted_commit(dir)?;
+    if completed > 0 {
+        eprintln!("{}: completed a checkpoint whose writing was interrupted between its renames ({completed} file(s) renamed into place)", dir.display());
+    }
     let run_files = [CONFIG_FILE, MODEL_FILE, BEST_FILE, OPTIM_FILE, ADV_FILE, ADV_OPTIM_FILE, STATE_FILE, FEATURES_FILE, SPLIT_FILE, METRICS_TSV, METRICS_JSONL, "curves.png", "curves.svg"];
     let left: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("--out {}: reading the run directory", dir.display()))?
