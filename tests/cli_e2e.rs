@@ -894,6 +894,12 @@ fn a_signal_names_the_checkpoint_kept_and_leaves_no_temporary_run() {
     stop(child);
     let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // a log whose disk is full (stderr to /dev/full): an error, exit 1, not a panic's 101
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let o = bin().arg("train").arg(&data).arg("--out").arg(d.join("full_log")).args(["--max-epochs", "1"]).stderr(full).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "stderr to a full disk");
+    }
     // a requeued job's --resume before the run exists is told what to do
     let e = fails(bin().arg("train").arg(&data).arg("--out").arg(d.join("none")).arg("--resume"));
     assert!(e.contains("holds no run to continue") && e.contains("leave --resume out"), "{e}");

@@ -636,7 +636,7 @@ impl<'a> Trainer<'a> {
             format!("training stopped in epoch {} (step {step}); the last good checkpoint, written after epoch {epoch}, is kept in {}", epoch + 1, self.dir.display())
         } else {
             format!(
-                "training stopped in epoch {} (step {step}), before any checkpoint was written: {} holds no model (train again there, with other options)",
+                "training stopped in epoch {} (step {step}), before any checkpoint was written: {} holds no model (train again there once the error that follows is fixed)",
                 epoch + 1,
                 self.dir.display()
             )
