@@ -124,6 +124,10 @@ where
 fn name_output(e: anyhow::Error, path: &Path) -> anyhow::Error {
     let io = e.chain().any(|c| c.is::<std::io::Error>() || c.is::<hdf5::Error>());
     if io {
+        // HDF5's errors do not carry the system's reason: a full disk is named here
+        let said = e.chain().any(|c| c.to_string().contains("No space left"));
+        let full = !said && disk_space_left(path).is_some_and(|b| b < (1 << 20));
+        let e = if full { e.context(format!("no space left on the disk holding {}", path.display())) } else { e };
         e.context(format!("writing {}", path.display()))
     } else {
         e.context(format!("{} not written", path.display()))
@@ -214,6 +218,19 @@ pub fn write_atomic_set(files: Vec<(PathBuf, FileWriter<'_>)>) -> anyhow::Result
         sync_dirs(&dirs);
     }
     result
+}
+
+/// Bytes an unprivileged writer can still use on the file system holding `path` (its directory).
+fn disk_space_left(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a statvfs the call fills.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// The journal of a set's renames (in the set's one directory; no journal for a set over several).

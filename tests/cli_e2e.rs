@@ -904,3 +904,32 @@ fn a_signal_names_the_checkpoint_kept_and_leaves_no_temporary_run() {
     let e = fails(bin().arg("train").arg(&data).arg("--out").arg(d.join("none")).arg("--resume"));
     assert!(e.contains("holds no run to continue") && e.contains("leave --resume out"), "{e}");
 }
+
+/// An output on a full disk: HDF5's write error carries no system reason ("H5Dwrite_chunk failed …",
+/// and the error read "PSI not written", as if the analysis had failed); it now names the full disk,
+/// and nothing is left there. Needs a small tmpfs (mount, as root); skipped where it cannot mount one.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_output_on_a_full_disk_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mnt = d.join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&mnt).output().is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("SKIPPED an_output_on_a_full_disk_says_so: cannot mount a tmpfs here");
+        return;
+    }
+    let (data, run) = (d.join("d.h5mu"), d.join("run"));
+    let r = std::panic::catch_unwind(|| {
+        ok(bin().args(["simulate", "--n-cells", "2000", "--n-genes", "100", "--n-junctions", "2000", "--seed", "1", "--out"]).arg(&data));
+        ok(bin().arg("train").arg(&data).arg("--out").arg(&run).args(["--max-epochs", "1", "--no-plots", "--quiet"]));
+        let e = fails(bin().arg("impute").arg(&run).arg(&data).args(["--gzip", "0", "--out"]).arg(mnt.join("psi.h5ad")));
+        assert!(e.contains("no space left on the disk holding") && e.contains("psi.h5ad"), "{e}");
+        assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "files left on the full disk");
+    });
+    let _ = Command::new("umount").arg(&mnt).output();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -188,7 +188,8 @@ impl DenseRows {
                 hdf5_sys::h5d::H5Dwrite_chunk(id, hdf5_sys::h5p::H5P_DEFAULT, 0, offset.as_ptr(), e.len(), e.as_ptr() as *const std::ffi::c_void)
             });
             if rc < 0 {
-                bail!("H5Dwrite_chunk failed for {} at row {}", self.ds.name(), offset[0]);
+                // (an I/O error: the write itself failed, e.g. on a full disk)
+                return Err(std::io::Error::other(format!("H5Dwrite_chunk failed for {} at row {}", self.ds.name(), offset[0])).into());
             }
         }
         Ok(())
