@@ -574,6 +574,10 @@ impl<'a> Trainer<'a> {
             let epoch = self.state.epochs_done;
             let t0 = Instant::now();
             let bar = progress_bar(n_steps, epoch, tc.max_epochs);
+            if !self.verbose {
+                // (--quiet: no bar on a terminal either)
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
             let mut m = EpochMetrics::new(epoch, self.state.lr);
             let (kl, gate) = kl_and_gate(epoch, tc.n_epochs_kl_warmup, tc.max_kl_weight);
             (m.kl_weight, m.cross_gate) = (kl as f64, gate as f64);
