@@ -35,7 +35,7 @@ pub struct TrainArgs {
     /// curves are removed first (without this, an existing run is an error).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// No per-epoch lines on stderr.
+    /// No per-epoch lines or progress bar on stderr.
     #[arg(long)]
     pub quiet: bool,
     /// Do not draw the training curves (RUN_DIR/curves.png / .svg) at the end.
