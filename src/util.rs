@@ -210,12 +210,13 @@ pub fn write_atomic_set(files: Vec<(PathBuf, FileWriter<'_>)>) -> anyhow::Result
                 result = tmp.persist(&path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error));
             }
         }
-    }
-    // the renames themselves reach the disk (best effort: not every file system syncs a directory)
-    sync_dirs(&dirs);
-    if let (Some(j), true) = (&journal, result.is_ok()) {
-        std::fs::remove_file(j).with_context(|| format!("removing {}", j.display()))?;
+        // the renames themselves reach the disk (best effort: not every file system syncs a
+        // directory), then the journal goes; still under the lock, so a signal finds the set whole
         sync_dirs(&dirs);
+        if let (Some(j), true) = (&journal, result.is_ok()) {
+            result = std::fs::remove_file(j).with_context(|| format!("removing {}", j.display()));
+            sync_dirs(&dirs);
+        }
     }
     result
 }
