@@ -514,7 +514,10 @@ fn reading_a_run_while_its_training_writes_it_waits_for_the_renames() {
     let (m2, g2) = (model.clone(), good.clone());
     let writer = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(300));
-        std::fs::write(&m2, &g2).unwrap();
+        // (renamed into place, as a training writes it: a reader never sees it half-written)
+        let staged = m2.with_extension("staged");
+        std::fs::write(&staged, &g2).unwrap();
+        std::fs::rename(&staged, &m2).unwrap();
     });
     check_checkpoint(&dir, false).unwrap();
     writer.join().unwrap();
