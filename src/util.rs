@@ -23,7 +23,7 @@ pub fn set_interrupt_run(run: Option<(PathBuf, String)>) {
 
 /// The signal handler's line about a training's run directory.
 fn interrupt_note(dir: &Path, resume: &str) -> String {
-    let epochs = std::fs::read_to_string(dir.join("train_state.json"))
+    let epochs = std::fs::read_to_string(dir.join(crate::train::trainer::STATE_FILE))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v.get("epochs_done").and_then(|e| e.as_u64()));
@@ -33,40 +33,32 @@ fn interrupt_note(dir: &Path, resume: &str) -> String {
     }
 }
 
-/// Registers a temporary directory for removal on a signal while it lives; dropping it unregisters it
-/// (the directory itself is removed by its owner, e.g. `tempfile::TempDir`).
-pub struct TempDirRegistration(PathBuf);
+/// A path on one of the signal handler's lists ([`TEMP_FILES`], [`TEMP_DIRS`]) while it lives;
+/// dropping it takes the path off (the file or directory itself is removed by its owner).
+pub struct Registered {
+    list: &'static Mutex<Vec<PathBuf>>,
+    path: PathBuf,
+}
 
-impl TempDirRegistration {
-    pub fn new(p: &Path) -> Self {
-        TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_path_buf());
-        TempDirRegistration(p.to_path_buf())
+impl Registered {
+    fn on(list: &'static Mutex<Vec<PathBuf>>, p: &Path) -> Self {
+        list.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_path_buf());
+        Registered { list, path: p.to_path_buf() }
+    }
+    /// A temporary file being written: removed on a signal.
+    fn temp_file(p: &Path) -> Self {
+        Self::on(&TEMP_FILES, p)
+    }
+    /// A temporary directory (e.g. a `tempfile::TempDir`): removed whole on a signal.
+    pub fn temp_dir(p: &Path) -> Self {
+        Self::on(&TEMP_DIRS, p)
     }
 }
 
-impl Drop for TempDirRegistration {
+impl Drop for Registered {
     fn drop(&mut self) {
-        let mut v = TEMP_DIRS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = v.iter().position(|q| *q == self.0) {
-            v.swap_remove(i);
-        }
-    }
-}
-
-/// Registers a temporary file while it is being written; dropping it unregisters it.
-struct TempRegistration(PathBuf);
-
-impl TempRegistration {
-    fn new(p: &Path) -> Self {
-        TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_path_buf());
-        TempRegistration(p.to_path_buf())
-    }
-}
-
-impl Drop for TempRegistration {
-    fn drop(&mut self) {
-        let mut v = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = v.iter().position(|q| *q == self.0) {
+        let mut v = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = v.iter().position(|q| *q == self.path) {
             v.swap_remove(i);
         }
     }
@@ -109,8 +101,8 @@ where
     F: FnOnce(&Path) -> anyhow::Result<()>,
 {
     let tmp_path = registered_temp(path)?;
-    // (unregisters when dropped)
-    let _registered = TempRegistration(tmp_path.to_path_buf());
+    // (registered by registered_temp; unregisters when dropped)
+    let _registered = Registered { list: &TEMP_FILES, path: tmp_path.to_path_buf() };
     write(&tmp_path).map_err(|e| name_output(e, path))?;
     make_readable(&tmp_path)?;
     tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
@@ -376,7 +368,7 @@ fn check_writable(label: &str, out: &Path) -> anyhow::Result<()> {
         .tempfile_in(&dir)
         .with_context(|| format!("{label}: cannot write in {}", dir.display()))?;
     // (removed on a signal too, like the outputs' temporary files; dropped, it is deleted)
-    let _registered = TempRegistration::new(probe.path());
+    let _registered = Registered::temp_file(probe.path());
     drop(probe);
     Ok(())
 }

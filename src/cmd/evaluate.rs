@@ -241,31 +241,21 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
     // Every output and option is checked before the data is masked and a model trained or run: the
     // files beside --out too (found at the end they would leave a half-written set).
     let run_dirs: Vec<&std::path::Path> = run_dir.iter().map(|r| r.as_path()).collect();
-    crate::util::check_output(&args.out, &[&data], &run_dirs)?;
     let pairs = crate::plot::with_ext(&crate::plot::prefix_beside(&args.out, "pairs"), "tsv");
-    crate::util::check_output_named(&format!("{} (the pairs table beside --out)", pairs.display()), &pairs, &[&data], &run_dirs)?;
     let picture = crate::plot::prefix_beside(&args.out, "impute");
     // (the age R² heatmap only with --age: without it the table has no age rows to draw)
     let age_picture = args.age.as_ref().map(|_| crate::plot::prefix_beside(&args.out, "age_r2"));
+    let mut outputs = vec![(format!("--out {}", args.out.display()), args.out.clone()), (format!("{} (the pairs table beside --out)", pairs.display()), pairs.clone())];
     if !args.no_plots {
-        super::plot::check_picture_outputs(&picture, &[&data], &run_dirs)?;
-        if let Some(p) = &age_picture {
-            super::plot::check_picture_outputs(p, &[&data], &run_dirs)?;
-        }
+        outputs.extend(std::iter::once(&picture).chain(age_picture.iter()).flat_map(|p| super::plot::picture_outputs(p)));
+    }
+    for (label, f) in &outputs {
+        crate::util::check_output_named(label, f, &[&data], &run_dirs)?;
     }
     if let Some(t) = &args.train_dir {
         check_train_dir(t)?;
         // The kept run and the outputs may not overlap: an output inside it would replace one of its
         // files (config.json, metrics.tsv), and an output's path as the run directory fails after training.
-        let mut outputs = vec![(format!("--out {}", args.out.display()), args.out.clone()), (format!("{} (the pairs table beside --out)", pairs.display()), pairs.clone())];
-        if !args.no_plots {
-            for p in std::iter::once(&picture).chain(age_picture.iter()) {
-                for ext in ["png", "svg"] {
-                    let f = crate::plot::with_ext(p, ext);
-                    outputs.push((format!("{} (the picture beside --out; --no-plots skips it)", f.display()), f));
-                }
-            }
-        }
         check_train_dir_apart(t, &outputs)?;
     }
     anyhow::ensure!(args.knn >= 1, "--knn must be at least 1, got {}", args.knn);
@@ -416,7 +406,7 @@ pub fn run(args: EvaluateArgs, device: &crate::device::Device, precision: crate:
         (None, None) => {
             tmp = tempfile::tempdir().context("creating a temporary run directory")?;
             // (a signal removes it too: it ends the process before the TempDir's drop)
-            _tmp_registered = crate::util::TempDirRegistration::new(tmp.path());
+            _tmp_registered = crate::util::Registered::temp_dir(tmp.path());
             tmp.path().to_path_buf()
         }
     };

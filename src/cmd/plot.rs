@@ -118,11 +118,21 @@ fn impute_prefix(pairs: &Path) -> PathBuf {
 /// Checks the two files of a picture a command draws beside its output (`PREFIX.png`, `PREFIX.svg`) as
 /// [`crate::util::check_output`] checks `--out`, before the command's work.
 pub fn check_picture_outputs(prefix: &Path, inputs: &[&Path], run_dirs: &[&Path]) -> Result<()> {
-    for ext in ["png", "svg"] {
-        let p = crate::plot::with_ext(prefix, ext);
-        crate::util::check_output_named(&format!("{} (the picture beside --out; --no-plots skips it)", p.display()), &p, inputs, run_dirs)?;
+    for (label, p) in picture_outputs(prefix) {
+        crate::util::check_output_named(&label, &p, inputs, run_dirs)?;
     }
     Ok(())
+}
+
+/// The files a picture at `prefix` is written to (PNG and SVG), each with its label for messages.
+pub fn picture_outputs(prefix: &Path) -> Vec<(String, std::path::PathBuf)> {
+    ["png", "svg"]
+        .into_iter()
+        .map(|ext| {
+            let p = crate::plot::with_ext(prefix, ext);
+            (format!("{} (the picture beside --out; --no-plots skips it)", p.display()), p)
+        })
+        .collect()
 }
 
 /// Draw a picture beside a command's output; a failure is reported, never fatal (the output is written).
