@@ -625,9 +625,8 @@ impl<'a> Trainer<'a> {
             self.checkpoint().with_context(|| self.stopped(epoch, step))?;
         }
         if self.state.stopped_early && tc.restore_best && self.dir.join(BEST_FILE).exists() {
+            finish_restore_best(&self.dir, &self.state)?;
             self.params.load_safetensors(&self.dir.join(BEST_FILE))?;
-            let bytes = self.params.to_safetensors_bytes(Some(stamp(&self.state)))?;
-            write_atomic(&self.dir.join(MODEL_FILE), |p| Ok(std::fs::write(p, &bytes)?))?;
             self.restored_best = true;
         }
         Ok(())
@@ -1122,7 +1121,8 @@ pub fn check_checkpoint(dir: &Path, resume: bool) -> Result<TrainState> {
             bail!("{}: incomplete checkpoint: no {} (--resume needs the optimizer state to continue the run exactly); {redo}", dir.display(), missing.join(", "));
         }
     }
-    let mut stamps = files.iter().map(|f| Ok((*f, read_stamp(&dir.join(f))?))).collect::<Result<Vec<_>>>()?;
+    let read_stamps = || files.iter().map(|f| Ok((*f, read_stamp(&dir.join(f))?))).collect::<Result<Vec<_>>>();
+    let mut stamps = read_stamps()?;
     let mixed = |state: &TrainState, stamps: &[(&str, Option<(usize, u64)>)]| {
         stamps.iter().any(|(_, s)| s.is_some()) && stamps.iter().any(|(_, s)| *s != Some((state.epochs_done, state.global_step)))
     };
@@ -1133,7 +1133,7 @@ pub fn check_checkpoint(dir: &Path, resume: bool) -> Result<TrainState> {
         std::thread::sleep(std::time::Duration::from_millis(100));
         tries += 1;
         state = read_train_state(dir)?;
-        stamps = files.iter().map(|f| Ok((*f, read_stamp(&dir.join(f))?))).collect::<Result<Vec<_>>>()?;
+        stamps = read_stamps()?;
     }
     let want = (state.epochs_done, state.global_step);
     if !resume && mixed(&state, &stamps) && training_active(dir) {
@@ -1207,15 +1207,16 @@ pub fn restore_best_pending(dir: &Path, state: &TrainState, restore_best: bool) 
     names.sort();
     let mut model_names = m.names();
     model_names.sort();
-    Ok(names != model_names || names.iter().any(|n| m.tensor(n).ok().map(|t| t.data().to_vec()) != b.tensor(n).ok().map(|t| t.data().to_vec())))
+    Ok(names != model_names || names.iter().any(|n| m.tensor(n).ok().map(|t| t.data()) != b.tensor(n).ok().map(|t| t.data())))
 }
 
 fn parse_safetensors<'b>(bytes: &'b [u8], path: &Path) -> Result<safetensors::SafeTensors<'b>> {
     safetensors::SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e:?}", path.display()))
 }
 
-/// Makes the copy [`restore_best_pending`] finds missing: model.safetensors = best.safetensors' tensors,
-/// stamped with the final state (as `fit` writes it).
+/// The copy `fit` makes at the end of a run that early stopping ended with `restore_best`, and that
+/// `--resume` makes when [`restore_best_pending`] finds it missing: model.safetensors =
+/// best.safetensors' tensors, stamped with the final state.
 pub fn finish_restore_best(dir: &Path, state: &TrainState) -> Result<()> {
     let b = std::fs::read(dir.join(BEST_FILE))?;
     let st = parse_safetensors(&b, &dir.join(BEST_FILE))?;
